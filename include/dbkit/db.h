@@ -1,0 +1,110 @@
+/*
+ * dbkit/db.h - connections and dbk_db, the one handle SQL runs through.
+ *
+ * A dbk_db is an executor. A connection gives one (dbk_conn_db), a pool
+ * gives one (each call checks a connection out and back in), a transaction
+ * gives one. Queries, repositories and the cache take a dbk_db and do not
+ * care which kind it is.
+ *
+ * Parameters only: values travel as dbk_value parameters, never inside the
+ * SQL text. Placeholders are $1..$n on every engine; on SQLite they are
+ * bound by name, so "$2 ... $1" works and a placeholder may repeat.
+ *
+ * Thread safety: a dbk_conn and its dbk_db belong to one thread at a time.
+ * A pool's dbk_db may be used from any number of threads at once.
+ */
+#ifndef DBKIT_DB_H
+#define DBKIT_DB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "error.h"
+#include "result.h"
+#include "value.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dbk_db dbk_db;
+typedef struct dbk_conn dbk_conn;
+
+/* Opens one connection as configured. DBK_EUNAVAILABLE, DBK_EAUTH,
+ * DBK_ETLS, DBK_ECONFIG (e.g. an unknown libpq parameter), DBK_ENOMEM.
+ * *out is owned by the caller: close with dbk_conn_close(). `cfg` is not
+ * kept. */
+DBK_API dbk_rc dbk_conn_open(const dbk_config *cfg, dbk_conn **out, dbk_error *err);
+
+/* Closes the connection (rolling back an open transaction). Accepts NULL. */
+DBK_API void dbk_conn_close(dbk_conn *conn);
+
+/* The connection's executor, borrowed until dbk_conn_close(). */
+DBK_API dbk_db *dbk_conn_db(dbk_conn *conn);
+
+/* Round trip to the server within timeout_ms (0: the default of 1000). */
+DBK_API dbk_rc dbk_conn_ping(dbk_conn *conn, int timeout_ms, dbk_error *err);
+
+/* Server version as text ("15.18", "3.40.1"); borrowed until close. */
+DBK_API const char *dbk_conn_server_version(dbk_conn *conn);
+
+/* Engine behind an executor. */
+DBK_API dbk_engine dbk_db_engine(const dbk_db *db);
+
+/* Runs one statement and returns its rows. On success *out is owned by the
+ * caller (dbk_result_free). nparams may be 0 with params NULL. Statements
+ * with RETURNING give rows on both engines. */
+DBK_API dbk_rc dbk_db_query(dbk_db *db, const char *sql, const dbk_value *params,
+                            size_t nparams, dbk_result **out, dbk_error *err);
+
+/* Runs one statement, discarding rows; *affected (may be NULL) gets the
+ * number of rows inserted, updated or deleted. */
+DBK_API dbk_rc dbk_db_exec(dbk_db *db, const char *sql, const dbk_value *params,
+                           size_t nparams, int64_t *affected, dbk_error *err);
+
+/* Like dbk_db_query() but the statement must give exactly one row:
+ * DBK_ENOT_FOUND for none, DBK_EINVALID for more than one. */
+DBK_API dbk_rc dbk_db_query_row(dbk_db *db, const char *sql, const dbk_value *params,
+                                size_t nparams, dbk_result **out, dbk_error *err);
+
+/* One row, first column, as int64 (see dbk_result_get_int64). */
+DBK_API dbk_rc dbk_db_query_int64(dbk_db *db, const char *sql, const dbk_value *params,
+                                  size_t nparams, int64_t *out, dbk_error *err);
+
+/* One row, first column, as text copied into buf (NUL-terminated).
+ * DBK_EINVALID when it does not fit; a NULL value gives "" and *is_null
+ * (may be NULL) true. */
+DBK_API dbk_rc dbk_db_query_text(dbk_db *db, const char *sql, const dbk_value *params,
+                                 size_t nparams, char *buf, size_t buflen, bool *is_null,
+                                 dbk_error *err);
+
+/* Runs a script of several statements separated by semicolons, without
+ * parameters (DDL, migrations). Stops at the first error. */
+DBK_API dbk_rc dbk_db_exec_script(dbk_db *db, const char *sql, dbk_error *err);
+
+/* What an observer sees after each statement. All pointers are borrowed for
+ * the duration of the callback. `sql` is the text with placeholders; values
+ * are not shown. */
+typedef struct dbk_query_event {
+    const char *sql;
+    size_t nparams;
+    int64_t duration_ns; /* monotonic clock, whole call */
+    int64_t rows;        /* rows returned, or affected for writes */
+    dbk_rc rc;
+    dbk_engine engine;
+} dbk_query_event;
+
+typedef void (*dbk_observer_fn)(void *ctx, const dbk_query_event *ev);
+
+/* Installs (fn NULL removes) the query observer of this executor. Executors
+ * derived from it (a transaction on it) inherit it. When no observer is
+ * set, no clock is read. Not thread-safe against concurrent queries: set it
+ * before sharing the executor. */
+DBK_API void dbk_db_set_observer(dbk_db *db, dbk_observer_fn fn, void *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DBKIT_DB_H */

@@ -1,0 +1,15 @@
+/*
+ * dbkit/dbkit.h - the whole public API in one include.
+ */
+#ifndef DBKIT_DBKIT_H
+#define DBKIT_DBKIT_H
+
+#include "error.h"
+#include "version.h"
+#include "value.h"
+#include "config.h"
+#include "result.h"
+#include "db.h"
+#include "pool.h"
+
+#endif

@@ -1,0 +1,53 @@
+/*
+ * Internal view of dbk_config, shared by the drivers and the pool. Only the
+ * config module writes it.
+ */
+#ifndef DBK_CONFIG_INT_H
+#define DBK_CONFIG_INT_H
+
+#include "dbkit/config.h"
+#include "dbkit/pool.h"
+
+/* One libpq connection keyword dbkit does not interpret itself
+ * (keepalives, sslrootcert, ...); passed through and checked by the driver. */
+struct dbk__cfg_extra {
+    char *key;
+    char *value;
+};
+
+struct dbk_config {
+    dbk_engine engine;
+
+    /* PostgreSQL. Strings are NULL when unset. host and port may be
+     * comma-separated lists (multi-host failover). */
+    char *host;
+    char *port;
+    char *dbname;
+    char *user;
+    char *password;          /* secret: never printed */
+    char *sslmode;
+    char *application_name;
+    char *target_session_attrs;
+    int connect_timeout_ms;  /* > 0 */
+    int statement_timeout_ms; /* 0 = no server-side limit (client deadline still applies) */
+    int lock_timeout_ms;     /* 0 = none */
+    int stmt_cache_size;     /* prepared statements kept per connection; 0 = off (PgBouncer) */
+    struct dbk__cfg_extra *extra;
+    size_t nextra;
+
+    /* SQLite. */
+    char *sqlite_path;       /* ":memory:" for in-memory */
+    bool sqlite_readonly;    /* mode=ro */
+    bool sqlite_memory;
+    int busy_timeout_ms;
+    char *journal_mode;      /* "wal" by default */
+    char *synchronous;       /* "normal" by default */
+
+    /* Pool settings (see dbkit/pool.h). */
+    dbk_pool_opts pool;
+
+    /* Source of each setting, indexed like the settings table in config.c. */
+    unsigned char src[64];
+};
+
+#endif

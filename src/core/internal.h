@@ -1,0 +1,53 @@
+/*
+ * Internal helpers shared by every layer: error filling, logging, the
+ * monotonic clock. Nothing here is exported.
+ */
+#ifndef DBK_INTERNAL_H
+#define DBK_INTERNAL_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <time.h>
+
+#include "dbkit/error.h"
+
+#if defined(__GNUC__)
+#define DBK__PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define DBK__PRINTF(a, b)
+#endif
+
+/* Fills err (may be NULL): code, and a formatted message. Clears sqlstate,
+ * constraint, table and hint. Returns rc so callers can `return
+ * dbk__err(err, DBK_EMISUSE, "...")`. */
+dbk_rc dbk__err(dbk_error *err, dbk_rc rc, const char *fmt, ...) DBK__PRINTF(3, 4);
+
+/* Sets the hint of an already filled error (may be NULL). */
+void dbk__err_hint(dbk_error *err, const char *fmt, ...) DBK__PRINTF(2, 3);
+
+/* Fills the default hint for err->code / err->sqlstate when none is set. */
+void dbk__err_default_hint(dbk_error *err);
+
+/* Maps a PostgreSQL SQLSTATE (5 chars) to a result code. NULL/unknown ->
+ * DBK_ESQL. */
+dbk_rc dbk__rc_from_sqlstate(const char *sqlstate);
+
+/* Maps an SQLite extended result code to a result code. */
+dbk_rc dbk__rc_from_sqlite(int extended_code);
+
+/* Logging through the installed hook (no-op without one). */
+void dbk__log(dbk_log_level level, const char *fmt, ...) DBK__PRINTF(2, 3);
+int dbk__log_enabled(dbk_log_level level);
+
+/* Monotonic clock in nanoseconds. */
+static inline int64_t dbk__now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Bounded string copy that always terminates; returns strlen(src). */
+size_t dbk__strlcpy(char *dst, const char *src, size_t size);
+
+#endif

@@ -1,0 +1,36 @@
+/*
+ * The executor behind dbk_db: a small vtable so that a connection, a pool
+ * and a transaction all answer the same calls.
+ */
+#ifndef DBK_DB_INT_H
+#define DBK_DB_INT_H
+
+#include "dbkit/db.h"
+
+struct dbk__db_ops {
+    /* One statement (see dbk__driver.run). */
+    dbk_rc (*run)(dbk_db *db, const char *sql, const dbk_value *params, size_t nparams,
+                  dbk_result **out, int64_t *affected, dbk_error *err);
+    dbk_rc (*script)(dbk_db *db, const char *sql, dbk_error *err);
+    /* Pins one connection for a unit of several statements (transaction,
+     * batch): a connection's executor gives itself, a pool checks one out,
+     * a transaction gives its own. unpin() gives it back. */
+    dbk_rc (*pin)(dbk_db *db, dbk_conn **out, dbk_error *err);
+    void (*unpin)(dbk_db *db, dbk_conn *conn);
+};
+
+enum dbk__db_kind { DBK__DB_CONN = 1, DBK__DB_POOL = 2, DBK__DB_TX = 3 };
+
+struct dbk_db {
+    const struct dbk__db_ops *ops;
+    void *self;           /* the dbk_conn, pool or transaction behind it */
+    dbk_engine engine;
+    int kind;             /* enum dbk__db_kind */
+    dbk_observer_fn observer;
+    void *observer_ctx;
+};
+
+/* Initializes the executor of a connection. */
+void dbk__db_init_conn(dbk_db *db, dbk_conn *conn, dbk_engine engine);
+
+#endif

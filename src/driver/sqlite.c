@@ -1,0 +1,13 @@
+/* Placeholder until the sqlite driver lands: every call fails clearly. */
+#include "driver.h"
+#include "../core/internal.h"
+
+static dbk_rc open_(const struct dbk_config *cfg, void **impl, dbk_error *err)
+{
+    (void)cfg;
+    *impl = NULL;
+    return dbk__err(err, DBK_EINTERNAL, "the sqlite driver is not built yet");
+}
+static void close_(void *impl) { (void)impl; }
+
+const dbk__driver dbk__driver_sqlite = {.engine = 0, .name = "sqlite", .open = open_, .close = close_};

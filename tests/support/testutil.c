@@ -1,0 +1,161 @@
+/*
+ * Test support (see testutil.h). Talks to the admin PostgreSQL through
+ * libpq directly so that database setup does not depend on the code under
+ * test.
+ */
+#include "testutil.h"
+
+#include <ftw.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+void dbkt_skip(int server_needed, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    const char *ci = getenv("CI");
+    if (server_needed && ci && strcmp(ci, "true") == 0) {
+        fprintf(stderr, "FAIL (CI forbids skipping): %s\n", msg);
+        exit(1);
+    }
+    fprintf(stderr, "SKIP: %s\n", msg);
+    exit(77);
+}
+
+const char *dbkt_pg_admin_url(void)
+{
+    const char *u = getenv("DBKIT_TEST_PG_URL");
+    if (!u || !*u)
+        dbkt_skip(1, "DBKIT_TEST_PG_URL is not set: run the tests through `make test` "
+                     "(scripts/testenv.sh starts a throwaway PostgreSQL)");
+    return u;
+}
+
+static PGconn *admin_connect(void)
+{
+    PGconn *c = PQconnectdb(dbkt_pg_admin_url());
+    if (PQstatus(c) != CONNECTION_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "cannot reach test PostgreSQL: %s", PQerrorMessage(c));
+        PQfinish(c);
+        fail_msg("%s", msg);
+    }
+    return c;
+}
+
+void dbkt_pg_admin_exec(const char *sql)
+{
+    PGconn *c = admin_connect();
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "admin sql failed: %s: %s", sql, PQerrorMessage(c));
+        PQclear(r);
+        PQfinish(c);
+        fail_msg("%s", msg);
+    }
+    PQclear(r);
+    PQfinish(c);
+}
+
+char *dbkt_pg_fresh_db(const char *name)
+{
+    const char *admin = dbkt_pg_admin_url();
+    char sql[256];
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS dbkt_%s WITH (FORCE)", name);
+    dbkt_pg_admin_exec(sql);
+    snprintf(sql, sizeof sql, "CREATE DATABASE dbkt_%s", name);
+    dbkt_pg_admin_exec(sql);
+    /* The admin URL ends in "/<db>" optionally followed by "?params". */
+    const char *q = strchr(admin, '?');
+    size_t base_len = q ? (size_t)(q - admin) : strlen(admin);
+    const char *slash = admin + base_len;
+    while (slash > admin && *slash != '/')
+        slash--;
+    if (slash <= admin || slash[-1] == '/')
+        slash = admin + base_len; /* no database part */
+    size_t n = (size_t)(slash - admin) + strlen(name) + 16 + (q ? strlen(q) : 0);
+    char *url = malloc(n);
+    assert_non_null(url);
+    snprintf(url, n, "%.*s/dbkt_%s%s", (int)(slash - admin), admin, name, q ? q : "");
+    return url;
+}
+
+const char *dbkt_redis_url(void)
+{
+    const char *u = getenv("DBKIT_TEST_REDIS_URL");
+    if (!u || !*u)
+        dbkt_skip(1, "DBKIT_TEST_REDIS_URL is not set: run the tests through `make test` "
+                     "(scripts/testenv.sh starts a throwaway redis-server)");
+    return u;
+}
+
+static char *g_tmpdir;
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void rm_tmpdir(void)
+{
+    if (g_tmpdir && !getenv("DBKIT_TEST_KEEP"))
+        nftw(g_tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(g_tmpdir);
+    g_tmpdir = NULL;
+}
+
+char *dbkt_tmpdir(void)
+{
+    if (!g_tmpdir) {
+        const char *base = getenv("TMPDIR");
+        char tmpl[512];
+        snprintf(tmpl, sizeof tmpl, "%s/dbkt.XXXXXX", base && *base ? base : "/tmp");
+        char *d = mkdtemp(tmpl);
+        assert_non_null(d);
+        g_tmpdir = strdup(d);
+        atexit(rm_tmpdir);
+    }
+    return strdup(g_tmpdir);
+}
+
+char *dbkt_sqlite_url(const char *name)
+{
+    char *dir = dbkt_tmpdir();
+    size_t n = strlen(dir) + strlen(name) + 16;
+    char *url = malloc(n);
+    assert_non_null(url);
+    snprintf(url, n, "sqlite:%s/%s.db", dir, name);
+    free(dir);
+    return url;
+}
+
+dbk_conn *dbkt_open(const char *url)
+{
+    dbk_error err;
+    dbk_config *cfg = NULL;
+    dbk_conn *c = NULL;
+    DBKT_OK(dbk_config_from(url, NULL, NULL, &cfg, &err), &err);
+    DBKT_OK(dbk_conn_open(cfg, &c, &err), &err);
+    dbk_config_free(cfg);
+    return c;
+}
+
+void dbkt_each_engine(const char *name, void (*fn)(const char *url, dbk_engine engine))
+{
+    char *u = dbkt_sqlite_url(name);
+    fn(u, DBK_ENGINE_SQLITE);
+    free(u);
+    u = dbkt_pg_fresh_db(name);
+    fn(u, DBK_ENGINE_POSTGRES);
+    free(u);
+}

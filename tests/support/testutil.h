@@ -1,0 +1,78 @@
+/*
+ * Test support: real servers from the test environment, one database per
+ * test, temporary SQLite files, and a main() that runs one named test.
+ *
+ * The environment (scripts/testenv.sh) exports:
+ *   DBKIT_TEST_PG_URL     admin URL of a throwaway PostgreSQL
+ *   DBKIT_TEST_REDIS_URL  URL of a throwaway redis-server
+ * Without them a test that needs the server skips (exit 77) and says why;
+ * with CI=true it fails instead.
+ */
+#ifndef DBKIT_TESTUTIL_H
+#define DBKIT_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <cmocka.h>
+
+#include "dbkit/dbkit.h"
+
+/* Asserts rc == DBK_OK, printing the dbk_error when not. */
+#define DBKT_OK(expr, errp)                                                                     \
+    do {                                                                                        \
+        dbk_rc rc_ = (expr);                                                                    \
+        if (rc_ != DBK_OK)                                                                      \
+            fail_msg("%s returned %s: %s (hint: %s)", #expr, dbk_rc_name(rc_), (errp)->message, \
+                     (errp)->hint);                                                             \
+    } while (0)
+
+/* Asserts a specific code, printing both names. */
+#define DBKT_RC(expected, expr)                                                            \
+    do {                                                                                   \
+        dbk_rc got_ = (expr);                                                              \
+        if (got_ != (expected))                                                            \
+            fail_msg("%s: expected %s, got %s", #expr, dbk_rc_name(expected), dbk_rc_name(got_)); \
+    } while (0)
+
+/* Skips (exit 77) with a reason, or fails under CI=true when `server_needed`. */
+void dbkt_skip(int server_needed, const char *fmt, ...);
+
+/* Admin URL of the test PostgreSQL; skips/fails when absent. */
+const char *dbkt_pg_admin_url(void);
+
+/* Creates (dropping first) database "dbkt_<name>" and returns its URL
+ * (static buffer per call site is not needed: returned string is malloc'd,
+ * free it). Skips/fails without PostgreSQL. */
+char *dbkt_pg_fresh_db(const char *name);
+
+/* Runs SQL on the admin connection (for pg_terminate_backend etc.). */
+void dbkt_pg_admin_exec(const char *sql);
+
+/* URL of the test Redis; skips/fails when absent. */
+const char *dbkt_redis_url(void);
+
+/* A fresh temporary directory (malloc'd path), removed at exit. */
+char *dbkt_tmpdir(void);
+
+/* "sqlite:<tmpdir>/<name>.db" (malloc'd). */
+char *dbkt_sqlite_url(const char *name);
+
+/* Opens a connection from a URL, failing the test on error. */
+dbk_conn *dbkt_open(const char *url);
+
+/* Both engines: calls fn(url) for a fresh SQLite file and a fresh
+ * PostgreSQL database named after `name`. */
+void dbkt_each_engine(const char *name, void (*fn)(const char *url, dbk_engine engine));
+
+#define DBKT_MAIN(tests)                                                 \
+    int main(int argc, char **argv)                                      \
+    {                                                                    \
+        if (argc > 1)                                                    \
+            cmocka_set_test_filter(argv[1]);                             \
+        return cmocka_run_group_tests(tests, NULL, NULL);                \
+    }
+
+#endif
