@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Builds and runs the test suite; what `make test` calls.
+#   scripts/run-tests.sh            all stages below, in order
+#   scripts/run-tests.sh STAGE...   only these stages
+# Stages:
+#   plain     RelWithDebInfo build, every test (ctest -j2)
+#   asan      ASan + UBSan build, every test
+#   tsan      TSan build, the thread-heavy tests (pool, cache, tx)
+#   valgrind  memcheck over the tests that need no server and a PostgreSQL subset
+#   fuzz      each libFuzzer target for FUZZ_SECONDS (default 20) on its corpus
+# Servers come from scripts/testenv.sh (one PostgreSQL + Redis for the run).
+# Under CI=true a test that cannot reach its server fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(plain asan tsan valgrind fuzz)
+JOBS=${JOBS:-2}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+
+inner() {
+  local failed=0
+  for s in "${stages[@]}"; do
+    echo "==== stage: $s ===="
+    case "$s" in
+      plain)
+        cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+        cmake --build build -j"$JOBS"
+        ctest --test-dir build -j"$JOBS" --output-on-failure || failed=1
+        ;;
+      asan)
+        cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDBKIT_SANITIZE=address,undefined -DDBKIT_BENCH=OFF >/dev/null
+        cmake --build build-asan -j"$JOBS"
+        ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+          ctest --test-dir build-asan -j"$JOBS" --output-on-failure || failed=1
+        ;;
+      tsan)
+        cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DDBKIT_SANITIZE=thread -DDBKIT_BENCH=OFF \
+          -DDBKIT_TEST_FILTER='^(pool|cache|tx)_test$' >/dev/null
+        cmake --build build-tsan -j"$JOBS"
+        if [ -n "$(ctest --test-dir build-tsan -N | grep -E 'Test +#')" ]; then
+          TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
+            ctest --test-dir build-tsan -j"$JOBS" --output-on-failure || failed=1
+        fi
+        ;;
+      valgrind)
+        # Programs marked /* dbkit:valgrind */ run under memcheck; a definite leak or
+        # an invalid access fails the test (exit 99).
+        cmake -S . -B build-valgrind -DCMAKE_BUILD_TYPE=Debug -DDBKIT_BENCH=OFF -DDBKIT_VALGRIND=ON >/dev/null
+        cmake --build build-valgrind -j"$JOBS"
+        ctest --test-dir build-valgrind -j"$JOBS" -L valgrind --output-on-failure || failed=1
+        ;;
+      fuzz)
+        if ! command -v clang >/dev/null; then echo "fuzz: clang missing" >&2; failed=1; continue; fi
+        cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DDBKIT_FUZZ=ON -DDBKIT_TESTS=ON -DDBKIT_BENCH=OFF \
+          -DDBKIT_TEST_FILTER='^$' >/dev/null
+        cmake --build build-fuzz -j"$JOBS"
+        for f in build-fuzz/tests/*_fuzz; do
+          [ -x "$f" ] || continue
+          name=$(basename "$f" _fuzz)
+          work=$(mktemp -d)
+          cp -r "tests/fuzz/corpus/$name/." "$work/" 2>/dev/null || true
+          echo "fuzz: $name for ${FUZZ_SECONDS}s"
+          "$f" -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 "$work" >build-fuzz/$name.log 2>&1 \
+            || { echo "fuzz: $name found a crash"; tail -50 build-fuzz/$name.log; failed=1; }
+          rm -rf "$work"
+        done
+        ;;
+      *) echo "unknown stage $s" >&2; failed=1 ;;
+    esac
+  done
+  return $failed
+}
+
+if [ -z "${DBKIT_TEST_PG_URL:-}" ]; then
+  export -f inner
+  export JOBS FUZZ_SECONDS
+  stages_str="${stages[*]}"
+  exec bash scripts/testenv.sh -- bash -c "stages=($stages_str); $(declare -f inner); inner"
+else
+  inner
+fi
