@@ -5,7 +5,7 @@
 #define DBKIT_DBKIT_H
 
 #include "error.h"
-#include "version.h"
+#include <dbkit/version.h>
 #include "value.h"
 #include "config.h"
 #include "result.h"
