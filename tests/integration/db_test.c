@@ -1,0 +1,491 @@
+/* dbkit:valgrind
+ * dbk_db on both engines: the same SQL gives the same observable results.
+ * Each test runs once on a fresh SQLite file and once on a fresh
+ * PostgreSQL database (dbkt_each_engine). */
+#include <stdio.h>
+#include <string.h>
+
+#include "testutil.h"
+
+static const char *users_ddl(dbk_engine e)
+{
+    return e == DBK_ENGINE_POSTGRES
+               ? "CREATE TABLE users (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, "
+                 "email TEXT NOT NULL UNIQUE, score DOUBLE PRECISION, active BOOLEAN, "
+                 "avatar BYTEA, created_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+               : "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                 "email TEXT NOT NULL UNIQUE, score REAL, active INTEGER, avatar BLOB, "
+                 "created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)";
+}
+
+static void setup_users(dbk_db *db, dbk_engine e)
+{
+    dbk_error err;
+    DBKT_OK(dbk_db_exec(db, users_ddl(e), NULL, 0, NULL, &err), &err);
+}
+
+/* ---- query / exec / helpers ---- */
+
+static void crud(const char *url, dbk_engine e)
+{
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    assert_int_equal(dbk_db_engine(db), e);
+    setup_users(db, e);
+
+    dbk_value p[] = {dbk_text("Ada"), dbk_text("ada@example.com")};
+    dbk_result *r = NULL;
+    DBKT_OK(dbk_db_query(db, "INSERT INTO users (name, email) VALUES ($1, $2) "
+                             "RETURNING id, name, created_at",
+                         p, 2, &r, &err),
+            &err);
+    assert_int_equal(dbk_result_nrows(r), 1);
+    assert_int_equal(dbk_result_ncols(r), 3);
+    assert_int_equal(dbk_result_affected(r), 1);
+    assert_string_equal(dbk_result_colname(r, 0), "id");
+    assert_int_equal(dbk_result_colindex(r, "created_at"), 2);
+    assert_int_equal(dbk_result_colindex(r, "nope"), -1);
+    int64_t id = 0, ts = 0;
+    DBKT_OK(dbk_result_get_int64(r, 0, 0, &id, &err), &err);
+    assert_int_equal(id, 1);
+    const char *name;
+    size_t len;
+    DBKT_OK(dbk_result_get_text_by_name(r, 0, "name", &name, &len, &err), &err);
+    assert_string_equal(name, "Ada");
+    assert_int_equal(len, 3);
+    /* created_at: timestamptz on PostgreSQL, text on SQLite: both read as a timestamp. */
+    DBKT_OK(dbk_result_get_timestamp(r, 0, 2, &ts, &err), &err);
+    assert_true(ts > 1600000000LL * 1000000);
+    dbk_result_free(r);
+
+    dbk_value p2[] = {dbk_text("Bob"), dbk_text("bob@example.com")};
+    int64_t affected = -1;
+    DBKT_OK(dbk_db_exec(db, "INSERT INTO users (name, email) VALUES ($1, $2)", p2, 2, &affected,
+                        &err),
+            &err);
+    assert_int_equal(affected, 1);
+
+    DBKT_OK(dbk_db_exec(db, "UPDATE users SET score = 1.5", NULL, 0, &affected, &err), &err);
+    assert_int_equal(affected, 2);
+
+    int64_t n = 0;
+    DBKT_OK(dbk_db_query_int64(db, "SELECT count(*) FROM users", NULL, 0, &n, &err), &err);
+    assert_int_equal(n, 2);
+
+    char buf[64];
+    bool is_null = true;
+    dbk_value q = dbk_int64(2);
+    DBKT_OK(dbk_db_query_text(db, "SELECT email FROM users WHERE id = $1", &q, 1, buf, sizeof buf,
+                              &is_null, &err),
+            &err);
+    assert_string_equal(buf, "bob@example.com");
+    assert_false(is_null);
+    DBKT_RC(DBK_EINVALID, dbk_db_query_text(db, "SELECT email FROM users WHERE id = $1", &q, 1,
+                                            buf, 4, NULL, &err));
+
+    q = dbk_int64(99);
+    DBKT_RC(DBK_ENOT_FOUND, dbk_db_query_row(db, "SELECT * FROM users WHERE id = $1", &q, 1, &r,
+                                             &err));
+    DBKT_RC(DBK_EINVALID, dbk_db_query_row(db, "SELECT * FROM users", NULL, 0, &r, &err));
+
+    DBKT_OK(dbk_db_query(db, "DELETE FROM users WHERE id = $1 RETURNING id",
+                         (dbk_value[]){dbk_int64(1)}, 1, &r, &err),
+            &err);
+    assert_int_equal(dbk_result_nrows(r), 1);
+    assert_int_equal(dbk_result_affected(r), 1);
+    dbk_result_free(r);
+    dbk_conn_close(c);
+}
+
+static void db_query_exec_and_helpers(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_query_exec_and_helpers", crud);
+}
+
+/* ---- placeholders ---- */
+
+static void placeholders(const char *url, dbk_engine e)
+{
+    (void)e;
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    char buf[64];
+    /* $2 before $1, and $1 twice. */
+    dbk_value p[] = {dbk_text("a"), dbk_text("b")};
+    DBKT_OK(dbk_db_query_text(db, "SELECT $2 || $1 || $1", p, 2, buf, sizeof buf, NULL, &err),
+            &err);
+    assert_string_equal(buf, "baa");
+    dbk_conn_close(c);
+}
+
+static void db_placeholders_by_number(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_placeholders_by_number", placeholders);
+}
+
+/* ---- values round trip byte for byte ---- */
+
+static void round_trip(const char *url, dbk_engine e)
+{
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    DBKT_OK(dbk_db_exec(db,
+                        e == DBK_ENGINE_POSTGRES
+                            ? "CREATE TABLE t (id INT PRIMARY KEY, s TEXT, b BYTEA, i BIGINT, "
+                              "d DOUBLE PRECISION, f BOOLEAN, ts TIMESTAMPTZ, j JSONB)"
+                            : "CREATE TABLE t (id INT PRIMARY KEY, s TEXT, b BLOB, i INTEGER, "
+                              "d REAL, f INTEGER, ts TEXT, j TEXT)",
+                        NULL, 0, NULL, &err),
+            &err);
+
+    static const char *texts[] = {
+        "'; DROP TABLE t; --", "\"quoted\" 'single' `back`", "back\\slash \\x00 \\\\",
+        "unicode: \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 \xe4\xb8\xad\xe6\x96\x87",
+        "$1 $2 ? :name", "",
+    };
+    size_t big_len = 1 << 20;
+    char *big = malloc(big_len + 1);
+    for (size_t i = 0; i < big_len; i++)
+        big[i] = (char)('a' + i % 26);
+    big[big_len] = '\0';
+    unsigned char blob[512];
+    for (size_t i = 0; i < sizeof blob; i++)
+        blob[i] = (unsigned char)(i * 7 + 3);
+    blob[0] = 0;
+    blob[1] = 0xff;
+
+    size_t ntexts = sizeof texts / sizeof texts[0];
+    for (size_t k = 0; k <= ntexts; k++) {
+        const char *s = k < ntexts ? texts[k] : big;
+        size_t slen = k < ntexts ? strlen(s) : big_len;
+        int64_t ts_in = -123456789012345LL + (int64_t)k; /* pre-1970, microseconds */
+        dbk_value p[] = {dbk_int64((int64_t)k),
+                         dbk_textn(s, slen),
+                         dbk_blob(blob, sizeof blob),
+                         dbk_int64(k % 2 ? INT64_MIN : INT64_MAX),
+                         dbk_double(0.1),
+                         dbk_bool(k % 2),
+                         dbk_timestamp(ts_in),
+                         dbk_json("{\"a\": [1, 2]}")};
+        DBKT_OK(dbk_db_exec(db, "INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", p, 8,
+                            NULL, &err),
+                &err);
+        dbk_result *r;
+        DBKT_OK(dbk_db_query_row(db, "SELECT s, b, i, d, f, ts, j FROM t WHERE id = $1", p, 1, &r,
+                                 &err),
+                &err);
+        const char *out;
+        size_t len;
+        DBKT_OK(dbk_result_get_text(r, 0, 0, &out, &len, &err), &err);
+        assert_int_equal(len, slen);
+        assert_memory_equal(out, s, slen);
+        const void *bout;
+        DBKT_OK(dbk_result_get_blob(r, 0, 1, &bout, &len, &err), &err);
+        assert_int_equal(len, sizeof blob);
+        assert_memory_equal(bout, blob, sizeof blob);
+        int64_t i;
+        DBKT_OK(dbk_result_get_int64(r, 0, 2, &i, &err), &err);
+        assert_true(i == (k % 2 ? INT64_MIN : INT64_MAX));
+        double d;
+        DBKT_OK(dbk_result_get_double(r, 0, 3, &d, &err), &err);
+        assert_true(d == 0.1);
+        bool f;
+        DBKT_OK(dbk_result_get_bool(r, 0, 4, &f, &err), &err);
+        assert_int_equal(f, k % 2);
+        int64_t ts_out;
+        DBKT_OK(dbk_result_get_timestamp(r, 0, 5, &ts_out, &err), &err);
+        assert_true(ts_out == ts_in);
+        DBKT_OK(dbk_result_get_text(r, 0, 6, &out, &len, &err), &err);
+        assert_non_null(strstr(out, "\"a\""));
+        dbk_result_free(r);
+    }
+    free(big);
+
+    /* Embedded NUL: PostgreSQL cannot store it and must say so, SQLite keeps it. */
+    dbk_value p[] = {dbk_int64(1000), dbk_textn("a\0b", 3)};
+    dbk_rc rc = dbk_db_exec(db, "INSERT INTO t (id, s) VALUES ($1, $2)", p, 2, NULL, &err);
+    if (e == DBK_ENGINE_POSTGRES) {
+        assert_int_equal(rc, DBK_EINVALID);
+        int64_t n;
+        DBKT_OK(dbk_db_query_int64(db, "SELECT count(*) FROM t WHERE id = 1000", NULL, 0, &n, &err),
+                &err);
+        assert_int_equal(n, 0);
+    } else {
+        assert_int_equal(rc, DBK_OK);
+        dbk_result *r;
+        DBKT_OK(dbk_db_query_row(db, "SELECT s FROM t WHERE id = $1", p, 1, &r, &err), &err);
+        const char *out;
+        size_t len;
+        DBKT_OK(dbk_result_get_text(r, 0, 0, &out, &len, &err), &err);
+        assert_int_equal(len, 3);
+        assert_memory_equal(out, "a\0b", 3);
+        dbk_result_free(r);
+    }
+    dbk_conn_close(c);
+}
+
+static void db_values_round_trip_byte_for_byte(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_values_round_trip", round_trip);
+}
+
+/* ---- typed getters refuse to guess ---- */
+
+static void getters(const char *url, dbk_engine e)
+{
+    (void)e;
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    dbk_result *r;
+    DBKT_OK(dbk_db_query(db, "SELECT 'abc' AS t, 42 AS i, 1.5 AS d, NULL AS n, 2.0 AS d2", NULL,
+                         0, &r, &err),
+            &err);
+    int64_t i;
+    double d;
+    bool b;
+    const char *s;
+    size_t len = 9;
+    DBKT_RC(DBK_ETYPE, dbk_result_get_int64(r, 0, 0, &i, &err));
+    assert_non_null(strstr(err.message, "\"t\""));
+    DBKT_RC(DBK_ETYPE, dbk_result_get_int64(r, 0, 2, &i, &err));
+    DBKT_RC(DBK_ETYPE, dbk_result_get_int64(r, 0, 3, &i, &err));
+    assert_non_null(strstr(err.message, "null"));
+    DBKT_RC(DBK_ETYPE, dbk_result_get_text(r, 0, 1, &s, &len, &err));
+    DBKT_RC(DBK_ETYPE, dbk_result_get_bool(r, 0, 1, &b, &err));
+    DBKT_RC(DBK_ETYPE, dbk_result_get_timestamp(r, 0, 0, &i, &err));
+    DBKT_OK(dbk_result_get_double(r, 0, 1, &d, &err), &err);
+    assert_true(d == 42.0);
+    DBKT_OK(dbk_result_get_text(r, 0, 3, &s, &len, &err), &err);
+    assert_null(s);
+    assert_int_equal(len, 0);
+    assert_true(dbk_result_is_null(r, 0, 3));
+    assert_false(dbk_result_is_null(r, 0, 1));
+    assert_int_equal(dbk_result_type(r, 0, 3), DBK_TYPE_NULL);
+    /* Out of range is misuse, not a crash. */
+    DBKT_RC(DBK_EMISUSE, dbk_result_get_int64(r, 1, 0, &i, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_result_get_int64(r, 0, 5, &i, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_result_get_int64(r, 0, -1, &i, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_result_get_int64(NULL, 0, 0, &i, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_result_get_int64(r, 0, 1, NULL, &err));
+    DBKT_RC(DBK_EINVALID_COLUMN, dbk_result_get_int64_by_name(r, 0, "zz", &i, &err));
+    assert_null(dbk_result_colname(r, 9));
+    dbk_result_free(r);
+    dbk_conn_close(c);
+}
+
+static void db_getters_refuse_to_guess(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_getters", getters);
+}
+
+/* ---- errors ---- */
+
+static void errors(const char *url, dbk_engine e)
+{
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    setup_users(db, e);
+    dbk_value p[] = {dbk_text("A"), dbk_text("a@x.org")};
+    DBKT_OK(dbk_db_exec(db, "INSERT INTO users (name, email) VALUES ($1, $2)", p, 2, NULL, &err),
+            &err);
+    DBKT_RC(DBK_EUNIQUE,
+            dbk_db_exec(db, "INSERT INTO users (name, email) VALUES ($1, $2)", p, 2, NULL, &err));
+    assert_int_equal(err.code, DBK_EUNIQUE);
+    assert_string_not_equal(err.constraint_name, "");
+    assert_null(strstr(err.message, "a@x.org")); /* values stay out of messages */
+    DBKT_RC(DBK_ENOT_NULL,
+            dbk_db_exec(db, "INSERT INTO users (name, email) VALUES (NULL, 'n@x.org')", NULL, 0,
+                        NULL, &err));
+    DBKT_RC(DBK_ESCHEMA, dbk_db_query(db, "SELECT * FROM no_such_table", NULL, 0,
+                                      &(dbk_result *){NULL}, &err));
+    assert_non_null(strstr(err.hint, "migrat"));
+    DBKT_RC(DBK_ESQL, dbk_db_exec(db, "SELEC 1", NULL, 0, NULL, &err));
+    /* The connection is still usable after errors. */
+    int64_t n;
+    DBKT_OK(dbk_db_query_int64(db, "SELECT count(*) FROM users", NULL, 0, &n, &err), &err);
+    assert_int_equal(n, 1);
+    dbk_conn_close(c);
+}
+
+static void db_errors_are_classified(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_errors", errors);
+}
+
+/* ---- misuse ---- */
+
+static void db_misuse_is_an_error_not_a_crash(void **state)
+{
+    (void)state;
+    dbk_error err;
+    dbk_result *r;
+    int64_t n;
+    DBKT_RC(DBK_EMISUSE, dbk_db_query(NULL, "SELECT 1", NULL, 0, &r, &err));
+    assert_string_not_equal(err.message, "");
+    DBKT_RC(DBK_EMISUSE, dbk_db_exec(NULL, "SELECT 1", NULL, 0, NULL, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_conn_open(NULL, NULL, &err));
+    dbk_conn_close(NULL);
+    dbk_result_free(NULL);
+    char *url = dbkt_sqlite_url("misuse");
+    dbk_conn *c = dbkt_open(url);
+    free(url);
+    dbk_db *db = dbk_conn_db(c);
+    DBKT_RC(DBK_EMISUSE, dbk_db_query(db, NULL, NULL, 0, &r, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_db_query(db, "SELECT $1", NULL, 1, &r, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_db_query(db, "SELECT 1", NULL, 0, NULL, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_db_query_int64(db, "SELECT 1", NULL, 0, NULL, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_conn_ping(c, -5, &err));
+    DBKT_OK(dbk_db_query_int64(db, "SELECT 1", NULL, 0, &n, NULL), &err); /* err optional */
+    assert_int_equal(n, 1);
+    dbk_conn_close(c);
+}
+
+/* ---- results outlive connections ---- */
+
+static void outlive(const char *url, dbk_engine e)
+{
+    (void)e;
+    dbk_conn *c = dbkt_open(url);
+    dbk_error err;
+    dbk_result *r;
+    DBKT_OK(dbk_db_query(dbk_conn_db(c), "SELECT 'still here' AS s", NULL, 0, &r, &err), &err);
+    dbk_conn_close(c);
+    const char *s;
+    DBKT_OK(dbk_result_get_text(r, 0, 0, &s, NULL, &err), &err);
+    assert_string_equal(s, "still here");
+    dbk_result_free(r);
+}
+
+static void db_result_outlives_connection(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_outlive", outlive);
+}
+
+/* ---- the observer ---- */
+
+struct seen {
+    int n;
+    char sql[128];
+    size_t nparams;
+    int64_t rows;
+    dbk_rc rc;
+    int64_t dur;
+};
+
+static void observe(void *ctx, const dbk_query_event *ev)
+{
+    struct seen *s = ctx;
+    s->n++;
+    snprintf(s->sql, sizeof s->sql, "%s", ev->sql);
+    s->nparams = ev->nparams;
+    s->rows = ev->rows;
+    s->rc = ev->rc;
+    s->dur = ev->duration_ns;
+}
+
+static void observer(const char *url, dbk_engine e)
+{
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    setup_users(db, e);
+    struct seen s = {0};
+    dbk_db_set_observer(db, observe, &s);
+    dbk_value p[] = {dbk_text("A"), dbk_text("secret-value@x.org")};
+    DBKT_OK(dbk_db_exec(db, "INSERT INTO users (name, email) VALUES ($1, $2)", p, 2, NULL, &err),
+            &err);
+    assert_int_equal(s.n, 1);
+    assert_string_equal(s.sql, "INSERT INTO users (name, email) VALUES ($1, $2)");
+    assert_int_equal(s.nparams, 2);
+    assert_int_equal(s.rows, 1);
+    assert_int_equal(s.rc, DBK_OK);
+    assert_true(s.dur > 0);
+    dbk_result *r;
+    DBKT_RC(DBK_ESCHEMA, dbk_db_query(db, "SELECT * FROM missing", NULL, 0, &r, &err));
+    assert_int_equal(s.n, 2);
+    assert_int_equal(s.rc, DBK_ESCHEMA);
+    dbk_db_set_observer(db, NULL, NULL);
+    DBKT_OK(dbk_db_exec(db, "SELECT 1", NULL, 0, NULL, &err), &err);
+    assert_int_equal(s.n, 2);
+    dbk_conn_close(c);
+}
+
+static void db_observer_sees_every_statement(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_observer", observer);
+}
+
+static void script(const char *url, dbk_engine e)
+{
+    (void)e;
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    DBKT_OK(dbk_db_exec_script(db,
+                               "CREATE TABLE a (x INT); INSERT INTO a VALUES (1);\n"
+                               "-- a comment; with a semicolon\n"
+                               "INSERT INTO a VALUES (2);",
+                               &err),
+            &err);
+    int64_t n;
+    DBKT_OK(dbk_db_query_int64(db, "SELECT sum(x) FROM a", NULL, 0, &n, &err), &err);
+    assert_int_equal(n, 3);
+    DBKT_RC(DBK_ESCHEMA, dbk_db_exec_script(db, "INSERT INTO a VALUES (4); SELECT * FROM nope;",
+                                            &err));
+    dbk_conn_close(c);
+}
+
+static void db_script_runs_statements_in_order(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_script", script);
+}
+
+static void db_ping_and_version(void **state)
+{
+    (void)state;
+    char *url = dbkt_sqlite_url("ping");
+    dbk_conn *c = dbkt_open(url);
+    dbk_error err;
+    DBKT_OK(dbk_conn_ping(c, 0, &err), &err);
+    assert_non_null(strchr(dbk_conn_server_version(c), '.'));
+    dbk_conn_close(c);
+    free(url);
+    url = dbkt_pg_fresh_db("db_ping");
+    c = dbkt_open(url);
+    DBKT_OK(dbk_conn_ping(c, 500, &err), &err);
+    assert_true(strncmp(dbk_conn_server_version(c), "15", 2) == 0);
+    dbk_conn_close(c);
+    free(url);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(db_query_exec_and_helpers),
+        cmocka_unit_test(db_placeholders_by_number),
+        cmocka_unit_test(db_values_round_trip_byte_for_byte),
+        cmocka_unit_test(db_getters_refuse_to_guess),
+        cmocka_unit_test(db_errors_are_classified),
+        cmocka_unit_test(db_misuse_is_an_error_not_a_crash),
+        cmocka_unit_test(db_result_outlives_connection),
+        cmocka_unit_test(db_observer_sees_every_statement),
+        cmocka_unit_test(db_script_runs_statements_in_order),
+        cmocka_unit_test(db_ping_and_version),
+    };
+    if (argc > 1)
+        cmocka_set_test_filter(argv[1]);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
