@@ -11,5 +11,6 @@
 #include "result.h"
 #include "db.h"
 #include "pool.h"
+#include "tx.h"
 
 #endif
