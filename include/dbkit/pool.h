@@ -5,7 +5,9 @@
  * the pool API itself follows below.)
  *
  * Every option is an int where 0 means "use the default"; defaults live in
- * one table in src/core/config.c and are printed by `dbkit config`.
+ * one table in src/core/config.c and are printed by `dbkit config`. A
+ * negative value switches off the optional behaviours (idle_timeout_ms,
+ * max_lifetime_ms, validate_after_ms, max_waiters, leak_threshold_ms).
  */
 #ifndef DBKIT_POOL_H
 #define DBKIT_POOL_H
@@ -20,6 +22,12 @@
 extern "C" {
 #endif
 
+/*
+ * Pool options. Each field names, in parentheses, its environment variable
+ * and/or its DATABASE_URL query parameter (the key dbk_config_set() takes).
+ * A field left 0 takes the value of the configuration the pool is opened
+ * with, which in turn falls back to the built-in default.
+ */
 typedef struct dbk_pool_opts {
     int max_size;            /* most connections open at once (DB_POOL_MAX, pool_max) */
     int min_idle;            /* idle connections kept ready (DB_POOL_MIN_IDLE, pool_min_idle) */
@@ -32,6 +40,216 @@ typedef struct dbk_pool_opts {
     int max_waiters;         /* acquires allowed to queue; more fail at once (pool_max_waiters) */
     int leak_threshold_ms;   /* a connection held longer is reported once (leak_threshold) */
 } dbk_pool_opts;
+
+/* ------------------------------------------------------------------------
+ * The pool API.
+ *
+ * A dbk_pool owns up to max_size connections to one database and lends
+ * them out. It is thread-safe: every function below may be called from any
+ * thread at once, except dbk_pool_set_hooks() (before first use) and
+ * dbk_pool_close() (once, when no other thread starts new calls).
+ *
+ * Behaviour in short (docs/pool.md has the long form):
+ *  - Waiters are served in arrival order; a released connection goes
+ *    straight to the longest waiter.
+ *  - An acquire never waits past acquire_timeout_ms (monotonic clock). The
+ *    DBK_EPOOL_TIMEOUT message lists max / in use / idle / waiting and the
+ *    current holders, longest-held first, with their call sites.
+ *  - Connections are opened by one background thread per pool, which also
+ *    keeps min_idle ready, retires idle and old connections and reports
+ *    leaks. A caller never blocks on a connect longer than its own acquire
+ *    timeout.
+ *  - A connection that lost its server, failed validation or is in an
+ *    unknown state is closed, never lent again. A PostgreSQL restart costs
+ *    only the statements in flight.
+ *  - DBK_EREADONLY (SQLSTATE 25006) on PostgreSQL means the pool reached a
+ *    standby: every connection is recycled (closed when next idle).
+ *  - After DBK_POOL_BREAKER_FAILURES connect failures in a row, acquires
+ *    that need a new connection fail at once with DBK_EUNAVAILABLE for a
+ *    cool-down; then one probe connect decides.
+ *  - Released connections carry no state to the next borrower (see
+ *    dbk_pool_release()).
+ *  - A pool used in a child process after fork() refuses with DBK_EMISUSE.
+ * ------------------------------------------------------------------------ */
+
+typedef struct dbk_pool dbk_pool;
+typedef struct dbk_config dbk_config;
+typedef struct dbk_conn dbk_conn;
+typedef struct dbk_db dbk_db;
+
+/* Consecutive connect failures that open the circuit breaker. */
+#define DBK_POOL_BREAKER_FAILURES 5
+/* First cool-down of the open breaker; doubles while probes keep failing,
+ * up to DBK_POOL_BREAKER_MAX_MS, and resets when a connect succeeds. */
+#define DBK_POOL_BREAKER_MIN_MS 100
+#define DBK_POOL_BREAKER_MAX_MS 1000
+
+/*
+ * Opens a pool for `cfg` (copied; the caller may free it afterwards). With
+ * `opts` NULL every option comes from the configuration; otherwise each
+ * non-zero field of *opts overrides it. Connections are opened lazily by
+ * the pool's background thread (min_idle of them right away); open itself
+ * does not connect, so a database that is down does not fail it.
+ *
+ * On SQLite, ":memory:" databases get a pool of one connection (each
+ * connection would see its own empty database).
+ *
+ * Returns DBK_OK with *out owned by the caller (dbk_pool_close), or
+ * DBK_EMISUSE (NULL arguments), DBK_ECONFIG (a resolved option out of
+ * range: max_size < 1, min_idle > max_size, ...), DBK_ENOMEM, DBK_EINTERNAL
+ * (the background thread could not start).
+ */
+DBK_API dbk_rc dbk_pool_open(const dbk_config *cfg, const dbk_pool_opts *opts, dbk_pool **out,
+                             dbk_error *err);
+
+/*
+ * Closes the pool gracefully. From the call on, acquires (and the pool's
+ * dbk_db) fail with DBK_EPOOL_CLOSED and waiting acquires are woken with it.
+ * Borrowed connections are waited for up to drain_timeout_ms (0: do not
+ * wait; the wait is on the monotonic clock); then every idle connection is
+ * closed. Connections still borrowed after the deadline are reported through
+ * the logging hook (WARN, with their call sites) and closed when released;
+ * the pool's memory goes with the last of them, so a late dbk_pool_release()
+ * remains valid. Any other use of the handle after close is undefined.
+ *
+ * In a child process after fork() nothing is closed: the parent's sockets
+ * and files are forgotten, never touched. Accepts NULL.
+ */
+DBK_API void dbk_pool_close(dbk_pool *pool, int drain_timeout_ms);
+
+/*
+ * The pool's executor: every call on it checks a connection out, runs the
+ * statement and checks the connection back in. Safe from any number of
+ * threads at once. Borrowed: valid until dbk_pool_close(). NULL for NULL.
+ * Transactions on it (the tx layer) pin one connection for their duration.
+ */
+DBK_API dbk_db *dbk_pool_db(dbk_pool *pool);
+
+/*
+ * Checks a connection out: idle ones first (most recently used first),
+ * else a new one if the pool is below max_size, else the caller queues
+ * (first come, first served) for at most acquire_timeout_ms.
+ *
+ * `file`, `line` and `func` name the call site for the pool-timeout error
+ * and leak reports; they must stay valid while the connection is held
+ * (string literals). Use the dbk_pool_acquire() macro, which passes them.
+ *
+ * On DBK_OK *out is borrowed from the pool and belongs to the calling
+ * thread until dbk_pool_release(); run SQL on dbk_conn_db(*out). Errors:
+ * DBK_EMISUSE (NULL arguments; a pool used after fork()), DBK_EPOOL_CLOSED,
+ * DBK_EPOOL_TIMEOUT (the timeout passed, or max_waiters callers already
+ * queue - the message says which), DBK_EUNAVAILABLE / DBK_EAUTH / ... (the
+ * connect made for this caller failed, or the circuit breaker is open).
+ */
+DBK_API dbk_rc dbk_pool_acquire_at(dbk_pool *pool, const char *file, int line, const char *func,
+                                   dbk_conn **out, dbk_error *err);
+
+/* dbk_pool_acquire(pool, &conn, &err): dbk_pool_acquire_at() with the
+ * caller's file, line and function. */
+#define dbk_pool_acquire(pool, out, err) \
+    dbk_pool_acquire_at((pool), __FILE__, __LINE__, __func__, (out), (err))
+
+/*
+ * Gives a connection back. What happens to it:
+ *  - connection lost, broken, or in a state the driver cannot read: closed;
+ *  - inside a transaction (open or failed): rolled back and its session
+ *    reset by the driver (ROLLBACK + RESET ALL on PostgreSQL), then the
+ *    on_connect hook runs again; if any of that fails: closed;
+ *  - a session setting was changed (a statement starting with SET or RESET,
+ *    or calling set_config(), ran on it): reset as above. Other session
+ *    state (PREPARE, LISTEN, temporary tables, advisory locks) is not
+ *    detected: use dbk_pool_release_reset() or the DBK_POOL_RESET_ALWAYS
+ *    policy for code that creates it;
+ *  - retired (old generation after a failover, past max_lifetime, pool
+ *    closing): closed;
+ *  - otherwise handed to the longest waiter, or kept idle.
+ * A NULL conn is ignored; a connection of another pool, or one released
+ * twice, is reported through the logging hook (ERROR) and left alone.
+ * Thread-safe; the connection must not be used afterwards.
+ */
+DBK_API void dbk_pool_release(dbk_pool *pool, dbk_conn *conn);
+
+/* Like dbk_pool_release() but always resets the session first (one round
+ * trip on PostgreSQL): for code that leaves state the pool cannot see. */
+DBK_API void dbk_pool_release_reset(dbk_pool *pool, dbk_conn *conn);
+
+/* When dbk_pool_release() resets a healthy connection. */
+typedef enum dbk_pool_reset_policy {
+    DBK_POOL_RESET_DIRTY = 0, /* default: only after SET/RESET/set_config() or in a transaction */
+    DBK_POOL_RESET_ALWAYS = 1 /* every release: costs a round trip, catches everything */
+} dbk_pool_reset_policy;
+
+/* Sets the reset policy. Call before the pool is shared. DBK_EMISUSE on
+ * NULL or an unknown policy. */
+DBK_API dbk_rc dbk_pool_set_reset_policy(dbk_pool *pool, dbk_pool_reset_policy policy,
+                                         dbk_error *err);
+
+/*
+ * Hooks, the counterpart of node-postgres' pool.on('connect' | 'acquire' |
+ * 'release' | 'error'). Every member may be NULL. Hooks run without any
+ * pool lock held, on whichever thread triggers them (on_connect on the
+ * pool's background thread), so they must be thread-safe; they must not
+ * call dbk_pool_close().
+ */
+typedef struct dbk_pool_hooks {
+    void *ctx; /* passed to every hook */
+    /* A new connection, before anyone uses it, and again after each session
+     * reset (a reset clears what this hook set). It may run SQL on
+     * dbk_conn_db(conn), e.g. SET search_path. A non-OK result (fill err)
+     * discards the connection and counts as a connect failure. */
+    dbk_rc (*on_connect)(void *ctx, dbk_conn *conn, dbk_error *err);
+    /* A connection was handed to a caller (its thread, before return). */
+    void (*on_acquire)(void *ctx, dbk_conn *conn);
+    /* A connection is being given back (before the pool inspects it). */
+    void (*on_release)(void *ctx, dbk_conn *conn);
+    /* Something went wrong that no caller will see otherwise, or that the
+     * operator should know: a failed connect, a connection discarded as
+     * lost or invalid, the breaker opening, a recycle after failover.
+     * `err` is borrowed for the call. */
+    void (*on_error)(void *ctx, const dbk_error *err);
+} dbk_pool_hooks;
+
+/* Installs the hooks (copied). Call before the pool is shared - at least
+ * before the first acquire if on_connect must see every connection.
+ * `hooks` NULL removes them. DBK_EMISUSE on a NULL pool. */
+DBK_API dbk_rc dbk_pool_set_hooks(dbk_pool *pool, const dbk_pool_hooks *hooks, dbk_error *err);
+
+/* Number of acquire-latency buckets in dbk_pool_stats. */
+#define DBK_POOL_LATENCY_BUCKETS 10
+
+/* A snapshot of the pool, for metrics. Counters are since open. */
+typedef struct dbk_pool_stats {
+    int max_size;
+    int total;      /* open connections: idle + in use (not counting those being opened) */
+    int idle;
+    int in_use;
+    int waiting;    /* callers queued in acquire */
+    int opening;    /* connects under way */
+    uint64_t created;          /* connections opened successfully */
+    uint64_t closed;           /* connections closed, for any reason */
+    uint64_t acquires;         /* successful acquires (dbk_db calls included) */
+    uint64_t acquire_timeouts; /* DBK_EPOOL_TIMEOUT returned (max_waiters refusals included) */
+    uint64_t connect_failures; /* connects (or on_connect hooks) that failed */
+    uint64_t discarded;        /* closed because lost, broken, invalid or not resettable */
+    uint64_t resets;           /* session resets on release */
+    uint64_t leaks;            /* leak reports logged */
+    uint64_t recycles;         /* generation bumps after DBK_EREADONLY (failover) */
+    bool breaker_open;         /* acquires needing a connect fail fast right now */
+    /* Acquire latency histogram: latency_count[i] acquires took at most
+     * latency_le_us[i] microseconds (and more than latency_le_us[i-1]); the
+     * last bound is INT64_MAX. */
+    int64_t latency_le_us[DBK_POOL_LATENCY_BUCKETS];
+    uint64_t latency_count[DBK_POOL_LATENCY_BUCKETS];
+} dbk_pool_stats;
+
+/* Fills *out with a consistent snapshot (taken under the pool lock). The
+ * name carries "_get" because C gives the type and a function one
+ * namespace. DBK_EMISUSE on NULL arguments or after fork(). */
+DBK_API dbk_rc dbk_pool_stats_get(dbk_pool *pool, dbk_pool_stats *out, dbk_error *err);
+
+/* The options in effect after defaults were applied (copied to *out).
+ * DBK_EMISUSE on NULL arguments. */
+DBK_API dbk_rc dbk_pool_get_opts(const dbk_pool *pool, dbk_pool_opts *out, dbk_error *err);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,498 @@
+/*
+ * The connection pool's own costs, each next to its baseline in the same run:
+ *
+ *   micro    acquire + release of an idle connection, one thread (target
+ *            < 100 ns per pair), next to a bare mutex lock/unlock pair; then
+ *            8 threads contending on a pool of 8 (lock contention only) and
+ *            on a pool of 2 (every loan a hand-off), ns per acquire+release.
+ *   sqlite   8 writer + 8 reader threads on one SQLite file through the pool,
+ *            with the pool's write gate and without it (busy_timeout + retry
+ *            only): writes/s, reads/s and busy errors reaching the caller.
+ *   pk       primary-key lookups through the pool's dbk_db from N threads on
+ *            PostgreSQL, next to N raw libpq connections (PQexecPrepared)
+ *            running the same SELECT. bench/pool_pgbench.sh runs this mode
+ *            next to pgbench on the same table.
+ *
+ * usage: pool_bench [micro] [sqlite] [pk] [--pg-url URL] [--threads N]
+ *                   [--seconds S] [--rows N] [--setup]
+ * Without a mode: micro and sqlite, plus pk when a PostgreSQL URL is given
+ * (--pg-url, else DBKIT_TEST_PG_URL). pk expects the users table of
+ * pool_pgbench.sh; --setup creates it (--rows rows) first.
+ */
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <dbkit/dbkit.h>
+
+#include "pool/pool_int.h"
+
+static const char *PK_SQL = "SELECT id, name, email, created_at FROM users WHERE id = $1";
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void die(const char *what, const dbk_error *err)
+{
+    fprintf(stderr, "pool_bench: %s: %s\n", what, err ? err->message : "");
+    exit(1);
+}
+
+static dbk_pool *open_pool(const char *url, const dbk_pool_opts *o)
+{
+    dbk_error err;
+    dbk_config *cfg = NULL;
+    dbk_pool *pool = NULL;
+    if (dbk_config_from(url, NULL, NULL, &cfg, &err) != DBK_OK)
+        die("config", &err);
+    if (dbk_pool_open(cfg, o, &pool, &err) != DBK_OK)
+        die("pool open", &err);
+    dbk_config_free(cfg);
+    return pool;
+}
+
+static char tmpdir[64];
+
+static void make_tmpdir(void)
+{
+    if (tmpdir[0])
+        return;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/pool_bench.XXXXXX");
+    if (!mkdtemp(tmpdir))
+        die("mkdtemp", NULL);
+}
+
+static void rm_db(const char *path)
+{
+    char p[300];
+    unlink(path);
+    snprintf(p, sizeof p, "%s-wal", path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s-shm", path);
+    unlink(p);
+}
+
+/* ---- micro ---- */
+
+struct micro {
+    dbk_pool *pool;
+    long iters;
+    atomic_int go;
+    atomic_long errors;
+};
+
+static void *micro_thread(void *arg)
+{
+    struct micro *m = arg;
+    while (!atomic_load(&m->go))
+        ;
+    for (long i = 0; i < m->iters; i++) {
+        dbk_conn *c;
+        dbk_error err;
+        if (dbk_pool_acquire(m->pool, &c, &err) != DBK_OK) {
+            atomic_fetch_add(&m->errors, 1);
+            continue;
+        }
+        dbk_pool_release(m->pool, c);
+    }
+    return NULL;
+}
+
+static double contended_ns(const char *url, int max_size, int threads, long iters)
+{
+    dbk_pool_opts o = {.max_size = max_size, .min_idle = max_size, .acquire_timeout_ms = 30000};
+    dbk_pool *pool = open_pool(url, &o);
+    /* wait for min_idle */
+    for (int i = 0; i < 500; i++) {
+        dbk_pool_stats st;
+        dbk_pool_stats_get(pool, &st, NULL);
+        if (st.idle == max_size)
+            break;
+        usleep(2000);
+    }
+    struct micro m = {.pool = pool, .iters = iters};
+    pthread_t th[64];
+    for (int i = 0; i < threads; i++)
+        pthread_create(&th[i], NULL, micro_thread, &m);
+    double t0 = now_s();
+    atomic_store(&m.go, 1);
+    for (int i = 0; i < threads; i++)
+        pthread_join(th[i], NULL);
+    double t = now_s() - t0;
+    if (atomic_load(&m.errors))
+        fprintf(stderr, "pool_bench: %ld acquire errors\n", atomic_load(&m.errors));
+    dbk_pool_close(pool, 1000);
+    return t * 1e9 / ((double)iters * threads);
+}
+
+static void run_micro(void)
+{
+    make_tmpdir();
+    char path[200], url[256];
+    snprintf(path, sizeof path, "%s/micro.db", tmpdir);
+    snprintf(url, sizeof url, "sqlite:%s", path);
+
+    /* baseline: a bare mutex pair */
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    const long N = 5000000;
+    volatile long sink = 0;
+    double t0 = now_s();
+    for (long i = 0; i < N; i++) {
+        pthread_mutex_lock(&mu);
+        sink++;
+        pthread_mutex_unlock(&mu);
+    }
+    double mutex_ns = (now_s() - t0) * 1e9 / (double)N;
+
+    dbk_pool_opts o = {.max_size = 1, .min_idle = 1};
+    dbk_pool *pool = open_pool(url, &o);
+    dbk_conn *c;
+    dbk_error err;
+    if (dbk_pool_acquire(pool, &c, &err) != DBK_OK) /* opens it */
+        die("acquire", &err);
+    dbk_pool_release(pool, c);
+    double best = 1e9;
+    for (int round = 0; round < 3; round++) {
+        t0 = now_s();
+        for (long i = 0; i < N; i++) {
+            if (dbk_pool_acquire(pool, &c, &err) != DBK_OK)
+                die("acquire", &err);
+            dbk_pool_release(pool, c);
+        }
+        double ns = (now_s() - t0) * 1e9 / (double)N;
+        if (ns < best)
+            best = ns;
+    }
+    dbk_pool_close(pool, 0);
+
+    printf("micro: acquire+release of an idle connection (SQLite pool, best of 3 x %ld)\n", N);
+    printf("  %-44s %8.1f ns/pair\n", "baseline: pthread mutex lock+unlock", mutex_ns);
+    printf("  %-44s %8.1f ns/pair   (target < 100 ns: %s)\n", "dbkit uncontended, 1 thread", best,
+           best < 100 ? "met" : "MISSED");
+    printf("  %-44s %8.2f x the mutex pair\n", "ratio", best / mutex_ns);
+    double c8 = contended_ns(url, 8, 8, 400000);
+    printf("  %-44s %8.1f ns/op\n", "8 threads, pool of 8 (lock contention)", c8);
+    double c2 = contended_ns(url, 2, 8, 100000);
+    printf("  %-44s %8.1f ns/op\n", "8 threads, pool of 2 (hand-offs)", c2);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    printf("  (%ld CPUs online)\n", cpus);
+    rm_db(path);
+}
+
+/* ---- sqlite writers + readers ---- */
+
+struct mix {
+    dbk_pool *pool;
+    int writer;
+    double end;
+    atomic_long ops, busy, other;
+    char first[700];
+    pthread_mutex_t mu;
+};
+
+static void *mix_thread(void *arg)
+{
+    struct mix *m = arg;
+    dbk_db *db = dbk_pool_db(m->pool);
+    for (long i = 0; i < 10000000 && now_s() < m->end; i++) {
+        dbk_error err;
+        dbk_rc rc;
+        if (m->writer) {
+            dbk_value v = dbk_int64(i);
+            rc = dbk_db_exec(db, "INSERT INTO kv (v) VALUES ($1)", &v, 1, NULL, &err);
+        } else {
+            dbk_value v = dbk_int64(i % 1000);
+            int64_t n;
+            rc = dbk_db_query_int64(db, "SELECT count(*) FROM kv WHERE v = $1", &v, 1, &n, &err);
+        }
+        if (rc == DBK_OK)
+            atomic_fetch_add(&m->ops, 1);
+        else {
+            atomic_fetch_add(rc == DBK_EBUSY ? &m->busy : &m->other, 1);
+            pthread_mutex_lock(&m->mu);
+            if (!m->first[0])
+                snprintf(m->first, sizeof m->first, "%s: %s", dbk_rc_name(rc), err.message);
+            pthread_mutex_unlock(&m->mu);
+        }
+    }
+    return NULL;
+}
+
+static void sqlite_mix(bool gate, double seconds, const char *busy_ms)
+{
+    make_tmpdir();
+    char path[200], url[300];
+    snprintf(path, sizeof path, "%s/mix_%d_%s.db", tmpdir, gate, busy_ms);
+    rm_db(path);
+    snprintf(url, sizeof url, "sqlite:%s?busy_timeout=%s", path, busy_ms);
+    dbk_pool_opts o = {.max_size = 16};
+    dbk_pool *pool = open_pool(url, &o);
+    dbk__pool_set_sqlite_gate(pool, gate);
+    dbk_error err;
+    if (dbk_db_exec(dbk_pool_db(pool), "CREATE TABLE kv (id INTEGER PRIMARY KEY, v INTEGER)",
+                    NULL, 0, NULL, &err) ||
+        dbk_db_exec(dbk_pool_db(pool), "CREATE INDEX kv_v ON kv (v)", NULL, 0, NULL, &err))
+        die("create", &err);
+    struct mix w = {.pool = pool, .writer = 1}, r = {.pool = pool, .writer = 0};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_mutex_init(&r.mu, NULL);
+    w.end = r.end = now_s() + seconds;
+    pthread_t th[16];
+    for (int i = 0; i < 8; i++) {
+        pthread_create(&th[i], NULL, mix_thread, &w);
+        pthread_create(&th[8 + i], NULL, mix_thread, &r);
+    }
+    for (int i = 0; i < 16; i++)
+        pthread_join(th[i], NULL);
+    printf("  %-40s %9.0f writes/s %9.0f reads/s   busy errors %ld, other %ld%s%s\n",
+           gate ? "write gate + busy_timeout (default)" : "busy_timeout + retry only", 
+           (double)atomic_load(&w.ops) / seconds, (double)atomic_load(&r.ops) / seconds,
+           atomic_load(&w.busy) + atomic_load(&r.busy), atomic_load(&w.other) + atomic_load(&r.other),
+           w.first[0] || r.first[0] ? "  first: " : "", w.first[0] ? w.first : r.first);
+    dbk_pool_close(pool, 1000);
+    pthread_mutex_destroy(&w.mu);
+    pthread_mutex_destroy(&r.mu);
+    rm_db(path);
+}
+
+static void run_sqlite(double seconds)
+{
+    printf("sqlite: 8 writer + 8 reader threads, one WAL file, pool of 16, %.0f s each\n",
+           seconds);
+    sqlite_mix(true, seconds, "5000");
+    sqlite_mix(false, seconds, "5000");
+}
+
+/* ---- pk lookups ---- */
+
+struct pk {
+    dbk_pool *pool;
+    const char *url;
+    int64_t rows;
+    double end;
+    atomic_int go;
+    atomic_long ops, errors;
+};
+
+static uint64_t xs(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+static volatile size_t sink;
+
+static void *pk_pool_thread(void *arg)
+{
+    struct pk *p = arg;
+    uint64_t rng = 88172645463325252ULL ^ (uint64_t)(uintptr_t)&rng;
+    dbk_db *db = dbk_pool_db(p->pool);
+    while (!atomic_load(&p->go))
+        ;
+    long n = 0;
+    while (now_s() < p->end) {
+        for (int i = 0; i < 64; i++) {
+            int64_t id = (int64_t)(xs(&rng) % (uint64_t)p->rows) + 1;
+            dbk_value v = dbk_int64(id);
+            dbk_result *r = NULL;
+            dbk_error err;
+            if (dbk_db_query(db, PK_SQL, &v, 1, &r, &err) != DBK_OK ||
+                dbk_result_nrows(r) != 1) {
+                atomic_fetch_add(&p->errors, 1);
+                dbk_result_free(r);
+                continue;
+            }
+            const char *name, *email;
+            size_t l1, l2;
+            int64_t rid, ts;
+            dbk_result_get_int64(r, 0, 0, &rid, &err);
+            dbk_result_get_text(r, 0, 1, &name, &l1, &err);
+            dbk_result_get_text(r, 0, 2, &email, &l2, &err);
+            dbk_result_get_timestamp(r, 0, 3, &ts, &err);
+            sink += (size_t)rid + l1 + l2;
+            dbk_result_free(r);
+            n++;
+        }
+    }
+    atomic_fetch_add(&p->ops, n);
+    return NULL;
+}
+
+static void *pk_raw_thread(void *arg)
+{
+    struct pk *p = arg;
+    uint64_t rng = 88172645463325252ULL ^ (uint64_t)(uintptr_t)&rng;
+    PGconn *c = PQconnectdb(p->url);
+    if (PQstatus(c) != CONNECTION_OK) {
+        atomic_fetch_add(&p->errors, 1);
+        PQfinish(c);
+        return NULL;
+    }
+    PGresult *pr = PQprepare(c, "pk", PK_SQL, 1, NULL);
+    PQclear(pr);
+    while (!atomic_load(&p->go))
+        ;
+    long n = 0;
+    while (now_s() < p->end) {
+        for (int i = 0; i < 64; i++) {
+            char buf[24];
+            snprintf(buf, sizeof buf, "%llu",
+                     (unsigned long long)(xs(&rng) % (uint64_t)p->rows) + 1);
+            const char *vals[1] = {buf};
+            PGresult *r = PQexecPrepared(c, "pk", 1, vals, NULL, NULL, 0);
+            if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+                atomic_fetch_add(&p->errors, 1);
+            else
+                sink += strlen(PQgetvalue(r, 0, 1)) + strlen(PQgetvalue(r, 0, 2));
+            PQclear(r);
+            n++;
+        }
+    }
+    atomic_fetch_add(&p->ops, n);
+    PQfinish(c);
+    return NULL;
+}
+
+static double pk_run(const char *url, bool raw, int threads, double seconds, int64_t rows)
+{
+    struct pk p = {.url = url, .rows = rows};
+    if (!raw) {
+        dbk_pool_opts o = {.max_size = threads, .min_idle = threads};
+        p.pool = open_pool(url, &o);
+        /* warm: open every connection */
+        for (int i = 0; i < 1000; i++) {
+            dbk_pool_stats st;
+            dbk_pool_stats_get(p.pool, &st, NULL);
+            if (st.idle == threads)
+                break;
+            usleep(5000);
+        }
+    }
+    pthread_t th[64];
+    for (int i = 0; i < threads; i++)
+        pthread_create(&th[i], NULL, raw ? pk_raw_thread : pk_pool_thread, &p);
+    usleep(200000); /* raw threads connect and prepare */
+    p.end = now_s() + seconds;
+    double t0 = now_s();
+    atomic_store(&p.go, 1);
+    for (int i = 0; i < threads; i++)
+        pthread_join(th[i], NULL);
+    double t = now_s() - t0;
+    if (p.pool)
+        dbk_pool_close(p.pool, 1000);
+    if (atomic_load(&p.errors))
+        fprintf(stderr, "pool_bench: %ld errors in pk (%s)\n", atomic_load(&p.errors),
+                raw ? "raw" : "pool");
+    return (double)atomic_load(&p.ops) / t;
+}
+
+static void pk_setup(const char *url, int64_t rows)
+{
+    dbk_pool *pool = open_pool(url, NULL);
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "DROP TABLE IF EXISTS users; CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT "
+             "NOT NULL, email TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now()); "
+             "INSERT INTO users (id, name, email) SELECT g, 'user ' || g, 'user' || g || "
+             "'@example.com' FROM generate_series(1, %lld) g; ANALYZE users;",
+             (long long)rows);
+    dbk_error err;
+    if (dbk_db_exec_script(dbk_pool_db(pool), sql, &err) != DBK_OK)
+        die("setup", &err);
+    dbk_pool_close(pool, 1000);
+}
+
+static void run_pk(const char *url, int threads, double seconds, int64_t rows, bool only_pool)
+{
+    if (only_pool) {
+        /* machine-readable, for pool_pgbench.sh */
+        double q = pk_run(url, false, threads, seconds, rows);
+        printf("pool_qps %.0f\n", q);
+        return;
+    }
+    printf("pk: primary-key lookups, %d threads, %.0f s, %lld rows\n", threads, seconds,
+           (long long)rows);
+    double best_raw = 0, best_pool = 0;
+    for (int r = 0; r < 2; r++) {
+        double a = pk_run(url, true, threads, seconds, rows);
+        double b = pk_run(url, false, threads, seconds, rows);
+        best_raw = a > best_raw ? a : best_raw;
+        best_pool = b > best_pool ? b : best_pool;
+    }
+    printf("  %-44s %9.0f q/s\n", "baseline: raw libpq PQexecPrepared, 1 conn/thread", best_raw);
+    printf("  %-44s %9.0f q/s   ratio %.3f\n", "dbkit pool dbk_db_query", best_pool,
+           best_pool / best_raw);
+}
+
+int main(int argc, char **argv)
+{
+    bool micro = false, sqlite = false, pk = false, setup = false, pool_only = false;
+    const char *url = NULL;
+    int threads = 8;
+    double seconds = 5;
+    int64_t rows = 100000;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "micro"))
+            micro = true;
+        else if (!strcmp(argv[i], "sqlite"))
+            sqlite = true;
+        else if (!strcmp(argv[i], "pk"))
+            pk = true;
+        else if (!strcmp(argv[i], "--pg-url") && i + 1 < argc)
+            url = argv[++i];
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = (int)strtol(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
+            seconds = strtod(argv[++i], NULL);
+        else if (!strcmp(argv[i], "--rows") && i + 1 < argc)
+            rows = strtoll(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--setup"))
+            setup = true;
+        else if (!strcmp(argv[i], "--pool-only"))
+            pool_only = true;
+        else {
+            fprintf(stderr, "usage: %s [micro] [sqlite] [pk] [--pg-url URL] [--threads N] "
+                            "[--seconds S] [--rows N] [--setup] [--pool-only]\n",
+                    argv[0]);
+            return 2;
+        }
+    }
+    if (threads < 1 || threads > 64 || seconds <= 0 || seconds > 120 || rows < 1) {
+        fprintf(stderr, "pool_bench: 1 <= threads <= 64, 0 < seconds <= 120, rows >= 1\n");
+        return 2;
+    }
+    if (!url)
+        url = getenv("DBKIT_TEST_PG_URL");
+    if (!micro && !sqlite && !pk) {
+        micro = sqlite = true;
+        pk = url != NULL;
+    }
+    if (micro)
+        run_micro();
+    if (sqlite)
+        run_sqlite(seconds < 3 ? seconds : 3);
+    if (pk) {
+        if (!url) {
+            fprintf(stderr, "pool_bench: pk needs --pg-url or DBKIT_TEST_PG_URL\n");
+            return 2;
+        }
+        if (setup)
+            pk_setup(url, rows);
+        run_pk(url, threads, seconds, rows, pool_only);
+    }
+    if (tmpdir[0])
+        rmdir(tmpdir);
+    return 0;
+}
