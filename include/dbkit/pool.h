@@ -8,6 +8,16 @@
  * one table in src/core/config.c and are printed by `dbkit config`. A
  * negative value switches off the optional behaviours (idle_timeout_ms,
  * max_lifetime_ms, validate_after_ms, max_waiters, leak_threshold_ms).
+ *
+ * In a configuration (dbk_config_from*()), every field already holds its
+ * effective value; for those optional behaviours, 0 from the URL, the
+ * environment or dbk_config_set() means "off". Defaults: max_size 10,
+ * min_idle 0, acquire 5000 ms, connect = the connect timeout (5000 ms),
+ * idle 600000 ms, lifetime 1800000 ms, validate_after 30000 ms,
+ * validate_timeout 1000 ms, max_waiters 1000, leak_threshold 0 (off).
+ * Variables not named below: DB_POOL_VALIDATE_AFTER_MS,
+ * DB_POOL_VALIDATE_TIMEOUT_MS, DB_POOL_MAX_WAITERS, DB_POOL_LEAK_THRESHOLD_MS.
+ * The full table is in docs/configuration.md.
  */
 #ifndef DBKIT_POOL_H
 #define DBKIT_POOL_H

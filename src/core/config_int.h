@@ -39,6 +39,8 @@ struct dbk_config {
     char *sqlite_path;       /* ":memory:" for in-memory */
     bool sqlite_readonly;    /* mode=ro */
     bool sqlite_memory;
+    bool sqlite_create;      /* mode=rwc (default): create the file when missing;
+                              * false for mode=ro and mode=rw */
     int busy_timeout_ms;
     char *journal_mode;      /* "wal" by default */
     char *synchronous;       /* "normal" by default */
