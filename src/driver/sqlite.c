@@ -84,7 +84,7 @@ typedef struct sq_conn {
     char *path;           /* for messages; a path is not a secret */
     int busy_timeout_ms;
     int stmt_timeout_ms;  /* 0: none */
-    int64_t deadline_ns;  /* of the current call when stmt_timeout_ms > 0 */
+    int64_t deadline_ns;  /* of the current call; 0 until the handler first runs */
     int armed_ms;         /* the limit that deadline_ns stands for */
     int timed_out;        /* set by the progress handler */
     /* statement cache */
@@ -138,25 +138,31 @@ static const char *sq_skip_blank(const char *p)
     }
 }
 
+/* The deadline starts at the handler's first call, SQ_PROGRESS_OPS
+ * instructions (about a microsecond) into the statement: a point lookup
+ * finishes before that and never reads the clock at all. */
 static int sq_progress(void *ctx)
 {
     sq_conn *c = ctx;
-    if (dbk__now_ns() > c->deadline_ns) {
+    int64_t now = dbk__now_ns();
+    if (c->deadline_ns == 0) {
+        c->deadline_ns = now + (int64_t)c->armed_ms * 1000000LL;
+        return 0;
+    }
+    if (now > c->deadline_ns) {
         c->timed_out = 1;
         return 1;
     }
     return 0;
 }
 
-/* Starts the clock of one call: `ms` from now (the statement timeout, or
- * the script floor), when a timeout is configured at all. */
+/* Arms the limit of one call (the statement timeout, or the script
+ * floor), when a timeout is configured at all. */
 static void sq_arm_deadline(sq_conn *c, int ms)
 {
-    if (c->stmt_timeout_ms > 0) {
-        c->timed_out = 0;
-        c->armed_ms = ms;
-        c->deadline_ns = dbk__now_ns() + (int64_t)ms * 1000000LL;
-    }
+    c->timed_out = 0;
+    c->armed_ms = ms;
+    c->deadline_ns = 0;
 }
 
 static void copy_name(char *dst, size_t size, const char *src, size_t n)
@@ -990,7 +996,6 @@ static dbk_rc sq_open(const struct dbk_config *cfg, void **impl, dbk_error *err)
     }
     c->busy_timeout_ms = cfg->busy_timeout_ms >= 0 ? cfg->busy_timeout_ms : SQ_DEFAULT_BUSY_MS;
     c->stmt_timeout_ms = cfg->statement_timeout_ms > 0 ? cfg->statement_timeout_ms : 0;
-    c->deadline_ns = INT64_MAX;
     c->cache_cap = cfg->stmt_cache_size >= 0 ? cfg->stmt_cache_size : SQ_DEFAULT_CACHE;
     if (c->cache_cap > 0) {
         size_t nb = 16;
