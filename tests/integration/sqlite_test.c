@@ -143,6 +143,13 @@ static void sqlite_open_readonly_missing_file(void **state)
     assert_null(c);
     assert_non_null(strstr(err.message, "never_created.db"));
     assert_non_null(strstr(err.hint, "mode=ro"));
+
+    /* mode=rw does not create the file either. */
+    snprintf(ro, sizeof ro, "%s?mode=rw", url);
+    DBKT_RC(DBK_EUNAVAILABLE, try_open(ro, &c, &err));
+    assert_non_null(strstr(err.hint, "mode=rw"));
+    struct stat sb;
+    assert_int_not_equal(stat(url + strlen("sqlite:"), &sb), 0);
     free(url);
 }
 
@@ -200,6 +207,16 @@ static void sqlite_pragmas_in_effect(void **state)
     c = dbkt_open(u2);
     assert_int_equal(q_int(dbk_conn_db(c), "PRAGMA busy_timeout"), 250);
     dbk_conn_close(c);
+
+    /* Another journal mode and synchronous level, from the URL. */
+    char *url2 = dbkt_sqlite_url("pragmas_delete");
+    snprintf(u2, sizeof u2, "%s?journal_mode=delete&synchronous=full", url2);
+    c = dbkt_open(u2);
+    q_text(dbk_conn_db(c), "PRAGMA journal_mode", mode, sizeof mode);
+    assert_string_equal(mode, "delete");
+    assert_int_equal(q_int(dbk_conn_db(c), "PRAGMA synchronous"), 2); /* FULL */
+    dbk_conn_close(c);
+    free(url2);
     free(url);
 }
 
