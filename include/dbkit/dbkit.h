@@ -12,5 +12,6 @@
 #include "db.h"
 #include "pool.h"
 #include "tx.h"
+#include "migrate.h"
 
 #endif

@@ -1,0 +1,157 @@
+/*
+ * Shared pieces of the dbkit command: global options, exit codes, output
+ * (human and JSON), errors, and opening the database. The command uses
+ * only the public API (<dbkit/dbkit.h>), like any other program.
+ */
+#ifndef DBKIT_CLI_H
+#define DBKIT_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <dbkit/dbkit.h>
+
+/* Exit codes (docs/cli.md). */
+enum {
+    CLI_OK = 0,        /* success */
+    CLI_ERROR = 1,     /* the command failed: database, SQL, files, lock timeout */
+    CLI_USAGE = 2,     /* bad command line */
+    CLI_PENDING = 3,   /* migrate status --exit-code: migrations are pending */
+    CLI_INVALID = 4,   /* changed, missing or dirty migrations (validate, status --exit-code) */
+    CLI_CONNECT = 5    /* cannot connect or authenticate */
+};
+
+typedef struct cli {
+    const char *url;            /* --url, else DATABASE_URL / DB_* */
+    const char *migrations_dir; /* --migrations-dir, default db/migrations */
+    const char *seeds_dir;      /* --seeds-dir, default db/seeds */
+    bool json;                  /* --json */
+    bool quiet;                 /* -q */
+    int lock_timeout_ms;        /* --lock-timeout */
+    const char *cmd;            /* the command name, for messages */
+} cli;
+
+/* ---- JSON writer (stdout) ---- */
+
+typedef struct jw {
+    FILE *f;
+    int depth;
+    bool comma[64];
+    bool after_key;
+} jw;
+
+void jw_init(jw *w, FILE *f);
+void jw_obj(jw *w);
+void jw_end_obj(jw *w);
+void jw_arr(jw *w);
+void jw_end_arr(jw *w);
+void jw_key(jw *w, const char *k);
+void jw_str(jw *w, const char *s);
+void jw_strn(jw *w, const char *s, size_t n);
+void jw_int(jw *w, int64_t v);
+void jw_double(jw *w, double v);
+void jw_bool(jw *w, bool v);
+void jw_null(jw *w);
+void jw_kstr(jw *w, const char *k, const char *v);
+void jw_kint(jw *w, const char *k, int64_t v);
+void jw_kbool(jw *w, const char *k, bool v);
+
+/* ---- errors and usage ---- */
+
+/* Prints the error (message, hint; JSON on stdout with --json) and returns
+ * the exit code for it. */
+int cli_fail(const cli *c, dbk_rc rc, const dbk_error *err);
+/* Same, with extra members added to the JSON document by extra(w, ctx). */
+int cli_fail_ex(const cli *c, dbk_rc rc, const dbk_error *err, void (*extra)(jw *w, void *ctx),
+                void *ctx);
+/* Prints "dbkit CMD: MESSAGE" and a pointer to --help; returns CLI_USAGE. */
+int cli_usage(const cli *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Exit code for a result code. */
+int cli_exit_code(dbk_rc rc);
+/* Human progress line (stderr when --json, nothing when -q). */
+void cli_info(const cli *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- options of a subcommand ---- */
+
+/* Matches "--name VALUE" or "--name=VALUE" at argv[*i]; advances *i past
+ * the value. Returns 1 matched, 0 not this option, -1 missing value
+ * (usage message printed). */
+int cli_opt_value(const cli *c, int argc, char **argv, int *i, const char *name,
+                  const char **value);
+/* True when argv[i] is -h or --help. */
+bool cli_is_help(const char *arg);
+/* Parses a non-negative decimal int64; false when it is not one. */
+bool cli_parse_i64(const char *s, int64_t *out);
+
+/* ---- the database ---- */
+
+/* Builds the configuration (--url or the environment). For migrations and
+ * seeds, a statement_timeout left at its default is lifted (0): DDL may
+ * take long. Prints the error itself; returns an exit code. */
+int cli_config(const cli *c, bool long_statements, dbk_config **out);
+/* Builds the configuration and opens one connection. url (may be NULL)
+ * receives the redacted URL as the user configured it. */
+int cli_connect(const cli *c, bool long_statements, char *url, size_t urllen, dbk_conn **out);
+/* The redacted URL of a configuration. */
+void cli_redacted(const dbk_config *cfg, char *buf, size_t n);
+
+/* Formats one result cell as text into buf (for tables); returns the text
+ * (buf or a borrowed pointer into the result) and its length. NULL cells
+ * give "" and *is_null. */
+const char *cli_cell_text(const dbk_result *r, size_t row, int col, char *buf, size_t n,
+                          size_t *len, bool *is_null);
+/* Writes one result cell as a JSON value. */
+void cli_cell_json(jw *w, const dbk_result *r, size_t row, int col);
+/* Formats microseconds since the epoch as "YYYY-MM-DD HH:MM:SS" UTC. */
+void cli_time(int64_t usec, char *buf, size_t n);
+
+/* ---- progress of migrations and seeds (report.c) ---- */
+
+typedef struct cli_step {
+    int action; /* dbk_migrate_action */
+    int64_t version;
+    char name[256];
+    int64_t duration_ms;
+    bool transactional;
+    bool skipped;
+} cli_step;
+
+typedef struct cli_report {
+    const cli *c;
+    cli_step *steps;
+    size_t nsteps, cap;
+    char **warnings;
+    size_t nwarnings;
+    bool line_open;
+    /* the failure, when one was reported */
+    bool failed;
+    int64_t fail_version;
+    char fail_path[512];
+    int fail_line;
+    char *fail_statement;
+} cli_report;
+
+void cli_report_init(cli_report *r, const cli *c);
+void cli_report_free(cli_report *r);
+/* The dbk_migrate_report_fn: prints one line per step (time at the end),
+ * collects steps and warnings for JSON. */
+void cli_report_event(void *ctx, const dbk_migrate_event *ev);
+/* Writes "steps", "warnings" (and "failed" when set) into the open JSON
+ * object. */
+void cli_report_json(jw *w, const cli_report *r, const char *steps_key);
+/* cli_fail_ex() extra callback: the report's members. ctx is a cli_report
+ * whose steps_key is "applied". */
+void cli_report_json_extra(jw *w, void *ctx);
+/* Prints the failing statement (stderr) when one was reported. */
+void cli_report_print_failure(const cli_report *r);
+
+/* ---- commands ---- */
+
+int cmd_migrate(cli *c, int argc, char **argv);
+int cmd_seed(cli *c, int argc, char **argv);
+int cmd_query(cli *c, int argc, char **argv);
+int cmd_doctor(cli *c, int argc, char **argv);
+int cmd_config(cli *c, int argc, char **argv);
+
+#endif
