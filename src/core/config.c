@@ -849,6 +849,9 @@ static dbk_rc url_decode(struct urlp *u, const char *s, size_t n, const char *pa
     size_t rem = n - bad < 3 ? n - bad : 3;
     if (r == PCT_NUL) {
         dbk__err(u->err, DBK_ECONFIG, "percent-encoded NUL (%%00) in %s is not allowed", part);
+        dbk__err_hint(u->err, "remove the %%00: names, passwords and values cannot hold a NUL "
+                              "byte");
+        return DBK_ECONFIG;
     } else if (secret || !u->quote) {
         dbk__err(u->err, DBK_ECONFIG, "bad percent-encoding in %s", part);
     } else {
@@ -927,8 +930,9 @@ static dbk_rc apply_query(struct urlp *u, const char *q, size_t n)
             else
                 dbk__err(u->err, DBK_ECONFIG, "unknown SQLite URL parameter %d", pos);
             dbk__err_hint(u->err, "SQLite URLs accept mode, busy_timeout, journal_mode, "
-                                  "synchronous, statement_timeout, stmt_cache_size, "
-                                  "prepared_statements and the pool settings");
+                                  "synchronous, connect_timeout, statement_timeout, "
+                                  "stmt_cache_size, prepared_statements and the pool "
+                                  "settings");
             rc = DBK_ECONFIG;
         } else if (!valid_param_name(key)) {
             dbk__err(u->err, DBK_ECONFIG, "query parameter %d has a bad name: expected lower-case "

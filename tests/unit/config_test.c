@@ -664,6 +664,8 @@ static void config_malformed_hints(void **state)
     assert_int_equal(dbk_config_from("postgres://h/db?sslmode=x", NULL, NULL, &cfg, &err),
                      DBK_ECONFIG);
     assert_non_null(strstr(err.hint, "verify-full"));
+    assert_int_equal(dbk_config_from("postgres://h/d%00b", NULL, NULL, &cfg, &err), DBK_ECONFIG);
+    assert_non_null(strstr(err.hint, "remove the %00"));
     assert_int_equal(dbk_config_from("sqlite:a?x=1", NULL, NULL, &cfg, &err), DBK_ECONFIG);
     assert_non_null(strstr(err.hint, "busy_timeout"));
     assert_null(cfg);
