@@ -547,6 +547,7 @@ static void config_malformed_urls(void **state)
     } cases[] = {
         {"mysql://u:" PW "@h/db", "\"mysql\""},
         {"http://u:" PW "@h/db", "unknown URL scheme"},
+        {"pg2+x.y-z://u:" PW "@h/db", "\"pg2+x.y-z\""},
         {"no-scheme-here", "no scheme"},
         {":" PW "@h", "no scheme"},
         {"postgres:u:" PW "@h/db", "\"//\""},
@@ -617,6 +618,10 @@ static void config_malformed_urls(void **state)
         {"postgres://u:" PW "@h/db?password=x&pool_max=0", "pool_max"},
         {"postgres://u:" PW "@h/db?sslpassword=s3cret%zz", "percent-encoding"},
         {"postgres://u:" PW "@h/db?application_name=a%01b", "control character"},
+        {"postgres://u:" PW "@h/db?keepalives=%01", "keepalives contains a control character"},
+        /* An '@' after the '?' turns quoting off: the value is not shown. */
+        {"postgres://u:" PW "@h/db?application_name=a@b&pool_max=x",
+         "URL parameter pool_max: the value is not a whole number"},
         {"postgres://u:" PW "@h/db\n", "control character"},
         {"postgres://u:" PW "\t@h/db", "control character"},
         {"postgres://h/my@db", "ambiguous '@'"},
@@ -631,6 +636,7 @@ static void config_malformed_urls(void **state)
         {"sqlite://:memory:", "host part"},
         {"sqlite:x.sqlite?mode=rx", "mode"},
         {"sqlite:x.sqlite?foo=1", "\"foo\""},
+        {"sqlite:x.sqlite?Bad-Name=1", "unknown SQLite URL parameter 1"},
         {"sqlite:x.sqlite?sslmode=require", "applies only to PostgreSQL"},
         {"sqlite:x.sqlite?host=h", "applies only to PostgreSQL"},
         {"sqlite:x.sqlite?busy_timeout=abc", "busy_timeout"},
@@ -811,6 +817,19 @@ static void config_env_bad_values(void **state)
     must_fail(NULL, &e9, "unterminated '['");
     struct env e11 = {{"DB_HOST"}, {"db:5432"}};
     must_fail(NULL, &e11, "neither a host name nor an IPv6 address");
+    struct env e12 = {{"DB_HOST"}, {"[zz]"}};
+    must_fail(NULL, &e12, "bad IPv6 address \"zz\"");
+    struct env e13 = {{"DB_HOST"}, {"[]"}};
+    must_fail(NULL, &e13, "bad IPv6 address in host 1");
+    struct env e14 = {{"DB_HOST"}, {"a]b"}};
+    must_fail(NULL, &e14, "stray bracket");
+    char *longval = malloc(9001);
+    assert_non_null(longval);
+    memset(longval, 'a', 9000);
+    longval[9000] = '\0';
+    struct env e15 = {{"DB_APPLICATION_NAME"}, {longval}};
+    must_fail(NULL, &e15, "DB_APPLICATION_NAME: the value is too long");
+    free(longval);
     struct env e10 = {{"DB_USER"}, {"a\nb"}};
     must_fail(NULL, &e10, "DB_USER");
 }
@@ -931,6 +950,12 @@ static void config_password_file(void **state)
     /* Missing file: the message names the path and the variable. */
     struct env missing = {{"DB_PASSWORD_FILE"}, {"/nonexistent/dbkit-pw"}};
     must_fail(NULL, &missing, "DB_PASSWORD_FILE: cannot open \"/nonexistent/dbkit-pw\"");
+
+    /* A directory opens but does not read. */
+    char *dir = dbkt_tmpdir();
+    struct env isdir = {{"DB_PASSWORD_FILE"}, {dir}};
+    must_fail(NULL, &isdir, "DB_PASSWORD_FILE: cannot read");
+    free(dir);
 
     /* A file far larger than a password. */
     char *big = malloc(10000);
