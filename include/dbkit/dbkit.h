@@ -12,6 +12,9 @@
 #include "db.h"
 #include "pool.h"
 #include "tx.h"
+#include "arena.h"
+#include "repo.h"
+#include "cache.h"
 #include "migrate.h"
 
 #endif

@@ -1,0 +1,523 @@
+/*
+ * Entity descriptors: validation, the per-entity SQL cache, and mapping
+ * between C structs and rows.
+ *
+ * A descriptor is plain static data written by the user with DBK_FIELD
+ * lines. On first use it is checked once (one primary key, member sizes
+ * that match the declared types, relations that point at real columns)
+ * and given a private part holding facts derived from it and a cache of
+ * generated SQL. The cache is a singly linked list under a mutex: entries
+ * are immutable once published and are only freed by dbk_entity_release(),
+ * so a reader may keep using an entry after dropping the lock. The list is
+ * short (one entry per operation and mask actually used) and the lookup is
+ * a few pointer hops, far below a statement's round trip.
+ *
+ * Mapping reads each result cell with the typed getters of result.h and
+ * copies strings and blobs into the caller's arena, so structs never point
+ * into a dbk_result.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../core/internal.h"
+#include "repo_int.h"
+
+static pthread_mutex_t init_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* ---- string builder ---- */
+
+static void sb_grow(dbk__sb *sb, size_t extra)
+{
+    if (sb->oom)
+        return;
+    if (sb->len + extra + 1 <= sb->cap)
+        return;
+    size_t cap = sb->cap ? sb->cap : 256;
+    while (cap < sb->len + extra + 1)
+        cap *= 2;
+    char *p = realloc(sb->p, cap);
+    if (!p) {
+        sb->oom = true;
+        return;
+    }
+    sb->p = p;
+    sb->cap = cap;
+}
+
+void dbk__sb_putn(dbk__sb *sb, const char *s, size_t n)
+{
+    sb_grow(sb, n);
+    if (sb->oom)
+        return;
+    memcpy(sb->p + sb->len, s, n);
+    sb->len += n;
+    sb->p[sb->len] = '\0';
+}
+
+void dbk__sb_puts(dbk__sb *sb, const char *s)
+{
+    dbk__sb_putn(sb, s, strlen(s));
+}
+
+void dbk__sb_printf(dbk__sb *sb, const char *fmt, ...)
+{
+    char buf[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        sb->oom = true;
+        return;
+    }
+    if ((size_t)n < sizeof buf) {
+        dbk__sb_putn(sb, buf, (size_t)n);
+        return;
+    }
+    sb_grow(sb, (size_t)n);
+    if (sb->oom)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(sb->p + sb->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    sb->len += (size_t)n;
+}
+
+void dbk__sb_ident(dbk__sb *sb, const char *id)
+{
+    dbk__sb_putn(sb, "\"", 1);
+    for (const char *q = id; *q; q++) {
+        if (*q == '"')
+            dbk__sb_putn(sb, "\"", 1);
+        dbk__sb_putn(sb, q, 1);
+    }
+    dbk__sb_putn(sb, "\"", 1);
+}
+
+void dbk__sb_param(dbk__sb *sb, const dbk_entity *e, int field, int n, dbk_engine engine)
+{
+    dbk__sb_printf(sb, "$%d", n);
+    if (engine == DBK_ENGINE_POSTGRES && field >= 0 && e->fields[field].pg_cast)
+        dbk__sb_printf(sb, "::%s", e->fields[field].pg_cast);
+}
+
+void dbk__sb_columns(dbk__sb *sb, const dbk_entity *e, uint64_t mask)
+{
+    bool first = true;
+    for (size_t i = 0; i < e->nfields; i++) {
+        if (!(mask & (UINT64_C(1) << i)))
+            continue;
+        if (!first)
+            dbk__sb_puts(sb, ", ");
+        dbk__sb_ident(sb, e->fields[i].column);
+        first = false;
+    }
+}
+
+/* ---- validation ---- */
+
+static size_t type_size(dbk_type t)
+{
+    switch (t) {
+    case DBK_TYPE_INT64:
+    case DBK_TYPE_TIMESTAMP:
+        return sizeof(int64_t);
+    case DBK_TYPE_DOUBLE:
+        return sizeof(double);
+    case DBK_TYPE_BOOL:
+        return sizeof(bool);
+    case DBK_TYPE_TEXT:
+    case DBK_TYPE_JSON:
+        return sizeof(const char *);
+    case DBK_TYPE_BLOB:
+        return sizeof(dbk_bytes);
+    default:
+        return 0;
+    }
+}
+
+int dbk__field(const dbk_entity *e, const char *name)
+{
+    if (!e || !name)
+        return -1;
+    for (size_t i = 0; i < e->nfields; i++)
+        if (strcmp(e->fields[i].column, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+int dbk_entity_field_index(const dbk_entity *e, const char *column)
+{
+    return dbk__field(e, column);
+}
+
+static int find_pk(const dbk_entity *e)
+{
+    for (size_t i = 0; i < e->nfields; i++)
+        if (e->fields[i].flags & DBK_F_PK)
+            return (int)i;
+    return -1;
+}
+
+static bool is_key_type(dbk_type t)
+{
+    return t == DBK_TYPE_INT64 || t == DBK_TYPE_TEXT;
+}
+
+static dbk_rc validate(const dbk_entity *e, dbk_error *err)
+{
+    const char *t = e->table ? e->table : "(null)";
+    if (!e->table || !*e->table)
+        return dbk__err(err, DBK_EMISUSE, "entity has no table name");
+    if (!e->fields || e->nfields == 0 || e->nfields > DBK_REPO_MAX_FIELDS)
+        return dbk__err(err, DBK_EMISUSE, "entity %s: needs 1..%d fields", t,
+                        DBK_REPO_MAX_FIELDS);
+    int npk = 0;
+    for (size_t i = 0; i < e->nfields; i++) {
+        const dbk_field *f = &e->fields[i];
+        if (!f->column || !*f->column)
+            return dbk__err(err, DBK_EMISUSE, "entity %s: field %zu has no column name", t, i);
+        size_t ts = type_size(f->type);
+        if (ts == 0)
+            return dbk__err(err, DBK_EMISUSE, "entity %s: field %s has an unsupported type", t,
+                            f->column);
+        if (f->size != ts)
+            return dbk__err(err, DBK_EMISUSE,
+                            "entity %s: field %s is %zu bytes, type %s needs %zu", t, f->column,
+                            f->size, dbk_type_name(f->type), ts);
+        if (f->offset + f->size > e->struct_size)
+            return dbk__err(err, DBK_EMISUSE, "entity %s: field %s lies outside the struct", t,
+                            f->column);
+        if (f->null_offset >= 0 && (size_t)f->null_offset + sizeof(bool) > e->struct_size)
+            return dbk__err(err, DBK_EMISUSE, "entity %s: null flag of %s outside the struct", t,
+                            f->column);
+        if ((f->flags & (DBK_F_CREATED_AT | DBK_F_UPDATED_AT)) && f->type != DBK_TYPE_TIMESTAMP)
+            return dbk__err(err, DBK_EMISUSE, "entity %s: %s must be a timestamp", t, f->column);
+        if (f->flags & DBK_F_PK) {
+            npk++;
+            if (!is_key_type(f->type))
+                return dbk__err(err, DBK_EMISUSE,
+                                "entity %s: primary key %s must be int64 or text", t, f->column);
+            if (f->flags & DBK_F_HIDDEN)
+                return dbk__err(err, DBK_EMISUSE, "entity %s: primary key cannot be hidden", t);
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(e->fields[j].column, f->column) == 0)
+                return dbk__err(err, DBK_EMISUSE, "entity %s: column %s appears twice", t,
+                                f->column);
+    }
+    if (npk != 1)
+        return dbk__err(err, DBK_EMISUSE, "entity %s: needs exactly one DBK_F_PK field, has %d",
+                        t, npk);
+    for (size_t i = 0; i < e->nuniques; i++) {
+        const dbk_unique *u = &e->uniques[i];
+        if (!u->columns || u->ncolumns == 0)
+            return dbk__err(err, DBK_EMISUSE, "entity %s: unique constraint %zu is empty", t, i);
+        for (size_t j = 0; j < u->ncolumns; j++)
+            if (dbk__field(e, u->columns[j]) < 0)
+                return dbk__err(err, DBK_EMISUSE,
+                                "entity %s: unique constraint names unknown column %s", t,
+                                u->columns[j] ? u->columns[j] : "(null)");
+    }
+    for (size_t i = 0; i < e->nrelations; i++) {
+        const dbk_relation *r = &e->relations[i];
+        if (!r->name || !r->target || !r->foreign_key)
+            return dbk__err(err, DBK_EMISUSE, "entity %s: relation %zu is incomplete", t, i);
+        const dbk_entity *holder = r->kind == DBK_REL_BELONGS_TO ? e : r->target;
+        const dbk_entity *keyed = r->kind == DBK_REL_BELONGS_TO ? r->target : e;
+        if (r->kind < DBK_REL_BELONGS_TO || r->kind > DBK_REL_HAS_MANY)
+            return dbk__err(err, DBK_EMISUSE, "entity %s: relation %s has a bad kind", t,
+                            r->name);
+        int fk = dbk__field(holder, r->foreign_key);
+        if (fk < 0)
+            return dbk__err(err, DBK_EMISUSE, "entity %s: relation %s: %s has no column %s", t,
+                            r->name, holder->table ? holder->table : "?", r->foreign_key);
+        int pk = find_pk(keyed);
+        if (pk < 0 || keyed->fields[pk].type != holder->fields[fk].type)
+            return dbk__err(err, DBK_EMISUSE,
+                            "entity %s: relation %s: foreign key type differs from the key", t,
+                            r->name);
+        if (r->ptr_offset + sizeof(void *) > e->struct_size ||
+            (r->kind == DBK_REL_HAS_MANY &&
+             (r->count_offset < 0 || (size_t)r->count_offset + sizeof(size_t) > e->struct_size)))
+            return dbk__err(err, DBK_EMISUSE, "entity %s: relation %s members lie outside", t,
+                            r->name);
+    }
+    return DBK_OK;
+}
+
+dbk_rc dbk_entity_init(dbk_entity *e, dbk_error *err)
+{
+    if (!e)
+        return dbk__err(err, DBK_EMISUSE, "dbk_entity_init: entity must not be NULL");
+    if (__atomic_load_n(&e->priv_, __ATOMIC_ACQUIRE))
+        return DBK_OK;
+    pthread_mutex_lock(&init_mu);
+    dbk_rc rc = DBK_OK;
+    if (e->priv_)
+        goto out_unlock;
+    rc = validate(e, err);
+    if (rc)
+        goto out_unlock;
+    struct dbk__entity_priv *p = calloc(1, sizeof *p);
+    if (!p) {
+        rc = dbk__err(err, DBK_ENOMEM, "out of memory preparing entity %s", e->table);
+        goto out_unlock;
+    }
+    if (pthread_mutex_init(&p->mu, NULL) != 0) {
+        free(p);
+        rc = dbk__err(err, DBK_ENOMEM, "cannot create the mutex of entity %s", e->table);
+        goto out_unlock;
+    }
+    p->pk = find_pk(e);
+    for (size_t i = 0; i < e->nfields; i++) {
+        p->all_mask |= UINT64_C(1) << i;
+        if (!(e->fields[i].flags & DBK_F_HIDDEN))
+            p->default_mask |= UINT64_C(1) << i;
+    }
+    __atomic_store_n(&e->priv_, p, __ATOMIC_RELEASE);
+out_unlock:
+    pthread_mutex_unlock(&init_mu);
+    return rc;
+}
+
+dbk_rc dbk__entity_ready(dbk_entity *e, dbk_error *err)
+{
+    if (__atomic_load_n(&e->priv_, __ATOMIC_ACQUIRE))
+        return DBK_OK;
+    return dbk_entity_init(e, err);
+}
+
+void dbk__sql_free(struct dbk__sql *s)
+{
+    if (!s)
+        return;
+    free(s->sql);
+    free(s->cols);
+    free(s->pfields);
+    free(s);
+}
+
+void dbk_entity_release(dbk_entity *e)
+{
+    if (!e)
+        return;
+    pthread_mutex_lock(&init_mu);
+    struct dbk__entity_priv *p = e->priv_;
+    e->priv_ = NULL;
+    pthread_mutex_unlock(&init_mu);
+    if (!p)
+        return;
+    struct dbk__sql *s = p->cache;
+    while (s) {
+        struct dbk__sql *n = s->next;
+        dbk__sql_free(s);
+        s = n;
+    }
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+/* ---- SQL cache ---- */
+
+const struct dbk__sql *dbk__sql_get(dbk_entity *e, int op, int engine, uint64_t a, uint64_t b)
+{
+    struct dbk__entity_priv *p = e->priv_;
+    const struct dbk__sql *found = NULL;
+    pthread_mutex_lock(&p->mu);
+    for (const struct dbk__sql *s = p->cache; s; s = s->next)
+        if (s->op == op && s->engine == engine && s->a == a && s->b == b) {
+            found = s;
+            break;
+        }
+    pthread_mutex_unlock(&p->mu);
+    return found;
+}
+
+const struct dbk__sql *dbk__sql_put(dbk_entity *e, struct dbk__sql *s)
+{
+    struct dbk__entity_priv *p = e->priv_;
+    const struct dbk__sql *found = NULL;
+    pthread_mutex_lock(&p->mu);
+    for (const struct dbk__sql *c = p->cache; c; c = c->next)
+        if (c->op == s->op && c->engine == s->engine && c->a == s->a && c->b == s->b) {
+            found = c;
+            break;
+        }
+    if (!found) {
+        s->next = p->cache;
+        p->cache = s;
+        found = s;
+        s = NULL;
+    }
+    pthread_mutex_unlock(&p->mu);
+    dbk__sql_free(s);
+    return found;
+}
+
+dbk_rc dbk__sql_set_cols(struct dbk__sql *s, const dbk_entity *e, uint64_t mask)
+{
+    s->ncols = 0;
+    s->cols = malloc(sizeof(int) * (e->nfields ? e->nfields : 1));
+    if (!s->cols)
+        return DBK_ENOMEM;
+    for (size_t i = 0; i < e->nfields; i++)
+        if (mask & (UINT64_C(1) << i))
+            s->cols[s->ncols++] = (int)i;
+    return DBK_OK;
+}
+
+/* ---- mapping ---- */
+
+int64_t dbk__now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+dbk_value dbk__field_value(const dbk_entity *e, int fi, const void *in)
+{
+    const dbk_field *f = &e->fields[fi];
+    const unsigned char *base = in;
+    const void *m = base + f->offset;
+    if (f->null_offset >= 0) {
+        bool isnull;
+        memcpy(&isnull, base + f->null_offset, sizeof isnull);
+        if (isnull)
+            return dbk_null();
+    }
+    switch (f->type) {
+    case DBK_TYPE_INT64: {
+        int64_t v;
+        memcpy(&v, m, sizeof v);
+        return dbk_int64(v);
+    }
+    case DBK_TYPE_TIMESTAMP: {
+        int64_t v;
+        memcpy(&v, m, sizeof v);
+        return dbk_timestamp(v);
+    }
+    case DBK_TYPE_DOUBLE: {
+        double v;
+        memcpy(&v, m, sizeof v);
+        return dbk_double(v);
+    }
+    case DBK_TYPE_BOOL: {
+        bool v;
+        memcpy(&v, m, sizeof v);
+        return dbk_bool(v);
+    }
+    case DBK_TYPE_TEXT: {
+        const char *s;
+        memcpy(&s, m, sizeof s);
+        return dbk_text(s);
+    }
+    case DBK_TYPE_JSON: {
+        const char *s;
+        memcpy(&s, m, sizeof s);
+        return dbk_json(s);
+    }
+    case DBK_TYPE_BLOB: {
+        dbk_bytes b;
+        memcpy(&b, m, sizeof b);
+        return b.ptr ? dbk_blob(b.ptr, b.len) : dbk_null();
+    }
+    default:
+        return dbk_null();
+    }
+}
+
+dbk_rc dbk__map_row(const dbk_entity *e, const dbk_result *r, size_t row, const int *cols,
+                    int ncols, void *out, dbk_arena *arena, dbk_error *err)
+{
+    unsigned char *base = out;
+    for (int c = 0; c < ncols; c++) {
+        const dbk_field *f = &e->fields[cols[c]];
+        unsigned char *m = base + f->offset;
+        bool isnull = dbk_result_is_null(r, row, c);
+        if (f->null_offset >= 0)
+            memcpy(base + f->null_offset, &isnull, sizeof isnull);
+        dbk_rc rc = DBK_OK;
+        switch (f->type) {
+        case DBK_TYPE_INT64:
+        case DBK_TYPE_TIMESTAMP: {
+            int64_t v = 0;
+            if (!isnull)
+                rc = f->type == DBK_TYPE_INT64 ? dbk_result_get_int64(r, row, c, &v, err)
+                                               : dbk_result_get_timestamp(r, row, c, &v, err);
+            memcpy(m, &v, sizeof v);
+            break;
+        }
+        case DBK_TYPE_DOUBLE: {
+            double v = 0;
+            if (!isnull)
+                rc = dbk_result_get_double(r, row, c, &v, err);
+            memcpy(m, &v, sizeof v);
+            break;
+        }
+        case DBK_TYPE_BOOL: {
+            bool v = false;
+            if (!isnull)
+                rc = dbk_result_get_bool(r, row, c, &v, err);
+            memcpy(m, &v, sizeof v);
+            break;
+        }
+        case DBK_TYPE_TEXT:
+        case DBK_TYPE_JSON: {
+            const char *s = NULL, *copy = NULL;
+            size_t len = 0;
+            if (!isnull) {
+                rc = dbk_result_get_text(r, row, c, &s, &len, err);
+                if (rc == DBK_OK && s) {
+                    copy = dbk_arena_strndup(arena, s, len);
+                    if (!copy)
+                        rc = dbk__err(err, DBK_ENOMEM, "out of memory copying %s", f->column);
+                }
+            }
+            memcpy(m, &copy, sizeof copy);
+            break;
+        }
+        case DBK_TYPE_BLOB: {
+            dbk_bytes b = {NULL, 0};
+            if (!isnull) {
+                const void *p = NULL;
+                size_t len = 0;
+                rc = dbk_result_get_blob(r, row, c, &p, &len, err);
+                if (rc == DBK_OK) {
+                    b.ptr = dbk_arena_memdup(arena, p ? p : "", len);
+                    b.len = len;
+                    if (!b.ptr)
+                        rc = dbk__err(err, DBK_ENOMEM, "out of memory copying %s", f->column);
+                }
+            }
+            memcpy(m, &b, sizeof b);
+            break;
+        }
+        default:
+            break;
+        }
+        if (rc != DBK_OK) {
+            if (rc == DBK_ETYPE && err)
+                dbk__err(err, DBK_ETYPE, "%s.%s: column type does not match the field type %s",
+                         e->table, f->column, dbk_type_name(f->type));
+            return rc;
+        }
+    }
+    return DBK_OK;
+}
+
+dbk_rc dbk__repo_check(dbk_db *db, dbk_entity *e, dbk_arena *arena, bool need_arena,
+                       const char *fn, dbk_error *err)
+{
+    if (!db)
+        return dbk__err(err, DBK_EMISUSE, "%s: db must not be NULL", fn);
+    if (!e)
+        return dbk__err(err, DBK_EMISUSE, "%s: entity must not be NULL", fn);
+    if (need_arena && !arena)
+        return dbk__err(err, DBK_EMISUSE, "%s: an arena is needed for the returned row", fn);
+    return dbk__entity_ready(e, err);
+}
