@@ -15,6 +15,7 @@
 #include "arena.h"
 #include "repo.h"
 #include "cache.h"
+#include "cache.h"
 #include "migrate.h"
 
 #endif

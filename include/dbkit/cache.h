@@ -1,0 +1,343 @@
+/*
+ * dbkit/cache.h - the cache: in-process LRU or Redis, cache-aside that stays
+ * correct under concurrent writes, and never fails a request.
+ *
+ * One handle, two backends:
+ *   memory  a sharded LRU with TTL, bounded by entries and by bytes, one
+ *           mutex per shard. The embedded default.
+ *   redis   hiredis, a small pool of connections, short connect and command
+ *           timeouts, a circuit breaker. Keys and values are binary-safe.
+ *
+ * Layers of the API, lowest first:
+ *   get / set / delete           plain key-value with TTL;
+ *   ns_version / ns_bump         a namespace version counter for lists and
+ *                                pages: put the version in their keys, bump it
+ *                                to drop them all (never KEYS or SCAN);
+ *   lease / set_leased           the stale-set guard (see "Guarantee");
+ *   get_or_load                  cache-aside: hit, or ONE load per key per
+ *                                process (single-flight), stored only if no
+ *                                invalidation of the key happened since the
+ *                                load began;
+ *   invalidate_after_commit      delete a key after the surrounding
+ *                                transaction commits (at once outside one).
+ * Values stored by get_or_load carry a one-byte envelope (found / not found);
+ * keep keys written with dbk_cache_set() apart from keys read with
+ * dbk_cache_get_or_load().
+ *
+ * Guarantee ("correct invalidation"). Let a writer commit a change to the
+ * row behind key K and then, after the commit, call dbk_cache_delete(K)
+ * (directly or through dbk_cache_invalidate_after_commit()), and let that
+ * delete succeed. Then no dbk_cache_get_or_load(K) whose load began before
+ * that delete can store its result: every later reader sees either a value
+ * loaded after the delete, or loads itself. Precisely: set_leased stores
+ * only if the key's generation is the one read by dbk_cache_lease() before
+ * the load, the backend was not restarted/flushed in between, and the lease
+ * is younger than lease_ms (default 10 s; a slower load is served but not
+ * stored). Memory: generations are compared under the shard lock. Redis:
+ * a Lua script compares the generation key (a random token written by every
+ * delete, kept for 3 x lease_ms) and a per-server epoch key, then SETs.
+ * When a delete cannot reach Redis, the key is remembered (up to 10000 keys)
+ * and Redis is not read again by this process until they are all replayed;
+ * other processes that can still reach Redis may serve the old value until
+ * its TTL runs out: the TTL is the bound on staleness in a partition.
+ *
+ * Degradation. Every Redis call is bounded by command_timeout_ms (connects
+ * by connect_timeout_ms). After breaker_failures consecutive failures the
+ * breaker opens: Redis is skipped for breaker_cooldown_ms, then one call
+ * probes it. One log line per breaker state change. get_or_load never fails
+ * because of the cache: a cache error is a miss, the loader answers.
+ *
+ * Thread safety: a dbk_cache is thread-safe: every function may be called
+ * from any number of threads at once, except dbk_cache_close() (once, when
+ * no other thread uses the handle).
+ */
+#ifndef DBKIT_CACHE_H
+#define DBKIT_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "db.h"
+#include "error.h"
+#include "value.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dbk_cache dbk_cache;
+
+/* Defaults (used for option fields left 0). */
+#define DBK_CACHE_DEFAULT_MAX_ENTRIES 100000
+#define DBK_CACHE_DEFAULT_MAX_BYTES (64u * 1024u * 1024u)
+#define DBK_CACHE_DEFAULT_SHARDS 16
+#define DBK_CACHE_DEFAULT_POOL_SIZE 4
+#define DBK_CACHE_DEFAULT_CONNECT_TIMEOUT_MS 100
+#define DBK_CACHE_DEFAULT_COMMAND_TIMEOUT_MS 50
+#define DBK_CACHE_DEFAULT_BREAKER_FAILURES 3
+#define DBK_CACHE_DEFAULT_BREAKER_COOLDOWN_MS 1000
+#define DBK_CACHE_DEFAULT_LEASE_MS 10000
+#define DBK_CACHE_DEFAULT_FLIGHT_WAIT_MS 2000
+#define DBK_CACHE_DEFAULT_JITTER_PCT 10
+#define DBK_CACHE_DEFAULT_KEY_PREFIX "dbk:"
+/* Longest key accepted by every backend, in bytes. */
+#define DBK_CACHE_MAX_KEY 4096
+
+/* Breaker states (memory backend: always CLOSED). */
+typedef enum dbk_cache_breaker {
+    DBK_CACHE_BREAKER_CLOSED = 0,    /* calls go to Redis */
+    DBK_CACHE_BREAKER_OPEN = 1,      /* Redis skipped until the cool-down ends */
+    DBK_CACHE_BREAKER_HALF_OPEN = 2  /* one probe call in flight */
+} dbk_cache_breaker;
+
+/*
+ * Options. Plain struct: zero-initialize it and set what you need; every
+ * field left 0 takes its default. NULL options = all defaults.
+ */
+typedef struct dbk_cache_opts {
+    /* Backend. NULL: CACHE_URL, then REDIS_URL from the environment; neither
+     * set (or "memory:") gives the memory backend. Otherwise
+     * "redis://[[user]:password@]host[:port][/db]" (port 6379, db 0; user,
+     * password percent-decoded; "[::1]" for IPv6) or "memory:".
+     * "rediss://" (TLS) is DBK_ECONFIG: this build has no TLS. */
+    const char *url;
+    /* memory backend */
+    size_t max_entries; /* whole cache, tombstones included (default 100000) */
+    size_t max_bytes;   /* keys + values + ~64 bytes per entry (default 64 MiB) */
+    int shards;         /* rounded up to a power of two (default 16) */
+    /* redis backend */
+    const char *key_prefix;  /* put before every key (default "dbk:"); copied */
+    int pool_size;           /* connections (default 4) */
+    int connect_timeout_ms;  /* per connect, AUTH and SELECT included (default 100) */
+    int command_timeout_ms;  /* per command round trip (default 50) */
+    int breaker_failures;    /* consecutive failures that open it (default 3) */
+    int breaker_cooldown_ms; /* skip Redis this long, then probe (default 1000) */
+    /* both */
+    int lease_ms;          /* oldest load result still stored (default 10000) */
+    int flight_wait_ms;    /* longest a single-flight follower waits for the
+                              leader before loading itself (default 2000) */
+    int jitter_pct;        /* get_or_load TTLs are shortened by a random
+                              0..jitter_pct percent (default 10; <0: none) */
+    int negative_ttl_ms;   /* get_or_load caches "not found" this long
+                              (default 0: off) */
+} dbk_cache_opts;
+
+/*
+ * Opens a cache (see dbk_cache_opts.url for the backend choice). Opening a
+ * Redis cache does not connect: a Redis that is down does not fail it.
+ * On DBK_OK *out is owned by the caller (dbk_cache_close). Errors:
+ * DBK_EMISUSE (out NULL), DBK_ECONFIG (malformed URL or option; the message
+ * never contains the password), DBK_ENOMEM.
+ */
+DBK_API dbk_rc dbk_cache_open(const dbk_cache_opts *opts, dbk_cache **out, dbk_error *err);
+
+/* Closes the cache and frees everything it holds. Accepts NULL. */
+DBK_API void dbk_cache_close(dbk_cache *cache);
+
+/* "memory" or "redis". Static. */
+DBK_API const char *dbk_cache_backend(const dbk_cache *cache);
+
+/*
+ * Reads a key. DBK_OK: *val is a malloc'd copy (free with free()), *vallen
+ * its length (a 0-length value still gives a non-NULL pointer).
+ * DBK_ENOT_FOUND: no live entry. Redis errors: DBK_EUNAVAILABLE (down, or
+ * breaker open), DBK_ETIMEOUT, DBK_ENOMEM; callers treat them as a miss.
+ * DBK_EMISUSE: NULL arguments, keylen 0 or > DBK_CACHE_MAX_KEY.
+ */
+DBK_API dbk_rc dbk_cache_get(dbk_cache *cache, const void *key, size_t keylen, void **val,
+                             size_t *vallen, dbk_error *err);
+
+/*
+ * Stores a value for ttl_ms milliseconds (> 0). Unconditional: it may store
+ * a value older than a concurrent delete; use dbk_cache_get_or_load() (or
+ * lease + set_leased) for values read from the database. The bytes are
+ * copied. Memory: a value larger than a shard's byte budget is not stored
+ * (DBK_OK, nothing kept). Errors as dbk_cache_get().
+ */
+DBK_API dbk_rc dbk_cache_set(dbk_cache *cache, const void *key, size_t keylen, const void *val,
+                             size_t vallen, int64_t ttl_ms, dbk_error *err);
+
+/*
+ * Invalidates a key: drops its value and changes its generation, so that a
+ * load that began before this call cannot store its result (see
+ * "Guarantee" above). DBK_OK also when the key had no value. When Redis
+ * cannot be reached the key is queued for replay (see above) and the Redis
+ * error is returned.
+ */
+DBK_API dbk_rc dbk_cache_delete(dbk_cache *cache, const void *key, size_t keylen,
+                                dbk_error *err);
+
+/*
+ * The current version of namespace `ns` (NUL-terminated, 1..200 bytes), 0
+ * when never bumped. Put it in the keys of lists and pages:
+ * "users:list:v<version>:page:3". Errors as dbk_cache_get().
+ */
+DBK_API dbk_rc dbk_cache_ns_version(dbk_cache *cache, const char *ns, uint64_t *version,
+                                    dbk_error *err);
+
+/* Increments the namespace version (every key built with the old version
+ * becomes unreachable and expires by its TTL). *version (may be NULL) gets
+ * the new value. */
+DBK_API dbk_rc dbk_cache_ns_bump(dbk_cache *cache, const char *ns, uint64_t *version,
+                                 dbk_error *err);
+
+/* A lease: the key's generation as read before a load. Plain data. */
+typedef struct dbk_cache_lease {
+    uint64_t gen;     /* backend-specific generation of the key */
+    uint64_t epoch;   /* backend incarnation (Redis: epoch key) */
+    int64_t taken_ns; /* monotonic clock when taken */
+    bool valid;       /* false: the lease could not be taken; never stores */
+} dbk_cache_lease;
+
+/*
+ * Takes a lease on a key: call BEFORE reading the value from the database.
+ * On a Redis error the lease is returned invalid (lease->valid false) with
+ * the error code; set_leased with it stores nothing.
+ */
+DBK_API dbk_rc dbk_cache_lease_take(dbk_cache *cache, const void *key, size_t keylen,
+                                    dbk_cache_lease *lease, dbk_error *err);
+
+/*
+ * Stores the value only if no dbk_cache_delete() of the key happened since
+ * the lease was taken (and the lease is younger than lease_ms). *stored (may
+ * be NULL) says whether it was. DBK_OK in both cases; errors as
+ * dbk_cache_get().
+ */
+DBK_API dbk_rc dbk_cache_set_leased(dbk_cache *cache, const void *key, size_t keylen,
+                                    const dbk_cache_lease *lease, const void *val,
+                                    size_t vallen, int64_t ttl_ms, bool *stored,
+                                    dbk_error *err);
+
+/*
+ * A loader for dbk_cache_get_or_load(): reads the value behind `key` (from
+ * the database) and returns DBK_OK with *val malloc'd (ownership passes to
+ * the cache; *val may be NULL when *vallen is 0), DBK_ENOT_FOUND when there
+ * is no such row, or any other code on failure (err filled).
+ */
+typedef dbk_rc (*dbk_cache_load_fn)(void *ctx, const void *key, size_t keylen, void **val,
+                                    size_t *vallen, dbk_error *err);
+
+/*
+ * Cache-aside read. A hit returns the cached value. A miss (or a cache
+ * error: never surfaced) runs `load`; concurrent misses on one key in this
+ * process run ONE load, the others wait up to flight_wait_ms and take its
+ * result (on timeout they load themselves, without storing). The result is
+ * stored for ttl_ms minus jitter, through a lease taken before the load, so
+ * an invalidation during the load wins. With negative_ttl_ms set, "not
+ * found" is cached too.
+ *
+ * Do not run a loader that reads through a transaction executor holding
+ * uncommitted writes: it could cache rows that are later rolled back
+ * (dbk_cache_find_row() bypasses the cache inside a transaction for you).
+ *
+ * DBK_OK: *val malloc'd (free()), *vallen set. DBK_ENOT_FOUND: no such row
+ * (loaded or negatively cached). Otherwise the loader's code and error.
+ * DBK_EMISUSE for bad arguments.
+ */
+DBK_API dbk_rc dbk_cache_get_or_load(dbk_cache *cache, const void *key, size_t keylen,
+                                     dbk_cache_load_fn load, void *ctx, int64_t ttl_ms,
+                                     void **val, size_t *vallen, dbk_error *err);
+
+/*
+ * Deletes `key` after the transaction running on `db` commits (through
+ * dbk_tx_after_commit_ex; a rollback discards it), or at once when `db` is
+ * not a transaction executor. The key is copied. The delete's own failure
+ * is handled as in dbk_cache_delete() (queued, logged), never reported to
+ * the committer. DBK_EMISUSE, DBK_ENOMEM, registration errors.
+ */
+DBK_API dbk_rc dbk_cache_invalidate_after_commit(dbk_db *db, dbk_cache *cache, const void *key,
+                                                 size_t keylen, dbk_error *err);
+
+/* dbk_cache_ns_bump() after commit, like dbk_cache_invalidate_after_commit(). */
+DBK_API dbk_rc dbk_cache_ns_bump_after_commit(dbk_db *db, dbk_cache *cache, const char *ns,
+                                              dbk_error *err);
+
+/* Counters since open. */
+typedef struct dbk_cache_stats {
+    uint64_t hits;          /* get / get_or_load served from the cache */
+    uint64_t misses;        /* not in the cache (including errors) */
+    uint64_t errors;        /* backend calls that failed (Redis down, timeout) */
+    uint64_t skipped;       /* calls not made because the breaker was open */
+    uint64_t loads;         /* loader runs */
+    uint64_t flight_waits;  /* get_or_load calls that waited for another's load */
+    uint64_t stale_rejects; /* set_leased refusals: an invalidation won */
+    uint64_t evictions;     /* memory: entries dropped for space */
+    uint64_t entries;       /* memory: live entries now (tombstones included) */
+    uint64_t bytes;         /* memory: bytes accounted now */
+    uint64_t pending_invalidations; /* redis: deletes waiting for replay */
+    dbk_cache_breaker breaker;
+    uint64_t breaker_opens; /* times the breaker opened */
+} dbk_cache_stats;
+
+/* Fills *out. DBK_EMISUSE for NULL arguments. */
+DBK_API dbk_rc dbk_cache_stats_get(dbk_cache *cache, dbk_cache_stats *out, dbk_error *err);
+
+/* ------------------------------------------------------------------------
+ * Value encoding: a compact, versioned row format for cached entities.
+ *
+ *   "dK" | version 1 | 0 | layout hash (u64 LE) | count (u32 LE) | fields
+ *   field: type (u8) then NULL: nothing; BOOL: 1 byte 0/1; INT64,
+ *   TIMESTAMP: i64 LE; DOUBLE: IEEE-754 bits LE; TEXT, JSON, BLOB: length
+ *   (u32 LE), bytes, and for TEXT/JSON a NUL byte.
+ *
+ * The layout hash covers the entity name and every field's name and type,
+ * so a struct that changed never decodes bytes written for the old one
+ * (DBK_ETYPE "layout changed": treat as a miss). Every length is checked
+ * against the buffer; trailing bytes are an error.
+ * ------------------------------------------------------------------------ */
+
+/* One field of a cached layout. */
+typedef struct dbk_cache_field {
+    const char *name;
+    dbk_type type;
+} dbk_cache_field;
+
+/* FNV-1a 64 over the entity name and each field's name and type. */
+DBK_API uint64_t dbk_cache_layout_hash(const char *entity, const dbk_cache_field *fields,
+                                       size_t nfields);
+
+/*
+ * Encodes n values (each of its field's type, or NULL). *out is malloc'd
+ * (free()). DBK_EMISUSE, DBK_EINVALID (a text longer than 4 GiB, an unknown
+ * type), DBK_ENOMEM.
+ */
+DBK_API dbk_rc dbk_cache_encode_row(uint64_t layout, const dbk_value *vals, size_t n, void **out,
+                                    size_t *outlen, dbk_error *err);
+
+/*
+ * Decodes into vals[0..n-1]. Text, JSON and blob values borrow `buf` (valid
+ * while buf is); text and JSON are NUL-terminated. DBK_ETYPE when the magic,
+ * version, layout hash or count differ ("written for another layout"),
+ * DBK_EINVALID when the bytes are malformed (a length past the end, a bad
+ * type or bool, trailing bytes). Never reads outside buf[0..len).
+ */
+DBK_API dbk_rc dbk_cache_decode_row(const void *buf, size_t len, uint64_t layout, dbk_value *vals,
+                                    size_t n, dbk_error *err);
+
+/* ------------------------------------------------------------------------
+ * Cached row reads on a dbk_db (the layer under the cached repository).
+ * ------------------------------------------------------------------------ */
+
+/*
+ * Reads one row through the cache. `sql` must select exactly the layout's
+ * fields in order, with $1..$nparams; the key is `key`. Outside a
+ * transaction: get_or_load with a loader that runs sql on db and encodes the
+ * row (dbk_cache_encode_row with `layout`). Inside a transaction (db is a
+ * transaction executor) the cache is bypassed entirely: the row is read
+ * from the database and nothing is stored, so uncommitted data never
+ * reaches the cache and the transaction reads its own writes.
+ *
+ * DBK_OK: *row malloc'd encoded row (decode with dbk_cache_decode_row;
+ * free()), *rowlen set. DBK_ENOT_FOUND when no row. Database errors as
+ * dbk_db_query_row().
+ */
+DBK_API dbk_rc dbk_cache_find_row(dbk_cache *cache, dbk_db *db, const void *key, size_t keylen,
+                                  uint64_t layout, const char *sql, const dbk_value *params,
+                                  size_t nparams, int64_t ttl_ms, void **row, size_t *rowlen,
+                                  dbk_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DBKIT_CACHE_H */

@@ -1,0 +1,527 @@
+/*
+ * The cache front: options and backend choice, argument checks, statistics,
+ * and cache-aside with single-flight (dbk_cache_get_or_load).
+ *
+ * Why the front owns single-flight and the envelope: both backends must
+ * behave the same for the cached repository, and a stampede is a property
+ * of this process, not of the store. In-flight loads live in a small hash
+ * table (64 chained buckets) under one mutex that is taken only on a miss;
+ * a hit never touches it. The first miss on a key becomes the leader: it
+ * takes a lease, runs the loader without holding any lock, stores the result
+ * through the lease and publishes it to the followers, who wait on the
+ * flight's condition variable against a monotonic deadline (flight_wait_ms)
+ * and then copy the leader's result. A follower whose wait runs out loads
+ * for itself and stores nothing. Values written by get_or_load start with a
+ * one-byte envelope, 'V' (a value follows) or 'N' (cached "not found").
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "../core/internal.h"
+#include "cache_int.h"
+
+#define FLIGHT_BUCKETS 64
+#define ENV_VALUE 'V'
+#define ENV_NOT_FOUND 'N'
+
+struct flight {
+    struct flight *next;
+    unsigned char *key;
+    size_t klen;
+    uint64_t hash;
+    int refs;
+    bool done;
+    dbk_rc rc;
+    dbk_error err;
+    unsigned char *env; /* envelope + value, owned by the flight */
+    size_t envlen;
+    pthread_cond_t cv;
+};
+
+struct dbk_cache {
+    const struct dbk__cache_ops *ops;
+    void *impl;
+    struct dbk__cache_cfg cfg;
+    pthread_mutex_t fl_mu;
+    struct flight *flights[FLIGHT_BUCKETS];
+    _Atomic uint64_t hits, misses, loads, flight_waits;
+};
+
+/* ---- randomness --------------------------------------------------------- */
+
+static _Atomic uint64_t rand_state;
+static pthread_once_t rand_once = PTHREAD_ONCE_INIT;
+
+static void rand_seed(void)
+{
+    uint64_t s = 0;
+    if (getrandom(&s, sizeof s, GRND_NONBLOCK) != (ssize_t)sizeof s)
+        s = (uint64_t)dbk__now_ns() ^ (uint64_t)(uintptr_t)&s;
+    atomic_store(&rand_state, s);
+}
+
+uint64_t dbk__cache_rand64(void)
+{
+    pthread_once(&rand_once, rand_seed);
+    uint64_t z = atomic_fetch_add(&rand_state, 0x9E3779B97F4A7C15ULL) + 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return z ? z : 1;
+}
+
+/* ---- open / close ------------------------------------------------------- */
+
+static const char *env_nonempty(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+static dbk_rc resolve(const dbk_cache_opts *o, struct dbk__cache_cfg *c, dbk_error *err)
+{
+    static const dbk_cache_opts zero;
+    if (!o)
+        o = &zero;
+    memset(c, 0, sizeof *c);
+    if (o->shards < 0 || o->pool_size < 0 || o->connect_timeout_ms < 0 ||
+        o->command_timeout_ms < 0 || o->breaker_failures < 0 || o->breaker_cooldown_ms < 0 ||
+        o->lease_ms < 0 || o->flight_wait_ms < 0 || o->negative_ttl_ms < 0)
+        return dbk__err(err, DBK_ECONFIG, "cache options must not be negative (0 means default)");
+    c->max_entries = o->max_entries ? o->max_entries : DBK_CACHE_DEFAULT_MAX_ENTRIES;
+    c->max_bytes = o->max_bytes ? o->max_bytes : DBK_CACHE_DEFAULT_MAX_BYTES;
+    c->shards = o->shards ? o->shards : DBK_CACHE_DEFAULT_SHARDS;
+    c->pool_size = o->pool_size ? o->pool_size : DBK_CACHE_DEFAULT_POOL_SIZE;
+    c->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms
+                                                  : DBK_CACHE_DEFAULT_CONNECT_TIMEOUT_MS;
+    c->command_timeout_ms = o->command_timeout_ms ? o->command_timeout_ms
+                                                  : DBK_CACHE_DEFAULT_COMMAND_TIMEOUT_MS;
+    c->breaker_failures = o->breaker_failures ? o->breaker_failures
+                                              : DBK_CACHE_DEFAULT_BREAKER_FAILURES;
+    c->breaker_cooldown_ms = o->breaker_cooldown_ms ? o->breaker_cooldown_ms
+                                                    : DBK_CACHE_DEFAULT_BREAKER_COOLDOWN_MS;
+    c->lease_ms = o->lease_ms ? o->lease_ms : DBK_CACHE_DEFAULT_LEASE_MS;
+    c->flight_wait_ms = o->flight_wait_ms ? o->flight_wait_ms : DBK_CACHE_DEFAULT_FLIGHT_WAIT_MS;
+    c->jitter_pct = o->jitter_pct == 0 ? DBK_CACHE_DEFAULT_JITTER_PCT
+                                       : (o->jitter_pct < 0 ? 0 : o->jitter_pct);
+    if (c->jitter_pct > 90)
+        return dbk__err(err, DBK_ECONFIG, "cache jitter_pct must be at most 90");
+    c->negative_ttl_ms = o->negative_ttl_ms;
+    if (c->pool_size > 256)
+        return dbk__err(err, DBK_ECONFIG, "cache pool_size must be at most 256");
+    const char *prefix = o->key_prefix ? o->key_prefix : DBK_CACHE_DEFAULT_KEY_PREFIX;
+    if (strlen(prefix) >= sizeof c->key_prefix)
+        return dbk__err(err, DBK_ECONFIG, "cache key_prefix is longer than %zu bytes",
+                        sizeof c->key_prefix - 1);
+    dbk__strlcpy(c->key_prefix, prefix, sizeof c->key_prefix);
+    return DBK_OK;
+}
+
+dbk_rc dbk_cache_open(const dbk_cache_opts *opts, dbk_cache **out, dbk_error *err)
+{
+    if (!out)
+        return dbk__err(err, DBK_EMISUSE, "dbk_cache_open: out must not be NULL");
+    *out = NULL;
+    struct dbk__cache_cfg cfg;
+    dbk_rc rc = resolve(opts, &cfg, err);
+    if (rc != DBK_OK)
+        return rc;
+    const char *url = opts && opts->url ? opts->url : env_nonempty("CACHE_URL");
+    if (!url && !(opts && opts->url))
+        url = env_nonempty("REDIS_URL");
+    dbk_cache *c = calloc(1, sizeof *c);
+    if (!c)
+        return dbk__err(err, DBK_ENOMEM, "out of memory opening a cache");
+    c->cfg = cfg;
+    pthread_mutex_init(&c->fl_mu, NULL);
+    if (!url || !*url || strcmp(url, "memory:") == 0 || strcmp(url, "memory") == 0) {
+        c->ops = &dbk__cache_memory_ops;
+        rc = dbk__cache_memory_new(&cfg, &c->impl, err);
+    } else {
+        struct dbk__redis_url ru;
+        rc = dbk__redis_url_parse(url, &ru, err);
+        if (rc == DBK_OK) {
+            c->ops = &dbk__cache_redis_ops;
+            rc = dbk__cache_redis_new(&cfg, &ru, &c->impl, err);
+        }
+        memset(&ru, 0, sizeof ru);
+    }
+    if (rc != DBK_OK) {
+        pthread_mutex_destroy(&c->fl_mu);
+        free(c);
+        return rc;
+    }
+    *out = c;
+    return DBK_OK;
+}
+
+void dbk_cache_close(dbk_cache *cache)
+{
+    if (!cache)
+        return;
+    cache->ops->close(cache->impl);
+    pthread_mutex_destroy(&cache->fl_mu);
+    free(cache);
+}
+
+const char *dbk_cache_backend(const dbk_cache *cache)
+{
+    return cache ? cache->ops->name : "none";
+}
+
+/* ---- plain operations --------------------------------------------------- */
+
+static dbk_rc check_key(const char *fn, dbk_cache *cache, const void *key, size_t keylen,
+                        dbk_error *err)
+{
+    if (!cache || !key)
+        return dbk__err(err, DBK_EMISUSE, "%s: cache and key must not be NULL", fn);
+    if (keylen == 0 || keylen > DBK_CACHE_MAX_KEY)
+        return dbk__err(err, DBK_EMISUSE, "%s: key length %zu outside 1..%d", fn, keylen,
+                        DBK_CACHE_MAX_KEY);
+    return DBK_OK;
+}
+
+dbk_rc dbk_cache_get(dbk_cache *cache, const void *key, size_t keylen, void **val,
+                     size_t *vallen, dbk_error *err)
+{
+    dbk_rc rc = check_key("dbk_cache_get", cache, key, keylen, err);
+    if (rc != DBK_OK)
+        return rc;
+    if (!val || !vallen)
+        return dbk__err(err, DBK_EMISUSE, "dbk_cache_get: val and vallen must not be NULL");
+    *val = NULL;
+    *vallen = 0;
+    rc = cache->ops->get(cache->impl, key, keylen, val, vallen, err);
+    atomic_fetch_add(rc == DBK_OK ? &cache->hits : &cache->misses, 1);
+    return rc;
+}
+
+dbk_rc dbk_cache_set(dbk_cache *cache, const void *key, size_t keylen, const void *val,
+                     size_t vallen, int64_t ttl_ms, dbk_error *err)
+{
+    dbk_rc rc = check_key("dbk_cache_set", cache, key, keylen, err);
+    if (rc != DBK_OK)
+        return rc;
+    if ((!val && vallen) || ttl_ms <= 0)
+        return dbk__err(err, DBK_EMISUSE, "dbk_cache_set: need a value and a ttl > 0");
+    return cache->ops->set(cache->impl, key, keylen, val, vallen, ttl_ms, err);
+}
+
+dbk_rc dbk_cache_delete(dbk_cache *cache, const void *key, size_t keylen, dbk_error *err)
+{
+    dbk_rc rc = check_key("dbk_cache_delete", cache, key, keylen, err);
+    if (rc != DBK_OK)
+        return rc;
+    return cache->ops->del(cache->impl, key, keylen, err);
+}
+
+static dbk_rc check_ns(const char *fn, dbk_cache *cache, const char *ns, dbk_error *err)
+{
+    if (!cache || !ns)
+        return dbk__err(err, DBK_EMISUSE, "%s: cache and ns must not be NULL", fn);
+    size_t n = strlen(ns);
+    if (n == 0 || n > 200)
+        return dbk__err(err, DBK_EMISUSE, "%s: namespace length %zu outside 1..200", fn, n);
+    return DBK_OK;
+}
+
+dbk_rc dbk_cache_ns_version(dbk_cache *cache, const char *ns, uint64_t *version, dbk_error *err)
+{
+    dbk_rc rc = check_ns("dbk_cache_ns_version", cache, ns, err);
+    if (rc != DBK_OK)
+        return rc;
+    if (!version)
+        return dbk__err(err, DBK_EMISUSE, "dbk_cache_ns_version: version must not be NULL");
+    *version = 0;
+    return cache->ops->ns_get(cache->impl, ns, version, err);
+}
+
+dbk_rc dbk_cache_ns_bump(dbk_cache *cache, const char *ns, uint64_t *version, dbk_error *err)
+{
+    dbk_rc rc = check_ns("dbk_cache_ns_bump", cache, ns, err);
+    if (rc != DBK_OK)
+        return rc;
+    uint64_t v = 0;
+    rc = cache->ops->ns_bump(cache->impl, ns, &v, err);
+    if (version)
+        *version = v;
+    return rc;
+}
+
+dbk_rc dbk_cache_lease_take(dbk_cache *cache, const void *key, size_t keylen,
+                            dbk_cache_lease *lease, dbk_error *err)
+{
+    dbk_rc rc = check_key("dbk_cache_lease_take", cache, key, keylen, err);
+    if (rc != DBK_OK)
+        return rc;
+    if (!lease)
+        return dbk__err(err, DBK_EMISUSE, "dbk_cache_lease_take: lease must not be NULL");
+    memset(lease, 0, sizeof *lease);
+    rc = cache->ops->lease(cache->impl, key, keylen, lease, err);
+    if (rc != DBK_OK)
+        lease->valid = false;
+    return rc;
+}
+
+dbk_rc dbk_cache_set_leased(dbk_cache *cache, const void *key, size_t keylen,
+                            const dbk_cache_lease *lease, const void *val, size_t vallen,
+                            int64_t ttl_ms, bool *stored, dbk_error *err)
+{
+    if (stored)
+        *stored = false;
+    dbk_rc rc = check_key("dbk_cache_set_leased", cache, key, keylen, err);
+    if (rc != DBK_OK)
+        return rc;
+    if (!lease || (!val && vallen) || ttl_ms <= 0)
+        return dbk__err(err, DBK_EMISUSE,
+                        "dbk_cache_set_leased: need a lease, a value and a ttl > 0");
+    bool s = false;
+    rc = cache->ops->set_leased(cache->impl, key, keylen, lease, val, vallen, ttl_ms, &s, err);
+    if (stored)
+        *stored = s;
+    return rc;
+}
+
+dbk_rc dbk_cache_stats_get(dbk_cache *cache, dbk_cache_stats *out, dbk_error *err)
+{
+    if (!cache || !out)
+        return dbk__err(err, DBK_EMISUSE, "dbk_cache_stats_get: cache and out must not be NULL");
+    memset(out, 0, sizeof *out);
+    out->hits = atomic_load(&cache->hits);
+    out->misses = atomic_load(&cache->misses);
+    out->loads = atomic_load(&cache->loads);
+    out->flight_waits = atomic_load(&cache->flight_waits);
+    cache->ops->stats(cache->impl, out);
+    return DBK_OK;
+}
+
+/* ---- get_or_load -------------------------------------------------------- */
+
+static uint64_t hash_key(const void *key, size_t len)
+{
+    const unsigned char *s = key;
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static int64_t jittered(const dbk_cache *c, int64_t ttl_ms)
+{
+    if (c->cfg.jitter_pct <= 0 || ttl_ms < 2)
+        return ttl_ms;
+    uint64_t span = (uint64_t)ttl_ms * (uint64_t)c->cfg.jitter_pct / 100;
+    if (span == 0)
+        return ttl_ms;
+    int64_t t = ttl_ms - (int64_t)(dbk__cache_rand64() % (span + 1));
+    return t < 1 ? 1 : t;
+}
+
+/* Splits an envelope: DBK_OK with *val (moved into a fresh buffer or the
+ * same one) for 'V', DBK_ENOT_FOUND for 'N', DBK_ETYPE for foreign bytes.
+ * Frees or hands over `env`. */
+static dbk_rc open_envelope(unsigned char *env, size_t len, void **val, size_t *vallen)
+{
+    if (len >= 1 && env[0] == ENV_VALUE) {
+        memmove(env, env + 1, len - 1);
+        *val = env;
+        *vallen = len - 1;
+        return DBK_OK;
+    }
+    bool not_found = len == 1 && env[0] == ENV_NOT_FOUND;
+    free(env);
+    return not_found ? DBK_ENOT_FOUND : DBK_ETYPE;
+}
+
+static void flight_unref_locked(struct flight *f)
+{
+    if (--f->refs == 0) {
+        pthread_cond_destroy(&f->cv);
+        free(f->env);
+        free(f->key);
+        free(f);
+    }
+}
+
+static dbk_rc copy_result(const struct flight *f, void **val, size_t *vallen, dbk_error *err)
+{
+    if (f->rc != DBK_OK) {
+        if (err)
+            *err = f->err;
+        return f->rc;
+    }
+    size_t n = f->envlen - 1;
+    void *v = malloc(n ? n : 1);
+    if (!v)
+        return dbk__err(err, DBK_ENOMEM, "out of memory copying a loaded value");
+    memcpy(v, f->env + 1, n);
+    *val = v;
+    *vallen = n;
+    return DBK_OK;
+}
+
+/* Runs the loader; on DBK_OK builds the 'V' envelope in *env (the value is
+ * moved into it). */
+static dbk_rc run_loader(dbk_cache *c, const void *key, size_t keylen, dbk_cache_load_fn load,
+                         void *ctx, unsigned char **env, size_t *envlen, dbk_error *err)
+{
+    *env = NULL;
+    *envlen = 0;
+    void *v = NULL;
+    size_t vl = 0;
+    atomic_fetch_add(&c->loads, 1);
+    dbk_rc rc = load(ctx, key, keylen, &v, &vl, err);
+    if (rc != DBK_OK) {
+        free(v);
+        return rc;
+    }
+    if (!v && vl)
+        return dbk__err(err, DBK_EMISUSE, "cache loader returned a length without a value");
+    unsigned char *e = malloc(vl + 1);
+    if (!e) {
+        free(v);
+        return dbk__err(err, DBK_ENOMEM, "out of memory storing a loaded value");
+    }
+    e[0] = ENV_VALUE;
+    if (vl)
+        memcpy(e + 1, v, vl);
+    free(v);
+    *env = e;
+    *envlen = vl + 1;
+    return DBK_OK;
+}
+
+static void deadline_in(struct timespec *ts, int ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    int64_t ns = ts->tv_nsec + (int64_t)ms * 1000000LL;
+    ts->tv_sec += ns / 1000000000LL;
+    ts->tv_nsec = ns % 1000000000LL;
+}
+
+dbk_rc dbk_cache_get_or_load(dbk_cache *cache, const void *key, size_t keylen,
+                             dbk_cache_load_fn load, void *ctx, int64_t ttl_ms, void **val,
+                             size_t *vallen, dbk_error *err)
+{
+    dbk_rc rc = check_key("dbk_cache_get_or_load", cache, key, keylen, err);
+    if (rc != DBK_OK)
+        return rc;
+    if (!load || !val || !vallen || ttl_ms <= 0)
+        return dbk__err(err, DBK_EMISUSE,
+                        "dbk_cache_get_or_load: need a loader, val, vallen and a ttl > 0");
+    *val = NULL;
+    *vallen = 0;
+
+    /* 1. the cache */
+    void *raw = NULL;
+    size_t rawlen = 0;
+    rc = cache->ops->get(cache->impl, key, keylen, &raw, &rawlen, NULL);
+    if (rc == DBK_OK) {
+        rc = open_envelope(raw, rawlen, val, vallen);
+        if (rc != DBK_ETYPE) {
+            atomic_fetch_add(&cache->hits, 1);
+            if (rc == DBK_ENOT_FOUND)
+                return dbk__err(err, DBK_ENOT_FOUND, "not found (cached)");
+            return rc;
+        }
+    }
+    atomic_fetch_add(&cache->misses, 1);
+
+    /* 2. join or lead the flight for this key */
+    uint64_t h = hash_key(key, keylen);
+    struct flight **bucket = &cache->flights[h % FLIGHT_BUCKETS];
+    pthread_mutex_lock(&cache->fl_mu);
+    struct flight *f = *bucket;
+    while (f && !(f->hash == h && f->klen == keylen && memcmp(f->key, key, keylen) == 0))
+        f = f->next;
+    if (f) {
+        f->refs++;
+        atomic_fetch_add(&cache->flight_waits, 1);
+        struct timespec dl;
+        deadline_in(&dl, cache->cfg.flight_wait_ms);
+        while (!f->done)
+            if (pthread_cond_timedwait(&f->cv, &cache->fl_mu, &dl) == ETIMEDOUT)
+                break;
+        bool done = f->done;
+        if (done)
+            rc = copy_result(f, val, vallen, err);
+        flight_unref_locked(f);
+        pthread_mutex_unlock(&cache->fl_mu);
+        if (done)
+            return rc;
+        /* the leader is too slow: load ourselves, store nothing */
+        unsigned char *env;
+        size_t envlen;
+        rc = run_loader(cache, key, keylen, load, ctx, &env, &envlen, err);
+        if (rc == DBK_OK)
+            rc = open_envelope(env, envlen, val, vallen);
+        return rc;
+    }
+    f = calloc(1, sizeof *f);
+    unsigned char *kcopy = f ? malloc(keylen) : NULL;
+    if (!f || !kcopy) {
+        pthread_mutex_unlock(&cache->fl_mu);
+        free(f);
+        free(kcopy);
+        return dbk__err(err, DBK_ENOMEM, "out of memory starting a cache load");
+    }
+    memcpy(kcopy, key, keylen);
+    f->key = kcopy;
+    f->klen = keylen;
+    f->hash = h;
+    f->refs = 1;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&f->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    f->next = *bucket;
+    *bucket = f;
+    pthread_mutex_unlock(&cache->fl_mu);
+
+    /* 3. lead: lease BEFORE the load, load, store through the lease */
+    dbk_cache_lease lease;
+    memset(&lease, 0, sizeof lease);
+    if (cache->ops->lease(cache->impl, key, keylen, &lease, NULL) != DBK_OK)
+        lease.valid = false;
+    unsigned char *env = NULL;
+    size_t envlen = 0;
+    dbk_error lerr;
+    dbk_error_clear(&lerr);
+    rc = run_loader(cache, key, keylen, load, ctx, &env, &envlen, &lerr);
+    bool stored;
+    if (rc == DBK_OK && lease.valid) {
+        cache->ops->set_leased(cache->impl, key, keylen, &lease, env, envlen,
+                               jittered(cache, ttl_ms), &stored, NULL);
+    } else if (rc == DBK_ENOT_FOUND && cache->cfg.negative_ttl_ms > 0 && lease.valid) {
+        unsigned char nf = ENV_NOT_FOUND;
+        cache->ops->set_leased(cache->impl, key, keylen, &lease, &nf, 1,
+                               cache->cfg.negative_ttl_ms, &stored, NULL);
+    }
+
+    /* 4. publish */
+    pthread_mutex_lock(&cache->fl_mu);
+    struct flight **pp = bucket;
+    while (*pp && *pp != f)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = f->next;
+    f->done = true;
+    f->rc = rc;
+    f->err = lerr;
+    f->env = env;
+    f->envlen = envlen;
+    if (rc == DBK_OK)
+        rc = copy_result(f, val, vallen, err);
+    else if (err)
+        *err = lerr;
+    pthread_cond_broadcast(&f->cv);
+    flight_unref_locked(f);
+    pthread_mutex_unlock(&cache->fl_mu);
+    return rc;
+}

@@ -1,0 +1,906 @@
+/*
+ * The Redis backend: hiredis, a small connection pool, hard timeouts, a
+ * circuit breaker, and the server half of the stale-set guard.
+ *
+ * Shape. A fixed array of pool_size blocking hiredis contexts; a caller
+ * takes a free one (waiting at most command_timeout_ms), runs one command
+ * and gives it back. Every socket has SO_RCVTIMEO/SO_SNDTIMEO set to the
+ * command timeout (redisSetTimeout) and connects with the connect timeout,
+ * so no call blocks longer than its deadline. A context that saw an I/O
+ * error or a timeout is freed; the next borrower of its slot reconnects.
+ * Commands are sent with redisCommandArgv and explicit lengths: keys and
+ * values are binary-safe. Keys on the server are prefix + "v:" + key
+ * (value), prefix + "g:" + key (generation), prefix + "n:" + namespace
+ * (namespace version) and prefix + "epoch".
+ *
+ * Breaker. After breaker_failures consecutive failed calls it opens: calls
+ * fail at once (DBK_EUNAVAILABLE, counted as `skipped`) for the cool-down;
+ * then exactly one call probes. Success closes it, failure re-opens it. One
+ * log line per state change (WARN when it opens, INFO when it closes, DEBUG
+ * for probe transitions).
+ *
+ * Stale-set guard. A delete runs one Lua script that writes a fresh random
+ * token into the generation key (kept 3 x lease_ms) and deletes the value.
+ * A lease reads the generation and the epoch (MGET); set_leased runs a
+ * script that stores only if both are unchanged. The epoch key is created
+ * (SET NX, random) on each connect: when the server loses its data (restart
+ * without persistence, FLUSHALL) the epoch changes and every older lease
+ * is refused, even though the generation keys are gone. A delete that cannot
+ * reach Redis is queued (up to MAX_PENDING keys) and forces the breaker
+ * open; the probe replays the queue before anything else and the breaker
+ * closes only when it is empty, so this process never reads a value whose
+ * invalidation it has not delivered.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/time.h>
+
+#include "../core/internal.h"
+#include "cache_int.h"
+
+#define MAX_PENDING 10000
+#define KEYBUF (64 + 3 + DBK_CACHE_MAX_KEY)
+
+static const char invalidate_lua[] =
+    "redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) "
+    "redis.call('DEL', KEYS[1]) return 1";
+
+static const char set_leased_lua[] =
+    "if redis.call('GET', KEYS[3]) ~= ARGV[2] then return -1 end "
+    "local g = redis.call('GET', KEYS[2]) if not g then g = '' end "
+    "if g ~= ARGV[1] then return 0 end "
+    "redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4]) return 1";
+
+struct slot {
+    redisContext *ctx;
+    bool busy;
+};
+
+struct pending {
+    unsigned char *key;
+    size_t len;
+};
+
+struct rds {
+    struct dbk__cache_cfg cfg;
+    struct dbk__redis_url url;
+    char safe_addr[300]; /* host:port/db, for messages */
+    pthread_mutex_t mu;  /* slots */
+    pthread_cond_t cv;
+    struct slot *slots;
+    int nslots;
+
+    pthread_mutex_t br_mu; /* breaker */
+    dbk_cache_breaker state;
+    int fails;
+    int64_t opened_at_ns;
+    uint64_t breaker_opens;
+
+    pthread_mutex_t pend_mu;
+    struct pending *pend;
+    size_t npend;
+    bool pend_overflow;
+
+    _Atomic uint64_t errors, skipped, stale_rejects;
+};
+
+/* ---- URL ---------------------------------------------------------------- */
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = tolower(c);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Percent-decodes src[0..n) into dst (size dstsz). False when malformed or
+ * too long. */
+static bool pct_decode(const char *src, size_t n, char *dst, size_t dstsz)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)src[i];
+        if (c == '%') {
+            if (i + 2 >= n)
+                return false;
+            int h = hexval(src[i + 1]), l = hexval(src[i + 2]);
+            if (h < 0 || l < 0)
+                return false;
+            c = h * 16 + l;
+            i += 2;
+        }
+        if (o + 1 >= dstsz)
+            return false;
+        dst[o++] = (char)c;
+    }
+    dst[o] = 0;
+    return true;
+}
+
+static bool parse_int(const char *s, size_t n, long lo, long hi, int *out)
+{
+    if (n == 0 || n > 10)
+        return false;
+    long v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v < lo || v > hi)
+        return false;
+    *out = (int)v;
+    return true;
+}
+
+dbk_rc dbk__redis_url_parse(const char *url, struct dbk__redis_url *out, dbk_error *err)
+{
+    memset(out, 0, sizeof *out);
+    out->port = 6379;
+    if (!url)
+        return dbk__err(err, DBK_EMISUSE, "redis url must not be NULL");
+    if (strncmp(url, "rediss://", 9) == 0) {
+        dbk__err(err, DBK_ECONFIG, "rediss:// (tls) is not supported by this build");
+        dbk__err_hint(err, "use redis:// over a trusted network or a tls tunnel");
+        return DBK_ECONFIG;
+    }
+    if (strncmp(url, "redis://", 8) != 0) {
+        dbk__err(err, DBK_ECONFIG, "cache url must start with redis:// or be memory:");
+        return DBK_ECONFIG;
+    }
+    const char *p = url + 8;
+    const char *end = p + strlen(p);
+    const char *q = memchr(p, '?', (size_t)(end - p));
+    if (q) {
+        dbk__err(err, DBK_ECONFIG, "query parameters are not supported in a redis url");
+        dbk__err_hint(err, "set timeouts and pool size in dbk_cache_opts");
+        return DBK_ECONFIG;
+    }
+    const char *slash = memchr(p, '/', (size_t)(end - p));
+    const char *auth_end = NULL;
+    for (const char *s = p; s < (slash ? slash : end); s++)
+        if (*s == '@')
+            auth_end = s; /* the last '@' before the path ends the credentials */
+    const char *hostp = p;
+    if (auth_end) {
+        const char *colon = memchr(p, ':', (size_t)(auth_end - p));
+        const char *uend = colon ? colon : auth_end;
+        if (!pct_decode(p, (size_t)(uend - p), out->user, sizeof out->user))
+            return dbk__err(err, DBK_ECONFIG, "malformed user in redis url");
+        if (colon && !pct_decode(colon + 1, (size_t)(auth_end - colon - 1), out->password,
+                                 sizeof out->password))
+            return dbk__err(err, DBK_ECONFIG, "malformed password in redis url");
+        hostp = auth_end + 1;
+    }
+    const char *hend = slash ? slash : end;
+    const char *portp = NULL;
+    if (hostp < hend && *hostp == '[') {
+        const char *rb = memchr(hostp, ']', (size_t)(hend - hostp));
+        if (!rb)
+            return dbk__err(err, DBK_ECONFIG, "malformed ipv6 host in redis url");
+        size_t hl = (size_t)(rb - hostp - 1);
+        if (hl == 0 || hl >= sizeof out->host)
+            return dbk__err(err, DBK_ECONFIG, "malformed ipv6 host in redis url");
+        memcpy(out->host, hostp + 1, hl);
+        out->host[hl] = 0;
+        if (rb + 1 < hend) {
+            if (rb[1] != ':')
+                return dbk__err(err, DBK_ECONFIG, "malformed host in redis url");
+            portp = rb + 2;
+        }
+    } else {
+        const char *colon = memchr(hostp, ':', (size_t)(hend - hostp));
+        const char *he = colon ? colon : hend;
+        size_t hl = (size_t)(he - hostp);
+        if (hl >= sizeof out->host)
+            return dbk__err(err, DBK_ECONFIG, "host in redis url is too long");
+        memcpy(out->host, hostp, hl);
+        out->host[hl] = 0;
+        if (colon)
+            portp = colon + 1;
+    }
+    if (!out->host[0])
+        dbk__strlcpy(out->host, "127.0.0.1", sizeof out->host);
+    if (portp && !parse_int(portp, (size_t)(hend - portp), 1, 65535, &out->port))
+        return dbk__err(err, DBK_ECONFIG, "bad port in redis url (expected 1..65535)");
+    if (slash && slash + 1 < end &&
+        !parse_int(slash + 1, (size_t)(end - slash - 1), 0, 100000, &out->db))
+        return dbk__err(err, DBK_ECONFIG, "bad database index in redis url (expected a number)");
+    return DBK_OK;
+}
+
+/* ---- breaker ------------------------------------------------------------ */
+
+/* Decides whether a call may go to Redis. *probe is set when this call is
+ * the half-open probe. */
+static dbk_rc breaker_enter(struct rds *r, bool *probe, dbk_error *err)
+{
+    *probe = false;
+    pthread_mutex_lock(&r->br_mu);
+    if (r->state == DBK_CACHE_BREAKER_CLOSED) {
+        pthread_mutex_unlock(&r->br_mu);
+        return DBK_OK;
+    }
+    int64_t now = dbk__now_ns();
+    if (r->state == DBK_CACHE_BREAKER_OPEN &&
+        now - r->opened_at_ns >= (int64_t)r->cfg.breaker_cooldown_ms * 1000000LL) {
+        r->state = DBK_CACHE_BREAKER_HALF_OPEN;
+        *probe = true;
+        pthread_mutex_unlock(&r->br_mu);
+        dbk__log(DBK_LOG_DEBUG, "redis cache %s: circuit breaker half-open, probing",
+                 r->safe_addr);
+        return DBK_OK;
+    }
+    pthread_mutex_unlock(&r->br_mu);
+    atomic_fetch_add(&r->skipped, 1);
+    return dbk__err(err, DBK_EUNAVAILABLE, "redis cache %s skipped: circuit breaker open",
+                    r->safe_addr);
+}
+
+static void breaker_open_locked(struct rds *r, const char *why)
+{
+    dbk_cache_breaker was = r->state;
+    r->state = DBK_CACHE_BREAKER_OPEN;
+    r->opened_at_ns = dbk__now_ns();
+    if (was == DBK_CACHE_BREAKER_CLOSED) {
+        r->breaker_opens++;
+        dbk__log(DBK_LOG_WARN,
+                 "redis cache %s: circuit breaker open (%s); serving from the database for %d ms",
+                 r->safe_addr, why, r->cfg.breaker_cooldown_ms);
+    } else if (was == DBK_CACHE_BREAKER_HALF_OPEN) {
+        dbk__log(DBK_LOG_DEBUG, "redis cache %s: probe failed, circuit breaker open again",
+                 r->safe_addr);
+    }
+}
+
+static void breaker_result(struct rds *r, bool probe, bool ok, const char *why)
+{
+    pthread_mutex_lock(&r->br_mu);
+    if (ok) {
+        r->fails = 0;
+        if (probe && r->state != DBK_CACHE_BREAKER_CLOSED) {
+            pthread_mutex_lock(&r->pend_mu);
+            bool clean = r->npend == 0;
+            pthread_mutex_unlock(&r->pend_mu);
+            if (clean) {
+                r->state = DBK_CACHE_BREAKER_CLOSED;
+                dbk__log(DBK_LOG_INFO, "redis cache %s: circuit breaker closed, redis is back",
+                         r->safe_addr);
+            } else {
+                /* deletes queued during the probe: probe again at once */
+                r->state = DBK_CACHE_BREAKER_OPEN;
+                r->opened_at_ns = 0;
+            }
+        }
+    } else {
+        r->fails++;
+        if (probe || r->state == DBK_CACHE_BREAKER_HALF_OPEN ||
+            (r->state == DBK_CACHE_BREAKER_CLOSED && r->fails >= r->cfg.breaker_failures))
+            breaker_open_locked(r, why);
+    }
+    pthread_mutex_unlock(&r->br_mu);
+}
+
+static void force_open(struct rds *r, const char *why)
+{
+    pthread_mutex_lock(&r->br_mu);
+    if (r->state != DBK_CACHE_BREAKER_OPEN)
+        breaker_open_locked(r, why);
+    pthread_mutex_unlock(&r->br_mu);
+}
+
+/* ---- connections -------------------------------------------------------- */
+
+static struct timeval tv_ms(int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    return tv;
+}
+
+static dbk_rc io_error(struct rds *r, redisContext *c, dbk_error *err)
+{
+    int e = c ? c->err : REDIS_ERR_OTHER;
+    const char *msg = c && c->errstr[0] ? c->errstr : "unknown error";
+    bool timeout = strstr(msg, "temporarily unavailable") || strstr(msg, "timed out") ||
+                   strstr(msg, "Timeout");
+    (void)e;
+    return dbk__err(err, timeout ? DBK_ETIMEOUT : DBK_EUNAVAILABLE, "redis cache %s: %s",
+                    r->safe_addr, msg);
+}
+
+/* hiredis writes with write(2): a peer that died would raise SIGPIPE and
+ * kill a process that did not ignore it. Like libpq, block SIGPIPE on this
+ * thread around the call and swallow one raised by it. */
+static redisReply *cmd(redisContext *c, int argc, const char **argv, const size_t *lens)
+{
+    sigset_t pipe_set, old_set, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigemptyset(&pending);
+    bool was_pending = false;
+    bool blocked = pthread_sigmask(SIG_BLOCK, &pipe_set, &old_set) == 0;
+    if (blocked && sigpending(&pending) == 0)
+        was_pending = sigismember(&pending, SIGPIPE) == 1;
+    redisReply *rep = redisCommandArgv(c, argc, argv, lens);
+    if (blocked) {
+        if (!was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+            struct timespec zero = {0, 0};
+            (void)sigtimedwait(&pipe_set, NULL, &zero);
+        }
+        pthread_sigmask(SIG_SETMASK, &old_set, NULL);
+    }
+    return rep;
+}
+
+static dbk_rc connect_slot(struct rds *r, struct slot *s, dbk_error *err)
+{
+    redisContext *c = redisConnectWithTimeout(r->url.host, r->url.port,
+                                              tv_ms(r->cfg.connect_timeout_ms));
+    if (!c)
+        return dbk__err(err, DBK_ENOMEM, "out of memory connecting to redis");
+    if (c->err) {
+        dbk_rc rc = io_error(r, c, err);
+        redisFree(c);
+        return rc == DBK_ETIMEOUT ? rc : DBK_EUNAVAILABLE;
+    }
+    if (redisSetTimeout(c, tv_ms(r->cfg.command_timeout_ms)) != REDIS_OK) {
+        redisFree(c);
+        return dbk__err(err, DBK_EUNAVAILABLE, "redis cache %s: cannot set socket timeouts",
+                        r->safe_addr);
+    }
+    redisReply *rep = NULL;
+    if (r->url.password[0]) {
+        const char *av[3] = {"AUTH", r->url.user, r->url.password};
+        size_t al[3] = {4, strlen(r->url.user), strlen(r->url.password)};
+        if (r->url.user[0])
+            rep = cmd(c, 3, av, al);
+        else {
+            av[1] = r->url.password;
+            al[1] = al[2];
+            rep = cmd(c, 2, av, al);
+        }
+        if (!rep)
+            goto io_fail;
+        if (rep->type == REDIS_REPLY_ERROR) {
+            freeReplyObject(rep);
+            redisFree(c);
+            dbk__err(err, DBK_EAUTH, "redis cache %s: authentication failed", r->safe_addr);
+            dbk__err_hint(err, "check the password in REDIS_URL / CACHE_URL");
+            return DBK_EAUTH;
+        }
+        freeReplyObject(rep);
+    }
+    if (r->url.db != 0) {
+        char dbs[16];
+        int n = snprintf(dbs, sizeof dbs, "%d", r->url.db);
+        const char *av[2] = {"SELECT", dbs};
+        size_t al[2] = {6, (size_t)n};
+        rep = cmd(c, 2, av, al);
+        if (!rep)
+            goto io_fail;
+        bool bad = rep->type == REDIS_REPLY_ERROR;
+        freeReplyObject(rep);
+        if (bad) {
+            redisFree(c);
+            return dbk__err(err, DBK_ECONFIG, "redis cache %s: cannot select database %d",
+                            r->safe_addr, r->url.db);
+        }
+    }
+    {
+        char key[80], val[24];
+        int kl = snprintf(key, sizeof key, "%sepoch", r->cfg.key_prefix);
+        int vl = snprintf(val, sizeof val, "%016llx", (unsigned long long)dbk__cache_rand64());
+        const char *av[4] = {"SET", key, val, "NX"};
+        size_t al[4] = {3, (size_t)kl, (size_t)vl, 2};
+        rep = cmd(c, 4, av, al);
+        if (!rep)
+            goto io_fail;
+        freeReplyObject(rep);
+    }
+    s->ctx = c;
+    return DBK_OK;
+io_fail : {
+    dbk_rc rc = io_error(r, c, err);
+    redisFree(c);
+    return rc;
+}
+}
+
+/* Takes a connected slot: breaker first, then a free slot within the
+ * command timeout, then a connect when the slot has none. */
+static dbk_rc acquire(struct rds *r, struct slot **out, bool *probe, dbk_error *err)
+{
+    dbk_rc rc = breaker_enter(r, probe, err);
+    if (rc != DBK_OK)
+        return rc;
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    int64_t ns = dl.tv_nsec + (int64_t)r->cfg.command_timeout_ms * 1000000LL;
+    dl.tv_sec += ns / 1000000000LL;
+    dl.tv_nsec = ns % 1000000000LL;
+    struct slot *s = NULL;
+    pthread_mutex_lock(&r->mu);
+    bool timed_out = false;
+    for (;;) {
+        /* prefer a connected free slot */
+        for (int i = 0; i < r->nslots && !s; i++)
+            if (!r->slots[i].busy && r->slots[i].ctx)
+                s = &r->slots[i];
+        for (int i = 0; i < r->nslots && !s; i++)
+            if (!r->slots[i].busy)
+                s = &r->slots[i];
+        if (s || timed_out)
+            break;
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) == ETIMEDOUT)
+            timed_out = true;
+    }
+    if (s)
+        s->busy = true;
+    pthread_mutex_unlock(&r->mu);
+    if (!s) {
+        if (*probe)
+            breaker_result(r, true, false, "no free connection");
+        return dbk__err(err, DBK_ETIMEOUT, "redis cache %s: all %d connections busy",
+                        r->safe_addr, r->nslots);
+    }
+    if (!s->ctx) {
+        rc = connect_slot(r, s, err);
+        if (rc != DBK_OK) {
+            atomic_fetch_add(&r->errors, 1);
+            breaker_result(r, *probe, false, "connect failed");
+            pthread_mutex_lock(&r->mu);
+            s->busy = false;
+            pthread_cond_signal(&r->cv);
+            pthread_mutex_unlock(&r->mu);
+            return rc;
+        }
+    }
+    *out = s;
+    return DBK_OK;
+}
+
+static void release(struct rds *r, struct slot *s, bool broken)
+{
+    if (broken && s->ctx) {
+        redisFree(s->ctx);
+        s->ctx = NULL;
+    }
+    pthread_mutex_lock(&r->mu);
+    s->busy = false;
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static size_t mkkey(const struct rds *r, char tag, const void *key, size_t klen, char *buf)
+{
+    size_t pl = strlen(r->cfg.key_prefix);
+    memcpy(buf, r->cfg.key_prefix, pl);
+    buf[pl] = tag;
+    buf[pl + 1] = ':';
+    memcpy(buf + pl + 2, key, klen);
+    return pl + 2 + klen;
+}
+
+static redisReply *run_inval(struct rds *r, redisContext *c, const void *key, size_t klen)
+{
+    char vk[KEYBUF], gk[KEYBUF], tok[24], ttl[24];
+    size_t vl = mkkey(r, 'v', key, klen, vk), gl = mkkey(r, 'g', key, klen, gk);
+    int tl = snprintf(tok, sizeof tok, "%016llx", (unsigned long long)dbk__cache_rand64());
+    int xl = snprintf(ttl, sizeof ttl, "%lld", 3LL * r->cfg.lease_ms);
+    const char *av[7] = {"EVAL", invalidate_lua, "2", vk, gk, tok, ttl};
+    size_t al[7] = {4, sizeof invalidate_lua - 1, 1, vl, gl, (size_t)tl, (size_t)xl};
+    return cmd(c, 7, av, al);
+}
+
+/* Replays queued deletes on the probe's connection. False on failure
+ * (what was not replayed stays queued). */
+static bool replay_pending(struct rds *r, redisContext *c)
+{
+    pthread_mutex_lock(&r->pend_mu);
+    struct pending *list = r->pend;
+    size_t n = r->npend;
+    bool overflow = r->pend_overflow;
+    r->pend = NULL;
+    r->npend = 0;
+    r->pend_overflow = false;
+    pthread_mutex_unlock(&r->pend_mu);
+    if (overflow)
+        dbk__log(DBK_LOG_ERROR,
+                 "redis cache %s: more than %d invalidations could not be delivered; values "
+                 "may be stale until their ttl",
+                 r->safe_addr, MAX_PENDING);
+    size_t done = 0;
+    bool ok = true;
+    for (; done < n; done++) {
+        redisReply *rep = run_inval(r, c, list[done].key, list[done].len);
+        if (!rep) {
+            ok = false;
+            break;
+        }
+        freeReplyObject(rep);
+        free(list[done].key);
+    }
+    if (done < n) {
+        pthread_mutex_lock(&r->pend_mu);
+        for (size_t i = done; i < n; i++) {
+            if (r->npend < MAX_PENDING) {
+                struct pending *np = realloc(r->pend, (r->npend + 1) * sizeof *np);
+                if (np) {
+                    r->pend = np;
+                    r->pend[r->npend++] = list[i];
+                    continue;
+                }
+            }
+            r->pend_overflow = true;
+            free(list[i].key);
+        }
+        pthread_mutex_unlock(&r->pend_mu);
+    }
+    free(list);
+    return ok;
+}
+
+static void add_pending(struct rds *r, const void *key, size_t klen)
+{
+    unsigned char *copy = malloc(klen);
+    pthread_mutex_lock(&r->pend_mu);
+    struct pending *np = NULL;
+    if (copy && r->npend < MAX_PENDING)
+        np = realloc(r->pend, (r->npend + 1) * sizeof *np);
+    if (np) {
+        memcpy(copy, key, klen);
+        r->pend = np;
+        r->pend[r->npend].key = copy;
+        r->pend[r->npend].len = klen;
+        r->npend++;
+    } else {
+        free(copy);
+        r->pend_overflow = true;
+    }
+    pthread_mutex_unlock(&r->pend_mu);
+    force_open(r, "an invalidation could not be delivered");
+}
+
+/*
+ * Runs one command with the breaker, the pool and the replay around it.
+ * *reply is the reply (caller frees) on DBK_OK; an error reply is
+ * DBK_EINTERNAL with the server's text.
+ */
+static dbk_rc run(struct rds *r, int argc, const char **argv, const size_t *lens,
+                  redisReply **reply, dbk_error *err)
+{
+    *reply = NULL;
+    struct slot *s;
+    bool probe;
+    dbk_rc rc = acquire(r, &s, &probe, err);
+    if (rc != DBK_OK)
+        return rc;
+    if (probe && !replay_pending(r, s->ctx)) {
+        rc = io_error(r, s->ctx, err);
+        atomic_fetch_add(&r->errors, 1);
+        release(r, s, true);
+        breaker_result(r, probe, false, "replaying invalidations failed");
+        return rc;
+    }
+    redisReply *rep = cmd(s->ctx, argc, argv, lens);
+    if (!rep) {
+        rc = io_error(r, s->ctx, err);
+        atomic_fetch_add(&r->errors, 1);
+        release(r, s, true);
+        breaker_result(r, probe, false, rc == DBK_ETIMEOUT ? "command timed out" : "i/o error");
+        return rc;
+    }
+    release(r, s, false);
+    if (rep->type == REDIS_REPLY_ERROR) {
+        rc = dbk__err(err, DBK_EINTERNAL, "redis cache %s: %.*s", r->safe_addr,
+                      (int)(rep->len > 200 ? 200 : rep->len), rep->str ? rep->str : "");
+        freeReplyObject(rep);
+        atomic_fetch_add(&r->errors, 1);
+        breaker_result(r, probe, false, "error reply");
+        return rc;
+    }
+    breaker_result(r, probe, true, NULL);
+    *reply = rep;
+    return DBK_OK;
+}
+
+/* ---- operations --------------------------------------------------------- */
+
+static dbk_rc r_get(void *impl, const void *key, size_t klen, void **val, size_t *vallen,
+                    dbk_error *err)
+{
+    struct rds *r = impl;
+    char vk[KEYBUF];
+    size_t vl = mkkey(r, 'v', key, klen, vk);
+    const char *av[2] = {"GET", vk};
+    size_t al[2] = {3, vl};
+    redisReply *rep;
+    dbk_rc rc = run(r, 2, av, al, &rep, err);
+    if (rc != DBK_OK)
+        return rc;
+    if (rep->type == REDIS_REPLY_NIL) {
+        freeReplyObject(rep);
+        return DBK_ENOT_FOUND;
+    }
+    if (rep->type != REDIS_REPLY_STRING) {
+        freeReplyObject(rep);
+        return dbk__err(err, DBK_EINTERNAL, "redis cache: unexpected reply to GET");
+    }
+    void *copy = malloc(rep->len ? rep->len : 1);
+    if (!copy) {
+        freeReplyObject(rep);
+        return dbk__err(err, DBK_ENOMEM, "out of memory copying a cached value");
+    }
+    memcpy(copy, rep->str, rep->len);
+    *val = copy;
+    *vallen = rep->len;
+    freeReplyObject(rep);
+    return DBK_OK;
+}
+
+static dbk_rc r_set(void *impl, const void *key, size_t klen, const void *val, size_t vlen,
+                    int64_t ttl_ms, dbk_error *err)
+{
+    struct rds *r = impl;
+    char vk[KEYBUF], ttl[24];
+    size_t vl = mkkey(r, 'v', key, klen, vk);
+    int tl = snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
+    const char *av[5] = {"SET", vk, val ? val : "", "PX", ttl};
+    size_t al[5] = {3, vl, vlen, 2, (size_t)tl};
+    redisReply *rep;
+    dbk_rc rc = run(r, 5, av, al, &rep, err);
+    if (rc == DBK_OK)
+        freeReplyObject(rep);
+    return rc;
+}
+
+static dbk_rc r_del(void *impl, const void *key, size_t klen, dbk_error *err)
+{
+    struct rds *r = impl;
+    struct slot *s;
+    bool probe;
+    dbk_rc rc = acquire(r, &s, &probe, err);
+    if (rc != DBK_OK) {
+        add_pending(r, key, klen);
+        return rc;
+    }
+    if (probe && !replay_pending(r, s->ctx)) {
+        rc = io_error(r, s->ctx, err);
+        atomic_fetch_add(&r->errors, 1);
+        release(r, s, true);
+        breaker_result(r, probe, false, "replaying invalidations failed");
+        add_pending(r, key, klen);
+        return rc;
+    }
+    redisReply *rep = run_inval(r, s->ctx, key, klen);
+    if (!rep) {
+        rc = io_error(r, s->ctx, err);
+        atomic_fetch_add(&r->errors, 1);
+        release(r, s, true);
+        breaker_result(r, probe, false, "invalidation failed");
+        add_pending(r, key, klen);
+        return rc;
+    }
+    release(r, s, false);
+    bool bad = rep->type == REDIS_REPLY_ERROR;
+    if (bad)
+        rc = dbk__err(err, DBK_EINTERNAL, "redis cache %s: invalidation script failed: %.*s",
+                      r->safe_addr, (int)(rep->len > 200 ? 200 : rep->len), rep->str ? rep->str : "");
+    freeReplyObject(rep);
+    if (bad) {
+        atomic_fetch_add(&r->errors, 1);
+        breaker_result(r, probe, false, "error reply");
+        add_pending(r, key, klen);
+        return rc;
+    }
+    breaker_result(r, probe, true, NULL);
+    return DBK_OK;
+}
+
+static bool parse_hex64(const char *s, size_t n, uint64_t *out)
+{
+    if (n == 0 || n > 16)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        int h = hexval((unsigned char)s[i]);
+        if (h < 0)
+            return false;
+        v = (v << 4) | (uint64_t)h;
+    }
+    *out = v;
+    return true;
+}
+
+static dbk_rc r_lease(void *impl, const void *key, size_t klen, dbk_cache_lease *out,
+                      dbk_error *err)
+{
+    struct rds *r = impl;
+    memset(out, 0, sizeof *out);
+    out->taken_ns = dbk__now_ns();
+    char gk[KEYBUF], ek[80];
+    size_t gl = mkkey(r, 'g', key, klen, gk);
+    int el = snprintf(ek, sizeof ek, "%sepoch", r->cfg.key_prefix);
+    const char *av[3] = {"MGET", gk, ek};
+    size_t al[3] = {4, gl, (size_t)el};
+    redisReply *rep;
+    dbk_rc rc = run(r, 3, av, al, &rep, err);
+    if (rc != DBK_OK)
+        return rc;
+    bool ok = rep->type == REDIS_REPLY_ARRAY && rep->elements == 2;
+    if (ok) {
+        redisReply *g = rep->element[0], *e = rep->element[1];
+        if (g->type == REDIS_REPLY_NIL)
+            out->gen = 0;
+        else
+            ok = g->type == REDIS_REPLY_STRING && parse_hex64(g->str, g->len, &out->gen);
+        ok = ok && e->type == REDIS_REPLY_STRING && parse_hex64(e->str, e->len, &out->epoch);
+        if (ok && e->type != REDIS_REPLY_STRING)
+            ok = false;
+    }
+    bool epoch_missing = rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+                         rep->element[1]->type == REDIS_REPLY_NIL;
+    freeReplyObject(rep);
+    if (epoch_missing) {
+        /* data lost since our connects: create a new epoch for later leases */
+        char val[24];
+        int vl = snprintf(val, sizeof val, "%016llx", (unsigned long long)dbk__cache_rand64());
+        const char *sv[4] = {"SET", ek, val, "NX"};
+        size_t sl[4] = {3, (size_t)el, (size_t)vl, 2};
+        if (run(r, 4, sv, sl, &rep, NULL) == DBK_OK)
+            freeReplyObject(rep);
+    }
+    out->valid = ok;
+    return DBK_OK;
+}
+
+static dbk_rc r_set_leased(void *impl, const void *key, size_t klen, const dbk_cache_lease *l,
+                           const void *val, size_t vlen, int64_t ttl_ms, bool *stored,
+                           dbk_error *err)
+{
+    struct rds *r = impl;
+    *stored = false;
+    if (!l->valid || dbk__now_ns() - l->taken_ns > (int64_t)r->cfg.lease_ms * 1000000LL) {
+        atomic_fetch_add(&r->stale_rejects, 1);
+        return DBK_OK;
+    }
+    char vk[KEYBUF], gk[KEYBUF], ek[80], gs[24], es[24], ttl[24];
+    size_t vl = mkkey(r, 'v', key, klen, vk), gl = mkkey(r, 'g', key, klen, gk);
+    int el = snprintf(ek, sizeof ek, "%sepoch", r->cfg.key_prefix);
+    int gsl = l->gen ? snprintf(gs, sizeof gs, "%016llx", (unsigned long long)l->gen) : 0;
+    if (!l->gen)
+        gs[0] = 0;
+    int esl = snprintf(es, sizeof es, "%016llx", (unsigned long long)l->epoch);
+    int tl = snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
+    const char *av[10] = {"EVAL", set_leased_lua, "3", vk, gk, ek, gs, es, val ? val : "", ttl};
+    size_t al[10] = {4, sizeof set_leased_lua - 1, 1, vl, gl, (size_t)el, (size_t)gsl,
+                     (size_t)esl, vlen, (size_t)tl};
+    redisReply *rep;
+    dbk_rc rc = run(r, 10, av, al, &rep, err);
+    if (rc != DBK_OK)
+        return rc;
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer == 1)
+        *stored = true;
+    else
+        atomic_fetch_add(&r->stale_rejects, 1);
+    freeReplyObject(rep);
+    return DBK_OK;
+}
+
+static dbk_rc r_ns(struct rds *r, const char *verb, const char *ns, uint64_t *version,
+                   dbk_error *err)
+{
+    char nk[300];
+    int nl = snprintf(nk, sizeof nk, "%sn:%s", r->cfg.key_prefix, ns);
+    const char *av[2] = {verb, nk};
+    size_t al[2] = {strlen(verb), (size_t)nl};
+    redisReply *rep;
+    dbk_rc rc = run(r, 2, av, al, &rep, err);
+    if (rc != DBK_OK)
+        return rc;
+    *version = 0;
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer >= 0) {
+        *version = (uint64_t)rep->integer;
+    } else if (rep->type == REDIS_REPLY_STRING) {
+        char tmp[32];
+        size_t n = rep->len < sizeof tmp - 1 ? rep->len : sizeof tmp - 1;
+        memcpy(tmp, rep->str, n);
+        tmp[n] = 0;
+        char *end;
+        unsigned long long v = strtoull(tmp, &end, 10);
+        if (*end)
+            rc = dbk__err(err, DBK_EINTERNAL, "redis cache: namespace counter is not a number");
+        *version = v;
+    } else if (rep->type != REDIS_REPLY_NIL) {
+        rc = dbk__err(err, DBK_EINTERNAL, "redis cache: unexpected reply to %s", verb);
+    }
+    freeReplyObject(rep);
+    return rc;
+}
+
+static dbk_rc r_ns_get(void *impl, const char *ns, uint64_t *version, dbk_error *err)
+{
+    return r_ns(impl, "GET", ns, version, err);
+}
+
+static dbk_rc r_ns_bump(void *impl, const char *ns, uint64_t *version, dbk_error *err)
+{
+    return r_ns(impl, "INCR", ns, version, err);
+}
+
+static void r_stats(void *impl, dbk_cache_stats *out)
+{
+    struct rds *r = impl;
+    out->errors += atomic_load(&r->errors);
+    out->skipped += atomic_load(&r->skipped);
+    out->stale_rejects += atomic_load(&r->stale_rejects);
+    pthread_mutex_lock(&r->br_mu);
+    out->breaker = r->state;
+    out->breaker_opens = r->breaker_opens;
+    pthread_mutex_unlock(&r->br_mu);
+    pthread_mutex_lock(&r->pend_mu);
+    out->pending_invalidations = r->npend;
+    pthread_mutex_unlock(&r->pend_mu);
+}
+
+static void r_close(void *impl)
+{
+    struct rds *r = impl;
+    if (!r)
+        return;
+    for (int i = 0; r->slots && i < r->nslots; i++)
+        if (r->slots[i].ctx)
+            redisFree(r->slots[i].ctx);
+    free(r->slots);
+    for (size_t i = 0; i < r->npend; i++)
+        free(r->pend[i].key);
+    free(r->pend);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->br_mu);
+    pthread_mutex_destroy(&r->pend_mu);
+    /* wipe the password */
+    volatile char *pw = r->url.password;
+    for (size_t i = 0; i < sizeof r->url.password; i++)
+        pw[i] = 0;
+    free(r);
+}
+
+dbk_rc dbk__cache_redis_new(const struct dbk__cache_cfg *cfg, const struct dbk__redis_url *url,
+                            void **impl, dbk_error *err)
+{
+    struct rds *r = calloc(1, sizeof *r);
+    if (!r)
+        return dbk__err(err, DBK_ENOMEM, "out of memory opening a redis cache");
+    r->cfg = *cfg;
+    r->url = *url;
+    snprintf(r->safe_addr, sizeof r->safe_addr, "%s%s%s:%d/%d", strchr(url->host, ':') ? "[" : "",
+             url->host, strchr(url->host, ':') ? "]" : "", url->port, url->db);
+    r->nslots = cfg->pool_size;
+    r->slots = calloc((size_t)r->nslots, sizeof *r->slots);
+    if (!r->slots) {
+        free(r);
+        return dbk__err(err, DBK_ENOMEM, "out of memory opening a redis cache");
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_mutex_init(&r->br_mu, NULL);
+    pthread_mutex_init(&r->pend_mu, NULL);
+    *impl = r;
+    return DBK_OK;
+}
+
+const struct dbk__cache_ops dbk__cache_redis_ops = {
+    "redis", r_get, r_set, r_del, r_lease, r_set_leased, r_ns_get, r_ns_bump, r_stats, r_close,
+};

@@ -1,0 +1,936 @@
+/*
+ * Cache tests against real backends: the in-process LRU, the team's
+ * redis-server (DBKIT_TEST_REDIS_URL) and, for kill/restart and AUTH, a
+ * redis-server this program starts itself on a free port and kills by PID.
+ * Database-backed tests run on SQLite and PostgreSQL.
+ */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A key prefix of our own on the shared Redis, so parallel tests never meet. */
+static const char *test_prefix(void)
+{
+    static char p[64];
+    snprintf(p, sizeof p, "dbkt:%d:%lld:", (int)getpid(), (long long)now_ms());
+    return p;
+}
+
+static dbk_cache *open_cache(const char *url, dbk_cache_opts *o)
+{
+    dbk_cache_opts def;
+    memset(&def, 0, sizeof def);
+    if (!o)
+        o = &def;
+    o->url = url;
+    if (!o->key_prefix)
+        o->key_prefix = test_prefix();
+    dbk_cache *c = NULL;
+    dbk_error err;
+    DBKT_OK(dbk_cache_open(o, &c, &err), &err);
+    return c;
+}
+
+static dbk_cache *open_mem(dbk_cache_opts *o) { return open_cache("memory:", o); }
+static dbk_cache *open_redis(dbk_cache_opts *o) { return open_cache(dbkt_redis_url(), o); }
+
+static void want_value(dbk_cache *c, const char *key, const char *want)
+{
+    void *v = NULL;
+    size_t n = 0;
+    dbk_error err;
+    DBKT_OK(dbk_cache_get(c, key, strlen(key), &v, &n, &err), &err);
+    assert_int_equal(n, strlen(want));
+    assert_memory_equal(v, want, n);
+    free(v);
+}
+
+static void want_miss(dbk_cache *c, const char *key)
+{
+    void *v = NULL;
+    size_t n = 0;
+    dbk_error err;
+    DBKT_RC(DBK_ENOT_FOUND, dbk_cache_get(c, key, strlen(key), &v, &n, &err));
+    assert_null(v);
+}
+
+static void put(dbk_cache *c, const char *key, const char *val, int64_t ttl)
+{
+    dbk_error err;
+    DBKT_OK(dbk_cache_set(c, key, strlen(key), val, strlen(val), ttl, &err), &err);
+}
+
+/* A redis-server of our own, for the tests that kill it. */
+struct own_redis {
+    pid_t pid;
+    int port;
+    char url[128];
+};
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t l = sizeof a;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static void redis_start(struct own_redis *r, const char *password)
+{
+    if (!r->port)
+        r->port = free_port();
+    char port[16];
+    snprintf(port, sizeof port, "%d", r->port);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        const char *argv[16] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
+                                "--save", "", "--appendonly", "no", "--daemonize", "no",
+                                "--loglevel", "warning", NULL, NULL, NULL};
+        if (password) {
+            argv[13] = "--requirepass";
+            argv[14] = password;
+        }
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) {
+            dup2(devnull, 1);
+            dup2(devnull, 2);
+        }
+        execvp("redis-server", (char *const *)argv);
+        _exit(127);
+    }
+    r->pid = pid;
+    snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d/0", r->port);
+    /* wait (bounded) until it accepts connections */
+    for (int i = 0; i < 100; i++) {
+        struct timeval tv = {0, 100000};
+        redisContext *c = redisConnectWithTimeout("127.0.0.1", r->port, tv);
+        bool up = c && !c->err;
+        redisFree(c);
+        if (up)
+            return;
+        sleep_ms(50);
+    }
+    fail_msg("redis-server on port %d did not start", r->port);
+}
+
+static void redis_kill(struct own_redis *r)
+{
+    if (r->pid > 0) {
+        kill(r->pid, SIGKILL);
+        waitpid(r->pid, NULL, 0);
+        r->pid = 0;
+    }
+}
+
+/* A loader that counts its runs and returns "<prefix><n>". */
+struct loader {
+    atomic_int runs;
+    int sleep_ms;
+    const char *value;
+    bool not_found;
+    void (*hook)(struct loader *l); /* runs in the middle of the load */
+    dbk_cache *cache;
+    const char *key;
+    char current[64];               /* "database" row value */
+    pthread_mutex_t *db_mu;
+    dbk_db *db;
+};
+
+static dbk_rc test_load(void *ctx, const void *key, size_t keylen, void **val, size_t *vallen,
+                        dbk_error *err)
+{
+    (void)key;
+    (void)keylen;
+    struct loader *l = ctx;
+    atomic_fetch_add(&l->runs, 1);
+    if (l->db) {
+        /* one real query, so the count is a database count */
+        pthread_mutex_lock(l->db_mu);
+        int64_t x = 0;
+        dbk_rc rc = dbk_db_query_int64(l->db, "SELECT 41 + 1", NULL, 0, &x, err);
+        pthread_mutex_unlock(l->db_mu);
+        if (rc != DBK_OK)
+            return rc;
+    }
+    if (l->sleep_ms)
+        sleep_ms(l->sleep_ms);
+    if (l->not_found)
+        return DBK_ENOT_FOUND;
+    const char *src = l->value ? l->value : l->current;
+    size_t n = strlen(src);
+    char *copy = malloc(n + 1);
+    memcpy(copy, src, n + 1);
+    if (l->hook)
+        l->hook(l); /* the "writer" commits and invalidates while we hold the old row */
+    *val = copy;
+    *vallen = n;
+    return DBK_OK;
+}
+
+static char *load_str(dbk_cache *c, const char *key, struct loader *l, int64_t ttl)
+{
+    void *v = NULL;
+    size_t n = 0;
+    dbk_error err;
+    DBKT_OK(dbk_cache_get_or_load(c, key, strlen(key), test_load, l, ttl, &v, &n, &err), &err);
+    char *s = malloc(n + 1);
+    memcpy(s, v, n);
+    s[n] = 0;
+    free(v);
+    return s;
+}
+
+/* ---- plain operations --------------------------------------------------- */
+
+static void hit_and_miss(dbk_cache *c)
+{
+    want_miss(c, "user:1");
+    put(c, "user:1", "alice", 60000);
+    want_value(c, "user:1", "alice");
+    dbk_error err;
+    DBKT_OK(dbk_cache_delete(c, "user:1", 6, &err), &err);
+    want_miss(c, "user:1");
+
+    struct loader l = {0};
+    l.value = "bob";
+    char *s = load_str(c, "user:2", &l, 60000);
+    assert_string_equal(s, "bob");
+    free(s);
+    s = load_str(c, "user:2", &l, 60000);
+    assert_string_equal(s, "bob");
+    free(s);
+    assert_int_equal(atomic_load(&l.runs), 1);
+    dbk_cache_stats st;
+    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    assert_true(st.hits >= 2);
+    assert_true(st.misses >= 2);
+    assert_int_equal(st.loads, 1);
+    assert_int_equal(st.breaker, DBK_CACHE_BREAKER_CLOSED);
+}
+
+static void cache_hit_and_miss(void **state)
+{
+    (void)state;
+    dbk_cache *m = open_mem(NULL);
+    assert_string_equal(dbk_cache_backend(m), "memory");
+    hit_and_miss(m);
+    dbk_cache_close(m);
+    dbk_cache *r = open_redis(NULL);
+    assert_string_equal(dbk_cache_backend(r), "redis");
+    hit_and_miss(r);
+    dbk_cache_close(r);
+}
+
+static void ttl_expiry(dbk_cache *c)
+{
+    put(c, "short", "x", 150);
+    put(c, "long", "y", 60000);
+    want_value(c, "short", "x");
+    sleep_ms(400);
+    want_miss(c, "short");
+    want_value(c, "long", "y");
+}
+
+static void cache_ttl_expiry(void **state)
+{
+    (void)state;
+    dbk_cache *m = open_mem(NULL);
+    ttl_expiry(m);
+    dbk_cache_close(m);
+    dbk_cache *r = open_redis(NULL);
+    ttl_expiry(r);
+    dbk_cache_close(r);
+}
+
+static void binary_keys(dbk_cache *c)
+{
+    const unsigned char k1[] = {'u', 0, '\r', '\n', 0xff, ' ', '*'};
+    const unsigned char k2[] = {'u', 0, '\r', '\n', 0xff, ' ', '?'};
+    const unsigned char v1[] = {0, 1, 2, '\r', '\n', 0, 0xfe};
+    dbk_error err;
+    DBKT_OK(dbk_cache_set(c, k1, sizeof k1, v1, sizeof v1, 60000, &err), &err);
+    void *v = NULL;
+    size_t n = 0;
+    DBKT_OK(dbk_cache_get(c, k1, sizeof k1, &v, &n, &err), &err);
+    assert_int_equal(n, sizeof v1);
+    assert_memory_equal(v, v1, n);
+    free(v);
+    DBKT_RC(DBK_ENOT_FOUND, dbk_cache_get(c, k2, sizeof k2, &v, &n, &err));
+    /* a prefix of the key is another key */
+    DBKT_RC(DBK_ENOT_FOUND, dbk_cache_get(c, k1, 2, &v, &n, &err));
+    /* an empty value is a value */
+    DBKT_OK(dbk_cache_set(c, k2, sizeof k2, "", 0, 60000, &err), &err);
+    DBKT_OK(dbk_cache_get(c, k2, sizeof k2, &v, &n, &err), &err);
+    assert_int_equal(n, 0);
+    assert_non_null(v);
+    free(v);
+}
+
+static void cache_binary_keys(void **state)
+{
+    (void)state;
+    dbk_cache *m = open_mem(NULL);
+    binary_keys(m);
+    dbk_cache_close(m);
+    dbk_cache *r = open_redis(NULL);
+    binary_keys(r);
+    dbk_cache_close(r);
+}
+
+static void cache_lru_entries_and_eviction_order(void **state)
+{
+    (void)state;
+    dbk_cache_opts o = {0};
+    o.shards = 1;
+    o.max_entries = 3;
+    dbk_cache *c = open_mem(&o);
+    put(c, "a", "1", 60000);
+    put(c, "b", "2", 60000);
+    put(c, "c", "3", 60000);
+    want_value(c, "a", "1"); /* a becomes most recent: b is now the oldest */
+    put(c, "d", "4", 60000);
+    want_miss(c, "b");
+    want_value(c, "a", "1");
+    want_value(c, "c", "3");
+    want_value(c, "d", "4");
+    put(c, "e", "5", 60000); /* oldest now: a (c, d, a were read in that order) */
+    want_miss(c, "a");
+    dbk_cache_stats st;
+    dbk_error err;
+    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    assert_int_equal(st.entries, 3);
+    assert_int_equal(st.evictions, 2);
+    dbk_cache_close(c);
+}
+
+static void cache_lru_bytes_bound(void **state)
+{
+    (void)state;
+    dbk_cache_opts o = {0};
+    o.shards = 1;
+    o.max_bytes = 2500;
+    dbk_cache *c = open_mem(&o);
+    char big[1001];
+    memset(big, 'x', 1000);
+    big[1000] = 0;
+    put(c, "k1", big, 60000);
+    put(c, "k2", big, 60000);
+    put(c, "k3", big, 60000);
+    want_miss(c, "k1");
+    want_value(c, "k2", big);
+    want_value(c, "k3", big);
+    dbk_cache_stats st;
+    dbk_error err;
+    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    assert_true(st.bytes <= 2500);
+    assert_int_equal(st.entries, 2);
+    /* a value larger than the whole budget is not cached, and evicts nothing */
+    char huge[3001];
+    memset(huge, 'y', 3000);
+    huge[3000] = 0;
+    put(c, "huge", huge, 60000);
+    want_miss(c, "huge");
+    want_value(c, "k3", big);
+    dbk_cache_close(c);
+}
+
+static void namespaces(dbk_cache *c)
+{
+    uint64_t v0, v1, v2;
+    dbk_error err;
+    DBKT_OK(dbk_cache_ns_version(c, "users:list", &v0, &err), &err);
+    assert_int_equal(v0, 0);
+    char key[64];
+    snprintf(key, sizeof key, "users:list:v%llu:page:1", (unsigned long long)v0);
+    put(c, key, "[1,2,3]", 60000);
+    DBKT_OK(dbk_cache_ns_bump(c, "users:list", &v1, &err), &err);
+    DBKT_OK(dbk_cache_ns_version(c, "users:list", &v2, &err), &err);
+    assert_int_equal(v1, 1);
+    assert_int_equal(v2, 1);
+    snprintf(key, sizeof key, "users:list:v%llu:page:1", (unsigned long long)v2);
+    want_miss(c, key);
+}
+
+static void cache_namespace_version(void **state)
+{
+    (void)state;
+    dbk_cache *m = open_mem(NULL);
+    namespaces(m);
+    dbk_cache_close(m);
+    dbk_cache *r = open_redis(NULL);
+    namespaces(r);
+    dbk_cache_close(r);
+}
+
+static void cache_negative_caching(void **state)
+{
+    (void)state;
+    for (int b = 0; b < 2; b++) {
+        dbk_cache_opts o = {0};
+        o.negative_ttl_ms = 200;
+        dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
+        struct loader l = {0};
+        l.not_found = true;
+        void *v;
+        size_t n;
+        dbk_error err;
+        DBKT_RC(DBK_ENOT_FOUND, dbk_cache_get_or_load(c, "nobody", 6, test_load, &l, 60000, &v, &n, &err));
+        DBKT_RC(DBK_ENOT_FOUND, dbk_cache_get_or_load(c, "nobody", 6, test_load, &l, 60000, &v, &n, &err));
+        assert_int_equal(atomic_load(&l.runs), 1);
+        sleep_ms(400);
+        DBKT_RC(DBK_ENOT_FOUND, dbk_cache_get_or_load(c, "nobody", 6, test_load, &l, 60000, &v, &n, &err));
+        assert_int_equal(atomic_load(&l.runs), 2);
+        dbk_cache_close(c);
+    }
+}
+
+static void cache_misuse_and_url(void **state)
+{
+    (void)state;
+    dbk_error err;
+    dbk_cache *c = NULL;
+    DBKT_RC(DBK_EMISUSE, dbk_cache_open(NULL, NULL, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_cache_get(NULL, "k", 1, NULL, NULL, &err));
+    dbk_cache_close(NULL);
+    dbk_cache_opts o = {0};
+    o.url = "redis://user:s3cretpw@127.0.0.1:notaport/0";
+    DBKT_RC(DBK_ECONFIG, dbk_cache_open(&o, &c, &err));
+    assert_null(strstr(err.message, "s3cretpw"));
+    o.url = "rediss://:s3cretpw@host/0";
+    DBKT_RC(DBK_ECONFIG, dbk_cache_open(&o, &c, &err));
+    assert_null(strstr(err.message, "s3cretpw"));
+    o.url = "redis://:s3cretpw@127.0.0.1:1/xyz";
+    DBKT_RC(DBK_ECONFIG, dbk_cache_open(&o, &c, &err));
+    assert_null(strstr(err.message, "s3cretpw"));
+    o.url = "redis://:s3cretpw@[::1]:6380/2";
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    dbk_cache_close(c);
+    c = open_mem(NULL);
+    void *v;
+    size_t n;
+    DBKT_RC(DBK_EMISUSE, dbk_cache_get(c, "", 0, &v, &n, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_cache_set(c, "k", 1, "v", 1, 0, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_cache_get_or_load(c, "k", 1, NULL, NULL, 10, &v, &n, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_cache_ns_bump(c, "", NULL, &err));
+    dbk_cache_close(c);
+}
+
+/* ---- single-flight ------------------------------------------------------ */
+
+#define NTHREADS 100
+
+struct herd {
+    dbk_cache *cache;
+    struct loader *l;
+    pthread_barrier_t *barrier;
+    atomic_int ok;
+};
+
+static void *herd_thread(void *arg)
+{
+    struct herd *h = arg;
+    pthread_barrier_wait(h->barrier);
+    void *v = NULL;
+    size_t n = 0;
+    dbk_error err;
+    dbk_rc rc = dbk_cache_get_or_load(h->cache, "hot", 3, test_load, h->l, 60000, &v, &n, &err);
+    if (rc == DBK_OK && n == 5 && memcmp(v, "value", 5) == 0)
+        atomic_fetch_add(&h->ok, 1);
+    free(v);
+    return NULL;
+}
+
+static void herd(dbk_cache *c, dbk_db *db, pthread_mutex_t *mu)
+{
+    struct loader l = {0};
+    l.value = "value";
+    l.sleep_ms = 100; /* a slow query: every thread misses while it runs */
+    l.db = db;
+    l.db_mu = mu;
+    int query_count_before = 0;
+    (void)query_count_before;
+    pthread_barrier_t b;
+    pthread_barrier_init(&b, NULL, NTHREADS);
+    struct herd h = {c, &l, &b, 0};
+    pthread_t t[NTHREADS];
+    for (int i = 0; i < NTHREADS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, herd_thread, &h), 0);
+    for (int i = 0; i < NTHREADS; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&b);
+    assert_int_equal(atomic_load(&h.ok), NTHREADS);
+    assert_int_equal(atomic_load(&l.runs), 1);
+}
+
+static atomic_int g_queries;
+static void count_query(void *ctx, const dbk_query_event *ev)
+{
+    (void)ctx;
+    (void)ev;
+    atomic_fetch_add(&g_queries, 1);
+}
+
+static void cache_single_flight_100_threads(void **state)
+{
+    (void)state;
+    char *url = dbkt_sqlite_url("cache_herd");
+    dbk_conn *conn = dbkt_open(url);
+    free(url);
+    dbk_db *db = dbk_conn_db(conn);
+    dbk_db_set_observer(db, count_query, NULL);
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    for (int b = 0; b < 2; b++) {
+        atomic_store(&g_queries, 0);
+        dbk_cache *c = b ? open_redis(NULL) : open_mem(NULL);
+        herd(c, db, &mu);
+        assert_int_equal(atomic_load(&g_queries), 1); /* one database query */
+        dbk_cache_close(c);
+    }
+    dbk_conn_close(conn);
+}
+
+/* ---- the stale-set race ------------------------------------------------- */
+
+/* The writer, run while the reader holds the old row: commit a new row and
+ * invalidate, as dbk_cache_invalidate_after_commit would right after COMMIT. */
+static void writer_commits(struct loader *l)
+{
+    if (atomic_load(&l->runs) != 1)
+        return;
+    snprintf(l->current, sizeof l->current, "new");
+    dbk_error err;
+    DBKT_OK(dbk_cache_delete(l->cache, l->key, strlen(l->key), &err), &err);
+}
+
+static void stale_race(dbk_cache *c)
+{
+    struct loader l = {0};
+    snprintf(l.current, sizeof l.current, "old");
+    l.hook = writer_commits;
+    l.cache = c;
+    l.key = "user:7";
+    char *s = load_str(c, "user:7", &l, 60000);
+    assert_string_equal(s, "old"); /* the reader got what it read ... */
+    free(s);
+    want_miss(c, "user:7");      /* ... but did not store it */
+    dbk_cache_stats st;
+    dbk_error err;
+    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    assert_true(st.stale_rejects >= 1);
+    s = load_str(c, "user:7", &l, 60000);
+    assert_string_equal(s, "new");
+    free(s);
+    s = load_str(c, "user:7", &l, 60000); /* and the fresh one is cached */
+    assert_string_equal(s, "new");
+    free(s);
+    assert_int_equal(atomic_load(&l.runs), 2);
+}
+
+/* The same race with a real second thread: the reader's load blocks until a
+ * writer thread has invalidated. */
+struct race2 {
+    dbk_cache *c;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int phase; /* 1: reader loaded the old row; 2: writer invalidated */
+    char row[16];
+};
+
+static dbk_rc race2_load(void *ctx, const void *key, size_t keylen, void **val, size_t *vallen,
+                         dbk_error *err)
+{
+    (void)key;
+    (void)keylen;
+    (void)err;
+    struct race2 *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    char *copy = strdup(r->row);
+    if (r->phase == 0) {
+        r->phase = 1;
+        pthread_cond_broadcast(&r->cv);
+        int64_t end = now_ms() + 5000;
+        while (r->phase != 2 && now_ms() < end) {
+            pthread_mutex_unlock(&r->mu);
+            sleep_ms(1);
+            pthread_mutex_lock(&r->mu);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    *val = copy;
+    *vallen = strlen(copy);
+    return DBK_OK;
+}
+
+static void *race2_reader(void *arg)
+{
+    struct race2 *r = arg;
+    void *v;
+    size_t n;
+    dbk_error err;
+    if (dbk_cache_get_or_load(r->c, "acct:1", 6, race2_load, r, 60000, &v, &n, &err) == DBK_OK)
+        free(v);
+    return NULL;
+}
+
+static void stale_race_threads(dbk_cache *c)
+{
+    struct race2 r;
+    memset(&r, 0, sizeof r);
+    r.c = c;
+    pthread_mutex_init(&r.mu, NULL);
+    pthread_cond_init(&r.cv, NULL);
+    snprintf(r.row, sizeof r.row, "balance=10");
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, race2_reader, &r), 0);
+    pthread_mutex_lock(&r.mu);
+    int64_t end = now_ms() + 5000;
+    while (r.phase != 1 && now_ms() < end) {
+        pthread_mutex_unlock(&r.mu);
+        sleep_ms(1);
+        pthread_mutex_lock(&r.mu);
+    }
+    assert_int_equal(r.phase, 1);
+    snprintf(r.row, sizeof r.row, "balance=20"); /* commit */
+    pthread_mutex_unlock(&r.mu);
+    dbk_error err;
+    DBKT_OK(dbk_cache_delete(c, "acct:1", 6, &err), &err); /* after commit */
+    pthread_mutex_lock(&r.mu);
+    r.phase = 2;
+    pthread_mutex_unlock(&r.mu);
+    pthread_join(t, NULL);
+    want_miss(c, "acct:1"); /* the old balance was not stored */
+    pthread_mutex_destroy(&r.mu);
+    pthread_cond_destroy(&r.cv);
+}
+
+static void cache_stale_set_race(void **state)
+{
+    (void)state;
+    dbk_cache *m = open_mem(NULL);
+    stale_race(m);
+    stale_race_threads(m);
+    dbk_cache_close(m);
+    dbk_cache *r = open_redis(NULL);
+    stale_race(r);
+    stale_race_threads(r);
+    dbk_cache_close(r);
+}
+
+/* ---- transactions -------------------------------------------------------- */
+
+static const dbk_cache_field user_fields[] = {{"id", DBK_TYPE_INT64}, {"name", DBK_TYPE_TEXT}};
+
+struct txctx {
+    dbk_cache *c;
+    const char *new_name;
+    dbk_rc ret;
+    bool saw_old_in_cache;
+    bool tx_read_own_write;
+};
+
+static char *find_user(dbk_cache *c, dbk_db *db, int64_t id)
+{
+    uint64_t layout = dbk_cache_layout_hash("user", user_fields, 2);
+    char key[32];
+    snprintf(key, sizeof key, "user:%lld", (long long)id);
+    dbk_value p = dbk_int64(id);
+    void *row = NULL;
+    size_t n = 0;
+    dbk_error err;
+    DBKT_OK(dbk_cache_find_row(c, db, key, strlen(key), layout,
+                               "SELECT id, name FROM users WHERE id = $1", &p, 1, 60000, &row,
+                               &n, &err),
+            &err);
+    dbk_value vals[2];
+    DBKT_OK(dbk_cache_decode_row(row, n, layout, vals, 2, &err), &err);
+    assert_int_equal(vals[0].u.i, id);
+    char *name = strdup(vals[1].u.bytes.ptr);
+    free(row);
+    return name;
+}
+
+static dbk_rc tx_update(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    struct txctx *t = ctx;
+    dbk_value p[2] = {dbk_text(t->new_name), dbk_int64(1)};
+    dbk_rc rc = dbk_db_exec(tx, "UPDATE users SET name = $1 WHERE id = $2", p, 2, NULL, err);
+    if (rc != DBK_OK)
+        return rc;
+    rc = dbk_cache_invalidate_after_commit(tx, t->c, "user:1", 6, err);
+    if (rc != DBK_OK)
+        return rc;
+    /* before commit: the cache still serves the committed (old) row ... */
+    void *v = NULL;
+    size_t n = 0;
+    t->saw_old_in_cache = dbk_cache_get(t->c, "user:1", 6, &v, &n, NULL) == DBK_OK;
+    free(v);
+    /* ... and a cached read inside the transaction sees its own write */
+    char *name = find_user(t->c, tx, 1);
+    t->tx_read_own_write = strcmp(name, t->new_name) == 0;
+    free(name);
+    return t->ret;
+}
+
+static void tx_engine(const char *url, dbk_engine engine)
+{
+    (void)engine;
+    dbk_conn *conn = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(conn);
+    dbk_error err;
+    DBKT_OK(dbk_db_exec_script(db, "DROP TABLE IF EXISTS users; "
+                                   "CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT NOT NULL); "
+                                   "INSERT INTO users VALUES (1, 'alice')",
+                               &err),
+            &err);
+    for (int b = 0; b < 2; b++) {
+        DBKT_OK(dbk_db_exec(db, "UPDATE users SET name = 'alice'", NULL, 0, NULL, &err), &err);
+        dbk_cache *c = b ? open_redis(NULL) : open_mem(NULL);
+        char *name = find_user(c, db, 1);
+        assert_string_equal(name, "alice");
+        free(name);
+
+        /* rollback: the cache keeps its entry */
+        struct txctx t = {c, "carol", DBK_EINVALID, false, false};
+        DBKT_RC(DBK_EINVALID, dbk_transaction(db, tx_update, &t, NULL, &err));
+        assert_true(t.saw_old_in_cache);
+        assert_true(t.tx_read_own_write);
+        void *v = NULL;
+        size_t n = 0;
+        DBKT_OK(dbk_cache_get(c, "user:1", 6, &v, &n, &err), &err);
+        free(v);
+        name = find_user(c, db, 1);
+        assert_string_equal(name, "alice");
+        free(name);
+
+        /* commit: old value served until the commit, gone after */
+        struct txctx t2 = {c, "bob", DBK_OK, false, false};
+        DBKT_OK(dbk_transaction(db, tx_update, &t2, NULL, &err), &err);
+        assert_true(t2.saw_old_in_cache);
+        assert_true(t2.tx_read_own_write);
+        DBKT_RC(DBK_ENOT_FOUND, dbk_cache_get(c, "user:1", 6, &v, &n, &err));
+        name = find_user(c, db, 1);
+        assert_string_equal(name, "bob");
+        free(name);
+        dbk_cache_close(c);
+    }
+    dbk_conn_close(conn);
+}
+
+static void cache_tx_invalidation(void **state)
+{
+    (void)state;
+    dbkt_each_engine("cache_tx", tx_engine);
+}
+
+/* ---- Redis down, slow, restarted ----------------------------------------- */
+
+static void cache_redis_sigkill_zero_failed_reads(void **state)
+{
+    (void)state;
+    struct own_redis rs = {0};
+    redis_start(&rs, NULL);
+    dbk_cache_opts o = {0};
+    o.breaker_cooldown_ms = 200;
+    dbk_cache *c = open_cache(rs.url, &o);
+    struct loader l = {0};
+    l.value = "from-db";
+    int failed = 0, reads = 0;
+    int64_t start = now_ms(), kill_at = 0;
+    for (int i = 0; i < 3000 && now_ms() - start < 20000; i++) {
+        if (i == 500) {
+            redis_kill(&rs);
+            kill_at = now_ms();
+        }
+        char key[16];
+        snprintf(key, sizeof key, "k%d", i % 20);
+        void *v = NULL;
+        size_t n = 0;
+        dbk_error err;
+        dbk_rc rc = dbk_cache_get_or_load(c, key, strlen(key), test_load, &l, 60000, &v, &n, &err);
+        reads++;
+        if (rc != DBK_OK || n != 7 || memcmp(v, "from-db", 7) != 0)
+            failed++;
+        free(v);
+    }
+    int64_t after_kill_ms = now_ms() - kill_at;
+    assert_int_equal(failed, 0);
+    assert_int_equal(reads, 3000);
+    dbk_cache_stats st;
+    dbk_error err;
+    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    assert_true(st.hits >= 400);        /* cached before the kill */
+    assert_true(st.breaker_opens >= 1); /* and the breaker opened after it */
+    assert_true(st.skipped > 0);
+    /* 2500 reads with Redis gone must not cost 2500 timeouts */
+    assert_true(after_kill_ms < 10000);
+    dbk_cache_close(c);
+}
+
+static void cache_redis_restart_resumes(void **state)
+{
+    (void)state;
+    struct own_redis rs = {0};
+    redis_start(&rs, NULL);
+    dbk_cache_opts o = {0};
+    o.breaker_cooldown_ms = 100;
+    dbk_cache *c = open_cache(rs.url, &o);
+    struct loader l = {0};
+    l.value = "v";
+    free(load_str(c, "k", &l, 60000));
+    redis_kill(&rs);
+    for (int i = 0; i < 20; i++)
+        free(load_str(c, "k", &l, 60000)); /* served by the loader */
+    dbk_cache_stats st;
+    dbk_error err;
+    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    assert_int_equal(st.breaker, DBK_CACHE_BREAKER_OPEN);
+    /* while Redis is down: sets are skipped, deletes are queued */
+    DBKT_RC(DBK_EUNAVAILABLE, dbk_cache_set(c, "other", 5, "x", 1, 60000, &err));
+    assert_int_not_equal(dbk_cache_delete(c, "k", 1, &err), DBK_OK);
+    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    assert_int_equal(st.pending_invalidations, 1);
+    redis_start(&rs, NULL); /* same port, empty data */
+    int64_t end = now_ms() + 5000;
+    uint64_t hits0 = st.hits;
+    bool resumed = false;
+    while (now_ms() < end && !resumed) {
+        free(load_str(c, "k", &l, 60000));
+        DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+        resumed = st.hits > hits0 && st.breaker == DBK_CACHE_BREAKER_CLOSED;
+        sleep_ms(20);
+    }
+    assert_true(resumed);
+    assert_int_equal(st.pending_invalidations, 0);
+    redis_kill(&rs);
+    dbk_cache_close(c);
+}
+
+static void cache_redis_invalidation_replayed(void **state)
+{
+    (void)state;
+    struct own_redis rs = {0};
+    redis_start(&rs, NULL);
+    dbk_cache_opts o = {0};
+    o.breaker_cooldown_ms = 100;
+    dbk_cache *c = open_cache(rs.url, &o);
+    put(c, "user:9", "old", 60000);
+    /* Redis stops answering (SIGSTOP: the socket stays open, replies stop) */
+    kill(rs.pid, SIGSTOP);
+    dbk_error err;
+    int64_t t0 = now_ms();
+    dbk_rc rc = dbk_cache_delete(c, "user:9", 6, &err);
+    assert_true(now_ms() - t0 < 1000); /* bounded by the command timeout */
+    assert_int_not_equal(rc, DBK_OK);
+    dbk_cache_stats st;
+    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    assert_int_equal(st.pending_invalidations, 1);
+    assert_int_equal(st.breaker, DBK_CACHE_BREAKER_OPEN);
+    kill(rs.pid, SIGCONT);
+    /* the old value is never read back: the probe replays the delete first */
+    int64_t end = now_ms() + 5000;
+    bool closed = false;
+    while (now_ms() < end && !closed) {
+        void *v = NULL;
+        size_t n = 0;
+        rc = dbk_cache_get(c, "user:9", 6, &v, &n, &err);
+        assert_int_not_equal(rc, DBK_OK);
+        DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+        closed = st.breaker == DBK_CACHE_BREAKER_CLOSED;
+        sleep_ms(20);
+    }
+    assert_true(closed);
+    assert_int_equal(st.pending_invalidations, 0);
+    want_miss(c, "user:9");
+    redis_kill(&rs);
+    dbk_cache_close(c);
+}
+
+static void cache_redis_auth_and_select(void **state)
+{
+    (void)state;
+    struct own_redis rs = {0};
+    redis_start(&rs, "pa55word");
+    char url[160];
+    snprintf(url, sizeof url, "redis://:pa55word@127.0.0.1:%d/3", rs.port);
+    dbk_cache *c = open_cache(url, NULL);
+    put(c, "k", "v", 60000);
+    want_value(c, "k", "v");
+    dbk_cache_close(c);
+    /* the value went to database 3 */
+    struct timeval tv = {1, 0};
+    redisContext *rc = redisConnectWithTimeout("127.0.0.1", rs.port, tv);
+    assert_true(rc && !rc->err);
+    redisReply *rep = redisCommand(rc, "AUTH pa55word");
+    freeReplyObject(rep);
+    rep = redisCommand(rc, "SELECT 3");
+    freeReplyObject(rep);
+    rep = redisCommand(rc, "DBSIZE");
+    assert_true(rep && rep->type == REDIS_REPLY_INTEGER && rep->integer >= 2);
+    freeReplyObject(rep);
+    redisFree(rc);
+    /* a wrong password: DBK_EAUTH, and the message never shows it */
+    snprintf(url, sizeof url, "redis://:wrongpw99@127.0.0.1:%d/3", rs.port);
+    c = open_cache(url, NULL);
+    void *v;
+    size_t n;
+    dbk_error err;
+    DBKT_RC(DBK_EAUTH, dbk_cache_get(c, "k", 1, &v, &n, &err));
+    assert_null(strstr(err.message, "wrongpw99"));
+    dbk_cache_close(c);
+    redis_kill(&rs);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(cache_hit_and_miss),
+    cmocka_unit_test(cache_ttl_expiry),
+    cmocka_unit_test(cache_binary_keys),
+    cmocka_unit_test(cache_lru_entries_and_eviction_order),
+    cmocka_unit_test(cache_lru_bytes_bound),
+    cmocka_unit_test(cache_namespace_version),
+    cmocka_unit_test(cache_negative_caching),
+    cmocka_unit_test(cache_misuse_and_url),
+    cmocka_unit_test(cache_single_flight_100_threads),
+    cmocka_unit_test(cache_stale_set_race),
+    cmocka_unit_test(cache_tx_invalidation),
+    cmocka_unit_test(cache_redis_sigkill_zero_failed_reads),
+    cmocka_unit_test(cache_redis_restart_resumes),
+    cmocka_unit_test(cache_redis_invalidation_replayed),
+    cmocka_unit_test(cache_redis_auth_and_select),
+};
+
+DBKT_MAIN(tests)
