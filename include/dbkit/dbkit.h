@@ -14,8 +14,6 @@
 #include "tx.h"
 #include "arena.h"
 #include "repo.h"
-#include "cache.h"
-#include "cache.h"
 #include "migrate.h"
 
 #endif
