@@ -14,6 +14,7 @@
 #include "tx.h"
 #include "arena.h"
 #include "repo.h"
+#include "cache.h"
 #include "migrate.h"
 
 #endif
