@@ -39,6 +39,10 @@ typedef struct dbk__driver {
      * back any transaction, reset session settings. */
     dbk_rc (*reset)(void *impl, dbk_error *err);
     const char *(*server_version)(void *impl);
+    /* Optional (NULL: unknown). The statement timeout the session was
+     * configured with, in ms (0: none). The tx layer reads it to set a
+     * transaction-local statement_timeout that never loosens it. */
+    int (*statement_timeout_ms)(void *impl);
 } dbk__driver;
 
 extern const dbk__driver dbk__driver_sqlite;

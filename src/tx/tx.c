@@ -26,8 +26,9 @@
  * The transaction timeout is enforced on both sides: the client checks the
  * deadline before every statement and before COMMIT, and on PostgreSQL the
  * BEGIN round trip also sets statement_timeout (lowered, never raised) and
- * idle_in_transaction_session_timeout locally, so a server never holds the
- * transaction's locks much past the deadline even if the client stalls.
+ * idle_in_transaction_session_timeout with SET LOCAL, so a server never
+ * holds the transaction's locks much past the deadline even if the client
+ * stalls.
  *
  * Internal statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) go straight to
  * the driver's script call (one simple-protocol round trip on PostgreSQL,
@@ -68,7 +69,8 @@ typedef struct tx_root {
     int64_t deadline_ns;     /* 0: none */
     bool timed_out;          /* the deadline passed during the attempt */
     bool sqlite_query_only;  /* PRAGMA query_only was switched on at BEGIN */
-    unsigned sp_seq;         /* savepoint names */
+    bool direct;             /* control statements bypass the connection's
+                                executor (read-only SQLite, see ctl_exec) */
     dbk_rc doomed_rc;        /* first retryable statement error, or OK */
     dbk_error doomed_err;
     dbk_rc stmt_rc;          /* last failed statement, for "aborted" reports */
@@ -135,19 +137,48 @@ static void sleep_ms(int ms)
 /* Internal statements                                                    */
 /* ---------------------------------------------------------------------- */
 
+/*
+ * One control statement. It normally goes through the pinned connection's
+ * own executor, like the closure's statements, so that a pool sees it (on
+ * SQLite the pool's write gate is taken by BEGIN IMMEDIATE and left after
+ * COMMIT; a connection lost during COMMIT is marked broken). Two kinds go
+ * straight to the driver (r->direct / `direct`), because the pool would
+ * misread them: the PostgreSQL BEGIN that carries the transaction-local
+ * timeout settings (set_config(..., true) ends with the transaction; the
+ * pool would take it for a session change and reset the connection on
+ * every release), and every control statement of a read-only SQLite
+ * transaction (it takes no write lock, so it must not hold the pool's
+ * write gate either). A single statement goes through run() (drivers cache
+ * its preparation), several through script() (one round trip).
+ */
+static dbk_rc ctl_exec(dbk_conn *c, const char *sql, bool direct, dbk_error *err)
+{
+    bool multi = strchr(sql, ';') != NULL;
+    if (direct)
+        return multi ? c->drv->script(c->impl, sql, err)
+                     : c->drv->run(c->impl, sql, NULL, 0, NULL, NULL, err);
+    return multi ? c->db.ops->script(&c->db, sql, err)
+                 : c->db.ops->run(&c->db, sql, NULL, 0, NULL, NULL, err);
+}
+
 /* Runs a control statement (BEGIN, COMMIT, ...) on the pinned connection,
  * reporting it to the parent's observer. */
-static dbk_rc ctl(tx_root *r, const char *sql, dbk_error *err)
+static dbk_rc ctl_as(tx_root *r, const char *sql, bool direct, dbk_error *err)
 {
     dbk_conn *c = r->conn;
     dbk_db *p = r->parent;
     if (!p->observer)
-        return c->drv->script(c->impl, sql, err);
+        return ctl_exec(c, sql, direct, err);
     int64_t t0 = dbk__now_ns();
-    dbk_rc rc = c->drv->script(c->impl, sql, err);
+    dbk_rc rc = ctl_exec(c, sql, direct, err);
     dbk_query_event ev = {sql, 0, dbk__now_ns() - t0, 0, rc, r->engine};
     p->observer(p->observer_ctx, &ev);
     return rc;
+}
+
+static dbk_rc ctl(tx_root *r, const char *sql, dbk_error *err)
+{
+    return ctl_as(r, sql, r->direct, err);
 }
 
 static dbk__txstate txstate(tx_root *r)
@@ -252,7 +283,7 @@ static dbk_rc tx_run(dbk_db *db, const char *sql, const dbk_value *params, size_
     if (rc)
         return rc;
     dbk_conn *c = t->root->conn;
-    rc = c->drv->run(c->impl, sql, params, nparams, out, affected, err);
+    rc = c->db.ops->run(&c->db, sql, params, nparams, out, affected, err);
     if (rc)
         return tx_failed(t->root, rc, err);
     return DBK_OK;
@@ -268,7 +299,7 @@ static dbk_rc tx_script(dbk_db *db, const char *sql, dbk_error *err)
     if (rc)
         return rc;
     dbk_conn *c = t->root->conn;
-    rc = c->drv->script(c->impl, sql, err);
+    rc = c->db.ops->script(&c->db, sql, err);
     if (rc)
         return tx_failed(t->root, rc, err);
     return DBK_OK;
@@ -360,8 +391,10 @@ static dbk_rc resolve_opts(const dbk_tx_opts *o, tx_conf *c, dbk_error *err)
     return DBK_OK;
 }
 
-/* The BEGIN round trip for this engine and these options. */
-static void begin_sql(const tx_conf *c, dbk_engine engine, char *buf, size_t len)
+/* The BEGIN round trip for this engine and these options. `stmt_timeout_ms`
+ * is the statement timeout the session was configured with (0: none). */
+static void begin_sql(const tx_conf *c, dbk_engine engine, int stmt_timeout_ms, char *buf,
+                      size_t len)
 {
     if (engine == DBK_ENGINE_SQLITE) {
         /* IMMEDIATE takes the write lock now: two writers can never both
@@ -376,23 +409,23 @@ static void begin_sql(const tx_conf *c, dbk_engine engine, char *buf, size_t len
                                          " ISOLATION LEVEL SERIALIZABLE"};
     int n = snprintf(buf, len, "BEGIN%s%s%s", levels[c->isolation],
                      c->read_only ? " READ ONLY" : "", c->deferrable ? " DEFERRABLE" : "");
-    if (c->timeout_ms > 0 && n > 0 && (size_t)n < len) {
-        /* The server-side bound for the same deadline, local to this
-         * transaction and in the BEGIN round trip: no statement runs
-         * longer than the whole transaction may (a smaller configured
-         * statement_timeout is kept), and a transaction left idle by a
-         * stalled client is ended by the server a grace period after the
-         * client's own deadline (which normally ends it first, cleanly). */
-        long long grace = c->timeout_ms + (long long)TX_SERVER_GRACE_MS;
-        snprintf(buf + n, len - (size_t)n,
-                 "; SELECT pg_catalog.set_config('statement_timeout', CASE WHEN "
-                 "pg_catalog.current_setting('statement_timeout')::interval "
-                 "= interval '0' OR "
-                 "pg_catalog.current_setting('statement_timeout')::interval > interval '%d ms' "
-                 "THEN '%d' ELSE pg_catalog.current_setting('statement_timeout') END, true), "
-                 "pg_catalog.set_config('idle_in_transaction_session_timeout', '%lld', true)",
-                 c->timeout_ms, c->timeout_ms, grace);
-    }
+    if (c->timeout_ms <= 0 || n < 0 || (size_t)n >= len)
+        return;
+    /* The server-side bound for the same deadline, local to the
+     * transaction and in the BEGIN round trip (SET LOCAL: utility
+     * statements, no planning; measured at about 1 us against 8-25 us for
+     * a set_config() SELECT). No statement runs longer than the whole
+     * transaction may - unless the session's own statement_timeout is
+     * smaller, which is kept: raising it would outlast the driver's client
+     * deadline. A transaction left idle by a stalled client is ended by the
+     * server a grace period after the client's own deadline, which
+     * normally ends it first, cleanly. */
+    if (stmt_timeout_ms <= 0 || stmt_timeout_ms > c->timeout_ms)
+        n += snprintf(buf + n, len - (size_t)n, "; SET LOCAL statement_timeout = %d",
+                      c->timeout_ms);
+    if (n > 0 && (size_t)n < len)
+        snprintf(buf + n, len - (size_t)n, "; SET LOCAL idle_in_transaction_session_timeout = %lld",
+                 (long long)c->timeout_ms + TX_SERVER_GRACE_MS);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -410,7 +443,10 @@ static dbk_rc nested(struct dbk__tx *outer, dbk_tx_fn fn, void *ctx, dbk_error *
         return rc;
 
     char sp[32], sql[128];
-    snprintf(sp, sizeof sp, "dbk_sp_%u", ++r->sp_seq);
+    /* Named by depth: siblings reuse a name only after the previous one
+     * was released or rolled back, and the drivers' statement caches see
+     * a handful of texts rather than one per savepoint. */
+    snprintf(sp, sizeof sp, "dbk_sp_%d", outer->depth + 1);
     snprintf(sql, sizeof sql, "SAVEPOINT %s", sp);
     rc = ctl(r, sql, err);
     if (rc)
@@ -518,10 +554,14 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
 {
     *end = END_DONE;
     char sql[512];
-    begin_sql(cf, r->engine, sql, sizeof sql);
+    dbk_conn *c = r->conn;
+    int stmt_timeout_ms = c->drv->statement_timeout_ms ? c->drv->statement_timeout_ms(c->impl) : 0;
+    begin_sql(cf, r->engine, stmt_timeout_ms, sql, sizeof sql);
     if (cf->timeout_ms > 0)
         r->deadline_ns = dbk__now_ns() + (int64_t)cf->timeout_ms * 1000000LL;
-    dbk_rc rc = ctl(r, sql, err);
+    r->direct = r->engine == DBK_ENGINE_SQLITE && cf->read_only;
+    bool begin_direct = r->direct || (r->engine == DBK_ENGINE_POSTGRES && cf->timeout_ms > 0);
+    dbk_rc rc = ctl_as(r, sql, begin_direct, err);
     if (rc) {
         rollback(r);
         if (dbk_rc_is_retryable(rc))

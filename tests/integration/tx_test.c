@@ -206,7 +206,7 @@ static void transfer(const char *url, dbk_engine e)
     /* unknown recipient: the debit is rolled back */
     DBKT_RC(DBK_ENOT_FOUND, transfer_money(db, 1, 99, 10, &err));
     assert_int_equal(q_int(db, "SELECT balance FROM accounts WHERE id = 1"), 70);
-    assert_int_equal(q_int(db, "SELECT sum(balance) FROM accounts"), 200);
+    assert_int_equal(q_int(db, "SELECT CAST(sum(balance) AS BIGINT) FROM accounts"), 200);
     dbk_conn_close(conn);
 }
 
@@ -661,7 +661,7 @@ static dbk_rc audit_fn(dbk_db *tx, void *ctx, dbk_error *err)
 {
     struct audit_row *a = ctx;
     dbk_result *r = NULL;
-    dbk_rc rc = dbk_db_query_row(tx, "SELECT sum(balance), min(balance) FROM accounts", NULL, 0,
+    dbk_rc rc = dbk_db_query_row(tx, "SELECT CAST(sum(balance) AS BIGINT), min(balance) FROM accounts", NULL, 0,
                                  &r, err);
     if (rc)
         return rc;
@@ -776,7 +776,7 @@ static void bank_run(const char *url, dbk_engine e, dbk_isolation level)
         fprintf(stderr, "  auditor failure: %s\n", a.first_failure);
 
     dbk_db *db = dbk_conn_db(setup);
-    assert_int_equal(q_int(db, "SELECT sum(balance) FROM accounts"),
+    assert_int_equal(q_int(db, "SELECT CAST(sum(balance) AS BIGINT) FROM accounts"),
                      (int64_t)BANK_ACCOUNTS * BANK_START);
     assert_true(q_int(db, "SELECT min(balance) FROM accounts") >= 0);
     assert_int_equal(q_int(db, "SELECT count(*) FROM accounts"), BANK_ACCOUNTS);
@@ -1091,6 +1091,21 @@ static dbk_rc slow_fn(dbk_db *tx, void *ctx, dbk_error *err)
     return c->second_rc;
 }
 
+struct show_timeout {
+    char stmt[32], idle[32];
+};
+
+static dbk_rc show_timeout_fn(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    struct show_timeout *s = ctx;
+    dbk_rc rc = dbk_db_query_text(tx, "SHOW statement_timeout", NULL, 0, s->stmt, sizeof s->stmt,
+                                  NULL, err);
+    if (rc)
+        return rc;
+    return dbk_db_query_text(tx, "SHOW idle_in_transaction_session_timeout", NULL, 0, s->idle,
+                             sizeof s->idle, NULL, err);
+}
+
 static void timeout_run(const char *url, dbk_engine e)
 {
     dbk_conn *conn = dbkt_open(url);
@@ -1147,6 +1162,25 @@ static void timeout_run(const char *url, dbk_engine e)
                                   sizeof buf, NULL, &err),
                 &err);
         assert_string_equal(buf, idle_before);
+
+        /* inside: statement_timeout is the transaction timeout, unless the
+         * session's configured one is smaller, which is kept */
+        struct show_timeout st = {"", ""};
+        o.timeout_ms = 4000;
+        DBKT_OK(dbk_transaction(db, show_timeout_fn, &st, &o, &err), &err);
+        assert_string_equal(st.stmt, "4s");
+        assert_string_equal(st.idle, "5s"); /* + 1 s grace */
+        char u[1024];
+        snprintf(u, sizeof u, "%s%sstatement_timeout=1500", url, strchr(url, '?') ? "&" : "?");
+        dbk_conn *c2 = dbkt_open(u);
+        DBKT_OK(dbk_transaction(dbk_conn_db(c2), show_timeout_fn, &st, &o, &err), &err);
+        assert_string_equal(st.stmt, "1500ms");
+        assert_string_equal(st.idle, "5s");
+        o.timeout_ms = DBK_TX_NO_TIMEOUT;
+        DBKT_OK(dbk_transaction(dbk_conn_db(c2), show_timeout_fn, &st, &o, &err), &err);
+        assert_string_equal(st.stmt, "1500ms");
+        assert_string_equal(st.idle, idle_before);
+        dbk_conn_close(c2);
     }
     /* a statement outside a transaction autocommits: the connection is idle */
     exec_ok(db, "INSERT INTO kv (k, v) VALUES ('x', 1)");
