@@ -88,8 +88,9 @@ bool cli_parse_i64(const char *s, int64_t *out);
 
 /* Builds the configuration (--url or the environment). For migrations and
  * seeds, a statement_timeout left at its default is lifted (0): DDL may
- * take long. Prints the error itself; returns an exit code. */
-int cli_config(const cli *c, bool long_statements, dbk_config **out);
+ * take long. url (may be NULL) receives the redacted URL as configured,
+ * before those adjustments. Prints the error itself; returns an exit code. */
+int cli_config(const cli *c, bool long_statements, char *url, size_t urllen, dbk_config **out);
 /* Builds the configuration and opens one connection. url (may be NULL)
  * receives the redacted URL as the user configured it. */
 int cli_connect(const cli *c, bool long_statements, char *url, size_t urllen, dbk_conn **out);

@@ -49,7 +49,7 @@ int cmd_config(cli *c, int argc, char **argv)
         return cli_usage(c, "unexpected argument '%s'", argv[i]);
     }
     dbk_config *cfg = NULL;
-    int code = cli_config(c, false, &cfg);
+    int code = cli_config(c, false, NULL, 0, &cfg);
     if (code)
         return code;
     /* Show the configuration as the user set it: no CLI adjustments. */

@@ -70,11 +70,10 @@ int cmd_doctor(cli *c, int argc, char **argv)
         return cli_usage(c, "unexpected argument '%s'", argv[i]);
     }
     dbk_config *cfg = NULL;
-    int code = cli_config(c, false, &cfg);
+    char url[512];
+    int code = cli_config(c, false, url, sizeof url, &cfg);
     if (code)
         return code;
-    char url[512];
-    cli_redacted(cfg, url, sizeof url);
     dbk_engine engine = dbk_config_engine(cfg);
     const char *ename = engine == DBK_ENGINE_POSTGRES ? "postgres" : "sqlite";
     pool_vis pv;

@@ -378,9 +378,9 @@ static int config_build(const cli *c, bool long_statements, char *url, size_t ur
     return CLI_OK;
 }
 
-int cli_config(const cli *c, bool long_statements, dbk_config **out)
+int cli_config(const cli *c, bool long_statements, char *url, size_t urllen, dbk_config **out)
 {
-    return config_build(c, long_statements, NULL, 0, out);
+    return config_build(c, long_statements, url, urllen, out);
 }
 
 int cli_connect(const cli *c, bool long_statements, char *url, size_t urllen, dbk_conn **out)

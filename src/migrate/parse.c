@@ -161,6 +161,10 @@ static int split_run(splitter *s, int line)
             continue;
         }
         if (!s->open) {
+            if (c == ';') { /* an empty statement */
+                i++;
+                continue;
+            }
             s->open = true;
             s->start = i;
             s->start_line = line;
@@ -646,6 +650,12 @@ dbk_rc dbk__mig_parse(dbk__migfile *f, dbk_error *err)
     if (f->nsec > 0)
         f->sec[f->nsec - 1].len = len - f->sec[f->nsec - 1].off;
 
+    if (f->nsec == 0) {
+        dbk__err(err, DBK_EINVALID, "%s: no -- migrate:up section", path);
+        dbk__err_hint(err, "a migration file has a '-- migrate:up' line, the statements, a "
+                           "'-- migrate:down' line and the statements that undo them");
+        return DBK_EINVALID;
+    }
     /* Only comments may precede the first directive. */
     size_t nst = 0;
     dbk__stmt *st = NULL;
@@ -670,12 +680,6 @@ dbk_rc dbk__mig_parse(dbk__migfile *f, dbk_error *err)
     for (size_t k = 0; k < f->nsec; k++) {
         have_up |= f->sec[k].dir == DBK__DIR_UP;
         have_down |= f->sec[k].dir == DBK__DIR_DOWN;
-    }
-    if (!have_up && !have_down) {
-        dbk__err(err, DBK_EINVALID, "%s: no -- migrate:up section", path);
-        dbk__err_hint(err, "a migration file has a '-- migrate:up' line, the statements, a "
-                           "'-- migrate:down' line and the statements that undo them");
-        return DBK_EINVALID;
     }
     if (!have_up) {
         dbk__err(err, DBK_EINVALID, "%s:%d: a -- migrate:down section without a -- migrate:up",
