@@ -676,11 +676,9 @@ dbk_rc dbk__mig_parse(dbk__migfile *f, dbk_error *err)
     if (rc)
         return dbk__err(err, rc, "%s:%d: %s", path, eline, what);
 
-    bool have_up = false, have_down = false;
-    for (size_t k = 0; k < f->nsec; k++) {
+    bool have_up = false;
+    for (size_t k = 0; k < f->nsec; k++)
         have_up |= f->sec[k].dir == DBK__DIR_UP;
-        have_down |= f->sec[k].dir == DBK__DIR_DOWN;
-    }
     if (!have_up) {
         dbk__err(err, DBK_EINVALID, "%s:%d: a -- migrate:down section without a -- migrate:up",
                  path, f->sec[0].directive_line);
