@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build=${1:-build}
-bin="$PWD/$build/dbkit"
+case "$build" in
+  /*) bin="$build/dbkit" ;;
+  *) bin="$PWD/$build/dbkit" ;;
+esac
 if [ ! -x "$bin" ]; then
   echo "demo: $bin not found: build first (make build)" >&2
   exit 1
