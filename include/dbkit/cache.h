@@ -58,8 +58,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "arena.h"
 #include "db.h"
 #include "error.h"
+#include "repo.h"
 #include "value.h"
 
 #ifdef __cplusplus
@@ -336,6 +338,79 @@ DBK_API dbk_rc dbk_cache_find_row(dbk_cache *cache, dbk_db *db, const void *key,
                                   uint64_t layout, const char *sql, const dbk_value *params,
                                   size_t nparams, int64_t ttl_ms, void **row, size_t *rowlen,
                                   dbk_error *err);
+
+/* ------------------------------------------------------------------------
+ * The cached repository: dbk_repo_* with cache-aside reads and
+ * invalidation after commit.
+ *
+ *   reads   find_by_id and find_by (a unique column) read through the cache
+ *           (get_or_load: single-flight, lease, TTL with jitter, optional
+ *           negative caching). Inside a transaction they go to the database
+ *           and store nothing.
+ *   writes  create, update, upsert, delete and create_many run the
+ *           repository call on `db`, then invalidate, after commit (at once
+ *           outside a transaction), the id key and the key of every unique
+ *           column for the row's values before and after the write, and bump
+ *           the entity's list namespace "<table>:list". A rollback leaves
+ *           the cache untouched. Update, upsert and delete read the old row
+ *           first (one primary-key query) when the entity has unique columns
+ *           other than its primary key.
+ * Keys: "<table>:<column>:" + the value (int64 in decimal, text as bytes).
+ * Values: the row's non-hidden fields in the dbk_cache_encode_row format,
+ * with a layout hash over the table, struct size and each field's column,
+ * type, offset and size: a changed struct never decodes old bytes (they
+ * count as a miss and are reloaded).
+ * Only writes made through the cached repository invalidate; a write made
+ * elsewhere is seen when the entry's TTL runs out.
+ * ------------------------------------------------------------------------ */
+
+typedef struct dbk_cached_repo dbk_cached_repo;
+
+/* Default TTL of cached rows (5 minutes). */
+#define DBK_CACHED_REPO_DEFAULT_TTL_MS 300000
+
+typedef struct dbk_cached_repo_opts {
+    int64_t ttl_ms; /* 0: DBK_CACHED_REPO_DEFAULT_TTL_MS (jitter from the cache) */
+} dbk_cached_repo_opts;
+
+/* Wraps entity `e` with `cache` (both borrowed: they must outlive the
+ * cached repository and any transaction that used it). DBK_EMISUSE,
+ * DBK_ENOMEM, errors of dbk_entity_init(). *out is owned by the caller. */
+DBK_API dbk_rc dbk_cached_repo_new(dbk_cache *cache, dbk_entity *e,
+                                   const dbk_cached_repo_opts *opts, dbk_cached_repo **out,
+                                   dbk_error *err);
+
+/* Frees it (not the cache, not the entity). Accepts NULL. */
+DBK_API void dbk_cached_repo_free(dbk_cached_repo *r);
+
+/* dbk_repo_find_by_id() through the cache. Strings go into `arena`. */
+DBK_API dbk_rc dbk_cached_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
+                                     dbk_arena *arena, dbk_error *err);
+
+/* dbk_repo_find_by() through the cache (`column` the PK or a DBK_F_UNIQUE
+ * field, else DBK_EINVALID_COLUMN). */
+DBK_API dbk_rc dbk_cached_find_by(dbk_cached_repo *r, dbk_db *db, const char *column,
+                                  dbk_value value, void *out, dbk_arena *arena, dbk_error *err);
+
+/* The repository writes, with invalidation as described above. Arguments
+ * and results as the dbk_repo_* call of the same name. */
+DBK_API dbk_rc dbk_cached_create(dbk_cached_repo *r, dbk_db *db, const void *in, void *out,
+                                 dbk_arena *arena, dbk_error *err);
+DBK_API dbk_rc dbk_cached_update(dbk_cached_repo *r, dbk_db *db, dbk_value id, const void *in,
+                                 const char *const *fields, size_t nfields, void *out,
+                                 dbk_arena *arena, dbk_error *err);
+DBK_API dbk_rc dbk_cached_upsert(dbk_cached_repo *r, dbk_db *db, const char *const *conflict,
+                                 size_t nconflict, const char *const *update_fields,
+                                 size_t nupdate, const void *in, void *out, dbk_arena *arena,
+                                 dbk_error *err);
+DBK_API dbk_rc dbk_cached_delete(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
+                                 dbk_arena *arena, dbk_error *err);
+DBK_API dbk_rc dbk_cached_create_many(dbk_cached_repo *r, dbk_db *db, const void *rows, size_t n,
+                                      void *out_rows, dbk_arena *arena, dbk_error *err);
+
+/* The version of the entity's list namespace ("<table>:list"): put it in the
+ * keys of cached lists and pages; every write bumps it after commit. */
+DBK_API dbk_rc dbk_cached_list_version(dbk_cached_repo *r, uint64_t *version, dbk_error *err);
 
 #ifdef __cplusplus
 }

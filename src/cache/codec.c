@@ -163,9 +163,9 @@ dbk_rc dbk_cache_decode_row(const void *buf, size_t len, uint64_t layout, dbk_va
     const unsigned char *p = buf;
     if (len < HEADER_LEN || p[0] != 'd' || p[1] != 'K')
         return dbk__err(err, DBK_ETYPE, "cached value is not a dbkit row");
-    if (p[2] != CODEC_VERSION)
-        return dbk__err(err, DBK_ETYPE, "cached row has format version %u, expected %u",
-                        (unsigned)p[2], (unsigned)CODEC_VERSION);
+    if (p[2] != CODEC_VERSION || p[3] != 0)
+        return dbk__err(err, DBK_ETYPE, "cached row has format version %u.%u, expected %u.0",
+                        (unsigned)p[2], (unsigned)p[3], (unsigned)CODEC_VERSION);
     if (get_u64(p + 4) != layout)
         return dbk__err(err, DBK_ETYPE, "cached row was written for another layout");
     if ((size_t)get_u32(p + 12) != n)

@@ -915,6 +915,145 @@ static void cache_redis_auth_and_select(void **state)
     redis_kill(&rs);
 }
 
+/* ---- the cached repository ------------------------------------------------ */
+
+struct cuser {
+    int64_t id;
+    const char *email;
+    const char *name;
+};
+
+static const dbk_field cuser_fields[] = {
+    DBK_FIELD(struct cuser, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
+    DBK_FIELD(struct cuser, email, "email", DBK_TYPE_TEXT, DBK_F_UNIQUE),
+    DBK_FIELD(struct cuser, name, "name", DBK_TYPE_TEXT, 0),
+};
+static dbk_entity cuser_entity = DBK_ENTITY_PLAIN("cusers", struct cuser, cuser_fields);
+
+struct repo_tx {
+    dbk_cached_repo *r;
+    dbk_cache *c;
+    int64_t id;
+    dbk_rc ret;
+    bool old_served_inside;
+};
+
+static bool cached_email_is(dbk_cache *c, int64_t id, const char *email)
+{
+    char key[64];
+    snprintf(key, sizeof key, "cusers:id:%lld", (long long)id);
+    void *v = NULL;
+    size_t n = 0;
+    if (dbk_cache_get(c, key, strlen(key), &v, &n, NULL) != DBK_OK)
+        return false;
+    bool found = n > 1 && memmem(v, n, email, strlen(email)) != NULL;
+    free(v);
+    return found;
+}
+
+static dbk_rc repo_tx_update(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    struct repo_tx *t = ctx;
+    struct cuser in = {0, "ada@new.example", "Ada L.", };
+    const char *fields[] = {"email", "name"};
+    dbk_arena *a = dbk_arena_new(0);
+    struct cuser out;
+    dbk_rc rc = dbk_cached_update(t->r, tx, dbk_int64(t->id), &in, fields, 2, &out, a, err);
+    /* other readers still get the committed row from the cache */
+    t->old_served_inside = cached_email_is(t->c, t->id, "ada@old.example");
+    dbk_arena_free(a);
+    return rc != DBK_OK ? rc : t->ret;
+}
+
+static void repo_engine(const char *url, dbk_engine engine)
+{
+    dbk_conn *conn = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(conn);
+    dbk_db_set_observer(db, count_query, NULL);
+    dbk_error err;
+    DBKT_OK(dbk_db_exec_script(db, engine == DBK_ENGINE_POSTGRES
+                                       ? "DROP TABLE IF EXISTS cusers; CREATE TABLE cusers (id BIGSERIAL PRIMARY KEY, email TEXT UNIQUE NOT NULL, name TEXT NOT NULL)"
+                                       : "DROP TABLE IF EXISTS cusers; CREATE TABLE cusers (id INTEGER PRIMARY KEY, email TEXT UNIQUE NOT NULL, name TEXT NOT NULL)",
+                               &err),
+            &err);
+    for (int b = 0; b < 2; b++) {
+        DBKT_OK(dbk_db_exec(db, "DELETE FROM cusers", NULL, 0, NULL, &err), &err);
+        dbk_cache_opts o = {0};
+        o.negative_ttl_ms = 60000;
+        dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
+        dbk_cached_repo *r = NULL;
+        DBKT_OK(dbk_cached_repo_new(c, &cuser_entity, NULL, &r, &err), &err);
+        dbk_arena *a = dbk_arena_new(0);
+        struct cuser u;
+
+        /* negative cache, then a create through the repository drops it */
+        DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by(r, db, "email", dbk_text("ada@old.example"), &u, a, &err));
+        struct cuser in = {0, "ada@old.example", "Ada"};
+        struct cuser created;
+        DBKT_OK(dbk_cached_create(r, db, &in, &created, a, &err), &err);
+        DBKT_OK(dbk_cached_find_by(r, db, "email", dbk_text("ada@old.example"), &u, a, &err), &err);
+        assert_int_equal(u.id, created.id);
+
+        /* hit: no query */
+        DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
+        atomic_store(&g_queries, 0);
+        for (int i = 0; i < 10; i++) {
+            DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
+            assert_string_equal(u.name, "Ada");
+            assert_string_equal(u.email, "ada@old.example");
+        }
+        assert_int_equal(atomic_load(&g_queries), 0);
+        uint64_t lv0, lv1;
+        DBKT_OK(dbk_cached_list_version(r, &lv0, &err), &err);
+
+        /* rollback: untouched */
+        struct repo_tx t = {r, c, created.id, DBK_EINVALID, false};
+        DBKT_RC(DBK_EINVALID, dbk_transaction(db, repo_tx_update, &t, NULL, &err));
+        assert_true(t.old_served_inside);
+        assert_true(cached_email_is(c, created.id, "ada@old.example"));
+
+        /* commit: served until commit, gone after; the old email key too */
+        t.ret = DBK_OK;
+        DBKT_OK(dbk_transaction(db, repo_tx_update, &t, NULL, &err), &err);
+        assert_true(t.old_served_inside);
+        assert_false(cached_email_is(c, created.id, "ada@old.example"));
+        DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
+        assert_string_equal(u.email, "ada@new.example");
+        DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by(r, db, "email", dbk_text("ada@old.example"), &u, a, &err));
+        DBKT_OK(dbk_cached_list_version(r, &lv1, &err), &err);
+        assert_true(lv1 > lv0);
+
+        /* delete */
+        DBKT_OK(dbk_cached_delete(r, db, dbk_int64(created.id), NULL, NULL, &err), &err);
+        DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err));
+        DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by(r, db, "email", dbk_text("ada@new.example"), &u, a, &err));
+
+        /* upsert and create_many invalidate what they write */
+        struct cuser many[2] = {{0, "m1@x", "M1"}, {0, "m2@x", "M2"}};
+        DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by(r, db, "email", dbk_text("m2@x"), &u, a, &err));
+        DBKT_OK(dbk_cached_create_many(r, db, many, 2, NULL, NULL, &err), &err);
+        DBKT_OK(dbk_cached_find_by(r, db, "email", dbk_text("m2@x"), &u, a, &err), &err);
+        assert_string_equal(u.name, "M2");
+        struct cuser up = {0, "m2@x", "M2 renamed"};
+        const char *conflict[] = {"email"};
+        const char *upd[] = {"name"};
+        DBKT_OK(dbk_cached_upsert(r, db, conflict, 1, upd, 1, &up, NULL, NULL, &err), &err);
+        DBKT_OK(dbk_cached_find_by(r, db, "email", dbk_text("m2@x"), &u, a, &err), &err);
+        assert_string_equal(u.name, "M2 renamed");
+
+        dbk_arena_free(a);
+        dbk_cached_repo_free(r);
+        dbk_cache_close(c);
+    }
+    dbk_conn_close(conn);
+}
+
+static void cache_repo_reads_and_writes(void **state)
+{
+    (void)state;
+    dbkt_each_engine("cache_repo", repo_engine);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_hit_and_miss),
     cmocka_unit_test(cache_ttl_expiry),
@@ -931,6 +1070,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_redis_restart_resumes),
     cmocka_unit_test(cache_redis_invalidation_replayed),
     cmocka_unit_test(cache_redis_auth_and_select),
+    cmocka_unit_test(cache_repo_reads_and_writes),
 };
 
 DBKT_MAIN(tests)
