@@ -317,9 +317,16 @@ static dbk_rc io_error(struct rds *r, redisContext *c, dbk_error *err)
 
 /* hiredis writes with write(2): a peer that died would raise SIGPIPE and
  * kill a process that did not ignore it. Like libpq, block SIGPIPE on this
- * thread around the call and swallow one raised by it. */
+ * thread around the call and swallow one raised by it. That costs four
+ * system calls per command, so when the process already ignores SIGPIPE
+ * (checked when a cache opens, as servers set it at start-up) it is
+ * skipped. */
+static bool g_sigpipe_ignored; /* SIGPIPE was SIG_IGN when a cache opened */
+
 static redisReply *cmd(redisContext *c, int argc, const char **argv, const size_t *lens)
 {
+    if (__atomic_load_n(&g_sigpipe_ignored, __ATOMIC_RELAXED))
+        return redisCommandArgv(c, argc, argv, lens); /* nothing to guard: no syscalls */
     sigset_t pipe_set, old_set, pending;
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
@@ -897,6 +904,9 @@ dbk_rc dbk__cache_redis_new(const struct dbk__cache_cfg *cfg, const struct dbk__
     pthread_mutex_init(&r->mu, NULL);
     pthread_mutex_init(&r->br_mu, NULL);
     pthread_mutex_init(&r->pend_mu, NULL);
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0)
+        __atomic_store_n(&g_sigpipe_ignored, sa.sa_handler == SIG_IGN, __ATOMIC_RELAXED);
     *impl = r;
     return DBK_OK;
 }

@@ -1,0 +1,282 @@
+/*
+ * The cache's read path, next to what it saves and what it is built on,
+ * measured in the same run:
+ *   1. memory cache hit through the cached repository (dbk_cached_find_by_id)
+ *      vs an uncached dbk_repo_find_by_id on SQLite and on PostgreSQL;
+ *   2. Redis hit through the cached repository vs a raw hiredis GET loop on
+ *      a value of the same size (the target: cached >= 0.9x raw).
+ * Every read maps the whole row into the struct (strings into an arena).
+ *
+ * usage: cache_bench [--seconds S] [--rounds R]
+ * PostgreSQL from DBKIT_TEST_PG_URL (skipped without it), Redis from
+ * DBKIT_TEST_REDIS_URL or REDIS_URL (skipped without it). Rounds alternate
+ * baseline and dbkit; the best round of each is printed.
+ */
+#include <hiredis/hiredis.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <dbkit/dbkit.h>
+
+#define ROWS 1000
+#define HOT 100 /* ids read in the loops: all cached */
+
+struct user {
+    int64_t id;
+    const char *email;
+    const char *name;
+    int64_t created_at;
+};
+static const dbk_field user_fields[] = {
+    DBK_FIELD(struct user, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
+    DBK_FIELD(struct user, email, "email", DBK_TYPE_TEXT, DBK_F_UNIQUE),
+    DBK_FIELD(struct user, name, "name", DBK_TYPE_TEXT, 0),
+    DBK_FIELD(struct user, created_at, "created_at", DBK_TYPE_TIMESTAMP, 0),
+};
+static dbk_entity user_entity = DBK_ENTITY_PLAIN("bench_users", struct user, user_fields);
+
+static double seconds = 1.0;
+static int rounds = 3;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void die(const char *what, const dbk_error *err)
+{
+    fprintf(stderr, "cache_bench: %s: %s\n", what, err ? err->message : "");
+    exit(1);
+}
+
+typedef void (*read_fn)(void *ctx, int64_t id);
+
+/* ns per read over `seconds` */
+static double measure(read_fn fn, void *ctx)
+{
+    long n = 0;
+    double t0 = now_s(), t;
+    do {
+        for (int i = 0; i < 256; i++)
+            fn(ctx, (n + i) % HOT + 1);
+        n += 256;
+        t = now_s();
+    } while (t - t0 < seconds);
+    return (t - t0) * 1e9 / (double)n;
+}
+
+/* best of `rounds`, alternating */
+static void compare(const char *label, const char *base_label, read_fn base, void *bctx,
+                    read_fn mine, void *mctx)
+{
+    double best_b = 1e30, best_m = 1e30;
+    for (int r = 0; r < rounds; r++) {
+        double b = measure(base, bctx), m = measure(mine, mctx);
+        if (b < best_b)
+            best_b = b;
+        if (m < best_m)
+            best_m = m;
+    }
+    printf("%-44s %10.0f ns/read   %-34s %10.0f ns/read   speed ratio %.2fx\n", label, best_m,
+           base_label, best_b, best_b / best_m);
+}
+
+struct rctx {
+    dbk_db *db;
+    dbk_cached_repo *r;
+    dbk_arena *arena;
+};
+
+static void read_repo(void *ctx, int64_t id)
+{
+    struct rctx *c = ctx;
+    struct user u;
+    dbk_error err;
+    if (dbk_repo_find_by_id(c->db, &user_entity, dbk_int64(id), &u, c->arena, &err) != DBK_OK)
+        die("find_by_id", &err);
+    dbk_arena_reset(c->arena);
+}
+
+static void read_cached(void *ctx, int64_t id)
+{
+    struct rctx *c = ctx;
+    struct user u;
+    dbk_error err;
+    if (dbk_cached_find_by_id(c->r, c->db, dbk_int64(id), &u, c->arena, &err) != DBK_OK)
+        die("cached find_by_id", &err);
+    dbk_arena_reset(c->arena);
+}
+
+struct rawctx {
+    redisContext *rc;
+    char keys[HOT][64];
+    size_t klen[HOT];
+};
+
+static void read_raw(void *ctx, int64_t id)
+{
+    struct rawctx *c = ctx;
+    const char *argv[2] = {"GET", c->keys[id - 1]};
+    size_t lens[2] = {3, c->klen[id - 1]};
+    redisReply *rep = redisCommandArgv(c->rc, 2, argv, lens);
+    if (!rep || rep->type != REDIS_REPLY_STRING)
+        die("raw GET", NULL);
+    /* the same work the cached path does with the bytes: copy them out */
+    char *copy = malloc(rep->len);
+    memcpy(copy, rep->str, rep->len);
+    free(copy);
+    freeReplyObject(rep);
+}
+
+static dbk_conn *setup_db(const char *url, dbk_engine *engine)
+{
+    dbk_error err;
+    dbk_config *cfg;
+    if (dbk_config_from_url(url, &cfg, &err) != DBK_OK)
+        die("config", &err);
+    dbk_conn *c;
+    if (dbk_conn_open(cfg, &c, &err) != DBK_OK)
+        die("connect", &err);
+    dbk_config_free(cfg);
+    *engine = dbk_db_engine(dbk_conn_db(c));
+    dbk_db *db = dbk_conn_db(c);
+    const char *ddl = *engine == DBK_ENGINE_POSTGRES
+                          ? "DROP TABLE IF EXISTS bench_users; CREATE TABLE bench_users (id BIGSERIAL "
+                            "PRIMARY KEY, email TEXT UNIQUE NOT NULL, name TEXT NOT NULL, created_at "
+                            "TIMESTAMPTZ NOT NULL)"
+                          : "DROP TABLE IF EXISTS bench_users; CREATE TABLE bench_users (id INTEGER "
+                            "PRIMARY KEY, email TEXT UNIQUE NOT NULL, name TEXT NOT NULL, created_at "
+                            "TEXT NOT NULL)";
+    if (dbk_db_exec_script(db, ddl, &err) != DBK_OK)
+        die("schema", &err);
+    struct user *rows = calloc(ROWS, sizeof *rows);
+    char (*emails)[48] = calloc(ROWS, 48);
+    for (int i = 0; i < ROWS; i++) {
+        snprintf(emails[i], 48, "user%d@example.com", i + 1);
+        rows[i].email = emails[i];
+        rows[i].name = "A. Typical Name";
+        rows[i].created_at = 1700000000000000LL + i;
+    }
+    if (dbk_repo_create_many(db, &user_entity, rows, ROWS, NULL, NULL, &err) != DBK_OK)
+        die("seed", &err);
+    free(rows);
+    free(emails);
+    return c;
+}
+
+static dbk_cache *open_cache(const char *url)
+{
+    dbk_cache_opts o = {0};
+    o.url = url;
+    o.key_prefix = "dbkbench:";
+    o.command_timeout_ms = 1000;
+    dbk_cache *c;
+    dbk_error err;
+    if (dbk_cache_open(&o, &c, &err) != DBK_OK)
+        die("cache", &err);
+    return c;
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN); /* as any server does: no per-call SIGPIPE guard needed */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
+            seconds = strtod(argv[++i], NULL);
+        else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
+            rounds = (int)strtol(argv[++i], NULL, 10);
+    }
+    char sqlite_url[128];
+    snprintf(sqlite_url, sizeof sqlite_url, "sqlite:/tmp/dbkit_cache_bench_%d.db", (int)getpid());
+    dbk_engine eng;
+    dbk_conn *sq = setup_db(sqlite_url, &eng);
+    dbk_error err;
+    dbk_cache *mem = open_cache("memory:");
+    dbk_cached_repo *mr;
+    if (dbk_cached_repo_new(mem, &user_entity, NULL, &mr, &err) != DBK_OK)
+        die("cached repo", &err);
+    struct rctx sq_plain = {dbk_conn_db(sq), NULL, dbk_arena_new(0)};
+    struct rctx sq_cached = {dbk_conn_db(sq), mr, dbk_arena_new(0)};
+    for (int id = 1; id <= HOT; id++)
+        read_cached(&sq_cached, id); /* warm */
+    printf("cache_bench: %d hot rows, best of %d rounds of %.1f s\n", HOT, rounds, seconds);
+    compare("memory cache hit (cached repo, SQLite)", "uncached SQLite find_by_id", read_repo,
+            &sq_plain, read_cached, &sq_cached);
+
+    const char *pg = getenv("DBKIT_TEST_PG_URL");
+    if (pg && *pg) {
+        dbk_conn *pc = setup_db(pg, &eng);
+        dbk_cache *mem2 = open_cache("memory:");
+        dbk_cached_repo *mr2;
+        if (dbk_cached_repo_new(mem2, &user_entity, NULL, &mr2, &err) != DBK_OK)
+            die("cached repo", &err);
+        struct rctx pg_plain = {dbk_conn_db(pc), NULL, dbk_arena_new(0)};
+        struct rctx pg_cached = {dbk_conn_db(pc), mr2, dbk_arena_new(0)};
+        for (int id = 1; id <= HOT; id++)
+            read_cached(&pg_cached, id);
+        compare("memory cache hit (cached repo, PostgreSQL)", "uncached PostgreSQL find_by_id",
+                read_repo, &pg_plain, read_cached, &pg_cached);
+        dbk_cached_repo_free(mr2);
+        dbk_cache_close(mem2);
+        dbk_conn_close(pc);
+    } else {
+        printf("(PostgreSQL skipped: DBKIT_TEST_PG_URL not set)\n");
+    }
+
+    const char *ru = getenv("DBKIT_TEST_REDIS_URL");
+    if (!ru || !*ru)
+        ru = getenv("REDIS_URL");
+    if (ru && *ru) {
+        dbk_cache *rc = open_cache(ru);
+        dbk_cached_repo *rr;
+        if (dbk_cached_repo_new(rc, &user_entity, NULL, &rr, &err) != DBK_OK)
+            die("cached repo", &err);
+        struct rctx r_cached = {dbk_conn_db(sq), rr, dbk_arena_new(0)};
+        for (int id = 1; id <= HOT; id++)
+            read_cached(&r_cached, id);
+        /* the raw baseline: the same bytes under keys of our own */
+        struct rawctx raw;
+        char host[256] = "127.0.0.1";
+        int port = 6379;
+        sscanf(ru, "redis://%255[^:/]:%d", host, &port);
+        struct timeval tv = {1, 0};
+        raw.rc = redisConnectWithTimeout(host, port, tv);
+        if (!raw.rc || raw.rc->err)
+            die("raw connect", NULL);
+        size_t vsize = 0;
+        for (int id = 1; id <= HOT; id++) {
+            char key[64];
+            int kl = snprintf(key, sizeof key, "bench_users:id:%d", id);
+            void *v;
+            size_t n;
+            if (dbk_cache_get(rc, key, (size_t)kl, &v, &n, &err) != DBK_OK)
+                die("read back", &err);
+            raw.klen[id - 1] = (size_t)snprintf(raw.keys[id - 1], 64, "dbkbench:raw:%d", id);
+            const char *av[3] = {"SET", raw.keys[id - 1], v};
+            size_t al[3] = {3, raw.klen[id - 1], n};
+            freeReplyObject(redisCommandArgv(raw.rc, 3, av, al));
+            vsize = n;
+            free(v);
+        }
+        printf("(redis value size: %zu bytes)\n", vsize);
+        compare("redis hit (cached repo, decoded)", "raw hiredis GET", read_raw, &raw, read_cached,
+                &r_cached);
+        redisFree(raw.rc);
+        dbk_cached_repo_free(rr);
+        dbk_cache_close(rc);
+    } else {
+        printf("(Redis skipped: DBKIT_TEST_REDIS_URL not set)\n");
+    }
+    dbk_cached_repo_free(mr);
+    dbk_cache_close(mem);
+    dbk_conn_close(sq);
+    snprintf(sqlite_url, sizeof sqlite_url, "/tmp/dbkit_cache_bench_%d.db", (int)getpid());
+    unlink(sqlite_url);
+    return 0;
+}
