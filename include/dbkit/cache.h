@@ -47,6 +47,10 @@
  * probes it. One log line per breaker state change. get_or_load never fails
  * because of the cache: a cache error is a miss, the loader answers.
  *
+ * SIGPIPE: hiredis writes with write(2). If SIGPIPE is not ignored when a
+ * Redis cache opens, each command blocks it on the calling thread (four
+ * extra system calls); servers should ignore SIGPIPE before opening.
+ *
  * Thread safety: a dbk_cache is thread-safe: every function may be called
  * from any number of threads at once, except dbk_cache_close() (once, when
  * no other thread uses the handle).
@@ -111,7 +115,8 @@ typedef struct dbk_cache_opts {
     /* redis backend */
     const char *key_prefix;  /* put before every key (default "dbk:"); copied */
     int pool_size;           /* connections (default 4) */
-    int connect_timeout_ms;  /* per connect, AUTH and SELECT included (default 100) */
+    int connect_timeout_ms;  /* per TCP connect (default 100); AUTH, SELECT
+                                and every command: command_timeout_ms */
     int command_timeout_ms;  /* per command round trip (default 50) */
     int breaker_failures;    /* consecutive failures that open it (default 3) */
     int breaker_cooldown_ms; /* skip Redis this long, then probe (default 1000) */
