@@ -181,11 +181,15 @@ static json_t *parse_json(const run *r)
 static json_int_t jint(json_t *obj, const char *path)
 {
     /* dotted path of object keys */
-    char buf[128];
-    snprintf(buf, sizeof buf, "%s", path);
     json_t *cur = obj;
-    for (char *save = NULL, *k = strtok_r(buf, ".", &save); k; k = strtok_r(NULL, ".", &save))
-        cur = json_object_get(cur, k);
+    const char *p = path;
+    while (cur && *p) {
+        size_t n = strcspn(p, ".");
+        char key[64];
+        snprintf(key, sizeof key, "%.*s", (int)n, p);
+        cur = json_object_get(cur, key);
+        p += n + (p[n] == '.');
+    }
     if (!json_is_integer(cur))
         fail_msg("%s is not an integer in the JSON output", path);
     return json_integer_value(cur);

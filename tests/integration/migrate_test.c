@@ -1004,8 +1004,11 @@ static const char *long_stmt(dbk_engine engine)
 }
 
 /* Forks a migrator that applies src and is SIGKILLed 300 ms after it
- * starts `version`. */
-static void kill_during(const char *url, const dbk_migrate_source *src, int64_t version)
+ * starts `version`; with wait_progress, only once the history shows the
+ * first statement of that (non-transactional) migration completed, so the
+ * kill lands in its long second statement even on a loaded machine. */
+static void kill_during(const char *url, const dbk_migrate_source *src, int64_t version,
+                        bool wait_progress)
 {
     int note[2];
     assert_int_equal(pipe(note), 0);
@@ -1033,6 +1036,24 @@ static void kill_during(const char *url, const dbk_migrate_source *src, int64_t 
     close(note[0]);
     struct timespec ts = {0, 300 * 1000000L};
     nanosleep(&ts, NULL);
+    if (wait_progress) {
+        dbk_conn *c = dbkt_open(url);
+        dbk_value v = dbk_int64(version);
+        int64_t done = 0;
+        int64_t deadline = dbk__now_ns() + 20000000000LL;
+        while (done < 1 && dbk__now_ns() < deadline) {
+            dbk_error err;
+            if (dbk_db_query_int64(dbk_conn_db(c),
+                                   "SELECT statements_done FROM dbkit_migrations WHERE version = "
+                                   "$1",
+                                   &v, 1, &done, &err) != DBK_OK)
+                done = 0;
+            struct timespec w = {0, 20 * 1000000L};
+            nanosleep(&w, NULL);
+        }
+        dbk_conn_close(c);
+        assert_true(done >= 1);
+    }
     assert_int_equal(kill(pid, SIGKILL), 0);
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);
@@ -1054,7 +1075,7 @@ static void sigkill_body(const char *url, dbk_engine engine)
     dbk_migrate_source src = mem(slow, 3);
 
     /* 1. Killed inside a transactional migration: rolled back. */
-    kill_during(url, &src, 2);
+    kill_during(url, &src, 2, false);
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
     dbk_migration_status *st = status_of(db, &src);
@@ -1083,7 +1104,7 @@ static void sigkill_body(const char *url, dbk_engine engine)
 
     /* 2. Killed inside a non-transactional migration: recorded dirty. */
     dbk_conn_close(c);
-    kill_during(url, &qsrc, 3);
+    kill_during(url, &qsrc, 3, true);
     c = dbkt_open(url);
     db = dbk_conn_db(c);
     DBKT_RC(DBK_EINVALID, dbk_migrate_up(db, &qsrc, NULL, NULL, &err));
