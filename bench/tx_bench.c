@@ -354,6 +354,12 @@ static void bench_pg(const char *url, int rounds, double seconds)
     int nv = (int)(sizeof v / sizeof v[0]);
     run_variants(v, nv, rounds, seconds);
     report("postgres", v, nv, v[0].best);
+    dbk_pool_stats ps;
+    dbk_error err;
+    if (dbk_pool_stats_get(pool, &ps, &err) == DBK_OK)
+        printf("postgres    (pool: %llu acquires, %llu session resets, %llu discarded)\n",
+               (unsigned long long)ps.acquires, (unsigned long long)ps.resets,
+               (unsigned long long)ps.discarded);
 
     PQfinish(pp);
     PQfinish(pc);

@@ -75,6 +75,8 @@ typedef struct tx_root {
     dbk_error doomed_err;
     dbk_rc stmt_rc;          /* last failed statement, for "aborted" reports */
     dbk_error stmt_err;
+    struct dbk__tx *top;     /* the outermost executor: in outermost()'s frame,
+                                so still readable (finished) while hooks run */
     struct tx_hook inline_hooks[TX_INLINE_HOOKS];
     struct tx_hook *hooks;   /* inline_hooks or heap */
     size_t nhooks;
@@ -570,11 +572,11 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
     }
     r->sqlite_query_only = r->engine == DBK_ENGINE_SQLITE && cf->read_only;
 
-    struct dbk__tx t;
-    tx_init(&t, r, r->parent, 0);
+    struct dbk__tx *t = r->top;
+    tx_init(t, r, r->parent, 0);
     dbk_error_clear(err);
-    rc = fn(&t.db, ctx, err);
-    t.finished = true;
+    rc = fn(&t->db, ctx, err);
+    t->finished = true;
 
     if (r->doomed_rc) {
         /* A retryable error happened, whatever fn made of it. */
@@ -664,7 +666,11 @@ static dbk_rc outermost(dbk_db *db, dbk_tx_fn fn, void *ctx, const tx_conf *cf, 
     int64_t budget_end = start + (int64_t)cf->max_elapsed_ms * 1000000LL;
 
     tx_root r;
+    struct dbk__tx top;
     memset(&r, 0, sizeof r);
+    memset(&top, 0, sizeof top);
+    top.finished = true;
+    r.top = &top;
     r.parent = db;
     r.engine = db->engine;
     r.timeout_ms = cf->timeout_ms;

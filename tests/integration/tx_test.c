@@ -544,7 +544,8 @@ static void tx_read_only_rejects_writes(void **state)
 #define BANK_MAX_PER_THREAD 1500
 
 struct bank_worker {
-    dbk_conn *conn;
+    dbk_conn *conn; /* own connection, or NULL with `db` a pool's executor */
+    dbk_db *db;
     dbk_engine engine;
     dbk_isolation level;
     uint64_t rng;
@@ -625,7 +626,7 @@ static void *bank_worker_main(void *arg)
         x.amount = 1 + (int64_t)(xorshift(&w->rng) % 400);
         x.plain_reads = w->level == DBK_ISOLATION_SERIALIZABLE && (xorshift(&w->rng) & 1);
         dbk_error err;
-        dbk_rc rc = dbk_transaction(dbk_conn_db(w->conn), bank_xfer_fn, &x, &o, &err);
+        dbk_rc rc = dbk_transaction(w->db, bank_xfer_fn, &x, &o, &err);
         if (rc == DBK_OK) {
             w->committed++;
             continue;
@@ -645,6 +646,7 @@ static void *bank_worker_main(void *arg)
 
 struct auditor {
     dbk_conn *conn;
+    dbk_db *db;
     dbk_engine engine;
     volatile int stop; /* written before join only: see below */
     pthread_mutex_t mu;
@@ -686,7 +688,7 @@ static void *auditor_main(void *arg)
             break;
         struct audit_row row = {0, 0};
         dbk_error err;
-        dbk_rc rc = dbk_transaction(dbk_conn_db(a->conn), audit_fn, &row, &o, &err);
+        dbk_rc rc = dbk_transaction(a->db, audit_fn, &row, &o, &err);
         if (rc) {
             if (a->failed++ == 0)
                 snprintf(a->first_failure, sizeof a->first_failure, "%s: %s", dbk_rc_name(rc),
@@ -710,7 +712,9 @@ static const char *level_name(dbk_isolation l)
     return l == DBK_ISOLATION_SERIALIZABLE ? "serializable" : "read committed";
 }
 
-static void bank_run(const char *url, dbk_engine e, dbk_isolation level)
+/* pool_size 0: one connection per thread; else all threads (and the
+ * auditor) share a pool of that many connections. */
+static void bank_run(const char *url, dbk_engine e, dbk_isolation level, int pool_size)
 {
     if (e == DBK_ENGINE_POSTGRES) {
         /* Deadlocks are the point here: detect them in 20 ms instead of 1 s. */
@@ -728,12 +732,31 @@ static void bank_run(const char *url, dbk_engine e, dbk_isolation level)
     memset(w, 0, sizeof w);
     memset(&a, 0, sizeof a);
     pthread_mutex_init(&a.mu, NULL);
-    a.conn = dbkt_open(url);
+    dbk_pool *pool = NULL;
+    if (pool_size) {
+        dbk_error perr;
+        dbk_config *cfg = NULL;
+        DBKT_OK(dbk_config_from(url, NULL, NULL, &cfg, &perr), &perr);
+        dbk_pool_opts po = {0};
+        po.max_size = pool_size;
+        po.acquire_timeout_ms = 10000;
+        DBKT_OK(dbk_pool_open(cfg, &po, &pool, &perr), &perr);
+        dbk_config_free(cfg);
+        a.db = dbk_pool_db(pool);
+    } else {
+        a.conn = dbkt_open(url);
+        a.db = dbk_conn_db(a.conn);
+    }
     a.engine = e;
     int64_t deadline = now_ms() + BANK_SECONDS * 1000;
     pthread_t th[BANK_THREADS], ath;
     for (int i = 0; i < BANK_THREADS; i++) {
-        w[i].conn = dbkt_open(url); /* one connection per thread */
+        if (pool) {
+            w[i].db = dbk_pool_db(pool);
+        } else {
+            w[i].conn = dbkt_open(url); /* one connection per thread */
+            w[i].db = dbk_conn_db(w[i].conn);
+        }
         w[i].engine = e;
         w[i].level = level;
         w[i].rng = 0x9E3779B97F4A7C15ULL * (uint64_t)(i + 1) + (uint64_t)level;
@@ -765,10 +788,11 @@ static void bank_run(const char *url, dbk_engine e, dbk_isolation level)
         dbk_conn_close(w[i].conn);
     }
     fprintf(stderr,
-            "bank %s %s: %d committed, %d insufficient funds, %d retry budget exhausted, "
+            "bank %s %s %s: %d committed, %d insufficient funds, %d retry budget exhausted, "
             "%d other failures; %d closure runs; retries: %d serialization, %d deadlock, "
             "%d busy; auditor: %d checks (%d failed)\n",
-            e == DBK_ENGINE_POSTGRES ? "postgres" : "sqlite", level_name(level), tot.committed,
+            e == DBK_ENGINE_POSTGRES ? "postgres" : "sqlite", level_name(level),
+            pool ? "(pool)" : "(connection per thread)", tot.committed,
             tot.insufficient, tot.exhausted, tot.other_failed, tot.attempts,
             tot.retries[DBK_ESERIALIZATION], tot.retries[DBK_EDEADLOCK], tot.retries[DBK_EBUSY],
             a.checks, a.failed);
@@ -791,18 +815,37 @@ static void bank_run(const char *url, dbk_engine e, dbk_isolation level)
         assert_true(tot.retries[DBK_EDEADLOCK] + tot.retries[DBK_ESERIALIZATION] > 0);
     }
     dbk_conn_close(a.conn);
+    if (pool) {
+        dbk_pool_stats ps;
+        dbk_error perr;
+        DBKT_OK(dbk_pool_stats_get(pool, &ps, &perr), &perr);
+        fprintf(stderr, "  pool: %d open, %llu acquires, %llu acquire timeouts, %llu resets, "
+                        "%llu discarded\n",
+                ps.total, (unsigned long long)ps.acquires,
+                (unsigned long long)ps.acquire_timeouts, (unsigned long long)ps.resets,
+                (unsigned long long)ps.discarded);
+        assert_int_equal(ps.in_use, 0); /* every transaction gave its connection back */
+        assert_int_equal(ps.discarded, 0);
+        dbk_pool_close(pool, 1000);
+    }
     pthread_mutex_destroy(&a.mu);
     dbk_conn_close(setup);
 }
 
 static void bank_serializable(const char *url, dbk_engine e)
 {
-    bank_run(url, e, DBK_ISOLATION_SERIALIZABLE);
+    bank_run(url, e, DBK_ISOLATION_SERIALIZABLE, 0);
 }
 
 static void bank_read_committed(const char *url, dbk_engine e)
 {
-    bank_run(url, e, DBK_ISOLATION_READ_COMMITTED);
+    bank_run(url, e, DBK_ISOLATION_READ_COMMITTED, 0);
+}
+
+static void bank_pooled(const char *url, dbk_engine e)
+{
+    /* 16 workers and the auditor share 8 connections */
+    bank_run(url, e, DBK_ISOLATION_SERIALIZABLE, 8);
 }
 
 static void tx_bank_serializable(void **state)
@@ -815,6 +858,12 @@ static void tx_bank_read_committed(void **state)
 {
     (void)state;
     dbkt_each_engine("tx_bank_rc", bank_read_committed);
+}
+
+static void tx_bank_through_a_pool(void **state)
+{
+    (void)state;
+    dbkt_each_engine("tx_bank_pool", bank_pooled);
 }
 
 /* ======================================================================
@@ -1172,15 +1221,15 @@ static void timeout_run(const char *url, dbk_engine e)
         assert_string_equal(st.idle, "5s"); /* + 1 s grace */
         char u[1024];
         snprintf(u, sizeof u, "%s%sstatement_timeout=1500", url, strchr(url, '?') ? "&" : "?");
-        dbk_conn *c2 = dbkt_open(u);
-        DBKT_OK(dbk_transaction(dbk_conn_db(c2), show_timeout_fn, &st, &o, &err), &err);
+        dbk_conn *small = dbkt_open(u);
+        DBKT_OK(dbk_transaction(dbk_conn_db(small), show_timeout_fn, &st, &o, &err), &err);
         assert_string_equal(st.stmt, "1500ms");
         assert_string_equal(st.idle, "5s");
         o.timeout_ms = DBK_TX_NO_TIMEOUT;
-        DBKT_OK(dbk_transaction(dbk_conn_db(c2), show_timeout_fn, &st, &o, &err), &err);
+        DBKT_OK(dbk_transaction(dbk_conn_db(small), show_timeout_fn, &st, &o, &err), &err);
         assert_string_equal(st.stmt, "1500ms");
         assert_string_equal(st.idle, idle_before);
-        dbk_conn_close(c2);
+        dbk_conn_close(small);
     }
     /* a statement outside a transaction autocommits: the connection is idle */
     exec_ok(db, "INSERT INTO kv (k, v) VALUES ('x', 1)");
@@ -1427,6 +1476,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(tx_read_only_rejects_writes),
         cmocka_unit_test(tx_bank_serializable),
         cmocka_unit_test(tx_bank_read_committed),
+        cmocka_unit_test(tx_bank_through_a_pool),
         cmocka_unit_test(tx_unique_violation_not_retried),
         cmocka_unit_test(tx_retry_budget_exhausted),
         cmocka_unit_test(tx_nested_retryable_error_retries_outermost),
