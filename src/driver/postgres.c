@@ -1,13 +1,2095 @@
-/* Placeholder until the postgres driver lands: every call fails clearly. */
-#include "driver.h"
+/*
+ * The PostgreSQL driver: dbk__driver on top of libpq.
+ *
+ * Every statement goes through the extended protocol with parameters; SQL
+ * text never carries a value. A connection keeps a bounded LRU cache of
+ * named prepared statements keyed by the SQL text plus the parameter type
+ * signature (a NULL and a text value are both "unknown" to the server, an
+ * int64 is bigint, ...). A cache hit is one round trip (Bind/Execute/Sync);
+ * a miss prepares and executes in one pipelined round trip, preceded in the
+ * same pipeline by the DEALLOCATE of whatever the LRU evicted, so the
+ * server never holds more than stmt_cache_size of our statements while no
+ * transaction is open. With stmt_cache_size 0 every statement is sent
+ * unnamed (PQsendQueryParams), which is what PgBouncer's transaction mode
+ * needs.
+ *
+ * Nothing waits without a deadline. Connecting uses PQconnectStartParams +
+ * PQconnectPoll + poll() against a monotonic deadline per host (with several
+ * hosts the driver tries them one by one itself, because libpq's own
+ * per-host connect_timeout only applies to its blocking connect). The
+ * connection is non-blocking: sends flush under the deadline, results are
+ * awaited with poll() + PQconsumeInput + PQisBusy. A statement's client
+ * deadline is statement_timeout + 2 s (the server normally cancels first
+ * and reports 57014); past it the driver sends a cancel request from a
+ * short-lived helper thread (PQcancel blocks and, in libpq 15, sends
+ * without MSG_NOSIGNAL; the thread starts with every signal blocked, so a
+ * SIGPIPE there is discarded), waits at most 1 s for it and closes the
+ * connection: DBK_ETIMEOUT. libpq itself sends with MSG_NOSIGNAL on Linux
+ * (plain and TLS sockets alike, TLS writes go through its own socket BIO),
+ * so no process-wide SIGPIPE handler is installed.
+ *
+ * Session settings (statement_timeout, lock_timeout, DateStyle=ISO,
+ * TimeZone=UTC) travel in the startup packet through the libpq `options`
+ * keyword, which makes them the session defaults: RESET ALL in reset()
+ * restores them for free and costs no extra round trip at connect. A
+ * pooler that refuses `options` (older PgBouncer) is retried without it;
+ * one that silently ignores it is detected from the reported DateStyle /
+ * TimeZone; in both cases the settings are applied with SET after connect
+ * and after every reset.
+ *
+ * Results are fetched in text format and converted by column type into an
+ * owned dbk_result; the PGresult is always cleared before returning.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <locale.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
 #include "../core/internal.h"
+#include "../core/result_int.h"
+#include "driver.h"
 
-static dbk_rc open_(const struct dbk_config *cfg, void **impl, dbk_error *err)
+/* Type OIDs (src/include/catalog/pg_type.dat). */
+#define OID_BOOL 16
+#define OID_BYTEA 17
+#define OID_INT8 20
+#define OID_INT2 21
+#define OID_INT4 23
+#define OID_OID 26
+#define OID_JSON 114
+#define OID_FLOAT4 700
+#define OID_FLOAT8 701
+#define OID_TIMESTAMP 1114
+#define OID_TIMESTAMPTZ 1184
+#define OID_JSONB 3802
+
+#define PG_STACK_PARAMS 16        /* parameters handled without any allocation */
+#define PG_STACK_SCRATCH 1024     /* bytes of parameter text kept on the stack */
+#define PG_DEADLINE_GRACE_MS 2000 /* client deadline = statement_timeout + this */
+#define PG_NO_LIMIT_DEADLINE_MS (10 * 60 * 1000) /* when statement_timeout is 0 */
+#define PG_CANCEL_WAIT_MS 1000    /* how long a timed-out call waits for its cancel */
+#define PG_NAME_MAX 24
+
+/* ---- the connection ---- */
+
+struct pg_stmt {
+    struct pg_stmt *hnext;      /* hash chain */
+    struct pg_stmt *prev, *next; /* LRU list, head = most recent */
+    uint64_t hash;
+    size_t sql_len;
+    size_t nsig;
+    char *sql; /* these two point into the same allocation */
+    char *sig;
+    char name[PG_NAME_MAX];
+};
+
+typedef struct pg_conn {
+    PGconn *conn; /* NULL once broken and closed */
+    bool broken;
+    bool sets_via_sql; /* the startup `options` were refused or ignored */
+    int statement_timeout_ms;
+    int lock_timeout_ms;
+    int connect_timeout_ms;
+    int server_version_num;
+    char server_version[32];
+
+    /* Prepared-statement cache: chained hash + LRU list. */
+    size_t cache_cap;
+    struct pg_stmt **buckets;
+    size_t nbuckets; /* power of two */
+    size_t nstmts;
+    struct pg_stmt *lru_head, *lru_tail;
+    uint64_t next_id;
+    /* Evicted statements still to DEALLOCATE (sent with the next prepare
+     * outside a transaction block), or all of them. */
+    char (*pending)[PG_NAME_MAX];
+    size_t npending, cap_pending;
+    bool pending_all;
+
+    /* Reused buffers for statements with many parameters or long texts. */
+    char *scratch;
+    size_t scratch_cap;
+    const char **pvals;
+    int *plens, *pfmts;
+    Oid *ptypes;
+    char *psig;
+    size_t pcap;
+} pg_conn;
+
+/* ---- small helpers ---- */
+
+static pthread_once_t c_locale_once = PTHREAD_ONCE_INIT;
+static locale_t c_locale;
+
+static void c_locale_init(void)
 {
-    (void)cfg;
-    *impl = NULL;
-    return dbk__err(err, DBK_EINTERNAL, "the postgres driver is not built yet");
+    c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
 }
-static void close_(void *impl) { (void)impl; }
 
-const dbk__driver dbk__driver_postgres = {.engine = 0, .name = "postgres", .open = open_, .close = close_};
+static locale_t get_c_locale(void)
+{
+    pthread_once(&c_locale_once, c_locale_init);
+    return c_locale;
+}
+
+/* Copies a libpq message into dst, folding newlines and tabs into single
+ * spaces, dropping a leading "ERROR:  " / "FATAL:  " and trailing blanks. */
+static void clean_message(char *dst, size_t size, const char *src)
+{
+    if (!size)
+        return;
+    if (!src)
+        src = "";
+    static const char *const prefixes[] = {"ERROR:  ", "FATAL:  ", "PANIC:  "};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
+        if (strncmp(src, prefixes[i], strlen(prefixes[i])) == 0)
+            src += strlen(prefixes[i]);
+    size_t o = 0;
+    bool space = false;
+    for (const char *p = src; *p && o + 1 < size; p++) {
+        char ch = *p;
+        if (ch == '\n' || ch == '\t' || ch == '\r' || ch == ' ') {
+            space = o > 0;
+            continue;
+        }
+        if (space && o + 2 < size)
+            dst[o++] = ' ';
+        space = false;
+        dst[o++] = ch;
+    }
+    dst[o] = '\0';
+}
+
+/* A malloc'd copy of src with every occurrence of `secret` replaced by
+ * "***" (NULL on ENOMEM). libpq never puts the password in a message; this
+ * is the belt to its braces, applied before any truncation. */
+static char *redact_dup(const char *src, const char *secret)
+{
+    if (!src)
+        src = "";
+    size_t sl = secret ? strlen(secret) : 0;
+    size_t n = 0;
+    if (sl)
+        for (const char *p = strstr(src, secret); p; p = strstr(p + sl, secret))
+            n++;
+    size_t len = strlen(src);
+    char *out = malloc(len + n * 3 + 1);
+    if (!out)
+        return NULL;
+    char *o = out;
+    const char *p = src;
+    if (sl) {
+        for (const char *m = strstr(p, secret); m; m = strstr(p, secret)) {
+            memcpy(o, p, (size_t)(m - p));
+            o += m - p;
+            memcpy(o, "***", 3);
+            o += 3;
+            p = m + sl;
+        }
+    }
+    size_t rest = strlen(p);
+    memcpy(o, p, rest + 1);
+    return out;
+}
+
+/* Waits for `events` on fd until the deadline. Returns the revents (> 0),
+ * 0 on timeout, -1 on a poll failure. */
+static int wait_fd(int fd, short events, int64_t deadline_ns)
+{
+    if (fd < 0)
+        return -1;
+    for (;;) {
+        int64_t left = deadline_ns - dbk__now_ns();
+        if (left <= 0)
+            return 0;
+        int ms = (int)((left + 999999) / 1000000);
+        struct pollfd pfd = {.fd = fd, .events = events};
+        int n = poll(&pfd, 1, ms);
+        if (n > 0)
+            return pfd.revents ? pfd.revents : events;
+        if (n == 0)
+            continue; /* re-check the clock; poll may wake a little early */
+        if (errno != EINTR)
+            return -1;
+    }
+}
+
+static int64_t deadline_after_ms(int64_t ms)
+{
+    return dbk__now_ns() + ms * 1000000LL;
+}
+
+/* Client-side bound for one statement. */
+static int64_t stmt_deadline(const pg_conn *pc)
+{
+    if (pc->statement_timeout_ms > 0)
+        return deadline_after_ms((int64_t)pc->statement_timeout_ms + PG_DEADLINE_GRACE_MS);
+    return deadline_after_ms(PG_NO_LIMIT_DEADLINE_MS);
+}
+
+/* ---- cancel with a bound ---- */
+
+struct cancel_job {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    int refs;
+    PGcancel *cancel;
+};
+
+static void cancel_job_release(struct cancel_job *j)
+{
+    pthread_mutex_lock(&j->mu);
+    int last = --j->refs == 0;
+    pthread_mutex_unlock(&j->mu);
+    if (last) {
+        PQfreeCancel(j->cancel);
+        pthread_cond_destroy(&j->cv);
+        pthread_mutex_destroy(&j->mu);
+        free(j);
+    }
+}
+
+static void *cancel_main(void *arg)
+{
+    struct cancel_job *j = arg;
+    char errbuf[256];
+    (void)PQcancel(j->cancel, errbuf, (int)sizeof errbuf);
+    pthread_mutex_lock(&j->mu);
+    j->done = 1;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    cancel_job_release(j);
+    return NULL;
+}
+
+/* Asks the server to cancel the running statement, waiting at most
+ * PG_CANCEL_WAIT_MS. PQcancel opens a new TCP connection and blocks, so it
+ * runs in a detached thread that owns its PGcancel; if it outlives the
+ * wait it finishes (or fails) on its own and frees everything. */
+static void cancel_bounded(PGconn *conn)
+{
+    PGcancel *c = PQgetCancel(conn);
+    if (!c)
+        return;
+    struct cancel_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        PQfreeCancel(c);
+        return;
+    }
+    j->cancel = c;
+    j->refs = 2;
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->cv, &ca);
+    pthread_condattr_destroy(&ca);
+
+    /* The thread inherits a fully blocked signal mask: process signals
+     * never land there and a SIGPIPE from PQcancel's send() is dropped
+     * with the thread. The caller's own mask is restored at once. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    int rc = pthread_create(&t, &attr, cancel_main, j);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        j->refs = 1;
+        cancel_job_release(j);
+        return;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += PG_CANCEL_WAIT_MS / 1000;
+    until.tv_nsec += (long)(PG_CANCEL_WAIT_MS % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&j->mu);
+    while (!j->done)
+        if (pthread_cond_timedwait(&j->cv, &j->mu, &until) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&j->mu);
+    cancel_job_release(j);
+}
+
+/* ---- the statement cache ---- */
+
+static uint64_t hash_key(const char *sql, size_t len, const char *sig, size_t nsig)
+{
+    /* FNV-1a, 64-bit: a few ns per byte, no tables, good enough for SQL
+     * texts that differ anywhere. */
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)sql[i];
+        h *= 1099511628211ULL;
+    }
+    h ^= 0xff;
+    h *= 1099511628211ULL;
+    for (size_t i = 0; i < nsig; i++) {
+        h ^= (unsigned char)sig[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static void lru_unlink(pg_conn *pc, struct pg_stmt *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        pc->lru_head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    else
+        pc->lru_tail = s->prev;
+    s->prev = s->next = NULL;
+}
+
+static void lru_push_front(pg_conn *pc, struct pg_stmt *s)
+{
+    s->prev = NULL;
+    s->next = pc->lru_head;
+    if (pc->lru_head)
+        pc->lru_head->prev = s;
+    pc->lru_head = s;
+    if (!pc->lru_tail)
+        pc->lru_tail = s;
+}
+
+static struct pg_stmt *cache_find(pg_conn *pc, uint64_t h, const char *sql, size_t len,
+                                  const char *sig, size_t nsig)
+{
+    if (!pc->buckets)
+        return NULL;
+    for (struct pg_stmt *s = pc->buckets[h & (pc->nbuckets - 1)]; s; s = s->hnext)
+        if (s->hash == h && s->sql_len == len && s->nsig == nsig &&
+            memcmp(s->sql, sql, len) == 0 && memcmp(s->sig, sig, nsig) == 0)
+            return s;
+    return NULL;
+}
+
+static void cache_remove(pg_conn *pc, struct pg_stmt *s)
+{
+    struct pg_stmt **pp = &pc->buckets[s->hash & (pc->nbuckets - 1)];
+    while (*pp && *pp != s)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = s->hnext;
+    lru_unlink(pc, s);
+    pc->nstmts--;
+}
+
+/* Forgets every cached statement without telling the server (it already
+ * dropped them, or will with DEALLOCATE ALL). */
+static void cache_clear(pg_conn *pc)
+{
+    struct pg_stmt *s = pc->lru_head;
+    while (s) {
+        struct pg_stmt *n = s->next;
+        free(s);
+        s = n;
+    }
+    pc->lru_head = pc->lru_tail = NULL;
+    if (pc->buckets)
+        memset(pc->buckets, 0, pc->nbuckets * sizeof *pc->buckets);
+    pc->nstmts = 0;
+}
+
+/* Queues a statement name for DEALLOCATE. On ENOMEM the name is dropped
+ * and DEALLOCATE ALL is queued instead, which is always correct. */
+static void pending_push(pg_conn *pc, const char *name)
+{
+    if (pc->pending_all)
+        return;
+    if (pc->npending == pc->cap_pending) {
+        size_t cap = pc->cap_pending ? pc->cap_pending * 2 : 8;
+        void *p = realloc(pc->pending, cap * sizeof *pc->pending);
+        if (!p) {
+            pc->pending_all = true;
+            return;
+        }
+        pc->pending = p;
+        pc->cap_pending = cap;
+    }
+    dbk__strlcpy(pc->pending[pc->npending++], name, PG_NAME_MAX);
+}
+
+/* Makes room for one more statement; evicts the least recently used. */
+static void cache_make_room(pg_conn *pc)
+{
+    while (pc->nstmts >= pc->cache_cap && pc->lru_tail) {
+        struct pg_stmt *victim = pc->lru_tail;
+        pending_push(pc, victim->name);
+        cache_remove(pc, victim);
+        free(victim);
+    }
+}
+
+/* A new entry, not yet in the cache (inserted once PREPARE succeeded). */
+static struct pg_stmt *stmt_new(pg_conn *pc, uint64_t h, const char *sql, size_t len,
+                                const char *sig, size_t nsig)
+{
+    struct pg_stmt *s = malloc(sizeof *s + len + 1 + nsig + 1);
+    if (!s)
+        return NULL;
+    memset(s, 0, sizeof *s);
+    s->hash = h;
+    s->sql_len = len;
+    s->nsig = nsig;
+    s->sql = (char *)(s + 1);
+    memcpy(s->sql, sql, len);
+    s->sql[len] = '\0';
+    s->sig = s->sql + len + 1;
+    memcpy(s->sig, sig, nsig);
+    s->sig[nsig] = '\0';
+    snprintf(s->name, sizeof s->name, "dbk_%" PRIu64, ++pc->next_id);
+    return s;
+}
+
+static bool cache_insert(pg_conn *pc, struct pg_stmt *s)
+{
+    if (!pc->buckets) {
+        size_t n = 16;
+        while (n < pc->cache_cap * 2)
+            n *= 2;
+        pc->buckets = calloc(n, sizeof *pc->buckets);
+        if (!pc->buckets)
+            return false;
+        pc->nbuckets = n;
+    }
+    struct pg_stmt **b = &pc->buckets[s->hash & (pc->nbuckets - 1)];
+    s->hnext = *b;
+    *b = s;
+    lru_push_front(pc, s);
+    pc->nstmts++;
+    return true;
+}
+
+/* ---- connection state ---- */
+
+static void mark_broken(pg_conn *pc)
+{
+    pc->broken = true;
+    if (pc->conn) {
+        PQfinish(pc->conn);
+        pc->conn = NULL;
+    }
+    /* The server session is gone and its statements with it. */
+    cache_clear(pc);
+    pc->npending = 0;
+    pc->pending_all = false;
+}
+
+static dbk_rc broken_err(dbk_error *err)
+{
+    dbk__err(err, DBK_ECONN_LOST,
+             "the connection is broken (an earlier operation lost it or timed out)");
+    dbk__err_hint(err, "close it and open a new one; a pool replaces broken connections itself");
+    return DBK_ECONN_LOST;
+}
+
+/* The connection broke under us: record libpq's reason. */
+static dbk_rc lost(pg_conn *pc, dbk_error *err)
+{
+    char msg[DBK_ERROR_MESSAGE_MAX - 64];
+    clean_message(msg, sizeof msg, pc->conn ? PQerrorMessage(pc->conn) : "");
+    dbk__err(err, DBK_ECONN_LOST, "connection to the server was lost%s%s", msg[0] ? ": " : "",
+             msg);
+    dbk__err_default_hint(err);
+    mark_broken(pc);
+    return DBK_ECONN_LOST;
+}
+
+/* The client deadline passed: cancel (bounded), close, DBK_ETIMEOUT. */
+static dbk_rc timed_out(pg_conn *pc, bool cancel, int64_t waited_ms, dbk_error *err)
+{
+    if (cancel && pc->conn)
+        cancel_bounded(pc->conn);
+    mark_broken(pc);
+    dbk__err(err, DBK_ETIMEOUT,
+             "no answer from the server within %" PRId64 " ms; the statement was cancelled "
+             "and the connection closed",
+             waited_ms);
+    dbk__err_hint(err, "the server is overloaded, stuck or unreachable, or the statement is "
+                       "slower than statement_timeout allows: check the server (`dbkit doctor`), "
+                       "optimize the statement (`dbkit explain`) or raise "
+                       "DB_STATEMENT_TIMEOUT_MS");
+    return DBK_ETIMEOUT;
+}
+
+/* Sends whatever libpq has buffered, reading meanwhile so that a server
+ * busy writing back to us cannot deadlock a large send. */
+static dbk_rc flush_out(pg_conn *pc, int64_t deadline, int64_t budget_ms, bool cancel,
+                        dbk_error *err)
+{
+    for (;;) {
+        int f = PQflush(pc->conn);
+        if (f == 0)
+            return DBK_OK;
+        if (f < 0)
+            return lost(pc, err);
+        int ev = wait_fd(PQsocket(pc->conn), POLLIN | POLLOUT, deadline);
+        if (ev == 0)
+            return timed_out(pc, cancel, budget_ms, err);
+        if (ev < 0)
+            return lost(pc, err);
+        if ((ev & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(pc->conn))
+            return lost(pc, err);
+    }
+}
+
+/* Waits until PQgetResult will not block. */
+static dbk_rc await_ready(pg_conn *pc, int64_t deadline, int64_t budget_ms, bool cancel,
+                          dbk_error *err)
+{
+    while (PQisBusy(pc->conn)) {
+        int ev = wait_fd(PQsocket(pc->conn), POLLIN, deadline);
+        if (ev == 0)
+            return timed_out(pc, cancel, budget_ms, err);
+        if (ev < 0)
+            return lost(pc, err);
+        if (!PQconsumeInput(pc->conn)) {
+            /* The server may have said why before closing (57P01...):
+             * a parsed error result takes precedence over "lost". */
+            if (!PQisBusy(pc->conn))
+                break;
+            return lost(pc, err);
+        }
+    }
+    return DBK_OK;
+}
+
+static bool is_error_status(ExecStatusType st)
+{
+    return st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE || st == PGRES_NONFATAL_ERROR ||
+           st == PGRES_PIPELINE_ABORTED;
+}
+
+/* Notices commands that drop our prepared statements behind our back. */
+static void note_command(pg_conn *pc, const PGresult *r)
+{
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        return;
+    const char *tag = PQcmdStatus((PGresult *)r);
+    if (tag && (strcmp(tag, "DISCARD ALL") == 0 || strcmp(tag, "DEALLOCATE ALL") == 0)) {
+        cache_clear(pc);
+        pc->npending = 0;
+        pc->pending_all = false;
+    }
+}
+
+/* Reads COPY TO STDOUT data and throws it away (dbkit has no COPY API). */
+static dbk_rc drain_copy_out(pg_conn *pc, int64_t deadline, int64_t budget_ms, dbk_error *err)
+{
+    for (;;) {
+        char *buf = NULL;
+        int n = PQgetCopyData(pc->conn, &buf, 1);
+        if (buf)
+            PQfreemem(buf);
+        if (n > 0)
+            continue;
+        if (n == -1)
+            return DBK_OK;
+        if (n == -2)
+            return lost(pc, err);
+        int ev = wait_fd(PQsocket(pc->conn), POLLIN, deadline);
+        if (ev == 0)
+            return timed_out(pc, true, budget_ms, err);
+        if (ev < 0 || !PQconsumeInput(pc->conn))
+            return lost(pc, err);
+    }
+}
+
+/* Collects every result of the command in flight until libpq says the
+ * command is complete. *out gets the first error, else the first result;
+ * every other result is cleared. *copy_refused tells that a COPY was
+ * refused (the caller reports misuse rather than the server's complaint). */
+static dbk_rc collect(pg_conn *pc, int64_t deadline, int64_t budget_ms, bool cancel,
+                      PGresult **out, bool *copy_refused, dbk_error *err)
+{
+    PGresult *keep = NULL;
+    *out = NULL;
+    for (;;) {
+        dbk_rc rc = await_ready(pc, deadline, budget_ms, cancel, err);
+        if (rc) {
+            PQclear(keep);
+            return rc;
+        }
+        PGresult *r = PQgetResult(pc->conn);
+        if (!r)
+            break;
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+            PQclear(r);
+            *copy_refused = true;
+            if (st == PGRES_COPY_IN) {
+                if (PQputCopyEnd(pc->conn, "dbkit does not support COPY FROM STDIN") < 0)
+                    rc = lost(pc, err);
+                else
+                    rc = flush_out(pc, deadline, budget_ms, true, err);
+            } else if (st == PGRES_COPY_OUT) {
+                rc = drain_copy_out(pc, deadline, budget_ms, err);
+            } else {
+                mark_broken(pc);
+                rc = dbk__err(err, DBK_EMISUSE, "replication (COPY BOTH) is not supported");
+            }
+            if (rc) {
+                PQclear(keep);
+                return rc;
+            }
+            continue;
+        }
+        note_command(pc, r);
+        if (!keep) {
+            keep = r;
+        } else if (is_error_status(st) && !is_error_status(PQresultStatus(keep))) {
+            PQclear(keep);
+            keep = r;
+        } else {
+            PQclear(r);
+        }
+    }
+    *out = keep;
+    return DBK_OK;
+}
+
+/* Fills err from an error result. Marks the connection broken when the
+ * error means it is gone. */
+static dbk_rc result_error(pg_conn *pc, const PGresult *res, dbk_error *err)
+{
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    bool bad = !pc->conn || PQstatus(pc->conn) == CONNECTION_BAD;
+    dbk_rc rc;
+    if (state && strlen(state) == 5)
+        rc = dbk__rc_from_sqlstate(state);
+    else
+        rc = bad ? DBK_ECONN_LOST : DBK_EINTERNAL;
+    if (bad)
+        rc = DBK_ECONN_LOST;
+    /* 08P01 on a live connection is the server refusing our Bind: the SQL
+     * has more $N placeholders than parameters were passed. */
+    if (!bad && state && strcmp(state, "08P01") == 0)
+        rc = DBK_EMISUSE;
+    if (rc == DBK_ETIMEOUT && primary &&
+        strcmp(primary, "canceling statement due to user request") == 0)
+        rc = DBK_ECANCELLED;
+
+    char msg[DBK_ERROR_MESSAGE_MAX];
+    if (primary)
+        clean_message(msg, sizeof msg, primary);
+    else {
+        const char *m = PQresultErrorMessage(res);
+        if ((!m || !*m) && pc->conn)
+            m = PQerrorMessage(pc->conn);
+        clean_message(msg, sizeof msg, m);
+    }
+    if (!msg[0])
+        dbk__strlcpy(msg, "the server reported an error without a message", sizeof msg);
+    /* DETAIL is left out on purpose: for a unique violation it carries
+     * the duplicated value (an e-mail address, a token). */
+    dbk__err(err, rc, "%s", msg);
+    if (err) {
+        if (state)
+            dbk__strlcpy(err->sqlstate, state, sizeof err->sqlstate);
+        const char *f = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
+        if (f)
+            dbk__strlcpy(err->constraint_name, f, sizeof err->constraint_name);
+        f = PQresultErrorField(res, PG_DIAG_TABLE_NAME);
+        if (f)
+            dbk__strlcpy(err->table_name, f, sizeof err->table_name);
+        f = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
+        if (f)
+            clean_message(err->hint, sizeof err->hint, f);
+        if (!err->hint[0] && rc == DBK_EMISUSE)
+            dbk__err_hint(err, "pass as many parameters as the SQL has $N placeholders");
+        if (!err->hint[0] && state && strcmp(state, "42601") == 0 && primary &&
+            strstr(primary, "multiple commands"))
+            dbk__err_hint(err, "dbk_db_query/dbk_db_exec take one statement; run several "
+                               "with dbk_db_exec_script()");
+        if (!err->hint[0] && state && strcmp(state, "42P18") == 0)
+            dbk__err_hint(err, "add a cast to the placeholder, e.g. $1::text");
+        dbk__err_default_hint(err);
+    }
+    if (rc == DBK_ECONN_LOST)
+        mark_broken(pc);
+    return rc;
+}
+
+/* ---- results ---- */
+
+enum col_kind { K_TEXT, K_INT, K_DOUBLE, K_BOOL, K_BYTEA, K_TS, K_JSON };
+
+static unsigned char kind_of(Oid t)
+{
+    switch (t) {
+    case OID_INT8:
+    case OID_INT4:
+    case OID_INT2:
+    case OID_OID:
+        return K_INT;
+    case OID_FLOAT4:
+    case OID_FLOAT8:
+        return K_DOUBLE;
+    case OID_BOOL:
+        return K_BOOL;
+    case OID_BYTEA:
+        return K_BYTEA;
+    case OID_TIMESTAMP:
+    case OID_TIMESTAMPTZ:
+        return K_TS;
+    case OID_JSON:
+    case OID_JSONB:
+        return K_JSON;
+    default:
+        return K_TEXT;
+    }
+}
+
+static int hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes bytea text output: hex ("\x0aff") or the old escape format. */
+static dbk_rc decode_bytea(dbk_result *r, struct dbk__cell *c, const char *v, size_t len)
+{
+    if (len >= 2 && v[0] == '\\' && v[1] == 'x') {
+        if ((len - 2) % 2)
+            return DBK_EINTERNAL;
+        size_t n = (len - 2) / 2;
+        unsigned char *d = (unsigned char *)dbk__result_alloc_bytes(r, c, DBK_TYPE_BLOB, n);
+        if (!d)
+            return DBK_ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+            int hi = hexval((unsigned char)v[2 + 2 * i]), lo = hexval((unsigned char)v[3 + 2 * i]);
+            if (hi < 0 || lo < 0)
+                return DBK_EINTERNAL;
+            d[i] = (unsigned char)(hi << 4 | lo);
+        }
+        return DBK_OK;
+    }
+    /* Escape format: "\\\\" is a backslash, "\\ooo" an octal byte. */
+    size_t n = 0;
+    for (size_t i = 0; i < len; n++) {
+        if (v[i] != '\\') {
+            i++;
+        } else if (i + 1 < len && v[i + 1] == '\\') {
+            i += 2;
+        } else {
+            if (i + 4 > len || v[i + 1] < '0' || v[i + 1] > '3' || v[i + 2] < '0' ||
+                v[i + 2] > '7' || v[i + 3] < '0' || v[i + 3] > '7')
+                return DBK_EINTERNAL;
+            i += 4;
+        }
+    }
+    unsigned char *d = (unsigned char *)dbk__result_alloc_bytes(r, c, DBK_TYPE_BLOB, n);
+    if (!d)
+        return DBK_ENOMEM;
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        if (v[i] != '\\') {
+            d[o++] = (unsigned char)v[i++];
+        } else if (v[i + 1] == '\\') {
+            d[o++] = '\\';
+            i += 2;
+        } else {
+            d[o++] = (unsigned char)((v[i + 1] - '0') * 64 + (v[i + 2] - '0') * 8 +
+                                     (v[i + 3] - '0'));
+            i += 4;
+        }
+    }
+    return DBK_OK;
+}
+
+static bool parse_int(const char *v, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || *end)
+        return false;
+    *out = (int64_t)x;
+    return true;
+}
+
+static bool parse_double(const char *v, double *out)
+{
+    char *end;
+    locale_t loc = get_c_locale();
+    errno = 0;
+    double d = loc ? strtod_l(v, &end, loc) : strtod(v, &end);
+    if (end == v || *end)
+        return false;
+    /* ERANGE for subnormals is fine: the value is still the closest one. */
+    *out = d;
+    return true;
+}
+
+static int64_t affected_of(PGresult *res)
+{
+    const char *tag = PQcmdStatus(res);
+    if (!tag)
+        return 0;
+    if (strncmp(tag, "INSERT ", 7) && strncmp(tag, "UPDATE ", 7) && strncmp(tag, "DELETE ", 7) &&
+        strncmp(tag, "MERGE ", 6))
+        return 0;
+    int64_t n;
+    return parse_int(PQcmdTuples(res), &n) ? n : 0;
+}
+
+/* Converts a successful PGresult into an owned dbk_result. */
+static dbk_rc build_result(PGresult *res, dbk_result **out, dbk_error *err)
+{
+    int nf = PQnfields(res);
+    int nt = PQntuples(res);
+    const char *stack_names[16];
+    unsigned char stack_kinds[64];
+    const char **names = nf <= 16 ? stack_names : malloc((size_t)nf * sizeof *names);
+    unsigned char *kinds = nf <= 64 ? stack_kinds : malloc((size_t)nf);
+    dbk_result *r = NULL;
+    dbk_rc rc = DBK_ENOMEM;
+    if (!names || !kinds)
+        goto done;
+    for (int i = 0; i < nf; i++) {
+        names[i] = PQfname(res, i);
+        kinds[i] = kind_of(PQftype(res, i));
+    }
+    r = dbk__result_new(nf, names, NULL);
+    if (!r)
+        goto done;
+    r->affected = affected_of(res);
+    if (nf == 0) {
+        r->nrows = (size_t)nt; /* SELECT with no columns still counts rows */
+        rc = DBK_OK;
+        goto done;
+    }
+    size_t bytes = 0;
+    for (int j = 0; j < nf; j++)
+        if (kinds[j] == K_TEXT || kinds[j] == K_JSON || kinds[j] == K_BYTEA || kinds[j] == K_TS)
+            for (int i = 0; i < nt; i++)
+                bytes += (size_t)PQgetlength(res, i, j) + 1;
+    if (dbk__result_reserve(r, (size_t)nt, bytes) != DBK_OK)
+        goto done;
+    int bad_col = 0;
+    for (int i = 0; i < nt; i++) {
+        struct dbk__cell *row = dbk__result_add_row(r);
+        if (!row)
+            goto done;
+        for (int j = 0; j < nf; j++) {
+            if (PQgetisnull(res, i, j))
+                continue; /* cells start as NULL */
+            struct dbk__cell *c = row + j;
+            bad_col = j;
+            const char *v = PQgetvalue(res, i, j);
+            size_t len = (size_t)PQgetlength(res, i, j);
+            switch (kinds[j]) {
+            case K_INT:
+                if (!parse_int(v, &c->v.i)) {
+                    rc = DBK_EINTERNAL;
+                    goto bad_value;
+                }
+                c->type = DBK_TYPE_INT64;
+                break;
+            case K_DOUBLE:
+                if (!parse_double(v, &c->v.d)) {
+                    rc = DBK_EINTERNAL;
+                    goto bad_value;
+                }
+                c->type = DBK_TYPE_DOUBLE;
+                break;
+            case K_BOOL:
+                c->type = DBK_TYPE_BOOL;
+                c->v.i = v[0] == 't';
+                break;
+            case K_BYTEA:
+                rc = decode_bytea(r, c, v, len);
+                if (rc == DBK_EINTERNAL)
+                    goto bad_value;
+                if (rc)
+                    goto done;
+                break;
+            case K_TS:
+                /* 'infinity', BC dates and years past 9999 stay text. */
+                if (dbk_timestamp_parse(v, len, &c->v.i) == DBK_OK) {
+                    c->type = DBK_TYPE_TIMESTAMP;
+                    break;
+                }
+                if (dbk__result_set_bytes(r, c, DBK_TYPE_TEXT, v, len))
+                    goto done;
+                break;
+            case K_JSON:
+                if (dbk__result_set_bytes(r, c, DBK_TYPE_JSON, v, len))
+                    goto done;
+                break;
+            default:
+                if (dbk__result_set_bytes(r, c, DBK_TYPE_TEXT, v, len))
+                    goto done;
+                break;
+            }
+        }
+    }
+    rc = DBK_OK;
+    goto done;
+bad_value:
+    dbk__err(err, rc, "cannot read a value of column \"%s\" (type oid %u) sent by the server",
+             PQfname(res, bad_col), (unsigned)PQftype(res, bad_col));
+    dbk_result_free(r);
+    r = NULL;
+    if (names != stack_names)
+        free(names);
+    if (kinds != stack_kinds)
+        free(kinds);
+    return rc;
+done:
+    if (names != stack_names)
+        free(names);
+    if (kinds != stack_kinds)
+        free(kinds);
+    if (rc != DBK_OK) {
+        dbk_result_free(r);
+        return dbk__err(err, DBK_ENOMEM, "out of memory reading a result");
+    }
+    *out = r;
+    return DBK_OK;
+}
+
+static dbk_rc copy_refused_err(dbk_error *err)
+{
+    dbk__err(err, DBK_EMISUSE, "COPY FROM STDIN / TO STDOUT is not supported");
+    dbk__err_hint(err, "insert rows with parameterized INSERT statements (or a multi-row "
+                       "INSERT ... SELECT FROM unnest($1::text[]))");
+    return DBK_EMISUSE;
+}
+
+/* Turns the outcome of one statement into the driver's answer. Always
+ * clears res. */
+static dbk_rc finish(pg_conn *pc, PGresult *res, bool copy_refused, dbk_result **out,
+                     int64_t *affected, dbk_error *err)
+{
+    if (copy_refused) {
+        PQclear(res);
+        if (!pc->conn || PQstatus(pc->conn) == CONNECTION_BAD)
+            return lost(pc, err);
+        return copy_refused_err(err);
+    }
+    if (!res) {
+        if (!pc->conn || PQstatus(pc->conn) == CONNECTION_BAD)
+            return lost(pc, err);
+        return dbk__err(err, DBK_EINTERNAL, "the server sent no result");
+    }
+    ExecStatusType st = PQresultStatus(res);
+    dbk_rc rc;
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY ||
+        st == PGRES_SINGLE_TUPLE) {
+        if (out) {
+            rc = build_result(res, out, err);
+            if (rc == DBK_OK && affected)
+                *affected = (*out)->affected;
+        } else {
+            rc = DBK_OK;
+            if (affected)
+                *affected = affected_of(res);
+        }
+    } else {
+        rc = result_error(pc, res, err);
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* ---- parameters ---- */
+
+struct pg_params {
+    int n;
+    const char **values;
+    int *lengths;
+    int *formats;
+    Oid *types;
+    char *sig; /* one character per parameter: the cache key's type part */
+};
+
+static char *fmt_double(double d, char *buf, size_t size)
+{
+    if (isnan(d) || isinf(d)) {
+        dbk__strlcpy(buf, isnan(d) ? "NaN" : d > 0 ? "Infinity" : "-Infinity", size);
+        return buf;
+    }
+    locale_t loc = get_c_locale();
+    locale_t old = loc ? uselocale(loc) : (locale_t)0;
+    snprintf(buf, size, "%.17g", d);
+    if (loc)
+        uselocale(old);
+    return buf;
+}
+
+/* Text sizes reserved in the scratch buffer per parameter type. */
+static size_t scratch_need(const dbk_value *v)
+{
+    switch (v->type) {
+    case DBK_TYPE_INT64:
+        return 24;
+    case DBK_TYPE_DOUBLE:
+        return 32;
+    case DBK_TYPE_TIMESTAMP:
+        return 40;
+    case DBK_TYPE_TEXT:
+    case DBK_TYPE_JSON:
+        return v->u.bytes.len + 1;
+    default:
+        return 0;
+    }
+}
+
+static bool grow_param_arrays(pg_conn *pc, size_t n)
+{
+    if (n <= pc->pcap)
+        return true;
+    const char **v = realloc(pc->pvals, n * sizeof *v);
+    if (!v)
+        return false;
+    pc->pvals = v;
+    int *l = realloc(pc->plens, n * sizeof *l);
+    if (!l)
+        return false;
+    pc->plens = l;
+    int *f = realloc(pc->pfmts, n * sizeof *f);
+    if (!f)
+        return false;
+    pc->pfmts = f;
+    Oid *t = realloc(pc->ptypes, n * sizeof *t);
+    if (!t)
+        return false;
+    pc->ptypes = t;
+    char *s = realloc(pc->psig, n + 1);
+    if (!s)
+        return false;
+    pc->psig = s;
+    pc->pcap = n;
+    return true;
+}
+
+/* Converts dbk_values into libpq's parallel arrays. Text forms are written
+ * into `scratch` (the stack buffer when it fits, else the connection's). */
+static dbk_rc bind_params(pg_conn *pc, const dbk_value *params, size_t n, struct pg_params *pp,
+                          char *stack_scratch, dbk_error *err)
+{
+    size_t need = 0;
+    for (size_t i = 0; i < n; i++) {
+        const dbk_value *v = &params[i];
+        if ((v->type == DBK_TYPE_TEXT || v->type == DBK_TYPE_JSON || v->type == DBK_TYPE_BLOB) &&
+            !v->u.bytes.ptr && v->u.bytes.len)
+            return dbk__err(err, DBK_EMISUSE, "parameter $%zu has a NULL pointer and length %zu",
+                            i + 1, v->u.bytes.len);
+        if ((v->type == DBK_TYPE_TEXT || v->type == DBK_TYPE_JSON) && v->u.bytes.len &&
+            memchr(v->u.bytes.ptr, '\0', v->u.bytes.len)) {
+            dbk__err(err, DBK_EINVALID,
+                     "%s parameter $%zu contains a NUL byte, which PostgreSQL cannot store",
+                     v->type == DBK_TYPE_JSON ? "json" : "text", i + 1);
+            dbk__err_hint(err, "store binary data as a blob (dbk_blob) in a bytea column");
+            return DBK_EINVALID;
+        }
+        if (v->type > DBK_TYPE_JSON)
+            return dbk__err(err, DBK_EMISUSE, "parameter $%zu has an unknown type %d", i + 1,
+                            (int)v->type);
+        need += scratch_need(v);
+    }
+    char *scratch = stack_scratch;
+    if (need > PG_STACK_SCRATCH) {
+        if (need > pc->scratch_cap) {
+            char *s = realloc(pc->scratch, need);
+            if (!s)
+                return dbk__err(err, DBK_ENOMEM, "out of memory binding %zu parameter bytes", need);
+            pc->scratch = s;
+            pc->scratch_cap = need;
+        }
+        scratch = pc->scratch;
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        const dbk_value *v = &params[i];
+        char *p = scratch + off;
+        pp->lengths[i] = 0;
+        pp->formats[i] = 0;
+        switch (v->type) {
+        case DBK_TYPE_NULL:
+            pp->values[i] = NULL;
+            pp->types[i] = 0;
+            pp->sig[i] = 'u';
+            break;
+        case DBK_TYPE_BOOL:
+            pp->values[i] = v->u.b ? "t" : "f";
+            pp->types[i] = OID_BOOL;
+            pp->sig[i] = 'b';
+            break;
+        case DBK_TYPE_INT64:
+            snprintf(p, 24, "%" PRId64, v->u.i);
+            pp->values[i] = p;
+            pp->types[i] = OID_INT8;
+            pp->sig[i] = 'i';
+            off += 24;
+            break;
+        case DBK_TYPE_DOUBLE:
+            pp->values[i] = fmt_double(v->u.d, p, 32);
+            pp->types[i] = OID_FLOAT8;
+            pp->sig[i] = 'd';
+            off += 32;
+            break;
+        case DBK_TYPE_TIMESTAMP:
+            if (dbk_timestamp_format(v->u.i, p, 40) != DBK_OK)
+                return dbk__err(err, DBK_EINVALID,
+                                "timestamp parameter $%zu (%" PRId64
+                                " us) is outside the years 1..9999",
+                                i + 1, v->u.i);
+            pp->values[i] = p;
+            pp->types[i] = OID_TIMESTAMPTZ;
+            pp->sig[i] = 's';
+            off += 40;
+            break;
+        case DBK_TYPE_TEXT:
+        case DBK_TYPE_JSON:
+            /* libpq takes text parameters as C strings: copy to terminate.
+             * Type "unknown" (0) lets the server infer it from context. */
+            if (v->u.bytes.len)
+                memcpy(p, v->u.bytes.ptr, v->u.bytes.len);
+            p[v->u.bytes.len] = '\0';
+            pp->values[i] = p;
+            pp->types[i] = 0;
+            pp->sig[i] = 'u';
+            off += v->u.bytes.len + 1;
+            break;
+        case DBK_TYPE_BLOB:
+            if (v->u.bytes.len > (size_t)INT32_MAX)
+                return dbk__err(err, DBK_EINVALID, "blob parameter $%zu is larger than 2 GiB",
+                                i + 1);
+            pp->values[i] = v->u.bytes.ptr ? (const char *)v->u.bytes.ptr : "";
+            pp->lengths[i] = (int)v->u.bytes.len;
+            pp->formats[i] = 1;
+            pp->types[i] = OID_BYTEA;
+            pp->sig[i] = 'y';
+            break;
+        }
+    }
+    pp->sig[n] = '\0';
+    pp->n = (int)n;
+    return DBK_OK;
+}
+
+/* ---- running statements ---- */
+
+static bool conn_usable(const pg_conn *pc)
+{
+    return pc && pc->conn && !pc->broken;
+}
+
+static int64_t budget_of(int64_t deadline)
+{
+    int64_t ms = (deadline - dbk__now_ns()) / 1000000;
+    return ms > 0 ? ms : 0;
+}
+
+/* One statement, unnamed (cache off, or ping). */
+static dbk_rc exec_unnamed(pg_conn *pc, const char *sql, const struct pg_params *pp,
+                           int64_t deadline, PGresult **res, bool *copy_refused, dbk_error *err)
+{
+    int64_t budget = budget_of(deadline);
+    if (!PQsendQueryParams(pc->conn, sql, pp->n, pp->types, pp->values, pp->lengths, pp->formats,
+                           0))
+        return lost(pc, err);
+    dbk_rc rc = flush_out(pc, deadline, budget, true, err);
+    if (rc)
+        return rc;
+    return collect(pc, deadline, budget, true, res, copy_refused, err);
+}
+
+/* A cached statement: Bind/Execute/Sync, one round trip. */
+static dbk_rc exec_prepared(pg_conn *pc, const struct pg_stmt *s, const struct pg_params *pp,
+                            int64_t deadline, PGresult **res, bool *copy_refused, dbk_error *err)
+{
+    int64_t budget = budget_of(deadline);
+    if (!PQsendQueryPrepared(pc->conn, s->name, pp->n, pp->values, pp->lengths, pp->formats, 0))
+        return lost(pc, err);
+    dbk_rc rc = flush_out(pc, deadline, budget, true, err);
+    if (rc)
+        return rc;
+    return collect(pc, deadline, budget, true, res, copy_refused, err);
+}
+
+/* Next pipeline result (NULL separators skipped). */
+static dbk_rc pipeline_next(pg_conn *pc, int64_t deadline, int64_t budget, PGresult **r,
+                            dbk_error *err)
+{
+    for (int guard = 0; guard < 1000000; guard++) {
+        dbk_rc rc = await_ready(pc, deadline, budget, true, err);
+        if (rc)
+            return rc;
+        *r = PQgetResult(pc->conn);
+        if (*r)
+            return DBK_OK;
+        if (PQstatus(pc->conn) == CONNECTION_BAD)
+            return lost(pc, err);
+    }
+    mark_broken(pc);
+    return dbk__err(err, DBK_EINTERNAL, "the pipeline produced no result");
+}
+
+/* A statement not in the cache: one pipelined round trip of
+ *   [DEALLOCATE evicted...; Sync] Parse(name)/Bind/Execute; Sync
+ * The DEALLOCATEs get their own Sync, so their failure (a statement already
+ * gone) cannot affect the statement; they are only sent outside a
+ * transaction block, where a failure cannot abort the caller's transaction. */
+static dbk_rc exec_miss(pg_conn *pc, struct pg_stmt *s, const struct pg_params *pp,
+                        int64_t deadline, PGresult **res, dbk_error *err)
+{
+    int64_t budget = budget_of(deadline);
+    PGresult *r = NULL, *prep = NULL, *exec = NULL;
+    dbk_rc rc = DBK_OK;
+    size_t ndealloc = 0;
+    bool dealloc_all = false;
+    if (PQtransactionStatus(pc->conn) == PQTRANS_IDLE) {
+        if (pc->pending_all)
+            dealloc_all = true;
+        else
+            ndealloc = pc->npending; /* all of them: a few bytes each */
+    }
+    if (!PQenterPipelineMode(pc->conn))
+        goto lost_conn;
+    size_t nsent = 0;
+    if (dealloc_all) {
+        if (!PQsendQueryParams(pc->conn, "DEALLOCATE ALL", 0, NULL, NULL, NULL, NULL, 0))
+            goto lost_conn;
+        nsent = 1;
+    } else {
+        for (size_t i = 0; i < ndealloc; i++) {
+            char q[PG_NAME_MAX + 16];
+            snprintf(q, sizeof q, "DEALLOCATE %s", pc->pending[i]);
+            if (!PQsendQueryParams(pc->conn, q, 0, NULL, NULL, NULL, NULL, 0))
+                goto lost_conn;
+            nsent++;
+        }
+    }
+    if (nsent && !PQpipelineSync(pc->conn))
+        goto lost_conn;
+    if (!PQsendPrepare(pc->conn, s->name, s->sql, pp->n, pp->types) ||
+        !PQsendQueryPrepared(pc->conn, s->name, pp->n, pp->values, pp->lengths, pp->formats, 0) ||
+        !PQpipelineSync(pc->conn))
+        goto lost_conn;
+    if ((rc = flush_out(pc, deadline, budget, true, err)))
+        goto fail;
+
+    /* The DEALLOCATE group: one result each, then its Sync. */
+    size_t ok_upto = 0; /* leading pending names that are gone for sure */
+    bool all_ok = true;
+    for (size_t i = 0; i < nsent; i++) {
+        if ((rc = pipeline_next(pc, deadline, budget, &r, err)))
+            goto fail;
+        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+        if (ok && all_ok)
+            ok_upto = i + 1;
+        else
+            all_ok = false;
+    }
+    if (nsent) {
+        if ((rc = pipeline_next(pc, deadline, budget, &r, err)))
+            goto fail;
+        PQclear(r); /* PGRES_PIPELINE_SYNC */
+        if (dealloc_all) {
+            if (ok_upto) {
+                pc->pending_all = false;
+                pc->npending = 0;
+            }
+        } else if (ok_upto) {
+            /* Failed ones stay queued, in order, for a later attempt. */
+            memmove(pc->pending, pc->pending + ok_upto,
+                    (pc->npending - ok_upto) * sizeof *pc->pending);
+            pc->npending -= ok_upto;
+        }
+    }
+
+    /* Parse, then Bind/Execute (rows, an error, or "aborted" when Parse
+     * failed), then the Sync. */
+    if ((rc = pipeline_next(pc, deadline, budget, &prep, err)))
+        goto fail;
+    for (int n = 0;; n++) {
+        if ((rc = pipeline_next(pc, deadline, budget, &r, err)))
+            goto fail;
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            break;
+        }
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH || n > 8) {
+            /* COPY slipped past the check in pg_run (libpq cannot leave
+             * COPY in pipeline mode), or a protocol surprise. */
+            PQclear(r);
+            mark_broken(pc);
+            rc = dbk__err(err, DBK_EMISUSE, "unexpected %s in a pipelined statement; the "
+                                            "connection was closed",
+                          PQresStatus(st));
+            goto fail;
+        }
+        if (!exec)
+            exec = r;
+        else
+            PQclear(r);
+    }
+    if (!PQexitPipelineMode(pc->conn)) {
+        mark_broken(pc);
+        rc = dbk__err(err, DBK_EINTERNAL, "could not leave pipeline mode");
+        goto fail;
+    }
+    if (PQresultStatus(prep) == PGRES_COMMAND_OK) {
+        PQclear(prep);
+        if (!cache_insert(pc, s)) {
+            pending_push(pc, s->name); /* cannot track it: have it dropped */
+            free(s);
+        }
+        if (exec)
+            note_command(pc, exec);
+        *res = exec;
+    } else {
+        free(s);
+        PQclear(exec); /* PGRES_PIPELINE_ABORTED */
+        *res = prep;
+    }
+    return DBK_OK;
+
+lost_conn:
+    rc = lost(pc, err);
+fail:
+    PQclear(prep);
+    PQclear(exec);
+    free(s);
+    return rc;
+}
+
+/* True when the statement's first keyword is COPY (after blanks and
+ * comments). COPY FROM STDIN / TO STDOUT need a streaming API dbkit does
+ * not have; refusing it before sending keeps the connection clean. */
+static bool is_copy(const char *sql)
+{
+    const char *p = sql;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '(')
+            p++;
+        if (p[0] == '-' && p[1] == '-') {
+            while (*p && *p != '\n')
+                p++;
+        } else if (p[0] == '/' && p[1] == '*') {
+            const char *e = strstr(p + 2, "*/");
+            if (!e)
+                return false;
+            p = e + 2;
+        } else {
+            break;
+        }
+    }
+    return strncasecmp(p, "copy", 4) == 0 &&
+           !((p[4] >= 'a' && p[4] <= 'z') || (p[4] >= 'A' && p[4] <= 'Z') ||
+             (p[4] >= '0' && p[4] <= '9') || p[4] == '_' || p[4] == '$');
+}
+
+/* Statement vanished on the server (someone ran DEALLOCATE / DISCARD ALL),
+ * or its result type changed under it after DDL: worth one transparent
+ * retry when no transaction block is open. */
+static bool stale_statement(const PGresult *res, bool *all_gone)
+{
+    if (!res || PQresultStatus(res) != PGRES_FATAL_ERROR)
+        return false;
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (!st)
+        return false;
+    if (strcmp(st, "26000") == 0) {
+        *all_gone = true;
+        return true;
+    }
+    const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    if (strcmp(st, "0A000") == 0 && m && strstr(m, "cached plan must not change result type")) {
+        *all_gone = false;
+        return true;
+    }
+    return false;
+}
+
+static dbk_rc pg_run(void *impl, const char *sql, const dbk_value *params, size_t nparams,
+                     dbk_result **out, int64_t *affected, dbk_error *err)
+{
+    pg_conn *pc = impl;
+    if (!conn_usable(pc))
+        return broken_err(err);
+    if (PQtransactionStatus(pc->conn) == PQTRANS_ACTIVE) {
+        mark_broken(pc);
+        return dbk__err(err, DBK_EINTERNAL, "a previous statement is still in flight");
+    }
+    if (is_copy(sql))
+        return copy_refused_err(err);
+
+    const char *sv[PG_STACK_PARAMS];
+    int sl[PG_STACK_PARAMS], sf[PG_STACK_PARAMS];
+    Oid st[PG_STACK_PARAMS];
+    char ssig[PG_STACK_PARAMS + 1];
+    char scratch[PG_STACK_SCRATCH];
+    struct pg_params pp = {0, sv, sl, sf, st, ssig};
+    if (nparams > PG_STACK_PARAMS) {
+        if (!grow_param_arrays(pc, nparams))
+            return dbk__err(err, DBK_ENOMEM, "out of memory binding %zu parameters", nparams);
+        pp.values = pc->pvals;
+        pp.lengths = pc->plens;
+        pp.formats = pc->pfmts;
+        pp.types = pc->ptypes;
+        pp.sig = pc->psig;
+    }
+    dbk_rc rc = bind_params(pc, params, nparams, &pp, scratch, err);
+    if (rc)
+        return rc;
+
+    int64_t deadline = stmt_deadline(pc);
+    PGresult *res = NULL;
+    bool copy_refused = false;
+    if (pc->cache_cap == 0) {
+        rc = exec_unnamed(pc, sql, &pp, deadline, &res, &copy_refused, err);
+        if (rc)
+            return rc;
+        return finish(pc, res, copy_refused, out, affected, err);
+    }
+
+    size_t len = strlen(sql);
+    uint64_t h = hash_key(sql, len, pp.sig, nparams);
+    for (int attempt = 0;; attempt++) {
+        struct pg_stmt *s = cache_find(pc, h, sql, len, pp.sig, nparams);
+        if (s) {
+            if (pc->lru_head != s) {
+                lru_unlink(pc, s);
+                lru_push_front(pc, s);
+            }
+            rc = exec_prepared(pc, s, &pp, deadline, &res, &copy_refused, err);
+            if (rc)
+                return rc;
+            bool all_gone = false;
+            if (attempt == 0 && stale_statement(res, &all_gone)) {
+                bool idle = PQtransactionStatus(pc->conn) == PQTRANS_IDLE;
+                if (all_gone) {
+                    /* Whatever dropped it probably dropped the others. */
+                    cache_clear(pc);
+                    pc->npending = 0;
+                    pc->pending_all = true;
+                } else {
+                    pending_push(pc, s->name);
+                    cache_remove(pc, s);
+                    free(s);
+                }
+                if (idle) {
+                    PQclear(res);
+                    res = NULL;
+                    continue;
+                }
+            }
+            return finish(pc, res, copy_refused, out, affected, err);
+        }
+        cache_make_room(pc);
+        s = stmt_new(pc, h, sql, len, pp.sig, nparams);
+        if (!s)
+            return dbk__err(err, DBK_ENOMEM, "out of memory caching a statement");
+        rc = exec_miss(pc, s, &pp, deadline, &res, err); /* takes s */
+        if (rc)
+            return rc;
+        return finish(pc, res, false, out, affected, err);
+    }
+}
+
+static dbk_rc run_script(pg_conn *pc, const char *sql, int64_t deadline, dbk_error *err)
+{
+    int64_t budget = budget_of(deadline);
+    if (!PQsendQuery(pc->conn, sql))
+        return lost(pc, err);
+    dbk_rc rc = flush_out(pc, deadline, budget, true, err);
+    if (rc)
+        return rc;
+    PGresult *res = NULL;
+    bool copy_refused = false;
+    rc = collect(pc, deadline, budget, true, &res, &copy_refused, err);
+    if (rc)
+        return rc;
+    if (!res && !copy_refused)
+        return DBK_OK; /* an empty script */
+    return finish(pc, res, copy_refused, NULL, NULL, err);
+}
+
+static dbk_rc pg_script(void *impl, const char *sql, dbk_error *err)
+{
+    pg_conn *pc = impl;
+    if (!conn_usable(pc))
+        return broken_err(err);
+    /* Scripts run DDL and migrations: at least ten minutes before the
+     * client gives up, or the statement deadline when that is longer. */
+    int64_t deadline = stmt_deadline(pc);
+    int64_t floor = deadline_after_ms(PG_NO_LIMIT_DEADLINE_MS);
+    return run_script(pc, sql, deadline > floor ? deadline : floor, err);
+}
+
+static dbk_rc pg_ping(void *impl, int timeout_ms, dbk_error *err)
+{
+    pg_conn *pc = impl;
+    if (!conn_usable(pc))
+        return broken_err(err);
+    int64_t deadline = deadline_after_ms(timeout_ms > 0 ? timeout_ms : 1000);
+    int64_t budget = budget_of(deadline);
+    if (!PQsendQueryParams(pc->conn, "SELECT 1", 0, NULL, NULL, NULL, NULL, 0))
+        return lost(pc, err);
+    dbk_rc rc = flush_out(pc, deadline, budget, false, err);
+    if (rc)
+        return rc;
+    PGresult *res = NULL;
+    bool copy_refused = false;
+    rc = collect(pc, deadline, budget, false, &res, &copy_refused, err);
+    if (rc)
+        return rc;
+    return finish(pc, res, copy_refused, NULL, NULL, err);
+}
+
+static dbk__txstate pg_txstate(void *impl)
+{
+    pg_conn *pc = impl;
+    if (!conn_usable(pc) || PQstatus(pc->conn) != CONNECTION_OK)
+        return DBK__TX_BROKEN;
+    switch (PQtransactionStatus(pc->conn)) {
+    case PQTRANS_IDLE:
+        return DBK__TX_IDLE;
+    case PQTRANS_INTRANS:
+        return DBK__TX_OPEN;
+    case PQTRANS_INERROR:
+        return DBK__TX_FAILED;
+    default: /* ACTIVE between calls is a bug; UNKNOWN is a dead link */
+        return DBK__TX_BROKEN;
+    }
+}
+
+/* SET statements for settings the startup packet could not carry. */
+static void session_sets(const pg_conn *pc, char *buf, size_t size)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    if (pc->sets_via_sql) {
+        o += (size_t)snprintf(buf + o, size - o, "SET DateStyle = 'ISO'; SET TimeZone = 'UTC'; ");
+        if (pc->statement_timeout_ms > 0 && o < size)
+            o += (size_t)snprintf(buf + o, size - o, "SET statement_timeout = %d; ",
+                                  pc->statement_timeout_ms);
+        if (pc->lock_timeout_ms > 0 && o < size)
+            o += (size_t)snprintf(buf + o, size - o, "SET lock_timeout = %d; ",
+                                  pc->lock_timeout_ms);
+    }
+    /* Before PostgreSQL 12, float output was rounded to 15 digits unless
+     * extra_float_digits was raised. */
+    if (pc->server_version_num > 0 && pc->server_version_num < 120000 && o < size)
+        snprintf(buf + o, size - o, "SET extra_float_digits = 3; ");
+}
+
+static dbk_rc pg_reset(void *impl, dbk_error *err)
+{
+    pg_conn *pc = impl;
+    if (!conn_usable(pc))
+        return broken_err(err);
+    PGTransactionStatusType ts = PQtransactionStatus(pc->conn);
+    if (ts == PQTRANS_ACTIVE || ts == PQTRANS_UNKNOWN) {
+        mark_broken(pc);
+        return broken_err(err);
+    }
+    /* RESET ALL goes back to the startup values, which include dbkit's own
+     * settings; prepared statements survive (no DISCARD ALL). */
+    char sets[256];
+    session_sets(pc, sets, sizeof sets);
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "%sRESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); "
+             "DISCARD TEMP; %s",
+             ts == PQTRANS_IDLE ? "" : "ROLLBACK; ", sets);
+    dbk_rc rc = run_script(pc, sql, stmt_deadline(pc), err);
+    if (rc == DBK_OK && PQtransactionStatus(pc->conn) != PQTRANS_IDLE) {
+        mark_broken(pc);
+        return dbk__err(err, DBK_EINTERNAL, "the session is still in a transaction after reset");
+    }
+    return rc;
+}
+
+static const char *pg_server_version(void *impl)
+{
+    pg_conn *pc = impl;
+    return pc ? pc->server_version : NULL;
+}
+
+static int pg_statement_timeout_ms(void *impl)
+{
+    pg_conn *pc = impl;
+    return pc ? pc->statement_timeout_ms : 0;
+}
+
+/* ---- connecting ---- */
+
+static void on_notice(void *arg, const PGresult *res)
+{
+    (void)arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    dbk_log_level lvl = DBK_LOG_INFO;
+    if (sev && strcmp(sev, "WARNING") == 0)
+        lvl = DBK_LOG_WARN;
+    else if (sev && (strncmp(sev, "DEBUG", 5) == 0 || strcmp(sev, "LOG") == 0))
+        lvl = DBK_LOG_DEBUG;
+    if (!dbk__log_enabled(lvl))
+        return;
+    dbk__log(lvl, "postgres %s: %s", sev ? sev : "NOTICE", msg ? msg : "");
+}
+
+/* Keyword/value arrays for PQconnectStartParams; a key set twice keeps the
+ * last value. */
+struct kv {
+    const char **keys;
+    const char **vals;
+    size_t n, cap;
+};
+
+static void kv_set(struct kv *kv, const char *k, const char *v)
+{
+    if (!v)
+        return;
+    for (size_t i = 0; i < kv->n; i++)
+        if (strcmp(kv->keys[i], k) == 0) {
+            kv->vals[i] = v;
+            return;
+        }
+    if (kv->n + 1 < kv->cap) {
+        kv->keys[kv->n] = k;
+        kv->vals[kv->n] = v;
+        kv->n++;
+        kv->keys[kv->n] = NULL;
+        kv->vals[kv->n] = NULL;
+    }
+}
+
+static void kv_del(struct kv *kv, const char *k)
+{
+    for (size_t i = 0; i < kv->n; i++)
+        if (strcmp(kv->keys[i], k) == 0) {
+            memmove(kv->keys + i, kv->keys + i + 1, (kv->n - i) * sizeof *kv->keys);
+            memmove(kv->vals + i, kv->vals + i + 1, (kv->n - i) * sizeof *kv->vals);
+            kv->n--;
+            return;
+        }
+}
+
+static bool has_word(const char *msg, const char *w)
+{
+    return msg && strstr(msg, w) != NULL;
+}
+
+/* Sorts a libpq connection failure into a result code. */
+static dbk_rc classify_connect_error(const char *msg)
+{
+    if (has_word(msg, "invalid connection option") || has_word(msg, "invalid port number") ||
+        has_word(msg, "invalid integer value") || has_word(msg, "invalid sslmode value") ||
+        has_word(msg, "invalid target_session_attrs value") ||
+        has_word(msg, "invalid value for parameter") || has_word(msg, "could not match") ||
+        has_word(msg, "unrecognized configuration parameter") ||
+        has_word(msg, "invalid gssencmode value") || has_word(msg, "invalid channel_binding"))
+        return DBK_ECONFIG;
+    if (has_word(msg, "authentication failed") || has_word(msg, "no password supplied") ||
+        has_word(msg, "no pg_hba.conf entry") || has_word(msg, "password is required") ||
+        (has_word(msg, "role \"") && has_word(msg, "does not exist")) ||
+        has_word(msg, "not permitted to log in") || has_word(msg, "SCRAM"))
+        return DBK_EAUTH;
+    if (has_word(msg, "SSL") || has_word(msg, "ssl") || has_word(msg, "certificate") ||
+        has_word(msg, "TLS"))
+        return DBK_ETLS;
+    return DBK_EUNAVAILABLE;
+}
+
+static int rc_rank(dbk_rc rc)
+{
+    switch (rc) {
+    case DBK_EAUTH:
+        return 4;
+    case DBK_ETLS:
+        return 3;
+    case DBK_ECONFIG:
+        return 2;
+    default:
+        return 1;
+    }
+}
+
+struct attempt {
+    dbk_rc rc;
+    char msg[DBK_ERROR_MESSAGE_MAX];
+    bool options_refused;
+};
+
+/* One non-blocking connection attempt bounded by timeout_ms. */
+static PGconn *connect_once(const struct kv *kv, int timeout_ms, const char *password,
+                            struct attempt *a)
+{
+    a->rc = DBK_OK;
+    a->msg[0] = '\0';
+    a->options_refused = false;
+    PGconn *c = PQconnectStartParams(kv->keys, kv->vals, 0);
+    if (!c) {
+        a->rc = DBK_ENOMEM;
+        dbk__strlcpy(a->msg, "out of memory starting a connection", sizeof a->msg);
+        return NULL;
+    }
+    PQsetNoticeReceiver(c, on_notice, NULL);
+    int64_t deadline = deadline_after_ms(timeout_ms);
+    PostgresPollingStatusType st =
+        PQstatus(c) == CONNECTION_BAD ? PGRES_POLLING_FAILED : PGRES_POLLING_WRITING;
+    while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+        int ev = wait_fd(PQsocket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
+        if (ev == 0) {
+            a->rc = DBK_EUNAVAILABLE;
+            snprintf(a->msg, sizeof a->msg, "no answer within %d ms (connect_timeout)",
+                     timeout_ms);
+            PQfinish(c);
+            return NULL;
+        }
+        if (ev < 0) {
+            a->rc = DBK_EUNAVAILABLE;
+            snprintf(a->msg, sizeof a->msg, "poll failed: %s", strerror(errno));
+            PQfinish(c);
+            return NULL;
+        }
+        st = PQconnectPoll(c);
+    }
+    if (st == PGRES_POLLING_OK && PQstatus(c) == CONNECTION_OK)
+        return c;
+    const char *m = PQerrorMessage(c);
+    char *safe = redact_dup(m, password);
+    clean_message(a->msg, sizeof a->msg, safe ? safe : "connection failed");
+    free(safe);
+    a->options_refused = has_word(m, "unsupported startup parameter") ||
+                         has_word(m, "unsupported options startup parameter");
+    a->rc = classify_connect_error(m);
+    PQfinish(c);
+    return NULL;
+}
+
+/* Splits "a,b,c" into at most max pieces (in place in buf). */
+static size_t split_list(char *buf, char **out, size_t max)
+{
+    size_t n = 0;
+    char *p = buf;
+    while (n < max) {
+        out[n++] = p;
+        char *comma = strchr(p, ',');
+        if (!comma)
+            break;
+        *comma = '\0';
+        p = comma + 1;
+    }
+    return n;
+}
+
+#define PG_MAX_HOSTS 16
+
+static void version_text(int v, char *buf, size_t size)
+{
+    if (v >= 100000)
+        snprintf(buf, size, "%d.%d", v / 10000, v % 10000);
+    else
+        snprintf(buf, size, "%d.%d.%d", v / 10000, v / 100 % 100, v % 100);
+}
+
+static void pg_close(void *impl)
+{
+    pg_conn *pc = impl;
+    if (!pc)
+        return;
+    if (pc->conn)
+        PQfinish(pc->conn);
+    pc->conn = NULL;
+    cache_clear(pc);
+    free(pc->buckets);
+    free(pc->pending);
+    free(pc->scratch);
+    free(pc->pvals);
+    free(pc->plens);
+    free(pc->pfmts);
+    free(pc->ptypes);
+    free(pc->psig);
+    free(pc);
+}
+
+/* Checks passthrough keywords against the ones this libpq knows. */
+static dbk_rc check_extra(const struct dbk_config *cfg, dbk_error *err)
+{
+    if (!cfg->nextra)
+        return DBK_OK;
+    PQconninfoOption *defs = PQconndefaults();
+    if (!defs)
+        return dbk__err(err, DBK_ENOMEM, "out of memory reading libpq's connection options");
+    dbk_rc rc = DBK_OK;
+    for (size_t i = 0; i < cfg->nextra && rc == DBK_OK; i++) {
+        const char *k = cfg->extra[i].key;
+        bool known = false;
+        for (PQconninfoOption *o = defs; o->keyword; o++)
+            if (strcmp(o->keyword, k) == 0) {
+                known = true;
+                break;
+            }
+        if (!known || strcmp(k, "password") == 0) {
+            rc = dbk__err(err, DBK_ECONFIG,
+                          known ? "connection parameter \"%s\" may not be passed through; "
+                                  "set the password in the URL or DB_PASSWORD"
+                                : "unknown connection parameter \"%s\"",
+                          k);
+            dbk__err_hint(err, "dbkit passes URL query parameters it does not know itself to "
+                               "libpq; check the spelling against libpq's connection "
+                               "parameters (e.g. sslrootcert, keepalives_idle)");
+        }
+    }
+    PQconninfoFree(defs);
+    return rc;
+}
+
+static dbk_rc pg_open(const struct dbk_config *cfg, void **impl, dbk_error *err)
+{
+    *impl = NULL;
+    if (!cfg)
+        return dbk__err(err, DBK_EMISUSE, "configuration must not be NULL");
+    dbk_rc rc = check_extra(cfg, err);
+    if (rc)
+        return rc;
+
+    pg_conn *pc = calloc(1, sizeof *pc);
+    if (!pc)
+        return dbk__err(err, DBK_ENOMEM, "out of memory opening a connection");
+    pc->statement_timeout_ms = cfg->statement_timeout_ms > 0 ? cfg->statement_timeout_ms : 0;
+    pc->lock_timeout_ms = cfg->lock_timeout_ms > 0 ? cfg->lock_timeout_ms : 0;
+    pc->connect_timeout_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : 10000;
+    pc->cache_cap = cfg->stmt_cache_size > 0 ? (size_t)cfg->stmt_cache_size : 0;
+
+    size_t cap = 32 + cfg->nextra;
+    struct kv kv = {calloc(cap, sizeof(char *)), calloc(cap, sizeof(char *)), 0, cap};
+    char *hostbuf = cfg->host ? strdup(cfg->host) : NULL;
+    char *portbuf = cfg->port ? strdup(cfg->port) : NULL;
+    char *options = NULL;
+    if (!kv.keys || !kv.vals || (cfg->host && !hostbuf) || (cfg->port && !portbuf)) {
+        rc = dbk__err(err, DBK_ENOMEM, "out of memory opening a connection");
+        goto fail;
+    }
+
+    /* Startup-packet session settings: these become the session defaults,
+     * so RESET ALL keeps them. */
+    const char *user_options = NULL;
+    for (size_t i = 0; i < cfg->nextra; i++)
+        if (strcmp(cfg->extra[i].key, "options") == 0)
+            user_options = cfg->extra[i].value;
+    size_t olen = 160 + (user_options ? strlen(user_options) : 0);
+    options = malloc(olen);
+    if (!options) {
+        rc = dbk__err(err, DBK_ENOMEM, "out of memory opening a connection");
+        goto fail;
+    }
+    int on = snprintf(options, olen, "-c DateStyle=ISO -c TimeZone=UTC");
+    if (pc->statement_timeout_ms > 0)
+        on += snprintf(options + on, olen - (size_t)on, " -c statement_timeout=%d",
+                       pc->statement_timeout_ms);
+    if (pc->lock_timeout_ms > 0)
+        on += snprintf(options + on, olen - (size_t)on, " -c lock_timeout=%d",
+                       pc->lock_timeout_ms);
+    if (user_options && *user_options)
+        snprintf(options + on, olen - (size_t)on, " %s", user_options);
+
+    char ctimeout[16];
+    int secs = (pc->connect_timeout_ms + 999) / 1000;
+    snprintf(ctimeout, sizeof ctimeout, "%d", secs < 2 ? 2 : secs);
+
+    kv_set(&kv, "dbname", cfg->dbname);
+    kv_set(&kv, "user", cfg->user);
+    kv_set(&kv, "password", cfg->password);
+    kv_set(&kv, "sslmode", cfg->sslmode);
+    kv_set(&kv, "application_name", cfg->application_name);
+    kv_set(&kv, "fallback_application_name", "dbkit");
+    kv_set(&kv, "target_session_attrs", cfg->target_session_attrs);
+    kv_set(&kv, "connect_timeout", ctimeout);
+    kv_set(&kv, "client_encoding", "UTF8");
+    kv_set(&kv, "keepalives", "1");
+    kv_set(&kv, "keepalives_idle", "30");
+    kv_set(&kv, "keepalives_interval", "10");
+    kv_set(&kv, "keepalives_count", "3");
+    for (size_t i = 0; i < cfg->nextra; i++)
+        if (strcmp(cfg->extra[i].key, "options") != 0)
+            kv_set(&kv, cfg->extra[i].key, cfg->extra[i].value);
+    kv_set(&kv, "options", options);
+
+    /* Several hosts: try each in turn with its own connect_timeout (libpq's
+     * async connect would sit on a black-holed first host until our
+     * deadline and never reach the second). prefer-standby takes two
+     * passes, standbys first. */
+    char *hosts[PG_MAX_HOSTS], *ports[PG_MAX_HOSTS];
+    size_t nhosts = hostbuf ? split_list(hostbuf, hosts, PG_MAX_HOSTS) : 0;
+    size_t nports = portbuf ? split_list(portbuf, ports, PG_MAX_HOSTS) : 0;
+    bool has_hostaddr = false;
+    for (size_t i = 0; i < cfg->nextra; i++)
+        if (strcmp(cfg->extra[i].key, "hostaddr") == 0)
+            has_hostaddr = true;
+    bool per_host = nhosts > 1 && !has_hostaddr && (nports <= 1 || nports == nhosts);
+    const char *tsa = cfg->target_session_attrs;
+    int passes = per_host && tsa && strcmp(tsa, "prefer-standby") == 0 ? 2 : 1;
+    if (!per_host) {
+        /* One attempt with the lists as given (libpq reports mismatches). */
+        kv_set(&kv, "host", cfg->host);
+        kv_set(&kv, "port", cfg->port);
+        nhosts = 1;
+    }
+
+    struct attempt a;
+    dbk_rc best = DBK_OK;
+    char summary[DBK_ERROR_MESSAGE_MAX] = "";
+    size_t slen = 0;
+    bool options_ok = true;
+    PGconn *conn = NULL;
+    for (int pass = 0; pass < passes && !conn; pass++) {
+        if (passes == 2)
+            kv_set(&kv, "target_session_attrs", pass == 0 ? "standby" : "any");
+        for (size_t i = 0; i < nhosts && !conn; i++) {
+            if (per_host) {
+                kv_set(&kv, "host", hosts[i]);
+                if (nports)
+                    kv_set(&kv, "port", nports == 1 ? ports[0] : ports[i]);
+            }
+            conn = connect_once(&kv, pc->connect_timeout_ms, cfg->password, &a);
+            if (!conn && a.options_refused && options_ok) {
+                /* A pooler that refuses `options`: settings go by SET. */
+                options_ok = false;
+                kv_del(&kv, "options");
+                if (user_options)
+                    kv_set(&kv, "options", user_options);
+                conn = connect_once(&kv, pc->connect_timeout_ms, cfg->password, &a);
+            }
+            if (conn)
+                break;
+            if (a.rc == DBK_ECONFIG || a.rc == DBK_ENOMEM) {
+                best = a.rc;
+                dbk__strlcpy(summary, a.msg, sizeof summary);
+                nhosts = 0;
+                passes = 0;
+                break;
+            }
+            if (best == DBK_OK || rc_rank(a.rc) > rc_rank(best))
+                best = a.rc;
+            if (per_host) {
+                const char *port = nports ? (nports == 1 ? ports[0] : ports[i]) : "5432";
+                if (slen < sizeof summary)
+                    slen += (size_t)snprintf(summary + slen, sizeof summary - slen, "%s%s:%s: %s",
+                                             slen ? "; " : "", hosts[i], port, a.msg);
+            } else {
+                dbk__strlcpy(summary, a.msg, sizeof summary);
+            }
+        }
+    }
+    if (!conn) {
+        rc = best == DBK_OK ? DBK_EUNAVAILABLE : best;
+        if (per_host && rc != DBK_ECONFIG && rc != DBK_ENOMEM)
+            dbk__err(err, rc, "could not connect to any of %zu hosts: %s", nhosts, summary);
+        else
+            dbk__err(err, rc, "could not connect to PostgreSQL: %s", summary);
+        if (err) {
+            if (rc == DBK_ETLS)
+                dbk__err_hint(err, "check sslmode in DATABASE_URL (disable, prefer, require, "
+                                   "verify-full) and the server's TLS setup");
+            else if (rc == DBK_ECONFIG)
+                dbk__err_hint(err, "check the connection settings in DATABASE_URL "
+                                   "(`dbkit config` shows them)");
+            else if (rc == DBK_EUNAVAILABLE && has_word(summary, "does not exist"))
+                dbk__err_hint(err, "the database does not exist: create it (createdb) or fix "
+                                   "the database name in DATABASE_URL");
+            else if (rc == DBK_EUNAVAILABLE && has_word(summary, "connect_timeout"))
+                dbk__err_hint(err, "nothing answered in time: check host and port, firewalls "
+                                   "and that the server is up; DB_CONNECT_TIMEOUT_MS sets the "
+                                   "wait");
+            else if (rc == DBK_EUNAVAILABLE && tsa &&
+                     (has_word(summary, "read-only") || has_word(summary, "standby") ||
+                      has_word(summary, "hot standby")))
+                dbk__err_hint(err, "no server matched target_session_attrs=%s (is a failover "
+                                   "in progress?)",
+                              tsa);
+            dbk__err_default_hint(err);
+        }
+        goto fail;
+    }
+    pc->conn = conn;
+    pc->sets_via_sql = !options_ok;
+    /* A pooler that accepted but ignored `options` shows in the reported
+     * parameters. */
+    const char *ds = PQparameterStatus(conn, "DateStyle");
+    const char *tz = PQparameterStatus(conn, "TimeZone");
+    if (!ds || strncmp(ds, "ISO", 3) != 0 || !tz || strcmp(tz, "UTC") != 0)
+        pc->sets_via_sql = true;
+    pc->server_version_num = PQserverVersion(conn);
+    version_text(pc->server_version_num, pc->server_version, sizeof pc->server_version);
+    if (PQsetnonblocking(conn, 1) != 0) {
+        rc = lost(pc, err);
+        goto fail;
+    }
+    char sets[256];
+    session_sets(pc, sets, sizeof sets);
+    if (sets[0]) {
+        if (!options_ok)
+            dbk__log(DBK_LOG_WARN, "the server or pooler refused startup options; session "
+                                   "settings are applied with SET");
+        rc = run_script(pc, sets, deadline_after_ms(pc->connect_timeout_ms), err);
+        if (rc)
+            goto fail;
+    }
+    free(kv.keys);
+    free(kv.vals);
+    free(hostbuf);
+    free(portbuf);
+    free(options);
+    *impl = pc;
+    return DBK_OK;
+
+fail:
+    free(kv.keys);
+    free(kv.vals);
+    free(hostbuf);
+    free(portbuf);
+    free(options);
+    pg_close(pc);
+    return rc;
+}
+
+const dbk__driver dbk__driver_postgres = {
+    .engine = DBK_ENGINE_POSTGRES,
+    .name = "postgres",
+    .open = pg_open,
+    .close = pg_close,
+    .run = pg_run,
+    .script = pg_script,
+    .ping = pg_ping,
+    .txstate = pg_txstate,
+    .reset = pg_reset,
+    .server_version = pg_server_version,
+    .statement_timeout_ms = pg_statement_timeout_ms,
+};
