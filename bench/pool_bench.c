@@ -193,6 +193,7 @@ static void run_micro(void)
 struct mix {
     dbk_pool *pool;
     int writer;
+    int rmw; /* writers run BEGIN; SELECT; UPDATE; COMMIT on a borrowed connection */
     double end;
     atomic_long ops, busy, other;
     char first[700];
@@ -206,7 +207,24 @@ static void *mix_thread(void *arg)
     for (long i = 0; i < 10000000 && now_s() < m->end; i++) {
         dbk_error err;
         dbk_rc rc;
-        if (m->writer) {
+        if (m->writer && m->rmw) {
+            dbk_conn *c = NULL;
+            rc = dbk_pool_acquire(m->pool, &c, &err);
+            if (rc == DBK_OK) {
+                dbk_db *cdb = dbk_conn_db(c);
+                int64_t n = 0;
+                rc = dbk_db_exec(cdb, "BEGIN", NULL, 0, NULL, &err);
+                if (rc == DBK_OK)
+                    rc = dbk_db_query_int64(cdb, "SELECT n FROM total", NULL, 0, &n, &err);
+                if (rc == DBK_OK) {
+                    dbk_value v = dbk_int64(n + 1);
+                    rc = dbk_db_exec(cdb, "UPDATE total SET n = $1", &v, 1, NULL, &err);
+                }
+                if (rc == DBK_OK)
+                    rc = dbk_db_exec(cdb, "COMMIT", NULL, 0, NULL, &err);
+                dbk_pool_release(m->pool, c); /* rolls back what failed */
+            }
+        } else if (m->writer) {
             dbk_value v = dbk_int64(i);
             rc = dbk_db_exec(db, "INSERT INTO kv (v) VALUES ($1)", &v, 1, NULL, &err);
         } else {
@@ -227,7 +245,7 @@ static void *mix_thread(void *arg)
     return NULL;
 }
 
-static void sqlite_mix(bool gate, double seconds, const char *busy_ms)
+static void sqlite_mix(bool gate, double seconds, const char *busy_ms, int readers, int rmw)
 {
     make_tmpdir();
     char path[200], url[300];
@@ -242,22 +260,34 @@ static void sqlite_mix(bool gate, double seconds, const char *busy_ms)
                     NULL, 0, NULL, &err) ||
         dbk_db_exec(dbk_pool_db(pool), "CREATE INDEX kv_v ON kv (v)", NULL, 0, NULL, &err))
         die("create", &err);
-    struct mix w = {.pool = pool, .writer = 1}, r = {.pool = pool, .writer = 0};
+    if (dbk_db_exec_script(dbk_pool_db(pool), "CREATE TABLE total (n INTEGER); "
+                                              "INSERT INTO total VALUES (0);",
+                           &err))
+        die("create", &err);
+    struct mix w = {.pool = pool, .writer = 1, .rmw = rmw}, r = {.pool = pool, .writer = 0};
     pthread_mutex_init(&w.mu, NULL);
     pthread_mutex_init(&r.mu, NULL);
     w.end = r.end = now_s() + seconds;
     pthread_t th[16];
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < 8; i++)
         pthread_create(&th[i], NULL, mix_thread, &w);
+    for (int i = 0; i < readers; i++)
         pthread_create(&th[8 + i], NULL, mix_thread, &r);
-    }
-    for (int i = 0; i < 16; i++)
+    for (int i = 0; i < 8 + readers; i++)
         pthread_join(th[i], NULL);
-    printf("  %-40s %9.0f writes/s %9.0f reads/s   busy errors %ld, other %ld%s%s\n",
-           gate ? "write gate + busy_timeout (default)" : "busy_timeout + retry only", 
-           (double)atomic_load(&w.ops) / seconds, (double)atomic_load(&r.ops) / seconds,
-           atomic_load(&w.busy) + atomic_load(&r.busy), atomic_load(&w.other) + atomic_load(&r.other),
-           w.first[0] || r.first[0] ? "  first: " : "", w.first[0] ? w.first : r.first);
+    int64_t total = 0;
+    if (rmw)
+        dbk_db_query_int64(dbk_pool_db(pool), "SELECT n FROM total", NULL, 0, &total, &err);
+    printf("  %-6s %-8s %-36s %7.0f %-8s %8.0f reads/s  busy w/r %ld/%ld, other %ld%s%s%s%s\n",
+           rmw ? "rmw tx" : "insert", readers ? "+readers" : "alone",
+           gate ? "write gate + busy_timeout (default)" : "busy_timeout + retry only",
+           (double)atomic_load(&w.ops) / seconds, rmw ? "tx/s" : "writes/s",
+           (double)atomic_load(&r.ops) / seconds, atomic_load(&w.busy), atomic_load(&r.busy),
+           atomic_load(&w.other) + atomic_load(&r.other), w.first[0] ? "  writer: " : "", w.first,
+           r.first[0] ? "  reader: " : "", r.first);
+    if (rmw && total != atomic_load(&w.ops))
+        printf("  LOST UPDATES: counter %lld, committed %ld\n", (long long)total,
+               atomic_load(&w.ops));
     dbk_pool_close(pool, 1000);
     pthread_mutex_destroy(&w.mu);
     pthread_mutex_destroy(&r.mu);
@@ -266,10 +296,13 @@ static void sqlite_mix(bool gate, double seconds, const char *busy_ms)
 
 static void run_sqlite(double seconds)
 {
-    printf("sqlite: 8 writer + 8 reader threads, one WAL file, pool of 16, %.0f s each\n",
+    printf("sqlite: 8 writer threads (+ 8 reader threads), one WAL file, pool of 16, "
+           "busy_timeout 5000 ms, %.0f s each\n",
            seconds);
-    sqlite_mix(true, seconds, "5000");
-    sqlite_mix(false, seconds, "5000");
+    for (int rmw = 0; rmw < 2; rmw++)
+        for (int readers = 0; readers <= 8; readers += 8)
+            for (int gate = 1; gate >= 0; gate--)
+                sqlite_mix(gate, seconds, "5000", readers, rmw);
 }
 
 /* ---- pk lookups ---- */

@@ -241,7 +241,13 @@ static bool starts_with_word(const char *s, const char *word)
 static bool stmt_sets_session(const char *s)
 {
     s = skip_space_comments(s);
-    return starts_with_word(s, "set") || starts_with_word(s, "reset");
+    if (starts_with_word(s, "reset"))
+        return true;
+    if (!starts_with_word(s, "set"))
+        return false;
+    /* SET LOCAL and SET TRANSACTION end with the transaction. */
+    s = skip_space_comments(s + 3);
+    return !starts_with_word(s, "local") && !starts_with_word(s, "transaction");
 }
 
 bool dbk__pool_sql_sets_session(const char *sql)
@@ -264,6 +270,21 @@ bool dbk__pool_sql_sets_session(const char *sql)
         }
     }
     return false;
+}
+
+bool dbk__pool_sql_is_plain_begin(const char *sql)
+{
+    if (!sql)
+        return false;
+    const char *s = skip_space_comments(sql);
+    if (!starts_with_word(s, "begin"))
+        return false;
+    s = skip_space_comments(s + 5);
+    if (starts_with_word(s, "transaction"))
+        s = skip_space_comments(s + 11);
+    if (*s == ';')
+        s = skip_space_comments(s + 1);
+    return *s == '\0';
 }
 
 bool dbk__pool_sql_is_read(const char *sql)
@@ -599,8 +620,13 @@ static dbk_rc pc_run(dbk_db *db, const char *sql, const dbk_value *params, size_
         return rc;
     }
 
-    /* SQLite: write gate, then bounded retry of busy autocommit statements. */
+    /* SQLite: write gate, then bounded retry of busy autocommit statements.
+     * A plain BEGIN becomes BEGIN IMMEDIATE: the write lock is taken (and
+     * waited for, and retried) while nothing has happened yet, instead of
+     * failing with SQLITE_BUSY in the middle of the transaction. */
     bool gated = p->use_gate && !dbk__pool_sql_is_read(sql);
+    if (gated && dbk__pool_sql_is_plain_begin(sql))
+        sql = "BEGIN IMMEDIATE";
     bool was_idle = c->drv->txstate(c->impl) == DBK__TX_IDLE;
     int64_t deadline = 0;
     int64_t backoff_us = 500;
@@ -844,11 +870,11 @@ static dbk_rc acquire(dbk_pool *p, const struct site *site, dbk_conn **out, dbk_
         /* Nothing idle. */
         if (p->breaker_until_ns && coarse_now_ns() < p->breaker_until_ns) {
             int left = (int)((p->breaker_until_ns - coarse_now_ns()) / 1000000);
-            pthread_mutex_unlock(&p->mu);
             dbk__err(err, DBK_EUNAVAILABLE,
                      "database unavailable: %d connects failed in a row, the pool fails fast "
                      "for %d ms more; last: %s",
                      p->consecutive_failures, left, p->last_connect_err.message);
+            pthread_mutex_unlock(&p->mu);
             dbk__err_hint(err, "check that the server is running and the host and port in "
                                "DATABASE_URL (`dbkit doctor`); the pool retries by itself");
             return DBK_EUNAVAILABLE;
@@ -1148,6 +1174,8 @@ static void *worker_main(void *arg)
             dbk_error e;
             dbk_error_clear(&e);
             dbk_rc rc = open_slot(p, &h, &s, &e);
+            if (rc != DBK_OK) /* before any caller hears of it, outside the lock */
+                report_error_h(&h, DBK_LOG_WARN, &e);
             pthread_mutex_lock(&p->mu);
             p->n_opening--;
             now = coarse_now_ns();
@@ -1205,11 +1233,11 @@ static void *worker_main(void *arg)
                 w->done = true;
                 pthread_cond_signal(&w->cv);
             }
-            pthread_mutex_unlock(&p->mu);
-            report_error_h(&h, DBK_LOG_WARN, &e);
-            if (trip)
+            if (trip) {
+                pthread_mutex_unlock(&p->mu);
                 report_error_h(&h, DBK_LOG_WARN, &be);
-            pthread_mutex_lock(&p->mu);
+                pthread_mutex_lock(&p->mu);
+            }
             continue;
         }
 

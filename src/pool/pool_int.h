@@ -17,9 +17,14 @@ void dbk__pool_set_sqlite_gate(dbk_pool *pool, bool on);
 
 /* Statement classification used by the pool (exposed for unit tests):
  * true when `sql` (after whitespace and comments) may change session state
- * that outlives the statement on PostgreSQL: SET, RESET or a call of
- * set_config(), at the start of any ';'-separated statement. */
+ * that outlives the statement on PostgreSQL: SET (except SET LOCAL and SET
+ * TRANSACTION), RESET, or a call of set_config(), at the start of any
+ * ';'-separated statement. */
 bool dbk__pool_sql_sets_session(const char *sql);
+
+/* True for "BEGIN" / "BEGIN TRANSACTION" (any case, comments, an optional
+ * ';'): on SQLite the pool runs it as BEGIN IMMEDIATE. */
+bool dbk__pool_sql_is_plain_begin(const char *sql);
 
 /* True when `sql` certainly does not write on SQLite (SELECT, VALUES,
  * EXPLAIN first); anything else may write. */

@@ -1518,6 +1518,15 @@ static void pool_detects_session_statements(void **state)
     assert_false(dbk__pool_sql_sets_session("SELECT my_set_config(1)"));
     assert_false(dbk__pool_sql_sets_session("SETTLE"));
     assert_false(dbk__pool_sql_sets_session(NULL));
+    assert_false(dbk__pool_sql_sets_session("SET LOCAL work_mem = '8MB'"));
+    assert_false(dbk__pool_sql_sets_session("set transaction isolation level serializable"));
+    assert_true(dbk__pool_sql_sets_session("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"));
+
+    assert_true(dbk__pool_sql_is_plain_begin("BEGIN"));
+    assert_true(dbk__pool_sql_is_plain_begin(" begin transaction; "));
+    assert_false(dbk__pool_sql_is_plain_begin("BEGIN DEFERRED"));
+    assert_false(dbk__pool_sql_is_plain_begin("BEGIN IMMEDIATE"));
+    assert_false(dbk__pool_sql_is_plain_begin("BEGINNING"));
 
     assert_true(dbk__pool_sql_is_read("SELECT 1"));
     assert_true(dbk__pool_sql_is_read(" /* x */ select * from t"));
