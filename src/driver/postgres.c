@@ -95,6 +95,7 @@ typedef struct pg_conn {
     PGconn *conn; /* NULL once broken and closed */
     bool broken;
     bool sets_via_sql; /* the startup `options` were refused or ignored */
+    bool user_datestyle, user_timezone; /* set by the caller's own `options` */
     int statement_timeout_ms;
     int lock_timeout_ms;
     int connect_timeout_ms;
@@ -1593,7 +1594,10 @@ static void session_sets(const pg_conn *pc, char *buf, size_t size)
     size_t o = 0;
     buf[0] = '\0';
     if (pc->sets_via_sql) {
-        o += (size_t)snprintf(buf + o, size - o, "SET DateStyle = 'ISO'; SET TimeZone = 'UTC'; ");
+        if (!pc->user_datestyle)
+            o += (size_t)snprintf(buf + o, size - o, "SET DateStyle = 'ISO'; ");
+        if (!pc->user_timezone && o < size)
+            o += (size_t)snprintf(buf + o, size - o, "SET TimeZone = 'UTC'; ");
         if (pc->statement_timeout_ms > 0 && o < size)
             o += (size_t)snprintf(buf + o, size - o, "SET statement_timeout = %d; ",
                                   pc->statement_timeout_ms);
@@ -2044,7 +2048,10 @@ static dbk_rc pg_open(const struct dbk_config *cfg, void **impl, dbk_error *err)
      * parameters. */
     const char *ds = PQparameterStatus(conn, "DateStyle");
     const char *tz = PQparameterStatus(conn, "TimeZone");
-    if (!ds || strncmp(ds, "ISO", 3) != 0 || !tz || strcmp(tz, "UTC") != 0)
+    pc->user_datestyle = user_options && strcasestr(user_options, "datestyle");
+    pc->user_timezone = user_options && strcasestr(user_options, "timezone");
+    if ((!pc->user_datestyle && (!ds || strncmp(ds, "ISO", 3) != 0)) ||
+        (!pc->user_timezone && (!tz || strcmp(tz, "UTC") != 0)))
         pc->sets_via_sql = true;
     pc->server_version_num = PQserverVersion(conn);
     version_text(pc->server_version_num, pc->server_version, sizeof pc->server_version);

@@ -18,9 +18,14 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <pwd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "pgserver.h"
 #include "testutil.h"
 #include "core/internal.h" /* dbk__now_ns */
 #include "driver/driver.h" /* reset / txstate are internal */
@@ -411,6 +416,34 @@ static void postgres_unknown_parameter_is_config_error(void **state)
     free(url);
 }
 
+static void postgres_user_options_are_kept(void **state)
+{
+    (void)state;
+    char *url = dbkt_pg_fresh_db("pg_user_options");
+    char u[700];
+    snprintf(u, sizeof u, "%s?options=-c%%20TimeZone%%3DAsia/Tokyo%%20-c%%20work_mem%%3D3MB", url);
+    dbk_conn *c = open_set(u, NULL);
+    dbk_db *db = dbk_conn_db(c);
+    char buf[64];
+    q_text(db, "SHOW TimeZone", buf, sizeof buf);
+    assert_string_equal(buf, "Asia/Tokyo");
+    q_text(db, "SHOW work_mem", buf, sizeof buf);
+    assert_string_equal(buf, "3MB");
+    q_text(db, "SHOW DateStyle", buf, sizeof buf);
+    assert_true(strncmp(buf, "ISO", 3) == 0);
+    /* timestamptz still reads back exactly: the text carries its offset. */
+    dbk_value p = dbk_timestamp(1700000000654321LL);
+    dbk_error err;
+    dbk_result *r;
+    DBKT_OK(dbk_db_query(db, "SELECT $1::timestamptz", &p, 1, &r, &err), &err);
+    int64_t ts;
+    DBKT_OK(dbk_result_get_timestamp(r, 0, 0, &ts, &err), &err);
+    assert_true(ts == 1700000000654321LL);
+    dbk_result_free(r);
+    dbk_conn_close(c);
+    free(url);
+}
+
 static void postgres_application_name_visible(void **state)
 {
     (void)state;
@@ -423,6 +456,209 @@ static void postgres_application_name_visible(void **state)
            sizeof buf);
     assert_string_equal(buf, "dbkt-orders-api");
     dbk_conn_close(c);
+    free(url);
+}
+
+/* A private server (its pg_hba.conf is ours to change) with password
+ * authentication for one role: a wrong password is DBK_EAUTH and the
+ * password appears in no message. */
+static void postgres_wrong_password_is_auth_error(void **state)
+{
+    (void)state;
+    dbkt_pgserver *srv = dbkt_pgserver_start();
+    int port = dbkt_pgserver_port(srv);
+    PGconn *adm = PQconnectdb(dbkt_pgserver_url(srv));
+    assert_int_equal(PQstatus(adm), CONNECTION_OK);
+    PGresult *r = PQexec(adm, "CREATE ROLE dbkt_app LOGIN PASSWORD 'Right-Pa55word'");
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    r = PQexec(adm, "SHOW hba_file");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    FILE *f = fopen(PQgetvalue(r, 0, 0), "w");
+    PQclear(r);
+    assert_non_null(f);
+    fputs("local all all trust\n"
+          "host all postgres 127.0.0.1/32 trust\n"
+          "host all all 127.0.0.1/32 scram-sha-256\n",
+          f);
+    fclose(f);
+    r = PQexec(adm, "SELECT pg_reload_conf()");
+    PQclear(r);
+    PQfinish(adm);
+
+    char url[256];
+    snprintf(url, sizeof url, "postgres://dbkt_app:Wrong-Pa55word@127.0.0.1:%d/postgres", port);
+    dbk_conn *c = NULL;
+    dbk_error err;
+    dbk_rc rc = DBK_OK;
+    /* The reload is asynchronous: wait (bounded) until it bites. */
+    for (int i = 0; i < 50; i++) {
+        rc = try_open_set(url, NULL, &c, &err);
+        if (rc != DBK_OK)
+            break;
+        dbk_conn_close(c);
+        c = NULL;
+        usleep(100 * 1000);
+    }
+    DBKT_RC(DBK_EAUTH, rc);
+    assert_non_null(strstr(err.message, "password authentication failed"));
+    assert_null(strstr(err.message, "Wrong-Pa55word"));
+    assert_null(strstr(err.hint, "Wrong-Pa55word"));
+    assert_non_null(strstr(err.hint, "PASSWORD"));
+
+    snprintf(url, sizeof url, "postgres://dbkt_app:Right-Pa55word@127.0.0.1:%d/postgres", port);
+    DBKT_OK(try_open_set(url, NULL, &c, &err), &err);
+    char buf[64];
+    q_text(dbk_conn_db(c), "SELECT current_user", buf, sizeof buf);
+    assert_string_equal(buf, "dbkt_app");
+    dbk_conn_close(c);
+    dbkt_pgserver_stop(srv);
+}
+
+static void postgres_sslmode_require_without_tls_is_tls_error(void **state)
+{
+    (void)state;
+    char *url = dbkt_pg_fresh_db("pg_tls");
+    dbk_conn *c = dbkt_open(url);
+    char ssl[8];
+    q_text(dbk_conn_db(c), "SHOW ssl", ssl, sizeof ssl);
+    dbk_conn_close(c);
+    if (strcmp(ssl, "on") == 0) {
+        free(url);
+        dbkt_skip(0, "the test server has TLS on; this test needs a server without it");
+    }
+    char u[600];
+    snprintf(u, sizeof u, "%s?sslmode=require", url);
+    dbk_error err;
+    DBKT_RC(DBK_ETLS, try_open_set(u, NULL, &c, &err));
+    assert_non_null(strstr(err.message, "SSL"));
+    assert_non_null(strstr(err.hint, "sslmode"));
+    free(url);
+}
+
+/* ---- through PgBouncer ---- */
+
+/* Starts pgbouncer (transaction pooling, trust auth) in front of the test
+ * server on a free port, as user postgres when we are root. The child dies
+ * with this process (PR_SET_PDEATHSIG). Skips when pgbouncer is missing. */
+static pid_t pgbouncer_start(int *port)
+{
+    const char *bin = access("/usr/sbin/pgbouncer", X_OK) == 0 ? "/usr/sbin/pgbouncer"
+                      : access("/usr/bin/pgbouncer", X_OK) == 0 ? "/usr/bin/pgbouncer"
+                                                                 : NULL;
+    if (!bin)
+        dbkt_skip(0, "pgbouncer is not installed (apt-get install pgbouncer)");
+    char host[64];
+    int sport;
+    server_addr(host, sizeof host, &sport);
+    *port = unused_port();
+    char *dir = dbkt_tmpdir();
+    char sub[600], ini[700], users[700];
+    snprintf(sub, sizeof sub, "%s/pgbouncer", dir);
+    free(dir);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    snprintf(ini, sizeof ini, "%s/pgbouncer.ini", sub);
+    snprintf(users, sizeof users, "%s/users.txt", sub);
+    FILE *f = fopen(users, "w");
+    assert_non_null(f);
+    fputs("\"postgres\" \"\"\n", f);
+    fclose(f);
+    f = fopen(ini, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "[databases]\n* = host=%s port=%d\n[pgbouncer]\nlisten_addr = 127.0.0.1\n"
+            "listen_port = %d\nauth_type = trust\nauth_file = %s\npool_mode = transaction\n"
+            "max_client_conn = 20\ndefault_pool_size = 2\nunix_socket_dir =\n"
+            "logfile = %s/pgbouncer.log\npidfile = %s/pgbouncer.pid\n",
+            host, sport, *port, users, sub, sub);
+    fclose(f);
+    struct passwd *pw = geteuid() == 0 ? getpwnam("postgres") : NULL;
+    if (geteuid() == 0 && !pw)
+        dbkt_skip(0, "running as root without a postgres user to run pgbouncer as");
+    if (pw) {
+        assert_int_equal(chown(sub, pw->pw_uid, pw->pw_gid), 0);
+        assert_int_equal(chown(ini, pw->pw_uid, pw->pw_gid), 0);
+        assert_int_equal(chown(users, pw->pw_uid, pw->pw_gid), 0);
+        char *parent = dbkt_tmpdir();
+        chmod(parent, 0755);
+        free(parent);
+    }
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (pw && (setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0))
+            _exit(127);
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* after the uid change, which clears it */
+        execl(bin, bin, "-q", ini, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 100; i++) { /* at most 5 s */
+        int fd = connect_to("127.0.0.1", *port);
+        if (fd >= 0) {
+            close(fd);
+            return pid;
+        }
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            fail_msg("pgbouncer exited at start (see %s/pgbouncer.log)", sub);
+        usleep(50 * 1000);
+    }
+    kill(pid, SIGTERM);
+    fail_msg("pgbouncer did not listen on port %d within 5 s", *port);
+    return -1;
+}
+
+static void pgbouncer_stop(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    for (int i = 0; i < 100; i++) { /* at most 5 s, then SIGKILL */
+        if (waitpid(pid, NULL, WNOHANG) == pid)
+            return;
+        usleep(50 * 1000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+/* PgBouncer in transaction mode refuses (< 1.20) or parses `options`; the
+ * driver falls back to SET, and with stmt_cache_size=0 sends only unnamed
+ * statements. */
+static void postgres_through_pgbouncer_transaction_mode(void **state)
+{
+    (void)state;
+    char *plain = dbkt_pg_fresh_db("pg_bouncer");
+    free(plain);
+    int port;
+    pid_t pid = pgbouncer_start(&port);
+    char *url = url_at("127.0.0.1", port, "pg_bouncer", "sslmode=disable");
+    const char *kv[] = {"stmt_cache_size", "0", "statement_timeout", "7000", NULL};
+    dbk_conn *c = open_set(url, kv);
+    dbk_db *db = dbk_conn_db(c);
+    char buf[64];
+    q_text(db, "SHOW TimeZone", buf, sizeof buf);
+    assert_string_equal(buf, "UTC");
+    q_text(db, "SHOW DateStyle", buf, sizeof buf);
+    assert_true(strncmp(buf, "ISO", 3) == 0);
+    exec0(db, "CREATE TABLE t (id bigserial PRIMARY KEY, ts timestamptz, b bytea)");
+    dbk_error err;
+    for (int i = 0; i < 200; i++) {
+        dbk_value p[2] = {dbk_timestamp(1700000000000001LL + i), dbk_blob("\0\xff", 2)};
+        DBKT_OK(dbk_db_exec(db, "INSERT INTO t (ts, b) VALUES ($1, $2)", p, 2, NULL, &err), &err);
+    }
+    assert_int_equal(q_int(db, "SELECT count(*) FROM t"), 200);
+    int64_t ts;
+    dbk_result *r;
+    DBKT_OK(dbk_db_query(db, "SELECT max(ts) FROM t", NULL, 0, &r, &err), &err);
+    DBKT_OK(dbk_result_get_timestamp(r, 0, 0, &ts, &err), &err);
+    assert_true(ts == 1700000000000200LL);
+    dbk_result_free(r);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM pg_prepared_statements"), 0);
+    DBKT_OK(reset(c, &err), &err);
+    q_text(db, "SHOW TimeZone", buf, sizeof buf);
+    assert_string_equal(buf, "UTC");
+    DBKT_OK(dbk_conn_ping(c, 1000, &err), &err);
+    dbk_conn_close(c);
+    pgbouncer_stop(pid);
     free(url);
 }
 
@@ -1363,6 +1599,10 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(postgres_multi_host_skips_dead_host),
     cmocka_unit_test(postgres_unknown_parameter_is_config_error),
     cmocka_unit_test(postgres_application_name_visible),
+    cmocka_unit_test(postgres_user_options_are_kept),
+    cmocka_unit_test(postgres_wrong_password_is_auth_error),
+    cmocka_unit_test(postgres_sslmode_require_without_tls_is_tls_error),
+    cmocka_unit_test(postgres_through_pgbouncer_transaction_mode),
     cmocka_unit_test(postgres_statement_timeout),
     cmocka_unit_test(postgres_lock_timeout_is_busy),
     cmocka_unit_test(postgres_frozen_server_hits_client_deadline),
