@@ -930,6 +930,10 @@ static void postgres_server_types_map_to_cells(void **state)
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
     dbk_result *r;
+    exec0(db, "CREATE DOMAIN posint AS bigint CHECK (VALUE > 0)");
+    DBKT_OK(dbk_db_query(db, "SELECT 5::posint AS dom", NULL, 0, &r, &err), &err);
+    assert_int_equal(dbk_result_type(r, 0, 0), DBK_TYPE_INT64); /* domains: their base type */
+    dbk_result_free(r);
     DBKT_OK(dbk_db_query(db,
                          "SELECT 1::int2 AS a, 2::int4 AS b, 3::int8 AS c, 4::oid AS d, "
                          "1.5::float4 AS e, 'Infinity'::float8 AS f, 12.50::numeric AS g, "
