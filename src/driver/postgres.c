@@ -676,7 +676,11 @@ static dbk_rc result_error(pg_conn *pc, const PGresult *res, dbk_error *err)
 {
     const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-    bool bad = !pc->conn || PQstatus(pc->conn) == CONNECTION_BAD;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    /* After FATAL or PANIC the server closes the session, even if libpq
+     * has not read the end of the stream yet. */
+    bool bad = !pc->conn || PQstatus(pc->conn) == CONNECTION_BAD ||
+               (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0));
     dbk_rc rc;
     if (state && strlen(state) == 5)
         rc = dbk__rc_from_sqlstate(state);
@@ -925,13 +929,16 @@ static dbk_rc build_result(PGresult *res, dbk_result **out, dbk_error *err)
                 c->type = DBK_TYPE_BOOL;
                 c->v.i = v[0] == 't';
                 break;
-            case K_BYTEA:
-                rc = decode_bytea(r, c, v, len);
-                if (rc == DBK_EINTERNAL)
+            case K_BYTEA: {
+                dbk_rc brc = decode_bytea(r, c, v, len);
+                if (brc == DBK_EINTERNAL) {
+                    rc = brc;
                     goto bad_value;
-                if (rc)
-                    goto done;
+                }
+                if (brc)
+                    goto done; /* rc is still DBK_ENOMEM */
                 break;
+            }
             case K_TS:
                 /* 'infinity', BC dates and years past 9999 stay text. */
                 if (dbk_timestamp_parse(v, len, &c->v.i) == DBK_OK) {
@@ -1319,6 +1326,9 @@ static dbk_rc exec_miss(pg_conn *pc, struct pg_stmt *s, const struct pg_params *
         PQclear(r); /* PGRES_PIPELINE_SYNC */
         if (dealloc_all) {
             if (ok_upto) {
+                /* Statements cached since DEALLOCATE ALL was queued are
+                 * gone as well. */
+                cache_clear(pc);
                 pc->pending_all = false;
                 pc->npending = 0;
             }
@@ -1622,13 +1632,14 @@ static dbk_rc pg_reset(void *impl, dbk_error *err)
         return broken_err(err);
     }
     /* RESET ALL goes back to the startup values, which include dbkit's own
-     * settings; prepared statements survive (no DISCARD ALL). */
+     * settings; it leaves ROLE and SESSION AUTHORIZATION alone, hence their
+     * own RESETs. Prepared statements survive (no DISCARD ALL). */
     char sets[256];
     session_sets(pc, sets, sizeof sets);
     char sql[512];
     snprintf(sql, sizeof sql,
-             "%sRESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); "
-             "DISCARD TEMP; %s",
+             "%sRESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; CLOSE ALL; UNLISTEN *; "
+             "SELECT pg_advisory_unlock_all(); DISCARD TEMP; %s",
              ts == PQTRANS_IDLE ? "" : "ROLLBACK; ", sets);
     dbk_rc rc = run_script(pc, sql, stmt_deadline(pc), err);
     if (rc == DBK_OK && PQtransactionStatus(pc->conn) != PQTRANS_IDLE) {

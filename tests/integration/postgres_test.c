@@ -1435,6 +1435,23 @@ static void postgres_terminated_backend_is_connection_lost(void **state)
     free(url);
 }
 
+/* The server ends a session idle in a transaction too long (FATAL 25P03):
+ * the next call sees a lost connection, not a plain SQL error. */
+static void postgres_idle_in_transaction_timeout_is_connection_lost(void **state)
+{
+    (void)state;
+    char *url = dbkt_pg_fresh_db("pg_idle_tx");
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    exec0(db, "SET idle_in_transaction_session_timeout = 100; BEGIN");
+    usleep(600 * 1000);
+    dbk_error err;
+    DBKT_RC(DBK_ECONN_LOST, dbk_db_exec(db, "SELECT 1", NULL, 0, NULL, &err));
+    assert_int_equal(txstate(c), DBK__TX_BROKEN);
+    dbk_conn_close(c);
+    free(url);
+}
+
 /* Cached statement, new connection, terminated while idle between calls,
  * with a send big enough to hit the dead socket. */
 static void postgres_dead_socket_write_never_raises_sigpipe(void **state)
@@ -1474,8 +1491,11 @@ static void postgres_reset_restores_session_defaults(void **state)
     char wm[32], sp[64];
     q_text(db, "SHOW work_mem", wm, sizeof wm);
     q_text(db, "SHOW search_path", sp, sizeof sp);
+    char user[64];
+    q_text(db, "SELECT current_user", user, sizeof user);
     exec0(db, "SET work_mem = '7MB'; SET search_path = nowhere; SET statement_timeout = 0; "
-              "SET TimeZone = 'Asia/Tokyo'; CREATE TEMP TABLE scratch (x int)");
+              "SET TimeZone = 'Asia/Tokyo'; CREATE TEMP TABLE scratch (x int); "
+              "SET ROLE pg_monitor");
     /* Prepare something first: it must survive the reset. */
     dbk_value p = dbk_int64(1);
     int64_t got;
@@ -1492,6 +1512,8 @@ static void postgres_reset_restores_session_defaults(void **state)
     assert_string_equal(buf, "4321");
     q_text(db, "SHOW TimeZone", buf, sizeof buf);
     assert_string_equal(buf, "UTC");
+    q_text(db, "SELECT current_user", buf, sizeof buf);
+    assert_string_equal(buf, user);
     assert_int_equal(q_int(db, "SELECT count(*) FROM pg_tables WHERE tablename = 'scratch'"), 0);
     assert_int_equal(q_int(db, "SELECT count(*) FROM pg_prepared_statements "
                                "WHERE statement = 'SELECT $1::int + 100'"),
@@ -1626,6 +1648,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(postgres_stmt_dropped_behind_cache_is_reprepared),
     cmocka_unit_test(postgres_ddl_changing_cached_result_is_retried),
     cmocka_unit_test(postgres_terminated_backend_is_connection_lost),
+    cmocka_unit_test(postgres_idle_in_transaction_timeout_is_connection_lost),
     cmocka_unit_test(postgres_dead_socket_write_never_raises_sigpipe),
     cmocka_unit_test(postgres_reset_restores_session_defaults),
     cmocka_unit_test(postgres_reset_rolls_back_open_transaction),
