@@ -38,11 +38,16 @@
  * marks the connection dirty (PostgreSQL), DBK_ECONN_LOST marks it broken
  * and makes every idle connection suspect (pinged before its next loan),
  * DBK_EREADONLY on PostgreSQL bumps the pool generation (failover: every
- * connection is recycled). On SQLite, statements that may write pass an
- * in-process write gate (one writer at a time, held across an explicit
- * transaction), and an autocommit statement that still meets SQLITE_BUSY
- * is retried within the busy_timeout budget; readers run in parallel under
- * WAL. See docs/pool.md for the measurements behind that choice.
+ * connection is recycled). On SQLite, writers wait for each other inside
+ * SQLite (busy_timeout); a plain BEGIN runs as BEGIN IMMEDIATE so that a
+ * transaction takes the write lock before it has read anything (a deferred
+ * one could only fail later, with SQLITE_BUSY, when it upgrades), and an
+ * autocommit statement or BEGIN that still meets SQLITE_BUSY is retried
+ * within another busy_timeout budget; readers run in parallel under WAL.
+ * An in-process write gate (one writer at a time, FIFO-ish hand-off on a
+ * condition variable) is kept as an option: it cut the slowest write but
+ * halved throughput or worse in bench/pool_bench.c, so it is off (see
+ * docs/pool.md for the figures).
  *
  * fork(): a pthread_atfork child handler bumps a process-wide counter; every
  * entry point compares it with the pool's copy (one relaxed load, cheaper
@@ -620,12 +625,13 @@ static dbk_rc pc_run(dbk_db *db, const char *sql, const dbk_value *params, size_
         return rc;
     }
 
-    /* SQLite: write gate, then bounded retry of busy autocommit statements.
-     * A plain BEGIN becomes BEGIN IMMEDIATE: the write lock is taken (and
-     * waited for, and retried) while nothing has happened yet, instead of
-     * failing with SQLITE_BUSY in the middle of the transaction. */
+    /* SQLite: the optional write gate, then bounded retry of busy
+     * autocommit statements. A plain BEGIN becomes BEGIN IMMEDIATE: the
+     * write lock is taken (and waited for, and retried) while nothing has
+     * happened yet, instead of failing with SQLITE_BUSY in the middle of
+     * the transaction. */
     bool gated = p->use_gate && !dbk__pool_sql_is_read(sql);
-    if (gated && dbk__pool_sql_is_plain_begin(sql))
+    if (dbk__pool_sql_is_plain_begin(sql))
         sql = "BEGIN IMMEDIATE";
     bool was_idle = c->drv->txstate(c->impl) == DBK__TX_IDLE;
     int64_t deadline = 0;
@@ -1349,7 +1355,7 @@ dbk_rc dbk_pool_open(const dbk_config *cfg, const dbk_pool_opts *opts, dbk_pool 
     p->rng = (uint64_t)dbk__now_ns() ^ ((uint64_t)(uintptr_t)p << 16) ^ 0x9e3779b97f4a7c15ULL;
     if (!p->rng)
         p->rng = 1;
-    p->use_gate = cfg->engine == DBK_ENGINE_SQLITE;
+    p->use_gate = false; /* see the top of this file */
     p->gate_timeout_ms = cfg->busy_timeout_ms > 0 ? cfg->busy_timeout_ms : o.acquire_timeout_ms;
 
     pthread_mutex_init(&p->mu, NULL);

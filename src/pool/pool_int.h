@@ -9,10 +9,12 @@
 
 #include "dbkit/pool.h"
 
-/* SQLite only: whether statements that may write pass through the pool's
- * in-process write gate (default on). With it off, concurrent writers rely
- * on SQLite's busy_timeout plus the pool's bounded retry of DBK_EBUSY for
- * autocommit statements. Call before the pool is shared. */
+/* SQLite only: whether statements that may write pass through an
+ * in-process write gate (one writer at a time; default off). Without it,
+ * concurrent writers rely on SQLite's busy_timeout, BEGIN run as BEGIN
+ * IMMEDIATE and the pool's bounded retry of DBK_EBUSY for autocommit
+ * statements. bench/pool_bench.c measures both. Call before the pool is
+ * shared. */
 void dbk__pool_set_sqlite_gate(dbk_pool *pool, bool on);
 
 /* Statement classification used by the pool (exposed for unit tests):
