@@ -455,12 +455,16 @@ static void pk_setup(const char *url, int64_t rows)
     dbk_pool_close(pool, 1000);
 }
 
-static void run_pk(const char *url, int threads, double seconds, int64_t rows, bool only_pool)
+static void run_pk(const char *url, int threads, double seconds, int64_t rows, bool only_pool,
+                   bool only_raw)
 {
+    /* machine-readable, for pool_pgbench.sh */
     if (only_pool) {
-        /* machine-readable, for pool_pgbench.sh */
-        double q = pk_run(url, false, threads, seconds, rows);
-        printf("pool_qps %.0f\n", q);
+        printf("pool_qps %.0f\n", pk_run(url, false, threads, seconds, rows));
+        return;
+    }
+    if (only_raw) {
+        printf("raw_qps %.0f\n", pk_run(url, true, threads, seconds, rows));
         return;
     }
     printf("pk: primary-key lookups, %d threads, %.0f s, %lld rows\n", threads, seconds,
@@ -480,6 +484,7 @@ static void run_pk(const char *url, int threads, double seconds, int64_t rows, b
 int main(int argc, char **argv)
 {
     bool micro = false, sqlite = false, pk = false, setup = false, pool_only = false;
+    bool raw_only = false;
     const char *url = NULL;
     int threads = 8;
     double seconds = 5;
@@ -503,9 +508,11 @@ int main(int argc, char **argv)
             setup = true;
         else if (!strcmp(argv[i], "--pool-only"))
             pool_only = true;
+        else if (!strcmp(argv[i], "--raw-only"))
+            raw_only = true;
         else {
             fprintf(stderr, "usage: %s [micro] [sqlite] [pk] [--pg-url URL] [--threads N] "
-                            "[--seconds S] [--rows N] [--setup] [--pool-only]\n",
+                            "[--seconds S] [--rows N] [--setup] [--pool-only | --raw-only]\n",
                     argv[0]);
             return 2;
         }
@@ -531,7 +538,7 @@ int main(int argc, char **argv)
         }
         if (setup)
             pk_setup(url, rows);
-        run_pk(url, threads, seconds, rows, pool_only);
+        run_pk(url, threads, seconds, rows, pool_only, raw_only);
     }
     if (tmpdir[0])
         rmdir(tmpdir);

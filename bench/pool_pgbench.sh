@@ -5,9 +5,11 @@
 #   pgbench -n -M prepared -c 8 -j 2 -T <seconds> -f <pk.sql>
 #   pool_bench pk --threads 8 --seconds <seconds> --pool-only
 #
+# plus, for context, the same 8 threads on raw libpq (one connection each,
+# PQexecPrepared): the blocking thread-per-connection model without dbkit.
 # Creates database dbkit_pool_bench with a users table of 100,000 rows
-# (dropped again at the end), alternates the two for ROUNDS rounds and
-# prints the best queries/s of each and their ratio (target >= 0.9).
+# (dropped again at the end), alternates the three for ROUNDS rounds and
+# prints the best queries/s of each and the ratios (target >= 0.9 of pgbench).
 #
 # usage: bench/pool_pgbench.sh [BUILD_DIR]     (default: build)
 # env:   DBKIT_BENCH_PG_URL or DBKIT_TEST_PG_URL  admin URL (postgres://.../postgres)
@@ -62,22 +64,29 @@ SQL
 
 best_pg=0
 best_pool=0
+best_raw=0
 for r in $(seq 1 "$ROUNDS"); do
   pg=$("$PGBENCH" -n -M prepared -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/pk.sql" "$URL" 2>&1 |
        awk '/^tps = / {print int($3)}' | tail -1)
   pool=$("$BENCH" pk --pg-url "$URL" --threads "$CLIENTS" --seconds "$SECS" --rows "$ROWS" \
          --pool-only | awk '/^pool_qps / {print $2}')
-  echo "round $r: pgbench ${pg:-?} q/s, dbkit pool ${pool:-?} q/s"
+  raw=$("$BENCH" pk --pg-url "$URL" --threads "$CLIENTS" --seconds "$SECS" --rows "$ROWS" \
+        --raw-only | awk '/^raw_qps / {print $2}')
+  echo "round $r: pgbench ${pg:-?} q/s, dbkit pool ${pool:-?} q/s, raw libpq threads ${raw:-?} q/s"
   [ -n "$pg" ] && [ "$pg" -gt "$best_pg" ] && best_pg=$pg
   [ -n "$pool" ] && [ "$pool" -gt "$best_pool" ] && best_pool=$pool
+  [ -n "$raw" ] && [ "$raw" -gt "$best_raw" ] && best_raw=$raw
 done
 
 echo "primary-key lookups, $ROWS rows, $CLIENTS clients/threads, best of $ROUNDS x ${SECS}s, $(nproc) CPUs"
 printf '  %-52s %9d q/s\n' "baseline: pgbench -n -M prepared -c $CLIENTS -j 2" "$best_pg"
-if [ "$best_pg" -gt 0 ]; then
+if [ "$best_pg" -gt 0 ] && [ "$best_raw" -gt 0 ]; then
   ratio=$(awk -v a="$best_pool" -v b="$best_pg" 'BEGIN {printf "%.3f", a / b}')
-  printf '  %-52s %9d q/s   ratio %s (target >= 0.90)\n' "dbkit pool dbk_db_query, $CLIENTS threads" \
-    "$best_pool" "$ratio"
+  rraw=$(awk -v a="$best_raw" -v b="$best_pg" 'BEGIN {printf "%.3f", a / b}')
+  rpool=$(awk -v a="$best_pool" -v b="$best_raw" 'BEGIN {printf "%.3f", a / b}')
+  printf '  %-52s %9d q/s   ratio %s\n' "raw libpq PQexecPrepared, $CLIENTS threads" "$best_raw" "$rraw"
+  printf '  %-52s %9d q/s   ratio %s (target >= 0.90); %s of raw libpq\n' \
+    "dbkit pool dbk_db_query, $CLIENTS threads" "$best_pool" "$ratio" "$rpool"
 else
   echo "pool_pgbench: pgbench produced no figure" >&2
   exit 1
