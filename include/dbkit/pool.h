@@ -56,8 +56,10 @@ typedef struct dbk_pool_opts {
  *
  * A dbk_pool owns up to max_size connections to one database and lends
  * them out. It is thread-safe: every function below may be called from any
- * thread at once, except dbk_pool_set_hooks() (before first use) and
- * dbk_pool_close() (once, when no other thread starts new calls).
+ * thread at once, except dbk_pool_set_hooks() and
+ * dbk_pool_set_reset_policy() (before the pool is shared) and
+ * dbk_pool_close() (once; calls racing with it fail with DBK_EPOOL_CLOSED,
+ * but none may start after it returned).
  *
  * Behaviour in short (docs/pool.md has the long form):
  *  - Waiters are served in arrival order; a released connection goes
@@ -80,6 +82,11 @@ typedef struct dbk_pool_opts {
  *  - Released connections carry no state to the next borrower (see
  *    dbk_pool_release()).
  *  - A pool used in a child process after fork() refuses with DBK_EMISUSE.
+ *  - SQLite: readers run in parallel under WAL; writers wait for each other
+ *    inside SQLite (busy_timeout); a plain "BEGIN" on a pooled connection
+ *    runs as BEGIN IMMEDIATE, and an autocommit statement that still meets
+ *    SQLITE_BUSY is retried within another busy_timeout. Concurrent writers
+ *    and readers never see DBK_EBUSY unless a write waits that long.
  * ------------------------------------------------------------------------ */
 
 typedef struct dbk_pool dbk_pool;
@@ -145,7 +152,8 @@ DBK_API dbk_db *dbk_pool_db(dbk_pool *pool);
  * (string literals). Use the dbk_pool_acquire() macro, which passes them.
  *
  * On DBK_OK *out is borrowed from the pool and belongs to the calling
- * thread until dbk_pool_release(); run SQL on dbk_conn_db(*out). Errors:
+ * thread until dbk_pool_release(); run SQL on dbk_conn_db(*out). Never
+ * dbk_conn_close() a borrowed connection: release it. Errors:
  * DBK_EMISUSE (NULL arguments; a pool used after fork()), DBK_EPOOL_CLOSED,
  * DBK_EPOOL_TIMEOUT (the timeout passed, or max_waiters callers already
  * queue - the message says which), DBK_EUNAVAILABLE / DBK_EAUTH / ... (the
