@@ -604,12 +604,16 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
     }
 
     rc = ctl(r, "COMMIT", err);
-    if (rc == DBK_ECONN_LOST) {
+    /* Lost connection, or the driver gave up waiting and closed it (its
+     * client deadline): the server may have committed or not. An error
+     * the server itself reported on a live connection is a known outcome. */
+    if (rc == DBK_ECONN_LOST || rc == DBK_ECOMMIT_UNKNOWN ||
+        (rc != DBK_OK && txstate(r) == DBK__TX_BROKEN)) {
         char msg[DBK_ERROR_MESSAGE_MAX];
         dbk__strlcpy(msg, err->message, sizeof msg);
         dbk__err(err, DBK_ECOMMIT_UNKNOWN,
-                 "connection lost while COMMIT was in flight; the transaction may or may not "
-                 "have committed: %s",
+                 "the connection failed while COMMIT was in flight; the transaction may or "
+                 "may not have committed: %s",
                  msg);
         dbk__err_hint(err, "do not blindly re-run it: check whether its effects are there, or "
                            "make it idempotent with a unique request key (see "

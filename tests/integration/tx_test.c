@@ -1066,13 +1066,23 @@ static void tx_nested_retryable_error_retries_outermost(void **state)
 
 struct kill_ctx {
     int runs;
+    int hook_runs;
 };
+
+static void kill_hook(void *ctx)
+{
+    struct kill_ctx *c = ctx;
+    c->hook_runs++;
+}
 
 static dbk_rc kill_before_commit(dbk_db *tx, void *ctx, dbk_error *err)
 {
     struct kill_ctx *c = ctx;
     c->runs++;
     dbk_rc rc = dbk_db_exec(tx, "INSERT INTO kv (k, v) VALUES ('maybe', 1)", NULL, 0, NULL, err);
+    if (rc)
+        return rc;
+    rc = dbk_tx_after_commit(tx, kill_hook, c, err);
     if (rc)
         return rc;
     int64_t pid = 0;
@@ -1095,13 +1105,15 @@ static void tx_connection_lost_during_commit_is_unknown(void **state)
     dbk_db *db = dbk_conn_db(conn);
     dbk_error err;
     exec_ok(db, "CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)");
-    struct kill_ctx c = {0};
+    struct kill_ctx c = {0, 0};
     struct count_ctx rc_count = {0, 0, 0, DBK_OK};
     dbk_tx_opts o = {0};
     o.on_retry = count_retry;
     o.on_retry_ctx = &rc_count;
     DBKT_RC(DBK_ECOMMIT_UNKNOWN, dbk_transaction(db, kill_before_commit, &c, &o, &err));
     assert_int_equal(c.runs, 1); /* never retried */
+    assert_int_equal(c.hook_runs, 0); /* no commit seen: no after-commit hook */
+    fprintf(stderr, "commit unknown: %s (hint: %s)\n", err.message, err.hint);
     assert_int_equal(rc_count.retries, 0);
     assert_non_null(strstr(err.message, "COMMIT"));
     assert_non_null(strstr(err.hint, "idempotent"));
