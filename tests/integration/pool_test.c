@@ -257,7 +257,9 @@ static void *load_thread(void *arg)
         if (i % 2 == 0) {
             dbk_value v = dbk_int64(i);
             int64_t out = 0;
-            rc = dbk_db_query_int64(db, "SELECT $1::bigint + 1", &v, 1, &out, &err);
+            /* a millisecond of server time, so that the pool must grow to its max */
+            rc = dbk_db_query_int64(db, "SELECT $1::bigint + 1 FROM pg_sleep(0.001)", &v, 1, &out,
+                                    &err);
             if (rc == DBK_OK && out != i + 1)
                 rc = DBK_EINTERNAL;
         } else {
@@ -339,8 +341,8 @@ static void pool_sixty_four_threads_max_eight(void **state)
     assert_int_equal(atomic_load(&L.done), THREADS * OPS);
     assert_int_equal(m.failed, 0);
     assert_true(m.samples > 0);
-    assert_true(m.max_seen >= 1);
-    if (m.max_seen > 8)
+    assert_true(m.max_seen >= 2); /* the pool grew under load... */
+    if (m.max_seen > 8) /* ...and never past its max */
         fail_msg("pg_stat_activity showed %d connections for a pool of max 8", m.max_seen);
     assert_int_equal(query_i64(db, "SELECT n FROM counter WHERE id = 1"), THREADS * OPS / 2);
 
