@@ -30,10 +30,12 @@
  * holds the transaction's locks much past the deadline even if the client
  * stalls.
  *
- * Internal statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) go straight to
- * the driver's script call (one simple-protocol round trip on PostgreSQL,
- * like a hand-written PQexec("BEGIN")), and are reported to the parent
- * executor's observer when one is installed.
+ * Every statement, the closure's and the control statements (BEGIN,
+ * COMMIT, ROLLBACK, SAVEPOINT), runs through the pinned connection's own
+ * executor, so a pool sees each one as it sees any other statement; each
+ * costs one round trip on PostgreSQL, like a hand-written transaction.
+ * Control statements are reported to the parent executor's observer when
+ * one is installed.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -141,17 +143,14 @@ static void sleep_ms(int ms)
 
 /*
  * One control statement. It normally goes through the pinned connection's
- * own executor, like the closure's statements, so that a pool sees it (on
- * SQLite the pool's write gate is taken by BEGIN IMMEDIATE and left after
- * COMMIT; a connection lost during COMMIT is marked broken). Two kinds go
- * straight to the driver (r->direct / `direct`), because the pool would
- * misread them: the PostgreSQL BEGIN that carries the transaction-local
- * timeout settings (set_config(..., true) ends with the transaction; the
- * pool would take it for a session change and reset the connection on
- * every release), and every control statement of a read-only SQLite
- * transaction (it takes no write lock, so it must not hold the pool's
- * write gate either). A single statement goes through run() (drivers cache
- * its preparation), several through script() (one round trip).
+ * own executor, like the closure's statements, so that a pool sees it (a
+ * connection lost during COMMIT is marked broken; on SQLite the pool's
+ * optional write gate is taken by BEGIN IMMEDIATE and left after COMMIT).
+ * The control statements of a read-only SQLite transaction go straight to
+ * the driver (`direct`): it takes no write lock, so it must not queue on
+ * or hold the pool's write gate either. A single statement goes through
+ * run() (drivers cache its preparation), several through script() (one
+ * round trip).
  */
 static dbk_rc ctl_exec(dbk_conn *c, const char *sql, bool direct, dbk_error *err)
 {
@@ -562,8 +561,7 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
     if (cf->timeout_ms > 0)
         r->deadline_ns = dbk__now_ns() + (int64_t)cf->timeout_ms * 1000000LL;
     r->direct = r->engine == DBK_ENGINE_SQLITE && cf->read_only;
-    bool begin_direct = r->direct || (r->engine == DBK_ENGINE_POSTGRES && cf->timeout_ms > 0);
-    dbk_rc rc = ctl_as(r, sql, begin_direct, err);
+    dbk_rc rc = ctl(r, sql, err);
     if (rc) {
         rollback(r);
         if (dbk_rc_is_retryable(rc))
