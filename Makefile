@@ -4,7 +4,7 @@
 #               Redis, run every test (plain, ASan+UBSan, TSan, fuzz smoke)
 # Other targets: build, bench, fuzz, valgrind, install, format, clean.
 
-BUILD ?= build
+BUILD ?= build-demo
 JOBS ?= 2
 PREFIX ?= /usr/local
 
@@ -19,7 +19,7 @@ deps-test:
 	@bash scripts/deps.sh test
 
 build: deps-demo
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDBKIT_TESTS=OFF -DDBKIT_BENCH=OFF >/dev/null
 	@cmake --build $(BUILD) -j$(JOBS)
 
 demo: build
@@ -45,4 +45,4 @@ format:
 	@clang-format -i include/dbkit/*.h src/*/*.c src/*/*.h cli/*.c tests/*/*.c tests/*/*.h
 
 clean:
-	@rm -rf build build-asan build-tsan build-fuzz build-valgrind
+	@rm -rf build build-demo build-asan build-tsan build-fuzz build-valgrind
