@@ -135,6 +135,12 @@ struct slot {
     bool gate_held;  /* SQLite write gate */
 };
 
+/* A doubly linked list of slots with its length (the idle and busy lists). */
+struct slot_list {
+    struct slot *head, *tail;
+    int n;
+};
+
 struct waiter {
     pthread_cond_t cv;
     struct waiter *prev, *next;
@@ -161,10 +167,10 @@ struct dbk_pool {
     long pid;
 
     /* lists */
-    struct slot *idle_head, *idle_tail;
-    struct slot *busy_head, *busy_tail; /* head: most recent acquire */
+    struct slot_list idle;
+    struct slot_list busy; /* head: most recent acquire */
     struct waiter *wq_head, *wq_tail;
-    int n_idle, n_busy, n_opening, n_closing, n_waiting;
+    int n_opening, n_closing, n_waiting;
     int n_wait_threads; /* threads inside the wait loop (close waits them out) */
 
     uint64_t generation;
@@ -303,57 +309,53 @@ bool dbk__pool_sql_is_read(const char *sql)
 
 /* ---- lists (pool lock held) ---- */
 
-static void idle_push(dbk_pool *p, struct slot *s)
+/* Push at the head; the idle list lends from the head (most recently used)
+ * and retires from the tail, the busy list reports holders from the tail. */
+static void list_push(struct slot_list *l, struct slot *s)
 {
     s->prev = NULL;
-    s->next = p->idle_head;
-    if (p->idle_head)
-        p->idle_head->prev = s;
+    s->next = l->head;
+    if (l->head)
+        l->head->prev = s;
     else
-        p->idle_tail = s;
-    p->idle_head = s;
-    p->n_idle++;
+        l->tail = s;
+    l->head = s;
+    l->n++;
 }
 
-static void idle_remove(dbk_pool *p, struct slot *s)
+static void list_remove(struct slot_list *l, struct slot *s)
 {
     if (s->prev)
         s->prev->next = s->next;
     else
-        p->idle_head = s->next;
+        l->head = s->next;
     if (s->next)
         s->next->prev = s->prev;
     else
-        p->idle_tail = s->prev;
+        l->tail = s->prev;
     s->prev = s->next = NULL;
-    p->n_idle--;
+    l->n--;
+}
+
+static void idle_push(dbk_pool *p, struct slot *s)
+{
+    list_push(&p->idle, s);
+}
+
+static void idle_remove(dbk_pool *p, struct slot *s)
+{
+    list_remove(&p->idle, s);
 }
 
 static void busy_push(dbk_pool *p, struct slot *s)
 {
-    s->prev = NULL;
-    s->next = p->busy_head;
-    if (p->busy_head)
-        p->busy_head->prev = s;
-    else
-        p->busy_tail = s;
-    p->busy_head = s;
-    p->n_busy++;
+    list_push(&p->busy, s);
     s->busy = true;
 }
 
 static void busy_remove(dbk_pool *p, struct slot *s)
 {
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        p->busy_head = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    else
-        p->busy_tail = s->prev;
-    s->prev = s->next = NULL;
-    p->n_busy--;
+    list_remove(&p->busy, s);
     s->busy = false;
 }
 
@@ -385,7 +387,7 @@ static void wq_remove(dbk_pool *p, struct waiter *w)
 
 static int capacity_used(const dbk_pool *p)
 {
-    return p->n_idle + p->n_busy + p->n_opening + p->n_closing;
+    return p->idle.n + p->busy.n + p->n_opening + p->n_closing;
 }
 
 static bool forked(const dbk_pool *p)
@@ -759,21 +761,21 @@ static dbk_rc timeout_error(dbk_pool *p, int64_t waited_ms, dbk_error *err)
     size_t n = 0;
     append(msg, sizeof msg, &n,
            "no pooled connection within %lld ms (max %d, in use %d, idle %d, waiting %d",
-           (long long)waited_ms, p->o.max_size, p->n_busy, p->n_idle, p->n_waiting);
+           (long long)waited_ms, p->o.max_size, p->busy.n, p->idle.n, p->n_waiting);
     if (p->n_opening)
         append(msg, sizeof msg, &n, ", opening %d", p->n_opening);
     append(msg, sizeof msg, &n, ")");
-    if (p->busy_tail) {
+    if (p->busy.tail) {
         append(msg, sizeof msg, &n, "; held longest first: ");
         int64_t now = coarse_now_ns();
         int shown = 0;
         const size_t reserve = 24; /* "; and 99999 more" */
-        for (struct slot *s = p->busy_tail; s; s = s->prev) {
+        for (struct slot *s = p->busy.tail; s; s = s->prev) {
             char one[128];
             format_site(one, sizeof one, &s->site, (now - s->acquired_ns) / 1000000);
             size_t need = strlen(one) + (shown ? 2 : 0);
             if (n + need + reserve >= sizeof msg) {
-                append(msg, sizeof msg, &n, "; and %d more", p->n_busy - shown);
+                append(msg, sizeof msg, &n, "; and %d more", p->busy.n - shown);
                 break;
             }
             append(msg, sizeof msg, &n, "%s%s", shown ? ", " : "", one);
@@ -802,7 +804,7 @@ static dbk_rc acquire(dbk_pool *p, const struct site *site, dbk_conn **out, dbk_
             pthread_mutex_unlock(&p->mu);
             return dbk__err(err, DBK_EPOOL_CLOSED, "the connection pool is closed");
         }
-        struct slot *s = p->idle_head;
+        struct slot *s = p->idle.head;
         if (s) {
             idle_remove(p, s);
             int64_t now = coarse_now_ns();
@@ -1021,7 +1023,7 @@ static void release(dbk_pool *p, dbk_conn *c, bool force_reset)
         bool free_now = false;
         if (p->closing) {
             pthread_cond_broadcast(&p->drain_cv);
-            free_now = p->orphaned && p->n_busy == 0 && p->n_closing == 0 &&
+            free_now = p->orphaned && p->busy.n == 0 && p->n_closing == 0 &&
                        p->n_wait_threads == 0;
         } else {
             wake_worker(p);
@@ -1110,11 +1112,11 @@ static int maintenance_scan(dbk_pool *p, struct slot **out, int cap, struct leak
 {
     int64_t now = coarse_now_ns();
     int n = 0;
-    struct slot *s = p->idle_tail;
+    struct slot *s = p->idle.tail;
     while (s && n < cap) {
         struct slot *prev = s->prev;
         bool go = s->gen != p->generation || (s->retire_ns && now >= s->retire_ns) ||
-                  (p->o.idle_timeout_ms > 0 && p->n_idle > p->o.min_idle &&
+                  (p->o.idle_timeout_ms > 0 && p->idle.n > p->o.min_idle &&
                    now - s->idle_since_ns >= MS(p->o.idle_timeout_ms));
         if (go) {
             idle_remove(p, s);
@@ -1125,7 +1127,7 @@ static int maintenance_scan(dbk_pool *p, struct slot **out, int cap, struct leak
     }
     *nleaks = 0;
     if (p->o.leak_threshold_ms > 0) {
-        for (s = p->busy_tail; s && *nleaks < LEAK_BATCH; s = s->prev) {
+        for (s = p->busy.tail; s && *nleaks < LEAK_BATCH; s = s->prev) {
             int64_t held = now - s->acquired_ns;
             if (held < MS(p->o.leak_threshold_ms))
                 break; /* the list is ordered by acquire time */
@@ -1148,7 +1150,7 @@ static bool needs_connect(dbk_pool *p, int64_t now)
         return false;
     if (p->breaker_until_ns && now < p->breaker_until_ns)
         return false;
-    return p->n_waiting > 0 || p->n_idle < p->o.min_idle;
+    return p->n_waiting > 0 || p->idle.n < p->o.min_idle;
 }
 
 static int64_t worker_tick_ns(const dbk_pool *p)
@@ -1274,7 +1276,7 @@ static void *worker_main(void *arg)
         }
 
         int64_t wake = dbk__now_ns() + tick;
-        if (p->breaker_until_ns && (p->n_waiting > 0 || p->n_idle < p->o.min_idle)) {
+        if (p->breaker_until_ns && (p->n_waiting > 0 || p->idle.n < p->o.min_idle)) {
             int64_t until = dbk__now_ns() + (p->breaker_until_ns - coarse_now_ns()) + MS(1);
             if (until < wake)
                 wake = until;
@@ -1421,26 +1423,26 @@ void dbk_pool_close(dbk_pool *pool, int drain_timeout_ms)
         if (pthread_cond_timedwait(&p->drain_cv, &p->mu, &wts) == ETIMEDOUT)
             break;
     }
-    if (drain_timeout_ms > 0 && p->n_busy > 0) {
+    if (drain_timeout_ms > 0 && p->busy.n > 0) {
         struct timespec ts = ns_to_ts(dbk__now_ns() + MS(drain_timeout_ms));
-        while (p->n_busy > 0) {
+        while (p->busy.n > 0) {
             if (pthread_cond_timedwait(&p->drain_cv, &p->mu, &ts) == ETIMEDOUT)
                 break;
         }
     }
     /* Idle connections: close them all. */
-    struct slot *idle = p->idle_head;
-    int nidle = p->n_idle;
-    p->idle_head = p->idle_tail = NULL;
-    p->n_idle = 0;
+    struct slot *idle = p->idle.head;
+    int nidle = p->idle.n;
+    p->idle.head = p->idle.tail = NULL;
+    p->idle.n = 0;
     p->n_closing += nidle;
     int64_t now = coarse_now_ns();
     char late[DBK_ERROR_MESSAGE_MAX];
     late[0] = '\0';
-    int nlate = p->n_busy;
+    int nlate = p->busy.n;
     if (nlate) {
         size_t n = 0;
-        for (struct slot *s = p->busy_tail; s && n < sizeof late - 64; s = s->prev) {
+        for (struct slot *s = p->busy.tail; s && n < sizeof late - 64; s = s->prev) {
             char one[128];
             struct site st = s->site;
             st.sql = NULL;
@@ -1461,7 +1463,7 @@ void dbk_pool_close(dbk_pool *pool, int drain_timeout_ms)
     pthread_mutex_lock(&p->mu);
     p->n_closing -= nidle;
     p->closed += (uint64_t)nidle;
-    bool free_now = p->n_busy == 0 && p->n_closing == 0 && p->n_wait_threads == 0;
+    bool free_now = p->busy.n == 0 && p->n_closing == 0 && p->n_wait_threads == 0;
     if (!free_now)
         p->orphaned = true;
     pthread_mutex_unlock(&p->mu);
@@ -1523,9 +1525,9 @@ dbk_rc dbk_pool_stats_get(dbk_pool *pool, dbk_pool_stats *out, dbk_error *err)
     dbk_pool *p = pool;
     pthread_mutex_lock(&p->mu);
     out->max_size = p->o.max_size;
-    out->idle = p->n_idle;
-    out->in_use = p->n_busy;
-    out->total = p->n_idle + p->n_busy;
+    out->idle = p->idle.n;
+    out->in_use = p->busy.n;
+    out->total = p->idle.n + p->busy.n;
     out->waiting = p->n_waiting;
     out->opening = p->n_opening;
     out->created = p->created;
