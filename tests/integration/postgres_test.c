@@ -54,25 +54,6 @@ static dbk_conn *open_set(const char *url, const char *const *kv)
     return c;
 }
 
-static void exec0(dbk_db *db, const char *sql)
-{
-    dbk_error err;
-    DBKT_OK(dbk_db_exec_script(db, sql, &err), &err);
-}
-
-static int64_t q_int(dbk_db *db, const char *sql)
-{
-    dbk_error err;
-    int64_t v = -1;
-    DBKT_OK(dbk_db_query_int64(db, sql, NULL, 0, &v, &err), &err);
-    return v;
-}
-
-static void q_text(dbk_db *db, const char *sql, char *buf, size_t n)
-{
-    dbk_error err;
-    DBKT_OK(dbk_db_query_text(db, sql, NULL, 0, buf, n, NULL, &err), &err);
-}
 
 static dbk__txstate txstate(dbk_conn *c)
 {
@@ -259,7 +240,7 @@ static void postgres_connect_and_server_version(void **state)
     assert_int_equal(dbk_db_engine(db), DBK_ENGINE_POSTGRES);
     const char *v = dbk_conn_server_version(c);
     assert_non_null(v);
-    int64_t num = q_int(db, "SELECT current_setting('server_version_num')::int");
+    int64_t num = dbkt_int(db, "SELECT current_setting('server_version_num')::int");
     char want[32];
     snprintf(want, sizeof want, "%d.%d", (int)(num / 10000), (int)(num % 10000));
     assert_string_equal(v, want);
@@ -278,16 +259,16 @@ static void postgres_session_settings_from_startup(void **state)
     dbk_conn *c = open_set(url, kv);
     dbk_db *db = dbk_conn_db(c);
     char buf[64];
-    q_text(db, "SHOW TimeZone", buf, sizeof buf);
+    dbkt_text(db, "SHOW TimeZone", buf, sizeof buf);
     assert_string_equal(buf, "UTC");
-    q_text(db, "SHOW DateStyle", buf, sizeof buf);
+    dbkt_text(db, "SHOW DateStyle", buf, sizeof buf);
     assert_true(strncmp(buf, "ISO", 3) == 0);
-    q_text(db, "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'", buf,
+    dbkt_text(db, "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'", buf,
            sizeof buf);
     assert_string_equal(buf, "12345");
-    q_text(db, "SELECT setting FROM pg_settings WHERE name = 'lock_timeout'", buf, sizeof buf);
+    dbkt_text(db, "SELECT setting FROM pg_settings WHERE name = 'lock_timeout'", buf, sizeof buf);
     assert_string_equal(buf, "2500");
-    q_text(db, "SHOW client_encoding", buf, sizeof buf);
+    dbkt_text(db, "SHOW client_encoding", buf, sizeof buf);
     assert_string_equal(buf, "UTF8");
     dbk_conn_close(c);
     free(url);
@@ -375,7 +356,7 @@ static void postgres_multi_host_skips_dead_host(void **state)
     int64_t t0 = dbk__now_ns();
     DBKT_OK(try_open_set(url, NULL, &c, &err), &err);
     assert_true(secs_since(t0) < 3.0);
-    assert_int_equal(q_int(dbk_conn_db(c), "SELECT 7"), 7);
+    assert_int_equal(dbkt_int(dbk_conn_db(c), "SELECT 7"), 7);
     dbk_conn_close(c);
 
     /* Every host dead: one message naming each. */
@@ -406,7 +387,7 @@ static void postgres_unknown_parameter_is_config_error(void **state)
     snprintf(u, sizeof u, "%s?keepalives_idle=20", url);
     DBKT_OK(try_open_set(u, NULL, &c, &err), &err);
     char buf[32];
-    q_text(dbk_conn_db(c), "SELECT 'ok'", buf, sizeof buf);
+    dbkt_text(dbk_conn_db(c), "SELECT 'ok'", buf, sizeof buf);
     assert_string_equal(buf, "ok");
     dbk_conn_close(c);
     /* A bad value for a known keyword is a configuration error too. */
@@ -425,11 +406,11 @@ static void postgres_user_options_are_kept(void **state)
     dbk_conn *c = open_set(u, NULL);
     dbk_db *db = dbk_conn_db(c);
     char buf[64];
-    q_text(db, "SHOW TimeZone", buf, sizeof buf);
+    dbkt_text(db, "SHOW TimeZone", buf, sizeof buf);
     assert_string_equal(buf, "Asia/Tokyo");
-    q_text(db, "SHOW work_mem", buf, sizeof buf);
+    dbkt_text(db, "SHOW work_mem", buf, sizeof buf);
     assert_string_equal(buf, "3MB");
-    q_text(db, "SHOW DateStyle", buf, sizeof buf);
+    dbkt_text(db, "SHOW DateStyle", buf, sizeof buf);
     assert_true(strncmp(buf, "ISO", 3) == 0);
     /* timestamptz still reads back exactly: the text carries its offset. */
     dbk_value p = dbk_timestamp(1700000000654321LL);
@@ -451,7 +432,7 @@ static void postgres_application_name_visible(void **state)
     const char *kv[] = {"application_name", "dbkt-orders-api", NULL};
     dbk_conn *c = open_set(url, kv);
     char buf[64];
-    q_text(dbk_conn_db(c),
+    dbkt_text(dbk_conn_db(c),
            "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()", buf,
            sizeof buf);
     assert_string_equal(buf, "dbkt-orders-api");
@@ -509,7 +490,7 @@ static void postgres_wrong_password_is_auth_error(void **state)
     snprintf(url, sizeof url, "postgres://dbkt_app:Right-Pa55word@127.0.0.1:%d/postgres", port);
     DBKT_OK(try_open_set(url, NULL, &c, &err), &err);
     char buf[64];
-    q_text(dbk_conn_db(c), "SELECT current_user", buf, sizeof buf);
+    dbkt_text(dbk_conn_db(c), "SELECT current_user", buf, sizeof buf);
     assert_string_equal(buf, "dbkt_app");
     dbk_conn_close(c);
     dbkt_pgserver_stop(srv);
@@ -521,7 +502,7 @@ static void postgres_sslmode_require_without_tls_is_tls_error(void **state)
     char *url = dbkt_pg_fresh_db("pg_tls");
     dbk_conn *c = dbkt_open(url);
     char ssl[8];
-    q_text(dbk_conn_db(c), "SHOW ssl", ssl, sizeof ssl);
+    dbkt_text(dbk_conn_db(c), "SHOW ssl", ssl, sizeof ssl);
     dbk_conn_close(c);
     if (strcmp(ssl, "on") == 0) {
         free(url);
@@ -635,26 +616,26 @@ static void postgres_through_pgbouncer_transaction_mode(void **state)
     dbk_conn *c = open_set(url, kv);
     dbk_db *db = dbk_conn_db(c);
     char buf[64];
-    q_text(db, "SHOW TimeZone", buf, sizeof buf);
+    dbkt_text(db, "SHOW TimeZone", buf, sizeof buf);
     assert_string_equal(buf, "UTC");
-    q_text(db, "SHOW DateStyle", buf, sizeof buf);
+    dbkt_text(db, "SHOW DateStyle", buf, sizeof buf);
     assert_true(strncmp(buf, "ISO", 3) == 0);
-    exec0(db, "CREATE TABLE t (id bigserial PRIMARY KEY, ts timestamptz, b bytea)");
+    dbkt_exec(db, "CREATE TABLE t (id bigserial PRIMARY KEY, ts timestamptz, b bytea)");
     dbk_error err;
     for (int i = 0; i < 200; i++) {
         dbk_value p[2] = {dbk_timestamp(1700000000000001LL + i), dbk_blob("\0\xff", 2)};
         DBKT_OK(dbk_db_exec(db, "INSERT INTO t (ts, b) VALUES ($1, $2)", p, 2, NULL, &err), &err);
     }
-    assert_int_equal(q_int(db, "SELECT count(*) FROM t"), 200);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 200);
     int64_t ts;
     dbk_result *r;
     DBKT_OK(dbk_db_query(db, "SELECT max(ts) FROM t", NULL, 0, &r, &err), &err);
     DBKT_OK(dbk_result_get_timestamp(r, 0, 0, &ts, &err), &err);
     assert_true(ts == 1700000000000200LL);
     dbk_result_free(r);
-    assert_int_equal(q_int(db, "SELECT count(*) FROM pg_prepared_statements"), 0);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM pg_prepared_statements"), 0);
     DBKT_OK(reset(c, &err), &err);
-    q_text(db, "SHOW TimeZone", buf, sizeof buf);
+    dbkt_text(db, "SHOW TimeZone", buf, sizeof buf);
     assert_string_equal(buf, "UTC");
     DBKT_OK(dbk_conn_ping(c, 1000, &err), &err);
     dbk_conn_close(c);
@@ -678,7 +659,7 @@ static void postgres_statement_timeout(void **state)
     assert_string_equal(err.sqlstate, "57014");
     assert_non_null(strstr(err.hint, "explain"));
     /* The server cancelled it: the connection is fine. */
-    assert_int_equal(q_int(db, "SELECT 1"), 1);
+    assert_int_equal(dbkt_int(db, "SELECT 1"), 1);
     assert_int_equal(txstate(c), DBK__TX_IDLE);
     dbk_conn_close(c);
     free(url);
@@ -691,15 +672,15 @@ static void postgres_lock_timeout_is_busy(void **state)
     const char *kv[] = {"lock_timeout", "100", NULL};
     dbk_conn *a = open_set(url, kv);
     dbk_conn *b = open_set(url, kv);
-    exec0(dbk_conn_db(a), "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
-    exec0(dbk_conn_db(a), "BEGIN; UPDATE t SET id = id WHERE id = 1");
+    dbkt_exec(dbk_conn_db(a), "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
+    dbkt_exec(dbk_conn_db(a), "BEGIN; UPDATE t SET id = id WHERE id = 1");
     dbk_error err;
     int64_t t0 = dbk__now_ns();
     DBKT_RC(DBK_EBUSY, dbk_db_exec(dbk_conn_db(b), "UPDATE t SET id = id WHERE id = 1", NULL, 0,
                                    NULL, &err));
     assert_true(secs_since(t0) < 2.0);
     assert_string_equal(err.sqlstate, "55P03");
-    exec0(dbk_conn_db(a), "ROLLBACK");
+    dbkt_exec(dbk_conn_db(a), "ROLLBACK");
     dbk_conn_close(a);
     dbk_conn_close(b);
     free(url);
@@ -717,7 +698,7 @@ static void postgres_frozen_server_hits_client_deadline(void **state)
     const char *kv[] = {"statement_timeout", "300", NULL};
     dbk_conn *c = open_set(url, kv);
     dbk_db *db = dbk_conn_db(c);
-    assert_int_equal(q_int(db, "SELECT 41 + 1"), 42);
+    assert_int_equal(dbkt_int(db, "SELECT 41 + 1"), 42);
     r->frozen = 1;
     dbk_error err;
     int64_t t0 = dbk__now_ns();
@@ -782,7 +763,7 @@ static void postgres_values_round_trip_byte_for_byte(void **state)
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
-    exec0(db, "CREATE TABLE v (id bigserial PRIMARY KEY, t text, b bytea, i bigint, "
+    dbkt_exec(db, "CREATE TABLE v (id bigserial PRIMARY KEY, t text, b bytea, i bigint, "
               "d double precision, f boolean, ts timestamptz, tsl timestamp, j jsonb)");
 
     static const char *texts[] = {
@@ -930,7 +911,7 @@ static void postgres_server_types_map_to_cells(void **state)
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
     dbk_result *r;
-    exec0(db, "CREATE DOMAIN posint AS bigint CHECK (VALUE > 0)");
+    dbkt_exec(db, "CREATE DOMAIN posint AS bigint CHECK (VALUE > 0)");
     DBKT_OK(dbk_db_query(db, "SELECT 5::posint AS dom", NULL, 0, &r, &err), &err);
     assert_int_equal(dbk_result_type(r, 0, 0), DBK_TYPE_INT64); /* domains: their base type */
     dbk_result_free(r);
@@ -987,7 +968,7 @@ static void postgres_text_with_nul_is_rejected(void **state)
     char *url = dbkt_pg_fresh_db("pg_nul");
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
-    exec0(db, "CREATE TABLE t (a text, b text)");
+    dbkt_exec(db, "CREATE TABLE t (a text, b text)");
     dbk_error err;
     dbk_value p[2] = {dbk_text("fine"), dbk_textn("a\0b", 3)};
     DBKT_RC(DBK_EINVALID, dbk_db_exec(db, "INSERT INTO t VALUES ($1, $2)", p, 2, NULL, &err));
@@ -996,7 +977,7 @@ static void postgres_text_with_nul_is_rejected(void **state)
     dbk_value pj = dbk_json("{}");
     pj.u.bytes.len = 3; /* includes the terminator */
     DBKT_RC(DBK_EINVALID, dbk_db_exec(db, "INSERT INTO t (a) VALUES ($1)", &pj, 1, NULL, &err));
-    assert_int_equal(q_int(db, "SELECT count(*) FROM t"), 0);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 0);
     dbk_conn_close(c);
     free(url);
 }
@@ -1043,7 +1024,7 @@ static void postgres_returning_and_affected(void **state)
     char *url = dbkt_pg_fresh_db("pg_returning");
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
-    exec0(db, "CREATE TABLE u (id bigserial PRIMARY KEY, name text NOT NULL)");
+    dbkt_exec(db, "CREATE TABLE u (id bigserial PRIMARY KEY, name text NOT NULL)");
     dbk_error err;
     dbk_result *r;
     dbk_value p = dbk_text("ada");
@@ -1087,7 +1068,7 @@ static void postgres_constraint_errors_name_constraint_and_table(void **state)
     char *url = dbkt_pg_fresh_db("pg_constraints");
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
-    exec0(db, "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, "
+    dbkt_exec(db, "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, "
               "age int CONSTRAINT age_positive CHECK (age > 0));"
               "CREATE TABLE orders (id bigserial PRIMARY KEY, "
               "user_id bigint NOT NULL REFERENCES users (id))");
@@ -1121,7 +1102,7 @@ static void postgres_constraint_errors_name_constraint_and_table(void **state)
             dbk_db_exec(db, "INSERT INTO orders (user_id) VALUES ($1)", &uid, 1, NULL, &err));
     assert_string_equal(err.constraint_name, "orders_user_id_fkey");
     assert_string_equal(err.table_name, "orders");
-    assert_int_equal(q_int(db, "SELECT count(*) FROM users"), 2);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM users"), 2);
     dbk_conn_close(c);
     free(url);
 }
@@ -1138,7 +1119,7 @@ static void postgres_schema_and_syntax_errors(void **state)
     assert_null(r);
     assert_string_equal(err.sqlstate, "42P01");
     assert_non_null(strstr(err.hint, "migrate"));
-    exec0(db, "CREATE TABLE t (a int)");
+    dbkt_exec(db, "CREATE TABLE t (a int)");
     DBKT_RC(DBK_ESCHEMA, dbk_db_exec(db, "SELECT nope FROM t", NULL, 0, NULL, &err));
     assert_string_equal(err.sqlstate, "42703");
     DBKT_RC(DBK_ESQL, dbk_db_exec(db, "SELEC 1", NULL, 0, NULL, &err));
@@ -1150,7 +1131,7 @@ static void postgres_schema_and_syntax_errors(void **state)
     /* More placeholders than parameters: misuse, the connection lives. */
     dbk_value one = dbk_int64(1);
     DBKT_RC(DBK_EMISUSE, dbk_db_exec(db, "SELECT $1::int + $2::int", &one, 1, NULL, &err));
-    assert_int_equal(q_int(db, "SELECT 5"), 5);
+    assert_int_equal(dbkt_int(db, "SELECT 5"), 5);
     /* Bad input text for a typed column: a data exception. */
     dbk_value bad = dbk_text("not a number");
     DBKT_RC(DBK_EINVALID, dbk_db_exec(db, "INSERT INTO t VALUES ($1)", &bad, 1, NULL, &err));
@@ -1235,7 +1216,7 @@ static void postgres_real_deadlock_is_detected(void **state)
     (void)state;
     char *url = dbkt_pg_fresh_db("pg_deadlock");
     dbk_conn *c = dbkt_open(url);
-    exec0(dbk_conn_db(c), "CREATE TABLE t (id int PRIMARY KEY, n int);"
+    dbkt_exec(dbk_conn_db(c), "CREATE TABLE t (id int PRIMARY KEY, n int);"
                           "INSERT INTO t VALUES (1, 0), (2, 0)");
     pthread_barrier_t bar;
     pthread_barrier_init(&bar, NULL, 2);
@@ -1257,7 +1238,7 @@ static void postgres_real_deadlock_is_detected(void **state)
 
 static int64_t prepared_count(dbk_db *db)
 {
-    return q_int(db, "SELECT count(*) FROM pg_prepared_statements");
+    return dbkt_int(db, "SELECT count(*) FROM pg_prepared_statements");
 }
 
 static void postgres_stmt_cache_reuses_one_statement(void **state)
@@ -1274,7 +1255,7 @@ static void postgres_stmt_cache_reuses_one_statement(void **state)
         assert_int_equal(got, 2 * i);
     }
     char buf[64];
-    q_text(db, "SELECT string_agg(statement, '|') FROM pg_prepared_statements "
+    dbkt_text(db, "SELECT string_agg(statement, '|') FROM pg_prepared_statements "
                "WHERE statement LIKE '%* 2'",
            buf, sizeof buf);
     assert_string_equal(buf, "SELECT $1::bigint * 2");
@@ -1316,7 +1297,7 @@ static void postgres_stmt_cache_is_bounded(void **state)
     }
     assert_true(prepared_count(db) >= 100);
     /* Inside a transaction evictions wait; they are caught up after. */
-    exec0(db, "BEGIN");
+    dbkt_exec(db, "BEGIN");
     for (int i = 0; i < 40; i++) {
         char sql[64];
         snprintf(sql, sizeof sql, "SELECT %d - $1::int", i);
@@ -1324,7 +1305,7 @@ static void postgres_stmt_cache_is_bounded(void **state)
         int64_t got;
         DBKT_OK(dbk_db_query_int64(db, sql, &p, 1, &got, &err), &err);
     }
-    exec0(db, "COMMIT");
+    dbkt_exec(db, "COMMIT");
     int64_t got;
     dbk_value p = dbk_int64(1);
     DBKT_OK(dbk_db_query_int64(db, "SELECT 12345 + $1::int", &p, 1, &got, &err), &err);
@@ -1370,7 +1351,7 @@ static void postgres_stmt_dropped_behind_cache_is_reprepared(void **state)
             &err);
     char drop[96];
     snprintf(drop, sizeof drop, "DEALLOCATE %s", name);
-    exec0(db, drop); /* behind the cache's back */
+    dbkt_exec(db, drop); /* behind the cache's back */
     DBKT_OK(dbk_db_query_int64(db, sql, &p, 1, &got, &err), &err);
     assert_int_equal(got, 42);
     /* DISCARD ALL through dbkit empties the cache and everything works on. */
@@ -1387,13 +1368,13 @@ static void postgres_ddl_changing_cached_result_is_retried(void **state)
     char *url = dbkt_pg_fresh_db("pg_cache_ddl");
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
-    exec0(db, "CREATE TABLE t (a int); INSERT INTO t VALUES (1)");
+    dbkt_exec(db, "CREATE TABLE t (a int); INSERT INTO t VALUES (1)");
     dbk_error err;
     dbk_result *r;
     DBKT_OK(dbk_db_query(db, "SELECT * FROM t", NULL, 0, &r, &err), &err);
     assert_int_equal(dbk_result_ncols(r), 1);
     dbk_result_free(r);
-    exec0(db, "ALTER TABLE t ADD COLUMN b text DEFAULT 'new'");
+    dbkt_exec(db, "ALTER TABLE t ADD COLUMN b text DEFAULT 'new'");
     DBKT_OK(dbk_db_query(db, "SELECT * FROM t", NULL, 0, &r, &err), &err);
     assert_int_equal(dbk_result_ncols(r), 2);
     const char *b;
@@ -1413,8 +1394,8 @@ static void postgres_terminated_backend_is_connection_lost(void **state)
     char *url = dbkt_pg_fresh_db("pg_terminated");
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
-    int64_t pid = q_int(db, "SELECT pg_backend_pid()");
-    exec0(db, "BEGIN");
+    int64_t pid = dbkt_int(db, "SELECT pg_backend_pid()");
+    dbkt_exec(db, "BEGIN");
     char sql[96];
     snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%lld, 5000)", (long long)pid);
     dbkt_pg_admin_exec(sql);
@@ -1443,7 +1424,7 @@ static void postgres_idle_in_transaction_timeout_is_connection_lost(void **state
     char *url = dbkt_pg_fresh_db("pg_idle_tx");
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
-    exec0(db, "SET idle_in_transaction_session_timeout = 100; BEGIN");
+    dbkt_exec(db, "SET idle_in_transaction_session_timeout = 100; BEGIN");
     usleep(600 * 1000);
     dbk_error err;
     DBKT_RC(DBK_ECONN_LOST, dbk_db_exec(db, "SELECT 1", NULL, 0, NULL, &err));
@@ -1461,7 +1442,7 @@ static void postgres_dead_socket_write_never_raises_sigpipe(void **state)
     char *url = dbkt_pg_fresh_db("pg_sigpipe");
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
-    int64_t pid = q_int(db, "SELECT pg_backend_pid()");
+    int64_t pid = dbkt_int(db, "SELECT pg_backend_pid()");
     char sql[96];
     snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%lld, 5000)", (long long)pid);
     dbkt_pg_admin_exec(sql);
@@ -1489,11 +1470,11 @@ static void postgres_reset_restores_session_defaults(void **state)
     dbk_conn *c = open_set(url, kv);
     dbk_db *db = dbk_conn_db(c);
     char wm[32], sp[64];
-    q_text(db, "SHOW work_mem", wm, sizeof wm);
-    q_text(db, "SHOW search_path", sp, sizeof sp);
+    dbkt_text(db, "SHOW work_mem", wm, sizeof wm);
+    dbkt_text(db, "SHOW search_path", sp, sizeof sp);
     char user[64];
-    q_text(db, "SELECT current_user", user, sizeof user);
-    exec0(db, "SET work_mem = '7MB'; SET search_path = nowhere; SET statement_timeout = 0; "
+    dbkt_text(db, "SELECT current_user", user, sizeof user);
+    dbkt_exec(db, "SET work_mem = '7MB'; SET search_path = nowhere; SET statement_timeout = 0; "
               "SET TimeZone = 'Asia/Tokyo'; CREATE TEMP TABLE scratch (x int); "
               "SET ROLE pg_monitor");
     /* Prepare something first: it must survive the reset. */
@@ -1503,19 +1484,19 @@ static void postgres_reset_restores_session_defaults(void **state)
     DBKT_OK(dbk_db_query_int64(db, "SELECT $1::int + 100", &p, 1, &got, &err), &err);
     DBKT_OK(reset(c, &err), &err);
     char buf[64];
-    q_text(db, "SHOW work_mem", buf, sizeof buf);
+    dbkt_text(db, "SHOW work_mem", buf, sizeof buf);
     assert_string_equal(buf, wm);
-    q_text(db, "SHOW search_path", buf, sizeof buf);
+    dbkt_text(db, "SHOW search_path", buf, sizeof buf);
     assert_string_equal(buf, sp);
-    q_text(db, "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'", buf,
+    dbkt_text(db, "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'", buf,
            sizeof buf);
     assert_string_equal(buf, "4321");
-    q_text(db, "SHOW TimeZone", buf, sizeof buf);
+    dbkt_text(db, "SHOW TimeZone", buf, sizeof buf);
     assert_string_equal(buf, "UTC");
-    q_text(db, "SELECT current_user", buf, sizeof buf);
+    dbkt_text(db, "SELECT current_user", buf, sizeof buf);
     assert_string_equal(buf, user);
-    assert_int_equal(q_int(db, "SELECT count(*) FROM pg_tables WHERE tablename = 'scratch'"), 0);
-    assert_int_equal(q_int(db, "SELECT count(*) FROM pg_prepared_statements "
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM pg_tables WHERE tablename = 'scratch'"), 0);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM pg_prepared_statements "
                                "WHERE statement = 'SELECT $1::int + 100'"),
                      1);
     DBKT_OK(dbk_db_query_int64(db, "SELECT $1::int + 100", &p, 1, &got, &err), &err);
@@ -1530,22 +1511,22 @@ static void postgres_reset_rolls_back_open_transaction(void **state)
     char *url = dbkt_pg_fresh_db("pg_reset_tx");
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
-    exec0(db, "CREATE TABLE t (a int)");
-    exec0(db, "BEGIN; INSERT INTO t VALUES (1)");
+    dbkt_exec(db, "CREATE TABLE t (a int)");
+    dbkt_exec(db, "BEGIN; INSERT INTO t VALUES (1)");
     assert_int_equal(txstate(c), DBK__TX_OPEN);
     dbk_error err;
     DBKT_OK(reset(c, &err), &err);
     assert_int_equal(txstate(c), DBK__TX_IDLE);
-    assert_int_equal(q_int(db, "SELECT count(*) FROM t"), 0);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 0);
     /* A failed transaction too. */
-    exec0(db, "BEGIN");
+    dbkt_exec(db, "BEGIN");
     DBKT_RC(DBK_ESCHEMA, dbk_db_exec(db, "SELECT * FROM missing", NULL, 0, NULL, &err));
     assert_int_equal(txstate(c), DBK__TX_FAILED);
     DBKT_RC(DBK_ESQL, dbk_db_exec(db, "SELECT 1", NULL, 0, NULL, &err));
     assert_string_equal(err.sqlstate, "25P02");
     DBKT_OK(reset(c, &err), &err);
     assert_int_equal(txstate(c), DBK__TX_IDLE);
-    assert_int_equal(q_int(db, "SELECT 3"), 3);
+    assert_int_equal(dbkt_int(db, "SELECT 3"), 3);
     dbk_conn_close(c);
     free(url);
 }
@@ -1562,15 +1543,15 @@ static void postgres_script_stops_at_first_error(void **state)
                                    "SELECT * FROM a; -- trailing comment\n",
                                &err),
             &err);
-    assert_int_equal(q_int(db, "SELECT count(*) FROM a"), 2);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM a"), 2);
     DBKT_RC(DBK_ESCHEMA, dbk_db_exec_script(db, "INSERT INTO a VALUES (3); "
                                                 "INSERT INTO missing VALUES (1); "
                                                 "CREATE TABLE b (x int)",
                                             &err));
     assert_string_equal(err.sqlstate, "42P01");
     /* One implicit transaction: nothing of the script stayed. */
-    assert_int_equal(q_int(db, "SELECT count(*) FROM a"), 2);
-    assert_int_equal(q_int(db, "SELECT count(*) FROM pg_tables WHERE tablename = 'b'"), 0);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM a"), 2);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM pg_tables WHERE tablename = 'b'"), 0);
     assert_int_equal(txstate(c), DBK__TX_IDLE);
     dbk_conn_close(c);
     free(url);
@@ -1582,15 +1563,15 @@ static void postgres_copy_is_refused_cleanly(void **state)
     char *url = dbkt_pg_fresh_db("pg_copy");
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
-    exec0(db, "CREATE TABLE t (a int); INSERT INTO t SELECT generate_series(1, 1000)");
+    dbkt_exec(db, "CREATE TABLE t (a int); INSERT INTO t SELECT generate_series(1, 1000)");
     dbk_error err;
     DBKT_RC(DBK_EMISUSE, dbk_db_exec(db, "COPY t FROM STDIN", NULL, 0, NULL, &err));
-    assert_int_equal(q_int(db, "SELECT count(*) FROM t"), 1000);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 1000);
     DBKT_RC(DBK_EMISUSE, dbk_db_exec(db, "COPY t TO STDOUT", NULL, 0, NULL, &err));
     DBKT_RC(DBK_EMISUSE, dbk_db_exec_script(db, "COPY t TO STDOUT", &err));
     DBKT_RC(DBK_EMISUSE, dbk_db_exec_script(db, "SELECT 1; COPY t FROM STDIN", &err));
     DBKT_RC(DBK_EMISUSE, dbk_db_exec(db, " /* c */ -- x\n copy t to stdout", NULL, 0, NULL, &err));
-    assert_int_equal(q_int(db, "SELECT 9"), 9);
+    assert_int_equal(dbkt_int(db, "SELECT 9"), 9);
     assert_int_equal(txstate(c), DBK__TX_IDLE);
     dbk_conn_close(c);
     free(url);

@@ -45,25 +45,6 @@ static dbk_rc try_open(const char *url, dbk_conn **c, dbk_error *err)
     return rc;
 }
 
-static void exec0(dbk_db *db, const char *sql)
-{
-    dbk_error err;
-    DBKT_OK(dbk_db_exec_script(db, sql, &err), &err);
-}
-
-static int64_t q_int(dbk_db *db, const char *sql)
-{
-    dbk_error err;
-    int64_t v = -1;
-    DBKT_OK(dbk_db_query_int64(db, sql, NULL, 0, &v, &err), &err);
-    return v;
-}
-
-static void q_text(dbk_db *db, const char *sql, char *buf, size_t n)
-{
-    dbk_error err;
-    DBKT_OK(dbk_db_query_text(db, sql, NULL, 0, buf, n, NULL, &err), &err);
-}
 
 /* ---- opening ---- */
 
@@ -72,7 +53,7 @@ static void sqlite_open_file_persists(void **state)
     (void)state;
     char *url = dbkt_sqlite_url("persist");
     dbk_conn *c = dbkt_open(url);
-    exec0(dbk_conn_db(c), "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);"
+    dbkt_exec(dbk_conn_db(c), "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);"
                           "INSERT INTO t (v) VALUES ('kept');");
     dbk_conn_close(c);
 
@@ -81,7 +62,7 @@ static void sqlite_open_file_persists(void **state)
 
     c = dbkt_open(url);
     char buf[16];
-    q_text(dbk_conn_db(c), "SELECT v FROM t WHERE id = 1", buf, sizeof buf);
+    dbkt_text(dbk_conn_db(c), "SELECT v FROM t WHERE id = 1", buf, sizeof buf);
     assert_string_equal(buf, "kept");
     dbk_conn_close(c);
     free(url);
@@ -92,17 +73,17 @@ static void sqlite_open_memory_is_private(void **state)
     (void)state;
     dbk_conn *a = dbkt_open("sqlite::memory:");
     dbk_conn *b = dbkt_open("sqlite::memory:");
-    exec0(dbk_conn_db(a), "CREATE TABLE only_a (x INTEGER)");
-    assert_int_equal(q_int(dbk_conn_db(a), "SELECT count(*) FROM sqlite_schema WHERE name = "
+    dbkt_exec(dbk_conn_db(a), "CREATE TABLE only_a (x INTEGER)");
+    assert_int_equal(dbkt_int(dbk_conn_db(a), "SELECT count(*) FROM sqlite_schema WHERE name = "
                                            "'only_a'"),
                      1);
-    assert_int_equal(q_int(dbk_conn_db(b), "SELECT count(*) FROM sqlite_schema WHERE name = "
+    assert_int_equal(dbkt_int(dbk_conn_db(b), "SELECT count(*) FROM sqlite_schema WHERE name = "
                                            "'only_a'"),
                      0);
     char mode[16];
-    q_text(dbk_conn_db(a), "PRAGMA journal_mode", mode, sizeof mode);
+    dbkt_text(dbk_conn_db(a), "PRAGMA journal_mode", mode, sizeof mode);
     assert_string_equal(mode, "memory");
-    assert_int_equal(q_int(dbk_conn_db(a), "PRAGMA foreign_keys"), 1);
+    assert_int_equal(dbkt_int(dbk_conn_db(a), "PRAGMA foreign_keys"), 1);
     dbk_conn_close(a);
     dbk_conn_close(b);
 }
@@ -112,21 +93,21 @@ static void sqlite_open_readonly_refuses_writes(void **state)
     (void)state;
     char *url = dbkt_sqlite_url("ro");
     dbk_conn *c = dbkt_open(url);
-    exec0(dbk_conn_db(c), "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (7);");
+    dbkt_exec(dbk_conn_db(c), "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (7);");
     dbk_conn_close(c);
 
     char ro[1024];
     snprintf(ro, sizeof ro, "%s?mode=ro", url);
     c = dbkt_open(ro);
     dbk_db *db = dbk_conn_db(c);
-    assert_int_equal(q_int(db, "SELECT x FROM t"), 7);
+    assert_int_equal(dbkt_int(db, "SELECT x FROM t"), 7);
     dbk_error err;
     DBKT_RC(DBK_EREADONLY, dbk_db_exec(db, "INSERT INTO t VALUES (8)", NULL, 0, NULL, &err));
     assert_int_equal(err.code, DBK_EREADONLY);
     assert_non_null(strstr(err.message, "readonly"));
     assert_true(err.hint[0] != '\0');
     DBKT_RC(DBK_EREADONLY, dbk_db_exec_script(db, "CREATE TABLE u (y INTEGER)", &err));
-    assert_int_equal(q_int(db, "SELECT count(*) FROM t"), 1);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 1);
     dbk_conn_close(c);
     free(url);
 }
@@ -195,26 +176,26 @@ static void sqlite_pragmas_in_effect(void **state)
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
     char mode[16];
-    q_text(db, "PRAGMA journal_mode", mode, sizeof mode);
+    dbkt_text(db, "PRAGMA journal_mode", mode, sizeof mode);
     assert_string_equal(mode, "wal");
-    assert_int_equal(q_int(db, "PRAGMA foreign_keys"), 1);
-    assert_int_equal(q_int(db, "PRAGMA busy_timeout"), 5000);
-    assert_int_equal(q_int(db, "PRAGMA synchronous"), 1); /* NORMAL */
+    assert_int_equal(dbkt_int(db, "PRAGMA foreign_keys"), 1);
+    assert_int_equal(dbkt_int(db, "PRAGMA busy_timeout"), 5000);
+    assert_int_equal(dbkt_int(db, "PRAGMA synchronous"), 1); /* NORMAL */
     dbk_conn_close(c);
 
     char u2[1024];
     snprintf(u2, sizeof u2, "%s?busy_timeout=250", url);
     c = dbkt_open(u2);
-    assert_int_equal(q_int(dbk_conn_db(c), "PRAGMA busy_timeout"), 250);
+    assert_int_equal(dbkt_int(dbk_conn_db(c), "PRAGMA busy_timeout"), 250);
     dbk_conn_close(c);
 
     /* Another journal mode and synchronous level, from the URL. */
     char *url2 = dbkt_sqlite_url("pragmas_delete");
     snprintf(u2, sizeof u2, "%s?journal_mode=delete&synchronous=full", url2);
     c = dbkt_open(u2);
-    q_text(dbk_conn_db(c), "PRAGMA journal_mode", mode, sizeof mode);
+    dbkt_text(dbk_conn_db(c), "PRAGMA journal_mode", mode, sizeof mode);
     assert_string_equal(mode, "delete");
-    assert_int_equal(q_int(dbk_conn_db(c), "PRAGMA synchronous"), 2); /* FULL */
+    assert_int_equal(dbkt_int(dbk_conn_db(c), "PRAGMA synchronous"), 2); /* FULL */
     dbk_conn_close(c);
     free(url2);
     free(url);
@@ -225,7 +206,7 @@ static void sqlite_double_quoted_strings_rejected(void **state)
     (void)state;
     dbk_conn *c = dbkt_open("sqlite::memory:");
     dbk_db *db = dbk_conn_db(c);
-    exec0(db, "CREATE TABLE t (name TEXT)");
+    dbkt_exec(db, "CREATE TABLE t (name TEXT)");
     dbk_result *r = NULL;
     dbk_error err;
     /* As on PostgreSQL, "bob" is a column name, not a string. */
@@ -351,7 +332,7 @@ static void sqlite_values_round_trip(void **state)
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
-    exec0(db, "CREATE TABLE x (id INTEGER PRIMARY KEY, t TEXT, b BLOB, i INTEGER, d REAL, "
+    dbkt_exec(db, "CREATE TABLE x (id INTEGER PRIMARY KEY, t TEXT, b BLOB, i INTEGER, d REAL, "
               "f INTEGER, ts TEXT, j TEXT, n TEXT)");
 
     static const char *const texts[] = {
@@ -445,7 +426,7 @@ static void sqlite_values_round_trip(void **state)
     dbk_result_free(r);
 
     /* The injection strings did nothing: the table is intact. */
-    assert_int_equal(q_int(db, "SELECT count(*) FROM x"), (int64_t)ntexts + 2);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM x"), (int64_t)ntexts + 2);
 
     /* Values also work in WHERE: equality on the binary-containing text. */
     dbk_value w[] = {dbk_textn(nul_text, nul_len)};
@@ -511,7 +492,7 @@ static void sqlite_returning(void **state)
     dbk_conn *c = dbkt_open("sqlite::memory:");
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
-    exec0(db, "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL)");
+    dbkt_exec(db, "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL)");
     dbk_result *r = NULL;
     dbk_value p[] = {dbk_text("a@example.com")};
     DBKT_OK(dbk_db_query(db, "INSERT INTO users (email) VALUES ($1) RETURNING id, email", p, 1,
@@ -527,7 +508,7 @@ static void sqlite_returning(void **state)
     assert_int_equal(dbk_result_affected(r), 1);
     dbk_result_free(r);
 
-    exec0(db, "INSERT INTO users (email) VALUES ('b'), ('c')");
+    dbkt_exec(db, "INSERT INTO users (email) VALUES ('b'), ('c')");
     DBKT_OK(dbk_db_query(db, "UPDATE users SET email = upper(email) WHERE id > 1 RETURNING id",
                          NULL, 0, &r, &err),
             &err);
@@ -604,12 +585,12 @@ static void sqlite_schema_change_reprepares(void **state)
     dbk_conn *c = dbkt_open("sqlite::memory:");
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
-    exec0(db, "CREATE TABLE t (a INTEGER, b INTEGER); INSERT INTO t VALUES (1, 2)");
+    dbkt_exec(db, "CREATE TABLE t (a INTEGER, b INTEGER); INSERT INTO t VALUES (1, 2)");
     dbk_result *r = NULL;
     DBKT_OK(dbk_db_query(db, "SELECT * FROM t", NULL, 0, &r, &err), &err);
     assert_int_equal(dbk_result_ncols(r), 2);
     dbk_result_free(r);
-    exec0(db, "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'");
+    dbkt_exec(db, "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'");
     DBKT_OK(dbk_db_query(db, "SELECT * FROM t", NULL, 0, &r, &err), &err);
     assert_int_equal(dbk_result_ncols(r), 3);
     assert_string_equal(dbk_result_colname(r, 2), "c");
@@ -626,7 +607,7 @@ static void sqlite_unique_violation(void **state)
     dbk_conn *c = dbkt_open("sqlite::memory:");
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
-    exec0(db, "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE)");
+    dbkt_exec(db, "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE)");
     dbk_value p[] = {dbk_text("a@example.com")};
     DBKT_OK(dbk_db_exec(db, "INSERT INTO users (email) VALUES ($1)", p, 1, NULL, &err), &err);
     DBKT_RC(DBK_EUNIQUE, dbk_db_exec(db, "INSERT INTO users (email) VALUES ($1)", p, 1, NULL,
@@ -643,7 +624,7 @@ static void sqlite_unique_violation(void **state)
     assert_string_equal(err.constraint_name, "users.id");
 
     /* A named expression index: the index name. */
-    exec0(db, "CREATE UNIQUE INDEX users_lower_email ON users (lower(email))");
+    dbkt_exec(db, "CREATE UNIQUE INDEX users_lower_email ON users (lower(email))");
     DBKT_RC(DBK_EUNIQUE, dbk_db_exec(db, "INSERT INTO users (email) VALUES ('A@example.com')",
                                      NULL, 0, NULL, &err));
     assert_string_equal(err.constraint_name, "users_lower_email");
@@ -656,7 +637,7 @@ static void sqlite_foreign_key_violation(void **state)
     dbk_conn *c = dbkt_open("sqlite::memory:");
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
-    exec0(db, "CREATE TABLE a (id INTEGER PRIMARY KEY);"
+    dbkt_exec(db, "CREATE TABLE a (id INTEGER PRIMARY KEY);"
               "CREATE TABLE b (id INTEGER PRIMARY KEY, a_id INTEGER REFERENCES a (id));"
               "INSERT INTO a VALUES (1); INSERT INTO b VALUES (1, 1);");
     DBKT_RC(DBK_EFOREIGN_KEY, dbk_db_exec(db, "INSERT INTO b VALUES (2, 99)", NULL, 0, NULL,
@@ -664,7 +645,7 @@ static void sqlite_foreign_key_violation(void **state)
     assert_true(err.hint[0] != '\0');
     DBKT_RC(DBK_EFOREIGN_KEY, dbk_db_exec(db, "DELETE FROM a WHERE id = 1", NULL, 0, NULL,
                                           &err));
-    assert_int_equal(q_int(db, "SELECT count(*) FROM a"), 1);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM a"), 1);
     dbk_conn_close(c);
 }
 
@@ -674,7 +655,7 @@ static void sqlite_not_null_violation(void **state)
     dbk_conn *c = dbkt_open("sqlite::memory:");
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
-    exec0(db, "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL)");
+    dbkt_exec(db, "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL)");
     dbk_value p[] = {dbk_null()};
     DBKT_RC(DBK_ENOT_NULL, dbk_db_exec(db, "INSERT INTO users (email) VALUES ($1)", p, 1, NULL,
                                        &err));
@@ -689,7 +670,7 @@ static void sqlite_check_violation(void **state)
     dbk_conn *c = dbkt_open("sqlite::memory:");
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
-    exec0(db, "CREATE TABLE items (price INTEGER CONSTRAINT price_positive CHECK (price > 0))");
+    dbkt_exec(db, "CREATE TABLE items (price INTEGER CONSTRAINT price_positive CHECK (price > 0))");
     dbk_value p[] = {dbk_int64(-5)};
     DBKT_RC(DBK_ECHECK, dbk_db_exec(db, "INSERT INTO items (price) VALUES ($1)", p, 1, NULL,
                                     &err));
@@ -710,7 +691,7 @@ static void sqlite_no_such_table(void **state)
     assert_string_equal(err.table_name, "missing_table");
     assert_non_null(strstr(err.hint, "migrat"));
 
-    exec0(db, "CREATE TABLE t (a INTEGER)");
+    dbkt_exec(db, "CREATE TABLE t (a INTEGER)");
     DBKT_RC(DBK_ESCHEMA, dbk_db_query(db, "SELECT nope FROM t", NULL, 0, &r, &err));
     assert_non_null(strstr(err.message, "no such column"));
     assert_non_null(strstr(err.hint, "migrat"));
@@ -725,7 +706,7 @@ static void sqlite_busy_returns_ebusy(void **state)
     (void)state;
     char *url = dbkt_sqlite_url("busy");
     dbk_conn *a = dbkt_open(url);
-    exec0(dbk_conn_db(a), "CREATE TABLE t (x INTEGER)");
+    dbkt_exec(dbk_conn_db(a), "CREATE TABLE t (x INTEGER)");
     char u2[1024];
     snprintf(u2, sizeof u2, "%s?busy_timeout=100", url);
     dbk_conn *b = dbkt_open(u2);
@@ -739,20 +720,20 @@ static void sqlite_busy_returns_ebusy(void **state)
     assert_non_null(strstr(err.message, "100 ms"));
     assert_true(err.hint[0] != '\0');
     /* Readers are not blocked under WAL. */
-    assert_int_equal(q_int(dbk_conn_db(b), "SELECT count(*) FROM t"), 0);
+    assert_int_equal(dbkt_int(dbk_conn_db(b), "SELECT count(*) FROM t"), 0);
     DBKT_OK(dbk_db_exec(dbk_conn_db(a), "COMMIT", NULL, 0, NULL, &err), &err);
     DBKT_OK(dbk_db_exec(dbk_conn_db(b), "INSERT INTO t VALUES (2)", NULL, 0, NULL, &err), &err);
-    assert_int_equal(q_int(dbk_conn_db(b), "SELECT count(*) FROM t"), 2);
+    assert_int_equal(dbkt_int(dbk_conn_db(b), "SELECT count(*) FROM t"), 2);
 
     /* A read snapshot gone stale cannot be upgraded to a write: busy at
      * once (no waiting helps), retryable, with its own hint. */
-    exec0(dbk_conn_db(b), "BEGIN");
-    assert_int_equal(q_int(dbk_conn_db(b), "SELECT count(*) FROM t"), 2);
+    dbkt_exec(dbk_conn_db(b), "BEGIN");
+    assert_int_equal(dbkt_int(dbk_conn_db(b), "SELECT count(*) FROM t"), 2);
     DBKT_OK(dbk_db_exec(dbk_conn_db(a), "INSERT INTO t VALUES (3)", NULL, 0, NULL, &err), &err);
     DBKT_RC(DBK_EBUSY, dbk_db_exec(dbk_conn_db(b), "INSERT INTO t VALUES (4)", NULL, 0, NULL,
                                    &err));
     assert_non_null(strstr(err.hint, "BEGIN IMMEDIATE"));
-    exec0(dbk_conn_db(b), "ROLLBACK");
+    dbkt_exec(dbk_conn_db(b), "ROLLBACK");
     dbk_conn_close(a);
     dbk_conn_close(b);
     free(url);
@@ -781,7 +762,7 @@ static void sqlite_statement_timeout(void **state)
                                        NULL, 0, &r, &err));
     assert_null(r);
     /* The connection is fine afterwards, and a quick statement is not hit. */
-    assert_int_equal(q_int(db, "SELECT 41 + 1"), 42);
+    assert_int_equal(dbkt_int(db, "SELECT 41 + 1"), 42);
     dbk_conn_close(c);
 }
 
@@ -793,7 +774,7 @@ static void sqlite_statement_cache_reuse(void **state)
     dbk_conn *c = dbkt_open("sqlite::memory:");
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
-    exec0(db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)");
+    dbkt_exec(db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)");
     for (int k = 0; k < 1000; k++) {
         char v[32];
         snprintf(v, sizeof v, "value-%d", k);
@@ -845,7 +826,7 @@ static void sqlite_statement_cache_bounded(void **state)
         run_distinct(dbk_conn_db(c), 3, 1);
         char sql[64];
         snprintf(sql, sizeof sql, "SELECT %d", k + 1000);
-        assert_int_equal(q_int(dbk_conn_db(c), sql), k + 1000);
+        assert_int_equal(dbkt_int(dbk_conn_db(c), sql), k + 1000);
     }
     assert_int_equal(dbk__sqlite_cached_statements(c->impl), 128);
     dbk_conn_close(c);
@@ -867,17 +848,17 @@ static void sqlite_two_statements_rejected(void **state)
     dbk_conn *c = dbkt_open("sqlite::memory:");
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
-    exec0(db, "CREATE TABLE t (x INTEGER)");
+    dbkt_exec(db, "CREATE TABLE t (x INTEGER)");
     DBKT_RC(DBK_EMISUSE, dbk_db_exec(db, "INSERT INTO t VALUES (1); DROP TABLE t", NULL, 0,
                                      NULL, &err));
     assert_non_null(strstr(err.hint, "dbk_db_exec_script"));
     /* Nothing ran. */
-    assert_int_equal(q_int(db, "SELECT count(*) FROM t"), 0);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 0);
     /* A trailing semicolon and comments are fine. */
     DBKT_OK(dbk_db_exec(db, "INSERT INTO t VALUES (1); -- done\n /* really */ ;\n", NULL, 0,
                         NULL, &err),
             &err);
-    assert_int_equal(q_int(db, "SELECT count(*) FROM t"), 1);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 1);
     /* Empty SQL is misuse too. */
     DBKT_RC(DBK_EMISUSE, dbk_db_exec(db, "  -- nothing\n", NULL, 0, NULL, &err));
     dbk_conn_close(c);
@@ -897,8 +878,8 @@ static void sqlite_script_stops_at_error(void **state)
                                             &err));
     assert_non_null(strstr(err.message, "statement 3"));
     assert_non_null(strstr(err.message, "INSERT INTO missing"));
-    assert_int_equal(q_int(db, "SELECT count(*) FROM a"), 1);
-    assert_int_equal(q_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'b'"), 0);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM a"), 1);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'b'"), 0);
     /* Semicolons inside strings and comments do not split statements. */
     DBKT_OK(dbk_db_exec_script(db,
                                "-- leading comment; with a semicolon\n"
@@ -906,7 +887,7 @@ static void sqlite_script_stops_at_error(void **state)
                                "SELECT 1;;\n",
                                &err),
             &err);
-    assert_int_equal(q_int(db, "SELECT max(x) FROM a"), 5);
+    assert_int_equal(dbkt_int(db, "SELECT max(x) FROM a"), 5);
     DBKT_OK(dbk_db_exec_script(db, "", &err), &err);
     dbk_conn_close(c);
 }
@@ -917,16 +898,16 @@ static void sqlite_reset_rolls_back(void **state)
     dbk_conn *c = dbkt_open("sqlite::memory:");
     dbk_db *db = dbk_conn_db(c);
     dbk_error err;
-    exec0(db, "CREATE TABLE t (x INTEGER)");
+    dbkt_exec(db, "CREATE TABLE t (x INTEGER)");
     assert_int_equal(c->drv->txstate(c->impl), DBK__TX_IDLE);
-    exec0(db, "BEGIN; INSERT INTO t VALUES (1);");
+    dbkt_exec(db, "BEGIN; INSERT INTO t VALUES (1);");
     assert_int_equal(c->drv->txstate(c->impl), DBK__TX_OPEN);
     /* A failed statement leaves SQLite's transaction open (no FAILED state). */
     DBKT_RC(DBK_ESCHEMA, dbk_db_exec(db, "INSERT INTO nope VALUES (1)", NULL, 0, NULL, &err));
     assert_int_equal(c->drv->txstate(c->impl), DBK__TX_OPEN);
     DBKT_OK(c->drv->reset(c->impl, &err), &err);
     assert_int_equal(c->drv->txstate(c->impl), DBK__TX_IDLE);
-    assert_int_equal(q_int(db, "SELECT count(*) FROM t"), 0);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 0);
     DBKT_OK(c->drv->reset(c->impl, &err), &err); /* idle: nothing to do */
     dbk_conn_close(c);
 }

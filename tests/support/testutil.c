@@ -159,3 +159,23 @@ void dbkt_each_engine(const char *name, void (*fn)(const char *url, dbk_engine e
     fn(u, DBK_ENGINE_POSTGRES);
     free(u);
 }
+
+void dbkt_exec(dbk_db *db, const char *sql)
+{
+    dbk_error err;
+    DBKT_OK(dbk_db_exec_script(db, sql, &err), &err);
+}
+
+int64_t dbkt_int(dbk_db *db, const char *sql)
+{
+    dbk_error err;
+    int64_t v = -1;
+    DBKT_OK(dbk_db_query_int64(db, sql, NULL, 0, &v, &err), &err);
+    return v;
+}
+
+void dbkt_text(dbk_db *db, const char *sql, char *buf, size_t n)
+{
+    dbk_error err;
+    DBKT_OK(dbk_db_query_text(db, sql, NULL, 0, buf, n, NULL, &err), &err);
+}

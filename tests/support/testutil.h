@@ -67,6 +67,15 @@ dbk_conn *dbkt_open(const char *url);
  * PostgreSQL database named after `name`. */
 void dbkt_each_engine(const char *name, void (*fn)(const char *url, dbk_engine engine));
 
+/* Runs a script (no parameters), failing the test on error. */
+void dbkt_exec(dbk_db *db, const char *sql);
+
+/* One row, one int64 value from sql (no parameters); fails the test on error. */
+int64_t dbkt_int(dbk_db *db, const char *sql);
+
+/* One row, one text value from sql copied into buf; fails the test on error. */
+void dbkt_text(dbk_db *db, const char *sql, char *buf, size_t n);
+
 #define DBKT_MAIN(tests)                                                 \
     int main(int argc, char **argv)                                      \
     {                                                                    \
