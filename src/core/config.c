@@ -1758,7 +1758,7 @@ DBK_API size_t dbk_config_redacted_url(const dbk_config *cfg, char *buf, size_t 
             h = he + 1;
         }
     }
-    if (cfg->dbname) {
+    if (cfg->dbname && cfg->dbname[0]) { /* "" means libpq's default, as absent */
         sb_puts(&b, "/");
         sb_enc(&b, cfg->dbname, "");
     }
