@@ -183,7 +183,7 @@ int main(int argc, char **argv)
     char url[600];
     snprintf(url, sizeof url, "sqlite:%s", path);
     dbk_config *cfg;
-    dbk_conn *conn;
+    dbk_conn *conn = NULL;
     if (dbk_config_from(url, NULL, NULL, &cfg, &err) || dbk_conn_open(cfg, &conn, &err))
         die("sqlite open", &err);
     dbk_config_free(cfg);

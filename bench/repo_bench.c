@@ -96,7 +96,7 @@ static int by_hand(dbk_db *db, dbk_arena *a)
         return -1;
     int64_t id, ts;
     const char *email, *name;
-    size_t l1, l2;
+    size_t l1 = 0, l2 = 0;
     int bad = dbk_result_get_int64(r, 0, 0, &id, &err) ||
               dbk_result_get_text(r, 0, 1, &email, &l1, &err) ||
               dbk_result_get_text(r, 0, 2, &name, &l2, &err) ||
@@ -159,7 +159,7 @@ static void run(const char *label, const char *url, double secs)
 {
     dbk_error err;
     dbk_config *cfg;
-    dbk_conn *c;
+    dbk_conn *c = NULL;
     if (dbk_config_from_url(url, &cfg, &err) || dbk_conn_open(cfg, &c, &err))
         die("connect", &err);
     dbk_config_free(cfg);
@@ -290,7 +290,7 @@ static void run(const char *label, const char *url, double secs)
             double tw = (now_s() - t0) / iters;
             t0 = now_s();
             for (int i = 0; i < iters; i++) {
-                dbk_result *r;
+                dbk_result *r = NULL;
                 int64_t total;
                 if (dbk_db_query_int64(db, CNT, p, 1, &total, &err) ||
                     dbk_db_query(db, PAGE, p, 3, &r, &err))

@@ -290,8 +290,9 @@ static void migrate_split_statements(void **state)
     }
     {
         /* CREATE TEMP TRIGGER and PostgreSQL triggers (no BEGIN) */
-        const char *w[] = {"CREATE TEMP TRIGGER IF NOT EXISTS x BEFORE DELETE ON t BEGIN "
-                           "SELECT 1; SELECT 2; END",
+        static const char trig[] = "CREATE TEMP TRIGGER IF NOT EXISTS x BEFORE DELETE ON t BEGIN "
+                                   "SELECT 1; SELECT 2; END";
+        const char *w[] = {trig,
                            "CREATE TRIGGER y AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()",
                            "SELECT 3"};
         split_expect("CREATE TEMP TRIGGER IF NOT EXISTS x BEFORE DELETE ON t BEGIN SELECT 1; "
