@@ -85,8 +85,10 @@ DBK_API dbk_rc dbk_db_query_text(dbk_db *db, const char *sql, const dbk_value *p
 DBK_API dbk_rc dbk_db_exec_script(dbk_db *db, const char *sql, dbk_error *err);
 
 /* What an observer sees after each statement. All pointers are borrowed for
- * the duration of the callback. `sql` is the text with placeholders; values
- * are not shown. */
+ * the duration of the callback. `sql` is the text with placeholders; the
+ * parameter values are in `params` so that an observer that was asked to can
+ * show them (the diagnostics query log does not by default: values may be
+ * secrets). */
 typedef struct dbk_query_event {
     const char *sql;
     size_t nparams;
@@ -94,6 +96,8 @@ typedef struct dbk_query_event {
     int64_t rows;        /* rows returned, or affected for writes */
     dbk_rc rc;
     dbk_engine engine;
+    const dbk_value *params; /* nparams values, NULL when there are none */
+    const dbk_error *error;  /* the failure when rc != DBK_OK, else NULL */
 } dbk_query_event;
 
 typedef void (*dbk_observer_fn)(void *ctx, const dbk_query_event *ev);

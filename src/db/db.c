@@ -155,7 +155,8 @@ static dbk_rc run(dbk_db *db, const char *sql, const dbk_value *params, size_t n
     int64_t aff = 0;
     int64_t t0 = dbk__now_ns();
     rc = db->ops->run(db, sql, params, nparams, out, &aff, err);
-    dbk_query_event ev = {sql, nparams, dbk__now_ns() - t0, 0, rc, db->engine};
+    dbk_query_event ev = {sql, nparams, dbk__now_ns() - t0, 0, rc, db->engine, params,
+                          rc ? err : NULL};
     if (rc == DBK_OK)
         ev.rows = (out && *out && (*out)->nrows) ? (int64_t)(*out)->nrows : aff;
     if (affected)
@@ -251,7 +252,7 @@ dbk_rc dbk_db_exec_script(dbk_db *db, const char *sql, dbk_error *err)
         return db->ops->script(db, sql, err);
     int64_t t0 = dbk__now_ns();
     rc = db->ops->script(db, sql, err);
-    dbk_query_event ev = {sql, 0, dbk__now_ns() - t0, 0, rc, db->engine};
+    dbk_query_event ev = {sql, 0, dbk__now_ns() - t0, 0, rc, db->engine, NULL, rc ? err : NULL};
     db->observer(db->observer_ctx, &ev);
     return rc;
 }

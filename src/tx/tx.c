@@ -172,7 +172,7 @@ static dbk_rc ctl_as(tx_root *r, const char *sql, bool direct, dbk_error *err)
         return ctl_exec(c, sql, direct, err);
     int64_t t0 = dbk__now_ns();
     dbk_rc rc = ctl_exec(c, sql, direct, err);
-    dbk_query_event ev = {sql, 0, dbk__now_ns() - t0, 0, rc, r->engine};
+    dbk_query_event ev = {sql, 0, dbk__now_ns() - t0, 0, rc, r->engine, NULL, rc ? err : NULL};
     p->observer(p->observer_ctx, &ev);
     return rc;
 }
