@@ -62,11 +62,14 @@ typedef enum dbk_rc {
     DBK_ESQL = 28,               /* other SQL error: syntax, privilege, data exception */
     DBK_ESCHEMA = 29,            /* undefined table, column or function (42P01, 42703, 42883) */
     DBK_EREADONLY = 30,          /* write on a read-only database or standby (25006) */
-    DBK_EINTERNAL = 31           /* a bug in dbkit or a protocol surprise */
+    DBK_EINTERNAL = 31,          /* a bug in dbkit or a protocol surprise */
+    DBK_EN_PLUS_ONE = 32,        /* N+1 query pattern detected (diagnostics error mode) */
+    DBK_ENOT_RUN = 33            /* batch statement not executed: an earlier one failed or
+                                    the connection was lost before it was sent */
 } dbk_rc;
 
 /* Highest code this version knows. Grows, never shrinks. */
-#define DBK_RC_MAX_ 31
+#define DBK_RC_MAX_ 33
 
 #define DBK_ERROR_MESSAGE_MAX 512
 #define DBK_ERROR_HINT_MAX 256

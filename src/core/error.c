@@ -53,6 +53,8 @@ static const struct {
     [DBK_ESCHEMA] = {"DBK_ESCHEMA", "undefined table, column or function"},
     [DBK_EREADONLY] = {"DBK_EREADONLY", "database is read-only"},
     [DBK_EINTERNAL] = {"DBK_EINTERNAL", "internal error"},
+    [DBK_EN_PLUS_ONE] = {"DBK_EN_PLUS_ONE", "N+1 query pattern detected"},
+    [DBK_ENOT_RUN] = {"DBK_ENOT_RUN", "statement not executed"},
 };
 
 const char *dbk_strerror(dbk_rc rc)

@@ -30,6 +30,8 @@ static void error_codes_are_stable(void **state)
     assert_int_equal(DBK_ENOT_FOUND, 18);
     assert_int_equal(DBK_EMISUSE, 26);
     assert_int_equal(DBK_EINTERNAL, 31);
+    assert_int_equal(DBK_EN_PLUS_ONE, 32);
+    assert_int_equal(DBK_ENOT_RUN, 33);
 }
 
 static void error_sqlstate_map(void **state)
