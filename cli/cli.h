@@ -155,4 +155,89 @@ int cmd_query(cli *c, int argc, char **argv);
 int cmd_doctor(cli *c, int argc, char **argv);
 int cmd_config(cli *c, int argc, char **argv);
 
+/* ---- diagnostics: explain, advise, check, erd (diag_common.c) ---- */
+
+/* Exit code of `explain --exit-code` / `advise --exit-code` with findings and
+ * of `check` with a failed check. */
+#define CLI_FINDINGS 6
+
+int cmd_explain(cli *c, int argc, char **argv);
+int cmd_advise(cli *c, int argc, char **argv);
+int cmd_check(cli *c, int argc, char **argv);
+int cmd_erd(cli *c, int argc, char **argv);
+
+/* A growable string (NUL-terminated; s is NULL until something is added).
+ * An allocation failure sets oom and drops further text. */
+typedef struct dg_buf {
+    char *s;
+    size_t len, cap;
+    bool oom;
+} dg_buf;
+void dg_add(dg_buf *b, const char *s);
+void dg_addn(dg_buf *b, const char *s, size_t n);
+void dg_addf(dg_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void dg_buf_free(dg_buf *b);
+/* b->s or "" when empty. */
+const char *dg_str(const dg_buf *b);
+/* strdup that accepts NULL (gives NULL). */
+char *dg_strdup(const char *s);
+
+/* The live schema, as `erd` draws it and `check` inspects it. */
+typedef struct dg_col {
+    char *name;
+    char *type;
+    bool notnull;
+    bool pk;
+} dg_col;
+
+typedef struct dg_index {
+    char **cols; /* key columns in order; "?" for an expression */
+    size_t ncols;
+    bool unique;
+    bool partial;
+} dg_index;
+
+typedef struct dg_fk {
+    char *ref_table;
+    char **cols, **ref_cols; /* ref_cols[i] may be NULL: the parent's key */
+    size_t ncols;
+} dg_fk;
+
+typedef struct dg_table {
+    char *name;
+    dg_col *cols;
+    size_t ncols;
+    dg_index *idx;
+    size_t nidx;
+    dg_fk *fks;
+    size_t nfks;
+    bool has_pk;
+} dg_table;
+
+typedef struct dg_schema {
+    dg_table *t;
+    size_t n;
+} dg_schema;
+
+/* Loads the tables of the current schema(s) (PostgreSQL: current_schemas;
+ * SQLite: main). dbkit's bookkeeping tables (dbkit_migrations, dbkit_seeds)
+ * are left out unless `all`. */
+dbk_rc dg_schema_load(dbk_db *db, bool all, dg_schema *out, dbk_error *err);
+void dg_schema_free(dg_schema *s);
+const dg_table *dg_schema_table(const dg_schema *s, const char *name);
+const dg_col *dg_table_col(const dg_table *t, const char *name);
+/* True when an index (or SQLite's rowid) has exactly / starts with the FK
+ * columns: `unique_exact` asks for a unique index on exactly those columns. */
+bool dg_fk_indexed(const dg_table *t, const dg_fk *fk);
+bool dg_fk_unique(const dg_table *t, const dg_fk *fk);
+bool dg_fk_nullable(const dg_table *t, const dg_fk *fk);
+/* True for dbkit's own tables (dbkit_migrations, dbkit_seeds). */
+bool dg_is_bookkeeping(const char *table);
+
+/* Runs argv[0] (looked up in PATH) with argv, no shell, in `dir`, capturing
+ * stdout into *out (owned by the caller); *status gets the exit status (or
+ * -1 when it could not run). Stderr is discarded. Returns false when the
+ * program could not be started or timed out (60 s). */
+bool dg_run(const char *dir, const char *const *argv, dg_buf *out, int *status);
+
 #endif

@@ -29,6 +29,12 @@ static const char USAGE[] =
     "  seed [--env ENV] [--force]        run new or changed seeds from db/seeds\n"
     "  doctor                            check the connection, server, pool settings, migrations\n"
     "  query SQL [ARG ...]               run one parameterized query ($1.. bound as text)\n"
+    "  explain [--analyze] SQL [ARG ...] the plan, with findings and index suggestions\n"
+    "  advise [--log FILE] [--top N]     the slowest statements (query log or\n"
+    "                                    pg_stat_statements), explained\n"
+    "  check [--repo DIR]                migrations committed, no hard-coded passwords,\n"
+    "                                    indexed foreign keys, primary keys\n"
+    "  erd [--format mermaid|dot]        the ER diagram of the live schema\n"
     "  config                            the effective configuration and where each value "
     "came from\n"
     "  version                           print the version\n"
@@ -44,7 +50,8 @@ static const char USAGE[] =
     "  -h, --help             help (for a command: dbkit COMMAND --help)\n"
     "\n"
     "Exit codes: 0 ok, 1 error, 2 usage, 3 pending migrations (status --exit-code),\n"
-    "4 changed/missing/dirty migrations, 5 cannot connect. See docs/cli.md.\n";
+    "4 changed/missing/dirty migrations, 5 cannot connect, 6 findings (check; explain and\n"
+    "advise with --exit-code). See docs/cli.md.\n";
 
 static int print_version(cli *c)
 {
@@ -142,6 +149,14 @@ int main(int argc, char **argv)
         code = cmd_doctor(&c, nrest, rest);
     else if (strcmp(cmd, "config") == 0)
         code = cmd_config(&c, nrest, rest);
+    else if (strcmp(cmd, "explain") == 0)
+        code = cmd_explain(&c, nrest, rest);
+    else if (strcmp(cmd, "advise") == 0)
+        code = cmd_advise(&c, nrest, rest);
+    else if (strcmp(cmd, "check") == 0)
+        code = cmd_check(&c, nrest, rest);
+    else if (strcmp(cmd, "erd") == 0)
+        code = cmd_erd(&c, nrest, rest);
     else if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
         code = print_version(&c);
     else if (strcmp(cmd, "help") == 0) {
