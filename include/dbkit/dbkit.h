@@ -16,5 +16,6 @@
 #include "repo.h"
 #include "cache.h"
 #include "migrate.h"
+#include "diag.h"
 
 #endif

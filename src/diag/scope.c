@@ -1,0 +1,378 @@
+/*
+ * N+1 scopes: per-thread statement counts between dbk_diag_scope_begin()
+ * and dbk_diag_scope_end(), and the reports made from them.
+ *
+ * An N+1 is one statement run once per row of an earlier result. Seen from
+ * the observer it is the same SQL text (the parameters differ) run many
+ * times in one unit of work, so a scope is a small open-addressing hash
+ * table from statement text to (count, total time), keyed by a 64-bit
+ * FNV-1a hash of the text and confirmed by comparing it. The text is copied
+ * the first time a scope meets it (the caller's pointer may not live until
+ * the scope ends); every later run of it costs the hash and one compare.
+ * Whether a statement is exempt (transaction control, the safelist) is
+ * decided once, at that first meeting.
+ *
+ * Scopes are thread-local: the current scope is a thread-local pointer to a
+ * stack of scopes, so the observer, called on the thread that ran the
+ * statement, finds it without a lock, and two threads never mix. A nested
+ * scope counts separately and, when it ends, adds its counts to the
+ * enclosing scope of the same hub (a loop over inner scopes is still seen
+ * by the outer one); what it reported is marked reported there too.
+ *
+ * Reports are made when the scope ends, with the final count and time.
+ * When the threshold is first crossed the stack is walked once (glibc
+ * backtrace() + dladdr()) for the first frame outside libdbkit; this is
+ * only possible when libdbkit is a shared object (in a static link the
+ * library and the caller are one object and static symbols are not
+ * visible), so in a static build the report names the scope's begin call
+ * site only.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#if defined(__GLIBC__)
+#include <dlfcn.h>
+#include <execinfo.h>
+#endif
+
+#include "../core/internal.h"
+#include "diag_int.h"
+
+#define N1_HINT                                                                             \
+    "load the related rows with an include: dbk_query.include in dbk_repo_find_many(), or " \
+    "dbk_repo_include() on rows already loaded (one query per relation, not one per row)"
+#define N1_HINT_SHORT "use an include: dbk_query.include / dbk_repo_include()"
+
+typedef struct n1_entry {
+    uint64_t hash;
+    char *sql; /* owned copy; NULL: empty slot */
+    size_t len;
+    uint32_t count;
+    bool exempt;   /* transaction control or safelisted: never reported */
+    bool crossed;  /* over the thresholds: to be reported */
+    bool reported; /* already reported (here or by an inner scope) */
+    int64_t total_ns;
+    char *frame;   /* owned: first caller frame outside libdbkit, or NULL */
+} n1_entry;
+
+typedef struct scope {
+    dbk_diag *d;
+    const char *name, *file, *func;
+    int line;
+    struct scope *up;
+    unsigned lost; /* scopes above this one that could not be allocated */
+    n1_entry *tab;
+    size_t cap, n;  /* cap a power of two, or 0 */
+    bool broken;    /* a table allocation failed: counts are incomplete */
+} scope;
+
+static _Thread_local scope *tls_top;
+static _Thread_local unsigned tls_lost_root;
+
+bool dbk__diag_scope_open(void)
+{
+    return tls_top != NULL;
+}
+
+static uint64_t fnv1a(const char *s, size_t *len)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        h ^= *p++;
+        h *= UINT64_C(0x100000001b3);
+    }
+    *len = (size_t)((const char *)p - s);
+    return h;
+}
+
+static bool is_control(const char *sql)
+{
+    static const char *const words[] = {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE",
+                                        "SET", "START", "END", "ABORT"};
+    while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r')
+        sql++;
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+        size_t n = strlen(words[i]);
+        if (strncasecmp(sql, words[i], n) == 0) {
+            char c = sql[n];
+            if (c == '\0' || c == ' ' || c == ';' || c == '\t' || c == '\n')
+                return true;
+        }
+    }
+    return false;
+}
+
+static bool safelisted(const dbk_diag *d, const char *sql)
+{
+    if (!d->safelist)
+        return false;
+    for (const char *const *p = d->safelist; *p; p++)
+        if (**p && strncmp(sql, *p, strlen(*p)) == 0)
+            return true;
+    return false;
+}
+
+static bool grow(scope *s)
+{
+    size_t ncap = s->cap ? s->cap * 2 : 16;
+    n1_entry *nt = calloc(ncap, sizeof *nt);
+    if (!nt)
+        return false;
+    for (size_t i = 0; i < s->cap; i++) {
+        if (!s->tab[i].sql)
+            continue;
+        size_t j = (size_t)s->tab[i].hash & (ncap - 1);
+        while (nt[j].sql)
+            j = (j + 1) & (ncap - 1);
+        nt[j] = s->tab[i];
+    }
+    free(s->tab);
+    s->tab = nt;
+    s->cap = ncap;
+    return true;
+}
+
+/* Finds or inserts the entry for sql (hash h, length len); NULL on OOM. */
+static n1_entry *lookup(scope *s, const char *sql, size_t len, uint64_t h)
+{
+    if (s->cap) {
+        size_t j = (size_t)h & (s->cap - 1);
+        while (s->tab[j].sql) {
+            n1_entry *e = &s->tab[j];
+            if (e->hash == h && e->len == len && memcmp(e->sql, sql, len) == 0)
+                return e;
+            j = (j + 1) & (s->cap - 1);
+        }
+    }
+    if ((s->n + 1) * 2 > s->cap && !grow(s))
+        return NULL;
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return NULL;
+    memcpy(copy, sql, len + 1);
+    size_t j = (size_t)h & (s->cap - 1);
+    while (s->tab[j].sql)
+        j = (j + 1) & (s->cap - 1);
+    n1_entry *e = &s->tab[j];
+    memset(e, 0, sizeof *e);
+    e->hash = h;
+    e->sql = copy;
+    e->len = len;
+    e->exempt = is_control(copy) || safelisted(s->d, copy);
+    s->n++;
+    return e;
+}
+
+/* The first stack frame outside libdbkit as "symbol+0xoff (object)", or
+ * NULL when it cannot be told (static link, no glibc). */
+static char *caller_frame(void)
+{
+#if defined(__GLIBC__)
+    Dl_info self;
+    if (!dladdr((void *)&dbk_diag_observe, &self) || !self.dli_fname ||
+        !strstr(self.dli_fname, ".so"))
+        return NULL;
+    void *frames[48];
+    int k = backtrace(frames, 48);
+    for (int i = 1; i < k; i++) {
+        Dl_info in;
+        if (!dladdr(frames[i], &in) || in.dli_fbase == self.dli_fbase)
+            continue;
+        char buf[256];
+        const char *obj = in.dli_fname ? strrchr(in.dli_fname, '/') : NULL;
+        obj = obj ? obj + 1 : (in.dli_fname ? in.dli_fname : "?");
+        if (in.dli_sname && in.dli_saddr)
+            snprintf(buf, sizeof buf, "%s+0x%lx (%s)", in.dli_sname,
+                     (unsigned long)((char *)frames[i] - (char *)in.dli_saddr), obj);
+        else
+            snprintf(buf, sizeof buf, "%s+0x%lx", obj,
+                     (unsigned long)((char *)frames[i] - (char *)in.dli_fbase));
+        size_t n = strlen(buf) + 1;
+        char *r = malloc(n);
+        if (r)
+            memcpy(r, buf, n);
+        return r;
+    }
+#endif
+    return NULL;
+}
+
+static void check_cross(const dbk_diag *d, n1_entry *e, bool capture)
+{
+    if (e->crossed || e->reported || e->exempt)
+        return;
+    if (e->count > d->n1_threshold && e->total_ns > d->n1_min_total_ns) {
+        e->crossed = true;
+        if (capture && !e->frame)
+            e->frame = caller_frame();
+    }
+}
+
+static scope *innermost(const dbk_diag *d)
+{
+    for (scope *s = tls_top; s; s = s->up)
+        if (s->d == d)
+            return s;
+    return NULL;
+}
+
+void dbk__diag_scope_count(dbk_diag *d, const dbk_query_event *ev)
+{
+    scope *s = innermost(d);
+    if (!s || !ev->sql)
+        return;
+    size_t len;
+    uint64_t h = fnv1a(ev->sql, &len);
+    n1_entry *e = lookup(s, ev->sql, len, h);
+    if (!e) {
+        s->broken = true;
+        return;
+    }
+    if (e->exempt)
+        return;
+    e->count++;
+    e->total_ns += ev->duration_ns > 0 ? ev->duration_ns : 0;
+    check_cross(d, e, true);
+}
+
+void dbk_diag_scope_begin_at(dbk_diag *d, const char *name, const char *file, int line,
+                             const char *func)
+{
+    if (!d)
+        return;
+    scope *s = calloc(1, sizeof *s);
+    if (!s) {
+        if (tls_top)
+            tls_top->lost++;
+        else
+            tls_lost_root++;
+        return;
+    }
+    s->d = d;
+    s->name = name ? name : "";
+    s->file = file ? file : "?";
+    s->line = line;
+    s->func = func ? func : "?";
+    s->up = tls_top;
+    tls_top = s;
+}
+
+static void free_scope(scope *s)
+{
+    for (size_t i = 0; i < s->cap; i++) {
+        free(s->tab[i].sql);
+        free(s->tab[i].frame);
+    }
+    free(s->tab);
+    free(s);
+}
+
+/* Adds the counts of inner scope `in` to `out` (same hub). */
+static void merge(scope *out, const scope *in)
+{
+    for (size_t i = 0; i < in->cap; i++) {
+        const n1_entry *c = &in->tab[i];
+        if (!c->sql)
+            continue;
+        n1_entry *e = lookup(out, c->sql, c->len, c->hash);
+        if (!e) {
+            out->broken = true;
+            continue;
+        }
+        e->count += c->count;
+        e->total_ns += c->total_ns;
+        e->reported = e->reported || c->reported;
+        if (!e->frame && c->frame) {
+            size_t n = strlen(c->frame) + 1;
+            e->frame = malloc(n);
+            if (e->frame)
+                memcpy(e->frame, c->frame, n);
+        }
+        check_cross(out->d, e, false);
+    }
+}
+
+static void report_line(const scope *s, const n1_entry *e)
+{
+    char line[1024];
+    dbk__dw w = {line, sizeof line - 1, 0};
+    dbk__dw_printf(&w, "n+1 count=%u total_ms=", e->count);
+    dbk__dw_ms(&w, e->total_ns);
+    dbk__dw_puts(&w, " scope=\"");
+    dbk__dw_escaped(&w, s->name, strlen(s->name), 200);
+    dbk__dw_puts(&w, "\" at=");
+    dbk__dw_printf(&w, "%s:%d (%s)", s->file, s->line, s->func);
+    if (e->frame)
+        dbk__dw_printf(&w, " frame=%s", e->frame);
+    dbk__dw_puts(&w, " sql=\"");
+    size_t tail = sizeof " hint=\"\"" - 1 + sizeof N1_HINT_SHORT - 1 + 1;
+    size_t limit = sizeof line - 1 > w.len + tail ? sizeof line - 1 - tail : w.len;
+    dbk__dw_escaped(&w, e->sql, e->len, limit);
+    dbk__dw_puts(&w, "\" hint=\"" N1_HINT_SHORT "\"");
+    line[w.len < sizeof line - 1 ? w.len : sizeof line - 1] = '\0';
+    dbk__log(DBK_LOG_WARN, "%s", line);
+}
+
+dbk_rc dbk_diag_scope_end(dbk_diag *d, dbk_error *err)
+{
+    if (!d)
+        return dbk__err(err, DBK_EMISUSE, "dbk_diag_scope_end: no diagnostics hub");
+    /* a scope that could not be allocated ends first if it was opened last */
+    unsigned *lost = tls_top ? &tls_top->lost : &tls_lost_root;
+    if (*lost) {
+        (*lost)--;
+        return DBK_OK;
+    }
+    scope **link = &tls_top;
+    while (*link && (*link)->d != d)
+        link = &(*link)->up;
+    scope *s = *link;
+    if (!s)
+        return dbk__err(err, DBK_EMISUSE, "dbk_diag_scope_end: no open scope on this thread");
+    *link = s->up;
+
+    dbk_rc rc = DBK_OK;
+    size_t nreports = 0;
+    const n1_entry *first = NULL;
+    for (size_t i = 0; i < s->cap; i++) {
+        n1_entry *e = &s->tab[i];
+        if (!e->sql || !e->crossed || e->reported)
+            continue;
+        e->reported = true;
+        nreports++;
+        DBK__ADD(&d->n_plus_one, 1);
+        if (!first || e->count > first->count)
+            first = e;
+        report_line(s, e);
+    }
+    if (first && d->n1_mode == DBK_N1_ERROR) {
+        char sql[240];
+        size_t n = first->len < sizeof sql - 1 ? first->len : sizeof sql - 4;
+        memcpy(sql, first->sql, n);
+        if (n < first->len)
+            memcpy(sql + n, "...", 3), n += 3;
+        sql[n] = '\0';
+        char total[32];
+        dbk__dw tw = {total, sizeof total - 1, 0};
+        dbk__dw_ms(&tw, first->total_ns);
+        total[tw.len < sizeof total - 1 ? tw.len : sizeof total - 1] = '\0';
+        char more[48] = "";
+        if (nreports > 1)
+            snprintf(more, sizeof more, " (and %zu more statements)", nreports - 1);
+        rc = dbk__err(err, DBK_EN_PLUS_ONE,
+                      "n+1 query: statement run %u times (%s ms) in scope \"%s\" at %s:%d: %s%s",
+                      first->count, total, s->name, s->file, s->line, sql, more);
+        dbk__err_hint(err, "%s", N1_HINT);
+    }
+
+    for (scope *p = s->up; p; p = p->up)
+        if (p->d == d) {
+            merge(p, s);
+            break;
+        }
+    free_scope(s);
+    return rc;
+}
