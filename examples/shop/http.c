@@ -1,0 +1,422 @@
+/*
+ * http.c - the libmicrohttpd side of the shop: one daemon with an internal
+ * epoll thread pool, request bodies, responses, error mapping and the
+ * access log.
+ *
+ * Why shaped so: small keep-alive requests are the common case, so the
+ * daemon runs a pool of epoll threads (each owns its connections; a request
+ * never changes thread), every thread keeps one dbkit arena that is reset,
+ * not freed, between requests, and a GET is answered in the first call of
+ * the access handler without allocating a per-request context. Bodies
+ * (POST, PATCH) are collected into a buffer bounded by SHOP_MAX_BODY; a
+ * declared Content-Length above it is refused with 413 before the body is
+ * read, an undeclared one (chunked) is read and dropped, then refused.
+ *
+ * The number of requests in flight is counted from the first handler call
+ * to MHD's completion callback (after the response was sent), which is what
+ * the graceful shutdown waits for.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "shop.h"
+
+static struct MHD_Daemon *daemon_;
+static _Thread_local dbk_arena *tl_arena;
+
+/* Marks a request answered in the first call (no body context). */
+static char answered_marker;
+
+typedef struct body_ctx {
+    char *buf;
+    size_t len, cap;
+    bool too_big;
+    int64_t start_ns;
+} body_ctx;
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ---- responses ---- */
+
+void shop_reply_json(shop_resp *rs, int status, json_t *j)
+{
+    rs->status = status;
+    rs->ctype = NULL;
+    free(rs->body);
+    rs->body = NULL;
+    rs->len = 0;
+    if (!j) {
+        rs->status = 500;
+        return;
+    }
+    rs->body = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (!rs->body) {
+        rs->status = 500;
+        return;
+    }
+    rs->len = strlen(rs->body);
+}
+
+void shop_reply_error(shop_resp *rs, int status, const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    shop_reply_json(rs, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
+    rs->status = status;
+}
+
+void shop_reply_rc(shop_resp *rs, dbk_rc rc, const dbk_error *err, const char *what)
+{
+    switch (rc) {
+    case DBK_ENOT_FOUND:
+        shop_reply_error(rs, 404, "not_found", "%s not found", what ? what : "resource");
+        return;
+    case DBK_EUNIQUE:
+        shop_reply_error(rs, 409, "conflict", "%s already exists",
+                         what ? what : "a resource with these values");
+        return;
+    case DBK_EFOREIGN_KEY:
+        shop_reply_error(rs, 409, "conflict", "%s is still referenced or refers to a missing row",
+                         what ? what : "resource");
+        return;
+    case DBK_ECHECK:
+    case DBK_ENOT_NULL:
+    case DBK_EINVALID:
+    case DBK_ETYPE:
+    case DBK_EINVALID_COLUMN:
+    case DBK_EINVALID_SORT:
+        shop_reply_error(rs, 400, "invalid", "invalid value");
+        return;
+    case DBK_EPOOL_TIMEOUT:
+    case DBK_EUNAVAILABLE:
+    case DBK_ECONN_LOST:
+    case DBK_EPOOL_CLOSED:
+    case DBK_EBUSY:
+    case DBK_ETIMEOUT:
+    case DBK_ERETRY_EXHAUSTED:
+        fprintf(stderr, "shop: database unavailable: %s: %s\n", dbk_rc_name(rc),
+                err ? err->message : "");
+        shop_reply_error(rs, 503, "unavailable", "the database is unavailable, retry later");
+        return;
+    default:
+        /* The dbkit message never carries parameter values or passwords,
+         * but it may carry SQL: log it, answer generically. */
+        fprintf(stderr, "shop: internal error: %s: %s\n", dbk_rc_name(rc),
+                err ? err->message : "");
+        shop_reply_error(rs, 500, "internal", "internal error");
+        return;
+    }
+}
+
+const char *shop_query_arg(const shop_req *rq, const char *name)
+{
+    return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+bool shop_utf8_ok(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n;
+        unsigned min;
+        if (c >= 0xC2 && c <= 0xDF) {
+            n = 1;
+            min = 0x80;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            n = 2;
+            min = 0x800;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            n = 3;
+            min = 0x10000;
+        } else {
+            return false;
+        }
+        if (i + n >= len)
+            return false;
+        unsigned cp = c & (0x3F >> n);
+        for (size_t k = 1; k <= n; k++) {
+            if ((p[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = (cp << 6) | (p[i + k] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += n + 1;
+    }
+    return true;
+}
+
+/* ---- the access log ---- */
+
+static void access_log(const char *method, const char *path, int status, int64_t dur_ns,
+                       uint64_t queries)
+{
+    char line[512], safe[256];
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)path; *p && o + 5 < sizeof safe; p++) {
+        if (*p < 0x20 || *p >= 0x7F || *p == '"' || *p == '\\')
+            o += (size_t)snprintf(safe + o, sizeof safe - o, "\\x%02X", *p);
+        else
+            safe[o++] = (char)*p;
+    }
+    safe[o] = '\0';
+    int n = snprintf(line, sizeof line,
+                     "access method=%s path=\"%s\" status=%d duration_ms=%.3f queries=%llu\n",
+                     method, safe, status, (double)dur_ns / 1e6, (unsigned long long)queries);
+    if (n > 0) {
+        size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+        /* One write per line so lines from several threads never mix. */
+        ssize_t w = write(STDERR_FILENO, line, len);
+        (void)w;
+    }
+}
+
+/* ---- the request cycle ---- */
+
+static enum MHD_Result send_response(struct MHD_Connection *conn, shop_resp *rs, uint64_t queries)
+{
+    struct MHD_Response *r;
+    if (rs->body)
+        r = MHD_create_response_from_buffer(rs->len, rs->body, MHD_RESPMEM_MUST_FREE);
+    else
+        r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!r) {
+        free(rs->body);
+        rs->body = NULL;
+        return MHD_NO;
+    }
+    rs->body = NULL; /* owned by the response now */
+    if (rs->status != 204)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                rs->ctype ? rs->ctype : "application/json");
+    char q[24];
+    snprintf(q, sizeof q, "%llu", (unsigned long long)queries);
+    MHD_add_response_header(r, "X-DB-Queries", q);
+    enum MHD_Result ret = MHD_queue_response(conn, (unsigned)rs->status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result finish(struct MHD_Connection *conn, const char *method, const char *url,
+                              json_t *body, int64_t start_ns, shop_resp *preset)
+{
+    shop_resp rs = {0};
+    uint64_t queries = 0;
+    if (preset) {
+        rs = *preset;
+    } else {
+        if (!tl_arena)
+            tl_arena = dbk_arena_new(0);
+        else
+            dbk_arena_reset(tl_arena);
+        shop_req rq = {method, url, conn, body, tl_arena};
+        shop_thread_queries_reset();
+#ifdef SHOP_HAVE_DIAG
+        if (shop.diag)
+            dbk_diag_scope_begin(shop.diag, url);
+#endif
+        if (!tl_arena)
+            shop_reply_error(&rs, 500, "internal", "out of memory");
+        else
+            shop_route(&rq, &rs);
+#ifdef SHOP_HAVE_DIAG
+        if (shop.diag) {
+            dbk_error derr;
+            (void)dbk_diag_scope_end(shop.diag, &derr);
+        }
+#endif
+        queries = shop_thread_queries();
+    }
+    if (rs.status < 100 || rs.status > 599)
+        rs.status = 500;
+    int status = rs.status;
+    atomic_fetch_add(&shop.responses_by_class[status / 100], 1);
+    enum MHD_Result ret = send_response(conn, &rs, queries);
+    if (shop.access_log)
+        access_log(method, url, status, now_ns() - start_ns, queries);
+    return ret;
+}
+
+static bool has_body(const char *method)
+{
+    return strcmp(method, "POST") == 0 || strcmp(method, "PATCH") == 0 ||
+           strcmp(method, "PUT") == 0;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)cls;
+    (void)version;
+    if (*con_cls == NULL) {
+        int64_t start = now_ns();
+        atomic_fetch_add(&shop.in_flight, 1);
+        atomic_fetch_add(&shop.requests, 1);
+        if (!has_body(method)) {
+            *con_cls = &answered_marker;
+            return finish(conn, method, url, NULL, start, NULL);
+        }
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > SHOP_MAX_BODY) {
+            *con_cls = &answered_marker;
+            shop_resp rs = {0};
+            shop_reply_error(&rs, 413, "too_large", "request body over %d bytes",
+                             SHOP_MAX_BODY);
+            return finish(conn, method, url, NULL, start, &rs);
+        }
+        body_ctx *b = calloc(1, sizeof *b);
+        if (!b)
+            return MHD_NO;
+        b->start_ns = start;
+        *con_cls = b;
+        return MHD_YES;
+    }
+    if (*con_cls == &answered_marker) {
+        *upload_data_size = 0; /* a body after an early answer is dropped */
+        return MHD_YES;
+    }
+    body_ctx *b = *con_cls;
+    if (*upload_data_size > 0) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (b->too_big || b->len + n > SHOP_MAX_BODY) {
+            b->too_big = true;
+            return MHD_YES;
+        }
+        if (b->len + n + 1 > b->cap) {
+            size_t cap = b->cap ? b->cap : 1024;
+            while (cap < b->len + n + 1)
+                cap *= 2;
+            char *nb = realloc(b->buf, cap);
+            if (!nb)
+                return MHD_NO;
+            b->buf = nb;
+            b->cap = cap;
+        }
+        memcpy(b->buf + b->len, upload_data, n);
+        b->len += n;
+        return MHD_YES;
+    }
+    /* The whole body is in. */
+    shop_resp rs = {0};
+    if (b->too_big) {
+        shop_reply_error(&rs, 413, "too_large", "request body over %d bytes", SHOP_MAX_BODY);
+        return finish(conn, method, url, NULL, b->start_ns, &rs);
+    }
+    if (b->len == 0) {
+        shop_reply_error(&rs, 400, "invalid_json", "a JSON object body is required");
+        return finish(conn, method, url, NULL, b->start_ns, &rs);
+    }
+    if (!shop_utf8_ok(b->buf, b->len)) {
+        shop_reply_error(&rs, 400, "invalid_utf8", "the body is not valid UTF-8");
+        return finish(conn, method, url, NULL, b->start_ns, &rs);
+    }
+    json_error_t jerr;
+    json_t *j = json_loadb(b->buf, b->len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!j) {
+        shop_reply_error(&rs, 400, "invalid_json", "malformed JSON at line %d column %d",
+                         jerr.line, jerr.column);
+        return finish(conn, method, url, NULL, b->start_ns, &rs);
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        shop_reply_error(&rs, 400, "invalid_json", "the body must be a JSON object");
+        return finish(conn, method, url, NULL, b->start_ns, &rs);
+    }
+    enum MHD_Result ret = finish(conn, method, url, j, b->start_ns, NULL);
+    json_decref(j);
+    return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    if (*con_cls == NULL)
+        return;
+    if (*con_cls != &answered_marker) {
+        body_ctx *b = *con_cls;
+        free(b->buf);
+        free(b);
+    }
+    *con_cls = NULL;
+    atomic_fetch_sub(&shop.in_flight, 1);
+}
+
+int shop_http_start(const char *host, int port, int threads)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+                     MHD_USE_ERROR_LOG;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+    } else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        flags |= MHD_USE_IPv6;
+    } else {
+        fprintf(stderr, "shop: HOST \"%s\" is not a numeric IPv4 or IPv6 address\n", host);
+        return -1;
+    }
+    daemon_ = MHD_start_daemon(
+        flags, (uint16_t)port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)60, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+    if (!daemon_) {
+        fprintf(stderr, "shop: cannot listen on %s:%d (in use, or not allowed)\n", host, port);
+        return -1;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
+    return info ? (int)info->port : port;
+}
+
+void shop_http_quiesce(void)
+{
+    if (daemon_) {
+        MHD_socket s = MHD_quiesce_daemon(daemon_);
+        if (s != MHD_INVALID_SOCKET)
+            close(s);
+    }
+}
+
+void shop_http_stop(void)
+{
+    if (daemon_)
+        MHD_stop_daemon(daemon_);
+    daemon_ = NULL;
+}

@@ -1,0 +1,284 @@
+/*
+ * main.c - the shop's life cycle: configuration from the environment,
+ * start-up, serving, and the graceful shutdown.
+ *
+ * Start-up order matters: the configuration and the pool first (opening a
+ * pool does not connect), then the schema (the embedded migrations and the
+ * top-level seeds, applied through the pool: a second instance starting at
+ * the same time waits on the migration lock), the cache and the cached user
+ * repository, and only then the HTTP daemon, so no request ever sees a
+ * half-built schema. SIGINT and SIGTERM are blocked in every thread and
+ * taken by the main thread with sigwait(), so the shutdown runs in plain
+ * code, not in a signal handler: stop accepting, wait (bounded) for the
+ * requests in flight, stop the daemon, close the cache and drain the pool.
+ *
+ * Environment (docs/example-service.md has the table):
+ *   DATABASE_URL  default sqlite:$TMPDIR/dbkit-shop.db (TMPDIR default /tmp)
+ *   HOST, PORT    127.0.0.1, 8080 (PORT=0 picks a free port; the first line
+ *                 printed says which)
+ *   CACHE_URL     memory (default), off, or redis://host:port/db;
+ *                 REDIS_URL alone also selects Redis
+ *   POOL_MAX      pool size (default: pool_max of the URL / DB_POOL_MAX, else
+ *                 2 x cores)
+ *   HTTP_THREADS  HTTP worker threads (default 2 x cores)
+ *   SHOP_PWHASH   "fast" uses libsodium's minimum Argon2id limits (tests)
+ *   ACCESS_LOG    "off" silences the per-request line
+ *   SHUTDOWN_TIMEOUT_MS  longest wait for requests in flight (10000)
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <pthread.h>
+#include <sodium.h>
+
+#include "shop.h"
+
+shop_app shop;
+
+static int env_int(const char *name, int dflt, int min, int max)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return dflt;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < min || n > max) {
+        fprintf(stderr, "shop: %s=\"%s\" is not a number in %d..%d; using %d\n", name, v, min,
+                max, dflt);
+        return dflt;
+    }
+    return (int)n;
+}
+
+typedef struct pool_max_probe {
+    bool from_default;
+} pool_max_probe;
+
+static void probe_pool_max(void *ctx, const char *key, const char *value, dbk_config_source src)
+{
+    (void)value;
+    pool_max_probe *p = ctx;
+    if (strcmp(key, "pool_max") == 0)
+        p->from_default = src == DBK_SRC_DEFAULT;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int open_cache(dbk_error *err)
+{
+    const char *cache_url = getenv("CACHE_URL");
+    const char *redis_url = getenv("REDIS_URL");
+    const char *url;
+    if (cache_url && *cache_url) {
+        if (strcmp(cache_url, "off") == 0) {
+            shop.cache_kind = "off";
+            return 0;
+        }
+        url = strcmp(cache_url, "memory") == 0 ? "memory:" : cache_url;
+    } else if (redis_url && *redis_url) {
+        url = redis_url;
+    } else {
+        url = "memory:";
+    }
+    dbk_cache_opts co;
+    memset(&co, 0, sizeof co);
+    co.url = url;
+    co.key_prefix = "shop:";
+    dbk_rc rc = dbk_cache_open(&co, &shop.cache, err);
+    if (rc != DBK_OK) {
+        fprintf(stderr, "shop: cache: %s (%s)\n", err->message, dbk_rc_name(rc));
+        return -1;
+    }
+    shop.cache_kind = dbk_cache_backend(shop.cache);
+    rc = dbk_cached_repo_new(shop.cache, &shop_user_entity, NULL, &shop.users, err);
+    if (rc != DBK_OK) {
+        fprintf(stderr, "shop: cached repository: %s\n", err->message);
+        return -1;
+    }
+    return 0;
+}
+
+static int apply_schema(dbk_error *err)
+{
+    dbk_migrate_source src = {NULL, shop_migs, shop_nmigs};
+    dbk_migrate_source seeds = {NULL, shop_seeds, shop_nseeds};
+    int applied = 0, ran = 0;
+    dbk_rc rc = dbk_migrate_up(shop.db, &src, NULL, &applied, err);
+    if (rc != DBK_OK) {
+        fprintf(stderr, "shop: migrations failed: %s (%s)\n", err->message, dbk_rc_name(rc));
+        if (err->hint[0])
+            fprintf(stderr, "shop: hint: %s\n", err->hint);
+        return -1;
+    }
+    rc = dbk_seed_run(shop.db, &seeds, NULL, &ran, err);
+    if (rc != DBK_OK) {
+        fprintf(stderr, "shop: seeds failed: %s (%s)\n", err->message, dbk_rc_name(rc));
+        return -1;
+    }
+    printf("shop: schema ready (%d migration%s applied, %d seed%s ran)\n", applied,
+           applied == 1 ? "" : "s", ran, ran == 1 ? "" : "s");
+    return 0;
+}
+
+static void print_banner(const char *host, int port)
+{
+    char base[128];
+    if (strchr(host, ':'))
+        snprintf(base, sizeof base, "http://[%s]:%d", host, port);
+    else
+        snprintf(base, sizeof base, "http://%s:%d", host, port);
+    char dburl[512];
+    dbk_config_redacted_url(shop.cfg, dburl, sizeof dburl);
+    printf("shop: listening on %s\n", base);
+    printf("shop: database %s, cache %s\n", dburl, shop.cache_kind);
+    printf("\nTry:\n");
+    printf("  curl -s %s/health\n", base);
+    printf("  curl -s '%s/users?limit=2&order=name&include=posts'\n", base);
+    printf("  curl -s %s/users/1\n", base);
+    printf("  curl -s -X POST %s/users -H 'Content-Type: application/json' \\\n"
+           "       -d '{\"name\":\"Alan Turing\",\"email\":\"alan@example.com\","
+           "\"password\":\"correct horse battery\"}'\n",
+           base);
+    printf("  curl -s -X POST %s/orders -d '{\"user_id\":1,\"items\":"
+           "[{\"product_id\":3,\"quantity\":2}]}'\n",
+           base);
+    printf("  curl -s -X POST %s/transfers -d '{\"from_account\":1,\"to_account\":2,"
+           "\"amount_cents\":2500}'\n",
+           base);
+    printf("  curl -s %s/metrics\n", base);
+    printf("\nStop with Ctrl-C (SIGINT) or SIGTERM.\n");
+    fflush(stdout);
+}
+
+int main(void)
+{
+    dbk_error err;
+    int status = 1;
+
+    if (sodium_init() < 0) {
+        fprintf(stderr, "shop: libsodium failed to initialise\n");
+        return 1;
+    }
+    const char *pw = getenv("SHOP_PWHASH");
+    if (pw && strcmp(pw, "fast") == 0) {
+        shop.pw_ops = crypto_pwhash_OPSLIMIT_MIN;
+        shop.pw_mem = crypto_pwhash_MEMLIMIT_MIN;
+    } else {
+        shop.pw_ops = crypto_pwhash_OPSLIMIT_INTERACTIVE;
+        shop.pw_mem = crypto_pwhash_MEMLIMIT_INTERACTIVE;
+    }
+    const char *al = getenv("ACCESS_LOG");
+    shop.access_log = !(al && strcmp(al, "off") == 0);
+    dbk_set_log(dbk_log_stderr, NULL, DBK_LOG_WARN);
+
+    /* Signals: blocked here so every thread started later inherits the
+     * mask; only sigwait() below takes them. SIGPIPE is ignored before the
+     * cache opens (see cache.h). */
+    sigset_t stop_set;
+    sigemptyset(&stop_set);
+    sigaddset(&stop_set, SIGINT);
+    sigaddset(&stop_set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores < 1)
+        cores = 1;
+
+    const char *dburl = getenv("DATABASE_URL");
+    char dflt[512];
+    dbk_rc rc;
+    if (dburl && *dburl) {
+        rc = dbk_config_from_env(&shop.cfg, &err);
+    } else {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(dflt, sizeof dflt, "sqlite:%s/dbkit-shop.db", tmp && *tmp ? tmp : "/tmp");
+        rc = dbk_config_from_url(dflt, &shop.cfg, &err);
+    }
+    if (rc != DBK_OK) {
+        fprintf(stderr, "shop: configuration: %s\n", err.message);
+        if (err.hint[0])
+            fprintf(stderr, "shop: hint: %s\n", err.hint);
+        return 1;
+    }
+    shop.engine = dbk_config_engine(shop.cfg);
+
+    dbk_pool_opts po;
+    memset(&po, 0, sizeof po);
+    pool_max_probe probe = {false};
+    dbk_config_dump(shop.cfg, probe_pool_max, &probe);
+    po.max_size = env_int("POOL_MAX", probe.from_default ? (int)(2 * cores) : 0, 1, 10000);
+    rc = dbk_pool_open(shop.cfg, &po, &shop.pool, &err);
+    if (rc != DBK_OK) {
+        fprintf(stderr, "shop: pool: %s\n", err.message);
+        goto out_cfg;
+    }
+    shop.db = dbk_pool_db(shop.pool);
+
+    rc = shop_model_init(&err);
+    if (rc != DBK_OK) {
+        fprintf(stderr, "shop: model: %s\n", err.message);
+        goto out_pool;
+    }
+    if (apply_schema(&err) != 0)
+        goto out_pool;
+
+#ifdef SHOP_HAVE_DIAG
+    if (shop_diag_open(&err) != 0)
+        goto out_pool;
+#endif
+    /* The observer goes on after the schema step, so start-up statements do
+     * not count as request queries. */
+    shop_metrics_attach(shop.db);
+
+    if (open_cache(&err) != 0)
+        goto out_cache;
+
+    const char *host = getenv("HOST");
+    if (!host || !*host)
+        host = "127.0.0.1";
+    int port = env_int("PORT", 8080, 0, 65535);
+    int threads = env_int("HTTP_THREADS", (int)(2 * cores), 1, 1024);
+    int bound = shop_http_start(host, port, threads);
+    if (bound < 0)
+        goto out_cache;
+    print_banner(host, bound);
+
+    int sig = 0;
+    sigwait(&stop_set, &sig);
+    fprintf(stderr, "shop: %s received: finishing requests in flight\n",
+            sig == SIGINT ? "SIGINT" : "SIGTERM");
+
+    shop_http_quiesce();
+    int timeout_ms = env_int("SHUTDOWN_TIMEOUT_MS", 10000, 0, 3600000);
+    for (int waited = 0; atomic_load(&shop.in_flight) > 0 && waited < timeout_ms; waited += 10)
+        sleep_ms(10);
+    if (atomic_load(&shop.in_flight) > 0)
+        fprintf(stderr, "shop: %d request(s) still running after %d ms; closing anyway\n",
+                atomic_load(&shop.in_flight), timeout_ms);
+    shop_http_stop();
+    status = 0;
+
+out_cache:
+    dbk_cached_repo_free(shop.users);
+    dbk_cache_close(shop.cache);
+#ifdef SHOP_HAVE_DIAG
+    dbk_diag_free(shop.diag);
+#endif
+out_pool:
+    dbk_pool_close(shop.pool, 5000);
+    shop_model_release();
+out_cfg:
+    dbk_config_free(shop.cfg);
+    if (status == 0)
+        fprintf(stderr, "shop: stopped\n");
+    return status;
+}

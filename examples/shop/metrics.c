@@ -1,0 +1,288 @@
+/*
+ * metrics.c - what the shop reports about itself: /health, /metrics, the
+ * per-request query count of the access log, and transaction retries.
+ *
+ * A query observer sits on the pool's executor (transactions on it inherit
+ * it). It counts every statement into process-wide atomics (total, errors,
+ * a duration histogram) and into a thread-local counter that the HTTP layer
+ * resets at the start of a request and reads at its end: each request runs
+ * on one thread from start to end, so that counter is the request's query
+ * count, with no lock and no lookup. When the diagnostics hub is built in
+ * it is the observer and chains to this one.
+ *
+ * /metrics is Prometheus text: the shop's own counters (shop_*), the pool
+ * (dbk_pool_stats_get), the cache (dbk_cache_stats_get), transaction
+ * retries, and the diagnostics hub's output when present.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shop.h"
+
+static _Thread_local uint64_t tl_queries;
+
+/* Upper bounds of the query duration buckets, in seconds. */
+static const double qbounds[SHOP_QHIST_N] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                             0.01,   0.025,   0.1,    0.5,   2.5};
+
+uint64_t shop_thread_queries(void)
+{
+    return tl_queries;
+}
+
+void shop_thread_queries_reset(void)
+{
+    tl_queries = 0;
+}
+
+static void observe(void *ctx, const dbk_query_event *ev)
+{
+    (void)ctx;
+    tl_queries++;
+    atomic_fetch_add_explicit(&shop.queries, 1, memory_order_relaxed);
+    if (ev->rc != DBK_OK && ev->rc != DBK_ENOT_FOUND)
+        atomic_fetch_add_explicit(&shop.query_errors, 1, memory_order_relaxed);
+    int64_t ns = ev->duration_ns > 0 ? ev->duration_ns : 0;
+    atomic_fetch_add_explicit(&shop.query_ns_sum, (uint64_t)ns, memory_order_relaxed);
+    double s = (double)ns / 1e9;
+    int b = 0;
+    while (b < SHOP_QHIST_N && s > qbounds[b])
+        b++;
+    atomic_fetch_add_explicit(&shop.query_hist[b], 1, memory_order_relaxed);
+}
+
+void shop_metrics_attach(dbk_db *db)
+{
+#ifdef SHOP_HAVE_DIAG
+    if (shop.diag) {
+        dbk_diag_attach(shop.diag, db);
+        return;
+    }
+#endif
+    dbk_db_set_observer(db, observe, NULL);
+}
+
+#ifdef SHOP_HAVE_DIAG
+/* The chained observer the diagnostics hub calls after its own work. */
+dbk_observer_fn shop_metrics_observer(void);
+dbk_observer_fn shop_metrics_observer(void)
+{
+    return observe;
+}
+#endif
+
+void shop_on_tx_retry(void *ctx, int attempt, dbk_rc rc, int delay_ms, const dbk_error *err)
+{
+    (void)ctx;
+    (void)err;
+    atomic_fetch_add(&shop.tx_retries, 1);
+    if (shop.access_log)
+        fprintf(stderr, "shop: transaction attempt %d failed with %s, retrying in %d ms\n",
+                attempt, dbk_rc_name(rc), delay_ms);
+}
+
+/* ---- /health ---- */
+
+void shop_handle_health(shop_req *rq, shop_resp *rs)
+{
+    (void)rq;
+    dbk_error err;
+    int64_t one = 0;
+    dbk_rc rc = dbk_db_query_int64(shop.db, "SELECT 1", NULL, 0, &one, &err);
+    const char *engine = shop.engine == DBK_ENGINE_POSTGRES ? "postgres" : "sqlite";
+    if (rc != DBK_OK) {
+        shop_reply_json(rs, 503,
+                        json_pack("{s:s,s:s,s:s,s:s}", "status", "unavailable", "database", engine,
+                                  "cache", shop.cache_kind, "error", dbk_rc_name(rc)));
+        rs->status = 503;
+        return;
+    }
+    shop_reply_json(rs, 200,
+                    json_pack("{s:s,s:s,s:s}", "status", "ok", "database", engine, "cache",
+                              shop.cache_kind));
+}
+
+/* ---- /metrics ---- */
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} sbuf;
+
+static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf *b, const char *fmt, ...)
+{
+    if (b->oom)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = true;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap * 2 + (size_t)n;
+        char *np = realloc(b->p, cap);
+        if (!np) {
+            b->oom = true;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+}
+
+static void metric(sbuf *b, const char *name, const char *type, const char *help, double v)
+{
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
+}
+
+static uint64_t ld(atomic_uint_fast64_t *a)
+{
+    return (uint64_t)atomic_load_explicit(a, memory_order_relaxed);
+}
+
+void shop_handle_metrics(shop_req *rq, shop_resp *rs)
+{
+    (void)rq;
+    sbuf b = {malloc(8192), 0, 8192, false};
+    if (!b.p) {
+        shop_reply_error(rs, 500, "internal", "out of memory");
+        return;
+    }
+    b.p[0] = '\0';
+
+    metric(&b, "shop_http_requests_total", "counter", "HTTP requests received.",
+           (double)ld(&shop.requests));
+    sb_printf(&b, "# HELP shop_http_responses_total HTTP responses by status class.\n"
+                  "# TYPE shop_http_responses_total counter\n");
+    for (int c = 1; c <= 5; c++)
+        sb_printf(&b, "shop_http_responses_total{class=\"%dxx\"} %llu\n", c,
+                  (unsigned long long)ld(&shop.responses_by_class[c]));
+    metric(&b, "shop_http_in_flight", "gauge", "Requests being handled.",
+           (double)atomic_load(&shop.in_flight));
+
+    /* Queries, as seen by the shop's observer. */
+    metric(&b, "shop_db_queries_total", "counter", "SQL statements run.",
+           (double)ld(&shop.queries));
+    metric(&b, "shop_db_query_errors_total", "counter", "SQL statements that failed.",
+           (double)ld(&shop.query_errors));
+    sb_printf(&b, "# HELP shop_db_query_duration_seconds SQL statement duration.\n"
+                  "# TYPE shop_db_query_duration_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int i = 0; i < SHOP_QHIST_N; i++) {
+        cum += ld(&shop.query_hist[i]);
+        sb_printf(&b, "shop_db_query_duration_seconds_bucket{le=\"%g\"} %llu\n", qbounds[i],
+                  (unsigned long long)cum);
+    }
+    cum += ld(&shop.query_hist[SHOP_QHIST_N]);
+    sb_printf(&b, "shop_db_query_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+              (unsigned long long)cum);
+    sb_printf(&b, "shop_db_query_duration_seconds_sum %.9f\n",
+              (double)ld(&shop.query_ns_sum) / 1e9);
+    sb_printf(&b, "shop_db_query_duration_seconds_count %llu\n", (unsigned long long)cum);
+
+    metric(&b, "shop_tx_retries_total", "counter",
+           "Transaction attempts retried after a serialization failure, deadlock or busy "
+           "database.",
+           (double)ld(&shop.tx_retries));
+
+    dbk_error err;
+    dbk_pool_stats ps;
+    if (dbk_pool_stats_get(shop.pool, &ps, &err) == DBK_OK) {
+        metric(&b, "shop_pool_max", "gauge", "Most connections the pool opens.",
+               (double)ps.max_size);
+        metric(&b, "shop_pool_open", "gauge", "Open connections (idle + in use).",
+               (double)ps.total);
+        metric(&b, "shop_pool_idle", "gauge", "Idle connections.", (double)ps.idle);
+        metric(&b, "shop_pool_in_use", "gauge", "Connections lent out.", (double)ps.in_use);
+        metric(&b, "shop_pool_waiting", "gauge", "Callers waiting for a connection.",
+               (double)ps.waiting);
+        metric(&b, "shop_pool_acquires_total", "counter", "Successful acquires.",
+               (double)ps.acquires);
+        metric(&b, "shop_pool_acquire_timeouts_total", "counter", "Acquires that timed out.",
+               (double)ps.acquire_timeouts);
+        metric(&b, "shop_pool_connect_failures_total", "counter", "Failed connects.",
+               (double)ps.connect_failures);
+        metric(&b, "shop_pool_created_total", "counter", "Connections opened.",
+               (double)ps.created);
+        metric(&b, "shop_pool_discarded_total", "counter",
+               "Connections closed because lost, broken or invalid.", (double)ps.discarded);
+        metric(&b, "shop_pool_breaker_open", "gauge", "1 while the connect breaker is open.",
+               ps.breaker_open ? 1.0 : 0.0);
+        sb_printf(&b, "# HELP shop_pool_acquire_seconds Time to acquire a connection.\n"
+                      "# TYPE shop_pool_acquire_seconds histogram\n");
+        uint64_t c2 = 0;
+        for (int i = 0; i < DBK_POOL_LATENCY_BUCKETS; i++) {
+            c2 += ps.latency_count[i];
+            if (ps.latency_le_us[i] == INT64_MAX)
+                sb_printf(&b, "shop_pool_acquire_seconds_bucket{le=\"+Inf\"} %llu\n",
+                          (unsigned long long)c2);
+            else
+                sb_printf(&b, "shop_pool_acquire_seconds_bucket{le=\"%g\"} %llu\n",
+                          (double)ps.latency_le_us[i] / 1e6, (unsigned long long)c2);
+        }
+        sb_printf(&b, "shop_pool_acquire_seconds_count %llu\n", (unsigned long long)c2);
+    }
+
+    if (shop.cache) {
+        dbk_cache_stats cs;
+        if (dbk_cache_stats_get(shop.cache, &cs, &err) == DBK_OK) {
+            metric(&b, "shop_cache_hits_total", "counter", "Reads served from the cache.",
+                   (double)cs.hits);
+            metric(&b, "shop_cache_misses_total", "counter", "Reads not in the cache.",
+                   (double)cs.misses);
+            metric(&b, "shop_cache_errors_total", "counter", "Cache backend calls that failed.",
+                   (double)cs.errors);
+            metric(&b, "shop_cache_loads_total", "counter", "Loader runs (database reads).",
+                   (double)cs.loads);
+            metric(&b, "shop_cache_stale_rejects_total", "counter",
+                   "Loads not stored because an invalidation won.", (double)cs.stale_rejects);
+            metric(&b, "shop_cache_evictions_total", "counter", "Entries evicted for space.",
+                   (double)cs.evictions);
+            metric(&b, "shop_cache_entries", "gauge", "Live entries (memory backend).",
+                   (double)cs.entries);
+            metric(&b, "shop_cache_breaker_state", "gauge",
+                   "Redis breaker: 0 closed, 1 open, 2 half-open.", (double)cs.breaker);
+            metric(&b, "shop_cache_breaker_opens_total", "counter", "Times the breaker opened.",
+                   (double)cs.breaker_opens);
+        }
+    }
+
+#ifdef SHOP_HAVE_DIAG
+    if (shop.diag && !b.oom) {
+        size_t need = dbk_diag_prometheus(shop.diag, NULL, 0);
+        if (b.len + need + 1 > b.cap) {
+            char *np = realloc(b.p, b.len + need + 1);
+            if (!np)
+                b.oom = true;
+            else {
+                b.p = np;
+                b.cap = b.len + need + 1;
+            }
+        }
+        if (!b.oom)
+            b.len += dbk_diag_prometheus(shop.diag, b.p + b.len, b.cap - b.len);
+    }
+#endif
+
+    if (b.oom) {
+        free(b.p);
+        shop_reply_error(rs, 500, "internal", "out of memory");
+        return;
+    }
+    free(rs->body);
+    rs->status = 200;
+    rs->body = b.p;
+    rs->len = b.len;
+    rs->ctype = "text/plain; version=0.0.4";
+}

@@ -1,0 +1,197 @@
+/*
+ * shop.h - the example HTTP/JSON service: what its files share.
+ *
+ * main.c      configuration from the environment, start-up (migrations,
+ *             seeds), the HTTP daemon, signals and the graceful shutdown;
+ * http.c      libmicrohttpd glue: request bodies, routing, responses,
+ *             error mapping, the access log;
+ * model.c     the entity descriptors (users, posts, products, orders,
+ *             order_items, accounts) and their JSON forms;
+ * handlers.c  the endpoints;
+ * metrics.c   the query observer, /health and /metrics.
+ *
+ * Only public dbkit headers are used.
+ */
+#ifndef SHOP_H
+#define SHOP_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "dbkit/dbkit.h"
+
+#ifdef SHOP_HAVE_DIAG
+#include "dbkit/diag.h"
+#endif
+
+/* Largest request body accepted; larger ones get 413. */
+#define SHOP_MAX_BODY (64 * 1024)
+
+/* The migrations and seeds compiled into the binary (shop_embedded.c). */
+extern const dbk_migration_file shop_migs[];
+extern const size_t shop_nmigs;
+extern const dbk_migration_file shop_seeds[];
+extern const size_t shop_nseeds;
+
+/* Query duration histogram bounds (seconds), for /metrics. */
+#define SHOP_QHIST_N 11
+
+/* The process-wide state. Set up once by main() before the daemon starts;
+ * read-only afterwards except for the atomic counters. */
+typedef struct shop_app {
+    dbk_config *cfg;
+    dbk_pool *pool;
+    dbk_db *db; /* the pool's executor */
+    dbk_engine engine;
+    dbk_cache *cache;            /* NULL when CACHE_URL=off */
+    const char *cache_kind;      /* "memory", "redis" or "off" */
+    dbk_cached_repo *users;      /* NULL when the cache is off */
+    unsigned long long pw_ops;   /* Argon2id limits */
+    size_t pw_mem;
+    bool access_log;
+#ifdef SHOP_HAVE_DIAG
+    dbk_diag *diag;
+#endif
+    /* counters */
+    atomic_uint_fast64_t tx_retries;
+    atomic_uint_fast64_t requests;
+    atomic_uint_fast64_t responses_by_class[6]; /* index status/100 */
+    atomic_uint_fast64_t queries;
+    atomic_uint_fast64_t query_errors;
+    atomic_uint_fast64_t query_ns_sum;
+    atomic_uint_fast64_t query_hist[SHOP_QHIST_N + 1];
+    atomic_int in_flight;
+} shop_app;
+
+extern shop_app shop;
+
+/* ---- requests and responses (http.c) ---- */
+
+typedef struct shop_req {
+    const char *method;
+    const char *path;
+    struct MHD_Connection *conn;
+    json_t *body;     /* the parsed JSON object for POST / PATCH, else NULL */
+    dbk_arena *arena; /* per-thread, reset before each request */
+} shop_req;
+
+typedef struct shop_resp {
+    int status;
+    char *body;        /* malloc'd, or NULL for an empty body */
+    size_t len;
+    const char *ctype; /* static; NULL means application/json */
+} shop_resp;
+
+/* Serialises j (stolen) as the response body with `status`. */
+void shop_reply_json(shop_resp *rs, int status, json_t *j);
+/* {"error":{"code":code,"message":msg}} with `status`. */
+void shop_reply_error(shop_resp *rs, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Maps a dbkit result code to a status and error body; 5xx are logged with
+ * the dbkit message and answered with a generic one. `what` names the
+ * resource for 404s ("user"). */
+void shop_reply_rc(shop_resp *rs, dbk_rc rc, const dbk_error *err, const char *what);
+/* Query-string argument, or NULL. */
+const char *shop_query_arg(const shop_req *rq, const char *name);
+/* True when s[0..len) is well-formed UTF-8 without control characters. */
+bool shop_utf8_ok(const char *s, size_t len);
+
+/* Queries run by this thread since the counter was last reset (metrics.c). */
+uint64_t shop_thread_queries(void);
+void shop_thread_queries_reset(void);
+
+/* Starts / stops the HTTP daemon (http.c). */
+int shop_http_start(const char *host, int port, int threads);
+void shop_http_quiesce(void);
+void shop_http_stop(void);
+
+/* ---- routing (handlers.c) ---- */
+void shop_route(shop_req *rq, shop_resp *rs);
+
+/* ---- model (model.c) ---- */
+
+struct shop_post;
+
+typedef struct shop_user {
+    int64_t id;
+    const char *name;
+    const char *email;
+    const char *password_hash;
+    const char *status;
+    int64_t created_at;
+    struct shop_post *posts;
+    size_t nposts;
+} shop_user;
+
+typedef struct shop_post {
+    int64_t id;
+    int64_t user_id;
+    const char *slug;
+    const char *title;
+    const char *body;
+    bool published;
+    int64_t created_at;
+} shop_post;
+
+typedef struct shop_product {
+    int64_t id;
+    const char *sku;
+    const char *name;
+    int64_t price_cents;
+    int64_t stock;
+} shop_product;
+
+struct shop_order_item;
+
+typedef struct shop_order {
+    int64_t id;
+    const char *reference;
+    int64_t user_id;
+    const char *status;
+    int64_t created_at;
+    struct shop_order_item *items;
+    size_t nitems;
+} shop_order;
+
+typedef struct shop_order_item {
+    int64_t order_id;
+    int64_t product_id;
+    int64_t quantity;
+    int64_t unit_price_cents;
+} shop_order_item;
+
+typedef struct shop_account {
+    int64_t id;
+    const char *name;
+    int64_t user_id;
+    bool user_id_null;
+    int64_t balance_cents;
+    int64_t updated_at;
+} shop_account;
+
+extern dbk_entity shop_user_entity, shop_post_entity, shop_product_entity, shop_order_entity,
+    shop_item_entity, shop_account_entity;
+
+/* Validates every descriptor (start-up). */
+dbk_rc shop_model_init(dbk_error *err);
+void shop_model_release(void);
+
+json_t *shop_user_json(const shop_user *u, bool with_posts);
+json_t *shop_post_json(const shop_post *p);
+json_t *shop_product_json(const shop_product *p);
+json_t *shop_order_json(const shop_order *o);
+json_t *shop_account_json(const shop_account *a);
+/* ISO-8601-ish text of a timestamp, as a JSON string. */
+json_t *shop_time_json(int64_t usec);
+
+/* ---- metrics (metrics.c) ---- */
+void shop_metrics_attach(dbk_db *db);
+void shop_handle_metrics(shop_req *rq, shop_resp *rs);
+void shop_handle_health(shop_req *rq, shop_resp *rs);
+void shop_on_tx_retry(void *ctx, int attempt, dbk_rc rc, int delay_ms, const dbk_error *err);
+
+#endif /* SHOP_H */
