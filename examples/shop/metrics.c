@@ -65,11 +65,24 @@ void shop_metrics_attach(dbk_db *db)
 }
 
 #ifdef SHOP_HAVE_DIAG
-/* The chained observer the diagnostics hub calls after its own work. */
-dbk_observer_fn shop_metrics_observer(void);
-dbk_observer_fn shop_metrics_observer(void)
+int shop_diag_open(dbk_error *err)
 {
-    return observe;
+    /* The hub observes first (query log, slow statements, N+1 per request
+     * scope, dbkit_* counters) and chains to the shop's own counter. The
+     * slow threshold comes from SLOW_QUERY_MS (default 200 ms). */
+    dbk_diag_opts o;
+    memset(&o, 0, sizeof o);
+    const char *slow = getenv("SLOW_QUERY_MS");
+    if (slow && *slow)
+        o.slow_ms = strtoll(slow, NULL, 10);
+    o.n1_mode = DBK_N1_LOG;
+    o.chain = observe;
+    dbk_rc rc = dbk_diag_new(&o, &shop.diag, err);
+    if (rc != DBK_OK) {
+        fprintf(stderr, "shop: diagnostics: %s\n", err->message);
+        return -1;
+    }
+    return 0;
 }
 #endif
 

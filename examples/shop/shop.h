@@ -193,5 +193,8 @@ void shop_metrics_attach(dbk_db *db);
 void shop_handle_metrics(shop_req *rq, shop_resp *rs);
 void shop_handle_health(shop_req *rq, shop_resp *rs);
 void shop_on_tx_retry(void *ctx, int attempt, dbk_rc rc, int delay_ms, const dbk_error *err);
+#ifdef SHOP_HAVE_DIAG
+int shop_diag_open(dbk_error *err);
+#endif
 
 #endif /* SHOP_H */
