@@ -240,4 +240,29 @@ bool dg_is_bookkeeping(const char *table);
  * program could not be started or timed out (60 s). */
 bool dg_run(const char *dir, const char *const *argv, dg_buf *out, int *status);
 
+/* The explain analysis shared by `explain` and `advise` (cmd_explain.c). */
+typedef struct dg_explain_opts {
+    bool analyze;        /* EXPLAIN ANALYZE (PostgreSQL) */
+    bool analyze_writes; /* allow ANALYZE of writes, inside a rolled-back transaction */
+    int64_t min_rows;    /* table size over which a filtered scan is a finding (0: 1000) */
+    bool no_verify;      /* do not try HypoPG */
+} dg_explain_opts;
+
+/* Explains `sql` with `params` (bound as given; missing trailing $n
+ * placeholders make it a generic plan) on a connection's executor and
+ * reports the plan and findings: human text on stdout (each line prefixed
+ * by `indent`), or, when w is not NULL, members "plan", "total_cost",
+ * "findings", "verification" written into the JSON object open in w.
+ * *nfindings gets the number of findings. DBK_OK, or the failing rc with
+ * err filled (nothing printed then). DBK_EINVALID for an ANALYZE of a write
+ * without analyze_writes. */
+dbk_rc dg_explain(const cli *c, dbk_db *db, const char *sql, const dbk_value *params,
+                  size_t nparams, const dg_explain_opts *o, jw *w, const char *indent,
+                  size_t *nfindings, dbk_error *err);
+/* True when the statement only reads (SELECT / VALUES / TABLE / WITH
+ * without INSERT, UPDATE, DELETE or MERGE). */
+bool dg_sql_is_read(const char *sql);
+/* Highest $n placeholder in the statement (0 when none). */
+int dg_sql_max_param(const char *sql);
+
 #endif
