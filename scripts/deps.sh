@@ -12,7 +12,7 @@ demo_pkgs=(gcc make cmake pkg-config libpq-dev libsqlite3-dev libhiredis-dev
            libmicrohttpd-dev libjansson-dev libsodium-dev ca-certificates curl)
 test_pkgs=("${demo_pkgs[@]}" libcmocka-dev postgresql-15 postgresql-contrib-15
            postgresql-15-hypopg redis-server clang libclang-rt-14-dev valgrind git graphviz
-           sqlite3 procps pgbouncer libjansson-dev)
+           sqlite3 procps pgbouncer libjansson-dev libcurl4-openssl-dev)
 bench_pkgs=("${test_pkgs[@]}" wrk nodejs npm)
 
 case "$profile" in
