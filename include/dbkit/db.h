@@ -98,6 +98,12 @@ typedef struct dbk_query_event {
     dbk_engine engine;
     const dbk_value *params; /* nparams values, NULL when there are none */
     const dbk_error *error;  /* the failure when rc != DBK_OK, else NULL */
+    /* Statements of one dbk_batch_run: batch_size > 0 and batch_index
+     * 0..batch_size-1, one event each, sent together (on PostgreSQL in one
+     * round trip); duration_ns is the time from the previous statement's
+     * outcome (or the start) to this one's. Single statements: 0 and 0. */
+    size_t batch_index;
+    size_t batch_size;
 } dbk_query_event;
 
 typedef void (*dbk_observer_fn)(void *ctx, const dbk_query_event *ev);

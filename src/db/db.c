@@ -45,7 +45,16 @@ static void conn_unpin(dbk_db *db, dbk_conn *conn)
     (void)conn;
 }
 
-static const struct dbk__db_ops conn_ops = {conn_run, conn_script, conn_pin, conn_unpin};
+static dbk_rc conn_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic)
+{
+    dbk_conn *c = db->self;
+    if (c->drv->batch)
+        return c->drv->batch(c->impl, items, n, atomic);
+    return dbk__batch_serial(db, items, n, atomic, c->drv->txstate(c->impl) != DBK__TX_IDLE);
+}
+
+static const struct dbk__db_ops conn_ops = {conn_run, conn_script, conn_pin, conn_unpin,
+                                            conn_batch};
 
 void dbk__db_init_conn(dbk_db *db, dbk_conn *conn, dbk_engine engine)
 {
@@ -156,7 +165,7 @@ static dbk_rc run(dbk_db *db, const char *sql, const dbk_value *params, size_t n
     int64_t t0 = dbk__now_ns();
     rc = db->ops->run(db, sql, params, nparams, out, &aff, err);
     dbk_query_event ev = {sql, nparams, dbk__now_ns() - t0, 0, rc, db->engine, params,
-                          rc ? err : NULL};
+                          rc ? err : NULL, 0, 0};
     if (rc == DBK_OK)
         ev.rows = (out && *out && (*out)->nrows) ? (int64_t)(*out)->nrows : aff;
     if (affected)
@@ -252,7 +261,7 @@ dbk_rc dbk_db_exec_script(dbk_db *db, const char *sql, dbk_error *err)
         return db->ops->script(db, sql, err);
     int64_t t0 = dbk__now_ns();
     rc = db->ops->script(db, sql, err);
-    dbk_query_event ev = {sql, 0, dbk__now_ns() - t0, 0, rc, db->engine, NULL, rc ? err : NULL};
+    dbk_query_event ev = {sql, 0, dbk__now_ns() - t0, 0, rc, db->engine, NULL, rc ? err : NULL, 0, 0};
     db->observer(db->observer_ctx, &ev);
     return rc;
 }

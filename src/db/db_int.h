@@ -7,6 +7,8 @@
 
 #include "dbkit/db.h"
 
+struct dbk__batch_item;
+
 struct dbk__db_ops {
     /* One statement (see dbk__driver.run). */
     dbk_rc (*run)(dbk_db *db, const char *sql, const dbk_value *params, size_t nparams,
@@ -17,6 +19,9 @@ struct dbk__db_ops {
      * a transaction gives its own. unpin() gives it back. */
     dbk_rc (*pin)(dbk_db *db, dbk_conn **out, dbk_error *err);
     void (*unpin)(dbk_db *db, dbk_conn *conn);
+    /* A batch of independent statements on one connection (see
+     * dbk__batch_item in driver.h); returns the first failure or OK. */
+    dbk_rc (*batch)(dbk_db *db, struct dbk__batch_item *items, size_t n, bool atomic);
 };
 
 enum dbk__db_kind { DBK__DB_CONN = 1, DBK__DB_POOL = 2, DBK__DB_TX = 3 };

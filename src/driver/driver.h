@@ -20,6 +20,37 @@ typedef enum dbk__txstate {
     DBK__TX_BROKEN = 3  /* connection unusable */
 } dbk__txstate;
 
+/* One statement of a batch, as every layer below dbk_batch_run sees it.
+ * The layer that runs it fills the outputs: rc always (DBK_ENOT_RUN for a
+ * statement never sent, or undone with the batch), err only on failure (a
+ * malloc'ed copy; dbk__batch_fail), res with the rows on success, and
+ * done_ns when its outcome became known (for the observer). */
+typedef struct dbk__batch_item {
+    const char *sql;
+    const dbk_value *params;
+    size_t nparams;
+    dbk_result *res;
+    int64_t affected;
+    dbk_rc rc;
+    dbk_error *err;
+    int64_t done_ns;
+} dbk__batch_item;
+
+/* Records a failure on an item (rc, and a heap copy of e when e is given
+ * and memory allows). Frees any result the item held. Returns rc. */
+dbk_rc dbk__batch_fail(dbk__batch_item *it, dbk_rc rc, const dbk_error *e);
+
+/* Same, with a formatted message (printf) and no hint. */
+dbk_rc dbk__batch_failf(dbk__batch_item *it, dbk_rc rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Runs items[0..n) one after another through db->ops->run (engines without
+ * a pipeline, and the fallback). atomic: outside a transaction the items
+ * run inside BEGIN/COMMIT, inside one within a SAVEPOINT, and the first
+ * failure undoes the others (marked DBK_ENOT_RUN). in_tx tells which.
+ * Returns the first failure's rc, or DBK_OK. */
+dbk_rc dbk__batch_serial(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic, bool in_tx);
+
 typedef struct dbk__driver {
     dbk_engine engine;
     const char *name;
@@ -43,6 +74,10 @@ typedef struct dbk__driver {
      * configured with, in ms (0: none). The tx layer reads it to set a
      * transaction-local statement_timeout that never loosens it. */
     int (*statement_timeout_ms)(void *impl);
+    /* Optional (NULL: the statements run one by one). Runs a batch in one
+     * round trip; atomic: one unit that fails as a whole. Fills every
+     * item (see dbk__batch_item); returns the first failure's rc or OK. */
+    dbk_rc (*batch)(void *impl, dbk__batch_item *items, size_t n, bool atomic);
 } dbk__driver;
 
 extern const dbk__driver dbk__driver_sqlite;

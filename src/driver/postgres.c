@@ -1531,6 +1531,345 @@ static dbk_rc pg_run(void *impl, const char *sql, const dbk_value *params, size_
     }
 }
 
+/* ---- batches: many statements, one round trip ---- */
+
+enum { B_SKIP = 0, B_UNNAMED = 1, B_HIT = 2, B_MISS = 3 };
+
+struct bstate {
+    unsigned char kind;
+    uint64_t hash;
+    char name[PG_NAME_MAX];
+};
+
+/* Forgets a statement this batch prepared whose Parse did not happen (it
+ * may have been evicted again meanwhile: then there is nothing to do). */
+static void cache_forget(pg_conn *pc, uint64_t h, const char *name)
+{
+    if (!pc->buckets)
+        return;
+    for (struct pg_stmt *s = pc->buckets[h & (pc->nbuckets - 1)]; s; s = s->hnext)
+        if (s->hash == h && strcmp(s->name, name) == 0) {
+            cache_remove(pc, s);
+            free(s);
+            return;
+        }
+}
+
+/* The connection failed at item `from`: items from `from` on that were
+ * sent (index < sent_end) have an unknown outcome, the others did not run.
+ * The item at `from` gets rc itself when that is more precise (a timeout).
+ * In an atomic batch nothing is known to be committed, so the items that
+ * had answered are unknown as well. */
+static void batch_abandon(dbk__batch_item *items, const struct bstate *st, size_t from, size_t n,
+                          size_t sent_end, bool atomic, dbk_rc rc, const dbk_error *why)
+{
+    for (size_t i = 0; i < n; i++) {
+        dbk__batch_item *it = &items[i];
+        if (st[i].kind == B_SKIP)
+            continue;
+        if (i < from) {
+            if (atomic && it->rc == DBK_OK)
+                dbk__batch_failf(it, DBK_ECONN_LOST,
+                                 "outcome unknown: the connection was lost before the "
+                                 "all-or-nothing batch committed (%s)",
+                                 why->message);
+        } else if (i < sent_end) {
+            if (i == from && rc != DBK_ECONN_LOST)
+                dbk__batch_fail(it, rc, why);
+            else
+                dbk__batch_failf(it, DBK_ECONN_LOST,
+                                 "outcome unknown: the connection was lost before the answer "
+                                 "to this statement arrived (%s)",
+                                 why->message);
+        } else {
+            dbk__batch_failf(it, DBK_ENOT_RUN,
+                             "not run: the connection was lost before it was sent (%s)",
+                             why->message);
+        }
+    }
+}
+
+/* The batch's answer: the first statement that failed on its own. */
+static dbk_rc batch_outcome(const dbk__batch_item *items, size_t n)
+{
+    dbk_rc any = DBK_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].rc != DBK_OK && items[i].rc != DBK_ENOT_RUN)
+            return items[i].rc;
+        if (items[i].rc == DBK_ENOT_RUN)
+            any = DBK_ENOT_RUN;
+    }
+    return any;
+}
+
+/* Sends items[0..n) in pipeline mode - [Parse,] Bind/Execute [, Sync] for
+ * each, or one Sync at the end when atomic (the server then runs them as
+ * one implicit transaction) - flushes once, and reads the answers in
+ * order. Statements come from the connection's statement cache like single
+ * ones; a miss is prepared inside the pipeline and cached at once, so a
+ * later entry with the same SQL reuses it. */
+static dbk_rc pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic)
+{
+    pg_conn *pc = impl;
+    dbk_error e;
+    if (!conn_usable(pc)) {
+        broken_err(&e);
+        for (size_t i = 0; i < n; i++)
+            dbk__batch_fail(&items[i], i ? DBK_ENOT_RUN : DBK_ECONN_LOST, &e);
+        return DBK_ECONN_LOST;
+    }
+    if (PQtransactionStatus(pc->conn) == PQTRANS_ACTIVE) {
+        mark_broken(pc);
+        dbk__err(&e, DBK_EINTERNAL, "a previous statement is still in flight");
+        for (size_t i = 0; i < n; i++)
+            dbk__batch_fail(&items[i], i ? DBK_ENOT_RUN : DBK_EINTERNAL, &e);
+        return DBK_EINTERNAL;
+    }
+    bool in_tx = PQtransactionStatus(pc->conn) != PQTRANS_IDLE;
+    struct bstate stack_st[32];
+    struct bstate *st = n <= 32 ? stack_st : malloc(n * sizeof *st);
+    if (!st) {
+        dbk__err(&e, DBK_ENOMEM, "out of memory running a batch of %zu statements", n);
+        for (size_t i = 0; i < n; i++)
+            dbk__batch_fail(&items[i], i ? DBK_ENOT_RUN : DBK_ENOMEM, &e);
+        return DBK_ENOMEM;
+    }
+    size_t maxp = 0;
+    for (size_t i = 0; i < n; i++)
+        if (items[i].nparams > maxp)
+            maxp = items[i].nparams;
+    const char *sv[PG_STACK_PARAMS];
+    int sl[PG_STACK_PARAMS], sf[PG_STACK_PARAMS];
+    Oid sty[PG_STACK_PARAMS];
+    char ssig[PG_STACK_PARAMS + 1];
+    char scratch[PG_STACK_SCRATCH];
+    struct pg_params pp = {0, sv, sl, sf, sty, ssig};
+    dbk_rc rc;
+    if (maxp > PG_STACK_PARAMS) {
+        if (!grow_param_arrays(pc, maxp)) {
+            dbk__err(&e, DBK_ENOMEM, "out of memory binding %zu parameters", maxp);
+            for (size_t i = 0; i < n; i++)
+                dbk__batch_fail(&items[i], i ? DBK_ENOT_RUN : DBK_ENOMEM, &e);
+            goto out;
+        }
+        pp.values = pc->pvals;
+        pp.lengths = pc->plens;
+        pp.formats = pc->pfmts;
+        pp.types = pc->ptypes;
+        pp.sig = pc->psig;
+    }
+
+    /* Refusals before anything is sent: in an atomic batch one refused
+     * statement means none runs. */
+    size_t refused = n;
+    for (size_t i = 0; i < n; i++) {
+        st[i].kind = B_UNNAMED;
+        if (is_copy(items[i].sql)) {
+            copy_refused_err(&e);
+            dbk__batch_fail(&items[i], DBK_EMISUSE, &e);
+            st[i].kind = B_SKIP;
+            if (refused == n)
+                refused = i;
+        }
+    }
+    if (atomic && refused < n) {
+        for (size_t i = 0; i < n; i++)
+            if (i != refused)
+                dbk__batch_failf(&items[i], DBK_ENOT_RUN,
+                                 "not run: statement %zu of the all-or-nothing batch was refused",
+                                 refused);
+        goto out;
+    }
+
+    if (!PQenterPipelineMode(pc->conn)) {
+        lost(pc, &e);
+        batch_abandon(items, st, 0, n, 0, atomic, DBK_ECONN_LOST, &e);
+        goto out;
+    }
+    size_t nsent = 0;
+    for (size_t i = 0; i < n; i++) {
+        dbk__batch_item *it = &items[i];
+        if (st[i].kind == B_SKIP)
+            continue;
+        pp.n = 0;
+        rc = bind_params(pc, it->params, it->nparams, &pp, scratch, &e);
+        if (rc) {
+            dbk__batch_fail(it, rc, &e);
+            st[i].kind = B_SKIP;
+            if (atomic) {
+                for (size_t k = 0; k < n; k++)
+                    if (k != i)
+                        dbk__batch_failf(&items[k], DBK_ENOT_RUN,
+                                         "not run: statement %zu of the all-or-nothing batch "
+                                         "has a bad parameter",
+                                         i);
+                /* The statements before it sit unsynced in libpq's
+                 * buffer and cannot be taken back: the connection is
+                 * closed rather than sent on. */
+                mark_broken(pc);
+                goto out;
+            }
+            continue;
+        }
+        int ok;
+        if (pc->cache_cap == 0) {
+            ok = PQsendQueryParams(pc->conn, it->sql, pp.n, pp.types, pp.values, pp.lengths,
+                                   pp.formats, 0);
+        } else {
+            size_t len = strlen(it->sql);
+            uint64_t h = hash_key(it->sql, len, pp.sig, it->nparams);
+            struct pg_stmt *s = cache_find(pc, h, it->sql, len, pp.sig, it->nparams);
+            if (s) {
+                if (pc->lru_head != s) {
+                    lru_unlink(pc, s);
+                    lru_push_front(pc, s);
+                }
+                st[i].kind = B_HIT;
+                ok = PQsendQueryPrepared(pc->conn, s->name, pp.n, pp.values, pp.lengths,
+                                         pp.formats, 0);
+            } else {
+                cache_make_room(pc);
+                s = stmt_new(pc, h, it->sql, len, pp.sig, it->nparams);
+                if (s && cache_insert(pc, s)) {
+                    st[i].kind = B_MISS;
+                    st[i].hash = h;
+                    memcpy(st[i].name, s->name, sizeof st[i].name);
+                    ok = PQsendPrepare(pc->conn, s->name, s->sql, pp.n, pp.types) &&
+                         PQsendQueryPrepared(pc->conn, s->name, pp.n, pp.values, pp.lengths,
+                                             pp.formats, 0);
+                } else {
+                    free(s);
+                    ok = PQsendQueryParams(pc->conn, it->sql, pp.n, pp.types, pp.values,
+                                           pp.lengths, pp.formats, 0);
+                }
+            }
+        }
+        if (!ok || (!atomic && !PQpipelineSync(pc->conn))) {
+            lost(pc, &e);
+            batch_abandon(items, st, i, n, i, atomic, DBK_ECONN_LOST, &e);
+            goto out;
+        }
+        nsent++;
+    }
+    if (nsent == 0) {
+        if (!PQexitPipelineMode(pc->conn))
+            mark_broken(pc);
+        goto out;
+    }
+    if (atomic && !PQpipelineSync(pc->conn)) {
+        lost(pc, &e);
+        batch_abandon(items, st, 0, n, n, atomic, DBK_ECONN_LOST, &e);
+        goto out;
+    }
+    int64_t deadline = stmt_deadline(pc);
+    rc = flush_out(pc, deadline, budget_of(deadline), true, &e);
+    if (rc) {
+        batch_abandon(items, st, 0, n, n, atomic, rc, &e);
+        goto out;
+    }
+
+    /* Answers, in order: [Parse,] the statement's result [, Sync]. */
+    size_t failed_at = n;
+    for (size_t i = 0; i < n; i++) {
+        dbk__batch_item *it = &items[i];
+        if (st[i].kind == B_SKIP)
+            continue;
+        PGresult *r = NULL, *prep = NULL;
+        deadline = stmt_deadline(pc);
+        int64_t budget = budget_of(deadline);
+        if (st[i].kind == B_MISS && (rc = pipeline_next(pc, deadline, budget, &prep, &e))) {
+            batch_abandon(items, st, i, n, n, atomic, rc, &e);
+            goto out;
+        }
+        if ((rc = pipeline_next(pc, deadline, budget, &r, &e))) {
+            PQclear(prep);
+            batch_abandon(items, st, i, n, n, atomic, rc, &e);
+            goto out;
+        }
+        it->done_ns = dbk__now_ns();
+        /* A failed Parse explains the statement's failure. */
+        PGresult *ans = r;
+        if (prep && PQresultStatus(prep) != PGRES_COMMAND_OK) {
+            cache_forget(pc, st[i].hash, st[i].name);
+            ans = prep;
+        }
+        ExecStatusType s = PQresultStatus(ans);
+        const char *state = is_error_status(s) ? PQresultErrorField(ans, PG_DIAG_SQLSTATE) : NULL;
+        if (s == PGRES_TUPLES_OK || s == PGRES_COMMAND_OK || s == PGRES_EMPTY_QUERY) {
+            note_command(pc, r);
+            rc = build_result(r, &it->res, &e);
+            if (rc == DBK_OK) {
+                it->rc = DBK_OK;
+                size_t nr = dbk_result_nrows(it->res);
+                it->affected = nr ? (int64_t)nr : it->res->affected;
+            } else {
+                dbk__batch_fail(it, rc, &e);
+            }
+        } else if (s == PGRES_PIPELINE_ABORTED) {
+            rc = DBK_ENOT_RUN;
+            dbk__batch_failf(it, rc, "not run: statement %zu of the all-or-nothing batch failed",
+                             failed_at);
+        } else if (state && strcmp(state, "25P02") == 0 && failed_at < n) {
+            rc = DBK_ENOT_RUN;
+            dbk__batch_failf(it, rc,
+                             "not run: statement %zu of the batch failed and aborted the "
+                             "transaction",
+                             failed_at);
+        } else if (is_error_status(s)) {
+            rc = result_error(pc, ans, &e);
+            dbk__batch_fail(it, rc, &e);
+        } else {
+            /* COPY got past is_copy, or a protocol surprise: libpq cannot
+             * leave this state in pipeline mode. */
+            PQclear(r);
+            PQclear(prep);
+            mark_broken(pc);
+            dbk__err(&e, DBK_EINTERNAL, "unexpected %s in a batch; the connection was closed",
+                     PQresStatus(s));
+            batch_abandon(items, st, i, n, n, atomic, DBK_EINTERNAL, &e);
+            goto out;
+        }
+        PQclear(r);
+        PQclear(prep);
+        if (rc != DBK_OK && rc != DBK_ENOT_RUN && failed_at == n)
+            failed_at = i;
+        if (rc == DBK_ECONN_LOST) {
+            batch_abandon(items, st, i + 1, n, n, atomic, DBK_ECONN_LOST, it->err ? it->err : &e);
+            goto out;
+        }
+        if (!atomic) {
+            if ((rc = pipeline_next(pc, deadline, budget, &r, &e))) {
+                batch_abandon(items, st, i + 1, n, n, atomic, rc, &e);
+                goto out;
+            }
+            PQclear(r); /* PGRES_PIPELINE_SYNC */
+        }
+    }
+    if (atomic) {
+        PGresult *r = NULL;
+        deadline = stmt_deadline(pc);
+        if ((rc = pipeline_next(pc, deadline, budget_of(deadline), &r, &e))) {
+            batch_abandon(items, st, n, n, n, atomic, rc, &e);
+            goto out;
+        }
+        PQclear(r); /* PGRES_PIPELINE_SYNC: the implicit transaction ended */
+        for (size_t i = 0; i < failed_at && failed_at < n; i++)
+            if (items[i].rc == DBK_OK)
+                dbk__batch_failf(&items[i], DBK_ENOT_RUN,
+                                 in_tx ? "undone: statement %zu of the all-or-nothing batch "
+                                         "failed and aborted the transaction"
+                                       : "rolled back: statement %zu of the all-or-nothing "
+                                         "batch failed",
+                                 failed_at);
+    }
+    if (!PQexitPipelineMode(pc->conn))
+        mark_broken(pc);
+out:
+    if (st != stack_st)
+        free(st);
+    return batch_outcome(items, n);
+}
+
 static dbk_rc run_script(pg_conn *pc, const char *sql, int64_t deadline, dbk_error *err)
 {
     int64_t budget = budget_of(deadline);
@@ -2110,4 +2449,5 @@ const dbk__driver dbk__driver_postgres = {
     .reset = pg_reset,
     .server_version = pg_server_version,
     .statement_timeout_ms = pg_statement_timeout_ms,
+    .batch = pg_batch,
 };

@@ -709,7 +709,37 @@ static void pc_unpin(dbk_db *db, dbk_conn *conn)
     s->orig_ops->unpin(db, conn);
 }
 
-static const struct dbk__db_ops pooled_conn_ops = {pc_run, pc_script, pc_pin, pc_unpin};
+/* A batch on a pooled connection: PostgreSQL sends it in one pipeline and
+ * the failures are noted as pc_run would (a lost connection is discarded,
+ * a read-only server recycles the pool); SQLite runs it statement by
+ * statement through pc_run, so the write gate and busy retry apply. */
+static dbk_rc pc_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic)
+{
+    struct slot *s = slot_of_db(db);
+    dbk_pool *p = s->pool;
+    dbk_conn *c = s->conn;
+    if (p->engine != DBK_ENGINE_POSTGRES)
+        return dbk__batch_serial(db, items, n, atomic, c->drv->txstate(c->impl) != DBK__TX_IDLE);
+    for (size_t i = 0; i < n && !s->dirty; i++)
+        if (dbk__pool_sql_sets_session(items[i].sql))
+            s->dirty = true;
+    dbk_rc rc = s->orig_ops->batch(db, items, n, atomic);
+    if (rc != DBK_OK) {
+        bool lost = false, ro = false;
+        for (size_t i = 0; i < n; i++) {
+            if (items[i].rc == DBK_ECONN_LOST && !lost) {
+                lost = true;
+                note_failure(p, s, DBK_ECONN_LOST, items[i].err);
+            } else if (items[i].rc == DBK_EREADONLY && !ro) {
+                ro = true;
+                note_failure(p, s, DBK_EREADONLY, items[i].err);
+            }
+        }
+    }
+    return rc;
+}
+
+static const struct dbk__db_ops pooled_conn_ops = {pc_run, pc_script, pc_pin, pc_unpin, pc_batch};
 
 /* ---- the timeout message ---- */
 
@@ -1089,7 +1119,25 @@ static void pdb_unpin(dbk_db *db, dbk_conn *conn)
     release(db->self, conn, false);
 }
 
-static const struct dbk__db_ops pool_db_ops = {pdb_run, pdb_script, pdb_pin, pdb_unpin};
+static dbk_rc pdb_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic)
+{
+    dbk_pool *p = db->self;
+    struct site st = {"dbk_batch_run", NULL, n ? items[0].sql : NULL, 0};
+    dbk_conn *c = NULL;
+    dbk_error e;
+    dbk_rc rc = acquire(p, &st, &c, &e);
+    if (rc != DBK_OK) {
+        for (size_t i = 0; i < n; i++)
+            dbk__batch_fail(&items[i], rc, &e);
+        return rc;
+    }
+    rc = c->db.ops->batch(&c->db, items, n, atomic);
+    release(p, c, false);
+    return rc;
+}
+
+static const struct dbk__db_ops pool_db_ops = {pdb_run, pdb_script, pdb_pin, pdb_unpin,
+                                               pdb_batch};
 
 dbk_db *dbk_pool_db(dbk_pool *pool)
 {

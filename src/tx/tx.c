@@ -172,7 +172,7 @@ static dbk_rc ctl_as(tx_root *r, const char *sql, bool direct, dbk_error *err)
         return ctl_exec(c, sql, direct, err);
     int64_t t0 = dbk__now_ns();
     dbk_rc rc = ctl_exec(c, sql, direct, err);
-    dbk_query_event ev = {sql, 0, dbk__now_ns() - t0, 0, rc, r->engine, NULL, rc ? err : NULL};
+    dbk_query_event ev = {sql, 0, dbk__now_ns() - t0, 0, rc, r->engine, NULL, rc ? err : NULL, 0, 0};
     p->observer(p->observer_ctx, &ev);
     return rc;
 }
@@ -322,7 +322,39 @@ static void tx_unpin(dbk_db *db, dbk_conn *conn)
     (void)conn;
 }
 
-static const struct dbk__db_ops tx_ops = {tx_run, tx_script, tx_pin, tx_unpin};
+/* A batch inside the transaction: on its connection, and a failure counts
+ * for the transaction as a failed statement would (a retryable one dooms
+ * the attempt). */
+static dbk_rc tx_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic)
+{
+    struct dbk__tx *t = db->self;
+    dbk_error e;
+    dbk_rc rc = tx_check(t, &e);
+    if (rc) {
+        for (size_t i = 0; i < n; i++)
+            dbk__batch_fail(&items[i], rc, &e);
+        return rc;
+    }
+    dbk_conn *c = t->root->conn;
+    rc = c->db.ops->batch(&c->db, items, n, atomic);
+    if (rc == DBK_OK)
+        return DBK_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].rc == DBK_OK || items[i].rc == DBK_ENOT_RUN)
+            continue;
+        if (items[i].err) {
+            rc = tx_failed(t->root, items[i].rc, items[i].err);
+            items[i].rc = rc;
+        } else {
+            dbk__err(&e, items[i].rc, "%s", dbk_strerror(items[i].rc));
+            rc = tx_failed(t->root, items[i].rc, &e);
+        }
+        break;
+    }
+    return rc;
+}
+
+static const struct dbk__db_ops tx_ops = {tx_run, tx_script, tx_pin, tx_unpin, tx_batch};
 
 static void tx_init(struct dbk__tx *t, tx_root *r, const dbk_db *parent, int depth)
 {

@@ -1,0 +1,492 @@
+/*
+ * Batches and parallel tasks.
+ *
+ * A batch owns copies of its statements (SQL text, values and the bytes
+ * they point to) in one arena, so adding costs a few bump allocations and a
+ * batch cleared and refilled per request allocates nothing after warm-up.
+ * Running hands the array of dbk__batch_item to the executor's batch op:
+ * the pool checks out one connection, a transaction checks its state, and
+ * the connection either has a driver batch (PostgreSQL: one pipeline, see
+ * pg_batch) or falls back to dbk__batch_serial below, which runs the items
+ * one by one through the executor's run op (SQLite, where a round trip is
+ * a function call anyway).
+ *
+ * Errors stay per statement. Only failures allocate: an item's error is a
+ * heap copy made when it fails, so a batch of 100 successful lookups does
+ * not carry 100 zeroed dbk_error structs.
+ *
+ * dbk_parallel is the `Promise.all` of C: the caller's thread plus up to
+ * max_parallel - 1 short-lived threads take tasks from a shared counter.
+ * Tasks on a pool check out their own connections per statement (or per
+ * batch or transaction), so the pool's bound and its fair queue are what
+ * limit them; a task never holds one connection while waiting for another
+ * unless its own code does.
+ */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dbkit/batch.h"
+#include "dbkit/arena.h"
+#include "dbkit/pool.h"
+#include "../core/internal.h"
+#include "../driver/driver.h"
+
+struct dbk_batch {
+    dbk__batch_item *items;
+    size_t n, cap;
+    dbk_arena *arena;
+    bool ran;
+};
+
+/* ---- item outcomes (shared with the drivers) ---- */
+
+dbk_rc dbk__batch_fail(dbk__batch_item *it, dbk_rc rc, const dbk_error *e)
+{
+    if (it->res) {
+        dbk_result_free(it->res);
+        it->res = NULL;
+    }
+    it->rc = rc;
+    it->affected = -1;
+    if (!it->err)
+        it->err = malloc(sizeof *it->err);
+    if (it->err) {
+        if (e && e != it->err)
+            memcpy(it->err, e, sizeof *e);
+        else if (!e)
+            dbk__err(it->err, rc, "%s", dbk_strerror(rc));
+        it->err->code = rc;
+    }
+    return rc;
+}
+
+dbk_rc dbk__batch_failf(dbk__batch_item *it, dbk_rc rc, const char *fmt, ...)
+{
+    dbk_error e;
+    memset(&e, 0, sizeof e);
+    e.code = rc;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e.message, sizeof e.message, fmt, ap);
+    va_end(ap);
+    return dbk__batch_fail(it, rc, &e);
+}
+
+static void item_reset(dbk__batch_item *it)
+{
+    dbk_result_free(it->res);
+    it->res = NULL;
+    free(it->err);
+    it->err = NULL;
+    it->rc = DBK_ENOT_RUN;
+    it->affected = -1;
+    it->done_ns = 0;
+}
+
+/* ---- the serial fallback ---- */
+
+static dbk_rc ctl(dbk_db *db, const char *sql, dbk_error *err)
+{
+    return db->ops->run(db, sql, NULL, 0, NULL, NULL, err);
+}
+
+dbk_rc dbk__batch_serial(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic, bool in_tx)
+{
+    dbk_error e;
+    dbk_rc first = DBK_OK;
+    size_t failed_at = n;
+    if (atomic) {
+        dbk_rc rc = ctl(db, in_tx ? "SAVEPOINT dbk_batch" : "BEGIN", &e);
+        if (rc) {
+            for (size_t i = 0; i < n; i++)
+                dbk__batch_fail(&items[i], i ? DBK_ENOT_RUN : rc, i ? NULL : &e);
+            return rc;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        dbk__batch_item *it = &items[i];
+        if (atomic && failed_at < n) {
+            dbk__batch_failf(it, DBK_ENOT_RUN,
+                             "not run: statement %zu of the all-or-nothing batch failed",
+                             failed_at);
+            continue;
+        }
+        int64_t aff = 0;
+        dbk_rc rc = db->ops->run(db, it->sql, it->params, it->nparams, &it->res, &aff, &e);
+        it->done_ns = dbk__now_ns();
+        if (rc) {
+            dbk__batch_fail(it, rc, &e);
+            if (first == DBK_OK) {
+                first = rc;
+                failed_at = i;
+            }
+            if (rc == DBK_ECONN_LOST) {
+                /* Nothing after this can run on this connection. */
+                for (size_t k = i + 1; k < n; k++)
+                    dbk__batch_failf(&items[k], DBK_ENOT_RUN,
+                                     "not run: the connection was lost at statement %zu", i);
+                break;
+            }
+        } else {
+            it->rc = DBK_OK;
+            size_t nr = it->res ? dbk_result_nrows(it->res) : 0;
+            it->affected = nr ? (int64_t)nr : aff;
+        }
+    }
+    if (!atomic)
+        return first;
+    if (first == DBK_OK) {
+        dbk_rc rc = ctl(db, in_tx ? "RELEASE SAVEPOINT dbk_batch" : "COMMIT", &e);
+        if (rc == DBK_OK)
+            return DBK_OK;
+        for (size_t i = 0; i < n; i++)
+            dbk__batch_fail(&items[i], rc == DBK_ECONN_LOST ? DBK_ECONN_LOST : rc, &e);
+        return rc;
+    }
+    if (in_tx) {
+        if (ctl(db, "ROLLBACK TO SAVEPOINT dbk_batch", &e) == DBK_OK)
+            ctl(db, "RELEASE SAVEPOINT dbk_batch", &e);
+    } else {
+        ctl(db, "ROLLBACK", &e);
+    }
+    for (size_t i = 0; i < failed_at; i++)
+        dbk__batch_failf(&items[i], DBK_ENOT_RUN,
+                         "rolled back: statement %zu of the all-or-nothing batch failed",
+                         failed_at);
+    return first;
+}
+
+/* ---- the batch object ---- */
+
+dbk_rc dbk_batch_new(dbk_batch **out, dbk_error *err)
+{
+    if (!out)
+        return dbk__err(err, DBK_EMISUSE, "dbk_batch_new: out must not be NULL");
+    *out = NULL;
+    dbk_batch *b = calloc(1, sizeof *b);
+    if (!b || !(b->arena = dbk_arena_new(4096))) {
+        free(b);
+        return dbk__err(err, DBK_ENOMEM, "out of memory creating a batch");
+    }
+    *out = b;
+    return DBK_OK;
+}
+
+static void clear_outcomes(dbk_batch *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        item_reset(&b->items[i]);
+    b->ran = false;
+}
+
+void dbk_batch_clear(dbk_batch *b)
+{
+    if (!b)
+        return;
+    clear_outcomes(b);
+    b->n = 0;
+    dbk_arena_reset(b->arena);
+}
+
+void dbk_batch_free(dbk_batch *b)
+{
+    if (!b)
+        return;
+    clear_outcomes(b);
+    free(b->items);
+    dbk_arena_free(b->arena);
+    free(b);
+}
+
+size_t dbk_batch_count(const dbk_batch *b)
+{
+    return b ? b->n : 0;
+}
+
+dbk_rc dbk_batch_add(dbk_batch *b, const char *sql, const dbk_value *params, size_t nparams,
+                     dbk_error *err)
+{
+    if (!b || !sql)
+        return dbk__err(err, DBK_EMISUSE, "dbk_batch_add: batch and sql must not be NULL");
+    if (nparams && !params)
+        return dbk__err(err, DBK_EMISUSE, "dbk_batch_add: %zu parameters but params is NULL",
+                        nparams);
+    if (nparams > 65535)
+        return dbk__err(err, DBK_EMISUSE, "%zu parameters exceed the limit of 65535", nparams);
+    if (b->ran)
+        clear_outcomes(b);
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 16;
+        dbk__batch_item *p = realloc(b->items, cap * sizeof *p);
+        if (!p)
+            return dbk__err(err, DBK_ENOMEM, "out of memory growing a batch");
+        b->items = p;
+        b->cap = cap;
+    }
+    /* The previous statement's SQL is reused when it is the same text: a
+     * batch of 100 lookups keeps one copy. */
+    const char *copy = NULL;
+    if (b->n && strcmp(b->items[b->n - 1].sql, sql) == 0)
+        copy = b->items[b->n - 1].sql;
+    else
+        copy = dbk_arena_strdup(b->arena, sql);
+    dbk_value *vals = NULL;
+    if (copy && nparams) {
+        vals = dbk_arena_alloc(b->arena, nparams * sizeof *vals);
+        if (vals) {
+            memcpy(vals, params, nparams * sizeof *vals);
+            for (size_t i = 0; i < nparams && vals; i++) {
+                dbk_type t = vals[i].type;
+                if ((t == DBK_TYPE_TEXT || t == DBK_TYPE_BLOB || t == DBK_TYPE_JSON) &&
+                    vals[i].u.bytes.ptr) {
+                    void *d = dbk_arena_memdup(b->arena, vals[i].u.bytes.ptr,
+                                               vals[i].u.bytes.len ? vals[i].u.bytes.len : 1);
+                    if (!d)
+                        vals = NULL;
+                    else
+                        vals[i].u.bytes.ptr = d;
+                }
+            }
+        }
+    }
+    if (!copy || (nparams && !vals))
+        return dbk__err(err, DBK_ENOMEM, "out of memory copying a batch statement");
+    dbk__batch_item *it = &b->items[b->n++];
+    memset(it, 0, sizeof *it);
+    it->sql = copy;
+    it->params = vals;
+    it->nparams = nparams;
+    it->rc = DBK_ENOT_RUN;
+    it->affected = -1;
+    return DBK_OK;
+}
+
+/* err->message = "<what> <i>: <msg>" (msg may be err->message itself). */
+static void prefix(dbk_error *err, const char *what, size_t i, const char *msg)
+{
+    char copy[sizeof err->message];
+    dbk__strlcpy(copy, msg, sizeof copy);
+    int k = snprintf(err->message, sizeof err->message, "%s %zu: ", what, i);
+    if (k > 0 && (size_t)k < sizeof err->message)
+        dbk__strlcpy(err->message + k, copy, sizeof err->message - (size_t)k);
+}
+
+static void report(dbk_db *db, dbk_batch *b, int64_t t0)
+{
+    int64_t prev = t0;
+    for (size_t i = 0; i < b->n; i++) {
+        dbk__batch_item *it = &b->items[i];
+        int64_t done = it->done_ns ? it->done_ns : prev;
+        dbk_query_event ev = {it->sql,
+                              it->nparams,
+                              done > prev ? done - prev : 0,
+                              it->rc == DBK_OK ? it->affected : 0,
+                              it->rc,
+                              db->engine,
+                              it->params,
+                              it->rc ? it->err : NULL,
+                              i,
+                              b->n};
+        prev = done;
+        db->observer(db->observer_ctx, &ev);
+    }
+}
+
+dbk_rc dbk_batch_run(dbk_db *db, dbk_batch *b, dbk_batch_mode mode, dbk_error *err)
+{
+    if (!db || !b)
+        return dbk__err(err, DBK_EMISUSE, "dbk_batch_run: db and batch must not be NULL");
+    if (mode != DBK_BATCH_INDEPENDENT && mode != DBK_BATCH_ATOMIC)
+        return dbk__err(err, DBK_EMISUSE, "dbk_batch_run: unknown mode %d", (int)mode);
+    clear_outcomes(b);
+    b->ran = true;
+    if (b->n == 0)
+        return DBK_OK;
+    int64_t t0 = db->observer ? dbk__now_ns() : 0;
+    dbk_rc rc = db->ops->batch(db, b->items, b->n, mode == DBK_BATCH_ATOMIC);
+    if (db->observer)
+        report(db, b, t0);
+    if (rc == DBK_OK)
+        return DBK_OK;
+    /* The first statement that failed on its own account. */
+    for (size_t i = 0; i < b->n; i++) {
+        dbk__batch_item *it = &b->items[i];
+        if (it->rc == DBK_OK || it->rc == DBK_ENOT_RUN)
+            continue;
+        if (err) {
+            if (it->err) {
+                *err = *it->err;
+                prefix(err, "batch statement", i, it->err->message);
+            } else {
+                dbk__err(err, it->rc, "batch statement %zu: %s", i, dbk_strerror(it->rc));
+            }
+        }
+        return it->rc;
+    }
+    if (err) {
+        const dbk__batch_item *it = &b->items[0];
+        if (it->err)
+            *err = *it->err;
+        else
+            dbk__err(err, rc, "%s", dbk_strerror(rc));
+    }
+    return rc;
+}
+
+dbk_rc dbk_batch_rc(const dbk_batch *b, size_t i)
+{
+    if (!b || !b->ran || i >= b->n)
+        return DBK_EMISUSE;
+    return b->items[i].rc;
+}
+
+const dbk_error *dbk_batch_error(const dbk_batch *b, size_t i)
+{
+    if (!b || !b->ran || i >= b->n || b->items[i].rc == DBK_OK)
+        return NULL;
+    return b->items[i].err;
+}
+
+const dbk_result *dbk_batch_result(const dbk_batch *b, size_t i)
+{
+    if (!b || !b->ran || i >= b->n || b->items[i].rc != DBK_OK)
+        return NULL;
+    return b->items[i].res;
+}
+
+dbk_result *dbk_batch_take_result(dbk_batch *b, size_t i)
+{
+    if (!b || !b->ran || i >= b->n || b->items[i].rc != DBK_OK)
+        return NULL;
+    dbk_result *r = b->items[i].res;
+    b->items[i].res = NULL;
+    return r;
+}
+
+int64_t dbk_batch_affected(const dbk_batch *b, size_t i)
+{
+    if (!b || !b->ran || i >= b->n || b->items[i].rc != DBK_OK)
+        return -1;
+    return b->items[i].affected;
+}
+
+/* ---- parallel ---- */
+
+struct par {
+    dbk_db *db;
+    dbk_task *tasks;
+    size_t n;
+    size_t next; /* atomic */
+};
+
+static void run_tasks(struct par *p)
+{
+    for (;;) {
+        size_t i = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
+        if (i >= p->n)
+            return;
+        dbk_task *t = &p->tasks[i];
+        memset(&t->error, 0, sizeof t->error);
+        t->rc = t->fn(p->db, t->ctx, &t->error);
+        if (t->rc != DBK_OK && t->error.code == DBK_OK)
+            dbk__err(&t->error, t->rc, "%s", dbk_strerror(t->rc));
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    run_tasks(arg);
+    return NULL;
+}
+
+dbk_rc dbk_parallel(dbk_db *db, dbk_task *tasks, size_t n, int max_parallel, dbk_error *err)
+{
+    if (!db || (n && !tasks))
+        return dbk__err(err, DBK_EMISUSE, "dbk_parallel: db and tasks must not be NULL");
+    for (size_t i = 0; i < n; i++) {
+        if (!tasks[i].fn)
+            return dbk__err(err, DBK_EMISUSE, "dbk_parallel: task %zu has no function", i);
+        tasks[i].rc = DBK_ENOT_RUN;
+    }
+    size_t width = 1;
+    if (db->kind == DBK__DB_POOL) {
+        dbk_pool_opts o;
+        dbk_error e;
+        size_t cap = dbk_pool_get_opts(db->self, &o, &e) == DBK_OK && o.max_size > 0
+                         ? (size_t)o.max_size
+                         : 1;
+        if (max_parallel > 0 && (size_t)max_parallel < cap)
+            cap = (size_t)max_parallel;
+        width = n < cap ? n : cap;
+    }
+    struct par p = {db, tasks, n, 0};
+    enum { MAX_THREADS = 64 };
+    pthread_t th[MAX_THREADS];
+    size_t started = 0;
+    dbk_rc start_rc = DBK_OK;
+    for (size_t i = 1; i < width && started < MAX_THREADS; i++) {
+        if (pthread_create(&th[started], NULL, worker_main, &p) != 0) {
+            start_rc = DBK_EINTERNAL;
+            break;
+        }
+        started++;
+    }
+    run_tasks(&p);
+    for (size_t i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    (void)start_rc; /* fewer threads only means less parallelism */
+    for (size_t i = 0; i < n; i++) {
+        if (tasks[i].rc == DBK_OK)
+            continue;
+        if (err) {
+            *err = tasks[i].error;
+            prefix(err, "task", i, tasks[i].error.message);
+        }
+        return tasks[i].rc;
+    }
+    return DBK_OK;
+}
+
+struct batch_task {
+    dbk_batch *b;
+    dbk_batch_mode mode;
+};
+
+static dbk_rc batch_task(dbk_db *db, void *ctx, dbk_error *err)
+{
+    struct batch_task *t = ctx;
+    return dbk_batch_run(db, t->b, t->mode, err);
+}
+
+dbk_rc dbk_batch_run_parallel(dbk_db *db, dbk_batch *const *batches, size_t n,
+                              dbk_batch_mode mode, int max_parallel, dbk_error *err)
+{
+    if (!db || (n && !batches))
+        return dbk__err(err, DBK_EMISUSE,
+                        "dbk_batch_run_parallel: db and batches must not be NULL");
+    for (size_t i = 0; i < n; i++)
+        if (!batches[i])
+            return dbk__err(err, DBK_EMISUSE, "dbk_batch_run_parallel: batch %zu is NULL", i);
+    if (n == 0)
+        return DBK_OK;
+    dbk_task *tasks = calloc(n, sizeof *tasks);
+    struct batch_task *ctx = calloc(n, sizeof *ctx);
+    if (!tasks || !ctx) {
+        free(tasks);
+        free(ctx);
+        return dbk__err(err, DBK_ENOMEM, "out of memory starting %zu batches", n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        ctx[i].b = batches[i];
+        ctx[i].mode = mode;
+        tasks[i].fn = batch_task;
+        tasks[i].ctx = &ctx[i];
+    }
+    dbk_rc rc = dbk_parallel(db, tasks, n, max_parallel, err);
+    free(tasks);
+    free(ctx);
+    return rc;
+}
