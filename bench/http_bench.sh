@@ -1,0 +1,584 @@
+#!/usr/bin/env bash
+# The HTTP benchmark of issue 9: examples/shop (C, dbkit) against bench/peer
+# (Node.js: Express + node-postgres + ioredis, the seeds' stack), both on the
+# same PostgreSQL database and Redis on loopback, both driven by the same wrk
+# command in the same run.
+#
+#   bench/http_bench.sh table   [BUILD_DIR]   requests/s and p99 per endpoint and
+#                                             variant, the dbkit / peer ratio
+#   bench/http_bench.sh restart [BUILD_DIR]   64 connections against GET /users/{id}
+#                                             with PostgreSQL restarted in the middle
+#
+# BUILD_DIR (default build-bench) holds the shop at examples/shop/shop and the
+# dbkit tool at dbkit (the migrations are applied with it). The peer is
+# installed with `npm ci` from its committed package-lock.json.
+#
+# Data: database dbkit_http_bench (dropped and created again) with the example
+# migrations, 10,000 users and 1,000 accounts of 1,000,000 cents, each made by
+# one generate_series statement, so both services read the same rows.
+#
+# env: DBKIT_TEST_PG_URL      admin postgres:// URL (or DBKIT_BENCH_PG_URL)
+#      DBKIT_TEST_REDIS_URL   redis://host:port[/db]; the benchmark uses db 9 of that
+#                             server and FLUSHes it before each cached variant
+#      BENCH_SECONDS (15) BENCH_WARMUP_SECONDS (3) BENCH_CONNECTIONS (64)
+#      BENCH_THREADS (2) BENCH_ROUNDS (1: with more, the best round of each side)
+#      BENCH_ROWS       which rows of the table to run (regex on the row key, default all:
+#                       users_id_off users_id_redis users_id_memory users_list transfers)
+#      BENCH_DOCS       a markdown file whose marked section is rewritten with the results
+#                       (<!-- http-bench:begin/end --> or <!-- restart-bench:begin/end -->)
+#      BENCH_RESTART_SECONDS (60)  restart mode: the run is split into three equal
+#                       phases (before, during, after); PostgreSQL restarts 2 s into
+#                       the second one
+#      BENCH_ALLOW_PG_RESTART=1    restart mode refuses to run without it: it
+#                       restarts the PostgreSQL server behind the admin URL, which
+#                       must be a throwaway one (scripts/run-bench.sh sets it inside
+#                       scripts/testenv.sh)
+#      BENCH_STATE_DIR  restart mode writes pg_restarted there (the data directory) so
+#                       the caller can stop the restarted server
+#      DBKIT_TEST_PGBIN (/usr/lib/postgresql/15/bin)
+#
+# Every service this script starts is stopped by its PID on exit; every wait
+# and loop is bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODE=${1:-}
+BUILD=${2:-build-bench}
+case "$MODE" in
+  table | restart) ;;
+  *) echo "usage: $0 table|restart [BUILD_DIR]" >&2; exit 2 ;;
+esac
+
+ADMIN=${DBKIT_BENCH_PG_URL:-${DBKIT_TEST_PG_URL:-}}
+REDIS_BASE=${DBKIT_TEST_REDIS_URL:-}
+SECS=${BENCH_SECONDS:-15}
+WARM=${BENCH_WARMUP_SECONDS:-3}
+CONNS=${BENCH_CONNECTIONS:-64}
+THREADS=${BENCH_THREADS:-2}
+ROUNDS=${BENCH_ROUNDS:-1}
+ROWS_RE=${BENCH_ROWS:-.}
+RESTART_SECS=${BENCH_RESTART_SECONDS:-60}
+PGBIN=${DBKIT_TEST_PGBIN:-/usr/lib/postgresql/15/bin}
+DB=dbkit_http_bench
+USERS=10000
+ACCOUNTS=1000
+LIST_MAX_OFFSET=1000
+
+[ -n "$ADMIN" ] || { echo "http_bench: set DBKIT_TEST_PG_URL to an admin postgres:// URL" >&2; exit 2; }
+[ -n "$REDIS_BASE" ] || { echo "http_bench: set DBKIT_TEST_REDIS_URL to a redis:// URL" >&2; exit 2; }
+case "$ADMIN" in *\?*) echo "http_bench: the admin URL must not carry ?parameters" >&2; exit 2 ;; esac
+for n in SECS WARM CONNS THREADS ROUNDS RESTART_SECS; do
+  v=${!n}
+  case "$v" in '' | *[!0-9]*) echo "http_bench: $n must be a positive integer" >&2; exit 2 ;; esac
+  [ "$v" -gt 0 ] || { echo "http_bench: $n must be positive" >&2; exit 2; }
+done
+[ "$SECS" -le 600 ] && [ "$RESTART_SECS" -le 1800 ] && [ "$ROUNDS" -le 10 ] ||
+  { echo "http_bench: BENCH_SECONDS <= 600, BENCH_RESTART_SECONDS <= 1800, BENCH_ROUNDS <= 10" >&2; exit 2; }
+
+SHOP=$BUILD/examples/shop/shop
+DBKIT=$BUILD/dbkit
+PSQL=$PGBIN/psql
+command -v "$PSQL" >/dev/null 2>&1 || PSQL=psql
+for tool in wrk curl jq node npm redis-cli; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "http_bench: $tool not found (bash scripts/deps.sh bench)" >&2; exit 2; }
+done
+[ -x "$SHOP" ] || { echo "http_bench: $SHOP not built (cmake --build $BUILD)" >&2; exit 2; }
+[ -x "$DBKIT" ] || { echo "http_bench: $DBKIT not built (cmake --build $BUILD)" >&2; exit 2; }
+
+URL="${ADMIN%/*}/$DB"
+REDIS_URL="${REDIS_BASE%/*}"
+case "$REDIS_URL" in redis://*/*) ;; redis://*) ;; *) REDIS_URL="redis://$REDIS_URL" ;; esac
+REDIS_URL="$REDIS_URL/9"
+redis_hostport=${REDIS_URL#redis://}
+redis_hostport=${redis_hostport%%/*}
+REDIS_HOST=${redis_hostport%:*}
+REDIS_PORT=${redis_hostport##*:}
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/dbkit-http-bench.XXXXXX")
+PIDS=()
+
+stop_pid() {
+  local pid=$1
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "http_bench: pid $pid ignored SIGTERM for 10 s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  local pid
+  for pid in "${PIDS[@]}"; do
+    stop_pid "$pid"
+  done
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$(((RANDOM % 20000) + 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "$p"; return 0
+    fi
+  done
+  echo "http_bench: no free port" >&2; return 1
+}
+
+# ---- data ------------------------------------------------------------------
+
+prepare_db() {
+  "$PSQL" -q -v ON_ERROR_STOP=1 "$ADMIN" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" \
+    -c "CREATE DATABASE $DB" >/dev/null
+  "$DBKIT" -q --url "$URL" --migrations-dir examples/db/migrations migrate up >/dev/null
+  "$PSQL" -q -v ON_ERROR_STOP=1 "$URL" >/dev/null <<SQL
+INSERT INTO users (name, email, created_at)
+  SELECT 'bench user ' || g, 'bench' || g || '@example.com', now() - g * interval '1 second'
+  FROM generate_series(1, $USERS) g;
+INSERT INTO accounts (name, balance_cents)
+  SELECT 'bench-' || g, 1000000 FROM generate_series(1, $ACCOUNTS) g;
+VACUUM ANALYZE;
+SQL
+  read -r U1 U2 < <("$PSQL" -Atq -F ' ' "$URL" -c "SELECT min(id), max(id) FROM users WHERE email LIKE 'bench%@example.com'")
+  read -r A1 A2 < <("$PSQL" -Atq -F ' ' "$URL" -c "SELECT min(id), max(id) FROM accounts WHERE name LIKE 'bench-%'")
+  if [ $((U2 - U1 + 1)) -ne "$USERS" ] || [ $((A2 - A1 + 1)) -ne "$ACCOUNTS" ]; then
+    echo "http_bench: the seeded ids are not contiguous (users $U1..$U2, accounts $A1..$A2)" >&2
+    exit 1
+  fi
+}
+
+balance_sum() {
+  "$PSQL" -Atq "$URL" -c "SELECT sum(balance_cents) FROM accounts WHERE name LIKE 'bench-%'"
+}
+
+install_peer() {
+  (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error >"$work/npm.log" 2>&1) ||
+    { cat "$work/npm.log" >&2; echo "http_bench: npm ci failed in bench/peer" >&2; exit 1; }
+}
+
+# ---- services --------------------------------------------------------------
+
+SVC_PID=""
+SVC_PORT=""
+SVC_CMD=""
+
+# start_service dbkit|peer CACHE: CACHE is off|memory|redis. Waits for
+# /health to answer 200; a service that dies during start-up is tried once
+# more on another port before the benchmark gives up.
+start_service() {
+  local attempt
+  for attempt in 1 2; do
+    start_service_once "$@" && return 0
+    [ "$attempt" = 1 ] && echo "http_bench: trying $1 ($2) once more" >&2
+  done
+  exit 1
+}
+
+start_service_once() {
+  local side=$1 cache=$2 log
+  SVC_PORT=$(free_port)
+  log="$work/$side-$cache-$SVC_PORT.log"
+  if [ "$side" = dbkit ]; then
+    local cache_url=$cache
+    [ "$cache" = redis ] && cache_url=$REDIS_URL
+    SVC_CMD="DATABASE_URL=\$DB CACHE_URL=${cache_url/$REDIS_URL/\$REDIS} ACCESS_LOG=off HOST=127.0.0.1 PORT=\$PORT $SHOP"
+    env DATABASE_URL="$URL" CACHE_URL="$cache_url" ACCESS_LOG=off HOST=127.0.0.1 PORT="$SVC_PORT" \
+      "$SHOP" >"$log" 2>&1 &
+  else
+    SVC_CMD="DATABASE_URL=\$DB CACHE=$cache REDIS_URL=\$REDIS NODE_ENV=production HOST=127.0.0.1 PORT=\$PORT node bench/peer/server.js"
+    env DATABASE_URL="$URL" CACHE="$cache" REDIS_URL="$REDIS_URL" NODE_ENV=production \
+      HOST=127.0.0.1 PORT="$SVC_PORT" node bench/peer/server.js >"$log" 2>&1 &
+  fi
+  SVC_PID=$!
+  PIDS+=("$SVC_PID")
+  local code=""
+  for _ in $(seq 1 300); do
+    if ! kill -0 "$SVC_PID" 2>/dev/null; then
+      local rc=0
+      wait "$SVC_PID" || rc=$?
+      echo "http_bench: $side ($cache) exited during start-up (status $rc):" >&2
+      tail -20 "$log" >&2
+      stop_service
+      return 1
+    fi
+    code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$SVC_PORT/health" || true)
+    [ "$code" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "http_bench: $side ($cache) not healthy after 30 s (last status ${code:-none}):" >&2
+  tail -20 "$log" >&2
+  stop_service
+  return 1
+}
+
+stop_service() {
+  [ -n "$SVC_PID" ] || return 0
+  stop_pid "$SVC_PID"
+  local keep=() pid
+  for pid in "${PIDS[@]}"; do
+    [ "$pid" = "$SVC_PID" ] || keep+=("$pid")
+  done
+  PIDS=("${keep[@]}")
+  SVC_PID=""
+}
+
+flush_redis() {
+  redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" -n 9 FLUSHDB >/dev/null
+}
+
+# ---- wrk -------------------------------------------------------------------
+
+W_RPS=0 W_P99=0 W_REQ=0 W_NON2XX=0 W_SOCKERR=0
+
+# run_wrk SECONDS OUTFILE SCRIPT ARGS...: fills W_* from wrk's report.
+run_wrk() {
+  local secs=$1 out=$2 script=$3
+  shift 3
+  wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 5s --latency -s "$script" \
+    "http://127.0.0.1:$SVC_PORT" -- "$@" >"$out" 2>&1 || true
+  parse_wrk "$out"
+}
+
+parse_wrk() {
+  local out=$1
+  W_RPS=$(awk '/^Requests\/sec:/ {printf "%d", $2}' "$out")
+  W_REQ=$(awk '/ requests in / {print $1}' "$out")
+  W_P99=$(awk '$1 == "99%" {
+      v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
+      if (u == "us") v /= 1000; else if (u == "s") v *= 1000; else if (u == "m") v *= 60000;
+      printf "%.2f", v }' "$out")
+  W_NON2XX=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
+  W_SOCKERR=$(awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }' "$out")
+  W_RPS=${W_RPS:-0} W_REQ=${W_REQ:-0} W_P99=${W_P99:-0} W_NON2XX=${W_NON2XX:-0} W_SOCKERR=${W_SOCKERR:-0}
+}
+
+# ---- JSON shape check --------------------------------------------------------
+
+# The set of leaf paths with their JSON types, array indexes folded: two
+# services answering with the same shape print the same lines.
+shape() {
+  jq -c '[paths(scalars) as $p
+          | ($p | map(if type == "number" then "[]" else . end) | join(".")) + ":" + (getpath($p) | type)]
+         | unique'
+}
+
+SHAPES_NOTE=""
+check_shapes() {
+  local side cache=off a=$A1 b=$((A1 + 1)) u
+  for side in dbkit peer; do
+    start_service "$side" "$cache"
+    u="http://127.0.0.1:$SVC_PORT"
+    {
+      echo "GET /users/{id} $(curl -s -o /dev/null -m 5 -w '%{http_code}' "$u/users/$U1")"
+      curl -s -m 5 "$u/users/$U1" | shape
+      echo "GET /users/{missing} $(curl -s -o /dev/null -m 5 -w '%{http_code}' "$u/users/$((U2 + 1000))")"
+      curl -s -m 5 "$u/users/$((U2 + 1000))" | shape
+      echo "GET /users $(curl -s -o /dev/null -m 5 -w '%{http_code}' "$u/users?limit=2&offset=0&order=-created_at")"
+      curl -s -m 5 "$u/users?limit=2&offset=0&order=-created_at" | shape
+      echo "GET /users limit=0 $(curl -s -o /dev/null -m 5 -w '%{http_code}' "$u/users?limit=0")"
+      echo "POST /transfers $(curl -s -o "$work/t.json" -m 5 -w '%{http_code}' -H 'Content-Type: application/json' \
+        -d "{\"from_account\":$a,\"to_account\":$b,\"amount_cents\":1}" "$u/transfers")"
+      shape <"$work/t.json"
+      echo "POST /transfers same account $(curl -s -o /dev/null -m 5 -w '%{http_code}' -H 'Content-Type: application/json' \
+        -d "{\"from_account\":$a,\"to_account\":$a,\"amount_cents\":1}" "$u/transfers")"
+      echo "POST /transfers overdraw $(curl -s -o /dev/null -m 5 -w '%{http_code}' -H 'Content-Type: application/json' \
+        -d "{\"from_account\":$a,\"to_account\":$b,\"amount_cents\":1000000000}" "$u/transfers")"
+    } >"$work/shape-$side.txt" 2>&1
+    stop_service
+  done
+  if diff -u "$work/shape-dbkit.txt" "$work/shape-peer.txt" >"$work/shape.diff"; then
+    SHAPES_NOTE="same status codes and JSON shapes (leaf paths and types) on every benchmarked endpoint, checked in this run"
+    echo "shape check: $SHAPES_NOTE"
+  else
+    SHAPES_NOTE="the shapes differ (see the run's output); figures are still printed"
+    echo "shape check: dbkit (-) and peer (+) answer differently:" >&2
+    cat "$work/shape.diff" >&2
+  fi
+}
+
+# ---- table mode ----------------------------------------------------------------
+
+# key|label|wrk script|script args|dbkit cache|peer cache|target ratio (0: p99 only)
+rows() {
+  cat <<ROWS
+users_id_off|GET /users/{id}, no cache|users_get.lua|$U1 $U2|off|off|4
+users_id_redis|GET /users/{id}, Redis cache-aside|users_get.lua|$U1 $U2|redis|redis|4
+users_id_memory|GET /users/{id}, dbkit in-process cache vs peer Redis|users_get.lua|$U1 $U2|memory|redis|8
+users_list|GET /users?limit=20&offset=0..$LIST_MAX_OFFSET&order=-created_at, with total|users_list.lua|$LIST_MAX_OFFSET 20|off|off|0
+transfers|POST /transfers, random pair of $ACCOUNTS accounts, 1-10 cents|transfer.lua|$A1 $A2|off|off|2
+ROWS
+}
+
+declare -A RPS P99 ERRS CMDS
+measure() {
+  local key=$1 side=$2 cache=$3 script=$4 args=$5 round best
+  best=-1
+  for round in $(seq 1 "$ROUNDS"); do
+    [ "$cache" = redis ] && flush_redis
+    start_service "$side" "$cache"
+    CMDS[$key,$side]=$SVC_CMD
+    # shellcheck disable=SC2086
+    run_wrk "$WARM" "$work/warm-$key-$side.txt" "bench/wrk/$script" $args
+    # shellcheck disable=SC2086
+    run_wrk "$SECS" "$work/run-$key-$side-$round.txt" "bench/wrk/$script" $args
+    stop_service
+    printf '  %-6s %-16s round %d: %8d req/s  p99 %8s ms  %d requests, %d non-2xx, %d socket errors\n' \
+      "$side" "$key" "$round" "$W_RPS" "$W_P99" "$W_REQ" "$W_NON2XX" "$W_SOCKERR"
+    if [ "$W_RPS" -gt "$best" ]; then
+      best=$W_RPS
+      RPS[$key,$side]=$W_RPS
+      P99[$key,$side]=$W_P99
+      ERRS[$key,$side]=$((W_NON2XX + W_SOCKERR))
+    fi
+  done
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+run_table() {
+  echo "http_bench: preparing $DB ($USERS users, $ACCOUNTS accounts) and installing the peer (npm ci)"
+  prepare_db
+  install_peer
+  check_shapes
+  local before after
+  before=$(balance_sum)
+  local load
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
+  local key label script args dc pc target
+  while IFS='|' read -r key label script args dc pc target; do
+    [[ $key =~ $ROWS_RE ]] || continue
+    echo "$label"
+    measure "$key" dbkit "$dc" "$script" "$args"
+    measure "$key" peer "$pc" "$script" "$args"
+  done < <(rows)
+  after=$(balance_sum)
+
+  local table="$work/table.md"
+  {
+    echo "| endpoint | dbkit req/s | dbkit p99 | peer req/s | peer p99 | ratio | target | met |"
+    echo "|---|---|---|---|---|---|---|---|"
+    while IFS='|' read -r key label script args dc pc target; do
+      [[ $key =~ $ROWS_RE ]] || continue
+      local r met tgt errs=""
+      r=$(ratio "${RPS[$key,dbkit]}" "${RPS[$key,peer]}")
+      if [ "$target" = 0 ]; then
+        tgt="lower p99"
+        met=$(awk -v a="${P99[$key,dbkit]}" -v b="${P99[$key,peer]}" 'BEGIN { print (a < b) ? "yes" : "no" }')
+      else
+        tgt="≥ ${target}×, lower p99"
+        met=$(awk -v r="$r" -v t="$target" -v a="${P99[$key,dbkit]}" -v b="${P99[$key,peer]}" \
+          'BEGIN { x = (r >= t) ? "ratio yes" : "ratio no"; y = (a < b) ? "p99 yes" : "p99 no"; print x ", " y }')
+      fi
+      [ "${ERRS[$key,dbkit]}" -gt 0 ] && errs="$errs; dbkit ${ERRS[$key,dbkit]} errors"
+      [ "${ERRS[$key,peer]}" -gt 0 ] && errs="$errs; peer ${ERRS[$key,peer]} errors"
+      printf '| %s | %s | %s ms | %s | %s ms | %s | %s | %s%s |\n' "$label" "${RPS[$key,dbkit]}" \
+        "${P99[$key,dbkit]}" "${RPS[$key,peer]}" "${P99[$key,peer]}" "$r" "$tgt" "$met" "$errs"
+    done < <(rows)
+  } >"$table"
+
+  echo
+  echo "HTTP benchmark: wrk -t$THREADS -c$CONNS -d${SECS}s --latency (after ${WARM}s warm-up), $(nproc) CPUs, load before: $load"
+  cat "$table"
+  local conserved="yes"
+  [ "$before" = "$after" ] || conserved="NO ($before before, $after after)"
+  echo "transfers: total balance of the bench accounts conserved: $conserved"
+
+  if [ -n "${BENCH_DOCS:-}" ]; then
+    write_table_docs "$table" "$load" "$conserved"
+  fi
+  [ "$conserved" = yes ]
+}
+
+versions() {
+  local pgv nodev wrkv
+  pgv=$("$PSQL" -Atq "$URL" -c "SHOW server_version" | cut -d' ' -f1)
+  nodev=$(node --version)
+  wrkv=$(wrk --version 2>&1 | head -1 | awk '{print $2}')
+  local pkgs
+  pkgs=$(cd bench/peer && node -e "for (const p of ['express','pg','ioredis']) process.stdout.write(p + ' ' + require(p + '/package.json').version + ', ')")
+  echo "PostgreSQL $pgv, Redis $(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" INFO server | awk -F: '/^redis_version/ {print $2}' | tr -d '\r'), Node.js $nodev (${pkgs%, }), wrk $wrkv"
+}
+
+# replace_section FILE NAME CONTENT_FILE: puts CONTENT_FILE between
+# <!-- NAME:begin --> and <!-- NAME:end --> (appended when the markers are missing).
+replace_section() {
+  local file=$1 name=$2 content=$3
+  if ! grep -q "<!-- $name:begin -->" "$file" || ! grep -q "<!-- $name:end -->" "$file"; then
+    { echo; echo "<!-- $name:begin -->"; echo "<!-- $name:end -->"; } >>"$file"
+  fi
+  awk -v f="$content" -v b="<!-- $name:begin -->" -v e="<!-- $name:end -->" '
+    $0 == b { print; while ((getline line < f) > 0) print line; skip = 1; next }
+    $0 == e { skip = 0 }
+    !skip { print }' "$file" >"$work/docs.tmp"
+  cat "$work/docs.tmp" >"$file"
+}
+
+write_table_docs() {
+  local table=$1 load=$2 conserved=$3 sec="$work/section.md"
+  {
+    echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') by \`make bench\` on $(nproc) CPUs shared by wrk, the"
+    echo "service under test, PostgreSQL and Redis (load average before the run: $load). $(versions)."
+    echo "Each figure is one ${SECS} s wrk run after a ${WARM} s warm-up on a freshly started service"
+    [ "$ROUNDS" -gt 1 ] && echo "(best of $ROUNDS rounds, the service restarted for each)"
+    echo "(dbkit first, then the peer, row by row). Data: $USERS users, $ACCOUNTS accounts."
+    echo
+    cat "$table"
+    echo
+    echo "Transfers: the total balance of the benchmark accounts was conserved: $conserved."
+    echo "Responses: $SHAPES_NOTE."
+    echo
+    echo "Commands (\`\$DB\` = postgres://…/$DB, \`\$REDIS\` = redis://…/9, \`\$PORT\` a free loopback port):"
+    echo
+    echo '```sh'
+    echo "# services (one at a time; Redis is flushed before each cached variant)"
+    local seen="" key side c
+    for key in users_id_off users_id_redis users_id_memory; do
+      for side in dbkit peer; do
+        c=${CMDS[$key,$side]:-}
+        [ -n "$c" ] || continue
+        case "$seen" in *"|$c|"*) continue ;; esac
+        seen="$seen|$c|"
+        echo "$c"
+      done
+    done
+    echo "# load, the same for both (first a ${WARM} s warm-up with the same command)"
+    echo "wrk -t$THREADS -c$CONNS -d${SECS}s --timeout 5s --latency -s bench/wrk/users_get.lua http://127.0.0.1:\$PORT -- $U1 $U2"
+    echo "wrk -t$THREADS -c$CONNS -d${SECS}s --timeout 5s --latency -s bench/wrk/users_list.lua http://127.0.0.1:\$PORT -- $LIST_MAX_OFFSET 20"
+    echo "wrk -t$THREADS -c$CONNS -d${SECS}s --timeout 5s --latency -s bench/wrk/transfer.lua http://127.0.0.1:\$PORT -- $A1 $A2"
+    echo '```'
+  } >"$sec"
+  replace_section "$BENCH_DOCS" http-bench "$sec"
+  echo "http_bench: wrote the table to $BENCH_DOCS"
+}
+
+# ---- restart mode --------------------------------------------------------------
+
+run_restart() {
+  if [ "${BENCH_ALLOW_PG_RESTART:-}" != 1 ]; then
+    echo "http_bench: restart mode restarts the PostgreSQL server behind $ADMIN;" >&2
+    echo "  run it on a throwaway server (scripts/run-bench.sh does) with BENCH_ALLOW_PG_RESTART=1" >&2
+    exit 2
+  fi
+  local datadir as_pg=() phase=$((RESTART_SECS / 3))
+  [ "$phase" -ge 3 ] || { echo "http_bench: BENCH_RESTART_SECONDS must be >= 9" >&2; exit 2; }
+  datadir=$("$PSQL" -Atq "$ADMIN" -c "SHOW data_directory")
+  [ -f "$datadir/postmaster.pid" ] || { echo "http_bench: no postmaster.pid in $datadir (not a local server?)" >&2; exit 1; }
+  if [ "$(id -u)" -eq 0 ] && [ "$(stat -c %U "$datadir")" != root ]; then
+    as_pg=(runuser -u "$(stat -c %U "$datadir")" --)
+  fi
+
+  echo "http_bench: restart run, preparing $DB"
+  prepare_db
+  start_service dbkit off
+  local cmd=$SVC_CMD url="http://127.0.0.1:$SVC_PORT"
+  run_wrk "$WARM" "$work/restart-warm.txt" bench/wrk/users_get.lua "$U1" "$U2"
+
+  # A probe beside wrk: one request every 100 ms with a 1 s timeout, to time
+  # the outage as a client sees it. Bounded by count.
+  local probes=$((RESTART_SECS * 10 + 50))
+  (
+    for _ in $(seq 1 "$probes"); do
+      c=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$url/users/$U1" || true)
+      echo "$(date +%s.%N | cut -c1-14) ${c:-000}"
+      sleep 0.1
+    done
+  ) >"$work/probe.txt" 2>/dev/null &
+  local probe_pid=$!
+  PIDS+=("$probe_pid")
+
+  local t_restart t_ready
+  declare -A PH_RPS PH_P99 PH_REQ PH_NON2XX PH_SOCK
+  run_wrk "$phase" "$work/restart-before.txt" bench/wrk/users_get.lua "$U1" "$U2"
+  PH_RPS[before]=$W_RPS PH_P99[before]=$W_P99 PH_REQ[before]=$W_REQ PH_NON2XX[before]=$W_NON2XX PH_SOCK[before]=$W_SOCKERR
+
+  wrk -t"$THREADS" -c"$CONNS" -d"${phase}s" --timeout 5s --latency -s bench/wrk/users_get.lua \
+    "$url" -- "$U1" "$U2" >"$work/restart-during.txt" 2>&1 &
+  local wrk_pid=$!
+  PIDS+=("$wrk_pid")
+  sleep 2
+  t_restart=$(date +%s.%N | cut -c1-14)
+  [ -n "${BENCH_STATE_DIR:-}" ] && echo "$datadir" >"$BENCH_STATE_DIR/pg_restarted"
+  "${as_pg[@]}" "$PGBIN/pg_ctl" -D "$datadir" -m fast -w -t 60 restart >"$work/pg_ctl.log" 2>&1 ||
+    { cat "$work/pg_ctl.log" >&2; echo "http_bench: pg_ctl restart failed" >&2; exit 1; }
+  t_ready=$(date +%s.%N | cut -c1-14)
+  wait "$wrk_pid" || true
+  parse_wrk "$work/restart-during.txt"
+  PH_RPS[during]=$W_RPS PH_P99[during]=$W_P99 PH_REQ[during]=$W_REQ PH_NON2XX[during]=$W_NON2XX PH_SOCK[during]=$W_SOCKERR
+
+  run_wrk "$phase" "$work/restart-after.txt" bench/wrk/users_get.lua "$U1" "$U2"
+  PH_RPS[after]=$W_RPS PH_P99[after]=$W_P99 PH_REQ[after]=$W_REQ PH_NON2XX[after]=$W_NON2XX PH_SOCK[after]=$W_SOCKERR
+
+  local health
+  health=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url/health" || true)
+  stop_pid "$probe_pid"
+  stop_service
+
+  # From the probe: the first failure after the restart began, the last
+  # failure, and the first success after the last failure.
+  local first_fail last_fail recovered outage
+  first_fail=$(awk -v t="$t_restart" '$1 >= t && $2 != 200 { print $1; exit }' "$work/probe.txt")
+  last_fail=$(awk '$2 != 200 { l = $1 } END { print l }' "$work/probe.txt")
+  recovered=""
+  outage="no failed probe"
+  if [ -n "$last_fail" ]; then
+    recovered=$(awk -v t="$last_fail" '$1 > t && $2 == 200 { print $1; exit }' "$work/probe.txt")
+    outage=$(awk -v a="$t_restart" -v b="${recovered:-0}" 'BEGIN { if (b > 0) printf "%.1f s from the restart command to the first success after the last failure", b - a; else print "the probe never saw a success after the last failure" }')
+  fi
+  local pg_secs
+  pg_secs=$(awk -v a="$t_restart" -v b="$t_ready" 'BEGIN { printf "%.1f", b - a }')
+
+  local verdict="PASS"
+  [ "${PH_NON2XX[after]}" -eq 0 ] && [ "${PH_SOCK[after]}" -eq 0 ] && [ "${PH_REQ[after]}" -gt 0 ] && [ "$health" = 200 ] || verdict="FAIL"
+  local res="$work/restart.md"
+  {
+    echo "| phase | seconds | requests | req/s | p99 | non-2xx | socket errors |"
+    echo "|---|---|---|---|---|---|---|"
+    local p
+    for p in before during after; do
+      printf '| %s | %s | %s | %s | %s ms | %s | %s |\n' "$p" "$phase" "${PH_REQ[$p]}" "${PH_RPS[$p]}" \
+        "${PH_P99[$p]}" "${PH_NON2XX[$p]}" "${PH_SOCK[$p]}"
+    done
+    echo
+    echo "PostgreSQL restart (\`pg_ctl restart -m fast\`, 2 s into the \"during\" phase) took ${pg_secs} s;"
+    echo "probe (one GET every 100 ms beside wrk): ${outage}."
+    echo "After recovery (the whole \"after\" phase): ${PH_NON2XX[after]} non-2xx and ${PH_SOCK[after]} socket errors"
+    echo "in ${PH_REQ[after]} requests; /health afterwards: $health. Verdict: **$verdict**."
+  } >"$res"
+  echo
+  echo "restart run: $CONNS connections, ${RESTART_SECS} s against GET /users/{id} (shop, no cache)"
+  cat "$res"
+  if [ -n "${BENCH_DOCS:-}" ]; then
+    local sec="$work/restart-section.md"
+    {
+      echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') by \`make bench\` ($(nproc) CPUs shared by wrk, the shop and"
+      echo "PostgreSQL). The shop runs without cache so every request needs PostgreSQL:"
+      echo
+      echo '```sh'
+      echo "$cmd"
+      echo "wrk -t$THREADS -c$CONNS -d${phase}s --timeout 5s --latency -s bench/wrk/users_get.lua http://127.0.0.1:\$PORT -- $U1 $U2   # three times: before, during, after"
+      echo "pg_ctl -D \$PGDATA -m fast -w restart   # 2 s into the second run"
+      echo '```'
+      echo
+      cat "$res"
+    } >"$sec"
+    replace_section "$BENCH_DOCS" restart-bench "$sec"
+    echo "http_bench: wrote the restart run to $BENCH_DOCS"
+  fi
+  [ "$verdict" = PASS ]
+}
+
+case "$MODE" in
+  table) run_table ;;
+  restart) run_restart ;;
+esac

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark of the project in one run, on throwaway
+# PostgreSQL and Redis servers (scripts/testenv.sh), with the figures
+# printed next to their baselines and the HTTP results written into
+# docs/benchmarks.md.
+#
+#   1. a Release build in build-bench (library, tool, benchmarks, the shop)
+#   2. scripts/testenv.sh starts PostgreSQL + Redis and runs the rest:
+#   3. the library benchmarks (bench/*_bench, bench/pool_pgbench.sh)
+#   4. the HTTP benchmark: examples/shop against bench/peer (Express +
+#      node-postgres + ioredis) with wrk (bench/http_bench.sh table)
+#   5. the restart run: 64 connections against the shop with PostgreSQL
+#      restarted in the middle (bench/http_bench.sh restart)
+#
+# env: BENCH_PARTS         which parts to run (default "lib http restart")
+#      BENCH_SECONDS       wrk duration per measurement (15)
+#      BENCH_RESTART_SECONDS  length of the restart run (60)
+#      LIB_BENCH_SECONDS   duration of each library measurement (2)
+#      BENCH_WRITE_DOCS    1 (default) rewrites the marked sections of docs/benchmarks.md;
+#                          0 only prints
+#      BENCH_CMAKE_ARGS    extra arguments for the cmake configure step
+#      BENCH_BUILD_DIR     build directory (build-bench)
+#      (bench/http_bench.sh documents the rest: BENCH_ROUNDS, BENCH_ROWS, ...)
+# Logs of every step: build-bench/bench-logs/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD=${BENCH_BUILD_DIR:-build-bench}
+PARTS=${BENCH_PARTS:-lib http restart}
+LOGS=$BUILD/bench-logs
+
+if [ "${1:-}" != --inner ]; then
+  echo "bench: Release build in $BUILD"
+  # shellcheck disable=SC2086
+  cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDBKIT_TESTS=OFF -DDBKIT_BENCH=ON \
+    ${BENCH_CMAKE_ARGS:-} >/dev/null
+  cmake --build "$BUILD" -j2
+  mkdir -p "$LOGS"
+  exec bash scripts/testenv.sh -- bash scripts/run-bench.sh --inner
+fi
+
+# ---- inside scripts/testenv.sh: DBKIT_TEST_PG_URL / DBKIT_TEST_REDIS_URL are set
+
+state=$(mktemp -d "${TMPDIR:-/tmp}/dbkit-bench-state.XXXXXX")
+failed=()
+
+finish() {
+  local rc=$?
+  # The restart run replaces the postmaster testenv.sh started, so testenv.sh
+  # no longer sees its PID alive and would leave the new one running: stop it
+  # here, by its data directory, while the directory still exists.
+  if [ -f "$state/pg_restarted" ]; then
+    local datadir as_pg=()
+    datadir=$(cat "$state/pg_restarted")
+    if [ "$(id -u)" -eq 0 ] && [ "$(stat -c %U "$datadir" 2>/dev/null || echo root)" != root ]; then
+      as_pg=(runuser -u "$(stat -c %U "$datadir")" --)
+    fi
+    "${as_pg[@]}" "$DBKIT_TEST_PGBIN/pg_ctl" -D "$datadir" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$state"
+  exit "$rc"
+}
+trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# step NAME COMMAND...: runs one benchmark, its output both shown and kept in
+# $LOGS/NAME.log; a failing step is reported at the end, the others still run.
+step() {
+  local name=$1
+  shift
+  echo
+  echo "==== $name: $*"
+  if "$@" 2>&1 | tee "$LOGS/$name.log"; then
+    return 0
+  fi
+  failed+=("$name")
+}
+
+LIB_SECS=${LIB_BENCH_SECONDS:-2}
+mkdir -p "$LOGS"
+echo "bench: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg); parts: $PARTS"
+
+if [[ " $PARTS " == *" lib "* ]]; then
+  step pk_bench "$BUILD/bench/pk_bench" --seconds "$LIB_SECS" --rounds 3
+  step pool_bench "$BUILD/bench/pool_bench" micro sqlite --seconds "$LIB_SECS"
+  step pool_pgbench env BENCH_SECONDS="$((LIB_SECS * 3))" ROUNDS=2 PGBIN="$DBKIT_TEST_PGBIN" \
+    bash bench/pool_pgbench.sh "$BUILD"
+  step tx_bench "$BUILD/bench/tx_bench" --seconds "$LIB_SECS" --rounds 3
+  step repo_bench "$BUILD/bench/repo_bench" --seconds "$LIB_SECS"
+  step cache_bench "$BUILD/bench/cache_bench" --seconds "$LIB_SECS" --rounds 3
+fi
+
+docs=()
+[ "${BENCH_WRITE_DOCS:-1}" = 1 ] && docs=(BENCH_DOCS=docs/benchmarks.md)
+
+if [[ " $PARTS " == *" http "* ]]; then
+  step http_bench env "${docs[@]}" bash bench/http_bench.sh table "$BUILD"
+fi
+
+if [[ " $PARTS " == *" restart "* ]]; then
+  step restart_load env "${docs[@]}" BENCH_ALLOW_PG_RESTART=1 BENCH_STATE_DIR="$state" \
+    BENCH_CONNECTIONS=64 bash bench/http_bench.sh restart "$BUILD"
+fi
+
+echo
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "bench: failed: ${failed[*]} (logs in $LOGS/)"
+  exit 1
+fi
+echo "bench: done (logs in $LOGS/)"
