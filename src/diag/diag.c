@@ -93,18 +93,39 @@ static size_t escape_one(unsigned char c, char e[4])
     return 1;
 }
 
+static bool plain(unsigned char c)
+{
+    return c >= 0x20 && c != 0x7f && c != '\\' && c != '"';
+}
+
 bool dbk__dw_escaped(dbk__dw *w, const char *s, size_t n, size_t limit)
 {
     char e[4];
     size_t full = 0;
     for (size_t i = 0; i < n; i++)
-        full += escape_one((unsigned char)s[i], e);
+        full += plain((unsigned char)s[i]) ? 1 : escape_one((unsigned char)s[i], e);
     bool cut = w->len + full > limit;
-    for (size_t i = 0; i < n; i++) {
+    size_t stop = cut ? (limit > w->len + 3 ? limit - 3 : w->len) : (size_t)-1;
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i;
+        while (j < n && plain((unsigned char)s[j]))
+            j++;
+        if (j > i) { /* a run of plain bytes in one copy */
+            size_t k = j - i;
+            if (cut && w->len + k > stop)
+                k = stop > w->len ? stop - w->len : 0;
+            dbk__dw_putn(w, s + i, k);
+            if (k < j - i)
+                break;
+            i = j;
+            continue;
+        }
         size_t k = escape_one((unsigned char)s[i], e);
-        if (cut && w->len + k + 3 > limit)
+        if (cut && w->len + k > stop)
             break;
         dbk__dw_putn(w, e, k);
+        i++;
     }
     if (cut)
         dbk__dw_puts(w, "...");

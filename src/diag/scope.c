@@ -6,9 +6,11 @@
  * the observer it is the same SQL text (the parameters differ) run many
  * times in one unit of work, so a scope is a small open-addressing hash
  * table from statement text to (count, total time), keyed by a 64-bit
- * FNV-1a hash of the text and confirmed by comparing it. The text is copied
+ * hash of the text (8 bytes per step) and confirmed by comparing it. The text is copied
  * the first time a scope meets it (the caller's pointer may not live until
- * the scope ends); every later run of it costs the hash and one compare.
+ * the scope ends); every later run of it costs the hash and one compare,
+ * or only the compare when the caller passes the same pointer again (a
+ * small pointer -> slot cache; repositories reuse their cached SQL).
  * Whether a statement is exempt (transaction control, the safelist) is
  * decided once, at that first meeting.
  *
@@ -57,6 +59,8 @@ typedef struct n1_entry {
     char *frame;   /* owned: first caller frame outside libdbkit, or NULL */
 } n1_entry;
 
+#define PTR_CACHE 8
+
 typedef struct scope {
     dbk_diag *d;
     const char *name, *file, *func;
@@ -66,6 +70,11 @@ typedef struct scope {
     n1_entry *tab;
     size_t cap, n;  /* cap a power of two, or 0 */
     bool broken;    /* a table allocation failed: counts are incomplete */
+    /* statement pointer -> table slot, a hint that spares the hash when the
+     * caller passes the same SQL pointer again (repositories do: their SQL
+     * is cached); always confirmed by comparing the text */
+    const char *hint_ptr[PTR_CACHE];
+    size_t hint_slot[PTR_CACHE];
 } scope;
 
 static _Thread_local scope *tls_top;
@@ -76,16 +85,28 @@ bool dbk__diag_scope_open(void)
     return tls_top != NULL;
 }
 
-static uint64_t fnv1a(const char *s, size_t *len)
+/* Hash of the statement text, 8 bytes per step (the text is hashed on
+ * every statement run in a scope, so a byte-at-a-time hash would cost
+ * ~1 ns per byte of SQL); *len gets strlen(s). */
+static uint64_t text_hash(const char *s, size_t *len)
 {
-    uint64_t h = UINT64_C(0xcbf29ce484222325);
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        h ^= *p++;
-        h *= UINT64_C(0x100000001b3);
+    size_t n = strlen(s);
+    uint64_t h = UINT64_C(0xcbf29ce484222325) ^ n;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        h = (h ^ w) * UINT64_C(0x9e3779b97f4a7c15);
+        h ^= h >> 29;
     }
-    *len = (size_t)((const char *)p - s);
-    return h;
+    if (i < n) {
+        uint64_t w = 0;
+        memcpy(&w, s + i, n - i);
+        h = (h ^ w) * UINT64_C(0x9e3779b97f4a7c15);
+        h ^= h >> 29;
+    }
+    *len = n;
+    return h ^ (h >> 32);
 }
 
 static bool is_control(const char *sql)
@@ -132,6 +153,7 @@ static bool grow(scope *s)
     free(s->tab);
     s->tab = nt;
     s->cap = ncap;
+    memset(s->hint_ptr, 0, sizeof s->hint_ptr);
     return true;
 }
 
@@ -224,12 +246,23 @@ void dbk__diag_scope_count(dbk_diag *d, const dbk_query_event *ev)
     scope *s = innermost(d);
     if (!s || !ev->sql)
         return;
-    size_t len;
-    uint64_t h = fnv1a(ev->sql, &len);
-    n1_entry *e = lookup(s, ev->sql, len, h);
+    size_t c = ((uintptr_t)ev->sql >> 3) & (PTR_CACHE - 1);
+    n1_entry *e = NULL;
+    if (s->hint_ptr[c] == ev->sql) {
+        n1_entry *t = &s->tab[s->hint_slot[c]];
+        if (strcmp(t->sql, ev->sql) == 0)
+            e = t;
+    }
     if (!e) {
-        s->broken = true;
-        return;
+        size_t len;
+        uint64_t h = text_hash(ev->sql, &len);
+        e = lookup(s, ev->sql, len, h);
+        if (!e) {
+            s->broken = true;
+            return;
+        }
+        s->hint_ptr[c] = ev->sql;
+        s->hint_slot[c] = (size_t)(e - s->tab);
     }
     if (e->exempt)
         return;
