@@ -18,6 +18,8 @@
  *                 printed says which)
  *   CACHE_URL     memory (default), off, or redis://host:port/db;
  *                 REDIS_URL alone also selects Redis
+ *   CACHE_PREFIX  Redis key prefix (default "shop:"), for instances sharing a
+ *                 Redis but not a database
  *   POOL_MAX      pool size (default: pool_max of the URL / DB_POOL_MAX, else
  *                 2 x cores)
  *   HTTP_THREADS  HTTP worker threads (default 2 x cores)
@@ -91,7 +93,8 @@ static int open_cache(dbk_error *err)
     dbk_cache_opts co;
     memset(&co, 0, sizeof co);
     co.url = url;
-    co.key_prefix = "shop:";
+    const char *prefix = getenv("CACHE_PREFIX");
+    co.key_prefix = prefix && *prefix ? prefix : "shop:";
     dbk_rc rc = dbk_cache_open(&co, &shop.cache, err);
     if (rc != DBK_OK) {
         fprintf(stderr, "shop: cache: %s (%s)\n", err->message, dbk_rc_name(rc));
