@@ -70,7 +70,9 @@ static void shop_path(char *out, size_t n)
     slash = strrchr(self, '/');
     assert_non_null(slash);
     *slash = '\0';
-    snprintf(out, n, "%s/examples/shop/shop", self);
+    int w = snprintf(out, n, "%s/examples/shop/shop", self);
+    if (w < 0 || (size_t)w >= n)
+        fail_msg("build path too long: %s", self);
     if (access(out, X_OK) != 0)
         fail_msg("shop binary not found at %s (build the shop target)", out);
 }
