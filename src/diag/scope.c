@@ -328,6 +328,39 @@ static void merge(scope *out, const scope *in)
     }
 }
 
+/* Copies the quoted identifier that follows `after` in sql into out
+ * (without quotes); false when there is none. */
+static bool ident_after(const char *sql, const char *after, char *out, size_t n)
+{
+    const char *p = strstr(sql, after);
+    if (!p)
+        return false;
+    p += strlen(after);
+    const char *q = strchr(p, '"');
+    if (!q || q == p || (size_t)(q - p) >= n)
+        return false;
+    memcpy(out, p, (size_t)(q - p));
+    out[q - p] = '\0';
+    return true;
+}
+
+/* The hint for a report: names the table and key column when the
+ * statement is a repository lookup (FROM "t" WHERE "c" = $1). */
+static void fill_hint(dbk_error *err, const char *sql)
+{
+    char table[64], column[64];
+    if (ident_after(sql, " FROM \"", table, sizeof table) &&
+        ident_after(sql, " WHERE \"", column, sizeof column) &&
+        (strstr(sql, "\" = $1") != NULL))
+        dbk__err_hint(err,
+                      "load \"%s\" by \"%s\" for all rows at once with an include: "
+                      "dbk_query.include in dbk_repo_find_many(), or dbk_repo_include() on rows "
+                      "already loaded",
+                      table, column);
+    else
+        dbk__err_hint(err, "%s", N1_HINT);
+}
+
 static void report_line(const scope *s, const n1_entry *e)
 {
     char line[1024];
@@ -398,7 +431,7 @@ dbk_rc dbk_diag_scope_end(dbk_diag *d, dbk_error *err)
         rc = dbk__err(err, DBK_EN_PLUS_ONE,
                       "n+1 query: statement run %u times (%s ms) in scope \"%s\" at %s:%d: %s%s",
                       first->count, total, s->name, s->file, s->line, sql, more);
-        dbk__err_hint(err, "%s", N1_HINT);
+        fill_hint(err, first->sql);
     }
 
     for (scope *p = s->up; p; p = p->up)

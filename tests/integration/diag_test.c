@@ -273,6 +273,7 @@ static void n1_error(const char *url, dbk_engine eng)
     if (!strstr(err.message, "run 6 times") || !strstr(err.message, "FROM \"users\"") ||
         !strstr(err.message, "scope \"request\""))
         fail_msg("message: %s", err.message);
+    assert_non_null(strstr(err.hint, "load \"users\" by \"id\""));
     assert_non_null(strstr(err.hint, "dbk_query.include"));
     assert_non_null(strstr(err.hint, "dbk_repo_include()"));
     ASSERT_LINES(1, "n+1 count=6 ", NULL);
@@ -294,7 +295,15 @@ static void n1_error(const char *url, dbk_engine eng)
     DBKT_RC(DBK_EN_PLUS_ONE, dbk_diag_scope_end(d, &err));
     assert_non_null(strstr(err.message, "run 7 times"));
     assert_non_null(strstr(err.message, "(and 1 more statements)"));
-    ASSERT_LINES(1, "n+1 count=6 ", "SELECT count(*) FROM posts");
+    dbk_error_clear(&err);
+
+    /* A statement that is not a keyed lookup gets the general hint. */
+    dbk_diag_scope_begin(d, "counts");
+    for (int i = 0; i < 6; i++)
+        dbkt_int(db, "SELECT count(*) FROM posts");
+    DBKT_RC(DBK_EN_PLUS_ONE, dbk_diag_scope_end(d, &err));
+    assert_non_null(strstr(err.hint, "load the related rows with an include"));
+    ASSERT_LINES(2, "n+1 count=6 ", "SELECT count(*) FROM posts");
 
     /* No scope open: misuse. */
     DBKT_RC(DBK_EMISUSE, dbk_diag_scope_end(d, &err));
