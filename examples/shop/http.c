@@ -6,8 +6,8 @@
  * Why shaped so: small keep-alive requests are the common case, so the
  * daemon runs a pool of epoll threads (each owns its connections; a request
  * never changes thread), every thread keeps one dbkit arena that is reset,
- * not freed, between requests, and a GET is answered in the first call of
- * the access handler without allocating a per-request context. Bodies
+ * not freed, between requests, and a GET is answered without allocating a
+ * per-request context (a static marker stands in for it). Bodies
  * (POST, PATCH) are collected into a buffer bounded by SHOP_MAX_BODY; a
  * declared Content-Length above it is refused with 413 before the body is
  * read, an undeclared one (chunked) is read and dropped, then refused.
@@ -33,8 +33,8 @@
 static struct MHD_Daemon *daemon_;
 static _Thread_local dbk_arena *tl_arena;
 
-/* Marks a request answered in the first call (no body context). */
-static char answered_marker;
+/* Requests without a body context: not answered yet / answered. */
+static char nobody_marker, answered_marker;
 
 typedef struct body_ctx {
     char *buf;
@@ -279,8 +279,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         atomic_fetch_add(&shop.in_flight, 1);
         atomic_fetch_add(&shop.requests, 1);
         if (!has_body(method)) {
-            *con_cls = &answered_marker;
-            return finish(conn, method, url, NULL, start, NULL);
+            /* Answered in the next call: a response queued before MHD has
+             * finished reading the request makes it close the connection,
+             * which would defeat keep-alive. */
+            *con_cls = &nobody_marker;
+            return MHD_YES;
         }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -297,6 +300,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         b->start_ns = start;
         *con_cls = b;
         return MHD_YES;
+    }
+    if (*con_cls == &nobody_marker) {
+        if (*upload_data_size > 0) { /* a body on a GET or DELETE: ignored */
+            *upload_data_size = 0;
+            return MHD_YES;
+        }
+        *con_cls = &answered_marker;
+        return finish(conn, method, url, NULL, now_ns(), NULL);
     }
     if (*con_cls == &answered_marker) {
         *upload_data_size = 0; /* a body after an early answer is dropped */
@@ -363,7 +374,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)toe;
     if (*con_cls == NULL)
         return;
-    if (*con_cls != &answered_marker) {
+    if (*con_cls != &answered_marker && *con_cls != &nobody_marker) {
         body_ctx *b = *con_cls;
         free(b->buf);
         free(b);
