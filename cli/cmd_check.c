@@ -442,10 +442,17 @@ static void check_schema(report *r, const dg_schema *s, bool fk, bool pk)
                 snprintf(p->msg, sizeof p->msg,
                          "foreign key %s (%s) -> %s has no index on its column%s", t->name,
                          dg_str(&c), f->ref_table, f->ncols == 1 ? "" : "s");
+                dg_buf nm = {0};
+                dg_add(&nm, t->name);
+                for (size_t j = 0; j < f->ncols; j++) {
+                    dg_add(&nm, "_");
+                    dg_add(&nm, f->cols[j]);
+                }
                 snprintf(p->hint, sizeof p->hint,
-                         "CREATE INDEX ON %s (%s); joins and ON DELETE of %s rows scan %s "
-                         "without it",
-                         t->name, dg_str(&c), f->ref_table, t->name);
+                         "CREATE INDEX %.59s_idx ON %s (%s); joins and ON DELETE of %s rows "
+                         "scan %s without it",
+                         dg_str(&nm), t->name, dg_str(&c), f->ref_table, t->name);
+                dg_buf_free(&nm);
             }
             dg_buf_free(&c);
         }

@@ -636,8 +636,21 @@ static finding *fnew(findings *f)
 
 static void suggest(finding *x, const char *table, const cols *c)
 {
+    /* Named: SQLite requires a name, and a name says what the index is. */
+    dg_buf name = {0};
+    dg_add(&name, table);
+    for (size_t i = 0; i < c->n; i++) {
+        dg_add(&name, "_");
+        dg_add(&name, c->v[i]);
+    }
+    dg_add(&name, "_idx");
+    char nm[64];
+    snprintf(nm, sizeof nm, "%s", dg_str(&name)); /* PostgreSQL's 63-byte limit */
+    dg_buf_free(&name);
     dg_buf b = {0};
-    dg_add(&b, "CREATE INDEX ON ");
+    dg_add(&b, "CREATE INDEX ");
+    add_ident(&b, nm);
+    dg_add(&b, " ON ");
     add_ident(&b, table);
     dg_add(&b, " (");
     for (size_t i = 0; i < c->n; i++) {
