@@ -254,7 +254,7 @@ static dbk_rc cached_find(struct find_ctx *fc, void *out, dbk_arena *arena, dbk_
     if (dbk_db_in_transaction(fc->db))
         return find_db(fc, out, arena, err);
     char key[KEYMAX];
-    size_t klen;
+    size_t klen = 0;
     const char *col = fc->column ? fc->column : fc->r->e->fields[fc->r->pk].column;
     dbk_rc rc = make_key(fc->r, col, fc->value, key, &klen, err);
     if (rc != DBK_OK)
@@ -319,7 +319,7 @@ static dbk_rc invalidate_row(dbk_cached_repo *r, dbk_db *db, const void *row, db
         if (v.type == DBK_TYPE_NULL)
             continue;
         char key[KEYMAX];
-        size_t klen;
+        size_t klen = 0;
         if (make_key(r, f->column, v, key, &klen, NULL) != DBK_OK)
             continue;
         dbk_rc rc = dbk_cache_invalidate_after_commit(db, r->cache, key, klen, err);
@@ -332,7 +332,7 @@ static dbk_rc invalidate_row(dbk_cached_repo *r, dbk_db *db, const void *row, db
 static dbk_rc invalidate_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, dbk_error *err)
 {
     char key[KEYMAX];
-    size_t klen;
+    size_t klen = 0;
     dbk_rc rc = make_key(r, r->e->fields[r->pk].column, id, key, &klen, err);
     if (rc != DBK_OK)
         return rc;

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dbkit/batch.h"
 #include "../core/internal.h"
 #include "repo_int.h"
 
@@ -820,6 +821,35 @@ static dbk_rc run_count(dbk_db *db, const char *table_sql_where, const struct qs
     return dbk_db_query_int64(db, table_sql_where, q->params, np, total, err);
 }
 
+bool dbk__repo_batch_totals = true;
+
+/* COUNT and page in one batch: both statements go out together and the
+ * page's rows come back in *page (owned by the caller). */
+static dbk_rc page_with_count(dbk_db *db, const char *count_sql, size_t ncount,
+                              const char *page_sql, const struct qs *q, dbk_result **page,
+                              int64_t *total, dbk_error *err)
+{
+    dbk_batch *b = NULL;
+    dbk_rc rc = dbk_batch_new(&b, err);
+    if (rc)
+        return rc;
+    if ((rc = dbk_batch_add(b, count_sql, q->params, ncount, err)) ||
+        (rc = dbk_batch_add(b, page_sql, q->params, q->np, err)) ||
+        (rc = dbk_batch_run(db, b, DBK_BATCH_INDEPENDENT, err)))
+        goto done;
+    const dbk_result *c = dbk_batch_result(b, 0);
+    if (!c || dbk_result_nrows(c) != 1) {
+        rc = dbk__err(err, DBK_EINTERNAL, "COUNT returned no row");
+        goto done;
+    }
+    if ((rc = dbk_result_get_int64(c, 0, 0, total, err)))
+        goto done;
+    *page = dbk_batch_take_result(b, 1);
+done:
+    dbk_batch_free(b);
+    return rc;
+}
+
 dbk_rc dbk_repo_find_many(dbk_db *db, dbk_entity *e, const dbk_query *qin, dbk_list *out,
                           dbk_arena *arena, dbk_error *err)
 {
@@ -963,7 +993,11 @@ dbk_rc dbk_repo_find_many(dbk_db *db, dbk_entity *e, const dbk_query *qin, dbk_l
         rc = oom(err);
         goto out;
     }
-    if (cm == DBK_COUNT_EXACT && !window) {
+    /* On PostgreSQL the COUNT goes with the page query in one batch (one
+     * round trip) when there is a page to read. */
+    bool batched = cm == DBK_COUNT_EXACT && !window && eng == DBK_ENGINE_POSTGRES &&
+                   dbk__repo_batch_totals && fetch != 0;
+    if (cm == DBK_COUNT_EXACT && !window && !batched) {
         rc = run_count(db, csql.p, &qs, nfilter_params, &out->total, err);
         if (rc)
             goto out;
@@ -1028,7 +1062,10 @@ dbk_rc dbk_repo_find_many(dbk_db *db, dbk_entity *e, const dbk_query *qin, dbk_l
         rc = oom(err);
         goto out;
     }
-    rc = dbk_db_query(db, sql.p, qs.params, qs.np, &r, err);
+    if (batched)
+        rc = page_with_count(db, csql.p, nfilter_params, sql.p, &qs, &r, &out->total, err);
+    else
+        rc = dbk_db_query(db, sql.p, qs.params, qs.np, &r, err);
     if (rc) {
         free(cols.cols);
         goto out;

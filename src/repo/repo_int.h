@@ -96,4 +96,8 @@ dbk_rc dbk__repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n,
                          const char *const *paths, size_t npaths, dbk_arena *arena,
                          dbk_error *err);
 
+/* Page + exact total as one batch on PostgreSQL (default true; the
+ * benchmark turns it off to measure the difference). */
+extern bool dbk__repo_batch_totals;
+
 #endif
