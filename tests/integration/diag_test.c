@@ -562,6 +562,93 @@ static void diag_n1_scopes_on_two_threads_do_not_mix(void **state)
     free(url);
 }
 
+/* A pool shared by two threads, each with its own request scope, and a
+ * transaction (which inherits the pool's observer) inside one of them. */
+struct pool_worker {
+    dbk_diag *d;
+    dbk_db *db;
+    bool n1;
+    pthread_barrier_t *bar;
+    dbk_rc rc;
+    char msg[DBK_ERROR_MESSAGE_MAX];
+};
+
+static dbk_rc tx_body(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    (void)ctx;
+    (void)err;
+    find_loop(tx, 3);
+    return DBK_OK;
+}
+
+static void *pool_worker_main(void *arg)
+{
+    struct pool_worker *w = arg;
+    dbk_error err;
+    dbk_arena *a = dbk_arena_new(0);
+    dbk_diag_scope_begin(w->d, w->n1 ? "loop" : "include");
+    pthread_barrier_wait(w->bar);
+    if (w->n1) {
+        find_loop(w->db, 3);
+        dbk_transaction(w->db, tx_body, NULL, NULL, &err); /* 3 more, BEGIN/COMMIT ignored */
+    } else {
+        for (int i = 0; i < 4; i++) { /* 4 x (users + posts): under the threshold */
+            const char *const inc[] = {"posts"};
+            dbk_query q = {.include = inc, .ninclude = 1};
+            dbk_list users;
+            dbk_repo_find_many(w->db, &user_entity, &q, &users, a, &err);
+        }
+    }
+    pthread_barrier_wait(w->bar);
+    w->rc = dbk_diag_scope_end(w->d, &err);
+    snprintf(w->msg, sizeof w->msg, "%s", err.message);
+    dbk_arena_free(a);
+    return NULL;
+}
+
+static void pool_threads(const char *url, dbk_engine eng)
+{
+    cap_reset();
+    dbk_conn_close(setup(url, eng));
+    dbk_config *cfg = NULL;
+    dbk_pool *pool = NULL;
+    dbk_error err;
+    DBKT_OK(dbk_config_from_url(url, &cfg, &err), &err);
+    dbk_pool_opts po = {.max_size = 2};
+    DBKT_OK(dbk_pool_open(cfg, &po, &pool, &err), &err);
+    dbk_config_free(cfg);
+    dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR};
+    dbk_diag *d = mk_diag(&o);
+    dbk_diag_attach(d, dbk_pool_db(pool));
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, 2);
+    struct pool_worker a = {d, dbk_pool_db(pool), true, &bar, DBK_OK, ""};
+    struct pool_worker b = {d, dbk_pool_db(pool), false, &bar, DBK_OK, ""};
+    pthread_t ta, tb;
+    assert_int_equal(pthread_create(&ta, NULL, pool_worker_main, &a), 0);
+    assert_int_equal(pthread_create(&tb, NULL, pool_worker_main, &b), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    assert_int_equal(a.rc, DBK_EN_PLUS_ONE);
+    if (!strstr(a.msg, "run 6 times") || !strstr(a.msg, "scope \"loop\""))
+        fail_msg("message: %s", a.msg);
+    assert_int_equal(b.rc, DBK_OK);
+    ASSERT_LINES(1, "n+1 ", NULL);
+    dbk_diag_stats s;
+    dbk_diag_stats_get(d, &s);
+    assert_int_equal(s.errors, 0);
+    assert_true(s.queries >= 6 + 8 + 2); /* + BEGIN/COMMIT and driver statements */
+    pthread_barrier_destroy(&bar);
+    dbk_pool_close(pool, 1000);
+    dbk_diag_free(d);
+}
+
+static void diag_n1_pool_threads_and_transactions(void **state)
+{
+    (void)state;
+    dbkt_each_engine("diag_pool", pool_threads);
+}
+
 /* ---- the query log ---- */
 
 /* duration_ms of a log line, or -1. */
@@ -969,6 +1056,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(diag_n1_safelist_suppresses),
         cmocka_unit_test(diag_n1_reported_once_per_statement_per_scope),
         cmocka_unit_test(diag_n1_scopes_on_two_threads_do_not_mix),
+        cmocka_unit_test(diag_n1_pool_threads_and_transactions),
         cmocka_unit_test(diag_slow_query_is_logged_fast_one_not),
         cmocka_unit_test(diag_log_params_only_when_asked),
         cmocka_unit_test(diag_log_line_format_and_escaping),
