@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pgserver.h"
 #include "testutil.h"
 
 #ifdef SHOP_TEST_HAVE_CURL
@@ -1133,6 +1134,58 @@ static void shop_health_metrics_postgres(void **state)
     run_postgres("shop_health", health_metrics_body);
 }
 
+/* ---- the database goes away and comes back ---- */
+
+/* Polls `path` until it answers `status`, at most timeout_ms. */
+static bool wait_status(const shop_proc *s, const char *path, long status, int timeout_ms)
+{
+    int64_t deadline = mono_ms() + timeout_ms;
+    while (mono_ms() < deadline) {
+        res r = GET(s, path);
+        long st = r.status;
+        res_free(&r);
+        if (st == status)
+            return true;
+        sleep_ms(50);
+    }
+    return false;
+}
+
+static void shop_database_outage_503_then_recovers(void **state)
+{
+    (void)state;
+    dbkt_pgserver *pg = dbkt_pgserver_start();
+    shop_proc s;
+    shop_start(&s, dbkt_pgserver_url(pg), "off", NULL);
+    res r = GET(&s, "/health");
+    EXPECT(r, 200);
+    res_free(&r);
+    r = GET(&s, "/users/1");
+    EXPECT(r, 200);
+    res_free(&r);
+
+    assert_int_equal(dbkt_pgserver_pause(pg), 0);
+    assert_true(wait_status(&s, "/health", 503, 10000));
+    r = GET(&s, "/health");
+    EXPECT(r, 503);
+    assert_string_equal(jstr(r.json, "status"), "unavailable");
+    res_free(&r);
+    r = GET(&s, "/users/1");
+    EXPECT(r, 503);
+    assert_string_equal(err_code(&r), "unavailable");
+    assert_null(strstr(r.body, "postgres")); /* generic message, no details */
+    res_free(&r);
+
+    assert_int_equal(dbkt_pgserver_resume(pg), 0);
+    assert_true(wait_status(&s, "/health", 200, 15000));
+    r = GET(&s, "/users/1");
+    EXPECT(r, 200);
+    assert_string_equal(jstr(r.json, "name"), "Ada Lovelace");
+    res_free(&r);
+    assert_int_equal(shop_stop(&s, 10000), 0);
+    dbkt_pgserver_stop(pg);
+}
+
 /* ---- SIGTERM with a request in flight ---- */
 
 typedef struct slow_upload {
@@ -1288,6 +1341,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(shop_health_metrics_sqlite),
         cmocka_unit_test(shop_health_metrics_postgres),
         cmocka_unit_test(shop_sigterm_finishes_in_flight),
+        cmocka_unit_test(shop_database_outage_503_then_recovers),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
