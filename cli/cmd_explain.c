@@ -1198,7 +1198,7 @@ static dbk_rc hypo_verify(dbk_db *db, xctx *x, double before, findings *fs, char
     dbk_error e2;
     dbk_error_clear(&e2);
     if (dbk_db_exec(db, "CREATE EXTENSION IF NOT EXISTS hypopg", NULL, 0, NULL, &e2) != DBK_OK) {
-        snprintf(status, slen, "unavailable (%s): suggestions are unverified", e2.message);
+        snprintf(status, slen, "unavailable (%.400s): suggestions are unverified", e2.message);
         return DBK_OK;
     }
     bool save = x->analyze;
