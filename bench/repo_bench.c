@@ -10,6 +10,9 @@
  *   3. PostgreSQL only: an exact page total as a count(*) OVER () column
  *      vs a separate COUNT query plus the page (the measurement behind
  *      find_many's choice of two queries; see src/repo/query.c).
+ *   4. PostgreSQL only: the seed's findAll (page of 20 + exact total, and
+ *      with include "posts") with the COUNT batched with the page (one
+ *      round trip, the default) and sent before it.
  *
  * usage: repo_bench [--seconds S] [--sqlite-only]
  * PostgreSQL comes from DATABASE_URL or DBKIT_TEST_PG_URL (postgres://).
@@ -22,6 +25,8 @@
 #include <unistd.h>
 
 #include <dbkit/dbkit.h>
+
+#include "repo/repo_int.h" /* dbk__repo_batch_totals: the batch path on/off */
 
 struct bpost;
 struct buser {
@@ -306,6 +311,43 @@ static void run(const char *label, const char *url, double secs)
         printf("page of 20 + exact total over %d rows: count(*) OVER () %.1f us | COUNT then "
                "page %.1f us | two queries / window = %.2f\n",
                NUSERS, bw * 1e6, b2 * 1e6, b2 / bw);
+
+        /* 4. the seed's findAll through the repository: page + exact
+         * total, and page + total + include posts, with the COUNT sent
+         * in one batch with the page (the default) and without. */
+        const char *const inc[] = {"posts"};
+        dbk_query fq = {.has_limit = true, .limit = 20, .offset = 40, .order_by = "-created_at",
+                       .count = DBK_COUNT_EXACT};
+        dbk_query fqi = fq;
+        fqi.include = inc;
+        fqi.ninclude = 1;
+        double best[2][2] = {{1e9, 1e9}, {1e9, 1e9}}; /* [batch][include] */
+        for (int round = 0; round < 3; round++) {
+            for (int batched = 0; batched < 2; batched++) {
+                dbk__repo_batch_totals = batched;
+                for (int with_inc = 0; with_inc < 2; with_inc++) {
+                    t0 = now_s();
+                    for (int i = 0; i < iters; i++) {
+                        dbk_list l;
+                        dbk_arena_reset(a);
+                        if (dbk_repo_find_many(db, &buser_entity, with_inc ? &fqi : &fq, &l, a,
+                                               &err) ||
+                            l.total != NUSERS || l.count != 20)
+                            die("findAll", &err);
+                    }
+                    double t = (now_s() - t0) / iters;
+                    if (t < best[batched][with_inc])
+                        best[batched][with_inc] = t;
+                }
+            }
+        }
+        dbk__repo_batch_totals = true;
+        printf("findAll page of 20 + exact total: COUNT and page in one batch %.1f us | one "
+               "after the other %.1f us | batch is %.2fx faster\n",
+               best[1][0] * 1e6, best[0][0] * 1e6, best[0][0] / best[1][0]);
+        printf("findAll page + total + include posts: batch %.1f us | one after the other "
+               "%.1f us | batch is %.2fx faster\n",
+               best[1][1] * 1e6, best[0][1] * 1e6, best[0][1] / best[1][1]);
     }
     dbk_arena_free(a);
     dbk_arena_free(s.a);
