@@ -585,6 +585,7 @@ static void *pool_worker_main(void *arg)
 {
     struct pool_worker *w = arg;
     dbk_error err;
+    dbk_error_clear(&err);
     dbk_arena *a = dbk_arena_new(0);
     dbk_diag_scope_begin(w->d, w->n1 ? "loop" : "include");
     pthread_barrier_wait(w->bar);
