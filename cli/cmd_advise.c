@@ -21,7 +21,8 @@
 #include "cli.h"
 
 static const char HELP[] =
-    "usage: dbkit advise [--log FILE] [--top N] [--min-rows N] [--no-verify] [--exit-code]\n"
+    "usage: dbkit advise [--log FILE] [--top N] [--reads-only] [--min-rows N] [--no-verify]\n"
+    "                    [--exit-code]\n"
     "\n"
     "Ranks statements by total time and explains the top N (default 10) that are reads:\n"
     "plan, findings and index suggestions as `dbkit explain` gives them.\n"
@@ -29,6 +30,7 @@ static const char HELP[] =
     "               sql=\"...\"`; `-` reads stdin). Without --log, PostgreSQL's\n"
     "               pg_stat_statements (the extension must be in shared_preload_libraries).\n"
     "  --top N      how many statements (default 10)\n"
+    "  --reads-only rank only reads (SELECT / WITH / VALUES), leaving writes out\n"
     "  --min-rows N, --no-verify   as for explain\n"
     "  --exit-code  exit 6 when any statement has findings\n";
 
@@ -231,7 +233,7 @@ static const char PGSS_QUERY[] =
     "current_database()) AND toplevel "
     "AND query !~* '^\\s*(EXPLAIN|PREPARE|EXECUTE|DEALLOCATE|SET|RESET|SHOW|BEGIN|COMMIT|"
     "ROLLBACK|SAVEPOINT|RELEASE|CREATE EXTENSION|ANALYZE|VACUUM)\\M' "
-    "AND query !~ '\\m(pg_stat_statements|hypopg_\\w+|pg_class|pg_attribute|pg_constraint|"
+    "AND query !~ '\\m(pg_stat_statements\\w*|hypopg_\\w+|pg_class|pg_attribute|pg_constraint|"
     "pg_index|pg_namespace|dbkit_explain_stmt|dbkit_migrations|dbkit_seeds)\\M' "
     "ORDER BY total_exec_time DESC LIMIT $1";
 
@@ -241,7 +243,8 @@ static dbk_rc read_pgss(dbk_db *db, int64_t top, stmts *v, dbk_error *err)
     dbk_error_clear(&e2);
     dbk_db_exec(db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements", NULL, 0, NULL, &e2);
     char buf[32];
-    snprintf(buf, sizeof buf, "%lld", (long long)top);
+    /* More rows than asked for: --reads-only drops writes afterwards. */
+    snprintf(buf, sizeof buf, "%lld", (long long)(top * 10 + 100));
     dbk_value p = dbk_text(buf);
     dbk_result *r = NULL;
     dbk_rc rc = dbk_db_query(db, PGSS_QUERY, &p, 1, &r, err);
@@ -282,7 +285,7 @@ int cmd_advise(cli *c, int argc, char **argv)
 {
     const char *log = NULL;
     int64_t top = 10;
-    bool exit_code = false;
+    bool exit_code = false, reads_only = false;
     dg_explain_opts o = {0};
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
@@ -308,6 +311,8 @@ int cmd_advise(cli *c, int argc, char **argv)
             o.no_verify = true;
         } else if (strcmp(argv[i], "--exit-code") == 0) {
             exit_code = true;
+        } else if (strcmp(argv[i], "--reads-only") == 0) {
+            reads_only = true;
         } else {
             return cli_usage(c, "unexpected argument '%s'", argv[i]);
         }
@@ -347,7 +352,10 @@ int cmd_advise(cli *c, int argc, char **argv)
     }
     if (v.n > 1)
         qsort(v.all, v.n, sizeof *v.all, by_total);
-    size_t n = v.n < (size_t)top ? v.n : (size_t)top;
+    size_t eligible = 0;
+    for (size_t i = 0; i < v.n; i++)
+        eligible += !reads_only || dg_sql_is_read(v.all[i]->sql);
+    size_t n = eligible < (size_t)top ? eligible : (size_t)top;
     const char *source = log ? "log" : "pg_stat_statements";
 
     char *mem = NULL;
@@ -379,8 +387,12 @@ int cmd_advise(cli *c, int argc, char **argv)
                    n == 1 ? "" : "s");
     }
     size_t total_findings = 0;
-    for (size_t i = 0; i < n; i++) {
-        stmt *s = v.all[i];
+    for (size_t i = 0, k = 0; i < n && k < v.n; i++, k++) {
+        while (k < v.n && reads_only && !dg_sql_is_read(v.all[k]->sql))
+            k++;
+        if (k >= v.n)
+            break;
+        stmt *s = v.all[k];
         double mean = s->calls ? s->total_ms / (double)s->calls : 0;
         const char *skip = NULL;
         if (s->truncated)

@@ -731,6 +731,11 @@ static void cond_cols(const toks *v, size_t from, size_t to, const char *table,
             cols_add(&eq, t->text);
         else if (is_cmp(next) || is_cmp(prev) || kw(next, "not"))
             cols_add(&other, t->text);
+        else if ((!prev || op(prev, "(") || kw(prev, "and") || kw(prev, "or") ||
+                  kw(prev, "not") || kw(prev, "where") || kw(prev, "on")) &&
+                 (!next || op(next, ")") || kw(next, "and") || kw(next, "or") ||
+                  kw(next, "group") || kw(next, "order") || kw(next, "limit")))
+            cols_add(&eq, t->text); /* a boolean column used as the condition */
     }
     for (size_t i = 0; i < eq.n; i++)
         cols_add(out, eq.v[i]);
