@@ -202,8 +202,9 @@ start_service_once() {
   fi
   SVC_PID=$!
   PIDS+=("$SVC_PID")
-  local code=""
-  for _ in $(seq 1 300); do
+  local code="" deadline=$((SECONDS + 60))
+  for _ in $(seq 1 150); do
+    [ "$SECONDS" -lt "$deadline" ] || break
     if ! kill -0 "$SVC_PID" 2>/dev/null; then
       local rc=0
       wait "$SVC_PID" || rc=$?
@@ -212,11 +213,11 @@ start_service_once() {
       stop_service
       return 1
     fi
-    code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$SVC_PORT/health" || true)
+    code=$(curl -s -o /dev/null -m 3 -w '%{http_code}' "http://127.0.0.1:$SVC_PORT/health" || true)
     [ "$code" = 200 ] && return 0
-    sleep 0.1
+    sleep 0.2
   done
-  echo "http_bench: $side ($cache) not healthy after 30 s (last status ${code:-none}):" >&2
+  echo "http_bench: $side ($cache) not healthy within 60 s (last status ${code:-none}):" >&2
   tail -20 "$log" >&2
   stop_service
   return 1
@@ -321,26 +322,38 @@ ROWS
 }
 
 declare -A RPS P99 ERRS CMDS
-measure() {
-  local key=$1 side=$2 cache=$3 script=$4 args=$5 round best
-  best=-1
+
+# measure_once KEY SIDE CACHE SCRIPT ARGS ROUND: a fresh service, the
+# warm-up, the measured run; keeps the side's best round.
+measure_once() {
+  local key=$1 side=$2 cache=$3 script=$4 args=$5 round=$6
+  [ "$cache" = redis ] && flush_redis
+  start_service "$side" "$cache"
+  CMDS[$key,$side]=$SVC_CMD
+  # shellcheck disable=SC2086
+  run_wrk "$WARM" "$work/warm-$key-$side.txt" "bench/wrk/$script" $args
+  local load
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  # shellcheck disable=SC2086
+  run_wrk "$SECS" "$work/run-$key-$side-$round.txt" "bench/wrk/$script" $args
+  stop_service
+  printf '  %-6s %-16s round %d: %8d req/s  p99 %8s ms  %d requests, %d non-2xx, %d socket errors (load %s)\n' \
+    "$side" "$key" "$round" "$W_RPS" "$W_P99" "$W_REQ" "$W_NON2XX" "$W_SOCKERR" "$load"
+  if [ "$W_RPS" -gt "${RPS[$key,$side]:--1}" ]; then
+    RPS[$key,$side]=$W_RPS
+    P99[$key,$side]=$W_P99
+    ERRS[$key,$side]=$((W_NON2XX + W_SOCKERR))
+  fi
+}
+
+# measure_row KEY DBKIT_CACHE PEER_CACHE SCRIPT ARGS: the two sides
+# alternate round by round, so a change in the machine's load during the
+# run hits both.
+measure_row() {
+  local key=$1 dc=$2 pc=$3 script=$4 args=$5 round
   for round in $(seq 1 "$ROUNDS"); do
-    [ "$cache" = redis ] && flush_redis
-    start_service "$side" "$cache"
-    CMDS[$key,$side]=$SVC_CMD
-    # shellcheck disable=SC2086
-    run_wrk "$WARM" "$work/warm-$key-$side.txt" "bench/wrk/$script" $args
-    # shellcheck disable=SC2086
-    run_wrk "$SECS" "$work/run-$key-$side-$round.txt" "bench/wrk/$script" $args
-    stop_service
-    printf '  %-6s %-16s round %d: %8d req/s  p99 %8s ms  %d requests, %d non-2xx, %d socket errors\n' \
-      "$side" "$key" "$round" "$W_RPS" "$W_P99" "$W_REQ" "$W_NON2XX" "$W_SOCKERR"
-    if [ "$W_RPS" -gt "$best" ]; then
-      best=$W_RPS
-      RPS[$key,$side]=$W_RPS
-      P99[$key,$side]=$W_P99
-      ERRS[$key,$side]=$((W_NON2XX + W_SOCKERR))
-    fi
+    measure_once "$key" dbkit "$dc" "$script" "$args" "$round"
+    measure_once "$key" peer "$pc" "$script" "$args" "$round"
   done
 }
 
@@ -359,8 +372,7 @@ run_table() {
   while IFS='|' read -r key label script args dc pc target; do
     [[ $key =~ $ROWS_RE ]] || continue
     echo "$label"
-    measure "$key" dbkit "$dc" "$script" "$args"
-    measure "$key" peer "$pc" "$script" "$args"
+    measure_row "$key" "$dc" "$pc" "$script" "$args"
   done < <(rows)
   after=$(balance_sum)
 

@@ -32,7 +32,7 @@ function createApp({ db, redis }) {
       await db.query('SELECT 1');
       res.json({ status: 'ok', database: 'postgres', cache: redis ? 'redis' : 'off' });
     } catch (error) {
-      res.status(503).json({ error: { code: 'unavailable', message: 'database unreachable' } });
+      res.status(503).json({ error: { code: 'unavailable', message: 'the database is unavailable, retry later' } });
     }
   });
 
@@ -41,17 +41,17 @@ function createApp({ db, redis }) {
     const offset = intParam(req.query.offset, 0);
     const order = req.query.order === undefined ? '-created_at' : req.query.order;
     const status = req.query.status;
-    if (!(limit >= 1 && limit <= 100)) throw new HttpError(400, 'invalid', 'limit must be 1..100');
-    if (!(offset >= 0)) throw new HttpError(400, 'invalid', 'offset must be >= 0');
-    if (!Object.hasOwn(USER_ORDERS, order)) throw new HttpError(400, 'invalid', 'unknown order field');
-    if (status !== undefined && typeof status !== 'string') throw new HttpError(400, 'invalid', 'status must be text');
+    if (!(limit >= 1 && limit <= 100)) throw new HttpError(400, 'invalid_parameter', '"limit" must be 1..100');
+    if (!(offset >= 0)) throw new HttpError(400, 'invalid_parameter', '"offset" must be >= 0');
+    if (!Object.hasOwn(USER_ORDERS, order)) throw new HttpError(400, 'invalid_parameter', '"order" must be created_at, -created_at, name or -name');
+    if (status !== undefined && !['active', 'suspended', 'closed'].includes(status)) throw new HttpError(400, 'invalid_parameter', '"status" must be active, suspended or closed');
     const { users: rows, total } = await users.findAll(limit, offset, order, status);
     res.json({ users: rows, total, limit, offset });
   });
 
   app.get('/users/:id', async (req, res) => {
     const id = positiveId(req.params.id);
-    if (id === null) throw new HttpError(400, 'invalid', 'id must be a positive integer');
+    if (id === null) throw new HttpError(400, 'invalid_id', 'the id must be a positive integer');
     const user = redis
       ? await cached(redis, `user:${id}`, () => users.findById(id))
       : await users.findById(id);
@@ -62,21 +62,23 @@ function createApp({ db, redis }) {
   app.post('/transfers', async (req, res) => {
     const body = req.body;
     if (!body || typeof body !== 'object' || Array.isArray(body)) {
-      throw new HttpError(400, 'invalid', 'body must be a JSON object');
+      throw new HttpError(400, 'invalid_json', 'the body must be a JSON object');
     }
     for (const key of Object.keys(body)) {
       if (!['from_account', 'to_account', 'amount_cents'].includes(key)) {
-        throw new HttpError(400, 'invalid', `unknown field ${key}`);
+        throw new HttpError(400, 'unknown_field', `unknown field "${key}"`);
       }
     }
-    const { from_account: from, to_account: to, amount_cents: amount } = body;
-    if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to) || !Number.isSafeInteger(amount)) {
-      throw new HttpError(400, 'invalid', 'from_account, to_account and amount_cents must be integers');
+    for (const key of ['from_account', 'to_account', 'amount_cents']) {
+      if (body[key] === undefined) throw new HttpError(400, 'missing_field', `"${key}" is required`);
+      if (!Number.isSafeInteger(body[key])) throw new HttpError(400, 'invalid_type', `"${key}" must be an integer`);
     }
-    if (amount <= 0) throw new HttpError(400, 'invalid', 'amount_cents must be positive');
-    if (from === to) throw new HttpError(400, 'invalid', 'from_account and to_account must differ');
+    const { from_account: from, to_account: to, amount_cents: amount } = body;
+    if (from < 1 || to < 1) throw new HttpError(400, 'invalid_value', 'account ids must be positive');
+    if (amount <= 0) throw new HttpError(400, 'invalid_value', '"amount_cents" must be positive');
+    if (from === to) throw new HttpError(400, 'invalid_value', 'the two accounts must differ');
     const result = await accounts.transfer(from, to, amount);
-    res.json(result);
+    res.json({ from: result.from, to: result.to, amount_cents: amount });
   });
 
   app.use((req, res) => {
@@ -92,7 +94,7 @@ function createApp({ db, redis }) {
     } else if (err.type === 'entity.too.large') {
       res.status(413).json({ error: { code: 'too_large', message: 'body too large' } });
     } else if (err.code === 'ECONNREFUSED' || err.code === '57P01' || /timeout|terminat|Connection/i.test(err.message)) {
-      res.status(503).json({ error: { code: 'unavailable', message: 'database unavailable' } });
+      res.status(503).json({ error: { code: 'unavailable', message: 'the database is unavailable, retry later' } });
     } else {
       console.error(err);
       res.status(500).json({ error: { code: 'internal', message: 'internal error' } });

@@ -82,16 +82,16 @@ class AccountRepository {
       await client.query('BEGIN');
       // Lock both rows in id order so two opposite transfers cannot deadlock.
       const locked = await client.query(
-        'SELECT id, balance_cents FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE',
-        [[fromId, toId]]
+        'SELECT id, balance_cents FROM accounts WHERE id IN ($1, $2) ORDER BY id FOR UPDATE',
+        [fromId, toId]
       );
       const from = locked.rows.find((r) => r.id === fromId);
       const to = locked.rows.find((r) => r.id === toId);
       if (!from || !to) {
-        throw new HttpError(404, 'not_found', 'account not found');
+        throw new HttpError(404, 'not_found', `account ${from ? toId : fromId} not found`);
       }
       if (from.balance_cents < amountCents) {
-        throw new HttpError(409, 'insufficient_funds', 'insufficient funds');
+        throw new HttpError(409, 'insufficient_funds', `account ${fromId} has insufficient funds`);
       }
       const debited = await client.query(
         'UPDATE accounts SET balance_cents = balance_cents - $1, updated_at = now() WHERE id = $2 RETURNING id, balance_cents',
