@@ -44,8 +44,10 @@
  * Thread safety: a dbk_diag may observe any number of executors used from
  * any number of threads at once. The counters are atomics; scopes are per
  * thread (thread-local), so scopes on two threads never see each other's
- * statements. dbk_diag_new/_free are not thread-safe against use of the
- * same hub: free it only after every executor it observes stopped using it.
+ * statements; a scope must end on the thread that began it (one left open
+ * when its thread exits is leaked). dbk_diag_new/_free are not thread-safe
+ * against use of the same hub: free it only after every executor it
+ * observes stopped using it and every scope of it ended.
  */
 #ifndef DBKIT_DIAG_H
 #define DBKIT_DIAG_H
@@ -56,6 +58,7 @@
 
 #include "db.h"
 #include "error.h"
+#include "tx.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -169,6 +172,24 @@ DBK_API void dbk_diag_scope_begin_at(dbk_diag *d, const char *name, const char *
  * no open scope of this hub.
  */
 DBK_API dbk_rc dbk_diag_scope_end(dbk_diag *d, dbk_error *err);
+
+/*
+ * A transaction as an N+1 scope: dbk_transaction(db, fn, ctx, opts, err)
+ * where each attempt of fn runs inside its own scope named `name`
+ * (borrowed; NULL: "transaction"), begun at this call's site. A retried
+ * attempt starts a fresh scope, so counts never add up across attempts.
+ * In mode ERROR an N+1 inside fn makes the attempt return DBK_EN_PLUS_ONE
+ * (when fn itself returned DBK_OK), which rolls the transaction back and is
+ * returned with the report in err; fn's own errors win over the report.
+ * Returns what dbk_transaction() returns. `db` must be observed by `d`
+ * (dbk_diag_attach) for anything to be counted.
+ */
+DBK_API dbk_rc dbk_diag_transaction_at(dbk_diag *d, const char *name, dbk_db *db, dbk_tx_fn fn,
+                                       void *ctx, const dbk_tx_opts *opts, dbk_error *err,
+                                       const char *file, int line, const char *func);
+#define dbk_diag_transaction(d, name, db, fn, ctx, opts, err)                                 \
+    dbk_diag_transaction_at((d), (name), (db), (fn), (ctx), (opts), (err), __FILE__, __LINE__, \
+                            __func__)
 
 /* Upper bounds of the duration histogram in milliseconds, and the number of
  * buckets including the final +Inf one. */

@@ -21,6 +21,10 @@
  * enclosing scope of the same hub (a loop over inner scopes is still seen
  * by the outer one); what it reported is marked reported there too.
  *
+ * dbk_diag_transaction() wraps each attempt of a transaction closure in a
+ * scope of its own, so a retried attempt does not add to the last one's
+ * counts and an N+1 in ERROR mode rolls the transaction back.
+ *
  * Reports are made when the scope ends, with the final count and time.
  * When the threshold is first crossed the stack is walked once (glibc
  * backtrace() + dladdr()) for the first frame outside libdbkit; this is
@@ -441,4 +445,38 @@ dbk_rc dbk_diag_scope_end(dbk_diag *d, dbk_error *err)
         }
     free_scope(s);
     return rc;
+}
+
+/* ---- a transaction as a scope ---- */
+
+typedef struct tx_scope {
+    dbk_diag *d;
+    const char *name, *file, *func;
+    int line;
+    dbk_tx_fn fn;
+    void *ctx;
+} tx_scope;
+
+/* One attempt: a fresh scope around fn. */
+static dbk_rc tx_attempt(dbk_db *tx, void *arg, dbk_error *err)
+{
+    tx_scope *t = arg;
+    dbk_diag_scope_begin_at(t->d, t->name, t->file, t->line, t->func);
+    dbk_rc rc = t->fn(tx, t->ctx, err);
+    if (rc != DBK_OK) {
+        dbk_error scratch; /* fn's error reaches the caller intact */
+        dbk_diag_scope_end(t->d, &scratch);
+        return rc;
+    }
+    return dbk_diag_scope_end(t->d, err);
+}
+
+dbk_rc dbk_diag_transaction_at(dbk_diag *d, const char *name, dbk_db *db, dbk_tx_fn fn,
+                               void *ctx, const dbk_tx_opts *opts, dbk_error *err,
+                               const char *file, int line, const char *func)
+{
+    if (!d || !fn)
+        return dbk__err(err, DBK_EMISUSE, "dbk_diag_transaction: hub and fn must not be NULL");
+    tx_scope t = {d, name ? name : "transaction", file, func, line, fn, ctx};
+    return dbk_transaction(db, tx_attempt, &t, opts, err);
 }

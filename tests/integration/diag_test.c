@@ -650,6 +650,64 @@ static void diag_n1_pool_threads_and_transactions(void **state)
     dbkt_each_engine("diag_pool", pool_threads);
 }
 
+/* dbk_diag_transaction: each attempt is a scope; an N+1 rolls it back. */
+struct tx_case {
+    int finds;
+    dbk_rc own;
+};
+
+static dbk_rc tx_case_fn(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    struct tx_case *c = ctx;
+    struct user u = {.name = "in-tx"};
+    dbk_rc rc = dbk_repo_create(tx, &user_entity, &u, NULL, NULL, err);
+    if (rc)
+        return rc;
+    find_loop(tx, c->finds);
+    if (c->own) {
+        dbk_error_clear(err);
+        err->code = c->own;
+        snprintf(err->message, sizeof err->message, "own failure");
+    }
+    return c->own;
+}
+
+static void tx_scope(const char *url, dbk_engine eng)
+{
+    cap_reset();
+    dbk_conn *c = setup(url, eng);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR};
+    dbk_diag *d = mk_diag(&o);
+    dbk_diag_attach(d, db);
+    dbk_error err;
+
+    struct tx_case k = {6, DBK_OK};
+    DBKT_RC(DBK_EN_PLUS_ONE, dbk_diag_transaction(d, "signup", db, tx_case_fn, &k, NULL, &err));
+    assert_non_null(strstr(err.message, "run 6 times"));
+    assert_non_null(strstr(err.message, "scope \"signup\""));
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM users WHERE name = 'in-tx'"), 0);
+
+    k.own = DBK_EINVALID; /* fn's own error wins over the report */
+    DBKT_RC(DBK_EINVALID, dbk_diag_transaction(d, "signup", db, tx_case_fn, &k, NULL, &err));
+    assert_string_equal(err.message, "own failure");
+
+    k.finds = 5;
+    k.own = DBK_OK;
+    DBKT_OK(dbk_diag_transaction(d, NULL, db, tx_case_fn, &k, NULL, &err), &err);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM users WHERE name = 'in-tx'"), 1);
+    DBKT_RC(DBK_EMISUSE, dbk_diag_scope_end(d, &err)); /* no scope left open */
+    ASSERT_LINES(2, "n+1 count=6 ", "scope=\"signup\"");
+    dbk_conn_close(c);
+    dbk_diag_free(d);
+}
+
+static void diag_n1_transaction_is_a_scope(void **state)
+{
+    (void)state;
+    dbkt_each_engine("diag_tx", tx_scope);
+}
+
 /* ---- the query log ---- */
 
 /* duration_ms of a log line, or -1. */
@@ -1058,6 +1116,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(diag_n1_reported_once_per_statement_per_scope),
         cmocka_unit_test(diag_n1_scopes_on_two_threads_do_not_mix),
         cmocka_unit_test(diag_n1_pool_threads_and_transactions),
+        cmocka_unit_test(diag_n1_transaction_is_a_scope),
         cmocka_unit_test(diag_slow_query_is_logged_fast_one_not),
         cmocka_unit_test(diag_log_params_only_when_asked),
         cmocka_unit_test(diag_log_line_format_and_escaping),
