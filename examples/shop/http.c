@@ -18,6 +18,7 @@
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +32,36 @@
 #include "shop.h"
 
 static struct MHD_Daemon *daemon_;
-static _Thread_local dbk_arena *tl_arena;
+/* One arena per HTTP thread, freed by the key's destructor when the thread
+ * ends (MHD_stop_daemon joins them). */
+static pthread_key_t arena_key;
+static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
+
+static void arena_free(void *a)
+{
+    dbk_arena_free(a);
+}
+
+static void arena_key_init(void)
+{
+    (void)pthread_key_create(&arena_key, arena_free);
+}
+
+static dbk_arena *thread_arena(void)
+{
+    pthread_once(&arena_once, arena_key_init);
+    dbk_arena *a = pthread_getspecific(arena_key);
+    if (a) {
+        dbk_arena_reset(a);
+        return a;
+    }
+    a = dbk_arena_new(0);
+    if (a && pthread_setspecific(arena_key, a) != 0) {
+        dbk_arena_free(a);
+        a = NULL;
+    }
+    return a;
+}
 
 /* Requests without a body context: not answered yet / answered. */
 static char nobody_marker, answered_marker;
@@ -229,17 +259,14 @@ static enum MHD_Result finish(struct MHD_Connection *conn, const char *method, c
     if (preset) {
         rs = *preset;
     } else {
-        if (!tl_arena)
-            tl_arena = dbk_arena_new(0);
-        else
-            dbk_arena_reset(tl_arena);
-        shop_req rq = {method, url, conn, body, tl_arena};
+        dbk_arena *arena = thread_arena();
+        shop_req rq = {method, url, conn, body, arena};
         shop_thread_queries_reset();
 #ifdef SHOP_HAVE_DIAG
         if (shop.diag)
             dbk_diag_scope_begin(shop.diag, url);
 #endif
-        if (!tl_arena)
+        if (!arena)
             shop_reply_error(&rs, 500, "internal", "out of memory");
         else
             shop_route(&rq, &rs);

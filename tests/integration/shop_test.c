@@ -334,12 +334,12 @@ static void run_sqlite(const char *name, body_fn fn)
     char *url = dbkt_sqlite_url(name);
     shop_proc s;
     shop_start(&s, url, "memory", NULL);
+    free(url);
     fn(&s, DBK_ENGINE_SQLITE);
     int st = shop_stop(&s, 10000);
     if (st != 0)
         dump_log(&s);
     assert_int_equal(st, 0);
-    free(url);
 }
 
 static void run_postgres(const char *name, body_fn fn)
@@ -348,12 +348,12 @@ static void run_postgres(const char *name, body_fn fn)
     const char *redis = dbkt_redis_url();
     shop_proc s;
     shop_start(&s, url, redis, NULL);
+    free(url);
     fn(&s, DBK_ENGINE_POSTGRES);
     int st = shop_stop(&s, 10000);
     if (st != 0)
         dump_log(&s);
     assert_int_equal(st, 0);
-    free(url);
 }
 
 /* ---- users ---- */
