@@ -113,8 +113,9 @@ typedef struct dbk_diag_opts {
     dbk_observer_fn chain;
     void *chain_ctx;
     /* Seed of the sampling generator. 0: a fixed default seed. The choice
-     * for the k-th statement seen by the hub depends only on the seed and k,
-     * so a single-threaded run is reproducible. */
+     * for the k-th statement up for sampling (not slow, log_all set, DEBUG
+     * lines wanted by the hook) depends only on the seed and k, so a
+     * single-threaded run is reproducible. */
     uint64_t sample_seed;
 } dbk_diag_opts;
 
