@@ -20,7 +20,8 @@
  *      hex digits); bytes >= 0x80 (UTF-8) are copied as they are. A line is
  *      at most 1023 bytes (the hook's limit): an SQL text that does not fit is
  *      cut and ends in `...` inside the quotes, parameters that do not fit end
- *      in `...]`. rows is the number of rows returned, or affected for writes.
+ *      in `...]`. rows is the number of rows returned, or affected for
+ *      writes (0 when the statement failed).
  *      Parameter values never appear unless `log_params` is set: they may be
  *      passwords, tokens or personal data.
  *
@@ -35,8 +36,13 @@
  *
  *      logged at DBK_LOG_WARN (modes LOG and ERROR), and in mode ERROR
  *      dbk_diag_scope_end() also returns DBK_EN_PLUS_ONE with the report in
- *      the dbk_error. Transaction control statements (BEGIN, COMMIT,
- *      ROLLBACK, SAVEPOINT, RELEASE, SET, START, END) are never counted.
+ *      the dbk_error. `at=` is where the scope began. ` frame=` is present
+ *      only on glibc with libdbkit as a shared library: the first stack
+ *      frame outside libdbkit when the statement first crossed the
+ *      threshold, as "symbol+0xoff (object)" or "object+0xoff" (backtrace()
+ *      + dladdr(); a static link cannot tell the library from the program).
+ *      Transaction control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT,
+ *      RELEASE, SET, START, END, ABORT) are never counted.
  *
  *   3. Counters, read with dbk_diag_stats_get() or as Prometheus text with
  *      dbk_diag_prometheus().
