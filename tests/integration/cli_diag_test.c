@@ -421,10 +421,12 @@ static void advise_log(const char *url, dbk_engine engine)
                "WHERE id = $2\"\n"
                "query duration_ms=1.000 rows=0 rc=DBK_ESQL sql=\"SELECT \\\"label\\\" FROM "
                "items ORDER BY created_at LIMIT 3\"\n"
+               "query duration_ms=0.500 rows=1 rc=DBK_OK sql=\"SELECT id FROM items\\x09WHERE "
+               "id = $1\"\n"
                "server started\n");
     run r = DBKIT(NULL, "--url", url, "advise", "--log", path, "--top", "3");
     expect_code(&r, 0);
-    has(&r, "4 statements from 5 query log lines");
+    has(&r, "5 statements from 6 query log lines");
     has(&r, "#1  total 490.500 ms  calls 2  mean 245.250 ms");
     has(&r, "SELECT id, label FROM items WHERE category = $1");
     has(&r, "CREATE INDEX items_category_idx ON items (category)");
@@ -441,6 +443,14 @@ static void advise_log(const char *url, dbk_engine engine)
     has(&r, "\"sql\":\"SELECT \\\"label\\\" FROM items ORDER BY created_at LIMIT 3\"");
     has(&r, "\"errors\":1");
     has(&r, "\"kind\":\"sort\"");
+    has(&r, "\"sql\":\"SELECT id FROM items\\tWHERE id = $1\""); /* \x09 decoded */
+    run_free(&r);
+
+    /* --reads-only: the UPDATE leaves the ranking, the next read moves up. */
+    r = DBKIT(NULL, "--url", url, "advise", "--log", path, "--top", "2", "--reads-only");
+    expect_code(&r, 0);
+    lacks(&r, "UPDATE items");
+    has(&r, "#2  total 3.000 ms");
     run_free(&r);
     free(dir);
 }
