@@ -53,8 +53,33 @@ static dbk_rc conn_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atom
     return dbk__batch_serial(db, items, n, atomic, c->drv->txstate(c->impl) != DBK__TX_IDLE);
 }
 
-static const struct dbk__db_ops conn_ops = {conn_run, conn_script, conn_pin, conn_unpin,
-                                            conn_batch};
+static dbk_rc conn_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx,
+                           int64_t *rows, dbk_error *err)
+{
+    dbk_conn *c = db->self;
+    if (!c->drv->copy_in)
+        return dbk__err(err, DBK_EMISUSE, "%s has no COPY", c->drv->name);
+    return c->drv->copy_in(c->impl, sql, fill, ctx, rows, err);
+}
+
+static const struct dbk__db_ops conn_ops = {conn_run,   conn_script, conn_pin,
+                                            conn_unpin, conn_batch,  conn_copy_in};
+
+dbk_rc dbk__db_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx, int64_t *rows,
+                       dbk_error *err)
+{
+    if (!db->observer)
+        return db->ops->copy_in(db, sql, fill, ctx, rows, err);
+    int64_t t0 = dbk__now_ns();
+    int64_t n = 0;
+    dbk_rc rc = db->ops->copy_in(db, sql, fill, ctx, &n, err);
+    dbk_query_event ev = {sql,     0,    dbk__now_ns() - t0, rc ? 0 : n, rc, db->engine, NULL,
+                          rc ? err : NULL, 0, 0};
+    db->observer(db->observer_ctx, &ev);
+    if (rows)
+        *rows = n;
+    return rc;
+}
 
 void dbk__db_init_conn(dbk_db *db, dbk_conn *conn, dbk_engine engine)
 {

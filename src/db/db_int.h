@@ -9,6 +9,10 @@
 
 struct dbk__batch_item;
 
+/* Produces the next piece of COPY text-format data into buf (at most cap
+ * bytes): returns the byte count, 0 at the end, or -1 after filling err. */
+typedef long (*dbk__copy_fill)(void *ctx, char *buf, size_t cap, dbk_error *err);
+
 struct dbk__db_ops {
     /* One statement (see dbk__driver.run). */
     dbk_rc (*run)(dbk_db *db, const char *sql, const dbk_value *params, size_t nparams,
@@ -22,6 +26,10 @@ struct dbk__db_ops {
     /* A batch of independent statements on one connection (see
      * dbk__batch_item in driver.h); returns the first failure or OK. */
     dbk_rc (*batch)(dbk_db *db, struct dbk__batch_item *items, size_t n, bool atomic);
+    /* COPY ... FROM STDIN with streamed data; DBK_EMISUSE where the engine
+     * has none (see dbk__driver.copy_in). */
+    dbk_rc (*copy_in)(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx,
+                      int64_t *rows, dbk_error *err);
 };
 
 enum dbk__db_kind { DBK__DB_CONN = 1, DBK__DB_POOL = 2, DBK__DB_TX = 3 };
@@ -34,6 +42,10 @@ struct dbk_db {
     dbk_observer_fn observer;
     void *observer_ctx;
 };
+
+/* Runs a COPY FROM STDIN through the executor (observer included). */
+dbk_rc dbk__db_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx, int64_t *rows,
+                       dbk_error *err);
 
 /* Initializes the executor of a connection. */
 void dbk__db_init_conn(dbk_db *db, dbk_conn *conn, dbk_engine engine);

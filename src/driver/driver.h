@@ -78,6 +78,11 @@ typedef struct dbk__driver {
      * round trip; atomic: one unit that fails as a whole. Fills every
      * item (see dbk__batch_item); returns the first failure's rc or OK. */
     dbk_rc (*batch)(void *impl, dbk__batch_item *items, size_t n, bool atomic);
+    /* Optional (NULL: not supported). Runs `sql`, a COPY ... FROM STDIN,
+     * streaming the data fill() produces; *rows gets the rows copied. A
+     * fill error aborts the COPY (nothing is written) and is returned. */
+    dbk_rc (*copy_in)(void *impl, const char *sql, dbk__copy_fill fill, void *ctx, int64_t *rows,
+                      dbk_error *err);
 } dbk__driver;
 
 extern const dbk__driver dbk__driver_sqlite;

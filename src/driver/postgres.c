@@ -859,7 +859,7 @@ static int64_t affected_of(PGresult *res)
     if (!tag)
         return 0;
     if (strncmp(tag, "INSERT ", 7) && strncmp(tag, "UPDATE ", 7) && strncmp(tag, "DELETE ", 7) &&
-        strncmp(tag, "MERGE ", 6))
+        strncmp(tag, "MERGE ", 6) && strncmp(tag, "COPY ", 5))
         return 0;
     int64_t n;
     return parse_int(PQcmdTuples(res), &n) ? n : 0;
@@ -1919,6 +1919,114 @@ static dbk_rc pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic
     return batch_outcome(items, n);
 }
 
+/* ---- COPY FROM STDIN (bulk insert) ---- */
+
+/* Queues one piece of data, waiting (bounded) while libpq's buffer is full
+ * in nonblocking mode. */
+static dbk_rc copy_put(pg_conn *pc, const char *buf, int len, int64_t deadline, dbk_error *err)
+{
+    for (;;) {
+        int r = PQputCopyData(pc->conn, buf, len);
+        if (r == 1)
+            return DBK_OK;
+        if (r < 0)
+            return lost(pc, err);
+        dbk_rc rc = flush_out(pc, deadline, budget_of(deadline), true, err);
+        if (rc)
+            return rc;
+    }
+}
+
+static dbk_rc copy_end(pg_conn *pc, const char *errmsg, int64_t deadline, dbk_error *err)
+{
+    for (;;) {
+        int r = PQputCopyEnd(pc->conn, errmsg);
+        if (r == 1)
+            return flush_out(pc, deadline, budget_of(deadline), true, err);
+        if (r < 0)
+            return lost(pc, err);
+        dbk_rc rc = flush_out(pc, deadline, budget_of(deadline), true, err);
+        if (rc)
+            return rc;
+    }
+}
+
+static dbk_rc pg_copy_in(void *impl, const char *sql, dbk__copy_fill fill, void *ctx,
+                         int64_t *rows, dbk_error *err)
+{
+    pg_conn *pc = impl;
+    if (!conn_usable(pc))
+        return broken_err(err);
+    if (PQtransactionStatus(pc->conn) == PQTRANS_ACTIVE) {
+        mark_broken(pc);
+        return dbk__err(err, DBK_EINTERNAL, "a previous statement is still in flight");
+    }
+    int64_t deadline = stmt_deadline(pc);
+    if (!PQsendQueryParams(pc->conn, sql, 0, NULL, NULL, NULL, NULL, 0))
+        return lost(pc, err);
+    dbk_rc rc = flush_out(pc, deadline, budget_of(deadline), true, err);
+    if (rc)
+        return rc;
+    if ((rc = await_ready(pc, deadline, budget_of(deadline), true, err)))
+        return rc;
+    PGresult *res = PQgetResult(pc->conn);
+    if (!res)
+        return lost(pc, err);
+    if (PQresultStatus(res) != PGRES_COPY_IN) {
+        /* Refused before any data (no such table, a column, ...): the
+         * ordinary error, after the rest of the command's results. */
+        PGresult *keep = res, *r;
+        while (!(rc = await_ready(pc, deadline, budget_of(deadline), true, err)) &&
+               (r = PQgetResult(pc->conn)))
+            PQclear(r);
+        if (rc) {
+            PQclear(keep);
+            return rc;
+        }
+        return finish(pc, keep, false, NULL, rows, err);
+    }
+    PQclear(res);
+    enum { CHUNK = 256 * 1024 };
+    char *buf = malloc(CHUNK);
+    dbk_error fill_err;
+    dbk_rc fill_rc = DBK_OK;
+    if (!buf) {
+        fill_rc = dbk__err(&fill_err, DBK_ENOMEM, "out of memory buffering COPY data");
+    } else {
+        for (;;) {
+            long k = fill(ctx, buf, CHUNK, &fill_err);
+            if (k < 0) {
+                fill_rc = fill_err.code ? fill_err.code : DBK_EINTERNAL;
+                break;
+            }
+            if (k == 0)
+                break;
+            deadline = stmt_deadline(pc);
+            if ((rc = copy_put(pc, buf, (int)k, deadline, err))) {
+                free(buf);
+                return rc;
+            }
+        }
+        free(buf);
+    }
+    /* On a fill error the server is told to abandon the COPY: nothing of
+     * it is written. */
+    deadline = stmt_deadline(pc);
+    rc = copy_end(pc, fill_rc ? "dbkit: the data could not be encoded" : NULL, deadline, err);
+    if (rc)
+        return rc;
+    bool copy_refused = false;
+    if ((rc = collect(pc, deadline, budget_of(deadline), true, &res, &copy_refused, err)))
+        return rc;
+    if (fill_rc) {
+        PQclear(res);
+        if (err)
+            *err = fill_err;
+        return fill_rc;
+    }
+    return finish(pc, res, copy_refused, NULL, rows, err);
+}
+
 static dbk_rc run_script(pg_conn *pc, const char *sql, int64_t deadline, dbk_error *err)
 {
     int64_t budget = budget_of(deadline);
@@ -2499,4 +2607,5 @@ const dbk__driver dbk__driver_postgres = {
     .server_version = pg_server_version,
     .statement_timeout_ms = pg_statement_timeout_ms,
     .batch = pg_batch,
+    .copy_in = pg_copy_in,
 };

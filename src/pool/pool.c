@@ -739,7 +739,18 @@ static dbk_rc pc_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic
     return rc;
 }
 
-static const struct dbk__db_ops pooled_conn_ops = {pc_run, pc_script, pc_pin, pc_unpin, pc_batch};
+static dbk_rc pc_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx,
+                         int64_t *rows, dbk_error *err)
+{
+    struct slot *s = slot_of_db(db);
+    dbk_rc rc = s->orig_ops->copy_in(db, sql, fill, ctx, rows, err);
+    if (rc != DBK_OK)
+        note_failure(s->pool, s, rc, err);
+    return rc;
+}
+
+static const struct dbk__db_ops pooled_conn_ops = {pc_run,   pc_script, pc_pin,
+                                                   pc_unpin, pc_batch,  pc_copy_in};
 
 /* ---- the timeout message ---- */
 
@@ -1136,8 +1147,22 @@ static dbk_rc pdb_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomi
     return rc;
 }
 
-static const struct dbk__db_ops pool_db_ops = {pdb_run, pdb_script, pdb_pin, pdb_unpin,
-                                               pdb_batch};
+static dbk_rc pdb_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx,
+                          int64_t *rows, dbk_error *err)
+{
+    dbk_pool *p = db->self;
+    struct site st = {"dbk_db copy", NULL, sql, 0};
+    dbk_conn *c = NULL;
+    dbk_rc rc = acquire(p, &st, &c, err);
+    if (rc != DBK_OK)
+        return rc;
+    rc = c->db.ops->copy_in(&c->db, sql, fill, ctx, rows, err);
+    release(p, c, false);
+    return rc;
+}
+
+static const struct dbk__db_ops pool_db_ops = {pdb_run,   pdb_script, pdb_pin,
+                                               pdb_unpin, pdb_batch,  pdb_copy_in};
 
 dbk_db *dbk_pool_db(dbk_pool *pool)
 {

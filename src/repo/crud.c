@@ -12,10 +12,13 @@
  * resolved against the descriptor before any SQL exists; identifiers in
  * the SQL come only from the descriptor and are quoted.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "dbkit/tx.h"
 #include "../core/internal.h"
+#include "../db/db_int.h"
 #include "repo_int.h"
 
 #define BIT(i) (UINT64_C(1) << (i))
@@ -275,16 +278,210 @@ dbk_rc dbk_repo_create(dbk_db *db, dbk_entity *e, const void *in, void *out, dbk
     return rc;
 }
 
-dbk_rc dbk_repo_create_many(dbk_db *db, dbk_entity *e, const void *rows, size_t n,
-                            void *out_rows, dbk_arena *arena, dbk_error *err)
+/* ---- create many ---- */
+
+/* COPY text format for one value (PostgreSQL's COPY ... FROM STDIN). */
+struct copy_state {
+    const dbk_entity *e;
+    const unsigned char *rows;
+    size_t n, next;
+    int fields[DBK_REPO_MAX_FIELDS];
+    int nfields;
+    int64_t now;
+    char *row;             /* the encoded row being handed out */
+    size_t len, off, cap;
+};
+
+static bool row_reserve(struct copy_state *c, size_t more)
 {
-    dbk_rc rc = dbk__repo_check(db, e, arena, out_rows != NULL, "dbk_repo_create_many", err);
-    if (rc)
-        return rc;
-    if (n && !rows)
-        return dbk__err(err, DBK_EMISUSE, "dbk_repo_create_many: rows must not be NULL");
-    if (n == 0)
+    if (c->len + more <= c->cap)
+        return true;
+    size_t cap = c->cap ? c->cap : 256;
+    while (cap < c->len + more)
+        cap *= 2;
+    char *p = realloc(c->row, cap);
+    if (!p)
+        return false;
+    c->row = p;
+    c->cap = cap;
+    return true;
+}
+
+static bool row_puts(struct copy_state *c, const char *s, size_t n)
+{
+    if (!row_reserve(c, n))
+        return false;
+    memcpy(c->row + c->len, s, n);
+    c->len += n;
+    return true;
+}
+
+/* Encodes one value; returns DBK_OK, DBK_ENOMEM or DBK_EINVALID. */
+static dbk_rc copy_value(struct copy_state *c, dbk_value v, const char *column, dbk_error *err)
+{
+    char tmp[64];
+    switch (v.type) {
+    case DBK_TYPE_NULL:
+        return row_puts(c, "\\N", 2) ? DBK_OK : DBK_ENOMEM;
+    case DBK_TYPE_BOOL:
+        return row_puts(c, v.u.b ? "t" : "f", 1) ? DBK_OK : DBK_ENOMEM;
+    case DBK_TYPE_INT64: {
+        int k = snprintf(tmp, sizeof tmp, "%lld", (long long)v.u.i);
+        return row_puts(c, tmp, (size_t)k) ? DBK_OK : DBK_ENOMEM;
+    }
+    case DBK_TYPE_DOUBLE: {
+        int k;
+        if (v.u.d != v.u.d)
+            k = snprintf(tmp, sizeof tmp, "NaN");
+        else if (v.u.d > 1.7976931348623157e308)
+            k = snprintf(tmp, sizeof tmp, "Infinity");
+        else if (v.u.d < -1.7976931348623157e308)
+            k = snprintf(tmp, sizeof tmp, "-Infinity");
+        else
+            k = snprintf(tmp, sizeof tmp, "%.17g", v.u.d);
+        return row_puts(c, tmp, (size_t)k) ? DBK_OK : DBK_ENOMEM;
+    }
+    case DBK_TYPE_TIMESTAMP:
+        if (dbk_timestamp_format(v.u.i, tmp, sizeof tmp) != DBK_OK)
+            return dbk__err(err, DBK_EINVALID,
+                            "%s: timestamp %lld us is outside the years 1..9999", column,
+                            (long long)v.u.i);
+        return row_puts(c, tmp, strlen(tmp)) ? DBK_OK : DBK_ENOMEM;
+    case DBK_TYPE_TEXT:
+    case DBK_TYPE_JSON: {
+        const unsigned char *p = v.u.bytes.ptr;
+        size_t n = v.u.bytes.len;
+        if (n && !p)
+            return dbk__err(err, DBK_EMISUSE, "%s: NULL text with length %zu", column, n);
+        if (!row_reserve(c, 2 * n))
+            return DBK_ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+            unsigned char ch = p[i];
+            char *o = c->row + c->len;
+            switch (ch) {
+            case '\0':
+                dbk__err(err, DBK_EINVALID,
+                         "%s: text contains a NUL byte, which PostgreSQL cannot store", column);
+                dbk__err_hint(err, "store binary data as a blob (dbk_blob) in a bytea column");
+                return DBK_EINVALID;
+            case '\\': o[0] = '\\'; o[1] = '\\'; c->len += 2; break;
+            case '\n': o[0] = '\\'; o[1] = 'n'; c->len += 2; break;
+            case '\r': o[0] = '\\'; o[1] = 'r'; c->len += 2; break;
+            case '\t': o[0] = '\\'; o[1] = 't'; c->len += 2; break;
+            default: o[0] = (char)ch; c->len += 1; break;
+            }
+        }
         return DBK_OK;
+    }
+    case DBK_TYPE_BLOB: {
+        static const char hex[] = "0123456789abcdef";
+        const unsigned char *p = v.u.bytes.ptr;
+        size_t n = v.u.bytes.len;
+        if (!row_reserve(c, 3 + 2 * n))
+            return DBK_ENOMEM;
+        memcpy(c->row + c->len, "\\\\x", 3); /* bytea hex input, backslash escaped */
+        c->len += 3;
+        for (size_t i = 0; i < n; i++) {
+            c->row[c->len++] = hex[p[i] >> 4];
+            c->row[c->len++] = hex[p[i] & 15];
+        }
+        return DBK_OK;
+    }
+    }
+    return dbk__err(err, DBK_EMISUSE, "%s: unknown value type %d", column, (int)v.type);
+}
+
+static long copy_fill(void *ctx, char *buf, size_t cap, dbk_error *err)
+{
+    struct copy_state *c = ctx;
+    size_t used = 0;
+    while (used < cap) {
+        if (c->off < c->len) {
+            size_t k = c->len - c->off;
+            if (k > cap - used)
+                k = cap - used;
+            memcpy(buf + used, c->row + c->off, k);
+            c->off += k;
+            used += k;
+            continue;
+        }
+        if (c->next == c->n)
+            break;
+        const unsigned char *in = c->rows + c->next * c->e->struct_size;
+        c->len = c->off = 0;
+        for (int k = 0; k < c->nfields; k++) {
+            const dbk_field *f = &c->e->fields[c->fields[k]];
+            dbk_value v = is_now_field(f) ? dbk_timestamp(c->now)
+                                          : dbk__field_value(c->e, c->fields[k], in);
+            dbk_rc rc = (k && !row_puts(c, "\t", 1)) ? DBK_ENOMEM : copy_value(c, v, f->column, err);
+            if (rc == DBK_ENOMEM)
+                rc = dbk__err(err, DBK_ENOMEM, "out of memory encoding row %zu", c->next);
+            if (rc) {
+                char msg[sizeof err->message];
+                dbk__strlcpy(msg, err->message, sizeof msg);
+                dbk__err(err, rc, "row %zu of %s: %s", c->next, c->e->table, msg);
+                return -1;
+            }
+        }
+        if (!row_puts(c, "\n", 1)) {
+            dbk__err(err, DBK_ENOMEM, "out of memory encoding row %zu", c->next);
+            return -1;
+        }
+        c->next++;
+    }
+    return (long)used;
+}
+
+/* PostgreSQL, no rows asked back: one COPY ... FROM STDIN, a single
+ * statement, so it writes everything or nothing. */
+static dbk_rc create_many_copy(dbk_db *db, dbk_entity *e, const void *rows, size_t n,
+                               dbk_error *err)
+{
+    struct copy_state c = {.e = e, .rows = rows, .n = n, .now = dbk__now_us()};
+    uint64_t mask = insert_mask(e);
+    dbk__sb sql = {0};
+    dbk__sb_puts(&sql, "COPY ");
+    dbk__sb_ident(&sql, e->table);
+    dbk__sb_puts(&sql, " (");
+    for (size_t i = 0; i < e->nfields; i++) {
+        if (!(mask & BIT(i)))
+            continue;
+        if (c.nfields)
+            dbk__sb_puts(&sql, ", ");
+        dbk__sb_ident(&sql, e->fields[i].column);
+        c.fields[c.nfields++] = (int)i;
+    }
+    dbk__sb_puts(&sql, ") FROM STDIN");
+    if (sql.oom || c.nfields == 0) {
+        free(sql.p);
+        return c.nfields ? oom(err) : dbk__err(err, DBK_EMISUSE, "%s has no insertable field",
+                                                e->table);
+    }
+    int64_t copied = 0;
+    dbk_rc rc = dbk__db_copy_in(db, sql.p, copy_fill, &c, &copied, err);
+    if (rc == DBK_OK && copied != (int64_t)n)
+        rc = dbk__err(err, DBK_EINTERNAL, "COPY into %s wrote %lld rows for %zu", e->table,
+                      (long long)copied, n);
+    free(sql.p);
+    free(c.row);
+    return rc;
+}
+
+struct many_ctx {
+    dbk_entity *e;
+    const void *rows;
+    size_t n;
+    void *out_rows;
+    dbk_arena *arena;
+};
+
+/* Multi-row INSERT ... VALUES ... RETURNING in chunks below the engine's
+ * parameter limit (999 on SQLite, 65535 on PostgreSQL, at most 1000 rows). */
+static dbk_rc create_many_values(dbk_db *db, void *ctxp, dbk_error *err)
+{
+    struct many_ctx *m = ctxp;
+    dbk_entity *e = m->e;
+    size_t n = m->n;
     dbk_engine eng = engine_of(db);
     uint64_t mask = insert_mask(e);
     size_t per_row = 0;
@@ -302,9 +499,10 @@ dbk_rc dbk_repo_create_many(dbk_db *db, dbk_entity *e, const void *rows, size_t 
     dbk_value *vals = malloc(sizeof(dbk_value) * per_row * batch);
     if (!vals)
         return oom(err);
+    dbk_rc rc = DBK_OK;
     int64_t now = dbk__now_us();
-    const unsigned char *src = rows;
-    unsigned char *dst = out_rows;
+    const unsigned char *src = m->rows;
+    unsigned char *dst = m->out_rows;
     for (size_t done = 0; done < n;) {
         size_t k = n - done < batch ? n - done : batch;
         const struct dbk__sql *s = insert_sql(e, eng, k, err);
@@ -329,7 +527,7 @@ dbk_rc dbk_repo_create_many(dbk_db *db, dbk_entity *e, const void *rows, size_t 
             for (size_t j = 0; j < k && rc == DBK_OK; j++) {
                 memset(dst + (done + j) * e->struct_size, 0, e->struct_size);
                 rc = dbk__map_row(e, r, j, s->cols, s->ncols, dst + (done + j) * e->struct_size,
-                                  arena, err);
+                                  m->arena, err);
             }
         dbk_result_free(r);
         if (rc)
@@ -339,6 +537,40 @@ dbk_rc dbk_repo_create_many(dbk_db *db, dbk_entity *e, const void *rows, size_t 
 out:
     free(vals);
     return rc;
+}
+
+/* Below this many rows a multi-row INSERT beats setting up a COPY. */
+#define COPY_MIN_ROWS 64
+
+dbk_rc dbk_repo_create_many(dbk_db *db, dbk_entity *e, const void *rows, size_t n,
+                            void *out_rows, dbk_arena *arena, dbk_error *err)
+{
+    dbk_rc rc = dbk__repo_check(db, e, arena, out_rows != NULL, "dbk_repo_create_many", err);
+    if (rc)
+        return rc;
+    if (n && !rows)
+        return dbk__err(err, DBK_EMISUSE, "dbk_repo_create_many: rows must not be NULL");
+    if (n == 0)
+        return DBK_OK;
+    dbk_engine eng = engine_of(db);
+    if (eng == DBK_ENGINE_POSTGRES && !out_rows && n >= COPY_MIN_ROWS)
+        return create_many_copy(db, e, rows, n, err);
+    struct many_ctx m = {e, rows, n, out_rows, arena};
+    /* One statement writes all or nothing by itself; several run in one
+     * transaction (a savepoint inside the caller's), so a failing chunk
+     * leaves none of the rows behind. */
+    size_t per_row = 0;
+    uint64_t mask = insert_mask(e);
+    for (size_t i = 0; i < e->nfields; i++)
+        if (mask & BIT(i))
+            per_row++;
+    size_t chunk = (eng == DBK_ENGINE_POSTGRES ? 65535 : 999) / (per_row ? per_row : 1);
+    if (chunk > 1000)
+        chunk = 1000;
+    if (chunk == 0 || n <= chunk)
+        return create_many_values(db, &m, err);
+    dbk_tx_opts o = {.max_attempts = 1};
+    return dbk_transaction(db, create_many_values, &m, &o, err);
 }
 
 /* Resolves a name list into a mask; DBK_EINVALID_COLUMN on an unknown name. */

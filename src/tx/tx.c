@@ -354,7 +354,25 @@ static dbk_rc tx_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic
     return rc;
 }
 
-static const struct dbk__db_ops tx_ops = {tx_run, tx_script, tx_pin, tx_unpin, tx_batch};
+static dbk_rc tx_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx,
+                         int64_t *rows, dbk_error *err)
+{
+    struct dbk__tx *t = db->self;
+    dbk_error local;
+    if (!err)
+        err = &local;
+    dbk_rc rc = tx_check(t, err);
+    if (rc)
+        return rc;
+    dbk_conn *c = t->root->conn;
+    rc = c->db.ops->copy_in(&c->db, sql, fill, ctx, rows, err);
+    if (rc)
+        return tx_failed(t->root, rc, err);
+    return DBK_OK;
+}
+
+static const struct dbk__db_ops tx_ops = {tx_run,   tx_script, tx_pin,
+                                          tx_unpin, tx_batch,  tx_copy_in};
 
 static void tx_init(struct dbk__tx *t, tx_root *r, const dbk_db *parent, int depth)
 {
