@@ -1324,11 +1324,14 @@ static void print_findings(const findings *fs, const char *verification, bool pg
                    ind, f->sugg, f->before, f->after);
         else if (f->verdict == V_UNVERIFIED)
             printf("%s     suggestion: %s;  (unverified%s)\n", ind, f->sugg,
-                   pg ? ": HypoPG not available" : ": SQLite has no hypothetical indexes");
+                   !pg ? ": SQLite has no hypothetical indexes"
+                   : strncmp(verification, "off", 3) == 0 ? ": --no-verify"
+                                                           : ": HypoPG not available");
         if (f->note[0])
             printf("%s     hint: %s\n", ind, f->note);
     }
-    (void)verification;
+    if (pg && strncmp(verification, "unavailable", 11) == 0)
+        printf("%sHypoPG %s\n", ind, verification);
 }
 
 static void json_out(jw *w, const plan *p, bool pg, const findings *fs, const char *verification)

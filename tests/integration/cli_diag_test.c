@@ -400,6 +400,39 @@ static void cli_diag_explain_analyze_pg(void **state)
     free(url);
 }
 
+/* Without the right to create HypoPG, suggestions stay, marked unverified,
+ * and the reason is printed. The session runs as a role without
+ * privileges (libpq options -c role=...) in a database where HypoPG was
+ * never created. */
+static void cli_diag_explain_without_hypopg(void **state)
+{
+    (void)state;
+    char *url = dbkt_pg_fresh_db("cli_diag_nohypo");
+    dbkt_pg_admin_exec("DO $$ BEGIN CREATE ROLE dbkt_diag_plain NOLOGIN; EXCEPTION WHEN "
+                       "duplicate_object THEN NULL; END $$");
+    make_items(url, DBK_ENGINE_POSTGRES);
+    dbk_conn *conn = dbkt_open(url);
+    dbkt_exec(dbk_conn_db(conn), "GRANT SELECT ON items TO dbkt_diag_plain");
+    dbk_conn_close(conn);
+    char plain[1024];
+    snprintf(plain, sizeof plain, "%s%coptions=-c%%20role%%3Ddbkt_diag_plain", url,
+             strchr(url, '?') ? '&' : '?');
+    run r = DBKIT(NULL, "--url", plain, "explain", "SELECT id FROM items WHERE label = $1",
+                  "item 9");
+    expect_code(&r, 0);
+    has(&r, "[seq_scan]");
+    has(&r, "suggestion: CREATE INDEX items_label_idx ON items (label);  (unverified: HypoPG not "
+            "available)");
+    has(&r, "HypoPG unavailable (");
+    run_free(&r);
+    r = DBKIT(NULL, "--url", url, "explain", "--no-verify", "SELECT id FROM items WHERE label = $1",
+              "item 9");
+    expect_code(&r, 0);
+    has(&r, "(unverified: --no-verify)");
+    run_free(&r);
+    free(url);
+}
+
 /* ---- advise ---- */
 
 static void advise_log(const char *url, dbk_engine engine)
@@ -775,6 +808,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(cli_diag_explain_scan),
         cmocka_unit_test(cli_diag_explain_sort),
         cmocka_unit_test(cli_diag_explain_analyze_pg),
+        cmocka_unit_test(cli_diag_explain_without_hypopg),
         cmocka_unit_test(cli_diag_advise_log),
         cmocka_unit_test(cli_diag_advise_pg_stat_statements),
         cmocka_unit_test(cli_diag_check_repo),
