@@ -101,8 +101,10 @@ static run run_prog(const char *prog, const char *cwd, const char *const *args)
         close(e[1]);
         if (cwd && chdir(cwd) != 0)
             _exit(126);
-        const char *clear[] = {"DATABASE_URL", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER",
-                               "DB_PASSWORD", "DB_PASSWORD_FILE", NULL};
+        /* GIT_*: a test run from a git hook must not act on the outer repository. */
+        const char *clear[] = {"DATABASE_URL", "DB_HOST",       "DB_PORT",        "DB_NAME",
+                               "DB_USER",      "DB_PASSWORD",   "DB_PASSWORD_FILE", "GIT_DIR",
+                               "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX",  NULL};
         for (int i = 0; clear[i]; i++)
             unsetenv(clear[i]);
         const char *argv[64];
@@ -566,6 +568,7 @@ static void check_repo(const char *url, dbk_engine engine)
     GIT(repo, "init", "-q");
     GIT(repo, "config", "user.name", "dbkit test");
     GIT(repo, "config", "user.email", "test@example.invalid");
+    GIT(repo, "config", "commit.gpgsign", "false");
     snprintf(path, sizeof path, "%s/db", repo);
     mkdir(path, 0777);
     snprintf(path, sizeof path, "%s/db/migrations", repo);
