@@ -612,6 +612,9 @@ typedef struct order_ctx {
     char fail_msg[160];
 } order_ctx;
 
+const char shop_sql_take_stock[] =
+    "UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $1 RETURNING price_cents";
+
 static int cmp_line(const void *a, const void *b)
 {
     const shop_order_item *x = a, *y = b;
@@ -639,10 +642,7 @@ static dbk_rc order_tx(dbk_db *tx, void *vctx, dbk_error *err)
         shop_order_item *l = &c->lines[i];
         dbk_value p[2] = {dbk_int64(l->quantity), dbk_int64(l->product_id)};
         dbk_result *r = NULL;
-        rc = dbk_db_query(tx,
-                          "UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $1 "
-                          "RETURNING price_cents",
-                          p, 2, &r, err);
+        rc = dbk_db_query(tx, shop_sql_take_stock, p, 2, &r, err);
         if (rc != DBK_OK)
             return rc;
         if (dbk_result_nrows(r) == 1) {

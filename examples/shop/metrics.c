@@ -76,6 +76,8 @@ int shop_diag_open(dbk_error *err)
     if (slow && *slow)
         o.slow_ms = strtoll(slow, NULL, 10);
     o.n1_mode = DBK_N1_LOG;
+    static const char *const safelist[] = {shop_sql_take_stock, NULL};
+    o.n1_safelist = safelist;
     o.chain = observe;
     dbk_rc rc = dbk_diag_new(&o, &shop.diag, err);
     if (rc != DBK_OK) {

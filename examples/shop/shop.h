@@ -188,6 +188,11 @@ json_t *shop_account_json(const shop_account *a);
 /* ISO-8601-ish text of a timestamp, as a JSON string. */
 json_t *shop_time_json(int64_t usec);
 
+/* The per-line stock decrement of an order (handlers.c). It runs once per
+ * order line on purpose (lines locked in product order, each checked), so
+ * the diagnostics hub is told it is not an N+1. */
+extern const char shop_sql_take_stock[];
+
 /* ---- metrics (metrics.c) ---- */
 void shop_metrics_attach(dbk_db *db);
 void shop_handle_metrics(shop_req *rq, shop_resp *rs);

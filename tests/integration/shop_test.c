@@ -576,7 +576,7 @@ static void catalog_body(shop_proc *s, dbk_engine engine)
 {
     (void)engine;
     int64_t uid = create_user(s, "Poster", "poster@example.com");
-    char body[512], path[128];
+    char body[1024], path[128];
 
     /* posts */
     snprintf(body, sizeof body,
@@ -692,6 +692,30 @@ static void catalog_body(shop_proc *s, dbk_engine engine)
     r = GET(s, path);
     EXPECT(r, 404);
     res_free(&r);
+
+    /* seven lines: one stock decrement per line, on purpose, so not an N+1
+     * report (the statement is on the diagnostics safelist) */
+    double n1 = metric(s, "dbkit_n_plus_one_total");
+    assert_true(n1 >= 0);
+    int64_t many[7];
+    for (int i = 0; i < 7; i++) {
+        snprintf(body, sizeof body, "{\"name\":\"Part %d\",\"price_cents\":%d,\"stock\":5}", i,
+                 100 + i);
+        r = POST(s, "/products", body);
+        EXPECT(r, 201);
+        many[i] = jint(r.json, "id");
+        res_free(&r);
+    }
+    size_t o = (size_t)snprintf(body, sizeof body, "{\"user_id\":%lld,\"items\":[", (long long)uid);
+    for (int i = 6; i >= 0; i--)
+        o += (size_t)snprintf(body + o, sizeof body - o, "{\"product_id\":%lld,\"quantity\":2}%s",
+                              (long long)many[i], i ? "," : "]}");
+    r = POST(s, "/orders", body);
+    EXPECT(r, 201);
+    assert_int_equal(json_array_size(json_object_get(r.json, "items")), 7);
+    assert_int_equal(jint(r.json, "total_cents"), 2 * (100 + 101 + 102 + 103 + 104 + 105 + 106));
+    res_free(&r);
+    assert_true(metric(s, "dbkit_n_plus_one_total") == n1);
 
     /* unknown user / product: 404; bad shapes: 400 */
     snprintf(body, sizeof body,
