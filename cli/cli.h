@@ -226,8 +226,10 @@ dbk_rc dg_schema_load(dbk_db *db, bool all, dg_schema *out, dbk_error *err);
 void dg_schema_free(dg_schema *s);
 const dg_table *dg_schema_table(const dg_schema *s, const char *name);
 const dg_col *dg_table_col(const dg_table *t, const char *name);
-/* True when an index (or SQLite's rowid) has exactly / starts with the FK
- * columns: `unique_exact` asks for a unique index on exactly those columns. */
+/* dg_fk_indexed: some non-partial index (or SQLite's rowid) starts with the
+ * FK's columns, in any order. dg_fk_unique: a unique index on exactly those
+ * columns (the relation is one-to-one). dg_fk_nullable: an FK column may be
+ * NULL (the parent is optional). */
 bool dg_fk_indexed(const dg_table *t, const dg_fk *fk);
 bool dg_fk_unique(const dg_table *t, const dg_fk *fk);
 bool dg_fk_nullable(const dg_table *t, const dg_fk *fk);
