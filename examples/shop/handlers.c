@@ -327,6 +327,19 @@ static void users_list(shop_req *rq, shop_resp *rs)
         }
         with_posts = true;
     }
+    /* include_mode=loop loads the posts the N+1 way (one query per user),
+     * the way the seed's Express code does it, so the diagnostics report can
+     * be seen in the log and in dbkit_n_plus_one_total. */
+    const char *mode = shop_query_arg(rq, "include_mode");
+    bool loop = false;
+    if (mode) {
+        if (!with_posts || (strcmp(mode, "loop") != 0 && strcmp(mode, "batch") != 0)) {
+            shop_reply_error(rs, 400, "invalid_parameter",
+                             "\"include_mode\" is batch or loop, with include=posts");
+            return;
+        }
+        loop = strcmp(mode, "loop") == 0;
+    }
     const char *status = shop_query_arg(rq, "status");
     dbk_filter filter;
     if (status) {
@@ -347,7 +360,7 @@ static void users_list(shop_req *rq, shop_resp *rs)
     q.has_limit = true;
     q.offset = offset;
     q.count = DBK_COUNT_EXACT;
-    if (with_posts) {
+    if (with_posts && !loop) {
         q.include = inc;
         q.ninclude = 1;
     }
@@ -358,8 +371,24 @@ static void users_list(shop_req *rq, shop_resp *rs)
         shop_reply_rc(rs, rc, &err, "user");
         return;
     }
+    shop_user *items = list.items;
+    for (size_t i = 0; loop && i < list.count; i++) {
+        dbk_filter f = DBK_WHERE("user_id", DBK_EQ, dbk_int64(items[i].id));
+        dbk_query pq;
+        memset(&pq, 0, sizeof pq);
+        pq.filters = &f;
+        pq.nfilters = 1;
+        pq.order_by = "id";
+        dbk_list posts;
+        rc = dbk_repo_find_many(shop.db, &shop_post_entity, &pq, &posts, rq->arena, &err);
+        if (rc != DBK_OK) {
+            shop_reply_rc(rs, rc, &err, "post");
+            return;
+        }
+        items[i].posts = posts.items;
+        items[i].nposts = posts.count;
+    }
     json_t *arr = json_array();
-    const shop_user *items = list.items;
     for (size_t i = 0; i < list.count; i++)
         json_array_append_new(arr, shop_user_json(&items[i], with_posts));
     shop_reply_json(rs, 200,

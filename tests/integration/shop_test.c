@@ -325,6 +325,25 @@ static double metric(const shop_proc *s, const char *name)
     return v;
 }
 
+/* True when the shop's stderr holds `needle` (bounded wait for the line). */
+static bool log_contains(const shop_proc *s, const char *needle)
+{
+    for (int tries = 0; tries < 50; tries++) {
+        FILE *f = fopen(s->errlog, "r");
+        if (f) {
+            char line[4096];
+            bool found = false;
+            while (!found && fgets(line, sizeof line, f))
+                found = strstr(line, needle) != NULL;
+            fclose(f);
+            if (found)
+                return true;
+        }
+        sleep_ms(20);
+    }
+    return false;
+}
+
 /* ---- the two set-ups ---- */
 
 typedef void (*body_fn)(shop_proc *s, dbk_engine engine);
@@ -536,6 +555,30 @@ static void users_body(shop_proc *s, dbk_engine engine)
     assert_int_equal(with, plain + 1);
     assert_true(q1 - q0 == (double)plain);
     assert_true(q2 - q1 == (double)plain + 1);
+
+    /* include_mode=loop: the same answer the N+1 way, reported once by the
+     * diagnostics hub (log line and counter); the include itself is not */
+    create_user(s, "Yan Yu", "yan@example.com");
+    double n1 = metric(s, "dbkit_n_plus_one_total");
+    assert_true(n1 >= 0);
+    r = GET(s, "/users?limit=10&order=name&include=posts");
+    EXPECT(r, 200);
+    char *batched = json_dumps(json_object_get(r.json, "users"), JSON_SORT_KEYS);
+    res_free(&r);
+    assert_true(metric(s, "dbkit_n_plus_one_total") == n1);
+    r = GET(s, "/users?limit=10&order=name&include=posts&include_mode=loop");
+    EXPECT(r, 200);
+    char *looped = json_dumps(json_object_get(r.json, "users"), JSON_SORT_KEYS);
+    assert_true(r.queries >= 2 + 7);
+    res_free(&r);
+    assert_string_equal(batched, looped);
+    free(batched);
+    free(looped);
+    assert_true(metric(s, "dbkit_n_plus_one_total") == n1 + 1);
+    assert_true(log_contains(s, "n+1 "));
+    r = GET(s, "/users?include_mode=loop");
+    EXPECT(r, 400);
+    res_free(&r);
 
     /* DELETE: 204, then 404 everywhere (the cache too) */
     char zpath[64];
