@@ -21,7 +21,7 @@
 #      DBKIT_TEST_REDIS_URL   redis://host:port[/db]; the benchmark uses db 9 of that
 #                             server and FLUSHes it before each cached variant
 #      BENCH_SECONDS (15) BENCH_WARMUP_SECONDS (3) BENCH_CONNECTIONS (64)
-#      BENCH_THREADS (2) BENCH_ROUNDS (1: with more, the best round of each side)
+#      BENCH_THREADS (2) BENCH_ROUNDS (2: the sides alternate, each keeps its best round)
 #      BENCH_ROWS       which rows of the table to run (regex on the row key, default all:
 #                       users_id_off users_id_redis users_id_memory users_list transfers)
 #      BENCH_DOCS       a markdown file whose marked section is rewritten with the results
@@ -55,7 +55,7 @@ SECS=${BENCH_SECONDS:-15}
 WARM=${BENCH_WARMUP_SECONDS:-3}
 CONNS=${BENCH_CONNECTIONS:-64}
 THREADS=${BENCH_THREADS:-2}
-ROUNDS=${BENCH_ROUNDS:-1}
+ROUNDS=${BENCH_ROUNDS:-2}
 ROWS_RE=${BENCH_ROWS:-.}
 RESTART_SECS=${BENCH_RESTART_SECONDS:-60}
 PGBIN=${DBKIT_TEST_PGBIN:-/usr/lib/postgresql/15/bin}
@@ -125,10 +125,14 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# A port below the kernel's ephemeral range, so no outgoing connection (wrk,
+# PostgreSQL clients) can be holding it as its local end when a service binds.
 free_port() {
-  local p
+  local p lo
+  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$lo" -gt 12000 ] 2>/dev/null || lo=32768
   for _ in $(seq 1 200); do
-    p=$(((RANDOM % 20000) + 40000))
+    p=$((lo - 10000 + RANDOM % 9000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       echo "$p"; return 0
     fi
@@ -441,9 +445,11 @@ write_table_docs() {
   {
     echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') by \`make bench\` on $(nproc) CPUs shared by wrk, the"
     echo "service under test, PostgreSQL and Redis (load average before the run: $load). $(versions)."
-    echo "Each figure is one ${SECS} s wrk run after a ${WARM} s warm-up on a freshly started service"
-    [ "$ROUNDS" -gt 1 ] && echo "(best of $ROUNDS rounds, the service restarted for each)"
-    echo "(dbkit first, then the peer, row by row). Data: $USERS users, $ACCOUNTS accounts."
+    echo "Each figure is the best of $ROUNDS wrk runs of ${SECS} s, each after a ${WARM} s warm-up on a freshly"
+    echo "started service; dbkit and the peer alternate run by run. Data: $USERS users, $ACCOUNTS accounts."
+    echo "dbkit: the shop with HTTP_THREADS=${HTTP_THREADS:-$((2 * $(nproc)))}, POOL_MAX=${POOL_MAX:-$((2 * $(nproc)))} (its defaults are 2 × CPUs);"
+    echo "peer: one Node.js process, \`pg.Pool\` max ${PG_POOL_MAX:-20}. wrk's timeout is 5 s (not its 2 s default), so slow"
+    echo "answers count in the latency figures instead of being dropped as timeouts."
     echo
     cat "$table"
     echo

@@ -12,7 +12,12 @@ const app = createApp({ db: pool, redis });
 const port = parseInt(process.env.PORT || '8081', 10);
 const host = process.env.HOST || '127.0.0.1';
 
-const server = app.listen(port, host, () => {
+const server = app.listen(port, host, (error) => {
+  // Express 5 hands a listen error (e.g. EADDRINUSE) to this callback.
+  if (error) {
+    console.error(`peer: cannot listen on ${host}:${port}: ${error.message}`);
+    process.exit(1);
+  }
   console.log(`peer listening on http://${host}:${port} (cache ${redis ? 'redis' : 'off'})`);
 });
 server.keepAliveTimeout = 65000;
