@@ -991,7 +991,8 @@ void shop_route(shop_req *rq, shop_resp *rs)
 {
     const char *m = rq->method;
     const char *path = rq->path;
-    bool get = strcmp(m, "GET") == 0, post = strcmp(m, "POST") == 0;
+    /* HEAD is a GET whose body libmicrohttpd leaves out. */
+    bool get = strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0, post = strcmp(m, "POST") == 0;
 
     if (strcmp(path, "/health") == 0) {
         if (get)
