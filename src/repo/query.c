@@ -9,8 +9,10 @@
  * offsets travel only as parameters.
  *
  * Totals: an exact total is a COUNT query with the same filters next to
- * the page query, on both engines. On PostgreSQL a `count(*) OVER ()`
- * column would save a round trip, but it was measured slower (bench/
+ * the page query, on both engines; on PostgreSQL the two are sent as one
+ * batch (one pipelined round trip, see page_with_count). A
+ * `count(*) OVER ()` column would also save the round trip, but it was
+ * measured slower (bench/
  * repo_bench.c, PostgreSQL 15 on loopback, 1,000 rows, page of 20:
  * 432 us window vs 352 us COUNT + page): the window has to see every row
  * before the LIMIT, which turns the top-N sort into a full sort. The
