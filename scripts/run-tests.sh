@@ -5,7 +5,7 @@
 # Stages:
 #   plain     RelWithDebInfo build, every test (ctest -j2)
 #   asan      ASan + UBSan build, every test
-#   tsan      TSan build, the thread-heavy tests (pool, cache, tx)
+#   tsan      TSan build, the thread-heavy tests (pool, cache, tx, batch, diag)
 #   valgrind  memcheck over the tests that need no server and a PostgreSQL subset
 #   fuzz      each libFuzzer target for FUZZ_SECONDS (default 20) on its corpus
 # Servers come from scripts/testenv.sh (one PostgreSQL + Redis for the run).
@@ -36,7 +36,7 @@ inner() {
         ;;
       tsan)
         cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DDBKIT_SANITIZE=thread -DDBKIT_BENCH=OFF \
-          -DDBKIT_TEST_FILTER='^(pool|cache|tx)_test$' >/dev/null
+          -DDBKIT_TEST_FILTER='^(pool|cache|tx|batch|diag)_test$' >/dev/null
         cmake --build build-tsan -j"$JOBS"
         if [ -n "$(ctest --test-dir build-tsan -N | grep -E 'Test +#')" ]; then
           TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
