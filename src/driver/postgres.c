@@ -1445,16 +1445,25 @@ static bool stale_statement(const PGresult *res, bool *all_gone)
     return false;
 }
 
-static dbk_rc pg_run(void *impl, const char *sql, const dbk_value *params, size_t nparams,
-                     dbk_result **out, int64_t *affected, dbk_error *err)
+/* The connection can take a new statement: usable, nothing in flight. */
+static dbk_rc ready(pg_conn *pc, dbk_error *err)
 {
-    pg_conn *pc = impl;
     if (!conn_usable(pc))
         return broken_err(err);
     if (PQtransactionStatus(pc->conn) == PQTRANS_ACTIVE) {
         mark_broken(pc);
         return dbk__err(err, DBK_EINTERNAL, "a previous statement is still in flight");
     }
+    return DBK_OK;
+}
+
+static dbk_rc pg_run(void *impl, const char *sql, const dbk_value *params, size_t nparams,
+                     dbk_result **out, int64_t *affected, dbk_error *err)
+{
+    pg_conn *pc = impl;
+    dbk_rc rc0 = ready(pc, err);
+    if (rc0)
+        return rc0;
     if (is_copy(sql))
         return copy_refused_err(err);
 
@@ -1955,12 +1964,9 @@ static dbk_rc pg_copy_in(void *impl, const char *sql, dbk__copy_fill fill, void 
                          int64_t *rows, dbk_error *err)
 {
     pg_conn *pc = impl;
-    if (!conn_usable(pc))
-        return broken_err(err);
-    if (PQtransactionStatus(pc->conn) == PQTRANS_ACTIVE) {
-        mark_broken(pc);
-        return dbk__err(err, DBK_EINTERNAL, "a previous statement is still in flight");
-    }
+    dbk_rc rc0 = ready(pc, err);
+    if (rc0)
+        return rc0;
     int64_t deadline = stmt_deadline(pc);
     if (!PQsendQueryParams(pc->conn, sql, 0, NULL, NULL, NULL, NULL, 0))
         return lost(pc, err);
