@@ -620,25 +620,28 @@ static const struct dbk__sql *include_sql(dbk_entity *t, int match, dbk_engine e
 }
 
 /* Loads one relation for n parents; kids, nkids: the loaded target rows. */
-static dbk_rc load_rel(dbk_db *db, dbk_entity *e, const dbk_relation *rel, unsigned char *items,
-                       size_t n, dbk_arena *arena, unsigned char **kids, size_t *nkids,
-                       dbk_error *err)
+/* The parent key and the target field a relation joins on. */
+static void rel_join(dbk_entity *e, const dbk_relation *rel, const dbk_field **pkey, int *match)
 {
     dbk_entity *t = rel->target;
-    dbk_engine eng = dbk_db_engine(db);
-    *kids = NULL;
-    *nkids = 0;
-    const dbk_field *pkey; /* key read from each parent */
-    int match;             /* field of the target compared with it */
     if (rel->kind == DBK_REL_BELONGS_TO) {
-        pkey = &e->fields[dbk__field(e, rel->foreign_key)];
-        match = t->priv_->pk;
+        *pkey = &e->fields[dbk__field(e, rel->foreign_key)];
+        *match = t->priv_->pk;
     } else {
-        pkey = &e->fields[e->priv_->pk];
-        match = dbk__field(t, rel->foreign_key);
+        *pkey = &e->fields[e->priv_->pk];
+        *match = dbk__field(t, rel->foreign_key);
     }
-    const dbk_field *mf = &t->fields[match];
-    /* Reset the members and gather the keys. */
+}
+
+/* Resets the relation's members in every parent and gathers the parents'
+ * keys into one array literal (out->p, malloc'd; NULL when no parent has
+ * a key). */
+static dbk_rc rel_keys(dbk_entity *e, const dbk_relation *rel, unsigned char *items, size_t n,
+                       dbk_engine eng, dbk__sb *out, dbk_error *err)
+{
+    const dbk_field *pkey;
+    int match;
+    rel_join(e, rel, &pkey, &match);
     dbk__sb lit = {0};
     dbk__sb_puts(&lit, eng == DBK_ENGINE_POSTGRES ? "{" : "[");
     size_t nkeys = 0;
@@ -662,16 +665,45 @@ static dbk_rc load_rel(dbk_db *db, dbk_entity *e, const dbk_relation *rel, unsig
     }
     if (nkeys == 0) {
         free(lit.p);
-        return DBK_OK;
+        lit.p = NULL;
+        lit.len = 0;
+    }
+    *out = lit;
+    return DBK_OK;
+}
+
+/* Loads one relation for items[0..n): one query (or its rows already
+ * fetched in a batch: `pre`, taken over), rows mapped into the arena,
+ * sorted by key, each parent pointed at its run. */
+static dbk_rc load_rel(dbk_db *db, dbk_entity *e, const dbk_relation *rel, unsigned char *items,
+                       size_t n, dbk_arena *arena, dbk_result *pre, unsigned char **kids,
+                       size_t *nkids, dbk_error *err)
+{
+    dbk_entity *t = rel->target;
+    dbk_engine eng = dbk_db_engine(db);
+    *kids = NULL;
+    *nkids = 0;
+    const dbk_field *pkey; /* key read from each parent */
+    int match;             /* field of the target compared with it */
+    rel_join(e, rel, &pkey, &match);
+    const dbk_field *mf = &t->fields[match];
+    dbk__sb lit = {0};
+    dbk_rc rc = rel_keys(e, rel, items, n, eng, &lit, err);
+    if (rc || !lit.p) {
+        dbk_result_free(pre);
+        return rc;
     }
     const struct dbk__sql *s = include_sql(t, match, eng, err);
     if (!s) {
         free(lit.p);
+        dbk_result_free(pre);
         return DBK_ENOMEM;
     }
-    dbk_value p = dbk_textn(lit.p, lit.len);
-    dbk_result *r = NULL;
-    dbk_rc rc = dbk_db_query(db, s->sql, &p, 1, &r, err);
+    dbk_result *r = pre;
+    if (!r) {
+        dbk_value p = dbk_textn(lit.p, lit.len);
+        rc = dbk_db_query(db, s->sql, &p, 1, &r, err);
+    }
     free(lit.p);
     if (rc)
         return rc;
@@ -750,22 +782,85 @@ static dbk_rc load_rel(dbk_db *db, dbk_entity *e, const dbk_relation *rel, unsig
     return DBK_OK;
 }
 
+/* True when paths[i]'s first segment already appeared in paths[0..i). */
+static bool seen_before(const char *const *paths, size_t i, size_t len)
+{
+    for (size_t j = 0; j < i; j++)
+        if (strncmp(paths[j], paths[i], len) == 0 &&
+            (paths[j][len] == '.' || paths[j][len] == '\0'))
+            return true;
+    return false;
+}
+
+/* PostgreSQL, two or more relations on one level: their queries do not
+ * depend on each other, so they go out as one batch (one round trip);
+ * pre[i] gets the rows for paths[i] (NULL where nothing was fetched). */
+static dbk_rc prefetch(dbk_db *db, dbk_entity *e, unsigned char *items, size_t n,
+                       const char *const *paths, size_t npaths, dbk_result **pre,
+                       dbk_error *err)
+{
+    dbk_batch *b = NULL;
+    dbk__sb *lits = calloc(npaths, sizeof *lits);
+    size_t *slot = calloc(npaths, sizeof *slot);
+    dbk_rc rc = (!lits || !slot) ? oom(err) : dbk_batch_new(&b, err);
+    for (size_t i = 0; i < npaths && rc == DBK_OK; i++) {
+        const char *dot = strchr(paths[i], '.');
+        size_t len = dot ? (size_t)(dot - paths[i]) : strlen(paths[i]);
+        const dbk_relation *rel = find_rel(e, paths[i], len);
+        if (!rel || seen_before(paths, i, len))
+            continue;
+        const dbk_field *pkey;
+        int match;
+        rel_join(e, rel, &pkey, &match);
+        rc = rel_keys(e, rel, items, n, DBK_ENGINE_POSTGRES, &lits[i], err);
+        if (rc || !lits[i].p)
+            continue;
+        const struct dbk__sql *s = include_sql(rel->target, match, DBK_ENGINE_POSTGRES, err);
+        if (!s) {
+            rc = DBK_ENOMEM;
+            break;
+        }
+        dbk_value p = dbk_textn(lits[i].p, lits[i].len);
+        slot[i] = dbk_batch_count(b) + 1;
+        rc = dbk_batch_add(b, s->sql, &p, 1, err);
+    }
+    if (rc == DBK_OK && dbk_batch_count(b) > 0)
+        rc = dbk_batch_run(db, b, DBK_BATCH_INDEPENDENT, err);
+    for (size_t i = 0; i < npaths && rc == DBK_OK; i++)
+        if (slot && slot[i])
+            pre[i] = dbk_batch_take_result(b, slot[i] - 1);
+    for (size_t i = 0; lits && i < npaths; i++)
+        free(lits[i].p);
+    free(lits);
+    free(slot);
+    dbk_batch_free(b);
+    return rc;
+}
+
 dbk_rc dbk__repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n,
                          const char *const *paths, size_t npaths, dbk_arena *arena,
                          dbk_error *err)
 {
     dbk_rc rc = DBK_OK;
     const char **rest = npaths ? malloc(npaths * sizeof *rest) : NULL;
-    if (npaths && !rest)
+    dbk_result **pre = npaths ? calloc(npaths, sizeof *pre) : NULL;
+    if (npaths && (!rest || !pre)) {
+        free(rest);
+        free(pre);
         return oom(err);
+    }
+    size_t levels = 0;
+    for (size_t i = 0; i < npaths; i++) {
+        const char *dot = strchr(paths[i], '.');
+        if (!seen_before(paths, i, dot ? (size_t)(dot - paths[i]) : strlen(paths[i])))
+            levels++;
+    }
+    if (levels > 1 && dbk__repo_batch_totals && dbk_db_engine(db) == DBK_ENGINE_POSTGRES)
+        rc = prefetch(db, e, items, n, paths, npaths, pre, err);
     for (size_t i = 0; i < npaths && rc == DBK_OK; i++) {
         const char *dot = strchr(paths[i], '.');
         size_t len = dot ? (size_t)(dot - paths[i]) : strlen(paths[i]);
-        bool seen = false;
-        for (size_t j = 0; j < i && !seen; j++)
-            seen = strncmp(paths[j], paths[i], len) == 0 &&
-                   (paths[j][len] == '.' || paths[j][len] == '\0');
-        if (seen)
+        if (seen_before(paths, i, len))
             continue;
         const dbk_relation *rel = find_rel(e, paths[i], len);
         if (!rel) {
@@ -779,7 +874,8 @@ dbk_rc dbk__repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n,
                 rest[nrest++] = paths[j] + len + 1;
         unsigned char *kids;
         size_t nkids;
-        rc = load_rel(db, e, rel, items, n, arena, &kids, &nkids, err);
+        rc = load_rel(db, e, rel, items, n, arena, pre[i], &kids, &nkids, err);
+        pre[i] = NULL;
         if (rc == DBK_OK && nrest && nkids) {
             /* rest[] is reused by the recursion: hand it a copy. */
             const char **sub = malloc(nrest * sizeof *sub);
@@ -792,6 +888,9 @@ dbk_rc dbk__repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n,
             free(sub);
         }
     }
+    for (size_t i = 0; i < npaths; i++)
+        dbk_result_free(pre[i]);
+    free(pre);
     free(rest);
     return rc;
 }

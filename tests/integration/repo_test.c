@@ -557,6 +557,18 @@ static void count_query(void *ctx, const dbk_query_event *ev)
     (*(int *)ctx)++;
 }
 
+struct qcount {
+    int queries, batched;
+};
+
+static void count_batched(void *ctx, const dbk_query_event *ev)
+{
+    struct qcount *q = ctx;
+    q->queries++;
+    if (ev->batch_size)
+        q->batched++;
+}
+
 static void includes(const char *url, dbk_engine eng)
 {
     dbk_conn *c = setup(url, eng);
@@ -619,6 +631,23 @@ static void includes(const char *url, dbk_engine eng)
     assert_non_null(ps[1].author);
     assert_string_equal(ps[1].author->name, "B");
     assert_ptr_equal(ps[0].author, ps[2].author); /* one row per distinct author */
+
+    /* Two relations on one level: one query each; on PostgreSQL the two go
+     * out together in one batch. */
+    struct qcount qc = {0, 0};
+    dbk_db_set_observer(db, count_batched, &qc);
+    const char *const inc4[] = {"author", "comments"};
+    dbk_query pq2 = {.include = inc4, .ninclude = 2, .order_by = "id"};
+    DBKT_OK(dbk_repo_find_many(db, &post_entity, &pq2, &l, a, &err), &err);
+    assert_int_equal(qc.queries, 3);
+    assert_int_equal(qc.batched, eng == DBK_ENGINE_POSTGRES ? 2 : 0);
+    ps = l.items;
+    assert_int_equal(ps[0].id, p1);
+    assert_string_equal(ps[0].author->name, "A");
+    assert_int_equal(ps[0].ncomments, 2);
+    assert_string_equal(ps[1].author->name, "B");
+    assert_int_equal(ps[1].ncomments, 0);
+    dbk_db_set_observer(db, count_query, &queries);
 
     /* Include on rows found one by one. */
     queries = 0;
