@@ -33,6 +33,7 @@
 #                       restarts the PostgreSQL server behind the admin URL, which
 #                       must be a throwaway one (scripts/run-bench.sh sets it inside
 #                       scripts/testenv.sh)
+#      BENCH_RAW_DIR    where to keep wrk's and the services' raw output (default: not kept)
 #      BENCH_STATE_DIR  restart mode writes pg_restarted there (the data directory) so
 #                       the caller can stop the restarted server
 #      DBKIT_TEST_PGBIN (/usr/lib/postgresql/15/bin)
@@ -118,6 +119,9 @@ cleanup() {
   for pid in "${PIDS[@]}"; do
     stop_pid "$pid"
   done
+  if [ -n "${BENCH_RAW_DIR:-}" ]; then
+    mkdir -p "$BENCH_RAW_DIR" && cp "$work"/*.txt "$work"/*.log "$BENCH_RAW_DIR"/ 2>/dev/null || true
+  fi
   rm -rf "$work"
   exit "$rc"
 }
@@ -326,6 +330,7 @@ ROWS
 }
 
 declare -A RPS P99 ERRS CMDS
+LOADS=()
 
 # measure_once KEY SIDE CACHE SCRIPT ARGS ROUND: a fresh service, the
 # warm-up, the measured run; keeps the side's best round.
@@ -341,6 +346,7 @@ measure_once() {
   # shellcheck disable=SC2086
   run_wrk "$SECS" "$work/run-$key-$side-$round.txt" "bench/wrk/$script" $args
   stop_service
+  LOADS+=("$load")
   printf '  %-6s %-16s round %d: %8d req/s  p99 %8s ms  %d requests, %d non-2xx, %d socket errors (load %s)\n' \
     "$side" "$key" "$round" "$W_RPS" "$W_P99" "$W_REQ" "$W_NON2XX" "$W_SOCKERR" "$load"
   if [ "$W_RPS" -gt "${RPS[$key,$side]:--1}" ]; then
@@ -444,7 +450,10 @@ write_table_docs() {
   local table=$1 load=$2 conserved=$3 sec="$work/section.md"
   {
     echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') by \`make bench\` on $(nproc) CPUs shared by wrk, the"
-    echo "service under test, PostgreSQL and Redis (load average before the run: $load). $(versions)."
+    local lr
+    lr=$(printf '%s\n' "${LOADS[@]}" | sort -n | sed -n '1p;$p' | paste -sd- -)
+    echo "service under test, PostgreSQL and Redis (1-minute load average: $load before the run, $lr at the"
+    echo "start of the measured runs; other work on the machine shows up here). $(versions)."
     echo "Each figure is the best of $ROUNDS wrk runs of ${SECS} s, each after a ${WARM} s warm-up on a freshly"
     echo "started service; dbkit and the peer alternate run by run. Data: $USERS users, $ACCOUNTS accounts."
     echo "dbkit: the shop with HTTP_THREADS=${HTTP_THREADS:-$((2 * $(nproc)))}, POOL_MAX=${POOL_MAX:-$((2 * $(nproc)))} (its defaults are 2 × CPUs);"
@@ -553,6 +562,9 @@ run_restart() {
     recovered=$(awk -v t="$last_fail" '$1 > t && $2 == 200 { print $1; exit }' "$work/probe.txt")
     outage=$(awk -v a="$t_restart" -v b="${recovered:-0}" 'BEGIN { if (b > 0) printf "%.1f s from the restart command to the first success after the last failure", b - a; else print "the probe never saw a success after the last failure" }')
   fi
+  local probe_codes
+  probe_codes=$(awk '$2 != 200 { n[$2]++ } END { for (c in n) printf "%s%s × %d", (k++ ? ", " : ""), c, n[c] }' "$work/probe.txt")
+  [ -n "$probe_codes" ] || probe_codes="none"
   local pg_secs
   pg_secs=$(awk -v a="$t_restart" -v b="$t_ready" 'BEGIN { printf "%.1f", b - a }')
 
@@ -569,7 +581,8 @@ run_restart() {
     done
     echo
     echo "PostgreSQL restart (\`pg_ctl restart -m fast\`, 2 s into the \"during\" phase) took ${pg_secs} s;"
-    echo "probe (one GET every 100 ms beside wrk): ${outage}."
+    echo "probe (one GET every 100 ms beside wrk): ${outage}; its failed answers by status: ${probe_codes}"
+    echo "(000: no HTTP answer within 1 s)."
     echo "After recovery (the whole \"after\" phase): ${PH_NON2XX[after]} non-2xx and ${PH_SOCK[after]} socket errors"
     echo "in ${PH_REQ[after]} requests; /health afterwards: $health. Verdict: **$verdict**."
   } >"$res"

@@ -104,11 +104,12 @@ docs=()
 [ "${BENCH_WRITE_DOCS:-1}" = 1 ] && docs=(BENCH_DOCS=docs/benchmarks.md)
 
 if [[ " $PARTS " == *" http "* ]]; then
-  step http_bench env "${docs[@]}" bash bench/http_bench.sh table "$BUILD"
+  step http_bench env "${docs[@]}" BENCH_RAW_DIR="$LOGS/http" bash bench/http_bench.sh table "$BUILD"
 fi
 
 if [[ " $PARTS " == *" restart "* ]]; then
   step restart_load env "${docs[@]}" BENCH_ALLOW_PG_RESTART=1 BENCH_STATE_DIR="$state" \
+    BENCH_RAW_DIR="$LOGS/restart" \
     BENCH_CONNECTIONS=64 bash bench/http_bench.sh restart "$BUILD"
 fi
 
