@@ -25,6 +25,7 @@
  *   HTTP_THREADS  HTTP worker threads (default 2 x cores)
  *   SHOP_PWHASH   "fast" uses libsodium's minimum Argon2id limits (tests)
  *   ACCESS_LOG    "off" silences the per-request line
+ *   SLOW_QUERY_MS statements at least this slow are logged (default 200)
  *   SHUTDOWN_TIMEOUT_MS  longest wait for requests in flight (10000)
  */
 #include <signal.h>
