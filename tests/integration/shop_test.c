@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -91,6 +92,11 @@ static void dump_log(const shop_proc *s)
     fclose(f);
 }
 
+/* The PID of the current test's shop, stopped by the teardown when an
+ * assert ended the test early (0: none running). A PID, not a pointer: the
+ * test's shop_proc lives on a stack an assert has already unwound. */
+static pid_t running_pid;
+
 /* Starts the shop; `env` is a NULL-terminated list of "NAME=value". */
 static void shop_start(shop_proc *s, const char *db_url, const char *cache_url,
                        const char *const *env)
@@ -107,6 +113,10 @@ static void shop_start(shop_proc *s, const char *db_url, const char *cache_url,
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        /* The shop dies with the test process whatever happens to it. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() == 1)
+            _exit(127);
         dup2(pfd[1], STDOUT_FILENO);
         close(pfd[0]);
         close(pfd[1]);
@@ -133,6 +143,7 @@ static void shop_start(shop_proc *s, const char *db_url, const char *cache_url,
     }
     close(pfd[1]);
     s->pid = pid;
+    running_pid = pid;
     /* Read stdout until the "listening on" line, at most 20 s. */
     char buf[4096];
     size_t len = 0;
@@ -159,6 +170,7 @@ static void shop_start(shop_proc *s, const char *db_url, const char *cache_url,
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         s->pid = 0;
+        running_pid = 0;
         dump_log(s);
         fail_msg("the shop did not start within 20 s (stdout: %.*s)", (int)len, buf);
     }
@@ -171,6 +183,8 @@ static int shop_stop(shop_proc *s, int timeout_ms)
 {
     if (s->pid <= 0)
         return -1;
+    if (running_pid == s->pid)
+        running_pid = 0;
     kill(s->pid, SIGTERM);
     int64_t deadline = mono_ms() + timeout_ms;
     int st = 0;
@@ -178,6 +192,10 @@ static int shop_stop(shop_proc *s, int timeout_ms)
         pid_t r = waitpid(s->pid, &st, WNOHANG);
         if (r == s->pid)
             break;
+        if (r < 0) { /* not our child any more */
+            s->pid = 0;
+            return -1;
+        }
         if (mono_ms() > deadline) {
             kill(s->pid, SIGKILL);
             waitpid(s->pid, &st, 0);
@@ -1367,9 +1385,11 @@ static void shop_sigterm_finishes_in_flight(void **state)
         kill(s.pid, SIGKILL);
         waitpid(s.pid, &st, 0);
         s.pid = 0;
+        running_pid = 0;
         fail_msg("the shop did not exit within 10 s of SIGTERM");
     }
     s.pid = 0;
+    running_pid = 0;
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     /* and no longer listens */
@@ -1389,26 +1409,40 @@ static void shop_sigterm_finishes_in_flight(void **state)
     free(url);
 }
 
+/* Always runs after each test, also after a failed assert: the shop is
+ * stopped by its PID (SIGTERM, then SIGKILL after 5 s). */
+static int shop_teardown(void **state)
+{
+    (void)state;
+    if (running_pid > 0) {
+        shop_proc s;
+        memset(&s, 0, sizeof s);
+        s.pid = running_pid;
+        shop_stop(&s, 5000);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(shop_users_sqlite),
-        cmocka_unit_test(shop_users_postgres),
-        cmocka_unit_test(shop_catalog_orders_sqlite),
-        cmocka_unit_test(shop_catalog_orders_postgres),
-        cmocka_unit_test(shop_accounts_transfers_sqlite),
-        cmocka_unit_test(shop_accounts_transfers_postgres),
-        cmocka_unit_test(shop_concurrent_transfers_sqlite),
-        cmocka_unit_test(shop_concurrent_transfers_postgres),
-        cmocka_unit_test(shop_hostile_input_sqlite),
-        cmocka_unit_test(shop_hostile_input_postgres),
-        cmocka_unit_test(shop_health_metrics_sqlite),
-        cmocka_unit_test(shop_health_metrics_postgres),
-        cmocka_unit_test(shop_sigterm_finishes_in_flight),
-        cmocka_unit_test(shop_database_outage_503_then_recovers),
+        cmocka_unit_test_teardown(shop_users_sqlite, shop_teardown),
+        cmocka_unit_test_teardown(shop_users_postgres, shop_teardown),
+        cmocka_unit_test_teardown(shop_catalog_orders_sqlite, shop_teardown),
+        cmocka_unit_test_teardown(shop_catalog_orders_postgres, shop_teardown),
+        cmocka_unit_test_teardown(shop_accounts_transfers_sqlite, shop_teardown),
+        cmocka_unit_test_teardown(shop_accounts_transfers_postgres, shop_teardown),
+        cmocka_unit_test_teardown(shop_concurrent_transfers_sqlite, shop_teardown),
+        cmocka_unit_test_teardown(shop_concurrent_transfers_postgres, shop_teardown),
+        cmocka_unit_test_teardown(shop_hostile_input_sqlite, shop_teardown),
+        cmocka_unit_test_teardown(shop_hostile_input_postgres, shop_teardown),
+        cmocka_unit_test_teardown(shop_health_metrics_sqlite, shop_teardown),
+        cmocka_unit_test_teardown(shop_health_metrics_postgres, shop_teardown),
+        cmocka_unit_test_teardown(shop_sigterm_finishes_in_flight, shop_teardown),
+        cmocka_unit_test_teardown(shop_database_outage_503_then_recovers, shop_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
