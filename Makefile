@@ -1,5 +1,5 @@
 # dbkit - the two commands:
-#   make demo   install what is missing, build, run the demo on SQLite
+#   make demo   install what is missing, build, serve the example shop on SQLite
 #   make test   install what is missing, build, start throwaway PostgreSQL and
 #               Redis, run every test (plain, ASan+UBSan, TSan, fuzz smoke)
 # Other targets: build, bench, fuzz, valgrind, install, format, clean.
@@ -20,7 +20,7 @@ deps-test:
 
 build: deps-demo
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDBKIT_TESTS=OFF -DDBKIT_BENCH=OFF >/dev/null
-	@cmake --build $(BUILD) -j$(JOBS)
+	@cmake --build $(BUILD) -j$(JOBS) -- --no-print-directory
 
 demo: build
 	@bash scripts/demo.sh $(BUILD)
