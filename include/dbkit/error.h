@@ -64,8 +64,9 @@ typedef enum dbk_rc {
     DBK_EREADONLY = 30,          /* write on a read-only database or standby (25006) */
     DBK_EINTERNAL = 31,          /* a bug in dbkit or a protocol surprise */
     DBK_EN_PLUS_ONE = 32,        /* N+1 query pattern detected (diagnostics error mode) */
-    DBK_ENOT_RUN = 33            /* batch statement not executed: an earlier one failed or
-                                    the connection was lost before it was sent */
+    DBK_ENOT_RUN = 33            /* batch statement not executed (an earlier one failed, the
+                                    connection was lost before it was sent) or undone with
+                                    its all-or-nothing batch */
 } dbk_rc;
 
 /* Highest code this version knows. Grows, never shrinks. */
