@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "dbkit/batch.h"
+#include "pgserver.h"
 #include "testutil.h"
 
 static dbk_pool *open_pool(const char *url, int max)
@@ -622,6 +623,78 @@ static void batch_backend_killed_mid_batch(void **state)
     free(url);
 }
 
+/* The server itself killed (`pg_ctl restart -m immediate`, a private
+ * server) while a large batch of writes runs: nothing after the loss is
+ * reported as succeeded, what is reported as succeeded is in the table,
+ * and the pool serves again afterwards without being reopened. */
+struct restarter {
+    dbkt_pgserver *srv;
+    int rc;
+};
+
+static void *restart_main(void *arg)
+{
+    struct restarter *r = arg;
+    struct timespec ts = {0, 400 * 1000000L};
+    nanosleep(&ts, NULL);
+    r->rc = dbkt_pgserver_restart(r->srv, "immediate");
+    return NULL;
+}
+
+static void batch_server_killed_mid_batch(void **state)
+{
+    (void)state;
+    dbkt_pgserver *srv = dbkt_pgserver_start();
+    dbk_pool *pool = open_pool(dbkt_pgserver_url(srv), 2);
+    dbk_db *db = dbk_pool_db(pool);
+    dbkt_exec(db, "CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL)");
+    dbk_error err;
+    dbk_batch *b = NULL;
+    DBKT_OK(dbk_batch_new(&b, &err), &err);
+    enum { N = 3000, SLEEP_AT = 1000 };
+    for (int i = 0; i < N; i++) {
+        if (i == SLEEP_AT)
+            add(b, "SELECT pg_sleep(3)", NULL, 0);
+        else
+            add_insert(b, i, "row");
+    }
+    struct restarter r = {srv, -1};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, restart_main, &r), 0);
+    dbk_rc rc = dbk_batch_run(db, b, DBK_BATCH_INDEPENDENT, &err);
+    pthread_join(th, NULL);
+    assert_int_equal(r.rc, 0);
+    if (rc != DBK_ECONN_LOST && rc != DBK_EUNAVAILABLE)
+        fail_msg("the batch returned %s: %s", dbk_rc_name(rc), err.message);
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        dbk_rc ri = dbk_batch_rc(b, (size_t)i);
+        if (ri == DBK_OK && i >= SLEEP_AT)
+            fail_msg("statement %d after the loss reported success", i);
+        if (ri == DBK_OK)
+            ok++;
+        else if (ri != DBK_ECONN_LOST && ri != DBK_ENOT_RUN && ri != DBK_EUNAVAILABLE)
+            fail_msg("statement %d reported %s", i, dbk_rc_name(ri));
+    }
+    /* The pool recovers by itself: the next batch runs. */
+    dbk_batch_clear(b);
+    add(b, "SELECT count(*) FROM t", NULL, 0);
+    add_insert(b, N + 1, "after");
+    rc = DBK_ECONN_LOST;
+    for (int attempt = 0; attempt < 50 && rc != DBK_OK; attempt++) {
+        rc = dbk_batch_run(db, b, DBK_BATCH_INDEPENDENT, &err);
+        if (rc != DBK_OK) {
+            struct timespec ts = {0, 100 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    DBKT_OK(rc, &err);
+    assert_int_equal(cell_int(dbk_batch_result(b, 0), 0, 0), ok);
+    dbk_batch_free(b);
+    dbk_pool_close(pool, 1000);
+    dbkt_pgserver_stop(srv);
+}
+
 /* ---- parallel: 4 tasks, a pool of 2 ---- */
 
 struct ptask {
@@ -736,6 +809,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(batch_user_and_orders_on_sqlite),
         cmocka_unit_test(batch_repeated_sql_and_wide_rows),
         cmocka_unit_test(batch_backend_killed_mid_batch),
+        cmocka_unit_test(batch_server_killed_mid_batch),
         cmocka_unit_test(batch_parallel_more_tasks_than_connections),
         cmocka_unit_test(batch_misuse_is_reported),
     };
