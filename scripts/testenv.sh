@@ -3,7 +3,8 @@
 #
 #   scripts/testenv.sh -- COMMAND [ARGS...]
 #       starts both servers on free loopback ports, exports
-#       DBKIT_TEST_PG_URL, DBKIT_TEST_REDIS_URL and DBKIT_TEST_PGBIN, runs
+#       DBKIT_TEST_PG_URL, DBKIT_TEST_REDIS_URL, DBKIT_TEST_PGBIN and
+#       DBKIT_TEST_PGDATA (the server's data directory), runs
 #       COMMAND, and stops both servers by PID on exit, also when COMMAND
 #       fails or the script is interrupted. Exits with COMMAND's status.
 #   scripts/testenv.sh --start-only
@@ -42,8 +43,13 @@ pg_pid=""
 redis_pid=""
 stop_all() {
   local rc=$?
-  if [ -n "$pg_pid" ] && kill -0 "$pg_pid" 2>/dev/null; then
-    "${as_pg[@]}" "$PGBIN/pg_ctl" -D "$base/pg" -m immediate -w stop >/dev/null 2>&1 || kill "$pg_pid" 2>/dev/null || true
+  # The server in our data directory, whatever its PID now: a benchmark may
+  # have restarted it (pg_ctl restart gives the postmaster a new PID).
+  local cur=""
+  [ -f "$base/pg/postmaster.pid" ] && cur=$(head -1 "$base/pg/postmaster.pid" 2>/dev/null || true)
+  if { [ -n "$cur" ] && kill -0 "$cur" 2>/dev/null; } || { [ -n "$pg_pid" ] && kill -0 "$pg_pid" 2>/dev/null; }; then
+    "${as_pg[@]}" "$PGBIN/pg_ctl" -D "$base/pg" -m immediate -w stop >/dev/null 2>&1 \
+      || kill ${cur:+"$cur"} ${pg_pid:+"$pg_pid"} 2>/dev/null || true
   fi
   if [ -n "$redis_pid" ] && kill -0 "$redis_pid" 2>/dev/null; then
     kill "$redis_pid" 2>/dev/null || true
@@ -92,6 +98,7 @@ done
 export DBKIT_TEST_PG_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 export DBKIT_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/0"
 export DBKIT_TEST_PGBIN="$PGBIN"
+export DBKIT_TEST_PGDATA="$base/pg"
 echo "testenv: PostgreSQL on 127.0.0.1:$pg_port (pid $pg_pid), Redis on 127.0.0.1:$redis_port (pid $redis_pid)"
 
 if [ "${1:-}" = "--start-only" ]; then
@@ -99,6 +106,7 @@ if [ "${1:-}" = "--start-only" ]; then
   echo "export DBKIT_TEST_PG_URL=$DBKIT_TEST_PG_URL"
   echo "export DBKIT_TEST_REDIS_URL=$DBKIT_TEST_REDIS_URL"
   echo "export DBKIT_TEST_PGBIN=$DBKIT_TEST_PGBIN"
+  echo "export DBKIT_TEST_PGDATA=$DBKIT_TEST_PGDATA"
   echo "# stop with: ${as_pg[*]} $PGBIN/pg_ctl -D $base/pg -m fast stop; kill $redis_pid; rm -rf $base"
   exit 0
 fi
