@@ -18,6 +18,7 @@
  * non-OK code, which rolls everything back.
  */
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,21 +183,112 @@ static bool valid_status(const char *s)
     return false;
 }
 
-static dbk_tx_opts tx_opts(void)
+/* Why a transaction closure gave up: the status, code and message the
+ * client gets. Decided inside the closure, which resets it first since a
+ * retried attempt may succeed; status 0 means it did not give up. */
+typedef struct tx_fail {
+    int status;
+    const char *code;
+    char msg[160];
+} tx_fail;
+
+/* Records why the closure gives up (the closure then returns non-OK). */
+static void tx_fail_set(tx_fail *f, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void tx_fail_set(tx_fail *f, int status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(f->msg, sizeof f->msg, fmt, ap);
+    va_end(ap);
+    f->status = status;
+    f->code = code;
+}
+
+/* Runs closure fn in a transaction with the automatic retry (each retry
+ * counted in /metrics) and answers a failure: the closure's own reason when
+ * it recorded one in *f, else the mapped rc with 404s naming `what`. True
+ * when the transaction committed and the caller is to reply. */
+static bool run_tx(shop_resp *rs, dbk_tx_fn fn, void *ctx, tx_fail *f, const char *what)
 {
     dbk_tx_opts o;
     memset(&o, 0, sizeof o);
     o.on_retry = shop_on_tx_retry;
-    return o;
+    dbk_error err;
+    dbk_rc rc = dbk_transaction(shop.db, fn, ctx, &o, &err);
+    if (rc == DBK_OK)
+        return true;
+    if (f->status)
+        shop_reply_error(rs, f->status, f->code, "%s", f->msg);
+    else
+        shop_reply_rc(rs, rc, &err, what);
+    return false;
+}
+
+/* The reply path every handler ends a database call with: when rc is not
+ * DBK_OK, answers with the mapped error (404s name `what`) and returns true,
+ * so the caller just returns. Handlers map the codes they expect (a unique
+ * or foreign-key violation) themselves before calling this. */
+static bool reply_failed(shop_resp *rs, dbk_rc rc, const dbk_error *err, const char *what)
+{
+    if (rc == DBK_OK)
+        return false;
+    shop_reply_rc(rs, rc, err, what);
+    return true;
+}
+
+/* Answers a failure the handler expects and names itself (a unique or
+ * foreign-key violation): when rc is `expected`, replies `status` with
+ * `code` and `msg` and returns true. */
+static bool reply_expected(shop_resp *rs, dbk_rc rc, dbk_rc expected, int status, const char *code,
+                           const char *msg)
+{
+    if (rc != expected)
+        return false;
+    shop_reply_error(rs, status, code, "%s", msg);
+    return true;
+}
+
+/* Reads row `id` of entity e straight from the repository into *row (a
+ * struct of the entity's type, allocated by the caller); false when it
+ * failed and the error has been answered, 404 naming `what`. */
+static bool find_or_reply(shop_req *rq, shop_resp *rs, dbk_entity *e, int64_t id,
+                          void *row, const char *what)
+{
+    dbk_error err;
+    dbk_rc rc = dbk_repo_find_by_id(shop.db, e, dbk_int64(id), row, rq->arena, &err);
+    return !reply_failed(rs, rc, &err, what);
 }
 
 /* ---- users: cached when a cache is configured ---- */
 
-static dbk_rc user_find(dbk_db *db, int64_t id, shop_user *u, dbk_arena *a, dbk_error *err)
+/* Reads user `id`, through the cache when there is one; false when it
+ * failed and the error has been answered, 404 naming `what` ("user", or the
+ * role the user plays in the request: "author", "owner"). */
+static bool user_find(shop_req *rq, shop_resp *rs, int64_t id, shop_user *u, const char *what)
 {
-    if (shop.users)
-        return dbk_cached_find_by_id(shop.users, db, dbk_int64(id), u, a, err);
-    return dbk_repo_find_by_id(db, &shop_user_entity, dbk_int64(id), u, a, err);
+    dbk_error err;
+    dbk_rc rc = shop.users
+                    ? dbk_cached_find_by_id(shop.users, shop.db, dbk_int64(id), u, rq->arena, &err)
+                    : dbk_repo_find_by_id(shop.db, &shop_user_entity, dbk_int64(id), u, rq->arena,
+                                          &err);
+    return !reply_failed(rs, rc, &err, what);
+}
+
+/* The posts of user `user_id` in id order: every one of them, or when
+ * `capped` at most one page of DBK_REPO_MAX_LIMIT. */
+static dbk_rc user_posts_find(shop_req *rq, int64_t user_id, bool capped, dbk_list *list,
+                              dbk_error *err)
+{
+    dbk_filter f = DBK_WHERE("user_id", DBK_EQ, dbk_int64(user_id));
+    dbk_query q;
+    memset(&q, 0, sizeof q);
+    q.filters = &f;
+    q.nfilters = 1;
+    q.order_by = "id";
+    q.has_limit = capped;
+    q.limit = capped ? DBK_REPO_MAX_LIMIT : 0;
+    return dbk_repo_find_many(shop.db, &shop_post_entity, &q, list, rq->arena, err);
 }
 
 static void users_create(shop_req *rq, shop_resp *rs)
@@ -229,27 +321,19 @@ static void users_create(shop_req *rq, shop_resp *rs)
                            : dbk_repo_create(shop.db, &shop_user_entity, &in, &out, rq->arena,
                                              &err);
     sodium_memzero(hash, sizeof hash);
-    if (rc == DBK_EUNIQUE) {
-        shop_reply_error(rs, 409, "email_taken", "a user with this e-mail already exists");
+    if (reply_expected(rs, rc, DBK_EUNIQUE, 409, "email_taken",
+                       "a user with this e-mail already exists"))
         return;
-    }
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "user");
+    if (reply_failed(rs, rc, &err, "user"))
         return;
-    }
     shop_reply_json(rs, 201, shop_user_json(&out, false));
 }
 
 static void users_get(shop_req *rq, shop_resp *rs, int64_t id)
 {
     shop_user u;
-    dbk_error err;
-    dbk_rc rc = user_find(shop.db, id, &u, rq->arena, &err);
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "user");
-        return;
-    }
-    shop_reply_json(rs, 200, shop_user_json(&u, false));
+    if (user_find(rq, rs, id, &u, "user"))
+        shop_reply_json(rs, 200, shop_user_json(&u, false));
 }
 
 static void users_by_email(shop_req *rq, shop_resp *rs)
@@ -270,10 +354,8 @@ static void users_by_email(shop_req *rq, shop_resp *rs)
                                                 rq->arena, &err)
                            : dbk_repo_find_by(shop.db, &shop_user_entity, "email",
                                               dbk_text(email), &u, rq->arena, &err);
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "user");
+    if (reply_failed(rs, rc, &err, "user"))
         return;
-    }
     shop_reply_json(rs, 200, shop_user_json(&u, false));
 }
 
@@ -367,20 +449,12 @@ static void users_list(shop_req *rq, shop_resp *rs)
     dbk_list list;
     dbk_error err;
     dbk_rc rc = dbk_repo_find_many(shop.db, &shop_user_entity, &q, &list, rq->arena, &err);
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "user");
+    if (reply_failed(rs, rc, &err, "user"))
         return;
-    }
     shop_user *items = list.items;
     for (size_t i = 0; loop && i < list.count; i++) {
-        dbk_filter f = DBK_WHERE("user_id", DBK_EQ, dbk_int64(items[i].id));
-        dbk_query pq;
-        memset(&pq, 0, sizeof pq);
-        pq.filters = &f;
-        pq.nfilters = 1;
-        pq.order_by = "id";
         dbk_list posts;
-        rc = dbk_repo_find_many(shop.db, &shop_post_entity, &pq, &posts, rq->arena, &err);
+        rc = user_posts_find(rq, items[i].id, false, &posts, &err);
         if (rc != DBK_OK) {
             shop_reply_rc(rs, rc, &err, "post");
             return;
@@ -443,14 +517,11 @@ static void users_patch(shop_req *rq, shop_resp *rs, int64_t id)
                                                &out, rq->arena, &err)
                            : dbk_repo_update(shop.db, &shop_user_entity, dbk_int64(id), &in,
                                              fields, nf, &out, rq->arena, &err);
-    if (rc == DBK_EUNIQUE) {
-        shop_reply_error(rs, 409, "email_taken", "a user with this e-mail already exists");
+    if (reply_expected(rs, rc, DBK_EUNIQUE, 409, "email_taken",
+                       "a user with this e-mail already exists"))
         return;
-    }
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "user");
+    if (reply_failed(rs, rc, &err, "user"))
         return;
-    }
     shop_reply_json(rs, 200, shop_user_json(&out, false));
 }
 
@@ -461,40 +532,24 @@ static void users_delete(shop_req *rq, shop_resp *rs, int64_t id)
                     ? dbk_cached_delete(shop.users, shop.db, dbk_int64(id), NULL, rq->arena, &err)
                     : dbk_repo_delete(shop.db, &shop_user_entity, dbk_int64(id), NULL, rq->arena,
                                       &err);
-    if (rc == DBK_EFOREIGN_KEY) {
-        shop_reply_error(rs, 409, "in_use", "the user still has orders or accounts");
+    if (reply_expected(rs, rc, DBK_EFOREIGN_KEY, 409, "in_use",
+                       "the user still has orders or accounts"))
         return;
-    }
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "user");
+    if (reply_failed(rs, rc, &err, "user"))
         return;
-    }
     rs->status = 204;
 }
 
 static void users_posts(shop_req *rq, shop_resp *rs, int64_t id)
 {
     shop_user u;
-    dbk_error err;
-    dbk_rc rc = user_find(shop.db, id, &u, rq->arena, &err);
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "user");
+    if (!user_find(rq, rs, id, &u, "user"))
         return;
-    }
-    dbk_filter f = DBK_WHERE("user_id", DBK_EQ, dbk_int64(id));
-    dbk_query q;
-    memset(&q, 0, sizeof q);
-    q.filters = &f;
-    q.nfilters = 1;
-    q.order_by = "id";
-    q.has_limit = true;
-    q.limit = DBK_REPO_MAX_LIMIT;
     dbk_list list;
-    rc = dbk_repo_find_many(shop.db, &shop_post_entity, &q, &list, rq->arena, &err);
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "post");
+    dbk_error err;
+    dbk_rc rc = user_posts_find(rq, id, true, &list, &err);
+    if (reply_failed(rs, rc, &err, "post"))
         return;
-    }
     json_t *arr = json_array();
     const shop_post *p = list.items;
     for (size_t i = 0; i < list.count; i++)
@@ -525,12 +580,8 @@ static void posts_create(shop_req *rq, shop_resp *rs)
         published = json_is_true(pv);
     }
     shop_user u;
-    dbk_error err;
-    dbk_rc rc = user_find(shop.db, author, &u, rq->arena, &err);
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "author");
+    if (!user_find(rq, rs, author, &u, "author"))
         return;
-    }
     /* The slug: the title's letters and digits, then a random suffix so two
      * posts with one title never collide. */
     char slug[96];
@@ -551,28 +602,20 @@ static void posts_create(shop_req *rq, shop_resp *rs)
     in.title = title;
     in.body = body;
     in.published = published;
-    rc = dbk_repo_create(shop.db, &shop_post_entity, &in, &out, rq->arena, &err);
-    if (rc == DBK_EFOREIGN_KEY) {
-        shop_reply_error(rs, 404, "not_found", "author not found");
+    dbk_error err;
+    dbk_rc rc = dbk_repo_create(shop.db, &shop_post_entity, &in, &out, rq->arena, &err);
+    if (reply_expected(rs, rc, DBK_EFOREIGN_KEY, 404, "not_found", "author not found"))
         return;
-    }
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "post");
+    if (reply_failed(rs, rc, &err, "post"))
         return;
-    }
     shop_reply_json(rs, 201, shop_post_json(&out));
 }
 
 static void posts_get(shop_req *rq, shop_resp *rs, int64_t id)
 {
     shop_post p;
-    dbk_error err;
-    dbk_rc rc = dbk_repo_find_by_id(shop.db, &shop_post_entity, dbk_int64(id), &p, rq->arena, &err);
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "post");
-        return;
-    }
-    shop_reply_json(rs, 200, shop_post_json(&p));
+    if (find_or_reply(rq, rs, &shop_post_entity, id, &p, "post"))
+        shop_reply_json(rs, 200, shop_post_json(&p));
 }
 
 /* ---- products ---- */
@@ -602,28 +645,19 @@ static void products_create(shop_req *rq, shop_resp *rs)
     in.stock = stock;
     dbk_error err;
     dbk_rc rc = dbk_repo_create(shop.db, &shop_product_entity, &in, &out, rq->arena, &err);
-    if (rc == DBK_EUNIQUE) {
-        shop_reply_error(rs, 409, "sku_taken", "a product with this sku already exists");
+    if (reply_expected(rs, rc, DBK_EUNIQUE, 409, "sku_taken",
+                       "a product with this sku already exists"))
         return;
-    }
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "product");
+    if (reply_failed(rs, rc, &err, "product"))
         return;
-    }
     shop_reply_json(rs, 201, shop_product_json(&out));
 }
 
 static void products_get(shop_req *rq, shop_resp *rs, int64_t id)
 {
     shop_product p;
-    dbk_error err;
-    dbk_rc rc =
-        dbk_repo_find_by_id(shop.db, &shop_product_entity, dbk_int64(id), &p, rq->arena, &err);
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "product");
-        return;
-    }
-    shop_reply_json(rs, 200, shop_product_json(&p));
+    if (find_or_reply(rq, rs, &shop_product_entity, id, &p, "product"))
+        shop_reply_json(rs, 200, shop_product_json(&p));
 }
 
 /* ---- orders ---- */
@@ -636,9 +670,7 @@ typedef struct order_ctx {
     size_t n;
     shop_order order;
     dbk_arena *arena;
-    int fail_status; /* 404 / 409 decided inside the closure */
-    const char *fail_code;
-    char fail_msg[160];
+    tx_fail fail; /* 404 / 409 decided inside the closure */
 } order_ctx;
 
 const char shop_sql_take_stock[] =
@@ -653,15 +685,12 @@ static int cmp_line(const void *a, const void *b)
 static dbk_rc order_tx(dbk_db *tx, void *vctx, dbk_error *err)
 {
     order_ctx *c = vctx;
-    c->fail_status = 0;
+    c->fail.status = 0;
     shop_user u;
     dbk_rc rc = dbk_repo_find_by_id(tx, &shop_user_entity, dbk_int64(c->user_id), &u, c->arena,
                                     err);
-    if (rc == DBK_ENOT_FOUND) {
-        c->fail_status = 404;
-        c->fail_code = "not_found";
-        snprintf(c->fail_msg, sizeof c->fail_msg, "user not found");
-    }
+    if (rc == DBK_ENOT_FOUND)
+        tx_fail_set(&c->fail, 404, "not_found", "user not found");
     if (rc != DBK_OK)
         return rc;
     /* Lines are sorted by product id, so two orders lock products in the
@@ -686,19 +715,15 @@ static dbk_rc order_tx(dbk_db *tx, void *vctx, dbk_error *err)
         rc = dbk_db_query_int64(tx, "SELECT stock FROM products WHERE id = $1", &p[1], 1, &stock,
                                 err);
         if (rc == DBK_ENOT_FOUND) {
-            c->fail_status = 404;
-            c->fail_code = "not_found";
-            snprintf(c->fail_msg, sizeof c->fail_msg, "product %lld not found",
-                     (long long)l->product_id);
+            tx_fail_set(&c->fail, 404, "not_found", "product %lld not found",
+                        (long long)l->product_id);
             return rc;
         }
         if (rc != DBK_OK)
             return rc;
-        c->fail_status = 409;
-        c->fail_code = "insufficient_stock";
-        snprintf(c->fail_msg, sizeof c->fail_msg,
-                 "product %lld has %lld in stock, %lld ordered", (long long)l->product_id,
-                 (long long)stock, (long long)l->quantity);
+        tx_fail_set(&c->fail, 409, "insufficient_stock",
+                    "product %lld has %lld in stock, %lld ordered", (long long)l->product_id,
+                    (long long)stock, (long long)l->quantity);
         return DBK_ECHECK;
     }
     shop_order in = {0};
@@ -774,32 +799,20 @@ static void orders_create(shop_req *rq, shop_resp *rs)
         }
     }
     qsort(c->lines, c->n, sizeof c->lines[0], cmp_line);
-    dbk_tx_opts o = tx_opts();
-    dbk_error err;
-    dbk_rc rc = dbk_transaction(shop.db, order_tx, c, &o, &err);
-    if (rc != DBK_OK) {
-        if (c->fail_status)
-            shop_reply_error(rs, c->fail_status, c->fail_code, "%s", c->fail_msg);
-        else
-            shop_reply_rc(rs, rc, &err, "order");
-        return;
-    }
-    shop_reply_json(rs, 201, shop_order_json(&c->order));
+    if (run_tx(rs, order_tx, c, &c->fail, "order"))
+        shop_reply_json(rs, 201, shop_order_json(&c->order));
 }
 
 static void orders_get(shop_req *rq, shop_resp *rs, int64_t id)
 {
     shop_order o;
-    dbk_error err;
-    dbk_rc rc = dbk_repo_find_by_id(shop.db, &shop_order_entity, dbk_int64(id), &o, rq->arena, &err);
-    if (rc == DBK_OK) {
-        static const char *const inc[] = {"items"};
-        rc = dbk_repo_include(shop.db, &shop_order_entity, &o, 1, inc, 1, rq->arena, &err);
-    }
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "order");
+    if (!find_or_reply(rq, rs, &shop_order_entity, id, &o, "order"))
         return;
-    }
+    static const char *const inc[] = {"items"};
+    dbk_error err;
+    dbk_rc rc = dbk_repo_include(shop.db, &shop_order_entity, &o, 1, inc, 1, rq->arena, &err);
+    if (reply_failed(rs, rc, &err, "order"))
+        return;
     shop_reply_json(rs, 200, shop_order_json(&o));
 }
 
@@ -817,12 +830,8 @@ static void accounts_create(shop_req *rq, shop_resp *rs)
         get_str(rs, rq->body, "name", false, 1, 100, false, &name) < 0)
         return;
     shop_user u;
-    dbk_error err;
-    dbk_rc rc = user_find(shop.db, owner, &u, rq->arena, &err);
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "owner");
+    if (!user_find(rq, rs, owner, &u, "owner"))
         return;
-    }
     char gen[48];
     if (!name) {
         snprintf(gen, sizeof gen, "acct-%lld-", (long long)owner);
@@ -833,47 +842,35 @@ static void accounts_create(shop_req *rq, shop_resp *rs)
     in.name = name;
     in.user_id = owner;
     in.balance_cents = balance;
-    rc = dbk_repo_create(shop.db, &shop_account_entity, &in, &out, rq->arena, &err);
-    if (rc == DBK_EUNIQUE) {
-        shop_reply_error(rs, 409, "name_taken", "an account with this name already exists");
+    dbk_error err;
+    dbk_rc rc = dbk_repo_create(shop.db, &shop_account_entity, &in, &out, rq->arena, &err);
+    if (reply_expected(rs, rc, DBK_EUNIQUE, 409, "name_taken",
+                       "an account with this name already exists"))
         return;
-    }
-    if (rc == DBK_EFOREIGN_KEY) {
-        shop_reply_error(rs, 404, "not_found", "owner not found");
+    if (reply_expected(rs, rc, DBK_EFOREIGN_KEY, 404, "not_found", "owner not found"))
         return;
-    }
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "account");
+    if (reply_failed(rs, rc, &err, "account"))
         return;
-    }
     shop_reply_json(rs, 201, shop_account_json(&out));
 }
 
 static void accounts_get(shop_req *rq, shop_resp *rs, int64_t id)
 {
     shop_account a;
-    dbk_error err;
-    dbk_rc rc =
-        dbk_repo_find_by_id(shop.db, &shop_account_entity, dbk_int64(id), &a, rq->arena, &err);
-    if (rc != DBK_OK) {
-        shop_reply_rc(rs, rc, &err, "account");
-        return;
-    }
-    shop_reply_json(rs, 200, shop_account_json(&a));
+    if (find_or_reply(rq, rs, &shop_account_entity, id, &a, "account"))
+        shop_reply_json(rs, 200, shop_account_json(&a));
 }
 
 typedef struct xfer_ctx {
     int64_t from, to, amount;
     int64_t from_balance, to_balance;
-    int fail_status;
-    const char *fail_code;
-    char fail_msg[120];
+    tx_fail fail;
 } xfer_ctx;
 
 static dbk_rc transfer_tx(dbk_db *tx, void *vctx, dbk_error *err)
 {
     xfer_ctx *c = vctx;
-    c->fail_status = 0;
+    c->fail.status = 0;
     /* Both rows are locked before either changes, lower id first (the
      * ORDER BY sits below the row locking in PostgreSQL's plan), so two
      * opposite transfers queue instead of deadlocking. SQLite's BEGIN
@@ -907,17 +904,13 @@ static dbk_rc transfer_tx(dbk_db *tx, void *vctx, dbk_error *err)
     }
     dbk_result_free(r);
     if (!have_from || !have_to) {
-        c->fail_status = 404;
-        c->fail_code = "not_found";
-        snprintf(c->fail_msg, sizeof c->fail_msg, "account %lld not found",
-                 (long long)(have_from ? c->to : c->from));
+        tx_fail_set(&c->fail, 404, "not_found", "account %lld not found",
+                    (long long)(have_from ? c->to : c->from));
         return DBK_ENOT_FOUND;
     }
     if (from_bal < c->amount) {
-        c->fail_status = 409;
-        c->fail_code = "insufficient_funds";
-        snprintf(c->fail_msg, sizeof c->fail_msg, "account %lld has insufficient funds",
-                 (long long)c->from);
+        tx_fail_set(&c->fail, 409, "insufficient_funds",
+                    "account %lld has insufficient funds", (long long)c->from);
         return DBK_ECHECK;
     }
     /* Both balances in one statement: one round trip fewer than two. */
@@ -932,9 +925,7 @@ static dbk_rc transfer_tx(dbk_db *tx, void *vctx, dbk_error *err)
     if (rc != DBK_OK)
         return rc;
     if (changed != 2) { /* cannot happen with both rows locked; never half a transfer */
-        c->fail_status = 500;
-        c->fail_code = "internal";
-        snprintf(c->fail_msg, sizeof c->fail_msg, "internal error");
+        tx_fail_set(&c->fail, 500, "internal", "internal error");
         fprintf(stderr, "shop: transfer updated %lld rows instead of 2\n", (long long)changed);
         return DBK_EINTERNAL;
     }
@@ -962,16 +953,8 @@ static void transfers_create(shop_req *rq, shop_resp *rs)
         shop_reply_error(rs, 400, "invalid_value", "the two accounts must differ");
         return;
     }
-    dbk_tx_opts o = tx_opts();
-    dbk_error err;
-    dbk_rc rc = dbk_transaction(shop.db, transfer_tx, &c, &o, &err);
-    if (rc != DBK_OK) {
-        if (c.fail_status)
-            shop_reply_error(rs, c.fail_status, c.fail_code, "%s", c.fail_msg);
-        else
-            shop_reply_rc(rs, rc, &err, "account");
+    if (!run_tx(rs, transfer_tx, &c, &c.fail, "account"))
         return;
-    }
     shop_reply_json(rs, 200,
                     json_pack("{s:{s:I,s:I},s:{s:I,s:I},s:I}", "from", "id", (json_int_t)c.from,
                               "balance_cents", (json_int_t)c.from_balance, "to", "id",

@@ -14,6 +14,7 @@
  * (dbk_pool_stats_get), the cache (dbk_cache_stats_get), transaction
  * retries, and the diagnostics hub's output when present.
  */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -156,9 +157,27 @@ static void sb_printf(sbuf *b, const char *fmt, ...)
     }
 }
 
+/* The # HELP and # TYPE lines that open every metric family. */
+static void metric_head(sbuf *b, const char *name, const char *type, const char *help)
+{
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* A family of one sample without labels. */
 static void metric(sbuf *b, const char *name, const char *type, const char *help, double v)
 {
-    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
+    metric_head(b, name, type, help);
+    sb_printf(b, "%s %.17g\n", name, v);
+}
+
+/* One cumulative bucket of histogram `name`: `cum` samples at or below
+ * `le` seconds; an infinite bound is written +Inf. */
+static void hist_bucket(sbuf *b, const char *name, double le, uint64_t cum)
+{
+    if (isinf(le))
+        sb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    else
+        sb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, le, (unsigned long long)cum);
 }
 
 static uint64_t ld(atomic_uint_fast64_t *a)
@@ -178,8 +197,7 @@ void shop_handle_metrics(shop_req *rq, shop_resp *rs)
 
     metric(&b, "shop_http_requests_total", "counter", "HTTP requests received.",
            (double)ld(&shop.requests));
-    sb_printf(&b, "# HELP shop_http_responses_total HTTP responses by status class.\n"
-                  "# TYPE shop_http_responses_total counter\n");
+    metric_head(&b, "shop_http_responses_total", "counter", "HTTP responses by status class.");
     for (int c = 1; c <= 5; c++)
         sb_printf(&b, "shop_http_responses_total{class=\"%dxx\"} %llu\n", c,
                   (unsigned long long)ld(&shop.responses_by_class[c]));
@@ -191,17 +209,13 @@ void shop_handle_metrics(shop_req *rq, shop_resp *rs)
            (double)ld(&shop.queries));
     metric(&b, "shop_db_query_errors_total", "counter", "SQL statements that failed.",
            (double)ld(&shop.query_errors));
-    sb_printf(&b, "# HELP shop_db_query_duration_seconds SQL statement duration.\n"
-                  "# TYPE shop_db_query_duration_seconds histogram\n");
+    metric_head(&b, "shop_db_query_duration_seconds", "histogram", "SQL statement duration.");
     uint64_t cum = 0;
-    for (int i = 0; i < SHOP_QHIST_N; i++) {
+    for (int i = 0; i <= SHOP_QHIST_N; i++) {
         cum += ld(&shop.query_hist[i]);
-        sb_printf(&b, "shop_db_query_duration_seconds_bucket{le=\"%g\"} %llu\n", qbounds[i],
-                  (unsigned long long)cum);
+        hist_bucket(&b, "shop_db_query_duration_seconds", i < SHOP_QHIST_N ? qbounds[i] : INFINITY,
+                    cum);
     }
-    cum += ld(&shop.query_hist[SHOP_QHIST_N]);
-    sb_printf(&b, "shop_db_query_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
-              (unsigned long long)cum);
     sb_printf(&b, "shop_db_query_duration_seconds_sum %.9f\n",
               (double)ld(&shop.query_ns_sum) / 1e9);
     sb_printf(&b, "shop_db_query_duration_seconds_count %llu\n", (unsigned long long)cum);
@@ -234,17 +248,15 @@ void shop_handle_metrics(shop_req *rq, shop_resp *rs)
                "Connections closed because lost, broken or invalid.", (double)ps.discarded);
         metric(&b, "shop_pool_breaker_open", "gauge", "1 while the connect breaker is open.",
                ps.breaker_open ? 1.0 : 0.0);
-        sb_printf(&b, "# HELP shop_pool_acquire_seconds Time to acquire a connection.\n"
-                      "# TYPE shop_pool_acquire_seconds histogram\n");
+        metric_head(&b, "shop_pool_acquire_seconds", "histogram",
+                    "Time to acquire a connection.");
         uint64_t c2 = 0;
         for (int i = 0; i < DBK_POOL_LATENCY_BUCKETS; i++) {
             c2 += ps.latency_count[i];
-            if (ps.latency_le_us[i] == INT64_MAX)
-                sb_printf(&b, "shop_pool_acquire_seconds_bucket{le=\"+Inf\"} %llu\n",
-                          (unsigned long long)c2);
-            else
-                sb_printf(&b, "shop_pool_acquire_seconds_bucket{le=\"%g\"} %llu\n",
-                          (double)ps.latency_le_us[i] / 1e6, (unsigned long long)c2);
+            hist_bucket(&b, "shop_pool_acquire_seconds",
+                        ps.latency_le_us[i] == INT64_MAX ? INFINITY
+                                                         : (double)ps.latency_le_us[i] / 1e6,
+                        c2);
         }
         sb_printf(&b, "shop_pool_acquire_seconds_count %llu\n", (unsigned long long)c2);
     }
