@@ -248,22 +248,33 @@ static void res_free(res *r)
     memset(r, 0, sizeof *r);
 }
 
+/* A curl handle for the shop's `path`, bounded to timeout_ms, collecting
+ * the answer's body into *r (zeroed by the caller); NULL when curl cannot
+ * allocate one. Safe off the main thread: it asserts nothing. */
+static CURL *easy_for(const shop_proc *s, const char *path, long timeout_ms, res *r)
+{
+    CURL *c = curl_easy_init();
+    if (!c)
+        return NULL;
+    char url[4096];
+    snprintf(url, sizeof url, "%s%s", s->base, path);
+    curl_easy_setopt(c, CURLOPT_URL, url); /* curl keeps its own copy */
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+    return c;
+}
+
 static res http(const shop_proc *s, const char *method, const char *path, const char *body,
                 long bodylen)
 {
     res r;
     memset(&r, 0, sizeof r);
     r.queries = -1;
-    CURL *c = curl_easy_init();
+    CURL *c = easy_for(s, path, 15000L, &r);
     assert_non_null(c);
-    char url[4096];
-    snprintf(url, sizeof url, "%s%s", s->base, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 15000L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
@@ -286,9 +297,6 @@ static res http(const shop_proc *s, const char *method, const char *path, const 
 }
 
 #define GET(s, path) http((s), "GET", (path), NULL, -1)
-#define POST(s, path, body) http((s), "POST", (path), (body), -1)
-#define PATCH(s, path, body) http((s), "PATCH", (path), (body), -1)
-#define DEL(s, path) http((s), "DELETE", (path), NULL, -1)
 
 /* Asserts the status, printing the body when it differs. */
 #define EXPECT(r, st)                                                                       \
@@ -297,6 +305,18 @@ static res http(const shop_proc *s, const char *method, const char *path, const 
             fail_msg("expected HTTP %d, got %ld: %s", (st), (r).status,                    \
                      (r).body ? (r).body : "(no body)");                                    \
     } while (0)
+
+/* Sends one request and asserts its status, printing the request and the
+ * answer's body when it differs. The caller frees the answer. */
+static res call(const shop_proc *s, const char *method, const char *path, const char *body,
+                long status)
+{
+    res r = http(s, method, path, body, -1);
+    if (r.status != status)
+        fail_msg("%s %s: expected HTTP %ld, got %ld: %s", method, path, status, r.status,
+                 r.body ? r.body : "(no body)");
+    return r;
+}
 
 static json_int_t jint(json_t *o, const char *key)
 {
@@ -324,11 +344,21 @@ static const char *err_code(const res *r)
     return jstr(e, "code");
 }
 
+/* call() for an answer that is only checked, not read: its status and,
+ * when `code` is not NULL, the error body's shape and code. */
+static void expect(const shop_proc *s, const char *method, const char *path, const char *body,
+                   long status, const char *code)
+{
+    res r = call(s, method, path, body, status);
+    if (code)
+        assert_string_equal(err_code(&r), code);
+    res_free(&r);
+}
+
 /* One value from /metrics (first sample of that exact name), or -1. */
 static double metric(const shop_proc *s, const char *name)
 {
-    res r = GET(s, "/metrics");
-    EXPECT(r, 200);
+    res r = call(s, "GET", "/metrics", NULL, 200);
     double v = -1;
     size_t nl = strlen(name);
     for (char *line = r.body; line && *line;) {
@@ -366,31 +396,29 @@ static bool log_contains(const shop_proc *s, const char *needle)
 
 typedef void (*body_fn)(shop_proc *s, dbk_engine engine);
 
-static void run_sqlite(const char *name, body_fn fn)
+/* Runs fn against a shop on `url` (freed here) with `cache_url`, then
+ * asserts that the shop exits 0 on SIGTERM (its stderr printed if not). */
+static void run_shop(char *url, const char *cache_url, dbk_engine engine, body_fn fn)
 {
-    char *url = dbkt_sqlite_url(name);
     shop_proc s;
-    shop_start(&s, url, "memory", NULL);
+    shop_start(&s, url, cache_url, NULL);
     free(url);
-    fn(&s, DBK_ENGINE_SQLITE);
+    fn(&s, engine);
     int st = shop_stop(&s, 10000);
     if (st != 0)
         dump_log(&s);
     assert_int_equal(st, 0);
 }
 
+static void run_sqlite(const char *name, body_fn fn)
+{
+    run_shop(dbkt_sqlite_url(name), "memory", DBK_ENGINE_SQLITE, fn);
+}
+
 static void run_postgres(const char *name, body_fn fn)
 {
     char *url = dbkt_pg_fresh_db(name);
-    const char *redis = dbkt_redis_url();
-    shop_proc s;
-    shop_start(&s, url, redis, NULL);
-    free(url);
-    fn(&s, DBK_ENGINE_POSTGRES);
-    int st = shop_stop(&s, 10000);
-    if (st != 0)
-        dump_log(&s);
-    assert_int_equal(st, 0);
+    run_shop(url, dbkt_redis_url(), DBK_ENGINE_POSTGRES, fn);
 }
 
 /* ---- users ---- */
@@ -400,8 +428,7 @@ static int64_t create_user(shop_proc *s, const char *name, const char *email)
     char body[512];
     snprintf(body, sizeof body, "{\"name\":\"%s\",\"email\":\"%s\",\"password\":\"hunter22!\"}",
              name, email);
-    res r = POST(s, "/users", body);
-    EXPECT(r, 201);
+    res r = call(s, "POST", "/users", body, 201);
     int64_t id = jint(r.json, "id");
     res_free(&r);
     return id;
@@ -411,9 +438,8 @@ static void users_body(shop_proc *s, dbk_engine engine)
 {
     (void)engine;
     /* create: the password and its hash never come back */
-    res r = POST(s, "/users",
-                 "{\"name\":\"Alan Turing\",\"email\":\"Alan@Example.com\",\"password\":\"enigma-1912\"}");
-    EXPECT(r, 201);
+    res r = call(s, "POST", "/users",
+                 "{\"name\":\"Alan Turing\",\"email\":\"Alan@Example.com\",\"password\":\"enigma-1912\"}", 201);
     int64_t id = jint(r.json, "id");
     assert_true(id > 0);
     assert_string_equal(jstr(r.json, "name"), "Alan Turing");
@@ -427,91 +453,59 @@ static void users_body(shop_proc *s, dbk_engine engine)
     res_free(&r);
 
     /* duplicate e-mail (case-insensitive) -> 409; missing / invalid -> 400 */
-    r = POST(s, "/users", "{\"name\":\"B\",\"email\":\"alan@example.com\",\"password\":\"xxxxxxxx\"}");
-    EXPECT(r, 409);
-    assert_string_equal(err_code(&r), "email_taken");
-    res_free(&r);
-    r = POST(s, "/users", "{\"name\":\"B\",\"password\":\"xxxxxxxx\"}");
-    EXPECT(r, 400);
-    assert_string_equal(err_code(&r), "missing_field");
-    res_free(&r);
-    r = POST(s, "/users", "{\"name\":\"B\",\"email\":\"not-an-address\",\"password\":\"xxxxxxxx\"}");
-    EXPECT(r, 400);
-    res_free(&r);
-    r = POST(s, "/users", "{\"name\":\"B\",\"email\":\"b@example.com\",\"password\":\"short\"}");
-    EXPECT(r, 400);
-    res_free(&r);
+    expect(s, "POST", "/users",
+           "{\"name\":\"B\",\"email\":\"alan@example.com\",\"password\":\"xxxxxxxx\"}",
+           409, "email_taken");
+    expect(s, "POST", "/users", "{\"name\":\"B\",\"password\":\"xxxxxxxx\"}", 400, "missing_field");
+    expect(s, "POST", "/users",
+           "{\"name\":\"B\",\"email\":\"not-an-address\",\"password\":\"xxxxxxxx\"}", 400, NULL);
+    expect(s, "POST", "/users",
+           "{\"name\":\"B\",\"email\":\"b@example.com\",\"password\":\"short\"}", 400, NULL);
 
     /* get by id, twice (the second from the cache), and 404 */
     char path[128];
     snprintf(path, sizeof path, "/users/%lld", (long long)id);
     for (int i = 0; i < 2; i++) {
-        r = GET(s, path);
-        EXPECT(r, 200);
+        r = call(s, "GET", path, NULL, 200);
         assert_int_equal(jint(r.json, "id"), id);
         assert_string_equal(jstr(r.json, "email"), "alan@example.com");
         assert_null(json_object_get(r.json, "password_hash"));
         res_free(&r);
     }
-    r = GET(s, "/users/999999");
-    EXPECT(r, 404);
-    assert_string_equal(err_code(&r), "not_found");
-    res_free(&r);
-    r = GET(s, "/users/abc");
-    EXPECT(r, 400);
-    res_free(&r);
+    expect(s, "GET", "/users/999999", NULL, 404, "not_found");
+    expect(s, "GET", "/users/abc", NULL, 400, NULL);
 
     /* by e-mail */
-    r = GET(s, "/users/by-email?email=alan%40example.com");
-    EXPECT(r, 200);
+    r = call(s, "GET", "/users/by-email?email=alan%40example.com", NULL, 200);
     assert_int_equal(jint(r.json, "id"), id);
     res_free(&r);
-    r = GET(s, "/users/by-email?email=nobody%40example.com");
-    EXPECT(r, 404);
-    res_free(&r);
-    r = GET(s, "/users/by-email");
-    EXPECT(r, 400);
-    res_free(&r);
+    expect(s, "GET", "/users/by-email?email=nobody%40example.com", NULL, 404, NULL);
+    expect(s, "GET", "/users/by-email", NULL, 400, NULL);
 
     /* PATCH then GET: the cache never serves the old row */
-    r = PATCH(s, path, "{\"name\":\"Alan M. Turing\",\"email\":\"turing@example.com\"}");
-    EXPECT(r, 200);
+    r = call(s, "PATCH", path,
+             "{\"name\":\"Alan M. Turing\",\"email\":\"turing@example.com\"}", 200);
     assert_string_equal(jstr(r.json, "name"), "Alan M. Turing");
     res_free(&r);
-    r = GET(s, path);
-    EXPECT(r, 200);
+    r = call(s, "GET", path, NULL, 200);
     assert_string_equal(jstr(r.json, "name"), "Alan M. Turing");
     assert_string_equal(jstr(r.json, "email"), "turing@example.com");
     res_free(&r);
-    r = GET(s, "/users/by-email?email=alan%40example.com");
-    EXPECT(r, 404);
-    res_free(&r);
-    r = GET(s, "/users/by-email?email=turing%40example.com");
-    EXPECT(r, 200);
+    expect(s, "GET", "/users/by-email?email=alan%40example.com", NULL, 404, NULL);
+    r = call(s, "GET", "/users/by-email?email=turing%40example.com", NULL, 200);
     assert_string_equal(jstr(r.json, "name"), "Alan M. Turing");
     res_free(&r);
-    r = PATCH(s, path, "{\"status\":\"suspended\"}");
-    EXPECT(r, 200);
+    r = call(s, "PATCH", path, "{\"status\":\"suspended\"}", 200);
     assert_string_equal(jstr(r.json, "status"), "suspended");
     res_free(&r);
-    r = PATCH(s, path, "{\"password\":\"x\"}");
-    EXPECT(r, 400);
-    assert_string_equal(err_code(&r), "unknown_field");
-    res_free(&r);
-    r = PATCH(s, path, "{\"status\":\"emperor\"}");
-    EXPECT(r, 400);
-    res_free(&r);
-    r = PATCH(s, "/users/999999", "{\"name\":\"x\"}");
-    EXPECT(r, 404);
-    res_free(&r);
-    r = PATCH(s, path, "{\"email\":\"ada@example.com\"}"); /* a seeded user's */
-    EXPECT(r, 409);
-    res_free(&r);
+    expect(s, "PATCH", path, "{\"password\":\"x\"}", 400, "unknown_field");
+    expect(s, "PATCH", path, "{\"status\":\"emperor\"}", 400, NULL);
+    expect(s, "PATCH", "/users/999999", "{\"name\":\"x\"}", 404, NULL);
+    expect(s, "PATCH", path, "{\"email\":\"ada@example.com\"}", 409, NULL); /* a seeded user's */
 
     /* list: total, limit bounds, order, status filter */
     int64_t z = create_user(s, "Zed Zimmer", "zed@example.com");
-    r = GET(s, "/users?limit=2&offset=0&order=name");
-    EXPECT(r, 200);
+    r = call(s, "GET", "/users?limit=2&offset=0&order=name", NULL, 200);
     json_t *users = json_object_get(r.json, "users");
     assert_int_equal(json_array_size(users), 2);
     assert_int_equal(jint(r.json, "total"), 6); /* 4 seeded + 2 */
@@ -520,46 +514,36 @@ static void users_body(shop_proc *s, dbk_engine engine)
     assert_string_equal(jstr(json_array_get(users, 0), "name"), "Ada Lovelace");
     assert_string_equal(jstr(json_array_get(users, 1), "name"), "Alan M. Turing");
     res_free(&r);
-    r = GET(s, "/users?limit=1&order=-name");
-    EXPECT(r, 200);
+    r = call(s, "GET", "/users?limit=1&order=-name", NULL, 200);
     assert_string_equal(jstr(json_array_get(json_object_get(r.json, "users"), 0), "name"),
                         "Zed Zimmer");
     res_free(&r);
-    r = GET(s, "/users?limit=100&order=-created_at");
-    EXPECT(r, 200);
+    r = call(s, "GET", "/users?limit=100&order=-created_at", NULL, 200);
     assert_int_equal(json_array_size(json_object_get(r.json, "users")), 6);
     assert_int_equal(jint(json_array_get(json_object_get(r.json, "users"), 0), "id"), z);
     res_free(&r);
-    r = GET(s, "/users?status=suspended");
-    EXPECT(r, 200);
+    r = call(s, "GET", "/users?status=suspended", NULL, 200);
     assert_int_equal(jint(r.json, "total"), 1);
     assert_int_equal(jint(json_array_get(json_object_get(r.json, "users"), 0), "id"), id);
     res_free(&r);
-    r = GET(s, "/users?limit=20");
-    EXPECT(r, 200);
+    r = call(s, "GET", "/users?limit=20", NULL, 200);
     assert_int_equal(jint(r.json, "limit"), 20);
     res_free(&r);
     const char *bad[] = {"/users?limit=0",       "/users?limit=101",   "/users?limit=-1",
                          "/users?limit=abc",     "/users?offset=-1",   "/users?order=email",
                          "/users?order=name;DROP%20TABLE%20users", "/users?include=orders",
                          "/users?status=x"};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        r = GET(s, bad[i]);
-        if (r.status != 400)
-            fail_msg("%s: expected 400, got %ld", bad[i], r.status);
-        res_free(&r);
-    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        expect(s, "GET", bad[i], NULL, 400, NULL);
 
     /* include=posts: exactly one extra query in total, checked through the
      * response header and the /metrics counter */
     double q0 = metric(s, "shop_db_queries_total");
-    r = GET(s, "/users?limit=5&order=name");
-    EXPECT(r, 200);
+    r = call(s, "GET", "/users?limit=5&order=name", NULL, 200);
     long plain = r.queries;
     res_free(&r);
     double q1 = metric(s, "shop_db_queries_total");
-    r = GET(s, "/users?limit=5&order=name&include=posts");
-    EXPECT(r, 200);
+    r = call(s, "GET", "/users?limit=5&order=name&include=posts", NULL, 200);
     long with = r.queries;
     json_t *first = json_array_get(json_object_get(r.json, "users"), 0);
     assert_string_equal(jstr(first, "name"), "Ada Lovelace");
@@ -579,13 +563,11 @@ static void users_body(shop_proc *s, dbk_engine engine)
     create_user(s, "Yan Yu", "yan@example.com");
     double n1 = metric(s, "dbkit_n_plus_one_total");
     assert_true(n1 >= 0);
-    r = GET(s, "/users?limit=10&order=name&include=posts");
-    EXPECT(r, 200);
+    r = call(s, "GET", "/users?limit=10&order=name&include=posts", NULL, 200);
     char *batched = json_dumps(json_object_get(r.json, "users"), JSON_SORT_KEYS);
     res_free(&r);
     assert_true(metric(s, "dbkit_n_plus_one_total") == n1);
-    r = GET(s, "/users?limit=10&order=name&include=posts&include_mode=loop");
-    EXPECT(r, 200);
+    r = call(s, "GET", "/users?limit=10&order=name&include=posts&include_mode=loop", NULL, 200);
     char *looped = json_dumps(json_object_get(r.json, "users"), JSON_SORT_KEYS);
     assert_true(r.queries >= 2 + 7);
     res_free(&r);
@@ -594,29 +576,18 @@ static void users_body(shop_proc *s, dbk_engine engine)
     free(looped);
     assert_true(metric(s, "dbkit_n_plus_one_total") == n1 + 1);
     assert_true(log_contains(s, "n+1 "));
-    r = GET(s, "/users?include_mode=loop");
-    EXPECT(r, 400);
-    res_free(&r);
+    expect(s, "GET", "/users?include_mode=loop", NULL, 400, NULL);
 
     /* DELETE: 204, then 404 everywhere (the cache too) */
     char zpath[64];
     snprintf(zpath, sizeof zpath, "/users/%lld", (long long)z);
-    r = GET(s, zpath);
-    EXPECT(r, 200);
-    res_free(&r);
-    r = DEL(s, zpath);
-    EXPECT(r, 204);
+    expect(s, "GET", zpath, NULL, 200, NULL);
+    r = call(s, "DELETE", zpath, NULL, 204);
     assert_int_equal(r.len, 0);
     res_free(&r);
-    r = GET(s, zpath);
-    EXPECT(r, 404);
-    res_free(&r);
-    r = DEL(s, zpath);
-    EXPECT(r, 404);
-    res_free(&r);
-    r = GET(s, "/users/by-email?email=zed%40example.com");
-    EXPECT(r, 404);
-    res_free(&r);
+    expect(s, "GET", zpath, NULL, 404, NULL);
+    expect(s, "DELETE", zpath, NULL, 404, NULL);
+    expect(s, "GET", "/users/by-email?email=zed%40example.com", NULL, 404, NULL);
 }
 
 static void shop_users_sqlite(void **state)
@@ -643,77 +614,57 @@ static void catalog_body(shop_proc *s, dbk_engine engine)
     snprintf(body, sizeof body,
              "{\"author_id\":%lld,\"title\":\"Hello, World\",\"body\":\"line one\\nline two\"}",
              (long long)uid);
-    res r = POST(s, "/posts", body);
-    EXPECT(r, 201);
+    res r = call(s, "POST", "/posts", body, 201);
     int64_t pid = jint(r.json, "id");
     assert_int_equal(jint(r.json, "author_id"), uid);
     assert_string_equal(jstr(r.json, "title"), "Hello, World");
     assert_string_equal(jstr(r.json, "body"), "line one\nline two");
     assert_true(strncmp(jstr(r.json, "slug"), "hello-world-", 12) == 0);
     res_free(&r);
-    r = POST(s, "/posts", "{\"author_id\":999999,\"title\":\"x\",\"body\":\"y\"}");
-    EXPECT(r, 404);
-    res_free(&r);
-    r = POST(s, "/posts", "{\"author_id\":\"1\",\"title\":\"x\"}");
-    EXPECT(r, 400);
-    assert_string_equal(err_code(&r), "invalid_type");
-    res_free(&r);
+    expect(s, "POST", "/posts", "{\"author_id\":999999,\"title\":\"x\",\"body\":\"y\"}", 404, NULL);
+    expect(s, "POST", "/posts", "{\"author_id\":\"1\",\"title\":\"x\"}", 400, "invalid_type");
     snprintf(path, sizeof path, "/users/%lld/posts", (long long)uid);
-    r = GET(s, path);
-    EXPECT(r, 200);
+    r = call(s, "GET", path, NULL, 200);
     json_t *posts = json_object_get(r.json, "posts");
     assert_int_equal(json_array_size(posts), 1);
     assert_int_equal(jint(json_array_get(posts, 0), "id"), pid);
     res_free(&r);
-    r = GET(s, "/users/999999/posts");
-    EXPECT(r, 404);
-    res_free(&r);
+    expect(s, "GET", "/users/999999/posts", NULL, 404, NULL);
 
     /* products */
-    r = POST(s, "/products", "{\"name\":\"Slide rule\",\"price_cents\":1500,\"stock\":3}");
-    EXPECT(r, 201);
+    r = call(s, "POST", "/products",
+             "{\"name\":\"Slide rule\",\"price_cents\":1500,\"stock\":3}", 201);
     int64_t p1 = jint(r.json, "id");
     assert_int_equal(jint(r.json, "stock"), 3);
     assert_int_equal(jint(r.json, "price_cents"), 1500);
     res_free(&r);
-    r = POST(s, "/products", "{\"name\":\"Abacus\",\"price_cents\":700,\"stock\":10}");
-    EXPECT(r, 201);
+    r = call(s, "POST", "/products", "{\"name\":\"Abacus\",\"price_cents\":700,\"stock\":10}", 201);
     int64_t p2 = jint(r.json, "id");
     res_free(&r);
-    r = POST(s, "/products", "{\"name\":\"Bad\",\"price_cents\":-1,\"stock\":1}");
-    EXPECT(r, 400);
-    res_free(&r);
-    r = POST(s, "/products", "{\"name\":\"Bad\",\"price_cents\":1.5,\"stock\":1}");
-    EXPECT(r, 400);
-    res_free(&r);
+    expect(s, "POST", "/products", "{\"name\":\"Bad\",\"price_cents\":-1,\"stock\":1}", 400, NULL);
+    expect(s, "POST", "/products", "{\"name\":\"Bad\",\"price_cents\":1.5,\"stock\":1}", 400, NULL);
     snprintf(path, sizeof path, "/products/%lld", (long long)p1);
-    r = GET(s, path);
-    EXPECT(r, 200);
+    r = call(s, "GET", path, NULL, 200);
     assert_string_equal(jstr(r.json, "name"), "Slide rule");
     res_free(&r);
-    r = GET(s, "/products/999999");
-    EXPECT(r, 404);
-    res_free(&r);
+    expect(s, "GET", "/products/999999", NULL, 404, NULL);
 
     /* an order: items, total, stock decremented */
     snprintf(body, sizeof body,
              "{\"user_id\":%lld,\"items\":[{\"product_id\":%lld,\"quantity\":2},"
              "{\"product_id\":%lld,\"quantity\":3}]}",
              (long long)uid, (long long)p2, (long long)p1);
-    r = POST(s, "/orders", body);
-    EXPECT(r, 201);
+    r = call(s, "POST", "/orders", body, 201);
     int64_t oid = jint(r.json, "id");
     assert_int_equal(jint(r.json, "user_id"), uid);
     assert_int_equal(jint(r.json, "total_cents"), 2 * 700 + 3 * 1500);
     assert_int_equal(json_array_size(json_object_get(r.json, "items")), 2);
     res_free(&r);
-    r = GET(s, path);
-    EXPECT(r, 200);
+    r = call(s, "GET", path, NULL, 200);
     assert_int_equal(jint(r.json, "stock"), 0);
     res_free(&r);
     snprintf(path, sizeof path, "/orders/%lld", (long long)oid);
-    r = GET(s, path);
-    EXPECT(r, 200);
+    r = call(s, "GET", path, NULL, 200);
     assert_int_equal(jint(r.json, "total_cents"), 2 * 700 + 3 * 1500);
     json_t *items = json_object_get(r.json, "items");
     assert_int_equal(json_array_size(items), 2);
@@ -728,9 +679,7 @@ static void catalog_body(shop_proc *s, dbk_engine engine)
         }
     }
     res_free(&r);
-    r = GET(s, "/orders/999999");
-    EXPECT(r, 404);
-    res_free(&r);
+    expect(s, "GET", "/orders/999999", NULL, 404, NULL);
 
     /* insufficient stock: 409 and nothing written (the other line's stock
      * is untouched, no order row) */
@@ -740,19 +689,13 @@ static void catalog_body(shop_proc *s, dbk_engine engine)
              "{\"user_id\":%lld,\"items\":[{\"product_id\":%lld,\"quantity\":1},"
              "{\"product_id\":%lld,\"quantity\":1}]}",
              (long long)uid, (long long)p2, (long long)p1);
-    r = POST(s, "/orders", body);
-    EXPECT(r, 409);
-    assert_string_equal(err_code(&r), "insufficient_stock");
-    res_free(&r);
+    expect(s, "POST", "/orders", body, 409, "insufficient_stock");
     snprintf(path, sizeof path, "/products/%lld", (long long)p2);
-    r = GET(s, path);
-    EXPECT(r, 200);
+    r = call(s, "GET", path, NULL, 200);
     assert_int_equal(jint(r.json, "stock"), 8);
     res_free(&r);
     snprintf(path, sizeof path, "/orders/%lld", (long long)oid + 1);
-    r = GET(s, path);
-    EXPECT(r, 404);
-    res_free(&r);
+    expect(s, "GET", path, NULL, 404, NULL);
 
     /* seven lines: one stock decrement per line, on purpose, so not an N+1
      * report (the statement is on the diagnostics safelist) */
@@ -762,8 +705,7 @@ static void catalog_body(shop_proc *s, dbk_engine engine)
     for (int i = 0; i < 7; i++) {
         snprintf(body, sizeof body, "{\"name\":\"Part %d\",\"price_cents\":%d,\"stock\":5}", i,
                  100 + i);
-        r = POST(s, "/products", body);
-        EXPECT(r, 201);
+        r = call(s, "POST", "/products", body, 201);
         many[i] = jint(r.json, "id");
         res_free(&r);
     }
@@ -771,8 +713,7 @@ static void catalog_body(shop_proc *s, dbk_engine engine)
     for (int i = 6; i >= 0; i--)
         o += (size_t)snprintf(body + o, sizeof body - o, "{\"product_id\":%lld,\"quantity\":2}%s",
                               (long long)many[i], i ? "," : "]}");
-    r = POST(s, "/orders", body);
-    EXPECT(r, 201);
+    r = call(s, "POST", "/orders", body, 201);
     assert_int_equal(json_array_size(json_object_get(r.json, "items")), 7);
     assert_int_equal(jint(r.json, "total_cents"), 2 * (100 + 101 + 102 + 103 + 104 + 105 + 106));
     res_free(&r);
@@ -782,29 +723,20 @@ static void catalog_body(shop_proc *s, dbk_engine engine)
     snprintf(body, sizeof body,
              "{\"user_id\":999999,\"items\":[{\"product_id\":%lld,\"quantity\":1}]}",
              (long long)p2);
-    r = POST(s, "/orders", body);
-    EXPECT(r, 404);
-    res_free(&r);
+    expect(s, "POST", "/orders", body, 404, NULL);
     snprintf(body, sizeof body,
              "{\"user_id\":%lld,\"items\":[{\"product_id\":999999,\"quantity\":1}]}",
              (long long)uid);
-    r = POST(s, "/orders", body);
-    EXPECT(r, 404);
-    res_free(&r);
+    expect(s, "POST", "/orders", body, 404, NULL);
     const char *bad[] = {"{\"user_id\":1,\"items\":[]}", "{\"user_id\":1}",
                          "{\"user_id\":1,\"items\":[{\"product_id\":1,\"quantity\":0}]}",
                          "{\"user_id\":1,\"items\":[{\"product_id\":1}]}",
                          "{\"user_id\":1,\"items\":[1]}",
                          "{\"user_id\":1,\"items\":[{\"product_id\":1,\"quantity\":1,\"x\":1}]}"};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        r = POST(s, "/orders", bad[i]);
-        if (r.status != 400)
-            fail_msg("%s: expected 400, got %ld", bad[i], r.status);
-        res_free(&r);
-    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        expect(s, "POST", "/orders", bad[i], 400, NULL);
     snprintf(path, sizeof path, "/products/%lld", (long long)p2);
-    r = GET(s, path);
-    EXPECT(r, 200);
+    r = call(s, "GET", path, NULL, 200);
     assert_int_equal(jint(r.json, "stock"), 8);
     res_free(&r);
 }
@@ -828,8 +760,7 @@ static int64_t create_account(shop_proc *s, int64_t owner, int64_t balance)
     char body[256];
     snprintf(body, sizeof body, "{\"owner_id\":%lld,\"balance_cents\":%lld}", (long long)owner,
              (long long)balance);
-    res r = POST(s, "/accounts", body);
-    EXPECT(r, 201);
+    res r = call(s, "POST", "/accounts", body, 201);
     int64_t id = jint(r.json, "id");
     assert_int_equal(jint(r.json, "balance_cents"), balance);
     assert_int_equal(jint(r.json, "owner_id"), owner);
@@ -841,19 +772,34 @@ static int64_t balance(shop_proc *s, int64_t id)
 {
     char path[64];
     snprintf(path, sizeof path, "/accounts/%lld", (long long)id);
-    res r = GET(s, path);
-    EXPECT(r, 200);
+    res r = call(s, "GET", path, NULL, 200);
     int64_t b = jint(r.json, "balance_cents");
     res_free(&r);
     return b;
 }
 
-static res transfer(shop_proc *s, int64_t from, int64_t to, int64_t amount)
+/* The body of POST /transfers. */
+static void transfer_body(char *out, size_t n, int64_t from, int64_t to, int64_t amount)
+{
+    snprintf(out, n, "{\"from_account\":%lld,\"to_account\":%lld,\"amount_cents\":%lld}",
+             (long long)from, (long long)to, (long long)amount);
+}
+
+/* POST /transfers answering `status`; the caller frees the answer. */
+static res transfer(shop_proc *s, int64_t from, int64_t to, int64_t amount, long status)
 {
     char body[256];
-    snprintf(body, sizeof body, "{\"from_account\":%lld,\"to_account\":%lld,\"amount_cents\":%lld}",
-             (long long)from, (long long)to, (long long)amount);
-    return POST(s, "/transfers", body);
+    transfer_body(body, sizeof body, from, to, amount);
+    return call(s, "POST", "/transfers", body, status);
+}
+
+/* A transfer that is refused with `status` (and `code` when not NULL). */
+static void transfer_refused(shop_proc *s, int64_t from, int64_t to, int64_t amount, long status,
+                             const char *code)
+{
+    char body[256];
+    transfer_body(body, sizeof body, from, to, amount);
+    expect(s, "POST", "/transfers", body, status, code);
 }
 
 static void accounts_body(shop_proc *s, dbk_engine engine)
@@ -862,46 +808,24 @@ static void accounts_body(shop_proc *s, dbk_engine engine)
     int64_t uid = create_user(s, "Saver", "saver@example.com");
     int64_t a = create_account(s, uid, 10000);
     int64_t b = create_account(s, uid, 500);
-    res r = POST(s, "/accounts", "{\"owner_id\":999999,\"balance_cents\":1}");
-    EXPECT(r, 404);
-    res_free(&r);
-    r = POST(s, "/accounts", "{\"owner_id\":1,\"balance_cents\":-5}");
-    EXPECT(r, 400);
-    res_free(&r);
-    r = GET(s, "/accounts/999999");
-    EXPECT(r, 404);
-    res_free(&r);
+    expect(s, "POST", "/accounts", "{\"owner_id\":999999,\"balance_cents\":1}", 404, NULL);
+    expect(s, "POST", "/accounts", "{\"owner_id\":1,\"balance_cents\":-5}", 400, NULL);
+    expect(s, "GET", "/accounts/999999", NULL, 404, NULL);
 
-    r = transfer(s, a, b, 2500);
-    EXPECT(r, 200);
+    res r = transfer(s, a, b, 2500, 200);
     assert_int_equal(jint(json_object_get(r.json, "from"), "balance_cents"), 7500);
     assert_int_equal(jint(json_object_get(r.json, "to"), "balance_cents"), 3000);
     res_free(&r);
     assert_int_equal(balance(s, a), 7500);
     assert_int_equal(balance(s, b), 3000);
 
-    r = transfer(s, b, a, 3001); /* insufficient funds */
-    EXPECT(r, 409);
-    assert_string_equal(err_code(&r), "insufficient_funds");
-    res_free(&r);
-    r = transfer(s, a, a, 1);
-    EXPECT(r, 400);
-    res_free(&r);
-    r = transfer(s, a, b, 0);
-    EXPECT(r, 400);
-    res_free(&r);
-    r = transfer(s, a, b, -10);
-    EXPECT(r, 400);
-    res_free(&r);
-    r = transfer(s, a, 999999, 1);
-    EXPECT(r, 404);
-    res_free(&r);
-    r = transfer(s, 999999, a, 1);
-    EXPECT(r, 404);
-    res_free(&r);
-    r = POST(s, "/transfers", "{\"from_account\":1,\"to_account\":2}");
-    EXPECT(r, 400);
-    res_free(&r);
+    transfer_refused(s, b, a, 3001, 409, "insufficient_funds");
+    transfer_refused(s, a, a, 1, 400, NULL);
+    transfer_refused(s, a, b, 0, 400, NULL);
+    transfer_refused(s, a, b, -10, 400, NULL);
+    transfer_refused(s, a, 999999, 1, 404, NULL);
+    transfer_refused(s, 999999, a, 1, 404, NULL);
+    expect(s, "POST", "/transfers", "{\"from_account\":1,\"to_account\":2}", 400, NULL);
     assert_int_equal(balance(s, a), 7500);
     assert_int_equal(balance(s, b), 3000);
 }
@@ -938,25 +862,16 @@ static void *xfer_thread(void *p)
         int t = (f + 1 + (int)(rand_r(&a->seed) % 2)) % 3;
         int64_t amount = 1 + rand_r(&a->seed) % 400;
         char body[256];
-        snprintf(body, sizeof body,
-                 "{\"from_account\":%lld,\"to_account\":%lld,\"amount_cents\":%lld}",
-                 (long long)a->acct[f], (long long)a->acct[t], (long long)amount);
+        transfer_body(body, sizeof body, a->acct[f], a->acct[t], amount);
         /* No cmocka asserts off the main thread: count, check afterwards. */
-        CURL *c = curl_easy_init();
+        res r;
+        memset(&r, 0, sizeof r);
+        CURL *c = easy_for(a->s, "/transfers", 15000L, &r);
         if (!c) {
             a->other++;
             continue;
         }
-        char url[128];
-        snprintf(url, sizeof url, "%s/transfers", a->s->base);
-        res r;
-        memset(&r, 0, sizeof r);
-        curl_easy_setopt(c, CURLOPT_URL, url);
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 15000L);
-        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
         long st = 0;
         if (curl_easy_perform(c) == CURLE_OK)
             curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &st);
@@ -1078,8 +993,7 @@ static void hostile_body(shop_proc *s, dbk_engine engine)
     memset(deep, '[', depth);
     memset(deep + depth, ']', depth);
     deep[2 * depth] = '\0';
-    res r = POST(s, "/users", deep);
-    EXPECT(r, 400);
+    res r = call(s, "POST", "/users", deep, 400);
     res_free(&r);
     free(deep);
 
@@ -1100,37 +1014,28 @@ static void hostile_body(shop_proc *s, dbk_engine engine)
     char body[512];
     snprintf(body, sizeof body,
              "{\"name\":\"%s\",\"email\":\"bobby@example.com\",\"password\":\"xkcd-327!\"}", evil);
-    r = POST(s, "/users", body);
-    EXPECT(r, 201);
+    r = call(s, "POST", "/users", body, 201);
     assert_string_equal(jstr(r.json, "name"), evil);
     int64_t id = jint(r.json, "id");
     res_free(&r);
     char path[64];
     snprintf(path, sizeof path, "/users/%lld", (long long)id);
-    r = GET(s, path);
-    EXPECT(r, 200);
+    r = call(s, "GET", path, NULL, 200);
     assert_string_equal(jstr(r.json, "name"), evil);
     res_free(&r);
-    r = GET(s, "/users/by-email?email=bobby%40example.com");
-    EXPECT(r, 200);
-    res_free(&r);
+    expect(s, "GET", "/users/by-email?email=bobby%40example.com", NULL, 200, NULL);
     /* unicode round-trips */
-    r = POST(s, "/users",
-             "{\"name\":\"Łukasz 東京 😀\",\"email\":\"lukasz@example.com\",\"password\":\"xxxxxxxx\"}");
-    EXPECT(r, 201);
+    r = call(s, "POST", "/users",
+             "{\"name\":\"Łukasz 東京 😀\",\"email\":\"lukasz@example.com\",\"password\":\"xxxxxxxx\"}", 201);
     assert_string_equal(jstr(r.json, "name"), "Łukasz 東京 😀");
     res_free(&r);
 
     /* still answering, no 5xx recorded */
-    r = GET(s, "/health");
-    EXPECT(r, 200);
-    res_free(&r);
-    r = GET(s, "/users?limit=100");
-    EXPECT(r, 200);
+    expect(s, "GET", "/health", NULL, 200, NULL);
+    r = call(s, "GET", "/users?limit=100", NULL, 200);
     assert_int_equal(jint(r.json, "total"), 6);
     res_free(&r);
-    res m = GET(s, "/metrics");
-    EXPECT(m, 200);
+    res m = call(s, "GET", "/metrics", NULL, 200);
     assert_non_null(strstr(m.body, "shop_http_responses_total{class=\"5xx\"} 0\n"));
     res_free(&m);
 }
@@ -1151,8 +1056,7 @@ static void shop_hostile_input_postgres(void **state)
 
 static void health_metrics_body(shop_proc *s, dbk_engine engine)
 {
-    res r = GET(s, "/health");
-    EXPECT(r, 200);
+    res r = call(s, "GET", "/health", NULL, 200);
     assert_string_equal(jstr(r.json, "status"), "ok");
     assert_string_equal(jstr(r.json, "database"),
                         engine == DBK_ENGINE_POSTGRES ? "postgres" : "sqlite");
@@ -1160,16 +1064,12 @@ static void health_metrics_body(shop_proc *s, dbk_engine engine)
     res_free(&r);
 
     /* a cache hit after a miss */
-    r = GET(s, "/users/1");
-    EXPECT(r, 200);
-    res_free(&r);
-    r = GET(s, "/users/1");
-    EXPECT(r, 200);
+    expect(s, "GET", "/users/1", NULL, 200, NULL);
+    r = call(s, "GET", "/users/1", NULL, 200);
     assert_int_equal(r.queries, 0); /* served by the cache */
     res_free(&r);
 
-    r = GET(s, "/metrics");
-    EXPECT(r, 200);
+    r = call(s, "GET", "/metrics", NULL, 200);
     /* Every line is a comment or "name[{labels}] value" with a number. */
     int samples = 0;
     char *save = NULL;
@@ -1242,29 +1142,23 @@ static void shop_database_outage_503_then_recovers(void **state)
     dbkt_pgserver *pg = dbkt_pgserver_start();
     shop_proc s;
     shop_start(&s, dbkt_pgserver_url(pg), "off", NULL);
-    res r = GET(&s, "/health");
-    EXPECT(r, 200);
+    res r = call(&s, "GET", "/health", NULL, 200);
     res_free(&r);
-    r = GET(&s, "/users/1");
-    EXPECT(r, 200);
-    res_free(&r);
+    expect(&s, "GET", "/users/1", NULL, 200, NULL);
 
     assert_int_equal(dbkt_pgserver_pause(pg), 0);
     assert_true(wait_status(&s, "/health", 503, 10000));
-    r = GET(&s, "/health");
-    EXPECT(r, 503);
+    r = call(&s, "GET", "/health", NULL, 503);
     assert_string_equal(jstr(r.json, "status"), "unavailable");
     res_free(&r);
-    r = GET(&s, "/users/1");
-    EXPECT(r, 503);
+    r = call(&s, "GET", "/users/1", NULL, 503);
     assert_string_equal(err_code(&r), "unavailable");
     assert_null(strstr(r.body, "postgres")); /* generic message, no details */
     res_free(&r);
 
     assert_int_equal(dbkt_pgserver_resume(pg), 0);
     assert_true(wait_status(&s, "/health", 200, 15000));
-    r = GET(&s, "/users/1");
-    EXPECT(r, 200);
+    r = call(&s, "GET", "/users/1", NULL, 200);
     assert_string_equal(jstr(r.json, "name"), "Ada Lovelace");
     res_free(&r);
     assert_int_equal(shop_stop(&s, 10000), 0);
@@ -1393,16 +1287,10 @@ static void shop_sigterm_finishes_in_flight(void **state)
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     /* and no longer listens */
-    CURL *c = curl_easy_init();
-    char hurl[128];
-    snprintf(hurl, sizeof hurl, "%s/health", s.base);
-    curl_easy_setopt(c, CURLOPT_URL, hurl);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 2000L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     res dummy;
     memset(&dummy, 0, sizeof dummy);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &dummy);
+    CURL *c = easy_for(&s, "/health", 2000L, &dummy);
+    assert_non_null(c);
     assert_int_not_equal(curl_easy_perform(c), CURLE_OK);
     curl_easy_cleanup(c);
     free(dummy.body);
