@@ -156,6 +156,14 @@ static dbk_diag *mk_diag(const dbk_diag_opts *o)
     return d;
 }
 
+/* A hub with options o (NULL: the defaults) observing db. */
+static dbk_diag *mk_diag_on(const dbk_diag_opts *o, dbk_db *db)
+{
+    dbk_diag *d = mk_diag(o);
+    dbk_diag_attach(d, db);
+    return d;
+}
+
 /* Runs find_by_id for ids 1..n. */
 static void find_loop(dbk_db *db, int n)
 {
@@ -168,6 +176,22 @@ static void find_loop(dbk_db *db, int n)
                 &err);
     }
     dbk_arena_free(a);
+}
+
+/* Runs the same statement, not a keyed lookup, n times. */
+static void count_loop(dbk_db *db, int n)
+{
+    for (int i = 0; i < n; i++)
+        dbkt_int(db, "SELECT count(*) FROM posts");
+}
+
+/* find_loop(db, n) inside a scope `name` of hub d; returns what the end of
+ * the scope returns, filling *err. */
+static dbk_rc scoped_find_loop(dbk_diag *d, dbk_db *db, const char *name, int n, dbk_error *err)
+{
+    dbk_diag_scope_begin(d, name);
+    find_loop(db, n);
+    return dbk_diag_scope_end(d, err);
 }
 
 /* The last statement seen, through the chained observer. */
@@ -262,13 +286,10 @@ static void n1_error(const char *url, dbk_engine eng)
     dbk_conn *c = setup(url, eng);
     dbk_db *db = dbk_conn_db(c);
     dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR};
-    dbk_diag *d = mk_diag(&o);
-    dbk_diag_attach(d, db);
+    dbk_diag *d = mk_diag_on(&o, db);
     dbk_error err;
 
-    dbk_diag_scope_begin(d, "request");
-    find_loop(db, 6);
-    DBKT_RC(DBK_EN_PLUS_ONE, dbk_diag_scope_end(d, &err));
+    DBKT_RC(DBK_EN_PLUS_ONE, scoped_find_loop(d, db, "request", 6, &err));
     assert_int_equal(err.code, DBK_EN_PLUS_ONE);
     if (!strstr(err.message, "run 6 times") || !strstr(err.message, "FROM \"users\"") ||
         !strstr(err.message, "scope \"request\""))
@@ -290,8 +311,7 @@ static void n1_error(const char *url, dbk_engine eng)
     /* Two statements over the threshold: both reported, the message says so. */
     dbk_diag_scope_begin(d, "two");
     find_loop(db, 7);
-    for (int i = 0; i < 6; i++)
-        dbkt_int(db, "SELECT count(*) FROM posts");
+    count_loop(db, 6);
     DBKT_RC(DBK_EN_PLUS_ONE, dbk_diag_scope_end(d, &err));
     assert_non_null(strstr(err.message, "run 7 times"));
     assert_non_null(strstr(err.message, "(and 1 more statements)"));
@@ -299,8 +319,7 @@ static void n1_error(const char *url, dbk_engine eng)
 
     /* A statement that is not a keyed lookup gets the general hint. */
     dbk_diag_scope_begin(d, "counts");
-    for (int i = 0; i < 6; i++)
-        dbkt_int(db, "SELECT count(*) FROM posts");
+    count_loop(db, 6);
     DBKT_RC(DBK_EN_PLUS_ONE, dbk_diag_scope_end(d, &err));
     assert_non_null(strstr(err.hint, "load the related rows with an include"));
     ASSERT_LINES(2, "n+1 count=6 ", "SELECT count(*) FROM posts");
@@ -326,49 +345,33 @@ static void diag_n1_threshold_edge(void **state)
     dbk_conn *c = setup(url, DBK_ENGINE_SQLITE);
     dbk_db *db = dbk_conn_db(c);
     dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR};
-    dbk_diag *d = mk_diag(&o);
-    dbk_diag_attach(d, db);
+    dbk_diag *d = mk_diag_on(&o, db);
     dbk_error err;
 
-    dbk_diag_scope_begin(d, "exactly five");
-    find_loop(db, 5);
-    DBKT_OK(dbk_diag_scope_end(d, &err), &err);
-    dbk_diag_scope_begin(d, "six");
-    find_loop(db, 6);
-    DBKT_RC(DBK_EN_PLUS_ONE, dbk_diag_scope_end(d, &err));
+    DBKT_OK(scoped_find_loop(d, db, "exactly five", 5, &err), &err);
+    DBKT_RC(DBK_EN_PLUS_ONE, scoped_find_loop(d, db, "six", 6, &err));
     dbk_diag_free(d);
 
     /* A custom threshold: 2 passes, 3 does not. */
     o.n1_threshold = 2;
-    d = mk_diag(&o);
-    dbk_diag_attach(d, db);
-    dbk_diag_scope_begin(d, "two");
-    find_loop(db, 2);
-    DBKT_OK(dbk_diag_scope_end(d, &err), &err);
-    dbk_diag_scope_begin(d, "three");
-    find_loop(db, 3);
-    DBKT_RC(DBK_EN_PLUS_ONE, dbk_diag_scope_end(d, &err));
+    d = mk_diag_on(&o, db);
+    DBKT_OK(scoped_find_loop(d, db, "two", 2, &err), &err);
+    DBKT_RC(DBK_EN_PLUS_ONE, scoped_find_loop(d, db, "three", 3, &err));
     assert_non_null(strstr(err.message, "run 3 times"));
     dbk_diag_free(d);
 
     /* A total-time floor no loop reaches: counted, not reported. */
     o.n1_threshold = 0;
     o.n1_min_total_us = 60 * 1000000;
-    d = mk_diag(&o);
-    dbk_diag_attach(d, db);
-    dbk_diag_scope_begin(d, "cheap");
-    find_loop(db, 20);
-    DBKT_OK(dbk_diag_scope_end(d, &err), &err);
+    d = mk_diag_on(&o, db);
+    DBKT_OK(scoped_find_loop(d, db, "cheap", 20, &err), &err);
     dbk_diag_free(d);
 
     /* OFF: nothing. */
     o.n1_min_total_us = 0;
     o.n1_mode = DBK_N1_OFF;
-    d = mk_diag(&o);
-    dbk_diag_attach(d, db);
-    dbk_diag_scope_begin(d, "off");
-    find_loop(db, 20);
-    DBKT_OK(dbk_diag_scope_end(d, &err), &err);
+    d = mk_diag_on(&o, db);
+    DBKT_OK(scoped_find_loop(d, db, "off", 20, &err), &err);
     dbk_diag_stats s;
     dbk_diag_stats_get(d, &s);
     assert_int_equal(s.n_plus_one, 0);
@@ -390,8 +393,7 @@ static void diag_n1_safelist_suppresses(void **state)
 
     /* Learn the statement's text through a chained observer. */
     dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR, .chain = remember};
-    dbk_diag *d = mk_diag(&o);
-    dbk_diag_attach(d, db);
+    dbk_diag *d = mk_diag_on(&o, db);
     chained = 0;
     find_loop(db, 1);
     assert_int_equal(chained, 1);
@@ -407,11 +409,8 @@ static void diag_n1_safelist_suppresses(void **state)
     const char *const *lists[] = {exact, pre, other};
     for (int i = 0; i < 3; i++) {
         o.n1_safelist = lists[i];
-        d = mk_diag(&o);
-        dbk_diag_attach(d, db);
-        dbk_diag_scope_begin(d, "safelisted");
-        find_loop(db, 10);
-        dbk_rc rc = dbk_diag_scope_end(d, &err);
+        d = mk_diag_on(&o, db);
+        dbk_rc rc = scoped_find_loop(d, db, "safelisted", 10, &err);
         assert_int_equal(rc, i < 2 ? DBK_OK : DBK_EN_PLUS_ONE);
         dbk_diag_free(d);
     }
@@ -426,39 +425,29 @@ static void diag_n1_reported_once_per_statement_per_scope(void **state)
     char *url = dbkt_sqlite_url("n1_once");
     dbk_conn *c = setup(url, DBK_ENGINE_SQLITE);
     dbk_db *db = dbk_conn_db(c);
-    dbk_diag *d = mk_diag(NULL);
-    dbk_diag_attach(d, db);
+    dbk_diag *d = mk_diag_on(NULL, db);
     dbk_error err;
 
-    dbk_diag_scope_begin(d, "many");
-    find_loop(db, 40);
-    DBKT_OK(dbk_diag_scope_end(d, &err), &err);
+    DBKT_OK(scoped_find_loop(d, db, "many", 40, &err), &err);
     ASSERT_LINES(1, "n+1 ", NULL);
     ASSERT_LINES(1, "n+1 count=40 ", NULL);
 
     /* A new scope reports again. */
-    dbk_diag_scope_begin(d, "again");
-    find_loop(db, 6);
-    DBKT_OK(dbk_diag_scope_end(d, &err), &err);
+    DBKT_OK(scoped_find_loop(d, db, "again", 6, &err), &err);
     ASSERT_LINES(2, "n+1 ", NULL);
 
     /* Nested: one query per inner scope, the outer scope sees the loop;
      * an inner scope that reports is not reported again by the outer. */
     cap_reset();
     dbk_diag_scope_begin(d, "outer");
-    for (int i = 0; i < 7; i++) {
-        dbk_diag_scope_begin(d, "inner");
-        find_loop(db, 1);
-        DBKT_OK(dbk_diag_scope_end(d, &err), &err);
-    }
+    for (int i = 0; i < 7; i++)
+        DBKT_OK(scoped_find_loop(d, db, "inner", 1, &err), &err);
     ASSERT_LINES(0, "n+1 ", NULL);
     dbk_diag_scope_begin(d, "inner loop");
-    for (int i = 0; i < 6; i++)
-        dbkt_int(db, "SELECT count(*) FROM posts");
+    count_loop(db, 6);
     DBKT_OK(dbk_diag_scope_end(d, &err), &err);
     ASSERT_LINES(1, "n+1 count=6 ", "scope=\"inner loop\"");
-    for (int i = 0; i < 6; i++)
-        dbkt_int(db, "SELECT count(*) FROM posts");
+    count_loop(db, 6);
     DBKT_OK(dbk_diag_scope_end(d, &err), &err);
     ASSERT_LINES(1, "n+1 count=7 ", "scope=\"outer\"");
     ASSERT_LINES(2, "n+1 ", NULL);
@@ -482,6 +471,16 @@ static void diag_n1_reported_once_per_statement_per_scope(void **state)
     dbk_conn_close(c);
     dbk_diag_free(d);
     free(url);
+}
+
+/* Runs fn(a) and fn(b) on two threads and waits for both. */
+static void run_two(void *(*fn)(void *), void *a, void *b)
+{
+    pthread_t ta, tb;
+    assert_int_equal(pthread_create(&ta, NULL, fn, a), 0);
+    assert_int_equal(pthread_create(&tb, NULL, fn, b), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
 }
 
 /* Two threads, one scope each, same statement: counts do not mix. */
@@ -534,21 +533,14 @@ static void diag_n1_scopes_on_two_threads_do_not_mix(void **state)
 
     /* 4 + 4 = 8 would cross the threshold if the scopes were shared. */
     struct worker a = {d, url, 4, &bar, DBK_OK}, b = {d, url, 4, &bar, DBK_OK};
-    pthread_t ta, tb;
-    assert_int_equal(pthread_create(&ta, NULL, worker_main, &a), 0);
-    assert_int_equal(pthread_create(&tb, NULL, worker_main, &b), 0);
-    pthread_join(ta, NULL);
-    pthread_join(tb, NULL);
+    run_two(worker_main, &a, &b);
     assert_int_equal(a.rc, DBK_OK);
     assert_int_equal(b.rc, DBK_OK);
 
     /* 6 on one thread, 2 on the other: only the busy one reports. */
     a.n = 6;
     b.n = 2;
-    assert_int_equal(pthread_create(&ta, NULL, worker_main, &a), 0);
-    assert_int_equal(pthread_create(&tb, NULL, worker_main, &b), 0);
-    pthread_join(ta, NULL);
-    pthread_join(tb, NULL);
+    run_two(worker_main, &a, &b);
     assert_int_equal(a.rc, DBK_EN_PLUS_ONE);
     assert_int_equal(b.rc, DBK_OK);
     ASSERT_LINES(1, "n+1 count=6 ", "scope=\"busy thread\"");
@@ -619,17 +611,12 @@ static void pool_threads(const char *url, dbk_engine eng)
     DBKT_OK(dbk_pool_open(cfg, &po, &pool, &err), &err);
     dbk_config_free(cfg);
     dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR};
-    dbk_diag *d = mk_diag(&o);
-    dbk_diag_attach(d, dbk_pool_db(pool));
+    dbk_diag *d = mk_diag_on(&o, dbk_pool_db(pool));
     pthread_barrier_t bar;
     pthread_barrier_init(&bar, NULL, 2);
     struct pool_worker a = {d, dbk_pool_db(pool), true, &bar, DBK_OK, ""};
     struct pool_worker b = {d, dbk_pool_db(pool), false, &bar, DBK_OK, ""};
-    pthread_t ta, tb;
-    assert_int_equal(pthread_create(&ta, NULL, pool_worker_main, &a), 0);
-    assert_int_equal(pthread_create(&tb, NULL, pool_worker_main, &b), 0);
-    pthread_join(ta, NULL);
-    pthread_join(tb, NULL);
+    run_two(pool_worker_main, &a, &b);
     assert_int_equal(a.rc, DBK_EN_PLUS_ONE);
     if (!strstr(a.msg, "run 6 times") || !strstr(a.msg, "scope \"loop\""))
         fail_msg("message: %s", a.msg);
@@ -678,8 +665,7 @@ static void tx_scope(const char *url, dbk_engine eng)
     dbk_conn *c = setup(url, eng);
     dbk_db *db = dbk_conn_db(c);
     dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR};
-    dbk_diag *d = mk_diag(&o);
-    dbk_diag_attach(d, db);
+    dbk_diag *d = mk_diag_on(&o, db);
     dbk_error err;
 
     struct tx_case k = {6, DBK_OK};
@@ -723,8 +709,7 @@ static void slow(const char *url, dbk_engine eng)
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
     dbk_diag_opts o = {.slow_ms = 20};
-    dbk_diag *d = mk_diag(&o);
-    dbk_diag_attach(d, db);
+    dbk_diag *d = mk_diag_on(&o, db);
     const char *slow_sql =
         eng == DBK_ENGINE_POSTGRES
             ? "SELECT pg_sleep(0.05)"
@@ -758,8 +743,7 @@ static void slow(const char *url, dbk_engine eng)
     /* slow_ms < 0: never slow. */
     dbk_diag_free(d);
     o.slow_ms = -1;
-    d = mk_diag(&o);
-    dbk_diag_attach(d, db);
+    d = mk_diag_on(&o, db);
     cap_reset();
     DBKT_OK(dbk_db_query(db, slow_sql, NULL, 0, &r, &err), &err);
     dbk_result_free(r);
@@ -783,8 +767,7 @@ static void params(const char *url, dbk_engine eng)
     dbk_conn *c = setup(url, eng);
     dbk_db *db = dbk_conn_db(c);
     dbk_diag_opts o = {.log_all = true};
-    dbk_diag *d = mk_diag(&o);
-    dbk_diag_attach(d, db);
+    dbk_diag *d = mk_diag_on(&o, db);
     dbk_error err;
     const char *secret = "s3cr3t-\"token\"";
     dbk_value p[] = {dbk_text(secret), dbk_int64(3), dbk_null()};
@@ -809,8 +792,7 @@ static void params(const char *url, dbk_engine eng)
 
     dbk_diag_free(d);
     o.log_params = true;
-    d = mk_diag(&o);
-    dbk_diag_attach(d, db);
+    d = mk_diag_on(&o, db);
     cap_reset();
     DBKT_OK(dbk_db_exec(db, sql, p, 3, &n, &err), &err);
     assert_int_equal(cap_count("query ", "UPDATE users", &l), 1);
@@ -833,8 +815,7 @@ static void diag_log_line_format_and_escaping(void **state)
     dbk_conn *c = dbkt_open("sqlite::memory:");
     dbk_db *db = dbk_conn_db(c);
     dbk_diag_opts o = {.log_all = true};
-    dbk_diag *d = mk_diag(&o);
-    dbk_diag_attach(d, db);
+    dbk_diag *d = mk_diag_on(&o, db);
     dbk_error err;
 
     dbkt_int(db, "SELECT length('a\"b\\c')\n\t+ 1");
@@ -880,8 +861,7 @@ static void diag_log_line_format_and_escaping(void **state)
 static size_t sample_run(dbk_db *db, double rate, uint64_t seed, int n)
 {
     dbk_diag_opts o = {.log_all = true, .sample_rate = rate, .sample_seed = seed};
-    dbk_diag *d = mk_diag(&o);
-    dbk_diag_attach(d, db);
+    dbk_diag *d = mk_diag_on(&o, db);
     cap_reset();
     for (int i = 0; i < n; i++)
         dbkt_int(db, "SELECT 1");
@@ -914,8 +894,7 @@ static void diag_sampling_logs_about_the_fraction(void **state)
 
     /* Slow statements are logged whatever the rate. */
     dbk_diag_opts o = {.log_all = true, .sample_rate = -1, .slow_ms = 1};
-    dbk_diag *d = mk_diag(&o);
-    dbk_diag_attach(d, db);
+    dbk_diag *d = mk_diag_on(&o, db);
     cap_reset();
     dbkt_int(db, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < "
                  "100000) SELECT count(*) FROM c");
@@ -933,8 +912,7 @@ static void metrics(const char *url, dbk_engine eng)
     dbk_conn *c = setup(url, eng);
     dbk_db *db = dbk_conn_db(c);
     dbk_diag_opts o = {.slow_ms = -1};
-    dbk_diag *d = mk_diag(&o);
-    dbk_diag_attach(d, db);
+    dbk_diag *d = mk_diag_on(&o, db);
     dbk_error err;
 
     find_loop(db, 10);                                /* 10 ok */
