@@ -261,6 +261,11 @@ typedef struct dg_explain_opts {
 dbk_rc dg_explain(const cli *c, dbk_db *db, const char *sql, const dbk_value *params,
                   size_t nparams, const dg_explain_opts *o, jw *w, const char *indent,
                   size_t *nfindings, dbk_error *err);
+/* Matches the analysis options that explain and advise share (--min-rows N,
+ * --no-verify) at argv[*i], filling o; advances *i past a value. Returns 1
+ * matched, 0 not one of them, -1 bad or missing value (usage message
+ * printed). */
+int dg_explain_opt(const cli *c, int argc, char **argv, int *i, dg_explain_opts *o);
 /* True when the statement only reads (SELECT / VALUES / TABLE / WITH
  * without INSERT, UPDATE, DELETE or MERGE). */
 bool dg_sql_is_read(const char *sql);

@@ -302,13 +302,9 @@ int cmd_advise(cli *c, int argc, char **argv)
                 return CLI_USAGE;
             if (!cli_parse_i64(v, &top) || top < 1 || top > 1000)
                 return cli_usage(c, "--top takes 1..1000, got '%s'", v);
-        } else if ((r = cli_opt_value(c, argc, argv, &i, "--min-rows", &v)) != 0) {
+        } else if ((r = dg_explain_opt(c, argc, argv, &i, &o)) != 0) {
             if (r < 0)
                 return CLI_USAGE;
-            if (!cli_parse_i64(v, &o.min_rows))
-                return cli_usage(c, "--min-rows takes a number of rows, got '%s'", v);
-        } else if (strcmp(argv[i], "--no-verify") == 0) {
-            o.no_verify = true;
         } else if (strcmp(argv[i], "--exit-code") == 0) {
             exit_code = true;
         } else if (strcmp(argv[i], "--reads-only") == 0) {

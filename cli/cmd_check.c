@@ -152,13 +152,14 @@ static void check_migrations(report *r, const char *repo, const char *dir)
 
 /* ---- secrets ---- */
 
-static bool scanned_file(const char *path)
+/* True when the file name in `path` is an environment file (.env,
+ * .env.local, .env.production) or ends with one of the extensions in ext
+ * (NULL-terminated) after at least one other character. */
+static bool env_or_ext(const char *path, const char *const *ext)
 {
-    static const char *const ext[] = {".c",   ".h",    ".js",  ".ts",  ".json", ".yml", ".yaml",
-                                      ".env", ".toml", ".ini", ".conf", ".mjs", ".cjs", NULL};
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
-    if (strncmp(base, ".env", 4) == 0) /* .env, .env.local, .env.production */
+    if (strncmp(base, ".env", 4) == 0)
         return true;
     size_t n = strlen(base);
     for (int i = 0; ext[i]; i++) {
@@ -169,21 +170,18 @@ static bool scanned_file(const char *path)
     return false;
 }
 
+static bool scanned_file(const char *path)
+{
+    static const char *const ext[] = {".c",   ".h",    ".js",  ".ts",  ".json", ".yml", ".yaml",
+                                      ".env", ".toml", ".ini", ".conf", ".mjs", ".cjs", NULL};
+    return env_or_ext(path, ext);
+}
+
 /* Code files need a quoted literal; config files also take bare values. */
 static bool bare_values_allowed(const char *path)
 {
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    if (strncmp(base, ".env", 4) == 0)
-        return true;
     static const char *const ext[] = {".env", ".yml", ".yaml", ".toml", ".ini", ".conf", NULL};
-    size_t n = strlen(base);
-    for (int i = 0; ext[i]; i++) {
-        size_t m = strlen(ext[i]);
-        if (n > m && strcmp(base + n - m, ext[i]) == 0)
-            return true;
-    }
-    return false;
+    return env_or_ext(path, ext);
 }
 
 static bool placeholder(const char *v, size_t n)

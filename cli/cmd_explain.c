@@ -269,6 +269,16 @@ static void cols_add(cols *c, const char *name)
         snprintf(c->v[c->n++], sizeof c->v[0], "%s", name);
 }
 
+/* c's names, separated by ", ", added to b. */
+static void cols_join(const cols *c, dg_buf *b)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        if (i)
+            dg_add(b, ", ");
+        dg_add(b, c->v[i]);
+    }
+}
+
 /* ---- plan ---- */
 
 typedef struct pnode {
@@ -664,6 +674,28 @@ static void suggest(finding *x, const char *table, const cols *c)
     dg_buf_free(&b);
 }
 
+/* Starts a finding of `kind` when `table` has more than min_rows rows:
+ * *rows gets its size and *f the new finding, or NULL when the table is
+ * small. A NULL table (not known) always gets its finding, *rows 0. */
+static dbk_rc big_table_finding(dbk_db *db, const char *table, int64_t min_rows, int kind,
+                                findings *fs, double *rows, finding **f, dbk_error *err)
+{
+    *f = NULL;
+    *rows = 0;
+    if (table) {
+        dbk_rc rc = table_rows(db, table, min_rows, rows, err);
+        if (rc)
+            return rc;
+        if (*rows <= (double)min_rows)
+            return DBK_OK;
+    }
+    *f = fnew(fs);
+    if (!*f)
+        return oom(err);
+    (*f)->kind = kind;
+    return DBK_OK;
+}
+
 static bool is_cmp(const tok *t)
 {
     static const char *const ops[] = {"=", "==", "<", ">", "<=", ">=", "<>", "!=", "~~", NULL};
@@ -743,6 +775,23 @@ static void cond_cols(const toks *v, size_t from, size_t to, const char *table,
         cols_add(out, other.v[i]);
 }
 
+/* cond_cols() over the condition ranges [starts[k], ends[k]) of v, with the
+ * columns of `table` read from the catalog: the columns the conditions
+ * filter on (equality only when `eq_only`) are added to *c. */
+static dbk_rc filter_cols(dbk_db *db, const toks *v, const size_t *starts, const size_t *ends,
+                          size_t nranges, const char *table, const char *alias, bool eq_only,
+                          cols *c, dbk_error *err)
+{
+    tcols tc;
+    dbk_rc rc = table_cols(db, table, &tc, err);
+    if (rc)
+        return rc;
+    for (size_t k = 0; k < nranges; k++)
+        cond_cols(v, starts[k], ends[k], table, alias, &tc, eq_only, c);
+    tcols_free(&tc);
+    return DBK_OK;
+}
+
 /* ---- PostgreSQL analysis ---- */
 
 /* The relation (table name) that a scan under node i is on, for a
@@ -818,28 +867,23 @@ static dbk_rc pg_findings(dbk_db *db, const plan *p, const dg_explain_opts *o, f
     for (size_t i = 0; i < p->nn && !rc; i++) {
         const pnode *x = &p->n[i];
         if (is_full_scan(x) && x->rel && x->filter) {
-            double rows = 0;
-            rc = table_rows(db, x->rel, min_rows, &rows, err);
+            double rows;
+            finding *f;
+            rc = big_table_finding(db, x->rel, min_rows, F_SCAN, fs, &rows, &f, err);
             if (rc)
                 break;
-            if (rows <= (double)min_rows)
-                continue;
-            finding *f = fnew(fs);
             if (!f)
-                return oom(err);
-            f->kind = F_SCAN;
+                continue;
             snprintf(f->table, sizeof f->table, "%s", x->rel);
             snprintf(f->msg, sizeof f->msg,
                      "sequential scan on %s (~%.0f rows) with filter %s", x->rel, rows, x->filter);
-            tcols tc;
-            rc = table_cols(db, x->rel, &tc, err);
+            toks v = tokenize(x->filter);
+            size_t from = 0, to = v.n;
+            cols c = {0};
+            rc = filter_cols(db, &v, &from, &to, 1, x->rel, x->alias, false, &c, err);
+            free(v.t);
             if (rc)
                 break;
-            toks v = tokenize(x->filter);
-            cols c = {0};
-            cond_cols(&v, 0, v.n, x->rel, x->alias, &tc, false, &c);
-            free(v.t);
-            tcols_free(&tc);
             if (c.n)
                 suggest(f, x->rel, &c);
             else
@@ -858,18 +902,14 @@ static dbk_rc pg_findings(dbk_db *db, const plan *p, const dg_explain_opts *o, f
             cols sc = {0};
             bool plain = sort_keys(x->sortkey, qual, sizeof qual, &sc);
             const pnode *scan = plain ? pg_scan_below(p, i, qual[0] ? qual : NULL) : NULL;
-            double rows = 0;
-            if (scan) {
-                rc = table_rows(db, scan->rel, min_rows, &rows, err);
-                if (rc)
-                    break;
-                if (rows <= (double)min_rows)
-                    continue;
-            }
-            finding *f = fnew(fs);
+            double rows;
+            finding *f;
+            rc = big_table_finding(db, scan ? scan->rel : NULL, min_rows, F_SORT, fs, &rows, &f,
+                                   err);
+            if (rc)
+                break;
             if (!f)
-                return oom(err);
-            f->kind = F_SORT;
+                continue;
             dg_buf keys = {0};
             for (const char *k = x->sortkey; *k; k++)
                 dg_add(&keys, *k == '\x1f' ? ", " : (char[2]){*k, 0});
@@ -1080,35 +1120,22 @@ static dbk_rc sqlite_findings(dbk_db *db, const char *sql, const plan *p,
             for (size_t k = 0; k < nal; k++)
                 if (strcmp(al[k].name, nm) == 0)
                     table = al[k].table;
-            tcols tc;
-            rc = table_cols(db, table, &tc, err);
+            cols c = {0};
+            rc = filter_cols(db, &v, cs, ce, nc, table, nm, false, &c, err);
             if (rc)
                 break;
-            cols c = {0};
-            for (size_t k = 0; k < nc; k++)
-                cond_cols(&v, cs[k], ce[k], table, nm, &tc, false, &c);
-            tcols_free(&tc);
             if (!c.n)
                 continue; /* no filter on this table: reading it all is the job */
-            double rows = 0;
-            rc = table_rows(db, table, min_rows, &rows, err);
+            double rows;
+            finding *f;
+            rc = big_table_finding(db, table, min_rows, F_SCAN, fs, &rows, &f, err);
             if (rc)
                 break;
-            if (rows <= (double)min_rows)
+            if (!f)
                 continue;
-            finding *f = fnew(fs);
-            if (!f) {
-                rc = oom(err);
-                break;
-            }
-            f->kind = F_SCAN;
             snprintf(f->table, sizeof f->table, "%s", table);
             dg_buf cl = {0};
-            for (size_t k = 0; k < c.n; k++) {
-                if (k)
-                    dg_add(&cl, ", ");
-                dg_add(&cl, c.v[k]);
-            }
+            cols_join(&c, &cl);
             snprintf(f->msg, sizeof f->msg,
                      "full scan of %s (%s%.0f rows) filtering on %s", table,
                      rows > (double)min_rows ? "more than " : "", (double)min_rows, dg_str(&cl));
@@ -1136,26 +1163,15 @@ static dbk_rc sqlite_findings(dbk_db *db, const char *sql, const plan *p,
             }
             if (rc)
                 break;
-            double rows = 0;
-            if (table) {
-                rc = table_rows(db, table, min_rows, &rows, err);
-                if (rc)
-                    break;
-                if (rows <= (double)min_rows)
-                    continue;
-            }
-            finding *f = fnew(fs);
-            if (!f) {
-                rc = oom(err);
+            double rows;
+            finding *f;
+            rc = big_table_finding(db, table, min_rows, F_SORT, fs, &rows, &f, err);
+            if (rc)
                 break;
-            }
-            f->kind = F_SORT;
+            if (!f)
+                continue;
             dg_buf cl = {0};
-            for (size_t k = 0; k < oc.n; k++) {
-                if (k)
-                    dg_add(&cl, ", ");
-                dg_add(&cl, oc.v[k]);
-            }
+            cols_join(&oc, &cl);
             snprintf(f->msg, sizeof f->msg, "sort on %s in a temporary b-tree (no index gives "
                      "the order)%s%s", oc.n ? dg_str(&cl) : "the ORDER BY keys",
                      table ? " on " : "", table ? table : "");
@@ -1167,14 +1183,10 @@ static dbk_rc sqlite_findings(dbk_db *db, const char *sql, const plan *p,
                 for (size_t k = 0; k < nal; k++)
                     if (strcmp(al[k].table, table) == 0)
                         an = al[k].name;
-                tcols tc;
-                rc = table_cols(db, table, &tc, err);
+                cols c = {0};
+                rc = filter_cols(db, &v, cs, ce, nc, table, an, true, &c, err);
                 if (rc)
                     break;
-                cols c = {0};
-                for (size_t k = 0; k < nc; k++)
-                    cond_cols(&v, cs[k], ce[k], table, an, &tc, true, &c);
-                tcols_free(&tc);
                 for (size_t k = 0; k < oc.n; k++)
                     cols_add(&c, oc.v[k]);
                 suggest(f, table, &c);
@@ -1506,6 +1518,23 @@ dbk_rc dg_explain(const cli *c, dbk_db *db, const char *sql, const dbk_value *pa
     return rc;
 }
 
+int dg_explain_opt(const cli *c, int argc, char **argv, int *i, dg_explain_opts *o)
+{
+    const char *v = NULL;
+    if (strcmp(argv[*i], "--no-verify") == 0) {
+        o->no_verify = true;
+        return 1;
+    }
+    int r = cli_opt_value(c, argc, argv, i, "--min-rows", &v);
+    if (r <= 0)
+        return r;
+    if (!cli_parse_i64(v, &o->min_rows)) {
+        cli_usage(c, "--min-rows takes a number of rows, got '%s'", v);
+        return -1;
+    }
+    return 1;
+}
+
 int cmd_explain(cli *c, int argc, char **argv)
 {
     dg_explain_opts o = {0};
@@ -1514,7 +1543,6 @@ int cmd_explain(cli *c, int argc, char **argv)
     int first_arg = argc;
     bool dashdash = false;
     for (int i = 1; i < argc; i++) {
-        const char *v = NULL;
         int r;
         if (!dashdash && strcmp(argv[i], "--") == 0) {
             dashdash = true;
@@ -1530,17 +1558,12 @@ int cmd_explain(cli *c, int argc, char **argv)
             } else if (strcmp(argv[i], "--analyze-writes") == 0) {
                 o.analyze = o.analyze_writes = true;
                 continue;
-            } else if (strcmp(argv[i], "--no-verify") == 0) {
-                o.no_verify = true;
-                continue;
             } else if (strcmp(argv[i], "--exit-code") == 0) {
                 exit_code = true;
                 continue;
-            } else if ((r = cli_opt_value(c, argc, argv, &i, "--min-rows", &v)) != 0) {
+            } else if ((r = dg_explain_opt(c, argc, argv, &i, &o)) != 0) {
                 if (r < 0)
                     return CLI_USAGE;
-                if (!cli_parse_i64(v, &o.min_rows))
-                    return cli_usage(c, "--min-rows takes a number of rows, got '%s'", v);
                 continue;
             } else if (argv[i][0] == '-' && argv[i][1] == '-') {
                 return cli_usage(c, "unknown option '%s'", argv[i]);

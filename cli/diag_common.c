@@ -249,11 +249,14 @@ static const char SL_INDEX_COLS[] =
 static const char SL_FKS[] = "SELECT id, \"table\", \"from\", \"to\" FROM "
                              "pragma_foreign_key_list($1) ORDER BY id, seq";
 
-static dbk_rc load_table_pg(dbk_db *db, dg_table *t, const char *oid, dbk_error *err)
+/* Reads t's columns with `sql` (PG_COLS or SL_COLS: name, type, not null,
+ * part of the primary key; one parameter *p naming the table) into
+ * t->cols, and sets t->has_pk. */
+static dbk_rc load_cols(dbk_db *db, const char *sql, const dbk_value *p, dg_table *t,
+                        dbk_error *err)
 {
-    dbk_value p = dbk_text(oid);
     dbk_result *r = NULL;
-    dbk_rc rc = dbk_db_query(db, PG_COLS, &p, 1, &r, err);
+    dbk_rc rc = dbk_db_query(db, sql, p, 1, &r, err);
     if (rc)
         return rc;
     size_t n = dbk_result_nrows(r);
@@ -271,11 +274,23 @@ static dbk_rc load_table_pg(dbk_db *db, dg_table *t, const char *oid, dbk_error 
         t->has_pk |= c->pk;
     }
     dbk_result_free(r);
-    r = NULL;
+    return DBK_OK;
+oom:
+    dbk_result_free(r);
+    return nomem(err);
+}
+
+static dbk_rc load_table_pg(dbk_db *db, dg_table *t, const char *oid, dbk_error *err)
+{
+    dbk_value p = dbk_text(oid);
+    dbk_rc rc = load_cols(db, PG_COLS, &p, t, err);
+    if (rc)
+        return rc;
+    dbk_result *r = NULL;
     rc = dbk_db_query(db, PG_INDEXES, &p, 1, &r, err);
     if (rc)
         return rc;
-    n = dbk_result_nrows(r);
+    size_t n = dbk_result_nrows(r);
     t->idx = calloc(n + 1, sizeof *t->idx);
     if (!t->idx)
         goto oom;
@@ -317,37 +332,23 @@ oom:
 static dbk_rc load_table_sqlite(dbk_db *db, dg_table *t, dbk_error *err)
 {
     dbk_value p = dbk_text(t->name);
-    dbk_result *r = NULL, *ic = NULL;
-    dbk_rc rc = dbk_db_query(db, SL_COLS, &p, 1, &r, err);
+    dbk_rc rc = load_cols(db, SL_COLS, &p, t, err);
     if (rc)
         return rc;
-    size_t n = dbk_result_nrows(r);
     size_t npk = 0;
     const char *pkname = NULL, *pktype = NULL;
-    t->cols = calloc(n + 1, sizeof *t->cols);
-    if (!t->cols)
-        goto oom;
-    for (size_t i = 0; i < n; i++) {
-        dg_col *c = &t->cols[t->ncols++];
-        c->name = dg_strdup(cell(r, i, 0));
-        c->type = dg_strdup(cell(r, i, 1));
-        c->notnull = cell_true(r, i, 2);
-        c->pk = cell_true(r, i, 3);
-        if (!c->name || !c->type)
-            goto oom;
-        if (c->pk) {
+    for (size_t i = 0; i < t->ncols; i++) {
+        if (t->cols[i].pk) {
             npk++;
-            pkname = c->name;
-            pktype = c->type;
+            pkname = t->cols[i].name;
+            pktype = t->cols[i].type;
         }
     }
-    t->has_pk = npk > 0;
-    dbk_result_free(r);
-    r = NULL;
+    dbk_result *r = NULL, *ic = NULL;
     rc = dbk_db_query(db, SL_INDEXES, &p, 1, &r, err);
     if (rc)
         return rc;
-    n = dbk_result_nrows(r);
+    size_t n = dbk_result_nrows(r);
     /* One more slot: an INTEGER PRIMARY KEY is the rowid, indexed and
      * unique without an entry in index_list. */
     t->idx = calloc(n + 2, sizeof *t->idx);
