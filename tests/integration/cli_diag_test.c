@@ -203,6 +203,32 @@ static void write_text(const char *path, const char *text)
     assert_int_equal(fclose(f), 0);
 }
 
+/* write_text() of the file `rel` inside `dir`. */
+static void write_in(const char *dir, const char *rel, const char *text)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    write_text(path, text);
+}
+
+/* The directory `rel` inside `dir`. */
+static void mkdir_in(const char *dir, const char *rel)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    mkdir(path, 0777);
+}
+
+/* The file at path, NUL-terminated, into buf (at most n - 1 bytes). */
+static void read_text(const char *path, char *buf, size_t n)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    size_t len = fread(buf, 1, n - 1, f);
+    buf[len] = '\0';
+    fclose(f);
+}
+
 static char *subdir(const char *name)
 {
     char *base = dbkt_tmpdir();
@@ -216,6 +242,14 @@ static char *subdir(const char *name)
 }
 
 /* ---- fixtures ---- */
+
+/* Runs one statement on the database at url, on a connection of its own. */
+static void exec_at(const char *url, const char *sql)
+{
+    dbk_conn *conn = dbkt_open(url);
+    dbkt_exec(dbk_conn_db(conn), sql);
+    dbk_conn_close(conn);
+}
 
 /* items: 20000 rows in one statement; category has 2000 values (10 rows
  * each), a and b are perfectly correlated (100 values each). */
@@ -299,9 +333,7 @@ static void explain_scan(const char *url, dbk_engine engine)
     run_free(&r);
 
     /* The suggested index, created: the finding is gone. */
-    dbk_conn *conn = dbkt_open(url);
-    dbkt_exec(dbk_conn_db(conn), "CREATE INDEX items_category_idx ON items (category)");
-    dbk_conn_close(conn);
+    exec_at(url, "CREATE INDEX items_category_idx ON items (category)");
     r = DBKIT(NULL, "--url", url, "explain", "--exit-code",
               "SELECT id, label FROM items WHERE category = $1", "7");
     expect_code(&r, 0);
@@ -345,9 +377,7 @@ static void explain_sort(const char *url, dbk_engine engine)
     has(&r, "CREATE INDEX items_category_created_at_idx ON items (category, created_at)");
     run_free(&r);
 
-    dbk_conn *conn = dbkt_open(url);
-    dbkt_exec(dbk_conn_db(conn), "CREATE INDEX items_created ON items (created_at)");
-    dbk_conn_close(conn);
+    exec_at(url, "CREATE INDEX items_created ON items (created_at)");
     r = DBKIT(NULL, "--url", url, "explain",
               "SELECT id, label FROM items ORDER BY created_at DESC LIMIT 10");
     expect_code(&r, 0);
@@ -413,9 +443,7 @@ static void cli_diag_explain_without_hypopg(void **state)
     dbkt_pg_admin_exec("DO $$ BEGIN CREATE ROLE dbkt_diag_plain NOLOGIN; EXCEPTION WHEN "
                        "duplicate_object THEN NULL; END $$");
     make_items(url, DBK_ENGINE_POSTGRES);
-    dbk_conn *conn = dbkt_open(url);
-    dbkt_exec(dbk_conn_db(conn), "GRANT SELECT ON items TO dbkt_diag_plain");
-    dbk_conn_close(conn);
+    exec_at(url, "GRANT SELECT ON items TO dbkt_diag_plain");
     char plain[1024];
     snprintf(plain, sizeof plain, "%s%coptions=-c%%20role%%3Ddbkt_diag_plain", url,
              strchr(url, '?') ? '&' : '?');
@@ -564,35 +592,29 @@ static void check_repo(const char *url, dbk_engine engine)
 {
     bool pg = engine == DBK_ENGINE_POSTGRES;
     char *repo = subdir(pg ? "check_pg" : "check_sqlite");
-    char path[1024];
     GIT(repo, "init", "-q");
     GIT(repo, "config", "user.name", "dbkit test");
     GIT(repo, "config", "user.email", "test@example.invalid");
     GIT(repo, "config", "commit.gpgsign", "false");
-    snprintf(path, sizeof path, "%s/db", repo);
-    mkdir(path, 0777);
-    snprintf(path, sizeof path, "%s/db/migrations", repo);
-    mkdir(path, 0777);
-    snprintf(path, sizeof path, "%s/config", repo);
-    mkdir(path, 0777);
-    snprintf(path, sizeof path, "%s/db/migrations/20240101000000_posts.sql", repo);
-    write_text(path, "-- migrate:up\nCREATE TABLE posts (id INTEGER PRIMARY KEY);\n");
+    mkdir_in(repo, "db");
+    mkdir_in(repo, "db/migrations");
+    mkdir_in(repo, "config");
+    write_in(repo, "db/migrations/20240101000000_posts.sql",
+             "-- migrate:up\nCREATE TABLE posts (id INTEGER PRIMARY KEY);\n");
     /* The secret is assembled so that this file itself holds no URL with a
      * password. */
     char yml[512];
     snprintf(yml, sizeof yml, "database:\n  pool: 5\n  url: postgres://app:%s@db.internal:5432/app\n",
              "Sup3rS3cret");
-    snprintf(path, sizeof path, "%s/config/app.yml", repo);
-    write_text(path, yml);
-    snprintf(path, sizeof path, "%s/config/ok.env", repo);
-    write_text(path, "DB_PASSWORD=${DB_PASSWORD}\nDATABASE_URL=postgres://app:***@db/app\n");
+    write_in(repo, "config/app.yml", yml);
+    write_in(repo, "config/ok.env", "DB_PASSWORD=${DB_PASSWORD}\nDATABASE_URL=postgres://app:***@db/app\n");
     GIT(repo, "add", "db", "config");
     GIT(repo, "commit", "-q", "-m", "start");
     /* Planted: a migration never committed, another changed after commit. */
-    snprintf(path, sizeof path, "%s/db/migrations/20240102000000_comments.sql", repo);
-    write_text(path, "-- migrate:up\nCREATE TABLE comments (id INTEGER PRIMARY KEY);\n");
-    snprintf(path, sizeof path, "%s/db/migrations/20240101000000_posts.sql", repo);
-    write_text(path, "-- migrate:up\nCREATE TABLE posts (id INTEGER PRIMARY KEY, x INT);\n");
+    write_in(repo, "db/migrations/20240102000000_comments.sql",
+             "-- migrate:up\nCREATE TABLE comments (id INTEGER PRIMARY KEY);\n");
+    write_in(repo, "db/migrations/20240101000000_posts.sql",
+             "-- migrate:up\nCREATE TABLE posts (id INTEGER PRIMARY KEY, x INT);\n");
 
     dbk_conn *conn = dbkt_open(url);
     dbk_db *db = dbk_conn_db(conn);
@@ -629,8 +651,7 @@ static void check_repo(const char *url, dbk_engine engine)
 
     /* Fixed: everything committed, the password read from the environment,
      * the FK indexed, the table given a key. */
-    snprintf(path, sizeof path, "%s/config/app.yml", repo);
-    write_text(path, "database:\n  pool: 5\n  url: ${DATABASE_URL}\n");
+    write_in(repo, "config/app.yml", "database:\n  pool: 5\n  url: ${DATABASE_URL}\n");
     GIT(repo, "add", "db", "config");
     GIT(repo, "commit", "-q", "-m", "fix");
     conn = dbkt_open(url);
@@ -660,8 +681,8 @@ static void cli_diag_check_repo(void **state)
 /* ---- erd ---- */
 
 /* Mermaid parsed back: entity blocks and relation lines. */
-static void mermaid_parse(const char *text, char names[][64], size_t *nnames, char rels[][128],
-                          size_t *nrels)
+static void mermaid_parse(const char *text, char names[][128], size_t *nnames,
+                          char rels[][128], size_t *nrels)
 {
     *nnames = *nrels = 0;
     assert_true(strncmp(text, "erDiagram\n", 10) == 0);
@@ -685,15 +706,8 @@ static void mermaid_parse(const char *text, char names[][64], size_t *nnames, ch
     }
 }
 
+/* True when s is one of the first n strings of set (entity names or relations). */
 static bool in_set(char set[][128], size_t n, const char *s)
-{
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(set[i], s) == 0)
-            return true;
-    return false;
-}
-
-static bool in_names(char set[][64], size_t n, const char *s)
 {
     for (size_t i = 0; i < n; i++)
         if (strcmp(set[i], s) == 0)
@@ -720,15 +734,15 @@ static void erd(const char *url, dbk_engine engine)
 
     run r = DBKIT(NULL, "--url", url, "erd");
     expect_code(&r, 0);
-    char names[32][64], rels[32][128];
+    char names[32][128], rels[32][128];
     size_t nn = 0, nr = 0;
     mermaid_parse(r.out, names, &nn, rels, &nr);
     assert_int_equal(nn, 4);
-    assert_true(in_names(names, nn, "users"));
-    assert_true(in_names(names, nn, "posts"));
-    assert_true(in_names(names, nn, "profiles"));
-    assert_true(in_names(names, nn, "post_tags"));
-    assert_false(in_names(names, nn, "dbkit_seeds"));
+    assert_true(in_set(names, nn, "users"));
+    assert_true(in_set(names, nn, "posts"));
+    assert_true(in_set(names, nn, "profiles"));
+    assert_true(in_set(names, nn, "post_tags"));
+    assert_false(in_set(names, nn, "dbkit_seeds"));
     assert_int_equal(nr, 4);
     if (!in_set(rels, nr, "users ||--o{ posts user_id") ||
         !in_set(rels, nr, "users ||--o| profiles user_id") ||
@@ -743,7 +757,7 @@ static void erd(const char *url, dbk_engine engine)
     r = DBKIT(NULL, "--url", url, "erd", "--all");
     expect_code(&r, 0);
     mermaid_parse(r.out, names, &nn, rels, &nr);
-    assert_true(in_names(names, nn, "dbkit_seeds"));
+    assert_true(in_set(names, nn, "dbkit_seeds"));
     run_free(&r);
 
     /* DOT: nodes and edges parsed back, then rendered by Graphviz. */
@@ -754,12 +768,8 @@ static void erd(const char *url, dbk_engine engine)
     r = DBKIT(NULL, "--url", url, "erd", "--format", "dot", "--output", dotfile);
     expect_code(&r, 0);
     run_free(&r);
-    FILE *f = fopen(dotfile, "rb");
-    assert_non_null(f);
     char text[16384];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    text[n] = '\0';
-    fclose(f);
+    read_text(dotfile, text, sizeof text);
     assert_true(strncmp(text, "digraph erd {", 13) == 0);
     assert_int_equal(count(text, "[label=<<TABLE"), 4);
     assert_non_null(strstr(text, "\"posts\" [label=<<TABLE"));
@@ -780,11 +790,7 @@ static void erd(const char *url, dbk_engine engine)
         r = PROG("dot", NULL, "-Tsvg", dotfile, "-o", svg);
         expect_code(&r, 0);
         run_free(&r);
-        f = fopen(svg, "rb");
-        assert_non_null(f);
-        n = fread(text, 1, sizeof text - 1, f);
-        text[n] = '\0';
-        fclose(f);
+        read_text(svg, text, sizeof text);
         assert_non_null(strstr(text, "<svg"));
         assert_non_null(strstr(text, "profiles"));
     }
