@@ -178,6 +178,14 @@ static void find_loop(dbk_db *db, int n)
     dbk_arena_free(a);
 }
 
+/* Every user with its posts, loaded the include way (two statements). */
+static dbk_rc users_with_posts(dbk_db *db, dbk_arena *a, dbk_list *users, dbk_error *err)
+{
+    const char *const inc[] = {"posts"};
+    dbk_query q = {.include = inc, .ninclude = 1};
+    return dbk_repo_find_many(db, &user_entity, &q, users, a, err);
+}
+
 /* Runs the same statement, not a keyed lookup, n times. */
 static void count_loop(dbk_db *db, int n)
 {
@@ -258,9 +266,7 @@ static void n1_logged(const char *url, dbk_engine eng)
     /* The include equivalent: two statements, nothing reported. */
     cap_reset();
     dbk_diag_scope_begin(d, "users with posts, included");
-    const char *const inc[] = {"posts"};
-    dbk_query q = {.include = inc, .ninclude = 1};
-    DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &users, a, &err), &err);
+    DBKT_OK(users_with_posts(db, a, &users, &err), &err);
     assert_int_equal(users.count, NUSERS);
     assert_int_equal(((struct user *)users.items)[NUSERS - 1].nposts, 2);
     DBKT_OK(dbk_diag_scope_end(d, &err), &err);
@@ -302,10 +308,8 @@ static void n1_error(const char *url, dbk_engine eng)
     /* The include equivalent in ERROR mode passes. */
     dbk_arena *a = dbk_arena_new(0);
     dbk_diag_scope_begin(d, "request");
-    const char *const inc[] = {"posts"};
-    dbk_query q = {.include = inc, .ninclude = 1};
     dbk_list users;
-    DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &users, a, &err), &err);
+    DBKT_OK(users_with_posts(db, a, &users, &err), &err);
     DBKT_OK(dbk_diag_scope_end(d, &err), &err);
 
     /* Two statements over the threshold: both reported, the message says so. */
@@ -586,10 +590,8 @@ static void *pool_worker_main(void *arg)
         dbk_transaction(w->db, tx_body, NULL, NULL, &err); /* 3 more, BEGIN/COMMIT ignored */
     } else {
         for (int i = 0; i < 4; i++) { /* 4 x (users + posts): under the threshold */
-            const char *const inc[] = {"posts"};
-            dbk_query q = {.include = inc, .ninclude = 1};
             dbk_list users;
-            dbk_repo_find_many(w->db, &user_entity, &q, &users, a, &err);
+            users_with_posts(w->db, a, &users, &err);
         }
     }
     pthread_barrier_wait(w->bar);
