@@ -102,87 +102,25 @@ static stmt *stmts_get(stmts *v, const char *sql)
     return s;
 }
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
-/* Parses one log line; false when it is not a query line. *sql is
- * malloc'd, unescaped. */
+/* Parses one log line (dbk_diag_parse_line: the library's own reader of
+ * its format); false when it is not a query line. *sql is malloc'd,
+ * unescaped. */
 static bool parse_line(const char *line, double *ms, int64_t *rows, bool *ok, char **sql,
                        bool *truncated)
 {
-    const char *p = strstr(line, "query duration_ms=");
-    if (!p || (p != line && p[-1] != ' '))
-        return false;
-    p += strlen("query duration_ms=");
-    char *end = NULL;
-    errno = 0;
-    *ms = strtod(p, &end);
-    if (end == p || errno)
-        return false;
-    p = end;
-    if (strncmp(p, " rows=", 6) != 0)
-        return false;
-    p += 6;
-    *rows = strtoll(p, &end, 10);
-    if (end == p)
-        return false;
-    p = end;
-    if (strncmp(p, " rc=", 4) != 0)
-        return false;
-    p += 4;
-    size_t rclen = strcspn(p, " ");
-    *ok = rclen == 6 && strncmp(p, "DBK_OK", 6) == 0;
-    p += rclen;
-    if (strncmp(p, " sql=\"", 6) != 0)
-        return false;
-    p += 6;
-    dg_buf b = {0};
-    bool closed = false;
-    while (*p) {
-        if (*p == '"') {
-            closed = true;
-            break;
-        }
-        if (*p == '\\' && p[1]) {
-            char e = p[1];
-            if (e == 'n') {
-                dg_add(&b, "\n");
-                p += 2;
-            } else if (e == 't') {
-                dg_add(&b, "\t");
-                p += 2;
-            } else if (e == 'r') {
-                dg_add(&b, "\r");
-                p += 2;
-            } else if (e == 'x' && hexval(p[2]) >= 0 && hexval(p[3]) >= 0) {
-                char ch = (char)(hexval(p[2]) * 16 + hexval(p[3]));
-                dg_addn(&b, &ch, 1);
-                p += 4;
-            } else {
-                dg_addn(&b, &p[1], 1); /* \\ and \" */
-                p += 2;
-            }
-            continue;
-        }
-        dg_addn(&b, p, 1);
-        p++;
-    }
-    if (!closed || b.oom) {
-        dg_buf_free(&b);
+    size_t cap = strlen(line) + 1;
+    char *buf = malloc(cap);
+    dbk_diag_line dl;
+    if (!buf || dbk_diag_parse_line(line, &dl, buf, cap) != DBK_OK) {
+        free(buf);
         return false;
     }
-    /* diag.h: an SQL text that did not fit the line ends in "..." */
-    *truncated = b.len >= 3 && strcmp(b.s + b.len - 3, "...") == 0;
-    *sql = b.s ? b.s : dg_strdup("");
-    return *sql != NULL;
+    *ms = dl.duration_ms;
+    *rows = dl.rows;
+    *ok = dl.rc == DBK_OK;
+    *truncated = dl.truncated;
+    *sql = buf;
+    return true;
 }
 
 static int read_log(const cli *c, const char *path, stmts *v, size_t *nlines)

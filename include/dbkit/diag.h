@@ -243,6 +243,29 @@ DBK_API void dbk_diag_stats_get(dbk_diag *d, dbk_diag_stats *out);
  */
 DBK_API size_t dbk_diag_prometheus(dbk_diag *d, char *buf, size_t len);
 
+/* ---- reading the log back ---- */
+
+/* One query-log line taken apart by dbk_diag_parse_line(). */
+typedef struct dbk_diag_line {
+    bool slow;          /* a "slow query ..." line */
+    double duration_ms;
+    int64_t rows;
+    dbk_rc rc;
+    const char *sql;    /* unescaped and NUL-terminated, in the caller's buffer */
+    size_t sql_len;     /* bytes of sql (it may hold NUL bytes, logged as \x00) */
+    bool truncated;     /* sql ends in "...": cut by the writer (or really ends so) */
+} dbk_diag_line;
+
+/* Finds the query-log record in `line` ("query duration_ms=..." or "slow
+ * query duration_ms=...", at the start or after a space, so a prefix the
+ * logging hook adds is fine) and takes it apart, unescaping the SQL into
+ * buf. buflen >= strlen(line) + 1 always suffices. DBK_OK; DBK_EINVALID
+ * when there is no record or it does not follow the format (unknown rc
+ * name, an escape the writer never produces, no closing quote);
+ * DBK_EMISUSE for NULL arguments or a smaller buffer. Thread-safe. */
+DBK_API dbk_rc dbk_diag_parse_line(const char *line, dbk_diag_line *out, char *buf,
+                                   size_t buflen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1086,6 +1086,72 @@ static void diag_options_and_misuse(void **state)
     dbk_diag_attach(NULL, NULL);
 }
 
+/* The log written by the hub reads back with dbk_diag_parse_line: SQL with
+ * quotes, backslashes, newlines and control bytes, a hook's prefix, slow
+ * lines; malformed lines are refused. */
+static void diag_parse_line_reads_the_log_back(void **state)
+{
+    (void)state;
+    cap_reset();
+    dbk_diag_opts o = {.log_all = true, .slow_ms = -1};
+    dbk_diag *d = mk_diag(&o);
+    static const char sql[] = "SELECT \"a\\b\", 'x\ny', e'\\x01' /* \x01\x7f ünï */ FROM t";
+    dbk_query_event ev = {.sql = sql, .duration_ns = 1234567, .rows = 42, .rc = DBK_EUNIQUE,
+                          .engine = DBK_ENGINE_SQLITE};
+    dbk_diag_observe(d, &ev);
+    assert_int_equal(cap.n, 1);
+    char buf[1100], line[1200];
+    dbk_diag_line dl;
+    DBKT_RC(DBK_OK, dbk_diag_parse_line(cap.line[0], &dl, buf, sizeof buf));
+    assert_int_equal(dl.sql_len, strlen(sql));
+    assert_string_equal(dl.sql, sql);
+    assert_int_equal(dl.rows, 42);
+    assert_int_equal(dl.rc, DBK_EUNIQUE);
+    assert_false(dl.slow);
+    assert_false(dl.truncated);
+    assert_true(dl.duration_ms > 1.234 && dl.duration_ms < 1.236);
+
+    /* A prefix from the hook, and a slow line. */
+    snprintf(line, sizeof line, "dbkit warn: slow %s", cap.line[0]);
+    DBKT_RC(DBK_OK, dbk_diag_parse_line(line, &dl, buf, sizeof buf));
+    assert_true(dl.slow);
+    assert_string_equal(dl.sql, sql);
+
+    /* A text too long for one line comes back cut, marked truncated. */
+    char longsql[3000];
+    memset(longsql, 'x', sizeof longsql - 1);
+    longsql[sizeof longsql - 1] = '\0';
+    memcpy(longsql, "SELECT ", 7);
+    ev.sql = longsql;
+    ev.rc = DBK_OK;
+    dbk_diag_observe(d, &ev);
+    assert_int_equal(cap.n, 2);
+    DBKT_RC(DBK_OK, dbk_diag_parse_line(cap.line[1], &dl, buf, sizeof buf));
+    assert_true(dl.truncated);
+    assert_int_equal(memcmp(dl.sql, longsql, dl.sql_len - 3), 0);
+
+    /* Refused: not a record, unknown code, bad escape, no closing quote,
+     * bad numbers; a buffer that could be too small. */
+    static const char *bad[] = {
+        "hello",
+        "query duration_ms=1.000 rows=1 rc=DBK_NOPE sql=\"x\"",
+        "query duration_ms=1.000 rows=1 rc=DBK_OK sql=\"a\\qb\"",
+        "query duration_ms=1.000 rows=1 rc=DBK_OK sql=\"open",
+        "query duration_ms=.5 rows=1 rc=DBK_OK sql=\"x\"",
+        "query duration_ms=1. rows=1 rc=DBK_OK sql=\"x\"",
+        "query duration_ms=1.000 rows=-1 rc=DBK_OK sql=\"x\"",
+        "xquery duration_ms=1.000 rows=1 rc=DBK_OK sql=\"x\"",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (dbk_diag_parse_line(bad[i], &dl, buf, sizeof buf) != DBK_EINVALID)
+            fail_msg("accepted: %s", bad[i]);
+    DBKT_RC(DBK_EMISUSE, dbk_diag_parse_line(cap.line[0], &dl, buf, 8));
+    DBKT_RC(DBK_EMISUSE, dbk_diag_parse_line(NULL, &dl, buf, sizeof buf));
+    dbk_diag_free(d);
+    cap_reset();
+    dbk_set_log(NULL, NULL, DBK_LOG_DEBUG);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1103,6 +1169,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(diag_sampling_logs_about_the_fraction),
         cmocka_unit_test(diag_metrics_and_prometheus_text),
         cmocka_unit_test(diag_options_and_misuse),
+        cmocka_unit_test(diag_parse_line_reads_the_log_back),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
