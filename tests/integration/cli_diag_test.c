@@ -28,18 +28,8 @@
 
 /* ---- running programs ---- */
 
-typedef struct run {
-    int code;
-    char *out;
-    char *err;
-} run;
-
-static void run_free(run *r)
-{
-    free(r->out);
-    free(r->err);
-    memset(r, 0, sizeof *r);
-}
+typedef dbkt_proc run;
+#define run_free dbkt_proc_free
 
 static bool in_ci(void)
 {
@@ -65,103 +55,20 @@ static const char *dbkit_path(void)
     return path;
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void append(char **buf, size_t *len, const char *p, size_t n)
-{
-    char *q = realloc(*buf, *len + n + 1);
-    assert_non_null(q);
-    memcpy(q + *len, p, n);
-    *len += n;
-    q[*len] = '\0';
-    *buf = q;
-}
-
-/* Runs prog (a path, or NULL for dbkit) with args (NULL-terminated) in cwd,
- * with DATABASE_URL and DB_* removed from the environment. */
+/* Runs prog (a path, a name looked up in PATH, or NULL for dbkit) with
+ * args (NULL-terminated) in cwd, with DATABASE_URL, DB_* and GIT_* removed
+ * from the environment (a test run from a git hook must not act on the
+ * outer repository). */
 static run run_prog(const char *prog, const char *cwd, const char *const *args)
 {
+    static const char *const clear[] = {"DATABASE_URL",  "DB_HOST",        "DB_PORT",
+                                        "DB_NAME",       "DB_USER",        "DB_PASSWORD",
+                                        "DB_PASSWORD_FILE", "GIT_DIR",     "GIT_WORK_TREE",
+                                        "GIT_INDEX_FILE", "GIT_PREFIX",    NULL};
     const char *exe = prog ? prog : dbkit_path();
-    int o[2], e[2];
-    assert_int_equal(pipe(o), 0);
-    assert_int_equal(pipe(e), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(o[1], 1);
-        dup2(e[1], 2);
-        close(o[0]);
-        close(o[1]);
-        close(e[0]);
-        close(e[1]);
-        if (cwd && chdir(cwd) != 0)
-            _exit(126);
-        /* GIT_*: a test run from a git hook must not act on the outer repository. */
-        const char *clear[] = {"DATABASE_URL", "DB_HOST",       "DB_PORT",        "DB_NAME",
-                               "DB_USER",      "DB_PASSWORD",   "DB_PASSWORD_FILE", "GIT_DIR",
-                               "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX",  NULL};
-        for (int i = 0; clear[i]; i++)
-            unsetenv(clear[i]);
-        const char *argv[64];
-        int n = 0;
-        argv[n++] = exe;
-        for (int i = 0; args[i] && n < 63; i++)
-            argv[n++] = args[i];
-        argv[n] = NULL;
-        if (prog && !strchr(prog, '/'))
-            execvp(exe, (char *const *)argv);
-        else
-            execv(exe, (char *const *)argv);
-        _exit(127);
-    }
-    close(o[1]);
-    close(e[1]);
-    run r = {0, NULL, NULL};
-    size_t olen = 0, elen = 0;
-    append(&r.out, &olen, "", 0);
-    append(&r.err, &elen, "", 0);
-    int64_t deadline = mono_ms() + 60000;
-    bool oopen = true, eopen = true;
-    while (oopen || eopen) {
-        struct pollfd pf[2] = {{oopen ? o[0] : -1, POLLIN, 0}, {eopen ? e[0] : -1, POLLIN, 0}};
-        int64_t left = deadline - mono_ms();
-        if (left <= 0) {
-            kill(pid, SIGKILL);
-            waitpid(pid, NULL, 0);
-            fail_msg("%s did not finish within 60 s", exe);
-        }
-        int pr = poll(pf, 2, (int)left);
-        if (pr < 0 && errno == EINTR)
-            continue;
-        char buf[4096];
-        for (int i = 0; i < 2; i++) {
-            if (!(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
-                continue;
-            ssize_t n = read(pf[i].fd, buf, sizeof buf);
-            if (n > 0) {
-                if (i == 0)
-                    append(&r.out, &olen, buf, (size_t)n);
-                else
-                    append(&r.err, &elen, buf, (size_t)n);
-            } else if (n == 0 || errno != EINTR) {
-                if (i == 0)
-                    oopen = false;
-                else
-                    eopen = false;
-            }
-        }
-    }
-    close(o[0]);
-    close(e[0]);
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return r;
+    int o, e;
+    pid_t pid = dbkt_spawn(exe, cwd, args, clear, NULL, &o, &e);
+    return dbkt_collect(pid, o, e, 60000, exe);
 }
 
 #define DBKIT(cwd, ...) run_prog(NULL, (cwd), (const char *const[]){__VA_ARGS__, NULL})

@@ -28,120 +28,26 @@
 #error "DBKIT_CLI_PATH must name the built dbkit binary (tests/CMakeLists.txt)"
 #endif
 
-typedef struct run {
-    int code;
-    char *out;
-    char *err;
-} run;
+typedef dbkt_proc run;
+#define run_free dbkt_proc_free
+#define mono_ms dbkt_mono_ms
+#define append dbkt_append
 
-static void run_free(run *r)
-{
-    free(r->out);
-    free(r->err);
-    memset(r, 0, sizeof *r);
-}
+/* The variables that would point dbkit elsewhere than the test says. */
+static const char *const DB_VARS[] = {"DATABASE_URL", "DB_HOST",     "DB_PORT",          "DB_NAME",
+                                      "DB_USER",      "DB_PASSWORD", "DB_PASSWORD_FILE", NULL};
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void append(char **buf, size_t *len, const char *p, size_t n)
-{
-    char *q = realloc(*buf, *len + n + 1);
-    assert_non_null(q);
-    memcpy(q + *len, p, n);
-    *len += n;
-    q[*len] = '\0';
-    *buf = q;
-}
-
-/* Starts dbkit with argv (NULL-terminated, without argv[0]) in cwd, with
- * DATABASE_URL and DB_* cleared and then `env` ("K=V" strings, may be
- * NULL) added. Returns the pid; out_fd and err_fd read its output. */
+/* Starts dbkit with args in cwd, with DATABASE_URL and DB_* cleared and
+ * then `env` ("K=V" strings, may be NULL) added. */
 static pid_t spawn_cli(const char *cwd, const char *const *env, const char *const *args,
                        int *out_fd, int *err_fd)
 {
-    int o[2], e[2];
-    assert_int_equal(pipe(o), 0);
-    assert_int_equal(pipe(e), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(o[1], 1);
-        dup2(e[1], 2);
-        close(o[0]);
-        close(o[1]);
-        close(e[0]);
-        close(e[1]);
-        if (cwd && chdir(cwd) != 0)
-            _exit(126);
-        const char *clear[] = {"DATABASE_URL", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER",
-                               "DB_PASSWORD", "DB_PASSWORD_FILE", NULL};
-        for (int i = 0; clear[i]; i++)
-            unsetenv(clear[i]);
-        for (int i = 0; env && env[i]; i++)
-            putenv((char *)env[i]);
-        const char *argv[64];
-        int n = 0;
-        argv[n++] = "dbkit";
-        for (int i = 0; args[i] && n < 63; i++)
-            argv[n++] = args[i];
-        argv[n] = NULL;
-        execv(DBKIT_CLI_PATH, (char *const *)argv);
-        _exit(127);
-    }
-    close(o[1]);
-    close(e[1]);
-    *out_fd = o[0];
-    *err_fd = e[0];
-    return pid;
+    return dbkt_spawn(DBKIT_CLI_PATH, cwd, args, DB_VARS, env, out_fd, err_fd);
 }
 
 static run collect(pid_t pid, int ofd, int efd)
 {
-    run r = {0, NULL, NULL};
-    size_t olen = 0, elen = 0;
-    append(&r.out, &olen, "", 0);
-    append(&r.err, &elen, "", 0);
-    int64_t deadline = mono_ms() + 60000;
-    bool oopen = true, eopen = true;
-    while (oopen || eopen) {
-        struct pollfd pf[2] = {{oopen ? ofd : -1, POLLIN, 0}, {eopen ? efd : -1, POLLIN, 0}};
-        int64_t left = deadline - mono_ms();
-        if (left <= 0) {
-            kill(pid, SIGKILL);
-            fail_msg("dbkit did not finish within 60 s");
-        }
-        int pr = poll(pf, 2, (int)left);
-        if (pr < 0 && errno == EINTR)
-            continue;
-        char buf[4096];
-        for (int i = 0; i < 2; i++) {
-            if (!(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
-                continue;
-            ssize_t n = read(pf[i].fd, buf, sizeof buf);
-            if (n > 0) {
-                if (i == 0)
-                    append(&r.out, &olen, buf, (size_t)n);
-                else
-                    append(&r.err, &elen, buf, (size_t)n);
-            } else if (n == 0 || errno != EINTR) {
-                if (i == 0)
-                    oopen = false;
-                else
-                    eopen = false;
-            }
-        }
-    }
-    close(ofd);
-    close(efd);
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return r;
+    return dbkt_collect(pid, ofd, efd, 60000, "dbkit");
 }
 
 static run cli_env(const char *cwd, const char *const *env, const char *const *args)

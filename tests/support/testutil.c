@@ -5,10 +5,15 @@
  */
 #include "testutil.h"
 
+#include <errno.h>
 #include <ftw.h>
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <string.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 void dbkt_skip(int server_needed, const char *fmt, ...)
@@ -178,4 +183,115 @@ void dbkt_text(dbk_db *db, const char *sql, char *buf, size_t n)
 {
     dbk_error err;
     DBKT_OK(dbk_db_query_text(db, sql, NULL, 0, buf, n, NULL, &err), &err);
+}
+
+/* ---- child processes ---- */
+
+void dbkt_proc_free(dbkt_proc *p)
+{
+    free(p->out);
+    free(p->err);
+    memset(p, 0, sizeof *p);
+}
+
+int64_t dbkt_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void dbkt_append(char **buf, size_t *len, const char *p, size_t n)
+{
+    char *q = realloc(*buf, *len + n + 1);
+    assert_non_null(q);
+    memcpy(q + *len, p, n);
+    *len += n;
+    q[*len] = '\0';
+    *buf = q;
+}
+
+pid_t dbkt_spawn(const char *exe, const char *cwd, const char *const *args,
+                 const char *const *unset, const char *const *set, int *out_fd, int *err_fd)
+{
+    int o[2], e[2];
+    assert_int_equal(pipe(o), 0);
+    assert_int_equal(pipe(e), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(o[1], 1);
+        dup2(e[1], 2);
+        close(o[0]);
+        close(o[1]);
+        close(e[0]);
+        close(e[1]);
+        if (cwd && chdir(cwd) != 0)
+            _exit(126);
+        for (int i = 0; unset && unset[i]; i++)
+            unsetenv(unset[i]);
+        for (int i = 0; set && set[i]; i++)
+            putenv((char *)set[i]);
+        const char *argv[64];
+        int n = 0;
+        argv[n++] = exe;
+        for (int i = 0; args[i] && n < 63; i++)
+            argv[n++] = args[i];
+        argv[n] = NULL;
+        if (strchr(exe, '/'))
+            execv(exe, (char *const *)argv);
+        else
+            execvp(exe, (char *const *)argv);
+        _exit(127);
+    }
+    close(o[1]);
+    close(e[1]);
+    *out_fd = o[0];
+    *err_fd = e[0];
+    return pid;
+}
+
+dbkt_proc dbkt_collect(pid_t pid, int out_fd, int err_fd, int timeout_ms, const char *what)
+{
+    dbkt_proc r = {0, NULL, NULL};
+    size_t olen = 0, elen = 0;
+    dbkt_append(&r.out, &olen, "", 0);
+    dbkt_append(&r.err, &elen, "", 0);
+    int64_t deadline = dbkt_mono_ms() + timeout_ms;
+    bool oopen = true, eopen = true;
+    while (oopen || eopen) {
+        struct pollfd pf[2] = {{oopen ? out_fd : -1, POLLIN, 0}, {eopen ? err_fd : -1, POLLIN, 0}};
+        int64_t left = deadline - dbkt_mono_ms();
+        if (left <= 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            fail_msg("%s did not finish within %d ms", what, timeout_ms);
+        }
+        int pr = poll(pf, 2, (int)left);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        char buf[4096];
+        for (int i = 0; i < 2; i++) {
+            if (!(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            ssize_t n = read(pf[i].fd, buf, sizeof buf);
+            if (n > 0) {
+                if (i == 0)
+                    dbkt_append(&r.out, &olen, buf, (size_t)n);
+                else
+                    dbkt_append(&r.err, &elen, buf, (size_t)n);
+            } else if (n == 0 || errno != EINTR) {
+                if (i == 0)
+                    oopen = false;
+                else
+                    eopen = false;
+            }
+        }
+    }
+    close(out_fd);
+    close(err_fd);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return r;
 }

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/types.h>
 #include <cmocka.h>
 
 #include "dbkit/dbkit.h"
@@ -75,6 +76,36 @@ int64_t dbkt_int(dbk_db *db, const char *sql);
 
 /* One row, one text value from sql copied into buf; fails the test on error. */
 void dbkt_text(dbk_db *db, const char *sql, char *buf, size_t n);
+
+/* ---- child processes (the CLI and example tests run the built programs) ---- */
+
+/* A finished child: exit code (128 + signal when it was killed) and what it
+ * wrote (malloc'd, NUL-terminated). */
+typedef struct dbkt_proc {
+    int code;
+    char *out;
+    char *err;
+} dbkt_proc;
+
+void dbkt_proc_free(dbkt_proc *p);
+
+/* Monotonic milliseconds. */
+int64_t dbkt_mono_ms(void);
+
+/* Appends n bytes to a growing NUL-terminated buffer (fails the test on
+ * ENOMEM). */
+void dbkt_append(char **buf, size_t *len, const char *p, size_t n);
+
+/* Starts exe (looked up in PATH when it has no '/') with args
+ * (NULL-terminated, without argv[0]) in cwd (NULL: here), with the
+ * variables named in `unset` removed and the "K=V" strings of `set` added
+ * (either list may be NULL). *out_fd / *err_fd read its stdout / stderr. */
+pid_t dbkt_spawn(const char *exe, const char *cwd, const char *const *args,
+                 const char *const *unset, const char *const *set, int *out_fd, int *err_fd);
+
+/* Reads both pipes to their end and reaps the child; past timeout_ms the
+ * child is killed and the test fails naming `what`. */
+dbkt_proc dbkt_collect(pid_t pid, int out_fd, int err_fd, int timeout_ms, const char *what);
 
 #define DBKT_MAIN(tests)                                                 \
     int main(int argc, char **argv)                                      \
