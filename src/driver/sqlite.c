@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 #include <sys/stat.h>
 
@@ -1035,7 +1036,21 @@ static dbk_rc sq_open(const struct dbk_config *cfg, void **impl, dbk_error *err)
     int wal = 0;
     if (!memory && !cfg->sqlite_readonly) {
         snprintf(sqlbuf, sizeof sqlbuf, "PRAGMA journal_mode=%s", jm);
-        rc = pragma_text(c->db, sqlbuf, got, sizeof got);
+        /* Switching a new file to WAL takes an exclusive lock; when several
+         * processes open the same new file at once, SQLite may answer
+         * SQLITE_BUSY at once instead of calling the busy handler (the
+         * switch cannot wait while it holds a shared lock), so the switch is
+         * retried here, bounded by the busy timeout. */
+        int64_t give_up = dbk__now_ns() + (int64_t)c->busy_timeout_ms * 1000000;
+        long nap_us = 1000;
+        while ((rc = pragma_text(c->db, sqlbuf, got, sizeof got)) != SQLITE_OK &&
+               ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) &&
+               dbk__now_ns() < give_up) {
+            struct timespec nap = {0, nap_us * 1000};
+            nanosleep(&nap, NULL);
+            if (nap_us < 16000)
+                nap_us *= 2;
+        }
         if (rc != SQLITE_OK)
             goto pragma_failed;
         if (strcasecmp(got, jm) != 0)
