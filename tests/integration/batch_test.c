@@ -557,20 +557,37 @@ static void batch_repeated_sql_and_wide_rows(void **state)
 
 struct killer {
     char dbname[64];
+    int killed;
 };
 
 static void *kill_main(void *arg)
 {
     struct killer *k = arg;
-    /* Wait until the batch is inside its pg_sleep, then terminate it. */
-    char sql[256];
+    /* Wait (bounded) until the batch is inside its pg_sleep, then terminate
+     * that backend. */
+    char sql[300];
     snprintf(sql, sizeof sql,
-             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s' "
-             "AND query LIKE 'SELECT pg_sleep%%' AND pid <> pg_backend_pid()",
+             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '%s' "
+             "AND state = 'active' AND query LIKE 'SELECT pg_sleep%%' AND pid <> pg_backend_pid()",
              k->dbname);
-    struct timespec ts = {0, 300 * 1000000L};
-    nanosleep(&ts, NULL);
-    dbkt_pg_admin_exec(sql);
+    dbk_config *cfg = NULL;
+    dbk_conn *c = NULL;
+    dbk_error err;
+    if (dbk_config_from_url(dbkt_pg_admin_url(), &cfg, &err) || dbk_conn_open(cfg, &c, &err)) {
+        dbk_config_free(cfg);
+        return NULL;
+    }
+    dbk_config_free(cfg);
+    for (int i = 0; i < 400; i++) { /* 20 s at most */
+        int64_t n = 0;
+        if (dbk_db_query_int64(dbk_conn_db(c), sql, NULL, 0, &n, &err) == DBK_OK && n > 0) {
+            k->killed = 1;
+            break;
+        }
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    dbk_conn_close(c);
     return NULL;
 }
 
@@ -591,12 +608,13 @@ static void batch_backend_killed_mid_batch(void **state)
         else
             add_insert(b, i, "row");
     }
-    struct killer k;
+    struct killer k = {.killed = 0};
     snprintf(k.dbname, sizeof k.dbname, "dbkt_batch_kill");
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, kill_main, &k), 0);
     dbk_rc rc = dbk_batch_run(db, b, DBK_BATCH_INDEPENDENT, &err);
     pthread_join(th, NULL);
+    assert_int_equal(k.killed, 1);
     assert_int_equal(rc, DBK_ECONN_LOST);
     /* The batch ran as one implicit transaction that never committed:
      * nothing may be reported as succeeded unless it is in the table. */
