@@ -555,6 +555,46 @@ static void batch_repeated_sql_and_wide_rows(void **state)
 
 /* ---- the backend killed in the middle of a large batch ---- */
 
+/* A pool of 2 on url with table t, and a batch of n inserts with a
+ * `sleep_sql` at index sleep_at, for the tests that break the server in
+ * the middle of a batch. */
+static dbk_batch *kill_batch(dbk_pool **pool, const char *url, int n, int sleep_at,
+                             const char *sleep_sql)
+{
+    *pool = open_pool(url, 2);
+    dbkt_exec(dbk_pool_db(*pool), "CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL)");
+    dbk_error err;
+    dbk_batch *b = NULL;
+    DBKT_OK(dbk_batch_new(&b, &err), &err);
+    for (int i = 0; i < n; i++) {
+        if (i == sleep_at)
+            add(b, sleep_sql, NULL, 0);
+        else
+            add_insert(b, i, "row");
+    }
+    return b;
+}
+
+/* After a loss at statement lost_at: nothing from there on succeeded, every
+ * failure is a loss, an unknown outcome or not run (or, when the whole
+ * server went away, unavailable); returns how many succeeded (they must all
+ * be in the table). */
+static int successes_before_loss(const dbk_batch *b, int n, int lost_at, bool server_down)
+{
+    int ok = 0;
+    for (int i = 0; i < n; i++) {
+        dbk_rc ri = dbk_batch_rc(b, (size_t)i);
+        if (ri == DBK_OK && i >= lost_at)
+            fail_msg("statement %d after the loss reported success", i);
+        if (ri == DBK_OK)
+            ok++;
+        else if (ri != DBK_ECONN_LOST && ri != DBK_ENOT_RUN &&
+                 !(server_down && ri == DBK_EUNAVAILABLE))
+            fail_msg("statement %d reported %s", i, dbk_rc_name(ri));
+    }
+    return ok;
+}
+
 struct killer {
     char dbname[64];
     int killed;
@@ -595,19 +635,11 @@ static void batch_backend_killed_mid_batch(void **state)
 {
     (void)state;
     char *url = dbkt_pg_fresh_db("batch_kill");
-    dbk_pool *pool = open_pool(url, 2);
-    dbk_db *db = dbk_pool_db(pool);
-    dbkt_exec(db, "CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL)");
-    dbk_error err;
-    dbk_batch *b = NULL;
-    DBKT_OK(dbk_batch_new(&b, &err), &err);
     enum { N = 2000, SLEEP_AT = 700 };
-    for (int i = 0; i < N; i++) {
-        if (i == SLEEP_AT)
-            add(b, "SELECT pg_sleep(5)", NULL, 0);
-        else
-            add_insert(b, i, "row");
-    }
+    dbk_pool *pool;
+    dbk_batch *b = kill_batch(&pool, url, N, SLEEP_AT, "SELECT pg_sleep(5)");
+    dbk_db *db = dbk_pool_db(pool);
+    dbk_error err;
     struct killer k = {.killed = 0};
     snprintf(k.dbname, sizeof k.dbname, "dbkt_batch_kill");
     pthread_t th;
@@ -618,16 +650,7 @@ static void batch_backend_killed_mid_batch(void **state)
     assert_int_equal(rc, DBK_ECONN_LOST);
     /* The batch ran as one implicit transaction that never committed:
      * nothing may be reported as succeeded unless it is in the table. */
-    int ok = 0;
-    for (int i = 0; i < N; i++) {
-        dbk_rc r = dbk_batch_rc(b, (size_t)i);
-        if (r == DBK_OK && i >= SLEEP_AT)
-            fail_msg("statement %d after the loss reported success", i);
-        if (r == DBK_OK)
-            ok++;
-        else if (r != DBK_ECONN_LOST && r != DBK_ENOT_RUN)
-            fail_msg("statement %d reported %s", i, dbk_rc_name(r));
-    }
+    int ok = successes_before_loss(b, N, SLEEP_AT, false);
     assert_non_null(strstr(dbk_batch_error(b, 0)->message, "outcome unknown"));
     assert_non_null(strstr(dbk_batch_error(b, N - 1)->message, "outcome unknown"));
     /* Every statement reported as succeeded is in the table, no more. The
@@ -663,19 +686,11 @@ static void batch_server_killed_mid_batch(void **state)
 {
     (void)state;
     dbkt_pgserver *srv = dbkt_pgserver_start();
-    dbk_pool *pool = open_pool(dbkt_pgserver_url(srv), 2);
-    dbk_db *db = dbk_pool_db(pool);
-    dbkt_exec(db, "CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL)");
-    dbk_error err;
-    dbk_batch *b = NULL;
-    DBKT_OK(dbk_batch_new(&b, &err), &err);
     enum { N = 3000, SLEEP_AT = 1000 };
-    for (int i = 0; i < N; i++) {
-        if (i == SLEEP_AT)
-            add(b, "SELECT pg_sleep(3)", NULL, 0);
-        else
-            add_insert(b, i, "row");
-    }
+    dbk_pool *pool;
+    dbk_batch *b = kill_batch(&pool, dbkt_pgserver_url(srv), N, SLEEP_AT, "SELECT pg_sleep(3)");
+    dbk_db *db = dbk_pool_db(pool);
+    dbk_error err;
     struct restarter r = {srv, -1};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, restart_main, &r), 0);
@@ -684,16 +699,7 @@ static void batch_server_killed_mid_batch(void **state)
     assert_int_equal(r.rc, 0);
     if (rc != DBK_ECONN_LOST && rc != DBK_EUNAVAILABLE)
         fail_msg("the batch returned %s: %s", dbk_rc_name(rc), err.message);
-    int ok = 0;
-    for (int i = 0; i < N; i++) {
-        dbk_rc ri = dbk_batch_rc(b, (size_t)i);
-        if (ri == DBK_OK && i >= SLEEP_AT)
-            fail_msg("statement %d after the loss reported success", i);
-        if (ri == DBK_OK)
-            ok++;
-        else if (ri != DBK_ECONN_LOST && ri != DBK_ENOT_RUN && ri != DBK_EUNAVAILABLE)
-            fail_msg("statement %d reported %s", i, dbk_rc_name(ri));
-    }
+    int ok = successes_before_loss(b, N, SLEEP_AT, true);
     /* The pool recovers by itself: the next batch runs. */
     dbk_batch_clear(b);
     add(b, "SELECT count(*) FROM t", NULL, 0);
