@@ -5,7 +5,8 @@
  * Start-up order matters: the configuration and the pool first (opening a
  * pool does not connect), then the schema (the embedded migrations and the
  * top-level seeds, applied through the pool: a second instance starting at
- * the same time waits on the migration lock), the cache and the cached user
+ * the same time waits on the migration lock; a database not reachable yet is
+ * waited for, up to STARTUP_WAIT_MS), the cache and the cached user
  * repository, and only then the HTTP daemon, so no request ever sees a
  * half-built schema. SIGINT and SIGTERM are blocked in every thread and
  * taken by the main thread with sigwait(), so the shutdown runs in plain
@@ -27,6 +28,8 @@
  *   ACCESS_LOG    "off" silences the per-request line
  *   SLOW_QUERY_MS statements at least this slow are logged (default 200)
  *   SHUTDOWN_TIMEOUT_MS  longest wait for requests in flight (10000)
+ *   STARTUP_WAIT_MS      longest wait for an unreachable database at start
+ *                        (30000; 0: fail at once)
  */
 #include <signal.h>
 #include <stdio.h>
@@ -108,6 +111,41 @@ static int open_cache(dbk_error *err)
         return -1;
     }
     return 0;
+}
+
+/* A service may start before its database (a compose file, a host
+ * reboot): wait for it, bounded by STARTUP_WAIT_MS (default 30 s), trying
+ * through the pool every 250 ms. Only "not reachable yet" is waited for;
+ * a wrong password or database name fails at once. */
+static int wait_for_database(dbk_error *err)
+{
+    int wait_ms = env_int("STARTUP_WAIT_MS", 30000, 0, 3600000);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t until = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + wait_ms;
+    bool said = false;
+    for (;;) {
+        int64_t one = 0;
+        dbk_rc rc = dbk_db_query_int64(shop.db, "SELECT 1", NULL, 0, &one, err);
+        if (rc == DBK_OK)
+            return 0;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        bool transient = rc == DBK_EUNAVAILABLE || rc == DBK_ECONN_LOST ||
+                         rc == DBK_EPOOL_TIMEOUT || rc == DBK_ETIMEOUT;
+        if (!transient || now >= until) {
+            fprintf(stderr, "shop: database: %s (%s)\n", err->message, dbk_rc_name(rc));
+            if (err->hint[0])
+                fprintf(stderr, "shop: hint: %s\n", err->hint);
+            return -1;
+        }
+        if (!said) {
+            fprintf(stderr, "shop: waiting up to %d ms for the database: %s\n", wait_ms,
+                    err->message);
+            said = true;
+        }
+        sleep_ms(250);
+    }
 }
 
 static int apply_schema(dbk_error *err)
@@ -232,7 +270,7 @@ int main(void)
         fprintf(stderr, "shop: model: %s\n", err.message);
         goto out_pool;
     }
-    if (apply_schema(&err) != 0)
+    if (wait_for_database(&err) != 0 || apply_schema(&err) != 0)
         goto out_pool;
 
 #ifdef SHOP_HAVE_DIAG

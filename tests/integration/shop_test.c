@@ -1165,6 +1165,62 @@ static void shop_database_outage_503_then_recovers(void **state)
     dbkt_pgserver_stop(pg);
 }
 
+/* The database comes up after the service: the shop waits for it
+ * (STARTUP_WAIT_MS) instead of exiting, then serves; with no wait it exits
+ * 1 at once, saying why. */
+typedef struct resumer {
+    dbkt_pgserver *pg;
+    int rc;
+} resumer;
+
+static void *resume_later(void *p)
+{
+    resumer *r = p;
+    sleep_ms(1500);
+    r->rc = dbkt_pgserver_resume(r->pg);
+    return NULL;
+}
+
+static void shop_waits_for_the_database_at_start(void **state)
+{
+    (void)state;
+    dbkt_pgserver *pg = dbkt_pgserver_start();
+    assert_int_equal(dbkt_pgserver_pause(pg), 0);
+
+    /* No wait: exit 1 with the reason. */
+    char bin[PATH_MAX];
+    shop_path(bin, sizeof bin);
+    char dburl[300];
+    snprintf(dburl, sizeof dburl, "DATABASE_URL=%s", dbkt_pgserver_url(pg));
+    const char *const set[] = {dburl, "STARTUP_WAIT_MS=0", "PORT=0", "HOST=127.0.0.1",
+                               "CACHE_URL=off", NULL};
+    const char *const unset[] = {"REDIS_URL", "DB_POOL_MAX", NULL};
+    const char *const no_args[] = {NULL};
+    int o, e;
+    pid_t pid = dbkt_spawn(bin, NULL, no_args, unset, set, &o, &e);
+    dbkt_proc p = dbkt_collect(pid, o, e, 30000, "the shop");
+    assert_int_equal(p.code, 1);
+    if (!strstr(p.err, "shop: database:"))
+        fail_msg("no reason on stderr: %s", p.err);
+    assert_null(strstr(p.out, "listening on"));
+    dbkt_proc_free(&p);
+
+    /* With the default wait: the server comes back 1.5 s later. */
+    resumer r = {pg, -1};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, resume_later, &r), 0);
+    shop_proc s;
+    shop_start(&s, dbkt_pgserver_url(pg), "off", NULL);
+    pthread_join(th, NULL);
+    assert_int_equal(r.rc, 0);
+    assert_true(log_contains(&s, "waiting up to 30000 ms for the database"));
+    res q = call(&s, "GET", "/users/1", NULL, 200);
+    assert_string_equal(jstr(q.json, "name"), "Ada Lovelace");
+    res_free(&q);
+    assert_int_equal(shop_stop(&s, 10000), 0);
+    dbkt_pgserver_stop(pg);
+}
+
 /* ---- SIGTERM with a request in flight ---- */
 
 typedef struct slow_upload {
@@ -1331,6 +1387,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(shop_health_metrics_postgres, shop_teardown),
         cmocka_unit_test_teardown(shop_sigterm_finishes_in_flight, shop_teardown),
         cmocka_unit_test_teardown(shop_database_outage_503_then_recovers, shop_teardown),
+        cmocka_unit_test_teardown(shop_waits_for_the_database_at_start, shop_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
