@@ -64,7 +64,14 @@ static dbk_arena *thread_arena(void)
 }
 
 /* Requests without a body context: not answered yet / answered. */
-static char nobody_marker, answered_marker;
+static char nobody_marker, answered_marker, refused_marker;
+
+/* Set by shop_http_quiesce(): requests that start from now on are answered
+ * 503 with "Connection: close"; those already started run to the end. (Not
+ * MHD_quiesce_daemon: with epoll worker threads it can race a worker that
+ * removes the listening socket from its epoll set at the same moment, and
+ * libmicrohttpd then aborts the process.) */
+static atomic_int stopping;
 
 typedef struct body_ctx {
     char *buf;
@@ -246,6 +253,8 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, shop_resp *rs,
     char q[24];
     snprintf(q, sizeof q, "%llu", (unsigned long long)queries);
     MHD_add_response_header(r, "X-DB-Queries", q);
+    if (atomic_load(&stopping))
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)rs->status, r);
     MHD_destroy_response(r);
     return ret;
@@ -305,6 +314,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         int64_t start = now_ns();
         atomic_fetch_add(&shop.in_flight, 1);
         atomic_fetch_add(&shop.requests, 1);
+        if (atomic_load(&stopping)) {
+            if (!has_body(method)) {
+                *con_cls = &refused_marker; /* answered in the next call */
+                return MHD_YES;
+            }
+            *con_cls = &answered_marker;
+            shop_resp rs = {0};
+            shop_reply_error(&rs, 503, "shutting_down", "the service is stopping");
+            return finish(conn, method, url, NULL, start, &rs);
+        }
         if (!has_body(method)) {
             /* Answered in the next call: a response queued before MHD has
              * finished reading the request makes it close the connection,
@@ -339,6 +358,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*con_cls == &answered_marker) {
         *upload_data_size = 0; /* a body after an early answer is dropped */
         return MHD_YES;
+    }
+    if (*con_cls == &refused_marker) {
+        if (*upload_data_size > 0) {
+            *upload_data_size = 0;
+            return MHD_YES;
+        }
+        *con_cls = &answered_marker;
+        shop_resp rs = {0};
+        shop_reply_error(&rs, 503, "shutting_down", "the service is stopping");
+        return finish(conn, method, url, NULL, now_ns(), &rs);
     }
     body_ctx *b = *con_cls;
     if (*upload_data_size > 0) {
@@ -401,7 +430,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)toe;
     if (*con_cls == NULL)
         return;
-    if (*con_cls != &answered_marker && *con_cls != &nobody_marker) {
+    if (*con_cls != &answered_marker && *con_cls != &nobody_marker &&
+        *con_cls != &refused_marker) {
         body_ctx *b = *con_cls;
         free(b->buf);
         free(b);
@@ -445,11 +475,7 @@ int shop_http_start(const char *host, int port, int threads)
 
 void shop_http_quiesce(void)
 {
-    if (daemon_) {
-        MHD_socket s = MHD_quiesce_daemon(daemon_);
-        if (s != MHD_INVALID_SOCKET)
-            close(s);
-    }
+    atomic_store(&stopping, 1);
 }
 
 void shop_http_stop(void)

@@ -1322,6 +1322,11 @@ static void shop_sigterm_finishes_in_flight(void **state)
     sleep_ms(200); /* the shop is now shutting down, waiting for the request */
     int st;
     assert_int_equal(waitpid(s.pid, &st, WNOHANG), 0); /* still running */
+    /* A request that starts now is turned away, the connection closed. */
+    res late = GET(&s, "/health");
+    assert_int_equal(late.status, 503);
+    assert_string_equal(err_code(&late), "shutting_down");
+    res_free(&late);
     atomic_store(&u.release, 1);
     pthread_join(th, NULL);
     assert_int_equal(u.status, 201);
