@@ -10,7 +10,7 @@
  * repository, and only then the HTTP daemon, so no request ever sees a
  * half-built schema. SIGINT and SIGTERM are blocked in every thread and
  * taken by the main thread with sigwait(), so the shutdown runs in plain
- * code, not in a signal handler: stop accepting, wait (bounded) for the
+ * code, not in a signal handler: turn new requests away (503), wait (bounded) for the
  * requests in flight, stop the daemon, close the cache and drain the pool.
  *
  * Environment (docs/example-service.md has the table):
