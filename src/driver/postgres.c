@@ -1567,8 +1567,10 @@ static void cache_forget(pg_conn *pc, uint64_t h, const char *name)
 /* The connection failed at item `from`: items from `from` on that were
  * sent (index < sent_end) have an unknown outcome, the others did not run.
  * The item at `from` gets rc itself when that is more precise (a timeout).
- * In an atomic batch nothing is known to be committed, so the items that
- * had answered are unknown as well. */
+ * Items before `from` that were sent but never answered (the loss came
+ * while the batch was still being sent) are unknown too. In an atomic
+ * batch nothing is known to be committed, so the items that had answered
+ * are unknown as well. */
 static void batch_abandon(dbk__batch_item *items, const struct bstate *st, size_t from, size_t n,
                           size_t sent_end, bool atomic, dbk_rc rc, const dbk_error *why)
 {
@@ -1581,6 +1583,11 @@ static void batch_abandon(dbk__batch_item *items, const struct bstate *st, size_
                 dbk__batch_failf(it, DBK_ECONN_LOST,
                                  "outcome unknown: the connection was lost before the "
                                  "all-or-nothing batch committed (%s)",
+                                 why->message);
+            else if (it->rc == DBK_ENOT_RUN && !it->err) /* sent, never answered */
+                dbk__batch_failf(it, DBK_ECONN_LOST,
+                                 "outcome unknown: the connection was lost before the answer "
+                                 "to this statement arrived (%s)",
                                  why->message);
         } else if (i < sent_end) {
             if (i == from && rc != DBK_ECONN_LOST)
