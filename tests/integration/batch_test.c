@@ -652,7 +652,12 @@ static void batch_backend_killed_mid_batch(void **state)
      * nothing may be reported as succeeded unless it is in the table. */
     int ok = successes_before_loss(b, N, SLEEP_AT, false);
     assert_non_null(strstr(dbk_batch_error(b, 0)->message, "outcome unknown"));
-    assert_non_null(strstr(dbk_batch_error(b, N - 1)->message, "outcome unknown"));
+    /* The last statement was unanswered ("outcome unknown") or, when the
+     * loss came while the batch was still being sent (a slow client), never
+     * sent ("not run"). */
+    const char *last = dbk_batch_error(b, N - 1)->message;
+    if (!strstr(last, "outcome unknown") && !strstr(last, "not run"))
+        fail_msg("last statement: %s", last);
     /* Every statement reported as succeeded is in the table, no more. The
      * pool replaced the broken connection. */
     assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), ok);
