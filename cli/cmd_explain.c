@@ -225,9 +225,9 @@ int dg_sql_max_param(const char *sql)
     int max = 0;
     for (size_t i = 0; i < v.n; i++)
         if (v.t[i].kind == T_PARAM) {
-            int n = atoi(v.t[i].text);
-            if (n > max && n < 65536)
-                max = n;
+            int64_t n = 0;
+            if (cli_parse_i64(v.t[i].text, &n) && n > max && n < 65536)
+                max = (int)n;
         }
     free(v.t);
     return max;
@@ -1466,7 +1466,10 @@ dbk_rc dg_explain(const cli *c, dbk_db *db, const char *sql, const dbk_value *pa
         if (dbk_db_query_text(db, "SHOW server_version_num", NULL, 0, vbuf, sizeof vbuf, NULL,
                               err) == DBK_OK)
             ver = vbuf;
-        x.pg_major = ver ? atoi(ver) / 10000 : 15;
+        int64_t num = 0;
+        x.pg_major = ver && cli_parse_i64(ver, &num) && num > 0 && num < 10000000
+                         ? (int)(num / 10000)
+                         : 15;
         if (o->analyze && !read) {
             rc = dbk_transaction(db, tx_explain, &x, NULL, err);
             if (rc == DBK_ECANCELLED && x.json) {
