@@ -30,6 +30,12 @@
 
 /* ---- small helpers ---- */
 
+/* The bounds the API puts on integers. Ids are the tables' BIGINT keys, so
+ * every id from 1 to INT64_MAX is a valid one (one no row has is a 404). */
+#define SHOP_MAX_ID INT64_MAX
+#define SHOP_MAX_OFFSET 1000000000LL
+#define SHOP_MAX_QUANTITY 10000
+
 static int64_t now_us(void)
 {
     struct timespec ts;
@@ -45,23 +51,6 @@ static void random_hex(char *out, size_t nbytes)
     randombytes_buf(raw, nbytes);
     for (size_t i = 0; i < nbytes; i++)
         snprintf(out + 2 * i, 3, "%02x", raw[i]);
-}
-
-/* Strict decimal id: 1..10^18, digits only. */
-static bool parse_id(const char *s, size_t len, int64_t *out)
-{
-    if (len == 0 || len > 18)
-        return false;
-    int64_t v = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (v <= 0)
-        return false;
-    *out = v;
-    return true;
 }
 
 /* Rejects any member not in `allowed`. */
@@ -138,7 +127,7 @@ static int get_int(shop_resp *rs, json_t *o, const char *name, bool required, in
     }
     json_int_t n = json_integer_value(v);
     if (n < min || n > max) {
-        shop_reply_error(rs, 400, "invalid_value", "field \"%s\" must be in %lld..%lld", name,
+        shop_reply_error(rs, 400, "out_of_range", "field \"%s\" is out of range: %lld..%lld", name,
                          (long long)min, (long long)max);
         return -1;
     }
@@ -359,34 +348,35 @@ static void users_by_email(shop_req *rq, shop_resp *rs)
     shop_reply_json(rs, 200, shop_user_json(&u, false));
 }
 
-static bool parse_query_int(shop_resp *rs, const char *v, const char *name, int64_t min,
-                            int64_t max, int64_t *out)
+/* Query argument `name` as an integer in [min, max] into *out; absent
+ * leaves *out (the default) alone. False when it has been answered: 400
+ * invalid_parameter for anything that is not an integer ("", "1abc", "+1",
+ * "01"), 400 out_of_range for an integer outside the bounds. */
+static bool query_int(shop_req *rq, shop_resp *rs, const char *name, int64_t min, int64_t max,
+                      int64_t *out)
 {
+    const char *v = shop_query_arg(rq, name);
     if (!v)
         return true;
-    int64_t n = 0;
-    size_t len = strlen(v);
-    bool ok = len > 0 && len <= 18;
-    for (size_t i = 0; ok && i < len; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            ok = false;
-        else
-            n = n * 10 + (v[i] - '0');
-    }
-    if (!ok || n < min || n > max) {
+    switch (shop_parse_int(v, strlen(v), min, max, out)) {
+    case SHOP_INT_OK:
+        return true;
+    case SHOP_INT_RANGE:
+        shop_reply_error(rs, 400, "out_of_range", "\"%s\" is out of range: %lld..%lld", name,
+                         (long long)min, (long long)max);
+        return false;
+    default:
         shop_reply_error(rs, 400, "invalid_parameter", "\"%s\" must be an integer in %lld..%lld",
                          name, (long long)min, (long long)max);
         return false;
     }
-    *out = n;
-    return true;
 }
 
 static void users_list(shop_req *rq, shop_resp *rs)
 {
     int64_t limit = 20, offset = 0;
-    if (!parse_query_int(rs, shop_query_arg(rq, "limit"), "limit", 1, 100, &limit) ||
-        !parse_query_int(rs, shop_query_arg(rq, "offset"), "offset", 0, 1000000000, &offset))
+    if (!query_int(rq, rs, "limit", 1, 100, &limit) ||
+        !query_int(rq, rs, "offset", 0, SHOP_MAX_OFFSET, &offset))
         return;
     const char *order = shop_query_arg(rq, "order");
     static const char *const orders[] = {"created_at", "-created_at", "name", "-name"};
@@ -566,7 +556,7 @@ static void posts_create(shop_req *rq, shop_resp *rs)
         return;
     int64_t author;
     const char *title, *body = "";
-    if (get_int(rs, rq->body, "author_id", true, 1, INT64_MAX, &author) < 0 ||
+    if (get_int(rs, rq->body, "author_id", true, 1, SHOP_MAX_ID, &author) < 0 ||
         get_str(rs, rq->body, "title", true, 1, 300, false, &title) < 0 ||
         get_str(rs, rq->body, "body", false, 0, 20000, true, &body) < 0)
         return;
@@ -756,7 +746,7 @@ static void orders_create(shop_req *rq, shop_resp *rs)
         return;
     }
     c->arena = rq->arena;
-    if (get_int(rs, rq->body, "user_id", true, 1, INT64_MAX, &c->user_id) < 0)
+    if (get_int(rs, rq->body, "user_id", true, 1, SHOP_MAX_ID, &c->user_id) < 0)
         return;
     json_t *items = json_object_get(rq->body, "items");
     if (!items) {
@@ -782,8 +772,8 @@ static void orders_create(shop_req *rq, shop_resp *rs)
         if (!only_fields(rs, it, line_fields, 2))
             return;
         int64_t pid, qty;
-        if (get_int(rs, it, "product_id", true, 1, INT64_MAX, &pid) < 0 ||
-            get_int(rs, it, "quantity", true, 1, 10000, &qty) < 0)
+        if (get_int(rs, it, "product_id", true, 1, SHOP_MAX_ID, &pid) < 0 ||
+            get_int(rs, it, "quantity", true, 1, SHOP_MAX_QUANTITY, &qty) < 0)
             return;
         /* The same product twice becomes one line. */
         size_t k;
@@ -791,6 +781,12 @@ static void orders_create(shop_req *rq, shop_resp *rs)
             if (c->lines[k].product_id == pid)
                 break;
         if (k < c->n) {
+            if (c->lines[k].quantity + qty > SHOP_MAX_QUANTITY) {
+                shop_reply_error(rs, 400, "out_of_range",
+                                 "product %lld: the quantities add up to more than %d",
+                                 (long long)pid, SHOP_MAX_QUANTITY);
+                return;
+            }
             c->lines[k].quantity += qty;
         } else {
             c->lines[c->n].product_id = pid;
@@ -825,7 +821,7 @@ static void accounts_create(shop_req *rq, shop_resp *rs)
         return;
     int64_t owner, balance = 0;
     const char *name = NULL;
-    if (get_int(rs, rq->body, "owner_id", true, 1, INT64_MAX, &owner) < 0 ||
+    if (get_int(rs, rq->body, "owner_id", true, 1, SHOP_MAX_ID, &owner) < 0 ||
         get_int(rs, rq->body, "balance_cents", false, 0, 1000000000000000LL, &balance) < 0 ||
         get_str(rs, rq->body, "name", false, 1, 100, false, &name) < 0)
         return;
@@ -941,14 +937,10 @@ static void transfers_create(shop_req *rq, shop_resp *rs)
         return;
     xfer_ctx c;
     memset(&c, 0, sizeof c);
-    if (get_int(rs, rq->body, "from_account", true, 1, INT64_MAX, &c.from) < 0 ||
-        get_int(rs, rq->body, "to_account", true, 1, INT64_MAX, &c.to) < 0 ||
-        get_int(rs, rq->body, "amount_cents", true, INT64_MIN, INT64_MAX, &c.amount) < 0)
+    if (get_int(rs, rq->body, "from_account", true, 1, SHOP_MAX_ID, &c.from) < 0 ||
+        get_int(rs, rq->body, "to_account", true, 1, SHOP_MAX_ID, &c.to) < 0 ||
+        get_int(rs, rq->body, "amount_cents", true, 1, 1000000000000000LL, &c.amount) < 0)
         return;
-    if (c.amount <= 0 || c.amount > 1000000000000000LL) {
-        shop_reply_error(rs, 400, "invalid_value", "\"amount_cents\" must be positive");
-        return;
-    }
     if (c.from == c.to) {
         shop_reply_error(rs, 400, "invalid_value", "the two accounts must differ");
         return;
@@ -1005,7 +997,9 @@ void shop_route(shop_req *rq, shop_resp *rs)
         const char *s2 = strchr(idp, '/');
         idlen = s2 ? (size_t)(s2 - idp) : strlen(idp);
         sub = s2 ? s2 + 1 : NULL;
-        if (sub && strchr(sub, '/'))
+        /* No route has an empty segment, a trailing slash or a fourth
+         * segment: "/users/", "/users/1/", "/users//posts" are not found. */
+        if (idlen == 0 || (sub && (*sub == '\0' || strchr(sub, '/'))))
             goto not_found;
     }
 #define IS(lit) (clen == sizeof(lit) - 1 && memcmp(coll, lit, clen) == 0)
@@ -1047,8 +1041,18 @@ void shop_route(shop_req *rq, shop_resp *rs)
     }
     if (!(IS("users") || IS("posts") || IS("products") || IS("orders") || IS("accounts")))
         goto not_found;
+    /* The route has the shape of /<collection>/<id>: an id segment that is
+     * not an integer is 400 invalid_id, an integer that is no id (0, -1,
+     * above INT64_MAX) is 400 out_of_range. */
     int64_t id;
-    if (!parse_id(idp, idlen, &id)) {
+    switch (shop_parse_int(idp, idlen, 1, SHOP_MAX_ID, &id)) {
+    case SHOP_INT_OK:
+        break;
+    case SHOP_INT_RANGE:
+        shop_reply_error(rs, 400, "out_of_range", "the id is out of range: 1..%lld",
+                         (long long)SHOP_MAX_ID);
+        return;
+    default:
         shop_reply_error(rs, 400, "invalid_id", "the id must be a positive integer");
         return;
     }

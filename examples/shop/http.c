@@ -1,7 +1,7 @@
 /*
  * http.c - the libmicrohttpd side of the shop: one daemon with an internal
- * epoll thread pool, request bodies, responses, error mapping and the
- * access log.
+ * epoll thread pool, request bodies, the checks every request target
+ * passes, responses, error mapping and the integer parser.
  *
  * Why shaped so: small keep-alive requests are the common case, so the
  * daemon runs a pool of epoll threads (each owns its connections; a request
@@ -11,6 +11,15 @@
  * (POST, PATCH) are collected into a buffer bounded by SHOP_MAX_BODY; a
  * declared Content-Length above it is refused with 413 before the body is
  * read, an undeclared one (chunked) is read and dropped, then refused.
+ *
+ * The request target is checked once, before routing: libmicrohttpd
+ * percent-decodes the path and the query arguments into C strings, so a
+ * "%00" would silently cut "/users/1%00junk" down to "/users/1". The shop
+ * installs its own decoder (url_unescape), identical to libmicrohttpd's
+ * except that a decoded NUL becomes the byte 0xFF, which is never valid
+ * UTF-8; then a path or query argument that is not clean text
+ * (shop_text_ok: UTF-8 without NUL or control characters) is a 400
+ * invalid_path / invalid_query, whatever the route.
  *
  * The number of requests in flight is counted from the first handler call
  * to MHD's completion callback (after the response was sent), which is what
@@ -165,7 +174,42 @@ void shop_reply_rc(shop_resp *rs, dbk_rc rc, const dbk_error *err, const char *w
 
 const char *shop_query_arg(const shop_req *rq, const char *name)
 {
-    return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name);
+    const char *v = NULL;
+    size_t vlen = 0;
+    if (MHD_lookup_connection_value_n(rq->conn, MHD_GET_ARGUMENT_KIND, name, strlen(name), &v,
+                                      &vlen) != MHD_YES)
+        return NULL;
+    return v ? v : ""; /* "?limit" without '=' is given, empty */
+}
+
+shop_int_rc shop_parse_int(const char *s, size_t len, int64_t min, int64_t max, int64_t *out)
+{
+    size_t i = 0;
+    bool neg = len > 0 && s[0] == '-';
+    if (neg)
+        i = 1;
+    if (i == len)
+        return SHOP_INT_SYNTAX;
+    if (s[i] == '0' && (neg || len - i > 1)) /* "-0", "01", "00" */
+        return SHOP_INT_SYNTAX;
+    uint64_t mag = 0;
+    bool over = false;
+    for (; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return SHOP_INT_SYNTAX;
+        unsigned d = (unsigned)(s[i] - '0');
+        if (over || mag > (UINT64_MAX - d) / 10)
+            over = true; /* keep scanning: trailing garbage is still SYNTAX */
+        else
+            mag = mag * 10 + d;
+    }
+    if (over || mag > (neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX))
+        return SHOP_INT_RANGE;
+    int64_t v = !neg ? (int64_t)mag : mag == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)mag;
+    if (v < min || v > max)
+        return SHOP_INT_RANGE;
+    *out = v;
+    return SHOP_INT_OK;
 }
 
 bool shop_utf8_ok(const char *s, size_t len)
@@ -207,29 +251,82 @@ bool shop_utf8_ok(const char *s, size_t len)
     return true;
 }
 
-/* ---- the access log ---- */
-
-static void access_log(const char *method, const char *path, int status, int64_t dur_ns,
-                       uint64_t queries)
+bool shop_text_ok(const char *s, size_t len)
 {
-    char line[512], safe[256];
-    size_t o = 0;
-    for (const unsigned char *p = (const unsigned char *)path; *p && o + 5 < sizeof safe; p++) {
-        if (*p < 0x20 || *p >= 0x7F || *p == '"' || *p == '\\')
-            o += (size_t)snprintf(safe + o, sizeof safe - o, "\\x%02X", *p);
-        else
-            safe[o++] = (char)*p;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7F)
+            return false;
     }
-    safe[o] = '\0';
-    int n = snprintf(line, sizeof line,
-                     "access method=%s path=\"%s\" status=%d duration_ms=%.3f queries=%llu\n",
-                     method, safe, status, (double)dur_ns / 1e6, (unsigned long long)queries);
-    if (n > 0) {
-        size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
-        /* One write per line so lines from several threads never mix. */
-        ssize_t w = write(STDERR_FILENO, line, len);
-        (void)w;
+    return shop_utf8_ok(s, len);
+}
+
+/* ---- the request target ---- */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* libmicrohttpd's %HH decoding (an invalid escape stays as it is), except
+ * that %00 becomes 0xFF: the string keeps its full length as a C string
+ * and fails shop_text_ok(), so "/users/1%00" is refused instead of being
+ * read as "/users/1". Runs on the path and on every query key and value
+ * (after libmicrohttpd turned '+' into a space there). */
+static size_t url_unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+    (void)cls;
+    (void)conn;
+    char *w = s;
+    for (const char *r = s; *r;) {
+        int hi, lo;
+        if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0) {
+            int v = hi * 16 + lo;
+            *w++ = (char)(unsigned char)(v == 0 ? 0xFF : v);
+            r += 3;
+        } else {
+            *w++ = *r++;
+        }
     }
+    *w = '\0';
+    return (size_t)(w - s);
+}
+
+static enum MHD_Result check_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    bool *bad = cls;
+    if (!key || !shop_text_ok(key, key_size) || (value && !shop_text_ok(value, value_size))) {
+        *bad = true;
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+/* False, with the 400 in *rs, when the path or a query argument is not
+ * clean text (a decoded NUL, a control character, invalid UTF-8). */
+static bool target_ok(struct MHD_Connection *conn, const char *url, shop_resp *rs)
+{
+    if (!shop_text_ok(url, strlen(url))) {
+        shop_reply_error(rs, 400, "invalid_path",
+                         "the path holds a NUL, a control character or invalid UTF-8");
+        return false;
+    }
+    bool bad = false;
+    MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, check_arg, &bad);
+    if (bad) {
+        shop_reply_error(rs, 400, "invalid_query",
+                         "the query string holds a NUL, a control character or invalid UTF-8");
+        return false;
+    }
+    return true;
 }
 
 /* ---- the request cycle ---- */
@@ -293,7 +390,7 @@ static enum MHD_Result finish(struct MHD_Connection *conn, const char *method, c
     atomic_fetch_add(&shop.responses_by_class[status / 100], 1);
     enum MHD_Result ret = send_response(conn, &rs, queries);
     if (shop.access_log)
-        access_log(method, url, status, now_ns() - start_ns, queries);
+        shop_access_log(method, url, status, now_ns() - start_ns, queries);
     return ret;
 }
 
@@ -353,7 +450,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_YES;
         }
         *con_cls = &answered_marker;
-        return finish(conn, method, url, NULL, now_ns(), NULL);
+        shop_resp rs = {0};
+        int64_t start = now_ns();
+        if (!target_ok(conn, url, &rs))
+            return finish(conn, method, url, NULL, start, &rs);
+        return finish(conn, method, url, NULL, start, NULL);
     }
     if (*con_cls == &answered_marker) {
         *upload_data_size = 0; /* a body after an early answer is dropped */
@@ -397,6 +498,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         shop_reply_error(&rs, 413, "too_large", "request body over %d bytes", SHOP_MAX_BODY);
         return finish(conn, method, url, NULL, b->start_ns, &rs);
     }
+    if (!target_ok(conn, url, &rs))
+        return finish(conn, method, url, NULL, b->start_ns, &rs);
     if (b->len == 0) {
         shop_reply_error(&rs, 400, "invalid_json", "a JSON object body is required");
         return finish(conn, method, url, NULL, b->start_ns, &rs);
@@ -407,6 +510,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     json_error_t jerr;
     json_t *j = json_loadb(b->buf, b->len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!j && json_error_code(&jerr) == json_error_numeric_overflow) {
+        /* 99999999999999999999 or 1e400: a number, but none the shop takes */
+        shop_reply_error(&rs, 400, "out_of_range", "the number at line %d column %d is out of range",
+                         jerr.line, jerr.column);
+        return finish(conn, method, url, NULL, b->start_ns, &rs);
+    }
     if (!j) {
         shop_reply_error(&rs, 400, "invalid_json", "malformed JSON at line %d column %d",
                          jerr.line, jerr.column);
@@ -464,7 +573,8 @@ int shop_http_start(const char *host, int port, int threads)
         (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)60, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_UNESCAPE_CALLBACK,
+        url_unescape, NULL, MHD_OPTION_END);
     if (!daemon_) {
         fprintf(stderr, "shop: cannot listen on %s:%d (in use, or not allowed)\n", host, port);
         return -1;

@@ -11,7 +11,8 @@
  * half-built schema. SIGINT and SIGTERM are blocked in every thread and
  * taken by the main thread with sigwait(), so the shutdown runs in plain
  * code, not in a signal handler: turn new requests away (503), wait (bounded) for the
- * requests in flight, stop the daemon, close the cache and drain the pool.
+ * requests in flight, stop the daemon, write out the buffered access log,
+ * close the cache and drain the pool.
  *
  * Environment (docs/example-service.md has the table):
  *   DATABASE_URL  default sqlite:$TMPDIR/dbkit-shop.db (TMPDIR default /tmp)
@@ -26,6 +27,8 @@
  *   HTTP_THREADS  HTTP worker threads (default 2 x cores)
  *   SHOP_PWHASH   "fast" uses libsodium's minimum Argon2id limits (tests)
  *   ACCESS_LOG    "off" silences the per-request line
+ *   ACCESS_LOG_FLUSH_MS  longest wait of a buffered access-log line before
+ *                 it is written (100; accesslog.c)
  *   SLOW_QUERY_MS statements at least this slow are logged (default 200)
  *   SHUTDOWN_TIMEOUT_MS  longest wait for requests in flight (10000)
  *   STARTUP_WAIT_MS      longest wait for an unreachable database at start
@@ -45,16 +48,17 @@
 
 shop_app shop;
 
-static int env_int(const char *name, int dflt, int min, int max)
+int shop_env_int(const char *name, int dflt, int min, int max)
 {
     const char *v = getenv(name);
     if (!v || !*v)
         return dflt;
-    char *end;
-    long n = strtol(v, &end, 10);
-    if (*end || n < min || n > max) {
-        fprintf(stderr, "shop: %s=\"%s\" is not a number in %d..%d; using %d\n", name, v, min,
-                max, dflt);
+    int64_t n = 0;
+    shop_int_rc rc = shop_parse_int(v, strlen(v), min, max, &n);
+    if (rc != SHOP_INT_OK) {
+        fprintf(stderr, "shop: %s=\"%s\" is %s; using %d\n", name, v,
+                rc == SHOP_INT_RANGE ? "out of range" : "not an integer", dflt);
+        fprintf(stderr, "shop: hint: %s takes an integer in %d..%d\n", name, min, max);
         return dflt;
     }
     return (int)n;
@@ -119,7 +123,7 @@ static int open_cache(dbk_error *err)
  * a wrong password or database name fails at once. */
 static int wait_for_database(dbk_error *err)
 {
-    int wait_ms = env_int("STARTUP_WAIT_MS", 30000, 0, 3600000);
+    int wait_ms = shop_env_int("STARTUP_WAIT_MS", 30000, 0, 3600000);
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     int64_t until = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + wait_ms;
@@ -257,7 +261,7 @@ int main(void)
     memset(&po, 0, sizeof po);
     pool_max_probe probe = {false};
     dbk_config_dump(shop.cfg, probe_pool_max, &probe);
-    po.max_size = env_int("POOL_MAX", probe.from_default ? (int)(2 * cores) : 0, 1, 10000);
+    po.max_size = shop_env_int("POOL_MAX", probe.from_default ? (int)(2 * cores) : 0, 1, 10000);
     rc = dbk_pool_open(shop.cfg, &po, &shop.pool, &err);
     if (rc != DBK_OK) {
         fprintf(stderr, "shop: pool: %s\n", err.message);
@@ -287,11 +291,17 @@ int main(void)
     const char *host = getenv("HOST");
     if (!host || !*host)
         host = "127.0.0.1";
-    int port = env_int("PORT", 8080, 0, 65535);
-    int threads = env_int("HTTP_THREADS", (int)(2 * cores), 1, 1024);
+    int port = shop_env_int("PORT", 8080, 0, 65535);
+    int threads = shop_env_int("HTTP_THREADS", (int)(2 * cores), 1, 1024);
+    if (shop.access_log &&
+        shop_access_log_open(STDERR_FILENO, shop_env_int("ACCESS_LOG_FLUSH_MS", 100, 1, 60000)) !=
+            0) {
+        fprintf(stderr, "shop: cannot start the access log's flusher thread\n");
+        goto out_cache;
+    }
     int bound = shop_http_start(host, port, threads);
     if (bound < 0)
-        goto out_cache;
+        goto out_log;
     print_banner(host, bound);
 
     int sig = 0;
@@ -300,7 +310,7 @@ int main(void)
             sig == SIGINT ? "SIGINT" : "SIGTERM");
 
     shop_http_quiesce();
-    int timeout_ms = env_int("SHUTDOWN_TIMEOUT_MS", 10000, 0, 3600000);
+    int timeout_ms = shop_env_int("SHUTDOWN_TIMEOUT_MS", 10000, 0, 3600000);
     for (int waited = 0; atomic_load(&shop.in_flight) > 0 && waited < timeout_ms; waited += 10)
         sleep_ms(10);
     if (atomic_load(&shop.in_flight) > 0)
@@ -309,6 +319,10 @@ int main(void)
     shop_http_stop();
     status = 0;
 
+out_log:
+    /* After the HTTP threads have stopped, so every line is in; before the
+     * pool and cache close, whose messages then follow the last lines. */
+    shop_access_log_close();
 out_cache:
     dbk_cached_repo_free(shop.users);
     dbk_cache_close(shop.cache);

@@ -73,9 +73,8 @@ int shop_diag_open(dbk_error *err)
      * slow threshold comes from SLOW_QUERY_MS (default 200 ms). */
     dbk_diag_opts o;
     memset(&o, 0, sizeof o);
-    const char *slow = getenv("SLOW_QUERY_MS");
-    if (slow && *slow)
-        o.slow_ms = strtoll(slow, NULL, 10);
+    /* 0: the hub's default (200 ms); -1: nothing is ever slow. */
+    o.slow_ms = shop_env_int("SLOW_QUERY_MS", 0, -1, 3600000);
     o.n1_mode = DBK_N1_LOG;
     static const char *const safelist[] = {shop_sql_take_stock, NULL};
     o.n1_safelist = safelist;
@@ -197,6 +196,16 @@ void shop_handle_metrics(shop_req *rq, shop_resp *rs)
 
     metric(&b, "shop_http_requests_total", "counter", "HTTP requests received.",
            (double)ld(&shop.requests));
+    if (shop.access_log) {
+        uint64_t lines, writes, dropped;
+        shop_access_log_stats(&lines, &writes, &dropped);
+        metric(&b, "shop_access_log_lines_total", "counter", "Access-log lines logged.",
+               (double)lines);
+        metric(&b, "shop_access_log_writes_total", "counter",
+               "write() calls that carried access-log lines.", (double)writes);
+        metric(&b, "shop_access_log_dropped_total", "counter",
+               "Access-log lines lost to failed writes.", (double)dropped);
+    }
     metric_head(&b, "shop_http_responses_total", "counter", "HTTP responses by status class.");
     for (int c = 1; c <= 5; c++)
         sb_printf(&b, "shop_http_responses_total{class=\"%dxx\"} %llu\n", c,

@@ -3,8 +3,9 @@
  *
  * main.c      configuration from the environment, start-up (migrations,
  *             seeds), the HTTP daemon, signals and the graceful shutdown;
- * http.c      libmicrohttpd glue: request bodies, routing, responses,
- *             error mapping, the access log;
+ * http.c      libmicrohttpd glue: request bodies, the checks every request
+ *             target passes, responses, error mapping, the integer parser;
+ * accesslog.c the access log: per-thread buffers, a background flusher;
  * model.c     the entity descriptors (users, posts, products, orders,
  *             order_items, accounts) and their JSON forms;
  * handlers.c  the endpoints;
@@ -95,14 +96,53 @@ void shop_reply_error(shop_resp *rs, int status, const char *code, const char *f
  * the dbkit message and answered with a generic one. `what` names the
  * resource for 404s ("user"). */
 void shop_reply_rc(shop_resp *rs, dbk_rc rc, const dbk_error *err, const char *what);
-/* Query-string argument, or NULL. */
+/* Query-string argument, or NULL when absent; "" when given without a
+ * value ("?limit" as well as "?limit="). Every argument has passed
+ * shop_text_ok() before a handler runs. */
 const char *shop_query_arg(const shop_req *rq, const char *name);
-/* True when s[0..len) is well-formed UTF-8 without control characters. */
+/* True when s[0..len) is well-formed UTF-8 (control characters allowed:
+ * this is the check for whole JSON bodies). */
 bool shop_utf8_ok(const char *s, size_t len);
+/* True when s[0..len) is well-formed UTF-8 without NUL, other C0 control
+ * characters or DEL: the check for the path and every query argument. */
+bool shop_text_ok(const char *s, size_t len);
+
+/* What shop_parse_int() found. */
+typedef enum shop_int_rc {
+    SHOP_INT_OK,     /* an integer in [min, max]; *out set */
+    SHOP_INT_SYNTAX, /* not an integer as the shop writes them */
+    SHOP_INT_RANGE,  /* an integer, but outside [min, max] (or int64) */
+} shop_int_rc;
+/* The one integer parser for paths, query arguments and the environment:
+ * s[0..len) must be "0" or an optional '-' then a digit 1-9 and more
+ * digits; nothing else (no '+', spaces, leading zeros, trailing bytes,
+ * NUL). Any length of digits is read, so a huge value is RANGE, not
+ * SYNTAX. */
+shop_int_rc shop_parse_int(const char *s, size_t len, int64_t min, int64_t max, int64_t *out);
 
 /* Queries run by this thread since the counter was last reset (metrics.c). */
 uint64_t shop_thread_queries(void);
 void shop_thread_queries_reset(void);
+
+/* The integer in environment variable `name`, in [min, max]; `dflt` when it
+ * is unset or empty, and (with a message on stderr) when it is not a valid
+ * one (main.c). */
+int shop_env_int(const char *name, int dflt, int min, int max);
+
+/* ---- the access log (accesslog.c) ---- */
+
+/* Starts the background flusher writing to fd every `flush_ms` (main,
+ * before the HTTP daemon starts); -1 when no thread could be started. */
+int shop_access_log_open(int fd, int flush_ms);
+/* One line for an answered request; any thread, no syscall unless this
+ * thread's buffer is full. */
+void shop_access_log(const char *method, const char *path, int status, int64_t dur_ns,
+                     uint64_t queries);
+/* Stops the flusher and writes every buffered line (main, after the HTTP
+ * threads have stopped). */
+void shop_access_log_close(void);
+/* Lines logged, write calls made, lines lost to write errors (/metrics). */
+void shop_access_log_stats(uint64_t *lines, uint64_t *writes, uint64_t *dropped);
 
 /* Starts / stops the HTTP daemon (http.c). */
 int shop_http_start(const char *host, int port, int threads);
