@@ -10,8 +10,22 @@
  * SQL text. Placeholders are $1..$n on every engine; on SQLite they are
  * bound by name, so "$2 ... $1" works and a placeholder may repeat.
  *
+ * Size limits: a text, json or blob parameter longer than the engine takes
+ * (PostgreSQL: 1073741819 bytes per value and 1 GiB for all the values of
+ * one statement; SQLite: SQLITE_LIMIT_LENGTH, 1e9 by default) is
+ * DBK_EINVALID naming the parameter and the limit, decided from its length
+ * before anything is read, copied or sent; the connection stays usable.
+ *
  * Thread safety: a dbk_conn and its dbk_db belong to one thread at a time.
  * A pool's dbk_db may be used from any number of threads at once.
+ *
+ * Processes: a connection belongs to the process that opened it. After
+ * fork(), every use of it in the child (query, exec, script, batch, ping,
+ * a transaction, a connection borrowed from a pool before the fork) fails
+ * with DBK_EMISUSE, message naming fork(), without touching the socket or
+ * the SQLite handle; dbk_conn_close() in the child frees dbkit's wrapper
+ * only and leaves the engine handle to the child's exit, so the parent's
+ * session stays intact. Open new connections in the child.
  */
 #ifndef DBKIT_DB_H
 #define DBKIT_DB_H
@@ -38,7 +52,9 @@ typedef struct dbk_conn dbk_conn;
  * kept. */
 DBK_API dbk_rc dbk_conn_open(const dbk_config *cfg, dbk_conn **out, dbk_error *err);
 
-/* Closes the connection (rolling back an open transaction). Accepts NULL. */
+/* Closes the connection (rolling back an open transaction). Accepts NULL.
+ * In a process forked after the open it only forgets the connection (see
+ * Processes above). */
 DBK_API void dbk_conn_close(dbk_conn *conn);
 
 /* The connection's executor, borrowed until dbk_conn_close(). */

@@ -5,6 +5,7 @@
 #ifndef DBK_INTERNAL_H
 #define DBK_INTERNAL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stddef.h>
 #include <time.h>
@@ -46,6 +47,32 @@ static inline int64_t dbk__now_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+
+/* The process a handle belongs to (src/core/process.c). Every handle that
+ * owns a socket or an engine handle records it when it opens and checks
+ * dbk__owner_forked() before touching them: after fork() the child must
+ * neither use nor close what belongs to the parent. */
+typedef struct dbk__owner {
+    unsigned gen; /* fork generation at open */
+    long pid;     /* for the message only */
+} dbk__owner;
+
+void dbk__owner_init(dbk__owner *o);
+bool dbk__owner_forked(const dbk__owner *o);
+/* Fills err with DBK_EMISUSE naming fork() and both PIDs; `what` names the
+ * handle ("connection"). Returns DBK_EMISUSE. */
+dbk_rc dbk__owner_error(const dbk__owner *o, const char *what, dbk_error *err);
+
+/* What one PostgreSQL statement may carry (the server's MaxAllocSize of
+ * 1 GiB - 1): one value at most DBK__PG_MAX_VALUE bytes (less its 4-byte
+ * varlena header), and one protocol message (Bind, CopyData) at most
+ * DBK__PG_MAX_MESSAGE bytes. Checked by the PostgreSQL driver and by the
+ * COPY encoder before anything is sent. */
+#define DBK__PG_MAX_VALUE ((size_t)0x3FFFFFFF - 4)
+#define DBK__PG_MAX_MESSAGE ((size_t)0x3FFFFFFF - 1)
+/* The largest value any engine here takes (SQLite's SQLITE_LIMIT_LENGTH
+ * defaults to 1e9, below PostgreSQL's): what a batch copies at most. */
+#define DBK__MAX_VALUE DBK__PG_MAX_VALUE
 
 /* Bounded string copy that always terminates; returns strlen(src). */
 size_t dbk__strlcpy(char *dst, const char *src, size_t size);

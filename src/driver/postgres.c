@@ -94,6 +94,7 @@ struct pg_stmt {
 typedef struct pg_conn {
     PGconn *conn; /* NULL once broken and closed */
     bool broken;
+    dbk__owner owner; /* the process that opened it: a forked child never touches conn */
     bool sets_via_sql; /* the startup `options` were refused or ignored */
     bool user_datestyle, user_timezone; /* set by the caller's own `options` */
     int statement_timeout_ms;
@@ -487,7 +488,7 @@ static bool cache_insert(pg_conn *pc, struct pg_stmt *s)
 static void mark_broken(pg_conn *pc)
 {
     pc->broken = true;
-    if (pc->conn) {
+    if (pc->conn && !dbk__owner_forked(&pc->owner)) {
         PQfinish(pc->conn);
         pc->conn = NULL;
     }
@@ -1099,18 +1100,54 @@ static bool grow_param_arrays(pg_conn *pc, size_t n)
     return true;
 }
 
-/* Converts dbk_values into libpq's parallel arrays. Text forms are written
- * into `scratch` (the stack buffer when it fits, else the connection's). */
-static dbk_rc bind_params(pg_conn *pc, const dbk_value *params, size_t n, struct pg_params *pp,
-                          char *stack_scratch, dbk_error *err)
+static dbk_rc too_large(dbk_error *err)
 {
-    size_t need = 0;
+    dbk__err_hint(err, "store large objects outside the database (a file or object store) and "
+                       "keep their path or key in the row, or split the value");
+    return DBK_EINVALID;
+}
+
+/* Everything that can be said about a statement's parameters without
+ * touching the connection, checked before a byte is queued: lengths first,
+ * from the length words alone (a value over the limit is refused without
+ * being read, copied or allocated for), then NUL bytes in texts. Limits:
+ * one value at most DBK__PG_MAX_VALUE bytes (the server's 1 GiB allocation
+ * limit, less the 4-byte varlena header), and the whole Bind message at
+ * most DBK__PG_MAX_MESSAGE; libpq itself would cut a text length to 32 bits
+ * and send a prefix of the value as if it were all of it. */
+static dbk_rc check_params(const dbk_value *params, size_t n, dbk_error *err)
+{
+    size_t total = 64 + 6 * n; /* names, counts, a format and a length word each */
     for (size_t i = 0; i < n; i++) {
         const dbk_value *v = &params[i];
-        if ((v->type == DBK_TYPE_TEXT || v->type == DBK_TYPE_JSON || v->type == DBK_TYPE_BLOB) &&
-            !v->u.bytes.ptr && v->u.bytes.len)
+        if (v->type > DBK_TYPE_JSON)
+            return dbk__err(err, DBK_EMISUSE, "parameter $%zu has an unknown type %d", i + 1,
+                            (int)v->type);
+        if (v->type != DBK_TYPE_TEXT && v->type != DBK_TYPE_JSON && v->type != DBK_TYPE_BLOB) {
+            total += 40;
+            continue;
+        }
+        if (!v->u.bytes.ptr && v->u.bytes.len)
             return dbk__err(err, DBK_EMISUSE, "parameter $%zu has a NULL pointer and length %zu",
                             i + 1, v->u.bytes.len);
+        if (v->u.bytes.len > DBK__PG_MAX_VALUE) {
+            dbk__err(err, DBK_EINVALID,
+                     "%s parameter $%zu is %zu bytes; PostgreSQL accepts at most %zu bytes "
+                     "(1 GiB) in one value",
+                     dbk_type_name(v->type), i + 1, v->u.bytes.len, DBK__PG_MAX_VALUE);
+            return too_large(err);
+        }
+        total += v->u.bytes.len;
+        if (total > DBK__PG_MAX_MESSAGE) {
+            dbk__err(err, DBK_EINVALID,
+                     "parameters $1..$%zu add up to more than %zu bytes, the most PostgreSQL "
+                     "accepts in one statement (1 GiB)",
+                     i + 1, DBK__PG_MAX_MESSAGE);
+            return too_large(err);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        const dbk_value *v = &params[i];
         if ((v->type == DBK_TYPE_TEXT || v->type == DBK_TYPE_JSON) && v->u.bytes.len &&
             memchr(v->u.bytes.ptr, '\0', v->u.bytes.len)) {
             dbk__err(err, DBK_EINVALID,
@@ -1119,11 +1156,21 @@ static dbk_rc bind_params(pg_conn *pc, const dbk_value *params, size_t n, struct
             dbk__err_hint(err, "store binary data as a blob (dbk_blob) in a bytea column");
             return DBK_EINVALID;
         }
-        if (v->type > DBK_TYPE_JSON)
-            return dbk__err(err, DBK_EMISUSE, "parameter $%zu has an unknown type %d", i + 1,
-                            (int)v->type);
-        need += scratch_need(v);
     }
+    return DBK_OK;
+}
+
+/* Converts dbk_values into libpq's parallel arrays. Text forms are written
+ * into `scratch` (the stack buffer when it fits, else the connection's). */
+static dbk_rc bind_params(pg_conn *pc, const dbk_value *params, size_t n, struct pg_params *pp,
+                          char *stack_scratch, dbk_error *err)
+{
+    dbk_rc crc = check_params(params, n, err);
+    if (crc)
+        return crc;
+    size_t need = 0;
+    for (size_t i = 0; i < n; i++)
+        need += scratch_need(&params[i]);
     char *scratch = stack_scratch;
     if (need > PG_STACK_SCRATCH) {
         if (need > pc->scratch_cap) {
@@ -1188,10 +1235,7 @@ static dbk_rc bind_params(pg_conn *pc, const dbk_value *params, size_t n, struct
             pp->sig[i] = 'u';
             off += v->u.bytes.len + 1;
             break;
-        case DBK_TYPE_BLOB:
-            if (v->u.bytes.len > (size_t)INT32_MAX)
-                return dbk__err(err, DBK_EINVALID, "blob parameter $%zu is larger than 2 GiB",
-                                i + 1);
+        case DBK_TYPE_BLOB: /* length checked by check_params() */
             pp->values[i] = v->u.bytes.ptr ? (const char *)v->u.bytes.ptr : "";
             pp->lengths[i] = (int)v->u.bytes.len;
             pp->formats[i] = 1;
@@ -1209,7 +1253,15 @@ static dbk_rc bind_params(pg_conn *pc, const dbk_value *params, size_t n, struct
 
 static bool conn_usable(const pg_conn *pc)
 {
-    return pc && pc->conn && !pc->broken;
+    return pc && pc->conn && !pc->broken && !dbk__owner_forked(&pc->owner);
+}
+
+/* Why conn_usable() said no: used in a forked child, or broken. */
+static dbk_rc unusable_err(const pg_conn *pc, dbk_error *err)
+{
+    if (pc && dbk__owner_forked(&pc->owner))
+        return dbk__owner_error(&pc->owner, "PostgreSQL connection", err);
+    return broken_err(err);
 }
 
 static int64_t budget_of(int64_t deadline)
@@ -1449,7 +1501,7 @@ static bool stale_statement(const PGresult *res, bool *all_gone)
 static dbk_rc ready(pg_conn *pc, dbk_error *err)
 {
     if (!conn_usable(pc))
-        return broken_err(err);
+        return unusable_err(pc, err);
     if (PQtransactionStatus(pc->conn) == PQTRANS_ACTIVE) {
         mark_broken(pc);
         return dbk__err(err, DBK_EINTERNAL, "a previous statement is still in flight");
@@ -1866,10 +1918,10 @@ static dbk_rc pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic
     pg_conn *pc = impl;
     dbk_error e;
     if (!conn_usable(pc)) {
-        broken_err(&e);
+        dbk_rc urc = unusable_err(pc, &e);
         for (size_t i = 0; i < n; i++)
-            dbk__batch_fail(&items[i], i ? DBK_ENOT_RUN : DBK_ECONN_LOST, &e);
-        return DBK_ECONN_LOST;
+            dbk__batch_fail(&items[i], i ? DBK_ENOT_RUN : urc, &e);
+        return urc;
     }
     if (PQtransactionStatus(pc->conn) == PQTRANS_ACTIVE) {
         mark_broken(pc);
@@ -1893,9 +1945,13 @@ static dbk_rc pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic
     size_t refused = n;
     for (size_t i = 0; i < n; i++) {
         st[i].kind = B_UNNAMED;
-        if (is_copy(items[i].sql)) {
-            copy_refused_err(&e);
-            dbk__batch_fail(&items[i], DBK_EMISUSE, &e);
+        dbk_rc prc = DBK_OK;
+        if (is_copy(items[i].sql))
+            prc = copy_refused_err(&e);
+        else
+            prc = check_params(items[i].params, items[i].nparams, &e);
+        if (prc) {
+            dbk__batch_fail(&items[i], prc, &e);
             st[i].kind = B_SKIP;
             if (refused == n)
                 refused = i;
@@ -2062,7 +2118,7 @@ static dbk_rc pg_script(void *impl, const char *sql, dbk_error *err)
 {
     pg_conn *pc = impl;
     if (!conn_usable(pc))
-        return broken_err(err);
+        return unusable_err(pc, err);
     /* Scripts run DDL and migrations: at least ten minutes before the
      * client gives up, or the statement deadline when that is longer. */
     int64_t deadline = stmt_deadline(pc);
@@ -2074,7 +2130,7 @@ static dbk_rc pg_ping(void *impl, int timeout_ms, dbk_error *err)
 {
     pg_conn *pc = impl;
     if (!conn_usable(pc))
-        return broken_err(err);
+        return unusable_err(pc, err);
     int64_t deadline = deadline_after_ms(timeout_ms > 0 ? timeout_ms : 1000);
     int64_t budget = budget_of(deadline);
     if (!PQsendQueryParams(pc->conn, "SELECT 1", 0, NULL, NULL, NULL, NULL, 0))
@@ -2134,7 +2190,7 @@ static dbk_rc pg_reset(void *impl, dbk_error *err)
 {
     pg_conn *pc = impl;
     if (!conn_usable(pc))
-        return broken_err(err);
+        return unusable_err(pc, err);
     PGTransactionStatusType ts = PQtransactionStatus(pc->conn);
     if (ts == PQTRANS_ACTIVE || ts == PQTRANS_UNKNOWN) {
         mark_broken(pc);
@@ -2348,7 +2404,9 @@ static void pg_close(void *impl)
     pg_conn *pc = impl;
     if (!pc)
         return;
-    if (pc->conn)
+    /* In a forked child the PGconn is the parent's session: PQfinish would
+     * send it a Terminate message. Its memory is left to the child's exit. */
+    if (pc->conn && !dbk__owner_forked(&pc->owner))
         PQfinish(pc->conn);
     pc->conn = NULL;
     cache_clear(pc);
@@ -2407,6 +2465,7 @@ static dbk_rc pg_open(const struct dbk_config *cfg, void **impl, dbk_error *err)
     pg_conn *pc = calloc(1, sizeof *pc);
     if (!pc)
         return dbk__err(err, DBK_ENOMEM, "out of memory opening a connection");
+    dbk__owner_init(&pc->owner);
     pc->statement_timeout_ms = cfg->statement_timeout_ms > 0 ? cfg->statement_timeout_ms : 0;
     pc->lock_timeout_ms = cfg->lock_timeout_ms > 0 ? cfg->lock_timeout_ms : 0;
     pc->connect_timeout_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : 10000;

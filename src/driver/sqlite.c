@@ -82,6 +82,8 @@ typedef struct sq_entry {
 
 typedef struct sq_conn {
     sqlite3 *db;
+    dbk__owner owner;     /* the process that opened it: a forked child never touches db */
+    sqlite3_int64 max_length; /* SQLITE_LIMIT_LENGTH: the largest text or blob bound */
     char *path;           /* for messages; a path is not a secret */
     int busy_timeout_ms;
     int stmt_timeout_ms;  /* 0: none */
@@ -571,12 +573,16 @@ static dbk_rc bind_all(sq_conn *c, sq_entry *e, const dbk_value *params,
         case DBK_TYPE_JSON:
             if (!v->u.bytes.ptr && v->u.bytes.len)
                 goto null_bytes;
+            if (v->u.bytes.len > (sqlite3_uint64)c->max_length)
+                goto too_long;
             rc = sqlite3_bind_text64(st, idx, v->u.bytes.ptr ? v->u.bytes.ptr : "",
                                      v->u.bytes.len, SQLITE_STATIC, SQLITE_UTF8);
             break;
         case DBK_TYPE_BLOB:
             if (!v->u.bytes.ptr && v->u.bytes.len)
                 goto null_bytes;
+            if (v->u.bytes.len > (sqlite3_uint64)c->max_length)
+                goto too_long;
             if (v->u.bytes.len == 0)
                 rc = sqlite3_bind_zeroblob(st, idx, 0);
             else
@@ -608,6 +614,16 @@ static dbk_rc bind_all(sq_conn *c, sq_entry *e, const dbk_value *params,
         dbk__err(err, DBK_EMISUSE, "parameter $%d has a NULL pointer and length %zu",
                  e->map[j] + 1, v->u.bytes.len);
         return DBK_EMISUSE;
+    too_long:
+        /* Checked before binding: SQLite would answer SQLITE_TOOBIG too,
+         * but naming the parameter and the limit is the useful part. */
+        dbk__err(err, DBK_EINVALID,
+                 "%s parameter $%d is %zu bytes; this SQLite database accepts at most %lld "
+                 "(SQLITE_LIMIT_LENGTH)", dbk_type_name(v->type), e->map[j] + 1,
+                 v->u.bytes.len, (long long)c->max_length);
+        dbk__err_hint(err, "store large objects outside the database (a file or object "
+                           "store) and keep their path or key in the row");
+        return DBK_EINVALID;
     }
     return DBK_OK;
 }
@@ -707,6 +723,8 @@ static dbk_rc sq_run(void *impl, const char *sql, const dbk_value *params, size_
     sq_conn *c = impl;
     if (!c || !c->db)
         return dbk__err(err, DBK_EMISUSE, "the sqlite connection is closed");
+    if (dbk__owner_forked(&c->owner))
+        return dbk__owner_error(&c->owner, "SQLite connection", err);
     if (!sql || (nparams && !params))
         return dbk__err(err, DBK_EMISUSE, "sql and params must not be NULL");
     sq_arm_deadline(c, c->stmt_timeout_ms);
@@ -769,6 +787,8 @@ static dbk_rc sq_script(void *impl, const char *sql, dbk_error *err)
     sq_conn *c = impl;
     if (!c || !c->db)
         return dbk__err(err, DBK_EMISUSE, "the sqlite connection is closed");
+    if (dbk__owner_forked(&c->owner))
+        return dbk__owner_error(&c->owner, "SQLite connection", err);
     if (!sql)
         return dbk__err(err, DBK_EMISUSE, "sql must not be NULL");
     /* Scripts carry DDL and migrations (an index build on a large table):
@@ -831,7 +851,7 @@ static dbk_rc sq_ping(void *impl, int timeout_ms, dbk_error *err)
 static dbk__txstate sq_txstate(void *impl)
 {
     sq_conn *c = impl;
-    if (!c || !c->db)
+    if (!c || !c->db || dbk__owner_forked(&c->owner))
         return DBK__TX_BROKEN;
     return sqlite3_get_autocommit(c->db) ? DBK__TX_IDLE : DBK__TX_OPEN;
 }
@@ -874,6 +894,14 @@ static void sq_close(void *impl)
     sq_conn *c = impl;
     if (!c)
         return;
+    if (dbk__owner_forked(&c->owner)) {
+        /* The handle, its statements and its file locks are the parent's:
+         * closing them here could checkpoint or unlink its WAL. They are
+         * left to the child's exit; only this wrapper goes. */
+        free(c->path);
+        free(c);
+        return;
+    }
     cache_clear(c);
     free(c->buckets);
     if (c->db)
@@ -990,6 +1018,7 @@ static dbk_rc sq_open(const struct dbk_config *cfg, void **impl, dbk_error *err)
     sq_conn *c = calloc(1, sizeof *c);
     if (!c)
         return dbk__err(err, DBK_ENOMEM, "out of memory opening an sqlite database");
+    dbk__owner_init(&c->owner);
     c->path = strdup(path);
     if (!c->path) {
         free(c);
@@ -1021,6 +1050,8 @@ static dbk_rc sq_open(const struct dbk_config *cfg, void **impl, dbk_error *err)
     flags |= SQLITE_OPEN_EXRESCODE;
 #endif
     int rc = sqlite3_open_v2(path, &c->db, flags, NULL);
+    if (rc == SQLITE_OK)
+        c->max_length = sqlite3_limit(c->db, SQLITE_LIMIT_LENGTH, -1);
     if (rc != SQLITE_OK) {
         dbk_rc drc = open_error(c, rc, cfg, err);
         sq_close(c);

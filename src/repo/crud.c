@@ -316,6 +316,28 @@ static bool row_puts(struct copy_state *c, const char *s, size_t n)
     return true;
 }
 
+/* PostgreSQL's limits on COPY: one value at most DBK__PG_MAX_VALUE bytes,
+ * one encoded row (the server reads a line into one buffer) at most
+ * DBK__PG_MAX_MESSAGE. Checked from lengths before the row buffer grows,
+ * so a value that cannot go is refused without being copied. */
+static dbk_rc copy_limits(const struct copy_state *c, size_t raw, size_t encoded,
+                          const char *column, dbk_error *err)
+{
+    if (raw > DBK__PG_MAX_VALUE)
+        dbk__err(err, DBK_EINVALID,
+                 "%s: value is %zu bytes; PostgreSQL accepts at most %zu bytes (1 GiB) in one "
+                 "value", column, raw, DBK__PG_MAX_VALUE);
+    else if (encoded > DBK__PG_MAX_MESSAGE - 1 - c->len)
+        dbk__err(err, DBK_EINVALID,
+                 "%s: the row would be more than %zu bytes in COPY text format, the most "
+                 "PostgreSQL reads as one row (1 GiB)", column, DBK__PG_MAX_MESSAGE);
+    else
+        return DBK_OK;
+    dbk__err_hint(err, "store large objects outside the database and keep their path or key in "
+                       "the row, or insert this row on its own with dbk_repo_create");
+    return DBK_EINVALID;
+}
+
 /* Encodes one value; returns DBK_OK, DBK_ENOMEM or DBK_EINVALID. */
 static dbk_rc copy_value(struct copy_state *c, dbk_value v, const char *column, dbk_error *err)
 {
@@ -353,7 +375,14 @@ static dbk_rc copy_value(struct copy_state *c, dbk_value v, const char *column, 
         size_t n = v.u.bytes.len;
         if (n && !p)
             return dbk__err(err, DBK_EMISUSE, "%s: NULL text with length %zu", column, n);
-        if (!row_reserve(c, 2 * n))
+        size_t enc = n;
+        if (n <= DBK__PG_MAX_VALUE)
+            for (size_t i = 0; i < n; i++)
+                enc += p[i] == '\\' || p[i] == '\n' || p[i] == '\r' || p[i] == '\t';
+        dbk_rc lrc = copy_limits(c, n, enc, column, err);
+        if (lrc)
+            return lrc;
+        if (!row_reserve(c, enc))
             return DBK_ENOMEM;
         for (size_t i = 0; i < n; i++) {
             unsigned char ch = p[i];
@@ -377,6 +406,11 @@ static dbk_rc copy_value(struct copy_state *c, dbk_value v, const char *column, 
         static const char hex[] = "0123456789abcdef";
         const unsigned char *p = v.u.bytes.ptr;
         size_t n = v.u.bytes.len;
+        if (n && !p)
+            return dbk__err(err, DBK_EMISUSE, "%s: NULL blob with length %zu", column, n);
+        dbk_rc lrc = copy_limits(c, n, n <= DBK__PG_MAX_VALUE ? 3 + 2 * n : n, column, err);
+        if (lrc)
+            return lrc;
         if (!row_reserve(c, 3 + 2 * n))
             return DBK_ENOMEM;
         memcpy(c->row + c->len, "\\\\x", 3); /* bytea hex input, backslash escaped */
@@ -417,9 +451,12 @@ static long copy_fill(void *ctx, char *buf, size_t cap, dbk_error *err)
             if (rc == DBK_ENOMEM)
                 rc = dbk__err(err, DBK_ENOMEM, "out of memory encoding row %zu", c->next);
             if (rc) {
-                char msg[sizeof err->message];
+                char msg[sizeof err->message], hint[sizeof err->hint];
                 dbk__strlcpy(msg, err->message, sizeof msg);
+                dbk__strlcpy(hint, err->hint, sizeof hint);
                 dbk__err(err, rc, "row %zu of %s: %s", c->next, c->e->table, msg);
+                if (hint[0])
+                    dbk__err_hint(err, "%s", hint);
                 return -1;
             }
         }

@@ -809,6 +809,56 @@ static void batch_parallel_more_tasks_than_connections(void **state)
     dbkt_each_engine("batch_parallel", parallel_on);
 }
 
+
+/* ---- values too large for any engine: refused at add, before the copy ---- */
+
+static void huge_on(const char *url, dbk_engine engine)
+{
+    (void)engine;
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    dbkt_exec(db, "CREATE TABLE big (a TEXT, b TEXT)");
+    const size_t G = (size_t)1 << 30, maplen = 4 * G + 5;
+    char *huge = dbkt_unreadable(maplen); /* reading it crashes the test */
+    const size_t sizes[] = {G - 4, G + 1, 2 * G + 16, 4 * G + 5};
+    dbk_batch *b = NULL;
+    DBKT_OK(dbk_batch_new(&b, &err), &err);
+    dbk_value ok[2] = {dbk_text("1"), dbk_text("one")};
+    add(b, "INSERT INTO big (a, b) VALUES ($1, $2)", ok, 2);
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        for (int t = 0; t < 3; t++) {
+            dbk_value p[2] = {dbk_text("2"), dbk_null()};
+            p[1].type = t == 0 ? DBK_TYPE_TEXT : t == 1 ? DBK_TYPE_JSON : DBK_TYPE_BLOB;
+            p[1].u.bytes.ptr = huge;
+            p[1].u.bytes.len = sizes[k];
+            DBKT_RC(DBK_EINVALID,
+                    dbk_batch_add(b, "INSERT INTO big (a, b) VALUES ($1, $2)", p, 2, &err));
+            assert_non_null(strstr(err.message, "$2"));
+            assert_non_null(strstr(err.message, "1073741819"));
+        }
+    }
+    /* Two values under the limit that together are over what one
+     * statement carries. */
+    dbk_value two[2] = {dbk_blob(huge, 600u << 20), dbk_blob(huge, 600u << 20)};
+    DBKT_RC(DBK_EINVALID, dbk_batch_add(b, "INSERT INTO big (a, b) VALUES ($1, $2)", two, 2, &err));
+    assert_int_equal(dbk_batch_count(b), 1);
+    dbkt_unreadable_free(huge, maplen);
+    /* The batch holds what was accepted, and runs. */
+    dbk_value ok2[2] = {dbk_text("3"), dbk_text("three")};
+    add(b, "INSERT INTO big (a, b) VALUES ($1, $2)", ok2, 2);
+    DBKT_OK(dbk_batch_run(db, b, DBK_BATCH_ATOMIC, &err), &err);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM big"), 2);
+    dbk_batch_free(b);
+    dbk_conn_close(c);
+}
+
+static void batch_huge_parameters_refused_before_copy(void **state)
+{
+    (void)state;
+    dbkt_each_engine("batch_huge", huge_on);
+}
+
 static void batch_misuse_is_reported(void **state)
 {
     (void)state;
@@ -841,6 +891,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(batch_server_killed_mid_batch),
         cmocka_unit_test(batch_parallel_more_tasks_than_connections),
         cmocka_unit_test(batch_misuse_is_reported),
+        cmocka_unit_test(batch_huge_parameters_refused_before_copy),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);

@@ -471,6 +471,230 @@ static void db_ping_and_version(void **state)
     free(url);
 }
 
+
+/* ---- limits: a value is refused from its length, before anything is sent ---- */
+
+static size_t engine_value_limit(dbk_engine e)
+{
+    /* PostgreSQL: 1 GiB - 1 (MaxAllocSize) less the 4-byte varlena header;
+     * SQLite: SQLITE_LIMIT_LENGTH as Debian builds it (the default). */
+    return e == DBK_ENGINE_POSTGRES ? (size_t)0x3FFFFFFF - 4 : (size_t)1000000000;
+}
+
+static void huge_params(const char *url, dbk_engine e)
+{
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    dbkt_exec(db, e == DBK_ENGINE_POSTGRES ? "CREATE TABLE big (a TEXT, b TEXT, c BYTEA)"
+                                           : "CREATE TABLE big (a TEXT, b TEXT, c BLOB)");
+    int64_t pid0 = e == DBK_ENGINE_POSTGRES ? dbkt_int(db, "SELECT pg_backend_pid()") : 0;
+    size_t limit = engine_value_limit(e);
+    char limit_text[32];
+    snprintf(limit_text, sizeof limit_text, "%zu", limit);
+    /* The sizes reported to lose data or the connection, and the first
+     * byte past the limit. The bytes are never readable: reading one
+     * crashes the test. */
+    const size_t G = (size_t)1 << 30;
+    const size_t sizes[] = {limit + 1, G + 1, 2 * G + 16, 4 * G + 5};
+    const size_t maplen = 4 * G + 5;
+    char *huge = dbkt_unreadable(maplen);
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        for (int t = 0; t < 3; t++) {
+            dbk_value p[2] = {dbk_text("x"), dbk_null()};
+            p[1].type = t == 0 ? DBK_TYPE_TEXT : t == 1 ? DBK_TYPE_JSON : DBK_TYPE_BLOB;
+            p[1].u.bytes.ptr = huge;
+            p[1].u.bytes.len = sizes[k];
+            const char *sql = t == 2 ? "INSERT INTO big (a, c) VALUES ($1, $2)"
+                                     : "INSERT INTO big (a, b) VALUES ($1, $2)";
+            int64_t aff = -1;
+            memset(&err, 0, sizeof err);
+            dbk_rc rc = dbk_db_exec(db, sql, p, 2, &aff, &err);
+            if (rc != DBK_EINVALID)
+                fail_msg("%zu-byte %s parameter: expected DBK_EINVALID, got %s (%s)", sizes[k],
+                         dbk_type_name(p[1].type), dbk_rc_name(rc), err.message);
+            if (!strstr(err.message, "$2") || !strstr(err.message, limit_text))
+                fail_msg("message names neither the parameter nor the limit: %s", err.message);
+            assert_true(err.hint[0] != '\0');
+            dbk_result *r = NULL;
+            DBKT_RC(DBK_EINVALID, dbk_db_query(db, "SELECT $1 AS a, $2 AS b", p, 2, &r, &err));
+            assert_null(r);
+        }
+    }
+    if (e == DBK_ENGINE_POSTGRES) {
+        /* Each value under the limit, together over what one statement may
+         * carry: refused as a whole, naming the range. */
+        dbk_value two[2];
+        for (int i = 0; i < 2; i++) {
+            two[i] = dbk_blob(huge, 600u << 20);
+        }
+        DBKT_RC(DBK_EINVALID,
+                dbk_db_exec(db, "INSERT INTO big (c, b) VALUES ($1, $2::text)", two, 2, NULL,
+                            &err));
+        assert_non_null(strstr(err.message, "$1..$2"));
+        /* the same session, still usable, nothing written */
+        assert_int_equal(dbkt_int(db, "SELECT pg_backend_pid()"), pid0);
+    }
+    dbkt_unreadable_free(huge, maplen);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM big"), 0);
+    dbk_value ok[2] = {dbk_text("a"), dbk_text("b")};
+    DBKT_OK(dbk_db_exec(db, "INSERT INTO big (a, b) VALUES ($1, $2)", ok, 2, NULL, &err), &err);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM big"), 1);
+    dbk_conn_close(c);
+}
+
+static void db_huge_parameters_refused_before_sending(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_huge_params", huge_params);
+}
+
+/* Large values below the limit arrive whole: length and every byte. */
+static void large_text(const char *url, dbk_engine e)
+{
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    (void)e;
+    dbkt_exec(db, "CREATE TABLE big (t TEXT, j TEXT)");
+    size_t n = ((size_t)24 << 20) + 3;
+    char *v = malloc(n);
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = (char)('a' + (i * 7 + i / 4096) % 26);
+    dbk_value p[2] = {dbk_textn(v, n), dbk_textn(v + 1, n - 1)};
+    DBKT_OK(dbk_db_exec(db, "INSERT INTO big (t, j) VALUES ($1, $2)", p, 2, NULL, &err), &err);
+    dbk_result *r = NULL;
+    DBKT_OK(dbk_db_query_row(db, "SELECT t, j, length(t) FROM big", NULL, 0, &r, &err), &err);
+    const char *got;
+    size_t len;
+    DBKT_OK(dbk_result_get_text(r, 0, 0, &got, &len, &err), &err);
+    assert_int_equal(len, n);
+    assert_memory_equal(got, v, n);
+    DBKT_OK(dbk_result_get_text(r, 0, 1, &got, &len, &err), &err);
+    assert_int_equal(len, n - 1);
+    assert_memory_equal(got, v + 1, n - 1);
+    int64_t l = 0;
+    DBKT_OK(dbk_result_get_int64(r, 0, 2, &l, &err), &err);
+    assert_int_equal(l, (int64_t)n);
+    dbk_result_free(r);
+    free(v);
+    dbk_conn_close(c);
+}
+
+static void db_large_text_round_trips_whole(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_large_text", large_text);
+}
+
+/* ---- fork: a connection belongs to the process that opened it ---- */
+
+struct fork_ctx {
+    dbk_conn *conn;     /* opened by the parent */
+    dbk_pool *pool;
+    dbk_conn *borrowed; /* checked out of the pool before fork() */
+    dbk_db *tx;         /* a transaction open in the parent, or NULL */
+};
+
+/* Fails with DBK_EMISUSE naming fork()? Bit set in the result otherwise. */
+static int refused(dbk_rc rc, const dbk_error *err, int bit)
+{
+    return rc == DBK_EMISUSE && strstr(err->message, "fork") ? 0 : bit;
+}
+
+static int child_uses_parents_handles(void *p)
+{
+    struct fork_ctx *f = p;
+    int code = 0;
+    dbk_error err;
+    int64_t v = 0;
+    if (f->tx) {
+        code |= refused(dbk_db_query_int64(f->tx, "SELECT 1", NULL, 0, &v, &err), &err, 1);
+        code |= refused(dbk_db_exec(f->tx, "INSERT INTO t (x) VALUES (99)", NULL, 0, NULL, &err),
+                        &err, 2);
+        return code;
+    }
+    dbk_db *db = dbk_conn_db(f->conn);
+    code |= refused(dbk_db_query_int64(db, "SELECT 1", NULL, 0, &v, &err), &err, 1);
+    code |= refused(dbk_db_exec(db, "INSERT INTO t (x) VALUES (99)", NULL, 0, NULL, &err), &err,
+                    2);
+    code |= refused(dbk_db_exec_script(db, "INSERT INTO t (x) VALUES (98)", &err), &err, 4);
+    code |= refused(dbk_conn_ping(f->conn, 500, &err), &err, 8);
+    dbk_batch *b = NULL;
+    if (dbk_batch_new(&b, &err) || dbk_batch_add(b, "SELECT 1", NULL, 0, &err)) {
+        code |= 16;
+    } else {
+        dbk_batch_run(db, b, DBK_BATCH_INDEPENDENT, &err);
+        code |= refused(dbk_batch_rc(b, 0), dbk_batch_error(b, 0), 16);
+    }
+    dbk_batch_free(b);
+    code |= refused(dbk_db_query_int64(dbk_conn_db(f->borrowed), "SELECT 1", NULL, 0, &v, &err),
+                    &err, 32);
+    code |= refused(dbk_db_query_int64(dbk_pool_db(f->pool), "SELECT 1", NULL, 0, &v, &err),
+                    &err, 64);
+    /* Closing forgets: nothing may reach the parent's session or file. */
+    dbk_conn_close(f->conn);
+    return code;
+}
+
+static dbk_rc fork_inside_tx(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    struct fork_ctx *f = ctx;
+    dbk_rc rc = dbk_db_exec(tx, "INSERT INTO t (x) VALUES (1)", NULL, 0, NULL, err);
+    if (rc)
+        return rc;
+    struct fork_ctx cf = *f;
+    cf.tx = tx;
+    int code = dbkt_in_child(child_uses_parents_handles, &cf);
+    if (code != 0)
+        return dbk_db_exec(tx, "SELECT 1/0", NULL, 0, NULL, err); /* fails the transaction */
+    return dbk_db_exec(tx, "INSERT INTO t (x) VALUES (2)", NULL, 0, NULL, err);
+}
+
+static void fork_case(const char *url, dbk_engine e)
+{
+    dbk_error err;
+    dbk_config *cfg = NULL;
+    DBKT_OK(dbk_config_from_url(url, &cfg, &err), &err);
+    struct fork_ctx f = {0};
+    DBKT_OK(dbk_conn_open(cfg, &f.conn, &err), &err);
+    dbk_pool_opts o = {.max_size = 2};
+    DBKT_OK(dbk_pool_open(cfg, &o, &f.pool, &err), &err);
+    dbk_config_free(cfg);
+    dbk_db *db = dbk_conn_db(f.conn);
+    dbkt_exec(db, "CREATE TABLE t (x INTEGER)");
+    DBKT_OK(dbk_pool_acquire(f.pool, &f.borrowed, &err), &err);
+    const char *pid_sql = e == DBK_ENGINE_POSTGRES ? "SELECT pg_backend_pid()" : "SELECT 7";
+    int64_t pid_conn = dbkt_int(db, pid_sql);
+    int64_t pid_borrowed = dbkt_int(dbk_conn_db(f.borrowed), pid_sql);
+
+    int code = dbkt_in_child(child_uses_parents_handles, &f);
+    if (code != 0)
+        fail_msg("the child could use the parent's handles (failed checks: 0x%x)", code);
+    /* The parent's sessions are the same ones, intact and in sync. */
+    assert_int_equal(dbkt_int(db, pid_sql), pid_conn);
+    assert_int_equal(dbkt_int(dbk_conn_db(f.borrowed), pid_sql), pid_borrowed);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 0);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(dbkt_int(db, "SELECT 40 + 2"), 42);
+    dbk_pool_release(f.pool, f.borrowed);
+    f.borrowed = NULL;
+
+    /* A transaction open across fork(): the child cannot write into it. */
+    DBKT_OK(dbk_transaction(dbk_pool_db(f.pool), fork_inside_tx, &f, NULL, &err), &err);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 2);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t WHERE x = 99"), 0);
+    dbk_pool_close(f.pool, 1000);
+    dbk_conn_close(f.conn);
+}
+
+static void db_connection_refuses_use_after_fork(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_fork", fork_case);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -484,6 +708,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(db_observer_sees_every_statement),
         cmocka_unit_test(db_script_runs_statements_in_order),
         cmocka_unit_test(db_ping_and_version),
+        cmocka_unit_test(db_huge_parameters_refused_before_sending),
+        cmocka_unit_test(db_large_text_round_trips_whole),
+        cmocka_unit_test(db_connection_refuses_use_after_fork),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);

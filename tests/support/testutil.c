@@ -12,6 +12,7 @@
 #include <string.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -294,4 +295,40 @@ dbkt_proc dbkt_collect(pid_t pid, int out_fd, int err_fd, int timeout_ms, const 
     assert_int_equal(waitpid(pid, &status, 0), pid);
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     return r;
+}
+
+void *dbkt_unreadable(size_t len)
+{
+    void *p = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        fail_msg("mmap of %zu unreadable bytes: %s", len, strerror(errno));
+    return p;
+}
+
+void dbkt_unreadable_free(void *p, size_t len)
+{
+    if (p)
+        munmap(p, len);
+}
+
+int dbkt_in_child(int (*fn)(void *ctx), void *ctx)
+{
+    fflush(NULL);
+    pid_t child = fork();
+    if (child < 0)
+        fail_msg("fork: %s", strerror(errno));
+    if (child == 0) {
+        int code = fn(ctx) & 255;
+        char cmd[32];
+        snprintf(cmd, sizeof cmd, "exit %d", code);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(code);
+    }
+    int status = 0;
+    while (waitpid(child, &status, 0) < 0)
+        if (errno != EINTR)
+            fail_msg("waitpid: %s", strerror(errno));
+    if (!WIFEXITED(status))
+        fail_msg("the child was killed by signal %d", WTERMSIG(status));
+    return WEXITSTATUS(status);
 }

@@ -107,6 +107,20 @@ pid_t dbkt_spawn(const char *exe, const char *cwd, const char *const *args,
  * child is killed and the test fails naming `what`. */
 dbkt_proc dbkt_collect(pid_t pid, int out_fd, int err_fd, int timeout_ms, const char *what);
 
+/* ---- huge values without the memory ----
+ * A mapping of `len` bytes that may not be read (PROT_NONE, no memory
+ * reserved): a value pointing into it that the library reads, copies or
+ * hashes crashes the test, so a test passes only when the value is refused
+ * from its length alone. */
+void *dbkt_unreadable(size_t len);
+void dbkt_unreadable_free(void *p, size_t len);
+
+/* ---- fork ----
+ * Runs fn(ctx) in a child process and returns its result (0..255), which
+ * the child reports through exec of /bin/sh, not exit(): under valgrind a
+ * child's exit would leak-check memory that belongs to the parent. */
+int dbkt_in_child(int (*fn)(void *ctx), void *ctx);
+
 #define DBKT_MAIN(tests)                                                 \
     int main(int argc, char **argv)                                      \
     {                                                                    \
