@@ -26,10 +26,10 @@ static dbk_rc conn_run(dbk_db *db, const char *sql, const dbk_value *params, siz
     return c->drv->run(c->impl, sql, params, nparams, out, affected, err);
 }
 
-static dbk_rc conn_script(dbk_db *db, const char *sql, dbk_error *err)
+static dbk_rc conn_script(dbk_db *db, const char *sql, int timeout_ms, dbk_error *err)
 {
     dbk_conn *c = db->self;
-    return c->drv->script(c->impl, sql, err);
+    return c->drv->script(c->impl, sql, timeout_ms, err);
 }
 
 static dbk_rc conn_pin(dbk_db *db, dbk_conn **out, dbk_error *err)
@@ -279,13 +279,18 @@ dbk_rc dbk_db_query_text(dbk_db *db, const char *sql, const dbk_value *params, s
 
 dbk_rc dbk_db_exec_script(dbk_db *db, const char *sql, dbk_error *err)
 {
+    return dbk__db_exec_script_within(db, sql, 0, err);
+}
+
+dbk_rc dbk__db_exec_script_within(dbk_db *db, const char *sql, int timeout_ms, dbk_error *err)
+{
     dbk_rc rc = check_args(db, sql, NULL, 0, err);
     if (rc)
         return rc;
     if (!db->observer)
-        return db->ops->script(db, sql, err);
+        return db->ops->script(db, sql, timeout_ms, err);
     int64_t t0 = dbk__now_ns();
-    rc = db->ops->script(db, sql, err);
+    rc = db->ops->script(db, sql, timeout_ms, err);
     dbk_query_event ev = {sql, 0, dbk__now_ns() - t0, 0, rc, db->engine, NULL, rc ? err : NULL, 0, 0};
     db->observer(db->observer_ctx, &ev);
     return rc;

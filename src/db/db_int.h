@@ -17,7 +17,9 @@ struct dbk__db_ops {
     /* One statement (see dbk__driver.run). */
     dbk_rc (*run)(dbk_db *db, const char *sql, const dbk_value *params, size_t nparams,
                   dbk_result **out, int64_t *affected, dbk_error *err);
-    dbk_rc (*script)(dbk_db *db, const char *sql, dbk_error *err);
+    /* Several statements (see dbk__driver.script; timeout_ms 0: the
+     * statement deadline). */
+    dbk_rc (*script)(dbk_db *db, const char *sql, int timeout_ms, dbk_error *err);
     /* Pins one connection for a unit of several statements (transaction,
      * batch): a connection's executor gives itself, a pool checks one out,
      * a transaction gives its own. unpin() gives it back. */
@@ -46,6 +48,14 @@ struct dbk_db {
 /* Runs a COPY FROM STDIN through the executor (observer included). */
 dbk_rc dbk__db_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx, int64_t *rows,
                        dbk_error *err);
+
+/* How long the client waits for one migration statement before it gives
+ * up on the server (the statement deadline when that is longer): DDL may
+ * legitimately run for minutes. Nothing else waits this long. */
+#define DBK__MIGRATION_WAIT_MS (10 * 60 * 1000)
+
+/* dbk_db_exec_script with a longer client wait (observer included). */
+dbk_rc dbk__db_exec_script_within(dbk_db *db, const char *sql, int timeout_ms, dbk_error *err);
 
 /* Initializes the executor of a connection. */
 void dbk__db_init_conn(dbk_db *db, dbk_conn *conn, dbk_engine engine);

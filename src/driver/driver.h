@@ -61,8 +61,10 @@ typedef struct dbk__driver {
      * NULL. Must fail (not crash) on a broken connection. */
     dbk_rc (*run)(void *impl, const char *sql, const dbk_value *params, size_t nparams,
                   dbk_result **out, int64_t *affected, dbk_error *err);
-    /* Several statements, no parameters. */
-    dbk_rc (*script)(void *impl, const char *sql, dbk_error *err);
+    /* Several statements, no parameters. The client waits as for run()
+     * (the statement deadline); timeout_ms > 0 lets it wait that long
+     * instead when that is longer (migrations: DBK__MIGRATION_WAIT_MS). */
+    dbk_rc (*script)(void *impl, const char *sql, int timeout_ms, dbk_error *err);
     /* Round trip within timeout_ms. */
     dbk_rc (*ping)(void *impl, int timeout_ms, dbk_error *err);
     dbk__txstate (*txstate)(void *impl);

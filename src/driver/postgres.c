@@ -20,11 +20,11 @@
  * connection is non-blocking: sends flush under the deadline, results are
  * awaited with poll() + PQconsumeInput + PQisBusy. A statement's client
  * deadline is statement_timeout + 2 s (the server normally cancels first
- * and reports 57014); past it the driver sends a cancel request from a
- * short-lived helper thread (PQcancel blocks and, in libpq 15, sends
- * without MSG_NOSIGNAL; the thread starts with every signal blocked, so a
- * SIGPIPE there is discarded), waits at most 1 s for it and closes the
- * connection: DBK_ETIMEOUT. libpq itself sends with MSG_NOSIGNAL on Linux
+ * and reports 57014); past it the driver closes the connection and
+ * returns DBK_ETIMEOUT at once, leaving a cancel request to a short-lived
+ * helper thread that is bounded in number, time and sockets (see "cancel
+ * with a bound" below). Scripts get the same deadline unless their caller
+ * passes a longer one (migrations do). libpq itself sends with MSG_NOSIGNAL on Linux
  * (plain and TLS sockets alike, TLS writes go through its own socket BIO),
  * so no process-wide SIGPIPE handler is installed.
  *
@@ -52,6 +52,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include "../core/internal.h"
 #include "../core/result_int.h"
@@ -75,7 +80,8 @@
 #define PG_STACK_SCRATCH 1024     /* bytes of parameter text kept on the stack */
 #define PG_DEADLINE_GRACE_MS 2000 /* client deadline = statement_timeout + this */
 #define PG_NO_LIMIT_DEADLINE_MS (10 * 60 * 1000) /* when statement_timeout is 0 */
-#define PG_CANCEL_WAIT_MS 1000    /* how long a timed-out call waits for its cancel */
+#define PG_CANCEL_WAIT_MS 1000    /* a cancel attempt's own deadline (the caller never waits) */
+#define PG_CANCEL_MAX 4           /* cancel attempts outstanding in the process at most */
 #define PG_NAME_MAX 24
 
 /* ---- the connection ---- */
@@ -237,68 +243,179 @@ static int64_t stmt_deadline(const pg_conn *pc)
     return deadline_after_ms(PG_NO_LIMIT_DEADLINE_MS);
 }
 
-/* ---- cancel with a bound ---- */
+/* ---- cancel with a bound ----
+ *
+ * A statement whose client deadline passed gets a cancel request and its
+ * connection is closed; the caller has its error at once and never waits
+ * for the cancel. The request goes from a detached helper thread, and the
+ * helpers are bounded three ways:
+ *
+ *  - in number: at most PG_CANCEL_MAX attempts are outstanding in the
+ *    process; a timeout past that sends none (the connection is closed
+ *    anyway; the server ends the statement when it next writes to the
+ *    closed socket, or at its own statement_timeout);
+ *  - in time: each attempt has PG_CANCEL_WAIT_MS from its start to connect,
+ *    send and see the server close, then closes its socket and ends;
+ *  - in sockets: one per attempt, closed by then.
+ *
+ * libpq 15's PQcancel cannot be bounded (blocking connect, send and recv
+ * with no timeout), so the driver sends the CancelRequest itself: 16 bytes
+ * (length 16, code 80877102, backend PID, secret key) on a non-blocking
+ * socket to the connection's peer address. libpq keeps the secret key
+ * private; PQgetCancel's PGcancel begins, in every libpq from 9.x to 17,
+ * with the server address followed by the PID and the key, and the driver
+ * reads the key from there only after checking that the address and the
+ * PID it finds are the ones getpeername() and PQbackendPID() report for
+ * the same connection. If they are not (another libpq layout), it falls
+ * back to PQcancel on the helper thread: still never waited for and still
+ * counted against PG_CANCEL_MAX, but such a thread may then block for as
+ * long as the network stays silent.
+ */
 
-struct cancel_job {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int done;
-    int refs;
-    PGcancel *cancel;
+/* The start of libpq's PGcancel (libpq-int.h: SockAddr raddr; int be_pid;
+ * int be_key; ...). Read only after the checks in cancel_prepare(). */
+struct pg_cancel_head {
+    struct {
+        struct sockaddr_storage addr;
+        socklen_t salen;
+    } raddr;
+    int be_pid;
+    int be_key;
 };
 
-static void cancel_job_release(struct cancel_job *j)
+static atomic_int cancels_outstanding;
+
+struct cancel_job {
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+    uint32_t pid, key;
+    PGcancel *fallback; /* non-NULL: use PQcancel */
+    int64_t deadline_ns;
+};
+
+static bool same_peer(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
-    pthread_mutex_lock(&j->mu);
-    int last = --j->refs == 0;
-    pthread_mutex_unlock(&j->mu);
-    if (last) {
-        PQfreeCancel(j->cancel);
-        pthread_cond_destroy(&j->cv);
-        pthread_mutex_destroy(&j->mu);
-        free(j);
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
     }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+    }
+    if (a->ss_family == AF_UNIX) {
+        const struct sockaddr_un *x = (const void *)a, *y = (const void *)b;
+        return strncmp(x->sun_path, y->sun_path, sizeof x->sun_path) == 0;
+    }
+    return false;
+}
+
+/* Fills j with what the cancel needs: the key read from PGcancel after
+ * the checks above, or the PGcancel itself for the fallback. */
+static bool cancel_prepare(PGconn *conn, struct cancel_job *j)
+{
+    PGcancel *c = PQgetCancel(conn);
+    if (!c)
+        return false;
+    j->peer_len = sizeof j->peer;
+    int pid = PQbackendPID(conn);
+    const struct pg_cancel_head *h = (const void *)c;
+    if (pid > 0 &&
+        getpeername(PQsocket(conn), (struct sockaddr *)&j->peer, &j->peer_len) == 0 &&
+        h->be_pid == pid && same_peer(&h->raddr.addr, &j->peer)) {
+        j->pid = (uint32_t)pid;
+        j->key = (uint32_t)h->be_key;
+        PQfreeCancel(c);
+        return true;
+    }
+    j->fallback = c;
+    return true;
+}
+
+static void put_be32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+/* Connects, sends the CancelRequest and waits for the server to close the
+ * connection (which it does once the request is processed), all before
+ * j->deadline_ns. */
+static void cancel_send(const struct cancel_job *j)
+{
+    int fd = socket(j->peer.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    unsigned char msg[16];
+    put_be32(msg, 16);
+    put_be32(msg + 4, 80877102); /* CancelRequest code: 1234 << 16 | 5678 */
+    put_be32(msg + 8, j->pid);
+    put_be32(msg + 12, j->key);
+    if (connect(fd, (const struct sockaddr *)&j->peer, j->peer_len) != 0) {
+        if (errno != EINPROGRESS && errno != EAGAIN)
+            goto done;
+        if (wait_fd(fd, POLLOUT, j->deadline_ns) <= 0)
+            goto done;
+        int soerr = 0;
+        socklen_t sl = sizeof soerr;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr != 0)
+            goto done;
+    }
+    if (send(fd, msg, sizeof msg, MSG_NOSIGNAL) != (ssize_t)sizeof msg)
+        goto done;
+    for (;;) {
+        int ev = wait_fd(fd, POLLIN, j->deadline_ns);
+        if (ev <= 0)
+            break;
+        char b[64];
+        ssize_t n = recv(fd, b, sizeof b, 0);
+        if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
+            break;
+    }
+done:
+    close(fd);
 }
 
 static void *cancel_main(void *arg)
 {
     struct cancel_job *j = arg;
-    char errbuf[256];
-    (void)PQcancel(j->cancel, errbuf, (int)sizeof errbuf);
-    pthread_mutex_lock(&j->mu);
-    j->done = 1;
-    pthread_cond_signal(&j->cv);
-    pthread_mutex_unlock(&j->mu);
-    cancel_job_release(j);
+    if (j->fallback) {
+        char errbuf[256];
+        (void)PQcancel(j->fallback, errbuf, (int)sizeof errbuf);
+        PQfreeCancel(j->fallback);
+    } else {
+        cancel_send(j);
+    }
+    free(j);
+    atomic_fetch_sub(&cancels_outstanding, 1);
     return NULL;
 }
 
-/* Asks the server to cancel the running statement, waiting at most
- * PG_CANCEL_WAIT_MS. PQcancel opens a new TCP connection and blocks, so it
- * runs in a detached thread that owns its PGcancel; if it outlives the
- * wait it finishes (or fails) on its own and frees everything. */
+/* Starts a cancel request for the statement running on conn and returns
+ * at once (see above). */
 static void cancel_bounded(PGconn *conn)
 {
-    PGcancel *c = PQgetCancel(conn);
-    if (!c)
-        return;
-    struct cancel_job *j = calloc(1, sizeof *j);
-    if (!j) {
-        PQfreeCancel(c);
+    if (atomic_fetch_add(&cancels_outstanding, 1) >= PG_CANCEL_MAX) {
+        atomic_fetch_sub(&cancels_outstanding, 1);
+        dbk__log(DBK_LOG_DEBUG, "no cancel request sent: %d already outstanding", PG_CANCEL_MAX);
         return;
     }
-    j->cancel = c;
-    j->refs = 2;
-    pthread_mutex_init(&j->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&j->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    struct cancel_job *j = calloc(1, sizeof *j);
+    if (!j || !cancel_prepare(conn, j)) {
+        free(j);
+        atomic_fetch_sub(&cancels_outstanding, 1);
+        return;
+    }
+    j->deadline_ns = deadline_after_ms(PG_CANCEL_WAIT_MS);
 
     /* The thread inherits a fully blocked signal mask: process signals
-     * never land there and a SIGPIPE from PQcancel's send() is dropped
-     * with the thread. The caller's own mask is restored at once. */
+     * never land there (and a SIGPIPE from the fallback's send() is
+     * dropped with the thread). The caller's own mask is restored at once. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -310,24 +427,11 @@ static void cancel_bounded(PGconn *conn)
     pthread_attr_destroy(&attr);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
-        j->refs = 1;
-        cancel_job_release(j);
-        return;
+        if (j->fallback)
+            PQfreeCancel(j->fallback);
+        free(j);
+        atomic_fetch_sub(&cancels_outstanding, 1);
     }
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += PG_CANCEL_WAIT_MS / 1000;
-    until.tv_nsec += (long)(PG_CANCEL_WAIT_MS % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&j->mu);
-    while (!j->done)
-        if (pthread_cond_timedwait(&j->cv, &j->mu, &until) == ETIMEDOUT)
-            break;
-    pthread_mutex_unlock(&j->mu);
-    cancel_job_release(j);
 }
 
 /* ---- the statement cache ---- */
@@ -525,7 +629,7 @@ static dbk_rc timed_out(pg_conn *pc, bool cancel, int64_t waited_ms, dbk_error *
         cancel_bounded(pc->conn);
     mark_broken(pc);
     dbk__err(err, DBK_ETIMEOUT,
-             "no answer from the server within %" PRId64 " ms; the statement was cancelled "
+             "no answer from the server within %" PRId64 " ms; a cancel was requested "
              "and the connection closed",
              waited_ms);
     dbk__err_hint(err, "the server is overloaded, stuck or unreachable, or the statement is "
@@ -2114,16 +2218,21 @@ static dbk_rc run_script(pg_conn *pc, const char *sql, int64_t deadline, dbk_err
     return finish(pc, res, copy_refused, NULL, NULL, err);
 }
 
-static dbk_rc pg_script(void *impl, const char *sql, dbk_error *err)
+static dbk_rc pg_script(void *impl, const char *sql, int timeout_ms, dbk_error *err)
 {
     pg_conn *pc = impl;
     if (!conn_usable(pc))
         return unusable_err(pc, err);
-    /* Scripts run DDL and migrations: at least ten minutes before the
-     * client gives up, or the statement deadline when that is longer. */
+    /* The statement deadline, like any statement (BEGIN with its SET
+     * LOCALs comes this way); only a caller that says so (migrations) waits
+     * longer, and never less than the statement deadline. */
     int64_t deadline = stmt_deadline(pc);
-    int64_t floor = deadline_after_ms(PG_NO_LIMIT_DEADLINE_MS);
-    return run_script(pc, sql, deadline > floor ? deadline : floor, err);
+    if (timeout_ms > 0) {
+        int64_t asked = deadline_after_ms(timeout_ms);
+        if (asked > deadline)
+            deadline = asked;
+    }
+    return run_script(pc, sql, deadline, err);
 }
 
 static dbk_rc pg_ping(void *impl, int timeout_ms, dbk_error *err)

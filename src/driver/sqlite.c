@@ -782,9 +782,10 @@ fail:
     return rc;
 }
 
-static dbk_rc sq_script(void *impl, const char *sql, dbk_error *err)
+static dbk_rc sq_script(void *impl, const char *sql, int timeout_ms, dbk_error *err)
 {
     sq_conn *c = impl;
+    (void)timeout_ms; /* no network to wait on: the progress handler bounds each statement */
     if (!c || !c->db)
         return dbk__err(err, DBK_EMISUSE, "the sqlite connection is closed");
     if (dbk__owner_forked(&c->owner))

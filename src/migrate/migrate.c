@@ -322,7 +322,7 @@ dbk_rc dbk__mctx_run_section(dbk__mctx *m, const dbk__migfile *f, const dbk__sec
          * (utility commands, CREATE INDEX CONCURRENTLY) without preparing
          * it. SQLite: one prepared statement, whose errors are plain. */
         if (m->engine == DBK_ENGINE_POSTGRES)
-            rc = dbk_db_exec_script(m->db, buf, err);
+            rc = dbk__db_exec_script_within(m->db, buf, DBK__MIGRATION_WAIT_MS, err);
         else
             rc = dbk_db_exec(m->db, buf, NULL, 0, NULL, err);
         if (rc) {

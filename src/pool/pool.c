@@ -65,6 +65,7 @@
 #include <unistd.h>
 
 #include "../core/internal.h"
+#include "../core/sqlscan.h"
 #include "../driver/driver.h"
 #include "pool_int.h"
 
@@ -217,94 +218,160 @@ static void count_latency(dbk_pool *p, int64_t ns)
 
 /* ---- statement classification ---- */
 
-static const char *skip_space_comments(const char *s)
+/* Every statement on a lent connection is read with the shared scanner
+ * (src/core/sqlscan.c), by the rules of the engine that runs it, so that
+ * quotes and comments neither hide a session change nor invent one. */
+
+static void scan_sql(dbk__sqlscan *sc, const char *sql, dbk_engine engine)
 {
-    for (;;) {
-        while (*s && isspace((unsigned char)*s))
-            s++;
-        if (s[0] == '-' && s[1] == '-') {
-            while (*s && *s != '\n')
-                s++;
-            continue;
-        }
-        if (s[0] == '/' && s[1] == '*') {
-            const char *e = strstr(s + 2, "*/");
-            if (!e)
-                return s + strlen(s);
-            s = e + 2;
-            continue;
-        }
-        return s;
-    }
+    dbk__sqlscan_init(sc, sql, strlen(sql), 1, dbk__sqlscan_rules(engine));
 }
 
-static bool is_word_char(char c)
+/* The statement text from its first token on (for messages). */
+static const char *first_token(const char *sql)
 {
-    return isalnum((unsigned char)c) || c == '_';
+    dbk__sqlscan sc;
+    scan_sql(&sc, sql, DBK_ENGINE_POSTGRES);
+    return dbk__sqlscan_next(&sc) == DBK__SQLTOK_ERROR ? sql : sql + sc.off;
 }
 
-static bool starts_with_word(const char *s, const char *word)
+static bool word_in(const dbk__sqlscan *sc, const char *const *words)
 {
-    size_t n = strlen(word);
-    return strncasecmp(s, word, n) == 0 && !is_word_char(s[n]);
+    for (; *words; words++)
+        if (dbk__sqlscan_is(sc, *words))
+            return true;
+    return false;
 }
 
-static bool stmt_sets_session(const char *s)
+static bool name_in(const dbk__sqlscan *sc, const char *const *names)
 {
-    s = skip_space_comments(s);
-    if (starts_with_word(s, "reset"))
+    for (; *names; names++)
+        if (dbk__sqlscan_name_is(sc, *names))
+            return true;
+    return false;
+}
+
+/* Statements whose first word alone changes the session. */
+static const char *const PG_SESSION_VERBS[] = {"reset", "discard", "prepare", "listen",
+                                               "do",    "load",    NULL};
+static const char *const SQ_SESSION_VERBS[] = {"pragma", "attach", "detach", NULL};
+/* Functions whose call changes the session, or runs SQL given as a string. */
+static const char *const PG_SESSION_FUNCS[] = {
+    "set_config",   "pg_advisory_lock",   "pg_advisory_lock_shared",    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",        "query_to_xml",               "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",         "dblink_connect",             "dblink_connect_u",
+    NULL};
+static const char *const SQ_SESSION_FUNCS[] = {"load_extension", NULL};
+/* SET <one of these> changes nothing beyond the transaction. */
+static const char *const SET_TX_SCOPED[] = {"local", "transaction", "constraints", NULL};
+/* Words after which TEMP / TEMPORARY makes a temporary object. */
+static const char *const BEFORE_TEMP[] = {"create", "replace", "global", "local", "into", NULL};
+
+/* A schema name that means "this session's temporary objects". */
+static bool temp_schema(const dbk__sqlscan *sc, bool pg)
+{
+    if (!pg)
+        return dbk__sqlscan_name_is(sc, "temp");
+    if (dbk__sqlscan_name_is(sc, "pg_temp"))
         return true;
-    if (!starts_with_word(s, "set"))
-        return false;
-    /* SET LOCAL and SET TRANSACTION end with the transaction. */
-    s = skip_space_comments(s + 3);
-    return !starts_with_word(s, "local") && !starts_with_word(s, "transaction");
+    return sc->tok == DBK__SQLTOK_WORD && sc->n > 8 &&
+           strncasecmp(sc->text + sc->off, "pg_temp_", 8) == 0;
 }
 
-bool dbk__pool_sql_sets_session(const char *sql)
+enum { LEAD_NONE, LEAD_OTHER, LEAD_SET, LEAD_CREATE, LEAD_DECLARE };
+
+bool dbk__pool_sql_changes_session(const char *sql, dbk_engine engine)
 {
     if (!sql)
         return false;
-    if (stmt_sets_session(sql))
-        return true;
-    for (const char *p = sql; *p; p++) {
-        if (*p == ';' && stmt_sets_session(p + 1))
-            return true;
-        /* set_config( anywhere, as a word, maybe with spaces before '(' */
-        if ((*p == 's' || *p == 'S') && (p == sql || !is_word_char(p[-1])) &&
-            strncasecmp(p, "set_config", 10) == 0) {
-            const char *q = p + 10;
-            while (*q && isspace((unsigned char)*q))
-                q++;
-            if (*q == '(')
-                return true;
+    const bool pg = engine != DBK_ENGINE_SQLITE;
+    const char *const *verbs = pg ? PG_SESSION_VERBS : SQ_SESSION_VERBS;
+    const char *const *funcs = pg ? PG_SESSION_FUNCS : SQ_SESSION_FUNCS;
+    dbk__sqlscan sc;
+    scan_sql(&sc, sql, engine);
+    int lead = LEAD_NONE, pos = 0;
+    bool set_scoped = false; /* SET LOCAL ...: unless the next token is '.' */
+    /* What the previous token was. */
+    bool prev_func = false, prev_temp_schema = false, prev_before_temp = false,
+         prev_with = false;
+    for (;;) {
+        dbk__sqltok tok = dbk__sqlscan_next(&sc);
+        if (tok == DBK__SQLTOK_ERROR)
+            return true; /* unreadable: assume the worst, it only costs a reset */
+        if (tok == DBK__SQLTOK_END)
+            return false;
+        if (tok == DBK__SQLTOK_SEMI) {
+            lead = LEAD_NONE;
+            pos = 0;
+            set_scoped = prev_func = prev_temp_schema = prev_before_temp = prev_with = false;
+            continue;
         }
+        bool word = tok == DBK__SQLTOK_WORD;
+        if (pos == 0) {
+            lead = LEAD_OTHER;
+            if (word && word_in(&sc, verbs))
+                return true;
+            if (word && pg && dbk__sqlscan_is(&sc, "set"))
+                lead = LEAD_SET;
+            else if (word && dbk__sqlscan_is(&sc, "create"))
+                lead = LEAD_CREATE;
+            else if (word && pg && dbk__sqlscan_is(&sc, "declare"))
+                lead = LEAD_DECLARE;
+        } else if (lead == LEAD_SET && pos == 1) {
+            if (!word || !word_in(&sc, SET_TX_SCOPED))
+                return true;
+            set_scoped = true;
+        } else if (set_scoped && pos == 2) {
+            if (dbk__sqlscan_punct(&sc, '.'))
+                return true; /* SET local.x = ...: a setting named local.x */
+            set_scoped = false;
+        }
+        if (dbk__sqlscan_punct(&sc, '(') && prev_func)
+            return true;
+        if (dbk__sqlscan_punct(&sc, '.') && prev_temp_schema)
+            return true;
+        if (word && (dbk__sqlscan_is(&sc, "temp") || dbk__sqlscan_is(&sc, "temporary")) &&
+            (lead == LEAD_CREATE || prev_before_temp))
+            return true;
+        if (lead == LEAD_DECLARE && prev_with && dbk__sqlscan_is(&sc, "hold"))
+            return true;
+        bool name = word || tok == DBK__SQLTOK_QNAME;
+        /* U&"..." names may spell anything with escapes: any call counts. */
+        bool uname = pg && tok == DBK__SQLTOK_QNAME && sc.off > 0 && sql[sc.off - 1] == '&';
+        prev_func = name && (uname || name_in(&sc, funcs));
+        prev_temp_schema = name && temp_schema(&sc, pg);
+        prev_before_temp = word && word_in(&sc, BEFORE_TEMP);
+        prev_with = word && dbk__sqlscan_is(&sc, "with");
+        pos++;
     }
-    return false;
 }
 
 bool dbk__pool_sql_is_plain_begin(const char *sql)
 {
     if (!sql)
         return false;
-    const char *s = skip_space_comments(sql);
-    if (!starts_with_word(s, "begin"))
+    dbk__sqlscan sc;
+    scan_sql(&sc, sql, DBK_ENGINE_SQLITE);
+    dbk__sqlscan_next(&sc);
+    if (!dbk__sqlscan_is(&sc, "begin"))
         return false;
-    s = skip_space_comments(s + 5);
-    if (starts_with_word(s, "transaction"))
-        s = skip_space_comments(s + 11);
-    if (*s == ';')
-        s = skip_space_comments(s + 1);
-    return *s == '\0';
+    dbk__sqlscan_next(&sc);
+    if (dbk__sqlscan_is(&sc, "transaction"))
+        dbk__sqlscan_next(&sc);
+    if (sc.tok == DBK__SQLTOK_SEMI)
+        dbk__sqlscan_next(&sc);
+    return sc.tok == DBK__SQLTOK_END;
 }
 
 bool dbk__pool_sql_is_read(const char *sql)
 {
     if (!sql)
         return false;
-    const char *s = skip_space_comments(sql);
-    return starts_with_word(s, "select") || starts_with_word(s, "values") ||
-           starts_with_word(s, "explain");
+    static const char *const READS[] = {"select", "values", "explain", NULL};
+    dbk__sqlscan sc;
+    scan_sql(&sc, sql, DBK_ENGINE_SQLITE);
+    dbk__sqlscan_next(&sc);
+    return word_in(&sc, READS);
 }
 
 /* ---- lists (pool lock held) ---- */
@@ -672,7 +739,7 @@ static dbk_rc pc_run(dbk_db *db, const char *sql, const dbk_value *params, size_
     return rc;
 }
 
-static dbk_rc pc_script(dbk_db *db, const char *sql, dbk_error *err)
+static dbk_rc pc_script(dbk_db *db, const char *sql, int timeout_ms, dbk_error *err)
 {
     struct slot *s = slot_of_db(db);
     dbk_pool *p = s->pool;
@@ -681,14 +748,14 @@ static dbk_rc pc_script(dbk_db *db, const char *sql, dbk_error *err)
     if (p->engine == DBK_ENGINE_POSTGRES) {
         if (!s->dirty && dbk__pool_sql_sets_session(sql))
             s->dirty = true;
-        rc = s->orig_ops->script(db, sql, err);
+        rc = s->orig_ops->script(db, sql, timeout_ms, err);
     } else {
         if (p->use_gate) {
             rc = gate_enter(p, s, err);
             if (rc != DBK_OK)
                 return rc;
         }
-        rc = s->orig_ops->script(db, sql, err);
+        rc = s->orig_ops->script(db, sql, timeout_ms, err);
         if (s->gate_held && c->drv->txstate(c->impl) == DBK__TX_IDLE)
             gate_leave(p, s);
     }
@@ -765,7 +832,7 @@ static void format_site(char *buf, size_t n, const struct site *st, int64_t held
     if (st->sql) {
         char sql[40];
         size_t i = 0;
-        for (const char *q = skip_space_comments(st->sql); *q && i < sizeof sql - 1; q++)
+        for (const char *q = first_token(st->sql); *q && i < sizeof sql - 1; q++)
             sql[i++] = (*q == '\n' || *q == '\t' || *q == '\r') ? ' ' : *q;
         sql[i] = '\0';
         snprintf(buf, n, "%s \"%s%s\" %lld ms", st->file, sql,
@@ -1105,7 +1172,7 @@ static dbk_rc pdb_run(dbk_db *db, const char *sql, const dbk_value *params, size
     return rc;
 }
 
-static dbk_rc pdb_script(dbk_db *db, const char *sql, dbk_error *err)
+static dbk_rc pdb_script(dbk_db *db, const char *sql, int timeout_ms, dbk_error *err)
 {
     dbk_pool *p = db->self;
     struct site st = {"dbk_db script", NULL, sql, 0};
@@ -1113,7 +1180,7 @@ static dbk_rc pdb_script(dbk_db *db, const char *sql, dbk_error *err)
     dbk_rc rc = acquire(p, &st, &c, err);
     if (rc != DBK_OK)
         return rc;
-    rc = c->db.ops->script(&c->db, sql, err);
+    rc = c->db.ops->script(&c->db, sql, timeout_ms, err);
     release(p, c, false);
     return rc;
 }

@@ -156,9 +156,9 @@ static dbk_rc ctl_exec(dbk_conn *c, const char *sql, bool direct, dbk_error *err
 {
     bool multi = strchr(sql, ';') != NULL;
     if (direct)
-        return multi ? c->drv->script(c->impl, sql, err)
+        return multi ? c->drv->script(c->impl, sql, 0, err)
                      : c->drv->run(c->impl, sql, NULL, 0, NULL, NULL, err);
-    return multi ? c->db.ops->script(&c->db, sql, err)
+    return multi ? c->db.ops->script(&c->db, sql, 0, err)
                  : c->db.ops->run(&c->db, sql, NULL, 0, NULL, NULL, err);
 }
 
@@ -290,7 +290,7 @@ static dbk_rc tx_run(dbk_db *db, const char *sql, const dbk_value *params, size_
     return DBK_OK;
 }
 
-static dbk_rc tx_script(dbk_db *db, const char *sql, dbk_error *err)
+static dbk_rc tx_script(dbk_db *db, const char *sql, int timeout_ms, dbk_error *err)
 {
     struct dbk__tx *t = db->self;
     dbk_error local;
@@ -300,7 +300,7 @@ static dbk_rc tx_script(dbk_db *db, const char *sql, dbk_error *err)
     if (rc)
         return rc;
     dbk_conn *c = t->root->conn;
-    rc = c->db.ops->script(&c->db, sql, err);
+    rc = c->db.ops->script(&c->db, sql, timeout_ms, err);
     if (rc)
         return tx_failed(t->root, rc, err);
     return DBK_OK;
