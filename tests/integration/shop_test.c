@@ -1052,6 +1052,369 @@ static void shop_hostile_input_postgres(void **state)
     run_postgres("shop_hostile", hostile_body);
 }
 
+/* ---- integers in paths, query strings and bodies ---- */
+
+/* The API's integer rules, one table per place an integer comes from:
+ *
+ * - an id segment (/users/{id}, /users/{id}/posts, /posts/{id},
+ *   /products/{id}, /orders/{id}, /accounts/{id}) is 1..INT64_MAX, the
+ *   tables' BIGINT keys: an id no row has is 404 not_found, INT64_MAX
+ *   included; an integer outside the range (0, -1, INT64_MAX + 1, 300
+ *   digits) is 400 out_of_range; anything that is not an integer written
+ *   plainly (a sign '+', a space, a leading zero, "1abc", "1.0", "1e0",
+ *   "0x1", a Unicode digit) is 400 invalid_id; an empty segment or a
+ *   trailing slash ("/users/", "/users/1/") is no route: 404;
+ * - the query integers (limit 1..100, offset 0..10^9): out of range is 400
+ *   out_of_range, not an integer (empty, given without '=', "5abc", "+5",
+ *   "05") 400 invalid_parameter;
+ * - JSON integer fields: out of range (including numbers jansson cannot
+ *   hold, 99999999999999999999 and 1e400) is 400 out_of_range; a string,
+ *   a real (1.0, 1e2), a boolean or null is 400 invalid_type;
+ * - a NUL or a control character anywhere in the path or in a query
+ *   argument is 400 invalid_path / invalid_query, before any route. */
+
+#define I64_MAX_S "9223372036854775807"
+#define I64_OVER_S "9223372036854775808"
+
+/* pattern with each '#' replaced by id. */
+static void subst(char *out, size_t n, const char *pattern, int64_t id)
+{
+    char ids[24];
+    snprintf(ids, sizeof ids, "%lld", (long long)id);
+    size_t o = 0;
+    for (const char *p = pattern; *p && o + sizeof ids < n; p++) {
+        if (*p == '#') {
+            memcpy(out + o, ids, strlen(ids));
+            o += strlen(ids);
+        } else {
+            out[o++] = *p;
+        }
+    }
+    out[o] = '\0';
+}
+
+/* Sends method path body, asserts status and error code (when code). */
+static void expect_case(const shop_proc *s, const char *method, const char *path, const char *body,
+                        long status, const char *code)
+{
+    res r = http(s, method, path, body, -1);
+    if (r.status != status)
+        fail_msg("%s %s: expected HTTP %ld, got %ld: %s", method, path, status, r.status,
+                 r.body ? r.body : "(no body)");
+    if (code && strcmp(err_code(&r), code) != 0)
+        fail_msg("%s %s: expected error code %s: %s", method, path, code, r.body);
+    res_free(&r);
+}
+
+static void integer_body(shop_proc *s, dbk_engine engine)
+{
+    (void)engine;
+    char body[512], path[1024], idtext[512];
+    int64_t uid = create_user(s, "Integer Tester", "ints@example.com");
+    int64_t gone = create_user(s, "To Be Deleted", "gone@example.com");
+    snprintf(body, sizeof body, "{\"author_id\":%lld,\"title\":\"t\"}", (long long)uid);
+    res r = call(s, "POST", "/posts", body, 201);
+    int64_t pid = jint(r.json, "id");
+    res_free(&r);
+    r = call(s, "POST", "/products", "{\"name\":\"Widget\",\"price_cents\":100,\"stock\":50}", 201);
+    int64_t prid = jint(r.json, "id");
+    res_free(&r);
+    snprintf(body, sizeof body,
+             "{\"user_id\":%lld,\"items\":[{\"product_id\":%lld,\"quantity\":1}]}", (long long)uid,
+             (long long)prid);
+    r = call(s, "POST", "/orders", body, 201);
+    int64_t oid = jint(r.json, "id");
+    res_free(&r);
+    int64_t acc = create_account(s, uid, 1000);
+    int64_t acc2 = create_account(s, uid, 1000);
+
+    /* every route that takes an id; `ok` is its answer for the real id */
+    struct {
+        const char *method, *fmt, *body;
+        int64_t id;
+        long ok;
+    } routes[] = {
+        {"GET", "/users/%s", NULL, uid, 200},
+        {"GET", "/users/%s/posts", NULL, uid, 200},
+        {"PATCH", "/users/%s", "{\"name\":\"Still Me\"}", uid, 200},
+        {"DELETE", "/users/%s", NULL, gone, 204}, /* the real id is tried last */
+        {"GET", "/posts/%s", NULL, pid, 200},
+        {"GET", "/products/%s", NULL, prid, 200},
+        {"GET", "/orders/%s", NULL, oid, 200},
+        {"GET", "/accounts/%s", NULL, acc, 200},
+    };
+    char digits300[301];
+    memset(digits300, '7', 300);
+    digits300[300] = '\0';
+    struct {
+        const char *pattern; /* '#' is the real id */
+        long status;         /* 0: the route's `ok` */
+        const char *code;
+    } cases[] = {
+        {"#%00", 400, "invalid_path"},    {"#%00abc", 400, "invalid_path"},
+        {"%00#", 400, "invalid_path"},    {"#%0A", 400, "invalid_path"},
+        {"#%09", 400, "invalid_path"},    {"#%FF", 400, "invalid_path"},
+        {"#abc", 400, "invalid_id"},      {"#%20", 400, "invalid_id"},
+        {"%20#", 400, "invalid_id"},      {"+#", 400, "invalid_id"},
+        {"%2B#", 400, "invalid_id"},      {"0#", 400, "invalid_id"},
+        {"00", 400, "invalid_id"},        {"-0", 400, "invalid_id"},
+        {"#.0", 400, "invalid_id"},       {"#e0", 400, "invalid_id"},
+        {"0x1", 400, "invalid_id"},       {"%E2%91%A0", 400, "invalid_id"},
+        {"#;", 400, "invalid_id"},        {"-#", 400, "out_of_range"},
+        {"0", 400, "out_of_range"},       {I64_OVER_S, 400, "out_of_range"},
+        {"-" I64_OVER_S, 400, "out_of_range"}, /* INT64_MIN */
+        {"18446744073709551616", 400, "out_of_range"},
+        {"99999999999999999999999", 400, "out_of_range"},
+        {digits300, 400, "out_of_range"}, {I64_MAX_S, 404, "not_found"},
+        {"", 404, "not_found"},           {"#/", 404, "not_found"},
+        {"#", 0, NULL},
+    };
+    for (size_t ri = 0; ri < sizeof routes / sizeof routes[0]; ri++) {
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+            subst(idtext, sizeof idtext, cases[ci].pattern, routes[ri].id);
+            snprintf(path, sizeof path, routes[ri].fmt, idtext);
+            long st = cases[ci].status ? cases[ci].status : routes[ri].ok;
+            expect_case(s, routes[ri].method, path, routes[ri].body, st, cases[ci].code);
+        }
+    }
+    expect_case(s, "GET", "/users/by-email/", NULL, 404, "not_found");
+    expect_case(s, "GET", "/users//posts", NULL, 404, "not_found");
+
+    /* query integers */
+    struct {
+        const char *query;
+        long status;
+        const char *code;
+    } q[] = {
+        {"limit=5", 200, NULL},
+        {"limit=1", 200, NULL},
+        {"limit=100", 200, NULL},
+        {"limit=", 400, "invalid_parameter"},
+        {"limit", 400, "invalid_parameter"},
+        {"limit=abc", 400, "invalid_parameter"},
+        {"limit=5abc", 400, "invalid_parameter"},
+        {"limit=5%20", 400, "invalid_parameter"},
+        {"limit=%205", 400, "invalid_parameter"},
+        {"limit=+5", 400, "invalid_parameter"}, /* '+' is a space in a query */
+        {"limit=%2B5", 400, "invalid_parameter"},
+        {"limit=05", 400, "invalid_parameter"},
+        {"limit=5.0", 400, "invalid_parameter"},
+        {"limit=5e0", 400, "invalid_parameter"},
+        {"limit=0x5", 400, "invalid_parameter"},
+        {"limit=-0", 400, "invalid_parameter"},
+        {"limit=0", 400, "out_of_range"},
+        {"limit=101", 400, "out_of_range"},
+        {"limit=-1", 400, "out_of_range"},
+        {"limit=" I64_MAX_S, 400, "out_of_range"},
+        {"limit=" I64_OVER_S, 400, "out_of_range"},
+        {"limit=99999999999999999999999", 400, "out_of_range"},
+        {"limit=5%00", 400, "invalid_query"},
+        {"limit=%00", 400, "invalid_query"},
+        {"offset=0", 200, NULL},
+        {"offset=1000000000", 200, NULL},
+        {"offset=1000000001", 400, "out_of_range"},
+        {"offset=-1", 400, "out_of_range"},
+        {"offset=" I64_MAX_S, 400, "out_of_range"},
+        {"offset=" I64_OVER_S, 400, "out_of_range"},
+        {"offset=00", 400, "invalid_parameter"},
+        {"offset=", 400, "invalid_parameter"},
+        {"offset=1%00", 400, "invalid_query"},
+    };
+    for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) {
+        snprintf(path, sizeof path, "/users?%s", q[i].query);
+        expect_case(s, "GET", path, NULL, q[i].status, q[i].code);
+    }
+
+    /* JSON integer fields: '@' is the value under test */
+    char ub[64], pb[64], ab[64], a2b[64];
+    snprintf(ub, sizeof ub, "%lld", (long long)uid);
+    snprintf(pb, sizeof pb, "%lld", (long long)prid);
+    snprintf(ab, sizeof ab, "%lld", (long long)acc);
+    snprintf(a2b, sizeof a2b, "%lld", (long long)acc2);
+    struct {
+        const char *path, *pre, *post;
+        bool is_id; /* an id: INT64_MAX is a 404 */
+    } fields[] = {
+        {"/posts", "{\"title\":\"t\",\"author_id\":", "}", true},
+        {"/accounts", "{\"balance_cents\":1,\"owner_id\":", "}", true},
+        {"/orders", "{\"items\":[{\"product_id\":PR,\"quantity\":1}],\"user_id\":", "}", true},
+        {"/orders", "{\"user_id\":U,\"items\":[{\"quantity\":1,\"product_id\":", "}]}", true},
+        {"/transfers", "{\"to_account\":A,\"amount_cents\":1,\"from_account\":", "}", true},
+        {"/transfers", "{\"from_account\":A,\"amount_cents\":1,\"to_account\":", "}", true},
+        {"/orders", "{\"user_id\":U,\"items\":[{\"product_id\":PR,\"quantity\":", "}]}", false},
+        {"/products", "{\"name\":\"n\",\"stock\":1,\"price_cents\":", "}", false},
+        {"/products", "{\"name\":\"n\",\"price_cents\":1,\"stock\":", "}", false},
+        {"/accounts", "{\"owner_id\":U,\"balance_cents\":", "}", false},
+        {"/transfers", "{\"from_account\":A,\"to_account\":B,\"amount_cents\":", "}", false},
+    };
+    /* values every integer field refuses the same way */
+    struct {
+        const char *v;
+        long status;
+        const char *code;
+    } common[] = {
+        {"-1", 400, "out_of_range"},
+        {I64_OVER_S, 400, "out_of_range"},
+        {"-9223372036854775809", 400, "out_of_range"},
+        {"99999999999999999999", 400, "out_of_range"},
+        {"1e400", 400, "out_of_range"},
+        {"1.0", 400, "invalid_type"},
+        {"1e2", 400, "invalid_type"},
+        {"\"1\"", 400, "invalid_type"},
+        {"true", 400, "invalid_type"},
+        {"null", 400, "invalid_type"},
+        {"[1]", 400, "invalid_type"},
+    };
+    for (size_t fi = 0; fi < sizeof fields / sizeof fields[0]; fi++) {
+        char pre[256], tmp[256];
+        /* U, PR, A, B in the templates: the real ids */
+        snprintf(tmp, sizeof tmp, "%s", fields[fi].pre);
+        size_t o = 0;
+        for (const char *p = tmp; *p && o < sizeof pre - 24; p++) {
+            const char *rep = NULL;
+            if (p[0] == 'P' && p[1] == 'R')
+                rep = pb, p++;
+            else if (*p == 'U')
+                rep = ub;
+            else if (*p == 'A')
+                rep = ab;
+            else if (*p == 'B')
+                rep = a2b;
+            if (rep) {
+                memcpy(pre + o, rep, strlen(rep));
+                o += strlen(rep);
+            } else {
+                pre[o++] = *p;
+            }
+        }
+        pre[o] = '\0';
+        for (size_t vi = 0; vi < sizeof common / sizeof common[0]; vi++) {
+            snprintf(body, sizeof body, "%s%s%s", pre, common[vi].v, fields[fi].post);
+            expect_case(s, "POST", fields[fi].path, body, common[vi].status, common[vi].code);
+        }
+        if (fields[fi].is_id) {
+            snprintf(body, sizeof body, "%s0%s", pre, fields[fi].post);
+            expect_case(s, "POST", fields[fi].path, body, 400, "out_of_range");
+            snprintf(body, sizeof body, "%s" I64_MAX_S "%s", pre, fields[fi].post);
+            expect_case(s, "POST", fields[fi].path, body, 404, "not_found");
+        }
+    }
+    /* the bounded fields, just above their bound */
+    const struct {
+        const char *path, *body;
+    } over[] = {
+        {"/orders", "{\"user_id\":U,\"items\":[{\"product_id\":PR,\"quantity\":10001}]}"},
+        {"/orders", "{\"user_id\":U,\"items\":[{\"product_id\":PR,\"quantity\":0}]}"},
+        {"/products", "{\"name\":\"n\",\"stock\":1,\"price_cents\":1000000000001}"},
+        {"/products", "{\"name\":\"n\",\"price_cents\":1,\"stock\":1000000001}"},
+        {"/accounts", "{\"owner_id\":U,\"balance_cents\":1000000000000001}"},
+        {"/transfers", "{\"from_account\":A,\"to_account\":B,\"amount_cents\":0}"},
+        {"/transfers", "{\"from_account\":A,\"to_account\":B,\"amount_cents\":1000000000000001}"},
+        {"/transfers", "{\"from_account\":A,\"to_account\":B,\"amount_cents\":" I64_MAX_S "}"},
+        /* one product on two lines: the quantities add up over the bound */
+        {"/orders", "{\"user_id\":U,\"items\":[{\"product_id\":PR,\"quantity\":6000},"
+                    "{\"product_id\":PR,\"quantity\":6000}]}"},
+    };
+    for (size_t i = 0; i < sizeof over / sizeof over[0]; i++) {
+        size_t o = 0;
+        for (const char *p = over[i].body; *p && o < sizeof body - 24; p++) {
+            const char *rep = NULL;
+            if (p[0] == 'P' && p[1] == 'R')
+                rep = pb, p++;
+            else if (*p == 'U')
+                rep = ub;
+            else if (*p == 'A')
+                rep = ab;
+            else if (*p == 'B')
+                rep = a2b;
+            if (rep) {
+                memcpy(body + o, rep, strlen(rep));
+                o += strlen(rep);
+            } else {
+                body[o++] = *p;
+            }
+        }
+        body[o] = '\0';
+        expect_case(s, "POST", over[i].path, body, 400, "out_of_range");
+    }
+
+    /* nothing was written by any of the refused requests */
+    assert_int_equal(balance(s, acc), 1000);
+    assert_int_equal(balance(s, acc2), 1000);
+    snprintf(path, sizeof path, "/products/%lld", (long long)prid);
+    r = call(s, "GET", path, NULL, 200);
+    assert_int_equal(jint(r.json, "stock"), 49);
+    res_free(&r);
+    expect(s, "GET", "/health", NULL, 200, NULL);
+    res m = call(s, "GET", "/metrics", NULL, 200);
+    assert_non_null(strstr(m.body, "shop_http_responses_total{class=\"5xx\"} 0\n"));
+    res_free(&m);
+}
+
+static void shop_integer_inputs_sqlite(void **state)
+{
+    (void)state;
+    run_sqlite("shop_integers", integer_body);
+}
+
+static void shop_integer_inputs_postgres(void **state)
+{
+    (void)state;
+    run_postgres("shop_integers", integer_body);
+}
+
+/* A NUL (%00) or a control character anywhere in the path or the query
+ * string is refused before routing, whatever the route: libmicrohttpd
+ * decodes %00 into the C string, which used to cut the path or value there
+ * ("/users/1%00junk" answered user 1). The check does not depend on the
+ * database, so SQLite alone. */
+static void nul_body(shop_proc *s, dbk_engine engine)
+{
+    (void)engine;
+    const char *paths[] = {
+        "/health%00",      "/metrics%00x", "/%00",           "/users%00",
+        "/users/%00",      "/users/1%00",  "/users/1/posts%00", "/users/by-email%00?email=ada%40example.com",
+        "/nowhere%00",     "/users/1%01",  "/users/1%1F",    "/users/1%7F",
+        "/users/1%C0%AF",  "/users/1%ED%A0%80",
+    };
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
+        expect_case(s, "GET", paths[i], NULL, 400, "invalid_path");
+    const char *queries[] = {
+        "/users?limit=5%00",
+        "/users?order=name%00",
+        "/users?status=active%00x",
+        "/users?include=posts%00",
+        "/users/by-email?email=ada%40example.com%00",
+        "/users/by-email?email=ada%40example.com%00junk",
+        "/users?li%00mit=5",
+        "/users?%00=1",
+        "/users?unknown=%00",
+        "/users?order=name%0A",
+        "/users/1?x=%1B",
+        "/health?x=%FF",
+    };
+    for (size_t i = 0; i < sizeof queries / sizeof queries[0]; i++)
+        expect_case(s, "GET", queries[i], NULL, 400, "invalid_query");
+    /* the same with a body: refused, nothing created */
+    const char *user = "{\"name\":\"Nul\",\"email\":\"nul@example.com\",\"password\":\"xxxxxxxx\"}";
+    expect_case(s, "POST", "/users%00", user, 400, "invalid_path");
+    expect_case(s, "POST", "/users?x=%00", user, 400, "invalid_query");
+    expect_case(s, "PATCH", "/users/1%00", "{\"name\":\"Changed\"}", 400, "invalid_path");
+    expect(s, "GET", "/users/by-email?email=nul%40example.com", NULL, 404, NULL);
+    res r = call(s, "GET", "/users/1", NULL, 200);
+    assert_string_not_equal(jstr(r.json, "name"), "Changed");
+    res_free(&r);
+    /* clean text still passes: UTF-8 in a query value, '+' as a space */
+    expect(s, "GET", "/users/by-email?email=%C5%82ukasz%40example.com", NULL, 404, NULL);
+    expect(s, "GET", "/users?limit=5&order=name", NULL, 200, NULL);
+}
+
+static void shop_nul_in_path_or_query_sqlite(void **state)
+{
+    (void)state;
+    run_sqlite("shop_nul", nul_body);
+}
+
 /* ---- /health and /metrics ---- */
 
 static void health_metrics_body(shop_proc *s, dbk_engine engine)
@@ -1358,6 +1721,262 @@ static void shop_sigterm_finishes_in_flight(void **state)
     free(url);
 }
 
+/* ---- the access log ---- */
+
+/* One client: `n` requests in order over one keep-alive connection, every
+ * path naming the client and the request's number. Runs off the main
+ * thread, so it records failures instead of asserting. */
+typedef struct al_client {
+    const shop_proc *s;
+    int k, n;
+    int failures;        /* answers other than the expected status */
+    long connects;       /* connections curl opened (1 when kept alive) */
+    char first_err[768];
+} al_client;
+
+/* The padding makes lines long enough that the buffers fill several times. */
+#define AL_PAD "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp"
+
+static void al_path(char *out, size_t n, int k, int i)
+{
+    /* even: an unknown route (404); odd: a bad id (400) */
+    if (i % 2 == 0)
+        snprintf(out, n, "/al-%d-%d-" AL_PAD, k, i);
+    else
+        snprintf(out, n, "/users/al%dx%d", k, i);
+}
+
+static void *al_client_main(void *p)
+{
+    al_client *c = p;
+    CURL *h = curl_easy_init();
+    if (!h) {
+        c->failures = c->n;
+        snprintf(c->first_err, sizeof c->first_err, "curl_easy_init failed");
+        return NULL;
+    }
+    for (int i = 0; i < c->n; i++) {
+        res r;
+        memset(&r, 0, sizeof r);
+        char path[512], url[640];
+        al_path(path, sizeof path, c->k, i);
+        snprintf(url, sizeof url, "%s%s", c->s->base, path);
+        curl_easy_setopt(h, CURLOPT_URL, url);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 15000L);
+        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
+        long want = i % 2 == 0 ? 404 : 400, st = 0, conns = 0;
+        CURLcode cc = curl_easy_perform(h);
+        if (cc == CURLE_OK) {
+            curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &st);
+            curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &conns);
+            c->connects += conns;
+        }
+        if (cc != CURLE_OK || st != want) {
+            if (c->failures++ == 0)
+                snprintf(c->first_err, sizeof c->first_err, "%s: %s, HTTP %ld", path,
+                         curl_easy_strerror(cc), st);
+        }
+        free(r.body);
+    }
+    curl_easy_cleanup(h);
+    return NULL;
+}
+
+/* Checks that `line` (without its newline) is a complete access line:
+ *   access ts=YYYY-MM-DDTHH:MM:SS.mmmZ method=M path="P" status=S duration_ms=D.DDD queries=Q
+ * and copies P (at most n - 1 bytes) and S out. */
+static bool access_line_ok(const char *line, char *path, size_t n, int *status)
+{
+    const char *p = line;
+    if (strncmp(p, "access ts=", 10) != 0)
+        return false;
+    p += 10;
+    const char *shape = "dddd-dd-ddTdd:dd:dd.dddZ";
+    for (const char *f = shape; *f; f++, p++)
+        if (*f == 'd' ? !(*p >= '0' && *p <= '9') : *p != *f)
+            return false;
+    if (strncmp(p, " method=", 8) != 0)
+        return false;
+    p += 8;
+    const char *m = p;
+    while (*p >= 'A' && *p <= 'Z')
+        p++;
+    if (p == m || strncmp(p, " path=\"", 7) != 0)
+        return false;
+    p += 7;
+    const char *q = strchr(p, '"');
+    if (!q || (size_t)(q - p) >= n)
+        return false;
+    memcpy(path, p, (size_t)(q - p));
+    path[q - p] = '\0';
+    p = q + 1;
+    char *end;
+    if (strncmp(p, " status=", 8) != 0)
+        return false;
+    long st = strtol(p + 8, &end, 10);
+    if (end == p + 8 || st < 100 || st > 599)
+        return false;
+    *status = (int)st;
+    p = end;
+    if (strncmp(p, " duration_ms=", 13) != 0)
+        return false;
+    p += 13;
+    const char *d = p;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    if (p == d || *p != '.' || !(p[1] >= '0' && p[1] <= '9') || !(p[2] >= '0' && p[2] <= '9') ||
+        !(p[3] >= '0' && p[3] <= '9'))
+        return false;
+    p += 4;
+    if (strncmp(p, " queries=", 9) != 0)
+        return false;
+    p += 9;
+    const char *qq = p;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    return p > qq && *p == '\0';
+}
+
+#define AL_CLIENTS 6
+#define AL_PER_CLIENT 300
+
+/* N requests from concurrent keep-alive clients give N complete,
+ * well-formed lines after SIGTERM, each client's in the order it sent them;
+ * with a flush interval far longer than the test, so the lines come out
+ * through full buffers and the shutdown flush; and the log made far fewer
+ * write() calls than requests. */
+static void shop_access_log_complete_after_sigterm(void **state)
+{
+    (void)state;
+    char *url = dbkt_sqlite_url("shop_access_log");
+    shop_proc s;
+    const char *env[] = {"ACCESS_LOG_FLUSH_MS=60000", NULL};
+    shop_start(&s, url, "memory", env);
+    free(url);
+    al_client cl[AL_CLIENTS];
+    pthread_t th[AL_CLIENTS];
+    for (int k = 0; k < AL_CLIENTS; k++) {
+        memset(&cl[k], 0, sizeof cl[k]);
+        cl[k].s = &s;
+        cl[k].k = k;
+        cl[k].n = AL_PER_CLIENT;
+        assert_int_equal(pthread_create(&th[k], NULL, al_client_main, &cl[k]), 0);
+    }
+    for (int k = 0; k < AL_CLIENTS; k++)
+        pthread_join(th[k], NULL);
+    for (int k = 0; k < AL_CLIENTS; k++) {
+        if (cl[k].failures)
+            fail_msg("client %d: %d failed requests, first: %s", k, cl[k].failures,
+                     cl[k].first_err);
+        /* one connection per client, so its requests are one connection's */
+        assert_int_equal(cl[k].connects, 1);
+    }
+    const int total = AL_CLIENTS * AL_PER_CLIENT;
+    /* not one write per request: ~200-byte lines go out a pipe-atomic chunk
+     * (4 KiB) at a time, so a few hundred writes at most */
+    double lines = metric(&s, "shop_access_log_lines_total");
+    double writes = metric(&s, "shop_access_log_writes_total");
+    assert_true(lines >= total);
+    assert_true(writes >= 0);
+    if (writes > total / 4.0)
+        fail_msg("%.0f write calls for %d access lines", writes, total);
+    assert_true(metric(&s, "shop_access_log_dropped_total") == 0);
+    int st = shop_stop(&s, 10000);
+    if (st != 0)
+        dump_log(&s);
+    assert_int_equal(st, 0);
+
+    /* the log: every line complete; the probe lines all there, in order */
+    FILE *f = fopen(s.errlog, "r");
+    assert_non_null(f);
+    int next[AL_CLIENTS] = {0};
+    int probe_lines = 0, access_lines = 0;
+    char line[2048], path[1024];
+    while (fgets(line, sizeof line, f)) {
+        size_t len = strlen(line);
+        if (len == 0 || line[len - 1] != '\n')
+            fail_msg("a line without its newline (torn, or over 2 KiB): %s", line);
+        line[len - 1] = '\0';
+        if (strncmp(line, "access ", 7) != 0) {
+            /* the shop's and dbkit's own lines, nothing else */
+            if (strncmp(line, "shop: ", 6) != 0 && strncmp(line, "dbkit ", 6) != 0)
+                fail_msg("unexpected line on stderr: %s", line);
+            continue;
+        }
+        int status = 0;
+        if (!access_line_ok(line, path, sizeof path, &status))
+            fail_msg("malformed access line: %s", line);
+        access_lines++;
+        int k = -1, i = -1;
+        char tail[8];
+        if (sscanf(path, "/al-%d-%d-%7s", &k, &i, tail) == 3 && status == 404) {
+            /* an even request */
+        } else if (sscanf(path, "/users/al%dx%d", &k, &i) == 2 && status == 400) {
+            /* an odd one */
+        } else {
+            continue; /* /metrics and the like */
+        }
+        char want[512];
+        assert_true(k >= 0 && k < AL_CLIENTS);
+        al_path(want, sizeof want, k, i);
+        assert_string_equal(path, want);
+        if (i != next[k])
+            fail_msg("client %d: request %d logged where %d was next (out of order or lost)", k,
+                     i, next[k]);
+        next[k]++;
+        probe_lines++;
+    }
+    fclose(f);
+    for (int k = 0; k < AL_CLIENTS; k++)
+        assert_int_equal(next[k], AL_PER_CLIENT);
+    assert_int_equal(probe_lines, total);
+    assert_true(access_lines >= total);
+}
+
+/* With a short flush interval, a line is written while the shop runs,
+ * without waiting for a full buffer or the shutdown (bounded wait). */
+static void shop_access_log_flushed_by_timer(void **state)
+{
+    (void)state;
+    char *url = dbkt_sqlite_url("shop_access_timer");
+    shop_proc s;
+    const char *env[] = {"ACCESS_LOG_FLUSH_MS=50", NULL};
+    shop_start(&s, url, "memory", env);
+    free(url);
+    expect(&s, "GET", "/al-timer-probe", NULL, 404, "not_found");
+    bool found = false;
+    for (int i = 0; i < 500 && !found; i++) { /* up to 10 s */
+        FILE *f = fopen(s.errlog, "r");
+        if (f) {
+            char line[2048];
+            while (!found && fgets(line, sizeof line, f))
+                found = strstr(line, "path=\"/al-timer-probe\" status=404") != NULL;
+            fclose(f);
+        }
+        if (!found)
+            sleep_ms(20);
+    }
+    assert_true(found);
+    /* ACCESS_LOG=off: no line at all, and no access-log metrics */
+    assert_int_equal(shop_stop(&s, 10000), 0);
+    url = dbkt_sqlite_url("shop_access_off");
+    const char *off[] = {"ACCESS_LOG=off", NULL};
+    shop_start(&s, url, "memory", off);
+    free(url);
+    expect(&s, "GET", "/al-off-probe", NULL, 404, "not_found");
+    assert_true(metric(&s, "shop_access_log_lines_total") < 0);
+    assert_int_equal(shop_stop(&s, 10000), 0);
+    FILE *f = fopen(s.errlog, "r");
+    assert_non_null(f);
+    char line[2048];
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "access ", 7) == 0)
+            fail_msg("ACCESS_LOG=off logged: %s", line);
+    fclose(f);
+}
+
 /* Always runs after each test, also after a failed assert: the shop is
  * stopped by its PID (SIGTERM, then SIGKILL after 5 s). */
 static int shop_teardown(void **state)
@@ -1388,11 +2007,16 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(shop_concurrent_transfers_postgres, shop_teardown),
         cmocka_unit_test_teardown(shop_hostile_input_sqlite, shop_teardown),
         cmocka_unit_test_teardown(shop_hostile_input_postgres, shop_teardown),
+        cmocka_unit_test_teardown(shop_integer_inputs_sqlite, shop_teardown),
+        cmocka_unit_test_teardown(shop_integer_inputs_postgres, shop_teardown),
+        cmocka_unit_test_teardown(shop_nul_in_path_or_query_sqlite, shop_teardown),
         cmocka_unit_test_teardown(shop_health_metrics_sqlite, shop_teardown),
         cmocka_unit_test_teardown(shop_health_metrics_postgres, shop_teardown),
         cmocka_unit_test_teardown(shop_sigterm_finishes_in_flight, shop_teardown),
         cmocka_unit_test_teardown(shop_database_outage_503_then_recovers, shop_teardown),
         cmocka_unit_test_teardown(shop_waits_for_the_database_at_start, shop_teardown),
+        cmocka_unit_test_teardown(shop_access_log_complete_after_sigterm, shop_teardown),
+        cmocka_unit_test_teardown(shop_access_log_flushed_by_timer, shop_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
