@@ -9,11 +9,13 @@
  *
  * The splitter is a single forward scan with no backtracking and no
  * allocation besides the output array: O(n) in the input, so the fuzzer and
- * megabyte-sized files are cheap. It knows just enough SQL lexing to find
- * the semicolons that end statements: quoted strings and identifiers,
- * dollar-quoted bodies, both comment forms, and the BEGIN ... END blocks of
- * trigger and BEGIN ATOMIC function bodies (counting CASE ... END inside),
- * which contain semicolons of their own. Everything else is passed to the
+ * megabyte-sized files are cheap. The lexing (quoted strings and
+ * identifiers, dollar-quoted bodies, both comment forms) is the shared
+ * scanner's (src/core/sqlscan.c, which the pool reads statements with too);
+ * on top of its tokens the splitter finds the semicolons that end
+ * statements, and the BEGIN ... END blocks of trigger and BEGIN ATOMIC
+ * function bodies (counting CASE ... END inside), which contain semicolons
+ * of their own. Everything else is passed to the
  * server untouched: the server remains the judge of what is valid SQL.
  *
  * Every error names the file and the line, since the person reading it has
@@ -26,19 +28,10 @@
 #include <strings.h>
 
 #include "../core/internal.h"
+#include "../core/sqlscan.h"
 #include "migrate_int.h"
 
 /* ---- splitter ---- */
-
-static bool is_ident_start(unsigned char c)
-{
-    return isalpha(c) || c == '_' || c >= 0x80;
-}
-
-static bool is_ident_char(unsigned char c)
-{
-    return isalnum(c) || c == '_' || c == '$' || c >= 0x80;
-}
 
 /* Case-insensitive comparison of a word (not NUL-terminated) with kw. */
 static bool word_is(const char *w, size_t n, const char *kw)
@@ -115,150 +108,45 @@ static void leading_keyword(splitter *s, const char *w, size_t n)
         s->block = true;
 }
 
+/* The lexical rules the splitter has always used: the engine's comments
+ * and E'' strings, dollar-quoted bodies on every engine, no [names]. */
+static unsigned split_rules(dbk_engine engine)
+{
+    return engine == DBK_ENGINE_SQLITE ? DBK__SQLSCAN_DOLLAR_QUOTES : dbk__sqlscan_rules(engine);
+}
+
 static int split_run(splitter *s, int line)
 {
-    const char *t = s->t;
-    size_t len = s->len, i = 0;
-    while (i < len) {
-        unsigned char c = (unsigned char)t[i];
-        if (c == '\n') {
-            line++;
-            i++;
-            continue;
-        }
-        if (isspace(c)) {
-            i++;
-            continue;
-        }
-        if (c == '-' && i + 1 < len && t[i + 1] == '-') {
-            while (i < len && t[i] != '\n')
-                i++;
-            continue;
-        }
-        if (c == '/' && i + 1 < len && t[i + 1] == '*') {
-            int open_line = line, nest = 1;
-            i += 2;
-            while (i < len && nest > 0) {
-                if (t[i] == '\n') {
-                    line++;
-                    i++;
-                } else if (t[i] == '*' && i + 1 < len && t[i + 1] == '/') {
-                    nest--;
-                    i += 2;
-                } else if (s->engine != DBK_ENGINE_SQLITE && t[i] == '/' && i + 1 < len &&
-                           t[i + 1] == '*') {
-                    nest++;
-                    i += 2;
-                } else {
-                    i++;
-                }
-            }
-            if (nest > 0) {
-                s->err_line = open_line;
-                s->err_what = "unterminated /* comment";
-                return -2;
-            }
-            continue;
+    dbk__sqlscan sc;
+    dbk__sqlscan_init(&sc, s->t, s->len, line, split_rules(s->engine));
+    for (;;) {
+        dbk__sqltok tok = dbk__sqlscan_next(&sc);
+        if (tok == DBK__SQLTOK_END)
+            break;
+        if (tok == DBK__SQLTOK_ERROR) {
+            s->err_line = sc.err_line;
+            s->err_what = sc.err_what;
+            return -2;
         }
         if (!s->open) {
-            if (c == ';') { /* an empty statement */
-                i++;
+            if (tok == DBK__SQLTOK_SEMI) /* an empty statement */
                 continue;
-            }
             s->open = true;
-            s->start = i;
-            s->start_line = line;
+            s->start = sc.off;
+            s->start_line = sc.tok_line;
         }
-        if (c == ';') {
-            if (s->block && s->depth > 0) {
-                i++;
-                continue;
-            }
-            if (push(s, i) < 0)
+        switch (tok) {
+        case DBK__SQLTOK_SEMI:
+            if (s->block && s->depth > 0)
+                break;
+            if (push(s, sc.off) < 0)
                 return -1;
-            i++;
-            continue;
-        }
-        if (c == '\'' || c == '"' || c == '`') {
-            /* E'...' (PostgreSQL) also takes backslash escapes. */
-            bool backslash = c == '\'' && s->engine != DBK_ENGINE_SQLITE && i > 0 &&
-                             (t[i - 1] == 'E' || t[i - 1] == 'e') &&
-                             (i < 2 || !is_ident_char((unsigned char)t[i - 2]));
-            int open_line = line;
-            char q = (char)c;
-            i++;
-            bool closed = false;
-            while (i < len) {
-                if (t[i] == '\n')
-                    line++;
-                if (backslash && t[i] == '\\' && i + 1 < len) {
-                    if (t[i + 1] == '\n')
-                        line++;
-                    i += 2;
-                    continue;
-                }
-                if (t[i] == q) {
-                    if (i + 1 < len && t[i + 1] == q) { /* doubled quote */
-                        i += 2;
-                        continue;
-                    }
-                    i++;
-                    closed = true;
-                    break;
-                }
-                i++;
-            }
-            if (!closed) {
-                s->err_line = open_line;
-                s->err_what = q == '\'' ? "unterminated quoted string"
-                                        : "unterminated quoted identifier";
-                return -2;
-            }
-            continue;
-        }
-        if (c == '$') {
-            /* $tag$ opens a dollar-quoted body; $1 is a parameter. */
-            size_t j = i + 1;
-            if (j < len && is_ident_start((unsigned char)t[j])) {
-                j++;
-                while (j < len && (isalnum((unsigned char)t[j]) || t[j] == '_' ||
-                                   (unsigned char)t[j] >= 0x80))
-                    j++;
-            }
-            if (j < len && t[j] == '$') {
-                size_t taglen = j + 1 - i; /* includes both '$' */
-                const char *tag = t + i;
-                int open_line = line;
-                i = j + 1;
-                bool closed = false;
-                while (i < len) {
-                    if (t[i] == '\n')
-                        line++;
-                    if (t[i] == '$' && len - i >= taglen && memcmp(t + i, tag, taglen) == 0) {
-                        i += taglen;
-                        closed = true;
-                        break;
-                    }
-                    i++;
-                }
-                if (!closed) {
-                    s->err_line = open_line;
-                    s->err_what = "unterminated dollar-quoted body";
-                    return -2;
-                }
-                continue;
-            }
-            i++;
-            continue;
-        }
-        if (is_ident_start(c)) {
-            size_t w0 = i;
-            while (i < len && is_ident_char((unsigned char)t[i]))
-                i++;
-            const char *w = t + w0;
-            size_t n = i - w0;
+            break;
+        case DBK__SQLTOK_WORD: {
+            const char *w = s->t + sc.off;
+            size_t n = sc.n;
             /* A word right after '.' is a qualified name, not a keyword. */
-            bool qualified = w0 > 0 && t[w0 - 1] == '.';
+            bool qualified = sc.off > 0 && s->t[sc.off - 1] == '.';
             if (!qualified)
                 leading_keyword(s, w, n);
             if (s->block && !qualified) {
@@ -267,20 +155,17 @@ static int split_run(splitter *s, int line)
                 else if (word_is(w, n, "END") && s->depth > 0)
                     s->depth--;
             }
-            continue;
+            break;
         }
-        /* Numbers, operators, punctuation: part of the statement. A word
-         * that follows a digit ("1e5") is consumed whole here. */
-        if (isdigit(c)) {
-            while (i < len && (isalnum((unsigned char)t[i]) || t[i] == '.' || t[i] == '_'))
-                i++;
-            continue;
+        case DBK__SQLTOK_PUNCT:
+            if (s->nkw < SPLIT_KW_MAX)
+                s->nkw = SPLIT_KW_MAX; /* keywords after punctuation do not lead */
+            break;
+        default: /* strings, quoted names, numbers, '$': part of the statement */
+            break;
         }
-        if (s->nkw < SPLIT_KW_MAX)
-            s->nkw = SPLIT_KW_MAX; /* keywords after punctuation do not lead */
-        i++;
     }
-    if (s->open && push(s, len) < 0)
+    if (s->open && push(s, s->len) < 0)
         return -1;
     return 0;
 }
@@ -325,46 +210,22 @@ dbk_rc dbk__sql_split(const char *text, size_t len, int first_line, dbk_engine e
     return DBK_OK;
 }
 
-/* Next word of a statement at *p (skipping whitespace and comments). */
-static size_t next_word(const char *s, size_t len, size_t *p, const char **w)
+/* The next token of a statement, as a word (w, n); n is 0 when the token
+ * is not a word or there is none. */
+static size_t next_word(dbk__sqlscan *sc, const char **w)
 {
-    size_t i = *p;
-    for (;;) {
-        while (i < len && isspace((unsigned char)s[i]))
-            i++;
-        if (i + 1 < len && s[i] == '-' && s[i + 1] == '-') {
-            while (i < len && s[i] != '\n')
-                i++;
-            continue;
-        }
-        if (i + 1 < len && s[i] == '/' && s[i + 1] == '*') {
-            const char *e = NULL;
-            for (size_t k = i + 2; k + 1 < len; k++)
-                if (s[k] == '*' && s[k + 1] == '/') {
-                    e = s + k + 2;
-                    break;
-                }
-            if (!e)
-                break;
-            i = (size_t)(e - s);
-            continue;
-        }
-        break;
-    }
-    size_t w0 = i;
-    while (i < len && isalpha((unsigned char)s[i]))
-        i++;
-    *w = s + w0;
-    *p = i;
-    return i - w0;
+    dbk__sqltok tok = dbk__sqlscan_next(sc);
+    *w = sc->text + sc->off;
+    return tok == DBK__SQLTOK_WORD ? sc->n : 0;
 }
 
 bool dbk__sql_is_tx_control(const char *sql, size_t len)
 {
-    size_t p = 0;
+    dbk__sqlscan sc;
+    dbk__sqlscan_init(&sc, sql, len, 1, dbk__sqlscan_rules(0));
     const char *w1, *w2;
-    size_t n1 = next_word(sql, len, &p, &w1);
-    size_t n2 = next_word(sql, len, &p, &w2);
+    size_t n1 = next_word(&sc, &w1);
+    size_t n2 = next_word(&sc, &w2);
     if (word_is(w1, n1, "BEGIN"))
         return !word_is(w2, n2, "ATOMIC");
     if (word_is(w1, n1, "START"))
@@ -373,7 +234,7 @@ bool dbk__sql_is_tx_control(const char *sql, size_t len)
         return !word_is(w2, n2, "PREPARED");
     if (word_is(w1, n1, "ROLLBACK")) {
         if (word_is(w2, n2, "TRANSACTION") || word_is(w2, n2, "WORK"))
-            n2 = next_word(sql, len, &p, &w2);
+            n2 = next_word(&sc, &w2);
         return !word_is(w2, n2, "TO") && !word_is(w2, n2, "PREPARED");
     }
     return false;

@@ -53,7 +53,6 @@
  * entry point compares it with the pool's copy (one relaxed load, cheaper
  * than getpid()). The child never touches the parent's sockets.
  */
-#include <ctype.h>
 #include <stdarg.h>
 #include <errno.h>
 #include <pthread.h>
@@ -685,9 +684,9 @@ static dbk_rc pc_run(dbk_db *db, const char *sql, const dbk_value *params, size_
     dbk_conn *c = s->conn;
     dbk_rc rc;
 
+    if (!s->dirty && dbk__pool_sql_changes_session(sql, p->engine))
+        s->dirty = true;
     if (p->engine == DBK_ENGINE_POSTGRES) {
-        if (!s->dirty && dbk__pool_sql_sets_session(sql))
-            s->dirty = true;
         rc = s->orig_ops->run(db, sql, params, nparams, out, affected, err);
         if (rc != DBK_OK)
             note_failure(p, s, rc, err);
@@ -745,9 +744,9 @@ static dbk_rc pc_script(dbk_db *db, const char *sql, int timeout_ms, dbk_error *
     dbk_pool *p = s->pool;
     dbk_conn *c = s->conn;
     dbk_rc rc;
+    if (!s->dirty && dbk__pool_sql_changes_session(sql, p->engine))
+        s->dirty = true;
     if (p->engine == DBK_ENGINE_POSTGRES) {
-        if (!s->dirty && dbk__pool_sql_sets_session(sql))
-            s->dirty = true;
         rc = s->orig_ops->script(db, sql, timeout_ms, err);
     } else {
         if (p->use_gate) {
@@ -788,7 +787,7 @@ static dbk_rc pc_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic
     if (p->engine != DBK_ENGINE_POSTGRES)
         return dbk__batch_serial(db, items, n, atomic, c->drv->txstate(c->impl) != DBK__TX_IDLE);
     for (size_t i = 0; i < n && !s->dirty; i++)
-        if (dbk__pool_sql_sets_session(items[i].sql))
+        if (dbk__pool_sql_changes_session(items[i].sql, p->engine))
             s->dirty = true;
     dbk_rc rc = s->orig_ops->batch(db, items, n, atomic);
     if (rc != DBK_OK) {

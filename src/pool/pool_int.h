@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 
+#include "dbkit/config.h"
 #include "dbkit/pool.h"
 
 /* SQLite only: whether statements that may write pass through an
@@ -18,11 +19,17 @@
 void dbk__pool_set_sqlite_gate(dbk_pool *pool, bool on);
 
 /* Statement classification used by the pool (exposed for unit tests):
- * true when `sql` (after whitespace and comments) may change session state
- * that outlives the statement on PostgreSQL: SET (except SET LOCAL and SET
- * TRANSACTION), RESET, or a call of set_config(), at the start of any
- * ';'-separated statement. */
-bool dbk__pool_sql_sets_session(const char *sql);
+ * true when `sql`, read by the engine's lexical rules (quotes, comments,
+ * dollar bodies), may leave session state behind for the next borrower.
+ * PostgreSQL: a statement led by SET (not SET LOCAL / TRANSACTION /
+ * CONSTRAINTS), RESET, DISCARD, PREPARE, LISTEN, DO or LOAD; DECLARE ...
+ * WITH HOLD; TEMP / TEMPORARY after CREATE, OR REPLACE, GLOBAL, LOCAL or
+ * INTO; a name qualified by pg_temp; a call of set_config, the session
+ * advisory-lock functions, query_to_xml* or dblink_connect*, however
+ * quoted or qualified, or of any U&"..." name. SQLite: PRAGMA, ATTACH,
+ * DETACH, CREATE TEMP, a name qualified by temp, load_extension(). An
+ * unterminated comment or quote counts as a change. */
+bool dbk__pool_sql_changes_session(const char *sql, dbk_engine engine);
 
 /* True for "BEGIN" / "BEGIN TRANSACTION" (any case, comments, an optional
  * ';'): on SQLite the pool runs it as BEGIN IMMEDIATE. */

@@ -1015,6 +1015,395 @@ static void pool_release_resets_transaction_and_settings(void **state)
     free(url);
 }
 
+/* ---- nothing crosses borrowers: every item docs/pool.md lists ---- */
+
+/* One kind of session state: `change` (a script) run by the first borrower
+ * alters what `probe` (one value) answers; the next borrower of the same
+ * connection must get the value of a fresh session. `seen`: the default
+ * policy's detector sees `change` (else only the strongest policy, a
+ * reset on every release, clears it). */
+struct leak_item {
+    const char *what;
+    const char *change;
+    const char *probe;
+    bool seen;
+};
+
+#define PG_TEMP_PROBE "SELECT count(*) FROM pg_class WHERE relpersistence = 't'"
+#define PG_ADV_PROBE                                                                          \
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+
+static const struct leak_item PG_LEAKS[] = {
+    {"SET", "SET work_mem = '7MB'", "SHOW work_mem", true},
+    {"set_config()", "SELECT set_config('statement_timeout', '4321', false)",
+     "SHOW statement_timeout", true},
+    {"SET TIME ZONE", "SET TIME ZONE 'Pacific/Chatham'", "SHOW TimeZone", true},
+    {"SET ROLE", "SET ROLE pg_monitor", "SELECT current_user", true},
+    {"SET SESSION AUTHORIZATION", "SET SESSION AUTHORIZATION pg_monitor", "SELECT session_user",
+     true},
+    {"session characteristics",
+     "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+     "SHOW default_transaction_isolation", true},
+    {"custom setting", "SET dbkt.x = 'y'", "SELECT coalesce(current_setting('dbkt.x', true), '')",
+     true},
+    {"SET local.x (not SET LOCAL)", "SET local.x = 'y'",
+     "SELECT coalesce(current_setting('local.x', true), '')", true},
+    {"DO block", "DO $$ BEGIN PERFORM set_config('work_mem', '12MB', false); END $$",
+     "SHOW work_mem", true},
+    {"PREPARE", "PREPARE dbkt_p AS SELECT 1",
+     "SELECT count(*) FROM pg_prepared_statements WHERE name = 'dbkt_p'", true},
+    {"LISTEN", "LISTEN dbkt_chan", "SELECT count(*) FROM pg_listening_channels()", true},
+    {"CREATE TEMP TABLE", "CREATE TEMP TABLE dbkt_tmp (x int)", PG_TEMP_PROBE, true},
+    {"table in pg_temp", "CREATE TABLE pg_temp.dbkt_tmp2 (x int)", PG_TEMP_PROBE, true},
+    {"SELECT INTO TEMP", "SELECT 1 AS x INTO TEMP dbkt_tmp3", PG_TEMP_PROBE, true},
+    {"temporary view", "CREATE TEMPORARY VIEW dbkt_v AS SELECT 1 AS x", PG_TEMP_PROBE, true},
+    {"WITH HOLD cursor", "BEGIN; DECLARE dbkt_cur CURSOR WITH HOLD FOR SELECT 1; COMMIT",
+     "SELECT count(*) FROM pg_cursors", true},
+    {"advisory lock", "SELECT pg_advisory_lock(4242)", PG_ADV_PROBE, true},
+    {"shared advisory lock", "SELECT pg_try_advisory_lock_shared(4243)", PG_ADV_PROBE, true},
+    {"sequence state (currval, lastval)", "SELECT nextval('dbkt_seq')", "SELECT lastval()", false},
+    {"a function's side effect", "SELECT dbkt_hidden()", "SHOW work_mem", false},
+};
+
+#define SQ_TEMP_PROBE "SELECT count(*) FROM temp.sqlite_master"
+
+static const struct leak_item SQ_LEAKS[] = {
+    {"PRAGMA foreign_keys", "PRAGMA foreign_keys = OFF", "PRAGMA foreign_keys", true},
+    {"PRAGMA query_only", "PRAGMA query_only = 1", "PRAGMA query_only", true},
+    {"PRAGMA busy_timeout", "PRAGMA busy_timeout = 1", "PRAGMA busy_timeout", true},
+    {"PRAGMA recursive_triggers", "PRAGMA recursive_triggers = 1", "PRAGMA recursive_triggers",
+     true},
+    {"PRAGMA reverse_unordered_selects", "PRAGMA reverse_unordered_selects = 1",
+     "PRAGMA reverse_unordered_selects", true},
+    {"PRAGMA ignore_check_constraints", "PRAGMA ignore_check_constraints = 1",
+     "PRAGMA ignore_check_constraints", true},
+    {"PRAGMA cache_size", "PRAGMA cache_size = -123", "PRAGMA cache_size", true},
+    {"PRAGMA temp_store", "PRAGMA temp_store = MEMORY", "PRAGMA temp_store", true},
+    {"PRAGMA automatic_index", "PRAGMA automatic_index = 0", "PRAGMA automatic_index", true},
+    {"PRAGMA legacy_alter_table", "PRAGMA legacy_alter_table = 1", "PRAGMA legacy_alter_table",
+     true},
+    {"PRAGMA trusted_schema", "PRAGMA trusted_schema = 0", "PRAGMA trusted_schema", true},
+    {"PRAGMA cell_size_check", "PRAGMA cell_size_check = 1", "PRAGMA cell_size_check", true},
+    {"PRAGMA synchronous", "PRAGMA synchronous = OFF", "PRAGMA synchronous", true},
+    {"PRAGMA wal_autocheckpoint", "PRAGMA wal_autocheckpoint = 7", "PRAGMA wal_autocheckpoint",
+     true},
+    {"PRAGMA journal_size_limit", "PRAGMA journal_size_limit = 12345",
+     "PRAGMA journal_size_limit", true},
+    {"PRAGMA read_uncommitted", "PRAGMA read_uncommitted = 1", "PRAGMA read_uncommitted", true},
+    {"PRAGMA secure_delete", "PRAGMA secure_delete = FAST", "PRAGMA secure_delete", true},
+    {"PRAGMA analysis_limit", "PRAGMA analysis_limit = 7", "PRAGMA analysis_limit", true},
+    {"PRAGMA writable_schema", "PRAGMA writable_schema = 1", "PRAGMA writable_schema", true},
+    {"PRAGMA case_sensitive_like", "PRAGMA case_sensitive_like = 1", "SELECT 'a' LIKE 'A'",
+     true},
+    {"PRAGMA locking_mode", "PRAGMA locking_mode = EXCLUSIVE", "PRAGMA locking_mode", true},
+    {"CREATE TEMP TABLE", "CREATE TEMP TABLE dbkt_tmp (x)", SQ_TEMP_PROBE, true},
+    {"table in temp", "CREATE TABLE temp.dbkt_tmp2 (x)", SQ_TEMP_PROBE, true},
+    {"temporary view", "CREATE TEMPORARY VIEW dbkt_v AS SELECT 1 AS x", SQ_TEMP_PROBE, true},
+    {"temporary trigger on a main table",
+     "CREATE TEMP TRIGGER dbkt_trg AFTER INSERT ON dbkt_t BEGIN SELECT 1; END", SQ_TEMP_PROBE,
+     true},
+    {"ATTACH", "ATTACH ':memory:' AS dbkt_other", "SELECT count(*) FROM pragma_database_list",
+     true},
+    {"last_insert_rowid()", "INSERT INTO dbkt_t (v) VALUES (1)", "SELECT last_insert_rowid()",
+     false},
+};
+
+/* What `probe` answers, as text: the value, "(null)", or "error: <code>". */
+static void probe_value(dbk_db *db, const char *probe, char *buf, size_t n)
+{
+    dbk_result *r = NULL;
+    dbk_error err;
+    dbk_rc rc = dbk_db_query(db, probe, NULL, 0, &r, &err);
+    if (rc != DBK_OK) {
+        snprintf(buf, n, "error: %s", dbk_rc_name(rc));
+    } else if (dbk_result_nrows(r) == 0) {
+        snprintf(buf, n, "(no row)");
+    } else if (dbk_result_is_null(r, 0, 0)) {
+        snprintf(buf, n, "(null)");
+    } else if (dbk_result_type(r, 0, 0) == DBK_TYPE_INT64) {
+        int64_t v = 0;
+        DBKT_OK(dbk_result_get_int64(r, 0, 0, &v, &err), &err);
+        snprintf(buf, n, "%lld", (long long)v);
+    } else {
+        const char *t = NULL;
+        DBKT_OK(dbk_result_get_text(r, 0, 0, &t, NULL, &err), &err);
+        snprintf(buf, n, "%s", t);
+    }
+    dbk_result_free(r);
+}
+
+enum reset_way { WAY_DEFAULT, WAY_ALWAYS, WAY_RELEASE_RESET };
+
+/* Borrower 1 changes the state, borrower 2 (the same connection: a pool of
+ * one that never discards it) must see the fresh session's value. */
+static void run_leaks(const char *url, const char *setup, const struct leak_item *items,
+                      size_t n, enum reset_way way)
+{
+    dbk_pool_opts o = {.max_size = 1};
+    dbk_pool *pool = open_pool(url, &o);
+    dbk_error err;
+    if (setup)
+        DBKT_OK(dbk_db_exec_script(dbk_pool_db(pool), setup, &err), &err);
+    if (way == WAY_ALWAYS)
+        DBKT_OK(dbk_pool_set_reset_policy(pool, DBK_POOL_RESET_ALWAYS, &err), &err);
+    int ran = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct leak_item *it = &items[i];
+        if (way == WAY_DEFAULT && !it->seen)
+            continue;
+        ran++;
+        char fresh[256], changed[256], next[256];
+        dbk_conn *c = NULL;
+        DBKT_OK(dbk_pool_acquire(pool, &c, &err), &err);
+        probe_value(dbk_conn_db(c), it->probe, fresh, sizeof fresh);
+        dbk_rc rc = dbk_db_exec_script(dbk_conn_db(c), it->change, &err);
+        if (rc != DBK_OK)
+            fail_msg("%s: %s: %s", it->what, dbk_rc_name(rc), err.message);
+        probe_value(dbk_conn_db(c), it->probe, changed, sizeof changed);
+        if (strcmp(fresh, changed) == 0)
+            fail_msg("%s: the change did not change \"%s\" (%s)", it->what, it->probe, fresh);
+        if (way == WAY_RELEASE_RESET)
+            dbk_pool_release_reset(pool, c);
+        else
+            dbk_pool_release(pool, c);
+        DBKT_OK(dbk_pool_acquire(pool, &c, &err), &err);
+        probe_value(dbk_conn_db(c), it->probe, next, sizeof next);
+        dbk_pool_release(pool, c);
+        if (strcmp(fresh, next) != 0)
+            fail_msg("%s leaked to the next borrower: \"%s\" answers \"%s\" (fresh session: "
+                     "\"%s\")",
+                     it->what, it->probe, next, fresh);
+    }
+    assert_true(ran > 0);
+    dbk_pool_stats st;
+    stats(pool, &st);
+    assert_int_equal(st.created, 1); /* reset every time, never replaced */
+    assert_int_equal(st.discarded, 0);
+    dbk_pool_close(pool, 1000);
+}
+
+static const char PG_LEAK_SETUP[] =
+    "CREATE SEQUENCE dbkt_seq; "
+    "CREATE FUNCTION dbkt_hidden() RETURNS text LANGUAGE sql "
+    "AS $$ SELECT set_config('work_mem', '13MB', false) $$";
+static const char SQ_LEAK_SETUP[] = "CREATE TABLE dbkt_t (id INTEGER PRIMARY KEY, v INTEGER)";
+
+#define NITEMS(a) (sizeof(a) / sizeof((a)[0]))
+
+static void pool_reset_default_clears_detected_state_postgres(void **state)
+{
+    (void)state;
+    char *url = pg_url("pool_leak_pg_default");
+    run_leaks(url, PG_LEAK_SETUP, PG_LEAKS, NITEMS(PG_LEAKS), WAY_DEFAULT);
+    free(url);
+}
+
+static void pool_reset_always_clears_everything_postgres(void **state)
+{
+    (void)state;
+    char *url = pg_url("pool_leak_pg_always");
+    run_leaks(url, PG_LEAK_SETUP, PG_LEAKS, NITEMS(PG_LEAKS), WAY_ALWAYS);
+    free(url);
+}
+
+static void pool_release_reset_clears_everything_postgres(void **state)
+{
+    (void)state;
+    char *url = pg_url("pool_leak_pg_release");
+    run_leaks(url, PG_LEAK_SETUP, PG_LEAKS, NITEMS(PG_LEAKS), WAY_RELEASE_RESET);
+    free(url);
+}
+
+static void pool_reset_default_clears_detected_state_sqlite(void **state)
+{
+    (void)state;
+    char *url = dbkt_sqlite_url("pool_leak_sq_default");
+    run_leaks(url, SQ_LEAK_SETUP, SQ_LEAKS, NITEMS(SQ_LEAKS), WAY_DEFAULT);
+    free(url);
+}
+
+static void pool_reset_always_clears_everything_sqlite(void **state)
+{
+    (void)state;
+    char *url = dbkt_sqlite_url("pool_leak_sq_always");
+    run_leaks(url, SQ_LEAK_SETUP, SQ_LEAKS, NITEMS(SQ_LEAKS), WAY_ALWAYS);
+    free(url);
+}
+
+static void pool_release_reset_clears_everything_sqlite(void **state)
+{
+    (void)state;
+    char *url = dbkt_sqlite_url("pool_leak_sq_release");
+    run_leaks(url, SQ_LEAK_SETUP, SQ_LEAKS, NITEMS(SQ_LEAKS), WAY_RELEASE_RESET);
+    free(url);
+}
+
+/* Ways to change a setting that quoting and comments hide from a naive
+ * detector. Each sets work_mem (PostgreSQL) or foreign_keys (SQLite); with
+ * the default policy the next borrower must still see the default. */
+static const char *const PG_BYPASSES[] = {
+    "SELECT \"set_config\"('work_mem', '9MB', false)",
+    "SELECT set_config/**/('work_mem', '9MB', false)",
+    "SELECT set_config /* ( */ -- (\n ('work_mem', '9MB', false)",
+    "SELECT pg_catalog.set_config('work_mem', '9MB', false)",
+    "SELECT \"pg_catalog\".\"set_config\"('work_mem', '9MB', false)",
+    "SELECT U&\"set\\005fconfig\"('work_mem', '9MB', false)",
+    "SELECT * FROM set_config('work_mem', '9MB', false)",
+    "WITH x AS (SELECT set_config('work_mem', '9MB', false)) SELECT * FROM x",
+    "select/**/set_config('work_mem','9MB',false)",
+    "SeT work_mem = '9MB'",
+    "/* c */ SET work_mem = '9MB'",
+    "/* a /* nested */ comment */ SET work_mem = '9MB'",
+    "-- c\nSET work_mem = '9MB'",
+    "SET SESSION work_mem = '9MB'",
+    "SELECT 1; SET work_mem = '9MB'",
+    "SELECT E'\\';'; SET work_mem = '9MB'",
+    "SELECT $x$ ' $x$; SET work_mem = '9MB'",
+    "SELECT $$ ; $$ AS a; RESET work_mem; SET work_mem = '9MB'",
+    "DO $$ BEGIN PERFORM set_config('work_mem', '9MB', false); END $$",
+    "SELECT query_to_xml('SELECT set_config(''work_mem'', ''9MB'', false)', true, true, '')",
+};
+
+static const char *const SQ_BYPASSES[] = {
+    "PRAGMA foreign_keys = OFF",
+    "pRaGmA foreign_keys = 0",
+    "/* c */ PRAGMA foreign_keys = 0",
+    "-- c\nPRAGMA foreign_keys(0)",
+    "PRAGMA main.foreign_keys = 0",
+    "SELECT 1; PRAGMA foreign_keys = 0",
+    "SELECT [a'b] FROM (SELECT 1 AS [a'b]); PRAGMA foreign_keys = 0; --'",
+    "SELECT 'x'';'; PRAGMA foreign_keys = 0",
+};
+
+static void run_bypasses(const char *url, const char *probe, const char *const *sqls, size_t n)
+{
+    dbk_pool_opts o = {.max_size = 1};
+    dbk_pool *pool = open_pool(url, &o);
+    dbk_error err;
+    char fresh[64], changed[64], next[64];
+    for (size_t i = 0; i < n; i++) {
+        assert_true(dbk__pool_sql_changes_session(sqls[i], dbk_db_engine(dbk_pool_db(pool))));
+        dbk_conn *c = NULL;
+        DBKT_OK(dbk_pool_acquire(pool, &c, &err), &err);
+        probe_value(dbk_conn_db(c), probe, fresh, sizeof fresh);
+        dbk_rc rc = dbk_db_exec_script(dbk_conn_db(c), sqls[i], &err);
+        if (rc != DBK_OK)
+            fail_msg("%s: %s: %s", sqls[i], dbk_rc_name(rc), err.message);
+        probe_value(dbk_conn_db(c), probe, changed, sizeof changed);
+        if (strcmp(fresh, changed) == 0)
+            fail_msg("%s did not change \"%s\"", sqls[i], probe);
+        dbk_pool_release(pool, c);
+        DBKT_OK(dbk_pool_acquire(pool, &c, &err), &err);
+        probe_value(dbk_conn_db(c), probe, next, sizeof next);
+        dbk_pool_release(pool, c);
+        if (strcmp(fresh, next) != 0)
+            fail_msg("the default policy missed %s: \"%s\" is \"%s\" for the next borrower",
+                     sqls[i], probe, next);
+    }
+    dbk_pool_close(pool, 1000);
+}
+
+static void pool_reset_default_not_fooled_postgres(void **state)
+{
+    (void)state;
+    char *url = pg_url("pool_bypass_pg");
+    run_bypasses(url, "SHOW work_mem", PG_BYPASSES, NITEMS(PG_BYPASSES));
+    free(url);
+}
+
+static void pool_reset_default_not_fooled_sqlite(void **state)
+{
+    (void)state;
+    char *url = dbkt_sqlite_url("pool_bypass_sq");
+    run_bypasses(url, "PRAGMA foreign_keys", SQ_BYPASSES, NITEMS(SQ_BYPASSES));
+    free(url);
+}
+
+/* After a reset that dropped every prepared statement, dbkit's own
+ * statement cache must not name one of them: inside a transaction a stale
+ * name could not be retried transparently. */
+static void pool_reset_keeps_statement_cache_consistent(void **state)
+{
+    (void)state;
+    char *url = pg_url("pool_reset_cache");
+    dbk_pool_opts o = {.max_size = 1};
+    dbk_pool *pool = open_pool(url, &o);
+    dbk_error err;
+    dbk_conn *c = NULL;
+    for (int round = 0; round < 3; round++) {
+        DBKT_OK(dbk_pool_acquire(pool, &c, &err), &err);
+        assert_int_equal(query_i64(dbk_conn_db(c), "SELECT 41 + 1"), 42);
+        exec_ok(dbk_conn_db(c), "PREPARE dbkt_mine AS SELECT 1");
+        dbk_pool_release(pool, c);
+        DBKT_OK(dbk_pool_acquire(pool, &c, &err), &err);
+        exec_ok(dbk_conn_db(c), "BEGIN");
+        assert_int_equal(query_i64(dbk_conn_db(c), "SELECT 41 + 1"), 42);
+        exec_ok(dbk_conn_db(c), "COMMIT");
+        dbk_pool_release_reset(pool, c);
+        DBKT_OK(dbk_pool_acquire(pool, &c, &err), &err);
+        exec_ok(dbk_conn_db(c), "BEGIN");
+        assert_int_equal(query_i64(dbk_conn_db(c), "SELECT 41 + 1"), 42);
+        exec_ok(dbk_conn_db(c), "COMMIT");
+        dbk_pool_release(pool, c);
+    }
+    dbk_pool_stats st;
+    stats(pool, &st);
+    assert_int_equal(st.created, 1);
+    assert_int_equal(st.discarded, 0);
+    dbk_pool_close(pool, 1000);
+    free(url);
+}
+
+/* The detector reads statements the way the server does: quotes, comments
+ * and dollar bodies neither hide a session change nor invent one. A false
+ * positive costs one reset; these common shapes must not cost it. */
+static void pool_detector_no_false_positives(void **state)
+{
+    (void)state;
+    static const char *const clean_pg[] = {
+        "SELECT 1",
+        "SELECT 'set_config(' AS x",
+        "SELECT settings FROM t",
+        "SELECT set_config FROM t",
+        "SELECT my_set_config(1)",
+        "SELECT \"settings\"(1)",
+        "UPDATE t SET a = 1",
+        "UPDATE t SET \"set\" = 'SET x = 1; PRAGMA y'",
+        "SELECT $$; SET work_mem = '1MB'$$",
+        "SELECT $a$ set_config('x', 'y', false) $a$",
+        "SELECT E'\\'; SET x = 1' AS s",
+        "SELECT 'it''s; SET x = 1'",
+        "-- SET work_mem = '1MB'\nSELECT 1",
+        "/* SET x = 1; */ SELECT 1",
+        "SET LOCAL work_mem = '8MB'",
+        "set transaction isolation level serializable",
+        "BEGIN; SET LOCAL statement_timeout = 5000",
+        "SELECT pg_advisory_xact_lock(1)",
+        "SELECT temp FROM readings",
+        "INSERT INTO t (settings) VALUES ($1)",
+        "DECLARE c CURSOR FOR SELECT 1",
+        "SETTLE",
+        "SELECT nextval('s')",
+    };
+    for (size_t i = 0; i < NITEMS(clean_pg); i++)
+        if (dbk__pool_sql_changes_session(clean_pg[i], DBK_ENGINE_POSTGRES))
+            fail_msg("flagged on PostgreSQL: %s", clean_pg[i]);
+    static const char *const clean_sq[] = {
+        "SELECT 1",
+        "SELECT 'PRAGMA foreign_keys = 0'",
+        "SELECT \"pragma\" FROM t",
+        "INSERT INTO t (temp) VALUES ($1)",
+        "SELECT temp FROM readings",
+        "-- PRAGMA x\nSELECT 1",
+        "SELECT [PRAGMA] FROM t",
+        "SELECT set_config FROM t",
+    };
+    for (size_t i = 0; i < NITEMS(clean_sq); i++)
+        if (dbk__pool_sql_changes_session(clean_sq[i], DBK_ENGINE_SQLITE))
+            fail_msg("flagged on SQLite: %s", clean_sq[i]);
+    assert_false(dbk__pool_sql_changes_session(NULL, DBK_ENGINE_POSTGRES));
+}
+
 /* ---- failover: read-only server ---- */
 
 static void pool_readonly_error_recycles_every_connection(void **state)
@@ -1553,24 +1942,29 @@ static void pool_rejects_bad_arguments(void **state)
     free(url);
 }
 
+static bool pg_dirty(const char *sql)
+{
+    return dbk__pool_sql_changes_session(sql, DBK_ENGINE_POSTGRES);
+}
+
 static void pool_detects_session_statements(void **state)
 {
     (void)state;
-    assert_true(dbk__pool_sql_sets_session("SET work_mem = '8MB'"));
-    assert_true(dbk__pool_sql_sets_session("  \n\tset search_path to x"));
-    assert_true(dbk__pool_sql_sets_session("/* c */ -- d\n RESET ALL"));
-    assert_true(dbk__pool_sql_sets_session("SELECT set_config('a.b', 'c', false)"));
-    assert_true(dbk__pool_sql_sets_session("select SET_CONFIG ('a.b', 'c', false)"));
-    assert_true(dbk__pool_sql_sets_session("SELECT 1; SET x = 1"));
-    assert_false(dbk__pool_sql_sets_session("SELECT 1"));
-    assert_false(dbk__pool_sql_sets_session("SELECT settings FROM t"));
-    assert_false(dbk__pool_sql_sets_session("UPDATE t SET a = 1"));
-    assert_false(dbk__pool_sql_sets_session("SELECT my_set_config(1)"));
-    assert_false(dbk__pool_sql_sets_session("SETTLE"));
-    assert_false(dbk__pool_sql_sets_session(NULL));
-    assert_false(dbk__pool_sql_sets_session("SET LOCAL work_mem = '8MB'"));
-    assert_false(dbk__pool_sql_sets_session("set transaction isolation level serializable"));
-    assert_true(dbk__pool_sql_sets_session("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"));
+    assert_true(pg_dirty("SET work_mem = '8MB'"));
+    assert_true(pg_dirty("  \n\tset search_path to x"));
+    assert_true(pg_dirty("/* c */ -- d\n RESET ALL"));
+    assert_true(pg_dirty("SELECT set_config('a.b', 'c', false)"));
+    assert_true(pg_dirty("select SET_CONFIG ('a.b', 'c', false)"));
+    assert_true(pg_dirty("SELECT 1; SET x = 1"));
+    assert_false(pg_dirty("SELECT 1"));
+    assert_false(pg_dirty("SELECT settings FROM t"));
+    assert_false(pg_dirty("UPDATE t SET a = 1"));
+    assert_false(pg_dirty("SELECT my_set_config(1)"));
+    assert_false(pg_dirty("SETTLE"));
+    assert_false(pg_dirty(NULL));
+    assert_false(pg_dirty("SET LOCAL work_mem = '8MB'"));
+    assert_false(pg_dirty("set transaction isolation level serializable"));
+    assert_true(pg_dirty("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"));
 
     assert_true(dbk__pool_sql_is_plain_begin("BEGIN"));
     assert_true(dbk__pool_sql_is_plain_begin(" begin transaction; "));
@@ -1590,6 +1984,16 @@ static void pool_detects_session_statements(void **state)
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(pool_detects_session_statements),
+    cmocka_unit_test(pool_detector_no_false_positives),
+    cmocka_unit_test(pool_reset_default_not_fooled_postgres),
+    cmocka_unit_test(pool_reset_default_not_fooled_sqlite),
+    cmocka_unit_test(pool_reset_default_clears_detected_state_postgres),
+    cmocka_unit_test(pool_reset_always_clears_everything_postgres),
+    cmocka_unit_test(pool_release_reset_clears_everything_postgres),
+    cmocka_unit_test(pool_reset_default_clears_detected_state_sqlite),
+    cmocka_unit_test(pool_reset_always_clears_everything_sqlite),
+    cmocka_unit_test(pool_release_reset_clears_everything_sqlite),
+    cmocka_unit_test(pool_reset_keeps_statement_cache_consistent),
     cmocka_unit_test(pool_rejects_bad_arguments),
     cmocka_unit_test(pool_stats_snapshot),
     cmocka_unit_test(pool_waiters_served_in_arrival_order),
