@@ -28,8 +28,10 @@
  * row behind key K and then, after the commit, call dbk_cache_delete(K)
  * (directly or through dbk_cache_invalidate_after_commit()), and let that
  * delete succeed. Then no dbk_cache_get_or_load(K) whose load began before
- * that delete can store its result: every later reader sees either a value
- * loaded after the delete, or loads itself. Precisely: set_leased stores
+ * that delete can store its result, and none that starts after the delete
+ * returned can take such a load's result through single-flight (the delete
+ * detaches the load): every later reader sees either a value loaded after
+ * the delete, or loads itself. Precisely: set_leased stores
  * only if the key's generation is the one read by dbk_cache_lease() before
  * the load, the backend was not restarted/flushed in between, and the lease
  * is younger than lease_ms (default 10 s; a slower load is served but not
@@ -37,7 +39,8 @@
  * a Lua script compares the generation key (a random token written by every
  * delete, kept for 3 x lease_ms) and a per-server epoch key, then SETs.
  * When a delete cannot reach Redis, the key is remembered (up to 10000 keys)
- * and Redis is not read again by this process until they are all replayed;
+ * and Redis is not read again by this process until they are all replayed
+ * (dbk_cache_close() makes a last, bounded attempt and logs what is left);
  * other processes that can still reach Redis may serve the old value until
  * its TTL runs out: the TTL is the bound on staleness in a partition.
  *
@@ -87,8 +90,14 @@ typedef struct dbk_cache dbk_cache;
 #define DBK_CACHE_DEFAULT_FLIGHT_WAIT_MS 2000
 #define DBK_CACHE_DEFAULT_JITTER_PCT 10
 #define DBK_CACHE_DEFAULT_KEY_PREFIX "dbk:"
+#define DBK_CACHE_DEFAULT_MAX_VALUE_BYTES (1024u * 1024u)
+#define DBK_CACHE_DEFAULT_CLOSE_TIMEOUT_MS 1000
 /* Longest key accepted by every backend, in bytes. */
 #define DBK_CACHE_MAX_KEY 4096
+/* Longest value any backend holds, in bytes: Redis's string limit (512 MiB)
+ * less the one-byte envelope that get_or_load puts in front of a value. The
+ * upper bound of max_value_bytes and of an encoded row. */
+#define DBK_CACHE_MAX_VALUE (512u * 1024u * 1024u - 1u)
 
 /* Breaker states (memory backend: always CLOSED). */
 typedef enum dbk_cache_breaker {
@@ -128,6 +137,14 @@ typedef struct dbk_cache_opts {
                               0..jitter_pct percent (default 10; <0: none) */
     int negative_ttl_ms;   /* get_or_load caches "not found" this long
                               (default 0: off) */
+    size_t max_value_bytes; /* longest value the cache holds (default 1 MiB,
+                               at most DBK_CACHE_MAX_VALUE): get_or_load
+                               returns a longer loaded value without storing
+                               it; dbk_cache_set refuses one (DBK_EINVALID) */
+    int close_timeout_ms;   /* redis: longest dbk_cache_close() spends
+                               delivering invalidations still queued because
+                               Redis was unreachable (default 1000; <0: do
+                               not try) */
 } dbk_cache_opts;
 
 /*
@@ -139,7 +156,17 @@ typedef struct dbk_cache_opts {
  */
 DBK_API dbk_rc dbk_cache_open(const dbk_cache_opts *opts, dbk_cache **out, dbk_error *err);
 
-/* Closes the cache and frees everything it holds. Accepts NULL. */
+/*
+ * Closes the cache and frees everything it holds. Accepts NULL.
+ * Redis: deletes still queued because Redis could not be reached (see
+ * "Guarantee") are delivered first, over fresh connections, retrying until
+ * close_timeout_ms (default 1 s) has passed; each connect and command is
+ * also bounded by its own timeout, so the call returns within
+ * close_timeout_ms + command_timeout_ms. What could not be delivered is
+ * logged at DBK_LOG_WARN with the count: other processes may serve those
+ * keys' old values until their TTL runs out. A process that exits without
+ * closing the cache drops its queue the same way (with no log line).
+ */
 DBK_API void dbk_cache_close(dbk_cache *cache);
 
 /* "memory" or "redis". Static. */
@@ -159,8 +186,9 @@ DBK_API dbk_rc dbk_cache_get(dbk_cache *cache, const void *key, size_t keylen, v
  * Stores a value for ttl_ms milliseconds (> 0). Unconditional: it may store
  * a value older than a concurrent delete; use dbk_cache_get_or_load() (or
  * lease + set_leased) for values read from the database. The bytes are
- * copied. Memory: a value larger than a shard's byte budget is not stored
- * (DBK_OK, nothing kept). Errors as dbk_cache_get().
+ * copied. A value longer than max_value_bytes is DBK_EINVALID (nothing is
+ * sent or allocated). Memory: a value larger than a shard's byte budget is
+ * not stored (DBK_OK, nothing kept). Errors as dbk_cache_get().
  */
 DBK_API dbk_rc dbk_cache_set(dbk_cache *cache, const void *key, size_t keylen, const void *val,
                              size_t vallen, int64_t ttl_ms, dbk_error *err);
@@ -168,9 +196,12 @@ DBK_API dbk_rc dbk_cache_set(dbk_cache *cache, const void *key, size_t keylen, c
 /*
  * Invalidates a key: drops its value and changes its generation, so that a
  * load that began before this call cannot store its result (see
- * "Guarantee" above). DBK_OK also when the key had no value. When Redis
- * cannot be reached the key is queued for replay (see above) and the Redis
- * error is returned.
+ * "Guarantee" above), and detaches that load from single-flight: a
+ * dbk_cache_get_or_load(key) that starts after this call returned never
+ * takes the result of a load that began before it (callers that were
+ * already waiting for that load still get it). DBK_OK also when the key had
+ * no value. When Redis cannot be reached the key is queued for replay (see
+ * above) and the Redis error is returned; the detach happens regardless.
  */
 DBK_API dbk_rc dbk_cache_delete(dbk_cache *cache, const void *key, size_t keylen,
                                 dbk_error *err);
@@ -185,7 +216,9 @@ DBK_API dbk_rc dbk_cache_ns_version(dbk_cache *cache, const char *ns, uint64_t *
 
 /* Increments the namespace version (every key built with the old version
  * becomes unreachable and expires by its TTL). *version (may be NULL) gets
- * the new value. */
+ * the new value. Also detaches from single-flight every load in flight for
+ * a key that starts with "<ns>:" (as dbk_cache_delete() does for one key),
+ * and such a detached load does not store its result. */
 DBK_API dbk_rc dbk_cache_ns_bump(dbk_cache *cache, const char *ns, uint64_t *version,
                                  dbk_error *err);
 
@@ -229,10 +262,13 @@ typedef dbk_rc (*dbk_cache_load_fn)(void *ctx, const void *key, size_t keylen, v
  * Cache-aside read. A hit returns the cached value. A miss (or a cache
  * error: never surfaced) runs `load`; concurrent misses on one key in this
  * process run ONE load, the others wait up to flight_wait_ms and take its
- * result (on timeout they load themselves, without storing). The result is
- * stored for ttl_ms minus jitter, through a lease taken before the load, so
- * an invalidation during the load wins. With negative_ttl_ms set, "not
- * found" is cached too.
+ * result (on timeout they load themselves, without storing). A call that
+ * starts after a dbk_cache_delete() of the key (or a dbk_cache_ns_bump() of
+ * its "<ns>:" prefix) returned never joins a load that began before it. The
+ * result is stored for ttl_ms minus jitter, through a lease taken before
+ * the load, so an invalidation during the load wins. A value longer than
+ * max_value_bytes is returned but not stored. With negative_ttl_ms set,
+ * "not found" is cached too.
  *
  * Do not run a loader that reads through a transaction executor holding
  * uncommitted writes: it could cache rows that are later rolled back
@@ -306,8 +342,10 @@ DBK_API uint64_t dbk_cache_layout_hash(const char *entity, const dbk_cache_field
 
 /*
  * Encodes n values (each of its field's type, or NULL). *out is malloc'd
- * (free()). DBK_EMISUSE, DBK_EINVALID (a text longer than 4 GiB, an unknown
- * type), DBK_ENOMEM.
+ * (free()). DBK_EMISUSE, DBK_EINVALID (an unknown type, or an encoding
+ * longer than DBK_CACHE_MAX_VALUE: the message names the field or the
+ * limit; checked before anything is allocated, nothing is truncated),
+ * DBK_ENOMEM.
  */
 DBK_API dbk_rc dbk_cache_encode_row(uint64_t layout, const dbk_value *vals, size_t n, void **out,
                                     size_t *outlen, dbk_error *err);

@@ -13,6 +13,25 @@
  * and then copy the leader's result. A follower whose wait runs out loads
  * for itself and stores nothing. Values written by get_or_load start with a
  * one-byte envelope, 'V' (a value follows) or 'N' (cached "not found").
+ *
+ * Invalidation detaches flights. dbk_cache_delete(K) unlinks the flight of
+ * K (dbk_cache_ns_bump(ns) every flight whose key starts with "<ns>:")
+ * from the table BEFORE it touches the backend. A flight that began before
+ * the invalidation may have read the database before the writer's commit;
+ * once it is detached, a reader that arrives later cannot join it and
+ * starts a load of its own, which reads after the commit (the caller
+ * invalidates after COMMIT). Readers that had already joined keep waiting
+ * on the detached flight and get its result: they overlapped the write.
+ * The detached leader still holds its lease, which the delete has made
+ * stale, so the backend refuses its store. A namespace bump changes no
+ * key's generation, so a leader detached by one skips the store itself
+ * when it sees the mark (counted as a stale reject); a bump that lands
+ * after that check is not caught: for namespaces the version in the key
+ * is what protects readers.
+ *
+ * Oversized values are not cached: a loaded value longer than
+ * max_value_bytes is returned to its callers and not stored (a slow,
+ * huge SET would also trip the Redis command timeout and the breaker).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -33,6 +52,7 @@ struct flight {
     uint64_t hash;
     int refs;
     bool done;
+    bool ns_detached; /* unlinked by a namespace bump: do not store the result */
     dbk_rc rc;
     dbk_error err;
     unsigned char *env; /* envelope + value, owned by the flight */
@@ -46,7 +66,7 @@ struct dbk_cache {
     struct dbk__cache_cfg cfg;
     pthread_mutex_t fl_mu;
     struct flight *flights[FLIGHT_BUCKETS];
-    _Atomic uint64_t hits, misses, loads, flight_waits;
+    _Atomic uint64_t hits, misses, loads, flight_waits, ns_skips;
 };
 
 /* ---- randomness --------------------------------------------------------- */
@@ -109,6 +129,15 @@ static dbk_rc resolve(const dbk_cache_opts *o, struct dbk__cache_cfg *c, dbk_err
     if (c->jitter_pct > 90)
         return dbk__err(err, DBK_ECONFIG, "cache jitter_pct must be at most 90");
     c->negative_ttl_ms = o->negative_ttl_ms;
+    c->max_value_bytes = o->max_value_bytes ? o->max_value_bytes
+                                            : DBK_CACHE_DEFAULT_MAX_VALUE_BYTES;
+    if (c->max_value_bytes > DBK_CACHE_MAX_VALUE)
+        return dbk__err(err, DBK_ECONFIG, "cache max_value_bytes must be at most %u "
+                        "(DBK_CACHE_MAX_VALUE, the redis string limit)",
+                        (unsigned)DBK_CACHE_MAX_VALUE);
+    c->close_timeout_ms = o->close_timeout_ms == 0 ? DBK_CACHE_DEFAULT_CLOSE_TIMEOUT_MS
+                                                   : (o->close_timeout_ms < 0 ? 0
+                                                                              : o->close_timeout_ms);
     if (c->pool_size > 256)
         return dbk__err(err, DBK_ECONFIG, "cache pool_size must be at most 256");
     const char *prefix = o->key_prefix ? o->key_prefix : DBK_CACHE_DEFAULT_KEY_PREFIX;
@@ -173,6 +202,55 @@ const char *dbk_cache_backend(const dbk_cache *cache)
 
 /* ---- plain operations --------------------------------------------------- */
 
+static uint64_t hash_key(const void *key, size_t len)
+{
+    const unsigned char *s = key;
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* Unlinks from the flight table the flight of `key` (prefix false) or every
+ * flight whose key starts with `key` (prefix true). Readers that arrive later
+ * start a load of their own; those already waiting on a detached flight keep
+ * it (the leader still publishes to them and frees it with the last
+ * reference). O(flights in one bucket), or O(flights) for a prefix. */
+static void flights_detach(dbk_cache *c, const void *key, size_t klen, bool prefix)
+{
+    pthread_mutex_lock(&c->fl_mu);
+    size_t first = 0, last = FLIGHT_BUCKETS;
+    uint64_t h = 0;
+    if (!prefix) {
+        h = hash_key(key, klen);
+        first = h % FLIGHT_BUCKETS;
+        last = first + 1;
+    }
+    for (size_t b = first; b < last; b++) {
+        struct flight **pp = &c->flights[b];
+        while (*pp) {
+            struct flight *f = *pp;
+            bool match = prefix ? f->klen >= klen && memcmp(f->key, key, klen) == 0
+                                : f->hash == h && f->klen == klen &&
+                                      memcmp(f->key, key, klen) == 0;
+            if (match) {
+                *pp = f->next;
+                f->next = NULL;
+                /* A key delete changed the key's generation: the leader's
+                 * lease refuses the store. A namespace bump changed none. */
+                if (prefix)
+                    f->ns_detached = true;
+            } else {
+                pp = &f->next;
+            }
+        }
+    }
+    pthread_mutex_unlock(&c->fl_mu);
+}
+
+
 static dbk_rc check_key(const char *fn, dbk_cache *cache, const void *key, size_t keylen,
                         dbk_error *err)
 {
@@ -207,6 +285,10 @@ dbk_rc dbk_cache_set(dbk_cache *cache, const void *key, size_t keylen, const voi
         return rc;
     if ((!val && vallen) || ttl_ms <= 0)
         return dbk__err(err, DBK_EMISUSE, "dbk_cache_set: need a value and a ttl > 0");
+    if (vallen > cache->cfg.max_value_bytes)
+        return dbk__err(err, DBK_EINVALID, "dbk_cache_set: value of %zu bytes is larger than "
+                        "the cache's max_value_bytes (%zu); not stored",
+                        vallen, cache->cfg.max_value_bytes);
     return cache->ops->set(cache->impl, key, keylen, val, vallen, ttl_ms, err);
 }
 
@@ -215,6 +297,7 @@ dbk_rc dbk_cache_delete(dbk_cache *cache, const void *key, size_t keylen, dbk_er
     dbk_rc rc = check_key("dbk_cache_delete", cache, key, keylen, err);
     if (rc != DBK_OK)
         return rc;
+    flights_detach(cache, key, keylen, false);
     return cache->ops->del(cache->impl, key, keylen, err);
 }
 
@@ -244,6 +327,11 @@ dbk_rc dbk_cache_ns_bump(dbk_cache *cache, const char *ns, uint64_t *version, db
     dbk_rc rc = check_ns("dbk_cache_ns_bump", cache, ns, err);
     if (rc != DBK_OK)
         return rc;
+    char prefix[202];
+    size_t pl = strlen(ns);
+    memcpy(prefix, ns, pl);
+    prefix[pl++] = ':';
+    flights_detach(cache, prefix, pl, true);
     uint64_t v = 0;
     rc = cache->ops->ns_bump(cache->impl, ns, &v, err);
     if (version)
@@ -295,21 +383,11 @@ dbk_rc dbk_cache_stats_get(dbk_cache *cache, dbk_cache_stats *out, dbk_error *er
     out->loads = atomic_load(&cache->loads);
     out->flight_waits = atomic_load(&cache->flight_waits);
     cache->ops->stats(cache->impl, out);
+    out->stale_rejects += atomic_load(&cache->ns_skips);
     return DBK_OK;
 }
 
 /* ---- get_or_load -------------------------------------------------------- */
-
-static uint64_t hash_key(const void *key, size_t len)
-{
-    const unsigned char *s = key;
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= s[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
 
 static int64_t jittered(const dbk_cache *c, int64_t ttl_ms)
 {
@@ -366,22 +444,28 @@ static dbk_rc copy_result(const struct flight *f, void **val, size_t *vallen, db
 }
 
 /* Runs the loader; on DBK_OK builds the 'V' envelope in *env (the value is
- * moved into it). */
-static dbk_rc run_loader(dbk_cache *c, const void *key, size_t keylen, dbk_cache_load_fn load,
-                         void *ctx, unsigned char **env, size_t *envlen, dbk_error *err)
+ * moved into it). *nostore: the loader asked not to store the value. */
+static dbk_rc run_loader(dbk_cache *c, const void *key, size_t keylen, dbk__cache_load_ex_fn load,
+                         void *ctx, unsigned char **env, size_t *envlen, bool *nostore,
+                         dbk_error *err)
 {
     *env = NULL;
     *envlen = 0;
+    *nostore = false;
     void *v = NULL;
     size_t vl = 0;
     atomic_fetch_add(&c->loads, 1);
-    dbk_rc rc = load(ctx, key, keylen, &v, &vl, err);
+    dbk_rc rc = load(ctx, key, keylen, &v, &vl, nostore, err);
     if (rc != DBK_OK) {
         free(v);
         return rc;
     }
     if (!v && vl)
         return dbk__err(err, DBK_EMISUSE, "cache loader returned a length without a value");
+    if (vl > SIZE_MAX - 1) {
+        free(v);
+        return dbk__err(err, DBK_EINVALID, "cache loader returned a value of %zu bytes", vl);
+    }
     unsigned char *e = malloc(vl + 1);
     if (!e) {
         free(v);
@@ -404,9 +488,35 @@ static void deadline_in(struct timespec *ts, int ms)
     ts->tv_nsec = ns % 1000000000LL;
 }
 
+/* The public loader seen through the internal interface (never "no store"). */
+struct plain_loader {
+    dbk_cache_load_fn fn;
+    void *ctx;
+};
+
+static dbk_rc plain_load(void *ctx, const void *key, size_t keylen, void **val, size_t *vallen,
+                         bool *nostore, dbk_error *err)
+{
+    struct plain_loader *pl = ctx;
+    *nostore = false;
+    return pl->fn(pl->ctx, key, keylen, val, vallen, err);
+}
+
 dbk_rc dbk_cache_get_or_load(dbk_cache *cache, const void *key, size_t keylen,
                              dbk_cache_load_fn load, void *ctx, int64_t ttl_ms, void **val,
                              size_t *vallen, dbk_error *err)
+{
+    if (!load)
+        return dbk__err(err, DBK_EMISUSE,
+                        "dbk_cache_get_or_load: need a loader, val, vallen and a ttl > 0");
+    struct plain_loader pl = {load, ctx};
+    return dbk__cache_get_or_load_ex(cache, key, keylen, plain_load, &pl, ttl_ms, val, vallen,
+                                     err);
+}
+
+dbk_rc dbk__cache_get_or_load_ex(dbk_cache *cache, const void *key, size_t keylen,
+                                 dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms,
+                                 void **val, size_t *vallen, dbk_error *err)
 {
     dbk_rc rc = check_key("dbk_cache_get_or_load", cache, key, keylen, err);
     if (rc != DBK_OK)
@@ -432,7 +542,9 @@ dbk_rc dbk_cache_get_or_load(dbk_cache *cache, const void *key, size_t keylen,
     }
     atomic_fetch_add(&cache->misses, 1);
 
-    /* 2. join or lead the flight for this key */
+    /* 2. join or lead the flight for this key (detached flights are not in
+     * the table: an invalidation since they began makes a reader that
+     * arrives now load for itself) */
     uint64_t h = hash_key(key, keylen);
     struct flight **bucket = &cache->flights[h % FLIGHT_BUCKETS];
     pthread_mutex_lock(&cache->fl_mu);
@@ -457,7 +569,8 @@ dbk_rc dbk_cache_get_or_load(dbk_cache *cache, const void *key, size_t keylen,
         /* the leader is too slow: load ourselves, store nothing */
         unsigned char *env;
         size_t envlen;
-        rc = run_loader(cache, key, keylen, load, ctx, &env, &envlen, err);
+        bool nostore;
+        rc = run_loader(cache, key, keylen, load, ctx, &env, &envlen, &nostore, err);
         if (rc == DBK_OK)
             rc = open_envelope(env, envlen, val, vallen);
         return rc;
@@ -491,20 +604,28 @@ dbk_rc dbk_cache_get_or_load(dbk_cache *cache, const void *key, size_t keylen,
         lease.valid = false;
     unsigned char *env = NULL;
     size_t envlen = 0;
+    bool nostore = false;
     dbk_error lerr;
     dbk_error_clear(&lerr);
-    rc = run_loader(cache, key, keylen, load, ctx, &env, &envlen, &lerr);
+    rc = run_loader(cache, key, keylen, load, ctx, &env, &envlen, &nostore, &lerr);
+    pthread_mutex_lock(&cache->fl_mu);
+    bool detached = f->ns_detached;
+    pthread_mutex_unlock(&cache->fl_mu);
+    if (detached)
+        atomic_fetch_add(&cache->ns_skips, 1);
     bool stored;
-    if (rc == DBK_OK && lease.valid) {
+    if (rc == DBK_OK && lease.valid && !nostore && !detached &&
+        envlen - 1 <= cache->cfg.max_value_bytes) {
         cache->ops->set_leased(cache->impl, key, keylen, &lease, env, envlen,
                                jittered(cache, ttl_ms), &stored, NULL);
-    } else if (rc == DBK_ENOT_FOUND && cache->cfg.negative_ttl_ms > 0 && lease.valid) {
+    } else if (rc == DBK_ENOT_FOUND && cache->cfg.negative_ttl_ms > 0 && lease.valid &&
+               !nostore && !detached) {
         unsigned char nf = ENV_NOT_FOUND;
         cache->ops->set_leased(cache->impl, key, keylen, &lease, &nf, 1,
                                cache->cfg.negative_ttl_ms, &stored, NULL);
     }
 
-    /* 4. publish */
+    /* 4. publish (to the followers that joined, detached or not) */
     pthread_mutex_lock(&cache->fl_mu);
     struct flight **pp = bucket;
     while (*pp && *pp != f)

@@ -36,8 +36,23 @@ struct dbk__cache_cfg {
     int shards, pool_size, connect_timeout_ms, command_timeout_ms;
     int breaker_failures, breaker_cooldown_ms, lease_ms, flight_wait_ms, jitter_pct;
     int negative_ttl_ms;
+    size_t max_value_bytes; /* get_or_load stores nothing longer; set refuses it */
+    int close_timeout_ms;   /* redis: time dbk_cache_close() gives queued deletes (0: none) */
     char key_prefix[64];
 };
+
+/*
+ * The loader behind dbk_cache_get_or_load(), with one more output: *nostore
+ * (false on entry) set to true returns the value to every caller of the
+ * flight without storing it (the cached repository uses it for a row whose
+ * key is not canonical). Same ownership rules as dbk_cache_load_fn.
+ */
+typedef dbk_rc (*dbk__cache_load_ex_fn)(void *ctx, const void *key, size_t keylen, void **val,
+                                        size_t *vallen, bool *nostore, dbk_error *err);
+
+dbk_rc dbk__cache_get_or_load_ex(dbk_cache *cache, const void *key, size_t keylen,
+                                 dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms,
+                                 void **val, size_t *vallen, dbk_error *err);
 
 /* A parsed redis:// URL. */
 struct dbk__redis_url {

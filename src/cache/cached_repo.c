@@ -13,14 +13,43 @@
  * old row is read first only when a unique column might change its key.
  * The layout hash covers table, struct size and every field's column, type,
  * offset and size, so a rebuilt struct never decodes old bytes.
+ *
+ * Canonical keys. A write invalidates the keys built from the row as the
+ * database stores it, so a read may only be cached under a key built the
+ * same way; anything else would be an entry that no write ever reaches.
+ * The lookup value is therefore converted to the column's type first: an
+ * integer column takes an int64, or a text of decimal digits (optional
+ * sign, leading zeros), which is parsed and then also SENT as the int64, so
+ * the key and the query cannot disagree. A text column is keyed by its
+ * bytes only when the column compares bytes: the database is asked once per
+ * column and engine (SQLite: does the column's collation make 'a' = 'A' or
+ * 'a' = 'a '? that catches NOCASE and RTRIM, the only built-in non-binary
+ * collations; PostgreSQL: the catalog, text or varchar with a deterministic
+ * collation; a uuid column only for the canonical lower-case spelling). A
+ * found row whose stored value differs from the key's bytes is returned
+ * but not stored (and the column is then treated as non-binary). Every
+ * other lookup (another type, a NULL, a double, a non-binary collation, a
+ * key over KEYMAX bytes) bypasses the cache: it is answered by the
+ * database exactly as dbk_repo_find_by() would, and nothing is stored. The
+ * cache never turns a request the database would answer into an error.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "../core/internal.h"
+#include "../repo/repo_int.h"
 #include "cache_int.h"
 #include "dbkit/tx.h"
+
+/* How lookups on a text column may be keyed, per engine (learned once). */
+enum key_mode {
+    KM_UNKNOWN = 0, /* not asked yet (or the question failed: ask again) */
+    KM_BINARY = 1,  /* equality is byte equality: key = the bytes */
+    KM_UUID = 2,    /* PostgreSQL uuid: only the canonical spelling is keyed */
+    KM_BYPASS = 3   /* equality the key space cannot mirror: never cached */
+};
 
 struct dbk_cached_repo {
     dbk_cache *cache;
@@ -31,9 +60,14 @@ struct dbk_cached_repo {
     int vis[DBK_REPO_MAX_FIELDS];
     int pk;
     char list_ns[210];
+    _Atomic int text_mode[3][DBK_REPO_MAX_FIELDS]; /* [engine][field]: enum key_mode */
 };
 
 #define KEYMAX 1024
+
+/* Returned by the loader when a row cannot be encoded for the cache (longer
+ * than DBK_CACHE_MAX_VALUE): never stored, never leaves this file. */
+#define RC_UNCACHEABLE ((dbk_rc)1000)
 
 static bool field_hidden(const dbk_field *f)
 {
@@ -181,35 +215,202 @@ static dbk_rc decode_struct(const dbk_cached_repo *r, const void *buf, size_t le
     return DBK_OK;
 }
 
-/* "<table>:<column>:<value>" */
-static dbk_rc make_key(const dbk_cached_repo *r, const char *column, dbk_value v, char *buf,
-                       size_t *len, dbk_error *err)
+/* "<table>:<column>:" + bytes. False when longer than KEYMAX. */
+static bool build_key(const dbk_cached_repo *r, const char *column, const void *v, size_t vlen,
+                      char *buf, size_t *len)
 {
     int n = snprintf(buf, KEYMAX, "%s:%s:", r->e->table, column);
-    if (n < 0 || n >= KEYMAX)
-        return dbk__err(err, DBK_EINVALID, "cache key too long");
-    size_t off = (size_t)n;
+    if (n < 0 || n >= KEYMAX || vlen > KEYMAX - (size_t)n)
+        return false;
+    if (vlen)
+        memcpy(buf + n, v, vlen);
+    *len = (size_t)n + vlen;
+    return true;
+}
+
+static bool int_key(const dbk_cached_repo *r, const char *column, int64_t x, char *buf,
+                    size_t *len)
+{
+    char num[24];
+    int n = snprintf(num, sizeof num, "%lld", (long long)x);
+    return build_key(r, column, num, (size_t)n, buf, len);
+}
+
+/* The key a stored row is cached under for field f: the value as the
+ * database returned it. False when the field has no such key (NULL, a type
+ * that is never keyed, too long): no lookup is ever cached under it. */
+static bool row_key(const dbk_cached_repo *r, const dbk_field *f, const void *row, char *buf,
+                    size_t *len)
+{
+    dbk_value v = read_field(f, row);
     switch (v.type) {
     case DBK_TYPE_INT64:
-    case DBK_TYPE_TIMESTAMP:
-        n = snprintf(buf + off, KEYMAX - off, "%lld", (long long)v.u.i);
-        if (n < 0 || (size_t)n >= KEYMAX - off)
-            return dbk__err(err, DBK_EINVALID, "cache key too long");
-        off += (size_t)n;
-        break;
+    case DBK_TYPE_TIMESTAMP: return int_key(r, f->column, v.u.i, buf, len);
     case DBK_TYPE_TEXT:
-    case DBK_TYPE_JSON:
-    case DBK_TYPE_BLOB:
-        if (v.u.bytes.len > KEYMAX - off)
-            return dbk__err(err, DBK_EINVALID, "value too long for a cache key");
-        memcpy(buf + off, v.u.bytes.ptr, v.u.bytes.len);
-        off += v.u.bytes.len;
-        break;
-    default:
-        return dbk__err(err, DBK_EINVALID, "a %s value cannot be a cache key", dbk_type_name(v.type));
+    case DBK_TYPE_BLOB: return build_key(r, f->column, v.u.bytes.ptr, v.u.bytes.len, buf, len);
+    default: return false;
     }
-    *len = off;
-    return DBK_OK;
+}
+
+/* A decimal integer as both engines read it into an integer column:
+ * optional sign, digits (leading zeros allowed), nothing else, in range. */
+static bool parse_int_text(const char *s, size_t n, int64_t *out)
+{
+    size_t i = 0;
+    bool neg = false;
+    if (i < n && (s[i] == '+' || s[i] == '-'))
+        neg = s[i++] == '-';
+    if (i == n || n - i > 40)
+        return false;
+    uint64_t v = 0, lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    for (; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        unsigned d = (unsigned)(s[i] - '0');
+        if (v > (lim - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return true;
+}
+
+/* 8-4-4-4-12 lower-case hex: how PostgreSQL prints a uuid. */
+static bool canonical_uuid(const char *s, size_t n)
+{
+    if (n != 36)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        char c = s[i];
+        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return false;
+    }
+    return true;
+}
+
+static bool cast_is(const char *cast, const char *name)
+{
+    return cast && strcasecmp(cast, name) == 0;
+}
+
+/* Asks the database how a text column compares (see the top of the file).
+ * KM_UNKNOWN when the question itself failed (no table yet, connection
+ * trouble): the caller bypasses this time and asks again next time. */
+static int probe_text_column(const dbk_cached_repo *r, dbk_db *db, const dbk_field *f)
+{
+    dbk_engine eng = dbk_db_engine(db);
+    dbk_result *res = NULL;
+    int mode = KM_UNKNOWN;
+    if (eng == DBK_ENGINE_POSTGRES) {
+        if (f->pg_cast && !cast_is(f->pg_cast, "uuid") && !cast_is(f->pg_cast, "text") &&
+            !cast_is(f->pg_cast, "varchar"))
+            return KM_BYPASS;
+        /* collisdeterministic exists from PostgreSQL 12 on; read through
+         * to_jsonb so that older servers give NULL (all deterministic) */
+        static const char q[] =
+            "SELECT t.typname::text, COALESCE((to_jsonb(c) ->> 'collisdeterministic')::boolean, "
+            "true) FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = "
+            "a.atttypid LEFT JOIN pg_catalog.pg_collation c ON c.oid = a.attcollation WHERE "
+            "a.attrelid = to_regclass(quote_ident($1)) AND a.attname = $2 AND NOT a.attisdropped";
+        dbk_value p[2] = {dbk_text(r->e->table), dbk_text(f->column)};
+        if (dbk_db_query(db, q, p, 2, &res, NULL) != DBK_OK)
+            return KM_UNKNOWN;
+        if (dbk_result_nrows(res) == 1) {
+            const char *typ = NULL;
+            size_t tl = 0;
+            bool det = false;
+            if (dbk_result_get_text(res, 0, 0, &typ, &tl, NULL) == DBK_OK &&
+                dbk_result_get_bool(res, 0, 1, &det, NULL) == DBK_OK) {
+                if (strcmp(typ, "uuid") == 0)
+                    mode = KM_UUID;
+                else if ((strcmp(typ, "text") == 0 || strcmp(typ, "varchar") == 0) && det &&
+                         !cast_is(f->pg_cast, "uuid"))
+                    mode = KM_BINARY;
+                else
+                    mode = KM_BYPASS;
+            }
+        }
+    } else {
+        /* The subquery column carries the column's collation (the leftmost
+         * term of a compound decides it); its one row is 'a'. */
+        dbk__sb sb = {0};
+        dbk__sb_puts(&sb, "SELECT x = 'A', x = 'a ' FROM (SELECT ");
+        dbk__sb_ident(&sb, f->column);
+        dbk__sb_puts(&sb, " AS x FROM ");
+        dbk__sb_ident(&sb, r->e->table);
+        dbk__sb_puts(&sb, " WHERE 0 UNION ALL SELECT 'a')");
+        if (sb.oom) {
+            free(sb.p);
+            return KM_UNKNOWN;
+        }
+        dbk_rc rc = dbk_db_query(db, sb.p, NULL, 0, &res, NULL);
+        free(sb.p);
+        if (rc != DBK_OK)
+            return KM_UNKNOWN;
+        int64_t ci = 1, rt = 1;
+        if (dbk_result_nrows(res) == 1 && dbk_result_get_int64(res, 0, 0, &ci, NULL) == DBK_OK &&
+            dbk_result_get_int64(res, 0, 1, &rt, NULL) == DBK_OK)
+            mode = ci == 0 && rt == 0 ? KM_BINARY : KM_BYPASS;
+    }
+    dbk_result_free(res);
+    if (mode == KM_BYPASS)
+        dbk__log(DBK_LOG_INFO,
+                 "cached repository %s: column %s does not compare bytes (collation or type); "
+                 "lookups by it bypass the cache",
+                 r->e->table, f->column);
+    return mode;
+}
+
+static int text_mode(dbk_cached_repo *r, dbk_db *db, int fi)
+{
+    int eng = dbk_db_engine(db) == DBK_ENGINE_POSTGRES ? 2 : 1;
+    int m = atomic_load(&r->text_mode[eng][fi]);
+    if (m != KM_UNKNOWN)
+        return m;
+    m = probe_text_column(r, db, &r->e->fields[fi]);
+    if (m != KM_UNKNOWN)
+        atomic_store(&r->text_mode[eng][fi], m);
+    return m;
+}
+
+/*
+ * The canonical form of a lookup of field fi by `v`: *qv the value to send,
+ * key/len its cache key. False when the lookup must bypass the cache.
+ */
+static bool lookup_key(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v, dbk_value *qv,
+                       char *key, size_t *len)
+{
+    const dbk_field *f = &r->e->fields[fi];
+    *qv = v;
+    switch (f->type) {
+    case DBK_TYPE_INT64:
+    case DBK_TYPE_TIMESTAMP:
+        if (v.type == f->type)
+            return int_key(r, f->column, v.u.i, key, len);
+        if (f->type == DBK_TYPE_INT64 && v.type == DBK_TYPE_TEXT) {
+            int64_t x;
+            if (!parse_int_text(v.u.bytes.ptr, v.u.bytes.len, &x))
+                return false;
+            *qv = dbk_int64(x);
+            return int_key(r, f->column, x, key, len);
+        }
+        return false;
+    case DBK_TYPE_BLOB:
+        return v.type == DBK_TYPE_BLOB &&
+               build_key(r, f->column, v.u.bytes.ptr, v.u.bytes.len, key, len);
+    case DBK_TYPE_TEXT: {
+        if (v.type != DBK_TYPE_TEXT || v.u.bytes.len >= KEYMAX)
+            return false;
+        int m = text_mode(r, db, fi);
+        if (m == KM_UUID && !canonical_uuid(v.u.bytes.ptr, v.u.bytes.len))
+            return false;
+        if (m != KM_BINARY && m != KM_UUID)
+            return false;
+        return build_key(r, f->column, v.u.bytes.ptr, v.u.bytes.len, key, len);
+    }
+    default: return false; /* double, bool, json: equality the key cannot mirror */
+    }
 }
 
 /* ---- reads ---- */
@@ -217,60 +418,104 @@ static dbk_rc make_key(const dbk_cached_repo *r, const char *column, dbk_value v
 struct find_ctx {
     dbk_cached_repo *r;
     dbk_db *db;
-    const char *column; /* NULL: by id */
-    dbk_value value;
+    int fi;             /* the field looked up */
+    dbk_value value;    /* as sent to the database */
+    void *out;          /* the caller's struct and arena */
+    dbk_arena *arena;
+    bool filled;        /* this caller's loader ran and wrote out */
 };
 
-static dbk_rc find_db(struct find_ctx *fc, void *out, dbk_arena *arena, dbk_error *err)
+static dbk_rc find_db(dbk_db *db, dbk_cached_repo *r, int fi, dbk_value v, void *out,
+                      dbk_arena *arena, dbk_error *err)
 {
-    return fc->column ? dbk_repo_find_by(fc->db, fc->r->e, fc->column, fc->value, out, arena, err)
-                      : dbk_repo_find_by_id(fc->db, fc->r->e, fc->value, out, arena, err);
+    return fi == r->pk ? dbk_repo_find_by_id(db, r->e, v, out, arena, err)
+                       : dbk_repo_find_by(db, r->e, r->e->fields[fi].column, v, out, arena, err);
 }
 
+/* Does the row store exactly the value that was looked up? */
+static bool row_matches(const struct find_ctx *fc)
+{
+    const dbk_field *f = &fc->r->e->fields[fc->fi];
+    dbk_value s = read_field(f, fc->out);
+    const dbk_value *v = &fc->value;
+    switch (v->type) {
+    case DBK_TYPE_INT64:
+    case DBK_TYPE_TIMESTAMP: return s.type == v->type && s.u.i == v->u.i;
+    case DBK_TYPE_TEXT:
+    case DBK_TYPE_BLOB:
+        return s.type == v->type && s.u.bytes.len == v->u.bytes.len &&
+               (v->u.bytes.len == 0 || memcmp(s.u.bytes.ptr, v->u.bytes.ptr, v->u.bytes.len) == 0);
+    default: return false;
+    }
+}
+
+/* The loader: reads the row straight into the caller's struct (the leader
+ * then has nothing to decode) and encodes it for the cache and the
+ * followers. */
 static dbk_rc find_load(void *ctx, const void *key, size_t keylen, void **val, size_t *vallen,
-                        dbk_error *err)
+                        bool *nostore, dbk_error *err)
 {
     (void)key;
     (void)keylen;
     struct find_ctx *fc = ctx;
-    void *tmp = calloc(1, fc->r->e->struct_size);
-    dbk_arena *a = dbk_arena_new(0);
-    dbk_rc rc;
-    if (!tmp || !a) {
-        rc = dbk__err(err, DBK_ENOMEM, "out of memory loading a cached row");
-        goto done;
+    dbk_rc rc = find_db(fc->db, fc->r, fc->fi, fc->value, fc->out, fc->arena, err);
+    if (rc != DBK_OK)
+        return rc;
+    fc->filled = true;
+    if (!row_matches(fc)) {
+        /* the database matched a row that stores another value: the column
+         * does not compare bytes after all. Serve, do not store, and stop
+         * caching lookups by it. */
+        *nostore = true;
+        if (fc->r->e->fields[fc->fi].type == DBK_TYPE_TEXT) {
+            int eng = dbk_db_engine(fc->db) == DBK_ENGINE_POSTGRES ? 2 : 1;
+            atomic_store(&fc->r->text_mode[eng][fc->fi], KM_BYPASS);
+        }
     }
-    rc = find_db(fc, tmp, a, err);
-    if (rc == DBK_OK)
-        rc = encode_struct(fc->r, tmp, val, vallen, err);
-done:
-    dbk_arena_free(a);
-    free(tmp);
+    dbk_error eerr;
+    rc = encode_struct(fc->r, fc->out, val, vallen, &eerr);
+    if (rc == DBK_EINVALID) {
+        dbk__log(DBK_LOG_DEBUG, "cached repository %s: row not cached: %s", fc->r->e->table,
+                 eerr.message);
+        return RC_UNCACHEABLE;
+    }
+    if (rc != DBK_OK && err)
+        *err = eerr;
     return rc;
 }
 
-static dbk_rc cached_find(struct find_ctx *fc, void *out, dbk_arena *arena, dbk_error *err)
+static dbk_rc cached_find(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v, void *out,
+                          dbk_arena *arena, dbk_error *err)
 {
-    if (dbk_db_in_transaction(fc->db))
-        return find_db(fc, out, arena, err);
+    if (dbk_db_in_transaction(db))
+        return find_db(db, r, fi, v, out, arena, err);
     char key[KEYMAX];
     size_t klen = 0;
-    const char *col = fc->column ? fc->column : fc->r->e->fields[fc->r->pk].column;
-    dbk_rc rc = make_key(fc->r, col, fc->value, key, &klen, err);
-    if (rc != DBK_OK)
-        return rc;
+    struct find_ctx fc = {r, db, fi, v, out, arena, false};
+    if (!lookup_key(r, db, fi, v, &fc.value, key, &klen))
+        return find_db(db, r, fi, v, out, arena, err); /* bypass: as uncached */
     void *buf = NULL;
     size_t len = 0;
-    rc = dbk_cache_get_or_load(fc->r->cache, key, klen, find_load, fc, fc->r->ttl_ms, &buf, &len,
-                               err);
+    dbk_rc rc = dbk__cache_get_or_load_ex(r->cache, key, klen, find_load, &fc, r->ttl_ms, &buf,
+                                          &len, err);
+    if (rc == RC_UNCACHEABLE) {
+        /* too large to cache: the leader has its row, a follower reads its own */
+        if (fc.filled)
+            return DBK_OK;
+        return find_db(db, r, fi, fc.value, out, arena, err);
+    }
     if (rc != DBK_OK)
         return rc;
-    rc = decode_struct(fc->r, buf, len, out, arena, NULL);
+    if (fc.filled) {
+        free(buf); /* our own load: out already holds the row */
+        return DBK_OK;
+    }
+    rc = decode_struct(r, buf, len, out, arena, NULL);
     free(buf);
     if (rc != DBK_OK) {
         /* written for another layout (or corrupt): drop it, read the database */
-        dbk_cache_delete(fc->r->cache, key, klen, NULL);
-        rc = find_db(fc, out, arena, err);
+        dbk_cache_delete(r->cache, key, klen, NULL);
+        rc = find_db(db, r, fi, fc.value, out, arena, err);
     }
     return rc;
 }
@@ -280,8 +525,7 @@ dbk_rc dbk_cached_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, void 
 {
     if (!r || !db || !out || !arena)
         return dbk__err(err, DBK_EMISUSE, "dbk_cached_find_by_id: NULL argument");
-    struct find_ctx fc = {r, db, NULL, id};
-    return cached_find(&fc, out, arena, err);
+    return cached_find(r, db, r->pk, id, out, arena, err);
 }
 
 dbk_rc dbk_cached_find_by(dbk_cached_repo *r, dbk_db *db, const char *column, dbk_value value,
@@ -294,8 +538,7 @@ dbk_rc dbk_cached_find_by(dbk_cached_repo *r, dbk_db *db, const char *column, db
         return dbk__err(err, DBK_EINVALID_COLUMN,
                         "column \"%s\" is not the primary key or a unique field of %s", column,
                         r->e->table);
-    struct find_ctx fc = {r, db, idx == r->pk ? NULL : r->e->fields[idx].column, value};
-    return cached_find(&fc, out, arena, err);
+    return cached_find(r, db, idx, value, out, arena, err);
 }
 
 /* ---- writes ---- */
@@ -308,20 +551,18 @@ static bool has_unique(const dbk_cached_repo *r)
     return false;
 }
 
-/* Registers the invalidation of every key `row` can be cached under. */
+/* Registers the invalidation of every key `row` can be cached under: its
+ * stored values, keyed exactly as lookup_key() keys a canonical lookup. */
 static dbk_rc invalidate_row(dbk_cached_repo *r, dbk_db *db, const void *row, dbk_error *err)
 {
     for (size_t i = 0; i < r->e->nfields; i++) {
         const dbk_field *f = &r->e->fields[i];
         if (!(f->flags & (DBK_F_PK | DBK_F_UNIQUE)))
             continue;
-        dbk_value v = read_field(f, row);
-        if (v.type == DBK_TYPE_NULL)
-            continue;
         char key[KEYMAX];
         size_t klen = 0;
-        if (make_key(r, f->column, v, key, &klen, NULL) != DBK_OK)
-            continue;
+        if (!row_key(r, f, row, key, &klen))
+            continue; /* no lookup is ever cached under such a value */
         dbk_rc rc = dbk_cache_invalidate_after_commit(db, r->cache, key, klen, err);
         if (rc != DBK_OK)
             return rc;
@@ -329,13 +570,32 @@ static dbk_rc invalidate_row(dbk_cached_repo *r, dbk_db *db, const void *row, db
     return DBK_OK;
 }
 
+/* The id's key when the id has a canonical one (an int64, or a decimal
+ * text on an integer key); false otherwise. No database question: a text
+ * key's mode does not matter for invalidation, an extra key costs nothing. */
+static bool id_key(const dbk_cached_repo *r, dbk_value id, char *key, size_t *klen)
+{
+    const dbk_field *f = &r->e->fields[r->pk];
+    int64_t x;
+    if (f->type == DBK_TYPE_INT64 && id.type == DBK_TYPE_INT64)
+        return int_key(r, f->column, id.u.i, key, klen);
+    if (f->type == DBK_TYPE_INT64 && id.type == DBK_TYPE_TEXT &&
+        parse_int_text(id.u.bytes.ptr, id.u.bytes.len, &x))
+        return int_key(r, f->column, x, key, klen);
+    if (f->type == DBK_TYPE_TEXT && id.type == DBK_TYPE_TEXT)
+        return build_key(r, f->column, id.u.bytes.ptr, id.u.bytes.len, key, klen);
+    return false;
+}
+
+/* Invalidates the id's key when it has one. When it has none, the caller
+ * invalidates the rows the write returned or read (which carry the stored
+ * primary key) instead. */
 static dbk_rc invalidate_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, dbk_error *err)
 {
     char key[KEYMAX];
     size_t klen = 0;
-    dbk_rc rc = make_key(r, r->e->fields[r->pk].column, id, key, &klen, err);
-    if (rc != DBK_OK)
-        return rc;
+    if (!id_key(r, id, key, &klen))
+        return DBK_OK;
     return dbk_cache_invalidate_after_commit(db, r->cache, key, klen, err);
 }
 
@@ -397,7 +657,11 @@ static dbk_rc read_old(dbk_cached_repo *r, dbk_db *db, dbk_value id, struct scra
                        bool *have, dbk_error *err)
 {
     *have = false;
-    if (!has_unique(r))
+    char key[KEYMAX];
+    size_t klen;
+    /* unique columns may move their keys; an id without a canonical key
+     * needs the stored primary key of the row it names */
+    if (!has_unique(r) && id_key(r, id, key, &klen))
         return DBK_OK;
     dbk_rc rc = scratch_init(old, r, 1, err);
     if (rc != DBK_OK)
@@ -445,16 +709,18 @@ dbk_rc dbk_cached_delete(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out
         return dbk__err(err, DBK_EMISUSE, "dbk_cached_delete: NULL argument");
     struct scratch s = {0};
     dbk_rc rc = DBK_OK;
-    if (has_unique(r) && (!out || !arena)) {
+    /* always RETURNING: the deleted row carries every key it was cached
+     * under, whatever spelling of the id the caller used */
+    if (!out || !arena) {
         rc = scratch_init(&s, r, 1, err);
         out = s.row;
         arena = s.arena;
     }
     if (rc == DBK_OK)
-        rc = dbk_repo_delete(db, r->e, id, out, out ? arena : NULL, err);
+        rc = dbk_repo_delete(db, r->e, id, out, arena, err);
     if (rc == DBK_OK)
         rc = invalidate_id(r, db, id, err);
-    if (rc == DBK_OK && out)
+    if (rc == DBK_OK)
         rc = invalidate_row(r, db, out, err); /* RETURNING gave the deleted row */
     if (rc == DBK_OK)
         rc = bump_lists(r, db, err);

@@ -11,6 +11,14 @@
  * length is checked against what is left of the buffer before it is used,
  * with no arithmetic that can wrap, and trailing bytes are an error. It is
  * fuzzed (tests/fuzz/cache_value_fuzz.c).
+ *
+ * Limits. A length field is 32 bits, and no backend holds a value longer
+ * than DBK_CACHE_MAX_VALUE (Redis's 512 MiB string limit less the envelope
+ * byte), so the encoder adds the sizes up first (overflow-checked) and
+ * refuses a row whose encoding would be longer, naming the field or the
+ * limit, before it allocates anything: nothing is ever truncated to fit.
+ * The cached repository treats that refusal as "serve from the database,
+ * do not cache".
  */
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +27,7 @@
 #include "cache_int.h"
 
 #define CODEC_VERSION 1
+_Static_assert(DBK_CACHE_MAX_VALUE < UINT32_MAX, "length fields are 32 bits");
 #define HEADER_LEN 16 /* magic 2, version 1, reserved 1, layout 8, count 4 */
 
 static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n)
@@ -98,8 +107,11 @@ dbk_rc dbk_cache_encode_row(uint64_t layout, const dbk_value *vals, size_t n, vo
         case DBK_TYPE_TEXT:
         case DBK_TYPE_JSON:
         case DBK_TYPE_BLOB:
-            if (vals[i].u.bytes.len > UINT32_MAX - 1)
-                return dbk__err(err, DBK_EINVALID, "field %zu is too long to encode", i);
+            if (vals[i].u.bytes.len > DBK_CACHE_MAX_VALUE)
+                return dbk__err(err, DBK_EINVALID,
+                                "field %zu is %zu bytes long; a cached value holds at most %u "
+                                "bytes (DBK_CACHE_MAX_VALUE)",
+                                i, vals[i].u.bytes.len, (unsigned)DBK_CACHE_MAX_VALUE);
             if (vals[i].u.bytes.len > 0 && !vals[i].u.bytes.ptr)
                 return dbk__err(err, DBK_EMISUSE, "field %zu has a length but no bytes", i);
             need = 5 + vals[i].u.bytes.len + (vals[i].type == DBK_TYPE_BLOB ? 0 : 1);
@@ -107,9 +119,13 @@ dbk_rc dbk_cache_encode_row(uint64_t layout, const dbk_value *vals, size_t n, vo
         default:
             return dbk__err(err, DBK_EINVALID, "field %zu has unknown type %d", i, (int)vals[i].type);
         }
-        if (total > SIZE_MAX - need)
-            return dbk__err(err, DBK_EINVALID, "row is too large to encode");
+        /* both terms are at most DBK_CACHE_MAX_VALUE + 6 here: no wrap */
         total += need;
+        if (total > DBK_CACHE_MAX_VALUE)
+            return dbk__err(err, DBK_EINVALID,
+                            "the encoded row is longer than %u bytes (DBK_CACHE_MAX_VALUE) at "
+                            "field %zu; it cannot be cached",
+                            (unsigned)DBK_CACHE_MAX_VALUE, i);
     }
     unsigned char *buf = malloc(total);
     if (!buf)

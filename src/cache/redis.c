@@ -38,6 +38,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include "../core/internal.h"
 #include "cache_int.h"
@@ -84,6 +85,7 @@ struct rds {
     struct pending *pend;
     size_t npend;
     bool pend_overflow;
+    uint64_t pend_dropped; /* deletes lost to a full queue since open */
 
     _Atomic uint64_t errors, skipped, stale_rejects;
 };
@@ -346,10 +348,35 @@ static redisReply *cmd(redisContext *c, int argc, const char **argv, const size_
     return rep;
 }
 
-static dbk_rc connect_slot(struct rds *r, struct slot *s, dbk_error *err)
+/* A step's timeout: `ms`, or what is left before `deadline_ns` when that is
+ * less (deadline 0: none). -1 when the deadline has passed. */
+static int step_ms(int ms, int64_t deadline_ns)
 {
-    redisContext *c = redisConnectWithTimeout(r->url.host, r->url.port,
-                                              tv_ms(r->cfg.connect_timeout_ms));
+    if (!deadline_ns)
+        return ms;
+    int64_t left = (deadline_ns - dbk__now_ns()) / 1000000LL;
+    if (left <= 0)
+        return -1;
+    return left < ms ? (int)left : ms;
+}
+
+/* Sets the socket timeouts of `c` for the next command. */
+static bool step_timeout(struct rds *r, redisContext *c, int64_t deadline_ns)
+{
+    int ms = step_ms(r->cfg.command_timeout_ms, deadline_ns);
+    return ms > 0 && redisSetTimeout(c, tv_ms(ms)) == REDIS_OK;
+}
+
+/* Connects a slot: TCP connect, AUTH, SELECT, the epoch key. Each step is
+ * bounded by its own timeout and, when deadline_ns is not 0, by what is left
+ * before it. */
+static dbk_rc connect_slot(struct rds *r, struct slot *s, int64_t deadline_ns, dbk_error *err)
+{
+    int cms = step_ms(r->cfg.connect_timeout_ms, deadline_ns);
+    if (cms <= 0)
+        return dbk__err(err, DBK_ETIMEOUT, "redis cache %s: no time left to connect",
+                        r->safe_addr);
+    redisContext *c = redisConnectWithTimeout(r->url.host, r->url.port, tv_ms(cms));
     if (!c)
         return dbk__err(err, DBK_ENOMEM, "out of memory connecting to redis");
     if (c->err) {
@@ -357,7 +384,7 @@ static dbk_rc connect_slot(struct rds *r, struct slot *s, dbk_error *err)
         redisFree(c);
         return rc == DBK_ETIMEOUT ? rc : DBK_EUNAVAILABLE;
     }
-    if (redisSetTimeout(c, tv_ms(r->cfg.command_timeout_ms)) != REDIS_OK) {
+    if (!step_timeout(r, c, deadline_ns)) {
         redisFree(c);
         return dbk__err(err, DBK_EUNAVAILABLE, "redis cache %s: cannot set socket timeouts",
                         r->safe_addr);
@@ -383,6 +410,8 @@ static dbk_rc connect_slot(struct rds *r, struct slot *s, dbk_error *err)
             return DBK_EAUTH;
         }
         freeReplyObject(rep);
+        if (deadline_ns && !step_timeout(r, c, deadline_ns))
+            goto io_fail;
     }
     if (r->url.db != 0) {
         char dbs[16];
@@ -399,6 +428,8 @@ static dbk_rc connect_slot(struct rds *r, struct slot *s, dbk_error *err)
             return dbk__err(err, DBK_ECONFIG, "redis cache %s: cannot select database %d",
                             r->safe_addr, r->url.db);
         }
+        if (deadline_ns && !step_timeout(r, c, deadline_ns))
+            goto io_fail;
     }
     {
         char key[80], val[24];
@@ -458,7 +489,7 @@ static dbk_rc acquire(struct rds *r, struct slot **out, bool *probe, dbk_error *
                         r->safe_addr, r->nslots);
     }
     if (!s->ctx) {
-        rc = connect_slot(r, s, err);
+        rc = connect_slot(r, s, 0, err);
         if (rc != DBK_OK) {
             atomic_fetch_add(&r->errors, 1);
             breaker_result(r, *probe, false, "connect failed");
@@ -546,6 +577,7 @@ static bool replay_pending(struct rds *r, redisContext *c)
                 }
             }
             r->pend_overflow = true;
+            r->pend_dropped++;
             free(list[i].key);
         }
         pthread_mutex_unlock(&r->pend_mu);
@@ -570,6 +602,7 @@ static void add_pending(struct rds *r, const void *key, size_t klen)
     } else {
         free(copy);
         r->pend_overflow = true;
+        r->pend_dropped++;
     }
     pthread_mutex_unlock(&r->pend_mu);
     force_open(r, "an invalidation could not be delivered");
@@ -857,14 +890,76 @@ static void r_stats(void *impl, dbk_cache_stats *out)
     pthread_mutex_unlock(&r->pend_mu);
 }
 
+/* Delivers what is still queued before the cache goes away: over a
+ * connection of its own (the pool's may be broken or stuck), retrying the
+ * connect while there is time, every step bounded by what is left of
+ * close_timeout_ms. Logs what it could not deliver. Runs single-threaded
+ * (dbk_cache_close: no other user of the handle). */
+static void flush_at_close(struct rds *r)
+{
+    size_t n = r->npend;
+    uint64_t dropped = r->pend_dropped;
+    if (n == 0 && dropped == 0)
+        return;
+    size_t done = 0;
+    int tries = 0;
+    if (n > 0 && r->cfg.close_timeout_ms > 0) {
+        int64_t deadline = dbk__now_ns() + (int64_t)r->cfg.close_timeout_ms * 1000000LL;
+        while (done < n && step_ms(1, deadline) > 0) {
+            struct slot s = {0};
+            tries++;
+            if (connect_slot(r, &s, deadline, NULL) == DBK_OK) {
+                while (done < n && step_timeout(r, s.ctx, deadline)) {
+                    redisReply *rep = run_inval(r, s.ctx, r->pend[done].key, r->pend[done].len);
+                    bool ok = rep && rep->type != REDIS_REPLY_ERROR;
+                    if (rep)
+                        freeReplyObject(rep);
+                    if (!ok)
+                        break;
+                    done++;
+                }
+                redisFree(s.ctx);
+            }
+            if (done < n) {
+                /* Redis is still away: wait a little (bounded) and retry */
+                int ms = step_ms(50, deadline);
+                if (ms > 0) {
+                    struct timespec ts = {0, (long)ms * 1000000L};
+                    nanosleep(&ts, NULL);
+                }
+            }
+        }
+    }
+    if (done == n && dropped == 0) {
+        dbk__log(DBK_LOG_INFO, "redis cache %s: delivered %zu queued invalidation%s at close",
+                 r->safe_addr, n, n == 1 ? "" : "s");
+        return;
+    }
+    if (done < n)
+        dbk__log(DBK_LOG_WARN,
+                 "redis cache %s: closing with %zu queued invalidation%s not delivered "
+                 "(%zu delivered, %d connection attempt%s in %d ms); other processes may serve "
+                 "the old values of those keys until their ttl runs out",
+                 r->safe_addr, n - done, n - done == 1 ? "" : "s", done, tries,
+                 tries == 1 ? "" : "s", r->cfg.close_timeout_ms);
+    if (dropped)
+        dbk__log(DBK_LOG_WARN,
+                 "redis cache %s: %llu invalidation%s dropped since open because more than %d "
+                 "were queued; those keys may be stale until their ttl runs out",
+                 r->safe_addr, (unsigned long long)dropped, dropped == 1 ? "" : "s", MAX_PENDING);
+}
+
 static void r_close(void *impl)
 {
     struct rds *r = impl;
     if (!r)
         return;
     for (int i = 0; r->slots && i < r->nslots; i++)
-        if (r->slots[i].ctx)
+        if (r->slots[i].ctx) {
             redisFree(r->slots[i].ctx);
+            r->slots[i].ctx = NULL;
+        }
+    flush_at_close(r);
     free(r->slots);
     for (size_t i = 0; i < r->npend; i++)
         free(r->pend[i].key);

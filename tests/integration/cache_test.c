@@ -651,6 +651,215 @@ static void cache_stale_set_race(void **state)
     dbk_cache_close(r);
 }
 
+/* ---- invalidation detaches single-flight -------------------------------- */
+
+/* A "database" row behind a gate: the first load reads the row, says so,
+ * and blocks until the test releases it; later loads read and return at
+ * once. */
+struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool first_read; /* the first load has read the row */
+    bool release;    /* the first load may return */
+    int runs;
+    char row[32];
+};
+
+static void gate_init(struct gate *g, const char *row)
+{
+    memset(g, 0, sizeof *g);
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    snprintf(g->row, sizeof g->row, "%s", row);
+}
+
+static void gate_destroy(struct gate *g)
+{
+    pthread_mutex_destroy(&g->mu);
+    pthread_cond_destroy(&g->cv);
+}
+
+/* Waits (bounded) until pred(g) holds under g->mu. */
+static bool gate_wait(struct gate *g, bool (*pred)(struct gate *), int ms)
+{
+    int64_t end = now_ms() + ms;
+    pthread_mutex_lock(&g->mu);
+    while (!pred(g) && now_ms() < end) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&g->cv, &g->mu, &ts);
+    }
+    bool ok = pred(g);
+    pthread_mutex_unlock(&g->mu);
+    return ok;
+}
+
+static bool gate_first_read(struct gate *g) { return g->first_read; }
+static bool gate_released(struct gate *g) { return g->release; }
+
+static void gate_set_row(struct gate *g, const char *row)
+{
+    pthread_mutex_lock(&g->mu);
+    snprintf(g->row, sizeof g->row, "%s", row);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_open(struct gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->release = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static dbk_rc gate_load(void *ctx, const void *key, size_t keylen, void **val, size_t *vallen,
+                        dbk_error *err)
+{
+    (void)key;
+    (void)keylen;
+    (void)err;
+    struct gate *g = ctx;
+    pthread_mutex_lock(&g->mu);
+    char *copy = strdup(g->row);
+    bool first = g->runs++ == 0;
+    if (first) {
+        g->first_read = true;
+        pthread_cond_broadcast(&g->cv);
+    }
+    pthread_mutex_unlock(&g->mu);
+    if (first)
+        gate_wait(g, gate_released, 20000);
+    *val = copy;
+    *vallen = strlen(copy);
+    return DBK_OK;
+}
+
+struct reader {
+    dbk_cache *c;
+    const char *key;
+    struct gate *g;
+    pthread_t t;
+    atomic_bool done;
+    dbk_rc rc;
+    char got[32];
+};
+
+static void *reader_main(void *arg)
+{
+    struct reader *r = arg;
+    void *v = NULL;
+    size_t n = 0;
+    dbk_error err;
+    r->rc = dbk_cache_get_or_load(r->c, r->key, strlen(r->key), gate_load, r->g, 60000, &v, &n,
+                                  &err);
+    if (r->rc == DBK_OK) {
+        snprintf(r->got, sizeof r->got, "%.*s", (int)n, (const char *)v);
+        free(v);
+    }
+    atomic_store(&r->done, true);
+    return NULL;
+}
+
+static void reader_start(struct reader *r, dbk_cache *c, const char *key, struct gate *g)
+{
+    memset(r, 0, sizeof *r);
+    r->c = c;
+    r->key = key;
+    r->g = g;
+    assert_int_equal(pthread_create(&r->t, NULL, reader_main, r), 0);
+}
+
+static bool reader_wait(struct reader *r, int ms)
+{
+    int64_t end = now_ms() + ms;
+    while (!atomic_load(&r->done) && now_ms() < end)
+        sleep_ms(2);
+    return atomic_load(&r->done);
+}
+
+/* Waits (bounded) until `n` get_or_load calls wait on a flight. */
+static void wait_flight_waits(dbk_cache *c, uint64_t n)
+{
+    dbk_cache_stats st;
+    dbk_error err;
+    int64_t end = now_ms() + 10000;
+    do {
+        DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+        if (st.flight_waits >= n)
+            return;
+        sleep_ms(2);
+    } while (now_ms() < end);
+    fail_msg("no reader joined the flight within 10 s");
+}
+
+/*
+ * Reader A's load reads the old row and blocks; reader J joins A's flight;
+ * the row changes and is invalidated (`ns` NULL: the key, else a bump of
+ * the namespace); reader B starts after the invalidation returned. B must
+ * load the new row for itself while A is still blocked; J and A, which
+ * overlapped the write, get the old row; the old row is not stored.
+ */
+static void detach_case(dbk_cache *c, const char *key, const char *ns)
+{
+    struct gate g;
+    gate_init(&g, "old");
+    dbk_cache_stats st0;
+    dbk_error err;
+    DBKT_OK(dbk_cache_stats_get(c, &st0, &err), &err);
+    struct reader a, j, b;
+    reader_start(&a, c, key, &g);
+    assert_true(gate_wait(&g, gate_first_read, 10000));
+    reader_start(&j, c, key, &g);
+    wait_flight_waits(c, st0.flight_waits + 1);
+
+    gate_set_row(&g, "new"); /* the writer commits ... */
+    if (ns)                  /* ... and invalidates after the commit */
+        DBKT_OK(dbk_cache_ns_bump(c, ns, NULL, &err), &err);
+    else
+        DBKT_OK(dbk_cache_delete(c, key, strlen(key), &err), &err);
+
+    reader_start(&b, c, key, &g);
+    bool b_alone = reader_wait(&b, 5000); /* must not need A */
+    gate_open(&g);
+    pthread_join(b.t, NULL);
+    pthread_join(a.t, NULL);
+    pthread_join(j.t, NULL);
+    assert_true(b_alone);
+    assert_int_equal(b.rc, DBK_OK);
+    assert_string_equal(b.got, "new");
+    assert_int_equal(a.rc, DBK_OK);
+    assert_string_equal(a.got, "old");
+    assert_int_equal(j.rc, DBK_OK);
+    assert_string_equal(j.got, "old");
+    /* what the cache holds now is never the old row */
+    void *v = NULL;
+    size_t n = 0;
+    dbk_rc rc = dbk_cache_get_or_load(c, key, strlen(key), gate_load, &g, 60000, &v, &n, &err);
+    assert_int_equal(rc, DBK_OK);
+    assert_int_equal(n, 3);
+    assert_memory_equal(v, "new", 3);
+    free(v);
+    gate_destroy(&g);
+}
+
+static void cache_invalidation_detaches_flight(void **state)
+{
+    (void)state;
+    for (int b = 0; b < 2; b++) {
+        dbk_cache_opts o = {0};
+        o.flight_wait_ms = 30000; /* a follower never gives up on its own here */
+        dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
+        detach_case(c, "acct:7", NULL);
+        detach_case(c, "accts:list:page:1", "accts:list");
+        dbk_cache_close(c);
+    }
+}
+
 /* ---- transactions -------------------------------------------------------- */
 
 static const dbk_cache_field user_fields[] = {{"id", DBK_TYPE_INT64}, {"name", DBK_TYPE_TEXT}};
@@ -1065,6 +1274,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_misuse_and_url),
     cmocka_unit_test(cache_single_flight_100_threads),
     cmocka_unit_test(cache_stale_set_race),
+    cmocka_unit_test(cache_invalidation_detaches_flight),
     cmocka_unit_test(cache_tx_invalidation),
     cmocka_unit_test(cache_redis_sigkill_zero_failed_reads),
     cmocka_unit_test(cache_redis_restart_resumes),
