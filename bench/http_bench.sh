@@ -23,9 +23,13 @@
 #      BENCH_SECONDS (15) BENCH_WARMUP_SECONDS (3) BENCH_CONNECTIONS (64)
 #      BENCH_THREADS (2) BENCH_ROUNDS (2: the sides alternate, each keeps its best round)
 #      BENCH_ROWS       which rows of the table to run (regex on the row key, default all:
-#                       users_id_off users_id_redis users_id_memory users_list transfers)
+#                       users_id_off users_id_redis users_id_memory users_list transfers,
+#                       and the shop alone with its access log on vs off:
+#                       access_log_redis access_log_memory). With only access_log rows
+#                       the peer is neither installed nor run.
 #      BENCH_DOCS       a markdown file whose marked section is rewritten with the results
-#                       (<!-- http-bench:begin/end --> or <!-- restart-bench:begin/end -->)
+#                       (<!-- http-bench:begin/end -->, <!-- access-log-bench:begin/end -->
+#                       or <!-- restart-bench:begin/end -->)
 #      BENCH_RESTART_SECONDS (60)  restart mode: the run is split into three equal
 #                       phases (before, during, after); PostgreSQL restarts 2 s into
 #                       the second one
@@ -180,8 +184,11 @@ install_peer() {
 SVC_PID=""
 SVC_PORT=""
 SVC_CMD=""
+ACCESS_FILE="" # side dbkit-log: where the shop's stderr (the access log) goes
 
-# start_service dbkit|peer CACHE: CACHE is off|memory|redis. Waits for
+# start_service dbkit|dbkit-log|peer CACHE: CACHE is off|memory|redis;
+# dbkit-log is the shop with its access log on, written to a regular file
+# ($ACCESS_FILE, not kept: it grows by ~100 bytes a request). Waits for
 # /health to answer 200; a service that dies during start-up is tried once
 # more on another port before the benchmark gives up.
 start_service() {
@@ -197,12 +204,20 @@ start_service_once() {
   local side=$1 cache=$2 log
   SVC_PORT=$(free_port)
   log="$work/$side-$cache-$SVC_PORT.log"
+  ACCESS_FILE=""
   if [ "$side" = dbkit ]; then
     local cache_url=$cache
     [ "$cache" = redis ] && cache_url=$REDIS_URL
     SVC_CMD="DATABASE_URL=\$DB CACHE_URL=${cache_url/$REDIS_URL/\$REDIS} ACCESS_LOG=off HOST=127.0.0.1 PORT=\$PORT $SHOP"
     env DATABASE_URL="$URL" CACHE_URL="$cache_url" ACCESS_LOG=off HOST=127.0.0.1 PORT="$SVC_PORT" \
       "$SHOP" >"$log" 2>&1 &
+  elif [ "$side" = dbkit-log ]; then
+    local cache_url=$cache
+    [ "$cache" = redis ] && cache_url=$REDIS_URL
+    ACCESS_FILE="$work/access-$SVC_PORT.out"
+    SVC_CMD="DATABASE_URL=\$DB CACHE_URL=${cache_url/$REDIS_URL/\$REDIS} ACCESS_LOG=on HOST=127.0.0.1 PORT=\$PORT $SHOP 2>access.log"
+    env DATABASE_URL="$URL" CACHE_URL="$cache_url" ACCESS_LOG=on HOST=127.0.0.1 PORT="$SVC_PORT" \
+      "$SHOP" >"$log" 2>"$ACCESS_FILE" &
   else
     SVC_CMD="DATABASE_URL=\$DB CACHE=$cache REDIS_URL=\$REDIS NODE_ENV=production HOST=127.0.0.1 PORT=\$PORT node bench/peer/server.js"
     env DATABASE_URL="$URL" CACHE="$cache" REDIS_URL="$REDIS_URL" NODE_ENV=production \
@@ -217,7 +232,7 @@ start_service_once() {
       local rc=0
       wait "$SVC_PID" || rc=$?
       echo "http_bench: $side ($cache) exited during start-up (status $rc):" >&2
-      tail -20 "$log" >&2
+      tail -20 "$log" ${ACCESS_FILE:+"$ACCESS_FILE"} >&2
       stop_service
       return 1
     fi
@@ -226,7 +241,7 @@ start_service_once() {
     sleep 0.2
   done
   echo "http_bench: $side ($cache) not healthy within 60 s (last status ${code:-none}):" >&2
-  tail -20 "$log" >&2
+  tail -20 "$log" ${ACCESS_FILE:+"$ACCESS_FILE"} >&2
   stop_service
   return 1
 }
@@ -329,7 +344,17 @@ transfers|POST /transfers, random pair of $ACCOUNTS accounts, 1-10 cents|transfe
 ROWS
 }
 
-declare -A RPS P99 ERRS CMDS
+# The access log's cost: the shop alone, its access log on (to a file) vs
+# off, both sides in the same run and alternating round by round.
+# key|label|wrk script|script args|cache
+access_rows() {
+  cat <<ROWS
+access_log_redis|GET /users/{id}, Redis cache-aside|users_get.lua|$U1 $U2|redis
+access_log_memory|GET /users/{id}, in-process cache|users_get.lua|$U1 $U2|memory
+ROWS
+}
+
+declare -A RPS P99 ERRS CMDS AL_LINES AL_REQS AL_BAD
 LOADS=()
 
 # measure_once KEY SIDE CACHE SCRIPT ARGS ROUND: a fresh service, the
@@ -341,14 +366,29 @@ measure_once() {
   CMDS[$key,$side]=$SVC_CMD
   # shellcheck disable=SC2086
   run_wrk "$WARM" "$work/warm-$key-$side.txt" "bench/wrk/$script" $args
-  local load
+  local load warm_req=$W_REQ
   load=$(cut -d' ' -f1 /proc/loadavg)
   # shellcheck disable=SC2086
   run_wrk "$SECS" "$work/run-$key-$side-$round.txt" "bench/wrk/$script" $args
   stop_service
   LOADS+=("$load")
-  printf '  %-6s %-16s round %d: %8d req/s  p99 %8s ms  %d requests, %d non-2xx, %d socket errors (load %s)\n' \
+  printf '  %-9s %-17s round %d: %8d req/s  p99 %8s ms  %d requests, %d non-2xx, %d socket errors (load %s)\n' \
     "$side" "$key" "$round" "$W_RPS" "$W_P99" "$W_REQ" "$W_NON2XX" "$W_SOCKERR" "$load"
+  if [ -n "$ACCESS_FILE" ]; then
+    # After the graceful stop every line is out: at least one per request
+    # wrk counted (plus the /health probes and requests wrk cut off), each
+    # complete. Only counted, then removed.
+    local lines other
+    lines=$(grep -c '^access ts=.* status=[0-9]* duration_ms=[0-9.]* queries=[0-9]*$' "$ACCESS_FILE" || true)
+    other=$(grep -cv -e '^access ts=.* status=[0-9]* duration_ms=[0-9.]* queries=[0-9]*$' -e '^shop: ' -e '^dbkit ' "$ACCESS_FILE" || true)
+    printf '  %-9s %-17s          access log: %d complete lines for %d requests counted by wrk, %d malformed\n' \
+      "" "" "$lines" "$((warm_req + W_REQ))" "$other"
+    AL_LINES[$key]=$(( ${AL_LINES[$key]:-0} + lines ))
+    AL_REQS[$key]=$(( ${AL_REQS[$key]:-0} + warm_req + W_REQ ))
+    AL_BAD[$key]=$(( ${AL_BAD[$key]:-0} + other ))
+    rm -f "$ACCESS_FILE"
+    ACCESS_FILE=""
+  fi
   if [ "$W_RPS" -gt "${RPS[$key,$side]:--1}" ]; then
     RPS[$key,$side]=$W_RPS
     P99[$key,$side]=$W_P99
@@ -372,20 +412,102 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 run_table() {
   echo "http_bench: preparing $DB ($USERS users, $ACCOUNTS accounts) and installing the peer (npm ci)"
   prepare_db
-  install_peer
-  check_shapes
+  local want_peer=0 key label script args dc pc target
+  while IFS='|' read -r key label script args dc pc target; do
+    [[ $key =~ $ROWS_RE ]] && want_peer=1
+  done < <(rows)
+  if [ "$want_peer" = 1 ]; then
+    install_peer
+    check_shapes
+  fi
   local before after
   before=$(balance_sum)
   local load
   load=$(cut -d' ' -f1-3 /proc/loadavg)
-  local key label script args dc pc target
   while IFS='|' read -r key label script args dc pc target; do
     [[ $key =~ $ROWS_RE ]] || continue
     echo "$label"
     measure_row "$key" "$dc" "$pc" "$script" "$args"
   done < <(rows)
+  local cache round
+  while IFS='|' read -r key label script args cache; do
+    [[ $key =~ $ROWS_RE ]] || continue
+    echo "access log on vs off: $label"
+    for round in $(seq 1 "$ROUNDS"); do
+      measure_once "$key" dbkit-log "$cache" "$script" "$args" "$round"
+      measure_once "$key" dbkit "$cache" "$script" "$args" "$round"
+    done
+  done < <(access_rows)
   after=$(balance_sum)
 
+  local peer_ok=0 al_ok=0
+  if [ "$want_peer" = 1 ]; then
+    print_peer_table "$load" "$before" "$after" || peer_ok=1
+  fi
+  if access_table "$work/access.md"; then
+    echo
+    echo "Access log on vs off (the shop alone; wrk -t$THREADS -c$CONNS -d${SECS}s, best of $ROUNDS rounds):"
+    cat "$work/access.md"
+    if [ -n "${BENCH_DOCS:-}" ]; then
+      write_access_docs "$work/access.md" "$load"
+    fi
+    # A malformed line (torn, interleaved) fails the run, as does a lost
+    # one: the log must hold at least a line per request wrk counted.
+    for key in "${!AL_BAD[@]}"; do
+      [ "${AL_BAD[$key]}" -eq 0 ] && [ "${AL_LINES[$key]}" -ge "${AL_REQS[$key]}" ] || al_ok=1
+    done
+  fi
+  [ "$peer_ok" = 0 ] && [ "$al_ok" = 0 ]
+}
+
+# access_table OUT: the access-log rows measured in this run, as markdown;
+# false when none was.
+access_table() {
+  local out=$1 key label script args cache any=1
+  {
+    echo "| endpoint | log on req/s | log on p99 | log off req/s | log off p99 | on / off | target | log lines / requests |"
+    echo "|---|---|---|---|---|---|---|---|"
+    while IFS='|' read -r key label script args cache; do
+      [[ $key =~ $ROWS_RE ]] || continue
+      any=0
+      local r met
+      r=$(ratio "${RPS[$key,dbkit-log]}" "${RPS[$key,dbkit]}")
+      met=$(awk -v r="$r" 'BEGIN { print (r >= 0.95) ? "yes" : "no" }')
+      printf '| %s | %s | %s ms | %s | %s ms | %s | ≥ 0.95: %s | %s / %s, %s malformed |\n' "$label" \
+        "${RPS[$key,dbkit-log]}" "${P99[$key,dbkit-log]}" "${RPS[$key,dbkit]}" "${P99[$key,dbkit]}" \
+        "$r" "$met" "${AL_LINES[$key]}" "${AL_REQS[$key]}" "${AL_BAD[$key]}"
+    done < <(access_rows)
+  } >"$out"
+  return $any
+}
+
+write_access_docs() {
+  local table=$1 load=$2 sec="$work/access-section.md"
+  {
+    echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') by \`make bench\` on $(nproc) CPUs shared by wrk, the shop,"
+    echo "PostgreSQL and Redis (1-minute load average before the run: $load). Each figure is the best of"
+    echo "$ROUNDS wrk runs of ${SECS} s after a ${WARM} s warm-up on a freshly started shop; log on and log off"
+    echo "alternate run by run. With the log on, the shop's stderr is a regular file; after each run the"
+    echo "shop is stopped with SIGTERM and the file's complete access lines are counted against the"
+    echo "requests wrk counted (warm-up and run; the file also holds the /health probes and the"
+    echo "requests wrk cut off at its end), then the file is removed."
+    echo
+    cat "$table"
+    echo
+    echo '```sh'
+    echo "DATABASE_URL=\$DB CACHE_URL=\$REDIS ACCESS_LOG=on HOST=127.0.0.1 PORT=\$PORT $SHOP 2>access.log"
+    echo "DATABASE_URL=\$DB CACHE_URL=\$REDIS ACCESS_LOG=off HOST=127.0.0.1 PORT=\$PORT $SHOP"
+    echo "# (and the same two with CACHE_URL=memory)"
+    echo "wrk -t$THREADS -c$CONNS -d${SECS}s --timeout 5s --latency -s bench/wrk/users_get.lua http://127.0.0.1:\$PORT -- $U1 $U2"
+    echo '```'
+  } >"$sec"
+  replace_section "$BENCH_DOCS" access-log-bench "$sec"
+  echo "http_bench: wrote the access-log rows to $BENCH_DOCS"
+}
+
+# print_peer_table LOAD BEFORE AFTER: the dbkit / peer table.
+print_peer_table() {
+  local load=$1 before=$2 after=$3 key label script args dc pc target
   local table="$work/table.md"
   {
     echo "| endpoint | dbkit req/s | dbkit p99 | peer req/s | peer p99 | ratio | target | met |"
