@@ -2305,17 +2305,27 @@ static dbk_rc pg_reset(void *impl, dbk_error *err)
         mark_broken(pc);
         return broken_err(err);
     }
-    /* RESET ALL goes back to the startup values, which include dbkit's own
-     * settings; it leaves ROLE and SESSION AUTHORIZATION alone, hence their
-     * own RESETs. Prepared statements survive (no DISCARD ALL). */
+    /* What DISCARD ALL does, spelled out: DISCARD ALL itself refuses to run
+     * in a transaction block, and a multi-statement query is one, so it
+     * could not share this single round trip with the ROLLBACK. RESET ALL
+     * goes back to the startup values, which include dbkit's own settings;
+     * it leaves ROLE and SESSION AUTHORIZATION alone, hence their own
+     * RESETs. DEALLOCATE ALL drops the borrower's prepared statements and
+     * dbkit's own with them, so the statement cache is emptied below. */
     char sets[256];
     session_sets(pc, sets, sizeof sets);
-    char sql[512];
+    char sql[640];
     snprintf(sql, sizeof sql,
              "%sRESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; CLOSE ALL; UNLISTEN *; "
-             "SELECT pg_advisory_unlock_all(); DISCARD TEMP; %s",
+             "SELECT pg_advisory_unlock_all(); DEALLOCATE ALL; DISCARD PLANS; DISCARD TEMP; "
+             "DISCARD SEQUENCES; %s",
              ts == PQTRANS_IDLE ? "" : "ROLLBACK; ", sets);
     dbk_rc rc = run_script(pc, sql, stmt_deadline(pc), err);
+    /* On success every statement is gone; on failure some may be: forget
+     * them all, and have the next prepare start with DEALLOCATE ALL. */
+    cache_clear(pc);
+    pc->npending = 0;
+    pc->pending_all = rc != DBK_OK;
     if (rc == DBK_OK && PQtransactionStatus(pc->conn) != PQTRANS_IDLE) {
         mark_broken(pc);
         return dbk__err(err, DBK_EINTERNAL, "the session is still in a transaction after reset");

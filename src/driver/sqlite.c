@@ -32,6 +32,7 @@
  * message ("no such table" -> DBK_ESCHEMA; the table and columns of a
  * UNIQUE / NOT NULL failure, the name of a CHECK).
  */
+#include <ctype.h>
 #include <limits.h>
 #include <math.h>
 #include <sqlite3.h>
@@ -90,6 +91,7 @@ typedef struct sq_conn {
     int64_t deadline_ns;  /* of the current call; 0 until the handler first runs */
     int armed_ms;         /* the limit that deadline_ns stands for */
     int timed_out;        /* set by the progress handler */
+    char *restore_sql;    /* PRAGMAs that put the session settings back (sq_reset) */
     /* statement cache */
     int cache_cap;
     int ncached;
@@ -857,19 +859,155 @@ static dbk__txstate sq_txstate(void *impl)
     return sqlite3_get_autocommit(c->db) ? DBK__TX_IDLE : DBK__TX_OPEN;
 }
 
+/* Connection settings a borrower can change with PRAGMA, in the order they
+ * are restored: query_only and writable_schema first, so that nothing after
+ * them is refused or let through. Their values as of the end of sq_open
+ * (dbkit's own settings applied) become the connection's restore_sql.
+ * journal_mode is not among them: it belongs to the database file, which
+ * other connections share. case_sensitive_like cannot be read back; its
+ * default (off) is restored. */
+static const char *const SQ_SESSION_PRAGMAS[] = {
+    "query_only",         "writable_schema",        "foreign_keys",
+    "defer_foreign_keys", "recursive_triggers",     "reverse_unordered_selects",
+    "ignore_check_constraints", "read_uncommitted", "legacy_alter_table",
+    "trusted_schema",     "cell_size_check",        "automatic_index",
+    "cache_size",         "cache_spill",            "temp_store",
+    "synchronous",        "secure_delete",          "wal_autocheckpoint",
+    "journal_size_limit", "mmap_size",              "analysis_limit",
+    "threads",            "locking_mode",           "fullfsync",
+    "checkpoint_fullfsync", NULL};
+
+static int pragma_text(sqlite3 *db, const char *sql, char *buf, size_t size);
+
+/* Builds c->restore_sql from the settings in force now. */
+static int restore_sql_build(sq_conn *c)
+{
+    size_t cap = 4096, n = 0; /* the list above needs about 1 KB */
+    char *buf = malloc(cap);
+    if (!buf)
+        return SQLITE_NOMEM;
+    n += (size_t)snprintf(buf, cap, "PRAGMA case_sensitive_like=0;");
+    for (const char *const *p = SQ_SESSION_PRAGMAS; *p; p++) {
+        char sql[64], val[64];
+        snprintf(sql, sizeof sql, "PRAGMA %s", *p);
+        int rc = pragma_text(c->db, sql, val, sizeof val);
+        if (rc != SQLITE_OK) {
+            free(buf);
+            return rc;
+        }
+        if (!val[0])
+            continue; /* not in this build of SQLite */
+        for (const char *v = val; *v; v++)
+            if (!isalnum((unsigned char)*v) && *v != '-')
+                goto next; /* not a plain value: leave it alone */
+        if (n + strlen(*p) + strlen(val) + 16 >= cap) {
+            free(buf);
+            return SQLITE_NOMEM;
+        }
+        n += (size_t)snprintf(buf + n, cap - n, "PRAGMA %s=%s;", *p, val);
+    next:;
+    }
+    /* Back in locking_mode=normal, a lock kept by exclusive mode goes at
+     * the next read of the file. */
+    snprintf(buf + n, cap - n, "PRAGMA main.schema_version;");
+    c->restore_sql = buf;
+    return SQLITE_OK;
+}
+
+/* Appends `"name"` (quotes doubled) to a growing statement list. */
+static int append_stmt(char **buf, size_t *len, size_t *cap, const char *pre, const char *name)
+{
+    size_t need = *len + strlen(pre) + 2 * strlen(name) + 8;
+    if (need > *cap) {
+        size_t ncap = need * 2;
+        char *p = realloc(*buf, ncap);
+        if (!p)
+            return SQLITE_NOMEM;
+        *buf = p;
+        *cap = ncap;
+    }
+    char *o = *buf + *len;
+    memcpy(o, pre, strlen(pre));
+    o += strlen(pre);
+    *o++ = '"';
+    for (const char *q = name; *q; q++) {
+        if (*q == '"')
+            *o++ = '"';
+        *o++ = *q;
+    }
+    *o++ = '"';
+    *o++ = ';';
+    *o = '\0';
+    *len = (size_t)(o - *buf);
+    return SQLITE_OK;
+}
+
+/* Statements that drop every temporary object and detach every attached
+ * database (read first, run after: the schema cannot change under a read
+ * of it). *out is NULL when there is nothing to undo. */
+static int undo_sql(sqlite3 *db, char **out)
+{
+    *out = NULL;
+    size_t len = 0, cap = 0;
+    static const char *const reads[] = {
+        /* triggers first: a temporary trigger may sit on a main table */
+        "SELECT 'DROP TRIGGER IF EXISTS temp.', name FROM temp.sqlite_master "
+        "WHERE type = 'trigger' UNION ALL "
+        "SELECT 'DROP VIEW IF EXISTS temp.', name FROM temp.sqlite_master WHERE type = 'view' "
+        "UNION ALL SELECT 'DROP TABLE IF EXISTS temp.', name FROM temp.sqlite_master "
+        "WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+        "SELECT 'DETACH ', name FROM pragma_database_list WHERE seq > 1"};
+    int rc = SQLITE_OK;
+    for (size_t i = 0; i < sizeof reads / sizeof reads[0] && rc == SQLITE_OK; i++) {
+        sqlite3_stmt *st = NULL;
+        rc = sqlite3_prepare_v2(db, reads[i], -1, &st, NULL);
+        while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+            const char *pre = (const char *)sqlite3_column_text(st, 0);
+            const char *name = (const char *)sqlite3_column_text(st, 1);
+            rc = pre && name ? append_stmt(out, &len, &cap, pre, name) : SQLITE_OK;
+        }
+        if (rc == SQLITE_DONE)
+            rc = SQLITE_OK;
+        sqlite3_finalize(st);
+    }
+    if (rc != SQLITE_OK) {
+        free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+/* Puts the session back as sq_open left it, for the next borrower: rolls
+ * back, restores the busy timeout and every setting of SQ_SESSION_PRAGMAS,
+ * drops temporary tables, views and triggers, detaches attached databases
+ * and forgets last_insert_rowid(). Costs tens of microseconds: the pool
+ * calls it only when a statement changed the session, or when asked to. */
 static dbk_rc sq_reset(void *impl, dbk_error *err)
 {
     sq_conn *c = impl;
     if (!c || !c->db)
         return dbk__err(err, DBK_EMISUSE, "the sqlite connection is closed");
-    if (sqlite3_get_autocommit(c->db))
-        return DBK_OK;
     sq_arm_deadline(c, c->stmt_timeout_ms);
-    /* No statement is left active between calls (each run resets its own),
-     * so ROLLBACK cannot be refused for pending reads. */
-    int rc = sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    int rc;
+    if (!sqlite3_get_autocommit(c->db)) {
+        /* No statement is left active between calls (each run resets its
+         * own), so ROLLBACK cannot be refused for pending reads. */
+        rc = sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+        if (rc != SQLITE_OK)
+            return sq_fail(c, rc, "(rolling back for the next borrower)", err);
+    }
+    sqlite3_busy_timeout(c->db, c->busy_timeout_ms);
+    rc = sqlite3_exec(c->db, c->restore_sql, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
-        return sq_fail(c, rc, "(rolling back for the next borrower)", err);
+        return sq_fail(c, rc, "(restoring the session settings for the next borrower)", err);
+    char *undo = NULL;
+    rc = undo_sql(c->db, &undo);
+    if (rc == SQLITE_OK && undo)
+        rc = sqlite3_exec(c->db, undo, NULL, NULL, NULL);
+    free(undo);
+    if (rc != SQLITE_OK)
+        return sq_fail(c, rc, "(dropping temporary objects for the next borrower)", err);
+    sqlite3_set_last_insert_rowid(c->db, 0);
     return DBK_OK;
 }
 
@@ -909,6 +1047,7 @@ static void sq_close(void *impl)
         sqlite3_progress_handler(c->db, 0, NULL, NULL);
     if (c->db)
         sqlite3_close_v2(c->db); /* rolls back an open transaction */
+    free(c->restore_sql);
     free(c->path);
     free(c);
 }
@@ -1100,6 +1239,13 @@ static dbk_rc sq_open(const struct dbk_config *cfg, void **impl, dbk_error *err)
             goto pragma_failed;
     }
     rc = sqlite3_exec(c->db, "PRAGMA foreign_keys=ON", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto pragma_failed;
+    rc = restore_sql_build(c); /* the settings above are what a reset restores */
+    if (rc == SQLITE_NOMEM) {
+        sq_close(c);
+        return dbk__err(err, DBK_ENOMEM, "out of memory opening an sqlite database");
+    }
     if (rc != SQLITE_OK)
         goto pragma_failed;
     if (c->stmt_timeout_ms > 0)
