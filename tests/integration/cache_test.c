@@ -1263,6 +1263,485 @@ static void cache_repo_reads_and_writes(void **state)
     dbkt_each_engine("cache_repo", repo_engine);
 }
 
+
+/* ---- the cached repository: single-flight across a committed write -------- */
+
+struct vrow {
+    int64_t id;
+    int64_t version;
+    const char *name;
+};
+
+static const dbk_field vrow_fields[] = {
+    DBK_FIELD(struct vrow, id, "id", DBK_TYPE_INT64, DBK_F_PK),
+    DBK_FIELD(struct vrow, version, "version", DBK_TYPE_INT64, 0),
+    DBK_FIELD(struct vrow, name, "name", DBK_TYPE_TEXT, 0),
+};
+static dbk_entity vrow_entity = DBK_ENTITY_PLAIN("vrows", struct vrow, vrow_fields);
+
+static void vrows_reset(dbk_db *db, int nrows)
+{
+    dbkt_exec(db, "DROP TABLE IF EXISTS vrows; "
+                  "CREATE TABLE vrows (id BIGINT PRIMARY KEY, version BIGINT NOT NULL, "
+                  "name TEXT NOT NULL)");
+    for (int i = 1; i <= nrows; i++) {
+        dbk_value p[1] = {dbk_int64(i)};
+        dbk_error err;
+        DBKT_OK(dbk_db_exec(db, "INSERT INTO vrows VALUES ($1, 1, 'v1')", p, 1, NULL, &err),
+                &err);
+    }
+}
+
+/* An observer that, once armed, blocks the first SELECT of its executor
+ * after the row was read (the cached repository's loader is in the middle
+ * of its load, holding the old row). */
+struct obs_gate {
+    atomic_bool armed;
+    struct gate *g;
+};
+
+static void gate_observer(void *ctx, const dbk_query_event *ev)
+{
+    struct obs_gate *o = ctx;
+    if (strncmp(ev->sql, "SELECT", 6) != 0 || !atomic_exchange(&o->armed, false))
+        return;
+    pthread_mutex_lock(&o->g->mu);
+    o->g->first_read = true;
+    pthread_cond_broadcast(&o->g->cv);
+    pthread_mutex_unlock(&o->g->mu);
+    gate_wait(o->g, gate_released, 20000);
+}
+
+struct vreader {
+    dbk_cached_repo *r;
+    dbk_db *db;
+    int64_t id;
+    pthread_t t;
+    atomic_bool done;
+    dbk_rc rc;
+    int64_t version;
+};
+
+static void *vreader_main(void *arg)
+{
+    struct vreader *v = arg;
+    dbk_arena *a = dbk_arena_new(0);
+    struct vrow row;
+    dbk_error err;
+    v->rc = dbk_cached_find_by_id(v->r, v->db, dbk_int64(v->id), &row, a, &err);
+    v->version = v->rc == DBK_OK ? row.version : -1;
+    dbk_arena_free(a);
+    atomic_store(&v->done, true);
+    return NULL;
+}
+
+static void vreader_start(struct vreader *v, dbk_cached_repo *r, dbk_db *db, int64_t id)
+{
+    memset(v, 0, sizeof *v);
+    v->r = r;
+    v->db = db;
+    v->id = id;
+    assert_int_equal(pthread_create(&v->t, NULL, vreader_main, v), 0);
+}
+
+struct vwrite {
+    dbk_cached_repo *r;
+    int64_t id, version;
+};
+
+static dbk_rc vwrite_tx(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    struct vwrite *w = ctx;
+    char name[32];
+    snprintf(name, sizeof name, "v%lld", (long long)w->version);
+    struct vrow in = {w->id, w->version, name};
+    const char *fields[] = {"version", "name"};
+    return dbk_cached_update(w->r, tx, dbk_int64(w->id), &in, fields, 2, NULL, NULL, err);
+}
+
+static void repo_detach_engine(const char *url, dbk_engine engine)
+{
+    (void)engine;
+    dbk_conn *ca = dbkt_open(url), *cb = dbkt_open(url), *cw = dbkt_open(url);
+    dbk_db *dba = dbk_conn_db(ca), *dbb = dbk_conn_db(cb), *dbw = dbk_conn_db(cw);
+    for (int b = 0; b < 2; b++) {
+        vrows_reset(dbw, 1);
+        dbk_cache_opts o = {0};
+        o.flight_wait_ms = 30000;
+        dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
+        dbk_cached_repo *r = NULL;
+        dbk_error err;
+        DBKT_OK(dbk_cached_repo_new(c, &vrow_entity, NULL, &r, &err), &err);
+        struct gate g;
+        gate_init(&g, "");
+        struct obs_gate og = {true, &g};
+        dbk_db_set_observer(dba, gate_observer, &og);
+
+        /* A reads version 1 and stalls inside its load */
+        struct vreader a, bb;
+        vreader_start(&a, r, dba, 1);
+        assert_true(gate_wait(&g, gate_first_read, 10000));
+        /* a committed write, invalidated after COMMIT by the repository */
+        struct vwrite w = {r, 1, 2};
+        DBKT_OK(dbk_transaction(dbw, vwrite_tx, &w, NULL, &err), &err);
+        /* B starts after dbk_transaction returned: it must read version 2
+         * without waiting for A */
+        vreader_start(&bb, r, dbb, 1);
+        int64_t end = now_ms() + 5000;
+        while (!atomic_load(&bb.done) && now_ms() < end)
+            sleep_ms(2);
+        bool b_alone = atomic_load(&bb.done);
+        gate_open(&g);
+        pthread_join(bb.t, NULL);
+        pthread_join(a.t, NULL);
+        dbk_db_set_observer(dba, NULL, NULL);
+        assert_true(b_alone);
+        assert_int_equal(bb.rc, DBK_OK);
+        assert_int_equal(bb.version, 2);
+        assert_int_equal(a.rc, DBK_OK);
+        assert_int_equal(a.version, 1); /* it overlapped the write */
+        /* and A's old row was not stored */
+        struct vreader after;
+        vreader_start(&after, r, dbb, 1);
+        pthread_join(after.t, NULL);
+        assert_int_equal(after.version, 2);
+        gate_destroy(&g);
+        dbk_cached_repo_free(r);
+        dbk_cache_close(c);
+    }
+    dbk_conn_close(ca);
+    dbk_conn_close(cb);
+    dbk_conn_close(cw);
+}
+
+static void cache_repo_tx_detaches_flight(void **state)
+{
+    (void)state;
+    dbkt_each_engine("cache_repo_detach", repo_detach_engine);
+}
+
+/* 8 readers and 2 writers, bounded: no read that starts after a write's
+ * dbk_transaction returned may see an older version. */
+#define STRESS_READERS 8
+#define STRESS_WRITES 30
+
+struct stress {
+    const char *url;
+    dbk_cached_repo *r;
+    atomic_llong published[3]; /* per row: last version whose transaction returned */
+    atomic_int writers_left;
+    atomic_int stale, reads, errors;
+};
+
+struct stress_thread {
+    struct stress *s;
+    int index;
+};
+
+static void *stress_writer(void *arg)
+{
+    struct stress_thread *t = arg;
+    struct stress *s = t->s;
+    dbk_conn *conn = dbkt_open(s->url);
+    int64_t id = t->index + 1;
+    for (int64_t v = 2; v < 2 + STRESS_WRITES; v++) {
+        struct vwrite w = {s->r, id, v};
+        dbk_error err;
+        if (dbk_transaction(dbk_conn_db(conn), vwrite_tx, &w, NULL, &err) != DBK_OK) {
+            atomic_fetch_add(&s->errors, 1);
+            break;
+        }
+        atomic_store(&s->published[id], v);
+    }
+    dbk_conn_close(conn);
+    atomic_fetch_sub(&s->writers_left, 1);
+    return NULL;
+}
+
+static void *stress_reader(void *arg)
+{
+    struct stress_thread *t = arg;
+    struct stress *s = t->s;
+    dbk_conn *conn = dbkt_open(s->url);
+    dbk_arena *a = dbk_arena_new(0);
+    for (int i = 0; i < 20000 && atomic_load(&s->writers_left) > 0; i++) {
+        int64_t id = 1 + (i + t->index) % 2;
+        int64_t floor = atomic_load(&s->published[id]);
+        struct vrow row;
+        dbk_error err;
+        dbk_rc rc = dbk_cached_find_by_id(s->r, dbk_conn_db(conn), dbk_int64(id), &row, a, &err);
+        if (rc != DBK_OK)
+            atomic_fetch_add(&s->errors, 1);
+        else if (row.version < floor)
+            atomic_fetch_add(&s->stale, 1);
+        atomic_fetch_add(&s->reads, 1);
+        dbk_arena_reset(a);
+    }
+    dbk_arena_free(a);
+    dbk_conn_close(conn);
+    return NULL;
+}
+
+static void repo_stress_engine(const char *url, dbk_engine engine)
+{
+    (void)engine;
+    dbk_conn *conn = dbkt_open(url);
+    for (int b = 0; b < 2; b++) {
+        vrows_reset(dbk_conn_db(conn), 2);
+        dbk_cache *c = b ? open_redis(NULL) : open_mem(NULL);
+        struct stress s;
+        memset(&s, 0, sizeof s);
+        s.url = url;
+        dbk_error err;
+        DBKT_OK(dbk_cached_repo_new(c, &vrow_entity, NULL, &s.r, &err), &err);
+        atomic_store(&s.published[1], 1);
+        atomic_store(&s.published[2], 1);
+        atomic_store(&s.writers_left, 2);
+        struct stress_thread th[STRESS_READERS + 2];
+        pthread_t tid[STRESS_READERS + 2];
+        for (int i = 0; i < STRESS_READERS + 2; i++) {
+            th[i].s = &s;
+            th[i].index = i < 2 ? i : i - 2;
+            assert_int_equal(pthread_create(&tid[i], NULL, i < 2 ? stress_writer : stress_reader,
+                                            &th[i]), 0);
+        }
+        for (int i = 0; i < STRESS_READERS + 2; i++)
+            pthread_join(tid[i], NULL);
+        assert_int_equal(atomic_load(&s.errors), 0);
+        assert_int_equal(atomic_load(&s.stale), 0);
+        assert_true(atomic_load(&s.reads) > 0);
+        assert_int_equal(atomic_load(&s.published[1]), 1 + STRESS_WRITES);
+        dbk_cached_repo_free(s.r);
+        dbk_cache_close(c);
+    }
+    dbk_conn_close(conn);
+}
+
+static void cache_repo_no_stale_reads_under_writes(void **state)
+{
+    (void)state;
+    dbkt_each_engine("cache_repo_stress", repo_stress_engine);
+}
+
+/* ---- the cached repository: canonical keys -------------------------------- */
+
+/* The cached read must answer exactly what the uncached one answers. */
+static void same_as_uncached(dbk_cached_repo *r, dbk_db *db, const char *column, dbk_value v,
+                             const char *what)
+{
+    struct cuser u1, u2;
+    dbk_arena *a = dbk_arena_new(0);
+    dbk_error err;
+    dbk_rc want = column ? dbk_repo_find_by(db, &cuser_entity, column, v, &u1, a, &err)
+                         : dbk_repo_find_by_id(db, &cuser_entity, v, &u1, a, &err);
+    for (int i = 0; i < 2; i++) { /* a miss, then what the cache kept */
+        dbk_rc got = column ? dbk_cached_find_by(r, db, column, v, &u2, a, &err)
+                            : dbk_cached_find_by_id(r, db, v, &u2, a, &err);
+        if (got != want)
+            fail_msg("lookup %s: cached %s, uncached %s (%s)", what, dbk_rc_name(got),
+                     dbk_rc_name(want), err.message);
+        if (got == DBK_OK && (u1.id != u2.id || strcmp(u1.name, u2.name) != 0))
+            fail_msg("lookup %s: cached row %lld '%s', database row %lld '%s'", what,
+                     (long long)u2.id, u2.name, (long long)u1.id, u1.name);
+    }
+    dbk_arena_free(a);
+}
+
+static void id_lookups(dbk_cached_repo *r, dbk_db *db, int64_t id)
+{
+    char s[8][40];
+    snprintf(s[0], sizeof s[0], "%05lld", (long long)id);
+    snprintf(s[1], sizeof s[1], "+%lld", (long long)id);
+    snprintf(s[2], sizeof s[2], " %lld", (long long)id);
+    snprintf(s[3], sizeof s[3], "%lld ", (long long)id);
+    snprintf(s[4], sizeof s[4], "%lld.0", (long long)id);
+    snprintf(s[5], sizeof s[5], "%lld", (long long)id);
+    snprintf(s[6], sizeof s[6], "99999999999999999999");
+    snprintf(s[7], sizeof s[7], "x%lld", (long long)id);
+    for (int i = 0; i < 8; i++)
+        same_as_uncached(r, db, NULL, dbk_text(s[i]), s[i]);
+    static char longid[2001];
+    memset(longid, '0', 2000);
+    snprintf(longid + 1990, 11, "%010lld", (long long)id);
+    same_as_uncached(r, db, NULL, dbk_text(longid), "2000 digits");
+    same_as_uncached(r, db, NULL, dbk_int64(id), "int64");
+    same_as_uncached(r, db, "id", dbk_int64(id), "int64 through find_by");
+    same_as_uncached(r, db, "id", dbk_text(s[0]), "zero-padded text through find_by");
+    same_as_uncached(r, db, NULL, dbk_double((double)id), "double");
+    same_as_uncached(r, db, NULL, dbk_null(), "NULL");
+    /* a unique text column: too long for a key, NULL */
+    static char longmail[2001];
+    memset(longmail, 'm', 2000);
+    same_as_uncached(r, db, "email", dbk_text(longmail), "2000-byte email");
+    same_as_uncached(r, db, "email", dbk_null(), "NULL email");
+}
+
+static dbk_rc rename_by(dbk_cached_repo *r, dbk_db *db, dbk_value id, const char *name)
+{
+    struct cuser in = {0, NULL, name};
+    const char *fields[] = {"name"};
+    dbk_error err;
+    dbk_rc rc = dbk_cached_update(r, db, id, &in, fields, 1, NULL, NULL, &err);
+    if (rc != DBK_OK)
+        fail_msg("rename: %s", err.message);
+    return rc;
+}
+
+static void canonical_engine(const char *url, dbk_engine engine)
+{
+    dbk_conn *conn = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(conn);
+    dbkt_exec(db, engine == DBK_ENGINE_POSTGRES
+                      ? "DROP TABLE IF EXISTS cusers; CREATE TABLE cusers (id BIGSERIAL PRIMARY "
+                        "KEY, email TEXT UNIQUE NOT NULL, name TEXT NOT NULL)"
+                      : "DROP TABLE IF EXISTS cusers; CREATE TABLE cusers (id INTEGER PRIMARY "
+                        "KEY, email TEXT UNIQUE NOT NULL, name TEXT NOT NULL)");
+    dbkt_exec(db, "INSERT INTO cusers (email, name) VALUES ('a@x', 'A'), ('b@x', 'B'), "
+                  "('c@x', 'C'), ('d@x', 'D'), ('e@x', 'E')");
+    for (int b = 0; b < 2; b++) {
+        dbkt_exec(db, "UPDATE cusers SET name = 'E' WHERE id = 5");
+        dbk_cache_opts o = {0};
+        o.negative_ttl_ms = 60000;
+        dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
+        dbk_cached_repo *r = NULL;
+        dbk_error err;
+        DBKT_OK(dbk_cached_repo_new(c, &cuser_entity, NULL, &r, &err), &err);
+        id_lookups(r, db, 5); /* every spelling, cached where it can be */
+        rename_by(r, db, dbk_int64(5), "E2");
+        id_lookups(r, db, 5); /* no spelling still sees 'E' */
+        rename_by(r, db, dbk_text("0005"), "E3"); /* the writer's spelling must not matter */
+        id_lookups(r, db, 5);
+        rename_by(r, db, dbk_text(" 5"), "E4");
+        id_lookups(r, db, 5);
+        dbk_cached_repo_free(r);
+        dbk_cache_close(c);
+    }
+    dbk_conn_close(conn);
+}
+
+static void cache_repo_canonical_id_keys(void **state)
+{
+    (void)state;
+    dbkt_each_engine("cache_repo_canon", canonical_engine);
+}
+
+/* Unique text columns whose equality is not byte equality. */
+struct cperson {
+    int64_t id;
+    const char *email;  /* case-insensitive: SQLite NOCASE, PostgreSQL ICU level 2 */
+    const char *code;   /* trailing spaces ignored: SQLite RTRIM, PostgreSQL char(8) */
+    const char *handle; /* plain text: byte equality */
+    const char *name;
+};
+
+static const dbk_field cperson_fields[] = {
+    DBK_FIELD(struct cperson, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
+    DBK_FIELD(struct cperson, email, "email", DBK_TYPE_TEXT, DBK_F_UNIQUE),
+    DBK_FIELD(struct cperson, code, "code", DBK_TYPE_TEXT, DBK_F_UNIQUE),
+    DBK_FIELD(struct cperson, handle, "handle", DBK_TYPE_TEXT, DBK_F_UNIQUE),
+    DBK_FIELD(struct cperson, name, "name", DBK_TYPE_TEXT, 0),
+};
+static dbk_entity cperson_entity = DBK_ENTITY_PLAIN("cpeople", struct cperson, cperson_fields);
+
+/* find_by through the cache; checks the rc and (when found) the name, and
+ * that the uncached repository agrees. */
+static void person_is(dbk_cached_repo *r, dbk_db *db, const char *column, const char *value,
+                      dbk_rc want, const char *name)
+{
+    struct cperson p;
+    dbk_arena *a = dbk_arena_new(0);
+    dbk_error err;
+    dbk_rc rc = dbk_repo_find_by(db, &cperson_entity, column, dbk_text(value), &p, a, &err);
+    if (rc != want)
+        fail_msg("uncached %s = '%s': %s, expected %s", column, value, dbk_rc_name(rc),
+                 dbk_rc_name(want));
+    rc = dbk_cached_find_by(r, db, column, dbk_text(value), &p, a, &err);
+    if (rc != want)
+        fail_msg("cached %s = '%s': %s, expected %s (%s)", column, value, dbk_rc_name(rc),
+                 dbk_rc_name(want), err.message);
+    if (rc == DBK_OK && strcmp(p.name, name) != 0)
+        fail_msg("cached %s = '%s': name '%s', expected '%s'", column, value, p.name, name);
+    dbk_arena_free(a);
+}
+
+static void collation_engine(const char *url, dbk_engine engine)
+{
+    dbk_conn *conn = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(conn);
+    if (engine == DBK_ENGINE_POSTGRES)
+        dbkt_exec(db, "DROP TABLE IF EXISTS cpeople; DROP COLLATION IF EXISTS dbkt_ci; "
+                      "CREATE COLLATION dbkt_ci (provider = icu, locale = 'und-u-ks-level2', "
+                      "deterministic = false); "
+                      "CREATE TABLE cpeople (id BIGSERIAL PRIMARY KEY, email TEXT COLLATE dbkt_ci "
+                      "UNIQUE NOT NULL, code CHAR(8) UNIQUE NOT NULL, handle TEXT UNIQUE NOT NULL, "
+                      "name TEXT NOT NULL)");
+    else
+        dbkt_exec(db, "DROP TABLE IF EXISTS cpeople; "
+                      "CREATE TABLE cpeople (id INTEGER PRIMARY KEY, email TEXT COLLATE NOCASE "
+                      "UNIQUE NOT NULL, code TEXT COLLATE RTRIM UNIQUE NOT NULL, handle TEXT "
+                      "UNIQUE NOT NULL, name TEXT NOT NULL)");
+    for (int b = 0; b < 2; b++) {
+        dbkt_exec(db, "DELETE FROM cpeople");
+        dbk_cache_opts o = {0};
+        o.negative_ttl_ms = 60000;
+        dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
+        dbk_cached_repo *r = NULL;
+        dbk_error err;
+        DBKT_OK(dbk_cached_repo_new(c, &cperson_entity, NULL, &r, &err), &err);
+
+        /* "not found" for another spelling must not outlive the create */
+        person_is(r, db, "email", "ADA@X.ORG", DBK_ENOT_FOUND, NULL);
+        person_is(r, db, "code", "AB1  ", DBK_ENOT_FOUND, NULL);
+        struct cperson in = {0, "ada@x.org", "AB1", "ada", "Ada"}, out;
+        dbk_arena *a = dbk_arena_new(0);
+        DBKT_OK(dbk_cached_create(r, db, &in, &out, a, &err), &err);
+        person_is(r, db, "email", "ADA@X.ORG", DBK_OK, "Ada");
+        person_is(r, db, "email", "Ada@x.org", DBK_OK, "Ada");
+        person_is(r, db, "code", "AB1  ", DBK_OK, "Ada");
+        person_is(r, db, "handle", "ada", DBK_OK, "Ada");
+        person_is(r, db, "handle", "ADA", DBK_ENOT_FOUND, NULL);
+
+        /* a write through the repository reaches every spelling */
+        struct cperson upd = {0, NULL, NULL, NULL, "Ada L."};
+        const char *fields[] = {"name"};
+        DBKT_OK(dbk_cached_update(r, db, dbk_int64(out.id), &upd, fields, 1, NULL, NULL, &err),
+                &err);
+        person_is(r, db, "email", "ADA@X.ORG", DBK_OK, "Ada L.");
+        person_is(r, db, "email", "Ada@x.org", DBK_OK, "Ada L.");
+        person_is(r, db, "email", "ada@x.org", DBK_OK, "Ada L.");
+        person_is(r, db, "code", "AB1  ", DBK_OK, "Ada L.");
+        person_is(r, db, "code", "AB1", DBK_OK, "Ada L.");
+        person_is(r, db, "handle", "ada", DBK_OK, "Ada L.");
+
+        /* the byte-equal column is still cached: a second read runs no query */
+        dbk_db_set_observer(db, count_query, NULL);
+        struct cperson p;
+        DBKT_OK(dbk_cached_find_by(r, db, "handle", dbk_text("ada"), &p, a, &err), &err);
+        atomic_store(&g_queries, 0);
+        DBKT_OK(dbk_cached_find_by(r, db, "handle", dbk_text("ada"), &p, a, &err), &err);
+        DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(out.id), &p, a, &err), &err);
+        DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(out.id), &p, a, &err), &err);
+        assert_int_equal(atomic_load(&g_queries), 1);
+        dbk_db_set_observer(db, NULL, NULL);
+
+        /* delete: every spelling is gone */
+        DBKT_OK(dbk_cached_delete(r, db, dbk_int64(out.id), NULL, NULL, &err), &err);
+        person_is(r, db, "email", "ADA@X.ORG", DBK_ENOT_FOUND, NULL);
+        person_is(r, db, "code", "AB1  ", DBK_ENOT_FOUND, NULL);
+        person_is(r, db, "handle", "ada", DBK_ENOT_FOUND, NULL);
+        dbk_arena_free(a);
+        dbk_cached_repo_free(r);
+        dbk_cache_close(c);
+    }
+    dbk_conn_close(conn);
+}
+
+static void cache_repo_collation_keys(void **state)
+{
+    (void)state;
+    dbkt_each_engine("cache_repo_coll", collation_engine);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_hit_and_miss),
     cmocka_unit_test(cache_ttl_expiry),
@@ -1281,6 +1760,10 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_redis_invalidation_replayed),
     cmocka_unit_test(cache_redis_auth_and_select),
     cmocka_unit_test(cache_repo_reads_and_writes),
+    cmocka_unit_test(cache_repo_tx_detaches_flight),
+    cmocka_unit_test(cache_repo_no_stale_reads_under_writes),
+    cmocka_unit_test(cache_repo_canonical_id_keys),
+    cmocka_unit_test(cache_repo_collation_keys),
 };
 
 DBKT_MAIN(tests)
