@@ -15,7 +15,8 @@
  *               table is touched (released on unlock or when the session
  *               dies, so a killed migrator frees it); then BEGIN per step.
  *   SQLite      BEGIN EXCLUSIVE per step (retried on busy until the lock
- *               deadline): the check and the apply are one exclusive
+ *               deadline, each attempt's busy wait capped by the time
+ *               left): the check and the apply are one exclusive
  *               transaction, so concurrent processes apply each migration
  *               exactly once.
  *
@@ -102,7 +103,7 @@ dbk_rc dbk__mctx_open(dbk__mctx *m, dbk_db *db, const dbk_migrate_opts *opts, in
     if (m->opts.lock_timeout_ms == 0)
         m->opts.lock_timeout_ms = DEFAULT_LOCK_TIMEOUT_MS;
     m->lock_key = lock_key;
-    m->deadline_ns = dbk__now_ns() + (int64_t)m->opts.lock_timeout_ms * 1000000;
+    dbk__mctx_wait_from_now(m);
     char host[64];
     if (gethostname(host, sizeof host) != 0)
         dbk__strlcpy(host, "unknown", sizeof host);
@@ -249,18 +250,65 @@ dbk_rc dbk__mctx_lock(dbk__mctx *m, dbk_error *err)
     }
 }
 
+void dbk__mctx_wait_from_now(dbk__mctx *m)
+{
+    m->deadline_ns = dbk__now_ns() + (int64_t)m->opts.lock_timeout_ms * 1000000;
+}
+
+/* Sets SQLite's busy timeout of the pinned connection (the driver's own
+ * statement, so the pool neither retries nor inspects it). */
+static dbk_rc set_busy_timeout(dbk__mctx *m, int64_t ms, dbk_error *err)
+{
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA busy_timeout = %lld", (long long)ms);
+    return m->conn->drv->run(m->conn->impl, sql, NULL, 0, NULL, NULL, err);
+}
+
+/* SQLite: BEGIN EXCLUSIVE until the lock deadline. Each attempt waits in
+ * SQLite's busy handler for the connection's busy timeout, capped by the
+ * time left (one full busy timeout per attempt overran a short lock
+ * timeout by seconds); the attempts run on the driver directly, because the
+ * pool would retry a busy statement for another busy timeout. The busy
+ * timeout is put back afterwards. */
+static dbk_rc sqlite_begin_exclusive(dbk__mctx *m, dbk_error *err)
+{
+    dbk_conn *c = m->conn;
+    dbk_result *r = NULL;
+    int64_t busy = 0;
+    dbk_rc rc = c->drv->run(c->impl, "PRAGMA busy_timeout", NULL, 0, &r, NULL, err);
+    if (rc == DBK_OK)
+        rc = dbk_result_get_int64(r, 0, 0, &busy, err);
+    dbk_result_free(r);
+    if (rc)
+        return rc;
+    for (;;) {
+        int64_t left = (m->deadline_ns - dbk__now_ns()) / 1000000;
+        rc = set_busy_timeout(m, left < 0 ? 0 : left < busy ? left : busy, err);
+        if (rc == DBK_OK)
+            rc = c->drv->run(c->impl, "BEGIN EXCLUSIVE", NULL, 0, NULL, NULL, err);
+        if (rc == DBK_EBUSY)
+            rc = dbk__mctx_wait(m, "the exclusive lock on the SQLite database", err);
+        else
+            break;
+        if (rc)
+            break;
+    }
+    dbk_error e;
+    dbk_rc brc = set_busy_timeout(m, busy, &e);
+    if (rc == DBK_OK && brc != DBK_OK) {
+        if (err)
+            *err = e;
+        dbk__mctx_rollback(m);
+        return brc;
+    }
+    return rc;
+}
+
 dbk_rc dbk__mctx_begin(dbk__mctx *m, dbk_error *err)
 {
     if (m->engine != DBK_ENGINE_SQLITE)
         return exec0(m, "BEGIN", err);
-    for (;;) {
-        dbk_rc rc = exec0(m, "BEGIN EXCLUSIVE", err);
-        if (rc != DBK_EBUSY)
-            return rc;
-        rc = dbk__mctx_wait(m, "the exclusive lock on the SQLite database", err);
-        if (rc)
-            return rc;
-    }
+    return sqlite_begin_exclusive(m, err);
 }
 
 dbk_rc dbk__mctx_commit(dbk__mctx *m, dbk_error *err)
@@ -722,6 +770,7 @@ static dbk_rc revert_one(dbk__mctx *m, const dbk__migfile *f, dbk_error *err)
 static dbk_rc step_open(dbk__mctx *m, const dbk__migset *set, history *h, bool *warned_missing,
                         dbk_error *err)
 {
+    dbk__mctx_wait_from_now(m); /* each step waits for the lock at most the lock timeout */
     for (;;) {
         dbk_rc rc = dbk__mctx_begin(m, err);
         if (rc)

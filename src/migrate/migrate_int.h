@@ -147,7 +147,7 @@ typedef struct dbk__mctx {
     dbk_migrate_opts opts;
     int64_t lock_key;       /* PostgreSQL advisory lock key */
     bool locked;
-    int64_t deadline_ns;    /* lock waits end here (monotonic) */
+    int64_t deadline_ns;    /* the current lock wait ends here (monotonic) */
     bool waited;            /* a WAITING event was sent */
     char owner[128];        /* "pid@host" */
 } dbk__mctx;
@@ -164,8 +164,11 @@ void dbk__mctx_close(dbk__mctx *m);
 /* PostgreSQL: takes the advisory lock (bounded wait). SQLite: nothing. */
 dbk_rc dbk__mctx_lock(dbk__mctx *m, dbk_error *err);
 /* Opens a transaction: BEGIN on PostgreSQL, BEGIN EXCLUSIVE on SQLite
- * (retried on busy until the lock deadline). */
+ * (retried on busy until the lock deadline; no attempt waits past it). */
 dbk_rc dbk__mctx_begin(dbk__mctx *m, dbk_error *err);
+/* Starts a wait for the lock: the deadline becomes now + lock timeout
+ * (at open, and before each SQLite step or seed). */
+void dbk__mctx_wait_from_now(dbk__mctx *m);
 dbk_rc dbk__mctx_commit(dbk__mctx *m, dbk_error *err);
 void dbk__mctx_rollback(dbk__mctx *m);
 /* Sleeps a little (bounded by the deadline); DBK_EBUSY once it passed. */

@@ -37,6 +37,7 @@ static dbk_rc ensure_seeds(dbk__mctx *m, dbk_error *err)
 static dbk_rc seed_one(dbk__mctx *m, const dbk__migfile *f, bool *ran, dbk_error *err)
 {
     *ran = false;
+    dbk__mctx_wait_from_now(m);
     dbk_rc rc = dbk__mctx_begin(m, err);
     if (rc)
         return rc;

@@ -1242,6 +1242,72 @@ static void migrate_pg_lock_timeout_names_holder(void **state)
     free(url);
 }
 
+/* ---- SQLite lock timeout ---- */
+
+/* Migrates (or seeds) on `db` while another connection holds the write
+ * lock: the run must give up with the lock-timeout error although SQLite's
+ * busy_timeout (5000 ms) is five times the lock timeout (1000 ms). The
+ * bound on the elapsed time is a correctness bound (one busy_timeout per
+ * BEGIN EXCLUSIVE attempt took 5.6 s), not a performance target. */
+static void sqlite_lock_wait_bounded(dbk_db *db, bool seed)
+{
+    dbk_error err;
+    dbk_migrate_source src = mem(BASIC, 3);
+    events ev;
+    dbk_migrate_opts o = opts_with(&ev);
+    o.lock_timeout_ms = 1000;
+    int64_t t0 = dbkt_mono_ms();
+    dbk_rc rc = seed ? dbk_seed_run(db, &src, &o, NULL, &err)
+                     : dbk_migrate_up(db, &src, &o, NULL, &err);
+    int64_t ms = dbkt_mono_ms() - t0;
+    DBKT_RC(DBK_EBUSY, rc);
+    assert_contains(err.message, "timed out after 1000 ms");
+    if (ms >= 1000 + 2000)
+        fail_msg("the lock wait took %lld ms with lock_timeout 1000 ms", (long long)ms);
+    /* the connection's own busy timeout is back */
+    assert_int_equal(count_rows(db, "PRAGMA busy_timeout"), 5000);
+}
+
+static void migrate_sqlite_lock_timeout_caps_busy_timeout(void **state)
+{
+    (void)state;
+    char *base = dbkt_sqlite_url("mig_sqlock");
+    char url[1024];
+    snprintf(url, sizeof url, "%s?busy_timeout=5000", base);
+    free(base);
+    dbk_conn *holder = dbkt_open(url);
+    dbkt_exec(dbk_conn_db(holder), "CREATE TABLE held (v INTEGER)");
+    dbkt_exec(dbk_conn_db(holder), "BEGIN EXCLUSIVE");
+    dbkt_exec(dbk_conn_db(holder), "INSERT INTO held VALUES (1)");
+
+    /* a plain connection */
+    dbk_conn *c = dbkt_open(url);
+    sqlite_lock_wait_bounded(dbk_conn_db(c), false);
+    sqlite_lock_wait_bounded(dbk_conn_db(c), true);
+
+    /* a pool, whose own busy retry must not stretch the wait either */
+    dbk_error err;
+    dbk_config *cfg = NULL;
+    DBKT_OK(dbk_config_from(url, NULL, NULL, &cfg, &err), &err);
+    dbk_pool *pool = NULL;
+    dbk_pool_opts po = {.max_size = 1};
+    DBKT_OK(dbk_pool_open(cfg, &po, &pool, &err), &err);
+    dbk_config_free(cfg);
+    sqlite_lock_wait_bounded(dbk_pool_db(pool), false);
+
+    /* released: both go through */
+    dbkt_exec(dbk_conn_db(holder), "COMMIT");
+    dbk_migrate_source src = mem(BASIC, 3);
+    int n = 0;
+    DBKT_OK(dbk_migrate_up(dbk_pool_db(pool), &src, NULL, &n, &err), &err);
+    assert_int_equal(n, 3);
+    DBKT_OK(dbk_migrate_up(dbk_conn_db(c), &src, NULL, &n, &err), &err);
+    assert_int_equal(n, 0);
+    dbk_pool_close(pool, 1000);
+    dbk_conn_close(c);
+    dbk_conn_close(holder);
+}
+
 static void migrate_pg_create_index_concurrently(void **state)
 {
     (void)state;
@@ -1625,6 +1691,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(migrate_sigkill_leaves_consistent_state),
     cmocka_unit_test(migrate_trigger_and_dollar_bodies),
     cmocka_unit_test(migrate_pg_lock_timeout_names_holder),
+    cmocka_unit_test(migrate_sqlite_lock_timeout_caps_busy_timeout),
     cmocka_unit_test(migrate_pg_create_index_concurrently),
     cmocka_unit_test(migrate_seeds_tracked_and_idempotent),
     cmocka_unit_test(migrate_example_set_both_engines),
