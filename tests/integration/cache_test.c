@@ -1742,6 +1742,307 @@ static void cache_repo_collation_keys(void **state)
     dbkt_each_engine("cache_repo_coll", collation_engine);
 }
 
+
+/* ---- closing with invalidations still queued ------------------------------ */
+
+/* Log lines captured through dbk_set_log. */
+static pthread_mutex_t g_log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char g_log[8192];
+
+static void capture_log(void *ctx, dbk_log_level level, const char *msg)
+{
+    (void)ctx;
+    pthread_mutex_lock(&g_log_mu);
+    size_t n = strlen(g_log);
+    snprintf(g_log + n, sizeof g_log - n, "%s %s\n",
+             level == DBK_LOG_WARN ? "WARN" : level == DBK_LOG_ERROR ? "ERROR" : "INFO", msg);
+    pthread_mutex_unlock(&g_log_mu);
+}
+
+static void log_start(void)
+{
+    pthread_mutex_lock(&g_log_mu);
+    g_log[0] = 0;
+    pthread_mutex_unlock(&g_log_mu);
+    dbk_set_log(capture_log, NULL, DBK_LOG_INFO);
+}
+
+static bool log_has(const char *s)
+{
+    pthread_mutex_lock(&g_log_mu);
+    bool found = strstr(g_log, s) != NULL;
+    pthread_mutex_unlock(&g_log_mu);
+    return found;
+}
+
+/* Does the server hold key (raw, prefix included)? */
+static bool redis_has(int port, const char *key)
+{
+    struct timeval tv = {2, 0};
+    redisContext *rc = redisConnectWithTimeout("127.0.0.1", port, tv);
+    assert_true(rc && !rc->err);
+    redisReply *rep = redisCommand(rc, "EXISTS %s", key);
+    assert_true(rep && rep->type == REDIS_REPLY_INTEGER);
+    bool has = rep->integer == 1;
+    freeReplyObject(rep);
+    redisFree(rc);
+    return has;
+}
+
+static void redis_raw_set(int port, const char *key, const char *val)
+{
+    struct timeval tv = {2, 0};
+    redisContext *rc = redisConnectWithTimeout("127.0.0.1", port, tv);
+    assert_true(rc && !rc->err);
+    redisReply *rep = redisCommand(rc, "SET %s %s", key, val);
+    assert_true(rep && rep->type == REDIS_REPLY_STATUS);
+    freeReplyObject(rep);
+    redisFree(rc);
+}
+
+/* Queues `n` deletes (k0, k1, ...) on a cache whose Redis is down. */
+static void queue_deletes(dbk_cache *c, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char key[8];
+        snprintf(key, sizeof key, "k%d", i);
+        dbk_error err;
+        assert_int_not_equal(dbk_cache_delete(c, key, strlen(key), &err), DBK_OK);
+    }
+    dbk_cache_stats st;
+    dbk_error err;
+    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    assert_int_equal(st.pending_invalidations, (uint64_t)n);
+}
+
+/* Redis is back by the time the cache closes: the queue reaches it. */
+static void cache_redis_close_delivers_queued_invalidations(void **state)
+{
+    (void)state;
+    struct own_redis rs = {0};
+    redis_start(&rs, NULL);
+    dbk_cache_opts o = {0};
+    o.key_prefix = "cq:";
+    dbk_cache *c = open_cache(rs.url, &o);
+    put(c, "k0", "old", 60000);
+    redis_kill(&rs);
+    queue_deletes(c, 2);
+    redis_start(&rs, NULL); /* same port, empty: another process caches k0 again */
+    redis_raw_set(rs.port, "cq:v:k0", "old");
+    log_start();
+    dbk_cache_close(c);
+    dbk_set_log(NULL, NULL, DBK_LOG_INFO);
+    assert_false(redis_has(rs.port, "cq:v:k0"));
+    assert_true(redis_has(rs.port, "cq:g:k0")); /* the generation moved too */
+    assert_true(redis_has(rs.port, "cq:g:k1"));
+    assert_true(log_has("delivered 2 queued invalidations at close"));
+    assert_false(log_has("WARN"));
+    redis_kill(&rs);
+}
+
+struct restarter {
+    struct own_redis *rs;
+    int after_ms;
+};
+
+static void *restart_later(void *arg)
+{
+    struct restarter *r = arg;
+    sleep_ms(r->after_ms);
+    redis_start(r->rs, NULL);
+    return NULL;
+}
+
+/* Redis comes back while dbk_cache_close() waits for it. */
+static void cache_redis_close_waits_for_redis(void **state)
+{
+    (void)state;
+    struct own_redis rs = {0};
+    redis_start(&rs, NULL);
+    dbk_cache_opts o = {0};
+    o.key_prefix = "cw:";
+    o.close_timeout_ms = 20000; /* an upper bound, not a wait: close returns once delivered */
+    dbk_cache *c = open_cache(rs.url, &o);
+    put(c, "k0", "old", 60000);
+    redis_kill(&rs);
+    queue_deletes(c, 3);
+    struct restarter rr = {&rs, 300};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, restart_later, &rr), 0);
+    log_start();
+    dbk_cache_close(c);
+    dbk_set_log(NULL, NULL, DBK_LOG_INFO);
+    pthread_join(t, NULL);
+    assert_true(redis_has(rs.port, "cw:g:k0"));
+    assert_true(redis_has(rs.port, "cw:g:k2"));
+    assert_true(log_has("delivered 3 queued invalidations at close"));
+    redis_kill(&rs);
+}
+
+/* Redis never comes back (down, or frozen): close gives up within its bound
+ * and says how many invalidations were lost. */
+static void cache_redis_close_logs_undelivered(void **state)
+{
+    (void)state;
+    for (int frozen = 0; frozen < 2; frozen++) {
+        struct own_redis rs = {0};
+        redis_start(&rs, NULL);
+        dbk_cache_opts o = {0};
+        o.close_timeout_ms = 300;
+        dbk_cache *c = open_cache(rs.url, &o);
+        put(c, "k0", "old", 60000);
+        if (frozen)
+            kill(rs.pid, SIGSTOP); /* connects still succeed; nothing answers */
+        else
+            redis_kill(&rs);
+        queue_deletes(c, 2);
+        log_start();
+        int64_t t0 = now_ms();
+        dbk_cache_close(c);
+        int64_t took = now_ms() - t0;
+        dbk_set_log(NULL, NULL, DBK_LOG_INFO);
+        if (frozen) {
+            kill(rs.pid, SIGCONT);
+            redis_kill(&rs);
+        }
+        if (!log_has("WARN") || !log_has("2 queued invalidations not delivered"))
+            fail_msg("no warning with the count; log:\n%s", g_log);
+        assert_true(log_has("until their ttl runs out"));
+        /* bounded: close_timeout_ms plus at most one step; generous slack
+         * for a loaded machine, far below a hang */
+        assert_true(took < 300 + 5000);
+    }
+}
+
+/* close_timeout_ms < 0: no attempt, but still the warning. */
+static void cache_redis_close_no_wait_still_warns(void **state)
+{
+    (void)state;
+    struct own_redis rs = {0};
+    redis_start(&rs, NULL);
+    dbk_cache_opts o = {0};
+    o.close_timeout_ms = -1;
+    dbk_cache *c = open_cache(rs.url, &o);
+    put(c, "k0", "old", 60000);
+    redis_kill(&rs);
+    queue_deletes(c, 1);
+    log_start();
+    dbk_cache_close(c);
+    dbk_set_log(NULL, NULL, DBK_LOG_INFO);
+    assert_true(log_has("WARN"));
+    assert_true(log_has("1 queued invalidation not delivered"));
+}
+
+/* ---- value sizes ----------------------------------------------------------- */
+
+static void cache_codec_size_limits(void **state)
+{
+    (void)state;
+    static const char small[16] = "0123456789abcde";
+    void *out = (void *)1;
+    size_t outlen = 7;
+    dbk_error err;
+    /* one field over the limit: refused before anything is read or allocated
+     * (the pointer covers 16 bytes, the length claims more) */
+    dbk_value v = dbk_blob(small, (size_t)DBK_CACHE_MAX_VALUE + 1);
+    DBKT_RC(DBK_EINVALID, dbk_cache_encode_row(1, &v, 1, &out, &outlen, &err));
+    assert_null(out);
+    assert_int_equal(outlen, 0);
+    assert_non_null(strstr(err.message, "DBK_CACHE_MAX_VALUE"));
+    v = dbk_textn(small, (size_t)UINT32_MAX + 10);
+    DBKT_RC(DBK_EINVALID, dbk_cache_encode_row(1, &v, 1, &out, &outlen, &err));
+    /* fields each under the limit whose sum is over it */
+    dbk_value two[3] = {dbk_blob(small, DBK_CACHE_MAX_VALUE / 2), dbk_int64(1),
+                        dbk_blob(small, DBK_CACHE_MAX_VALUE / 2)};
+    DBKT_RC(DBK_EINVALID, dbk_cache_encode_row(1, two, 3, &out, &outlen, &err));
+    assert_non_null(strstr(err.message, "536870911"));
+    assert_null(out);
+    /* a field that fits exactly round-trips */
+    char *big = malloc(100000);
+    memset(big, 'b', 100000);
+    v = dbk_blob(big, 100000);
+    DBKT_OK(dbk_cache_encode_row(1, &v, 1, &out, &outlen, &err), &err);
+    dbk_value back;
+    DBKT_OK(dbk_cache_decode_row(out, outlen, 1, &back, 1, &err), &err);
+    assert_int_equal(back.u.bytes.len, 100000);
+    free(out);
+    free(big);
+    /* max_value_bytes over the backend limit is a configuration error */
+    dbk_cache_opts o = {0};
+    o.url = "memory:";
+    o.max_value_bytes = (size_t)DBK_CACHE_MAX_VALUE + 1;
+    dbk_cache *c = NULL;
+    DBKT_RC(DBK_ECONFIG, dbk_cache_open(&o, &c, &err));
+}
+
+static dbk_rc big_load(void *ctx, const void *key, size_t keylen, void **val, size_t *vallen,
+                       dbk_error *err)
+{
+    (void)key;
+    (void)keylen;
+    (void)err;
+    atomic_fetch_add((atomic_int *)ctx, 1);
+    char *v = malloc(5000);
+    memset(v, 'z', 5000);
+    *val = v;
+    *vallen = 5000;
+    return DBK_OK;
+}
+
+/* A value over max_value_bytes is served from the loader, never stored,
+ * and dbk_cache_set refuses it by name. */
+static void cache_oversized_value_served_not_stored(void **state)
+{
+    (void)state;
+    for (int b = 0; b < 2; b++) {
+        dbk_cache_opts o = {0};
+        o.max_value_bytes = 4096;
+        dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
+        atomic_int runs = 0;
+        for (int i = 0; i < 3; i++) {
+            void *v = NULL;
+            size_t n = 0;
+            dbk_error err;
+            DBKT_OK(dbk_cache_get_or_load(c, "big", 3, big_load, &runs, 60000, &v, &n, &err),
+                    &err);
+            assert_int_equal(n, 5000);
+            free(v);
+        }
+        assert_int_equal(atomic_load(&runs), 3); /* loaded each time: nothing stored */
+        char *blob = calloc(1, 4097);
+        dbk_error err;
+        DBKT_RC(DBK_EINVALID, dbk_cache_set(c, "big2", 4, blob, 4097, 60000, &err));
+        assert_non_null(strstr(err.message, "max_value_bytes (4096)"));
+        DBKT_OK(dbk_cache_set(c, "fits", 4, blob, 4096, 60000, &err), &err);
+        free(blob);
+        want_miss(c, "big2");
+
+        /* the cached repository: a row too large to cache is still answered */
+        char *url = dbkt_sqlite_url("cache_big_row");
+        dbk_conn *conn = dbkt_open(url);
+        free(url);
+        dbk_db *db = dbk_conn_db(conn);
+        dbkt_exec(db, "DROP TABLE IF EXISTS cusers; CREATE TABLE cusers (id INTEGER PRIMARY KEY, "
+                      "email TEXT UNIQUE NOT NULL, name TEXT NOT NULL); "
+                      "INSERT INTO cusers VALUES (1, 'big@x', printf('%.5000c', 'n'))");
+        dbk_cached_repo *r = NULL;
+        DBKT_OK(dbk_cached_repo_new(c, &cuser_entity, NULL, &r, &err), &err);
+        dbk_db_set_observer(db, count_query, NULL);
+        atomic_store(&g_queries, 0);
+        dbk_arena *a = dbk_arena_new(0);
+        for (int i = 0; i < 2; i++) {
+            struct cuser u;
+            DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(1), &u, a, &err), &err);
+            assert_int_equal(strlen(u.name), 5000);
+        }
+        assert_int_equal(atomic_load(&g_queries), 2);
+        dbk_arena_free(a);
+        dbk_cached_repo_free(r);
+        dbk_conn_close(conn);
+        dbk_cache_close(c);
+    }
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_hit_and_miss),
     cmocka_unit_test(cache_ttl_expiry),
@@ -1759,6 +2060,12 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_redis_restart_resumes),
     cmocka_unit_test(cache_redis_invalidation_replayed),
     cmocka_unit_test(cache_redis_auth_and_select),
+    cmocka_unit_test(cache_redis_close_delivers_queued_invalidations),
+    cmocka_unit_test(cache_redis_close_waits_for_redis),
+    cmocka_unit_test(cache_redis_close_logs_undelivered),
+    cmocka_unit_test(cache_redis_close_no_wait_still_warns),
+    cmocka_unit_test(cache_codec_size_limits),
+    cmocka_unit_test(cache_oversized_value_served_not_stored),
     cmocka_unit_test(cache_repo_reads_and_writes),
     cmocka_unit_test(cache_repo_tx_detaches_flight),
     cmocka_unit_test(cache_repo_no_stale_reads_under_writes),
