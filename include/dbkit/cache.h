@@ -395,10 +395,24 @@ DBK_API dbk_rc dbk_cache_find_row(dbk_cache *cache, dbk_db *db, const void *key,
  *           outside a transaction), the id key and the key of every unique
  *           column for the row's values before and after the write, and bump
  *           the entity's list namespace "<table>:list". A rollback leaves
- *           the cache untouched. Update, upsert and delete read the old row
- *           first (one primary-key query) when the entity has unique columns
- *           other than its primary key.
- * Keys: "<table>:<column>:" + the value (int64 in decimal, text as bytes).
+ *           the cache untouched. Update and upsert read the old row first
+ *           (one query) when the entity has unique columns other than its
+ *           primary key (update also when the id has no canonical key, see
+ *           below); delete always takes the deleted row back (RETURNING).
+ * Keys: "<table>:<column>:" + the value as the column stores it: an int64
+ * in decimal (a lookup of an integer column by a text of decimal digits,
+ * "0005" or "+5", is converted and sent as that int64), text and blobs as
+ * their bytes. A text column is keyed by its bytes only if it compares
+ * bytes: the database is asked once per column and engine (SQLite: a
+ * collation under which 'a' = 'A' or 'a' = 'a ', i.e. NOCASE or RTRIM, is
+ * not byte equality; PostgreSQL: text or varchar with a deterministic
+ * collation is, a uuid column only for its canonical lower-case spelling,
+ * anything else is not). Every lookup that has no such key (another type,
+ * another spelling, NULL, a double, a column that does not compare bytes,
+ * a key over 1 KiB) bypasses the cache: it runs the uncached dbk_repo_*
+ * call and stores nothing, so it answers exactly what the database answers.
+ * A found row whose stored value differs from the key's bytes is returned
+ * but not stored. A row longer than max_value_bytes is served, not stored.
  * Values: the row's non-hidden fields in the dbk_cache_encode_row format,
  * with a layout hash over the table, struct size and each field's column,
  * type, offset and size: a changed struct never decodes old bytes (they

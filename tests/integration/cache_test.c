@@ -1804,7 +1804,7 @@ static void redis_raw_set(int port, const char *key, const char *val)
 static void queue_deletes(dbk_cache *c, int n)
 {
     for (int i = 0; i < n; i++) {
-        char key[8];
+        char key[16];
         snprintf(key, sizeof key, "k%d", i);
         dbk_error err;
         assert_int_not_equal(dbk_cache_delete(c, key, strlen(key), &err), DBK_OK);
