@@ -9,7 +9,7 @@ set -euo pipefail
 profile=${1:-test}
 
 demo_pkgs=(gcc make cmake pkg-config libpq-dev libsqlite3-dev libhiredis-dev
-           libmicrohttpd-dev libjansson-dev libsodium-dev ca-certificates curl)
+           libmicrohttpd-dev libjansson-dev libsodium-dev libpg-query-dev ca-certificates curl)
 test_pkgs=("${demo_pkgs[@]}" libcmocka-dev postgresql-15 postgresql-contrib-15
            postgresql-15-hypopg redis-server clang libclang-rt-14-dev valgrind git graphviz
            sqlite3 procps pgbouncer libjansson-dev libcurl4-openssl-dev)

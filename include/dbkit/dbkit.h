@@ -16,6 +16,7 @@
 #include "repo.h"
 #include "cache.h"
 #include "migrate.h"
+#include "lint.h"
 #include "batch.h"
 #include "diag.h"
 

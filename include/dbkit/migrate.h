@@ -132,6 +132,19 @@ typedef struct dbk_migrate_opts {
     const char *env;
     dbk_migrate_report_fn report;
     void *report_ctx;
+    /* PostgreSQL: the lock_timeout each migration statement runs with, ms
+     * (0: dbk_migrate_default_lock_timeout_ms(); negative: none). A
+     * statement that times out on a lock is retried (see lock_retries);
+     * when it still cannot get the lock the error names the sessions
+     * holding locks on its tables (pid, application, state, since when). */
+    int statement_lock_timeout_ms;
+    /* How many times a statement that timed out on its lock is retried,
+     * with back-off (0: 2; negative: never). */
+    int lock_retries;
+    /* PostgreSQL: the statement_timeout of migration statements, ms (0:
+     * DB_MIGRATION_STATEMENT_TIMEOUT_MS from the environment, else 600000,
+     * the longest dbkit waits for a migration statement; negative: none). */
+    int statement_timeout_ms;
 } dbk_migrate_opts;
 
 /* State of one migration as dbk_migrate_status() sees it. */
@@ -235,6 +248,12 @@ DBK_API dbk_rc dbk_migrate_create(const char *dir, const char *name, int64_t now
  * seed rolls back and stops with "<file>:<line>: <server message>". */
 DBK_API dbk_rc dbk_seed_run(dbk_db *db, const dbk_migrate_source *src,
                             const dbk_migrate_opts *opts, int *ran, dbk_error *err);
+
+/* The lock_timeout dbk_migrate_up() sets for migration statements when
+ * dbk_migrate_opts.statement_lock_timeout_ms is 0: DB_MIGRATION_LOCK_TIMEOUT_MS
+ * from the environment when it holds a number (0 there disables it: this
+ * returns -1), else 5000. The linter (lint.h) assumes the same. */
+DBK_API int dbk_migrate_default_lock_timeout_ms(void);
 
 /* Dumps the schema as SQL text: SQLite from sqlite_master, PostgreSQL from
  * the catalogs (types, functions, tables, constraints, indexes, views,

@@ -352,6 +352,13 @@ dbk_rc dbk__mctx_run_section(dbk__mctx *m, const dbk__migfile *f, const dbk__sec
         prefix_error(err, f->path, 0);
         return rc;
     }
+    /* lock_timeout / statement_timeout for the section (locks.c) */
+    rc = dbk__mctx_section_timeouts(m, sec->transactional, err);
+    if (rc) {
+        prefix_error(err, f->path, 0);
+        free(st);
+        return rc;
+    }
     char *buf = NULL;
     size_t bufcap = 0;
     for (size_t i = (size_t)skip; i < n; i++) {
@@ -370,7 +377,7 @@ dbk_rc dbk__mctx_run_section(dbk__mctx *m, const dbk__migfile *f, const dbk__sec
          * (utility commands, CREATE INDEX CONCURRENTLY) without preparing
          * it. SQLite: one prepared statement, whose errors are plain. */
         if (m->engine == DBK_ENGINE_POSTGRES)
-            rc = dbk__db_exec_script_within(m->db, buf, DBK__MIGRATION_WAIT_MS, err);
+            rc = dbk__mctx_exec_pg(m, buf, sec->transactional, err);
         else
             rc = dbk_db_exec(m->db, buf, NULL, 0, NULL, err);
         if (rc) {
@@ -400,6 +407,7 @@ dbk_rc dbk__mctx_run_section(dbk__mctx *m, const dbk__migfile *f, const dbk__sec
                 break;
         }
     }
+    dbk__mctx_section_timeouts_reset(m, sec->transactional);
     free(buf);
     free(st);
     return rc;

@@ -189,4 +189,18 @@ dbk_rc dbk__mctx_run_section(dbk__mctx *m, const dbk__migfile *f, const dbk__sec
 /* Wall clock in microseconds since the epoch. */
 int64_t dbk__wall_us(void);
 
+/* ---- lock and statement timeouts of migration statements (locks.c) ---- */
+
+/* PostgreSQL: sets lock_timeout and statement_timeout for the section
+ * about to run (SET LOCAL in its transaction, or SET for a
+ * transaction:false section). SQLite: nothing. */
+dbk_rc dbk__mctx_section_timeouts(dbk__mctx *m, bool transactional, dbk_error *err);
+/* After a transaction:false section: RESET what the call above set. */
+void dbk__mctx_section_timeouts_reset(dbk__mctx *m, bool transactional);
+/* PostgreSQL: runs one statement of a section; a lock timeout (55P03) is
+ * retried opts.lock_retries times with back-off (inside a transaction
+ * under a savepoint); the final error names the sessions holding locks on
+ * the statement's tables. */
+dbk_rc dbk__mctx_exec_pg(dbk__mctx *m, const char *sql, bool transactional, dbk_error *err);
+
 #endif
