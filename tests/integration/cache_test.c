@@ -1423,7 +1423,7 @@ static void cache_repo_tx_detaches_flight(void **state)
 /* 8 readers and 2 writers, bounded: no read that starts after a write's
  * dbk_transaction returned may see an older version. */
 #define STRESS_READERS 8
-#define STRESS_WRITES 30
+#define STRESS_WRITES 50
 
 struct stress {
     const char *url;
@@ -1431,6 +1431,7 @@ struct stress {
     atomic_llong published[3]; /* per row: last version whose transaction returned */
     atomic_int writers_left;
     atomic_int stale, reads, errors;
+    pthread_barrier_t start; /* every thread connected: go */
 };
 
 struct stress_thread {
@@ -1443,6 +1444,7 @@ static void *stress_writer(void *arg)
     struct stress_thread *t = arg;
     struct stress *s = t->s;
     dbk_conn *conn = dbkt_open(s->url);
+    pthread_barrier_wait(&s->start);
     int64_t id = t->index + 1;
     for (int64_t v = 2; v < 2 + STRESS_WRITES; v++) {
         struct vwrite w = {s->r, id, v};
@@ -1458,13 +1460,25 @@ static void *stress_writer(void *arg)
     return NULL;
 }
 
+/* 1 ms of "network" after each read: loads last long enough for writes to
+ * land while they are in flight (the window the stale join needs). */
+static void slow_select(void *ctx, const dbk_query_event *ev)
+{
+    (void)ctx;
+    if (strncmp(ev->sql, "SELECT", 6) == 0)
+        sleep_ms(1);
+}
+
 static void *stress_reader(void *arg)
 {
     struct stress_thread *t = arg;
     struct stress *s = t->s;
     dbk_conn *conn = dbkt_open(s->url);
+    dbk_db_set_observer(dbk_conn_db(conn), slow_select, NULL);
     dbk_arena *a = dbk_arena_new(0);
-    for (int i = 0; i < 20000 && atomic_load(&s->writers_left) > 0; i++) {
+    pthread_barrier_wait(&s->start);
+    /* at least 100 reads each, then on until the writers are done */
+    for (int i = 0; i < 20000 && (i < 100 || atomic_load(&s->writers_left) > 0); i++) {
         int64_t id = 1 + (i + t->index) % 2;
         int64_t floor = atomic_load(&s->published[id]);
         struct vrow row;
@@ -1497,6 +1511,7 @@ static void repo_stress_engine(const char *url, dbk_engine engine)
         atomic_store(&s.published[1], 1);
         atomic_store(&s.published[2], 1);
         atomic_store(&s.writers_left, 2);
+        pthread_barrier_init(&s.start, NULL, STRESS_READERS + 2);
         struct stress_thread th[STRESS_READERS + 2];
         pthread_t tid[STRESS_READERS + 2];
         for (int i = 0; i < STRESS_READERS + 2; i++) {
@@ -1507,6 +1522,7 @@ static void repo_stress_engine(const char *url, dbk_engine engine)
         }
         for (int i = 0; i < STRESS_READERS + 2; i++)
             pthread_join(tid[i], NULL);
+        pthread_barrier_destroy(&s.start);
         assert_int_equal(atomic_load(&s.errors), 0);
         assert_int_equal(atomic_load(&s.stale), 0);
         assert_true(atomic_load(&s.reads) > 0);
