@@ -164,7 +164,9 @@ dbk_rc dbk__mctx_exec_pg(dbk__mctx *m, const char *sql, bool transactional, dbk_
     int retries = m->opts.lock_retries == 0 ? DEFAULT_LOCK_RETRIES
                   : m->opts.lock_retries < 0 ? 0
                                              : m->opts.lock_retries;
-    bool guard = transactional && retries > 0 && lock_timeout_of(m) > 0;
+    /* In a transaction the savepoint lets us both retry and, after the
+     * last attempt, still query who holds the lock. */
+    bool guard = transactional && lock_timeout_of(m) > 0;
     int64_t backoff = RETRY_BACKOFF_MS;
     for (int attempt = 0;; attempt++) {
         dbk_rc rc;
