@@ -184,11 +184,12 @@ install_peer() {
 SVC_PID=""
 SVC_PORT=""
 SVC_CMD=""
-ACCESS_FILE="" # side dbkit-log: where the shop's stderr (the access log) goes
+ACCESS_FILE=""   # side dbkit-log: the file the shop's stderr (the access log) ends in
+ACCESS_READER="" # and the PID of the reader copying the pipe into it
 
 # start_service dbkit|dbkit-log|peer CACHE: CACHE is off|memory|redis;
-# dbkit-log is the shop with its access log on, written to a regular file
-# ($ACCESS_FILE, not kept: it grows by ~100 bytes a request). Waits for
+# dbkit-log is the shop with its access log on, its stderr a pipe copied to
+# a file ($ACCESS_FILE, not kept: it grows by ~100 bytes a request). Waits for
 # /health to answer 200; a service that dies during start-up is tried once
 # more on another port before the benchmark gives up.
 start_service() {
@@ -214,10 +215,19 @@ start_service_once() {
   elif [ "$side" = dbkit-log ]; then
     local cache_url=$cache
     [ "$cache" = redis ] && cache_url=$REDIS_URL
+    # stderr is a pipe with a reader copying it to a file, as under
+    # systemd (journald) or a container runtime: the case where a write
+    # per line costs most, each one waking the reader.
     ACCESS_FILE="$work/access-$SVC_PORT.out"
-    SVC_CMD="DATABASE_URL=\$DB CACHE_URL=${cache_url/$REDIS_URL/\$REDIS} ACCESS_LOG=on HOST=127.0.0.1 PORT=\$PORT $SHOP 2>access.log"
+    local fifo="$work/access-$SVC_PORT.fifo"
+    rm -f "$fifo"
+    mkfifo "$fifo"
+    cat "$fifo" >"$ACCESS_FILE" &
+    ACCESS_READER=$!
+    PIDS+=("$ACCESS_READER")
+    SVC_CMD="DATABASE_URL=\$DB CACHE_URL=${cache_url/$REDIS_URL/\$REDIS} ACCESS_LOG=on HOST=127.0.0.1 PORT=\$PORT $SHOP 2> >(cat >access.log)"
     env DATABASE_URL="$URL" CACHE_URL="$cache_url" ACCESS_LOG=on HOST=127.0.0.1 PORT="$SVC_PORT" \
-      "$SHOP" >"$log" 2>"$ACCESS_FILE" &
+      "$SHOP" >"$log" 2>"$fifo" &
   else
     SVC_CMD="DATABASE_URL=\$DB CACHE=$cache REDIS_URL=\$REDIS NODE_ENV=production HOST=127.0.0.1 PORT=\$PORT node bench/peer/server.js"
     env DATABASE_URL="$URL" CACHE="$cache" REDIS_URL="$REDIS_URL" NODE_ENV=production \
@@ -377,7 +387,19 @@ measure_once() {
   if [ -n "$ACCESS_FILE" ]; then
     # After the graceful stop every line is out: at least one per request
     # wrk counted (plus the /health probes and requests wrk cut off), each
-    # complete. Only counted, then removed.
+    # complete. Only counted, then removed. The reader ends at the pipe's
+    # end of file, once the shop has exited (waited for up to 10 s).
+    for _ in $(seq 1 100); do
+      kill -0 "$ACCESS_READER" 2>/dev/null || break
+      sleep 0.1
+    done
+    stop_pid "$ACCESS_READER"
+    local keep=() pid
+    for pid in "${PIDS[@]}"; do
+      [ "$pid" = "$ACCESS_READER" ] || keep+=("$pid")
+    done
+    PIDS=("${keep[@]}")
+    ACCESS_READER=""
     local lines other
     lines=$(grep -c '^access ts=.* status=[0-9]* duration_ms=[0-9.]* queries=[0-9]*$' "$ACCESS_FILE" || true)
     other=$(grep -cv -e '^access ts=.* status=[0-9]* duration_ms=[0-9.]* queries=[0-9]*$' -e '^shop: ' -e '^dbkit ' "$ACCESS_FILE" || true)
@@ -386,7 +408,7 @@ measure_once() {
     AL_LINES[$key]=$(( ${AL_LINES[$key]:-0} + lines ))
     AL_REQS[$key]=$(( ${AL_REQS[$key]:-0} + warm_req + W_REQ ))
     AL_BAD[$key]=$(( ${AL_BAD[$key]:-0} + other ))
-    rm -f "$ACCESS_FILE"
+    rm -f "$ACCESS_FILE" "${ACCESS_FILE%.out}.fifo"
     ACCESS_FILE=""
   fi
   if [ "$W_RPS" -gt "${RPS[$key,$side]:--1}" ]; then
@@ -410,13 +432,14 @@ measure_row() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 run_table() {
-  echo "http_bench: preparing $DB ($USERS users, $ACCOUNTS accounts) and installing the peer (npm ci)"
+  echo "http_bench: preparing $DB ($USERS users, $ACCOUNTS accounts)"
   prepare_db
   local want_peer=0 key label script args dc pc target
   while IFS='|' read -r key label script args dc pc target; do
     [[ $key =~ $ROWS_RE ]] && want_peer=1
   done < <(rows)
   if [ "$want_peer" = 1 ]; then
+    echo "http_bench: installing the peer (npm ci)"
     install_peer
     check_shapes
   fi
@@ -487,15 +510,16 @@ write_access_docs() {
     echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') by \`make bench\` on $(nproc) CPUs shared by wrk, the shop,"
     echo "PostgreSQL and Redis (1-minute load average before the run: $load). Each figure is the best of"
     echo "$ROUNDS wrk runs of ${SECS} s after a ${WARM} s warm-up on a freshly started shop; log on and log off"
-    echo "alternate run by run. With the log on, the shop's stderr is a regular file; after each run the"
-    echo "shop is stopped with SIGTERM and the file's complete access lines are counted against the"
+    echo "alternate run by run. With the log on, the shop's stderr is a pipe that \`cat\` copies into a file"
+    echo "(as under journald or a container runtime); after each run the shop is stopped with SIGTERM and"
+    echo "the file's complete access lines are counted against the"
     echo "requests wrk counted (warm-up and run; the file also holds the /health probes and the"
     echo "requests wrk cut off at its end), then the file is removed."
     echo
     cat "$table"
     echo
     echo '```sh'
-    echo "DATABASE_URL=\$DB CACHE_URL=\$REDIS ACCESS_LOG=on HOST=127.0.0.1 PORT=\$PORT $SHOP 2>access.log"
+    echo "DATABASE_URL=\$DB CACHE_URL=\$REDIS ACCESS_LOG=on HOST=127.0.0.1 PORT=\$PORT $SHOP 2> >(cat >access.log)"
     echo "DATABASE_URL=\$DB CACHE_URL=\$REDIS ACCESS_LOG=off HOST=127.0.0.1 PORT=\$PORT $SHOP"
     echo "# (and the same two with CACHE_URL=memory)"
     echo "wrk -t$THREADS -c$CONNS -d${SECS}s --timeout 5s --latency -s bench/wrk/users_get.lua http://127.0.0.1:\$PORT -- $U1 $U2"

@@ -11,15 +11,20 @@
  * times a second): no syscall and no lock shared between request threads
  * on the hot path.
  *
- * Each thread owns two buffers of AL_BUF bytes: the one being filled and a
- * spare. A flush (the flusher every flush_ms, the owner when its buffer is
- * full, shop_access_log_close() at shutdown) takes the output mutex, swaps
- * the two under the buffer's mutex, and writes the full one outside it, so
- * a slow stderr never holds up appends to the fresh buffer. Because every
- * swap and write happens under the one output mutex, a thread's lines reach
- * the file in the order it appended them, and two flushes never interleave.
- * A libmicrohttpd connection stays on one thread, so the lines of one
- * connection are in order too.
+ * Each thread owns two buffers: the one being filled and a spare. A flush
+ * (the flusher every flush_ms, shop_access_log_close() at shutdown) takes
+ * the output mutex, swaps the two under the buffer's mutex, and writes the
+ * full one outside it, so a slow stderr never holds up appends to the fresh
+ * buffer. Because every swap and write happens under the one output mutex,
+ * a thread's lines reach the file in the order it appended them, and two
+ * flushes never interleave. A libmicrohttpd connection stays on one thread,
+ * so the lines of one connection are in order too.
+ *
+ * A request whose buffer is full does not write either: it doubles the
+ * buffer (AL_BUF at first, at most AL_BUF_MAX) and wakes the flusher. Only
+ * a thread at AL_BUF_MAX (stderr has been blocked for a while: a full pipe
+ * whose reader is stalled) flushes itself and so waits for stderr, which
+ * is the back-pressure any log has to apply or lose lines.
  *
  * Writes end at line boundaries and carry at most PIPE_BUF bytes, so on a
  * pipe (journald, a container runtime) each write is atomic: another stderr
@@ -29,9 +34,11 @@
  *
  * Limits, stated in docs/example-service.md: a line waits at most about
  * flush_ms before it is written (longer only while stderr blocks); a crash
- * (SIGKILL, SIGSEGV, abort, the OOM killer) loses the lines still buffered,
- * at most flush_ms worth and at most 2 x AL_BUF bytes per HTTP thread, but
- * never leaves a torn line, since every write ends with a newline. A write
+ * (SIGKILL, SIGSEGV, abort, the OOM killer) loses the lines still buffered:
+ * about flush_ms worth, at most 2 x AL_BUF_MAX bytes per HTTP thread. The
+ * lines already written are complete (every write ends with a newline),
+ * except that a SIGKILL in the middle of a write to a regular file can
+ * leave a partial last line. A write
  * that fails (EPIPE, ENOSPC, ...) drops its lines and counts them in
  * shop_access_log_dropped_total.
  */
@@ -47,8 +54,10 @@
 
 #include "shop.h"
 
-/* Bytes per buffer (two per HTTP thread); a line is at most AL_LINE. */
+/* Bytes per buffer (two per HTTP thread) at first and at most; a line is
+ * at most AL_LINE. */
 #define AL_BUF (32 * 1024)
+#define AL_BUF_MAX (1024 * 1024)
 #define AL_LINE 768
 /* Longest write: PIPE_BUF makes a write to a pipe atomic. */
 #define AL_CHUNK (PIPE_BUF < AL_BUF ? PIPE_BUF : AL_BUF)
@@ -56,9 +65,10 @@
 typedef struct al_buf {
     pthread_mutex_t mu; /* the owner thread's appends vs a flush's swap */
     char *cur;          /* being filled, guarded by mu */
-    size_t len;         /* guarded by mu */
+    size_t cap, len;    /* guarded by mu */
     uint64_t lines;     /* appended so far, guarded by mu */
     char *spare;        /* being written, guarded by out_mu */
+    size_t spare_cap;
     struct al_buf *next;
 } al_buf;
 
@@ -77,7 +87,7 @@ static pthread_t flusher;
 static bool flusher_running;
 static pthread_mutex_t stop_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t stop_cv;
-static bool stop_flag;
+static bool stop_flag, kicked; /* guarded by stop_mu */
 
 /* Lines written without a buffer, write calls, lines lost to write errors
  * (the buffered lines are counted per buffer: no shared counter is touched
@@ -130,11 +140,13 @@ static void flush_buf(al_buf *b)
     pthread_mutex_lock(&out_mu);
     pthread_mutex_lock(&b->mu);
     char *full = b->cur;
-    size_t len = b->len;
+    size_t len = b->len, cap = b->cap;
     if (len > 0) {
         b->cur = b->spare;
+        b->cap = b->spare_cap;
         b->len = 0;
         b->spare = full;
+        b->spare_cap = cap;
     }
     pthread_mutex_unlock(&b->mu);
     if (len > 0)
@@ -160,6 +172,7 @@ static al_buf *thread_buf(void)
         return NULL;
     b->cur = malloc(AL_BUF);
     b->spare = malloc(AL_BUF);
+    b->cap = b->spare_cap = AL_BUF;
     if (!b->cur || !b->spare || pthread_mutex_init(&b->mu, NULL) != 0) {
         free(b->cur);
         free(b->spare);
@@ -187,8 +200,9 @@ static void *flusher_main(void *arg)
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000L;
         }
-        while (!stop_flag && pthread_cond_timedwait(&stop_cv, &stop_mu, &ts) == 0)
+        while (!stop_flag && !kicked && pthread_cond_timedwait(&stop_cv, &stop_mu, &ts) == 0)
             ;
+        kicked = false;
         pthread_mutex_unlock(&stop_mu);
         flush_all();
         pthread_mutex_lock(&stop_mu);
@@ -210,6 +224,7 @@ int shop_access_log_open(int fd, int every_ms)
     if (rc != 0)
         return -1;
     stop_flag = false;
+    kicked = false;
     if (pthread_create(&flusher, NULL, flusher_main, NULL) != 0) {
         pthread_cond_destroy(&stop_cv);
         return -1;
@@ -356,13 +371,29 @@ void shop_access_log(const char *method, const char *path, int status, int64_t d
         return;
     }
     pthread_mutex_lock(&b->mu);
-    if (b->len + o > AL_BUF) {
+    bool kick = false;
+    while (b->len + o > b->cap) {
+        char *grown = b->cap < AL_BUF_MAX ? realloc(b->cur, b->cap * 2) : NULL;
+        if (grown) { /* the flusher writes it soon; this request goes on */
+            b->cur = grown;
+            b->cap *= 2;
+            kick = true;
+            continue;
+        }
+        /* At the cap (stderr is blocked) or out of memory: write it out
+         * here. Only this thread appends, so then it is empty. */
         pthread_mutex_unlock(&b->mu);
-        flush_buf(b); /* only this thread appends, so now it is empty */
+        flush_buf(b);
         pthread_mutex_lock(&b->mu);
     }
     memcpy(b->cur + b->len, line, o);
     b->len += o;
     b->lines++;
     pthread_mutex_unlock(&b->mu);
+    if (kick) {
+        pthread_mutex_lock(&stop_mu);
+        kicked = true;
+        pthread_cond_signal(&stop_cv);
+        pthread_mutex_unlock(&stop_mu);
+    }
 }
