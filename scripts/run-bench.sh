@@ -8,7 +8,8 @@
 #   2. scripts/testenv.sh starts PostgreSQL + Redis and runs the rest:
 #   3. the library benchmarks (bench/*_bench, bench/pool_pgbench.sh)
 #   4. the HTTP benchmark: examples/shop against bench/peer (Express +
-#      node-postgres + ioredis) with wrk (bench/http_bench.sh table)
+#      node-postgres + ioredis) with wrk, and the shop's access log on vs
+#      off (bench/http_bench.sh table; BENCH_ROWS=access_log for only that)
 #   5. the restart run: 64 connections against the shop with PostgreSQL
 #      restarted in the middle (bench/http_bench.sh restart)
 #
