@@ -1759,6 +1759,91 @@ static void cache_repo_collation_keys(void **state)
 }
 
 
+/* A uuid primary key held as text: PostgreSQL compares uuids (any case,
+ * braces), so only the canonical spelling is keyed; SQLite compares bytes. */
+struct utok {
+    const char *id;
+    const char *name;
+};
+
+static const dbk_field utok_fields[] = {
+    DBK_FIELD_CAST(struct utok, id, "id", DBK_TYPE_TEXT, DBK_F_PK, "uuid"),
+    DBK_FIELD(struct utok, name, "name", DBK_TYPE_TEXT, 0),
+};
+static dbk_entity utok_entity = DBK_ENTITY_PLAIN("utoks", struct utok, utok_fields);
+
+static void utok_same(dbk_cached_repo *r, dbk_db *db, const char *id, const char *what)
+{
+    struct utok u1, u2;
+    dbk_arena *a = dbk_arena_new(0);
+    dbk_error err;
+    dbk_rc want = dbk_repo_find_by_id(db, &utok_entity, dbk_text(id), &u1, a, &err);
+    for (int i = 0; i < 2; i++) {
+        dbk_rc got = dbk_cached_find_by_id(r, db, dbk_text(id), &u2, a, &err);
+        if (got != want)
+            fail_msg("uuid %s: cached %s, uncached %s", what, dbk_rc_name(got),
+                     dbk_rc_name(want));
+        if (got == DBK_OK && strcmp(u1.name, u2.name) != 0)
+            fail_msg("uuid %s: cached '%s', database '%s'", what, u2.name, u1.name);
+    }
+    dbk_arena_free(a);
+}
+
+static void uuid_engine(const char *url, dbk_engine engine)
+{
+    dbk_conn *conn = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(conn);
+    dbkt_exec(db, engine == DBK_ENGINE_POSTGRES
+                      ? "DROP TABLE IF EXISTS utoks; CREATE TABLE utoks (id UUID PRIMARY KEY, "
+                        "name TEXT NOT NULL)"
+                      : "DROP TABLE IF EXISTS utoks; CREATE TABLE utoks (id TEXT PRIMARY KEY, "
+                        "name TEXT NOT NULL)");
+    static const char *id = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+    static const char *spellings[] = {"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                                      "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+                                      "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
+                                      "a0eebc999c0b4ef8bb6d6bb9bd380a11"};
+    for (int b = 0; b < 2; b++) {
+        dbkt_exec(db, "DELETE FROM utoks");
+        dbk_cache_opts o = {0};
+        o.negative_ttl_ms = 60000;
+        dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
+        dbk_cached_repo *r = NULL;
+        dbk_error err;
+        DBKT_OK(dbk_cached_repo_new(c, &utok_entity, NULL, &r, &err), &err);
+        for (int i = 0; i < 4; i++)
+            utok_same(r, db, spellings[i], spellings[i]); /* "not found", maybe cached */
+        struct utok in = {id, "one"};
+        DBKT_OK(dbk_cached_create(r, db, &in, NULL, NULL, &err), &err);
+        for (int i = 0; i < 4; i++)
+            utok_same(r, db, spellings[i], spellings[i]);
+        struct utok upd = {NULL, "two"};
+        const char *fields[] = {"name"};
+        DBKT_OK(dbk_cached_update(r, db, dbk_text(id), &upd, fields, 1, NULL, NULL, &err), &err);
+        for (int i = 0; i < 4; i++)
+            utok_same(r, db, spellings[i], spellings[i]);
+        /* the canonical spelling is served from the cache */
+        dbk_db_set_observer(db, count_query, NULL);
+        atomic_store(&g_queries, 0);
+        struct utok u;
+        dbk_arena *a = dbk_arena_new(0);
+        DBKT_OK(dbk_cached_find_by_id(r, db, dbk_text(id), &u, a, &err), &err);
+        assert_string_equal(u.name, "two");
+        assert_int_equal(atomic_load(&g_queries), 0);
+        dbk_db_set_observer(db, NULL, NULL);
+        dbk_arena_free(a);
+        dbk_cached_repo_free(r);
+        dbk_cache_close(c);
+    }
+    dbk_conn_close(conn);
+}
+
+static void cache_repo_uuid_keys(void **state)
+{
+    (void)state;
+    dbkt_each_engine("cache_repo_uuid", uuid_engine);
+}
+
 /* ---- closing with invalidations still queued ------------------------------ */
 
 /* Log lines captured through dbk_set_log. */
@@ -2087,6 +2172,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_repo_no_stale_reads_under_writes),
     cmocka_unit_test(cache_repo_canonical_id_keys),
     cmocka_unit_test(cache_repo_collation_keys),
+    cmocka_unit_test(cache_repo_uuid_keys),
 };
 
 DBKT_MAIN(tests)
