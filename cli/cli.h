@@ -150,6 +150,10 @@ void cli_report_print_failure(const cli_report *r);
 /* ---- commands ---- */
 
 int cmd_migrate(cli *c, int argc, char **argv);
+/* Lints the pending migrations of db (cmd_migrate.c; `migrate lint` and
+ * `check`): *out owned by the caller, *pending gets how many are pending. */
+dbk_rc cli_lint_pending(const cli *c, dbk_db *db, dbk_lint_report **out, size_t *pending,
+                        dbk_error *err);
 int cmd_seed(cli *c, int argc, char **argv);
 int cmd_query(cli *c, int argc, char **argv);
 int cmd_doctor(cli *c, int argc, char **argv);

@@ -34,6 +34,12 @@ static const char HELP[] =
     "  repair                       explain a dirty (interrupted, non-transactional) migration\n"
     "  repair --mark-applied VERSION   record it as applied (you completed it by hand)\n"
     "  repair --mark-pending VERSION   forget it (you undid it; `up` runs it again)\n"
+    "  lint [FILE...] [--all] [--engine postgres|sqlite] [--rules]\n"
+    "                               report statements that lock or rewrite a live table\n"
+    "                               (the pending migrations of the database by default;\n"
+    "                               --all: every file, each as if run alone on a populated\n"
+    "                               database); exit 6 on findings. `-- lint:ignore RULE\n"
+    "                               reason` above a statement suppresses one finding\n"
     "\n"
     "Migration files have a `-- migrate:up` and a `-- migrate:down` section; see\n"
     "docs/migrations.md. Global options (--url, --migrations-dir, --json, -q,\n"
@@ -504,6 +510,278 @@ static int sub_repair(cli *c, int argc, char **argv)
     return code;
 }
 
+/* ---- lint ---- */
+
+static void lint_json(const dbk_lint_report *r, size_t pending, bool pending_mode)
+{
+    jw w;
+    jw_init(&w, stdout);
+    jw_obj(&w);
+    jw_kbool(&w, "ok", r->count == 0);
+    if (pending_mode)
+        jw_kint(&w, "pending", (int64_t)pending);
+    jw_kint(&w, "files", (int64_t)r->files);
+    jw_kint(&w, "statements", (int64_t)r->statements);
+    jw_kint(&w, "ignored", (int64_t)r->ignored);
+    jw_key(&w, "findings");
+    jw_arr(&w);
+    for (size_t i = 0; i < r->count; i++) {
+        const dbk_lint_finding *f = &r->items[i];
+        jw_obj(&w);
+        jw_kstr(&w, "file", f->file);
+        jw_kint(&w, "line", f->line);
+        jw_kint(&w, "version", f->version);
+        jw_kstr(&w, "engine", f->engine == DBK_ENGINE_SQLITE ? "sqlite" : "postgres");
+        jw_kstr(&w, "rule", f->rule->id);
+        jw_kstr(&w, "severity", f->rule->severity == DBK_LINT_ERROR ? "error" : "warning");
+        jw_kstr(&w, "table", f->table);
+        jw_kstr(&w, "message", f->message);
+        jw_kstr(&w, "statement", f->statement);
+        jw_kstr(&w, "why", f->rule->why);
+        jw_kstr(&w, "fix", f->rule->fix);
+        jw_end_obj(&w);
+    }
+    jw_end_arr(&w);
+    jw_end_obj(&w);
+}
+
+static void lint_text_out(const cli *c, const dbk_lint_report *r)
+{
+    for (size_t i = 0; i < r->count; i++) {
+        const dbk_lint_finding *f = &r->items[i];
+        printf("%s:%d: %s [%s] %s\n", f->file, f->line,
+               f->rule->severity == DBK_LINT_ERROR ? "error" : "warning", f->rule->id,
+               f->message);
+        if (f->statement[0])
+            printf("    %s\n", f->statement);
+        printf("    why: %s\n    fix: %s\n", f->rule->why, f->rule->fix);
+    }
+    if (!c->quiet) {
+        if (r->count)
+            printf("%zu finding%s in %zu file%s", r->count, r->count == 1 ? "" : "s", r->files,
+                   r->files == 1 ? "" : "s");
+        else
+            printf("%zu file%s, %zu statement%s: no findings", r->files,
+                   r->files == 1 ? "" : "s", r->statements, r->statements == 1 ? "" : "s");
+        if (r->ignored)
+            printf(" (%zu ignored by lint:ignore)", r->ignored);
+        printf("\n");
+    }
+}
+
+static void lint_rules_out(const cli *c)
+{
+    size_t n = 0;
+    const dbk_lint_rule *rules = dbk_lint_rules(&n);
+    jw w;
+    if (c->json) {
+        jw_init(&w, stdout);
+        jw_obj(&w);
+        jw_kbool(&w, "ok", true);
+        jw_key(&w, "rules");
+        jw_arr(&w);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *eng = rules[i].engine == DBK_ENGINE_SQLITE     ? "sqlite"
+                          : rules[i].engine == DBK_ENGINE_POSTGRES ? "postgres"
+                                                                   : "both";
+        const char *sev = rules[i].severity == DBK_LINT_ERROR ? "error" : "warning";
+        if (c->json) {
+            jw_obj(&w);
+            jw_kstr(&w, "rule", rules[i].id);
+            jw_kstr(&w, "engine", eng);
+            jw_kstr(&w, "severity", sev);
+            jw_kstr(&w, "why", rules[i].why);
+            jw_kstr(&w, "fix", rules[i].fix);
+            jw_end_obj(&w);
+        } else {
+            printf("%-29s %-8s %-7s %s\n%-29s fix: %s\n", rules[i].id, eng, sev, rules[i].why,
+                   "", rules[i].fix);
+        }
+    }
+    if (c->json) {
+        jw_end_arr(&w);
+        jw_end_obj(&w);
+    }
+}
+
+dbk_rc cli_lint_pending(const cli *c, dbk_db *db, dbk_lint_report **out, size_t *pending,
+                        dbk_error *err)
+{
+    dbk_migrate_source src = dir_source(c);
+    dbk_migration_status *st = NULL;
+    *out = NULL;
+    *pending = 0;
+    dbk_rc rc = dbk_migrate_status(db, &src, &st, err);
+    if (rc)
+        return rc;
+    int64_t *v = calloc(st->count ? st->count : 1, sizeof *v);
+    if (!v) {
+        dbk_migrate_status_free(st);
+        snprintf(err->message, sizeof err->message, "out of memory");
+        return DBK_ENOMEM;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < st->count; i++)
+        if (st->items[i].state == DBK_MIGRATION_PENDING)
+            v[n++] = st->items[i].version;
+    dbk_migrate_status_free(st);
+    dbk_lint_opts o;
+    memset(&o, 0, sizeof o);
+    o.engine = dbk_db_engine(db);
+    o.scope = DBK_LINT_SCOPE_RUN; /* pending files are applied in order, in one run */
+    o.versions = v;
+    o.nversions = n;
+    *pending = n;
+    rc = dbk_lint_source(&src, &o, out, err);
+    free(v);
+    return rc;
+}
+
+static int sub_lint(cli *c, int argc, char **argv)
+{
+    bool all = false, rules = false;
+    const char *engine_s = NULL;
+    char **files = calloc((size_t)argc, sizeof *files);
+    size_t nfiles = 0;
+    if (!files)
+        return CLI_ERROR;
+    int code = CLI_OK;
+    for (int i = 2; i < argc; i++) {
+        int r;
+        if (strcmp(argv[i], "--all") == 0) {
+            all = true;
+        } else if (strcmp(argv[i], "--rules") == 0) {
+            rules = true;
+        } else if ((r = cli_opt_value(c, argc, argv, &i, "--engine", &engine_s)) != 0) {
+            if (r < 0) {
+                free(files);
+                return CLI_USAGE;
+            }
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            free(files);
+            return cli_usage(c, "migrate lint: unknown option %s", argv[i]);
+        } else {
+            files[nfiles++] = argv[i];
+        }
+    }
+    if (rules) {
+        free(files);
+        lint_rules_out(c);
+        return CLI_OK;
+    }
+    dbk_lint_opts o;
+    memset(&o, 0, sizeof o);
+    if (engine_s) {
+        if (strcmp(engine_s, "postgres") == 0 || strcmp(engine_s, "postgresql") == 0)
+            o.engine = DBK_ENGINE_POSTGRES;
+        else if (strcmp(engine_s, "sqlite") == 0)
+            o.engine = DBK_ENGINE_SQLITE;
+        else {
+            free(files);
+            return cli_usage(c, "--engine takes postgres or sqlite, got '%s'", engine_s);
+        }
+    }
+    if (all && nfiles) {
+        free(files);
+        return cli_usage(c, "migrate lint: FILE arguments or --all, not both");
+    }
+    dbk_error err;
+    dbk_error_clear(&err);
+    dbk_lint_report *rep = NULL;
+    size_t pending = 0;
+    dbk_rc rc = DBK_OK;
+    bool pending_mode = !all && nfiles == 0;
+    if (pending_mode) {
+        dbk_conn *conn = NULL;
+        code = cli_connect(c, false, NULL, 0, &conn);
+        if (code) {
+            free(files);
+            return code;
+        }
+        rc = cli_lint_pending(c, dbk_conn_db(conn), &rep, &pending, &err);
+        dbk_conn_close(conn);
+    } else if (all) {
+        dbk_migrate_source src = dir_source(c);
+        rc = dbk_lint_source(&src, &o, &rep, &err);
+    } else {
+        for (size_t k = 0; k < nfiles && rc == DBK_OK; k++) {
+            char *text = NULL;
+            size_t len = 0;
+            FILE *f = fopen(files[k], "rb");
+            if (!f) {
+                snprintf(err.message, sizeof err.message, "cannot read %.300s: %s", files[k],
+                         strerror(errno));
+                rc = DBK_EIO;
+                break;
+            }
+            size_t cap = 0;
+            for (;;) {
+                if (len + 4096 > cap) {
+                    size_t nc = cap ? cap * 2 : 8192;
+                    char *p = realloc(text, nc);
+                    if (!p) {
+                        rc = DBK_ENOMEM;
+                        break;
+                    }
+                    text = p;
+                    cap = nc;
+                }
+                size_t got = fread(text + len, 1, cap - len - 1, f);
+                len += got;
+                if (got == 0)
+                    break;
+            }
+            fclose(f);
+            if (rc == DBK_OK && len == 0) {
+                snprintf(err.message, sizeof err.message, "%.300s is empty", files[k]);
+                rc = DBK_EINVALID;
+            }
+            dbk_lint_report *one = NULL;
+            if (rc == DBK_OK)
+                rc = dbk_lint_file(files[k], text, len, &o, &one, &err);
+            free(text);
+            if (rc)
+                break;
+            if (!rep) {
+                rep = one;
+                continue;
+            }
+            /* append one file's report to the whole */
+            dbk_lint_finding *p =
+                realloc(rep->items, (rep->count + one->count + 1) * sizeof *p);
+            if (!p) {
+                dbk_lint_report_free(one);
+                rc = DBK_ENOMEM;
+                break;
+            }
+            rep->items = p;
+            memcpy(rep->items + rep->count, one->items, one->count * sizeof *p);
+            rep->count += one->count;
+            rep->files += one->files;
+            rep->statements += one->statements;
+            rep->ignored += one->ignored;
+            dbk_lint_report_free(one);
+        }
+    }
+    free(files);
+    if (rc) {
+        dbk_lint_report_free(rep);
+        if (rc == DBK_ENOMEM && !err.message[0])
+            snprintf(err.message, sizeof err.message, "out of memory");
+        return cli_fail(c, rc, &err);
+    }
+    if (c->json)
+        lint_json(rep, pending, pending_mode);
+    else if (pending_mode && pending == 0 && !c->quiet)
+        printf("no pending migrations to lint\n");
+    else
+        lint_text_out(c, rep);
+    code = rep->count ? CLI_FINDINGS : CLI_OK;
+    dbk_lint_report_free(rep);
+    return code;
+}
+
 /* ---- dump ---- */
 
 static int write_file_atomic(const char *path, const char *data, size_t len, dbk_error *err)
@@ -622,5 +900,7 @@ int cmd_migrate(cli *c, int argc, char **argv)
         return sub_repair(c, argc, argv);
     if (strcmp(sub, "dump") == 0)
         return sub_dump(c, argc, argv);
+    if (strcmp(sub, "lint") == 0)
+        return sub_lint(c, argc, argv);
     return cli_usage(c, "unknown migrate subcommand '%s'", sub);
 }

@@ -119,10 +119,11 @@ DBK_API const dbk_lint_rule *dbk_lint_rule_find(const char *id);
 DBK_API dbk_rc dbk_lint_source(const dbk_migrate_source *src, const dbk_lint_opts *opts,
                                dbk_lint_report **out, dbk_error *err);
 
-/* Lints one migration file held in memory. `filename` is its base name
- * ("20240101120000_users.sql"; a name without a version is accepted, the
- * version is then 0); `len` 0 means strlen(contents). Otherwise as
- * dbk_lint_source(). */
+/* Lints one migration file held in memory. `filename` names it in
+ * findings; the version is read from its base name
+ * ("db/migrations/20240101120000_users.sql"; a name without a version is
+ * accepted, the version is then 0). `len` 0 means strlen(contents).
+ * Otherwise as dbk_lint_source(). */
 DBK_API dbk_rc dbk_lint_file(const char *filename, const char *contents, size_t len,
                              const dbk_lint_opts *opts, dbk_lint_report **out, dbk_error *err);
 

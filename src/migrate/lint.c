@@ -382,7 +382,7 @@ static void lint_pg_section(dbk__lint_ctx *c, const char *body, size_t len, int 
         c->stmt = sql + start;
         c->stmt_len = end - start;
         c->line = line;
-        c->rep->statements++;
+        c->rep->statements += c->count_stmts;
         report_bad_directives(c);
         dbk__lint_pg_stmt(c, json_object_get(raw, "stmt"));
     }
@@ -411,7 +411,7 @@ static void lint_sqlite_section(dbk__lint_ctx *c, const char *body, size_t len, 
         c->stmt = body + st[k].off;
         c->stmt_len = st[k].len;
         c->line = st[k].line;
-        c->rep->statements++;
+        c->rep->statements += c->count_stmts;
         report_bad_directives(c);
         dbk__lint_sqlite_stmt(c);
         prev = st[k].off + st[k].len;
@@ -440,6 +440,8 @@ static void lint_file_engine(dbk__lint_ctx *c, const dbk__migfile *f, dbk_engine
         c->engine = engine;
         c->transactional = sec->transactional;
         c->lock_timeout_ms = initial_lock_timeout(c->opts);
+        c->count_stmts = engine == DBK_ENGINE_POSTGRES || sec->engine == DBK_ENGINE_SQLITE ||
+                         c->opts->engine == DBK_ENGINE_SQLITE;
         if (engine == DBK_ENGINE_POSTGRES)
             lint_pg_section(c, f->text + sec->off, sec->len, sec->line);
         else
@@ -552,7 +554,9 @@ dbk_rc dbk_lint_file(const char *filename, const char *contents, size_t len,
     {
         dbk_error e2;
         char name[DBK__MIG_NAME_MAX];
-        if (dbk__mig_parse_filename(filename, &f.version, name, sizeof name, &e2) == DBK_OK)
+        const char *base = strrchr(filename, '/');
+        base = base ? base + 1 : filename;
+        if (dbk__mig_parse_filename(base, &f.version, name, sizeof name, &e2) == DBK_OK)
             dbk__strlcpy(f.name, name, sizeof f.name);
         else
             f.version = 0;

@@ -69,6 +69,7 @@ typedef struct dbk__lint_ctx {
     dbk__names notnull_checked; /* "table.column" with a CHECK (column IS NOT NULL) */
     dbk__names not_valid;    /* "table.constraint" added NOT VALID in this file */
     bool fk_checks_off;      /* SQLite: PRAGMA foreign_keys = OFF seen (outside a tx) */
+    bool count_stmts;        /* a portable section is counted in one pass only */
     /* the statement being linted */
     const char *stmt;
     size_t stmt_len;
