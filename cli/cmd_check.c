@@ -28,7 +28,7 @@
 
 static const char HELP[] =
     "usage: dbkit check [--repo DIR] [--migrations] [--secrets] [--fk-indexes]\n"
-    "                   [--primary-keys] [--exclude GLOB ...]\n"
+    "                   [--primary-keys] [--lint] [--exclude GLOB ...]\n"
     "\n"
     "Runs the checkpoints and exits 6 when any fails (0 when all pass):\n"
     "  --migrations    migration files are all committed to git\n"
@@ -36,10 +36,11 @@ static const char HELP[] =
     "                  (.c .h .js .ts .json .yml .yaml .env .toml .ini .conf)\n"
     "  --fk-indexes    every foreign key has an index on its columns (database)\n"
     "  --primary-keys  every table has a primary key (database)\n"
+    "  --lint          the pending migrations pass `dbkit migrate lint` (database)\n"
     "  --exclude GLOB  skip tracked files matching GLOB in the secrets scan (repeatable,\n"
     "                  e.g. --exclude 'tests/*'); a line containing dbkit:allow-secret\n"
     "                  is skipped too (test fixtures)\n"
-    "Without a selection all four run. --repo DIR is the git work tree (default: the\n"
+    "Without a selection all five run. --repo DIR is the git work tree (default: the\n"
     "current directory); a relative --migrations-dir is taken inside it.\n";
 
 typedef struct problem {
@@ -48,9 +49,9 @@ typedef struct problem {
     char hint[300];
 } problem;
 
-enum { C_MIGRATIONS, C_SECRETS, C_FK, C_PK, C_COUNT };
+enum { C_MIGRATIONS, C_SECRETS, C_FK, C_PK, C_LINT, C_COUNT };
 static const char *const CHECK_NAMES[C_COUNT] = {"migrations", "secrets", "fk-indexes",
-                                                 "primary-keys"};
+                                                 "primary-keys", "migration-lint"};
 
 typedef struct report {
     problem *v;
@@ -463,6 +464,47 @@ static void check_schema(report *r, const dg_schema *s, bool fk, bool pk)
                  nfk == 1 ? "" : "s");
 }
 
+/* The pending migrations through the migration linter (cmd_migrate.c). */
+static int check_lint(const cli *c0, const char *repo, report *r)
+{
+    /* A relative migrations directory is taken inside the repository, as
+     * for the migrations check. */
+    cli cc = *c0;
+    const cli *c = &cc;
+    char dir[4096];
+    if (c0->migrations_dir[0] != '/' && strcmp(repo, ".") != 0) {
+        snprintf(dir, sizeof dir, "%s/%s", repo, c0->migrations_dir);
+        cc.migrations_dir = dir;
+    }
+    dbk_conn *conn = NULL;
+    int code = cli_connect(c, false, NULL, 0, &conn);
+    if (code)
+        return code;
+    dbk_error err;
+    dbk_error_clear(&err);
+    dbk_lint_report *lr = NULL;
+    size_t pending = 0;
+    dbk_rc rc = cli_lint_pending(c, dbk_conn_db(conn), &lr, &pending, &err);
+    dbk_conn_close(conn);
+    if (rc)
+        return cli_fail(c, rc, &err);
+    r->ran[C_LINT] = true;
+    for (size_t i = 0; i < lr->count; i++) {
+        const dbk_lint_finding *f = &lr->items[i];
+        problem *p = add_problem(r, C_LINT);
+        if (!p)
+            break;
+        snprintf(p->msg, sizeof p->msg, "%.250s:%d: [%s] %.300s", f->file, f->line, f->rule->id,
+                 f->message);
+        snprintf(p->hint, sizeof p->hint, "%.290s", f->rule->fix);
+    }
+    if (!lr->count)
+        snprintf(r->note[C_LINT], sizeof r->note[0], "%zu pending migration%s, no findings",
+                 pending, pending == 1 ? "" : "s");
+    dbk_lint_report_free(lr);
+    return CLI_OK;
+}
+
 int cmd_check(cli *c, int argc, char **argv)
 {
     const char *repo = ".";
@@ -492,6 +534,8 @@ int cmd_check(cli *c, int argc, char **argv)
             sel[C_FK] = any = true;
         } else if (strcmp(argv[i], "--primary-keys") == 0) {
             sel[C_PK] = any = true;
+        } else if (strcmp(argv[i], "--lint") == 0) {
+            sel[C_LINT] = any = true;
         } else {
             return cli_usage(c, "unexpected argument '%s'", argv[i]);
         }
@@ -530,6 +574,13 @@ int cmd_check(cli *c, int argc, char **argv)
         rep.ran[C_PK] = sel[C_PK];
         check_schema(&rep, &s, sel[C_FK], sel[C_PK]);
         dg_schema_free(&s);
+    }
+    if (sel[C_LINT]) {
+        int code = check_lint(c, repo, &rep);
+        if (code) {
+            free(rep.v);
+            return code;
+        }
     }
 
     size_t failed = 0;

@@ -507,7 +507,7 @@ static void check_repo(const char *url, dbk_engine engine)
     mkdir_in(repo, "db/migrations");
     mkdir_in(repo, "config");
     write_in(repo, "db/migrations/20240101000000_posts.sql",
-             "-- migrate:up\nCREATE TABLE posts (id INTEGER PRIMARY KEY);\n");
+             "-- migrate:up\nCREATE TABLE posts (id BIGINT PRIMARY KEY);\n-- migrate:down\n");
     /* The secret is assembled so that this file itself holds no URL with a
      * password. */
     char yml[512];
@@ -519,9 +519,10 @@ static void check_repo(const char *url, dbk_engine engine)
     GIT(repo, "commit", "-q", "-m", "start");
     /* Planted: a migration never committed, another changed after commit. */
     write_in(repo, "db/migrations/20240102000000_comments.sql",
-             "-- migrate:up\nCREATE TABLE comments (id INTEGER PRIMARY KEY);\n");
+             "-- migrate:up\nCREATE TABLE comments (id BIGINT PRIMARY KEY);\n-- migrate:down\n");
     write_in(repo, "db/migrations/20240101000000_posts.sql",
-             "-- migrate:up\nCREATE TABLE posts (id INTEGER PRIMARY KEY, x INT);\n");
+             "-- migrate:up\nCREATE TABLE posts (id BIGINT PRIMARY KEY, x INT);\n"
+             "-- migrate:down\n");
 
     dbk_conn *conn = dbkt_open(url);
     dbk_db *db = dbk_conn_db(conn);
@@ -574,6 +575,7 @@ static void check_repo(const char *url, dbk_engine engine)
     has(&r, "ok   secrets");
     has(&r, "ok   fk-indexes    1 foreign key, all indexed");
     has(&r, "ok   primary-keys  3 tables, all with a primary key");
+    has(&r, "ok   migration-lint 2 pending migrations, no findings");
     has(&r, "all checks passed");
     run_free(&r);
     free(repo);
