@@ -853,6 +853,7 @@ static void cache_invalidation_detaches_flight(void **state)
     for (int b = 0; b < 2; b++) {
         dbk_cache_opts o = {0};
         o.flight_wait_ms = 30000; /* a follower never gives up on its own here */
+        o.command_timeout_ms = 2000; /* the deletes asserted below, on a loaded machine */
         dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
         detach_case(c, "acct:7", NULL);
         detach_case(c, "accts:list:page:1", "accts:list");
@@ -1368,6 +1369,7 @@ static void repo_detach_engine(const char *url, dbk_engine engine)
         vrows_reset(dbw, 1);
         dbk_cache_opts o = {0};
         o.flight_wait_ms = 30000;
+        o.command_timeout_ms = 2000;
         dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
         dbk_cached_repo *r = NULL;
         dbk_error err;
@@ -1618,6 +1620,7 @@ static void canonical_engine(const char *url, dbk_engine engine)
         dbkt_exec(db, "UPDATE cusers SET name = 'E' WHERE id = 5");
         dbk_cache_opts o = {0};
         o.negative_ttl_ms = 60000;
+        o.command_timeout_ms = 2000; /* hits asserted below: no timeouts on a loaded machine */
         dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
         dbk_cached_repo *r = NULL;
         dbk_error err;
@@ -1700,6 +1703,7 @@ static void collation_engine(const char *url, dbk_engine engine)
         dbkt_exec(db, "DELETE FROM cpeople");
         dbk_cache_opts o = {0};
         o.negative_ttl_ms = 60000;
+        o.command_timeout_ms = 2000; /* hits asserted below: no timeouts on a loaded machine */
         dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
         dbk_cached_repo *r = NULL;
         dbk_error err;
@@ -1807,6 +1811,7 @@ static void uuid_engine(const char *url, dbk_engine engine)
         dbkt_exec(db, "DELETE FROM utoks");
         dbk_cache_opts o = {0};
         o.negative_ttl_ms = 60000;
+        o.command_timeout_ms = 2000; /* hits asserted below: no timeouts on a loaded machine */
         dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
         dbk_cached_repo *r = NULL;
         dbk_error err;
@@ -1924,6 +1929,7 @@ static void cache_redis_close_delivers_queued_invalidations(void **state)
     redis_start(&rs, NULL);
     dbk_cache_opts o = {0};
     o.key_prefix = "cq:";
+    o.command_timeout_ms = 1000;
     dbk_cache *c = open_cache(rs.url, &o);
     put(c, "k0", "old", 60000);
     redis_kill(&rs);
@@ -1962,6 +1968,7 @@ static void cache_redis_close_waits_for_redis(void **state)
     redis_start(&rs, NULL);
     dbk_cache_opts o = {0};
     o.key_prefix = "cw:";
+    o.command_timeout_ms = 1000;
     o.close_timeout_ms = 20000; /* an upper bound, not a wait: close returns once delivered */
     dbk_cache *c = open_cache(rs.url, &o);
     put(c, "k0", "old", 60000);
@@ -1990,6 +1997,7 @@ static void cache_redis_close_logs_undelivered(void **state)
         redis_start(&rs, NULL);
         dbk_cache_opts o = {0};
         o.close_timeout_ms = 300;
+        o.command_timeout_ms = 500;
         dbk_cache *c = open_cache(rs.url, &o);
         put(c, "k0", "old", 60000);
         if (frozen)
@@ -2023,6 +2031,7 @@ static void cache_redis_close_no_wait_still_warns(void **state)
     redis_start(&rs, NULL);
     dbk_cache_opts o = {0};
     o.close_timeout_ms = -1;
+    o.command_timeout_ms = 1000;
     dbk_cache *c = open_cache(rs.url, &o);
     put(c, "k0", "old", 60000);
     redis_kill(&rs);
@@ -2098,6 +2107,7 @@ static void cache_oversized_value_served_not_stored(void **state)
     for (int b = 0; b < 2; b++) {
         dbk_cache_opts o = {0};
         o.max_value_bytes = 4096;
+        o.command_timeout_ms = 2000;
         dbk_cache *c = b ? open_redis(&o) : open_mem(&o);
         atomic_int runs = 0;
         for (int i = 0; i < 3; i++) {
