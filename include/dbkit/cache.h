@@ -304,7 +304,8 @@ typedef struct dbk_cache_stats {
     uint64_t skipped;       /* calls not made because the breaker was open */
     uint64_t loads;         /* loader runs */
     uint64_t flight_waits;  /* get_or_load calls that waited for another's load */
-    uint64_t stale_rejects; /* set_leased refusals: an invalidation won */
+    uint64_t stale_rejects; /* loads not stored because an invalidation won
+                               (set_leased refusals, namespace bumps) */
     uint64_t evictions;     /* memory: entries dropped for space */
     uint64_t entries;       /* memory: live entries now (tombstones included) */
     uint64_t bytes;         /* memory: bytes accounted now */
