@@ -1,0 +1,4 @@
+-- migrate:up
+-- lint:ignore lock-timeout dbkit sets it
+ALTER TABLE t ADD COLUMN c text;
+-- migrate:down
