@@ -512,8 +512,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     json_t *j = json_loadb(b->buf, b->len, JSON_REJECT_DUPLICATES, &jerr);
     if (!j && json_error_code(&jerr) == json_error_numeric_overflow) {
         /* 99999999999999999999 or 1e400: a number, but none the shop takes */
-        shop_reply_error(&rs, 400, "out_of_range", "the number at line %d column %d is out of range",
-                         jerr.line, jerr.column);
+        shop_reply_error(&rs, 400, "out_of_range",
+                         "the number at line %d column %d is out of range", jerr.line, jerr.column);
         return finish(conn, method, url, NULL, b->start_ns, &rs);
     }
     if (!j) {
@@ -568,13 +568,13 @@ int shop_http_start(const char *host, int port, int threads)
         fprintf(stderr, "shop: HOST \"%s\" is not a numeric IPv4 or IPv6 address\n", host);
         return -1;
     }
-    daemon_ = MHD_start_daemon(
-        flags, (uint16_t)port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)60, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_UNESCAPE_CALLBACK,
-        url_unescape, NULL, MHD_OPTION_END);
+    daemon_ =
+        MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
+                         (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads,
+                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_CONNECTION_LIMIT,
+                         (unsigned)4096, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                         MHD_OPTION_UNESCAPE_CALLBACK, url_unescape, NULL, MHD_OPTION_END);
     if (!daemon_) {
         fprintf(stderr, "shop: cannot listen on %s:%d (in use, or not allowed)\n", host, port);
         return -1;

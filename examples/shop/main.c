@@ -293,9 +293,8 @@ int main(void)
         host = "127.0.0.1";
     int port = shop_env_int("PORT", 8080, 0, 65535);
     int threads = shop_env_int("HTTP_THREADS", (int)(2 * cores), 1, 1024);
-    if (shop.access_log &&
-        shop_access_log_open(STDERR_FILENO, shop_env_int("ACCESS_LOG_FLUSH_MS", 100, 1, 60000)) !=
-            0) {
+    int flush_ms = shop_env_int("ACCESS_LOG_FLUSH_MS", 100, 1, 60000);
+    if (shop.access_log && shop_access_log_open(STDERR_FILENO, flush_ms) != 0) {
         fprintf(stderr, "shop: cannot start the access log's flusher thread\n");
         goto out_cache;
     }

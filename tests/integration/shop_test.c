@@ -1151,22 +1151,35 @@ static void integer_body(shop_proc *s, dbk_engine engine)
         long status;         /* 0: the route's `ok` */
         const char *code;
     } cases[] = {
-        {"#%00", 400, "invalid_path"},    {"#%00abc", 400, "invalid_path"},
-        {"%00#", 400, "invalid_path"},    {"#%0A", 400, "invalid_path"},
-        {"#%09", 400, "invalid_path"},    {"#%FF", 400, "invalid_path"},
-        {"#abc", 400, "invalid_id"},      {"#%20", 400, "invalid_id"},
-        {"%20#", 400, "invalid_id"},      {"+#", 400, "invalid_id"},
-        {"%2B#", 400, "invalid_id"},      {"0#", 400, "invalid_id"},
-        {"00", 400, "invalid_id"},        {"-0", 400, "invalid_id"},
-        {"#.0", 400, "invalid_id"},       {"#e0", 400, "invalid_id"},
-        {"0x1", 400, "invalid_id"},       {"%E2%91%A0", 400, "invalid_id"},
-        {"#;", 400, "invalid_id"},        {"-#", 400, "out_of_range"},
-        {"0", 400, "out_of_range"},       {I64_OVER_S, 400, "out_of_range"},
+        {"#%00", 400, "invalid_path"},
+        {"#%00abc", 400, "invalid_path"},
+        {"%00#", 400, "invalid_path"},
+        {"#%0A", 400, "invalid_path"},
+        {"#%09", 400, "invalid_path"},
+        {"#%FF", 400, "invalid_path"},
+        {"#abc", 400, "invalid_id"},
+        {"#%20", 400, "invalid_id"},
+        {"%20#", 400, "invalid_id"},
+        {"+#", 400, "invalid_id"},
+        {"%2B#", 400, "invalid_id"},
+        {"0#", 400, "invalid_id"},
+        {"00", 400, "invalid_id"},
+        {"-0", 400, "invalid_id"},
+        {"#.0", 400, "invalid_id"},
+        {"#e0", 400, "invalid_id"},
+        {"0x1", 400, "invalid_id"},
+        {"%E2%91%A0", 400, "invalid_id"},
+        {"#;", 400, "invalid_id"},
+        {"-#", 400, "out_of_range"},
+        {"0", 400, "out_of_range"},
+        {I64_OVER_S, 400, "out_of_range"},
         {"-" I64_OVER_S, 400, "out_of_range"}, /* INT64_MIN */
         {"18446744073709551616", 400, "out_of_range"},
         {"99999999999999999999999", 400, "out_of_range"},
-        {digits300, 400, "out_of_range"}, {I64_MAX_S, 404, "not_found"},
-        {"", 404, "not_found"},           {"#/", 404, "not_found"},
+        {digits300, 400, "out_of_range"},
+        {I64_MAX_S, 404, "not_found"},
+        {"", 404, "not_found"},
+        {"#/", 404, "not_found"},
         {"#", 0, NULL},
     };
     for (size_t ri = 0; ri < sizeof routes / sizeof routes[0]; ri++) {
@@ -1372,10 +1385,20 @@ static void nul_body(shop_proc *s, dbk_engine engine)
 {
     (void)engine;
     const char *paths[] = {
-        "/health%00",      "/metrics%00x", "/%00",           "/users%00",
-        "/users/%00",      "/users/1%00",  "/users/1/posts%00", "/users/by-email%00?email=ada%40example.com",
-        "/nowhere%00",     "/users/1%01",  "/users/1%1F",    "/users/1%7F",
-        "/users/1%C0%AF",  "/users/1%ED%A0%80",
+        "/health%00",
+        "/metrics%00x",
+        "/%00",
+        "/users%00",
+        "/users/%00",
+        "/users/1%00",
+        "/users/1/posts%00",
+        "/users/by-email%00?email=ada%40example.com",
+        "/nowhere%00",
+        "/users/1%01",
+        "/users/1%1F",
+        "/users/1%7F",
+        "/users/1%C0%AF",
+        "/users/1%ED%A0%80",
     };
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
         expect_case(s, "GET", paths[i], NULL, 400, "invalid_path");
@@ -1729,8 +1752,8 @@ static void shop_sigterm_finishes_in_flight(void **state)
 typedef struct al_client {
     const shop_proc *s;
     int k, n;
-    int failures;        /* answers other than the expected status */
-    long connects;       /* connections curl opened (1 when kept alive) */
+    int failures;  /* answers other than the expected status */
+    long connects; /* connections curl opened (1 when kept alive) */
     char first_err[768];
 } al_client;
 
@@ -1923,8 +1946,8 @@ static void shop_access_log_complete_after_sigterm(void **state)
         al_path(want, sizeof want, k, i);
         assert_string_equal(path, want);
         if (i != next[k])
-            fail_msg("client %d: request %d logged where %d was next (out of order or lost)", k,
-                     i, next[k]);
+            fail_msg("client %d: request %d logged where %d was next (out of order or lost)", k, i,
+                     next[k]);
         next[k]++;
         probe_lines++;
     }
