@@ -7,6 +7,7 @@
  * a service that migrates on start-up behaves exactly like this tool.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -39,7 +40,12 @@ static const char HELP[] =
     "                               (the pending migrations of the database by default;\n"
     "                               --all: every file, each as if run alone on a populated\n"
     "                               database); exit 6 on findings. `-- lint:ignore RULE\n"
-    "                               reason` above a statement suppresses one finding\n"
+    "                               reason` above a statement suppresses one finding;\n"
+    "                               --trace: confirm or dismiss rewrite and lock findings\n"
+    "                               by tracing each file (PostgreSQL, see trace)\n"
+    "  trace FILE                   run FILE's up section in a transaction on a throwaway\n"
+    "                               database migrated to the version before it, print the\n"
+    "                               table locks and rewrites of each statement, roll back\n"
     "\n"
     "Migration files have a `-- migrate:up` and a `-- migrate:down` section; see\n"
     "docs/migrations.md. Global options (--url, --migrations-dir, --json, -q,\n"
@@ -510,6 +516,192 @@ static int sub_repair(cli *c, int argc, char **argv)
     return code;
 }
 
+/* ---- reading a file given on the command line ---- */
+
+static dbk_rc read_all(const char *path, char **out, size_t *outlen, dbk_error *err)
+{
+    *out = NULL;
+    *outlen = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err->message, sizeof err->message, "cannot read %.300s: %s", path,
+                 strerror(errno));
+        return DBK_EIO;
+    }
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    dbk_rc rc = DBK_OK;
+    for (;;) {
+        if (len + 4096 > cap) {
+            size_t nc = cap ? cap * 2 : 8192;
+            char *p = realloc(text, nc);
+            if (!p) {
+                rc = DBK_ENOMEM;
+                snprintf(err->message, sizeof err->message, "out of memory reading %.300s", path);
+                break;
+            }
+            text = p;
+            cap = nc;
+        }
+        size_t got = fread(text + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0)
+            break;
+    }
+    fclose(f);
+    if (rc == DBK_OK && len == 0) {
+        snprintf(err->message, sizeof err->message, "%.300s is empty", path);
+        rc = DBK_EINVALID;
+    }
+    if (rc) {
+        free(text);
+        return rc;
+    }
+    text[len] = '\0';
+    *out = text;
+    *outlen = len;
+    return DBK_OK;
+}
+
+/* ---- trace ---- */
+
+static int64_t file_version(const char *path)
+{
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    int64_t v = 0;
+    for (; *b >= '0' && *b <= '9' && v < INT64_MAX / 10 - 10; b++)
+        v = v * 10 + (*b - '0');
+    return v;
+}
+
+/* Traces one file on a throwaway database: created next to the configured
+ * one, migrated with the migrations before the file's version, dropped at
+ * the end. Prints its own errors; returns an exit code. */
+static int trace_one(cli *c, const char *path, dbk_trace **out)
+{
+    *out = NULL;
+    dbk_error err;
+    dbk_error_clear(&err);
+    char *text = NULL;
+    size_t len = 0;
+    dbk_rc rc = read_all(path, &text, &len, &err);
+    if (rc)
+        return cli_fail(c, rc, &err);
+    dbk_config *cfg = NULL;
+    int code = cli_config(c, true, NULL, 0, &cfg);
+    if (code) {
+        free(text);
+        return code;
+    }
+    if (dbk_config_engine(cfg) != DBK_ENGINE_POSTGRES) {
+        dbk_config_free(cfg);
+        free(text);
+        return cli_usage(c, "migrate trace needs a PostgreSQL database (--url postgres://...)");
+    }
+    dbk_conn *admin = NULL, *tc = NULL;
+    char name[64], sql[160];
+    snprintf(name, sizeof name, "dbkit_trace_%ld", (long)getpid());
+    bool created = false;
+    rc = dbk_conn_open(cfg, &admin, &err);
+    if (rc == DBK_OK) {
+        snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s", name);
+        rc = dbk_db_exec(dbk_conn_db(admin), sql, NULL, 0, NULL, &err);
+    }
+    if (rc == DBK_OK) {
+        snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
+        rc = dbk_db_exec(dbk_conn_db(admin), sql, NULL, 0, NULL, &err);
+        created = rc == DBK_OK;
+    }
+    if (rc == DBK_OK)
+        rc = dbk_config_set(cfg, "dbname", name, &err);
+    if (rc == DBK_OK)
+        rc = dbk_conn_open(cfg, &tc, &err);
+    if (rc == DBK_OK) {
+        int64_t v = file_version(path);
+        if (v > 1) {
+            dbk_migrate_source src = dir_source(c);
+            dbk_migrate_opts o;
+            memset(&o, 0, sizeof o);
+            o.has_target = true;
+            o.target = v - 1;
+            rc = dbk_migrate_up(dbk_conn_db(tc), &src, &o, NULL, &err);
+        }
+    }
+    if (rc == DBK_OK)
+        rc = dbk_migrate_trace(dbk_conn_db(tc), path, text, len, out, &err);
+    dbk_conn_close(tc);
+    if (created) {
+        dbk_error e2;
+        snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", name);
+        dbk_db_exec(dbk_conn_db(admin), sql, NULL, 0, NULL, &e2);
+    }
+    dbk_conn_close(admin);
+    dbk_config_free(cfg);
+    free(text);
+    if (rc)
+        return cli_fail(c, rc, &err);
+    return CLI_OK;
+}
+
+static int sub_trace(cli *c, int argc, char **argv)
+{
+    const char *path = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (argv[i][0] == '-' && argv[i][1])
+            return cli_usage(c, "migrate trace: unknown option %s", argv[i]);
+        if (path)
+            return cli_usage(c, "migrate trace takes one FILE");
+        path = argv[i];
+    }
+    if (!path)
+        return cli_usage(c, "migrate trace needs a migration FILE");
+    dbk_trace *t = NULL;
+    int code = trace_one(c, path, &t);
+    if (code)
+        return code;
+    if (c->json) {
+        jw w;
+        jw_init(&w, stdout);
+        jw_obj(&w);
+        jw_kbool(&w, "ok", true);
+        jw_kstr(&w, "file", path);
+        jw_key(&w, "statements");
+        jw_arr(&w);
+        for (size_t i = 0; i < t->count; i++) {
+            const dbk_trace_step *s = &t->steps[i];
+            jw_obj(&w);
+            jw_kint(&w, "line", s->line);
+            jw_kstr(&w, "statement", s->statement);
+            jw_kbool(&w, "traced", s->traced);
+            jw_kstr(&w, "locks", s->locks);
+            jw_kstr(&w, "held", s->held);
+            jw_kbool(&w, "access_exclusive", s->access_exclusive);
+            jw_kstr(&w, "rewritten", s->rewritten);
+            jw_kstr(&w, "error", s->error);
+            jw_end_obj(&w);
+        }
+        jw_end_arr(&w);
+        jw_end_obj(&w);
+    } else {
+        printf("%-5s %-44s %-40s %s\n", "LINE", "STATEMENT", "LOCKS TAKEN", "REWRITES");
+        for (size_t i = 0; i < t->count; i++) {
+            const dbk_trace_step *s = &t->steps[i];
+            const char *locks = s->error[0]  ? s->error
+                                : !s->traced ? "(not traced: runs outside a transaction)"
+                                : s->locks[0] ? s->locks
+                                              : "-";
+            printf("%-5d %-44.44s %-40s %s\n", s->line, s->statement, locks,
+                   s->rewritten[0] ? s->rewritten : "-");
+        }
+        if (!c->quiet)
+            printf("rolled back; the database was a throwaway copy at the version before %s\n",
+                   path);
+    }
+    dbk_trace_free(t);
+    return CLI_OK;
+}
+
 /* ---- lint ---- */
 
 static void lint_json(const dbk_lint_report *r, size_t pending, bool pending_mode)
@@ -638,9 +830,51 @@ dbk_rc cli_lint_pending(const cli *c, dbk_db *db, dbk_lint_report **out, size_t 
     return rc;
 }
 
+/* --trace: each file with a finding the trace can decide is traced; a
+ * dismissed finding leaves the report (and a note says so), a confirmed
+ * one gets the evidence appended to its message. */
+static int lint_trace(cli *c, dbk_lint_report *rep)
+{
+    size_t w = 0;
+    const char *traced_file = NULL;
+    dbk_trace *t = NULL;
+    for (size_t i = 0; i < rep->count; i++) {
+        dbk_lint_finding *f = &rep->items[i];
+        if (f->engine == DBK_ENGINE_POSTGRES && f->table[0] &&
+            (!traced_file || strcmp(traced_file, f->file) != 0)) {
+            dbk_trace_free(t);
+            t = NULL;
+            traced_file = f->file;
+            int code = trace_one(c, f->file, &t);
+            if (code) {
+                rep->count = w;
+                return code;
+            }
+        }
+        char why[512];
+        int verdict = f->engine == DBK_ENGINE_POSTGRES && t && traced_file &&
+                              strcmp(traced_file, f->file) == 0
+                          ? dbk_trace_judge(t, f, why, sizeof why)
+                          : -1;
+        if (verdict == 0) {
+            cli_info(c, "%s:%d: [%s] dismissed by the trace (%s)\n", f->file, f->line,
+                     f->rule->id, why);
+            continue;
+        }
+        if (verdict == 1) {
+            size_t ml = strlen(f->message);
+            snprintf(f->message + ml, sizeof f->message - ml, " (confirmed, %s)", why);
+        }
+        rep->items[w++] = *f;
+    }
+    rep->count = w;
+    dbk_trace_free(t);
+    return CLI_OK;
+}
+
 static int sub_lint(cli *c, int argc, char **argv)
 {
-    bool all = false, rules = false;
+    bool all = false, rules = false, trace = false;
     const char *engine_s = NULL;
     char **files = calloc((size_t)argc, sizeof *files);
     size_t nfiles = 0;
@@ -653,6 +887,8 @@ static int sub_lint(cli *c, int argc, char **argv)
             all = true;
         } else if (strcmp(argv[i], "--rules") == 0) {
             rules = true;
+        } else if (strcmp(argv[i], "--trace") == 0) {
+            trace = true;
         } else if ((r = cli_opt_value(c, argc, argv, &i, "--engine", &engine_s)) != 0) {
             if (r < 0) {
                 free(files);
@@ -708,35 +944,7 @@ static int sub_lint(cli *c, int argc, char **argv)
         for (size_t k = 0; k < nfiles && rc == DBK_OK; k++) {
             char *text = NULL;
             size_t len = 0;
-            FILE *f = fopen(files[k], "rb");
-            if (!f) {
-                snprintf(err.message, sizeof err.message, "cannot read %.300s: %s", files[k],
-                         strerror(errno));
-                rc = DBK_EIO;
-                break;
-            }
-            size_t cap = 0;
-            for (;;) {
-                if (len + 4096 > cap) {
-                    size_t nc = cap ? cap * 2 : 8192;
-                    char *p = realloc(text, nc);
-                    if (!p) {
-                        rc = DBK_ENOMEM;
-                        break;
-                    }
-                    text = p;
-                    cap = nc;
-                }
-                size_t got = fread(text + len, 1, cap - len - 1, f);
-                len += got;
-                if (got == 0)
-                    break;
-            }
-            fclose(f);
-            if (rc == DBK_OK && len == 0) {
-                snprintf(err.message, sizeof err.message, "%.300s is empty", files[k]);
-                rc = DBK_EINVALID;
-            }
+            rc = read_all(files[k], &text, &len, &err);
             dbk_lint_report *one = NULL;
             if (rc == DBK_OK)
                 rc = dbk_lint_file(files[k], text, len, &o, &one, &err);
@@ -770,6 +978,13 @@ static int sub_lint(cli *c, int argc, char **argv)
         if (rc == DBK_ENOMEM && !err.message[0])
             snprintf(err.message, sizeof err.message, "out of memory");
         return cli_fail(c, rc, &err);
+    }
+    if (trace && rep->count) {
+        code = lint_trace(c, rep);
+        if (code) {
+            dbk_lint_report_free(rep);
+            return code;
+        }
     }
     if (c->json)
         lint_json(rep, pending, pending_mode);
@@ -902,5 +1117,7 @@ int cmd_migrate(cli *c, int argc, char **argv)
         return sub_dump(c, argc, argv);
     if (strcmp(sub, "lint") == 0)
         return sub_lint(c, argc, argv);
+    if (strcmp(sub, "trace") == 0)
+        return sub_trace(c, argc, argv);
     return cli_usage(c, "unknown migrate subcommand '%s'", sub);
 }

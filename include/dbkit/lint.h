@@ -130,6 +130,51 @@ DBK_API dbk_rc dbk_lint_file(const char *filename, const char *contents, size_t 
 /* Frees a report. Accepts NULL. */
 DBK_API void dbk_lint_report_free(dbk_lint_report *r);
 
+/* ---- trace: what a migration really locks and rewrites (PostgreSQL) ---- */
+
+/* One statement of a traced section. */
+typedef struct dbk_trace_step {
+    int line;              /* 1-based line in the file */
+    char statement[160];   /* the start of the statement, on one line */
+    bool traced;           /* false: its section runs outside a transaction, so
+                              it was not run (its locks cannot be held for
+                              reading afterwards) */
+    char locks[512];       /* table locks this statement added to the transaction:
+                              "items AccessExclusiveLock, users ShareRowExclusiveLock" */
+    char held[512];        /* every table lock the transaction holds after it (what the
+                              statement ran under, earlier statements' locks included) */
+    bool access_exclusive; /* one of them is ACCESS EXCLUSIVE */
+    char rewritten[256];   /* tables whose relfilenode changed (a rewrite), "" none */
+    char error[256];       /* the statement failed (later ones were not run) */
+} dbk_trace_step;
+
+/* Owned by the caller: free with dbk_trace_free(). */
+typedef struct dbk_trace {
+    dbk_trace_step *steps;
+    size_t count;
+} dbk_trace;
+
+/* Runs the PostgreSQL up section(s) of one migration file on `db` (a
+ * connection's executor, not in a transaction, on a database that may be
+ * changed: a throwaway copy) inside one transaction, and after each
+ * statement reads from pg_locks the table locks its own backend holds and
+ * from pg_class which tables got a new relfilenode; then rolls back.
+ * A failing statement is recorded in its step and ends the trace (DBK_OK
+ * still). DBK_EMISUSE on SQLite or a transaction's executor; malformed
+ * files as dbk_lint_file(). */
+DBK_API dbk_rc dbk_migrate_trace(dbk_db *db, const char *filename, const char *contents,
+                                 size_t len, dbk_trace **out, dbk_error *err);
+
+/* Frees a trace. Accepts NULL. */
+DBK_API void dbk_trace_free(dbk_trace *t);
+
+/* What the trace says about a finding of the same file: 1 confirmed (the
+ * statement on that line rewrote its table, or, for a lock rule, the
+ * transaction held a lock blocking writes on it after that statement), 0 dismissed (traced, and it did neither), -1 the trace
+ * cannot tell (rule not decided by locks or rewrites, statement not
+ * traced or failed). `why` (may be NULL) gets a short explanation. */
+DBK_API int dbk_trace_judge(const dbk_trace *t, const dbk_lint_finding *f, char *why, size_t n);
+
 #ifdef __cplusplus
 }
 #endif

@@ -225,12 +225,92 @@ static void cli_lint_files_directives_and_env(void **state)
     free(proj);
 }
 
+/* `migrate trace` on a throwaway database migrated to the version before
+ * the file: varchar(20) -> varchar(50) takes ACCESS EXCLUSIVE but does not
+ * rewrite, int -> bigint rewrites; `lint --trace` dismisses the first
+ * column-type-rewrite finding and confirms the second. The throwaway
+ * database is gone afterwards and the real one untouched. */
+static void cli_lint_trace_confirms_and_dismisses(void **state)
+{
+    (void)state;
+    static const char *const files[] = {
+        "1_items.sql",
+        "-- migrate:up\nCREATE TABLE items (id bigint PRIMARY KEY, name varchar(20), n int);\n"
+        "-- migrate:down\nDROP TABLE items;\n",
+        "2_types.sql",
+        "-- migrate:up\nALTER TABLE items ALTER COLUMN name TYPE varchar(50);\n"
+        "ALTER TABLE items ALTER COLUMN n TYPE bigint;\n-- migrate:down\n",
+        NULL};
+    char *url = dbkt_pg_fresh_db("cli_lint_trace");
+    char *proj = project("lint_trace", files);
+    run r = CLI(proj, "--url", url, "-q", "migrate", "up", "--to", "1");
+    expect_code(&r, 0);
+    dbkt_proc_free(&r);
+
+    r = CLI(proj, "--url", url, "migrate", "trace", "db/migrations/2_types.sql");
+    expect_code(&r, 0);
+    has(r.out, "2     ALTER TABLE items ALTER COLUMN name TYPE var items AccessExclusiveLock");
+    has(r.out, "3     ALTER TABLE items ALTER COLUMN n TYPE bigint");
+    dbkt_proc_free(&r);
+    r = CLI(proj, "--url", url, "--json", "migrate", "trace", "db/migrations/2_types.sql");
+    expect_code(&r, 0);
+    json_error_t je;
+    json_t *j = json_loads(r.out, 0, &je);
+    if (!j)
+        fail_msg("not JSON: %s", r.out);
+    json_t *st = json_object_get(j, "statements");
+    assert_int_equal(json_array_size(st), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(st, 0), "rewritten")),
+                        "");
+    assert_true(json_is_true(json_object_get(json_array_get(st, 0), "access_exclusive")));
+    assert_string_equal(json_string_value(json_object_get(json_array_get(st, 1), "rewritten")),
+                        "items");
+    json_decref(j);
+    dbkt_proc_free(&r);
+
+    r = CLI(proj, "--url", url, "migrate", "lint");
+    expect_code(&r, 6);
+    has(r.out, "2 findings in 1 file");
+    dbkt_proc_free(&r);
+    r = CLI(proj, "--url", url, "migrate", "lint", "--trace");
+    expect_code(&r, 6);
+    has(r.out, "2_types.sql:2: [column-type-rewrite] dismissed by the trace");
+    has(r.out, "2_types.sql:3: error [column-type-rewrite]");
+    has(r.out, "(confirmed, trace: rewrote items)");
+    has(r.out, "1 finding in 1 file");
+    dbkt_proc_free(&r);
+
+    /* nothing left behind: no throwaway database, the real one still at 1 */
+    dbk_conn *c = dbkt_open(url);
+    assert_int_equal(dbkt_int(dbk_conn_db(c), "SELECT count(*) FROM pg_database WHERE datname "
+                                              "LIKE 'dbkit_trace_%'"),
+                     0);
+    assert_int_equal(dbkt_int(dbk_conn_db(c), "SELECT count(*) FROM dbkit_migrations"), 1);
+    char type[32];
+    dbkt_text(dbk_conn_db(c),
+              "SELECT data_type FROM information_schema.columns WHERE table_name = 'items' "
+              "AND column_name = 'n'",
+              type, sizeof type);
+    assert_string_equal(type, "integer");
+    dbk_conn_close(c);
+
+    /* SQLite has no trace */
+    char *sq = dbkt_sqlite_url("cli_lint_trace");
+    r = CLI(proj, "--url", sq, "migrate", "trace", "db/migrations/2_types.sql");
+    expect_code(&r, 2);
+    dbkt_proc_free(&r);
+    free(sq);
+    free(proj);
+    free(url);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(cli_lint_example_migrations_pass),
         cmocka_unit_test(cli_lint_pending_findings_exit_6),
         cmocka_unit_test(cli_lint_files_directives_and_env),
+        cmocka_unit_test(cli_lint_trace_confirms_and_dismisses),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
