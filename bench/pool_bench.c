@@ -8,14 +8,17 @@
  *   sqlite   8 writer + 8 reader threads on one SQLite file through the pool,
  *            with the pool's write gate and without it (busy_timeout + retry
  *            only): writes/s, reads/s and busy errors reaching the caller.
+ *   inspect  the session-change detector the pool runs on every statement
+ *            (ns per statement), next to a pooled SQLite primary-key
+ *            SELECT, with and without a reset on every release.
  *   pk       primary-key lookups through the pool's dbk_db from N threads on
  *            PostgreSQL, next to N raw libpq connections (PQexecPrepared)
  *            running the same SELECT. bench/pool_pgbench.sh runs this mode
  *            next to pgbench on the same table.
  *
- * usage: pool_bench [micro] [sqlite] [pk] [--pg-url URL] [--threads N]
+ * usage: pool_bench [micro] [sqlite] [pk] [inspect] [--pg-url URL] [--threads N]
  *                   [--seconds S] [--rows N] [--setup]
- * Without a mode: micro and sqlite, plus pk when a PostgreSQL URL is given
+ * Without a mode: micro, sqlite and inspect, plus pk when a PostgreSQL URL is given
  * (--pg-url, else DBKIT_TEST_PG_URL). pk expects the users table of
  * pool_pgbench.sh; --setup creates it (--rows rows) first.
  */
@@ -481,9 +484,94 @@ static void run_pk(const char *url, int threads, double seconds, int64_t rows, b
            best_pool / best_raw);
 }
 
+/* ---- inspect ---- */
+
+/* ns per call of the pool's session-change detector (run on every
+ * statement of a lent connection), next to what the statement itself costs
+ * on a pooled SQLite connection: a primary-key SELECT through the pool's
+ * dbk_db, and the same with a reset on every release (the strongest
+ * policy). */
+static double detector_ns(const char *sql, dbk_engine engine, long iters)
+{
+    volatile bool flagged = false;
+    double t0 = now_s();
+    for (long i = 0; i < iters; i++)
+        flagged ^= dbk__pool_sql_changes_session(sql, engine);
+    (void)flagged;
+    return (now_s() - t0) * 1e9 / (double)iters;
+}
+
+static double sqlite_pk_ns(dbk_pool *pool, long iters)
+{
+    dbk_db *db = dbk_pool_db(pool);
+    dbk_error err;
+    double t0 = now_s();
+    for (long i = 0; i < iters; i++) {
+        dbk_value id = dbk_int64(1 + i % 1000);
+        dbk_result *r = NULL;
+        if (dbk_db_query(db, "SELECT id, v FROM t WHERE id = $1", &id, 1, &r, &err) != DBK_OK)
+            die("sqlite pk", &err);
+        dbk_result_free(r);
+    }
+    return (now_s() - t0) * 1e9 / (double)iters;
+}
+
+static void run_inspect(void)
+{
+    static const struct {
+        const char *sql;
+        dbk_engine engine;
+    } stmts[] = {
+        {"SELECT id, name, email, created_at FROM users WHERE id = $1", DBK_ENGINE_POSTGRES},
+        {"INSERT INTO orders (user_id, total, note) VALUES ($1, $2, $3) RETURNING id",
+         DBK_ENGINE_POSTGRES},
+        {"BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL statement_timeout = 5000; "
+         "SET LOCAL idle_in_transaction_session_timeout = 5000",
+         DBK_ENGINE_POSTGRES},
+        {"SELECT id, v FROM t WHERE id = $1", DBK_ENGINE_SQLITE},
+    };
+    const long iters = 1000000;
+    printf("inspect: session-change detector, ns per statement\n");
+    for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
+        printf("  %-9s %6.1f ns  %.60s\n",
+               stmts[i].engine == DBK_ENGINE_SQLITE ? "sqlite" : "postgres",
+               detector_ns(stmts[i].sql, stmts[i].engine, iters), stmts[i].sql);
+
+    make_tmpdir();
+    char path[128], url[160];
+    snprintf(path, sizeof path, "%s/inspect.db", tmpdir);
+    rm_db(path);
+    snprintf(url, sizeof url, "sqlite:%s", path);
+    dbk_pool_opts o = {.max_size = 1};
+    dbk_pool *pool = open_pool(url, &o);
+    dbk_error err;
+    if (dbk_db_exec_script(dbk_pool_db(pool),
+                           "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER); "
+                           "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                           "WHERE i < 1000) INSERT INTO t SELECT i, i FROM n",
+                           &err) != DBK_OK)
+        die("sqlite setup", &err);
+    const long q = 200000;
+    sqlite_pk_ns(pool, q / 10); /* warm the statement cache */
+    double det = detector_ns(stmts[3].sql, DBK_ENGINE_SQLITE, iters);
+    double pk = sqlite_pk_ns(pool, q);
+    printf("  sqlite PK SELECT through the pool's dbk_db: %.0f ns per query; the detector is "
+           "%.1f %% of it\n",
+           pk, 100.0 * det / pk);
+    if (dbk_pool_set_reset_policy(pool, DBK_POOL_RESET_ALWAYS, &err) != DBK_OK)
+        die("policy", &err);
+    double always = sqlite_pk_ns(pool, q / 10);
+    printf("  same with DBK_POOL_RESET_ALWAYS (reset on every release): %.0f ns per query "
+           "(%.1fx)\n",
+           always, always / pk);
+    dbk_pool_close(pool, 1000);
+    rm_db(path);
+}
+
 int main(int argc, char **argv)
 {
     bool micro = false, sqlite = false, pk = false, setup = false, pool_only = false;
+    bool inspect = false;
     bool raw_only = false;
     const char *url = NULL;
     int threads = 8;
@@ -496,6 +584,8 @@ int main(int argc, char **argv)
             sqlite = true;
         else if (!strcmp(argv[i], "pk"))
             pk = true;
+        else if (!strcmp(argv[i], "inspect"))
+            inspect = true;
         else if (!strcmp(argv[i], "--pg-url") && i + 1 < argc)
             url = argv[++i];
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
@@ -511,7 +601,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--raw-only"))
             raw_only = true;
         else {
-            fprintf(stderr, "usage: %s [micro] [sqlite] [pk] [--pg-url URL] [--threads N] "
+            fprintf(stderr, "usage: %s [micro] [sqlite] [pk] [inspect] [--pg-url URL] [--threads N] "
                             "[--seconds S] [--rows N] [--setup] [--pool-only | --raw-only]\n",
                     argv[0]);
             return 2;
@@ -523,12 +613,14 @@ int main(int argc, char **argv)
     }
     if (!url)
         url = getenv("DBKIT_TEST_PG_URL");
-    if (!micro && !sqlite && !pk) {
-        micro = sqlite = true;
+    if (!micro && !sqlite && !pk && !inspect) {
+        micro = sqlite = inspect = true;
         pk = url != NULL;
     }
     if (micro)
         run_micro();
+    if (inspect)
+        run_inspect();
     if (sqlite)
         run_sqlite(seconds < 3 ? seconds : 3);
     if (pk) {

@@ -22,14 +22,41 @@
 
 #include "sqlscan.h"
 
+/* Byte classes (DBK__SQLSCAN_C_*), the same in every locale: a locale could
+ * make isalpha() or isspace() true for bytes >= 0x80, which no engine's
+ * lexer does. Generated from the definitions in sqlscan.h. */
+const unsigned char dbk__sqlscan_cls[256] = {
+     0,  0,  0,  0,  0,  0,  0,  0,  0,  1,  1,  1,  1,  1,  0,  0,
+     0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+     1,  0,  0,  0, 16,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+    26, 26, 26, 26, 26, 26, 26, 26, 26, 26,  0,  0,  0,  0,  0,  0,
+     0, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28,  0,  0,  0,  0, 28,
+     0, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28,  0,  0,  0,  0,  0,
+    28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28,
+};
+
+static inline bool is(unsigned char c, unsigned char k)
+{
+    return (dbk__sqlscan_cls[c] & k) != 0;
+}
+
 static bool ident_start(unsigned char c)
 {
-    return isalpha(c) || c == '_' || c >= 0x80;
+    return is(c, DBK__SQLSCAN_C_START);
 }
 
 static bool ident_char(unsigned char c)
 {
-    return isalnum(c) || c == '_' || c == '$' || c >= 0x80;
+    return is(c, DBK__SQLSCAN_C_IDENT);
 }
 
 unsigned dbk__sqlscan_rules(dbk_engine engine)
@@ -75,7 +102,7 @@ static bool skip_blank(dbk__sqlscan *s)
     const char *t = s->text;
     size_t len = s->len, i = s->pos;
     for (;;) {
-        while (i < len && isspace((unsigned char)t[i])) {
+        while (i < len && is((unsigned char)t[i], DBK__SQLSCAN_C_SPACE)) {
             if (t[i] == '\n')
                 s->line++;
             i++;
@@ -160,8 +187,7 @@ static dbk__sqltok dollar(dbk__sqlscan *s)
         size_t j = i + 1;
         if (j < len && ident_start((unsigned char)t[j])) {
             j++;
-            while (j < len &&
-                   (isalnum((unsigned char)t[j]) || t[j] == '_' || (unsigned char)t[j] >= 0x80))
+            while (j < len && is((unsigned char)t[j], DBK__SQLSCAN_C_TAG))
                 j++;
         }
         if (j < len && t[j] == '$') {
@@ -213,8 +239,9 @@ dbk__sqltok dbk__sqlscan_next(dbk__sqlscan *s)
         s->pos = i;
         return emit(s, DBK__SQLTOK_WORD, off, line);
     }
-    if (isdigit(c)) {
-        while (i < len && (isalnum((unsigned char)t[i]) || t[i] == '.' || t[i] == '_'))
+    if (is(c, DBK__SQLSCAN_C_DIGIT)) {
+        while (i < len && (is((unsigned char)t[i], DBK__SQLSCAN_C_TAG) || t[i] == '.') &&
+               (unsigned char)t[i] < 0x80)
             i++;
         size_t off = s->pos;
         s->pos = i;

@@ -31,6 +31,16 @@ enum {
  * comments and know E'' strings and dollar quotes; SQLite knows [names]. */
 unsigned dbk__sqlscan_rules(dbk_engine engine);
 
+/* Byte classes of dbk__sqlscan_cls (bits). */
+enum {
+    DBK__SQLSCAN_C_SPACE = 1,  /* ' ', \t \n \v \f \r */
+    DBK__SQLSCAN_C_DIGIT = 2,  /* 0-9 */
+    DBK__SQLSCAN_C_START = 4,  /* starts a word: A-Z a-z _ and bytes >= 0x80 */
+    DBK__SQLSCAN_C_TAG = 8,    /* in a dollar-quote tag: the above and digits */
+    DBK__SQLSCAN_C_IDENT = 16, /* in a word: the above and '$' */
+};
+extern const unsigned char dbk__sqlscan_cls[256];
+
 typedef enum dbk__sqltok {
     DBK__SQLTOK_END = 0, /* no more tokens */
     DBK__SQLTOK_WORD,    /* keyword or unquoted name: a letter, '_' or byte >= 0x80, then

@@ -234,47 +234,165 @@ static const char *first_token(const char *sql)
     return dbk__sqlscan_next(&sc) == DBK__SQLTOK_ERROR ? sql : sql + sc.off;
 }
 
-static bool word_in(const dbk__sqlscan *sc, const char *const *words)
+/* What a word can mean to the detector (bits). */
+enum {
+    K_PG_VERB = 1 << 0,     /* leads a PostgreSQL statement that changes the session */
+    K_SQ_VERB = 1 << 1,     /* same on SQLite */
+    K_PG_FUNC = 1 << 2,     /* a PostgreSQL function whose call changes the session or runs
+                               SQL given as a string */
+    K_SQ_FUNC = 1 << 3,     /* same on SQLite */
+    K_SET = 1 << 4,         /* SET (PostgreSQL) */
+    K_CREATE = 1 << 5,      /* CREATE */
+    K_DECLARE = 1 << 6,     /* DECLARE (PostgreSQL) */
+    K_TX_SCOPED = 1 << 7,   /* SET <this>: ends with the transaction */
+    K_BEFORE_TEMP = 1 << 8, /* TEMP after this makes a temporary object */
+    K_TEMP = 1 << 9,        /* TEMP, TEMPORARY */
+    K_WITH = 1 << 10,
+    K_HOLD = 1 << 11,
+    K_PG_TEMP = 1 << 12,    /* pg_temp (a schema name) */
+    K_SQ_TEMP = 1 << 13,    /* temp (a schema name on SQLite) */
+};
+
+static const struct keyword {
+    const char *w;
+    unsigned roles;
+} KEYWORDS[] = {
+    {"reset", K_PG_VERB},
+    {"discard", K_PG_VERB},
+    {"prepare", K_PG_VERB},
+    {"listen", K_PG_VERB},
+    {"do", K_PG_VERB},
+    {"load", K_PG_VERB},
+    {"pragma", K_SQ_VERB},
+    {"attach", K_SQ_VERB},
+    {"detach", K_SQ_VERB},
+    {"set_config", K_PG_FUNC},
+    {"pg_advisory_lock", K_PG_FUNC},
+    {"pg_advisory_lock_shared", K_PG_FUNC},
+    {"pg_try_advisory_lock", K_PG_FUNC},
+    {"pg_try_advisory_lock_shared", K_PG_FUNC},
+    {"query_to_xml", K_PG_FUNC},
+    {"query_to_xmlschema", K_PG_FUNC},
+    {"query_to_xml_and_xmlschema", K_PG_FUNC},
+    {"dblink_connect", K_PG_FUNC},
+    {"dblink_connect_u", K_PG_FUNC},
+    {"load_extension", K_SQ_FUNC},
+    {"set", K_SET},
+    {"create", K_CREATE | K_BEFORE_TEMP},
+    {"declare", K_DECLARE},
+    {"local", K_TX_SCOPED | K_BEFORE_TEMP},
+    {"transaction", K_TX_SCOPED},
+    {"constraints", K_TX_SCOPED},
+    {"replace", K_BEFORE_TEMP},
+    {"global", K_BEFORE_TEMP},
+    {"into", K_BEFORE_TEMP},
+    {"temp", K_TEMP | K_SQ_TEMP},
+    {"temporary", K_TEMP},
+    {"with", K_WITH},
+    {"hold", K_HOLD},
+    {"pg_temp", K_PG_TEMP},
+};
+
+#define KW_MAXLEN 32
+#define NKEYWORDS (sizeof KEYWORDS / sizeof KEYWORDS[0])
+
+/* kw_first[n]: bit (c - 'a') set when a keyword of length n starts with c.
+ * Most words of a statement (SELECT, FROM, column names) fail this test,
+ * so the table is searched for very few of them. */
+static uint32_t kw_first[KW_MAXLEN];
+static uint8_t kw_len[NKEYWORDS];
+static pthread_once_t kw_once = PTHREAD_ONCE_INIT;
+
+static void kw_init(void)
 {
-    for (; *words; words++)
-        if (dbk__sqlscan_is(sc, *words))
-            return true;
-    return false;
+    for (size_t i = 0; i < NKEYWORDS; i++) {
+        size_t n = strlen(KEYWORDS[i].w);
+        kw_len[i] = (uint8_t)n;
+        kw_first[n] |= 1u << (KEYWORDS[i].w[0] - 'a');
+    }
 }
 
-static bool name_in(const dbk__sqlscan *sc, const char *const *names)
+static inline char ascii_lower(char c)
 {
-    for (; *names; names++)
-        if (dbk__sqlscan_name_is(sc, *names))
-            return true;
-    return false;
+    return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
 }
 
-/* Statements whose first word alone changes the session. */
-static const char *const PG_SESSION_VERBS[] = {"reset", "discard", "prepare", "listen",
-                                               "do",    "load",    NULL};
-static const char *const SQ_SESSION_VERBS[] = {"pragma", "attach", "detach", NULL};
-/* Functions whose call changes the session, or runs SQL given as a string. */
-static const char *const PG_SESSION_FUNCS[] = {
-    "set_config",   "pg_advisory_lock",   "pg_advisory_lock_shared",    "pg_try_advisory_lock",
-    "pg_try_advisory_lock_shared",        "query_to_xml",               "query_to_xmlschema",
-    "query_to_xml_and_xmlschema",         "dblink_connect",             "dblink_connect_u",
-    NULL};
-static const char *const SQ_SESSION_FUNCS[] = {"load_extension", NULL};
-/* SET <one of these> changes nothing beyond the transaction. */
-static const char *const SET_TX_SCOPED[] = {"local", "transaction", "constraints", NULL};
-/* Words after which TEMP / TEMPORARY makes a temporary object. */
-static const char *const BEFORE_TEMP[] = {"create", "replace", "global", "local", "into", NULL};
-
-/* A schema name that means "this session's temporary objects". */
-static bool temp_schema(const dbk__sqlscan *sc, bool pg)
+/* The roles of the word w[0, n) (any case; 0 for none). */
+static unsigned kw_match(const char *w, size_t n)
 {
-    if (!pg)
-        return dbk__sqlscan_name_is(sc, "temp");
-    if (dbk__sqlscan_name_is(sc, "pg_temp"))
-        return true;
-    return sc->tok == DBK__SQLTOK_WORD && sc->n > 8 &&
-           strncasecmp(sc->text + sc->off, "pg_temp_", 8) == 0;
+    unsigned c = (unsigned char)ascii_lower(w[0]) - 'a';
+    if (n == 0 || n >= KW_MAXLEN || c >= 26 || !(kw_first[n] & (1u << c)))
+        /* pg_temp_3: the temporary schema by its own name */
+        return n > 8 && strncasecmp(w, "pg_temp_", 8) == 0 ? K_PG_TEMP : 0;
+    char buf[KW_MAXLEN];
+    for (size_t i = 0; i < n; i++)
+        buf[i] = ascii_lower(w[i]);
+    for (size_t i = 0; i < NKEYWORDS; i++)
+        if (kw_len[i] == n && memcmp(KEYWORDS[i].w, buf, n) == 0)
+            return KEYWORDS[i].roles;
+    return 0;
+}
+
+/* The roles of the current WORD or QNAME token (0 for anything else). */
+static unsigned kw_roles(const dbk__sqlscan *sc)
+{
+    const char *p = sc->text + sc->off;
+    if (sc->tok == DBK__SQLTOK_WORD)
+        return kw_match(p, sc->n);
+    if (sc->tok != DBK__SQLTOK_QNAME)
+        return 0;
+    char buf[KW_MAXLEN];
+    size_t n = 0;
+    char q = p[0];
+    for (size_t i = 1; i + 1 < sc->n; i++) {
+        if (n == KW_MAXLEN - 1)
+            return 0;
+        buf[n++] = p[i];
+        if (q != '[' && p[i] == q)
+            i++; /* a doubled quote stands for one */
+    }
+    return kw_match(buf, n);
+}
+
+static inline bool word_byte(unsigned char c)
+{
+    return dbk__sqlscan_cls[c] & DBK__SQLSCAN_C_TAG;
+}
+
+/* Could w[0, n) be a keyword? (one shift and mask for most words) */
+static inline bool kw_candidate(const char *w, size_t n)
+{
+    unsigned c = (unsigned)(((unsigned char)w[0] | 0x20) - 'a');
+    if (n >= KW_MAXLEN)
+        return c == 'p' - 'a'; /* pg_temp_<n> */
+    return c < 26 && ((kw_first[n] >> c & 1) || (n > 8 && c == 'p' - 'a'));
+}
+
+/* The fast path: every way a statement changes the session needs one of
+ * the `needed` words (a leading verb, SET, a function, TEMP, HOLD, a
+ * temporary schema) or a U&"..." name. Runs of letters, digits, '_' and
+ * bytes >= 0x80 cut from the raw text, quotes and comments included, are a
+ * superset of the words the scanner would find (a word of the scanner is
+ * such a run, or contains '$' and then holds more runs), so when none of
+ * them is needed the scan cannot flag anything and is skipped. */
+static bool may_change_session(const char *sql, unsigned needed)
+{
+    const unsigned char *p = (const unsigned char *)sql;
+    for (;;) {
+        while (*p && !word_byte(*p)) {
+            if (*p == '&')
+                return true;
+            p++;
+        }
+        if (!*p)
+            return false;
+        const unsigned char *w = p;
+        while (word_byte(*p))
+            p++;
+        size_t n = (size_t)(p - w);
+        if (kw_candidate((const char *)w, n) && (kw_match((const char *)w, n) & needed))
+            return true;
+    }
 }
 
 enum { LEAD_NONE, LEAD_OTHER, LEAD_SET, LEAD_CREATE, LEAD_DECLARE };
@@ -283,16 +401,19 @@ bool dbk__pool_sql_changes_session(const char *sql, dbk_engine engine)
 {
     if (!sql)
         return false;
+    pthread_once(&kw_once, kw_init);
     const bool pg = engine != DBK_ENGINE_SQLITE;
-    const char *const *verbs = pg ? PG_SESSION_VERBS : SQ_SESSION_VERBS;
-    const char *const *funcs = pg ? PG_SESSION_FUNCS : SQ_SESSION_FUNCS;
+    const unsigned verb = pg ? K_PG_VERB : K_SQ_VERB, func = pg ? K_PG_FUNC : K_SQ_FUNC;
+    const unsigned temp_schema = pg ? K_PG_TEMP : K_SQ_TEMP;
+    if (!may_change_session(sql, verb | func | temp_schema | K_TEMP |
+                                     (pg ? K_SET | K_HOLD : 0)))
+        return false;
     dbk__sqlscan sc;
     scan_sql(&sc, sql, engine);
     int lead = LEAD_NONE, pos = 0;
     bool set_scoped = false; /* SET LOCAL ...: unless the next token is '.' */
-    /* What the previous token was. */
-    bool prev_func = false, prev_temp_schema = false, prev_before_temp = false,
-         prev_with = false;
+    unsigned prev = 0;       /* roles of the previous token */
+    bool prev_uname = false; /* the previous token was a U&"..." name */
     for (;;) {
         dbk__sqltok tok = dbk__sqlscan_next(&sc);
         if (tok == DBK__SQLTOK_ERROR)
@@ -302,22 +423,26 @@ bool dbk__pool_sql_changes_session(const char *sql, dbk_engine engine)
         if (tok == DBK__SQLTOK_SEMI) {
             lead = LEAD_NONE;
             pos = 0;
-            set_scoped = prev_func = prev_temp_schema = prev_before_temp = prev_with = false;
+            set_scoped = prev_uname = false;
+            prev = 0;
             continue;
         }
+        unsigned k = kw_roles(&sc);
         bool word = tok == DBK__SQLTOK_WORD;
+        if (!word)
+            k &= func | temp_schema; /* a quoted name is never a keyword */
         if (pos == 0) {
             lead = LEAD_OTHER;
-            if (word && word_in(&sc, verbs))
+            if (k & verb)
                 return true;
-            if (word && pg && dbk__sqlscan_is(&sc, "set"))
+            if (pg && (k & K_SET))
                 lead = LEAD_SET;
-            else if (word && dbk__sqlscan_is(&sc, "create"))
+            else if (k & K_CREATE)
                 lead = LEAD_CREATE;
-            else if (word && pg && dbk__sqlscan_is(&sc, "declare"))
+            else if (pg && (k & K_DECLARE))
                 lead = LEAD_DECLARE;
         } else if (lead == LEAD_SET && pos == 1) {
-            if (!word || !word_in(&sc, SET_TX_SCOPED))
+            if (!(k & K_TX_SCOPED))
                 return true;
             set_scoped = true;
         } else if (set_scoped && pos == 2) {
@@ -325,22 +450,20 @@ bool dbk__pool_sql_changes_session(const char *sql, dbk_engine engine)
                 return true; /* SET local.x = ...: a setting named local.x */
             set_scoped = false;
         }
-        if (dbk__sqlscan_punct(&sc, '(') && prev_func)
+        if (tok == DBK__SQLTOK_PUNCT) {
+            char ch = sql[sc.off];
+            if (ch == '(' && ((prev & func) || prev_uname))
+                return true;
+            if (ch == '.' && (prev & temp_schema))
+                return true;
+        }
+        if ((k & K_TEMP) && (lead == LEAD_CREATE || (prev & K_BEFORE_TEMP)))
             return true;
-        if (dbk__sqlscan_punct(&sc, '.') && prev_temp_schema)
+        if (lead == LEAD_DECLARE && (prev & K_WITH) && (k & K_HOLD))
             return true;
-        if (word && (dbk__sqlscan_is(&sc, "temp") || dbk__sqlscan_is(&sc, "temporary")) &&
-            (lead == LEAD_CREATE || prev_before_temp))
-            return true;
-        if (lead == LEAD_DECLARE && prev_with && dbk__sqlscan_is(&sc, "hold"))
-            return true;
-        bool name = word || tok == DBK__SQLTOK_QNAME;
         /* U&"..." names may spell anything with escapes: any call counts. */
-        bool uname = pg && tok == DBK__SQLTOK_QNAME && sc.off > 0 && sql[sc.off - 1] == '&';
-        prev_func = name && (uname || name_in(&sc, funcs));
-        prev_temp_schema = name && temp_schema(&sc, pg);
-        prev_before_temp = word && word_in(&sc, BEFORE_TEMP);
-        prev_with = word && dbk__sqlscan_is(&sc, "with");
+        prev_uname = pg && tok == DBK__SQLTOK_QNAME && sc.off > 0 && sql[sc.off - 1] == '&';
+        prev = k;
         pos++;
     }
 }
@@ -366,11 +489,11 @@ bool dbk__pool_sql_is_read(const char *sql)
 {
     if (!sql)
         return false;
-    static const char *const READS[] = {"select", "values", "explain", NULL};
     dbk__sqlscan sc;
     scan_sql(&sc, sql, DBK_ENGINE_SQLITE);
     dbk__sqlscan_next(&sc);
-    return word_in(&sc, READS);
+    return dbk__sqlscan_is(&sc, "select") || dbk__sqlscan_is(&sc, "values") ||
+           dbk__sqlscan_is(&sc, "explain");
 }
 
 /* ---- lists (pool lock held) ---- */

@@ -1319,6 +1319,51 @@ static void pool_reset_default_not_fooled_sqlite(void **state)
     free(url);
 }
 
+static dbk_rc tx_insert(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    (void)ctx;
+    return dbk_db_exec(tx, "INSERT INTO dbkt_t (v) VALUES (1)", NULL, 0, NULL, err);
+}
+
+static dbk_rc tx_read(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    (void)ctx;
+    int64_t n = 0;
+    return dbk_db_query_int64(tx, "SELECT count(*) FROM dbkt_t", NULL, 0, &n, err);
+}
+
+/* The detector must not cost the common path a reset: transactions (their
+ * BEGIN carries SET LOCALs on PostgreSQL; a read-only one switches
+ * query_only on SQLite) and plain statements leave the connection clean. */
+static void no_reset_body(const char *url, dbk_engine engine)
+{
+    (void)engine;
+    dbk_pool_opts o = {.max_size = 1};
+    dbk_pool *pool = open_pool(url, &o);
+    dbk_db *db = dbk_pool_db(pool);
+    dbk_error err;
+    DBKT_OK(dbk_db_exec_script(db, "CREATE TABLE dbkt_t (v INTEGER)", &err), &err);
+    dbk_pool_stats st;
+    stats(pool, &st);
+    uint64_t before = st.resets;
+    dbk_tx_opts ro = {.read_only = true};
+    for (int i = 0; i < 3; i++) {
+        DBKT_OK(dbk_transaction(db, tx_insert, NULL, NULL, &err), &err);
+        DBKT_OK(dbk_transaction(db, tx_read, NULL, &ro, &err), &err);
+        exec_ok(db, "UPDATE dbkt_t SET v = v + 1");
+        assert_true(query_i64(db, "SELECT count(*) FROM dbkt_t") > 0);
+    }
+    stats(pool, &st);
+    assert_int_equal(st.resets, before);
+    dbk_pool_close(pool, 1000);
+}
+
+static void pool_transactions_cost_no_reset(void **state)
+{
+    (void)state;
+    dbkt_each_engine("pool_no_reset", no_reset_body);
+}
+
 /* After a reset that dropped every prepared statement, dbkit's own
  * statement cache must not name one of them: inside a transaction a stale
  * name could not be retried transparently. */
@@ -1378,6 +1423,8 @@ static void pool_detector_no_false_positives(void **state)
         "SET LOCAL work_mem = '8MB'",
         "set transaction isolation level serializable",
         "BEGIN; SET LOCAL statement_timeout = 5000",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY; SET LOCAL statement_timeout = 4000; "
+        "SET LOCAL idle_in_transaction_session_timeout = 5000",
         "SELECT pg_advisory_xact_lock(1)",
         "SELECT temp FROM readings",
         "INSERT INTO t (settings) VALUES ($1)",
@@ -1994,6 +2041,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(pool_reset_always_clears_everything_sqlite),
     cmocka_unit_test(pool_release_reset_clears_everything_sqlite),
     cmocka_unit_test(pool_reset_keeps_statement_cache_consistent),
+    cmocka_unit_test(pool_transactions_cost_no_reset),
     cmocka_unit_test(pool_rejects_bad_arguments),
     cmocka_unit_test(pool_stats_snapshot),
     cmocka_unit_test(pool_waiters_served_in_arrival_order),
