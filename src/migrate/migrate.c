@@ -352,8 +352,11 @@ dbk_rc dbk__mctx_run_section(dbk__mctx *m, const dbk__migfile *f, const dbk__sec
         prefix_error(err, f->path, 0);
         return rc;
     }
-    /* lock_timeout / statement_timeout for the section (locks.c) */
-    rc = dbk__mctx_section_timeouts(m, sec->transactional, err);
+    /* lock_timeout / statement_timeout for a migration's section (locks.c);
+     * seeds keep the executor's settings */
+    bool timeouts = action != DBK_MIGRATE_ACTION_SEED;
+    if (timeouts)
+        rc = dbk__mctx_section_timeouts(m, sec->transactional, err);
     if (rc) {
         prefix_error(err, f->path, 0);
         free(st);
@@ -376,8 +379,10 @@ dbk_rc dbk__mctx_run_section(dbk__mctx *m, const dbk__migfile *f, const dbk__sec
         /* PostgreSQL: the simple protocol, which takes any statement
          * (utility commands, CREATE INDEX CONCURRENTLY) without preparing
          * it. SQLite: one prepared statement, whose errors are plain. */
-        if (m->engine == DBK_ENGINE_POSTGRES)
+        if (m->engine == DBK_ENGINE_POSTGRES && timeouts)
             rc = dbk__mctx_exec_pg(m, buf, sec->transactional, err);
+        else if (m->engine == DBK_ENGINE_POSTGRES)
+            rc = dbk__db_exec_script_within(m->db, buf, DBK__MIGRATION_WAIT_MS, err);
         else
             rc = dbk_db_exec(m->db, buf, NULL, 0, NULL, err);
         if (rc) {
@@ -407,7 +412,8 @@ dbk_rc dbk__mctx_run_section(dbk__mctx *m, const dbk__migfile *f, const dbk__sec
                 break;
         }
     }
-    dbk__mctx_section_timeouts_reset(m, sec->transactional);
+    if (timeouts)
+        dbk__mctx_section_timeouts_reset(m, sec->transactional);
     free(buf);
     free(st);
     return rc;
