@@ -964,7 +964,8 @@ static int sub_lint(cli *c, int argc, char **argv)
                 break;
             }
             rep->items = p;
-            memcpy(rep->items + rep->count, one->items, one->count * sizeof *p);
+            if (one->count)
+                memcpy(rep->items + rep->count, one->items, one->count * sizeof *p);
             rep->count += one->count;
             rep->files += one->files;
             rep->statements += one->statements;
