@@ -171,13 +171,17 @@ DBK_API dbk_rc dbk_pool_acquire_at(dbk_pool *pool, const char *file, int line, c
  * Gives a connection back. What happens to it:
  *  - connection lost, broken, or in a state the driver cannot read: closed;
  *  - inside a transaction (open or failed): rolled back and its session
- *    reset by the driver (ROLLBACK + RESET ALL on PostgreSQL), then the
- *    on_connect hook runs again; if any of that fails: closed;
- *  - a session setting was changed (a statement starting with SET or RESET,
- *    or calling set_config(), ran on it): reset as above. Other session
- *    state (PREPARE, LISTEN, temporary tables, advisory locks) is not
- *    detected: use dbk_pool_release_reset() or the DBK_POOL_RESET_ALWAYS
- *    policy for code that creates it;
+ *    reset by the driver (on PostgreSQL what DISCARD ALL does, in one
+ *    round trip; on SQLite the settings of open time restored, temporary
+ *    objects dropped, attached databases detached), then the on_connect
+ *    hook runs again; if any of that fails: closed;
+ *  - a statement that may change the session ran on it (SET, RESET,
+ *    set_config(), PREPARE, LISTEN, temporary objects, WITH HOLD cursors,
+ *    advisory locks, DO on PostgreSQL; PRAGMA, ATTACH, temporary objects on
+ *    SQLite; read through quotes and comments, docs/pool.md has the list):
+ *    reset as above. What a function does inside its body, and sequence
+ *    state or last_insert_rowid(), is not detected: use
+ *    dbk_pool_release_reset() or the DBK_POOL_RESET_ALWAYS policy;
  *  - retired (old generation after a failover, past max_lifetime, pool
  *    closing): closed;
  *  - otherwise handed to the longest waiter, or kept idle.
@@ -188,13 +192,17 @@ DBK_API dbk_rc dbk_pool_acquire_at(dbk_pool *pool, const char *file, int line, c
 DBK_API void dbk_pool_release(dbk_pool *pool, dbk_conn *conn);
 
 /* Like dbk_pool_release() but always resets the session first (one round
- * trip on PostgreSQL): for code that leaves state the pool cannot see. */
+ * trip on PostgreSQL; on SQLite about 30 local statements): nothing the
+ * borrower did to the session is visible to the next one (docs/pool.md
+ * lists what the reset clears, and the few things no reset can). */
 DBK_API void dbk_pool_release_reset(dbk_pool *pool, dbk_conn *conn);
 
 /* When dbk_pool_release() resets a healthy connection. */
 typedef enum dbk_pool_reset_policy {
-    DBK_POOL_RESET_DIRTY = 0, /* default: only after SET/RESET/set_config() or in a transaction */
-    DBK_POOL_RESET_ALWAYS = 1 /* every release: costs a round trip, catches everything */
+    DBK_POOL_RESET_DIRTY = 0, /* default: in a transaction, or after a statement that may
+                                 change the session (see dbk_pool_release) */
+    DBK_POOL_RESET_ALWAYS = 1 /* every release, as dbk_pool_release_reset: costs a round trip
+                                 (PostgreSQL) or ~30 local statements (SQLite) */
 } dbk_pool_reset_policy;
 
 /* Sets the reset policy. Call before the pool is shared. DBK_EMISUSE on
