@@ -93,6 +93,8 @@ static bool stop_flag, kicked; /* guarded by stop_mu */
  * (the buffered lines are counted per buffer: no shared counter is touched
  * by every request). */
 static atomic_uint_fast64_t unbuffered_lines, writes_total, dropped_total;
+/* Times a request thread found its buffer at AL_BUF_MAX and wrote it itself. */
+static atomic_uint_fast64_t waits_total;
 
 static size_t count_lines(const char *p, size_t len)
 {
@@ -262,8 +264,10 @@ void shop_access_log_close(void)
     opened = false;
 }
 
-void shop_access_log_stats(uint64_t *lines, uint64_t *writes, uint64_t *dropped)
+void shop_access_log_stats(uint64_t *lines, uint64_t *writes, uint64_t *dropped,
+                           uint64_t *waits)
 {
+    *waits = atomic_load(&waits_total);
     uint64_t n = atomic_load(&unbuffered_lines);
     pthread_mutex_lock(&reg_mu);
     for (al_buf *b = bufs; b; b = b->next) {
@@ -382,6 +386,7 @@ void shop_access_log(const char *method, const char *path, int status, int64_t d
         }
         /* At the cap (stderr is blocked) or out of memory: write it out
          * here. Only this thread appends, so then it is empty. */
+        atomic_fetch_add(&waits_total, 1);
         pthread_mutex_unlock(&b->mu);
         flush_buf(b);
         pthread_mutex_lock(&b->mu);
