@@ -3,8 +3,9 @@
 #   scripts/run-tests.sh            all stages below, in order
 #   scripts/run-tests.sh STAGE...   only these stages
 # Stages:
-#   plain     RelWithDebInfo build, every test (ctest -j2)
-#   asan      ASan + UBSan build, every test
+#   plain     RelWithDebInfo build, every test (ctest -j2), the topology
+#             suites (programs marked dbkit:topology) included
+#   asan      ASan + UBSan build, every test but the topology suites
 #   tsan      TSan build, the thread-heavy tests (pool, cache, tx, batch, diag)
 #   valgrind  memcheck over the tests that need no server and a PostgreSQL subset
 #   fuzz      each libFuzzer target for FUZZ_SECONDS (default 20) on its corpus
@@ -29,13 +30,13 @@ inner() {
         ctest --test-dir build -j"$JOBS" --output-on-failure || failed=1
         ;;
       asan)
-        cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDBKIT_SANITIZE=address,undefined -DDBKIT_BENCH=OFF >/dev/null
+        cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDBKIT_SANITIZE=address,undefined -DDBKIT_BENCH=OFF -DDBKIT_TOPOLOGY_TESTS=OFF >/dev/null
         cmake --build build-asan -j"$JOBS"
         ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
           ctest --test-dir build-asan -j"$JOBS" --output-on-failure || failed=1
         ;;
       tsan)
-        cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DDBKIT_SANITIZE=thread -DDBKIT_BENCH=OFF \
+        cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DDBKIT_SANITIZE=thread -DDBKIT_BENCH=OFF -DDBKIT_TOPOLOGY_TESTS=OFF \
           -DDBKIT_TEST_FILTER='^(pool|cache|tx|batch|diag)_test$' >/dev/null
         cmake --build build-tsan -j"$JOBS"
         if [ -n "$(ctest --test-dir build-tsan -N | grep -E 'Test +#')" ]; then
@@ -46,7 +47,7 @@ inner() {
       valgrind)
         # Programs marked /* dbkit:valgrind */ run under memcheck; a definite leak or
         # an invalid access fails the test (exit 99).
-        cmake -S . -B build-valgrind -DCMAKE_BUILD_TYPE=Debug -DDBKIT_BENCH=OFF -DDBKIT_VALGRIND=ON >/dev/null
+        cmake -S . -B build-valgrind -DCMAKE_BUILD_TYPE=Debug -DDBKIT_BENCH=OFF -DDBKIT_VALGRIND=ON -DDBKIT_TOPOLOGY_TESTS=OFF >/dev/null
         cmake --build build-valgrind -j"$JOBS"
         ctest --test-dir build-valgrind -j"$JOBS" -L valgrind --output-on-failure || failed=1
         ;;
