@@ -1431,8 +1431,8 @@ static void pool_detector_no_false_positives(void **state)
         "SET LOCAL work_mem = '8MB'",
         "set transaction isolation level serializable",
         "BEGIN; SET LOCAL statement_timeout = 5000",
-        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY; SET LOCAL statement_timeout = 4000; "
-        "SET LOCAL idle_in_transaction_session_timeout = 5000",
+        ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY; SET LOCAL statement_timeout = 4000; "
+         "SET LOCAL idle_in_transaction_session_timeout = 5000"),
         "SELECT pg_advisory_xact_lock(1)",
         "SELECT temp FROM readings",
         "INSERT INTO t (settings) VALUES ($1)",
