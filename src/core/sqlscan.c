@@ -4,19 +4,20 @@
  * Two modules used to carry a lexer each: the migration splitter had a
  * complete one, and the pool's detector of session changes had a few lines
  * that skipped comments and then searched the raw text, which quoting and
- * comments could fool (`"set_config"(...)`, `set_config/ * * /(...)`). Both
- * now read SQL through this file, so a statement is cut and classified by
- * the same rules. The rules are those of the engine's own lexer (comments
- * that nest, E'' strings, dollar quotes, [names]) chosen by flags, because
- * PostgreSQL and SQLite disagree on them and a text is only ever read the
- * way the engine that runs it reads it.
+ * comments could fool (`"set_config"(...)`, or an empty comment between
+ * set_config and its parenthesis). Both now read SQL through this file, so
+ * a statement is cut and classified by the same rules. The rules are those
+ * of the engine's own lexer (comments that nest, E'' strings, dollar
+ * quotes, [names]) chosen by flags, because PostgreSQL and SQLite disagree
+ * on them and a text must be read the way the engine that runs it reads it
+ * (the migration splitter keeps its historical choice: dollar quotes on
+ * both engines, no [names]).
  *
  * Errors are tokens: an unterminated construct ends the scan with
  * DBK__SQLTOK_ERROR, the line where it opened and what it was. Callers
  * decide what an error means (the splitter reports it; the pool assumes the
  * worst).
  */
-#include <ctype.h>
 #include <string.h>
 #include <strings.h>
 
@@ -255,24 +256,6 @@ bool dbk__sqlscan_is(const dbk__sqlscan *s, const char *kw)
 {
     size_t n = strlen(kw);
     return s->tok == DBK__SQLTOK_WORD && s->n == n && strncasecmp(s->text + s->off, kw, n) == 0;
-}
-
-bool dbk__sqlscan_name_is(const dbk__sqlscan *s, const char *kw)
-{
-    if (s->tok == DBK__SQLTOK_WORD)
-        return dbk__sqlscan_is(s, kw);
-    if (s->tok != DBK__SQLTOK_QNAME || s->n < 2)
-        return false;
-    /* Compare the name inside the quotes, a doubled quote standing for one. */
-    const char *p = s->text + s->off;
-    char q = p[0];
-    size_t i = 1, end = s->n - 1;
-    for (; *kw; kw++) {
-        if (i >= end || tolower((unsigned char)p[i]) != tolower((unsigned char)*kw))
-            return false;
-        i += (q != '[' && p[i] == q) ? 2 : 1;
-    }
-    return i == end;
 }
 
 bool dbk__sqlscan_punct(const dbk__sqlscan *s, char c)

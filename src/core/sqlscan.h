@@ -83,10 +83,6 @@ dbk__sqltok dbk__sqlscan_next(dbk__sqlscan *s);
 /* True when the current token is a WORD equal to kw, ignoring ASCII case. */
 bool dbk__sqlscan_is(const dbk__sqlscan *s, const char *kw);
 
-/* True when the current token is a WORD or QNAME whose name (quotes
- * removed, doubled quotes undone) equals kw, ignoring ASCII case. */
-bool dbk__sqlscan_name_is(const dbk__sqlscan *s, const char *kw);
-
 /* True when the current token is PUNCT c. */
 bool dbk__sqlscan_punct(const dbk__sqlscan *s, char c);
 
