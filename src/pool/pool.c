@@ -34,8 +34,11 @@
  * Every connection lent out runs through a thin executor wrapped around its
  * own (conn->db.ops), so the pool sees each statement no matter whether it
  * came from the pool's dbk_db, a transaction that pinned it, or user code
- * holding it: a statement starting with SET / RESET or calling set_config()
- * marks the connection dirty (PostgreSQL), DBK_ECONN_LOST marks it broken
+ * holding it: a statement that may change the session (SET, set_config(),
+ * PREPARE, LISTEN, temporary objects, advisory locks on PostgreSQL; PRAGMA,
+ * ATTACH, temporary objects on SQLite), read with the shared SQL scanner so
+ * that quotes and comments cannot hide it, marks the connection dirty and
+ * it is reset on release; DBK_ECONN_LOST marks it broken
  * and makes every idle connection suspect (pinged before its next loan),
  * DBK_EREADONLY on PostgreSQL bumps the pool generation (failover: every
  * connection is recycled). On SQLite, writers wait for each other inside
