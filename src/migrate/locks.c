@@ -202,7 +202,7 @@ dbk_rc dbk__mctx_exec_pg(dbk__mctx *m, const char *sql, bool transactional, dbk_
             *err = saved;
             char msg[DBK_ERROR_MESSAGE_MAX];
             snprintf(msg, sizeof msg,
-                     "could not get a lock within lock_timeout %d ms (%d attempt%s)%.440s",
+                     "could not get a lock within lock_timeout %d ms (%d attempt%s)%.380s",
                      lock_timeout_of(m), attempt + 1, attempt ? "s" : "", who);
             dbk__strlcpy(err->message, msg, sizeof err->message);
             dbk__err_hint(err, "another session holds a lock on the table: let it finish (or "
