@@ -300,18 +300,26 @@ static const struct keyword {
 #define NKEYWORDS (sizeof KEYWORDS / sizeof KEYWORDS[0])
 
 /* kw_first[n]: bit (c - 'a') set when a keyword of length n starts with c.
- * Most words of a statement (SELECT, FROM, column names) fail this test,
- * so the table is searched for very few of them. */
+ * Most words of a statement (SELECT, FROM, column names) fail this test;
+ * the others are compared with the at most KW_PER_SLOT keywords of their
+ * length and first letter. */
+#define KW_PER_SLOT 3
 static uint32_t kw_first[KW_MAXLEN];
-static uint8_t kw_len[NKEYWORDS];
+static uint8_t kw_slot[KW_MAXLEN][26][KW_PER_SLOT]; /* index + 1 into KEYWORDS; 0: none */
 static pthread_once_t kw_once = PTHREAD_ONCE_INIT;
 
 static void kw_init(void)
 {
     for (size_t i = 0; i < NKEYWORDS; i++) {
         size_t n = strlen(KEYWORDS[i].w);
-        kw_len[i] = (uint8_t)n;
-        kw_first[n] |= 1u << (KEYWORDS[i].w[0] - 'a');
+        unsigned c = (unsigned)(KEYWORDS[i].w[0] - 'a');
+        kw_first[n] |= 1u << c;
+        for (int k = 0; k < KW_PER_SLOT; k++) {
+            if (!kw_slot[n][c][k]) {
+                kw_slot[n][c][k] = (uint8_t)(i + 1);
+                break;
+            }
+        }
     }
 }
 
@@ -323,17 +331,19 @@ static inline char ascii_lower(char c)
 /* The roles of the word w[0, n) (any case; 0 for none). */
 static unsigned kw_match(const char *w, size_t n)
 {
-    unsigned c = (unsigned char)ascii_lower(w[0]) - 'a';
+    unsigned c = (unsigned)(unsigned char)ascii_lower(w[0]) - 'a';
     if (n == 0 || n >= KW_MAXLEN || c >= 26 || !(kw_first[n] & (1u << c)))
         /* pg_temp_3: the temporary schema by its own name */
         return n > 8 && strncasecmp(w, "pg_temp_", 8) == 0 ? K_PG_TEMP : 0;
-    char buf[KW_MAXLEN];
-    for (size_t i = 0; i < n; i++)
-        buf[i] = ascii_lower(w[i]);
-    for (size_t i = 0; i < NKEYWORDS; i++)
-        if (kw_len[i] == n && memcmp(KEYWORDS[i].w, buf, n) == 0)
-            return KEYWORDS[i].roles;
-    return 0;
+    for (int k = 0; k < KW_PER_SLOT && kw_slot[n][c][k]; k++) {
+        const struct keyword *kw = &KEYWORDS[kw_slot[n][c][k] - 1];
+        size_t i = 1;
+        while (i < n && ascii_lower(w[i]) == kw->w[i])
+            i++;
+        if (i == n)
+            return kw->roles;
+    }
+    return n > 8 && strncasecmp(w, "pg_temp_", 8) == 0 ? K_PG_TEMP : 0;
 }
 
 /* The roles of the current WORD or QNAME token (0 for anything else). */
