@@ -2,11 +2,14 @@
  * The Redis backend: hiredis, a small connection pool, hard timeouts, a
  * circuit breaker, and the server half of the stale-set guard.
  *
- * Shape. A fixed array of pool_size blocking hiredis contexts; a caller
- * takes a free one (waiting at most command_timeout_ms), runs one command
- * and gives it back. Every socket has SO_RCVTIMEO/SO_SNDTIMEO set to the
- * command timeout (redisSetTimeout) and connects with the connect timeout,
- * so no call blocks longer than its deadline. A context that saw an I/O
+ * Shape. A fixed array of pool_size hiredis contexts; a caller takes a free
+ * one (waiting at most command_timeout_ms), runs one command and gives it
+ * back. Each call has one deadline on the monotonic clock, set when it
+ * starts (command_timeout_ms, plus connect_timeout_ms when it connects);
+ * sockets are non-blocking and every wait of the call (connect, AUTH,
+ * SELECT, the write, each read) is a poll() on what is left of it, so a
+ * peer that answers a few bytes at a time cannot stretch a call (socket
+ * timeouts would bound each read, not the call). A context that saw an I/O
  * error or a timeout is freed; the next borrower of its slot reconnects.
  * Commands are sent with redisCommandArgv and explicit lengths: keys and
  * values are binary-safe. Keys on the server are prefix + "v:" + key
@@ -33,7 +36,9 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <hiredis/hiredis.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
@@ -325,10 +330,67 @@ static dbk_rc io_error(struct rds *r, redisContext *c, dbk_error *err)
  * skipped. */
 static bool g_sigpipe_ignored; /* SIGPIPE was SIG_IGN when a cache opened */
 
-static redisReply *cmd(redisContext *c, int argc, const char **argv, const size_t *lens)
+static void set_io_error(redisContext *c, const char *msg)
 {
+    c->err = REDIS_ERR_IO;
+    dbk__strlcpy(c->errstr, msg, sizeof c->errstr);
+}
+
+/* Waits until c's socket is ready for `ev` or deadline_ns passes (then
+ * sets c's error to "timed out" and returns false). */
+static bool wait_fd(redisContext *c, short ev, int64_t deadline_ns)
+{
+    for (;;) {
+        int64_t left = deadline_ns - dbk__now_ns();
+        if (left <= 0)
+            break;
+        struct pollfd pfd = {c->fd, ev, 0};
+        int n = poll(&pfd, 1, (int)((left + 999999) / 1000000));
+        if (n > 0)
+            return true; /* POLLERR/POLLHUP too: the read or write reports it */
+        if (n < 0 && errno != EINTR) {
+            set_io_error(c, strerror(errno));
+            return false;
+        }
+    }
+    set_io_error(c, "timed out (call deadline)");
+    return false;
+}
+
+/* Writes what c has queued and reads one reply, all before deadline_ns:
+ * the socket is non-blocking and every wait is a poll() on what is left,
+ * so a peer that trickles its answer cannot stretch the call. */
+static redisReply *finish_call(redisContext *c, int64_t deadline_ns)
+{
+    int done = 0;
+    do {
+        if (redisBufferWrite(c, &done) != REDIS_OK)
+            return NULL;
+        if (!done && !wait_fd(c, POLLOUT, deadline_ns))
+            return NULL;
+    } while (!done);
+    void *rep = NULL;
+    for (;;) {
+        if (redisGetReplyFromReader(c, &rep) != REDIS_OK)
+            return NULL;
+        if (rep)
+            return rep;
+        if (!wait_fd(c, POLLIN, deadline_ns))
+            return NULL;
+        if (redisBufferRead(c) != REDIS_OK)
+            return NULL;
+    }
+}
+
+/* One command on c, bounded as a whole by deadline_ns. NULL on an I/O
+ * error or timeout (c->errstr says which; the connection is then unusable). */
+static redisReply *cmd(redisContext *c, int argc, const char **argv, const size_t *lens,
+                       int64_t deadline_ns)
+{
+    if (redisAppendCommandArgv(c, argc, argv, lens) != REDIS_OK)
+        return NULL;
     if (__atomic_load_n(&g_sigpipe_ignored, __ATOMIC_RELAXED))
-        return redisCommandArgv(c, argc, argv, lens); /* nothing to guard: no syscalls */
+        return finish_call(c, deadline_ns); /* nothing to guard: no syscalls */
     sigset_t pipe_set, old_set, pending;
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
@@ -337,7 +399,7 @@ static redisReply *cmd(redisContext *c, int argc, const char **argv, const size_
     bool blocked = pthread_sigmask(SIG_BLOCK, &pipe_set, &old_set) == 0;
     if (blocked && sigpending(&pending) == 0)
         was_pending = sigismember(&pending, SIGPIPE) == 1;
-    redisReply *rep = redisCommandArgv(c, argc, argv, lens);
+    redisReply *rep = finish_call(c, deadline_ns);
     if (blocked) {
         if (!was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
             struct timespec zero = {0, 0};
@@ -348,35 +410,33 @@ static redisReply *cmd(redisContext *c, int argc, const char **argv, const size_
     return rep;
 }
 
+/* A deadline `ms` from now on the monotonic clock. */
+static int64_t deadline_in(int ms)
+{
+    return dbk__now_ns() + (int64_t)ms * 1000000LL;
+}
+
 /* A step's timeout: `ms`, or what is left before `deadline_ns` when that is
- * less (deadline 0: none). -1 when the deadline has passed. */
+ * less. -1 when the deadline has passed. */
 static int step_ms(int ms, int64_t deadline_ns)
 {
-    if (!deadline_ns)
-        return ms;
     int64_t left = (deadline_ns - dbk__now_ns()) / 1000000LL;
     if (left <= 0)
         return -1;
     return left < ms ? (int)left : ms;
 }
 
-/* Sets the socket timeouts of `c` for the next command. */
-static bool step_timeout(struct rds *r, redisContext *c, int64_t deadline_ns)
+/* Opens a TCP connection to host:port within the connect timeout and what
+ * is left before deadline_ns, and makes it non-blocking for cmd(). */
+static dbk_rc dial(struct rds *r, const char *host, int port, int64_t deadline_ns,
+                   redisContext **out, dbk_error *err)
 {
-    int ms = step_ms(r->cfg.command_timeout_ms, deadline_ns);
-    return ms > 0 && redisSetTimeout(c, tv_ms(ms)) == REDIS_OK;
-}
-
-/* Connects a slot: TCP connect, AUTH, SELECT, the epoch key. Each step is
- * bounded by its own timeout and, when deadline_ns is not 0, by what is left
- * before it. */
-static dbk_rc connect_slot(struct rds *r, struct slot *s, int64_t deadline_ns, dbk_error *err)
-{
+    *out = NULL;
     int cms = step_ms(r->cfg.connect_timeout_ms, deadline_ns);
     if (cms <= 0)
         return dbk__err(err, DBK_ETIMEOUT, "redis cache %s: no time left to connect",
                         r->safe_addr);
-    redisContext *c = redisConnectWithTimeout(r->url.host, r->url.port, tv_ms(cms));
+    redisContext *c = redisConnectWithTimeout(host, port, tv_ms(cms));
     if (!c)
         return dbk__err(err, DBK_ENOMEM, "out of memory connecting to redis");
     if (c->err) {
@@ -384,21 +444,35 @@ static dbk_rc connect_slot(struct rds *r, struct slot *s, int64_t deadline_ns, d
         redisFree(c);
         return rc == DBK_ETIMEOUT ? rc : DBK_EUNAVAILABLE;
     }
-    if (!step_timeout(r, c, deadline_ns)) {
+    int fl = fcntl(c->fd, F_GETFL, 0);
+    if (fl < 0 || fcntl(c->fd, F_SETFL, fl | O_NONBLOCK) < 0) {
         redisFree(c);
-        return dbk__err(err, DBK_EUNAVAILABLE, "redis cache %s: cannot set socket timeouts",
+        return dbk__err(err, DBK_EUNAVAILABLE, "redis cache %s: cannot make the socket non-blocking",
                         r->safe_addr);
     }
+    c->flags &= ~REDIS_BLOCK;
+    *out = c;
+    return DBK_OK;
+}
+
+/* Connects a slot: TCP connect, AUTH, SELECT, the epoch key, all before
+ * deadline_ns (the connect also within its own timeout). */
+static dbk_rc connect_slot(struct rds *r, struct slot *s, int64_t deadline_ns, dbk_error *err)
+{
+    redisContext *c;
+    dbk_rc drc = dial(r, r->url.host, r->url.port, deadline_ns, &c, err);
+    if (drc != DBK_OK)
+        return drc;
     redisReply *rep = NULL;
     if (r->url.password[0]) {
         const char *av[3] = {"AUTH", r->url.user, r->url.password};
         size_t al[3] = {4, strlen(r->url.user), strlen(r->url.password)};
         if (r->url.user[0])
-            rep = cmd(c, 3, av, al);
+            rep = cmd(c, 3, av, al, deadline_ns);
         else {
             av[1] = r->url.password;
             al[1] = al[2];
-            rep = cmd(c, 2, av, al);
+            rep = cmd(c, 2, av, al, deadline_ns);
         }
         if (!rep)
             goto io_fail;
@@ -410,15 +484,13 @@ static dbk_rc connect_slot(struct rds *r, struct slot *s, int64_t deadline_ns, d
             return DBK_EAUTH;
         }
         freeReplyObject(rep);
-        if (deadline_ns && !step_timeout(r, c, deadline_ns))
-            goto io_fail;
     }
     if (r->url.db != 0) {
         char dbs[16];
         int n = snprintf(dbs, sizeof dbs, "%d", r->url.db);
         const char *av[2] = {"SELECT", dbs};
         size_t al[2] = {6, (size_t)n};
-        rep = cmd(c, 2, av, al);
+        rep = cmd(c, 2, av, al, deadline_ns);
         if (!rep)
             goto io_fail;
         bool bad = rep->type == REDIS_REPLY_ERROR;
@@ -428,8 +500,6 @@ static dbk_rc connect_slot(struct rds *r, struct slot *s, int64_t deadline_ns, d
             return dbk__err(err, DBK_ECONFIG, "redis cache %s: cannot select database %d",
                             r->safe_addr, r->url.db);
         }
-        if (deadline_ns && !step_timeout(r, c, deadline_ns))
-            goto io_fail;
     }
     {
         char key[80], val[24];
@@ -437,7 +507,7 @@ static dbk_rc connect_slot(struct rds *r, struct slot *s, int64_t deadline_ns, d
         int vl = snprintf(val, sizeof val, "%016llx", (unsigned long long)dbk__cache_rand64());
         const char *av[4] = {"SET", key, val, "NX"};
         size_t al[4] = {3, (size_t)kl, (size_t)vl, 2};
-        rep = cmd(c, 4, av, al);
+        rep = cmd(c, 4, av, al, deadline_ns);
         if (!rep)
             goto io_fail;
         freeReplyObject(rep);
@@ -452,12 +522,17 @@ io_fail : {
 }
 
 /* Takes a connected slot: breaker first, then a free slot within the
- * command timeout, then a connect when the slot has none. */
-static dbk_rc acquire(struct rds *r, struct slot **out, bool *probe, dbk_error *err)
+ * command timeout, then a connect when the slot has none. *deadline_ns is
+ * the whole call's deadline: command_timeout_ms from the start, plus
+ * connect_timeout_ms when the call connects, plus command_timeout_ms for
+ * the replay when it is the probe. */
+static dbk_rc acquire(struct rds *r, struct slot **out, bool *probe, int64_t *deadline_ns,
+                      dbk_error *err)
 {
     dbk_rc rc = breaker_enter(r, probe, err);
     if (rc != DBK_OK)
         return rc;
+    *deadline_ns = deadline_in(r->cfg.command_timeout_ms);
     struct timespec dl;
     clock_gettime(CLOCK_MONOTONIC, &dl);
     int64_t ns = dl.tv_nsec + (int64_t)r->cfg.command_timeout_ms * 1000000LL;
@@ -488,8 +563,11 @@ static dbk_rc acquire(struct rds *r, struct slot **out, bool *probe, dbk_error *
         return dbk__err(err, DBK_ETIMEOUT, "redis cache %s: all %d connections busy",
                         r->safe_addr, r->nslots);
     }
+    if (*probe)
+        *deadline_ns += (int64_t)r->cfg.command_timeout_ms * 1000000LL;
     if (!s->ctx) {
-        rc = connect_slot(r, s, 0, err);
+        *deadline_ns += (int64_t)r->cfg.connect_timeout_ms * 1000000LL;
+        rc = connect_slot(r, s, *deadline_ns, err);
         if (rc != DBK_OK) {
             atomic_fetch_add(&r->errors, 1);
             breaker_result(r, *probe, false, "connect failed");
@@ -526,7 +604,8 @@ static size_t mkkey(const struct rds *r, char tag, const void *key, size_t klen,
     return pl + 2 + klen;
 }
 
-static redisReply *run_inval(struct rds *r, redisContext *c, const void *key, size_t klen)
+static redisReply *run_inval(struct rds *r, redisContext *c, const void *key, size_t klen,
+                             int64_t deadline_ns)
 {
     char vk[KEYBUF], gk[KEYBUF], tok[24], ttl[24];
     size_t vl = mkkey(r, 'v', key, klen, vk), gl = mkkey(r, 'g', key, klen, gk);
@@ -534,12 +613,15 @@ static redisReply *run_inval(struct rds *r, redisContext *c, const void *key, si
     int xl = snprintf(ttl, sizeof ttl, "%lld", 3LL * r->cfg.lease_ms);
     const char *av[7] = {"EVAL", invalidate_lua, "2", vk, gk, tok, ttl};
     size_t al[7] = {4, sizeof invalidate_lua - 1, 1, vl, gl, (size_t)tl, (size_t)xl};
-    return cmd(c, 7, av, al);
+    return cmd(c, 7, av, al, deadline_ns);
 }
 
-/* Replays queued deletes on the probe's connection. False on failure
- * (what was not replayed stays queued). */
-static bool replay_pending(struct rds *r, redisContext *c)
+/* Replays queued deletes on the probe's connection before deadline_ns.
+ * 1: all delivered; 0: time ran short (stops before sending a delete when
+ * less than half a command timeout is left; the connection stays usable);
+ * -1: an I/O error or timeout (c is unusable). What was not replayed stays
+ * queued. */
+static int replay_pending(struct rds *r, redisContext *c, int64_t deadline_ns)
 {
     pthread_mutex_lock(&r->pend_mu);
     struct pending *list = r->pend;
@@ -555,11 +637,15 @@ static bool replay_pending(struct rds *r, redisContext *c)
                  "may be stale until their ttl",
                  r->safe_addr, MAX_PENDING);
     size_t done = 0;
-    bool ok = true;
+    int ok = 1;
     for (; done < n; done++) {
-        redisReply *rep = run_inval(r, c, list[done].key, list[done].len);
+        if (step_ms(r->cfg.command_timeout_ms, deadline_ns) * 2 < r->cfg.command_timeout_ms) {
+            ok = 0;
+            break;
+        }
+        redisReply *rep = run_inval(r, c, list[done].key, list[done].len, deadline_ns);
         if (!rep) {
-            ok = false;
+            ok = -1;
             break;
         }
         freeReplyObject(rep);
@@ -608,6 +694,28 @@ static void add_pending(struct rds *r, const void *key, size_t klen)
     force_open(r, "an invalidation could not be delivered");
 }
 
+/* The probe's replay before its own command. DBK_OK when the queue is
+ * empty; otherwise the slot is released, the breaker told, and the call
+ * fails (when time ran short without an error, the breaker is left open
+ * with its cool-down over, so the next call probes and goes on). */
+static dbk_rc probe_replay(struct rds *r, struct slot *s, int64_t deadline_ns, dbk_error *err)
+{
+    int done = replay_pending(r, s->ctx, deadline_ns);
+    if (done == 1)
+        return DBK_OK;
+    if (done == 0) {
+        release(r, s, false);
+        breaker_result(r, true, true, NULL);
+        return dbk__err(err, DBK_EUNAVAILABLE,
+                        "redis cache %s: still replaying queued invalidations", r->safe_addr);
+    }
+    dbk_rc rc = io_error(r, s->ctx, err);
+    atomic_fetch_add(&r->errors, 1);
+    release(r, s, true);
+    breaker_result(r, true, false, "replaying invalidations failed");
+    return rc;
+}
+
 /*
  * Runs one command with the breaker, the pool and the replay around it.
  * *reply is the reply (caller frees) on DBK_OK; an error reply is
@@ -619,17 +727,13 @@ static dbk_rc run(struct rds *r, int argc, const char **argv, const size_t *lens
     *reply = NULL;
     struct slot *s;
     bool probe;
-    dbk_rc rc = acquire(r, &s, &probe, err);
+    int64_t dl;
+    dbk_rc rc = acquire(r, &s, &probe, &dl, err);
     if (rc != DBK_OK)
         return rc;
-    if (probe && !replay_pending(r, s->ctx)) {
-        rc = io_error(r, s->ctx, err);
-        atomic_fetch_add(&r->errors, 1);
-        release(r, s, true);
-        breaker_result(r, probe, false, "replaying invalidations failed");
+    if (probe && (rc = probe_replay(r, s, dl, err)) != DBK_OK)
         return rc;
-    }
-    redisReply *rep = cmd(s->ctx, argc, argv, lens);
+    redisReply *rep = cmd(s->ctx, argc, argv, lens, dl);
     if (!rep) {
         rc = io_error(r, s->ctx, err);
         atomic_fetch_add(&r->errors, 1);
@@ -706,20 +810,17 @@ static dbk_rc r_del(void *impl, const void *key, size_t klen, dbk_error *err)
     struct rds *r = impl;
     struct slot *s;
     bool probe;
-    dbk_rc rc = acquire(r, &s, &probe, err);
+    int64_t dl;
+    dbk_rc rc = acquire(r, &s, &probe, &dl, err);
     if (rc != DBK_OK) {
         add_pending(r, key, klen);
         return rc;
     }
-    if (probe && !replay_pending(r, s->ctx)) {
-        rc = io_error(r, s->ctx, err);
-        atomic_fetch_add(&r->errors, 1);
-        release(r, s, true);
-        breaker_result(r, probe, false, "replaying invalidations failed");
+    if (probe && (rc = probe_replay(r, s, dl, err)) != DBK_OK) {
         add_pending(r, key, klen);
         return rc;
     }
-    redisReply *rep = run_inval(r, s->ctx, key, klen);
+    redisReply *rep = run_inval(r, s->ctx, key, klen, dl);
     if (!rep) {
         rc = io_error(r, s->ctx, err);
         atomic_fetch_add(&r->errors, 1);
@@ -909,8 +1010,12 @@ static void flush_at_close(struct rds *r)
             struct slot s = {0};
             tries++;
             if (connect_slot(r, &s, deadline, NULL) == DBK_OK) {
-                while (done < n && step_timeout(r, s.ctx, deadline)) {
-                    redisReply *rep = run_inval(r, s.ctx, r->pend[done].key, r->pend[done].len);
+                while (done < n && step_ms(1, deadline) > 0) {
+                    int64_t dl = deadline_in(r->cfg.command_timeout_ms);
+                    if (dl > deadline)
+                        dl = deadline;
+                    redisReply *rep =
+                        run_inval(r, s.ctx, r->pend[done].key, r->pend[done].len, dl);
                     bool ok = rep && rep->type != REDIS_REPLY_ERROR;
                     if (rep)
                         freeReplyObject(rep);

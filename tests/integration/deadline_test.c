@@ -895,6 +895,65 @@ static void deadline_cache_get_half_open(void **state)
     cache_case(DBKT_PROXY_HALF_OPEN, do_cache_get, "dbk_cache_get (half-open)");
 }
 
+/* A peer that trickles a large reply (8 bytes every 10 ms: each socket read
+ * returns well within the 50 ms command timeout, the 16 KiB reply would take
+ * 20 s) is cut at the call's deadline, on a pooled connection and on a call
+ * that has to connect first (the epoch write, then the GET). */
+#define TRICKLE_VALUE 16384
+
+static dbk_rc do_cache_get_big(void *ctx, dbk_error *err)
+{
+    void *val = NULL;
+    size_t len = 0;
+    dbk_rc rc = dbk_cache_get(ctx, "big", 3, &val, &len, err);
+    free(val);
+    return rc;
+}
+
+static void cache_trickle_case(bool fresh, const char *what)
+{
+    struct cache_env ce;
+    struct baseline b = cache_setup(&ce);
+    char *big = malloc(TRICKLE_VALUE);
+    assert_non_null(big);
+    memset(big, 'x', TRICKLE_VALUE);
+    dbk_error err;
+    DBKT_OK(dbk_cache_set(ce.cache, "big", 3, big, TRICKLE_VALUE, 60000, &err), &err);
+    free(big);
+    dbk_cache *c = ce.cache, *second = NULL;
+    if (fresh) {
+        char url[128];
+        snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", dbkt_proxy_port(ce.px));
+        dbk_cache_opts o = {0};
+        o.url = url;
+        o.key_prefix = "dbkt_deadline:";
+        o.pool_size = 1;
+        o.connect_timeout_ms = REDIS_CONNECT_MS;
+        o.command_timeout_ms = REDIS_CMD_MS;
+        DBKT_OK(dbk_cache_open(&o, &second, &err), &err);
+        c = second;
+    }
+    dbkt_proxy_set_delay(ce.px, 10);
+    dbkt_proxy_set_trickle(ce.px, 8);
+    expect_within(what, do_cache_get_big, c, REDIS_CONNECT_MS + REDIS_CMD_MS, DBK_ETIMEOUT);
+    dbk_cache_close(second);
+    dbk_cache_close(ce.cache);
+    dbkt_proxy_stop(ce.px);
+    expect_settled(b, MARGIN_MS);
+}
+
+static void deadline_cache_get_trickle(void **state)
+{
+    (void)state;
+    cache_trickle_case(false, "dbk_cache_get (trickled reply)");
+}
+
+static void deadline_cache_get_connect_trickle(void **state)
+{
+    (void)state;
+    cache_trickle_case(true, "dbk_cache_get (connect, then a trickled reply)");
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -925,6 +984,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(deadline_cache_get_silent),
         cmocka_unit_test(deadline_cache_set_silent),
         cmocka_unit_test(deadline_cache_get_half_open),
+        cmocka_unit_test(deadline_cache_get_trickle),
+        cmocka_unit_test(deadline_cache_get_connect_trickle),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);

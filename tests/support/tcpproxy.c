@@ -61,6 +61,7 @@ struct dbkt_proxy {
     /* under mu */
     dbkt_proxy_mode mode;
     int delay_ms;
+    int trickle; /* bytes passed on per delay_ms (0: whole chunks) */
     bool stop;
     unsigned reset_req, reset_done;
     size_t open;
@@ -181,17 +182,23 @@ static bool pump_in(int fd, struct px_dir *d, bool flows, int delay_ms)
     return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
 }
 
-/* Writes what d holds to fd once its delay is over. False on a failure. */
-static bool pump_out(int fd, struct px_dir *d)
+/* Writes what d holds to fd once its delay is over (trickle > 0: at most
+ * that many bytes, then waits delay_ms again). False on a failure. */
+static bool pump_out(int fd, struct px_dir *d, int trickle, int delay_ms)
 {
     if (!d->len || d->release_ms > dbkt_mono_ms())
         return true;
-    ssize_t n = send(fd, d->buf + d->off, d->len - d->off, MSG_NOSIGNAL);
+    size_t want = d->len - d->off;
+    if (trickle > 0 && want > (size_t)trickle)
+        want = (size_t)trickle;
+    ssize_t n = send(fd, d->buf + d->off, want, MSG_NOSIGNAL);
     if (n < 0)
         return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
     d->off += (size_t)n;
     if (d->off == d->len)
         d->len = d->off = 0;
+    else if (trickle > 0)
+        d->release_ms = dbkt_mono_ms() + delay_ms;
     return true;
 }
 
@@ -205,6 +212,7 @@ static void *proxy_main(void *arg)
         bool stop = p->stop;
         dbkt_proxy_mode mode = p->mode;
         int delay = p->delay_ms;
+        int trickle = p->trickle;
         unsigned reset_req = p->reset_req;
         pthread_mutex_unlock(&p->mu);
         if (stop)
@@ -287,14 +295,14 @@ static void *proxy_main(void *arg)
                 if (fds[k].revents & (POLLIN | POLLHUP | POLLERR))
                     ok = pump_in(pr->cfd, &pr->c2s, c2s_flows && pr->sfd >= 0, delay);
                 if (ok && (fds[k].revents & POLLOUT))
-                    ok = pump_out(pr->cfd, &pr->s2c);
+                    ok = pump_out(pr->cfd, &pr->s2c, trickle, delay);
                 if (!ok)
                     pair_close(p, (size_t)i, false);
             } else {
                 if (fds[k].revents & (POLLIN | POLLHUP | POLLERR))
                     ok = pump_in(pr->sfd, &pr->s2c, s2c_flows, delay);
                 if (ok && (fds[k].revents & POLLOUT))
-                    ok = pump_out(pr->sfd, &pr->c2s);
+                    ok = pump_out(pr->sfd, &pr->c2s, 0, delay);
                 if (!ok) {
                     if (s2c_flows) {
                         pair_close(p, (size_t)i, false);
@@ -367,6 +375,14 @@ void dbkt_proxy_set_delay(dbkt_proxy *p, int delay_ms)
 {
     pthread_mutex_lock(&p->mu);
     p->delay_ms = delay_ms < 0 ? 0 : delay_ms;
+    pthread_mutex_unlock(&p->mu);
+    wake(p);
+}
+
+void dbkt_proxy_set_trickle(dbkt_proxy *p, int bytes)
+{
+    pthread_mutex_lock(&p->mu);
+    p->trickle = bytes < 0 ? 0 : bytes;
     pthread_mutex_unlock(&p->mu);
     wake(p);
 }

@@ -49,6 +49,11 @@ void dbkt_proxy_set_mode(dbkt_proxy *p, dbkt_proxy_mode mode);
 /* Holds each chunk read this many ms before passing it on (0: none). */
 void dbkt_proxy_set_delay(dbkt_proxy *p, int delay_ms);
 
+/* Trickle (server -> client only): passes on at most `bytes` of a chunk, then waits the delay
+ * again before the next `bytes` (0: off). With a delay below a client's
+ * per-read timeout, a peer that keeps a call alive without finishing it. */
+void dbkt_proxy_set_trickle(dbkt_proxy *p, int bytes);
+
 /* Resets every open connection (both sides get an RST) and returns once
  * that is done. New connections are still accepted afterwards. */
 void dbkt_proxy_reset_all(dbkt_proxy *p);
