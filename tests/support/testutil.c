@@ -72,24 +72,22 @@ void dbkt_pg_admin_exec(const char *sql)
 
 char *dbkt_pg_fresh_db(const char *name)
 {
-    const char *admin = dbkt_pg_admin_url();
-    char sql[256];
-    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS dbkt_%s WITH (FORCE)", name);
-    dbkt_pg_admin_exec(sql);
-    snprintf(sql, sizeof sql, "CREATE DATABASE dbkt_%s", name);
-    dbkt_pg_admin_exec(sql);
-    /* The admin URL ends in "/<db>" optionally followed by "?params". */
-    const char *q = strchr(admin, '?');
-    size_t base_len = q ? (size_t)(q - admin) : strlen(admin);
-    const char *slash = admin + base_len;
-    while (slash > admin && *slash != '/')
-        slash--;
-    if (slash <= admin || slash[-1] == '/')
-        slash = admin + base_len; /* no database part */
-    size_t n = (size_t)(slash - admin) + strlen(name) + 16 + (q ? strlen(q) : 0);
-    char *url = malloc(n);
+    /* The library's own test databases (dbk_testdb): "dbkt_<name>" cloned
+     * from the empty template, an older one of that name dropped first. */
+    char dbname[80];
+    snprintf(dbname, sizeof dbname, "dbkt_%s", name);
+    dbk_config *cfg = NULL;
+    dbk_error err;
+    DBKT_OK(dbk_config_from(dbkt_pg_admin_url(), NULL, NULL, &cfg, &err), &err);
+    dbk_testdb_opts o;
+    memset(&o, 0, sizeof o);
+    o.name = dbname;
+    dbk_testdb *t = NULL;
+    DBKT_OK(dbk_testdb_new(cfg, NULL, &o, &t, &err), &err);
+    char *url = strdup(dbk_testdb_url(t));
     assert_non_null(url);
-    snprintf(url, n, "%.*s/dbkt_%s%s", (int)(slash - admin), admin, name, q ? q : "");
+    dbk_testdb_free(t); /* kept: the next run of the test drops it first */
+    dbk_config_free(cfg);
     return url;
 }
 
