@@ -52,9 +52,10 @@
  * halved throughput or worse in bench/pool_bench.c, so it is off (see
  * docs/pool.md for the figures).
  *
- * fork(): a pthread_atfork child handler bumps a process-wide counter; every
- * entry point compares it with the pool's copy (one relaxed load, cheaper
- * than getpid()). The child never touches the parent's sockets.
+ * fork(): every entry point compares the process-wide fork generation with
+ * the pool's (src/core/process.c: one relaxed load, cheaper than getpid()).
+ * The child never touches the parent's sockets; the drivers check the same
+ * generation for connections that were lent out before the fork.
  */
 #include <stdarg.h>
 #include <errno.h>
@@ -70,21 +71,6 @@
 #include "../core/sqlscan.h"
 #include "../driver/driver.h"
 #include "pool_int.h"
-
-/* ---- process-wide fork detection ---- */
-
-static unsigned g_fork_gen;
-static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
-
-static void on_fork_child(void)
-{
-    __atomic_add_fetch(&g_fork_gen, 1, __ATOMIC_RELAXED);
-}
-
-static void install_atfork(void)
-{
-    pthread_atfork(NULL, NULL, on_fork_child);
-}
 
 /* ---- clocks ---- */
 
@@ -166,8 +152,7 @@ struct dbk_pool {
     struct dbk_db db;
     dbk_pool_hooks hooks;
     int reset_policy;
-    unsigned fork_gen;
-    long pid;
+    dbk__owner owner; /* the process that opened it (src/core/process.c) */
 
     /* lists */
     struct slot_list idle;
@@ -594,16 +579,12 @@ static int capacity_used(const dbk_pool *p)
 
 static bool forked(const dbk_pool *p)
 {
-    return __atomic_load_n(&g_fork_gen, __ATOMIC_RELAXED) != p->fork_gen;
+    return dbk__owner_forked(&p->owner);
 }
 
 static dbk_rc fork_error(const dbk_pool *p, dbk_error *err)
 {
-    dbk__err(err, DBK_EMISUSE, "pool used after fork() (opened in process %ld, used in %ld)",
-             p->pid, (long)getpid());
-    dbk__err_hint(err, "a child process must open its own pool; the parent's connections "
-                       "are not shared across fork()");
-    return DBK_EMISUSE;
+    return dbk__owner_error(&p->owner, "pool", err);
 }
 
 /* Lends slot s to the head waiter, or puts it on the idle list. */
@@ -1576,7 +1557,6 @@ dbk_rc dbk_pool_open(const dbk_config *cfg, const dbk_pool_opts *opts, dbk_pool 
     if (!cfg || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_pool_open: config and out must not be NULL");
     *out = NULL;
-    pthread_once(&g_atfork_once, install_atfork);
 
     dbk_pool_opts o = cfg->pool;
     if (opts) {
@@ -1626,8 +1606,7 @@ dbk_rc dbk_pool_open(const dbk_config *cfg, const dbk_pool_opts *opts, dbk_pool 
         p->cfg->connect_timeout_ms = o.connect_timeout_ms;
     p->o = o;
     p->engine = cfg->engine;
-    p->fork_gen = __atomic_load_n(&g_fork_gen, __ATOMIC_RELAXED);
-    p->pid = (long)getpid();
+    dbk__owner_init(&p->owner);
     p->cooldown_ms = DBK_POOL_BREAKER_MIN_MS;
     p->rng = (uint64_t)dbk__now_ns() ^ ((uint64_t)(uintptr_t)p << 16) ^ 0x9e3779b97f4a7c15ULL;
     if (!p->rng)
