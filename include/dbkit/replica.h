@@ -66,15 +66,17 @@ typedef struct dbk_cluster dbk_cluster;
 /* Room for a position token with its NUL ("FFFFFFFF/FFFFFFFF"). */
 #define DBK_TOKEN_MAX 24
 
-/* Options; zero fields take the configuration's value (replica_urls from
- * `replicas` / DATABASE_REPLICA_URLS, the two waits from
- * DB_REPLICA_MAX_LAG_MS and DB_READ_YOUR_WRITES_WAIT_MS), else the
- * default shown. */
+/* Options; zero fields take the configuration's value: replica_urls from
+ * `replicas` / DATABASE_REPLICA_URLS (URLs separated by the comma before
+ * each "postgres"), max_lag_ms from `replica_max_lag` /
+ * DB_REPLICA_MAX_LAG_MS (default 1000), read_your_writes_wait_ms from
+ * `read_your_writes_wait` / DB_READ_YOUR_WRITES_WAIT_MS (default 100; 0
+ * there means do not wait). */
 typedef struct dbk_cluster_opts {
     const char *const *replica_urls; /* postgres:// URLs, nreplicas of them */
     size_t nreplicas;
-    int max_lag_ms;               /* default 1000 */
-    int read_your_writes_wait_ms; /* default 100; -1: do not wait */
+    int max_lag_ms;
+    int read_your_writes_wait_ms; /* -1: do not wait */
     int sample_interval_ms;       /* default 100 */
 } dbk_cluster_opts;
 

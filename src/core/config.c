@@ -58,7 +58,7 @@ enum kind {
     K_HOSTS,   /* comma list of hosts */
     K_PORTS,   /* comma list of ports */
     K_TEXT,    /* free text without control characters */
-    K_SECRET,  /* the password: any bytes, never shown */
+    K_SECRET,  /* a secret (the password, the replica URLs): any bytes, never shown */
     K_ENUM,    /* one of `choices`, stored in canonical lower case */
     K_COUNT,   /* whole number */
     K_MS,      /* milliseconds everywhere */
@@ -102,6 +102,9 @@ enum {
     S_VALIDATE_TIMEOUT,
     S_POOL_MAX_WAITERS,
     S_LEAK_THRESHOLD,
+    S_REPLICAS,
+    S_REPLICA_MAX_LAG,
+    S_READ_YOUR_WRITES_WAIT,
     S_COUNT_
 };
 
@@ -180,6 +183,12 @@ static const struct setting settings[S_COUNT_] = {
                             0, 1000000, OFF(pool.max_waiters), NULL},
     [S_LEAK_THRESHOLD] = {"leak_threshold", "DB_POOL_LEAK_THRESHOLD_MS", K_MS, SC_ANY, 0, "0", 0,
                           MS_MAX, OFF(pool.leak_threshold_ms), NULL},
+    [S_REPLICAS] = {"replicas", "DATABASE_REPLICA_URLS", K_SECRET, SC_PG, F_NOURL, NULL, 0, 0,
+                    OFF(replicas), NULL},
+    [S_REPLICA_MAX_LAG] = {"replica_max_lag", "DB_REPLICA_MAX_LAG_MS", K_MS, SC_PG, 0, "1000", 1,
+                           MS_MAX, OFF(replica_max_lag_ms), NULL},
+    [S_READ_YOUR_WRITES_WAIT] = {"read_your_writes_wait", "DB_READ_YOUR_WRITES_WAIT_MS", K_MS,
+                                 SC_PG, 0, "100", 0, MS_MAX, OFF(read_your_writes_wait_ms), NULL},
 };
 
 /* Where a value came from, for messages. */
@@ -1474,6 +1483,7 @@ DBK_API void dbk_config_free(dbk_config *cfg)
     if (!cfg)
         return;
     wipe_free(cfg->password);
+    wipe_free(cfg->replicas);
     free(cfg->host);
     free(cfg->port);
     free(cfg->dbname);
@@ -1515,14 +1525,15 @@ DBK_API dbk_rc dbk_config_clone(const dbk_config *cfg, dbk_config **out, dbk_err
         return dbk__err(err, DBK_ENOMEM, "out of memory");
     *c = *cfg;
     /* Detach every pointer first so a failure part-way frees only copies. */
-    c->host = c->port = c->dbname = c->user = c->password = NULL;
+    c->host = c->port = c->dbname = c->user = c->password = c->replicas = NULL;
     c->sslmode = c->application_name = c->target_session_attrs = NULL;
     c->sqlite_path = c->journal_mode = c->synchronous = NULL;
     c->extra = NULL;
     c->nextra = 0;
     bool ok = dup_field(&c->host, cfg->host) && dup_field(&c->port, cfg->port) &&
               dup_field(&c->dbname, cfg->dbname) && dup_field(&c->user, cfg->user) &&
-              dup_field(&c->password, cfg->password) && dup_field(&c->sslmode, cfg->sslmode) &&
+              dup_field(&c->password, cfg->password) && dup_field(&c->replicas, cfg->replicas) &&
+              dup_field(&c->sslmode, cfg->sslmode) &&
               dup_field(&c->application_name, cfg->application_name) &&
               dup_field(&c->target_session_attrs, cfg->target_session_attrs) &&
               dup_field(&c->sqlite_path, cfg->sqlite_path) &&

@@ -45,6 +45,13 @@ struct dbk_config {
     char *journal_mode;      /* "wal" by default */
     char *synchronous;       /* "normal" by default */
 
+    /* Read replicas (see dbkit/replica.h): comma-separated postgres://
+     * URLs (secret: they may carry passwords), the lag that takes one out
+     * of rotation and the read-your-writes wait. */
+    char *replicas;
+    int replica_max_lag_ms;
+    int read_your_writes_wait_ms;
+
     /* Pool settings (see dbkit/pool.h). */
     dbk_pool_opts pool;
 

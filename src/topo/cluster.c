@@ -33,6 +33,7 @@
 #include "dbkit/pool.h"
 #include "dbkit/replica.h"
 
+#include "../core/config_int.h"
 #include "../core/internal.h"
 #include "../db/db_int.h"
 
@@ -460,6 +461,17 @@ static void close_pools(struct dbk_cluster *c, int drain_ms)
     dbk_pool_close(c->primary, drain_ms);
 }
 
+/* The copy of the replica list holds passwords: wiped before it goes. */
+static void free_list(char *list, size_t len)
+{
+    if (list) {
+        volatile char *v = list;
+        for (size_t i = 0; i < len; i++)
+            v[i] = 0;
+        free(list);
+    }
+}
+
 dbk_rc dbk_cluster_open(const dbk_config *cfg, const dbk_cluster_opts *opts, dbk_cluster **out,
                         dbk_error *err)
 {
@@ -471,14 +483,51 @@ dbk_rc dbk_cluster_open(const dbk_config *cfg, const dbk_cluster_opts *opts, dbk
     dbk_cluster_opts o = {0};
     if (opts)
         o = *opts;
-    if (o.nreplicas > DBK_CLUSTER_MAX_REPLICAS)
+    /* Replicas from the configuration: URLs separated by the comma before
+     * each "postgres" (a URL may itself hold commas: several hosts). */
+    char *list = NULL;
+    size_t list_len = 0;
+    const char *from_cfg[DBK_CLUSTER_MAX_REPLICAS];
+    if (o.nreplicas == 0 && cfg->replicas && *cfg->replicas) {
+        list_len = strlen(cfg->replicas);
+        list = strdup(cfg->replicas);
+        if (!list)
+            return dbk__err(err, DBK_ENOMEM, "out of memory opening a cluster");
+        char *p = list;
+        while (p) {
+            char *next = p;
+            while ((next = strchr(next, ',')) && strncmp(next + 1, "postgres", 8) != 0)
+                next++;
+            if (next)
+                *next++ = '\0';
+            if (o.nreplicas == DBK_CLUSTER_MAX_REPLICAS) {
+                free_list(list, list_len);
+                return dbk__err(err, DBK_ECONFIG, "more than %d replicas in replicas "
+                                "(DATABASE_REPLICA_URLS)", DBK_CLUSTER_MAX_REPLICAS);
+            }
+            from_cfg[o.nreplicas++] = p;
+            p = next;
+        }
+        o.replica_urls = from_cfg;
+    }
+    if (o.max_lag_ms == 0)
+        o.max_lag_ms = cfg->replica_max_lag_ms;
+    if (o.read_your_writes_wait_ms == 0)
+        o.read_your_writes_wait_ms = cfg->read_your_writes_wait_ms > 0 ? cfg->read_your_writes_wait_ms : -1;
+    if (o.nreplicas > DBK_CLUSTER_MAX_REPLICAS) {
+        free_list(list, list_len);
         return dbk__err(err, DBK_ECONFIG, "%zu replicas: at most %d", o.nreplicas,
                         DBK_CLUSTER_MAX_REPLICAS);
-    if (o.nreplicas && !o.replica_urls)
+    }
+    if (o.nreplicas && !o.replica_urls) {
+        free_list(list, list_len);
         return dbk__err(err, DBK_EMISUSE, "dbk_cluster_open: replica_urls is NULL");
+    }
     struct dbk_cluster *c = calloc(1, sizeof *c);
-    if (!c)
+    if (!c) {
+        free_list(list, list_len);
         return dbk__err(err, DBK_ENOMEM, "out of memory opening a cluster");
+    }
     c->max_lag_ms = o.max_lag_ms > 0 ? o.max_lag_ms : DEF_MAX_LAG_MS;
     c->ryw_wait_ms = o.read_your_writes_wait_ms < 0    ? 0
                      : o.read_your_writes_wait_ms > 0 ? o.read_your_writes_wait_ms
@@ -532,12 +581,14 @@ dbk_rc dbk_cluster_open(const dbk_config *cfg, const dbk_cluster_opts *opts, dbk
         goto fail_pools;
     }
     c->thread_started = true;
+    free_list(list, list_len);
     *out = c;
     return DBK_OK;
 
 fail_pools:
     close_pools(c, 0);
 fail_sync:
+    free_list(list, list_len);
     pthread_cond_destroy(&c->cv);
     pthread_mutex_destroy(&c->mu);
     free(c);

@@ -371,6 +371,33 @@ static void replica_open_rejects_bad_input(void **state)
     DBKT_RC(DBK_EMISUSE, dbk_cluster_open(NULL, NULL, &c, &err));
 }
 
+/* The replicas come from the configuration (the `replicas` key, as
+ * DATABASE_REPLICA_URLS would give them) when the options name none. */
+static void replica_config_replicas_key(void **state)
+{
+    (void)state;
+    dbkt_pgtopo *t = dbkt_pgtopo_start(2);
+    dbk_error err;
+    dbk_config *cfg = NULL;
+    DBKT_OK(dbk_config_from_url(dbkt_pgtopo_url(t, 0), &cfg, &err), &err);
+    char list[300];
+    snprintf(list, sizeof list, "%s,%s", dbkt_pgtopo_url(t, 1), dbkt_pgtopo_url(t, 2));
+    DBKT_OK(dbk_config_set(cfg, "replicas", list, &err), &err);
+    DBKT_OK(dbk_config_set(cfg, "replica_max_lag", "60000", &err), &err);
+    dbk_cluster *c = NULL;
+    DBKT_OK(dbk_cluster_open(cfg, NULL, &c, &err), &err);
+    dbk_config_free(cfg);
+    assert_int_equal(stats(c).nreplicas, 2);
+    wait_state(c, 0, DBK_REPLICA_UP);
+    wait_state(c, 1, DBK_REPLICA_UP);
+    for (int i = 0; i < 4; i++) {
+        int64_t p = port_of(dbk_cluster_read_db(c));
+        assert_true(p == dbkt_pgtopo_port(t, 1) || p == dbkt_pgtopo_port(t, 2));
+    }
+    dbk_cluster_close(c, 1000);
+    dbkt_pgtopo_stop(t);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -384,6 +411,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(replica_down_leaves_and_returns),
         cmocka_unit_test(replica_read_your_writes_token),
         cmocka_unit_test(replica_read_your_writes_waits_for_replay),
+        cmocka_unit_test(replica_config_replicas_key),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);

@@ -990,7 +990,28 @@ static void config_precedence_default_env_url_code(void **state)
     d = (struct dumped){0};
     dbk_config_dump(cfg, collect, &d);
     assert_int_equal(d.src[dumped_find(&d, "pool_max")], DBK_SRC_DEFAULT);
+    assert_string_equal(d.val[dumped_find(&d, "replicas")], "");
+    assert_string_equal(d.val[dumped_find(&d, "replica_max_lag")], "1000");
+    assert_string_equal(d.val[dumped_find(&d, "read_your_writes_wait")], "100");
     dbk_config_free(cfg);
+
+    /* Replica URLs may carry passwords: shown as "***", never in clear. */
+    struct env renv = {{"DATABASE_REPLICA_URLS"}, {"postgres://u:" PW "@r1/db,postgres://r2/db"}};
+    cfg = must("postgres://h/db", &renv);
+    d = (struct dumped){0};
+    dbk_config_dump(cfg, collect, &d);
+    assert_string_equal(d.val[dumped_find(&d, "replicas")], "***");
+    assert_int_equal(d.src[dumped_find(&d, "replicas")], DBK_SRC_ENV);
+    char url[512];
+    dbk_config_redacted_url(cfg, url, sizeof url);
+    assert_null(strstr(url, PW));
+    dbk_config *copy = NULL;
+    DBKT_OK(dbk_config_clone(cfg, &copy, &err), &err);
+    dbk_config_free(cfg);
+    d = (struct dumped){0};
+    dbk_config_dump(copy, collect, &d);
+    assert_string_equal(d.val[dumped_find(&d, "replicas")], "***");
+    dbk_config_free(copy);
 
     /* env beats default */
     struct env env = {{"DB_POOL_MAX", "DB_HOST", "DB_USER", "DB_PASSWORD",
@@ -1228,7 +1249,8 @@ static void config_dump_lists_every_setting_with_source(void **state)
         "target_session_attrs", "connect_timeout", "statement_timeout", "lock_timeout",
         "stmt_cache_size", "pool_max", "pool_min_idle", "acquire_timeout", "idle_timeout",
         "max_lifetime", "validate_after", "validate_timeout", "pool_max_waiters",
-        "leak_threshold", "keepalives", "sslpassword"};
+        "leak_threshold", "replicas", "replica_max_lag", "read_your_writes_wait", "keepalives",
+        "sslpassword"};
     assert_int_equal(d.n, (int)(sizeof order / sizeof order[0]));
     for (int i = 0; i < d.n; i++) {
         assert_string_equal(d.key[i], order[i]);
