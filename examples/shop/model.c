@@ -4,8 +4,8 @@
  * Every table of examples/db is described once here; the handlers then use
  * the repository calls (find, create, update, delete, page with total,
  * include) and never write SQL for plain reads and writes. The only
- * hand-written SQL lives in handlers.c where a statement does more than a
- * repository call can: the conditional stock decrement of an order and the
+ * hand-written SQL lives in the endpoint files where a statement does more
+ * than a repository call can: the conditional stock decrement of an order and the
  * row locks of a transfer.
  *
  * order_items has a composite primary key (order_id, product_id). A

@@ -8,7 +8,9 @@
  * accesslog.c the access log: per-thread buffers, a background flusher;
  * model.c     the entity descriptors (users, posts, products, orders,
  *             order_items, accounts) and their JSON forms;
- * handlers.c  the endpoints;
+ * router.c    the router; handlers.h the endpoints, one file per resource
+ *             (users.c, posts.c, products.c, orders.c, accounts.c) and the
+ *             helpers they share (handler_util.c);
  * metrics.c   the query observer, /health and /metrics.
  *
  * Only public dbkit headers are used.
@@ -152,7 +154,7 @@ int shop_http_start(const char *host, int port, int threads);
 void shop_http_quiesce(void);
 void shop_http_stop(void);
 
-/* ---- routing (handlers.c) ---- */
+/* ---- routing (router.c) ---- */
 void shop_route(shop_req *rq, shop_resp *rs);
 
 /* ---- model (model.c) ---- */
@@ -231,7 +233,7 @@ json_t *shop_account_json(const shop_account *a);
 /* ISO-8601-ish text of a timestamp, as a JSON string. */
 json_t *shop_time_json(int64_t usec);
 
-/* The per-line stock decrement of an order (handlers.c). It runs once per
+/* The per-line stock decrement of an order (orders.c). It runs once per
  * order line on purpose (lines locked in product order, each checked), so
  * the diagnostics hub is told it is not an N+1. */
 extern const char shop_sql_take_stock[];
