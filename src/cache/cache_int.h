@@ -54,16 +54,63 @@ dbk_rc dbk__cache_get_or_load_ex(dbk_cache *cache, const void *key, size_t keyle
                                  dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms,
                                  void **val, size_t *vallen, dbk_error *err);
 
-/* A parsed redis:// URL. */
+/* How the Redis backend finds its server(s). */
+enum dbk__redis_mode {
+    DBK__REDIS_SINGLE = 0,   /* redis://host:port/db */
+    DBK__REDIS_SENTINEL = 1, /* redis-sentinel://h:p[,h:p...]/master[/db] */
+    DBK__REDIS_CLUSTER = 2   /* redis-cluster://h:p[,h:p...] */
+};
+
+#define DBK__REDIS_MAX_SEEDS 16
+
+struct dbk__redis_addr {
+    char host[256];
+    int port;
+};
+
+/* A parsed redis://, redis-sentinel:// or redis-cluster:// URL. host/port
+ * is the server (single), else seeds[0]; seeds are the sentinels or the
+ * cluster's seed nodes (nseeds >= 1). */
 struct dbk__redis_url {
+    int mode; /* enum dbk__redis_mode */
     char host[256];
     int port;
     int db;
     char user[128];
     char password[256];
+    char master[128]; /* sentinel: the master's name */
+    int nseeds;
+    struct dbk__redis_addr seeds[DBK__REDIS_MAX_SEEDS];
 };
 
 dbk_rc dbk__redis_url_parse(const char *url, struct dbk__redis_url *out, dbk_error *err);
+
+/* ---- Redis Cluster helpers (redis_proto.c; pure, no I/O) ---- */
+
+#define DBK__REDIS_SLOTS 16384
+
+/* The cluster key slot of key[0..len): CRC16-XMODEM of the hash tag (the
+ * bytes between the first '{' and the next '}', when not empty) or of the
+ * whole key, mod 16384. */
+unsigned dbk__redis_key_slot(const void *key, size_t len);
+
+/* One master's slot range out of CLUSTER SLOTS. */
+struct dbk__redis_range {
+    unsigned lo, hi; /* inclusive */
+    struct dbk__redis_addr master;
+};
+
+/* Parses a CLUSTER SLOTS reply (a hiredis reply tree, passed as void * to
+ * keep hiredis out of this header) into at most max ranges. Returns the
+ * count, or -1 when the reply is malformed. A master given with an empty
+ * host ("" or "?") takes `fallback_host` (the node that answered). */
+int dbk__redis_parse_slots(const void *reply, const char *fallback_host,
+                           struct dbk__redis_range *out, int max);
+
+/* Parses "-MOVED 3999 127.0.0.1:6381" / "-ASK ..." (without the '-').
+ * Returns 1 MOVED, 2 ASK, 0 when the error is neither or malformed. */
+int dbk__redis_parse_redirect(const char *msg, size_t len, unsigned *slot,
+                              struct dbk__redis_addr *to);
 
 dbk_rc dbk__cache_memory_new(const struct dbk__cache_cfg *cfg, void **impl, dbk_error *err);
 dbk_rc dbk__cache_redis_new(const struct dbk__cache_cfg *cfg, const struct dbk__redis_url *url,

@@ -61,9 +61,41 @@ static const char set_leased_lua[] =
     "if g ~= ARGV[1] then return 0 end "
     "redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4]) return 1";
 
+/* Sentinel mode (see the paragraph atop this file): the value, its epoch
+ * and the node's epoch checked in one script. */
+static const char ha_get_lua[] =
+    "local e = redis.call('GET', KEYS[2]) "
+    "if e ~= ARGV[1] then redis.call('SET', KEYS[2], ARGV[1]) return false end "
+    "local v = redis.call('GET', KEYS[1]) "
+    "if not v or string.sub(v, 1, 16) ~= e then return false end "
+    "return string.sub(v, 17)";
+
+static const char ha_set_lua[] =
+    "if redis.call('GET', KEYS[2]) ~= ARGV[1] then redis.call('SET', KEYS[2], ARGV[1]) end "
+    "redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'PX', ARGV[3]) return 1";
+
+static const char ha_set_leased_lua[] =
+    "local e = redis.call('GET', KEYS[3]) "
+    "if e ~= ARGV[5] then redis.call('SET', KEYS[3], ARGV[5]) return -1 end "
+    "if e ~= ARGV[2] then return -1 end "
+    "local g = redis.call('GET', KEYS[2]) if not g then g = '' end "
+    "if g ~= ARGV[1] then return 0 end "
+    "redis.call('SET', KEYS[1], e .. ARGV[3], 'PX', ARGV[4]) return 1";
+
+static const char ha_ns_lua[] =
+    "if redis.call('GET', KEYS[2]) ~= ARGV[1] then redis.call('SET', KEYS[2], ARGV[1]) "
+    "redis.call('INCRBY', KEYS[1], ARGV[3]) end "
+    "return redis.call(ARGV[2], KEYS[1])";
+
+/* An argv entry that run() replaces with the epoch of the node the command
+ * goes to (16 hex digits of its run id). */
+static const char NODE_EPOCH[] = "<node epoch>";
+
 struct slot {
     redisContext *ctx;
     bool busy;
+    uint64_t gen;   /* sentinel: the master generation it connected to */
+    char epoch[17]; /* sentinel: the node's epoch (its run id, 16 hex) */
 };
 
 struct pending {
@@ -93,6 +125,19 @@ struct rds {
     uint64_t pend_dropped; /* deletes lost to a full queue since open */
 
     _Atomic uint64_t errors, skipped, stale_rejects;
+
+    /* Sentinel mode. The master's address and generation are under mu;
+     * disc_mu serializes discoveries. */
+    bool ha;
+    struct dbk__redis_addr master;
+    bool master_known;
+    uint64_t master_gen;
+    pthread_mutex_t disc_mu;
+    int sentinel_next; /* the sentinel asked first next time */
+    pthread_t sub_thread;
+    bool sub_started;
+    _Atomic bool sub_stop;
+    _Atomic uint64_t switches; /* masters learnt from +switch-master */
 };
 
 /* ---- URL ---------------------------------------------------------------- */
@@ -105,122 +150,6 @@ static int hexval(int c)
     if (c >= 'a' && c <= 'f')
         return c - 'a' + 10;
     return -1;
-}
-
-/* Percent-decodes src[0..n) into dst (size dstsz). False when malformed or
- * too long. */
-static bool pct_decode(const char *src, size_t n, char *dst, size_t dstsz)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int c = (unsigned char)src[i];
-        if (c == '%') {
-            if (i + 2 >= n)
-                return false;
-            int h = hexval(src[i + 1]), l = hexval(src[i + 2]);
-            if (h < 0 || l < 0)
-                return false;
-            c = h * 16 + l;
-            i += 2;
-        }
-        if (o + 1 >= dstsz)
-            return false;
-        dst[o++] = (char)c;
-    }
-    dst[o] = 0;
-    return true;
-}
-
-static bool parse_int(const char *s, size_t n, long lo, long hi, int *out)
-{
-    if (n == 0 || n > 10)
-        return false;
-    long v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (v < lo || v > hi)
-        return false;
-    *out = (int)v;
-    return true;
-}
-
-dbk_rc dbk__redis_url_parse(const char *url, struct dbk__redis_url *out, dbk_error *err)
-{
-    memset(out, 0, sizeof *out);
-    out->port = 6379;
-    if (!url)
-        return dbk__err(err, DBK_EMISUSE, "redis url must not be NULL");
-    if (strncmp(url, "rediss://", 9) == 0) {
-        dbk__err(err, DBK_ECONFIG, "rediss:// (tls) is not supported by this build");
-        dbk__err_hint(err, "use redis:// over a trusted network or a tls tunnel");
-        return DBK_ECONFIG;
-    }
-    if (strncmp(url, "redis://", 8) != 0) {
-        dbk__err(err, DBK_ECONFIG, "cache url must start with redis:// or be memory:");
-        return DBK_ECONFIG;
-    }
-    const char *p = url + 8;
-    const char *end = p + strlen(p);
-    const char *q = memchr(p, '?', (size_t)(end - p));
-    if (q) {
-        dbk__err(err, DBK_ECONFIG, "query parameters are not supported in a redis url");
-        dbk__err_hint(err, "set timeouts and pool size in dbk_cache_opts");
-        return DBK_ECONFIG;
-    }
-    const char *slash = memchr(p, '/', (size_t)(end - p));
-    const char *auth_end = NULL;
-    for (const char *s = p; s < (slash ? slash : end); s++)
-        if (*s == '@')
-            auth_end = s; /* the last '@' before the path ends the credentials */
-    const char *hostp = p;
-    if (auth_end) {
-        const char *colon = memchr(p, ':', (size_t)(auth_end - p));
-        const char *uend = colon ? colon : auth_end;
-        if (!pct_decode(p, (size_t)(uend - p), out->user, sizeof out->user))
-            return dbk__err(err, DBK_ECONFIG, "malformed user in redis url");
-        if (colon && !pct_decode(colon + 1, (size_t)(auth_end - colon - 1), out->password,
-                                 sizeof out->password))
-            return dbk__err(err, DBK_ECONFIG, "malformed password in redis url");
-        hostp = auth_end + 1;
-    }
-    const char *hend = slash ? slash : end;
-    const char *portp = NULL;
-    if (hostp < hend && *hostp == '[') {
-        const char *rb = memchr(hostp, ']', (size_t)(hend - hostp));
-        if (!rb)
-            return dbk__err(err, DBK_ECONFIG, "malformed ipv6 host in redis url");
-        size_t hl = (size_t)(rb - hostp - 1);
-        if (hl == 0 || hl >= sizeof out->host)
-            return dbk__err(err, DBK_ECONFIG, "malformed ipv6 host in redis url");
-        memcpy(out->host, hostp + 1, hl);
-        out->host[hl] = 0;
-        if (rb + 1 < hend) {
-            if (rb[1] != ':')
-                return dbk__err(err, DBK_ECONFIG, "malformed host in redis url");
-            portp = rb + 2;
-        }
-    } else {
-        const char *colon = memchr(hostp, ':', (size_t)(hend - hostp));
-        const char *he = colon ? colon : hend;
-        size_t hl = (size_t)(he - hostp);
-        if (hl >= sizeof out->host)
-            return dbk__err(err, DBK_ECONFIG, "host in redis url is too long");
-        memcpy(out->host, hostp, hl);
-        out->host[hl] = 0;
-        if (colon)
-            portp = colon + 1;
-    }
-    if (!out->host[0])
-        dbk__strlcpy(out->host, "127.0.0.1", sizeof out->host);
-    if (portp && !parse_int(portp, (size_t)(hend - portp), 1, 65535, &out->port))
-        return dbk__err(err, DBK_ECONFIG, "bad port in redis url (expected 1..65535)");
-    if (slash && slash + 1 < end &&
-        !parse_int(slash + 1, (size_t)(end - slash - 1), 0, 100000, &out->db))
-        return dbk__err(err, DBK_ECONFIG, "bad database index in redis url (expected a number)");
-    return DBK_OK;
 }
 
 /* ---- breaker ------------------------------------------------------------ */
@@ -455,14 +384,259 @@ static dbk_rc dial(struct rds *r, const char *host, int port, int64_t deadline_n
     return DBK_OK;
 }
 
+/* ---- Sentinel ----------------------------------------------------------- */
+
+/* Forgets the master learnt at generation `gen` (a connection to it failed,
+ * it answered READONLY, or ROLE said it is not a master): the next connect
+ * asks the sentinels again. A newer master is left alone. */
+static void master_lost(struct rds *r, uint64_t gen)
+{
+    pthread_mutex_lock(&r->mu);
+    if (r->master_gen == gen)
+        r->master_known = false;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Records `a` as the master; a new address starts a new generation, so the
+ * pool's connections to the old one are dropped as they are next used (one
+ * at a time: no burst of connects). */
+static void master_set(struct rds *r, const struct dbk__redis_addr *a)
+{
+    pthread_mutex_lock(&r->mu);
+    if (!r->master_known || strcmp(r->master.host, a->host) != 0 || r->master.port != a->port) {
+        if (strcmp(r->master.host, a->host) != 0 || r->master.port != a->port)
+            r->master_gen++;
+        r->master = *a;
+    }
+    r->master_known = true;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Asks the sentinels in turn (each within the connect timeout and the call's
+ * deadline) for the master's address. */
+static dbk_rc discover(struct rds *r, int64_t deadline_ns, dbk_error *err)
+{
+    int n = r->url.nseeds;
+    for (int k = 0; k < n && step_ms(1, deadline_ns) > 0; k++) {
+        int i = (r->sentinel_next + k) % n;
+        redisContext *c;
+        if (dial(r, r->url.seeds[i].host, r->url.seeds[i].port, deadline_ns, &c, NULL) != DBK_OK)
+            continue;
+        const char *av[3] = {"SENTINEL", "get-master-addr-by-name", r->url.master};
+        size_t al[3] = {8, 23, strlen(r->url.master)};
+        redisReply *rep = cmd(c, 3, av, al, deadline_ns);
+        redisFree(c);
+        if (!rep)
+            continue;
+        struct dbk__redis_addr a;
+        bool ok = rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+                  rep->element[0]->type == REDIS_REPLY_STRING &&
+                  rep->element[1]->type == REDIS_REPLY_STRING &&
+                  rep->element[0]->len > 0 && rep->element[0]->len < sizeof a.host;
+        if (ok) {
+            memcpy(a.host, rep->element[0]->str, rep->element[0]->len);
+            a.host[rep->element[0]->len] = 0;
+            char *end;
+            long port = strtol(rep->element[1]->str, &end, 10);
+            ok = *end == 0 && port > 0 && port < 65536;
+            a.port = (int)port;
+        }
+        freeReplyObject(rep);
+        if (!ok)
+            continue;
+        r->sentinel_next = i; /* disc_mu held: ask the one that answered first */
+        master_set(r, &a);
+        return DBK_OK;
+    }
+    return dbk__err(err, DBK_EUNAVAILABLE, "redis cache %s: no sentinel named a master",
+                    r->safe_addr);
+}
+
+/* The master to connect to, asking the sentinels when it is not known. One
+ * thread discovers at a time; the others fail at once rather than wait
+ * (their call falls back to the database). */
+static dbk_rc master_addr(struct rds *r, struct dbk__redis_addr *out, uint64_t *gen,
+                          int64_t deadline_ns, dbk_error *err)
+{
+    for (int round = 0; round < 2; round++) {
+        pthread_mutex_lock(&r->mu);
+        bool known = r->master_known;
+        *out = r->master;
+        *gen = r->master_gen;
+        pthread_mutex_unlock(&r->mu);
+        if (known)
+            return DBK_OK;
+        if (round == 1)
+            break;
+        if (pthread_mutex_trylock(&r->disc_mu) != 0)
+            return dbk__err(err, DBK_EUNAVAILABLE,
+                            "redis cache %s: the master is being looked up", r->safe_addr);
+        dbk_rc rc = DBK_OK;
+        pthread_mutex_lock(&r->mu);
+        bool again = !r->master_known;
+        pthread_mutex_unlock(&r->mu);
+        if (again)
+            rc = discover(r, deadline_ns, err);
+        pthread_mutex_unlock(&r->disc_mu);
+        if (rc != DBK_OK)
+            return rc;
+    }
+    return dbk__err(err, DBK_EUNAVAILABLE, "redis cache %s: master unknown", r->safe_addr);
+}
+
+/* ROLE must say master (a sentinel may still name a demoted one); INFO
+ * server gives the run id, the node's epoch. */
+static dbk_rc verify_master(struct rds *r, redisContext *c, struct slot *s, int64_t deadline_ns,
+                            dbk_error *err)
+{
+    const char *av[2] = {"ROLE", "server"};
+    size_t al[2] = {4, 6};
+    redisReply *rep = cmd(c, 1, av, al, deadline_ns);
+    if (!rep)
+        return io_error(r, c, err);
+    bool master = rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                  rep->element[0]->type == REDIS_REPLY_STRING && rep->element[0]->len == 6 &&
+                  memcmp(rep->element[0]->str, "master", 6) == 0;
+    freeReplyObject(rep);
+    if (!master)
+        return dbk__err(err, DBK_EUNAVAILABLE,
+                        "redis cache %s: the server the sentinels named is not a master",
+                        r->safe_addr);
+    av[0] = "INFO";
+    al[0] = 4;
+    rep = cmd(c, 2, av, al, deadline_ns);
+    if (!rep)
+        return io_error(r, c, err);
+    const char *id = rep->type == REDIS_REPLY_STRING || rep->type == REDIS_REPLY_STATUS
+                         ? strstr(rep->str, "run_id:")
+                         : NULL;
+    bool ok = false;
+    if (id) {
+        id += 7;
+        ok = true;
+        for (int i = 0; i < 16 && ok; i++)
+            ok = hexval((unsigned char)id[i]) >= 0;
+        if (ok) {
+            memcpy(s->epoch, id, 16);
+            s->epoch[16] = 0;
+        }
+    }
+    freeReplyObject(rep);
+    if (!ok)
+        return dbk__err(err, DBK_EINTERNAL, "redis cache %s: no run_id in INFO server",
+                        r->safe_addr);
+    return DBK_OK;
+}
+
+/* "<name> <old-ip> <old-port> <new-ip> <new-port>" from +switch-master. */
+static void on_switch(struct rds *r, const char *msg, size_t len)
+{
+    char buf[600], *f[5], *save = NULL;
+    if (len >= sizeof buf)
+        return;
+    memcpy(buf, msg, len);
+    buf[len] = 0;
+    int n = 0;
+    for (char *t = strtok_r(buf, " ", &save); t && n < 5; t = strtok_r(NULL, " ", &save))
+        f[n++] = t;
+    if (n != 5 || strcmp(f[0], r->url.master) != 0)
+        return;
+    struct dbk__redis_addr a;
+    char *end;
+    long port = strtol(f[4], &end, 10);
+    if (*end || port <= 0 || port > 65535 || strlen(f[3]) >= sizeof a.host)
+        return;
+    dbk__strlcpy(a.host, f[3], sizeof a.host);
+    a.port = (int)port;
+    master_set(r, &a);
+    atomic_fetch_add(&r->switches, 1);
+    dbk__log(DBK_LOG_INFO, "redis cache %s: sentinel switched the master to %s:%d",
+             r->safe_addr, a.host, a.port);
+    /* the breaker need not sit out its cool-down: probe the new master now */
+    pthread_mutex_lock(&r->br_mu);
+    if (r->state == DBK_CACHE_BREAKER_OPEN)
+        r->opened_at_ns = 0;
+    pthread_mutex_unlock(&r->br_mu);
+}
+
+/* Sleeps up to ms, in steps, while the cache stays open. */
+static void sub_nap(struct rds *r, int ms)
+{
+    for (int i = 0; i < ms / 20 && !atomic_load(&r->sub_stop); i++) {
+        struct timespec ts = {0, 20000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* The subscriber: one connection to one sentinel at a time, subscribed to
+ * +switch-master; on a loss it moves to the next sentinel. Wakes every
+ * 100 ms to see whether the cache is closing. */
+static void *sub_main(void *arg)
+{
+    struct rds *r = arg;
+    int i = 0;
+    while (!atomic_load(&r->sub_stop)) {
+        struct dbk__redis_addr *sa = &r->url.seeds[i];
+        i = (i + 1) % r->url.nseeds;
+        redisContext *c;
+        if (dial(r, sa->host, sa->port, deadline_in(r->cfg.connect_timeout_ms), &c, NULL) !=
+            DBK_OK) {
+            sub_nap(r, 200);
+            continue;
+        }
+        const char *av[2] = {"SUBSCRIBE", "+switch-master"};
+        size_t al[2] = {9, 14};
+        redisReply *rep = cmd(c, 2, av, al, deadline_in(1000));
+        if (!rep) {
+            redisFree(c);
+            sub_nap(r, 200);
+            continue;
+        }
+        freeReplyObject(rep);
+        while (!atomic_load(&r->sub_stop)) {
+            void *m = NULL;
+            if (redisGetReplyFromReader(c, &m) != REDIS_OK)
+                break;
+            if (m) {
+                redisReply *mr = m;
+                if (mr->type == REDIS_REPLY_ARRAY && mr->elements == 3 &&
+                    mr->element[2]->type == REDIS_REPLY_STRING)
+                    on_switch(r, mr->element[2]->str, mr->element[2]->len);
+                freeReplyObject(m);
+                continue;
+            }
+            struct pollfd pfd = {c->fd, POLLIN, 0};
+            int n = poll(&pfd, 1, 100);
+            if (n < 0 && errno != EINTR)
+                break;
+            if (n > 0 && redisBufferRead(c) != REDIS_OK)
+                break;
+        }
+        redisFree(c);
+    }
+    return NULL;
+}
+
 /* Connects a slot: TCP connect, AUTH, SELECT, the epoch key, all before
  * deadline_ns (the connect also within its own timeout). */
 static dbk_rc connect_slot(struct rds *r, struct slot *s, int64_t deadline_ns, dbk_error *err)
 {
     redisContext *c;
-    dbk_rc drc = dial(r, r->url.host, r->url.port, deadline_ns, &c, err);
-    if (drc != DBK_OK)
+    struct dbk__redis_addr to = {{0}, r->url.port};
+    uint64_t gen = 0;
+    if (r->ha) {
+        dbk_rc mrc = master_addr(r, &to, &gen, deadline_ns, err);
+        if (mrc != DBK_OK)
+            return mrc;
+    } else {
+        dbk__strlcpy(to.host, r->url.host, sizeof to.host);
+    }
+    dbk_rc drc = dial(r, to.host, to.port, deadline_ns, &c, err);
+    if (drc != DBK_OK) {
+        if (r->ha)
+            master_lost(r, gen);
         return drc;
+    }
     redisReply *rep = NULL;
     if (r->url.password[0]) {
         const char *av[3] = {"AUTH", r->url.user, r->url.password};
@@ -501,7 +675,15 @@ static dbk_rc connect_slot(struct rds *r, struct slot *s, int64_t deadline_ns, d
                             r->safe_addr, r->url.db);
         }
     }
-    {
+    if (r->ha) {
+        dbk_rc vrc = verify_master(r, c, s, deadline_ns, err);
+        if (vrc != DBK_OK) {
+            master_lost(r, gen);
+            redisFree(c);
+            return vrc;
+        }
+        s->gen = gen;
+    } else {
         char key[80], val[24];
         int kl = snprintf(key, sizeof key, "%sepoch", r->cfg.key_prefix);
         int vl = snprintf(val, sizeof val, "%016llx", (unsigned long long)dbk__cache_rand64());
@@ -554,9 +736,16 @@ static dbk_rc acquire(struct rds *r, struct slot **out, bool *probe, int64_t *de
         if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) == ETIMEDOUT)
             timed_out = true;
     }
-    if (s)
+    bool stale = false;
+    if (s) {
         s->busy = true;
+        stale = r->ha && s->ctx && s->gen != r->master_gen;
+    }
     pthread_mutex_unlock(&r->mu);
+    if (stale) {
+        redisFree(s->ctx); /* connected to a master that is no longer the master */
+        s->ctx = NULL;
+    }
     if (!s) {
         if (*probe)
             breaker_result(r, true, false, "no free connection");
@@ -721,6 +910,13 @@ static dbk_rc probe_replay(struct rds *r, struct slot *s, int64_t deadline_ns, d
  * *reply is the reply (caller frees) on DBK_OK; an error reply is
  * DBK_EINTERNAL with the server's text.
  */
+/* Sentinel mode: an error reply that means "not the master any more". */
+static bool demoted(const redisReply *rep)
+{
+    return rep->type == REDIS_REPLY_ERROR && rep->str &&
+           (strncmp(rep->str, "READONLY", 8) == 0 || strncmp(rep->str, "MASTERDOWN", 10) == 0);
+}
+
 static dbk_rc run(struct rds *r, int argc, const char **argv, const size_t *lens,
                   redisReply **reply, dbk_error *err)
 {
@@ -733,15 +929,33 @@ static dbk_rc run(struct rds *r, int argc, const char **argv, const size_t *lens
         return rc;
     if (probe && (rc = probe_replay(r, s, dl, err)) != DBK_OK)
         return rc;
-    redisReply *rep = cmd(s->ctx, argc, argv, lens, dl);
+    const char *av[12];
+    size_t al[12];
+    int ep = -1;
+    for (int i = 0; i < argc && i < 12; i++) {
+        av[i] = argv[i];
+        al[i] = lens[i];
+        if (argv[i] == NODE_EPOCH)
+            ep = i;
+    }
+    if (ep >= 0) {
+        av[ep] = s->epoch;
+        al[ep] = 16;
+    }
+    redisReply *rep = cmd(s->ctx, argc, ep >= 0 ? av : argv, ep >= 0 ? al : lens, dl);
     if (!rep) {
         rc = io_error(r, s->ctx, err);
         atomic_fetch_add(&r->errors, 1);
+        if (r->ha)
+            master_lost(r, s->gen);
         release(r, s, true);
         breaker_result(r, probe, false, rc == DBK_ETIMEOUT ? "command timed out" : "i/o error");
         return rc;
     }
-    release(r, s, false);
+    bool lost = r->ha && demoted(rep);
+    if (lost)
+        master_lost(r, s->gen);
+    release(r, s, lost);
     if (rep->type == REDIS_REPLY_ERROR) {
         rc = dbk__err(err, DBK_EINTERNAL, "redis cache %s: %.*s", r->safe_addr,
                       (int)(rep->len > 200 ? 200 : rep->len), rep->str ? rep->str : "");
@@ -761,12 +975,20 @@ static dbk_rc r_get(void *impl, const void *key, size_t klen, void **val, size_t
                     dbk_error *err)
 {
     struct rds *r = impl;
-    char vk[KEYBUF];
+    char vk[KEYBUF], ek[80];
     size_t vl = mkkey(r, 'v', key, klen, vk);
-    const char *av[2] = {"GET", vk};
-    size_t al[2] = {3, vl};
     redisReply *rep;
-    dbk_rc rc = run(r, 2, av, al, &rep, err);
+    dbk_rc rc;
+    if (r->ha) {
+        int el = snprintf(ek, sizeof ek, "%sepoch", r->cfg.key_prefix);
+        const char *av[6] = {"EVAL", ha_get_lua, "2", vk, ek, NODE_EPOCH};
+        size_t al[6] = {4, sizeof ha_get_lua - 1, 1, vl, (size_t)el, 16};
+        rc = run(r, 6, av, al, &rep, err);
+    } else {
+        const char *av[2] = {"GET", vk};
+        size_t al[2] = {3, vl};
+        rc = run(r, 2, av, al, &rep, err);
+    }
     if (rc != DBK_OK)
         return rc;
     if (rep->type == REDIS_REPLY_NIL) {
@@ -796,10 +1018,19 @@ static dbk_rc r_set(void *impl, const void *key, size_t klen, const void *val, s
     char vk[KEYBUF], ttl[24];
     size_t vl = mkkey(r, 'v', key, klen, vk);
     int tl = snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
-    const char *av[5] = {"SET", vk, val ? val : "", "PX", ttl};
-    size_t al[5] = {3, vl, vlen, 2, (size_t)tl};
     redisReply *rep;
-    dbk_rc rc = run(r, 5, av, al, &rep, err);
+    dbk_rc rc;
+    if (r->ha) {
+        char ek[80];
+        int el = snprintf(ek, sizeof ek, "%sepoch", r->cfg.key_prefix);
+        const char *av[8] = {"EVAL", ha_set_lua, "2", vk, ek, NODE_EPOCH, val ? val : "", ttl};
+        size_t al[8] = {4, sizeof ha_set_lua - 1, 1, vl, (size_t)el, 16, vlen, (size_t)tl};
+        rc = run(r, 8, av, al, &rep, err);
+    } else {
+        const char *av[5] = {"SET", vk, val ? val : "", "PX", ttl};
+        size_t al[5] = {3, vl, vlen, 2, (size_t)tl};
+        rc = run(r, 5, av, al, &rep, err);
+    }
     if (rc == DBK_OK)
         freeReplyObject(rep);
     return rc;
@@ -920,11 +1151,16 @@ static dbk_rc r_set_leased(void *impl, const void *key, size_t klen, const dbk_c
         gs[0] = 0;
     int esl = snprintf(es, sizeof es, "%016llx", (unsigned long long)l->epoch);
     int tl = snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
-    const char *av[10] = {"EVAL", set_leased_lua, "3", vk, gk, ek, gs, es, val ? val : "", ttl};
-    size_t al[10] = {4, sizeof set_leased_lua - 1, 1, vl, gl, (size_t)el, (size_t)gsl,
-                     (size_t)esl, vlen, (size_t)tl};
+    const char *av[11] = {"EVAL", set_leased_lua, "3", vk, gk, ek, gs, es, val ? val : "", ttl,
+                          NODE_EPOCH};
+    size_t al[11] = {4, sizeof set_leased_lua - 1, 1, vl, gl, (size_t)el, (size_t)gsl,
+                     (size_t)esl, vlen, (size_t)tl, 16};
+    if (r->ha) {
+        av[1] = ha_set_leased_lua;
+        al[1] = sizeof ha_set_leased_lua - 1;
+    }
     redisReply *rep;
-    dbk_rc rc = run(r, 10, av, al, &rep, err);
+    dbk_rc rc = run(r, r->ha ? 11 : 10, av, al, &rep, err);
     if (rc != DBK_OK)
         return rc;
     if (rep->type == REDIS_REPLY_INTEGER && rep->integer == 1)
@@ -940,10 +1176,25 @@ static dbk_rc r_ns(struct rds *r, const char *verb, const char *ns, uint64_t *ve
 {
     char nk[300];
     int nl = snprintf(nk, sizeof nk, "%sn:%s", r->cfg.key_prefix, ns);
-    const char *av[2] = {verb, nk};
-    size_t al[2] = {strlen(verb), (size_t)nl};
     redisReply *rep;
-    dbk_rc rc = run(r, 2, av, al, &rep, err);
+    dbk_rc rc;
+    if (r->ha) {
+        /* a node that is new for this data (failover, restart) moves the
+         * counter far ahead: a version reused after a lost INCR never names
+         * entries stored before */
+        char ek[80], jump[24];
+        int el = snprintf(ek, sizeof ek, "%sepoch", r->cfg.key_prefix);
+        int jl = snprintf(jump, sizeof jump, "%llu",
+                          (unsigned long long)(dbk__cache_rand64() >> 32) + 1000000ULL);
+        const char *av[8] = {"EVAL", ha_ns_lua, "2", nk, ek, NODE_EPOCH, verb, jump};
+        size_t al[8] = {4, sizeof ha_ns_lua - 1, 1, (size_t)nl, (size_t)el, 16, strlen(verb),
+                        (size_t)jl};
+        rc = run(r, 8, av, al, &rep, err);
+    } else {
+        const char *av[2] = {verb, nk};
+        size_t al[2] = {strlen(verb), (size_t)nl};
+        rc = run(r, 2, av, al, &rep, err);
+    }
     if (rc != DBK_OK)
         return rc;
     *version = 0;
@@ -1059,6 +1310,10 @@ static void r_close(void *impl)
     struct rds *r = impl;
     if (!r)
         return;
+    if (r->sub_started) {
+        atomic_store(&r->sub_stop, true);
+        pthread_join(r->sub_thread, NULL);
+    }
     for (int i = 0; r->slots && i < r->nslots; i++)
         if (r->slots[i].ctx) {
             redisFree(r->slots[i].ctx);
@@ -1073,6 +1328,7 @@ static void r_close(void *impl)
     pthread_cond_destroy(&r->cv);
     pthread_mutex_destroy(&r->br_mu);
     pthread_mutex_destroy(&r->pend_mu);
+    pthread_mutex_destroy(&r->disc_mu);
     /* wipe the password */
     volatile char *pw = r->url.password;
     for (size_t i = 0; i < sizeof r->url.password; i++)
@@ -1088,8 +1344,20 @@ dbk_rc dbk__cache_redis_new(const struct dbk__cache_cfg *cfg, const struct dbk__
         return dbk__err(err, DBK_ENOMEM, "out of memory opening a redis cache");
     r->cfg = *cfg;
     r->url = *url;
-    snprintf(r->safe_addr, sizeof r->safe_addr, "%s%s%s:%d/%d", strchr(url->host, ':') ? "[" : "",
-             url->host, strchr(url->host, ':') ? "]" : "", url->port, url->db);
+    if (url->mode == DBK__REDIS_SENTINEL)
+        snprintf(r->safe_addr, sizeof r->safe_addr, "sentinel master %.128s/%d", url->master,
+                 url->db);
+    else
+        snprintf(r->safe_addr, sizeof r->safe_addr, "%s%s%s:%d/%d",
+                 strchr(url->host, ':') ? "[" : "", url->host, strchr(url->host, ':') ? "]" : "",
+                 url->port, url->db);
+    if (url->mode == DBK__REDIS_CLUSTER) {
+        free(r);
+        dbk__err(err, DBK_ECONFIG, "redis-cluster:// is not supported yet by this build");
+        dbk__err_hint(err, "use redis:// or redis-sentinel://");
+        return DBK_ECONFIG;
+    }
+    r->ha = url->mode == DBK__REDIS_SENTINEL;
     r->nslots = cfg->pool_size;
     r->slots = calloc((size_t)r->nslots, sizeof *r->slots);
     if (!r->slots) {
@@ -1104,6 +1372,9 @@ dbk_rc dbk__cache_redis_new(const struct dbk__cache_cfg *cfg, const struct dbk__
     pthread_mutex_init(&r->mu, NULL);
     pthread_mutex_init(&r->br_mu, NULL);
     pthread_mutex_init(&r->pend_mu, NULL);
+    pthread_mutex_init(&r->disc_mu, NULL);
+    if (r->ha)
+        r->sub_started = pthread_create(&r->sub_thread, NULL, sub_main, r) == 0;
     struct sigaction sa;
     if (sigaction(SIGPIPE, NULL, &sa) == 0)
         __atomic_store_n(&g_sigpipe_ignored, sa.sa_handler == SIG_IGN, __ATOMIC_RELAXED);

@@ -1,0 +1,413 @@
+/*
+ * The Redis cache behind Sentinel: a master, one replica and three
+ * sentinels (down-after-milliseconds 1000) started by the test on free
+ * loopback ports, stopped by PID. 8 readers and 2 writers go through the
+ * cached repository (PostgreSQL from the test environment) while the master
+ * is SIGKILLed, and in another test while `SENTINEL FAILOVER` moves it. No
+ * read may fail (the cache falls back to the database), no read may return
+ * a version older than one whose write had returned, and the cache must
+ * serve hits again after +switch-master (the time it took is printed, not
+ * asserted).
+ */
+/* dbkit:topology */
+#include <fcntl.h>
+#include <pthread.h>
+#include <time.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+#define READERS 8
+#define WRITERS 2
+#define NSENT 3
+
+struct topo {
+    char dir[256];
+    int port[2];          /* master, replica */
+    int sport[NSENT];     /* sentinels */
+    pid_t pid[2 + NSENT]; /* servers, then sentinels */
+};
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof a;
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static pid_t start(const char *const *argv, const char *log)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execvp(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static redisReply *rcmd(int port, const char *fmt, const char *arg)
+{
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    if (!c || c->err) {
+        redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    redisReply *r = arg ? redisCommand(c, fmt, arg) : redisCommand(c, fmt);
+    redisFree(c);
+    return r;
+}
+
+/* The master's port as sentinel `sport` names it; 0 when it does not answer. */
+static int named_master(int sport)
+{
+    redisReply *r = rcmd(sport, "SENTINEL get-master-addr-by-name %s", "m");
+    int port = 0;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2)
+        port = atoi(r->element[1]->str);
+    freeReplyObject(r);
+    return port;
+}
+
+/* Polls (bounded) until `ok` holds. */
+static void wait_for(bool (*ok)(struct topo *), struct topo *t, int ms, const char *what)
+{
+    int64_t end = dbkt_mono_ms() + ms;
+    while (!ok(t)) {
+        if (dbkt_mono_ms() > end)
+            fail_msg("topology: %s not within %d ms", what, ms);
+        sleep_ms(50);
+    }
+}
+
+static bool replica_synced(struct topo *t)
+{
+    redisReply *r = rcmd(t->port[1], "INFO replication", NULL);
+    bool ok = r && r->type == REDIS_REPLY_STRING && strstr(r->str, "master_link_status:up");
+    freeReplyObject(r);
+    return ok;
+}
+
+static bool sentinels_ready(struct topo *t)
+{
+    for (int i = 0; i < NSENT; i++) {
+        redisReply *r = rcmd(t->sport[i], "SENTINEL master %s", "m");
+        bool ok = false;
+        if (r && r->type == REDIS_REPLY_ARRAY)
+            for (size_t k = 0; k + 1 < r->elements; k += 2)
+                if (strcmp(r->element[k]->str, "num-other-sentinels") == 0)
+                    ok = atoi(r->element[k + 1]->str) == NSENT - 1;
+        freeReplyObject(r);
+        if (!ok)
+            return false;
+    }
+    redisReply *r = rcmd(t->sport[0], "SENTINEL replicas %s", "m");
+    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 1;
+    freeReplyObject(r);
+    return ok;
+}
+
+static void topo_start(struct topo *t)
+{
+    char *tmp = dbkt_tmpdir();
+    snprintf(t->dir, sizeof t->dir, "%s", tmp);
+    free(tmp);
+    char log[300], ps[2][16], rep[64];
+    snprintf(log, sizeof log, "%s/servers.log", t->dir);
+    for (int i = 0; i < 2; i++) {
+        t->port[i] = free_port();
+        snprintf(ps[i], sizeof ps[i], "%d", t->port[i]);
+    }
+    snprintf(rep, sizeof rep, "127.0.0.1 %d", t->port[0]);
+    for (int i = 0; i < 2; i++) {
+        const char *argv[] = {"redis-server", "--port", ps[i], "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", t->dir,
+                              i ? "--replicaof" : NULL, i ? rep : NULL, NULL};
+        t->pid[i] = start(argv, log);
+    }
+    for (int i = 0; i < NSENT; i++) {
+        t->sport[i] = free_port();
+        char conf[300];
+        snprintf(conf, sizeof conf, "%s/sentinel%d.conf", t->dir, i);
+        FILE *f = fopen(conf, "w");
+        assert_non_null(f);
+        fprintf(f,
+                "port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor m 127.0.0.1 %d 2\n"
+                "sentinel down-after-milliseconds m 1000\nsentinel failover-timeout m 10000\n"
+                "sentinel parallel-syncs m 1\n",
+                t->sport[i], t->dir, t->port[0]);
+        fclose(f);
+        const char *argv[] = {"redis-server", conf, "--sentinel", NULL};
+        t->pid[2 + i] = start(argv, log);
+    }
+    wait_for(replica_synced, t, 20000, "replica in sync");
+    wait_for(sentinels_ready, t, 30000, "sentinels see each other and the replica");
+}
+
+static void topo_stop(struct topo *t)
+{
+    for (int i = 0; i < 2 + NSENT; i++)
+        if (t->pid[i] > 0) {
+            kill(t->pid[i], SIGKILL);
+            waitpid(t->pid[i], NULL, 0);
+            t->pid[i] = 0;
+        }
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", t->dir);
+    if (system(cmd) != 0)
+        print_message("could not remove %s\n", t->dir);
+}
+
+/* ---- the workload: cached repository over PostgreSQL ---- */
+
+struct vrow {
+    int64_t id;
+    int64_t version;
+    const char *name;
+};
+
+static const dbk_field vrow_fields[] = {
+    DBK_FIELD(struct vrow, id, "id", DBK_TYPE_INT64, DBK_F_PK),
+    DBK_FIELD(struct vrow, version, "version", DBK_TYPE_INT64, 0),
+    DBK_FIELD(struct vrow, name, "name", DBK_TYPE_TEXT, 0),
+};
+static dbk_entity vrow_entity = DBK_ENTITY_PLAIN("vrows", struct vrow, vrow_fields);
+
+struct load {
+    const char *url;
+    dbk_cached_repo *r;
+    atomic_llong published[WRITERS + 1];
+    atomic_bool stop;
+    atomic_int stale, reads, errors, writes;
+    char last_error[256];
+};
+
+struct vwrite {
+    dbk_cached_repo *r;
+    int64_t id, version;
+};
+
+static dbk_rc vwrite_tx(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    struct vwrite *w = ctx;
+    char name[32];
+    snprintf(name, sizeof name, "v%lld", (long long)w->version);
+    struct vrow in = {w->id, w->version, name};
+    const char *fields[] = {"version", "name"};
+    return dbk_cached_update(w->r, tx, dbk_int64(w->id), &in, fields, 2, NULL, NULL, err);
+}
+
+struct worker {
+    struct load *l;
+    int index;
+};
+
+static void *writer(void *arg)
+{
+    struct worker *w = arg;
+    struct load *l = w->l;
+    dbk_conn *conn = dbkt_open(l->url);
+    int64_t id = w->index + 1;
+    for (int64_t v = 2; v < 100000 && !atomic_load(&l->stop); v++) {
+        struct vwrite x = {l->r, id, v};
+        dbk_error err;
+        if (dbk_transaction(dbk_conn_db(conn), vwrite_tx, &x, NULL, &err) != DBK_OK) {
+            atomic_fetch_add(&l->errors, 1);
+            snprintf(l->last_error, sizeof l->last_error, "write: %.200s", err.message);
+        }
+        atomic_store(&l->published[id], v);
+        atomic_fetch_add(&l->writes, 1);
+        sleep_ms(20);
+    }
+    dbk_conn_close(conn);
+    return NULL;
+}
+
+static void *reader(void *arg)
+{
+    struct worker *w = arg;
+    struct load *l = w->l;
+    dbk_conn *conn = dbkt_open(l->url);
+    dbk_arena *a = dbk_arena_new(0);
+    for (int i = 0; i < 2000000 && !atomic_load(&l->stop); i++) {
+        int64_t id = 1 + (i + w->index) % WRITERS;
+        int64_t floor = atomic_load(&l->published[id]);
+        struct vrow row;
+        dbk_error err;
+        dbk_rc rc = dbk_cached_find_by_id(l->r, dbk_conn_db(conn), dbk_int64(id), &row, a, &err);
+        if (rc != DBK_OK) {
+            atomic_fetch_add(&l->errors, 1);
+            snprintf(l->last_error, sizeof l->last_error, "read: %.200s", err.message);
+        } else if (row.version < floor) {
+            atomic_fetch_add(&l->stale, 1);
+        }
+        atomic_fetch_add(&l->reads, 1);
+        dbk_arena_reset(a);
+        sleep_ms(1);
+    }
+    dbk_arena_free(a);
+    dbk_conn_close(conn);
+    return NULL;
+}
+
+static uint64_t hits(dbk_cache *c)
+{
+    dbk_cache_stats st;
+    dbk_cache_stats_get(c, &st, NULL);
+    return st.hits;
+}
+
+/* Runs the workload, calls `disrupt` after a second of it, waits for the
+ * sentinels to name another master and for the cache to serve hits again. */
+static void failover_case(void (*disrupt)(struct topo *), const char *what)
+{
+    struct topo t;
+    memset(&t, 0, sizeof t);
+    topo_start(&t);
+    char *url = dbkt_pg_fresh_db("cache_sentinel");
+    dbk_conn *conn = dbkt_open(url);
+    dbkt_exec(dbk_conn_db(conn), "CREATE TABLE vrows (id BIGINT PRIMARY KEY, version BIGINT NOT "
+                                 "NULL, name TEXT NOT NULL); "
+                                 "INSERT INTO vrows VALUES (1, 1, 'v1'), (2, 1, 'v1')");
+    char curl[256];
+    snprintf(curl, sizeof curl, "redis-sentinel://127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d/m",
+             t.sport[0], t.sport[1], t.sport[2]);
+    dbk_cache_opts o = {0};
+    o.url = curl;
+    o.key_prefix = "dbkt_sentinel:";
+    o.connect_timeout_ms = 300;
+    o.command_timeout_ms = 500;
+    dbk_cache *c;
+    dbk_error err;
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    struct load l;
+    memset(&l, 0, sizeof l);
+    l.url = url;
+    DBKT_OK(dbk_cached_repo_new(c, &vrow_entity, NULL, &l.r, &err), &err);
+    for (int i = 1; i <= WRITERS; i++)
+        atomic_store(&l.published[i], 1);
+    pthread_t tid[READERS + WRITERS];
+    struct worker w[READERS + WRITERS];
+    for (int i = 0; i < READERS + WRITERS; i++) {
+        w[i].l = &l;
+        w[i].index = i < WRITERS ? i : i - WRITERS;
+        assert_int_equal(
+            pthread_create(&tid[i], NULL, i < WRITERS ? writer : reader, &w[i]), 0);
+    }
+    /* hits before: the cache works through the sentinels */
+    int64_t end = dbkt_mono_ms() + 10000;
+    while (hits(c) < 100 && dbkt_mono_ms() < end)
+        sleep_ms(20);
+    assert_true(hits(c) >= 100);
+    int old = named_master(t.sport[0]);
+    assert_int_equal(old, t.port[0]);
+    disrupt(&t);
+    int64_t t0 = dbkt_mono_ms(), t_switch = 0;
+    end = t0 + 40000;
+    while (dbkt_mono_ms() < end) {
+        int now = named_master(t.sport[1]);
+        if (now && now != old) {
+            t_switch = dbkt_mono_ms();
+            break;
+        }
+        sleep_ms(20);
+    }
+    if (!t_switch)
+        fail_msg("%s: the sentinels named no new master within 40 s", what);
+    uint64_t h0 = hits(c);
+    int64_t t_hit = 0;
+    end = dbkt_mono_ms() + 15000;
+    while (dbkt_mono_ms() < end) {
+        if (hits(c) > h0 + 50) {
+            t_hit = dbkt_mono_ms();
+            break;
+        }
+        sleep_ms(5);
+    }
+    /* the workload goes on a little on the new master */
+    sleep_ms(500);
+    atomic_store(&l.stop, true);
+    for (int i = 0; i < READERS + WRITERS; i++)
+        pthread_join(tid[i], NULL);
+    dbk_cache_stats st;
+    dbk_cache_stats_get(c, &st, NULL);
+    print_message("%s: new master named %lld ms after the disruption; cache hits again %lld ms "
+                  "after that; %d reads, %d writes, %d errors, %d stale, %llu hits, %llu misses, "
+                  "%llu cache errors, %llu breaker opens%s%s\n",
+                  what, (long long)(t_switch - t0), (long long)(t_hit ? t_hit - t_switch : -1),
+                  atomic_load(&l.reads), atomic_load(&l.writes), atomic_load(&l.errors),
+                  atomic_load(&l.stale), (unsigned long long)st.hits,
+                  (unsigned long long)st.misses, (unsigned long long)st.errors,
+                  (unsigned long long)st.breaker_opens, l.last_error[0] ? "; last error: " : "",
+                  l.last_error);
+    dbk_cached_repo_free(l.r);
+    dbk_cache_close(c);
+    dbk_conn_close(conn);
+    free(url);
+    topo_stop(&t);
+    assert_int_equal(atomic_load(&l.errors), 0);
+    assert_int_equal(atomic_load(&l.stale), 0);
+    assert_true(t_hit != 0);
+}
+
+static void kill_master(struct topo *t)
+{
+    kill(t->pid[0], SIGKILL);
+    waitpid(t->pid[0], NULL, 0);
+    t->pid[0] = 0;
+}
+
+static void manual_failover(struct topo *t)
+{
+    redisReply *r = rcmd(t->sport[0], "SENTINEL failover %s", "m");
+    assert_non_null(r);
+    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+}
+
+static void cache_sentinel_master_killed(void **state)
+{
+    (void)state;
+    failover_case(kill_master, "master SIGKILLed");
+}
+
+static void cache_sentinel_manual_failover(void **state)
+{
+    (void)state;
+    failover_case(manual_failover, "SENTINEL FAILOVER");
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(cache_sentinel_master_killed),
+        cmocka_unit_test(cache_sentinel_manual_failover),
+    };
+    if (argc > 1)
+        cmocka_set_test_filter(argv[1]);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
