@@ -16,6 +16,14 @@
  *   SQLite busy)              runs out: DBK_ERETRY_EXHAUSTED.
  *   connection lost while  -> DBK_ECOMMIT_UNKNOWN: the transaction may or
  *   COMMIT is in flight       may not have committed. Never retried.
+ *   connection lost before -> retried like a serialization failure (same
+ *   COMMIT was sent, or no    budget and backoff) when `db` hands out a
+ *   server to connect to      fresh connection per transaction (a pool, a
+ *   (DBK_ECONN_LOST incl.     cluster's executors): the server rolled the
+ *   57P01/57P02 shutdowns,    transaction back, or never saw it. On a
+ *   DBK_EUNAVAILABLE when     single connection's executor it is returned
+ *   checking one out)         as it came. This is what carries a
+ *                             transaction across a failover.
  *
  * Because fn may run more than once, it must not have effects outside the
  * database that cannot be repeated (send no e-mail, charge no card inside
@@ -83,7 +91,9 @@ typedef enum dbk_isolation {
  * attempt that just failed (1 for the first run), `rc` and `err` what it
  * failed with (err is borrowed for the call), `delay_ms` the wait about to
  * happen. Runs on the thread of dbk_transaction(), with no connection
- * pinned. Use it for logging and metrics; it cannot stop the retry. */
+ * pinned. `rc` is a retryable code (dbk_rc_is_retryable) or, for a lost
+ * connection before COMMIT, DBK_ECONN_LOST / DBK_EUNAVAILABLE. Use it for
+ * logging and metrics; it cannot stop the retry. */
 typedef void (*dbk_tx_retry_fn)(void *ctx, int attempt, dbk_rc rc, int delay_ms,
                                 const dbk_error *err);
 

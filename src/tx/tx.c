@@ -73,6 +73,9 @@ typedef struct tx_root {
     bool sqlite_query_only;  /* PRAGMA query_only was switched on at BEGIN */
     bool direct;             /* control statements bypass the connection's
                                 executor (read-only SQLite, see ctl_exec) */
+    bool retry_lost;         /* a lost connection before COMMIT is retried: the
+                                executor gives a fresh connection per pin
+                                (a pool), not the same dead one */
     dbk_rc doomed_rc;        /* first retryable statement error, or OK */
     dbk_error doomed_err;
     dbk_rc stmt_rc;          /* last failed statement, for "aborted" reports */
@@ -253,6 +256,16 @@ static dbk_rc tx_check(struct dbk__tx *t, dbk_error *err)
     return DBK_OK;
 }
 
+/* Whether an attempt that failed with rc may run again: a serialization
+ * failure, deadlock or busy database; or, when the executor hands out a
+ * fresh connection per pin, a connection lost (or a server shut down,
+ * 57P01/57P02) before COMMIT was sent: the server rolled the transaction
+ * back. Losses during COMMIT never come here (DBK_ECOMMIT_UNKNOWN). */
+static bool may_retry(const tx_root *r, dbk_rc rc)
+{
+    return dbk_rc_is_retryable(rc) || (r->retry_lost && rc == DBK_ECONN_LOST);
+}
+
 /* After a failed statement: remember it; a retryable error dooms the
  * attempt; an error caused by the server enforcing our timeout is
  * reported as the transaction timeout. */
@@ -264,7 +277,7 @@ static dbk_rc tx_failed(tx_root *r, dbk_rc rc, dbk_error *err)
         dbk__strlcpy(sqlstate, err->sqlstate, sizeof sqlstate);
         rc = timeout_err(r, err);
         dbk__strlcpy(err->sqlstate, sqlstate, sizeof err->sqlstate);
-    } else if (dbk_rc_is_retryable(rc) && r->doomed_rc == DBK_OK) {
+    } else if (may_retry(r, rc) && r->doomed_rc == DBK_OK) {
         r->doomed_rc = rc;
         copy_err(&r->doomed_err, err);
     }
@@ -510,7 +523,7 @@ static dbk_rc nested(struct dbk__tx *outer, dbk_tx_fn fn, void *ctx, dbk_error *
     rc = fn(&inner.db, ctx, err);
     inner.finished = true;
 
-    if (dbk_rc_is_retryable(rc) && r->doomed_rc == DBK_OK) {
+    if (may_retry(r, rc) && r->doomed_rc == DBK_OK) {
         /* Only the outermost transaction retries, and it must do so even
          * if the outer closure swallows this code. */
         r->doomed_rc = rc;
@@ -614,7 +627,7 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
     dbk_rc rc = ctl(r, sql, err);
     if (rc) {
         rollback(r);
-        if (dbk_rc_is_retryable(rc))
+        if (may_retry(r, rc))
             *end = END_RETRY;
         return rc;
     }
@@ -628,7 +641,7 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
 
     if (r->doomed_rc) {
         /* A retryable error happened, whatever fn made of it. */
-        if (rc == DBK_OK || !dbk_rc_is_retryable(rc)) {
+        if (rc == DBK_OK || !may_retry(r, rc)) {
             rc = r->doomed_rc;
             copy_err(err, &r->doomed_err);
         }
@@ -646,7 +659,7 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
     }
     if (rc) {
         rollback(r);
-        if (dbk_rc_is_retryable(rc))
+        if (may_retry(r, rc))
             *end = END_RETRY;
         return rc;
     }
@@ -673,7 +686,7 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
          * constraint, a serialization failure at commit); SQLite keeps it
          * open on SQLITE_BUSY. Either way nothing was committed. */
         rollback(r);
-        if (dbk_rc_is_retryable(rc))
+        if (may_retry(r, rc))
             *end = END_RETRY;
         return rc;
     }
@@ -728,12 +741,16 @@ static dbk_rc outermost(dbk_db *db, dbk_tx_fn fn, void *ctx, const tx_conf *cf, 
     r.timeout_ms = cf->timeout_ms;
     r.hooks = r.inline_hooks;
     r.cap_hooks = TX_INLINE_HOOKS;
+    r.retry_lost = db->kind != DBK__DB_CONN;
 
     for (int n = 1;; n++) {
         dbk_conn *conn = NULL;
         dbk_rc rc = db->ops->pin(db, &conn, err);
-        if (rc)
+        if (rc && !(r.retry_lost && rc == DBK_EUNAVAILABLE))
             return rc; /* nothing pinned, no hooks yet */
+        enum attempt_end end = END_RETRY;
+        if (rc)
+            goto retry; /* no server to connect to (a failover under way): nothing was sent */
         r.conn = conn;
         r.engine = db->engine;
         dbk__txstate st = txstate(&r);
@@ -752,7 +769,6 @@ static dbk_rc outermost(dbk_db *db, dbk_tx_fn fn, void *ctx, const tx_conf *cf, 
         r.doomed_rc = DBK_OK;
         r.stmt_rc = DBK_OK;
 
-        enum attempt_end end;
         rc = attempt(&r, cf, fn, ctx, err, &end);
         db->ops->unpin(db, conn);
         r.conn = NULL;
@@ -763,6 +779,7 @@ static dbk_rc outermost(dbk_db *db, dbk_tx_fn fn, void *ctx, const tx_conf *cf, 
             return DBK_OK;
         }
         hooks_discard_from(&r, 0);
+    retry:
         if (end != END_RETRY) {
             hooks_free(&r);
             return rc;

@@ -1126,6 +1126,76 @@ static void tx_connection_lost_during_commit_is_unknown(void **state)
     free(url);
 }
 
+/* Lost before COMMIT was sent: the server rolled it back, so the closure
+ * may run again on a fresh connection (failover, a restarted server, a
+ * terminated backend), even when the closure swallowed the error. */
+struct lost_ctx {
+    int runs;
+    bool swallow;
+    const char *key;
+};
+
+static dbk_rc lose_first_attempt(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    struct lost_ctx *c = ctx;
+    c->runs++;
+    dbk_value p[2] = {dbk_text(c->key), dbk_int64(c->runs)};
+    dbk_rc rc = dbk_db_exec(tx, "INSERT INTO kv (k, v) VALUES ($1, $2)", p, 2, NULL, err);
+    if (rc || c->runs > 1)
+        return rc;
+    int64_t pid = 0;
+    rc = dbk_db_query_int64(tx, "SELECT pg_backend_pid()", NULL, 0, &pid, err);
+    if (rc)
+        return rc;
+    char sql[128];
+    snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%lld, 5000)", (long long)pid);
+    dbkt_pg_admin_exec(sql);
+    rc = dbk_db_exec(tx, "SELECT 1", NULL, 0, NULL, err);
+    return c->swallow ? DBK_OK : rc;
+}
+
+static void tx_connection_lost_before_commit_is_retried(void **state)
+{
+    (void)state;
+    char *url = dbkt_pg_fresh_db("tx_lost_retried");
+    dbk_config *cfg = NULL;
+    dbk_error err;
+    DBKT_OK(dbk_config_from_url(url, &cfg, &err), &err);
+    dbk_pool *pool = NULL;
+    DBKT_OK(dbk_pool_open(cfg, NULL, &pool, &err), &err);
+    dbk_config_free(cfg);
+    dbk_db *db = dbk_pool_db(pool);
+    exec_ok(db, "CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)");
+    struct lost_ctx a = {0, false, "returned"};
+    DBKT_OK(dbk_transaction(db, lose_first_attempt, &a, NULL, &err), &err);
+    assert_int_equal(a.runs, 2);
+    struct lost_ctx b = {0, true, "swallowed"};
+    DBKT_OK(dbk_transaction(db, lose_first_attempt, &b, NULL, &err), &err);
+    assert_int_equal(b.runs, 2);
+    /* Each applied once, by the second run. */
+    assert_int_equal(q_int(db, "SELECT count(*) FROM kv"), 2);
+    assert_int_equal(q_int(db, "SELECT sum(v)::bigint FROM kv"), 4);
+    dbk_pool_close(pool, 1000);
+    free(url);
+}
+
+/* On a single connection there is no fresh connection to retry on: the
+ * loss is reported as it came. */
+static void tx_connection_lost_on_a_connection_not_retried(void **state)
+{
+    (void)state;
+    char *url = dbkt_pg_fresh_db("tx_lost_conn");
+    dbk_conn *conn = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(conn);
+    dbk_error err;
+    exec_ok(db, "CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)");
+    struct lost_ctx a = {0, false, "k"};
+    DBKT_RC(DBK_ECONN_LOST, dbk_transaction(db, lose_first_attempt, &a, NULL, &err));
+    assert_int_equal(a.runs, 1);
+    dbk_conn_close(conn);
+    free(url);
+}
+
 /* ======================================================================
  * Transaction timeout
  * ====================================================================== */
@@ -1493,6 +1563,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(tx_retry_budget_exhausted),
         cmocka_unit_test(tx_nested_retryable_error_retries_outermost),
         cmocka_unit_test(tx_connection_lost_during_commit_is_unknown),
+        cmocka_unit_test(tx_connection_lost_before_commit_is_retried),
+        cmocka_unit_test(tx_connection_lost_on_a_connection_not_retried),
         cmocka_unit_test(tx_timeout_rolls_back),
         cmocka_unit_test(tx_after_commit_hooks),
         cmocka_unit_test(tx_misuse_is_an_error),
