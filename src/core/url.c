@@ -114,7 +114,11 @@ bool dbk__url_split(const char *url, size_t n, struct dbk__url *out)
         h = last_at + 1;
     }
     out->hosts = (struct dbk__span){h, (size_t)(ae - h)};
-    const char *q = memchr(ae, '?', (size_t)(end - ae));
+    const char *q = ae;
+    while (q < end && *q != '?')
+        q++;
+    if (q == end)
+        q = NULL;
     if (ae < end && *ae == '/') {
         out->has_path = true;
         const char *pe = q ? q : end;
