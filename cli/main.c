@@ -35,6 +35,7 @@ static const char USAGE[] =
     "  check [--repo DIR]                migrations committed, no hard-coded passwords,\n"
     "                                    indexed foreign keys, primary keys\n"
     "  erd [--format mermaid|dot]        the ER diagram of the live schema\n"
+    "  gen [--check]                     typed C functions from db/queries/*.sql\n"
     "  testdb new|drop URL|prune         fresh migrated databases for tests (print the URL)\n"
     "  config                            the effective configuration and where each value "
     "came from\n"
@@ -160,6 +161,8 @@ int main(int argc, char **argv)
         code = cmd_erd(&c, nrest, rest);
     else if (strcmp(cmd, "testdb") == 0)
         code = cmd_testdb(&c, nrest, rest);
+    else if (strcmp(cmd, "gen") == 0)
+        code = cmd_gen(&c, nrest, rest);
     else if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
         code = print_version(&c);
     else if (strcmp(cmd, "help") == 0) {
