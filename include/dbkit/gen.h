@@ -7,7 +7,8 @@
  *     -- name: GetUserByEmail :one
  *     SELECT id, email, name FROM users WHERE email = @email;
  *
- * Kinds: :one (one row; DBK_ENOT_FOUND for none), :many (every row, in the
+ * Kinds: :one (exactly one row; DBK_ENOT_FOUND for none, DBK_EINVALID for
+ * several), :many (every row, in the
  * arena), :exec, :execrows (rows affected), :batch (a list of parameter
  * sets, one dbk_batch round trip, all or nothing) and :copyfrom (rows for
  * an INSERT, the same atomic batch; not COPY). Parameters: $1..$n, or

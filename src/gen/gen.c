@@ -1143,7 +1143,7 @@ static void emit_header(sb *b, const qfile *qf, const char *guard)
         }
         switch (q->kind) {
         case K_ONE:
-            sb_add(b, "/* One row into *out (strings in arena); DBK_ENOT_FOUND when none. */\n");
+            sb_add(b, "/* The one row into *out (strings in arena); DBK_ENOT_FOUND when none,\n * DBK_EINVALID when several. */\n");
             sb_addf(b, "dbk_rc %s(dbk_db *db", q->fn);
             emit_params_sig(b, q);
             sb_addf(b, ", dbk_arena *arena, %s_row *out, dbk_error *err);\n", q->fn);
