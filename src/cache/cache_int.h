@@ -94,6 +94,11 @@ dbk_rc dbk__redis_url_parse(const char *url, struct dbk__redis_url *out, dbk_err
  * whole key, mod 16384. */
 unsigned dbk__redis_key_slot(const void *key, size_t len);
 
+/* A short string (1-4 of [0-9a-z], static) whose key slot is `slot`: the
+ * cache puts "{tag}" in every key of one entry, and in the slot's epoch
+ * key, so a script over them stays on one slot. */
+const char *dbk__redis_slot_tag(unsigned slot);
+
 /* One master's slot range out of CLUSTER SLOTS. */
 struct dbk__redis_range {
     unsigned lo, hi; /* inclusive */

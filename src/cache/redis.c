@@ -46,10 +46,13 @@
 #include <time.h>
 
 #include "../core/internal.h"
+#include "../core/url.h"
 #include "cache_int.h"
 
 #define MAX_PENDING 10000
-#define KEYBUF (64 + 3 + DBK_CACHE_MAX_KEY)
+#define KEYBUF (64 + 8 + DBK_CACHE_MAX_KEY)
+#define MAX_NODES 32    /* cluster masters this handle keeps pools for */
+#define MAX_REDIRECTS 5 /* MOVED/ASK/TRYAGAIN followed per call */
 
 static const char invalidate_lua[] =
     "redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) "
@@ -94,6 +97,7 @@ static const char NODE_EPOCH[] = "<node epoch>";
 struct slot {
     redisContext *ctx;
     bool busy;
+    int node;       /* index into rds.nodes */
     uint64_t gen;   /* sentinel: the master generation it connected to */
     char epoch[17]; /* sentinel: the node's epoch (its run id, 16 hex) */
 };
@@ -109,8 +113,12 @@ struct rds {
     char safe_addr[300]; /* host:port/db, for messages */
     pthread_mutex_t mu;  /* slots */
     pthread_cond_t cv;
-    struct slot *slots;
-    int nslots;
+    struct node {
+        struct dbk__redis_addr addr; /* cluster: the master; else unused */
+        struct slot *slots;          /* pool_size of them */
+    } nodes[MAX_NODES];
+    int nnodes; /* 1 unless cluster */
+    int nslots; /* per node */
 
     pthread_mutex_t br_mu; /* breaker */
     dbk_cache_breaker state;
@@ -138,19 +146,15 @@ struct rds {
     bool sub_started;
     _Atomic bool sub_stop;
     _Atomic uint64_t switches; /* masters learnt from +switch-master */
+
+    /* Cluster mode: slot -> node index (0xff: unknown), under mu; map_mu
+     * serializes refreshes. */
+    bool cluster;
+    unsigned char owner[DBK__REDIS_SLOTS];
+    bool map_stale;
+    int64_t map_at_ns; /* last refresh attempt */
+    pthread_mutex_t map_mu;
 };
-
-/* ---- URL ---------------------------------------------------------------- */
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
 
 /* ---- breaker ------------------------------------------------------------ */
 
@@ -384,6 +388,21 @@ static dbk_rc dial(struct rds *r, const char *host, int port, int64_t deadline_n
     return DBK_OK;
 }
 
+/* Cluster mode: the slot map is to be loaded again before the next use. */
+static void map_stale(struct rds *r)
+{
+    pthread_mutex_lock(&r->mu);
+    r->map_stale = true;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Sentinel mode: an error reply that means "not the master any more". */
+static bool demoted(const redisReply *rep)
+{
+    return rep->type == REDIS_REPLY_ERROR && rep->str &&
+           (strncmp(rep->str, "READONLY", 8) == 0 || strncmp(rep->str, "MASTERDOWN", 10) == 0);
+}
+
 /* ---- Sentinel ----------------------------------------------------------- */
 
 /* Forgets the master learnt at generation `gen` (a connection to it failed,
@@ -515,7 +534,7 @@ static dbk_rc verify_master(struct rds *r, redisContext *c, struct slot *s, int6
         id += 7;
         ok = true;
         for (int i = 0; i < 16 && ok; i++)
-            ok = hexval((unsigned char)id[i]) >= 0;
+            ok = dbk__hexval((unsigned char)id[i]) >= 0;
         if (ok) {
             memcpy(s->epoch, id, 16);
             s->epoch[16] = 0;
@@ -624,7 +643,11 @@ static dbk_rc connect_slot(struct rds *r, struct slot *s, int64_t deadline_ns, d
     redisContext *c;
     struct dbk__redis_addr to = {{0}, r->url.port};
     uint64_t gen = 0;
-    if (r->ha) {
+    if (r->cluster) {
+        pthread_mutex_lock(&r->mu);
+        to = r->nodes[s->node].addr;
+        pthread_mutex_unlock(&r->mu);
+    } else if (r->ha) {
         dbk_rc mrc = master_addr(r, &to, &gen, deadline_ns, err);
         if (mrc != DBK_OK)
             return mrc;
@@ -633,7 +656,9 @@ static dbk_rc connect_slot(struct rds *r, struct slot *s, int64_t deadline_ns, d
     }
     dbk_rc drc = dial(r, to.host, to.port, deadline_ns, &c, err);
     if (drc != DBK_OK) {
-        if (r->ha)
+        if (r->cluster)
+            map_stale(r);
+        else if (r->ha)
             master_lost(r, gen);
         return drc;
     }
@@ -678,7 +703,10 @@ static dbk_rc connect_slot(struct rds *r, struct slot *s, int64_t deadline_ns, d
     if (r->ha) {
         dbk_rc vrc = verify_master(r, c, s, deadline_ns, err);
         if (vrc != DBK_OK) {
-            master_lost(r, gen);
+            if (r->cluster)
+                map_stale(r);
+            else
+                master_lost(r, gen);
             redisFree(c);
             return vrc;
         }
@@ -703,34 +731,26 @@ io_fail : {
 }
 }
 
-/* Takes a connected slot: breaker first, then a free slot within the
- * command timeout, then a connect when the slot has none. *deadline_ns is
- * the whole call's deadline: command_timeout_ms from the start, plus
- * connect_timeout_ms when the call connects, plus command_timeout_ms for
- * the replay when it is the probe. */
-static dbk_rc acquire(struct rds *r, struct slot **out, bool *probe, int64_t *deadline_ns,
-                      dbk_error *err)
+/* Takes a connected slot of node `node`: a free one before *deadline_ns,
+ * then a connect when it has none (which moves *deadline_ns on by
+ * connect_timeout_ms). */
+static dbk_rc take_slot(struct rds *r, int node, struct slot **out, int64_t *deadline_ns,
+                        dbk_error *err)
 {
-    dbk_rc rc = breaker_enter(r, probe, err);
-    if (rc != DBK_OK)
-        return rc;
-    *deadline_ns = deadline_in(r->cfg.command_timeout_ms);
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    int64_t ns = dl.tv_nsec + (int64_t)r->cfg.command_timeout_ms * 1000000LL;
-    dl.tv_sec += ns / 1000000000LL;
-    dl.tv_nsec = ns % 1000000000LL;
+    struct timespec dl = {(time_t)(*deadline_ns / 1000000000LL),
+                          (long)(*deadline_ns % 1000000000LL)};
     struct slot *s = NULL;
     pthread_mutex_lock(&r->mu);
+    struct slot *pool = r->nodes[node].slots;
     bool timed_out = false;
     for (;;) {
         /* prefer a connected free slot */
         for (int i = 0; i < r->nslots && !s; i++)
-            if (!r->slots[i].busy && r->slots[i].ctx)
-                s = &r->slots[i];
+            if (!pool[i].busy && pool[i].ctx)
+                s = &pool[i];
         for (int i = 0; i < r->nslots && !s; i++)
-            if (!r->slots[i].busy)
-                s = &r->slots[i];
+            if (!pool[i].busy)
+                s = &pool[i];
         if (s || timed_out)
             break;
         if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) == ETIMEDOUT)
@@ -739,27 +759,20 @@ static dbk_rc acquire(struct rds *r, struct slot **out, bool *probe, int64_t *de
     bool stale = false;
     if (s) {
         s->busy = true;
-        stale = r->ha && s->ctx && s->gen != r->master_gen;
+        stale = r->ha && !r->cluster && s->ctx && s->gen != r->master_gen;
     }
     pthread_mutex_unlock(&r->mu);
     if (stale) {
         redisFree(s->ctx); /* connected to a master that is no longer the master */
         s->ctx = NULL;
     }
-    if (!s) {
-        if (*probe)
-            breaker_result(r, true, false, "no free connection");
+    if (!s)
         return dbk__err(err, DBK_ETIMEOUT, "redis cache %s: all %d connections busy",
                         r->safe_addr, r->nslots);
-    }
-    if (*probe)
-        *deadline_ns += (int64_t)r->cfg.command_timeout_ms * 1000000LL;
     if (!s->ctx) {
         *deadline_ns += (int64_t)r->cfg.connect_timeout_ms * 1000000LL;
-        rc = connect_slot(r, s, *deadline_ns, err);
+        dbk_rc rc = connect_slot(r, s, *deadline_ns, err);
         if (rc != DBK_OK) {
-            atomic_fetch_add(&r->errors, 1);
-            breaker_result(r, *probe, false, "connect failed");
             pthread_mutex_lock(&r->mu);
             s->busy = false;
             pthread_cond_signal(&r->cv);
@@ -783,34 +796,262 @@ static void release(struct rds *r, struct slot *s, bool broken)
     pthread_mutex_unlock(&r->mu);
 }
 
+/* The slot an entry's keys live in (cluster), else 0. */
+static unsigned entry_slot(const struct rds *r, const void *key, size_t klen)
+{
+    return r->cluster ? dbk__redis_key_slot(key, klen) : 0;
+}
+
+/* prefix [+ "{tag}"] + tag + ':' + key. In cluster mode "{tag}" names the
+ * entry's slot, so the value, generation and epoch keys share it. */
 static size_t mkkey(const struct rds *r, char tag, const void *key, size_t klen, char *buf)
 {
     size_t pl = strlen(r->cfg.key_prefix);
     memcpy(buf, r->cfg.key_prefix, pl);
+    if (r->cluster) {
+        const char *t = dbk__redis_slot_tag(dbk__redis_key_slot(key, klen));
+        size_t tl = strlen(t);
+        buf[pl++] = '{';
+        memcpy(buf + pl, t, tl);
+        pl += tl;
+        buf[pl++] = '}';
+    }
     buf[pl] = tag;
     buf[pl + 1] = ':';
     memcpy(buf + pl + 2, key, klen);
     return pl + 2 + klen;
 }
 
-static redisReply *run_inval(struct rds *r, redisContext *c, const void *key, size_t klen,
-                             int64_t deadline_ns)
+/* The epoch key of slot `hslot` (one key unless cluster). buf: 80 bytes. */
+static size_t mkepoch(const struct rds *r, unsigned hslot, char *buf)
 {
-    char vk[KEYBUF], gk[KEYBUF], tok[24], ttl[24];
-    size_t vl = mkkey(r, 'v', key, klen, vk), gl = mkkey(r, 'g', key, klen, gk);
-    int tl = snprintf(tok, sizeof tok, "%016llx", (unsigned long long)dbk__cache_rand64());
-    int xl = snprintf(ttl, sizeof ttl, "%lld", 3LL * r->cfg.lease_ms);
-    const char *av[7] = {"EVAL", invalidate_lua, "2", vk, gk, tok, ttl};
-    size_t al[7] = {4, sizeof invalidate_lua - 1, 1, vl, gl, (size_t)tl, (size_t)xl};
-    return cmd(c, 7, av, al, deadline_ns);
+    if (r->cluster)
+        return (size_t)snprintf(buf, 80, "%s{%s}epoch", r->cfg.key_prefix,
+                                dbk__redis_slot_tag(hslot));
+    return (size_t)snprintf(buf, 80, "%sepoch", r->cfg.key_prefix);
 }
 
-/* Replays queued deletes on the probe's connection before deadline_ns.
- * 1: all delivered; 0: time ran short (stops before sending a delete when
- * less than half a command timeout is left; the connection stays usable);
- * -1: an I/O error or timeout (c is unusable). What was not replayed stays
- * queued. */
-static int replay_pending(struct rds *r, redisContext *c, int64_t deadline_ns)
+/* The invalidation script's argv for `key` (bufs: vk, gk KEYBUF; tok,
+ * ttl 24 bytes). */
+static void mkinval(struct rds *r, const void *key, size_t klen, char *vk, char *gk, char *tok,
+                    char *ttl, const char **av, size_t *al)
+{
+    size_t vl = mkkey(r, 'v', key, klen, vk), gl = mkkey(r, 'g', key, klen, gk);
+    int tl = snprintf(tok, 24, "%016llx", (unsigned long long)dbk__cache_rand64());
+    int xl = snprintf(ttl, 24, "%lld", 3LL * r->cfg.lease_ms);
+    const char *v[7] = {"EVAL", invalidate_lua, "2", vk, gk, tok, ttl};
+    size_t l[7] = {4, sizeof invalidate_lua - 1, 1, vl, gl, (size_t)tl, (size_t)xl};
+    memcpy(av, v, sizeof v);
+    memcpy(al, l, sizeof l);
+}
+
+/* ---- cluster: the slot map ---------------------------------------------- */
+
+/* The index of the node at `a`, added (with an empty pool) when new. -1
+ * when MAX_NODES are known or memory is short. mu held. */
+static int node_for_locked(struct rds *r, const struct dbk__redis_addr *a)
+{
+    for (int i = 0; i < r->nnodes; i++)
+        if (r->nodes[i].addr.port == a->port && strcmp(r->nodes[i].addr.host, a->host) == 0)
+            return i;
+    if (r->nnodes == MAX_NODES)
+        return -1;
+    struct slot *sl = calloc((size_t)r->nslots, sizeof *sl);
+    if (!sl)
+        return -1;
+    for (int k = 0; k < r->nslots; k++)
+        sl[k].node = r->nnodes;
+    r->nodes[r->nnodes].addr = *a;
+    r->nodes[r->nnodes].slots = sl;
+    return r->nnodes++;
+}
+
+/* Loads the slot map from CLUSTER SLOTS of the first node that answers
+ * (the known masters, then the URL's seeds), before deadline_ns. One
+ * refresh at a time (others go on with the map they have), at most one
+ * every 100 ms. */
+static void refresh_map(struct rds *r, int64_t deadline_ns)
+{
+    if (pthread_mutex_trylock(&r->map_mu) != 0)
+        return;
+    struct dbk__redis_addr cand[MAX_NODES + DBK__REDIS_MAX_SEEDS];
+    int nc = 0;
+    int64_t now = dbk__now_ns();
+    pthread_mutex_lock(&r->mu);
+    bool due = (r->map_stale || r->nnodes == 0) && now - r->map_at_ns >= 100000000LL;
+    if (due) {
+        r->map_at_ns = now;
+        for (int i = 0; i < r->nnodes; i++)
+            cand[nc++] = r->nodes[i].addr;
+    }
+    pthread_mutex_unlock(&r->mu);
+    for (int i = 0; due && i < r->url.nseeds; i++)
+        cand[nc++] = r->url.seeds[i];
+    struct dbk__redis_range *rg = due ? malloc(4096 * sizeof *rg) : NULL;
+    for (int i = 0; rg && i < nc && step_ms(1, deadline_ns) > 0; i++) {
+        redisContext *c;
+        if (dial(r, cand[i].host, cand[i].port, deadline_ns, &c, NULL) != DBK_OK)
+            continue;
+        redisReply *rep = NULL;
+        bool ok = true;
+        if (r->url.password[0]) {
+            const char *av[3] = {"AUTH", r->url.user, r->url.password};
+            size_t al[3] = {4, strlen(r->url.user), strlen(r->url.password)};
+            if (!r->url.user[0]) {
+                av[1] = r->url.password;
+                al[1] = al[2];
+            }
+            rep = cmd(c, r->url.user[0] ? 3 : 2, av, al, deadline_ns);
+            ok = rep && rep->type != REDIS_REPLY_ERROR;
+            if (rep)
+                freeReplyObject(rep);
+        }
+        const char *av[2] = {"CLUSTER", "SLOTS"};
+        size_t al[2] = {7, 5};
+        rep = ok ? cmd(c, 2, av, al, deadline_ns) : NULL;
+        redisFree(c);
+        int n = rep ? dbk__redis_parse_slots(rep, cand[i].host, rg, 4096) : -1;
+        if (rep)
+            freeReplyObject(rep);
+        if (n <= 0)
+            continue;
+        pthread_mutex_lock(&r->mu);
+        memset(r->owner, 0xff, sizeof r->owner);
+        for (int k = 0; k < n; k++) {
+            int idx = node_for_locked(r, &rg[k].master);
+            if (idx >= 0)
+                memset(r->owner + rg[k].lo, idx, rg[k].hi - rg[k].lo + 1);
+        }
+        r->map_stale = false;
+        pthread_mutex_unlock(&r->mu);
+        break;
+    }
+    free(rg);
+    pthread_mutex_unlock(&r->map_mu);
+}
+
+/*
+ * Sends one command to where it belongs and reads its reply, all before
+ * *deadline_ns (moved on by connect_timeout_ms when a connect is needed).
+ * Cluster: routed by `hslot`; a MOVED updates the map (and asks for a
+ * refresh), an ASK sends ASKING then the command to the node named once,
+ * a TRYAGAIN (keys of a slot being migrated) retries after 2 ms; at most
+ * MAX_REDIRECTS of them. Sentinel: READONLY/MASTERDOWN forgets the master
+ * and tries once more. DBK_OK with *reply (the caller judges an error
+ * reply); else the connection is dropped and *busy says whether the pool
+ * had no free connection (not a failure of Redis).
+ */
+static dbk_rc exec_cmd(struct rds *r, unsigned hslot, int argc, const char **argv,
+                       const size_t *lens, int64_t *deadline_ns, redisReply **reply, bool *busy,
+                       dbk_error *err)
+{
+    *reply = NULL;
+    *busy = false;
+    int ask_node = -1;
+    const char *av[12];
+    size_t al[12];
+    int ep = -1;
+    for (int i = 0; i < argc && i < 12; i++) {
+        av[i] = argv[i];
+        al[i] = lens[i];
+        if (argv[i] == NODE_EPOCH)
+            ep = i;
+    }
+    for (int hop = 0;; hop++) {
+        int node = 0;
+        if (r->cluster && ask_node >= 0) {
+            node = ask_node;
+        } else if (r->cluster) {
+            pthread_mutex_lock(&r->mu);
+            bool stale = r->map_stale;
+            int o = r->owner[hslot];
+            pthread_mutex_unlock(&r->mu);
+            if (stale || o == 0xff) {
+                refresh_map(r, *deadline_ns);
+                pthread_mutex_lock(&r->mu);
+                o = r->owner[hslot];
+                pthread_mutex_unlock(&r->mu);
+            }
+            if (o == 0xff)
+                return dbk__err(err, DBK_EUNAVAILABLE, "redis cache %s: no node known for slot %u",
+                                r->safe_addr, hslot);
+            node = o;
+        }
+        struct slot *s = NULL;
+        dbk_rc rc = take_slot(r, node, &s, deadline_ns, err);
+        if (rc != DBK_OK) {
+            *busy = rc == DBK_ETIMEOUT && err && strstr(err->message, "connections busy");
+            return rc;
+        }
+        if (ep >= 0) {
+            av[ep] = s->epoch;
+            al[ep] = 16;
+        }
+        bool asking = ask_node >= 0;
+        if (asking) {
+            const char *aa[1] = {"ASKING"};
+            size_t aal[1] = {6};
+            redisAppendCommandArgv(s->ctx, 1, aa, aal);
+        }
+        redisReply *rep = cmd(s->ctx, argc, av, al, *deadline_ns);
+        if (asking && rep) { /* that was ASKING's answer; the command's is next */
+            freeReplyObject(rep);
+            rep = finish_call(s->ctx, *deadline_ns);
+        }
+        if (!rep) {
+            rc = io_error(r, s->ctx, err);
+            if (r->cluster)
+                map_stale(r);
+            else if (r->ha)
+                master_lost(r, s->gen);
+            release(r, s, true);
+            return rc;
+        }
+        ask_node = -1;
+        if (rep->type == REDIS_REPLY_ERROR && rep->str && hop < MAX_REDIRECTS &&
+            step_ms(1, *deadline_ns) > 0) {
+            unsigned sl = 0;
+            struct dbk__redis_addr to;
+            int kind = r->cluster ? dbk__redis_parse_redirect(rep->str, rep->len, &sl, &to) : 0;
+            bool again = r->cluster && strncmp(rep->str, "TRYAGAIN", 8) == 0;
+            bool lost = !r->cluster && r->ha && demoted(rep);
+            if (kind || again || lost) {
+                if (lost)
+                    master_lost(r, s->gen);
+                release(r, s, lost);
+                freeReplyObject(rep);
+                if (kind) {
+                    pthread_mutex_lock(&r->mu);
+                    int idx = node_for_locked(r, &to);
+                    if (idx >= 0 && kind == 1 && sl < DBK__REDIS_SLOTS) {
+                        r->owner[sl] = (unsigned char)idx;
+                        r->map_stale = true; /* a MOVED: more slots may have moved */
+                    }
+                    pthread_mutex_unlock(&r->mu);
+                    if (idx < 0)
+                        return dbk__err(err, DBK_EUNAVAILABLE,
+                                        "redis cache %s: more than %d cluster nodes",
+                                        r->safe_addr, MAX_NODES);
+                    if (kind == 2)
+                        ask_node = idx;
+                } else if (again) {
+                    struct timespec ts = {0, 2000000L};
+                    nanosleep(&ts, NULL);
+                }
+                continue;
+            }
+        }
+        release(r, s, false);
+        *reply = rep;
+        return DBK_OK;
+    }
+}
+
+/* Replays queued deletes before *deadline_ns. 1: all delivered; 0: time
+ * ran short (stops before sending a delete when less than half a command
+ * timeout is left); -1: an I/O error or timeout. What was not replayed
+ * stays queued. */
+static int replay_pending(struct rds *r, int64_t *deadline_ns)
 {
     pthread_mutex_lock(&r->pend_mu);
     struct pending *list = r->pend;
@@ -828,12 +1069,18 @@ static int replay_pending(struct rds *r, redisContext *c, int64_t deadline_ns)
     size_t done = 0;
     int ok = 1;
     for (; done < n; done++) {
-        if (step_ms(r->cfg.command_timeout_ms, deadline_ns) * 2 < r->cfg.command_timeout_ms) {
+        if (step_ms(r->cfg.command_timeout_ms, *deadline_ns) * 2 < r->cfg.command_timeout_ms) {
             ok = 0;
             break;
         }
-        redisReply *rep = run_inval(r, c, list[done].key, list[done].len, deadline_ns);
-        if (!rep) {
+        char vk[KEYBUF], gk[KEYBUF], tok[24], ttl[24];
+        const char *av[7];
+        size_t al[7];
+        mkinval(r, list[done].key, list[done].len, vk, gk, tok, ttl, av, al);
+        redisReply *rep;
+        bool busy;
+        if (exec_cmd(r, entry_slot(r, list[done].key, list[done].len), 7, av, al, deadline_ns,
+                     &rep, &busy, NULL) != DBK_OK) {
             ok = -1;
             break;
         }
@@ -883,79 +1130,69 @@ static void add_pending(struct rds *r, const void *key, size_t klen)
     force_open(r, "an invalidation could not be delivered");
 }
 
-/* The probe's replay before its own command. DBK_OK when the queue is
- * empty; otherwise the slot is released, the breaker told, and the call
- * fails (when time ran short without an error, the breaker is left open
- * with its cool-down over, so the next call probes and goes on). */
-static dbk_rc probe_replay(struct rds *r, struct slot *s, int64_t deadline_ns, dbk_error *err)
+/* The start of every call: the breaker, the call's deadline
+ * (command_timeout_ms; the probe gets one more for the replay) and, for
+ * the probe, the replay of queued invalidations. When the replay ran out
+ * of time without an error the breaker is left open with its cool-down
+ * over, so the next call probes and goes on with the queue. */
+static dbk_rc call_begin(struct rds *r, bool *probe, int64_t *deadline_ns, dbk_error *err)
 {
-    int done = replay_pending(r, s->ctx, deadline_ns);
+    dbk_rc rc = breaker_enter(r, probe, err);
+    if (rc != DBK_OK)
+        return rc;
+    *deadline_ns = deadline_in(r->cfg.command_timeout_ms);
+    if (!*probe)
+        return DBK_OK;
+    *deadline_ns += (int64_t)r->cfg.command_timeout_ms * 1000000LL;
+    int done = replay_pending(r, deadline_ns);
     if (done == 1)
         return DBK_OK;
     if (done == 0) {
-        release(r, s, false);
         breaker_result(r, true, true, NULL);
         return dbk__err(err, DBK_EUNAVAILABLE,
                         "redis cache %s: still replaying queued invalidations", r->safe_addr);
     }
-    dbk_rc rc = io_error(r, s->ctx, err);
     atomic_fetch_add(&r->errors, 1);
-    release(r, s, true);
     breaker_result(r, true, false, "replaying invalidations failed");
-    return rc;
+    return dbk__err(err, DBK_EUNAVAILABLE, "redis cache %s: replaying invalidations failed",
+                    r->safe_addr);
+}
+
+/* The end of a call that did not get an answer: counts it, tells the
+ * breaker (a pool with no free connection is not Redis failing: only the
+ * probe counts it). */
+static void call_failed(struct rds *r, bool probe, bool busy, dbk_rc rc)
+{
+    if (busy) {
+        if (probe)
+            breaker_result(r, true, false, "no free connection");
+        return;
+    }
+    atomic_fetch_add(&r->errors, 1);
+    breaker_result(r, probe, false, rc == DBK_ETIMEOUT ? "command timed out" : "i/o error");
 }
 
 /*
  * Runs one command with the breaker, the pool and the replay around it.
- * *reply is the reply (caller frees) on DBK_OK; an error reply is
- * DBK_EINTERNAL with the server's text.
+ * hslot: the cluster slot of its keys (0 otherwise). *reply is the reply
+ * (caller frees) on DBK_OK; an error reply is DBK_EINTERNAL with the
+ * server's text.
  */
-/* Sentinel mode: an error reply that means "not the master any more". */
-static bool demoted(const redisReply *rep)
-{
-    return rep->type == REDIS_REPLY_ERROR && rep->str &&
-           (strncmp(rep->str, "READONLY", 8) == 0 || strncmp(rep->str, "MASTERDOWN", 10) == 0);
-}
-
-static dbk_rc run(struct rds *r, int argc, const char **argv, const size_t *lens,
+static dbk_rc run(struct rds *r, unsigned hslot, int argc, const char **argv, const size_t *lens,
                   redisReply **reply, dbk_error *err)
 {
     *reply = NULL;
-    struct slot *s;
-    bool probe;
+    bool probe, busy;
     int64_t dl;
-    dbk_rc rc = acquire(r, &s, &probe, &dl, err);
+    dbk_rc rc = call_begin(r, &probe, &dl, err);
     if (rc != DBK_OK)
         return rc;
-    if (probe && (rc = probe_replay(r, s, dl, err)) != DBK_OK)
-        return rc;
-    const char *av[12];
-    size_t al[12];
-    int ep = -1;
-    for (int i = 0; i < argc && i < 12; i++) {
-        av[i] = argv[i];
-        al[i] = lens[i];
-        if (argv[i] == NODE_EPOCH)
-            ep = i;
-    }
-    if (ep >= 0) {
-        av[ep] = s->epoch;
-        al[ep] = 16;
-    }
-    redisReply *rep = cmd(s->ctx, argc, ep >= 0 ? av : argv, ep >= 0 ? al : lens, dl);
-    if (!rep) {
-        rc = io_error(r, s->ctx, err);
-        atomic_fetch_add(&r->errors, 1);
-        if (r->ha)
-            master_lost(r, s->gen);
-        release(r, s, true);
-        breaker_result(r, probe, false, rc == DBK_ETIMEOUT ? "command timed out" : "i/o error");
+    redisReply *rep;
+    rc = exec_cmd(r, hslot, argc, argv, lens, &dl, &rep, &busy, err);
+    if (rc != DBK_OK) {
+        call_failed(r, probe, busy, rc);
         return rc;
     }
-    bool lost = r->ha && demoted(rep);
-    if (lost)
-        master_lost(r, s->gen);
-    release(r, s, lost);
     if (rep->type == REDIS_REPLY_ERROR) {
         rc = dbk__err(err, DBK_EINTERNAL, "redis cache %s: %.*s", r->safe_addr,
                       (int)(rep->len > 200 ? 200 : rep->len), rep->str ? rep->str : "");
@@ -975,19 +1212,20 @@ static dbk_rc r_get(void *impl, const void *key, size_t klen, void **val, size_t
                     dbk_error *err)
 {
     struct rds *r = impl;
+    unsigned hs = entry_slot(r, key, klen);
     char vk[KEYBUF], ek[80];
     size_t vl = mkkey(r, 'v', key, klen, vk);
     redisReply *rep;
     dbk_rc rc;
     if (r->ha) {
-        int el = snprintf(ek, sizeof ek, "%sepoch", r->cfg.key_prefix);
+        int el = (int)mkepoch(r, hs, ek);
         const char *av[6] = {"EVAL", ha_get_lua, "2", vk, ek, NODE_EPOCH};
         size_t al[6] = {4, sizeof ha_get_lua - 1, 1, vl, (size_t)el, 16};
-        rc = run(r, 6, av, al, &rep, err);
+        rc = run(r, hs, 6, av, al, &rep, err);
     } else {
         const char *av[2] = {"GET", vk};
         size_t al[2] = {3, vl};
-        rc = run(r, 2, av, al, &rep, err);
+        rc = run(r, hs, 2, av, al, &rep, err);
     }
     if (rc != DBK_OK)
         return rc;
@@ -1015,6 +1253,7 @@ static dbk_rc r_set(void *impl, const void *key, size_t klen, const void *val, s
                     int64_t ttl_ms, dbk_error *err)
 {
     struct rds *r = impl;
+    unsigned hs = entry_slot(r, key, klen);
     char vk[KEYBUF], ttl[24];
     size_t vl = mkkey(r, 'v', key, klen, vk);
     int tl = snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
@@ -1022,14 +1261,14 @@ static dbk_rc r_set(void *impl, const void *key, size_t klen, const void *val, s
     dbk_rc rc;
     if (r->ha) {
         char ek[80];
-        int el = snprintf(ek, sizeof ek, "%sepoch", r->cfg.key_prefix);
+        int el = (int)mkepoch(r, hs, ek);
         const char *av[8] = {"EVAL", ha_set_lua, "2", vk, ek, NODE_EPOCH, val ? val : "", ttl};
         size_t al[8] = {4, sizeof ha_set_lua - 1, 1, vl, (size_t)el, 16, vlen, (size_t)tl};
-        rc = run(r, 8, av, al, &rep, err);
+        rc = run(r, hs, 8, av, al, &rep, err);
     } else {
         const char *av[5] = {"SET", vk, val ? val : "", "PX", ttl};
         size_t al[5] = {3, vl, vlen, 2, (size_t)tl};
-        rc = run(r, 5, av, al, &rep, err);
+        rc = run(r, hs, 5, av, al, &rep, err);
     }
     if (rc == DBK_OK)
         freeReplyObject(rep);
@@ -1039,28 +1278,24 @@ static dbk_rc r_set(void *impl, const void *key, size_t klen, const void *val, s
 static dbk_rc r_del(void *impl, const void *key, size_t klen, dbk_error *err)
 {
     struct rds *r = impl;
-    struct slot *s;
-    bool probe;
+    bool probe, busy;
     int64_t dl;
-    dbk_rc rc = acquire(r, &s, &probe, &dl, err);
+    dbk_rc rc = call_begin(r, &probe, &dl, err);
     if (rc != DBK_OK) {
         add_pending(r, key, klen);
         return rc;
     }
-    if (probe && (rc = probe_replay(r, s, dl, err)) != DBK_OK) {
+    char vk[KEYBUF], gk[KEYBUF], tok[24], ttl[24];
+    const char *av[7];
+    size_t al[7];
+    mkinval(r, key, klen, vk, gk, tok, ttl, av, al);
+    redisReply *rep;
+    rc = exec_cmd(r, entry_slot(r, key, klen), 7, av, al, &dl, &rep, &busy, err);
+    if (rc != DBK_OK) {
+        call_failed(r, probe, busy, rc);
         add_pending(r, key, klen);
         return rc;
     }
-    redisReply *rep = run_inval(r, s->ctx, key, klen, dl);
-    if (!rep) {
-        rc = io_error(r, s->ctx, err);
-        atomic_fetch_add(&r->errors, 1);
-        release(r, s, true);
-        breaker_result(r, probe, false, "invalidation failed");
-        add_pending(r, key, klen);
-        return rc;
-    }
-    release(r, s, false);
     bool bad = rep->type == REDIS_REPLY_ERROR;
     if (bad)
         rc = dbk__err(err, DBK_EINTERNAL, "redis cache %s: invalidation script failed: %.*s",
@@ -1082,7 +1317,7 @@ static bool parse_hex64(const char *s, size_t n, uint64_t *out)
         return false;
     uint64_t v = 0;
     for (size_t i = 0; i < n; i++) {
-        int h = hexval((unsigned char)s[i]);
+        int h = dbk__hexval((unsigned char)s[i]);
         if (h < 0)
             return false;
         v = (v << 4) | (uint64_t)h;
@@ -1095,15 +1330,16 @@ static dbk_rc r_lease(void *impl, const void *key, size_t klen, dbk_cache_lease 
                       dbk_error *err)
 {
     struct rds *r = impl;
+    unsigned hs = entry_slot(r, key, klen);
     memset(out, 0, sizeof *out);
     out->taken_ns = dbk__now_ns();
     char gk[KEYBUF], ek[80];
     size_t gl = mkkey(r, 'g', key, klen, gk);
-    int el = snprintf(ek, sizeof ek, "%sepoch", r->cfg.key_prefix);
+    int el = (int)mkepoch(r, hs, ek);
     const char *av[3] = {"MGET", gk, ek};
     size_t al[3] = {4, gl, (size_t)el};
     redisReply *rep;
-    dbk_rc rc = run(r, 3, av, al, &rep, err);
+    dbk_rc rc = run(r, hs, 3, av, al, &rep, err);
     if (rc != DBK_OK)
         return rc;
     bool ok = rep->type == REDIS_REPLY_ARRAY && rep->elements == 2;
@@ -1126,7 +1362,7 @@ static dbk_rc r_lease(void *impl, const void *key, size_t klen, dbk_cache_lease 
         int vl = snprintf(val, sizeof val, "%016llx", (unsigned long long)dbk__cache_rand64());
         const char *sv[4] = {"SET", ek, val, "NX"};
         size_t sl[4] = {3, (size_t)el, (size_t)vl, 2};
-        if (run(r, 4, sv, sl, &rep, NULL) == DBK_OK)
+        if (run(r, hs, 4, sv, sl, &rep, NULL) == DBK_OK)
             freeReplyObject(rep);
     }
     out->valid = ok;
@@ -1138,6 +1374,7 @@ static dbk_rc r_set_leased(void *impl, const void *key, size_t klen, const dbk_c
                            dbk_error *err)
 {
     struct rds *r = impl;
+    unsigned hs = entry_slot(r, key, klen);
     *stored = false;
     if (!l->valid || dbk__now_ns() - l->taken_ns > (int64_t)r->cfg.lease_ms * 1000000LL) {
         atomic_fetch_add(&r->stale_rejects, 1);
@@ -1145,7 +1382,7 @@ static dbk_rc r_set_leased(void *impl, const void *key, size_t klen, const dbk_c
     }
     char vk[KEYBUF], gk[KEYBUF], ek[80], gs[24], es[24], ttl[24];
     size_t vl = mkkey(r, 'v', key, klen, vk), gl = mkkey(r, 'g', key, klen, gk);
-    int el = snprintf(ek, sizeof ek, "%sepoch", r->cfg.key_prefix);
+    int el = (int)mkepoch(r, hs, ek);
     int gsl = l->gen ? snprintf(gs, sizeof gs, "%016llx", (unsigned long long)l->gen) : 0;
     if (!l->gen)
         gs[0] = 0;
@@ -1160,7 +1397,7 @@ static dbk_rc r_set_leased(void *impl, const void *key, size_t klen, const dbk_c
         al[1] = sizeof ha_set_leased_lua - 1;
     }
     redisReply *rep;
-    dbk_rc rc = run(r, r->ha ? 11 : 10, av, al, &rep, err);
+    dbk_rc rc = run(r, hs, r->ha ? 11 : 10, av, al, &rep, err);
     if (rc != DBK_OK)
         return rc;
     if (rep->type == REDIS_REPLY_INTEGER && rep->integer == 1)
@@ -1175,7 +1412,10 @@ static dbk_rc r_ns(struct rds *r, const char *verb, const char *ns, uint64_t *ve
                    dbk_error *err)
 {
     char nk[300];
-    int nl = snprintf(nk, sizeof nk, "%sn:%s", r->cfg.key_prefix, ns);
+    unsigned hs = entry_slot(r, ns, strlen(ns));
+    int nl = r->cluster ? snprintf(nk, sizeof nk, "%s{%s}n:%s", r->cfg.key_prefix,
+                                   dbk__redis_slot_tag(hs), ns)
+                        : snprintf(nk, sizeof nk, "%sn:%s", r->cfg.key_prefix, ns);
     redisReply *rep;
     dbk_rc rc;
     if (r->ha) {
@@ -1183,17 +1423,17 @@ static dbk_rc r_ns(struct rds *r, const char *verb, const char *ns, uint64_t *ve
          * counter far ahead: a version reused after a lost INCR never names
          * entries stored before */
         char ek[80], jump[24];
-        int el = snprintf(ek, sizeof ek, "%sepoch", r->cfg.key_prefix);
+        int el = (int)mkepoch(r, hs, ek);
         int jl = snprintf(jump, sizeof jump, "%llu",
                           (unsigned long long)(dbk__cache_rand64() >> 32) + 1000000ULL);
         const char *av[8] = {"EVAL", ha_ns_lua, "2", nk, ek, NODE_EPOCH, verb, jump};
         size_t al[8] = {4, sizeof ha_ns_lua - 1, 1, (size_t)nl, (size_t)el, 16, strlen(verb),
                         (size_t)jl};
-        rc = run(r, 8, av, al, &rep, err);
+        rc = run(r, hs, 8, av, al, &rep, err);
     } else {
         const char *av[2] = {verb, nk};
         size_t al[2] = {strlen(verb), (size_t)nl};
-        rc = run(r, 2, av, al, &rep, err);
+        rc = run(r, hs, 2, av, al, &rep, err);
     }
     if (rc != DBK_OK)
         return rc;
@@ -1242,9 +1482,9 @@ static void r_stats(void *impl, dbk_cache_stats *out)
     pthread_mutex_unlock(&r->pend_mu);
 }
 
-/* Delivers what is still queued before the cache goes away: over a
- * connection of its own (the pool's may be broken or stuck), retrying the
- * connect while there is time, every step bounded by what is left of
+/* Delivers what is still queued before the cache goes away: over fresh
+ * connections (r_close dropped the pool's, which may be broken or stuck),
+ * retrying while there is time, every step bounded by what is left of
  * close_timeout_ms. Logs what it could not deliver. Runs single-threaded
  * (dbk_cache_close: no other user of the handle). */
 static void flush_at_close(struct rds *r)
@@ -1258,23 +1498,25 @@ static void flush_at_close(struct rds *r)
     if (n > 0 && r->cfg.close_timeout_ms > 0) {
         int64_t deadline = dbk__now_ns() + (int64_t)r->cfg.close_timeout_ms * 1000000LL;
         while (done < n && step_ms(1, deadline) > 0) {
-            struct slot s = {0};
             tries++;
-            if (connect_slot(r, &s, deadline, NULL) == DBK_OK) {
-                while (done < n && step_ms(1, deadline) > 0) {
-                    int64_t dl = deadline_in(r->cfg.command_timeout_ms);
-                    if (dl > deadline)
-                        dl = deadline;
-                    redisReply *rep =
-                        run_inval(r, s.ctx, r->pend[done].key, r->pend[done].len, dl);
-                    bool ok = rep && rep->type != REDIS_REPLY_ERROR;
-                    if (rep)
-                        freeReplyObject(rep);
-                    if (!ok)
-                        break;
-                    done++;
-                }
-                redisFree(s.ctx);
+            while (done < n && step_ms(1, deadline) > 0) {
+                int64_t dl = deadline_in(r->cfg.command_timeout_ms);
+                if (dl > deadline)
+                    dl = deadline;
+                char vk[KEYBUF], gk[KEYBUF], tok[24], ttl[24];
+                const char *av[7];
+                size_t al[7];
+                mkinval(r, r->pend[done].key, r->pend[done].len, vk, gk, tok, ttl, av, al);
+                redisReply *rep;
+                bool busy;
+                if (exec_cmd(r, entry_slot(r, r->pend[done].key, r->pend[done].len), 7, av, al,
+                             &dl, &rep, &busy, NULL) != DBK_OK)
+                    break;
+                bool ok = rep->type != REDIS_REPLY_ERROR;
+                freeReplyObject(rep);
+                if (!ok)
+                    break;
+                done++;
             }
             if (done < n) {
                 /* Redis is still away: wait a little (bounded) and retry */
@@ -1314,13 +1556,19 @@ static void r_close(void *impl)
         atomic_store(&r->sub_stop, true);
         pthread_join(r->sub_thread, NULL);
     }
-    for (int i = 0; r->slots && i < r->nslots; i++)
-        if (r->slots[i].ctx) {
-            redisFree(r->slots[i].ctx);
-            r->slots[i].ctx = NULL;
-        }
+    for (int k = 0; k < r->nnodes; k++)
+        for (int i = 0; i < r->nslots; i++)
+            if (r->nodes[k].slots[i].ctx) {
+                redisFree(r->nodes[k].slots[i].ctx);
+                r->nodes[k].slots[i].ctx = NULL;
+            }
     flush_at_close(r);
-    free(r->slots);
+    for (int k = 0; k < r->nnodes; k++) {
+        for (int i = 0; i < r->nslots; i++)
+            if (r->nodes[k].slots[i].ctx)
+                redisFree(r->nodes[k].slots[i].ctx);
+        free(r->nodes[k].slots);
+    }
     for (size_t i = 0; i < r->npend; i++)
         free(r->pend[i].key);
     free(r->pend);
@@ -1329,6 +1577,7 @@ static void r_close(void *impl)
     pthread_mutex_destroy(&r->br_mu);
     pthread_mutex_destroy(&r->pend_mu);
     pthread_mutex_destroy(&r->disc_mu);
+    pthread_mutex_destroy(&r->map_mu);
     /* wipe the password */
     volatile char *pw = r->url.password;
     for (size_t i = 0; i < sizeof r->url.password; i++)
@@ -1347,22 +1596,32 @@ dbk_rc dbk__cache_redis_new(const struct dbk__cache_cfg *cfg, const struct dbk__
     if (url->mode == DBK__REDIS_SENTINEL)
         snprintf(r->safe_addr, sizeof r->safe_addr, "sentinel master %.128s/%d", url->master,
                  url->db);
+    else if (url->mode == DBK__REDIS_CLUSTER)
+        snprintf(r->safe_addr, sizeof r->safe_addr, "cluster %.200s:%d", url->host, url->port);
     else
         snprintf(r->safe_addr, sizeof r->safe_addr, "%s%s%s:%d/%d",
                  strchr(url->host, ':') ? "[" : "", url->host, strchr(url->host, ':') ? "]" : "",
                  url->port, url->db);
-    if (url->mode == DBK__REDIS_CLUSTER) {
+    r->cluster = url->mode == DBK__REDIS_CLUSTER;
+    r->ha = url->mode != DBK__REDIS_SINGLE;
+    if (r->cluster && strpbrk(cfg->key_prefix, "{}")) {
+        memset(r, 0, sizeof *r);
         free(r);
-        dbk__err(err, DBK_ECONFIG, "redis-cluster:// is not supported yet by this build");
-        dbk__err_hint(err, "use redis:// or redis-sentinel://");
+        dbk__err(err, DBK_ECONFIG, "a redis cluster cache's key prefix must not contain { or }");
+        dbk__err_hint(err, "the cache puts its own {hash tag} after the prefix");
         return DBK_ECONFIG;
     }
-    r->ha = url->mode == DBK__REDIS_SENTINEL;
     r->nslots = cfg->pool_size;
-    r->slots = calloc((size_t)r->nslots, sizeof *r->slots);
-    if (!r->slots) {
-        free(r);
-        return dbk__err(err, DBK_ENOMEM, "out of memory opening a redis cache");
+    memset(r->owner, 0xff, sizeof r->owner);
+    r->map_stale = true;
+    r->map_at_ns = dbk__now_ns() - 1000000000LL;
+    if (!r->cluster) {
+        r->nodes[0].slots = calloc((size_t)r->nslots, sizeof *r->nodes[0].slots);
+        if (!r->nodes[0].slots) {
+            free(r);
+            return dbk__err(err, DBK_ENOMEM, "out of memory opening a redis cache");
+        }
+        r->nnodes = 1;
     }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1373,7 +1632,8 @@ dbk_rc dbk__cache_redis_new(const struct dbk__cache_cfg *cfg, const struct dbk__
     pthread_mutex_init(&r->br_mu, NULL);
     pthread_mutex_init(&r->pend_mu, NULL);
     pthread_mutex_init(&r->disc_mu, NULL);
-    if (r->ha)
+    pthread_mutex_init(&r->map_mu, NULL);
+    if (r->ha && !r->cluster)
         r->sub_started = pthread_create(&r->sub_thread, NULL, sub_main, r) == 0;
     struct sigaction sa;
     if (sigaction(SIGPIPE, NULL, &sa) == 0)

@@ -8,112 +8,72 @@
  * fuzz target (tests/fuzz/redis_proto_fuzz.c) can drive them directly. The
  * URL grammar is the one common Redis clients use for Sentinel (a comma
  * list of sentinels, then the master's name as the first path segment,
- * then the database); no shared URL helper exists in src/core yet, so the
- * parser here is self-contained. Every output is bounded by its buffer; a
- * field too long for it is an error, never truncated.
+ * then the database). The URL's pieces (spans, host list, host:port,
+ * decimals, percent-decoding) come from the shared helpers of
+ * src/core/url.h; the grammar and the messages are the cache's. Every
+ * output is bounded by its buffer; a field too long for it is an error,
+ * never truncated.
  *
  * Key slots follow the Cluster specification: CRC16 (XMODEM: polynomial
  * 0x1021, initial 0, no reflection) of the key, or of its hash tag -- the
  * bytes between the first '{' and the first '}' after it, when there is at
  * least one -- modulo 16384. The table is computed once at first use.
  */
-#include <ctype.h>
 #include <hiredis/hiredis.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../core/internal.h"
+#include "../core/url.h"
 #include "cache_int.h"
 
 /* ---- URL ---------------------------------------------------------------- */
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Percent-decodes src[0..n) into dst (size dstsz). False when malformed or
+/* Percent-decodes a span into dst; false when malformed, holding a NUL or
  * too long. */
-static bool pct_decode(const char *src, size_t n, char *dst, size_t dstsz)
+static bool decode(struct dbk__span sp, char *dst, size_t dstsz)
 {
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int c = (unsigned char)src[i];
-        if (c == '%') {
-            if (i + 2 >= n)
-                return false;
-            int h = hexval(src[i + 1]), l = hexval(src[i + 2]);
-            if (h < 0 || l < 0)
-                return false;
-            c = h * 16 + l;
-            i += 2;
-        }
-        if (o + 1 >= dstsz)
-            return false;
-        dst[o++] = (char)c;
-    }
-    dst[o] = 0;
-    return true;
+    return dbk__pct_decode(sp.p ? sp.p : "", sp.n, dst, dstsz, NULL) == DBK__PCT_OK;
 }
 
-static bool parse_int(const char *s, size_t n, long lo, long hi, int *out)
+static bool span_int(struct dbk__span sp, long lo, long hi, int *out)
 {
-    if (n == 0 || n > 10)
-        return false;
-    long v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (v < lo || v > hi)
+    long long v;
+    if (!sp.p || !dbk__parse_decimal(sp.p, sp.n, lo, hi, &v))
         return false;
     *out = (int)v;
     return true;
 }
 
-/* One host[:port] (IPv6 in brackets) out of p[0..n). An empty host is
- * 127.0.0.1; no port is defport. */
-static dbk_rc parse_hostport(const char *p, size_t n, int defport, struct dbk__redis_addr *a,
+/* One host[:port] (IPv6 in brackets). An empty host is 127.0.0.1; no port
+ * is defport. */
+static dbk_rc parse_hostport(struct dbk__span item, int defport, struct dbk__redis_addr *a,
                              dbk_error *err)
 {
-    const char *end = p + n, *portp = NULL;
-    a->port = defport;
-    if (p < end && *p == '[') {
-        const char *rb = memchr(p, ']', n);
-        if (!rb)
-            return dbk__err(err, DBK_ECONFIG, "malformed ipv6 host in redis url");
-        size_t hl = (size_t)(rb - p - 1);
-        if (hl == 0 || hl >= sizeof a->host)
-            return dbk__err(err, DBK_ECONFIG, "malformed ipv6 host in redis url");
-        memcpy(a->host, p + 1, hl);
-        a->host[hl] = 0;
-        if (rb + 1 < end) {
-            if (rb[1] != ':')
-                return dbk__err(err, DBK_ECONFIG, "malformed host in redis url");
-            portp = rb + 2;
-        }
-    } else {
-        const char *colon = memchr(p, ':', n);
-        const char *he = colon ? colon : end;
-        size_t hl = (size_t)(he - p);
-        if (hl >= sizeof a->host)
-            return dbk__err(err, DBK_ECONFIG, "host in redis url is too long");
-        memcpy(a->host, p, hl);
-        a->host[hl] = 0;
-        if (colon)
-            portp = colon + 1;
+    struct dbk__span host;
+    int port;
+    bool has_port;
+    switch (dbk__url_hostport(item.p ? item.p : "", item.n, &host, &port, &has_port)) {
+    case DBK__HOSTPORT_OK:
+        break;
+    case DBK__HOSTPORT_BAD_PORT:
+        return dbk__err(err, DBK_ECONFIG, "bad port in redis url (expected 1..65535)");
+    case DBK__HOSTPORT_BAD_BRACKET:
+        return dbk__err(err, DBK_ECONFIG, "malformed ipv6 host in redis url");
+    default:
+        return dbk__err(err, DBK_ECONFIG, "malformed host in redis url");
     }
+    if (has_port && port == 0)
+        return dbk__err(err, DBK_ECONFIG, "bad port in redis url (expected 1..65535)");
+    if (host.n >= sizeof a->host)
+        return dbk__err(err, DBK_ECONFIG, "host in redis url is too long");
+    if (host.n)
+        memcpy(a->host, host.p, host.n);
+    a->host[host.n] = 0;
     if (!a->host[0])
         dbk__strlcpy(a->host, "127.0.0.1", sizeof a->host);
-    if (portp && !parse_int(portp, (size_t)(end - portp), 1, 65535, &a->port))
-        return dbk__err(err, DBK_ECONFIG, "bad port in redis url (expected 1..65535)");
+    a->port = has_port ? port : defport;
     return DBK_OK;
 }
 
@@ -123,84 +83,78 @@ dbk_rc dbk__redis_url_parse(const char *url, struct dbk__redis_url *out, dbk_err
     out->port = 6379;
     if (!url)
         return dbk__err(err, DBK_EMISUSE, "redis url must not be NULL");
+    struct dbk__url u;
+    if (!dbk__url_split(url, strlen(url), &u))
+        u.scheme.n = 0;
     int defport = 6379;
-    const char *p;
-    if (strncmp(url, "rediss://", 9) == 0 || strncmp(url, "rediss-", 7) == 0) {
+#define SCHEME_IS(lit) (u.scheme.n == sizeof lit - 1 && memcmp(u.scheme.p, lit, u.scheme.n) == 0)
+    if (SCHEME_IS("rediss") || SCHEME_IS("rediss-sentinel") || SCHEME_IS("rediss-cluster")) {
         dbk__err(err, DBK_ECONFIG, "rediss:// (tls) is not supported by this build");
         dbk__err_hint(err, "use redis:// over a trusted network or a tls tunnel");
         return DBK_ECONFIG;
     }
-    if (strncmp(url, "redis://", 8) == 0) {
-        p = url + 8;
-    } else if (strncmp(url, "redis-sentinel://", 17) == 0) {
-        p = url + 17;
+    if (SCHEME_IS("redis")) {
+        out->mode = DBK__REDIS_SINGLE;
+    } else if (SCHEME_IS("redis-sentinel")) {
         out->mode = DBK__REDIS_SENTINEL;
         defport = 26379;
-    } else if (strncmp(url, "redis-cluster://", 16) == 0) {
-        p = url + 16;
+    } else if (SCHEME_IS("redis-cluster")) {
         out->mode = DBK__REDIS_CLUSTER;
     } else {
-        dbk__err(err, DBK_ECONFIG,
-                 "cache url must start with redis://, redis-sentinel://, redis-cluster:// or "
-                 "be memory:");
-        return DBK_ECONFIG;
+        return dbk__err(err, DBK_ECONFIG,
+                        "cache url must start with redis://, redis-sentinel://, redis-cluster:// "
+                        "or be memory:");
     }
-    const char *end = p + strlen(p);
-    if (memchr(p, '?', (size_t)(end - p))) {
+#undef SCHEME_IS
+    if (u.has_query) {
         dbk__err(err, DBK_ECONFIG, "query parameters are not supported in a redis url");
         dbk__err_hint(err, "set timeouts and pool size in dbk_cache_opts");
         return DBK_ECONFIG;
     }
-    const char *slash = memchr(p, '/', (size_t)(end - p));
-    const char *auth_end = NULL;
-    for (const char *s = p; s < (slash ? slash : end); s++)
-        if (*s == '@')
-            auth_end = s; /* the last '@' before the path ends the credentials */
-    const char *hostp = p;
-    if (auth_end) {
-        const char *colon = memchr(p, ':', (size_t)(auth_end - p));
-        const char *uend = colon ? colon : auth_end;
-        if (!pct_decode(p, (size_t)(uend - p), out->user, sizeof out->user))
+    if (u.has_userinfo) {
+        if (!decode(u.user, out->user, sizeof out->user))
             return dbk__err(err, DBK_ECONFIG, "malformed user in redis url");
-        if (colon && !pct_decode(colon + 1, (size_t)(auth_end - colon - 1), out->password,
-                                 sizeof out->password))
+        if (u.has_password && !decode(u.password, out->password, sizeof out->password))
             return dbk__err(err, DBK_ECONFIG, "malformed password in redis url");
-        hostp = auth_end + 1;
     }
-    const char *hend = slash ? slash : end;
     /* the host list: one entry for redis://, a comma list otherwise */
-    for (const char *h = hostp;;) {
-        const char *comma = out->mode ? memchr(h, ',', (size_t)(hend - h)) : NULL;
-        const char *e = comma ? comma : hend;
-        if (out->nseeds == DBK__REDIS_MAX_SEEDS)
-            return dbk__err(err, DBK_ECONFIG, "more than %d hosts in a redis url",
-                            DBK__REDIS_MAX_SEEDS);
-        if (comma && e == h)
-            return dbk__err(err, DBK_ECONFIG, "empty host in the host list of a redis url");
-        dbk_rc rc = parse_hostport(h, (size_t)(e - h), defport, &out->seeds[out->nseeds], err);
+    struct dbk__span list = u.hosts, item;
+    if (!list.p)
+        list.p = "";
+    if (out->mode == DBK__REDIS_SINGLE) {
+        dbk_rc rc = parse_hostport(list, defport, &out->seeds[0], err);
         if (rc != DBK_OK)
             return rc;
-        out->nseeds++;
-        if (!comma)
-            break;
-        h = comma + 1;
+        out->nseeds = 1;
+    } else {
+        while (dbk__list_next(&list, ',', &item)) {
+            if (out->nseeds == DBK__REDIS_MAX_SEEDS)
+                return dbk__err(err, DBK_ECONFIG, "more than %d hosts in a redis url",
+                                DBK__REDIS_MAX_SEEDS);
+            if (item.n == 0 && (out->nseeds > 0 || list.p))
+                return dbk__err(err, DBK_ECONFIG, "empty host in the host list of a redis url");
+            dbk_rc rc = parse_hostport(item, defport, &out->seeds[out->nseeds], err);
+            if (rc != DBK_OK)
+                return rc;
+            out->nseeds++;
+        }
     }
     memcpy(out->host, out->seeds[0].host, sizeof out->host);
     out->port = out->seeds[0].port;
-    const char *path = slash && slash + 1 < end ? slash + 1 : NULL;
+    struct dbk__span path = u.has_path && u.path.n ? u.path : (struct dbk__span){NULL, 0};
     if (out->mode == DBK__REDIS_SENTINEL) {
-        if (!path) {
+        struct dbk__span name;
+        if (!path.p || !dbk__list_next(&path, '/', &name) || name.n == 0) {
             dbk__err(err, DBK_ECONFIG, "redis-sentinel url without a master name");
             dbk__err_hint(err, "redis-sentinel://host:26379[,host:port...]/master_name[/db]");
             return DBK_ECONFIG;
         }
-        const char *s2 = memchr(path, '/', (size_t)(end - path));
-        const char *me = s2 ? s2 : end;
-        if (me == path || !pct_decode(path, (size_t)(me - path), out->master, sizeof out->master))
+        if (!decode(name, out->master, sizeof out->master))
             return dbk__err(err, DBK_ECONFIG, "malformed master name in redis-sentinel url");
-        path = s2 && s2 + 1 < end ? s2 + 1 : NULL;
+        if (path.p && path.n == 0)
+            path.p = NULL; /* a trailing slash */
     }
-    if (path && !parse_int(path, (size_t)(end - path), 0, 100000, &out->db))
+    if (path.p && !span_int(path, 0, 100000, &out->db))
         return dbk__err(err, DBK_ECONFIG, "bad database index in redis url (expected a number)");
     if (out->mode == DBK__REDIS_CLUSTER && out->db != 0) {
         dbk__err(err, DBK_ECONFIG, "redis cluster has only database 0");
@@ -314,8 +268,9 @@ int dbk__redis_parse_redirect(const char *msg, size_t len, unsigned *slot,
     size_t s0 = i;
     while (i < len && msg[i] >= '0' && msg[i] <= '9')
         i++;
-    int sl;
-    if (!parse_int(msg + s0, i - s0, 0, DBK__REDIS_SLOTS - 1, &sl) || i >= len || msg[i] != ' ')
+    long long sl;
+    if (!dbk__parse_decimal(msg + s0, i - s0, 0, DBK__REDIS_SLOTS - 1, &sl) || i >= len ||
+        msg[i] != ' ')
         return 0;
     i++;
     /* host:port, the port after the last ':' (an IPv6 host has several) */
@@ -327,14 +282,52 @@ int dbk__redis_parse_redirect(const char *msg, size_t len, unsigned *slot,
         }
     if (colon == len || colon == i || colon - i >= sizeof to->host)
         return 0;
-    int port;
-    if (!parse_int(msg + colon + 1, len - colon - 1, 1, 65535, &port))
+    long long port;
+    if (!dbk__parse_decimal(msg + colon + 1, len - colon - 1, 1, 65535, &port))
         return 0;
     memcpy(to->host, msg + i, colon - i);
     to->host[colon - i] = 0;
     if (memchr(to->host, 0, colon - i) || memchr(to->host, ' ', colon - i))
         return 0;
-    to->port = port;
+    to->port = (int)port;
     *slot = (unsigned)sl;
     return kind;
+}
+
+/* Tags: for every slot the shortest string over [0-9a-z] (first found in
+ * length, then alphabetical order) whose CRC16 lands in it. 16384 x 5 bytes,
+ * filled once: every string of up to 3 characters, then 4-character ones
+ * until each slot has one (about 150 thousand CRCs in all). */
+static char slot_tags[DBK__REDIS_SLOTS][5];
+static pthread_once_t tags_once = PTHREAD_ONCE_INIT;
+
+static void tags_init(void)
+{
+    pthread_once(&crc_once, crc_init);
+    static const char abc[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+    unsigned left = DBK__REDIS_SLOTS;
+    char s[5];
+    for (int len = 1; len <= 4 && left; len++) {
+        unsigned long total = 1;
+        for (int i = 0; i < len; i++)
+            total *= 36;
+        for (unsigned long n = 0; n < total && left; n++) {
+            unsigned long x = n;
+            for (int i = len - 1; i >= 0; i--) {
+                s[i] = abc[x % 36];
+                x /= 36;
+            }
+            unsigned slot = crc16((const unsigned char *)s, (size_t)len) & (DBK__REDIS_SLOTS - 1);
+            if (!slot_tags[slot][0]) {
+                memcpy(slot_tags[slot], s, (size_t)len);
+                left--;
+            }
+        }
+    }
+}
+
+const char *dbk__redis_slot_tag(unsigned slot)
+{
+    pthread_once(&tags_once, tags_init);
+    return slot_tags[slot & (DBK__REDIS_SLOTS - 1)];
 }

@@ -156,7 +156,7 @@ static void topo_start(struct topo *t)
         assert_non_null(f);
         fprintf(f,
                 "port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor m 127.0.0.1 %d 2\n"
-                "sentinel down-after-milliseconds m 1000\nsentinel failover-timeout m 10000\n"
+                "sentinel down-after-milliseconds m 1000\nsentinel failover-timeout m 3000\n"
                 "sentinel parallel-syncs m 1\n",
                 t->sport[i], t->dir, t->port[0]);
         fclose(f);
@@ -169,6 +169,8 @@ static void topo_start(struct topo *t)
 
 static void topo_stop(struct topo *t)
 {
+    if (!t->dir[0])
+        return;
     for (int i = 0; i < 2 + NSENT; i++)
         if (t->pid[i] > 0) {
             kill(t->pid[i], SIGKILL);
@@ -179,6 +181,7 @@ static void topo_stop(struct topo *t)
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", t->dir);
     if (system(cmd) != 0)
         print_message("could not remove %s\n", t->dir);
+    t->dir[0] = 0;
 }
 
 /* ---- the workload: cached repository over PostgreSQL ---- */
@@ -282,11 +285,19 @@ static uint64_t hits(dbk_cache *c)
 
 /* Runs the workload, calls `disrupt` after a second of it, waits for the
  * sentinels to name another master and for the cache to serve hits again. */
+static struct topo g_topo; /* static: the teardown stops it when a check failed */
+
+static int stop_topology(void **state)
+{
+    (void)state;
+    topo_stop(&g_topo);
+    return 0;
+}
+
 static void failover_case(void (*disrupt)(struct topo *), const char *what)
 {
-    struct topo t;
-    memset(&t, 0, sizeof t);
-    topo_start(&t);
+    memset(&g_topo, 0, sizeof g_topo);
+    topo_start(&g_topo);
     char *url = dbkt_pg_fresh_db("cache_sentinel");
     dbk_conn *conn = dbkt_open(url);
     dbkt_exec(dbk_conn_db(conn), "CREATE TABLE vrows (id BIGINT PRIMARY KEY, version BIGINT NOT "
@@ -294,7 +305,7 @@ static void failover_case(void (*disrupt)(struct topo *), const char *what)
                                  "INSERT INTO vrows VALUES (1, 1, 'v1'), (2, 1, 'v1')");
     char curl[256];
     snprintf(curl, sizeof curl, "redis-sentinel://127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d/m",
-             t.sport[0], t.sport[1], t.sport[2]);
+             g_topo.sport[0], g_topo.sport[1], g_topo.sport[2]);
     dbk_cache_opts o = {0};
     o.url = curl;
     o.key_prefix = "dbkt_sentinel:";
@@ -322,21 +333,26 @@ static void failover_case(void (*disrupt)(struct topo *), const char *what)
     while (hits(c) < 100 && dbkt_mono_ms() < end)
         sleep_ms(20);
     assert_true(hits(c) >= 100);
-    int old = named_master(t.sport[0]);
-    assert_int_equal(old, t.port[0]);
-    disrupt(&t);
+    int old = named_master(g_topo.sport[0]);
+    assert_int_equal(old, g_topo.port[0]);
+    disrupt(&g_topo);
     int64_t t0 = dbkt_mono_ms(), t_switch = 0;
     end = t0 + 40000;
-    while (dbkt_mono_ms() < end) {
-        int now = named_master(t.sport[1]);
-        if (now && now != old) {
-            t_switch = dbkt_mono_ms();
-            break;
+    while (dbkt_mono_ms() < end && !t_switch) {
+        for (int i = 0; i < NSENT && !t_switch; i++) {
+            int now = named_master(g_topo.sport[i]);
+            if (now && now != old)
+                t_switch = dbkt_mono_ms();
         }
         sleep_ms(20);
     }
-    if (!t_switch)
+    if (!t_switch) {
+        char cmd[400];
+        snprintf(cmd, sizeof cmd, "tail -n 60 '%s/servers.log' >&2", g_topo.dir);
+        if (system(cmd) != 0)
+            print_message("no server log\n");
         fail_msg("%s: the sentinels named no new master within 40 s", what);
+    }
     uint64_t h0 = hits(c);
     int64_t t_hit = 0;
     end = dbkt_mono_ms() + 15000;
@@ -367,7 +383,7 @@ static void failover_case(void (*disrupt)(struct topo *), const char *what)
     dbk_cache_close(c);
     dbk_conn_close(conn);
     free(url);
-    topo_stop(&t);
+    topo_stop(&g_topo);
     assert_int_equal(atomic_load(&l.errors), 0);
     assert_int_equal(atomic_load(&l.stale), 0);
     assert_true(t_hit != 0);
@@ -404,8 +420,8 @@ int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(cache_sentinel_master_killed),
-        cmocka_unit_test(cache_sentinel_manual_failover),
+        cmocka_unit_test_teardown(cache_sentinel_master_killed, stop_topology),
+        cmocka_unit_test_teardown(cache_sentinel_manual_failover, stop_topology),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
