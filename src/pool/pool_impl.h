@@ -1,0 +1,183 @@
+/*
+ * pool_impl.h - what the files of the pool share: its structures, its
+ * clocks and the functions one file calls in another.
+ *
+ *   pool.c        the core: lists, opening and closing connections,
+ *                 acquire, release, the pool's own dbk_db, open / close,
+ *                 settings and stats
+ *   pool_lent.c   the executor of a lent connection, and the SQLite write
+ *                 gate it passes writes through
+ *   pool_worker.c the background thread (idle timeout, max lifetime,
+ *                 keepalive, min_idle, leak reports)
+ *   pool_sql.c    statement classification (session changes, plain BEGIN,
+ *                 reads), pure
+ *
+ * pool.c's opening comment says how the pool works.
+ */
+#ifndef DBK_POOL_IMPL_H
+#define DBK_POOL_IMPL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "../core/internal.h"
+#include "../core/sqlscan.h"
+#include "../driver/driver.h"
+#include "pool_int.h"
+
+/* ---- clocks ---- */
+
+/* Coarse monotonic clock (a few ns; resolution of a scheduler tick): good
+ * enough for idle ages, lifetimes and held durations. Deadlines and latency
+ * use dbk__now_ns(). */
+static inline int64_t coarse_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline struct timespec ns_to_ts(int64_t ns)
+{
+    struct timespec ts;
+    ts.tv_sec = (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    return ts;
+}
+
+#define MS(x) ((int64_t)(x) * 1000000LL)
+
+/* ---- structures ---- */
+
+/* Where a connection was taken: a call site, or a statement of the pool's
+ * own dbk_db (sql borrowed for the duration of that call). */
+struct site {
+    const char *file;
+    const char *func;
+    const char *sql;
+    int line;
+};
+
+struct slot {
+    dbk_conn *conn;
+    struct dbk_pool *pool;
+    const struct dbk__db_ops *orig_ops;
+    struct slot *prev, *next; /* idle or busy list */
+    uint64_t gen;             /* pool generation at creation */
+    unsigned checked_epoch;   /* suspect epoch when last known good */
+    int64_t created_ns;
+    int64_t retire_ns;        /* 0: no max lifetime */
+    int64_t idle_since_ns;
+    int64_t acquired_ns;
+    struct site site;
+    bool busy;
+    bool leak_reported;
+    bool dirty;      /* a session setting changed: reset on release */
+    bool broken;     /* connection lost: never reuse */
+    bool gate_held;  /* SQLite write gate */
+};
+
+/* A doubly linked list of slots with its length (the idle and busy lists). */
+struct slot_list {
+    struct slot *head, *tail;
+    int n;
+};
+
+struct waiter {
+    pthread_cond_t cv;
+    struct waiter *prev, *next;
+    struct site site;
+    struct slot *slot; /* set on hand-off */
+    dbk_rc rc;         /* set on failure */
+    dbk_error e;
+    bool done;
+};
+
+struct dbk_pool {
+    pthread_mutex_t mu;
+    pthread_condattr_t cattr;
+    pthread_cond_t worker_cv;
+    pthread_cond_t drain_cv;
+
+    struct dbk_config *cfg; /* owned clone */
+    dbk_pool_opts o;        /* resolved options */
+    dbk_engine engine;
+    struct dbk_db db;
+    dbk_pool_hooks hooks;
+    int reset_policy;
+    dbk__owner owner; /* the process that opened it (src/core/process.c) */
+
+    /* lists */
+    struct slot_list idle;
+    struct slot_list busy; /* head: most recent acquire */
+    struct waiter *wq_head, *wq_tail;
+    int n_opening, n_closing, n_waiting;
+    int n_wait_threads; /* threads inside the wait loop (close waits them out) */
+
+    uint64_t generation;
+    unsigned suspect_epoch; /* atomic */
+
+    /* circuit breaker */
+    int consecutive_failures;
+    int cooldown_ms;
+    int64_t breaker_until_ns; /* 0: closed */
+    dbk_error last_connect_err;
+
+    /* counters */
+    uint64_t created, closed, acquires, acquire_timeouts, connect_failures, discarded, resets,
+        leaks, recycles;
+    uint64_t lat[DBK_POOL_LATENCY_BUCKETS];
+
+    /* lifecycle */
+    bool closing;
+    bool stop_worker;
+    bool worker_started;
+    bool orphaned; /* close returned with connections still lent: last release frees */
+    pthread_t worker;
+    uint64_t rng;
+
+    /* SQLite write gate */
+    bool use_gate;
+    int gate_timeout_ms;
+    pthread_mutex_t gate_mu;
+    pthread_cond_t gate_cv;
+    struct slot *gate_owner;
+};
+
+void dbk__pool_idle_remove(dbk_pool *p, struct slot *s);
+
+void dbk__pool_wq_remove(dbk_pool *p, struct waiter *w);
+
+int dbk__pool_capacity_used(const dbk_pool *p);
+
+void dbk__pool_give_slot(dbk_pool *p, struct slot *s, int64_t now);
+
+void dbk__pool_fail_all_waiters(dbk_pool *p, const dbk_error *e);
+
+void dbk__pool_wake_worker(dbk_pool *p);
+
+void dbk__pool_report_error_h(const dbk_pool_hooks *h, dbk_log_level level, const dbk_error *e);
+
+void dbk__pool_report_error(dbk_pool *p, dbk_log_level level, const dbk_error *e);
+
+void dbk__pool_close_slot(dbk_pool *p, struct slot *s);
+
+uint64_t dbk__pool_rng_next(uint64_t *st);
+
+dbk_rc dbk__pool_open_slot(dbk_pool *p, const dbk_pool_hooks *h, struct slot **out,
+                        dbk_error *err);
+
+void dbk__pool_format_site(char *buf, size_t n, const struct site *st, int64_t held_ms);
+
+const char *dbk__pool_first_token(const char *sql);
+
+void dbk__pool_gate_leave(dbk_pool *p, struct slot *s);
+
+void *dbk__pool_worker_main(void *arg);
+
+/* The executor of a lent connection (pool_lent.c). */
+extern const struct dbk__db_ops dbk__pool_conn_ops;
+
+#endif
