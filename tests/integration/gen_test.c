@@ -248,7 +248,8 @@ static void compile_and_run(const char *dir, const char *cc, const dbk_config *c
     write_file(gendir, "main.c", MAIN_C);
     snprintf(mainc, sizeof mainc, "%s/main.c", gendir);
     snprintf(genc, sizeof genc, "%s/matrix.c", gendir);
-    snprintf(exe, sizeof exe, "%s/prog_%s", gendir, cc);
+    const char *ccbase = strrchr(cc, '/') ? strrchr(cc, '/') + 1 : cc;
+    snprintf(exe, sizeof exe, "%s/prog_%s", gendir, ccbase);
     char inc1[1100], inc2[1100], rpath[1100], gi[1100];
     snprintf(inc1, sizeof inc1, "-I%s/include", DBKIT_SOURCE_DIR);
     snprintf(inc2, sizeof inc2, "-I%s/include", DBKIT_BINARY_DIR);
@@ -344,8 +345,13 @@ static void matrix(dbk_engine engine, const char *name)
     for (int i = 0; expected[i]; i++)
         exp_fixed[k++] = expected[i];
     exp_fixed[k] = NULL;
-    compile_and_run(dir, "gcc", cfg, exp_fixed);
-    compile_and_run(dir, "clang", cfg, exp_fixed);
+    if (DBKIT_GEN_SAN[0]) {
+        /* a sanitizer runtime must match the library's: its compiler only */
+        compile_and_run(dir, DBKIT_GEN_CC, cfg, exp_fixed);
+    } else {
+        compile_and_run(dir, "gcc", cfg, exp_fixed);
+        compile_and_run(dir, "clang", cfg, exp_fixed);
+    }
     dbk_config_free(cfg);
     free(dir);
 }
