@@ -26,7 +26,7 @@
 
 #include <dbkit/dbkit.h>
 
-#include "repo/repo_int.h" /* dbk__repo_batch_totals: the batch path on/off */
+#include "repo/repo_int.h" /* dbk__repo_find_many_flags: the batch path on/off */
 
 struct bpost;
 struct buser {
@@ -324,14 +324,14 @@ static void run(const char *label, const char *url, double secs)
         double best[2][2] = {{1e9, 1e9}, {1e9, 1e9}}; /* [batch][include] */
         for (int round = 0; round < 3; round++) {
             for (int batched = 0; batched < 2; batched++) {
-                dbk__repo_batch_totals = batched;
                 for (int with_inc = 0; with_inc < 2; with_inc++) {
                     t0 = now_s();
                     for (int i = 0; i < iters; i++) {
                         dbk_list l;
                         dbk_arena_reset(a);
-                        if (dbk_repo_find_many(db, &buser_entity, with_inc ? &fqi : &fq, &l, a,
-                                               &err) ||
+                        if (dbk__repo_find_many_flags(db, &buser_entity, with_inc ? &fqi : &fq,
+                                                      batched ? 0 : DBK__FIND_NO_BATCH, &l, a,
+                                                      &err) ||
                             l.total != NUSERS || l.count != 20)
                             die("findAll", &err);
                     }
@@ -341,7 +341,6 @@ static void run(const char *label, const char *url, double secs)
                 }
             }
         }
-        dbk__repo_batch_totals = true;
         printf("findAll page of 20 + exact total: COUNT and page in one batch %.1f us | one "
                "after the other %.1f us | batch is %.2fx faster\n",
                best[1][0] * 1e6, best[0][0] * 1e6, best[0][0] / best[1][0]);

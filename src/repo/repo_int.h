@@ -91,13 +91,21 @@ int64_t dbk__now_us(void);
 dbk_rc dbk__repo_check(dbk_db *db, dbk_entity *e, dbk_arena *arena, bool need_arena,
                        const char *fn, dbk_error *err);
 
-/* Loads include paths for `n` structs at `items` (see dbk_repo_include). */
-dbk_rc dbk__repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n,
+/* Flags of the internal find-many and include calls. */
+enum { DBK__FIND_NO_BATCH = 1u };
+
+/* Loads include paths for `n` structs at `items` (see dbk_repo_include);
+ * flags as dbk__repo_find_many_flags (DBK__FIND_NO_BATCH: no prefetch of
+ * several relations in one batch). */
+dbk_rc dbk__repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n, unsigned flags,
                          const char *const *paths, size_t npaths, dbk_arena *arena,
                          dbk_error *err);
 
-/* Page + exact total as one batch on PostgreSQL (default true; the
- * benchmark turns it off to measure the difference). */
-extern bool dbk__repo_batch_totals;
+/* dbk_repo_find_many with internal flags (0: what the public call does).
+ * DBK__FIND_NO_BATCH sends an exact total's COUNT as its own round trip
+ * instead of in one batch with the page on PostgreSQL: bench/repo_bench.c
+ * measures the difference with it. */
+dbk_rc dbk__repo_find_many_flags(dbk_db *db, dbk_entity *e, const dbk_query *q, unsigned flags,
+                                 dbk_list *out, dbk_arena *arena, dbk_error *err);
 
 #endif
