@@ -113,14 +113,8 @@ static dbk_rc transfer_tx(dbk_db *tx, void *vctx, dbk_error *err)
         return DBK_ECHECK;
     }
     /* Both balances in one statement: one round trip fewer than two. */
-    dbk_value d[4] = {dbk_int64(c->amount), dbk_int64(c->from), dbk_int64(c->to),
-                      dbk_timestamp(shop_now_us())};
     int64_t changed = 0;
-    rc = dbk_db_exec(tx,
-                     "UPDATE accounts SET balance_cents = balance_cents + "
-                     "CASE WHEN id = $2 THEN -$1 ELSE $1 END, updated_at = $4 "
-                     "WHERE id IN ($2, $3)",
-                     d, 4, &changed, err);
+    rc = move_balances(tx, c->from, c->amount, shop_now_us(), c->to, &changed, err);
     if (rc != DBK_OK)
         return rc;
     if (changed != 2) { /* cannot happen with both rows locked; never half a transfer */

@@ -29,9 +29,6 @@ typedef struct order_ctx {
     shop_tx_fail fail; /* 404 / 409 decided inside the closure */
 } order_ctx;
 
-const char shop_sql_take_stock[] =
-    "UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $1 RETURNING price_cents";
-
 static int cmp_line(const void *a, const void *b)
 {
     const shop_order_item *x = a, *y = b;
@@ -54,22 +51,17 @@ static dbk_rc order_tx(dbk_db *tx, void *vctx, dbk_error *err)
      * conditional: it only happens when the stock covers the quantity. */
     for (size_t i = 0; i < c->n; i++) {
         shop_order_item *l = &c->lines[i];
-        dbk_value p[2] = {dbk_int64(l->quantity), dbk_int64(l->product_id)};
-        dbk_result *r = NULL;
-        rc = dbk_db_query(tx, shop_sql_take_stock, p, 2, &r, err);
-        if (rc != DBK_OK)
-            return rc;
-        if (dbk_result_nrows(r) == 1) {
-            rc = dbk_result_get_int64(r, 0, 0, &l->unit_price_cents, err);
-            dbk_result_free(r);
-            if (rc != DBK_OK)
-                return rc;
+        take_stock_row taken;
+        rc = take_stock(tx, l->quantity, l->product_id, c->arena, &taken, err);
+        if (rc == DBK_OK) {
+            l->unit_price_cents = taken.price_cents;
             continue;
         }
-        dbk_result_free(r);
-        int64_t stock = 0;
-        rc = dbk_db_query_int64(tx, "SELECT stock FROM products WHERE id = $1", &p[1], 1, &stock,
-                                err);
+        if (rc != DBK_ENOT_FOUND)
+            return rc;
+        product_stock_row st;
+        rc = product_stock(tx, l->product_id, c->arena, &st, err);
+        int64_t stock = st.stock;
         if (rc == DBK_ENOT_FOUND) {
             shop_tx_fail_set(&c->fail, 404, "not_found", "product %lld not found",
                         (long long)l->product_id);

@@ -84,6 +84,7 @@ static const char MAIN_C[] =
     "#include <string.h>\n"
     "#include \"matrix.h\"\n"
     "#include \"models.h\"\n"
+    "#include \"ints.h\"\n"
     "#define CK(x) do { dbk_rc rc_ = (x); if (rc_ != DBK_OK) { printf(\"FAIL %s: %s\\n\", #x, "
     "err.message); return 1; } } while (0)\n"
     "int main(int argc, char **argv)\n"
@@ -153,6 +154,9 @@ static const char MAIN_C[] =
     "    CK(list_with_children(db, a, &rows, &nrows, &err));\n"
     "    printf(\"after delete %zu\\n\", nrows);\n"
     "    printf(\"sql %d\\n\", strstr(get_t_sql, \"WHERE id = $1\") != NULL);\n"
+    "    count_t_row ct;\n"
+    "    CK(count_t(db, a, &ct, &err));\n"
+    "    printf(\"count %\" PRId64 \"\\n\", ct.n);\n"
     "    dbk_arena_free(a);\n"
     "    dbk_conn_close(c);\n"
     "    dbk_config_free(cfg);\n"
@@ -203,6 +207,8 @@ static char *project(const char *name, const char *schema, const char *queries)
     snprintf(p, sizeof p, "%s/db/queries", dir);
     mkdir(p, 0755);
     write_file(p, "matrix.sql", queries);
+    /* a file whose rows hold numbers only (no arena copies in its code) */
+    write_file(p, "ints.sql", "-- name: CountT :one\nSELECT count(*) AS n FROM t;\n");
     return dir;
 }
 
@@ -243,11 +249,12 @@ static void has(const char *text, const char *needle)
 static void compile_and_run(const char *dir, const char *cc, const dbk_config *cfg,
                             const char *expected[])
 {
-    char gendir[900], mainc[1024], exe[1024], genc[1024];
+    char gendir[900], mainc[1024], exe[1024], genc[1024], intsc[1024];
     snprintf(gendir, sizeof gendir, "%s/db/gen", dir);
     write_file(gendir, "main.c", MAIN_C);
     snprintf(mainc, sizeof mainc, "%s/main.c", gendir);
     snprintf(genc, sizeof genc, "%s/matrix.c", gendir);
+    snprintf(intsc, sizeof intsc, "%s/ints.c", gendir);
     const char *ccbase = strrchr(cc, '/') ? strrchr(cc, '/') + 1 : cc;
     snprintf(exe, sizeof exe, "%s/prog_%s", gendir, ccbase);
     char inc1[1100], inc2[1100], rpath[1100], gi[1100];
@@ -257,7 +264,7 @@ static void compile_and_run(const char *dir, const char *cc, const dbk_config *c
     snprintf(rpath, sizeof rpath, "-Wl,-rpath,%s", DBKIT_LIB_DIR);
     const char *args[] = {"-std=c11", "-Wall", "-Wextra", "-Werror", "-Wshadow",
                           "-Wstrict-prototypes", "-Wmissing-prototypes",
-                          "-Wno-missing-prototypes", inc1, inc2, gi, mainc, genc,
+                          "-Wno-missing-prototypes", inc1, inc2, gi, mainc, genc, intsc,
                           DBKIT_LIB_FILE, rpath, DBKIT_GEN_SAN, "-o", exe, NULL};
     /* an empty sanitizer flag would be read as a file name */
     const char *argv2[32];
@@ -296,8 +303,8 @@ static void matrix(dbk_engine engine, const char *name)
     dbk_error err;
     dbk_gen_report rep;
     DBKT_OK(gen(cfg, dir, false, &rep, &err), &err);
-    assert_int_equal(rep.queries, 9);
-    assert_int_equal(rep.files, 3);
+    assert_int_equal(rep.queries, 10);
+    assert_int_equal(rep.files, 5);
 
     char path[1024];
     snprintf(path, sizeof path, "%s/db/gen/matrix.h", dir);
@@ -338,6 +345,7 @@ static void matrix(dbk_engine engine, const char *name)
         "missing DBK_ENOT_FOUND",
         "after delete 2",
         "sql 1",
+        "count 2",
         NULL};
     (void)expected;
     const char *exp_fixed[16];
@@ -409,7 +417,7 @@ static void gen_check_detects_drift(void **state)
     dbk_error err;
     dbk_gen_report rep;
     DBKT_OK(gen(cfg, dir, false, &rep, &err), &err);
-    assert_int_equal(rep.written, 3);
+    assert_int_equal(rep.written, 5);
     DBKT_OK(gen(cfg, dir, false, &rep, &err), &err);
     assert_int_equal(rep.written, 0); /* deterministic: nothing changed */
     DBKT_OK(gen(cfg, dir, true, &rep, &err), &err);
@@ -448,6 +456,24 @@ static void gen_check_detects_drift(void **state)
     free(dir);
 }
 
+/* The example service's committed generated code is what its migrations
+ * and queries give today (`dbkit gen --check`, as CI would run it). */
+static void gen_example_shop_up_to_date(void **state)
+{
+    (void)state;
+    const char *args[] = {"--url", dbkt_pg_admin_url(), "--migrations-dir",
+                          DBKIT_SOURCE_DIR "/examples/db/migrations", "gen", "--check",
+                          "--queries", DBKIT_SOURCE_DIR "/examples/db/queries", "--out",
+                          DBKIT_SOURCE_DIR "/examples/shop/gen", NULL};
+    int o, e;
+    pid_t pid = dbkt_spawn(DBKIT_CLI_PATH, NULL, args, NULL, NULL, &o, &e);
+    dbkt_proc r = dbkt_collect(pid, o, e, 60000, "dbkit gen --check (examples)");
+    if (r.code != 0)
+        fail_msg("dbkit gen --check on the example service: exit %d: %s%s", r.code, r.out, r.err);
+    has(r.out, "3 queries, 3 files up to date");
+    dbkt_proc_free(&r);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -456,6 +482,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(gen_pg_unpreparable_query_fails),
         cmocka_unit_test(gen_sqlite_unpreparable_query_fails),
         cmocka_unit_test(gen_check_detects_drift),
+        cmocka_unit_test(gen_example_shop_up_to_date),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
