@@ -92,12 +92,14 @@ if [[ " $PARTS " == *" lib "* ]]; then
   step cache_bench "$BUILD/bench/cache_bench" --seconds "$LIB_SECS" --rounds 3
   step batch_bench "$BUILD/bench/batch_bench" --seconds "$LIB_SECS"
   step bulk_bench "$BUILD/bench/bulk_bench" --rows 100000
+  step testdb_bench "$BUILD/bench/testdb_bench" # 30 rounds per engine and strategy
   # A benchmark program added later runs only once its bounded flags are
   # listed above; say so instead of running it with unknown durations.
   for prog in "$BUILD"/bench/*_bench; do
     [ -x "$prog" ] || continue
     case "$(basename "$prog")" in
-      pk_bench | pool_bench | tx_bench | repo_bench | cache_bench | batch_bench | bulk_bench) ;;
+      pk_bench | pool_bench | tx_bench | repo_bench | cache_bench | batch_bench | bulk_bench | \
+        testdb_bench) ;;
       *) echo "bench: $(basename "$prog") is not run by scripts/run-bench.sh yet (add it with bounded flags)" ;;
     esac
   done
