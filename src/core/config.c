@@ -105,6 +105,7 @@ enum {
     S_REPLICAS,
     S_REPLICA_MAX_LAG,
     S_READ_YOUR_WRITES_WAIT,
+    S_POOLER,
     S_COUNT_
 };
 
@@ -127,6 +128,7 @@ static const char *const journal_modes[] = {"delete", "truncate", "persist", "me
 static const char *const sync_modes[] = {"off", "normal", "full", "extra", NULL};
 static const char *const ssl_modes[] = {"disable", "allow",     "prefer",
                                         "require", "verify-ca", "verify-full", NULL};
+static const char *const pooler_modes[] = {"none", "transaction", NULL};
 static const char *const tsa_modes[] = {"any",     "read-write", "read-only",
                                         "primary", "standby",    "prefer-standby", NULL};
 
@@ -189,6 +191,8 @@ static const struct setting settings[S_COUNT_] = {
                            MS_MAX, OFF(replica_max_lag_ms), NULL},
     [S_READ_YOUR_WRITES_WAIT] = {"read_your_writes_wait", "DB_READ_YOUR_WRITES_WAIT_MS", K_MS,
                                  SC_PG, 0, "100", 0, MS_MAX, OFF(read_your_writes_wait_ms), NULL},
+    [S_POOLER] = {"pooler", "DB_POOLER", K_ENUM, SC_PG, 0, "none", 0, 0, OFF(pooler),
+                  pooler_modes},
 };
 
 /* Where a value came from, for messages. */
@@ -1484,6 +1488,7 @@ DBK_API void dbk_config_free(dbk_config *cfg)
         return;
     wipe_free(cfg->password);
     wipe_free(cfg->replicas);
+    free(cfg->pooler);
     free(cfg->host);
     free(cfg->port);
     free(cfg->dbname);
@@ -1525,7 +1530,7 @@ DBK_API dbk_rc dbk_config_clone(const dbk_config *cfg, dbk_config **out, dbk_err
         return dbk__err(err, DBK_ENOMEM, "out of memory");
     *c = *cfg;
     /* Detach every pointer first so a failure part-way frees only copies. */
-    c->host = c->port = c->dbname = c->user = c->password = c->replicas = NULL;
+    c->host = c->port = c->dbname = c->user = c->password = c->replicas = c->pooler = NULL;
     c->sslmode = c->application_name = c->target_session_attrs = NULL;
     c->sqlite_path = c->journal_mode = c->synchronous = NULL;
     c->extra = NULL;
@@ -1533,6 +1538,7 @@ DBK_API dbk_rc dbk_config_clone(const dbk_config *cfg, dbk_config **out, dbk_err
     bool ok = dup_field(&c->host, cfg->host) && dup_field(&c->port, cfg->port) &&
               dup_field(&c->dbname, cfg->dbname) && dup_field(&c->user, cfg->user) &&
               dup_field(&c->password, cfg->password) && dup_field(&c->replicas, cfg->replicas) &&
+              dup_field(&c->pooler, cfg->pooler) &&
               dup_field(&c->sslmode, cfg->sslmode) &&
               dup_field(&c->application_name, cfg->application_name) &&
               dup_field(&c->target_session_attrs, cfg->target_session_attrs) &&

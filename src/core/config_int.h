@@ -49,6 +49,9 @@ struct dbk_config {
      * URLs (secret: they may carry passwords), the lag that takes one out
      * of rotation and the read-your-writes wait. */
     char *replicas;
+    /* "transaction" behind a transaction-mode pooler (PgBouncer): no named
+     * prepared statements; NULL or "none" otherwise. */
+    char *pooler;
     int replica_max_lag_ms;
     int read_your_writes_wait_ms;
 

@@ -124,6 +124,20 @@ static int rc_rank(dbk_rc rc)
     }
 }
 
+/* A per-connection nonce for statement names: unique across the clients
+ * of one pooler (processes, hosts, connections), not a secret. splitmix64
+ * over the clock, the PID, the address and a process-wide counter. */
+static uint64_t name_nonce(const void *pc)
+{
+    static _Atomic uint64_t counter;
+    uint64_t x = (uint64_t)dbk__now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)pc ^
+                 (atomic_fetch_add(&counter, 1) * 0x9E3779B97F4A7C15ULL);
+    x += 0x9E3779B97F4A7C15ULL;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
 struct attempt {
     dbk_rc rc;
     char msg[DBK_ERROR_MESSAGE_MAX];
@@ -274,6 +288,11 @@ static dbk_rc pg_open(const struct dbk_config *cfg, void **impl, dbk_error *err)
     pc->lock_timeout_ms = cfg->lock_timeout_ms > 0 ? cfg->lock_timeout_ms : 0;
     pc->connect_timeout_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : 10000;
     pc->cache_cap = cfg->stmt_cache_size > 0 ? (size_t)cfg->stmt_cache_size : 0;
+    if (cfg->pooler && strcmp(cfg->pooler, "transaction") == 0) {
+        pc->pooler_txn = true;
+        pc->cache_cap = 0;
+    }
+    pc->name_nonce = name_nonce(pc);
 
     size_t cap = 32 + cfg->nextra;
     struct kv kv = {calloc(cap, sizeof(char *)), calloc(cap, sizeof(char *)), 0, cap};

@@ -275,6 +275,41 @@ static bool stale_statement(const PGresult *res, bool *all_gone)
     return false;
 }
 
+/* A cached statement is gone (26000) or a name we never used already
+ * exists (42P05) although nothing of ours dropped or made it: the session
+ * is not ours alone, i.e. a transaction-mode pooler (PgBouncer) hands our
+ * statements to other backends between transactions. Unique names already
+ * keep a name from meaning another client's statement; from here on this
+ * connection prepares nothing (unnamed statements), so it stops failing.
+ * One WARN per process. Evicted names are not deallocated any more: on a
+ * shared backend that could only hit someone else. */
+static void go_unnamed(pg_conn *pc, const char *sqlstate)
+{
+    static atomic_bool warned;
+    if (pc->pooler_txn)
+        return;
+    pc->pooler_txn = true;
+    dbk__pg_cache_clear(pc);
+    pc->cache_cap = 0;
+    pc->npending = 0;
+    pc->pending_all = false;
+    if (!atomic_exchange(&warned, true))
+        dbk__log(DBK_LOG_WARN,
+                 "SQLSTATE %s on a prepared statement between transactions: a transaction-mode "
+                 "pooler (PgBouncer?) sits in front of the server; connections that see this "
+                 "switch to unnamed statements; set pooler=transaction (DB_POOLER) to start that "
+                 "way",
+                 sqlstate);
+}
+
+static bool sqlstate_is(const PGresult *res, const char *want)
+{
+    if (!res || PQresultStatus(res) != PGRES_FATAL_ERROR)
+        return false;
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    return st && strcmp(st, want) == 0;
+}
+
 /* The connection can take a new statement: usable, nothing in flight. */
 dbk_rc dbk__pg_ready(pg_conn *pc, dbk_error *err)
 {
@@ -346,6 +381,7 @@ dbk_rc dbk__pg_run(void *impl, const char *sql, const dbk_value *params, size_t 
                     dbk__pg_cache_clear(pc);
                     pc->npending = 0;
                     pc->pending_all = true;
+                    go_unnamed(pc, "26000");
                 } else {
                     dbk__pg_pending_push(pc, s->name);
                     dbk__pg_cache_remove(pc, s);
@@ -354,6 +390,12 @@ dbk_rc dbk__pg_run(void *impl, const char *sql, const dbk_value *params, size_t 
                 if (idle) {
                     PQclear(res);
                     res = NULL;
+                    if (pc->cache_cap == 0) {
+                        rc = exec_unnamed(pc, sql, &pp, deadline, &res, &copy_refused, err);
+                        if (rc)
+                            return rc;
+                        return dbk__pg_finish(pc, res, copy_refused, out, affected, err);
+                    }
                     continue;
                 }
             }
@@ -366,6 +408,17 @@ dbk_rc dbk__pg_run(void *impl, const char *sql, const dbk_value *params, size_t 
         rc = exec_miss(pc, s, &pp, deadline, &res, err); /* takes s */
         if (rc)
             return rc;
+        if (attempt == 0 && sqlstate_is(res, "42P05")) {
+            go_unnamed(pc, "42P05");
+            if (PQtransactionStatus(pc->conn) == PQTRANS_IDLE) {
+                PQclear(res);
+                res = NULL;
+                rc = exec_unnamed(pc, sql, &pp, deadline, &res, &copy_refused, err);
+                if (rc)
+                    return rc;
+                return dbk__pg_finish(pc, res, copy_refused, out, affected, err);
+            }
+        }
         return dbk__pg_finish(pc, res, false, out, affected, err);
     }
 }

@@ -86,7 +86,7 @@
 #define PG_NO_LIMIT_DEADLINE_MS (10 * 60 * 1000) /* when statement_timeout is 0 */
 #define PG_CANCEL_WAIT_MS 1000    /* a cancel attempt's own deadline (the caller never waits) */
 #define PG_CANCEL_MAX 4           /* cancel attempts outstanding in the process at most */
-#define PG_NAME_MAX 24
+#define PG_NAME_MAX 48 /* "dbk_" + 16 hex (the connection's nonce) + "_" + a counter */
 
 /* ---- the connection ---- */
 
@@ -120,6 +120,14 @@ typedef struct pg_conn {
     size_t nstmts;
     struct pg_stmt *lru_head, *lru_tail;
     uint64_t next_id;
+    /* Statement names carry this per-connection random nonce, so a name
+     * can never resolve to another client's statement on a backend a
+     * transaction-mode pooler shares between clients. */
+    uint64_t name_nonce;
+    /* Behind a transaction-mode pooler (declared with pooler=transaction,
+     * or detected: a cached statement gone between transactions): unnamed
+     * statements only, cache_cap 0. */
+    bool pooler_txn;
     /* Evicted statements still to DEALLOCATE (sent with the next prepare
      * outside a transaction block), or all of them. */
     char (*pending)[PG_NAME_MAX];

@@ -158,7 +158,8 @@ struct pg_stmt *dbk__pg_stmt_new(pg_conn *pc, uint64_t h, const char *sql, size_
     s->sig = s->sql + len + 1;
     memcpy(s->sig, sig, nsig);
     s->sig[nsig] = '\0';
-    snprintf(s->name, sizeof s->name, "dbk_%" PRIu64, ++pc->next_id);
+    snprintf(s->name, sizeof s->name, "dbk_%016" PRIx64 "_%" PRIu64, pc->name_nonce,
+             ++pc->next_id);
     return s;
 }
 

@@ -993,6 +993,7 @@ static void config_precedence_default_env_url_code(void **state)
     assert_string_equal(d.val[dumped_find(&d, "replicas")], "");
     assert_string_equal(d.val[dumped_find(&d, "replica_max_lag")], "1000");
     assert_string_equal(d.val[dumped_find(&d, "read_your_writes_wait")], "100");
+    assert_string_equal(d.val[dumped_find(&d, "pooler")], "none");
     dbk_config_free(cfg);
 
     /* Replica URLs may carry passwords: shown as "***", never in clear. */
@@ -1249,8 +1250,8 @@ static void config_dump_lists_every_setting_with_source(void **state)
         "target_session_attrs", "connect_timeout", "statement_timeout", "lock_timeout",
         "stmt_cache_size", "pool_max", "pool_min_idle", "acquire_timeout", "idle_timeout",
         "max_lifetime", "validate_after", "validate_timeout", "pool_max_waiters",
-        "leak_threshold", "replicas", "replica_max_lag", "read_your_writes_wait", "keepalives",
-        "sslpassword"};
+        "leak_threshold", "replicas", "replica_max_lag", "read_your_writes_wait", "pooler",
+        "keepalives", "sslpassword"};
     assert_int_equal(d.n, (int)(sizeof order / sizeof order[0]));
     for (int i = 0; i < d.n; i++) {
         assert_string_equal(d.key[i], order[i]);
