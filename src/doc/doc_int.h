@@ -1,0 +1,118 @@
+/*
+ * Internal shapes of the document layer: the parsed document, the opened
+ * collection with its checked field table, the SQL builder and the filter,
+ * sort and update compilers shared by the files of src/doc/.
+ */
+#ifndef DBK_DOC_INT_H
+#define DBK_DOC_INT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "core/internal.h"
+#include "dbkit/doc.h"
+#include "dbkit/value.h"
+
+struct dbk_doc {
+    json_t *root; /* a JSON object, owned */
+};
+
+/* One checked field: the declared ones plus the implicit timestamps. */
+typedef struct dbk__doc_field {
+    const char *path;
+    dbk_doc_type type;
+    unsigned flags;
+    json_t *def; /* parsed default or NULL, owned */
+} dbk__doc_field;
+
+struct dbk_doc_coll {
+    dbk_db *db; /* borrowed */
+    dbk_engine engine;
+    const dbk_doc_schema *schema; /* borrowed */
+    const char *created;          /* NULL without timestamps */
+    const char *updated;
+    size_t nfields;
+    dbk__doc_field fields[DBK_DOC_MAX_FIELDS + 2];
+};
+
+/* A growing NUL-terminated string; `oom` sticks after a failed growth. */
+typedef struct dbk__sb {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} dbk__sb;
+
+void dbk__sb_add(dbk__sb *b, const char *s);
+void dbk__sb_addf(dbk__sb *b, const char *fmt, ...) DBK__PRINTF(2, 3);
+void dbk__sb_free(dbk__sb *b);
+
+/* Parameters of one compiled statement. Text values borrow strings of the
+ * JSON trees the statement was compiled from (and `owned`, strings made
+ * while compiling, freed with the list). */
+typedef struct dbk__params {
+    dbk_value *v;
+    size_t n, cap;
+    char **owned;
+    size_t nowned, capowned;
+    bool oom;
+} dbk__params;
+
+void dbk__params_free(dbk__params *p);
+
+/* Parses JSON text with dbkit's limits (size, depth, one object, UTF-8, no
+ * NUL); `what` names the input in messages ("document", "filter"). */
+dbk_rc dbk__doc_json_parse(const char *json, size_t len, const char *what, json_t **out,
+                           dbk_error *err);
+
+/* The value at a dotted path (borrowed) or NULL. */
+json_t *dbk__doc_path_get(json_t *root, const char *path);
+
+/* True when `path` is a well-formed dotted path (segments
+ * [A-Za-z_][A-Za-z0-9_]*, each at most 64 bytes, at most 16 segments). */
+bool dbk__doc_path_ok(const char *path);
+
+/* The checked field for a path: the exact declared field, or NULL with
+ * *under_object set when the path lies below a declared OBJECT field. */
+const dbk__doc_field *dbk__doc_field_find(const dbk_doc_coll *c, const char *path,
+                                          bool *under_object);
+
+/* Appends the SQL expression that reads `path` on the collection's engine
+ * (PostgreSQL: typed by `type`, 0 for raw jsonb). The path must have
+ * passed dbk__doc_path_ok. */
+void dbk__doc_path_sql(const dbk_doc_coll *c, dbk__sb *sql, const char *path, dbk_doc_type type);
+
+/* Compiles a filter (JSON text, NULL or empty: match all) to a boolean SQL
+ * expression appended to `sql`, parameters appended to `params` starting
+ * at $(params->n + 1). *tree receives the parsed filter, which the
+ * parameters borrow from: json_decref it after the statement ran. */
+dbk_rc dbk__doc_filter_compile(const dbk_doc_coll *c, const char *filter, dbk__sb *sql,
+                               dbk__params *params, json_t **tree, dbk_error *err);
+
+/* Compiles a sort object to an ORDER BY list (without the keyword). */
+dbk_rc dbk__doc_sort_compile(const dbk_doc_coll *c, const char *sort, dbk__sb *sql,
+                             dbk_error *err);
+
+/* Validates a whole document against the schema: top-level keys declared,
+ * required fields present, types; dates are rewritten to the stored form. */
+dbk_rc dbk__doc_check(const dbk_doc_coll *c, json_t *doc, dbk_error *err);
+
+/* Sets (steals `v`) or, with v NULL, removes the value at a dotted path,
+ * making missing parents objects. DBK_EINVALID when a parent is not an
+ * object; DBK_ENOMEM. */
+dbk_rc dbk__doc_path_set(json_t *root, const char *path, json_t *v, dbk_error *err);
+
+/* Index i of the collection: its name and key list (borrowed or written
+ * into buf), for messages and DDL. Unique fields come first as indexes. */
+size_t dbk__doc_nindexes(const dbk_doc_coll *c);
+void dbk__doc_index_get(const dbk_doc_coll *c, size_t i, char *name, size_t namelen,
+                        const char **keys, bool *unique);
+
+/* Formats microseconds since the epoch as the stored date text. */
+void dbk__doc_date_format(int64_t usec, char buf[40]);
+
+/* Checks a schema and fills the collection's field table. */
+dbk_rc dbk__doc_schema_load(dbk_doc_coll *c, const dbk_doc_schema *s, dbk_error *err);
+void dbk__doc_schema_unload(dbk_doc_coll *c);
+
+#endif

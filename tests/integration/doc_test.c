@@ -1,0 +1,862 @@
+/*
+ * The document layer's conformance suite: every test runs on a fresh
+ * SQLite file and on a fresh PostgreSQL database (dbkt_each_engine)
+ * through the same public API - CRUD, validation, unique fields,
+ * timestamps, sort / skip / limit / total, every filter operator, the
+ * update operators, projections, concurrent creates of one unique value,
+ * and hostile input (huge, invalid UTF-8, NUL, deep nesting, unknown
+ * operators, SQL in field names).
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+static const dbk_doc_field user_fields[] = {
+    {"name", DBK_DOC_STRING, DBK_DOC_REQUIRED, NULL},
+    {"email", DBK_DOC_STRING, DBK_DOC_REQUIRED | DBK_DOC_UNIQUE, NULL},
+    {"age", DBK_DOC_INT64, 0, NULL},
+    {"score", DBK_DOC_DOUBLE, 0, NULL},
+    {"active", DBK_DOC_BOOL, 0, "true"},
+    {"born", DBK_DOC_DATE, 0, NULL},
+    {"ref", DBK_DOC_OBJECT_ID, 0, NULL},
+    {"tags", DBK_DOC_ARRAY, 0, NULL},
+    {"address", DBK_DOC_OBJECT, 0, NULL},
+    {"address.city", DBK_DOC_STRING, 0, NULL},
+};
+static const dbk_doc_index user_indexes[] = {
+    {NULL, "-createdAt", false},
+    {NULL, "address.city,-age", false},
+};
+static const dbk_doc_schema users = {
+    .collection = "users",
+    .fields = user_fields,
+    .nfields = sizeof user_fields / sizeof user_fields[0],
+    .indexes = user_indexes,
+    .nindexes = 2,
+    .timestamps = true,
+};
+
+typedef struct env {
+    dbk_conn *conn;
+    dbk_doc_coll *coll;
+    dbk_engine engine;
+} env;
+
+static env env_open(const char *url, dbk_engine engine)
+{
+    env e = {dbkt_open(url), NULL, engine};
+    dbk_error err;
+    DBKT_OK(dbk_doc_coll_open(dbk_conn_db(e.conn), &users, &e.coll, &err), &err);
+    DBKT_OK(dbk_doc_coll_ensure(e.coll, &err), &err);
+    return e;
+}
+
+static void env_close(env *e)
+{
+    dbk_doc_coll_close(e->coll);
+    dbk_conn_close(e->conn);
+}
+
+static dbk_doc *create(env *e, const char *json)
+{
+    dbk_error err;
+    dbk_doc *d = NULL;
+    DBKT_OK(dbk_doc_create(e->coll, json, strlen(json), &d, &err), &err);
+    return d;
+}
+
+static void create_free(env *e, const char *json)
+{
+    dbk_doc_free(create(e, json));
+}
+
+static int64_t count(env *e, const char *filter)
+{
+    dbk_error err;
+    int64_t n = -1;
+    DBKT_OK(dbk_doc_count(e->coll, filter, &n, &err), &err);
+    return n;
+}
+
+static const char *text(const dbk_doc *d, const char *path)
+{
+    const char *s = NULL;
+    dbk_error err;
+    DBKT_OK(dbk_doc_get_text(d, path, &s, NULL, &err), &err);
+    return s;
+}
+
+static int64_t i64(const dbk_doc *d, const char *path)
+{
+    int64_t v = 0;
+    dbk_error err;
+    DBKT_OK(dbk_doc_get_int64(d, path, &v, &err), &err);
+    return v;
+}
+
+static dbk_rc create_rc(env *e, const char *json, dbk_error *err)
+{
+    return dbk_doc_create(e->coll, json, strlen(json), NULL, err);
+}
+
+/* ---- CRUD ---- */
+
+static void crud(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine);
+    dbk_error err;
+    dbk_doc *d = create(&e, "{\"name\":\"Ada\",\"email\":\"ada@example.com\",\"age\":36}");
+    const char *id = dbk_doc_id(d);
+    assert_non_null(id);
+    assert_int_equal(strlen(id), 24);
+    char idc[64];
+    snprintf(idc, sizeof idc, "%s", id);
+    assert_true(dbk_doc_has(d, "active")); /* default */
+    dbk_doc_free(d);
+
+    DBKT_OK(dbk_doc_find_by_id(e.coll, idc, &d, &err), &err);
+    assert_string_equal(text(d, "name"), "Ada");
+    assert_int_equal(i64(d, "age"), 36);
+    bool active = false;
+    DBKT_OK(dbk_doc_get_bool(d, "active", &active, &err), &err);
+    assert_true(active);
+    dbk_doc_free(d);
+
+    DBKT_OK(dbk_doc_find_one(e.coll, "{\"email\":\"ada@example.com\"}", &d, &err), &err);
+    assert_string_equal(dbk_doc_id(d), idc);
+    dbk_doc_free(d);
+    DBKT_RC(DBK_ENOT_FOUND, dbk_doc_find_one(e.coll, "{\"email\":\"nobody\"}", &d, &err));
+
+    DBKT_OK(dbk_doc_find_by_id_and_update(e.coll, idc, "{\"name\":\"Ada L.\"}", &d, &err), &err);
+    assert_string_equal(text(d, "name"), "Ada L.");
+    assert_string_equal(text(d, "email"), "ada@example.com");
+    dbk_doc_free(d);
+
+    DBKT_OK(dbk_doc_find_by_id_and_delete(e.coll, idc, &d, &err), &err);
+    assert_string_equal(text(d, "name"), "Ada L.");
+    dbk_doc_free(d);
+    DBKT_RC(DBK_ENOT_FOUND, dbk_doc_find_by_id(e.coll, idc, &d, &err));
+    assert_null(d);
+    DBKT_RC(DBK_ENOT_FOUND, dbk_doc_find_by_id_and_delete(e.coll, idc, NULL, &err));
+    DBKT_RC(DBK_ENOT_FOUND, dbk_doc_find_by_id_and_update(e.coll, idc, "{\"age\":1}", NULL, &err));
+    env_close(&e);
+}
+
+static void doc_crud(void **state)
+{
+    (void)state;
+    dbkt_each_engine("doc_crud", crud);
+}
+
+/* ---- validation ---- */
+
+static void expect_invalid(env *e, const char *json, const char *needle)
+{
+    dbk_error err;
+    dbk_rc rc = create_rc(e, json, &err);
+    if (rc != DBK_EINVALID)
+        fail_msg("%s: expected DBK_EINVALID, got %s", json, dbk_rc_name(rc));
+    if (!strstr(err.message, needle))
+        fail_msg("%s: message \"%s\" does not name \"%s\"", json, err.message, needle);
+}
+
+static void validation(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine);
+    expect_invalid(&e, "{\"email\":\"a@x\"}", "\"name\" is required");
+    expect_invalid(&e, "{\"name\":null,\"email\":\"a@x\"}", "\"name\" is required");
+    expect_invalid(&e, "{\"name\":1,\"email\":\"a@x\"}", "\"name\"");
+    expect_invalid(&e, "{\"name\":\"n\",\"email\":\"a@x\",\"age\":1.5}", "\"age\"");
+    expect_invalid(&e, "{\"name\":\"n\",\"email\":\"a@x\",\"active\":\"yes\"}", "\"active\"");
+    expect_invalid(&e, "{\"name\":\"n\",\"email\":\"a@x\",\"born\":\"yesterday\"}", "\"born\"");
+    expect_invalid(&e, "{\"name\":\"n\",\"email\":\"a@x\",\"ref\":\"12\"}", "\"ref\"");
+    expect_invalid(&e, "{\"name\":\"n\",\"email\":\"a@x\",\"tags\":\"t\"}", "\"tags\"");
+    expect_invalid(&e, "{\"name\":\"n\",\"email\":\"a@x\",\"address\":[]}", "\"address\"");
+    expect_invalid(&e, "{\"name\":\"n\",\"email\":\"a@x\",\"address\":{\"city\":5}}",
+                   "\"address.city\"");
+    expect_invalid(&e, "{\"name\":\"n\",\"email\":\"a@x\",\"nick\":\"z\"}", "\"nick\"");
+    expect_invalid(&e, "{\"_id\":5,\"name\":\"n\",\"email\":\"a@x\"}", "\"_id\"");
+    expect_invalid(&e, "[1,2]", "object");
+    /* a valid one passes, dates are normalized to UTC */
+    dbk_doc *d = create(&e, "{\"name\":\"n\",\"email\":\"a@x\",\"born\":\"2000-01-02 03:04:05+02\","
+                            "\"ref\":\"0123456789abcdef01234567\",\"score\":2}");
+    assert_string_equal(text(d, "born"), "2000-01-02T01:04:05.000000Z");
+    double sc = 0;
+    dbk_error err;
+    DBKT_OK(dbk_doc_get_double(d, "score", &sc, &err), &err);
+    assert_true(sc == 2.0);
+    DBKT_RC(DBK_ETYPE, dbk_doc_get_int64(d, "name", &(int64_t){0}, &err));
+    DBKT_RC(DBK_ENOT_FOUND, dbk_doc_get_int64(d, "age", &(int64_t){0}, &err));
+    dbk_doc_free(d);
+    assert_int_equal(count(&e, NULL), 1);
+    env_close(&e);
+}
+
+static void doc_validation_names_the_field(void **state)
+{
+    (void)state;
+    dbkt_each_engine("doc_validation", validation);
+}
+
+/* ---- unique ---- */
+
+static void unique(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine);
+    dbk_error err;
+    create_free(&e, "{\"_id\":\"u1\",\"name\":\"a\",\"email\":\"same@x\"}");
+    create_free(&e, "{\"_id\":\"u2\",\"name\":\"b\",\"email\":\"other@x\"}");
+    DBKT_RC(DBK_EUNIQUE, create_rc(&e, "{\"name\":\"c\",\"email\":\"same@x\"}", &err));
+    assert_non_null(strstr(err.message, "\"email\""));
+    DBKT_RC(DBK_EUNIQUE, create_rc(&e, "{\"_id\":\"u1\",\"name\":\"c\",\"email\":\"n@x\"}", &err));
+    assert_non_null(strstr(err.message, "_id"));
+    DBKT_RC(DBK_EUNIQUE,
+            dbk_doc_find_by_id_and_update(e.coll, "u2", "{\"$set\":{\"email\":\"same@x\"}}", NULL,
+                                          &err));
+    assert_non_null(strstr(err.message, "\"email\""));
+    assert_int_equal(count(&e, NULL), 2);
+    assert_int_equal(count(&e, "{\"email\":\"other@x\"}"), 1);
+    env_close(&e);
+}
+
+static void doc_unique_field_and_id(void **state)
+{
+    (void)state;
+    dbkt_each_engine("doc_unique", unique);
+}
+
+/* ---- timestamps ---- */
+
+static void timestamps(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine);
+    dbk_error err;
+    dbk_doc *d = create(&e, "{\"_id\":\"t1\",\"name\":\"a\",\"email\":\"t@x\","
+                            "\"createdAt\":\"1999-01-01T00:00:00Z\"}");
+    int64_t c0, u0, c1, u1;
+    DBKT_OK(dbk_doc_get_date(d, "createdAt", &c0, &err), &err);
+    DBKT_OK(dbk_doc_get_date(d, "updatedAt", &u0, &err), &err);
+    assert_true(c0 == u0);
+    assert_true(c0 > 1000000000LL * 1000000); /* set by dbkit, not the input's 1999 */
+    dbk_doc_free(d);
+    DBKT_OK(dbk_doc_find_by_id_and_update(e.coll, "t1", "{\"$inc\":{\"age\":1}}", &d, &err), &err);
+    DBKT_OK(dbk_doc_get_date(d, "createdAt", &c1, &err), &err);
+    DBKT_OK(dbk_doc_get_date(d, "updatedAt", &u1, &err), &err);
+    assert_true(c1 == c0);
+    assert_true(u1 >= u0);
+    dbk_doc_free(d);
+    DBKT_RC(DBK_EINVALID, dbk_doc_find_by_id_and_update(
+                              e.coll, "t1", "{\"$set\":{\"createdAt\":\"2000-01-01T00:00:00Z\"}}",
+                              NULL, &err));
+    assert_non_null(strstr(err.message, "createdAt"));
+    env_close(&e);
+}
+
+static void doc_timestamps(void **state)
+{
+    (void)state;
+    dbkt_each_engine("doc_timestamps", timestamps);
+}
+
+/* ---- sort / skip / limit / total ---- */
+
+static void seed25(env *e)
+{
+    for (int i = 0; i < 25; i++) {
+        char j[256];
+        snprintf(j, sizeof j, "{\"_id\":\"id%02d\",\"name\":\"n%02d\",\"email\":\"e%02d@x\",\"age\":%d}",
+                 i, i, i, i % 5);
+        create_free(e, j);
+    }
+}
+
+static void paging(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine);
+    dbk_error err;
+    seed25(&e);
+    dbk_doc_page page;
+    dbk_doc_find_opts o = {.sort = "{\"age\":-1,\"name\":1}", .has_limit = true, .limit = 10,
+                           .skip = 3, .with_total = true, .filter = "{\"age\":{\"$gte\":1}}"};
+    DBKT_OK(dbk_doc_find(e.coll, &o, &page, &err), &err);
+    assert_int_equal(page.total, 20);
+    assert_int_equal(page.count, 10);
+    /* age 4: n04 n09 n14 n19 n24; age 3: n03 n08 ... skip 3 */
+    const char *want[] = {"n19", "n24", "n03", "n08", "n13", "n18", "n23", "n02", "n07", "n12"};
+    for (size_t i = 0; i < 10; i++)
+        assert_string_equal(text(page.docs[i], "name"), want[i]);
+    dbk_doc_page_free(&page);
+
+    /* default order is _id; no limit returns everything; total off is -1 */
+    dbk_doc_find_opts all = {0};
+    DBKT_OK(dbk_doc_find(e.coll, &all, &page, &err), &err);
+    assert_int_equal(page.count, 25);
+    assert_int_equal(page.total, -1);
+    assert_string_equal(dbk_doc_id(page.docs[0]), "id00");
+    assert_string_equal(dbk_doc_id(page.docs[24]), "id24");
+    dbk_doc_page_free(&page);
+
+    dbk_doc_find_opts zero = {.has_limit = true, .limit = 0, .with_total = true};
+    DBKT_OK(dbk_doc_find(e.coll, &zero, &page, &err), &err);
+    assert_int_equal(page.count, 0);
+    assert_int_equal(page.total, 25);
+    dbk_doc_page_free(&page);
+
+    dbk_doc_find_opts past = {.skip = 100, .with_total = true};
+    DBKT_OK(dbk_doc_find(e.coll, &past, &page, &err), &err);
+    assert_int_equal(page.count, 0);
+    assert_int_equal(page.total, 25);
+    dbk_doc_page_free(&page);
+
+    dbk_doc_find_opts big = {.has_limit = true, .limit = DBK_DOC_MAX_LIMIT + 1};
+    DBKT_RC(DBK_EINVALID, dbk_doc_find(e.coll, &big, &page, &err));
+    dbk_doc_find_opts neg = {.skip = -1};
+    DBKT_RC(DBK_EINVALID, dbk_doc_find(e.coll, &neg, &page, &err));
+    dbk_doc_find_opts badsort = {.sort = "{\"age\":2}"};
+    DBKT_RC(DBK_EINVALID_SORT, dbk_doc_find(e.coll, &badsort, &page, &err));
+    dbk_doc_find_opts unksort = {.sort = "{\"nope\":1}"};
+    DBKT_RC(DBK_EINVALID_SORT, dbk_doc_find(e.coll, &unksort, &page, &err));
+    env_close(&e);
+}
+
+static void doc_sort_skip_limit_total(void **state)
+{
+    (void)state;
+    dbkt_each_engine("doc_paging", paging);
+}
+
+/* ---- filters ---- */
+
+static void filters(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine);
+    dbk_error err;
+    create_free(&e, "{\"_id\":\"a\",\"name\":\"Ann\",\"email\":\"a@x\",\"age\":20,\"score\":1.5,"
+                    "\"active\":true,\"born\":\"1990-05-01T00:00:00Z\",\"tags\":[\"x\",\"y\"],"
+                    "\"address\":{\"city\":\"Oslo\",\"zip\":\"0150\",\"floor\":3}}");
+    create_free(&e, "{\"_id\":\"b\",\"name\":\"Bob\",\"email\":\"b@x\",\"age\":30,\"score\":2.5,"
+                    "\"active\":false,\"born\":\"1980-05-01T00:00:00Z\",\"tags\":[\"y\"],"
+                    "\"address\":{\"city\":\"Bergen\",\"floor\":7}}");
+    create_free(&e, "{\"_id\":\"c\",\"name\":\"Cy\",\"email\":\"c@x\",\"age\":40,"
+                    "\"tags\":[],\"address\":{\"city\":null}}");
+    create_free(&e, "{\"_id\":\"d\",\"name\":\"Di\",\"email\":\"d@x\"}");
+    static const struct {
+        const char *filter;
+        int64_t n;
+    } cases[] = {
+        {NULL, 4},
+        {"{}", 4},
+        {"{\"name\":\"Bob\"}", 1},
+        {"{\"_id\":\"c\"}", 1},
+        {"{\"_id\":{\"$in\":[\"a\",\"d\",\"zz\"]}}", 2},
+        {"{\"age\":{\"$eq\":30}}", 1},
+        {"{\"age\":{\"$ne\":30}}", 3},             /* includes d, which has no age */
+        {"{\"age\":{\"$gt\":20}}", 2},
+        {"{\"age\":{\"$gte\":20}}", 3},
+        {"{\"age\":{\"$lt\":30}}", 1},
+        {"{\"age\":{\"$lte\":30}}", 2},
+        {"{\"age\":{\"$gt\":20,\"$lt\":40}}", 1},
+        {"{\"age\":{\"$in\":[20,40,99]}}", 2},
+        {"{\"age\":{\"$in\":[]}}", 0},
+        {"{\"age\":null}", 1},
+        {"{\"age\":{\"$exists\":true}}", 3},
+        {"{\"age\":{\"$exists\":false}}", 1},
+        {"{\"score\":{\"$gt\":2}}", 1},
+        {"{\"score\":{\"$lte\":2.5}}", 2},
+        {"{\"active\":true}", 3},                  /* the default fills c and d */
+        {"{\"active\":false}", 1},
+        {"{\"born\":{\"$lt\":\"1985-01-01T00:00:00Z\"}}", 1},
+        {"{\"born\":{\"$gte\":\"1985-01-01 00:00:00+00\"}}", 1},
+        {"{\"tags\":\"y\"}", 2},
+        {"{\"tags\":\"x\"}", 1},
+        {"{\"tags\":{\"$ne\":\"y\"}}", 2},
+        {"{\"tags\":{\"$in\":[\"x\",\"q\"]}}", 1},
+        {"{\"address.city\":\"Oslo\"}", 1},
+        {"{\"address.city\":null}", 2},            /* c: null, d: no address */
+        {"{\"address.city\":{\"$exists\":true}}", 3},
+        {"{\"address.zip\":\"0150\"}", 1},         /* undeclared member of an object */
+        {"{\"address.floor\":{\"$gt\":5}}", 1},
+        {"{\"address.zip\":{\"$exists\":false}}", 3},
+        {"{\"$or\":[{\"name\":\"Ann\"},{\"age\":40}]}", 2},
+        {"{\"$and\":[{\"age\":{\"$gte\":20}},{\"active\":true}]}", 2},
+        {"{\"$or\":[{\"$and\":[{\"age\":20},{\"name\":\"Ann\"}]},{\"name\":\"Di\"}]}", 2},
+        {"{\"name\":\"Ann\",\"age\":30}", 0},
+        {"{\"name\":\"it's\"}", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int64_t n = -1;
+        dbk_rc rc = dbk_doc_count(e.coll, cases[i].filter, &n, &err);
+        if (rc != DBK_OK)
+            fail_msg("filter %s: %s %s", cases[i].filter, dbk_rc_name(rc), err.message);
+        if (n != cases[i].n)
+            fail_msg("filter %s: %lld matches, expected %lld", cases[i].filter, (long long)n,
+                     (long long)cases[i].n);
+        /* find agrees with count */
+        dbk_doc_page page;
+        dbk_doc_find_opts o = {.filter = cases[i].filter, .with_total = true};
+        DBKT_OK(dbk_doc_find(e.coll, &o, &page, &err), &err);
+        assert_int_equal(page.total, cases[i].n);
+        assert_int_equal(page.count, (size_t)cases[i].n);
+        dbk_doc_page_free(&page);
+    }
+    env_close(&e);
+}
+
+static void doc_filter_operators(void **state)
+{
+    (void)state;
+    dbkt_each_engine("doc_filters", filters);
+}
+
+static void filter_errors(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine);
+    create_free(&e, "{\"_id\":\"a\",\"name\":\"Ann\",\"email\":\"a@x\"}");
+    static const char *bad[] = {
+        "{\"age\":{\"$regex\":\"x\"}}",
+        "{\"$where\":\"1\"}",
+        "{\"$nor\":[{\"age\":1}]}",
+        "{\"age\":\"twenty\"}",
+        "{\"age\":{\"$gt\":null}}",
+        "{\"age\":{\"$in\":5}}",
+        "{\"age\":{\"$exists\":1}}",
+        "{\"$or\":[]}",
+        "{\"$or\":[1]}",
+        "{\"nope\":1}",
+        "{\"name') OR 1=1 --\":1}",
+        "{\"name\\\" OR 1=1 --\":1}",
+        "{\"address.x' || (SELECT 1) || '\":1}",
+        "{\"address..city\":1}",
+        "{\"address.1city\":1}",
+        "{\"\":1}",
+        "{\"tags\":{\"$gt\":1}}",
+        "not json",
+        "[]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        dbk_error err;
+        int64_t n = -1;
+        dbk_rc rc = dbk_doc_count(e.coll, bad[i], &n, &err);
+        if (rc != DBK_EINVALID)
+            fail_msg("filter %s: expected DBK_EINVALID, got %s (%s)", bad[i], dbk_rc_name(rc),
+                     err.message);
+    }
+    assert_int_equal(count(&e, NULL), 1);
+    env_close(&e);
+}
+
+static void doc_filter_rejects_unknown_operators_and_paths(void **state)
+{
+    (void)state;
+    dbkt_each_engine("doc_filter_errors", filter_errors);
+}
+
+/* ---- updates ---- */
+
+static void updates(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine);
+    dbk_error err;
+    create_free(&e, "{\"_id\":\"a\",\"name\":\"Ann\",\"email\":\"a@x\",\"age\":20,\"score\":1}");
+    dbk_doc *d;
+    DBKT_OK(dbk_doc_find_by_id_and_update(
+                e.coll, "a",
+                "{\"$set\":{\"address.city\":\"Oslo\",\"tags\":[\"t\"]},\"$inc\":{\"age\":5,"
+                "\"score\":0.5,\"address.visits\":1},\"$unset\":{\"active\":\"\"}}",
+                &d, &err),
+            &err);
+    assert_int_equal(i64(d, "age"), 25);
+    double sc = 0;
+    DBKT_OK(dbk_doc_get_double(d, "score", &sc, &err), &err);
+    assert_true(sc == 1.5);
+    assert_string_equal(text(d, "address.city"), "Oslo");
+    assert_int_equal(i64(d, "address.visits"), 1);
+    assert_false(dbk_doc_has(d, "active"));
+    size_t n = 0;
+    DBKT_OK(dbk_doc_array_len(d, "tags", &n, &err), &err);
+    assert_int_equal(n, 1);
+    dbk_doc_free(d);
+    /* what was returned is what is stored */
+    DBKT_OK(dbk_doc_find_by_id(e.coll, "a", &d, &err), &err);
+    assert_int_equal(i64(d, "age"), 25);
+    assert_int_equal(i64(d, "address.visits"), 1);
+    assert_false(dbk_doc_has(d, "active"));
+    dbk_doc_free(d);
+    assert_int_equal(count(&e, "{\"address.city\":\"Oslo\",\"age\":25}"), 1);
+
+    static const char *bad[] = {
+        "{\"$push\":{\"tags\":\"x\"}}",
+        "{\"$set\":{\"age\":\"old\"}}",
+        "{\"$inc\":{\"name\":1}}",
+        "{\"$inc\":{\"age\":1.5}}",
+        "{\"$unset\":{\"name\":\"\"}}",
+        "{\"$set\":{\"_id\":\"b\"}}",
+        "{\"$set\":{\"nick\":\"z\"}}",
+        "{\"$set\":5}",
+        "{\"$set\":{\"name') --\":1}}",
+        "{\"$set\":{\"address\":{\"a.b\":1}}}",
+        "{\"$set\":{\"address\":{\"$where\":1}}}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        dbk_rc rc = dbk_doc_find_by_id_and_update(e.coll, "a", bad[i], NULL, &err);
+        if (rc != DBK_EINVALID)
+            fail_msg("update %s: expected DBK_EINVALID, got %s", bad[i], dbk_rc_name(rc));
+    }
+    DBKT_OK(dbk_doc_find_by_id_and_update(e.coll, "a", "{\"$inc\":{\"age\":9223372036854775000}}",
+                                          NULL, &err),
+            &err);
+    DBKT_RC(DBK_EINVALID, dbk_doc_find_by_id_and_update(
+                              e.coll, "a", "{\"$inc\":{\"age\":1000}}", NULL, &err));
+    assert_non_null(strstr(err.message, "overflow"));
+    env_close(&e);
+}
+
+static void doc_update_operators(void **state)
+{
+    (void)state;
+    dbkt_each_engine("doc_updates", updates);
+}
+
+/* ---- projections ---- */
+
+static void projections(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine);
+    dbk_error err;
+    create_free(&e, "{\"_id\":\"a\",\"name\":\"Ann\",\"email\":\"a@x\",\"age\":20,"
+                    "\"address\":{\"city\":\"Oslo\",\"zip\":\"0150\"}}");
+    dbk_doc_page page;
+    dbk_doc_find_opts o = {.projection = "{\"name\":1,\"address.city\":1}"};
+    DBKT_OK(dbk_doc_find(e.coll, &o, &page, &err), &err);
+    assert_int_equal(page.count, 1);
+    char *json;
+    DBKT_OK(dbk_doc_to_json(page.docs[0], &json, &err), &err);
+    assert_string_equal(json, "{\"_id\":\"a\",\"name\":\"Ann\",\"address\":{\"city\":\"Oslo\"}}");
+    free(json);
+    dbk_doc_page_free(&page);
+    dbk_doc_find_opts bad = {.projection = "{\"name\":0}"};
+    DBKT_RC(DBK_EINVALID, dbk_doc_find(e.coll, &bad, &page, &err));
+    dbk_doc_find_opts bad2 = {.projection = "{\"x'--\":1}"};
+    DBKT_RC(DBK_EINVALID, dbk_doc_find(e.coll, &bad2, &page, &err));
+    env_close(&e);
+}
+
+static void doc_projection(void **state)
+{
+    (void)state;
+    dbkt_each_engine("doc_projection", projections);
+}
+
+/* ---- concurrent creates of one unique value ---- */
+
+#define RACERS 8
+
+typedef struct racer {
+    dbk_doc_coll *coll;
+    pthread_barrier_t *start;
+    dbk_rc rc;
+    char msg[DBK_ERROR_MESSAGE_MAX];
+} racer;
+
+static void *race(void *arg)
+{
+    racer *r = arg;
+    dbk_error err;
+    pthread_barrier_wait(r->start);
+    const char *j = "{\"name\":\"r\",\"email\":\"race@x\"}";
+    r->rc = dbk_doc_create(r->coll, j, strlen(j), NULL, &err);
+    snprintf(r->msg, sizeof r->msg, "%s", err.message);
+    return NULL;
+}
+
+static void concurrent(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine); /* creates the table */
+    dbk_error err;
+    dbk_config *cfg;
+    DBKT_OK(dbk_config_from_url(url, &cfg, &err), &err);
+    dbk_pool_opts po = {.max_size = RACERS};
+    dbk_pool *pool;
+    DBKT_OK(dbk_pool_open(cfg, &po, &pool, &err), &err);
+    dbk_doc_coll *pc;
+    DBKT_OK(dbk_doc_coll_open(dbk_pool_db(pool), &users, &pc, &err), &err);
+    for (int round = 0; round < 3; round++) {
+        pthread_barrier_t start;
+        pthread_barrier_init(&start, NULL, RACERS);
+        racer rs[RACERS];
+        pthread_t th[RACERS];
+        for (int i = 0; i < RACERS; i++) {
+            rs[i] = (racer){pc, &start, DBK_OK, ""};
+            pthread_create(&th[i], NULL, race, &rs[i]);
+        }
+        int ok = 0, dup = 0;
+        for (int i = 0; i < RACERS; i++) {
+            pthread_join(th[i], NULL);
+            if (rs[i].rc == DBK_OK)
+                ok++;
+            else if (rs[i].rc == DBK_EUNIQUE)
+                dup++;
+            else
+                fail_msg("racer %d: %s %s", i, dbk_rc_name(rs[i].rc), rs[i].msg);
+        }
+        pthread_barrier_destroy(&start);
+        assert_int_equal(ok, round == 0 ? 1 : 0);
+        assert_int_equal(dup, round == 0 ? RACERS - 1 : RACERS);
+        assert_int_equal(count(&e, "{\"email\":\"race@x\"}"), 1);
+    }
+    dbk_doc_coll_close(pc);
+    dbk_pool_close(pool, 1000);
+    dbk_config_free(cfg);
+    env_close(&e);
+}
+
+static void doc_concurrent_unique_creates_one_wins(void **state)
+{
+    (void)state;
+    dbkt_each_engine("doc_concurrent", concurrent);
+}
+
+/* ---- hostile input ---- */
+
+static void hostile(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine);
+    dbk_error err;
+    create_free(&e, "{\"_id\":\"a\",\"name\":\"Ann\",\"email\":\"a@x\"}");
+
+    /* larger than DBK_DOC_MAX_BYTES: refused from the length alone */
+    size_t huge = (size_t)DBK_DOC_MAX_BYTES + 1;
+    void *p = dbkt_unreadable(huge);
+    DBKT_RC(DBK_EINVALID, dbk_doc_create(e.coll, p, huge, NULL, &err));
+    dbkt_unreadable_free(p, huge);
+
+    /* a big but allowed one round-trips */
+    size_t blen = 1u << 20;
+    char *big = malloc(blen + 64);
+    assert_non_null(big);
+    int o = snprintf(big, 64, "{\"name\":\"");
+    memset(big + o, 'x', blen);
+    snprintf(big + o + blen, 64, "\",\"email\":\"big@x\"}");
+    dbk_doc *d;
+    DBKT_OK(dbk_doc_create(e.coll, big, strlen(big), &d, &err), &err);
+    char id[64];
+    snprintf(id, sizeof id, "%s", dbk_doc_id(d));
+    dbk_doc_free(d);
+    DBKT_OK(dbk_doc_find_by_id(e.coll, id, &d, &err), &err);
+    size_t len = 0;
+    const char *s;
+    DBKT_OK(dbk_doc_get_text(d, "name", &s, &len, &err), &err);
+    assert_int_equal(len, blen);
+    dbk_doc_free(d);
+    free(big);
+
+    /* invalid UTF-8, NUL escaped and raw */
+    static const char bad_utf8[] = "{\"name\":\"\xff\xfe\",\"email\":\"u@x\"}";
+    DBKT_RC(DBK_EINVALID, create_rc(&e, bad_utf8, &err));
+    DBKT_RC(DBK_EINVALID, create_rc(&e, "{\"name\":\"a\\u0000b\",\"email\":\"n@x\"}", &err));
+    static const char raw_nul[] = "{\"name\":\"a\0b\",\"email\":\"n@x\"}";
+    DBKT_RC(DBK_EINVALID, dbk_doc_create(e.coll, raw_nul, sizeof raw_nul - 1, NULL, &err));
+    DBKT_RC(DBK_EINVALID, create_rc(&e, "{\"name\":\"a\",\"name\":\"b\",\"email\":\"n@x\"}", &err));
+
+    /* nesting: just inside the limit is fine in an object field, one more is not */
+    for (int depth = DBK_DOC_MAX_DEPTH - 1; depth <= 5000; depth += 4900) {
+        size_t cap = (size_t)depth * 8 + 128;
+        char *j = malloc(cap);
+        assert_non_null(j);
+        size_t n = (size_t)snprintf(j, cap, "{\"name\":\"d\",\"email\":\"deep%d@x\",\"address\":", depth);
+        for (int i = 0; i < depth - 1; i++)
+            n += (size_t)snprintf(j + n, cap - n, "{\"a\":");
+        n += (size_t)snprintf(j + n, cap - n, "1");
+        for (int i = 0; i < depth; i++)
+            j[n++] = '}';
+        j[n] = '\0';
+        dbk_rc rc = create_rc(&e, j, &err);
+        if (depth < DBK_DOC_MAX_DEPTH)
+            DBKT_OK(rc, &err);
+        else
+            DBKT_RC(DBK_EINVALID, rc);
+        free(j);
+    }
+    char *deep = malloc(DBK_DOC_MAX_DEPTH * 6 + 64);
+    size_t n = (size_t)sprintf(deep, "{\"name\":\"d\",\"email\":\"deeper@x\",\"address\":");
+    for (int i = 0; i < DBK_DOC_MAX_DEPTH; i++)
+        n += (size_t)sprintf(deep + n, "{\"a\":");
+    n += (size_t)sprintf(deep + n, "1");
+    for (int i = 0; i < DBK_DOC_MAX_DEPTH + 1; i++)
+        deep[n++] = '}';
+    deep[n] = '\0';
+    DBKT_RC(DBK_EINVALID, create_rc(&e, deep, &err));
+    assert_non_null(strstr(err.message, "levels"));
+    free(deep);
+
+    /* SQL in values is data */
+    create_free(&e, "{\"_id\":\"x'); DROP TABLE users; --\",\"name\":\"'; DROP TABLE users; --\","
+                    "\"email\":\"\\\"quoted\\\"@x\"}");
+    assert_int_equal(count(&e, "{\"name\":\"'; DROP TABLE users; --\"}"), 1);
+    DBKT_OK(dbk_doc_find_by_id(e.coll, "x'); DROP TABLE users; --", &d, &err), &err);
+    dbk_doc_free(d);
+    /* SQL in field names never reaches the server */
+    DBKT_RC(DBK_EINVALID,
+            create_rc(&e, "{\"name\":\"a\",\"email\":\"f@x\",\"x') OR 1=1 --\":1}", &err));
+    DBKT_RC(DBK_EINVALID, create_rc(&e, "{\"name\":\"a\",\"email\":\"g@x\",\"address\":"
+                                        "{\"city\":\"c\"},\"address.city\":\"q\"}",
+                                    &err));
+    dbk_doc_find_opts so = {.sort = "{\"name; DROP TABLE users\":1}"};
+    dbk_doc_page page;
+    DBKT_RC(DBK_EINVALID_SORT, dbk_doc_find(e.coll, &so, &page, &err));
+    assert_int_equal(count(&e, NULL), 4);
+    /* ids: too long, empty */
+    char longid[DBK_DOC_ID_MAX + 2];
+    memset(longid, 'i', sizeof longid - 1);
+    longid[sizeof longid - 1] = '\0';
+    DBKT_RC(DBK_EINVALID, dbk_doc_find_by_id(e.coll, longid, &d, &err));
+    DBKT_RC(DBK_EINVALID, dbk_doc_find_by_id(e.coll, "", &d, &err));
+    env_close(&e);
+}
+
+static void doc_hostile_input(void **state)
+{
+    (void)state;
+    dbkt_each_engine("doc_hostile", hostile);
+}
+
+/* ---- the executor's observer sees document statements ---- */
+
+typedef struct seen {
+    int events;
+    size_t last_batch_size;
+} seen;
+
+static void on_query(void *ctx, const dbk_query_event *ev)
+{
+    seen *s = ctx;
+    s->events++;
+    s->last_batch_size = ev->batch_size;
+}
+
+static void observed(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine);
+    dbk_error err;
+    seen s = {0};
+    dbk_db_set_observer(dbk_conn_db(e.conn), on_query, &s);
+    create_free(&e, "{\"_id\":\"a\",\"name\":\"Ann\",\"email\":\"a@x\"}");
+    assert_int_equal(s.events, 1);
+    dbk_doc_page page;
+    dbk_doc_find_opts o = {.with_total = true, .has_limit = true, .limit = 5};
+    DBKT_OK(dbk_doc_find(e.coll, &o, &page, &err), &err);
+    dbk_doc_page_free(&page);
+    assert_int_equal(s.events, 3);          /* page and count ... */
+    assert_int_equal(s.last_batch_size, 2); /* ... sent as one batch */
+    dbk_db_set_observer(dbk_conn_db(e.conn), NULL, NULL);
+    env_close(&e);
+}
+
+static void doc_observer_sees_statements(void **state)
+{
+    (void)state;
+    dbkt_each_engine("doc_observer", observed);
+}
+
+/* ---- schema and DDL ---- */
+
+static void doc_schema_checked_and_migration_sql(void **state)
+{
+    (void)state;
+    dbk_error err;
+    char *sql;
+    DBKT_OK(dbk_doc_migration_sql(&users, DBK_ENGINE_POSTGRES, &sql, &err), &err);
+    assert_non_null(strstr(sql, "doc jsonb NOT NULL"));
+    assert_non_null(strstr(sql, "CREATE UNIQUE INDEX IF NOT EXISTS \"users_email_key\" ON \"users\" "
+                                "(((doc #>> '{email}')) ASC NULLS FIRST)"));
+    assert_non_null(strstr(sql, "((doc #>> '{createdAt}')) DESC NULLS LAST"));
+    assert_non_null(strstr(sql, "\"users_address_city_age_idx\""));
+    assert_non_null(strstr(sql, "((doc #>> '{age}')::bigint) DESC NULLS LAST"));
+    free(sql);
+    DBKT_OK(dbk_doc_migration_sql(&users, DBK_ENGINE_SQLITE, &sql, &err), &err);
+    assert_non_null(strstr(sql, "(json_extract(doc, '$.email')) ASC"));
+    assert_non_null(strstr(sql, "CHECK (json_valid(doc))"));
+    free(sql);
+
+    static const dbk_doc_field bad_path[] = {{"a;b", DBK_DOC_STRING, 0, NULL}};
+    static const dbk_doc_field bad_def[] = {{"a", DBK_DOC_INT64, 0, "\"x\""}};
+    static const dbk_doc_field dup[] = {{"a", DBK_DOC_INT64, 0, NULL}, {"a", DBK_DOC_BOOL, 0, NULL}};
+    static const dbk_doc_field overlap[] = {{"a", DBK_DOC_INT64, 0, NULL},
+                                            {"a.b", DBK_DOC_BOOL, 0, NULL}};
+    static const dbk_doc_index bad_ix[] = {{NULL, "zz", false}};
+    static const dbk_doc_index bad_ixname[] = {{"x\"y", "a", false}};
+    static const dbk_doc_field ok[] = {{"a", DBK_DOC_INT64, 0, NULL}};
+    const dbk_doc_schema bad[] = {
+        {.collection = "Bad-Name", .fields = ok, .nfields = 1},
+        {.collection = "t\"; DROP", .fields = ok, .nfields = 1},
+        {.collection = "t", .fields = bad_path, .nfields = 1},
+        {.collection = "t", .fields = bad_def, .nfields = 1},
+        {.collection = "t", .fields = dup, .nfields = 2},
+        {.collection = "t", .fields = overlap, .nfields = 2},
+        {.collection = "t", .fields = ok, .nfields = 1, .indexes = bad_ix, .nindexes = 1},
+        {.collection = "t", .fields = ok, .nfields = 1, .indexes = bad_ixname, .nindexes = 1},
+        {.collection = "t", .fields = ok, .nfields = 1, .timestamps = true,
+         .created_field = "a"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        dbk_rc rc = dbk_doc_migration_sql(&bad[i], DBK_ENGINE_SQLITE, &sql, &err);
+        if (rc != DBK_EINVALID)
+            fail_msg("bad schema %zu: expected DBK_EINVALID, got %s", i, dbk_rc_name(rc));
+    }
+}
+
+/* ---- the parse API on its own ---- */
+
+static void doc_parse_and_accessors(void **state)
+{
+    (void)state;
+    dbk_error err;
+    dbk_doc *d;
+    const char *j = "{\"_id\":\"x\",\"a\":{\"b\":[1,2,3],\"c\":true,\"d\":2.5,\"e\":null}}";
+    DBKT_OK(dbk_doc_parse(j, strlen(j), &d, &err), &err);
+    assert_string_equal(dbk_doc_id(d), "x");
+    size_t n;
+    DBKT_OK(dbk_doc_array_len(d, "a.b", &n, &err), &err);
+    assert_int_equal(n, 3);
+    bool b;
+    DBKT_OK(dbk_doc_get_bool(d, "a.c", &b, &err), &err);
+    assert_true(b);
+    assert_true(dbk_doc_has(d, "a.e"));
+    assert_false(dbk_doc_has(d, "a.f"));
+    DBKT_RC(DBK_ENOT_FOUND, dbk_doc_get_bool(d, "a.e", &b, &err));
+    DBKT_RC(DBK_ETYPE, dbk_doc_get_text(d, "a.d", &(const char *){NULL}, NULL, &err));
+    char *out;
+    DBKT_OK(dbk_doc_to_json(d, &out, &err), &err);
+    assert_string_equal(out, j);
+    free(out);
+    dbk_doc_free(d);
+    DBKT_RC(DBK_EINVALID, dbk_doc_parse("1", 1, &d, &err));
+    DBKT_RC(DBK_EINVALID, dbk_doc_parse("{", 1, &d, &err));
+    dbk_doc_free(NULL);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(doc_crud),
+        cmocka_unit_test(doc_validation_names_the_field),
+        cmocka_unit_test(doc_unique_field_and_id),
+        cmocka_unit_test(doc_timestamps),
+        cmocka_unit_test(doc_sort_skip_limit_total),
+        cmocka_unit_test(doc_filter_operators),
+        cmocka_unit_test(doc_filter_rejects_unknown_operators_and_paths),
+        cmocka_unit_test(doc_update_operators),
+        cmocka_unit_test(doc_projection),
+        cmocka_unit_test(doc_concurrent_unique_creates_one_wins),
+        cmocka_unit_test(doc_hostile_input),
+        cmocka_unit_test(doc_observer_sees_statements),
+        cmocka_unit_test(doc_schema_checked_and_migration_sql),
+        cmocka_unit_test(doc_parse_and_accessors),
+    };
+    if (argc > 1)
+        cmocka_set_test_filter(argv[1]);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
