@@ -12,8 +12,10 @@
  * arena), :exec, :execrows (rows affected), :batch (a list of parameter
  * sets, one dbk_batch round trip, all or nothing) and :copyfrom (rows for
  * an INSERT, the same atomic batch; not COPY). Parameters: $1..$n, or
- * named: @email / sqlc.arg(email) (rewritten to $n in the generated query
- * text; one name, one parameter).
+ * named: @email / sqlc.arg(email) / sqlc.narg(email) (rewritten to $n in
+ * the generated query text; one name, one parameter). Number, boolean and
+ * timestamp parameters are passed by value, except sqlc.narg() ones: a
+ * pointer, NULL for SQL NULL; text, JSON and blob parameters take NULL.
  *
  * Types come from the server: a throwaway database is made from the
  * migrations with dbk_testdb_new() and every query is prepared on it.

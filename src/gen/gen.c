@@ -609,7 +609,8 @@ static char *read_all(const char *path, dbk_error *err)
 
 /* Rewrites @name and sqlc.arg(name) / sqlc.narg(name) to $n; names[] gets
  * the name of each new parameter (after the highest $n already there). */
-static char *rewrite_named(const char *sql, char names[][IDLEN], size_t *nnames, int base)
+static char *rewrite_named(const char *sql, char names[][IDLEN], bool *narg, size_t *nnames,
+                           int base)
 {
     sb out = {0};
     size_t n = strlen(sql), i = 0;
@@ -621,6 +622,7 @@ static char *rewrite_named(const char *sql, char names[][IDLEN], size_t *nnames,
             continue;
         }
         char name[IDLEN] = "";
+        bool is_narg = false;
         size_t next = i;
         if (sql[i] == '@' && ident_start((unsigned char)sql[i + 1]) &&
             (i == 0 || !ident_char((unsigned char)sql[i - 1]))) {
@@ -632,7 +634,8 @@ static char *rewrite_named(const char *sql, char names[][IDLEN], size_t *nnames,
         } else if ((strncasecmp(sql + i, "sqlc.arg(", 9) == 0 ||
                     strncasecmp(sql + i, "sqlc.narg(", 10) == 0) &&
                    (i == 0 || !ident_char((unsigned char)sql[i - 1]))) {
-            size_t s = i + (sql[i + 5] == 'a' || sql[i + 5] == 'A' ? 9 : 10);
+            is_narg = !(sql[i + 5] == 'a' || sql[i + 5] == 'A');
+            size_t s = i + (is_narg ? 10 : 9);
             while (sql[s] == ' ' || sql[s] == '\'')
                 s++;
             size_t e = s;
@@ -650,8 +653,12 @@ static char *rewrite_named(const char *sql, char names[][IDLEN], size_t *nnames,
             size_t k = 0;
             while (k < *nnames && strcmp(names[k], name) != 0)
                 k++;
-            if (k == *nnames && *nnames < GMAX_PARAMS)
+            if (k == *nnames && *nnames < GMAX_PARAMS) {
+                narg[*nnames] = false;
                 dbk__strlcpy(names[(*nnames)++], name, IDLEN);
+            }
+            if (k < *nnames && is_narg)
+                narg[k] = true;
             sb_addf(&out, "$%d", base + (int)k + 1);
             i = next;
             continue;
@@ -827,9 +834,10 @@ static dbk_rc describe_query(dbk__describer *d, dbk_engine engine, const qfile *
                              dbk_error *err)
 {
     char names[GMAX_PARAMS][IDLEN];
+    bool narg[GMAX_PARAMS];
     size_t nnames = 0;
     int base = max_param(q->sql);
-    char *sql = rewrite_named(q->sql, names, &nnames, base);
+    char *sql = rewrite_named(q->sql, names, narg, &nnames, base);
     if (!sql)
         return dbk__err(err, DBK_ENOMEM, "out of memory");
     free(q->sql);
@@ -867,7 +875,7 @@ static dbk_rc describe_query(dbk__describer *d, dbk_engine engine, const qfile *
         gfield *f = &q->params[i];
         f->type = desc.params[i].type;
         dbk__strlcpy(f->sqltype, desc.params[i].sqltype, sizeof f->sqltype);
-        f->nullable = true;
+        f->nullable = false; /* set below for sqlc.narg() */
         int num = (int)i + 1;
         if (engine == DBK_ENGINE_SQLITE) {
             /* SQLite numbers "$N" parameters in order of first use */
@@ -892,8 +900,10 @@ static dbk_rc describe_query(dbk__describer *d, dbk_engine engine, const qfile *
             }
         }
         char nm[IDLEN];
-        if (num > base && num - base - 1 < (int)nnames)
+        if (num > base && num - base - 1 < (int)nnames) {
             dbk__strlcpy(nm, names[num - base - 1], sizeof nm);
+            f->nullable = narg[num - base - 1];
+        }
         else if (ctxcol[0])
             dbk__strlcpy(nm, ctxcol, sizeof nm);
         else
@@ -1068,16 +1078,41 @@ static void emit_c_string(sb *b, const char *s, const char *indent)
     sb_add(b, "\"");
 }
 
+/* A nullable number parameter (sqlc.narg) is a pointer: NULL is SQL NULL. */
+static bool param_by_ptr(const gfield *f)
+{
+    return f->nullable && !is_ptr(f->type) && f->type != DBK_TYPE_BLOB;
+}
+
+static void emit_param_type(sb *b, const gfield *f)
+{
+    if (param_by_ptr(f))
+        sb_addf(b, "const %s *", ctype(f->type));
+    else
+        sb_addf(b, "%s%s", ctype(f->type), is_ptr(f->type) ? "" : " ");
+}
+
 static void emit_params_sig(sb *b, const gquery *q)
 {
     for (size_t i = 0; i < q->nparams; i++) {
-        const gfield *f = &q->params[i];
-        sb_addf(b, ", %s%s%s", ctype(f->type), is_ptr(f->type) ? "" : " ", f->name);
+        sb_add(b, ", ");
+        emit_param_type(b, &q->params[i]);
+        sb_add(b, q->params[i].name);
     }
 }
 
 static void emit_value(sb *b, const gfield *f, const char *expr)
 {
+    if (param_by_ptr(f)) {
+        char deref[IDLEN * 2 + 8];
+        snprintf(deref, sizeof deref, "*%s", expr);
+        gfield plain = *f;
+        plain.nullable = false;
+        sb_addf(b, "%s ? ", expr);
+        emit_value(b, &plain, deref);
+        sb_add(b, " : dbk_null()");
+        return;
+    }
     switch (f->type) {
     case DBK_TYPE_INT64:
         sb_addf(b, "dbk_int64(%s)", expr);
@@ -1137,8 +1172,11 @@ static void emit_header(sb *b, const qfile *qf, const char *guard)
             sb_addf(b, "typedef struct %s_params {\n", q->fn);
             if (!q->nparams)
                 sb_add(b, "    char unused_;\n");
-            for (size_t j = 0; j < q->nparams; j++)
-                emit_decl(b, &q->params[j], "    ", false);
+            for (size_t j = 0; j < q->nparams; j++) {
+                sb_add(b, "    ");
+                emit_param_type(b, &q->params[j]);
+                sb_addf(b, "%s;\n", q->params[j].name);
+            }
             sb_addf(b, "} %s_params;\n", q->fn);
         }
         switch (q->kind) {

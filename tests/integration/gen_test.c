@@ -75,7 +75,10 @@ static const char QUERIES[] =
     "INSERT INTO c (id, t_id, note) VALUES ($1, $2, $3);\n"
     "\n"
     "-- name: DeleteChildren :exec\n"
-    "DELETE FROM c WHERE t_id = $1;\n";
+    "DELETE FROM c WHERE t_id = $1;\n"
+    "\n"
+    "-- name: SetI4 :execrows\n"
+    "UPDATE t SET i4 = sqlc.narg(i4) WHERE id = @id;\n";
 
 /* Uses the generated API; its output is compared line by line. */
 static const char MAIN_C[] =
@@ -154,6 +157,13 @@ static const char MAIN_C[] =
     "    CK(list_with_children(db, a, &rows, &nrows, &err));\n"
     "    printf(\"after delete %zu\\n\", nrows);\n"
     "    printf(\"sql %d\\n\", strstr(get_t_sql, \"WHERE id = $1\") != NULL);\n"
+    "    int64_t seven = 7;\n"
+    "    CK(set_i4(db, &seven, id1.id, &n, &err));\n"
+    "    CK(set_i4(db, NULL, id2.id, &n, &err));\n"
+    "    get_t_row g1, g2;\n"
+    "    CK(get_t(db, id1.id, a, &g1, &err));\n"
+    "    CK(get_t(db, id2.id, a, &g2, &err));\n"
+    "    printf(\"narg %\" PRId64 \"/%d %d\\n\", g1.i4, g1.i4_null, g2.i4_null);\n"
     "    count_t_row ct;\n"
     "    CK(count_t(db, a, &ct, &err));\n"
     "    printf(\"count %\" PRId64 \"\\n\", ct.n);\n"
@@ -303,7 +313,7 @@ static void matrix(dbk_engine engine, const char *name)
     dbk_error err;
     dbk_gen_report rep;
     DBKT_OK(gen(cfg, dir, false, &rep, &err), &err);
-    assert_int_equal(rep.queries, 10);
+    assert_int_equal(rep.queries, 11);
     assert_int_equal(rep.files, 5);
 
     char path[1024];
@@ -328,6 +338,8 @@ static void matrix(dbk_engine engine, const char *name)
            "f8, bool b_, bool bn, const char *s, const char *sn, int64_t ts, int64_t tsn, "
            "dbk_bytes bl, const char *j, const char *ia, const char *num, dbk_arena *arena");
     has(h, "typedef struct add_children_params {");
+    /* sqlc.narg(): a nullable number parameter, passed by pointer */
+    has(h, "dbk_rc set_i4(dbk_db *db, const int64_t *i4, int64_t id, int64_t *affected");
     free(h);
 
     const char *expected[] = {
@@ -345,6 +357,7 @@ static void matrix(dbk_engine engine, const char *name)
         "missing DBK_ENOT_FOUND",
         "after delete 2",
         "sql 1",
+        "narg 7/0 1",
         "count 2",
         NULL};
     (void)expected;
