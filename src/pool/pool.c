@@ -76,7 +76,7 @@
 static const int64_t lat_bounds_us[DBK_POOL_LATENCY_BUCKETS] = {
     50, 250, 1000, 5000, 10000, 50000, 100000, 500000, 1000000, INT64_MAX};
 
-static void count_latency(dbk_pool *p, int64_t ns)
+void dbk__pool_count_latency(dbk_pool *p, int64_t ns)
 {
     int64_t us = ns / 1000;
     int i = 0;
@@ -125,19 +125,19 @@ void dbk__pool_idle_remove(dbk_pool *p, struct slot *s)
     list_remove(&p->idle, s);
 }
 
-static void busy_push(dbk_pool *p, struct slot *s)
+void dbk__pool_busy_push(dbk_pool *p, struct slot *s)
 {
     list_push(&p->busy, s);
     s->busy = true;
 }
 
-static void busy_remove(dbk_pool *p, struct slot *s)
+void dbk__pool_busy_remove(dbk_pool *p, struct slot *s)
 {
     list_remove(&p->busy, s);
     s->busy = false;
 }
 
-static void wq_push(dbk_pool *p, struct waiter *w)
+void dbk__pool_wq_push(dbk_pool *p, struct waiter *w)
 {
     w->next = NULL;
     w->prev = p->wq_tail;
@@ -168,12 +168,12 @@ int dbk__pool_capacity_used(const dbk_pool *p)
     return p->idle.n + p->busy.n + p->n_opening + p->n_closing;
 }
 
-static bool forked(const dbk_pool *p)
+bool dbk__pool_forked(const dbk_pool *p)
 {
     return dbk__owner_forked(&p->owner);
 }
 
-static dbk_rc fork_error(const dbk_pool *p, dbk_error *err)
+dbk_rc dbk__pool_fork_error(const dbk_pool *p, dbk_error *err)
 {
     return dbk__owner_error(&p->owner, "pool", err);
 }
@@ -187,7 +187,7 @@ void dbk__pool_give_slot(dbk_pool *p, struct slot *s, int64_t now)
         s->site = w->site;
         s->acquired_ns = now;
         s->leak_reported = false;
-        busy_push(p, s);
+        dbk__pool_busy_push(p, s);
         w->slot = s;
         w->done = true;
         pthread_cond_signal(&w->cv);
@@ -253,7 +253,7 @@ void dbk__pool_close_slot(dbk_pool *p, struct slot *s)
     free(s);
 }
 
-static dbk_rc run_on_connect(const dbk_pool_hooks *h, struct slot *s, dbk_error *err)
+dbk_rc dbk__pool_run_on_connect(const dbk_pool_hooks *h, struct slot *s, dbk_error *err)
 {
     if (!h->on_connect)
         return DBK_OK;
@@ -294,350 +294,13 @@ dbk_rc dbk__pool_open_slot(dbk_pool *p, const dbk_pool_hooks *h, struct slot **o
     s->orig_ops = c->db.ops;
     c->db.ops = &dbk__pool_conn_ops;
     c->pool_slot = s;
-    rc = run_on_connect(h, s, err);
+    rc = dbk__pool_run_on_connect(h, s, err);
     if (rc != DBK_OK) {
         dbk__pool_close_slot(p, s);
         return rc;
     }
     *out = s;
     return DBK_OK;
-}
-
-/* ---- the timeout message ---- */
-
-static const char *base_name(const char *path)
-{
-    const char *b = strrchr(path, '/');
-    return b ? b + 1 : path;
-}
-
-void dbk__pool_format_site(char *buf, size_t n, const struct site *st, int64_t held_ms)
-{
-    if (st->sql) {
-        char sql[40];
-        size_t i = 0;
-        for (const char *q = dbk__pool_first_token(st->sql); *q && i < sizeof sql - 1; q++)
-            sql[i++] = (*q == '\n' || *q == '\t' || *q == '\r') ? ' ' : *q;
-        sql[i] = '\0';
-        snprintf(buf, n, "%s \"%s%s\" %lld ms", st->file, sql,
-                 strlen(st->sql) > i ? "..." : "", (long long)held_ms);
-    } else if (st->line > 0) {
-        snprintf(buf, n, "%s:%d %s() %lld ms", base_name(st->file), st->line,
-                 st->func ? st->func : "?", (long long)held_ms);
-    } else {
-        snprintf(buf, n, "%s %lld ms", st->file ? st->file : "?", (long long)held_ms);
-    }
-}
-
-/* Appends to buf (of size cap, holding *len bytes) without ever running
- * past the end. */
-static void append(char *buf, size_t cap, size_t *len, const char *fmt, ...) DBK__PRINTF(4, 5);
-static void append(char *buf, size_t cap, size_t *len, const char *fmt, ...)
-{
-    if (*len >= cap - 1)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf + *len, cap - *len, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        *len = (size_t)n >= cap - *len ? cap - 1 : *len + (size_t)n;
-}
-
-/* Pool lock held. */
-static dbk_rc timeout_error(dbk_pool *p, int64_t waited_ms, dbk_error *err)
-{
-    if (!err)
-        return DBK_EPOOL_TIMEOUT;
-    char msg[DBK_ERROR_MESSAGE_MAX];
-    size_t n = 0;
-    append(msg, sizeof msg, &n,
-           "no pooled connection within %lld ms (max %d, in use %d, idle %d, waiting %d",
-           (long long)waited_ms, p->o.max_size, p->busy.n, p->idle.n, p->n_waiting);
-    if (p->n_opening)
-        append(msg, sizeof msg, &n, ", opening %d", p->n_opening);
-    append(msg, sizeof msg, &n, ")");
-    if (p->busy.tail) {
-        append(msg, sizeof msg, &n, "; held longest first: ");
-        int64_t now = coarse_now_ns();
-        int shown = 0;
-        const size_t reserve = 24; /* "; and 99999 more" */
-        for (struct slot *s = p->busy.tail; s; s = s->prev) {
-            char one[128];
-            dbk__pool_format_site(one, sizeof one, &s->site, (now - s->acquired_ns) / 1000000);
-            size_t need = strlen(one) + (shown ? 2 : 0);
-            if (n + need + reserve >= sizeof msg) {
-                append(msg, sizeof msg, &n, "; and %d more", p->busy.n - shown);
-                break;
-            }
-            append(msg, sizeof msg, &n, "%s%s", shown ? ", " : "", one);
-            shown++;
-        }
-    }
-    dbk__err(err, DBK_EPOOL_TIMEOUT, "%s", msg);
-    dbk__err_hint(err, "if the load is legitimate raise pool_max (DB_POOL_MAX, now %d); "
-                       "otherwise the holders above keep connections too long: a missing "
-                       "dbk_pool_release() or a slow transaction",
-                  p->o.max_size);
-    return DBK_EPOOL_TIMEOUT;
-}
-
-/* ---- acquire ---- */
-
-static dbk_rc acquire(dbk_pool *p, const struct site *site, dbk_conn **out, dbk_error *err)
-{
-    if (forked(p))
-        return fork_error(p, err);
-    int64_t t0 = 0; /* precise start, read lazily: the fast path does not need it */
-    dbk_rc rc;
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        if (p->closing) {
-            pthread_mutex_unlock(&p->mu);
-            return dbk__err(err, DBK_EPOOL_CLOSED, "the connection pool is closed");
-        }
-        struct slot *s = p->idle.head;
-        if (s) {
-            dbk__pool_idle_remove(p, s);
-            int64_t now = coarse_now_ns();
-            if (s->gen != p->generation || (s->retire_ns && now >= s->retire_ns)) {
-                if (!t0)
-                    t0 = dbk__now_ns();
-                p->n_closing++;
-                pthread_mutex_unlock(&p->mu);
-                dbk__pool_close_slot(p, s);
-                pthread_mutex_lock(&p->mu);
-                p->n_closing--;
-                p->closed++;
-                dbk__pool_wake_worker(p);
-                continue;
-            }
-            s->site = *site;
-            s->acquired_ns = now;
-            s->leak_reported = false;
-            busy_push(p, s);
-            unsigned epoch = __atomic_load_n(&p->suspect_epoch, __ATOMIC_RELAXED);
-            bool validate = s->checked_epoch != epoch ||
-                            (p->o.validate_after_ms > 0 &&
-                             now - s->idle_since_ns >= MS(p->o.validate_after_ms));
-            if (validate) {
-                if (!t0)
-                    t0 = dbk__now_ns();
-                pthread_mutex_unlock(&p->mu);
-                int64_t left_ms = (t0 + MS(p->o.acquire_timeout_ms) - dbk__now_ns()) / 1000000;
-                int tmo = p->o.validate_timeout_ms;
-                if (left_ms < tmo)
-                    tmo = left_ms > 1 ? (int)left_ms : 1;
-                dbk_error pe;
-                dbk_rc prc = s->conn->drv->ping(s->conn->impl, tmo, &pe);
-                pthread_mutex_lock(&p->mu);
-                if (prc != DBK_OK) {
-                    busy_remove(p, s);
-                    p->n_closing++;
-                    p->discarded++;
-                    pthread_mutex_unlock(&p->mu);
-                    dbk_error e;
-                    dbk__err(&e, prc, "discarding a pooled connection that failed validation: %s",
-                             pe.message);
-                    dbk__pool_report_error(p, DBK_LOG_INFO, &e);
-                    dbk__pool_close_slot(p, s);
-                    pthread_mutex_lock(&p->mu);
-                    p->n_closing--;
-                    p->closed++;
-                    dbk__pool_wake_worker(p);
-                    if (dbk__now_ns() >= t0 + MS(p->o.acquire_timeout_ms)) {
-                        p->acquire_timeouts++;
-                        rc = timeout_error(p, (dbk__now_ns() - t0) / 1000000, err);
-                        pthread_mutex_unlock(&p->mu);
-                        return rc;
-                    }
-                    continue;
-                }
-                s->checked_epoch = epoch;
-            }
-            p->acquires++;
-            if (t0)
-                count_latency(p, dbk__now_ns() - t0);
-            else
-                p->lat[0]++;
-            pthread_mutex_unlock(&p->mu);
-            if (p->hooks.on_acquire)
-                p->hooks.on_acquire(p->hooks.ctx, s->conn);
-            *out = s->conn;
-            return DBK_OK;
-        }
-
-        /* Nothing idle. */
-        if (p->breaker_until_ns && coarse_now_ns() < p->breaker_until_ns) {
-            int left = (int)((p->breaker_until_ns - coarse_now_ns()) / 1000000);
-            dbk__err(err, DBK_EUNAVAILABLE,
-                     "database unavailable: %d connects failed in a row, the pool fails fast "
-                     "for %d ms more; last: %s",
-                     p->consecutive_failures, left, p->last_connect_err.message);
-            pthread_mutex_unlock(&p->mu);
-            dbk__err_hint(err, "check that the server is running and the host and port in "
-                               "DATABASE_URL (`dbkit doctor`); the pool retries by itself");
-            return DBK_EUNAVAILABLE;
-        }
-        if (p->o.max_waiters > 0 && p->n_waiting >= p->o.max_waiters) {
-            p->acquire_timeouts++;
-            int nw = p->n_waiting;
-            pthread_mutex_unlock(&p->mu);
-            dbk__err(err, DBK_EPOOL_TIMEOUT,
-                     "acquire refused at once: %d callers already wait for a pooled connection "
-                     "(max_waiters %d, max %d)",
-                     nw, p->o.max_waiters, p->o.max_size);
-            dbk__err_hint(err, "the service takes more work than the database keeps up with: "
-                               "shed load upstream, or raise pool_max_waiters / pool_max");
-            return DBK_EPOOL_TIMEOUT;
-        }
-
-        if (!t0)
-            t0 = dbk__now_ns();
-        int64_t deadline = t0 + MS(p->o.acquire_timeout_ms);
-        struct waiter w;
-        memset(&w, 0, sizeof w);
-        pthread_cond_init(&w.cv, &p->cattr);
-        w.site = *site;
-        wq_push(p, &w);
-        p->n_wait_threads++;
-        if (dbk__pool_capacity_used(p) < p->o.max_size)
-            dbk__pool_wake_worker(p);
-        struct timespec ts = ns_to_ts(deadline);
-        while (!w.done) {
-            int wr = pthread_cond_timedwait(&w.cv, &p->mu, &ts);
-            if (wr == ETIMEDOUT && !w.done)
-                break;
-        }
-        pthread_cond_destroy(&w.cv);
-        p->n_wait_threads--;
-        if (p->closing)
-            pthread_cond_broadcast(&p->drain_cv);
-        if (!w.done) {
-            dbk__pool_wq_remove(p, &w);
-            p->acquire_timeouts++;
-            rc = timeout_error(p, (dbk__now_ns() - t0) / 1000000, err);
-            pthread_mutex_unlock(&p->mu);
-            return rc;
-        }
-        if (!w.slot) {
-            pthread_mutex_unlock(&p->mu);
-            if (err)
-                *err = w.e;
-            return w.rc;
-        }
-        s = w.slot; /* handed over: already on the busy list with our site */
-        s->checked_epoch = __atomic_load_n(&p->suspect_epoch, __ATOMIC_RELAXED);
-        p->acquires++;
-        count_latency(p, dbk__now_ns() - t0);
-        pthread_mutex_unlock(&p->mu);
-        if (p->hooks.on_acquire)
-            p->hooks.on_acquire(p->hooks.ctx, s->conn);
-        *out = s->conn;
-        return DBK_OK;
-    }
-}
-
-dbk_rc dbk_pool_acquire_at(dbk_pool *pool, const char *file, int line, const char *func,
-                           dbk_conn **out, dbk_error *err)
-{
-    if (!pool || !out)
-        return dbk__err(err, DBK_EMISUSE, "dbk_pool_acquire: pool and out must not be NULL");
-    *out = NULL;
-    struct site st = {file ? file : "?", func, NULL, line};
-    return acquire(pool, &st, out, err);
-}
-
-/* ---- release ---- */
-
-static void free_pool(dbk_pool *p);
-
-static void release(dbk_pool *p, dbk_conn *c, bool force_reset)
-{
-    if (!p || !c)
-        return;
-    if (forked(p)) {
-        dbk__log(DBK_LOG_ERROR, "pool: dbk_pool_release after fork(): connection forgotten");
-        return;
-    }
-    struct slot *s = c->pool_slot;
-    if (!s || s->pool != p || !s->busy || s->conn != c) {
-        dbk__log(DBK_LOG_ERROR, "pool: dbk_pool_release of a connection not lent by this pool "
-                                "(released twice, or from another pool): ignored");
-        return;
-    }
-    if (p->hooks.on_release)
-        p->hooks.on_release(p->hooks.ctx, c);
-
-    bool discard = s->broken;
-    bool did_reset = false;
-    dbk_error e;
-    e.message[0] = '\0';
-    if (!discard) {
-        dbk__txstate ts = c->drv->txstate(c->impl);
-        if (ts == DBK__TX_BROKEN) {
-            discard = true;
-            dbk__err(&e, DBK_ECONN_LOST, "discarding a pooled connection in a broken state");
-        } else if (ts != DBK__TX_IDLE || s->dirty || force_reset ||
-                   p->reset_policy == DBK_POOL_RESET_ALWAYS) {
-            did_reset = true;
-            dbk_rc rc = c->drv->reset(c->impl, &e);
-            if (rc == DBK_OK) {
-                s->dirty = false;
-                rc = run_on_connect(&p->hooks, s, &e);
-            }
-            if (rc != DBK_OK)
-                discard = true;
-        }
-    } else {
-        dbk__err(&e, DBK_ECONN_LOST, "discarding a pooled connection whose server went away");
-    }
-    if (s->gate_held)
-        dbk__pool_gate_leave(p, s);
-
-    int64_t now = coarse_now_ns();
-    pthread_mutex_lock(&p->mu);
-    busy_remove(p, s);
-    if (did_reset)
-        p->resets++;
-    if (discard || s->gen != p->generation || (s->retire_ns && now >= s->retire_ns) ||
-        p->closing) {
-        p->n_closing++;
-        if (discard)
-            p->discarded++;
-        pthread_mutex_unlock(&p->mu);
-        if (discard)
-            dbk__pool_report_error(p, DBK_LOG_INFO, &e);
-        dbk__pool_close_slot(p, s);
-        pthread_mutex_lock(&p->mu);
-        p->n_closing--;
-        p->closed++;
-        bool free_now = false;
-        if (p->closing) {
-            pthread_cond_broadcast(&p->drain_cv);
-            free_now = p->orphaned && p->busy.n == 0 && p->n_closing == 0 &&
-                       p->n_wait_threads == 0;
-        } else {
-            dbk__pool_wake_worker(p);
-        }
-        pthread_mutex_unlock(&p->mu);
-        if (free_now)
-            free_pool(p);
-        return;
-    }
-    s->checked_epoch = __atomic_load_n(&p->suspect_epoch, __ATOMIC_RELAXED);
-    dbk__pool_give_slot(p, s, now);
-    pthread_mutex_unlock(&p->mu);
-}
-
-void dbk_pool_release(dbk_pool *pool, dbk_conn *conn)
-{
-    release(pool, conn, false);
-}
-
-void dbk_pool_release_reset(dbk_pool *pool, dbk_conn *conn)
-{
-    release(pool, conn, true);
 }
 
 /* ---- the pool's dbk_db ---- */
@@ -648,11 +311,11 @@ static dbk_rc pdb_run(dbk_db *db, const char *sql, const dbk_value *params, size
     dbk_pool *p = db->self;
     struct site st = {"dbk_db", NULL, sql, 0};
     dbk_conn *c = NULL;
-    dbk_rc rc = acquire(p, &st, &c, err);
+    dbk_rc rc = dbk__pool_acquire(p, &st, &c, err);
     if (rc != DBK_OK)
         return rc;
     rc = c->db.ops->run(&c->db, sql, params, nparams, out, affected, err);
-    release(p, c, false);
+    dbk__pool_release(p, c, false);
     return rc;
 }
 
@@ -661,11 +324,11 @@ static dbk_rc pdb_script(dbk_db *db, const char *sql, int timeout_ms, dbk_error 
     dbk_pool *p = db->self;
     struct site st = {"dbk_db script", NULL, sql, 0};
     dbk_conn *c = NULL;
-    dbk_rc rc = acquire(p, &st, &c, err);
+    dbk_rc rc = dbk__pool_acquire(p, &st, &c, err);
     if (rc != DBK_OK)
         return rc;
     rc = c->db.ops->script(&c->db, sql, timeout_ms, err);
-    release(p, c, false);
+    dbk__pool_release(p, c, false);
     return rc;
 }
 
@@ -673,12 +336,12 @@ static dbk_rc pdb_pin(dbk_db *db, dbk_conn **out, dbk_error *err)
 {
     dbk_pool *p = db->self;
     struct site st = {"dbk_db pin (transaction)", NULL, NULL, 0};
-    return acquire(p, &st, out, err);
+    return dbk__pool_acquire(p, &st, out, err);
 }
 
 static void pdb_unpin(dbk_db *db, dbk_conn *conn)
 {
-    release(db->self, conn, false);
+    dbk__pool_release(db->self, conn, false);
 }
 
 static dbk_rc pdb_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic)
@@ -687,14 +350,14 @@ static dbk_rc pdb_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomi
     struct site st = {"dbk_batch_run", NULL, n ? items[0].sql : NULL, 0};
     dbk_conn *c = NULL;
     dbk_error e;
-    dbk_rc rc = acquire(p, &st, &c, &e);
+    dbk_rc rc = dbk__pool_acquire(p, &st, &c, &e);
     if (rc != DBK_OK) {
         for (size_t i = 0; i < n; i++)
             dbk__batch_fail(&items[i], rc, &e);
         return rc;
     }
     rc = c->db.ops->batch(&c->db, items, n, atomic);
-    release(p, c, false);
+    dbk__pool_release(p, c, false);
     return rc;
 }
 
@@ -704,11 +367,11 @@ static dbk_rc pdb_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void
     dbk_pool *p = db->self;
     struct site st = {"dbk_db copy", NULL, sql, 0};
     dbk_conn *c = NULL;
-    dbk_rc rc = acquire(p, &st, &c, err);
+    dbk_rc rc = dbk__pool_acquire(p, &st, &c, err);
     if (rc != DBK_OK)
         return rc;
     rc = c->db.ops->copy_in(&c->db, sql, fill, ctx, rows, err);
-    release(p, c, false);
+    dbk__pool_release(p, c, false);
     return rc;
 }
 
@@ -806,7 +469,7 @@ dbk_rc dbk_pool_open(const dbk_config *cfg, const dbk_pool_opts *opts, dbk_pool 
     p->db.observer_ctx = NULL;
 
     if (pthread_create(&p->worker, NULL, dbk__pool_worker_main, p) != 0) {
-        free_pool(p);
+        dbk__pool_free_pool(p);
         return dbk__err(err, DBK_EINTERNAL, "could not start the pool's background thread");
     }
     p->worker_started = true;
@@ -814,7 +477,7 @@ dbk_rc dbk_pool_open(const dbk_config *cfg, const dbk_pool_opts *opts, dbk_pool 
     return DBK_OK;
 }
 
-static void free_pool(dbk_pool *p)
+void dbk__pool_free_pool(dbk_pool *p)
 {
     pthread_cond_destroy(&p->worker_cv);
     pthread_cond_destroy(&p->drain_cv);
@@ -831,7 +494,7 @@ void dbk_pool_close(dbk_pool *pool, int drain_timeout_ms)
     dbk_pool *p = pool;
     if (!p)
         return;
-    if (forked(p))
+    if (dbk__pool_forked(p))
         return; /* the parent's connections: forget them, never touch their sockets */
 
     pthread_mutex_lock(&p->mu);
@@ -903,7 +566,7 @@ void dbk_pool_close(dbk_pool *pool, int drain_timeout_ms)
                  "deadline; they close when released: %s",
                  nlate, drain_timeout_ms, late);
     if (free_now)
-        free_pool(p);
+        dbk__pool_free_pool(p);
 }
 
 /* ---- settings and stats ---- */
@@ -912,8 +575,8 @@ dbk_rc dbk_pool_set_hooks(dbk_pool *pool, const dbk_pool_hooks *hooks, dbk_error
 {
     if (!pool)
         return dbk__err(err, DBK_EMISUSE, "dbk_pool_set_hooks: pool must not be NULL");
-    if (forked(pool))
-        return fork_error(pool, err);
+    if (dbk__pool_forked(pool))
+        return dbk__pool_fork_error(pool, err);
     pthread_mutex_lock(&pool->mu);
     if (hooks)
         pool->hooks = *hooks;
@@ -949,8 +612,8 @@ dbk_rc dbk_pool_stats_get(dbk_pool *pool, dbk_pool_stats *out, dbk_error *err)
 {
     if (!pool || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_pool_stats: pool and out must not be NULL");
-    if (forked(pool))
-        return fork_error(pool, err);
+    if (dbk__pool_forked(pool))
+        return dbk__pool_fork_error(pool, err);
     memset(out, 0, sizeof *out);
     dbk_pool *p = pool;
     pthread_mutex_lock(&p->mu);

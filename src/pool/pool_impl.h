@@ -2,9 +2,9 @@
  * pool_impl.h - what the files of the pool share: its structures, its
  * clocks and the functions one file calls in another.
  *
- *   pool.c        the core: lists, opening and closing connections,
- *                 acquire, release, the pool's own dbk_db, open / close,
- *                 settings and stats
+ *   pool.c        the core: lists, opening and closing connections, the
+ *                 pool's own dbk_db, open / close, settings and stats
+ *   pool_acquire.c acquire (with the timeout message) and release
  *   pool_lent.c   the executor of a lent connection, and the SQLite write
  *                 gate it passes writes through
  *   pool_worker.c the background thread (idle timeout, max lifetime,
@@ -176,6 +176,26 @@ const char *dbk__pool_first_token(const char *sql);
 void dbk__pool_gate_leave(dbk_pool *p, struct slot *s);
 
 void *dbk__pool_worker_main(void *arg);
+
+void dbk__pool_count_latency(dbk_pool *p, int64_t ns);
+
+void dbk__pool_busy_push(dbk_pool *p, struct slot *s);
+
+void dbk__pool_busy_remove(dbk_pool *p, struct slot *s);
+
+void dbk__pool_wq_push(dbk_pool *p, struct waiter *w);
+
+bool dbk__pool_forked(const dbk_pool *p);
+
+dbk_rc dbk__pool_fork_error(const dbk_pool *p, dbk_error *err);
+
+dbk_rc dbk__pool_run_on_connect(const dbk_pool_hooks *h, struct slot *s, dbk_error *err);
+
+void dbk__pool_free_pool(dbk_pool *p);
+
+dbk_rc dbk__pool_acquire(dbk_pool *p, const struct site *site, dbk_conn **out, dbk_error *err);
+
+void dbk__pool_release(dbk_pool *p, dbk_conn *c, bool force_reset);
 
 /* The executor of a lent connection (pool_lent.c). */
 extern const struct dbk__db_ops dbk__pool_conn_ops;
