@@ -909,9 +909,6 @@ static dbk_rc describe_query(dbk__describer *d, dbk_engine engine, const qfile *
         else
             snprintf(nm, sizeof nm, "arg%d", num);
         c_ident_in(nm, f->name, sizeof f->name, true);
-        if (engine == DBK_ENGINE_SQLITE && num >= 1 && (size_t)num <= desc.nparams && num != (int)i + 1) {
-            /* keep q->params indexed by $n - 1 */
-        }
     }
     if (engine == DBK_ENGINE_SQLITE) {
         /* reorder by $n so that params[k] is $k+1 */

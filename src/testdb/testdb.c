@@ -165,7 +165,6 @@ static dbk_rc hash_migrations(dbk_engine engine, const char *dir, char out[65], 
     dbk_rc rc = DBK_OK;
     char **names = NULL;
     size_t n = 0, cap = 0;
-    char *buf = NULL;
     if (dir) {
         DIR *d = opendir(dir);
         if (!d)
@@ -220,7 +219,6 @@ out:
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);
-    free(buf);
     return rc;
 }
 
