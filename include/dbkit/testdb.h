@@ -51,8 +51,9 @@ extern "C" {
 typedef struct dbk_testdb dbk_testdb;
 
 /* How PostgreSQL 15+ copies the template (CREATE DATABASE ... STRATEGY).
- * The default is the one bench/testdb_bench measured faster for small
- * schemas: FILE_COPY. Servers before 15 ignore it. */
+ * The default is FILE_COPY; bench/testdb_bench measures both (on the
+ * example schema they were within run-to-run noise of each other, see
+ * docs/testing.md). Servers before 15 get no STRATEGY clause. */
 typedef enum dbk_testdb_strategy {
     DBK_TESTDB_STRATEGY_DEFAULT = 0,
     DBK_TESTDB_STRATEGY_FILE_COPY = 1,
