@@ -41,7 +41,10 @@
  *
  * Sorts are {"path": 1|-1, ...} objects (keys in order, at most 8); missing
  * values sort first ascending and last descending on every engine; "_id"
- * is appended as the final tie-breaker so pages are deterministic.
+ * is appended as the final tie-breaker so pages are deterministic. A bad
+ * sort (unknown path, direction not 1 or -1) is DBK_EINVALID_SORT.
+ * Stored keys may not be empty, contain '.' or start with '$', at any
+ * depth (MongoDB's rule): DBK_EINVALID.
  * Projections are {"path": 1, ...} (inclusion only; "_id" is always kept).
  * Updates are {"$set": {...}, "$unset": {"path": ""}, "$inc": {"path": n}};
  * an object without operators is a $set of its fields (as mongoose does).

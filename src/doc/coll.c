@@ -335,10 +335,11 @@ static dbk_rc parse_projection(const dbk_doc_coll *c, const char *proj, json_t *
         bool known = strcmp(key, "_id") == 0 ||
                      (dbk__doc_path_ok(key) && (dbk__doc_field_find(c, key, &under) || under));
         if (!known || !(json_is_true(v) || (json_is_integer(v) && json_integer_value(v) == 1))) {
-            json_decref(*out);
+            dbk__err(err, DBK_EINVALID, "projection: \"%.80s\" must be a declared field set to 1",
+                     key);
+            json_decref(*out); /* key lives in *out: after the message */
             *out = NULL;
-            return dbk__err(err, DBK_EINVALID,
-                            "projection: \"%.80s\" must be a declared field set to 1", key);
+            return DBK_EINVALID;
         }
     }
     return DBK_OK;

@@ -461,9 +461,10 @@ dbk_rc dbk__doc_sort_compile(const dbk_doc_coll *c, const char *sort, dbk__sb *s
             }
             json_int_t dir = json_is_integer(v) ? json_integer_value(v) : 0;
             if (dir != 1 && dir != -1) {
-                json_decref(tree);
-                return dbk__err(err, DBK_EINVALID_SORT,
-                                "sort: direction of \"%.80s\" must be 1 or -1", key);
+                dbk__err(err, DBK_EINVALID_SORT, "sort: direction of \"%.80s\" must be 1 or -1",
+                         key);
+                json_decref(tree); /* key lives in tree: after the message */
+                return DBK_EINVALID_SORT;
             }
             if (strcmp(key, "_id") == 0)
                 has_id = true;
