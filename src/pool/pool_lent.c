@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../core/config_int.h"
 #include "../core/internal.h"
 #include "../core/sqlscan.h"
 #include "../driver/driver.h"
@@ -100,6 +101,25 @@ static void note_failure(dbk_pool *p, struct slot *s, dbk_rc rc, const dbk_error
     }
 }
 
+/* Behind a transaction-mode pooler (pooler=transaction) the next
+ * statement may run in another server session: a statement that changes
+ * the session (the same classification that marks a connection dirty) is
+ * refused instead of leaking into some other client's session. */
+static dbk_rc refuse_session_change(const dbk_pool *p, const char *sql, dbk_error *err)
+{
+    if (!p->cfg->pooler || p->cfg->pooler[0] != 't' ||
+        !dbk__pool_sql_changes_session(sql, p->engine))
+        return DBK_OK;
+    dbk__err(err, DBK_EMISUSE,
+             "refused behind a transaction-mode pooler (pooler=transaction): the statement "
+             "changes the session (SET, RESET, PREPARE, LISTEN, temporary objects, WITH HOLD "
+             "cursors, session advisory locks...), and the next transaction may run in another "
+             "server session");
+    dbk__err_hint(err, "use SET LOCAL or a transaction-level lock inside a transaction, or run "
+                       "it on a direct connection to the server");
+    return DBK_EMISUSE;
+}
+
 static dbk_rc pc_run(dbk_db *db, const char *sql, const dbk_value *params, size_t nparams,
                      dbk_result **out, int64_t *affected, dbk_error *err)
 {
@@ -108,6 +128,8 @@ static dbk_rc pc_run(dbk_db *db, const char *sql, const dbk_value *params, size_
     dbk_conn *c = s->conn;
     dbk_rc rc;
 
+    if ((rc = refuse_session_change(p, sql, err)) != DBK_OK)
+        return rc;
     if (!s->dirty && dbk__pool_sql_changes_session(sql, p->engine))
         s->dirty = true;
     if (p->engine == DBK_ENGINE_POSTGRES) {
@@ -168,6 +190,8 @@ static dbk_rc pc_script(dbk_db *db, const char *sql, int timeout_ms, dbk_error *
     dbk_pool *p = s->pool;
     dbk_conn *c = s->conn;
     dbk_rc rc;
+    if ((rc = refuse_session_change(p, sql, err)) != DBK_OK)
+        return rc;
     if (!s->dirty && dbk__pool_sql_changes_session(sql, p->engine))
         s->dirty = true;
     if (p->engine == DBK_ENGINE_POSTGRES) {

@@ -225,11 +225,63 @@ static void pgbouncer_undeclared_never_wrong(void **state)
     assert_true(backends > 1);
 }
 
+static dbk_rc set_local_fn(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    (void)ctx;
+    dbk_rc rc = dbk_db_exec(tx, "SET LOCAL statement_timeout = 1000", NULL, 0, NULL, err);
+    if (rc)
+        return rc;
+    return dbk_db_exec(tx, "SELECT pg_advisory_xact_lock(42)", NULL, 0, NULL, err);
+}
+
+/* pooler=transaction refuses what would outlive the transaction in a
+ * shared server session, with an error that says so; transaction-scoped
+ * equivalents work. */
+static void pgbouncer_session_statements_refused(void **state)
+{
+    (void)state;
+    dbkt_pgtopo *t = dbkt_pgtopo_start(0);
+    const char *burl = dbkt_pgtopo_bouncer_start(t, 0, 2);
+    assert_non_null(burl);
+    char url[300];
+    snprintf(url, sizeof url, "%s?pooler=transaction", burl);
+    dbk_error err;
+    dbk_config *cfg = NULL;
+    DBKT_OK(dbk_config_from_url(url, &cfg, &err), &err);
+    dbk_pool *pool = NULL;
+    DBKT_OK(dbk_pool_open(cfg, NULL, &pool, &err), &err);
+    dbk_config_free(cfg);
+    dbk_db *db = dbk_pool_db(pool);
+    const char *refused[] = {"SET statement_timeout = 0",
+                             "RESET ALL",
+                             "PREPARE p AS SELECT 1",
+                             "LISTEN chan",
+                             "CREATE TEMP TABLE tmp (a int)",
+                             "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                             "SELECT pg_advisory_lock(1)",
+                             "SELECT set_config('search_path', 'x', false)",
+                             NULL};
+    for (int i = 0; refused[i]; i++) {
+        dbk_rc rc = dbk_db_exec(db, refused[i], NULL, 0, NULL, &err);
+        if (rc != DBK_EMISUSE)
+            fail_msg("%s: expected DBK_EMISUSE, got %s", refused[i], dbk_rc_name(rc));
+        assert_non_null(strstr(err.message, "pooler=transaction"));
+        rc = dbk_db_exec_script(db, refused[i], &err);
+        if (rc != DBK_EMISUSE)
+            fail_msg("%s as a script: expected DBK_EMISUSE, got %s", refused[i], dbk_rc_name(rc));
+    }
+    DBKT_OK(dbk_transaction(db, set_local_fn, NULL, NULL, &err), &err);
+    assert_int_equal(dbkt_int(db, "SELECT 1"), 1);
+    dbk_pool_close(pool, 1000);
+    dbkt_pgtopo_stop(t);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(pgbouncer_transaction_mode_zero_errors),
         cmocka_unit_test(pgbouncer_undeclared_never_wrong),
+        cmocka_unit_test(pgbouncer_session_statements_refused),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
