@@ -505,10 +505,15 @@ void dbk__pg_session_sets(const pg_conn *pc, char *buf, size_t size)
             o += (size_t)snprintf(buf + o, size - o, "SET DateStyle = 'ISO'; ");
         if (!pc->user_timezone && o < size)
             o += (size_t)snprintf(buf + o, size - o, "SET TimeZone = 'UTC'; ");
-        if (pc->statement_timeout_ms > 0 && o < size)
+        /* Behind a transaction-mode pooler a session SET would land in
+         * whichever server session serves it and stay there for other
+         * clients (PgBouncer carries DateStyle and TimeZone per client
+         * itself, not these two); transactions get statement_timeout with
+         * SET LOCAL at BEGIN instead (see tx.c). */
+        if (pc->statement_timeout_ms > 0 && !pc->pooler_txn && o < size)
             o += (size_t)snprintf(buf + o, size - o, "SET statement_timeout = %d; ",
                                   pc->statement_timeout_ms);
-        if (pc->lock_timeout_ms > 0 && o < size)
+        if (pc->lock_timeout_ms > 0 && !pc->pooler_txn && o < size)
             o += (size_t)snprintf(buf + o, size - o, "SET lock_timeout = %d; ",
                                   pc->lock_timeout_ms);
     }

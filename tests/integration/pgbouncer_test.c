@@ -234,6 +234,12 @@ static dbk_rc set_local_fn(dbk_db *tx, void *ctx, dbk_error *err)
     return dbk_db_exec(tx, "SELECT pg_advisory_xact_lock(42)", NULL, 0, NULL, err);
 }
 
+static dbk_rc sleep_fn(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    (void)ctx;
+    return dbk_db_exec(tx, "SELECT pg_sleep(3)", NULL, 0, NULL, err);
+}
+
 /* pooler=transaction refuses what would outlive the transaction in a
  * shared server session, with an error that says so; transaction-scoped
  * equivalents work. */
@@ -244,7 +250,7 @@ static void pgbouncer_session_statements_refused(void **state)
     const char *burl = dbkt_pgtopo_bouncer_start(t, 0, 2);
     assert_non_null(burl);
     char url[300];
-    snprintf(url, sizeof url, "%s?pooler=transaction", burl);
+    snprintf(url, sizeof url, "%s?pooler=transaction&statement_timeout=60000", burl);
     dbk_error err;
     dbk_config *cfg = NULL;
     DBKT_OK(dbk_config_from_url(url, &cfg, &err), &err);
@@ -272,6 +278,19 @@ static void pgbouncer_session_statements_refused(void **state)
     }
     DBKT_OK(dbk_transaction(db, set_local_fn, NULL, NULL, &err), &err);
     assert_int_equal(dbkt_int(db, "SELECT 1"), 1);
+    /* The transaction timeout is still enforced by the server (SET LOCAL
+     * statement_timeout at BEGIN), through the pooler. */
+    dbk_tx_opts o = {0};
+    o.timeout_ms = 300;
+    o.max_attempts = 1;
+    DBKT_RC(DBK_ETIMEOUT, dbk_transaction(db, sleep_fn, NULL, &o, &err));
+    /* No session setting of ours was left in a shared server session:
+     * every server session still has the server's default. */
+    for (int i = 0; i < 8; i++) {
+        char buf[32];
+        dbkt_text(db, "SELECT current_setting('statement_timeout')", buf, sizeof buf);
+        assert_string_equal(buf, "0");
+    }
     dbk_pool_close(pool, 1000);
     dbkt_pgtopo_stop(t);
 }
