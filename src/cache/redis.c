@@ -64,15 +64,10 @@ static const char set_leased_lua[] =
     "if g ~= ARGV[1] then return 0 end "
     "redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4]) return 1";
 
-/* Sentinel mode (see the paragraph atop this file): the value, its epoch
- * and the node's epoch checked in one script. */
-static const char ha_get_lua[] =
-    "local e = redis.call('GET', KEYS[2]) "
-    "if e ~= ARGV[1] then redis.call('SET', KEYS[2], ARGV[1]) return false end "
-    "local v = redis.call('GET', KEYS[1]) "
-    "if not v or string.sub(v, 1, 16) ~= e then return false end "
-    "return string.sub(v, 17)";
-
+/* Sentinel and cluster modes (see the paragraph atop this file): every
+ * write first moves the slot's epoch key to the epoch of the node that runs
+ * it (ARGV: NODE_EPOCH), and stores values behind the 16 bytes of the epoch
+ * they were written under. */
 static const char ha_set_lua[] =
     "if redis.call('GET', KEYS[2]) ~= ARGV[1] then redis.call('SET', KEYS[2], ARGV[1]) end "
     "redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'PX', ARGV[3]) return 1";
@@ -943,7 +938,7 @@ static void refresh_map(struct rds *r, int64_t deadline_ns)
  */
 static dbk_rc exec_cmd(struct rds *r, unsigned hslot, int argc, const char **argv,
                        const size_t *lens, int64_t *deadline_ns, redisReply **reply, bool *busy,
-                       dbk_error *err)
+                       char *epoch_out, dbk_error *err)
 {
     *reply = NULL;
     *busy = false;
@@ -1041,6 +1036,8 @@ static dbk_rc exec_cmd(struct rds *r, unsigned hslot, int argc, const char **arg
                 continue;
             }
         }
+        if (epoch_out)
+            memcpy(epoch_out, s->epoch, sizeof s->epoch);
         release(r, s, false);
         *reply = rep;
         return DBK_OK;
@@ -1080,7 +1077,7 @@ static int replay_pending(struct rds *r, int64_t *deadline_ns)
         redisReply *rep;
         bool busy;
         if (exec_cmd(r, entry_slot(r, list[done].key, list[done].len), 7, av, al, deadline_ns,
-                     &rep, &busy, NULL) != DBK_OK) {
+                     &rep, &busy, NULL, NULL) != DBK_OK) {
             ok = -1;
             break;
         }
@@ -1178,8 +1175,8 @@ static void call_failed(struct rds *r, bool probe, bool busy, dbk_rc rc)
  * (caller frees) on DBK_OK; an error reply is DBK_EINTERNAL with the
  * server's text.
  */
-static dbk_rc run(struct rds *r, unsigned hslot, int argc, const char **argv, const size_t *lens,
-                  redisReply **reply, dbk_error *err)
+static dbk_rc run_ex(struct rds *r, unsigned hslot, int argc, const char **argv,
+                     const size_t *lens, redisReply **reply, char *epoch_out, dbk_error *err)
 {
     *reply = NULL;
     bool probe, busy;
@@ -1188,7 +1185,7 @@ static dbk_rc run(struct rds *r, unsigned hslot, int argc, const char **argv, co
     if (rc != DBK_OK)
         return rc;
     redisReply *rep;
-    rc = exec_cmd(r, hslot, argc, argv, lens, &dl, &rep, &busy, err);
+    rc = exec_cmd(r, hslot, argc, argv, lens, &dl, &rep, &busy, epoch_out, err);
     if (rc != DBK_OK) {
         call_failed(r, probe, busy, rc);
         return rc;
@@ -1206,6 +1203,13 @@ static dbk_rc run(struct rds *r, unsigned hslot, int argc, const char **argv, co
     return DBK_OK;
 }
 
+/* run_ex() without the node's epoch. */
+static dbk_rc run(struct rds *r, unsigned hslot, int argc, const char **argv, const size_t *lens,
+                  redisReply **reply, dbk_error *err)
+{
+    return run_ex(r, hslot, argc, argv, lens, reply, NULL, err);
+}
+
 /* ---- operations --------------------------------------------------------- */
 
 static dbk_rc r_get(void *impl, const void *key, size_t klen, void **val, size_t *vallen,
@@ -1218,10 +1222,40 @@ static dbk_rc r_get(void *impl, const void *key, size_t klen, void **val, size_t
     redisReply *rep;
     dbk_rc rc;
     if (r->ha) {
+        /* the value and its slot's epoch in one round trip, no script: a
+         * hit only when the value was stored under the epoch of the node
+         * that answers (a write script moves a stale epoch key on) */
         int el = (int)mkepoch(r, hs, ek);
-        const char *av[6] = {"EVAL", ha_get_lua, "2", vk, ek, NODE_EPOCH};
-        size_t al[6] = {4, sizeof ha_get_lua - 1, 1, vl, (size_t)el, 16};
-        rc = run(r, hs, 6, av, al, &rep, err);
+        const char *av[3] = {"MGET", vk, ek};
+        size_t al[3] = {4, vl, (size_t)el};
+        char node[17];
+        rc = run_ex(r, hs, 3, av, al, &rep, node, err);
+        if (rc != DBK_OK)
+            return rc;
+        redisReply *v = NULL;
+        if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
+            redisReply *e = rep->element[1];
+            v = rep->element[0];
+            bool fresh = e->type == REDIS_REPLY_STRING && e->len == 16 &&
+                         memcmp(e->str, node, 16) == 0 && v->type == REDIS_REPLY_STRING &&
+                         v->len >= 16 && memcmp(v->str, node, 16) == 0;
+            if (!fresh)
+                v = NULL;
+        }
+        if (!v) {
+            freeReplyObject(rep);
+            return DBK_ENOT_FOUND;
+        }
+        void *copy = malloc(v->len - 16 ? v->len - 16 : 1);
+        if (!copy) {
+            freeReplyObject(rep);
+            return dbk__err(err, DBK_ENOMEM, "out of memory copying a cached value");
+        }
+        memcpy(copy, v->str + 16, v->len - 16);
+        *val = copy;
+        *vallen = v->len - 16;
+        freeReplyObject(rep);
+        return DBK_OK;
     } else {
         const char *av[2] = {"GET", vk};
         size_t al[2] = {3, vl};
@@ -1290,7 +1324,7 @@ static dbk_rc r_del(void *impl, const void *key, size_t klen, dbk_error *err)
     size_t al[7];
     mkinval(r, key, klen, vk, gk, tok, ttl, av, al);
     redisReply *rep;
-    rc = exec_cmd(r, entry_slot(r, key, klen), 7, av, al, &dl, &rep, &busy, err);
+    rc = exec_cmd(r, entry_slot(r, key, klen), 7, av, al, &dl, &rep, &busy, NULL, err);
     if (rc != DBK_OK) {
         call_failed(r, probe, busy, rc);
         add_pending(r, key, klen);
@@ -1510,7 +1544,7 @@ static void flush_at_close(struct rds *r)
                 redisReply *rep;
                 bool busy;
                 if (exec_cmd(r, entry_slot(r, r->pend[done].key, r->pend[done].len), 7, av, al,
-                             &dl, &rep, &busy, NULL) != DBK_OK)
+                             &dl, &rep, &busy, NULL, NULL) != DBK_OK)
                     break;
                 bool ok = rep->type != REDIS_REPLY_ERROR;
                 freeReplyObject(rep);

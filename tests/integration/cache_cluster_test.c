@@ -193,6 +193,22 @@ static void topo_start(struct topo *t)
         fail_msg("redis-cli --cluster create: %d\n%s\n%s", p.code, p.out, p.err);
     dbkt_proc_free(&p);
     wait_ok(t, 30000, "after create");
+    /* and every replica in sync with its master */
+    int64_t end = dbkt_mono_ms() + 30000;
+    for (int i = 0; i < NNODES; i++) {
+        for (;;) {
+            redisReply *r = ncmd(t->port[i], "ROLE");
+            bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                      (strcmp(r->element[0]->str, "master") == 0 ||
+                       (r->elements > 3 && strcmp(r->element[3]->str, "connected") == 0));
+            freeReplyObject(r);
+            if (ok)
+                break;
+            if (dbkt_mono_ms() > end)
+                fail_msg("cluster: replica %d not in sync within 30 s", t->port[i]);
+            sleep_ms(50);
+        }
+    }
 }
 
 static void topo_stop(struct topo *t)
@@ -509,13 +525,17 @@ static void disrupt_failover(struct topo *t)
         freeReplyObject(r);
     }
     assert_true(rep >= 0);
-    redisReply *r = ncmd(t->port[rep], "CLUSTER FAILOVER");
-    assert_non_null(r);
-    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
-    freeReplyObject(r);
-    int64_t end = dbkt_mono_ms() + 20000;
-    while (!is_master(t->port[rep]) && dbkt_mono_ms() < end)
-        sleep_ms(20);
+    /* a manual failover the master does not acknowledge within 5 s is
+     * abandoned by the replica: ask again (at most 3 times) */
+    for (int attempt = 0; attempt < 3 && !is_master(t->port[rep]); attempt++) {
+        redisReply *r = ncmd(t->port[rep], "CLUSTER FAILOVER");
+        assert_non_null(r);
+        assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
+        freeReplyObject(r);
+        int64_t end = dbkt_mono_ms() + 7000;
+        while (!is_master(t->port[rep]) && dbkt_mono_ms() < end)
+            sleep_ms(20);
+    }
     assert_true(is_master(t->port[rep]));
     print_message("CLUSTER FAILOVER: %d took over from %d\n", t->port[rep], t->port[m]);
     sleep_ms(1500);
