@@ -8,6 +8,13 @@
  * --migrations-dir. Exit 0 when connected (pending migrations are reported,
  * not failed: `dbkit migrate status --exit-code` is the gate for that),
  * 5 when the database cannot be reached, 1 on other errors.
+ *
+ * On PostgreSQL it also looks for a transaction-mode pooler (PgBouncer)
+ * in front of the server: a second connection holds a transaction open
+ * while the first asks for its server backend again. A direct server or a
+ * session-mode pooler keeps the first connection on its own backend; a
+ * transaction-mode pooler has to hand it another one. The report says
+ * whether pooler=transaction is set to match.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +60,44 @@ static void visit(void *ctx, const char *key, const char *value, dbk_config_sour
         }
 }
 
+/* The pooler probe (see the top of the file). Returns 1 when a
+ * transaction-mode pooler was detected, 0 when not, -1 when it could not
+ * tell (a server pool of one connection makes the first connection wait
+ * behind the second: the short statement timeout ends that). */
+static int probe_pooler(const dbk_config *base, dbk_conn *a)
+{
+    dbk_config *cfg = NULL;
+    dbk_error err;
+    if (dbk_config_clone(base, &cfg, &err) ||
+        dbk_config_set(cfg, "statement_timeout", "1000", &err)) {
+        dbk_config_free(cfg);
+        return -1;
+    }
+    int64_t pid1 = 0, pid2 = 0;
+    dbk_conn *b = NULL;
+    int found = -1;
+    if (dbk_db_query_int64(dbk_conn_db(a), "SELECT pg_backend_pid()", NULL, 0, &pid1, &err) ||
+        dbk_conn_open(cfg, &b, &err))
+        goto done;
+    if (dbk_db_exec_script(dbk_conn_db(b), "BEGIN; SELECT 1", &err))
+        goto done;
+    if (dbk_db_query_int64(dbk_conn_db(a), "SELECT pg_backend_pid()", NULL, 0, &pid2, &err) == DBK_OK)
+        found = pid2 != pid1;
+    dbk_db_exec_script(dbk_conn_db(b), "ROLLBACK", &err);
+done:
+    dbk_conn_close(b);
+    dbk_config_free(cfg);
+    return found;
+}
+
+/* Whether the configuration says pooler=transaction. */
+static void visit_pooler(void *ctx, const char *key, const char *value, dbk_config_source src)
+{
+    (void)src;
+    if (strcmp(key, "pooler") == 0)
+        *(bool *)ctx = value && strcmp(value, "transaction") == 0;
+}
+
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -88,8 +133,8 @@ int cmd_doctor(cli *c, int argc, char **argv)
     dbk_conn *conn = NULL;
     int64_t t0 = now_ms();
     dbk_rc rc = dbk_conn_open(cfg, &conn, &err);
-    dbk_config_free(cfg);
     if (rc) {
+        dbk_config_free(cfg);
         if (human)
             printf("  connect      FAILED\n");
         return cli_fail(c, rc, &err);
@@ -104,10 +149,15 @@ int cmd_doctor(cli *c, int argc, char **argv)
     int64_t t_query = now_ms() - t0;
     if (rc) {
         dbk_conn_close(conn);
+        dbk_config_free(cfg);
         if (human)
             printf("  connect      ok (%lld ms)\n  query        FAILED\n", (long long)t_conn);
         return cli_fail(c, rc, &err);
     }
+    bool pooler_set = false;
+    dbk_config_dump(cfg, visit_pooler, &pooler_set);
+    int pooler = engine == DBK_ENGINE_POSTGRES ? probe_pooler(cfg, conn) : 0;
+    dbk_config_free(cfg);
     const char *ver = dbk_conn_server_version(conn);
     char version[128];
     snprintf(version, sizeof version, "%s %s",
@@ -144,6 +194,11 @@ int cmd_doctor(cli *c, int argc, char **argv)
         for (int i = 0; i < pv.n; i++)
             jw_kstr(&w, pv.keys[i], pv.values[i]);
         jw_end_obj(&w);
+        jw_key(&w, "pooler");
+        jw_obj(&w);
+        jw_kstr(&w, "detected", pooler > 0 ? "transaction" : pooler == 0 ? "none" : "unknown");
+        jw_kbool(&w, "pooler_transaction_set", pooler_set);
+        jw_end_obj(&w);
         jw_key(&w, "migrations");
         jw_obj(&w);
         jw_kstr(&w, "dir", c->migrations_dir);
@@ -170,6 +225,15 @@ int cmd_doctor(cli *c, int argc, char **argv)
                    strcmp(pv.src[i], "default") ? pv.src[i] : "",
                    strcmp(pv.src[i], "default") ? ")" : "");
         printf("\n");
+        if (pooler > 0)
+            printf("  pooler       a transaction-mode pooler is in front of the server (the backend "
+                   "changed between transactions); pooler=transaction is %s\n",
+                   pooler_set ? "set" : "NOT set: set it (DB_POOLER=transaction)");
+        else if (pooler < 0)
+            printf("  pooler       could not tell whether a transaction-mode pooler is in front\n");
+        else if (engine == DBK_ENGINE_POSTGRES)
+            printf("  pooler       none in transaction mode (one backend per session)%s\n",
+                   pooler_set ? "; pooler=transaction is set anyway" : "");
         if (!have_dir)
             printf("  migrations   %s: no such folder\n", c->migrations_dir);
         else if (mrc)

@@ -295,12 +295,51 @@ static void pgbouncer_session_statements_refused(void **state)
     dbkt_pgtopo_stop(t);
 }
 
+static dbkt_proc doctor(const char *url)
+{
+    char env[400];
+    snprintf(env, sizeof env, "DATABASE_URL=%s", url);
+    const char *set[] = {env, NULL};
+    const char *unset[] = {"DB_POOLER", "DB_HOST", "DB_NAME", NULL};
+    const char *args[] = {"doctor", NULL};
+    int out_fd, err_fd;
+    pid_t pid = dbkt_spawn(DBKIT_CLI_PATH, NULL, args, unset, set, &out_fd, &err_fd);
+    return dbkt_collect(pid, out_fd, err_fd, 60000, "dbkit doctor");
+}
+
+/* `dbkit doctor` tells a transaction-mode pooler from a direct server and
+ * says whether pooler=transaction is set. */
+static void pgbouncer_doctor_detects_pooler(void **state)
+{
+    (void)state;
+    dbkt_pgtopo *t = dbkt_pgtopo_start(0);
+    const char *burl = dbkt_pgtopo_bouncer_start(t, 0, 2);
+    assert_non_null(burl);
+    dbkt_proc p = doctor(burl);
+    if (p.code != 0 || !strstr(p.out, "transaction-mode pooler is in front") ||
+        !strstr(p.out, "NOT set"))
+        fail_msg("doctor through the bouncer (exit %d):\n%s\n%s", p.code, p.out, p.err);
+    dbkt_proc_free(&p);
+    char url[300];
+    snprintf(url, sizeof url, "%s?pooler=transaction", burl);
+    p = doctor(url);
+    if (p.code != 0 || !strstr(p.out, "pooler=transaction is set"))
+        fail_msg("doctor with pooler=transaction (exit %d):\n%s\n%s", p.code, p.out, p.err);
+    dbkt_proc_free(&p);
+    p = doctor(dbkt_pgtopo_url(t, 0));
+    if (p.code != 0 || !strstr(p.out, "none in transaction mode"))
+        fail_msg("doctor on the server itself (exit %d):\n%s\n%s", p.code, p.out, p.err);
+    dbkt_proc_free(&p);
+    dbkt_pgtopo_stop(t);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(pgbouncer_transaction_mode_zero_errors),
         cmocka_unit_test(pgbouncer_undeclared_never_wrong),
         cmocka_unit_test(pgbouncer_session_statements_refused),
+        cmocka_unit_test(pgbouncer_doctor_detects_pooler),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
