@@ -75,7 +75,7 @@ extern "C" {
 #define DBKIT_HAS_DOC 1
 
 #define DBK_DOC_MAX_BYTES (16 * 1024 * 1024) /* MongoDB's document limit */
-#define DBK_DOC_MAX_DEPTH 100                /* nesting levels, as MongoDB */
+#define DBK_DOC_MAX_DEPTH 96 /* objects/arrays nested, root included (libbson reads 98) */
 #define DBK_DOC_MAX_FIELDS 64                /* declared fields per schema */
 #define DBK_DOC_MAX_INDEXES 16               /* declared indexes per schema */
 #define DBK_DOC_MAX_SORT 8                   /* sort keys per find */
@@ -194,6 +194,67 @@ DBK_API dbk_rc dbk_doc_coll_open(dbk_db *db, const dbk_doc_schema *schema, dbk_d
 
 /* Frees the handle. Accepts NULL. */
 DBK_API void dbk_doc_coll_close(dbk_doc_coll *coll);
+
+/* Drops the collection's table (MongoDB: the collection) with its indexes;
+ * a missing one is not an error. For tests and tools. */
+DBK_API dbk_rc dbk_doc_coll_drop(dbk_doc_coll *coll, dbk_error *err);
+
+/* ---- MongoDB ----
+ *
+ * The same collections on a MongoDB server through libmongoc: one
+ * mongoc_client_pool_t per dbk_doc_mongo, a client popped per operation.
+ * Documents are stored as they are on the relational engines (string
+ * "_id", dates as ISO-8601 strings), so data and filters mean the same on
+ * every backend. Filters, sorts, projections and updates are checked by
+ * the same code as for SQL before anything is sent. Updates are validated
+ * against the current document and then sent as one findAndModify with the
+ * operators (atomic on the server; not a multi-document transaction).
+ * Available only when dbkit was built with libmongoc (pkg-config
+ * libmongoc-1.0); otherwise every call below gives DBK_ECONFIG.
+ */
+
+/* Connection events, from the driver's SDAM monitoring. */
+typedef enum dbk_doc_mongo_event {
+    DBK_DOC_MONGO_CONNECTED = 1,    /* a server became reachable */
+    DBK_DOC_MONGO_DISCONNECTED = 2, /* a reachable server became unknown, or close */
+    DBK_DOC_MONGO_ERROR = 3         /* a heartbeat failed; `detail` says why */
+} dbk_doc_mongo_event;
+
+/* Called from the driver's monitoring thread (and from close): must be
+ * thread-safe. `detail` is borrowed for the call; it never holds a
+ * password. */
+typedef void (*dbk_doc_mongo_event_fn)(void *ctx, dbk_doc_mongo_event ev, const char *detail);
+
+/* Options; 0 keeps the URL's value, else the driver's default. */
+typedef struct dbk_doc_mongo_opts {
+    int max_pool_size;               /* maxPoolSize */
+    int server_selection_timeout_ms; /* serverSelectionTimeoutMS */
+    int socket_timeout_ms;           /* socketTimeoutMS */
+    dbk_doc_mongo_event_fn on_event; /* may be NULL */
+    void *event_ctx;
+} dbk_doc_mongo_opts;
+
+typedef struct dbk_doc_mongo dbk_doc_mongo;
+
+/* True when this build has the MongoDB backend. */
+DBK_API bool dbk_doc_mongo_available(void);
+
+/* Opens a client pool for a mongodb:// URL (the database is the URL's
+ * path, default "test"). Connects lazily: an unreachable server shows at
+ * the first operation as DBK_EUNAVAILABLE after serverSelectionTimeoutMS.
+ * DBK_ECONFIG for a malformed URL (message without the password) or a
+ * build without libmongoc. *out is owned: dbk_doc_mongo_close(). */
+DBK_API dbk_rc dbk_doc_mongo_open(const char *url, const dbk_doc_mongo_opts *opts,
+                                  dbk_doc_mongo **out, dbk_error *err);
+
+/* Closes the pool (every collection opened on it must be closed first),
+ * reporting DBK_DOC_MONGO_DISCONNECTED. Accepts NULL. */
+DBK_API void dbk_doc_mongo_close(dbk_doc_mongo *m);
+
+/* Like dbk_doc_coll_open() on a MongoDB pool. dbk_doc_coll_ensure()
+ * creates the declared indexes (createIndexes). */
+DBK_API dbk_rc dbk_doc_coll_open_mongo(dbk_doc_mongo *m, const dbk_doc_schema *schema,
+                                       dbk_doc_coll **out, dbk_error *err);
 
 /* The DDL that creates the collection's table and indexes on `engine`
  * (idempotent: IF NOT EXISTS), as one script. *out is owned by the caller:

@@ -56,7 +56,7 @@ static void oid_new(char out[25])
     snprintf(out, 25, "%08x%010llx%06x", secs, rnd & 0xffffffffffull, cnt);
 }
 
-static int64_t now_usec(void)
+int64_t dbk__doc_now_usec(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -101,6 +101,8 @@ DBK_API dbk_rc dbk_doc_coll_ensure(dbk_doc_coll *coll, dbk_error *err)
 {
     if (!coll)
         return dbk__err(err, DBK_EMISUSE, "dbk_doc_coll_ensure: NULL collection");
+    if (coll->mongo)
+        return dbk__mongo_ensure(coll, err);
     char *sql;
     dbk_rc rc = dbk_doc_migration_sql(coll->schema, coll->engine, &sql, err);
     if (rc)
@@ -108,6 +110,17 @@ DBK_API dbk_rc dbk_doc_coll_ensure(dbk_doc_coll *coll, dbk_error *err)
     rc = dbk_db_exec_script(coll->db, sql, err);
     free(sql);
     return rc;
+}
+
+DBK_API dbk_rc dbk_doc_coll_drop(dbk_doc_coll *coll, dbk_error *err)
+{
+    if (!coll)
+        return dbk__err(err, DBK_EMISUSE, "dbk_doc_coll_drop: NULL collection");
+    if (coll->mongo)
+        return dbk__mongo_drop(coll, err);
+    char sql[128];
+    snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS \"%s\"", coll->schema->collection);
+    return dbk_db_exec(coll->db, sql, NULL, 0, NULL, err);
 }
 
 DBK_API dbk_rc dbk_doc_validate(const dbk_doc_coll *coll, const char *json, size_t len,
@@ -126,7 +139,7 @@ DBK_API dbk_rc dbk_doc_validate(const dbk_doc_coll *coll, const char *json, size
 
 /* ---- helpers ---- */
 
-static dbk_rc wrap(json_t *root, dbk_doc **out, dbk_error *err)
+dbk_rc dbk__doc_wrap(json_t *root, dbk_doc **out, dbk_error *err)
 {
     if (!out) {
         json_decref(root);
@@ -159,28 +172,38 @@ static dbk_rc row_doc(const dbk_result *res, size_t r, json_t **out, dbk_error *
     return DBK_OK;
 }
 
-/* Makes a unique violation name the paths of the index it hit. */
-static dbk_rc unique_error(const dbk_doc_coll *c, dbk_rc rc, dbk_error *err)
+bool dbk__doc_unique_error(const dbk_doc_coll *c, const char *index_name, dbk_error *err)
 {
-    if (rc != DBK_EUNIQUE || !err)
-        return rc;
     size_t n = dbk__doc_nindexes(c);
     for (size_t i = 0; i < n; i++) {
         char name[128];
         const char *keys;
         bool unique;
         dbk__doc_index_get(c, i, name, sizeof name, &keys, &unique);
-        if (unique && strcmp(name, err->constraint_name) == 0) {
+        if (unique && strcmp(name, index_name) == 0) {
             char cons[DBK_ERROR_NAME_MAX];
-            snprintf(cons, sizeof cons, "%s", err->constraint_name);
+            snprintf(cons, sizeof cons, "%.63s", name);
             dbk__err(err, DBK_EUNIQUE, "duplicate value for unique \"%.200s\" in \"%s\"", keys,
                      c->schema->collection);
-            snprintf(err->constraint_name, sizeof err->constraint_name, "%s", cons);
+            if (err)
+                snprintf(err->constraint_name, sizeof err->constraint_name, "%s", cons);
             dbk__err_hint(err, "another document already has this value");
-            return rc;
+            return true;
         }
     }
-    if (strstr(err->constraint_name, "pkey") || strstr(err->constraint_name, ".id")) {
+    return false;
+}
+
+/* Makes a unique violation name the paths of the index it hit. */
+static dbk_rc unique_error(const dbk_doc_coll *c, dbk_rc rc, dbk_error *err)
+{
+    if (rc != DBK_EUNIQUE || !err)
+        return rc;
+    char cons[DBK_ERROR_NAME_MAX];
+    snprintf(cons, sizeof cons, "%s", err->constraint_name);
+    if (dbk__doc_unique_error(c, cons, err))
+        return rc;
+    if (strstr(cons, "pkey") || strstr(cons, ".id")) {
         dbk__err(err, DBK_EUNIQUE, "duplicate \"_id\" in \"%s\"", c->schema->collection);
         dbk__err_hint(err, "another document already has this _id");
     }
@@ -194,13 +217,10 @@ static const char *doc_param(const dbk_doc_coll *c)
 
 /* ---- create ---- */
 
-DBK_API dbk_rc dbk_doc_create(dbk_doc_coll *coll, const char *json, size_t len, dbk_doc **out,
-                              dbk_error *err)
+dbk_rc dbk__doc_prepare_create(const dbk_doc_coll *coll, const char *json, size_t len,
+                               json_t **out, dbk_error *err)
 {
-    if (out)
-        *out = NULL;
-    if (!coll)
-        return dbk__err(err, DBK_EMISUSE, "dbk_doc_create: NULL collection");
+    *out = NULL;
     json_t *root;
     dbk_rc rc = dbk__doc_json_parse(json, len, "document", &root, err);
     if (rc)
@@ -210,7 +230,7 @@ DBK_API dbk_rc dbk_doc_create(dbk_doc_coll *coll, const char *json, size_t len, 
         oid_new(oid);
         if (json_object_set_new(root, "_id", json_string(oid)) != 0) {
             rc = dbk__err(err, DBK_ENOMEM, "out of memory");
-            goto out_root;
+            goto fail;
         }
     }
     for (size_t i = 0; i < coll->nfields; i++) {
@@ -218,17 +238,40 @@ DBK_API dbk_rc dbk_doc_create(dbk_doc_coll *coll, const char *json, size_t len, 
         json_t *cur = dbk__doc_path_get(root, f->path);
         if (f->def && (!cur || json_is_null(cur)) &&
             (rc = dbk__doc_path_set(root, f->path, json_deep_copy(f->def), err)) != DBK_OK)
-            goto out_root;
+            goto fail;
     }
     if (coll->created) {
         char ts[40];
-        dbk__doc_date_format(now_usec(), ts);
+        dbk__doc_date_format(dbk__doc_now_usec(), ts);
         if ((rc = dbk__doc_path_set(root, coll->created, json_string(ts), err)) != DBK_OK ||
             (rc = dbk__doc_path_set(root, coll->updated, json_string(ts), err)) != DBK_OK)
-            goto out_root;
+            goto fail;
     }
     if ((rc = dbk__doc_check(coll, root, err)) != DBK_OK)
-        goto out_root;
+        goto fail;
+    *out = root;
+    return DBK_OK;
+fail:
+    json_decref(root);
+    return rc;
+}
+
+DBK_API dbk_rc dbk_doc_create(dbk_doc_coll *coll, const char *json, size_t len, dbk_doc **out,
+                              dbk_error *err)
+{
+    if (out)
+        *out = NULL;
+    if (!coll)
+        return dbk__err(err, DBK_EMISUSE, "dbk_doc_create: NULL collection");
+    json_t *root;
+    dbk_rc rc = dbk__doc_prepare_create(coll, json, len, &root, err);
+    if (rc)
+        return rc;
+    if (coll->mongo) {
+        if ((rc = dbk__mongo_insert(coll, root, err)) != DBK_OK)
+            goto out_root;
+        return dbk__doc_wrap(root, out, err);
+    }
     char *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (!text) {
         rc = dbk__err(err, DBK_ENOMEM, "out of memory");
@@ -244,7 +287,7 @@ DBK_API dbk_rc dbk_doc_create(dbk_doc_coll *coll, const char *json, size_t len, 
         rc = unique_error(coll, rc, err);
         goto out_root;
     }
-    return wrap(root, out, err);
+    return dbk__doc_wrap(root, out, err);
 out_root:
     json_decref(root);
     return rc;
@@ -271,6 +314,30 @@ DBK_API dbk_rc dbk_doc_find_by_id(dbk_doc_coll *coll, const char *id, dbk_doc **
     dbk_rc rc = check_id(id, err);
     if (rc)
         return rc;
+    if (coll->mongo) {
+        dbk_doc_find_opts o = {.has_limit = true, .limit = 1};
+        char filter[DBK_DOC_ID_MAX * 6 + 16];
+        json_t *f = json_pack("{s:s}", "_id", id);
+        char *ft = f ? json_dumps(f, JSON_COMPACT) : NULL;
+        json_decref(f);
+        if (!ft)
+            return dbk__err(err, DBK_ENOMEM, "out of memory");
+        snprintf(filter, sizeof filter, "%s", ft);
+        free(ft);
+        o.filter = filter;
+        dbk_doc_page page = {0};
+        page.total = -1;
+        if ((rc = dbk__mongo_find(coll, &o, NULL, &page, err)) == DBK_OK && page.count == 0)
+            rc = dbk__err(err, DBK_ENOT_FOUND, "no document with this _id in \"%s\"",
+                          coll->schema->collection);
+        if (rc == DBK_OK) {
+            *out = page.docs[0];
+            page.docs[0] = NULL;
+            page.count = 0;
+        }
+        dbk_doc_page_free(&page);
+        return rc;
+    }
     char sql[128];
     snprintf(sql, sizeof sql, "SELECT doc FROM \"%s\" WHERE id = $1", coll->schema->collection);
     dbk_value p = dbk_text(id);
@@ -284,11 +351,11 @@ DBK_API dbk_rc dbk_doc_find_by_id(dbk_doc_coll *coll, const char *id, dbk_doc **
     else
         rc = row_doc(res, 0, &root, err);
     dbk_result_free(res);
-    return rc ? rc : wrap(root, out, err);
+    return rc ? rc : dbk__doc_wrap(root, out, err);
 }
 
 /* Applies an inclusion projection to one document (replaces *root). */
-static dbk_rc project(const dbk_doc_coll *c, json_t *proj, json_t **root, dbk_error *err)
+dbk_rc dbk__doc_project(const dbk_doc_coll *c, json_t *proj, json_t **root, dbk_error *err)
 {
     json_t *nr = json_object();
     if (!nr)
@@ -318,8 +385,8 @@ oom:
     return dbk__err(err, DBK_ENOMEM, "out of memory");
 }
 
-static dbk_rc parse_projection(const dbk_doc_coll *c, const char *proj, json_t **out,
-                               dbk_error *err)
+dbk_rc dbk__doc_projection_parse(const dbk_doc_coll *c, const char *proj, json_t **out,
+                                 dbk_error *err)
 {
     *out = NULL;
     if (!proj || !*proj)
@@ -366,9 +433,9 @@ static dbk_rc result_page(const dbk_doc_coll *c, const dbk_result *res, json_t *
         json_t *root;
         dbk_rc rc = row_doc(res, r, &root, err);
         if (rc == DBK_OK && proj)
-            rc = project(c, proj, &root, err);
+            rc = dbk__doc_project(c, proj, &root, err);
         if (rc == DBK_OK)
-            rc = wrap(root, &page->docs[r], err);
+            rc = dbk__doc_wrap(root, &page->docs[r], err);
         if (rc)
             return rc;
         page->count++;
@@ -398,8 +465,12 @@ DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, d
     dbk_rc rc = dbk__doc_filter_compile(coll, o.filter, &where, &params, &tree, err);
     if (rc)
         goto done;
-    if ((rc = parse_projection(coll, o.projection, &proj, err)) != DBK_OK)
+    if ((rc = dbk__doc_projection_parse(coll, o.projection, &proj, err)) != DBK_OK)
         goto done;
+    if (coll->mongo) {
+        rc = dbk__mongo_find(coll, &o, proj, page, err);
+        goto done;
+    }
     const char *cn = coll->schema->collection;
     dbk__sb_addf(&sql, "SELECT doc FROM \"%s\" WHERE %s ORDER BY ", cn, where.p);
     if ((rc = dbk__doc_sort_compile(coll, o.sort, &sql, err)) != DBK_OK)
@@ -491,6 +562,8 @@ DBK_API dbk_rc dbk_doc_count(dbk_doc_coll *coll, const char *filter, int64_t *ou
 {
     if (!coll || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_doc_count: NULL argument");
+    if (coll->mongo)
+        return dbk__mongo_count(coll, filter, out, err);
     dbk__sb where = {0}, sql = {0};
     dbk__params params = {0};
     json_t *tree = NULL;
@@ -552,7 +625,7 @@ static dbk_rc apply_inc(const char *path, json_t *root, json_t *by, dbk_doc_type
     return dbk__doc_path_set(root, path, nv, err);
 }
 
-static dbk_rc apply_update(const dbk_doc_coll *c, json_t *root, json_t *upd, dbk_error *err)
+dbk_rc dbk__doc_apply_update(const dbk_doc_coll *c, json_t *root, json_t *upd, dbk_error *err)
 {
     const char *key;
     json_t *v;
@@ -629,11 +702,11 @@ static dbk_rc upd_fn(dbk_db *tx, void *vctx, dbk_error *err)
     dbk_result_free(res);
     if (rc)
         return rc;
-    if ((rc = apply_update(u->c, root, u->upd, err)) != DBK_OK)
+    if ((rc = dbk__doc_apply_update(u->c, root, u->upd, err)) != DBK_OK)
         goto fail;
     if (u->c->updated) {
         char ts[40];
-        dbk__doc_date_format(now_usec(), ts);
+        dbk__doc_date_format(dbk__doc_now_usec(), ts);
         if ((rc = dbk__doc_path_set(root, u->c->updated, json_string(ts), err)) != DBK_OK)
             goto fail;
     }
@@ -673,13 +746,16 @@ DBK_API dbk_rc dbk_doc_find_by_id_and_update(dbk_doc_coll *coll, const char *id,
     upd_ctx u = {coll, id, NULL, NULL};
     if ((rc = dbk__doc_json_parse(update, strlen(update), "update", &u.upd, err)) != DBK_OK)
         return rc;
-    rc = dbk_transaction(coll->db, upd_fn, &u, NULL, err);
+    if (coll->mongo)
+        rc = dbk__mongo_update(coll, id, u.upd, &u.result, err);
+    else
+        rc = dbk_transaction(coll->db, upd_fn, &u, NULL, err);
     json_decref(u.upd);
     if (rc) {
         json_decref(u.result);
         return rc;
     }
-    return wrap(u.result, out, err);
+    return dbk__doc_wrap(u.result, out, err);
 }
 
 /* ---- delete ---- */
@@ -694,6 +770,12 @@ DBK_API dbk_rc dbk_doc_find_by_id_and_delete(dbk_doc_coll *coll, const char *id,
     dbk_rc rc = check_id(id, err);
     if (rc)
         return rc;
+    if (coll->mongo) {
+        json_t *root = NULL;
+        if ((rc = dbk__mongo_delete(coll, id, &root, err)) != DBK_OK)
+            return rc;
+        return dbk__doc_wrap(root, out, err);
+    }
     char sql[160];
     snprintf(sql, sizeof sql, "DELETE FROM \"%s\" WHERE id = $1 RETURNING doc",
              coll->schema->collection);
@@ -708,5 +790,5 @@ DBK_API dbk_rc dbk_doc_find_by_id_and_delete(dbk_doc_coll *coll, const char *id,
     else
         rc = row_doc(res, 0, &root, err);
     dbk_result_free(res);
-    return rc ? rc : wrap(root, out, err);
+    return rc ? rc : dbk__doc_wrap(root, out, err);
 }

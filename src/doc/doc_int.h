@@ -26,8 +26,11 @@ typedef struct dbk__doc_field {
     json_t *def; /* parsed default or NULL, owned */
 } dbk__doc_field;
 
+struct dbk_doc_mongo;
+
 struct dbk_doc_coll {
-    dbk_db *db; /* borrowed */
+    dbk_db *db;                  /* borrowed; NULL on MongoDB */
+    struct dbk_doc_mongo *mongo; /* borrowed; NULL on the relational engines */
     dbk_engine engine;
     const dbk_doc_schema *schema; /* borrowed */
     const char *created;          /* NULL without timestamps */
@@ -114,5 +117,34 @@ void dbk__doc_date_format(int64_t usec, char buf[40]);
 /* Checks a schema and fills the collection's field table. */
 dbk_rc dbk__doc_schema_load(dbk_doc_coll *c, const dbk_doc_schema *s, dbk_error *err);
 void dbk__doc_schema_unload(dbk_doc_coll *c);
+
+/* ---- shared by the relational and MongoDB backends (coll.c) ---- */
+
+int64_t dbk__doc_now_usec(void);
+/* Wraps a tree into a dbk_doc (steals root; out NULL: frees it). */
+dbk_rc dbk__doc_wrap(json_t *root, dbk_doc **out, dbk_error *err);
+/* Parses, fills _id / defaults / timestamps and validates a new document. */
+dbk_rc dbk__doc_prepare_create(const dbk_doc_coll *c, const char *json, size_t len, json_t **out,
+                               dbk_error *err);
+/* Applies $set / $unset / $inc (or a plain object) to root in place. */
+dbk_rc dbk__doc_apply_update(const dbk_doc_coll *c, json_t *root, json_t *upd, dbk_error *err);
+dbk_rc dbk__doc_projection_parse(const dbk_doc_coll *c, const char *proj, json_t **out,
+                                 dbk_error *err);
+dbk_rc dbk__doc_project(const dbk_doc_coll *c, json_t *proj, json_t **root, dbk_error *err);
+/* Fills a DBK_EUNIQUE naming the keys of the unique index `index_name`;
+ * false when no unique index has that name. */
+bool dbk__doc_unique_error(const dbk_doc_coll *c, const char *index_name, dbk_error *err);
+
+/* ---- the MongoDB backend (mongo.c) ---- */
+
+dbk_rc dbk__mongo_insert(dbk_doc_coll *c, json_t *root, dbk_error *err);
+dbk_rc dbk__mongo_find(dbk_doc_coll *c, const dbk_doc_find_opts *o, json_t *proj,
+                       dbk_doc_page *page, dbk_error *err);
+dbk_rc dbk__mongo_count(dbk_doc_coll *c, const char *filter, int64_t *out, dbk_error *err);
+dbk_rc dbk__mongo_update(dbk_doc_coll *c, const char *id, json_t *upd, json_t **out,
+                         dbk_error *err);
+dbk_rc dbk__mongo_delete(dbk_doc_coll *c, const char *id, json_t **out, dbk_error *err);
+dbk_rc dbk__mongo_ensure(dbk_doc_coll *c, dbk_error *err);
+dbk_rc dbk__mongo_drop(dbk_doc_coll *c, dbk_error *err);
 
 #endif

@@ -82,9 +82,11 @@ void dbk__params_free(dbk__params *p)
 
 /* ---- parsing and paths ---- */
 
+/* Objects and arrays nested in one another, the root counting as 1;
+ * scalars add no level. */
 static bool depth_ok(json_t *v, int depth)
 {
-    if (depth > DBK_DOC_MAX_DEPTH)
+    if ((json_is_object(v) || json_is_array(v)) && depth > DBK_DOC_MAX_DEPTH)
         return false;
     if (json_is_object(v)) {
         const char *k;
