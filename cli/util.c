@@ -359,7 +359,14 @@ static int config_build(const cli *c, bool long_statements, char *url, size_t ur
     dbk_error err;
     dbk_error_clear(&err);
     dbk_config *cfg = NULL;
-    dbk_rc rc = c->url ? dbk_config_from_url(c->url, &cfg, &err) : dbk_config_from_env(&cfg, &err);
+    /* Migrations, seeds, gen and testdb (the long-statement commands) take
+     * session advisory locks and run DDL: behind a transaction-mode pooler
+     * they need a connection to the server itself, DATABASE_DIRECT_URL
+     * when set (--url still wins). */
+    const char *direct = long_statements && !c->url ? getenv("DATABASE_DIRECT_URL") : NULL;
+    dbk_rc rc = c->url               ? dbk_config_from_url(c->url, &cfg, &err)
+                : direct && *direct ? dbk_config_from_url(direct, &cfg, &err)
+                                    : dbk_config_from_env(&cfg, &err);
     if (rc)
         return cli_fail(c, rc, &err);
     if (url)

@@ -333,6 +333,37 @@ static void pgbouncer_doctor_detects_pooler(void **state)
     dbkt_pgtopo_stop(t);
 }
 
+/* Migrations go to DATABASE_DIRECT_URL when it is set: here DATABASE_URL
+ * points at nothing at all, so only the direct URL can have worked. */
+static void pgbouncer_migrations_use_direct_url(void **state)
+{
+    (void)state;
+    dbkt_pgtopo *t = dbkt_pgtopo_start(0);
+    char *dir = dbkt_tmpdir();
+    char path[512];
+    snprintf(path, sizeof path, "%s/20240101000000_create_t.sql", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("-- migrate:up\nCREATE TABLE via_direct (a int);\n\n-- migrate:down\nDROP TABLE via_direct;\n",
+          f);
+    fclose(f);
+    char env1[400], env2[400];
+    snprintf(env1, sizeof env1, "DATABASE_URL=postgres://postgres@127.0.0.1:1/postgres?pooler=transaction");
+    snprintf(env2, sizeof env2, "DATABASE_DIRECT_URL=%s", dbkt_pgtopo_url(t, 0));
+    const char *set[] = {env1, env2, NULL};
+    const char *unset[] = {"DB_POOLER", "DB_HOST", "DB_NAME", NULL};
+    const char *args[] = {"--migrations-dir", dir, "migrate", "up", NULL};
+    int out_fd, err_fd;
+    pid_t pid = dbkt_spawn(DBKIT_CLI_PATH, NULL, args, unset, set, &out_fd, &err_fd);
+    dbkt_proc p = dbkt_collect(pid, out_fd, err_fd, 60000, "dbkit migrate up");
+    if (p.code != 0)
+        fail_msg("migrate up (exit %d):\n%s\n%s", p.code, p.out, p.err);
+    dbkt_proc_free(&p);
+    assert_int_equal(dbkt_pgtopo_exec(t, 0, "SELECT * FROM via_direct"), 0);
+    free(dir);
+    dbkt_pgtopo_stop(t);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -340,6 +371,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(pgbouncer_undeclared_never_wrong),
         cmocka_unit_test(pgbouncer_session_statements_refused),
         cmocka_unit_test(pgbouncer_doctor_detects_pooler),
+        cmocka_unit_test(pgbouncer_migrations_use_direct_url),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
