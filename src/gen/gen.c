@@ -279,6 +279,12 @@ static bool is_p(const tok *k, const char *p)
     return k->kind == T_PUNCT && strcmp(k->text, p) == 0;
 }
 
+static bool is_arith(const tok *k)
+{
+    return k->kind == T_PUNCT && k->text[1] == '\0' &&
+           (k->text[0] == '+' || k->text[0] == '-' || k->text[0] == '*' || k->text[0] == '/');
+}
+
 static bool is_cmp(const tok *k)
 {
     static const char *const ops[] = {"=", "<", ">", "<=", ">=", "<>", "!=", NULL};
@@ -378,11 +384,12 @@ static void param_context(const toks *t, size_t i, const shape *sh, char *col, d
         *ptype = type_of_name(v[i + 2].text);
         *typed = true;
     }
-    if (i >= 2 && is_cmp(&v[i - 1]) && v[i - 2].kind == T_IDENT) {
+    /* col = $n, col + $n (the column's type is the operand's) */
+    if (i >= 2 && (is_cmp(&v[i - 1]) || is_arith(&v[i - 1])) && v[i - 2].kind == T_IDENT) {
         dbk__strlcpy(col, v[i - 2].text, IDLEN);
         return;
     }
-    if (i + 2 < t->n && is_cmp(&v[i + 1]) && v[i + 2].kind == T_IDENT) {
+    if (i + 2 < t->n && (is_cmp(&v[i + 1]) || is_arith(&v[i + 1])) && v[i + 2].kind == T_IDENT) {
         size_t at = i + 2;
         if (at + 2 < t->n && is_p(&v[at + 1], ".") && v[at + 2].kind == T_IDENT)
             at += 2;

@@ -78,7 +78,10 @@ static const char QUERIES[] =
     "DELETE FROM c WHERE t_id = $1;\n"
     "\n"
     "-- name: SetI4 :execrows\n"
-    "UPDATE t SET i4 = sqlc.narg(i4) WHERE id = @id;\n";
+    "UPDATE t SET i4 = sqlc.narg(i4) WHERE id = @id;\n"
+    "\n"
+    "-- name: AddI8 :execrows\n"
+    "UPDATE t SET i8 = i8 + @delta WHERE id = @id;\n";
 
 /* Uses the generated API; its output is compared line by line. */
 static const char MAIN_C[] =
@@ -313,7 +316,7 @@ static void matrix(dbk_engine engine, const char *name)
     dbk_error err;
     dbk_gen_report rep;
     DBKT_OK(gen(cfg, dir, false, &rep, &err), &err);
-    assert_int_equal(rep.queries, 11);
+    assert_int_equal(rep.queries, 12);
     assert_int_equal(rep.files, 5);
 
     char path[1024];
@@ -340,6 +343,8 @@ static void matrix(dbk_engine engine, const char *name)
     has(h, "typedef struct add_children_params {");
     /* sqlc.narg(): a nullable number parameter, passed by pointer */
     has(h, "dbk_rc set_i4(dbk_db *db, const int64_t *i4, int64_t id, int64_t *affected");
+    /* an arithmetic operand takes the column's type (SQLite has no other source) */
+    has(h, "dbk_rc add_i8(dbk_db *db, int64_t delta, int64_t id, int64_t *affected");
     free(h);
 
     const char *expected[] = {
