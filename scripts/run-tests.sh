@@ -3,6 +3,8 @@
 #   scripts/run-tests.sh            all stages below, in order
 #   scripts/run-tests.sh STAGE...   only these stages
 # Stages:
+#   layers    scripts/check-layers.sh: no file uses a layer below its own
+#             (docs/architecture.md's table); a couple of seconds, first
 #   plain     RelWithDebInfo build, every test (ctest -j2), the topology
 #             suites (programs marked dbkit:topology) included
 #   asan      ASan + UBSan build, every test but the topology suites
@@ -15,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(plain asan tsan valgrind fuzz)
+[ ${#stages[@]} -gt 0 ] || stages=(layers plain asan tsan valgrind fuzz)
 JOBS=${JOBS:-2}
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 
@@ -24,6 +26,9 @@ inner() {
   for s in "${stages[@]}"; do
     echo "==== stage: $s ===="
     case "$s" in
+      layers)
+        bash scripts/check-layers.sh || failed=1
+        ;;
       plain)
         cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
         cmake --build build -j"$JOBS"

@@ -1,5 +1,5 @@
 /*
- * Batches and parallel tasks.
+ * Batches.
  *
  * A batch owns copies of its statements (SQL text, values and the bytes
  * they point to) in one arena, so adding costs a few bump allocations and a
@@ -7,20 +7,16 @@
  * Running hands the array of dbk__batch_item to the executor's batch op:
  * the pool checks out one connection, a transaction checks its state, and
  * the connection either has a driver batch (PostgreSQL: one pipeline, see
- * pg_batch) or falls back to dbk__batch_serial below, which runs the items
- * one by one through the executor's run op (SQLite, where a round trip is
- * a function call anyway).
+ * pg_batch) or falls back to dbk__db_batch_serial (src/db/db_batch.c), which
+ * runs the items one by one through the executor's run op (SQLite, where a
+ * round trip is a function call anyway). An item's outcome is recorded with
+ * dbk__driver_item_fail (src/driver/batch_item.c).
  *
  * Errors stay per statement. Only failures allocate: an item's error is a
  * heap copy made when it fails, so a batch of 100 successful lookups does
  * not carry 100 zeroed dbk_error structs.
  *
- * dbk_parallel is the `Promise.all` of C: the caller's thread plus up to
- * max_parallel - 1 short-lived threads take tasks from a shared counter.
- * Tasks on a pool check out their own connections per statement (or per
- * batch or transaction), so the pool's bound and its fair queue are what
- * limit them; a task never holds one connection while waiting for another
- * unless its own code does.
+ * dbk_parallel lives in parallel.c.
  */
 #include <pthread.h>
 #include <stdarg.h>
@@ -30,9 +26,9 @@
 
 #include "dbkit/batch.h"
 #include "dbkit/arena.h"
-#include "dbkit/pool.h"
 #include "../core/internal.h"
-#include "../driver/driver.h"
+#include "../db/db_int.h"
+#include "batch_int.h"
 
 struct dbk_batch {
     dbk__batch_item *items;
@@ -40,40 +36,6 @@ struct dbk_batch {
     dbk_arena *arena;
     bool ran;
 };
-
-/* ---- item outcomes (shared with the drivers) ---- */
-
-dbk_rc dbk__batch_fail(dbk__batch_item *it, dbk_rc rc, const dbk_error *e)
-{
-    if (it->res) {
-        dbk_result_free(it->res);
-        it->res = NULL;
-    }
-    it->rc = rc;
-    it->affected = -1;
-    if (!it->err)
-        it->err = malloc(sizeof *it->err);
-    if (it->err) {
-        if (e && e != it->err)
-            memcpy(it->err, e, sizeof *e);
-        else if (!e)
-            dbk__err(it->err, rc, "%s", dbk_strerror(rc));
-        it->err->code = rc;
-    }
-    return rc;
-}
-
-dbk_rc dbk__batch_failf(dbk__batch_item *it, dbk_rc rc, const char *fmt, ...)
-{
-    dbk_error e;
-    memset(&e, 0, sizeof e);
-    e.code = rc;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e.message, sizeof e.message, fmt, ap);
-    va_end(ap);
-    return dbk__batch_fail(it, rc, &e);
-}
 
 static void item_reset(dbk__batch_item *it)
 {
@@ -84,79 +46,6 @@ static void item_reset(dbk__batch_item *it)
     it->rc = DBK_ENOT_RUN;
     it->affected = -1;
     it->done_ns = 0;
-}
-
-/* ---- the serial fallback ---- */
-
-static dbk_rc ctl(dbk_db *db, const char *sql, dbk_error *err)
-{
-    return db->ops->run(db, sql, NULL, 0, NULL, NULL, err);
-}
-
-dbk_rc dbk__batch_serial(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic, bool in_tx)
-{
-    dbk_error e;
-    dbk_rc first = DBK_OK;
-    size_t failed_at = n;
-    if (atomic) {
-        dbk_rc rc = ctl(db, in_tx ? "SAVEPOINT dbk_batch" : "BEGIN", &e);
-        if (rc) {
-            for (size_t i = 0; i < n; i++)
-                dbk__batch_fail(&items[i], i ? DBK_ENOT_RUN : rc, i ? NULL : &e);
-            return rc;
-        }
-    }
-    for (size_t i = 0; i < n; i++) {
-        dbk__batch_item *it = &items[i];
-        if (atomic && failed_at < n) {
-            dbk__batch_failf(it, DBK_ENOT_RUN,
-                             "not run: statement %zu of the all-or-nothing batch failed",
-                             failed_at);
-            continue;
-        }
-        int64_t aff = 0;
-        dbk_rc rc = db->ops->run(db, it->sql, it->params, it->nparams, &it->res, &aff, &e);
-        it->done_ns = dbk__now_ns();
-        if (rc) {
-            dbk__batch_fail(it, rc, &e);
-            if (first == DBK_OK) {
-                first = rc;
-                failed_at = i;
-            }
-            if (rc == DBK_ECONN_LOST) {
-                /* Nothing after this can run on this connection. */
-                for (size_t k = i + 1; k < n; k++)
-                    dbk__batch_failf(&items[k], DBK_ENOT_RUN,
-                                     "not run: the connection was lost at statement %zu", i);
-                break;
-            }
-        } else {
-            it->rc = DBK_OK;
-            size_t nr = it->res ? dbk_result_nrows(it->res) : 0;
-            it->affected = nr ? (int64_t)nr : aff;
-        }
-    }
-    if (!atomic)
-        return first;
-    if (first == DBK_OK) {
-        dbk_rc rc = ctl(db, in_tx ? "RELEASE SAVEPOINT dbk_batch" : "COMMIT", &e);
-        if (rc == DBK_OK)
-            return DBK_OK;
-        for (size_t i = 0; i < n; i++)
-            dbk__batch_fail(&items[i], rc == DBK_ECONN_LOST ? DBK_ECONN_LOST : rc, &e);
-        return rc;
-    }
-    if (in_tx) {
-        if (ctl(db, "ROLLBACK TO SAVEPOINT dbk_batch", &e) == DBK_OK)
-            ctl(db, "RELEASE SAVEPOINT dbk_batch", &e);
-    } else {
-        ctl(db, "ROLLBACK", &e);
-    }
-    for (size_t i = 0; i < failed_at; i++)
-        dbk__batch_failf(&items[i], DBK_ENOT_RUN,
-                         "rolled back: statement %zu of the all-or-nothing batch failed",
-                         failed_at);
-    return first;
 }
 
 /* ---- the batch object ---- */
@@ -291,8 +180,7 @@ dbk_rc dbk_batch_add(dbk_batch *b, const char *sql, const dbk_value *params, siz
     return DBK_OK;
 }
 
-/* err->message = "<what> <i>: <msg>" (msg may be err->message itself). */
-static void prefix(dbk_error *err, const char *what, size_t i, const char *msg)
+void dbk__batch_prefix(dbk_error *err, const char *what, size_t i, const char *msg)
 {
     char copy[sizeof err->message];
     dbk__strlcpy(copy, msg, sizeof copy);
@@ -346,7 +234,7 @@ dbk_rc dbk_batch_run(dbk_db *db, dbk_batch *b, dbk_batch_mode mode, dbk_error *e
         if (err) {
             if (it->err) {
                 *err = *it->err;
-                prefix(err, "batch statement", i, it->err->message);
+                dbk__batch_prefix(err, "batch statement", i, it->err->message);
             } else {
                 dbk__err(err, it->rc, "batch statement %zu: %s", i, dbk_strerror(it->rc));
             }
@@ -398,122 +286,4 @@ int64_t dbk_batch_affected(const dbk_batch *b, size_t i)
     if (!b || !b->ran || i >= b->n || b->items[i].rc != DBK_OK)
         return -1;
     return b->items[i].affected;
-}
-
-/* ---- parallel ---- */
-
-struct par {
-    dbk_db *db;
-    dbk_task *tasks;
-    size_t n;
-    size_t next; /* atomic */
-};
-
-static void run_tasks(struct par *p)
-{
-    for (;;) {
-        size_t i = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
-        if (i >= p->n)
-            return;
-        dbk_task *t = &p->tasks[i];
-        memset(&t->error, 0, sizeof t->error);
-        t->rc = t->fn(p->db, t->ctx, &t->error);
-        if (t->rc != DBK_OK && t->error.code == DBK_OK)
-            dbk__err(&t->error, t->rc, "%s", dbk_strerror(t->rc));
-    }
-}
-
-static void *worker_main(void *arg)
-{
-    run_tasks(arg);
-    return NULL;
-}
-
-dbk_rc dbk_parallel(dbk_db *db, dbk_task *tasks, size_t n, int max_parallel, dbk_error *err)
-{
-    if (!db || (n && !tasks))
-        return dbk__err(err, DBK_EMISUSE, "dbk_parallel: db and tasks must not be NULL");
-    for (size_t i = 0; i < n; i++) {
-        if (!tasks[i].fn)
-            return dbk__err(err, DBK_EMISUSE, "dbk_parallel: task %zu has no function", i);
-        tasks[i].rc = DBK_ENOT_RUN;
-    }
-    size_t width = 1;
-    if (db->kind == DBK__DB_POOL) {
-        dbk_pool_opts o;
-        dbk_error e;
-        size_t cap = dbk_pool_get_opts(db->self, &o, &e) == DBK_OK && o.max_size > 0
-                         ? (size_t)o.max_size
-                         : 1;
-        if (max_parallel > 0 && (size_t)max_parallel < cap)
-            cap = (size_t)max_parallel;
-        width = n < cap ? n : cap;
-    }
-    struct par p = {db, tasks, n, 0};
-    enum { MAX_THREADS = 64 };
-    pthread_t th[MAX_THREADS];
-    size_t started = 0;
-    dbk_rc start_rc = DBK_OK;
-    for (size_t i = 1; i < width && started < MAX_THREADS; i++) {
-        if (pthread_create(&th[started], NULL, worker_main, &p) != 0) {
-            start_rc = DBK_EINTERNAL;
-            break;
-        }
-        started++;
-    }
-    run_tasks(&p);
-    for (size_t i = 0; i < started; i++)
-        pthread_join(th[i], NULL);
-    (void)start_rc; /* fewer threads only means less parallelism */
-    for (size_t i = 0; i < n; i++) {
-        if (tasks[i].rc == DBK_OK)
-            continue;
-        if (err) {
-            *err = tasks[i].error;
-            prefix(err, "task", i, tasks[i].error.message);
-        }
-        return tasks[i].rc;
-    }
-    return DBK_OK;
-}
-
-struct batch_task {
-    dbk_batch *b;
-    dbk_batch_mode mode;
-};
-
-static dbk_rc batch_task(dbk_db *db, void *ctx, dbk_error *err)
-{
-    struct batch_task *t = ctx;
-    return dbk_batch_run(db, t->b, t->mode, err);
-}
-
-dbk_rc dbk_batch_run_parallel(dbk_db *db, dbk_batch *const *batches, size_t n,
-                              dbk_batch_mode mode, int max_parallel, dbk_error *err)
-{
-    if (!db || (n && !batches))
-        return dbk__err(err, DBK_EMISUSE,
-                        "dbk_batch_run_parallel: db and batches must not be NULL");
-    for (size_t i = 0; i < n; i++)
-        if (!batches[i])
-            return dbk__err(err, DBK_EMISUSE, "dbk_batch_run_parallel: batch %zu is NULL", i);
-    if (n == 0)
-        return DBK_OK;
-    dbk_task *tasks = calloc(n, sizeof *tasks);
-    struct batch_task *ctx = calloc(n, sizeof *ctx);
-    if (!tasks || !ctx) {
-        free(tasks);
-        free(ctx);
-        return dbk__err(err, DBK_ENOMEM, "out of memory starting %zu batches", n);
-    }
-    for (size_t i = 0; i < n; i++) {
-        ctx[i].b = batches[i];
-        ctx[i].mode = mode;
-        tasks[i].fn = batch_task;
-        tasks[i].ctx = &ctx[i];
-    }
-    dbk_rc rc = dbk_parallel(db, tasks, n, max_parallel, err);
-    free(tasks);
-    free(ctx);
-    return rc;
 }

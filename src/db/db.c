@@ -50,7 +50,7 @@ static dbk_rc conn_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atom
     dbk_conn *c = db->self;
     if (c->drv->batch)
         return c->drv->batch(c->impl, items, n, atomic);
-    return dbk__batch_serial(db, items, n, atomic, c->drv->txstate(c->impl) != DBK__TX_IDLE);
+    return dbk__db_batch_serial(db, items, n, atomic, c->drv->txstate(c->impl) != DBK__TX_IDLE);
 }
 
 static dbk_rc conn_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx,

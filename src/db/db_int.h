@@ -6,12 +6,7 @@
 #define DBK_DB_INT_H
 
 #include "dbkit/db.h"
-
-struct dbk__batch_item;
-
-/* Produces the next piece of COPY text-format data into buf (at most cap
- * bytes): returns the byte count, 0 at the end, or -1 after filling err. */
-typedef long (*dbk__copy_fill)(void *ctx, char *buf, size_t cap, dbk_error *err);
+#include "../driver/driver.h"
 
 struct dbk__db_ops {
     /* One statement (see dbk__driver.run). */
@@ -32,6 +27,10 @@ struct dbk__db_ops {
      * has none (see dbk__driver.copy_in). */
     dbk_rc (*copy_in)(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx,
                       int64_t *rows, dbk_error *err);
+    /* Optional (NULL: one). How many statements may run on this executor
+     * at once: a pool answers its max_size; dbk_parallel sizes its threads
+     * by it instead of testing what kind of executor it was given. */
+    int (*max_parallel)(dbk_db *db);
 };
 
 enum dbk__db_kind { DBK__DB_CONN = 1, DBK__DB_POOL = 2, DBK__DB_TX = 3 };
@@ -56,6 +55,23 @@ dbk_rc dbk__db_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void *c
 
 /* dbk_db_exec_script with a longer client wait (observer included). */
 dbk_rc dbk__db_exec_script_within(dbk_db *db, const char *sql, int timeout_ms, dbk_error *err);
+
+/* A connection: a driver handle plus its executor. The pool keeps its own
+ * bookkeeping in `pool_slot`. */
+struct dbk_conn {
+    const dbk__driver *drv;
+    void *impl;
+    struct dbk_db db;
+    void *pool_slot;
+};
+
+/* Runs items[0..n) one after another through db->ops->run (engines without
+ * a pipeline, and the fallback). atomic: outside a transaction the items
+ * run inside BEGIN/COMMIT, inside one within a SAVEPOINT, and the first
+ * failure undoes the others (marked DBK_ENOT_RUN). in_tx tells which.
+ * Returns the first failure's rc, or DBK_OK. (db_batch.c) */
+dbk_rc dbk__db_batch_serial(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic,
+                            bool in_tx);
 
 /* Initializes the executor of a connection. */
 void dbk__db_init_conn(dbk_db *db, dbk_conn *conn, dbk_engine engine);

@@ -8,9 +8,10 @@
 
 #include <stdbool.h>
 
-#include "dbkit/db.h"
+#include "dbkit/result.h"
+#include "dbkit/value.h"
 #include "../core/config_int.h"
-#include "../db/db_int.h"
+#include "../core/internal.h"
 
 /* Transaction state of a connection, as the driver knows it. */
 typedef enum dbk__txstate {
@@ -23,7 +24,7 @@ typedef enum dbk__txstate {
 /* One statement of a batch, as every layer below dbk_batch_run sees it.
  * The layer that runs it fills the outputs: rc always (DBK_ENOT_RUN for a
  * statement never sent, or undone with the batch), err only on failure (a
- * malloc'ed copy; dbk__batch_fail), res with the rows on success, and
+ * malloc'ed copy; dbk__driver_item_fail), res with the rows on success, and
  * done_ns when its outcome became known (for the observer). */
 typedef struct dbk__batch_item {
     const char *sql;
@@ -37,19 +38,17 @@ typedef struct dbk__batch_item {
 } dbk__batch_item;
 
 /* Records a failure on an item (rc, and a heap copy of e when e is given
- * and memory allows). Frees any result the item held. Returns rc. */
-dbk_rc dbk__batch_fail(dbk__batch_item *it, dbk_rc rc, const dbk_error *e);
+ * and memory allows). Frees any result the item held. Returns rc.
+ * (batch_item.c) */
+dbk_rc dbk__driver_item_fail(dbk__batch_item *it, dbk_rc rc, const dbk_error *e);
 
 /* Same, with a formatted message (printf) and no hint. */
-dbk_rc dbk__batch_failf(dbk__batch_item *it, dbk_rc rc, const char *fmt, ...)
+dbk_rc dbk__driver_item_failf(dbk__batch_item *it, dbk_rc rc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Runs items[0..n) one after another through db->ops->run (engines without
- * a pipeline, and the fallback). atomic: outside a transaction the items
- * run inside BEGIN/COMMIT, inside one within a SAVEPOINT, and the first
- * failure undoes the others (marked DBK_ENOT_RUN). in_tx tells which.
- * Returns the first failure's rc, or DBK_OK. */
-dbk_rc dbk__batch_serial(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic, bool in_tx);
+/* Produces the next piece of COPY text-format data into buf (at most cap
+ * bytes): returns the byte count, 0 at the end, or -1 after filling err. */
+typedef long (*dbk__copy_fill)(void *ctx, char *buf, size_t cap, dbk_error *err);
 
 typedef struct dbk__driver {
     dbk_engine engine;
@@ -89,14 +88,5 @@ typedef struct dbk__driver {
 
 extern const dbk__driver dbk__driver_sqlite;
 extern const dbk__driver dbk__driver_postgres;
-
-/* A connection: a driver handle plus its executor. The pool keeps its own
- * bookkeeping in `pool_slot`. */
-struct dbk_conn {
-    const dbk__driver *drv;
-    void *impl;
-    struct dbk_db db;
-    void *pool_slot;
-};
 
 #endif

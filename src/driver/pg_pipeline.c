@@ -66,25 +66,25 @@ static void batch_abandon(dbk__batch_item *items, const struct bstate *st, size_
             continue;
         if (i < from) {
             if (atomic && it->rc == DBK_OK)
-                dbk__batch_failf(it, DBK_ECONN_LOST,
+                dbk__driver_item_failf(it, DBK_ECONN_LOST,
                                  "outcome unknown: the connection was lost before the "
                                  "all-or-nothing batch committed (%s)",
                                  why->message);
             else if (it->rc == DBK_ENOT_RUN && !it->err) /* sent, never answered */
-                dbk__batch_failf(it, DBK_ECONN_LOST,
+                dbk__driver_item_failf(it, DBK_ECONN_LOST,
                                  "outcome unknown: the connection was lost before the answer "
                                  "to this statement arrived (%s)",
                                  why->message);
         } else if (i < sent_end) {
             if (i == from && rc != DBK_ECONN_LOST)
-                dbk__batch_fail(it, rc, why);
+                dbk__driver_item_fail(it, rc, why);
             else
-                dbk__batch_failf(it, DBK_ECONN_LOST,
+                dbk__driver_item_failf(it, DBK_ECONN_LOST,
                                  "outcome unknown: the connection was lost before the answer "
                                  "to this statement arrived (%s)",
                                  why->message);
         } else {
-            dbk__batch_failf(it, DBK_ENOT_RUN,
+            dbk__driver_item_failf(it, DBK_ENOT_RUN,
                              "not run: the connection was lost before it was sent (%s)",
                              why->message);
         }
@@ -140,7 +140,7 @@ static void pg_batch_pass(pg_conn *pc, dbk__batch_item *items, struct bstate *st
             dbk__err(&e, DBK_ENOMEM, "out of memory binding %zu parameters", maxp);
             for (size_t i = 0; i < n; i++)
                 if (st[i].kind != B_SKIP)
-                    dbk__batch_fail(&items[i], DBK_ENOMEM, &e);
+                    dbk__driver_item_fail(&items[i], DBK_ENOMEM, &e);
             return;
         }
         pp.values = pc->pvals;
@@ -163,12 +163,12 @@ static void pg_batch_pass(pg_conn *pc, dbk__batch_item *items, struct bstate *st
         pp.n = 0;
         rc = dbk__pg_bind_params(pc, it->params, it->nparams, &pp, scratch, &e);
         if (rc) {
-            dbk__batch_fail(it, rc, &e);
+            dbk__driver_item_fail(it, rc, &e);
             st[i].kind = B_SKIP;
             if (atomic) {
                 for (size_t k = 0; k < n; k++)
                     if (k != i)
-                        dbk__batch_failf(&items[k], DBK_ENOT_RUN,
+                        dbk__driver_item_failf(&items[k], DBK_ENOT_RUN,
                                          "not run: statement %zu of the all-or-nothing batch "
                                          "has a bad parameter",
                                          i);
@@ -273,21 +273,21 @@ static void pg_batch_pass(pg_conn *pc, dbk__batch_item *items, struct bstate *st
                 size_t nr = dbk_result_nrows(it->res);
                 it->affected = nr ? (int64_t)nr : it->res->affected;
             } else {
-                dbk__batch_fail(it, rc, &e);
+                dbk__driver_item_fail(it, rc, &e);
             }
         } else if (s == PGRES_PIPELINE_ABORTED) {
             rc = DBK_ENOT_RUN;
-            dbk__batch_failf(it, rc, "not run: statement %zu of the all-or-nothing batch failed",
+            dbk__driver_item_failf(it, rc, "not run: statement %zu of the all-or-nothing batch failed",
                              failed_at);
         } else if (state && strcmp(state, "25P02") == 0 && failed_at < n) {
             rc = DBK_ENOT_RUN;
-            dbk__batch_failf(it, rc,
+            dbk__driver_item_failf(it, rc,
                              "not run: statement %zu of the batch failed and aborted the "
                              "transaction",
                              failed_at);
         } else if (dbk__pg_is_error_status(s)) {
             rc = dbk__pg_result_error(pc, ans, &e);
-            dbk__batch_fail(it, rc, &e);
+            dbk__driver_item_fail(it, rc, &e);
         } else {
             /* COPY got past is_copy, or a protocol surprise: libpq cannot
              * leave this state in pipeline mode. */
@@ -326,7 +326,7 @@ static void pg_batch_pass(pg_conn *pc, dbk__batch_item *items, struct bstate *st
         PQclear(r); /* PGRES_PIPELINE_SYNC: the implicit transaction ended */
         for (size_t i = 0; mark_undone && i < failed_at && failed_at < n; i++)
             if (items[i].rc == DBK_OK)
-                dbk__batch_failf(&items[i], DBK_ENOT_RUN,
+                dbk__driver_item_failf(&items[i], DBK_ENOT_RUN,
                                  in_tx ? "undone: statement %zu of the all-or-nothing batch "
                                          "failed and aborted the transaction"
                                        : "rolled back: statement %zu of the all-or-nothing "
@@ -354,14 +354,14 @@ dbk_rc dbk__pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic)
     if (!dbk__pg_conn_usable(pc)) {
         dbk_rc urc = dbk__pg_unusable_err(pc, &e);
         for (size_t i = 0; i < n; i++)
-            dbk__batch_fail(&items[i], i ? DBK_ENOT_RUN : urc, &e);
+            dbk__driver_item_fail(&items[i], i ? DBK_ENOT_RUN : urc, &e);
         return urc;
     }
     if (PQtransactionStatus(pc->conn) == PQTRANS_ACTIVE) {
         dbk__pg_mark_broken(pc);
         dbk__err(&e, DBK_EINTERNAL, "a previous statement is still in flight");
         for (size_t i = 0; i < n; i++)
-            dbk__batch_fail(&items[i], i ? DBK_ENOT_RUN : DBK_EINTERNAL, &e);
+            dbk__driver_item_fail(&items[i], i ? DBK_ENOT_RUN : DBK_EINTERNAL, &e);
         return DBK_EINTERNAL;
     }
     bool in_tx = PQtransactionStatus(pc->conn) != PQTRANS_IDLE;
@@ -370,7 +370,7 @@ dbk_rc dbk__pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic)
     if (!st) {
         dbk__err(&e, DBK_ENOMEM, "out of memory running a batch of %zu statements", n);
         for (size_t i = 0; i < n; i++)
-            dbk__batch_fail(&items[i], i ? DBK_ENOT_RUN : DBK_ENOMEM, &e);
+            dbk__driver_item_fail(&items[i], i ? DBK_ENOT_RUN : DBK_ENOMEM, &e);
         return DBK_ENOMEM;
     }
 
@@ -385,7 +385,7 @@ dbk_rc dbk__pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic)
         else
             prc = dbk__pg_check_params(items[i].params, items[i].nparams, &e);
         if (prc) {
-            dbk__batch_fail(&items[i], prc, &e);
+            dbk__driver_item_fail(&items[i], prc, &e);
             st[i].kind = B_SKIP;
             if (refused == n)
                 refused = i;
@@ -394,7 +394,7 @@ dbk_rc dbk__pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic)
     if (atomic && refused < n) {
         for (size_t i = 0; i < n; i++)
             if (i != refused)
-                dbk__batch_failf(&items[i], DBK_ENOT_RUN,
+                dbk__driver_item_failf(&items[i], DBK_ENOT_RUN,
                                  "not run: statement %zu of the all-or-nothing batch was refused",
                                  refused);
     } else if (atomic || in_tx) {

@@ -69,6 +69,7 @@
 
 #include "../core/internal.h"
 #include "../core/sqlscan.h"
+#include "../db/db_int.h"
 #include "../driver/driver.h"
 #include "pool_int.h"
 #include "pool_impl.h"
@@ -353,7 +354,7 @@ static dbk_rc pdb_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomi
     dbk_rc rc = dbk__pool_acquire(p, &st, &c, &e);
     if (rc != DBK_OK) {
         for (size_t i = 0; i < n; i++)
-            dbk__batch_fail(&items[i], rc, &e);
+            dbk__driver_item_fail(&items[i], rc, &e);
         return rc;
     }
     rc = c->db.ops->batch(&c->db, items, n, atomic);
@@ -375,8 +376,15 @@ static dbk_rc pdb_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void
     return rc;
 }
 
-static const struct dbk__db_ops pool_db_ops = {pdb_run,   pdb_script, pdb_pin,
-                                               pdb_unpin, pdb_batch,  pdb_copy_in};
+/* As many as the pool may lend at once. */
+static int pdb_max_parallel(dbk_db *db)
+{
+    dbk_pool *p = db->self;
+    return p->o.max_size > 0 ? p->o.max_size : 1;
+}
+
+static const struct dbk__db_ops pool_db_ops = {pdb_run,   pdb_script, pdb_pin,         pdb_unpin,
+                                               pdb_batch, pdb_copy_in, pdb_max_parallel};
 
 dbk_db *dbk_pool_db(dbk_pool *pool)
 {

@@ -19,6 +19,7 @@
 
 #include "../core/internal.h"
 #include "../core/sqlscan.h"
+#include "../db/db_int.h"
 #include "../driver/driver.h"
 #include "pool_int.h"
 #include "pool_impl.h"

@@ -18,6 +18,7 @@
 #include "../core/config_int.h"
 #include "../core/internal.h"
 #include "../core/sqlscan.h"
+#include "../db/db_int.h"
 #include "../driver/driver.h"
 #include "pool_int.h"
 #include "pool_impl.h"
@@ -233,7 +234,7 @@ static dbk_rc pc_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic
     dbk_pool *p = s->pool;
     dbk_conn *c = s->conn;
     if (p->engine != DBK_ENGINE_POSTGRES)
-        return dbk__batch_serial(db, items, n, atomic, c->drv->txstate(c->impl) != DBK__TX_IDLE);
+        return dbk__db_batch_serial(db, items, n, atomic, c->drv->txstate(c->impl) != DBK__TX_IDLE);
     for (size_t i = 0; i < n && !s->dirty; i++)
         if (dbk__pool_sql_changes_session(items[i].sql, p->engine))
             s->dirty = true;

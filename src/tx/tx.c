@@ -345,7 +345,7 @@ static dbk_rc tx_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic
     dbk_rc rc = tx_check(t, &e);
     if (rc) {
         for (size_t i = 0; i < n; i++)
-            dbk__batch_fail(&items[i], rc, &e);
+            dbk__driver_item_fail(&items[i], rc, &e);
         return rc;
     }
     dbk_conn *c = t->root->conn;

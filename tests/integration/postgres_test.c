@@ -28,6 +28,7 @@
 #include "pgserver.h"
 #include "testutil.h"
 #include "core/internal.h" /* dbk__now_ns */
+#include "db/db_int.h"
 #include "driver/driver.h" /* reset / txstate are internal */
 
 /* ---- helpers ---- */

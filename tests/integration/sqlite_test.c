@@ -13,6 +13,7 @@
 
 #include "testutil.h"
 #include "core/internal.h" /* dbk__now_ns */
+#include "db/db_int.h"
 #include "driver/driver.h" /* reset / txstate are internal */
 
 /* ---- helpers ---- */
