@@ -12,7 +12,8 @@ demo_pkgs=(gcc make cmake pkg-config libpq-dev libsqlite3-dev libhiredis-dev
            libmicrohttpd-dev libjansson-dev libsodium-dev libpg-query-dev ca-certificates curl)
 test_pkgs=("${demo_pkgs[@]}" libcmocka-dev postgresql-15 postgresql-contrib-15
            postgresql-15-hypopg redis-server clang libclang-rt-14-dev valgrind git graphviz
-           sqlite3 procps pgbouncer libjansson-dev libcurl4-openssl-dev)
+           sqlite3 procps pgbouncer libjansson-dev libcurl4-openssl-dev
+           libmongoc-dev nodejs npm)
 bench_pkgs=("${test_pkgs[@]}" wrk nodejs npm)
 
 case "$profile" in
@@ -35,7 +36,20 @@ for p in "${want[@]}"; do
   fi
 done
 
+# The MongoDB-compatible test server (tests/mongo-emulator) comes from npm,
+# pinned by its committed package-lock.json; install scripts are skipped
+# (none of them is needed, and one would download a real mongod).
+mongo_emulator() {
+  case "$profile" in test|bench) ;; *) return 0 ;; esac
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/mongo-emulator"
+  [ -d "$dir/node_modules/@push.rocks/smartmongo" ] && return 0
+  echo "deps: installing the MongoDB-compatible test server (npm ci in tests/mongo-emulator)"
+  (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund >/dev/null)
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
+  mongo_emulator
   exit 0
 fi
 
@@ -53,3 +67,4 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The redis-server package may start a system instance; tests never use it.
+mongo_emulator

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Throwaway PostgreSQL 15 and Redis for the tests.
+# Throwaway PostgreSQL 15 and Redis for the tests, and the MongoDB-compatible
+# test server of tests/mongo-emulator when it is installed (scripts/deps.sh
+# test: npm ci), exported as DBKIT_TEST_MONGO_URL.
 #
 #   scripts/testenv.sh -- COMMAND [ARGS...]
 #       starts both servers on free loopback ports, exports
@@ -41,6 +43,7 @@ free_port() {
 
 pg_pid=""
 redis_pid=""
+mongo_pid=""
 stop_all() {
   local rc=$?
   # The server in our data directory, whatever its PID now: a benchmark may
@@ -50,6 +53,10 @@ stop_all() {
   if { [ -n "$cur" ] && kill -0 "$cur" 2>/dev/null; } || { [ -n "$pg_pid" ] && kill -0 "$pg_pid" 2>/dev/null; }; then
     "${as_pg[@]}" "$PGBIN/pg_ctl" -D "$base/pg" -m immediate -w stop >/dev/null 2>&1 \
       || kill ${cur:+"$cur"} ${pg_pid:+"$pg_pid"} 2>/dev/null || true
+  fi
+  if [ -n "$mongo_pid" ] && kill -0 "$mongo_pid" 2>/dev/null; then
+    kill "$mongo_pid" 2>/dev/null || true
+    wait "$mongo_pid" 2>/dev/null || true
   fi
   if [ -n "$redis_pid" ] && kill -0 "$redis_pid" 2>/dev/null; then
     kill "$redis_pid" 2>/dev/null || true
@@ -95,11 +102,32 @@ for _ in 1 2 3 4 5; do
 done
 [ -n "$redis_pid" ] || { echo "testenv: redis-server did not start" >&2; exit 1; }
 
+mongo_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/mongo-emulator"
+if [ -d "$mongo_dir/node_modules/@push.rocks/smartmongo" ] && command -v node >/dev/null; then
+  for _ in 1 2 3 4 5; do
+    mongo_port=$(free_port)
+    (cd "$mongo_dir" && exec node start.mjs "$mongo_port") >"$base/mongo.log" 2>&1 &
+    mongo_pid=$!
+    ok=0
+    for _ in $(seq 1 100); do
+      if grep -q "^ready $mongo_port" "$base/mongo.log" 2>/dev/null; then ok=1; break; fi
+      kill -0 "$mongo_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    [ $ok -eq 1 ] && break
+    kill "$mongo_pid" 2>/dev/null || true; mongo_pid=""
+  done
+  [ -n "$mongo_pid" ] || { echo "testenv: the MongoDB-compatible server did not start ($base/mongo.log)" >&2; exit 1; }
+  export DBKIT_TEST_MONGO_URL="mongodb://127.0.0.1:$mongo_port"
+else
+  echo "testenv: tests/mongo-emulator not installed (scripts/deps.sh test); MongoDB tests will fail under CI=true" >&2
+fi
+
 export DBKIT_TEST_PG_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 export DBKIT_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/0"
 export DBKIT_TEST_PGBIN="$PGBIN"
 export DBKIT_TEST_PGDATA="$base/pg"
-echo "testenv: PostgreSQL on 127.0.0.1:$pg_port (pid $pg_pid), Redis on 127.0.0.1:$redis_port (pid $redis_pid)"
+echo "testenv: PostgreSQL on 127.0.0.1:$pg_port (pid $pg_pid), Redis on 127.0.0.1:$redis_port (pid $redis_pid)${mongo_pid:+, MongoDB-compatible on 127.0.0.1:$mongo_port (pid $mongo_pid)}"
 
 if [ "${1:-}" = "--start-only" ]; then
   trap - EXIT
@@ -107,7 +135,8 @@ if [ "${1:-}" = "--start-only" ]; then
   echo "export DBKIT_TEST_REDIS_URL=$DBKIT_TEST_REDIS_URL"
   echo "export DBKIT_TEST_PGBIN=$DBKIT_TEST_PGBIN"
   echo "export DBKIT_TEST_PGDATA=$DBKIT_TEST_PGDATA"
-  echo "# stop with: ${as_pg[*]} $PGBIN/pg_ctl -D $base/pg -m fast stop; kill $redis_pid; rm -rf $base"
+  [ -n "$mongo_pid" ] && echo "export DBKIT_TEST_MONGO_URL=$DBKIT_TEST_MONGO_URL"
+  echo "# stop with: ${as_pg[*]} $PGBIN/pg_ctl -D $base/pg -m fast stop; kill $redis_pid${mongo_pid:+ $mongo_pid}; rm -rf $base"
   exit 0
 fi
 [ "${1:-}" = "--" ] && shift
