@@ -5,6 +5,9 @@
 # Stages:
 #   layers    scripts/check-layers.sh: no file uses a layer below its own
 #             (docs/architecture.md's table); a couple of seconds, first
+#   install   installs dbkit into a temporary prefix and builds and runs a
+#             small consumer (tests/install/) through pkg-config and through
+#             find_package(dbkit CONFIG) + dbkit::dbkit
 #   plain     RelWithDebInfo build, every test (ctest -j2), the topology
 #             suites (programs marked dbkit:topology) included
 #   asan      ASan + UBSan build, every test but the topology suites
@@ -17,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(layers plain asan tsan valgrind fuzz)
+[ ${#stages[@]} -gt 0 ] || stages=(layers install plain asan tsan valgrind fuzz)
 JOBS=${JOBS:-2}
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 
@@ -28,6 +31,24 @@ inner() {
     case "$s" in
       layers)
         bash scripts/check-layers.sh || failed=1
+        ;;
+      install)
+        cmake -S . -B build-install -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDBKIT_TESTS=OFF -DDBKIT_BENCH=OFF >/dev/null
+        cmake --build build-install -j"$JOBS"
+        prefix=$(mktemp -d)
+        if cmake --install build-install --prefix "$prefix" >/dev/null &&
+          libdir=$(ls -d "$prefix"/lib*/pkgconfig | head -1 | xargs dirname) &&
+          cc -o "$prefix/consumer-pc" tests/install/consumer.c \
+            $(PKG_CONFIG_PATH="$libdir/pkgconfig" pkg-config --cflags --libs dbkit) &&
+          LD_LIBRARY_PATH="$libdir" "$prefix/consumer-pc" &&
+          cmake -S tests/install -B "$prefix/consumer-build" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null &&
+          cmake --build "$prefix/consumer-build" >/dev/null &&
+          "$prefix/consumer-build/consumer"; then
+          echo "install: pkg-config and find_package consumers built and ran"
+        else
+          echo "install: consuming the installed dbkit failed"; failed=1
+        fi
+        rm -rf "$prefix"
         ;;
       plain)
         cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
