@@ -6,10 +6,10 @@
  * one (waiting at most command_timeout_ms), runs one command and gives it
  * back. Each call has one deadline on the monotonic clock, set when it
  * starts (command_timeout_ms, plus connect_timeout_ms when it connects);
- * sockets are non-blocking and every wait of the call (connect, AUTH,
- * SELECT, the write, each read) is a poll() on what is left of it, so a
- * peer that answers a few bytes at a time cannot stretch a call (socket
- * timeouts would bound each read, not the call). A context that saw an I/O
+ * the connect waits at most what is left of it, and before every write
+ * and read the socket's timeouts are brought down to what is left (arm()),
+ * so a peer that answers a few bytes at a time cannot stretch a call
+ * (fixed socket timeouts would bound each read, not the call). A context that saw an I/O
  * error or a timeout is freed; the next borrower of its slot reconnects.
  * Commands are sent with redisCommandArgv and explicit lengths: keys and
  * values are binary-safe. Keys on the server are prefix + "v:" + key
@@ -36,7 +36,6 @@
  */
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -264,37 +263,40 @@ static void set_io_error(redisContext *c, const char *msg)
     dbk__strlcpy(c->errstr, msg, sizeof c->errstr);
 }
 
-/* Waits until c's socket is ready for `ev` or deadline_ns passes (then
- * sets c's error to "timed out" and returns false). */
-static bool wait_fd(redisContext *c, short ev, int64_t deadline_ns)
+/* Before each blocking write or read of a call: the socket's timeouts
+ * (SO_SNDTIMEO/SO_RCVTIMEO) become what is left before deadline_ns, so the
+ * call as a whole ends by its deadline however the peer paces its bytes.
+ * c->timeout (hiredis keeps it only to connect again, which this file
+ * never does) records the timeouts now set: they are changed only when
+ * they differ from what is left by more than 1 ms, so a call that is one
+ * write and one read costs no extra system call. False (c's error set to
+ * "timed out") when the deadline has passed. */
+static bool arm(redisContext *c, int64_t deadline_ns)
 {
-    for (;;) {
-        int64_t left = deadline_ns - dbk__now_ns();
-        if (left <= 0)
-            break;
-        struct pollfd pfd = {c->fd, ev, 0};
-        int n = poll(&pfd, 1, (int)((left + 999999) / 1000000));
-        if (n > 0)
-            return true; /* POLLERR/POLLHUP too: the read or write reports it */
-        if (n < 0 && errno != EINTR) {
-            set_io_error(c, strerror(errno));
-            return false;
-        }
+    int64_t left_us = (deadline_ns - dbk__now_ns()) / 1000;
+    if (left_us <= 0) {
+        set_io_error(c, "timed out (call deadline)");
+        return false;
     }
-    set_io_error(c, "timed out (call deadline)");
-    return false;
+    struct timeval *cur = c->timeout;
+    int64_t cur_us = cur ? (int64_t)cur->tv_sec * 1000000 + cur->tv_usec : -1;
+    if (cur_us > left_us + 1000 || cur_us < left_us - 1000) {
+        struct timeval tv = {(time_t)(left_us / 1000000), (suseconds_t)(left_us % 1000000)};
+        if (redisSetTimeout(c, tv) != REDIS_OK)
+            return false;
+        if (cur)
+            *cur = tv;
+    }
+    return true;
 }
 
-/* Writes what c has queued and reads one reply, all before deadline_ns:
- * the socket is non-blocking and every wait is a poll() on what is left,
- * so a peer that trickles its answer cannot stretch the call. */
+/* Writes what c has queued and reads one reply, all before deadline_ns
+ * (see arm()): a peer that trickles its answer cannot stretch the call. */
 static redisReply *finish_call(redisContext *c, int64_t deadline_ns)
 {
     int done = 0;
     do {
-        if (redisBufferWrite(c, &done) != REDIS_OK)
-            return NULL;
-        if (!done && !wait_fd(c, POLLOUT, deadline_ns))
+        if (!arm(c, deadline_ns) || redisBufferWrite(c, &done) != REDIS_OK)
             return NULL;
     } while (!done);
     void *rep = NULL;
@@ -303,9 +305,7 @@ static redisReply *finish_call(redisContext *c, int64_t deadline_ns)
             return NULL;
         if (rep)
             return rep;
-        if (!wait_fd(c, POLLIN, deadline_ns))
-            return NULL;
-        if (redisBufferRead(c) != REDIS_OK)
+        if (!arm(c, deadline_ns) || redisBufferRead(c) != REDIS_OK)
             return NULL;
     }
 }
@@ -355,7 +355,7 @@ static int step_ms(int ms, int64_t deadline_ns)
 }
 
 /* Opens a TCP connection to host:port within the connect timeout and what
- * is left before deadline_ns, and makes it non-blocking for cmd(). */
+ * is left before deadline_ns. */
 static dbk_rc dial(struct rds *r, const char *host, int port, int64_t deadline_ns,
                    redisContext **out, dbk_error *err)
 {
@@ -372,13 +372,8 @@ static dbk_rc dial(struct rds *r, const char *host, int port, int64_t deadline_n
         redisFree(c);
         return rc == DBK_ETIMEOUT ? rc : DBK_EUNAVAILABLE;
     }
-    int fl = fcntl(c->fd, F_GETFL, 0);
-    if (fl < 0 || fcntl(c->fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-        redisFree(c);
-        return dbk__err(err, DBK_EUNAVAILABLE, "redis cache %s: cannot make the socket non-blocking",
-                        r->safe_addr);
-    }
-    c->flags &= ~REDIS_BLOCK;
+    if (c->timeout)
+        c->timeout->tv_sec = -1; /* the socket's timeouts are not known yet: arm() sets them */
     *out = c;
     return DBK_OK;
 }
