@@ -723,6 +723,23 @@ static dbk_rc exhausted(dbk_error *err, const dbk_error *last, dbk_rc last_rc, i
     return DBK_ERETRY_EXHAUSTED;
 }
 
+/* The budget ran out while the server stayed unreachable: the caller gets
+ * that error (a service answers 503 to it), saying how long it tried, not
+ * DBK_ERETRY_EXHAUSTED (which means conflicts with other transactions). */
+static dbk_rc still_unreachable(dbk_error *err, dbk_rc rc, int attempts, int64_t elapsed_ms)
+{
+    char msg[DBK_ERROR_MESSAGE_MAX];
+    dbk__strlcpy(msg, err->message, sizeof msg);
+    char sqlstate[sizeof err->sqlstate];
+    dbk__strlcpy(sqlstate, err->sqlstate, sizeof sqlstate);
+    dbk__err(err, rc, "%s (transaction tried %d attempt%s in %lld ms)", msg, attempts,
+             attempts == 1 ? "" : "s", (long long)elapsed_ms);
+    dbk__strlcpy(err->sqlstate, sqlstate, sizeof err->sqlstate);
+    dbk__err_hint(err, "the server stayed unreachable for the transaction's whole retry budget "
+                       "(dbk_tx_opts.max_elapsed_ms); during a failover, give it longer");
+    return rc;
+}
+
 static dbk_rc outermost(dbk_db *db, dbk_tx_fn fn, void *ctx, const tx_conf *cf, dbk_error *uerr)
 {
     dbk_error local;
@@ -793,6 +810,8 @@ static dbk_rc outermost(dbk_db *db, dbk_tx_fn fn, void *ctx, const tx_conf *cf, 
         }
         if (n >= cf->max_attempts || now >= budget_end) {
             hooks_free(&r);
+            if (rc == DBK_ECONN_LOST || rc == DBK_EUNAVAILABLE)
+                return still_unreachable(err, rc, n, elapsed_ms);
             return exhausted(err, err, rc, n, elapsed_ms);
         }
         /* Full jitter: uniform in [0, min(cap, base * 2^(n-1))], and never

@@ -1179,6 +1179,28 @@ static void tx_connection_lost_before_commit_is_retried(void **state)
     free(url);
 }
 
+/* A server that stays away: the re-runs end with the budget and the
+ * caller gets the connection error itself (DBK_EUNAVAILABLE, what a
+ * service maps to 503), not DBK_ERETRY_EXHAUSTED. */
+static void tx_server_down_keeps_its_error(void **state)
+{
+    (void)state;
+    dbk_error err;
+    dbk_config *cfg = NULL;
+    DBKT_OK(dbk_config_from_url("postgres://postgres@127.0.0.1:1/x?connect_timeout=1", &cfg, &err),
+            &err);
+    dbk_pool *pool = NULL;
+    DBKT_OK(dbk_pool_open(cfg, NULL, &pool, &err), &err);
+    dbk_config_free(cfg);
+    struct lost_ctx a = {0, false, "k"};
+    dbk_tx_opts o = {0};
+    o.max_elapsed_ms = 300;
+    DBKT_RC(DBK_EUNAVAILABLE, dbk_transaction(dbk_pool_db(pool), lose_first_attempt, &a, &o, &err));
+    assert_int_equal(a.runs, 0);
+    assert_non_null(strstr(err.message, "attempt"));
+    dbk_pool_close(pool, 0);
+}
+
 /* On a single connection there is no fresh connection to retry on: the
  * loss is reported as it came. */
 static void tx_connection_lost_on_a_connection_not_retried(void **state)
@@ -1565,6 +1587,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(tx_connection_lost_during_commit_is_unknown),
         cmocka_unit_test(tx_connection_lost_before_commit_is_retried),
         cmocka_unit_test(tx_connection_lost_on_a_connection_not_retried),
+        cmocka_unit_test(tx_server_down_keeps_its_error),
         cmocka_unit_test(tx_timeout_rolls_back),
         cmocka_unit_test(tx_after_commit_hooks),
         cmocka_unit_test(tx_misuse_is_an_error),
