@@ -160,6 +160,7 @@ int cmd_doctor(cli *c, int argc, char **argv);
 int cmd_config(cli *c, int argc, char **argv);
 int cmd_testdb(cli *c, int argc, char **argv);
 int cmd_gen(cli *c, int argc, char **argv);
+int cmd_doc(cli *c, int argc, char **argv);
 
 /* ---- diagnostics: explain, advise, check, erd (diag_common.c) ---- */
 

@@ -37,6 +37,7 @@ static const char USAGE[] =
     "  erd [--format mermaid|dot]        the ER diagram of the live schema\n"
     "  gen [--check]                     typed C functions from db/queries/*.sql\n"
     "  testdb new|drop URL|prune         fresh migrated databases for tests (print the URL)\n"
+    "  doc migration SCHEMA.json         the migration of a document collection (table, indexes)\n"
     "  config                            the effective configuration and where each value "
     "came from\n"
     "  version                           print the version\n"
@@ -163,6 +164,8 @@ int main(int argc, char **argv)
         code = cmd_testdb(&c, nrest, rest);
     else if (strcmp(cmd, "gen") == 0)
         code = cmd_gen(&c, nrest, rest);
+    else if (strcmp(cmd, "doc") == 0)
+        code = cmd_doc(&c, nrest, rest);
     else if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
         code = print_version(&c);
     else if (strcmp(cmd, "help") == 0) {

@@ -137,6 +137,23 @@ typedef struct dbk_doc_schema {
     const char *updated_field; /* NULL: "updatedAt" */
 } dbk_doc_schema;
 
+/* A schema read from JSON text (for tools and configuration):
+ *   {"collection": "users", "timestamps": true,
+ *    "created_field": "createdAt", "updated_field": "updatedAt",
+ *    "fields": [{"path": "email", "type": "string", "required": true,
+ *                "unique": true, "default": <any JSON>}, ...],
+ *    "indexes": [{"keys": "status,-createdAt", "unique": false,
+ *                 "name": "users_status_created"}, ...]}
+ * Types: "string", "int64", "double", "bool", "date", "object_id",
+ * "array", "object". The result is checked as dbk_doc_coll_open() would
+ * (DBK_EINVALID naming the entry). *out owns all its strings: free it with
+ * dbk_doc_schema_free(). */
+DBK_API dbk_rc dbk_doc_schema_parse(const char *json, size_t len, dbk_doc_schema **out,
+                                    dbk_error *err);
+
+/* Frees a schema from dbk_doc_schema_parse(). Accepts NULL. */
+DBK_API void dbk_doc_schema_free(dbk_doc_schema *schema);
+
 /* ---- documents ---- */
 
 /* A parsed document (owned by whoever received it: dbk_doc_free). */

@@ -556,3 +556,133 @@ DBK_API dbk_rc dbk_doc_migration_sql(const dbk_doc_schema *schema, dbk_engine en
     *out = sql.p;
     return DBK_OK;
 }
+
+/* ---- schemas from JSON ---- */
+
+/* The strings of a parsed schema live in one json_t kept beside it. */
+typedef struct owned_schema {
+    dbk_doc_schema s; /* first: the public pointer is this struct's */
+    json_t *root;
+    dbk_doc_field *fields;
+    dbk_doc_index *indexes;
+    char **defaults;
+    size_t ndefaults;
+} owned_schema;
+
+DBK_API void dbk_doc_schema_free(dbk_doc_schema *schema)
+{
+    if (!schema)
+        return;
+    owned_schema *o = (owned_schema *)schema;
+    for (size_t i = 0; i < o->ndefaults; i++)
+        free(o->defaults[i]);
+    free(o->defaults);
+    free(o->fields);
+    free(o->indexes);
+    json_decref(o->root);
+    free(o);
+}
+
+static const char *jstr(json_t *obj, const char *key)
+{
+    return json_string_value(json_object_get(obj, key));
+}
+
+DBK_API dbk_rc dbk_doc_schema_parse(const char *json, size_t len, dbk_doc_schema **out,
+                                    dbk_error *err)
+{
+    static const struct {
+        const char *name;
+        dbk_doc_type type;
+    } types[] = {{"string", DBK_DOC_STRING}, {"int64", DBK_DOC_INT64},
+                 {"double", DBK_DOC_DOUBLE}, {"bool", DBK_DOC_BOOL},
+                 {"date", DBK_DOC_DATE},     {"object_id", DBK_DOC_OBJECT_ID},
+                 {"array", DBK_DOC_ARRAY},   {"object", DBK_DOC_OBJECT}};
+    if (!out)
+        return dbk__err(err, DBK_EMISUSE, "dbk_doc_schema_parse: NULL out");
+    *out = NULL;
+    owned_schema *o = calloc(1, sizeof *o);
+    if (!o)
+        return dbk__err(err, DBK_ENOMEM, "out of memory");
+    dbk_rc rc = dbk__doc_json_parse(json, len, "schema", &o->root, err);
+    if (rc)
+        goto fail;
+    json_t *fields = json_object_get(o->root, "fields");
+    json_t *indexes = json_object_get(o->root, "indexes");
+    if ((fields && !json_is_array(fields)) || (indexes && !json_is_array(indexes))) {
+        rc = dbk__err(err, DBK_EINVALID, "schema: fields and indexes must be arrays");
+        goto fail;
+    }
+    size_t nf = json_array_size(fields), ni = json_array_size(indexes);
+    if (nf > DBK_DOC_MAX_FIELDS || ni > DBK_DOC_MAX_INDEXES) {
+        rc = dbk__err(err, DBK_EINVALID, "schema: at most %d fields and %d indexes",
+                      DBK_DOC_MAX_FIELDS, DBK_DOC_MAX_INDEXES);
+        goto fail;
+    }
+    o->fields = calloc(nf ? nf : 1, sizeof *o->fields);
+    o->indexes = calloc(ni ? ni : 1, sizeof *o->indexes);
+    o->defaults = calloc(nf ? nf : 1, sizeof *o->defaults);
+    if (!o->fields || !o->indexes || !o->defaults) {
+        rc = dbk__err(err, DBK_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < nf; i++) {
+        json_t *f = json_array_get(fields, i);
+        const char *path = jstr(f, "path"), *type = jstr(f, "type");
+        dbk_doc_field *df = &o->fields[i];
+        df->path = path;
+        for (size_t t = 0; type && t < sizeof types / sizeof types[0]; t++)
+            if (strcmp(type, types[t].name) == 0)
+                df->type = types[t].type;
+        if (!path || !df->type) {
+            rc = dbk__err(err, DBK_EINVALID, "schema: field %zu needs a path and a known type",
+                          i + 1);
+            goto fail;
+        }
+        if (json_is_true(json_object_get(f, "required")))
+            df->flags |= DBK_DOC_REQUIRED;
+        if (json_is_true(json_object_get(f, "unique")))
+            df->flags |= DBK_DOC_UNIQUE;
+        json_t *def = json_object_get(f, "default");
+        if (def) {
+            char *d = json_dumps(def, JSON_COMPACT | JSON_ENCODE_ANY);
+            if (!d) {
+                rc = dbk__err(err, DBK_ENOMEM, "out of memory");
+                goto fail;
+            }
+            o->defaults[o->ndefaults++] = d;
+            df->default_json = d;
+        }
+    }
+    for (size_t i = 0; i < ni; i++) {
+        json_t *ix = json_array_get(indexes, i);
+        o->indexes[i].keys = jstr(ix, "keys");
+        o->indexes[i].name = jstr(ix, "name");
+        o->indexes[i].unique = json_is_true(json_object_get(ix, "unique"));
+    }
+    o->s.collection = jstr(o->root, "collection");
+    o->s.fields = o->fields;
+    o->s.nfields = nf;
+    o->s.indexes = o->indexes;
+    o->s.nindexes = ni;
+    o->s.timestamps = json_is_true(json_object_get(o->root, "timestamps"));
+    o->s.created_field = jstr(o->root, "created_field");
+    o->s.updated_field = jstr(o->root, "updated_field");
+    dbk_doc_coll *c = calloc(1, sizeof *c);
+    if (!c) {
+        rc = dbk__err(err, DBK_ENOMEM, "out of memory");
+        goto fail;
+    }
+    c->engine = DBK_ENGINE_SQLITE;
+    rc = dbk__doc_schema_load(c, &o->s, err);
+    if (rc == DBK_OK)
+        dbk__doc_schema_unload(c);
+    free(c);
+    if (rc)
+        goto fail;
+    *out = &o->s;
+    return DBK_OK;
+fail:
+    dbk_doc_schema_free(&o->s);
+    return rc;
+}

@@ -927,6 +927,51 @@ static void doc_mongo_unreachable_is_unavailable(void **state)
     assert_null(strstr(err.message, "secret"));
 }
 
+/* ---- schemas from JSON (what `dbkit doc migration` reads) ---- */
+
+static void doc_schema_parse_matches_descriptor(void **state)
+{
+    (void)state;
+    static const char json[] =
+        "{\"collection\":\"users\",\"timestamps\":true,\"fields\":["
+        "{\"path\":\"name\",\"type\":\"string\",\"required\":true},"
+        "{\"path\":\"email\",\"type\":\"string\",\"required\":true,\"unique\":true},"
+        "{\"path\":\"age\",\"type\":\"int64\"},{\"path\":\"score\",\"type\":\"double\"},"
+        "{\"path\":\"active\",\"type\":\"bool\",\"default\":true},"
+        "{\"path\":\"born\",\"type\":\"date\"},{\"path\":\"ref\",\"type\":\"object_id\"},"
+        "{\"path\":\"tags\",\"type\":\"array\"},{\"path\":\"address\",\"type\":\"object\"},"
+        "{\"path\":\"address.city\",\"type\":\"string\"}],"
+        "\"indexes\":[{\"keys\":\"-createdAt\"},{\"keys\":\"address.city,-age\"}]}";
+    dbk_error err;
+    dbk_doc_schema *s;
+    DBKT_OK(dbk_doc_schema_parse(json, strlen(json), &s, &err), &err);
+    for (int e = DBK_ENGINE_SQLITE; e <= DBK_ENGINE_POSTGRES; e++) {
+        char *a, *b;
+        DBKT_OK(dbk_doc_migration_sql(s, (dbk_engine)e, &a, &err), &err);
+        DBKT_OK(dbk_doc_migration_sql(&users, (dbk_engine)e, &b, &err), &err);
+        assert_string_equal(a, b);
+        free(a);
+        free(b);
+    }
+    dbk_doc_schema_free(s);
+    static const char *bad[] = {
+        "{\"fields\":[]}",
+        "{\"collection\":\"t\",\"fields\":[{\"path\":\"a\",\"type\":\"int\"}]}",
+        "{\"collection\":\"t\",\"fields\":[{\"type\":\"string\"}]}",
+        "{\"collection\":\"t\",\"fields\":{}}",
+        "{\"collection\":\"t\",\"fields\":[{\"path\":\"a\",\"type\":\"bool\",\"default\":1}]}",
+        "{\"collection\":\"t\",\"indexes\":[{\"keys\":\"nope\"}]}",
+        "nope",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        dbk_rc rc = dbk_doc_schema_parse(bad[i], strlen(bad[i]), &s, &err);
+        if (rc != DBK_EINVALID)
+            fail_msg("schema %s: expected DBK_EINVALID, got %s", bad[i], dbk_rc_name(rc));
+        assert_null(s);
+    }
+    dbk_doc_schema_free(NULL);
+}
+
 /* ---- the parse API on its own ---- */
 
 static void doc_parse_and_accessors(void **state)
@@ -974,6 +1019,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(doc_observer_sees_statements),
         cmocka_unit_test(doc_schema_checked_and_migration_sql),
         cmocka_unit_test(doc_parse_and_accessors),
+        cmocka_unit_test(doc_schema_parse_matches_descriptor),
         cmocka_unit_test(doc_mongo_connection_events),
         cmocka_unit_test(doc_mongo_unreachable_is_unavailable),
     };
