@@ -117,7 +117,7 @@ static double contended_ns(const char *url, int max_size, int threads, long iter
     /* wait for min_idle */
     for (int i = 0; i < 500; i++) {
         dbk_pool_stats st;
-        dbk_pool_stats_get(pool, &st, NULL);
+        dbk_pool_get_stats(pool, &st, NULL);
         if (st.idle == max_size)
             break;
         usleep(2000);
@@ -418,7 +418,7 @@ static double pk_run(const char *url, bool raw, int threads, double seconds, int
         /* warm: open every connection */
         for (int i = 0; i < 1000; i++) {
             dbk_pool_stats st;
-            dbk_pool_stats_get(p.pool, &st, NULL);
+            dbk_pool_get_stats(p.pool, &st, NULL);
             if (st.idle == threads)
                 break;
             usleep(5000);

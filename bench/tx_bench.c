@@ -425,7 +425,7 @@ static void bench_pg(const char *url, int rounds, double seconds)
     report("postgres", v, nv);
     dbk_pool_stats ps;
     dbk_error err;
-    if (dbk_pool_stats_get(pool, &ps, &err) == DBK_OK)
+    if (dbk_pool_get_stats(pool, &ps, &err) == DBK_OK)
         printf("postgres    (pool: %llu acquires, %llu session resets, %llu discarded)\n",
                (unsigned long long)ps.acquires, (unsigned long long)ps.resets,
                (unsigned long long)ps.discarded);

@@ -11,7 +11,7 @@
  * it is the observer and chains to this one.
  *
  * /metrics is Prometheus text: the shop's own counters (shop_*), the pool
- * (dbk_pool_stats_get), the cache (dbk_cache_stats_get), transaction
+ * (dbk_pool_get_stats), the cache (dbk_cache_stats_get), transaction
  * retries, and the diagnostics hub's output when present.
  */
 #include <math.h>
@@ -239,7 +239,7 @@ void shop_handle_metrics(shop_req *rq, shop_resp *rs)
 
     dbk_error err;
     dbk_pool_stats ps;
-    if (dbk_pool_stats_get(shop.pool, &ps, &err) == DBK_OK) {
+    if (dbk_pool_get_stats(shop.pool, &ps, &err) == DBK_OK) {
         metric(&b, "shop_pool_max", "gauge", "Most connections the pool opens.",
                (double)ps.max_size);
         metric(&b, "shop_pool_open", "gauge", "Open connections (idle + in use).",

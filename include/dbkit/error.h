@@ -25,6 +25,15 @@ extern "C" {
 #define DBK_API
 #endif
 
+/* Marks a public name kept for one release after a rename: using it warns
+ * at compile time with the replacement's name (docs/api-conventions.md,
+ * CHANGELOG.md). */
+#if defined(__GNUC__) || defined(__clang__)
+#define DBK_DEPRECATED(msg) __attribute__((deprecated(msg)))
+#else
+#define DBK_DEPRECATED(msg)
+#endif
+
 /*
  * Result codes. Append-only: a number, once given, is never reused or
  * renumbered. Callers switch on these to decide what to do; the comment on

@@ -268,10 +268,13 @@ typedef struct dbk_pool_stats {
     uint64_t latency_count[DBK_POOL_LATENCY_BUCKETS];
 } dbk_pool_stats;
 
-/* Fills *out with a consistent snapshot (taken under the pool lock). The
- * name carries "_get" because C gives the type and a function one
- * namespace. DBK_EMISUSE on NULL arguments or after fork(). */
-DBK_API dbk_rc dbk_pool_stats_get(dbk_pool *pool, dbk_pool_stats *out, dbk_error *err);
+/* Fills *out with a consistent snapshot (taken under the pool lock).
+ * DBK_EMISUSE on NULL arguments or after fork(). */
+DBK_API dbk_rc dbk_pool_get_stats(dbk_pool *pool, dbk_pool_stats *out, dbk_error *err);
+
+/* Deprecated in 0.2 (removed in 0.3): the old name of dbk_pool_get_stats(). */
+DBK_API DBK_DEPRECATED("use dbk_pool_get_stats")
+dbk_rc dbk_pool_stats_get(dbk_pool *pool, dbk_pool_stats *out, dbk_error *err);
 
 /* The options in effect after defaults were applied (copied to *out).
  * DBK_EMISUSE on NULL arguments. */

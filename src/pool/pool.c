@@ -616,7 +616,7 @@ void dbk__pool_set_sqlite_gate(dbk_pool *pool, bool on)
     pthread_mutex_unlock(&pool->mu);
 }
 
-dbk_rc dbk_pool_stats_get(dbk_pool *pool, dbk_pool_stats *out, dbk_error *err)
+dbk_rc dbk_pool_get_stats(dbk_pool *pool, dbk_pool_stats *out, dbk_error *err)
 {
     if (!pool || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_pool_stats: pool and out must not be NULL");
@@ -656,3 +656,12 @@ dbk_rc dbk_pool_get_opts(const dbk_pool *pool, dbk_pool_opts *out, dbk_error *er
     *out = pool->o;
     return DBK_OK;
 }
+
+/* The deprecated name (one release), a wrapper so it stays in the ABI. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+dbk_rc dbk_pool_stats_get(dbk_pool *pool, dbk_pool_stats *out, dbk_error *err)
+{
+    return dbk_pool_get_stats(pool, out, err);
+}
+#pragma GCC diagnostic pop

@@ -165,7 +165,7 @@ static void atomic_on(const char *url, dbk_engine engine)
     assert_string_equal(v, "new");
     /* The pool got its connection back clean. */
     dbk_pool_stats s;
-    DBKT_OK(dbk_pool_stats_get(pool, &s, &err), &err);
+    DBKT_OK(dbk_pool_get_stats(pool, &s, &err), &err);
     assert_int_equal(s.in_use, 0);
     dbk_batch_free(b);
     dbk_pool_close(pool, 1000);
@@ -662,7 +662,7 @@ static void batch_backend_killed_mid_batch(void **state)
      * pool replaced the broken connection. */
     assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), ok);
     dbk_pool_stats s;
-    DBKT_OK(dbk_pool_stats_get(pool, &s, &err), &err);
+    DBKT_OK(dbk_pool_get_stats(pool, &s, &err), &err);
     assert_int_equal(s.in_use, 0);
     dbk_batch_free(b);
     dbk_pool_close(pool, 1000);
@@ -776,7 +776,7 @@ static void parallel_on(const char *url, dbk_engine engine)
     assert_int_equal(pt[2].got, 2);
     DBKT_RC(DBK_ESCHEMA, tasks[1].rc);
     dbk_pool_stats s;
-    DBKT_OK(dbk_pool_stats_get(pool, &s, &err), &err);
+    DBKT_OK(dbk_pool_get_stats(pool, &s, &err), &err);
     assert_int_equal(s.in_use, 0);
     assert_true(s.total <= 2);
 

@@ -155,7 +155,7 @@ static int64_t query_i64(dbk_db *db, const char *sql)
 static void stats(dbk_pool *pool, dbk_pool_stats *st)
 {
     dbk_error err;
-    DBKT_OK(dbk_pool_stats_get(pool, st, &err), &err);
+    DBKT_OK(dbk_pool_get_stats(pool, st, &err), &err);
 }
 
 /* Waits until the pool reports `idle` idle connections (bounded). */
@@ -1776,7 +1776,7 @@ static void pool_used_after_fork_refuses(void **state)
         if (dbk_db_query_int64(db, "SELECT 1", NULL, 0, &v, &err) != DBK_EMISUSE)
             code |= 4;
         dbk_pool_stats st;
-        if (dbk_pool_stats_get(pool, &st, &err) != DBK_EMISUSE)
+        if (dbk_pool_get_stats(pool, &st, &err) != DBK_EMISUSE)
             code |= 8;
         dbk_pool_close(pool, 0); /* forgets; must not touch the parent's socket */
         /* Report through exec, not exit: under valgrind the child's exit
@@ -1971,7 +1971,7 @@ static void pool_rejects_bad_arguments(void **state)
     DBKT_RC(DBK_EMISUSE, dbk_pool_open(NULL, NULL, &pool, &err));
     dbk_conn *c = NULL;
     DBKT_RC(DBK_EMISUSE, dbk_pool_acquire(NULL, &c, &err));
-    DBKT_RC(DBK_EMISUSE, dbk_pool_stats_get(NULL, NULL, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_pool_get_stats(NULL, NULL, &err));
     DBKT_RC(DBK_EMISUSE, dbk_pool_set_hooks(NULL, NULL, &err));
     assert_null(dbk_pool_db(NULL));
     dbk_pool_release(NULL, NULL);
