@@ -12,17 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int dbk__hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int dbk__pct_decode(const char *s, size_t n, char *dst, size_t dstsz, size_t *bad)
 {
     size_t o = 0;

@@ -24,8 +24,18 @@ struct dbk__span {
     size_t n;
 };
 
-/* The value of hex digit c (0-9, a-f, A-F), or -1. */
-int dbk__hexval(int c);
+/* The value of hex digit c (0-9, a-f, A-F), or -1. Inline: the bytea
+ * decoder calls it twice per byte. */
+static inline int dbk__hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
 
 /* Results of the percent-decoders. */
 enum {

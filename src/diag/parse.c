@@ -14,19 +14,9 @@
 
 #include "dbkit/diag.h"
 #include "../core/internal.h"
+#include "../core/url.h"
 
 static const char KEY[] = "query duration_ms=";
-
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 /* "<digits>[.<digits>]" into *out; returns the end or NULL. */
 static const char *parse_ms(const char *p, double *out)
@@ -124,9 +114,10 @@ dbk_rc dbk_diag_parse_line(const char *line, dbk_diag_line *out, char *buf, size
         } else if (e == 'n') {
             buf[n++] = '\n';
             p += 2;
-        } else if (e == 'x' && hexval((unsigned char)p[2]) >= 0 &&
-                   hexval((unsigned char)p[3]) >= 0) {
-            buf[n++] = (char)(hexval((unsigned char)p[2]) * 16 + hexval((unsigned char)p[3]));
+        } else if (e == 'x' && dbk__hexval((unsigned char)p[2]) >= 0 &&
+                   dbk__hexval((unsigned char)p[3]) >= 0) {
+            buf[n++] =
+                (char)(dbk__hexval((unsigned char)p[2]) * 16 + dbk__hexval((unsigned char)p[3]));
             p += 4;
         } else {
             return DBK_EINVALID; /* an escape the writer never produces */

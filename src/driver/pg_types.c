@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "../core/internal.h"
+#include "../core/url.h"
 #include "../core/result_int.h"
 #include "driver.h"
 #include "pg_int.h"
@@ -58,17 +59,6 @@ static unsigned char kind_of(Oid t)
     }
 }
 
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decodes bytea text output: hex ("\x0aff") or the old escape format. */
 static dbk_rc decode_bytea(dbk_result *r, struct dbk__cell *c, const char *v, size_t len)
 {
@@ -80,7 +70,8 @@ static dbk_rc decode_bytea(dbk_result *r, struct dbk__cell *c, const char *v, si
         if (!d)
             return DBK_ENOMEM;
         for (size_t i = 0; i < n; i++) {
-            int hi = hexval((unsigned char)v[2 + 2 * i]), lo = hexval((unsigned char)v[3 + 2 * i]);
+            int hi = dbk__hexval((unsigned char)v[2 + 2 * i]);
+            int lo = dbk__hexval((unsigned char)v[3 + 2 * i]);
             if (hi < 0 || lo < 0)
                 return DBK_EINTERNAL;
             d[i] = (unsigned char)(hi << 4 | lo);
