@@ -57,7 +57,7 @@ struct dbk_testdb {
 };
 
 static int g_seq;
-static int g_pruned;
+static int g_pruned_pg, g_pruned_sqlite; /* the first new of the process prunes, per engine */
 
 /* ---- names ---- */
 
@@ -429,7 +429,7 @@ static dbk_rc pg_new(dbk_testdb *t, const dbk_config *cfg, const char *dir,
     dbk_rc rc = dbk_conn_open(cfg, &admin, err);
     if (rc)
         return rc;
-    if (!o->no_prune && !__atomic_exchange_n(&g_pruned, 1, __ATOMIC_ACQ_REL)) {
+    if (!o->no_prune && !__atomic_exchange_n(&g_pruned_pg, 1, __ATOMIC_ACQ_REL)) {
         dbk_error ignored;
         pg_prune(admin, NULL, &ignored); /* best effort: a failure must not fail the test */
     }
@@ -633,7 +633,7 @@ static dbk_rc sqlite_new(dbk_testdb *t, const dbk_config *cfg, const char *dir,
     dbk_rc rc = sqlite_dir(cfg, sdir, sizeof sdir, err);
     if (rc)
         return rc;
-    if (!o->no_prune && !__atomic_exchange_n(&g_pruned, 1, __ATOMIC_ACQ_REL)) {
+    if (!o->no_prune && !__atomic_exchange_n(&g_pruned_sqlite, 1, __ATOMIC_ACQ_REL)) {
         dbk_error ignored;
         sqlite_prune_dir(sdir, NULL, &ignored);
     }
