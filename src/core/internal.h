@@ -29,13 +29,6 @@ void dbk__err_hint(dbk_error *err, const char *fmt, ...) DBK__PRINTF(2, 3);
 /* Fills the default hint for err->code / err->sqlstate when none is set. */
 void dbk__err_default_hint(dbk_error *err);
 
-/* Maps a PostgreSQL SQLSTATE (5 chars) to a result code. NULL/unknown ->
- * DBK_ESQL. */
-dbk_rc dbk__rc_from_sqlstate(const char *sqlstate);
-
-/* Maps an SQLite extended result code to a result code. */
-dbk_rc dbk__rc_from_sqlite(int extended_code);
-
 /* Logging through the installed hook (no-op without one). */
 void dbk__log(dbk_log_level level, const char *fmt, ...) DBK__PRINTF(2, 3);
 int dbk__log_enabled(dbk_log_level level);

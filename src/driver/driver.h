@@ -13,6 +13,13 @@
 #include "../core/config_int.h"
 #include "../core/internal.h"
 
+/* Maps a PostgreSQL SQLSTATE (5 chars) to a result code. NULL/unknown ->
+ * DBK_ESQL. (errmap.c: engine codes are translated in this layer only) */
+dbk_rc dbk__rc_from_sqlstate(const char *sqlstate);
+
+/* Maps an SQLite extended result code to a result code. (errmap.c) */
+dbk_rc dbk__rc_from_sqlite(int extended_code);
+
 /* Transaction state of a connection, as the driver knows it. */
 typedef enum dbk__txstate {
     DBK__TX_IDLE = 0,   /* no transaction open */

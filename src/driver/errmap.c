@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "../core/internal.h"
+#include "driver.h"
 
 static const struct {
     const char *state;

@@ -16,6 +16,7 @@
 #include "../core/config_int.h"
 #include "../core/internal.h"
 #include "describe.h"
+#include "driver.h"
 
 typedef struct pg_describer {
     dbk__describer base;

@@ -15,6 +15,7 @@
 #include "../core/config_int.h"
 #include "../core/internal.h"
 #include "describe.h"
+#include "driver.h"
 
 typedef struct sq_describer {
     dbk__describer base;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/internal.h"
+#include "driver/driver.h"
 #include "testutil.h"
 
 static void error_every_code_has_name_and_text(void **state)
