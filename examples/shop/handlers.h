@@ -81,5 +81,15 @@ void shop_orders_get(shop_req *rq, shop_resp *rs, int64_t id);
 void shop_accounts_create(shop_req *rq, shop_resp *rs);
 void shop_accounts_get(shop_req *rq, shop_resp *rs, int64_t id);
 void shop_transfers_create(shop_req *rq, shop_resp *rs);
+/* reviews.c (documents: dbkit/doc.h; DOCUMENTS_URL picks the store) */
+int shop_reviews_open(dbk_error *err);
+void shop_reviews_close(void);
+void shop_reviews_create(shop_req *rq, shop_resp *rs, int64_t product_id);
+void shop_reviews_list(shop_req *rq, shop_resp *rs, int64_t product_id);
+void shop_reviews_get(shop_req *rq, shop_resp *rs, const char *id);
+void shop_reviews_patch(shop_req *rq, shop_resp *rs, const char *id);
+void shop_reviews_delete(shop_req *rq, shop_resp *rs, const char *id);
+void shop_reviews_route_product(shop_req *rq, shop_resp *rs, int64_t product_id);
+void shop_reviews_route_review(shop_req *rq, shop_resp *rs, const char *idp, size_t idlen);
 
 #endif

@@ -44,7 +44,7 @@
 #include <pthread.h>
 #include <sodium.h>
 
-#include "shop.h"
+#include "handlers.h" /* shop.h, and the reviews store opened below */
 
 shop_app shop;
 
@@ -287,6 +287,8 @@ int main(void)
 
     if (open_cache(&err) != 0)
         goto out_cache;
+    if (shop_reviews_open(&err) != 0)
+        goto out_cache;
 
     const char *host = getenv("HOST");
     if (!host || !*host)
@@ -323,6 +325,7 @@ out_log:
      * pool and cache close, whose messages then follow the last lines. */
     shop_access_log_close();
 out_cache:
+    shop_reviews_close();
     dbk_cached_repo_free(shop.users);
     dbk_cache_close(shop.cache);
 #ifdef SHOP_HAVE_DIAG

@@ -99,6 +99,10 @@ void shop_route(shop_req *rq, shop_resp *rs)
             method_not_allowed(rs, m);
         return;
     }
+    if (IS("reviews") && !sub) {
+        shop_reviews_route_review(rq, rs, idp, idlen); /* document ids are strings */
+        return;
+    }
     if (!(IS("users") || IS("posts") || IS("products") || IS("orders") || IS("accounts")))
         goto not_found;
     /* The route has the shape of /<collection>/<id>: an id segment that is
@@ -117,6 +121,10 @@ void shop_route(shop_req *rq, shop_resp *rs)
         return;
     }
     if (sub) {
+        if (IS("products") && strcmp(sub, "reviews") == 0) {
+            shop_reviews_route_product(rq, rs, id);
+            return;
+        }
         if (IS("users") && strcmp(sub, "posts") == 0) {
             if (get)
                 shop_users_posts(rq, rs, id);

@@ -2002,6 +2002,158 @@ static void shop_access_log_flushed_by_timer(void **state)
 
 /* Always runs after each test, also after a failed assert: the shop is
  * stopped by its PID (SIGTERM, then SIGKILL after 5 s). */
+/* ---- product reviews (documents; DOCUMENTS_URL picks the store) ---- */
+
+static json_t *review_at(const res *r, size_t i)
+{
+    json_t *arr = json_object_get(r->json, "reviews");
+    assert_true(json_is_array(arr));
+    assert_true(i < json_array_size(arr));
+    return json_array_get(arr, i);
+}
+
+static void reviews_body(shop_proc *s, dbk_engine engine)
+{
+    (void)engine;
+    int64_t u1 = create_user(s, "Rita", "rita@example.com");
+    int64_t u2 = create_user(s, "Rob", "rob@example.com");
+    int64_t u3 = create_user(s, "Ria", "ria@example.com");
+    res r = call(s, "POST", "/products", "{\"name\":\"Abacus\",\"price_cents\":900,\"stock\":1}",
+                 201);
+    int64_t p = jint(r.json, "id");
+    res_free(&r);
+    r = call(s, "POST", "/products", "{\"name\":\"Quill\",\"price_cents\":100,\"stock\":1}", 201);
+    int64_t p2 = jint(r.json, "id");
+    res_free(&r);
+    char path[160], body[512], rid[80];
+
+    snprintf(path, sizeof path, "/products/%lld/reviews", (long long)p);
+    snprintf(body, sizeof body,
+             "{\"user_id\":%lld,\"rating\":5,\"title\":\"Great\",\"body\":\"counts well\","
+             "\"tags\":[\"wood\",\"gift\"]}",
+             (long long)u1);
+    r = call(s, "POST", path, body, 201);
+    snprintf(rid, sizeof rid, "%s", jstr(r.json, "id"));
+    assert_int_equal(jint(r.json, "product_id"), p);
+    assert_int_equal(jint(r.json, "user_id"), u1);
+    assert_int_equal(jint(r.json, "rating"), 5);
+    assert_string_equal(jstr(r.json, "title"), "Great");
+    assert_int_equal(json_array_size(json_object_get(r.json, "tags")), 2);
+    (void)jstr(r.json, "created_at");
+    res_free(&r);
+    /* one review per user and product */
+    expect(s, "POST", path, body, 409, "review_exists");
+    snprintf(body, sizeof body, "{\"user_id\":%lld,\"rating\":6,\"title\":\"x\"}", (long long)u2);
+    expect(s, "POST", path, body, 400, NULL);
+    snprintf(body, sizeof body, "{\"user_id\":%lld,\"rating\":0,\"title\":\"x\"}", (long long)u2);
+    expect(s, "POST", path, body, 400, NULL);
+    snprintf(body, sizeof body, "{\"user_id\":%lld,\"rating\":3}", (long long)u2);
+    expect(s, "POST", path, body, 400, NULL);
+    snprintf(body, sizeof body, "{\"user_id\":%lld,\"rating\":3,\"title\":\"x\",\"stars\":1}",
+             (long long)u2);
+    expect(s, "POST", path, body, 400, NULL);
+    snprintf(body, sizeof body, "{\"user_id\":%lld,\"rating\":3,\"title\":\"x\",\"tags\":[1]}",
+             (long long)u2);
+    expect(s, "POST", path, body, 400, NULL);
+    expect(s, "POST", "/products/999999/reviews", "{\"user_id\":1,\"rating\":3,\"title\":\"x\"}",
+           404, NULL);
+    expect(s, "POST", path, "{\"user_id\":999999,\"rating\":3,\"title\":\"x\"}", 404, NULL);
+    snprintf(body, sizeof body, "{\"user_id\":%lld,\"rating\":2,\"title\":\"Meh\"}", (long long)u2);
+    res_free((r = call(s, "POST", path, body, 201), &r));
+    snprintf(body, sizeof body, "{\"user_id\":%lld,\"rating\":4,\"title\":\"Good\"}", (long long)u3);
+    res_free((r = call(s, "POST", path, body, 201), &r));
+
+    /* lists: newest first by default, by rating both ways, pages with a total */
+    r = call(s, "GET", path, NULL, 200);
+    assert_int_equal(jint(r.json, "total"), 3);
+    assert_int_equal(jint(review_at(&r, 0), "user_id"), u3);
+    assert_int_equal(jint(review_at(&r, 2), "user_id"), u1);
+    res_free(&r);
+    char q[256];
+    snprintf(q, sizeof q, "%s?sort=rating", path);
+    r = call(s, "GET", q, NULL, 200);
+    assert_int_equal(jint(review_at(&r, 0), "rating"), 2);
+    assert_int_equal(jint(review_at(&r, 1), "rating"), 4);
+    assert_int_equal(jint(review_at(&r, 2), "rating"), 5);
+    res_free(&r);
+    snprintf(q, sizeof q, "%s?sort=-rating&limit=1&offset=1", path);
+    r = call(s, "GET", q, NULL, 200);
+    assert_int_equal(jint(r.json, "total"), 3);
+    assert_int_equal(json_array_size(json_object_get(r.json, "reviews")), 1);
+    assert_int_equal(jint(review_at(&r, 0), "rating"), 4);
+    res_free(&r);
+    snprintf(q, sizeof q, "%s?sort=title", path);
+    expect(s, "GET", q, NULL, 400, "invalid_parameter");
+    snprintf(q, sizeof q, "%s?limit=0", path);
+    expect(s, "GET", q, NULL, 400, "out_of_range");
+    snprintf(q, sizeof q, "/products/%lld/reviews", (long long)p2);
+    r = call(s, "GET", q, NULL, 200);
+    assert_int_equal(jint(r.json, "total"), 0);
+    res_free(&r);
+
+    /* one review: read, change, delete */
+    char rpath[160];
+    snprintf(rpath, sizeof rpath, "/reviews/%s", rid);
+    r = call(s, "GET", rpath, NULL, 200);
+    assert_string_equal(jstr(r.json, "id"), rid);
+    res_free(&r);
+    r = call(s, "PATCH", rpath, "{\"rating\":3,\"tags\":[\"used\"]}", 200);
+    assert_int_equal(jint(r.json, "rating"), 3);
+    assert_string_equal(jstr(r.json, "title"), "Great");
+    assert_int_equal(json_array_size(json_object_get(r.json, "tags")), 1);
+    res_free(&r);
+    expect(s, "PATCH", rpath, "{\"rating\":9}", 400, NULL);
+    expect(s, "PATCH", rpath, "{\"user_id\":2}", 400, NULL);
+    expect(s, "PUT", rpath, "{}", 405, NULL);
+    expect(s, "DELETE", rpath, NULL, 204, NULL);
+    expect(s, "GET", rpath, NULL, 404, NULL);
+    expect(s, "DELETE", rpath, NULL, 404, NULL);
+    expect(s, "PATCH", rpath, "{\"rating\":1}", 404, NULL);
+    char longid[100] = "/reviews/";
+    memset(longid + 9, 'a', 70);
+    longid[79] = '\0';
+    expect(s, "GET", longid, NULL, 400, "invalid_id");
+    r = call(s, "GET", path, NULL, 200);
+    assert_int_equal(jint(r.json, "total"), 2);
+    res_free(&r);
+}
+
+static void shop_reviews_sqlite(void **state)
+{
+    (void)state;
+    run_sqlite("shop_reviews", reviews_body);
+}
+
+static void shop_reviews_postgres(void **state)
+{
+    (void)state;
+    run_postgres("shop_reviews", reviews_body);
+}
+
+/* Rows in SQLite, reviews on the MongoDB-compatible test server. */
+static void shop_reviews_mongodb(void **state)
+{
+    (void)state;
+    const char *base = getenv("DBKIT_TEST_MONGO_URL");
+    if (!base || !*base)
+        dbkt_skip(1, "DBKIT_TEST_MONGO_URL is not set (scripts/testenv.sh starts the server)");
+    if (!dbk_doc_mongo_available())
+        dbkt_skip(1, "this dbkit was built without libmongoc");
+    static char env[300];
+    snprintf(env, sizeof env, "DOCUMENTS_URL=%s/shopt_reviews_%d_%ld", base, (int)getpid(),
+             (long)time(NULL));
+    const char *const envs[] = {env, NULL};
+    shop_proc sp;
+    char *url = dbkt_sqlite_url("shop_reviews_mongo");
+    shop_start(&sp, url, "memory", envs);
+    free(url);
+    reviews_body(&sp, DBK_ENGINE_SQLITE);
+    int st = shop_stop(&sp, 10000);
+    if (st != 0)
+        dump_log(&sp);
+    assert_int_equal(st, 0);
+}
+
 static int shop_teardown(void **state)
 {
     (void)state;
@@ -2040,6 +2192,9 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(shop_waits_for_the_database_at_start, shop_teardown),
         cmocka_unit_test_teardown(shop_access_log_complete_after_sigterm, shop_teardown),
         cmocka_unit_test_teardown(shop_access_log_flushed_by_timer, shop_teardown),
+        cmocka_unit_test_teardown(shop_reviews_sqlite, shop_teardown),
+        cmocka_unit_test_teardown(shop_reviews_postgres, shop_teardown),
+        cmocka_unit_test_teardown(shop_reviews_mongodb, shop_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
