@@ -65,6 +65,34 @@ struct dbk_conn {
     void *pool_slot;
 };
 
+/* A connection's own operations, for the layers below db that hold one
+ * pinned (tx, migrate): they go through these, not through the driver
+ * vtable. No observer is told (the executor's ops do that). */
+static inline dbk__txstate dbk__conn_txstate(dbk_conn *c)
+{
+    return c->drv->txstate(c->impl);
+}
+static inline dbk_rc dbk__conn_run(dbk_conn *c, const char *sql, const dbk_value *params,
+                                   size_t nparams, dbk_result **out, int64_t *affected,
+                                   dbk_error *err)
+{
+    return c->drv->run(c->impl, sql, params, nparams, out, affected, err);
+}
+static inline dbk_rc dbk__conn_script(dbk_conn *c, const char *sql, int timeout_ms,
+                                      dbk_error *err)
+{
+    return c->drv->script(c->impl, sql, timeout_ms, err);
+}
+static inline dbk_rc dbk__conn_reset(dbk_conn *c, dbk_error *err)
+{
+    return c->drv->reset(c->impl, err);
+}
+/* The session's statement timeout in ms (0: none or unknown). */
+static inline int dbk__conn_statement_timeout_ms(dbk_conn *c)
+{
+    return c->drv->statement_timeout_ms ? c->drv->statement_timeout_ms(c->impl) : 0;
+}
+
 /* Runs items[0..n) one after another through db->ops->run (engines without
  * a pipeline, and the fallback). atomic: outside a transaction the items
  * run inside BEGIN/COMMIT, inside one within a SAVEPOINT, and the first

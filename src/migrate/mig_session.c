@@ -88,7 +88,7 @@ dbk_rc dbk__mctx_open(dbk__mctx *m, dbk_db *db, const dbk_migrate_opts *opts, in
         return rc;
     m->db = dbk_conn_db(m->conn);
     m->engine = dbk_db_engine(m->db);
-    if (m->conn->drv->txstate(m->conn->impl) != DBK__TX_IDLE) {
+    if (dbk__conn_txstate(m->conn) != DBK__TX_IDLE) {
         db->ops->unpin(db, m->conn);
         m->conn = NULL;
         dbk__err(err, DBK_EMISUSE, "the connection is inside a transaction");
@@ -109,7 +109,7 @@ void dbk__mctx_rollback(dbk__mctx *m)
 {
     if (!m->conn)
         return;
-    if (m->conn->drv->txstate(m->conn->impl) == DBK__TX_IDLE)
+    if (dbk__conn_txstate(m->conn) == DBK__TX_IDLE)
         return;
     dbk_error e;
     dbk__mig_exec0(m, "ROLLBACK", &e);
@@ -233,7 +233,7 @@ static dbk_rc set_busy_timeout(dbk__mctx *m, int64_t ms, dbk_error *err)
 {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA busy_timeout = %lld", (long long)ms);
-    return m->conn->drv->run(m->conn->impl, sql, NULL, 0, NULL, NULL, err);
+    return dbk__conn_run(m->conn, sql, NULL, 0, NULL, NULL, err);
 }
 
 /* SQLite: BEGIN EXCLUSIVE until the lock deadline. Each attempt waits in
@@ -247,7 +247,7 @@ static dbk_rc sqlite_begin_exclusive(dbk__mctx *m, dbk_error *err)
     dbk_conn *c = m->conn;
     dbk_result *r = NULL;
     int64_t busy = 0;
-    dbk_rc rc = c->drv->run(c->impl, "PRAGMA busy_timeout", NULL, 0, &r, NULL, err);
+    dbk_rc rc = dbk__conn_run(c, "PRAGMA busy_timeout", NULL, 0, &r, NULL, err);
     if (rc == DBK_OK)
         rc = dbk_result_get_int64(r, 0, 0, &busy, err);
     dbk_result_free(r);
@@ -257,7 +257,7 @@ static dbk_rc sqlite_begin_exclusive(dbk__mctx *m, dbk_error *err)
         int64_t left = (m->deadline_ns - dbk__now_ns()) / 1000000;
         rc = set_busy_timeout(m, left < 0 ? 0 : left < busy ? left : busy, err);
         if (rc == DBK_OK)
-            rc = c->drv->run(c->impl, "BEGIN EXCLUSIVE", NULL, 0, NULL, NULL, err);
+            rc = dbk__conn_run(c, "BEGIN EXCLUSIVE", NULL, 0, NULL, NULL, err);
         if (rc == DBK_EBUSY)
             rc = dbk__mctx_wait(m, "the exclusive lock on the SQLite database", err);
         else

@@ -159,8 +159,8 @@ static dbk_rc ctl_exec(dbk_conn *c, const char *sql, bool direct, dbk_error *err
 {
     bool multi = strchr(sql, ';') != NULL;
     if (direct)
-        return multi ? c->drv->script(c->impl, sql, 0, err)
-                     : c->drv->run(c->impl, sql, NULL, 0, NULL, NULL, err);
+        return multi ? dbk__conn_script(c, sql, 0, err)
+                     : dbk__conn_run(c, sql, NULL, 0, NULL, NULL, err);
     return multi ? c->db.ops->script(&c->db, sql, 0, err)
                  : c->db.ops->run(&c->db, sql, NULL, 0, NULL, NULL, err);
 }
@@ -187,7 +187,7 @@ static dbk_rc ctl(tx_root *r, const char *sql, dbk_error *err)
 
 static dbk__txstate txstate(tx_root *r)
 {
-    return r->conn->drv->txstate(r->conn->impl);
+    return dbk__conn_txstate(r->conn);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -602,7 +602,7 @@ static void rollback(tx_root *r)
     st = txstate(r);
     if (st == DBK__TX_OPEN || st == DBK__TX_FAILED) {
         dbk_conn *c = r->conn;
-        if (c->drv->reset(c->impl, &rb) != DBK_OK)
+        if (dbk__conn_reset(c, &rb) != DBK_OK)
             dbk__log(DBK_LOG_WARN, "could not reset the connection after a failed rollback: %s",
                      rb.message);
     }
@@ -619,7 +619,7 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
     *end = END_DONE;
     char sql[512];
     dbk_conn *c = r->conn;
-    int stmt_timeout_ms = c->drv->statement_timeout_ms ? c->drv->statement_timeout_ms(c->impl) : 0;
+    int stmt_timeout_ms = dbk__conn_statement_timeout_ms(c);
     begin_sql(cf, r->engine, stmt_timeout_ms, sql, sizeof sql);
     if (cf->timeout_ms > 0)
         r->deadline_ns = dbk__now_ns() + (int64_t)cf->timeout_ms * 1000000LL;
@@ -808,9 +808,13 @@ static dbk_rc outermost(dbk_db *db, dbk_tx_fn fn, void *ctx, const tx_conf *cf, 
             hooks_free(&r);
             return rc; /* retries switched off: the error as it came */
         }
-        if (n >= cf->max_attempts || now >= budget_end) {
+        /* An unreachable server (a failover under way) is waited out for
+         * the whole elapsed-time budget, whatever max_attempts says: each
+         * such attempt costs the server nothing. */
+        bool unreachable = rc == DBK_ECONN_LOST || rc == DBK_EUNAVAILABLE;
+        if ((n >= cf->max_attempts && !unreachable) || now >= budget_end) {
             hooks_free(&r);
-            if (rc == DBK_ECONN_LOST || rc == DBK_EUNAVAILABLE)
+            if (unreachable)
                 return still_unreachable(err, rc, n, elapsed_ms);
             return exhausted(err, err, rc, n, elapsed_ms);
         }
