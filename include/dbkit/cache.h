@@ -114,7 +114,12 @@ typedef struct dbk_cache_opts {
     /* Backend. NULL: CACHE_URL, then REDIS_URL from the environment; neither
      * set (or "memory:") gives the memory backend. Otherwise
      * "redis://[[user]:password@]host[:port][/db]" (port 6379, db 0; user,
-     * password percent-decoded; "[::1]" for IPv6) or "memory:".
+     * password percent-decoded; "[::1]" for IPv6),
+     * "redis-sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db]"
+     * (sentinels, port 26379 by default; the master they name, checked with
+     * ROLE), "redis-cluster://[[user]:password@]host[:port][,...]" (seed
+     * nodes of a Redis Cluster; key_prefix may not hold '{' or '}'), at most
+     * 16 hosts, or "memory:". See docs/caching.md for both modes.
      * "rediss://" (TLS) is DBK_ECONFIG: this build has no TLS. */
     const char *url;
     /* memory backend */
@@ -123,10 +128,12 @@ typedef struct dbk_cache_opts {
     int shards;         /* rounded up to a power of two (default 16) */
     /* redis backend */
     const char *key_prefix;  /* put before every key (default "dbk:"); copied */
-    int pool_size;           /* connections (default 4) */
-    int connect_timeout_ms;  /* per TCP connect (default 100); AUTH, SELECT
-                                and every command: command_timeout_ms */
-    int command_timeout_ms;  /* per command round trip (default 50) */
+    int pool_size;           /* connections (default 4; cluster: per master) */
+    int connect_timeout_ms;  /* added to a call's deadline when it connects
+                                (default 100) */
+    int command_timeout_ms;  /* a call's deadline, from its start: the wait
+                                for a connection and every write and read
+                                (default 50) */
     int breaker_failures;    /* consecutive failures that open it (default 3) */
     int breaker_cooldown_ms; /* skip Redis this long, then probe (default 1000) */
     /* both */
