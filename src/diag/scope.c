@@ -44,6 +44,7 @@
 #endif
 
 #include "../core/internal.h"
+#include "../core/sqlscan.h"
 #include "diag_int.h"
 
 #define N1_HINT                                                                             \
@@ -113,20 +114,20 @@ static uint64_t text_hash(const char *s, size_t *len)
     return h ^ (h >> 32);
 }
 
+/* Transaction control is never an N+1. The first word is read with the
+ * shared SQL scanner, so a leading comment (an ORM's tag) or line break
+ * does not hide it. */
 static bool is_control(const char *sql)
 {
     static const char *const words[] = {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE",
                                         "SET", "START", "END", "ABORT"};
-    while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r')
-        sql++;
-    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
-        size_t n = strlen(words[i]);
-        if (strncasecmp(sql, words[i], n) == 0) {
-            char c = sql[n];
-            if (c == '\0' || c == ' ' || c == ';' || c == '\t' || c == '\n')
-                return true;
-        }
-    }
+    dbk__sqlscan sc;
+    dbk__sqlscan_init(&sc, sql, strlen(sql), 1, dbk__sqlscan_rules(DBK_ENGINE_POSTGRES));
+    if (dbk__sqlscan_next(&sc) != DBK__SQLTOK_WORD)
+        return false;
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        if (dbk__sqlscan_is(&sc, words[i]))
+            return true;
     return false;
 }
 

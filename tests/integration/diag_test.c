@@ -477,6 +477,33 @@ static void diag_n1_reported_once_per_statement_per_scope(void **state)
     free(url);
 }
 
+/* Transaction control is exempt however the statement starts: after a
+ * comment (an ORM's tag), a line comment or a newline, read with the
+ * shared SQL scanner like every other module reads statements. */
+static void diag_n1_control_after_a_comment_is_exempt(void **state)
+{
+    (void)state;
+    cap_reset();
+    char *url = dbkt_sqlite_url("n1_control_comment");
+    dbk_conn *c = setup(url, DBK_ENGINE_SQLITE);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_diag *d = mk_diag_on(NULL, db);
+    dbk_error err;
+    dbk_diag_scope_begin(d, "tagged transactions");
+    for (int i = 0; i < 8; i++) {
+        char sql[32];
+        snprintf(sql, sizeof sql, "SELECT %d", i);
+        dbkt_exec(db, "/* app:checkout */ BEGIN");
+        dbkt_int(db, sql);
+        dbkt_exec(db, "-- app:checkout\nCOMMIT");
+    }
+    DBKT_OK(dbk_diag_scope_end(d, &err), &err);
+    ASSERT_LINES(0, "n+1 ", NULL);
+    dbk_conn_close(c);
+    dbk_diag_free(d);
+    free(url);
+}
+
 /* Runs fn(a) and fn(b) on two threads and waits for both. */
 static void run_two(void *(*fn)(void *), void *a, void *b)
 {
@@ -1188,6 +1215,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(diag_n1_threshold_edge),
         cmocka_unit_test(diag_n1_safelist_suppresses),
         cmocka_unit_test(diag_n1_reported_once_per_statement_per_scope),
+        cmocka_unit_test(diag_n1_control_after_a_comment_is_exempt),
         cmocka_unit_test(diag_n1_scopes_on_two_threads_do_not_mix),
         cmocka_unit_test(diag_n1_pool_threads_and_transactions),
         cmocka_unit_test(diag_n1_transaction_is_a_scope),
