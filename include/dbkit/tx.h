@@ -17,8 +17,9 @@
  *   connection lost while  -> DBK_ECOMMIT_UNKNOWN: the transaction may or
  *   COMMIT is in flight       may not have committed. Never retried.
  *   connection lost before -> retried like a serialization failure (same
- *   COMMIT was sent, or no    budget and backoff) when `db` hands out a
- *   server to connect to      fresh connection per transaction (a pool, a
+ *   COMMIT was sent, or no    backoff; bounded by max_elapsed_ms only, not
+ *   server to connect to      max_attempts) when `db` hands out a
+ *                             fresh connection per transaction (a pool, a
  *   (DBK_ECONN_LOST incl.     cluster's executors): the server rolled the
  *   57P01/57P02 shutdowns,    transaction back, or never saw it. On a
  *   DBK_EUNAVAILABLE when     single connection's executor it is returned

@@ -47,6 +47,7 @@
 #include "dbkit/tx.h"
 #include "../core/internal.h"
 #include "../db/db_int.h"
+#include "../driver/dialect.h"
 #include "../driver/driver.h"
 
 /* One after-commit hook. */
@@ -455,41 +456,15 @@ static dbk_rc resolve_opts(const dbk_tx_opts *o, tx_conf *c, dbk_error *err)
     return DBK_OK;
 }
 
-/* The BEGIN round trip for this engine and these options. `stmt_timeout_ms`
- * is the statement timeout the session was configured with (0: none). */
+/* The BEGIN round trip for this engine and these options, in the engine's
+ * dialect. `stmt_timeout_ms` is the statement timeout the session was
+ * configured with (0: none). */
 static void begin_sql(const tx_conf *c, dbk_engine engine, int stmt_timeout_ms, char *buf,
                       size_t len)
 {
-    if (engine == DBK_ENGINE_SQLITE) {
-        /* IMMEDIATE takes the write lock now: two writers can never both
-         * hold read locks and deadlock on the upgrade. A read-only
-         * transaction takes no lock up front and refuses writes. */
-        snprintf(buf, len, "%s",
-                 c->read_only ? "BEGIN DEFERRED; PRAGMA query_only = 1" : "BEGIN IMMEDIATE");
-        return;
-    }
-    static const char *const levels[] = {"", " ISOLATION LEVEL READ COMMITTED",
-                                         " ISOLATION LEVEL REPEATABLE READ",
-                                         " ISOLATION LEVEL SERIALIZABLE"};
-    int n = snprintf(buf, len, "BEGIN%s%s%s", levels[c->isolation],
-                     c->read_only ? " READ ONLY" : "", c->deferrable ? " DEFERRABLE" : "");
-    if (c->timeout_ms <= 0 || n < 0 || (size_t)n >= len)
-        return;
-    /* The server-side bound for the same deadline, local to the
-     * transaction and in the BEGIN round trip (SET LOCAL: utility
-     * statements, no planning; measured at about 1 us against 8-25 us for
-     * a set_config() SELECT). No statement runs longer than the whole
-     * transaction may - unless the session's own statement_timeout is
-     * smaller, which is kept: raising it would outlast the driver's client
-     * deadline. A transaction left idle by a stalled client is ended by the
-     * server a grace period after the client's own deadline, which
-     * normally ends it first, cleanly. */
-    if (stmt_timeout_ms <= 0 || stmt_timeout_ms > c->timeout_ms)
-        n += snprintf(buf + n, len - (size_t)n, "; SET LOCAL statement_timeout = %d",
-                      c->timeout_ms);
-    if (n > 0 && (size_t)n < len)
-        snprintf(buf + n, len - (size_t)n, "; SET LOCAL idle_in_transaction_session_timeout = %lld",
-                 (long long)c->timeout_ms + TX_SERVER_GRACE_MS);
+    dbk__begin_opts o = {c->isolation, c->read_only, c->deferrable, c->timeout_ms,
+                         stmt_timeout_ms, TX_SERVER_GRACE_MS};
+    dbk__dialect_of(engine)->begin_sql(&o, buf, len);
 }
 
 /* ---------------------------------------------------------------------- */
