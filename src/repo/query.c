@@ -48,6 +48,7 @@
 #include "dbkit/batch.h"
 #include "../core/internal.h"
 #include "repo_int.h"
+#include "../driver/dialect.h"
 #include "query_impl.h"
 
 dbk_rc dbk__q_oom(dbk_error *err)
@@ -371,7 +372,8 @@ static dbk_rc find_plan_make(dbk_db *db, dbk_entity *e, const dbk_query *q, unsi
      * query in one batch (one round trip) when there is a page to read. */
     pl->want_more = pl->keyset || q->count == DBK_COUNT_HAS_MORE;
     pl->cm = q->count;
-    if (pl->cm == DBK_COUNT_ESTIMATED && (pl->eng != DBK_ENGINE_POSTGRES || q->nfilters))
+    if (pl->cm == DBK_COUNT_ESTIMATED && (!dbk__dialect_of(pl->eng)->count_estimate_sql ||
+                                          q->nfilters))
         pl->cm = DBK_COUNT_EXACT;
     pl->fetch = q->has_limit ? q->limit + (pl->want_more ? 1 : 0) : -1;
     pl->batched = pl->cm == DBK_COUNT_EXACT && pl->eng == DBK_ENGINE_POSTGRES &&
@@ -470,7 +472,7 @@ static dbk_rc find_sql_build(dbk_entity *e, const struct find_plan *pl, dbk_aren
             return dbk__q_oom(err);
         dbk__sb_printf(sql, " LIMIT $%d", p);
     } else if (q->offset) {
-        dbk__sb_puts(sql, eng == DBK_ENGINE_SQLITE ? " LIMIT -1" : "");
+        dbk__sb_puts(sql, dbk__dialect_of(eng)->offset_without_limit);
     }
     if (q->offset) {
         int p = add_param(&fs->qs, dbk_int64(q->offset));
@@ -491,6 +493,7 @@ static dbk_rc find_count(dbk_db *db, dbk_entity *e, const struct find_plan *pl,
     if (pl->cm == DBK_COUNT_EXACT && !pl->batched) {
         rc = run_count(db, fs->count.p, &fs->qs, fs->nfilter_params, &out->total, err);
     } else if (pl->cm == DBK_COUNT_ESTIMATED) {
+        /* only planned where the dialect has an estimate (find_plan_make) */
         dbk__sb qt = {0};
         dbk__sb_ident(&qt, e->table);
         if (qt.oom) {
@@ -498,10 +501,8 @@ static dbk_rc find_count(dbk_db *db, dbk_entity *e, const struct find_plan *pl,
             return dbk__q_oom(err);
         }
         dbk_value tp = dbk_textn(qt.p, qt.len);
-        rc = dbk_db_query_int64(db,
-                                "SELECT COALESCE((SELECT reltuples::bigint FROM pg_class "
-                                "WHERE oid = to_regclass($1)), -1)",
-                                &tp, 1, &out->total, err);
+        rc = dbk_db_query_int64(db, dbk__dialect_of(pl->eng)->count_estimate_sql, &tp, 1,
+                                &out->total, err);
         free(qt.p);
         if (rc == DBK_OK && out->total < 0)
             rc = run_count(db, fs->count.p, &fs->qs, 0, &out->total, err);
