@@ -91,6 +91,7 @@ if [[ " $PARTS " == *" lib "* ]]; then
   step repo_bench "$BUILD/bench/repo_bench" --seconds "$LIB_SECS"
   step cache_bench "$BUILD/bench/cache_bench" --seconds "$LIB_SECS" --rounds 3
   step batch_bench "$BUILD/bench/batch_bench" --seconds "$LIB_SECS"
+  step doc_bench "$BUILD/bench/doc_bench" --seconds "$LIB_SECS" --rounds 3
   step bulk_bench "$BUILD/bench/bulk_bench" --rows 100000
   step testdb_bench "$BUILD/bench/testdb_bench" # 30 rounds per engine and strategy
   # A benchmark program added later runs only once its bounded flags are
