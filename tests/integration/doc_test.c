@@ -860,6 +860,86 @@ static void doc_schema_checked_and_migration_sql(void **state)
     }
 }
 
+/* ---- cache-aside: documents through dbk_cache like any other value ---- */
+
+typedef struct loader {
+    dbk_doc_coll *coll;
+    int loads;
+} loader;
+
+static dbk_rc load_doc(void *ctx, const void *key, size_t keylen, void **val, size_t *vallen,
+                       dbk_error *err)
+{
+    loader *l = ctx;
+    char id[DBK_DOC_ID_MAX + 1];
+    snprintf(id, sizeof id, "%.*s", (int)(keylen - 4), (const char *)key + 4); /* "doc:" */
+    l->loads++;
+    dbk_doc *d;
+    dbk_rc rc = dbk_doc_find_by_id(l->coll, id, &d, err);
+    if (rc)
+        return rc;
+    char *json;
+    rc = dbk_doc_to_json(d, &json, err);
+    dbk_doc_free(d);
+    if (rc)
+        return rc;
+    *val = json;
+    *vallen = strlen(json);
+    return DBK_OK;
+}
+
+static char *cached_name(dbk_cache *cache, loader *l, const char *key)
+{
+    void *val = NULL;
+    size_t len = 0;
+    dbk_error err;
+    DBKT_OK(dbk_cache_get_or_load(cache, key, strlen(key), load_doc, l, 60000, &val, &len, &err),
+            &err);
+    dbk_doc *d;
+    DBKT_OK(dbk_doc_parse(val, len, &d, &err), &err);
+    free(val);
+    char *name = strdup(text(d, "name"));
+    dbk_doc_free(d);
+    return name;
+}
+
+static void cache_aside(const char *url, dbk_engine engine)
+{
+    env e = env_open(url, engine);
+    dbk_error err;
+    dbk_cache_opts co = {0};
+    co.url = "memory";
+    dbk_cache *cache;
+    DBKT_OK(dbk_cache_open(&co, &cache, &err), &err);
+    create_free(&e, "{\"_id\":\"c1\",\"name\":\"Ann\",\"email\":\"c@x\"}");
+    loader l = {e.coll, 0};
+    char *n = cached_name(cache, &l, "doc:c1");
+    assert_string_equal(n, "Ann");
+    free(n);
+    n = cached_name(cache, &l, "doc:c1"); /* a hit: no second load */
+    assert_string_equal(n, "Ann");
+    free(n);
+    assert_int_equal(l.loads, 1);
+    DBKT_OK(dbk_doc_find_by_id_and_update(e.coll, "c1", "{\"name\":\"Bea\"}", NULL, &err), &err);
+    DBKT_OK(dbk_cache_delete(cache, "doc:c1", 6, &err), &err);
+    n = cached_name(cache, &l, "doc:c1");
+    assert_string_equal(n, "Bea");
+    free(n);
+    assert_int_equal(l.loads, 2);
+    void *val;
+    size_t len;
+    DBKT_RC(DBK_ENOT_FOUND, dbk_cache_get_or_load(cache, "doc:zz", 6, load_doc, &l, 60000, &val,
+                                                 &len, &err));
+    dbk_cache_close(cache);
+    env_close(&e);
+}
+
+static void doc_cache_aside(void **state)
+{
+    (void)state;
+    each_backend("doc_cache_aside", cache_aside);
+}
+
 /* ---- MongoDB connection events and options ---- */
 
 typedef struct events {
@@ -1020,6 +1100,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(doc_schema_checked_and_migration_sql),
         cmocka_unit_test(doc_parse_and_accessors),
         cmocka_unit_test(doc_schema_parse_matches_descriptor),
+        cmocka_unit_test(doc_cache_aside),
         cmocka_unit_test(doc_mongo_connection_events),
         cmocka_unit_test(doc_mongo_unreachable_is_unavailable),
     };
