@@ -1,20 +1,22 @@
 /*
- * The Redis backend: hiredis, a small connection pool, hard timeouts, a
- * circuit breaker, and the server half of the stale-set guard.
+ * The Redis backend: hiredis, small connection pools, hard timeouts, a
+ * circuit breaker, the server half of the stale-set guard, and the client
+ * side of Sentinel and Cluster (hiredis 0.14 has neither).
  *
- * Shape. A fixed array of pool_size hiredis contexts; a caller takes a free
- * one (waiting at most command_timeout_ms), runs one command and gives it
- * back. Each call has one deadline on the monotonic clock, set when it
+ * Shape. Per server a fixed array of pool_size hiredis contexts (one
+ * server, the Sentinel master, or every Cluster master); a caller takes a
+ * free one (waiting at most command_timeout_ms), runs one command and gives
+ * it back. Each call has one deadline on the monotonic clock, set when it
  * starts (command_timeout_ms, plus connect_timeout_ms when it connects);
- * the connect waits at most what is left of it, and before every write
- * and read the socket's timeouts are brought down to what is left (arm()),
- * so a peer that answers a few bytes at a time cannot stretch a call
- * (fixed socket timeouts would bound each read, not the call). A context that saw an I/O
- * error or a timeout is freed; the next borrower of its slot reconnects.
- * Commands are sent with redisCommandArgv and explicit lengths: keys and
- * values are binary-safe. Keys on the server are prefix + "v:" + key
- * (value), prefix + "g:" + key (generation), prefix + "n:" + namespace
- * (namespace version) and prefix + "epoch".
+ * the connect waits at most what is left of it, and before every write and
+ * read the socket's timeouts are brought down to what is left (arm()), so
+ * a peer that answers a few bytes at a time cannot stretch a call (fixed
+ * socket timeouts would bound each read, not the call). A context that saw
+ * an I/O error or a timeout is freed; the next borrower of its slot
+ * reconnects. Commands are sent with explicit lengths: keys and values are
+ * binary-safe. Keys on the server are prefix + "v:" + key (value),
+ * prefix + "g:" + key (generation), prefix + "n:" + namespace (namespace
+ * version) and prefix + "epoch"; in cluster mode "{tag}" follows the prefix.
  *
  * Breaker. After breaker_failures consecutive failed calls it opens: calls
  * fail at once (DBK_EUNAVAILABLE, counted as `skipped`) for the cool-down;
@@ -33,6 +35,25 @@
  * open; the probe replays the queue before anything else and the breaker
  * closes only when it is empty, so this process never reads a value whose
  * invalidation it has not delivered.
+ *
+ * Sentinel and Cluster ("ha"). Replication is asynchronous: a failover can
+ * lose an invalidation the old master acknowledged, and a promoted replica
+ * still holds the old value. So in these modes an epoch is tied to the
+ * node that serves the data: the first 16 hex digits of its run_id, read
+ * when a connection opens. Every write script first moves the (per slot,
+ * in cluster mode) epoch key to the epoch of the node running it, values
+ * are stored behind the epoch they were written under, and a read (one
+ * MGET of value and epoch key) is a hit only when both equal the answering
+ * node's epoch: after a failover, restart or migration every older value
+ * is a miss, never a stale hit. Sentinel: the master comes from the
+ * sentinels (asked in turn), is checked with ROLE on every connection and
+ * forgotten on READONLY, MASTERDOWN or a lost connection; a thread
+ * subscribed to +switch-master moves it at once, and pooled connections to
+ * an old master are replaced one by one as they are next used. Cluster: a
+ * slot map from CLUSTER SLOTS, refreshed after MOVED or a lost node; ASK is
+ * followed once with ASKING, TRYAGAIN retried, at most MAX_REDIRECTS per
+ * call; the keys of one entry share a "{tag}" whose slot is the key's own
+ * (dbk__redis_slot_tag), so each script stays on one slot.
  */
 #include <ctype.h>
 #include <errno.h>
