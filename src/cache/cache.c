@@ -39,6 +39,7 @@
 #include <sys/random.h>
 
 #include "../core/internal.h"
+#include "../core/rand.h"
 #include "cache_int.h"
 
 #define FLIGHT_BUCKETS 64
@@ -71,25 +72,9 @@ struct dbk_cache {
 
 /* ---- randomness --------------------------------------------------------- */
 
-static _Atomic uint64_t rand_state;
-static pthread_once_t rand_once = PTHREAD_ONCE_INIT;
-
-static void rand_seed(void)
-{
-    uint64_t s = 0;
-    if (getrandom(&s, sizeof s, GRND_NONBLOCK) != (ssize_t)sizeof s)
-        s = (uint64_t)dbk__now_ns() ^ (uint64_t)(uintptr_t)&s;
-    atomic_store(&rand_state, s);
-}
-
 uint64_t dbk__cache_rand64(void)
 {
-    pthread_once(&rand_once, rand_seed);
-    uint64_t z = atomic_fetch_add(&rand_state, 0x9E3779B97F4A7C15ULL) + 0x9E3779B97F4A7C15ULL;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return z ? z : 1;
+    return dbk__rand64();
 }
 
 /* ---- open / close ------------------------------------------------------- */

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "../core/internal.h"
+#include "../core/rand.h"
 #include "diag_int.h"
 
 static const int64_t bucket_ns[DBK_DIAG_NBUCKETS - 1] = {
@@ -195,20 +196,12 @@ void dbk_diag_attach(dbk_diag *d, dbk_db *db)
 
 /* ---- the query log ---- */
 
-static uint64_t splitmix64(uint64_t x)
-{
-    x += UINT64_C(0x9e3779b97f4a7c15);
-    x = (x ^ (x >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
-    x = (x ^ (x >> 27)) * UINT64_C(0x94d049bb133111eb);
-    return x ^ (x >> 31);
-}
-
 static bool sampled(dbk_diag *d)
 {
     if (d->sample >= 0)
         return d->sample == 1;
     uint64_t k = DBK__ADD(&d->sample_draws, 1);
-    return splitmix64(d->sample_seed + k * UINT64_C(0x9e3779b97f4a7c15)) < d->sample_below;
+    return dbk__mix64(d->sample_seed + k * UINT64_C(0x9e3779b97f4a7c15)) < d->sample_below;
 }
 
 static void put_value(dbk__dw *w, const dbk_value *v, size_t limit)

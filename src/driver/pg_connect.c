@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "../core/internal.h"
+#include "../core/rand.h"
 #include "../core/result_int.h"
 #include "driver.h"
 #include "pg_int.h"
@@ -132,10 +133,7 @@ static uint64_t name_nonce(const void *pc)
     static _Atomic uint64_t counter;
     uint64_t x = (uint64_t)dbk__now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)pc ^
                  (atomic_fetch_add(&counter, 1) * 0x9E3779B97F4A7C15ULL);
-    x += 0x9E3779B97F4A7C15ULL;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-    return x ^ (x >> 31);
+    return dbk__mix64(x);
 }
 
 struct attempt {

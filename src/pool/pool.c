@@ -68,6 +68,7 @@
 #include <unistd.h>
 
 #include "../core/internal.h"
+#include "../core/rand.h"
 #include "../core/sqlscan.h"
 #include "../db/db_int.h"
 #include "../driver/driver.h"
@@ -268,12 +269,7 @@ dbk_rc dbk__pool_run_on_connect(const dbk_pool_hooks *h, struct slot *s, dbk_err
 
 uint64_t dbk__pool_rng_next(uint64_t *st)
 {
-    uint64_t x = *st;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    *st = x;
-    return x;
+    return dbk__rand_next(st);
 }
 
 /* Opens one connection for the pool (worker thread). */

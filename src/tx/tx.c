@@ -46,6 +46,7 @@
 
 #include "dbkit/tx.h"
 #include "../core/internal.h"
+#include "../core/rand.h"
 #include "../db/db_int.h"
 #include "../driver/dialect.h"
 #include "../driver/driver.h"
@@ -103,25 +104,12 @@ struct dbk__tx {
 
 static _Thread_local uint64_t tls_rng;
 
-/* xorshift64*: per thread, seeded from the clock, the thread and a stack
- * address, so threads started together draw different sequences. */
+/* A xorshift64* stream per thread (core/rand.h), seeded from the
+ * process-wide generator, so threads started together draw different
+ * sequences. */
 static uint64_t rng_next(void)
 {
-    uint64_t x = tls_rng;
-    if (x == 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32);
-        seed ^= (uint64_t)pthread_self() * 0x9E3779B97F4A7C15ULL;
-        seed ^= (uint64_t)(uintptr_t)&x;
-        seed ^= (uint64_t)dbk__now_ns() << 17;
-        x = seed ? seed : 0x2545F4914F6CDD1DULL;
-    }
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    tls_rng = x;
-    return x * 0x2545F4914F6CDD1DULL;
+    return dbk__rand_next(&tls_rng);
 }
 
 /* Uniform in [0, max] (max >= 0). */
