@@ -145,7 +145,7 @@ typedef struct dbk_cluster_stats {
 } dbk_cluster_stats;
 
 /* A snapshot of the counters and states. DBK_EMISUSE on NULL. */
-DBK_API dbk_rc dbk_cluster_stats_get(dbk_cluster *c, dbk_cluster_stats *out, dbk_error *err);
+DBK_API dbk_rc dbk_cluster_get_stats(dbk_cluster *c, dbk_cluster_stats *out, dbk_error *err);
 
 #ifdef __cplusplus
 }

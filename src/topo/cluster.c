@@ -49,7 +49,7 @@ struct replica {
     int index;
     dbk_config *cfg;
     dbk_pool *pool;
-    dbk_db db; /* the wrapper executor */
+    dbk_db db;       /* the wrapper executor */
     dbk_conn *probe; /* the sampler's connection; sampler thread only */
     _Atomic int state;
     _Atomic int64_t lag_ms;
@@ -407,9 +407,9 @@ static void sample_replica(struct dbk_cluster *c, struct replica *r, int64_t now
     int next = (lag < 0 || lag > c->max_lag_ms) ? DBK_REPLICA_LAGGING : DBK_REPLICA_UP;
     int old = atomic_exchange(&r->state, next);
     if (old != next && old != DBK_REPLICA_UNKNOWN)
-        dbk__log(next == DBK_REPLICA_UP ? DBK_LOG_INFO : DBK_LOG_WARN, "replica %d %s (lag %lld ms)",
-                 r->index + 1, next == DBK_REPLICA_UP ? "joined the rotation" : "is lagging",
-                 (long long)lag);
+        dbk__log(next == DBK_REPLICA_UP ? DBK_LOG_INFO : DBK_LOG_WARN,
+                 "replica %d %s (lag %lld ms)", r->index + 1,
+                 next == DBK_REPLICA_UP ? "joined the rotation" : "is lagging", (long long)lag);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -502,8 +502,10 @@ dbk_rc dbk_cluster_open(const dbk_config *cfg, const dbk_cluster_opts *opts, dbk
                 *next++ = '\0';
             if (o.nreplicas == DBK_CLUSTER_MAX_REPLICAS) {
                 free_list(list, list_len);
-                return dbk__err(err, DBK_ECONFIG, "more than %d replicas in replicas "
-                                "(DATABASE_REPLICA_URLS)", DBK_CLUSTER_MAX_REPLICAS);
+                return dbk__err(err, DBK_ECONFIG,
+                                "more than %d replicas in replicas "
+                                "(DATABASE_REPLICA_URLS)",
+                                DBK_CLUSTER_MAX_REPLICAS);
             }
             from_cfg[o.nreplicas++] = p;
             p = next;
@@ -513,7 +515,8 @@ dbk_rc dbk_cluster_open(const dbk_config *cfg, const dbk_cluster_opts *opts, dbk
     if (o.max_lag_ms == 0)
         o.max_lag_ms = cfg->replica_max_lag_ms;
     if (o.read_your_writes_wait_ms == 0)
-        o.read_your_writes_wait_ms = cfg->read_your_writes_wait_ms > 0 ? cfg->read_your_writes_wait_ms : -1;
+        o.read_your_writes_wait_ms =
+            cfg->read_your_writes_wait_ms > 0 ? cfg->read_your_writes_wait_ms : -1;
     if (o.nreplicas > DBK_CLUSTER_MAX_REPLICAS) {
         free_list(list, list_len);
         return dbk__err(err, DBK_ECONFIG, "%zu replicas: at most %d", o.nreplicas,
@@ -529,7 +532,7 @@ dbk_rc dbk_cluster_open(const dbk_config *cfg, const dbk_cluster_opts *opts, dbk
         return dbk__err(err, DBK_ENOMEM, "out of memory opening a cluster");
     }
     c->max_lag_ms = o.max_lag_ms > 0 ? o.max_lag_ms : DEF_MAX_LAG_MS;
-    c->ryw_wait_ms = o.read_your_writes_wait_ms < 0    ? 0
+    c->ryw_wait_ms = o.read_your_writes_wait_ms < 0   ? 0
                      : o.read_your_writes_wait_ms > 0 ? o.read_your_writes_wait_ms
                                                       : DEF_RYW_WAIT_MS;
     c->sample_ms = o.sample_interval_ms > 0 ? o.sample_interval_ms : DEF_SAMPLE_MS;
@@ -632,7 +635,8 @@ static void sleep_ns(int64_t ns)
 dbk_rc dbk_cluster_read_db_after(dbk_cluster *c, const char *token, dbk_db **out, dbk_error *err)
 {
     if (!c || !out)
-        return dbk__err(err, DBK_EMISUSE, "dbk_cluster_read_db_after: cluster and out must not be NULL");
+        return dbk__err(err, DBK_EMISUSE,
+                        "dbk_cluster_read_db_after: cluster and out must not be NULL");
     *out = NULL;
     uint64_t want = 0;
     if (token && *token && !dbk_token_parse(token, &want))
@@ -688,8 +692,8 @@ dbk_rc dbk_cluster_token(dbk_cluster *c, char *buf, size_t buflen, dbk_error *er
         return dbk__err(err, DBK_EMISUSE, "dbk_cluster_token: cluster and buf must not be NULL");
     uint64_t lsn = 0;
     bool is_null = false;
-    dbk_rc rc = query_lsn(dbk_pool_db(c->primary), "SELECT pg_current_wal_insert_lsn()::text",
-                          &lsn, &is_null, err);
+    dbk_rc rc = query_lsn(dbk_pool_db(c->primary), "SELECT pg_current_wal_insert_lsn()::text", &lsn,
+                          &is_null, err);
     if (rc != DBK_OK)
         return rc;
     if (is_null)
@@ -701,10 +705,11 @@ dbk_rc dbk_cluster_token(dbk_cluster *c, char *buf, size_t buflen, dbk_error *er
     return DBK_OK;
 }
 
-dbk_rc dbk_cluster_stats_get(dbk_cluster *c, dbk_cluster_stats *out, dbk_error *err)
+dbk_rc dbk_cluster_get_stats(dbk_cluster *c, dbk_cluster_stats *out, dbk_error *err)
 {
     if (!c || !out)
-        return dbk__err(err, DBK_EMISUSE, "dbk_cluster_stats_get: cluster and out must not be NULL");
+        return dbk__err(err, DBK_EMISUSE,
+                        "dbk_cluster_get_stats: cluster and out must not be NULL");
     memset(out, 0, sizeof *out);
     out->nreplicas = c->n;
     for (size_t i = 0; i < c->n; i++) {

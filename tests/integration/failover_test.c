@@ -128,10 +128,11 @@ static void failover_promotion_under_transfers(void **state)
     assert_int_equal(dbkt_pgtopo_sync(t, 30000), 0);
 
     char url[300];
-    snprintf(url, sizeof url,
-             "postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/postgres?target_session_attrs=read-write"
-             "&connect_timeout=2&pool_max=4&acquire_timeout=10000",
-             dbkt_pgtopo_port(t, 0), dbkt_pgtopo_port(t, 1));
+    snprintf(
+        url, sizeof url,
+        "postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/postgres?target_session_attrs=read-write"
+        "&connect_timeout=2&pool_max=4&acquire_timeout=10000",
+        dbkt_pgtopo_port(t, 0), dbkt_pgtopo_port(t, 1));
     dbk_error err;
     dbk_config *cfg = NULL;
     DBKT_OK(dbk_config_from_url(url, &cfg, &err), &err);

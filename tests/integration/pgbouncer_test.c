@@ -124,7 +124,8 @@ static void *worker_main(void *arg)
             } else {
                 const dbk_result *r0 = dbk_batch_result(b, 0);
                 const char *v = NULL;
-                if (!r0 || dbk_result_nrows(r0) != 1 || dbk_result_get_text(r0, 0, 0, &v, NULL, &err))
+                if (!r0 || dbk_result_nrows(r0) != 1 ||
+                    dbk_result_get_text(r0, 0, 0, &v, NULL, &err))
                     v = NULL;
                 if (!v || strcmp(v, want) != 0)
                     note_wrong(l, "batch v of", (long long)id, v ? v : "(none)");
@@ -344,11 +345,13 @@ static void pgbouncer_migrations_use_direct_url(void **state)
     snprintf(path, sizeof path, "%s/20240101000000_create_t.sql", dir);
     FILE *f = fopen(path, "w");
     assert_non_null(f);
-    fputs("-- migrate:up\nCREATE TABLE via_direct (a int);\n\n-- migrate:down\nDROP TABLE via_direct;\n",
+    fputs("-- migrate:up\nCREATE TABLE via_direct (a int);\n\n-- migrate:down\nDROP TABLE "
+          "via_direct;\n",
           f);
     fclose(f);
     char env1[400], env2[400];
-    snprintf(env1, sizeof env1, "DATABASE_URL=postgres://postgres@127.0.0.1:1/postgres?pooler=transaction");
+    snprintf(env1, sizeof env1,
+             "DATABASE_URL=postgres://postgres@127.0.0.1:1/postgres?pooler=transaction");
     snprintf(env2, sizeof env2, "DATABASE_DIRECT_URL=%s", dbkt_pgtopo_url(t, 0));
     const char *set[] = {env1, env2, NULL};
     const char *unset[] = {"DB_POOLER", "DB_HOST", "DB_NAME", NULL};

@@ -42,7 +42,7 @@ static dbk_cluster_stats stats(dbk_cluster *c)
 {
     dbk_error err;
     dbk_cluster_stats s;
-    DBKT_OK(dbk_cluster_stats_get(c, &s, &err), &err);
+    DBKT_OK(dbk_cluster_get_stats(c, &s, &err), &err);
     return s;
 }
 
@@ -73,8 +73,8 @@ static void replica_token_parse(void **state)
     assert_true(lsn == 0x3000148u);
     assert_true(dbk_token_parse("1A/FF", &lsn));
     assert_true(lsn == ((uint64_t)0x1A << 32 | 0xFF));
-    const char *bad[] = {"", "/", "0/", "/1", "x/1", "0/1/2", "123456789/0", "0/123456789",
-                         "0 /1", NULL};
+    const char *bad[] = {"",      "/",           "0/",          "/1",   "x/1",
+                         "0/1/2", "123456789/0", "0/123456789", "0 /1", NULL};
     for (int i = 0; bad[i]; i++)
         if (dbk_token_parse(bad[i], NULL))
             fail_msg("accepted malformed token \"%s\"", bad[i]);
@@ -241,8 +241,8 @@ static void replica_down_leaves_and_returns(void **state)
     for (int i = 0; i < 5; i++) {
         dbk_error err;
         int64_t p = 0;
-        dbk_rc rc = dbk_db_query_int64(dbk_cluster_read_db(c), "SELECT inet_server_port()", NULL,
-                                       0, &p, &err);
+        dbk_rc rc = dbk_db_query_int64(dbk_cluster_read_db(c), "SELECT inet_server_port()", NULL, 0,
+                                       &p, &err);
         /* The one read that was on a connection the kill broke may fail;
          * after it every read is served by the primary. */
         if (rc != DBK_OK) {

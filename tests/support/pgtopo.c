@@ -267,7 +267,8 @@ static void watchdog_main(dbkt_pgtopo *t, int rfd)
 static PGconn *connect_node(const dbkt_pgtopo *t, int i)
 {
     char ci[200];
-    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%d user=postgres dbname=postgres connect_timeout=5",
+    snprintf(ci, sizeof ci,
+             "host=127.0.0.1 port=%d user=postgres dbname=postgres connect_timeout=5",
              t->node[i].port);
     PGconn *c = PQconnectdb(ci);
     if (PQstatus(c) != CONNECTION_OK) {
@@ -335,8 +336,9 @@ static int add_replica(dbkt_pgtopo *t)
     bin_path(t, "pg_basebackup", prog, sizeof prog);
     char port[16];
     snprintf(port, sizeof port, "%d", t->node[0].port);
-    char *argv[] = {prog, "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-D", t->node[i].data,
-                    "-R", "-X", "stream", "--no-sync", "-c", "fast", NULL};
+    char *argv[] = {prog,        "-h", "127.0.0.1",     "-p", port, "-U",
+                    "postgres",  "-D", t->node[i].data, "-R", "-X", "stream",
+                    "--no-sync", "-c", "fast",          NULL};
     if (run(t, argv) != 0)
         return -1;
     t->nnodes++;
@@ -389,8 +391,8 @@ dbkt_pgtopo *dbkt_pgtopo_start(int nreplicas)
     t->watchdog = wd;
     t->pipe_w = fds[1];
 
-    char *iargv[] = {initdb, "-D", t->node[0].data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                     "--no-sync", "--no-instructions", NULL};
+    char *iargv[] = {initdb,  "-D", t->node[0].data, "-U",        "postgres",          "-A",
+                     "trust", "-E", "UTF8",          "--no-sync", "--no-instructions", NULL};
     if (run(t, iargv) != 0) {
         dump_logs(t);
         dbkt_pgtopo_stop(t);
@@ -414,8 +416,7 @@ dbkt_pgtopo *dbkt_pgtopo_start(int nreplicas)
     snprintf(want, sizeof want, "%d", nreplicas);
     for (int i = 0; i < 1500; i++) {
         char got[32] = "";
-        if (query_text(t, 0,
-                       "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+        if (query_text(t, 0, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
                        got, sizeof got) == 0 &&
             strcmp(got, want) == 0)
             return t;
@@ -546,8 +547,8 @@ const char *dbkt_pgtopo_bouncer_start(dbkt_pgtopo *t, int node, int pool_size)
         char *argv[] = {"pgbouncer", "-d", "-q", ini, NULL};
         if (run(t, argv) != 0)
             continue;
-        snprintf(t->bouncer_url, sizeof t->bouncer_url,
-                 "postgres://postgres@127.0.0.1:%d/postgres", port);
+        snprintf(t->bouncer_url, sizeof t->bouncer_url, "postgres://postgres@127.0.0.1:%d/postgres",
+                 port);
         /* -d returns once daemonized; wait until it answers. */
         for (int i = 0; i < 500; i++) {
             char ci[160];
