@@ -946,8 +946,8 @@ static void refresh_map(struct rds *r, int64_t deadline_ns)
  * *deadline_ns (moved on by connect_timeout_ms when a connect is needed).
  * Cluster: routed by `hslot`; a MOVED updates the map (and asks for a
  * refresh), an ASK sends ASKING then the command to the node named once,
- * a TRYAGAIN (keys of a slot being migrated) retries after 2 ms; at most
- * MAX_REDIRECTS of them. Sentinel: READONLY/MASTERDOWN forgets the master
+ * a TRYAGAIN (keys of a slot being migrated) retries after 2 ms while
+ * time is left; at most MAX_REDIRECTS MOVED/ASK. Sentinel: READONLY/MASTERDOWN forgets the master
  * and tries once more. DBK_OK with *reply (the caller judges an error
  * reply); else the connection is dropped and *busy says whether the pool
  * had no free connection (not a failure of Redis).
@@ -968,7 +968,8 @@ static dbk_rc exec_cmd(struct rds *r, unsigned hslot, int argc, const char **arg
         if (argv[i] == NODE_EPOCH)
             ep = i;
     }
-    for (int hop = 0;; hop++) {
+    int redirects = 0;
+    for (;;) {
         int node = 0;
         if (r->cluster && ask_node >= 0) {
             node = ask_node;
@@ -1019,13 +1020,19 @@ static dbk_rc exec_cmd(struct rds *r, unsigned hslot, int argc, const char **arg
             return rc;
         }
         ask_node = -1;
-        if (rep->type == REDIS_REPLY_ERROR && rep->str && hop < MAX_REDIRECTS &&
-            step_ms(1, *deadline_ns) > 0) {
+        if (rep->type == REDIS_REPLY_ERROR && rep->str && step_ms(3, *deadline_ns) >= 3) {
             unsigned sl = 0;
             struct dbk__redis_addr to;
             int kind = r->cluster ? dbk__redis_parse_redirect(rep->str, rep->len, &sl, &to) : 0;
+            /* TRYAGAIN: the keys of a slot are half migrated; it passes
+             * within milliseconds, so it is retried while time is left
+             * rather than counted as a redirection */
             bool again = r->cluster && strncmp(rep->str, "TRYAGAIN", 8) == 0;
             bool lost = !r->cluster && r->ha && demoted(rep);
+            if ((kind || lost) && ++redirects > MAX_REDIRECTS) {
+                kind = 0;
+                lost = false;
+            }
             if (kind || again || lost) {
                 if (lost)
                     master_lost(r, s->gen);
@@ -1054,7 +1061,10 @@ static dbk_rc exec_cmd(struct rds *r, unsigned hslot, int argc, const char **arg
         }
         if (epoch_out)
             memcpy(epoch_out, s->epoch, sizeof s->epoch);
-        release(r, s, false);
+        bool drop = !r->cluster && r->ha && demoted(rep);
+        if (drop)
+            master_lost(r, s->gen);
+        release(r, s, drop);
         *reply = rep;
         return DBK_OK;
     }
