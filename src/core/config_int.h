@@ -6,7 +6,6 @@
 #define DBK_CONFIG_INT_H
 
 #include "dbkit/config.h"
-#include "dbkit/pool.h"
 
 /* One libpq connection keyword dbkit does not interpret itself
  * (keepalives, sslrootcert, ...); passed through and checked by the driver. */
@@ -55,8 +54,14 @@ struct dbk_config {
     int replica_max_lag_ms;
     int read_your_writes_wait_ms;
 
-    /* Pool settings (see dbkit/pool.h). */
-    dbk_pool_opts pool;
+    /* Pool settings: the configuration's side of dbk_pool_opts (same
+     * names and meanings, see dbkit/pool.h), a type of the core layer so
+     * that core does not depend on the pool; dbk_pool_open copies them. */
+    struct dbk__pool_settings {
+        int max_size, min_idle, acquire_timeout_ms, connect_timeout_ms, idle_timeout_ms,
+            max_lifetime_ms, validate_after_ms, validate_timeout_ms, max_waiters,
+            leak_threshold_ms;
+    } pool;
 
     /* Source of each setting, indexed like the settings table in config.c. */
     unsigned char src[64];

@@ -401,7 +401,17 @@ dbk_rc dbk_pool_open(const dbk_config *cfg, const dbk_pool_opts *opts, dbk_pool 
         return dbk__err(err, DBK_EMISUSE, "dbk_pool_open: config and out must not be NULL");
     *out = NULL;
 
-    dbk_pool_opts o = cfg->pool;
+    const struct dbk__pool_settings *cp = &cfg->pool;
+    dbk_pool_opts o = {.max_size = cp->max_size,
+                       .min_idle = cp->min_idle,
+                       .acquire_timeout_ms = cp->acquire_timeout_ms,
+                       .connect_timeout_ms = cp->connect_timeout_ms,
+                       .idle_timeout_ms = cp->idle_timeout_ms,
+                       .max_lifetime_ms = cp->max_lifetime_ms,
+                       .validate_after_ms = cp->validate_after_ms,
+                       .validate_timeout_ms = cp->validate_timeout_ms,
+                       .max_waiters = cp->max_waiters,
+                       .leak_threshold_ms = cp->leak_threshold_ms};
     if (opts) {
         o.max_size = pick(opts->max_size, o.max_size);
         o.min_idle = pick(opts->min_idle, o.min_idle);
