@@ -416,12 +416,93 @@ static void cache_sentinel_manual_failover(void **state)
     failover_case(manual_failover, "SENTINEL FAILOVER");
 }
 
+/* The case asynchronous replication makes possible: an invalidation the
+ * master acknowledged never reaches the replica (stopped with SIGSTOP while
+ * it runs), the master dies, the replica is promoted still holding the old
+ * value. The cache must not serve it: it was written under the old
+ * master's epoch. */
+static void cache_sentinel_lost_invalidation_refused(void **state)
+{
+    (void)state;
+    memset(&g_topo, 0, sizeof g_topo);
+    topo_start(&g_topo);
+    char curl[256];
+    snprintf(curl, sizeof curl, "redis-sentinel://127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d/m",
+             g_topo.sport[0], g_topo.sport[1], g_topo.sport[2]);
+    dbk_cache_opts o = {0};
+    o.url = curl;
+    o.key_prefix = "dbkt_lost:";
+    o.connect_timeout_ms = 300;
+    o.command_timeout_ms = 500;
+    dbk_cache *c;
+    dbk_error err;
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    DBKT_OK(dbk_cache_set(c, "k", 1, "old", 3, 600000, &err), &err);
+    /* the value reached the replica */
+    int64_t end = dbkt_mono_ms() + 10000;
+    for (;;) {
+        redisReply *r = rcmd(g_topo.port[1], "EXISTS %s", "dbkt_lost:v:k");
+        bool there = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+        freeReplyObject(r);
+        if (there)
+            break;
+        if (dbkt_mono_ms() > end)
+            fail_msg("the value never reached the replica");
+        sleep_ms(10);
+    }
+    /* cut the replication link: the replica frozen, its connection closed
+     * by the master, so nothing written after this reaches it */
+    kill(g_topo.pid[1], SIGSTOP);
+    freeReplyObject(rcmd(g_topo.port[0], "CLIENT KILL TYPE %s", "replica"));
+    DBKT_OK(dbk_cache_delete(c, "k", 1, &err), &err); /* acknowledged by the master only */
+    kill(g_topo.pid[0], SIGKILL);
+    waitpid(g_topo.pid[0], NULL, 0);
+    g_topo.pid[0] = 0;
+    kill(g_topo.pid[1], SIGCONT);
+    /* the replica still holds the old value */
+    redisReply *r = rcmd(g_topo.port[1], "EXISTS %s", "dbkt_lost:v:k");
+    assert_non_null(r);
+    assert_int_equal(r->integer, 1);
+    freeReplyObject(r);
+    end = dbkt_mono_ms() + 40000;
+    bool promoted = false;
+    while (!promoted && dbkt_mono_ms() < end) {
+        for (int i = 0; i < NSENT; i++)
+            promoted |= named_master(g_topo.sport[i]) == g_topo.port[1];
+        sleep_ms(20);
+    }
+    assert_true(promoted);
+    /* read until the cache answers from the new master (bounded) */
+    dbk_rc rc = DBK_EUNAVAILABLE;
+    void *v = NULL;
+    size_t n = 0;
+    end = dbkt_mono_ms() + 20000;
+    while (dbkt_mono_ms() < end) {
+        rc = dbk_cache_get(c, "k", 1, &v, &n, &err);
+        if (rc == DBK_OK || rc == DBK_ENOT_FOUND)
+            break;
+        sleep_ms(20);
+    }
+    if (rc == DBK_OK)
+        print_message("served after the failover: %.*s\n", (int)n, (const char *)v);
+    free(v);
+    /* the old value is still on the new master, and still refused */
+    r = rcmd(g_topo.port[1], "EXISTS %s", "dbkt_lost:v:k");
+    bool still = r && r->integer == 1;
+    freeReplyObject(r);
+    dbk_cache_close(c);
+    topo_stop(&g_topo);
+    assert_true(still);
+    assert_int_equal(rc, DBK_ENOT_FOUND);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(cache_sentinel_master_killed, stop_topology),
         cmocka_unit_test_teardown(cache_sentinel_manual_failover, stop_topology),
+        cmocka_unit_test_teardown(cache_sentinel_lost_invalidation_refused, stop_topology),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
