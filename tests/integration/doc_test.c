@@ -860,6 +860,42 @@ static void doc_schema_checked_and_migration_sql(void **state)
     }
 }
 
+/* ---- deadlines: a document call waits no longer than the statement timeout ---- */
+
+static void doc_update_bounded_by_statement_timeout(void **state)
+{
+    (void)state;
+    char *url = dbkt_pg_fresh_db("doc_deadline");
+    env e = env_open(url, DBK_ENGINE_POSTGRES);
+    create_free(&e, "{\"_id\":\"a\",\"name\":\"Ann\",\"email\":\"a@x\"}");
+    /* another session holds the row */
+    dbk_error err;
+    dbk_conn *holder = dbkt_open(url);
+    dbkt_exec(dbk_conn_db(holder), "BEGIN; SELECT 1 FROM users WHERE id = 'a' FOR UPDATE");
+    dbk_config *cfg;
+    DBKT_OK(dbk_config_from_url(url, &cfg, &err), &err);
+    DBKT_OK(dbk_config_set(cfg, "statement_timeout", "300", &err), &err);
+    dbk_conn *c;
+    DBKT_OK(dbk_conn_open(cfg, &c, &err), &err);
+    dbk_doc_coll *coll;
+    DBKT_OK(dbk_doc_coll_open(dbk_conn_db(c), &users, &coll, &err), &err);
+    dbk_rc rc = dbk_doc_find_by_id_and_update(coll, "a", "{\"$inc\":{\"age\":1}}", NULL, &err);
+    if (rc != DBK_ETIMEOUT)
+        fail_msg("expected DBK_ETIMEOUT, got %s: %s", dbk_rc_name(rc), err.message);
+    dbkt_exec(dbk_conn_db(holder), "ROLLBACK");
+    /* the row is free again: the same call succeeds */
+    dbk_doc *d;
+    DBKT_OK(dbk_doc_find_by_id_and_update(coll, "a", "{\"$inc\":{\"age\":1}}", &d, &err), &err);
+    assert_int_equal(i64(d, "age"), 1);
+    dbk_doc_free(d);
+    dbk_doc_coll_close(coll);
+    dbk_conn_close(c);
+    dbk_config_free(cfg);
+    dbk_conn_close(holder);
+    env_close(&e);
+    free(url);
+}
+
 /* ---- cache-aside: documents through dbk_cache like any other value ---- */
 
 typedef struct loader {
@@ -1101,6 +1137,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(doc_parse_and_accessors),
         cmocka_unit_test(doc_schema_parse_matches_descriptor),
         cmocka_unit_test(doc_cache_aside),
+        cmocka_unit_test(doc_update_bounded_by_statement_timeout),
         cmocka_unit_test(doc_mongo_connection_events),
         cmocka_unit_test(doc_mongo_unreachable_is_unavailable),
     };
