@@ -746,16 +746,28 @@ static void slow(const char *url, dbk_engine eng)
     cap_reset();
     dbk_conn *c = dbkt_open(url);
     dbk_db *db = dbk_conn_db(c);
-    dbk_diag_opts o = {.slow_ms = 20, .chain = note_ns};
-    dbk_diag *d = mk_diag_on(&o, db);
-    /* Slow for sure: pg_sleep, or a million-row recursive CTE. */
-    const char *slow_sql =
-        eng == DBK_ENGINE_POSTGRES
-            ? "SELECT pg_sleep(0.05)"
-            : "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
-              "SELECT count(*) FROM c";
+    /* Slow for sure: pg_sleep, or on SQLite a recursive CTE sized on this
+     * run to take at least 60 ms (before the hub is attached): a fixed
+     * million rows took over 30 s under valgrind on a loaded machine and
+     * hit the statement timeout. */
+    char sqlite_slow[160];
     dbk_error err;
     dbk_result *r = NULL;
+    for (long n = 25000;; n *= 4) {
+        snprintf(sqlite_slow, sizeof sqlite_slow,
+                 "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < %ld) "
+                 "SELECT count(*) FROM c", n);
+        if (eng == DBK_ENGINE_POSTGRES || n >= 25000L * 4 * 4 * 4 * 4)
+            break;
+        int64_t t0 = dbkt_mono_ms();
+        DBKT_OK(dbk_db_query(db, sqlite_slow, NULL, 0, &r, &err), &err);
+        dbk_result_free(r);
+        if (dbkt_mono_ms() - t0 >= 60)
+            break;
+    }
+    const char *slow_sql = eng == DBK_ENGINE_POSTGRES ? "SELECT pg_sleep(0.05)" : sqlite_slow;
+    dbk_diag_opts o = {.slow_ms = 20, .chain = note_ns};
+    dbk_diag *d = mk_diag_on(&o, db);
     DBKT_OK(dbk_db_query(db, slow_sql, NULL, 0, &r, &err), &err);
     dbk_result_free(r);
     assert_true(last_ns >= 20 * 1000000LL);
