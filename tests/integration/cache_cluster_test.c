@@ -556,11 +556,11 @@ static void disrupt_failover(struct topo *t)
     wait_ok(t, 30000, "after the SIGKILL");
 }
 
-static void cluster_case(void (*disrupt)(struct topo *), const char *what)
+static void cluster_case(void (*disrupt)(struct topo *), const char *what, const char *dbname)
 {
     memset(&g_topo, 0, sizeof g_topo);
     topo_start(&g_topo);
-    char *url = dbkt_pg_fresh_db("cache_cluster");
+    char *url = dbkt_pg_fresh_db(dbname);
     dbk_conn *conn = dbkt_open(url);
     dbkt_exec(dbk_conn_db(conn), "CREATE TABLE vrows (id BIGINT PRIMARY KEY, version BIGINT NOT "
                                  "NULL, name TEXT NOT NULL); "
@@ -640,13 +640,13 @@ static void cluster_case(void (*disrupt)(struct topo *), const char *what)
 static void cache_cluster_slot_migration(void **state)
 {
     (void)state;
-    cluster_case(disrupt_migrate, "slot migration");
+    cluster_case(disrupt_migrate, "slot migration", "cache_cluster_migrate");
 }
 
 static void cache_cluster_failover(void **state)
 {
     (void)state;
-    cluster_case(disrupt_failover, "CLUSTER FAILOVER + SIGKILL of a master");
+    cluster_case(disrupt_failover, "CLUSTER FAILOVER + SIGKILL of a master", "cache_cluster_failover");
 }
 
 int main(int argc, char **argv)

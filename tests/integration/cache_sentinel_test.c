@@ -97,8 +97,13 @@ static void wait_for(bool (*ok)(struct topo *), struct topo *t, int ms, const ch
 {
     int64_t end = dbkt_mono_ms() + ms;
     while (!ok(t)) {
-        if (dbkt_mono_ms() > end)
+        if (dbkt_mono_ms() > end) {
+            char cmd[400];
+            snprintf(cmd, sizeof cmd, "tail -n 40 '%s/servers.log' >&2", t->dir);
+            if (system(cmd) != 0)
+                print_message("no server log\n");
             fail_msg("topology: %s not within %d ms", what, ms);
+        }
         sleep_ms(50);
     }
 }
@@ -164,7 +169,7 @@ static void topo_start(struct topo *t)
         t->pid[2 + i] = start(argv, log);
     }
     wait_for(replica_synced, t, 20000, "replica in sync");
-    wait_for(sentinels_ready, t, 30000, "sentinels see each other and the replica");
+    wait_for(sentinels_ready, t, 45000, "sentinels see each other and the replica");
 }
 
 static void topo_stop(struct topo *t)
@@ -294,11 +299,11 @@ static int stop_topology(void **state)
     return 0;
 }
 
-static void failover_case(void (*disrupt)(struct topo *), const char *what)
+static void failover_case(void (*disrupt)(struct topo *), const char *what, const char *dbname)
 {
     memset(&g_topo, 0, sizeof g_topo);
     topo_start(&g_topo);
-    char *url = dbkt_pg_fresh_db("cache_sentinel");
+    char *url = dbkt_pg_fresh_db(dbname);
     dbk_conn *conn = dbkt_open(url);
     dbkt_exec(dbk_conn_db(conn), "CREATE TABLE vrows (id BIGINT PRIMARY KEY, version BIGINT NOT "
                                  "NULL, name TEXT NOT NULL); "
@@ -407,13 +412,13 @@ static void manual_failover(struct topo *t)
 static void cache_sentinel_master_killed(void **state)
 {
     (void)state;
-    failover_case(kill_master, "master SIGKILLed");
+    failover_case(kill_master, "master SIGKILLed", "cache_sentinel_kill");
 }
 
 static void cache_sentinel_manual_failover(void **state)
 {
     (void)state;
-    failover_case(manual_failover, "SENTINEL FAILOVER");
+    failover_case(manual_failover, "SENTINEL FAILOVER", "cache_sentinel_manual");
 }
 
 /* The case asynchronous replication makes possible: an invalidation the
