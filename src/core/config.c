@@ -28,6 +28,7 @@
  */
 #include "config_int.h"
 #include "internal.h"
+#include "url.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -273,47 +274,14 @@ static const char *excerpt(char *out, size_t outlen, const char *s, size_t n)
     return out;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-enum { PCT_OK = 0, PCT_BAD = 1, PCT_NUL = 2, PCT_NOMEM = 3 };
+enum { PCT_OK = DBK__PCT_OK, PCT_BAD = DBK__PCT_BAD, PCT_NUL = DBK__PCT_NUL,
+       PCT_NOMEM = DBK__PCT_NOMEM };
 
 /* Percent-decodes s[0..n) into a new string. On PCT_BAD/PCT_NUL, *bad is
  * the offset of the offending '%'. '+' stays '+' (as in libpq). */
 static int pct_decode(const char *s, size_t n, char **out, size_t *bad)
 {
-    *out = NULL;
-    char *d = malloc(n + 1);
-    if (!d)
-        return PCT_NOMEM;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            d[o++] = s[i];
-            continue;
-        }
-        int hi = i + 1 < n ? hexval(s[i + 1]) : -1;
-        int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || hi * 16 + lo == 0) {
-            *bad = i;
-            explicit_bzero(d, n + 1);
-            free(d);
-            return (hi < 0 || lo < 0) ? PCT_BAD : PCT_NUL;
-        }
-        d[o++] = (char)(hi * 16 + lo);
-        i += 2;
-    }
-    d[o] = '\0';
-    *out = d;
-    return PCT_OK;
+    return dbk__pct_decode_dup(s, n, out, bad); /* core/url.h */
 }
 
 /* Parses a decimal number. With `frac`, up to three decimals are allowed
