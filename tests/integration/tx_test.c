@@ -818,7 +818,7 @@ static void bank_run(const char *url, dbk_engine e, dbk_isolation level, int poo
     if (pool) {
         dbk_pool_stats ps;
         dbk_error perr;
-        DBKT_OK(dbk_pool_stats_get(pool, &ps, &perr), &perr);
+        DBKT_OK(dbk_pool_get_stats(pool, &ps, &perr), &perr);
         fprintf(stderr, "  pool: %d open, %llu acquires, %llu acquire timeouts, %llu resets, "
                         "%llu discarded\n",
                 ps.total, (unsigned long long)ps.acquires,
