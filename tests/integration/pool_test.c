@@ -1961,6 +1961,28 @@ static void pool_stats_snapshot(void **state)
     free(url);
 }
 
+/* The name renamed in 0.2 still works for one release (a deprecated
+ * wrapper of dbk_pool_get_stats) and gives the same snapshot. */
+static void pool_deprecated_stats_name_still_works(void **state)
+{
+    (void)state;
+    dbk_pool *pool = open_pool("sqlite::memory:", NULL);
+    dbk_error err;
+    dbk_conn *c = NULL;
+    DBKT_OK(dbk_pool_acquire(pool, &c, &err), &err);
+    dbk_pool_release(pool, c);
+    dbk_pool_stats a, b;
+    DBKT_OK(dbk_pool_get_stats(pool, &a, &err), &err);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    DBKT_OK(dbk_pool_stats_get(pool, &b, &err), &err);
+    DBKT_RC(DBK_EMISUSE, dbk_pool_stats_get(NULL, &b, &err));
+#pragma GCC diagnostic pop
+    assert_int_equal(a.acquires, b.acquires);
+    assert_true(b.acquires >= 1);
+    dbk_pool_close(pool, 0);
+}
+
 /* ---- arguments and classification ---- */
 
 static void pool_rejects_bad_arguments(void **state)
@@ -2049,6 +2071,7 @@ static void pool_detects_session_statements(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(pool_deprecated_stats_name_still_works),
     cmocka_unit_test(pool_detects_session_statements),
     cmocka_unit_test(pool_detector_no_false_positives),
     cmocka_unit_test(pool_reset_default_not_fooled_postgres),
