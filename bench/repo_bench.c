@@ -195,7 +195,7 @@ static void run(const char *label, const char *url, double secs)
     for (int i = 0; i < NUSERS * NPOSTS; i++)
         s.posts[i].title = "a post title";
     double t0 = now_s();
-    if (dbk_transaction(db, seed_fn, &s, NULL, &err))
+    if (dbk_tx_run(db, seed_fn, &s, NULL, &err))
         die("seed", &err);
     double tseed = now_s() - t0;
     if (pg && dbk_db_exec(db, "ANALYZE rb_users; ", NULL, 0, NULL, &err) == DBK_OK)

@@ -1,5 +1,5 @@
 /*
- * A transaction with one UPDATE through dbk_transaction(), next to the same
+ * A transaction with one UPDATE through dbk_tx_run(), next to the same
  * BEGIN / UPDATE / COMMIT written by hand, on the same table in the same run:
  *   PostgreSQL: libpq, PQexec("BEGIN"), PQexecPrepared(UPDATE),
  *               PQexec("COMMIT") - three round trips;
@@ -100,9 +100,9 @@ static int dk_tx(void *ctx, int64_t id)
 {
     struct dk *d = ctx;
     dbk_error err;
-    dbk_rc rc = dbk_transaction(d->db, upd_fn, &id, &d->opts, &err);
+    dbk_rc rc = dbk_tx_run(d->db, upd_fn, &id, &d->opts, &err);
     if (rc != DBK_OK)
-        die("dbk_transaction", err.message);
+        die("dbk_tx_run", err.message);
     return 0;
 }
 
@@ -366,8 +366,8 @@ static void bench_sqlite(int rounds, double seconds)
     d_nto.opts.timeout_ms = DBK_TX_NO_TIMEOUT;
     struct variant v[] = {
         {"sqlite3 BEGIN IMMEDIATE/UPDATE/COMMIT", sq_tx, &s, 0, 0, 0},
-        {"dbk_transaction (defaults)", dk_tx, &d_def, 0, 0, 0},
-        {"dbk_transaction (no timeout)", dk_tx, &d_nto, 0, 0, 0},
+        {"dbk_tx_run (defaults)", dk_tx, &d_def, 0, 0, 0},
+        {"dbk_tx_run (no timeout)", dk_tx, &d_nto, 0, 0, 0},
     };
     int nv = (int)(sizeof v / sizeof v[0]);
     run_variants(v, nv, rounds, seconds);
@@ -414,9 +414,9 @@ static void bench_pg(const char *url, int rounds, double seconds)
     struct dk d_pool = {dbk_pool_db(pool), {0}};
     struct variant v[] = {
         {"libpq BEGIN/UPDATE/COMMIT (3 round trips)", pq_tx, pc, 0, 0, 0},
-        {"dbk_transaction (defaults)", dk_tx, &d_def, 0, 0, 0},
-        {"dbk_transaction (no timeout)", dk_tx, &d_nto, 0, 0, 0},
-        {"dbk_transaction on a pool (defaults)", dk_tx, &d_pool, 0, 0, 0},
+        {"dbk_tx_run (defaults)", dk_tx, &d_def, 0, 0, 0},
+        {"dbk_tx_run (no timeout)", dk_tx, &d_nto, 0, 0, 0},
+        {"dbk_tx_run on a pool (defaults)", dk_tx, &d_pool, 0, 0, 0},
         {"libpq pipeline BEGIN+UPDATE, COMMIT (2)", pq_pipe2, pp, 0, 0, 0},
         {"libpq pipeline BEGIN+UPDATE+COMMIT (1)", pq_pipe1, pp, 0, 0, 0},
     };

@@ -262,7 +262,7 @@ dbk_rc dg_explain(const cli *c, dbk_db *db, const char *sql, const dbk_value *pa
                          ? (int)(num / 10000)
                          : 15;
         if (o->analyze && !read) {
-            rc = dbk_transaction(db, dgx_tx_explain, &x, NULL, err);
+            rc = dbk_tx_run(db, dgx_tx_explain, &x, NULL, err);
             if (rc == DBK_ECANCELLED && x.json) {
                 dbk_error_clear(err);
                 rc = DBK_OK;

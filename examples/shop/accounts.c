@@ -1,6 +1,6 @@
 /*
  * accounts.c - the /accounts and /transfers endpoints. A transfer is a closure
- * run by dbk_transaction() with its automatic retry, like an order; when it
+ * run by dbk_tx_run() with its automatic retry, like an order; when it
  * gives up (unknown account, not enough money) it records why and returns a
  * non-OK code, which rolls everything back.
  */

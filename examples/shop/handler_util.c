@@ -142,7 +142,7 @@ bool shop_run_tx(shop_resp *rs, dbk_tx_fn fn, void *ctx, shop_tx_fail *f, const 
     memset(&o, 0, sizeof o);
     o.on_retry = shop_on_tx_retry;
     dbk_error err;
-    dbk_rc rc = dbk_transaction(shop.db, fn, ctx, &o, &err);
+    dbk_rc rc = dbk_tx_run(shop.db, fn, ctx, &o, &err);
     if (rc == DBK_OK)
         return true;
     if (f->status)

@@ -1,6 +1,6 @@
 /*
  * orders.c - the /orders endpoints. An order is a closure run by
- * dbk_transaction() with its automatic retry; the closure only touches the
+ * dbk_tx_run() with its automatic retry; the closure only touches the
  * database, so running it again is safe. When it gives up (unknown product,
  * not enough stock) it records why in its context and returns a non-OK code,
  * which rolls everything back.

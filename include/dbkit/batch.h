@@ -34,11 +34,11 @@
  * BEGIN ... COMMIT), inside a transaction within a savepoint on SQLite; the
  * first failure undoes the statements before it and skips the ones after.
  *
- * Inside a transaction (db from dbk_transaction) the batch runs in that
+ * Inside a transaction (db from dbk_tx_run) the batch runs in that
  * transaction. PostgreSQL aborts a transaction at its first failed
  * statement, so there the statements after a failure report DBK_ENOT_RUN
  * in either mode, and the transaction fails as it would for a single
- * statement (a serialization failure still makes dbk_transaction retry).
+ * statement (a serialization failure still makes dbk_tx_run retry).
  *
  * Outcomes per statement: DBK_OK with a result (rows, or none for writes;
  * dbk_batch_affected() for the count), or the statement's own error, or

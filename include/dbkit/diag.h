@@ -181,14 +181,14 @@ DBK_API void dbk_diag_scope_begin_at(dbk_diag *d, const char *name, const char *
 DBK_API dbk_rc dbk_diag_scope_end(dbk_diag *d, dbk_error *err);
 
 /*
- * A transaction as an N+1 scope: dbk_transaction(db, fn, ctx, opts, err)
+ * A transaction as an N+1 scope: dbk_tx_run(db, fn, ctx, opts, err)
  * where each attempt of fn runs inside its own scope named `name`
  * (borrowed; NULL: "transaction"), begun at this call's site. A retried
  * attempt starts a fresh scope, so counts never add up across attempts.
  * In mode ERROR an N+1 inside fn makes the attempt return DBK_EN_PLUS_ONE
  * (when fn itself returned DBK_OK), which rolls the transaction back and is
  * returned with the report in err; fn's own errors win over the report.
- * Returns what dbk_transaction() returns. `db` must be observed by `d`
+ * Returns what dbk_tx_run() returns. `db` must be observed by `d`
  * (dbk_diag_attach) for anything to be counted.
  */
 DBK_API dbk_rc dbk_diag_transaction_at(dbk_diag *d, const char *name, dbk_db *db, dbk_tx_fn fn,

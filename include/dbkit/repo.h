@@ -253,7 +253,7 @@ DBK_API dbk_rc dbk_repo_upsert(dbk_db *db, dbk_entity *e, const char *const *con
  * parameters per statement on SQLite, 65,535 and 1,000 rows on PostgreSQL).
  * When `out_rows` is not NULL (an array of n structs, may equal rows) the
  * stored rows, generated ids included, are mapped into it in input order.
- * Not atomic by itself: call it inside dbk_transaction() for all-or-nothing
+ * Not atomic by itself: call it inside dbk_tx_run() for all-or-nothing
  * (it is also much faster there on SQLite). */
 DBK_API dbk_rc dbk_repo_create_many(dbk_db *db, dbk_entity *e, const void *rows, size_t n,
                                     void *out_rows, dbk_arena *arena, dbk_error *err);

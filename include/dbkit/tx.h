@@ -1,7 +1,7 @@
 /*
  * dbkit/tx.h - transactions as closures: commit, roll back, nest, retry.
  *
- * A transaction is a function. dbk_transaction() checks one connection out
+ * A transaction is a function. dbk_tx_run() checks one connection out
  * of the executor it is given (a pool checks one out, a connection gives
  * itself), opens a transaction, and calls `fn` with a transaction executor:
  * a dbk_db that runs every statement on that one connection. Any query,
@@ -31,7 +31,7 @@
  * fn): register them with dbk_tx_after_commit() instead, which runs them
  * once, only after the commit succeeded.
  *
- * Nesting: dbk_transaction() on a transaction executor opens a SAVEPOINT.
+ * Nesting: dbk_tx_run() on a transaction executor opens a SAVEPOINT.
  * fn returning OK releases it; anything else rolls back to it, keeping the
  * outer work. A nested transaction never retries on its own: a retryable
  * error inside it propagates, and the outermost transaction re-runs the
@@ -47,10 +47,10 @@
  *               isolation option has no effect there.
  *
  * Lifetime: the transaction executor passed to fn lives on the stack of
- * dbk_transaction(). It is valid only while fn runs; do not keep it. Using
+ * dbk_tx_run(). It is valid only while fn runs; do not keep it. Using
  * it after fn returned (from an after-commit hook, say) gives DBK_EMISUSE.
  *
- * Thread safety: dbk_transaction() may be called from any number of
+ * Thread safety: dbk_tx_run() may be called from any number of
  * threads at once on a pool's executor; on a connection's executor only
  * from the thread that owns the connection. A transaction executor
  * belongs to the thread running fn: do not hand it to other threads.
@@ -91,7 +91,7 @@ typedef enum dbk_isolation {
 /* Called before each wait between attempts: `attempt` is the number of the
  * attempt that just failed (1 for the first run), `rc` and `err` what it
  * failed with (err is borrowed for the call), `delay_ms` the wait about to
- * happen. Runs on the thread of dbk_transaction(), with no connection
+ * happen. Runs on the thread of dbk_tx_run(), with no connection
  * pinned. `rc` is a retryable code (dbk_rc_is_retryable) or, for a lost
  * connection before COMMIT, DBK_ECONN_LOST / DBK_EUNAVAILABLE. Use it for
  * logging and metrics; it cannot stop the retry. */
@@ -125,7 +125,7 @@ typedef struct dbk_tx_opts {
 /* The closure. `tx` is the transaction executor (valid only during the
  * call), `ctx` the caller's pointer, `err` a record to fill on failure
  * (never NULL; what fn writes there reaches the caller of
- * dbk_transaction() unchanged when fn's code is returned). Return DBK_OK to
+ * dbk_tx_run() unchanged when fn's code is returned). Return DBK_OK to
  * commit; any other code rolls back. Return the code a dbkit call gave you
  * unchanged when you give up because of it: that is how a serialization
  * failure or deadlock gets the transaction retried. */
@@ -157,8 +157,13 @@ typedef dbk_rc (*dbk_tx_fn)(dbk_db *tx, void *ctx, dbk_error *err);
  * transaction aborted (PostgreSQL), the transaction is rolled back and that
  * statement's error is returned (and retried if it was retryable).
  */
-DBK_API dbk_rc dbk_transaction(dbk_db *db, dbk_tx_fn fn, void *ctx, const dbk_tx_opts *opts,
+DBK_API dbk_rc dbk_tx_run(dbk_db *db, dbk_tx_fn fn, void *ctx, const dbk_tx_opts *opts,
                                dbk_error *err);
+
+/* Deprecated in 0.2 (removed in 0.3): the old name of dbk_tx_run(). */
+DBK_API DBK_DEPRECATED("use dbk_tx_run")
+dbk_rc dbk_transaction(dbk_db *db, dbk_tx_fn fn, void *ctx, const dbk_tx_opts *opts,
+                       dbk_error *err);
 
 /* An after-commit action. */
 typedef void (*dbk_tx_hook_fn)(void *ctx);

@@ -161,10 +161,10 @@ static const char *code_hint(dbk_rc rc)
         return "the statement ran past statement_timeout: optimize it with an index "
                "(`dbkit explain \"SQL\"`) or raise DB_STATEMENT_TIMEOUT_MS";
     case DBK_ESERIALIZATION:
-        return "concurrent transactions conflicted: dbk_transaction() retries them "
+        return "concurrent transactions conflicted: dbk_tx_run() retries them "
                "automatically";
     case DBK_EDEADLOCK:
-        return "transactions run with dbk_transaction() retry deadlocks automatically; "
+        return "transactions run with dbk_tx_run() retry deadlocks automatically; "
                "take row locks in a consistent order";
     case DBK_ECOMMIT_UNKNOWN:
         return "the commit may or may not have happened: make the operation idempotent "

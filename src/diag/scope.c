@@ -479,5 +479,5 @@ dbk_rc dbk_diag_transaction_at(dbk_diag *d, const char *name, dbk_db *db, dbk_tx
     if (!d || !fn)
         return dbk__err(err, DBK_EMISUSE, "dbk_diag_transaction: hub and fn must not be NULL");
     tx_scope t = {d, name ? name : "transaction", file, func, line, fn, ctx};
-    return dbk_transaction(db, tx_attempt, &t, opts, err);
+    return dbk_tx_run(db, tx_attempt, &t, opts, err);
 }

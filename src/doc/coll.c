@@ -11,7 +11,7 @@
  * its total is one dbk_batch of two statements (one PostgreSQL pipeline),
  * the C form of the seed's Promise.all([find(), countDocuments()]).
  *
- * An update is read-modify-write inside dbk_transaction (the row locked
+ * An update is read-modify-write inside dbk_tx_run (the row locked
  * FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE serializes writers):
  * the operators are applied in C with jansson and the result is validated
  * by the same dbk__doc_check as a create, so no update can store what
@@ -749,7 +749,7 @@ DBK_API dbk_rc dbk_doc_find_by_id_and_update(dbk_doc_coll *coll, const char *id,
     if (coll->mongo)
         rc = dbk__mongo_update(coll, id, u.upd, &u.result, err);
     else
-        rc = dbk_transaction(coll->db, upd_fn, &u, NULL, err);
+        rc = dbk_tx_run(coll->db, upd_fn, &u, NULL, err);
     json_decref(u.upd);
     if (rc) {
         json_decref(u.result);

@@ -226,7 +226,7 @@ dbk_rc dbk__sq_fail(sq_conn *c, int rc, const char *what, dbk_error *err)
     }
     if (rc == SQLITE_BUSY_SNAPSHOT)
         hint = "another connection wrote since this transaction first read, so it cannot "
-               "write without restarting (waiting cannot help); dbk_transaction() retries it, "
+               "write without restarting (waiting cannot help); dbk_tx_run() retries it, "
                "and BEGIN IMMEDIATE avoids it for read-then-write transactions";
     if (hint)
         dbk__err_hint(err, "%s", hint);

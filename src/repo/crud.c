@@ -607,7 +607,7 @@ dbk_rc dbk_repo_create_many(dbk_db *db, dbk_entity *e, const void *rows, size_t 
     if (chunk == 0 || n <= chunk)
         return create_many_values(db, &m, err);
     dbk_tx_opts o = {.max_attempts = 1};
-    return dbk_transaction(db, create_many_values, &m, &o, err);
+    return dbk_tx_run(db, create_many_values, &m, &o, err);
 }
 
 /* Resolves a name list into a mask; DBK_EINVALID_COLUMN on an unknown name. */

@@ -1,7 +1,7 @@
 /*
  * Transactions as closures (see dbkit/tx.h).
  *
- * dbk_transaction() pins one connection from the executor it is given
+ * dbk_tx_run() pins one connection from the executor it is given
  * (ops->pin: a pool checks one out, a connection gives itself), opens a
  * transaction on it and hands the closure a transaction executor: a dbk_db
  * of kind DBK__DB_TX, living on this function's stack, whose ops run every
@@ -9,7 +9,7 @@
  * executors of one transaction share - the connection, the deadline, the
  * after-commit hooks, the first retryable error - lives in a `tx_root`, also
  * on the outermost call's stack; each nesting level adds a `struct dbk__tx`
- * that points at it, so a nested dbk_transaction() costs one SAVEPOINT
+ * that points at it, so a nested dbk_tx_run() costs one SAVEPOINT
  * round trip and no allocation.
  *
  * Retrying is the outermost call's job only, and it re-runs the whole
@@ -413,18 +413,18 @@ static dbk_rc resolve_opts(const dbk_tx_opts *o, tx_conf *c, dbk_error *err)
     if (!o)
         o = &zero;
     if ((int)o->isolation < DBK_ISOLATION_DEFAULT || (int)o->isolation > DBK_ISOLATION_SERIALIZABLE)
-        return dbk__err(err, DBK_EMISUSE, "dbk_transaction: unknown isolation level %d",
+        return dbk__err(err, DBK_EMISUSE, "dbk_tx_run: unknown isolation level %d",
                         (int)o->isolation);
     if (o->max_attempts < 0 || o->max_elapsed_ms < 0 || o->base_backoff_ms < 0 ||
         o->max_backoff_ms < 0)
         return dbk__err(err, DBK_EMISUSE,
-                        "dbk_transaction: negative retry option (max_attempts %d, "
+                        "dbk_tx_run: negative retry option (max_attempts %d, "
                         "max_elapsed_ms %d, base_backoff_ms %d, max_backoff_ms %d)",
                         o->max_attempts, o->max_elapsed_ms, o->base_backoff_ms,
                         o->max_backoff_ms);
     if (o->timeout_ms < 0 && o->timeout_ms != DBK_TX_NO_TIMEOUT)
         return dbk__err(err, DBK_EMISUSE,
-                        "dbk_transaction: timeout_ms %d is negative (use DBK_TX_NO_TIMEOUT "
+                        "dbk_tx_run: timeout_ms %d is negative (use DBK_TX_NO_TIMEOUT "
                         "for none)",
                         o->timeout_ms);
     c->isolation = o->isolation;
@@ -737,7 +737,7 @@ static dbk_rc outermost(dbk_db *db, dbk_tx_fn fn, void *ctx, const tx_conf *cf, 
         if (st == DBK__TX_OPEN || st == DBK__TX_FAILED) {
             db->ops->unpin(db, conn);
             hooks_free(&r);
-            dbk__err(err, DBK_EMISUSE, "dbk_transaction: the connection is already inside a "
+            dbk__err(err, DBK_EMISUSE, "dbk_tx_run: the connection is already inside a "
                                        "transaction");
             dbk__err_hint(err, "to nest, pass the transaction's own dbk_db (the one the closure "
                                "received): that opens a savepoint");
@@ -804,13 +804,13 @@ static dbk_rc outermost(dbk_db *db, dbk_tx_fn fn, void *ctx, const tx_conf *cf, 
 /* Public calls                                                           */
 /* ---------------------------------------------------------------------- */
 
-dbk_rc dbk_transaction(dbk_db *db, dbk_tx_fn fn, void *ctx, const dbk_tx_opts *opts,
+dbk_rc dbk_tx_run(dbk_db *db, dbk_tx_fn fn, void *ctx, const dbk_tx_opts *opts,
                        dbk_error *err)
 {
     if (!db || !db->ops)
-        return dbk__err(err, DBK_EMISUSE, "dbk_transaction: executor must not be NULL");
+        return dbk__err(err, DBK_EMISUSE, "dbk_tx_run: executor must not be NULL");
     if (!fn)
-        return dbk__err(err, DBK_EMISUSE, "dbk_transaction: closure must not be NULL");
+        return dbk__err(err, DBK_EMISUSE, "dbk_tx_run: closure must not be NULL");
     if (db->kind == DBK__DB_TX)
         return nested(db->self, fn, ctx, err);
     tx_conf cf;
@@ -872,3 +872,13 @@ bool dbk_db_in_transaction(const dbk_db *db)
     const struct dbk__tx *t = db->self;
     return !t->finished;
 }
+
+/* The deprecated name (one release), a wrapper so it stays in the ABI. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+dbk_rc dbk_transaction(dbk_db *db, dbk_tx_fn fn, void *ctx, const dbk_tx_opts *opts,
+                       dbk_error *err)
+{
+    return dbk_tx_run(db, fn, ctx, opts, err);
+}
+#pragma GCC diagnostic pop

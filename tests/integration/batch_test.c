@@ -210,14 +210,14 @@ static void intx_on(const char *url, dbk_engine engine)
 
     /* The closure fails after the batch: the batch's writes go too. */
     struct txc c = {b, DBK_EINVALID, DBK_OK};
-    DBKT_RC(DBK_EINVALID, dbk_transaction(db, tx_fn, &c, NULL, &err));
+    DBKT_RC(DBK_EINVALID, dbk_tx_run(db, tx_fn, &c, NULL, &err));
     DBKT_RC(DBK_OK, c.batch_rc);
     assert_int_equal(cell_int(dbk_batch_result(b, 2), 0, 0), 2); /* seen inside */
     assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 0);
 
     /* It commits: they stay. */
     c.then = DBK_OK;
-    DBKT_OK(dbk_transaction(db, tx_fn, &c, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, tx_fn, &c, NULL, &err), &err);
     assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 2);
 
     /* A failing statement inside a transaction. */
@@ -226,7 +226,7 @@ static void intx_on(const char *url, dbk_engine engine)
     add_insert(b, 1, "dup");
     add_insert(b, 4, "d");
     c.then = DBK_OK;
-    DBKT_RC(DBK_EUNIQUE, dbk_transaction(db, tx_fn, &c, NULL, &err));
+    DBKT_RC(DBK_EUNIQUE, dbk_tx_run(db, tx_fn, &c, NULL, &err));
     DBKT_RC(DBK_OK, dbk_batch_rc(b, 0));
     DBKT_RC(DBK_EUNIQUE, dbk_batch_rc(b, 1));
     /* PostgreSQL aborted the transaction at the failure; SQLite runs on. */

@@ -242,7 +242,7 @@ static void *writer(void *arg)
     for (int64_t v = 2; v < 100000 && !atomic_load(&l->stop); v++) {
         struct vwrite x = {l->r, id, v};
         dbk_error err;
-        if (dbk_transaction(dbk_conn_db(conn), vwrite_tx, &x, NULL, &err) != DBK_OK) {
+        if (dbk_tx_run(dbk_conn_db(conn), vwrite_tx, &x, NULL, &err) != DBK_OK) {
             atomic_fetch_add(&l->errors, 1);
             snprintf(l->last_error, sizeof l->last_error, "write: %.200s", err.message);
         }

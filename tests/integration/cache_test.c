@@ -936,7 +936,7 @@ static void tx_engine(const char *url, dbk_engine engine)
 
         /* rollback: the cache keeps its entry */
         struct txctx t = {c, "carol", DBK_EINVALID, false, false};
-        DBKT_RC(DBK_EINVALID, dbk_transaction(db, tx_update, &t, NULL, &err));
+        DBKT_RC(DBK_EINVALID, dbk_tx_run(db, tx_update, &t, NULL, &err));
         assert_true(t.saw_old_in_cache);
         assert_true(t.tx_read_own_write);
         void *v = NULL;
@@ -949,7 +949,7 @@ static void tx_engine(const char *url, dbk_engine engine)
 
         /* commit: old value served until the commit, gone after */
         struct txctx t2 = {c, "bob", DBK_OK, false, false};
-        DBKT_OK(dbk_transaction(db, tx_update, &t2, NULL, &err), &err);
+        DBKT_OK(dbk_tx_run(db, tx_update, &t2, NULL, &err), &err);
         assert_true(t2.saw_old_in_cache);
         assert_true(t2.tx_read_own_write);
         DBKT_RC(DBK_ENOT_FOUND, dbk_cache_get(c, "user:1", 6, &v, &n, &err));
@@ -1218,13 +1218,13 @@ static void repo_engine(const char *url, dbk_engine engine)
 
         /* rollback: untouched */
         struct repo_tx t = {r, c, created.id, DBK_EINVALID, false};
-        DBKT_RC(DBK_EINVALID, dbk_transaction(db, repo_tx_update, &t, NULL, &err));
+        DBKT_RC(DBK_EINVALID, dbk_tx_run(db, repo_tx_update, &t, NULL, &err));
         assert_true(t.old_served_inside);
         assert_true(cached_email_is(c, created.id, "ada@old.example"));
 
         /* commit: served until commit, gone after; the old email key too */
         t.ret = DBK_OK;
-        DBKT_OK(dbk_transaction(db, repo_tx_update, &t, NULL, &err), &err);
+        DBKT_OK(dbk_tx_run(db, repo_tx_update, &t, NULL, &err), &err);
         assert_true(t.old_served_inside);
         assert_false(cached_email_is(c, created.id, "ada@old.example"));
         DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
@@ -1385,8 +1385,8 @@ static void repo_detach_engine(const char *url, dbk_engine engine)
         assert_true(gate_wait(&g, gate_first_read, 10000));
         /* a committed write, invalidated after COMMIT by the repository */
         struct vwrite w = {r, 1, 2};
-        DBKT_OK(dbk_transaction(dbw, vwrite_tx, &w, NULL, &err), &err);
-        /* B starts after dbk_transaction returned: it must read version 2
+        DBKT_OK(dbk_tx_run(dbw, vwrite_tx, &w, NULL, &err), &err);
+        /* B starts after dbk_tx_run returned: it must read version 2
          * without waiting for A */
         vreader_start(&bb, r, dbb, 1);
         int64_t end = now_ms() + 5000;
@@ -1423,7 +1423,7 @@ static void cache_repo_tx_detaches_flight(void **state)
 }
 
 /* 8 readers and 2 writers, bounded: no read that starts after a write's
- * dbk_transaction returned may see an older version. */
+ * dbk_tx_run returned may see an older version. */
 #define STRESS_READERS 8
 #define STRESS_WRITES 50
 
@@ -1451,7 +1451,7 @@ static void *stress_writer(void *arg)
     for (int64_t v = 2; v < 2 + STRESS_WRITES; v++) {
         struct vwrite w = {s->r, id, v};
         dbk_error err;
-        if (dbk_transaction(dbk_conn_db(conn), vwrite_tx, &w, NULL, &err) != DBK_OK) {
+        if (dbk_tx_run(dbk_conn_db(conn), vwrite_tx, &w, NULL, &err) != DBK_OK) {
             atomic_fetch_add(&s->errors, 1);
             break;
         }

@@ -682,7 +682,7 @@ static void fork_case(const char *url, dbk_engine e)
     f.borrowed = NULL;
 
     /* A transaction open across fork(): the child cannot write into it. */
-    DBKT_OK(dbk_transaction(dbk_pool_db(f.pool), fork_inside_tx, &f, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(dbk_pool_db(f.pool), fork_inside_tx, &f, NULL, &err), &err);
     assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 2);
     assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t WHERE x = 99"), 0);
     dbk_pool_close(f.pool, 1000);

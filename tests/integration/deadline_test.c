@@ -446,7 +446,7 @@ static dbk_rc do_tx(void *ctx, dbk_error *err)
     dbk_tx_opts o = {0};
     o.max_attempts = 1;
     o.timeout_ms = 5000;
-    return dbk_transaction(t->db, tx_body, t, &o, err);
+    return dbk_tx_run(t->db, tx_body, t, &o, err);
 }
 
 static void tx_case(const char *name, bool pool, dbkt_proxy_mode before_begin,
@@ -486,28 +486,28 @@ static void deadline_tx_begin_silent(void **state)
 {
     (void)state;
     tx_case("tx_begin_silent", false, DBKT_PROXY_SILENT, DBKT_PROXY_FORWARD, false, DBK_ETIMEOUT,
-            "dbk_transaction BEGIN (silent)");
+            "dbk_tx_run BEGIN (silent)");
 }
 
 static void deadline_tx_statement_silent(void **state)
 {
     (void)state;
     tx_case("tx_stmt_silent", false, DBKT_PROXY_FORWARD, DBKT_PROXY_SILENT, true, DBK_ETIMEOUT,
-            "dbk_transaction statement (silent)");
+            "dbk_tx_run statement (silent)");
 }
 
 static void deadline_tx_commit_half_open(void **state)
 {
     (void)state;
     tx_case("tx_commit_half", false, DBKT_PROXY_FORWARD, DBKT_PROXY_HALF_OPEN, false,
-            DBK_ECOMMIT_UNKNOWN, "dbk_transaction COMMIT (half-open)");
+            DBK_ECOMMIT_UNKNOWN, "dbk_tx_run COMMIT (half-open)");
 }
 
 static void deadline_pool_tx_begin_silent(void **state)
 {
     (void)state;
     tx_case("ptx_begin_silent", true, DBKT_PROXY_SILENT, DBKT_PROXY_FORWARD, false,
-            DBK_ETIMEOUT, "dbk_transaction BEGIN on a pool (silent)");
+            DBK_ETIMEOUT, "dbk_tx_run BEGIN on a pool (silent)");
 }
 
 /* ---- pools ---- */

@@ -614,7 +614,7 @@ static void *pool_worker_main(void *arg)
     pthread_barrier_wait(w->bar);
     if (w->n1) {
         find_loop(w->db, 3);
-        dbk_transaction(w->db, tx_body, NULL, NULL, &err); /* 3 more, BEGIN/COMMIT ignored */
+        dbk_tx_run(w->db, tx_body, NULL, NULL, &err); /* 3 more, BEGIN/COMMIT ignored */
     } else {
         for (int i = 0; i < 4; i++) { /* 4 x (users + posts): under the threshold */
             dbk_list users;

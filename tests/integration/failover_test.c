@@ -87,7 +87,7 @@ static void *worker_main(void *arg)
         struct transfer t = {(int64_t)w->id * 1000000 + w->n, w->n % 2 ? 1 : 2, w->n % 2 ? 2 : 1};
         w->n++;
         dbk_error err;
-        dbk_rc rc = dbk_transaction(sh->db, transfer_fn, &t, o, &err);
+        dbk_rc rc = dbk_tx_run(sh->db, transfer_fn, &t, o, &err);
         if (rc == DBK_OK) {
             w->acked_keys[w->nacked++] = t.key;
             atomic_fetch_add(&sh->acked, 1);

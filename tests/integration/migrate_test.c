@@ -1616,7 +1616,7 @@ static void executors_body(const char *url, dbk_engine engine)
     dbk_migration_status *st = status_of(db, &src);
     assert_int_equal(st->applied, 3);
     dbk_migrate_status_free(st);
-    DBKT_OK(dbk_transaction(db, in_tx, &src, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, in_tx, &src, NULL, &err), &err);
 
     /* a connection inside a transaction is refused */
     dbk_conn *c = dbkt_open(url);

@@ -102,7 +102,7 @@ static void *worker_main(void *arg)
             break;
         }
         case 2: {
-            dbk_rc rc = dbk_transaction(l->db, tx_fn, &id, NULL, &err);
+            dbk_rc rc = dbk_tx_run(l->db, tx_fn, &id, NULL, &err);
             if (rc == DBK_EINVALID)
                 note_wrong(l, "tx v of", (long long)id, "?");
             else if (rc)
@@ -277,14 +277,14 @@ static void pgbouncer_session_statements_refused(void **state)
         if (rc != DBK_EMISUSE)
             fail_msg("%s as a script: expected DBK_EMISUSE, got %s", refused[i], dbk_rc_name(rc));
     }
-    DBKT_OK(dbk_transaction(db, set_local_fn, NULL, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, set_local_fn, NULL, NULL, &err), &err);
     assert_int_equal(dbkt_int(db, "SELECT 1"), 1);
     /* The transaction timeout is still enforced by the server (SET LOCAL
      * statement_timeout at BEGIN), through the pooler. */
     dbk_tx_opts o = {0};
     o.timeout_ms = 300;
     o.max_attempts = 1;
-    DBKT_RC(DBK_ETIMEOUT, dbk_transaction(db, sleep_fn, NULL, &o, &err));
+    DBKT_RC(DBK_ETIMEOUT, dbk_tx_run(db, sleep_fn, NULL, &o, &err));
     /* No session setting of ours was left in a shared server session:
      * every server session still has the server's default. */
     for (int i = 0; i < 8; i++) {

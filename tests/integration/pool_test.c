@@ -1367,8 +1367,8 @@ static void no_reset_body(const char *url, dbk_engine engine)
     uint64_t before = st.resets;
     dbk_tx_opts ro = {.read_only = true};
     for (int i = 0; i < 3; i++) {
-        DBKT_OK(dbk_transaction(db, tx_insert, NULL, NULL, &err), &err);
-        DBKT_OK(dbk_transaction(db, tx_read, NULL, &ro, &err), &err);
+        DBKT_OK(dbk_tx_run(db, tx_insert, NULL, NULL, &err), &err);
+        DBKT_OK(dbk_tx_run(db, tx_read, NULL, &ro, &err), &err);
         exec_ok(db, "UPDATE dbkt_t SET v = v + 1");
         assert_true(query_i64(db, "SELECT count(*) FROM dbkt_t") > 0);
     }

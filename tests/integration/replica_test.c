@@ -125,7 +125,7 @@ static void replica_transaction_on_read_executor_runs_on_primary(void **state)
     wait_state(c, 0, DBK_REPLICA_UP);
     dbk_error err;
     int64_t port = 0;
-    DBKT_OK(dbk_transaction(dbk_cluster_read_db(c), tx_port, &port, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(dbk_cluster_read_db(c), tx_port, &port, NULL, &err), &err);
     assert_int_equal(port, dbkt_pgtopo_port(t, 0));
     dbk_cluster_close(c, 1000);
     dbkt_pgtopo_stop(t);

@@ -1001,11 +1001,11 @@ static void in_tx(const char *url, dbk_engine eng)
     dbk_arena *a = dbk_arena_new(0);
     dbk_error err;
     struct txctx t = {a, 0, false};
-    DBKT_OK(dbk_transaction(db, tx_fn, &t, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, tx_fn, &t, NULL, &err), &err);
     struct user f;
     DBKT_OK(dbk_repo_find_by_id(db, &user_entity, dbk_int64(t.id), &f, a, &err), &err);
     t.fail = true;
-    DBKT_RC(DBK_EUNIQUE, dbk_transaction(db, tx_fn, &t, NULL, &err));
+    DBKT_RC(DBK_EUNIQUE, dbk_tx_run(db, tx_fn, &t, NULL, &err));
     DBKT_RC(DBK_ENOT_FOUND,
             dbk_repo_find_by(db, &user_entity, "email", dbk_text("rolled@back"), &f, a, &err));
     dbk_arena_free(a);

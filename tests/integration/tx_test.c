@@ -104,13 +104,13 @@ static void commit_rollback(const char *url, dbk_engine e)
     assert_false(dbk_db_in_transaction(db));
 
     struct kv_ctx a = {"a", 1, DBK_OK, 0};
-    DBKT_OK(dbk_transaction(db, insert_kv, &a, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, insert_kv, &a, NULL, &err), &err);
     assert_int_equal(a.runs, 1);
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv WHERE k = 'a'"), 1);
 
     /* fn's own code and message come back, and nothing is left behind */
     struct kv_ctx b = {"b", 2, DBK_ENOT_FOUND, 0};
-    DBKT_RC(DBK_ENOT_FOUND, dbk_transaction(db, insert_kv, &b, NULL, &err));
+    DBKT_RC(DBK_ENOT_FOUND, dbk_tx_run(db, insert_kv, &b, NULL, &err));
     assert_int_equal(err.code, DBK_ENOT_FOUND);
     assert_string_equal(err.message, "closure chose to fail after inserting b");
     assert_int_equal(b.runs, 1);
@@ -118,7 +118,7 @@ static void commit_rollback(const char *url, dbk_engine e)
 
     /* a NULL error record is fine */
     struct kv_ctx c = {"c", 3, DBK_EINVALID, 0};
-    DBKT_RC(DBK_EINVALID, dbk_transaction(db, insert_kv, &c, NULL, NULL));
+    DBKT_RC(DBK_EINVALID, dbk_tx_run(db, insert_kv, &c, NULL, NULL));
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv"), 1);
 
     /* the connection is idle again: a plain statement autocommits */
@@ -182,7 +182,7 @@ static dbk_rc transfer_money(dbk_db *db, int64_t from, int64_t to, int64_t amoun
                              dbk_error *err)
 {
     struct transfer t = {from, to, amount};
-    return dbk_transaction(db, transfer_money_fn, &t, NULL, err);
+    return dbk_tx_run(db, transfer_money_fn, &t, NULL, err);
 }
 
 static void transfer(const char *url, dbk_engine e)
@@ -295,7 +295,7 @@ static void orders(const char *url, dbk_engine e)
 
     const struct order_item good[] = {{1, 2, 150}, {2, 3, 900}};
     struct create_order o = {42, good, 2, 0};
-    DBKT_OK(dbk_transaction(db, create_order_fn, &o, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, create_order_fn, &o, NULL, &err), &err);
     assert_true(o.order_id > 0);
     assert_int_equal(q_int1(db, "SELECT total FROM orders WHERE id = $1", o.order_id), 3000);
     assert_int_equal(q_int(db, "SELECT count(*) FROM order_items"), 2);
@@ -305,13 +305,13 @@ static void orders(const char *url, dbk_engine e)
     /* unknown product: nothing is left behind */
     const struct order_item unknown[] = {{1, 1, 150}, {77, 1, 5}};
     struct create_order o2 = {42, unknown, 2, 0};
-    DBKT_RC(DBK_EFOREIGN_KEY, dbk_transaction(db, create_order_fn, &o2, NULL, &err));
+    DBKT_RC(DBK_EFOREIGN_KEY, dbk_tx_run(db, create_order_fn, &o2, NULL, &err));
     assert_true(err.message[0] != '\0');
 
     /* insufficient stock on the second item: the first one's decrement goes too */
     const struct order_item short_[] = {{1, 1, 150}, {2, 1, 900}};
     struct create_order o3 = {42, short_, 2, 0};
-    DBKT_RC(DBK_ECHECK, dbk_transaction(db, create_order_fn, &o3, NULL, &err));
+    DBKT_RC(DBK_ECHECK, dbk_tx_run(db, create_order_fn, &o3, NULL, &err));
     assert_string_equal(err.message, "insufficient stock for product 2");
 
     assert_int_equal(q_int(db, "SELECT count(*) FROM orders"), 1);
@@ -359,7 +359,7 @@ static dbk_rc nest_outer(dbk_db *tx, void *ctx, dbk_error *err)
     if (rc)
         return rc;
     dbk_error ierr;
-    c->inner_rc = dbk_transaction(tx, nest_inner, c, NULL, &ierr);
+    c->inner_rc = dbk_tx_run(tx, nest_inner, c, NULL, &ierr);
     /* the outer transaction goes on after an inner failure */
     rc = dbk_db_exec(tx, "INSERT INTO kv (k, v) VALUES ('after', 4)", NULL, 0, NULL, err);
     if (rc)
@@ -379,7 +379,7 @@ static void savepoints(const char *url, dbk_engine e)
 
     /* inner success: both kept */
     struct nest_ctx ok = {0, false, -1, false};
-    DBKT_OK(dbk_transaction(db, nest_outer, &ok, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, nest_outer, &ok, NULL, &err), &err);
     assert_int_equal(ok.inner_rc, DBK_OK);
     assert_true(ok.inner_was_tx);
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv"), 3);
@@ -387,7 +387,7 @@ static void savepoints(const char *url, dbk_engine e)
 
     /* inner failure (its own decision): outer work kept, inner dropped */
     struct nest_ctx f1 = {1, false, -1, false};
-    DBKT_OK(dbk_transaction(db, nest_outer, &f1, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, nest_outer, &f1, NULL, &err), &err);
     assert_int_equal(f1.inner_rc, DBK_EINVALID);
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv WHERE k = 'outer'"), 1);
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv WHERE k = 'inner'"), 0);
@@ -397,7 +397,7 @@ static void savepoints(const char *url, dbk_engine e)
     /* inner statement failure (aborts the transaction on PostgreSQL until
      * the rollback to the savepoint): outer still commits its own work */
     struct nest_ctx f2 = {2, false, -1, false};
-    DBKT_OK(dbk_transaction(db, nest_outer, &f2, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, nest_outer, &f2, NULL, &err), &err);
     assert_int_equal(f2.inner_rc, DBK_EUNIQUE);
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv WHERE k = 'inner'"), 0);
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv"), 2);
@@ -405,7 +405,7 @@ static void savepoints(const char *url, dbk_engine e)
 
     /* outer failure: everything goes, the released savepoint too */
     struct nest_ctx f3 = {0, true, -1, false};
-    DBKT_RC(DBK_EINVALID, dbk_transaction(db, nest_outer, &f3, NULL, &err));
+    DBKT_RC(DBK_EINVALID, dbk_tx_run(db, nest_outer, &f3, NULL, &err));
     assert_string_equal(err.message, "outer gives up");
     assert_int_equal(f3.inner_rc, DBK_OK);
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv"), 0);
@@ -467,7 +467,7 @@ static void isolation(const char *url, dbk_engine e)
         o.read_only = cases[i].read_only;
         o.deferrable = cases[i].deferrable;
         struct show_ctx c = {"", ""};
-        DBKT_OK(dbk_transaction(db, show_fn, &c, &o, &err), &err);
+        DBKT_OK(dbk_tx_run(db, show_fn, &c, &o, &err), &err);
         if (e == DBK_ENGINE_POSTGRES) {
             assert_string_equal(c.iso, cases[i].iso);
             assert_string_equal(c.ro, cases[i].ro);
@@ -484,7 +484,7 @@ static void isolation(const char *url, dbk_engine e)
     dbk_tx_opts bad = {0};
     bad.isolation = (dbk_isolation)9;
     struct show_ctx c = {"", ""};
-    DBKT_RC(DBK_EMISUSE, dbk_transaction(db, show_fn, &c, &bad, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_tx_run(db, show_fn, &c, &bad, &err));
     dbk_conn_close(conn);
 }
 
@@ -514,13 +514,13 @@ static void read_only(const char *url, dbk_engine e)
     exec_ok(db, "CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)");
     dbk_tx_opts ro = {0};
     ro.read_only = true;
-    DBKT_RC(DBK_EREADONLY, dbk_transaction(db, write_fn, NULL, &ro, &err));
+    DBKT_RC(DBK_EREADONLY, dbk_tx_run(db, write_fn, NULL, &ro, &err));
     assert_true(err.message[0] != '\0');
     int64_t n = -1;
-    DBKT_OK(dbk_transaction(db, read_fn, &n, &ro, &err), &err);
+    DBKT_OK(dbk_tx_run(db, read_fn, &n, &ro, &err), &err);
     assert_int_equal(n, 0);
     /* the connection writes again afterwards, in and out of transactions */
-    DBKT_OK(dbk_transaction(db, write_fn, NULL, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, write_fn, NULL, NULL, &err), &err);
     exec_ok(db, "INSERT INTO kv (k, v) VALUES ('x', 2)");
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv"), 2);
     dbk_conn_close(conn);
@@ -626,7 +626,7 @@ static void *bank_worker_main(void *arg)
         x.amount = 1 + (int64_t)(xorshift(&w->rng) % 400);
         x.plain_reads = w->level == DBK_ISOLATION_SERIALIZABLE && (xorshift(&w->rng) & 1);
         dbk_error err;
-        dbk_rc rc = dbk_transaction(w->db, bank_xfer_fn, &x, &o, &err);
+        dbk_rc rc = dbk_tx_run(w->db, bank_xfer_fn, &x, &o, &err);
         if (rc == DBK_OK) {
             w->committed++;
             continue;
@@ -688,7 +688,7 @@ static void *auditor_main(void *arg)
             break;
         struct audit_row row = {0, 0};
         dbk_error err;
-        dbk_rc rc = dbk_transaction(a->db, audit_fn, &row, &o, &err);
+        dbk_rc rc = dbk_tx_run(a->db, audit_fn, &row, &o, &err);
         if (rc) {
             if (a->failed++ == 0)
                 snprintf(a->first_failure, sizeof a->first_failure, "%s: %s", dbk_rc_name(rc),
@@ -907,7 +907,7 @@ static void unique_not_retried(const char *url, dbk_engine e)
     dbk_tx_opts o = {0};
     o.on_retry = count_retry;
     o.on_retry_ctx = &c;
-    DBKT_RC(DBK_EUNIQUE, dbk_transaction(db, dup_fn, &c, &o, &err));
+    DBKT_RC(DBK_EUNIQUE, dbk_tx_run(db, dup_fn, &c, &o, &err));
     assert_int_equal(err.code, DBK_EUNIQUE);
     assert_true(err.message[0] != '\0');
     assert_int_equal(c.runs, 1);
@@ -946,7 +946,7 @@ static void exhausted_run(const char *url, dbk_engine e)
     if (e == DBK_ENGINE_POSTGRES) {
         dbk_conn *conn = dbkt_open(url);
         int64_t t0 = now_ms();
-        DBKT_RC(DBK_ERETRY_EXHAUSTED, dbk_transaction(dbk_conn_db(conn), always_40001, &c, &o, &err));
+        DBKT_RC(DBK_ERETRY_EXHAUSTED, dbk_tx_run(dbk_conn_db(conn), always_40001, &c, &o, &err));
         assert_int_equal(c.runs, 4);
         assert_int_equal(c.retries, 3);
         assert_int_equal(c.last_rc, DBK_ESERIALIZATION);
@@ -961,7 +961,7 @@ static void exhausted_run(const char *url, dbk_engine e)
         struct count_ctx c1 = {0, 0, 0, DBK_OK};
         o.max_attempts = 1;
         o.on_retry_ctx = &c1;
-        DBKT_RC(DBK_ESERIALIZATION, dbk_transaction(dbk_conn_db(conn), always_40001, &c1, &o, &err));
+        DBKT_RC(DBK_ESERIALIZATION, dbk_tx_run(dbk_conn_db(conn), always_40001, &c1, &o, &err));
         assert_int_equal(c1.runs, 1);
 
         /* the elapsed-time budget also ends it */
@@ -972,7 +972,7 @@ static void exhausted_run(const char *url, dbk_engine e)
         o.max_backoff_ms = 40;
         o.on_retry_ctx = &c2;
         t0 = now_ms();
-        DBKT_RC(DBK_ERETRY_EXHAUSTED, dbk_transaction(dbk_conn_db(conn), always_40001, &c2, &o, &err));
+        DBKT_RC(DBK_ERETRY_EXHAUSTED, dbk_tx_run(dbk_conn_db(conn), always_40001, &c2, &o, &err));
         assert_true(c2.runs > 1 && c2.runs < 1000);
         assert_true(now_ms() - t0 < 1000);
         dbk_conn_close(conn);
@@ -986,14 +986,14 @@ static void exhausted_run(const char *url, dbk_engine e)
     exec_ok(dbk_conn_db(holder), "CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)");
     exec_ok(dbk_conn_db(holder), "BEGIN IMMEDIATE");
     struct kv_ctx k = {"z", 1, DBK_OK, 0};
-    DBKT_RC(DBK_ERETRY_EXHAUSTED, dbk_transaction(dbk_conn_db(conn), insert_kv, &k, &o, &err));
+    DBKT_RC(DBK_ERETRY_EXHAUSTED, dbk_tx_run(dbk_conn_db(conn), insert_kv, &k, &o, &err));
     assert_int_equal(k.runs, 0); /* BEGIN IMMEDIATE itself was busy every time */
     assert_int_equal(c.retries, 3);
     assert_int_equal(c.last_rc, DBK_EBUSY);
     assert_non_null(strstr(err.message, "gave up after 4 attempts"));
     exec_ok(dbk_conn_db(holder), "ROLLBACK");
     /* and once the lock is gone it goes through */
-    DBKT_OK(dbk_transaction(dbk_conn_db(conn), insert_kv, &k, &o, &err), &err);
+    DBKT_OK(dbk_tx_run(dbk_conn_db(conn), insert_kv, &k, &o, &err), &err);
     assert_int_equal(k.runs, 1);
     dbk_conn_close(holder);
     dbk_conn_close(conn);
@@ -1034,7 +1034,7 @@ static dbk_rc nr_outer(dbk_db *tx, void *ctx, dbk_error *err)
     if (rc)
         return rc;
     dbk_error ierr;
-    (void)dbk_transaction(tx, nr_inner, c, NULL, &ierr); /* the error is swallowed */
+    (void)dbk_tx_run(tx, nr_inner, c, NULL, &ierr); /* the error is swallowed */
     return DBK_OK;
 }
 
@@ -1046,7 +1046,7 @@ static void nested_retry(const char *url, dbk_engine e)
     dbk_error err;
     exec_ok(db, "CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)");
     struct nested_retry_ctx c = {0, 0};
-    DBKT_OK(dbk_transaction(db, nr_outer, &c, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, nr_outer, &c, NULL, &err), &err);
     assert_int_equal(c.outer_runs, 2);
     assert_int_equal(c.inner_runs, 2);
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv"), 2);
@@ -1110,7 +1110,7 @@ static void tx_connection_lost_during_commit_is_unknown(void **state)
     dbk_tx_opts o = {0};
     o.on_retry = count_retry;
     o.on_retry_ctx = &rc_count;
-    DBKT_RC(DBK_ECOMMIT_UNKNOWN, dbk_transaction(db, kill_before_commit, &c, &o, &err));
+    DBKT_RC(DBK_ECOMMIT_UNKNOWN, dbk_tx_run(db, kill_before_commit, &c, &o, &err));
     assert_int_equal(c.runs, 1); /* never retried */
     assert_int_equal(c.hook_runs, 0); /* no commit seen: no after-commit hook */
     fprintf(stderr, "commit unknown: %s (hint: %s)\n", err.message, err.hint);
@@ -1167,10 +1167,10 @@ static void tx_connection_lost_before_commit_is_retried(void **state)
     dbk_db *db = dbk_pool_db(pool);
     exec_ok(db, "CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)");
     struct lost_ctx a = {0, false, "returned"};
-    DBKT_OK(dbk_transaction(db, lose_first_attempt, &a, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, lose_first_attempt, &a, NULL, &err), &err);
     assert_int_equal(a.runs, 2);
     struct lost_ctx b = {0, true, "swallowed"};
-    DBKT_OK(dbk_transaction(db, lose_first_attempt, &b, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, lose_first_attempt, &b, NULL, &err), &err);
     assert_int_equal(b.runs, 2);
     /* Each applied once, by the second run. */
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv"), 2);
@@ -1195,7 +1195,7 @@ static void tx_server_down_keeps_its_error(void **state)
     struct lost_ctx a = {0, false, "k"};
     dbk_tx_opts o = {0};
     o.max_elapsed_ms = 300;
-    DBKT_RC(DBK_EUNAVAILABLE, dbk_transaction(dbk_pool_db(pool), lose_first_attempt, &a, &o, &err));
+    DBKT_RC(DBK_EUNAVAILABLE, dbk_tx_run(dbk_pool_db(pool), lose_first_attempt, &a, &o, &err));
     assert_int_equal(a.runs, 0);
     assert_non_null(strstr(err.message, "attempt"));
     dbk_pool_close(pool, 0);
@@ -1212,7 +1212,7 @@ static void tx_connection_lost_on_a_connection_not_retried(void **state)
     dbk_error err;
     exec_ok(db, "CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)");
     struct lost_ctx a = {0, false, "k"};
-    DBKT_RC(DBK_ECONN_LOST, dbk_transaction(db, lose_first_attempt, &a, NULL, &err));
+    DBKT_RC(DBK_ECONN_LOST, dbk_tx_run(db, lose_first_attempt, &a, NULL, &err));
     assert_int_equal(a.runs, 1);
     dbk_conn_close(conn);
     free(url);
@@ -1270,19 +1270,19 @@ static void timeout_run(const char *url, dbk_engine e)
 
     /* a statement after the deadline fails; the transaction is rolled back */
     struct slow_ctx c0 = {250, 0, DBK_OK};
-    DBKT_RC(DBK_ETIMEOUT, dbk_transaction(db, slow_fn, &c0, &o, &err));
+    DBKT_RC(DBK_ETIMEOUT, dbk_tx_run(db, slow_fn, &c0, &o, &err));
     assert_int_equal(c0.second_rc, DBK_ETIMEOUT);
     assert_string_equal(err.message, "transaction exceeded its timeout of 150 ms");
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv"), 0);
 
     /* returning OK past the deadline does not commit */
     struct slow_ctx c1 = {250, 1, DBK_OK};
-    DBKT_RC(DBK_ETIMEOUT, dbk_transaction(db, slow_fn, &c1, &o, &err));
+    DBKT_RC(DBK_ETIMEOUT, dbk_tx_run(db, slow_fn, &c1, &o, &err));
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv"), 0);
 
     /* within the limit all is well */
     struct slow_ctx c2 = {10, 0, DBK_OK};
-    DBKT_OK(dbk_transaction(db, slow_fn, &c2, &o, &err), &err);
+    DBKT_OK(dbk_tx_run(db, slow_fn, &c2, &o, &err), &err);
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv"), 2);
     exec_ok(db, "DELETE FROM kv");
 
@@ -1298,7 +1298,7 @@ static void timeout_run(const char *url, dbk_engine e)
         struct slow_ctx c3 = {0, 2, DBK_OK};
         o.timeout_ms = 300;
         int64_t t0 = now_ms();
-        DBKT_RC(DBK_ETIMEOUT, dbk_transaction(db, slow_fn, &c3, &o, &err));
+        DBKT_RC(DBK_ETIMEOUT, dbk_tx_run(db, slow_fn, &c3, &o, &err));
         int64_t took = now_ms() - t0;
         assert_true(took < 2000);
         assert_string_equal(err.message, "transaction exceeded its timeout of 300 ms");
@@ -1320,17 +1320,17 @@ static void timeout_run(const char *url, dbk_engine e)
          * session's configured one is smaller, which is kept */
         struct show_timeout st = {"", ""};
         o.timeout_ms = 4000;
-        DBKT_OK(dbk_transaction(db, show_timeout_fn, &st, &o, &err), &err);
+        DBKT_OK(dbk_tx_run(db, show_timeout_fn, &st, &o, &err), &err);
         assert_string_equal(st.stmt, "4s");
         assert_string_equal(st.idle, "5s"); /* + 1 s grace */
         char u[1024];
         snprintf(u, sizeof u, "%s%sstatement_timeout=1500", url, strchr(url, '?') ? "&" : "?");
         dbk_conn *small = dbkt_open(u);
-        DBKT_OK(dbk_transaction(dbk_conn_db(small), show_timeout_fn, &st, &o, &err), &err);
+        DBKT_OK(dbk_tx_run(dbk_conn_db(small), show_timeout_fn, &st, &o, &err), &err);
         assert_string_equal(st.stmt, "1500ms");
         assert_string_equal(st.idle, "5s");
         o.timeout_ms = DBK_TX_NO_TIMEOUT;
-        DBKT_OK(dbk_transaction(dbk_conn_db(small), show_timeout_fn, &st, &o, &err), &err);
+        DBKT_OK(dbk_tx_run(dbk_conn_db(small), show_timeout_fn, &st, &o, &err), &err);
         assert_string_equal(st.stmt, "1500ms");
         assert_string_equal(st.idle, idle_before);
         dbk_conn_close(small);
@@ -1412,7 +1412,7 @@ static dbk_rc hook_outer(dbk_db *tx, void *ctx, dbk_error *err)
     DBKT_OK(dbk_tx_after_commit_ex(tx, hook_append, &h->a, hook_release, err), err);
     DBKT_OK(dbk_tx_after_commit(tx, hook_append, &h->b, err), err);
     dbk_error ierr;
-    dbk_rc irc = dbk_transaction(tx, hook_inner, h, NULL, &ierr);
+    dbk_rc irc = dbk_tx_run(tx, hook_inner, h, NULL, &ierr);
     assert_int_equal(irc, h->mode == 2 ? DBK_EINVALID : DBK_OK);
     DBKT_OK(dbk_tx_after_commit_ex(tx, hook_append, &h->d, hook_release, err), err);
     DBKT_OK(dbk_tx_after_commit(tx, hook_use_tx, h->log, err), err);
@@ -1452,7 +1452,7 @@ static void hooks_run(const char *url, dbk_engine e)
                               cases[i].mode, 0};
         dbk_tx_opts o = {0};
         o.base_backoff_ms = 1;
-        DBKT_RC(cases[i].rc, dbk_transaction(db, hook_outer, &h, &o, &err));
+        DBKT_RC(cases[i].rc, dbk_tx_run(db, hook_outer, &h, &o, &err));
         assert_string_equal(log.seq, cases[i].seq);
         assert_int_equal(log.released, cases[i].released);
         if (cases[i].rc == DBK_OK) {
@@ -1487,7 +1487,7 @@ static dbk_rc nested_on_conn(dbk_db *tx, void *ctx, dbk_error *err)
     (void)tx;
     dbk_db *conn_db = ctx;
     /* a second top-level transaction on the same connection while one is open */
-    dbk_rc rc = dbk_transaction(conn_db, write_fn, NULL, NULL, err);
+    dbk_rc rc = dbk_tx_run(conn_db, write_fn, NULL, NULL, err);
     assert_int_equal(rc, DBK_EMISUSE);
     assert_non_null(strstr(err->hint, "savepoint"));
     return DBK_OK;
@@ -1500,22 +1500,22 @@ static void misuse(const char *url, dbk_engine e)
     dbk_db *db = dbk_conn_db(conn);
     dbk_error err;
     exec_ok(db, "CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)");
-    DBKT_RC(DBK_EMISUSE, dbk_transaction(NULL, write_fn, NULL, NULL, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_tx_run(NULL, write_fn, NULL, NULL, &err));
     assert_true(err.message[0] != '\0');
-    DBKT_RC(DBK_EMISUSE, dbk_transaction(db, NULL, NULL, NULL, &err));
-    DBKT_RC(DBK_EMISUSE, dbk_transaction(NULL, NULL, NULL, NULL, NULL));
+    DBKT_RC(DBK_EMISUSE, dbk_tx_run(db, NULL, NULL, NULL, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_tx_run(NULL, NULL, NULL, NULL, NULL));
     dbk_tx_opts bad = {0};
     bad.max_attempts = -1;
-    DBKT_RC(DBK_EMISUSE, dbk_transaction(db, write_fn, NULL, &bad, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_tx_run(db, write_fn, NULL, &bad, &err));
     bad.max_attempts = 0;
     bad.timeout_ms = -5;
-    DBKT_RC(DBK_EMISUSE, dbk_transaction(db, write_fn, NULL, &bad, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_tx_run(db, write_fn, NULL, &bad, &err));
     DBKT_RC(DBK_EMISUSE, dbk_tx_after_commit(NULL, hook_append, NULL, &err));
     DBKT_RC(DBK_EMISUSE, dbk_tx_after_commit(db, NULL, NULL, &err));
     assert_false(dbk_db_in_transaction(NULL));
     assert_false(dbk_db_in_transaction(db));
 
-    DBKT_OK(dbk_transaction(db, nested_on_conn, db, NULL, &err), &err);
+    DBKT_OK(dbk_tx_run(db, nested_on_conn, db, NULL, &err), &err);
     assert_int_equal(q_int(db, "SELECT count(*) FROM kv"), 0);
     dbk_conn_close(conn);
 }
@@ -1554,7 +1554,7 @@ static void observed(const char *url, dbk_engine e)
     dbk_db_set_observer(db, obs_fn, &l);
     dbk_tx_opts o = {0};
     o.timeout_ms = DBK_TX_NO_TIMEOUT;
-    DBKT_OK(dbk_transaction(db, write_fn, NULL, &o, &err), &err);
+    DBKT_OK(dbk_tx_run(db, write_fn, NULL, &o, &err), &err);
     dbk_db_set_observer(db, NULL, NULL);
     assert_int_equal(l.n, 3);
     assert_non_null(strstr(l.sql[0], "BEGIN"));
