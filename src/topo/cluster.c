@@ -224,8 +224,15 @@ static dbk_rc rep_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void
     return pdb->ops->copy_in(pdb, sql, fill, ctx, rows, err);
 }
 
-static const struct dbk__db_ops rep_ops = {rep_run,   rep_script, rep_pin,
-                                           rep_unpin, rep_batch,  rep_copy_in};
+/* As many as the replica's pool may lend at once (dbk_parallel asks). */
+static int rep_max_parallel(dbk_db *db)
+{
+    dbk_db *pdb = dbk_pool_db(((struct replica *)db->self)->pool);
+    return pdb->ops->max_parallel ? pdb->ops->max_parallel(pdb) : 1;
+}
+
+static const struct dbk__db_ops rep_ops = {rep_run,   rep_script, rep_pin,         rep_unpin,
+                                           rep_batch, rep_copy_in, rep_max_parallel};
 
 /* ---- choosing a target ---- */
 
@@ -315,8 +322,16 @@ static dbk_rc router_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, v
     return p->ops->copy_in(p, sql, fill, ctx, rows, err);
 }
 
+/* Pinned work (dbk_parallel's tasks pin) runs on the primary's pool. */
+static int router_max_parallel(dbk_db *db)
+{
+    dbk_db *p = dbk_pool_db(((struct dbk_cluster *)db->self)->primary);
+    return p->ops->max_parallel ? p->ops->max_parallel(p) : 1;
+}
+
 static const struct dbk__db_ops router_ops = {router_run,   router_script, router_pin,
-                                              router_unpin, router_batch,  router_copy_in};
+                                              router_unpin, router_batch,  router_copy_in,
+                                              router_max_parallel};
 
 /* ---- the sampler ---- */
 

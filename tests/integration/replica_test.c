@@ -9,6 +9,7 @@
  * itself (inet_server_port()).
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -115,6 +116,47 @@ static void replica_reads_on_replicas_writes_on_primary(void **state)
 static dbk_rc tx_port(dbk_db *tx, void *ctx, dbk_error *err)
 {
     return dbk_db_query_int64(tx, "SELECT inet_server_port()", NULL, 0, ctx, err);
+}
+
+/* dbk_parallel on the cluster's executors runs its tasks at once, as on a
+ * pool: each task waits (bounded) until all three have started, so tasks
+ * run one after another fail with DBK_ETIMEOUT. */
+static atomic_int par_started;
+
+static dbk_rc par_task(dbk_db *db, void *ctx, dbk_error *err)
+{
+    (void)ctx;
+    int64_t one = 0;
+    dbk_rc rc = dbk_db_query_int64(db, "SELECT 1", NULL, 0, &one, err);
+    if (rc)
+        return rc;
+    atomic_fetch_add(&par_started, 1);
+    for (int k = 0; k < 1000 && atomic_load(&par_started) < 3; k++)
+        sleep_ms(10);
+    if (atomic_load(&par_started) < 3) {
+        snprintf(err->message, sizeof err->message, "the tasks did not run at the same time");
+        err->code = DBK_ETIMEOUT;
+        return DBK_ETIMEOUT;
+    }
+    return DBK_OK;
+}
+
+static void replica_parallel_tasks_run_at_once(void **state)
+{
+    (void)state;
+    dbkt_pgtopo *t = dbkt_pgtopo_start(1);
+    dbk_cluster *c = open_cluster(t, 60000, 100);
+    wait_state(c, 0, DBK_REPLICA_UP);
+    dbk_db *execs[] = {dbk_cluster_read_db(c), dbk_cluster_db(c)};
+    for (size_t e = 0; e < 2; e++) {
+        atomic_store(&par_started, 0);
+        dbk_task tasks[3] = {{par_task, NULL, 0, {0}}, {par_task, NULL, 0, {0}},
+                             {par_task, NULL, 0, {0}}};
+        dbk_error err;
+        DBKT_OK(dbk_parallel(execs[e], tasks, 3, 0, &err), &err);
+    }
+    dbk_cluster_close(c, 1000);
+    dbkt_pgtopo_stop(t);
 }
 
 static void replica_transaction_on_read_executor_runs_on_primary(void **state)
@@ -404,6 +446,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(replica_token_parse),
         cmocka_unit_test(replica_open_rejects_bad_input),
         cmocka_unit_test(replica_reads_on_replicas_writes_on_primary),
+        cmocka_unit_test(replica_parallel_tasks_run_at_once),
         cmocka_unit_test(replica_transaction_on_read_executor_runs_on_primary),
         cmocka_unit_test(replica_balance_least_outstanding),
         cmocka_unit_test(replica_lagging_leaves_and_returns),
