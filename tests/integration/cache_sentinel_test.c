@@ -228,6 +228,22 @@ static dbk_rc vwrite_tx(dbk_db *tx, void *ctx, dbk_error *err)
     return dbk_cached_update(w->r, tx, dbk_int64(w->id), &in, fields, 2, NULL, NULL, err);
 }
 
+/* The workers run on a pool, as a service would: the suite's shared
+ * PostgreSQL may be restarted by another test running at the same time
+ * (batch_server_killed_mid_batch), and a plain connection stays broken
+ * after that where a pool replaces it. */
+static dbk_pool *worker_pool(const char *url)
+{
+    dbk_error err;
+    dbk_config *cfg = NULL;
+    DBKT_OK(dbk_config_from_url(url, &cfg, &err), &err);
+    dbk_pool_opts o = {.max_size = 2};
+    dbk_pool *pool = NULL;
+    DBKT_OK(dbk_pool_open(cfg, &o, &pool, &err), &err);
+    dbk_config_free(cfg);
+    return pool;
+}
+
 struct worker {
     struct load *l;
     int index;
@@ -237,12 +253,12 @@ static void *writer(void *arg)
 {
     struct worker *w = arg;
     struct load *l = w->l;
-    dbk_conn *conn = dbkt_open(l->url);
+    dbk_pool *pool = worker_pool(l->url);
     int64_t id = w->index + 1;
     for (int64_t v = 2; v < 100000 && !atomic_load(&l->stop); v++) {
         struct vwrite x = {l->r, id, v};
         dbk_error err;
-        if (dbk_tx_run(dbk_conn_db(conn), vwrite_tx, &x, NULL, &err) != DBK_OK) {
+        if (dbk_tx_run(dbk_pool_db(pool), vwrite_tx, &x, NULL, &err) != DBK_OK) {
             atomic_fetch_add(&l->errors, 1);
             snprintf(l->last_error, sizeof l->last_error, "write: %.200s", err.message);
         }
@@ -250,7 +266,7 @@ static void *writer(void *arg)
         atomic_fetch_add(&l->writes, 1);
         sleep_ms(20);
     }
-    dbk_conn_close(conn);
+    dbk_pool_close(pool, 1000);
     return NULL;
 }
 
@@ -258,14 +274,14 @@ static void *reader(void *arg)
 {
     struct worker *w = arg;
     struct load *l = w->l;
-    dbk_conn *conn = dbkt_open(l->url);
+    dbk_pool *pool = worker_pool(l->url);
     dbk_arena *a = dbk_arena_new(0);
     for (int i = 0; i < 2000000 && !atomic_load(&l->stop); i++) {
         int64_t id = 1 + (i + w->index) % WRITERS;
         int64_t floor = atomic_load(&l->published[id]);
         struct vrow row;
         dbk_error err;
-        dbk_rc rc = dbk_cached_find_by_id(l->r, dbk_conn_db(conn), dbk_int64(id), &row, a, &err);
+        dbk_rc rc = dbk_cached_find_by_id(l->r, dbk_pool_db(pool), dbk_int64(id), &row, a, &err);
         if (rc != DBK_OK) {
             atomic_fetch_add(&l->errors, 1);
             snprintf(l->last_error, sizeof l->last_error, "read: %.200s", err.message);
@@ -277,7 +293,7 @@ static void *reader(void *arg)
         sleep_ms(1);
     }
     dbk_arena_free(a);
-    dbk_conn_close(conn);
+    dbk_pool_close(pool, 1000);
     return NULL;
 }
 
