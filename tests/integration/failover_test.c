@@ -81,8 +81,11 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     struct shared *sh = w->sh;
     /* The default retry budget (2 s): an outage shorter than that is
-     * waited out. */
-    const dbk_tx_opts *o = NULL;
+     * waited out. The per-attempt transaction timeout is raised from 5 s:
+     * on a loaded 2-core CI machine one attempt across the promotion once
+     * outlived it (DBK_ETIMEOUT), which says nothing about the failover. */
+    dbk_tx_opts opts = {.timeout_ms = 20000};
+    const dbk_tx_opts *o = &opts;
     while (!atomic_load(&sh->stop) && w->n < PER_THREAD_MAX) {
         struct transfer t = {(int64_t)w->id * 1000000 + w->n, w->n % 2 ? 1 : 2, w->n % 2 ? 2 : 1};
         w->n++;
