@@ -472,7 +472,7 @@ DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, d
         goto done;
     }
     const char *cn = coll->schema->collection;
-    dbk__sb_addf(&sql, "SELECT doc FROM \"%s\" WHERE %s ORDER BY ", cn, where.p);
+    dbk__sb_printf(&sql, "SELECT doc FROM \"%s\" WHERE %s ORDER BY ", cn, where.p);
     if ((rc = dbk__doc_sort_compile(coll, o.sort, &sql, err)) != DBK_OK)
         goto done;
     size_t nfilter = params.n;
@@ -492,7 +492,7 @@ DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, d
         }
         params.v[params.n++] = lp[i];
     }
-    dbk__sb_addf(&sql, " LIMIT $%zu%s OFFSET $%zu%s", nfilter + 1,
+    dbk__sb_printf(&sql, " LIMIT $%zu%s OFFSET $%zu%s", nfilter + 1,
                  coll->engine == DBK_ENGINE_POSTGRES ? "::bigint" : "", nfilter + 2,
                  coll->engine == DBK_ENGINE_POSTGRES ? "::bigint" : "");
     if (sql.oom) {
@@ -505,7 +505,7 @@ DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, d
         rc = result_page(coll, res, proj, page, err);
         goto done;
     }
-    dbk__sb_addf(&count, "SELECT count(*) FROM \"%s\" WHERE %s", cn, where.p);
+    dbk__sb_printf(&count, "SELECT count(*) FROM \"%s\" WHERE %s", cn, where.p);
     if (count.oom) {
         rc = dbk__err(err, DBK_ENOMEM, "out of memory");
         goto done;
@@ -569,7 +569,7 @@ DBK_API dbk_rc dbk_doc_count(dbk_doc_coll *coll, const char *filter, int64_t *ou
     json_t *tree = NULL;
     dbk_rc rc = dbk__doc_filter_compile(coll, filter, &where, &params, &tree, err);
     if (rc == DBK_OK) {
-        dbk__sb_addf(&sql, "SELECT count(*) FROM \"%s\" WHERE %s", coll->schema->collection,
+        dbk__sb_printf(&sql, "SELECT count(*) FROM \"%s\" WHERE %s", coll->schema->collection,
                      where.p);
         rc = sql.oom ? dbk__err(err, DBK_ENOMEM, "out of memory")
                      : dbk_db_query_int64(coll->db, sql.p, params.v, params.n, out, err);

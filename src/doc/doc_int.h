@@ -11,6 +11,7 @@
 #include <stddef.h>
 
 #include "core/internal.h"
+#include "core/sb.h"
 #include "dbkit/doc.h"
 #include "dbkit/value.h"
 
@@ -38,17 +39,6 @@ struct dbk_doc_coll {
     size_t nfields;
     dbk__doc_field fields[DBK_DOC_MAX_FIELDS + 2];
 };
-
-/* A growing NUL-terminated string; `oom` sticks after a failed growth. */
-typedef struct dbk__sb {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} dbk__sb;
-
-void dbk__sb_add(dbk__sb *b, const char *s);
-void dbk__sb_addf(dbk__sb *b, const char *fmt, ...) DBK__PRINTF(2, 3);
-void dbk__sb_free(dbk__sb *b);
 
 /* Parameters of one compiled statement. Text values borrow strings of the
  * JSON trees the statement was compiled from (and `owned`, strings made

@@ -1,7 +1,7 @@
 /*
  * Documents as JSON: parsing with dbkit's limits, dotted-path access, the
- * public accessors, and the two small builders (SQL text, parameter list)
- * the compilers write into.
+ * public accessors, and the parameter list the compilers write into next
+ * to their SQL text (which goes into the core string builder, core/sb.h).
  *
  * Parsing is jansson's (duplicate keys rejected, "\u0000" rejected, UTF-8
  * checked); on top of it the size limit is decided from the length before
@@ -11,65 +11,13 @@
  * JSON path literals, so this scan is what keeps a field name from ever
  * becoming SQL.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "doc/doc_int.h"
 
-/* ---- builders ---- */
-
-static void sb_reserve(dbk__sb *b, size_t more)
-{
-    if (b->oom || b->len + more + 1 <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + more + 1)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-        b->oom = true;
-        return;
-    }
-    b->p = p;
-    b->cap = cap;
-}
-
-void dbk__sb_add(dbk__sb *b, const char *s)
-{
-    size_t n = strlen(s);
-    sb_reserve(b, n);
-    if (b->oom)
-        return;
-    memcpy(b->p + b->len, s, n + 1);
-    b->len += n;
-}
-
-void dbk__sb_addf(dbk__sb *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        b->oom = true;
-        return;
-    }
-    sb_reserve(b, (size_t)n);
-    if (b->oom)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
-
-void dbk__sb_free(dbk__sb *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof *b);
-}
+/* ---- the parameter list (SQL text goes into core/sb.h's builder) ---- */
 
 void dbk__params_free(dbk__params *p)
 {

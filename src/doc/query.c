@@ -153,7 +153,7 @@ static dbk_rc bind(qctx *q, const char *path, dbk_doc_type t, json_t *v)
     }
     if (!push(q->p, val))
         return dbk__err(q->err, DBK_ENOMEM, "out of memory");
-    dbk__sb_addf(q->sql, "$%zu%s", q->p->n, pg(q) ? cast : "");
+    dbk__sb_printf(q->sql, "$%zu%s", q->p->n, pg(q) ? cast : "");
     return DBK_OK;
 }
 
@@ -165,14 +165,14 @@ static void expr(qctx *q, const char *path, dbk_doc_type t)
 static void json_path_literal(qctx *q, const char *path)
 {
     if (pg(q)) {
-        dbk__sb_add(q->sql, "(doc #> '{");
+        dbk__sb_puts(q->sql, "(doc #> '{");
         for (const char *s = path; *s; s++) {
             char ch[2] = {*s == '.' ? ',' : *s, '\0'};
-            dbk__sb_add(q->sql, ch);
+            dbk__sb_puts(q->sql, ch);
         }
-        dbk__sb_add(q->sql, "}')");
+        dbk__sb_puts(q->sql, "}')");
     } else {
-        dbk__sb_addf(q->sql, "json_type(doc, '$.%s')", path);
+        dbk__sb_printf(q->sql, "json_type(doc, '$.%s')", path);
     }
 }
 
@@ -181,15 +181,15 @@ static dbk_rc eq(qctx *q, const char *path, dbk_doc_type t, json_t *v)
 {
     if (json_is_null(v)) {
         if (strcmp(path, "_id") == 0) {
-            dbk__sb_add(q->sql, "1=0");
+            dbk__sb_puts(q->sql, "1=0");
             return DBK_OK;
         }
         /* missing, or present as JSON null */
-        dbk__sb_add(q->sql, "(");
+        dbk__sb_puts(q->sql, "(");
         json_path_literal(q, path);
-        dbk__sb_add(q->sql, " IS NULL OR ");
+        dbk__sb_puts(q->sql, " IS NULL OR ");
         json_path_literal(q, path);
-        dbk__sb_add(q->sql, pg(q) ? " = 'null'::jsonb)" : " = 'null')");
+        dbk__sb_puts(q->sql, pg(q) ? " = 'null'::jsonb)" : " = 'null')");
         return DBK_OK;
     }
     if (t == DBK_DOC_ARRAY && !json_is_array(v)) {
@@ -206,35 +206,35 @@ static dbk_rc eq(qctx *q, const char *path, dbk_doc_type t, json_t *v)
             json_decref(wrap);
             if (!s || !push(q->p, dbk_text(s)))
                 return dbk__err(q->err, DBK_ENOMEM, "out of memory");
-            dbk__sb_add(q->sql, "(");
+            dbk__sb_puts(q->sql, "(");
             expr(q, path, 0);
-            dbk__sb_addf(q->sql, " @> $%zu::jsonb)", q->p->n);
+            dbk__sb_printf(q->sql, " @> $%zu::jsonb)", q->p->n);
             return DBK_OK;
         }
-        dbk__sb_addf(q->sql, "EXISTS (SELECT 1 FROM json_each(doc, '$.%s') WHERE value = ", path);
+        dbk__sb_printf(q->sql, "EXISTS (SELECT 1 FROM json_each(doc, '$.%s') WHERE value = ", path);
         dbk_rc rc = bind(q, path, 0, v);
         if (rc)
             return rc;
-        dbk__sb_add(q->sql, ")");
+        dbk__sb_puts(q->sql, ")");
         return DBK_OK;
     }
     dbk_doc_type bt = t == DBK_DOC_ARRAY || t == DBK_DOC_OBJECT ? 0 : t;
-    dbk__sb_add(q->sql, "(");
+    dbk__sb_puts(q->sql, "(");
     if (!pg(q) && (json_is_object(v) || json_is_array(v))) {
         expr(q, path, bt);
-        dbk__sb_add(q->sql, " = json(");
+        dbk__sb_puts(q->sql, " = json(");
         dbk_rc rc = bind(q, path, bt, v);
         if (rc)
             return rc;
-        dbk__sb_add(q->sql, "))");
+        dbk__sb_puts(q->sql, "))");
         return DBK_OK;
     }
     expr(q, path, bt);
-    dbk__sb_add(q->sql, " = ");
+    dbk__sb_puts(q->sql, " = ");
     dbk_rc rc = bind(q, path, bt, v);
     if (rc)
         return rc;
-    dbk__sb_add(q->sql, ")");
+    dbk__sb_puts(q->sql, ")");
     return DBK_OK;
 }
 
@@ -247,11 +247,11 @@ static dbk_rc op(qctx *q, const char *path, dbk_doc_type t, const char *name, js
     if (strcmp(name, "$eq") == 0)
         return eq(q, path, t, v);
     if (strcmp(name, "$ne") == 0) {
-        dbk__sb_addf(q->sql, "NOT COALESCE(");
+        dbk__sb_printf(q->sql, "NOT COALESCE(");
         dbk_rc rc = eq(q, path, t, v);
         if (rc)
             return rc;
-        dbk__sb_addf(q->sql, ", %s)", no);
+        dbk__sb_printf(q->sql, ", %s)", no);
         return DBK_OK;
     }
     for (size_t i = 0; i < sizeof cmp / sizeof cmp[0]; i++) {
@@ -260,13 +260,13 @@ static dbk_rc op(qctx *q, const char *path, dbk_doc_type t, const char *name, js
         if (t == DBK_DOC_ARRAY || t == DBK_DOC_OBJECT || json_is_null(v) || json_is_object(v) ||
             json_is_array(v))
             return bad_value(q, path, "range operators take a scalar on a scalar field");
-        dbk__sb_add(q->sql, "(");
+        dbk__sb_puts(q->sql, "(");
         expr(q, path, t);
-        dbk__sb_add(q->sql, cmp[i].sql);
+        dbk__sb_puts(q->sql, cmp[i].sql);
         dbk_rc rc = bind(q, path, t, v);
         if (rc)
             return rc;
-        dbk__sb_add(q->sql, ")");
+        dbk__sb_puts(q->sql, ")");
         return DBK_OK;
     }
     if (strcmp(name, "$in") == 0) {
@@ -275,35 +275,35 @@ static dbk_rc op(qctx *q, const char *path, dbk_doc_type t, const char *name, js
         if (json_array_size(v) > DBK_DOC_MAX_IN)
             return bad_value(q, path, "$in takes at most 10000 values");
         if (json_array_size(v) == 0) {
-            dbk__sb_add(q->sql, "1=0");
+            dbk__sb_puts(q->sql, "1=0");
             return DBK_OK;
         }
-        dbk__sb_add(q->sql, "(");
+        dbk__sb_puts(q->sql, "(");
         size_t i;
         json_t *m;
         json_array_foreach(v, i, m)
         {
             if (i)
-                dbk__sb_add(q->sql, " OR ");
-            dbk__sb_addf(q->sql, "COALESCE(");
+                dbk__sb_puts(q->sql, " OR ");
+            dbk__sb_printf(q->sql, "COALESCE(");
             dbk_rc rc = eq(q, path, t, m);
             if (rc)
                 return rc;
-            dbk__sb_addf(q->sql, ", %s)", no);
+            dbk__sb_printf(q->sql, ", %s)", no);
         }
-        dbk__sb_add(q->sql, ")");
+        dbk__sb_puts(q->sql, ")");
         return DBK_OK;
     }
     if (strcmp(name, "$exists") == 0) {
         if (!json_is_boolean(v))
             return bad_value(q, path, "$exists takes true or false");
         if (strcmp(path, "_id") == 0) {
-            dbk__sb_add(q->sql, json_is_true(v) ? "1=1" : "1=0");
+            dbk__sb_puts(q->sql, json_is_true(v) ? "1=1" : "1=0");
             return DBK_OK;
         }
-        dbk__sb_add(q->sql, "(");
+        dbk__sb_puts(q->sql, "(");
         json_path_literal(q, path);
-        dbk__sb_add(q->sql, json_is_true(v) ? " IS NOT NULL)" : " IS NULL)");
+        dbk__sb_puts(q->sql, json_is_true(v) ? " IS NOT NULL)" : " IS NULL)");
         return DBK_OK;
     }
     dbk__err(q->err, DBK_EINVALID, "filter on \"%.80s\": unknown operator \"%.40s\"", path, name);
@@ -343,20 +343,20 @@ static dbk_rc compile_list(qctx *q, const char *name, json_t *arr)
     if (!json_is_array(arr) || json_array_size(arr) == 0)
         return dbk__err(q->err, DBK_EINVALID, "filter: %s takes a non-empty array of filters",
                         name);
-    dbk__sb_add(q->sql, "(");
+    dbk__sb_puts(q->sql, "(");
     size_t i;
     json_t *m;
     json_array_foreach(arr, i, m)
     {
         if (i)
-            dbk__sb_add(q->sql, strcmp(name, "$and") == 0 ? " AND " : " OR ");
+            dbk__sb_puts(q->sql, strcmp(name, "$and") == 0 ? " AND " : " OR ");
         if (!json_is_object(m))
             return dbk__err(q->err, DBK_EINVALID, "filter: %s takes filter objects", name);
         dbk_rc rc = compile_obj(q, m);
         if (rc)
             return rc;
     }
-    dbk__sb_add(q->sql, ")");
+    dbk__sb_puts(q->sql, ")");
     return DBK_OK;
 }
 
@@ -371,10 +371,10 @@ static bool is_op_object(json_t *v)
 static dbk_rc compile_obj(qctx *q, json_t *obj)
 {
     if (json_object_size(obj) == 0) {
-        dbk__sb_add(q->sql, "1=1");
+        dbk__sb_puts(q->sql, "1=1");
         return DBK_OK;
     }
-    dbk__sb_add(q->sql, "(");
+    dbk__sb_puts(q->sql, "(");
     const char *key;
     json_t *v;
     int n = 0;
@@ -382,7 +382,7 @@ static dbk_rc compile_obj(qctx *q, json_t *obj)
     json_object_foreach(obj, key, v)
     {
         if (n++)
-            dbk__sb_add(q->sql, " AND ");
+            dbk__sb_puts(q->sql, " AND ");
         if (strcmp(key, "$and") == 0 || strcmp(key, "$or") == 0) {
             if ((rc = compile_list(q, key, v)) != DBK_OK)
                 return rc;
@@ -407,12 +407,12 @@ static dbk_rc compile_obj(qctx *q, json_t *obj)
         json_object_foreach(v, opname, ov)
         {
             if (k++)
-                dbk__sb_add(q->sql, " AND ");
+                dbk__sb_puts(q->sql, " AND ");
             if ((rc = op(q, key, t, opname, ov)) != DBK_OK)
                 return rc;
         }
     }
-    dbk__sb_add(q->sql, ")");
+    dbk__sb_puts(q->sql, ")");
     return DBK_OK;
 }
 
@@ -421,7 +421,7 @@ dbk_rc dbk__doc_filter_compile(const dbk_doc_coll *c, const char *filter, dbk__s
 {
     *tree = NULL;
     if (!filter || !*filter) {
-        dbk__sb_add(sql, "1=1");
+        dbk__sb_puts(sql, "1=1");
         return DBK_OK;
     }
     dbk_rc rc = dbk__doc_json_parse(filter, strlen(filter), "filter", tree, err);
@@ -470,14 +470,14 @@ dbk_rc dbk__doc_sort_compile(const dbk_doc_coll *c, const char *sort, dbk__sb *s
                 has_id = true;
             dbk__doc_path_sql(c, sql, key, t == DBK_DOC_ARRAY || t == DBK_DOC_OBJECT ? 0 : t);
             if (pgsql)
-                dbk__sb_add(sql, dir > 0 ? " ASC NULLS FIRST, " : " DESC NULLS LAST, ");
+                dbk__sb_puts(sql, dir > 0 ? " ASC NULLS FIRST, " : " DESC NULLS LAST, ");
             else
-                dbk__sb_add(sql, dir > 0 ? " ASC, " : " DESC, ");
+                dbk__sb_puts(sql, dir > 0 ? " ASC, " : " DESC, ");
         }
         json_decref(tree);
     }
     if (!has_id)
-        dbk__sb_add(sql, "id ASC");
+        dbk__sb_puts(sql, "id ASC");
     else
         sql->len -= 2, sql->p[sql->len] = '\0';
     if (sql->oom)

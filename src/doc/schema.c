@@ -445,15 +445,15 @@ void dbk__doc_index_get(const dbk_doc_coll *c, size_t i, char *name, size_t name
 void dbk__doc_path_sql(const dbk_doc_coll *c, dbk__sb *sql, const char *path, dbk_doc_type type)
 {
     if (strcmp(path, "_id") == 0) {
-        dbk__sb_add(sql, "id");
+        dbk__sb_puts(sql, "id");
         return;
     }
     if (c->engine == DBK_ENGINE_SQLITE) {
-        dbk__sb_addf(sql, "json_extract(doc, '$.%s')", path);
+        dbk__sb_printf(sql, "json_extract(doc, '$.%s')", path);
         return;
     }
     /* PostgreSQL: '{a,b}' text[] literal; segments are [A-Za-z0-9_] only */
-    dbk__sb_add(sql, "(doc #>");
+    dbk__sb_puts(sql, "(doc #>");
     switch (type) {
     case DBK_DOC_STRING:
     case DBK_DOC_DATE:
@@ -461,23 +461,23 @@ void dbk__doc_path_sql(const dbk_doc_coll *c, dbk__sb *sql, const char *path, db
     case DBK_DOC_INT64:
     case DBK_DOC_DOUBLE:
     case DBK_DOC_BOOL:
-        dbk__sb_add(sql, ">");
+        dbk__sb_puts(sql, ">");
         break;
     default:
         break;
     }
-    dbk__sb_add(sql, " '{");
+    dbk__sb_puts(sql, " '{");
     for (const char *p = path; *p; p++) {
         char ch[2] = {*p == '.' ? ',' : *p, '\0'};
-        dbk__sb_add(sql, ch);
+        dbk__sb_puts(sql, ch);
     }
-    dbk__sb_add(sql, "}')");
+    dbk__sb_puts(sql, "}')");
     if (type == DBK_DOC_INT64)
-        dbk__sb_add(sql, "::bigint");
+        dbk__sb_puts(sql, "::bigint");
     else if (type == DBK_DOC_DOUBLE)
-        dbk__sb_add(sql, "::float8");
+        dbk__sb_puts(sql, "::float8");
     else if (type == DBK_DOC_BOOL)
-        dbk__sb_add(sql, "::boolean");
+        dbk__sb_puts(sql, "::boolean");
 }
 
 /* The type the SQL expression of an index key or sort key reads with. */
@@ -491,7 +491,7 @@ static void ddl(const dbk_doc_coll *c, dbk__sb *sql)
 {
     const char *coll = c->schema->collection;
     bool pg = c->engine == DBK_ENGINE_POSTGRES;
-    dbk__sb_addf(sql,
+    dbk__sb_printf(sql,
                  pg ? "CREATE TABLE IF NOT EXISTS \"%s\" (id text PRIMARY KEY, doc jsonb NOT NULL);\n"
                     : "CREATE TABLE IF NOT EXISTS \"%s\" (id TEXT PRIMARY KEY, doc TEXT NOT NULL "
                       "CHECK (json_valid(doc)));\n",
@@ -502,7 +502,7 @@ static void ddl(const dbk_doc_coll *c, dbk__sb *sql)
         const char *keys;
         bool unique;
         dbk__doc_index_get(c, i, name, sizeof name, &keys, &unique);
-        dbk__sb_addf(sql, "CREATE %sINDEX IF NOT EXISTS \"%.63s\" ON \"%s\" (", unique ? "UNIQUE " : "",
+        dbk__sb_printf(sql, "CREATE %sINDEX IF NOT EXISTS \"%.63s\" ON \"%s\" (", unique ? "UNIQUE " : "",
                      name, coll);
         char path[128];
         int k = 0;
@@ -514,17 +514,17 @@ static void ddl(const dbk_doc_coll *c, dbk__sb *sql)
             size_t len = comma ? (size_t)(comma - p) : strlen(p);
             snprintf(path, sizeof path, "%.*s", (int)len, p);
             if (k)
-                dbk__sb_add(sql, ", ");
-            dbk__sb_add(sql, "(");
+                dbk__sb_puts(sql, ", ");
+            dbk__sb_puts(sql, "(");
             dbk__doc_path_sql(c, sql, path, key_type(c, path));
-            dbk__sb_add(sql, ")");
+            dbk__sb_puts(sql, ")");
             if (pg)
-                dbk__sb_add(sql, desc ? " DESC NULLS LAST" : " ASC NULLS FIRST");
+                dbk__sb_puts(sql, desc ? " DESC NULLS LAST" : " ASC NULLS FIRST");
             else
-                dbk__sb_add(sql, desc ? " DESC" : " ASC");
+                dbk__sb_puts(sql, desc ? " DESC" : " ASC");
             p += len + (comma ? 1 : 0);
         }
-        dbk__sb_add(sql, ");\n");
+        dbk__sb_puts(sql, ");\n");
     }
 }
 

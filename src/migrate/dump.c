@@ -16,42 +16,11 @@
 #include <string.h>
 
 #include "../core/internal.h"
+#include "../core/sb.h"
 #include "migrate_int.h"
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t ncap = b->cap ? b->cap : 4096;
-        while (ncap < b->len + n + 1)
-            ncap *= 2;
-        char *p = realloc(b->p, ncap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = ncap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_str(sbuf *b, const char *s)
-{
-    sb_add(b, s, strlen(s));
-}
-
 /* Appends every row's first column followed by `sep`, under a heading. */
-static dbk_rc dump_query(dbk_db *db, sbuf *b, const char *heading, const char *sql,
+static dbk_rc dump_query(dbk_db *db, dbk__sb *b, const char *heading, const char *sql,
                          const char *sep, dbk_error *err)
 {
     dbk_result *r = NULL;
@@ -60,17 +29,17 @@ static dbk_rc dump_query(dbk_db *db, sbuf *b, const char *heading, const char *s
         return rc;
     size_t n = dbk_result_nrows(r);
     if (n && heading) {
-        sb_str(b, "\n-- ");
-        sb_str(b, heading);
-        sb_str(b, "\n\n");
+        dbk__sb_puts(b, "\n-- ");
+        dbk__sb_puts(b, heading);
+        dbk__sb_puts(b, "\n\n");
     }
     for (size_t i = 0; i < n && rc == DBK_OK; i++) {
         const char *s = NULL;
         size_t len = 0;
         rc = dbk_result_get_text(r, i, 0, &s, &len, err);
         if (rc == DBK_OK && s) {
-            sb_add(b, s, len);
-            sb_str(b, sep);
+            dbk__sb_putn(b, s, len);
+            dbk__sb_puts(b, sep);
         }
     }
     dbk_result_free(r);
@@ -154,7 +123,7 @@ static const struct {
      " ORDER BY n.nspname, c.relname, t.tgname"},
 };
 
-static dbk_rc dump_history(dbk_db *db, sbuf *b, dbk_error *err)
+static dbk_rc dump_history(dbk_db *db, dbk__sb *b, dbk_error *err)
 {
     int64_t exists = 0;
     dbk_value p = dbk_text("dbkit_migrations");
@@ -167,7 +136,7 @@ static dbk_rc dump_history(dbk_db *db, sbuf *b, dbk_error *err)
     if (rc)
         return rc;
     if (!exists) {
-        sb_str(b, "-- applied migrations: none\n");
+        dbk__sb_puts(b, "-- applied migrations: none\n");
         return DBK_OK;
     }
     dbk_result *r = NULL;
@@ -177,7 +146,7 @@ static dbk_rc dump_history(dbk_db *db, sbuf *b, dbk_error *err)
     if (rc)
         return rc;
     size_t n = dbk_result_nrows(r);
-    sb_str(b, n ? "-- applied migrations:\n" : "-- applied migrations: none\n");
+    dbk__sb_puts(b, n ? "-- applied migrations:\n" : "-- applied migrations: none\n");
     for (size_t i = 0; i < n; i++) {
         int64_t v = 0, dirty = 0;
         const char *name = NULL;
@@ -188,7 +157,7 @@ static dbk_rc dump_history(dbk_db *db, sbuf *b, dbk_error *err)
         char line[256];
         snprintf(line, sizeof line, "--   %lld %s%s\n", (long long)v, name ? name : "",
                  dirty ? " (dirty)" : "");
-        sb_str(b, line);
+        dbk__sb_puts(b, line);
     }
     dbk_result_free(r);
     return DBK_OK;
@@ -205,14 +174,14 @@ dbk_rc dbk_schema_dump(dbk_db *db, char **out, size_t *len, dbk_error *err)
     dbk_rc rc = dbk__mctx_open(&m, db, NULL, 0, err);
     if (rc)
         return rc;
-    sbuf b = {0};
+    dbk__sb b = {0};
     const char *ver = dbk_conn_server_version(m.conn);
-    sb_str(&b, "-- Schema dumped by `dbkit migrate dump` from ");
-    sb_str(&b, m.engine == DBK_ENGINE_SQLITE ? "SQLite " : "PostgreSQL ");
-    sb_str(&b, ver ? ver : "");
-    sb_str(&b, ".\n-- Generated file: do not edit; change the schema with a migration.\n");
+    dbk__sb_puts(&b, "-- Schema dumped by `dbkit migrate dump` from ");
+    dbk__sb_puts(&b, m.engine == DBK_ENGINE_SQLITE ? "SQLite " : "PostgreSQL ");
+    dbk__sb_puts(&b, ver ? ver : "");
+    dbk__sb_puts(&b, ".\n-- Generated file: do not edit; change the schema with a migration.\n");
     rc = dump_history(m.db, &b, err);
-    sb_str(&b, "\n");
+    dbk__sb_puts(&b, "\n");
     if (rc == DBK_OK && m.engine == DBK_ENGINE_SQLITE) {
         rc = dump_query(m.db, &b, NULL,
                         "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
@@ -221,7 +190,7 @@ dbk_rc dbk_schema_dump(dbk_db *db, char **out, size_t *len, dbk_error *err)
                         "WHEN 'view' THEN 3 WHEN 'trigger' THEN 4 ELSE 5 END, name",
                         ";\n\n", err);
     } else if (rc == DBK_OK) {
-        sb_str(&b, "SET check_function_bodies = false;\n");
+        dbk__sb_puts(&b, "SET check_function_bodies = false;\n");
         for (size_t i = 0; i < sizeof PG_PARTS / sizeof PG_PARTS[0] && rc == DBK_OK; i++)
             rc = dump_query(m.db, &b, PG_PARTS[i].heading, PG_PARTS[i].sql, "\n\n", err);
     }

@@ -16,7 +16,6 @@
  * copies strings and blobs into the caller's arena, so structs never point
  * into a dbk_result.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,64 +26,7 @@
 
 static pthread_mutex_t init_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* ---- string builder ---- */
-
-static void sb_grow(dbk__sb *sb, size_t extra)
-{
-    if (sb->oom)
-        return;
-    if (sb->len + extra + 1 <= sb->cap)
-        return;
-    size_t cap = sb->cap ? sb->cap : 256;
-    while (cap < sb->len + extra + 1)
-        cap *= 2;
-    char *p = realloc(sb->p, cap);
-    if (!p) {
-        sb->oom = true;
-        return;
-    }
-    sb->p = p;
-    sb->cap = cap;
-}
-
-void dbk__sb_putn(dbk__sb *sb, const char *s, size_t n)
-{
-    sb_grow(sb, n);
-    if (sb->oom)
-        return;
-    memcpy(sb->p + sb->len, s, n);
-    sb->len += n;
-    sb->p[sb->len] = '\0';
-}
-
-void dbk__sb_puts(dbk__sb *sb, const char *s)
-{
-    dbk__sb_putn(sb, s, strlen(s));
-}
-
-void dbk__sb_printf(dbk__sb *sb, const char *fmt, ...)
-{
-    char buf[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        sb->oom = true;
-        return;
-    }
-    if ((size_t)n < sizeof buf) {
-        dbk__sb_putn(sb, buf, (size_t)n);
-        return;
-    }
-    sb_grow(sb, (size_t)n);
-    if (sb->oom)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(sb->p + sb->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    sb->len += (size_t)n;
-}
+/* ---- SQL pieces (the builder itself is core/sb.c) ---- */
 
 void dbk__sb_ident(dbk__sb *sb, const char *id)
 {

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "dbkit/repo.h"
+#include "../core/sb.h"
 
 /* Cached SQL kinds. */
 enum dbk__repo_op {
@@ -45,16 +46,7 @@ struct dbk__entity_priv {
     struct dbk__sql *cache;
 };
 
-/* String builder: grows with realloc; any failure sticks in `oom`. */
-typedef struct dbk__sb {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} dbk__sb;
-
-void dbk__sb_puts(dbk__sb *sb, const char *s);
-void dbk__sb_putn(dbk__sb *sb, const char *s, size_t n);
-void dbk__sb_printf(dbk__sb *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* SQL pieces appended to the core string builder (core/sb.h). */
 void dbk__sb_ident(dbk__sb *sb, const char *id); /* "quoted" identifier */
 /* Placeholder $n, with ::cast on PostgreSQL when the field has one. */
 void dbk__sb_param(dbk__sb *sb, const dbk_entity *e, int field, int n, dbk_engine engine);
