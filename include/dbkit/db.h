@@ -100,6 +100,29 @@ DBK_API dbk_rc dbk_db_query_text(dbk_db *db, const char *sql, const dbk_value *p
  * parameters (DDL, migrations). Stops at the first error. */
 DBK_API dbk_rc dbk_db_exec_script(dbk_db *db, const char *sql, dbk_error *err);
 
+/* Bulk insert: nrows rows of ncolumns values each (values row-major:
+ * row i, column k is values[i * ncolumns + k]) into `table` (columns[k]
+ * names column k). Names are quoted as given, so case and special
+ * characters are kept; a schema prefix is not split (set search_path).
+ * All or nothing: on PostgreSQL one COPY ... FROM STDIN (a single
+ * statement), on SQLite multi-row INSERTs inside one savepoint that is
+ * rolled back on the first failure. Works on a connection, a pool and a
+ * transaction (on a pool, one connection does the whole call). Values are
+ * borrowed for the call; each row is encoded as it is sent, so memory does
+ * not grow with nrows. *rows_written (may be NULL) gets the rows written,
+ * 0 on failure. nrows 0: DBK_OK, nothing sent.
+ * Errors: DBK_EMISUSE for a NULL db/table/columns, no columns or a column
+ * without a name, values NULL with nrows > 0, more than 999 columns;
+ * DBK_EINVALID (naming the row and column, nothing written) for text with
+ * a NUL byte on PostgreSQL, a value over 1 GiB or a row over 1 GiB in COPY
+ * text format on PostgreSQL (refused from its length, before the value is
+ * read), a timestamp outside 1..9999; a constraint violation or a wrong
+ * type as the server classifies it (nothing written). Thread safety: as
+ * dbk_db_exec on the same executor. */
+DBK_API dbk_rc dbk_db_copy_from(dbk_db *db, const char *table, const char *const *columns,
+                                size_t ncolumns, const dbk_value *values, size_t nrows,
+                                int64_t *rows_written, dbk_error *err);
+
 /* What an observer sees after each statement. All pointers are borrowed for
  * the duration of the callback. `sql` is the text with placeholders; the
  * parameter values are in `params` so that an observer that was asked to can

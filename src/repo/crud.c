@@ -18,6 +18,7 @@
 
 #include "dbkit/tx.h"
 #include "../core/internal.h"
+#include "../db/copy_int.h"
 #include "../db/db_int.h"
 #include "repo_int.h"
 
@@ -280,7 +281,8 @@ dbk_rc dbk_repo_create(dbk_db *db, dbk_entity *e, const void *in, void *out, dbk
 
 /* ---- create many ---- */
 
-/* COPY text format for one value (PostgreSQL's COPY ... FROM STDIN). */
+/* Rows of an entity as PostgreSQL's COPY ... FROM STDIN text, through the
+ * db layer's encoder (db/copy_int.h: escaping, bytea hex, size limits). */
 struct copy_state {
     const dbk_entity *e;
     const unsigned char *rows;
@@ -288,166 +290,35 @@ struct copy_state {
     int fields[DBK_REPO_MAX_FIELDS];
     int nfields;
     int64_t now;
-    char *row;             /* the encoded row being handed out */
-    size_t len, off, cap;
+    dbk__copy_row row; /* the encoded row being handed out */
 };
-
-static bool row_reserve(struct copy_state *c, size_t more)
-{
-    if (c->len + more <= c->cap)
-        return true;
-    size_t cap = c->cap ? c->cap : 256;
-    while (cap < c->len + more)
-        cap *= 2;
-    char *p = realloc(c->row, cap);
-    if (!p)
-        return false;
-    c->row = p;
-    c->cap = cap;
-    return true;
-}
-
-static bool row_puts(struct copy_state *c, const char *s, size_t n)
-{
-    if (!row_reserve(c, n))
-        return false;
-    memcpy(c->row + c->len, s, n);
-    c->len += n;
-    return true;
-}
-
-/* PostgreSQL's limits on COPY: one value at most DBK__PG_MAX_VALUE bytes,
- * one encoded row (the server reads a line into one buffer) at most
- * DBK__PG_MAX_MESSAGE. Checked from lengths before the row buffer grows,
- * so a value that cannot go is refused without being copied. */
-static dbk_rc copy_limits(const struct copy_state *c, size_t raw, size_t encoded,
-                          const char *column, dbk_error *err)
-{
-    if (raw > DBK__PG_MAX_VALUE)
-        dbk__err(err, DBK_EINVALID,
-                 "%s: value is %zu bytes; PostgreSQL accepts at most %zu bytes (1 GiB) in one "
-                 "value", column, raw, DBK__PG_MAX_VALUE);
-    else if (encoded > DBK__PG_MAX_MESSAGE - 1 - c->len)
-        dbk__err(err, DBK_EINVALID,
-                 "%s: the row would be more than %zu bytes in COPY text format, the most "
-                 "PostgreSQL reads as one row (1 GiB)", column, DBK__PG_MAX_MESSAGE);
-    else
-        return DBK_OK;
-    dbk__err_hint(err, "store large objects outside the database and keep their path or key in "
-                       "the row, or insert this row on its own with dbk_repo_create");
-    return DBK_EINVALID;
-}
-
-/* Encodes one value; returns DBK_OK, DBK_ENOMEM or DBK_EINVALID. */
-static dbk_rc copy_value(struct copy_state *c, dbk_value v, const char *column, dbk_error *err)
-{
-    char tmp[64];
-    switch (v.type) {
-    case DBK_TYPE_NULL:
-        return row_puts(c, "\\N", 2) ? DBK_OK : DBK_ENOMEM;
-    case DBK_TYPE_BOOL:
-        return row_puts(c, v.u.b ? "t" : "f", 1) ? DBK_OK : DBK_ENOMEM;
-    case DBK_TYPE_INT64: {
-        int k = snprintf(tmp, sizeof tmp, "%lld", (long long)v.u.i);
-        return row_puts(c, tmp, (size_t)k) ? DBK_OK : DBK_ENOMEM;
-    }
-    case DBK_TYPE_DOUBLE: {
-        int k;
-        if (v.u.d != v.u.d)
-            k = snprintf(tmp, sizeof tmp, "NaN");
-        else if (v.u.d > 1.7976931348623157e308)
-            k = snprintf(tmp, sizeof tmp, "Infinity");
-        else if (v.u.d < -1.7976931348623157e308)
-            k = snprintf(tmp, sizeof tmp, "-Infinity");
-        else
-            k = snprintf(tmp, sizeof tmp, "%.17g", v.u.d);
-        return row_puts(c, tmp, (size_t)k) ? DBK_OK : DBK_ENOMEM;
-    }
-    case DBK_TYPE_TIMESTAMP:
-        if (dbk_timestamp_format(v.u.i, tmp, sizeof tmp) != DBK_OK)
-            return dbk__err(err, DBK_EINVALID,
-                            "%s: timestamp %lld us is outside the years 1..9999", column,
-                            (long long)v.u.i);
-        return row_puts(c, tmp, strlen(tmp)) ? DBK_OK : DBK_ENOMEM;
-    case DBK_TYPE_TEXT:
-    case DBK_TYPE_JSON: {
-        const unsigned char *p = v.u.bytes.ptr;
-        size_t n = v.u.bytes.len;
-        if (n && !p)
-            return dbk__err(err, DBK_EMISUSE, "%s: NULL text with length %zu", column, n);
-        size_t enc = n;
-        if (n <= DBK__PG_MAX_VALUE)
-            for (size_t i = 0; i < n; i++)
-                enc += p[i] == '\\' || p[i] == '\n' || p[i] == '\r' || p[i] == '\t';
-        dbk_rc lrc = copy_limits(c, n, enc, column, err);
-        if (lrc)
-            return lrc;
-        if (!row_reserve(c, enc))
-            return DBK_ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-            unsigned char ch = p[i];
-            char *o = c->row + c->len;
-            switch (ch) {
-            case '\0':
-                dbk__err(err, DBK_EINVALID,
-                         "%s: text contains a NUL byte, which PostgreSQL cannot store", column);
-                dbk__err_hint(err, "store binary data as a blob (dbk_blob) in a bytea column");
-                return DBK_EINVALID;
-            case '\\': o[0] = '\\'; o[1] = '\\'; c->len += 2; break;
-            case '\n': o[0] = '\\'; o[1] = 'n'; c->len += 2; break;
-            case '\r': o[0] = '\\'; o[1] = 'r'; c->len += 2; break;
-            case '\t': o[0] = '\\'; o[1] = 't'; c->len += 2; break;
-            default: o[0] = (char)ch; c->len += 1; break;
-            }
-        }
-        return DBK_OK;
-    }
-    case DBK_TYPE_BLOB: {
-        static const char hex[] = "0123456789abcdef";
-        const unsigned char *p = v.u.bytes.ptr;
-        size_t n = v.u.bytes.len;
-        if (n && !p)
-            return dbk__err(err, DBK_EMISUSE, "%s: NULL blob with length %zu", column, n);
-        dbk_rc lrc = copy_limits(c, n, n <= DBK__PG_MAX_VALUE ? 3 + 2 * n : n, column, err);
-        if (lrc)
-            return lrc;
-        if (!row_reserve(c, 3 + 2 * n))
-            return DBK_ENOMEM;
-        memcpy(c->row + c->len, "\\\\x", 3); /* bytea hex input, backslash escaped */
-        c->len += 3;
-        for (size_t i = 0; i < n; i++) {
-            c->row[c->len++] = hex[p[i] >> 4];
-            c->row[c->len++] = hex[p[i] & 15];
-        }
-        return DBK_OK;
-    }
-    }
-    return dbk__err(err, DBK_EMISUSE, "%s: unknown value type %d", column, (int)v.type);
-}
 
 static long copy_fill(void *ctx, char *buf, size_t cap, dbk_error *err)
 {
     struct copy_state *c = ctx;
+    dbk__copy_row *r = &c->row;
     size_t used = 0;
     while (used < cap) {
-        if (c->off < c->len) {
-            size_t k = c->len - c->off;
+        if (r->off < r->len) {
+            size_t k = r->len - r->off;
             if (k > cap - used)
                 k = cap - used;
-            memcpy(buf + used, c->row + c->off, k);
-            c->off += k;
+            memcpy(buf + used, r->p + r->off, k);
+            r->off += k;
             used += k;
             continue;
         }
         if (c->next == c->n)
             break;
         const unsigned char *in = c->rows + c->next * c->e->struct_size;
-        c->len = c->off = 0;
+        r->len = r->off = 0;
         for (int k = 0; k < c->nfields; k++) {
             const dbk_field *f = &c->e->fields[c->fields[k]];
             dbk_value v = is_now_field(f) ? dbk_timestamp(c->now)
                                           : dbk__field_value(c->e, c->fields[k], in);
-            dbk_rc rc = (k && !row_puts(c, "\t", 1)) ? DBK_ENOMEM : copy_value(c, v, f->column, err);
+            dbk_rc rc = (k && !dbk__copy_put(r, "\t", 1))
+                            ? DBK_ENOMEM
+                            : dbk__copy_value(r, v, f->column, err);
             if (rc == DBK_ENOMEM)
                 rc = dbk__err(err, DBK_ENOMEM, "out of memory encoding row %zu", c->next);
             if (rc) {
@@ -460,7 +331,7 @@ static long copy_fill(void *ctx, char *buf, size_t cap, dbk_error *err)
                 return -1;
             }
         }
-        if (!row_puts(c, "\n", 1)) {
+        if (!dbk__copy_put(r, "\n", 1)) {
             dbk__err(err, DBK_ENOMEM, "out of memory encoding row %zu", c->next);
             return -1;
         }
@@ -500,7 +371,7 @@ static dbk_rc create_many_copy(dbk_db *db, dbk_entity *e, const void *rows, size
         rc = dbk__err(err, DBK_EINTERNAL, "COPY into %s wrote %lld rows for %zu", e->table,
                       (long long)copied, n);
     free(sql.p);
-    free(c.row);
+    free(c.row.p);
     return rc;
 }
 

@@ -2,7 +2,9 @@
  * dbk_db on both engines: the same SQL gives the same observable results.
  * Each test runs once on a fresh SQLite file and once on a fresh
  * PostgreSQL database (dbkt_each_engine). */
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "testutil.h"
@@ -588,6 +590,246 @@ static void db_large_text_round_trips_whole(void **state)
     dbkt_each_engine("db_large_text", large_text);
 }
 
+/* ---- dbk_db_copy_from: bulk insert, all or nothing ---- */
+
+static const char *copy_ddl(dbk_engine e)
+{
+    return e == DBK_ENGINE_POSTGRES
+               ? "CREATE TABLE \"Copy \"\"T\"\"\" (id BIGINT PRIMARY KEY, name TEXT, "
+                 "score DOUBLE PRECISION, ok BOOLEAN, at TIMESTAMPTZ, doc JSONB, bin BYTEA)"
+               : "CREATE TABLE \"Copy \"\"T\"\"\" (id INTEGER PRIMARY KEY, name TEXT, score REAL, "
+                 "ok INTEGER, at TEXT, doc TEXT, bin BLOB)";
+}
+
+static const char *const copy_cols[] = {"id", "name", "score", "ok", "at", "doc", "bin"};
+#define COPY_NCOLS 7
+
+/* Every type, NULLs, and text that COPY's text format must escape. */
+static void copy_types(const char *url, dbk_engine e)
+{
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    dbkt_exec(db, copy_ddl(e));
+    static const char hostile[] = "tab\there\nnew\\line \\N\r\\.";
+    static const unsigned char bin[] = {0, 1, '\\', '\t', '\n', 0xff};
+    const int64_t at = 1700000000123456LL;
+    dbk_value v[3 * COPY_NCOLS] = {
+        dbk_int64(1), dbk_text(hostile), dbk_double(-1.25), dbk_bool(true), dbk_timestamp(at),
+        dbk_json("{\"k\": \"a\\tb\"}"), dbk_blob(bin, sizeof bin),
+        dbk_int64(2), dbk_null(), dbk_null(), dbk_null(), dbk_null(), dbk_null(), dbk_null(),
+        dbk_int64(3), dbk_text("\\N"), dbk_double(1e300), dbk_bool(false), dbk_timestamp(0),
+        dbk_json("[]"), dbk_blob(bin, 0)};
+    int64_t written = -1;
+    DBKT_OK(dbk_db_copy_from(db, "Copy \"T\"", copy_cols, COPY_NCOLS, v, 3, &written, &err),
+            &err);
+    assert_int_equal(written, 3);
+    dbk_result *r = NULL;
+    DBKT_OK(dbk_db_query(db, "SELECT id, name, score, ok, at, doc, bin FROM \"Copy \"\"T\"\"\" "
+                             "ORDER BY id",
+                         NULL, 0, &r, &err),
+            &err);
+    assert_int_equal(dbk_result_nrows(r), 3);
+    const char *s;
+    size_t len;
+    int64_t i64;
+    double d;
+    bool b;
+    DBKT_OK(dbk_result_get_text(r, 0, 1, &s, &len, &err), &err);
+    assert_int_equal(len, strlen(hostile));
+    assert_memory_equal(s, hostile, len);
+    DBKT_OK(dbk_result_get_double(r, 0, 2, &d, &err), &err);
+    assert_true(d == -1.25);
+    DBKT_OK(dbk_result_get_bool(r, 0, 3, &b, &err), &err);
+    assert_true(b);
+    DBKT_OK(dbk_result_get_timestamp(r, 0, 4, &i64, &err), &err);
+    assert_int_equal(i64, at);
+    DBKT_OK(dbk_result_get_text(r, 0, 5, &s, &len, &err), &err);
+    assert_non_null(strstr(s, "a\\tb"));
+    const void *blob;
+    DBKT_OK(dbk_result_get_blob(r, 0, 6, &blob, &len, &err), &err);
+    assert_int_equal(len, sizeof bin);
+    assert_memory_equal(blob, bin, sizeof bin);
+    for (size_t k = 1; k < COPY_NCOLS; k++)
+        assert_true(dbk_result_is_null(r, 1, k));
+    DBKT_OK(dbk_result_get_text(r, 2, 1, &s, &len, &err), &err);
+    assert_string_equal(s, "\\N");
+    assert_false(dbk_result_is_null(r, 2, 1));
+    DBKT_OK(dbk_result_get_double(r, 2, 2, &d, &err), &err);
+    assert_true(d == 1e300);
+    DBKT_OK(dbk_result_get_bool(r, 2, 3, &b, &err), &err);
+    assert_false(b);
+    DBKT_OK(dbk_result_get_blob(r, 2, 6, &blob, &len, &err), &err);
+    assert_int_equal(len, 0);
+    assert_false(dbk_result_is_null(r, 2, 6));
+    dbk_result_free(r);
+    dbk_conn_close(c);
+}
+
+static void db_copy_from_round_trips_every_type(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_copy_types", copy_types);
+}
+
+/* More rows than one SQLite statement may carry, on a pool and inside a
+ * transaction; no rows is a no-op. */
+struct copy_many {
+    dbk_value *v;
+    size_t n;
+};
+
+static dbk_rc copy_in_tx(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    struct copy_many *m = ctx;
+    int64_t w = 0;
+    static const char *const cols[] = {"id", "name"};
+    dbk_rc rc = dbk_db_copy_from(tx, "many", cols, 2, m->v + 2 * m->n, m->n, &w, err);
+    assert_int_equal(w, rc ? 0 : (int64_t)m->n);
+    return rc;
+}
+
+static void copy_many(const char *url, dbk_engine e)
+{
+    (void)e;
+    dbk_config *cfg = NULL;
+    dbk_error err;
+    DBKT_OK(dbk_config_from_url(url, &cfg, &err), &err);
+    dbk_pool *pool = NULL;
+    DBKT_OK(dbk_pool_open(cfg, NULL, &pool, &err), &err);
+    dbk_db *db = dbk_pool_db(pool);
+    dbkt_exec(db, "CREATE TABLE many (id BIGINT PRIMARY KEY, name TEXT NOT NULL)");
+    static const char *const cols[] = {"id", "name"};
+    int64_t w = -1;
+    DBKT_OK(dbk_db_copy_from(db, "many", cols, 2, NULL, 0, &w, &err), &err);
+    assert_int_equal(w, 0);
+    struct copy_many m = {.n = 1200};
+    m.v = calloc(4 * m.n, sizeof *m.v);
+    assert_non_null(m.v);
+    for (size_t i = 0; i < 2 * m.n; i++) {
+        m.v[2 * i] = dbk_int64((int64_t)i + 1);
+        m.v[2 * i + 1] = dbk_text(i % 2 ? "odd" : "even\t");
+    }
+    DBKT_OK(dbk_db_copy_from(db, "many", cols, 2, m.v, m.n, &w, &err), &err);
+    assert_int_equal(w, (int64_t)m.n);
+    DBKT_OK(dbk_tx_run(db, copy_in_tx, &m, NULL, &err), &err);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM many"), (int64_t)(2 * m.n));
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM many WHERE name = 'even\t'"),
+                     (int64_t)m.n);
+    free(m.v);
+    dbk_pool_close(pool, 0);
+    dbk_config_free(cfg);
+}
+
+static void db_copy_from_many_rows_on_pool_and_transaction(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_copy_many", copy_many);
+}
+
+/* A row the server refuses (the last of a chunk, past the first chunk on
+ * SQLite) leaves nothing written, and the executor stays usable. */
+static void copy_fails(const char *url, dbk_engine e)
+{
+    (void)e;
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    dbkt_exec(db, "CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT NOT NULL)");
+    dbkt_exec(db, "INSERT INTO t (id, name) VALUES (5000, 'kept')");
+    static const char *const cols[] = {"id", "name"};
+    const size_t n = 1000;
+    dbk_value *v = calloc(2 * n, sizeof *v);
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++) {
+        v[2 * i] = dbk_int64((int64_t)i + 1);
+        v[2 * i + 1] = dbk_text("x");
+    }
+    v[2 * (n - 1)] = dbk_int64(5000); /* duplicate key in the last row */
+    int64_t w = -1;
+    DBKT_RC(DBK_EUNIQUE, dbk_db_copy_from(db, "t", cols, 2, v, n, &w, &err));
+    assert_int_equal(w, 0);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 1);
+    v[2 * (n - 1)] = dbk_int64((int64_t)n);
+    v[1] = dbk_null(); /* NOT NULL in the first row */
+    DBKT_RC(DBK_ENOT_NULL, dbk_db_copy_from(db, "t", cols, 2, v, n, &w, &err));
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 1);
+    v[1] = dbk_text("x");
+    DBKT_OK(dbk_db_copy_from(db, "t", cols, 2, v, n, &w, &err), &err);
+    assert_int_equal(w, (int64_t)n);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), (int64_t)n + 1);
+    free(v);
+    dbk_conn_close(c);
+}
+
+static void db_copy_from_failing_row_writes_nothing(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_copy_fails", copy_fails);
+}
+
+/* Misuse is DBK_EMISUSE; a value over the limit is refused from its length
+ * (the bytes are unreadable) and nothing is written. */
+static void copy_misuse(const char *url, dbk_engine e)
+{
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    dbkt_exec(db, e == DBK_ENGINE_POSTGRES ? "CREATE TABLE t (a TEXT, b BYTEA)"
+                                           : "CREATE TABLE t (a TEXT, b BLOB)");
+    static const char *const cols[] = {"a", "b"};
+    static const char *const nameless[] = {"a", ""};
+    static const char *const null_name[] = {"a", NULL};
+    dbk_value v[2] = {dbk_text("x"), dbk_null()};
+    int64_t w = -1;
+    DBKT_RC(DBK_EMISUSE, dbk_db_copy_from(NULL, "t", cols, 2, v, 1, &w, &err));
+    assert_int_equal(w, 0);
+    DBKT_RC(DBK_EMISUSE, dbk_db_copy_from(db, NULL, cols, 2, v, 1, &w, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_db_copy_from(db, "", cols, 2, v, 1, &w, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_db_copy_from(db, "t", NULL, 2, v, 1, &w, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_db_copy_from(db, "t", cols, 0, v, 1, &w, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_db_copy_from(db, "t", cols, 2, NULL, 1, &w, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_db_copy_from(db, "t", nameless, 2, v, 1, &w, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_db_copy_from(db, "t", null_name, 2, v, 1, &w, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_db_copy_from(db, "t", cols, 2, v, SIZE_MAX, &w, &err));
+    dbk_value bad[2] = {dbk_text("x"), dbk_null()};
+    bad[1].type = DBK_TYPE_TEXT;
+    bad[1].u.bytes.ptr = NULL;
+    bad[1].u.bytes.len = 3;
+    if (e == DBK_ENGINE_POSTGRES)
+        DBKT_RC(DBK_EMISUSE, dbk_db_copy_from(db, "t", cols, 2, bad, 1, &w, &err));
+
+    const size_t G = (size_t)1 << 30;
+    const size_t maplen = G + 1;
+    char *huge = dbkt_unreadable(maplen);
+    for (int t = 0; t < 2; t++) {
+        dbk_value h[4] = {dbk_text("first"), dbk_null(), dbk_text("x"), dbk_null()};
+        h[3].type = t ? DBK_TYPE_BLOB : DBK_TYPE_TEXT;
+        h[3].u.bytes.ptr = huge;
+        h[3].u.bytes.len = maplen;
+        memset(&err, 0, sizeof err);
+        DBKT_RC(DBK_EINVALID, dbk_db_copy_from(db, "t", cols, 2, h, 2, &w, &err));
+        assert_int_equal(w, 0);
+        assert_true(err.hint[0] != '\0');
+    }
+    dbkt_unreadable_free(huge, maplen);
+    if (e == DBK_ENGINE_POSTGRES) {
+        dbk_value nul[2] = {dbk_textn("a\0b", 3), dbk_null()};
+        DBKT_RC(DBK_EINVALID, dbk_db_copy_from(db, "t", cols, 2, nul, 1, &w, &err));
+        assert_non_null(strstr(err.message, "row 0"));
+    }
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 0);
+    DBKT_OK(dbk_db_copy_from(db, "t", cols, 2, v, 1, &w, &err), &err);
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM t"), 1);
+    dbk_conn_close(c);
+}
+
+static void db_copy_from_misuse_and_limits(void **state)
+{
+    (void)state;
+    dbkt_each_engine("db_copy_misuse", copy_misuse);
+}
+
 /* ---- fork: a connection belongs to the process that opened it ---- */
 
 struct fork_ctx {
@@ -710,6 +952,10 @@ int main(int argc, char **argv)
         cmocka_unit_test(db_ping_and_version),
         cmocka_unit_test(db_huge_parameters_refused_before_sending),
         cmocka_unit_test(db_large_text_round_trips_whole),
+        cmocka_unit_test(db_copy_from_round_trips_every_type),
+        cmocka_unit_test(db_copy_from_many_rows_on_pool_and_transaction),
+        cmocka_unit_test(db_copy_from_failing_row_writes_nothing),
+        cmocka_unit_test(db_copy_from_misuse_and_limits),
         cmocka_unit_test(db_connection_refuses_use_after_fork),
     };
     if (argc > 1)
