@@ -74,6 +74,9 @@ static const char QUERIES[] =
     "-- name: CopyChildren :copyfrom\n"
     "INSERT INTO c (id, t_id, note) VALUES ($1, $2, $3);\n"
     "\n"
+    "-- name: GetChild :one\n"
+    "SELECT t_id, note FROM c WHERE id = $1;\n"
+    "\n"
     "-- name: DeleteChildren :exec\n"
     "DELETE FROM c WHERE t_id = $1;\n"
     "\n"
@@ -159,6 +162,26 @@ static const char MAIN_C[] =
     "    CK(delete_children(db, id1.id, &err));\n"
     "    CK(list_with_children(db, a, &rows, &nrows, &err));\n"
     "    printf(\"after delete %zu\\n\", nrows);\n"
+    "    copy_children_params esc[] = {{5, id1.id, \"tab\\there\"}, {6, id1.id, "
+    "\"back\\\\slash\\nnew\\rline\"}, {7, id1.id, \"\\\\N\"}};\n"
+    "    CK(copy_children(db, esc, 3, &n, &err));\n"
+    "    printf(\"copy esc %\" PRId64 \"\\n\", n);\n"
+    "    int same = 0;\n"
+    "    for (int i = 0; i < 3; i++) {\n"
+    "        get_child_row gc;\n"
+    "        CK(get_child(db, esc[i].id, a, &gc, &err));\n"
+    "        same += strcmp(gc.note, esc[i].note) == 0 && gc.t_id == id1.id;\n"
+    "    }\n"
+    "    printf(\"copy round trip %d\\n\", same);\n"
+    "    copy_children_params bad[] = {{8, id1.id, \"eight\"}, {9, id1.id, \"nine\"}, "
+    "{5, id1.id, \"dup\"}};\n"
+    "    n = -1;\n"
+    "    drc = copy_children(db, bad, 3, &n, &err);\n"
+    "    CK(list_with_children(db, a, &rows, &nrows, &err));\n"
+    "    printf(\"copy dup %s %\" PRId64 \" rows %zu\\n\", dbk_rc_name(drc), n, nrows);\n"
+    "    CK(copy_children(db, NULL, 0, &n, &err));\n"
+    "    printf(\"copy none %\" PRId64 \"\\n\", n);\n"
+    "    CK(delete_children(db, id1.id, &err));\n"
     "    printf(\"sql %d\\n\", strstr(get_t_sql, \"WHERE id = $1\") != NULL);\n"
     "    int64_t seven = 7;\n"
     "    CK(set_i4(db, &seven, id1.id, &n, &err));\n"
@@ -316,7 +339,7 @@ static void matrix(dbk_engine engine, const char *name)
     dbk_error err;
     dbk_gen_report rep;
     DBKT_OK(gen(cfg, dir, false, &rep, &err), &err);
-    assert_int_equal(rep.queries, 12);
+    assert_int_equal(rep.queries, 13);
     assert_int_equal(rep.files, 5);
 
     char path[1024];
@@ -341,10 +364,19 @@ static void matrix(dbk_engine engine, const char *name)
            "f8, bool b_, bool bn, const char *s, const char *sn, int64_t ts, int64_t tsn, "
            "dbk_bytes bl, const char *j, const char *ia, const char *num, dbk_arena *arena");
     has(h, "typedef struct add_children_params {");
+    has(h, "dbk_rc copy_children(dbk_db *db, const copy_children_params *params, size_t n, "
+           "int64_t *affected,");
     /* sqlc.narg(): a nullable number parameter, passed by pointer */
     has(h, "dbk_rc set_i4(dbk_db *db, const int64_t *i4, int64_t id, int64_t *affected");
     /* an arithmetic operand takes the column's type (SQLite has no other source) */
     has(h, "dbk_rc add_i8(dbk_db *db, int64_t delta, int64_t id, int64_t *affected");
+    free(h);
+    /* :copyfrom runs on COPY (dbk_db_copy_from), not a batch of INSERTs */
+    snprintf(path, sizeof path, "%s/db/gen/matrix.c", dir);
+    h = read_file(path);
+    assert_non_null(h);
+    has(h, "static const char *const cols[3] = {\"id\", \"t_id\", \"note\"};");
+    has(h, "dbk_rc rc = dbk_db_copy_from(db, \"c\", cols, 3, v, n, affected, err);");
     free(h);
 
     const char *expected[] = {
@@ -361,6 +393,10 @@ static void matrix(dbk_engine engine, const char *name)
         "rename renamed changed",
         "missing DBK_ENOT_FOUND",
         "after delete 2",
+        "copy esc 3",
+        "copy round trip 3",
+        "copy dup DBK_EUNIQUE 0 rows 4",
+        "copy none 0",
         "sql 1",
         "narg 7/0 1",
         "count 2",
@@ -418,6 +454,40 @@ static void gen_sqlite_unpreparable_query_fails(void **state)
 {
     (void)state;
     unpreparable(DBK_ENGINE_SQLITE, "gen_sqlite_unpreparable");
+}
+
+/* A :copyfrom query that dbk_db_copy_from cannot run as written (an
+ * expression, a repeated parameter, RETURNING, ON CONFLICT, a column
+ * without a value) fails generation naming the file and line. */
+static void copyfrom_shape(dbk_engine engine, const char *name)
+{
+    static const char *const bodies[] = {
+        "INSERT INTO c (id, t_id, note) VALUES ($1, $2, upper($3));",
+        "INSERT INTO c (id, t_id, note) VALUES ($1, $1, $2);",
+        "INSERT INTO c (id, t_id, note) VALUES ($1, $2, $3) RETURNING id;",
+        "INSERT INTO c (id, t_id, note) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING;",
+        "INSERT INTO c (id, t_id, note) VALUES ($1, $2, 'x');",
+        "DELETE FROM c WHERE id = $1;",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
+        char q[512], nm[128];
+        snprintf(q, sizeof q, "-- name: CopyBad :copyfrom\n%s\n", bodies[i]);
+        snprintf(nm, sizeof nm, "%s_%zu", name, i);
+        char *dir = project(nm, engine == DBK_ENGINE_POSTGRES ? PG_SCHEMA : SQLITE_SCHEMA, q);
+        dbk_config *cfg = server_cfg(engine, nm);
+        dbk_error err;
+        DBKT_RC(DBK_EINVALID, gen(cfg, dir, false, NULL, &err));
+        has(err.message, "matrix.sql:1: query CopyBad is :copyfrom but not INSERT INTO");
+        dbk_config_free(cfg);
+        free(dir);
+    }
+}
+
+static void gen_copyfrom_needs_plain_insert(void **state)
+{
+    (void)state;
+    copyfrom_shape(DBK_ENGINE_SQLITE, "gen_sqlite_copyfrom_shape");
+    copyfrom_shape(DBK_ENGINE_POSTGRES, "gen_pg_copyfrom_shape");
 }
 
 /* Same input, byte-identical output; --check (API and CLI) finds drift. */
@@ -493,6 +563,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(gen_sqlite_types_matrix),
         cmocka_unit_test(gen_pg_unpreparable_query_fails),
         cmocka_unit_test(gen_sqlite_unpreparable_query_fails),
+        cmocka_unit_test(gen_copyfrom_needs_plain_insert),
         cmocka_unit_test(gen_check_detects_drift),
         cmocka_unit_test(gen_example_shop_up_to_date),
     };
