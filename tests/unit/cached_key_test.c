@@ -168,14 +168,10 @@ static void cached_key_none_for_unkeyable_lookups(void **state)
     fx_close(&f);
 }
 
-int main(int argc, char **argv)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(cached_key_int_id_in_decimal),
-        cmocka_unit_test(cached_key_text_bytes_as_stored),
-        cmocka_unit_test(cached_key_none_for_unkeyable_lookups),
-    };
-    if (argc > 1)
-        cmocka_set_test_filter(argv[1]);
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(cached_key_int_id_in_decimal),
+    cmocka_unit_test(cached_key_text_bytes_as_stored),
+    cmocka_unit_test(cached_key_none_for_unkeyable_lookups),
+};
+
+DBKT_MAIN(tests)

@@ -311,17 +311,13 @@ static void cursor_sealed_bad_contents_refused(void **state)
     dbk_arena_free(a);
 }
 
-int main(int argc, char **argv)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(cursor_round_trip_every_key_type),
-        cmocka_unit_test(cursor_null_key_refused_at_encode),
-        cmocka_unit_test(cursor_bound_to_entity_and_order),
-        cmocka_unit_test(cursor_hostile_strings_refused),
-        cmocka_unit_test(cursor_truncated_and_tampered_refused),
-        cmocka_unit_test(cursor_sealed_bad_contents_refused),
-    };
-    if (argc > 1)
-        cmocka_set_test_filter(argv[1]);
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(cursor_round_trip_every_key_type),
+    cmocka_unit_test(cursor_null_key_refused_at_encode),
+    cmocka_unit_test(cursor_bound_to_entity_and_order),
+    cmocka_unit_test(cursor_hostile_strings_refused),
+    cmocka_unit_test(cursor_truncated_and_tampered_refused),
+    cmocka_unit_test(cursor_sealed_bad_contents_refused),
+};
+
+DBKT_MAIN(tests)

@@ -251,15 +251,11 @@ static void result_misuse_and_names(void **state)
     dbk_result_free(NULL);
 }
 
-int main(int argc, char **argv)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(result_conversion_matrix),
-        cmocka_unit_test(result_converted_values),
-        cmocka_unit_test(result_timestamp_text_hostile),
-        cmocka_unit_test(result_misuse_and_names),
-    };
-    if (argc > 1)
-        cmocka_set_test_filter(argv[1]);
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(result_conversion_matrix),
+    cmocka_unit_test(result_converted_values),
+    cmocka_unit_test(result_timestamp_text_hostile),
+    cmocka_unit_test(result_misuse_and_names),
+};
+
+DBKT_MAIN(tests)

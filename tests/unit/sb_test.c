@@ -83,14 +83,10 @@ static void sb_oom_sticks_and_overflow_refused(void **state)
     dbk__sb_free(&sb);
 }
 
-int main(int argc, char **argv)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(sb_appends_and_terminates),
-        cmocka_unit_test(sb_long_text_and_growth),
-        cmocka_unit_test(sb_oom_sticks_and_overflow_refused),
-    };
-    if (argc > 1)
-        cmocka_set_test_filter(argv[1]);
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(sb_appends_and_terminates),
+    cmocka_unit_test(sb_long_text_and_growth),
+    cmocka_unit_test(sb_oom_sticks_and_overflow_refused),
+};
+
+DBKT_MAIN(tests)
