@@ -67,18 +67,18 @@ const struct setting dbk__cfg_settings[S_COUNT_] = {
     [S_PATH] = {"path", NULL, K_PATH, SC_SQLITE, F_COMPONENT | F_NOURL, "dbkit.db", 0, 0,
                 OFF(sqlite_path), NULL},
     [S_MODE] = {"mode", "DB_SQLITE_MODE", K_MODE, SC_SQLITE, 0, "rwc", 0, 0, 0, NULL},
-    [S_BUSY_TIMEOUT] = {"busy_timeout", "DB_SQLITE_BUSY_TIMEOUT_MS", K_MS, SC_SQLITE, 0, "5000",
-                        0, MS_MAX, OFF(busy_timeout_ms), NULL},
-    [S_JOURNAL_MODE] = {"journal_mode", "DB_SQLITE_JOURNAL_MODE", K_ENUM, SC_SQLITE, 0, "wal", 0,
-                        0, OFF(journal_mode), journal_modes},
-    [S_SYNCHRONOUS] = {"synchronous", "DB_SQLITE_SYNCHRONOUS", K_ENUM, SC_SQLITE, 0, "normal", 0,
-                       0, OFF(synchronous), sync_modes},
+    [S_BUSY_TIMEOUT] = {"busy_timeout", "DB_SQLITE_BUSY_TIMEOUT_MS", K_MS, SC_SQLITE, 0, "5000", 0,
+                        MS_MAX, OFF(busy_timeout_ms), NULL},
+    [S_JOURNAL_MODE] = {"journal_mode", "DB_SQLITE_JOURNAL_MODE", K_ENUM, SC_SQLITE, 0, "wal", 0, 0,
+                        OFF(journal_mode), journal_modes},
+    [S_SYNCHRONOUS] = {"synchronous", "DB_SQLITE_SYNCHRONOUS", K_ENUM, SC_SQLITE, 0, "normal", 0, 0,
+                       OFF(synchronous), sync_modes},
     [S_HOST] = {"host", "DB_HOST", K_HOSTS, SC_PG, F_COMPONENT, NULL, 0, 0, OFF(host), NULL},
     [S_PORT] = {"port", "DB_PORT", K_PORTS, SC_PG, F_COMPONENT, "5432", 0, 0, OFF(port), NULL},
     [S_DBNAME] = {"dbname", "DB_NAME", K_TEXT, SC_PG, F_COMPONENT, NULL, 0, 0, OFF(dbname), NULL},
     [S_USER] = {"user", "DB_USER", K_TEXT, SC_PG, F_COMPONENT, NULL, 0, 0, OFF(user), NULL},
-    [S_PASSWORD] = {"password", "DB_PASSWORD", K_SECRET, SC_PG, F_COMPONENT | F_NOCODE, NULL, 0,
-                    0, OFF(password), NULL},
+    [S_PASSWORD] = {"password", "DB_PASSWORD", K_SECRET, SC_PG, F_COMPONENT | F_NOCODE, NULL, 0, 0,
+                    OFF(password), NULL},
     [S_SSLMODE] = {"sslmode", "DB_SSLMODE", K_ENUM, SC_PG, 0, NULL, 0, 0, OFF(sslmode), ssl_modes},
     [S_APPLICATION_NAME] = {"application_name", "DB_APPLICATION_NAME", K_TEXT, SC_PG, 0, "dbkit", 0,
                             0, OFF(application_name), NULL},
@@ -102,8 +102,8 @@ const struct setting dbk__cfg_settings[S_COUNT_] = {
                            MS_MAX, OFF(pool.acquire_timeout_ms), NULL},
     [S_IDLE_TIMEOUT] = {"idle_timeout", "DB_IDLE_TIMEOUT_MS", K_MS, SC_ANY, 0, "600000", 0, MS_MAX,
                         OFF(pool.idle_timeout_ms), NULL},
-    [S_MAX_LIFETIME] = {"max_lifetime", "DB_MAX_LIFETIME_MS", K_MS, SC_ANY, 0, "1800000", 0,
-                        MS_MAX, OFF(pool.max_lifetime_ms), NULL},
+    [S_MAX_LIFETIME] = {"max_lifetime", "DB_MAX_LIFETIME_MS", K_MS, SC_ANY, 0, "1800000", 0, MS_MAX,
+                        OFF(pool.max_lifetime_ms), NULL},
     [S_VALIDATE_AFTER] = {"validate_after", "DB_POOL_VALIDATE_AFTER_MS", K_MS, SC_ANY, 0, "30000",
                           0, MS_MAX, OFF(pool.validate_after_ms), NULL},
     [S_VALIDATE_TIMEOUT] = {"validate_timeout", "DB_POOL_VALIDATE_TIMEOUT_MS", K_MS, SC_ANY, 0,
@@ -118,10 +118,8 @@ const struct setting dbk__cfg_settings[S_COUNT_] = {
                            MS_MAX, OFF(replica_max_lag_ms), NULL},
     [S_READ_YOUR_WRITES_WAIT] = {"read_your_writes_wait", "DB_READ_YOUR_WRITES_WAIT_MS", K_MS,
                                  SC_PG, 0, "100", 0, MS_MAX, OFF(read_your_writes_wait_ms), NULL},
-    [S_POOLER] = {"pooler", "DB_POOLER", K_ENUM, SC_PG, 0, "none", 0, 0, OFF(pooler),
-                  pooler_modes},
+    [S_POOLER] = {"pooler", "DB_POOLER", K_ENUM, SC_PG, 0, "none", 0, 0, OFF(pooler), pooler_modes},
 };
-
 
 int dbk__cfg_find_setting(const char *key)
 {
@@ -155,7 +153,6 @@ const char *dbk__cfg_str_slot_c(const dbk_config *cfg, const struct setting *s)
 {
     return *(char *const *)(const void *)((const char *)cfg + s->off);
 }
-
 
 bool dbk__cfg_applies(const dbk_config *cfg, const struct setting *s)
 {
@@ -337,8 +334,8 @@ DBK_API dbk_rc dbk_config_set(dbk_config *cfg, const char *key, const char *valu
     int idx = dbk__cfg_find_setting(key);
     if (idx < 0) {
         char ex[QUOTE_MAX + 8];
-        dbk__err(err, DBK_ECONFIG, "unknown setting \"%s\"", dbk__cfg_excerpt(ex, sizeof ex, key,
-                                                                      strlen(key)));
+        dbk__err(err, DBK_ECONFIG, "unknown setting \"%s\"",
+                 dbk__cfg_excerpt(ex, sizeof ex, key, strlen(key)));
         dbk__err_hint(err, "the settings are listed by `dbkit config` and in "
                            "docs/configuration.md");
         return DBK_ECONFIG;

@@ -103,7 +103,8 @@ dbk_rc dbk__cfg_apply_env(dbk_config *cfg, dbk_getenv_fn fn, void *ctx, dbk_erro
         const char *v = env_get(fn, ctx, dbk__cfg_settings[i].env);
         if (!v)
             continue;
-        struct origin o = {DBK_SRC_ENV, dbk__cfg_settings[i].env, dbk__cfg_settings[i].kind != K_SECRET};
+        struct origin o = {DBK_SRC_ENV, dbk__cfg_settings[i].env,
+                           dbk__cfg_settings[i].kind != K_SECRET};
         dbk_rc rc = dbk__cfg_apply(cfg, i, v, &o, err);
         if (rc)
             return rc;

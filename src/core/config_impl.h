@@ -98,7 +98,6 @@ struct setting {
     const char *const *choices;
 };
 
-
 extern const struct setting dbk__cfg_settings[S_COUNT_];
 
 /* Where a value came from, for messages. */
@@ -142,8 +141,12 @@ bool dbk__cfg_has_ctrl(const char *s);
  * control characters as '?', "..." when cut. */
 const char *dbk__cfg_excerpt(char *out, size_t outlen, const char *s, size_t n);
 
-enum { PCT_OK = DBK__PCT_OK, PCT_BAD = DBK__PCT_BAD, PCT_NUL = DBK__PCT_NUL,
-       PCT_NOMEM = DBK__PCT_NOMEM };
+enum {
+    PCT_OK = DBK__PCT_OK,
+    PCT_BAD = DBK__PCT_BAD,
+    PCT_NUL = DBK__PCT_NUL,
+    PCT_NOMEM = DBK__PCT_NOMEM
+};
 
 /* Percent-decodes s[0..n) into a new string. On PCT_BAD/PCT_NUL, *bad is
  * the offset of the offending '%'. '+' stays '+' (as in libpq). */
@@ -170,7 +173,7 @@ bool dbk__cfg_port_number(const char *s, size_t n, int *out);
 /* Parses `value` for row `idx` and stores it with its source. The config
  * is left unchanged on error. */
 dbk_rc dbk__cfg_apply(dbk_config *cfg, int idx, const char *value, const struct origin *o,
-                    dbk_error *err);
+                      dbk_error *err);
 
 bool dbk__cfg_valid_param_name(const char *k);
 

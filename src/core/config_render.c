@@ -83,7 +83,8 @@ DBK_API void dbk_config_dump(const dbk_config *cfg, dbk_config_visit_fn fn, void
     if (cfg->engine == DBK_ENGINE_POSTGRES)
         for (size_t i = 0; i < cfg->nextra; i++)
             fn(ctx, cfg->extra[i].key,
-               dbk__cfg_is_secret_key(cfg->extra[i].key) ? "***" : cfg->extra[i].value, DBK_SRC_URL);
+               dbk__cfg_is_secret_key(cfg->extra[i].key) ? "***" : cfg->extra[i].value,
+               DBK_SRC_URL);
 }
 
 /* Appends "?k=v&..." for every non-default setting that is not part of the

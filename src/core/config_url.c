@@ -62,7 +62,8 @@ static dbk_rc url_decode(struct urlp *u, const char *s, size_t n, const char *pa
     } else if (secret || !u->quote) {
         dbk__err(u->err, DBK_ECONFIG, "bad percent-encoding in %s", part);
     } else {
-        dbk__err(u->err, DBK_ECONFIG, "bad percent-encoding \"%s\" in %s: expected %% and "
+        dbk__err(u->err, DBK_ECONFIG,
+                 "bad percent-encoding \"%s\" in %s: expected %% and "
                  "two hex digits",
                  dbk__cfg_excerpt(q, sizeof q, s + bad, rem), part);
     }
@@ -142,7 +143,8 @@ static dbk_rc apply_query(struct urlp *u, const char *q, size_t n)
                                   "settings");
             rc = DBK_ECONFIG;
         } else if (!dbk__cfg_valid_param_name(key)) {
-            dbk__err(u->err, DBK_ECONFIG, "query parameter %d has a bad name: expected lower-case "
+            dbk__err(u->err, DBK_ECONFIG,
+                     "query parameter %d has a bad name: expected lower-case "
                      "letters, digits and '_'",
                      pos);
             rc = DBK_ECONFIG;
@@ -277,12 +279,14 @@ static dbk_rc parse_hosts(struct urlp *u, const char *s, size_t n)
         rc = url_decode(u, h, hlen, part, false, &dh);
         if (rc)
             goto out;
-        bool ok = !dbk__cfg_has_ctrl(dh) && !strchr(dh, ',') && (v6 ? dbk__cfg_valid_ipv6(dh) : true) &&
+        bool ok = !dbk__cfg_has_ctrl(dh) && !strchr(dh, ',') &&
+                  (v6 ? dbk__cfg_valid_ipv6(dh) : true) &&
                   (v6 || (!strchr(dh, '[') && !strchr(dh, ']')));
         if (!ok) {
             if (u->quote)
                 rc = dbk__err(u->err, DBK_ECONFIG, "bad %s \"%s\" in the URL",
-                              v6 ? "IPv6 address" : "host", dbk__cfg_excerpt(ex, sizeof ex, dh, strlen(dh)));
+                              v6 ? "IPv6 address" : "host",
+                              dbk__cfg_excerpt(ex, sizeof ex, dh, strlen(dh)));
             else
                 rc = dbk__err(u->err, DBK_ECONFIG, "bad host %d in the URL", idx);
             if (v6)
@@ -300,11 +304,13 @@ static dbk_rc parse_hosts(struct urlp *u, const char *s, size_t n)
         if (pstart) {
             if (!dbk__cfg_port_number(pstart, plen, &port)) {
                 if (u->quote && plen)
-                    rc = dbk__err(u->err, DBK_ECONFIG, "bad port \"%s\" for host %d in the URL: "
+                    rc = dbk__err(u->err, DBK_ECONFIG,
+                                  "bad port \"%s\" for host %d in the URL: "
                                   "expected a number from 1 to 65535",
                                   dbk__cfg_excerpt(ex, sizeof ex, pstart, plen), idx);
                 else
-                    rc = dbk__err(u->err, DBK_ECONFIG, "bad port for host %d in the URL: expected "
+                    rc = dbk__err(u->err, DBK_ECONFIG,
+                                  "bad port for host %d in the URL: expected "
                                   "a number from 1 to 65535",
                                   idx);
                 if (!v6 && memchr(pstart, ':', plen)) /* "::1" without brackets */

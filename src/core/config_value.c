@@ -132,7 +132,6 @@ static bool parse_bool(const char *s, bool *out)
     return false;
 }
 
-
 void dbk__cfg_sb_putn(struct dbk__cfg_sb *b, const char *s, size_t n)
 {
     if (b->cap && b->len < b->cap - 1) {
@@ -271,8 +270,7 @@ static dbk_rc norm_hosts(const char *v, const struct origin *o, char **out, dbk_
                 if (o->quote)
                     return dbk__err(err, DBK_ECONFIG, "%s: bad IPv6 address \"%s\"", o->name,
                                     dbk__cfg_excerpt(q, sizeof q, tmp, len));
-                return dbk__err(err, DBK_ECONFIG, "%s: bad IPv6 address in host %d", o->name,
-                                idx);
+                return dbk__err(err, DBK_ECONFIG, "%s: bad IPv6 address in host %d", o->name, idx);
             }
         } else {
             for (size_t i = 0; i < len; i++) {
@@ -395,7 +393,7 @@ static void set_str(dbk_config *cfg, const struct setting *s, char *v)
 /* Parses `value` for row `idx` and stores it with its source. The config
  * is left unchanged on error. */
 dbk_rc dbk__cfg_apply(dbk_config *cfg, int idx, const char *value, const struct origin *o,
-                    dbk_error *err)
+                      dbk_error *err)
 {
     const struct setting *s = &dbk__cfg_settings[idx];
     int tgt = (s->flags & F_ALIAS) ? S_STMT_CACHE_SIZE : idx;
