@@ -24,10 +24,9 @@
 #include <unistd.h>
 
 #include "cache/cache_int.h"
+#include "cacheload.h"
 #include "testutil.h"
 
-#define READERS 8
-#define WRITERS 2
 #define NNODES 6
 
 struct topo {
@@ -330,121 +329,6 @@ static void cache_cluster_key_slots(void **state)
     assert_int_equal(bad, 0);
 }
 
-/* ---- the workload: cached repository over PostgreSQL ---- */
-
-struct vrow {
-    int64_t id;
-    int64_t version;
-    const char *name;
-};
-
-static const dbk_field vrow_fields[] = {
-    DBK_FIELD(struct vrow, id, "id", DBK_TYPE_INT64, DBK_F_PK),
-    DBK_FIELD(struct vrow, version, "version", DBK_TYPE_INT64, 0),
-    DBK_FIELD(struct vrow, name, "name", DBK_TYPE_TEXT, 0),
-};
-static dbk_entity vrow_entity = DBK_ENTITY_PLAIN("vrows", struct vrow, vrow_fields);
-
-struct load {
-    const char *url;
-    dbk_cached_repo *r;
-    atomic_llong published[WRITERS + 1];
-    atomic_bool stop;
-    atomic_int stale, reads, errors, writes;
-    char last_error[256];
-};
-
-struct vwrite {
-    dbk_cached_repo *r;
-    int64_t id, version;
-};
-
-static dbk_rc vwrite_tx(dbk_db *tx, void *ctx, dbk_error *err)
-{
-    struct vwrite *w = ctx;
-    char name[32];
-    snprintf(name, sizeof name, "v%lld", (long long)w->version);
-    struct vrow in = {w->id, w->version, name};
-    const char *fields[] = {"version", "name"};
-    return dbk_cached_update(w->r, tx, dbk_int64(w->id), &in, fields, 2, NULL, NULL, err);
-}
-
-/* The workers run on a pool, as a service would: the suite's shared
- * PostgreSQL may be restarted by another test running at the same time
- * (batch_server_killed_mid_batch), and a plain connection stays broken
- * after that where a pool replaces it. */
-static dbk_pool *worker_pool(const char *url)
-{
-    dbk_error err;
-    dbk_config *cfg = NULL;
-    DBKT_OK(dbk_config_from_url(url, &cfg, &err), &err);
-    dbk_pool_opts o = {.max_size = 2};
-    dbk_pool *pool = NULL;
-    DBKT_OK(dbk_pool_open(cfg, &o, &pool, &err), &err);
-    dbk_config_free(cfg);
-    return pool;
-}
-
-struct worker {
-    struct load *l;
-    int index;
-};
-
-static void *writer(void *arg)
-{
-    struct worker *w = arg;
-    struct load *l = w->l;
-    dbk_pool *pool = worker_pool(l->url);
-    int64_t id = w->index + 1;
-    for (int64_t v = 2; v < 100000 && !atomic_load(&l->stop); v++) {
-        struct vwrite x = {l->r, id, v};
-        dbk_error err;
-        if (dbk_tx_run(dbk_pool_db(pool), vwrite_tx, &x, NULL, &err) != DBK_OK) {
-            atomic_fetch_add(&l->errors, 1);
-            snprintf(l->last_error, sizeof l->last_error, "write: %.200s", err.message);
-        }
-        atomic_store(&l->published[id], v);
-        atomic_fetch_add(&l->writes, 1);
-        sleep_ms(20);
-    }
-    dbk_pool_close(pool, 1000);
-    return NULL;
-}
-
-static void *reader(void *arg)
-{
-    struct worker *w = arg;
-    struct load *l = w->l;
-    dbk_pool *pool = worker_pool(l->url);
-    dbk_arena *a = dbk_arena_new(0);
-    for (int i = 0; i < 2000000 && !atomic_load(&l->stop); i++) {
-        int64_t id = 1 + (i + w->index) % WRITERS;
-        int64_t floor = atomic_load(&l->published[id]);
-        struct vrow row;
-        dbk_error err;
-        dbk_rc rc = dbk_cached_find_by_id(l->r, dbk_pool_db(pool), dbk_int64(id), &row, a, &err);
-        if (rc != DBK_OK) {
-            atomic_fetch_add(&l->errors, 1);
-            snprintf(l->last_error, sizeof l->last_error, "read: %.200s", err.message);
-        } else if (row.version < floor) {
-            atomic_fetch_add(&l->stale, 1);
-        }
-        atomic_fetch_add(&l->reads, 1);
-        dbk_arena_reset(a);
-        sleep_ms(1);
-    }
-    dbk_arena_free(a);
-    dbk_pool_close(pool, 1000);
-    return NULL;
-}
-
-static uint64_t hits(dbk_cache *c)
-{
-    dbk_cache_stats st;
-    dbk_cache_stats_get(c, &st, NULL);
-    return st.hits;
-}
-
 /* Runs the workload, calls `disrupt` after a second of it, waits for the
  * sentinels to name another master and for the cache to serve hits again. */
 /* The slots holding the cache's keys (SCAN on every master). */
@@ -577,10 +461,6 @@ static void cluster_case(void (*disrupt)(struct topo *), const char *what, const
     memset(&g_topo, 0, sizeof g_topo);
     topo_start(&g_topo);
     char *url = dbkt_pg_fresh_db(dbname);
-    dbk_conn *conn = dbkt_open(url);
-    dbkt_exec(dbk_conn_db(conn), "CREATE TABLE vrows (id BIGINT PRIMARY KEY, version BIGINT NOT "
-                                 "NULL, name TEXT NOT NULL); "
-                                 "INSERT INTO vrows VALUES (1, 1, 'v1'), (2, 1, 'v1')");
     char curl[256];
     snprintf(curl, sizeof curl, "redis-cluster://127.0.0.1:%d,127.0.0.1:%d", g_topo.port[0],
              g_topo.port[1]);
@@ -592,64 +472,38 @@ static void cluster_case(void (*disrupt)(struct topo *), const char *what, const
     dbk_cache *c;
     dbk_error err;
     DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
-    struct load l;
-    memset(&l, 0, sizeof l);
-    l.url = url;
-    DBKT_OK(dbk_cached_repo_new(c, &vrow_entity, NULL, &l.r, &err), &err);
-    for (int i = 1; i <= WRITERS; i++)
-        atomic_store(&l.published[i], 1);
-    pthread_t tid[READERS + WRITERS];
-    struct worker w[READERS + WRITERS];
-    for (int i = 0; i < READERS + WRITERS; i++) {
-        w[i].l = &l;
-        w[i].index = i < WRITERS ? i : i - WRITERS;
-        assert_int_equal(
-            pthread_create(&tid[i], NULL, i < WRITERS ? writer : reader, &w[i]), 0);
-    }
+    dbkt_cacheload *load = dbkt_cacheload_start(url, c);
     /* the cache serves hits before the disruption (bounded wait: a loaded
      * CI machine may be slow to get there) */
     int64_t end = dbkt_mono_ms() + 30000;
-    while (hits(c) < 20 && dbkt_mono_ms() < end)
+    while (dbkt_cache_hits(c) < 20 && dbkt_mono_ms() < end)
         sleep_ms(20);
-    uint64_t before = hits(c);
+    uint64_t before = dbkt_cache_hits(c);
     disrupt(&g_topo);
-    uint64_t h0 = hits(c);
+    uint64_t h0 = dbkt_cache_hits(c);
     end = dbkt_mono_ms() + 30000;
-    while (hits(c) < h0 + 20 && dbkt_mono_ms() < end)
+    while (dbkt_cache_hits(c) < h0 + 20 && dbkt_mono_ms() < end)
         sleep_ms(5);
-    uint64_t after = hits(c) - h0;
+    uint64_t after = dbkt_cache_hits(c) - h0;
     sleep_ms(300);
-    atomic_store(&l.stop, true);
-    for (int i = 0; i < READERS + WRITERS; i++)
-        pthread_join(tid[i], NULL);
-    /* after every write returned, a read sees the last version */
-    dbk_arena *a = dbk_arena_new(0);
-    int stale_end = 0;
-    for (int64_t id = 1; id <= WRITERS; id++) {
-        struct vrow row;
-        DBKT_OK(dbk_cached_find_by_id(l.r, dbk_conn_db(conn), dbk_int64(id), &row, a, &err),
-                &err);
-        stale_end += row.version != atomic_load(&l.published[id]);
-    }
-    dbk_arena_free(a);
+    dbkt_cacheload_result l;
+    dbkt_cacheload_stop(load, &l); /* also reads every row once more after the stop */
     dbk_cache_stats st;
     dbk_cache_stats_get(c, &st, NULL);
     print_message("%s: %d reads, %d writes, %d errors, %d stale; hits %llu before, %llu after; "
                   "%llu misses, %llu cache errors, %llu breaker opens%s%s\n",
-                  what, atomic_load(&l.reads), atomic_load(&l.writes), atomic_load(&l.errors),
-                  atomic_load(&l.stale), (unsigned long long)before, (unsigned long long)after,
+                  what, l.reads, l.writes, l.errors, l.stale, (unsigned long long)before,
+                  (unsigned long long)after,
                   (unsigned long long)st.misses, (unsigned long long)st.errors,
                   (unsigned long long)st.breaker_opens, l.last_error[0] ? "; last error: " : "",
                   l.last_error);
-    dbk_cached_repo_free(l.r);
     dbk_cache_close(c);
-    dbk_conn_close(conn);
     free(url);
     topo_stop(&g_topo);
     assert_true(before >= 20);
-    assert_int_equal(atomic_load(&l.errors), 0);
-    assert_int_equal(atomic_load(&l.stale), 0);
-    assert_int_equal(stale_end, 0);
+    assert_int_equal(l.errors, 0);
+    assert_int_equal(l.stale, 0);
+    assert_int_equal(l.stale_at_end, 0);
     assert_true(after >= 20);
 }
 

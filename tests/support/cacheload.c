@@ -1,0 +1,194 @@
+/*
+ * The cache workload of the Redis topology tests (see cacheload.h): one
+ * copy of the readers, the writers and their bookkeeping, so the Sentinel
+ * and Cluster tests differ only in the topology and the disruption.
+ */
+#include "cacheload.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "testutil.h"
+
+struct vrow {
+    int64_t id;
+    int64_t version;
+    const char *name;
+};
+
+static const dbk_field vrow_fields[] = {
+    DBK_FIELD(struct vrow, id, "id", DBK_TYPE_INT64, DBK_F_PK),
+    DBK_FIELD(struct vrow, version, "version", DBK_TYPE_INT64, 0),
+    DBK_FIELD(struct vrow, name, "name", DBK_TYPE_TEXT, 0),
+};
+static dbk_entity vrow_entity = DBK_ENTITY_PLAIN("vrows", struct vrow, vrow_fields);
+
+struct worker {
+    struct dbkt_cacheload *l;
+    int index;
+};
+
+struct dbkt_cacheload {
+    char *url;
+    dbk_cached_repo *r;
+    atomic_llong published[DBKT_LOAD_WRITERS + 1];
+    atomic_bool stop;
+    atomic_int stale, reads, errors, writes;
+    pthread_mutex_t mu;
+    char last_error[256];
+    pthread_t tid[DBKT_LOAD_READERS + DBKT_LOAD_WRITERS];
+    struct worker w[DBKT_LOAD_READERS + DBKT_LOAD_WRITERS];
+};
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void note_error(struct dbkt_cacheload *l, const char *what, const dbk_error *err)
+{
+    atomic_fetch_add(&l->errors, 1);
+    pthread_mutex_lock(&l->mu);
+    snprintf(l->last_error, sizeof l->last_error, "%s: %.200s", what, err->message);
+    pthread_mutex_unlock(&l->mu);
+}
+
+static dbk_pool *worker_pool(const char *url)
+{
+    dbk_error err;
+    dbk_config *cfg = NULL;
+    DBKT_OK(dbk_config_from_url(url, &cfg, &err), &err);
+    dbk_pool_opts o = {.max_size = 2};
+    dbk_pool *pool = NULL;
+    DBKT_OK(dbk_pool_open(cfg, &o, &pool, &err), &err);
+    dbk_config_free(cfg);
+    return pool;
+}
+
+struct vwrite {
+    dbk_cached_repo *r;
+    int64_t id, version;
+};
+
+static dbk_rc vwrite_tx(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    struct vwrite *w = ctx;
+    char name[32];
+    snprintf(name, sizeof name, "v%lld", (long long)w->version);
+    struct vrow in = {w->id, w->version, name};
+    const char *fields[] = {"version", "name"};
+    return dbk_cached_update(w->r, tx, dbk_int64(w->id), &in, fields, 2, NULL, NULL, err);
+}
+
+static void *writer(void *arg)
+{
+    struct worker *w = arg;
+    struct dbkt_cacheload *l = w->l;
+    dbk_pool *pool = worker_pool(l->url);
+    int64_t id = w->index + 1;
+    for (int64_t v = 2; v < 100000 && !atomic_load(&l->stop); v++) {
+        struct vwrite x = {l->r, id, v};
+        dbk_error err;
+        if (dbk_tx_run(dbk_pool_db(pool), vwrite_tx, &x, NULL, &err) != DBK_OK)
+            note_error(l, "write", &err);
+        atomic_store(&l->published[id], v);
+        atomic_fetch_add(&l->writes, 1);
+        sleep_ms(20);
+    }
+    dbk_pool_close(pool, 1000);
+    return NULL;
+}
+
+static void *reader(void *arg)
+{
+    struct worker *w = arg;
+    struct dbkt_cacheload *l = w->l;
+    dbk_pool *pool = worker_pool(l->url);
+    dbk_arena *a = dbk_arena_new(0);
+    for (int i = 0; i < 2000000 && !atomic_load(&l->stop); i++) {
+        int64_t id = 1 + (i + w->index) % DBKT_LOAD_WRITERS;
+        int64_t floor = atomic_load(&l->published[id]);
+        struct vrow row;
+        dbk_error err;
+        dbk_rc rc = dbk_cached_find_by_id(l->r, dbk_pool_db(pool), dbk_int64(id), &row, a, &err);
+        if (rc != DBK_OK)
+            note_error(l, "read", &err);
+        else if (row.version < floor)
+            atomic_fetch_add(&l->stale, 1);
+        atomic_fetch_add(&l->reads, 1);
+        dbk_arena_reset(a);
+        sleep_ms(1);
+    }
+    dbk_arena_free(a);
+    dbk_pool_close(pool, 1000);
+    return NULL;
+}
+
+dbkt_cacheload *dbkt_cacheload_start(const char *url, dbk_cache *cache)
+{
+    dbk_conn *conn = dbkt_open(url);
+    dbkt_exec(dbk_conn_db(conn), "CREATE TABLE vrows (id BIGINT PRIMARY KEY, version BIGINT NOT "
+                                 "NULL, name TEXT NOT NULL); "
+                                 "INSERT INTO vrows VALUES (1, 1, 'v1'), (2, 1, 'v1')");
+    dbk_conn_close(conn);
+    struct dbkt_cacheload *l = calloc(1, sizeof *l);
+    assert_non_null(l);
+    l->url = strdup(url);
+    assert_non_null(l->url);
+    pthread_mutex_init(&l->mu, NULL);
+    dbk_error err;
+    DBKT_OK(dbk_cached_repo_new(cache, &vrow_entity, NULL, &l->r, &err), &err);
+    for (int i = 1; i <= DBKT_LOAD_WRITERS; i++)
+        atomic_store(&l->published[i], 1);
+    for (int i = 0; i < DBKT_LOAD_READERS + DBKT_LOAD_WRITERS; i++) {
+        l->w[i].l = l;
+        l->w[i].index = i < DBKT_LOAD_WRITERS ? i : i - DBKT_LOAD_WRITERS;
+        assert_int_equal(
+            pthread_create(&l->tid[i], NULL, i < DBKT_LOAD_WRITERS ? writer : reader, &l->w[i]), 0);
+    }
+    return l;
+}
+
+void dbkt_cacheload_stop(dbkt_cacheload *l, dbkt_cacheload_result *out)
+{
+    memset(out, 0, sizeof *out);
+    atomic_store(&l->stop, true);
+    for (int i = 0; i < DBKT_LOAD_READERS + DBKT_LOAD_WRITERS; i++)
+        pthread_join(l->tid[i], NULL);
+    /* after every write returned, a read sees the last version */
+    dbk_pool *pool = worker_pool(l->url);
+    dbk_arena *a = dbk_arena_new(0);
+    for (int64_t id = 1; id <= DBKT_LOAD_WRITERS; id++) {
+        struct vrow row;
+        dbk_error err;
+        if (dbk_cached_find_by_id(l->r, dbk_pool_db(pool), dbk_int64(id), &row, a, &err) != DBK_OK)
+            note_error(l, "final read", &err);
+        else
+            out->stale_at_end += row.version != atomic_load(&l->published[id]);
+        dbk_arena_reset(a);
+    }
+    dbk_arena_free(a);
+    dbk_pool_close(pool, 1000);
+    out->reads = atomic_load(&l->reads);
+    out->writes = atomic_load(&l->writes);
+    out->errors = atomic_load(&l->errors);
+    out->stale = atomic_load(&l->stale);
+    snprintf(out->last_error, sizeof out->last_error, "%s", l->last_error);
+    dbk_cached_repo_free(l->r);
+    pthread_mutex_destroy(&l->mu);
+    free(l->url);
+    free(l);
+}
+
+uint64_t dbkt_cache_hits(dbk_cache *c)
+{
+    dbk_cache_stats st;
+    dbk_cache_stats_get(c, &st, NULL);
+    return st.hits;
+}
