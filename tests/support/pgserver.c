@@ -72,15 +72,13 @@ static void bin_path(const dbkt_pgserver *s, const char *prog, char *out, size_t
         snprintf(out, n, "%s", prog);
 }
 
-/* Runs argv (argv[0] a path or a PATH name), as postgres when root, output
- * appended to the command log. Returns the exit status, or -1. */
-static int run(const dbkt_pgserver *s, char *const argv[])
+int dbkt_run_as_postgres(const char *cmdlog, char *const argv[])
 {
     pid_t pid = fork();
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        int fd = open(s->cmdlog, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        int fd = open(cmdlog, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
             dup2(fd, 2);
@@ -92,13 +90,13 @@ static int run(const dbkt_pgserver *s, char *const argv[])
             close(null);
         }
         if (geteuid() == 0) {
-            char *full[32];
+            char *full[40];
             int i = 0;
             full[i++] = "runuser";
             full[i++] = "-u";
             full[i++] = "postgres";
             full[i++] = "--";
-            for (int j = 0; argv[j] && i < 31; j++)
+            for (int j = 0; argv[j] && i < 39; j++)
                 full[i++] = argv[j];
             full[i] = NULL;
             execvp("runuser", full);
@@ -121,6 +119,11 @@ static int run(const dbkt_pgserver *s, char *const argv[])
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     return -1;
+}
+
+static int run(const dbkt_pgserver *s, char *const argv[])
+{
+    return dbkt_run_as_postgres(s->cmdlog, argv);
 }
 
 static void dump_logs(const dbkt_pgserver *s)

@@ -25,6 +25,12 @@
 typedef struct dbkt_pgserver dbkt_pgserver;
 
 /* Starts a server; never NULL (skips or fails the test instead). */
+/* Runs argv (argv[0] a path or a PATH name) as the postgres user when root,
+ * stdout and stderr appended to cmdlog, stdin from /dev/null; waits at most
+ * 120 s (then kills it). Returns the exit status, or -1. Shared with the
+ * topology helpers (pgtopo.c). */
+int dbkt_run_as_postgres(const char *cmdlog, char *const argv[]);
+
 dbkt_pgserver *dbkt_pgserver_start(void);
 
 /* "postgres://postgres@127.0.0.1:<port>/postgres"; borrowed until stop. */

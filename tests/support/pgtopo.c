@@ -11,6 +11,7 @@
  * nodes were added, promoted or restarted since it was forked.
  */
 #include "pgtopo.h"
+#include "pgserver.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -97,49 +98,7 @@ static void sleep_ms(int ms)
  * Returns the exit status, or -1. */
 static int run(const dbkt_pgtopo *t, char *const argv[])
 {
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        int fd = open(t->cmdlog, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        int null = open("/dev/null", O_RDONLY);
-        if (null >= 0) {
-            dup2(null, 0);
-            close(null);
-        }
-        if (geteuid() == 0) {
-            char *full[40];
-            int i = 0;
-            full[i++] = "runuser";
-            full[i++] = "-u";
-            full[i++] = "postgres";
-            full[i++] = "--";
-            for (int j = 0; argv[j] && i < 39; j++)
-                full[i++] = argv[j];
-            full[i] = NULL;
-            execvp("runuser", full);
-        } else {
-            execvp(argv[0], argv);
-        }
-        _exit(127);
-    }
-    for (int i = 0; i < 120 * 50; i++) {
-        int st;
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        if (r < 0 && errno != EINTR)
-            return -1;
-        sleep_ms(20);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return -1;
+    return dbkt_run_as_postgres(t->cmdlog, argv);
 }
 
 static void dump_file(const char *path)
