@@ -37,6 +37,7 @@
 
 #include "../core/config_int.h"
 #include "../core/internal.h"
+#include "../core/sb.h"
 #include "../driver/describe.h"
 
 enum { K_ONE = 1, K_MANY, K_EXEC, K_EXECROWS, K_BATCH, K_COPYFROM };
@@ -71,65 +72,12 @@ typedef struct gquery {
     size_t ncopy;
 } gquery;
 
-/* ---- a growable string ---- */
+/* ---- a growable string: the library's one builder (core/sb.h) ---- */
 
-typedef struct sb {
-    char *s;
-    size_t len, cap;
-    bool oom;
-} sb;
-
-static void sb_addn(sb *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 1024;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-}
-
-static void sb_add(sb *b, const char *s)
-{
-    sb_addn(b, s, strlen(s));
-}
-
-static void sb_addf(sb *b, const char *fmt, ...) DBK__PRINTF(2, 3);
-static void sb_addf(sb *b, const char *fmt, ...)
-{
-    char tmp[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return;
-    if ((size_t)n < sizeof tmp) {
-        sb_addn(b, tmp, (size_t)n);
-        return;
-    }
-    char *big = malloc((size_t)n + 1);
-    if (!big) {
-        b->oom = true;
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    sb_addn(b, big, (size_t)n);
-    free(big);
-}
+typedef dbk__sb sb;
+#define sb_addn dbk__sb_putn
+#define sb_add dbk__sb_puts
+#define sb_addf dbk__sb_printf
 
 /* ---- tokens ---- */
 
@@ -609,15 +557,15 @@ static char *read_all(const char *path, dbk_error *err)
     while ((got = fread(chunk, 1, sizeof chunk, f)) > 0)
         sb_addn(&b, chunk, got);
     fclose(f);
-    if (b.oom || !b.s) {
-        free(b.s);
+    if (b.oom || !b.p) {
+        free(b.p);
         if (b.oom) {
             dbk__err(err, DBK_ENOMEM, "out of memory reading %.256s", path);
             return NULL;
         }
         return strdup("");
     }
-    return b.s;
+    return b.p;
 }
 
 /* Rewrites @name and sqlc.arg(name) / sqlc.narg(name) to $n; names[] gets
@@ -680,10 +628,10 @@ static char *rewrite_named(const char *sql, char names[][IDLEN], bool *narg, siz
         i++;
     }
     if (out.oom) {
-        free(out.s);
+        free(out.p);
         return NULL;
     }
-    return out.s ? out.s : strdup("");
+    return out.p ? out.p : strdup("");
 }
 
 static int max_param(const char *sql)
@@ -733,7 +681,7 @@ static dbk_rc parse_file(qfile *qf, dbk_error *err)
             s++;
         if (strncmp(s, "-- name:", 8) == 0) {
             if (cur) {
-                cur->sql = body.s ? body.s : strdup("");
+                cur->sql = body.p ? body.p : strdup("");
                 body = (sb){0};
             }
             if (qf->nq == cap) {
@@ -789,10 +737,10 @@ static dbk_rc parse_file(qfile *qf, dbk_error *err)
             for (size_t k = 0; k < len; k++)
                 if (!isspace((unsigned char)p[k]))
                     blank = false;
-            if (!body.s && blank) {
+            if (!body.p && blank) {
                 /* leading blank lines */
             } else {
-                if (!body.s)
+                if (!body.p)
                     cur->sql_line = line;
                 sb_addn(&body, p, len);
                 sb_add(&body, "\n");
@@ -814,10 +762,10 @@ static dbk_rc parse_file(qfile *qf, dbk_error *err)
         p = nl ? nl + 1 : p + len;
     }
     if (cur && !rc) {
-        cur->sql = body.s ? body.s : strdup("");
+        cur->sql = body.p ? body.p : strdup("");
         body = (sb){0};
     }
-    free(body.s);
+    free(body.p);
     free(text);
     if (!rc && body.oom)
         rc = dbk__err(err, DBK_ENOMEM, "out of memory");
@@ -1602,7 +1550,7 @@ static dbk_rc put_file(const dbk_gen_opts *o, const char *dir, const char *name,
     if (b->oom)
         return dbk__err(err, DBK_ENOMEM, "out of memory generating %.256s", path);
     rep->files++;
-    const char *want = b->s ? b->s : "";
+    const char *want = b->p ? b->p : "";
     bool same = false;
     FILE *f = fopen(path, "rb");
     if (f) {
@@ -1721,8 +1669,8 @@ DBK_API dbk_rc dbk_gen_run(const dbk_gen_opts *opts, dbk_gen_report *rep, dbk_er
         snprintf(fname, sizeof fname, "%s.c", qf->base);
         if (!rc)
             rc = put_file(&o, o.out_dir, fname, &c, rep, err);
-        free(h.s);
-        free(c.s);
+        free(h.p);
+        free(c.p);
     }
     if (rc)
         goto out;
@@ -1732,7 +1680,7 @@ DBK_API dbk_rc dbk_gen_run(const dbk_gen_opts *opts, dbk_gen_report *rep, dbk_er
         rc = emit_models(conn, d, &m, err);
         if (!rc)
             rc = put_file(&o, o.out_dir, "models.h", &m, rep, err);
-        free(m.s);
+        free(m.p);
     }
 out:
     dbk_conn_close(conn);
