@@ -9,6 +9,9 @@
  *      DBKIT_BENCH_SENTINEL_URL) and through a Cluster (redis-cluster://,
  *      from DBKIT_BENCH_CLUSTER_URL) vs the hit on the plain redis:// of 2
  *      (the target: >= 0.95x); each row only when its variable is set.
+ *      The Cluster hit is also set against raw hiredis GETs spread over the
+ *      cluster's masters the same way (rawcl_setup), which tells the cost
+ *      of the client from that of waking several servers per loop.
  * Every read maps the whole row into the struct (strings into an arena).
  *
  * usage: cache_bench [--seconds S] [--rounds R]
@@ -138,6 +141,75 @@ static void read_raw(void *ctx, int64_t id)
     freeReplyObject(rep);
 }
 
+/* The raw floor of a Cluster hit: a hiredis GET of a value of the same
+ * size on the master owning its key (found by following MOVED once while
+ * storing it), so the reads spread over the masters as the cached ones
+ * do. On one machine that spread alone costs: every read wakes another
+ * server process. */
+struct rawcl {
+    redisContext *node[16];
+    int port[16];
+    int nnodes;
+    redisContext *at[HOT];
+    char keys[HOT][64];
+    size_t klen[HOT];
+};
+
+static redisContext *rawcl_node(struct rawcl *c, const char *host, int port)
+{
+    for (int i = 0; i < c->nnodes; i++)
+        if (c->port[i] == port)
+            return c->node[i];
+    struct timeval tv = {1, 0};
+    redisContext *rc = redisConnectWithTimeout(host, port, tv);
+    if (!rc || rc->err || c->nnodes == 16)
+        die("raw cluster connect", NULL);
+    c->port[c->nnodes] = port;
+    return c->node[c->nnodes++] = rc;
+}
+
+static void rawcl_setup(struct rawcl *c, const char *url, const void *val, size_t n)
+{
+    char host[256] = "127.0.0.1";
+    int port = 6379;
+    memset(c, 0, sizeof *c);
+    sscanf(url, "redis-cluster://%255[^:/,]:%d", host, &port);
+    redisContext *seed = rawcl_node(c, host, port);
+    for (int id = 1; id <= HOT; id++) {
+        c->klen[id - 1] = (size_t)snprintf(c->keys[id - 1], 64, "dbkbench:rawcl:%d", id);
+        const char *av[3] = {"SET", c->keys[id - 1], val};
+        size_t al[3] = {3, c->klen[id - 1], n};
+        redisContext *to = seed;
+        redisReply *rep = redisCommandArgv(to, 3, av, al);
+        char mh[256];
+        int mp, slot;
+        if (rep && rep->type == REDIS_REPLY_ERROR &&
+            sscanf(rep->str, "MOVED %d %255[^:]:%d", &slot, mh, &mp) == 3) {
+            freeReplyObject(rep);
+            to = rawcl_node(c, mh, mp);
+            rep = redisCommandArgv(to, 3, av, al);
+        }
+        if (!rep || rep->type == REDIS_REPLY_ERROR)
+            die("raw cluster SET", NULL);
+        freeReplyObject(rep);
+        c->at[id - 1] = to;
+    }
+}
+
+static void read_rawcl(void *ctx, int64_t id)
+{
+    struct rawcl *c = ctx;
+    const char *argv[2] = {"GET", c->keys[id - 1]};
+    size_t lens[2] = {3, c->klen[id - 1]};
+    redisReply *rep = redisCommandArgv(c->at[id - 1], 2, argv, lens);
+    if (!rep || rep->type != REDIS_REPLY_STRING)
+        die("raw cluster GET", NULL);
+    char *copy = malloc(rep->len);
+    memcpy(copy, rep->str, rep->len);
+    free(copy);
+    freeReplyObject(rep);
+}
+
 static dbk_conn *setup_db(const char *url, dbk_engine *engine)
 {
     dbk_error err;
@@ -254,6 +326,7 @@ int main(int argc, char **argv)
         if (!raw.rc || raw.rc->err)
             die("raw connect", NULL);
         size_t vsize = 0;
+        static char rawval[4096];
         for (int id = 1; id <= HOT; id++) {
             char key[64];
             int kl = snprintf(key, sizeof key, "bench_users:id:%d", id);
@@ -266,6 +339,8 @@ int main(int argc, char **argv)
             size_t al[3] = {3, raw.klen[id - 1], n};
             freeReplyObject(redisCommandArgv(raw.rc, 3, av, al));
             vsize = n;
+            if (id == HOT)
+                memcpy(rawval, v, n < sizeof rawval ? n : sizeof rawval);
             free(v);
         }
         printf("(redis value size: %zu bytes)\n", vsize);
@@ -289,6 +364,16 @@ int main(int argc, char **argv)
                     read_cached(&h_cached, id);
             compare(ha[k][1], "redis hit via redis:// (cached repo)", read_cached, &r_cached,
                     read_cached, &h_cached);
+            if (k == 1) {
+                struct rawcl *rcl = malloc(sizeof *rcl);
+                rawcl_setup(rcl, hu, rawval, vsize < sizeof rawval ? vsize : sizeof rawval);
+                printf("(raw GETs spread over %d cluster masters)\n", rcl->nnodes);
+                compare(ha[k][1], "raw hiredis GET on the cluster", read_rawcl, rcl, read_cached,
+                        &h_cached);
+                for (int i = 0; i < rcl->nnodes; i++)
+                    redisFree(rcl->node[i]);
+                free(rcl);
+            }
             dbk_arena_free(h_cached.arena);
             dbk_cached_repo_free(hr);
             dbk_cache_close(hc);
