@@ -4,6 +4,9 @@
  *   PostgreSQL: a libpq PQprepare-once / PQexecPrepared loop;
  *   SQLite:     a sqlite3 prepare-once / reset / bind / step loop.
  * Both sides read every column of the row (id, name, email, created_at).
+ * On PostgreSQL a second pair inserts one row per statement with two text
+ * parameters (dbk_db_exec vs PQexecPrepared of the same INSERT), the
+ * write-side counterpart: a command with no rows and an affected count.
  *
  * usage: pk_bench [--rows N] [--seconds S] [--rounds R] [--sqlite-only]
  * PostgreSQL comes from DATABASE_URL or DBKIT_TEST_PG_URL (a postgres:// URL).
@@ -116,6 +119,38 @@ static int sq_lookup(void *ctx, int64_t id)
             strlen((const char *)c);
     sqlite3_reset(st);
     return rid == id ? 0 : -1;
+}
+
+static const char *INS_SQL = "INSERT INTO pk_bench_ins (name, email) VALUES ($1, $2)";
+static long ins_seq;
+
+static int dbkit_insert(void *ctx, int64_t id)
+{
+    (void)id;
+    char name[32], email[48];
+    long n = ++ins_seq;
+    snprintf(name, sizeof name, "user %ld", n);
+    snprintf(email, sizeof email, "user%ld@example.com", n);
+    dbk_value p[2] = {dbk_text(name), dbk_text(email)};
+    int64_t affected = 0;
+    dbk_error err;
+    if (dbk_db_exec(ctx, INS_SQL, p, 2, &affected, &err) != DBK_OK)
+        return -1;
+    return affected == 1 ? 0 : -1;
+}
+
+static int pq_insert(void *ctx, int64_t id)
+{
+    (void)id;
+    char name[32], email[48];
+    long n = ++ins_seq;
+    snprintf(name, sizeof name, "user %ld", n);
+    snprintf(email, sizeof email, "user%ld@example.com", n);
+    const char *vals[2] = {name, email};
+    PGresult *r = PQexecPrepared(ctx, "ins", 2, vals, NULL, NULL, 0);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdTuples(r), "1") == 0;
+    PQclear(r);
+    return ok ? 0 : -1;
 }
 
 static void populate(dbk_db *db, int64_t rows, int pg)
@@ -240,6 +275,29 @@ int main(int argc, char **argv)
         best_dbk = b > best_dbk ? b : best_dbk;
     }
     report("postgres", "raw libpq PQexecPrepared", best_raw, best_dbk, 0.95);
+
+    /* Single-row INSERT, the same statement on both sides. */
+    if (dbk_db_exec_script(dbk_conn_db(conn),
+                           "DROP TABLE IF EXISTS pk_bench_ins; CREATE TABLE pk_bench_ins (id "
+                           "BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL)",
+                           &err) != DBK_OK)
+        die("insert table", &err);
+    pr = PQprepare(pq, "ins", INS_SQL, 2, NULL);
+    if (PQresultStatus(pr) != PGRES_COMMAND_OK)
+        die("raw libpq prepare insert", NULL);
+    PQclear(pr);
+    best_raw = best_dbk = 0;
+    for (int r = 0; r < rounds; r++) {
+        double a = measure(pq_insert, pq, 1, seconds);
+        double b = measure(dbkit_insert, dbk_conn_db(conn), 1, seconds);
+        best_raw = a > best_raw ? a : best_raw;
+        best_dbk = b > best_dbk ? b : best_dbk;
+    }
+    printf("%-10s  %-34s %10.0f q/s\n", "postgres", "raw libpq INSERT PQexecPrepared", best_raw);
+    printf("%-10s  %-34s %10.0f q/s   ratio %.3f (target >= %.2f)\n", "postgres",
+           "dbkit dbk_db_exec INSERT", best_dbk, best_dbk / best_raw, 0.9);
+    if (dbk_db_exec_script(dbk_conn_db(conn), "DROP TABLE pk_bench_ins", &err) != DBK_OK)
+        die("drop insert table", &err);
     PQfinish(pq);
     dbk_conn_close(conn);
     return 0;
