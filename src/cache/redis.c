@@ -331,59 +331,12 @@ static redisReply *finish_call(redisContext *c, int64_t deadline_ns)
     }
 }
 
-/* Writes n in decimal at p; returns the end. */
-static char *put_dec(char *p, size_t n)
-{
-    char tmp[24];
-    int k = 0;
-    do {
-        tmp[k++] = (char)('0' + n % 10);
-        n /= 10;
-    } while (n);
-    while (k)
-        *p++ = tmp[--k];
-    return p;
-}
-
-/* Queues one command on c in the protocol's array-of-bulk-strings form.
- * A command that fits 2 KiB is laid out here on the stack and handed over
- * whole: hiredis's own formatter (redisAppendCommandArgv) goes through a
- * printf-style append per argument, about 2,600 instructions for a GET
- * and 3,600 for the two-key MGET of a Sentinel or Cluster hit, most of a
- * hit's client-side cost. Longer commands (large values, the scripts) go
- * through hiredis. */
-static int append_cmd(redisContext *c, int argc, const char **argv, const size_t *lens)
-{
-    char buf[2048];
-    size_t need = 16;
-    for (int i = 0; i < argc && need <= sizeof buf; i++)
-        need += lens[i] < sizeof buf ? lens[i] + 26 : sizeof buf;
-    if (need > sizeof buf)
-        return redisAppendCommandArgv(c, argc, argv, lens);
-    char *p = buf;
-    *p++ = '*';
-    p = put_dec(p, (size_t)argc);
-    *p++ = '\r';
-    *p++ = '\n';
-    for (int i = 0; i < argc; i++) {
-        *p++ = '$';
-        p = put_dec(p, lens[i]);
-        *p++ = '\r';
-        *p++ = '\n';
-        memcpy(p, argv[i], lens[i]);
-        p += lens[i];
-        *p++ = '\r';
-        *p++ = '\n';
-    }
-    return redisAppendFormattedCommand(c, buf, (size_t)(p - buf));
-}
-
 /* One command on c, bounded as a whole by deadline_ns. NULL on an I/O
  * error or timeout (c->errstr says which; the connection is then unusable). */
 static redisReply *cmd(redisContext *c, int argc, const char **argv, const size_t *lens,
                        int64_t deadline_ns)
 {
-    if (append_cmd(c, argc, argv, lens) != REDIS_OK)
+    if (redisAppendCommandArgv(c, argc, argv, lens) != REDIS_OK)
         return NULL;
     if (__atomic_load_n(&g_sigpipe_ignored, __ATOMIC_RELAXED))
         return finish_call(c, deadline_ns); /* nothing to guard: no syscalls */
@@ -861,16 +814,13 @@ static unsigned entry_slot(const struct rds *r, const void *key, size_t klen)
 }
 
 /* prefix [+ "{tag}"] + tag + ':' + key. In cluster mode "{tag}" names the
- * entry's slot `hslot` (entry_slot() of the key, computed once per call by
- * the caller: the CRC is not taken again for each key of the entry), so the
- * value, generation and epoch keys share it. */
-static size_t mkkey(const struct rds *r, unsigned hslot, char tag, const void *key, size_t klen,
-                    char *buf)
+ * entry's slot, so the value, generation and epoch keys share it. */
+static size_t mkkey(const struct rds *r, char tag, const void *key, size_t klen, char *buf)
 {
     size_t pl = strlen(r->cfg.key_prefix);
     memcpy(buf, r->cfg.key_prefix, pl);
     if (r->cluster) {
-        const char *t = dbk__redis_slot_tag(hslot);
+        const char *t = dbk__redis_slot_tag(dbk__redis_key_slot(key, klen));
         size_t tl = strlen(t);
         buf[pl++] = '{';
         memcpy(buf + pl, t, tl);
@@ -883,24 +833,13 @@ static size_t mkkey(const struct rds *r, unsigned hslot, char tag, const void *k
     return pl + 2 + klen;
 }
 
-/* The epoch key of slot `hslot` (one key unless cluster): prefix
- * ["{" tag "}"] "epoch". buf: 80 bytes (prefix < 64, tag <= 4). Built with
- * memcpy: it is on every hit of the Sentinel and Cluster modes, where
- * snprintf cost about as much as the rest of the key building. */
+/* The epoch key of slot `hslot` (one key unless cluster). buf: 80 bytes. */
 static size_t mkepoch(const struct rds *r, unsigned hslot, char *buf)
 {
-    size_t n = strlen(r->cfg.key_prefix);
-    memcpy(buf, r->cfg.key_prefix, n);
-    if (r->cluster) {
-        const char *t = dbk__redis_slot_tag(hslot);
-        size_t tl = strlen(t);
-        buf[n++] = '{';
-        memcpy(buf + n, t, tl);
-        n += tl;
-        buf[n++] = '}';
-    }
-    memcpy(buf + n, "epoch", 6);
-    return n + 5;
+    if (r->cluster)
+        return (size_t)snprintf(buf, 80, "%s{%s}epoch", r->cfg.key_prefix,
+                                dbk__redis_slot_tag(hslot));
+    return (size_t)snprintf(buf, 80, "%sepoch", r->cfg.key_prefix);
 }
 
 /* The invalidation script's argv for `key` (bufs: vk, gk KEYBUF; tok,
@@ -908,8 +847,7 @@ static size_t mkepoch(const struct rds *r, unsigned hslot, char *buf)
 static void mkinval(struct rds *r, const void *key, size_t klen, char *vk, char *gk, char *tok,
                     char *ttl, const char **av, size_t *al)
 {
-    unsigned hs = entry_slot(r, key, klen);
-    size_t vl = mkkey(r, hs, 'v', key, klen, vk), gl = mkkey(r, hs, 'g', key, klen, gk);
+    size_t vl = mkkey(r, 'v', key, klen, vk), gl = mkkey(r, 'g', key, klen, gk);
     int tl = snprintf(tok, 24, "%016llx", (unsigned long long)dbk__cache_rand64());
     int xl = snprintf(ttl, 24, "%lld", 3LL * r->cfg.lease_ms);
     const char *v[7] = {"EVAL", invalidate_lua, "2", vk, gk, tok, ttl};
@@ -1306,7 +1244,7 @@ static dbk_rc r_get(void *impl, const void *key, size_t klen, void **val, size_t
     struct rds *r = impl;
     unsigned hs = entry_slot(r, key, klen);
     char vk[KEYBUF], ek[80];
-    size_t vl = mkkey(r, hs, 'v', key, klen, vk);
+    size_t vl = mkkey(r, 'v', key, klen, vk);
     redisReply *rep;
     dbk_rc rc;
     if (r->ha) {
@@ -1377,7 +1315,7 @@ static dbk_rc r_set(void *impl, const void *key, size_t klen, const void *val, s
     struct rds *r = impl;
     unsigned hs = entry_slot(r, key, klen);
     char vk[KEYBUF], ttl[24];
-    size_t vl = mkkey(r, hs, 'v', key, klen, vk);
+    size_t vl = mkkey(r, 'v', key, klen, vk);
     int tl = snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
     redisReply *rep;
     dbk_rc rc;
@@ -1456,7 +1394,7 @@ static dbk_rc r_lease(void *impl, const void *key, size_t klen, dbk_cache_lease 
     memset(out, 0, sizeof *out);
     out->taken_ns = dbk__now_ns();
     char gk[KEYBUF], ek[80];
-    size_t gl = mkkey(r, hs, 'g', key, klen, gk);
+    size_t gl = mkkey(r, 'g', key, klen, gk);
     int el = (int)mkepoch(r, hs, ek);
     const char *av[3] = {"MGET", gk, ek};
     size_t al[3] = {4, gl, (size_t)el};
@@ -1503,7 +1441,7 @@ static dbk_rc r_set_leased(void *impl, const void *key, size_t klen, const dbk_c
         return DBK_OK;
     }
     char vk[KEYBUF], gk[KEYBUF], ek[80], gs[24], es[24], ttl[24];
-    size_t vl = mkkey(r, hs, 'v', key, klen, vk), gl = mkkey(r, hs, 'g', key, klen, gk);
+    size_t vl = mkkey(r, 'v', key, klen, vk), gl = mkkey(r, 'g', key, klen, gk);
     int el = (int)mkepoch(r, hs, ek);
     int gsl = l->gen ? snprintf(gs, sizeof gs, "%016llx", (unsigned long long)l->gen) : 0;
     if (!l->gen)
