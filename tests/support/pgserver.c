@@ -38,7 +38,7 @@ struct dbkt_pgserver {
     int pipe_w;
 };
 
-static void find_bindir(char *out, size_t n)
+void dbkt_pg_bindir(char *out, size_t n)
 {
     out[0] = '\0';
     const char *env = getenv("DBKIT_PG_BINDIR");
@@ -126,22 +126,25 @@ static int run(const dbkt_pgserver *s, char *const argv[])
     return dbkt_run_as_postgres(s->cmdlog, argv);
 }
 
-static void dump_logs(const dbkt_pgserver *s)
+void dbkt_dump_file(const char *path)
 {
-    const char *files[2] = {s->cmdlog, s->srvlog};
-    for (int i = 0; i < 2; i++) {
-        FILE *f = fopen(files[i], "r");
-        if (!f)
-            continue;
-        fprintf(stderr, "---- %s ----\n", files[i]);
-        char line[512];
-        while (fgets(line, sizeof line, f))
-            fputs(line, stderr);
-        fclose(f);
-    }
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    fprintf(stderr, "---- %s ----\n", path);
+    char line[512];
+    while (fgets(line, sizeof line, f))
+        fputs(line, stderr);
+    fclose(f);
 }
 
-static int free_port(void)
+static void dump_logs(const dbkt_pgserver *s)
+{
+    dbkt_dump_file(s->cmdlog);
+    dbkt_dump_file(s->srvlog);
+}
+
+int dbkt_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0)
@@ -227,7 +230,7 @@ dbkt_pgserver *dbkt_pgserver_start(void)
 {
     dbkt_pgserver *s = calloc(1, sizeof *s);
     assert_non_null(s);
-    find_bindir(s->bindir, sizeof s->bindir);
+    dbkt_pg_bindir(s->bindir, sizeof s->bindir);
     char initdb[300];
     bin_path(s, "initdb", initdb, sizeof initdb);
     if (s->bindir[0] && access(initdb, X_OK) != 0) {
@@ -274,7 +277,7 @@ dbkt_pgserver *dbkt_pgserver_start(void)
         fail_msg("initdb failed");
     }
     for (int attempt = 0; attempt < 5; attempt++) {
-        s->port = free_port();
+        s->port = dbkt_free_port();
         assert_true(s->port > 0);
         if (pg_ctl(s, "start", NULL) == 0) {
             snprintf(s->url, sizeof s->url, "postgres://postgres@127.0.0.1:%d/postgres", s->port);

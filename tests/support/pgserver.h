@@ -22,15 +22,28 @@
 #ifndef DBKIT_PGSERVER_H
 #define DBKIT_PGSERVER_H
 
+#include <stddef.h>
+
 typedef struct dbkt_pgserver dbkt_pgserver;
 
-/* Starts a server; never NULL (skips or fails the test instead). */
 /* Runs argv (argv[0] a path or a PATH name) as the postgres user when root,
  * stdout and stderr appended to cmdlog, stdin from /dev/null; waits at most
  * 120 s (then kills it). Returns the exit status, or -1. Shared with the
  * topology helpers (pgtopo.c). */
 int dbkt_run_as_postgres(const char *cmdlog, char *const argv[]);
 
+/* The PostgreSQL server programs' directory: $DBKIT_PG_BINDIR, else
+ * `pg_config --bindir` when initdb is there, else Debian's
+ * /usr/lib/postgresql/15/bin; "" when none (then PATH is used). */
+void dbkt_pg_bindir(char *out, size_t n);
+
+/* A loopback TCP port free at the time of the call, or -1. */
+int dbkt_free_port(void);
+
+/* Copies a log file to stderr under a header line (nothing when absent). */
+void dbkt_dump_file(const char *path);
+
+/* Starts a server; never NULL (skips or fails the test instead). */
 dbkt_pgserver *dbkt_pgserver_start(void);
 
 /* "postgres://postgres@127.0.0.1:<port>/postgres"; borrowed until stop. */

@@ -53,32 +53,6 @@ struct dbkt_pgtopo {
     int pipe_w;
 };
 
-static void find_bindir(char *out, size_t n)
-{
-    out[0] = '\0';
-    const char *env = getenv("DBKIT_PG_BINDIR");
-    if (env && *env) {
-        snprintf(out, n, "%s", env);
-        return;
-    }
-    FILE *f = popen("pg_config --bindir 2>/dev/null", "r");
-    if (f) {
-        char line[256];
-        if (fgets(line, sizeof line, f)) {
-            line[strcspn(line, "\n")] = '\0';
-            char probe[300];
-            snprintf(probe, sizeof probe, "%s/initdb", line);
-            if (access(probe, X_OK) == 0)
-                snprintf(out, n, "%s", line);
-        }
-        pclose(f);
-        if (out[0])
-            return;
-    }
-    if (access("/usr/lib/postgresql/15/bin/initdb", X_OK) == 0)
-        snprintf(out, n, "/usr/lib/postgresql/15/bin");
-}
-
 static void bin_path(const dbkt_pgtopo *t, const char *prog, char *out, size_t n)
 {
     if (t->bindir[0])
@@ -101,43 +75,13 @@ static int run(const dbkt_pgtopo *t, char *const argv[])
     return dbkt_run_as_postgres(t->cmdlog, argv);
 }
 
-static void dump_file(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    fprintf(stderr, "---- %s ----\n", path);
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        fputs(line, stderr);
-    fclose(f);
-}
-
 static void dump_logs(const dbkt_pgtopo *t)
 {
-    dump_file(t->cmdlog);
+    dbkt_dump_file(t->cmdlog);
     for (int i = 0; i < t->nnodes; i++)
-        dump_file(t->node[i].srvlog);
+        dbkt_dump_file(t->node[i].srvlog);
     if (t->bouncer_log[0])
-        dump_file(t->bouncer_log);
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
+        dbkt_dump_file(t->bouncer_log);
 }
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -279,7 +223,7 @@ static void set_url(struct node *nd)
 static int start_fresh_port(dbkt_pgtopo *t, int i)
 {
     for (int attempt = 0; attempt < 5; attempt++) {
-        t->node[i].port = free_port();
+        t->node[i].port = dbkt_free_port();
         if (t->node[i].port > 0 && pg_ctl(t, i, "start", NULL) == 0) {
             set_url(&t->node[i]);
             return 0;
@@ -309,7 +253,7 @@ dbkt_pgtopo *dbkt_pgtopo_start(int nreplicas)
     assert_true(nreplicas >= 0 && nreplicas < TOPO_MAX_NODES);
     dbkt_pgtopo *t = calloc(1, sizeof *t);
     assert_non_null(t);
-    find_bindir(t->bindir, sizeof t->bindir);
+    dbkt_pg_bindir(t->bindir, sizeof t->bindir);
     char initdb[300];
     bin_path(t, "initdb", initdb, sizeof initdb);
     if (t->bindir[0] && access(initdb, X_OK) != 0) {
@@ -488,7 +432,7 @@ const char *dbkt_pgtopo_bouncer_start(dbkt_pgtopo *t, int node, int pool_size)
     fputs("\"postgres\" \"\"\n", u);
     fclose(u);
     for (int attempt = 0; attempt < 5; attempt++) {
-        int port = free_port();
+        int port = dbkt_free_port();
         FILE *f = fopen(ini, "w");
         if (!f)
             return NULL;
