@@ -11,10 +11,12 @@
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 
 #include "../core/config_int.h"
 #include "../core/internal.h"
+#include "../core/url.h"
 #include "describe.h"
 #include "driver.h"
 
@@ -104,8 +106,9 @@ static dbk_rc pg_describe(dbk__describer *d, const char *sql, dbk__desc *out, in
     PGresult *r = PQprepare(p->conn, "", sql, 0, NULL);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         const char *pos = PQresultErrorField(r, PG_DIAG_STATEMENT_POSITION);
-        if (pos)
-            *errpos = atoi(pos) - 1; /* 1-based characters; ASCII SQL assumed */
+        long long at = 0; /* 1-based characters; ASCII SQL assumed */
+        if (pos && dbk__parse_decimal(pos, strlen(pos), 1, INT_MAX, &at))
+            *errpos = (int)at - 1;
         dbk_rc rc = pg_fail(p->conn, r, "does not prepare", err);
         PQclear(r);
         return rc;

@@ -38,6 +38,7 @@
 #include "../core/config_int.h"
 #include "../core/internal.h"
 #include "../core/sb.h"
+#include "../core/url.h"
 #include "../driver/describe.h"
 
 enum { K_ONE = 1, K_MANY, K_EXEC, K_EXECROWS, K_BATCH, K_COPYFROM };
@@ -78,6 +79,18 @@ typedef dbk__sb sb;
 #define sb_addn dbk__sb_putn
 #define sb_add dbk__sb_puts
 #define sb_addf dbk__sb_printf
+
+/* The number of a "$N" placeholder whose digits start at s: 1..65535, or 0
+ * when there are none or the number is out of range (checked, never
+ * overflows, unlike atoi on a long digit run). */
+static int placeholder_num(const char *s)
+{
+    size_t n = 0;
+    while (isdigit((unsigned char)s[n]))
+        n++;
+    long long v = 0;
+    return dbk__parse_decimal(s, n, 1, 65535, &v) ? (int)v : 0;
+}
 
 /* ---- tokens ---- */
 
@@ -190,7 +203,7 @@ static bool tokenize(const char *s, toks *out)
             i = j;
         } else if (c == '$' && isdigit((unsigned char)s[i + 1])) {
             k.kind = T_PARAM;
-            k.num = atoi(s + i + 1);
+            k.num = placeholder_num(s + i + 1);
             i++;
             while (isdigit((unsigned char)s[i]))
                 i++;
@@ -645,7 +658,7 @@ static int max_param(const char *sql)
             continue;
         }
         if (sql[i] == '$' && isdigit((unsigned char)sql[i + 1])) {
-            int v = atoi(sql + i + 1);
+            int v = placeholder_num(sql + i + 1);
             if (v > m)
                 m = v;
         }
@@ -894,7 +907,7 @@ static dbk_rc describe_query(dbk__describer *d, dbk_engine engine, const qfile *
         int num = (int)i + 1;
         if (engine == DBK_ENGINE_SQLITE) {
             /* SQLite numbers "$N" parameters in order of first use */
-            num = atoi(desc.params[i].name[0] == '$' ? desc.params[i].name + 1 : "0");
+            num = desc.params[i].name[0] == '$' ? placeholder_num(desc.params[i].name + 1) : 0;
         }
         char ctxcol[IDLEN] = "";
         dbk_type ptype = DBK_TYPE_TEXT;
@@ -930,7 +943,8 @@ static dbk_rc describe_query(dbk__describer *d, dbk_engine engine, const qfile *
         gfield sorted[GMAX_PARAMS];
         memset(sorted, 0, sizeof sorted);
         for (size_t i = 0; i < desc.nparams; i++) {
-            int num = atoi(desc.params[i].name[0] == '$' ? desc.params[i].name + 1 : "0");
+            int num =
+                desc.params[i].name[0] == '$' ? placeholder_num(desc.params[i].name + 1) : 0;
             if (num < 1 || (size_t)num > desc.nparams) {
                 free(t.v);
                 dbk__desc_free(&desc);
@@ -1326,7 +1340,8 @@ static void emit_source(sb *b, const qfile *qf)
     if (need_nomem)
         sb_add(b, "\nstatic dbk_rc nomem(dbk_error *err)\n{\n    if (err) {\n"
                   "        memset(err, 0, sizeof *err);\n        err->code = DBK_ENOMEM;\n"
-                  "        strcpy(err->message, \"out of memory\");\n    }\n"
+                  "        memcpy(err->message, \"out of memory\", sizeof \"out of memory\");\n"
+                  "    }\n"
                   "    return DBK_ENOMEM;\n}\n");
     for (size_t k = 0; k < qf->nq; k++) {
         const gquery *q = &qf->q[k];
@@ -1660,7 +1675,8 @@ DBK_API dbk_rc dbk_gen_run(const dbk_gen_opts *opts, dbk_gen_report *rep, dbk_er
                             : '_';
             guard[gl + 1] = '\0';
         }
-        strcat(guard, "_H");
+        size_t glen = strlen(guard);
+        snprintf(guard + glen, sizeof guard - glen, "_H");
         sb h = {0}, c = {0};
         emit_header(&h, qf, guard);
         emit_source(&c, qf);

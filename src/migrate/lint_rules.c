@@ -768,7 +768,7 @@ static size_t sq_words(const char *s, size_t len, char (*w)[64], size_t *total)
         } else if (ch == '(') {
             if (depth == 0) {
                 if (n < SQ_MAX_WORDS)
-                    strcpy(w[n++], "(");
+                    memcpy(w[n++], "(", 2);
                 all++;
             }
             depth++;

@@ -271,7 +271,8 @@ static char *render_url(const dbk_config *cfg)
     if (!star)
         return red;
     size_t plen = strlen(cfg->password);
-    char *u = malloc(strlen(red) + 3 * plen + 1);
+    size_t cap = strlen(red) + 3 * plen + 1;
+    char *u = malloc(cap);
     if (!u) {
         free(red);
         return NULL;
@@ -283,9 +284,9 @@ static char *render_url(const dbk_config *cfg)
         if (isalnum(ch) || ch == '-' || ch == '.' || ch == '_' || ch == '~')
             u[k++] = (char)ch;
         else
-            k += (size_t)sprintf(u + k, "%%%02X", ch);
+            k += (size_t)snprintf(u + k, cap - k, "%%%02X", ch);
     }
-    strcpy(u + k, star + 4);
+    snprintf(u + k, cap - k, "%s", star + 4);
     free(red);
     return u;
 }
