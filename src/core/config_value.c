@@ -320,17 +320,10 @@ static dbk_rc norm_hosts(const char *v, const struct origin *o, char **out, dbk_
 
 bool dbk__cfg_port_number(const char *s, size_t n, int *out)
 {
-    if (n == 0 || n > 5)
+    long long v = 0;
+    if (!dbk__parse_decimal(s, n, 1, 65535, &v))
         return false;
-    int v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (v < 1 || v > 65535)
-        return false;
-    *out = v;
+    *out = (int)v;
     return true;
 }
 
