@@ -226,32 +226,40 @@ static void watchdog_main(dbkt_pgserver *s, int rfd)
     _exit(0);
 }
 
-dbkt_pgserver *dbkt_pgserver_start(void)
+void dbkt_pg_prepare_dir(const char *prefix, char *bindir, size_t bn, char *dir, size_t dn)
 {
-    dbkt_pgserver *s = calloc(1, sizeof *s);
-    assert_non_null(s);
-    dbkt_pg_bindir(s->bindir, sizeof s->bindir);
+    dbkt_pg_bindir(bindir, bn);
     char initdb[300];
-    bin_path(s, "initdb", initdb, sizeof initdb);
-    if (s->bindir[0] && access(initdb, X_OK) != 0) {
-        free(s);
-        dbkt_skip(1, "initdb not found (set DBKIT_PG_BINDIR)");
+    if (bindir[0]) {
+        snprintf(initdb, sizeof initdb, "%s/initdb", bindir);
+        if (access(initdb, X_OK) != 0)
+            dbkt_skip(1, "initdb not found (set DBKIT_PG_BINDIR)");
     }
     uid_t pg_uid = 0;
     gid_t pg_gid = 0;
     if (geteuid() == 0) {
         struct passwd *pw = getpwnam("postgres");
-        if (!pw) {
-            free(s);
-            dbkt_skip(1, "running as root but there is no postgres user to run initdb as");
-        }
+        if (!pw)
+            dbkt_skip(1, "running as root but there is no postgres user to run PostgreSQL as");
         pg_uid = pw->pw_uid;
         pg_gid = pw->pw_gid;
     }
-    snprintf(s->dir, sizeof s->dir, "/tmp/dbkt-pg.XXXXXX");
-    assert_non_null(mkdtemp(s->dir));
-    if (geteuid() == 0 && chown(s->dir, pg_uid, pg_gid) != 0)
-        fail_msg("chown %s: %s", s->dir, strerror(errno));
+    snprintf(dir, dn, "/tmp/%s.XXXXXX", prefix);
+    assert_non_null(mkdtemp(dir));
+    if (geteuid() == 0 && chown(dir, pg_uid, pg_gid) != 0)
+        fail_msg("chown %s: %s", dir, strerror(errno));
+}
+
+dbkt_pgserver *dbkt_pgserver_start(void)
+{
+    char bindir[256], dir[256];
+    dbkt_pg_prepare_dir("dbkt-pg", bindir, sizeof bindir, dir, sizeof dir);
+    dbkt_pgserver *s = calloc(1, sizeof *s);
+    assert_non_null(s);
+    snprintf(s->bindir, sizeof s->bindir, "%s", bindir);
+    snprintf(s->dir, sizeof s->dir, "%s", dir);
+    char initdb[300];
+    bin_path(s, "initdb", initdb, sizeof initdb);
     snprintf(s->data, sizeof s->data, "%s/data", s->dir);
     snprintf(s->cmdlog, sizeof s->cmdlog, "%s/cmd.log", s->dir);
     snprintf(s->srvlog, sizeof s->srvlog, "%s/server.log", s->dir);

@@ -40,6 +40,11 @@ void dbkt_pg_bindir(char *out, size_t n);
 /* A loopback TCP port free at the time of the call, or -1. */
 int dbkt_free_port(void);
 
+/* Finds the server programs into bindir (skips without initdb) and makes a
+ * fresh directory "/tmp/<prefix>.XXXXXX" into dir, owned by the user
+ * PostgreSQL runs as (postgres when root; skips when there is none). */
+void dbkt_pg_prepare_dir(const char *prefix, char *bindir, size_t bn, char *dir, size_t dn);
+
 /* Copies a log file to stderr under a header line (nothing when absent). */
 void dbkt_dump_file(const char *path);
 

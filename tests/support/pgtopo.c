@@ -251,30 +251,14 @@ static int add_replica(dbkt_pgtopo *t)
 dbkt_pgtopo *dbkt_pgtopo_start(int nreplicas)
 {
     assert_true(nreplicas >= 0 && nreplicas < TOPO_MAX_NODES);
+    char bindir[256], dir[256];
+    dbkt_pg_prepare_dir("dbkt-topo", bindir, sizeof bindir, dir, sizeof dir);
     dbkt_pgtopo *t = calloc(1, sizeof *t);
     assert_non_null(t);
-    dbkt_pg_bindir(t->bindir, sizeof t->bindir);
+    snprintf(t->bindir, sizeof t->bindir, "%s", bindir);
+    snprintf(t->dir, sizeof t->dir, "%s", dir);
     char initdb[300];
     bin_path(t, "initdb", initdb, sizeof initdb);
-    if (t->bindir[0] && access(initdb, X_OK) != 0) {
-        free(t);
-        dbkt_skip(1, "initdb not found (set DBKIT_PG_BINDIR)");
-    }
-    uid_t pg_uid = 0;
-    gid_t pg_gid = 0;
-    if (geteuid() == 0) {
-        struct passwd *pw = getpwnam("postgres");
-        if (!pw) {
-            free(t);
-            dbkt_skip(1, "running as root but there is no postgres user to run PostgreSQL as");
-        }
-        pg_uid = pw->pw_uid;
-        pg_gid = pw->pw_gid;
-    }
-    snprintf(t->dir, sizeof t->dir, "/tmp/dbkt-topo.XXXXXX");
-    assert_non_null(mkdtemp(t->dir));
-    if (geteuid() == 0 && chown(t->dir, pg_uid, pg_gid) != 0)
-        fail_msg("chown %s: %s", t->dir, strerror(errno));
     snprintf(t->cmdlog, sizeof t->cmdlog, "%s/cmd.log", t->dir);
     for (int i = 0; i < TOPO_MAX_NODES; i++) {
         snprintf(t->node[i].data, sizeof t->node[i].data, "%s/n%d", t->dir, i);
