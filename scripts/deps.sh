@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages dbkit needs that are not installed yet.
 #   scripts/deps.sh demo   build + run the demo (compiler, cmake, client libraries)
 #   scripts/deps.sh test   everything the test suite needs (servers, cmocka, clang, valgrind)
-#   scripts/deps.sh bench  the benchmark tools on top of test (wrk, Node.js, npm)
+#   scripts/deps.sh bench  the benchmark tools on top of test (wrk, Node.js, npm, gnuplot)
 # Only missing packages are installed; with nothing missing no network is used.
 set -euo pipefail
 
@@ -14,7 +14,7 @@ test_pkgs=("${demo_pkgs[@]}" libcmocka-dev postgresql-15 postgresql-contrib-15
            postgresql-15-hypopg redis-server clang libclang-rt-14-dev valgrind git graphviz
            sqlite3 procps pgbouncer libjansson-dev libcurl4-openssl-dev
            libmongoc-dev nodejs npm)
-bench_pkgs=("${test_pkgs[@]}" wrk nodejs npm)
+bench_pkgs=("${test_pkgs[@]}" wrk nodejs npm gnuplot-nox)
 
 case "$profile" in
   demo) want=("${demo_pkgs[@]}") ;;
