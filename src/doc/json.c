@@ -211,7 +211,7 @@ static dbk_rc wrong_type(dbk_error *err, const char *path, const char *want)
 DBK_API dbk_rc dbk_doc_get_text(const dbk_doc *doc, const char *path, const char **out,
                                 size_t *len, dbk_error *err)
 {
-    json_t *v;
+    json_t *v = NULL;
     dbk_rc rc = get_value(doc, path, &v, err);
     if (rc)
         return rc;
@@ -226,7 +226,7 @@ DBK_API dbk_rc dbk_doc_get_text(const dbk_doc *doc, const char *path, const char
 DBK_API dbk_rc dbk_doc_get_int64(const dbk_doc *doc, const char *path, int64_t *out,
                                  dbk_error *err)
 {
-    json_t *v;
+    json_t *v = NULL;
     dbk_rc rc = get_value(doc, path, &v, err);
     if (rc)
         return rc;
@@ -239,7 +239,7 @@ DBK_API dbk_rc dbk_doc_get_int64(const dbk_doc *doc, const char *path, int64_t *
 DBK_API dbk_rc dbk_doc_get_double(const dbk_doc *doc, const char *path, double *out,
                                   dbk_error *err)
 {
-    json_t *v;
+    json_t *v = NULL;
     dbk_rc rc = get_value(doc, path, &v, err);
     if (rc)
         return rc;
@@ -251,7 +251,7 @@ DBK_API dbk_rc dbk_doc_get_double(const dbk_doc *doc, const char *path, double *
 
 DBK_API dbk_rc dbk_doc_get_bool(const dbk_doc *doc, const char *path, bool *out, dbk_error *err)
 {
-    json_t *v;
+    json_t *v = NULL;
     dbk_rc rc = get_value(doc, path, &v, err);
     if (rc)
         return rc;
@@ -264,7 +264,7 @@ DBK_API dbk_rc dbk_doc_get_bool(const dbk_doc *doc, const char *path, bool *out,
 DBK_API dbk_rc dbk_doc_get_date(const dbk_doc *doc, const char *path, int64_t *usec,
                                 dbk_error *err)
 {
-    json_t *v;
+    json_t *v = NULL;
     dbk_rc rc = get_value(doc, path, &v, err);
     if (rc)
         return rc;
@@ -277,7 +277,7 @@ DBK_API dbk_rc dbk_doc_get_date(const dbk_doc *doc, const char *path, int64_t *u
 DBK_API dbk_rc dbk_doc_array_len(const dbk_doc *doc, const char *path, size_t *out,
                                  dbk_error *err)
 {
-    json_t *v;
+    json_t *v = NULL;
     dbk_rc rc = get_value(doc, path, &v, err);
     if (rc)
         return rc;

@@ -469,12 +469,16 @@ out:
 
 static dbk_rc pg_drop_name(const dbk_config *cfg, const char *name, dbk_error *err)
 {
+    /* A longer name is not one PostgreSQL can hold (NAMEDATALEN 64):
+     * refused rather than cut, which could name another database. */
+    if (strlen(name) > 63 || strchr(name, '"'))
+        return dbk__err(err, DBK_EINVALID, "not a test database name: \"%.63s...\"", name);
     dbk_conn *admin = NULL;
     dbk_rc rc = dbk_conn_open(cfg, &admin, err);
     if (rc)
         return rc;
     char sql[160];
-    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", name);
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS \"%.63s\" WITH (FORCE)", name);
     rc = pg_exec(admin, sql, err);
     dbk_conn_close(admin);
     return rc;
