@@ -17,6 +17,7 @@
 #include "repo.h"
 #include "doc.h"
 #include "cache.h"
+#include "cache_doc.h"
 #include "migrate.h"
 #include "testdb.h"
 #include "gen.h"
