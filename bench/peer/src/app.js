@@ -5,19 +5,8 @@
 
 const express = require('express');
 const { cached } = require('./cache');
-const { UserRepository, AccountRepository, HttpError, USER_ORDERS } = require('./repositories');
-
-function positiveId(text) {
-  if (!/^[0-9]{1,18}$/.test(text)) return null;
-  const n = Number(text);
-  return n > 0 && Number.isSafeInteger(n) ? n : null;
-}
-
-function intParam(value, fallback) {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'string' || !/^[0-9]{1,9}$/.test(value)) return NaN;
-  return Number(value);
-}
+const { UserRepository, AccountRepository } = require('./repositories');
+const { HttpError, UNAVAILABLE, positiveId, listQuery, transferBody, isUnavailable } = require('./api');
 
 function createApp({ db, redis }) {
   const users = new UserRepository(db);
@@ -32,19 +21,12 @@ function createApp({ db, redis }) {
       await db.query('SELECT 1');
       res.json({ status: 'ok', database: 'postgres', cache: redis ? 'redis' : 'off' });
     } catch (error) {
-      res.status(503).json({ error: { code: 'unavailable', message: 'the database is unavailable, retry later' } });
+      res.status(503).json(UNAVAILABLE);
     }
   });
 
   app.get('/users', async (req, res) => {
-    const limit = intParam(req.query.limit, 20);
-    const offset = intParam(req.query.offset, 0);
-    const order = req.query.order === undefined ? '-created_at' : req.query.order;
-    const status = req.query.status;
-    if (!(limit >= 1 && limit <= 100)) throw new HttpError(400, 'invalid_parameter', '"limit" must be 1..100');
-    if (!(offset >= 0)) throw new HttpError(400, 'invalid_parameter', '"offset" must be >= 0');
-    if (!Object.hasOwn(USER_ORDERS, order)) throw new HttpError(400, 'invalid_parameter', '"order" must be created_at, -created_at, name or -name');
-    if (status !== undefined && !['active', 'suspended', 'closed'].includes(status)) throw new HttpError(400, 'invalid_parameter', '"status" must be active, suspended or closed');
+    const { limit, offset, order, status } = listQuery(req.query);
     const { users: rows, total } = await users.findAll(limit, offset, order, status);
     res.json({ users: rows, total, limit, offset });
   });
@@ -60,23 +42,7 @@ function createApp({ db, redis }) {
   });
 
   app.post('/transfers', async (req, res) => {
-    const body = req.body;
-    if (!body || typeof body !== 'object' || Array.isArray(body)) {
-      throw new HttpError(400, 'invalid_json', 'the body must be a JSON object');
-    }
-    for (const key of Object.keys(body)) {
-      if (!['from_account', 'to_account', 'amount_cents'].includes(key)) {
-        throw new HttpError(400, 'unknown_field', `unknown field "${key}"`);
-      }
-    }
-    for (const key of ['from_account', 'to_account', 'amount_cents']) {
-      if (body[key] === undefined) throw new HttpError(400, 'missing_field', `"${key}" is required`);
-      if (!Number.isSafeInteger(body[key])) throw new HttpError(400, 'invalid_type', `"${key}" must be an integer`);
-    }
-    const { from_account: from, to_account: to, amount_cents: amount } = body;
-    if (from < 1 || to < 1) throw new HttpError(400, 'invalid_value', 'account ids must be positive');
-    if (amount <= 0) throw new HttpError(400, 'invalid_value', '"amount_cents" must be positive');
-    if (from === to) throw new HttpError(400, 'invalid_value', 'the two accounts must differ');
+    const { from, to, amount } = transferBody(req.body);
     const result = await accounts.transfer(from, to, amount);
     res.json({ from: result.from, to: result.to, amount_cents: amount });
   });
@@ -93,8 +59,8 @@ function createApp({ db, redis }) {
       res.status(400).json({ error: { code: 'invalid_json', message: 'malformed JSON' } });
     } else if (err.type === 'entity.too.large') {
       res.status(413).json({ error: { code: 'too_large', message: 'body too large' } });
-    } else if (err.code === 'ECONNREFUSED' || err.code === '57P01' || /timeout|terminat|Connection/i.test(err.message)) {
-      res.status(503).json({ error: { code: 'unavailable', message: 'the database is unavailable, retry later' } });
+    } else if (isUnavailable(err)) {
+      res.status(503).json(UNAVAILABLE);
     } else {
       console.error(err);
       res.status(500).json({ error: { code: 'internal', message: 'internal error' } });

@@ -3,24 +3,7 @@
 // transaction on a checked-out client with BEGIN / COMMIT / ROLLBACK.
 'use strict';
 
-const USER_COLUMNS = 'id, name, email, status, created_at';
-
-// ORDER BY clauses for the ?order= values the API accepts; anything else is
-// rejected before it gets near SQL.
-const USER_ORDERS = {
-  created_at: 'created_at ASC, id ASC',
-  '-created_at': 'created_at DESC, id DESC',
-  name: 'name ASC, id ASC',
-  '-name': 'name DESC, id DESC',
-};
-
-class HttpError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
+const { HttpError, USER_COLUMNS, USER_ORDERS, withRetry } = require('./api');
 
 class UserRepository {
   constructor(db) {
@@ -54,25 +37,13 @@ class UserRepository {
   }
 }
 
-// Serialization failures and deadlocks are worth another try; anything else
-// is the caller's problem.
-const RETRYABLE = new Set(['40001', '40P01']);
-const MAX_ATTEMPTS = 5;
-
 class AccountRepository {
   constructor(db) {
     this.db = db;
   }
 
   async transfer(fromId, toId, amountCents) {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.transferOnce(fromId, toId, amountCents);
-      } catch (error) {
-        if (!RETRYABLE.has(error.code) || attempt >= MAX_ATTEMPTS) throw error;
-        await new Promise((r) => setTimeout(r, Math.random() * 5 * attempt));
-      }
-    }
+    return withRetry(() => this.transferOnce(fromId, toId, amountCents));
   }
 
   async transferOnce(fromId, toId, amountCents) {
@@ -115,4 +86,4 @@ class AccountRepository {
   }
 }
 
-module.exports = { UserRepository, AccountRepository, HttpError, USER_ORDERS };
+module.exports = { UserRepository, AccountRepository };
