@@ -31,6 +31,10 @@ struct dbk__db_ops {
      * at once: a pool answers its max_size; dbk_parallel sizes its threads
      * by it instead of testing what kind of executor it was given. */
     int (*max_parallel)(dbk_db *db);
+    /* Optional (NULL: no). Whether this executor is a transaction's: the
+     * layers that must run outside one (migrate) ask this instead of
+     * testing what kind of executor they were given. */
+    bool (*in_tx)(dbk_db *db);
 };
 
 enum dbk__db_kind { DBK__DB_CONN = 1, DBK__DB_POOL = 2, DBK__DB_TX = 3 };
@@ -39,10 +43,28 @@ struct dbk_db {
     const struct dbk__db_ops *ops;
     void *self;           /* the dbk_conn, pool or transaction behind it */
     dbk_engine engine;
-    int kind;             /* enum dbk__db_kind */
+    int kind;             /* enum dbk__db_kind: set by each executor for
+                           * debugging; no layer branches on it (ops
+                           * above answer what a caller needs to know) */
     dbk_observer_fn observer;
     void *observer_ctx;
 };
+
+/* Whether pin() may hand out another connection than the last one: the
+ * executors over several connections (a pool, a topology) are the ones
+ * that answer max_parallel; a connection's own executor, a lent one and a
+ * transaction's always pin the same connection. A transaction that lost
+ * its connection retries only where this holds. */
+static inline bool dbk__db_pins_fresh(const dbk_db *db)
+{
+    return db->ops->max_parallel != NULL;
+}
+
+/* Whether db is a transaction's executor (its in_tx op). */
+static inline bool dbk__db_in_tx(dbk_db *db)
+{
+    return db->ops->in_tx && db->ops->in_tx(db);
+}
 
 /* Runs a COPY FROM STDIN through the executor (observer included). */
 dbk_rc dbk__db_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx, int64_t *rows,

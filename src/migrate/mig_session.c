@@ -60,7 +60,7 @@ dbk_rc dbk__mctx_open(dbk__mctx *m, dbk_db *db, const dbk_migrate_opts *opts, in
     memset(m, 0, sizeof *m);
     if (!db || !db->ops)
         return dbk__err(err, DBK_EMISUSE, "executor must not be NULL");
-    if (db->kind == DBK__DB_TX) {
+    if (dbk__db_in_tx(db)) {
         dbk__err(err, DBK_EMISUSE, "migrations and seeds cannot run on a transaction's executor");
         dbk__err_hint(err, "pass the pool's or the connection's dbk_db: every migration runs in "
                            "its own transaction");

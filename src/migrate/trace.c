@@ -198,7 +198,7 @@ dbk_rc dbk_migrate_trace(dbk_db *db, const char *filename, const char *contents,
     if (!db || !filename || !contents || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_migrate_trace: arguments must not be NULL");
     *out = NULL;
-    if (db->kind == DBK__DB_TX || dbk_db_engine(db) != DBK_ENGINE_POSTGRES)
+    if (dbk__db_in_tx(db) || dbk_db_engine(db) != DBK_ENGINE_POSTGRES)
         return dbk__err(err, DBK_EMISUSE,
                         "dbk_migrate_trace needs a PostgreSQL connection outside a transaction");
     if (len == 0)

@@ -373,8 +373,15 @@ static dbk_rc tx_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void 
     return DBK_OK;
 }
 
-static const struct dbk__db_ops tx_ops = {tx_run,   tx_script, tx_pin,
-                                          tx_unpin, tx_batch,  tx_copy_in};
+static bool tx_in_tx(dbk_db *db)
+{
+    (void)db;
+    return true;
+}
+
+static const struct dbk__db_ops tx_ops = {
+    .run = tx_run,     .script = tx_script,   .pin = tx_pin,     .unpin = tx_unpin,
+    .batch = tx_batch, .copy_in = tx_copy_in, .in_tx = tx_in_tx};
 
 static void tx_init(struct dbk__tx *t, tx_root *r, const dbk_db *parent, int depth)
 {
@@ -721,7 +728,7 @@ static dbk_rc outermost(dbk_db *db, dbk_tx_fn fn, void *ctx, const tx_conf *cf, 
     r.timeout_ms = cf->timeout_ms;
     r.hooks = r.inline_hooks;
     r.cap_hooks = TX_INLINE_HOOKS;
-    r.retry_lost = db->kind != DBK__DB_CONN;
+    r.retry_lost = dbk__db_pins_fresh(db);
 
     for (int n = 1;; n++) {
         dbk_conn *conn = NULL;
@@ -811,7 +818,7 @@ dbk_rc dbk_tx_run(dbk_db *db, dbk_tx_fn fn, void *ctx, const dbk_tx_opts *opts,
         return dbk__err(err, DBK_EMISUSE, "dbk_tx_run: executor must not be NULL");
     if (!fn)
         return dbk__err(err, DBK_EMISUSE, "dbk_tx_run: closure must not be NULL");
-    if (db->kind == DBK__DB_TX)
+    if (db->ops == &tx_ops)
         return nested(db->self, fn, ctx, err);
     tx_conf cf;
     dbk_rc rc = resolve_opts(opts, &cf, err);
@@ -829,7 +836,7 @@ dbk_rc dbk_tx_after_commit_ex(dbk_db *db, dbk_tx_hook_fn fn, void *ctx,
         return dbk__err(err, DBK_EMISUSE, "dbk_tx_after_commit: %s must not be NULL",
                         db ? "hook" : "executor");
     }
-    if (db->kind != DBK__DB_TX) {
+    if (db->ops != &tx_ops) {
         fn(ctx);
         if (release)
             release(ctx);
@@ -867,7 +874,7 @@ dbk_rc dbk_tx_after_commit(dbk_db *db, dbk_tx_hook_fn fn, void *ctx, dbk_error *
 
 bool dbk_db_in_transaction(const dbk_db *db)
 {
-    if (!db || db->kind != DBK__DB_TX)
+    if (!db || db->ops != &tx_ops)
         return false;
     const struct dbk__tx *t = db->self;
     return !t->finished;
