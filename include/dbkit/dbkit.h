@@ -24,5 +24,6 @@
 #include "lint.h"
 #include "batch.h"
 #include "diag.h"
+#include "async.h"
 
 #endif
