@@ -177,12 +177,13 @@ bool shop_reply_expected(shop_resp *rs, dbk_rc rc, dbk_rc expected, int status, 
 }
 
 /* Reads row `id` of entity e straight from the repository into *row (a
- * struct of the entity's type, allocated by the caller); false when it
- * failed and the error has been answered, 404 naming `what`. */
+ * struct of the entity's type, allocated by the caller), through the
+ * request's read executor; false when it failed and the error has been
+ * answered, 404 naming `what`. */
 bool shop_find_or_reply(shop_req *rq, shop_resp *rs, dbk_entity *e, int64_t id,
                           void *row, const char *what)
 {
     dbk_error err;
-    dbk_rc rc = dbk_repo_find_by_id(shop.db, e, dbk_int64(id), row, rq->arena, &err);
+    dbk_rc rc = dbk_repo_find_by_id(shop_read_db(rq), e, dbk_int64(id), row, rq->arena, &err);
     return !shop_reply_failed(rs, rc, &err, what);
 }

@@ -331,7 +331,8 @@ static bool target_ok(struct MHD_Connection *conn, const char *url, shop_resp *r
 
 /* ---- the request cycle ---- */
 
-static enum MHD_Result send_response(struct MHD_Connection *conn, shop_resp *rs, uint64_t queries)
+static enum MHD_Result send_response(struct MHD_Connection *conn, shop_resp *rs, uint64_t queries,
+                                     const char *set_cookie)
 {
     struct MHD_Response *r;
     if (rs->body)
@@ -350,6 +351,8 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, shop_resp *rs,
     char q[24];
     snprintf(q, sizeof q, "%llu", (unsigned long long)queries);
     MHD_add_response_header(r, "X-DB-Queries", q);
+    if (set_cookie)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_SET_COOKIE, set_cookie);
     if (atomic_load(&stopping))
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)rs->status, r);
@@ -388,7 +391,11 @@ static enum MHD_Result finish(struct MHD_Connection *conn, const char *method, c
         rs.status = 500;
     int status = rs.status;
     atomic_fetch_add(&shop.responses_by_class[status / 100], 1);
-    enum MHD_Result ret = send_response(conn, &rs, queries);
+    /* With replicas, a write's answer carries the position the client's
+     * next reads must see (replicas.c). */
+    char cookie[128];
+    bool has_cookie = !preset && shop_pos_cookie(method, status, cookie, sizeof cookie);
+    enum MHD_Result ret = send_response(conn, &rs, queries, has_cookie ? cookie : NULL);
     if (shop.access_log)
         shop_access_log(method, url, status, now_ns() - start_ns, queries);
     return ret;

@@ -16,6 +16,9 @@
  *
  * Environment (docs/example-service.md has the table):
  *   DATABASE_URL  default sqlite:$TMPDIR/dbkit-shop.db (TMPDIR default /tmp)
+ *   DATABASE_REPLICA_URLS  read replicas (PostgreSQL): GETs read there,
+ *                 writes get the dbkit_pos cookie (replicas.c)
+ *   SHOP_POS_MAX_AGE  Max-Age of that cookie in seconds (5)
  *   HOST, PORT    127.0.0.1, 8080 (PORT=0 picks a free port; the first line
  *                 printed says which)
  *   CACHE_URL     memory (default), off, or redis://host:port/db;
@@ -66,14 +69,16 @@ int shop_env_int(const char *name, int dflt, int min, int max)
 
 typedef struct pool_max_probe {
     bool from_default;
+    bool replicas; /* DATABASE_REPLICA_URLS / replicas is set */
 } pool_max_probe;
 
 static void probe_pool_max(void *ctx, const char *key, const char *value, dbk_config_source src)
 {
-    (void)value;
     pool_max_probe *p = ctx;
     if (strcmp(key, "pool_max") == 0)
         p->from_default = src == DBK_SRC_DEFAULT;
+    else if (strcmp(key, "replicas") == 0)
+        p->replicas = value && *value;
 }
 
 static void sleep_ms(int ms)
@@ -259,13 +264,30 @@ int main(void)
 
     dbk_pool_opts po;
     memset(&po, 0, sizeof po);
-    pool_max_probe probe = {false};
+    pool_max_probe probe = {false, false};
     dbk_config_dump(shop.cfg, probe_pool_max, &probe);
     po.max_size = shop_env_int("POOL_MAX", probe.from_default ? (int)(2 * cores) : 0, 1, 10000);
-    rc = dbk_pool_open(shop.cfg, &po, &shop.pool, &err);
-    if (rc != DBK_OK) {
-        fprintf(stderr, "shop: pool: %s\n", err.message);
-        goto out_cfg;
+    if (probe.replicas) {
+        /* The primary's pool is the cluster's; each replica's takes its
+         * limits (replica.h). */
+        dbk_cluster_opts co;
+        memset(&co, 0, sizeof co);
+        co.pool_opts = &po;
+        rc = dbk_cluster_open(shop.cfg, &co, &shop.cluster, &err);
+        if (rc != DBK_OK) {
+            fprintf(stderr, "shop: replicas: %s\n", err.message);
+            if (err.hint[0])
+                fprintf(stderr, "shop: hint: %s\n", err.hint);
+            goto out_cfg;
+        }
+        shop.pool = dbk_cluster_pool(shop.cluster);
+        shop.pos_max_age = shop_env_int("SHOP_POS_MAX_AGE", 5, 1, 3600);
+    } else {
+        rc = dbk_pool_open(shop.cfg, &po, &shop.pool, &err);
+        if (rc != DBK_OK) {
+            fprintf(stderr, "shop: pool: %s\n", err.message);
+            goto out_cfg;
+        }
     }
     shop.db = dbk_pool_db(shop.pool);
 
@@ -283,7 +305,10 @@ int main(void)
 #endif
     /* The observer goes on after the schema step, so start-up statements do
      * not count as request queries. */
-    shop_metrics_attach(shop.db);
+    if (shop.cluster)
+        shop_metrics_attach_cluster(shop.cluster);
+    else
+        shop_metrics_attach(shop.db);
 
     if (open_cache(&err) != 0)
         goto out_cache;
@@ -332,7 +357,10 @@ out_cache:
     dbk_diag_free(shop.diag);
 #endif
 out_pool:
-    dbk_pool_close(shop.pool, 5000);
+    if (shop.cluster)
+        dbk_cluster_close(shop.cluster, 5000); /* closes shop.pool */
+    else
+        dbk_pool_close(shop.pool, 5000);
     shop_model_release();
 out_cfg:
     dbk_config_free(shop.cfg);

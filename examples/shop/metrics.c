@@ -12,7 +12,10 @@
  *
  * /metrics is Prometheus text: the shop's own counters (shop_*), the pool
  * (dbk_pool_get_stats), the cache (dbk_cache_stats_get), transaction
- * retries, and the diagnostics hub's output when present.
+ * retries, the replicas (dbk_cluster_get_stats: state, lag, reads per
+ * target, fallbacks to the primary) and the diagnostics hub's output when
+ * present. /health lists the replicas too; a replica that is down does not
+ * make the shop unhealthy (its reads go to the primary).
  */
 #include <math.h>
 #include <stdarg.h>
@@ -65,6 +68,17 @@ void shop_metrics_attach(dbk_db *db)
     dbk_db_set_observer(db, observe, NULL);
 }
 
+void shop_metrics_attach_cluster(dbk_cluster *c)
+{
+#ifdef SHOP_HAVE_DIAG
+    if (shop.diag) {
+        dbk_cluster_set_observer(c, dbk_diag_observe, shop.diag);
+        return;
+    }
+#endif
+    dbk_cluster_set_observer(c, observe, NULL);
+}
+
 #ifdef SHOP_HAVE_DIAG
 int shop_diag_open(dbk_error *err)
 {
@@ -100,6 +114,39 @@ void shop_on_tx_retry(void *ctx, int attempt, dbk_rc rc, int delay_ms, const dbk
 
 /* ---- /health ---- */
 
+static const char *replica_state_name(dbk_replica_state s)
+{
+    switch (s) {
+    case DBK_REPLICA_UP:
+        return "up";
+    case DBK_REPLICA_LAGGING:
+        return "lagging";
+    case DBK_REPLICA_DOWN:
+        return "down";
+    default:
+        return "unknown";
+    }
+}
+
+/* [{"replica":1,"state":"up","lag_ms":3,"reads":10}, ...], or NULL
+ * without replicas. lag_ms is null while unknown. */
+static json_t *replicas_json(void)
+{
+    dbk_cluster_stats cs;
+    dbk_error err;
+    if (!shop.cluster || dbk_cluster_get_stats(shop.cluster, &cs, &err) != DBK_OK)
+        return NULL;
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < cs.nreplicas; i++) {
+        const dbk_replica_stats *r = &cs.replica[i];
+        json_array_append_new(a, json_pack("{s:I,s:s,s:o,s:I}", "replica", (json_int_t)(i + 1),
+                                           "state", replica_state_name(r->state), "lag_ms",
+                                           r->lag_ms >= 0 ? json_integer(r->lag_ms) : json_null(),
+                                           "reads", (json_int_t)r->reads));
+    }
+    return a;
+}
+
 void shop_handle_health(shop_req *rq, shop_resp *rs)
 {
     (void)rq;
@@ -107,16 +154,21 @@ void shop_handle_health(shop_req *rq, shop_resp *rs)
     int64_t one = 0;
     dbk_rc rc = dbk_db_query_int64(shop.db, "SELECT 1", NULL, 0, &one, &err);
     const char *engine = shop.engine == DBK_ENGINE_POSTGRES ? "postgres" : "sqlite";
-    if (rc != DBK_OK) {
-        shop_reply_json(rs, 503,
-                        json_pack("{s:s,s:s,s:s,s:s}", "status", "unavailable", "database", engine,
-                                  "cache", shop.cache_kind, "error", dbk_rc_name(rc)));
+    json_t *j;
+    if (rc != DBK_OK)
+        j = json_pack("{s:s,s:s,s:s,s:s}", "status", "unavailable", "database", engine, "cache",
+                      shop.cache_kind, "error", dbk_rc_name(rc));
+    else
+        j = json_pack("{s:s,s:s,s:s}", "status", "ok", "database", engine, "cache",
+                      shop.cache_kind);
+    json_t *reps = replicas_json();
+    if (j && reps)
+        json_object_set_new(j, "replicas", reps);
+    else
+        json_decref(reps);
+    shop_reply_json(rs, rc == DBK_OK ? 200 : 503, j);
+    if (rc != DBK_OK)
         rs->status = 503;
-        return;
-    }
-    shop_reply_json(rs, 200,
-                    json_pack("{s:s,s:s,s:s}", "status", "ok", "database", engine, "cache",
-                              shop.cache_kind));
 }
 
 /* ---- /metrics ---- */
@@ -271,6 +323,38 @@ void shop_handle_metrics(shop_req *rq, shop_resp *rs)
                         c2);
         }
         sb_printf(&b, "shop_pool_acquire_seconds_count %llu\n", (unsigned long long)c2);
+    }
+
+    dbk_cluster_stats rst;
+    if (shop.cluster && dbk_cluster_get_stats(shop.cluster, &rst, &err) == DBK_OK) {
+        metric_head(&b, "shop_replica_up", "gauge", "1 while the replica is in the read rotation.");
+        for (size_t i = 0; i < rst.nreplicas; i++)
+            sb_printf(&b, "shop_replica_up{replica=\"%zu\"} %d\n", i + 1,
+                      rst.replica[i].state == DBK_REPLICA_UP ? 1 : 0);
+        metric_head(&b, "shop_replica_state", "gauge",
+                    "Replica state: 0 not sampled yet, 1 up, 2 lagging, 3 down.");
+        for (size_t i = 0; i < rst.nreplicas; i++)
+            sb_printf(&b, "shop_replica_state{replica=\"%zu\"} %d\n", i + 1,
+                      (int)rst.replica[i].state);
+        metric_head(&b, "shop_replica_lag_seconds", "gauge",
+                    "Replay lag at the last sample; -1 while unknown (down, not sampled).");
+        for (size_t i = 0; i < rst.nreplicas; i++)
+            sb_printf(&b, "shop_replica_lag_seconds{replica=\"%zu\"} %.3f\n", i + 1,
+                      rst.replica[i].lag_ms >= 0 ? (double)rst.replica[i].lag_ms / 1000.0 : -1.0);
+        metric_head(&b, "shop_db_reads_total", "counter",
+                    "Read statements served, by target (replica1.., primary).");
+        for (size_t i = 0; i < rst.nreplicas; i++)
+            sb_printf(&b, "shop_db_reads_total{target=\"replica%zu\"} %llu\n", i + 1,
+                      (unsigned long long)rst.replica[i].reads);
+        sb_printf(&b, "shop_db_reads_total{target=\"primary\"} %llu\n",
+                  (unsigned long long)rst.primary_reads);
+        metric_head(&b, "shop_db_read_fallbacks_total", "counter",
+                    "Reads sent to the primary: no replica in the rotation (no_replica), or "
+                    "none had replayed the client's position in time (read_your_writes).");
+        sb_printf(&b, "shop_db_read_fallbacks_total{cause=\"no_replica\"} %llu\n",
+                  (unsigned long long)rst.primary_fallbacks);
+        sb_printf(&b, "shop_db_read_fallbacks_total{cause=\"read_your_writes\"} %llu\n",
+                  (unsigned long long)rst.ryw_fallbacks);
     }
 
     if (shop.cache) {

@@ -164,7 +164,8 @@ void shop_orders_get(shop_req *rq, shop_resp *rs, int64_t id)
         return;
     static const char *const inc[] = {"items"};
     dbk_error err;
-    dbk_rc rc = dbk_repo_include(shop.db, &shop_order_entity, &o, 1, inc, 1, rq->arena, &err);
+    dbk_rc rc =
+        dbk_repo_include(shop_read_db(rq), &shop_order_entity, &o, 1, inc, 1, rq->arena, &err);
     if (shop_reply_failed(rs, rc, &err, "order"))
         return;
     shop_reply_json(rs, 200, shop_order_json(&o));

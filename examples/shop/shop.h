@@ -11,7 +11,9 @@
  * router.c    the router; handlers.h the endpoints, one file per resource
  *             (users.c, posts.c, products.c, orders.c, accounts.c) and the
  *             helpers they share (handler_util.c);
- * metrics.c   the query observer, /health and /metrics.
+ * metrics.c   the query observer, /health and /metrics;
+ * replicas.c  read replicas (DATABASE_REPLICA_URLS): the read executor of
+ *             a request and the position-token cookie.
  *
  * Only public dbkit headers are used.
  */
@@ -47,8 +49,10 @@ extern const size_t shop_nseeds;
  * read-only afterwards except for the atomic counters. */
 typedef struct shop_app {
     dbk_config *cfg;
-    dbk_pool *pool;
-    dbk_db *db; /* the pool's executor */
+    dbk_pool *pool;       /* the primary's pool (the cluster's when there are replicas) */
+    dbk_db *db;           /* the pool's executor: writes, transactions, cache loads */
+    dbk_cluster *cluster; /* NULL without DATABASE_REPLICA_URLS */
+    int pos_max_age;      /* Max-Age of the position cookie, seconds */
     dbk_engine engine;
     dbk_cache *cache;            /* NULL when CACHE_URL=off */
     const char *cache_kind;      /* "memory", "redis" or "off" */
@@ -80,6 +84,7 @@ typedef struct shop_req {
     struct MHD_Connection *conn;
     json_t *body;     /* the parsed JSON object for POST / PATCH, else NULL */
     dbk_arena *arena; /* per-thread, reset before each request */
+    dbk_db *rdb;      /* the request's read executor once chosen (shop_read_db) */
 } shop_req;
 
 typedef struct shop_resp {
@@ -153,6 +158,21 @@ void shop_access_log_stats(uint64_t *lines, uint64_t *writes, uint64_t *dropped,
 int shop_http_start(const char *host, int port, int threads);
 void shop_http_quiesce(void);
 void shop_http_stop(void);
+
+/* ---- read replicas (replicas.c) ---- */
+
+/* The cookie that carries a client's position token (see replicas.c). */
+#define SHOP_POS_COOKIE "dbkit_pos"
+
+/* The executor for the reads of this request: shop.db without replicas
+ * and for every method but GET and HEAD; else, with a valid position
+ * cookie, a target that has replayed it (dbk_cluster_read_db_after), and
+ * without one the cluster's read router. Chosen once per request. */
+dbk_db *shop_read_db(shop_req *rq);
+/* After a successful write request with replicas: writes the Set-Cookie
+ * value carrying the primary's position token into buf; false when there
+ * is none to send (no replicas, not a write, not 2xx, the token failed). */
+bool shop_pos_cookie(const char *method, int status, char *buf, size_t buflen);
 
 /* ---- routing (router.c) ---- */
 void shop_route(shop_req *rq, shop_resp *rs);
@@ -242,6 +262,8 @@ json_t *shop_time_json(int64_t usec);
 
 /* ---- metrics (metrics.c) ---- */
 void shop_metrics_attach(dbk_db *db);
+/* The same observer on every executor of the cluster. */
+void shop_metrics_attach_cluster(dbk_cluster *c);
 void shop_handle_metrics(shop_req *rq, shop_resp *rs);
 void shop_handle_health(shop_req *rq, shop_resp *rs);
 void shop_on_tx_retry(void *ctx, int attempt, dbk_rc rc, int delay_ms, const dbk_error *err);

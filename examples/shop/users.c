@@ -55,16 +55,17 @@ static bool valid_status(const char *s)
 
 /* ---- users: cached when a cache is configured ---- */
 
-/* Reads user `id`, through the cache when there is one; false when it
- * failed and the error has been answered, 404 naming `what` ("user", or the
- * role the user plays in the request: "author", "owner"). */
+/* Reads user `id`, through the cache when there is one (its loads go to
+ * the primary, see replicas.c), else through the request's read executor;
+ * false when it failed and the error has been answered, 404 naming `what`
+ * ("user", or the role the user plays in the request: "author", "owner"). */
 bool shop_user_find(shop_req *rq, shop_resp *rs, int64_t id, shop_user *u, const char *what)
 {
     dbk_error err;
     dbk_rc rc = shop.users
                     ? dbk_cached_find_by_id(shop.users, shop.db, dbk_int64(id), u, rq->arena, &err)
-                    : dbk_repo_find_by_id(shop.db, &shop_user_entity, dbk_int64(id), u, rq->arena,
-                                          &err);
+                    : dbk_repo_find_by_id(shop_read_db(rq), &shop_user_entity, dbk_int64(id), u,
+                                          rq->arena, &err);
     return !shop_reply_failed(rs, rc, &err, what);
 }
 
@@ -81,7 +82,7 @@ static dbk_rc user_posts_find(shop_req *rq, int64_t user_id, bool capped, dbk_li
     q.order_by = "id";
     q.has_limit = capped;
     q.limit = capped ? DBK_REPO_MAX_LIMIT : 0;
-    return dbk_repo_find_many(shop.db, &shop_post_entity, &q, list, rq->arena, err);
+    return dbk_repo_find_many(shop_read_db(rq), &shop_post_entity, &q, list, rq->arena, err);
 }
 
 void shop_users_create(shop_req *rq, shop_resp *rs)
@@ -145,7 +146,7 @@ void shop_users_by_email(shop_req *rq, shop_resp *rs)
     dbk_error err;
     dbk_rc rc = shop.users ? dbk_cached_find_by(shop.users, shop.db, "email", dbk_text(email), &u,
                                                 rq->arena, &err)
-                           : dbk_repo_find_by(shop.db, &shop_user_entity, "email",
+                           : dbk_repo_find_by(shop_read_db(rq), &shop_user_entity, "email",
                                               dbk_text(email), &u, rq->arena, &err);
     if (shop_reply_failed(rs, rc, &err, "user"))
         return;
@@ -242,7 +243,7 @@ void shop_users_list(shop_req *rq, shop_resp *rs)
     }
     dbk_list list;
     dbk_error err;
-    dbk_rc rc = dbk_repo_find_many(shop.db, &shop_user_entity, &q, &list, rq->arena, &err);
+    dbk_rc rc = dbk_repo_find_many(shop_read_db(rq), &shop_user_entity, &q, &list, rq->arena, &err);
     if (shop_reply_failed(rs, rc, &err, "user"))
         return;
     shop_user *items = list.items;

@@ -54,6 +54,7 @@
 #include "config.h"
 #include "db.h"
 #include "error.h"
+#include "pool.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -78,10 +79,12 @@ typedef struct dbk_cluster_opts {
     int max_lag_ms;
     int read_your_writes_wait_ms; /* -1: do not wait */
     int sample_interval_ms;       /* default 100 */
+    const dbk_pool_opts *pool_opts; /* the primary's pool; NULL: defaults */
 } dbk_cluster_opts;
 
-/* Opens the cluster: a pool on `cfg` for the primary and one per replica,
- * each replica's configuration being its URL's.
+/* Opens the cluster: a pool on `cfg` for the primary (with
+ * opts->pool_opts) and one per replica, each replica's configuration being
+ * its URL's.
  * Each replica's pool takes the primary pool's limits and timeouts
  * (dbk_pool_get_opts); its session settings come from its URL and the
  * DB_* environment. Does not connect (pools open lazily); the sampler
@@ -102,6 +105,17 @@ DBK_API dbk_db *dbk_cluster_db(dbk_cluster *c);
 
 /* The read executor (see above); borrowed until close. */
 DBK_API dbk_db *dbk_cluster_read_db(dbk_cluster *c);
+
+/* The primary's pool (its stats, dbk_pool_get_stats); borrowed until
+ * close. Do not close it. NULL when c is NULL. */
+DBK_API dbk_pool *dbk_cluster_pool(dbk_cluster *c);
+
+/* Installs fn as the observer (dbk_db_set_observer) of every executor the
+ * cluster hands out: the primary's, the read router, the primary as a
+ * read target and each replica's. Each statement is reported once, by the
+ * executor the caller ran it on. Same rule as dbk_db_set_observer(): call
+ * before the executors are shared. NULL c does nothing. */
+DBK_API void dbk_cluster_set_observer(dbk_cluster *c, dbk_observer_fn fn, void *ctx);
 
 /* Chooses, now, the target of reads that must see `token` (NULL or "":
  * no constraint, same as dbk_cluster_read_db()) and gives its executor in
@@ -131,16 +145,19 @@ typedef struct dbk_replica_stats {
     dbk_replica_state state;
     int64_t lag_ms;      /* at the last sample; -1 when unknown */
     uint64_t replay_lsn; /* at the last sample */
-    uint64_t reads;      /* statements served */
+    uint64_t reads;      /* marked reads (statements) it served */
     int in_flight;       /* statements running now */
 } dbk_replica_stats;
 
 typedef struct dbk_cluster_stats {
     size_t nreplicas;
     dbk_replica_stats replica[DBK_CLUSTER_MAX_REPLICAS];
-    uint64_t primary_reads;     /* marked reads served by the primary, all causes */
-    uint64_t primary_fallbacks; /* ... because no replica was healthy */
-    uint64_t ryw_fallbacks;     /* ... because no replica replayed the token in time */
+    uint64_t primary_reads;     /* marked reads (statements) the primary served */
+    uint64_t primary_fallbacks; /* reads routed to the primary because no replica was
+                                   healthy: per statement on dbk_cluster_read_db(), per
+                                   call of dbk_cluster_read_db_after() */
+    uint64_t ryw_fallbacks;     /* dbk_cluster_read_db_after() calls answered with the
+                                   primary because no replica replayed the token in time */
     uint64_t samples;           /* sampler rounds completed */
 } dbk_cluster_stats;
 

@@ -68,6 +68,7 @@ struct lsn_at {
 struct dbk_cluster {
     dbk_pool *primary;
     dbk_db router;
+    dbk_db primary_reader; /* marked reads the primary serves, counted */
     size_t n;
     struct replica rep[DBK_CLUSTER_MAX_REPLICAS];
     int max_lag_ms;
@@ -263,12 +264,13 @@ static struct replica *pick(struct dbk_cluster *c, uint64_t min_lsn, const bool 
     return best;
 }
 
+/* The executor for marked reads the primary serves; `cause` counts the
+ * routing decision, the executor counts the statements. */
 static dbk_db *primary_for_read(struct dbk_cluster *c, _Atomic uint64_t *cause)
 {
-    atomic_fetch_add(&c->primary_reads, 1);
     if (cause)
         atomic_fetch_add(cause, 1);
-    return dbk_pool_db(c->primary);
+    return &c->primary_reader;
 }
 
 /* ---- the router ---- */
@@ -332,6 +334,25 @@ static int router_max_parallel(dbk_db *db)
 static const struct dbk__db_ops router_ops = {router_run,   router_script, router_pin,
                                               router_unpin, router_batch,  router_copy_in,
                                               router_max_parallel};
+
+/* The primary as a read target: its pool, with each statement served
+ * counted as a primary read (the replicas' wrappers count theirs), so the
+ * per-target counts are in one unit. Everything else is the router's. */
+static dbk_rc primary_reader_run(dbk_db *db, const char *sql, const dbk_value *params,
+                                 size_t nparams, dbk_result **out, int64_t *affected,
+                                 dbk_error *err)
+{
+    struct dbk_cluster *c = db->self;
+    dbk_db *p = dbk_pool_db(c->primary);
+    dbk_rc rc = p->ops->run(p, sql, params, nparams, out, affected, err);
+    if (rc == DBK_OK)
+        atomic_fetch_add(&c->primary_reads, 1);
+    return rc;
+}
+
+static const struct dbk__db_ops primary_reader_ops = {
+    primary_reader_run, router_script,  router_pin,         router_unpin,
+    router_batch,       router_copy_in, router_max_parallel};
 
 /* ---- the sampler ---- */
 
@@ -558,7 +579,7 @@ dbk_rc dbk_cluster_open(const dbk_config *cfg, const dbk_cluster_opts *opts, dbk
     pthread_cond_init(&c->cv, &ca);
     pthread_condattr_destroy(&ca);
 
-    dbk_rc rc = dbk_pool_open(cfg, NULL, &c->primary, err);
+    dbk_rc rc = dbk_pool_open(cfg, o.pool_opts, &c->primary, err);
     if (rc != DBK_OK)
         goto fail_sync;
     dbk_pool_opts limits;
@@ -594,6 +615,8 @@ dbk_rc dbk_cluster_open(const dbk_config *cfg, const dbk_cluster_opts *opts, dbk
     c->router.self = c;
     c->router.engine = DBK_ENGINE_POSTGRES;
     c->router.kind = DBK__DB_POOL;
+    c->primary_reader = c->router;
+    c->primary_reader.ops = &primary_reader_ops;
     if (pthread_create(&c->sampler, NULL, sampler_main, c) != 0) {
         rc = dbk__err(err, DBK_EINTERNAL, "cannot start the replica sampler thread");
         goto fail_pools;
@@ -638,6 +661,22 @@ dbk_db *dbk_cluster_db(dbk_cluster *c)
 dbk_db *dbk_cluster_read_db(dbk_cluster *c)
 {
     return c ? &c->router : NULL;
+}
+
+dbk_pool *dbk_cluster_pool(dbk_cluster *c)
+{
+    return c ? c->primary : NULL;
+}
+
+void dbk_cluster_set_observer(dbk_cluster *c, dbk_observer_fn fn, void *ctx)
+{
+    if (!c)
+        return;
+    dbk_db_set_observer(dbk_pool_db(c->primary), fn, ctx);
+    dbk_db_set_observer(&c->router, fn, ctx);
+    dbk_db_set_observer(&c->primary_reader, fn, ctx);
+    for (size_t i = 0; i < c->n; i++)
+        dbk_db_set_observer(&c->rep[i].db, fn, ctx);
 }
 
 static void sleep_ns(int64_t ns)

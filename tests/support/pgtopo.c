@@ -384,7 +384,10 @@ int dbkt_pgtopo_promote(dbkt_pgtopo *t, int node)
 int dbkt_pgtopo_sync(dbkt_pgtopo *t, int timeout_ms)
 {
     char lsn[64];
-    if (query_text(t, 0, "SELECT pg_current_wal_lsn()", lsn, sizeof lsn) != 0)
+    /* The insert position, not pg_current_wal_lsn() (the write position):
+     * with synchronous_commit=off a commit that has returned may still sit
+     * in the WAL buffers, behind the write position. */
+    if (query_text(t, 0, "SELECT pg_current_wal_insert_lsn()", lsn, sizeof lsn) != 0)
         return -1;
     char sql[160];
     snprintf(sql, sizeof sql, "SELECT pg_last_wal_replay_lsn() >= '%s'::pg_lsn", lsn);

@@ -57,7 +57,8 @@ int dbkt_pgtopo_promote(dbkt_pgtopo *t, int node);
 int dbkt_pgtopo_exec(dbkt_pgtopo *t, int node, const char *sql);
 
 /* Waits (at most timeout_ms, polling) until every replica has replayed
- * the primary's current WAL position. 0 on success. */
+ * the primary's current WAL insert position (past every commit that has
+ * returned, synchronous_commit=off included). 0 on success. */
 int dbkt_pgtopo_sync(dbkt_pgtopo *t, int timeout_ms);
 
 /* Starts PgBouncer 1.18 in front of node i: pool_mode=transaction,
