@@ -1,32 +1,35 @@
 #!/usr/bin/env bash
-# The HTTP benchmark of issue 9: examples/shop (C, dbkit) against bench/peer
-# (Node.js: Express + node-postgres + ioredis, the seeds' stack), both on the
-# same PostgreSQL database and Redis on loopback, both driven by the same wrk
-# command in the same run.
+# The HTTP benchmark of issues 9 and 20: examples/shop (C, dbkit) against the
+# two Node.js peers in bench/peer, Express + node-postgres + ioredis (the
+# seeds' stack) and Fastify + postgres.js + ioredis with auto-pipelining (the
+# fastest mainstream Node.js stack), all on the same PostgreSQL database and
+# Redis on loopback, all driven by the same wrk command in the same run.
 #
 #   bench/http_bench.sh table   [BUILD_DIR]   requests/s and p99 per endpoint and
-#                                             variant, the dbkit / peer ratio
+#                                             variant, the dbkit / peer ratios
 #   bench/http_bench.sh restart [BUILD_DIR]   64 connections against GET /users/{id}
 #                                             with PostgreSQL restarted in the middle
 #
 # BUILD_DIR (default build-bench) holds the shop at examples/shop/shop and the
-# dbkit tool at dbkit (the migrations are applied with it). The peer is
-# installed with `npm ci` from its committed package-lock.json.
+# dbkit tool at dbkit (the migrations are applied with it). The peers are
+# installed with `npm ci` from their committed package-lock.json.
 #
 # Data: database dbkit_http_bench (dropped and created again) with the example
 # migrations, 10,000 users and 1,000 accounts of 1,000,000 cents, each made by
-# one generate_series statement, so both services read the same rows.
+# one generate_series statement, so every service reads the same rows
+# (bench/http_common.sh, shared with bench/scale.sh).
 #
 # env: DBKIT_TEST_PG_URL      admin postgres:// URL (or DBKIT_BENCH_PG_URL)
 #      DBKIT_TEST_REDIS_URL   redis://host:port[/db]; the benchmark uses db 9 of that
 #                             server and FLUSHes it before each cached variant
 #      BENCH_SECONDS (15) BENCH_WARMUP_SECONDS (3) BENCH_CONNECTIONS (64)
 #      BENCH_THREADS (2) BENCH_ROUNDS (2: the sides alternate, each keeps its best round)
+#      BENCH_PEERS      the peers to run: "express fastify" (default), or one of them
 #      BENCH_ROWS       which rows of the table to run (regex on the row key, default all:
 #                       users_id_off users_id_redis users_id_memory users_list transfers,
 #                       and the shop alone with its access log on vs off:
 #                       access_log_redis access_log_memory). With only access_log rows
-#                       the peer is neither installed nor run.
+#                       the peers are neither installed nor run.
 #      BENCH_DOCS       a markdown file whose marked section is rewritten with the results
 #                       (<!-- http-bench:begin/end -->, <!-- access-log-bench:begin/end -->
 #                       or <!-- restart-bench:begin/end -->)
@@ -54,8 +57,10 @@ case "$MODE" in
   *) echo "usage: $0 table|restart [BUILD_DIR]" >&2; exit 2 ;;
 esac
 
-ADMIN=${DBKIT_BENCH_PG_URL:-${DBKIT_TEST_PG_URL:-}}
-REDIS_BASE=${DBKIT_TEST_REDIS_URL:-}
+BENCH_NAME=http_bench
+# shellcheck source=bench/http_common.sh
+source bench/http_common.sh
+
 SECS=${BENCH_SECONDS:-15}
 WARM=${BENCH_WARMUP_SECONDS:-3}
 CONNS=${BENCH_CONNECTIONS:-64}
@@ -63,239 +68,11 @@ THREADS=${BENCH_THREADS:-2}
 ROUNDS=${BENCH_ROUNDS:-2}
 ROWS_RE=${BENCH_ROWS:-.}
 RESTART_SECS=${BENCH_RESTART_SECONDS:-60}
-PGBIN=${DBKIT_TEST_PGBIN:-/usr/lib/postgresql/15/bin}
-DB=dbkit_http_bench
-USERS=10000
-ACCOUNTS=1000
 LIST_MAX_OFFSET=1000
 
-[ -n "$ADMIN" ] || { echo "http_bench: set DBKIT_TEST_PG_URL to an admin postgres:// URL" >&2; exit 2; }
-[ -n "$REDIS_BASE" ] || { echo "http_bench: set DBKIT_TEST_REDIS_URL to a redis:// URL" >&2; exit 2; }
-case "$ADMIN" in *\?*) echo "http_bench: the admin URL must not carry ?parameters" >&2; exit 2 ;; esac
-for n in SECS WARM CONNS THREADS ROUNDS RESTART_SECS; do
-  v=${!n}
-  case "$v" in '' | *[!0-9]*) echo "http_bench: $n must be a positive integer" >&2; exit 2 ;; esac
-  [ "$v" -gt 0 ] || { echo "http_bench: $n must be positive" >&2; exit 2; }
-done
+check_positive SECS WARM CONNS THREADS ROUNDS RESTART_SECS
 [ "$SECS" -le 600 ] && [ "$RESTART_SECS" -le 1800 ] && [ "$ROUNDS" -le 10 ] ||
-  { echo "http_bench: BENCH_SECONDS <= 600, BENCH_RESTART_SECONDS <= 1800, BENCH_ROUNDS <= 10" >&2; exit 2; }
-
-SHOP=$BUILD/examples/shop/shop
-DBKIT=$BUILD/dbkit
-PSQL=$PGBIN/psql
-command -v "$PSQL" >/dev/null 2>&1 || PSQL=psql
-for tool in wrk curl jq node npm redis-cli; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "http_bench: $tool not found (bash scripts/deps.sh bench)" >&2; exit 2; }
-done
-[ -x "$SHOP" ] || { echo "http_bench: $SHOP not built (cmake --build $BUILD)" >&2; exit 2; }
-[ -x "$DBKIT" ] || { echo "http_bench: $DBKIT not built (cmake --build $BUILD)" >&2; exit 2; }
-
-URL="${ADMIN%/*}/$DB"
-REDIS_URL="${REDIS_BASE%/*}"
-case "$REDIS_URL" in redis://*/*) ;; redis://*) ;; *) REDIS_URL="redis://$REDIS_URL" ;; esac
-REDIS_URL="$REDIS_URL/9"
-redis_hostport=${REDIS_URL#redis://}
-redis_hostport=${redis_hostport%%/*}
-REDIS_HOST=${redis_hostport%:*}
-REDIS_PORT=${redis_hostport##*:}
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/dbkit-http-bench.XXXXXX")
-PIDS=()
-
-stop_pid() {
-  local pid=$1
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "http_bench: pid $pid ignored SIGTERM for 10 s; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local rc=$?
-  local pid
-  for pid in "${PIDS[@]}"; do
-    stop_pid "$pid"
-  done
-  if [ -n "${BENCH_RAW_DIR:-}" ]; then
-    mkdir -p "$BENCH_RAW_DIR" && cp "$work"/*.txt "$work"/*.log "$BENCH_RAW_DIR"/ 2>/dev/null || true
-  fi
-  rm -rf "$work"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# A port below the kernel's ephemeral range, so no outgoing connection (wrk,
-# PostgreSQL clients) can be holding it as its local end when a service binds.
-free_port() {
-  local p lo
-  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-  [ "$lo" -gt 12000 ] 2>/dev/null || lo=32768
-  for _ in $(seq 1 200); do
-    p=$((lo - 10000 + RANDOM % 9000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"; return 0
-    fi
-  done
-  echo "http_bench: no free port" >&2; return 1
-}
-
-# ---- data ------------------------------------------------------------------
-
-prepare_db() {
-  "$PSQL" -q -v ON_ERROR_STOP=1 "$ADMIN" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" \
-    -c "CREATE DATABASE $DB" >/dev/null
-  "$DBKIT" -q --url "$URL" --migrations-dir examples/db/migrations migrate up >/dev/null
-  "$PSQL" -q -v ON_ERROR_STOP=1 "$URL" >/dev/null <<SQL
-INSERT INTO users (name, email, created_at)
-  SELECT 'bench user ' || g, 'bench' || g || '@example.com', now() - g * interval '1 second'
-  FROM generate_series(1, $USERS) g;
-INSERT INTO accounts (name, balance_cents)
-  SELECT 'bench-' || g, 1000000 FROM generate_series(1, $ACCOUNTS) g;
-VACUUM ANALYZE;
-SQL
-  read -r U1 U2 < <("$PSQL" -Atq -F ' ' "$URL" -c "SELECT min(id), max(id) FROM users WHERE email LIKE 'bench%@example.com'")
-  read -r A1 A2 < <("$PSQL" -Atq -F ' ' "$URL" -c "SELECT min(id), max(id) FROM accounts WHERE name LIKE 'bench-%'")
-  if [ $((U2 - U1 + 1)) -ne "$USERS" ] || [ $((A2 - A1 + 1)) -ne "$ACCOUNTS" ]; then
-    echo "http_bench: the seeded ids are not contiguous (users $U1..$U2, accounts $A1..$A2)" >&2
-    exit 1
-  fi
-}
-
-balance_sum() {
-  "$PSQL" -Atq "$URL" -c "SELECT sum(balance_cents) FROM accounts WHERE name LIKE 'bench-%'"
-}
-
-install_peer() {
-  (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error >"$work/npm.log" 2>&1) ||
-    { cat "$work/npm.log" >&2; echo "http_bench: npm ci failed in bench/peer" >&2; exit 1; }
-}
-
-# ---- services --------------------------------------------------------------
-
-SVC_PID=""
-SVC_PORT=""
-SVC_CMD=""
-ACCESS_FILE=""   # side dbkit-log: the file the shop's stderr (the access log) ends in
-ACCESS_READER="" # and the PID of the reader copying the pipe into it
-
-# start_service dbkit|dbkit-log|peer CACHE: CACHE is off|memory|redis;
-# dbkit-log is the shop with its access log on, its stderr a pipe copied to
-# a file ($ACCESS_FILE, not kept: it grows by ~100 bytes a request). Waits for
-# /health to answer 200; a service that dies during start-up is tried once
-# more on another port before the benchmark gives up.
-start_service() {
-  local attempt
-  for attempt in 1 2; do
-    start_service_once "$@" && return 0
-    [ "$attempt" = 1 ] && echo "http_bench: trying $1 ($2) once more" >&2
-  done
-  exit 1
-}
-
-start_service_once() {
-  local side=$1 cache=$2 log
-  SVC_PORT=$(free_port)
-  log="$work/$side-$cache-$SVC_PORT.log"
-  ACCESS_FILE=""
-  if [ "$side" = dbkit ]; then
-    local cache_url=$cache
-    [ "$cache" = redis ] && cache_url=$REDIS_URL
-    SVC_CMD="DATABASE_URL=\$DB CACHE_URL=${cache_url/$REDIS_URL/\$REDIS} ACCESS_LOG=off HOST=127.0.0.1 PORT=\$PORT $SHOP"
-    env DATABASE_URL="$URL" CACHE_URL="$cache_url" ACCESS_LOG=off HOST=127.0.0.1 PORT="$SVC_PORT" \
-      "$SHOP" >"$log" 2>&1 &
-  elif [ "$side" = dbkit-log ]; then
-    local cache_url=$cache
-    [ "$cache" = redis ] && cache_url=$REDIS_URL
-    # stderr is a pipe with a reader copying it to a file, as under
-    # systemd (journald) or a container runtime: the case where a write
-    # per line costs most, each one waking the reader.
-    ACCESS_FILE="$work/access-$SVC_PORT.out"
-    local fifo="$work/access-$SVC_PORT.fifo"
-    rm -f "$fifo"
-    mkfifo "$fifo"
-    cat "$fifo" >"$ACCESS_FILE" &
-    ACCESS_READER=$!
-    PIDS+=("$ACCESS_READER")
-    SVC_CMD="DATABASE_URL=\$DB CACHE_URL=${cache_url/$REDIS_URL/\$REDIS} ACCESS_LOG=on HOST=127.0.0.1 PORT=\$PORT $SHOP 2> >(cat >access.log)"
-    env DATABASE_URL="$URL" CACHE_URL="$cache_url" ACCESS_LOG=on HOST=127.0.0.1 PORT="$SVC_PORT" \
-      "$SHOP" >"$log" 2>"$fifo" &
-  else
-    SVC_CMD="DATABASE_URL=\$DB CACHE=$cache REDIS_URL=\$REDIS NODE_ENV=production HOST=127.0.0.1 PORT=\$PORT node bench/peer/server.js"
-    env DATABASE_URL="$URL" CACHE="$cache" REDIS_URL="$REDIS_URL" NODE_ENV=production \
-      HOST=127.0.0.1 PORT="$SVC_PORT" node bench/peer/server.js >"$log" 2>&1 &
-  fi
-  SVC_PID=$!
-  PIDS+=("$SVC_PID")
-  local code="" deadline=$((SECONDS + 60))
-  for _ in $(seq 1 150); do
-    [ "$SECONDS" -lt "$deadline" ] || break
-    if ! kill -0 "$SVC_PID" 2>/dev/null; then
-      local rc=0
-      wait "$SVC_PID" || rc=$?
-      echo "http_bench: $side ($cache) exited during start-up (status $rc):" >&2
-      tail -20 "$log" ${ACCESS_FILE:+"$ACCESS_FILE"} >&2
-      stop_service
-      return 1
-    fi
-    code=$(curl -s -o /dev/null -m 3 -w '%{http_code}' "http://127.0.0.1:$SVC_PORT/health" || true)
-    [ "$code" = 200 ] && return 0
-    sleep 0.2
-  done
-  echo "http_bench: $side ($cache) not healthy within 60 s (last status ${code:-none}):" >&2
-  tail -20 "$log" ${ACCESS_FILE:+"$ACCESS_FILE"} >&2
-  stop_service
-  return 1
-}
-
-stop_service() {
-  [ -n "$SVC_PID" ] || return 0
-  stop_pid "$SVC_PID"
-  local keep=() pid
-  for pid in "${PIDS[@]}"; do
-    [ "$pid" = "$SVC_PID" ] || keep+=("$pid")
-  done
-  PIDS=("${keep[@]}")
-  SVC_PID=""
-}
-
-flush_redis() {
-  redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" -n 9 FLUSHDB >/dev/null
-}
-
-# ---- wrk -------------------------------------------------------------------
-
-W_RPS=0 W_P99=0 W_REQ=0 W_NON2XX=0 W_SOCKERR=0
-
-# run_wrk SECONDS OUTFILE SCRIPT ARGS...: fills W_* from wrk's report.
-run_wrk() {
-  local secs=$1 out=$2 script=$3
-  shift 3
-  wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 5s --latency -s "$script" \
-    "http://127.0.0.1:$SVC_PORT" -- "$@" >"$out" 2>&1 || true
-  parse_wrk "$out"
-}
-
-parse_wrk() {
-  local out=$1
-  W_RPS=$(awk '/^Requests\/sec:/ {printf "%d", $2}' "$out")
-  W_REQ=$(awk '/ requests in / {print $1}' "$out")
-  W_P99=$(awk '$1 == "99%" {
-      v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
-      if (u == "us") v /= 1000; else if (u == "s") v *= 1000; else if (u == "m") v *= 60000;
-      printf "%.2f", v }' "$out")
-  W_NON2XX=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
-  W_SOCKERR=$(awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }' "$out")
-  W_RPS=${W_RPS:-0} W_REQ=${W_REQ:-0} W_P99=${W_P99:-0} W_NON2XX=${W_NON2XX:-0} W_SOCKERR=${W_SOCKERR:-0}
-}
+  die "BENCH_SECONDS <= 600, BENCH_RESTART_SECONDS <= 1800, BENCH_ROUNDS <= 10"
 
 # ---- JSON shape check --------------------------------------------------------
 
@@ -308,10 +85,13 @@ shape() {
 }
 
 SHAPES_NOTE=""
+# check_shapes: every side answers the benchmarked requests (and their
+# errors) with the shop's status codes and JSON shapes; GET /users/{id}
+# also through the Redis cache, a miss and then a hit.
 check_shapes() {
-  local side cache=off a=$A1 b=$((A1 + 1)) u
-  for side in dbkit peer; do
-    start_service "$side" "$cache"
+  local side a=$A1 b=$((A1 + 1)) u diffs=0
+  for side in dbkit "${PEERS[@]}"; do
+    start_service "$side" off
     u="http://127.0.0.1:$SVC_PORT"
     {
       echo "GET /users/{id} $(curl -s -o /dev/null -m 5 -w '%{http_code}' "$u/users/$U1")"
@@ -330,27 +110,48 @@ check_shapes() {
         -d "{\"from_account\":$a,\"to_account\":$b,\"amount_cents\":1000000000}" "$u/transfers")"
     } >"$work/shape-$side.txt" 2>&1
     stop_service
+    flush_redis
+    start_service "$side" redis
+    u="http://127.0.0.1:$SVC_PORT"
+    {
+      local i
+      for i in miss hit; do
+        echo "GET /users/{id} Redis $i $(curl -s -o "$work/u.json" -m 5 -w '%{http_code} %{content_type}' "$u/users/$U2")"
+        shape <"$work/u.json"
+      done
+      echo "GET /users/{missing} Redis $(curl -s -o /dev/null -m 5 -w '%{http_code}' "$u/users/$((U2 + 1000))")"
+    } >>"$work/shape-$side.txt" 2>&1
+    stop_service
   done
-  if diff -u "$work/shape-dbkit.txt" "$work/shape-peer.txt" >"$work/shape.diff"; then
+  for side in "${PEERS[@]}"; do
+    # Content types are compared without their parameters' spelling.
+    if ! diff -u <(sed 's/; *charset=[a-zA-Z0-9-]*//I' "$work/shape-dbkit.txt") \
+      <(sed 's/; *charset=[a-zA-Z0-9-]*//I' "$work/shape-$side.txt") >"$work/shape-$side.diff"; then
+      diffs=1
+      echo "shape check: dbkit (-) and $(side_label "$side") (+) answer differently:" >&2
+      cat "$work/shape-$side.diff" >&2
+    fi
+  done
+  if [ "$diffs" = 0 ]; then
     SHAPES_NOTE="same status codes and JSON shapes (leaf paths and types) on every benchmarked endpoint, checked in this run"
     echo "shape check: $SHAPES_NOTE"
   else
     SHAPES_NOTE="the shapes differ (see the run's output); figures are still printed"
-    echo "shape check: dbkit (-) and peer (+) answer differently:" >&2
-    cat "$work/shape.diff" >&2
   fi
 }
 
 # ---- table mode ----------------------------------------------------------------
 
-# key|label|wrk script|script args|dbkit cache|peer cache|target ratio (0: p99 only)
+# key|label|wrk script|script args|dbkit cache|peers' cache|target ratio vs
+# Express|vs Fastify (0: p99 only). Express targets from issue 9, Fastify
+# targets from issue 20.
 rows() {
   cat <<ROWS
-users_id_off|GET /users/{id}, no cache|users_get.lua|$U1 $U2|off|off|4
-users_id_redis|GET /users/{id}, Redis cache-aside|users_get.lua|$U1 $U2|redis|redis|4
-users_id_memory|GET /users/{id}, dbkit in-process cache vs peer Redis|users_get.lua|$U1 $U2|memory|redis|8
-users_list|GET /users?limit=20&offset=0..$LIST_MAX_OFFSET&order=-created_at, with total|users_list.lua|$LIST_MAX_OFFSET 20|off|off|0
-transfers|POST /transfers, random pair of $ACCOUNTS accounts, 1-10 cents|transfer.lua|$A1 $A2|off|off|2
+users_id_off|GET /users/{id}, no cache|users_get.lua|$U1 $U2|off|off|4|2
+users_id_redis|GET /users/{id}, Redis cache-aside|users_get.lua|$U1 $U2|redis|redis|4|2
+users_id_memory|GET /users/{id}, dbkit in-process cache vs peers' Redis|users_get.lua|$U1 $U2|memory|redis|8|0
+users_list|GET /users?limit=20&offset=0..$LIST_MAX_OFFSET&order=-created_at, with total|users_list.lua|$LIST_MAX_OFFSET 20|off|off|0|0
+transfers|POST /transfers, random pair of $ACCOUNTS accounts, 1-10 cents|transfer.lua|$A1 $A2|off|off|2|0
 ROWS
 }
 
@@ -394,11 +195,7 @@ measure_once() {
       sleep 0.1
     done
     stop_pid "$ACCESS_READER"
-    local keep=() pid
-    for pid in "${PIDS[@]}"; do
-      [ "$pid" = "$ACCESS_READER" ] || keep+=("$pid")
-    done
-    PIDS=("${keep[@]}")
+    forget_pid "$ACCESS_READER"
     ACCESS_READER=""
     local lines other
     lines=$(grep -c '^access ts=.* status=[0-9]* duration_ms=[0-9.]* queries=[0-9]*$' "$ACCESS_FILE" || true)
@@ -419,18 +216,18 @@ measure_once() {
   fi
 }
 
-# measure_row KEY DBKIT_CACHE PEER_CACHE SCRIPT ARGS: the two sides
-# alternate round by round, so a change in the machine's load during the
-# run hits both.
+# measure_row KEY DBKIT_CACHE PEER_CACHE SCRIPT ARGS: the sides alternate
+# run by run, round by round, so a change in the machine's load during the
+# run hits all of them.
 measure_row() {
-  local key=$1 dc=$2 pc=$3 script=$4 args=$5 round
+  local key=$1 dc=$2 pc=$3 script=$4 args=$5 round side
   for round in $(seq 1 "$ROUNDS"); do
     measure_once "$key" dbkit "$dc" "$script" "$args" "$round"
-    measure_once "$key" peer "$pc" "$script" "$args" "$round"
+    for side in "${PEERS[@]}"; do
+      measure_once "$key" "$side" "$pc" "$script" "$args" "$round"
+    done
   done
 }
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 run_table() {
   echo "http_bench: preparing $DB ($USERS users, $ACCOUNTS accounts)"
@@ -440,15 +237,16 @@ run_table() {
     [[ $key =~ $ROWS_RE ]] && want_peer=1
   done < <(rows)
   if [ "$want_peer" = 1 ]; then
-    echo "http_bench: installing the peer (npm ci)"
-    install_peer
+    [ ${#PEERS[@]} -gt 0 ] || die "the rows chosen need a peer (BENCH_PEERS is empty)"
+    echo "http_bench: installing the peers (npm ci)"
+    install_peers
     check_shapes
   fi
   local before after
   before=$(balance_sum)
   local load
   load=$(cut -d' ' -f1-3 /proc/loadavg)
-  while IFS='|' read -r key label script args dc pc target; do
+  while IFS='|' read -r key label script args dc pc target target_f; do
     [[ $key =~ $ROWS_RE ]] || continue
     echo "$label"
     measure_row "$key" "$dc" "$pc" "$script" "$args"
@@ -537,29 +335,45 @@ write_access_docs() {
   echo "http_bench: wrote the access-log rows to $BENCH_DOCS"
 }
 
-# print_peer_table LOAD BEFORE AFTER: the dbkit / peer table.
+# judge TARGET RATIO DBKIT_P99 PEER_P99: whether a row met its target
+# against one peer (TARGET 0: a lower p99 only).
+judge() {
+  awk -v t="$1" -v r="$2" -v a="$3" -v b="$4" 'BEGIN {
+    y = (a < b) ? "p99 yes" : "p99 no";
+    if (t == 0) print y; else print ((r != "-" && r >= t) ? "ratio yes" : "ratio no") ", " y }'
+}
+
+# print_peer_table LOAD BEFORE AFTER: the dbkit / peers table, a column pair
+# per peer ("-" for a peer not run), the ratios against each.
 print_peer_table() {
-  local load=$1 before=$2 after=$3 key label script args dc pc target
+  local load=$1 before=$2 after=$3 key label script args dc pc target target_f
   local table="$work/table.md"
   {
-    echo "| endpoint | dbkit req/s | dbkit p99 | peer req/s | peer p99 | ratio | target | met |"
-    echo "|---|---|---|---|---|---|---|---|"
-    while IFS='|' read -r key label script args dc pc target; do
+    echo "| endpoint | dbkit req/s | dbkit p99 | Express req/s | Express p99 | Fastify req/s | Fastify p99 | dbkit / Express | dbkit / Fastify | target | met |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    while IFS='|' read -r key label script args dc pc target target_f; do
       [[ $key =~ $ROWS_RE ]] || continue
-      local r met tgt errs=""
-      r=$(ratio "${RPS[$key,dbkit]}" "${RPS[$key,peer]}")
-      if [ "$target" = 0 ]; then
-        tgt="lower p99"
-        met=$(awk -v a="${P99[$key,dbkit]}" -v b="${P99[$key,peer]}" 'BEGIN { print (a < b) ? "yes" : "no" }')
-      else
-        tgt="≥ ${target}×, lower p99"
-        met=$(awk -v r="$r" -v t="$target" -v a="${P99[$key,dbkit]}" -v b="${P99[$key,peer]}" \
-          'BEGIN { x = (r >= t) ? "ratio yes" : "ratio no"; y = (a < b) ? "p99 yes" : "p99 no"; print x ", " y }')
-      fi
-      [ "${ERRS[$key,dbkit]}" -gt 0 ] && errs="$errs; dbkit ${ERRS[$key,dbkit]} errors"
-      [ "${ERRS[$key,peer]}" -gt 0 ] && errs="$errs; peer ${ERRS[$key,peer]} errors"
-      printf '| %s | %s | %s ms | %s | %s ms | %s | %s | %s%s |\n' "$label" "${RPS[$key,dbkit]}" \
-        "${P99[$key,dbkit]}" "${RPS[$key,peer]}" "${P99[$key,peer]}" "$r" "$tgt" "$met" "$errs"
+      local side tgt met="" errs="" cells="" ratios=""
+      declare -A tg=([express]=$target [fastify]=$target_f)
+      tgt=""
+      for side in express fastify; do
+        local t=${tg[$side]} r
+        [ "$t" = 0 ] || tgt="$tgt$(side_label "$side") ≥ ${t}×, "
+        if [ -n "${RPS[$key,$side]:-}" ]; then
+          r=$(ratio "${RPS[$key,dbkit]}" "${RPS[$key,$side]}")
+          cells="$cells${RPS[$key,$side]} | ${P99[$key,$side]} ms | "
+          ratios="$ratios$r | "
+          met="$met$(side_label "$side"): $(judge "$t" "$r" "${P99[$key,dbkit]}" "${P99[$key,$side]}"); "
+          [ "${ERRS[$key,$side]}" -gt 0 ] && errs="$errs; $(side_label "$side") ${ERRS[$key,$side]} errors"
+        else
+          cells="$cells- | - | "
+          ratios="$ratios- | "
+        fi
+      done
+      tgt="${tgt}lower p99 than both"
+      [ "${ERRS[$key,dbkit]}" -gt 0 ] && errs="; dbkit ${ERRS[$key,dbkit]} errors$errs"
+      printf '| %s | %s | %s ms | %s%s%s | %s%s |\n' "$label" "${RPS[$key,dbkit]}" "${P99[$key,dbkit]}" \
+        "$cells" "$ratios" "$tgt" "${met%; }" "$errs"
     done < <(rows)
   } >"$table"
 
@@ -576,30 +390,6 @@ print_peer_table() {
   [ "$conserved" = yes ]
 }
 
-versions() {
-  local pgv nodev wrkv
-  pgv=$("$PSQL" -Atq "$URL" -c "SHOW server_version" | cut -d' ' -f1)
-  nodev=$(node --version)
-  wrkv=$(wrk --version 2>&1 | head -1 | awk '{print $2}')
-  local pkgs
-  pkgs=$(cd bench/peer && node -e "for (const p of ['express','pg','ioredis']) process.stdout.write(p + ' ' + require(p + '/package.json').version + ', ')")
-  echo "PostgreSQL $pgv, Redis $(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" INFO server | awk -F: '/^redis_version/ {print $2}' | tr -d '\r'), Node.js $nodev (${pkgs%, }), wrk $wrkv"
-}
-
-# replace_section FILE NAME CONTENT_FILE: puts CONTENT_FILE between
-# <!-- NAME:begin --> and <!-- NAME:end --> (appended when the markers are missing).
-replace_section() {
-  local file=$1 name=$2 content=$3
-  if ! grep -q "<!-- $name:begin -->" "$file" || ! grep -q "<!-- $name:end -->" "$file"; then
-    { echo; echo "<!-- $name:begin -->"; echo "<!-- $name:end -->"; } >>"$file"
-  fi
-  awk -v f="$content" -v b="<!-- $name:begin -->" -v e="<!-- $name:end -->" '
-    $0 == b { print; while ((getline line < f) > 0) print line; skip = 1; next }
-    $0 == e { skip = 0 }
-    !skip { print }' "$file" >"$work/docs.tmp"
-  cat "$work/docs.tmp" >"$file"
-}
-
 write_table_docs() {
   local table=$1 load=$2 conserved=$3 sec="$work/section.md"
   {
@@ -609,10 +399,11 @@ write_table_docs() {
     echo "service under test, PostgreSQL and Redis (1-minute load average: $load before the run, $lr at the"
     echo "start of the measured runs; other work on the machine shows up here). $(versions)."
     echo "Each figure is the best of $ROUNDS wrk runs of ${SECS} s, each after a ${WARM} s warm-up on a freshly"
-    echo "started service; dbkit and the peer alternate run by run. Data: $USERS users, $ACCOUNTS accounts."
+    echo "started service; dbkit and the peers ($(for p in "${PEERS[@]}"; do side_label "$p"; done | paste -sd, - | sed 's/,/, /g')) alternate run by run. Data: $USERS users, $ACCOUNTS accounts."
     echo "dbkit: the shop with HTTP_THREADS=${HTTP_THREADS:-$((2 * $(nproc)))}, POOL_MAX=${POOL_MAX:-$((2 * $(nproc)))} (its defaults are 2 × CPUs);"
-    echo "peer: one Node.js process, \`pg.Pool\` max ${PG_POOL_MAX:-20}. wrk's timeout is 5 s (not its 2 s default), so slow"
-    echo "answers count in the latency figures instead of being dropped as timeouts."
+    echo "peers: one Node.js process each, a pool of at most ${PG_POOL_MAX:-20} connections (\`pg.Pool\` max, postgres.js \`max\`)."
+    echo "wrk's timeout is 5 s (not its 2 s default), so slow answers count in the latency figures instead of"
+    echo "being dropped as timeouts."
     echo
     cat "$table"
     echo
@@ -625,7 +416,7 @@ write_table_docs() {
     echo "# services (one at a time; Redis is flushed before each cached variant)"
     local seen="" key side c
     for key in users_id_off users_id_redis users_id_memory; do
-      for side in dbkit peer; do
+      for side in dbkit express fastify; do
         c=${CMDS[$key,$side]:-}
         [ -n "$c" ] || continue
         case "$seen" in *"|$c|"*) continue ;; esac
@@ -633,7 +424,7 @@ write_table_docs() {
         echo "$c"
       done
     done
-    echo "# load, the same for both (first a ${WARM} s warm-up with the same command)"
+    echo "# load, the same for all (first a ${WARM} s warm-up with the same command)"
     echo "wrk -t$THREADS -c$CONNS -d${SECS}s --timeout 5s --latency -s bench/wrk/users_get.lua http://127.0.0.1:\$PORT -- $U1 $U2"
     echo "wrk -t$THREADS -c$CONNS -d${SECS}s --timeout 5s --latency -s bench/wrk/users_list.lua http://127.0.0.1:\$PORT -- $LIST_MAX_OFFSET 20"
     echo "wrk -t$THREADS -c$CONNS -d${SECS}s --timeout 5s --latency -s bench/wrk/transfer.lua http://127.0.0.1:\$PORT -- $A1 $A2"
