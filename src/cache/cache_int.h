@@ -79,6 +79,9 @@ struct dbk__redis_url {
     char user[128];
     char password[256];
     char master[128]; /* sentinel: the master's name */
+    char sentinel_user[128];     /* sentinel: AUTH to the sentinels (query parameters */
+    char sentinel_password[256]; /* sentinel_user, sentinel_password); "": no AUTH */
+    int auto_pipeline;           /* ?auto_pipeline=0|1; -1 when absent */
     int nseeds;
     struct dbk__redis_addr seeds[DBK__REDIS_MAX_SEEDS];
 };

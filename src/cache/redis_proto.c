@@ -77,10 +77,58 @@ static dbk_rc parse_hostport(struct dbk__span item, int defport, struct dbk__red
     return DBK_OK;
 }
 
+/* The query: auto_pipeline=0|1 (any mode), sentinel_user and
+ * sentinel_password (redis-sentinel:// only: the userinfo is the master's
+ * credentials, these the sentinels'). Anything else is refused, so a typo
+ * is not silently ignored. Messages never quote a value. */
+static dbk_rc parse_query(struct dbk__span q, struct dbk__redis_url *out, dbk_error *err)
+{
+    struct dbk__span item;
+    if (!q.p)
+        q.p = "";
+    while (dbk__list_next(&q, '&', &item)) {
+        if (item.n == 0)
+            continue;
+        const char *eq = memchr(item.p, '=', item.n);
+        size_t kn = eq ? (size_t)(eq - item.p) : item.n;
+        struct dbk__span v = {eq ? eq + 1 : "", eq ? item.n - kn - 1 : 0};
+#define KEY_IS(lit) (kn == sizeof lit - 1 && memcmp(item.p, lit, kn) == 0)
+        if (KEY_IS("auto_pipeline")) {
+            if (v.n == 1 && (v.p[0] == '0' || v.p[0] == '1'))
+                out->auto_pipeline = v.p[0] - '0';
+            else
+                return dbk__err(err, DBK_ECONFIG, "auto_pipeline in a redis url must be 0 or 1");
+        } else if (KEY_IS("sentinel_password") || KEY_IS("sentinel_user")) {
+            if (out->mode != DBK__REDIS_SENTINEL) {
+                dbk__err(err, DBK_ECONFIG, "%.*s is only for redis-sentinel:// urls", (int)kn,
+                         item.p);
+                dbk__err_hint(err, "the password of the server itself goes in the userinfo: "
+                                   "redis://:password@host");
+                return DBK_ECONFIG;
+            }
+            bool pw = KEY_IS("sentinel_password");
+            char *dst = pw ? out->sentinel_password : out->sentinel_user;
+            size_t dsz = pw ? sizeof out->sentinel_password : sizeof out->sentinel_user;
+            if (!decode(v, dst, dsz) || (pw && !dst[0]))
+                return dbk__err(err, DBK_ECONFIG, "malformed %s in redis-sentinel url",
+                                pw ? "sentinel_password" : "sentinel_user");
+        } else {
+            dbk__err(err, DBK_ECONFIG, "unknown query parameter in a redis url");
+            dbk__err_hint(err, "known: auto_pipeline=0|1, and for redis-sentinel:// "
+                               "sentinel_password, sentinel_user; set timeouts and pool size "
+                               "in dbk_cache_opts");
+            return DBK_ECONFIG;
+        }
+#undef KEY_IS
+    }
+    return DBK_OK;
+}
+
 dbk_rc dbk__redis_url_parse(const char *url, struct dbk__redis_url *out, dbk_error *err)
 {
     memset(out, 0, sizeof *out);
     out->port = 6379;
+    out->auto_pipeline = -1;
     if (!url)
         return dbk__err(err, DBK_EMISUSE, "redis url must not be NULL");
     struct dbk__url u;
@@ -107,9 +155,9 @@ dbk_rc dbk__redis_url_parse(const char *url, struct dbk__redis_url *out, dbk_err
     }
 #undef SCHEME_IS
     if (u.has_query) {
-        dbk__err(err, DBK_ECONFIG, "query parameters are not supported in a redis url");
-        dbk__err_hint(err, "set timeouts and pool size in dbk_cache_opts");
-        return DBK_ECONFIG;
+        dbk_rc rc = parse_query(u.query, out, err);
+        if (rc != DBK_OK)
+            return rc;
     }
     if (u.has_userinfo) {
         if (!decode(u.user, out->user, sizeof out->user))
