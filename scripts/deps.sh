@@ -13,7 +13,7 @@ demo_pkgs=(gcc make cmake pkg-config libpq-dev libsqlite3-dev libhiredis-dev
 test_pkgs=("${demo_pkgs[@]}" libcmocka-dev postgresql-15 postgresql-contrib-15
            postgresql-15-hypopg redis-server clang libclang-rt-14-dev valgrind git graphviz
            sqlite3 procps pgbouncer libjansson-dev libcurl4-openssl-dev
-           libmongoc-dev nodejs npm postgresql-15-auto-failover)
+           libmongoc-dev nodejs npm postgresql-15-auto-failover libuv1-dev)
 bench_pkgs=("${test_pkgs[@]}" wrk nodejs npm gnuplot-nox)
 
 case "$profile" in

@@ -1040,10 +1040,10 @@ static void uvhttp_on(const char *url, dbk_engine engine)
     snprintf(path, sizeof path, "/users/%lld", (long long)id);
     /* Keep-alive: several requests on one connection. */
     assert_int_equal(http_get(fd, path, false, body, sizeof body), 200);
-    assert_non_null(strstr(body, "\"name\": \"Ada Lovelace\""));
-    assert_non_null(strstr(body, "\"email\": \"ada@example.com\""));
+    assert_non_null(strstr(body, "\"name\":\"Ada Lovelace\""));
+    assert_non_null(strstr(body, "\"email\":\"ada@example.com\""));
     char want_id[64];
-    snprintf(want_id, sizeof want_id, "\"id\": %lld", (long long)id);
+    snprintf(want_id, sizeof want_id, "\"id\":%lld", (long long)id);
     assert_non_null(strstr(body, want_id));
     assert_int_equal(http_get(fd, "/users/999999", false, body, sizeof body), 404);
     assert_non_null(strstr(body, "not_found"));

@@ -1,0 +1,408 @@
+/*
+ * conn.c - one HTTP/1.1 connection of the libuv example: read a request,
+ * route it, answer GET /users/{id} through dbk_async, write, and go on with
+ * the next request of a keep-alive connection.
+ *
+ * Everything here runs on the loop thread and never blocks: the database
+ * read is submitted with dbk_async_query() and answered in its completion
+ * callback, which dbk_async_process() (through the libuv watcher) runs on
+ * this same thread. A connection answers one request at a time: it stops
+ * reading while a request is in the database and resumes after the answer
+ * is written, so pipelined requests wait in the buffer in order and a slow
+ * database pushes back on the clients (nothing queues without bound). When
+ * the async queue is full (DBK_EBUSY) the answer is 503 at once.
+ *
+ * Deliberately small: no chunked bodies (501), requests up to 8 KiB of
+ * header (431 past it), bodies read and ignored up to the same size.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "uvhttp.h"
+
+#define UVH_BUF 8192
+
+struct uvh_conn {
+    uv_tcp_t tcp;
+    uvh_conn *prev, *next;
+    char in[UVH_BUF];
+    size_t inlen;
+    size_t consumed;  /* bytes of `in` that the request being answered used */
+    bool busy;        /* a request is being answered */
+    bool keep_alive;  /* of the request being answered */
+    bool closing;
+    uv_write_t wr;
+    char *out;        /* the answer being written (malloc'd) */
+};
+
+static void conn_unlink(uvh_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        uvh.conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    uvh.nconns--;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    uvh_conn *c = h->data;
+    free(c->out);
+    free(c);
+    if (uvh.stopping && uvh.nconns == 0)
+        uvh_shutdown_connections(); /* the last one: let the loop end */
+}
+
+static void conn_close(uvh_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    conn_unlink(c);
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+static void try_request(uvh_conn *c);
+static void start_reading(uvh_conn *c);
+
+static void on_written(uv_write_t *w, int status)
+{
+    uvh_conn *c = w->data;
+    free(c->out);
+    c->out = NULL;
+    c->busy = false;
+    if (status < 0 || !c->keep_alive || uvh.stopping) {
+        conn_close(c);
+        return;
+    }
+    /* The next request of a keep-alive connection: already buffered, or
+     * read on. */
+    memmove(c->in, c->in + c->consumed, c->inlen - c->consumed);
+    c->inlen -= c->consumed;
+    c->consumed = 0;
+    try_request(c);
+}
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    default: return "Error";
+    }
+}
+
+/* Writes status + JSON body (consumed: json_decref). */
+static void reply_json(uvh_conn *c, int status, json_t *j)
+{
+    char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!body) {
+        status = 500;
+        body = strdup("{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}");
+    }
+    size_t blen = body ? strlen(body) : 0;
+    size_t cap = blen + 256;
+    c->out = malloc(cap);
+    if (!c->out) {
+        free(body);
+        conn_close(c);
+        return;
+    }
+    int n = snprintf(c->out, cap,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "%s%s\r\n",
+                     status, reason(status), blen, status == 405 ? "Allow: GET\r\n" : "",
+                     c->keep_alive && !uvh.stopping ? "" : "Connection: close\r\n");
+    memcpy(c->out + n, body, blen);
+    free(body);
+    uv_buf_t buf = uv_buf_init(c->out, (unsigned)((size_t)n + blen));
+    c->wr.data = c;
+    if (uv_write(&c->wr, (uv_stream_t *)&c->tcp, &buf, 1, on_written) != 0) {
+        free(c->out);
+        c->out = NULL;
+        conn_close(c);
+    }
+}
+
+static void reply_error(uvh_conn *c, int status, const char *code, const char *msg)
+{
+    reply_json(c, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
+}
+
+/* ---- GET /users/{id} ---- */
+
+static json_t *time_json(const dbk_result *r, int col)
+{
+    int64_t usec;
+    char buf[40];
+    if (dbk_result_get_timestamp(r, 0, col, &usec, NULL) != DBK_OK ||
+        dbk_timestamp_format(usec, buf, sizeof buf) != DBK_OK)
+        return json_null();
+    if (strlen(buf) > 10 && buf[10] == ' ')
+        buf[10] = 'T'; /* ISO 8601, as the shop answers */
+    return json_string(buf);
+}
+
+static json_t *text_json(const dbk_result *r, int col)
+{
+    const char *s = NULL;
+    if (dbk_result_is_null(r, 0, col) || dbk_result_get_text(r, 0, col, &s, NULL, NULL) != DBK_OK)
+        return json_null();
+    return json_string(s);
+}
+
+/* The completion of the user query: runs on the loop thread. */
+static void on_user(void *ctx, dbk_async_done *d)
+{
+    uvh_conn *c = ctx;
+    if (d->rc == DBK_OK && dbk_result_nrows(d->result) == 0) {
+        reply_error(c, 404, "not_found", "user not found");
+        return;
+    }
+    if (d->rc != DBK_OK) {
+        bool unavailable = d->rc == DBK_EPOOL_TIMEOUT || d->rc == DBK_EUNAVAILABLE ||
+                           d->rc == DBK_ECONN_LOST || d->rc == DBK_EPOOL_CLOSED ||
+                           d->rc == DBK_ETIMEOUT || d->rc == DBK_ECANCELLED;
+        fprintf(stderr, "uvhttp: %s: %s\n", dbk_rc_name(d->rc), d->error->message);
+        if (unavailable)
+            reply_error(c, 503, "unavailable", "the database is unavailable, retry later");
+        else
+            reply_error(c, 500, "internal", "internal error");
+        return;
+    }
+    const dbk_result *r = d->result;
+    int64_t id = 0;
+    dbk_result_get_int64(r, 0, 0, &id, NULL);
+    reply_json(c, 200,
+               json_pack("{s:I,s:o,s:o,s:o,s:o}", "id", (json_int_t)id, "name", text_json(r, 1),
+                         "email", text_json(r, 2), "status", text_json(r, 3), "created_at",
+                         time_json(r, 4)));
+}
+
+static void get_user(uvh_conn *c, int64_t id)
+{
+    dbk_value p = dbk_int64(id);
+    dbk_error err;
+    dbk_rc rc = dbk_async_query(uvh.async,
+                                "SELECT id, name, email, status, created_at FROM users "
+                                "WHERE id = $1",
+                                &p, 1, 0, on_user, c, NULL, &err);
+    if (rc == DBK_EBUSY)
+        reply_error(c, 503, "unavailable", "too many requests in flight, retry later");
+    else if (rc != DBK_OK)
+        reply_error(c, 500, "internal", "internal error");
+}
+
+/* ---- parsing and routing ---- */
+
+/* The shop's id rules: not an integer -> invalid_id; an integer that is no
+ * id (0, negative, above INT64_MAX) -> out_of_range. */
+static void route_user(uvh_conn *c, const char *s, size_t n)
+{
+    size_t i = 0;
+    bool neg = n > 0 && s[0] == '-';
+    if (neg)
+        i = 1;
+    if (i == n) {
+        reply_error(c, 400, "invalid_id", "the id must be a positive integer");
+        return;
+    }
+    uint64_t v = 0;
+    bool big = false;
+    for (; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            reply_error(c, 400, "invalid_id", "the id must be a positive integer");
+            return;
+        }
+        if (v > (UINT64_MAX - 9) / 10)
+            big = true;
+        else
+            v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (neg || big || v == 0 || v > (uint64_t)INT64_MAX) {
+        reply_error(c, 400, "out_of_range", "the id is out of range: 1..9223372036854775807");
+        return;
+    }
+    get_user(c, (int64_t)v);
+}
+
+static bool header_is(const char *line, size_t len, const char *name, const char **value)
+{
+    size_t nl = strlen(name);
+    if (len <= nl || strncasecmp(line, name, nl) != 0 || line[nl] != ':')
+        return false;
+    const char *v = line + nl + 1;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    *value = v;
+    return true;
+}
+
+/* Parses one complete request at the front of the buffer, if there is one,
+ * and answers it. */
+static void try_request(uvh_conn *c)
+{
+    if (c->busy || c->closing)
+        return;
+    char *end = NULL;
+    for (size_t i = 0; i + 3 < c->inlen; i++)
+        if (memcmp(c->in + i, "\r\n\r\n", 4) == 0) {
+            end = c->in + i;
+            break;
+        }
+    if (!end) {
+        if (c->inlen == UVH_BUF) {
+            c->busy = true;
+            c->keep_alive = false;
+            uv_read_stop((uv_stream_t *)&c->tcp);
+            reply_error(c, 431, "header_too_large", "request header over 8 KiB");
+            return;
+        }
+        start_reading(c); /* UV_EALREADY when reading: fine */
+        return;
+    }
+    /* One request: stop reading until it is answered. */
+    c->busy = true;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    *end = '\0';
+    size_t head = (size_t)(end - c->in) + 4;
+    /* Request line. */
+    char *line_end = strstr(c->in, "\r\n");
+    size_t llen = line_end ? (size_t)(line_end - c->in) : strlen(c->in);
+    char *sp1 = memchr(c->in, ' ', llen);
+    char *sp2 = sp1 ? memchr(sp1 + 1, ' ', llen - (size_t)(sp1 + 1 - c->in)) : NULL;
+    bool http10 = sp2 && strncmp(sp2 + 1, "HTTP/1.0", 8) == 0;
+    c->keep_alive = !http10;
+    if (!sp1 || !sp2 || strncmp(sp2 + 1, "HTTP/1.", 7) != 0) {
+        c->keep_alive = false;
+        c->consumed = c->inlen;
+        reply_error(c, 400, "bad_request", "malformed request line");
+        return;
+    }
+    /* Headers. */
+    size_t body = 0;
+    bool chunked = false;
+    for (char *h = line_end ? line_end + 2 : NULL; h && *h;) {
+        char *e = strstr(h, "\r\n");
+        size_t hl = e ? (size_t)(e - h) : strlen(h);
+        const char *v;
+        if (header_is(h, hl, "Connection", &v)) {
+            if (strncasecmp(v, "close", 5) == 0)
+                c->keep_alive = false;
+            else if (strncasecmp(v, "keep-alive", 10) == 0)
+                c->keep_alive = true;
+        } else if (header_is(h, hl, "Content-Length", &v)) {
+            body = (size_t)strtoull(v, NULL, 10);
+        } else if (header_is(h, hl, "Transfer-Encoding", &v)) {
+            chunked = true;
+        }
+        h = e ? e + 2 : NULL;
+    }
+    if (chunked || body > UVH_BUF - head) {
+        c->keep_alive = false;
+        c->consumed = c->inlen;
+        reply_error(c, chunked ? 501 : 431, chunked ? "not_implemented" : "body_too_large",
+                    chunked ? "chunked request bodies are not supported"
+                            : "request body over 8 KiB");
+        return;
+    }
+    if (head + body > c->inlen) {
+        /* The body has not arrived yet: read on, parse again. */
+        *end = '\r';
+        c->busy = false;
+        start_reading(c);
+        return;
+    }
+    c->consumed = head + body;
+    /* Route: GET /users/{id} (a query string is ignored). */
+    const char *path = sp1 + 1;
+    size_t plen = (size_t)(sp2 - path);
+    const char *q = memchr(path, '?', plen);
+    if (q)
+        plen = (size_t)(q - path);
+    bool get = (size_t)(sp1 - c->in) == 3 && memcmp(c->in, "GET", 3) == 0;
+    if (plen > 7 && memcmp(path, "/users/", 7) == 0 && !memchr(path + 7, '/', plen - 7)) {
+        if (!get)
+            reply_error(c, 405, "method_not_allowed", "only GET is allowed here");
+        else
+            route_user(c, path + 7, plen - 7);
+        return;
+    }
+    reply_error(c, 404, "not_found", "no such endpoint");
+}
+
+/* ---- reading ---- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    uvh_conn *c = h->data;
+    *buf = uv_buf_init(c->in + c->inlen, (unsigned)(UVH_BUF - c->inlen));
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    (void)buf;
+    uvh_conn *c = s->data;
+    if (n < 0) {
+        if (!c->busy)
+            conn_close(c);
+        return;
+    }
+    c->inlen += (size_t)n;
+    try_request(c);
+}
+
+static void start_reading(uvh_conn *c)
+{
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+void uvh_on_connection(uv_stream_t *server, int status)
+{
+    if (status < 0 || uvh.stopping)
+        return;
+    uvh_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    uv_tcp_init(uvh.loop, &c->tcp);
+    c->tcp.data = c;
+    c->next = uvh.conns;
+    if (uvh.conns)
+        uvh.conns->prev = c;
+    uvh.conns = c;
+    uvh.nconns++;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    start_reading(c);
+}
+
+void uvh_shutdown_connections(void)
+{
+    for (uvh_conn *c = uvh.conns, *next; c; c = next) {
+        next = c->next;
+        if (!c->busy)
+            conn_close(c);
+        /* a busy one closes after its answer (on_written sees stopping) */
+    }
+    if (uvh.nconns == 0 && !uv_is_closing((uv_handle_t *)&uvh.watcher.poll))
+        dbk_async_uv_stop(&uvh.watcher);
+}

@@ -1,0 +1,40 @@
+/*
+ * uvhttp.h - what the two files of the libuv example share: the service's
+ * state (one loop thread owns all of it) and the connection calls main.c
+ * makes.
+ */
+#ifndef UVHTTP_H
+#define UVHTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <uv.h>
+
+#include <dbkit/async_uv.h>
+#include <dbkit/dbkit.h>
+
+typedef struct uvh_conn uvh_conn;
+
+typedef struct uvh_service {
+    uv_loop_t *loop;
+    dbk_pool *pool;
+    dbk_async *async;
+    dbk_async_uv watcher;
+    uv_tcp_t server;
+    uv_signal_t sigterm, sigint;
+    uvh_conn *conns; /* open connections, for the shutdown */
+    size_t nconns;
+    bool stopping;
+} uvh_service;
+
+extern uvh_service uvh;
+
+/* The listening socket's connection callback (conn.c). */
+void uvh_on_connection(uv_stream_t *server, int status);
+
+/* Shutdown: closes idle connections now and busy ones after their answer;
+ * when none is left, stops the async watcher so the loop can end. */
+void uvh_shutdown_connections(void);
+
+#endif
