@@ -336,9 +336,9 @@ static int probe_text_column(const dbk_cached_repo *r, dbk_db *db, const dbk_fie
          * term of a compound decides it); its one row is 'a'. */
         dbk__sb sb = {0};
         dbk__sb_puts(&sb, "SELECT x = 'A', x = 'a ' FROM (SELECT ");
-        dbk__sb_ident(&sb, f->column);
+        dbk__sb_ident(&sb, eng, f->column);
         dbk__sb_puts(&sb, " AS x FROM ");
-        dbk__sb_ident(&sb, r->e->table);
+        dbk__sb_ident(&sb, eng, r->e->table);
         dbk__sb_puts(&sb, " WHERE 0 UNION ALL SELECT 'a')");
         if (sb.oom) {
             free(sb.p);

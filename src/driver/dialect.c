@@ -1,11 +1,119 @@
 /*
  * The dialects of PostgreSQL and SQLite (see dialect.h). Each is a constant
  * table of the SQL text that differs between the engines, owned by the
- * driver layer next to the drivers that run it.
+ * driver layer next to the drivers that run it. Where both engines write
+ * the same text today (quoting, upsert, savepoints) one `std_` function
+ * serves both tables; a third engine with other rules brings its own.
  */
 #include "dialect.h"
 
 #include <stdio.h>
+#include <string.h>
+
+/* ---- identifiers, parameters (the same on both engines today) ---- */
+
+static void std_quote_ident(dbk__sb *sb, const char *id)
+{
+    dbk__sb_putn(sb, "\"", 1);
+    for (const char *q = id; *q; q++) {
+        if (*q == '"')
+            dbk__sb_putn(sb, "\"", 1);
+        dbk__sb_putn(sb, q, 1);
+    }
+    dbk__sb_putn(sb, "\"", 1);
+}
+
+static void pg_placeholder(dbk__sb *sb, int n, const char *cast)
+{
+    dbk__sb_printf(sb, "$%d", n);
+    if (cast)
+        dbk__sb_printf(sb, "::%s", cast);
+}
+
+static void sq_placeholder(dbk__sb *sb, int n, const char *cast)
+{
+    (void)cast;
+    dbk__sb_printf(sb, "$%d", n);
+}
+
+/* ---- upsert: INSERT ... ON CONFLICT (target) DO UPDATE SET c = excluded.c
+ * (PostgreSQL 9.5, SQLite 3.24; the same text on both) ---- */
+
+static void std_upsert_sql(dbk__sb *sb, const char *const *target, size_t ntarget,
+                           const char *const *set, size_t nset)
+{
+    dbk__sb_puts(sb, " ON CONFLICT (");
+    for (size_t i = 0; i < ntarget; i++) {
+        if (i)
+            dbk__sb_puts(sb, ", ");
+        std_quote_ident(sb, target[i]);
+    }
+    dbk__sb_puts(sb, ") DO UPDATE SET ");
+    for (size_t i = 0; i < nset; i++) {
+        if (i)
+            dbk__sb_puts(sb, ", ");
+        std_quote_ident(sb, set[i]);
+        dbk__sb_puts(sb, " = excluded.");
+        std_quote_ident(sb, set[i]);
+    }
+}
+
+/* ---- key lists: a PostgreSQL array literal, a JSON array on SQLite ---- */
+
+static void pg_key_list_text(dbk__sb *sb, const char *s)
+{
+    dbk__sb_putn(sb, "\"", 1);
+    for (const char *p = s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            dbk__sb_putn(sb, "\\", 1);
+        dbk__sb_putn(sb, p, 1);
+    }
+    dbk__sb_putn(sb, "\"", 1);
+}
+
+static void sq_key_list_text(dbk__sb *sb, const char *s)
+{
+    dbk__sb_putn(sb, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            dbk__sb_putn(sb, "\\", 1);
+            dbk__sb_putn(sb, (const char *)p, 1);
+        } else if (*p < 0x20) {
+            dbk__sb_printf(sb, "\\u%04x", *p);
+        } else {
+            dbk__sb_putn(sb, (const char *)p, 1);
+        }
+    }
+    dbk__sb_putn(sb, "\"", 1);
+}
+
+static void pg_in_key_list(dbk__sb *sb, int n, const char *elem)
+{
+    dbk__sb_printf(sb, " = ANY($%d::%s[])", n, elem);
+}
+
+static void sq_in_key_list(dbk__sb *sb, int n, const char *elem)
+{
+    (void)elem;
+    dbk__sb_printf(sb, " IN (SELECT value FROM json_each($%d))", n);
+}
+
+/* ---- savepoints (the same on both engines) ---- */
+
+static void std_savepoint_sql(enum dbk__sp_op op, const char *name, char *buf, size_t len)
+{
+    switch (op) {
+    case DBK__SP_SET:
+        snprintf(buf, len, "SAVEPOINT %s", name);
+        break;
+    case DBK__SP_RELEASE:
+        snprintf(buf, len, "RELEASE SAVEPOINT %s", name);
+        break;
+    case DBK__SP_ROLLBACK:
+        snprintf(buf, len, "ROLLBACK TO SAVEPOINT %s; RELEASE SAVEPOINT %s", name, name);
+        break;
+    }
+}
 
 static void pg_begin_sql(const dbk__begin_opts *o, char *buf, size_t len)
 {
@@ -43,19 +151,152 @@ static void sq_begin_sql(const dbk__begin_opts *o, char *buf, size_t len)
              o->read_only ? "BEGIN DEFERRED; PRAGMA query_only = 1" : "BEGIN IMMEDIATE");
 }
 
+#define IN_PATH "n.nspname = ANY (current_schemas(false))"
+#define NOT_EXT(cls, col)                                                                   \
+    "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '" cls "'::regclass "          \
+    "AND d.objid = " col " AND d.deptype = 'e')"
+
+static const dbk__dump_part pg_dump_parts[] = {
+    {"extensions",
+     "SELECT format('CREATE EXTENSION IF NOT EXISTS %I WITH SCHEMA %I;', e.extname, n.nspname) "
+     "FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+     "WHERE e.extname <> 'plpgsql' ORDER BY e.extname", "\n\n"},
+    {"types",
+     "SELECT format('CREATE TYPE %I.%I AS ENUM (%s);', n.nspname, t.typname, "
+     "(SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder) "
+     "FROM pg_enum e WHERE e.enumtypid = t.oid)) "
+     "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+     "WHERE t.typtype = 'e' AND " IN_PATH " AND " NOT_EXT("pg_type", "t.oid")
+     " ORDER BY n.nspname, t.typname", "\n\n"},
+    {"sequences",
+     "SELECT format('CREATE SEQUENCE %I.%I;', n.nspname, c.relname) "
+     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+     "WHERE c.relkind = 'S' AND " IN_PATH " AND " NOT_EXT("pg_class", "c.oid")
+     " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass "
+     "AND d.objid = c.oid AND d.deptype = 'i') ORDER BY n.nspname, c.relname", "\n\n"},
+    {"functions",
+     "SELECT pg_get_functiondef(p.oid) || ';' "
+     "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+     "WHERE p.prokind IN ('f', 'p') AND " IN_PATH " AND " NOT_EXT("pg_proc", "p.oid")
+     " ORDER BY n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)", "\n\n"},
+    {"tables",
+     "SELECT format(E'CREATE TABLE %I.%I (\\n    %s\\n);', n.nspname, c.relname, "
+     "(SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)) "
+     "|| CASE a.attidentity WHEN 'a' THEN ' GENERATED ALWAYS AS IDENTITY' "
+     "WHEN 'd' THEN ' GENERATED BY DEFAULT AS IDENTITY' ELSE '' END "
+     "|| CASE WHEN a.attgenerated = 's' THEN ' GENERATED ALWAYS AS (' "
+     "|| pg_get_expr(ad.adbin, ad.adrelid) || ') STORED' "
+     "WHEN ad.adbin IS NOT NULL THEN ' DEFAULT ' || pg_get_expr(ad.adbin, ad.adrelid) "
+     "ELSE '' END "
+     "|| CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END, E',\\n    ' ORDER BY a.attnum) "
+     "FROM pg_attribute a LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid "
+     "AND ad.adnum = a.attnum WHERE a.attrelid = c.oid AND a.attnum > 0 "
+     "AND NOT a.attisdropped)) "
+     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+     "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND " IN_PATH
+     " AND " NOT_EXT("pg_class", "c.oid") " ORDER BY n.nspname, c.relname", "\n\n"},
+    {"constraints",
+     "SELECT format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s;', n.nspname, c.relname, "
+     "co.conname, pg_get_constraintdef(co.oid, true)) "
+     "FROM pg_constraint co JOIN pg_class c ON c.oid = co.conrelid "
+     "JOIN pg_namespace n ON n.oid = c.relnamespace "
+     "WHERE co.contype IN ('p', 'u', 'c', 'x', 'f') AND co.conislocal AND c.relkind IN "
+     "('r', 'p') AND NOT c.relispartition AND " IN_PATH " AND " NOT_EXT("pg_class", "c.oid")
+     " ORDER BY co.contype = 'f', n.nspname, c.relname, co.conname", "\n\n"},
+    {"indexes",
+     "SELECT pg_get_indexdef(i.indexrelid) || ';' "
+     "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+     "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+     "WHERE " IN_PATH " AND NOT t.relispartition AND " NOT_EXT("pg_class", "t.oid")
+     " AND NOT EXISTS (SELECT 1 FROM pg_constraint co WHERE co.conindid = i.indexrelid "
+     "AND co.contype IN ('p', 'u', 'x')) ORDER BY n.nspname, t.relname, c.relname", "\n\n"},
+    {"views",
+     "SELECT format(E'CREATE %sVIEW %I.%I AS\\n%s;', "
+     "CASE c.relkind WHEN 'm' THEN 'MATERIALIZED ' ELSE '' END, n.nspname, c.relname, "
+     "rtrim(pg_get_viewdef(c.oid, true), ';')) "
+     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+     "WHERE c.relkind IN ('v', 'm') AND " IN_PATH " AND " NOT_EXT("pg_class", "c.oid")
+     " ORDER BY c.oid", "\n\n"},
+    {"triggers",
+     "SELECT pg_get_triggerdef(t.oid, true) || ';' "
+     "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+     "JOIN pg_namespace n ON n.oid = c.relnamespace "
+     "WHERE NOT t.tgisinternal AND " IN_PATH " AND " NOT_EXT("pg_class", "c.oid")
+     " ORDER BY n.nspname, c.relname, t.tgname", "\n\n"},
+};
+
+static const dbk__dump_part sq_dump_parts[] = {
+    {NULL,
+     "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
+     "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+     "ORDER BY CASE type WHEN 'table' THEN 1 WHEN 'index' THEN 2 "
+     "WHEN 'view' THEN 3 WHEN 'trigger' THEN 4 ELSE 5 END, name",
+     ";\n\n"},
+};
+
 static const dbk__dialect pg_dialect = {
     .engine = DBK_ENGINE_POSTGRES,
+    .name = "PostgreSQL",
+    .quote_ident = std_quote_ident,
+    .placeholder = pg_placeholder,
+    .max_params = 65535,
+    .returning = " RETURNING ",
+    .upsert_sql = std_upsert_sql,
+    .bulk_copy = true,
+    .batch_one_trip = true,
+    .key_list_open = "{",
+    .key_list_close = "}",
+    .key_list_text = pg_key_list_text,
+    .in_key_list = pg_in_key_list,
     .begin_sql = pg_begin_sql,
+    .savepoint_sql = std_savepoint_sql,
+    .read_only_unlocked = false,
+    .read_only_end_sql = NULL,
     .count_estimate_sql = "SELECT COALESCE((SELECT reltuples::bigint FROM pg_class "
                           "WHERE oid = to_regclass($1)), -1)",
     .offset_without_limit = "",
+    .table_exists_sql = "SELECT count(*) FROM (SELECT to_regclass($1) AS t) x WHERE t IS NOT NULL",
+    .list_tables_sql = "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                       "c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname = "
+                       "ANY (current_schemas(false)) AND c.relname NOT LIKE 'dbkit\\_%' ORDER BY 1",
+    .dump_preamble = "SET check_function_bodies = false;\n",
+    .dump_parts = pg_dump_parts,
+    .ndump_parts = sizeof pg_dump_parts / sizeof pg_dump_parts[0],
+    .describes_params = true,
+    .lock_try_sql = "SELECT pg_try_advisory_lock($1)",
+    .unlock_sql = "SELECT pg_advisory_unlock($1)",
 };
 
 static const dbk__dialect sq_dialect = {
     .engine = DBK_ENGINE_SQLITE,
+    .name = "SQLite",
+    .quote_ident = std_quote_ident,
+    .placeholder = sq_placeholder,
+    .max_params = 999,
+    .returning = " RETURNING ",
+    .upsert_sql = std_upsert_sql,
+    .bulk_copy = false,
+    .batch_one_trip = false,
+    .key_list_open = "[",
+    .key_list_close = "]",
+    .key_list_text = sq_key_list_text,
+    .in_key_list = sq_in_key_list,
     .begin_sql = sq_begin_sql,
+    .savepoint_sql = std_savepoint_sql,
+    .read_only_unlocked = true,
+    .read_only_end_sql = "PRAGMA query_only = 0",
     .count_estimate_sql = NULL,
     .offset_without_limit = " LIMIT -1",
+    .table_exists_sql = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+    .list_tables_sql = "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name "
+                       "NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE 'dbkit\\_%' "
+                       "ESCAPE '\\' ORDER BY 1",
+    .dump_preamble = "",
+    .dump_parts = sq_dump_parts,
+    .ndump_parts = 1,
+    .describes_params = false,
+    .lock_try_sql = NULL,
+    .unlock_sql = NULL,
 };
 
 const dbk__dialect *dbk__dialect_of(dbk_engine engine)

@@ -6,12 +6,13 @@
  * dialect (and its driver), not edits in every module.
  *
  * docs/architecture.md ("Engine dialect") lists what a new engine
- * implements. Moved onto it so far: the BEGIN round trip with isolation,
- * read-only, deferrable and the transaction-local timeouts; the COUNT
- * estimate; a page's OFFSET without a LIMIT. Still branching on the engine
- * above the driver: identifier quoting and placeholders (identical on the
- * two engines today), upserts and RETURNING in repo/crud.c, catalog queries
- * in migrate and the CLI, type names in the code generator.
+ * implements: identifiers and placeholders, the parameter limit,
+ * RETURNING and the upsert form, key lists, the BEGIN round trip and
+ * savepoints, the COUNT estimate, catalog queries (a table's existence,
+ * the tables, the schema dump) and the migration lock. Pieces that are the
+ * same on both engines today are still asked for here (one function each),
+ * so the third engine is where they may differ. What still branches on the
+ * engine above the driver is listed in that section too.
  */
 #ifndef DBK_DIALECT_H
 #define DBK_DIALECT_H
@@ -20,6 +21,7 @@
 #include <stddef.h>
 
 #include "dbkit/config.h"
+#include "../core/sb.h"
 
 /* What a transaction asks BEGIN for. */
 typedef struct dbk__begin_opts {
@@ -33,10 +35,69 @@ typedef struct dbk__begin_opts {
                                   * idle transaction */
 } dbk__begin_opts;
 
+/* The savepoint statements (savepoint_sql). */
+enum dbk__sp_op {
+    DBK__SP_SET = 0,      /* open the savepoint */
+    DBK__SP_RELEASE = 1,  /* keep its work */
+    DBK__SP_ROLLBACK = 2, /* undo its work and drop it (one round trip) */
+};
+
+/* One part of a schema dump: the first column of every row of `sql`,
+ * each followed by `sep`, under "-- heading" (NULL: no heading). */
+typedef struct dbk__dump_part {
+    const char *heading;
+    const char *sql;
+    const char *sep;
+} dbk__dump_part;
+
 typedef struct dbk__dialect {
     dbk_engine engine;
+    const char *name; /* "PostgreSQL", "SQLite": dump headers, messages */
+
+    /* ---- identifiers, parameters ---- */
+    /* Appends id as a quoted identifier (embedded quotes doubled). */
+    void (*quote_ident)(dbk__sb *sb, const char *id);
+    /* Appends the placeholder of parameter n (1-based). cast: the
+     * PostgreSQL type name the value is read as, or NULL; an engine
+     * without casts ignores it. */
+    void (*placeholder)(dbk__sb *sb, int n, const char *cast);
+    /* The most parameters one statement may carry. */
+    size_t max_params;
+
+    /* ---- writes ---- */
+    /* What goes before the returned columns of INSERT/UPDATE/DELETE. */
+    const char *returning;
+    /* Appends an upsert's tail after INSERT ... VALUES (...): on a
+     * conflict over the columns target[0..ntarget), each column of
+     * set[0..nset) (nset >= 1) takes the proposed row's value. Columns are
+     * quoted here. */
+    void (*upsert_sql)(dbk__sb *sb, const char *const *target, size_t ntarget,
+                       const char *const *set, size_t nset);
+    /* A bulk load (dbk_db_copy_from) beats multi-row INSERTs for a large
+     * create_many that returns no rows. */
+    bool bulk_copy;
+    /* A batch is one round trip (a pipeline): worth sending a page's
+     * COUNT, or several includes, with the page. */
+    bool batch_one_trip;
+
+    /* ---- key lists (one parameter holding many keys) ---- */
+    const char *key_list_open, *key_list_close; /* "{" "}", "[" "]" */
+    /* Appends one text key, quoted for the list. */
+    void (*key_list_text)(dbk__sb *sb, const char *s);
+    /* Appends " <match parameter n's list>" after a column: elem is the
+     * PostgreSQL element type ("bigint", "text", a cast). */
+    void (*in_key_list)(dbk__sb *sb, int n, const char *elem);
+
+    /* ---- transactions ---- */
     /* The BEGIN round trip (possibly several statements) into buf. */
     void (*begin_sql)(const dbk__begin_opts *o, char *buf, size_t len);
+    /* A savepoint statement for savepoint `name` into buf. */
+    void (*savepoint_sql)(enum dbk__sp_op op, const char *name, char *buf, size_t len);
+    /* A read-only BEGIN takes no write lock (its control statements need
+     * not queue on a pool's write gate), and what puts the session back
+     * after it ends (NULL: nothing to undo). */
+    bool read_only_unlocked;
+    const char *read_only_end_sql;
     /* A query of one int64: the table's estimated row count, -1 when
      * unknown, with the quoted table name as $1. NULL: no estimate (the
      * caller counts exactly). */
@@ -44,6 +105,28 @@ typedef struct dbk__dialect {
     /* What a page query needs before OFFSET when it has no LIMIT ("" when
      * OFFSET alone is valid; SQLite wants " LIMIT -1"). */
     const char *offset_without_limit;
+
+    /* ---- catalog ---- */
+    /* One int64: how many tables are named $1 (0 or 1). */
+    const char *table_exists_sql;
+    /* The tables and views a code generator models, one name a row,
+     * sorted, without the engine's and dbkit's own. */
+    const char *list_tables_sql;
+    /* The schema dump: preamble text, then each part in order. */
+    const char *dump_preamble;
+    const dbk__dump_part *dump_parts;
+    size_t ndump_parts;
+    /* The statement describer types parameters itself and numbers them by
+     * position; false: numbered by first use ($N in order of appearance),
+     * typed from the columns they are compared with. */
+    bool describes_params;
+
+    /* ---- the migration lock ---- */
+    /* One bool: took the session lock $1 without waiting; and its release.
+     * NULL: no session lock (the engine's migration transaction is
+     * exclusive by itself). */
+    const char *lock_try_sql;
+    const char *unlock_sql;
 } dbk__dialect;
 
 /* The dialect of an engine (PostgreSQL for any unknown engine). */

@@ -40,6 +40,7 @@
 #include "../core/sb.h"
 #include "../core/url.h"
 #include "../driver/describe.h"
+#include "../driver/dialect.h"
 
 enum { K_ONE = 1, K_MANY, K_EXEC, K_EXECROWS, K_BATCH, K_COPYFROM };
 static const char *const KIND_NAMES[] = {"", "one", "many", "exec", "execrows", "batch", "copyfrom"};
@@ -861,6 +862,7 @@ static bool copy_shape(const toks *t, gquery *q)
 static dbk_rc describe_query(dbk__describer *d, dbk_engine engine, const qfile *qf, gquery *q,
                              dbk_error *err)
 {
+    const dbk__dialect *dia = dbk__dialect_of(engine);
     char names[GMAX_PARAMS][IDLEN];
     bool narg[GMAX_PARAMS];
     size_t nnames = 0;
@@ -905,7 +907,7 @@ static dbk_rc describe_query(dbk__describer *d, dbk_engine engine, const qfile *
         dbk__strlcpy(f->sqltype, desc.params[i].sqltype, sizeof f->sqltype);
         f->nullable = false; /* set below for sqlc.narg() */
         int num = (int)i + 1;
-        if (engine == DBK_ENGINE_SQLITE) {
+        if (!dia->describes_params) {
             /* SQLite numbers "$N" parameters in order of first use */
             num = desc.params[i].name[0] == '$' ? placeholder_num(desc.params[i].name + 1) : 0;
         }
@@ -918,7 +920,7 @@ static dbk_rc describe_query(dbk__describer *d, dbk_engine engine, const qfile *
                 if (ctxcol[0] || typed)
                     break;
             }
-        if (engine == DBK_ENGINE_SQLITE) {
+        if (!dia->describes_params) {
             dbk__desc_col c;
             if (typed) {
                 f->type = ptype;
@@ -938,7 +940,7 @@ static dbk_rc describe_query(dbk__describer *d, dbk_engine engine, const qfile *
             snprintf(nm, sizeof nm, "arg%d", num);
         c_ident_in(nm, f->name, sizeof f->name, true);
     }
-    if (engine == DBK_ENGINE_SQLITE) {
+    if (!dia->describes_params) {
         /* reorder by $n so that params[k] is $k+1 */
         gfield sorted[GMAX_PARAMS];
         memset(sorted, 0, sizeof sorted);
@@ -1459,13 +1461,7 @@ static void emit_source(sb *b, const qfile *qf)
 static dbk_rc emit_models(dbk_conn *c, dbk__describer *d, sb *b, dbk_error *err)
 {
     dbk_engine engine = dbk_db_engine(dbk_conn_db(c));
-    const char *sql =
-        engine == DBK_ENGINE_POSTGRES
-            ? "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = "
-              "c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname = "
-              "ANY (current_schemas(false)) AND c.relname NOT LIKE 'dbkit\\_%' ORDER BY 1"
-            : "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT "
-              "LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE 'dbkit\\_%' ESCAPE '\\' ORDER BY 1";
+    const char *sql = dbk__dialect_of(engine)->list_tables_sql;
     dbk_result *r = NULL;
     dbk_rc rc = dbk_db_query(dbk_conn_db(c), sql, NULL, 0, &r, err);
     if (rc)

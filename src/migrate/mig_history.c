@@ -18,6 +18,7 @@
 #include "../core/internal.h"
 #include "../db/db_int.h"
 #include "../driver/driver.h"
+#include "../driver/dialect.h"
 #include "migrate_int.h"
 #include "migrate_impl.h"
 
@@ -68,12 +69,8 @@ dbk_rc dbk__mig_table_exists(dbk__mctx *m, const char *table, bool *exists, dbk_
 {
     int64_t n = 0;
     dbk_value p = dbk_text(table);
-    dbk_rc rc = dbk_db_query_int64(
-        m->db,
-        m->engine == DBK_ENGINE_SQLITE
-            ? "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1"
-            : "SELECT count(*) FROM (SELECT to_regclass($1) AS t) x WHERE t IS NOT NULL",
-        &p, 1, &n, err);
+    dbk_rc rc =
+        dbk_db_query_int64(m->db, dbk__dialect_of(m->engine)->table_exists_sql, &p, 1, &n, err);
     *exists = n > 0;
     return rc;
 }

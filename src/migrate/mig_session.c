@@ -18,6 +18,7 @@
 
 #include "../core/internal.h"
 #include "../db/db_int.h"
+#include "../driver/dialect.h"
 #include "../driver/driver.h"
 #include "migrate_int.h"
 #include "migrate_impl.h"
@@ -123,7 +124,7 @@ void dbk__mctx_close(dbk__mctx *m)
     if (m->locked) {
         dbk_error e;
         dbk_value k = dbk_int64(m->lock_key);
-        dbk_db_exec(m->db, "SELECT pg_advisory_unlock($1)", &k, 1, NULL, &e);
+        dbk_db_exec(m->db, dbk__dialect_of(m->engine)->unlock_sql, &k, 1, NULL, &e);
         m->locked = false;
     }
     m->outer->ops->unpin(m->outer, m->conn);
@@ -188,12 +189,15 @@ static void lock_holder(dbk__mctx *m, char *buf, size_t n)
 
 dbk_rc dbk__mctx_lock(dbk__mctx *m, dbk_error *err)
 {
-    if (m->engine != DBK_ENGINE_POSTGRES)
+    /* An engine without a session lock (SQLite) is locked by its exclusive
+     * migration transaction instead (dbk__mctx_begin). */
+    const char *try_sql = dbk__dialect_of(m->engine)->lock_try_sql;
+    if (!try_sql)
         return DBK_OK;
     dbk_value k = dbk_int64(m->lock_key);
     for (;;) {
         dbk_result *r = NULL;
-        dbk_rc rc = dbk_db_query_row(m->db, "SELECT pg_try_advisory_lock($1)", &k, 1, &r, err);
+        dbk_rc rc = dbk_db_query_row(m->db, try_sql, &k, 1, &r, err);
         bool got = false;
         if (rc == DBK_OK)
             rc = dbk_result_get_bool(r, 0, 0, &got, err);

@@ -20,6 +20,7 @@
 #include "../core/internal.h"
 #include "../db/copy_int.h"
 #include "../db/db_int.h"
+#include "../driver/dialect.h"
 #include "repo_int.h"
 
 #define BIT(i) (UINT64_C(1) << (i))
@@ -27,6 +28,13 @@
 static dbk_engine engine_of(dbk_db *db)
 {
     return dbk_db_engine(db);
+}
+
+/* What the engine calls RETURNING, then the entity's default columns. */
+static void put_returning(dbk__sb *sb, dbk_engine eng, const dbk_entity *e)
+{
+    dbk__sb_puts(sb, dbk__dialect_of(eng)->returning);
+    dbk__sb_columns(sb, eng, e, e->priv_->default_mask);
 }
 
 static dbk_rc oom(dbk_error *err)
@@ -104,11 +112,11 @@ static dbk_rc find_by_field(dbk_db *db, dbk_entity *e, int fi, dbk_value v, void
             return oom(err);
         dbk__sb sb = {0};
         dbk__sb_puts(&sb, "SELECT ");
-        dbk__sb_columns(&sb, e, e->priv_->default_mask);
+        dbk__sb_columns(&sb, eng, e, e->priv_->default_mask);
         dbk__sb_puts(&sb, " FROM ");
-        dbk__sb_ident(&sb, e->table);
+        dbk__sb_ident(&sb, eng, e->table);
         dbk__sb_puts(&sb, " WHERE ");
-        dbk__sb_ident(&sb, e->fields[fi].column);
+        dbk__sb_ident(&sb, eng, e->fields[fi].column);
         dbk__sb_puts(&sb, " = ");
         dbk__sb_param(&sb, e, fi, 1, eng);
         s = sql_finish(e, n, &sb, e->priv_->default_mask, err);
@@ -172,13 +180,13 @@ static void build_insert(dbk__sb *sb, struct dbk__sql *s, const dbk_entity *e, u
                          size_t rows, dbk_engine eng)
 {
     dbk__sb_puts(sb, "INSERT INTO ");
-    dbk__sb_ident(sb, e->table);
+    dbk__sb_ident(sb, eng, e->table);
     if (mask == 0) {
         dbk__sb_puts(sb, " DEFAULT VALUES");
         return;
     }
     dbk__sb_puts(sb, " (");
-    dbk__sb_columns(sb, e, mask);
+    dbk__sb_columns(sb, eng, e, mask);
     dbk__sb_puts(sb, ") VALUES ");
     int per_row = 0;
     for (size_t i = 0; i < e->nfields; i++)
@@ -239,8 +247,7 @@ static const struct dbk__sql *insert_sql(dbk_entity *e, dbk_engine eng, size_t r
     uint64_t mask = insert_mask(e);
     dbk__sb sb = {0};
     build_insert(&sb, n, e, mask, rows ? rows : 1, eng);
-    dbk__sb_puts(&sb, " RETURNING ");
-    dbk__sb_columns(&sb, e, e->priv_->default_mask);
+    put_returning(&sb, eng, e);
     if (set_pfields(n, e, mask) != DBK_OK) {
         free(sb.p);
         dbk__sql_free(n);
@@ -346,17 +353,18 @@ static dbk_rc create_many_copy(dbk_db *db, dbk_entity *e, const void *rows, size
                                dbk_error *err)
 {
     struct copy_state c = {.e = e, .rows = rows, .n = n, .now = dbk__now_us()};
+    dbk_engine eng = engine_of(db);
     uint64_t mask = insert_mask(e);
     dbk__sb sql = {0};
     dbk__sb_puts(&sql, "COPY ");
-    dbk__sb_ident(&sql, e->table);
+    dbk__sb_ident(&sql, eng, e->table);
     dbk__sb_puts(&sql, " (");
     for (size_t i = 0; i < e->nfields; i++) {
         if (!(mask & BIT(i)))
             continue;
         if (c.nfields)
             dbk__sb_puts(&sql, ", ");
-        dbk__sb_ident(&sql, e->fields[i].column);
+        dbk__sb_ident(&sql, eng, e->fields[i].column);
         c.fields[c.nfields++] = (int)i;
     }
     dbk__sb_puts(&sql, ") FROM STDIN");
@@ -384,7 +392,8 @@ struct many_ctx {
 };
 
 /* Multi-row INSERT ... VALUES ... RETURNING in chunks below the engine's
- * parameter limit (999 on SQLite, 65535 on PostgreSQL, at most 1000 rows). */
+ * parameter limit (the dialect's max_params: 999 on SQLite, 65535 on
+ * PostgreSQL), at most 1000 rows. */
 static dbk_rc create_many_values(dbk_db *db, void *ctxp, dbk_error *err)
 {
     struct many_ctx *m = ctxp;
@@ -398,7 +407,7 @@ static dbk_rc create_many_values(dbk_db *db, void *ctxp, dbk_error *err)
             per_row++;
     if (per_row == 0)
         per_row = 1;
-    size_t max_params = eng == DBK_ENGINE_POSTGRES ? 65535 : 999;
+    size_t max_params = dbk__dialect_of(eng)->max_params;
     size_t batch = max_params / per_row;
     if (batch > 1000)
         batch = 1000;
@@ -461,7 +470,7 @@ dbk_rc dbk_repo_create_many(dbk_db *db, dbk_entity *e, const void *rows, size_t 
     if (n == 0)
         return DBK_OK;
     dbk_engine eng = engine_of(db);
-    if (eng == DBK_ENGINE_POSTGRES && !out_rows && n >= COPY_MIN_ROWS)
+    if (dbk__dialect_of(eng)->bulk_copy && !out_rows && n >= COPY_MIN_ROWS)
         return create_many_copy(db, e, rows, n, err);
     struct many_ctx m = {e, rows, n, out_rows, arena};
     /* One statement writes all or nothing by itself; several run in one
@@ -472,7 +481,7 @@ dbk_rc dbk_repo_create_many(dbk_db *db, dbk_entity *e, const void *rows, size_t 
     for (size_t i = 0; i < e->nfields; i++)
         if (mask & BIT(i))
             per_row++;
-    size_t chunk = (eng == DBK_ENGINE_POSTGRES ? 65535 : 999) / (per_row ? per_row : 1);
+    size_t chunk = dbk__dialect_of(eng)->max_params / (per_row ? per_row : 1);
     if (chunk > 1000)
         chunk = 1000;
     if (chunk == 0 || n <= chunk)
@@ -560,31 +569,20 @@ dbk_rc dbk_repo_upsert(dbk_db *db, dbk_entity *e, const char *const *conflict, s
             return oom(err);
         dbk__sb sb = {0};
         build_insert(&sb, n, e, imask, 1, eng);
-        dbk__sb_puts(&sb, " ON CONFLICT (");
-        dbk__sb_columns(&sb, e, cmask);
-        if (umask == 0) {
-            /* DO NOTHING would return no row; a no-op update returns it. */
-            dbk__sb_puts(&sb, ") DO UPDATE SET ");
-            int fi = __builtin_ctzll(cmask);
-            dbk__sb_ident(&sb, e->fields[fi].column);
-            dbk__sb_puts(&sb, " = excluded.");
-            dbk__sb_ident(&sb, e->fields[fi].column);
-        } else {
-            dbk__sb_puts(&sb, ") DO UPDATE SET ");
-            bool first = true;
-            for (size_t i = 0; i < e->nfields; i++) {
-                if (!(umask & BIT(i)))
-                    continue;
-                if (!first)
-                    dbk__sb_puts(&sb, ", ");
-                dbk__sb_ident(&sb, e->fields[i].column);
-                dbk__sb_puts(&sb, " = excluded.");
-                dbk__sb_ident(&sb, e->fields[i].column);
-                first = false;
-            }
+        const char *target[DBK_REPO_MAX_FIELDS], *set[DBK_REPO_MAX_FIELDS];
+        size_t nt = 0, ns = 0;
+        for (size_t i = 0; i < e->nfields; i++) {
+            if (cmask & BIT(i))
+                target[nt++] = e->fields[i].column;
+            if (umask & BIT(i))
+                set[ns++] = e->fields[i].column;
         }
-        dbk__sb_puts(&sb, " RETURNING ");
-        dbk__sb_columns(&sb, e, e->priv_->default_mask);
+        /* DO NOTHING would return no row; a no-op update of the first
+         * conflict column returns it. */
+        if (ns == 0)
+            set[ns++] = e->fields[__builtin_ctzll(cmask)].column;
+        dbk__dialect_of(eng)->upsert_sql(&sb, target, nt, set, ns);
+        put_returning(&sb, eng, e);
         if (set_pfields(n, e, imask) != DBK_OK) {
             free(sb.p);
             dbk__sql_free(n);
@@ -656,7 +654,7 @@ dbk_rc dbk_repo_update(dbk_db *db, dbk_entity *e, dbk_value id, const void *in,
             return oom(err);
         dbk__sb sb = {0};
         dbk__sb_puts(&sb, "UPDATE ");
-        dbk__sb_ident(&sb, e->table);
+        dbk__sb_ident(&sb, eng, e->table);
         dbk__sb_puts(&sb, " SET ");
         int p = 2;
         for (size_t i = 0; i < e->nfields; i++) {
@@ -664,16 +662,15 @@ dbk_rc dbk_repo_update(dbk_db *db, dbk_entity *e, dbk_value id, const void *in,
                 continue;
             if (p > 2)
                 dbk__sb_puts(&sb, ", ");
-            dbk__sb_ident(&sb, e->fields[i].column);
+            dbk__sb_ident(&sb, eng, e->fields[i].column);
             dbk__sb_puts(&sb, " = ");
             dbk__sb_param(&sb, e, (int)i, p++, eng);
         }
         dbk__sb_puts(&sb, " WHERE ");
-        dbk__sb_ident(&sb, e->fields[pk].column);
+        dbk__sb_ident(&sb, eng, e->fields[pk].column);
         dbk__sb_puts(&sb, " = ");
         dbk__sb_param(&sb, e, pk, 1, eng);
-        dbk__sb_puts(&sb, " RETURNING ");
-        dbk__sb_columns(&sb, e, e->priv_->default_mask);
+        put_returning(&sb, eng, e);
         if (set_pfields(n, e, mask) != DBK_OK) {
             free(sb.p);
             dbk__sql_free(n);
@@ -713,15 +710,13 @@ dbk_rc dbk_repo_delete(dbk_db *db, dbk_entity *e, dbk_value id, void *out, dbk_a
         int pk = e->priv_->pk;
         dbk__sb sb = {0};
         dbk__sb_puts(&sb, "DELETE FROM ");
-        dbk__sb_ident(&sb, e->table);
+        dbk__sb_ident(&sb, eng, e->table);
         dbk__sb_puts(&sb, " WHERE ");
-        dbk__sb_ident(&sb, e->fields[pk].column);
+        dbk__sb_ident(&sb, eng, e->fields[pk].column);
         dbk__sb_puts(&sb, " = ");
         dbk__sb_param(&sb, e, pk, 1, eng);
-        if (with_row) {
-            dbk__sb_puts(&sb, " RETURNING ");
-            dbk__sb_columns(&sb, e, e->priv_->default_mask);
-        }
+        if (with_row)
+            put_returning(&sb, eng, e);
         s = sql_finish(e, n, &sb, with_row ? e->priv_->default_mask : 0, err);
         if (!s)
             return DBK_ENOMEM;

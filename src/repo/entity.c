@@ -22,31 +22,24 @@
 #include <time.h>
 
 #include "../core/internal.h"
+#include "../driver/dialect.h"
 #include "repo_int.h"
 
 static pthread_mutex_t init_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- SQL pieces (the builder itself is core/sb.c) ---- */
 
-void dbk__sb_ident(dbk__sb *sb, const char *id)
+void dbk__sb_ident(dbk__sb *sb, dbk_engine engine, const char *id)
 {
-    dbk__sb_putn(sb, "\"", 1);
-    for (const char *q = id; *q; q++) {
-        if (*q == '"')
-            dbk__sb_putn(sb, "\"", 1);
-        dbk__sb_putn(sb, q, 1);
-    }
-    dbk__sb_putn(sb, "\"", 1);
+    dbk__dialect_of(engine)->quote_ident(sb, id);
 }
 
 void dbk__sb_param(dbk__sb *sb, const dbk_entity *e, int field, int n, dbk_engine engine)
 {
-    dbk__sb_printf(sb, "$%d", n);
-    if (engine == DBK_ENGINE_POSTGRES && field >= 0 && e->fields[field].pg_cast)
-        dbk__sb_printf(sb, "::%s", e->fields[field].pg_cast);
+    dbk__dialect_of(engine)->placeholder(sb, n, field >= 0 ? e->fields[field].pg_cast : NULL);
 }
 
-void dbk__sb_columns(dbk__sb *sb, const dbk_entity *e, uint64_t mask)
+void dbk__sb_columns(dbk__sb *sb, dbk_engine engine, const dbk_entity *e, uint64_t mask)
 {
     bool first = true;
     for (size_t i = 0; i < e->nfields; i++) {
@@ -54,7 +47,7 @@ void dbk__sb_columns(dbk__sb *sb, const dbk_entity *e, uint64_t mask)
             continue;
         if (!first)
             dbk__sb_puts(sb, ", ");
-        dbk__sb_ident(sb, e->fields[i].column);
+        dbk__sb_ident(sb, engine, e->fields[i].column);
         first = false;
     }
 }

@@ -14,6 +14,7 @@
 
 #include "dbkit/batch.h"
 #include "../core/internal.h"
+#include "../driver/dialect.h"
 #include "repo_int.h"
 #include "query_impl.h"
 
@@ -97,7 +98,8 @@ static bool key_is_null(const unsigned char *row, const dbk_field *f)
     return false;
 }
 
-/* Appends one key to a PostgreSQL array literal or a JSON array. */
+/* Appends one key to the dialect's key list (a PostgreSQL array literal,
+ * a JSON array on SQLite). */
 static void put_key(dbk__sb *sb, const unsigned char *row, const dbk_field *f, dbk_engine eng)
 {
     if (f->type != DBK_TYPE_TEXT) {
@@ -108,18 +110,7 @@ static void put_key(dbk__sb *sb, const unsigned char *row, const dbk_field *f, d
     }
     const char *s;
     memcpy(&s, row + f->offset, sizeof s);
-    dbk__sb_putn(sb, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') {
-            dbk__sb_putn(sb, "\\", 1);
-            dbk__sb_putn(sb, (const char *)p, 1);
-        } else if (eng == DBK_ENGINE_SQLITE && *p < 0x20) {
-            dbk__sb_printf(sb, "\\u%04x", *p);
-        } else {
-            dbk__sb_putn(sb, (const char *)p, 1);
-        }
-    }
-    dbk__sb_putn(sb, "\"", 1);
+    dbk__dialect_of(eng)->key_list_text(sb, s);
 }
 
 static const struct dbk__sql *include_sql(dbk_entity *t, int match, dbk_engine eng,
@@ -140,16 +131,13 @@ static const struct dbk__sql *include_sql(dbk_entity *t, int match, dbk_engine e
     const dbk_field *f = &t->fields[match];
     dbk__sb sb = {0};
     dbk__sb_puts(&sb, "SELECT ");
-    dbk__sb_columns(&sb, t, mask);
+    dbk__sb_columns(&sb, eng, t, mask);
     dbk__sb_puts(&sb, " FROM ");
-    dbk__sb_ident(&sb, t->table);
+    dbk__sb_ident(&sb, eng, t->table);
     dbk__sb_puts(&sb, " WHERE ");
-    dbk__sb_ident(&sb, f->column);
-    if (eng == DBK_ENGINE_POSTGRES)
-        dbk__sb_printf(&sb, " = ANY($1::%s[])",
-                       f->pg_cast ? f->pg_cast : f->type == DBK_TYPE_TEXT ? "text" : "bigint");
-    else
-        dbk__sb_puts(&sb, " IN (SELECT value FROM json_each($1))");
+    dbk__sb_ident(&sb, eng, f->column);
+    dbk__dialect_of(eng)->in_key_list(
+        &sb, 1, f->pg_cast ? f->pg_cast : f->type == DBK_TYPE_TEXT ? "text" : "bigint");
     if (sb.oom || dbk__sql_set_cols(n, t, mask) != DBK_OK) {
         free(sb.p);
         dbk__sql_free(n);
@@ -184,7 +172,7 @@ static dbk_rc rel_keys(dbk_entity *e, const dbk_relation *rel, unsigned char *it
     int match;
     rel_join(e, rel, &pkey, &match);
     dbk__sb lit = {0};
-    dbk__sb_puts(&lit, eng == DBK_ENGINE_POSTGRES ? "{" : "[");
+    dbk__sb_puts(&lit, dbk__dialect_of(eng)->key_list_open);
     size_t nkeys = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char *row = items + i * e->struct_size;
@@ -199,7 +187,7 @@ static dbk_rc rel_keys(dbk_entity *e, const dbk_relation *rel, unsigned char *it
             dbk__sb_puts(&lit, ",");
         put_key(&lit, row, pkey, eng);
     }
-    dbk__sb_puts(&lit, eng == DBK_ENGINE_POSTGRES ? "}" : "]");
+    dbk__sb_puts(&lit, dbk__dialect_of(eng)->key_list_close);
     if (lit.oom) {
         free(lit.p);
         return dbk__q_oom(err);
@@ -333,13 +321,15 @@ static bool seen_before(const char *const *paths, size_t i, size_t len)
     return false;
 }
 
-/* PostgreSQL, two or more relations on one level: their queries do not
- * depend on each other, so they go out as one batch (one round trip);
+/* An engine whose batch is one round trip (the dialect's batch_one_trip:
+ * PostgreSQL), two or more relations on one level: their queries do not
+ * depend on each other, so they go out as one batch;
  * pre[i] gets the rows for paths[i] (NULL where nothing was fetched). */
 static dbk_rc prefetch(dbk_db *db, dbk_entity *e, unsigned char *items, size_t n,
                        const char *const *paths, size_t npaths, dbk_result **pre,
                        dbk_error *err)
 {
+    dbk_engine eng = dbk_db_engine(db);
     dbk_batch *b = NULL;
     dbk__sb *lits = calloc(npaths, sizeof *lits);
     size_t *slot = calloc(npaths, sizeof *slot);
@@ -353,10 +343,10 @@ static dbk_rc prefetch(dbk_db *db, dbk_entity *e, unsigned char *items, size_t n
         const dbk_field *pkey;
         int match;
         rel_join(e, rel, &pkey, &match);
-        rc = rel_keys(e, rel, items, n, DBK_ENGINE_POSTGRES, &lits[i], err);
+        rc = rel_keys(e, rel, items, n, eng, &lits[i], err);
         if (rc || !lits[i].p)
             continue;
-        const struct dbk__sql *s = include_sql(rel->target, match, DBK_ENGINE_POSTGRES, err);
+        const struct dbk__sql *s = include_sql(rel->target, match, eng, err);
         if (!s) {
             rc = DBK_ENOMEM;
             break;
@@ -396,7 +386,8 @@ dbk_rc dbk__repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n, unsig
         if (!seen_before(paths, i, dot ? (size_t)(dot - paths[i]) : strlen(paths[i])))
             levels++;
     }
-    if (levels > 1 && !(flags & DBK__FIND_NO_BATCH) && dbk_db_engine(db) == DBK_ENGINE_POSTGRES)
+    if (levels > 1 && !(flags & DBK__FIND_NO_BATCH) &&
+        dbk__dialect_of(dbk_db_engine(db))->batch_one_trip)
         rc = prefetch(db, e, items, n, paths, npaths, pre, err);
     for (size_t i = 0; i < npaths && rc == DBK_OK; i++) {
         const char *dot = strchr(paths[i], '.');

@@ -105,7 +105,7 @@ static dbk_rc build_filters(struct qs *q, dbk__sb *sb, const dbk_filter *f, size
             return dbk__err(err, DBK_EINVALID_COLUMN, "%s has no field named by filter %zu",
                             e->table, i);
         dbk__sb_puts(sb, i ? " AND " : " WHERE ");
-        dbk__sb_ident(sb, e->fields[fi].column);
+        dbk__sb_ident(sb, q->eng, e->fields[fi].column);
         switch (f[i].op) {
         case DBK_IS_NULL:
             dbk__sb_puts(sb, " IS NULL");
@@ -173,7 +173,7 @@ dbk_rc dbk_repo_count(dbk_db *db, dbk_entity *e, const dbk_filter *filters, size
     struct qs q = {e, dbk_db_engine(db), NULL, 0, 0};
     dbk__sb sb = {0};
     dbk__sb_puts(&sb, "SELECT count(*) FROM ");
-    dbk__sb_ident(&sb, e->table);
+    dbk__sb_ident(&sb, q.eng, e->table);
     rc = build_filters(&q, &sb, filters, nfilters, err);
     if (rc == DBK_OK)
         rc = dbk_db_query_int64(db, sb.p, q.params, q.np, out, err);
@@ -376,7 +376,7 @@ static dbk_rc find_plan_make(dbk_db *db, dbk_entity *e, const dbk_query *q, unsi
                                           q->nfilters))
         pl->cm = DBK_COUNT_EXACT;
     pl->fetch = q->has_limit ? q->limit + (pl->want_more ? 1 : 0) : -1;
-    pl->batched = pl->cm == DBK_COUNT_EXACT && pl->eng == DBK_ENGINE_POSTGRES &&
+    pl->batched = pl->cm == DBK_COUNT_EXACT && dbk__dialect_of(pl->eng)->batch_one_trip &&
                   !(flags & DBK__FIND_NO_BATCH) && pl->fetch != 0;
     return DBK_OK;
 }
@@ -424,12 +424,12 @@ static dbk_rc find_sql_build(dbk_entity *e, const struct find_plan *pl, dbk_aren
         for (int i = 0; i < nkeys; i++) {
             dbk__sb_puts(where, i ? " OR (" : "(");
             for (int j = 0; j < i; j++) {
-                dbk__sb_ident(where, e->fields[keys[j].field].column);
+                dbk__sb_ident(where, eng, e->fields[keys[j].field].column);
                 dbk__sb_puts(where, " = ");
                 dbk__sb_param(where, e, keys[j].field, pn[j], eng);
                 dbk__sb_puts(where, " AND ");
             }
-            dbk__sb_ident(where, e->fields[keys[i].field].column);
+            dbk__sb_ident(where, eng, e->fields[keys[i].field].column);
             dbk__sb_puts(where, keys[i].desc ? " < " : " > ");
             dbk__sb_param(where, e, keys[i].field, pn[i], eng);
             dbk__sb_puts(where, ")");
@@ -439,7 +439,7 @@ static dbk_rc find_sql_build(dbk_entity *e, const struct find_plan *pl, dbk_aren
 
     dbk__sb *csql = &fs->count;
     dbk__sb_puts(csql, "SELECT count(*) FROM ");
-    dbk__sb_ident(csql, e->table);
+    dbk__sb_ident(csql, eng, e->table);
     if (fs->nfilter_params || q->nfilters) {
         /* the filter part of WHERE only: rebuild without the cursor */
         struct qs cq = {e, eng, NULL, 0, 0};
@@ -455,14 +455,14 @@ static dbk_rc find_sql_build(dbk_entity *e, const struct find_plan *pl, dbk_aren
 
     dbk__sb *sql = &fs->page;
     dbk__sb_puts(sql, "SELECT ");
-    dbk__sb_columns(sql, e, pl->mask);
+    dbk__sb_columns(sql, eng, e, pl->mask);
     dbk__sb_puts(sql, " FROM ");
-    dbk__sb_ident(sql, e->table);
+    dbk__sb_ident(sql, eng, e->table);
     if (where->p)
         dbk__sb_puts(sql, where->p);
     for (int i = 0; i < nkeys; i++) {
         dbk__sb_puts(sql, i ? ", " : " ORDER BY ");
-        dbk__sb_ident(sql, e->fields[keys[i].field].column);
+        dbk__sb_ident(sql, eng, e->fields[keys[i].field].column);
         if (keys[i].desc)
             dbk__sb_puts(sql, " DESC");
     }
@@ -470,7 +470,8 @@ static dbk_rc find_sql_build(dbk_entity *e, const struct find_plan *pl, dbk_aren
         int p = add_param(&fs->qs, dbk_int64(pl->fetch));
         if (p < 0)
             return dbk__q_oom(err);
-        dbk__sb_printf(sql, " LIMIT $%d", p);
+        dbk__sb_puts(sql, " LIMIT ");
+        dbk__dialect_of(eng)->placeholder(sql, p, NULL);
     } else if (q->offset) {
         dbk__sb_puts(sql, dbk__dialect_of(eng)->offset_without_limit);
     }
@@ -478,7 +479,8 @@ static dbk_rc find_sql_build(dbk_entity *e, const struct find_plan *pl, dbk_aren
         int p = add_param(&fs->qs, dbk_int64(q->offset));
         if (p < 0)
             return dbk__q_oom(err);
-        dbk__sb_printf(sql, " OFFSET $%d", p);
+        dbk__sb_puts(sql, " OFFSET ");
+        dbk__dialect_of(eng)->placeholder(sql, p, NULL);
     }
     if (sql->oom)
         return dbk__q_oom(err);
@@ -495,7 +497,7 @@ static dbk_rc find_count(dbk_db *db, dbk_entity *e, const struct find_plan *pl,
     } else if (pl->cm == DBK_COUNT_ESTIMATED) {
         /* only planned where the dialect has an estimate (find_plan_make) */
         dbk__sb qt = {0};
-        dbk__sb_ident(&qt, e->table);
+        dbk__sb_ident(&qt, pl->eng, e->table);
         if (qt.oom) {
             free(qt.p);
             return dbk__q_oom(err);

@@ -47,11 +47,13 @@ struct dbk__entity_priv {
 };
 
 /* SQL pieces appended to the core string builder (core/sb.h). */
-void dbk__sb_ident(dbk__sb *sb, const char *id); /* "quoted" identifier */
-/* Placeholder $n, with ::cast on PostgreSQL when the field has one. */
+/* An identifier, quoted in the engine's dialect. */
+void dbk__sb_ident(dbk__sb *sb, dbk_engine engine, const char *id);
+/* Parameter n in the engine's dialect, with the field's cast where the
+ * engine has casts (field < 0: none). */
 void dbk__sb_param(dbk__sb *sb, const dbk_entity *e, int field, int n, dbk_engine engine);
 /* Comma-separated quoted columns of `mask`, in field order. */
-void dbk__sb_columns(dbk__sb *sb, const dbk_entity *e, uint64_t mask);
+void dbk__sb_columns(dbk__sb *sb, dbk_engine engine, const dbk_entity *e, uint64_t mask);
 
 /* Initializes the entity if needed. */
 dbk_rc dbk__entity_ready(dbk_entity *e, dbk_error *err);

@@ -72,9 +72,12 @@ typedef struct tx_root {
     int timeout_ms;          /* > 0, or 0 for none */
     int64_t deadline_ns;     /* 0: none */
     bool timed_out;          /* the deadline passed during the attempt */
-    bool sqlite_query_only;  /* PRAGMA query_only was switched on at BEGIN */
+    const char *read_only_end; /* what undoes a read-only BEGIN's session
+                                  change (the dialect's read_only_end_sql,
+                                  SQLite's PRAGMA query_only), NULL: nothing */
     bool direct;             /* control statements bypass the connection's
-                                executor (read-only SQLite, see ctl_exec) */
+                                executor (a read-only transaction that
+                                takes no write lock, see ctl_exec) */
     bool retry_lost;         /* a lost connection before COMMIT is retried: the
                                 executor gives a fresh connection per pin
                                 (a pool), not the same dead one */
@@ -480,8 +483,9 @@ static dbk_rc nested(struct dbk__tx *outer, dbk_tx_fn fn, void *ctx, dbk_error *
     /* Named by depth: siblings reuse a name only after the previous one
      * was released or rolled back, and the drivers' statement caches see
      * a handful of texts rather than one per savepoint. */
+    const dbk__dialect *dia = dbk__dialect_of(r->engine);
     snprintf(sp, sizeof sp, "dbk_sp_%d", outer->depth + 1);
-    snprintf(sql, sizeof sql, "SAVEPOINT %s", sp);
+    dia->savepoint_sql(DBK__SP_SET, sp, sql, sizeof sql);
     rc = ctl(r, sql, err);
     if (rc)
         return tx_failed(r, rc, err);
@@ -517,7 +521,7 @@ static dbk_rc nested(struct dbk__tx *outer, dbk_tx_fn fn, void *ctx, dbk_error *
             dbk__err(err, rc, "a statement failed inside the savepoint");
     }
     if (rc == DBK_OK) {
-        snprintf(sql, sizeof sql, "RELEASE SAVEPOINT %s", sp);
+        dia->savepoint_sql(DBK__SP_RELEASE, sp, sql, sizeof sql);
         rc = ctl(r, sql, err);
         if (rc == DBK_OK)
             return DBK_OK;
@@ -529,7 +533,7 @@ static dbk_rc nested(struct dbk__tx *outer, dbk_tx_fn fn, void *ctx, dbk_error *
         return rc; /* the outermost rolls everything back anyway */
 
     dbk_error rb;
-    snprintf(sql, sizeof sql, "ROLLBACK TO SAVEPOINT %s; RELEASE SAVEPOINT %s", sp, sp);
+    dia->savepoint_sql(DBK__SP_ROLLBACK, sp, sql, sizeof sql);
     dbk_rc rrc = ctl(r, sql, &rb);
     if (rrc) {
         /* The outer transaction cannot continue: doom it with this error
@@ -564,9 +568,10 @@ static void rollback(tx_root *r)
         if (ctl(r, "ROLLBACK", &rb) != DBK_OK)
             dbk__log(DBK_LOG_WARN, "rollback failed: %s", rb.message);
     }
-    if (r->sqlite_query_only) {
-        r->sqlite_query_only = false;
-        if (ctl(r, "PRAGMA query_only = 0", &rb) != DBK_OK)
+    if (r->read_only_end) {
+        const char *end_sql = r->read_only_end;
+        r->read_only_end = NULL;
+        if (ctl(r, end_sql, &rb) != DBK_OK)
             dbk__log(DBK_LOG_WARN, "could not leave query_only mode: %s", rb.message);
     }
     st = txstate(r);
@@ -593,7 +598,8 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
     begin_sql(cf, r->engine, stmt_timeout_ms, sql, sizeof sql);
     if (cf->timeout_ms > 0)
         r->deadline_ns = dbk__now_ns() + (int64_t)cf->timeout_ms * 1000000LL;
-    r->direct = r->engine == DBK_ENGINE_SQLITE && cf->read_only;
+    const dbk__dialect *dia = dbk__dialect_of(r->engine);
+    r->direct = dia->read_only_unlocked && cf->read_only;
     dbk_rc rc = ctl(r, sql, err);
     if (rc) {
         rollback(r);
@@ -601,7 +607,7 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
             *end = END_RETRY;
         return rc;
     }
-    r->sqlite_query_only = r->engine == DBK_ENGINE_SQLITE && cf->read_only;
+    r->read_only_end = cf->read_only ? dia->read_only_end_sql : NULL;
 
     struct dbk__tx *t = r->top;
     tx_init(t, r, r->parent, 0);
@@ -660,7 +666,7 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
             *end = END_RETRY;
         return rc;
     }
-    if (r->sqlite_query_only)
+    if (r->read_only_end)
         rollback(r); /* no transaction left: only leaves query_only mode */
     return DBK_OK;
 }
@@ -752,7 +758,7 @@ static dbk_rc outermost(dbk_db *db, dbk_tx_fn fn, void *ctx, const tx_conf *cf, 
         }
         r.deadline_ns = 0;
         r.timed_out = false;
-        r.sqlite_query_only = false;
+        r.read_only_end = NULL;
         r.doomed_rc = DBK_OK;
         r.stmt_rc = DBK_OK;
 

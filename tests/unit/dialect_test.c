@@ -1,0 +1,167 @@
+/* dbkit:valgrind
+ * The engine dialects (src/driver/dialect.h) without a server: the SQL
+ * text each engine's table writes for what the layers above ask of it
+ * (upsert tails, quoted identifiers, placeholders with casts, key lists,
+ * savepoints, BEGIN), and that every piece a new engine must provide is
+ * there on both engines. A repository or transaction test fails only when
+ * the server refuses the text; these pin the text itself. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "driver/dialect.h"
+#include "testutil.h"
+
+static const dbk__dialect *pg(void)
+{
+    return dbk__dialect_of(DBK_ENGINE_POSTGRES);
+}
+
+static const dbk__dialect *sq(void)
+{
+    return dbk__dialect_of(DBK_ENGINE_SQLITE);
+}
+
+static void dialect_every_piece_on_both_engines(void **state)
+{
+    (void)state;
+    const dbk__dialect *d[2] = {pg(), sq()};
+    for (int i = 0; i < 2; i++) {
+        assert_non_null(d[i]->name);
+        assert_non_null(d[i]->quote_ident);
+        assert_non_null(d[i]->placeholder);
+        assert_true(d[i]->max_params >= 999);
+        assert_non_null(d[i]->returning);
+        assert_non_null(d[i]->upsert_sql);
+        assert_non_null(d[i]->key_list_open);
+        assert_non_null(d[i]->key_list_close);
+        assert_non_null(d[i]->key_list_text);
+        assert_non_null(d[i]->in_key_list);
+        assert_non_null(d[i]->begin_sql);
+        assert_non_null(d[i]->savepoint_sql);
+        assert_non_null(d[i]->offset_without_limit);
+        assert_non_null(d[i]->table_exists_sql);
+        assert_non_null(d[i]->list_tables_sql);
+        assert_non_null(d[i]->dump_preamble);
+        assert_true(d[i]->ndump_parts > 0);
+        for (size_t k = 0; k < d[i]->ndump_parts; k++) {
+            assert_non_null(d[i]->dump_parts[k].sql);
+            assert_non_null(d[i]->dump_parts[k].sep);
+        }
+        /* a session lock comes with its release */
+        assert_true((d[i]->lock_try_sql == NULL) == (d[i]->unlock_sql == NULL));
+    }
+    assert_int_equal(pg()->engine, DBK_ENGINE_POSTGRES);
+    assert_int_equal(sq()->engine, DBK_ENGINE_SQLITE);
+    assert_ptr_equal(dbk__dialect_of((dbk_engine)0), pg()); /* unknown: PostgreSQL */
+    assert_int_equal(sq()->max_params, 999);
+    assert_int_equal(pg()->max_params, 65535);
+}
+
+static void dialect_upsert_sql_per_engine(void **state)
+{
+    (void)state;
+    const char *target[] = {"email"};
+    const char *set[] = {"name", "odd\"col"};
+    const dbk__dialect *d[2] = {pg(), sq()};
+    for (int i = 0; i < 2; i++) {
+        dbk__sb sb = {0};
+        d[i]->upsert_sql(&sb, target, 1, set, 2);
+        assert_false(sb.oom);
+        assert_string_equal(sb.p, " ON CONFLICT (\"email\") DO UPDATE SET \"name\" = "
+                                  "excluded.\"name\", \"odd\"\"col\" = excluded.\"odd\"\"col\"");
+        dbk__sb_free(&sb);
+        /* a composite target, one column set */
+        const char *t2[] = {"a", "b"};
+        d[i]->upsert_sql(&sb, t2, 2, t2, 1);
+        assert_string_equal(sb.p, " ON CONFLICT (\"a\", \"b\") DO UPDATE SET \"a\" = excluded.\"a\"");
+        dbk__sb_free(&sb);
+        assert_string_equal(d[i]->returning, " RETURNING ");
+    }
+}
+
+static void dialect_identifiers_and_placeholders(void **state)
+{
+    (void)state;
+    dbk__sb sb = {0};
+    pg()->quote_ident(&sb, "we\"ird");
+    sq()->quote_ident(&sb, "");
+    assert_string_equal(sb.p, "\"we\"\"ird\"\"\"");
+    dbk__sb_free(&sb);
+    /* the cast is PostgreSQL's; SQLite has none and drops it */
+    pg()->placeholder(&sb, 7, "uuid");
+    dbk__sb_puts(&sb, " ");
+    pg()->placeholder(&sb, 12, NULL);
+    dbk__sb_puts(&sb, " ");
+    sq()->placeholder(&sb, 7, "uuid");
+    assert_string_equal(sb.p, "$7::uuid $12 $7");
+    dbk__sb_free(&sb);
+}
+
+static void dialect_key_lists_escape_per_engine(void **state)
+{
+    (void)state;
+    const char *key = "a\"b\\c\x01" "d\n";
+    dbk__sb sb = {0};
+    dbk__sb_puts(&sb, pg()->key_list_open);
+    pg()->key_list_text(&sb, key);
+    dbk__sb_puts(&sb, pg()->key_list_close);
+    /* an array literal element: quote and backslash escaped, bytes kept */
+    assert_string_equal(sb.p, "{\"a\\\"b\\\\c\x01" "d\n\"}");
+    dbk__sb_free(&sb);
+    dbk__sb_puts(&sb, sq()->key_list_open);
+    sq()->key_list_text(&sb, key);
+    dbk__sb_puts(&sb, sq()->key_list_close);
+    /* JSON: control characters must be \u escapes or json_each refuses */
+    assert_string_equal(sb.p, "[\"a\\\"b\\\\c\\u0001d\\u000a\"]");
+    dbk__sb_free(&sb);
+    pg()->in_key_list(&sb, 1, "bigint");
+    sq()->in_key_list(&sb, 2, "bigint");
+    assert_string_equal(sb.p, " = ANY($1::bigint[]) IN (SELECT value FROM json_each($2))");
+    dbk__sb_free(&sb);
+}
+
+static void dialect_transactions(void **state)
+{
+    (void)state;
+    char buf[512];
+    const dbk__dialect *d[2] = {pg(), sq()};
+    for (int i = 0; i < 2; i++) {
+        d[i]->savepoint_sql(DBK__SP_SET, "dbk_sp_2", buf, sizeof buf);
+        assert_string_equal(buf, "SAVEPOINT dbk_sp_2");
+        d[i]->savepoint_sql(DBK__SP_RELEASE, "dbk_sp_2", buf, sizeof buf);
+        assert_string_equal(buf, "RELEASE SAVEPOINT dbk_sp_2");
+        d[i]->savepoint_sql(DBK__SP_ROLLBACK, "dbk_sp_2", buf, sizeof buf);
+        assert_string_equal(buf, "ROLLBACK TO SAVEPOINT dbk_sp_2; RELEASE SAVEPOINT dbk_sp_2");
+    }
+    dbk__begin_opts o = {.isolation = 3, .read_only = true, .deferrable = true};
+    pg()->begin_sql(&o, buf, sizeof buf);
+    assert_string_equal(buf, "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE");
+    o = (dbk__begin_opts){.timeout_ms = 500, .idle_grace_ms = 1000};
+    pg()->begin_sql(&o, buf, sizeof buf);
+    assert_string_equal(buf, "BEGIN; SET LOCAL statement_timeout = 500; SET LOCAL "
+                             "idle_in_transaction_session_timeout = 1500");
+    /* a session statement_timeout below the transaction's is kept */
+    o.session_stmt_timeout_ms = 200;
+    pg()->begin_sql(&o, buf, sizeof buf);
+    assert_string_equal(buf, "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 1500");
+    o = (dbk__begin_opts){.read_only = true};
+    sq()->begin_sql(&o, buf, sizeof buf);
+    assert_string_equal(buf, "BEGIN DEFERRED; PRAGMA query_only = 1");
+    assert_string_equal(sq()->read_only_end_sql, "PRAGMA query_only = 0");
+    assert_true(sq()->read_only_unlocked);
+    assert_null(pg()->read_only_end_sql);
+    assert_false(pg()->read_only_unlocked);
+    o.read_only = false;
+    sq()->begin_sql(&o, buf, sizeof buf);
+    assert_string_equal(buf, "BEGIN IMMEDIATE");
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(dialect_every_piece_on_both_engines),
+    cmocka_unit_test(dialect_upsert_sql_per_engine),
+    cmocka_unit_test(dialect_identifiers_and_placeholders),
+    cmocka_unit_test(dialect_key_lists_escape_per_engine),
+    cmocka_unit_test(dialect_transactions),
+};
+
+DBKT_MAIN(tests)
