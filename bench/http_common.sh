@@ -253,14 +253,13 @@ start_service_once() {
   return 1
 }
 
-# stop_service [PID]: stops the last service started (or PID) and forgets it.
+# stop_service: stops the last service started and forgets it (a service
+# kept running beside others is stopped with stop_pid and forget_pid).
 stop_service() {
-  local pid=${1:-$SVC_PID}
-  [ -n "$pid" ] || return 0
-  stop_pid "$pid"
-  forget_pid "$pid"
-  [ "$pid" = "$SVC_PID" ] && SVC_PID=""
-  return 0
+  [ -n "$SVC_PID" ] || return 0
+  stop_pid "$SVC_PID"
+  forget_pid "$SVC_PID"
+  SVC_PID=""
 }
 
 flush_redis() {

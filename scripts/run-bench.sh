@@ -7,27 +7,33 @@
 #   1. a Release build in build-bench (library, tool, benchmarks, the shop)
 #   2. scripts/testenv.sh starts PostgreSQL + Redis and runs the rest:
 #   3. the library benchmarks (bench/*_bench, bench/pool_pgbench.sh)
-#   4. the HTTP benchmark: examples/shop against bench/peer (Express +
-#      node-postgres + ioredis) with wrk, and the shop's access log on vs
+#   4. the HTTP benchmark: examples/shop against the peers in bench/peer
+#      (Express + node-postgres + ioredis; Fastify + postgres.js + ioredis
+#      with auto-pipelining) with wrk, and the shop's access log on vs
 #      off (bench/http_bench.sh table; BENCH_ROWS=access_log for only that)
-#   5. the restart run: 64 connections against the shop with PostgreSQL
+#   5. the scaling run: GET /users/{id} uncached and Redis-cached at 1 to 256
+#      connections, the shop against both peers, tables and gnuplot SVGs
+#      (bench/scale.sh; the plots go to docs/img/)
+#   6. the restart run: 64 connections against the shop with PostgreSQL
 #      restarted in the middle (bench/http_bench.sh restart)
 #
-# env: BENCH_PARTS         which parts to run (default "lib http restart")
+# env: BENCH_PARTS         which parts to run (default "lib http scale restart")
 #      BENCH_SECONDS       wrk duration per measurement (15)
+#      BENCH_SCALE_SECONDS wrk duration per point of the scaling run (5)
 #      BENCH_RESTART_SECONDS  length of the restart run (60)
 #      LIB_BENCH_SECONDS   duration of each library measurement (2)
 #      BENCH_WRITE_DOCS    1 (default) rewrites the marked sections of docs/benchmarks.md;
 #                          0 only prints
 #      BENCH_CMAKE_ARGS    extra arguments for the cmake configure step
 #      BENCH_BUILD_DIR     build directory (build-bench)
-#      (bench/http_bench.sh documents the rest: BENCH_ROUNDS, BENCH_ROWS, ...)
+#      (bench/http_bench.sh and bench/scale.sh document the rest: BENCH_ROUNDS,
+#      BENCH_ROWS, BENCH_PEERS, BENCH_SCALE_CONNECTIONS, ...)
 # Logs of every step: build-bench/bench-logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BUILD=${BENCH_BUILD_DIR:-build-bench}
-PARTS=${BENCH_PARTS:-lib http restart}
+PARTS=${BENCH_PARTS:-lib http scale restart}
 LOGS=$BUILD/bench-logs
 
 if [ "${1:-}" != --inner ]; then
@@ -111,6 +117,10 @@ docs=()
 
 if [[ " $PARTS " == *" http "* ]]; then
   step http_bench env "${docs[@]}" BENCH_RAW_DIR="$LOGS/http" bash bench/http_bench.sh table "$BUILD"
+fi
+
+if [[ " $PARTS " == *" scale "* ]]; then
+  step scale_bench env "${docs[@]}" BENCH_RAW_DIR="$LOGS/scale" bash bench/scale.sh "$BUILD"
 fi
 
 if [[ " $PARTS " == *" restart "* ]]; then
