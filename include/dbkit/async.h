@@ -176,8 +176,9 @@ DBK_API dbk_rc dbk_async_open(dbk_db *db, const dbk_async_opts *opts, dbk_async 
  * bounded by its executor's deadlines), stops the workers, then runs every
  * callback not yet delivered on the calling thread, and frees the handle
  * and its descriptor. Call it from the thread that runs
- * dbk_async_process(), never from a callback; stop watching the descriptor
- * first (it is closed here). Accepts NULL.
+ * dbk_async_process(), never from a callback (there it is logged at
+ * DBK_LOG_ERROR and does nothing); stop watching the descriptor first (it
+ * is closed here). Accepts NULL.
  */
 DBK_API void dbk_async_close(dbk_async *a);
 
@@ -193,8 +194,9 @@ DBK_API int dbk_async_fd(const dbk_async *a);
  * Runs the callbacks of completed operations on the calling thread, oldest
  * first, at most `max` of them (0: every one ready now), and returns how
  * many ran. Never blocks: with nothing ready it returns 0. When some are
- * left (max reached) the descriptor stays readable. See the threading
- * rules at the top.
+ * left (max reached) the descriptor stays readable. Called from inside a
+ * callback it returns 0 and runs nothing. See the threading rules at the
+ * top.
  */
 DBK_API size_t dbk_async_process(dbk_async *a, size_t max);
 

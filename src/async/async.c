@@ -91,6 +91,7 @@ struct dbk_async {
     int rfd, wfd;            /* the same eventfd twice, or a pipe's ends */
     int nworkers;
     bool wd_started;
+    bool processing;         /* callbacks are running (the processing thread only) */
     pthread_t wd_thread;
     pthread_t *workers;
 };
@@ -453,7 +454,7 @@ static void deliver(struct op *o)
 
 size_t dbk_async_process(dbk_async *a, size_t max)
 {
-    if (!a)
+    if (!a || a->processing) /* NULL, or called again from a callback */
         return 0;
     fd_drain(a);
     pthread_mutex_lock(&a->mu);
@@ -476,10 +477,12 @@ size_t dbk_async_process(dbk_async *a, size_t max)
     else
         a->signalled = false;
     pthread_mutex_unlock(&a->mu);
+    a->processing = true;
     for (struct op *o = head, *next; n && o; o = next) {
         next = o->next;
         deliver(o);
     }
+    a->processing = false;
     return n;
 }
 
@@ -487,6 +490,13 @@ void dbk_async_close(dbk_async *a)
 {
     if (!a)
         return;
+    if (a->processing) {
+        /* From inside a callback: freeing the handle here would pull it
+         * from under dbk_async_process(). Refuse loudly, change nothing. */
+        dbk__log(DBK_LOG_ERROR, "dbk_async_close called from a completion callback: ignored "
+                                "(close from the loop after dbk_async_process returned)");
+        return;
+    }
     pthread_mutex_lock(&a->mu);
     a->closing = true;
     while (a->qhead)
