@@ -12,15 +12,24 @@
  *      The Cluster hit is also set against raw hiredis GETs spread over the
  *      cluster's masters the same way (rawcl_setup), which tells the cost
  *      of the client from that of waking several servers per loop.
- * Every read maps the whole row into the struct (strings into an arena).
+ *   4. concurrency: dbk_cache_get hits on the plain redis:// from 1, 8 and
+ *      64 threads sharing one cache (pool_size 4), auto-pipelining on and
+ *      off side by side, next to hand-written hiredis threads with one
+ *      connection each (the same GETs, no pipelining); rounds alternate
+ *      the three and the best of each is printed, in thousands of GETs/s.
+ * Every read in 1-3 maps the whole row into the struct (strings into an
+ * arena).
  *
- * usage: cache_bench [--seconds S] [--rounds R]
+ * usage: cache_bench [--seconds S] [--rounds R] [--concurrency]
+ * (--concurrency: only the rows of 4, after the Redis set-up)
  * PostgreSQL from DBKIT_TEST_PG_URL (skipped without it), Redis from
  * DBKIT_TEST_REDIS_URL or REDIS_URL (skipped without it). Rounds alternate
  * baseline and dbkit; the best round of each is printed.
  */
 #include <hiredis/hiredis.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +57,7 @@ static dbk_entity user_entity = DBK_ENTITY_PLAIN("bench_users", struct user, use
 
 static double seconds = 1.0;
 static int rounds = 3;
+static bool conc_only; /* --concurrency: only the rows of 4 */
 
 static double now_s(void)
 {
@@ -210,6 +220,142 @@ static void read_rawcl(void *ctx, int64_t id)
     freeReplyObject(rep);
 }
 
+/* ---- 4: concurrent hits ------------------------------------------------- */
+
+#define MAX_THREADS 64
+
+struct conc {
+    dbk_cache *cache;     /* NULL: raw hiredis, one connection per thread */
+    const char *host;
+    int port;
+    int nthreads;
+    atomic_bool go, stop;
+    atomic_long ops;
+    atomic_int ready, failed;
+};
+
+static void *conc_main(void *arg)
+{
+    struct conc *c = arg;
+    redisContext *rc = NULL;
+    if (!c->cache) {
+        struct timeval tv = {2, 0};
+        rc = redisConnectWithTimeout(c->host, c->port, tv);
+        if (!rc || rc->err)
+            die("raw connect", NULL);
+    }
+    long n = 0;
+    char key[64];
+    atomic_fetch_add(&c->ready, 1);
+    while (!atomic_load(&c->go))
+        ;
+    while (!atomic_load_explicit(&c->stop, memory_order_relaxed)) {
+        int id = (int)(n % HOT) + 1;
+        if (c->cache) {
+            int kl = snprintf(key, sizeof key, "conc:%d", id);
+            void *v;
+            size_t len;
+            dbk_error err;
+            if (dbk_cache_get(c->cache, key, (size_t)kl, &v, &len, &err) != DBK_OK) {
+                atomic_fetch_add(&c->failed, 1);
+            } else {
+                free(v);
+            }
+        } else {
+            int kl = snprintf(key, sizeof key, "dbkbench:v:conc:%d", id); /* the cache's own key */
+            const char *av[2] = {"GET", key};
+            size_t al[2] = {3, (size_t)kl};
+            redisReply *rep = redisCommandArgv(rc, 2, av, al);
+            if (!rep || rep->type != REDIS_REPLY_STRING)
+                die("raw GET", NULL);
+            char *copy = malloc(rep->len);
+            memcpy(copy, rep->str, rep->len);
+            free(copy);
+            freeReplyObject(rep);
+        }
+        n++;
+    }
+    atomic_fetch_add(&c->ops, n);
+    redisFree(rc);
+    return NULL;
+}
+
+/* GETs per second from n threads over `seconds` */
+static double conc_rate(dbk_cache *cache, const char *host, int port, int n)
+{
+    struct conc c;
+    memset(&c, 0, sizeof c);
+    c.cache = cache;
+    c.host = host;
+    c.port = port;
+    c.nthreads = n;
+    pthread_t th[MAX_THREADS];
+    for (int i = 0; i < n; i++)
+        if (pthread_create(&th[i], NULL, conc_main, &c) != 0)
+            die("pthread_create", NULL);
+    while (atomic_load(&c.ready) < n)
+        usleep(1000);
+    double t0 = now_s();
+    atomic_store(&c.go, true);
+    usleep((useconds_t)(seconds * 1e6));
+    atomic_store(&c.stop, true);
+    for (int i = 0; i < n; i++)
+        pthread_join(th[i], NULL);
+    double t = now_s() - t0;
+    if (atomic_load(&c.failed))
+        fprintf(stderr, "cache_bench: %d failed GETs (timeouts count as misses)\n",
+                atomic_load(&c.failed));
+    return (double)atomic_load(&c.ops) / t;
+}
+
+static dbk_cache *open_cache_pipe(const char *url, bool on)
+{
+    char u[512];
+    snprintf(u, sizeof u, "%s%sauto_pipeline=%d", url, strchr(url, '?') ? "&" : "?", on ? 1 : 0);
+    dbk_cache_opts o = {0};
+    o.url = u;
+    o.key_prefix = "dbkbench:";
+    o.command_timeout_ms = 1000;
+    dbk_cache *c;
+    dbk_error err;
+    if (dbk_cache_open(&o, &c, &err) != DBK_OK)
+        die("cache", &err);
+    return c;
+}
+
+static void concurrency_rows(const char *url, const char *host, int port, const void *val,
+                             size_t vlen)
+{
+    dbk_cache *on = open_cache_pipe(url, true), *off = open_cache_pipe(url, false);
+    dbk_error err;
+    for (int id = 1; id <= HOT; id++) {
+        char key[64];
+        int kl = snprintf(key, sizeof key, "conc:%d", id);
+        if (dbk_cache_set(on, key, (size_t)kl, val, vlen, 600000, &err) != DBK_OK)
+            die("conc set", &err);
+    }
+    printf("concurrent redis GET hits (dbk_cache_get, pool_size 4; k GETs/s, best of %d)\n",
+           rounds);
+    printf("%8s %16s %16s %22s %10s %10s\n", "threads", "auto-pipeline on", "off",
+           "raw hiredis threads", "on/off", "on/raw");
+    static const int nt[] = {1, 8, 64};
+    for (int k = 0; k < 3; k++) {
+        double b_on = 0, b_off = 0, b_raw = 0;
+        for (int r = 0; r < rounds; r++) {
+            double x = conc_rate(on, host, port, nt[k]);
+            double y = conc_rate(off, host, port, nt[k]);
+            double z = conc_rate(NULL, host, port, nt[k]);
+            b_on = x > b_on ? x : b_on;
+            b_off = y > b_off ? y : b_off;
+            b_raw = z > b_raw ? z : b_raw;
+        }
+        printf("%8d %16.1f %16.1f %22.1f %9.2fx %9.2fx\n", nt[k], b_on / 1e3, b_off / 1e3,
+               b_raw / 1e3, b_on / b_off, b_on / b_raw);
+    }
+    dbk_cache_close(on);
+    dbk_cache_close(off);
+}
+
 static dbk_conn *setup_db(const char *url, dbk_engine *engine)
 {
     dbk_error err;
@@ -267,6 +413,8 @@ int main(int argc, char **argv)
             seconds = strtod(argv[++i], NULL);
         else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
             rounds = (int)strtol(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--concurrency") == 0)
+            conc_only = true;
     }
     char sqlite_url[128];
     snprintf(sqlite_url, sizeof sqlite_url, "sqlite:/tmp/dbkit_cache_bench_%d.db", (int)getpid());
@@ -344,6 +492,13 @@ int main(int argc, char **argv)
             free(v);
         }
         printf("(redis value size: %zu bytes)\n", vsize);
+        if (conc_only) {
+            concurrency_rows(ru, host, port, rawval, vsize < sizeof rawval ? vsize : sizeof rawval);
+            redisFree(raw.rc);
+            dbk_cached_repo_free(rr);
+            dbk_cache_close(rc);
+            return 0;
+        }
         compare("redis hit (cached repo, decoded)", "raw hiredis GET", read_raw, &raw, read_cached,
                 &r_cached);
         const char *ha[2][2] = {{"DBKIT_BENCH_SENTINEL_URL", "redis hit via sentinel (cached repo)"},
@@ -378,6 +533,7 @@ int main(int argc, char **argv)
             dbk_cached_repo_free(hr);
             dbk_cache_close(hc);
         }
+        concurrency_rows(ru, host, port, rawval, vsize < sizeof rawval ? vsize : sizeof rawval);
         redisFree(raw.rc);
         dbk_cached_repo_free(rr);
         dbk_cache_close(rc);

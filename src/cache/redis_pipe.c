@@ -233,9 +233,12 @@ static bool format_queue_locked(struct dbk__rds *r, struct dbk__rds_slot *s)
 
 /* Reads one reply from c. wait_ns: the deadline to wait until, or 0 to
  * take only what can be read at once. 1: *rep; 0: none (deadline passed or
- * nothing ready; the context is intact); -1: I/O error (c->errstr). Waits
- * with ppoll, not socket timeouts, so a timeout leaves the context usable
- * by the caller who reads on. */
+ * nothing ready; the context stays usable by the caller who reads on);
+ * -1: I/O error (c->errstr). A blocking wait is a plain read under the
+ * socket timeout (dbk__rds_arm), as for a command alone, so the common
+ * case costs no extra system call; a timeout there leaves hiredis's reader
+ * untouched (nothing was consumed), and the error it set on the context is
+ * cleared so the next reader can go on. */
 static int read_one(redisContext *c, int64_t wait_ns, redisReply **rep)
 {
     void *m = NULL;
@@ -246,23 +249,33 @@ static int read_one(redisContext *c, int64_t wait_ns, redisReply **rep)
             *rep = m;
             return 1;
         }
-        int64_t left = wait_ns ? wait_ns - dbk__now_ns() : 0;
-        if (wait_ns && left <= 0)
+        if (!wait_ns) {
+            struct pollfd pfd = {c->fd, POLLIN, 0};
+            int n = poll(&pfd, 1, 0);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n == 0)
+                return 0;
+            if (n < 0) {
+                c->err = REDIS_ERR_IO;
+                dbk__strlcpy(c->errstr, "poll failed", sizeof c->errstr);
+                return -1;
+            }
+        } else if (!dbk__rds_arm(c, wait_ns)) {
+            c->err = 0; /* the deadline passed before the read: nothing happened */
+            c->errstr[0] = 0;
             return 0;
-        struct timespec ts = {(time_t)(left / 1000000000LL), (long)(left % 1000000000LL)};
-        struct pollfd pfd = {c->fd, POLLIN, 0};
-        int n = ppoll(&pfd, 1, &ts, NULL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            c->err = REDIS_ERR_IO;
-            dbk__strlcpy(c->errstr, "poll failed", sizeof c->errstr);
+        }
+        errno = 0;
+        if (redisBufferRead(c) != REDIS_OK) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK ||
+                strstr(c->errstr, "temporarily unavailable")) { /* SO_RCVTIMEO ran out */
+                c->err = 0;
+                c->errstr[0] = 0;
+                return 0;
+            }
             return -1;
         }
-        if (n == 0)
-            return 0;
-        if (redisBufferRead(c) != REDIS_OK)
-            return -1;
     }
 }
 
@@ -369,15 +382,40 @@ static void hold(struct dbk__rds *r, struct dbk__rds_slot *s, struct dbk__rds_re
         else
             pthread_cond_signal(&x->cv);
     }
+    /* Everything written is answered and more is queued: write it now, so
+     * the next pipeline is on its way while its first caller wakes up to
+     * read it (only with time to spare: a write cut short by this caller's
+     * deadline would cost the others their commands). */
+    if (mine && !s->fhead && s->qhead && s->ctx && !dbk__rds_slot_stale_locked(r, s) &&
+        dbk__rds_step_ms(r->cfg.command_timeout_ms, *deadline_ns) * 2 >=
+            r->cfg.command_timeout_ms &&
+        format_queue_locked(r, s)) {
+        redisContext *c = s->ctx;
+        pthread_mutex_unlock(&r->mu);
+        bool ok = dbk__rds_flush(c, *deadline_ns);
+        pthread_mutex_lock(&r->mu);
+        if (!ok) {
+            dbk_error e;
+            dbk_rc rc = dbk__rds_io_error(r, c, &e);
+            fail_inflight_locked(s, rc, e.message);
+        }
+    }
     pass_turn_locked(s);
 }
 
-/* The slot of `node` a new command goes to (mu held): an idle connected
- * one, else an idle one (it will connect), else the one with the fewest
- * commands queued and in flight. */
+/* The slot of `node` a new command goes to (mu held): one whose queue
+ * already waits for its next write (joining it costs no extra wait: that
+ * write goes when the pipeline ahead is answered, and batches grow with
+ * the load), else an idle connected one, else an idle one (it will
+ * connect), else the one with the fewest commands queued and in flight. */
 static struct dbk__rds_slot *pick_locked(struct dbk__rds *r, int node)
 {
     struct dbk__rds_slot *pool = r->nodes[node].slots, *best = NULL;
+    for (int i = 0; i < r->nslots; i++)
+        if (pool[i].qhead && (!best || pool[i].nqueued > best->nqueued))
+            best = &pool[i];
+    if (best)
+        return best;
     for (int i = 0; i < r->nslots; i++)
         if (!pool[i].busy && pool[i].ctx)
             return &pool[i];

@@ -12,12 +12,14 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "tcpproxy.h"
 #include "testutil.h"
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -2154,6 +2156,400 @@ static void cache_oversized_value_served_not_stored(void **state)
     }
 }
 
+/* ---- auto-pipelining ------------------------------------------------------ */
+
+/* "url?auto_pipeline=<on>" into buf. */
+static const char *pipe_url(char *buf, size_t n, const char *url, bool on)
+{
+    snprintf(buf, n, "%s%sauto_pipeline=%d", url, strchr(url, '?') ? "&" : "?", on ? 1 : 0);
+    return buf;
+}
+
+#define PL_THREADS 32
+#define PL_KEYS 8
+
+/* A workload of PL_THREADS threads on one cache: writers commit a new
+ * version of a key ("the database": ver[k]) and invalidate it, then
+ * publish the version as invalidated (done[k]); readers read through
+ * dbk_cache_get_or_load and check the value names their key and is not
+ * older than what was invalidated before the read began; setters store
+ * values of their own keys with dbk_cache_set and read them back. Every
+ * value names its key, so a reply handed to the wrong caller is caught. */
+struct pl_work {
+    dbk_cache *c;
+    atomic_long ver[PL_KEYS], done[PL_KEYS];
+    atomic_bool stop;
+    atomic_int reads, failed, stale, wrong, writes, sets;
+    char bad[256];
+    pthread_mutex_t mu;
+};
+
+struct pl_thread {
+    struct pl_work *w;
+    int id;
+};
+
+static void pl_note(struct pl_work *w, atomic_int *counter, const char *what, const void *v,
+                    size_t n)
+{
+    atomic_fetch_add(counter, 1);
+    pthread_mutex_lock(&w->mu);
+    if (!w->bad[0])
+        snprintf(w->bad, sizeof w->bad, "%s: %.*s", what, (int)(n > 100 ? 100 : n),
+                 v ? (const char *)v : "");
+    pthread_mutex_unlock(&w->mu);
+}
+
+static dbk_rc pl_load(void *ctx, const void *key, size_t keylen, void **val, size_t *vallen,
+                      dbk_error *err)
+{
+    (void)err;
+    struct pl_work *w = ctx;
+    int k = keylen > 3 ? atoi((const char *)key + 3) : 0; /* "pk:<k>" */
+    if (k < 0 || k >= PL_KEYS)
+        k = 0; /* a wrong key shows up as a wrong value in the reader */
+    char buf[64];
+    int n = snprintf(buf, sizeof buf, "key=%d;v=%ld", k, atomic_load(&w->ver[k]));
+    *val = strdup(buf);
+    *vallen = (size_t)n;
+    return DBK_OK;
+}
+
+static void *pl_main(void *arg)
+{
+    struct pl_thread *th = arg;
+    struct pl_work *w = th->w;
+    unsigned seed = (unsigned)th->id * 7919u + 1;
+    int role = th->id % 8 == 0 ? 0 : (th->id % 8 == 1 ? 2 : 1); /* writer, reader, setter */
+    long my_sets = 0;
+    int64_t end = now_ms() + 20000; /* a bound even if stop never comes */
+    for (int i = 0; i < 100000 && !atomic_load(&w->stop) && now_ms() < end; i++) {
+        int k = (int)(rand_r(&seed) % PL_KEYS);
+        char key[32];
+        int kl = snprintf(key, sizeof key, "pk:%d", k);
+        dbk_error err;
+        if (role == 0) {
+            long v = atomic_fetch_add(&w->ver[k], 1) + 1; /* commit */
+            (void)dbk_cache_delete(w->c, key, (size_t)kl, &err); /* after commit */
+            long d = atomic_load(&w->done[k]);
+            while (d < v && !atomic_compare_exchange_weak(&w->done[k], &d, v))
+                ;
+            atomic_fetch_add(&w->writes, 1);
+            sleep_ms(1);
+        } else if (role == 1) {
+            long floor = atomic_load(&w->done[k]);
+            void *v = NULL;
+            size_t n = 0;
+            dbk_rc rc = dbk_cache_get_or_load(w->c, key, (size_t)kl, pl_load, w, 60000, &v, &n,
+                                              &err);
+            atomic_fetch_add(&w->reads, 1);
+            if (rc != DBK_OK) {
+                pl_note(w, &w->failed, "failed read", err.message, strlen(err.message));
+                continue;
+            }
+            char want[32];
+            int wl = snprintf(want, sizeof want, "key=%d;v=", k);
+            long got = -1;
+            if (n < (size_t)wl || memcmp(v, want, (size_t)wl) != 0)
+                pl_note(w, &w->wrong, "value of another key", v, n);
+            else {
+                char num[32];
+                size_t nl = n - (size_t)wl < sizeof num - 1 ? n - (size_t)wl : sizeof num - 1;
+                memcpy(num, (char *)v + wl, nl);
+                num[nl] = 0;
+                got = atol(num);
+                if (got < floor)
+                    pl_note(w, &w->stale, "stale read", v, n);
+            }
+            free(v);
+        } else {
+            char skey[32], sval[64];
+            int sl = snprintf(skey, sizeof skey, "ps:%d", th->id);
+            int vl = snprintf(sval, sizeof sval, "ps:%d:%ld", th->id, ++my_sets);
+            (void)dbk_cache_set(w->c, skey, (size_t)sl, sval, (size_t)vl, 60000, &err);
+            void *v = NULL;
+            size_t n = 0;
+            dbk_rc rc = dbk_cache_get(w->c, skey, (size_t)sl, &v, &n, &err);
+            atomic_fetch_add(&w->sets, 1);
+            char want[32];
+            int wl = snprintf(want, sizeof want, "ps:%d:", th->id);
+            if (rc == DBK_OK && (n < (size_t)wl || memcmp(v, want, (size_t)wl) != 0))
+                pl_note(w, &w->wrong, "value of another key", v, n);
+            free(v);
+        }
+    }
+    return NULL;
+}
+
+/* Runs the workload for run_ms; `disrupt` (may be NULL) is called from this
+ * thread after disrupt_at_ms. */
+static void pl_run(struct pl_work *w, dbk_cache *c, int run_ms, int disrupt_at_ms,
+                   void (*disrupt)(void *), void *dctx)
+{
+    memset(w, 0, sizeof *w);
+    pthread_mutex_init(&w->mu, NULL);
+    w->c = c;
+    struct pl_thread th[PL_THREADS];
+    pthread_t t[PL_THREADS];
+    for (int i = 0; i < PL_THREADS; i++) {
+        th[i].w = w;
+        th[i].id = i;
+        assert_int_equal(pthread_create(&t[i], NULL, pl_main, &th[i]), 0);
+    }
+    int64_t start = now_ms();
+    if (disrupt) {
+        sleep_ms(disrupt_at_ms);
+        disrupt(dctx);
+    }
+    while (now_ms() - start < run_ms)
+        sleep_ms(10);
+    atomic_store(&w->stop, true);
+    for (int i = 0; i < PL_THREADS; i++)
+        pthread_join(t[i], NULL);
+    pthread_mutex_destroy(&w->mu);
+    if (atomic_load(&w->stale) || atomic_load(&w->wrong) || atomic_load(&w->failed))
+        fail_msg("%d stale, %d wrong-key, %d failed reads of %d (first: %s)",
+                 atomic_load(&w->stale), atomic_load(&w->wrong), atomic_load(&w->failed),
+                 atomic_load(&w->reads), w->bad);
+    assert_true(atomic_load(&w->reads) > 100);
+    assert_true(atomic_load(&w->writes) > 10);
+    assert_true(atomic_load(&w->sets) > 10);
+}
+
+static void cache_redis_pipeline_concurrent_no_stale(void **state)
+{
+    (void)state;
+    char url[256];
+    dbk_cache_opts o = {0};
+    o.pool_size = 2; /* 32 threads on 2 connections: pipelines */
+    o.command_timeout_ms = 2000;
+    dbk_cache *c = open_cache(pipe_url(url, sizeof url, dbkt_redis_url(), true), &o);
+    struct pl_work *w = calloc(1, sizeof *w);
+    pl_run(w, c, 1500, 0, NULL, NULL);
+    dbk_cache_stats st;
+    dbk_error err;
+    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    assert_true(st.hits > 0); /* the cache served, it was not bypassed */
+    free(w);
+    dbk_cache_close(c);
+}
+
+static void restart_redis(void *ctx)
+{
+    struct own_redis *rs = ctx;
+    redis_kill(rs);
+    sleep_ms(100);
+    redis_start(rs, NULL); /* same port, empty data */
+}
+
+static void cache_redis_pipeline_restart_no_stale(void **state)
+{
+    (void)state;
+    struct own_redis rs = {0};
+    redis_start(&rs, NULL);
+    char url[256];
+    dbk_cache_opts o = {0};
+    o.pool_size = 2;
+    o.command_timeout_ms = 500;
+    o.breaker_cooldown_ms = 100;
+    dbk_cache *c = open_cache(pipe_url(url, sizeof url, rs.url, true), &o);
+    struct pl_work *w = calloc(1, sizeof *w);
+    pl_run(w, c, 2000, 600, restart_redis, &rs);
+    /* and it caches again afterwards */
+    struct loader l = {0};
+    l.value = "after";
+    int64_t end = now_ms() + 5000;
+    bool hit = false;
+    while (!hit && now_ms() < end) {
+        free(load_str(c, "after-restart", &l, 60000));
+        dbk_error err;
+        void *v = NULL;
+        size_t n = 0;
+        hit = dbk_cache_get(c, "after-restart", 13, &v, &n, &err) == DBK_OK;
+        free(v);
+        sleep_ms(20);
+    }
+    assert_true(hit);
+    free(w);
+    dbk_cache_close(c);
+    redis_kill(&rs);
+}
+
+/* 16 callers waiting in one pipeline on one connection when the server
+ * stops answering: every call returns by its deadline with an error, none
+ * hangs; once the server answers again, values read back are the right
+ * ones (no reply left over from the stalled pipeline reaches a later
+ * caller). The stall is a fault proxy (tests/support/tcpproxy.h) that
+ * delays every chunk, then drops the server's answers: caller 0's command
+ * goes out first; the 15 others queue behind it and go out together when
+ * its reply is in; then the answers stop. With auto-pipelining off the same
+ * callers wait for the one connection instead (the old behaviour:
+ * "connections busy"). */
+#define STALL_THREADS 16
+#define STALL_TIMEOUT_MS 1500
+#define STALL_DELAY_MS 300
+
+struct stall {
+    dbk_cache *c;
+    int id;
+    atomic_bool done;
+    dbk_rc rc;
+    int64_t took_ms;
+    char msg[DBK_ERROR_MESSAGE_MAX];
+};
+
+static void *stall_main(void *arg)
+{
+    struct stall *s = arg;
+    char key[32];
+    int kl = snprintf(key, sizeof key, "stall:%d", s->id);
+    int64_t t0 = now_ms();
+    void *v = NULL;
+    size_t n = 0;
+    dbk_error err;
+    memset(&err, 0, sizeof err);
+    s->rc = dbk_cache_get(s->c, key, (size_t)kl, &v, &n, &err);
+    s->took_ms = now_ms() - t0;
+    snprintf(s->msg, sizeof s->msg, "%s", err.message);
+    free(v);
+    atomic_store(&s->done, true);
+    return NULL;
+}
+
+static void stall_case(bool on)
+{
+    struct own_redis rs = {0};
+    redis_start(&rs, NULL);
+    dbkt_proxy *px = dbkt_proxy_start("127.0.0.1", rs.port);
+    char purl[128], url[256];
+    snprintf(purl, sizeof purl, "redis://127.0.0.1:%d/0", dbkt_proxy_port(px));
+    dbk_cache_opts o = {0};
+    o.pool_size = 1;
+    o.command_timeout_ms = STALL_TIMEOUT_MS;
+    o.breaker_failures = 1000; /* every caller goes to Redis */
+    dbk_cache *c = open_cache(pipe_url(url, sizeof url, purl, on), &o);
+    put(c, "warm", "x", 60000); /* the connection is open */
+    dbkt_proxy_set_delay(px, STALL_DELAY_MS);
+    struct stall *s = calloc(STALL_THREADS, sizeof *s);
+    pthread_t t[STALL_THREADS];
+    for (int i = 0; i < STALL_THREADS; i++) {
+        s[i].c = c;
+        s[i].id = i;
+        assert_int_equal(pthread_create(&t[i], NULL, stall_main, &s[i]), 0);
+        if (i == 0)
+            sleep_ms(50); /* caller 0's command is out, held by the proxy */
+    }
+    /* caller 0 has its reply (the others' commands went out before it
+     * returned): from now on the server's answers are dropped */
+    int64_t end = now_ms() + 10000;
+    while (!atomic_load(&s[0].done) && now_ms() < end)
+        sleep_ms(1);
+    dbkt_proxy_set_mode(px, DBKT_PROXY_HALF_OPEN);
+    for (int i = 0; i < STALL_THREADS; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(s[0].rc, DBK_ENOT_FOUND); /* answered: a miss */
+    int returned = 0, in_pipeline = 0, busy = 0;
+    for (int i = 1; i < STALL_THREADS; i++) {
+        returned++;
+        if (s[i].rc == DBK_OK || s[i].rc == DBK_ENOT_FOUND)
+            fail_msg("caller %d was answered through a silent server", i);
+        /* its deadline, plus slack for a loaded machine */
+        if (s[i].took_ms > STALL_TIMEOUT_MS + 1000)
+            fail_msg("caller %d returned after %lld ms (deadline %d ms): %s", i,
+                     (long long)s[i].took_ms, STALL_TIMEOUT_MS, s[i].msg);
+        if (strstr(s[i].msg, "pipelined reply"))
+            in_pipeline++;
+        if (strstr(s[i].msg, "connections busy"))
+            busy++;
+    }
+    assert_int_equal(returned, STALL_THREADS - 1);
+    print_message("auto-pipelining %s: %d callers timed out in the pipeline, %d waiting for the "
+                  "connection\n", on ? "on" : "off", in_pipeline, busy);
+    if (on) {
+        if (in_pipeline < 2) /* they went out together on the one connection */
+            fail_msg("%d of %d callers waited in the pipeline (first: %s)", in_pipeline,
+                     STALL_THREADS - 1, s[1].msg);
+        assert_int_equal(busy, 0);
+    } else {
+        assert_int_equal(in_pipeline, 0);
+        assert_true(busy >= 1); /* they waited for the one connection */
+    }
+    free(s);
+    /* the server answers again: every value read is the one written for
+     * its key */
+    dbkt_proxy_set_delay(px, 0);
+    dbkt_proxy_set_mode(px, DBKT_PROXY_FORWARD);
+    end = now_ms() + 5000;
+    bool ok = false;
+    while (!ok && now_ms() < end) {
+        dbk_error err;
+        ok = dbk_cache_set(c, "after:1", 7, "one", 3, 60000, &err) == DBK_OK &&
+             dbk_cache_set(c, "after:2", 7, "two", 3, 60000, &err) == DBK_OK;
+        if (!ok)
+            sleep_ms(20);
+    }
+    assert_true(ok);
+    for (int i = 0; i < 20; i++) {
+        want_value(c, "after:1", "one");
+        want_value(c, "after:2", "two");
+        want_value(c, "warm", "x");
+    }
+    dbk_cache_close(c);
+    dbkt_proxy_stop(px);
+    redis_kill(&rs);
+}
+
+static void cache_redis_pipeline_stalled_server_bounded(void **state)
+{
+    (void)state;
+    stall_case(true);
+}
+
+static void cache_redis_pipeline_off_is_one_per_connection(void **state)
+{
+    (void)state;
+    stall_case(false);
+}
+
+static void cache_redis_url_parameters(void **state)
+{
+    (void)state;
+    dbk_error err;
+    dbk_cache *c = NULL;
+    dbk_cache_opts o = {0};
+    o.url = "redis://:s3cretpw@127.0.0.1:1/0?auto_pipeline=2";
+    DBKT_RC(DBK_ECONFIG, dbk_cache_open(&o, &c, &err));
+    assert_non_null(strstr(err.message, "auto_pipeline"));
+    o.url = "redis://:s3cretpw@127.0.0.1:1/0?sentinel_password=s3cretpw";
+    DBKT_RC(DBK_ECONFIG, dbk_cache_open(&o, &c, &err));
+    assert_null(strstr(err.message, "s3cretpw"));
+    assert_null(strstr(err.hint, "s3cretpw"));
+    o.url = "redis-sentinel://127.0.0.1:1/m?sentinel_passwd=s3cretpw";
+    DBKT_RC(DBK_ECONFIG, dbk_cache_open(&o, &c, &err));
+    assert_null(strstr(err.message, "s3cretpw"));
+    o.url = "redis-sentinel://:m4sterpw@127.0.0.1:1/m?sentinel_password=s3cretpw&auto_pipeline=0";
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    dbk_cache_close(c);
+    char buf[256];
+    dbk_redact_url(o.url, buf, sizeof buf);
+    assert_null(strstr(buf, "s3cretpw"));
+    assert_null(strstr(buf, "m4sterpw"));
+    assert_non_null(strstr(buf, "auto_pipeline=0"));
+    /* the environment switch; the URL's parameter wins over it */
+    setenv("CACHE_AUTO_PIPELINE", "maybe", 1);
+    o.url = "redis://127.0.0.1:1/0";
+    DBKT_RC(DBK_ECONFIG, dbk_cache_open(&o, &c, &err));
+    assert_non_null(strstr(err.message, "CACHE_AUTO_PIPELINE"));
+    o.url = "redis://127.0.0.1:1/0?auto_pipeline=1";
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    dbk_cache_close(c);
+    setenv("CACHE_AUTO_PIPELINE", "off", 1);
+    o.url = "redis://127.0.0.1:1/0";
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    dbk_cache_close(c);
+    unsetenv("CACHE_AUTO_PIPELINE");
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_hit_and_miss),
     cmocka_unit_test(cache_ttl_expiry),
@@ -2183,6 +2579,11 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_repo_canonical_id_keys),
     cmocka_unit_test(cache_repo_collation_keys),
     cmocka_unit_test(cache_repo_uuid_keys),
+    cmocka_unit_test(cache_redis_pipeline_concurrent_no_stale),
+    cmocka_unit_test(cache_redis_pipeline_restart_no_stale),
+    cmocka_unit_test(cache_redis_pipeline_stalled_server_bounded),
+    cmocka_unit_test(cache_redis_pipeline_off_is_one_per_connection),
+    cmocka_unit_test(cache_redis_url_parameters),
 };
 
 DBKT_MAIN(tests)
