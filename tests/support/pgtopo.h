@@ -1,6 +1,7 @@
 /*
  * A private PostgreSQL topology for tests: one primary, N streaming
- * replicas and, on request, a PgBouncer in front of one node.
+ * replicas and, on request, a PgBouncer in front of one node; or a
+ * pg_auto_failover monitor with two nodes (below).
  *
  * dbkt_pgtopo_start(n) runs initdb for the primary (wal_level=replica,
  * trust authentication on loopback, replication allowed), starts it on a
@@ -22,6 +23,8 @@
  */
 #ifndef DBKIT_PGTOPO_H
 #define DBKIT_PGTOPO_H
+
+#include <stddef.h>
 
 typedef struct dbkt_pgtopo dbkt_pgtopo;
 
@@ -66,6 +69,39 @@ int dbkt_pgtopo_sync(dbkt_pgtopo *t, int timeout_ms);
  * its URL (postgres://postgres@127.0.0.1:<port>/postgres, borrowed until
  * stop), or NULL after printing its log. One bouncer per topology. */
 const char *dbkt_pgtopo_bouncer_start(dbkt_pgtopo *t, int node, int pool_size);
+
+/* ---- pg_auto_failover ----
+ * dbkt_pgtopo_autofailover_start() builds a monitor and two nodes with
+ * pg_autoctl (postgresql-15-auto-failover): `create monitor` and `create
+ * postgres` (--auth trust --no-ssl, --listen 127.0.0.1, free ports), each
+ * then kept by a `pg_autoctl run` process started in its own process
+ * group, as postgres when root, its configuration and state under the
+ * topology's directory (XDG_*), stopped by PID (SIGTERM, then SIGKILL to
+ * the group after 20 s) by dbkt_pgtopo_stop() or the watchdog. The
+ * monitor's health checks are tuned for tests (every 1 s, a node unhealthy
+ * after 2 s without a report). It returns once node 0 is primary and node
+ * 1 secondary; nodes 0 and 1 then answer dbkt_pgtopo_url()/_port().
+ * Without pg_autoctl the test skips (fails under CI=true). */
+dbkt_pgtopo *dbkt_pgtopo_autofailover_start(void);
+
+int dbkt_pgtopo_monitor_port(const dbkt_pgtopo *t);
+
+/* The node the monitor has as primary (reported = goal state primary,
+ * wait_primary or single), or -1. */
+int dbkt_pgtopo_primary(dbkt_pgtopo *t);
+
+/* `pg_autoctl perform failover` against the monitor (it returns once the
+ * failover is done); 0 on success. */
+int dbkt_pgtopo_perform_failover(dbkt_pgtopo *t);
+
+/* SIGKILL to a node's `pg_autoctl run` process group: the keeper and its
+ * Postgres die at once, as when the machine is lost (a Postgres killed
+ * alone is restarted by its keeper). 0 once the postmaster is gone. */
+int dbkt_pgtopo_kill_autoctl_node(dbkt_pgtopo *t, int node);
+
+/* Runs SQL on the monitor's pg_auto_failover database; the first column
+ * of a one-row answer into buf ("" otherwise). 0 on success. */
+int dbkt_pgtopo_monitor_query(dbkt_pgtopo *t, const char *sql, char *buf, size_t n);
 
 /* Stops every server and PgBouncer, removes the directory, frees t.
  * Accepts NULL. */
