@@ -102,6 +102,9 @@ static dbk_rc discover(struct dbk__rds *r, int64_t deadline_ns, dbk_error *err)
         redisFree(c);
         if (!rep)
             continue;
+        if (rep->type == REDIS_REPLY_ERROR && rep->str &&
+            (strncmp(rep->str, "NOAUTH", 6) == 0 || strncmp(rep->str, "WRONGPASS", 9) == 0))
+            refused = true; /* a sentinel with requirepass, asked without it */
         struct dbk__redis_addr a;
         bool ok = rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
                   rep->element[0]->type == REDIS_REPLY_STRING &&
@@ -123,8 +126,9 @@ static dbk_rc discover(struct dbk__rds *r, int64_t deadline_ns, dbk_error *err)
         return DBK_OK;
     }
     if (refused) {
-        dbk__err(err, DBK_EAUTH, "redis cache %s: the sentinels refused the password",
-                 r->safe_addr);
+        dbk__err(err, DBK_EAUTH, "redis cache %s: %s", r->safe_addr,
+                 r->url.sentinel_password[0] ? "the sentinels refused the password"
+                                             : "the sentinels require a password");
         dbk__err_hint(err, "set sentinel_password (and sentinel_user) in the redis-sentinel:// "
                            "url to what the sentinels' requirepass expects");
         return DBK_EAUTH;
