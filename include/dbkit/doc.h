@@ -18,10 +18,14 @@
  *               expression indexes over json_extract().
  *
  * Documents travel as JSON text (UTF-8; parsed and written with jansson).
- * "_id" is the document's id: a string of 1..64 bytes; when a created
- * document has none, a 24-hex-digit object id is generated. Dates (type
- * DBK_DOC_DATE and the timestamps) are stored as ISO-8601 UTC strings with
- * microseconds, "2026-01-02T03:04:05.000006Z", so text order is time order.
+ * "_id" is the document's id: a string of 1..64 bytes (with id_type
+ * DBK_DOC_OBJECT_ID in the schema: 24 hex digits); when a created document
+ * has none, a 24-hex-digit object id is generated. Dates (type
+ * DBK_DOC_DATE and the timestamps) travel as ISO-8601 UTC strings with
+ * microseconds, "2026-01-02T03:04:05.000006Z" (so text order is time
+ * order); object ids as 24 lower-case hex digits (input may use either
+ * case). That JSON form is the same on every backend; MongoDB stores the
+ * values as BSON types (see the MongoDB section).
  *
  * Filters are MongoDB query documents restricted to this subset:
  *   {"path": value}                   equality (value null: missing or null;
@@ -135,11 +139,16 @@ typedef struct dbk_doc_schema {
     bool timestamps;
     const char *created_field; /* NULL: "createdAt" */
     const char *updated_field; /* NULL: "updatedAt" */
+    /* The type of "_id": 0 or DBK_DOC_STRING, a string of 1..DBK_DOC_ID_MAX
+     * bytes; DBK_DOC_OBJECT_ID, 24 hex digits (stored lower-case; a BSON
+     * ObjectId on MongoDB). Any other type is DBK_EINVALID. */
+    dbk_doc_type id_type;
 } dbk_doc_schema;
 
 /* A schema read from JSON text (for tools and configuration):
  *   {"collection": "users", "timestamps": true,
  *    "created_field": "createdAt", "updated_field": "updatedAt",
+ *    "id_type": "string" | "object_id",
  *    "fields": [{"path": "email", "type": "string", "required": true,
  *                "unique": true, "default": <any JSON>}, ...],
  *    "indexes": [{"keys": "status,-createdAt", "unique": false,
@@ -220,10 +229,21 @@ DBK_API dbk_rc dbk_doc_coll_drop(dbk_doc_coll *coll, dbk_error *err);
  *
  * The same collections on a MongoDB server through libmongoc: one
  * mongoc_client_pool_t per dbk_doc_mongo, a client popped per operation.
- * Documents are stored as they are on the relational engines (string
- * "_id", dates as ISO-8601 strings), so data and filters mean the same on
- * every backend. Filters, sorts, projections and updates are checked by
- * the same code as for SQL before anything is sent. Updates are validated
+ * Fields of type DBK_DOC_DATE (and the timestamps) are stored as BSON UTC
+ * datetimes, DBK_DOC_OBJECT_ID fields (and "_id" when the schema's id_type
+ * says so) as BSON ObjectIds, so the server's own comparisons, sorts and
+ * indexes apply; they are read back into the JSON form above. A BSON
+ * datetime holds milliseconds: on MongoDB a date keeps its first three
+ * fraction digits (the rest read back as 0, create and update return what
+ * was stored), and a date in a filter is compared at millisecond precision
+ * (range bounds rounded so that $gt/$gte/$lt/$lte keep their meaning;
+ * equality and $in truncate). Documents written as strings by an earlier
+ * dbkit read back unchanged, and find by id, update and delete by id also
+ * match an "_id" stored as the hex string; filters and sorts on date and
+ * object id fields compare BSON types only, so such documents need a
+ * one-off conversion (docs/documents.md). Filters, sorts, projections and
+ * updates are checked by the same code as for SQL before anything is
+ * sent. Updates are validated
  * against the current document and then sent as one findAndModify with the
  * operators (atomic on the server; not a multi-document transaction).
  * Available only when dbkit was built with libmongoc (pkg-config

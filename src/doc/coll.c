@@ -295,11 +295,20 @@ out_root:
 
 /* ---- reads ---- */
 
-static dbk_rc check_id(const char *id, dbk_error *err)
+/* Checks an id argument; an object id collection's id is replaced by its
+ * stored lower-case form (written into buf). */
+static dbk_rc check_id(const dbk_doc_coll *c, const char **id, char buf[25], dbk_error *err)
 {
-    if (!id)
+    if (!*id)
         return dbk__err(err, DBK_EMISUSE, "NULL id");
-    size_t n = strlen(id);
+    size_t n = strlen(*id);
+    if (dbk__doc_id_type(c) == DBK_DOC_OBJECT_ID) {
+        if (!dbk__doc_oid_norm(*id, n, buf))
+            return dbk__err(err, DBK_EINVALID, "an _id of \"%s\" is an object id (24 hex digits)",
+                            c->schema->collection);
+        *id = buf;
+        return DBK_OK;
+    }
     if (n == 0 || n > DBK_DOC_ID_MAX)
         return dbk__err(err, DBK_EINVALID, "an _id is 1..%d bytes", DBK_DOC_ID_MAX);
     return DBK_OK;
@@ -311,32 +320,15 @@ DBK_API dbk_rc dbk_doc_find_by_id(dbk_doc_coll *coll, const char *id, dbk_doc **
     if (!coll || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_doc_find_by_id: NULL argument");
     *out = NULL;
-    dbk_rc rc = check_id(id, err);
+    char idbuf[25];
+    dbk_rc rc = check_id(coll, &id, idbuf, err);
     if (rc)
         return rc;
     if (coll->mongo) {
-        dbk_doc_find_opts o = {.has_limit = true, .limit = 1};
-        char filter[DBK_DOC_ID_MAX * 6 + 16];
-        json_t *f = json_pack("{s:s}", "_id", id);
-        char *ft = f ? json_dumps(f, JSON_COMPACT) : NULL;
-        json_decref(f);
-        if (!ft)
-            return dbk__err(err, DBK_ENOMEM, "out of memory");
-        snprintf(filter, sizeof filter, "%s", ft);
-        free(ft);
-        o.filter = filter;
-        dbk_doc_page page = {0};
-        page.total = -1;
-        if ((rc = dbk__mongo_find(coll, &o, NULL, &page, err)) == DBK_OK && page.count == 0)
-            rc = dbk__err(err, DBK_ENOT_FOUND, "no document with this _id in \"%s\"",
-                          coll->schema->collection);
-        if (rc == DBK_OK) {
-            *out = page.docs[0];
-            page.docs[0] = NULL;
-            page.count = 0;
-        }
-        dbk_doc_page_free(&page);
-        return rc;
+        json_t *root = NULL;
+        if ((rc = dbk__mongo_get(coll, id, &root, err)) != DBK_OK)
+            return rc;
+        return dbk__doc_wrap(root, out, err);
     }
     char sql[128];
     snprintf(sql, sizeof sql, "SELECT doc FROM \"%s\" WHERE id = $1", coll->schema->collection);
@@ -740,7 +732,8 @@ DBK_API dbk_rc dbk_doc_find_by_id_and_update(dbk_doc_coll *coll, const char *id,
         *out = NULL;
     if (!coll || !update)
         return dbk__err(err, DBK_EMISUSE, "dbk_doc_find_by_id_and_update: NULL argument");
-    dbk_rc rc = check_id(id, err);
+    char idbuf[25];
+    dbk_rc rc = check_id(coll, &id, idbuf, err);
     if (rc)
         return rc;
     upd_ctx u = {coll, id, NULL, NULL};
@@ -767,7 +760,8 @@ DBK_API dbk_rc dbk_doc_find_by_id_and_delete(dbk_doc_coll *coll, const char *id,
         *out = NULL;
     if (!coll)
         return dbk__err(err, DBK_EMISUSE, "dbk_doc_find_by_id_and_delete: NULL collection");
-    dbk_rc rc = check_id(id, err);
+    char idbuf[25];
+    dbk_rc rc = check_id(coll, &id, idbuf, err);
     if (rc)
         return rc;
     if (coll->mongo) {

@@ -101,6 +101,13 @@ size_t dbk__doc_nindexes(const dbk_doc_coll *c);
 void dbk__doc_index_get(const dbk_doc_coll *c, size_t i, char *name, size_t namelen,
                         const char **keys, bool *unique);
 
+/* Writes the lower-case form of a 24-hex-digit object id into out; false
+ * when s is not one. */
+bool dbk__doc_oid_norm(const char *s, size_t n, char out[25]);
+
+/* The type of the collection's "_id": DBK_DOC_STRING or DBK_DOC_OBJECT_ID. */
+dbk_doc_type dbk__doc_id_type(const dbk_doc_coll *c);
+
 /* Formats microseconds since the epoch as the stored date text. */
 void dbk__doc_date_format(int64_t usec, char buf[40]);
 
@@ -127,7 +134,11 @@ bool dbk__doc_unique_error(const dbk_doc_coll *c, const char *index_name, dbk_er
 
 /* ---- the MongoDB backend (mongo.c) ---- */
 
+/* Inserts a prepared document; its dates are cut to the milliseconds a
+ * BSON datetime holds, in place, so the caller returns what was stored. */
 dbk_rc dbk__mongo_insert(dbk_doc_coll *c, json_t *root, dbk_error *err);
+/* The document with this (checked) id, as an ObjectId or a string. */
+dbk_rc dbk__mongo_get(dbk_doc_coll *c, const char *id, json_t **out, dbk_error *err);
 dbk_rc dbk__mongo_find(dbk_doc_coll *c, const dbk_doc_find_opts *o, json_t *proj,
                        dbk_doc_page *page, dbk_error *err);
 dbk_rc dbk__mongo_count(dbk_doc_coll *c, const char *filter, int64_t *out, dbk_error *err);

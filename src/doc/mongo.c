@@ -10,9 +10,26 @@
  * Nothing a caller sends reaches the server unchecked: filters and sorts
  * go through the same compilers as for SQL (the SQL they write is thrown
  * away; what matters is that every path is declared and every value has
- * its field's type), then the filter is sent as it came, with date values
- * rewritten to the stored form. Documents are built and validated by the
- * code shared with the relational backends (coll.c). An update is checked
+ * its field's type), then the filter is sent with the values of date and
+ * object id fields rewritten to BSON types. Documents are built and
+ * validated by the code shared with the relational backends (coll.c).
+ *
+ * BSON types. The layer's JSON form of a date is ISO-8601 text and of an
+ * object id 24 hex digits, the same on every backend; on MongoDB the
+ * declared DBK_DOC_DATE fields (timestamps included) are stored as UTC
+ * datetimes and DBK_DOC_OBJECT_ID fields (and "_id" when the schema's
+ * id_type says so) as ObjectIds, so $gt on a date, equality and $in on an
+ * ObjectId and sorts are the server's own comparisons. The conversion
+ * happens at this file's edge: outgoing JSON gets extended-JSON values
+ * ({"$date": {"$numberLong": ms}}, {"$oid": hex}) at the declared paths,
+ * which libbson turns into the types; incoming relaxed extended JSON has
+ * every {"$date": ...} and {"$oid": ...} turned back into text (stored
+ * keys never start with '$', so those objects can only be BSON values). A
+ * datetime holds milliseconds: dates are cut to them before a write (the
+ * caller gets back what was stored), and a filter's range bounds are
+ * rounded the way that keeps the operator's meaning ($gt and $lte down,
+ * $gte and $lt up). Documents an earlier dbkit wrote with strings read
+ * back unchanged; by id they are found in either form. An update is checked
  * by applying it to the current document in C; what is sent is one
  * findAndModify whose $set carries the checked values, so concurrent $inc
  * are atomic on the server. A page and its total run at the same time on
@@ -73,6 +90,8 @@ DBK_API dbk_rc dbk_doc_coll_open_mongo(dbk_doc_mongo *m, const dbk_doc_schema *s
         return no_mongo(err);                                                                   \
     }
 STUB(dbk_rc dbk__mongo_insert(dbk_doc_coll *c, json_t *root, dbk_error *err), (void)c, (void)root)
+STUB(dbk_rc dbk__mongo_get(dbk_doc_coll *c, const char *id, json_t **out, dbk_error *err),
+     (void)c, (void)id, (void)out)
 STUB(dbk_rc dbk__mongo_find(dbk_doc_coll *c, const dbk_doc_find_opts *o, json_t *proj,
                             dbk_doc_page *page, dbk_error *err),
      (void)c, (void)o, (void)proj, (void)page)
@@ -305,6 +324,165 @@ static bson_t *to_bson(const json_t *v, dbk_error *err)
     return b;
 }
 
+/* ---- BSON types <-> the JSON form ---- */
+
+/* Milliseconds of a date, rounded down or up. */
+static int64_t usec_to_ms(int64_t usec, bool up)
+{
+    int64_t r = ((usec % 1000) + 1000) % 1000;
+    int64_t ms = (usec - r) / 1000;
+    return up && r ? ms + 1 : ms;
+}
+
+static json_t *ext_date(int64_t ms)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lld", (long long)ms);
+    return json_pack("{s:{s:s}}", "$date", "$numberLong", buf);
+}
+
+/* The extended-JSON form of one value of type t (a date rounded `up` or
+ * down), or NULL when v is not such a value (left as it is: validation
+ * decided what may pass). */
+static json_t *ext_value(dbk_doc_type t, json_t *v, bool up)
+{
+    if (!json_is_string(v))
+        return NULL;
+    if (t == DBK_DOC_DATE) {
+        int64_t usec;
+        if (dbk_timestamp_parse(json_string_value(v), json_string_length(v), &usec) != DBK_OK)
+            return NULL;
+        return ext_date(usec_to_ms(usec, up));
+    }
+    char oid[25];
+    if (!dbk__doc_oid_norm(json_string_value(v), json_string_length(v), oid))
+        return NULL;
+    return json_pack("{s:s}", "$oid", oid);
+}
+
+static bool typed(dbk_doc_type t)
+{
+    return t == DBK_DOC_DATE || t == DBK_DOC_OBJECT_ID;
+}
+
+/* Replaces, in `v` (the value found at dotted path `prefix` of a document;
+ * "" for the whole document), every value of a declared date or object id
+ * field by its extended-JSON form. *v may be replaced. */
+static dbk_rc to_ext(const dbk_doc_coll *c, const char *prefix, json_t **v, dbk_error *err)
+{
+    size_t plen = strlen(prefix);
+    for (size_t i = 0; i <= c->nfields; i++) {
+        const char *path;
+        dbk_doc_type t;
+        if (i == c->nfields) {
+            if (dbk__doc_id_type(c) != DBK_DOC_OBJECT_ID)
+                break;
+            path = "_id", t = DBK_DOC_OBJECT_ID;
+        } else {
+            path = c->fields[i].path, t = c->fields[i].type;
+        }
+        if (!typed(t))
+            continue;
+        const char *sub;
+        if (plen == 0)
+            sub = path;
+        else if (strcmp(path, prefix) == 0)
+            sub = "";
+        else if (strncmp(path, prefix, plen) == 0 && path[plen] == '.')
+            sub = path + plen + 1;
+        else
+            continue;
+        if (!*sub) {
+            json_t *e = ext_value(t, *v, false);
+            if (e) {
+                json_decref(*v);
+                *v = e;
+            }
+            continue;
+        }
+        json_t *e = ext_value(t, dbk__doc_path_get(*v, sub), false);
+        dbk_rc rc;
+        if (e && (rc = dbk__doc_path_set(*v, sub, e, err)) != DBK_OK)
+            return rc;
+    }
+    return DBK_OK;
+}
+
+/* Cuts the dates of a document to milliseconds, in place. */
+static void dates_to_ms(const dbk_doc_coll *c, json_t *root)
+{
+    for (size_t i = 0; i < c->nfields; i++) {
+        if (c->fields[i].type != DBK_DOC_DATE)
+            continue;
+        json_t *v = dbk__doc_path_get(root, c->fields[i].path);
+        int64_t usec;
+        if (json_is_string(v) &&
+            dbk_timestamp_parse(json_string_value(v), json_string_length(v), &usec) == DBK_OK) {
+            char buf[40];
+            dbk__doc_date_format(usec_to_ms(usec, false) * 1000, buf);
+            json_string_set(v, buf);
+        }
+    }
+}
+
+/* The JSON form of a {"$date": ...} or {"$oid": ...} object of relaxed
+ * extended JSON; NULL for any other value. */
+static json_t *plain_value(json_t *v)
+{
+    if (!json_is_object(v) || json_object_size(v) != 1)
+        return NULL;
+    json_t *x;
+    if ((x = json_object_get(v, "$oid")) != NULL)
+        return json_is_string(x) ? json_string(json_string_value(x)) : NULL;
+    if ((x = json_object_get(v, "$date")) == NULL)
+        return NULL;
+    int64_t usec;
+    if (json_is_string(x)) { /* years 1970..9999: ISO-8601 with milliseconds */
+        if (dbk_timestamp_parse(json_string_value(x), json_string_length(x), &usec) != DBK_OK)
+            return NULL;
+    } else { /* {"$numberLong": "ms"} */
+        const char *n = json_string_value(json_object_get(x, "$numberLong"));
+        char *end;
+        if (!n)
+            return NULL;
+        long long ms = strtoll(n, &end, 10);
+        if (*end || ms < -62135596800000LL || ms > 253402300799999LL)
+            return NULL; /* outside years 1..9999: left as extended JSON */
+        usec = (int64_t)ms * 1000;
+    }
+    char buf[40];
+    dbk__doc_date_format(usec, buf);
+    return json_string(buf);
+}
+
+/* Turns the BSON-typed values of a document from MongoDB back into text. */
+static void from_ext(json_t *v)
+{
+    if (json_is_object(v)) {
+        const char *key;
+        json_t *m;
+        json_object_foreach(v, key, m)
+        {
+            json_t *p = plain_value(m);
+            if (p)
+                json_object_set_new(v, key, p);
+            else
+                from_ext(m);
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *m;
+        json_array_foreach(v, i, m)
+        {
+            json_t *p = plain_value(m);
+            if (p)
+                json_array_set_new(v, i, p);
+            else
+                from_ext(m);
+        }
+    }
+}
+
 static dbk_rc from_bson(const bson_t *b, json_t **out, dbk_error *err)
 {
     size_t len;
@@ -316,24 +494,48 @@ static dbk_rc from_bson(const bson_t *b, json_t **out, dbk_error *err)
     bson_free(text);
     if (!*out)
         return dbk__err(err, DBK_EINTERNAL, "a document from MongoDB does not parse: %s", je.text);
+    from_ext(*out);
     return DBK_OK;
 }
 
-/* Rewrites date values of a checked filter to the stored form. */
-static void normalize_dates(const dbk_doc_coll *c, json_t *filter);
-
-static void normalize_value(json_t *parent, const char *key, json_t *v)
+/* A document as BSON with its typed fields as BSON types. */
+static bson_t *doc_bson(const dbk_doc_coll *c, json_t *root, dbk_error *err)
 {
-    int64_t usec;
-    if (json_is_string(v) &&
-        dbk_timestamp_parse(json_string_value(v), json_string_length(v), &usec) == DBK_OK) {
-        char buf[40];
-        dbk__doc_date_format(usec, buf);
-        json_object_set_new(parent, key, json_string(buf));
+    json_t *copy = json_deep_copy(root);
+    if (!copy) {
+        dbk__err(err, DBK_ENOMEM, "out of memory");
+        return NULL;
     }
+    bson_t *b = NULL;
+    if (to_ext(c, "", &copy, err) == DBK_OK)
+        b = to_bson(copy, err);
+    json_decref(copy);
+    return b;
 }
 
-static void normalize_dates(const dbk_doc_coll *c, json_t *filter)
+/* The query of one document by id: on an object id collection the
+ * ObjectId or, for documents written before ids were ObjectIds, the same
+ * hex digits as a string. */
+static void id_query(const dbk_doc_coll *c, const char *id, bson_t *q)
+{
+    bson_oid_t oid;
+    if (dbk__doc_id_type(c) == DBK_DOC_OBJECT_ID && bson_oid_is_valid(id, strlen(id))) {
+        bson_oid_init_from_string(&oid, id);
+        bson_t in, arr;
+        BSON_APPEND_DOCUMENT_BEGIN(q, "_id", &in);
+        BSON_APPEND_ARRAY_BEGIN(&in, "$in", &arr);
+        BSON_APPEND_OID(&arr, "0", &oid);
+        BSON_APPEND_UTF8(&arr, "1", id);
+        bson_append_array_end(&in, &arr);
+        bson_append_document_end(q, &in);
+        return;
+    }
+    BSON_APPEND_UTF8(q, "_id", id);
+}
+
+/* Rewrites the values of date and object id fields in a checked filter to
+ * extended JSON; range bounds on dates rounded to keep their meaning. */
+static void filter_ext(const dbk_doc_coll *c, json_t *filter)
 {
     const char *key;
     json_t *v;
@@ -342,37 +544,41 @@ static void normalize_dates(const dbk_doc_coll *c, json_t *filter)
         if (strcmp(key, "$and") == 0 || strcmp(key, "$or") == 0) {
             size_t i;
             json_t *m;
-            json_array_foreach(v, i, m) normalize_dates(c, m);
+            json_array_foreach(v, i, m) filter_ext(c, m);
             continue;
         }
-        const dbk__doc_field *f = dbk__doc_field_find(c, key, NULL);
-        if (!f || f->type != DBK_DOC_DATE)
+        dbk_doc_type t;
+        if (strcmp(key, "_id") == 0) {
+            t = dbk__doc_id_type(c);
+        } else {
+            const dbk__doc_field *f = dbk__doc_field_find(c, key, NULL);
+            t = f ? f->type : 0;
+        }
+        if (!typed(t))
             continue;
+        json_t *e;
         if (!json_is_object(v)) {
-            normalize_value(filter, key, v);
+            if ((e = ext_value(t, v, false)) != NULL)
+                json_object_set_new(filter, key, e);
             continue;
         }
         const char *op;
         json_t *ov;
         json_object_foreach(v, op, ov)
         {
-            if (json_is_array(ov)) {
+            if (json_is_array(ov)) { /* $in */
                 size_t i;
                 json_t *m;
                 json_array_foreach(ov, i, m)
                 {
-                    int64_t usec;
-                    if (json_is_string(m) && dbk_timestamp_parse(json_string_value(m),
-                                                                 json_string_length(m),
-                                                                 &usec) == DBK_OK) {
-                        char buf[40];
-                        dbk__doc_date_format(usec, buf);
-                        json_array_set_new(ov, i, json_string(buf));
-                    }
+                    if ((e = ext_value(t, m, false)) != NULL)
+                        json_array_set_new(ov, i, e);
                 }
-            } else {
-                normalize_value(v, op, ov);
+                continue;
             }
+            bool up = strcmp(op, "$gte") == 0 || strcmp(op, "$lt") == 0;
+            if ((e = ext_value(t, ov, up)) != NULL)
+                json_object_set_new(v, op, e);
         }
     }
 }
@@ -391,7 +597,7 @@ static dbk_rc filter_bson(dbk_doc_coll *c, const char *filter, bson_t **out, dbk
         if (!tree) {
             *out = bson_new();
         } else {
-            normalize_dates(c, tree);
+            filter_ext(c, tree);
             *out = to_bson(tree, err);
             if (!*out)
                 rc = err ? err->code : DBK_EINVALID;
@@ -405,7 +611,8 @@ static dbk_rc filter_bson(dbk_doc_coll *c, const char *filter, bson_t **out, dbk
 
 dbk_rc dbk__mongo_insert(dbk_doc_coll *c, json_t *root, dbk_error *err)
 {
-    bson_t *b = to_bson(root, err);
+    dates_to_ms(c, root);
+    bson_t *b = doc_bson(c, root, err);
     if (!b)
         return err ? err->code : DBK_EINVALID;
     session s;
@@ -573,7 +780,7 @@ static dbk_rc get_by_id(dbk_doc_coll *c, session *s, const char *id, json_t **ou
                         dbk_error *err)
 {
     bson_t q = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&q, "_id", id);
+    id_query(c, id, &q);
     bson_t opts = BSON_INITIALIZER;
     BSON_APPEND_INT64(&opts, "limit", 1);
     mongoc_cursor_t *cur = mongoc_collection_find_with_opts(s->coll, &q, &opts, NULL);
@@ -593,11 +800,37 @@ static dbk_rc get_by_id(dbk_doc_coll *c, session *s, const char *id, json_t **ou
     return rc;
 }
 
+dbk_rc dbk__mongo_get(dbk_doc_coll *c, const char *id, json_t **out, dbk_error *err)
+{
+    *out = NULL;
+    session s;
+    sess_open(c, &s);
+    dbk_rc rc = get_by_id(c, &s, id, out, err);
+    sess_close(c, &s);
+    return rc;
+}
+
 /* The update sent to the server: $set of the checked values of every set
  * path and of the updated timestamp, $unset, $inc as given. */
+/* set[path] = a copy of v with its typed fields in extended JSON. */
+static dbk_rc set_typed(const dbk_doc_coll *c, json_t *set, const char *path, json_t *v,
+                        dbk_error *err)
+{
+    json_t *copy = json_deep_copy(v);
+    if (!copy)
+        return dbk__err(err, DBK_ENOMEM, "out of memory");
+    dbk_rc rc = to_ext(c, path, &copy, err);
+    if (rc == DBK_OK && json_object_set_new(set, path, copy) != 0)
+        return dbk__err(err, DBK_ENOMEM, "out of memory");
+    if (rc != DBK_OK)
+        json_decref(copy);
+    return rc;
+}
+
 static dbk_rc server_update(const dbk_doc_coll *c, json_t *upd, json_t *checked, json_t **out,
                             dbk_error *err)
 {
+    dbk_rc rc;
     json_t *set = json_object(), *u = json_object();
     if (!set || !u)
         goto oom;
@@ -609,13 +842,13 @@ static dbk_rc server_update(const dbk_doc_coll *c, json_t *upd, json_t *checked,
         json_object_foreach(setsrc, key, v)
         {
             json_t *cv = dbk__doc_path_get(checked, key);
-            if (json_object_set(set, key, cv ? cv : v) != 0)
-                goto oom;
+            if ((rc = set_typed(c, set, key, cv ? cv : v, err)) != DBK_OK)
+                goto fail;
         }
     }
     if (c->updated &&
-        json_object_set(set, c->updated, dbk__doc_path_get(checked, c->updated)) != 0)
-        goto oom;
+        (rc = set_typed(c, set, c->updated, dbk__doc_path_get(checked, c->updated), err)) != DBK_OK)
+        goto fail;
     if (json_object_size(set) && json_object_set(u, "$set", set) != 0)
         goto oom;
     if (ops) {
@@ -629,9 +862,11 @@ static dbk_rc server_update(const dbk_doc_coll *c, json_t *upd, json_t *checked,
     *out = u;
     return DBK_OK;
 oom:
+    rc = dbk__err(err, DBK_ENOMEM, "out of memory");
+fail:
     json_decref(set);
     json_decref(u);
-    return dbk__err(err, DBK_ENOMEM, "out of memory");
+    return rc;
 }
 
 dbk_rc dbk__mongo_update(dbk_doc_coll *c, const char *id, json_t *upd, json_t **out,
@@ -662,7 +897,7 @@ dbk_rc dbk__mongo_update(dbk_doc_coll *c, const char *id, json_t *upd, json_t **
         goto done;
     }
     bson_t q = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&q, "_id", id);
+    id_query(c, id, &q);
     mongoc_find_and_modify_opts_t *fam = mongoc_find_and_modify_opts_new();
     mongoc_find_and_modify_opts_set_update(fam, bu);
     mongoc_find_and_modify_opts_set_flags(fam, MONGOC_FIND_AND_MODIFY_RETURN_NEW);
@@ -690,7 +925,7 @@ dbk_rc dbk__mongo_delete(dbk_doc_coll *c, const char *id, json_t **out, dbk_erro
     session s;
     sess_open(c, &s);
     bson_t q = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&q, "_id", id);
+    id_query(c, id, &q);
     mongoc_find_and_modify_opts_t *fam = mongoc_find_and_modify_opts_new();
     mongoc_find_and_modify_opts_set_flags(fam, MONGOC_FIND_AND_MODIFY_REMOVE);
     bson_t reply;

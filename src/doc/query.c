@@ -90,12 +90,23 @@ static dbk_rc bind(qctx *q, const char *path, dbk_doc_type t, json_t *v)
     dbk_value val;
     switch (t) {
     case DBK_DOC_STRING:
-    case DBK_DOC_OBJECT_ID:
         if (!json_is_string(v))
             return bad_value(q, path, "the value must be a string");
         val = dbk_textn(json_string_value(v), json_string_length(v));
         cast = "::text";
         break;
+    case DBK_DOC_OBJECT_ID: {
+        /* compared in the stored lower-case form (an ObjectId on MongoDB) */
+        char oid[25];
+        if (!json_is_string(v) || !dbk__doc_oid_norm(json_string_value(v), json_string_length(v), oid))
+            return bad_value(q, path, "the value must be an object id (24 hex digits)");
+        const char *s = own(q->p, strdup(oid));
+        if (!s)
+            return dbk__err(q->err, DBK_ENOMEM, "out of memory");
+        val = dbk_text(s);
+        cast = "::text";
+        break;
+    }
     case DBK_DOC_DATE: {
         int64_t usec;
         if (!json_is_string(v) ||
@@ -317,7 +328,7 @@ static dbk_rc resolve(const dbk_doc_coll *c, const char *path, const char *what,
                       dbk_doc_type *t, dbk_error *err)
 {
     if (strcmp(path, "_id") == 0) {
-        *t = DBK_DOC_STRING;
+        *t = dbk__doc_id_type(c);
         return DBK_OK;
     }
     bool under = false;

@@ -53,6 +53,21 @@ static bool is_hex24(const char *s, size_t n)
     return true;
 }
 
+bool dbk__doc_oid_norm(const char *s, size_t n, char out[25])
+{
+    if (!is_hex24(s, n))
+        return false;
+    for (size_t i = 0; i < 24; i++)
+        out[i] = s[i] >= 'A' && s[i] <= 'F' ? (char)(s[i] - 'A' + 'a') : s[i];
+    out[24] = '\0';
+    return true;
+}
+
+dbk_doc_type dbk__doc_id_type(const dbk_doc_coll *c)
+{
+    return c->schema->id_type == DBK_DOC_OBJECT_ID ? DBK_DOC_OBJECT_ID : DBK_DOC_STRING;
+}
+
 static bool name_ok(const char *s, size_t max)
 {
     if (!s || !*s || strlen(s) > max)
@@ -118,9 +133,14 @@ static dbk_rc check_value(const char *path, dbk_doc_type t, json_t *v, json_t **
         }
         break;
     }
-    case DBK_DOC_OBJECT_ID:
-        ok = json_is_string(v) && is_hex24(json_string_value(v), json_string_length(v));
+    case DBK_DOC_OBJECT_ID: {
+        /* stored lower-case: the text MongoDB gives back for an ObjectId */
+        char oid[25];
+        ok = json_is_string(v) && dbk__doc_oid_norm(json_string_value(v), json_string_length(v), oid);
+        if (ok && strcmp(oid, json_string_value(v)) != 0 && !(*normalized = json_string(oid)))
+            return dbk__err(err, DBK_ENOMEM, "out of memory");
         break;
+    }
     case DBK_DOC_ARRAY:
         ok = json_is_array(v);
         break;
@@ -230,6 +250,16 @@ dbk_rc dbk__doc_check(const dbk_doc_coll *c, json_t *doc, dbk_error *err)
     json_object_foreach(doc, key, v)
     {
         if (strcmp(key, "_id") == 0) {
+            if (dbk__doc_id_type(c) == DBK_DOC_OBJECT_ID) {
+                json_t *norm;
+                dbk_rc rc = check_value("_id", DBK_DOC_OBJECT_ID, v, &norm, err);
+                if (rc)
+                    return rc;
+                /* replacing a value keeps the key's place in the object */
+                if (norm && json_object_set_new(doc, "_id", norm) != 0)
+                    return dbk__err(err, DBK_ENOMEM, "out of memory");
+                continue;
+            }
             if (!json_is_string(v) || json_string_length(v) == 0 ||
                 json_string_length(v) > DBK_DOC_ID_MAX)
                 return dbk__err(err, DBK_EINVALID,
@@ -366,6 +396,9 @@ dbk_rc dbk__doc_schema_load(dbk_doc_coll *c, const dbk_doc_schema *s, dbk_error 
     if (s->nindexes > DBK_DOC_MAX_INDEXES || (s->nindexes && !s->indexes))
         return dbk__err(err, DBK_EINVALID, "schema \"%s\": 0..%d indexes", s->collection,
                         DBK_DOC_MAX_INDEXES);
+    if (s->id_type != 0 && s->id_type != DBK_DOC_STRING && s->id_type != DBK_DOC_OBJECT_ID)
+        return dbk__err(err, DBK_EINVALID, "schema \"%s\": id_type is string or object id",
+                        s->collection);
     dbk_rc rc;
     for (size_t i = 0; i < s->nfields; i++) {
         const dbk_doc_field *f = &s->fields[i];
@@ -668,6 +701,12 @@ DBK_API dbk_rc dbk_doc_schema_parse(const char *json, size_t len, dbk_doc_schema
     o->s.timestamps = json_is_true(json_object_get(o->root, "timestamps"));
     o->s.created_field = jstr(o->root, "created_field");
     o->s.updated_field = jstr(o->root, "updated_field");
+    const char *idt = jstr(o->root, "id_type");
+    if (idt) {
+        o->s.id_type = strcmp(idt, "object_id") == 0 ? DBK_DOC_OBJECT_ID
+                       : strcmp(idt, "string") == 0  ? DBK_DOC_STRING
+                                                     : DBK_DOC_ARRAY; /* refused by the load */
+    }
     dbk_doc_coll *c = calloc(1, sizeof *c);
     if (!c) {
         rc = dbk__err(err, DBK_ENOMEM, "out of memory");
