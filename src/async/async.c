@@ -85,6 +85,7 @@ struct dbk_async {
     struct op *chead, *ctail; /* completion queue */
     struct op *rhead;         /* running, doubly linked (for cancel) */
     size_t queued, running, inflight, max_pending;
+    int idle;                /* workers waiting on `work` */
     int64_t wd_target_ns;    /* the deadline the watchdog sleeps to (0: none) */
     dbk_async_op next_id;
     bool closing, stop, signalled;
@@ -270,8 +271,11 @@ static void *worker_main(void *arg)
     dbk_async *a = arg;
     pthread_mutex_lock(&a->mu);
     for (;;) {
-        while (!a->qhead && !a->stop)
+        while (!a->qhead && !a->stop) {
+            a->idle++;
             pthread_cond_wait(&a->work, &a->mu);
+            a->idle--;
+        }
         if (!a->qhead)
             break; /* stop, and nothing left */
         struct op *o = a->qhead;
@@ -626,7 +630,10 @@ static dbk_rc submit(dbk_async *a, struct op *o, int timeout_ms, dbk_async_cb cb
     a->inflight++;
     if (op)
         *op = o->id;
-    pthread_cond_signal(&a->work);
+    /* A busy worker looks at the queue before it waits again: only an idle
+     * one needs waking (saves a futex call per submit under load). */
+    if (a->idle > 0)
+        pthread_cond_signal(&a->work);
     if (o->deadline_ns && (!a->wd_target_ns || o->deadline_ns < a->wd_target_ns)) {
         a->wd_target_ns = o->deadline_ns;
         pthread_cond_signal(&a->wd);
