@@ -400,7 +400,7 @@ write_table_docs() {
     echo "start of the measured runs; other work on the machine shows up here). $(versions)."
     echo "Each figure is the best of $ROUNDS wrk runs of ${SECS} s, each after a ${WARM} s warm-up on a freshly"
     echo "started service; dbkit and the peers ($(for p in "${PEERS[@]}"; do side_label "$p"; done | paste -sd, - | sed 's/,/, /g')) alternate run by run. Data: $USERS users, $ACCOUNTS accounts."
-    echo "dbkit: the shop with HTTP_THREADS=${HTTP_THREADS:-$((2 * $(nproc)))}, POOL_MAX=${POOL_MAX:-$((2 * $(nproc)))} (its defaults are 2 × CPUs);"
+    echo "dbkit: the shop with its defaults for HTTP threads and pool size (its /metrics: a pool of ${SHOP_POOL_MAX:-?} connections);"
     echo "peers: one Node.js process each, a pool of at most ${PG_POOL_MAX:-20} connections (\`pg.Pool\` max, postgres.js \`max\`)."
     echo "wrk's timeout is 5 s (not its 2 s default), so slow answers count in the latency figures instead of"
     echo "being dropped as timeouts."

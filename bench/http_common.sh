@@ -174,6 +174,7 @@ install_peers() {
 SVC_PID=""
 SVC_PORT=""
 SVC_CMD=""
+SHOP_POOL_MAX="" # the shop's pool size as its /metrics reports it (shop_pool_max)
 ACCESS_FILE=""   # side dbkit-log: the file the shop's stderr (the access log) ends in
 ACCESS_READER="" # and the PID of the reader copying the pipe into it
 
@@ -244,7 +245,14 @@ start_service_once() {
       return 1
     fi
     code=$(curl -s -o /dev/null -m 3 -w '%{http_code}' "http://127.0.0.1:$SVC_PORT/health" || true)
-    [ "$code" = 200 ] && return 0
+    if [ "$code" = 200 ]; then
+      # The shop sizes its pool itself: the docs say what it chose.
+      if [ "$side" = dbkit ] && [ -z "$SHOP_POOL_MAX" ]; then
+        SHOP_POOL_MAX=$(curl -s -m 3 "http://127.0.0.1:$SVC_PORT/metrics" |
+          awk '$1 == "shop_pool_max" { printf "%d", $2 }' || true)
+      fi
+      return 0
+    fi
     sleep 0.2
   done
   echo "$BENCH_NAME: $side ($cache) not healthy within 60 s (last status ${code:-none}):" >&2

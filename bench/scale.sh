@@ -208,7 +208,7 @@ summary() {
         for (i = 1; i <= NR; i++) { if (i >= k && peak > 0 && r[i] / peak < hold) hold = r[i] / peak; errs += e[i] }
         cg = c[NR] / c[k]; pg = (p[k] > 0) ? p[NR] / p[k] : 0
         ok = (dead == "" && errs == 0 && hold >= 0.8 && (cg == 1 || pg <= 1.5 * cg)) ? "yes" : "no"
-        printf "- **%s**: peak %d req/s at %d connections; knee at %d connections; past it throughput stays at or above %d %% of the peak;", name, peak, at, c[k], hold * 100
+        printf "- **%s**: peak %d req/s at %d connection%s; knee at %d connection%s; past it throughput stays at or above %d %% of the peak;", name, peak, at, (at == 1 ? "" : "s"), c[k], (c[k] == 1 ? "" : "s"), hold * 100
         if (cg > 1) printf " p99 %.2f -> %.2f ms (x%.1f) while the connections grow x%d;", p[k], p[NR], pg, cg
         printf " points with errors: %d%s. Graceful: %s.\n", errs, (dead != "" ? ", the service exited during the sweep" : ""), ok
       }'
@@ -282,8 +282,9 @@ write_docs() {
     echo "\`-t2\` (\`-t1\` for 1 connection), \`--timeout ${WRK_TIMEOUT}s\`; per variant every service is started once"
     echo "and runs through the whole sweep, the sides taking turns point by point; before the cached sweep"
     echo "Redis is flushed and each service's cache filled by requesting every user once. dbkit: the shop"
-    echo "with its defaults (HTTP threads, pool size: [example-service.md](example-service.md)); peers: one"
-    echo "Node.js process each, a pool of at most ${PG_POOL_MAX:-20} connections. Errors: wrk's non-2xx answers and socket errors"
+    echo "with its defaults for HTTP threads and pool size ([example-service.md](example-service.md); its /metrics:"
+    echo "a pool of ${SHOP_POOL_MAX:-?} connections); peers: one Node.js process each, a pool of at most ${PG_POOL_MAX:-20}"
+    echo "connections; the two peers share their Redis keys. Errors: wrk's non-2xx answers and socket errors"
     echo "(connect, read, write, timeout) per point, \"0\" for none."
     for v in $VARIANTS; do
       echo
