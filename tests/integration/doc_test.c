@@ -16,6 +16,10 @@
 
 #include "testutil.h"
 
+#ifdef DBKT_HAVE_MONGOC
+#include <mongoc/mongoc.h>
+#endif
+
 static const dbk_doc_field user_fields[] = {
     {"name", DBK_DOC_STRING, DBK_DOC_REQUIRED, NULL},
     {"email", DBK_DOC_STRING, DBK_DOC_REQUIRED | DBK_DOC_UNIQUE, NULL},
@@ -51,20 +55,25 @@ typedef struct env {
     dbk_engine engine;
 } env;
 
-static env env_open(const char *url, dbk_engine engine)
+static env env_open_schema(const char *url, dbk_engine engine, const dbk_doc_schema *schema)
 {
     env e = {NULL, NULL, NULL, engine};
     dbk_error err;
     if (engine == MONGO) {
         DBKT_OK(dbk_doc_mongo_open(url, NULL, &e.mongo, &err), &err);
-        DBKT_OK(dbk_doc_coll_open_mongo(e.mongo, &users, &e.coll, &err), &err);
+        DBKT_OK(dbk_doc_coll_open_mongo(e.mongo, schema, &e.coll, &err), &err);
         DBKT_OK(dbk_doc_coll_drop(e.coll, &err), &err);
     } else {
         e.conn = dbkt_open(url);
-        DBKT_OK(dbk_doc_coll_open(dbk_conn_db(e.conn), &users, &e.coll, &err), &err);
+        DBKT_OK(dbk_doc_coll_open(dbk_conn_db(e.conn), schema, &e.coll, &err), &err);
     }
     DBKT_OK(dbk_doc_coll_ensure(e.coll, &err), &err);
     return e;
+}
+
+static env env_open(const char *url, dbk_engine engine)
+{
+    return env_open_schema(url, engine, &users);
 }
 
 static void env_close(env *e)
@@ -1118,6 +1127,280 @@ static void doc_parse_and_accessors(void **state)
     dbk_doc_free(NULL);
 }
 
+
+/* ---- dates and object ids: ranges, rounding, case, id_type ---- */
+
+static const dbk_doc_field event_fields[] = {
+    {"title", DBK_DOC_STRING, DBK_DOC_REQUIRED, NULL},
+    {"at", DBK_DOC_DATE, 0, NULL},
+    {"owner", DBK_DOC_OBJECT_ID, 0, NULL},
+    {"meta", DBK_DOC_OBJECT, 0, NULL},
+    {"meta.seen", DBK_DOC_DATE, 0, NULL},
+};
+static const dbk_doc_index event_indexes[] = {{NULL, "at", false}};
+static const dbk_doc_schema event_schema = {
+    .collection = "events",
+    .fields = event_fields,
+    .nfields = sizeof event_fields / sizeof event_fields[0],
+    .indexes = event_indexes,
+    .nindexes = 1,
+    .timestamps = true,
+    .id_type = DBK_DOC_OBJECT_ID,
+};
+
+#define OID_A1 "aaaaaaaaaaaaaaaaaaaaaaa1"
+#define OID_A2 "aaaaaaaaaaaaaaaaaaaaaaa2"
+#define OID_A3 "aaaaaaaaaaaaaaaaaaaaaaa3"
+#define OID_A4 "aaaaaaaaaaaaaaaaaaaaaaa4"
+#define OID_B1 "bbbbbbbbbbbbbbbbbbbbbbb1"
+#define OID_B2 "bbbbbbbbbbbbbbbbbbbbbbb2"
+
+/* The four events of the date tests: milliseconds 1 and 2 of 2020, one
+ * before 1970, one without a date. Ids and owners given upper-case. */
+static void seed_events(env *e)
+{
+    dbk_doc *d = create(e, "{\"_id\":\"AAAAAAAAAAAAAAAAAAAAAAA1\",\"title\":\"one\","
+                           "\"at\":\"2020-01-01T00:00:00.001Z\",\"owner\":\"BBBBBBBBBBBBBBBBBBBBBBB1\","
+                           "\"meta\":{\"seen\":\"2020-01-01T00:00:00.001Z\"}}");
+    assert_string_equal(dbk_doc_id(d), OID_A1); /* stored lower-case everywhere */
+    assert_string_equal(text(d, "owner"), OID_B1);
+    assert_string_equal(text(d, "at"), "2020-01-01T00:00:00.001000Z");
+    dbk_doc_free(d);
+    create_free(e, "{\"_id\":\"" OID_A2 "\",\"title\":\"two\",\"at\":\"2020-01-01T00:00:00.002Z\","
+                   "\"owner\":\"" OID_B2 "\",\"meta\":{\"seen\":\"2020-01-01T00:00:00.002Z\"}}");
+    create_free(e, "{\"_id\":\"" OID_A3 "\",\"title\":\"old\",\"at\":\"1960-05-01T00:00:00Z\","
+                   "\"owner\":\"" OID_B1 "\"}");
+    create_free(e, "{\"_id\":\"" OID_A4 "\",\"title\":\"none\"}");
+}
+
+/* The dates of a written document are those a read gives back (key order
+ * may differ: jsonb keeps its own). */
+static void same_dates(const dbk_doc *written, const dbk_doc *read)
+{
+    static const char *paths[] = {"_id", "at", "meta.seen", "createdAt", "updatedAt"};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        assert_int_equal(dbk_doc_has(written, paths[i]), dbk_doc_has(read, paths[i]));
+        if (dbk_doc_has(written, paths[i]))
+            assert_string_equal(text(written, paths[i]), text(read, paths[i]));
+    }
+}
+
+static void dates_and_oids(const char *url, dbk_engine engine)
+{
+    env e = env_open_schema(url, engine, &event_schema);
+    dbk_error err;
+    seed_events(&e);
+    static const struct {
+        const char *filter;
+        int64_t n;
+    } cases[] = {
+        {"{\"at\":{\"$gt\":\"2020-01-01T00:00:00.0015Z\"}}", 1},
+        {"{\"at\":{\"$gte\":\"2020-01-01T00:00:00.0015Z\"}}", 1},
+        {"{\"at\":{\"$gte\":\"2020-01-01T00:00:00.001Z\"}}", 2},
+        {"{\"at\":{\"$gt\":\"2020-01-01T00:00:00.001Z\"}}", 1},
+        {"{\"at\":{\"$lt\":\"2020-01-01T00:00:00.0015Z\"}}", 2},
+        {"{\"at\":{\"$lt\":\"2020-01-01T00:00:00.002Z\"}}", 2},
+        {"{\"at\":{\"$lte\":\"2020-01-01T00:00:00.002Z\"}}", 3},
+        {"{\"at\":{\"$lte\":\"2020-01-01T00:00:00.0019Z\"}}", 2},
+        {"{\"at\":{\"$gt\":\"1970-01-01T00:00:00Z\"}}", 2},
+        {"{\"at\":{\"$lt\":\"1970-01-01T00:00:00Z\"}}", 1},
+        {"{\"at\":{\"$gt\":\"2019-12-31T23:00:00+02:00\",\"$lt\":\"2021-01-01T00:00:00Z\"}}", 2},
+        {"{\"at\":\"2020-01-01T01:00:00.002+01:00\"}", 1},
+        {"{\"at\":{\"$ne\":\"2020-01-01T00:00:00.002Z\"}}", 3},
+        {"{\"at\":{\"$in\":[\"2020-01-01T00:00:00.001Z\",\"1960-05-01T00:00:00Z\"]}}", 2},
+        {"{\"at\":null}", 1},
+        {"{\"meta.seen\":{\"$gt\":\"2020-01-01T00:00:00.001Z\"}}", 1},
+        {"{\"owner\":\"" OID_B1 "\"}", 2},
+        {"{\"owner\":\"BBBBBBBBBBBBBBBBBBBBBBB1\"}", 2},
+        {"{\"owner\":{\"$in\":[\"" OID_B2 "\",\"cccccccccccccccccccccccc\"]}}", 1},
+        {"{\"owner\":{\"$ne\":\"" OID_B1 "\"}}", 2},
+        {"{\"_id\":\"AAAAAAAAAAAAAAAAAAAAAAA1\"}", 1},
+        {"{\"_id\":{\"$in\":[\"" OID_A1 "\",\"" OID_A2 "\"]}}", 2},
+        {"{\"$or\":[{\"_id\":\"" OID_A3 "\"},{\"at\":{\"$gte\":\"2020-01-01T00:00:00.002Z\"}}]}", 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int64_t n = -1;
+        dbk_rc rc = dbk_doc_count(e.coll, cases[i].filter, &n, &err);
+        if (rc != DBK_OK)
+            fail_msg("filter %s: %s %s", cases[i].filter, dbk_rc_name(rc), err.message);
+        if (n != cases[i].n)
+            fail_msg("filter %s: %lld matches, expected %lld", cases[i].filter, (long long)n,
+                     (long long)cases[i].n);
+        dbk_doc_page page;
+        dbk_doc_find_opts o = {.filter = cases[i].filter};
+        DBKT_OK(dbk_doc_find(e.coll, &o, &page, &err), &err);
+        assert_int_equal(page.count, (size_t)cases[i].n);
+        dbk_doc_page_free(&page);
+    }
+    /* an object id field compares with object ids only */
+    DBKT_RC(DBK_EINVALID, dbk_doc_count(e.coll, "{\"owner\":\"bob\"}", &(int64_t){0}, &err));
+    assert_non_null(strstr(err.message, "owner"));
+    DBKT_RC(DBK_EINVALID, dbk_doc_count(e.coll, "{\"_id\":\"a1\"}", &(int64_t){0}, &err));
+    DBKT_RC(DBK_EINVALID, dbk_doc_count(e.coll, "{\"at\":{\"$gt\":5}}", &(int64_t){0}, &err));
+
+    /* sorts compare times: missing first ascending, last descending */
+    static const char *asc[] = {OID_A4, OID_A3, OID_A1, OID_A2};
+    dbk_doc_page page;
+    dbk_doc_find_opts o = {.sort = "{\"at\":1}"};
+    DBKT_OK(dbk_doc_find(e.coll, &o, &page, &err), &err);
+    assert_int_equal(page.count, 4);
+    for (size_t i = 0; i < 4; i++)
+        assert_string_equal(dbk_doc_id(page.docs[i]), asc[i]);
+    dbk_doc_page_free(&page);
+    o.sort = "{\"at\":-1}";
+    DBKT_OK(dbk_doc_find(e.coll, &o, &page, &err), &err);
+    for (size_t i = 0; i < 4; i++)
+        assert_string_equal(dbk_doc_id(page.docs[i]), asc[3 - i]);
+    dbk_doc_page_free(&page);
+
+    /* the JSON form read back is the same on every backend */
+    dbk_doc *d = NULL;
+    DBKT_OK(dbk_doc_find_by_id(e.coll, "AAAAAAAAAAAAAAAAAAAAAAA3", &d, &err), &err);
+    assert_string_equal(dbk_doc_id(d), OID_A3);
+    assert_string_equal(text(d, "at"), "1960-05-01T00:00:00.000000Z");
+    assert_string_equal(text(d, "owner"), OID_B1);
+    int64_t usec = 0;
+    DBKT_OK(dbk_doc_get_date(d, "at", &usec, &err), &err);
+    assert_true(usec == -305164800LL * 1000000);
+    assert_int_equal(strlen(text(d, "createdAt")), 27);
+    dbk_doc_free(d);
+    DBKT_OK(dbk_doc_find_by_id(e.coll, OID_A1, &d, &err), &err);
+    assert_string_equal(text(d, "meta.seen"), "2020-01-01T00:00:00.001000Z");
+    dbk_doc_free(d);
+    DBKT_RC(DBK_EINVALID, dbk_doc_find_by_id(e.coll, "not-an-object-id", &d, &err));
+    expect_invalid(&e, "{\"_id\":\"u1\",\"title\":\"x\"}", "\"_id\"");
+
+    /* an update returns what a read gives back (MongoDB: milliseconds) */
+    dbk_doc *u = NULL;
+    DBKT_OK(dbk_doc_find_by_id_and_update(e.coll, "AAAAAAAAAAAAAAAAAAAAAAA2",
+                                          "{\"$set\":{\"at\":\"2022-02-02T02:02:02.123456Z\","
+                                          "\"meta\":{\"seen\":\"2022-02-02T02:02:02.5Z\"}}}",
+                                          &u, &err),
+            &err);
+    assert_string_equal(text(u, "at"), engine == MONGO ? "2022-02-02T02:02:02.123000Z"
+                                                       : "2022-02-02T02:02:02.123456Z");
+    assert_string_equal(text(u, "meta.seen"), "2022-02-02T02:02:02.500000Z");
+    DBKT_OK(dbk_doc_find_by_id(e.coll, OID_A2, &d, &err), &err);
+    same_dates(u, d);
+    dbk_doc_free(u);
+    dbk_doc_free(d);
+    assert_int_equal(count(&e, "{\"at\":{\"$gt\":\"2021-01-01T00:00:00Z\"}}"), 1);
+    /* a create returns what a read gives back too */
+    d = create(&e, "{\"title\":\"fine\",\"at\":\"2023-03-03T03:03:03.000999Z\"}");
+    assert_string_equal(text(d, "at"), engine == MONGO ? "2023-03-03T03:03:03.000000Z"
+                                                       : "2023-03-03T03:03:03.000999Z");
+    DBKT_OK(dbk_doc_find_by_id(e.coll, dbk_doc_id(d), &u, &err), &err);
+    same_dates(d, u);
+    dbk_doc_free(u);
+    dbk_doc_free(d);
+    DBKT_OK(dbk_doc_find_by_id_and_delete(e.coll, "AAAAAAAAAAAAAAAAAAAAAAA4", NULL, &err), &err);
+    assert_int_equal(count(&e, NULL), 4);
+    env_close(&e);
+}
+
+static void doc_date_ranges_and_object_ids(void **state)
+{
+    (void)state;
+    each_backend("doc_dates", dates_and_oids);
+}
+
+/* ---- MongoDB stores BSON types (read raw through libmongoc) ---- */
+
+#ifdef DBKT_HAVE_MONGOC
+static bson_type_t raw_type(mongoc_collection_t *mc, const char *id_hex, const char *path,
+                            int64_t *ms)
+{
+    bson_t q = BSON_INITIALIZER;
+    bson_oid_t oid;
+    bson_oid_init_from_string(&oid, id_hex);
+    BSON_APPEND_OID(&q, "_id", &oid);
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(mc, &q, NULL, NULL);
+    const bson_t *doc;
+    bson_type_t t = BSON_TYPE_EOD;
+    bson_iter_t it, found;
+    if (mongoc_cursor_next(cur, &doc) && bson_iter_init(&it, doc) &&
+        bson_iter_find_descendant(&it, path, &found)) {
+        t = bson_iter_type(&found);
+        if (ms && t == BSON_TYPE_DATE_TIME)
+            *ms = bson_iter_date_time(&found);
+    }
+    mongoc_cursor_destroy(cur);
+    bson_destroy(&q);
+    return t;
+}
+#endif
+
+static void doc_mongo_stores_bson_types(void **state)
+{
+    (void)state;
+    char *url = mongo_url("doc_bson");
+#ifndef DBKT_HAVE_MONGOC
+    free(url);
+    dbkt_skip(1, "doc_test was built without libmongoc headers");
+#else
+    env e = env_open_schema(url, MONGO, &event_schema);
+    dbk_error err;
+    seed_events(&e);
+    mongoc_client_t *cl = mongoc_client_new(url);
+    assert_non_null(cl);
+    mongoc_collection_t *mc = mongoc_client_get_collection(cl, "dbkt_doc_bson", "events");
+    int64_t ms = 0;
+    assert_int_equal(raw_type(mc, OID_A1, "_id", NULL), BSON_TYPE_OID);
+    assert_int_equal(raw_type(mc, OID_A1, "at", &ms), BSON_TYPE_DATE_TIME);
+    assert_true(ms == 1577836800001LL);
+    assert_int_equal(raw_type(mc, OID_A3, "at", &ms), BSON_TYPE_DATE_TIME);
+    assert_true(ms == -305164800000LL);
+    assert_int_equal(raw_type(mc, OID_A1, "createdAt", NULL), BSON_TYPE_DATE_TIME);
+    assert_int_equal(raw_type(mc, OID_A1, "updatedAt", NULL), BSON_TYPE_DATE_TIME);
+    assert_int_equal(raw_type(mc, OID_A1, "owner", NULL), BSON_TYPE_OID);
+    assert_int_equal(raw_type(mc, OID_A1, "meta.seen", NULL), BSON_TYPE_DATE_TIME);
+    assert_int_equal(raw_type(mc, OID_A1, "title", NULL), BSON_TYPE_UTF8);
+    /* updates write the types: a dotted $set, a whole object, the timestamp */
+    DBKT_OK(dbk_doc_find_by_id_and_update(e.coll, OID_A1, "{\"$set\":{\"meta.seen\":\"2024-01-01T00:00:00Z\"}}",
+                                          NULL, &err),
+            &err);
+    assert_int_equal(raw_type(mc, OID_A1, "meta.seen", &ms), BSON_TYPE_DATE_TIME);
+    assert_true(ms == 1704067200000LL);
+    DBKT_OK(dbk_doc_find_by_id_and_update(e.coll, OID_A1,
+                                          "{\"meta\":{\"seen\":\"2024-01-02T00:00:00Z\"},"
+                                          "\"owner\":\"" OID_B2 "\",\"at\":\"2024-01-03T00:00:00Z\"}",
+                                          NULL, &err),
+            &err);
+    assert_int_equal(raw_type(mc, OID_A1, "meta.seen", NULL), BSON_TYPE_DATE_TIME);
+    assert_int_equal(raw_type(mc, OID_A1, "owner", NULL), BSON_TYPE_OID);
+    assert_int_equal(raw_type(mc, OID_A1, "at", NULL), BSON_TYPE_DATE_TIME);
+    assert_int_equal(raw_type(mc, OID_A1, "updatedAt", NULL), BSON_TYPE_DATE_TIME);
+
+    /* a document an earlier dbkit wrote with strings: read unchanged, found
+     * by id (either case), updated and deleted by id; date filters compare
+     * BSON datetimes only, so it is not in a range until converted */
+    bson_error_t be;
+    bson_t *legacy = BCON_NEW("_id", BCON_UTF8("dddddddddddddddddddddddd"), "title", BCON_UTF8("legacy"),
+                              "at", BCON_UTF8("2020-01-01T00:00:00.001500Z"));
+    assert_true(mongoc_collection_insert_one(mc, legacy, NULL, NULL, &be));
+    bson_destroy(legacy);
+    dbk_doc *d = NULL;
+    DBKT_OK(dbk_doc_find_by_id(e.coll, "DDDDDDDDDDDDDDDDDDDDDDDD", &d, &err), &err);
+    assert_string_equal(dbk_doc_id(d), "dddddddddddddddddddddddd");
+    assert_string_equal(text(d, "at"), "2020-01-01T00:00:00.001500Z");
+    dbk_doc_free(d);
+    assert_int_equal(count(&e, "{\"at\":{\"$gt\":\"2020-01-01T00:00:00Z\"}}"), 2); /* A1, A2 */
+    DBKT_OK(dbk_doc_find_by_id_and_update(e.coll, "dddddddddddddddddddddddd",
+                                          "{\"$set\":{\"at\":\"2020-01-01T00:00:00.001500Z\"}}", &d,
+                                          &err),
+            &err);
+    assert_string_equal(text(d, "at"), "2020-01-01T00:00:00.001000Z"); /* now a datetime */
+    dbk_doc_free(d);
+    assert_int_equal(count(&e, "{\"at\":{\"$gt\":\"2020-01-01T00:00:00Z\"}}"), 3);
+    DBKT_OK(dbk_doc_find_by_id_and_delete(e.coll, "dddddddddddddddddddddddd", NULL, &err), &err);
+    DBKT_RC(DBK_ENOT_FOUND, dbk_doc_find_by_id(e.coll, "dddddddddddddddddddddddd", &d, &err));
+    mongoc_collection_destroy(mc);
+    mongoc_client_destroy(cl);
+    env_close(&e);
+    free(url);
+#endif
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1140,6 +1423,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(doc_update_bounded_by_statement_timeout),
         cmocka_unit_test(doc_mongo_connection_events),
         cmocka_unit_test(doc_mongo_unreachable_is_unavailable),
+        cmocka_unit_test(doc_date_ranges_and_object_ids),
+        cmocka_unit_test(doc_mongo_stores_bson_types),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
