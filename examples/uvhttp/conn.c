@@ -13,7 +13,8 @@
  * the async queue is full (DBK_EBUSY) the answer is 503 at once.
  *
  * Deliberately small: no chunked bodies (501), requests up to 8 KiB of
- * header (431 past it), bodies read and ignored up to the same size.
+ * header (431 past it), bodies read and ignored up to the same size (413
+ * past it).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -98,6 +99,7 @@ static const char *reason(int status)
     case 400: return "Bad Request";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 413: return "Content Too Large";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 501: return "Not Implemented";
@@ -316,7 +318,7 @@ static void try_request(uvh_conn *c)
     if (chunked || body > UVH_BUF - head) {
         c->keep_alive = false;
         c->consumed = c->inlen;
-        reply_error(c, chunked ? 501 : 431, chunked ? "not_implemented" : "body_too_large",
+        reply_error(c, chunked ? 501 : 413, chunked ? "not_implemented" : "body_too_large",
                     chunked ? "chunked request bodies are not supported"
                             : "request body over 8 KiB");
         return;

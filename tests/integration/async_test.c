@@ -942,39 +942,56 @@ static void async_process_max_keeps_fd_readable(void **state)
 /* ---- the libuv example ---- */
 
 #ifdef DBKIT_UVHTTP_PATH
-static int64_t http_get(int fd, const char *path, bool close_after, char *body, size_t bodylen)
+/* Answers read from the one test connection; bytes past an answer (the
+ * next pipelined one) stay for the next call. */
+static char http_buf[16384];
+static size_t http_len;
+
+static int http_read(int fd, const char *what, char *body, size_t bodylen)
 {
-    char req[512];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n", path,
-                     close_after ? "Connection: close\r\n" : "");
-    assert_int_equal(write(fd, req, (size_t)n), n);
-    char buf[8192];
-    size_t len = 0;
     int64_t until = dbkt_mono_ms() + 10000;
     for (;;) {
-        buf[len] = '\0';
-        char *end = strstr(buf, "\r\n\r\n");
+        http_buf[http_len] = '\0';
+        char *end = strstr(http_buf, "\r\n\r\n");
         if (end) {
-            char *cl = strstr(buf, "Content-Length: ");
+            char *cl = strstr(http_buf, "Content-Length: ");
             assert_non_null(cl);
+            assert_true(cl < end);
             size_t want = (size_t)atol(cl + 16);
-            size_t have = len - (size_t)(end + 4 - buf);
-            if (have >= want) {
-                int status = atoi(buf + 9);
+            size_t headlen = (size_t)(end + 4 - http_buf);
+            if (http_len - headlen >= want) {
+                assert_memory_equal(http_buf, "HTTP/1.1 ", 9);
+                int status = atoi(http_buf + 9);
                 snprintf(body, bodylen, "%.*s", (int)want, end + 4);
+                memmove(http_buf, http_buf + headlen + want, http_len - headlen - want);
+                http_len -= headlen + want;
                 return status;
             }
         }
-        if (dbkt_mono_ms() > until || len + 1 >= sizeof buf)
-            fail_msg("no complete answer to GET %s within 10 s: %s", path, buf);
+        if (dbkt_mono_ms() > until || http_len + 1 >= sizeof http_buf)
+            fail_msg("no complete answer to %s within 10 s: %s", what, http_buf);
         struct pollfd p = {fd, POLLIN, 0};
         if (poll(&p, 1, 1000) <= 0)
             continue;
-        ssize_t r = read(fd, buf + len, sizeof buf - 1 - len);
+        ssize_t r = read(fd, http_buf + http_len, sizeof http_buf - 1 - http_len);
         if (r <= 0)
-            fail_msg("connection closed during GET %s", path);
-        len += (size_t)r;
+            fail_msg("connection closed during %s", what);
+        http_len += (size_t)r;
     }
+}
+
+static void http_send(int fd, const char *method, const char *path, bool close_after)
+{
+    char req[512];
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n", method,
+                     path, close_after ? "Connection: close\r\n" : "");
+    assert_int_equal(write(fd, req, (size_t)n), n);
+}
+
+static int http_get(int fd, const char *path, bool close_after, char *body, size_t bodylen)
+{
+    http_send(fd, "GET", path, close_after);
+    return http_read(fd, path, body, bodylen);
 }
 
 static int connect_port(int port)
@@ -1051,8 +1068,28 @@ static void uvhttp_on(const char *url, dbk_engine engine)
     assert_non_null(strstr(body, "invalid_id"));
     assert_int_equal(http_get(fd, "/users/0", false, body, sizeof body), 400);
     assert_int_equal(http_get(fd, "/nowhere", false, body, sizeof body), 404);
+    http_send(fd, "DELETE", path, false);
+    assert_int_equal(http_read(fd, "DELETE", body, sizeof body), 405);
+    /* Pipelined: three requests in one write, answered in order. */
+    char three[512];
+    int tn = snprintf(three, sizeof three,
+                      "GET /users/999999 HTTP/1.1\r\nHost: x\r\n\r\n"
+                      "GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
+                      "GET /users/x HTTP/1.1\r\nHost: x\r\n\r\n",
+                      path);
+    assert_int_equal(write(fd, three, (size_t)tn), tn);
+    assert_int_equal(http_read(fd, "pipelined 1", body, sizeof body), 404);
+    assert_int_equal(http_read(fd, "pipelined 2", body, sizeof body), 200);
+    assert_non_null(strstr(body, want_id));
+    assert_int_equal(http_read(fd, "pipelined 3", body, sizeof body), 400);
     assert_int_equal(http_get(fd, path, true, body, sizeof body), 200);
+    /* Connection: close was honoured: the server closes its end. */
+    char one;
+    struct pollfd pc = {fd, POLLIN, 0};
+    assert_int_equal(poll(&pc, 1, 10000), 1);
+    assert_int_equal(read(fd, &one, 1), 0);
     close(fd);
+    http_len = 0;
 
     kill(pid, SIGTERM);
     dbkt_proc pr = dbkt_collect(pid, o, e, 20000, "uvhttp");
