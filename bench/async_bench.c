@@ -186,8 +186,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "sqlite") == 0)
             sqlite = true;
         else {
-            fprintf(stderr,
-                    "usage: async_bench [--seconds S] [--rounds R] [--pool P] [sqlite]\n");
+            fprintf(stderr, "usage: async_bench [--seconds S] [--rounds R] [--pool P] [sqlite]\n");
             return 2;
         }
     }

@@ -34,12 +34,12 @@ struct uvh_conn {
     uvh_conn *prev, *next;
     char in[UVH_BUF];
     size_t inlen;
-    size_t consumed;  /* bytes of `in` that the request being answered used */
-    bool busy;        /* a request is being answered */
-    bool keep_alive;  /* of the request being answered */
+    size_t consumed; /* bytes of `in` that the request being answered used */
+    bool busy;       /* a request is being answered */
+    bool keep_alive; /* of the request being answered */
     bool closing;
     uv_write_t wr;
-    char *out;        /* the answer being written (malloc'd) */
+    char *out; /* the answer being written (malloc'd) */
 };
 
 static void conn_unlink(uvh_conn *c)
@@ -95,16 +95,26 @@ static void on_written(uv_write_t *w, int status)
 static const char *reason(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 413: return "Content Too Large";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    default: return "Error";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Content Too Large";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Error";
     }
 }
 

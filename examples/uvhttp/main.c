@@ -81,8 +81,8 @@ static int open_database(dbk_error *err)
         return -1;
     }
     dbk_async_opts ao = {.workers = (int)env_long("ASYNC_WORKERS", 0, 0, DBK_ASYNC_MAX_WORKERS),
-                         .max_pending = (size_t)env_long("ASYNC_MAX_PENDING", 0, 0,
-                                                         DBK_ASYNC_MAX_PENDING)};
+                         .max_pending =
+                             (size_t)env_long("ASYNC_MAX_PENDING", 0, 0, DBK_ASYNC_MAX_PENDING)};
     rc = dbk_async_open(dbk_pool_db(uvh.pool), &ao, &uvh.async, err);
     if (rc != DBK_OK) {
         fprintf(stderr, "uvhttp: async: %s (%s)\n", err->message, dbk_rc_name(rc));

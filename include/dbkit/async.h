@@ -122,11 +122,11 @@ typedef struct dbk_async_opts {
 } dbk_async_opts;
 
 typedef enum dbk_async_kind {
-    DBK_ASYNC_QUERY = 1,     /* dbk_async_query */
-    DBK_ASYNC_EXEC = 2,      /* dbk_async_exec */
-    DBK_ASYNC_BATCH = 3,     /* dbk_async_batch */
-    DBK_ASYNC_CALL = 4,      /* dbk_async_call */
-    DBK_ASYNC_CACHE_GET = 5  /* dbk_async_cache_get, dbk_async_cache_get_or_load */
+    DBK_ASYNC_QUERY = 1,    /* dbk_async_query */
+    DBK_ASYNC_EXEC = 2,     /* dbk_async_exec */
+    DBK_ASYNC_BATCH = 3,    /* dbk_async_batch */
+    DBK_ASYNC_CALL = 4,     /* dbk_async_call */
+    DBK_ASYNC_CACHE_GET = 5 /* dbk_async_cache_get, dbk_async_cache_get_or_load */
 } dbk_async_kind;
 
 /*
@@ -244,9 +244,9 @@ DBK_API dbk_rc dbk_async_call(dbk_async *a, dbk_task_fn fn, int timeout_ms, dbk_
  * copied; the cache is borrowed (it must outlive the handle). Errors as
  * dbk_async_query() (DBK_EMISUSE for a NULL cache or key, keylen 0 or over
  * DBK_CACHE_MAX_KEY). */
-DBK_API dbk_rc dbk_async_cache_get(dbk_async *a, dbk_cache *cache, const void *key,
-                                   size_t keylen, int timeout_ms, dbk_async_cb cb, void *ctx,
-                                   dbk_async_op *op, dbk_error *err);
+DBK_API dbk_rc dbk_async_cache_get(dbk_async *a, dbk_cache *cache, const void *key, size_t keylen,
+                                   int timeout_ms, dbk_async_cb cb, void *ctx, dbk_async_op *op,
+                                   dbk_error *err);
 
 /* Submits dbk_cache_get_or_load(cache, key, load, load_ctx, ttl_ms) (see
  * cache.h): a hit, or one load per key in this process, run on a worker
@@ -254,10 +254,9 @@ DBK_API dbk_rc dbk_async_cache_get(dbk_async *a, dbk_cache *cache, const void *k
  * dbk_cache_get_or_load returned. Errors as dbk_async_cache_get()
  * (DBK_EMISUSE for a NULL load or ttl_ms <= 0). */
 DBK_API dbk_rc dbk_async_cache_get_or_load(dbk_async *a, dbk_cache *cache, const void *key,
-                                           size_t keylen, dbk_cache_load_fn load,
-                                           void *load_ctx, int64_t ttl_ms, int timeout_ms,
-                                           dbk_async_cb cb, void *ctx, dbk_async_op *op,
-                                           dbk_error *err);
+                                           size_t keylen, dbk_cache_load_fn load, void *load_ctx,
+                                           int64_t ttl_ms, int timeout_ms, dbk_async_cb cb,
+                                           void *ctx, dbk_async_op *op, dbk_error *err);
 
 /*
  * Cancels operation `op`:

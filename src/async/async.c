@@ -79,20 +79,20 @@ struct op {
 struct dbk_async {
     dbk_db *db;
     pthread_mutex_t mu;
-    pthread_cond_t work;     /* workers: the queue has an op, or stop */
-    pthread_cond_t wd;       /* watchdog: a new earlier deadline, or stop */
+    pthread_cond_t work;      /* workers: the queue has an op, or stop */
+    pthread_cond_t wd;        /* watchdog: a new earlier deadline, or stop */
     struct op *qhead, *qtail; /* submission queue */
     struct op *chead, *ctail; /* completion queue */
     struct op *rhead;         /* running, doubly linked (for cancel) */
     size_t queued, running, inflight, max_pending;
-    int idle;                /* workers waiting on `work` */
-    int64_t wd_target_ns;    /* the deadline the watchdog sleeps to (0: none) */
+    int idle;             /* workers waiting on `work` */
+    int64_t wd_target_ns; /* the deadline the watchdog sleeps to (0: none) */
     dbk_async_op next_id;
     bool closing, stop, signalled;
-    int rfd, wfd;            /* the same eventfd twice, or a pipe's ends */
+    int rfd, wfd; /* the same eventfd twice, or a pipe's ends */
     int nworkers;
     bool wd_started;
-    bool processing;         /* callbacks are running (the processing thread only) */
+    bool processing; /* callbacks are running (the processing thread only) */
     pthread_t wd_thread;
     pthread_t *workers;
 };
@@ -377,8 +377,8 @@ dbk_rc dbk_async_open(dbk_db *db, const dbk_async_opts *opts, dbk_async **out, d
     if (opts)
         o = *opts;
     if (o.workers < 0 || o.workers > DBK_ASYNC_MAX_WORKERS)
-        return dbk__err(err, DBK_EMISUSE, "dbk_async_open: workers %d is outside 0..%d",
-                        o.workers, DBK_ASYNC_MAX_WORKERS);
+        return dbk__err(err, DBK_EMISUSE, "dbk_async_open: workers %d is outside 0..%d", o.workers,
+                        DBK_ASYNC_MAX_WORKERS);
     if (o.max_pending > DBK_ASYNC_MAX_PENDING)
         return dbk__err(err, DBK_EMISUSE, "dbk_async_open: max_pending %zu is over %d",
                         o.max_pending, DBK_ASYNC_MAX_PENDING);
@@ -536,12 +536,10 @@ size_t dbk_async_pending(const dbk_async *a)
 
 /* Checks the parameters and sizes their copies (as dbk_batch_add does:
  * the limits are checked before anything is copied). */
-static dbk_rc params_size(const dbk_value *params, size_t nparams, size_t *bytes,
-                          dbk_error *err)
+static dbk_rc params_size(const dbk_value *params, size_t nparams, size_t *bytes, dbk_error *err)
 {
     if (nparams && !params)
-        return dbk__err(err, DBK_EMISUSE, "dbk_async: %zu parameters but params is NULL",
-                        nparams);
+        return dbk__err(err, DBK_EMISUSE, "dbk_async: %zu parameters but params is NULL", nparams);
     if (nparams > 65535)
         return dbk__err(err, DBK_EMISUSE, "%zu parameters exceed the limit of 65535", nparams);
     size_t total = 0;
@@ -551,8 +549,8 @@ static dbk_rc params_size(const dbk_value *params, size_t nparams, size_t *bytes
             continue;
         size_t len = params[i].u.bytes.len;
         if (len && !params[i].u.bytes.ptr)
-            return dbk__err(err, DBK_EMISUSE, "parameter $%zu has %zu bytes but no pointer",
-                            i + 1, len);
+            return dbk__err(err, DBK_EMISUSE, "parameter $%zu has %zu bytes but no pointer", i + 1,
+                            len);
         total += len;
         if (len > DBK__MAX_VALUE || total > DBK__PG_MAX_MESSAGE) {
             dbk__err(err, DBK_EINVALID,
@@ -610,8 +608,8 @@ static dbk_rc submit(dbk_async *a, struct op *o, int timeout_ms, dbk_async_cb cb
         size_t n = a->inflight;
         pthread_mutex_unlock(&a->mu);
         free(o);
-        dbk__err(err, DBK_EBUSY, "dbk_async: %zu operations already in flight (max_pending %zu)",
-                 n, a->max_pending);
+        dbk__err(err, DBK_EBUSY, "dbk_async: %zu operations already in flight (max_pending %zu)", n,
+                 a->max_pending);
         dbk__err_hint(err, "answer with back-pressure (503, stop reading) or raise "
                            "dbk_async_opts.max_pending; check that the loop calls "
                            "dbk_async_process");
@@ -645,8 +643,7 @@ static dbk_rc submit(dbk_async *a, struct op *o, int timeout_ms, dbk_async_cb cb
 static dbk_rc check_common(dbk_async *a, int timeout_ms, dbk_async_cb cb, dbk_error *err)
 {
     if (!a || !cb)
-        return dbk__err(err, DBK_EMISUSE, "dbk_async: the handle and the callback must not be "
-                                          "NULL");
+        return dbk__err(err, DBK_EMISUSE, "dbk_async: NULL handle or callback");
     if (timeout_ms < 0)
         return dbk__err(err, DBK_EMISUSE, "dbk_async: timeout_ms %d is negative", timeout_ms);
     return DBK_OK;
@@ -695,19 +692,15 @@ static dbk_rc submit_statement(dbk_async *a, dbk_async_kind kind, const char *sq
 }
 
 dbk_rc dbk_async_query(dbk_async *a, const char *sql, const dbk_value *params, size_t nparams,
-                       int timeout_ms, dbk_async_cb cb, void *ctx, dbk_async_op *op,
-                       dbk_error *err)
+                       int timeout_ms, dbk_async_cb cb, void *ctx, dbk_async_op *op, dbk_error *err)
 {
-    return submit_statement(a, DBK_ASYNC_QUERY, sql, params, nparams, timeout_ms, cb, ctx, op,
-                            err);
+    return submit_statement(a, DBK_ASYNC_QUERY, sql, params, nparams, timeout_ms, cb, ctx, op, err);
 }
 
 dbk_rc dbk_async_exec(dbk_async *a, const char *sql, const dbk_value *params, size_t nparams,
-                      int timeout_ms, dbk_async_cb cb, void *ctx, dbk_async_op *op,
-                      dbk_error *err)
+                      int timeout_ms, dbk_async_cb cb, void *ctx, dbk_async_op *op, dbk_error *err)
 {
-    return submit_statement(a, DBK_ASYNC_EXEC, sql, params, nparams, timeout_ms, cb, ctx, op,
-                            err);
+    return submit_statement(a, DBK_ASYNC_EXEC, sql, params, nparams, timeout_ms, cb, ctx, op, err);
 }
 
 dbk_rc dbk_async_batch(dbk_async *a, dbk_batch *b, dbk_batch_mode mode, int timeout_ms,
@@ -748,9 +741,8 @@ dbk_rc dbk_async_call(dbk_async *a, dbk_task_fn fn, int timeout_ms, dbk_async_cb
 }
 
 static dbk_rc submit_cache(dbk_async *a, dbk_cache *cache, const void *key, size_t keylen,
-                           dbk_cache_load_fn load, void *load_ctx, int64_t ttl_ms,
-                           int timeout_ms, dbk_async_cb cb, void *ctx, dbk_async_op *op,
-                           dbk_error *err)
+                           dbk_cache_load_fn load, void *load_ctx, int64_t ttl_ms, int timeout_ms,
+                           dbk_async_cb cb, void *ctx, dbk_async_op *op, dbk_error *err)
 {
     if (op)
         *op = 0;
@@ -782,10 +774,10 @@ dbk_rc dbk_async_cache_get(dbk_async *a, dbk_cache *cache, const void *key, size
     return submit_cache(a, cache, key, keylen, NULL, NULL, 0, timeout_ms, cb, ctx, op, err);
 }
 
-dbk_rc dbk_async_cache_get_or_load(dbk_async *a, dbk_cache *cache, const void *key,
-                                   size_t keylen, dbk_cache_load_fn load, void *load_ctx,
-                                   int64_t ttl_ms, int timeout_ms, dbk_async_cb cb, void *ctx,
-                                   dbk_async_op *op, dbk_error *err)
+dbk_rc dbk_async_cache_get_or_load(dbk_async *a, dbk_cache *cache, const void *key, size_t keylen,
+                                   dbk_cache_load_fn load, void *load_ctx, int64_t ttl_ms,
+                                   int timeout_ms, dbk_async_cb cb, void *ctx, dbk_async_op *op,
+                                   dbk_error *err)
 {
     if (op)
         *op = 0;

@@ -215,8 +215,8 @@ static void same_on(const char *url, dbk_engine engine)
     rec r = {0};
 
     dbk_value p[3] = {dbk_int64(1), dbk_text("ada"), dbk_blob("\0\1\2", 3)};
-    DBKT_OK(dbk_async_exec(a, "INSERT INTO people (id, name, photo) VALUES ($1, $2, $3)", p, 3,
-                           0, on_done, &r, NULL, &err),
+    DBKT_OK(dbk_async_exec(a, "INSERT INTO people (id, name, photo) VALUES ($1, $2, $3)", p, 3, 0,
+                           on_done, &r, NULL, &err),
             &err);
     loop_until(a, 0);
     assert_int_equal(r.calls, 1);
@@ -236,8 +236,8 @@ static void same_on(const char *url, dbk_engine engine)
     assert_int_equal(r.op, op);
     assert_int_equal(r.affected, 1);
     dbk_result *blocking = NULL;
-    DBKT_OK(dbk_db_query(db, "SELECT id, name, photo FROM people WHERE id = $1", &id, 1,
-                         &blocking, &err),
+    DBKT_OK(dbk_db_query(db, "SELECT id, name, photo FROM people WHERE id = $1", &id, 1, &blocking,
+                         &err),
             &err);
     assert_int_equal(dbk_result_nrows(r.res), dbk_result_nrows(blocking));
     assert_string_equal(text_at(r.res, 0, 1), text_at(blocking, 0, 1));
@@ -310,8 +310,8 @@ static void copied_on(const char *url, dbk_engine engine)
         for (int i = 0; i < 1000; i++)
             photo[i] = (unsigned char)i;
         dbk_value p[3] = {dbk_int64(7), dbk_text(name), dbk_blob(photo, 1000)};
-        DBKT_OK(dbk_async_exec(a, "INSERT INTO people (id, name, photo) VALUES ($1, $2, $3)", p,
-                               3, 0, on_done, &r, NULL, &err),
+        DBKT_OK(dbk_async_exec(a, "INSERT INTO people (id, name, photo) VALUES ($1, $2, $3)", p, 3,
+                               0, on_done, &r, NULL, &err),
                 &err);
         memset(name, 'X', strlen(name));
         memset(photo, 0xEE, 1000);
@@ -402,13 +402,13 @@ static void cancel_on(const char *url, dbk_engine engine)
     const char *names[3] = {"one", "two", "three"};
     for (int i = 0; i < 3; i++) {
         dbk_value p[2] = {dbk_int64(i + 1), dbk_text(names[i])};
-        DBKT_OK(dbk_async_exec(a, "INSERT INTO people (id, name) VALUES ($1, $2)", p, 2, 0,
-                               on_done, &r[i], &ops[i], &err),
+        DBKT_OK(dbk_async_exec(a, "INSERT INTO people (id, name) VALUES ($1, $2)", p, 2, 0, on_done,
+                               &r[i], &ops[i], &err),
                 &err);
     }
     DBKT_OK(dbk_async_cancel(a, ops[1], &err), &err);
     DBKT_RC(DBK_ENOT_FOUND, dbk_async_cancel(a, ops[1], &err)); /* already cancelled */
-    DBKT_RC(DBK_EBUSY, dbk_async_cancel(a, gop, &err));           /* running */
+    DBKT_RC(DBK_EBUSY, dbk_async_cancel(a, gop, &err));         /* running */
     DBKT_RC(DBK_ENOT_FOUND, dbk_async_cancel(a, 123456, &err));
     DBKT_RC(DBK_EMISUSE, dbk_async_cancel(NULL, ops[0], &err));
     /* The cancelled one completes at once, while the worker is still held. */
@@ -840,15 +840,15 @@ static void async_cache_get_and_load(void **state)
     }
     assert_int_equal(l.runs, 1);
     assert_true(l.on_worker);
-    DBKT_OK(dbk_async_cache_get_or_load(a, cache, "gone", 4, load_value, &l, 60000, 0, on_done,
-                                        &r, NULL, &err),
+    DBKT_OK(dbk_async_cache_get_or_load(a, cache, "gone", 4, load_value, &l, 60000, 0, on_done, &r,
+                                        NULL, &err),
             &err);
     loop_until(a, 0);
     DBKT_RC(DBK_ENOT_FOUND, r.rc);
     rec_free(&r);
     DBKT_RC(DBK_EMISUSE, dbk_async_cache_get(a, cache, "", 0, 0, on_done, &r, NULL, &err));
-    DBKT_RC(DBK_EMISUSE, dbk_async_cache_get_or_load(a, cache, "x", 1, NULL, NULL, 1000, 0,
-                                                     on_done, &r, NULL, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_async_cache_get_or_load(a, cache, "x", 1, NULL, NULL, 1000, 0, on_done,
+                                                     &r, NULL, &err));
     dbk_async_close(a);
     dbk_cache_close(cache);
     dbk_pool_close(pool, 1000);
@@ -880,8 +880,8 @@ static void async_misuse_reported(void **state)
     DBKT_RC(DBK_EMISUSE, dbk_async_query(a, "SELECT $1", NULL, 1, 0, on_done, &r, NULL, &err));
     DBKT_RC(DBK_EMISUSE, dbk_async_query(a, "SELECT 1", NULL, 0, -5, on_done, &r, NULL, &err));
     DBKT_RC(DBK_EMISUSE, dbk_async_query(NULL, "SELECT 1", NULL, 0, 0, on_done, &r, NULL, &err));
-    DBKT_RC(DBK_EMISUSE, dbk_async_batch(a, NULL, DBK_BATCH_INDEPENDENT, 0, on_done, &r, NULL,
-                                         &err));
+    DBKT_RC(DBK_EMISUSE,
+            dbk_async_batch(a, NULL, DBK_BATCH_INDEPENDENT, 0, on_done, &r, NULL, &err));
     DBKT_RC(DBK_EMISUSE, dbk_async_call(a, NULL, 0, on_done, &r, NULL, &err));
     /* A value no engine takes is refused from its length, before a copy. */
     size_t huge = (size_t)1 << 31;
@@ -983,8 +983,8 @@ static int http_read(int fd, const char *what, char *body, size_t bodylen)
 static void http_send(int fd, const char *method, const char *path, bool close_after)
 {
     char req[512];
-    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n", method,
-                     path, close_after ? "Connection: close\r\n" : "");
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n", method, path,
+                     close_after ? "Connection: close\r\n" : "");
     assert_int_equal(write(fd, req, (size_t)n), n);
 }
 
