@@ -11,12 +11,15 @@
  *   inspect  the session-change detector the pool runs on every statement
  *            (ns per statement), next to a pooled SQLite primary-key
  *            SELECT, with and without a reset on every release.
+ *   pipe     auto-pipelining: primary-key lookups from N threads (64) on a
+ *            pool of 2 connections with it on and off, next to hand-written
+ *            libpq pipelining of the same lookups on 2 connections.
  *   pk       primary-key lookups through the pool's dbk_db from N threads on
  *            PostgreSQL, next to N raw libpq connections (PQexecPrepared)
  *            running the same SELECT. bench/pool_pgbench.sh runs this mode
  *            next to pgbench on the same table.
  *
- * usage: pool_bench [micro] [sqlite] [pk] [inspect] [--pg-url URL] [--threads N]
+ * usage: pool_bench [micro] [sqlite] [pk] [pipe] [inspect] [--pg-url URL] [--threads N]
  *                   [--seconds S] [--rows N] [--setup]
  * Without a mode: micro, sqlite and inspect, plus pk when a PostgreSQL URL is given
  * (--pg-url, else DBKIT_TEST_PG_URL). pk expects the users table of
@@ -321,6 +324,7 @@ static void run_sqlite(double seconds)
 struct pk {
     dbk_pool *pool;
     const char *url;
+    int depth; /* raw pipelining: lookups per round trip */
     int64_t rows;
     double end;
     atomic_int go;
@@ -440,6 +444,138 @@ static double pk_run(const char *url, bool raw, int threads, double seconds, int
         fprintf(stderr, "pool_bench: %ld errors in pk (%s)\n", atomic_load(&p.errors),
                 raw ? "raw" : "pool");
     return (double)atomic_load(&p.ops) / t;
+}
+
+/* Hand-written libpq pipelining: one connection, `depth` lookups sent per
+ * round trip, each followed by its own Sync (each its own implicit
+ * transaction, as auto-pipelining runs them), answers read in order. */
+static void *pk_rawpipe_thread(void *arg)
+{
+    struct pk *p = arg;
+    uint64_t rng = 88172645463325252ULL ^ (uint64_t)(uintptr_t)&rng;
+    PGconn *c = PQconnectdb(p->url);
+    if (PQstatus(c) != CONNECTION_OK) {
+        atomic_fetch_add(&p->errors, 1);
+        PQfinish(c);
+        return NULL;
+    }
+    PGresult *pr = PQprepare(c, "pk", PK_SQL, 1, NULL);
+    PQclear(pr);
+    while (!atomic_load(&p->go))
+        usleep(500);
+    long n = 0;
+    PQenterPipelineMode(c);
+    while (now_s() < p->end) {
+        for (int i = 0; i < p->depth; i++) {
+            char buf[24];
+            snprintf(buf, sizeof buf, "%llu",
+                     (unsigned long long)(xs(&rng) % (uint64_t)p->rows) + 1);
+            const char *vals[1] = {buf};
+            PQsendQueryPrepared(c, "pk", 1, vals, NULL, NULL, 0);
+            PQpipelineSync(c);
+        }
+        PQflush(c);
+        for (int i = 0; i < p->depth; i++) {
+            PGresult *r = PQgetResult(c);
+            if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+                atomic_fetch_add(&p->errors, 1);
+            else
+                sink += strlen(PQgetvalue(r, 0, 1)) + strlen(PQgetvalue(r, 0, 2));
+            PQclear(r);
+            PQclear(PQgetResult(c)); /* NULL after the statement's results */
+            PQclear(PQgetResult(c)); /* PGRES_PIPELINE_SYNC */
+            n++;
+        }
+    }
+    PQexitPipelineMode(c);
+    atomic_fetch_add(&p->ops, n);
+    PQfinish(c);
+    return NULL;
+}
+
+/* `threads` threads of pk_pool_thread on a pool of `size` connections, with
+ * auto-pipelining on or off (the auto_pipeline URL setting). */
+static double pipe_pool_run(const char *url, int threads, int size, bool autopipe, double seconds,
+                            int64_t rows, uint64_t *pipelined)
+{
+    char u[1024];
+    snprintf(u, sizeof u, "%s%sauto_pipeline=%d", url, strchr(url, '?') ? "&" : "?",
+             autopipe ? 1 : 0);
+    struct pk p = {.url = u, .rows = rows};
+    dbk_pool_opts o = {.max_size = size, .min_idle = size, .acquire_timeout_ms = 30000};
+    p.pool = open_pool(u, &o);
+    for (int i = 0; i < 1000; i++) {
+        dbk_pool_stats st;
+        dbk_pool_get_stats(p.pool, &st, NULL);
+        if (st.idle == size)
+            break;
+        usleep(5000);
+    }
+    pthread_t th[256];
+    for (int i = 0; i < threads; i++)
+        pthread_create(&th[i], NULL, pk_pool_thread, &p);
+    usleep(100000);
+    p.end = now_s() + seconds;
+    double t0 = now_s();
+    atomic_store(&p.go, 1);
+    for (int i = 0; i < threads; i++)
+        pthread_join(th[i], NULL);
+    double t = now_s() - t0;
+    dbk_pool_stats st;
+    dbk_pool_get_stats(p.pool, &st, NULL);
+    *pipelined = st.pipelined;
+    dbk_pool_close(p.pool, 1000);
+    if (atomic_load(&p.errors))
+        fprintf(stderr, "pool_bench: %ld errors in pipe (pool)\n", atomic_load(&p.errors));
+    return (double)atomic_load(&p.ops) / t;
+}
+
+static double pipe_raw_run(const char *url, int conns, int depth, double seconds, int64_t rows)
+{
+    struct pk p = {.url = url, .rows = rows, .depth = depth};
+    pthread_t th[64];
+    for (int i = 0; i < conns; i++)
+        pthread_create(&th[i], NULL, pk_rawpipe_thread, &p);
+    usleep(200000);
+    p.end = now_s() + seconds;
+    double t0 = now_s();
+    atomic_store(&p.go, 1);
+    for (int i = 0; i < conns; i++)
+        pthread_join(th[i], NULL);
+    double t = now_s() - t0;
+    if (atomic_load(&p.errors))
+        fprintf(stderr, "pool_bench: %ld errors in pipe (raw)\n", atomic_load(&p.errors));
+    return (double)atomic_load(&p.ops) / t;
+}
+
+/* pipe: PK lookups from `threads` threads on a pool of 2 connections, with
+ * and without auto-pipelining, next to hand-written libpq pipelining of the
+ * same lookups on 2 connections (threads / 2 per round trip). */
+static void run_pipe(const char *url, int threads, double seconds, int64_t rows)
+{
+    const int size = 2;
+    printf("pipe: primary-key lookups, %d threads on a pool of %d, %.0f s, %lld rows "
+           "(best of 3 alternating rounds)\n",
+           threads, size, seconds, (long long)rows);
+    double best_raw = 0, best_on = 0, best_off = 0;
+    uint64_t piped = 0;
+    for (int r = 0; r < 3; r++) {
+        double a = pipe_raw_run(url, size, threads / size > 0 ? threads / size : 1, seconds, rows);
+        uint64_t pl = 0, pl0 = 0;
+        double b = pipe_pool_run(url, threads, size, true, seconds, rows, &pl);
+        double c = pipe_pool_run(url, threads, size, false, seconds, rows, &pl0);
+        best_raw = a > best_raw ? a : best_raw;
+        if (b > best_on) {
+            best_on = b;
+            piped = pl;
+        }
+        best_off = c > best_off ? c : best_off;
+    }
+    printf("  %-52s %9.0f q/s\n", "baseline: raw libpq pipelining, 2 conns, Sync each", best_raw);
+    printf("  %-52s %9.0f q/s\n", "dbkit pool, auto-pipelining off", best_off);
+    printf("  %-52s %9.0f q/s   %.2fx off, %.3f of raw pipelining (%llu rode)\n",
+           "dbkit pool, auto-pipelining on", best_on, best_on / best_off, best_on / best_raw,
+           (unsigned long long)piped);
 }
 
 static void pk_setup(const char *url, int64_t rows)
@@ -570,7 +706,8 @@ static void run_inspect(void)
 
 int main(int argc, char **argv)
 {
-    bool micro = false, sqlite = false, pk = false, setup = false, pool_only = false;
+    bool micro = false, sqlite = false, pk = false, setup = false, pool_only = false,
+         pipe = false;
     bool inspect = false;
     bool raw_only = false;
     const char *url = NULL;
@@ -582,6 +719,8 @@ int main(int argc, char **argv)
             micro = true;
         else if (!strcmp(argv[i], "sqlite"))
             sqlite = true;
+        else if (!strcmp(argv[i], "pipe"))
+            pipe = true;
         else if (!strcmp(argv[i], "pk"))
             pk = true;
         else if (!strcmp(argv[i], "inspect"))
@@ -601,7 +740,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--raw-only"))
             raw_only = true;
         else {
-            fprintf(stderr, "usage: %s [micro] [sqlite] [pk] [inspect] [--pg-url URL] [--threads N] "
+            fprintf(stderr, "usage: %s [micro] [sqlite] [pk] [pipe] [inspect] [--pg-url URL] [--threads N] "
                             "[--seconds S] [--rows N] [--setup] [--pool-only | --raw-only]\n",
                     argv[0]);
             return 2;
@@ -613,7 +752,7 @@ int main(int argc, char **argv)
     }
     if (!url)
         url = getenv("DBKIT_TEST_PG_URL");
-    if (!micro && !sqlite && !pk && !inspect) {
+    if (!micro && !sqlite && !pk && !inspect && !pipe) {
         micro = sqlite = inspect = true;
         pk = url != NULL;
     }
@@ -631,6 +770,15 @@ int main(int argc, char **argv)
         if (setup)
             pk_setup(url, rows);
         run_pk(url, threads, seconds, rows, pool_only, raw_only);
+    }
+    if (pipe) {
+        if (!url) {
+            fprintf(stderr, "pool_bench: pipe needs --pg-url or DBKIT_TEST_PG_URL\n");
+            return 2;
+        }
+        if (setup && !pk)
+            pk_setup(url, rows);
+        run_pipe(url, threads, seconds, rows);
     }
     if (tmpdir[0])
         rmdir(tmpdir);

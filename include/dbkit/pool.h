@@ -76,11 +76,28 @@ typedef struct dbk_pool_opts {
  *    only the statements in flight.
  *  - DBK_EREADONLY (SQLSTATE 25006) on PostgreSQL means the pool reached a
  *    standby: every connection is recycled (closed when next idle).
- *  - After DBK_POOL_BREAKER_FAILURES connect failures in a row, acquires
- *    that need a new connection fail at once with DBK_EUNAVAILABLE for a
- *    cool-down; then one probe connect decides.
+ *  - During an outage (connects refused, unreachable, timed out, no
+ *    read-write host yet: a restart or failover) callers wait, each until
+ *    its acquire timeout, and are served when a connect succeeds; one whose
+ *    timeout passes gets DBK_EUNAVAILABLE with the last connect error.
+ *    Other connect errors (authentication, TLS) fail the caller at once.
+ *    After DBK_POOL_BREAKER_FAILURES failures in a row the pool waits a
+ *    cool-down between connects; while it lasts, acquires that need a new
+ *    connection fail at once only if the outage is older than the acquire
+ *    timeout (or not passing).
  *  - Released connections carry no state to the next borrower (see
  *    dbk_pool_release()).
+ *  - Auto-pipelining (PostgreSQL, on unless DB_AUTO_PIPELINE=0): a plain
+ *    query or DML statement run on dbk_pool_db() that finds every
+ *    connection busy queues its statement instead of waiting for a
+ *    connection of its own; the next caller to get a connection sends its
+ *    statement and every queued one in one pipeline. Each keeps the
+ *    semantics of a statement on its own: its own implicit transaction
+ *    (a Sync after each), result, error and observer event. Transaction
+ *    control, COPY, CALL, session changes, transactions and lent
+ *    connections never ride. A queued statement leaves at the acquire
+ *    timeout; one in flight waits for its answer under the statement
+ *    timeout. Not behind pooler=transaction.
  *  - A pool used in a child process after fork() refuses with DBK_EMISUSE.
  *  - SQLite: readers run in parallel under WAL; writers wait for each other
  *    inside SQLite (busy_timeout); a plain "BEGIN" on a pooled connection
@@ -99,7 +116,7 @@ typedef struct dbk_db dbk_db;
 /* First cool-down of the open breaker; doubles while probes keep failing,
  * up to DBK_POOL_BREAKER_MAX_MS, and resets when a connect succeeds. */
 #define DBK_POOL_BREAKER_MIN_MS 100
-#define DBK_POOL_BREAKER_MAX_MS 1000
+#define DBK_POOL_BREAKER_MAX_MS 500
 
 /*
  * Opens a pool for `cfg` (copied; the caller may free it afterwards). With
@@ -260,12 +277,17 @@ typedef struct dbk_pool_stats {
     uint64_t resets;           /* session resets on release */
     uint64_t leaks;            /* leak reports logged */
     uint64_t recycles;         /* generation bumps after DBK_EREADONLY (failover) */
-    bool breaker_open;         /* acquires needing a connect fail fast right now */
+    bool breaker_open;         /* in a cool-down between failed connects */
     /* Acquire latency histogram: latency_count[i] acquires took at most
      * latency_le_us[i] microseconds (and more than latency_le_us[i-1]); the
      * last bound is INT64_MAX. */
     int64_t latency_le_us[DBK_POOL_LATENCY_BUCKETS];
     uint64_t latency_count[DBK_POOL_LATENCY_BUCKETS];
+    /* Auto-pipelining (PostgreSQL, DB_AUTO_PIPELINE): pipelines that carried
+     * statements of other callers, and those statements (each also counted
+     * in neither acquires nor acquire latency: they borrowed no connection). */
+    uint64_t pipelines;
+    uint64_t pipelined;
 } dbk_pool_stats;
 
 /* Fills *out with a consistent snapshot (taken under the pool lock).

@@ -119,6 +119,8 @@ const struct setting dbk__cfg_settings[S_COUNT_] = {
     [S_READ_YOUR_WRITES_WAIT] = {"read_your_writes_wait", "DB_READ_YOUR_WRITES_WAIT_MS", K_MS,
                                  SC_PG, 0, "100", 0, MS_MAX, OFF(read_your_writes_wait_ms), NULL},
     [S_POOLER] = {"pooler", "DB_POOLER", K_ENUM, SC_PG, 0, "none", 0, 0, OFF(pooler), pooler_modes},
+    [S_AUTO_PIPELINE] = {"auto_pipeline", "DB_AUTO_PIPELINE", K_COUNT, SC_PG, 0, "1", 0, 1,
+                         OFF(auto_pipeline), NULL},
 };
 
 int dbk__cfg_find_setting(const char *key)

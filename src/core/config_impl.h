@@ -81,6 +81,7 @@ enum {
     S_REPLICA_MAX_LAG,
     S_READ_YOUR_WRITES_WAIT,
     S_POOLER,
+    S_AUTO_PIPELINE,
     S_COUNT_
 };
 

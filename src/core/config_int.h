@@ -51,6 +51,11 @@ struct dbk_config {
     /* "transaction" behind a transaction-mode pooler (PgBouncer): no named
      * prepared statements; NULL or "none" otherwise. */
     char *pooler;
+    /* 1 (default): statements run on a pool's executor by threads that
+     * find every connection busy ride in the pipeline of a connection
+     * that is running (PostgreSQL; see src/pool/pool_pipe.c); 0: each
+     * waits for a connection of its own. */
+    int auto_pipeline;
     int replica_max_lag_ms;
     int read_your_writes_wait_ms;
 

@@ -91,6 +91,11 @@ typedef struct dbk__driver {
      * fill error aborts the COPY (nothing is written) and is returned. */
     dbk_rc (*copy_in)(void *impl, const char *sql, dbk__copy_fill fill, void *ctx, int64_t *rows,
                       dbk_error *err);
+    /* Optional (NULL: not supported). Independent statements of different
+     * callers in one round trip, each in its own implicit transaction (it
+     * commits or fails alone; none is sent twice). Outside a transaction
+     * block only. Fills every item; returns the first failure's rc or OK. */
+    dbk_rc (*pipeline)(void *impl, dbk__batch_item *items, size_t n);
 } dbk__driver;
 
 extern const dbk__driver dbk__driver_sqlite;

@@ -500,5 +500,6 @@ const dbk__driver dbk__driver_postgres = {
     .server_version = dbk__pg_server_version,
     .statement_timeout_ms = dbk__pg_statement_timeout_ms,
     .batch = dbk__pg_batch,
+    .pipeline = dbk__pg_pipeline,
     .copy_in = dbk__pg_copy_in,
 };

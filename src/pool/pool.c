@@ -120,11 +120,13 @@ static void list_remove(struct slot_list *l, struct slot *s)
 static void idle_push(dbk_pool *p, struct slot *s)
 {
     list_push(&p->idle, s);
+    s->on_idle = true;
 }
 
 void dbk__pool_idle_remove(dbk_pool *p, struct slot *s)
 {
     list_remove(&p->idle, s);
+    s->on_idle = false;
 }
 
 void dbk__pool_busy_push(dbk_pool *p, struct slot *s)
@@ -192,7 +194,7 @@ void dbk__pool_give_slot(dbk_pool *p, struct slot *s, int64_t now)
         dbk__pool_busy_push(p, s);
         w->slot = s;
         w->done = true;
-        pthread_cond_signal(&w->cv);
+        dbk__pevent_post(&w->ev);
         return;
     }
     s->idle_since_ns = now;
@@ -208,7 +210,7 @@ void dbk__pool_fail_all_waiters(dbk_pool *p, const dbk_error *e)
         w->e = *e;
         w->rc = e->code;
         w->done = true;
-        pthread_cond_signal(&w->cv);
+        dbk__pevent_post(&w->ev);
     }
 }
 
@@ -240,6 +242,12 @@ void dbk__pool_report_error(dbk_pool *p, dbk_log_level level, const dbk_error *e
  * a forked child nothing is touched. */
 void dbk__pool_close_slot(dbk_pool *p, struct slot *s)
 {
+    pthread_mutex_lock(&p->mu);
+    for (int i = 0; i < POOL_AFFINITY; i++)
+        if (p->affinity[i] == s)
+            p->affinity[i] = NULL;
+    s->on_idle = false;
+    pthread_mutex_unlock(&p->mu);
     if (s->gate_held) {
         pthread_mutex_lock(&p->gate_mu);
         if (p->gate_owner == s)
@@ -306,6 +314,8 @@ static dbk_rc pdb_run(dbk_db *db, const char *sql, const dbk_value *params, size
                       dbk_result **out, int64_t *affected, dbk_error *err)
 {
     dbk_pool *p = db->self;
+    if (p->auto_pipeline && dbk__pool_sql_pipelinable(sql))
+        return dbk__pool_pipe_run(p, sql, params, nparams, out, affected, err);
     struct site st = {"dbk_db", NULL, sql, 0};
     dbk_conn *c = NULL;
     dbk_rc rc = dbk__pool_acquire(p, &st, &c, err);
@@ -464,6 +474,11 @@ dbk_rc dbk_pool_open(const dbk_config *cfg, const dbk_pool_opts *opts, dbk_pool 
     p->rng = (uint64_t)dbk__now_ns() ^ ((uint64_t)(uintptr_t)p << 16) ^ 0x9e3779b97f4a7c15ULL;
     if (!p->rng)
         p->rng = 1;
+    /* Auto-pipelining needs the driver's pipeline and a session of our own
+     * behind each connection: not behind a transaction-mode pooler. */
+    p->auto_pipeline = cfg->auto_pipeline && cfg->engine == DBK_ENGINE_POSTGRES &&
+                       dbk__driver_postgres.pipeline &&
+                       !(p->cfg->pooler && p->cfg->pooler[0] == 't');
     p->use_gate = false; /* see the top of this file */
     p->gate_timeout_ms = cfg->busy_timeout_ms > 0 ? cfg->busy_timeout_ms : o.acquire_timeout_ms;
 
@@ -646,6 +661,8 @@ dbk_rc dbk_pool_get_stats(dbk_pool *pool, dbk_pool_stats *out, dbk_error *err)
     out->resets = p->resets;
     out->leaks = p->leaks;
     out->recycles = p->recycles;
+    out->pipelines = p->pipelines;
+    out->pipelined = p->pipelined;
     out->breaker_open = p->breaker_until_ns != 0 && coarse_now_ns() < p->breaker_until_ns;
     for (int i = 0; i < DBK_POOL_LATENCY_BUCKETS; i++) {
         out->latency_le_us[i] = lat_bounds_us[i];

@@ -103,21 +103,52 @@ static dbk_rc timeout_error(dbk_pool *p, int64_t waited_ms, dbk_error *err)
     return DBK_EPOOL_TIMEOUT;
 }
 
+/* Pool lock held. The acquire timeout passed while the pool could not
+ * connect: the caller learns why. */
+static dbk_rc outage_error(dbk_pool *p, int64_t waited_ms, dbk_error *err)
+{
+    if (!err)
+        return DBK_EUNAVAILABLE;
+    dbk__err(err, DBK_EUNAVAILABLE,
+             "database unavailable: no connection within %lld ms, %d connects failed in a row "
+             "(last: %s)",
+             (long long)waited_ms, p->consecutive_failures, p->last_connect_err.message);
+    dbk__err_hint(err, "check that the server is running and the host and port in "
+                       "DATABASE_URL (`dbkit doctor`); the pool retries by itself");
+    return DBK_EUNAVAILABLE;
+}
+
 /* ---- acquire ---- */
 
-dbk_rc dbk__pool_acquire(dbk_pool *p, const struct site *site, dbk_conn **out, dbk_error *err)
+/* A small number for the calling thread, the same on every call (threads
+ * are numbered in the order they first acquire). Threads that share a
+ * number share an affinity hint: a hint is only a preference. */
+static unsigned thread_key(void)
+{
+    static unsigned next;
+    static _Thread_local unsigned key;
+    if (!key)
+        key = __atomic_add_fetch(&next, 1, __ATOMIC_RELAXED) | 0x80000000u;
+    return key;
+}
+
+static dbk_rc acquire(dbk_pool *p, const struct site *site, struct pipe_req *req, dbk_conn **out,
+                      bool *rode, dbk_error *err)
 {
     if (dbk__pool_forked(p))
         return dbk__pool_fork_error(p, err);
     int64_t t0 = 0; /* precise start, read lazily: the fast path does not need it */
     dbk_rc rc;
+    unsigned aff = thread_key() & (POOL_AFFINITY - 1);
     pthread_mutex_lock(&p->mu);
     for (;;) {
         if (p->closing) {
             pthread_mutex_unlock(&p->mu);
             return dbk__err(err, DBK_EPOOL_CLOSED, "the connection pool is closed");
         }
-        struct slot *s = p->idle.head;
+        struct slot *s = p->affinity[aff];
+        if (!s || !s->on_idle)
+            s = p->idle.head;
         if (s) {
             dbk__pool_idle_remove(p, s);
             int64_t now = coarse_now_ns();
@@ -137,6 +168,7 @@ dbk_rc dbk__pool_acquire(dbk_pool *p, const struct site *site, dbk_conn **out, d
             s->acquired_ns = now;
             s->leak_reported = false;
             dbk__pool_busy_push(p, s);
+            p->affinity[aff] = s;
             unsigned epoch = __atomic_load_n(&p->suspect_epoch, __ATOMIC_RELAXED);
             bool validate = s->checked_epoch != epoch ||
                             (p->o.validate_after_ms > 0 &&
@@ -189,7 +221,10 @@ dbk_rc dbk__pool_acquire(dbk_pool *p, const struct site *site, dbk_conn **out, d
         }
 
         /* Nothing idle. */
-        if (p->breaker_until_ns && coarse_now_ns() < p->breaker_until_ns) {
+        int64_t cnow = coarse_now_ns();
+        if (p->breaker_until_ns && cnow < p->breaker_until_ns &&
+            (!p->outage_passing ||
+             cnow - p->outage_since_ns >= MS(p->o.acquire_timeout_ms))) {
             int left = (int)((p->breaker_until_ns - coarse_now_ns()) / 1000000);
             dbk__err(err, DBK_EUNAVAILABLE,
                      "database unavailable: %d connects failed in a row, the pool fails fast "
@@ -218,26 +253,43 @@ dbk_rc dbk__pool_acquire(dbk_pool *p, const struct site *site, dbk_conn **out, d
         int64_t deadline = t0 + MS(p->o.acquire_timeout_ms);
         struct waiter w;
         memset(&w, 0, sizeof w);
-        pthread_cond_init(&w.cv, &p->cattr);
         w.site = *site;
+        w.req = req;
         dbk__pool_wq_push(p, &w);
         p->n_wait_threads++;
         if (dbk__pool_capacity_used(p) < p->o.max_size)
             dbk__pool_wake_worker(p);
-        struct timespec ts = ns_to_ts(deadline);
-        while (!w.done) {
-            int wr = pthread_cond_timedwait(&w.cv, &p->mu, &ts);
-            if (wr == ETIMEDOUT && !w.done)
-                break;
+        pthread_mutex_unlock(&p->mu);
+        /* Sleep outside the pool lock: whoever decides this waiter's fate
+         * (a release, the worker, close, a pipeline runner) posts its event
+         * once. */
+        bool posted = dbk__pevent_wait(&w.ev, deadline);
+        if (posted && __atomic_load_n(&w.rode, __ATOMIC_ACQUIRE)) {
+            *rode = true; /* the runner accounted for us (pool_pipe.c) */
+            return DBK_OK;
         }
-        pthread_cond_destroy(&w.cv);
+        pthread_mutex_lock(&p->mu);
+        if (!posted && w.taken) {
+            /* Taken into a pipeline as the deadline passed: the statement
+             * is in flight, its outcome comes within the runner's
+             * statement deadlines. */
+            pthread_mutex_unlock(&p->mu);
+            dbk__pevent_wait(&w.ev, 0);
+            *rode = true;
+            return DBK_OK;
+        }
+        /* Not taken: a post, if any, happened under the lock we hold. */
         p->n_wait_threads--;
         if (p->closing)
             pthread_cond_broadcast(&p->drain_cv);
         if (!w.done) {
             dbk__pool_wq_remove(p, &w);
-            p->acquire_timeouts++;
-            rc = timeout_error(p, (dbk__now_ns() - t0) / 1000000, err);
+            if (p->consecutive_failures > 0 && dbk__pool_capacity_used(p) < p->o.max_size) {
+                rc = outage_error(p, (dbk__now_ns() - t0) / 1000000, err);
+            } else {
+                p->acquire_timeouts++;
+                rc = timeout_error(p, (dbk__now_ns() - t0) / 1000000, err);
+            }
             pthread_mutex_unlock(&p->mu);
             return rc;
         }
@@ -248,6 +300,7 @@ dbk_rc dbk__pool_acquire(dbk_pool *p, const struct site *site, dbk_conn **out, d
             return w.rc;
         }
         s = w.slot; /* handed over: already on the busy list with our site */
+        p->affinity[aff] = s;
         s->checked_epoch = __atomic_load_n(&p->suspect_epoch, __ATOMIC_RELAXED);
         p->acquires++;
         dbk__pool_count_latency(p, dbk__now_ns() - t0);
@@ -257,6 +310,19 @@ dbk_rc dbk__pool_acquire(dbk_pool *p, const struct site *site, dbk_conn **out, d
         *out = s->conn;
         return DBK_OK;
     }
+}
+
+dbk_rc dbk__pool_acquire(dbk_pool *p, const struct site *site, dbk_conn **out, dbk_error *err)
+{
+    return acquire(p, site, NULL, out, NULL, err);
+}
+
+dbk_rc dbk__pool_acquire_or_ride(dbk_pool *p, const struct site *site, struct pipe_req *req,
+                                 dbk_conn **out, bool *rode, dbk_error *err)
+{
+    *rode = false;
+    *out = NULL;
+    return acquire(p, site, req, out, rode, err);
 }
 
 dbk_rc dbk_pool_acquire_at(dbk_pool *pool, const char *file, int line, const char *func,

@@ -17,8 +17,11 @@
 #ifndef DBK_POOL_IMPL_H
 #define DBK_POOL_IMPL_H
 
+#include <linux/futex.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -52,6 +55,8 @@ static inline struct timespec ns_to_ts(int64_t ns)
 
 /* ---- structures ---- */
 
+#define POOL_AFFINITY 64 /* thread-affinity hints (a power of two) */
+
 /* Where a connection was taken: a call site, or a statement of the pool's
  * own dbk_db (sql borrowed for the duration of that call). */
 struct site {
@@ -78,6 +83,7 @@ struct slot {
     bool dirty;      /* a session setting changed: reset on release */
     bool broken;     /* connection lost: never reuse */
     bool gate_held;  /* SQLite write gate */
+    bool on_idle;    /* on the idle list */
 };
 
 /* A doubly linked list of slots with its length (the idle and busy lists). */
@@ -86,13 +92,57 @@ struct slot_list {
     int n;
 };
 
+/* A statement that may ride in another caller's pipeline (pool_pipe.c). */
+struct pipe_req {
+    dbk__batch_item item;
+};
+
+/* A one-shot event a waiter sleeps on (a futex word): posted once, by
+ * whoever decides the waiter's fate. Every post but a pipeline runner's is
+ * made under the pool lock, so a waiter that holds the lock and sees its
+ * outcome knows the post is complete. The word is read with acquire
+ * ordering, so what the poster wrote before posting is visible after. */
+struct pevent {
+    int state; /* 0, then 1 once posted */
+};
+
+static inline void dbk__pevent_post(struct pevent *e)
+{
+    __atomic_store_n(&e->state, 1, __ATOMIC_RELEASE);
+    /* After the store the waiter may return and its frame be reused: the
+     * wake only names the address, it does not touch the memory. */
+    syscall(SYS_futex, &e->state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Sleeps until posted (true) or until the monotonic deadline deadline_ns
+ * passes (false; 0: no deadline). */
+static inline bool dbk__pevent_wait(struct pevent *e, int64_t deadline_ns)
+{
+    while (!__atomic_load_n(&e->state, __ATOMIC_ACQUIRE)) {
+        struct timespec ts, *tp = NULL;
+        if (deadline_ns) {
+            if (dbk__now_ns() >= deadline_ns)
+                return __atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != 0;
+            ts = ns_to_ts(deadline_ns); /* absolute, CLOCK_MONOTONIC */
+            tp = &ts;
+        }
+        syscall(SYS_futex, &e->state, FUTEX_WAIT_BITSET_PRIVATE, 0, tp, NULL,
+                FUTEX_BITSET_MATCH_ANY);
+    }
+    return true;
+}
+
 struct waiter {
-    pthread_cond_t cv;
+    struct pevent ev;
     struct waiter *prev, *next;
     struct site site;
     struct slot *slot; /* set on hand-off */
     dbk_rc rc;         /* set on failure */
     dbk_error e;
+    struct pipe_req *req; /* non-NULL: may be served by riding a pipeline */
+    bool taken;           /* req taken into a pipeline: wait for it, no timeout */
+    int rode;             /* 1: req ran in another caller's pipeline, item filled
+                             (atomic: set by the runner outside the lock) */
     bool done;
 };
 
@@ -112,6 +162,10 @@ struct dbk_pool {
 
     /* lists */
     struct slot_list idle;
+    /* Thread affinity: the connection each thread (hashed) used last, so a
+     * thread gets its own connection back when it is idle (pool_acquire.c).
+     * Cleared for a slot before the slot is freed. */
+    struct slot *affinity[POOL_AFFINITY];
     struct slot_list busy; /* head: most recent acquire */
     struct waiter *wq_head, *wq_tail;
     int n_opening, n_closing, n_waiting;
@@ -125,6 +179,14 @@ struct dbk_pool {
     int cooldown_ms;
     int64_t breaker_until_ns; /* 0: closed */
     dbk_error last_connect_err;
+    /* Since when connects fail (0: the last one succeeded), and whether the
+     * last failure looks passing (server down, refused, unreachable,
+     * timed out, read-only during a failover) rather than a setting that
+     * will not fix itself (authentication, TLS, no such database). While a
+     * passing outage is younger than the acquire timeout, callers wait for
+     * the pool to reconnect instead of failing at once. */
+    int64_t outage_since_ns;
+    bool outage_passing;
 
     /* counters */
     uint64_t created, closed, acquires, acquire_timeouts, connect_failures, discarded, resets,
@@ -138,6 +200,10 @@ struct dbk_pool {
     bool orphaned; /* close returned with connections still lent: last release frees */
     pthread_t worker;
     uint64_t rng;
+
+    /* auto-pipelining (pool_pipe.c) */
+    bool auto_pipeline;
+    uint64_t pipelines, pipelined;
 
     /* SQLite write gate */
     bool use_gate;
@@ -158,6 +224,13 @@ void dbk__pool_give_slot(dbk_pool *p, struct slot *s, int64_t now);
 void dbk__pool_fail_all_waiters(dbk_pool *p, const dbk_error *e);
 
 void dbk__pool_wake_worker(dbk_pool *p);
+
+/* True for connect failures a failover or restart causes. */
+static inline bool dbk__pool_connect_err_passing(dbk_rc rc)
+{
+    return rc == DBK_EUNAVAILABLE || rc == DBK_ECONN_LOST || rc == DBK_ETIMEOUT ||
+           rc == DBK_EREADONLY;
+}
 
 void dbk__pool_report_error_h(const dbk_pool_hooks *h, dbk_log_level level, const dbk_error *e);
 
@@ -195,6 +268,25 @@ dbk_rc dbk__pool_run_on_connect(const dbk_pool_hooks *h, struct slot *s, dbk_err
 void dbk__pool_free_pool(dbk_pool *p);
 
 dbk_rc dbk__pool_acquire(dbk_pool *p, const struct site *site, dbk_conn **out, dbk_error *err);
+
+/* As dbk__pool_acquire, but while every connection is busy the caller's
+ * statement may be taken into the pipeline of a caller that holds one: then
+ * *rode is set, *out stays NULL and req->item holds the outcome. */
+dbk_rc dbk__pool_acquire_or_ride(dbk_pool *p, const struct site *site, struct pipe_req *req,
+                                 dbk_conn **out, bool *rode, dbk_error *err);
+
+/* The pool's dbk_db run with auto-pipelining (pool_pipe.c). */
+dbk_rc dbk__pool_pipe_run(dbk_pool *p, const char *sql, const dbk_value *params, size_t nparams,
+                          dbk_result **out, int64_t *affected, dbk_error *err);
+
+/* Runs statements of several callers in one pipeline on the lent
+ * connection c, noting failures as a statement of its own would
+ * (pool_lent.c). */
+void dbk__pool_lent_pipeline(dbk_conn *c, dbk__batch_item *items, size_t n);
+
+/* True when sql may ride in a pipeline: not transaction control, not
+ * COPY, no session change (pool_sql.c). */
+bool dbk__pool_sql_pipelinable(const char *sql);
 
 void dbk__pool_release(dbk_pool *p, dbk_conn *c, bool force_reset);
 

@@ -254,6 +254,23 @@ static dbk_rc pc_batch(dbk_db *db, dbk__batch_item *items, size_t n, bool atomic
     return rc;
 }
 
+void dbk__pool_lent_pipeline(dbk_conn *c, dbk__batch_item *items, size_t n)
+{
+    struct slot *s = c->pool_slot;
+    dbk_pool *p = s->pool;
+    c->drv->pipeline(c->impl, items, n);
+    bool lost = false, ro = false;
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].rc == DBK_ECONN_LOST && !lost) {
+            lost = true;
+            note_failure(p, s, DBK_ECONN_LOST, items[i].err);
+        } else if (items[i].rc == DBK_EREADONLY && !ro) {
+            ro = true;
+            note_failure(p, s, DBK_EREADONLY, items[i].err);
+        }
+    }
+}
+
 static dbk_rc pc_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx,
                          int64_t *rows, dbk_error *err)
 {

@@ -313,3 +313,22 @@ bool dbk__pool_sql_is_read(const char *sql)
     return dbk__sqlscan_is(&sc, "select") || dbk__sqlscan_is(&sc, "values") ||
            dbk__sqlscan_is(&sc, "explain");
 }
+
+bool dbk__pool_sql_pipelinable(const char *sql)
+{
+    if (!sql)
+        return false;
+    /* Only plain queries and DML ride: transaction control, COPY, CALL
+     * (a procedure may commit), utility statements that refuse to run in
+     * a transaction block, and anything that changes the session run on a
+     * connection of their own, as before. */
+    dbk__sqlscan sc;
+    scan_sql(&sc, sql, DBK_ENGINE_POSTGRES);
+    dbk__sqlscan_next(&sc);
+    if (!(dbk__sqlscan_is(&sc, "select") || dbk__sqlscan_is(&sc, "insert") ||
+          dbk__sqlscan_is(&sc, "update") || dbk__sqlscan_is(&sc, "delete") ||
+          dbk__sqlscan_is(&sc, "with") || dbk__sqlscan_is(&sc, "values") ||
+          dbk__sqlscan_is(&sc, "table")))
+        return false;
+    return !dbk__pool_sql_changes_session(sql, DBK_ENGINE_POSTGRES);
+}

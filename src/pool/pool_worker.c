@@ -115,6 +115,7 @@ void *dbk__pool_worker_main(void *arg)
             if (rc == DBK_OK) {
                 p->created++;
                 p->consecutive_failures = 0;
+                p->outage_since_ns = 0;
                 p->breaker_until_ns = 0;
                 p->cooldown_ms = DBK_POOL_BREAKER_MIN_MS;
                 s->gen = p->generation;
@@ -141,6 +142,13 @@ void *dbk__pool_worker_main(void *arg)
             p->connect_failures++;
             p->consecutive_failures++;
             p->last_connect_err = e;
+            if (!p->outage_since_ns)
+                p->outage_since_ns = now;
+            /* A passing failure keeps the waiters waiting (each until its
+             * own acquire timeout): the next connect may find the server
+             * back, or the new primary. Any other fails them now. */
+            bool passing = dbk__pool_connect_err_passing(rc);
+            p->outage_passing = passing;
             bool trip = probe || p->consecutive_failures >= DBK_POOL_BREAKER_FAILURES;
             dbk_error be;
             if (trip) {
@@ -150,12 +158,13 @@ void *dbk__pool_worker_main(void *arg)
                                                                   : cd * 2;
                 dbk__err(&be, DBK_EUNAVAILABLE,
                          "database unavailable: %d connects failed in a row (last: %s); "
-                         "acquires fail fast for %d ms",
+                         "next connect in %d ms",
                          p->consecutive_failures, e.message, cd);
                 dbk__err_hint(&be, "check that the server is running and the host and port in "
                                    "DATABASE_URL (`dbkit doctor`); the pool retries by itself");
-                dbk__pool_fail_all_waiters(p, &be);
-            } else if (p->wq_head) {
+                if (!passing)
+                    dbk__pool_fail_all_waiters(p, &be);
+            } else if (p->wq_head && !passing) {
                 /* The caller this connect was for learns why it failed. */
                 struct waiter *w = p->wq_head;
                 dbk__pool_wq_remove(p, w);
@@ -164,7 +173,7 @@ void *dbk__pool_worker_main(void *arg)
                     dbk__err_default_hint(&w->e);
                 w->rc = rc;
                 w->done = true;
-                pthread_cond_signal(&w->cv);
+                dbk__pevent_post(&w->ev);
             }
             if (trip) {
                 pthread_mutex_unlock(&p->mu);

@@ -65,7 +65,7 @@ static int64_t admin_int(const char *sql)
 static bool pg_db_exists(const char *name)
 {
     char sql[256];
-    snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_database WHERE datname = '%s'", name);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_database WHERE datname = '%.63s'", name);
     return admin_int(sql) == 1;
 }
 
