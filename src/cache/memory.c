@@ -24,11 +24,12 @@
 #include <string.h>
 
 #include "../core/internal.h"
+#include "../core/lru.h"
 #include "cache_int.h"
 
 struct mentry {
     struct mentry *hnext;
-    struct mentry *prev, *next; /* LRU: head is most recent */
+    dbk__lru_node lru; /* in the shard's LRU (core/lru.h) */
     uint64_t hash;
     int64_t expires_ns; /* 0: never */
     uint64_t gen;
@@ -41,7 +42,7 @@ struct shard {
     pthread_mutex_t mu;
     struct mentry **buckets;
     size_t nbuckets;
-    struct mentry *head, *tail;
+    dbk__lru lru; /* head is most recent */
     size_t entries, bytes, max_entries, max_bytes;
     uint64_t seq, floor;
     uint64_t evictions, stale_rejects;
@@ -102,37 +103,13 @@ static struct mentry **find_slot(struct shard *s, uint64_t h, const void *key, s
     return pp;
 }
 
-static void lru_unlink(struct shard *s, struct mentry *e)
-{
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        s->head = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    else
-        s->tail = e->prev;
-    e->prev = e->next = NULL;
-}
-
-static void lru_push_head(struct shard *s, struct mentry *e)
-{
-    e->prev = NULL;
-    e->next = s->head;
-    if (s->head)
-        s->head->prev = e;
-    s->head = e;
-    if (!s->tail)
-        s->tail = e;
-}
-
 /* Removes the entry at *pp. `forget` folds its generation into the floor
  * (eviction, expiry); a replacement carries the generation instead. */
 static void remove_at(struct shard *s, struct mentry **pp, bool forget)
 {
     struct mentry *e = *pp;
     *pp = e->hnext;
-    lru_unlink(s, e);
+    dbk__lru_remove(&s->lru, &e->lru);
     s->entries--;
     s->bytes -= entry_cost(e->klen, e->vlen);
     if (forget && e->gen > s->floor)
@@ -184,14 +161,14 @@ static struct mentry **lookup(struct shard *s, uint64_t h, const void *key, size
 
 static void evict_to_fit(struct shard *s, const struct mentry *keep)
 {
-    while ((s->entries > s->max_entries || s->bytes > s->max_bytes) && s->tail) {
-        struct mentry *victim = s->tail;
-        if (victim == keep) {
+    while ((s->entries > s->max_entries || s->bytes > s->max_bytes) && s->lru.tail) {
+        dbk__lru_node *victim = s->lru.tail;
+        if (victim == &keep->lru) {
             if (!victim->prev)
                 break;
             victim = victim->prev;
         }
-        remove_entry(s, victim, true);
+        remove_entry(s, DBK__LRU_ENTRY(victim, struct mentry, lru), true);
         s->evictions++;
     }
 }
@@ -222,7 +199,7 @@ static bool put_locked(struct shard *s, uint64_t h, const void *key, size_t klen
     pp = &s->buckets[h & (s->nbuckets - 1)];
     e->hnext = *pp;
     *pp = e;
-    lru_push_head(s, e);
+    dbk__lru_push(&s->lru, &e->lru);
     s->entries++;
     s->bytes += entry_cost(klen, vlen);
     evict_to_fit(s, e);
@@ -250,10 +227,7 @@ static dbk_rc mem_get(void *impl, const void *key, size_t klen, void **val, size
     }
     memcpy(copy, e->data + e->klen, e->vlen);
     *vallen = e->vlen;
-    if (s->head != e) {
-        lru_unlink(s, e);
-        lru_push_head(s, e);
-    }
+    dbk__lru_touch(&s->lru, &e->lru);
     pthread_mutex_unlock(&s->mu);
     *val = copy;
     return DBK_OK;
@@ -421,11 +395,11 @@ static void mem_close(void *impl)
         return;
     for (unsigned i = 0; m->shards && i < m->nshards; i++) {
         struct shard *s = &m->shards[i];
-        struct mentry *e = s->head;
-        while (e) {
-            struct mentry *nx = e->next;
-            free(e);
-            e = nx;
+        dbk__lru_node *x = s->lru.head;
+        while (x) {
+            dbk__lru_node *nx = x->next;
+            free(DBK__LRU_ENTRY(x, struct mentry, lru));
+            x = nx;
         }
         free(s->buckets);
         pthread_mutex_destroy(&s->mu);

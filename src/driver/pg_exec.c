@@ -366,10 +366,7 @@ dbk_rc dbk__pg_run(void *impl, const char *sql, const dbk_value *params, size_t 
     for (int attempt = 0;; attempt++) {
         struct pg_stmt *s = dbk__pg_cache_find(pc, h, sql, len, pp.sig, nparams);
         if (s) {
-            if (pc->lru_head != s) {
-                dbk__pg_lru_unlink(pc, s);
-                dbk__pg_lru_push_front(pc, s);
-            }
+            dbk__lru_touch(&pc->lru, &s->lru);
             rc = exec_prepared(pc, s, &pp, deadline, &res, &copy_refused, err);
             if (rc)
                 return rc;

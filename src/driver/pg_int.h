@@ -63,6 +63,7 @@
 #include <stdint.h>
 
 #include "../core/internal.h"
+#include "../core/lru.h"
 #include "../core/result_int.h"
 #include "driver.h"
 
@@ -92,7 +93,7 @@
 
 struct pg_stmt {
     struct pg_stmt *hnext;      /* hash chain */
-    struct pg_stmt *prev, *next; /* LRU list, head = most recent */
+    dbk__lru_node lru;          /* in pg_conn.lru while cached */
     uint64_t hash;
     size_t sql_len;
     size_t nsig;
@@ -118,7 +119,7 @@ typedef struct pg_conn {
     struct pg_stmt **buckets;
     size_t nbuckets; /* power of two */
     size_t nstmts;
-    struct pg_stmt *lru_head, *lru_tail;
+    dbk__lru lru; /* cached statements, head = most recent (core/lru.h) */
     uint64_t next_id;
     /* Statement names carry this per-connection random nonce, so a name
      * can never resolve to another client's statement on a backend a
@@ -190,10 +191,6 @@ dbk_rc dbk__pg_result_error(pg_conn *pc, const PGresult *res, dbk_error *err);
 
 uint64_t dbk__pg_hash_key(const char *sql, size_t len, const char *sig, size_t nsig);
 
-void dbk__pg_lru_unlink(pg_conn *pc, struct pg_stmt *s);
-
-void dbk__pg_lru_push_front(pg_conn *pc, struct pg_stmt *s);
-
 struct pg_stmt *dbk__pg_cache_find(pg_conn *pc, uint64_t h, const char *sql, size_t len,
                                   const char *sig, size_t nsig);
 
@@ -257,7 +254,6 @@ const char *dbk__pg_server_version(void *impl);
 int dbk__pg_statement_timeout_ms(void *impl);
 
 dbk_rc dbk__pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic);
-dbk_rc dbk__pg_pipeline(void *impl, dbk__batch_item *items, size_t n);
 
 dbk_rc dbk__pg_copy_in(void *impl, const char *sql, dbk__copy_fill fill, void *ctx,
                          int64_t *rows, dbk_error *err);

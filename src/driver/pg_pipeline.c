@@ -190,10 +190,7 @@ static void pg_batch_pass(pg_conn *pc, dbk__batch_item *items, struct bstate *st
             uint64_t h = dbk__pg_hash_key(it->sql, len, pp.sig, it->nparams);
             struct pg_stmt *s = dbk__pg_cache_find(pc, h, it->sql, len, pp.sig, it->nparams);
             if (s) {
-                if (pc->lru_head != s) {
-                    dbk__pg_lru_unlink(pc, s);
-                    dbk__pg_lru_push_front(pc, s);
-                }
+                dbk__lru_touch(&pc->lru, &s->lru);
                 st[i].kind = B_HIT;
                 ok = PQsendQueryPrepared(pc->conn, s->name, pp.n, pp.values, pp.lengths,
                                          pp.formats, 0);
@@ -347,7 +344,7 @@ static void pg_batch_pass(pg_conn *pc, dbk__batch_item *items, struct bstate *st
  * again with a Sync after every statement, so that each outcome is the
  * statement's own. Inside a transaction block a failure aborts the block
  * anyway, so one pass with one Sync gives the same outcomes. */
-static dbk_rc batch_run(void *impl, dbk__batch_item *items, size_t n, bool atomic, bool each)
+dbk_rc dbk__pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic)
 {
     pg_conn *pc = impl;
     dbk_error e;
@@ -403,9 +400,6 @@ static dbk_rc batch_run(void *impl, dbk__batch_item *items, size_t n, bool atomi
          * the statements before a failure: they ran, and go with the
          * transaction. */
         pg_batch_pass(pc, items, st, n, BM_ATOMIC, in_tx, atomic, &failed);
-    } else if (each) {
-        bool failed;
-        pg_batch_pass(pc, items, st, n, BM_EACH, false, false, &failed);
     } else {
         bool failed;
         pg_batch_pass(pc, items, st, n, BM_OPTIMISTIC, false, false, &failed);
@@ -426,28 +420,4 @@ static dbk_rc batch_run(void *impl, dbk__batch_item *items, size_t n, bool atomi
     if (st != stack_st)
         free(st);
     return batch_outcome(items, n);
-}
-
-dbk_rc dbk__pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic)
-{
-    return batch_run(impl, items, n, atomic, false);
-}
-
-/* Statements of different callers (the pool's auto-pipelining): a Sync
- * after every statement from the start, so each runs in its own implicit
- * transaction - committed on its own, holding its locks only for itself,
- * failing without touching the others - and none is ever sent twice. One
- * flush, one round trip. Outside a transaction block only. */
-dbk_rc dbk__pg_pipeline(void *impl, dbk__batch_item *items, size_t n)
-{
-    pg_conn *pc = impl;
-    PGTransactionStatusType ts = dbk__pg_conn_usable(pc) ? PQtransactionStatus(pc->conn) : PQTRANS_IDLE;
-    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
-        dbk_error e;
-        dbk__err(&e, DBK_EINTERNAL, "a pipeline of independent statements inside a transaction");
-        for (size_t i = 0; i < n; i++)
-            dbk__driver_item_fail(&items[i], i ? DBK_ENOT_RUN : DBK_EINTERNAL, &e);
-        return DBK_EINTERNAL;
-    }
-    return batch_run(impl, items, n, false, true);
 }

@@ -1,7 +1,7 @@
 /*
  * pg_stmtcache.c - the PostgreSQL driver's statement cache: a bounded LRU of
  * named prepared statements keyed by SQL text plus the parameter type
- * signature (chained hash + LRU list). Evicted names are queued and
+ * signature (chained hash + the core LRU list, core/lru.h). Evicted names are queued and
  * DEALLOCATEd with the next prepare outside a transaction block, so the
  * server never holds more than stmt_cache_size of our statements.
  */
@@ -48,30 +48,6 @@ uint64_t dbk__pg_hash_key(const char *sql, size_t len, const char *sig, size_t n
     return h;
 }
 
-void dbk__pg_lru_unlink(pg_conn *pc, struct pg_stmt *s)
-{
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        pc->lru_head = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    else
-        pc->lru_tail = s->prev;
-    s->prev = s->next = NULL;
-}
-
-void dbk__pg_lru_push_front(pg_conn *pc, struct pg_stmt *s)
-{
-    s->prev = NULL;
-    s->next = pc->lru_head;
-    if (pc->lru_head)
-        pc->lru_head->prev = s;
-    pc->lru_head = s;
-    if (!pc->lru_tail)
-        pc->lru_tail = s;
-}
-
 struct pg_stmt *dbk__pg_cache_find(pg_conn *pc, uint64_t h, const char *sql, size_t len,
                                   const char *sig, size_t nsig)
 {
@@ -91,7 +67,7 @@ void dbk__pg_cache_remove(pg_conn *pc, struct pg_stmt *s)
         pp = &(*pp)->hnext;
     if (*pp)
         *pp = s->hnext;
-    dbk__pg_lru_unlink(pc, s);
+    dbk__lru_remove(&pc->lru, &s->lru);
     pc->nstmts--;
 }
 
@@ -99,13 +75,13 @@ void dbk__pg_cache_remove(pg_conn *pc, struct pg_stmt *s)
  * dropped them, or will with DEALLOCATE ALL). */
 void dbk__pg_cache_clear(pg_conn *pc)
 {
-    struct pg_stmt *s = pc->lru_head;
-    while (s) {
-        struct pg_stmt *n = s->next;
-        free(s);
-        s = n;
+    dbk__lru_node *x = pc->lru.head;
+    while (x) {
+        dbk__lru_node *n = x->next;
+        free(DBK__LRU_ENTRY(x, struct pg_stmt, lru));
+        x = n;
     }
-    pc->lru_head = pc->lru_tail = NULL;
+    pc->lru.head = pc->lru.tail = NULL;
     if (pc->buckets)
         memset(pc->buckets, 0, pc->nbuckets * sizeof *pc->buckets);
     pc->nstmts = 0;
@@ -133,8 +109,8 @@ void dbk__pg_pending_push(pg_conn *pc, const char *name)
 /* Makes room for one more statement; evicts the least recently used. */
 void dbk__pg_cache_make_room(pg_conn *pc)
 {
-    while (pc->nstmts >= pc->cache_cap && pc->lru_tail) {
-        struct pg_stmt *victim = pc->lru_tail;
+    while (pc->nstmts >= pc->cache_cap && pc->lru.tail) {
+        struct pg_stmt *victim = DBK__LRU_ENTRY(pc->lru.tail, struct pg_stmt, lru);
         dbk__pg_pending_push(pc, victim->name);
         dbk__pg_cache_remove(pc, victim);
         free(victim);
@@ -177,7 +153,7 @@ bool dbk__pg_cache_insert(pg_conn *pc, struct pg_stmt *s)
     struct pg_stmt **b = &pc->buckets[s->hash & (pc->nbuckets - 1)];
     s->hnext = *b;
     *b = s;
-    dbk__pg_lru_push_front(pc, s);
+    dbk__lru_push(&pc->lru, &s->lru);
     pc->nstmts++;
     return true;
 }

@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "../core/internal.h"
+#include "../core/lru.h"
 #include "../core/result_int.h"
 #include "driver.h"
 
@@ -31,7 +32,7 @@
 /* One prepared statement, cached or not. The SQL copy and the parameter map
  * live in the same allocation as the entry. */
 typedef struct sq_entry {
-    struct sq_entry *prev, *next; /* LRU list, most recent first */
+    dbk__lru_node lru;            /* in sq_conn.lru while cached */
     struct sq_entry *hnext;       /* hash chain */
     uint64_t hash;
     size_t len;
@@ -70,7 +71,7 @@ typedef struct sq_conn {
     int ncached;
     size_t mask;          /* nbuckets - 1 */
     sq_entry **buckets;
-    sq_entry *head, *tail;
+    dbk__lru lru;         /* cached entries, most recent first */
 } sq_conn;
 
 uint64_t dbk__sq_hash(const char *s, size_t len);

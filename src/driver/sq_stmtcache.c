@@ -1,6 +1,6 @@
 /*
  * sq_stmtcache.c - the SQLite driver's statement cache: prepared statements
- * kept in a hash + LRU list keyed by the SQL text, with the map from $n
+ * kept in a hash + LRU list (core/lru.h) keyed by the SQL text, with the map from $n
  * placeholders to SQLite parameter indexes built once per statement.
  */
 #include <ctype.h>
@@ -21,30 +21,6 @@
 
 /* ---- the statement cache ---- */
 
-static void lru_unlink(sq_conn *c, sq_entry *e)
-{
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        c->head = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    else
-        c->tail = e->prev;
-    e->prev = e->next = NULL;
-}
-
-static void lru_push_front(sq_conn *c, sq_entry *e)
-{
-    e->prev = NULL;
-    e->next = c->head;
-    if (c->head)
-        c->head->prev = e;
-    c->head = e;
-    if (!c->tail)
-        c->tail = e;
-}
-
 static void entry_free(sq_entry *e)
 {
     if (!e)
@@ -61,27 +37,27 @@ static void cache_remove(sq_conn *c, sq_entry *e)
         pp = &(*pp)->hnext;
     if (*pp)
         *pp = e->hnext;
-    lru_unlink(c, e);
+    dbk__lru_remove(&c->lru, &e->lru);
     c->ncached--;
     entry_free(e);
 }
 
 static void cache_insert(sq_conn *c, sq_entry *e)
 {
-    if (c->ncached >= c->cache_cap && c->tail)
-        cache_remove(c, c->tail);
+    if (c->ncached >= c->cache_cap && c->lru.tail)
+        cache_remove(c, DBK__LRU_ENTRY(c->lru.tail, sq_entry, lru));
     size_t b = e->hash & c->mask;
     e->hnext = c->buckets[b];
     c->buckets[b] = e;
     e->cached = 1;
-    lru_push_front(c, e);
+    dbk__lru_push(&c->lru, &e->lru);
     c->ncached++;
 }
 
 void dbk__sq_cache_clear(sq_conn *c)
 {
-    while (c->head)
-        cache_remove(c, c->head);
+    while (c->lru.head)
+        cache_remove(c, DBK__LRU_ENTRY(c->lru.head, sq_entry, lru));
 }
 
 /* Parses "$123" / "?123" after the sigil; 0 when not a plain decimal in
@@ -224,10 +200,7 @@ dbk_rc dbk__sq_entry_get(sq_conn *c, const char *sql, sq_entry **out, dbk_error 
     if (c->cache_cap > 0) {
         for (sq_entry *e = c->buckets[h & c->mask]; e; e = e->hnext) {
             if (e->hash == h && e->len == len && memcmp(e->sql, sql, len) == 0) {
-                if (c->head != e) {
-                    lru_unlink(c, e);
-                    lru_push_front(c, e);
-                }
+                dbk__lru_touch(&c->lru, &e->lru);
                 *out = e;
                 return DBK_OK;
             }
