@@ -939,6 +939,73 @@ static void async_process_max_keeps_fd_readable(void **state)
     free(url);
 }
 
+/* ---- submits from other threads ---- */
+
+typedef struct submitter {
+    dbk_async *a;
+    many *m;
+    many_slot slots[500];
+} submitter;
+
+static void *submit_main(void *arg)
+{
+    submitter *s = arg;
+    dbk_error err;
+    for (int i = 0; i < 500; i++) {
+        s->slots[i].m = s->m;
+        s->slots[i].want = i + 1;
+        dbk_value p = dbk_int64(i);
+        /* The loop thread frees slots; a full queue is retried (bounded). */
+        for (int tries = 0;; tries++) {
+            dbk_rc rc =
+                dbk_async_query(s->a, "SELECT $1 + 1", &p, 1, 0, on_many, &s->slots[i], NULL, &err);
+            if (rc == DBK_OK)
+                break;
+            if (rc != DBK_EBUSY || tries > 100000)
+                return (void *)1;
+            struct timespec ts = {0, 100000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return NULL;
+}
+
+static void async_submits_from_other_threads(void **state)
+{
+    (void)state;
+    char *url = dbkt_sqlite_url("async_threads");
+    dbk_pool *pool = open_pool(url, 4);
+    dbk_async *a = open_async(dbk_pool_db(pool), 0, 64);
+    many m = {0};
+    submitter s[4];
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        memset(&s[i], 0, sizeof s[i]);
+        s[i].a = a;
+        s[i].m = &m;
+        assert_int_equal(pthread_create(&t[i], NULL, submit_main, &s[i]), 0);
+    }
+    /* The loop: callbacks (and `m`) only on this thread. */
+    int64_t until = dbkt_mono_ms() + 60000;
+    while (m.done < 2000) {
+        if (dbkt_mono_ms() > until)
+            fail_msg("%zu of 2000 done after 60 s", m.done);
+        struct pollfd p = {dbk_async_fd(a), POLLIN, 0};
+        poll(&p, 1, 100);
+        dbk_async_process(a, 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        void *r = NULL;
+        pthread_join(t[i], &r);
+        assert_null(r);
+    }
+    assert_int_equal(m.wrong, 0);
+    assert_int_equal(m.off_loop, 0);
+    dbk_async_close(a);
+    dbk_pool_close(pool, 1000);
+    free(url);
+}
+
 /* ---- the libuv example ---- */
 
 #ifdef DBKIT_UVHTTP_PATH
@@ -1124,6 +1191,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(async_cache_get_and_load),
         cmocka_unit_test(async_misuse_reported),
         cmocka_unit_test(async_process_max_keeps_fd_readable),
+        cmocka_unit_test(async_submits_from_other_threads),
         cmocka_unit_test(async_uvhttp_serves_user),
     };
     if (argc > 1)
