@@ -254,6 +254,7 @@ const char *dbk__pg_server_version(void *impl);
 int dbk__pg_statement_timeout_ms(void *impl);
 
 dbk_rc dbk__pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic);
+dbk_rc dbk__pg_pipeline(void *impl, dbk__batch_item *items, size_t n);
 
 dbk_rc dbk__pg_copy_in(void *impl, const char *sql, dbk__copy_fill fill, void *ctx,
                          int64_t *rows, dbk_error *err);

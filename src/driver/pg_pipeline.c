@@ -344,7 +344,7 @@ static void pg_batch_pass(pg_conn *pc, dbk__batch_item *items, struct bstate *st
  * again with a Sync after every statement, so that each outcome is the
  * statement's own. Inside a transaction block a failure aborts the block
  * anyway, so one pass with one Sync gives the same outcomes. */
-dbk_rc dbk__pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic)
+static dbk_rc batch_run(void *impl, dbk__batch_item *items, size_t n, bool atomic, bool each)
 {
     pg_conn *pc = impl;
     dbk_error e;
@@ -400,6 +400,9 @@ dbk_rc dbk__pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic)
          * the statements before a failure: they ran, and go with the
          * transaction. */
         pg_batch_pass(pc, items, st, n, BM_ATOMIC, in_tx, atomic, &failed);
+    } else if (each) {
+        bool failed;
+        pg_batch_pass(pc, items, st, n, BM_EACH, false, false, &failed);
     } else {
         bool failed;
         pg_batch_pass(pc, items, st, n, BM_OPTIMISTIC, false, false, &failed);
@@ -420,4 +423,28 @@ dbk_rc dbk__pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic)
     if (st != stack_st)
         free(st);
     return batch_outcome(items, n);
+}
+
+dbk_rc dbk__pg_batch(void *impl, dbk__batch_item *items, size_t n, bool atomic)
+{
+    return batch_run(impl, items, n, atomic, false);
+}
+
+/* Statements of different callers (the pool's auto-pipelining): a Sync
+ * after every statement from the start, so each runs in its own implicit
+ * transaction - committed on its own, holding its locks only for itself,
+ * failing without touching the others - and none is ever sent twice. One
+ * flush, one round trip. Outside a transaction block only. */
+dbk_rc dbk__pg_pipeline(void *impl, dbk__batch_item *items, size_t n)
+{
+    pg_conn *pc = impl;
+    PGTransactionStatusType ts = dbk__pg_conn_usable(pc) ? PQtransactionStatus(pc->conn) : PQTRANS_IDLE;
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
+        dbk_error e;
+        dbk__err(&e, DBK_EINTERNAL, "a pipeline of independent statements inside a transaction");
+        for (size_t i = 0; i < n; i++)
+            dbk__driver_item_fail(&items[i], i ? DBK_ENOT_RUN : DBK_EINTERNAL, &e);
+        return DBK_EINTERNAL;
+    }
+    return batch_run(impl, items, n, false, true);
 }
