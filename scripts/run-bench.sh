@@ -100,6 +100,10 @@ if [[ " $PARTS " == *" lib "* ]]; then
   step doc_bench "$BUILD/bench/doc_bench" --seconds "$LIB_SECS" --rounds 3
   step bulk_bench "$BUILD/bench/bulk_bench" --rows 100000
   step testdb_bench "$BUILD/bench/testdb_bench" # 30 rounds per engine and strategy
+  # Read routing on a streaming replica and PK lookups through PgBouncer: the script starts
+  # the replica and the PgBouncer next to the test server and stops them.
+  step topo_bench env BENCH_SECONDS="$LIB_SECS" ROUNDS=3 PGBIN="$DBKIT_TEST_PGBIN" \
+    bash bench/topo_bench.sh "$BUILD"
   # A benchmark program added later runs only once its bounded flags are
   # listed above; say so instead of running it with unknown durations.
   for prog in "$BUILD"/bench/*_bench; do
@@ -107,6 +111,7 @@ if [[ " $PARTS " == *" lib "* ]]; then
     case "$(basename "$prog")" in
       pk_bench | pool_bench | tx_bench | repo_bench | cache_bench | batch_bench | bulk_bench | \
         testdb_bench) ;;
+      replica_bench | pgbouncer_bench) ;; # run by bench/topo_bench.sh above
       *) echo "bench: $(basename "$prog") is not run by scripts/run-bench.sh yet (add it with bounded flags)" ;;
     esac
   done
