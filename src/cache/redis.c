@@ -9,9 +9,9 @@
  * plus connect_timeout_ms when it connects). With auto-pipelining off a
  * caller takes a free context (waiting at most until its deadline), runs
  * one command and gives it back (redis_conn.c); with it on (the default)
- * concurrent callers share the contexts: a command that finds every
- * context busy queues on one and goes out with the others queued there in
- * the next write, so N concurrent callers cost about one round trip
+ * concurrent callers share the contexts: a command queues on a busy
+ * context and goes out with the others queued there in its next write, so
+ * N concurrent callers cost about one round trip
  * (redis_pipe.c, which also says what a timeout does to the other commands
  * of a pipeline). The connect waits at most what is left of the deadline,
  * and before every write and read the socket's timeouts (or the poll) are

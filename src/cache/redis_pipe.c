@@ -7,12 +7,13 @@
  * Shape. Each connection (slot) has a queue of commands not written yet and
  * a list of commands written whose replies are not read yet, oldest first,
  * both under rds.mu. At most one thread at a time holds a connection (it
- * has "the turn"): it alone touches the hiredis context. A caller picks an
- * idle connected slot, else an idle one to connect, else the slot with the
- * fewest commands queued and in flight, and queues its command there; if
- * nobody holds that slot it takes the turn at once, otherwise it waits on
- * its own condition variable until it is handed the turn, its reply, or
- * its deadline.
+ * has "the turn"): it alone touches the hiredis context. A caller picks a
+ * slot whose queue already waits for its next write (joining costs no extra
+ * wait, and batches grow with the load), else an idle connected slot, else
+ * an idle one to connect, else the slot with the fewest commands queued and
+ * in flight, and queues its command there; if nobody holds that slot it
+ * takes the turn at once, otherwise it waits on its own condition variable
+ * until it is handed the turn, its reply, or its deadline.
  *
  * The holder. A holder whose command is still queued is the head of the
  * queue and the slot has nothing in flight: it connects if needed (its own
@@ -22,11 +23,14 @@
  * one write, and reads. Reading goes in order: each reply read is handed to
  * its caller (reply stored, caller woken). The holder blocks, until its own
  * deadline only, while its own reply has not come; after it, it takes only
- * what can be read without waiting and then hands the turn on -- to the
- * caller of the oldest reply not read yet, who goes on reading with its own
- * deadline, or, when everything written is answered, to the head of the
- * queue, who writes the next pipeline. So no caller ever waits past its own
- * deadline for another's, and one round trip serves everything queued.
+ * what can be read without waiting; when everything written is answered it
+ * writes what queued meanwhile (if at least half a command timeout of its
+ * own is left), so the next pipeline is on its way while its first caller
+ * wakes up. Then it hands the turn on -- to the caller of the oldest reply
+ * not read yet, who goes on reading with its own deadline, or to the head
+ * of the queue, who writes the next pipeline. So no caller ever waits past
+ * its own deadline for another's, and one round trip serves everything
+ * queued.
  *
  * Deadlines and timeouts. Every caller keeps its own deadline
  * (command_timeout_ms from its start, plus connect_timeout_ms if it
