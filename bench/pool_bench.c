@@ -14,12 +14,15 @@
  *   pipe     auto-pipelining: primary-key lookups from N threads (64) on a
  *            pool of 2 connections with it on and off, next to hand-written
  *            libpq pipelining of the same lookups on 2 connections.
+ *   sqpk     SQLite primary-key lookups through the pool's dbk_db from N
+ *            threads, next to N raw sqlite3 connections (prepare once, bind,
+ *            step, reset) reading the same columns.
  *   pk       primary-key lookups through the pool's dbk_db from N threads on
  *            PostgreSQL, next to N raw libpq connections (PQexecPrepared)
  *            running the same SELECT. bench/pool_pgbench.sh runs this mode
  *            next to pgbench on the same table.
  *
- * usage: pool_bench [micro] [sqlite] [pk] [pipe] [inspect] [--pg-url URL] [--threads N]
+ * usage: pool_bench [micro] [sqlite] [pk] [pipe] [sqpk] [inspect] [--pg-url URL] [--threads N]
  *                   [--seconds S] [--rows N] [--setup]
  * Without a mode: micro, sqlite and inspect, plus pk when a PostgreSQL URL is given
  * (--pg-url, else DBKIT_TEST_PG_URL). pk expects the users table of
@@ -27,6 +30,7 @@
  */
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -594,6 +598,120 @@ static void pk_setup(const char *url, int64_t rows)
     dbk_pool_close(pool, 1000);
 }
 
+/* ---- sqpk: SQLite primary-key lookups from N threads ---- */
+
+static const char *SQ_PK_SQL = "SELECT id, name, email, created_at FROM users WHERE id = $1";
+
+static void *sqpk_raw_thread(void *arg)
+{
+    struct pk *p = arg;
+    uint64_t rng = 88172645463325252ULL ^ (uint64_t)(uintptr_t)&rng;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_open_v2(p->url, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(db, SQ_PK_SQL, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+        atomic_fetch_add(&p->errors, 1);
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, 5000);
+    while (!atomic_load(&p->go))
+        usleep(500);
+    long n = 0;
+    while (now_s() < p->end) {
+        for (int i = 0; i < 64; i++) {
+            sqlite3_bind_int64(st, 1, (sqlite3_int64)(xs(&rng) % (uint64_t)p->rows) + 1);
+            if (sqlite3_step(st) != SQLITE_ROW) {
+                atomic_fetch_add(&p->errors, 1);
+            } else {
+                sink += (size_t)sqlite3_column_int64(st, 0) + (size_t)sqlite3_column_bytes(st, 1) +
+                        (size_t)sqlite3_column_bytes(st, 2) + (size_t)sqlite3_column_bytes(st, 3);
+                (void)sqlite3_column_text(st, 1);
+                (void)sqlite3_column_text(st, 2);
+                (void)sqlite3_column_text(st, 3);
+            }
+            sqlite3_reset(st);
+            n++;
+        }
+    }
+    atomic_fetch_add(&p->ops, n);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return NULL;
+}
+
+/* The pool side reads the same columns through dbk_result (pk_pool_thread
+ * reads created_at as a timestamp: text on SQLite, converted). */
+static double sqpk_run(const char *path, bool raw, int threads, double seconds, int64_t rows)
+{
+    struct pk p = {.url = path, .rows = rows};
+    char url[300];
+    snprintf(url, sizeof url, "sqlite:%s", path);
+    if (!raw) {
+        dbk_pool_opts o = {.max_size = threads, .min_idle = threads};
+        p.pool = open_pool(url, &o);
+        for (int i = 0; i < 1000; i++) {
+            dbk_pool_stats st;
+            dbk_pool_get_stats(p.pool, &st, NULL);
+            if (st.idle == threads)
+                break;
+            usleep(5000);
+        }
+    }
+    pthread_t th[64];
+    for (int i = 0; i < threads; i++)
+        pthread_create(&th[i], NULL, raw ? sqpk_raw_thread : pk_pool_thread, &p);
+    usleep(100000);
+    p.end = now_s() + seconds;
+    double t0 = now_s();
+    atomic_store(&p.go, 1);
+    for (int i = 0; i < threads; i++)
+        pthread_join(th[i], NULL);
+    double t = now_s() - t0;
+    if (p.pool)
+        dbk_pool_close(p.pool, 1000);
+    if (atomic_load(&p.errors))
+        fprintf(stderr, "pool_bench: %ld errors in sqpk (%s)\n", atomic_load(&p.errors),
+                raw ? "raw" : "pool");
+    return (double)atomic_load(&p.ops) / t;
+}
+
+static void run_sqpk(int threads, double seconds, int64_t rows)
+{
+    make_tmpdir();
+    char path[256];
+    snprintf(path, sizeof path, "%s/sqpk.db", tmpdir);
+    char url[300];
+    snprintf(url, sizeof url, "sqlite:%s", path);
+    dbk_pool *pool = open_pool(url, NULL);
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT "
+             "NULL, created_at TEXT NOT NULL DEFAULT '2026-01-01 00:00:00'); "
+             "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < %lld) "
+             "INSERT INTO users (id, name, email) SELECT i, 'user ' || i, 'user' || i || "
+             "'@example.com' FROM g;",
+             (long long)rows);
+    dbk_error err;
+    if (dbk_db_exec_script(dbk_pool_db(pool), sql, &err) != DBK_OK)
+        die("sqpk setup", &err);
+    dbk_pool_close(pool, 1000);
+    printf("sqpk: SQLite primary-key lookups, %d threads, %.0f s, %lld rows (best of 3 "
+           "alternating rounds)\n",
+           threads, seconds, (long long)rows);
+    double best_raw = 0, best_pool = 0;
+    for (int r = 0; r < 3; r++) {
+        double a = sqpk_run(path, true, threads, seconds, rows);
+        double b = sqpk_run(path, false, threads, seconds, rows);
+        best_raw = a > best_raw ? a : best_raw;
+        best_pool = b > best_pool ? b : best_pool;
+    }
+    printf("  %-52s %9.0f q/s\n", "baseline: raw sqlite3, 1 connection/thread", best_raw);
+    printf("  %-52s %9.0f q/s   ratio %.3f\n", "dbkit pool dbk_db_query", best_pool,
+           best_pool / best_raw);
+    rm_db(path);
+}
+
 static void run_pk(const char *url, int threads, double seconds, int64_t rows, bool only_pool,
                    bool only_raw)
 {
@@ -707,7 +825,7 @@ static void run_inspect(void)
 int main(int argc, char **argv)
 {
     bool micro = false, sqlite = false, pk = false, setup = false, pool_only = false,
-         pipe = false;
+         pipe = false, sqpk = false;
     bool inspect = false;
     bool raw_only = false;
     const char *url = NULL;
@@ -719,6 +837,8 @@ int main(int argc, char **argv)
             micro = true;
         else if (!strcmp(argv[i], "sqlite"))
             sqlite = true;
+        else if (!strcmp(argv[i], "sqpk"))
+            sqpk = true;
         else if (!strcmp(argv[i], "pipe"))
             pipe = true;
         else if (!strcmp(argv[i], "pk"))
@@ -740,7 +860,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--raw-only"))
             raw_only = true;
         else {
-            fprintf(stderr, "usage: %s [micro] [sqlite] [pk] [pipe] [inspect] [--pg-url URL] [--threads N] "
+            fprintf(stderr, "usage: %s [micro] [sqlite] [pk] [pipe] [sqpk] [inspect] [--pg-url URL] [--threads N] "
                             "[--seconds S] [--rows N] [--setup] [--pool-only | --raw-only]\n",
                     argv[0]);
             return 2;
@@ -752,7 +872,7 @@ int main(int argc, char **argv)
     }
     if (!url)
         url = getenv("DBKIT_TEST_PG_URL");
-    if (!micro && !sqlite && !pk && !inspect && !pipe) {
+    if (!micro && !sqlite && !pk && !inspect && !pipe && !sqpk) {
         micro = sqlite = inspect = true;
         pk = url != NULL;
     }
@@ -771,6 +891,8 @@ int main(int argc, char **argv)
             pk_setup(url, rows);
         run_pk(url, threads, seconds, rows, pool_only, raw_only);
     }
+    if (sqpk)
+        run_sqpk(threads, seconds, rows);
     if (pipe) {
         if (!url) {
             fprintf(stderr, "pool_bench: pipe needs --pg-url or DBKIT_TEST_PG_URL\n");
