@@ -144,6 +144,32 @@ static dbk_rc query_lsn(dbk_db *db, const char *sql, uint64_t *lsn, bool *is_nul
     return DBK_OK;
 }
 
+/* query_lsn() below the observer: the sampler's own statements on the
+ * primary's pool are not the application's, so whoever observes the
+ * primary's executor (query counters, diagnostics) does not see them, and
+ * installing an observer never races with the sampler thread. */
+static dbk_rc query_lsn_unobserved(dbk_db *db, const char *sql, uint64_t *lsn, bool *is_null,
+                                   dbk_error *err)
+{
+    dbk_result *r = NULL;
+    dbk_rc rc = db->ops->run(db, sql, NULL, 0, &r, NULL, err);
+    if (rc != DBK_OK)
+        return rc;
+    const char *text = NULL;
+    size_t len = 0;
+    if (dbk_result_nrows(r) != 1) {
+        rc = dbk__err(err, DBK_EINTERNAL, "unexpected WAL position from the server");
+    } else if (dbk_result_is_null(r, 0, 0)) {
+        *is_null = true;
+    } else if ((rc = dbk_result_get_text(r, 0, 0, &text, &len, err)) == DBK_OK) {
+        *is_null = false;
+        if (len >= DBK_TOKEN_MAX || !dbk_token_parse(text, lsn))
+            rc = dbk__err(err, DBK_EINTERNAL, "unexpected WAL position from the server");
+    }
+    dbk_result_free(r);
+    return rc;
+}
+
 static int64_t now_ns(void)
 {
     return dbk__now_ns();
@@ -459,9 +485,10 @@ static void *sampler_main(void *arg)
         uint64_t plsn = 0;
         bool is_null = false;
         dbk_error e;
-        bool have_primary = query_lsn(dbk_pool_db(c->primary), "SELECT pg_current_wal_lsn()::text",
-                                      &plsn, &is_null, &e) == DBK_OK &&
-                            !is_null;
+        bool have_primary =
+            query_lsn_unobserved(dbk_pool_db(c->primary), "SELECT pg_current_wal_lsn()::text",
+                                 &plsn, &is_null, &e) == DBK_OK &&
+            !is_null;
         if (have_primary)
             ring_push(c, now, plsn);
         for (size_t i = 0; i < c->n; i++)
