@@ -1,12 +1,15 @@
 /*
  * config_render.c - rendering a configuration: dbk_config_redacted_url,
  * dbk_redact_url and dbk_config_dump. They write into caller buffers
- * through the counting builder (struct dbk__cfg_sb), so they never
- * allocate and report the length they needed, like snprintf; secrets are
- * replaced before anything is written.
+ * through the library's string builder over that buffer (dbk__sb_over,
+ * core/sb.h), so they never allocate and report the length they needed,
+ * like snprintf; secrets are replaced before anything is written. Values
+ * are percent-encoded straight from the configuration's strings (pointer
+ * and length), so no piece is copied through a buffer of its own.
  */
 #include "config_impl.h"
 #include "internal.h"
+#include "sb.h"
 #include "url.h"
 
 #include <arpa/inet.h>
@@ -89,7 +92,7 @@ DBK_API void dbk_config_dump(const dbk_config *cfg, dbk_config_visit_fn fn, void
 
 /* Appends "?k=v&..." for every non-default setting that is not part of the
  * URL body, then the pass-through parameters. */
-static void render_query(const dbk_config *cfg, struct dbk__cfg_sb *b, bool port_in_query)
+static void render_query(const dbk_config *cfg, dbk__sb *b, bool port_in_query)
 {
     bool first = true;
     for (int i = 0; i < S_COUNT_; i++) {
@@ -99,50 +102,51 @@ static void render_query(const dbk_config *cfg, struct dbk__cfg_sb *b, bool port
             cfg->src[i] == DBK_SRC_DEFAULT)
             continue;
         char tmp[32];
-        dbk__cfg_sb_puts(b, first ? "?" : "&");
+        dbk__sb_puts(b, first ? "?" : "&");
         first = false;
-        dbk__cfg_sb_puts(b, s->key);
-        dbk__cfg_sb_puts(b, "=");
-        dbk__cfg_sb_enc(b, value_text(cfg, i, tmp, sizeof tmp), ",:/");
+        dbk__sb_puts(b, s->key);
+        dbk__sb_puts(b, "=");
+        const char *v = value_text(cfg, i, tmp, sizeof tmp);
+        dbk__sb_put_pct(b, v, strlen(v), ",:/");
     }
     if (cfg->engine != DBK_ENGINE_POSTGRES)
         return;
     for (size_t i = 0; i < cfg->nextra; i++) {
-        dbk__cfg_sb_puts(b, first ? "?" : "&");
+        dbk__sb_puts(b, first ? "?" : "&");
         first = false;
-        dbk__cfg_sb_puts(b, cfg->extra[i].key);
-        dbk__cfg_sb_puts(b, "=");
+        dbk__sb_puts(b, cfg->extra[i].key);
+        dbk__sb_puts(b, "=");
         if (dbk__cfg_is_secret_key(cfg->extra[i].key))
-            dbk__cfg_sb_puts(b, "***");
+            dbk__sb_puts(b, "***");
         else
-            dbk__cfg_sb_enc(b, cfg->extra[i].value, ",:/");
+            dbk__sb_put_pct(b, cfg->extra[i].value, strlen(cfg->extra[i].value), ",:/");
     }
 }
 
 DBK_API size_t dbk_config_redacted_url(const dbk_config *cfg, char *buf, size_t buflen)
 {
-    struct dbk__cfg_sb b = {buf, buf ? buflen : 0, 0};
+    dbk__sb b = dbk__sb_over(buf, buflen);
     if (!cfg)
-        return dbk__cfg_sb_finish(&b);
+        return b.len;
     if (cfg->engine != DBK_ENGINE_POSTGRES) {
-        dbk__cfg_sb_puts(&b, "sqlite:");
+        dbk__sb_puts(&b, "sqlite:");
         if (cfg->sqlite_memory) {
-            dbk__cfg_sb_puts(&b, ":memory:");
+            dbk__sb_puts(&b, ":memory:");
         } else if (cfg->sqlite_path) {
             if (cfg->sqlite_path[0] == '/')
-                dbk__cfg_sb_puts(&b, "//");
-            dbk__cfg_sb_enc(&b, cfg->sqlite_path, "/:");
+                dbk__sb_puts(&b, "//");
+            dbk__sb_put_pct(&b, cfg->sqlite_path, strlen(cfg->sqlite_path), "/:");
         }
         render_query(cfg, &b, false);
-        return dbk__cfg_sb_finish(&b);
+        return b.len;
     }
-    dbk__cfg_sb_puts(&b, "postgres://");
+    dbk__sb_puts(&b, "postgres://");
     if (cfg->user)
-        dbk__cfg_sb_enc(&b, cfg->user, "");
+        dbk__sb_put_pct(&b, cfg->user, strlen(cfg->user), "");
     if (cfg->password)
-        dbk__cfg_sb_puts(&b, ":***");
+        dbk__sb_puts(&b, ":***");
     if (cfg->user || cfg->password)
-        dbk__cfg_sb_puts(&b, "@");
+        dbk__sb_puts(&b, "@");
     if (cfg->host) {
         size_t np = dbk__cfg_count_list(cfg->port);
         const char *h = cfg->host;
@@ -150,32 +154,21 @@ DBK_API size_t dbk_config_redacted_url(const dbk_config *cfg, char *buf, size_t 
         for (size_t i = 0;; i++) {
             const char *he = strchr(h, ',');
             size_t hl = he ? (size_t)(he - h) : strlen(h);
-            char host[256];
-            bool v6 = memchr(h, ':', hl) != NULL;
+            /* An IPv6 literal in brackets; a name longer than any real
+             * host (255) is encoded whole, never bracketed, as before. */
+            bool v6 = hl < 256 && memchr(h, ':', hl) != NULL;
             if (i)
-                dbk__cfg_sb_puts(&b, ",");
-            if (hl < sizeof host) {
-                memcpy(host, h, hl);
-                host[hl] = '\0';
-                if (v6)
-                    dbk__cfg_sb_puts(&b, "[");
-                dbk__cfg_sb_enc(&b, host, v6 ? ":" : "");
-                if (v6)
-                    dbk__cfg_sb_puts(&b, "]");
-            } else {
-                /* Longer than any real host name: encode it in pieces. */
-                for (size_t k = 0; k < hl; k += sizeof host - 1) {
-                    size_t cl = hl - k < sizeof host - 1 ? hl - k : sizeof host - 1;
-                    memcpy(host, h + k, cl);
-                    host[cl] = '\0';
-                    dbk__cfg_sb_enc(&b, host, "");
-                }
-            }
+                dbk__sb_puts(&b, ",");
+            if (v6)
+                dbk__sb_puts(&b, "[");
+            dbk__sb_put_pct(&b, h, hl, v6 ? ":" : "");
+            if (v6)
+                dbk__sb_puts(&b, "]");
             if (p) {
                 const char *pe = strchr(p, ',');
                 size_t pl = pe ? (size_t)(pe - p) : strlen(p);
-                dbk__cfg_sb_puts(&b, ":");
-                dbk__cfg_sb_putn(&b, p, pl);
+                dbk__sb_puts(&b, ":");
+                dbk__sb_putn(&b, p, pl);
                 if (np > 1 && pe)
                     p = pe + 1;
             }
@@ -185,16 +178,16 @@ DBK_API size_t dbk_config_redacted_url(const dbk_config *cfg, char *buf, size_t 
         }
     }
     if (cfg->dbname && cfg->dbname[0]) { /* "" means libpq's default, as absent */
-        dbk__cfg_sb_puts(&b, "/");
-        dbk__cfg_sb_enc(&b, cfg->dbname, "");
+        dbk__sb_puts(&b, "/");
+        dbk__sb_put_pct(&b, cfg->dbname, strlen(cfg->dbname), "");
     }
     render_query(cfg, &b, cfg->host == NULL);
-    return dbk__cfg_sb_finish(&b);
+    return b.len;
 }
 
 /* Copies s[i..] to b, replacing the value of every "...password=" parameter
  * (query string or libpq "key=value" form) by "***". */
-static void redact_params(struct dbk__cfg_sb *b, const char *s, size_t i, size_t n)
+static void redact_params(dbk__sb *b, const char *s, size_t i, size_t n)
 {
     size_t start = i;
     while (i < n) {
@@ -205,8 +198,8 @@ static void redact_params(struct dbk__cfg_sb *b, const char *s, size_t i, size_t
             k++;
         if (boundary && k < n && s[k] == '=' && k - i >= 8 &&
             strncasecmp(s + k - 8, "password", 8) == 0) {
-            dbk__cfg_sb_putn(b, s + start, k + 1 - start);
-            dbk__cfg_sb_puts(b, "***");
+            dbk__sb_putn(b, s + start, k + 1 - start);
+            dbk__sb_puts(b, "***");
             size_t v = k + 1;
             if (v < n && s[v] == '\'') {
                 for (v++; v < n && s[v] != '\''; v++)
@@ -223,14 +216,14 @@ static void redact_params(struct dbk__cfg_sb *b, const char *s, size_t i, size_t
         }
         i = k > i ? k : i + 1;
     }
-    dbk__cfg_sb_putn(b, s + start, n - start);
+    dbk__sb_putn(b, s + start, n - start);
 }
 
 DBK_API size_t dbk_redact_url(const char *url, char *buf, size_t buflen)
 {
-    struct dbk__cfg_sb b = {buf, buf ? buflen : 0, 0};
+    dbk__sb b = dbk__sb_over(buf, buflen);
     if (!url)
-        return dbk__cfg_sb_finish(&b);
+        return b.len;
     size_t n = strlen(url);
     const char *sep = strstr(url, "://");
     /* "://" counts only after something shaped like a scheme, so that one
@@ -267,12 +260,12 @@ DBK_API size_t dbk_redact_url(const char *url, char *buf, size_t buflen)
         if (at != SIZE_MAX) {
             const char *colon = memchr(url + start, ':', at - start);
             if (colon) {
-                dbk__cfg_sb_putn(&b, url, (size_t)(colon - url) + 1);
-                dbk__cfg_sb_puts(&b, "***");
+                dbk__sb_putn(&b, url, (size_t)(colon - url) + 1);
+                dbk__sb_puts(&b, "***");
                 resume = at;
             }
         }
     }
     redact_params(&b, url, resume, n);
-    return dbk__cfg_sb_finish(&b);
+    return b.len;
 }

@@ -11,6 +11,11 @@
  * string of n bytes costs O(n) copies; formatted text is written straight
  * into the builder when it fits a small stack buffer's worth, else the
  * builder grows to the exact size first and is formatted in place.
+ *
+ * The same functions serve builders over a caller's buffer (dbk__sb_over):
+ * they truncate and count instead of growing, so a function that fills a
+ * buffer it was given (snprintf-style) shares the appenders, the
+ * percent-encoder and the formatting with the generators.
  */
 #include <stdarg.h>
 #include <stdint.h>
@@ -49,8 +54,32 @@ static void sb_grow(dbk__sb *sb, size_t extra)
     sb->cap = cap;
 }
 
+/* A fixed builder: writes what fits of s[0..n) before the terminator,
+ * counts all of it. */
+static void sb_put_fixed(dbk__sb *sb, const char *s, size_t n)
+{
+    if (sb->oom)
+        return;
+    if (n > SIZE_MAX - 1 - sb->len) {
+        sb->oom = true;
+        return;
+    }
+    if (sb->cap && sb->len < sb->cap - 1) {
+        size_t room = sb->cap - 1 - sb->len;
+        size_t k = n < room ? n : room;
+        if (k)
+            memcpy(sb->p + sb->len, s, k);
+        sb->p[sb->len + k] = '\0';
+    }
+    sb->len += n;
+}
+
 void dbk__sb_putn(dbk__sb *sb, const char *s, size_t n)
 {
+    if (sb->fixed) {
+        sb_put_fixed(sb, s, n);
+        return;
+    }
     sb_grow(sb, n);
     if (sb->oom)
         return;
@@ -82,6 +111,20 @@ void dbk__sb_printf(dbk__sb *sb, const char *fmt, ...)
         dbk__sb_putn(sb, buf, (size_t)n);
         return;
     }
+    if (sb->fixed) {
+        /* formatted in place up to the buffer's end, counted in full */
+        if ((size_t)n > SIZE_MAX - 1 - sb->len) {
+            sb->oom = true;
+            return;
+        }
+        if (sb->cap && sb->len < sb->cap - 1) {
+            va_start(ap, fmt);
+            vsnprintf(sb->p + sb->len, sb->cap - sb->len, fmt, ap);
+            va_end(ap);
+        }
+        sb->len += (size_t)n;
+        return;
+    }
     sb_grow(sb, (size_t)n);
     if (sb->oom)
         return;
@@ -91,8 +134,35 @@ void dbk__sb_printf(dbk__sb *sb, const char *fmt, ...)
     sb->len += (size_t)n;
 }
 
+void dbk__sb_put_pct(dbk__sb *sb, const char *s, size_t n, const char *keep)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t run = 0; /* bytes kept as they are, appended in one piece */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                     c == '-' || c == '.' || c == '_' || c == '~' || (c && strchr(keep, c));
+        if (plain) {
+            run++;
+            continue;
+        }
+        dbk__sb_putn(sb, s + i - run, run);
+        run = 0;
+        char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+        dbk__sb_putn(sb, e, 3);
+    }
+    dbk__sb_putn(sb, s + n - run, run);
+}
+
 void dbk__sb_free(dbk__sb *sb)
 {
+    if (sb->fixed) {
+        sb->len = 0;
+        sb->oom = false;
+        if (sb->cap)
+            sb->p[0] = '\0';
+        return;
+    }
     free(sb->p);
     sb->p = NULL;
     sb->len = sb->cap = 0;

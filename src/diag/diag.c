@@ -35,39 +35,14 @@ static const char *const bucket_le[DBK_DIAG_NBUCKETS] = {
 
 #define LINE_MAX_ 1023 /* what dbk__log passes on (its buffer is 1024) */
 
-/* ---- bounded writer ---- */
+/* ---- line pieces (written with core/sb.h over a fixed buffer) ---- */
 
-void dbk__dw_putn(dbk__dw *w, const char *s, size_t n)
-{
-    if (w->len < w->cap) {
-        size_t room = w->cap - w->len;
-        memcpy(w->buf + w->len, s, n < room ? n : room);
-    }
-    w->len += n;
-}
-
-void dbk__dw_puts(dbk__dw *w, const char *s)
-{
-    dbk__dw_putn(w, s, strlen(s));
-}
-
-void dbk__dw_printf(dbk__dw *w, const char *fmt, ...)
-{
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        dbk__dw_putn(w, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
-}
-
-void dbk__dw_ms(dbk__dw *w, int64_t ns)
+void dbk__diag_put_ms(dbk__sb *w, int64_t ns)
 {
     if (ns < 0)
         ns = 0;
     int64_t us = (ns + 500) / 1000; /* rounded to the microsecond */
-    dbk__dw_printf(w, "%lld.%03lld", (long long)(us / 1000), (long long)(us % 1000));
+    dbk__sb_printf(w, "%lld.%03lld", (long long)(us / 1000), (long long)(us % 1000));
 }
 
 static size_t escape_one(unsigned char c, char e[4])
@@ -99,7 +74,7 @@ static bool plain(unsigned char c)
     return c >= 0x20 && c != 0x7f && c != '\\' && c != '"';
 }
 
-bool dbk__dw_escaped(dbk__dw *w, const char *s, size_t n, size_t limit)
+bool dbk__diag_put_escaped(dbk__sb *w, const char *s, size_t n, size_t limit)
 {
     char e[4];
     size_t full = 0;
@@ -116,7 +91,7 @@ bool dbk__dw_escaped(dbk__dw *w, const char *s, size_t n, size_t limit)
             size_t k = j - i;
             if (cut && w->len + k > stop)
                 k = stop > w->len ? stop - w->len : 0;
-            dbk__dw_putn(w, s + i, k);
+            dbk__sb_putn(w, s + i, k);
             if (k < j - i)
                 break;
             i = j;
@@ -125,11 +100,11 @@ bool dbk__dw_escaped(dbk__dw *w, const char *s, size_t n, size_t limit)
         size_t k = escape_one((unsigned char)s[i], e);
         if (cut && w->len + k > stop)
             break;
-        dbk__dw_putn(w, e, k);
+        dbk__sb_putn(w, e, k);
         i++;
     }
     if (cut)
-        dbk__dw_puts(w, "...");
+        dbk__sb_puts(w, "...");
     return cut;
 }
 
@@ -204,39 +179,39 @@ static bool sampled(dbk_diag *d)
     return dbk__mix64(d->sample_seed + k * UINT64_C(0x9e3779b97f4a7c15)) < d->sample_below;
 }
 
-static void put_value(dbk__dw *w, const dbk_value *v, size_t limit)
+static void put_value(dbk__sb *w, const dbk_value *v, size_t limit)
 {
     switch (v->type) {
     case DBK_TYPE_NULL:
-        dbk__dw_puts(w, "NULL");
+        dbk__sb_puts(w, "NULL");
         break;
     case DBK_TYPE_BOOL:
-        dbk__dw_puts(w, v->u.b ? "true" : "false");
+        dbk__sb_puts(w, v->u.b ? "true" : "false");
         break;
     case DBK_TYPE_INT64:
-        dbk__dw_printf(w, "%lld", (long long)v->u.i);
+        dbk__sb_printf(w, "%lld", (long long)v->u.i);
         break;
     case DBK_TYPE_DOUBLE:
-        dbk__dw_printf(w, "%.17g", v->u.d);
+        dbk__sb_printf(w, "%.17g", v->u.d);
         break;
     case DBK_TYPE_TIMESTAMP: {
         char ts[40];
         if (dbk_timestamp_format(v->u.i, ts, sizeof ts) == DBK_OK)
-            dbk__dw_printf(w, "\"%s\"", ts);
+            dbk__sb_printf(w, "\"%s\"", ts);
         else
-            dbk__dw_printf(w, "%lld", (long long)v->u.i);
+            dbk__sb_printf(w, "%lld", (long long)v->u.i);
         break;
     }
     case DBK_TYPE_BLOB:
-        dbk__dw_printf(w, "<blob %zu bytes>", v->u.bytes.len);
+        dbk__sb_printf(w, "<blob %zu bytes>", v->u.bytes.len);
         break;
     case DBK_TYPE_TEXT:
     case DBK_TYPE_JSON:
     default:
-        dbk__dw_puts(w, "\"");
-        dbk__dw_escaped(w, v->u.bytes.ptr ? (const char *)v->u.bytes.ptr : "",
+        dbk__sb_puts(w, "\"");
+        dbk__diag_put_escaped(w, v->u.bytes.ptr ? (const char *)v->u.bytes.ptr : "",
                         v->u.bytes.ptr ? v->u.bytes.len : 0, limit > 1 ? limit - 1 : 0);
-        dbk__dw_puts(w, "\"");
+        dbk__sb_puts(w, "\"");
         break;
     }
 }
@@ -244,32 +219,31 @@ static void put_value(dbk__dw *w, const dbk_value *v, size_t limit)
 static void log_statement(dbk_diag *d, const dbk_query_event *ev, bool slow)
 {
     char line[LINE_MAX_ + 1];
-    dbk__dw w = {line, LINE_MAX_, 0};
-    dbk__dw_puts(&w, slow ? "slow query duration_ms=" : "query duration_ms=");
-    dbk__dw_ms(&w, ev->duration_ns);
-    dbk__dw_printf(&w, " rows=%lld rc=%s sql=\"", (long long)ev->rows, dbk_rc_name(ev->rc));
+    dbk__sb w = dbk__sb_over(line, sizeof line); /* LINE_MAX_ bytes of text */
+    dbk__sb_puts(&w, slow ? "slow query duration_ms=" : "query duration_ms=");
+    dbk__diag_put_ms(&w, ev->duration_ns);
+    dbk__sb_printf(&w, " rows=%lld rc=%s sql=\"", (long long)ev->rows, dbk_rc_name(ev->rc));
     bool params = d->log_params && ev->nparams > 0 && ev->params;
     /* the SQL may use the whole line, less what the parameters need first */
     size_t limit = LINE_MAX_ - 1 - (params ? 200 : 0);
     const char *sql = ev->sql ? ev->sql : "";
-    dbk__dw_escaped(&w, sql, strlen(sql), limit);
-    dbk__dw_puts(&w, "\"");
+    dbk__diag_put_escaped(&w, sql, strlen(sql), limit);
+    dbk__sb_puts(&w, "\"");
     if (params) {
-        dbk__dw_puts(&w, " params=[");
+        dbk__sb_puts(&w, " params=[");
         for (size_t i = 0; i < ev->nparams; i++) {
             if (w.len + 8 > LINE_MAX_) {
-                dbk__dw_puts(&w, "...");
+                dbk__sb_puts(&w, "...");
                 break;
             }
             if (i)
-                dbk__dw_puts(&w, ", ");
+                dbk__sb_puts(&w, ", ");
             put_value(&w, &ev->params[i], LINE_MAX_ - 5);
         }
         if (w.len + 1 > LINE_MAX_) /* keep the closing bracket */
             w.len = LINE_MAX_ - 1;
-        dbk__dw_puts(&w, "]");
+        dbk__sb_puts(&w, "]");
     }
-    line[w.len < LINE_MAX_ ? w.len : LINE_MAX_] = '\0';
     DBK__ADD(&d->logged, 1);
     dbk__log(slow ? DBK_LOG_WARN : DBK_LOG_DEBUG, "%s", line);
 }
@@ -333,17 +307,15 @@ void dbk_diag_stats_get(dbk_diag *d, dbk_diag_stats *out)
     out->logged = DBK__LOAD(&d->logged);
 }
 
-static void put_seconds(dbk__dw *w, uint64_t ns)
+static void put_seconds(dbk__sb *w, uint64_t ns)
 {
-    dbk__dw_printf(w, "%llu.%09llu", (unsigned long long)(ns / 1000000000u),
+    dbk__sb_printf(w, "%llu.%09llu", (unsigned long long)(ns / 1000000000u),
                    (unsigned long long)(ns % 1000000000u));
 }
 
 size_t dbk_diag_prometheus(dbk_diag *d, char *buf, size_t len)
 {
-    dbk__dw w = {buf, len ? len - 1 : 0, 0};
-    if (!buf)
-        w.cap = 0;
+    dbk__sb w = dbk__sb_over(buf, len);
     dbk_diag_stats s;
     if (!d) {
         if (buf && len)
@@ -352,36 +324,34 @@ size_t dbk_diag_prometheus(dbk_diag *d, char *buf, size_t len)
     }
     dbk_diag_stats_get(d, &s);
 
-    dbk__dw_puts(&w, "# HELP dbkit_queries_total Statements run through observed executors.\n"
+    dbk__sb_puts(&w, "# HELP dbkit_queries_total Statements run through observed executors.\n"
                      "# TYPE dbkit_queries_total counter\n");
-    dbk__dw_printf(&w, "dbkit_queries_total %llu\n", (unsigned long long)s.queries);
+    dbk__sb_printf(&w, "dbkit_queries_total %llu\n", (unsigned long long)s.queries);
 
-    dbk__dw_puts(&w, "# HELP dbkit_query_errors_total Failed statements by dbkit result code.\n"
+    dbk__sb_puts(&w, "# HELP dbkit_query_errors_total Failed statements by dbkit result code.\n"
                      "# TYPE dbkit_query_errors_total counter\n");
     for (int i = 1; i <= DBK_RC_MAX_; i++)
         if (s.errors_by_code[i])
-            dbk__dw_printf(&w, "dbkit_query_errors_total{code=\"%s\"} %llu\n",
+            dbk__sb_printf(&w, "dbkit_query_errors_total{code=\"%s\"} %llu\n",
                            dbk_rc_name((dbk_rc)i), (unsigned long long)s.errors_by_code[i]);
 
-    dbk__dw_puts(&w, "# HELP dbkit_query_duration_seconds Statement duration.\n"
+    dbk__sb_puts(&w, "# HELP dbkit_query_duration_seconds Statement duration.\n"
                      "# TYPE dbkit_query_duration_seconds histogram\n");
     for (int i = 0; i < DBK_DIAG_NBUCKETS; i++)
-        dbk__dw_printf(&w, "dbkit_query_duration_seconds_bucket{le=\"%s\"} %llu\n", bucket_le[i],
+        dbk__sb_printf(&w, "dbkit_query_duration_seconds_bucket{le=\"%s\"} %llu\n", bucket_le[i],
                        (unsigned long long)s.buckets[i]);
-    dbk__dw_puts(&w, "dbkit_query_duration_seconds_sum ");
+    dbk__sb_puts(&w, "dbkit_query_duration_seconds_sum ");
     put_seconds(&w, s.duration_sum_ns);
-    dbk__dw_printf(&w, "\ndbkit_query_duration_seconds_count %llu\n",
+    dbk__sb_printf(&w, "\ndbkit_query_duration_seconds_count %llu\n",
                    (unsigned long long)s.duration_count);
 
-    dbk__dw_puts(&w, "# HELP dbkit_slow_queries_total Statements at or over the slow threshold.\n"
+    dbk__sb_puts(&w, "# HELP dbkit_slow_queries_total Statements at or over the slow threshold.\n"
                      "# TYPE dbkit_slow_queries_total counter\n");
-    dbk__dw_printf(&w, "dbkit_slow_queries_total %llu\n", (unsigned long long)s.slow);
+    dbk__sb_printf(&w, "dbkit_slow_queries_total %llu\n", (unsigned long long)s.slow);
 
-    dbk__dw_puts(&w, "# HELP dbkit_n_plus_one_total N+1 query patterns reported.\n"
+    dbk__sb_puts(&w, "# HELP dbkit_n_plus_one_total N+1 query patterns reported.\n"
                      "# TYPE dbkit_n_plus_one_total counter\n");
-    dbk__dw_printf(&w, "dbkit_n_plus_one_total %llu\n", (unsigned long long)s.n_plus_one);
+    dbk__sb_printf(&w, "dbkit_n_plus_one_total %llu\n", (unsigned long long)s.n_plus_one);
 
-    if (buf && len)
-        buf[w.len < len - 1 ? w.len : len - 1] = '\0';
     return w.len;
 }

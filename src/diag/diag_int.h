@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "dbkit/diag.h"
+#include "../core/sb.h"
 
 struct dbk_diag {
     /* configuration, fixed after dbk_diag_new() */
@@ -41,23 +42,15 @@ struct dbk_diag {
 #define DBK__ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
 #define DBK__LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 
-/* A small growable string that never overflows: `len` counts what would
- * have been written, `cap` bytes are available (one kept for the NUL). */
-typedef struct dbk__dw {
-    char *buf;
-    size_t cap;
-    size_t len;
-} dbk__dw;
+/* Log lines and the metrics text are written with the core string builder
+ * over the caller's (or a stack) buffer: dbk__sb_over, core/sb.h. */
 
-void dbk__dw_putn(dbk__dw *w, const char *s, size_t n);
-void dbk__dw_puts(dbk__dw *w, const char *s);
-void dbk__dw_printf(dbk__dw *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Writes nanoseconds as milliseconds with three decimals ("12.345"). */
-void dbk__dw_ms(dbk__dw *w, int64_t ns);
+void dbk__diag_put_ms(dbk__sb *w, int64_t ns);
 /* Writes s escaped for a "..." field (\\ \" \n \xHH), stopping before the
  * written length would pass `limit`; then "..." is appended. Returns true
  * when cut. */
-bool dbk__dw_escaped(dbk__dw *w, const char *s, size_t n, size_t limit);
+bool dbk__diag_put_escaped(dbk__sb *w, const char *s, size_t n, size_t limit);
 
 /* Feeds the calling thread's innermost scope of d (scope.c). */
 void dbk__diag_scope_count(dbk_diag *d, const dbk_query_event *ev);

@@ -369,21 +369,20 @@ static void fill_hint(dbk_error *err, const char *sql)
 static void report_line(const scope *s, const n1_entry *e)
 {
     char line[1024];
-    dbk__dw w = {line, sizeof line - 1, 0};
-    dbk__dw_printf(&w, "n+1 count=%u total_ms=", e->count);
-    dbk__dw_ms(&w, e->total_ns);
-    dbk__dw_puts(&w, " scope=\"");
-    dbk__dw_escaped(&w, s->name, strlen(s->name), 200);
-    dbk__dw_puts(&w, "\" at=");
-    dbk__dw_printf(&w, "%s:%d (%s)", s->file, s->line, s->func);
+    dbk__sb w = dbk__sb_over(line, sizeof line);
+    dbk__sb_printf(&w, "n+1 count=%u total_ms=", e->count);
+    dbk__diag_put_ms(&w, e->total_ns);
+    dbk__sb_puts(&w, " scope=\"");
+    dbk__diag_put_escaped(&w, s->name, strlen(s->name), 200);
+    dbk__sb_puts(&w, "\" at=");
+    dbk__sb_printf(&w, "%s:%d (%s)", s->file, s->line, s->func);
     if (e->frame)
-        dbk__dw_printf(&w, " frame=%s", e->frame);
-    dbk__dw_puts(&w, " sql=\"");
+        dbk__sb_printf(&w, " frame=%s", e->frame);
+    dbk__sb_puts(&w, " sql=\"");
     size_t tail = sizeof " hint=\"\"" - 1 + sizeof N1_HINT_SHORT - 1 + 1;
     size_t limit = sizeof line - 1 > w.len + tail ? sizeof line - 1 - tail : w.len;
-    dbk__dw_escaped(&w, e->sql, e->len, limit);
-    dbk__dw_puts(&w, "\" hint=\"" N1_HINT_SHORT "\"");
-    line[w.len < sizeof line - 1 ? w.len : sizeof line - 1] = '\0';
+    dbk__diag_put_escaped(&w, e->sql, e->len, limit);
+    dbk__sb_puts(&w, "\" hint=\"" N1_HINT_SHORT "\"");
     dbk__log(DBK_LOG_WARN, "%s", line);
 }
 
@@ -427,9 +426,8 @@ dbk_rc dbk_diag_scope_end(dbk_diag *d, dbk_error *err)
             memcpy(sql + n, "...", 3), n += 3;
         sql[n] = '\0';
         char total[32];
-        dbk__dw tw = {total, sizeof total - 1, 0};
-        dbk__dw_ms(&tw, first->total_ns);
-        total[tw.len < sizeof total - 1 ? tw.len : sizeof total - 1] = '\0';
+        dbk__sb tw = dbk__sb_over(total, sizeof total);
+        dbk__diag_put_ms(&tw, first->total_ns);
         char more[48] = "";
         if (nreports > 1)
             snprintf(more, sizeof more, " (and %zu more statements)", nreports - 1);

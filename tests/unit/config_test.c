@@ -1121,6 +1121,32 @@ static void config_redacted_url_hides_password(void **state)
     dbk_config_free(cfg);
 }
 
+/* Rendering into a buffer too small: the prefix that fits, terminated,
+ * and the full length (as snprintf); a NULL buffer only counts. */
+static void config_redacted_url_counts_without_room(void **state)
+{
+    (void)state;
+    char full[512], small[12];
+    dbk_config *cfg = must("postgres://alice:" PW "@[::1]:6543,h2/app?sslmode=require", NULL);
+    size_t need = dbk_config_redacted_url(cfg, full, sizeof full);
+    assert_string_equal(full, "postgres://alice:***@[::1]:6543,h2:5432/app?sslmode=require");
+    assert_int_equal(need, strlen(full));
+    memset(small, 'Z', sizeof small);
+    assert_int_equal(dbk_config_redacted_url(cfg, small, sizeof small), need);
+    assert_string_equal(small, "postgres://");
+    assert_int_equal(dbk_config_redacted_url(cfg, NULL, 0), need);
+    assert_int_equal(dbk_config_redacted_url(cfg, NULL, 40), need);
+    char one[1] = {'Z'};
+    assert_int_equal(dbk_config_redacted_url(cfg, one, 1), need);
+    assert_int_equal(one[0], '\0');
+    dbk_config_free(cfg);
+    memset(small, 'Z', sizeof small);
+    const char *url = "postgres://u:" PW "@h/d";
+    need = dbk_redact_url(url, small, sizeof small);
+    assert_int_equal(need, strlen("postgres://u:***@h/d"));
+    assert_string_equal(small, "postgres://");
+}
+
 static void config_redacted_url_round_trips(void **state)
 {
     (void)state;
@@ -1476,6 +1502,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(config_precedence_default_env_url_code),
     cmocka_unit_test(config_url_engine_beats_env),
     cmocka_unit_test(config_redacted_url_hides_password),
+    cmocka_unit_test(config_redacted_url_counts_without_room),
     cmocka_unit_test(config_redacted_url_round_trips),
     cmocka_unit_test(config_redacted_url_truncates),
     cmocka_unit_test(config_redact_url_strings),
