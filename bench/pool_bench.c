@@ -417,37 +417,56 @@ static void *pk_raw_thread(void *arg)
     return NULL;
 }
 
-static double pk_run(const char *url, bool raw, int threads, double seconds, int64_t rows)
+/* A pool of `size` connections, all of them open before it is returned. */
+static dbk_pool *open_warm_pool(const char *url, int size)
 {
-    struct pk p = {.url = url, .rows = rows};
-    if (!raw) {
-        dbk_pool_opts o = {.max_size = threads, .min_idle = threads};
-        p.pool = open_pool(url, &o);
-        /* warm: open every connection */
-        for (int i = 0; i < 1000; i++) {
-            dbk_pool_stats st;
-            dbk_pool_get_stats(p.pool, &st, NULL);
-            if (st.idle == threads)
-                break;
-            usleep(5000);
-        }
+    dbk_pool_opts o = {.max_size = size, .min_idle = size, .acquire_timeout_ms = 30000};
+    dbk_pool *pool = open_pool(url, &o);
+    for (int i = 0; i < 1000; i++) {
+        dbk_pool_stats st;
+        dbk_pool_get_stats(pool, &st, NULL);
+        if (st.idle == size)
+            break;
+        usleep(5000);
     }
-    pthread_t th[64];
+    return pool;
+}
+
+/* Runs `threads` copies of fn on p for `seconds` (they start together once
+ * every thread is ready) and returns operations per second. Closes p's
+ * pool, if any; reports errors under `what`. */
+static double run_threads(struct pk *p, void *(*fn)(void *), int threads, double seconds,
+                          const char *what, uint64_t *pipelined)
+{
+    pthread_t th[256];
     for (int i = 0; i < threads; i++)
-        pthread_create(&th[i], NULL, raw ? pk_raw_thread : pk_pool_thread, &p);
+        pthread_create(&th[i], NULL, fn, p);
     usleep(200000); /* raw threads connect and prepare */
-    p.end = now_s() + seconds;
+    p->end = now_s() + seconds;
     double t0 = now_s();
-    atomic_store(&p.go, 1);
+    atomic_store(&p->go, 1);
     for (int i = 0; i < threads; i++)
         pthread_join(th[i], NULL);
     double t = now_s() - t0;
-    if (p.pool)
-        dbk_pool_close(p.pool, 1000);
-    if (atomic_load(&p.errors))
-        fprintf(stderr, "pool_bench: %ld errors in pk (%s)\n", atomic_load(&p.errors),
-                raw ? "raw" : "pool");
-    return (double)atomic_load(&p.ops) / t;
+    if (p->pool && pipelined) {
+        dbk_pool_stats st;
+        dbk_pool_get_stats(p->pool, &st, NULL);
+        *pipelined = st.pipelined;
+    }
+    if (p->pool)
+        dbk_pool_close(p->pool, 1000);
+    if (atomic_load(&p->errors))
+        fprintf(stderr, "pool_bench: %ld errors in %s\n", atomic_load(&p->errors), what);
+    return (double)atomic_load(&p->ops) / t;
+}
+
+static double pk_run(const char *url, bool raw, int threads, double seconds, int64_t rows)
+{
+    struct pk p = {.url = url, .rows = rows};
+    if (!raw)
+        p.pool = open_warm_pool(url, threads);
+    return run_threads(&p, raw ? pk_raw_thread : pk_pool_thread, threads, seconds,
+                       raw ? "pk (raw)" : "pk (pool)", NULL);
 }
 
 /* Hand-written libpq pipelining: one connection, `depth` lookups sent per
@@ -506,50 +525,14 @@ static double pipe_pool_run(const char *url, int threads, int size, bool autopip
     snprintf(u, sizeof u, "%s%sauto_pipeline=%d", url, strchr(url, '?') ? "&" : "?",
              autopipe ? 1 : 0);
     struct pk p = {.url = u, .rows = rows};
-    dbk_pool_opts o = {.max_size = size, .min_idle = size, .acquire_timeout_ms = 30000};
-    p.pool = open_pool(u, &o);
-    for (int i = 0; i < 1000; i++) {
-        dbk_pool_stats st;
-        dbk_pool_get_stats(p.pool, &st, NULL);
-        if (st.idle == size)
-            break;
-        usleep(5000);
-    }
-    pthread_t th[256];
-    for (int i = 0; i < threads; i++)
-        pthread_create(&th[i], NULL, pk_pool_thread, &p);
-    usleep(100000);
-    p.end = now_s() + seconds;
-    double t0 = now_s();
-    atomic_store(&p.go, 1);
-    for (int i = 0; i < threads; i++)
-        pthread_join(th[i], NULL);
-    double t = now_s() - t0;
-    dbk_pool_stats st;
-    dbk_pool_get_stats(p.pool, &st, NULL);
-    *pipelined = st.pipelined;
-    dbk_pool_close(p.pool, 1000);
-    if (atomic_load(&p.errors))
-        fprintf(stderr, "pool_bench: %ld errors in pipe (pool)\n", atomic_load(&p.errors));
-    return (double)atomic_load(&p.ops) / t;
+    p.pool = open_warm_pool(u, size);
+    return run_threads(&p, pk_pool_thread, threads, seconds, "pipe (pool)", pipelined);
 }
 
 static double pipe_raw_run(const char *url, int conns, int depth, double seconds, int64_t rows)
 {
     struct pk p = {.url = url, .rows = rows, .depth = depth};
-    pthread_t th[64];
-    for (int i = 0; i < conns; i++)
-        pthread_create(&th[i], NULL, pk_rawpipe_thread, &p);
-    usleep(200000);
-    p.end = now_s() + seconds;
-    double t0 = now_s();
-    atomic_store(&p.go, 1);
-    for (int i = 0; i < conns; i++)
-        pthread_join(th[i], NULL);
-    double t = now_s() - t0;
-    if (atomic_load(&p.errors))
-        fprintf(stderr, "pool_bench: %ld errors in pipe (raw)\n", atomic_load(&p.errors));
-    return (double)atomic_load(&p.ops) / t;
+    return run_threads(&p, pk_rawpipe_thread, conns, seconds, "pipe (raw)", NULL);
 }
 
 /* pipe: PK lookups from `threads` threads on a pool of 2 connections, with
@@ -647,33 +630,10 @@ static double sqpk_run(const char *path, bool raw, int threads, double seconds, 
     struct pk p = {.url = path, .rows = rows};
     char url[300];
     snprintf(url, sizeof url, "sqlite:%s", path);
-    if (!raw) {
-        dbk_pool_opts o = {.max_size = threads, .min_idle = threads};
-        p.pool = open_pool(url, &o);
-        for (int i = 0; i < 1000; i++) {
-            dbk_pool_stats st;
-            dbk_pool_get_stats(p.pool, &st, NULL);
-            if (st.idle == threads)
-                break;
-            usleep(5000);
-        }
-    }
-    pthread_t th[64];
-    for (int i = 0; i < threads; i++)
-        pthread_create(&th[i], NULL, raw ? sqpk_raw_thread : pk_pool_thread, &p);
-    usleep(100000);
-    p.end = now_s() + seconds;
-    double t0 = now_s();
-    atomic_store(&p.go, 1);
-    for (int i = 0; i < threads; i++)
-        pthread_join(th[i], NULL);
-    double t = now_s() - t0;
-    if (p.pool)
-        dbk_pool_close(p.pool, 1000);
-    if (atomic_load(&p.errors))
-        fprintf(stderr, "pool_bench: %ld errors in sqpk (%s)\n", atomic_load(&p.errors),
-                raw ? "raw" : "pool");
-    return (double)atomic_load(&p.ops) / t;
+    if (!raw)
+        p.pool = open_warm_pool(url, threads);
+    return run_threads(&p, raw ? sqpk_raw_thread : pk_pool_thread, threads, seconds,
+                       raw ? "sqpk (raw)" : "sqpk (pool)", NULL);
 }
 
 static void run_sqpk(int threads, double seconds, int64_t rows)
