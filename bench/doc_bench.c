@@ -11,7 +11,10 @@
  * not. Rounds alternate baseline and dbkit; the best of each is printed
  * with the ratio dbkit / baseline (ops per second).
  *
- * usage: doc_bench [--seconds S] [--rounds R]
+ * usage: doc_bench [--seconds S] [--rounds R] [--only SIDE-OP]
+ *   --only runs one side of one PostgreSQL pair for S seconds and nothing
+ *   else (base-find, dbkit-find, base-insert, dbkit-insert), for profilers
+ *   (valgrind --tool=callgrind, strace -c) that should see one loop.
  */
 #include <jansson.h>
 #include <libpq-fe.h>
@@ -121,9 +124,23 @@ static void report(const char *what, double base, double ours)
            ours / base);
 }
 
+static const char *only; /* --only: one side of one pair */
+
 static void run_pair(const char *what, op_fn base_fn, void *base_ctx, op_fn our_fn, void *our_ctx,
                      double seconds, int rounds)
 {
+    if (only) {
+        char side[64];
+        long c = 0;
+        int w = (int)strcspn(what, " "); /* "find by id" is "find" */
+        snprintf(side, sizeof side, "base-%.*s", w, what);
+        if (strcmp(only, side) == 0)
+            printf("%-28s baseline %9.0f ops/s\n", what, measure(base_fn, base_ctx, seconds, &c));
+        snprintf(side, sizeof side, "dbkit-%.*s", w, what);
+        if (strcmp(only, side) == 0)
+            printf("%-28s dbkit %9.0f ops/s\n", what, measure(our_fn, our_ctx, seconds, &c));
+        return;
+    }
     double best_b = 0, best_o = 0;
     long cb = 0, co = 0;
     for (int r = 0; r < rounds; r++) {
@@ -257,8 +274,12 @@ int main(int argc, char **argv)
             seconds = atof(argv[i + 1]);
         else if (strcmp(argv[i], "--rounds") == 0)
             rounds = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--only") == 0)
+            only = argv[i + 1];
     }
     bench_postgres(seconds, rounds);
+    if (only)
+        return 0;
 #ifdef BENCH_MONGO
     bench_mongo(seconds, rounds);
 #else

@@ -85,6 +85,11 @@ DBK_API dbk_rc dbk_doc_coll_open(dbk_db *db, const dbk_doc_schema *schema, dbk_d
         free(c);
         return rc;
     }
+    /* collection names are [a-z_][a-z0-9_]*, at most 48 bytes: these fit */
+    snprintf(c->sql_insert, sizeof c->sql_insert, "INSERT INTO \"%s\" (id, doc) VALUES ($1, %s)",
+             schema->collection, c->engine == DBK_ENGINE_POSTGRES ? "$2::jsonb" : "$2");
+    snprintf(c->sql_find, sizeof c->sql_find, "SELECT doc FROM \"%s\" WHERE id = $1",
+             schema->collection);
     *out = c;
     return DBK_OK;
 }
@@ -277,11 +282,8 @@ DBK_API dbk_rc dbk_doc_create(dbk_doc_coll *coll, const char *json, size_t len, 
         rc = dbk__err(err, DBK_ENOMEM, "out of memory");
         goto out_root;
     }
-    char sql[160];
-    snprintf(sql, sizeof sql, "INSERT INTO \"%s\" (id, doc) VALUES ($1, %s)",
-             coll->schema->collection, doc_param(coll));
     dbk_value p[2] = {dbk_text(json_string_value(json_object_get(root, "_id"))), dbk_text(text)};
-    rc = dbk_db_exec(coll->db, sql, p, 2, NULL, err);
+    rc = dbk_db_exec(coll->db, coll->sql_insert, p, 2, NULL, err);
     free(text);
     if (rc) {
         rc = unique_error(coll, rc, err);
@@ -330,11 +332,9 @@ DBK_API dbk_rc dbk_doc_find_by_id(dbk_doc_coll *coll, const char *id, dbk_doc **
             return rc;
         return dbk__doc_wrap(root, out, err);
     }
-    char sql[128];
-    snprintf(sql, sizeof sql, "SELECT doc FROM \"%s\" WHERE id = $1", coll->schema->collection);
     dbk_value p = dbk_text(id);
     dbk_result *res;
-    if ((rc = dbk_db_query(coll->db, sql, &p, 1, &res, err)) != DBK_OK)
+    if ((rc = dbk_db_query(coll->db, coll->sql_find, &p, 1, &res, err)) != DBK_OK)
         return rc;
     json_t *root = NULL;
     if (dbk_result_nrows(res) == 0)

@@ -38,6 +38,10 @@ struct dbk_doc_coll {
     const char *updated;
     size_t nfields;
     dbk__doc_field fields[DBK_DOC_MAX_FIELDS + 2];
+    /* The statements of the per-document calls, written once at open (SQL
+     * engines): the name is checked, the text never changes. */
+    char sql_insert[128];
+    char sql_find[96];
 };
 
 /* Parameters of one compiled statement. Text values borrow strings of the
