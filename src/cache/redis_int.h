@@ -78,7 +78,6 @@ struct dbk__rds {
     uint64_t pend_dropped; /* deletes lost to a full queue since open */
 
     _Atomic uint64_t errors, skipped, stale_rejects;
-    _Atomic uint64_t batches, batched; /* pipelines written, commands in them */
 
     /* Sentinel mode. The master's address and generation are under mu;
      * disc_mu serializes discoveries. */

@@ -181,9 +181,8 @@ static void unqueue_locked(struct dbk__rds_slot *s, struct dbk__rds_req *q)
  * and they cannot leave the queue meanwhile). False when formatting ran
  * out of memory (that command and those already written fail, the
  * connection is freed, the rest stay queued). */
-static bool format_queue_locked(struct dbk__rds *r, struct dbk__rds_slot *s)
+static bool format_queue_locked(struct dbk__rds_slot *s)
 {
-    uint64_t n = 0;
     while (s->qhead) {
         struct dbk__rds_req *q = s->qhead;
         s->qhead = q->next;
@@ -227,11 +226,8 @@ static bool format_queue_locked(struct dbk__rds *r, struct dbk__rds_slot *s)
             s->fhead = q;
         s->ftail = q;
         s->ninflight++;
-        n++;
     }
     s->qtail = NULL;
-    atomic_fetch_add(&r->batches, 1);
-    atomic_fetch_add(&r->batched, n);
     return true;
 }
 
@@ -325,7 +321,7 @@ static void hold(struct dbk__rds *r, struct dbk__rds_slot *s, struct dbk__rds_re
                 return;
             }
         }
-        if (!format_queue_locked(r, s)) { /* out of memory */
+        if (!format_queue_locked(s)) { /* out of memory */
             pass_turn_locked(s);
             return;
         }
@@ -393,7 +389,7 @@ static void hold(struct dbk__rds *r, struct dbk__rds_slot *s, struct dbk__rds_re
     if (mine && !s->fhead && s->qhead && s->ctx && !dbk__rds_slot_stale_locked(r, s) &&
         dbk__rds_step_ms(r->cfg.command_timeout_ms, *deadline_ns) * 2 >=
             r->cfg.command_timeout_ms &&
-        format_queue_locked(r, s)) {
+        format_queue_locked(s)) {
         redisContext *c = s->ctx;
         pthread_mutex_unlock(&r->mu);
         bool ok = dbk__rds_flush(c, *deadline_ns);
