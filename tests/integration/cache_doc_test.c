@@ -4,7 +4,9 @@
  * with Redis: a hit after the first read (no statement runs, counted by
  * the query observer), no stale read after an update or a delete while
  * reader threads keep reading, one load for N concurrent misses, and
- * invalidation that waits for the caller's transaction to commit.
+ * invalidation that waits for the caller's transaction to commit; and on
+ * the MongoDB-compatible test server (DBKIT_TEST_MONGO_URL), hits and
+ * invalidation counted by the cache's loads.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -404,6 +406,63 @@ static void cache_doc_invalidates_after_commit(void **state)
     each("cache_doc_tx", tx_commit);
 }
 
+/* ---- MongoDB: no executor, the key goes when the server acknowledged ---- */
+
+static uint64_t loads(dbk_cache *c)
+{
+    dbk_cache_stats st;
+    dbk_error err;
+    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    return st.loads;
+}
+
+static void cache_doc_mongodb_hits_and_invalidation(void **state)
+{
+    (void)state;
+    const char *base = getenv("DBKIT_TEST_MONGO_URL");
+    if (!base || !*base)
+        dbkt_skip(1, "DBKIT_TEST_MONGO_URL is not set (scripts/testenv.sh starts the server)");
+    if (!dbk_doc_mongo_available())
+        dbkt_skip(1, "this dbkit was built without libmongoc");
+    char url[512];
+    snprintf(url, sizeof url, "%s/dbkt_cache_doc", base);
+    for (int redis = 0; redis < 2; redis++) {
+        dbk_error err;
+        dbk_doc_mongo *m = NULL;
+        dbk_doc_coll *coll = NULL;
+        DBKT_OK(dbk_doc_mongo_open(url, NULL, &m, &err), &err);
+        DBKT_OK(dbk_doc_coll_open_mongo(m, &items, &coll, &err), &err);
+        DBKT_OK(dbk_doc_coll_drop(coll, &err), &err);
+        dbk_cache *c = open_cache(redis, 60000);
+        dbk_cached_doc *cd = NULL;
+        DBKT_OK(dbk_cached_doc_new(c, coll, NULL, &cd, &err), &err);
+        assert_ptr_equal(dbk_cached_doc_coll(cd), coll);
+        dbk_doc *d = NULL;
+        DBKT_RC(DBK_ENOT_FOUND, dbk_cached_doc_find_by_id(cd, "m1", &d, &err));
+        const char *j = "{\"_id\":\"m1\",\"name\":\"item\",\"n\":1}";
+        DBKT_OK(dbk_cached_doc_create(cd, j, strlen(j), NULL, &err), &err);
+        for (int i = 0; i < 5; i++) {
+            DBKT_OK(dbk_cached_doc_find_by_id(cd, "m1", &d, &err), &err);
+            assert_int_equal(n_of(d), 1);
+            dbk_doc_free(d);
+        }
+        assert_int_equal(loads(c), 2); /* the cached not-found, then one load */
+        DBKT_OK(dbk_cached_doc_find_by_id_and_update(cd, "m1", "{\"$inc\":{\"n\":1}}", NULL, &err),
+                &err);
+        DBKT_OK(dbk_cached_doc_find_by_id(cd, "m1", &d, &err), &err);
+        assert_int_equal(n_of(d), 2);
+        dbk_doc_free(d);
+        assert_int_equal(loads(c), 3);
+        DBKT_OK(dbk_cached_doc_find_by_id_and_delete(cd, "m1", NULL, &err), &err);
+        DBKT_RC(DBK_ENOT_FOUND, dbk_cached_doc_find_by_id(cd, "m1", &d, &err));
+        dbk_cached_doc_free(cd);
+        dbk_cache_close(c);
+        dbk_doc_coll_drop(coll, &err);
+        dbk_doc_coll_close(coll);
+        dbk_doc_mongo_close(m);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -411,6 +470,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(cache_doc_no_stale_read_after_update_and_delete),
         cmocka_unit_test(cache_doc_single_flight),
         cmocka_unit_test(cache_doc_invalidates_after_commit),
+        cmocka_unit_test(cache_doc_mongodb_hits_and_invalidation),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
