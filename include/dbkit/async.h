@@ -149,7 +149,7 @@ typedef struct dbk_async_done {
     /* BATCH: the batch that was submitted, handed back with its outcomes
      * (dbk_batch_rc, dbk_batch_result, ...); still owned by the caller. */
     dbk_batch *batch;
-    /* CACHE_GET, DBK_OK: the value (malloc'd: free() when kept) and its
+    /* CACHE_GET, DBK_OK: the value (the caller's: dbk_free() when kept) and its
      * length. */
     void *value;
     size_t value_len;

@@ -18,7 +18,7 @@
  *                                process (single-flight), stored only if no
  *                                invalidation of the key happened since the
  *                                load began;
- *   invalidate_after_commit      delete a key after the surrounding
+ *   invalidate_on_commit         delete a key after the surrounding
  *                                transaction commits (at once outside one).
  * Values stored by get_or_load carry a one-byte envelope (found / not found);
  * keep keys written with dbk_cache_set() apart from keys read with
@@ -26,7 +26,7 @@
  *
  * Guarantee ("correct invalidation"). Let a writer commit a change to the
  * row behind key K and then, after the commit, call dbk_cache_delete(K)
- * (directly or through dbk_cache_invalidate_after_commit()), and let that
+ * (directly or through dbk_cache_invalidate_on_commit()), and let that
  * delete succeed. Then no dbk_cache_get_or_load(K) whose load began before
  * that delete can store its result, and none that starts after the delete
  * returned can take such a load's result through single-flight (the delete
@@ -180,7 +180,7 @@ DBK_API void dbk_cache_close(dbk_cache *cache);
 DBK_API const char *dbk_cache_backend(const dbk_cache *cache);
 
 /*
- * Reads a key. DBK_OK: *val is a malloc'd copy (free with free()), *vallen
+ * Reads a key. DBK_OK: *val is a copy owned by the caller (dbk_free()), *vallen
  * its length (a 0-length value still gives a non-NULL pointer).
  * DBK_ENOT_FOUND: no live entry. Redis errors: DBK_EUNAVAILABLE (down, or
  * breaker open), DBK_ETIMEOUT, DBK_ENOMEM; callers treat them as a miss.
@@ -258,8 +258,8 @@ DBK_API dbk_rc dbk_cache_set_leased(dbk_cache *cache, const void *key, size_t ke
 
 /*
  * A loader for dbk_cache_get_or_load(): reads the value behind `key` (from
- * the database) and returns DBK_OK with *val malloc'd (ownership passes to
- * the cache; *val may be NULL when *vallen is 0), DBK_ENOT_FOUND when there
+ * the database) and returns DBK_OK with *val from malloc() (ownership passes
+ * to the cache, which releases it with free(); *val may be NULL when *vallen is 0), DBK_ENOT_FOUND when there
  * is no such row, or any other code on failure (err filled).
  */
 typedef dbk_rc (*dbk_cache_load_fn)(void *ctx, const void *key, size_t keylen, void **val,
@@ -281,7 +281,7 @@ typedef dbk_rc (*dbk_cache_load_fn)(void *ctx, const void *key, size_t keylen, v
  * uncommitted writes: it could cache rows that are later rolled back
  * (dbk_cache_find_row() bypasses the cache inside a transaction for you).
  *
- * DBK_OK: *val malloc'd (free()), *vallen set. DBK_ENOT_FOUND: no such row
+ * DBK_OK: *val owned by the caller (dbk_free()), *vallen set. DBK_ENOT_FOUND: no such row
  * (loaded or negatively cached). Otherwise the loader's code and error.
  * DBK_EMISUSE for bad arguments.
  */
@@ -296,12 +296,21 @@ DBK_API dbk_rc dbk_cache_get_or_load(dbk_cache *cache, const void *key, size_t k
  * is handled as in dbk_cache_delete() (queued, logged), never reported to
  * the committer. DBK_EMISUSE, DBK_ENOMEM, registration errors.
  */
-DBK_API dbk_rc dbk_cache_invalidate_after_commit(dbk_db *db, dbk_cache *cache, const void *key,
-                                                 size_t keylen, dbk_error *err);
+DBK_API dbk_rc dbk_cache_invalidate_on_commit(dbk_cache *cache, dbk_db *db, const void *key,
+                                              size_t keylen, dbk_error *err);
 
-/* dbk_cache_ns_bump() after commit, like dbk_cache_invalidate_after_commit(). */
-DBK_API dbk_rc dbk_cache_ns_bump_after_commit(dbk_db *db, dbk_cache *cache, const char *ns,
-                                              dbk_error *err);
+/* dbk_cache_ns_bump() after commit, like dbk_cache_invalidate_on_commit(). */
+DBK_API dbk_rc dbk_cache_ns_bump_on_commit(dbk_cache *cache, dbk_db *db, const char *ns,
+                                           dbk_error *err);
+
+/* Deprecated in 0.2 (removed in 0.3): the executor-first forms of
+ * dbk_cache_invalidate_on_commit() and dbk_cache_ns_bump_on_commit(). */
+DBK_API DBK_DEPRECATED("use dbk_cache_invalidate_on_commit (cache first, then db)")
+dbk_rc dbk_cache_invalidate_after_commit(dbk_db *db, dbk_cache *cache, const void *key,
+                                         size_t keylen, dbk_error *err);
+DBK_API DBK_DEPRECATED("use dbk_cache_ns_bump_on_commit (cache first, then db)")
+dbk_rc dbk_cache_ns_bump_after_commit(dbk_db *db, dbk_cache *cache, const char *ns,
+                                      dbk_error *err);
 
 /* Counters since open. */
 typedef struct dbk_cache_stats {
@@ -349,8 +358,8 @@ DBK_API uint64_t dbk_cache_layout_hash(const char *entity, const dbk_cache_field
                                        size_t nfields);
 
 /*
- * Encodes n values (each of its field's type, or NULL). *out is malloc'd
- * (free()). DBK_EMISUSE, DBK_EINVALID (an unknown type, or an encoding
+ * Encodes n values (each of its field's type, or NULL). *out is owned by
+ * the caller (dbk_free()). DBK_EMISUSE, DBK_EINVALID (an unknown type, or an encoding
  * longer than DBK_CACHE_MAX_VALUE: the message names the field or the
  * limit; checked before anything is allocated, nothing is truncated),
  * DBK_ENOMEM.
@@ -381,8 +390,8 @@ DBK_API dbk_rc dbk_cache_decode_row(const void *buf, size_t len, uint64_t layout
  * from the database and nothing is stored, so uncommitted data never
  * reaches the cache and the transaction reads its own writes.
  *
- * DBK_OK: *row malloc'd encoded row (decode with dbk_cache_decode_row;
- * free()), *rowlen set. DBK_ENOT_FOUND when no row. Database errors as
+ * DBK_OK: *row the encoded row (decode with dbk_cache_decode_row;
+ * dbk_free()), *rowlen set. DBK_ENOT_FOUND when no row. Database errors as
  * dbk_db_query_row().
  */
 DBK_API dbk_rc dbk_cache_find_row(dbk_cache *cache, dbk_db *db, const void *key, size_t keylen,

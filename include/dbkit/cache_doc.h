@@ -21,7 +21,7 @@
  *           "doc:<collection>:list", after commit: when the collection's
  *           executor is a transaction (dbk_doc_coll_open() on a dbk_tx_run
  *           executor) the invalidation is registered with
- *           dbk_cache_invalidate_after_commit() and dropped on rollback;
+ *           dbk_cache_invalidate_on_commit() and dropped on rollback;
  *           on a pool or a connection the collection's own transaction has
  *           committed when its call returns, and the key is deleted then.
  *           On MongoDB (no transactions) the key is deleted after the

@@ -189,11 +189,22 @@ DBK_API dbk_rc dbk_diag_scope_end(dbk_diag *d, dbk_error *err);
  * (when fn itself returned DBK_OK), which rolls the transaction back and is
  * returned with the report in err; fn's own errors win over the report.
  * Returns what dbk_tx_run() returns. `db` must be observed by `d`
- * (dbk_diag_attach) for anything to be counted.
+ * (dbk_diag_attach) for anything to be counted. Call it through the
+ * dbk_diag_tx_run() macro, which passes the call site.
  */
-DBK_API dbk_rc dbk_diag_transaction_at(dbk_diag *d, const char *name, dbk_db *db, dbk_tx_fn fn,
-                                       void *ctx, const dbk_tx_opts *opts, dbk_error *err,
-                                       const char *file, int line, const char *func);
+DBK_API dbk_rc dbk_diag_tx_run_at(dbk_diag *d, const char *name, dbk_db *db, dbk_tx_fn fn,
+                                  void *ctx, const dbk_tx_opts *opts, const char *file, int line,
+                                  const char *func, dbk_error *err);
+#define dbk_diag_tx_run(d, name, db, fn, ctx, opts, err)                                   \
+    dbk_diag_tx_run_at((d), (name), (db), (fn), (ctx), (opts), __FILE__, __LINE__, __func__, \
+                       (err))
+
+/* Deprecated in 0.2 (removed in 0.3): dbk_diag_tx_run_at() with `err`
+ * before the call site, and its macro (use dbk_diag_tx_run). */
+DBK_API DBK_DEPRECATED("use dbk_diag_tx_run_at (err last) or the dbk_diag_tx_run macro")
+dbk_rc dbk_diag_transaction_at(dbk_diag *d, const char *name, dbk_db *db, dbk_tx_fn fn, void *ctx,
+                               const dbk_tx_opts *opts, dbk_error *err, const char *file,
+                               int line, const char *func);
 #define dbk_diag_transaction(d, name, db, fn, ctx, opts, err)                                 \
     dbk_diag_transaction_at((d), (name), (db), (fn), (ctx), (opts), (err), __FILE__, __LINE__, \
                             __func__)
@@ -214,7 +225,10 @@ DBK_API dbk_rc dbk_diag_transaction_at(dbk_diag *d, const char *name, dbk_db *db
 typedef struct dbk_diag_stats {
     uint64_t queries;                         /* statements observed */
     uint64_t errors;                          /* of which failed (rc != DBK_OK) */
-    uint64_t errors_by_code[DBK_RC_MAX_ + 1]; /* failures per dbk_rc (index = code) */
+    uint64_t errors_by_code[DBK_RC_MAX_ + 1]; /* failures per dbk_rc: read them with
+                                               * dbk_diag_stats_errors(); the array (sized
+                                               * by today's highest code) leaves the
+                                               * struct before 1.0 */
     double bucket_le_ms[DBK_DIAG_NBUCKETS];   /* upper bounds; the last is +INFINITY */
     uint64_t buckets[DBK_DIAG_NBUCKETS];      /* CUMULATIVE: statements <= bucket_le_ms[i] */
     uint64_t duration_count;                  /* == buckets[DBK_DIAG_NBUCKETS - 1] */
@@ -227,6 +241,12 @@ typedef struct dbk_diag_stats {
 /* Fills *out with a snapshot of the counters. Thread-safe. NULL arguments
  * do nothing. */
 DBK_API void dbk_diag_stats_get(dbk_diag *d, dbk_diag_stats *out);
+
+/* How many observed statements failed with `rc` in the snapshot `s`; 0 for
+ * DBK_OK, a code this library version does not know, or a NULL `s`. Use it
+ * instead of indexing errors_by_code: codes only grow, and the accessor
+ * keeps working when they do. */
+DBK_API uint64_t dbk_diag_stats_errors(const dbk_diag_stats *s, dbk_rc rc);
 
 /*
  * Writes the counters as Prometheus text exposition (format 0.0.4) into

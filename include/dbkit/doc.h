@@ -181,7 +181,7 @@ DBK_API void dbk_doc_free(dbk_doc *doc);
 DBK_API const char *dbk_doc_id(const dbk_doc *doc);
 
 /* The document as compact JSON text (keys in stored order). *out is owned
- * by the caller: free(). DBK_ENOMEM. */
+ * by the caller: dbk_free(). DBK_ENOMEM. */
 DBK_API dbk_rc dbk_doc_to_json(const dbk_doc *doc, char **out, dbk_error *err);
 
 /* True when the dotted path exists in the document (a null value exists). */
@@ -295,7 +295,7 @@ DBK_API dbk_rc dbk_doc_coll_open_mongo(dbk_doc_mongo *m, const dbk_doc_schema *s
 
 /* The DDL that creates the collection's table and indexes on `engine`
  * (idempotent: IF NOT EXISTS), as one script. *out is owned by the caller:
- * free(). DBK_EINVALID for a bad schema, DBK_ECONFIG for an engine without
+ * dbk_free(). DBK_EINVALID for a bad schema, DBK_ECONFIG for an engine without
  * a document backend. */
 DBK_API dbk_rc dbk_doc_migration_sql(const dbk_doc_schema *schema, dbk_engine engine,
                                      char **out, dbk_error *err);

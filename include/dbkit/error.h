@@ -35,6 +35,16 @@ extern "C" {
 #endif
 
 /*
+ * Frees memory the library allocated and handed to the caller (a cached
+ * value, an encoded row, a document's JSON text, a schema dump, ...:
+ * each such function says "dbk_free()"). Use it rather than free(): the
+ * library and the program may not share an allocator (a static C runtime
+ * per module, a malloc replacement linked into one of them). NULL does
+ * nothing. Thread-safe.
+ */
+DBK_API void dbk_free(void *p);
+
+/*
  * Result codes. Append-only: a number, once given, is never reused or
  * renumbered. Callers switch on these to decide what to do; the comment on
  * each says when it happens.

@@ -258,8 +258,8 @@ DBK_API int dbk_migrate_default_lock_timeout_ms(void);
 /* Dumps the schema as SQL text: SQLite from sqlite_master, PostgreSQL from
  * the catalogs (types, functions, tables, constraints, indexes, views,
  * triggers of the schemas in the search path), deterministic order, with a
- * comment header listing the applied migrations. *out is malloc'd and
- * NUL-terminated, owned by the caller (free()); *len (may be NULL) gets
+ * comment header listing the applied migrations. *out is NUL-terminated
+ * and owned by the caller (dbk_free()); *len (may be NULL) gets
  * its length. */
 DBK_API dbk_rc dbk_schema_dump(dbk_db *db, char **out, size_t *len, dbk_error *err);
 

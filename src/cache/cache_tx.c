@@ -48,30 +48,46 @@ static dbk_rc register_inval(dbk_db *db, dbk_cache *cache, bool ns, const void *
     return dbk_tx_after_commit_ex(db, inval_run, iv, free, err);
 }
 
-dbk_rc dbk_cache_invalidate_after_commit(dbk_db *db, dbk_cache *cache, const void *key,
-                                         size_t keylen, dbk_error *err)
+dbk_rc dbk_cache_invalidate_on_commit(dbk_cache *cache, dbk_db *db, const void *key,
+                                      size_t keylen, dbk_error *err)
 {
     if (!db || !cache || !key)
         return dbk__err(err, DBK_EMISUSE,
-                        "dbk_cache_invalidate_after_commit: db, cache and key must not be NULL");
+                        "dbk_cache_invalidate_on_commit: cache, db and key must not be NULL");
     if (keylen == 0 || keylen > DBK_CACHE_MAX_KEY)
-        return dbk__err(err, DBK_EMISUSE, "dbk_cache_invalidate_after_commit: key length %zu "
+        return dbk__err(err, DBK_EMISUSE, "dbk_cache_invalidate_on_commit: key length %zu "
                         "outside 1..%d", keylen, DBK_CACHE_MAX_KEY);
     return register_inval(db, cache, false, key, keylen, err);
+}
+
+dbk_rc dbk_cache_ns_bump_on_commit(dbk_cache *cache, dbk_db *db, const char *ns, dbk_error *err)
+{
+    if (!db || !cache || !ns)
+        return dbk__err(err, DBK_EMISUSE,
+                        "dbk_cache_ns_bump_on_commit: cache, db and ns must not be NULL");
+    size_t n = strlen(ns);
+    if (n == 0 || n > 200)
+        return dbk__err(err, DBK_EMISUSE, "dbk_cache_ns_bump_on_commit: namespace length "
+                        "%zu outside 1..200", n);
+    return register_inval(db, cache, true, ns, n, err);
+}
+
+/* The deprecated names (executor first; one release), wrappers so they
+ * stay in the ABI. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+dbk_rc dbk_cache_invalidate_after_commit(dbk_db *db, dbk_cache *cache, const void *key,
+                                         size_t keylen, dbk_error *err)
+{
+    return dbk_cache_invalidate_on_commit(cache, db, key, keylen, err);
 }
 
 dbk_rc dbk_cache_ns_bump_after_commit(dbk_db *db, dbk_cache *cache, const char *ns,
                                       dbk_error *err)
 {
-    if (!db || !cache || !ns)
-        return dbk__err(err, DBK_EMISUSE,
-                        "dbk_cache_ns_bump_after_commit: db, cache and ns must not be NULL");
-    size_t n = strlen(ns);
-    if (n == 0 || n > 200)
-        return dbk__err(err, DBK_EMISUSE, "dbk_cache_ns_bump_after_commit: namespace length "
-                        "%zu outside 1..200", n);
-    return register_inval(db, cache, true, ns, n, err);
+    return dbk_cache_ns_bump_on_commit(cache, db, ns, err);
 }
+#pragma GCC diagnostic pop
 
 struct row_load {
     dbk_db *db;

@@ -8,7 +8,7 @@
  * jitter, negative caching) whose loader is dbk_doc_find_by_id() and whose
  * value is the document's JSON text, the form every backend returns the
  * same (docs/documents.md). A write is the collection's own call followed
- * by dbk_cache_invalidate_after_commit() on the collection's executor:
+ * by dbk_cache_invalidate_on_commit() on the collection's executor:
  * inside a caller's transaction the delete waits for COMMIT and a rollback
  * drops it; on a pool or a connection the collection's call has committed
  * when it returns, so the hook runs at once. MongoDB collections have no
@@ -181,7 +181,7 @@ static dbk_rc invalidate(dbk_cached_doc *cd, const char *id, dbk_error *err)
     if (!id || !id_key(cd, id, key, &klen))
         return DBK_OK; /* nothing is ever cached under such an id */
     if (cd->coll->db)
-        return dbk_cache_invalidate_after_commit(cd->coll->db, cd->cache, key, klen, err);
+        return dbk_cache_invalidate_on_commit(cd->cache, cd->coll->db, key, klen, err);
     dbk_error e;
     if (dbk_cache_delete(cd->cache, key, klen, &e) != DBK_OK) /* queued for replay */
         dbk__log(DBK_LOG_DEBUG, "cached documents %s: invalidation deferred: %s",
@@ -192,7 +192,7 @@ static dbk_rc invalidate(dbk_cached_doc *cd, const char *id, dbk_error *err)
 static dbk_rc bump_lists(dbk_cached_doc *cd, dbk_error *err)
 {
     if (cd->coll->db)
-        return dbk_cache_ns_bump_after_commit(cd->coll->db, cd->cache, cd->list_ns, err);
+        return dbk_cache_ns_bump_on_commit(cd->cache, cd->coll->db, cd->list_ns, err);
     dbk_error e;
     if (dbk_cache_ns_bump(cd->cache, cd->list_ns, NULL, &e) != DBK_OK)
         dbk__log(DBK_LOG_DEBUG, "cached documents %s: list bump failed: %s",

@@ -6,7 +6,7 @@
  * dbk_cache_get_or_load() (single-flight, lease against the stale-set race,
  * TTL jitter, negative caching) with a loader that calls dbk_repo_find_*
  * and encodes the struct with the row codec. Writes call dbk_repo_* and
- * then register dbk_cache_invalidate_after_commit() for every key the row
+ * then register dbk_cache_invalidate_on_commit() for every key the row
  * could be cached under (id, each unique column, before and after), plus a
  * namespace bump for lists; the transaction layer runs those after COMMIT,
  * drops them on rollback, and runs them at once outside a transaction. The
@@ -563,7 +563,7 @@ static dbk_rc invalidate_row(dbk_cached_repo *r, dbk_db *db, const void *row, db
         size_t klen = 0;
         if (!row_key(r, f, row, key, &klen))
             continue; /* no lookup is ever cached under such a value */
-        dbk_rc rc = dbk_cache_invalidate_after_commit(db, r->cache, key, klen, err);
+        dbk_rc rc = dbk_cache_invalidate_on_commit(r->cache, db, key, klen, err);
         if (rc != DBK_OK)
             return rc;
     }
@@ -596,12 +596,12 @@ static dbk_rc invalidate_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, dbk_er
     size_t klen = 0;
     if (!id_key(r, id, key, &klen))
         return DBK_OK;
-    return dbk_cache_invalidate_after_commit(db, r->cache, key, klen, err);
+    return dbk_cache_invalidate_on_commit(r->cache, db, key, klen, err);
 }
 
 static dbk_rc bump_lists(dbk_cached_repo *r, dbk_db *db, dbk_error *err)
 {
-    return dbk_cache_ns_bump_after_commit(db, r->cache, r->list_ns, err);
+    return dbk_cache_ns_bump_on_commit(r->cache, db, r->list_ns, err);
 }
 
 /* Scratch space for rows the caller did not ask for. */

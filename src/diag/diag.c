@@ -285,6 +285,13 @@ void dbk_diag_observe(void *ctx, const dbk_query_event *ev)
 
 /* ---- read-outs ---- */
 
+uint64_t dbk_diag_stats_errors(const dbk_diag_stats *s, dbk_rc rc)
+{
+    if (!s || (int)rc <= 0 || (int)rc > DBK_RC_MAX_)
+        return 0;
+    return s->errors_by_code[rc];
+}
+
 void dbk_diag_stats_get(dbk_diag *d, dbk_diag_stats *out)
 {
     if (!d || !out)
@@ -331,9 +338,10 @@ size_t dbk_diag_prometheus(dbk_diag *d, char *buf, size_t len)
     dbk__sb_puts(&w, "# HELP dbkit_query_errors_total Failed statements by dbkit result code.\n"
                      "# TYPE dbkit_query_errors_total counter\n");
     for (int i = 1; i <= DBK_RC_MAX_; i++)
-        if (s.errors_by_code[i])
+        if (dbk_diag_stats_errors(&s, (dbk_rc)i))
             dbk__sb_printf(&w, "dbkit_query_errors_total{code=\"%s\"} %llu\n",
-                           dbk_rc_name((dbk_rc)i), (unsigned long long)s.errors_by_code[i]);
+                           dbk_rc_name((dbk_rc)i),
+                           (unsigned long long)dbk_diag_stats_errors(&s, (dbk_rc)i));
 
     dbk__sb_puts(&w, "# HELP dbkit_query_duration_seconds Statement duration.\n"
                      "# TYPE dbkit_query_duration_seconds histogram\n");

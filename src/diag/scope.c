@@ -21,7 +21,7 @@
  * enclosing scope of the same hub (a loop over inner scopes is still seen
  * by the outer one); what it reported is marked reported there too.
  *
- * dbk_diag_transaction() wraps each attempt of a transaction closure in a
+ * dbk_diag_tx_run() wraps each attempt of a transaction closure in a
  * scope of its own, so a retried attempt does not add to the last one's
  * counts and an N+1 in ERROR mode rolls the transaction back.
  *
@@ -470,12 +470,24 @@ static dbk_rc tx_attempt(dbk_db *tx, void *arg, dbk_error *err)
     return dbk_diag_scope_end(t->d, err);
 }
 
-dbk_rc dbk_diag_transaction_at(dbk_diag *d, const char *name, dbk_db *db, dbk_tx_fn fn,
-                               void *ctx, const dbk_tx_opts *opts, dbk_error *err,
-                               const char *file, int line, const char *func)
+dbk_rc dbk_diag_tx_run_at(dbk_diag *d, const char *name, dbk_db *db, dbk_tx_fn fn, void *ctx,
+                          const dbk_tx_opts *opts, const char *file, int line, const char *func,
+                          dbk_error *err)
 {
     if (!d || !fn)
-        return dbk__err(err, DBK_EMISUSE, "dbk_diag_transaction: hub and fn must not be NULL");
+        return dbk__err(err, DBK_EMISUSE, "dbk_diag_tx_run: hub and fn must not be NULL");
     tx_scope t = {d, name ? name : "transaction", file, func, line, fn, ctx};
     return dbk_tx_run(db, tx_attempt, &t, opts, err);
 }
+
+/* The deprecated order (err before the call site; one release), a wrapper
+ * so it stays in the ABI. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+dbk_rc dbk_diag_transaction_at(dbk_diag *d, const char *name, dbk_db *db, dbk_tx_fn fn, void *ctx,
+                               const dbk_tx_opts *opts, dbk_error *err, const char *file,
+                               int line, const char *func)
+{
+    return dbk_diag_tx_run_at(d, name, db, fn, ctx, opts, file, line, func, err);
+}
+#pragma GCC diagnostic pop

@@ -529,7 +529,7 @@ static void cache_single_flight_100_threads(void **state)
 /* ---- the stale-set race ------------------------------------------------- */
 
 /* The writer, run while the reader holds the old row: commit a new row and
- * invalidate, as dbk_cache_invalidate_after_commit would right after COMMIT. */
+ * invalidate, as dbk_cache_invalidate_on_commit would right after COMMIT. */
 static void writer_commits(struct loader *l)
 {
     if (atomic_load(&l->runs) != 1)
@@ -903,7 +903,7 @@ static dbk_rc tx_update(dbk_db *tx, void *ctx, dbk_error *err)
     dbk_rc rc = dbk_db_exec(tx, "UPDATE users SET name = $1 WHERE id = $2", p, 2, NULL, err);
     if (rc != DBK_OK)
         return rc;
-    rc = dbk_cache_invalidate_after_commit(tx, t->c, "user:1", 6, err);
+    rc = dbk_cache_invalidate_on_commit(t->c, tx, "user:1", 6, err);
     if (rc != DBK_OK)
         return rc;
     /* before commit: the cache still serves the committed (old) row ... */
@@ -960,6 +960,32 @@ static void tx_engine(const char *url, dbk_engine engine)
         free(name);
         dbk_cache_close(c);
     }
+    dbk_conn_close(conn);
+}
+
+/* The executor-first names renamed in 0.2 still work for one release
+ * (deprecated wrappers): outside a transaction they invalidate at once. */
+static void cache_deprecated_after_commit_names_still_work(void **state)
+{
+    (void)state;
+    dbk_conn *conn = dbkt_open("sqlite::memory:");
+    dbk_db *db = dbk_conn_db(conn);
+    dbk_cache *c = open_mem(NULL);
+    dbk_error err;
+    put(c, "user:7", "x", 60000);
+    uint64_t v0 = 0, v1 = 0;
+    DBKT_OK(dbk_cache_ns_version(c, "users:list", &v0, &err), &err);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    DBKT_OK(dbk_cache_invalidate_after_commit(db, c, "user:7", 6, &err), &err);
+    DBKT_OK(dbk_cache_ns_bump_after_commit(db, c, "users:list", &err), &err);
+    DBKT_RC(DBK_EMISUSE, dbk_cache_invalidate_after_commit(NULL, c, "user:7", 6, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_cache_ns_bump_after_commit(db, c, "", &err));
+#pragma GCC diagnostic pop
+    want_miss(c, "user:7");
+    DBKT_OK(dbk_cache_ns_version(c, "users:list", &v1, &err), &err);
+    assert_int_equal(v1, v0 + 1);
+    dbk_cache_close(c);
     dbk_conn_close(conn);
 }
 
@@ -2563,6 +2589,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_stale_set_race),
     cmocka_unit_test(cache_invalidation_detaches_flight),
     cmocka_unit_test(cache_tx_invalidation),
+    cmocka_unit_test(cache_deprecated_after_commit_names_still_work),
     cmocka_unit_test(cache_redis_sigkill_zero_failed_reads),
     cmocka_unit_test(cache_redis_restart_resumes),
     cmocka_unit_test(cache_redis_invalidation_replayed),

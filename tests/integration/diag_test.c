@@ -666,7 +666,7 @@ static void diag_n1_pool_threads_and_transactions(void **state)
     dbkt_each_engine("diag_pool", pool_threads);
 }
 
-/* dbk_diag_transaction: each attempt is a scope; an N+1 rolls it back. */
+/* dbk_diag_tx_run: each attempt is a scope; an N+1 rolls it back. */
 struct tx_case {
     int finds;
     dbk_rc own;
@@ -698,18 +698,25 @@ static void tx_scope(const char *url, dbk_engine eng)
     dbk_error err;
 
     struct tx_case k = {6, DBK_OK};
-    DBKT_RC(DBK_EN_PLUS_ONE, dbk_diag_transaction(d, "signup", db, tx_case_fn, &k, NULL, &err));
+    DBKT_RC(DBK_EN_PLUS_ONE, dbk_diag_tx_run(d, "signup", db, tx_case_fn, &k, NULL, &err));
     assert_non_null(strstr(err.message, "run 6 times"));
     assert_non_null(strstr(err.message, "scope \"signup\""));
     assert_int_equal(dbkt_int(db, "SELECT count(*) FROM users WHERE name = 'in-tx'"), 0);
 
     k.own = DBK_EINVALID; /* fn's own error wins over the report */
-    DBKT_RC(DBK_EINVALID, dbk_diag_transaction(d, "signup", db, tx_case_fn, &k, NULL, &err));
+    DBKT_RC(DBK_EINVALID, dbk_diag_tx_run(d, "signup", db, tx_case_fn, &k, NULL, &err));
     assert_string_equal(err.message, "own failure");
+    /* the order deprecated in 0.2 (err before the call site) still works */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    DBKT_RC(DBK_EINVALID, dbk_diag_transaction(d, NULL, db, tx_case_fn, &k, NULL, &err));
+#pragma GCC diagnostic pop
+    assert_string_equal(err.message, "own failure");
+    assert_int_equal(dbkt_int(db, "SELECT count(*) FROM users WHERE name = 'in-tx'"), 0);
 
     k.finds = 5;
     k.own = DBK_OK;
-    DBKT_OK(dbk_diag_transaction(d, NULL, db, tx_case_fn, &k, NULL, &err), &err);
+    DBKT_OK(dbk_diag_tx_run(d, NULL, db, tx_case_fn, &k, NULL, &err), &err);
     assert_int_equal(dbkt_int(db, "SELECT count(*) FROM users WHERE name = 'in-tx'"), 1);
     DBKT_RC(DBK_EMISUSE, dbk_diag_scope_end(d, &err)); /* no scope left open */
     ASSERT_LINES(2, "n+1 count=6 ", "scope=\"signup\"");
@@ -998,9 +1005,14 @@ static void metrics(const char *url, dbk_engine eng)
     dbk_diag_stats_get(d, &s);
     assert_int_equal(s.queries, 14);
     assert_int_equal(s.errors, 3);
-    assert_int_equal(s.errors_by_code[DBK_EUNIQUE], 2);
-    assert_int_equal(s.errors_by_code[DBK_ESCHEMA], 1);
-    assert_int_equal(s.errors_by_code[DBK_ENOT_FOUND], 0);
+    assert_int_equal(dbk_diag_stats_errors(&s, DBK_EUNIQUE), 2);
+    assert_int_equal(dbk_diag_stats_errors(&s, DBK_ESCHEMA), 1);
+    assert_int_equal(dbk_diag_stats_errors(&s, DBK_ENOT_FOUND), 0);
+    assert_int_equal(s.errors_by_code[DBK_EUNIQUE], 2); /* the field, until it goes */
+    assert_int_equal(dbk_diag_stats_errors(&s, DBK_OK), 0);
+    assert_int_equal(dbk_diag_stats_errors(&s, (dbk_rc)(DBK_RC_MAX_ + 1)), 0);
+    assert_int_equal(dbk_diag_stats_errors(&s, (dbk_rc)-1), 0);
+    assert_int_equal(dbk_diag_stats_errors(NULL, DBK_EUNIQUE), 0);
     assert_int_equal(s.duration_count, 14);
     assert_int_equal(s.buckets[DBK_DIAG_NBUCKETS - 1], 14);
     assert_true(isinf(s.bucket_le_ms[DBK_DIAG_NBUCKETS - 1]));
