@@ -317,7 +317,10 @@ DBK_API dbk_rc dbk_doc_create(dbk_doc_coll *coll, const char *json, size_t len, 
                               dbk_error *err);
 
 /* The document with this "_id". DBK_ENOT_FOUND when there is none. *out is
- * owned by the caller. */
+ * owned by the caller. DBK_EINVALID for an id that is not 1..DBK_DOC_ID_MAX
+ * bytes or, on a collection whose id_type is DBK_DOC_OBJECT_ID, not 24 hex
+ * digits (either case: an id is looked up lower-case); the same holds for
+ * the id of find_by_id_and_update and find_by_id_and_delete. */
 DBK_API dbk_rc dbk_doc_find_by_id(dbk_doc_coll *coll, const char *id, dbk_doc **out,
                                   dbk_error *err);
 
