@@ -8,8 +8,9 @@
  * a list of commands written whose replies are not read yet, oldest first,
  * both under rds.mu. At most one thread at a time holds a connection (it
  * has "the turn"): it alone touches the hiredis context. A caller picks a
- * slot whose queue already waits for its next write (joining costs no extra
- * wait, and batches grow with the load), else an idle connected slot, else
+ * slot whose queue already waits for its next write (batches grow with the
+ * load; the price is waiting for the pipeline ahead even when another
+ * connection may be idle at that moment), else an idle connected slot, else
  * an idle one to connect, else the slot with the fewest commands queued and
  * in flight, and queues its command there; if nobody holds that slot it
  * takes the turn at once, otherwise it waits on its own condition variable
@@ -404,9 +405,9 @@ static void hold(struct dbk__rds *r, struct dbk__rds_slot *s, struct dbk__rds_re
 }
 
 /* The slot of `node` a new command goes to (mu held): one whose queue
- * already waits for its next write (joining it costs no extra wait: that
- * write goes when the pipeline ahead is answered, and batches grow with
- * the load), else an idle connected one, else an idle one (it will
+ * already waits for its next write (that write goes when the pipeline
+ * ahead is answered; batches grow with the load), else an idle connected
+ * one, else an idle one (it will
  * connect), else the one with the fewest commands queued and in flight. */
 static struct dbk__rds_slot *pick_locked(struct dbk__rds *r, int node)
 {
