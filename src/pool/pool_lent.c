@@ -102,15 +102,24 @@ static void note_failure(dbk_pool *p, struct slot *s, dbk_rc rc, const dbk_error
     }
 }
 
-/* Behind a transaction-mode pooler (pooler=transaction) the next
- * statement may run in another server session: a statement that changes
- * the session (the same classification that marks a connection dirty) is
- * refused instead of leaking into some other client's session. */
-static dbk_rc refuse_session_change(const dbk_pool *p, const char *sql, dbk_error *err)
+/* Reads sql once for what it does to the session: marks the connection
+ * dirty (reset on release) when it may change it, and behind a
+ * transaction-mode pooler (pooler=transaction), where the next statement
+ * may run in another server session, refuses it instead of leaking the
+ * change into some other client's session. A connection already dirty
+ * needs no second look unless the pooler rule applies. */
+static dbk_rc inspect_session_change(const dbk_pool *p, struct slot *s, const char *sql,
+                                     dbk_error *err)
 {
-    if (!p->cfg->pooler || p->cfg->pooler[0] != 't' ||
-        !dbk__pool_sql_changes_session(sql, p->engine))
+    bool pooler = p->cfg->pooler && p->cfg->pooler[0] == 't';
+    if (s->dirty && !pooler)
         return DBK_OK;
+    if (!dbk__pool_sql_changes_session(sql, p->engine))
+        return DBK_OK;
+    if (!pooler) {
+        s->dirty = true;
+        return DBK_OK;
+    }
     dbk__err(err, DBK_EMISUSE,
              "refused behind a transaction-mode pooler (pooler=transaction): the statement "
              "changes the session (SET, RESET, PREPARE, LISTEN, temporary objects, WITH HOLD "
@@ -129,10 +138,8 @@ static dbk_rc pc_run(dbk_db *db, const char *sql, const dbk_value *params, size_
     dbk_conn *c = s->conn;
     dbk_rc rc;
 
-    if ((rc = refuse_session_change(p, sql, err)) != DBK_OK)
+    if ((rc = inspect_session_change(p, s, sql, err)) != DBK_OK)
         return rc;
-    if (!s->dirty && dbk__pool_sql_changes_session(sql, p->engine))
-        s->dirty = true;
     if (p->engine == DBK_ENGINE_POSTGRES) {
         rc = s->orig_ops->run(db, sql, params, nparams, out, affected, err);
         if (rc != DBK_OK)
@@ -191,10 +198,8 @@ static dbk_rc pc_script(dbk_db *db, const char *sql, int timeout_ms, dbk_error *
     dbk_pool *p = s->pool;
     dbk_conn *c = s->conn;
     dbk_rc rc;
-    if ((rc = refuse_session_change(p, sql, err)) != DBK_OK)
+    if ((rc = inspect_session_change(p, s, sql, err)) != DBK_OK)
         return rc;
-    if (!s->dirty && dbk__pool_sql_changes_session(sql, p->engine))
-        s->dirty = true;
     if (p->engine == DBK_ENGINE_POSTGRES) {
         rc = s->orig_ops->script(db, sql, timeout_ms, err);
     } else {
