@@ -120,6 +120,10 @@ typedef struct dbk_cache_opts {
      * ROLE), "redis-cluster://[[user]:password@]host[:port][,...]" (seed
      * nodes of a Redis Cluster; key_prefix may not hold '{' or '}'), at most
      * 16 hosts, or "memory:". See docs/caching.md for both modes.
+     * Query parameters: "auto_pipeline=0|1" (concurrent calls share
+     * connections as pipelines; unset: CACHE_AUTO_PIPELINE, else on), and
+     * for redis-sentinel:// "sentinel_password" / "sentinel_user" (AUTH to
+     * the sentinels; the userinfo is the master's). Others: DBK_ECONFIG.
      * "rediss://" (TLS) is DBK_ECONFIG: this build has no TLS. */
     const char *url;
     /* memory backend */
