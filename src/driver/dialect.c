@@ -98,6 +98,51 @@ static void sq_in_key_list(dbk__sb *sb, int n, const char *elem)
     dbk__sb_printf(sb, " IN (SELECT value FROM json_each($%d))", n);
 }
 
+/* ---- type names of dbkit's own tables ---- */
+
+static const char *pg_type_name(dbk_type t)
+{
+    switch (t) {
+    case DBK_TYPE_BOOL:
+        return "BOOLEAN";
+    case DBK_TYPE_INT64:
+        return "BIGINT";
+    case DBK_TYPE_DOUBLE:
+        return "DOUBLE PRECISION";
+    case DBK_TYPE_BLOB:
+        return "BYTEA";
+    case DBK_TYPE_TIMESTAMP:
+        return "TIMESTAMPTZ";
+    case DBK_TYPE_JSON:
+        return "JSONB";
+    default:
+        return "TEXT";
+    }
+}
+
+static const char *sq_type_name(dbk_type t)
+{
+    switch (t) {
+    case DBK_TYPE_BOOL:
+    case DBK_TYPE_INT64:
+        return "INTEGER"; /* an INTEGER PRIMARY KEY is the rowid */
+    case DBK_TYPE_DOUBLE:
+        return "REAL";
+    case DBK_TYPE_BLOB:
+        return "BLOB";
+    default:
+        return "TEXT"; /* timestamps and JSON as text */
+    }
+}
+
+/* ---- migration sections' timeouts (PostgreSQL only) ---- */
+
+static void pg_timeouts_sql(bool local, int lock_ms, int stmt_ms, char *buf, size_t len)
+{
+    snprintf(buf, len, "SET %s lock_timeout = %d; SET %s statement_timeout = %d",
+             local ? "LOCAL" : "SESSION", lock_ms, local ? "LOCAL" : "SESSION", stmt_ms);
+}
+
 /* ---- savepoints (the same on both engines) ---- */
 
 static void std_savepoint_sql(enum dbk__sp_op op, const char *name, char *buf, size_t len)
@@ -263,6 +308,10 @@ static const dbk__dialect pg_dialect = {
     .dump_parts = pg_dump_parts,
     .ndump_parts = sizeof pg_dump_parts / sizeof pg_dump_parts[0],
     .describes_params = true,
+    .type_name = pg_type_name,
+    .timeouts_sql = pg_timeouts_sql,
+    .timeouts_reset_sql = "RESET lock_timeout; RESET statement_timeout",
+    .migrate_via_script = true,
     .lock_try_sql = "SELECT pg_try_advisory_lock($1)",
     .unlock_sql = "SELECT pg_advisory_unlock($1)",
 };
@@ -295,6 +344,10 @@ static const dbk__dialect sq_dialect = {
     .dump_parts = sq_dump_parts,
     .ndump_parts = 1,
     .describes_params = false,
+    .type_name = sq_type_name,
+    .timeouts_sql = NULL,
+    .timeouts_reset_sql = NULL,
+    .migrate_via_script = false,
     .lock_try_sql = NULL,
     .unlock_sql = NULL,
 };

@@ -21,6 +21,7 @@
 #include <stddef.h>
 
 #include "dbkit/config.h"
+#include "dbkit/value.h"
 #include "../core/sb.h"
 
 /* What a transaction asks BEGIN for. */
@@ -121,10 +122,28 @@ typedef struct dbk__dialect {
      * typed from the columns they are compared with. */
     bool describes_params;
 
+    /* The column type of a dbk_type in the DDL of dbkit's own tables (the
+     * migration history, the seeds): BIGINT or INTEGER, TIMESTAMPTZ or
+     * TEXT, ... */
+    const char *(*type_name)(dbk_type t);
+
+    /* ---- migrations ---- */
+    /* The lock and statement timeouts of one migration section into buf
+     * (local: for the section's transaction only, else the session's), and
+     * what puts the session's back. NULL: the engine has none (SQLite
+     * waits in its busy handler). */
+    void (*timeouts_sql)(bool local, int lock_ms, int stmt_ms, char *buf, size_t len);
+    const char *timeouts_reset_sql;
+    /* A migration statement goes through the script path (PostgreSQL's
+     * simple protocol takes any utility command unprepared); false: one
+     * prepared statement, whose errors are plain. */
+    bool migrate_via_script;
+
     /* ---- the migration lock ---- */
     /* One bool: took the session lock $1 without waiting; and its release.
      * NULL: no session lock (the engine's migration transaction is
-     * exclusive by itself). */
+     * exclusive by itself: BEGIN EXCLUSIVE on SQLite, and dbkit's own
+     * tables are then created inside it). */
     const char *lock_try_sql;
     const char *unlock_sql;
 } dbk__dialect;

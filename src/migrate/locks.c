@@ -77,22 +77,21 @@ static int statement_timeout_of(const dbk__mctx *m)
 
 dbk_rc dbk__mctx_section_timeouts(dbk__mctx *m, bool transactional, dbk_error *err)
 {
-    if (m->engine != DBK_ENGINE_POSTGRES)
+    const dbk__dialect *dia = dbk__dialect_of(m->engine);
+    if (!dia->timeouts_sql)
         return DBK_OK;
     char sql[160];
-    snprintf(sql, sizeof sql, "SET %s lock_timeout = %d; SET %s statement_timeout = %d",
-             transactional ? "LOCAL" : "SESSION", lock_timeout_of(m),
-             transactional ? "LOCAL" : "SESSION", statement_timeout_of(m));
+    dia->timeouts_sql(transactional, lock_timeout_of(m), statement_timeout_of(m), sql, sizeof sql);
     return dbk__db_exec_script_within(m->db, sql, DBK__MIGRATION_WAIT_MS, err);
 }
 
 void dbk__mctx_section_timeouts_reset(dbk__mctx *m, bool transactional)
 {
-    if (m->engine != DBK_ENGINE_POSTGRES || transactional)
+    const char *reset = dbk__dialect_of(m->engine)->timeouts_reset_sql;
+    if (!reset || transactional)
         return;
     dbk_error e;
-    dbk__db_exec_script_within(m->db, "RESET lock_timeout; RESET statement_timeout",
-                               DBK__MIGRATION_WAIT_MS, &e);
+    dbk__db_exec_script_within(m->db, reset, DBK__MIGRATION_WAIT_MS, &e);
 }
 
 static void sleep_ms(int64_t ms)

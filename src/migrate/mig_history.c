@@ -24,22 +24,21 @@
 
 /* ---- the history table ---- */
 
-static const char *const HISTORY_DDL_PG =
-    "CREATE TABLE IF NOT EXISTS dbkit_migrations ("
-    "version BIGINT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, "
-    "applied_at TIMESTAMPTZ NOT NULL, duration_ms BIGINT NOT NULL DEFAULT 0, "
-    "dirty INTEGER NOT NULL DEFAULT 0, statements_done INTEGER NOT NULL DEFAULT 0, "
-    "owner TEXT)";
-static const char *const HISTORY_DDL_SQLITE =
-    "CREATE TABLE IF NOT EXISTS dbkit_migrations ("
-    "version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, "
-    "applied_at TEXT NOT NULL, duration_ms INTEGER NOT NULL DEFAULT 0, "
-    "dirty INTEGER NOT NULL DEFAULT 0, statements_done INTEGER NOT NULL DEFAULT 0, "
-    "owner TEXT)";
-
+/* The column types are the dialect's (BIGINT / INTEGER, TIMESTAMPTZ /
+ * TEXT); `dirty` and `statements_done` are INTEGER on every engine. */
 dbk_rc dbk__mig_ensure_history(dbk__mctx *m, dbk_error *err)
 {
-    return dbk__mig_exec0(m, m->engine == DBK_ENGINE_SQLITE ? HISTORY_DDL_SQLITE : HISTORY_DDL_PG, err);
+    const dbk__dialect *dia = dbk__dialect_of(m->engine);
+    const char *i64 = dia->type_name(DBK_TYPE_INT64);
+    char ddl[512];
+    snprintf(ddl, sizeof ddl,
+             "CREATE TABLE IF NOT EXISTS dbkit_migrations ("
+             "version %s PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, "
+             "applied_at %s NOT NULL, duration_ms %s NOT NULL DEFAULT 0, "
+             "dirty INTEGER NOT NULL DEFAULT 0, statements_done INTEGER NOT NULL DEFAULT 0, "
+             "owner TEXT)",
+             i64, dia->type_name(DBK_TYPE_TIMESTAMP), i64);
+    return dbk__mig_exec0(m, ddl, err);
 }
 
 void dbk__mig_history_free(history *h)
@@ -148,7 +147,7 @@ const dbk__migfile *dbk__mig_set_find(const dbk__migset *set, int64_t version)
  * migration in progress rather than an interrupted one)? */
 static bool owner_alive(const dbk__mctx *m, const char *owner)
 {
-    if (m->engine != DBK_ENGINE_SQLITE || !owner[0])
+    if (!dbk__mctx_tx_locks(m) || !owner[0])
         return false;
     char *at = strchr(owner, '@');
     const char *myat = strchr(m->owner, '@');

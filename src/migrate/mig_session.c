@@ -282,7 +282,7 @@ static dbk_rc sqlite_begin_exclusive(dbk__mctx *m, dbk_error *err)
 
 dbk_rc dbk__mctx_begin(dbk__mctx *m, dbk_error *err)
 {
-    if (m->engine != DBK_ENGINE_SQLITE)
+    if (!dbk__mctx_tx_locks(m))
         return dbk__mig_exec0(m, "BEGIN", err);
     return sqlite_begin_exclusive(m, err);
 }
@@ -355,9 +355,10 @@ dbk_rc dbk__mctx_run_section(dbk__mctx *m, const dbk__migfile *f, const dbk__sec
         /* PostgreSQL: the simple protocol, which takes any statement
          * (utility commands, CREATE INDEX CONCURRENTLY) without preparing
          * it. SQLite: one prepared statement, whose errors are plain. */
-        if (m->engine == DBK_ENGINE_POSTGRES && timeouts)
+        bool via_script = dbk__dialect_of(m->engine)->migrate_via_script;
+        if (via_script && timeouts)
             rc = dbk__mctx_exec_pg(m, buf, sec->transactional, err);
-        else if (m->engine == DBK_ENGINE_POSTGRES)
+        else if (via_script)
             rc = dbk__db_exec_script_within(m->db, buf, DBK__MIGRATION_WAIT_MS, err);
         else
             rc = dbk_db_exec(m->db, buf, NULL, 0, NULL, err);

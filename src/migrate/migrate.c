@@ -184,7 +184,7 @@ static dbk_rc step_open(dbk__mctx *m, const dbk__migset *set, history *h, bool *
         dbk_rc rc = dbk__mctx_begin(m, err);
         if (rc)
             return rc;
-        if (m->engine == DBK_ENGINE_SQLITE)
+        if (dbk__mctx_tx_locks(m))
             rc = dbk__mig_ensure_history(m, err);
         if (rc == DBK_OK)
             rc = dbk__mig_load_history(m, h, err);
@@ -220,7 +220,7 @@ static dbk_rc begin_run(dbk__mctx *m, dbk_db *db, const dbk_migrate_source *src,
     rc = dbk__mctx_open(m, db, opts, DBK__LOCK_MIGRATE, err);
     if (rc == DBK_OK)
         rc = dbk__mctx_lock(m, err);
-    if (rc == DBK_OK && m->engine == DBK_ENGINE_POSTGRES)
+    if (rc == DBK_OK && !dbk__mctx_tx_locks(m))
         rc = dbk__mig_ensure_history(m, err);
     if (rc) {
         dbk__mctx_close(m);

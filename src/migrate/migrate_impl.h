@@ -20,6 +20,7 @@
 
 #include "../core/internal.h"
 #include "../db/db_int.h"
+#include "../driver/dialect.h"
 #include "../driver/driver.h"
 #include "migrate_int.h"
 

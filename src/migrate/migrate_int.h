@@ -14,6 +14,7 @@
 #include "dbkit/config.h"
 #include "dbkit/error.h"
 #include "dbkit/migrate.h"
+#include "../driver/dialect.h"
 
 /* ---- SHA-256 (FIPS 180-4) ---- */
 
@@ -151,6 +152,17 @@ typedef struct dbk__mctx {
     bool waited;            /* a WAITING event was sent */
     char owner[128];        /* "pid@host" */
 } dbk__mctx;
+
+/* Whether the migration transaction is the lock itself: the engine's
+ * dialect has no session lock (SQLite). Then BEGIN is exclusive, dbkit's
+ * own tables are created inside that transaction, and a dirty history row
+ * may belong to a live process applying a non-transactional migration.
+ * Otherwise (PostgreSQL's advisory lock) they are created under the
+ * session lock, before the first step. */
+static inline bool dbk__mctx_tx_locks(const dbk__mctx *m)
+{
+    return dbk__dialect_of(m->engine)->lock_try_sql == NULL;
+}
 
 #define DBK__LOCK_MIGRATE INT64_C(0x64626b746d696772) /* "dbktmigr" */
 #define DBK__LOCK_SEED INT64_C(0x64626b7473656564)    /* "dbktseed" */

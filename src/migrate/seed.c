@@ -20,17 +20,14 @@
 #include "../core/internal.h"
 #include "migrate_int.h"
 
-static const char *const SEEDS_DDL_PG =
-    "CREATE TABLE IF NOT EXISTS dbkit_seeds (name TEXT PRIMARY KEY, checksum TEXT NOT NULL, "
-    "applied_at TIMESTAMPTZ NOT NULL)";
-static const char *const SEEDS_DDL_SQLITE =
-    "CREATE TABLE IF NOT EXISTS dbkit_seeds (name TEXT PRIMARY KEY, checksum TEXT NOT NULL, "
-    "applied_at TEXT NOT NULL)";
-
 static dbk_rc ensure_seeds(dbk__mctx *m, dbk_error *err)
 {
-    return dbk_db_exec(m->db, m->engine == DBK_ENGINE_SQLITE ? SEEDS_DDL_SQLITE : SEEDS_DDL_PG,
-                       NULL, 0, NULL, err);
+    char ddl[256];
+    snprintf(ddl, sizeof ddl,
+             "CREATE TABLE IF NOT EXISTS dbkit_seeds (name TEXT PRIMARY KEY, checksum TEXT NOT "
+             "NULL, applied_at %s NOT NULL)",
+             dbk__dialect_of(m->engine)->type_name(DBK_TYPE_TIMESTAMP));
+    return dbk_db_exec(m->db, ddl, NULL, 0, NULL, err);
 }
 
 /* Runs one seed if needed. *ran is set when it ran. */
@@ -41,7 +38,7 @@ static dbk_rc seed_one(dbk__mctx *m, const dbk__migfile *f, bool *ran, dbk_error
     dbk_rc rc = dbk__mctx_begin(m, err);
     if (rc)
         return rc;
-    if (m->engine == DBK_ENGINE_SQLITE)
+    if (dbk__mctx_tx_locks(m))
         rc = ensure_seeds(m, err);
     char sum[80] = "";
     bool found = false;
@@ -130,7 +127,7 @@ dbk_rc dbk_seed_run(dbk_db *db, const dbk_migrate_source *src, const dbk_migrate
         }
     }
     rc = dbk__mctx_lock(&m, err);
-    if (rc == DBK_OK && m.engine == DBK_ENGINE_POSTGRES)
+    if (rc == DBK_OK && !dbk__mctx_tx_locks(&m))
         rc = ensure_seeds(&m, err);
     int count = 0;
     for (size_t i = 0; i < set.n && rc == DBK_OK; i++) {

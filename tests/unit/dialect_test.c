@@ -47,6 +47,8 @@ static void dialect_every_piece_on_both_engines(void **state)
             assert_non_null(d[i]->dump_parts[k].sql);
             assert_non_null(d[i]->dump_parts[k].sep);
         }
+        assert_non_null(d[i]->type_name);
+        assert_true((d[i]->timeouts_sql == NULL) == (d[i]->timeouts_reset_sql == NULL));
         /* a session lock comes with its release */
         assert_true((d[i]->lock_try_sql == NULL) == (d[i]->unlock_sql == NULL));
     }
@@ -156,12 +158,36 @@ static void dialect_transactions(void **state)
     assert_string_equal(buf, "BEGIN IMMEDIATE");
 }
 
+/* What migrate writes: its own tables' column types, the section timeouts. */
+static void dialect_migration_pieces(void **state)
+{
+    (void)state;
+    assert_string_equal(pg()->type_name(DBK_TYPE_INT64), "BIGINT");
+    assert_string_equal(pg()->type_name(DBK_TYPE_TIMESTAMP), "TIMESTAMPTZ");
+    assert_string_equal(pg()->type_name(DBK_TYPE_TEXT), "TEXT");
+    /* an INTEGER PRIMARY KEY is SQLite's rowid: not BIGINT */
+    assert_string_equal(sq()->type_name(DBK_TYPE_INT64), "INTEGER");
+    assert_string_equal(sq()->type_name(DBK_TYPE_TIMESTAMP), "TEXT");
+    assert_string_equal(sq()->type_name((dbk_type)99), "TEXT");
+    char buf[160];
+    pg()->timeouts_sql(true, 5000, 0, buf, sizeof buf);
+    assert_string_equal(buf, "SET LOCAL lock_timeout = 5000; SET LOCAL statement_timeout = 0");
+    pg()->timeouts_sql(false, 1, 600000, buf, sizeof buf);
+    assert_string_equal(buf, "SET SESSION lock_timeout = 1; SET SESSION statement_timeout = 600000");
+    assert_null(sq()->timeouts_sql);
+    assert_true(pg()->migrate_via_script);
+    assert_false(sq()->migrate_via_script);
+    assert_non_null(pg()->lock_try_sql);
+    assert_null(sq()->lock_try_sql); /* the migration transaction locks */
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(dialect_every_piece_on_both_engines),
     cmocka_unit_test(dialect_upsert_sql_per_engine),
     cmocka_unit_test(dialect_identifiers_and_placeholders),
     cmocka_unit_test(dialect_key_lists_escape_per_engine),
     cmocka_unit_test(dialect_transactions),
+    cmocka_unit_test(dialect_migration_pieces),
 };
 
 DBKT_MAIN(tests)
