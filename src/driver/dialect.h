@@ -1,6 +1,7 @@
 /*
  * The SQL dialect of an engine: what differs in the SQL text that the
- * layers above the driver write (transactions, repository queries). Each
+ * layers above the driver write (transactions, repository queries, the
+ * migrator, the code generator). Each
  * engine has one constant dialect; a layer asks dbk__dialect_of(engine)
  * instead of branching on the engine, so a third engine is one more
  * dialect (and its driver), not edits in every module.
@@ -9,7 +10,8 @@
  * implements: identifiers and placeholders, the parameter limit,
  * RETURNING and the upsert form, key lists, the BEGIN round trip and
  * savepoints, the COUNT estimate, catalog queries (a table's existence,
- * the tables, the schema dump) and the migration lock. Pieces that are the
+ * the tables, the schema dump), the column types of dbkit's own tables,
+ * the migration lock and section timeouts. Pieces that are the
  * same on both engines today are still asked for here (one function each),
  * so the third engine is where they may differ. What still branches on the
  * engine above the driver is listed in that section too.
