@@ -219,9 +219,12 @@ void shop_reviews_list(shop_req *rq, shop_resp *rs, int64_t product_id)
         return;
     static const struct {
         const char *param, *sort;
-    } sorts[] = {{"-created_at", "{\"created_at\":-1}"},
-                 {"rating", "{\"rating\":1,\"created_at\":-1}"},
-                 {"-rating", "{\"rating\":-1,\"created_at\":-1}"}};
+    } sorts[] = {/* _id last: two reviews written in the same millisecond (MongoDB
+                  * keeps dates to the millisecond) still come newest first, and
+                  * pages never overlap (a total order) */
+                 {"-created_at", "{\"created_at\":-1,\"_id\":-1}"},
+                 {"rating", "{\"rating\":1,\"created_at\":-1,\"_id\":-1}"},
+                 {"-rating", "{\"rating\":-1,\"created_at\":-1,\"_id\":-1}"}};
     const char *sp = shop_query_arg(rq, "sort");
     const char *sort = NULL;
     for (size_t i = 0; i < 3; i++)
