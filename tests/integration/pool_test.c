@@ -993,17 +993,29 @@ static void pool_max_lifetime_retires_connections(void **state)
     assert_int_equal(nold, 2);
     int64_t end = now_ms() + 3000;
     bool replaced = false;
-    int most = 0;
+    int most = 0, most_pool = 0;
     while (now_ms() < end && !replaced) {
         int now_pids[8];
         int n = server_pids(app, now_pids, 8);
         if (n > most)
             most = n;
+        dbk_pool_stats ps;
+        stats(pool, &ps);
+        if (ps.total + ps.opening > most_pool)
+            most_pool = ps.total + ps.opening;
         replaced = n == 2 && !in_set(now_pids[0], old, nold) && !in_set(now_pids[1], old, nold);
         sleep_ms(20);
     }
     assert_true(replaced);
-    assert_true(most <= 2);
+    /* The pool never holds more than max_size... */
+    assert_true(most_pool <= 2);
+    /* ...but a backend whose client closed its connection (Terminate is
+     * queued, the close does not wait for the server) can stay listed for
+     * a moment after its replacement connected: under load one more was
+     * seen. Never two more. */
+    if (most > 2)
+        fprintf(stderr, "note: %d backends listed at once (an exiting one)\n", most);
+    assert_true(most <= 3);
     dbk_pool_stats st;
     stats(pool, &st);
     assert_true(st.closed >= 2);
