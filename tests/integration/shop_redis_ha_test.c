@@ -45,6 +45,8 @@
 #include <curl/curl.h>
 #include <jansson.h>
 
+#include "shopproc.h"
+
 #define NUSERS 4
 #define WRITERS 2
 #define READERS 6
@@ -56,217 +58,42 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* ---- the shop process ---- */
+/* ---- the shop process and HTTP (tests/support/shopproc.h) ---- */
 
-static pid_t g_shop;        /* 0: none running */
-static char g_base[64];     /* http://127.0.0.1:<port> */
-static char g_errlog[PATH_MAX];
-
-static void shop_path(char *out, size_t n)
-{
-    char self[PATH_MAX];
-    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-    assert_true(len > 0);
-    self[len] = '\0';
-    for (int up = 0; up < 2; up++) { /* <build>/tests/shop_redis_ha_test */
-        char *slash = strrchr(self, '/');
-        assert_non_null(slash);
-        *slash = '\0';
-    }
-    int w = snprintf(out, n, "%s/examples/shop/shop", self);
-    if (w < 0 || (size_t)w >= n)
-        fail_msg("build path too long: %s", self);
-    if (access(out, X_OK) != 0)
-        fail_msg("shop binary not found at %s (build the shop target)", out);
-}
-
-static void dump_shop_log(void)
-{
-    FILE *f = fopen(g_errlog, "r");
-    if (!f)
-        return;
-    char line[1024];
-    int n = 0;
-    fprintf(stderr, "---- shop stderr (%s) ----\n", g_errlog);
-    while (fgets(line, sizeof line, f) && n++ < 200)
-        fputs(line, stderr);
-    fclose(f);
-}
+static dbkt_shop g_shop; /* g_shop.pid 0: none running */
 
 /* Starts the shop on a free port with the database at db_url and the cache
  * at cache_url; fails the test when it does not listen within 20 s. */
 static void shop_start(const char *db_url, const char *cache_url)
 {
-    char bin[PATH_MAX];
-    shop_path(bin, sizeof bin);
-    char *dir = dbkt_tmpdir();
-    snprintf(g_errlog, sizeof g_errlog, "%s/shop-stderr.log", dir);
-    free(dir);
-    int pfd[2];
-    assert_int_equal(pipe(pfd), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() == 1)
-            _exit(127);
-        dup2(pfd[1], STDOUT_FILENO);
-        close(pfd[0]);
-        close(pfd[1]);
-        int fd = open(g_errlog, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, STDERR_FILENO);
-            close(fd);
-        }
-        unsetenv("REDIS_URL");
-        unsetenv("DB_POOL_MAX");
-        setenv("DATABASE_URL", db_url, 1);
-        setenv("CACHE_URL", cache_url, 1);
-        setenv("CACHE_PREFIX", PREFIX, 1);
-        setenv("HOST", "127.0.0.1", 1);
-        setenv("PORT", "0", 1);
-        setenv("SHOP_PWHASH", "fast", 1);
-        setenv("HTTP_THREADS", "4", 1);
-        setenv("ACCESS_LOG", "off", 1);
-        execl(bin, bin, (char *)NULL);
-        _exit(127);
-    }
-    close(pfd[1]);
-    g_shop = pid;
-    char buf[4096];
-    size_t len = 0;
-    int port = 0;
-    int64_t deadline = dbkt_mono_ms() + 20000;
-    while (port == 0) {
-        int left = (int)(deadline - dbkt_mono_ms());
-        if (left <= 0)
-            break;
-        struct pollfd p = {pfd[0], POLLIN, 0};
-        if (poll(&p, 1, left) <= 0)
-            continue;
-        ssize_t n = read(pfd[0], buf + len, sizeof buf - 1 - len);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-        buf[len] = '\0';
-        const char *l = strstr(buf, "listening on http://127.0.0.1:");
-        if (l && strchr(l, '\n'))
-            port = atoi(l + strlen("listening on http://127.0.0.1:"));
-    }
-    close(pfd[0]);
-    if (port <= 0) {
-        dump_shop_log();
-        fail_msg("the shop did not start within 20 s (stdout: %.*s)", (int)len, buf);
-    }
-    snprintf(g_base, sizeof g_base, "http://127.0.0.1:%d", port);
+    char dbv[1024], cachev[1024];
+    snprintf(dbv, sizeof dbv, "DATABASE_URL=%s", db_url);
+    snprintf(cachev, sizeof cachev, "CACHE_URL=%s", cache_url);
+    const char *const env[] = {dbv, cachev, "CACHE_PREFIX=" PREFIX, "ACCESS_LOG=off", NULL};
+    dbkt_shop_start(&g_shop, env);
 }
 
-/* SIGTERM, then at most timeout_ms; SIGKILL after. The exit status, or -1
- * when it had to be killed. */
-static int shop_stop(int timeout_ms)
-{
-    if (g_shop <= 0)
-        return -1;
-    pid_t pid = g_shop;
-    g_shop = 0;
-    kill(pid, SIGTERM);
-    int64_t deadline = dbkt_mono_ms() + timeout_ms;
-    int st = 0;
-    for (;;) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid)
-            break;
-        if (r < 0)
-            return -1;
-        if (dbkt_mono_ms() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            return -1;
-        }
-        sleep_ms(10);
-    }
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-/* ---- HTTP (safe off the main thread: nothing here asserts) ---- */
-
-typedef struct body {
-    char *p;
-    size_t len;
-} body;
-
-static size_t on_body(char *p, size_t sz, size_t n, void *ud)
-{
-    body *b = ud;
-    size_t add = sz * n;
-    char *nb = realloc(b->p, b->len + add + 1);
-    if (!nb)
-        return 0;
-    memcpy(nb + b->len, p, add);
-    b->p = nb;
-    b->len += add;
-    b->p[b->len] = '\0';
-    return add;
-}
+/* HTTP calls (safe off the main thread: nothing here asserts). */
+typedef dbkt_http_res body;
 
 /* One request on the handle c (kept alive between calls): the HTTP status,
- * or 0 on a transport error; the body in *b (the caller frees b->p). */
+ * or 0 on a transport error; the answer in *b (the caller frees it). */
 static long http(CURL *c, const char *method, const char *path, const char *json, body *b)
 {
-    char url[256];
-    snprintf(url, sizeof url, "%s%s", g_base, path);
-    memset(b, 0, sizeof *b);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 15000L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (json) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, json);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(json));
-    } else {
-        curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
-        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    }
-    long status = 0;
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    return status;
+    dbkt_http_call(c, g_shop.base, method, path, json, -1, NULL, 15000L, b);
+    return b->status;
 }
 
-static CURL *new_handle(void)
-{
-    CURL *c = curl_easy_init();
-    if (!c)
-        return NULL;
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    h = curl_slist_append(h, "Expect:");
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_PRIVATE, h); /* freed with the handle */
-    return c;
-}
-
-static void free_handle(CURL *c)
-{
-    if (!c)
-        return;
-    struct curl_slist *h = NULL;
-    curl_easy_getinfo(c, CURLINFO_PRIVATE, (char **)&h);
-    curl_easy_cleanup(c);
-    curl_slist_free_all(h);
-}
+#define new_handle dbkt_http_handle
+#define free_handle dbkt_http_handle_free
 
 /* The version in a user's name "v<N>", or -1. */
 static long long version_of(const body *b)
 {
-    json_t *j = b->p ? json_loadb(b->p, b->len, 0, NULL) : NULL;
-    const char *name = json_string_value(json_object_get(j, "name"));
+    const char *name = json_string_value(json_object_get(b->json, "name"));
     long long v = -1;
     if (name && name[0] == 'v')
         v = strtoll(name + 1, NULL, 10);
-    json_decref(j);
     return v;
 }
 
@@ -297,7 +124,7 @@ static void note(long status, const char *method, const char *path, const body *
         atomic_fetch_add(&g_load.other, 1);
     pthread_mutex_lock(&g_load.mu);
     snprintf(g_load.last, sizeof g_load.last, "%s %s: %ld %.150s", method, path, status,
-             b->p ? b->p : "");
+             b->body ? b->body : "");
     pthread_mutex_unlock(&g_load.mu);
 }
 
@@ -319,7 +146,7 @@ static void *writer(void *arg)
             else
                 atomic_store(&g_load.published[u], v);
             atomic_fetch_add(&g_load.patches, 1);
-            free(b.p);
+            dbkt_http_res_free(&b);
         }
         sleep_ms(20);
     }
@@ -350,7 +177,7 @@ static void *reader(void *arg)
                 atomic_fetch_add(&g_load.stale, 1);
         }
         atomic_fetch_add(&g_load.gets, 1);
-        free(b.p);
+        dbkt_http_res_free(&b);
         sleep_ms(1);
     }
     if (!c)
@@ -393,17 +220,8 @@ static double metric(CURL *c, const char *name, long *status)
     long st = http(c, "GET", "/metrics", NULL, &b);
     if (status)
         *status = st;
-    double v = -1;
-    size_t nl = strlen(name);
-    for (char *line = st == 200 ? b.p : NULL; line && *line;) {
-        char *end = strchr(line, '\n');
-        if (strncmp(line, name, nl) == 0 && line[nl] == ' ') {
-            v = strtod(line + nl + 1, NULL);
-            break;
-        }
-        line = end ? end + 1 : NULL;
-    }
-    free(b.p);
+    double v = st == 200 ? dbkt_metrics_value(b.body, name) : -1;
+    dbkt_http_res_free(&b);
     return v;
 }
 
@@ -420,9 +238,9 @@ static double probe(CURL *c, struct probes *p)
     p->calls++;
     if (st != 200) {
         p->failed++;
-        snprintf(p->last, sizeof p->last, "/health: %ld %.100s", st, b.p ? b.p : "");
+        snprintf(p->last, sizeof p->last, "/health: %ld %.100s", st, b.body ? b.body : "");
     }
-    free(b.p);
+    dbkt_http_res_free(&b);
     double hits = metric(c, "shop_cache_hits_total", &st);
     p->calls++;
     if (st != 200 || hits < 0) {
@@ -452,16 +270,16 @@ static int64_t create_user(CURL *c, int i)
              "{\"name\":\"v1\",\"email\":\"ha%d@example.com\",\"password\":\"hunter22!\"}", i);
     body b;
     long st = http(c, "POST", "/users", json, &b);
-    json_t *j = st == 201 && b.p ? json_loadb(b.p, b.len, 0, NULL) : NULL;
+    json_t *j = st == 201 ? json_incref(b.json) : NULL;
     int64_t id = (int64_t)json_integer_value(json_object_get(j, "id"));
     json_decref(j);
     if (st != 201 || id <= 0) {
         char msg[300];
-        snprintf(msg, sizeof msg, "POST /users: %ld %.200s", st, b.p ? b.p : "");
-        free(b.p);
+        snprintf(msg, sizeof msg, "POST /users: %ld %.200s", st, b.body ? b.body : "");
+        dbkt_http_res_free(&b);
         fail_msg("%s", msg);
     }
-    free(b.p);
+    dbkt_http_res_free(&b);
     return id;
 }
 
@@ -597,7 +415,7 @@ static void ha_case(ha_mode mode, const char *dbname)
             note(st, "final GET", path, &b);
         else
             stale_at_end += version_of(&b) != atomic_load(&g_load.published[u]);
-        free(b.p);
+        dbkt_http_res_free(&b);
     }
     long mst;
     double errors = metric(c, "shop_cache_errors_total", &mst);
@@ -617,9 +435,9 @@ static void ha_case(ha_mode mode, const char *dbname)
                   before.calls + during.calls, before.failed + during.failed, hits, misses, errors,
                   g_load.last[0] ? "; last failure: " : "", g_load.last,
                   during.last[0] ? "; last probe failure: " : "", during.last);
-    int st = shop_stop(10000);
+    int st = dbkt_shop_stop(&g_shop, 10000);
     if (st != 0)
-        dump_shop_log();
+        dbkt_shop_dump_log(&g_shop);
     dbkt_redistopo_stop(g_topo);
     g_topo = NULL;
     pthread_mutex_destroy(&g_load.mu);
@@ -654,8 +472,8 @@ static void shop_redis_ha_cluster_master_failover(void **state)
 static int teardown(void **state)
 {
     load_stop();
-    if (g_shop > 0)
-        shop_stop(5000);
+    if (g_shop.pid > 0)
+        dbkt_shop_stop(&g_shop, 5000);
     g_topo = NULL;
     return dbkt_redistopo_teardown(state);
 }

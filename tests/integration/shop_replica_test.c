@@ -13,7 +13,7 @@
  * created while replay is paused exists on the primary only (200 there,
  * 404 on the replica).
  *
- * The shop is started as shop_test does (found next to this program, a free
+ * The shop is started as shop_test does (tests/support/shopproc.h: a free
  * port, stopped by its PID); every wait is bounded: start-up 20 s, each
  * HTTP call 15 s, each poll 30 s, the exit 10 s.
  */
@@ -37,12 +37,7 @@
 #include <curl/curl.h>
 #include <jansson.h>
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+#include "shopproc.h"
 
 static void sleep_ms(int ms)
 {
@@ -50,173 +45,31 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* ---- the shop process ---- */
+/* ---- the shop process and HTTP (tests/support/shopproc.h) ---- */
 
-typedef struct shop_proc {
-    pid_t pid;
-    char base[64];
-    char errlog[PATH_MAX];
-} shop_proc;
+typedef dbkt_shop shop_proc;
+typedef dbkt_http_res res;
+#define res_free dbkt_http_res_free
+#define dump_log dbkt_shop_dump_log
 
-static void dump_log(const shop_proc *s)
-{
-    FILE *f = fopen(s->errlog, "r");
-    if (!f)
-        return;
-    char line[1024];
-    int n = 0;
-    fprintf(stderr, "---- shop stderr ----\n");
-    while (fgets(line, sizeof line, f) && n++ < 200)
-        fputs(line, stderr);
-    fclose(f);
-}
-
-/* Starts <build>/examples/shop/shop with `env` ("NAME=value", NULL-ended)
- * and waits (20 s) for its "listening on" line. */
+/* Starts the shop with its cache off and `env` ("NAME=value", NULL-ended,
+ * at most 16). */
 static void shop_start(shop_proc *s, const char *const *env)
 {
-    char bin[PATH_MAX], self[PATH_MAX];
-    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-    assert_true(len > 0);
-    self[len] = '\0';
-    for (int k = 0; k < 2; k++) { /* <build>/tests/shop_replica_test -> <build> */
-        char *slash = strrchr(self, '/');
-        assert_non_null(slash);
-        *slash = '\0';
+    const char *all[18] = {"CACHE_URL=off"};
+    size_t n = 1;
+    for (size_t i = 0; env[i]; i++) {
+        assert_true(n < sizeof all / sizeof all[0] - 1);
+        all[n++] = env[i];
     }
-    int w = snprintf(bin, sizeof bin, "%.4000s/examples/shop/shop", self);
-    assert_true(w > 0 && (size_t)w < sizeof bin);
-    if (access(bin, X_OK) != 0)
-        fail_msg("shop binary not found at %s (build the shop target)", bin);
-    memset(s, 0, sizeof *s);
-    char *dir = dbkt_tmpdir();
-    snprintf(s->errlog, sizeof s->errlog, "%s/shop-stderr.log", dir);
-    free(dir);
-    int pfd[2];
-    assert_int_equal(pipe(pfd), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() == 1)
-            _exit(127);
-        dup2(pfd[1], STDOUT_FILENO);
-        close(pfd[0]);
-        close(pfd[1]);
-        int fd = open(s->errlog, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, STDERR_FILENO);
-            close(fd);
-        }
-        unsetenv("REDIS_URL");
-        unsetenv("DB_POOL_MAX");
-        setenv("HOST", "127.0.0.1", 1);
-        setenv("PORT", "0", 1);
-        setenv("SHOP_PWHASH", "fast", 1);
-        setenv("HTTP_THREADS", "4", 1);
-        setenv("CACHE_URL", "off", 1);
-        for (size_t i = 0; env[i]; i++)
-            putenv((char *)env[i]);
-        execl(bin, bin, (char *)NULL);
-        _exit(127);
-    }
-    close(pfd[1]);
-    s->pid = pid;
-    char buf[4096];
-    size_t got = 0;
-    int port = 0;
-    int64_t deadline = mono_ms() + 20000;
-    while (port == 0 && mono_ms() < deadline) {
-        struct pollfd p = {pfd[0], POLLIN, 0};
-        if (poll(&p, 1, (int)(deadline - mono_ms())) <= 0)
-            continue;
-        ssize_t n = read(pfd[0], buf + got, sizeof buf - 1 - got);
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-        buf[got] = '\0';
-        const char *l = strstr(buf, "listening on http://127.0.0.1:");
-        if (l && strchr(l, '\n'))
-            port = atoi(l + strlen("listening on http://127.0.0.1:"));
-    }
-    close(pfd[0]);
-    if (port <= 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        s->pid = 0;
-        dump_log(s);
-        fail_msg("the shop did not start within 20 s");
-    }
-    snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", port);
+    all[n] = NULL;
+    dbkt_shop_start(s, all);
 }
 
 /* SIGTERM, at most 10 s, then SIGKILL; the exit status or -1. */
 static int shop_stop(shop_proc *s)
 {
-    if (s->pid <= 0)
-        return -1;
-    kill(s->pid, SIGTERM);
-    int st = 0;
-    int64_t deadline = mono_ms() + 10000;
-    while (waitpid(s->pid, &st, WNOHANG) == 0) {
-        if (mono_ms() > deadline) {
-            kill(s->pid, SIGKILL);
-            waitpid(s->pid, &st, 0);
-            s->pid = 0;
-            return -1;
-        }
-        sleep_ms(10);
-    }
-    s->pid = 0;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-/* ---- HTTP ---- */
-
-typedef struct res {
-    long status;
-    char *body;
-    size_t len;
-    json_t *json;
-    char set_cookie[256]; /* the Set-Cookie header's value, "" when none */
-} res;
-
-static size_t on_body(char *p, size_t sz, size_t n, void *ud)
-{
-    res *r = ud;
-    size_t add = sz * n;
-    char *nb = realloc(r->body, r->len + add + 1);
-    if (!nb)
-        return 0;
-    memcpy(nb + r->len, p, add);
-    r->body = nb;
-    r->len += add;
-    r->body[r->len] = '\0';
-    return add;
-}
-
-static size_t on_header(char *p, size_t sz, size_t n, void *ud)
-{
-    res *r = ud;
-    size_t len = sz * n;
-    if (len > 11 && strncasecmp(p, "Set-Cookie:", 11) == 0) {
-        size_t from = 11;
-        while (from < len && p[from] == ' ')
-            from++;
-        size_t to = len;
-        while (to > from && (p[to - 1] == '\r' || p[to - 1] == '\n'))
-            to--;
-        snprintf(r->set_cookie, sizeof r->set_cookie, "%.*s", (int)(to - from), p + from);
-    }
-    return len;
-}
-
-static void res_free(res *r)
-{
-    free(r->body);
-    json_decref(r->json);
-    memset(r, 0, sizeof *r);
+    return dbkt_shop_stop(s, 10000);
 }
 
 /* One request; `cookie` ("name=value", may be NULL) sent as Cookie. */
@@ -224,38 +77,12 @@ static res http(const shop_proc *s, const char *method, const char *path, const 
                 const char *cookie)
 {
     res r;
-    memset(&r, 0, sizeof r);
-    CURL *c = curl_easy_init();
-    assert_non_null(c);
-    char url[512];
-    snprintf(url, sizeof url, "%s%s", s->base, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 15000L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    h = curl_slist_append(h, "Expect:");
-    char ch[512];
-    if (cookie) {
-        snprintf(ch, sizeof ch, "Cookie: %s", cookie);
-        h = curl_slist_append(h, ch);
+    if (!dbkt_http_call(NULL, s->base, method, path, body, -1, cookie, 15000L, &r)) {
+        char e[sizeof r.error];
+        snprintf(e, sizeof e, "%s", r.error);
+        res_free(&r);
+        fail_msg("%s %s: %s", method, path, e);
     }
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    if (body)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    CURLcode cc = curl_easy_perform(c);
-    if (cc == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    if (cc != CURLE_OK)
-        fail_msg("%s %s: %s", method, path, curl_easy_strerror(cc));
-    if (r.body && r.len > 0 && r.body[0] == '{')
-        r.json = json_loadb(r.body, r.len, 0, NULL);
     return r;
 }
 
@@ -274,16 +101,7 @@ static res call(const shop_proc *s, const char *method, const char *path, const 
 static double metric(const shop_proc *s, const char *name)
 {
     res r = call(s, "GET", "/metrics", NULL, NULL, 200);
-    double v = -1;
-    size_t nl = strlen(name);
-    for (char *line = r.body; line && *line;) {
-        char *end = strchr(line, '\n');
-        if (strncmp(line, name, nl) == 0 && line[nl] == ' ') {
-            v = strtod(line + nl + 1, NULL);
-            break;
-        }
-        line = end ? end + 1 : NULL;
-    }
+    double v = dbkt_metrics_value(r.body, name);
     res_free(&r);
     return v;
 }

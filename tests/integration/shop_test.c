@@ -5,11 +5,11 @@
  * drives it with libcurl, parses the answers with jansson, and stops it by
  * its PID (SIGTERM, then SIGKILL after a bounded wait) in every case.
  *
- * The binary is found next to this test program: tests live in
- * <build>/tests/, the shop in <build>/examples/shop/shop. The shop is
- * started with SHOP_PWHASH=fast (libsodium's minimum Argon2id limits) so
- * creating users is quick, except in the shutdown test, which needs the
- * request in flight to be slow.
+ * The process and the HTTP calls are tests/support/shopproc.h's (the
+ * binary's path comes from the build). The shop is started with
+ * SHOP_PWHASH=fast (libsodium's minimum Argon2id limits) so creating users
+ * is quick, except in the shutdown test, which needs the request in flight
+ * to be slow.
  *
  * Every wait is bounded: start-up (20 s), each HTTP call (15 s), the exit
  * after SIGTERM (10 s).
@@ -35,24 +35,16 @@
 #include "testutil.h"
 
 #ifdef SHOP_TEST_HAVE_CURL
+#include "shopproc.h"
+#endif
+
+#ifdef SHOP_TEST_HAVE_CURL
 #include <curl/curl.h>
 #include <jansson.h>
 
-/* ---- the process ---- */
+/* ---- the process (tests/support/shopproc.h) ---- */
 
-typedef struct shop_proc {
-    pid_t pid;
-    int port;
-    char base[64];
-    char errlog[PATH_MAX];
-} shop_proc;
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+typedef dbkt_shop shop_proc;
 
 static void sleep_ms(int ms)
 {
@@ -60,239 +52,61 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-static void shop_path(char *out, size_t n)
-{
-    char self[PATH_MAX];
-    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-    assert_true(len > 0);
-    self[len] = '\0';
-    char *slash = strrchr(self, '/'); /* <build>/tests/shop_test */
-    assert_non_null(slash);
-    *slash = '\0';
-    slash = strrchr(self, '/');
-    assert_non_null(slash);
-    *slash = '\0';
-    int w = snprintf(out, n, "%s/examples/shop/shop", self);
-    if (w < 0 || (size_t)w >= n)
-        fail_msg("build path too long: %s", self);
-    if (access(out, X_OK) != 0)
-        fail_msg("shop binary not found at %s (build the shop target)", out);
-}
-
-static void dump_log(const shop_proc *s)
-{
-    FILE *f = fopen(s->errlog, "r");
-    if (!f)
-        return;
-    char line[1024];
-    int n = 0;
-    fprintf(stderr, "---- shop stderr (%s) ----\n", s->errlog);
-    while (fgets(line, sizeof line, f) && n++ < 200)
-        fputs(line, stderr);
-    fclose(f);
-}
+#define mono_ms dbkt_mono_ms
+#define dump_log dbkt_shop_dump_log
+#define log_contains dbkt_shop_log_contains
 
 /* The PID of the current test's shop, stopped by the teardown when an
  * assert ended the test early (0: none running). A PID, not a pointer: the
  * test's shop_proc lives on a stack an assert has already unwound. */
 static pid_t running_pid;
 
-/* Starts the shop; `env` is a NULL-terminated list of "NAME=value". */
+/* Starts the shop on db_url with cache_url (and a cache prefix of its
+ * own); `env` is a NULL-terminated list of "NAME=value" (at most 16). */
 static void shop_start(shop_proc *s, const char *db_url, const char *cache_url,
                        const char *const *env)
 {
-    char bin[PATH_MAX];
-    shop_path(bin, sizeof bin);
-    memset(s, 0, sizeof *s);
-    char *dir = dbkt_tmpdir();
-    snprintf(s->errlog, sizeof s->errlog, "%s/shop-stderr.log", dir);
-    free(dir);
-    int pfd[2];
-    assert_int_equal(pipe(pfd), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        /* The shop dies with the test process whatever happens to it. */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() == 1)
-            _exit(127);
-        dup2(pfd[1], STDOUT_FILENO);
-        close(pfd[0]);
-        close(pfd[1]);
-        int fd = open(s->errlog, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, STDERR_FILENO);
-            close(fd);
-        }
-        unsetenv("REDIS_URL");
-        unsetenv("DB_POOL_MAX");
-        setenv("DATABASE_URL", db_url, 1);
-        setenv("CACHE_URL", cache_url, 1);
-        setenv("HOST", "127.0.0.1", 1);
-        setenv("PORT", "0", 1);
-        setenv("SHOP_PWHASH", "fast", 1);
-        setenv("HTTP_THREADS", "4", 1);
-        char prefix[64];
-        snprintf(prefix, sizeof prefix, "shoptest-%d-%ld:", (int)getpid(), (long)time(NULL));
-        setenv("CACHE_PREFIX", prefix, 1);
-        for (size_t i = 0; env && env[i]; i++)
-            putenv((char *)env[i]);
-        execl(bin, bin, (char *)NULL);
-        _exit(127);
+    static unsigned started;
+    char dbv[PATH_MAX + 32], cachev[1024], prefix[96];
+    snprintf(dbv, sizeof dbv, "DATABASE_URL=%s", db_url);
+    snprintf(cachev, sizeof cachev, "CACHE_URL=%s", cache_url);
+    snprintf(prefix, sizeof prefix, "CACHE_PREFIX=shoptest-%d-%ld-%u:", (int)getpid(),
+             (long)time(NULL), started++);
+    const char *all[20] = {dbv, cachev, prefix};
+    size_t n = 3;
+    for (size_t i = 0; env && env[i]; i++) {
+        assert_true(n < sizeof all / sizeof all[0] - 1);
+        all[n++] = env[i];
     }
-    close(pfd[1]);
-    s->pid = pid;
-    running_pid = pid;
-    /* Read stdout until the "listening on" line, at most 20 s. */
-    char buf[4096];
-    size_t len = 0;
-    int64_t deadline = mono_ms() + 20000;
-    while (s->port == 0) {
-        int left = (int)(deadline - mono_ms());
-        if (left <= 0)
-            break;
-        struct pollfd p = {pfd[0], POLLIN, 0};
-        int pr = poll(&p, 1, left);
-        if (pr <= 0)
-            continue;
-        ssize_t n = read(pfd[0], buf + len, sizeof buf - 1 - len);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-        buf[len] = '\0';
-        const char *l = strstr(buf, "listening on http://127.0.0.1:");
-        if (l && strchr(l, '\n'))
-            s->port = atoi(l + strlen("listening on http://127.0.0.1:"));
-    }
-    close(pfd[0]);
-    if (s->port <= 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        s->pid = 0;
-        running_pid = 0;
-        dump_log(s);
-        fail_msg("the shop did not start within 20 s (stdout: %.*s)", (int)len, buf);
-    }
-    snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->port);
+    all[n] = NULL;
+    dbkt_shop_start(s, all);
+    running_pid = s->pid;
 }
 
 /* SIGTERM, then waits up to timeout_ms; SIGKILL if still running. Returns
  * the exit status (or -1 when killed / not started). */
 static int shop_stop(shop_proc *s, int timeout_ms)
 {
-    if (s->pid <= 0)
-        return -1;
-    if (running_pid == s->pid)
+    if (s->pid > 0 && running_pid == s->pid)
         running_pid = 0;
-    kill(s->pid, SIGTERM);
-    int64_t deadline = mono_ms() + timeout_ms;
-    int st = 0;
-    for (;;) {
-        pid_t r = waitpid(s->pid, &st, WNOHANG);
-        if (r == s->pid)
-            break;
-        if (r < 0) { /* not our child any more */
-            s->pid = 0;
-            return -1;
-        }
-        if (mono_ms() > deadline) {
-            kill(s->pid, SIGKILL);
-            waitpid(s->pid, &st, 0);
-            s->pid = 0;
-            return -1;
-        }
-        sleep_ms(10);
-    }
-    s->pid = 0;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return dbkt_shop_stop(s, timeout_ms);
 }
 
 /* ---- HTTP ---- */
 
-typedef struct res {
-    long status;
-    char *body;
-    size_t len;
-    json_t *json;
-    long queries; /* X-DB-Queries */
-} res;
-
-static size_t on_body(char *p, size_t sz, size_t n, void *ud)
-{
-    res *r = ud;
-    size_t add = sz * n;
-    char *nb = realloc(r->body, r->len + add + 1);
-    if (!nb)
-        return 0;
-    memcpy(nb + r->len, p, add);
-    r->body = nb;
-    r->len += add;
-    r->body[r->len] = '\0';
-    return add;
-}
-
-static size_t on_header(char *p, size_t sz, size_t n, void *ud)
-{
-    res *r = ud;
-    size_t len = sz * n;
-    if (len > 13 && strncasecmp(p, "X-DB-Queries:", 13) == 0)
-        r->queries = strtol(p + 13, NULL, 10);
-    return len;
-}
-
-static void res_free(res *r)
-{
-    free(r->body);
-    json_decref(r->json);
-    memset(r, 0, sizeof *r);
-}
-
-/* A curl handle for the shop's `path`, bounded to timeout_ms, collecting
- * the answer's body into *r (zeroed by the caller); NULL when curl cannot
- * allocate one. Safe off the main thread: it asserts nothing. */
-static CURL *easy_for(const shop_proc *s, const char *path, long timeout_ms, res *r)
-{
-    CURL *c = curl_easy_init();
-    if (!c)
-        return NULL;
-    char url[4096];
-    snprintf(url, sizeof url, "%s%s", s->base, path);
-    curl_easy_setopt(c, CURLOPT_URL, url); /* curl keeps its own copy */
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
-    return c;
-}
+typedef dbkt_http_res res;
+#define res_free dbkt_http_res_free
 
 static res http(const shop_proc *s, const char *method, const char *path, const char *body,
                 long bodylen)
 {
     res r;
-    memset(&r, 0, sizeof r);
-    r.queries = -1;
-    CURL *c = easy_for(s, path, 15000L, &r);
-    assert_non_null(c);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    h = curl_slist_append(h, "Expect:");
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, bodylen >= 0 ? bodylen : (long)strlen(body));
+    if (!dbkt_http_call(NULL, s->base, method, path, body, bodylen, NULL, 15000L, &r)) {
+        char e[sizeof r.error];
+        snprintf(e, sizeof e, "%s", r.error);
+        res_free(&r);
+        fail_msg("%s %s: %s", method, path, e);
     }
-    CURLcode cc = curl_easy_perform(c);
-    if (cc == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    if (cc != CURLE_OK)
-        fail_msg("%s %s: %s", method, path, curl_easy_strerror(cc));
-    if (r.body && r.len > 0 && r.body[0] == '{')
-        r.json = json_loadb(r.body, r.len, 0, NULL);
     return r;
 }
 
@@ -359,37 +173,9 @@ static void expect(const shop_proc *s, const char *method, const char *path, con
 static double metric(const shop_proc *s, const char *name)
 {
     res r = call(s, "GET", "/metrics", NULL, 200);
-    double v = -1;
-    size_t nl = strlen(name);
-    for (char *line = r.body; line && *line;) {
-        char *end = strchr(line, '\n');
-        if (strncmp(line, name, nl) == 0 && line[nl] == ' ') {
-            v = strtod(line + nl + 1, NULL);
-            break;
-        }
-        line = end ? end + 1 : NULL;
-    }
+    double v = dbkt_metrics_value(r.body, name);
     res_free(&r);
     return v;
-}
-
-/* True when the shop's stderr holds `needle` (bounded wait for the line). */
-static bool log_contains(const shop_proc *s, const char *needle)
-{
-    for (int tries = 0; tries < 50; tries++) {
-        FILE *f = fopen(s->errlog, "r");
-        if (f) {
-            char line[4096];
-            bool found = false;
-            while (!found && fgets(line, sizeof line, f))
-                found = strstr(line, needle) != NULL;
-            fclose(f);
-            if (found)
-                return true;
-        }
-        sleep_ms(20);
-    }
-    return false;
 }
 
 /* ---- the two set-ups ---- */
@@ -865,17 +651,8 @@ static void *xfer_thread(void *p)
         transfer_body(body, sizeof body, a->acct[f], a->acct[t], amount);
         /* No cmocka asserts off the main thread: count, check afterwards. */
         res r;
-        memset(&r, 0, sizeof r);
-        CURL *c = easy_for(a->s, "/transfers", 15000L, &r);
-        if (!c) {
-            a->other++;
-            continue;
-        }
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        long st = 0;
-        if (curl_easy_perform(c) == CURLE_OK)
-            curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &st);
-        curl_easy_cleanup(c);
+        dbkt_http_call(NULL, a->s->base, "POST", "/transfers", body, -1, NULL, 15000L, &r);
+        long st = r.status;
         if (st == 200)
             a->ok++;
         else if (st == 409)
@@ -884,7 +661,7 @@ static void *xfer_thread(void *p)
             a->other++;
             fprintf(stderr, "transfer: HTTP %ld %s\n", st, r.body ? r.body : "");
         }
-        free(r.body);
+        res_free(&r);
     }
     return NULL;
 }
@@ -1574,8 +1351,7 @@ static void shop_waits_for_the_database_at_start(void **state)
     assert_int_equal(dbkt_pgserver_pause(pg), 0);
 
     /* No wait: exit 1 with the reason. */
-    char bin[PATH_MAX];
-    shop_path(bin, sizeof bin);
+    const char *bin = dbkt_shop_path();
     char dburl[300];
     snprintf(dburl, sizeof dburl, "DATABASE_URL=%s", dbkt_pgserver_url(pg));
     const char *const set[] = {dburl, "STARTUP_WAIT_MS=0", "PORT=0", "HOST=127.0.0.1",
@@ -1738,12 +1514,8 @@ static void shop_sigterm_finishes_in_flight(void **state)
     assert_int_equal(WEXITSTATUS(st), 0);
     /* and no longer listens */
     res dummy;
-    memset(&dummy, 0, sizeof dummy);
-    CURL *c = easy_for(&s, "/health", 2000L, &dummy);
-    assert_non_null(c);
-    assert_int_not_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_cleanup(c);
-    free(dummy.body);
+    assert_false(dbkt_http_call(NULL, s.base, "GET", "/health", NULL, -1, NULL, 2000L, &dummy));
+    res_free(&dummy);
     free(url);
 }
 
@@ -1775,7 +1547,7 @@ static void al_path(char *out, size_t n, int k, int i)
 static void *al_client_main(void *p)
 {
     al_client *c = p;
-    CURL *h = curl_easy_init();
+    CURL *h = dbkt_http_handle();
     if (!h) {
         c->failures = c->n;
         snprintf(c->first_err, sizeof c->first_err, "curl_easy_init failed");
@@ -1783,30 +1555,22 @@ static void *al_client_main(void *p)
     }
     for (int i = 0; i < c->n; i++) {
         res r;
-        memset(&r, 0, sizeof r);
-        char path[512], url[640];
+        char path[512];
         al_path(path, sizeof path, c->k, i);
-        snprintf(url, sizeof url, "%s%s", c->s->base, path);
-        curl_easy_setopt(h, CURLOPT_URL, url);
-        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 15000L);
-        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-        curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
-        long want = i % 2 == 0 ? 404 : 400, st = 0, conns = 0;
-        CURLcode cc = curl_easy_perform(h);
-        if (cc == CURLE_OK) {
-            curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &st);
+        long want = i % 2 == 0 ? 404 : 400, conns = 0;
+        bool answered = dbkt_http_call(h, c->s->base, "GET", path, NULL, -1, NULL, 15000L, &r);
+        if (answered) {
             curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &conns);
             c->connects += conns;
         }
-        if (cc != CURLE_OK || st != want) {
+        if (!answered || r.status != want) {
             if (c->failures++ == 0)
                 snprintf(c->first_err, sizeof c->first_err, "%s: %s, HTTP %ld", path,
-                         curl_easy_strerror(cc), st);
+                         answered ? "No error" : r.error, r.status);
         }
-        free(r.body);
+        res_free(&r);
     }
-    curl_easy_cleanup(h);
+    dbkt_http_handle_free(h);
     return NULL;
 }
 
