@@ -20,7 +20,19 @@
  * Every read in 1-3 maps the whole row into the struct (strings into an
  * arena).
  *
+ *   5. `ha` mode: a hit on plain redis://, on redis-sentinel:// and on
+ *      redis-cluster:// (DBKIT_TEST_REDIS_URL, DBKIT_TEST_REDIS_SENTINEL_URL,
+ *      DBKIT_TEST_REDIS_CLUSTER_URL: scripts/testenv.sh --redis-sentinel
+ *      --redis-cluster), through the cached repository and through
+ *      dbk_cache_get, in hits/s with the ratio to plain (the target: >= 0.95).
+ *      On a small machine the wall clock of Cluster is mostly its six server
+ *      processes; `ha --hits N [--get] URL` does a fixed number of hits
+ *      after a fixed set-up, for bench/cache_ha_cost.sh, which counts the
+ *      client's instructions per hit under callgrind (N hits minus 0 hits).
+ *
  * usage: cache_bench [--seconds S] [--rounds R] [--concurrency]
+ *        cache_bench ha [--seconds S] [--rounds R]
+ *        cache_bench ha --hits N [--get] URL
  * (--concurrency: only the rows of 4, after the Redis set-up)
  * PostgreSQL from DBKIT_TEST_PG_URL (skipped without it), Redis from
  * DBKIT_TEST_REDIS_URL or REDIS_URL (skipped without it). Rounds alternate
@@ -405,9 +417,172 @@ static dbk_cache *open_cache(const char *url)
     return c;
 }
 
+/* ---- 5: ha mode: plain vs Sentinel vs Cluster hits ---------------------- */
+
+struct hactx {
+    dbk_cache *cache;
+    dbk_cached_repo *repo;
+    struct rctx rc;
+    char keys[HOT][64];
+    size_t klen[HOT];
+};
+
+static void read_get(void *ctx, int64_t id)
+{
+    struct hactx *h = ctx;
+    void *v;
+    size_t n;
+    dbk_error err;
+    if (dbk_cache_get(h->cache, h->keys[id - 1], h->klen[id - 1], &v, &n, &err) != DBK_OK)
+        die("dbk_cache_get (expected a hit)", &err);
+    dbk_free(v);
+}
+
+static void read_ha_repo(void *ctx, int64_t id)
+{
+    read_cached(&((struct hactx *)ctx)->rc, id);
+}
+
+/* Opens the cache on `url`, loads the HOT rows into it through the cached
+ * repository (three passes: a fresh node epoch may refuse the first store)
+ * and checks that every key is then a hit. A fixed amount of work, so
+ * `--hits 0` measures all of it. */
+static void ha_open(struct hactx *h, const char *url, dbk_db *db)
+{
+    dbk_error err;
+    memset(h, 0, sizeof *h);
+    h->cache = open_cache(url);
+    if (dbk_cached_repo_new(h->cache, &user_entity, NULL, &h->repo, &err) != DBK_OK)
+        die("cached repo", &err);
+    h->rc = (struct rctx){db, h->repo, dbk_arena_new(0)};
+    for (int pass = 0; pass < 3; pass++)
+        for (int id = 1; id <= HOT; id++)
+            read_cached(&h->rc, id);
+    for (int id = 1; id <= HOT; id++) {
+        h->klen[id - 1] = (size_t)snprintf(h->keys[id - 1], 64, "bench_users:id:%d", id);
+        read_get(h, id);
+    }
+}
+
+static void ha_close(struct hactx *h)
+{
+    dbk_arena_free(h->rc.arena);
+    dbk_cached_repo_free(h->repo);
+    dbk_cache_close(h->cache);
+}
+
+/* Kept out of line: the hit loop callgrind's per-function output shows. */
+__attribute__((noinline)) static void ha_hits(read_fn fn, struct hactx *h, long n)
+{
+    for (long i = 0; i < n; i++)
+        fn(h, i % HOT + 1);
+}
+
+static int ha_main(int argc, char **argv)
+{
+    long hits = -1;
+    bool get = false;
+    const char *one = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
+            seconds = strtod(argv[++i], NULL);
+        else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
+            rounds = (int)strtol(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--hits") == 0 && i + 1 < argc)
+            hits = strtol(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--get") == 0)
+            get = true;
+        else if (argv[i][0] != '-')
+            one = argv[i];
+        else {
+            fprintf(stderr, "cache_bench ha: unknown argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    char sqlite_url[128], sqlite_path[128];
+    snprintf(sqlite_url, sizeof sqlite_url, "sqlite:/tmp/dbkit_cache_bench_%d.db", (int)getpid());
+    snprintf(sqlite_path, sizeof sqlite_path, "/tmp/dbkit_cache_bench_%d.db", (int)getpid());
+    dbk_engine eng;
+
+    if (hits >= 0) { /* one URL, a fixed number of hits, nothing printed but a count */
+        if (!one) {
+            fprintf(stderr, "cache_bench ha --hits N [--get] URL: no URL\n");
+            return 2;
+        }
+        dbk_conn *sq = setup_db(sqlite_url, &eng);
+        struct hactx *h = malloc(sizeof *h);
+        if (!h)
+            die("out of memory", NULL);
+        ha_open(h, one, dbk_conn_db(sq));
+        ha_hits(get ? read_get : read_ha_repo, h, hits);
+        printf("%ld %s hits\n", hits, get ? "dbk_cache_get" : "cached repo");
+        ha_close(h);
+        free(h);
+        dbk_conn_close(sq);
+        unlink(sqlite_path);
+        return 0;
+    }
+
+    static const char *const names[3] = {"redis:// (plain)", "redis-sentinel://",
+                                         "redis-cluster://"};
+    const char *urls[3] = {getenv("DBKIT_TEST_REDIS_URL"), getenv("DBKIT_TEST_REDIS_SENTINEL_URL"),
+                           getenv("DBKIT_TEST_REDIS_CLUSTER_URL")};
+    if (!urls[0] || !*urls[0]) {
+        fprintf(stderr, "cache_bench ha: DBKIT_TEST_REDIS_URL not set (scripts/testenv.sh "
+                        "--redis-sentinel --redis-cluster -- ...)\n");
+        return 2;
+    }
+    dbk_conn *sq = setup_db(sqlite_url, &eng);
+    struct hactx *h = calloc(3, sizeof *h);
+    if (!h)
+        die("out of memory", NULL);
+    bool have[3];
+    for (int k = 0; k < 3; k++) {
+        have[k] = urls[k] && *urls[k];
+        if (have[k])
+            ha_open(&h[k], urls[k], dbk_conn_db(sq));
+        else
+            printf("(%s skipped: not set)\n", names[k]);
+    }
+    /* rounds alternate the topologies; best of each */
+    double best[2][3];
+    for (int m = 0; m < 2; m++)
+        for (int k = 0; k < 3; k++)
+            best[m][k] = 1e30;
+    for (int r = 0; r < rounds; r++)
+        for (int m = 0; m < 2; m++)
+            for (int k = 0; k < 3; k++) {
+                if (!have[k])
+                    continue;
+                double ns = measure(m ? read_get : read_ha_repo, &h[k]);
+                if (ns < best[m][k])
+                    best[m][k] = ns;
+            }
+    printf("cache_bench ha: redis hits from one thread, %d hot keys, best of %d rounds of %.1f s "
+           "(target: >= 0.95x plain)\n",
+           HOT, rounds, seconds);
+    printf("%-20s %16s %14s %16s %14s\n", "", "cached repo hit/s", "ratio", "cache_get hit/s",
+           "ratio");
+    for (int k = 0; k < 3; k++) {
+        if (!have[k])
+            continue;
+        printf("%-20s %16.0f %13.2fx %16.0f %13.2fx\n", names[k], 1e9 / best[0][k],
+               best[0][0] / best[0][k], 1e9 / best[1][k], best[1][0] / best[1][k]);
+    }
+    for (int k = 0; k < 3; k++)
+        if (have[k])
+            ha_close(&h[k]);
+    free(h);
+    dbk_conn_close(sq);
+    unlink(sqlite_path);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN); /* as any server does: no per-call SIGPIPE guard needed */
+    if (argc > 1 && strcmp(argv[1], "ha") == 0)
+        return ha_main(argc, argv);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
             seconds = strtod(argv[++i], NULL);
