@@ -142,8 +142,30 @@ void shop_transfers_create(shop_req *rq, shop_resp *rs)
         shop_reply_error(rs, 400, "invalid_value", "the two accounts must differ");
         return;
     }
-    if (!shop_run_tx(rs, transfer_tx, &c, &c.fail, "account"))
+    /* As shop_run_tx(), except for a COMMIT lost with its connection (a
+     * failover): the transfer may or may not be applied, which is no
+     * internal error but a passing failure, 503 like the others, with a
+     * code of its own so that a client reads the balances before it sends
+     * the transfer again. */
+    dbk_tx_opts o;
+    memset(&o, 0, sizeof o);
+    o.on_retry = shop_on_tx_retry;
+    dbk_error err;
+    dbk_rc rc = dbk_tx_run(shop.db, transfer_tx, &c, &o, &err);
+    if (rc == DBK_ECOMMIT_UNKNOWN) {
+        fprintf(stderr, "shop: transfer outcome unknown: %s\n", err.message);
+        shop_reply_error(rs, 503, "commit_unknown",
+                         "the transfer may or may not have been applied: check the balances "
+                         "before retrying");
         return;
+    }
+    if (rc != DBK_OK) {
+        if (c.fail.status)
+            shop_reply_error(rs, c.fail.status, c.fail.code, "%s", c.fail.msg);
+        else
+            shop_reply_rc(rs, rc, &err, "account");
+        return;
+    }
     shop_reply_json(rs, 200,
                     json_pack("{s:{s:I,s:I},s:{s:I,s:I},s:I}", "from", "id", (json_int_t)c.from,
                               "balance_cents", (json_int_t)c.from_balance, "to", "id",
