@@ -104,6 +104,10 @@ if [[ " $PARTS " == *" lib "* ]]; then
   # the replica and the PgBouncer next to the test server and stops them.
   step topo_bench env BENCH_SECONDS="$LIB_SECS" ROUNDS=3 PGBIN="$DBKIT_TEST_PGBIN" \
     bash bench/topo_bench.sh "$BUILD"
+  # Redis hits through Sentinel and Cluster next to plain redis://: hits/s and the client's
+  # instructions per hit under callgrind; the script starts the sentinels and the cluster
+  # (scripts/testenv.sh --redis-sentinel --redis-cluster) and stops them.
+  step cache_ha_cost env BENCH_SECONDS="$LIB_SECS" ROUNDS=3 bash bench/cache_ha_cost.sh "$BUILD"
   # A benchmark program added later runs only once its bounded flags are
   # listed above; say so instead of running it with unknown durations.
   for prog in "$BUILD"/bench/*_bench; do
