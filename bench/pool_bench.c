@@ -673,9 +673,9 @@ static void run_sqpk(int threads, double seconds, int64_t rows)
         bool raw_first = r % 2 == 0;
         double a = sqpk_run(path, raw_first, threads, seconds, rows);
         double b = sqpk_run(path, !raw_first, threads, seconds, rows);
-        double raw = raw_first ? a : b, pool = raw_first ? b : a;
+        double raw = raw_first ? a : b, pooled = raw_first ? b : a;
         best_raw = raw > best_raw ? raw : best_raw;
-        best_pool = pool > best_pool ? pool : best_pool;
+        best_pool = pooled > best_pool ? pooled : best_pool;
     }
     printf("  %-52s %9.0f q/s\n", "baseline: raw sqlite3, 1 connection/thread", best_raw);
     printf("  %-52s %9.0f q/s   ratio %.3f\n", "dbkit pool dbk_db_query", best_pool,
