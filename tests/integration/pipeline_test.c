@@ -366,6 +366,82 @@ static void pipeline_connection_lost_under_riders(void **state)
     dbk_pool_close(pool, 1000);
 }
 
+/* ---- a hostile statement in a pipeline hurts no one else ---- */
+
+struct hostile {
+    dbk_pool *pool;
+    int kind; /* 0: lookups, 1: invalid UTF-8, 2: a parameter over the limit */
+    void *huge;
+    size_t huge_len;
+    atomic_int *ok, *refused, *other;
+};
+
+static void *hostile_thread(void *arg)
+{
+    struct hostile *h = arg;
+    dbk_db *db = dbk_pool_db(h->pool);
+    for (int i = 0; i < 200; i++) {
+        dbk_error err;
+        dbk_result *r = NULL;
+        dbk_rc rc;
+        if (h->kind == 1) {
+            static const char bad[] = {'a', (char)0xC3, (char)0x28, 'b'};
+            dbk_value v = dbk_textn(bad, sizeof bad);
+            rc = dbk_db_query(db, "SELECT length($1::text)", &v, 1, &r, &err);
+        } else if (h->kind == 2) {
+            dbk_value v = dbk_blob(h->huge, h->huge_len);
+            rc = dbk_db_query(db, "SELECT length($1::bytea)", &v, 1, &r, &err);
+        } else {
+            dbk_value v = dbk_int64(i);
+            rc = dbk_db_query(db, "SELECT $1::int8 + 1", &v, 1, &r, &err);
+            int64_t x = -1;
+            if (rc == DBK_OK && (dbk_result_get_int64(r, 0, 0, &x, &err) != DBK_OK || x != i + 1))
+                rc = DBK_EINTERNAL;
+        }
+        dbk_result_free(r);
+        if (rc == DBK_OK)
+            atomic_fetch_add(h->ok, 1);
+        else if (h->kind != 0 && (rc == DBK_EINVALID || rc == DBK_ESQL))
+            atomic_fetch_add(h->refused, 1);
+        else
+            atomic_fetch_add(h->other, 1);
+    }
+    return NULL;
+}
+
+static void pipeline_hostile_statement_hurts_no_one(void **state)
+{
+    (void)state;
+    dbk_pool *pool = open_pool("pipe_hostile", 2, 30000, true, NULL);
+    /* 2 GiB + 16 bytes that may not be read: refused from the length alone */
+    size_t huge_len = ((size_t)2 << 30) + 16;
+    void *huge = dbkt_unreadable(huge_len);
+    atomic_int ok, refused, other;
+    atomic_init(&ok, 0);
+    atomic_init(&refused, 0);
+    atomic_init(&other, 0);
+    enum { T = 12 };
+    struct hostile h[T];
+    pthread_t th[T];
+    for (int i = 0; i < T; i++) {
+        h[i] = (struct hostile){pool, i < 2 ? i + 1 : 0, huge, huge_len, &ok, &refused, &other};
+        assert_int_equal(pthread_create(&th[i], NULL, hostile_thread, &h[i]), 0);
+    }
+    for (int i = 0; i < T; i++)
+        pthread_join(th[i], NULL);
+    dbk_pool_stats st = stats(pool);
+    fprintf(stderr, "ok %d refused %d other %d; %llu rode\n", atomic_load(&ok),
+            atomic_load(&refused), atomic_load(&other), (unsigned long long)st.pipelined);
+    assert_int_equal(atomic_load(&other), 0);
+    assert_int_equal(atomic_load(&refused), 2 * 200);
+    assert_int_equal(atomic_load(&ok), (T - 2) * 200);
+    assert_true(st.pipelined > 0);
+    /* the connections are still the ones the pool opened: nothing broke */
+    assert_true(st.discarded == 0);
+    dbkt_unreadable_free(huge, huge_len);
+    dbk_pool_close(pool, 1000);
+}
+
 /* ---- statements that must not ride still work on a busy pool ---- */
 
 static void *tx_thread(void *arg)
@@ -421,6 +497,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(pipeline_observer_sees_each_statement),
     cmocka_unit_test(pipeline_queued_statement_times_out),
     cmocka_unit_test(pipeline_connection_lost_under_riders),
+    cmocka_unit_test(pipeline_hostile_statement_hurts_no_one),
     cmocka_unit_test(pipeline_mixed_with_transactions),
 };
 
