@@ -63,6 +63,15 @@ int64_t dbk__doc_now_usec(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* The document parameter ($2) of INSERT and UPDATE, read as the engine's
+ * JSON column type, into buf. */
+static const char *doc_param(const dbk_doc_coll *c, char *buf, size_t len)
+{
+    dbk__sb sb = dbk__sb_over(buf, len);
+    dbk__doc_dialect(c)->placeholder(&sb, 2, "jsonb");
+    return buf;
+}
+
 /* ---- open / close ---- */
 
 DBK_API dbk_rc dbk_doc_coll_open(dbk_db *db, const dbk_doc_schema *schema, dbk_doc_coll **out,
@@ -86,8 +95,9 @@ DBK_API dbk_rc dbk_doc_coll_open(dbk_db *db, const dbk_doc_schema *schema, dbk_d
         return rc;
     }
     /* collection names are [a-z_][a-z0-9_]*, at most 48 bytes: these fit */
+    char param[16];
     snprintf(c->sql_insert, sizeof c->sql_insert, "INSERT INTO \"%s\" (id, doc) VALUES ($1, %s)",
-             schema->collection, c->engine == DBK_ENGINE_POSTGRES ? "$2::jsonb" : "$2");
+             schema->collection, doc_param(c, param, sizeof param));
     snprintf(c->sql_find, sizeof c->sql_find, "SELECT doc FROM \"%s\" WHERE id = $1",
              schema->collection);
     *out = c;
@@ -213,11 +223,6 @@ static dbk_rc unique_error(const dbk_doc_coll *c, dbk_rc rc, dbk_error *err)
         dbk__err_hint(err, "another document already has this _id");
     }
     return rc;
-}
-
-static const char *doc_param(const dbk_doc_coll *c)
-{
-    return c->engine == DBK_ENGINE_POSTGRES ? "$2::jsonb" : "$2";
 }
 
 /* ---- create ---- */
@@ -484,9 +489,11 @@ DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, d
         }
         params.v[params.n++] = lp[i];
     }
-    dbk__sb_printf(&sql, " LIMIT $%zu%s OFFSET $%zu%s", nfilter + 1,
-                 coll->engine == DBK_ENGINE_POSTGRES ? "::bigint" : "", nfilter + 2,
-                 coll->engine == DBK_ENGINE_POSTGRES ? "::bigint" : "");
+    const dbk__dialect *d = dbk__doc_dialect(coll);
+    dbk__sb_puts(&sql, " LIMIT ");
+    d->placeholder(&sql, (int)nfilter + 1, "bigint");
+    dbk__sb_puts(&sql, " OFFSET ");
+    d->placeholder(&sql, (int)nfilter + 2, "bigint");
     if (sql.oom) {
         rc = dbk__err(err, DBK_ENOMEM, "out of memory");
         goto done;
@@ -677,10 +684,9 @@ static dbk_rc upd_fn(dbk_db *tx, void *vctx, dbk_error *err)
     json_decref(u->result);
     u->result = NULL;
     const char *cn = u->c->schema->collection;
-    bool pg = u->c->engine == DBK_ENGINE_POSTGRES;
     char sql[160];
     snprintf(sql, sizeof sql, "SELECT doc FROM \"%s\" WHERE id = $1%s", cn,
-             pg ? " FOR UPDATE" : "");
+             dbk__doc_dialect(u->c)->select_for_update);
     dbk_value p[2] = {dbk_text(u->id), dbk_null()};
     dbk_result *res;
     dbk_rc rc = dbk_db_query(tx, sql, p, 1, &res, err);
@@ -709,7 +715,9 @@ static dbk_rc upd_fn(dbk_db *tx, void *vctx, dbk_error *err)
         rc = dbk__err(err, DBK_ENOMEM, "out of memory");
         goto fail;
     }
-    snprintf(sql, sizeof sql, "UPDATE \"%s\" SET doc = %s WHERE id = $1", cn, doc_param(u->c));
+    char param[16];
+    snprintf(sql, sizeof sql, "UPDATE \"%s\" SET doc = %s WHERE id = $1", cn,
+             doc_param(u->c, param, sizeof param));
     p[1] = dbk_text(text);
     rc = dbk_db_exec(tx, sql, p, 2, NULL, err);
     free(text);

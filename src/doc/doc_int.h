@@ -13,6 +13,7 @@
 #include "core/internal.h"
 #include "core/sb.h"
 #include "dbkit/doc.h"
+#include "driver/dialect.h"
 #include "dbkit/value.h"
 
 struct dbk_doc {
@@ -56,6 +57,13 @@ typedef struct dbk__params {
 } dbk__params;
 
 void dbk__params_free(dbk__params *p);
+
+/* The SQL dialect of the collection's engine: every piece of SQL text that
+ * differs between engines (JSON reads, casts, the table) comes from it. */
+static inline const dbk__dialect *dbk__doc_dialect(const dbk_doc_coll *c)
+{
+    return dbk__dialect_of(c->engine);
+}
 
 /* Parses JSON text with dbkit's limits (size, depth, one object, UTF-8, no
  * NUL); `what` names the input in messages ("document", "filter"). */

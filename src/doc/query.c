@@ -12,6 +12,11 @@
  * the server). On PostgreSQL every placeholder carries an explicit cast,
  * so the server never guesses a parameter's type.
  *
+ * The SQL text that differs between the engines (path reads, casts, the
+ * JSON null, array membership, JSON parameters, NULL ordering, the false
+ * literal) comes from the engine's dialect (src/driver/dialect.h); this
+ * file decides what to compare, the dialect how the engine writes it.
+ *
  * Semantics follow MongoDB where the engines allow: {"f": null} matches a
  * missing field, $ne matches documents without the field, equality on an
  * array field means "the array holds the value", $in is the OR of its
@@ -31,9 +36,9 @@ typedef struct qctx {
     dbk_error *err;
 } qctx;
 
-static bool pg(const qctx *q)
+static const dbk__dialect *dia(const qctx *q)
 {
-    return q->c->engine == DBK_ENGINE_POSTGRES;
+    return dbk__doc_dialect(q->c);
 }
 
 static bool push(dbk__params *p, dbk_value v)
@@ -82,18 +87,21 @@ static dbk_rc bad_value(qctx *q, const char *path, const char *why)
     return DBK_EINVALID;
 }
 
-/* Appends the placeholder for `v` compared with a path of type `t` (0:
- * untyped / whole JSON values). */
-static dbk_rc bind(qctx *q, const char *path, dbk_doc_type t, json_t *v)
+/* The parameter for `v` compared with a path of type `t` (0: untyped /
+ * whole JSON values): its value, the type it is read as (NULL: none) and
+ * whether it is JSON text read as a JSON value (*json). */
+static dbk_rc bind_value(qctx *q, const char *path, dbk_doc_type t, json_t *v, dbk_value *out,
+                         const char **out_cast, bool *json)
 {
-    const char *cast = "";
+    const char *cast = NULL;
     dbk_value val;
+    *json = false;
     switch (t) {
     case DBK_DOC_STRING:
         if (!json_is_string(v))
             return bad_value(q, path, "the value must be a string");
         val = dbk_textn(json_string_value(v), json_string_length(v));
-        cast = "::text";
+        cast = "text";
         break;
     case DBK_DOC_OBJECT_ID: {
         /* compared in the stored lower-case form (an ObjectId on MongoDB) */
@@ -104,7 +112,7 @@ static dbk_rc bind(qctx *q, const char *path, dbk_doc_type t, json_t *v)
         if (!s)
             return dbk__err(q->err, DBK_ENOMEM, "out of memory");
         val = dbk_text(s);
-        cast = "::text";
+        cast = "text";
         break;
     }
     case DBK_DOC_DATE: {
@@ -118,29 +126,29 @@ static dbk_rc bind(qctx *q, const char *path, dbk_doc_type t, json_t *v)
         if (!s)
             return dbk__err(q->err, DBK_ENOMEM, "out of memory");
         val = dbk_text(s);
-        cast = "::text";
+        cast = "text";
         break;
     }
     case DBK_DOC_INT64:
         if (!json_is_integer(v))
             return bad_value(q, path, "the value must be an integer");
         val = dbk_int64((int64_t)json_integer_value(v));
-        cast = "::bigint";
+        cast = "bigint";
         break;
     case DBK_DOC_DOUBLE:
         if (!json_is_number(v))
             return bad_value(q, path, "the value must be a number");
         val = dbk_double(json_number_value(v));
-        cast = "::float8";
+        cast = "float8";
         break;
     case DBK_DOC_BOOL:
         if (!json_is_boolean(v))
             return bad_value(q, path, "the value must be true or false");
-        val = pg(q) ? dbk_bool(json_is_true(v)) : dbk_int64(json_is_true(v) ? 1 : 0);
-        cast = "::boolean";
+        val = dia(q)->has_bool ? dbk_bool(json_is_true(v)) : dbk_int64(json_is_true(v) ? 1 : 0);
+        cast = "boolean";
         break;
     default:
-        if (pg(q) || json_is_object(v) || json_is_array(v)) {
+        if (dia(q)->json_binary || json_is_object(v) || json_is_array(v)) {
             /* whole JSON value: jsonb on PostgreSQL; SQLite compares the
              * minified text json_extract returns for containers */
             const char *s = own(q->p, json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY |
@@ -148,7 +156,7 @@ static dbk_rc bind(qctx *q, const char *path, dbk_doc_type t, json_t *v)
             if (!s)
                 return dbk__err(q->err, DBK_ENOMEM, "out of memory");
             val = dbk_text(s);
-            cast = "::jsonb";
+            *json = true;
         } else if (json_is_string(v)) {
             val = dbk_textn(json_string_value(v), json_string_length(v));
         } else if (json_is_integer(v)) {
@@ -156,15 +164,33 @@ static dbk_rc bind(qctx *q, const char *path, dbk_doc_type t, json_t *v)
         } else if (json_is_real(v)) {
             val = dbk_double(json_real_value(v));
         } else if (json_is_boolean(v)) {
-            val = dbk_int64(json_is_true(v) ? 1 : 0);
+            val = dia(q)->has_bool ? dbk_bool(json_is_true(v)) : dbk_int64(json_is_true(v) ? 1 : 0);
         } else {
             return bad_value(q, path, "null is only allowed with equality and $ne");
         }
         break;
     }
+    *out = val;
+    *out_cast = cast;
+    return DBK_OK;
+}
+
+/* Appends the placeholder for `v` compared with a path of type `t` (see
+ * bind_value). */
+static dbk_rc bind(qctx *q, const char *path, dbk_doc_type t, json_t *v)
+{
+    dbk_value val;
+    const char *cast;
+    bool json;
+    dbk_rc rc = bind_value(q, path, t, v, &val, &cast, &json);
+    if (rc)
+        return rc;
     if (!push(q->p, val))
         return dbk__err(q->err, DBK_ENOMEM, "out of memory");
-    dbk__sb_printf(q->sql, "$%zu%s", q->p->n, pg(q) ? cast : "");
+    if (json)
+        dia(q)->json_param(q->sql, (int)q->p->n);
+    else
+        dia(q)->placeholder(q->sql, (int)q->p->n, cast);
     return DBK_OK;
 }
 
@@ -175,16 +201,7 @@ static void expr(qctx *q, const char *path, dbk_doc_type t)
 
 static void json_path_literal(qctx *q, const char *path)
 {
-    if (pg(q)) {
-        dbk__sb_puts(q->sql, "(doc #> '{");
-        for (const char *s = path; *s; s++) {
-            char ch[2] = {*s == '.' ? ',' : *s, '\0'};
-            dbk__sb_puts(q->sql, ch);
-        }
-        dbk__sb_puts(q->sql, "}')");
-    } else {
-        dbk__sb_printf(q->sql, "json_type(doc, '$.%s')", path);
-    }
+    dia(q)->json_path_kind_sql(q->sql, "doc", path);
 }
 
 /* Equality of a path with one value (MongoDB's {"path": value}). */
@@ -200,14 +217,15 @@ static dbk_rc eq(qctx *q, const char *path, dbk_doc_type t, json_t *v)
         json_path_literal(q, path);
         dbk__sb_puts(q->sql, " IS NULL OR ");
         json_path_literal(q, path);
-        dbk__sb_puts(q->sql, pg(q) ? " = 'null'::jsonb)" : " = 'null')");
+        dbk__sb_printf(q->sql, " = %s)", dia(q)->json_null);
         return DBK_OK;
     }
     if (t == DBK_DOC_ARRAY && !json_is_array(v)) {
         /* an array field equals a scalar when it holds it */
         if (json_is_object(v))
             return bad_value(q, path, "an array field cannot be compared with an object");
-        if (pg(q)) {
+        dbk_value val;
+        if (dia(q)->json_binary) { /* containment of a one-element array */
             json_t *wrap = json_array();
             if (!wrap || json_array_append(wrap, v) != 0) {
                 json_decref(wrap);
@@ -215,32 +233,24 @@ static dbk_rc eq(qctx *q, const char *path, dbk_doc_type t, json_t *v)
             }
             const char *s = own(q->p, json_dumps(wrap, JSON_COMPACT | JSON_ENCODE_ANY));
             json_decref(wrap);
-            if (!s || !push(q->p, dbk_text(s)))
+            if (!s)
                 return dbk__err(q->err, DBK_ENOMEM, "out of memory");
-            dbk__sb_puts(q->sql, "(");
-            expr(q, path, 0);
-            dbk__sb_printf(q->sql, " @> $%zu::jsonb)", q->p->n);
-            return DBK_OK;
+            val = dbk_text(s);
+        } else { /* the element's SQL value */
+            const char *cast;
+            bool json;
+            dbk_rc rc = bind_value(q, path, 0, v, &val, &cast, &json);
+            if (rc)
+                return rc;
         }
-        dbk__sb_printf(q->sql, "EXISTS (SELECT 1 FROM json_each(doc, '$.%s') WHERE value = ", path);
-        dbk_rc rc = bind(q, path, 0, v);
-        if (rc)
-            return rc;
-        dbk__sb_puts(q->sql, ")");
+        if (!push(q->p, val))
+            return dbk__err(q->err, DBK_ENOMEM, "out of memory");
+        dia(q)->json_array_has_sql(q->sql, "doc", path, (int)q->p->n);
         return DBK_OK;
     }
     dbk_doc_type bt = t == DBK_DOC_ARRAY || t == DBK_DOC_OBJECT ? 0 : t;
     dbk__sb_puts(q->sql, "(");
-    if (!pg(q) && (json_is_object(v) || json_is_array(v))) {
-        expr(q, path, bt);
-        dbk__sb_puts(q->sql, " = json(");
-        dbk_rc rc = bind(q, path, bt, v);
-        if (rc)
-            return rc;
-        dbk__sb_puts(q->sql, "))");
-        return DBK_OK;
-    }
-    expr(q, path, bt);
+    expr(q, path, bt); /* containers: " = json($n)" on SQLite (bind) */
     dbk__sb_puts(q->sql, " = ");
     dbk_rc rc = bind(q, path, bt, v);
     if (rc)
@@ -254,7 +264,7 @@ static dbk_rc op(qctx *q, const char *path, dbk_doc_type t, const char *name, js
     static const struct {
         const char *name, *sql;
     } cmp[] = {{"$gt", " > "}, {"$gte", " >= "}, {"$lt", " < "}, {"$lte", " <= "}};
-    const char *no = pg(q) ? "false" : "0";
+    const char *no = dia(q)->false_sql;
     if (strcmp(name, "$eq") == 0)
         return eq(q, path, t, v);
     if (strcmp(name, "$ne") == 0) {
@@ -448,7 +458,7 @@ dbk_rc dbk__doc_filter_compile(const dbk_doc_coll *c, const char *filter, dbk__s
 dbk_rc dbk__doc_sort_compile(const dbk_doc_coll *c, const char *sort, dbk__sb *sql,
                              dbk_error *err)
 {
-    bool pgsql = c->engine == DBK_ENGINE_POSTGRES;
+    const dbk__dialect *d = dbk__doc_dialect(c);
     bool has_id = false;
     if (sort && *sort) {
         json_t *tree;
@@ -480,10 +490,8 @@ dbk_rc dbk__doc_sort_compile(const dbk_doc_coll *c, const char *sort, dbk__sb *s
             if (strcmp(key, "_id") == 0)
                 has_id = true;
             dbk__doc_path_sql(c, sql, key, t == DBK_DOC_ARRAY || t == DBK_DOC_OBJECT ? 0 : t);
-            if (pgsql)
-                dbk__sb_puts(sql, dir > 0 ? " ASC NULLS FIRST, " : " DESC NULLS LAST, ");
-            else
-                dbk__sb_puts(sql, dir > 0 ? " ASC, " : " DESC, ");
+            dbk__sb_puts(sql, dir > 0 ? d->asc_nulls_first : d->desc_nulls_last);
+            dbk__sb_puts(sql, ", ");
         }
         json_decref(tree);
     }

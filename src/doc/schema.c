@@ -481,36 +481,27 @@ void dbk__doc_path_sql(const dbk_doc_coll *c, dbk__sb *sql, const char *path, db
         dbk__sb_puts(sql, "id");
         return;
     }
-    if (c->engine == DBK_ENGINE_SQLITE) {
-        dbk__sb_printf(sql, "json_extract(doc, '$.%s')", path);
-        return;
-    }
-    /* PostgreSQL: '{a,b}' text[] literal; segments are [A-Za-z0-9_] only */
-    dbk__sb_puts(sql, "(doc #>");
+    const char *cast = NULL;
+    bool scalar = true;
     switch (type) {
     case DBK_DOC_STRING:
     case DBK_DOC_DATE:
     case DBK_DOC_OBJECT_ID:
+        break;
     case DBK_DOC_INT64:
+        cast = "bigint";
+        break;
     case DBK_DOC_DOUBLE:
+        cast = "float8";
+        break;
     case DBK_DOC_BOOL:
-        dbk__sb_puts(sql, ">");
+        cast = "boolean";
         break;
     default:
+        scalar = false; /* the JSON value itself */
         break;
     }
-    dbk__sb_puts(sql, " '{");
-    for (const char *p = path; *p; p++) {
-        char ch[2] = {*p == '.' ? ',' : *p, '\0'};
-        dbk__sb_puts(sql, ch);
-    }
-    dbk__sb_puts(sql, "}')");
-    if (type == DBK_DOC_INT64)
-        dbk__sb_puts(sql, "::bigint");
-    else if (type == DBK_DOC_DOUBLE)
-        dbk__sb_puts(sql, "::float8");
-    else if (type == DBK_DOC_BOOL)
-        dbk__sb_puts(sql, "::boolean");
+    dbk__doc_dialect(c)->json_path_sql(sql, "doc", path, scalar, cast);
 }
 
 /* The type the SQL expression of an index key or sort key reads with. */
@@ -523,12 +514,8 @@ static dbk_doc_type key_type(const dbk_doc_coll *c, const char *path)
 static void ddl(const dbk_doc_coll *c, dbk__sb *sql)
 {
     const char *coll = c->schema->collection;
-    bool pg = c->engine == DBK_ENGINE_POSTGRES;
-    dbk__sb_printf(sql,
-                 pg ? "CREATE TABLE IF NOT EXISTS \"%s\" (id text PRIMARY KEY, doc jsonb NOT NULL);\n"
-                    : "CREATE TABLE IF NOT EXISTS \"%s\" (id TEXT PRIMARY KEY, doc TEXT NOT NULL "
-                      "CHECK (json_valid(doc)));\n",
-                 coll);
+    const dbk__dialect *d = dbk__doc_dialect(c);
+    d->doc_table_sql(sql, coll);
     size_t n = dbk__doc_nindexes(c);
     for (size_t i = 0; i < n; i++) {
         char name[128];
@@ -551,10 +538,7 @@ static void ddl(const dbk_doc_coll *c, dbk__sb *sql)
             dbk__sb_puts(sql, "(");
             dbk__doc_path_sql(c, sql, path, key_type(c, path));
             dbk__sb_puts(sql, ")");
-            if (pg)
-                dbk__sb_puts(sql, desc ? " DESC NULLS LAST" : " ASC NULLS FIRST");
-            else
-                dbk__sb_puts(sql, desc ? " DESC" : " ASC");
+            dbk__sb_puts(sql, desc ? d->desc_nulls_last : d->asc_nulls_first);
             p += len + (comma ? 1 : 0);
         }
         dbk__sb_puts(sql, ");\n");

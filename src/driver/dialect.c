@@ -196,6 +196,83 @@ static void sq_begin_sql(const dbk__begin_opts *o, char *buf, size_t len)
              o->read_only ? "BEGIN DEFERRED; PRAGMA query_only = 1" : "BEGIN IMMEDIATE");
 }
 
+/* ---- documents: jsonb on PostgreSQL, JSON text on SQLite ---- */
+
+static void pg_doc_table_sql(dbk__sb *sb, const char *table)
+{
+    dbk__sb_puts(sb, "CREATE TABLE IF NOT EXISTS ");
+    std_quote_ident(sb, table);
+    dbk__sb_puts(sb, " (id text PRIMARY KEY, doc jsonb NOT NULL);\n");
+}
+
+static void sq_doc_table_sql(dbk__sb *sb, const char *table)
+{
+    dbk__sb_puts(sb, "CREATE TABLE IF NOT EXISTS ");
+    std_quote_ident(sb, table);
+    dbk__sb_puts(sb, " (id TEXT PRIMARY KEY, doc TEXT NOT NULL CHECK (json_valid(doc)));\n");
+}
+
+/* '{a,b}': a text[] literal of the path's segments */
+static void pg_path_array(dbk__sb *sb, const char *path)
+{
+    dbk__sb_puts(sb, "'{");
+    for (const char *p = path; *p; p++)
+        dbk__sb_putn(sb, *p == '.' ? "," : p, 1);
+    dbk__sb_puts(sb, "}'");
+}
+
+static void pg_json_path_sql(dbk__sb *sb, const char *col, const char *path, bool scalar,
+                             const char *cast)
+{
+    dbk__sb_printf(sb, "(%s #>%s ", col, scalar ? ">" : "");
+    pg_path_array(sb, path);
+    dbk__sb_puts(sb, ")");
+    if (scalar && cast)
+        dbk__sb_printf(sb, "::%s", cast);
+}
+
+static void sq_json_path_sql(dbk__sb *sb, const char *col, const char *path, bool scalar,
+                             const char *cast)
+{
+    (void)scalar, (void)cast;
+    dbk__sb_printf(sb, "json_extract(%s, '$.%s')", col, path);
+}
+
+static void pg_json_path_kind_sql(dbk__sb *sb, const char *col, const char *path)
+{
+    dbk__sb_printf(sb, "(%s #> ", col);
+    pg_path_array(sb, path);
+    dbk__sb_puts(sb, ")");
+}
+
+static void sq_json_path_kind_sql(dbk__sb *sb, const char *col, const char *path)
+{
+    dbk__sb_printf(sb, "json_type(%s, '$.%s')", col, path);
+}
+
+static void pg_json_array_has_sql(dbk__sb *sb, const char *col, const char *path, int n)
+{
+    dbk__sb_puts(sb, "(");
+    pg_json_path_sql(sb, col, path, false, NULL);
+    dbk__sb_printf(sb, " @> $%d::jsonb)", n);
+}
+
+static void sq_json_array_has_sql(dbk__sb *sb, const char *col, const char *path, int n)
+{
+    dbk__sb_printf(sb, "EXISTS (SELECT 1 FROM json_each(%s, '$.%s') WHERE value = $%d)", col,
+                   path, n);
+}
+
+static void pg_json_param(dbk__sb *sb, int n)
+{
+    dbk__sb_printf(sb, "$%d::jsonb", n);
+}
+
+static void sq_json_param(dbk__sb *sb, int n)
+{
+    dbk__sb_printf(sb, "json($%d)", n);
+}
+
 #define IN_PATH "n.nspname = ANY (current_schemas(false))"
 #define NOT_EXT(cls, col)                                                                   \
     "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '" cls "'::regclass "          \
@@ -314,6 +391,18 @@ static const dbk__dialect pg_dialect = {
     .migrate_via_script = true,
     .lock_try_sql = "SELECT pg_try_advisory_lock($1)",
     .unlock_sql = "SELECT pg_advisory_unlock($1)",
+    .doc_table_sql = pg_doc_table_sql,
+    .json_path_sql = pg_json_path_sql,
+    .json_path_kind_sql = pg_json_path_kind_sql,
+    .json_null = "'null'::jsonb",
+    .json_array_has_sql = pg_json_array_has_sql,
+    .json_param = pg_json_param,
+    .json_binary = true,
+    .has_bool = true,
+    .false_sql = "false",
+    .asc_nulls_first = " ASC NULLS FIRST",
+    .desc_nulls_last = " DESC NULLS LAST",
+    .select_for_update = " FOR UPDATE",
 };
 
 static const dbk__dialect sq_dialect = {
@@ -350,6 +439,18 @@ static const dbk__dialect sq_dialect = {
     .migrate_via_script = false,
     .lock_try_sql = NULL,
     .unlock_sql = NULL,
+    .doc_table_sql = sq_doc_table_sql,
+    .json_path_sql = sq_json_path_sql,
+    .json_path_kind_sql = sq_json_path_kind_sql,
+    .json_null = "'null'",
+    .json_array_has_sql = sq_json_array_has_sql,
+    .json_param = sq_json_param,
+    .json_binary = false,
+    .has_bool = false,
+    .false_sql = "0",
+    .asc_nulls_first = " ASC",
+    .desc_nulls_last = " DESC",
+    .select_for_update = "",
 };
 
 const dbk__dialect *dbk__dialect_of(dbk_engine engine)

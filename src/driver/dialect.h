@@ -11,7 +11,8 @@
  * RETURNING and the upsert form, key lists, the BEGIN round trip and
  * savepoints, the COUNT estimate, catalog queries (a table's existence,
  * the tables, the schema dump), the column types of dbkit's own tables,
- * the migration lock and section timeouts. Pieces that are the
+ * the migration lock and section timeouts, the document layer's JSON
+ * reads and table. Pieces that are the
  * same on both engines today are still asked for here (one function each),
  * so the third engine is where they may differ. What still branches on the
  * engine above the driver is listed in that section too.
@@ -148,6 +149,45 @@ typedef struct dbk__dialect {
      * tables are then created inside it). */
     const char *lock_try_sql;
     const char *unlock_sql;
+
+    /* ---- documents (src/doc: one JSON column per row) ---- */
+    /* Appends the DDL of a collection's table `table` (id, doc), ending
+     * ";\n": jsonb, or text checked by json_valid(). */
+    void (*doc_table_sql)(dbk__sb *sb, const char *table);
+    /* Appends the expression that reads dotted path `path` (segments
+     * [A-Za-z0-9_], checked by the caller) of JSON column `col`: with
+     * `scalar` the value as SQL text, then read as `cast` (a PostgreSQL
+     * type name, or NULL); else the JSON value itself. An engine whose
+     * path reader returns SQL values (SQLite's json_extract) writes one
+     * form for both. */
+    void (*json_path_sql)(dbk__sb *sb, const char *col, const char *path, bool scalar,
+                          const char *cast);
+    /* Appends an expression that is NULL when the path is missing and
+     * equals json_null when it holds JSON null. */
+    void (*json_path_kind_sql)(dbk__sb *sb, const char *col, const char *path);
+    const char *json_null;
+    /* Appends "<the array at path holds the value of parameter n>". With
+     * json_binary, parameter n is a one-element JSON array (containment);
+     * else the element's SQL value. */
+    void (*json_array_has_sql)(dbk__sb *sb, const char *col, const char *path, int n);
+    /* Appends parameter n holding JSON text, read as a JSON value. */
+    void (*json_param)(dbk__sb *sb, int n);
+    /* The column is a binary JSON type compared as JSON: a value compared
+     * with an untyped path is bound as JSON text (json_param); false: the
+     * path reader returns SQL values, bound as such (containers as JSON
+     * text). */
+    bool json_binary;
+    /* The engine has a boolean type (false: booleans are 0 and 1), and its
+     * false literal. */
+    bool has_bool;
+    const char *false_sql;
+    /* ORDER BY / index key directions with NULLs (a missing path) first
+     * ascending and last descending, as SQLite and MongoDB order them. */
+    const char *asc_nulls_first;
+    const char *desc_nulls_last;
+    /* What locks the rows a SELECT reads until the transaction ends ("":
+     * the engine's write transaction locks the whole database). */
+    const char *select_for_update;
 } dbk__dialect;
 
 /* The dialect of an engine (PostgreSQL for any unknown engine). */

@@ -2,7 +2,7 @@
  * The engine dialects (src/driver/dialect.h) without a server: the SQL
  * text each engine's table writes for what the layers above ask of it
  * (upsert tails, quoted identifiers, placeholders with casts, key lists,
- * savepoints, BEGIN), and that every piece a new engine must provide is
+ * savepoints, BEGIN, the document layer's JSON reads), and that every piece a new engine must provide is
  * there on both engines. A repository or transaction test fails only when
  * the server refuses the text; these pin the text itself. */
 #include <stdlib.h>
@@ -51,6 +51,16 @@ static void dialect_every_piece_on_both_engines(void **state)
         assert_true((d[i]->timeouts_sql == NULL) == (d[i]->timeouts_reset_sql == NULL));
         /* a session lock comes with its release */
         assert_true((d[i]->lock_try_sql == NULL) == (d[i]->unlock_sql == NULL));
+        assert_non_null(d[i]->doc_table_sql);
+        assert_non_null(d[i]->json_path_sql);
+        assert_non_null(d[i]->json_path_kind_sql);
+        assert_non_null(d[i]->json_null);
+        assert_non_null(d[i]->json_array_has_sql);
+        assert_non_null(d[i]->json_param);
+        assert_non_null(d[i]->false_sql);
+        assert_non_null(d[i]->asc_nulls_first);
+        assert_non_null(d[i]->desc_nulls_last);
+        assert_non_null(d[i]->select_for_update);
     }
     assert_int_equal(pg()->engine, DBK_ENGINE_POSTGRES);
     assert_int_equal(sq()->engine, DBK_ENGINE_SQLITE);
@@ -181,6 +191,74 @@ static void dialect_migration_pieces(void **state)
     assert_null(sq()->lock_try_sql); /* the migration transaction locks */
 }
 
+/* What the document layer writes over its JSON column: the table, path
+ * reads typed or raw, the JSON null, array membership, JSON parameters,
+ * sort and index directions, the row lock of find-and-update. */
+static void dialect_document_pieces(void **state)
+{
+    (void)state;
+    dbk__sb sb = {0};
+    pg()->doc_table_sql(&sb, "users");
+    assert_string_equal(sb.p, "CREATE TABLE IF NOT EXISTS \"users\" (id text PRIMARY KEY, "
+                              "doc jsonb NOT NULL);\n");
+    dbk__sb_free(&sb);
+    sq()->doc_table_sql(&sb, "users");
+    assert_string_equal(sb.p, "CREATE TABLE IF NOT EXISTS \"users\" (id TEXT PRIMARY KEY, "
+                              "doc TEXT NOT NULL CHECK (json_valid(doc)));\n");
+    dbk__sb_free(&sb);
+
+    /* PostgreSQL: #>> reads a scalar as text, then the cast; #> the jsonb */
+    pg()->json_path_sql(&sb, "doc", "a.b_1", true, "bigint");
+    dbk__sb_puts(&sb, " ");
+    pg()->json_path_sql(&sb, "doc", "email", true, NULL);
+    dbk__sb_puts(&sb, " ");
+    pg()->json_path_sql(&sb, "doc", "meta.k", false, "bigint");
+    assert_string_equal(sb.p,
+                        "(doc #>> '{a,b_1}')::bigint (doc #>> '{email}') (doc #> '{meta,k}')");
+    dbk__sb_free(&sb);
+    /* SQLite: json_extract returns SQL values: one form */
+    sq()->json_path_sql(&sb, "doc", "a.b_1", true, "bigint");
+    dbk__sb_puts(&sb, " ");
+    sq()->json_path_sql(&sb, "doc", "meta.k", false, NULL);
+    assert_string_equal(sb.p, "json_extract(doc, '$.a.b_1') json_extract(doc, '$.meta.k')");
+    dbk__sb_free(&sb);
+
+    /* missing (NULL) versus JSON null */
+    pg()->json_path_kind_sql(&sb, "doc", "a.b");
+    dbk__sb_printf(&sb, " = %s ", pg()->json_null);
+    sq()->json_path_kind_sql(&sb, "doc", "a.b");
+    dbk__sb_printf(&sb, " = %s", sq()->json_null);
+    assert_string_equal(sb.p, "(doc #> '{a,b}') = 'null'::jsonb json_type(doc, '$.a.b') = 'null'");
+    dbk__sb_free(&sb);
+
+    pg()->json_array_has_sql(&sb, "doc", "tags", 3);
+    assert_string_equal(sb.p, "((doc #> '{tags}') @> $3::jsonb)");
+    dbk__sb_free(&sb);
+    sq()->json_array_has_sql(&sb, "doc", "tags", 3);
+    assert_string_equal(sb.p, "EXISTS (SELECT 1 FROM json_each(doc, '$.tags') WHERE value = $3)");
+    dbk__sb_free(&sb);
+
+    pg()->json_param(&sb, 2);
+    dbk__sb_puts(&sb, " ");
+    sq()->json_param(&sb, 2);
+    assert_string_equal(sb.p, "$2::jsonb json($2)");
+    dbk__sb_free(&sb);
+
+    assert_true(pg()->json_binary);
+    assert_false(sq()->json_binary);
+    assert_true(pg()->has_bool);
+    assert_false(sq()->has_bool);
+    assert_string_equal(pg()->false_sql, "false");
+    assert_string_equal(sq()->false_sql, "0");
+    /* NULLs (missing paths) first ascending: SQLite's own order */
+    assert_string_equal(pg()->asc_nulls_first, " ASC NULLS FIRST");
+    assert_string_equal(pg()->desc_nulls_last, " DESC NULLS LAST");
+    assert_string_equal(sq()->asc_nulls_first, " ASC");
+    assert_string_equal(sq()->desc_nulls_last, " DESC");
+    assert_string_equal(pg()->select_for_update, " FOR UPDATE");
+    assert_string_equal(sq()->select_for_update, "");
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(dialect_every_piece_on_both_engines),
     cmocka_unit_test(dialect_upsert_sql_per_engine),
@@ -188,6 +266,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(dialect_key_lists_escape_per_engine),
     cmocka_unit_test(dialect_transactions),
     cmocka_unit_test(dialect_migration_pieces),
+    cmocka_unit_test(dialect_document_pieces),
 };
 
 DBKT_MAIN(tests)
