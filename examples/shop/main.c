@@ -27,7 +27,9 @@
  *                 Redis but not a database
  *   POOL_MAX      pool size (default: pool_max of the URL / DB_POOL_MAX, else
  *                 2 x cores)
- *   HTTP_THREADS  HTTP worker threads (default 2 x cores)
+ *   HTTP_THREADS  HTTP worker threads (default 8 x cores: a handler blocks on
+ *                 its statement, and with more threads than pooled
+ *                 connections concurrent requests share pipelines)
  *   SHOP_PWHASH   "fast" uses libsodium's minimum Argon2id limits (tests)
  *   ACCESS_LOG    "off" silences the per-request line
  *   ACCESS_LOG_FLUSH_MS  longest wait of a buffered access-log line before
@@ -319,7 +321,12 @@ int main(void)
     if (!host || !*host)
         host = "127.0.0.1";
     int port = shop_env_int("PORT", 8080, 0, 65535);
-    int threads = shop_env_int("HTTP_THREADS", (int)(2 * cores), 1, 1024);
+    /* Measured on 2 cores, GET /users/{id} uncached at 64 connections:
+     * 4 threads (2 x cores) and 16 gave the same requests/s, but p99 was
+     * 240-357 ms with 4 against 16-23 ms with 16 (each thread serves its
+     * connections one request at a time); at 8 connections 16 threads
+     * cost 10-15 % of the in-process-cache row. docs/benchmarks.md. */
+    int threads = shop_env_int("HTTP_THREADS", (int)(8 * cores), 1, 1024);
     int flush_ms = shop_env_int("ACCESS_LOG_FLUSH_MS", 100, 1, 60000);
     if (shop.access_log && shop_access_log_open(STDERR_FILENO, flush_ms) != 0) {
         fprintf(stderr, "shop: cannot start the access log's flusher thread\n");
