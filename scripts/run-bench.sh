@@ -91,6 +91,18 @@ echo "bench: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg); parts
 if [[ " $PARTS " == *" lib "* ]]; then
   step pk_bench "$BUILD/bench/pk_bench" --seconds "$LIB_SECS" --rounds 3
   step pool_bench "$BUILD/bench/pool_bench" micro sqlite --seconds "$LIB_SECS"
+  # The pool next to raw threads (PostgreSQL at 2, 8 and 64 threads; SQLite at 2, 4, 8 and
+  # 64) and auto-pipelining: 64 threads on a pool of 2, on / off / hand-written libpq
+  # pipelining.
+  for t in 2 8 64; do
+    step "pool_bench_pk_$t" "$BUILD/bench/pool_bench" pk --setup --rows 10000 --threads "$t" \
+      --seconds "$LIB_SECS"
+  done
+  step pool_bench_pipe "$BUILD/bench/pool_bench" pipe --rows 10000 --threads 64 --seconds "$LIB_SECS"
+  for t in 2 4 8 64; do
+    step "pool_bench_sqpk_$t" "$BUILD/bench/pool_bench" sqpk --rows 10000 --threads "$t" --seconds 1
+  done
+  step async_bench "$BUILD/bench/async_bench" --seconds "$LIB_SECS"
   step pool_pgbench env BENCH_SECONDS="$((LIB_SECS * 3))" ROUNDS=2 PGBIN="$DBKIT_TEST_PGBIN" \
     bash bench/pool_pgbench.sh "$BUILD"
   step tx_bench "$BUILD/bench/tx_bench" --seconds "$LIB_SECS" --rounds 3
@@ -114,7 +126,7 @@ if [[ " $PARTS " == *" lib "* ]]; then
     [ -x "$prog" ] || continue
     case "$(basename "$prog")" in
       pk_bench | pool_bench | tx_bench | repo_bench | cache_bench | batch_bench | bulk_bench | \
-        testdb_bench) ;;
+        testdb_bench | async_bench | doc_bench) ;;
       replica_bench | pgbouncer_bench) ;; # run by bench/topo_bench.sh above
       *) echo "bench: $(basename "$prog") is not run by scripts/run-bench.sh yet (add it with bounded flags)" ;;
     esac
