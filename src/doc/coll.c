@@ -473,8 +473,7 @@ DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, d
     if ((rc = dbk__doc_sort_compile(coll, o.sort, &sql, err)) != DBK_OK)
         goto done;
     size_t nfilter = params.n;
-    dbk_value lim = o.has_limit ? dbk_int64(o.limit)
-                                : (coll->engine == DBK_ENGINE_SQLITE ? dbk_int64(-1) : dbk_null());
+    dbk_value lim = o.has_limit ? dbk_int64(o.limit) : dbk__doc_dialect(coll)->no_limit;
     dbk_value lp[2] = {lim, dbk_int64(o.skip)};
     for (int i = 0; i < 2; i++) {
         if (params.n == params.cap) {

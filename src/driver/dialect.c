@@ -403,6 +403,7 @@ static const dbk__dialect pg_dialect = {
     .asc_nulls_first = " ASC NULLS FIRST",
     .desc_nulls_last = " DESC NULLS LAST",
     .select_for_update = " FOR UPDATE",
+    .no_limit = {.type = DBK_TYPE_NULL},
 };
 
 static const dbk__dialect sq_dialect = {
@@ -451,6 +452,7 @@ static const dbk__dialect sq_dialect = {
     .asc_nulls_first = " ASC",
     .desc_nulls_last = " DESC",
     .select_for_update = "",
+    .no_limit = {.type = DBK_TYPE_INT64, .u.i = -1},
 };
 
 const dbk__dialect *dbk__dialect_of(dbk_engine engine)

@@ -188,6 +188,9 @@ typedef struct dbk__dialect {
     /* What locks the rows a SELECT reads until the transaction ends ("":
      * the engine's write transaction locks the whole database). */
     const char *select_for_update;
+    /* The value of a LIMIT parameter that means "no limit" (PostgreSQL:
+     * NULL; SQLite: a negative number). */
+    dbk_value no_limit;
 } dbk__dialect;
 
 /* The dialect of an engine (PostgreSQL for any unknown engine). */

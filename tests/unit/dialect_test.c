@@ -193,7 +193,7 @@ static void dialect_migration_pieces(void **state)
 
 /* What the document layer writes over its JSON column: the table, path
  * reads typed or raw, the JSON null, array membership, JSON parameters,
- * sort and index directions, the row lock of find-and-update. */
+ * sort and index directions, the row lock of find-and-update, no limit. */
 static void dialect_document_pieces(void **state)
 {
     (void)state;
@@ -257,6 +257,10 @@ static void dialect_document_pieces(void **state)
     assert_string_equal(sq()->desc_nulls_last, " DESC");
     assert_string_equal(pg()->select_for_update, " FOR UPDATE");
     assert_string_equal(sq()->select_for_update, "");
+    /* LIMIT NULL and LIMIT -1: no limit */
+    assert_int_equal(pg()->no_limit.type, DBK_TYPE_NULL);
+    assert_int_equal(sq()->no_limit.type, DBK_TYPE_INT64);
+    assert_int_equal(sq()->no_limit.u.i, -1);
 }
 
 static const struct CMUnitTest tests[] = {
