@@ -19,6 +19,7 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,10 +43,23 @@ static const dbk_doc_schema schema = {.collection = "bench_docs", .fields = fiel
 
 typedef int (*op_fn)(void *ctx, long i);
 
+/* This process's CPU time (all threads: the drivers' own included), in
+ * microseconds: what one side costs the client, which the server's and the
+ * machine's load do not move the way they move the wall clock. */
+static double cpu_us(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+static double last_cpu_per_op; /* of the last measure(), microseconds */
+
 static double measure(op_fn fn, void *ctx, double seconds, long *counter)
 {
     long n = 0;
-    double t0 = now_s(), t;
+    double t0 = now_s(), t, c0 = cpu_us();
     do {
         for (int k = 0; k < 64; k++)
             if (fn(ctx, (*counter)++) != 0)
@@ -53,6 +67,7 @@ static double measure(op_fn fn, void *ctx, double seconds, long *counter)
         n += 64;
         t = now_s();
     } while (t - t0 < seconds);
+    last_cpu_per_op = (cpu_us() - c0) / (double)n;
     return (double)n / (t - t0);
 }
 
@@ -118,10 +133,11 @@ static int pg_insert(void *ctx, long i)
     return rc;
 }
 
-static void report(const char *what, double base, double ours)
+static void report(const char *what, double base, double ours, double base_cpu, double our_cpu)
 {
-    printf("%-28s baseline %9.0f ops/s   dbkit %9.0f ops/s   ratio %.2f\n", what, base, ours,
-           ours / base);
+    printf("%-28s baseline %9.0f ops/s   dbkit %9.0f ops/s   ratio %.2f   client CPU/op "
+           "%.1f vs %.1f us (%.2fx)\n",
+           what, base, ours, ours / base, base_cpu, our_cpu, our_cpu / base_cpu);
 }
 
 static const char *only; /* --only: one side of one pair */
@@ -141,15 +157,19 @@ static void run_pair(const char *what, op_fn base_fn, void *base_ctx, op_fn our_
             printf("%-28s dbkit %9.0f ops/s\n", what, measure(our_fn, our_ctx, seconds, &c));
         return;
     }
-    double best_b = 0, best_o = 0;
+    double best_b = 0, best_o = 0, cpu_b = 0, cpu_o = 0;
     long cb = 0, co = 0;
     for (int r = 0; r < rounds; r++) {
         double b = measure(base_fn, base_ctx, seconds, &cb);
+        double bc = last_cpu_per_op;
         double o = measure(our_fn, our_ctx, seconds, &co);
+        double oc = last_cpu_per_op;
         best_b = b > best_b ? b : best_b;
         best_o = o > best_o ? o : best_o;
+        cpu_b = r == 0 || bc < cpu_b ? bc : cpu_b;
+        cpu_o = r == 0 || oc < cpu_o ? oc : cpu_o;
     }
-    report(what, best_b, best_o);
+    report(what, best_b, best_o, cpu_b, cpu_o);
 }
 
 static void seed(dbk_doc_coll *c)
