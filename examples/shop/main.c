@@ -27,6 +27,8 @@
  *                 Redis but not a database
  *   POOL_MAX      pool size (default: pool_max of the URL / DB_POOL_MAX, else
  *                 2 x cores)
+ *   DATABASE_DIRECT_URL  the server itself, for the schema step when
+ *                 DATABASE_URL goes through a transaction-mode pooler
  *   HTTP_THREADS  HTTP worker threads (default 8 x cores: a handler blocks on
  *                 its statement, and with more threads than pooled
  *                 connections concurrent requests share pipelines)
@@ -159,19 +161,44 @@ static int wait_for_database(dbk_error *err)
     }
 }
 
+/* Migrations take a session-level advisory lock, which a transaction-mode
+ * pooler (PgBouncer, pooler=transaction) cannot give: with
+ * DATABASE_DIRECT_URL set (the server itself, as for `dbkit migrate`) the
+ * schema step runs on one connection of its own opened from it, and the
+ * service's pool may sit behind the pooler. */
 static int apply_schema(dbk_error *err)
 {
     dbk_migrate_source src = {NULL, shop_migs, shop_nmigs};
     dbk_migrate_source seeds = {NULL, shop_seeds, shop_nseeds};
     int applied = 0, ran = 0;
-    dbk_rc rc = dbk_migrate_up(shop.db, &src, NULL, &applied, err);
+    dbk_db *db = shop.db;
+    dbk_conn *direct = NULL;
+    const char *durl = getenv("DATABASE_DIRECT_URL");
+    if (durl && *durl) {
+        dbk_config *dcfg = NULL;
+        dbk_rc drc = dbk_config_from_url(durl, &dcfg, err);
+        if (drc == DBK_OK)
+            drc = dbk_conn_open(dcfg, &direct, err);
+        dbk_config_free(dcfg);
+        if (drc != DBK_OK) {
+            fprintf(stderr, "shop: DATABASE_DIRECT_URL: %s (%s)\n", err->message, dbk_rc_name(drc));
+            return -1;
+        }
+        db = dbk_conn_db(direct);
+    }
+    dbk_rc rc = dbk_migrate_up(db, &src, NULL, &applied, err);
     if (rc != DBK_OK) {
         fprintf(stderr, "shop: migrations failed: %s (%s)\n", err->message, dbk_rc_name(rc));
         if (err->hint[0])
             fprintf(stderr, "shop: hint: %s\n", err->hint);
+        if (rc == DBK_EMISUSE && !direct)
+            fprintf(stderr, "shop: hint: behind a transaction-mode pooler set "
+                            "DATABASE_DIRECT_URL to the server itself for the schema step\n");
+        dbk_conn_close(direct);
         return -1;
     }
-    rc = dbk_seed_run(shop.db, &seeds, NULL, &ran, err);
+    rc = dbk_seed_run(db, &seeds, NULL, &ran, err);
+    dbk_conn_close(direct);
     if (rc != DBK_OK) {
         fprintf(stderr, "shop: seeds failed: %s (%s)\n", err->message, dbk_rc_name(rc));
         return -1;
