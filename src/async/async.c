@@ -542,32 +542,7 @@ static dbk_rc params_size(const dbk_value *params, size_t nparams, size_t *bytes
         return dbk__err(err, DBK_EMISUSE, "dbk_async: %zu parameters but params is NULL", nparams);
     if (nparams > 65535)
         return dbk__err(err, DBK_EMISUSE, "%zu parameters exceed the limit of 65535", nparams);
-    size_t total = 0;
-    for (size_t i = 0; i < nparams; i++) {
-        dbk_type t = params[i].type;
-        if (t != DBK_TYPE_TEXT && t != DBK_TYPE_BLOB && t != DBK_TYPE_JSON)
-            continue;
-        size_t len = params[i].u.bytes.len;
-        if (len && !params[i].u.bytes.ptr)
-            return dbk__err(err, DBK_EMISUSE, "parameter $%zu has %zu bytes but no pointer", i + 1,
-                            len);
-        total += len;
-        if (len > DBK__MAX_VALUE || total > DBK__PG_MAX_MESSAGE) {
-            dbk__err(err, DBK_EINVALID,
-                     len > DBK__MAX_VALUE
-                         ? "%s parameter $%zu is %zu bytes; no engine accepts more than %zu "
-                           "bytes (1 GiB) in one value"
-                         : "%s parameter $%zu is %zu bytes, which brings the statement's "
-                           "values over %zu bytes (1 GiB), the most one statement carries",
-                     dbk_type_name(t), i + 1, len,
-                     len > DBK__MAX_VALUE ? DBK__MAX_VALUE : DBK__PG_MAX_MESSAGE);
-            dbk__err_hint(err, "store large objects outside the database and keep their path "
-                               "or key in the row");
-            return DBK_EINVALID;
-        }
-    }
-    *bytes = total;
-    return DBK_OK;
+    return dbk__params_size(params, nparams, bytes, err);
 }
 
 /* One allocation for the op and `extra` bytes behind it (aligned for

@@ -109,29 +109,9 @@ dbk_rc dbk_batch_add(dbk_batch *b, const char *sql, const dbk_value *params, siz
      * here, before the copy: no value over what any engine accepts (and no
      * statement over what one PostgreSQL message carries) costs memory. */
     size_t total = 0;
-    for (size_t i = 0; i < nparams; i++) {
-        dbk_type t = params[i].type;
-        if (t != DBK_TYPE_TEXT && t != DBK_TYPE_BLOB && t != DBK_TYPE_JSON)
-            continue;
-        size_t len = params[i].u.bytes.len;
-        if (!params[i].u.bytes.ptr && len)
-            return dbk__err(err, DBK_EMISUSE, "parameter $%zu has a NULL pointer and length %zu",
-                            i + 1, len);
-        total += len;
-        if (len > DBK__MAX_VALUE || total > DBK__PG_MAX_MESSAGE) {
-            dbk__err(err, DBK_EINVALID,
-                     len > DBK__MAX_VALUE
-                         ? "%s parameter $%zu is %zu bytes; no engine accepts more than %zu "
-                           "bytes (1 GiB) in one value"
-                         : "%s parameter $%zu is %zu bytes, which brings the statement's "
-                           "values over %zu bytes (1 GiB), the most one statement carries",
-                     dbk_type_name(t), i + 1, len,
-                     len > DBK__MAX_VALUE ? DBK__MAX_VALUE : DBK__PG_MAX_MESSAGE);
-            dbk__err_hint(err, "store large objects outside the database and keep their path "
-                               "or key in the row");
-            return DBK_EINVALID;
-        }
-    }
+    dbk_rc prc = dbk__params_size(params, nparams, &total, err);
+    if (prc != DBK_OK)
+        return prc;
     if (b->ran)
         clear_outcomes(b);
     if (b->n == b->cap) {

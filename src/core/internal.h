@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "dbkit/error.h"
+#include "dbkit/value.h"
 
 #if defined(__GNUC__)
 #define DBK__PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -66,6 +67,13 @@ dbk_rc dbk__owner_error(const dbk__owner *o, const char *what, dbk_error *err);
 /* The largest value any engine here takes (SQLite's SQLITE_LIMIT_LENGTH
  * defaults to 1e9, below PostgreSQL's): what a batch copies at most. */
 #define DBK__MAX_VALUE DBK__PG_MAX_VALUE
+
+/* Checks the byte values (text, blob, json) of params before anything is
+ * read or copied: a pointer for every non-empty value, no value over
+ * DBK__MAX_VALUE, all of them together within DBK__PG_MAX_MESSAGE. *bytes
+ * gets their total. For the layers that copy values (batches, the async
+ * API), so that no refused value costs memory. (value.c) */
+dbk_rc dbk__params_size(const dbk_value *params, size_t nparams, size_t *bytes, dbk_error *err);
 
 /* Bounded string copy that always terminates; returns strlen(src). */
 size_t dbk__strlcpy(char *dst, const char *src, size_t size);
