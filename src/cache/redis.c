@@ -110,13 +110,15 @@ static unsigned entry_slot(const struct dbk__rds *r, const void *key, size_t kle
 }
 
 /* prefix [+ "{tag}"] + tag + ':' + key. In cluster mode "{tag}" names the
- * entry's slot, so the value, generation and epoch keys share it. */
-static size_t mkkey(const struct dbk__rds *r, char tag, const void *key, size_t klen, char *buf)
+ * entry's slot `hs` (entry_slot), so the value, generation and epoch keys
+ * share it. Built with copies only: it runs on every call. */
+static size_t mkkey_hs(const struct dbk__rds *r, char tag, unsigned hs, const void *key,
+                       size_t klen, char *buf)
 {
-    size_t pl = strlen(r->cfg.key_prefix);
+    size_t pl = r->prefix_len;
     memcpy(buf, r->cfg.key_prefix, pl);
     if (r->cluster) {
-        const char *t = dbk__redis_slot_tag(dbk__redis_key_slot(key, klen));
+        const char *t = dbk__redis_slot_tag(hs);
         size_t tl = strlen(t);
         buf[pl++] = '{';
         memcpy(buf + pl, t, tl);
@@ -129,13 +131,27 @@ static size_t mkkey(const struct dbk__rds *r, char tag, const void *key, size_t 
     return pl + 2 + klen;
 }
 
-/* The epoch key of slot `hslot` (one key unless cluster). buf: 80 bytes. */
+static size_t mkkey(const struct dbk__rds *r, char tag, const void *key, size_t klen, char *buf)
+{
+    return mkkey_hs(r, tag, entry_slot(r, key, klen), key, klen, buf);
+}
+
+/* The epoch key of slot `hslot` (one key unless cluster). buf: 80 bytes
+ * (the prefix is at most 63, a slot's tag a few). */
 static size_t mkepoch(const struct dbk__rds *r, unsigned hslot, char *buf)
 {
-    if (r->cluster)
-        return (size_t)snprintf(buf, 80, "%s{%s}epoch", r->cfg.key_prefix,
-                                dbk__redis_slot_tag(hslot));
-    return (size_t)snprintf(buf, 80, "%sepoch", r->cfg.key_prefix);
+    size_t pl = r->prefix_len;
+    memcpy(buf, r->cfg.key_prefix, pl);
+    if (r->cluster) {
+        const char *t = dbk__redis_slot_tag(hslot);
+        size_t tl = strlen(t);
+        buf[pl++] = '{';
+        memcpy(buf + pl, t, tl);
+        pl += tl;
+        buf[pl++] = '}';
+    }
+    memcpy(buf + pl, "epoch", 6);
+    return pl + 5;
 }
 
 /* The invalidation script's argv for `key` (bufs: vk, gk KEYBUF; tok,
@@ -328,7 +344,7 @@ static dbk_rc r_get(void *impl, const void *key, size_t klen, void **val, size_t
     struct dbk__rds *r = impl;
     unsigned hs = entry_slot(r, key, klen);
     char vk[KEYBUF], ek[80];
-    size_t vl = mkkey(r, 'v', key, klen, vk);
+    size_t vl = mkkey_hs(r, 'v', hs, key, klen, vk);
     redisReply *rep;
     dbk_rc rc;
     if (r->ha) {
@@ -399,7 +415,7 @@ static dbk_rc r_set(void *impl, const void *key, size_t klen, const void *val, s
     struct dbk__rds *r = impl;
     unsigned hs = entry_slot(r, key, klen);
     char vk[KEYBUF], ttl[24];
-    size_t vl = mkkey(r, 'v', key, klen, vk);
+    size_t vl = mkkey_hs(r, 'v', hs, key, klen, vk);
     int tl = snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
     redisReply *rep;
     dbk_rc rc;
@@ -480,7 +496,7 @@ static dbk_rc r_lease(void *impl, const void *key, size_t klen, dbk_cache_lease 
     memset(out, 0, sizeof *out);
     out->taken_ns = dbk__now_ns();
     char gk[KEYBUF], ek[80];
-    size_t gl = mkkey(r, 'g', key, klen, gk);
+    size_t gl = mkkey_hs(r, 'g', hs, key, klen, gk);
     int el = (int)mkepoch(r, hs, ek);
     const char *av[3] = {"MGET", gk, ek};
     size_t al[3] = {4, gl, (size_t)el};
@@ -527,7 +543,7 @@ static dbk_rc r_set_leased(void *impl, const void *key, size_t klen, const dbk_c
         return DBK_OK;
     }
     char vk[KEYBUF], gk[KEYBUF], ek[80], gs[24], es[24], ttl[24];
-    size_t vl = mkkey(r, 'v', key, klen, vk), gl = mkkey(r, 'g', key, klen, gk);
+    size_t vl = mkkey_hs(r, 'v', hs, key, klen, vk), gl = mkkey_hs(r, 'g', hs, key, klen, gk);
     int el = (int)mkepoch(r, hs, ek);
     int gsl = l->gen ? snprintf(gs, sizeof gs, "%016llx", (unsigned long long)l->gen) : 0;
     if (!l->gen)
@@ -779,6 +795,7 @@ dbk_rc dbk__cache_redis_new(const struct dbk__cache_cfg *cfg, const struct dbk__
                  strchr(url->host, ':') ? "[" : "", url->host, strchr(url->host, ':') ? "]" : "",
                  url->port, url->db);
     r->cluster = url->mode == DBK__REDIS_CLUSTER;
+    r->prefix_len = strnlen(r->cfg.key_prefix, sizeof r->cfg.key_prefix - 1);
     r->ha = url->mode != DBK__REDIS_SINGLE;
     int ap = url->auto_pipeline;
     if (ap < 0 && env_switch("CACHE_AUTO_PIPELINE", &ap, err) != DBK_OK) {

@@ -56,6 +56,7 @@ struct dbk__rds {
     struct dbk__redis_url url;
     char safe_addr[300]; /* host:port/db, for messages */
     bool pipe;           /* auto-pipelining (redis_pipe.c) */
+    size_t prefix_len;   /* strlen(cfg.key_prefix): keys are built on every call */
     pthread_mutex_t mu;  /* slots */
     pthread_cond_t cv;
     struct dbk__rds_node {
