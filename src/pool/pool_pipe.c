@@ -27,7 +27,8 @@
  * layer's optimistic single Sync), gets its own result and error, and the
  * query observer (src/db/db.c) sees it as one statement with its own
  * latency. A statement the connection never sent (the connection was lost
- * before it) is queued again, at most twice. Waits: a queued statement
+ * before it) is queued again while its acquire timeout lasts, and is
+ * DBK_EUNAVAILABLE past it (never DBK_ENOT_RUN, a batch's code). Waits: a queued statement
  * leaves at its acquire timeout like any waiter; once taken it is in
  * flight and its outcome comes within the runner's statement deadlines
  * (each answer of a pipeline is waited for with the statement timeout).
@@ -120,11 +121,37 @@ static void item_init(dbk__batch_item *it, const char *sql, const dbk_value *par
     it->affected = -1;
 }
 
+/* A statement that was never sent (the connection it was to ride on died
+ * first) is queued again while its acquire timeout lasts; past it the
+ * caller hears what a statement of its own would have said. */
+static bool requeue(const dbk_pool *p, int64_t t0, dbk__batch_item *it)
+{
+    if (it->rc != DBK_ENOT_RUN)
+        return false;
+    if (dbk__now_ns() - t0 < (int64_t)p->o.acquire_timeout_ms * 1000000LL) {
+        dbk_result_free(it->res);
+        free(it->err);
+        it->res = NULL;
+        it->err = NULL;
+        return true;
+    }
+    dbk_error e;
+    dbk__err(&e, DBK_EUNAVAILABLE,
+             "database unavailable: the statement was never sent, the connections it was queued "
+             "on were lost first, for %d ms (%s)",
+             p->o.acquire_timeout_ms, it->err ? it->err->message : "not run");
+    dbk__err_hint(&e, "check that the server is running (`dbkit doctor`); the pool reconnects by "
+                      "itself, and the statement did not run: it is safe to retry");
+    dbk__driver_item_fail(it, DBK_EUNAVAILABLE, &e);
+    return false;
+}
+
 dbk_rc dbk__pool_pipe_run(dbk_pool *p, const char *sql, const dbk_value *params, size_t nparams,
                           dbk_result **out, int64_t *affected, dbk_error *err)
 {
     struct site st = {"dbk_db", NULL, sql, 0};
-    for (int attempt = 0;; attempt++) {
+    int64_t t0 = dbk__now_ns();
+    for (;;) {
         struct pipe_req me;
         item_init(&me.item, sql, params, nparams);
         dbk_conn *c = NULL;
@@ -134,11 +161,8 @@ dbk_rc dbk__pool_pipe_run(dbk_pool *p, const char *sql, const dbk_value *params,
             return rc;
         if (rode) {
             /* Not sent (the runner's connection was lost first): queue again. */
-            if (me.item.rc == DBK_ENOT_RUN && attempt < 2) {
-                dbk_result_free(me.item.res);
-                free(me.item.err);
+            if (requeue(p, t0, &me.item))
                 continue;
-            }
             return deliver(&me.item, out, affected, err);
         }
 
@@ -159,11 +183,8 @@ dbk_rc dbk__pool_pipe_run(dbk_pool *p, const char *sql, const dbk_value *params,
             riders[i]->req->item = items[i + 1];
         riders_done(p, riders, nr);
         dbk__pool_release(p, c, false);
-        if (items[0].rc == DBK_ENOT_RUN && attempt < 2) {
-            dbk_result_free(items[0].res);
-            free(items[0].err);
+        if (requeue(p, t0, &items[0]))
             continue;
-        }
         return deliver(&items[0], out, affected, err);
     }
 }
