@@ -230,21 +230,25 @@ static dbk_rc row_error(dbk_rc rc, size_t row, const char *table, dbk_error *err
     return rc;
 }
 
+size_t dbk__copy_row_drain(dbk__copy_row *r, char *buf, size_t cap)
+{
+    size_t k = r->len - r->off;
+    if (k > cap)
+        k = cap;
+    memcpy(buf, r->p + r->off, k);
+    r->off += k;
+    return k;
+}
+
 static long from_fill(void *ctx, char *buf, size_t cap, dbk_error *err)
 {
     struct from_state *s = ctx;
     dbk__copy_row *r = &s->row;
     size_t used = 0;
     while (used < cap) {
-        if (r->off < r->len) {
-            size_t k = r->len - r->off;
-            if (k > cap - used)
-                k = cap - used;
-            memcpy(buf + used, r->p + r->off, k);
-            r->off += k;
-            used += k;
+        used += dbk__copy_row_drain(r, buf + used, cap - used);
+        if (r->off < r->len)
             continue;
-        }
         if (s->next == s->nrows)
             break;
         const dbk_value *in = s->values + s->next * s->ncolumns;

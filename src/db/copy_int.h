@@ -18,6 +18,10 @@ typedef struct dbk__copy_row {
     size_t len, off, cap;
 } dbk__copy_row;
 
+/* Copies what is left of the encoded row into buf (at most cap bytes) and
+ * returns how many; the row is drained when r->off == r->len. */
+size_t dbk__copy_row_drain(dbk__copy_row *r, char *buf, size_t cap);
+
 /* Appends n raw bytes (a separator); false when out of memory. */
 bool dbk__copy_put(dbk__copy_row *r, const char *s, size_t n);
 

@@ -306,15 +306,9 @@ static long copy_fill(void *ctx, char *buf, size_t cap, dbk_error *err)
     dbk__copy_row *r = &c->row;
     size_t used = 0;
     while (used < cap) {
-        if (r->off < r->len) {
-            size_t k = r->len - r->off;
-            if (k > cap - used)
-                k = cap - used;
-            memcpy(buf + used, r->p + r->off, k);
-            r->off += k;
-            used += k;
+        used += dbk__copy_row_drain(r, buf + used, cap - used);
+        if (r->off < r->len)
             continue;
-        }
         if (c->next == c->n)
             break;
         const unsigned char *in = c->rows + c->next * c->e->struct_size;
