@@ -41,6 +41,7 @@
 
 #include "../core/config_int.h"
 #include "../core/internal.h"
+#include "../core/url.h"
 #include "../migrate/migrate_int.h"
 
 #define NAME_MAX_LEN 63
@@ -381,8 +382,10 @@ static dbk_rc pg_prune(dbk_conn *admin, int *dropped, dbk_error *err)
 
 static int server_major(dbk_conn *c)
 {
+    /* "15.20", "16beta1": the digits before the first non-digit */
     const char *v = dbk_conn_server_version(c);
-    return v ? atoi(v) : 0;
+    long long major = 0;
+    return v && dbk__parse_decimal(v, strspn(v, "0123456789"), 1, 1000, &major) ? (int)major : 0;
 }
 
 static dbk_rc pg_build_template(const dbk_config *cfg, dbk_conn *admin,
