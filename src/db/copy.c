@@ -233,6 +233,8 @@ static dbk_rc row_error(dbk_rc rc, size_t row, const char *table, dbk_error *err
 size_t dbk__copy_row_drain(dbk__copy_row *r, char *buf, size_t cap)
 {
     size_t k = r->len - r->off;
+    if (k == 0) /* nothing encoded yet: r->p may still be NULL */
+        return 0;
     if (k > cap)
         k = cap;
     memcpy(buf, r->p + r->off, k);
