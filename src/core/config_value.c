@@ -226,9 +226,19 @@ bool dbk__cfg_valid_ipv6(const char *h)
     return true;
 }
 
-/* Normalizes a comma list of hosts: no empty entries, brackets around IPv6
- * literals removed, no control characters. */
-static dbk_rc norm_hosts(const char *v, const struct origin *o, char **out, dbk_error *err)
+/* One item of a comma list: item number `idx` (from 1) is p[0..len), not
+ * NUL-terminated; the step checks it and appends its normal form at
+ * res + *r (never longer than the item) and advances *r. On error it sets
+ * err (naming the list by o->name, quoting the item only when o->quote
+ * allows) and returns DBK_ECONFIG. */
+typedef dbk_rc (*list_item_fn)(const char *p, size_t len, int idx, const struct origin *o,
+                               char *res, size_t *r, dbk_error *err);
+
+/* Normalizes a comma list item by item: the items' normal forms joined by
+ * ',' into one allocated string (*out, the caller frees). The result is
+ * never longer than v, since no step lengthens its item. */
+static dbk_rc norm_list(const char *v, const struct origin *o, list_item_fn step, char **out,
+                        dbk_error *err)
 {
     size_t n = strlen(v);
     char *res = malloc(n + 1);
@@ -236,85 +246,84 @@ static dbk_rc norm_hosts(const char *v, const struct origin *o, char **out, dbk_
         return dbk__err(err, DBK_ENOMEM, "out of memory");
     size_t r = 0;
     const char *p = v;
-    int idx = 1;
-    for (;;) {
+    for (int idx = 1;; idx++) {
         const char *e = strchr(p, ',');
         size_t len = e ? (size_t)(e - p) : strlen(p);
-        const char *h = p;
-        if (len == 0) {
-            free(res);
-            dbk__err(err, DBK_ECONFIG, "%s: host %d of the list is empty", o->name, idx);
-            dbk__err_hint(err, "write hosts as host1,host2 with no empty entries");
-            return DBK_ECONFIG;
-        }
-        if (h[0] == '[') {
-            if (len < 2 || h[len - 1] != ']') {
-                free(res);
-                dbk__err(err, DBK_ECONFIG, "%s: unterminated '[' in host %d", o->name, idx);
-                dbk__err_hint(err, "IPv6 hosts are written in brackets: [::1]");
-                return DBK_ECONFIG;
-            }
-            h++;
-            len -= 2;
-            char tmp[128];
-            if (len == 0 || len >= sizeof tmp) {
-                free(res);
-                return dbk__err(err, DBK_ECONFIG, "%s: bad IPv6 address in host %d", o->name,
-                                idx);
-            }
-            memcpy(tmp, h, len);
-            tmp[len] = '\0';
-            if (!dbk__cfg_valid_ipv6(tmp)) {
-                char q[QUOTE_MAX + 8];
-                free(res);
-                if (o->quote)
-                    return dbk__err(err, DBK_ECONFIG, "%s: bad IPv6 address \"%s\"", o->name,
-                                    dbk__cfg_excerpt(q, sizeof q, tmp, len));
-                return dbk__err(err, DBK_ECONFIG, "%s: bad IPv6 address in host %d", o->name, idx);
-            }
-        } else {
-            for (size_t i = 0; i < len; i++) {
-                unsigned char c = (unsigned char)h[i];
-                if (c < 0x20 || c == 0x7f || c == '[' || c == ']') {
-                    free(res);
-                    return dbk__err(err, DBK_ECONFIG,
-                                    "%s: host %d contains a control character or a stray "
-                                    "bracket",
-                                    o->name, idx);
-                }
-            }
-            /* A ':' makes it an IPv6 literal (brackets are optional here,
-             * since there is no port to separate). */
-            if (memchr(h, ':', len)) {
-                char tmp[128];
-                bool ok = len < sizeof tmp;
-                if (ok) {
-                    memcpy(tmp, h, len);
-                    tmp[len] = '\0';
-                    ok = dbk__cfg_valid_ipv6(tmp);
-                }
-                if (!ok) {
-                    free(res);
-                    dbk__err(err, DBK_ECONFIG, "%s: host %d is neither a host name nor an IPv6 "
-                             "address",
-                             o->name, idx);
-                    dbk__err_hint(err, "a host with ':' must be an IPv6 address; give the port "
-                                       "separately");
-                    return DBK_ECONFIG;
-                }
-            }
-        }
         if (r)
             res[r++] = ',';
-        memcpy(res + r, h, len);
-        r += len;
+        dbk_rc rc = step(p, len, idx, o, res, &r, err);
+        if (rc != DBK_OK) {
+            free(res);
+            return rc;
+        }
         if (!e)
             break;
         p = e + 1;
-        idx++;
     }
     res[r] = '\0';
     *out = res;
+    return DBK_OK;
+}
+
+/* One host: not empty, brackets around an IPv6 literal removed, no control
+ * characters. */
+static dbk_rc host_item(const char *h, size_t len, int idx, const struct origin *o, char *res,
+                        size_t *r, dbk_error *err)
+{
+    if (len == 0) {
+        dbk__err(err, DBK_ECONFIG, "%s: host %d of the list is empty", o->name, idx);
+        dbk__err_hint(err, "write hosts as host1,host2 with no empty entries");
+        return DBK_ECONFIG;
+    }
+    if (h[0] == '[') {
+        if (len < 2 || h[len - 1] != ']') {
+            dbk__err(err, DBK_ECONFIG, "%s: unterminated '[' in host %d", o->name, idx);
+            dbk__err_hint(err, "IPv6 hosts are written in brackets: [::1]");
+            return DBK_ECONFIG;
+        }
+        h++;
+        len -= 2;
+        char tmp[128];
+        if (len == 0 || len >= sizeof tmp)
+            return dbk__err(err, DBK_ECONFIG, "%s: bad IPv6 address in host %d", o->name, idx);
+        memcpy(tmp, h, len);
+        tmp[len] = '\0';
+        if (!dbk__cfg_valid_ipv6(tmp)) {
+            char q[QUOTE_MAX + 8];
+            if (o->quote)
+                return dbk__err(err, DBK_ECONFIG, "%s: bad IPv6 address \"%s\"", o->name,
+                                dbk__cfg_excerpt(q, sizeof q, tmp, len));
+            return dbk__err(err, DBK_ECONFIG, "%s: bad IPv6 address in host %d", o->name, idx);
+        }
+    } else {
+        for (size_t i = 0; i < len; i++) {
+            unsigned char c = (unsigned char)h[i];
+            if (c < 0x20 || c == 0x7f || c == '[' || c == ']')
+                return dbk__err(err, DBK_ECONFIG,
+                                "%s: host %d contains a control character or a stray bracket",
+                                o->name, idx);
+        }
+        /* A ':' makes it an IPv6 literal (brackets are optional here,
+         * since there is no port to separate). */
+        if (memchr(h, ':', len)) {
+            char tmp[128];
+            bool ok = len < sizeof tmp;
+            if (ok) {
+                memcpy(tmp, h, len);
+                tmp[len] = '\0';
+                ok = dbk__cfg_valid_ipv6(tmp);
+            }
+            if (!ok) {
+                dbk__err(err, DBK_ECONFIG,
+                         "%s: host %d is neither a host name nor an IPv6 address", o->name, idx);
+                dbk__err_hint(err, "a host with ':' must be an IPv6 address; give the port "
+                                   "separately");
+                return DBK_ECONFIG;
+            }
+        }
+    }
+    memcpy(res + *r, h, len);
+    *r += len;
     return DBK_OK;
 }
 
@@ -327,39 +336,27 @@ bool dbk__cfg_port_number(const char *s, size_t n, int *out)
     return true;
 }
 
-/* Normalizes a comma list of ports, each 1..65535. */
-static dbk_rc norm_ports(const char *v, const struct origin *o, char **out, dbk_error *err)
+/* One port, 1..65535, written back as its plain decimal form (never longer
+ * than the item: the parser takes digits only). */
+static dbk_rc port_item(const char *p, size_t len, int idx, const struct origin *o, char *res,
+                        size_t *r, dbk_error *err)
 {
-    size_t n = strlen(v);
-    char *res = malloc(n + 1);
-    if (!res)
-        return dbk__err(err, DBK_ENOMEM, "out of memory");
-    size_t r = 0;
-    const char *p = v;
-    int idx = 1;
-    for (;;) {
-        const char *e = strchr(p, ',');
-        size_t len = e ? (size_t)(e - p) : strlen(p);
-        int port;
-        if (!dbk__cfg_port_number(p, len, &port)) {
-            char q[QUOTE_MAX + 8];
-            free(res);
-            if (o->quote)
-                dbk__err(err, DBK_ECONFIG, "%s: bad port \"%s\": expected a number from 1 to 65535",
-                         o->name, dbk__cfg_excerpt(q, sizeof q, p, len));
-            else
-                dbk__err(err, DBK_ECONFIG, "%s: bad port %d: expected a number from 1 to 65535",
-                         o->name, idx);
-            dbk__err_hint(err, "ports are whole numbers from 1 to 65535 (PostgreSQL uses 5432)");
-            return DBK_ECONFIG;
-        }
-        r += (size_t)snprintf(res + r, n + 1 - r, "%s%d", r ? "," : "", port);
-        if (!e)
-            break;
-        p = e + 1;
-        idx++;
+    int port;
+    if (!dbk__cfg_port_number(p, len, &port)) {
+        char q[QUOTE_MAX + 8];
+        if (o->quote)
+            dbk__err(err, DBK_ECONFIG, "%s: bad port \"%s\": expected a number from 1 to 65535",
+                     o->name, dbk__cfg_excerpt(q, sizeof q, p, len));
+        else
+            dbk__err(err, DBK_ECONFIG, "%s: bad port %d: expected a number from 1 to 65535",
+                     o->name, idx);
+        dbk__err_hint(err, "ports are whole numbers from 1 to 65535 (PostgreSQL uses 5432)");
+        return DBK_ECONFIG;
     }
-    *out = res;
+    char num[8];
+    int w = snprintf(num, sizeof num, "%d", port);
+    memcpy(res + *r, num, (size_t)w);
+    *r += (size_t)w;
     return DBK_OK;
 }
 
@@ -433,7 +430,7 @@ dbk_rc dbk__cfg_apply(dbk_config *cfg, int idx, const char *value, const struct 
         break;
     case K_HOSTS: {
         char *h = NULL;
-        dbk_rc rc = norm_hosts(value, o, &h, err);
+        dbk_rc rc = norm_list(value, o, host_item, &h, err);
         if (rc)
             return rc;
         set_str(cfg, s, h);
@@ -441,7 +438,7 @@ dbk_rc dbk__cfg_apply(dbk_config *cfg, int idx, const char *value, const struct 
     }
     case K_PORTS: {
         char *p = NULL;
-        dbk_rc rc = norm_ports(value, o, &p, err);
+        dbk_rc rc = norm_list(value, o, port_item, &p, err);
         if (rc)
             return rc;
         set_str(cfg, s, p);

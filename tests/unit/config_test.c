@@ -1456,6 +1456,82 @@ static void config_set_rejects_bad_keys_and_values(void **state)
     dbk_config_free(cfg);
 }
 
+/* Host and port lists go through one normalizer, item by item: every item
+ * is checked (empty, spaces, brackets, control characters) and numbered in
+ * the message, a long list is kept whole, and a failed set changes nothing. */
+static void config_comma_lists_normalized_item_by_item(void **state)
+{
+    (void)state;
+    dbk_config *cfg = must("postgres://u:" PW "@h/db", NULL);
+    dbk_error err;
+    dbk_error_clear(&err);
+
+    DBKT_OK(dbk_config_set(cfg, "host", "a,[::1],b,fe80::1%eth0", &err), &err);
+    assert_string_equal(cfg->host, "a,::1,b,fe80::1%eth0");
+    DBKT_OK(dbk_config_set(cfg, "port", "1,0002,65535,5432", &err), &err);
+    assert_string_equal(cfg->port, "1,2,65535,5432");
+
+    /* A long list stays whole and in order. */
+    DBKT_OK(dbk_config_set(cfg, "port", "5432", &err), &err);
+    char hosts[4096], want[4096];
+    size_t hl = 0, wl = 0;
+    for (int i = 0; i < 200; i++) {
+        hl += (size_t)snprintf(hosts + hl, sizeof hosts - hl, "%s[::%x]", i ? "," : "", i + 1);
+        wl += (size_t)snprintf(want + wl, sizeof want - wl, "%s::%x", i ? "," : "", i + 1);
+    }
+    DBKT_OK(dbk_config_set(cfg, "host", hosts, &err), &err);
+    assert_string_equal(cfg->host, want);
+    DBKT_OK(dbk_config_set(cfg, "host", "a,b", &err), &err);
+    DBKT_OK(dbk_config_set(cfg, "port", "1,2", &err), &err);
+
+    static const struct {
+        const char *key, *value, *part;
+    } bad[] = {
+        {"host", ",a", "host 1 of the list is empty"},
+        {"host", "a,", "host 2 of the list is empty"},
+        {"host", "a,,b", "host 2 of the list is empty"},
+        {"host", ",", "host 1 of the list is empty"},
+        {"host", "a,b\x01", "host 2 contains a control character"},
+        {"host", "a,b\x7f", "host 2 contains a control character"},
+        {"host", "a]b", "stray bracket"},
+        {"host", "a,[::1", "unterminated '[' in host 2"},
+        {"host", "[]", "bad IPv6 address in host 1"},
+        {"host", "[", "unterminated '[' in host 1"},
+        {"host", "[zz]", "bad IPv6 address"},
+        {"host", "a,b:c", "host 2 is neither a host name nor an IPv6 address"},
+        {"port", "1, 2", "bad port"},
+        {"port", " 1,2", "bad port"},
+        {"port", "1,", "bad port"},
+        {"port", ",1", "bad port"},
+        {"port", "1,+2", "bad port"},
+        {"port", "1,-2", "bad port"},
+        {"port", "1,65536", "bad port"},
+        {"port", "1,99999999999999999999999", "bad port"},
+        {"port", "1,2,3", "3 ports for 2 hosts"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        dbk_rc rc = dbk_config_set(cfg, bad[i].key, bad[i].value, &err);
+        if (rc != DBK_ECONFIG || !strstr(err.message, bad[i].part))
+            fail_msg("set(%s, \"%s\"): %s \"%s\", expected ECONFIG naming \"%s\"", bad[i].key,
+                     bad[i].value, dbk_rc_name(rc), err.message, bad[i].part);
+        assert_null(strstr(err.message, PW));
+        assert_string_equal(cfg->host, "a,b");
+        assert_string_equal(cfg->port, "1,2");
+    }
+    /* Hints say how a list is written. */
+    DBKT_RC(DBK_ECONFIG, dbk_config_set(cfg, "host", "a,,b", &err));
+    assert_non_null(strstr(err.hint, "host1,host2"));
+    DBKT_RC(DBK_ECONFIG, dbk_config_set(cfg, "port", "x", &err));
+    assert_non_null(strstr(err.hint, "1 to 65535"));
+
+    /* The same lists from the environment. */
+    struct env env = {{"DB_HOST", "DB_PORT"}, {"a,,b", "1,2"}};
+    must_fail(NULL, &env, "host 2 of the list is empty");
+    struct env env2 = {{"DB_HOST", "DB_PORT"}, {"a,b", "1,x"}};
+    must_fail(NULL, &env2, "bad port");
+    dbk_config_free(cfg);
+}
+
 static void config_null_arguments(void **state)
 {
     (void)state;
@@ -1481,6 +1557,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(config_pg_unencoded_password_characters),
     cmocka_unit_test(config_pg_ipv6),
     cmocka_unit_test(config_pg_multi_host),
+    cmocka_unit_test(config_comma_lists_normalized_item_by_item),
     cmocka_unit_test(config_pg_query_params),
     cmocka_unit_test(config_pool_off_values),
     cmocka_unit_test(config_pg_unknown_params_pass_through),
