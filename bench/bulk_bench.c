@@ -33,7 +33,7 @@ static const dbk_field buser_fields[] = {
     DBK_FIELD(struct buser, name, "name", DBK_TYPE_TEXT, 0),
     DBK_FIELD(struct buser, created_at, "created_at", DBK_TYPE_TIMESTAMP, DBK_F_CREATED_AT),
 };
-static dbk_entity buser_entity = DBK_ENTITY_PLAIN("bulk_users", struct buser, buser_fields);
+static const dbk_entity buser_entity = DBK_ENTITY_PLAIN("bulk_users", struct buser, buser_fields);
 
 static void reset(dbk_db *db)
 {

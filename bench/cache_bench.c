@@ -65,7 +65,7 @@ static const dbk_field user_fields[] = {
     DBK_FIELD(struct user, name, "name", DBK_TYPE_TEXT, 0),
     DBK_FIELD(struct user, created_at, "created_at", DBK_TYPE_TIMESTAMP, 0),
 };
-static dbk_entity user_entity = DBK_ENTITY_PLAIN("bench_users", struct user, user_fields);
+static const dbk_entity user_entity = DBK_ENTITY_PLAIN("bench_users", struct user, user_fields);
 
 static double seconds = 1.0;
 static int rounds = 3;

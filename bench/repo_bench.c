@@ -43,7 +43,7 @@ struct bpost {
     const char *title;
 };
 
-static dbk_entity bpost_entity;
+static const dbk_entity bpost_entity;
 static const dbk_field buser_fields[] = {
     DBK_FIELD(struct buser, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
     DBK_FIELD(struct buser, email, "email", DBK_TYPE_TEXT, DBK_F_UNIQUE),
@@ -53,13 +53,14 @@ static const dbk_field buser_fields[] = {
 static const dbk_relation buser_rels[] = {
     DBK_HAS_MANY(struct buser, "posts", posts, nposts, &bpost_entity, "user_id"),
 };
-static dbk_entity buser_entity = DBK_ENTITY("rb_users", struct buser, buser_fields, buser_rels);
+static const dbk_entity buser_entity =
+    DBK_ENTITY("rb_users", struct buser, buser_fields, buser_rels);
 static const dbk_field bpost_fields[] = {
     DBK_FIELD(struct bpost, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
     DBK_FIELD(struct bpost, user_id, "user_id", DBK_TYPE_INT64, 0),
     DBK_FIELD(struct bpost, title, "title", DBK_TYPE_TEXT, 0),
 };
-static dbk_entity bpost_entity = DBK_ENTITY_PLAIN("rb_posts", struct bpost, bpost_fields);
+static const dbk_entity bpost_entity = DBK_ENTITY_PLAIN("rb_posts", struct bpost, bpost_fields);
 
 static const char *FIND_SQL =
     "SELECT \"id\", \"email\", \"name\", \"created_at\" FROM \"rb_users\" WHERE \"id\" = $1";

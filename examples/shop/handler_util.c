@@ -180,7 +180,7 @@ bool shop_reply_expected(shop_resp *rs, dbk_rc rc, dbk_rc expected, int status, 
  * struct of the entity's type, allocated by the caller), through the
  * request's read executor; false when it failed and the error has been
  * answered, 404 naming `what`. */
-bool shop_find_or_reply(shop_req *rq, shop_resp *rs, dbk_entity *e, int64_t id,
+bool shop_find_or_reply(shop_req *rq, shop_resp *rs, const dbk_entity *e, int64_t id,
                           void *row, const char *what)
 {
     dbk_error err;

@@ -54,7 +54,7 @@ bool shop_reply_failed(shop_resp *rs, dbk_rc rc, const dbk_error *err, const cha
 bool shop_reply_expected(shop_resp *rs, dbk_rc rc, dbk_rc expected, int status, const char *code,
                          const char *msg);
 /* Reads row `id` of entity e into *row; false when it failed and replied. */
-bool shop_find_or_reply(shop_req *rq, shop_resp *rs, dbk_entity *e, int64_t id, void *row,
+bool shop_find_or_reply(shop_req *rq, shop_resp *rs, const dbk_entity *e, int64_t id, void *row,
                         const char *what);
 
 /* ---- endpoints ---- */

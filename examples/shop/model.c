@@ -34,7 +34,7 @@ static const dbk_field user_fields[] = {
 static const dbk_relation user_rels[] = {
     DBK_HAS_MANY(shop_user, "posts", posts, nposts, &shop_post_entity, "user_id"),
 };
-dbk_entity shop_user_entity = DBK_ENTITY("users", shop_user, user_fields, user_rels);
+const dbk_entity shop_user_entity = DBK_ENTITY("users", shop_user, user_fields, user_rels);
 
 static const dbk_field post_fields[] = {
     DBK_FIELD(shop_post, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
@@ -45,7 +45,7 @@ static const dbk_field post_fields[] = {
     DBK_FIELD(shop_post, published, "published", DBK_TYPE_BOOL, 0),
     DBK_FIELD(shop_post, created_at, "created_at", DBK_TYPE_TIMESTAMP, DBK_F_CREATED_AT),
 };
-dbk_entity shop_post_entity = DBK_ENTITY_PLAIN("posts", shop_post, post_fields);
+const dbk_entity shop_post_entity = DBK_ENTITY_PLAIN("posts", shop_post, post_fields);
 
 static const dbk_field product_fields[] = {
     DBK_FIELD(shop_product, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
@@ -54,7 +54,7 @@ static const dbk_field product_fields[] = {
     DBK_FIELD(shop_product, price_cents, "price_cents", DBK_TYPE_INT64, 0),
     DBK_FIELD(shop_product, stock, "stock", DBK_TYPE_INT64, 0),
 };
-dbk_entity shop_product_entity = DBK_ENTITY_PLAIN("products", shop_product, product_fields);
+const dbk_entity shop_product_entity = DBK_ENTITY_PLAIN("products", shop_product, product_fields);
 
 static const dbk_field item_fields[] = {
     DBK_FIELD(shop_order_item, order_id, "order_id", DBK_TYPE_INT64, DBK_F_PK),
@@ -64,8 +64,8 @@ static const dbk_field item_fields[] = {
 };
 static const char *const item_key[] = {"order_id", "product_id"};
 static const dbk_unique item_uniques[] = {{item_key, 2}};
-dbk_entity shop_item_entity = {"order_items", sizeof(shop_order_item), item_fields,
-                               DBK_NELEMS_(item_fields), NULL, 0, item_uniques, 1, NULL};
+const dbk_entity shop_item_entity = {"order_items", sizeof(shop_order_item), item_fields,
+                                     DBK_NELEMS_(item_fields), NULL, 0, item_uniques, 1};
 
 static const dbk_field order_fields[] = {
     DBK_FIELD(shop_order, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
@@ -77,7 +77,7 @@ static const dbk_field order_fields[] = {
 static const dbk_relation order_rels[] = {
     DBK_HAS_MANY(shop_order, "items", items, nitems, &shop_item_entity, "order_id"),
 };
-dbk_entity shop_order_entity = DBK_ENTITY("orders", shop_order, order_fields, order_rels);
+const dbk_entity shop_order_entity = DBK_ENTITY("orders", shop_order, order_fields, order_rels);
 
 static const dbk_field account_fields[] = {
     DBK_FIELD(shop_account, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
@@ -86,12 +86,12 @@ static const dbk_field account_fields[] = {
     DBK_FIELD(shop_account, balance_cents, "balance_cents", DBK_TYPE_INT64, 0),
     DBK_FIELD(shop_account, updated_at, "updated_at", DBK_TYPE_TIMESTAMP, DBK_F_UPDATED_AT),
 };
-dbk_entity shop_account_entity = DBK_ENTITY_PLAIN("accounts", shop_account, account_fields);
+const dbk_entity shop_account_entity = DBK_ENTITY_PLAIN("accounts", shop_account, account_fields);
 
 dbk_rc shop_model_init(dbk_error *err)
 {
-    dbk_entity *all[] = {&shop_user_entity,  &shop_post_entity,  &shop_product_entity,
-                         &shop_item_entity,  &shop_order_entity, &shop_account_entity};
+    const dbk_entity *all[] = {&shop_user_entity,  &shop_post_entity,  &shop_product_entity,
+                               &shop_item_entity,  &shop_order_entity, &shop_account_entity};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         dbk_rc rc = dbk_entity_init(all[i], err);
         if (rc != DBK_OK)

@@ -238,7 +238,7 @@ typedef struct shop_account {
     int64_t updated_at;
 } shop_account;
 
-extern dbk_entity shop_user_entity, shop_post_entity, shop_product_entity, shop_order_entity,
+extern const dbk_entity shop_user_entity, shop_post_entity, shop_product_entity, shop_order_entity,
     shop_item_entity, shop_account_entity;
 
 /* Validates every descriptor (start-up). */

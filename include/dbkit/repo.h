@@ -20,7 +20,8 @@
  *   static const dbk_relation user_rels[] = {
  *       DBK_HAS_MANY(struct user, "posts", posts, nposts, &post_entity, "user_id"),
  *   };
- *   dbk_entity user_entity = DBK_ENTITY("users", struct user, user_fields, user_rels);
+ *   static const dbk_entity user_entity =
+ *       DBK_ENTITY("users", struct user, user_fields, user_rels);
  *
  * Names. Filters, sort keys, field masks, projections and conflict targets
  * name fields by their COLUMN name. Every such name is looked up in the
@@ -55,11 +56,13 @@
  *
  * SQL cache. An entity is validated and prepared on first use (or with
  * dbk_entity_init()); the SQL for each (operation, field mask, projection)
- * is generated once, cached on the entity and reused. The cache is guarded
- * by a mutex per entity, so an entity may be used from any number of
- * threads at once. Entities must therefore be modifiable objects (not
- * const) that outlive every call using them; dbk_entity_release() frees
- * the cache (e.g. before exit, under a leak checker).
+ * is generated once and reused. The library never writes to a descriptor:
+ * the cache lives in an internal registry keyed by the descriptor's
+ * address, looked up without a lock on every call, so descriptors are
+ * declared `static const` and may be used from any number of threads at
+ * once. A descriptor must outlive every call using it and keep its
+ * address; dbk_entity_release() frees its cache (e.g. before exit, under
+ * a leak checker).
  *
  * Thread safety: every function may be called from several threads at once
  * on the same entity, provided each thread uses its own dbk_db-compatible
@@ -149,7 +152,7 @@ struct dbk_entity;
 typedef struct dbk_relation {
     const char *name;  /* include name ("posts") */
     dbk_rel_kind kind;
-    struct dbk_entity *target;
+    const struct dbk_entity *target;
     const char *foreign_key; /* column: on this entity (belongs-to) or on target */
     size_t ptr_offset;       /* member: `T *` (array for has-many) */
     long count_offset;       /* has-many: size_t member with the count; else -1 */
@@ -163,10 +166,9 @@ typedef struct dbk_relation {
     {(name), DBK_REL_HAS_MANY, (target), (fk), offsetof(stype, member), \
      (long)offsetof(stype, count_member)}
 
-struct dbk__entity_priv;
-
-/* An entity: a table and the struct its rows map into. Declare it as a
- * modifiable object with static storage (it carries the SQL cache). */
+/* An entity: a table and the struct its rows map into. Declare it
+ * `static const`: it is only read (its SQL cache is kept elsewhere, keyed
+ * by its address, which must therefore stay the same while it is used). */
 typedef struct dbk_entity {
     const char *table;
     size_t struct_size;
@@ -176,27 +178,27 @@ typedef struct dbk_entity {
     size_t nrelations;
     const dbk_unique *uniques; /* composite unique constraints; may be NULL */
     size_t nuniques;
-    struct dbk__entity_priv *priv_; /* internal: leave NULL */
 } dbk_entity;
 
 #define DBK_NELEMS_(a) (sizeof(a) / sizeof((a)[0]))
 /* An entity with fields and relations (arrays, not pointers). */
 #define DBK_ENTITY(table, stype, fields, rels) \
-    {(table), sizeof(stype), (fields), DBK_NELEMS_(fields), (rels), DBK_NELEMS_(rels), NULL, 0, NULL}
+    {(table), sizeof(stype), (fields), DBK_NELEMS_(fields), (rels), DBK_NELEMS_(rels), NULL, 0}
 /* An entity without relations. */
 #define DBK_ENTITY_PLAIN(table, stype, fields) \
-    {(table), sizeof(stype), (fields), DBK_NELEMS_(fields), NULL, 0, NULL, 0, NULL}
+    {(table), sizeof(stype), (fields), DBK_NELEMS_(fields), NULL, 0, NULL, 0}
 
 /* Validates the descriptor (one PK of type int64/text; unique column
  * names; member sizes match types; relations name existing columns with
  * matching key types) and prepares its SQL cache. Called implicitly by
  * every repository function; call it at start-up to fail early. Idempotent
  * and thread-safe. DBK_EMISUSE with a message naming the bad field. */
-DBK_API dbk_rc dbk_entity_init(dbk_entity *e, dbk_error *err);
+DBK_API dbk_rc dbk_entity_init(const dbk_entity *e, dbk_error *err);
 
 /* Frees the SQL cache. Only when no other thread uses the entity; it may be
- * used again afterwards (it re-initializes). Accepts NULL. */
-DBK_API void dbk_entity_release(dbk_entity *e);
+ * used again afterwards (it re-initializes). Accepts NULL. Thread-safe
+ * against calls on other entities. */
+DBK_API void dbk_entity_release(const dbk_entity *e);
 
 /* Index of the field with this column name, or -1. */
 DBK_API int dbk_entity_field_index(const dbk_entity *e, const char *column);
@@ -206,21 +208,21 @@ DBK_API int dbk_entity_field_index(const dbk_entity *e, const char *column);
 /* Finds the row whose primary key is `id` and maps it into `out` (a struct
  * of the entity's type; every non-hidden field is written). DBK_ENOT_FOUND
  * when there is none. Strings go into `arena`. */
-DBK_API dbk_rc dbk_repo_find_by_id(dbk_db *db, dbk_entity *e, dbk_value id, void *out,
+DBK_API dbk_rc dbk_repo_find_by_id(dbk_db *db, const dbk_entity *e, dbk_value id, void *out,
                                    dbk_arena *arena, dbk_error *err);
 
 /* Finds the row whose `column` equals `value`; `column` must be the PK, a
  * DBK_F_UNIQUE field, or a single-column dbk_unique (else
  * DBK_EINVALID_COLUMN). DBK_ENOT_FOUND when none. */
-DBK_API dbk_rc dbk_repo_find_by(dbk_db *db, dbk_entity *e, const char *column, dbk_value value,
-                                void *out, dbk_arena *arena, dbk_error *err);
+DBK_API dbk_rc dbk_repo_find_by(dbk_db *db, const dbk_entity *e, const char *column,
+                                dbk_value value, void *out, dbk_arena *arena, dbk_error *err);
 
 /* Inserts the row in `in` (every field except GENERATED ones; CREATED_AT and
  * UPDATED_AT are set to now) and maps the stored row (RETURNING) into
  * `out` (may be NULL: nothing mapped; may equal `in`). Constraint errors:
  * DBK_EUNIQUE with err->constraint_name, DBK_ENOT_NULL, DBK_EFOREIGN_KEY,
  * DBK_ECHECK. */
-DBK_API dbk_rc dbk_repo_create(dbk_db *db, dbk_entity *e, const void *in, void *out,
+DBK_API dbk_rc dbk_repo_create(dbk_db *db, const dbk_entity *e, const void *in, void *out,
                                dbk_arena *arena, dbk_error *err);
 
 /* Sets the fields named in `fields` (nfields of them) from `in` on the row
@@ -228,13 +230,13 @@ DBK_API dbk_rc dbk_repo_create(dbk_db *db, dbk_entity *e, const void *in, void *
  * `out` (may be NULL, may equal `in`). An unknown name, the PK or a
  * GENERATED field is DBK_EINVALID_COLUMN; no row DBK_ENOT_FOUND. With
  * nfields 0 and no UPDATED_AT field this is dbk_repo_find_by_id(). */
-DBK_API dbk_rc dbk_repo_update(dbk_db *db, dbk_entity *e, dbk_value id, const void *in,
+DBK_API dbk_rc dbk_repo_update(dbk_db *db, const dbk_entity *e, dbk_value id, const void *in,
                                const char *const *fields, size_t nfields, void *out,
                                dbk_arena *arena, dbk_error *err);
 
 /* Deletes the row with primary key `id`: DBK_OK or DBK_ENOT_FOUND. When
  * `out` is not NULL the deleted row is mapped into it (RETURNING). */
-DBK_API dbk_rc dbk_repo_delete(dbk_db *db, dbk_entity *e, dbk_value id, void *out,
+DBK_API dbk_rc dbk_repo_delete(dbk_db *db, const dbk_entity *e, dbk_value id, void *out,
                                dbk_arena *arena, dbk_error *err);
 
 /* INSERT ... ON CONFLICT (conflict columns) DO UPDATE SET ... RETURNING.
@@ -243,7 +245,7 @@ DBK_API dbk_rc dbk_repo_delete(dbk_db *db, dbk_entity *e, dbk_value id, void *ou
  * conflict, `update_fields` (NULL: every inserted field except the conflict
  * columns and CREATED_AT) are overwritten and UPDATED_AT set. The
  * resulting row (inserted or updated) goes to `out` (may be NULL). */
-DBK_API dbk_rc dbk_repo_upsert(dbk_db *db, dbk_entity *e, const char *const *conflict,
+DBK_API dbk_rc dbk_repo_upsert(dbk_db *db, const dbk_entity *e, const char *const *conflict,
                                size_t nconflict, const char *const *update_fields,
                                size_t nupdate, const void *in, void *out, dbk_arena *arena,
                                dbk_error *err);
@@ -255,7 +257,7 @@ DBK_API dbk_rc dbk_repo_upsert(dbk_db *db, dbk_entity *e, const char *const *con
  * stored rows, generated ids included, are mapped into it in input order.
  * Not atomic by itself: call it inside dbk_tx_run() for all-or-nothing
  * (it is also much faster there on SQLite). */
-DBK_API dbk_rc dbk_repo_create_many(dbk_db *db, dbk_entity *e, const void *rows, size_t n,
+DBK_API dbk_rc dbk_repo_create_many(dbk_db *db, const dbk_entity *e, const void *rows, size_t n,
                                     void *out_rows, dbk_arena *arena, dbk_error *err);
 
 /* ---- many rows ---- */
@@ -366,16 +368,16 @@ typedef struct dbk_list {
  * DBK_EINVALID_COLUMN (unknown filter/select/include name),
  * DBK_EINVALID_SORT, DBK_EINVALID (paging, cursor, filter values),
  * DBK_EMISUSE, and anything the database reports. */
-DBK_API dbk_rc dbk_repo_find_many(dbk_db *db, dbk_entity *e, const dbk_query *q, dbk_list *out,
-                                  dbk_arena *arena, dbk_error *err);
+DBK_API dbk_rc dbk_repo_find_many(dbk_db *db, const dbk_entity *e, const dbk_query *q,
+                                  dbk_list *out, dbk_arena *arena, dbk_error *err);
 
 /* Rows matching the filters (AND-combined; nfilters may be 0). */
-DBK_API dbk_rc dbk_repo_count(dbk_db *db, dbk_entity *e, const dbk_filter *filters,
+DBK_API dbk_rc dbk_repo_count(dbk_db *db, const dbk_entity *e, const dbk_filter *filters,
                               size_t nfilters, int64_t *out, dbk_error *err);
 
 /* Loads relations (paths as in dbk_query.include) for `n` structs already
  * in `items` (e.g. from dbk_repo_find_by_id): one query per relation. */
-DBK_API dbk_rc dbk_repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n,
+DBK_API dbk_rc dbk_repo_include(dbk_db *db, const dbk_entity *e, void *items, size_t n,
                                 const char *const *include, size_t ninclude, dbk_arena *arena,
                                 dbk_error *err);
 

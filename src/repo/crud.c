@@ -34,7 +34,7 @@ static dbk_engine engine_of(dbk_db *db)
 static void put_returning(dbk__sb *sb, dbk_engine eng, const dbk_entity *e)
 {
     dbk__sb_puts(sb, dbk__dialect_of(eng)->returning);
-    dbk__sb_columns(sb, eng, e, e->priv_->default_mask);
+    dbk__sb_columns(sb, eng, e, dbk__priv(e)->default_mask);
 }
 
 static dbk_rc oom(dbk_error *err)
@@ -55,7 +55,7 @@ static struct dbk__sql *sql_new(int op, dbk_engine engine, uint64_t a, uint64_t 
 }
 
 /* Finishes a built statement: takes the builder's text, maps columns. */
-static const struct dbk__sql *sql_finish(dbk_entity *e, struct dbk__sql *s, dbk__sb *sb,
+static const struct dbk__sql *sql_finish(const dbk_entity *e, struct dbk__sql *s, dbk__sb *sb,
                                          uint64_t ret_mask, dbk_error *err)
 {
     if (sb->oom || dbk__sql_set_cols(s, e, ret_mask) != DBK_OK) {
@@ -69,7 +69,7 @@ static const struct dbk__sql *sql_finish(dbk_entity *e, struct dbk__sql *s, dbk_
 }
 
 /* Runs `sql` expecting at most one row; maps it into out (may be NULL). */
-static dbk_rc run_one(dbk_db *db, dbk_entity *e, const struct dbk__sql *s,
+static dbk_rc run_one(dbk_db *db, const dbk_entity *e, const struct dbk__sql *s,
                       const dbk_value *params, size_t nparams, void *out, dbk_arena *arena,
                       dbk_error *err)
 {
@@ -101,7 +101,7 @@ static bool unique_single(const dbk_entity *e, int fi)
     return false;
 }
 
-static dbk_rc find_by_field(dbk_db *db, dbk_entity *e, int fi, dbk_value v, void *out,
+static dbk_rc find_by_field(dbk_db *db, const dbk_entity *e, int fi, dbk_value v, void *out,
                             dbk_arena *arena, dbk_error *err)
 {
     dbk_engine eng = engine_of(db);
@@ -112,14 +112,14 @@ static dbk_rc find_by_field(dbk_db *db, dbk_entity *e, int fi, dbk_value v, void
             return oom(err);
         dbk__sb sb = {0};
         dbk__sb_puts(&sb, "SELECT ");
-        dbk__sb_columns(&sb, eng, e, e->priv_->default_mask);
+        dbk__sb_columns(&sb, eng, e, dbk__priv(e)->default_mask);
         dbk__sb_puts(&sb, " FROM ");
         dbk__sb_ident(&sb, eng, e->table);
         dbk__sb_puts(&sb, " WHERE ");
         dbk__sb_ident(&sb, eng, e->fields[fi].column);
         dbk__sb_puts(&sb, " = ");
         dbk__sb_param(&sb, e, fi, 1, eng);
-        s = sql_finish(e, n, &sb, e->priv_->default_mask, err);
+        s = sql_finish(e, n, &sb, dbk__priv(e)->default_mask, err);
         if (!s)
             return DBK_ENOMEM;
     }
@@ -130,18 +130,18 @@ static dbk_rc find_by_field(dbk_db *db, dbk_entity *e, int fi, dbk_value v, void
     return run_one(db, e, s, &v, 1, out, arena, err);
 }
 
-dbk_rc dbk_repo_find_by_id(dbk_db *db, dbk_entity *e, dbk_value id, void *out, dbk_arena *arena,
-                           dbk_error *err)
+dbk_rc dbk_repo_find_by_id(dbk_db *db, const dbk_entity *e, dbk_value id, void *out,
+                           dbk_arena *arena, dbk_error *err)
 {
     dbk_rc rc = dbk__repo_check(db, e, arena, true, "dbk_repo_find_by_id", err);
     if (rc)
         return rc;
     if (!out)
         return dbk__err(err, DBK_EMISUSE, "dbk_repo_find_by_id: out must not be NULL");
-    return find_by_field(db, e, e->priv_->pk, id, out, arena, err);
+    return find_by_field(db, e, dbk__priv(e)->pk, id, out, arena, err);
 }
 
-dbk_rc dbk_repo_find_by(dbk_db *db, dbk_entity *e, const char *column, dbk_value value,
+dbk_rc dbk_repo_find_by(dbk_db *db, const dbk_entity *e, const char *column, dbk_value value,
                         void *out, dbk_arena *arena, dbk_error *err)
 {
     dbk_rc rc = dbk__repo_check(db, e, arena, true, "dbk_repo_find_by", err);
@@ -232,7 +232,7 @@ static void row_params(const dbk_entity *e, const struct dbk__sql *s, const void
     }
 }
 
-static const struct dbk__sql *insert_sql(dbk_entity *e, dbk_engine eng, size_t rows,
+static const struct dbk__sql *insert_sql(const dbk_entity *e, dbk_engine eng, size_t rows,
                                          dbk_error *err)
 {
     int op = rows == 0 ? DBK__OP_CREATE : DBK__OP_BULK;
@@ -254,10 +254,10 @@ static const struct dbk__sql *insert_sql(dbk_entity *e, dbk_engine eng, size_t r
         oom(err);
         return NULL;
     }
-    return sql_finish(e, n, &sb, e->priv_->default_mask, err);
+    return sql_finish(e, n, &sb, dbk__priv(e)->default_mask, err);
 }
 
-dbk_rc dbk_repo_create(dbk_db *db, dbk_entity *e, const void *in, void *out, dbk_arena *arena,
+dbk_rc dbk_repo_create(dbk_db *db, const dbk_entity *e, const void *in, void *out, dbk_arena *arena,
                        dbk_error *err)
 {
     dbk_rc rc = dbk__repo_check(db, e, arena, out != NULL, "dbk_repo_create", err);
@@ -343,7 +343,7 @@ static long copy_fill(void *ctx, char *buf, size_t cap, dbk_error *err)
 
 /* PostgreSQL, no rows asked back: one COPY ... FROM STDIN, a single
  * statement, so it writes everything or nothing. */
-static dbk_rc create_many_copy(dbk_db *db, dbk_entity *e, const void *rows, size_t n,
+static dbk_rc create_many_copy(dbk_db *db, const dbk_entity *e, const void *rows, size_t n,
                                dbk_error *err)
 {
     struct copy_state c = {.e = e, .rows = rows, .n = n, .now = dbk__now_us()};
@@ -378,7 +378,7 @@ static dbk_rc create_many_copy(dbk_db *db, dbk_entity *e, const void *rows, size
 }
 
 struct many_ctx {
-    dbk_entity *e;
+    const dbk_entity *e;
     const void *rows;
     size_t n;
     void *out_rows;
@@ -391,7 +391,7 @@ struct many_ctx {
 static dbk_rc create_many_values(dbk_db *db, void *ctxp, dbk_error *err)
 {
     struct many_ctx *m = ctxp;
-    dbk_entity *e = m->e;
+    const dbk_entity *e = m->e;
     size_t n = m->n;
     dbk_engine eng = engine_of(db);
     uint64_t mask = insert_mask(e);
@@ -453,7 +453,7 @@ out:
 /* Below this many rows a multi-row INSERT beats setting up a COPY. */
 #define COPY_MIN_ROWS 64
 
-dbk_rc dbk_repo_create_many(dbk_db *db, dbk_entity *e, const void *rows, size_t n,
+dbk_rc dbk_repo_create_many(dbk_db *db, const dbk_entity *e, const void *rows, size_t n,
                             void *out_rows, dbk_arena *arena, dbk_error *err)
 {
     dbk_rc rc = dbk__repo_check(db, e, arena, out_rows != NULL, "dbk_repo_create_many", err);
@@ -520,9 +520,9 @@ static bool valid_conflict(const dbk_entity *e, uint64_t m)
     return false;
 }
 
-dbk_rc dbk_repo_upsert(dbk_db *db, dbk_entity *e, const char *const *conflict, size_t nconflict,
-                       const char *const *update_fields, size_t nupdate, const void *in,
-                       void *out, dbk_arena *arena, dbk_error *err)
+dbk_rc dbk_repo_upsert(dbk_db *db, const dbk_entity *e, const char *const *conflict,
+                       size_t nconflict, const char *const *update_fields, size_t nupdate,
+                       const void *in, void *out, dbk_arena *arena, dbk_error *err)
 {
     dbk_rc rc = dbk__repo_check(db, e, arena, out != NULL, "dbk_repo_upsert", err);
     if (rc)
@@ -582,7 +582,7 @@ dbk_rc dbk_repo_upsert(dbk_db *db, dbk_entity *e, const char *const *conflict, s
             dbk__sql_free(n);
             return oom(err);
         }
-        s = sql_finish(e, n, &sb, e->priv_->default_mask, err);
+        s = sql_finish(e, n, &sb, dbk__priv(e)->default_mask, err);
         if (!s)
             return DBK_ENOMEM;
     }
@@ -601,7 +601,7 @@ static bool named(const char *const *names, size_t n, const char *column)
     return false;
 }
 
-dbk_rc dbk_repo_update(dbk_db *db, dbk_entity *e, dbk_value id, const void *in,
+dbk_rc dbk_repo_update(dbk_db *db, const dbk_entity *e, dbk_value id, const void *in,
                        const char *const *fields, size_t nfields, void *out, dbk_arena *arena,
                        dbk_error *err)
 {
@@ -640,7 +640,7 @@ dbk_rc dbk_repo_update(dbk_db *db, dbk_entity *e, dbk_value id, const void *in,
         return rc;
     }
     dbk_engine eng = engine_of(db);
-    int pk = e->priv_->pk;
+    int pk = dbk__priv(e)->pk;
     const struct dbk__sql *s = dbk__sql_get(e, DBK__OP_UPDATE, (int)eng, mask, 0);
     if (!s) {
         struct dbk__sql *n = sql_new(DBK__OP_UPDATE, eng, mask, 0);
@@ -670,7 +670,7 @@ dbk_rc dbk_repo_update(dbk_db *db, dbk_entity *e, dbk_value id, const void *in,
             dbk__sql_free(n);
             return oom(err);
         }
-        s = sql_finish(e, n, &sb, e->priv_->default_mask, err);
+        s = sql_finish(e, n, &sb, dbk__priv(e)->default_mask, err);
         if (!s)
             return DBK_ENOMEM;
     }
@@ -688,7 +688,7 @@ dbk_rc dbk_repo_update(dbk_db *db, dbk_entity *e, dbk_value id, const void *in,
 
 /* ---- delete ---- */
 
-dbk_rc dbk_repo_delete(dbk_db *db, dbk_entity *e, dbk_value id, void *out, dbk_arena *arena,
+dbk_rc dbk_repo_delete(dbk_db *db, const dbk_entity *e, dbk_value id, void *out, dbk_arena *arena,
                        dbk_error *err)
 {
     dbk_rc rc = dbk__repo_check(db, e, arena, out != NULL, "dbk_repo_delete", err);
@@ -701,7 +701,7 @@ dbk_rc dbk_repo_delete(dbk_db *db, dbk_entity *e, dbk_value id, void *out, dbk_a
         struct dbk__sql *n = sql_new(DBK__OP_DELETE, eng, with_row, 0);
         if (!n)
             return oom(err);
-        int pk = e->priv_->pk;
+        int pk = dbk__priv(e)->pk;
         dbk__sb sb = {0};
         dbk__sb_puts(&sb, "DELETE FROM ");
         dbk__sb_ident(&sb, eng, e->table);
@@ -711,7 +711,7 @@ dbk_rc dbk_repo_delete(dbk_db *db, dbk_entity *e, dbk_value id, void *out, dbk_a
         dbk__sb_param(&sb, e, pk, 1, eng);
         if (with_row)
             put_returning(&sb, eng, e);
-        s = sql_finish(e, n, &sb, with_row ? e->priv_->default_mask : 0, err);
+        s = sql_finish(e, n, &sb, with_row ? dbk__priv(e)->default_mask : 0, err);
         if (!s)
             return DBK_ENOMEM;
     }

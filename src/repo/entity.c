@@ -6,11 +6,13 @@
  * lines. On first use it is checked once (one primary key, member sizes
  * that match the declared types, relations that point at real columns)
  * and given a private part holding facts derived from it and a cache of
- * generated SQL. The cache is a singly linked list under a mutex: entries
- * are immutable once published and are only freed by dbk_entity_release(),
- * so a reader may keep using an entry after dropping the lock. The list is
- * short (one entry per operation and mask actually used) and the lookup is
- * a few pointer hops, far below a statement's round trip.
+ * generated SQL. The descriptor itself is never written, so users declare
+ * it `static const`: the private part lives in a registry keyed by the
+ * descriptor's address, read without a lock on every call (see below).
+ * The SQL cache is a singly linked list, also read without a lock: entries
+ * are immutable once published and are only freed by dbk_entity_release().
+ * The list is short (one entry per operation and mask actually used) and
+ * the lookup is a few pointer hops, far below a statement's round trip.
  *
  * Mapping reads each result cell with the typed getters of result.h and
  * copies strings and blobs into the caller's arena, so structs never point
@@ -184,19 +186,129 @@ static dbk_rc validate(const dbk_entity *e, dbk_error *err)
     return DBK_OK;
 }
 
-dbk_rc dbk_entity_init(dbk_entity *e, dbk_error *err)
+/* ---- the registry: descriptor address -> private state ----
+ *
+ * Open addressing with linear probing over (key, value) pairs that are
+ * read with atomic loads and no lock. Writers hold init_mu. A key, once
+ * placed in a table, never moves or leaves it; a released entity keeps its
+ * slot with a NULL value, so it is found again when re-initialized. When
+ * more than half the slots hold keys, a table twice the size is filled with
+ * the live entries and published; the old one is retired, not freed, since
+ * a reader may still be probing it. Retired tables stay on a list until the
+ * process exits: each is at most half the size of its successor, so they
+ * add at most one current table's worth of memory. A reader probing a
+ * retired table sees the state at retirement: it misses only entities
+ * initialized since, and those it then finds under the lock in
+ * dbk_entity_init(). */
+struct reg_slot {
+    const dbk_entity *key;        /* NULL: empty (end of a probe run) */
+    struct dbk__entity_priv *val; /* NULL: not initialized, or released */
+};
+
+struct reg_table {
+    size_t cap;              /* a power of two */
+    size_t used;             /* slots with a key (written under init_mu) */
+    struct reg_table *older; /* retired tables, newest first */
+    struct reg_slot slots[];
+};
+
+#define REG_MIN_CAP 64
+
+static struct reg_table *reg_cur; /* atomic; NULL before the first init */
+
+static size_t reg_hash(const dbk_entity *e, size_t cap)
+{
+    uint64_t x = (uint64_t)(uintptr_t)e;
+    x ^= x >> 33;
+    x *= UINT64_C(0xff51afd7ed558ccd);
+    x ^= x >> 33;
+    return (size_t)x & (cap - 1);
+}
+
+/* The slot of `e` in `t`, or the empty slot where it would go; NULL when
+ * the table is full (never, as it grows at half). */
+static struct reg_slot *reg_probe(struct reg_table *t, const dbk_entity *e)
+{
+    size_t mask = t->cap - 1;
+    size_t i = reg_hash(e, t->cap);
+    for (size_t n = 0; n < t->cap; n++, i = (i + 1) & mask) {
+        const dbk_entity *k = __atomic_load_n(&t->slots[i].key, __ATOMIC_ACQUIRE);
+        if (k == e || !k)
+            return &t->slots[i];
+    }
+    return NULL;
+}
+
+struct dbk__entity_priv *dbk__priv(const dbk_entity *e)
+{
+    struct reg_table *t = __atomic_load_n(&reg_cur, __ATOMIC_ACQUIRE);
+    if (!t)
+        return NULL;
+    struct reg_slot *sl = reg_probe(t, e);
+    if (!sl || __atomic_load_n(&sl->key, __ATOMIC_ACQUIRE) != e)
+        return NULL;
+    return __atomic_load_n(&sl->val, __ATOMIC_ACQUIRE);
+}
+
+/* Under init_mu: a table with room for one more key; NULL when out of
+ * memory. Grows (and publishes) when needed. */
+static struct reg_table *reg_room(void)
+{
+    struct reg_table *t = reg_cur;
+    if (t && (t->used + 1) * 2 <= t->cap)
+        return t;
+    size_t cap = REG_MIN_CAP;
+    size_t live = 0;
+    if (t) {
+        for (size_t i = 0; i < t->cap; i++)
+            if (t->slots[i].key && t->slots[i].val)
+                live++;
+        while ((live + 1) * 2 > cap / 2 && cap < SIZE_MAX / 4)
+            cap *= 2;
+    }
+    struct reg_table *n = calloc(1, sizeof *n + cap * sizeof n->slots[0]);
+    if (!n)
+        return NULL;
+    n->cap = cap;
+    if (t) {
+        for (size_t i = 0; i < t->cap; i++) {
+            const dbk_entity *k = t->slots[i].key;
+            struct dbk__entity_priv *v = t->slots[i].val;
+            if (!k || !v)
+                continue; /* released entities are left behind */
+            struct reg_slot *sl = reg_probe(n, k);
+            sl->key = k;
+            sl->val = v;
+            n->used++;
+        }
+        n->older = t;
+    }
+    __atomic_store_n(&reg_cur, n, __ATOMIC_RELEASE);
+    return n;
+}
+
+dbk_rc dbk_entity_init(const dbk_entity *e, dbk_error *err)
 {
     if (!e)
         return dbk__err(err, DBK_EMISUSE, "dbk_entity_init: entity must not be NULL");
-    if (__atomic_load_n(&e->priv_, __ATOMIC_ACQUIRE))
+    if (dbk__priv(e))
         return DBK_OK;
     pthread_mutex_lock(&init_mu);
     dbk_rc rc = DBK_OK;
-    if (e->priv_)
+    struct reg_slot *sl = reg_cur ? reg_probe(reg_cur, e) : NULL;
+    if (sl && sl->key == e && sl->val)
         goto out_unlock;
     rc = validate(e, err);
     if (rc)
         goto out_unlock;
+    if (!sl || sl->key != e) {
+        struct reg_table *t = reg_room();
+        if (!t) {
+            rc = dbk__err(err, DBK_ENOMEM, "out of memory registering entity %s", e->table);
+            goto out_unlock;
+        }
+        sl = reg_probe(t, e);
+    }
     struct dbk__entity_priv *p = calloc(1, sizeof *p);
     if (!p) {
         rc = dbk__err(err, DBK_ENOMEM, "out of memory preparing entity %s", e->table);
@@ -213,15 +325,21 @@ dbk_rc dbk_entity_init(dbk_entity *e, dbk_error *err)
         if (!(e->fields[i].flags & DBK_F_HIDDEN))
             p->default_mask |= UINT64_C(1) << i;
     }
-    __atomic_store_n(&e->priv_, p, __ATOMIC_RELEASE);
+    /* The value first, then the key: a reader that finds the key finds
+     * either NULL (and takes the lock) or the complete state. */
+    __atomic_store_n(&sl->val, p, __ATOMIC_RELEASE);
+    if (sl->key != e) {
+        __atomic_store_n(&sl->key, e, __ATOMIC_RELEASE);
+        reg_cur->used++;
+    }
 out_unlock:
     pthread_mutex_unlock(&init_mu);
     return rc;
 }
 
-dbk_rc dbk__entity_ready(dbk_entity *e, dbk_error *err)
+dbk_rc dbk__entity_ready(const dbk_entity *e, dbk_error *err)
 {
-    if (__atomic_load_n(&e->priv_, __ATOMIC_ACQUIRE))
+    if (dbk__priv(e))
         return DBK_OK;
     return dbk_entity_init(e, err);
 }
@@ -236,13 +354,17 @@ void dbk__sql_free(struct dbk__sql *s)
     free(s);
 }
 
-void dbk_entity_release(dbk_entity *e)
+void dbk_entity_release(const dbk_entity *e)
 {
     if (!e)
         return;
     pthread_mutex_lock(&init_mu);
-    struct dbk__entity_priv *p = e->priv_;
-    e->priv_ = NULL;
+    struct dbk__entity_priv *p = NULL;
+    struct reg_slot *sl = reg_cur ? reg_probe(reg_cur, e) : NULL;
+    if (sl && sl->key == e) {
+        p = sl->val;
+        __atomic_store_n(&sl->val, NULL, __ATOMIC_RELEASE);
+    }
     pthread_mutex_unlock(&init_mu);
     if (!p)
         return;
@@ -258,23 +380,22 @@ void dbk_entity_release(dbk_entity *e)
 
 /* ---- SQL cache ---- */
 
-const struct dbk__sql *dbk__sql_get(dbk_entity *e, int op, int engine, uint64_t a, uint64_t b)
+/* Readers walk the list without the lock: entries are complete before
+ * they are published at the head (release store) and are freed only by
+ * dbk_entity_release(). Writers serialize on the entity's mutex. */
+const struct dbk__sql *dbk__sql_get(const dbk_entity *e, int op, int engine, uint64_t a,
+                                    uint64_t b)
 {
-    struct dbk__entity_priv *p = e->priv_;
-    const struct dbk__sql *found = NULL;
-    pthread_mutex_lock(&p->mu);
-    for (const struct dbk__sql *s = p->cache; s; s = s->next)
-        if (s->op == op && s->engine == engine && s->a == a && s->b == b) {
-            found = s;
-            break;
-        }
-    pthread_mutex_unlock(&p->mu);
-    return found;
+    struct dbk__entity_priv *p = dbk__priv(e);
+    for (const struct dbk__sql *s = __atomic_load_n(&p->cache, __ATOMIC_ACQUIRE); s; s = s->next)
+        if (s->op == op && s->engine == engine && s->a == a && s->b == b)
+            return s;
+    return NULL;
 }
 
-const struct dbk__sql *dbk__sql_put(dbk_entity *e, struct dbk__sql *s)
+const struct dbk__sql *dbk__sql_put(const dbk_entity *e, struct dbk__sql *s)
 {
-    struct dbk__entity_priv *p = e->priv_;
+    struct dbk__entity_priv *p = dbk__priv(e);
     const struct dbk__sql *found = NULL;
     pthread_mutex_lock(&p->mu);
     for (const struct dbk__sql *c = p->cache; c; c = c->next)
@@ -284,7 +405,7 @@ const struct dbk__sql *dbk__sql_put(dbk_entity *e, struct dbk__sql *s)
         }
     if (!found) {
         s->next = p->cache;
-        p->cache = s;
+        __atomic_store_n(&p->cache, s, __ATOMIC_RELEASE);
         found = s;
         s = NULL;
     }
@@ -445,7 +566,7 @@ dbk_rc dbk__map_row(const dbk_entity *e, const dbk_result *r, size_t row, const 
     return DBK_OK;
 }
 
-dbk_rc dbk__repo_check(dbk_db *db, dbk_entity *e, dbk_arena *arena, bool need_arena,
+dbk_rc dbk__repo_check(dbk_db *db, const dbk_entity *e, dbk_arena *arena, bool need_arena,
                        const char *fn, dbk_error *err)
 {
     if (!db)

@@ -29,7 +29,7 @@ const dbk_relation *dbk__q_find_rel(const dbk_entity *e, const char *name, size_
 }
 
 /* Checks every segment of a path ("posts.comments") before any query. */
-dbk_rc dbk__q_check_path(dbk_entity *e, const char *path, dbk_error *err)
+dbk_rc dbk__q_check_path(const dbk_entity *e, const char *path, dbk_error *err)
 {
     if (!path || !*path)
         return dbk__err(err, DBK_EINVALID_COLUMN, "empty include path");
@@ -113,7 +113,7 @@ static void put_key(dbk__sb *sb, const unsigned char *row, const dbk_field *f, d
     dbk__dialect_of(eng)->key_list_text(sb, s);
 }
 
-static const struct dbk__sql *include_sql(dbk_entity *t, int match, dbk_engine eng,
+static const struct dbk__sql *include_sql(const dbk_entity *t, int match, dbk_engine eng,
                                           dbk_error *err)
 {
     const struct dbk__sql *s = dbk__sql_get(t, DBK__OP_INCLUDE, (int)eng, (uint64_t)match, 0);
@@ -127,7 +127,7 @@ static const struct dbk__sql *include_sql(dbk_entity *t, int match, dbk_engine e
     n->op = DBK__OP_INCLUDE;
     n->engine = (int)eng;
     n->a = (uint64_t)match;
-    uint64_t mask = t->priv_->default_mask | BIT(match) | BIT(t->priv_->pk);
+    uint64_t mask = dbk__priv(t)->default_mask | BIT(match) | BIT(dbk__priv(t)->pk);
     const dbk_field *f = &t->fields[match];
     dbk__sb sb = {0};
     dbk__sb_puts(&sb, "SELECT ");
@@ -150,14 +150,15 @@ static const struct dbk__sql *include_sql(dbk_entity *t, int match, dbk_engine e
 
 /* Loads one relation for n parents; kids, nkids: the loaded target rows. */
 /* The parent key and the target field a relation joins on. */
-static void rel_join(dbk_entity *e, const dbk_relation *rel, const dbk_field **pkey, int *match)
+static void rel_join(const dbk_entity *e, const dbk_relation *rel, const dbk_field **pkey,
+                     int *match)
 {
-    dbk_entity *t = rel->target;
+    const dbk_entity *t = rel->target;
     if (rel->kind == DBK_REL_BELONGS_TO) {
         *pkey = &e->fields[dbk__field(e, rel->foreign_key)];
-        *match = t->priv_->pk;
+        *match = dbk__priv(t)->pk;
     } else {
-        *pkey = &e->fields[e->priv_->pk];
+        *pkey = &e->fields[dbk__priv(e)->pk];
         *match = dbk__field(t, rel->foreign_key);
     }
 }
@@ -165,7 +166,7 @@ static void rel_join(dbk_entity *e, const dbk_relation *rel, const dbk_field **p
 /* Resets the relation's members in every parent and gathers the parents'
  * keys into one array literal (out->p, malloc'd; NULL when no parent has
  * a key). */
-static dbk_rc rel_keys(dbk_entity *e, const dbk_relation *rel, unsigned char *items, size_t n,
+static dbk_rc rel_keys(const dbk_entity *e, const dbk_relation *rel, unsigned char *items, size_t n,
                        dbk_engine eng, dbk__sb *out, dbk_error *err)
 {
     const dbk_field *pkey;
@@ -204,11 +205,11 @@ static dbk_rc rel_keys(dbk_entity *e, const dbk_relation *rel, unsigned char *it
 /* Loads one relation for items[0..n): one query (or its rows already
  * fetched in a batch: `pre`, taken over), rows mapped into the arena,
  * sorted by key, each parent pointed at its run. */
-static dbk_rc load_rel(dbk_db *db, dbk_entity *e, const dbk_relation *rel, unsigned char *items,
-                       size_t n, dbk_arena *arena, dbk_result *pre, unsigned char **kids,
-                       size_t *nkids, dbk_error *err)
+static dbk_rc load_rel(dbk_db *db, const dbk_entity *e, const dbk_relation *rel,
+                       unsigned char *items, size_t n, dbk_arena *arena, dbk_result *pre,
+                       unsigned char **kids, size_t *nkids, dbk_error *err)
 {
-    dbk_entity *t = rel->target;
+    const dbk_entity *t = rel->target;
     dbk_engine eng = dbk_db_engine(db);
     *kids = NULL;
     *nkids = 0;
@@ -247,7 +248,7 @@ static dbk_rc load_rel(dbk_db *db, dbk_entity *e, const dbk_relation *rel, unsig
     dbk_result_free(r);
     if (rc)
         return rc;
-    const dbk_field *tpk = &t->fields[t->priv_->pk];
+    const dbk_field *tpk = &t->fields[dbk__priv(t)->pk];
     struct keyctx kc = {mf->offset, mf->null_offset, mf->type, tpk->offset, tpk->type};
     if (nr > 1)
         qsort_r(arr, nr, t->struct_size, cmp_rows, &kc);
@@ -325,7 +326,7 @@ static bool seen_before(const char *const *paths, size_t i, size_t len)
  * PostgreSQL), two or more relations on one level: their queries do not
  * depend on each other, so they go out as one batch;
  * pre[i] gets the rows for paths[i] (NULL where nothing was fetched). */
-static dbk_rc prefetch(dbk_db *db, dbk_entity *e, unsigned char *items, size_t n,
+static dbk_rc prefetch(dbk_db *db, const dbk_entity *e, unsigned char *items, size_t n,
                        const char *const *paths, size_t npaths, dbk_result **pre,
                        dbk_error *err)
 {
@@ -368,7 +369,7 @@ static dbk_rc prefetch(dbk_db *db, dbk_entity *e, unsigned char *items, size_t n
     return rc;
 }
 
-dbk_rc dbk__repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n, unsigned flags,
+dbk_rc dbk__repo_include(dbk_db *db, const dbk_entity *e, void *items, size_t n, unsigned flags,
                          const char *const *paths, size_t npaths, dbk_arena *arena,
                          dbk_error *err)
 {
@@ -427,7 +428,7 @@ dbk_rc dbk__repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n, unsig
     return rc;
 }
 
-dbk_rc dbk_repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n,
+dbk_rc dbk_repo_include(dbk_db *db, const dbk_entity *e, void *items, size_t n,
                         const char *const *include, size_t ninclude, dbk_arena *arena,
                         dbk_error *err)
 {

@@ -162,7 +162,7 @@ static dbk_rc build_filters(struct qs *q, dbk__sb *sb, const dbk_filter *f, size
     return sb->oom ? dbk__q_oom(err) : DBK_OK;
 }
 
-dbk_rc dbk_repo_count(dbk_db *db, dbk_entity *e, const dbk_filter *filters, size_t nfilters,
+dbk_rc dbk_repo_count(dbk_db *db, const dbk_entity *e, const dbk_filter *filters, size_t nfilters,
                       int64_t *out, dbk_error *err)
 {
     dbk_rc rc = dbk__repo_check(db, e, NULL, false, "dbk_repo_count", err);
@@ -295,7 +295,7 @@ struct find_plan {
 
 /* Step 1: checks the paging arguments, the sort, the projection and the
  * include paths, and decides the counting strategy. */
-static dbk_rc find_plan_make(dbk_db *db, dbk_entity *e, const dbk_query *q, unsigned flags,
+static dbk_rc find_plan_make(dbk_db *db, const dbk_entity *e, const dbk_query *q, unsigned flags,
                              struct find_plan *pl, dbk_error *err)
 {
     pl->q = q;
@@ -318,7 +318,7 @@ static dbk_rc find_plan_make(dbk_db *db, dbk_entity *e, const dbk_query *q, unsi
     dbk_rc rc = parse_order(e, q, pl->keys, &pl->nkeys, err);
     if (rc)
         return rc;
-    int pk = e->priv_->pk;
+    int pk = dbk__priv(e)->pk;
     if (q->has_limit || q->offset || pl->keyset) {
         bool has_pk = false;
         for (int i = 0; i < pl->nkeys; i++)
@@ -336,7 +336,7 @@ static dbk_rc find_plan_make(dbk_db *db, dbk_entity *e, const dbk_query *q, unsi
                                 e->table, e->fields[pl->keys[i].field].column);
 
     /* Projection. */
-    uint64_t mask = e->priv_->default_mask;
+    uint64_t mask = dbk__priv(e)->default_mask;
     if (q->nselect) {
         if (!q->select)
             return dbk__err(err, DBK_EMISUSE, "%zu columns selected but select is NULL",
@@ -398,7 +398,7 @@ static void find_sql_free(struct find_sql *fs)
 
 /* Step 2: WHERE (filters, then the cursor's keyset condition), the COUNT
  * statement (filters only) and the page statement. */
-static dbk_rc find_sql_build(dbk_entity *e, const struct find_plan *pl, dbk_arena *arena,
+static dbk_rc find_sql_build(const dbk_entity *e, const struct find_plan *pl, dbk_arena *arena,
                              struct find_sql *fs, dbk_error *err)
 {
     const dbk_query *q = pl->q;
@@ -488,7 +488,7 @@ static dbk_rc find_sql_build(dbk_entity *e, const struct find_plan *pl, dbk_aren
 }
 
 /* Step 3a: the total when it is not batched with the page. */
-static dbk_rc find_count(dbk_db *db, dbk_entity *e, const struct find_plan *pl,
+static dbk_rc find_count(dbk_db *db, const dbk_entity *e, const struct find_plan *pl,
                          const struct find_sql *fs, dbk_list *out, dbk_error *err)
 {
     dbk_rc rc = DBK_OK;
@@ -514,7 +514,7 @@ static dbk_rc find_count(dbk_db *db, dbk_entity *e, const struct find_plan *pl,
 
 /* Step 3b: runs the page (with the COUNT when batched), maps the rows into
  * the arena, loads the includes and makes the next cursor. */
-static dbk_rc find_page(dbk_db *db, dbk_entity *e, const struct find_plan *pl,
+static dbk_rc find_page(dbk_db *db, const dbk_entity *e, const struct find_plan *pl,
                         const struct find_sql *fs, dbk_list *out, dbk_arena *arena,
                         dbk_error *err)
 {
@@ -567,7 +567,7 @@ out:
     return rc;
 }
 
-dbk_rc dbk__repo_find_many_flags(dbk_db *db, dbk_entity *e, const dbk_query *qin,
+dbk_rc dbk__repo_find_many_flags(dbk_db *db, const dbk_entity *e, const dbk_query *qin,
                                  unsigned flags, dbk_list *out, dbk_arena *arena, dbk_error *err)
 {
     dbk_rc rc = dbk__repo_check(db, e, arena, true, "dbk_repo_find_many", err);
@@ -596,7 +596,7 @@ dbk_rc dbk__repo_find_many_flags(dbk_db *db, dbk_entity *e, const dbk_query *qin
     return rc;
 }
 
-dbk_rc dbk_repo_find_many(dbk_db *db, dbk_entity *e, const dbk_query *q, dbk_list *out,
+dbk_rc dbk_repo_find_many(dbk_db *db, const dbk_entity *e, const dbk_query *q, dbk_list *out,
                           dbk_arena *arena, dbk_error *err)
 {
     return dbk__repo_find_many_flags(db, e, q, 0, out, arena, err);

@@ -19,7 +19,7 @@
 #define MAX_CURSOR 8192
 
 struct qs {
-    dbk_entity *e;
+    const dbk_entity *e;
     dbk_engine eng;
     dbk_value *params;
     size_t np, cap;
@@ -40,6 +40,6 @@ dbk_rc dbk__q_decode_cursor(const dbk_entity *e, const struct okey *k, int n, co
 
 const dbk_relation *dbk__q_find_rel(const dbk_entity *e, const char *name, size_t len);
 
-dbk_rc dbk__q_check_path(dbk_entity *e, const char *path, dbk_error *err);
+dbk_rc dbk__q_check_path(const dbk_entity *e, const char *path, dbk_error *err);
 
 #endif

@@ -38,12 +38,14 @@ struct dbk__sql {
     int *pfields; /* parameter i <- field pfields[i] (-1: "now") */
 };
 
+/* Derived facts and the SQL cache of one descriptor (entity.c keeps them in
+ * a registry keyed by its address, so the descriptor can be const). */
 struct dbk__entity_priv {
-    pthread_mutex_t mu;
+    pthread_mutex_t mu;   /* serializes writers of `cache` */
     int pk;               /* index of the PK field */
     uint64_t all_mask;    /* every field */
     uint64_t default_mask; /* non-hidden fields */
-    struct dbk__sql *cache;
+    struct dbk__sql *cache; /* atomic head; readers take no lock */
 };
 
 /* SQL pieces appended to the core string builder (core/sb.h). */
@@ -56,13 +58,18 @@ void dbk__sb_param(dbk__sb *sb, const dbk_entity *e, int field, int n, dbk_engin
 void dbk__sb_columns(dbk__sb *sb, dbk_engine engine, const dbk_entity *e, uint64_t mask);
 
 /* Initializes the entity if needed. */
-dbk_rc dbk__entity_ready(dbk_entity *e, dbk_error *err);
+dbk_rc dbk__entity_ready(const dbk_entity *e, dbk_error *err);
+
+/* The private state of an initialized entity, from the registry keyed by
+ * the descriptor's address (lock-free); NULL when not initialized. */
+struct dbk__entity_priv *dbk__priv(const dbk_entity *e);
 
 /* Looks up a cached statement; NULL when absent. */
-const struct dbk__sql *dbk__sql_get(dbk_entity *e, int op, int engine, uint64_t a, uint64_t b);
+const struct dbk__sql *dbk__sql_get(const dbk_entity *e, int op, int engine, uint64_t a,
+                                    uint64_t b);
 /* Publishes `s` (built by the caller, heap-allocated) and returns the one in
  * the cache (another thread may have won the race: `s` is then freed). */
-const struct dbk__sql *dbk__sql_put(dbk_entity *e, struct dbk__sql *s);
+const struct dbk__sql *dbk__sql_put(const dbk_entity *e, struct dbk__sql *s);
 void dbk__sql_free(struct dbk__sql *s);
 /* Fills s->cols/ncols from a mask. */
 dbk_rc dbk__sql_set_cols(struct dbk__sql *s, const dbk_entity *e, uint64_t mask);
@@ -82,7 +89,7 @@ dbk_rc dbk__map_row(const dbk_entity *e, const dbk_result *r, size_t row, const 
 int64_t dbk__now_us(void);
 
 /* Common argument checks. */
-dbk_rc dbk__repo_check(dbk_db *db, dbk_entity *e, dbk_arena *arena, bool need_arena,
+dbk_rc dbk__repo_check(dbk_db *db, const dbk_entity *e, dbk_arena *arena, bool need_arena,
                        const char *fn, dbk_error *err);
 
 /* Flags of the internal find-many and include calls. */
@@ -91,7 +98,7 @@ enum { DBK__FIND_NO_BATCH = 1u };
 /* Loads include paths for `n` structs at `items` (see dbk_repo_include);
  * flags as dbk__repo_find_many_flags (DBK__FIND_NO_BATCH: no prefetch of
  * several relations in one batch). */
-dbk_rc dbk__repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n, unsigned flags,
+dbk_rc dbk__repo_include(dbk_db *db, const dbk_entity *e, void *items, size_t n, unsigned flags,
                          const char *const *paths, size_t npaths, dbk_arena *arena,
                          dbk_error *err);
 
@@ -99,7 +106,8 @@ dbk_rc dbk__repo_include(dbk_db *db, dbk_entity *e, void *items, size_t n, unsig
  * DBK__FIND_NO_BATCH sends an exact total's COUNT as its own round trip
  * instead of in one batch with the page on PostgreSQL: bench/repo_bench.c
  * measures the difference with it. */
-dbk_rc dbk__repo_find_many_flags(dbk_db *db, dbk_entity *e, const dbk_query *q, unsigned flags,
-                                 dbk_list *out, dbk_arena *arena, dbk_error *err);
+dbk_rc dbk__repo_find_many_flags(dbk_db *db, const dbk_entity *e, const dbk_query *q,
+                                 unsigned flags, dbk_list *out, dbk_arena *arena,
+                                 dbk_error *err);
 
 #endif

@@ -55,7 +55,7 @@ struct tag {
     const char *label;
 };
 
-static dbk_entity user_entity, post_entity, comment_entity;
+static const dbk_entity user_entity, post_entity, comment_entity;
 
 static const dbk_field user_fields[] = {
     DBK_FIELD(struct user, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
@@ -72,7 +72,7 @@ static const dbk_field user_fields[] = {
 static const dbk_relation user_rels[] = {
     DBK_HAS_MANY(struct user, "posts", posts, nposts, &post_entity, "user_id"),
 };
-static dbk_entity user_entity = DBK_ENTITY("users", struct user, user_fields, user_rels);
+static const dbk_entity user_entity = DBK_ENTITY("users", struct user, user_fields, user_rels);
 
 static const dbk_field post_fields[] = {
     DBK_FIELD(struct post, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
@@ -83,14 +83,15 @@ static const dbk_relation post_rels[] = {
     DBK_BELONGS_TO(struct post, "author", author, &user_entity, "user_id"),
     DBK_HAS_MANY(struct post, "comments", comments, ncomments, &comment_entity, "post_id"),
 };
-static dbk_entity post_entity = DBK_ENTITY("posts", struct post, post_fields, post_rels);
+static const dbk_entity post_entity = DBK_ENTITY("posts", struct post, post_fields, post_rels);
 
 static const dbk_field comment_fields[] = {
     DBK_FIELD(struct comment, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
     DBK_FIELD(struct comment, post_id, "post_id", DBK_TYPE_INT64, 0),
     DBK_FIELD(struct comment, body, "body", DBK_TYPE_TEXT, 0),
 };
-static dbk_entity comment_entity = DBK_ENTITY_PLAIN("comments", struct comment, comment_fields);
+static const dbk_entity comment_entity =
+    DBK_ENTITY_PLAIN("comments", struct comment, comment_fields);
 
 static const char *const member_key[] = {"org", "user_id"};
 static const dbk_unique member_uniques[] = {{member_key, 2}};
@@ -100,14 +101,14 @@ static const dbk_field member_fields[] = {
     DBK_FIELD(struct member, org, "org", DBK_TYPE_TEXT, 0),
     DBK_FIELD(struct member, role, "role", DBK_TYPE_TEXT, 0),
 };
-static dbk_entity member_entity = {"members", sizeof(struct member), member_fields, 4, NULL, 0,
-                                   member_uniques, 1, NULL};
+static const dbk_entity member_entity = {"members", sizeof(struct member), member_fields, 4,
+                                         NULL, 0, member_uniques, 1};
 
 static const dbk_field tag_fields[] = {
     DBK_FIELD_CAST(struct tag, id, "id", DBK_TYPE_TEXT, DBK_F_PK | DBK_F_GENERATED, "uuid"),
     DBK_FIELD(struct tag, label, "label", DBK_TYPE_TEXT, DBK_F_UNIQUE),
 };
-static dbk_entity tag_entity = DBK_ENTITY_PLAIN("tags", struct tag, tag_fields);
+static const dbk_entity tag_entity = DBK_ENTITY_PLAIN("tags", struct tag, tag_fields);
 
 static const char *schema(dbk_engine e)
 {
@@ -1031,11 +1032,11 @@ static void repo_misuse_and_bad_descriptors(void **state)
     dbk_error err;
     static const dbk_field bad_fields[] = {
         DBK_FIELD(struct badrow, id, "id", DBK_TYPE_INT64, DBK_F_PK)};
-    dbk_entity bad = DBK_ENTITY_PLAIN("bad", struct badrow, bad_fields);
+    const dbk_entity bad = DBK_ENTITY_PLAIN("bad", struct badrow, bad_fields);
     DBKT_RC(DBK_EMISUSE, dbk_entity_init(&bad, &err));
     assert_non_null(strstr(err.message, "id"));
     static const dbk_field nopk[] = {DBK_FIELD(struct comment, body, "body", DBK_TYPE_TEXT, 0)};
-    dbk_entity np = DBK_ENTITY_PLAIN("np", struct comment, nopk);
+    const dbk_entity np = DBK_ENTITY_PLAIN("np", struct comment, nopk);
     DBKT_RC(DBK_EMISUSE, dbk_entity_init(&np, &err));
     DBKT_OK(dbk_entity_init(&user_entity, &err), &err);
     assert_int_equal(dbk_entity_field_index(&user_entity, "email"), 1);
