@@ -109,6 +109,9 @@ typedef uint64_t dbk_async_op;
 #define DBK_ASYNC_MAX_PENDING 1048576
 
 typedef struct dbk_async_opts {
+    /* The struct's version: DBK_ASYNC_OPTS_VERSION, set by DBK_ASYNC_OPTS_INIT or
+     * dbk_async_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     /* Worker threads (default: the executor's parallelism, i.e. a pool's
      * max_size, capped at DBK_ASYNC_DEFAULT_MAX_WORKERS; 1 on a connection
      * or transaction executor). Never more than the executor's parallelism:
@@ -120,6 +123,18 @@ typedef struct dbk_async_opts {
      * the handle holds. */
     size_t max_pending;
 } dbk_async_opts;
+
+/* The version of dbk_async_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_ASYNC_OPTS_VERSION 1
+#define DBK_ASYNC_OPTS_INIT {.version = DBK_ASYNC_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_ASYNC_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_ASYNC_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_async_opts_init(dbk_async_opts *opts, unsigned int version, dbk_error *err);
 
 typedef enum dbk_async_kind {
     DBK_ASYNC_QUERY = 1,    /* dbk_async_query */

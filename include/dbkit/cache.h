@@ -111,6 +111,9 @@ typedef enum dbk_cache_breaker {
  * field left 0 takes its default. NULL options = all defaults.
  */
 typedef struct dbk_cache_opts {
+    /* The struct's version: DBK_CACHE_OPTS_VERSION, set by DBK_CACHE_OPTS_INIT or
+     * dbk_cache_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     /* Backend. NULL: CACHE_URL, then REDIS_URL from the environment; neither
      * set (or "memory:") gives the memory backend. Otherwise
      * "redis://[[user]:password@]host[:port][/db]" (port 6379, db 0; user,
@@ -157,6 +160,18 @@ typedef struct dbk_cache_opts {
                                Redis was unreachable (default 1000; <0: do
                                not try) */
 } dbk_cache_opts;
+
+/* The version of dbk_cache_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_CACHE_OPTS_VERSION 1
+#define DBK_CACHE_OPTS_INIT {.version = DBK_CACHE_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_CACHE_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_CACHE_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_cache_opts_init(dbk_cache_opts *opts, unsigned int version, dbk_error *err);
 
 /*
  * Opens a cache (see dbk_cache_opts.url for the backend choice). Opening a
@@ -448,8 +463,24 @@ typedef struct dbk_cached_repo dbk_cached_repo;
 #define DBK_CACHED_REPO_DEFAULT_TTL_MS 300000
 
 typedef struct dbk_cached_repo_opts {
+    /* The struct's version: DBK_CACHED_REPO_OPTS_VERSION, set by DBK_CACHED_REPO_OPTS_INIT or
+     * dbk_cached_repo_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     int64_t ttl_ms; /* 0: DBK_CACHED_REPO_DEFAULT_TTL_MS (jitter from the cache) */
 } dbk_cached_repo_opts;
+
+/* The version of dbk_cached_repo_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_CACHED_REPO_OPTS_VERSION 1
+#define DBK_CACHED_REPO_OPTS_INIT {.version = DBK_CACHED_REPO_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_CACHED_REPO_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_CACHED_REPO_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_cached_repo_opts_init(dbk_cached_repo_opts *opts, unsigned int version,
+                                         dbk_error *err);
 
 /* Wraps entity `e` with `cache` (both borrowed: they must outlive the
  * cached repository and any transaction that used it). DBK_EMISUSE,

@@ -70,8 +70,24 @@ typedef struct dbk_cached_doc dbk_cached_doc;
 #define DBK_CACHED_DOC_DEFAULT_TTL_MS 300000
 
 typedef struct dbk_cached_doc_opts {
+    /* The struct's version: DBK_CACHED_DOC_OPTS_VERSION, set by DBK_CACHED_DOC_OPTS_INIT or
+     * dbk_cached_doc_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     int64_t ttl_ms; /* 0: DBK_CACHED_DOC_DEFAULT_TTL_MS (jitter from the cache) */
 } dbk_cached_doc_opts;
+
+/* The version of dbk_cached_doc_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_CACHED_DOC_OPTS_VERSION 1
+#define DBK_CACHED_DOC_OPTS_INIT {.version = DBK_CACHED_DOC_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_CACHED_DOC_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_CACHED_DOC_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_cached_doc_opts_init(dbk_cached_doc_opts *opts, unsigned int version,
+                                        dbk_error *err);
 
 /* Wraps `coll` with `cache` (both borrowed: they must outlive the cached
  * collection and any transaction that used it). Runs nothing. DBK_EMISUSE

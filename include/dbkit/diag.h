@@ -86,6 +86,9 @@ typedef enum dbk_n1_mode {
  * documented default.
  */
 typedef struct dbk_diag_opts {
+    /* The struct's version: DBK_DIAG_OPTS_VERSION, set by DBK_DIAG_OPTS_INIT or
+     * dbk_diag_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     /* Statements at least this slow are logged at WARN as "slow query" and
      * counted in dbkit_slow_queries_total. 0: the default of 200 ms;
      * negative: no statement is ever slow. */
@@ -124,6 +127,18 @@ typedef struct dbk_diag_opts {
      * single-threaded run is reproducible. */
     uint64_t sample_seed;
 } dbk_diag_opts;
+
+/* The version of dbk_diag_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_DIAG_OPTS_VERSION 1
+#define DBK_DIAG_OPTS_INIT {.version = DBK_DIAG_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_DIAG_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_DIAG_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_diag_opts_init(dbk_diag_opts *opts, unsigned int version, dbk_error *err);
 
 /* Creates a hub. `opts` may be NULL (all defaults) and is copied; the
  * safelist array it points to is borrowed. DBK_EINVALID for a negative

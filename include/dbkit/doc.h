@@ -264,12 +264,28 @@ typedef void (*dbk_doc_mongo_event_fn)(void *ctx, dbk_doc_mongo_event ev, const 
 
 /* Options; 0 keeps the URL's value, else the driver's default. */
 typedef struct dbk_doc_mongo_opts {
+    /* The struct's version: DBK_DOC_MONGO_OPTS_VERSION, set by DBK_DOC_MONGO_OPTS_INIT or
+     * dbk_doc_mongo_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     int max_pool_size;               /* maxPoolSize */
     int server_selection_timeout_ms; /* serverSelectionTimeoutMS */
     int socket_timeout_ms;           /* socketTimeoutMS */
     dbk_doc_mongo_event_fn on_event; /* may be NULL */
     void *event_ctx;
 } dbk_doc_mongo_opts;
+
+/* The version of dbk_doc_mongo_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_DOC_MONGO_OPTS_VERSION 1
+#define DBK_DOC_MONGO_OPTS_INIT {.version = DBK_DOC_MONGO_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_DOC_MONGO_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_DOC_MONGO_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_doc_mongo_opts_init(dbk_doc_mongo_opts *opts, unsigned int version,
+                                       dbk_error *err);
 
 typedef struct dbk_doc_mongo dbk_doc_mongo;
 
@@ -331,6 +347,9 @@ DBK_API dbk_rc dbk_doc_find_one(dbk_doc_coll *coll, const char *filter, dbk_doc 
 
 /* Options of dbk_doc_find(). Zero means default. */
 typedef struct dbk_doc_find_opts {
+    /* The struct's version: DBK_DOC_FIND_OPTS_VERSION, set by DBK_DOC_FIND_OPTS_INIT or
+     * dbk_doc_find_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     const char *filter;     /* NULL: every document */
     const char *sort;       /* NULL: "_id" ascending */
     const char *projection; /* NULL: whole documents */
@@ -339,6 +358,19 @@ typedef struct dbk_doc_find_opts {
     int64_t skip;           /* >= 0 */
     bool with_total;        /* also count every match, ignoring skip/limit */
 } dbk_doc_find_opts;
+
+/* The version of dbk_doc_find_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_DOC_FIND_OPTS_VERSION 1
+#define DBK_DOC_FIND_OPTS_INIT {.version = DBK_DOC_FIND_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_DOC_FIND_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_DOC_FIND_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_doc_find_opts_init(dbk_doc_find_opts *opts, unsigned int version,
+                                      dbk_error *err);
 
 /* A page of documents. */
 typedef struct dbk_doc_page {

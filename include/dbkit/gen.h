@@ -51,6 +51,9 @@ extern "C" {
 #endif
 
 typedef struct dbk_gen_opts {
+    /* The struct's version: DBK_GEN_OPTS_VERSION, set by DBK_GEN_OPTS_INIT or
+     * dbk_gen_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     /* The server for the throwaway database (see dbk_testdb_new()). */
     const dbk_config *cfg;
     const char *migrations_dir; /* NULL: "db/migrations" */
@@ -60,6 +63,18 @@ typedef struct dbk_gen_opts {
      * written (missing ones included). */
     bool check;
 } dbk_gen_opts;
+
+/* The version of dbk_gen_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_GEN_OPTS_VERSION 1
+#define DBK_GEN_OPTS_INIT {.version = DBK_GEN_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_GEN_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_GEN_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_gen_opts_init(dbk_gen_opts *opts, unsigned int version, dbk_error *err);
 
 typedef struct dbk_gen_report {
     size_t files;      /* files generated (or compared) */

@@ -93,6 +93,9 @@ typedef enum dbk_lint_scope {
 
 /* Options; zero-initialized means every default. */
 typedef struct dbk_lint_opts {
+    /* The struct's version: DBK_LINT_OPTS_VERSION, set by DBK_LINT_OPTS_INIT or
+     * dbk_lint_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     /* Sections of this engine (and portable sections) only; 0: both. */
     dbk_engine engine;
     /* The lock_timeout `dbkit migrate up` runs each migration with: 0
@@ -104,6 +107,18 @@ typedef struct dbk_lint_opts {
     const int64_t *versions;
     size_t nversions;
 } dbk_lint_opts;
+
+/* The version of dbk_lint_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_LINT_OPTS_VERSION 1
+#define DBK_LINT_OPTS_INIT {.version = DBK_LINT_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_LINT_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_LINT_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_lint_opts_init(dbk_lint_opts *opts, unsigned int version, dbk_error *err);
 
 /* The rule table: *n gets its length. Static, never NULL. */
 DBK_API const dbk_lint_rule *dbk_lint_rules(size_t *n);

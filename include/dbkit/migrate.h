@@ -114,6 +114,9 @@ typedef void (*dbk_migrate_report_fn)(void *ctx, const dbk_migrate_event *ev);
 
 /* Options; zero-initialized means every default. */
 typedef struct dbk_migrate_opts {
+    /* The struct's version: DBK_MIGRATE_OPTS_VERSION, set by DBK_MIGRATE_OPTS_INIT or
+     * dbk_migrate_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     /* up: apply pending migrations with version <= target only.
      * down: revert applied migrations with version > target (target stays
      * applied; 0 reverts everything). Used only when has_target is true. */
@@ -146,6 +149,18 @@ typedef struct dbk_migrate_opts {
      * the longest dbkit waits for a migration statement; negative: none). */
     int statement_timeout_ms;
 } dbk_migrate_opts;
+
+/* The version of dbk_migrate_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_MIGRATE_OPTS_VERSION 1
+#define DBK_MIGRATE_OPTS_INIT {.version = DBK_MIGRATE_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_MIGRATE_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_MIGRATE_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_migrate_opts_init(dbk_migrate_opts *opts, unsigned int version, dbk_error *err);
 
 /* State of one migration as dbk_migrate_status() sees it. */
 typedef enum dbk_migration_state {

@@ -39,6 +39,9 @@ extern "C" {
  * with, which in turn falls back to the built-in default.
  */
 typedef struct dbk_pool_opts {
+    /* The struct's version: DBK_POOL_OPTS_VERSION, set by DBK_POOL_OPTS_INIT or
+     * dbk_pool_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     int max_size;            /* most connections open at once (DB_POOL_MAX, pool_max) */
     int min_idle;            /* idle connections kept ready (DB_POOL_MIN_IDLE, pool_min_idle) */
     int acquire_timeout_ms;  /* longest wait for a connection (DB_ACQUIRE_TIMEOUT_MS, acquire_timeout) */
@@ -50,6 +53,18 @@ typedef struct dbk_pool_opts {
     int max_waiters;         /* acquires allowed to queue; more fail at once (pool_max_waiters) */
     int leak_threshold_ms;   /* a connection held longer is reported once (leak_threshold) */
 } dbk_pool_opts;
+
+/* The version of dbk_pool_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_POOL_OPTS_VERSION 1
+#define DBK_POOL_OPTS_INIT {.version = DBK_POOL_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_POOL_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_POOL_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_pool_opts_init(dbk_pool_opts *opts, unsigned int version, dbk_error *err);
 
 /* ------------------------------------------------------------------------
  * The pool API.

@@ -74,6 +74,9 @@ typedef struct dbk_cluster dbk_cluster;
  * `read_your_writes_wait` / DB_READ_YOUR_WRITES_WAIT_MS (default 100; 0
  * there means do not wait). */
 typedef struct dbk_cluster_opts {
+    /* The struct's version: DBK_CLUSTER_OPTS_VERSION, set by DBK_CLUSTER_OPTS_INIT or
+     * dbk_cluster_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     const char *const *replica_urls; /* postgres:// URLs, nreplicas of them */
     size_t nreplicas;
     int max_lag_ms;
@@ -81,6 +84,18 @@ typedef struct dbk_cluster_opts {
     int sample_interval_ms;       /* default 100 */
     const dbk_pool_opts *pool_opts; /* the primary's pool; NULL: defaults */
 } dbk_cluster_opts;
+
+/* The version of dbk_cluster_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_CLUSTER_OPTS_VERSION 1
+#define DBK_CLUSTER_OPTS_INIT {.version = DBK_CLUSTER_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_CLUSTER_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_CLUSTER_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_cluster_opts_init(dbk_cluster_opts *opts, unsigned int version, dbk_error *err);
 
 /* Opens the cluster: a pool on `cfg` for the primary (with
  * opts->pool_opts) and one per replica, each replica's configuration being

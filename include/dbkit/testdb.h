@@ -62,6 +62,9 @@ typedef enum dbk_testdb_strategy {
 
 /* Options; zero-initialized means every default. */
 typedef struct dbk_testdb_opts {
+    /* The struct's version: DBK_TESTDB_OPTS_VERSION, set by DBK_TESTDB_OPTS_INIT or
+     * dbk_testdb_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     /* An explicit database name (PostgreSQL) or file base name (SQLite)
      * instead of the owner-tagged one: [a-z0-9_], at most 63 bytes. An
      * existing database of that name is dropped first (its connections are
@@ -78,6 +81,18 @@ typedef struct dbk_testdb_opts {
     /* Do not prune leftovers on the first call of the process. */
     bool no_prune;
 } dbk_testdb_opts;
+
+/* The version of dbk_testdb_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_TESTDB_OPTS_VERSION 1
+#define DBK_TESTDB_OPTS_INIT {.version = DBK_TESTDB_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_TESTDB_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_TESTDB_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_testdb_opts_init(dbk_testdb_opts *opts, unsigned int version, dbk_error *err);
 
 /* Creates a fresh database with the migrations of `migrations_dir` applied
  * (NULL: no migrations, an empty database). `cfg` names the server: for

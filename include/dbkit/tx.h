@@ -101,6 +101,9 @@ typedef void (*dbk_tx_retry_fn)(void *ctx, int attempt, dbk_rc rc, int delay_ms,
 /* Options. Plain struct: zero-initialize it and set what you need; every
  * field left 0 takes its default. NULL options = all defaults. */
 typedef struct dbk_tx_opts {
+    /* The struct's version: DBK_TX_OPTS_VERSION, set by DBK_TX_OPTS_INIT or
+     * dbk_tx_opts_init(). 0 (a zero-initialized struct) reads as 1. */
+    unsigned int version;
     dbk_isolation isolation; /* DEFAULT: engine default (see above) */
     bool read_only;          /* writes fail with DBK_EREADONLY */
     bool deferrable;         /* PostgreSQL SERIALIZABLE READ ONLY DEFERRABLE:
@@ -121,6 +124,18 @@ typedef struct dbk_tx_opts {
     dbk_tx_retry_fn on_retry; /* may be NULL */
     void *on_retry_ctx;
 } dbk_tx_opts;
+
+/* The version of dbk_tx_opts these headers describe (it goes up when a field is
+ * added), and the initializer to start from: version set, every other
+ * field 0 (its default). */
+#define DBK_TX_OPTS_VERSION 1
+#define DBK_TX_OPTS_INIT {.version = DBK_TX_OPTS_VERSION}
+
+/* Initializes *opts for callers that cannot use DBK_TX_OPTS_INIT (bindings):
+ * zeroes it and sets its version to `version` (pass DBK_TX_OPTS_VERSION).
+ * DBK_EMISUSE for NULL opts, version 0, or a version newer than this
+ * library's. Thread-safe. */
+DBK_API dbk_rc dbk_tx_opts_init(dbk_tx_opts *opts, unsigned int version, dbk_error *err);
 
 /* The closure. `tx` is the transaction executor (valid only during the
  * call), `ctx` the caller's pointer, `err` a record to fill on failure

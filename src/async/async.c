@@ -366,12 +366,16 @@ static void free_handle(dbk_async *a)
     free(a);
 }
 
+DBK__OPTS_INIT_FN(dbk_async_opts, DBK_ASYNC_OPTS_VERSION)
+
 dbk_rc dbk_async_open(dbk_db *db, const dbk_async_opts *opts, dbk_async **out, dbk_error *err)
 {
     if (out)
         *out = NULL;
     if (!db || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_async_open: db and out must not be NULL");
+    if (opts && dbk__opts_check(opts->version, DBK_ASYNC_OPTS_VERSION, "dbk_async_opts", err))
+        return DBK_EMISUSE;
     dbk_async_opts o;
     memset(&o, 0, sizeof o);
     if (opts)

@@ -133,11 +133,15 @@ static dbk_rc resolve(const dbk_cache_opts *o, struct dbk__cache_cfg *c, dbk_err
     return DBK_OK;
 }
 
+DBK__OPTS_INIT_FN(dbk_cache_opts, DBK_CACHE_OPTS_VERSION)
+
 dbk_rc dbk_cache_open(const dbk_cache_opts *opts, dbk_cache **out, dbk_error *err)
 {
     if (!out)
         return dbk__err(err, DBK_EMISUSE, "dbk_cache_open: out must not be NULL");
     *out = NULL;
+    if (opts && dbk__opts_check(opts->version, DBK_CACHE_OPTS_VERSION, "dbk_cache_opts", err))
+        return DBK_EMISUSE;
     struct dbk__cache_cfg cfg;
     dbk_rc rc = resolve(opts, &cfg, err);
     if (rc != DBK_OK)

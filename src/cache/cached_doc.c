@@ -51,6 +51,8 @@ struct dbk_cached_doc {
 /* "doc:" + a 48-byte collection name + ":id:" + a 64-byte id */
 #define KEYMAX (80 + DBK_DOC_ID_MAX + 1)
 
+DBK__OPTS_INIT_FN(dbk_cached_doc_opts, DBK_CACHED_DOC_OPTS_VERSION)
+
 dbk_rc dbk_cached_doc_new(dbk_cache *cache, dbk_doc_coll *coll, const dbk_cached_doc_opts *opts,
                           dbk_cached_doc **out, dbk_error *err)
 {
@@ -58,6 +60,9 @@ dbk_rc dbk_cached_doc_new(dbk_cache *cache, dbk_doc_coll *coll, const dbk_cached
         return dbk__err(err, DBK_EMISUSE,
                         "dbk_cached_doc_new: cache, collection and out must not be NULL");
     *out = NULL;
+    if (opts &&
+        dbk__opts_check(opts->version, DBK_CACHED_DOC_OPTS_VERSION, "dbk_cached_doc_opts", err))
+        return DBK_EMISUSE;
     if (opts && opts->ttl_ms < 0)
         return dbk__err(err, DBK_EMISUSE, "dbk_cached_doc_new: ttl_ms must not be negative");
     dbk_cached_doc *cd = calloc(1, sizeof *cd);

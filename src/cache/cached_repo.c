@@ -74,12 +74,17 @@ static bool field_hidden(const dbk_field *f)
     return (f->flags & DBK_F_HIDDEN) != 0;
 }
 
+DBK__OPTS_INIT_FN(dbk_cached_repo_opts, DBK_CACHED_REPO_OPTS_VERSION)
+
 dbk_rc dbk_cached_repo_new(dbk_cache *cache, dbk_entity *e, const dbk_cached_repo_opts *opts,
                            dbk_cached_repo **out, dbk_error *err)
 {
     if (!cache || !e || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_cached_repo_new: cache, entity and out must not be NULL");
     *out = NULL;
+    if (opts &&
+        dbk__opts_check(opts->version, DBK_CACHED_REPO_OPTS_VERSION, "dbk_cached_repo_opts", err))
+        return DBK_EMISUSE;
     dbk_rc rc = dbk_entity_init(e, err);
     if (rc != DBK_OK)
         return rc;

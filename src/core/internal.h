@@ -42,6 +42,34 @@ static inline int64_t dbk__now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* Versioned option structs (src/core/opts.c). Every function that reads a
+ * public option struct calls dbk__opts_check() on it first: version 0 (a
+ * zero-initialized struct from before versioning) reads as 1, a version
+ * above `current` is DBK_EMISUSE naming `type` and both versions. Inline: a
+ * compare on hot paths (dbk_tx_opts per transaction). */
+dbk_rc dbk__opts_refuse(unsigned got, unsigned current, const char *type, dbk_error *err);
+
+static inline dbk_rc dbk__opts_check(unsigned got, unsigned current, const char *type,
+                                     dbk_error *err)
+{
+    if (__builtin_expect(got > current, 0))
+        return dbk__opts_refuse(got, current, type, err);
+    return DBK_OK;
+}
+
+/* The body of every dbk_<name>_init(): DBK_EMISUSE for NULL opts, version 0
+ * or one above `current`; else zeroes `size` bytes and sets the version. */
+dbk_rc dbk__opts_init(void *opts, size_t size, unsigned version, unsigned current,
+                      const char *type, dbk_error *err);
+
+/* Defines dbk_<type>_init() for an option struct `type` whose version macro
+ * is `current`. */
+#define DBK__OPTS_INIT_FN(type, current)                                                  \
+    dbk_rc type##_init(type *opts, unsigned int version, dbk_error *err)                 \
+    {                                                                                    \
+        return dbk__opts_init(opts, sizeof *opts, version, (current), #type, err);       \
+    }
+
 /* The process a handle belongs to (src/core/process.c). Every handle that
  * owns a socket or an engine handle records it when it opens and checks
  * dbk__owner_forked() before touching them: after fork() the child must

@@ -110,12 +110,16 @@ bool dbk__diag_put_escaped(dbk__sb *w, const char *s, size_t n, size_t limit)
 
 /* ---- creation ---- */
 
+DBK__OPTS_INIT_FN(dbk_diag_opts, DBK_DIAG_OPTS_VERSION)
+
 dbk_rc dbk_diag_new(const dbk_diag_opts *opts, dbk_diag **out, dbk_error *err)
 {
     dbk_diag_opts o;
     if (!out)
         return dbk__err(err, DBK_EMISUSE, "dbk_diag_new: out must not be NULL");
     *out = NULL;
+    if (opts && dbk__opts_check(opts->version, DBK_DIAG_OPTS_VERSION, "dbk_diag_opts", err))
+        return DBK_EMISUSE;
     if (opts)
         o = *opts;
     else

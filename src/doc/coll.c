@@ -440,11 +440,17 @@ static dbk_rc result_page(const dbk_doc_coll *c, const dbk_result *res, json_t *
     return DBK_OK;
 }
 
+DBK__OPTS_INIT_FN(dbk_doc_find_opts, DBK_DOC_FIND_OPTS_VERSION)
+
+DBK__OPTS_INIT_FN(dbk_doc_mongo_opts, DBK_DOC_MONGO_OPTS_VERSION)
+
 DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, dbk_doc_page *page,
                             dbk_error *err)
 {
     if (!coll || !page)
         return dbk__err(err, DBK_EMISUSE, "dbk_doc_find: NULL argument");
+    if (opts && dbk__opts_check(opts->version, DBK_DOC_FIND_OPTS_VERSION, "dbk_doc_find_opts", err))
+        return DBK_EMISUSE;
     memset(page, 0, sizeof *page);
     page->total = -1;
     dbk_doc_find_opts o = {0};

@@ -46,6 +46,9 @@ DBK_API dbk_rc dbk_doc_mongo_open(const char *url, const dbk_doc_mongo_opts *opt
     (void)url, (void)opts;
     if (out)
         *out = NULL;
+    if (opts &&
+        dbk__opts_check(opts->version, DBK_DOC_MONGO_OPTS_VERSION, "dbk_doc_mongo_opts", err))
+        return DBK_EMISUSE;
     return no_mongo(err);
 }
 
@@ -151,6 +154,9 @@ DBK_API dbk_rc dbk_doc_mongo_open(const char *url, const dbk_doc_mongo_opts *opt
     if (!url || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_doc_mongo_open: NULL argument");
     *out = NULL;
+    if (opts &&
+        dbk__opts_check(opts->version, DBK_DOC_MONGO_OPTS_VERSION, "dbk_doc_mongo_opts", err))
+        return DBK_EMISUSE;
     pthread_once(&init_once, init_driver);
     bson_error_t be;
     mongoc_uri_t *uri = mongoc_uri_new_with_error(url, &be);

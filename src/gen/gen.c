@@ -376,6 +376,8 @@ static dbk_rc put_file(const dbk_gen_opts *o, const char *dir, const char *name,
     return DBK_OK;
 }
 
+DBK__OPTS_INIT_FN(dbk_gen_opts, DBK_GEN_OPTS_VERSION)
+
 DBK_API dbk_rc dbk_gen_run(const dbk_gen_opts *opts, dbk_gen_report *rep, dbk_error *err)
 {
     dbk_gen_report local;
@@ -384,6 +386,8 @@ DBK_API dbk_rc dbk_gen_run(const dbk_gen_opts *opts, dbk_gen_report *rep, dbk_er
     memset(rep, 0, sizeof *rep);
     if (!opts || !opts->cfg)
         return dbk__err(err, DBK_EMISUSE, "dbk_gen_run: opts and opts->cfg must not be NULL");
+    if (dbk__opts_check(opts->version, DBK_GEN_OPTS_VERSION, "dbk_gen_opts", err))
+        return DBK_EMISUSE;
     dbk_gen_opts o = *opts;
     if (!o.migrations_dir)
         o.migrations_dir = "db/migrations";

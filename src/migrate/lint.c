@@ -511,12 +511,16 @@ static dbk_rc lint_set(const dbk__migset *set, const dbk_lint_opts *opts, dbk_li
     return DBK_OK;
 }
 
+DBK__OPTS_INIT_FN(dbk_lint_opts, DBK_LINT_OPTS_VERSION)
+
 dbk_rc dbk_lint_source(const dbk_migrate_source *src, const dbk_lint_opts *opts,
                        dbk_lint_report **out, dbk_error *err)
 {
     if (!src || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_lint_source: src and out must not be NULL");
     *out = NULL;
+    if (opts && dbk__opts_check(opts->version, DBK_LINT_OPTS_VERSION, "dbk_lint_opts", err))
+        return DBK_EMISUSE;
     dbk__migset set;
     dbk_rc rc = dbk__migset_load(src, &set, err);
     if (rc)
@@ -533,6 +537,8 @@ dbk_rc dbk_lint_file(const char *filename, const char *contents, size_t len,
         return dbk__err(err, DBK_EMISUSE,
                         "dbk_lint_file: filename, contents and out must not be NULL");
     *out = NULL;
+    if (opts && dbk__opts_check(opts->version, DBK_LINT_OPTS_VERSION, "dbk_lint_opts", err))
+        return DBK_EMISUSE;
     if (len == 0)
         len = strlen(contents);
     if (len > DBK__MIG_MAX_FILE)

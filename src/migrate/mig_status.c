@@ -196,6 +196,8 @@ dbk_rc dbk_migrate_repair(dbk_db *db, int64_t version, bool mark_applied,
 {
     if (!db)
         return dbk__err(err, DBK_EMISUSE, "dbk_migrate_repair: db must not be NULL");
+    if (opts && dbk__opts_check(opts->version, DBK_MIGRATE_OPTS_VERSION, "dbk_migrate_opts", err))
+        return DBK_EMISUSE;
     if (version <= 0)
         return dbk__err(err, DBK_EMISUSE, "dbk_migrate_repair: bad version %lld",
                         (long long)version);

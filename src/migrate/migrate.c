@@ -229,6 +229,8 @@ static dbk_rc begin_run(dbk__mctx *m, dbk_db *db, const dbk_migrate_source *src,
     return rc;
 }
 
+DBK__OPTS_INIT_FN(dbk_migrate_opts, DBK_MIGRATE_OPTS_VERSION)
+
 dbk_rc dbk_migrate_up(dbk_db *db, const dbk_migrate_source *src, const dbk_migrate_opts *opts,
                       int *applied, dbk_error *err)
 {
@@ -236,6 +238,8 @@ dbk_rc dbk_migrate_up(dbk_db *db, const dbk_migrate_source *src, const dbk_migra
         *applied = 0;
     if (!db || !src)
         return dbk__err(err, DBK_EMISUSE, "dbk_migrate_up: db and src must not be NULL");
+    if (opts && dbk__opts_check(opts->version, DBK_MIGRATE_OPTS_VERSION, "dbk_migrate_opts", err))
+        return DBK_EMISUSE;
     dbk__mctx m;
     dbk__migset set;
     dbk_rc rc = begin_run(&m, db, src, opts, &set, err);
@@ -361,6 +365,8 @@ dbk_rc dbk_migrate_down(dbk_db *db, const dbk_migrate_source *src, const dbk_mig
         *reverted = 0;
     if (!db || !src)
         return dbk__err(err, DBK_EMISUSE, "dbk_migrate_down: db and src must not be NULL");
+    if (opts && dbk__opts_check(opts->version, DBK_MIGRATE_OPTS_VERSION, "dbk_migrate_opts", err))
+        return DBK_EMISUSE;
     dbk__mctx m;
     dbk__migset set;
     dbk_rc rc = begin_run(&m, db, src, opts, &set, err);
@@ -381,6 +387,8 @@ dbk_rc dbk_migrate_redo(dbk_db *db, const dbk_migrate_source *src, const dbk_mig
 {
     if (!db || !src)
         return dbk__err(err, DBK_EMISUSE, "dbk_migrate_redo: db and src must not be NULL");
+    if (opts && dbk__opts_check(opts->version, DBK_MIGRATE_OPTS_VERSION, "dbk_migrate_opts", err))
+        return DBK_EMISUSE;
     dbk_migrate_opts o;
     memset(&o, 0, sizeof o);
     if (opts)

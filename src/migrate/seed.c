@@ -98,6 +98,8 @@ dbk_rc dbk_seed_run(dbk_db *db, const dbk_migrate_source *src, const dbk_migrate
         *ran = 0;
     if (!db || !src)
         return dbk__err(err, DBK_EMISUSE, "dbk_seed_run: db and src must not be NULL");
+    if (opts && dbk__opts_check(opts->version, DBK_MIGRATE_OPTS_VERSION, "dbk_migrate_opts", err))
+        return DBK_EMISUSE;
     const char *env = opts ? opts->env : NULL;
     dbk__migset set;
     dbk_rc rc = dbk__seedset_load(src, env, &set, err);

@@ -410,9 +410,12 @@ dbk_rc dbk_pool_open(const dbk_config *cfg, const dbk_pool_opts *opts, dbk_pool 
     if (!cfg || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_pool_open: config and out must not be NULL");
     *out = NULL;
+    if (opts && dbk__opts_check(opts->version, DBK_POOL_OPTS_VERSION, "dbk_pool_opts", err))
+        return DBK_EMISUSE;
 
     const struct dbk__pool_settings *cp = &cfg->pool;
-    dbk_pool_opts o = {.max_size = cp->max_size,
+    dbk_pool_opts o = {.version = DBK_POOL_OPTS_VERSION,
+                       .max_size = cp->max_size,
                        .min_idle = cp->min_idle,
                        .acquire_timeout_ms = cp->acquire_timeout_ms,
                        .connect_timeout_ms = cp->connect_timeout_ms,
@@ -671,6 +674,8 @@ dbk_rc dbk_pool_get_stats(dbk_pool *pool, dbk_pool_stats *out, dbk_error *err)
     pthread_mutex_unlock(&p->mu);
     return DBK_OK;
 }
+
+DBK__OPTS_INIT_FN(dbk_pool_opts, DBK_POOL_OPTS_VERSION)
 
 dbk_rc dbk_pool_get_opts(const dbk_pool *pool, dbk_pool_opts *out, dbk_error *err)
 {

@@ -672,12 +672,16 @@ static dbk_rc sqlite_new(dbk_testdb *t, const dbk_config *cfg, const char *dir,
 
 /* ---- public ---- */
 
+DBK__OPTS_INIT_FN(dbk_testdb_opts, DBK_TESTDB_OPTS_VERSION)
+
 DBK_API dbk_rc dbk_testdb_new(const dbk_config *cfg, const char *migrations_dir,
                               const dbk_testdb_opts *opts, dbk_testdb **out, dbk_error *err)
 {
     if (!cfg || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_testdb_new: cfg and out must not be NULL");
     *out = NULL;
+    if (opts && dbk__opts_check(opts->version, DBK_TESTDB_OPTS_VERSION, "dbk_testdb_opts", err))
+        return DBK_EMISUSE;
     dbk_testdb_opts o = opts ? *opts : (dbk_testdb_opts){0};
     if (o.name && !valid_name(o.name))
         return dbk__err(err, DBK_EINVALID,

@@ -535,12 +535,20 @@ static void free_list(char *list, size_t len)
     }
 }
 
+DBK__OPTS_INIT_FN(dbk_cluster_opts, DBK_CLUSTER_OPTS_VERSION)
+
 dbk_rc dbk_cluster_open(const dbk_config *cfg, const dbk_cluster_opts *opts, dbk_cluster **out,
                         dbk_error *err)
 {
     if (!cfg || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_cluster_open: config and out must not be NULL");
     *out = NULL;
+    /* Both structs are checked before anything opens. */
+    if (opts && dbk__opts_check(opts->version, DBK_CLUSTER_OPTS_VERSION, "dbk_cluster_opts", err))
+        return DBK_EMISUSE;
+    if (opts && opts->pool_opts &&
+        dbk__opts_check(opts->pool_opts->version, DBK_POOL_OPTS_VERSION, "dbk_pool_opts", err))
+        return DBK_EMISUSE;
     if (dbk_config_engine(cfg) != DBK_ENGINE_POSTGRES)
         return dbk__err(err, DBK_ECONFIG, "replicas need PostgreSQL");
     dbk_cluster_opts o = {0};

@@ -817,6 +817,8 @@ static dbk_rc outermost(dbk_db *db, dbk_tx_fn fn, void *ctx, const tx_conf *cf, 
 /* Public calls                                                           */
 /* ---------------------------------------------------------------------- */
 
+DBK__OPTS_INIT_FN(dbk_tx_opts, DBK_TX_OPTS_VERSION)
+
 dbk_rc dbk_tx_run(dbk_db *db, dbk_tx_fn fn, void *ctx, const dbk_tx_opts *opts,
                        dbk_error *err)
 {
@@ -824,6 +826,8 @@ dbk_rc dbk_tx_run(dbk_db *db, dbk_tx_fn fn, void *ctx, const dbk_tx_opts *opts,
         return dbk__err(err, DBK_EMISUSE, "dbk_tx_run: executor must not be NULL");
     if (!fn)
         return dbk__err(err, DBK_EMISUSE, "dbk_tx_run: closure must not be NULL");
+    if (opts && dbk__opts_check(opts->version, DBK_TX_OPTS_VERSION, "dbk_tx_opts", err))
+        return DBK_EMISUSE;
     if (db->ops == &tx_ops)
         return nested(db->self, fn, ctx, err);
     tx_conf cf;

@@ -32,7 +32,11 @@ static dbk_cluster *open_cluster(dbkt_pgtopo *t, int max_lag_ms, int ryw_wait_ms
     int n = dbkt_pgtopo_nodes(t) - 1;
     for (int i = 0; i < n; i++)
         urls[i] = dbkt_pgtopo_url(t, i + 1);
-    dbk_cluster_opts o = {urls, (size_t)n, max_lag_ms, ryw_wait_ms, 50};
+    dbk_cluster_opts o = {.replica_urls = urls,
+                          .nreplicas = (size_t)n,
+                          .max_lag_ms = max_lag_ms,
+                          .read_your_writes_wait_ms = ryw_wait_ms,
+                          .sample_interval_ms = 50};
     dbk_cluster *c = NULL;
     DBKT_OK(dbk_cluster_open(cfg, &o, &c, &err), &err);
     dbk_config_free(cfg);
@@ -400,7 +404,7 @@ static void replica_open_rejects_bad_input(void **state)
     dbk_config *cfg = NULL;
     DBKT_OK(dbk_config_from_url("postgres://u:secretpw@127.0.0.1:1/x", &cfg, &err), &err);
     const char *bad[] = {"sqlite:x.db"};
-    dbk_cluster_opts o = {bad, 1, 0, 0, 0};
+    dbk_cluster_opts o = {.replica_urls = bad, .nreplicas = 1};
     dbk_cluster *c = NULL;
     DBKT_RC(DBK_ECONFIG, dbk_cluster_open(cfg, &o, &c, &err));
     assert_null(c);
