@@ -85,6 +85,7 @@
 #include "cache.h"
 #include "db.h"
 #include "error.h"
+#include "parallel.h"
 #include "result.h"
 #include "value.h"
 
@@ -246,13 +247,14 @@ DBK_API dbk_rc dbk_async_batch(dbk_async *a, dbk_batch *b, dbk_batch_mode mode, 
                                dbk_async_cb cb, void *ctx, dbk_async_op *op, dbk_error *err);
 
 /* Submits fn(db, ctx, err) on a worker, with the handle's executor: any
- * blocking code (repository calls, a dbk_tx_run) runs this way. fn's
+ * blocking code (repository calls, a dbk_tx_run) runs this way. fn is a
+ * task function as dbk_parallel_run's (parallel.h). fn's
  * return code and error arrive in the callback, which gets the same ctx;
  * put outputs in ctx. fn must not call dbk_async_process() or
  * dbk_async_close() and should not wait on the loop thread. Errors as
  * dbk_async_query() (DBK_EMISUSE for a NULL fn). */
-DBK_API dbk_rc dbk_async_call(dbk_async *a, dbk_task_fn fn, int timeout_ms, dbk_async_cb cb,
-                              void *ctx, dbk_async_op *op, dbk_error *err);
+DBK_API dbk_rc dbk_async_call(dbk_async *a, dbk_parallel_fn fn, int timeout_ms,
+                              dbk_async_cb cb, void *ctx, dbk_async_op *op, dbk_error *err);
 
 /* Submits dbk_cache_get(cache, key) (see cache.h): DBK_OK with the value in
  * done->value, DBK_ENOT_FOUND on a miss, a cache error otherwise. The key is

@@ -1,6 +1,6 @@
 /*
- * dbkit/batch.h - independent statements in one round trip, and work on
- * several pooled connections at once.
+ * dbkit/batch.h - independent statements in one round trip (work on
+ * several pooled connections at once is in parallel.h).
  *
  * A batch collects parameterized statements, runs them together on one
  * connection and keeps one outcome per statement, in order:
@@ -131,42 +131,13 @@ DBK_API dbk_result *dbk_batch_take_result(dbk_batch *b, size_t i);
  * did not succeed. */
 DBK_API int64_t dbk_batch_affected(const dbk_batch *b, size_t i);
 
-/* ---- several connections at once ---- */
-
-/* One unit of work for dbk_parallel: fn runs with the executor given to
- * dbk_parallel and ctx; its return value and error land in rc / error. */
-typedef dbk_rc (*dbk_task_fn)(dbk_db *db, void *ctx, dbk_error *err);
-
-typedef struct dbk_task {
-    dbk_task_fn fn;
-    void *ctx;
-    dbk_rc rc;       /* out */
-    dbk_error error; /* out, meaningful when rc != DBK_OK */
-} dbk_task;
-
-/* Runs tasks[0..n) at the same time and waits for all of them - C's
- * `Promise.all`. On a pool executor the tasks run on up to max_parallel
- * threads (0: the pool's max_size; never more than max_size), the caller's
- * thread being one of them, so each task's statements use their own pooled
- * connections; when the pool has fewer free connections than tasks, tasks
- * wait for connections as any acquire does (bounded by the acquire
- * timeout) and never deadlock one another. On a connection or transaction
- * executor, which can run one statement at a time, the tasks run one after
- * another on the caller's thread. Every task runs even when another fails;
- * nothing is left checked out or unfreed. Returns DBK_OK when every task
- * succeeded, else the rc of the first failed task (lowest index) with its
- * error in *err. DBK_EMISUSE for NULL db, NULL tasks with n > 0 or a task
- * without fn; DBK_ENOMEM / DBK_EINTERNAL when no thread could be started
- * (then the tasks run on the caller's thread). Thread-safe. */
-DBK_API dbk_rc dbk_parallel(dbk_db *db, dbk_task *tasks, size_t n, int max_parallel,
-                            dbk_error *err);
-
-/* dbk_parallel over batches: batch i runs with dbk_batch_run(db, batches[i],
- * mode) on its own pooled connection. Outcomes are in each batch. */
-DBK_API dbk_rc dbk_batch_run_parallel(dbk_db *db, dbk_batch *const *batches, size_t n,
-                                      dbk_batch_mode mode, int max_parallel, dbk_error *err);
-
 #ifdef __cplusplus
 }
 #endif
+
+/* Tasks and batches on several connections at once (dbk_parallel_run,
+ * dbk_parallel_run_batches) moved to parallel.h in 0.2; it is included here
+ * so that programs using the old names from this header still compile. */
+#include "parallel.h"
+
 #endif /* DBKIT_BATCH_H */

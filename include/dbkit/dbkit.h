@@ -23,6 +23,7 @@
 #include "gen.h"
 #include "lint.h"
 #include "batch.h"
+#include "parallel.h"
 #include "diag.h"
 #include "async.h"
 

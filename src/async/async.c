@@ -60,7 +60,7 @@ struct op {
     size_t nparams;
     dbk_batch *batch;
     dbk_batch_mode mode;
-    dbk_task_fn fn;
+    dbk_parallel_fn fn;
     dbk_cache *cache;
     const void *key;
     size_t keylen;
@@ -701,8 +701,8 @@ dbk_rc dbk_async_batch(dbk_async *a, dbk_batch *b, dbk_batch_mode mode, int time
     return submit(a, o, timeout_ms, cb, ctx, op, err);
 }
 
-dbk_rc dbk_async_call(dbk_async *a, dbk_task_fn fn, int timeout_ms, dbk_async_cb cb, void *ctx,
-                      dbk_async_op *op, dbk_error *err)
+dbk_rc dbk_async_call(dbk_async *a, dbk_parallel_fn fn, int timeout_ms, dbk_async_cb cb,
+                      void *ctx, dbk_async_op *op, dbk_error *err)
 {
     if (op)
         *op = 0;

@@ -16,7 +16,7 @@
  * heap copy made when it fails, so a batch of 100 successful lookups does
  * not carry 100 zeroed dbk_error structs.
  *
- * dbk_parallel lives in parallel.c.
+ * dbk_parallel_run lives in parallel.c.
  */
 #include <pthread.h>
 #include <stdarg.h>

@@ -1,5 +1,5 @@
 /*
- * dbk_parallel is the `Promise.all` of C: the caller's thread plus up to
+ * dbk_parallel_run is the `Promise.all` of C: the caller's thread plus up to
  * max_parallel - 1 short-lived threads take tasks from a shared counter.
  * Tasks on a pool check out their own connections per statement (or per
  * batch or transaction), so the pool's bound and its fair queue are what
@@ -15,13 +15,14 @@
 #include <string.h>
 
 #include "dbkit/batch.h"
+#include "dbkit/parallel.h"
 #include "../core/internal.h"
 #include "../db/db_int.h"
 #include "batch_int.h"
 
 struct par {
     dbk_db *db;
-    dbk_task *tasks;
+    dbk_parallel_task *tasks;
     size_t n;
     size_t next; /* atomic */
 };
@@ -32,7 +33,7 @@ static void run_tasks(struct par *p)
         size_t i = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
         if (i >= p->n)
             return;
-        dbk_task *t = &p->tasks[i];
+        dbk_parallel_task *t = &p->tasks[i];
         memset(&t->error, 0, sizeof t->error);
         t->rc = t->fn(p->db, t->ctx, &t->error);
         if (t->rc != DBK_OK && t->error.code == DBK_OK)
@@ -46,13 +47,14 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-dbk_rc dbk_parallel(dbk_db *db, dbk_task *tasks, size_t n, int max_parallel, dbk_error *err)
+dbk_rc dbk_parallel_run(dbk_db *db, dbk_parallel_task *tasks, size_t n, int max_parallel,
+                        dbk_error *err)
 {
     if (!db || (n && !tasks))
-        return dbk__err(err, DBK_EMISUSE, "dbk_parallel: db and tasks must not be NULL");
+        return dbk__err(err, DBK_EMISUSE, "dbk_parallel_run: db and tasks must not be NULL");
     for (size_t i = 0; i < n; i++) {
         if (!tasks[i].fn)
-            return dbk__err(err, DBK_EMISUSE, "dbk_parallel: task %zu has no function", i);
+            return dbk__err(err, DBK_EMISUSE, "dbk_parallel_run: task %zu has no function", i);
         tasks[i].rc = DBK_ENOT_RUN;
     }
     /* The executor says how many statements may run on it at once (a
@@ -104,18 +106,18 @@ static dbk_rc batch_task(dbk_db *db, void *ctx, dbk_error *err)
     return dbk_batch_run(db, t->b, t->mode, err);
 }
 
-dbk_rc dbk_batch_run_parallel(dbk_db *db, dbk_batch *const *batches, size_t n,
-                              dbk_batch_mode mode, int max_parallel, dbk_error *err)
+dbk_rc dbk_parallel_run_batches(dbk_db *db, dbk_batch *const *batches, size_t n,
+                                dbk_batch_mode mode, int max_parallel, dbk_error *err)
 {
     if (!db || (n && !batches))
         return dbk__err(err, DBK_EMISUSE,
-                        "dbk_batch_run_parallel: db and batches must not be NULL");
+                        "dbk_parallel_run_batches: db and batches must not be NULL");
     for (size_t i = 0; i < n; i++)
         if (!batches[i])
-            return dbk__err(err, DBK_EMISUSE, "dbk_batch_run_parallel: batch %zu is NULL", i);
+            return dbk__err(err, DBK_EMISUSE, "dbk_parallel_run_batches: batch %zu is NULL", i);
     if (n == 0)
         return DBK_OK;
-    dbk_task *tasks = calloc(n, sizeof *tasks);
+    dbk_parallel_task *tasks = calloc(n, sizeof *tasks);
     struct batch_task *ctx = calloc(n, sizeof *ctx);
     if (!tasks || !ctx) {
         free(tasks);
@@ -128,8 +130,25 @@ dbk_rc dbk_batch_run_parallel(dbk_db *db, dbk_batch *const *batches, size_t n,
         tasks[i].fn = batch_task;
         tasks[i].ctx = &ctx[i];
     }
-    dbk_rc rc = dbk_parallel(db, tasks, n, max_parallel, err);
+    dbk_rc rc = dbk_parallel_run(db, tasks, n, max_parallel, err);
     free(tasks);
     free(ctx);
     return rc;
 }
+
+/* The names deprecated in 0.2 (removed in 0.3), wrappers so they stay in
+ * the ABI. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+dbk_rc dbk_parallel(dbk_db *db, dbk_parallel_task *tasks, size_t n, int max_parallel,
+                    dbk_error *err)
+{
+    return dbk_parallel_run(db, tasks, n, max_parallel, err);
+}
+
+dbk_rc dbk_batch_run_parallel(dbk_db *db, dbk_batch *const *batches, size_t n,
+                              dbk_batch_mode mode, int max_parallel, dbk_error *err)
+{
+    return dbk_parallel_run_batches(db, batches, n, mode, max_parallel, err);
+}
+#pragma GCC diagnostic pop

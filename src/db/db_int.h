@@ -28,7 +28,7 @@ struct dbk__db_ops {
     dbk_rc (*copy_in)(dbk_db *db, const char *sql, dbk__copy_fill fill, void *ctx,
                       int64_t *rows, dbk_error *err);
     /* Optional (NULL: one). How many statements may run on this executor
-     * at once: a pool answers its max_size; dbk_parallel sizes its threads
+     * at once: a pool answers its max_size; dbk_parallel_run sizes its threads
      * by it instead of testing what kind of executor it was given. */
     int (*max_parallel)(dbk_db *db);
     /* Optional (NULL: no). Whether this executor is a transaction's: the

@@ -251,7 +251,7 @@ static dbk_rc rep_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, void
     return pdb->ops->copy_in(pdb, sql, fill, ctx, rows, err);
 }
 
-/* As many as the replica's pool may lend at once (dbk_parallel asks). */
+/* As many as the replica's pool may lend at once (dbk_parallel_run asks). */
 static int rep_max_parallel(dbk_db *db)
 {
     dbk_db *pdb = dbk_pool_db(((struct replica *)db->self)->pool);
@@ -350,7 +350,7 @@ static dbk_rc router_copy_in(dbk_db *db, const char *sql, dbk__copy_fill fill, v
     return p->ops->copy_in(p, sql, fill, ctx, rows, err);
 }
 
-/* Pinned work (dbk_parallel's tasks pin) runs on the primary's pool. */
+/* Pinned work (dbk_parallel_run's tasks pin) runs on the primary's pool. */
 static int router_max_parallel(dbk_db *db)
 {
     dbk_db *p = dbk_pool_db(((struct dbk_cluster *)db->self)->primary);

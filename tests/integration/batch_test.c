@@ -4,7 +4,7 @@
  * seed's user + orders pair in one round trip (counted by a TCP relay
  * between dbkit and PostgreSQL that counts request bursts), a backend
  * killed in the middle of a large batch, prepared statements reused, the
- * observer, and dbk_parallel with more tasks than pooled connections.
+ * observer, and dbk_parallel_run with more tasks than pooled connections.
  */
 /* dbkit:valgrind */
 #include <arpa/inet.h>
@@ -756,10 +756,10 @@ static void parallel_on(const char *url, dbk_engine engine)
     seed_users_orders(db);
     dbk_error err;
     struct ptask pt[4] = {{1, -1, false}, {2, -1, false}, {1, -1, false}, {3, -1, false}};
-    dbk_task tasks[4];
+    dbk_parallel_task tasks[4];
     for (int i = 0; i < 4; i++)
-        tasks[i] = (dbk_task){.fn = ptask_fn, .ctx = &pt[i]};
-    DBKT_OK(dbk_parallel(db, tasks, 4, 0, &err), &err);
+        tasks[i] = (dbk_parallel_task){.fn = ptask_fn, .ctx = &pt[i]};
+    DBKT_OK(dbk_parallel_run(db, tasks, 4, 0, &err), &err);
     assert_int_equal(pt[0].got, 2);
     assert_int_equal(pt[1].got, 1);
     assert_int_equal(pt[2].got, 2);
@@ -770,7 +770,7 @@ static void parallel_on(const char *url, dbk_engine engine)
     /* One failing task: the others still finish, nothing stays checked out. */
     pt[1].fail = true;
     pt[0].got = pt[2].got = -1;
-    DBKT_RC(DBK_ESCHEMA, dbk_parallel(db, tasks, 4, 8, &err));
+    DBKT_RC(DBK_ESCHEMA, dbk_parallel_run(db, tasks, 4, 8, &err));
     assert_non_null(strstr(err.message, "task 1"));
     assert_int_equal(pt[0].got, 2);
     assert_int_equal(pt[2].got, 2);
@@ -788,7 +788,7 @@ static void parallel_on(const char *url, dbk_engine engine)
         add(bs[i], USER_SQL, &id, 1);
         add(bs[i], ORDERS_SQL, &id, 1);
     }
-    DBKT_OK(dbk_batch_run_parallel(db, bs, 4, DBK_BATCH_INDEPENDENT, 0, &err), &err);
+    DBKT_OK(dbk_parallel_run_batches(db, bs, 4, DBK_BATCH_INDEPENDENT, 0, &err), &err);
     for (int i = 0; i < 4; i++) {
         assert_int_equal(dbk_result_nrows(dbk_batch_result(bs[i], 1)), i % 2 ? 1 : 2);
         dbk_batch_free(bs[i]);
@@ -796,10 +796,10 @@ static void parallel_on(const char *url, dbk_engine engine)
     /* On a single connection the tasks run one after another. */
     dbk_conn *c = dbkt_open(url);
     pt[1].fail = false;
-    DBKT_OK(dbk_parallel(dbk_conn_db(c), tasks, 4, 4, &err), &err);
+    DBKT_OK(dbk_parallel_run(dbk_conn_db(c), tasks, 4, 4, &err), &err);
     assert_int_equal(pt[1].got, 1);
     dbk_conn_close(c);
-    DBKT_RC(DBK_EMISUSE, dbk_parallel(NULL, tasks, 4, 0, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_parallel_run(NULL, tasks, 4, 0, &err));
     dbk_pool_close(pool, 1000);
 }
 
@@ -807,6 +807,41 @@ static void batch_parallel_more_tasks_than_connections(void **state)
 {
     (void)state;
     dbkt_each_engine("batch_parallel", parallel_on);
+}
+
+/* The names renamed in 0.2 (dbk_parallel, dbk_batch_run_parallel, dbk_task,
+ * dbk_task_fn) still work for one release: deprecated wrappers and typedefs
+ * of parallel.h's, with the same behaviour. */
+static void batch_deprecated_parallel_names_still_work(void **state)
+{
+    (void)state;
+    char *url = dbkt_sqlite_url("batch_deprecated");
+    dbk_pool *pool = open_pool(url, 2);
+    dbk_db *db = dbk_pool_db(pool);
+    seed_users_orders(db);
+    dbk_error err;
+    struct ptask pt[2] = {{1, -1, false}, {3, -1, true}};
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    dbk_task_fn fn = ptask_fn;
+    dbk_task tasks[2] = {{.fn = fn, .ctx = &pt[0]}, {.fn = fn, .ctx = &pt[1]}};
+    DBKT_RC(DBK_ESCHEMA, dbk_parallel(db, tasks, 2, 0, &err));
+    assert_non_null(strstr(err.message, "task 1"));
+    DBKT_RC(DBK_EMISUSE, dbk_parallel(NULL, tasks, 2, 0, &err));
+    dbk_batch *b;
+    DBKT_OK(dbk_batch_new(&b, &err), &err);
+    dbk_value id = dbk_int64(1);
+    add(b, ORDERS_SQL, &id, 1);
+    DBKT_OK(dbk_batch_run_parallel(db, &b, 1, DBK_BATCH_INDEPENDENT, 0, &err), &err);
+    DBKT_RC(DBK_EMISUSE, dbk_batch_run_parallel(NULL, &b, 1, DBK_BATCH_INDEPENDENT, 0, &err));
+#pragma GCC diagnostic pop
+    assert_int_equal(pt[0].got, 2);
+    DBKT_RC(DBK_OK, tasks[0].rc);
+    DBKT_RC(DBK_ESCHEMA, tasks[1].rc);
+    assert_int_equal(dbk_result_nrows(dbk_batch_result(b, 0)), 2);
+    dbk_batch_free(b);
+    dbk_pool_close(pool, 1000);
+    free(url);
 }
 
 
@@ -890,6 +925,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(batch_backend_killed_mid_batch),
         cmocka_unit_test(batch_server_killed_mid_batch),
         cmocka_unit_test(batch_parallel_more_tasks_than_connections),
+        cmocka_unit_test(batch_deprecated_parallel_names_still_work),
         cmocka_unit_test(batch_misuse_is_reported),
         cmocka_unit_test(batch_huge_parameters_refused_before_copy),
     };

@@ -122,7 +122,7 @@ static dbk_rc tx_port(dbk_db *tx, void *ctx, dbk_error *err)
     return dbk_db_query_int64(tx, "SELECT inet_server_port()", NULL, 0, ctx, err);
 }
 
-/* dbk_parallel on the cluster's executors runs its tasks at once, as on a
+/* dbk_parallel_run on the cluster's executors runs its tasks at once, as on a
  * pool: each task waits (bounded) until all three have started, so tasks
  * run one after another fail with DBK_ETIMEOUT. */
 static atomic_int par_started;
@@ -154,10 +154,10 @@ static void replica_parallel_tasks_run_at_once(void **state)
     dbk_db *execs[] = {dbk_cluster_read_db(c), dbk_cluster_db(c)};
     for (size_t e = 0; e < 2; e++) {
         atomic_store(&par_started, 0);
-        dbk_task tasks[3] = {{par_task, NULL, 0, {0}}, {par_task, NULL, 0, {0}},
-                             {par_task, NULL, 0, {0}}};
+        dbk_parallel_task tasks[3] = {{par_task, NULL, 0, {0}}, {par_task, NULL, 0, {0}},
+                                      {par_task, NULL, 0, {0}}};
         dbk_error err;
-        DBKT_OK(dbk_parallel(execs[e], tasks, 3, 0, &err), &err);
+        DBKT_OK(dbk_parallel_run(execs[e], tasks, 3, 0, &err), &err);
     }
     dbk_cluster_close(c, 1000);
     dbkt_pgtopo_stop(t);
