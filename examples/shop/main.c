@@ -22,7 +22,8 @@
  *   HOST, PORT    127.0.0.1, 8080 (PORT=0 picks a free port; the first line
  *                 printed says which)
  *   CACHE_URL     memory (default), off, or redis://host:port/db;
- *                 REDIS_URL alone also selects Redis
+ *                 REDIS_URL alone also selects Redis; CACHE_AUTO_PIPELINE
+ *                 0|1 (read through dbk_cache_opts_from_env)
  *   CACHE_PREFIX  Redis key prefix (default "shop:"), for instances sharing a
  *                 Redis but not a database
  *   POOL_MAX      pool size (default: pool_max of the URL / DB_POOL_MAX, else
@@ -94,25 +95,21 @@ static void sleep_ms(int ms)
 static int open_cache(dbk_error *err)
 {
     const char *cache_url = getenv("CACHE_URL");
-    const char *redis_url = getenv("REDIS_URL");
-    const char *url;
-    if (cache_url && *cache_url) {
-        if (strcmp(cache_url, "off") == 0) {
-            shop.cache_kind = "off";
-            return 0;
-        }
-        url = strcmp(cache_url, "memory") == 0 ? "memory:" : cache_url;
-    } else if (redis_url && *redis_url) {
-        url = redis_url;
-    } else {
-        url = "memory:";
+    if (cache_url && strcmp(cache_url, "off") == 0) {
+        shop.cache_kind = "off";
+        return 0;
     }
     dbk_cache_opts co;
     memset(&co, 0, sizeof co);
-    co.url = url;
     const char *prefix = getenv("CACHE_PREFIX");
     co.key_prefix = prefix && *prefix ? prefix : "shop:";
-    dbk_rc rc = dbk_cache_open(&co, &shop.cache, err);
+    /* CACHE_URL (memory, memory: or a redis URL), else REDIS_URL, else the
+     * memory backend; CACHE_AUTO_PIPELINE. */
+    dbk_cache_env *cenv = NULL;
+    dbk_rc rc = dbk_cache_opts_from_env(&co, &cenv, err);
+    if (rc == DBK_OK)
+        rc = dbk_cache_open(&co, &shop.cache, err);
+    dbk_cache_env_free(cenv);
     if (rc != DBK_OK) {
         fprintf(stderr, "shop: cache: %s (%s)\n", err->message, dbk_rc_name(rc));
         return -1;

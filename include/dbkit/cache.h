@@ -114,8 +114,8 @@ typedef struct dbk_cache_opts {
     /* The struct's version: DBK_CACHE_OPTS_VERSION, set by DBK_CACHE_OPTS_INIT or
      * dbk_cache_opts_init(). 0 (a zero-initialized struct) reads as 1. */
     unsigned int version;
-    /* Backend. NULL: CACHE_URL, then REDIS_URL from the environment; neither
-     * set (or "memory:") gives the memory backend. Otherwise
+    /* Backend. NULL or "memory:" gives the memory backend (the environment
+     * is not read here: see dbk_cache_opts_from_env()). Otherwise
      * "redis://[[user]:password@]host[:port][/db]" (port 6379, db 0; user,
      * password percent-decoded; "[::1]" for IPv6),
      * "redis-sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db]"
@@ -124,7 +124,7 @@ typedef struct dbk_cache_opts {
      * nodes of a Redis Cluster; key_prefix may not hold '{' or '}'), at most
      * 16 hosts, or "memory:". See docs/caching.md for both modes.
      * Query parameters: "auto_pipeline=0|1" (concurrent calls share
-     * connections as pipelines; unset: CACHE_AUTO_PIPELINE, else on), and
+     * connections as pipelines; unset: on), and
      * for redis-sentinel:// "sentinel_password" / "sentinel_user" (AUTH to
      * the sentinels; the userinfo is the master's). Others: DBK_ECONFIG.
      * "rediss://" (TLS) is DBK_ECONFIG: this build has no TLS. */
@@ -174,13 +174,42 @@ typedef struct dbk_cache_opts {
 DBK_API dbk_rc dbk_cache_opts_init(dbk_cache_opts *opts, unsigned int version, dbk_error *err);
 
 /*
- * Opens a cache (see dbk_cache_opts.url for the backend choice). Opening a
+ * Opens a cache (see dbk_cache_opts.url for the backend choice). Reads only
+ * its arguments, never the environment. Opening a
  * Redis cache does not connect: a Redis that is down does not fail it.
  * On DBK_OK *out is owned by the caller (dbk_cache_close). Errors:
  * DBK_EMISUSE (out NULL), DBK_ECONFIG (malformed URL or option; the message
  * never contains the password), DBK_ENOMEM.
  */
 DBK_API dbk_rc dbk_cache_open(const dbk_cache_opts *opts, dbk_cache **out, dbk_error *err);
+
+/* What dbk_cache_opts_from_env() read: owns the URL opts->url points to. */
+typedef struct dbk_cache_env dbk_cache_env;
+
+/*
+ * Reads the cache's settings from the process environment into *opts, the
+ * cache's counterpart of dbk_config_from_env(); dbk_cache_open() itself
+ * reads no variable. Empty variables count as unset.
+ *   CACHE_URL, else REDIS_URL: opts->url, when the caller left it NULL
+ *     (neither set: opts->url stays NULL, the memory backend);
+ *   CACHE_AUTO_PIPELINE (0/1, off/on, false/true, no/yes): added to a
+ *     redis URL (the environment's or the caller's) as auto_pipeline=0|1,
+ *     unless the URL names auto_pipeline itself, which wins.
+ * Other fields of *opts are left as they are. On DBK_OK *env is owned by
+ * the caller (dbk_cache_env_free) and opts->url, when set by this call,
+ * points into it: free it after dbk_cache_open(), which copies what it
+ * keeps. Errors: DBK_EMISUSE (opts or env NULL), DBK_ECONFIG (a bad
+ * CACHE_AUTO_PIPELINE, a URL over 4096 bytes; the message names the
+ * variable, never its value), DBK_ENOMEM; *env is NULL and *opts unchanged
+ * on failure. Reads the environment with getenv(): do not call while
+ * another thread modifies it.
+ */
+DBK_API dbk_rc dbk_cache_opts_from_env(dbk_cache_opts *opts, dbk_cache_env **env,
+                                       dbk_error *err);
+
+/* Frees what dbk_cache_opts_from_env() returned, wiping the URL (it may
+ * hold a password). Accepts NULL. */
+DBK_API void dbk_cache_env_free(dbk_cache_env *env);
 
 /*
  * Closes the cache and frees everything it holds. Accepts NULL.

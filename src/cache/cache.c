@@ -79,12 +79,6 @@ uint64_t dbk__cache_rand64(void)
 
 /* ---- open / close ------------------------------------------------------- */
 
-static const char *env_nonempty(const char *name)
-{
-    const char *v = getenv(name);
-    return v && *v ? v : NULL;
-}
-
 static dbk_rc resolve(const dbk_cache_opts *o, struct dbk__cache_cfg *c, dbk_error *err)
 {
     static const dbk_cache_opts zero;
@@ -146,9 +140,7 @@ dbk_rc dbk_cache_open(const dbk_cache_opts *opts, dbk_cache **out, dbk_error *er
     dbk_rc rc = resolve(opts, &cfg, err);
     if (rc != DBK_OK)
         return rc;
-    const char *url = opts && opts->url ? opts->url : env_nonempty("CACHE_URL");
-    if (!url && !(opts && opts->url))
-        url = env_nonempty("REDIS_URL");
+    const char *url = opts ? opts->url : NULL;
     dbk_cache *c = calloc(1, sizeof *c);
     if (!c)
         return dbk__err(err, DBK_ENOMEM, "out of memory opening a cache");

@@ -754,29 +754,6 @@ static void r_close(void *impl)
     free(r);
 }
 
-/* A 0/1 environment setting (also false/true, off/on, no/yes): *out is -1
- * when unset or empty. */
-static dbk_rc env_switch(const char *name, int *out, dbk_error *err)
-{
-    const char *v = getenv(name);
-    *out = -1;
-    if (!v || !*v)
-        return DBK_OK;
-    static const char *const no[] = {"0", "false", "off", "no"}, *const yes[] = {"1", "true", "on",
-                                                                                 "yes"};
-    for (int i = 0; i < 4; i++) {
-        if (strcasecmp(v, no[i]) == 0)
-            *out = 0;
-        else if (strcasecmp(v, yes[i]) == 0)
-            *out = 1;
-    }
-    if (*out >= 0)
-        return DBK_OK;
-    dbk__err(err, DBK_ECONFIG, "%s must be 0 or 1", name);
-    dbk__err_hint(err, "or set auto_pipeline=0|1 in the cache url, which takes precedence");
-    return DBK_ECONFIG;
-}
-
 dbk_rc dbk__cache_redis_new(const struct dbk__cache_cfg *cfg, const struct dbk__redis_url *url,
                             void **impl, dbk_error *err)
 {
@@ -797,13 +774,7 @@ dbk_rc dbk__cache_redis_new(const struct dbk__cache_cfg *cfg, const struct dbk__
     r->cluster = url->mode == DBK__REDIS_CLUSTER;
     r->prefix_len = strnlen(r->cfg.key_prefix, sizeof r->cfg.key_prefix - 1);
     r->ha = url->mode != DBK__REDIS_SINGLE;
-    int ap = url->auto_pipeline;
-    if (ap < 0 && env_switch("CACHE_AUTO_PIPELINE", &ap, err) != DBK_OK) {
-        memset(r, 0, sizeof *r);
-        free(r);
-        return DBK_ECONFIG;
-    }
-    r->pipe = ap != 0;
+    r->pipe = url->auto_pipeline != 0; /* unset (-1): on */
     if (r->cluster && strpbrk(cfg->key_prefix, "{}")) {
         memset(r, 0, sizeof *r);
         free(r);

@@ -2561,19 +2561,148 @@ static void cache_redis_url_parameters(void **state)
     assert_null(strstr(buf, "s3cretpw"));
     assert_null(strstr(buf, "m4sterpw"));
     assert_non_null(strstr(buf, "auto_pipeline=0"));
-    /* the environment switch; the URL's parameter wins over it */
+}
+
+/* dbk_cache_open() reads only its arguments: a CACHE_URL, REDIS_URL or
+ * CACHE_AUTO_PIPELINE set in the environment changes nothing. */
+static void cache_open_reads_no_environment(void **state)
+{
+    (void)state;
+    dbk_error err;
+    dbk_cache *c = NULL;
+    setenv("CACHE_URL", "redis://127.0.0.1:1/0", 1);
+    setenv("REDIS_URL", "redis://127.0.0.1:1/0", 1);
     setenv("CACHE_AUTO_PIPELINE", "maybe", 1);
-    o.url = "redis://127.0.0.1:1/0";
-    DBKT_RC(DBK_ECONFIG, dbk_cache_open(&o, &c, &err));
-    assert_non_null(strstr(err.message, "CACHE_AUTO_PIPELINE"));
-    o.url = "redis://127.0.0.1:1/0?auto_pipeline=1";
-    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    DBKT_OK(dbk_cache_open(NULL, &c, &err), &err);
+    assert_string_equal(dbk_cache_backend(c), "memory");
     dbk_cache_close(c);
-    setenv("CACHE_AUTO_PIPELINE", "off", 1);
+    dbk_cache_opts o = {0};
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    assert_string_equal(dbk_cache_backend(c), "memory");
+    dbk_cache_close(c);
+    /* a bad switch in the environment does not fail an open that names
+     * its own redis URL */
     o.url = "redis://127.0.0.1:1/0";
     DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    assert_string_equal(dbk_cache_backend(c), "redis");
     dbk_cache_close(c);
+    unsetenv("CACHE_URL");
+    unsetenv("REDIS_URL");
     unsetenv("CACHE_AUTO_PIPELINE");
+}
+
+/* dbk_cache_opts_from_env() is where the environment is read: CACHE_URL,
+ * else REDIS_URL; CACHE_AUTO_PIPELINE into the URL unless the URL names
+ * auto_pipeline; bad values are DBK_ECONFIG with a hint, never quoting. */
+static void cache_opts_from_env_reads_the_variables(void **state)
+{
+    (void)state;
+    dbk_error err;
+    dbk_cache *c = NULL;
+    dbk_cache_env *env = NULL;
+    dbk_cache_opts o = {0};
+    unsetenv("CACHE_URL");
+    unsetenv("REDIS_URL");
+    unsetenv("CACHE_AUTO_PIPELINE");
+
+    /* nothing set: no URL, the memory backend */
+    DBKT_OK(dbk_cache_opts_from_env(&o, &env, &err), &err);
+    assert_non_null(env);
+    assert_null(o.url);
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    assert_string_equal(dbk_cache_backend(c), "memory");
+    dbk_cache_close(c);
+    dbk_cache_env_free(env);
+
+    /* REDIS_URL alone; CACHE_URL wins over it; empty counts as unset */
+    setenv("REDIS_URL", "redis://127.0.0.1:1/3", 1);
+    setenv("CACHE_URL", "", 1);
+    o = (dbk_cache_opts){0};
+    DBKT_OK(dbk_cache_opts_from_env(&o, &env, &err), &err);
+    assert_string_equal(o.url, "redis://127.0.0.1:1/3");
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    dbk_cache_env_free(env); /* the cache kept its own copy */
+    assert_string_equal(dbk_cache_backend(c), "redis");
+    dbk_cache_close(c);
+    setenv("CACHE_URL", "memory", 1);
+    o = (dbk_cache_opts){0};
+    DBKT_OK(dbk_cache_opts_from_env(&o, &env, &err), &err);
+    assert_string_equal(o.url, "memory");
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    assert_string_equal(dbk_cache_backend(c), "memory");
+    dbk_cache_close(c);
+    dbk_cache_env_free(env);
+
+    /* CACHE_AUTO_PIPELINE becomes the URL's parameter ... */
+    setenv("CACHE_URL", "redis://:s3cretpw@127.0.0.1:1/0", 1);
+    setenv("CACHE_AUTO_PIPELINE", "off", 1);
+    o = (dbk_cache_opts){0};
+    DBKT_OK(dbk_cache_opts_from_env(&o, &env, &err), &err);
+    assert_string_equal(o.url, "redis://:s3cretpw@127.0.0.1:1/0?auto_pipeline=0");
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    dbk_cache_close(c);
+    dbk_cache_env_free(env);
+    /* ... also of a URL the caller set, after its own parameters ... */
+    setenv("CACHE_AUTO_PIPELINE", "Yes", 1);
+    o = (dbk_cache_opts){0};
+    o.url = "redis-sentinel://127.0.0.1:1/m?sentinel_user=s";
+    DBKT_OK(dbk_cache_opts_from_env(&o, &env, &err), &err);
+    assert_string_equal(o.url, "redis-sentinel://127.0.0.1:1/m?sentinel_user=s&auto_pipeline=1");
+    dbk_cache_env_free(env);
+    /* ... unless the URL names it (the URL wins), or is not a redis URL */
+    setenv("CACHE_URL", "redis://127.0.0.1:1/0?auto_pipeline=1", 1);
+    setenv("CACHE_AUTO_PIPELINE", "0", 1);
+    o = (dbk_cache_opts){0};
+    DBKT_OK(dbk_cache_opts_from_env(&o, &env, &err), &err);
+    assert_string_equal(o.url, "redis://127.0.0.1:1/0?auto_pipeline=1");
+    dbk_cache_env_free(env);
+    setenv("CACHE_URL", "memory:", 1);
+    o = (dbk_cache_opts){0};
+    DBKT_OK(dbk_cache_opts_from_env(&o, &env, &err), &err);
+    assert_string_equal(o.url, "memory:");
+    dbk_cache_env_free(env);
+
+    /* bad values: DBK_ECONFIG with a hint, opts untouched, nothing owned,
+     * and the value (which could be a secret put in the wrong variable)
+     * never in the message */
+    setenv("CACHE_URL", "redis://:s3cretpw@127.0.0.1:1/0", 1);
+    setenv("CACHE_AUTO_PIPELINE", "s3cretpw", 1);
+    o = (dbk_cache_opts){0};
+    env = (dbk_cache_env *)&o; /* must be reset */
+    DBKT_RC(DBK_ECONFIG, dbk_cache_opts_from_env(&o, &env, &err));
+    assert_null(env);
+    assert_null(o.url);
+    assert_non_null(strstr(err.message, "CACHE_AUTO_PIPELINE"));
+    assert_non_null(strstr(err.hint, "auto_pipeline=0|1"));
+    assert_null(strstr(err.message, "s3cretpw"));
+    assert_null(strstr(err.hint, "s3cretpw"));
+    unsetenv("CACHE_AUTO_PIPELINE");
+    static char longurl[5000];
+    memset(longurl, 'a', sizeof longurl - 1);
+    memcpy(longurl, "redis://:s3cretpw@", 18);
+    setenv("CACHE_URL", longurl, 1);
+    DBKT_RC(DBK_ECONFIG, dbk_cache_opts_from_env(&o, &env, &err));
+    assert_non_null(strstr(err.message, "CACHE_URL"));
+    assert_null(strstr(err.message, "s3cretpw"));
+    assert_non_null(strstr(err.hint, "redis://"));
+    assert_null(env);
+    /* a malformed URL from the environment fails at the open, without its
+     * password */
+    setenv("CACHE_URL", "redis://:s3cretpw@127.0.0.1:1/0?auto_pipeline=2", 1);
+    o = (dbk_cache_opts){0};
+    DBKT_OK(dbk_cache_opts_from_env(&o, &env, &err), &err);
+    DBKT_RC(DBK_ECONFIG, dbk_cache_open(&o, &c, &err));
+    assert_null(strstr(err.message, "s3cretpw"));
+    dbk_cache_env_free(env);
+    unsetenv("CACHE_URL");
+    unsetenv("REDIS_URL");
+
+    /* misuse */
+    DBKT_RC(DBK_EMISUSE, dbk_cache_opts_from_env(NULL, &env, &err));
+    assert_null(env);
+    DBKT_RC(DBK_EMISUSE, dbk_cache_opts_from_env(&o, NULL, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_cache_opts_from_env(&o, NULL, NULL)); /* err optional */
+    dbk_cache_env_free(NULL);
 }
 
 static const struct CMUnitTest tests[] = {
@@ -2611,6 +2740,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_redis_pipeline_stalled_server_bounded),
     cmocka_unit_test(cache_redis_pipeline_off_is_one_per_connection),
     cmocka_unit_test(cache_redis_url_parameters),
+    cmocka_unit_test(cache_open_reads_no_environment),
+    cmocka_unit_test(cache_opts_from_env_reads_the_variables),
 };
 
 DBKT_MAIN(tests)
