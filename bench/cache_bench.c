@@ -1,7 +1,7 @@
 /*
  * The cache's read path, next to what it saves and what it is built on,
  * measured in the same run:
- *   1. memory cache hit through the cached repository (dbk_cached_find_by_id)
+ *   1. memory cache hit through the cached repository (dbk_cached_repo_find_by_id)
  *      vs an uncached dbk_repo_find_by_id on SQLite and on PostgreSQL;
  *   2. Redis hit through the cached repository vs a raw hiredis GET loop on
  *      a value of the same size (the target: cached >= 0.9x raw);
@@ -137,7 +137,7 @@ static void read_cached(void *ctx, int64_t id)
     struct rctx *c = ctx;
     struct user u;
     dbk_error err;
-    if (dbk_cached_find_by_id(c->r, c->db, dbk_int64(id), &u, c->arena, &err) != DBK_OK)
+    if (dbk_cached_repo_find_by_id(c->r, c->db, dbk_int64(id), &u, c->arena, &err) != DBK_OK)
         die("cached find_by_id", &err);
     dbk_arena_reset(c->arena);
 }

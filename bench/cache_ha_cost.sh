@@ -8,7 +8,7 @@
 # for the same CPUs. So the client's own cost is counted too, where load
 # does not skew it: instructions per hit under valgrind's callgrind, the
 # Ir of `cache_bench ha --hits N URL` minus that of `--hits 0 URL`, divided
-# by N; through the cached repository (dbk_cached_find_by_id, decoding
+# by N; through the cached repository (dbk_cached_repo_find_by_id, decoding
 # included) and through dbk_cache_get alone. Only the hit loop is counted
 # (--toggle-collect on ha_hits): the set-up before it (connecting, loading
 # the hot rows, a store a fresh node epoch refuses) differs from run to

@@ -62,10 +62,10 @@ static bool valid_status(const char *s)
 bool shop_user_find(shop_req *rq, shop_resp *rs, int64_t id, shop_user *u, const char *what)
 {
     dbk_error err;
-    dbk_rc rc = shop.users
-                    ? dbk_cached_find_by_id(shop.users, shop.db, dbk_int64(id), u, rq->arena, &err)
-                    : dbk_repo_find_by_id(shop_read_db(rq), &shop_user_entity, dbk_int64(id), u,
-                                          rq->arena, &err);
+    dbk_rc rc = shop.users ? dbk_cached_repo_find_by_id(shop.users, shop.db, dbk_int64(id), u,
+                                                        rq->arena, &err)
+                           : dbk_repo_find_by_id(shop_read_db(rq), &shop_user_entity, dbk_int64(id),
+                                                 u, rq->arena, &err);
     return !shop_reply_failed(rs, rc, &err, what);
 }
 
@@ -111,9 +111,9 @@ void shop_users_create(shop_req *rq, shop_resp *rs)
     in.password_hash = hash;
     in.status = "active";
     dbk_error err;
-    dbk_rc rc = shop.users ? dbk_cached_create(shop.users, shop.db, &in, &out, rq->arena, &err)
-                           : dbk_repo_create(shop.db, &shop_user_entity, &in, &out, rq->arena,
-                                             &err);
+    dbk_rc rc = shop.users
+                    ? dbk_cached_repo_create(shop.users, shop.db, &in, &out, rq->arena, &err)
+                    : dbk_repo_create(shop.db, &shop_user_entity, &in, &out, rq->arena, &err);
     sodium_memzero(hash, sizeof hash);
     if (shop_reply_expected(rs, rc, DBK_EUNIQUE, 409, "email_taken",
                        "a user with this e-mail already exists"))
@@ -144,8 +144,8 @@ void shop_users_by_email(shop_req *rq, shop_resp *rs)
     }
     shop_user u;
     dbk_error err;
-    dbk_rc rc = shop.users ? dbk_cached_find_by(shop.users, shop.db, "email", dbk_text(email), &u,
-                                                rq->arena, &err)
+    dbk_rc rc = shop.users ? dbk_cached_repo_find_by(shop.users, shop.db, "email", dbk_text(email),
+                                                     &u, rq->arena, &err)
                            : dbk_repo_find_by(shop_read_db(rq), &shop_user_entity, "email",
                                               dbk_text(email), &u, rq->arena, &err);
     if (shop_reply_failed(rs, rc, &err, "user"))
@@ -308,10 +308,10 @@ void shop_users_patch(shop_req *rq, shop_resp *rs, int64_t id)
     }
     shop_user out;
     dbk_error err;
-    dbk_rc rc = shop.users ? dbk_cached_update(shop.users, shop.db, dbk_int64(id), &in, fields, nf,
-                                               &out, rq->arena, &err)
-                           : dbk_repo_update(shop.db, &shop_user_entity, dbk_int64(id), &in,
-                                             fields, nf, &out, rq->arena, &err);
+    dbk_rc rc = shop.users ? dbk_cached_repo_update(shop.users, shop.db, dbk_int64(id), &in, fields,
+                                                    nf, &out, rq->arena, &err)
+                           : dbk_repo_update(shop.db, &shop_user_entity, dbk_int64(id), &in, fields,
+                                             nf, &out, rq->arena, &err);
     if (shop_reply_expected(rs, rc, DBK_EUNIQUE, 409, "email_taken",
                        "a user with this e-mail already exists"))
         return;
@@ -323,10 +323,10 @@ void shop_users_patch(shop_req *rq, shop_resp *rs, int64_t id)
 void shop_users_delete(shop_req *rq, shop_resp *rs, int64_t id)
 {
     dbk_error err;
-    dbk_rc rc = shop.users
-                    ? dbk_cached_delete(shop.users, shop.db, dbk_int64(id), NULL, rq->arena, &err)
-                    : dbk_repo_delete(shop.db, &shop_user_entity, dbk_int64(id), NULL, rq->arena,
-                                      &err);
+    dbk_rc rc =
+        shop.users
+            ? dbk_cached_repo_delete(shop.users, shop.db, dbk_int64(id), NULL, rq->arena, &err)
+            : dbk_repo_delete(shop.db, &shop_user_entity, dbk_int64(id), NULL, rq->arena, &err);
     if (shop_reply_expected(rs, rc, DBK_EFOREIGN_KEY, 409, "in_use",
                        "the user still has orders or accounts"))
         return;

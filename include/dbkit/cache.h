@@ -522,33 +522,63 @@ DBK_API dbk_rc dbk_cached_repo_new(dbk_cache *cache, dbk_entity *e,
 DBK_API void dbk_cached_repo_free(dbk_cached_repo *r);
 
 /* dbk_repo_find_by_id() through the cache. Strings go into `arena`. */
-DBK_API dbk_rc dbk_cached_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
-                                     dbk_arena *arena, dbk_error *err);
+DBK_API dbk_rc dbk_cached_repo_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
+                                          dbk_arena *arena, dbk_error *err);
 
 /* dbk_repo_find_by() through the cache (`column` the PK or a DBK_F_UNIQUE
  * field, else DBK_EINVALID_COLUMN). */
-DBK_API dbk_rc dbk_cached_find_by(dbk_cached_repo *r, dbk_db *db, const char *column,
-                                  dbk_value value, void *out, dbk_arena *arena, dbk_error *err);
+DBK_API dbk_rc dbk_cached_repo_find_by(dbk_cached_repo *r, dbk_db *db, const char *column,
+                                       dbk_value value, void *out, dbk_arena *arena,
+                                       dbk_error *err);
 
 /* The repository writes, with invalidation as described above. Arguments
  * and results as the dbk_repo_* call of the same name. */
-DBK_API dbk_rc dbk_cached_create(dbk_cached_repo *r, dbk_db *db, const void *in, void *out,
-                                 dbk_arena *arena, dbk_error *err);
-DBK_API dbk_rc dbk_cached_update(dbk_cached_repo *r, dbk_db *db, dbk_value id, const void *in,
-                                 const char *const *fields, size_t nfields, void *out,
-                                 dbk_arena *arena, dbk_error *err);
-DBK_API dbk_rc dbk_cached_upsert(dbk_cached_repo *r, dbk_db *db, const char *const *conflict,
-                                 size_t nconflict, const char *const *update_fields,
-                                 size_t nupdate, const void *in, void *out, dbk_arena *arena,
-                                 dbk_error *err);
-DBK_API dbk_rc dbk_cached_delete(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
-                                 dbk_arena *arena, dbk_error *err);
-DBK_API dbk_rc dbk_cached_create_many(dbk_cached_repo *r, dbk_db *db, const void *rows, size_t n,
-                                      void *out_rows, dbk_arena *arena, dbk_error *err);
+DBK_API dbk_rc dbk_cached_repo_create(dbk_cached_repo *r, dbk_db *db, const void *in, void *out,
+                                      dbk_arena *arena, dbk_error *err);
+DBK_API dbk_rc dbk_cached_repo_update(dbk_cached_repo *r, dbk_db *db, dbk_value id, const void *in,
+                                      const char *const *fields, size_t nfields, void *out,
+                                      dbk_arena *arena, dbk_error *err);
+DBK_API dbk_rc dbk_cached_repo_upsert(dbk_cached_repo *r, dbk_db *db, const char *const *conflict,
+                                      size_t nconflict, const char *const *update_fields,
+                                      size_t nupdate, const void *in, void *out, dbk_arena *arena,
+                                      dbk_error *err);
+DBK_API dbk_rc dbk_cached_repo_delete(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
+                                      dbk_arena *arena, dbk_error *err);
+DBK_API dbk_rc dbk_cached_repo_create_many(dbk_cached_repo *r, dbk_db *db, const void *rows,
+                                           size_t n, void *out_rows, dbk_arena *arena,
+                                           dbk_error *err);
 
 /* The version of the entity's list namespace ("<table>:list"): put it in the
  * keys of cached lists and pages; every write bumps it after commit. */
-DBK_API dbk_rc dbk_cached_list_version(dbk_cached_repo *r, uint64_t *version, dbk_error *err);
+DBK_API dbk_rc dbk_cached_repo_list_version(dbk_cached_repo *r, uint64_t *version, dbk_error *err);
+
+/* Deprecated in 0.2 (removed in 0.3): the old names of the calls above,
+ * without the object's full prefix (docs/api-conventions.md). */
+DBK_API DBK_DEPRECATED("use dbk_cached_repo_find_by_id")
+dbk_rc dbk_cached_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
+                             dbk_arena *arena, dbk_error *err);
+DBK_API DBK_DEPRECATED("use dbk_cached_repo_find_by")
+dbk_rc dbk_cached_find_by(dbk_cached_repo *r, dbk_db *db, const char *column, dbk_value value,
+                          void *out, dbk_arena *arena, dbk_error *err);
+DBK_API DBK_DEPRECATED("use dbk_cached_repo_create")
+dbk_rc dbk_cached_create(dbk_cached_repo *r, dbk_db *db, const void *in, void *out,
+                         dbk_arena *arena, dbk_error *err);
+DBK_API DBK_DEPRECATED("use dbk_cached_repo_update")
+dbk_rc dbk_cached_update(dbk_cached_repo *r, dbk_db *db, dbk_value id, const void *in,
+                         const char *const *fields, size_t nfields, void *out, dbk_arena *arena,
+                         dbk_error *err);
+DBK_API DBK_DEPRECATED("use dbk_cached_repo_upsert")
+dbk_rc dbk_cached_upsert(dbk_cached_repo *r, dbk_db *db, const char *const *conflict,
+                         size_t nconflict, const char *const *update_fields, size_t nupdate,
+                         const void *in, void *out, dbk_arena *arena, dbk_error *err);
+DBK_API DBK_DEPRECATED("use dbk_cached_repo_delete")
+dbk_rc dbk_cached_delete(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
+                         dbk_arena *arena, dbk_error *err);
+DBK_API DBK_DEPRECATED("use dbk_cached_repo_create_many")
+dbk_rc dbk_cached_create_many(dbk_cached_repo *r, dbk_db *db, const void *rows, size_t n,
+                              void *out_rows, dbk_arena *arena, dbk_error *err);
+DBK_API DBK_DEPRECATED("use dbk_cached_repo_list_version")
+dbk_rc dbk_cached_list_version(dbk_cached_repo *r, uint64_t *version, dbk_error *err);
 
 #ifdef __cplusplus
 }

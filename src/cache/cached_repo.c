@@ -130,10 +130,10 @@ void dbk_cached_repo_free(dbk_cached_repo *r)
     free(r);
 }
 
-dbk_rc dbk_cached_list_version(dbk_cached_repo *r, uint64_t *version, dbk_error *err)
+dbk_rc dbk_cached_repo_list_version(dbk_cached_repo *r, uint64_t *version, dbk_error *err)
 {
     if (!r || !version)
-        return dbk__err(err, DBK_EMISUSE, "dbk_cached_list_version: NULL argument");
+        return dbk__err(err, DBK_EMISUSE, "dbk_cached_repo_list_version: NULL argument");
     return dbk_cache_ns_version(r->cache, r->list_ns, version, err);
 }
 
@@ -525,19 +525,19 @@ static dbk_rc cached_find(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v, v
     return rc;
 }
 
-dbk_rc dbk_cached_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
-                             dbk_arena *arena, dbk_error *err)
+dbk_rc dbk_cached_repo_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
+                                  dbk_arena *arena, dbk_error *err)
 {
     if (!r || !db || !out || !arena)
-        return dbk__err(err, DBK_EMISUSE, "dbk_cached_find_by_id: NULL argument");
+        return dbk__err(err, DBK_EMISUSE, "dbk_cached_repo_find_by_id: NULL argument");
     return cached_find(r, db, r->pk, id, out, arena, err);
 }
 
-dbk_rc dbk_cached_find_by(dbk_cached_repo *r, dbk_db *db, const char *column, dbk_value value,
-                          void *out, dbk_arena *arena, dbk_error *err)
+dbk_rc dbk_cached_repo_find_by(dbk_cached_repo *r, dbk_db *db, const char *column, dbk_value value,
+                               void *out, dbk_arena *arena, dbk_error *err)
 {
     if (!r || !db || !column || !out || !arena)
-        return dbk__err(err, DBK_EMISUSE, "dbk_cached_find_by: NULL argument");
+        return dbk__err(err, DBK_EMISUSE, "dbk_cached_repo_find_by: NULL argument");
     int idx = dbk_entity_field_index(r->e, column);
     if (idx < 0 || !(r->e->fields[idx].flags & (DBK_F_UNIQUE | DBK_F_PK)))
         return dbk__err(err, DBK_EINVALID_COLUMN,
@@ -635,11 +635,11 @@ static void scratch_free(struct scratch *s)
     dbk_arena_free(s->arena);
 }
 
-dbk_rc dbk_cached_create(dbk_cached_repo *r, dbk_db *db, const void *in, void *out,
-                         dbk_arena *arena, dbk_error *err)
+dbk_rc dbk_cached_repo_create(dbk_cached_repo *r, dbk_db *db, const void *in, void *out,
+                              dbk_arena *arena, dbk_error *err)
 {
     if (!r || !db || !in)
-        return dbk__err(err, DBK_EMISUSE, "dbk_cached_create: NULL argument");
+        return dbk__err(err, DBK_EMISUSE, "dbk_cached_repo_create: NULL argument");
     struct scratch s = {0};
     if (!out || !arena) {
         dbk_rc rc = scratch_init(&s, r, 1, err);
@@ -678,12 +678,12 @@ static dbk_rc read_old(dbk_cached_repo *r, dbk_db *db, dbk_value id, struct scra
     return rc;
 }
 
-dbk_rc dbk_cached_update(dbk_cached_repo *r, dbk_db *db, dbk_value id, const void *in,
-                         const char *const *fields, size_t nfields, void *out, dbk_arena *arena,
-                         dbk_error *err)
+dbk_rc dbk_cached_repo_update(dbk_cached_repo *r, dbk_db *db, dbk_value id, const void *in,
+                              const char *const *fields, size_t nfields, void *out,
+                              dbk_arena *arena, dbk_error *err)
 {
     if (!r || !db || !in)
-        return dbk__err(err, DBK_EMISUSE, "dbk_cached_update: NULL argument");
+        return dbk__err(err, DBK_EMISUSE, "dbk_cached_repo_update: NULL argument");
     struct scratch old = {0}, s = {0};
     bool have_old = false;
     dbk_rc rc = read_old(r, db, id, &old, &have_old, err);
@@ -707,11 +707,11 @@ dbk_rc dbk_cached_update(dbk_cached_repo *r, dbk_db *db, dbk_value id, const voi
     return rc;
 }
 
-dbk_rc dbk_cached_delete(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
-                         dbk_arena *arena, dbk_error *err)
+dbk_rc dbk_cached_repo_delete(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
+                              dbk_arena *arena, dbk_error *err)
 {
     if (!r || !db)
-        return dbk__err(err, DBK_EMISUSE, "dbk_cached_delete: NULL argument");
+        return dbk__err(err, DBK_EMISUSE, "dbk_cached_repo_delete: NULL argument");
     struct scratch s = {0};
     dbk_rc rc = DBK_OK;
     /* always RETURNING: the deleted row carries every key it was cached
@@ -733,12 +733,12 @@ dbk_rc dbk_cached_delete(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out
     return rc;
 }
 
-dbk_rc dbk_cached_upsert(dbk_cached_repo *r, dbk_db *db, const char *const *conflict,
-                         size_t nconflict, const char *const *update_fields, size_t nupdate,
-                         const void *in, void *out, dbk_arena *arena, dbk_error *err)
+dbk_rc dbk_cached_repo_upsert(dbk_cached_repo *r, dbk_db *db, const char *const *conflict,
+                              size_t nconflict, const char *const *update_fields, size_t nupdate,
+                              const void *in, void *out, dbk_arena *arena, dbk_error *err)
 {
     if (!r || !db || !in)
-        return dbk__err(err, DBK_EMISUSE, "dbk_cached_upsert: NULL argument");
+        return dbk__err(err, DBK_EMISUSE, "dbk_cached_repo_upsert: NULL argument");
     struct scratch old = {0}, s = {0};
     dbk_rc rc = DBK_OK;
     bool have_old = false;
@@ -775,11 +775,11 @@ dbk_rc dbk_cached_upsert(dbk_cached_repo *r, dbk_db *db, const char *const *conf
     return rc;
 }
 
-dbk_rc dbk_cached_create_many(dbk_cached_repo *r, dbk_db *db, const void *rows, size_t n,
-                              void *out_rows, dbk_arena *arena, dbk_error *err)
+dbk_rc dbk_cached_repo_create_many(dbk_cached_repo *r, dbk_db *db, const void *rows, size_t n,
+                                   void *out_rows, dbk_arena *arena, dbk_error *err)
 {
     if (!r || !db || (!rows && n))
-        return dbk__err(err, DBK_EMISUSE, "dbk_cached_create_many: NULL argument");
+        return dbk__err(err, DBK_EMISUSE, "dbk_cached_repo_create_many: NULL argument");
     struct scratch s = {0};
     dbk_rc rc = DBK_OK;
     if (!out_rows || !arena) {
@@ -796,3 +796,58 @@ dbk_rc dbk_cached_create_many(dbk_cached_repo *r, dbk_db *db, const void *rows, 
     scratch_free(&s);
     return rc;
 }
+
+/* The names deprecated in 0.2 (removed in 0.3), wrappers so they stay in
+ * the ABI. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+dbk_rc dbk_cached_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
+                             dbk_arena *arena, dbk_error *err)
+{
+    return dbk_cached_repo_find_by_id(r, db, id, out, arena, err);
+}
+
+dbk_rc dbk_cached_find_by(dbk_cached_repo *r, dbk_db *db, const char *column, dbk_value value,
+                          void *out, dbk_arena *arena, dbk_error *err)
+{
+    return dbk_cached_repo_find_by(r, db, column, value, out, arena, err);
+}
+
+dbk_rc dbk_cached_create(dbk_cached_repo *r, dbk_db *db, const void *in, void *out,
+                         dbk_arena *arena, dbk_error *err)
+{
+    return dbk_cached_repo_create(r, db, in, out, arena, err);
+}
+
+dbk_rc dbk_cached_update(dbk_cached_repo *r, dbk_db *db, dbk_value id, const void *in,
+                         const char *const *fields, size_t nfields, void *out, dbk_arena *arena,
+                         dbk_error *err)
+{
+    return dbk_cached_repo_update(r, db, id, in, fields, nfields, out, arena, err);
+}
+
+dbk_rc dbk_cached_upsert(dbk_cached_repo *r, dbk_db *db, const char *const *conflict,
+                         size_t nconflict, const char *const *update_fields, size_t nupdate,
+                         const void *in, void *out, dbk_arena *arena, dbk_error *err)
+{
+    return dbk_cached_repo_upsert(r, db, conflict, nconflict, update_fields, nupdate, in, out,
+                                  arena, err);
+}
+
+dbk_rc dbk_cached_delete(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
+                         dbk_arena *arena, dbk_error *err)
+{
+    return dbk_cached_repo_delete(r, db, id, out, arena, err);
+}
+
+dbk_rc dbk_cached_create_many(dbk_cached_repo *r, dbk_db *db, const void *rows, size_t n,
+                              void *out_rows, dbk_arena *arena, dbk_error *err)
+{
+    return dbk_cached_repo_create_many(r, db, rows, n, out_rows, arena, err);
+}
+
+dbk_rc dbk_cached_list_version(dbk_cached_repo *r, uint64_t *version, dbk_error *err)
+{
+    return dbk_cached_repo_list_version(r, version, err);
+}
+#pragma GCC diagnostic pop

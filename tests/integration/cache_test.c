@@ -1196,7 +1196,7 @@ static dbk_rc repo_tx_update(dbk_db *tx, void *ctx, dbk_error *err)
     const char *fields[] = {"email", "name"};
     dbk_arena *a = dbk_arena_new(0);
     struct cuser out;
-    dbk_rc rc = dbk_cached_update(t->r, tx, dbk_int64(t->id), &in, fields, 2, &out, a, err);
+    dbk_rc rc = dbk_cached_repo_update(t->r, tx, dbk_int64(t->id), &in, fields, 2, &out, a, err);
     /* other readers still get the committed row from the cache */
     t->old_served_inside = cached_email_is(t->c, t->id, "ada@old.example");
     dbk_arena_free(a);
@@ -1225,24 +1225,26 @@ static void repo_engine(const char *url, dbk_engine engine)
         struct cuser u;
 
         /* negative cache, then a create through the repository drops it */
-        DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by(r, db, "email", dbk_text("ada@old.example"), &u, a, &err));
+        DBKT_RC(DBK_ENOT_FOUND,
+                dbk_cached_repo_find_by(r, db, "email", dbk_text("ada@old.example"), &u, a, &err));
         struct cuser in = {0, "ada@old.example", "Ada"};
         struct cuser created;
-        DBKT_OK(dbk_cached_create(r, db, &in, &created, a, &err), &err);
-        DBKT_OK(dbk_cached_find_by(r, db, "email", dbk_text("ada@old.example"), &u, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_create(r, db, &in, &created, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by(r, db, "email", dbk_text("ada@old.example"), &u, a, &err),
+                &err);
         assert_int_equal(u.id, created.id);
 
         /* hit: no query */
-        DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
         atomic_store(&g_queries, 0);
         for (int i = 0; i < 10; i++) {
-            DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
+            DBKT_OK(dbk_cached_repo_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
             assert_string_equal(u.name, "Ada");
             assert_string_equal(u.email, "ada@old.example");
         }
         assert_int_equal(atomic_load(&g_queries), 0);
         uint64_t lv0, lv1;
-        DBKT_OK(dbk_cached_list_version(r, &lv0, &err), &err);
+        DBKT_OK(dbk_cached_repo_list_version(r, &lv0, &err), &err);
 
         /* rollback: untouched */
         struct repo_tx t = {r, c, created.id, DBK_EINVALID, false};
@@ -1255,28 +1257,32 @@ static void repo_engine(const char *url, dbk_engine engine)
         DBKT_OK(dbk_tx_run(db, repo_tx_update, &t, NULL, &err), &err);
         assert_true(t.old_served_inside);
         assert_false(cached_email_is(c, created.id, "ada@old.example"));
-        DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
         assert_string_equal(u.email, "ada@new.example");
-        DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by(r, db, "email", dbk_text("ada@old.example"), &u, a, &err));
-        DBKT_OK(dbk_cached_list_version(r, &lv1, &err), &err);
+        DBKT_RC(DBK_ENOT_FOUND,
+                dbk_cached_repo_find_by(r, db, "email", dbk_text("ada@old.example"), &u, a, &err));
+        DBKT_OK(dbk_cached_repo_list_version(r, &lv1, &err), &err);
         assert_true(lv1 > lv0);
 
         /* delete */
-        DBKT_OK(dbk_cached_delete(r, db, dbk_int64(created.id), NULL, NULL, &err), &err);
-        DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err));
-        DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by(r, db, "email", dbk_text("ada@new.example"), &u, a, &err));
+        DBKT_OK(dbk_cached_repo_delete(r, db, dbk_int64(created.id), NULL, NULL, &err), &err);
+        DBKT_RC(DBK_ENOT_FOUND,
+                dbk_cached_repo_find_by_id(r, db, dbk_int64(created.id), &u, a, &err));
+        DBKT_RC(DBK_ENOT_FOUND,
+                dbk_cached_repo_find_by(r, db, "email", dbk_text("ada@new.example"), &u, a, &err));
 
         /* upsert and create_many invalidate what they write */
         struct cuser many[2] = {{0, "m1@x", "M1"}, {0, "m2@x", "M2"}};
-        DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by(r, db, "email", dbk_text("m2@x"), &u, a, &err));
-        DBKT_OK(dbk_cached_create_many(r, db, many, 2, NULL, NULL, &err), &err);
-        DBKT_OK(dbk_cached_find_by(r, db, "email", dbk_text("m2@x"), &u, a, &err), &err);
+        DBKT_RC(DBK_ENOT_FOUND,
+                dbk_cached_repo_find_by(r, db, "email", dbk_text("m2@x"), &u, a, &err));
+        DBKT_OK(dbk_cached_repo_create_many(r, db, many, 2, NULL, NULL, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by(r, db, "email", dbk_text("m2@x"), &u, a, &err), &err);
         assert_string_equal(u.name, "M2");
         struct cuser up = {0, "m2@x", "M2 renamed"};
         const char *conflict[] = {"email"};
         const char *upd[] = {"name"};
-        DBKT_OK(dbk_cached_upsert(r, db, conflict, 1, upd, 1, &up, NULL, NULL, &err), &err);
-        DBKT_OK(dbk_cached_find_by(r, db, "email", dbk_text("m2@x"), &u, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_upsert(r, db, conflict, 1, upd, 1, &up, NULL, NULL, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by(r, db, "email", dbk_text("m2@x"), &u, a, &err), &err);
         assert_string_equal(u.name, "M2 renamed");
 
         dbk_arena_free(a);
@@ -1290,6 +1296,71 @@ static void cache_repo_reads_and_writes(void **state)
 {
     (void)state;
     dbkt_each_engine("cache_repo", repo_engine);
+}
+
+/* The cached repository's names renamed in 0.2 (dbk_cached_find_by_id ...
+ * dbk_cached_list_version, now dbk_cached_repo_*) still work for one
+ * release: deprecated wrappers with the same behaviour (SQLite and the
+ * memory cache: a hit runs no query, a write invalidates and bumps the list
+ * version). */
+static void cache_repo_deprecated_names_still_work(void **state)
+{
+    (void)state;
+    dbk_conn *conn = dbkt_open("sqlite::memory:");
+    dbk_db *db = dbk_conn_db(conn);
+    dbk_db_set_observer(db, count_query, NULL);
+    dbk_error err;
+    DBKT_OK(dbk_db_exec_script(db,
+                               "CREATE TABLE cusers (id INTEGER PRIMARY KEY, email TEXT UNIQUE "
+                               "NOT NULL, name TEXT NOT NULL)",
+                               &err),
+            &err);
+    dbk_cache_opts o = {0};
+    dbk_cache *c = open_mem(&o);
+    dbk_cached_repo *r = NULL;
+    DBKT_OK(dbk_cached_repo_new(c, &cuser_entity, NULL, &r, &err), &err);
+    dbk_arena *a = dbk_arena_new(0);
+    struct cuser u, created;
+    struct cuser in = {0, "old@x", "Old"};
+    struct cuser many[2] = {{0, "m1@x", "M1"}, {0, "m2@x", "M2"}};
+    struct cuser up = {0, "m2@x", "M2 renamed"};
+    const char *fields[] = {"email"};
+    const char *conflict[] = {"email"};
+    const char *upd[] = {"name"};
+    uint64_t lv0 = 0, lv1 = 0;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    DBKT_OK(dbk_cached_create(r, db, &in, &created, a, &err), &err);
+    DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
+    DBKT_OK(dbk_cached_find_by(r, db, "email", dbk_text("old@x"), &u, a, &err), &err);
+    atomic_store(&g_queries, 0); /* both rows cached now: hits run no query */
+    DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
+    DBKT_OK(dbk_cached_find_by(r, db, "email", dbk_text("old@x"), &u, a, &err), &err);
+    assert_int_equal(atomic_load(&g_queries), 0);
+    assert_string_equal(u.name, "Old");
+    DBKT_OK(dbk_cached_list_version(r, &lv0, &err), &err);
+    struct cuser renamed = {0, "new@x", "Old"};
+    DBKT_OK(dbk_cached_update(r, db, dbk_int64(created.id), &renamed, fields, 1, NULL, NULL, &err),
+            &err);
+    DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by(r, db, "email", dbk_text("old@x"), &u, a, &err));
+    DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err), &err);
+    assert_string_equal(u.email, "new@x");
+    DBKT_OK(dbk_cached_list_version(r, &lv1, &err), &err);
+    assert_true(lv1 > lv0);
+    DBKT_OK(dbk_cached_create_many(r, db, many, 2, NULL, NULL, &err), &err);
+    DBKT_OK(dbk_cached_find_by(r, db, "email", dbk_text("m2@x"), &u, a, &err), &err);
+    DBKT_OK(dbk_cached_upsert(r, db, conflict, 1, upd, 1, &up, NULL, NULL, &err), &err);
+    DBKT_OK(dbk_cached_find_by(r, db, "email", dbk_text("m2@x"), &u, a, &err), &err);
+    assert_string_equal(u.name, "M2 renamed");
+    DBKT_OK(dbk_cached_delete(r, db, dbk_int64(created.id), NULL, NULL, &err), &err);
+    DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_cached_find_by_id(NULL, db, dbk_int64(1), &u, a, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_cached_list_version(r, NULL, &err));
+#pragma GCC diagnostic pop
+    dbk_arena_free(a);
+    dbk_cached_repo_free(r);
+    dbk_cache_close(c);
+    dbk_conn_close(conn);
 }
 
 
@@ -1357,7 +1428,7 @@ static void *vreader_main(void *arg)
     dbk_arena *a = dbk_arena_new(0);
     struct vrow row;
     dbk_error err;
-    v->rc = dbk_cached_find_by_id(v->r, v->db, dbk_int64(v->id), &row, a, &err);
+    v->rc = dbk_cached_repo_find_by_id(v->r, v->db, dbk_int64(v->id), &row, a, &err);
     v->version = v->rc == DBK_OK ? row.version : -1;
     dbk_arena_free(a);
     atomic_store(&v->done, true);
@@ -1385,7 +1456,7 @@ static dbk_rc vwrite_tx(dbk_db *tx, void *ctx, dbk_error *err)
     snprintf(name, sizeof name, "v%lld", (long long)w->version);
     struct vrow in = {w->id, w->version, name};
     const char *fields[] = {"version", "name"};
-    return dbk_cached_update(w->r, tx, dbk_int64(w->id), &in, fields, 2, NULL, NULL, err);
+    return dbk_cached_repo_update(w->r, tx, dbk_int64(w->id), &in, fields, 2, NULL, NULL, err);
 }
 
 static void repo_detach_engine(const char *url, dbk_engine engine)
@@ -1513,7 +1584,8 @@ static void *stress_reader(void *arg)
         int64_t floor = atomic_load(&s->published[id]);
         struct vrow row;
         dbk_error err;
-        dbk_rc rc = dbk_cached_find_by_id(s->r, dbk_conn_db(conn), dbk_int64(id), &row, a, &err);
+        dbk_rc rc =
+            dbk_cached_repo_find_by_id(s->r, dbk_conn_db(conn), dbk_int64(id), &row, a, &err);
         if (rc != DBK_OK)
             atomic_fetch_add(&s->errors, 1);
         else if (row.version < floor)
@@ -1581,8 +1653,8 @@ static void same_as_uncached(dbk_cached_repo *r, dbk_db *db, const char *column,
     dbk_rc want = column ? dbk_repo_find_by(db, &cuser_entity, column, v, &u1, a, &err)
                          : dbk_repo_find_by_id(db, &cuser_entity, v, &u1, a, &err);
     for (int i = 0; i < 2; i++) { /* a miss, then what the cache kept */
-        dbk_rc got = column ? dbk_cached_find_by(r, db, column, v, &u2, a, &err)
-                            : dbk_cached_find_by_id(r, db, v, &u2, a, &err);
+        dbk_rc got = column ? dbk_cached_repo_find_by(r, db, column, v, &u2, a, &err)
+                            : dbk_cached_repo_find_by_id(r, db, v, &u2, a, &err);
         if (got != want)
             fail_msg("lookup %s: cached %s, uncached %s (%s)", what, dbk_rc_name(got),
                      dbk_rc_name(want), err.message);
@@ -1627,7 +1699,7 @@ static dbk_rc rename_by(dbk_cached_repo *r, dbk_db *db, dbk_value id, const char
     struct cuser in = {0, NULL, name};
     const char *fields[] = {"name"};
     dbk_error err;
-    dbk_rc rc = dbk_cached_update(r, db, id, &in, fields, 1, NULL, NULL, &err);
+    dbk_rc rc = dbk_cached_repo_update(r, db, id, &in, fields, 1, NULL, NULL, &err);
     if (rc != DBK_OK)
         fail_msg("rename: %s", err.message);
     return rc;
@@ -1702,7 +1774,7 @@ static void person_is(dbk_cached_repo *r, dbk_db *db, const char *column, const 
     if (rc != want)
         fail_msg("uncached %s = '%s': %s, expected %s", column, value, dbk_rc_name(rc),
                  dbk_rc_name(want));
-    rc = dbk_cached_find_by(r, db, column, dbk_text(value), &p, a, &err);
+    rc = dbk_cached_repo_find_by(r, db, column, dbk_text(value), &p, a, &err);
     if (rc != want)
         fail_msg("cached %s = '%s': %s, expected %s (%s)", column, value, dbk_rc_name(rc),
                  dbk_rc_name(want), err.message);
@@ -1742,7 +1814,7 @@ static void collation_engine(const char *url, dbk_engine engine)
         person_is(r, db, "code", "AB1  ", DBK_ENOT_FOUND, NULL);
         struct cperson in = {0, "ada@x.org", "AB1", "ada", "Ada"}, out;
         dbk_arena *a = dbk_arena_new(0);
-        DBKT_OK(dbk_cached_create(r, db, &in, &out, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_create(r, db, &in, &out, a, &err), &err);
         person_is(r, db, "email", "ADA@X.ORG", DBK_OK, "Ada");
         person_is(r, db, "email", "Ada@x.org", DBK_OK, "Ada");
         person_is(r, db, "code", "AB1  ", DBK_OK, "Ada");
@@ -1752,7 +1824,7 @@ static void collation_engine(const char *url, dbk_engine engine)
         /* a write through the repository reaches every spelling */
         struct cperson upd = {0, NULL, NULL, NULL, "Ada L."};
         const char *fields[] = {"name"};
-        DBKT_OK(dbk_cached_update(r, db, dbk_int64(out.id), &upd, fields, 1, NULL, NULL, &err),
+        DBKT_OK(dbk_cached_repo_update(r, db, dbk_int64(out.id), &upd, fields, 1, NULL, NULL, &err),
                 &err);
         person_is(r, db, "email", "ADA@X.ORG", DBK_OK, "Ada L.");
         person_is(r, db, "email", "Ada@x.org", DBK_OK, "Ada L.");
@@ -1764,16 +1836,16 @@ static void collation_engine(const char *url, dbk_engine engine)
         /* the byte-equal column is still cached: a second read runs no query */
         dbk_db_set_observer(db, count_query, NULL);
         struct cperson p;
-        DBKT_OK(dbk_cached_find_by(r, db, "handle", dbk_text("ada"), &p, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by(r, db, "handle", dbk_text("ada"), &p, a, &err), &err);
         atomic_store(&g_queries, 0);
-        DBKT_OK(dbk_cached_find_by(r, db, "handle", dbk_text("ada"), &p, a, &err), &err);
-        DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(out.id), &p, a, &err), &err);
-        DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(out.id), &p, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by(r, db, "handle", dbk_text("ada"), &p, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by_id(r, db, dbk_int64(out.id), &p, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by_id(r, db, dbk_int64(out.id), &p, a, &err), &err);
         assert_int_equal(atomic_load(&g_queries), 1);
         dbk_db_set_observer(db, NULL, NULL);
 
         /* delete: every spelling is gone */
-        DBKT_OK(dbk_cached_delete(r, db, dbk_int64(out.id), NULL, NULL, &err), &err);
+        DBKT_OK(dbk_cached_repo_delete(r, db, dbk_int64(out.id), NULL, NULL, &err), &err);
         person_is(r, db, "email", "ADA@X.ORG", DBK_ENOT_FOUND, NULL);
         person_is(r, db, "code", "AB1  ", DBK_ENOT_FOUND, NULL);
         person_is(r, db, "handle", "ada", DBK_ENOT_FOUND, NULL);
@@ -1811,7 +1883,7 @@ static void utok_same(dbk_cached_repo *r, dbk_db *db, const char *id, const char
     dbk_error err;
     dbk_rc want = dbk_repo_find_by_id(db, &utok_entity, dbk_text(id), &u1, a, &err);
     for (int i = 0; i < 2; i++) {
-        dbk_rc got = dbk_cached_find_by_id(r, db, dbk_text(id), &u2, a, &err);
+        dbk_rc got = dbk_cached_repo_find_by_id(r, db, dbk_text(id), &u2, a, &err);
         if (got != want)
             fail_msg("uuid %s: cached %s, uncached %s", what, dbk_rc_name(got),
                      dbk_rc_name(want));
@@ -1847,12 +1919,13 @@ static void uuid_engine(const char *url, dbk_engine engine)
         for (int i = 0; i < 4; i++)
             utok_same(r, db, spellings[i], spellings[i]); /* "not found", maybe cached */
         struct utok in = {id, "one"};
-        DBKT_OK(dbk_cached_create(r, db, &in, NULL, NULL, &err), &err);
+        DBKT_OK(dbk_cached_repo_create(r, db, &in, NULL, NULL, &err), &err);
         for (int i = 0; i < 4; i++)
             utok_same(r, db, spellings[i], spellings[i]);
         struct utok upd = {NULL, "two"};
         const char *fields[] = {"name"};
-        DBKT_OK(dbk_cached_update(r, db, dbk_text(id), &upd, fields, 1, NULL, NULL, &err), &err);
+        DBKT_OK(dbk_cached_repo_update(r, db, dbk_text(id), &upd, fields, 1, NULL, NULL, &err),
+                &err);
         for (int i = 0; i < 4; i++)
             utok_same(r, db, spellings[i], spellings[i]);
         /* the canonical spelling is served from the cache */
@@ -1860,7 +1933,7 @@ static void uuid_engine(const char *url, dbk_engine engine)
         atomic_store(&g_queries, 0);
         struct utok u;
         dbk_arena *a = dbk_arena_new(0);
-        DBKT_OK(dbk_cached_find_by_id(r, db, dbk_text(id), &u, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by_id(r, db, dbk_text(id), &u, a, &err), &err);
         assert_string_equal(u.name, "two");
         assert_int_equal(atomic_load(&g_queries), 0);
         dbk_db_set_observer(db, NULL, NULL);
@@ -2171,7 +2244,7 @@ static void cache_oversized_value_served_not_stored(void **state)
         dbk_arena *a = dbk_arena_new(0);
         for (int i = 0; i < 2; i++) {
             struct cuser u;
-            DBKT_OK(dbk_cached_find_by_id(r, db, dbk_int64(1), &u, a, &err), &err);
+            DBKT_OK(dbk_cached_repo_find_by_id(r, db, dbk_int64(1), &u, a, &err), &err);
             assert_int_equal(strlen(u.name), 5000);
         }
         assert_int_equal(atomic_load(&g_queries), 2);
@@ -2730,6 +2803,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_codec_size_limits),
     cmocka_unit_test(cache_oversized_value_served_not_stored),
     cmocka_unit_test(cache_repo_reads_and_writes),
+    cmocka_unit_test(cache_repo_deprecated_names_still_work),
     cmocka_unit_test(cache_repo_tx_detaches_flight),
     cmocka_unit_test(cache_repo_no_stale_reads_under_writes),
     cmocka_unit_test(cache_repo_canonical_id_keys),

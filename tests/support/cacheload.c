@@ -83,7 +83,7 @@ static dbk_rc vwrite_tx(dbk_db *tx, void *ctx, dbk_error *err)
     snprintf(name, sizeof name, "v%lld", (long long)w->version);
     struct vrow in = {w->id, w->version, name};
     const char *fields[] = {"version", "name"};
-    return dbk_cached_update(w->r, tx, dbk_int64(w->id), &in, fields, 2, NULL, NULL, err);
+    return dbk_cached_repo_update(w->r, tx, dbk_int64(w->id), &in, fields, 2, NULL, NULL, err);
 }
 
 static void *writer(void *arg)
@@ -116,7 +116,8 @@ static void *reader(void *arg)
         int64_t floor = atomic_load(&l->published[id]);
         struct vrow row;
         dbk_error err;
-        dbk_rc rc = dbk_cached_find_by_id(l->r, dbk_pool_db(pool), dbk_int64(id), &row, a, &err);
+        dbk_rc rc =
+            dbk_cached_repo_find_by_id(l->r, dbk_pool_db(pool), dbk_int64(id), &row, a, &err);
         if (rc != DBK_OK)
             note_error(l, "read", &err);
         else if (row.version < floor)
@@ -167,7 +168,8 @@ void dbkt_cacheload_stop(dbkt_cacheload *l, dbkt_cacheload_result *out)
     for (int64_t id = 1; id <= DBKT_LOAD_WRITERS; id++) {
         struct vrow row;
         dbk_error err;
-        if (dbk_cached_find_by_id(l->r, dbk_pool_db(pool), dbk_int64(id), &row, a, &err) != DBK_OK)
+        if (dbk_cached_repo_find_by_id(l->r, dbk_pool_db(pool), dbk_int64(id), &row, a, &err) !=
+            DBK_OK)
             note_error(l, "final read", &err);
         else
             out->stale_at_end += row.version != atomic_load(&l->published[id]);

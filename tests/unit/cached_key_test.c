@@ -1,7 +1,7 @@
 /* dbkit:valgrind
  * Cache keys of the cached repository (src/cache/cached_repo.c: the key
  * builders are file-local, so they are reached through the smallest public
- * calls that need no server: dbk_cached_find_by_id / dbk_cached_find_by on
+ * calls that need no server: dbk_cached_repo_find_by_id / dbk_cached_repo_find_by on
  * SQLite :memory: with the memory cache). A lookup stores its row under
  * "<table>:<column>:" + the value as the column stores it, which the test
  * reads back with dbk_cache_get; lookups without such a key store nothing. */
@@ -98,15 +98,15 @@ static void cached_key_int_id_in_decimal(void **state)
     insert(&f, 5, "five", 4, "Five");
     insert(&f, -9223372036854775807LL - 1, "min", 3, "Min");
     assert_false(cached(&f, "items:id:5", 10));
-    DBKT_OK(dbk_cached_find_by_id(f.r, f.db, dbk_int64(5), &it, f.arena, &err), &err);
+    DBKT_OK(dbk_cached_repo_find_by_id(f.r, f.db, dbk_int64(5), &it, f.arena, &err), &err);
     assert_true(cached(&f, "items:id:5", 10));
-    DBKT_OK(dbk_cached_find_by_id(f.r, f.db, dbk_int64(INT64_MIN), &it, f.arena, &err), &err);
+    DBKT_OK(dbk_cached_repo_find_by_id(f.r, f.db, dbk_int64(INT64_MIN), &it, f.arena, &err), &err);
     assert_true(cached(&f, "items:id:-9223372036854775808", 29));
     /* a text of decimal digits is looked up as the same int64 key */
     const char *spellings[] = {"5", "0005", "+5"};
     for (size_t i = 0; i < 3; i++) {
         forget(&f, "items:id:5", 10);
-        DBKT_OK(dbk_cached_find_by_id(f.r, f.db, dbk_text(spellings[i]), &it, f.arena, &err),
+        DBKT_OK(dbk_cached_repo_find_by_id(f.r, f.db, dbk_text(spellings[i]), &it, f.arena, &err),
                 &err);
         assert_true(it.id == 5);
         if (!cached(&f, "items:id:5", 10))
@@ -127,9 +127,10 @@ static void cached_key_text_bytes_as_stored(void **state)
     const char odd[] = "a:b\xff\xfe";
     insert(&f, 1, odd, 5, "one");
     insert(&f, 2, "", 0, "two");
-    DBKT_OK(dbk_cached_find_by(f.r, f.db, "name", dbk_textn(odd, 5), &it, f.arena, &err), &err);
+    DBKT_OK(dbk_cached_repo_find_by(f.r, f.db, "name", dbk_textn(odd, 5), &it, f.arena, &err),
+            &err);
     assert_true(cached(&f, "items:name:a:b\xff\xfe", 16));
-    DBKT_OK(dbk_cached_find_by(f.r, f.db, "name", dbk_textn("", 0), &it, f.arena, &err), &err);
+    DBKT_OK(dbk_cached_repo_find_by(f.r, f.db, "name", dbk_textn("", 0), &it, f.arena, &err), &err);
     assert_true(it.id == 2);
     assert_true(cached(&f, "items:name:", 11));
     fx_close(&f);
@@ -151,14 +152,16 @@ static void cached_key_none_for_unkeyable_lookups(void **state)
     insert(&f, 3, huge, n, "Three");
     dbk_cache_stats before, after;
     DBKT_OK(dbk_cache_stats_get(f.cache, &before, &err), &err);
-    DBKT_OK(dbk_cached_find_by(f.r, f.db, "name", dbk_textn(huge, n), &it, f.arena, &err), &err);
+    DBKT_OK(dbk_cached_repo_find_by(f.r, f.db, "name", dbk_textn(huge, n), &it, f.arena, &err),
+            &err);
     assert_true(it.id == 3);
     /* a NOCASE column: 'three' finds 'Three', so no byte key may hold it */
-    DBKT_OK(dbk_cached_find_by(f.r, f.db, "label", dbk_text("three"), &it, f.arena, &err), &err);
+    DBKT_OK(dbk_cached_repo_find_by(f.r, f.db, "label", dbk_text("three"), &it, f.arena, &err),
+            &err);
     assert_true(it.id == 3);
     /* an id text that is not a canonical integer */
     DBKT_RC(DBK_ENOT_FOUND,
-            dbk_cached_find_by_id(f.r, f.db, dbk_text("3x"), &it, f.arena, &err));
+            dbk_cached_repo_find_by_id(f.r, f.db, dbk_text("3x"), &it, f.arena, &err));
     DBKT_OK(dbk_cache_stats_get(f.cache, &after, &err), &err);
     assert_true(after.entries == before.entries);
     assert_true(after.loads == before.loads);
