@@ -21,8 +21,10 @@ typedef struct vis {
 
 static const char *src_name(dbk_config_source s)
 {
-    return s == DBK_SRC_ENV ? "env" : s == DBK_SRC_URL ? "url" : s == DBK_SRC_CODE ? "code"
-                                                                                   : "default";
+    return s == DBK_CONFIG_SOURCE_ENV    ? "env"
+           : s == DBK_CONFIG_SOURCE_URL  ? "url"
+           : s == DBK_CONFIG_SOURCE_CODE ? "code"
+                                         : "default";
 }
 
 static void visit(void *ctx, const char *key, const char *value, dbk_config_source src)

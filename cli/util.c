@@ -371,14 +371,14 @@ static int config_build(const cli *c, bool long_statements, char *url, size_t ur
         return cli_fail(c, rc, &err);
     if (url)
         cli_redacted(cfg, url, urllen);
-    struct src_find f = {"application_name", DBK_SRC_DEFAULT, false};
+    struct src_find f = {"application_name", DBK_CONFIG_SOURCE_DEFAULT, false};
     dbk_config_dump(cfg, find_source, &f);
-    if (f.found && f.src == DBK_SRC_DEFAULT)
+    if (f.found && f.src == DBK_CONFIG_SOURCE_DEFAULT)
         dbk_config_set(cfg, "application_name", "dbkit-cli", &err);
     if (long_statements) {
-        struct src_find t = {"statement_timeout", DBK_SRC_DEFAULT, false};
+        struct src_find t = {"statement_timeout", DBK_CONFIG_SOURCE_DEFAULT, false};
         dbk_config_dump(cfg, find_source, &t);
-        if (t.found && t.src == DBK_SRC_DEFAULT)
+        if (t.found && t.src == DBK_CONFIG_SOURCE_DEFAULT)
             dbk_config_set(cfg, "statement_timeout", "0", &err);
     }
     *out = cfg;

@@ -81,7 +81,7 @@ static void probe_pool_max(void *ctx, const char *key, const char *value, dbk_co
 {
     pool_max_probe *p = ctx;
     if (strcmp(key, "pool_max") == 0)
-        p->from_default = src == DBK_SRC_DEFAULT;
+        p->from_default = src == DBK_CONFIG_SOURCE_DEFAULT;
     else if (strcmp(key, "replicas") == 0)
         p->replicas = value && *value;
 }

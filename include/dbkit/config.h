@@ -59,12 +59,17 @@ typedef enum dbk_engine {
     DBK_ENGINE_POSTGRES = 2
 } dbk_engine;
 
-/* Where a setting's value came from. */
+/* Where a setting's value came from. The DBK_SRC_* spellings are the names
+ * before 0.2, deprecated (removed in 0.3): the same values. */
 typedef enum dbk_config_source {
-    DBK_SRC_DEFAULT = 0,
-    DBK_SRC_ENV = 1,
-    DBK_SRC_URL = 2,
-    DBK_SRC_CODE = 3
+    DBK_CONFIG_SOURCE_DEFAULT = 0,
+    DBK_CONFIG_SOURCE_ENV = 1,
+    DBK_CONFIG_SOURCE_URL = 2,
+    DBK_CONFIG_SOURCE_CODE = 3,
+    DBK_SRC_DEFAULT DBK_DEPRECATED("use DBK_CONFIG_SOURCE_DEFAULT") = 0,
+    DBK_SRC_ENV DBK_DEPRECATED("use DBK_CONFIG_SOURCE_ENV") = 1,
+    DBK_SRC_URL DBK_DEPRECATED("use DBK_CONFIG_SOURCE_URL") = 2,
+    DBK_SRC_CODE DBK_DEPRECATED("use DBK_CONFIG_SOURCE_CODE") = 3
 } dbk_config_source;
 
 typedef struct dbk_config dbk_config;
@@ -131,7 +136,8 @@ DBK_API size_t dbk_redact_url(const char *url, char *buf, size_t buflen);
 /* Calls fn once per effective setting that applies to the engine, in a
  * fixed order (the order of docs/configuration.md): key, value as text in
  * the key's units (the password as "***", or "" when unset), and its
- * source; then the libpq pass-through parameters with DBK_SRC_URL. The
+ * source; then the libpq pass-through parameters with
+ * DBK_CONFIG_SOURCE_URL. The
  * strings are borrowed for the duration of the call. No-op when cfg or fn
  * is NULL. */
 typedef void (*dbk_config_visit_fn)(void *ctx, const char *key, const char *value,

@@ -174,7 +174,7 @@ static dbk_rc apply_defaults(dbk_config *cfg, dbk_error *err)
     for (int i = 0; i < S_COUNT_; i++) {
         if (!dbk__cfg_settings[i].def)
             continue;
-        struct origin o = {DBK_SRC_DEFAULT, dbk__cfg_settings[i].key, true};
+        struct origin o = {DBK_CONFIG_SOURCE_DEFAULT, dbk__cfg_settings[i].key, true};
         dbk_rc rc = dbk__cfg_apply(cfg, i, dbk__cfg_settings[i].def, &o, err);
         if (rc)
             return rc;
@@ -353,7 +353,7 @@ DBK_API dbk_rc dbk_config_set(dbk_config *cfg, const char *key, const char *valu
     dbk_rc rc = dbk_config_clone(cfg, &c, err);
     if (rc)
         return rc;
-    struct origin o = {DBK_SRC_CODE, dbk__cfg_settings[idx].key, true};
+    struct origin o = {DBK_CONFIG_SOURCE_CODE, dbk__cfg_settings[idx].key, true};
     rc = dbk__cfg_apply(c, idx, value, &o, err);
     if (rc == DBK_OK)
         rc = finalize(c, err);

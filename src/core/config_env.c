@@ -103,7 +103,7 @@ dbk_rc dbk__cfg_apply_env(dbk_config *cfg, dbk_getenv_fn fn, void *ctx, dbk_erro
         const char *v = env_get(fn, ctx, dbk__cfg_settings[i].env);
         if (!v)
             continue;
-        struct origin o = {DBK_SRC_ENV, dbk__cfg_settings[i].env,
+        struct origin o = {DBK_CONFIG_SOURCE_ENV, dbk__cfg_settings[i].env,
                            dbk__cfg_settings[i].kind != K_SECRET};
         dbk_rc rc = dbk__cfg_apply(cfg, i, v, &o, err);
         if (rc)
@@ -120,7 +120,7 @@ dbk_rc dbk__cfg_apply_env(dbk_config *cfg, dbk_getenv_fn fn, void *ctx, dbk_erro
         dbk_rc rc = read_password_file(pf, &pw, err);
         if (rc)
             return rc;
-        struct origin o = {DBK_SRC_ENV, "DB_PASSWORD_FILE", false};
+        struct origin o = {DBK_CONFIG_SOURCE_ENV, "DB_PASSWORD_FILE", false};
         rc = dbk__cfg_apply(cfg, S_PASSWORD, pw, &o, err);
         dbk__cfg_wipe_free(pw);
         if (rc)
@@ -128,7 +128,7 @@ dbk_rc dbk__cfg_apply_env(dbk_config *cfg, dbk_getenv_fn fn, void *ctx, dbk_erro
     }
     if (env_get(fn, ctx, "DB_HOST") || env_get(fn, ctx, "DB_NAME")) {
         cfg->engine = DBK_ENGINE_POSTGRES;
-        cfg->src[S_ENGINE] = DBK_SRC_ENV;
+        cfg->src[S_ENGINE] = DBK_CONFIG_SOURCE_ENV;
     }
     return DBK_OK;
 }

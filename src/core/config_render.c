@@ -87,7 +87,7 @@ DBK_API void dbk_config_dump(const dbk_config *cfg, dbk_config_visit_fn fn, void
         for (size_t i = 0; i < cfg->nextra; i++)
             fn(ctx, cfg->extra[i].key,
                dbk__cfg_is_secret_key(cfg->extra[i].key) ? "***" : cfg->extra[i].value,
-               DBK_SRC_URL);
+               DBK_CONFIG_SOURCE_URL);
 }
 
 /* Appends "?k=v&..." for every non-default setting that is not part of the
@@ -99,7 +99,7 @@ static void render_query(const dbk_config *cfg, dbk__sb *b, bool port_in_query)
         const struct setting *s = &dbk__cfg_settings[i];
         bool want = (s->flags & F_COMPONENT) == 0 || (i == S_PORT && port_in_query);
         if (!want || (s->flags & (F_ALIAS | F_NOURL)) || !dbk__cfg_applies(cfg, s) ||
-            cfg->src[i] == DBK_SRC_DEFAULT)
+            cfg->src[i] == DBK_CONFIG_SOURCE_DEFAULT)
             continue;
         char tmp[32];
         dbk__sb_puts(b, first ? "?" : "&");

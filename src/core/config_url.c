@@ -129,7 +129,7 @@ static dbk_rc apply_query(struct urlp *u, const char *q, size_t n)
             } else {
                 char name[96];
                 snprintf(name, sizeof name, "URL parameter %s", s->key);
-                struct origin o = {DBK_SRC_URL, name, u->quote && s->kind != K_SECRET};
+                struct origin o = {DBK_CONFIG_SOURCE_URL, name, u->quote && s->kind != K_SECRET};
                 rc = dbk__cfg_apply(u->cfg, idx, val, &o, u->err);
             }
         } else if (sqlite) {
@@ -168,7 +168,7 @@ static dbk_rc parse_sqlite(struct urlp *u, const char *body, size_t n)
     size_t plen = qm ? (size_t)(qm - body) : n;
     const char *p = body;
     u->cfg->engine = DBK_ENGINE_SQLITE;
-    u->cfg->src[S_ENGINE] = DBK_SRC_URL;
+    u->cfg->src[S_ENGINE] = DBK_CONFIG_SOURCE_URL;
     if (plen >= 2 && p[0] == '/' && p[1] == '/') {
         if (plen < 3 || p[2] != '/') {
             dbk__err(u->err, DBK_ECONFIG, "sqlite URL has a host part after \"sqlite://\"");
@@ -189,7 +189,7 @@ static dbk_rc parse_sqlite(struct urlp *u, const char *body, size_t n)
     dbk_rc rc = url_decode(u, p, plen, "the SQLite path", false, &path);
     if (rc)
         return rc;
-    struct origin o = {DBK_SRC_URL, "SQLite path in the URL", u->quote};
+    struct origin o = {DBK_CONFIG_SOURCE_URL, "SQLite path in the URL", u->quote};
     rc = dbk__cfg_apply(u->cfg, S_PATH, path, &o, u->err);
     free(path);
     if (rc)
@@ -344,10 +344,10 @@ static dbk_rc parse_hosts(struct urlp *u, const char *s, size_t n)
     hosts[hl] = '\0';
     ports[pl] = '\0';
     {
-        struct origin o = {DBK_SRC_URL, "URL host", u->quote};
+        struct origin o = {DBK_CONFIG_SOURCE_URL, "URL host", u->quote};
         rc = dbk__cfg_apply(u->cfg, S_HOST, hosts, &o, u->err);
         if (rc == DBK_OK && any_port) {
-            struct origin po = {DBK_SRC_URL, "URL port", u->quote};
+            struct origin po = {DBK_CONFIG_SOURCE_URL, "URL port", u->quote};
             rc = dbk__cfg_apply(u->cfg, S_PORT, ports, &po, u->err);
         }
     }
@@ -361,7 +361,7 @@ static dbk_rc parse_postgres(struct urlp *u, const char *s, size_t n)
 {
     dbk_rc rc;
     u->cfg->engine = DBK_ENGINE_POSTGRES;
-    u->cfg->src[S_ENGINE] = DBK_SRC_URL;
+    u->cfg->src[S_ENGINE] = DBK_CONFIG_SOURCE_URL;
 
     const char *qm = memchr(s, '?', n);
     size_t qpos = qm ? (size_t)(qm - s) : n;
@@ -394,7 +394,7 @@ static dbk_rc parse_postgres(struct urlp *u, const char *s, size_t n)
             rc = url_decode(u, s, ulen, "the user name", false, &user);
             if (rc)
                 return rc;
-            struct origin o = {DBK_SRC_URL, "URL user name", u->quote};
+            struct origin o = {DBK_CONFIG_SOURCE_URL, "URL user name", u->quote};
             rc = dbk__cfg_apply(u->cfg, S_USER, user, &o, u->err);
             free(user);
             if (rc)
@@ -405,7 +405,7 @@ static dbk_rc parse_postgres(struct urlp *u, const char *s, size_t n)
             rc = url_decode(u, colon + 1, at - ulen - 1, "the password", true, &pw);
             if (rc)
                 return rc;
-            struct origin o = {DBK_SRC_URL, "URL password", false};
+            struct origin o = {DBK_CONFIG_SOURCE_URL, "URL password", false};
             rc = dbk__cfg_apply(u->cfg, S_PASSWORD, pw, &o, u->err);
             dbk__cfg_wipe_free(pw);
             if (rc)
@@ -426,7 +426,7 @@ static dbk_rc parse_postgres(struct urlp *u, const char *s, size_t n)
         rc = url_decode(u, s + host_end + 1, qpos - host_end - 1, "the database name", false, &db);
         if (rc)
             return rc;
-        struct origin o = {DBK_SRC_URL, "URL database name", u->quote};
+        struct origin o = {DBK_CONFIG_SOURCE_URL, "URL database name", u->quote};
         rc = dbk__cfg_apply(u->cfg, S_DBNAME, db, &o, u->err);
         free(db);
         if (rc)

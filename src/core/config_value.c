@@ -363,7 +363,7 @@ static dbk_rc port_item(const char *p, size_t len, int idx, const struct origin 
 static const char *unit_name(const struct setting *s, dbk_config_source src)
 {
     if (s->kind == K_SEC)
-        return src == DBK_SRC_ENV ? " milliseconds" : " seconds";
+        return src == DBK_CONFIG_SOURCE_ENV ? " milliseconds" : " seconds";
     if (s->kind == K_MS)
         return " milliseconds";
     return "";
@@ -486,7 +486,7 @@ dbk_rc dbk__cfg_apply(dbk_config *cfg, int idx, const char *value, const struct 
     case K_COUNT:
     case K_MS:
     case K_SEC: {
-        bool secs = s->kind == K_SEC && o->src != DBK_SRC_ENV;
+        bool secs = s->kind == K_SEC && o->src != DBK_CONFIG_SOURCE_ENV;
         long long v = 0;
         int prc = parse_number(value, secs, &v);
         long long div = secs ? 1000 : 1;

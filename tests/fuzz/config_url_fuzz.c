@@ -36,7 +36,7 @@ static const char *fuzz_getenv(void *ctx, const char *name)
 static void visit(void *ctx, const char *key, const char *value, dbk_config_source src)
 {
     size_t *n = ctx;
-    if (!key || !value || src > DBK_SRC_CODE)
+    if (!key || !value || src > DBK_CONFIG_SOURCE_CODE)
         __builtin_trap();
     *n += strlen(key) + strlen(value);
 }

@@ -148,7 +148,7 @@ static void config_defaults_without_anything(void **state)
     assert_int_equal(cfg->pool.max_waiters, 1000);
     assert_int_equal(cfg->pool.leak_threshold_ms, 0);
     for (size_t i = 0; i < sizeof cfg->src; i++)
-        assert_int_equal(cfg->src[i], DBK_SRC_DEFAULT);
+        assert_int_equal(cfg->src[i], DBK_CONFIG_SOURCE_DEFAULT);
     dbk_config_free(cfg);
 
     /* "" means "not set" too. */
@@ -174,10 +174,36 @@ static void config_pg_full_url(void **state)
     assert_string_equal(cfg->dbname, "appdb");
     assert_string_equal(cfg->sslmode, "require");
     assert_string_equal(cfg->application_name, "billing");
-    assert_int_equal(src_of(cfg, "host"), DBK_SRC_URL);
-    assert_int_equal(src_of(cfg, "sslmode"), DBK_SRC_URL);
-    assert_int_equal(src_of(cfg, "statement_timeout"), DBK_SRC_DEFAULT);
+    assert_int_equal(src_of(cfg, "host"), DBK_CONFIG_SOURCE_URL);
+    assert_int_equal(src_of(cfg, "sslmode"), DBK_CONFIG_SOURCE_URL);
+    assert_int_equal(src_of(cfg, "statement_timeout"), DBK_CONFIG_SOURCE_DEFAULT);
     assert_int_equal(cfg->nextra, 0);
+    dbk_config_free(cfg);
+}
+
+/* The enumerators renamed in 0.2 (DBK_SRC_*, now DBK_CONFIG_SOURCE_*) still
+ * compile for one release, with the same values, so code comparing the
+ * sources a dump reports against them keeps working. */
+static void config_deprecated_source_names_still_work(void **state)
+{
+    (void)state;
+    dbk_error err;
+    dbk_config *cfg = must("postgres://alice@db.example.com/appdb?sslmode=require", NULL);
+    DBKT_OK(dbk_config_set(cfg, "statement_timeout", "1000", &err), &err);
+    struct dumped d = {0};
+    dbk_config_dump(cfg, collect, &d);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    assert_int_equal(d.src[dumped_find(&d, "host")], DBK_SRC_URL);
+    assert_int_equal(d.src[dumped_find(&d, "statement_timeout")], DBK_SRC_CODE);
+    assert_int_equal(src_of(cfg, "connect_timeout"), DBK_SRC_DEFAULT);
+    assert_int_equal(DBK_SRC_DEFAULT, DBK_CONFIG_SOURCE_DEFAULT);
+    assert_int_equal(DBK_SRC_ENV, DBK_CONFIG_SOURCE_ENV);
+    assert_int_equal(DBK_SRC_URL, DBK_CONFIG_SOURCE_URL);
+    assert_int_equal(DBK_SRC_CODE, DBK_CONFIG_SOURCE_CODE);
+    dbk_config_source old = DBK_SRC_ENV;
+#pragma GCC diagnostic pop
+    assert_int_equal(old, 1);
     dbk_config_free(cfg);
 }
 
@@ -414,7 +440,7 @@ static void config_pool_off_values(void **state)
     assert_int_equal(cfg->pool.validate_after_ms, 0);
     assert_int_equal(cfg->pool.max_waiters, 0);
     assert_int_equal(cfg->pool.leak_threshold_ms, 0);
-    assert_int_equal(src_of(cfg, "idle_timeout"), DBK_SRC_URL);
+    assert_int_equal(src_of(cfg, "idle_timeout"), DBK_CONFIG_SOURCE_URL);
     assert_true(cfg->pool.acquire_timeout_ms > 0);
     assert_true(cfg->pool.validate_timeout_ms > 0);
     assert_true(cfg->pool.connect_timeout_ms > 0);
@@ -467,9 +493,9 @@ static void config_sqlite_relative_path(void **state)
     assert_int_equal(dbk_config_engine(cfg), DBK_ENGINE_SQLITE);
     assert_string_equal(cfg->sqlite_path, "data/app.db");
     assert_false(cfg->sqlite_memory);
-    assert_int_equal(src_of(cfg, "engine"), DBK_SRC_URL);
-    assert_int_equal(src_of(cfg, "path"), DBK_SRC_URL);
-    assert_int_equal(src_of(cfg, "mode"), DBK_SRC_DEFAULT);
+    assert_int_equal(src_of(cfg, "engine"), DBK_CONFIG_SOURCE_URL);
+    assert_int_equal(src_of(cfg, "path"), DBK_CONFIG_SOURCE_URL);
+    assert_int_equal(src_of(cfg, "mode"), DBK_CONFIG_SOURCE_DEFAULT);
     dbk_config_free(cfg);
 
     cfg = must("sqlite:my%20file.db", NULL);
@@ -717,10 +743,10 @@ static void config_env_builds_postgres(void **state)
     assert_string_equal(cfg->application_name, "orders-api");
     struct dumped d = {0};
     dbk_config_dump(cfg, collect, &d);
-    assert_int_equal(d.src[dumped_find(&d, "engine")], DBK_SRC_ENV);
-    assert_int_equal(d.src[dumped_find(&d, "host")], DBK_SRC_ENV);
-    assert_int_equal(d.src[dumped_find(&d, "password")], DBK_SRC_ENV);
-    assert_int_equal(d.src[dumped_find(&d, "lock_timeout")], DBK_SRC_DEFAULT);
+    assert_int_equal(d.src[dumped_find(&d, "engine")], DBK_CONFIG_SOURCE_ENV);
+    assert_int_equal(d.src[dumped_find(&d, "host")], DBK_CONFIG_SOURCE_ENV);
+    assert_int_equal(d.src[dumped_find(&d, "password")], DBK_CONFIG_SOURCE_ENV);
+    assert_int_equal(d.src[dumped_find(&d, "lock_timeout")], DBK_CONFIG_SOURCE_DEFAULT);
     dbk_config_free(cfg);
 
     /* DB_NAME alone selects PostgreSQL (local socket). */
@@ -790,7 +816,7 @@ static void config_env_empty_is_unset(void **state)
     dbk_config *cfg = must(NULL, &env);
     assert_int_equal(dbk_config_engine(cfg), DBK_ENGINE_SQLITE);
     assert_int_equal(cfg->pool.max_size, 10);
-    assert_int_equal(src_of(cfg, "pool_max"), DBK_SRC_DEFAULT);
+    assert_int_equal(src_of(cfg, "pool_max"), DBK_CONFIG_SOURCE_DEFAULT);
     dbk_config_free(cfg);
 }
 
@@ -925,7 +951,7 @@ static void config_password_file(void **state)
         dbk_config_dump(cfg, collect, &d);
         int k = dumped_find(&d, "password");
         assert_string_equal(d.val[k], "***");
-        assert_int_equal(d.src[k], DBK_SRC_ENV);
+        assert_int_equal(d.src[k], DBK_CONFIG_SOURCE_ENV);
         dbk_config_free(cfg);
         unlink(path);
         free(path);
@@ -989,7 +1015,7 @@ static void config_precedence_default_env_url_code(void **state)
     assert_int_equal(cfg->pool.max_size, 10);
     d = (struct dumped){0};
     dbk_config_dump(cfg, collect, &d);
-    assert_int_equal(d.src[dumped_find(&d, "pool_max")], DBK_SRC_DEFAULT);
+    assert_int_equal(d.src[dumped_find(&d, "pool_max")], DBK_CONFIG_SOURCE_DEFAULT);
     assert_string_equal(d.val[dumped_find(&d, "replicas")], "");
     assert_string_equal(d.val[dumped_find(&d, "replica_max_lag")], "1000");
     assert_string_equal(d.val[dumped_find(&d, "read_your_writes_wait")], "100");
@@ -1002,7 +1028,7 @@ static void config_precedence_default_env_url_code(void **state)
     d = (struct dumped){0};
     dbk_config_dump(cfg, collect, &d);
     assert_string_equal(d.val[dumped_find(&d, "replicas")], "***");
-    assert_int_equal(d.src[dumped_find(&d, "replicas")], DBK_SRC_ENV);
+    assert_int_equal(d.src[dumped_find(&d, "replicas")], DBK_CONFIG_SOURCE_ENV);
     char url[512];
     dbk_config_redacted_url(cfg, url, sizeof url);
     assert_null(strstr(url, PW));
@@ -1022,10 +1048,10 @@ static void config_precedence_default_env_url_code(void **state)
     assert_int_equal(cfg->pool.max_size, 20);
     d = (struct dumped){0};
     dbk_config_dump(cfg, collect, &d);
-    assert_int_equal(d.src[dumped_find(&d, "pool_max")], DBK_SRC_ENV);
+    assert_int_equal(d.src[dumped_find(&d, "pool_max")], DBK_CONFIG_SOURCE_ENV);
     /* ... and a URL component beats env */
     assert_string_equal(cfg->host, "h");
-    assert_int_equal(d.src[dumped_find(&d, "host")], DBK_SRC_URL);
+    assert_int_equal(d.src[dumped_find(&d, "host")], DBK_CONFIG_SOURCE_URL);
     /* ... while env fills what the URL leaves out */
     assert_string_equal(cfg->user, "envuser");
     assert_string_equal(cfg->password, "envpw");
@@ -1045,9 +1071,9 @@ static void config_precedence_default_env_url_code(void **state)
     assert_string_equal(cfg->application_name, "urlapp");
     d = (struct dumped){0};
     dbk_config_dump(cfg, collect, &d);
-    assert_int_equal(d.src[dumped_find(&d, "pool_max")], DBK_SRC_URL);
-    assert_int_equal(d.src[dumped_find(&d, "password")], DBK_SRC_URL);
-    assert_int_equal(d.src[dumped_find(&d, "connect_timeout")], DBK_SRC_URL);
+    assert_int_equal(d.src[dumped_find(&d, "pool_max")], DBK_CONFIG_SOURCE_URL);
+    assert_int_equal(d.src[dumped_find(&d, "password")], DBK_CONFIG_SOURCE_URL);
+    assert_int_equal(d.src[dumped_find(&d, "connect_timeout")], DBK_CONFIG_SOURCE_URL);
 
     /* code beats url */
     DBKT_OK(dbk_config_set(cfg, "pool_max", "40", &err), &err);
@@ -1058,10 +1084,10 @@ static void config_precedence_default_env_url_code(void **state)
     assert_string_equal(cfg->application_name, "codeapp");
     d = (struct dumped){0};
     dbk_config_dump(cfg, collect, &d);
-    assert_int_equal(d.src[dumped_find(&d, "pool_max")], DBK_SRC_CODE);
+    assert_int_equal(d.src[dumped_find(&d, "pool_max")], DBK_CONFIG_SOURCE_CODE);
     assert_string_equal(d.val[dumped_find(&d, "pool_max")], "40");
-    assert_int_equal(d.src[dumped_find(&d, "host")], DBK_SRC_CODE);
-    assert_int_equal(d.src[dumped_find(&d, "user")], DBK_SRC_URL);
+    assert_int_equal(d.src[dumped_find(&d, "host")], DBK_CONFIG_SOURCE_CODE);
+    assert_int_equal(d.src[dumped_find(&d, "user")], DBK_CONFIG_SOURCE_URL);
     dbk_config_free(cfg);
 }
 
@@ -1077,7 +1103,7 @@ static void config_url_engine_beats_env(void **state)
     dbk_config_dump(cfg, collect, &d);
     assert_int_equal(dumped_find(&d, "host"), -1);
     assert_true(dumped_find(&d, "busy_timeout") >= 0);
-    assert_int_equal(d.src[dumped_find(&d, "engine")], DBK_SRC_URL);
+    assert_int_equal(d.src[dumped_find(&d, "engine")], DBK_CONFIG_SOURCE_URL);
     dbk_config_free(cfg);
 }
 
@@ -1284,17 +1310,17 @@ static void config_dump_lists_every_setting_with_source(void **state)
         assert_null(strstr(d.val[i], PW));
     }
     assert_string_equal(d.val[dumped_find(&d, "engine")], "postgres");
-    assert_int_equal(d.src[dumped_find(&d, "engine")], DBK_SRC_URL);
+    assert_int_equal(d.src[dumped_find(&d, "engine")], DBK_CONFIG_SOURCE_URL);
     assert_string_equal(d.val[dumped_find(&d, "password")], "***");
     assert_string_equal(d.val[dumped_find(&d, "sslpassword")], "***");
     assert_string_equal(d.val[dumped_find(&d, "keepalives")], "1");
     assert_string_equal(d.val[dumped_find(&d, "sslmode")], "");
     assert_string_equal(d.val[dumped_find(&d, "connect_timeout")], "5");
     assert_string_equal(d.val[dumped_find(&d, "statement_timeout")], "100");
-    assert_int_equal(d.src[dumped_find(&d, "statement_timeout")], DBK_SRC_URL);
-    assert_int_equal(d.src[dumped_find(&d, "pool_min_idle")], DBK_SRC_ENV);
-    assert_int_equal(d.src[dumped_find(&d, "lock_timeout")], DBK_SRC_CODE);
-    assert_int_equal(d.src[dumped_find(&d, "pool_max")], DBK_SRC_DEFAULT);
+    assert_int_equal(d.src[dumped_find(&d, "statement_timeout")], DBK_CONFIG_SOURCE_URL);
+    assert_int_equal(d.src[dumped_find(&d, "pool_min_idle")], DBK_CONFIG_SOURCE_ENV);
+    assert_int_equal(d.src[dumped_find(&d, "lock_timeout")], DBK_CONFIG_SOURCE_CODE);
+    assert_int_equal(d.src[dumped_find(&d, "pool_max")], DBK_CONFIG_SOURCE_DEFAULT);
     dbk_config_free(cfg);
 
     /* SQLite: its own settings, no PostgreSQL ones. */
@@ -1310,7 +1336,7 @@ static void config_dump_lists_every_setting_with_source(void **state)
     for (int i = 0; i < d.n; i++)
         assert_string_equal(d.key[i], sorder[i]);
     assert_string_equal(d.val[dumped_find(&d, "mode")], "ro");
-    assert_int_equal(d.src[dumped_find(&d, "mode")], DBK_SRC_URL);
+    assert_int_equal(d.src[dumped_find(&d, "mode")], DBK_CONFIG_SOURCE_URL);
     assert_string_equal(d.val[dumped_find(&d, "path")], "x.sqlite");
     dbk_config_free(cfg);
 
@@ -1341,7 +1367,7 @@ static void config_clone_is_deep(void **state)
     assert_string_equal(b->password, PW);
     assert_string_equal(b->extra[0].key, "keepalives");
     assert_int_equal(b->pool.max_size, 9);
-    assert_int_equal(src_of(b, "pool_max"), DBK_SRC_CODE);
+    assert_int_equal(src_of(b, "pool_max"), DBK_CONFIG_SOURCE_CODE);
     dbk_config_free(b);
 
     DBKT_RC(DBK_EMISUSE, dbk_config_clone(NULL, &b, &err));
@@ -1370,8 +1396,8 @@ static void config_set_from_code(void **state)
     struct dumped d = {0};
     dbk_config_dump(cfg, collect, &d);
     assert_string_equal(d.val[dumped_find(&d, "connect_timeout")], "2.5");
-    assert_int_equal(d.src[dumped_find(&d, "stmt_cache_size")], DBK_SRC_CODE);
-    assert_int_equal(d.src[dumped_find(&d, "path")], DBK_SRC_CODE);
+    assert_int_equal(d.src[dumped_find(&d, "stmt_cache_size")], DBK_CONFIG_SOURCE_CODE);
+    assert_int_equal(d.src[dumped_find(&d, "path")], DBK_CONFIG_SOURCE_CODE);
 
     /* Switching engine from code, then configuring it. */
     DBKT_OK(dbk_config_set(cfg, "engine", "postgres", &err), &err);
@@ -1445,7 +1471,7 @@ static void config_set_rejects_bad_keys_and_values(void **state)
     assert_string_equal(cfg->host, "h");
     assert_string_equal(cfg->port, "5432");
     assert_int_equal(dbk_config_engine(cfg), DBK_ENGINE_POSTGRES);
-    assert_int_equal(src_of(cfg, "pool_max"), DBK_SRC_DEFAULT);
+    assert_int_equal(src_of(cfg, "pool_max"), DBK_CONFIG_SOURCE_DEFAULT);
 
     /* NULL arguments are misuse. */
     DBKT_RC(DBK_EMISUSE, dbk_config_set(NULL, "pool_max", "1", &err));
@@ -1551,6 +1577,7 @@ static void config_null_arguments(void **state)
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(config_defaults_without_anything),
     cmocka_unit_test(config_pg_full_url),
+    cmocka_unit_test(config_deprecated_source_names_still_work),
     cmocka_unit_test(config_pg_postgresql_scheme),
     cmocka_unit_test(config_pg_minimal_forms),
     cmocka_unit_test(config_pg_percent_decoding),
