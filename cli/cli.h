@@ -62,6 +62,10 @@ void jw_kbool(jw *w, const char *k, bool v);
 /* Prints the error (message, hint; JSON on stdout with --json) and returns
  * the exit code for it. */
 int cli_fail(const cli *c, dbk_rc rc, const dbk_error *err);
+/* DB_MIGRATION_LOCK_TIMEOUT_MS and DB_MIGRATION_STATEMENT_TIMEOUT_MS into
+ * *o (dbk_migrate_opts_from_env: the library reads neither by itself).
+ * CLI_OK, or the exit code of the failure, reported. */
+int cli_migrate_env(const cli *c, dbk_migrate_opts *o);
 /* Same, with extra members added to the JSON document by extra(w, ctx). */
 int cli_fail_ex(const cli *c, dbk_rc rc, const dbk_error *err, void (*extra)(jw *w, void *ctx),
                 void *ctx);

@@ -167,6 +167,9 @@ static int run_change(cli *c, int argc, char **argv, int which)
             return cli_usage(c, "--steps takes a positive number, got '%s'", steps_s);
         o.steps = (int)n;
     }
+    int envcode = cli_migrate_env(c, &o);
+    if (envcode)
+        return envcode;
     dbk_conn *conn = NULL;
     char url[512];
     int code = cli_connect(c, true, url, sizeof url, &conn);
@@ -625,7 +628,9 @@ static int trace_one(cli *c, const char *path, dbk_trace **out)
             memset(&o, 0, sizeof o);
             o.has_target = true;
             o.target = v - 1;
-            rc = dbk_migrate_up(dbk_conn_db(tc), &src, &o, NULL, &err);
+            rc = dbk_migrate_opts_from_env(&o, &err);
+            if (rc == DBK_OK)
+                rc = dbk_migrate_up(dbk_conn_db(tc), &src, &o, NULL, &err);
         }
     }
     if (rc == DBK_OK)
@@ -822,6 +827,13 @@ dbk_rc cli_lint_pending(const cli *c, dbk_db *db, dbk_lint_report **out, size_t 
     memset(&o, 0, sizeof o);
     o.engine = dbk_db_engine(db);
     o.scope = DBK_LINT_SCOPE_RUN; /* pending files are applied in order, in one run */
+    dbk_migrate_opts mo = DBK_MIGRATE_OPTS_INIT; /* the lock_timeout `up` will use */
+    rc = dbk_migrate_opts_from_env(&mo, err);
+    if (rc != DBK_OK) {
+        free(v);
+        return rc;
+    }
+    o.lock_timeout_ms = mo.statement_lock_timeout_ms;
     o.versions = v;
     o.nversions = n;
     *pending = n;
@@ -922,6 +934,13 @@ static int sub_lint(cli *c, int argc, char **argv)
         free(files);
         return cli_usage(c, "migrate lint: FILE arguments or --all, not both");
     }
+    dbk_migrate_opts mo = DBK_MIGRATE_OPTS_INIT; /* the lock_timeout `up` will use */
+    code = cli_migrate_env(c, &mo);
+    if (code) {
+        free(files);
+        return code;
+    }
+    o.lock_timeout_ms = mo.statement_lock_timeout_ms;
     dbk_error err;
     dbk_error_clear(&err);
     dbk_lint_report *rep = NULL;

@@ -37,6 +37,10 @@ int cmd_seed(cli *c, int argc, char **argv)
             return cli_usage(c, "unexpected argument '%s'", argv[i]);
         }
     }
+    dbk_migrate_opts envo = DBK_MIGRATE_OPTS_INIT;
+    int envcode = cli_migrate_env(c, &envo);
+    if (envcode)
+        return envcode;
     dbk_conn *conn = NULL;
     char url[512];
     int code = cli_connect(c, true, url, sizeof url, &conn);
@@ -51,6 +55,8 @@ int cmd_seed(cli *c, int argc, char **argv)
     o.env = env;
     o.report = cli_report_event;
     o.report_ctx = &rep;
+    o.statement_lock_timeout_ms = envo.statement_lock_timeout_ms;
+    o.statement_timeout_ms = envo.statement_timeout_ms;
     dbk_migrate_source src;
     memset(&src, 0, sizeof src);
     src.dir = c->seeds_dir;

@@ -230,6 +230,14 @@ int cli_fail(const cli *c, dbk_rc rc, const dbk_error *err)
     return cli_fail_ex(c, rc, err, NULL, NULL);
 }
 
+int cli_migrate_env(const cli *c, dbk_migrate_opts *o)
+{
+    dbk_error err;
+    dbk_error_clear(&err);
+    dbk_rc rc = dbk_migrate_opts_from_env(o, &err);
+    return rc == DBK_OK ? CLI_OK : cli_fail(c, rc, &err);
+}
+
 int cli_fail_ex(const cli *c, dbk_rc rc, const dbk_error *err, void (*extra)(jw *w, void *ctx),
                 void *ctx)
 {

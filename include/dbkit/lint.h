@@ -99,8 +99,10 @@ typedef struct dbk_lint_opts {
     /* Sections of this engine (and portable sections) only; 0: both. */
     dbk_engine engine;
     /* The lock_timeout `dbkit migrate up` runs each migration with: 0
-     * means what dbk_migrate_up() uses (DB_MIGRATION_LOCK_TIMEOUT_MS from
-     * the environment, else 5000); negative means none is set. */
+     * means dbk_migrate_up()'s default (5000); negative means none is set.
+     * dbk_migrate_opts_from_env() reads DB_MIGRATION_LOCK_TIMEOUT_MS into
+     * dbk_migrate_opts.statement_lock_timeout_ms, which can be passed
+     * here. */
     int lock_timeout_ms;
     dbk_lint_scope scope;
     /* Lint only these migration versions (NULL: every file). */

@@ -136,7 +136,8 @@ typedef struct dbk_migrate_opts {
     dbk_migrate_report_fn report;
     void *report_ctx;
     /* PostgreSQL: the lock_timeout each migration statement runs with, ms
-     * (0: dbk_migrate_default_lock_timeout_ms(); negative: none). A
+     * (0: dbk_migrate_default_lock_timeout_ms(), 5000; negative: none;
+     * dbk_migrate_opts_from_env() reads DB_MIGRATION_LOCK_TIMEOUT_MS). A
      * statement that times out on a lock is retried (see lock_retries);
      * when it still cannot get the lock the error names the sessions
      * holding locks on its tables (pid, application, state, since when). */
@@ -145,8 +146,9 @@ typedef struct dbk_migrate_opts {
      * with back-off (0: 2; negative: never). */
     int lock_retries;
     /* PostgreSQL: the statement_timeout of migration statements, ms (0:
-     * DB_MIGRATION_STATEMENT_TIMEOUT_MS from the environment, else 600000,
-     * the longest dbkit waits for a migration statement; negative: none). */
+     * 600000, the longest dbkit waits for a migration statement; negative:
+     * none; dbk_migrate_opts_from_env() reads
+     * DB_MIGRATION_STATEMENT_TIMEOUT_MS). */
     int statement_timeout_ms;
 } dbk_migrate_opts;
 
@@ -265,10 +267,25 @@ DBK_API dbk_rc dbk_seed_run(dbk_db *db, const dbk_migrate_source *src,
                             const dbk_migrate_opts *opts, int *ran, dbk_error *err);
 
 /* The lock_timeout dbk_migrate_up() sets for migration statements when
- * dbk_migrate_opts.statement_lock_timeout_ms is 0: DB_MIGRATION_LOCK_TIMEOUT_MS
- * from the environment when it holds a number (0 there disables it: this
- * returns -1), else 5000. The linter (lint.h) assumes the same. */
+ * dbk_migrate_opts.statement_lock_timeout_ms is 0: 5000. Reads no
+ * environment variable (dbk_migrate_opts_from_env() does). The linter
+ * (lint.h) assumes the same. */
 DBK_API int dbk_migrate_default_lock_timeout_ms(void);
+
+/*
+ * Reads the migration settings of the process environment into *opts,
+ * for the fields the caller left 0 (dbk_migrate_up() and the other
+ * migration calls read no variable themselves, as dbk_config_from_env()
+ * is the database's one reader):
+ *   DB_MIGRATION_LOCK_TIMEOUT_MS: statement_lock_timeout_ms;
+ *   DB_MIGRATION_STATEMENT_TIMEOUT_MS: statement_timeout_ms;
+ * each milliseconds from 0 to 86400000, 0 meaning none (stored as -1).
+ * Unset or empty variables change nothing. Errors: DBK_EMISUSE (opts
+ * NULL), DBK_ECONFIG (not such a number: the message names the variable,
+ * not its value); *opts is unchanged on failure. Reads the environment
+ * with getenv(): do not call while another thread modifies it.
+ */
+DBK_API dbk_rc dbk_migrate_opts_from_env(dbk_migrate_opts *opts, dbk_error *err);
 
 /* Dumps the schema as SQL text: SQLite from sqlite_master, PostgreSQL from
  * the catalogs (types, functions, tables, constraints, indexes, views,

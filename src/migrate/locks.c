@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "../core/internal.h"
+#include "../core/url.h"
 #include "../db/db_int.h"
 #include "lint_int.h"
 #include "migrate_int.h"
@@ -35,43 +36,58 @@
 #define RETRY_BACKOFF_MS 200 /* doubled per retry: 200, 400, 800 ... */
 #define RETRY_BACKOFF_MAX_MS 5000
 
-/* A non-negative integer environment variable, or -1. */
-static long env_ms(const char *name)
+/* One timeout variable into *slot, when the caller left it 0: a number
+ * of milliseconds, 0 meaning none (-1 in the options). Unset or empty
+ * leaves *slot alone. The message names the variable, not its value. */
+static dbk_rc env_timeout(const char *name, int *slot, dbk_error *err)
 {
     const char *v = getenv(name);
-    if (!v || !*v)
-        return -1;
-    char *end = NULL;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno || *end || n < 0 || n > 86400000L)
-        return -1;
-    return n;
+    if (!v || !*v || *slot != 0)
+        return DBK_OK;
+    long long n;
+    if (!dbk__parse_decimal(v, strlen(v), 0, 86400000LL, &n)) {
+        dbk__err(err, DBK_ECONFIG, "%s must be a whole number of milliseconds from 0 to "
+                 "86400000", name);
+        dbk__err_hint(err, "0 sets no timeout; unset the variable for dbkit's default");
+        return DBK_ECONFIG;
+    }
+    *slot = n == 0 ? -1 : (int)n;
+    return DBK_OK;
+}
+
+/* The environment is read here, when the program asks, and never inside
+ * dbk_migrate_up(): the same rule as dbk_config_from_env(). */
+dbk_rc dbk_migrate_opts_from_env(dbk_migrate_opts *opts, dbk_error *err)
+{
+    if (!opts)
+        return dbk__err(err, DBK_EMISUSE, "dbk_migrate_opts_from_env: opts is NULL");
+    dbk_migrate_opts o = *opts;
+    dbk_rc rc = env_timeout("DB_MIGRATION_LOCK_TIMEOUT_MS", &o.statement_lock_timeout_ms, err);
+    if (rc == DBK_OK)
+        rc = env_timeout("DB_MIGRATION_STATEMENT_TIMEOUT_MS", &o.statement_timeout_ms, err);
+    if (rc == DBK_OK)
+        *opts = o;
+    return rc;
 }
 
 int dbk_migrate_default_lock_timeout_ms(void)
 {
-    long v = env_ms("DB_MIGRATION_LOCK_TIMEOUT_MS");
-    if (v == 0)
-        return -1;
-    return v > 0 ? (int)v : DEFAULT_STMT_LOCK_TIMEOUT_MS;
+    return DEFAULT_STMT_LOCK_TIMEOUT_MS;
 }
 
 static int lock_timeout_of(const dbk__mctx *m)
 {
     int v = m->opts.statement_lock_timeout_ms;
     if (v == 0)
-        v = dbk_migrate_default_lock_timeout_ms();
+        v = DEFAULT_STMT_LOCK_TIMEOUT_MS;
     return v < 0 ? 0 : v;
 }
 
 static int statement_timeout_of(const dbk__mctx *m)
 {
     int v = m->opts.statement_timeout_ms;
-    if (v == 0) {
-        long e = env_ms("DB_MIGRATION_STATEMENT_TIMEOUT_MS");
-        v = e >= 0 ? (int)e : DBK__MIGRATION_WAIT_MS;
-    }
+    if (v == 0)
+        v = DBK__MIGRATION_WAIT_MS;
     return v < 0 ? 0 : v;
 }
 

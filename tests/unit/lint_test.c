@@ -487,25 +487,95 @@ static void lint_syntax_error_and_malformed_file(void **state)
     assert_non_null(strstr(err.message, "1_x.sql"));
 }
 
-/* The DB_MIGRATION_LOCK_TIMEOUT_MS the migrator will use is what the
- * lock-timeout rule assumes by default. */
+/* The library reads no migration variable by itself: the default
+ * lock_timeout (and what the lock-timeout rule assumes for 0) stays 5000
+ * whatever DB_MIGRATION_LOCK_TIMEOUT_MS says; dbk_migrate_opts_from_env()
+ * reads it (0: none, -1 in the options), and the linter given that value
+ * agrees with the migrator. */
 static void lint_follows_migration_lock_timeout_env(void **state)
 {
     (void)state;
     char *f = make_file("ALTER TABLE t ADD COLUMN c text;", false);
     setenv("DB_MIGRATION_LOCK_TIMEOUT_MS", "0", 1);
-    assert_int_equal(dbk_migrate_default_lock_timeout_ms(), -1);
+    assert_int_equal(dbk_migrate_default_lock_timeout_ms(), 5000);
     dbk_lint_report *r = lint_text(f, PG, 0);
+    assert_int_equal(r->count, 0);
+    dbk_lint_report_free(r);
+    dbk_migrate_opts mo = DBK_MIGRATE_OPTS_INIT;
+    dbk_error err;
+    DBKT_OK(dbk_migrate_opts_from_env(&mo, &err), &err);
+    assert_int_equal(mo.statement_lock_timeout_ms, -1);
+    assert_int_equal(mo.statement_timeout_ms, 0);
+    r = lint_text(f, PG, mo.statement_lock_timeout_ms);
     assert_true(has_rule(r, "lock-timeout"));
     dbk_lint_report_free(r);
     setenv("DB_MIGRATION_LOCK_TIMEOUT_MS", "2500", 1);
-    assert_int_equal(dbk_migrate_default_lock_timeout_ms(), 2500);
-    r = lint_text(f, PG, 0);
+    mo = (dbk_migrate_opts)DBK_MIGRATE_OPTS_INIT;
+    DBKT_OK(dbk_migrate_opts_from_env(&mo, &err), &err);
+    assert_int_equal(mo.statement_lock_timeout_ms, 2500);
+    r = lint_text(f, PG, mo.statement_lock_timeout_ms);
     assert_int_equal(r->count, 0);
     dbk_lint_report_free(r);
     unsetenv("DB_MIGRATION_LOCK_TIMEOUT_MS");
     assert_int_equal(dbk_migrate_default_lock_timeout_ms(), 5000);
     free(f);
+}
+
+/* dbk_migrate_opts_from_env(): both variables, fields the caller set are
+ * kept, empty counts as unset, bad values are DBK_ECONFIG naming the
+ * variable (never its value) with a hint, and leave the options alone. */
+static void lint_migrate_opts_from_env(void **state)
+{
+    (void)state;
+    dbk_error err;
+    dbk_migrate_opts mo = DBK_MIGRATE_OPTS_INIT;
+    unsetenv("DB_MIGRATION_LOCK_TIMEOUT_MS");
+    unsetenv("DB_MIGRATION_STATEMENT_TIMEOUT_MS");
+    DBKT_OK(dbk_migrate_opts_from_env(&mo, &err), &err);
+    assert_int_equal(mo.statement_lock_timeout_ms, 0);
+    assert_int_equal(mo.statement_timeout_ms, 0);
+
+    setenv("DB_MIGRATION_LOCK_TIMEOUT_MS", "", 1);
+    setenv("DB_MIGRATION_STATEMENT_TIMEOUT_MS", "86400000", 1);
+    DBKT_OK(dbk_migrate_opts_from_env(&mo, &err), &err);
+    assert_int_equal(mo.statement_lock_timeout_ms, 0);
+    assert_int_equal(mo.statement_timeout_ms, 86400000);
+
+    /* a field the caller set wins */
+    mo = (dbk_migrate_opts)DBK_MIGRATE_OPTS_INIT;
+    mo.statement_timeout_ms = 1234;
+    setenv("DB_MIGRATION_LOCK_TIMEOUT_MS", "700", 1);
+    setenv("DB_MIGRATION_STATEMENT_TIMEOUT_MS", "0", 1);
+    DBKT_OK(dbk_migrate_opts_from_env(&mo, &err), &err);
+    assert_int_equal(mo.statement_lock_timeout_ms, 700);
+    assert_int_equal(mo.statement_timeout_ms, 1234);
+    mo.statement_timeout_ms = 0;
+    DBKT_OK(dbk_migrate_opts_from_env(&mo, &err), &err);
+    assert_int_equal(mo.statement_timeout_ms, -1);
+
+    static const char *const bad[] = {"abc", "-1", "86400001", " 5", "5 ", "1e3", "0x10",
+                                      "99999999999999999999", "s3cret"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        for (int which = 0; which < 2; which++) {
+            const char *name =
+                which ? "DB_MIGRATION_STATEMENT_TIMEOUT_MS" : "DB_MIGRATION_LOCK_TIMEOUT_MS";
+            unsetenv("DB_MIGRATION_LOCK_TIMEOUT_MS");
+            unsetenv("DB_MIGRATION_STATEMENT_TIMEOUT_MS");
+            setenv(name, bad[i], 1);
+            mo = (dbk_migrate_opts)DBK_MIGRATE_OPTS_INIT;
+            dbk_rc rc = dbk_migrate_opts_from_env(&mo, &err);
+            if (rc != DBK_ECONFIG || !strstr(err.message, name))
+                fail_msg("%s=\"%s\": %s \"%s\"", name, bad[i], dbk_rc_name(rc), err.message);
+            assert_null(strstr(err.message, "s3cret"));
+            assert_non_null(strstr(err.hint, "0 sets no timeout"));
+            assert_int_equal(mo.statement_lock_timeout_ms, 0);
+            assert_int_equal(mo.statement_timeout_ms, 0);
+        }
+    }
+    unsetenv("DB_MIGRATION_LOCK_TIMEOUT_MS");
+    unsetenv("DB_MIGRATION_STATEMENT_TIMEOUT_MS");
+    DBKT_RC(DBK_EMISUSE, dbk_migrate_opts_from_env(NULL, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_migrate_opts_from_env(NULL, NULL));
 }
 
 /* The example service's migrations (examples/db), all pending on a fresh
@@ -566,6 +636,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(lint_scope_file_and_run),
         cmocka_unit_test(lint_syntax_error_and_malformed_file),
         cmocka_unit_test(lint_follows_migration_lock_timeout_env),
+        cmocka_unit_test(lint_migrate_opts_from_env),
         cmocka_unit_test(lint_example_migrations_pass),
         cmocka_unit_test(lint_relations_of_a_statement),
     };
