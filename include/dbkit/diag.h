@@ -72,13 +72,19 @@ extern "C" {
 
 typedef struct dbk_diag dbk_diag;
 
-/* What the N+1 detector does with a pattern it finds. The default, LOG, is
- * numbered 0 so that a zeroed options struct gets it and OFF can still be
- * asked for by name. */
+/* What the N+1 detector does with a pattern it finds. 0 is the default, as
+ * in every option struct: today that is LOG, which can also be asked for
+ * by name. The DBK_N1_OFF / _LOG / _ERROR spellings are the names before
+ * 0.2, deprecated (removed in 0.3), with their old values: DBK_N1_LOG is 0,
+ * the default, which logs. */
 typedef enum dbk_n1_mode {
-    DBK_N1_OFF = 1,  /* scopes are kept but nothing is counted or reported */
-    DBK_N1_LOG = 0,  /* a "n+1 ..." line at WARN when the scope ends (default) */
-    DBK_N1_ERROR = 2 /* the line, and dbk_diag_scope_end() returns DBK_EN_PLUS_ONE */
+    DBK_N1_MODE_DEFAULT = 0, /* the default: LOG */
+    DBK_N1_MODE_OFF = 1,     /* scopes are kept but nothing is counted or reported */
+    DBK_N1_MODE_ERROR = 2,   /* the line, and dbk_diag_scope_end() returns DBK_EN_PLUS_ONE */
+    DBK_N1_MODE_LOG = 3,     /* a "n+1 ..." line at WARN when the scope ends */
+    DBK_N1_OFF DBK_DEPRECATED("use DBK_N1_MODE_OFF") = 1,
+    DBK_N1_LOG DBK_DEPRECATED("use DBK_N1_MODE_LOG (or DBK_N1_MODE_DEFAULT, 0)") = 0,
+    DBK_N1_ERROR DBK_DEPRECATED("use DBK_N1_MODE_ERROR") = 2
 } dbk_n1_mode;
 
 /*
@@ -103,7 +109,7 @@ typedef struct dbk_diag_opts {
     /* Append the parameter values to each log line (" params=[...]").
      * Default false: values may be secrets. */
     bool log_params;
-    /* N+1 detector mode; zero is DBK_N1_LOG, the default. */
+    /* N+1 detector mode; zero is DBK_N1_MODE_DEFAULT (LOG). */
     dbk_n1_mode n1_mode;
     /* A statement is an N+1 when it runs MORE than this many times in one
      * scope. 0: the default of 5; exactly n1_threshold runs is not reported,

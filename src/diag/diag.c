@@ -131,7 +131,8 @@ dbk_rc dbk_diag_new(const dbk_diag_opts *opts, dbk_diag **out, dbk_error *err)
         return dbk__err(err, DBK_EINVALID, "n1_min_total_us must not be negative");
     if (isnan(o.sample_rate))
         return dbk__err(err, DBK_EINVALID, "sample_rate must be a number");
-    if (o.n1_mode != DBK_N1_OFF && o.n1_mode != DBK_N1_LOG && o.n1_mode != DBK_N1_ERROR)
+    if (o.n1_mode != DBK_N1_MODE_DEFAULT && o.n1_mode != DBK_N1_MODE_OFF &&
+        o.n1_mode != DBK_N1_MODE_ERROR && o.n1_mode != DBK_N1_MODE_LOG)
         return dbk__err(err, DBK_EINVALID, "unknown n1_mode %d", (int)o.n1_mode);
 
     dbk_diag *d = calloc(1, sizeof *d);
@@ -280,7 +281,7 @@ void dbk_diag_observe(void *ctx, const dbk_query_event *ev)
         log_statement(d, ev, false);
     }
 
-    if (d->n1_mode != DBK_N1_OFF && dbk__diag_scope_open())
+    if (d->n1_mode != DBK_N1_MODE_OFF && dbk__diag_scope_open())
         dbk__diag_scope_count(d, ev);
 
     if (d->chain)

@@ -418,7 +418,7 @@ dbk_rc dbk_diag_scope_end(dbk_diag *d, dbk_error *err)
             first = e;
         report_line(s, e);
     }
-    if (first && d->n1_mode == DBK_N1_ERROR) {
+    if (first && d->n1_mode == DBK_N1_MODE_ERROR) {
         char sql[240];
         size_t n = first->len < sizeof sql - 1 ? first->len : sizeof sql - 4;
         memcpy(sql, first->sql, n);

@@ -291,7 +291,7 @@ static void n1_error(const char *url, dbk_engine eng)
     cap_reset();
     dbk_conn *c = setup(url, eng);
     dbk_db *db = dbk_conn_db(c);
-    dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR};
+    dbk_diag_opts o = {.n1_mode = DBK_N1_MODE_ERROR};
     dbk_diag *d = mk_diag_on(&o, db);
     dbk_error err;
 
@@ -348,7 +348,7 @@ static void diag_n1_threshold_edge(void **state)
     char *url = dbkt_sqlite_url("n1_edge");
     dbk_conn *c = setup(url, DBK_ENGINE_SQLITE);
     dbk_db *db = dbk_conn_db(c);
-    dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR};
+    dbk_diag_opts o = {.n1_mode = DBK_N1_MODE_ERROR};
     dbk_diag *d = mk_diag_on(&o, db);
     dbk_error err;
 
@@ -373,7 +373,7 @@ static void diag_n1_threshold_edge(void **state)
 
     /* OFF: nothing. */
     o.n1_min_total_us = 0;
-    o.n1_mode = DBK_N1_OFF;
+    o.n1_mode = DBK_N1_MODE_OFF;
     d = mk_diag_on(&o, db);
     DBKT_OK(scoped_find_loop(d, db, "off", 20, &err), &err);
     dbk_diag_stats s;
@@ -382,6 +382,49 @@ static void diag_n1_threshold_edge(void **state)
     dbk_diag_free(d);
     ASSERT_LINES(2, "n+1 ", NULL);
 
+    dbk_conn_close(c);
+    free(url);
+}
+
+/* 0 is the default mode (log), and DBK_N1_MODE_LOG asks for the same by
+ * name; the names renamed in 0.2 (DBK_N1_OFF, DBK_N1_LOG, DBK_N1_ERROR)
+ * still work for one release with their old values and behaviour. */
+static void diag_n1_modes_and_deprecated_names(void **state)
+{
+    (void)state;
+    cap_reset();
+    char *url = dbkt_sqlite_url("n1_modes");
+    dbk_conn *c = setup(url, DBK_ENGINE_SQLITE);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_error err;
+    dbk_diag_stats s;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    const dbk_n1_mode logs[] = {DBK_N1_MODE_DEFAULT, DBK_N1_MODE_LOG, DBK_N1_LOG};
+    assert_int_equal(DBK_N1_LOG, 0);
+    assert_int_equal(DBK_N1_OFF, DBK_N1_MODE_OFF);
+    assert_int_equal(DBK_N1_ERROR, DBK_N1_MODE_ERROR);
+    for (size_t i = 0; i < sizeof logs / sizeof logs[0]; i++) {
+        dbk_diag_opts o = {.n1_mode = logs[i]};
+        dbk_diag *d = mk_diag_on(&o, db);
+        DBKT_OK(scoped_find_loop(d, db, "logged", 6, &err), &err);
+        dbk_diag_stats_get(d, &s);
+        assert_int_equal(s.n_plus_one, 1);
+        dbk_diag_free(d);
+    }
+    ASSERT_LINES(3, "n+1 ", NULL);
+    dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR};
+    dbk_diag *d = mk_diag_on(&o, db);
+    DBKT_RC(DBK_EN_PLUS_ONE, scoped_find_loop(d, db, "error", 6, &err));
+    dbk_diag_free(d);
+    o.n1_mode = DBK_N1_OFF;
+#pragma GCC diagnostic pop
+    d = mk_diag_on(&o, db);
+    DBKT_OK(scoped_find_loop(d, db, "off", 6, &err), &err);
+    dbk_diag_stats_get(d, &s);
+    assert_int_equal(s.n_plus_one, 0);
+    dbk_diag_free(d);
+    ASSERT_LINES(4, "n+1 ", NULL);
     dbk_conn_close(c);
     free(url);
 }
@@ -396,7 +439,7 @@ static void diag_n1_safelist_suppresses(void **state)
     dbk_error err;
 
     /* Learn the statement's text through a chained observer. */
-    dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR, .chain = remember};
+    dbk_diag_opts o = {.n1_mode = DBK_N1_MODE_ERROR, .chain = remember};
     dbk_diag *d = mk_diag_on(&o, db);
     chained = 0;
     find_loop(db, 1);
@@ -557,7 +600,7 @@ static void diag_n1_scopes_on_two_threads_do_not_mix(void **state)
     cap_reset();
     char *url = dbkt_sqlite_url("n1_threads");
     dbk_conn_close(setup(url, DBK_ENGINE_SQLITE));
-    dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR};
+    dbk_diag_opts o = {.n1_mode = DBK_N1_MODE_ERROR};
     dbk_diag *d = mk_diag(&o);
     pthread_barrier_t bar;
     pthread_barrier_init(&bar, NULL, 2);
@@ -639,7 +682,7 @@ static void pool_threads(const char *url, dbk_engine eng)
     dbk_pool_opts po = {.max_size = 2};
     DBKT_OK(dbk_pool_open(cfg, &po, &pool, &err), &err);
     dbk_config_free(cfg);
-    dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR};
+    dbk_diag_opts o = {.n1_mode = DBK_N1_MODE_ERROR};
     dbk_diag *d = mk_diag_on(&o, dbk_pool_db(pool));
     pthread_barrier_t bar;
     pthread_barrier_init(&bar, NULL, 2);
@@ -693,7 +736,7 @@ static void tx_scope(const char *url, dbk_engine eng)
     cap_reset();
     dbk_conn *c = setup(url, eng);
     dbk_db *db = dbk_conn_db(c);
-    dbk_diag_opts o = {.n1_mode = DBK_N1_ERROR};
+    dbk_diag_opts o = {.n1_mode = DBK_N1_MODE_ERROR};
     dbk_diag *d = mk_diag_on(&o, db);
     dbk_error err;
 
@@ -1144,7 +1187,7 @@ static void diag_options_and_misuse(void **state)
     assert_null(d);
     o = (dbk_diag_opts){.sample_rate = NAN};
     DBKT_RC(DBK_EINVALID, dbk_diag_new(&o, &d, &err));
-    o = (dbk_diag_opts){.n1_mode = (dbk_n1_mode)9};
+    o = (dbk_diag_opts){.n1_mode = (dbk_n1_mode)4};
     DBKT_RC(DBK_EINVALID, dbk_diag_new(&o, &d, &err));
     DBKT_RC(DBK_EMISUSE, dbk_diag_new(NULL, NULL, &err));
     DBKT_OK(dbk_diag_new(NULL, &d, &err), &err);
@@ -1237,6 +1280,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(diag_n1_find_by_id_loop_is_logged),
         cmocka_unit_test(diag_n1_error_mode_returns_en_plus_one),
         cmocka_unit_test(diag_n1_threshold_edge),
+        cmocka_unit_test(diag_n1_modes_and_deprecated_names),
         cmocka_unit_test(diag_n1_safelist_suppresses),
         cmocka_unit_test(diag_n1_reported_once_per_statement_per_scope),
         cmocka_unit_test(diag_n1_control_after_a_comment_is_exempt),
