@@ -231,7 +231,7 @@ static void run(const char *label, const char *url, double secs)
         dbk_arena_reset(a);
         queries = 0;
         const char *const inc[] = {"posts"};
-        dbk_query q = {.include = inc, .ninclude = 1, .has_limit = true, .limit = NUSERS};
+        dbk_query q = {.include = inc, .ninclude = 1, .limit = NUSERS};
         t0 = now_s();
         if (dbk_repo_find_many(db, &buser_entity, &q, &l, a, &err))
             die("find_many include", &err);
@@ -245,14 +245,14 @@ static void run(const char *label, const char *url, double secs)
 
         dbk_arena_reset(a);
         queries = 0;
-        dbk_query q2 = {.has_limit = true, .limit = NUSERS};
+        dbk_query q2 = {.limit = NUSERS};
         t0 = now_s();
         if (dbk_repo_find_many(db, &buser_entity, &q2, &l, a, &err))
             die("find_many", &err);
         posts_n1 = 0;
         for (size_t i = 0; i < l.count; i++) {
             struct buser *u = &((struct buser *)l.items)[i];
-            dbk_filter f[] = {DBK_WHERE("user_id", DBK_EQ, dbk_int64(u->id))};
+            dbk_filter f[] = {DBK_WHERE("user_id", DBK_FILTER_EQ, dbk_int64(u->id))};
             dbk_query pq = {.filters = f, .nfilters = 1};
             dbk_list pl;
             if (dbk_repo_find_many(db, &bpost_entity, &pq, &pl, a, &err))
@@ -317,7 +317,7 @@ static void run(const char *label, const char *url, double secs)
          * total, and page + total + include posts, with the COUNT sent
          * in one batch with the page (the default) and without. */
         const char *const inc[] = {"posts"};
-        dbk_query fq = {.has_limit = true, .limit = 20, .offset = 40, .order_by = "-created_at",
+        dbk_query fq = {.limit = 20, .offset = 40, .order_by = "-created_at",
                        .count = DBK_COUNT_EXACT};
         dbk_query fqi = fq;
         fqi.include = inc;

@@ -11,7 +11,7 @@
 #   plain     RelWithDebInfo build, every test (ctest -j2), the topology
 #             suites (programs marked dbkit:topology) included
 #   asan      ASan + UBSan build, every test but the topology suites
-#   tsan      TSan build, the thread-heavy tests (pool, pipeline, cache, cache_doc, doc, tx, batch, diag, async)
+#   tsan      TSan build, the thread-heavy tests (pool, pipeline, cache, cache_doc, doc, tx, batch, diag, async, entity)
 #   valgrind  memcheck over the tests that need no server and a PostgreSQL subset
 #   fuzz      each libFuzzer target for FUZZ_SECONDS (default 20) on its corpus
 # Servers come from scripts/testenv.sh (one PostgreSQL + Redis for the run).
@@ -63,7 +63,7 @@ inner() {
         ;;
       tsan)
         cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DDBKIT_SANITIZE=thread -DDBKIT_BENCH=OFF -DDBKIT_TOPOLOGY_TESTS=OFF \
-          -DDBKIT_TEST_FILTER='^(pool|pipeline|cache|cache_doc|doc|tx|batch|diag|async)_test$' >/dev/null
+          -DDBKIT_TEST_FILTER='^(pool|pipeline|cache|cache_doc|doc|tx|batch|diag|async|entity)_test$' >/dev/null
         cmake --build build-tsan -j"$JOBS"
         if [ -n "$(ctest --test-dir build-tsan -N | grep -E 'Test +#')" ]; then
           TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \

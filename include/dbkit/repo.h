@@ -103,6 +103,14 @@ typedef struct dbk_bytes {
 #define DBK_REPO_MAX_FIELDS 64
 /* Largest page a query may ask for; above it is DBK_EINVALID. */
 #define DBK_REPO_MAX_LIMIT 1000
+/* The page a query gets when it leaves dbk_query.limit 0. A list endpoint
+ * that forgets its limit reads 100 rows, not a whole table, into the
+ * arena; 100 is the page size web APIs and ORM paging helpers commonly
+ * default to, enough for a screen of results. The cut is never silent:
+ * has_more is reported (see dbk_query). */
+#define DBK_REPO_DEFAULT_LIMIT 100
+/* dbk_query.limit value for every matching row, however many. */
+#define DBK_REPO_LIMIT_ALL (-1)
 /* Largest IN list in one filter. */
 #define DBK_REPO_MAX_IN 10000
 
@@ -263,31 +271,43 @@ DBK_API dbk_rc dbk_repo_create_many(dbk_db *db, const dbk_entity *e, const void 
 /* ---- many rows ---- */
 
 typedef enum dbk_filter_op {
-    DBK_EQ = 1,
-    DBK_NE = 2,
-    DBK_LT = 3,
-    DBK_LE = 4,
-    DBK_GT = 5,
-    DBK_GE = 6,
-    DBK_IN = 7,          /* `values`, `nvalues` (0: matches nothing; max DBK_REPO_MAX_IN) */
-    DBK_IS_NULL = 8,     /* no value */
-    DBK_IS_NOT_NULL = 9, /* no value */
-    DBK_LIKE = 10        /* text fields only; the pattern is a parameter */
+    DBK_FILTER_EQ = 1,
+    DBK_FILTER_NE = 2,
+    DBK_FILTER_LT = 3,
+    DBK_FILTER_LE = 4,
+    DBK_FILTER_GT = 5,
+    DBK_FILTER_GE = 6,
+    DBK_FILTER_IN = 7,          /* `values`, `nvalues` (0: matches nothing; max DBK_REPO_MAX_IN) */
+    DBK_FILTER_IS_NULL = 8,     /* no value */
+    DBK_FILTER_IS_NOT_NULL = 9, /* no value */
+    DBK_FILTER_LIKE = 10,       /* text fields only; the pattern is a parameter */
+    /* The names before 0.2 (same values), removed in 0.3. */
+    DBK_EQ DBK_DEPRECATED("use DBK_FILTER_EQ") = 1,
+    DBK_NE DBK_DEPRECATED("use DBK_FILTER_NE") = 2,
+    DBK_LT DBK_DEPRECATED("use DBK_FILTER_LT") = 3,
+    DBK_LE DBK_DEPRECATED("use DBK_FILTER_LE") = 4,
+    DBK_GT DBK_DEPRECATED("use DBK_FILTER_GT") = 5,
+    DBK_GE DBK_DEPRECATED("use DBK_FILTER_GE") = 6,
+    DBK_IN DBK_DEPRECATED("use DBK_FILTER_IN") = 7,
+    DBK_IS_NULL DBK_DEPRECATED("use DBK_FILTER_IS_NULL") = 8,
+    DBK_IS_NOT_NULL DBK_DEPRECATED("use DBK_FILTER_IS_NOT_NULL") = 9,
+    DBK_LIKE DBK_DEPRECATED("use DBK_FILTER_LIKE") = 10
 } dbk_filter_op;
 
 /* One condition; conditions are AND-combined. A NULL `value` with a
- * comparison operator is DBK_EINVALID (use DBK_IS_NULL). */
+ * comparison operator is DBK_EINVALID (use DBK_FILTER_IS_NULL). */
 typedef struct dbk_filter {
     const char *field;
     dbk_filter_op op;
     dbk_value value;
-    const dbk_value *values; /* DBK_IN */
+    const dbk_value *values; /* DBK_FILTER_IN */
     size_t nvalues;
 } dbk_filter;
 
 /* Filter shorthands. */
 #define DBK_WHERE(f, o, v) ((dbk_filter){(f), (o), (v), NULL, 0})
-#define DBK_WHERE_IN(f, vals, n) ((dbk_filter){(f), DBK_IN, {DBK_TYPE_NULL, {0}}, (vals), (n)})
+#define DBK_WHERE_IN(f, vals, n) \
+    ((dbk_filter){(f), DBK_FILTER_IN, {DBK_TYPE_NULL, {0}}, (vals), (n)})
 
 typedef struct dbk_order {
     const char *field; /* any non-hidden, non-blob, non-json field */
@@ -311,12 +331,20 @@ typedef enum dbk_count_mode {
  * both. The primary key is always appended as the final tie-breaker when
  * a limit, an offset or a cursor is used, so pages are deterministic.
  *
- * Paging: `limit` applies only when `has_limit` is true: 0..DBK_REPO_MAX_LIMIT
- * (0 gives an empty page, with a valid total); negative or larger is
- * DBK_EINVALID, as is a negative offset. Without has_limit every matching
- * row is returned.
+ * Paging: `limit` is the page size, 1..DBK_REPO_MAX_LIMIT. 0 (the zero
+ * value) means DBK_REPO_DEFAULT_LIMIT rows, and then has_more tells
+ * whether more rows match (one extra row is fetched to know), so a
+ * result cut by the default is never mistaken for the whole set.
+ * DBK_REPO_LIMIT_ALL (-1) returns every matching row. Any other negative
+ * value, or one above the maximum, is DBK_EINVALID, as is a negative
+ * offset. For a total without rows call dbk_repo_count().
+ * Deprecated: `has_limit` (removed in 0.3). When a caller sets it, `limit`
+ * keeps its 0.1 meaning: 0..DBK_REPO_MAX_LIMIT, 0 giving an empty page
+ * with a valid total. (In 0.1 a query without has_limit returned every
+ * row; it now gets the default page: use DBK_REPO_LIMIT_ALL for all.)
  *
- * Keyset (cursor) pagination: set `keyset` (and has_limit); the list's
+ * Keyset (cursor) pagination: set `keyset` (with a limit other than
+ * DBK_REPO_LIMIT_ALL); the list's
  * next_cursor is then an opaque string positioned after the page's last
  * row (NULL on the last page); pass it back as `after` for the next page,
  * with the same filters and order. Keyset pages do not shift when rows are
@@ -343,8 +371,10 @@ typedef struct dbk_query {
     const dbk_order *order;
     size_t norder;
     const char *order_by;
-    int64_t limit;
-    bool has_limit;
+    int64_t limit; /* 0: DBK_REPO_DEFAULT_LIMIT; DBK_REPO_LIMIT_ALL; 1..DBK_REPO_MAX_LIMIT */
+    /* Deprecated, removed in 0.3: true gives `limit` its 0.1 meaning (above). */
+    bool has_limit DBK_DEPRECATED("leave it false and use limit alone (0 default page, "
+                                  "DBK_REPO_LIMIT_ALL every row)");
     int64_t offset;
     dbk_count_mode count;
     bool keyset;
@@ -360,7 +390,8 @@ typedef struct dbk_list {
     void *items;             /* `count` structs of the entity's type */
     size_t count;
     int64_t total;           /* per count mode; -1 when not counted */
-    bool has_more;           /* HAS_MORE and keyset modes (else false) */
+    bool has_more;           /* HAS_MORE and keyset modes, and the default
+                                limit (else false) */
     const char *next_cursor; /* keyset mode: position after the last item, or NULL */
 } dbk_list;
 

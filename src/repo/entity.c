@@ -216,7 +216,7 @@ struct reg_table {
 
 static struct reg_table *reg_cur; /* atomic; NULL before the first init */
 
-static size_t reg_hash(const dbk_entity *e, size_t cap)
+static inline size_t reg_hash(const dbk_entity *e, size_t cap)
 {
     uint64_t x = (uint64_t)(uintptr_t)e;
     x ^= x >> 33;
@@ -239,15 +239,23 @@ static struct reg_slot *reg_probe(struct reg_table *t, const dbk_entity *e)
     return NULL;
 }
 
+/* The hot path of every call: its own loop rather than reg_probe(), so it
+ * stays a handful of instructions (a hash, usually one slot). */
 struct dbk__entity_priv *dbk__priv(const dbk_entity *e)
 {
     struct reg_table *t = __atomic_load_n(&reg_cur, __ATOMIC_ACQUIRE);
     if (!t)
         return NULL;
-    struct reg_slot *sl = reg_probe(t, e);
-    if (!sl || __atomic_load_n(&sl->key, __ATOMIC_ACQUIRE) != e)
-        return NULL;
-    return __atomic_load_n(&sl->val, __ATOMIC_ACQUIRE);
+    size_t mask = t->cap - 1;
+    size_t i = reg_hash(e, t->cap);
+    for (size_t n = 0; n < t->cap; n++, i = (i + 1) & mask) {
+        const dbk_entity *k = __atomic_load_n(&t->slots[i].key, __ATOMIC_ACQUIRE);
+        if (k == e)
+            return __atomic_load_n(&t->slots[i].val, __ATOMIC_ACQUIRE);
+        if (!k)
+            return NULL;
+    }
+    return NULL;
 }
 
 /* Under init_mu: a table with room for one more key; NULL when out of

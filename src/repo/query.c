@@ -73,19 +73,19 @@ static int add_param(struct qs *q, dbk_value v)
 static const char *op_sql(dbk_filter_op op)
 {
     switch (op) {
-    case DBK_EQ:
+    case DBK_FILTER_EQ:
         return " = ";
-    case DBK_NE:
+    case DBK_FILTER_NE:
         return " <> ";
-    case DBK_LT:
+    case DBK_FILTER_LT:
         return " < ";
-    case DBK_LE:
+    case DBK_FILTER_LE:
         return " <= ";
-    case DBK_GT:
+    case DBK_FILTER_GT:
         return " > ";
-    case DBK_GE:
+    case DBK_FILTER_GE:
         return " >= ";
-    case DBK_LIKE:
+    case DBK_FILTER_LIKE:
         return " LIKE ";
     default:
         return NULL;
@@ -107,13 +107,13 @@ static dbk_rc build_filters(struct qs *q, dbk__sb *sb, const dbk_filter *f, size
         dbk__sb_puts(sb, i ? " AND " : " WHERE ");
         dbk__sb_ident(sb, q->eng, e->fields[fi].column);
         switch (f[i].op) {
-        case DBK_IS_NULL:
+        case DBK_FILTER_IS_NULL:
             dbk__sb_puts(sb, " IS NULL");
             break;
-        case DBK_IS_NOT_NULL:
+        case DBK_FILTER_IS_NOT_NULL:
             dbk__sb_puts(sb, " IS NOT NULL");
             break;
-        case DBK_IN: {
+        case DBK_FILTER_IN: {
             if (f[i].nvalues > DBK_REPO_MAX_IN)
                 return dbk__err(err, DBK_EINVALID, "IN list of %zu values exceeds %d",
                                 f[i].nvalues, DBK_REPO_MAX_IN);
@@ -146,9 +146,9 @@ static dbk_rc build_filters(struct qs *q, dbk__sb *sb, const dbk_filter *f, size
                                 (int)f[i].op);
             if (f[i].value.type == DBK_TYPE_NULL)
                 return dbk__err(err, DBK_EINVALID,
-                                "filter on %s compares with NULL: use DBK_IS_NULL",
+                                "filter on %s compares with NULL: use DBK_FILTER_IS_NULL",
                                 e->fields[fi].column);
-            if (f[i].op == DBK_LIKE && (e->fields[fi].type != DBK_TYPE_TEXT ||
+            if (f[i].op == DBK_FILTER_LIKE && (e->fields[fi].type != DBK_TYPE_TEXT ||
                                         f[i].value.type != DBK_TYPE_TEXT))
                 return dbk__err(err, DBK_EINVALID, "LIKE needs a text field and a text pattern");
             int p = add_param(q, f[i].value);
@@ -288,10 +288,47 @@ struct find_plan {
     bool keyset;       /* a cursor comes back */
     bool want_more;    /* has_more is reported */
     dbk_count_mode cm; /* the counting actually done */
+    int64_t limit;     /* rows in the page, -1 for all (resolve_limit) */
+    bool default_limit; /* the caller left limit 0: DBK_REPO_DEFAULT_LIMIT */
     int64_t fetch;     /* rows asked of the server, -1 for all */
     bool batched;      /* COUNT and page in one batch */
     unsigned flags;    /* DBK__FIND_* */
 };
+
+/* The page size a query asks for: its `limit` (0: the default page, which
+ * reports has_more so a cut result is never silent; DBK_REPO_LIMIT_ALL:
+ * every row), or with the deprecated has_limit the 0.1 meaning (0..max,
+ * 0 an empty page; has_limit false was "every row"). */
+static dbk_rc resolve_limit(const dbk_query *q, struct find_plan *pl, dbk_error *err)
+{
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    bool old = q->has_limit;
+#pragma GCC diagnostic pop
+    pl->default_limit = false;
+    if (old || (q->limit >= 1 && q->limit <= DBK_REPO_MAX_LIMIT)) {
+        if (q->limit < 0 || q->limit > DBK_REPO_MAX_LIMIT) {
+            dbk_rc rc = dbk__err(err, DBK_EINVALID, "limit %lld is outside 0..%d (has_limit set)",
+                                 (long long)q->limit, DBK_REPO_MAX_LIMIT);
+            dbk__err_hint(err, "has_limit is deprecated: leave it false and use limit alone");
+            return rc;
+        }
+        pl->limit = q->limit;
+    } else if (q->limit == 0) {
+        pl->limit = DBK_REPO_DEFAULT_LIMIT;
+        pl->default_limit = true;
+    } else if (q->limit == DBK_REPO_LIMIT_ALL) {
+        pl->limit = -1;
+    } else {
+        dbk_rc rc = dbk__err(err, DBK_EINVALID, "limit %lld is outside 1..%d",
+                             (long long)q->limit, DBK_REPO_MAX_LIMIT);
+        dbk__err_hint(err, "use 0 for the default page of %d rows, DBK_REPO_LIMIT_ALL (-1) for "
+                           "every row, dbk_repo_count() for a total alone",
+                      DBK_REPO_DEFAULT_LIMIT);
+        return rc;
+    }
+    return DBK_OK;
+}
 
 /* Step 1: checks the paging arguments, the sort, the projection and the
  * include paths, and decides the counting strategy. */
@@ -301,25 +338,25 @@ static dbk_rc find_plan_make(dbk_db *db, const dbk_entity *e, const dbk_query *q
     pl->q = q;
     pl->flags = flags;
     pl->eng = dbk_db_engine(db);
-    if (q->has_limit && (q->limit < 0 || q->limit > DBK_REPO_MAX_LIMIT))
-        return dbk__err(err, DBK_EINVALID, "limit %lld is outside 0..%d", (long long)q->limit,
-                        DBK_REPO_MAX_LIMIT);
+    dbk_rc rc = resolve_limit(q, pl, err);
+    if (rc)
+        return rc;
     if (q->offset < 0)
         return dbk__err(err, DBK_EINVALID, "offset %lld is negative", (long long)q->offset);
     pl->keyset = q->keyset || q->after;
     if (q->after && q->offset)
         return dbk__err(err, DBK_EINVALID, "a cursor and an offset cannot be combined");
-    if (pl->keyset && !q->has_limit)
-        return dbk__err(err, DBK_EINVALID, "keyset pagination needs a limit");
+    if (pl->keyset && pl->limit < 0)
+        return dbk__err(err, DBK_EINVALID, "keyset pagination needs a limit, not LIMIT_ALL");
     if ((unsigned)q->count > DBK_COUNT_ESTIMATED)
         return dbk__err(err, DBK_EINVALID, "unknown count mode %d", (int)q->count);
 
     /* Order: the primary key closes any paged order so pages are stable. */
-    dbk_rc rc = parse_order(e, q, pl->keys, &pl->nkeys, err);
+    rc = parse_order(e, q, pl->keys, &pl->nkeys, err);
     if (rc)
         return rc;
     int pk = dbk__priv(e)->pk;
-    if (q->has_limit || q->offset || pl->keyset) {
+    if (pl->limit >= 0 || q->offset || pl->keyset) {
         bool has_pk = false;
         for (int i = 0; i < pl->nkeys; i++)
             has_pk |= pl->keys[i].field == pk;
@@ -370,12 +407,12 @@ static dbk_rc find_plan_make(dbk_db *db, const dbk_entity *e, const dbk_query *q
 
     /* Counting strategy. On PostgreSQL an exact COUNT goes with the page
      * query in one batch (one round trip) when there is a page to read. */
-    pl->want_more = pl->keyset || q->count == DBK_COUNT_HAS_MORE;
+    pl->want_more = pl->keyset || q->count == DBK_COUNT_HAS_MORE || pl->default_limit;
     pl->cm = q->count;
     if (pl->cm == DBK_COUNT_ESTIMATED && (!dbk__dialect_of(pl->eng)->count_estimate_sql ||
                                           q->nfilters))
         pl->cm = DBK_COUNT_EXACT;
-    pl->fetch = q->has_limit ? q->limit + (pl->want_more ? 1 : 0) : -1;
+    pl->fetch = pl->limit >= 0 ? pl->limit + (pl->want_more ? 1 : 0) : -1;
     pl->batched = pl->cm == DBK_COUNT_EXACT && dbk__dialect_of(pl->eng)->batch_one_trip &&
                   !(flags & DBK__FIND_NO_BATCH) && pl->fetch != 0;
     return DBK_OK;
@@ -535,8 +572,8 @@ static dbk_rc find_page(dbk_db *db, const dbk_entity *e, const struct find_plan 
         goto out;
     size_t nr = dbk_result_nrows(r);
     size_t take = nr;
-    if (q->has_limit && (int64_t)nr > q->limit) {
-        take = (size_t)q->limit;
+    if (pl->limit >= 0 && (int64_t)nr > pl->limit) {
+        take = (size_t)pl->limit;
         out->has_more = true;
     }
     out->items = dbk_arena_alloc(arena, take ? take * e->struct_size : 0);

@@ -80,7 +80,7 @@ static void setup(void)
                            &err))
         abort();
     arena = dbk_arena_new(0);
-    dbk_query q = {.order_by = ORDER, .keyset = true, .has_limit = true, .limit = 1};
+    dbk_query q = {.order_by = ORDER, .keyset = true, .limit = 1};
     dbk_list l;
     if (dbk_repo_find_many(db, &entity, &q, &l, arena, &err) || !l.next_cursor)
         abort();
@@ -124,7 +124,7 @@ static void run_cursor(const char *cursor)
 {
     dbk_error err;
     dbk_query q = {
-        .order_by = ORDER, .keyset = true, .has_limit = true, .limit = 2, .after = cursor};
+        .order_by = ORDER, .keyset = true, .limit = 2, .after = cursor};
     dbk_list l;
     dbk_rc rc = dbk_repo_find_many(dbk_conn_db(conn), &entity, &q, &l, arena, &err);
     if (rc != DBK_OK && rc != DBK_EINVALID)

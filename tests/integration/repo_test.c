@@ -320,8 +320,8 @@ static void filters(const char *url, dbk_engine eng)
     seed_users(db, 20, a);
     dbk_list l;
 
-    dbk_filter f1[] = {DBK_WHERE("score", DBK_GE, dbk_double(5)),
-                       DBK_WHERE("score", DBK_LT, dbk_double(10))};
+    dbk_filter f1[] = {DBK_WHERE("score", DBK_FILTER_GE, dbk_double(5)),
+                       DBK_WHERE("score", DBK_FILTER_LT, dbk_double(10))};
     dbk_query q = {.filters = f1, .nfilters = 2, .order_by = "-score"};
     DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
     assert_int_equal(l.count, 5);
@@ -338,33 +338,33 @@ static void filters(const char *url, dbk_engine eng)
     DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
     assert_int_equal(l.count, 0);
 
-    dbk_filter f3[] = {DBK_WHERE("name", DBK_LIKE, dbk_text("even%")),
-                       DBK_WHERE("active", DBK_EQ, dbk_bool(true))};
+    dbk_filter f3[] = {DBK_WHERE("name", DBK_FILTER_LIKE, dbk_text("even%")),
+                       DBK_WHERE("active", DBK_FILTER_EQ, dbk_bool(true))};
     q = (dbk_query){.filters = f3, .nfilters = 2};
     int64_t n = 0;
     DBKT_OK(dbk_repo_count(db, &user_entity, f3, 2, &n, &err), &err);
     assert_int_equal(n, 7); /* even 2..20 (10) minus multiples of 6 (6, 12, 18) */
 
-    dbk_filter f4[] = {DBK_WHERE("score", DBK_IS_NULL, dbk_null())};
+    dbk_filter f4[] = {DBK_WHERE("score", DBK_FILTER_IS_NULL, dbk_null())};
     DBKT_OK(dbk_repo_count(db, &user_entity, f4, 1, &n, &err), &err);
     assert_int_equal(n, 1);
-    f4[0].op = DBK_IS_NOT_NULL;
+    f4[0].op = DBK_FILTER_IS_NOT_NULL;
     DBKT_OK(dbk_repo_count(db, &user_entity, f4, 1, &n, &err), &err);
     assert_int_equal(n, 19);
     q = (dbk_query){.filters = f4, .nfilters = 1, .order_by = "score", .has_limit = true,
                     .limit = 1};
-    f4[0].op = DBK_IS_NULL;
+    f4[0].op = DBK_FILTER_IS_NULL;
     DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
     assert_int_equal(l.count, 1);
     assert_true(((struct user *)l.items)[0].score_null);
 
     /* Injection strings as values: just values. */
     const char *evil = "x'); DROP TABLE users; --";
-    dbk_filter f5[] = {DBK_WHERE("email", DBK_EQ, dbk_text(evil))};
+    dbk_filter f5[] = {DBK_WHERE("email", DBK_FILTER_EQ, dbk_text(evil))};
     DBKT_OK(dbk_repo_count(db, &user_entity, f5, 1, &n, &err), &err);
     assert_int_equal(n, 0);
     /* ... and as field and sort names: refused. */
-    dbk_filter f6[] = {DBK_WHERE("email = email OR 1", DBK_EQ, dbk_text("x"))};
+    dbk_filter f6[] = {DBK_WHERE("email = email OR 1", DBK_FILTER_EQ, dbk_text("x"))};
     DBKT_RC(DBK_EINVALID_COLUMN, dbk_repo_count(db, &user_entity, f6, 1, &n, &err));
     q = (dbk_query){.filters = f6, .nfilters = 1};
     DBKT_RC(DBK_EINVALID_COLUMN, dbk_repo_find_many(db, &user_entity, &q, &l, a, &err));
@@ -378,7 +378,7 @@ static void filters(const char *url, dbk_engine eng)
     const char *const badsel[] = {"name, password_hash"};
     q = (dbk_query){.select = badsel, .nselect = 1};
     DBKT_RC(DBK_EINVALID_COLUMN, dbk_repo_find_many(db, &user_entity, &q, &l, a, &err));
-    dbk_filter f7[] = {DBK_WHERE("name", DBK_EQ, dbk_null())};
+    dbk_filter f7[] = {DBK_WHERE("name", DBK_FILTER_EQ, dbk_null())};
     DBKT_RC(DBK_EINVALID, dbk_repo_count(db, &user_entity, f7, 1, &n, &err));
     DBKT_OK(dbk_repo_count(db, &user_entity, NULL, 0, &n, &err), &err);
     assert_int_equal(n, 20); /* the table survived */
@@ -403,7 +403,7 @@ static void pages(const char *url, dbk_engine eng)
     seed_users(db, 20, a);
     dbk_list l;
 
-    dbk_query q = {.order_by = "-created_at", .has_limit = true, .limit = 5, .offset = 5,
+    dbk_query q = {.order_by = "-created_at", .limit = 5, .offset = 5,
                    .count = DBK_COUNT_EXACT};
     DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
     assert_int_equal(l.count, 5);
@@ -416,29 +416,37 @@ static void pages(const char *url, dbk_engine eng)
     assert_int_equal(l.total, 20);
 
     q.offset = 0;
-    q.limit = 0; /* empty page, valid total */
+    q.limit = 0; /* the default page: all 20 fit, nothing more */
     DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
-    assert_int_equal(l.count, 0);
+    assert_int_equal(l.count, 20);
     assert_int_equal(l.total, 20);
+    assert_false(l.has_more);
 
-    dbk_filter f[] = {DBK_WHERE("active", DBK_EQ, dbk_bool(false))};
-    q = (dbk_query){.filters = f, .nfilters = 1, .has_limit = true, .limit = 2,
+    dbk_filter f[] = {DBK_WHERE("active", DBK_FILTER_EQ, dbk_bool(false))};
+    q = (dbk_query){.filters = f, .nfilters = 1, .limit = 2,
                     .count = DBK_COUNT_EXACT};
     DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
     assert_int_equal(l.count, 2);
     assert_int_equal(l.total, 6);
 
-    q = (dbk_query){.has_limit = true, .limit = -1};
+    /* Bad limits: clear code, a hint naming the accepted values. */
+    q = (dbk_query){.limit = -2};
     DBKT_RC(DBK_EINVALID, dbk_repo_find_many(db, &user_entity, &q, &l, a, &err));
+    assert_non_null(strstr(err.message, "limit -2"));
+    assert_non_null(strstr(err.hint, "DBK_REPO_LIMIT_ALL"));
     q.limit = DBK_REPO_MAX_LIMIT + 1;
     DBKT_RC(DBK_EINVALID, dbk_repo_find_many(db, &user_entity, &q, &l, a, &err));
     q.limit = INT64_MAX;
     DBKT_RC(DBK_EINVALID, dbk_repo_find_many(db, &user_entity, &q, &l, a, &err));
-    q = (dbk_query){.has_limit = true, .limit = 5, .offset = -3};
+    q.limit = INT64_MIN;
+    DBKT_RC(DBK_EINVALID, dbk_repo_find_many(db, &user_entity, &q, &l, a, &err));
+    q = (dbk_query){.limit = DBK_REPO_LIMIT_ALL, .keyset = true};
+    DBKT_RC(DBK_EINVALID, dbk_repo_find_many(db, &user_entity, &q, &l, a, &err));
+    q = (dbk_query){.limit = 5, .offset = -3};
     DBKT_RC(DBK_EINVALID, dbk_repo_find_many(db, &user_entity, &q, &l, a, &err));
 
     /* has-more: limit + 1 */
-    q = (dbk_query){.has_limit = true, .limit = 10, .offset = 10, .count = DBK_COUNT_HAS_MORE};
+    q = (dbk_query){.limit = 10, .offset = 10, .count = DBK_COUNT_HAS_MORE};
     DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
     assert_int_equal(l.count, 10);
     assert_false(l.has_more);
@@ -451,7 +459,7 @@ static void pages(const char *url, dbk_engine eng)
     /* estimated: PostgreSQL reads planner statistics (after ANALYZE: 20). */
     if (eng == DBK_ENGINE_POSTGRES)
         DBKT_OK(dbk_db_exec(db, "ANALYZE users", NULL, 0, NULL, &err), &err);
-    q = (dbk_query){.has_limit = true, .limit = 3, .count = DBK_COUNT_ESTIMATED};
+    q = (dbk_query){.limit = 3, .count = DBK_COUNT_ESTIMATED};
     DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
     assert_int_equal(l.count, 3);
     assert_int_equal(l.total, 20);
@@ -467,6 +475,112 @@ static void repo_pages_limits_and_totals(void **state)
     release_entities();
 }
 
+/* More rows than the default page: limit 0 cuts at DBK_REPO_DEFAULT_LIMIT
+ * and says so (has_more), DBK_REPO_LIMIT_ALL returns them all. */
+static void default_limit(const char *url, dbk_engine eng)
+{
+    dbk_conn *c = setup(url, eng);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_arena *a = dbk_arena_new(0);
+    dbk_error err;
+    const int n = DBK_REPO_DEFAULT_LIMIT + 5;
+    seed_users(db, n, a);
+    dbk_list l;
+
+    DBKT_OK(dbk_repo_find_many(db, &user_entity, NULL, &l, a, &err), &err);
+    assert_int_equal(l.count, DBK_REPO_DEFAULT_LIMIT);
+    assert_true(l.has_more);
+    assert_int_equal(l.total, -1);
+    /* ordered by the primary key when no order is given: the first 100 */
+    assert_int_equal(((struct user *)l.items)[0].id, 1);
+    assert_int_equal(((struct user *)l.items)[DBK_REPO_DEFAULT_LIMIT - 1].id,
+                     DBK_REPO_DEFAULT_LIMIT);
+
+    dbk_query q = {.order_by = "-id", .count = DBK_COUNT_EXACT};
+    DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
+    assert_int_equal(l.count, DBK_REPO_DEFAULT_LIMIT);
+    assert_true(l.has_more);
+    assert_int_equal(l.total, n);
+    assert_int_equal(((struct user *)l.items)[0].id, n);
+
+    q.offset = 5; /* exactly the default page left: no more */
+    DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
+    assert_int_equal(l.count, DBK_REPO_DEFAULT_LIMIT);
+    assert_false(l.has_more);
+
+    q = (dbk_query){.limit = DBK_REPO_LIMIT_ALL};
+    DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
+    assert_int_equal(l.count, n);
+    assert_false(l.has_more);
+
+    q = (dbk_query){.limit = 7};
+    DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
+    assert_int_equal(l.count, 7);
+    assert_false(l.has_more); /* an explicit limit reports has_more only when asked */
+
+    dbk_arena_free(a);
+    dbk_conn_close(c);
+}
+
+static void repo_default_limit_and_limit_all(void **state)
+{
+    (void)state;
+    dbkt_each_engine("repo_default_limit_and_limit_all", default_limit);
+    release_entities();
+}
+
+/* The names deprecated in 0.2 keep working for one release: the has_limit
+ * member with its 0.1 meaning and the filter operators without FILTER_. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static void deprecated_names(const char *url, dbk_engine eng)
+{
+    dbk_conn *c = setup(url, eng);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_arena *a = dbk_arena_new(0);
+    dbk_error err;
+    seed_users(db, 20, a);
+    dbk_list l;
+
+    dbk_query q = {.has_limit = true, .limit = 0, .count = DBK_COUNT_EXACT};
+    DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
+    assert_int_equal(l.count, 0); /* 0.1: an empty page with a valid total */
+    assert_int_equal(l.total, 20);
+    q.limit = 3;
+    DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
+    assert_int_equal(l.count, 3);
+    q.limit = -1; /* with has_limit, -1 is out of range as in 0.1 */
+    DBKT_RC(DBK_EINVALID, dbk_repo_find_many(db, &user_entity, &q, &l, a, &err));
+    assert_non_null(strstr(err.hint, "has_limit"));
+
+    assert_int_equal(DBK_EQ, DBK_FILTER_EQ);
+    assert_int_equal(DBK_NE, DBK_FILTER_NE);
+    assert_int_equal(DBK_LT, DBK_FILTER_LT);
+    assert_int_equal(DBK_LE, DBK_FILTER_LE);
+    assert_int_equal(DBK_GT, DBK_FILTER_GT);
+    assert_int_equal(DBK_GE, DBK_FILTER_GE);
+    assert_int_equal(DBK_IN, DBK_FILTER_IN);
+    assert_int_equal(DBK_IS_NULL, DBK_FILTER_IS_NULL);
+    assert_int_equal(DBK_IS_NOT_NULL, DBK_FILTER_IS_NOT_NULL);
+    assert_int_equal(DBK_LIKE, DBK_FILTER_LIKE);
+    dbk_filter f[] = {DBK_WHERE("score", DBK_GT, dbk_double(10)),
+                      DBK_WHERE("name", DBK_LIKE, dbk_text("even%"))};
+    int64_t n = 0;
+    DBKT_OK(dbk_repo_count(db, &user_entity, f, 2, &n, &err), &err);
+    assert_int_equal(n, 4); /* 12, 14, 16 and 18; 20's score is NULL */
+
+    dbk_arena_free(a);
+    dbk_conn_close(c);
+}
+#pragma GCC diagnostic pop
+
+static void repo_deprecated_has_limit_and_filter_names(void **state)
+{
+    (void)state;
+    dbkt_each_engine("repo_deprecated_has_limit_and_filter_names", deprecated_names);
+    release_entities();
+}
+
 static void keyset(const char *url, dbk_engine eng)
 {
     dbk_conn *c = setup(url, eng);
@@ -478,7 +592,7 @@ static void keyset(const char *url, dbk_engine eng)
 
     /* Newest first by id; rows inserted between pages sort before the
      * cursor and must not shift the next page. */
-    dbk_query q = {.order_by = "-id", .has_limit = true, .limit = 4, .keyset = true};
+    dbk_query q = {.order_by = "-id", .limit = 4, .keyset = true};
     DBKT_OK(dbk_repo_find_many(db, &user_entity, &q, &l, a, &err), &err);
     assert_int_equal(l.count, 4);
     assert_int_equal(((struct user *)l.items)[3].id, 7);
@@ -503,7 +617,7 @@ static void keyset(const char *url, dbk_engine eng)
     assert_false(l.has_more);
 
     /* Two-key order with text: name asc, then id. */
-    dbk_query q2 = {.order_by = "name", .has_limit = true, .limit = 3, .keyset = true};
+    dbk_query q2 = {.order_by = "name", .limit = 3, .keyset = true};
     int64_t seen = 0;
     int pagesn = 0;
     do {
@@ -536,7 +650,7 @@ static void keyset(const char *url, dbk_engine eng)
     q.order_by = "-id";
     q.offset = 2;
     DBKT_RC(DBK_EINVALID, dbk_repo_find_many(db, &user_entity, &q, &l, a, &err));
-    q = (dbk_query){.order_by = "score", .has_limit = true, .limit = 2, .keyset = true};
+    q = (dbk_query){.order_by = "score", .limit = 2, .keyset = true};
     DBKT_RC(DBK_EINVALID_SORT, dbk_repo_find_many(db, &user_entity, &q, &l, a, &err));
 
     dbk_arena_free(a);
@@ -1090,6 +1204,8 @@ static const struct CMUnitTest tests[] = {
         cmocka_unit_test(repo_unique_violation_is_eunique),
         cmocka_unit_test(repo_filters_order_and_injection),
         cmocka_unit_test(repo_pages_limits_and_totals),
+        cmocka_unit_test(repo_default_limit_and_limit_all),
+        cmocka_unit_test(repo_deprecated_has_limit_and_filter_names),
         cmocka_unit_test(repo_keyset_cursor_stable_and_validated),
         cmocka_unit_test(repo_include_one_query_per_relation),
         cmocka_unit_test(repo_upsert_bulk_and_text_keys),
