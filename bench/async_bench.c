@@ -37,7 +37,8 @@ static dbk_pool *open_pool(const char *url, int size)
     dbk_config *cfg = NULL;
     if (dbk_config_from_url(url, &cfg, &err) != DBK_OK)
         die("config", err.message);
-    dbk_pool_opts o = {.max_size = size, .acquire_timeout_ms = 30000};
+    dbk_pool_opts o = {
+        .version = DBK_POOL_OPTS_VERSION, .max_size = size, .acquire_timeout_ms = 30000};
     dbk_pool *pool = NULL;
     if (dbk_pool_open(cfg, &o, &pool, &err) != DBK_OK)
         die("pool", err.message);
@@ -142,7 +143,7 @@ static double async_run(dbk_db *db, int depth, double seconds)
 {
     dbk_error err;
     loop l = {.x = 88172645463325252ULL};
-    dbk_async_opts o = {.max_pending = (size_t)depth};
+    dbk_async_opts o = {.version = DBK_ASYNC_OPTS_VERSION, .max_pending = (size_t)depth};
     if (dbk_async_open(db, &o, &l.a, &err) != DBK_OK)
         die("async open", err.message);
     double start = now_s(), end = start + seconds;

@@ -324,7 +324,7 @@ static dbk_cache *open_cache_pipe(const char *url, bool on)
 {
     char u[512];
     snprintf(u, sizeof u, "%s%sauto_pipeline=%d", url, strchr(url, '?') ? "&" : "?", on ? 1 : 0);
-    dbk_cache_opts o = {0};
+    dbk_cache_opts o = DBK_CACHE_OPTS_INIT;
     o.url = u;
     o.key_prefix = "dbkbench:";
     o.command_timeout_ms = 1000;
@@ -406,7 +406,7 @@ static dbk_conn *setup_db(const char *url, dbk_engine *engine)
 
 static dbk_cache *open_cache(const char *url)
 {
-    dbk_cache_opts o = {0};
+    dbk_cache_opts o = DBK_CACHE_OPTS_INIT;
     o.url = url;
     o.key_prefix = "dbkbench:";
     o.command_timeout_ms = 1000;

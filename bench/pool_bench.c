@@ -119,7 +119,10 @@ static void *micro_thread(void *arg)
 
 static double contended_ns(const char *url, int max_size, int threads, long iters)
 {
-    dbk_pool_opts o = {.max_size = max_size, .min_idle = max_size, .acquire_timeout_ms = 30000};
+    dbk_pool_opts o = {.version = DBK_POOL_OPTS_VERSION,
+                       .max_size = max_size,
+                       .min_idle = max_size,
+                       .acquire_timeout_ms = 30000};
     dbk_pool *pool = open_pool(url, &o);
     /* wait for min_idle */
     for (int i = 0; i < 500; i++) {
@@ -163,7 +166,7 @@ static void run_micro(void)
     }
     double mutex_ns = (now_s() - t0) * 1e9 / (double)N;
 
-    dbk_pool_opts o = {.max_size = 1, .min_idle = 1};
+    dbk_pool_opts o = {.version = DBK_POOL_OPTS_VERSION, .max_size = 1, .min_idle = 1};
     dbk_pool *pool = open_pool(url, &o);
     dbk_conn *c;
     dbk_error err;
@@ -268,7 +271,7 @@ static void sqlite_mix(bool gate, double seconds, const char *busy_ms, int reade
     snprintf(path, sizeof path, "%s/mix_%d_%s.db", tmpdir, gate, busy_ms);
     rm_db(path);
     snprintf(url, sizeof url, "sqlite:%s?busy_timeout=%s", path, busy_ms);
-    dbk_pool_opts o = {.max_size = 16};
+    dbk_pool_opts o = {.version = DBK_POOL_OPTS_VERSION, .max_size = 16};
     dbk_pool *pool = open_pool(url, &o);
     dbk__pool_set_sqlite_gate(pool, gate);
     dbk_error err;
@@ -420,7 +423,10 @@ static void *pk_raw_thread(void *arg)
 /* A pool of `size` connections, all of them open before it is returned. */
 static dbk_pool *open_warm_pool(const char *url, int size)
 {
-    dbk_pool_opts o = {.max_size = size, .min_idle = size, .acquire_timeout_ms = 30000};
+    dbk_pool_opts o = {.version = DBK_POOL_OPTS_VERSION,
+                       .max_size = size,
+                       .min_idle = size,
+                       .acquire_timeout_ms = 30000};
     dbk_pool *pool = open_pool(url, &o);
     for (int i = 0; i < 1000; i++) {
         dbk_pool_stats st;
@@ -771,7 +777,7 @@ static void run_inspect(void)
     snprintf(path, sizeof path, "%s/inspect.db", tmpdir);
     rm_db(path);
     snprintf(url, sizeof url, "sqlite:%s", path);
-    dbk_pool_opts o = {.max_size = 1};
+    dbk_pool_opts o = {.version = DBK_POOL_OPTS_VERSION, .max_size = 1};
     dbk_pool *pool = open_pool(url, &o);
     dbk_error err;
     if (dbk_db_exec_script(dbk_pool_db(pool),

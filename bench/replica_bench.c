@@ -174,8 +174,7 @@ int main(int argc, char **argv)
      * is in the rotation and has replayed the table. */
     dbk_config *pcfg = config(primary);
     const char *urls[1] = {replica};
-    dbk_cluster_opts co;
-    memset(&co, 0, sizeof co);
+    dbk_cluster_opts co = DBK_CLUSTER_OPTS_INIT;
     co.replica_urls = urls;
     co.nreplicas = 1;
     dbk_cluster *cl;

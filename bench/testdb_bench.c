@@ -37,8 +37,7 @@ static double run_new(const dbk_config *cfg, const char *dir, dbk_testdb_strateg
 {
     double t[ROUNDS], tn[ROUNDS];
     dbk_error err;
-    dbk_testdb_opts o;
-    memset(&o, 0, sizeof o);
+    dbk_testdb_opts o = DBK_TESTDB_OPTS_INIT;
     o.strategy = s;
     dbk_testdb *warm = NULL;
     if (dbk_testdb_new(cfg, dir, &o, &warm, &err)) /* builds the template once */

@@ -330,7 +330,7 @@ static dbk_pool *open_pool(const char *url)
     dbk_pool *p = NULL;
     if (dbk_config_from(url, NULL, NULL, &cfg, &err) != DBK_OK)
         die("config", err.message);
-    dbk_pool_opts o = {0};
+    dbk_pool_opts o = DBK_POOL_OPTS_INIT;
     o.max_size = 1;
     if (dbk_pool_open(cfg, &o, &p, &err) != DBK_OK)
         die("pool", err.message);
@@ -361,8 +361,8 @@ static void bench_sqlite(int rounds, double seconds)
         sqlite3_prepare_v2(s.db, "COMMIT", -1, &s.commit, NULL))
         die("sqlite3_prepare", sqlite3_errmsg(s.db));
 
-    struct dk d_def = {dbk_conn_db(conn), {0}};
-    struct dk d_nto = {dbk_conn_db(conn), {0}};
+    struct dk d_def = {dbk_conn_db(conn), DBK_TX_OPTS_INIT};
+    struct dk d_nto = {dbk_conn_db(conn), DBK_TX_OPTS_INIT};
     d_nto.opts.timeout_ms = DBK_TX_NO_TIMEOUT;
     struct variant v[] = {
         {"sqlite3 BEGIN IMMEDIATE/UPDATE/COMMIT", sq_tx, &s, 0, 0, 0},
@@ -408,10 +408,10 @@ static void bench_pg(const char *url, int rounds, double seconds)
         die("pipeline", PQerrorMessage(pp));
 
     dbk_conn *conn2 = open_conn(url); /* each variant its own connection */
-    struct dk d_def = {dbk_conn_db(conn), {0}};
-    struct dk d_nto = {dbk_conn_db(conn2), {0}};
+    struct dk d_def = {dbk_conn_db(conn), DBK_TX_OPTS_INIT};
+    struct dk d_nto = {dbk_conn_db(conn2), DBK_TX_OPTS_INIT};
     d_nto.opts.timeout_ms = DBK_TX_NO_TIMEOUT;
-    struct dk d_pool = {dbk_pool_db(pool), {0}};
+    struct dk d_pool = {dbk_pool_db(pool), DBK_TX_OPTS_INIT};
     struct variant v[] = {
         {"libpq BEGIN/UPDATE/COMMIT (3 round trips)", pq_tx, pc, 0, 0, 0},
         {"dbk_tx_run (defaults)", dk_tx, &d_def, 0, 0, 0},

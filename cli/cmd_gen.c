@@ -25,8 +25,7 @@ static const char HELP[] =
 
 int cmd_gen(cli *c, int argc, char **argv)
 {
-    dbk_gen_opts o;
-    memset(&o, 0, sizeof o);
+    dbk_gen_opts o = DBK_GEN_OPTS_INIT;
     o.migrations_dir = c->migrations_dir;
     for (int i = 1; i < argc; i++) {
         int r;

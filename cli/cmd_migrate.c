@@ -61,8 +61,7 @@ static dbk_migrate_source dir_source(const cli *c)
 
 static dbk_migrate_opts base_opts(const cli *c, cli_report *rep)
 {
-    dbk_migrate_opts o;
-    memset(&o, 0, sizeof o);
+    dbk_migrate_opts o = DBK_MIGRATE_OPTS_INIT;
     o.lock_timeout_ms = c->lock_timeout_ms;
     o.report = cli_report_event;
     o.report_ctx = rep;
@@ -624,8 +623,7 @@ static int trace_one(cli *c, const char *path, dbk_trace **out)
         int64_t v = file_version(path);
         if (v > 1) {
             dbk_migrate_source src = dir_source(c);
-            dbk_migrate_opts o;
-            memset(&o, 0, sizeof o);
+            dbk_migrate_opts o = DBK_MIGRATE_OPTS_INIT;
             o.has_target = true;
             o.target = v - 1;
             rc = dbk_migrate_opts_from_env(&o, &err);
@@ -823,8 +821,7 @@ dbk_rc cli_lint_pending(const cli *c, dbk_db *db, dbk_lint_report **out, size_t 
         if (st->items[i].state == DBK_MIGRATION_PENDING)
             v[n++] = st->items[i].version;
     dbk_migrate_status_free(st);
-    dbk_lint_opts o;
-    memset(&o, 0, sizeof o);
+    dbk_lint_opts o = DBK_LINT_OPTS_INIT;
     o.engine = dbk_db_engine(db);
     o.scope = DBK_LINT_SCOPE_RUN; /* pending files are applied in order, in one run */
     dbk_migrate_opts mo = DBK_MIGRATE_OPTS_INIT; /* the lock_timeout `up` will use */
@@ -918,8 +915,7 @@ static int sub_lint(cli *c, int argc, char **argv)
         lint_rules_out(c);
         return CLI_OK;
     }
-    dbk_lint_opts o;
-    memset(&o, 0, sizeof o);
+    dbk_lint_opts o = DBK_LINT_OPTS_INIT;
     if (engine_s) {
         if (strcmp(engine_s, "postgres") == 0 || strcmp(engine_s, "postgresql") == 0)
             o.engine = DBK_ENGINE_POSTGRES;

@@ -48,8 +48,7 @@ int cmd_seed(cli *c, int argc, char **argv)
         return code;
     cli_report rep;
     cli_report_init(&rep, c);
-    dbk_migrate_opts o;
-    memset(&o, 0, sizeof o);
+    dbk_migrate_opts o = DBK_MIGRATE_OPTS_INIT;
     o.lock_timeout_ms = c->lock_timeout_ms;
     o.force = force;
     o.env = env;

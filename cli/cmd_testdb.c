@@ -32,8 +32,7 @@ static const char HELP[] =
 
 static int do_new(cli *c, dbk_config *cfg, int argc, char **argv)
 {
-    dbk_testdb_opts o;
-    memset(&o, 0, sizeof o);
+    dbk_testdb_opts o = DBK_TESTDB_OPTS_INIT;
     o.owner_pid = (long)getppid();
     o.lock_timeout_ms = c->lock_timeout_ms;
     bool empty = false;

@@ -147,8 +147,7 @@ void shop_transfers_create(shop_req *rq, shop_resp *rs)
      * internal error but a passing failure, 503 like the others, with a
      * code of its own so that a client reads the balances before it sends
      * the transfer again. */
-    dbk_tx_opts o;
-    memset(&o, 0, sizeof o);
+    dbk_tx_opts o = DBK_TX_OPTS_INIT;
     o.on_retry = shop_on_tx_retry;
     dbk_error err;
     dbk_rc rc = dbk_tx_run(shop.db, transfer_tx, &c, &o, &err);

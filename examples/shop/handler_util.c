@@ -138,8 +138,7 @@ void shop_tx_fail_set(shop_tx_fail *f, int status, const char *code, const char 
  * when the transaction committed and the caller is to reply. */
 bool shop_run_tx(shop_resp *rs, dbk_tx_fn fn, void *ctx, shop_tx_fail *f, const char *what)
 {
-    dbk_tx_opts o;
-    memset(&o, 0, sizeof o);
+    dbk_tx_opts o = DBK_TX_OPTS_INIT;
     o.on_retry = shop_on_tx_retry;
     dbk_error err;
     dbk_rc rc = dbk_tx_run(shop.db, fn, ctx, &o, &err);

@@ -99,8 +99,7 @@ static int open_cache(dbk_error *err)
         shop.cache_kind = "off";
         return 0;
     }
-    dbk_cache_opts co;
-    memset(&co, 0, sizeof co);
+    dbk_cache_opts co = DBK_CACHE_OPTS_INIT;
     const char *prefix = getenv("CACHE_PREFIX");
     co.key_prefix = prefix && *prefix ? prefix : "shop:";
     /* CACHE_URL (memory, memory: or a redis URL), else REDIS_URL, else the
@@ -288,16 +287,14 @@ int main(void)
     }
     shop.engine = dbk_config_engine(shop.cfg);
 
-    dbk_pool_opts po;
-    memset(&po, 0, sizeof po);
+    dbk_pool_opts po = DBK_POOL_OPTS_INIT;
     pool_max_probe probe = {false, false};
     dbk_config_dump(shop.cfg, probe_pool_max, &probe);
     po.max_size = shop_env_int("POOL_MAX", probe.from_default ? (int)(2 * cores) : 0, 1, 10000);
     if (probe.replicas) {
         /* The primary's pool is the cluster's; each replica's takes its
          * limits (replica.h). */
-        dbk_cluster_opts co;
-        memset(&co, 0, sizeof co);
+        dbk_cluster_opts co = DBK_CLUSTER_OPTS_INIT;
         co.pool_opts = &po;
         rc = dbk_cluster_open(shop.cfg, &co, &shop.cluster, &err);
         if (rc != DBK_OK) {

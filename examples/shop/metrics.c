@@ -85,11 +85,10 @@ int shop_diag_open(dbk_error *err)
     /* The hub observes first (query log, slow statements, N+1 per request
      * scope, dbkit_* counters) and chains to the shop's own counter. The
      * slow threshold comes from SLOW_QUERY_MS (default 200 ms). */
-    dbk_diag_opts o;
-    memset(&o, 0, sizeof o);
+    dbk_diag_opts o = DBK_DIAG_OPTS_INIT;
     /* 0: the hub's default (200 ms); -1: nothing is ever slow. */
     o.slow_ms = shop_env_int("SLOW_QUERY_MS", 0, -1, 3600000);
-    o.n1_mode = DBK_N1_MODE_LOG;
+    o.n1_mode = DBK_N1_LOG;
     static const char *const safelist[] = {take_stock_sql, NULL};
     o.n1_safelist = safelist;
     o.chain = observe;

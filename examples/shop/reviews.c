@@ -56,7 +56,9 @@ int shop_reviews_open(dbk_error *err)
     const char *url = getenv("DOCUMENTS_URL");
     dbk_rc rc;
     if (url && (strncmp(url, "mongodb://", 10) == 0 || strncmp(url, "mongodb+srv://", 14) == 0)) {
-        dbk_doc_mongo_opts mo = {.max_pool_size = 10, .server_selection_timeout_ms = 5000,
+        dbk_doc_mongo_opts mo = {.version = DBK_DOC_MONGO_OPTS_VERSION,
+                                 .max_pool_size = 10,
+                                 .server_selection_timeout_ms = 5000,
                                  .socket_timeout_ms = 45000};
         rv.kind = "mongodb";
         rc = dbk_doc_mongo_open(url, &mo, &rv.mongo, err);
@@ -239,8 +241,13 @@ void shop_reviews_list(shop_req *rq, shop_resp *rs, int64_t product_id)
     }
     char filter[64];
     snprintf(filter, sizeof filter, "{\"product_id\":%lld}", (long long)product_id);
-    dbk_doc_find_opts o = {.filter = filter, .sort = sort, .limit = limit, .has_limit = true,
-                           .skip = offset, .with_total = true};
+    dbk_doc_find_opts o = {.version = DBK_DOC_FIND_OPTS_VERSION,
+                           .filter = filter,
+                           .sort = sort,
+                           .limit = limit,
+                           .has_limit = true,
+                           .skip = offset,
+                           .with_total = true};
     dbk_doc_page page;
     dbk_error err;
     dbk_rc rc = dbk_doc_find(rv.coll, &o, &page, &err);

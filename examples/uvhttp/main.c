@@ -80,7 +80,8 @@ static int open_database(dbk_error *err)
             fprintf(stderr, "uvhttp: hint: %s\n", err->hint);
         return -1;
     }
-    dbk_async_opts ao = {.workers = (int)env_long("ASYNC_WORKERS", 0, 0, DBK_ASYNC_MAX_WORKERS),
+    dbk_async_opts ao = {.version = DBK_ASYNC_OPTS_VERSION,
+                         .workers = (int)env_long("ASYNC_WORKERS", 0, 0, DBK_ASYNC_MAX_WORKERS),
                          .max_pending =
                              (size_t)env_long("ASYNC_MAX_PENDING", 0, 0, DBK_ASYNC_MAX_PENDING)};
     rc = dbk_async_open(dbk_pool_db(uvh.pool), &ao, &uvh.async, err);

@@ -32,26 +32,40 @@
 extern "C" {
 #endif
 
+/* The "off" of a dbk_pool_opts field whose configuration spells off as 0
+ * (see the struct). */
+#define DBK_POOL_OFF (-1)
+
 /*
  * Pool options. Each field names, in parentheses, its environment variable
  * and/or its DATABASE_URL query parameter (the key dbk_config_set() takes).
  * A field left 0 takes the value of the configuration the pool is opened
- * with, which in turn falls back to the built-in default.
+ * with, which in turn falls back to the built-in default. Where the
+ * configuration spells "off" as 0 (never, no limit, none), the field spells
+ * it DBK_POOL_OFF, so that code can turn it off whatever the configuration
+ * says; dbk_pool_get_opts() reports such a field that is off as
+ * DBK_POOL_OFF too, so its result can be passed back to dbk_pool_open().
  */
 typedef struct dbk_pool_opts {
     /* The struct's version: DBK_POOL_OPTS_VERSION, set by DBK_POOL_OPTS_INIT or
      * dbk_pool_opts_init(). 0 (a zero-initialized struct) reads as 1. */
     unsigned int version;
     int max_size;            /* most connections open at once (DB_POOL_MAX, pool_max) */
-    int min_idle;            /* idle connections kept ready (DB_POOL_MIN_IDLE, pool_min_idle) */
+    int min_idle;            /* idle connections kept ready (DB_POOL_MIN_IDLE, pool_min_idle);
+                                DBK_POOL_OFF: none */
     int acquire_timeout_ms;  /* longest wait for a connection (DB_ACQUIRE_TIMEOUT_MS, acquire_timeout) */
     int connect_timeout_ms;  /* longest wait to open one (DB_CONNECT_TIMEOUT_MS) */
-    int idle_timeout_ms;     /* idle connections above min_idle close after this (DB_IDLE_TIMEOUT_MS, idle_timeout) */
-    int max_lifetime_ms;     /* connections retire after this, with jitter (DB_MAX_LIFETIME_MS, max_lifetime) */
-    int validate_after_ms;   /* ping a connection idle longer than this before lending it (validate_after) */
+    int idle_timeout_ms;     /* idle connections above min_idle close after this (DB_IDLE_TIMEOUT_MS, idle_timeout);
+                                DBK_POOL_OFF: never */
+    int max_lifetime_ms;     /* connections retire after this, with jitter (DB_MAX_LIFETIME_MS, max_lifetime);
+                                DBK_POOL_OFF: never */
+    int validate_after_ms;   /* ping a connection idle longer than this before lending it (validate_after);
+                                DBK_POOL_OFF: never ping */
     int validate_timeout_ms; /* the ping's own deadline (validate_timeout) */
-    int max_waiters;         /* acquires allowed to queue; more fail at once (pool_max_waiters) */
-    int leak_threshold_ms;   /* a connection held longer is reported once (leak_threshold) */
+    int max_waiters;         /* acquires allowed to queue; more fail at once (pool_max_waiters);
+                                DBK_POOL_OFF: no limit */
+    int leak_threshold_ms;   /* a connection held longer is reported once (leak_threshold);
+                                DBK_POOL_OFF: never reported (the built-in default) */
 } dbk_pool_opts;
 
 /* The version of dbk_pool_opts these headers describe (it goes up when a field is
@@ -313,7 +327,8 @@ DBK_API dbk_rc dbk_pool_get_stats(dbk_pool *pool, dbk_pool_stats *out, dbk_error
 DBK_API DBK_DEPRECATED("use dbk_pool_get_stats")
 dbk_rc dbk_pool_stats_get(dbk_pool *pool, dbk_pool_stats *out, dbk_error *err);
 
-/* The options in effect after defaults were applied (copied to *out).
+/* The options in effect after defaults were applied (copied to *out, with
+ * version DBK_POOL_OPTS_VERSION; a field that is off reads DBK_POOL_OFF).
  * DBK_EMISUSE on NULL arguments. */
 DBK_API dbk_rc dbk_pool_get_opts(const dbk_pool *pool, dbk_pool_opts *out, dbk_error *err);
 

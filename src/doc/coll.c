@@ -449,10 +449,10 @@ DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, d
 {
     if (!coll || !page)
         return dbk__err(err, DBK_EMISUSE, "dbk_doc_find: NULL argument");
-    if (opts && dbk__opts_check(opts->version, DBK_DOC_FIND_OPTS_VERSION, "dbk_doc_find_opts", err))
-        return DBK_EMISUSE;
     memset(page, 0, sizeof *page);
     page->total = -1;
+    if (opts && dbk__opts_check(opts->version, DBK_DOC_FIND_OPTS_VERSION, "dbk_doc_find_opts", err))
+        return DBK_EMISUSE;
     dbk_doc_find_opts o = {0};
     if (opts)
         o = *opts;

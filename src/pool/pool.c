@@ -439,6 +439,10 @@ dbk_rc dbk_pool_open(const dbk_config *cfg, const dbk_pool_opts *opts, dbk_pool 
     }
     if (o.connect_timeout_ms == 0)
         o.connect_timeout_ms = cfg->connect_timeout_ms;
+    /* DBK_POOL_OFF: the fields below compare > 0, so it already means off
+     * for them; min_idle counts, so its off is 0. */
+    if (o.min_idle == DBK_POOL_OFF)
+        o.min_idle = 0;
     if (o.max_size < 1)
         return dbk__err(err, DBK_ECONFIG, "pool_max must be at least 1 (got %d)", o.max_size);
     if (o.min_idle < 0 || o.min_idle > o.max_size)
@@ -682,6 +686,14 @@ dbk_rc dbk_pool_get_opts(const dbk_pool *pool, dbk_pool_opts *out, dbk_error *er
     if (!pool || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_pool_get_opts: pool and out must not be NULL");
     *out = pool->o;
+    /* Off (0 or negative inside) reads DBK_POOL_OFF, so that passing the
+     * result back to dbk_pool_open() (a cluster does, for each replica)
+     * keeps it off instead of taking the other configuration's value. */
+    int *offable[] = {&out->min_idle,          &out->idle_timeout_ms, &out->max_lifetime_ms,
+                      &out->validate_after_ms, &out->max_waiters,     &out->leak_threshold_ms};
+    for (size_t i = 0; i < sizeof offable / sizeof offable[0]; i++)
+        if (*offable[i] <= 0)
+            *offable[i] = DBK_POOL_OFF;
     return DBK_OK;
 }
 
