@@ -107,8 +107,9 @@ typedef enum dbk_cache_breaker {
 } dbk_cache_breaker;
 
 /*
- * Options. Plain struct: zero-initialize it and set what you need; every
- * field left 0 takes its default. NULL options = all defaults.
+ * Options. Start from DBK_CACHE_OPTS_INIT and set what you need; every
+ * field left 0 takes its default (a zero-initialized struct works too: its
+ * version 0 reads as 1). NULL options = all defaults.
  */
 typedef struct dbk_cache_opts {
     /* The struct's version: DBK_CACHE_OPTS_VERSION, set by DBK_CACHE_OPTS_INIT or
@@ -495,7 +496,8 @@ typedef struct dbk_cached_repo_opts {
     /* The struct's version: DBK_CACHED_REPO_OPTS_VERSION, set by DBK_CACHED_REPO_OPTS_INIT or
      * dbk_cached_repo_opts_init(). 0 (a zero-initialized struct) reads as 1. */
     unsigned int version;
-    int64_t ttl_ms; /* 0: DBK_CACHED_REPO_DEFAULT_TTL_MS (jitter from the cache) */
+    int64_t ttl_ms; /* 0 (or negative): DBK_CACHED_REPO_DEFAULT_TTL_MS (jitter from
+                       the cache); entries always expire, there is no "off" */
 } dbk_cached_repo_opts;
 
 /* The version of dbk_cached_repo_opts these headers describe (it goes up when a field is

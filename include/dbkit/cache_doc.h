@@ -73,7 +73,8 @@ typedef struct dbk_cached_doc_opts {
     /* The struct's version: DBK_CACHED_DOC_OPTS_VERSION, set by DBK_CACHED_DOC_OPTS_INIT or
      * dbk_cached_doc_opts_init(). 0 (a zero-initialized struct) reads as 1. */
     unsigned int version;
-    int64_t ttl_ms; /* 0: DBK_CACHED_DOC_DEFAULT_TTL_MS (jitter from the cache) */
+    int64_t ttl_ms; /* 0: DBK_CACHED_DOC_DEFAULT_TTL_MS (jitter from the cache);
+                       negative: DBK_EMISUSE; entries always expire, no "off" */
 } dbk_cached_doc_opts;
 
 /* The version of dbk_cached_doc_opts these headers describe (it goes up when a field is

@@ -88,8 +88,9 @@ typedef enum dbk_n1_mode {
 } dbk_n1_mode;
 
 /*
- * Options. Zero-initialize and set what you need; zero always means the
- * documented default.
+ * Options. Start from DBK_DIAG_OPTS_INIT and set what you need; zero always
+ * means the documented default (a zero-initialized struct works too: its
+ * version 0 reads as 1).
  */
 typedef struct dbk_diag_opts {
     /* The struct's version: DBK_DIAG_OPTS_VERSION, set by DBK_DIAG_OPTS_INIT or

@@ -91,7 +91,7 @@ typedef enum dbk_lint_scope {
                                 them first, in the same run */
 } dbk_lint_scope;
 
-/* Options; zero-initialized means every default. */
+/* Options; DBK_LINT_OPTS_INIT (or a zero-initialized struct) means every default. */
 typedef struct dbk_lint_opts {
     /* The struct's version: DBK_LINT_OPTS_VERSION, set by DBK_LINT_OPTS_INIT or
      * dbk_lint_opts_init(). 0 (a zero-initialized struct) reads as 1. */
@@ -104,7 +104,7 @@ typedef struct dbk_lint_opts {
      * dbk_migrate_opts.statement_lock_timeout_ms, which can be passed
      * here. */
     int lock_timeout_ms;
-    dbk_lint_scope scope;
+    dbk_lint_scope scope; /* 0: DBK_LINT_SCOPE_FILE, the default */
     /* Lint only these migration versions (NULL: every file). */
     const int64_t *versions;
     size_t nversions;

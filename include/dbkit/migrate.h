@@ -112,7 +112,7 @@ typedef struct dbk_migrate_event {
 /* Progress callback, called on the calling thread. */
 typedef void (*dbk_migrate_report_fn)(void *ctx, const dbk_migrate_event *ev);
 
-/* Options; zero-initialized means every default. */
+/* Options; DBK_MIGRATE_OPTS_INIT (or a zero-initialized struct) means every default. */
 typedef struct dbk_migrate_opts {
     /* The struct's version: DBK_MIGRATE_OPTS_VERSION, set by DBK_MIGRATE_OPTS_INIT or
      * dbk_migrate_opts_init(). 0 (a zero-initialized struct) reads as 1. */

@@ -60,7 +60,7 @@ typedef enum dbk_testdb_strategy {
     DBK_TESTDB_STRATEGY_WAL_LOG = 2
 } dbk_testdb_strategy;
 
-/* Options; zero-initialized means every default. */
+/* Options; DBK_TESTDB_OPTS_INIT (or a zero-initialized struct) means every default. */
 typedef struct dbk_testdb_opts {
     /* The struct's version: DBK_TESTDB_OPTS_VERSION, set by DBK_TESTDB_OPTS_INIT or
      * dbk_testdb_opts_init(). 0 (a zero-initialized struct) reads as 1. */
@@ -75,7 +75,7 @@ typedef struct dbk_testdb_opts {
      * use the URL. */
     long owner_pid;
     /* Longest wait for another process building the same template, ms
-     * (0: 120000). */
+     * (0 or negative: 120000). */
     int lock_timeout_ms;
     dbk_testdb_strategy strategy;
     /* Do not prune leftovers on the first call of the process. */

@@ -98,8 +98,9 @@ typedef enum dbk_isolation {
 typedef void (*dbk_tx_retry_fn)(void *ctx, int attempt, dbk_rc rc, int delay_ms,
                                 const dbk_error *err);
 
-/* Options. Plain struct: zero-initialize it and set what you need; every
- * field left 0 takes its default. NULL options = all defaults. */
+/* Options. Start from DBK_TX_OPTS_INIT and set what you need; every field
+ * left 0 takes its default (a zero-initialized struct works too: its
+ * version 0 reads as 1). NULL options = all defaults. */
 typedef struct dbk_tx_opts {
     /* The struct's version: DBK_TX_OPTS_VERSION, set by DBK_TX_OPTS_INIT or
      * dbk_tx_opts_init(). 0 (a zero-initialized struct) reads as 1. */
