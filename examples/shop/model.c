@@ -65,7 +65,7 @@ static const dbk_field item_fields[] = {
 static const char *const item_key[] = {"order_id", "product_id"};
 static const dbk_unique item_uniques[] = {{item_key, 2}};
 const dbk_entity shop_item_entity = {"order_items", sizeof(shop_order_item), item_fields,
-                                     DBK_NELEMS_(item_fields), NULL, 0, item_uniques, 1};
+                                     DBK_NELEMS(item_fields), NULL, 0, item_uniques, 1};
 
 static const dbk_field order_fields[] = {
     DBK_FIELD(shop_order, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),

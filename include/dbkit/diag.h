@@ -236,6 +236,11 @@ dbk_rc dbk_diag_transaction_at(dbk_diag *d, const char *name, dbk_db *db, dbk_tx
 #define DBK_DIAG_NBUCKETS 11
 #define DBK_DIAG_BUCKETS_MS {0.1, 0.5, 1, 5, 10, 50, 100, 500, 1000, 5000}
 
+/* The capacity of dbk_diag_stats.errors_by_code: a fixed number, so the
+ * struct's size and layout do not move when result codes are added (the
+ * library checks at build time that it stays above DBK_RC_MAX). */
+#define DBK_DIAG_MAX_CODES 64
+
 /*
  * A snapshot of the hub's counters since dbk_diag_new(). Each counter is
  * read atomically; the snapshot as a whole is not (statements finishing
@@ -247,10 +252,10 @@ dbk_rc dbk_diag_transaction_at(dbk_diag *d, const char *name, dbk_db *db, dbk_tx
 typedef struct dbk_diag_stats {
     uint64_t queries;                         /* statements observed */
     uint64_t errors;                          /* of which failed (rc != DBK_OK) */
-    uint64_t errors_by_code[DBK_RC_MAX_ + 1]; /* failures per dbk_rc: read them with
-                                               * dbk_diag_stats_errors(); the array (sized
-                                               * by today's highest code) leaves the
-                                               * struct before 1.0 */
+    /* Failures per dbk_rc, indexed by code. Deprecated since 0.2 and
+     * leaving the struct before 1.0: read them with dbk_diag_stats_errors(). */
+    uint64_t errors_by_code[DBK_DIAG_MAX_CODES] DBK_DEPRECATED(
+        "read it with dbk_diag_stats_errors(&stats, rc)");
     double bucket_le_ms[DBK_DIAG_NBUCKETS];   /* upper bounds; the last is +INFINITY */
     uint64_t buckets[DBK_DIAG_NBUCKETS];      /* CUMULATIVE: statements <= bucket_le_ms[i] */
     uint64_t duration_count;                  /* == buckets[DBK_DIAG_NBUCKETS - 1] */

@@ -89,7 +89,11 @@ typedef enum dbk_rc {
 } dbk_rc;
 
 /* Highest code this version knows. Grows, never shrinks. */
-#define DBK_RC_MAX_ 33
+#define DBK_RC_MAX 33
+
+/* Deprecated in 0.2 (removed in 0.3): the old name of DBK_RC_MAX. It stays
+ * a plain macro so that it still works in #if, and so it does not warn. */
+#define DBK_RC_MAX_ DBK_RC_MAX
 
 #define DBK_ERROR_MESSAGE_MAX 512
 #define DBK_ERROR_HINT_MAX 256

@@ -188,13 +188,19 @@ typedef struct dbk_entity {
     size_t nuniques;
 } dbk_entity;
 
-#define DBK_NELEMS_(a) (sizeof(a) / sizeof((a)[0]))
+/* The number of elements of an array (not a pointer). */
+#define DBK_NELEMS(a) (sizeof(a) / sizeof((a)[0]))
+/* Deprecated in 0.2 (removed in 0.3): the old name of DBK_NELEMS. It warns
+ * by naming a deprecated type inside sizeof, which leaves it a constant
+ * expression (usable in static initializers, as before). */
+typedef char dbk_nelems_underscore_deprecated DBK_DEPRECATED("use DBK_NELEMS");
+#define DBK_NELEMS_(a) (DBK_NELEMS(a) + 0 * sizeof(dbk_nelems_underscore_deprecated))
 /* An entity with fields and relations (arrays, not pointers). */
 #define DBK_ENTITY(table, stype, fields, rels) \
-    {(table), sizeof(stype), (fields), DBK_NELEMS_(fields), (rels), DBK_NELEMS_(rels), NULL, 0}
+    {(table), sizeof(stype), (fields), DBK_NELEMS(fields), (rels), DBK_NELEMS(rels), NULL, 0}
 /* An entity without relations. */
 #define DBK_ENTITY_PLAIN(table, stype, fields) \
-    {(table), sizeof(stype), (fields), DBK_NELEMS_(fields), NULL, 0, NULL, 0}
+    {(table), sizeof(stype), (fields), DBK_NELEMS(fields), NULL, 0, NULL, 0}
 
 /* Validates the descriptor (one PK of type int64/text; unique column
  * names; member sizes match types; relations name existing columns with

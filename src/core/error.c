@@ -59,14 +59,14 @@ static const struct {
 
 const char *dbk_strerror(dbk_rc rc)
 {
-    if ((int)rc < 0 || (int)rc > DBK_RC_MAX_)
+    if ((int)rc < 0 || (int)rc > DBK_RC_MAX)
         return "unknown error";
     return rc_table[rc].text;
 }
 
 const char *dbk_rc_name(dbk_rc rc)
 {
-    if ((int)rc < 0 || (int)rc > DBK_RC_MAX_)
+    if ((int)rc < 0 || (int)rc > DBK_RC_MAX)
         return "DBK_E?";
     return rc_table[rc].name;
 }

@@ -264,7 +264,7 @@ void dbk_diag_observe(void *ctx, const dbk_query_event *ev)
     DBK__ADD(&d->queries, 1);
     if (ev->rc != DBK_OK) {
         DBK__ADD(&d->errors, 1);
-        if ((unsigned)ev->rc <= DBK_RC_MAX_)
+        if ((unsigned)ev->rc <= DBK_RC_MAX)
             DBK__ADD(&d->errors_by_code[ev->rc], 1);
     }
     int b = 0;
@@ -290,9 +290,17 @@ void dbk_diag_observe(void *ctx, const dbk_query_event *ev)
 
 /* ---- read-outs ---- */
 
+/* The public snapshot's array has a fixed capacity that must hold every
+ * code this version knows. */
+_Static_assert(DBK_DIAG_MAX_CODES > DBK_RC_MAX, "DBK_DIAG_MAX_CODES must exceed DBK_RC_MAX");
+
+/* errors_by_code is deprecated for readers outside the library; these two
+ * functions are its only readers and writers here. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 uint64_t dbk_diag_stats_errors(const dbk_diag_stats *s, dbk_rc rc)
 {
-    if (!s || (int)rc <= 0 || (int)rc > DBK_RC_MAX_)
+    if (!s || (int)rc <= 0 || (int)rc > DBK_RC_MAX)
         return 0;
     return s->errors_by_code[rc];
 }
@@ -304,7 +312,7 @@ void dbk_diag_stats_get(dbk_diag *d, dbk_diag_stats *out)
     memset(out, 0, sizeof *out);
     out->queries = DBK__LOAD(&d->queries);
     out->errors = DBK__LOAD(&d->errors);
-    for (int i = 0; i <= DBK_RC_MAX_; i++)
+    for (int i = 0; i <= DBK_RC_MAX; i++)
         out->errors_by_code[i] = DBK__LOAD(&d->errors_by_code[i]);
     uint64_t cum = 0;
     for (int i = 0; i < DBK_DIAG_NBUCKETS; i++) {
@@ -318,6 +326,7 @@ void dbk_diag_stats_get(dbk_diag *d, dbk_diag_stats *out)
     out->n_plus_one = DBK__LOAD(&d->n_plus_one);
     out->logged = DBK__LOAD(&d->logged);
 }
+#pragma GCC diagnostic pop
 
 static void put_seconds(dbk__sb *w, uint64_t ns)
 {
@@ -342,7 +351,7 @@ size_t dbk_diag_prometheus(dbk_diag *d, char *buf, size_t len)
 
     dbk__sb_puts(&w, "# HELP dbkit_query_errors_total Failed statements by dbkit result code.\n"
                      "# TYPE dbkit_query_errors_total counter\n");
-    for (int i = 1; i <= DBK_RC_MAX_; i++)
+    for (int i = 1; i <= DBK_RC_MAX; i++)
         if (dbk_diag_stats_errors(&s, (dbk_rc)i))
             dbk__sb_printf(&w, "dbkit_query_errors_total{code=\"%s\"} %llu\n",
                            dbk_rc_name((dbk_rc)i),

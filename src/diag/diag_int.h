@@ -30,7 +30,7 @@ struct dbk_diag {
     /* counters, updated with relaxed atomics */
     uint64_t queries;
     uint64_t errors;
-    uint64_t errors_by_code[DBK_RC_MAX_ + 1];
+    uint64_t errors_by_code[DBK_RC_MAX + 1];
     uint64_t bucket[DBK_DIAG_NBUCKETS]; /* not cumulative */
     uint64_t sum_ns;
     uint64_t slow;

@@ -83,7 +83,7 @@ dbk_rc dbk_diag_parse_line(const char *line, dbk_diag_line *out, char *buf, size
     p += 4;
     size_t rl = strcspn(p, " ");
     int found = -1;
-    for (int rc = 0; rc <= DBK_RC_MAX_ && found < 0; rc++) {
+    for (int rc = 0; rc <= DBK_RC_MAX && found < 0; rc++) {
         const char *name = dbk_rc_name((dbk_rc)rc);
         if (strlen(name) == rl && memcmp(name, p, rl) == 0)
             found = rc;

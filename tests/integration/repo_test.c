@@ -1199,8 +1199,24 @@ static void repo_arena_basics(void **state)
     dbk_arena_free(NULL);
 }
 
+/* DBK_NELEMS_, renamed DBK_NELEMS in 0.2, still counts an array's elements
+ * for one release, in a static initializer as the entity macros used it. */
+static const int nelems_probe[] = {1, 2, 3};
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static const size_t nelems_old = DBK_NELEMS_(nelems_probe);
+#pragma GCC diagnostic pop
+
+static void repo_deprecated_nelems_name_still_works(void **state)
+{
+    (void)state;
+    assert_int_equal(nelems_old, 3);
+    assert_int_equal(DBK_NELEMS(nelems_probe), 3);
+}
+
 static const struct CMUnitTest tests[] = {
         cmocka_unit_test(repo_crud),
+        cmocka_unit_test(repo_deprecated_nelems_name_still_works),
         cmocka_unit_test(repo_unique_violation_is_eunique),
         cmocka_unit_test(repo_filters_order_and_injection),
         cmocka_unit_test(repo_pages_limits_and_totals),

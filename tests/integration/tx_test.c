@@ -552,7 +552,7 @@ struct bank_worker {
     int64_t deadline_ms;
     /* results, read by the main thread after join */
     int committed, insufficient, exhausted, other_failed, unclear;
-    int retries[DBK_RC_MAX_ + 1];
+    int retries[DBK_RC_MAX + 1];
     int attempts;
     char first_other[600];
 };
@@ -606,7 +606,7 @@ static void bank_on_retry(void *ctx, int attempt, dbk_rc rc, int delay_ms, const
     (void)delay_ms;
     (void)err;
     struct bank_worker *w = ctx;
-    if ((int)rc >= 0 && (int)rc <= DBK_RC_MAX_)
+    if ((int)rc >= 0 && (int)rc <= DBK_RC_MAX)
         w->retries[rc]++;
 }
 
@@ -781,7 +781,7 @@ static void bank_run(const char *url, dbk_engine e, dbk_isolation level, int poo
         tot.other_failed += w[i].other_failed;
         tot.unclear += w[i].unclear;
         tot.attempts += w[i].attempts;
-        for (int k = 0; k <= DBK_RC_MAX_; k++)
+        for (int k = 0; k <= DBK_RC_MAX; k++)
             tot.retries[k] += w[i].retries[k];
         if (w[i].other_failed)
             fprintf(stderr, "  worker %d unexpected failure: %s\n", i, w[i].first_other);

@@ -10,12 +10,12 @@
 static void error_every_code_has_name_and_text(void **state)
 {
     (void)state;
-    for (int rc = 0; rc <= DBK_RC_MAX_; rc++) {
+    for (int rc = 0; rc <= DBK_RC_MAX; rc++) {
         assert_string_not_equal(dbk_rc_name((dbk_rc)rc), "DBK_E?");
         assert_string_not_equal(dbk_strerror((dbk_rc)rc), "unknown error");
         assert_true(strncmp(dbk_rc_name((dbk_rc)rc), "DBK_", 4) == 0);
     }
-    assert_string_equal(dbk_strerror((dbk_rc)(DBK_RC_MAX_ + 1)), "unknown error");
+    assert_string_equal(dbk_strerror((dbk_rc)(DBK_RC_MAX + 1)), "unknown error");
     assert_string_equal(dbk_rc_name((dbk_rc)-1), "DBK_E?");
 }
 
@@ -33,6 +33,21 @@ static void error_codes_are_stable(void **state)
     assert_int_equal(DBK_EINTERNAL, 31);
     assert_int_equal(DBK_EN_PLUS_ONE, 32);
     assert_int_equal(DBK_ENOT_RUN, 33);
+}
+
+/* DBK_RC_MAX_, renamed DBK_RC_MAX in 0.2, still works for one release,
+ * in expressions and in #if. */
+static void error_deprecated_rc_max_name_still_works(void **state)
+{
+    (void)state;
+    assert_int_equal(DBK_RC_MAX_, DBK_RC_MAX);
+    assert_int_equal(DBK_RC_MAX, DBK_ENOT_RUN);
+#if DBK_RC_MAX_ >= 33
+    int known = 1;
+#else
+    int known = 0;
+#endif
+    assert_int_equal(known, 1);
 }
 
 static void error_sqlstate_map(void **state)
@@ -185,6 +200,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(error_every_code_has_name_and_text),
         cmocka_unit_test(error_codes_are_stable),
+        cmocka_unit_test(error_deprecated_rc_max_name_still_works),
         cmocka_unit_test(error_sqlstate_map),
         cmocka_unit_test(error_sqlite_map),
         cmocka_unit_test(error_hints_point_at_the_fix),
