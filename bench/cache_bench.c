@@ -271,7 +271,7 @@ static void *conc_main(void *arg)
             if (dbk_cache_get(c->cache, key, (size_t)kl, &v, &len, &err) != DBK_OK) {
                 atomic_fetch_add(&c->failed, 1);
             } else {
-                free(v);
+                dbk_free(v);
             }
         } else {
             int kl = snprintf(key, sizeof key, "dbkbench:v:conc:%d", id); /* the cache's own key */
@@ -664,7 +664,7 @@ int main(int argc, char **argv)
             vsize = n;
             if (id == HOT)
                 memcpy(rawval, v, n < sizeof rawval ? n : sizeof rawval);
-            free(v);
+            dbk_free(v);
         }
         printf("(redis value size: %zu bytes)\n", vsize);
         if (conc_only) {

@@ -118,7 +118,7 @@ static int do_migration(cli *c, int argc, char **argv)
     size_t blen = strlen(sql) + 256;
     char *body = malloc(blen);
     if (!body) {
-        free(sql);
+        dbk_free(sql);
         dbk_doc_schema_free(schema);
         err.code = DBK_ENOMEM;
         snprintf(err.message, sizeof err.message, "out of memory");
@@ -128,7 +128,7 @@ static int do_migration(cli *c, int argc, char **argv)
              "-- document collection \"%s\" (written by dbkit doc migration)\n"
              "-- migrate:up\n%s\n-- migrate:down\nDROP TABLE IF EXISTS \"%s\";\n",
              schema->collection, sql, schema->collection);
-    free(sql);
+    dbk_free(sql);
     sql = body;
     int code = CLI_OK;
     if (to_stdout) {

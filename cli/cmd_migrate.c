@@ -1080,15 +1080,15 @@ static int sub_dump(cli *c, int argc, char **argv)
         return cli_fail(c, rc, &err);
     if (strcmp(out, "-") == 0) {
         fwrite(text, 1, len, stdout);
-        free(text);
+        dbk_free(text);
         return CLI_OK;
     }
     if (write_file_atomic(out, text, len, &err) != 0) {
-        free(text);
+        dbk_free(text);
         err.code = DBK_EIO;
         return cli_fail(c, DBK_EIO, &err);
     }
-    free(text);
+    dbk_free(text);
     if (c->json) {
         jw w;
         jw_init(&w, stdout);

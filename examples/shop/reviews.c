@@ -101,7 +101,7 @@ static json_t *review_json(const dbk_doc *d)
     if (dbk_doc_to_json(d, &text, NULL) != DBK_OK)
         return NULL;
     json_t *j = json_loads(text, 0, NULL);
-    free(text);
+    dbk_free(text);
     if (!j)
         return NULL;
     json_t *id = json_object_get(j, "_id");

@@ -65,7 +65,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             __builtin_trap();
         if (againlen != size || memcmp(again, buf, size) != 0)
             __builtin_trap(); /* decode accepted bytes encode would not write */
-        free(again);
+        dbk_free(again);
         /* another layout or count must be refused */
         if (dbk_cache_decode_row(buf, size, layout ^ 1, vals, n, &err) == DBK_OK)
             __builtin_trap();

@@ -94,7 +94,7 @@ static void on_done(void *ctx, dbk_async_done *d)
 static void rec_free(rec *r)
 {
     dbk_result_free(r->res);
-    free(r->value);
+    dbk_free(r->value);
     memset(r, 0, sizeof *r);
 }
 

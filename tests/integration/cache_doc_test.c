@@ -162,8 +162,8 @@ static void hits(const char *url, bool redis)
     DBKT_OK(dbk_doc_to_json(plain, &a, &err), &err);
     DBKT_OK(dbk_doc_to_json(d, &b, &err), &err);
     assert_string_equal(a, b);
-    free(a);
-    free(b);
+    dbk_free(a);
+    dbk_free(b);
     dbk_doc_free(plain);
     dbk_doc_free(d);
     /* an update through the handle: the next read loads once, then hits */

@@ -120,7 +120,7 @@ static dbk_rc get_rc(const char *url, dbk_error *err)
     void *v = NULL;
     size_t n = 0;
     dbk_rc rc = dbk_cache_get(c, "k", 1, &v, &n, err);
-    free(v);
+    dbk_free(v);
     dbk_cache_close(c);
     const char *pws[] = {MPW, SPW, "wrong-pw"};
     for (int i = 0; i < 3; i++) {
@@ -146,7 +146,7 @@ static void cache_sentinel_auth_passwords(void **state)
     DBKT_OK(dbk_cache_get(c, "k", 1, &v, &n, &err), &err);
     assert_int_equal(n, 2);
     assert_memory_equal(v, "v1", 2);
-    free(v);
+    dbk_free(v);
     dbk_cache_close(c);
     redisReply *rep =
         cmd_auth(dbkt_redistopo_port(t, MASTER), MPW, "EXISTS %s", "dbkt_sauth:v:k", NULL);
@@ -224,7 +224,7 @@ static void cache_sentinel_auth_failover_followed(void **state)
             size_t n = 0;
             if (dbk_cache_set(c, "k2", 2, "v2", 2, 600000, &err) == DBK_OK)
                 hit = dbk_cache_get(c, "k2", 2, &v, &n, &err) == DBK_OK;
-            free(v);
+            dbk_free(v);
         }
         sleep_ms(20);
     }

@@ -201,7 +201,7 @@ static void cache_sentinel_lost_invalidation_refused(void **state)
     }
     if (rc == DBK_OK)
         print_message("served after the failover: %.*s\n", (int)n, (const char *)v);
-    free(v);
+    dbk_free(v);
     /* the old value is still on the new master, and still refused */
     bool still = on_replica("dbkt_lost:v:k");
     dbk_cache_close(c);

@@ -71,7 +71,7 @@ static void want_value(dbk_cache *c, const char *key, const char *want)
     DBKT_OK(dbk_cache_get(c, key, strlen(key), &v, &n, &err), &err);
     assert_int_equal(n, strlen(want));
     assert_memory_equal(v, want, n);
-    free(v);
+    dbk_free(v);
 }
 
 static void want_miss(dbk_cache *c, const char *key)
@@ -213,7 +213,7 @@ static char *load_str(dbk_cache *c, const char *key, struct loader *l, int64_t t
     char *s = malloc(n + 1);
     memcpy(s, v, n);
     s[n] = 0;
-    free(v);
+    dbk_free(v);
     return s;
 }
 
@@ -291,7 +291,7 @@ static void binary_keys(dbk_cache *c)
     DBKT_OK(dbk_cache_get(c, k1, sizeof k1, &v, &n, &err), &err);
     assert_int_equal(n, sizeof v1);
     assert_memory_equal(v, v1, n);
-    free(v);
+    dbk_free(v);
     DBKT_RC(DBK_ENOT_FOUND, dbk_cache_get(c, k2, sizeof k2, &v, &n, &err));
     /* a prefix of the key is another key */
     DBKT_RC(DBK_ENOT_FOUND, dbk_cache_get(c, k1, 2, &v, &n, &err));
@@ -300,7 +300,7 @@ static void binary_keys(dbk_cache *c)
     DBKT_OK(dbk_cache_get(c, k2, sizeof k2, &v, &n, &err), &err);
     assert_int_equal(n, 0);
     assert_non_null(v);
-    free(v);
+    dbk_free(v);
 }
 
 static void cache_binary_keys(void **state)
@@ -473,7 +473,7 @@ static void *herd_thread(void *arg)
     dbk_rc rc = dbk_cache_get_or_load(h->cache, "hot", 3, test_load, h->l, 60000, &v, &n, &err);
     if (rc == DBK_OK && n == 5 && memcmp(v, "value", 5) == 0)
         atomic_fetch_add(&h->ok, 1);
-    free(v);
+    dbk_free(v);
     return NULL;
 }
 
@@ -605,7 +605,7 @@ static void *race2_reader(void *arg)
     size_t n;
     dbk_error err;
     if (dbk_cache_get_or_load(r->c, "acct:1", 6, race2_load, r, 60000, &v, &n, &err) == DBK_OK)
-        free(v);
+        dbk_free(v);
     return NULL;
 }
 
@@ -761,7 +761,7 @@ static void *reader_main(void *arg)
                                   &err);
     if (r->rc == DBK_OK) {
         snprintf(r->got, sizeof r->got, "%.*s", (int)n, (const char *)v);
-        free(v);
+        dbk_free(v);
     }
     atomic_store(&r->done, true);
     return NULL;
@@ -845,7 +845,7 @@ static void detach_case(dbk_cache *c, const char *key, const char *ns)
     assert_int_equal(rc, DBK_OK);
     assert_int_equal(n, 3);
     assert_memory_equal(v, "new", 3);
-    free(v);
+    dbk_free(v);
     gate_destroy(&g);
 }
 
@@ -892,7 +892,7 @@ static char *find_user(dbk_cache *c, dbk_db *db, int64_t id)
     DBKT_OK(dbk_cache_decode_row(row, n, layout, vals, 2, &err), &err);
     assert_int_equal(vals[0].u.i, id);
     char *name = strdup(vals[1].u.bytes.ptr);
-    free(row);
+    dbk_free(row);
     return name;
 }
 
@@ -910,7 +910,7 @@ static dbk_rc tx_update(dbk_db *tx, void *ctx, dbk_error *err)
     void *v = NULL;
     size_t n = 0;
     t->saw_old_in_cache = dbk_cache_get(t->c, "user:1", 6, &v, &n, NULL) == DBK_OK;
-    free(v);
+    dbk_free(v);
     /* ... and a cached read inside the transaction sees its own write */
     char *name = find_user(t->c, tx, 1);
     t->tx_read_own_write = strcmp(name, t->new_name) == 0;
@@ -944,7 +944,7 @@ static void tx_engine(const char *url, dbk_engine engine)
         void *v = NULL;
         size_t n = 0;
         DBKT_OK(dbk_cache_get(c, "user:1", 6, &v, &n, &err), &err);
-        free(v);
+        dbk_free(v);
         name = find_user(c, db, 1);
         assert_string_equal(name, "alice");
         free(name);
@@ -1023,7 +1023,7 @@ static void cache_redis_sigkill_zero_failed_reads(void **state)
         reads++;
         if (rc != DBK_OK || n != 7 || memcmp(v, "from-db", 7) != 0)
             failed++;
-        free(v);
+        dbk_free(v);
     }
     int64_t after_kill_ms = now_ms() - kill_at;
     assert_int_equal(failed, 0);
@@ -1185,7 +1185,7 @@ static bool cached_email_is(dbk_cache *c, int64_t id, const char *email)
     if (dbk_cache_get(c, key, strlen(key), &v, &n, NULL) != DBK_OK)
         return false;
     bool found = n > 1 && memmem(v, n, email, strlen(email)) != NULL;
-    free(v);
+    dbk_free(v);
     return found;
 }
 
@@ -2176,7 +2176,7 @@ static void cache_codec_size_limits(void **state)
     dbk_value back;
     DBKT_OK(dbk_cache_decode_row(out, outlen, 1, &back, 1, &err), &err);
     assert_int_equal(back.u.bytes.len, 100000);
-    free(out);
+    dbk_free(out);
     free(big);
     /* max_value_bytes over the backend limit is a configuration error */
     dbk_cache_opts o = {0};
@@ -2218,7 +2218,7 @@ static void cache_oversized_value_served_not_stored(void **state)
             DBKT_OK(dbk_cache_get_or_load(c, "big", 3, big_load, &runs, 60000, &v, &n, &err),
                     &err);
             assert_int_equal(n, 5000);
-            free(v);
+            dbk_free(v);
         }
         assert_int_equal(atomic_load(&runs), 3); /* loaded each time: nothing stored */
         char *blob = calloc(1, 4097);
@@ -2360,7 +2360,7 @@ static void *pl_main(void *arg)
                 if (got < floor)
                     pl_note(w, &w->stale, "stale read", v, n);
             }
-            free(v);
+            dbk_free(v);
         } else {
             char skey[32], sval[64];
             int sl = snprintf(skey, sizeof skey, "ps:%d", th->id);
@@ -2374,7 +2374,7 @@ static void *pl_main(void *arg)
             int wl = snprintf(want, sizeof want, "ps:%d:", th->id);
             if (rc == DBK_OK && (n < (size_t)wl || memcmp(v, want, (size_t)wl) != 0))
                 pl_note(w, &w->wrong, "value of another key", v, n);
-            free(v);
+            dbk_free(v);
         }
     }
     return NULL;
@@ -2465,7 +2465,7 @@ static void cache_redis_pipeline_restart_no_stale(void **state)
         void *v = NULL;
         size_t n = 0;
         hit = dbk_cache_get(c, "after-restart", 13, &v, &n, &err) == DBK_OK;
-        free(v);
+        dbk_free(v);
         sleep_ms(20);
     }
     assert_true(hit);
@@ -2510,7 +2510,7 @@ static void *stall_main(void *arg)
     s->rc = dbk_cache_get(s->c, key, (size_t)kl, &v, &n, &err);
     s->took_ms = now_ms() - t0;
     snprintf(s->msg, sizeof s->msg, "%s", err.message);
-    free(v);
+    dbk_free(v);
     atomic_store(&s->done, true);
     return NULL;
 }

@@ -854,7 +854,7 @@ static dbk_rc do_cache_get(void *ctx, dbk_error *err)
     void *val = NULL;
     size_t len = 0;
     dbk_rc rc = dbk_cache_get(ctx, "k", 1, &val, &len, err);
-    free(val);
+    dbk_free(val);
     return rc;
 }
 
@@ -906,7 +906,7 @@ static dbk_rc do_cache_get_big(void *ctx, dbk_error *err)
     void *val = NULL;
     size_t len = 0;
     dbk_rc rc = dbk_cache_get(ctx, "big", 3, &val, &len, err);
-    free(val);
+    dbk_free(val);
     return rc;
 }
 

@@ -591,7 +591,7 @@ static void projections(const char *url, dbk_engine engine)
     char *json;
     DBKT_OK(dbk_doc_to_json(page.docs[0], &json, &err), &err);
     assert_string_equal(json, "{\"_id\":\"a\",\"name\":\"Ann\",\"address\":{\"city\":\"Oslo\"}}");
-    free(json);
+    dbk_free(json);
     dbk_doc_page_free(&page);
     dbk_doc_find_opts bad = {.projection = "{\"name\":0}"};
     DBKT_RC(DBK_EINVALID, dbk_doc_find(e.coll, &bad, &page, &err));
@@ -836,11 +836,11 @@ static void doc_schema_checked_and_migration_sql(void **state)
     assert_non_null(strstr(sql, "((doc #>> '{createdAt}')) DESC NULLS LAST"));
     assert_non_null(strstr(sql, "\"users_address_city_age_idx\""));
     assert_non_null(strstr(sql, "((doc #>> '{age}')::bigint) DESC NULLS LAST"));
-    free(sql);
+    dbk_free(sql);
     DBKT_OK(dbk_doc_migration_sql(&users, DBK_ENGINE_SQLITE, &sql, &err), &err);
     assert_non_null(strstr(sql, "(json_extract(doc, '$.email')) ASC"));
     assert_non_null(strstr(sql, "CHECK (json_valid(doc))"));
-    free(sql);
+    dbk_free(sql);
 
     static const dbk_doc_field bad_path[] = {{"a;b", DBK_DOC_STRING, 0, NULL}};
     static const dbk_doc_field bad_def[] = {{"a", DBK_DOC_INT64, 0, "\"x\""}};
@@ -942,7 +942,7 @@ static char *cached_name(dbk_cache *cache, loader *l, const char *key)
             &err);
     dbk_doc *d;
     DBKT_OK(dbk_doc_parse(val, len, &d, &err), &err);
-    free(val);
+    dbk_free(val);
     char *name = strdup(text(d, "name"));
     dbk_doc_free(d);
     return name;
@@ -1075,8 +1075,8 @@ static void doc_schema_parse_matches_descriptor(void **state)
         DBKT_OK(dbk_doc_migration_sql(s, (dbk_engine)e, &a, &err), &err);
         DBKT_OK(dbk_doc_migration_sql(&users, (dbk_engine)e, &b, &err), &err);
         assert_string_equal(a, b);
-        free(a);
-        free(b);
+        dbk_free(a);
+        dbk_free(b);
     }
     dbk_doc_schema_free(s);
     static const char *bad[] = {
@@ -1120,7 +1120,7 @@ static void doc_parse_and_accessors(void **state)
     char *out;
     DBKT_OK(dbk_doc_to_json(d, &out, &err), &err);
     assert_string_equal(out, j);
-    free(out);
+    dbk_free(out);
     dbk_doc_free(d);
     DBKT_RC(DBK_EINVALID, dbk_doc_parse("1", 1, &d, &err));
     DBKT_RC(DBK_EINVALID, dbk_doc_parse("{", 1, &d, &err));

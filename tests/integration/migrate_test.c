@@ -1560,7 +1560,7 @@ static void dump_body(const char *url, dbk_engine engine)
     char *again = NULL;
     DBKT_OK(dbk_schema_dump(db, &again, NULL, &err), &err);
     assert_string_equal(text, again);
-    free(again);
+    dbk_free(again);
 
     /* loading the dump into an empty database gives the same schema */
     char *url2 = engine == DBK_ENGINE_SQLITE ? dbkt_sqlite_url("mig_dump_copy")
@@ -1574,10 +1574,10 @@ static void dump_body(const char *url, dbk_engine engine)
     assert_non_null(body1);
     assert_non_null(body2);
     assert_string_equal(body1, body2);
-    free(again);
+    dbk_free(again);
     dbk_conn_close(c2);
     free(url2);
-    free(text);
+    dbk_free(text);
     DBKT_RC(DBK_EMISUSE, dbk_schema_dump(db, NULL, NULL, &err));
     dbk_conn_close(c);
 }

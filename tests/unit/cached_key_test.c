@@ -76,7 +76,7 @@ static bool cached(struct fx *f, const void *key, size_t len)
     size_t vlen = 0;
     dbk_error err = {0};
     dbk_rc rc = dbk_cache_get(f->cache, key, len, &val, &vlen, &err);
-    free(val);
+    dbk_free(val);
     if (rc != DBK_OK && rc != DBK_ENOT_FOUND)
         fail_msg("dbk_cache_get: %s", err.message);
     return rc == DBK_OK;

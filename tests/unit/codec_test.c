@@ -86,8 +86,8 @@ static void codec_round_trip_every_type(void **state)
     DBKT_OK(dbk_cache_encode_row(LAYOUT, NULL, 0, &empty, &elen, &err), &err);
     assert_int_equal(elen, 16);
     DBKT_OK(decode_copy(empty, elen, LAYOUT, NULL, 0, &err), &err);
-    free(empty);
-    free(buf);
+    dbk_free(empty);
+    dbk_free(buf);
 }
 
 static void codec_layout_hash_separates_shapes(void **state)
@@ -131,7 +131,7 @@ static void codec_refuses_other_layout_version_count(void **state)
     DBKT_RC(DBK_ETYPE, dbk_cache_decode_row(NULL, 0, LAYOUT, out, 0, &err));
     DBKT_RC(DBK_EMISUSE, dbk_cache_decode_row(NULL, 5, LAYOUT, out, 0, &err));
     DBKT_RC(DBK_EMISUSE, dbk_cache_decode_row(buf, len, LAYOUT, NULL, 1, &err));
-    free(buf);
+    dbk_free(buf);
 }
 
 static void codec_truncated_at_every_length_refused(void **state)
@@ -154,7 +154,7 @@ static void codec_truncated_at_every_length_refused(void **state)
     DBKT_RC(DBK_EINVALID, decode_copy(longer, len + 1, LAYOUT, out, NSAMPLE, &err));
     assert_non_null(strstr(err.message, "trailing"));
     free(longer);
-    free(buf);
+    dbk_free(buf);
 }
 
 /* Builds a one-field row: header + the given field bytes (lengths are
@@ -167,7 +167,7 @@ static size_t one_field(unsigned char *row, const unsigned char *field, size_t f
     dbk_error err = {0};
     DBKT_OK(dbk_cache_encode_row(LAYOUT, &v, 1, &hdr, &hl, &err), &err);
     memcpy(row, hdr, 16);
-    free(hdr);
+    dbk_free(hdr);
     memcpy(row + 16, field, flen);
     return 16 + flen;
 }
