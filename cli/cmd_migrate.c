@@ -728,7 +728,7 @@ static void lint_json(const dbk_lint_report *r, size_t pending, bool pending_mod
         jw_kint(&w, "version", f->version);
         jw_kstr(&w, "engine", f->engine == DBK_ENGINE_SQLITE ? "sqlite" : "postgres");
         jw_kstr(&w, "rule", f->rule->id);
-        jw_kstr(&w, "severity", f->rule->severity == DBK_LINT_ERROR ? "error" : "warning");
+        jw_kstr(&w, "severity", f->rule->severity == DBK_LINT_SEVERITY_ERROR ? "error" : "warning");
         jw_kstr(&w, "table", f->table);
         jw_kstr(&w, "message", f->message);
         jw_kstr(&w, "statement", f->statement);
@@ -745,7 +745,7 @@ static void lint_text_out(const cli *c, const dbk_lint_report *r)
     for (size_t i = 0; i < r->count; i++) {
         const dbk_lint_finding *f = &r->items[i];
         printf("%s:%d: %s [%s] %s\n", f->file, f->line,
-               f->rule->severity == DBK_LINT_ERROR ? "error" : "warning", f->rule->id,
+               f->rule->severity == DBK_LINT_SEVERITY_ERROR ? "error" : "warning", f->rule->id,
                f->message);
         if (f->statement[0])
             printf("    %s\n", f->statement);
@@ -780,7 +780,7 @@ static void lint_rules_out(const cli *c)
         const char *eng = rules[i].engine == DBK_ENGINE_SQLITE     ? "sqlite"
                           : rules[i].engine == DBK_ENGINE_POSTGRES ? "postgres"
                                                                    : "both";
-        const char *sev = rules[i].severity == DBK_LINT_ERROR ? "error" : "warning";
+        const char *sev = rules[i].severity == DBK_LINT_SEVERITY_ERROR ? "error" : "warning";
         if (c->json) {
             jw_obj(&w);
             jw_kstr(&w, "rule", rules[i].id);

@@ -67,12 +67,12 @@ void cli_report_event(void *ctx, const dbk_migrate_event *ev)
     char lab[300];
     label(ev, lab, sizeof lab);
     switch (ev->kind) {
-    case DBK_MIGRATE_EV_START:
+    case DBK_MIGRATE_EVENT_START:
         cli_info(c, "  %-5s %s%s ...", action_word(ev->action), lab,
                  ev->transactional ? "" : " (no transaction)");
         r->line_open = !c->quiet;
         break;
-    case DBK_MIGRATE_EV_DONE: {
+    case DBK_MIGRATE_EVENT_DONE: {
         char t[32];
         if (ev->duration_ms < 1)
             snprintf(t, sizeof t, "<1 ms");
@@ -86,11 +86,11 @@ void cli_report_event(void *ctx, const dbk_migrate_event *ev)
         add_step(r, ev, false);
         break;
     }
-    case DBK_MIGRATE_EV_SKIPPED:
+    case DBK_MIGRATE_EVENT_SKIPPED:
         cli_info(c, "  %-5s %s unchanged, skipped\n", action_word(ev->action), lab);
         add_step(r, ev, true);
         break;
-    case DBK_MIGRATE_EV_FAILED:
+    case DBK_MIGRATE_EVENT_FAILED:
         if (r->line_open)
             cli_info(c, " FAILED after %lld ms\n", (long long)ev->duration_ms);
         r->line_open = false;
@@ -101,16 +101,17 @@ void cli_report_event(void *ctx, const dbk_migrate_event *ev)
         free(r->fail_statement);
         r->fail_statement = ev->statement ? strdup(ev->statement) : NULL;
         break;
-    case DBK_MIGRATE_EV_WARNING:
-    case DBK_MIGRATE_EV_WAITING:
+    case DBK_MIGRATE_EVENT_WARNING:
+    case DBK_MIGRATE_EVENT_WAITING:
         if (r->line_open) {
             cli_info(c, "\n");
             r->line_open = false;
         }
         if (!c->quiet)
-            fprintf(stderr, "  %s: %s\n", ev->kind == DBK_MIGRATE_EV_WARNING ? "warning" : "note",
+            fprintf(stderr, "  %s: %s\n",
+                    ev->kind == DBK_MIGRATE_EVENT_WARNING ? "warning" : "note",
                     ev->message ? ev->message : "");
-        if (ev->kind == DBK_MIGRATE_EV_WARNING && ev->message) {
+        if (ev->kind == DBK_MIGRATE_EVENT_WARNING && ev->message) {
             char **p = realloc(r->warnings, (r->nwarnings + 1) * sizeof *p);
             if (p) {
                 r->warnings = p;

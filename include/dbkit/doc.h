@@ -250,11 +250,16 @@ DBK_API dbk_rc dbk_doc_coll_drop(dbk_doc_coll *coll, dbk_error *err);
  * libmongoc-1.0); otherwise every call below gives DBK_ECONFIG.
  */
 
-/* Connection events, from the driver's SDAM monitoring. */
+/* Connection events, from the driver's SDAM monitoring. DBK_DOC_MONGO_CONNECTED,
+ * _DISCONNECTED and _ERROR are the names before 0.2, deprecated (removed in
+ * 0.3): the same values. */
 typedef enum dbk_doc_mongo_event {
-    DBK_DOC_MONGO_CONNECTED = 1,    /* a server became reachable */
-    DBK_DOC_MONGO_DISCONNECTED = 2, /* a reachable server became unknown, or close */
-    DBK_DOC_MONGO_ERROR = 3         /* a heartbeat failed; `detail` says why */
+    DBK_DOC_MONGO_EVENT_CONNECTED = 1,    /* a server became reachable */
+    DBK_DOC_MONGO_EVENT_DISCONNECTED = 2, /* a reachable server became unknown, or close */
+    DBK_DOC_MONGO_EVENT_ERROR = 3,        /* a heartbeat failed; `detail` says why */
+    DBK_DOC_MONGO_CONNECTED DBK_DEPRECATED("use DBK_DOC_MONGO_EVENT_CONNECTED") = 1,
+    DBK_DOC_MONGO_DISCONNECTED DBK_DEPRECATED("use DBK_DOC_MONGO_EVENT_DISCONNECTED") = 2,
+    DBK_DOC_MONGO_ERROR DBK_DEPRECATED("use DBK_DOC_MONGO_EVENT_ERROR") = 3
 } dbk_doc_mongo_event;
 
 /* Called from the driver's monitoring thread (and from close): must be

@@ -45,9 +45,13 @@
 extern "C" {
 #endif
 
+/* How bad a finding is. DBK_LINT_WARNING / DBK_LINT_ERROR are the names
+ * before 0.2, deprecated (removed in 0.3): the same values. */
 typedef enum dbk_lint_severity {
-    DBK_LINT_WARNING = 1, /* dangerous unless the code is ready (expand/contract) */
-    DBK_LINT_ERROR = 2    /* locks or rewrites a live table, or fails at run time */
+    DBK_LINT_SEVERITY_WARNING = 1, /* dangerous unless the code is ready (expand/contract) */
+    DBK_LINT_SEVERITY_ERROR = 2,   /* locks or rewrites a live table, or fails at run time */
+    DBK_LINT_WARNING DBK_DEPRECATED("use DBK_LINT_SEVERITY_WARNING") = 1,
+    DBK_LINT_ERROR DBK_DEPRECATED("use DBK_LINT_SEVERITY_ERROR") = 2
 } dbk_lint_severity;
 
 /* One rule. Every string is static. */

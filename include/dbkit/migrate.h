@@ -83,14 +83,22 @@ typedef enum dbk_migrate_action {
     DBK_MIGRATE_ACTION_SEED = 3  /* running a seed */
 } dbk_migrate_action;
 
+/* What a progress event reports. The DBK_MIGRATE_EV_* spellings are the
+ * names before 0.2, deprecated (removed in 0.3): the same values. */
 typedef enum dbk_migrate_event_kind {
-    DBK_MIGRATE_EV_START = 1,   /* about to run (a line may be started) */
-    DBK_MIGRATE_EV_DONE = 2,    /* finished and committed; duration_ms set */
-    DBK_MIGRATE_EV_FAILED = 3,  /* failed and rolled back; line, statement, error set */
-    DBK_MIGRATE_EV_SKIPPED = 4, /* seed unchanged since it last ran */
-    DBK_MIGRATE_EV_WARNING = 5, /* message set: an applied migration whose file is
-                                   missing, waiting for another migrator, ... */
-    DBK_MIGRATE_EV_WAITING = 6  /* waiting for the migration lock; message set */
+    DBK_MIGRATE_EVENT_START = 1,   /* about to run (a line may be started) */
+    DBK_MIGRATE_EVENT_DONE = 2,    /* finished and committed; duration_ms set */
+    DBK_MIGRATE_EVENT_FAILED = 3,  /* failed and rolled back; line, statement, error set */
+    DBK_MIGRATE_EVENT_SKIPPED = 4, /* seed unchanged since it last ran */
+    DBK_MIGRATE_EVENT_WARNING = 5, /* message set: an applied migration whose file is
+                                      missing, waiting for another migrator, ... */
+    DBK_MIGRATE_EVENT_WAITING = 6, /* waiting for the migration lock; message set */
+    DBK_MIGRATE_EV_START DBK_DEPRECATED("use DBK_MIGRATE_EVENT_START") = 1,
+    DBK_MIGRATE_EV_DONE DBK_DEPRECATED("use DBK_MIGRATE_EVENT_DONE") = 2,
+    DBK_MIGRATE_EV_FAILED DBK_DEPRECATED("use DBK_MIGRATE_EVENT_FAILED") = 3,
+    DBK_MIGRATE_EV_SKIPPED DBK_DEPRECATED("use DBK_MIGRATE_EVENT_SKIPPED") = 4,
+    DBK_MIGRATE_EV_WARNING DBK_DEPRECATED("use DBK_MIGRATE_EVENT_WARNING") = 5,
+    DBK_MIGRATE_EV_WAITING DBK_DEPRECATED("use DBK_MIGRATE_EVENT_WAITING") = 6
 } dbk_migrate_event_kind;
 
 /* A progress event. Every pointer is borrowed for the duration of the

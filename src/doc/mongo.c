@@ -137,7 +137,7 @@ static void on_server_changed(const mongoc_apm_server_changed_t *e)
     pthread_mutex_lock(&m->mu);
     m->known += up_now ? 1 : -1;
     pthread_mutex_unlock(&m->mu);
-    emit(m, up_now ? DBK_DOC_MONGO_CONNECTED : DBK_DOC_MONGO_DISCONNECTED, now);
+    emit(m, up_now ? DBK_DOC_MONGO_EVENT_CONNECTED : DBK_DOC_MONGO_EVENT_DISCONNECTED, now);
 }
 
 static void on_heartbeat_failed(const mongoc_apm_server_heartbeat_failed_t *e)
@@ -145,7 +145,7 @@ static void on_heartbeat_failed(const mongoc_apm_server_heartbeat_failed_t *e)
     dbk_doc_mongo *m = mongoc_apm_server_heartbeat_failed_get_context(e);
     bson_error_t be;
     mongoc_apm_server_heartbeat_failed_get_error(e, &be);
-    emit(m, DBK_DOC_MONGO_ERROR, be.message);
+    emit(m, DBK_DOC_MONGO_EVENT_ERROR, be.message);
 }
 
 DBK_API dbk_rc dbk_doc_mongo_open(const char *url, const dbk_doc_mongo_opts *opts,
@@ -209,7 +209,7 @@ DBK_API void dbk_doc_mongo_close(dbk_doc_mongo *m)
     mongoc_client_pool_destroy(m->pool);
     bool was_up = m->known > 0;
     if (was_up)
-        emit(m, DBK_DOC_MONGO_DISCONNECTED, "closed");
+        emit(m, DBK_DOC_MONGO_EVENT_DISCONNECTED, "closed");
     pthread_mutex_destroy(&m->mu);
     free(m);
 }

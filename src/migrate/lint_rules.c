@@ -37,90 +37,90 @@
 /* ---- the rule table ---- */
 
 static const dbk_lint_rule RULES[] = {
-    {"add-column-volatile-default", DBK_ENGINE_POSTGRES, DBK_LINT_ERROR,
+    {"add-column-volatile-default", DBK_ENGINE_POSTGRES, DBK_LINT_SEVERITY_ERROR,
      "a column added with a volatile default (random(), gen_random_uuid(), clock_timestamp(), "
      "nextval() through serial, an identity or a stored generated column) rewrites the whole "
      "table under an ACCESS EXCLUSIVE lock",
      "add the column without a default (or with a constant one), set the default in a second "
      "statement, and backfill existing rows in batches"},
-    {"add-column-not-null", DBK_ENGINE_POSTGRES, DBK_LINT_ERROR,
+    {"add-column-not-null", DBK_ENGINE_POSTGRES, DBK_LINT_SEVERITY_ERROR,
      "a NOT NULL column without a default cannot be added to a table that has rows: the "
      "migration fails in production although it passed on an empty database",
      "add the column with a DEFAULT, or nullable; backfill; then add NOT NULL as described for "
      "set-not-null"},
-    {"set-not-null", DBK_ENGINE_POSTGRES, DBK_LINT_ERROR,
+    {"set-not-null", DBK_ENGINE_POSTGRES, DBK_LINT_SEVERITY_ERROR,
      "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock, unless a validated "
      "CHECK (column IS NOT NULL) constraint already proves it",
      "ADD CONSTRAINT c CHECK (column IS NOT NULL) NOT VALID; in a later migration VALIDATE "
      "CONSTRAINT c, then SET NOT NULL (instant), then DROP CONSTRAINT c"},
-    {"index-not-concurrent", DBK_ENGINE_POSTGRES, DBK_LINT_ERROR,
+    {"index-not-concurrent", DBK_ENGINE_POSTGRES, DBK_LINT_SEVERITY_ERROR,
      "CREATE INDEX / DROP INDEX without CONCURRENTLY blocks every write to the table (and DROP "
      "INDEX every read) for as long as it takes",
      "CREATE INDEX CONCURRENTLY IF NOT EXISTS / DROP INDEX CONCURRENTLY IF EXISTS in a section "
      "marked `-- migrate:up transaction:false`"},
-    {"concurrently-in-transaction", DBK_ENGINE_POSTGRES, DBK_LINT_ERROR,
+    {"concurrently-in-transaction", DBK_ENGINE_POSTGRES, DBK_LINT_SEVERITY_ERROR,
      "CONCURRENTLY cannot run inside a transaction block, and dbkit runs every section in one "
      "unless it says otherwise: the migration fails",
      "put the statement in its own migration whose directive is `-- migrate:up "
      "transaction:false`"},
-    {"constraint-not-valid", DBK_ENGINE_POSTGRES, DBK_LINT_ERROR,
+    {"constraint-not-valid", DBK_ENGINE_POSTGRES, DBK_LINT_SEVERITY_ERROR,
      "a FOREIGN KEY or CHECK constraint added to an existing table is validated by a full scan "
      "while the table is locked (a foreign key also locks the referenced table); a VALIDATE in "
      "the same transaction as its NOT VALID add holds that lock through the scan too",
      "ADD CONSTRAINT ... NOT VALID (instant), then VALIDATE CONSTRAINT in a later migration: "
      "validation takes only a SHARE UPDATE EXCLUSIVE lock"},
-    {"add-unique-constraint", DBK_ENGINE_POSTGRES, DBK_LINT_ERROR,
+    {"add-unique-constraint", DBK_ENGINE_POSTGRES, DBK_LINT_SEVERITY_ERROR,
      "ADD PRIMARY KEY / UNIQUE / EXCLUDE builds its index while the table is locked against "
      "reads and writes",
      "CREATE UNIQUE INDEX CONCURRENTLY (transaction:false), then ADD CONSTRAINT ... UNIQUE USING "
      "INDEX (or PRIMARY KEY USING INDEX)"},
-    {"column-type-rewrite", DBK_ENGINE_POSTGRES, DBK_LINT_ERROR,
+    {"column-type-rewrite", DBK_ENGINE_POSTGRES, DBK_LINT_SEVERITY_ERROR,
      "changing a column's type rewrites the table and its indexes under an ACCESS EXCLUSIVE "
      "lock (except to text or unbounded varchar, binary-compatible changes that `dbkit migrate "
      "trace` shows as no rewrite)",
      "add a new column of the new type, write both from the code, backfill in batches, switch "
      "reads, drop the old column (expand/contract)"},
-    {"rename-or-drop", 0, DBK_LINT_WARNING,
+    {"rename-or-drop", 0, DBK_LINT_SEVERITY_WARNING,
      "renaming or dropping a table or column that the running code still uses breaks every "
      "instance not yet deployed (old code and new schema run side by side during a deploy)",
      "expand/contract: deploy code that no longer uses the name first, then drop it in a later "
      "migration; for a rename, add the new name, write both, backfill, then drop the old one"},
-    {"lock-timeout", DBK_ENGINE_POSTGRES, DBK_LINT_ERROR,
+    {"lock-timeout", DBK_ENGINE_POSTGRES, DBK_LINT_SEVERITY_ERROR,
      "a statement that takes a strong lock with no lock_timeout in effect waits behind any long "
      "transaction on the table, and every query that arrives after it queues behind it: the "
      "table is down until the long transaction ends",
      "keep dbkit's lock_timeout (DB_MIGRATION_LOCK_TIMEOUT_MS, default 5 s) or SET LOCAL "
      "lock_timeout = '5s' before the statement; dbkit retries a statement that timed out on its "
      "lock"},
-    {"unbounded-backfill", 0, DBK_LINT_ERROR,
+    {"unbounded-backfill", 0, DBK_LINT_SEVERITY_ERROR,
      "an UPDATE or DELETE without WHERE on an existing table touches every row in one "
      "transaction: row locks on the whole table, bloat, and replication lag",
      "backfill in batches from the application or a script (WHERE id BETWEEN ... AND ...), "
      "outside the schema migration"},
-    {"int-primary-key", DBK_ENGINE_POSTGRES, DBK_LINT_ERROR,
+    {"int-primary-key", DBK_ENGINE_POSTGRES, DBK_LINT_SEVERITY_ERROR,
      "an int (or serial) primary key runs out at 2^31 - 1 and changing it later rewrites the "
      "table and every referencing one",
      "use bigint (BIGINT GENERATED BY DEFAULT AS IDENTITY, or bigserial)"},
-    {"vacuum-full-cluster", DBK_ENGINE_POSTGRES, DBK_LINT_ERROR,
+    {"vacuum-full-cluster", DBK_ENGINE_POSTGRES, DBK_LINT_SEVERITY_ERROR,
      "VACUUM FULL and CLUSTER rewrite the table under an ACCESS EXCLUSIVE lock for the whole "
      "duration",
      "plain VACUUM (transaction:false) or an online tool such as pg_repack, outside migrations"},
-    {"sqlite-table-rebuild", DBK_ENGINE_SQLITE, DBK_LINT_ERROR,
+    {"sqlite-table-rebuild", DBK_ENGINE_SQLITE, DBK_LINT_SEVERITY_ERROR,
      "dropping an existing table (the last step of a SQLite table rebuild) with foreign keys "
      "on, which dbkit always sets, deletes its rows first: ON DELETE CASCADE empties child "
      "tables, and PRAGMA foreign_keys = OFF has no effect inside a transaction",
      "do the rebuild in a section marked transaction:false: PRAGMA foreign_keys = OFF; BEGIN; "
      "create, copy, drop, rename; PRAGMA foreign_key_check; COMMIT; PRAGMA foreign_keys = ON"},
-    {"sqlite-add-column-not-null", DBK_ENGINE_SQLITE, DBK_LINT_ERROR,
+    {"sqlite-add-column-not-null", DBK_ENGINE_SQLITE, DBK_LINT_SEVERITY_ERROR,
      "SQLite refuses ADD COLUMN ... NOT NULL without a non-NULL DEFAULT: the migration fails",
      "give the column a DEFAULT, or add it nullable"},
-    {"sqlite-pragma-in-transaction", DBK_ENGINE_SQLITE, DBK_LINT_ERROR,
+    {"sqlite-pragma-in-transaction", DBK_ENGINE_SQLITE, DBK_LINT_SEVERITY_ERROR,
      "PRAGMA foreign_keys and PRAGMA journal_mode do nothing inside a transaction, and dbkit "
      "runs the section in one",
      "put the PRAGMA in a section marked transaction:false"},
-    {"syntax", 0, DBK_LINT_ERROR, "the section does not parse: it will fail when applied",
+    {"syntax", 0, DBK_LINT_SEVERITY_ERROR, "the section does not parse: it will fail when applied",
      "fix the SQL (the message says where)"},
-    {"lint-directive", 0, DBK_LINT_ERROR,
+    {"lint-directive", 0, DBK_LINT_SEVERITY_ERROR,
      "a lint:ignore directive that names no known rule or gives no reason suppresses nothing",
      "write `-- lint:ignore RULE why this is safe here` on its own line right above the "
      "statement"},

@@ -207,7 +207,7 @@ dbk_rc dbk__mig_check_history(dbk__mctx *m, const dbk__migset *set, const histor
                 snprintf(msg, sizeof msg,
                          "migration %lld (%s) is applied but its file is missing", 
                          (long long)row->version, row->name);
-                dbk_migrate_event ev = {.kind = DBK_MIGRATE_EV_WARNING, .version = row->version,
+                dbk_migrate_event ev = {.kind = DBK_MIGRATE_EVENT_WARNING, .version = row->version,
                                         .name = row->name, .path = "", .message = msg};
                 dbk__mctx_report(m, &ev);
             }

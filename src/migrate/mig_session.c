@@ -145,7 +145,7 @@ dbk_rc dbk__mctx_wait(dbk__mctx *m, const char *what, dbk_error *err)
         m->waited = true;
         char msg[256];
         snprintf(msg, sizeof msg, "waiting for %s", what);
-        dbk_migrate_event ev = {.kind = DBK_MIGRATE_EV_WAITING, .name = "", .path = "",
+        dbk_migrate_event ev = {.kind = DBK_MIGRATE_EVENT_WAITING, .name = "", .path = "",
                                 .message = msg};
         dbk__mctx_report(m, &ev);
     }
@@ -370,7 +370,7 @@ dbk_rc dbk__mctx_run_section(dbk__mctx *m, const dbk__migfile *f, const dbk__sec
                                                "run the command again"
                                              : "this section runs without a transaction: see "
                                                "`dbkit migrate repair`");
-            dbk_migrate_event ev = {.kind = DBK_MIGRATE_EV_FAILED,
+            dbk_migrate_event ev = {.kind = DBK_MIGRATE_EVENT_FAILED,
                                     .action = action,
                                     .version = f->version,
                                     .name = f->name,

@@ -86,7 +86,7 @@ static dbk_rc apply_one(dbk__mctx *m, const dbk__migfile *f, dbk_error *err)
         return no_section_error(f, DBK__DIR_UP, m->engine, err);
     }
     int64_t t0 = dbk__now_ns();
-    dbk_migrate_event ev = event_of(DBK_MIGRATE_EV_START, DBK_MIGRATE_ACTION_UP, f, sec);
+    dbk_migrate_event ev = event_of(DBK_MIGRATE_EVENT_START, DBK_MIGRATE_ACTION_UP, f, sec);
     dbk__mctx_report(m, &ev);
     dbk_rc rc;
     if (sec->transactional) {
@@ -121,7 +121,7 @@ static dbk_rc apply_one(dbk__mctx *m, const dbk__migfile *f, dbk_error *err)
         if (rc)
             return rc;
     }
-    ev = event_of(DBK_MIGRATE_EV_DONE, DBK_MIGRATE_ACTION_UP, f, sec);
+    ev = event_of(DBK_MIGRATE_EVENT_DONE, DBK_MIGRATE_ACTION_UP, f, sec);
     ev.duration_ms = (dbk__now_ns() - t0) / 1000000;
     dbk__mctx_report(m, &ev);
     return DBK_OK;
@@ -132,7 +132,7 @@ static dbk_rc revert_one(dbk__mctx *m, const dbk__migfile *f, dbk_error *err)
 {
     const dbk__section *sec = dbk__mig_section(f, DBK__DIR_DOWN, m->engine);
     int64_t t0 = dbk__now_ns();
-    dbk_migrate_event ev = event_of(DBK_MIGRATE_EV_START, DBK_MIGRATE_ACTION_DOWN, f, sec);
+    dbk_migrate_event ev = event_of(DBK_MIGRATE_EVENT_START, DBK_MIGRATE_ACTION_DOWN, f, sec);
     dbk__mctx_report(m, &ev);
     dbk_value v = dbk_int64(f->version);
     dbk_rc rc;
@@ -168,7 +168,7 @@ static dbk_rc revert_one(dbk__mctx *m, const dbk__migfile *f, dbk_error *err)
         if (rc)
             return rc;
     }
-    ev = event_of(DBK_MIGRATE_EV_DONE, DBK_MIGRATE_ACTION_DOWN, f, sec);
+    ev = event_of(DBK_MIGRATE_EVENT_DONE, DBK_MIGRATE_ACTION_DOWN, f, sec);
     ev.duration_ms = (dbk__now_ns() - t0) / 1000000;
     dbk__mctx_report(m, &ev);
     return DBK_OK;

@@ -61,12 +61,12 @@ static dbk_rc seed_one(dbk__mctx *m, const dbk__migfile *f, bool *ran, dbk_error
                             .transactional = true};
     if (found && strcmp(sum, f->checksum) == 0 && !m->opts.force) {
         dbk__mctx_rollback(m);
-        ev.kind = DBK_MIGRATE_EV_SKIPPED;
+        ev.kind = DBK_MIGRATE_EVENT_SKIPPED;
         dbk__mctx_report(m, &ev);
         return DBK_OK;
     }
     int64_t t0 = dbk__now_ns();
-    ev.kind = DBK_MIGRATE_EV_START;
+    ev.kind = DBK_MIGRATE_EVENT_START;
     dbk__mctx_report(m, &ev);
     rc = dbk__mctx_run_section(m, f, &f->sec[0], DBK_MIGRATE_ACTION_SEED, 0, NULL, NULL, t0, err);
     if (rc == DBK_OK) {
@@ -84,7 +84,7 @@ static dbk_rc seed_one(dbk__mctx *m, const dbk__migfile *f, bool *ran, dbk_error
         dbk__mctx_rollback(m);
         return rc;
     }
-    ev.kind = DBK_MIGRATE_EV_DONE;
+    ev.kind = DBK_MIGRATE_EVENT_DONE;
     ev.duration_ms = (dbk__now_ns() - t0) / 1000000;
     dbk__mctx_report(m, &ev);
     *ran = true;
@@ -120,7 +120,7 @@ dbk_rc dbk_seed_run(dbk_db *db, const dbk_migrate_source *src, const dbk_migrate
             int n = snprintf(msg, sizeof msg, "no seeds for environment '%s' (%.150s does not "
                              "exist)", env, sub);
             (void)n;
-            dbk_migrate_event ev = {.kind = DBK_MIGRATE_EV_WARNING,
+            dbk_migrate_event ev = {.kind = DBK_MIGRATE_EVENT_WARNING,
                                     .action = DBK_MIGRATE_ACTION_SEED,
                                     .name = "",
                                     .path = "",

@@ -997,13 +997,30 @@ static void on_event(void *ctx, dbk_doc_mongo_event ev, const char *detail)
     (void)detail;
     events *e = ctx;
     pthread_mutex_lock(&e->mu);
-    if (ev == DBK_DOC_MONGO_CONNECTED)
+    if (ev == DBK_DOC_MONGO_EVENT_CONNECTED)
         e->connected++;
-    else if (ev == DBK_DOC_MONGO_DISCONNECTED)
+    else if (ev == DBK_DOC_MONGO_EVENT_DISCONNECTED)
         e->disconnected++;
     else
         e->errors++;
     pthread_mutex_unlock(&e->mu);
+}
+
+/* DBK_DOC_MONGO_CONNECTED / _DISCONNECTED / _ERROR, renamed
+ * DBK_DOC_MONGO_EVENT_* in 0.2, still work for one release with the same
+ * values (what an event callback compares against). */
+static void doc_deprecated_mongo_event_names_still_work(void **state)
+{
+    (void)state;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    assert_int_equal(DBK_DOC_MONGO_CONNECTED, DBK_DOC_MONGO_EVENT_CONNECTED);
+    assert_int_equal(DBK_DOC_MONGO_DISCONNECTED, DBK_DOC_MONGO_EVENT_DISCONNECTED);
+    assert_int_equal(DBK_DOC_MONGO_ERROR, DBK_DOC_MONGO_EVENT_ERROR);
+#pragma GCC diagnostic pop
+    assert_int_equal(DBK_DOC_MONGO_EVENT_CONNECTED, 1);
+    assert_int_equal(DBK_DOC_MONGO_EVENT_DISCONNECTED, 2);
+    assert_int_equal(DBK_DOC_MONGO_EVENT_ERROR, 3);
 }
 
 static void doc_mongo_connection_events(void **state)
@@ -1422,6 +1439,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(doc_cache_aside),
         cmocka_unit_test(doc_update_bounded_by_statement_timeout),
         cmocka_unit_test(doc_mongo_connection_events),
+        cmocka_unit_test(doc_deprecated_mongo_event_names_still_work),
         cmocka_unit_test(doc_mongo_unreachable_is_unavailable),
         cmocka_unit_test(doc_date_ranges_and_object_ids),
         cmocka_unit_test(doc_mongo_stores_bson_types),

@@ -50,7 +50,7 @@ static void on_event(void *ctx, const dbk_migrate_event *ev)
 {
     events *e = ctx;
     switch (ev->kind) {
-    case DBK_MIGRATE_EV_START:
+    case DBK_MIGRATE_EVENT_START:
         e->start++;
         if (e->notify_fd >= 0 && ev->version == e->notify_version) {
             char b = 's';
@@ -58,23 +58,23 @@ static void on_event(void *ctx, const dbk_migrate_event *ev)
             (void)w;
         }
         break;
-    case DBK_MIGRATE_EV_DONE:
+    case DBK_MIGRATE_EVENT_DONE:
         e->done++;
         break;
-    case DBK_MIGRATE_EV_FAILED:
+    case DBK_MIGRATE_EVENT_FAILED:
         e->failed++;
         e->fail_line = ev->line;
         snprintf(e->fail_stmt, sizeof e->fail_stmt, "%s", ev->statement ? ev->statement : "");
         snprintf(e->fail_path, sizeof e->fail_path, "%s", ev->path ? ev->path : "");
         break;
-    case DBK_MIGRATE_EV_SKIPPED:
+    case DBK_MIGRATE_EVENT_SKIPPED:
         e->skipped++;
         break;
-    case DBK_MIGRATE_EV_WARNING:
+    case DBK_MIGRATE_EVENT_WARNING:
         e->warning++;
         snprintf(e->last_warning, sizeof e->last_warning, "%s", ev->message ? ev->message : "");
         break;
-    case DBK_MIGRATE_EV_WAITING:
+    case DBK_MIGRATE_EVENT_WAITING:
         e->waiting++;
         break;
     }
@@ -606,6 +606,57 @@ static const dbk_migration_file BASIC[] = {
     MF("3_add_col.sql", "-- migrate:up\nALTER TABLE mig_a ADD COLUMN w INTEGER;\n"
                         "-- migrate:down\nALTER TABLE mig_a DROP COLUMN w;\n"),
 };
+
+/* The DBK_MIGRATE_EV_* names, renamed DBK_MIGRATE_EVENT_* in 0.2, still
+ * work for one release: a reporter switching on them sees each migration
+ * start and finish. */
+struct old_events {
+    int start, done, other;
+};
+
+static void on_event_old_names(void *ctx, const dbk_migrate_event *ev)
+{
+    struct old_events *e = ctx;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    switch (ev->kind) {
+    case DBK_MIGRATE_EV_START:
+        e->start++;
+        break;
+    case DBK_MIGRATE_EV_DONE:
+        e->done++;
+        break;
+    case DBK_MIGRATE_EV_FAILED:
+    case DBK_MIGRATE_EV_SKIPPED:
+    case DBK_MIGRATE_EV_WARNING:
+    case DBK_MIGRATE_EV_WAITING:
+        e->other++;
+        break;
+    }
+#pragma GCC diagnostic pop
+}
+
+static void migrate_deprecated_event_names_still_work(void **state)
+{
+    (void)state;
+    char *url = dbkt_sqlite_url("mig_old_events");
+    dbk_conn *c = dbkt_open(url);
+    dbk_migrate_source src = mem(BASIC, 3);
+    struct old_events e = {0, 0, 0};
+    dbk_migrate_opts o;
+    memset(&o, 0, sizeof o);
+    o.report = on_event_old_names;
+    o.report_ctx = &e;
+    dbk_error err;
+    int n = -1;
+    DBKT_OK(dbk_migrate_up(dbk_conn_db(c), &src, &o, &n, &err), &err);
+    assert_int_equal(n, 3);
+    assert_int_equal(e.start, 3);
+    assert_int_equal(e.done, 3);
+    assert_int_equal(e.other, 0);
+    dbk_conn_close(c);
+    free(url);
+}
 
 static void updown_body(const char *url, dbk_engine engine)
 {
@@ -1684,6 +1735,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(migrate_load_sets),
     cmocka_unit_test(migrate_create_file),
     cmocka_unit_test(migrate_up_down_redo_status),
+    cmocka_unit_test(migrate_deprecated_event_names_still_work),
     cmocka_unit_test(migrate_failure_rolls_back),
     cmocka_unit_test(migrate_tampered_and_missing_files),
     cmocka_unit_test(migrate_dirty_nontransactional_and_repair),

@@ -320,6 +320,23 @@ static void lint_directive_findings(void **state)
     run_pairs("lint-directive");
 }
 
+/* DBK_LINT_WARNING / DBK_LINT_ERROR, renamed DBK_LINT_SEVERITY_* in 0.2,
+ * still work for one release with the same values: a rule's severity
+ * compares equal to the old name. */
+static void lint_deprecated_severity_names_still_work(void **state)
+{
+    (void)state;
+    const dbk_lint_rule *r = dbk_lint_rule_find("index-not-concurrent");
+    assert_non_null(r);
+    assert_int_equal(r->severity, DBK_LINT_SEVERITY_ERROR);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    assert_int_equal(r->severity, DBK_LINT_ERROR);
+    assert_int_equal(DBK_LINT_WARNING, DBK_LINT_SEVERITY_WARNING);
+    assert_int_equal(DBK_LINT_ERROR, DBK_LINT_SEVERITY_ERROR);
+#pragma GCC diagnostic pop
+}
+
 /* At least 30 pairs, and every rule but "syntax" has one. */
 static void lint_corpus_covers_every_rule(void **state)
 {
@@ -630,6 +647,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(lint_sqlite_rules),
         cmocka_unit_test(lint_directive_findings),
         cmocka_unit_test(lint_corpus_covers_every_rule),
+        cmocka_unit_test(lint_deprecated_severity_names_still_work),
         cmocka_unit_test(lint_line_numbers_are_the_files),
         cmocka_unit_test(lint_directive_applies_to_next_statement_only),
         cmocka_unit_test(lint_directive_parser),
