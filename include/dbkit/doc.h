@@ -306,7 +306,7 @@ DBK_API dbk_rc dbk_doc_mongo_open(const char *url, const dbk_doc_mongo_opts *opt
                                   dbk_doc_mongo **out, dbk_error *err);
 
 /* Closes the pool (every collection opened on it must be closed first),
- * reporting DBK_DOC_MONGO_DISCONNECTED. Accepts NULL. */
+ * reporting DBK_DOC_MONGO_EVENT_DISCONNECTED. Accepts NULL. */
 DBK_API void dbk_doc_mongo_close(dbk_doc_mongo *m);
 
 /* Like dbk_doc_coll_open() on a MongoDB pool. dbk_doc_coll_ensure()
