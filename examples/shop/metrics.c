@@ -88,7 +88,7 @@ int shop_diag_open(dbk_error *err)
     dbk_diag_opts o = DBK_DIAG_OPTS_INIT;
     /* 0: the hub's default (200 ms); -1: nothing is ever slow. */
     o.slow_ms = shop_env_int("SLOW_QUERY_MS", 0, -1, 3600000);
-    o.n1_mode = DBK_N1_LOG;
+    o.n1_mode = DBK_N1_MODE_LOG;
     static const char *const safelist[] = {take_stock_sql, NULL};
     o.n1_safelist = safelist;
     o.chain = observe;
