@@ -36,19 +36,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "../core/internal.h"
+#include "../driver/dialect.h"
 #include "../repo/repo_int.h"
 #include "cache_int.h"
 #include "dbkit/tx.h"
 
-/* How lookups on a text column may be keyed, per engine (learned once). */
+/* How lookups on a text column may be keyed, per engine (learned once;
+ * the dialect's text_key_probe / text_key_read say how to ask). */
 enum key_mode {
-    KM_UNKNOWN = 0, /* not asked yet (or the question failed: ask again) */
-    KM_BINARY = 1,  /* equality is byte equality: key = the bytes */
-    KM_UUID = 2,    /* PostgreSQL uuid: only the canonical spelling is keyed */
-    KM_BYPASS = 3   /* equality the key space cannot mirror: never cached */
+    KM_UNKNOWN = DBK__TEXT_KEY_ASK, /* not asked yet (or the question failed: ask again) */
+    KM_BINARY = DBK__TEXT_KEY_BINARY, /* equality is byte equality: key = the bytes */
+    KM_UUID = DBK__TEXT_KEY_UUID,     /* PostgreSQL uuid: only the canonical spelling is keyed */
+    KM_BYPASS = DBK__TEXT_KEY_BYPASS  /* equality the key space cannot mirror: never cached */
 };
 
 struct dbk_cached_repo {
@@ -60,7 +61,8 @@ struct dbk_cached_repo {
     int vis[DBK_REPO_MAX_FIELDS];
     int pk;
     char list_ns[210];
-    _Atomic int text_mode[3][DBK_REPO_MAX_FIELDS]; /* [engine][field]: enum key_mode */
+    _Atomic int text_mode[DBK__ENGINE_SLOTS][DBK_REPO_MAX_FIELDS]; /* [engine slot][field]:
+                                                                     enum key_mode */
 };
 
 #define KEYMAX 1024
@@ -294,71 +296,29 @@ static bool canonical_uuid(const char *s, size_t n)
     return true;
 }
 
-static bool cast_is(const char *cast, const char *name)
-{
-    return cast && strcasecmp(cast, name) == 0;
-}
-
-/* Asks the database how a text column compares (see the top of the file).
+/* Asks the database how a text column compares (see the top of the file);
+ * the question and the reading of its answer are the engine's dialect's.
  * KM_UNKNOWN when the question itself failed (no table yet, connection
  * trouble): the caller bypasses this time and asks again next time. */
 static int probe_text_column(const dbk_cached_repo *r, dbk_db *db, const dbk_field *f)
 {
-    dbk_engine eng = dbk_db_engine(db);
-    dbk_result *res = NULL;
-    int mode = KM_UNKNOWN;
-    if (eng == DBK_ENGINE_POSTGRES) {
-        if (f->pg_cast && !cast_is(f->pg_cast, "uuid") && !cast_is(f->pg_cast, "text") &&
-            !cast_is(f->pg_cast, "varchar"))
-            return KM_BYPASS;
-        /* collisdeterministic exists from PostgreSQL 12 on; read through
-         * to_jsonb so that older servers give NULL (all deterministic) */
-        static const char q[] =
-            "SELECT t.typname::text, COALESCE((to_jsonb(c) ->> 'collisdeterministic')::boolean, "
-            "true) FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = "
-            "a.atttypid LEFT JOIN pg_catalog.pg_collation c ON c.oid = a.attcollation WHERE "
-            "a.attrelid = to_regclass(quote_ident($1)) AND a.attname = $2 AND NOT a.attisdropped";
-        dbk_value p[2] = {dbk_text(r->e->table), dbk_text(f->column)};
-        if (dbk_db_query(db, q, p, 2, &res, NULL) != DBK_OK)
-            return KM_UNKNOWN;
-        if (dbk_result_nrows(res) == 1) {
-            const char *typ = NULL;
-            size_t tl = 0;
-            bool det = false;
-            if (dbk_result_get_text(res, 0, 0, &typ, &tl, NULL) == DBK_OK &&
-                dbk_result_get_bool(res, 0, 1, &det, NULL) == DBK_OK) {
-                if (strcmp(typ, "uuid") == 0)
-                    mode = KM_UUID;
-                else if ((strcmp(typ, "text") == 0 || strcmp(typ, "varchar") == 0) && det &&
-                         !cast_is(f->pg_cast, "uuid"))
-                    mode = KM_BINARY;
-                else
-                    mode = KM_BYPASS;
-            }
-        }
-    } else {
-        /* The subquery column carries the column's collation (the leftmost
-         * term of a compound decides it); its one row is 'a'. */
-        dbk__sb sb = {0};
-        dbk__sb_puts(&sb, "SELECT x = 'A', x = 'a ' FROM (SELECT ");
-        dbk__sb_ident(&sb, eng, f->column);
-        dbk__sb_puts(&sb, " AS x FROM ");
-        dbk__sb_ident(&sb, eng, r->e->table);
-        dbk__sb_puts(&sb, " WHERE 0 UNION ALL SELECT 'a')");
+    const dbk__dialect *dia = dbk__dialect_of(dbk_db_engine(db));
+    dbk__sb sb = {0};
+    dbk_value p[2];
+    int np = 0;
+    int mode = dia->text_key_probe(&sb, r->e->table, f->column, f->pg_cast, p, &np);
+    if (mode == KM_UNKNOWN) {
         if (sb.oom) {
             free(sb.p);
             return KM_UNKNOWN;
         }
-        dbk_rc rc = dbk_db_query(db, sb.p, NULL, 0, &res, NULL);
-        free(sb.p);
-        if (rc != DBK_OK)
-            return KM_UNKNOWN;
-        int64_t ci = 1, rt = 1;
-        if (dbk_result_nrows(res) == 1 && dbk_result_get_int64(res, 0, 0, &ci, NULL) == DBK_OK &&
-            dbk_result_get_int64(res, 0, 1, &rt, NULL) == DBK_OK)
-            mode = ci == 0 && rt == 0 ? KM_BINARY : KM_BYPASS;
+        dbk_result *res = NULL;
+        dbk_rc rc = dbk_db_query(db, sb.p, p, (size_t)np, &res, NULL);
+        if (rc == DBK_OK)
+            mode = dia->text_key_read(res, f->pg_cast);
+        dbk_result_free(res);
     }
-    dbk_result_free(res);
+    free(sb.p);
     if (mode == KM_BYPASS)
         dbk__log(DBK_LOG_INFO,
                  "cached repository %s: column %s does not compare bytes (collation or type); "
@@ -369,7 +329,7 @@ static int probe_text_column(const dbk_cached_repo *r, dbk_db *db, const dbk_fie
 
 static int text_mode(dbk_cached_repo *r, dbk_db *db, int fi)
 {
-    int eng = dbk_db_engine(db) == DBK_ENGINE_POSTGRES ? 2 : 1;
+    int eng = dbk__engine_slot(dbk_db_engine(db));
     int m = atomic_load(&r->text_mode[eng][fi]);
     if (m != KM_UNKNOWN)
         return m;
@@ -473,7 +433,7 @@ static dbk_rc find_load(void *ctx, const void *key, size_t keylen, void **val, s
          * caching lookups by it. */
         *nostore = true;
         if (fc->r->e->fields[fc->fi].type == DBK_TYPE_TEXT) {
-            int eng = dbk_db_engine(fc->db) == DBK_ENGINE_POSTGRES ? 2 : 1;
+            int eng = dbk__engine_slot(dbk_db_engine(fc->db));
             atomic_store(&fc->r->text_mode[eng][fc->fi], KM_BYPASS);
         }
     }

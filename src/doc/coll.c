@@ -85,7 +85,8 @@ DBK_API dbk_rc dbk_doc_coll_open(dbk_db *db, const dbk_doc_schema *schema, dbk_d
         return dbk__err(err, DBK_ENOMEM, "out of memory");
     c->db = db;
     c->engine = dbk_db_engine(db);
-    if (c->engine != DBK_ENGINE_SQLITE && c->engine != DBK_ENGINE_POSTGRES) {
+    const dbk__dialect *dia = dbk__dialect_find(c->engine);
+    if (!dia || !dia->doc_backend) {
         free(c);
         return dbk__err(err, DBK_ECONFIG, "no document backend for this executor's engine");
     }

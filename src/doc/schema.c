@@ -551,7 +551,8 @@ DBK_API dbk_rc dbk_doc_migration_sql(const dbk_doc_schema *schema, dbk_engine en
     if (!schema || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_doc_migration_sql: NULL argument");
     *out = NULL;
-    if (engine != DBK_ENGINE_SQLITE && engine != DBK_ENGINE_POSTGRES)
+    const dbk__dialect *dia = dbk__dialect_find(engine);
+    if (!dia || !dia->doc_backend)
         return dbk__err(err, DBK_ECONFIG, "no document backend for this engine");
     dbk_doc_coll *c = calloc(1, sizeof *c);
     if (!c)

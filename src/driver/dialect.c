@@ -9,6 +9,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 /* ---- identifiers, parameters (the same on both engines today) ---- */
 
@@ -356,6 +357,76 @@ static const dbk__dump_part sq_dump_parts[] = {
      ";\n\n"},
 };
 
+/* ---- the cached repository's text keys ---- */
+
+static bool cast_is(const char *cast, const char *name)
+{
+    return cast && strcasecmp(cast, name) == 0;
+}
+
+/* PostgreSQL: the catalog says the column's type and whether its collation
+ * is deterministic (collisdeterministic exists from PostgreSQL 12 on; read
+ * through to_jsonb so that older servers give NULL: all deterministic).
+ * A field read as another type than text, varchar or uuid never keys. */
+static int pg_text_key_probe(dbk__sb *sb, const char *table, const char *column,
+                             const char *cast, dbk_value p[2], int *np)
+{
+    if (cast && !cast_is(cast, "uuid") && !cast_is(cast, "text") && !cast_is(cast, "varchar"))
+        return DBK__TEXT_KEY_BYPASS;
+    dbk__sb_puts(sb, "SELECT t.typname::text, COALESCE((to_jsonb(c) ->> 'collisdeterministic')::"
+                     "boolean, true) FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON "
+                     "t.oid = a.atttypid LEFT JOIN pg_catalog.pg_collation c ON c.oid = "
+                     "a.attcollation WHERE a.attrelid = to_regclass(quote_ident($1)) AND "
+                     "a.attname = $2 AND NOT a.attisdropped");
+    p[0] = dbk_text(table);
+    p[1] = dbk_text(column);
+    *np = 2;
+    return DBK__TEXT_KEY_ASK;
+}
+
+static int pg_text_key_read(const dbk_result *res, const char *cast)
+{
+    const char *typ = NULL;
+    size_t tl = 0;
+    bool det = false;
+    if (dbk_result_nrows(res) != 1 || dbk_result_get_text(res, 0, 0, &typ, &tl, NULL) != DBK_OK ||
+        dbk_result_get_bool(res, 0, 1, &det, NULL) != DBK_OK)
+        return DBK__TEXT_KEY_ASK;
+    if (strcmp(typ, "uuid") == 0)
+        return DBK__TEXT_KEY_UUID;
+    if ((strcmp(typ, "text") == 0 || strcmp(typ, "varchar") == 0) && det && !cast_is(cast, "uuid"))
+        return DBK__TEXT_KEY_BINARY;
+    return DBK__TEXT_KEY_BYPASS;
+}
+
+/* SQLite: does the column's collation make 'a' = 'A' or 'a' = 'a '? That
+ * catches NOCASE and RTRIM, the only built-in non-binary collations. The
+ * subquery column carries the column's collation (the leftmost term of a
+ * compound decides it); its one row is 'a'. */
+static int sq_text_key_probe(dbk__sb *sb, const char *table, const char *column,
+                             const char *cast, dbk_value p[2], int *np)
+{
+    (void)cast;
+    (void)p;
+    dbk__sb_puts(sb, "SELECT x = 'A', x = 'a ' FROM (SELECT ");
+    std_quote_ident(sb, column);
+    dbk__sb_puts(sb, " AS x FROM ");
+    std_quote_ident(sb, table);
+    dbk__sb_puts(sb, " WHERE 0 UNION ALL SELECT 'a')");
+    *np = 0;
+    return DBK__TEXT_KEY_ASK;
+}
+
+static int sq_text_key_read(const dbk_result *res, const char *cast)
+{
+    (void)cast;
+    int64_t ci = 1, rt = 1;
+    if (dbk_result_nrows(res) != 1 || dbk_result_get_int64(res, 0, 0, &ci, NULL) != DBK_OK ||
+        dbk_result_get_int64(res, 0, 1, &rt, NULL) != DBK_OK)
+        return DBK__TEXT_KEY_ASK;
+    return ci == 0 && rt == 0 ? DBK__TEXT_KEY_BINARY : DBK__TEXT_KEY_BYPASS;
+}
+
 static const dbk__dialect pg_dialect = {
     .engine = DBK_ENGINE_POSTGRES,
     .name = "PostgreSQL",
@@ -404,6 +475,9 @@ static const dbk__dialect pg_dialect = {
     .desc_nulls_last = " DESC NULLS LAST",
     .select_for_update = " FOR UPDATE",
     .no_limit = {.type = DBK_TYPE_NULL},
+    .doc_backend = true,
+    .text_key_probe = pg_text_key_probe,
+    .text_key_read = pg_text_key_read,
 };
 
 static const dbk__dialect sq_dialect = {
@@ -453,9 +527,21 @@ static const dbk__dialect sq_dialect = {
     .desc_nulls_last = " DESC",
     .select_for_update = "",
     .no_limit = {.type = DBK_TYPE_INT64, .u.i = -1},
+    .doc_backend = true,
+    .text_key_probe = sq_text_key_probe,
+    .text_key_read = sq_text_key_read,
 };
 
 const dbk__dialect *dbk__dialect_of(dbk_engine engine)
 {
     return engine == DBK_ENGINE_SQLITE ? &sq_dialect : &pg_dialect;
+}
+
+const dbk__dialect *dbk__dialect_find(dbk_engine engine)
+{
+    switch (engine) {
+    case DBK_ENGINE_SQLITE: return &sq_dialect;
+    case DBK_ENGINE_POSTGRES: return &pg_dialect;
+    default: return NULL;
+    }
 }

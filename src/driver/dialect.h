@@ -24,6 +24,7 @@
 #include <stddef.h>
 
 #include "dbkit/config.h"
+#include "dbkit/result.h"
 #include "dbkit/value.h"
 #include "../core/sb.h"
 
@@ -44,6 +45,26 @@ enum dbk__sp_op {
     DBK__SP_SET = 0,      /* open the savepoint */
     DBK__SP_RELEASE = 1,  /* keep its work */
     DBK__SP_ROLLBACK = 2, /* undo its work and drop it (one round trip) */
+};
+
+/* dbk_engine values are 1 .. DBK__ENGINE_SLOTS - 1: what a layer keeps per
+ * engine (the cached repository's column modes) is an array indexed by
+ * dbk__engine_slot(), 0 for a value that is no engine. */
+#define DBK__ENGINE_SLOTS 3
+
+static inline int dbk__engine_slot(dbk_engine engine)
+{
+    int e = (int)engine;
+    return e > 0 && e < DBK__ENGINE_SLOTS ? e : 0;
+}
+
+/* How the cached repository may key a lookup on a text column
+ * (text_key_probe, text_key_read). */
+enum dbk__text_key {
+    DBK__TEXT_KEY_ASK = 0,    /* not known yet: run the probe query (again) */
+    DBK__TEXT_KEY_BINARY = 1, /* equality is byte equality: key = the bytes */
+    DBK__TEXT_KEY_UUID = 2,   /* a uuid: only its canonical spelling is keyed */
+    DBK__TEXT_KEY_BYPASS = 3  /* equality the key space cannot mirror */
 };
 
 /* One part of a schema dump: the first column of every row of `sql`,
@@ -191,9 +212,30 @@ typedef struct dbk__dialect {
     /* The value of a LIMIT parameter that means "no limit" (PostgreSQL:
      * NULL; SQLite: a negative number). */
     dbk_value no_limit;
+    /* Which engines have a document backend (a collection as a table of
+     * JSON rows): dbk_doc_coll_open() and dbk_doc_migration_sql() refuse
+     * the others with DBK_ECONFIG. */
+    bool doc_backend;
+
+    /* ---- the cached repository (src/cache/cached_repo.c) ---- */
+    /* Does equality on text column `column` of `table` compare bytes, so a
+     * lookup may be cached under the value's bytes? text_key_probe decides
+     * from the field's cast alone (the PostgreSQL type name it is read as,
+     * or NULL) and returns the mode, or returns DBK__TEXT_KEY_ASK after
+     * writing into sb the query that asks the database, its parameters in
+     * p[0..*np) (at most 2; text values borrowing table and column).
+     * text_key_read reads that query's result: the mode, or
+     * DBK__TEXT_KEY_ASK when the result says nothing (no such column yet). */
+    int (*text_key_probe)(dbk__sb *sb, const char *table, const char *column, const char *cast,
+                          dbk_value p[2], int *np);
+    int (*text_key_read)(const dbk_result *res, const char *cast);
 } dbk__dialect;
 
 /* The dialect of an engine (PostgreSQL for any unknown engine). */
 const dbk__dialect *dbk__dialect_of(dbk_engine engine);
+
+/* The dialect of an engine, or NULL when `engine` is no engine dbkit has
+ * (for the checks that refuse an engine rather than default one). */
+const dbk__dialect *dbk__dialect_find(dbk_engine engine);
 
 #endif

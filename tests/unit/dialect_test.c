@@ -61,7 +61,18 @@ static void dialect_every_piece_on_both_engines(void **state)
         assert_non_null(d[i]->asc_nulls_first);
         assert_non_null(d[i]->desc_nulls_last);
         assert_non_null(d[i]->select_for_update);
+        assert_true(d[i]->doc_backend);
+        assert_non_null(d[i]->text_key_probe);
+        assert_non_null(d[i]->text_key_read);
+        assert_ptr_equal(dbk__dialect_find(d[i]->engine), d[i]);
+        assert_int_equal(dbk__engine_slot(d[i]->engine), (int)d[i]->engine);
     }
+    /* the checks that refuse an engine do not default one */
+    assert_null(dbk__dialect_find((dbk_engine)0));
+    assert_null(dbk__dialect_find((dbk_engine)99));
+    assert_int_equal(dbk__engine_slot((dbk_engine)0), 0);
+    assert_int_equal(dbk__engine_slot((dbk_engine)DBK__ENGINE_SLOTS), 0);
+    assert_int_equal(dbk__engine_slot((dbk_engine)-1), 0);
     assert_int_equal(pg()->engine, DBK_ENGINE_POSTGRES);
     assert_int_equal(sq()->engine, DBK_ENGINE_SQLITE);
     assert_ptr_equal(dbk__dialect_of((dbk_engine)0), pg()); /* unknown: PostgreSQL */
@@ -263,6 +274,87 @@ static void dialect_document_pieces(void **state)
     assert_int_equal(sq()->no_limit.u.i, -1);
 }
 
+/* The cached repository's question "does this text column compare
+ * bytes?": the query text per engine, the cast that decides without a
+ * query, and SQLite's answer read from a real in-memory database (binary,
+ * NOCASE and RTRIM columns; no table yet: ask again). */
+static void dialect_cached_repo_text_key_probe(void **state)
+{
+    (void)state;
+    dbk__sb sb = {0};
+    dbk_value p[2];
+    int np = -1;
+    assert_int_equal(pg()->text_key_probe(&sb, "users", "email", NULL, p, &np),
+                     DBK__TEXT_KEY_ASK);
+    assert_string_equal(
+        sb.p, "SELECT t.typname::text, COALESCE((to_jsonb(c) ->> 'collisdeterministic')::boolean, "
+              "true) FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = "
+              "a.atttypid LEFT JOIN pg_catalog.pg_collation c ON c.oid = a.attcollation WHERE "
+              "a.attrelid = to_regclass(quote_ident($1)) AND a.attname = $2 AND NOT "
+              "a.attisdropped");
+    assert_int_equal(np, 2);
+    assert_string_equal(p[0].u.bytes.ptr, "users");
+    assert_string_equal(p[1].u.bytes.ptr, "email");
+    free(sb.p);
+    /* a field read as another type never keys; uuid, text, varchar ask */
+    static const char *const ask[] = {"uuid", "TEXT", "varchar"};
+    for (int i = 0; i < 3; i++) {
+        sb = (dbk__sb){0};
+        assert_int_equal(pg()->text_key_probe(&sb, "t", "c", ask[i], p, &np), DBK__TEXT_KEY_ASK);
+        free(sb.p);
+    }
+    sb = (dbk__sb){0};
+    assert_int_equal(pg()->text_key_probe(&sb, "t", "c", "citext", p, &np),
+                     DBK__TEXT_KEY_BYPASS);
+    free(sb.p);
+
+    sb = (dbk__sb){0};
+    assert_int_equal(sq()->text_key_probe(&sb, "we\"ird", "e\"mail", "citext", p, &np),
+                     DBK__TEXT_KEY_ASK);
+    assert_string_equal(sb.p, "SELECT x = 'A', x = 'a ' FROM (SELECT \"e\"\"mail\" AS x FROM "
+                              "\"we\"\"ird\" WHERE 0 UNION ALL SELECT 'a')");
+    assert_int_equal(np, 0);
+    free(sb.p);
+
+    dbk_conn *conn = dbkt_open("sqlite::memory:");
+    dbk_db *db = dbk_conn_db(conn);
+    dbk_error err;
+    DBKT_OK(dbk_db_exec_script(db,
+                               "CREATE TABLE t (b TEXT, n TEXT COLLATE NOCASE, r TEXT COLLATE "
+                               "RTRIM)",
+                               &err),
+            &err);
+    static const struct {
+        const char *table, *column;
+        int mode;
+    } cases[] = {
+        {"t", "b", DBK__TEXT_KEY_BINARY},
+        {"t", "n", DBK__TEXT_KEY_BYPASS},
+        {"t", "r", DBK__TEXT_KEY_BYPASS},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        sb = (dbk__sb){0};
+        sq()->text_key_probe(&sb, cases[i].table, cases[i].column, NULL, p, &np);
+        dbk_result *res = NULL;
+        DBKT_OK(dbk_db_query(db, sb.p, p, (size_t)np, &res, &err), &err);
+        assert_int_equal(sq()->text_key_read(res, NULL), cases[i].mode);
+        dbk_result_free(res);
+        free(sb.p);
+    }
+    /* no such table: the query fails, the caller asks again later */
+    sb = (dbk__sb){0};
+    sq()->text_key_probe(&sb, "missing", "b", NULL, p, &np);
+    dbk_result *res = NULL;
+    assert_int_not_equal(dbk_db_query(db, sb.p, p, (size_t)np, &res, &err), DBK_OK);
+    free(sb.p);
+    /* an empty result says nothing */
+    DBKT_OK(dbk_db_query(db, "SELECT 1, 1 WHERE 0", NULL, 0, &res, &err), &err);
+    assert_int_equal(sq()->text_key_read(res, NULL), DBK__TEXT_KEY_ASK);
+    assert_int_equal(pg()->text_key_read(res, NULL), DBK__TEXT_KEY_ASK);
+    dbk_result_free(res);
+    dbk_conn_close(conn);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(dialect_every_piece_on_both_engines),
     cmocka_unit_test(dialect_upsert_sql_per_engine),
@@ -271,6 +363,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(dialect_transactions),
     cmocka_unit_test(dialect_migration_pieces),
     cmocka_unit_test(dialect_document_pieces),
+    cmocka_unit_test(dialect_cached_repo_text_key_probe),
 };
 
 DBKT_MAIN(tests)
