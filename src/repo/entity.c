@@ -190,15 +190,21 @@ static dbk_rc validate(const dbk_entity *e, dbk_error *err)
  *
  * Open addressing with linear probing over (key, value) pairs that are
  * read with atomic loads and no lock. Writers hold init_mu. A key, once
- * placed in a table, never moves or leaves it; a released entity keeps its
- * slot with a NULL value, so it is found again when re-initialized. When
- * more than half the slots hold keys, a table twice the size is filled with
- * the live entries and published; the old one is retired, not freed, since
- * a reader may still be probing it. Retired tables stay on a list until the
- * process exits: each is at most half the size of its successor, so they
- * add at most one current table's worth of memory. A reader probing a
- * retired table sees the state at retirement: it misses only entities
- * initialized since, and those it then finds under the lock in
+ * placed in a table, never moves and no slot ever becomes empty again, so
+ * probe runs stay unbroken; a released entity keeps its slot with a NULL
+ * value (found again when re-initialized) until a new key takes it. When
+ * more than half the slots hold keys, a new table (four slots per live
+ * entry, at least 64) is filled with the live entries and published;
+ * the old one is retired, not freed, since a reader may still be probing
+ * it (there is no reader tracking: it would put shared writes on the hot
+ * path). Retired tables stay on a list until the process exits. For a
+ * program with a fixed set of descriptors, growth doubles, so they add
+ * less than the current table's memory. A released slot is reused by the
+ * next new descriptor whose probe run crosses it, and a rebuild drops
+ * released slots, so creating and releasing descriptors at ever new
+ * addresses retires a 64-slot table every few dozen of them at worst. A
+ * reader probing a retired table sees the state at retirement: it misses
+ * only entities initialized since, and finds those under the lock in
  * dbk_entity_init(). */
 struct reg_slot {
     const dbk_entity *key;        /* NULL: empty (end of a probe run) */
@@ -295,6 +301,33 @@ static struct reg_table *reg_room(void)
     return n;
 }
 
+/* Under init_mu: the slot `e` is to occupy: its own, else the first
+ * released slot on its probe run (reusing it keeps the run unbroken for
+ * every other key, so readers are unaffected), else an empty one, growing
+ * the table first when it is half full. NULL when out of memory. */
+static struct reg_slot *reg_claim(const dbk_entity *e)
+{
+    struct reg_table *t = reg_cur;
+    if (t) {
+        struct reg_slot *released = NULL;
+        size_t mask = t->cap - 1;
+        size_t i = reg_hash(e, t->cap);
+        for (size_t n = 0; n < t->cap; n++, i = (i + 1) & mask) {
+            struct reg_slot *sl = &t->slots[i];
+            if (sl->key == e)
+                return sl;
+            if (!sl->key)
+                break;
+            if (!sl->val && !released)
+                released = sl;
+        }
+        if (released)
+            return released;
+    }
+    t = reg_room();
+    return t ? reg_probe(t, e) : NULL;
+}
+
 dbk_rc dbk_entity_init(const dbk_entity *e, dbk_error *err)
 {
     if (!e)
@@ -309,14 +342,6 @@ dbk_rc dbk_entity_init(const dbk_entity *e, dbk_error *err)
     rc = validate(e, err);
     if (rc)
         goto out_unlock;
-    if (!sl || sl->key != e) {
-        struct reg_table *t = reg_room();
-        if (!t) {
-            rc = dbk__err(err, DBK_ENOMEM, "out of memory registering entity %s", e->table);
-            goto out_unlock;
-        }
-        sl = reg_probe(t, e);
-    }
     struct dbk__entity_priv *p = calloc(1, sizeof *p);
     if (!p) {
         rc = dbk__err(err, DBK_ENOMEM, "out of memory preparing entity %s", e->table);
@@ -333,13 +358,23 @@ dbk_rc dbk_entity_init(const dbk_entity *e, dbk_error *err)
         if (!(e->fields[i].flags & DBK_F_HIDDEN))
             p->default_mask |= UINT64_C(1) << i;
     }
-    /* The value first, then the key: a reader that finds the key finds
-     * either NULL (and takes the lock) or the complete state. */
-    __atomic_store_n(&sl->val, p, __ATOMIC_RELEASE);
-    if (sl->key != e) {
-        __atomic_store_n(&sl->key, e, __ATOMIC_RELEASE);
-        reg_cur->used++;
+    sl = reg_claim(e);
+    if (!sl) {
+        pthread_mutex_destroy(&p->mu);
+        free(p);
+        rc = dbk__err(err, DBK_ENOMEM, "out of memory registering entity %s", e->table);
+        goto out_unlock;
     }
+    /* The key first, then the value: a reader that finds the key sees
+     * either NULL (and comes here, to wait on the lock) or the complete
+     * state; a reader of the released entity whose slot is reused sees
+     * another key and never that entity's state. */
+    if (sl->key != e) {
+        if (!sl->key)
+            reg_cur->used++;
+        __atomic_store_n(&sl->key, e, __ATOMIC_RELEASE);
+    }
+    __atomic_store_n(&sl->val, p, __ATOMIC_RELEASE);
 out_unlock:
     pthread_mutex_unlock(&init_mu);
     return rc;

@@ -342,10 +342,98 @@ static void entity_registry_grows_while_read(void **state)
     free(many);
 }
 
+/* Descriptors created, used and released over and over at changing
+ * addresses (as a program building them at run time would) while readers
+ * use a long-lived one: released slots are reused, the long-lived entity
+ * keeps its state throughout. */
+static void entity_churn_reuses_released_slots(void **state)
+{
+    (void)state;
+    enum { NREADERS = 2, NCHURN = 2000 };
+    static volatile int stop;
+    static int ready;
+    stop = 0;
+    ready = 0;
+    struct worker ws[NREADERS] = {0};
+    char *urls[NREADERS];
+    for (int i = 0; i < NREADERS; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "churn%d", i);
+        urls[i] = dbkt_sqlite_url(name);
+        ws[i].url = urls[i];
+        ws[i].id = i;
+        ws[i].stop = &stop;
+        ws[i].ready = &ready;
+    }
+    char *url = dbkt_sqlite_url("churn");
+    dbk_conn *c = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(c);
+    dbkt_exec(db, NOTE_DDL);
+    dbk_error err;
+    DBKT_OK(dbk_entity_init(&note_entity, &err), &err);
+    struct dbk__entity_priv *keep = dbk__priv(&note_entity);
+    assert_non_null(keep);
+
+    pthread_t th[NREADERS];
+    for (int i = 0; i < NREADERS; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, reader_worker, &ws[i]), 0);
+    for (int i = 0; i < 3000 && __atomic_load_n(&ready, __ATOMIC_ACQUIRE) < NREADERS; i++)
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    bool ok = __atomic_load_n(&ready, __ATOMIC_ACQUIRE) == NREADERS;
+    char why[1100] = "";
+    if (!ok)
+        snprintf(why, sizeof why, "the readers did not start within 30 s");
+    dbk_entity *held[8] = {0}; /* a few alive at a time, at changing addresses */
+    for (int i = 0; i < NCHURN && ok; i++) {
+        int k = i % 8;
+        if (held[k]) {
+            dbk_entity_release(held[k]);
+            if (dbk__priv(held[k])) {
+                ok = false;
+                snprintf(why, sizeof why, "round %d: released entity still registered", i);
+            }
+            free(held[k]);
+        }
+        held[k] = malloc(sizeof *held[k]);
+        if (!held[k]) {
+            ok = false;
+            break;
+        }
+        *held[k] = (dbk_entity)DBK_ENTITY_PLAIN("notes", struct note, note_fields);
+        int64_t n = -1;
+        if (dbk_repo_count(db, held[k], NULL, 0, &n, &err) != DBK_OK || n != 0) {
+            ok = false;
+            snprintf(why, sizeof why, "round %d: count: %s", i, err.message);
+        }
+        if (dbk__priv(&note_entity) != keep) {
+            ok = false;
+            snprintf(why, sizeof why, "round %d: the long-lived entity lost its state", i);
+        }
+    }
+    __atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < NREADERS; i++)
+        pthread_join(th[i], NULL);
+    for (int k = 0; k < 8; k++) {
+        dbk_entity_release(held[k]);
+        free(held[k]);
+    }
+    if (!ok)
+        fail_msg("%s", why);
+    for (int i = 0; i < NREADERS; i++) {
+        if (ws[i].failures)
+            fail_msg("%s", ws[i].what);
+        free(urls[i]);
+    }
+    dbk_entity_release(&note_entity);
+    dbk_conn_close(c);
+    free(url);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(entity_static_const_used_from_16_threads),
     cmocka_unit_test(entity_release_then_reuse),
     cmocka_unit_test(entity_registry_grows_while_read),
+    cmocka_unit_test(entity_churn_reuses_released_slots),
 };
 
 DBKT_MAIN(tests)
