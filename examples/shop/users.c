@@ -74,14 +74,13 @@ bool shop_user_find(shop_req *rq, shop_resp *rs, int64_t id, shop_user *u, const
 static dbk_rc user_posts_find(shop_req *rq, int64_t user_id, bool capped, dbk_list *list,
                               dbk_error *err)
 {
-    dbk_filter f = DBK_WHERE("user_id", DBK_EQ, dbk_int64(user_id));
+    dbk_filter f = DBK_WHERE("user_id", DBK_FILTER_EQ, dbk_int64(user_id));
     dbk_query q;
     memset(&q, 0, sizeof q);
     q.filters = &f;
     q.nfilters = 1;
     q.order_by = "id";
-    q.has_limit = capped;
-    q.limit = capped ? DBK_REPO_MAX_LIMIT : 0;
+    q.limit = capped ? DBK_REPO_MAX_LIMIT : DBK_REPO_LIMIT_ALL;
     return dbk_repo_find_many(shop_read_db(rq), &shop_post_entity, &q, list, rq->arena, err);
 }
 
@@ -225,7 +224,7 @@ void shop_users_list(shop_req *rq, shop_resp *rs)
                              "\"status\" must be active, suspended or closed");
             return;
         }
-        filter = DBK_WHERE("status", DBK_EQ, dbk_text(status));
+        filter = DBK_WHERE("status", DBK_FILTER_EQ, dbk_text(status));
     }
     static const char *const inc[] = {"posts"};
     dbk_query q;
@@ -233,8 +232,7 @@ void shop_users_list(shop_req *rq, shop_resp *rs)
     q.filters = status ? &filter : NULL;
     q.nfilters = status ? 1 : 0;
     q.order_by = order;
-    q.limit = limit;
-    q.has_limit = true;
+    q.limit = limit; /* 1..100, checked above */
     q.offset = offset;
     q.count = DBK_COUNT_EXACT;
     if (with_posts && !loop) {

@@ -253,7 +253,7 @@ static void n1_logged(const char *url, dbk_engine eng)
     assert_int_equal(users.count, NUSERS);
     for (size_t i = 0; i < users.count; i++) {
         struct user *u = &((struct user *)users.items)[i];
-        dbk_filter f = DBK_WHERE("user_id", DBK_EQ, dbk_int64(u->id));
+        dbk_filter f = DBK_WHERE("user_id", DBK_FILTER_EQ, dbk_int64(u->id));
         dbk_query q = {.filters = &f, .nfilters = 1};
         dbk_list posts;
         DBKT_OK(dbk_repo_find_many(db, &post_entity, &q, &posts, a, &err), &err);
