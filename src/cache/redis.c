@@ -45,13 +45,17 @@
  * Sentinel and Cluster ("ha"). Replication is asynchronous: a failover can
  * lose an invalidation the old master acknowledged, and a promoted replica
  * still holds the old value. So in these modes an epoch is tied to the
- * node that serves the data: the first 16 hex digits of its run_id, read
- * when a connection opens. Every write script first moves the (per slot,
- * in cluster mode) epoch key to the epoch of the node running it, values
- * are stored behind the epoch they were written under, and a read (one
- * MGET of value and epoch key) is a hit only when both equal the answering
- * node's epoch: after a failover, restart or migration every older value
- * is a miss, never a stale hit. Sentinel: the master comes from the
+ * reign of the node that serves the data: its run id (new at each start)
+ * xor its replication id (new at each promotion), read when a connection
+ * opens and again before it is used after DBK__RDS_RECHECK_MS idle or a
+ * new slot map (dbk__rds_verify_master, dbk__rds_slot_recheck). Values
+ * are stored behind the epoch they were written under, and a read (a plain
+ * GET) is a hit only when that equals the answering node's epoch: after a
+ * failover, restart, demotion and re-promotion, or migration every older
+ * value is a miss, never a stale hit. Every write script also moves the
+ * (per slot, in cluster mode) epoch key to the node's epoch, and a lease
+ * stores only while that key is the one it read, so a value loaded before
+ * a change of reign is not stored after it. Sentinel: the master comes from the
  * sentinels (asked in turn), is checked with ROLE on every connection and
  * forgotten on READONLY, MASTERDOWN or a lost connection; a thread
  * subscribed to +switch-master moves it at once, and pooled connections to
@@ -343,43 +347,32 @@ static dbk_rc r_get(void *impl, const void *key, size_t klen, void **val, size_t
 {
     struct dbk__rds *r = impl;
     unsigned hs = entry_slot(r, key, klen);
-    char vk[KEYBUF], ek[80];
+    char vk[KEYBUF];
     size_t vl = mkkey_hs(r, 'v', hs, key, klen, vk);
     redisReply *rep;
     dbk_rc rc;
     if (r->ha) {
-        /* the value and its slot's epoch in one round trip, no script: a
-         * hit only when the value was stored under the epoch of the node
-         * that answers (a write script moves a stale epoch key on) */
-        int el = (int)mkepoch(r, hs, ek);
-        const char *av[3] = {"MGET", vk, ek};
-        size_t al[3] = {4, vl, (size_t)el};
+        /* a hit only when the value was stored under the epoch of the
+         * answering node's current reign (dbk__rds_verify_master): a plain
+         * GET, no script, no second key */
+        const char *av[2] = {"GET", vk};
+        size_t al[2] = {3, vl};
         char node[17];
-        rc = run_ex(r, hs, 3, av, al, &rep, node, err);
+        rc = run_ex(r, hs, 2, av, al, &rep, node, err);
         if (rc != DBK_OK)
             return rc;
-        redisReply *v = NULL;
-        if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
-            redisReply *e = rep->element[1];
-            v = rep->element[0];
-            bool fresh = e->type == REDIS_REPLY_STRING && e->len == 16 &&
-                         memcmp(e->str, node, 16) == 0 && v->type == REDIS_REPLY_STRING &&
-                         v->len >= 16 && memcmp(v->str, node, 16) == 0;
-            if (!fresh)
-                v = NULL;
-        }
-        if (!v) {
+        if (rep->type != REDIS_REPLY_STRING || rep->len < 16 || memcmp(rep->str, node, 16) != 0) {
             freeReplyObject(rep);
             return DBK_ENOT_FOUND;
         }
-        void *copy = malloc(v->len - 16 ? v->len - 16 : 1);
+        void *copy = malloc(rep->len - 16 ? rep->len - 16 : 1);
         if (!copy) {
             freeReplyObject(rep);
             return dbk__err(err, DBK_ENOMEM, "out of memory copying a cached value");
         }
-        memcpy(copy, v->str + 16, v->len - 16);
+        memcpy(copy, rep->str + 16, rep->len - 16);
         *val = copy;
-        *vallen = v->len - 16;
+        *vallen = rep->len - 16;
         freeReplyObject(rep);
         return DBK_OK;
     } else {

@@ -397,6 +397,25 @@ bool dbk__rds_slot_stale_locked(const struct dbk__rds *r, const struct dbk__rds_
     return s->ctx && (s->retire || (r->ha && !r->cluster && s->gen != r->master_gen));
 }
 
+bool dbk__rds_slot_recheck(struct dbk__rds *r, struct dbk__rds_slot *s, int64_t deadline_ns)
+{
+    if (!r->ha || !s->ctx)
+        return true;
+    /* the call's start, from its deadline: no second clock read per call
+     * (a deadline moved on by a connect only makes the check earlier) */
+    int64_t now = deadline_ns - (int64_t)r->cfg.command_timeout_ms * 1000000LL;
+    if (now - s->verified_ns < DBK__RDS_RECHECK_MS * 1000000LL &&
+        (!r->cluster || s->map_gen == atomic_load_explicit(&r->map_gen, memory_order_relaxed))) {
+        s->verified_ns = now;
+        return true;
+    }
+    if (dbk__rds_verify_master(r, s->ctx, s, deadline_ns, NULL) == DBK_OK)
+        return true;
+    redisFree(s->ctx);
+    s->ctx = NULL;
+    return false;
+}
+
 void dbk__rds_retire(struct dbk__rds *r, struct dbk__rds_slot *s)
 {
     pthread_mutex_lock(&r->mu);
@@ -443,7 +462,7 @@ static dbk_rc take_slot(struct dbk__rds *r, int node, struct dbk__rds_slot **out
     if (!s)
         return dbk__err(err, DBK_ETIMEOUT, "redis cache %s: all %d connections busy", r->safe_addr,
                         r->nslots);
-    if (!s->ctx) {
+    if (!s->ctx || !dbk__rds_slot_recheck(r, s, *deadline_ns)) {
         *deadline_ns += (int64_t)r->cfg.connect_timeout_ms * 1000000LL;
         dbk_rc rc = dbk__rds_connect_slot(r, s, *deadline_ns, err);
         if (rc != DBK_OK) {

@@ -169,47 +169,73 @@ dbk_rc dbk__rds_master_addr(struct dbk__rds *r, struct dbk__redis_addr *out, uin
     return dbk__err(err, DBK_EUNAVAILABLE, "redis cache %s: master unknown", r->safe_addr);
 }
 
-/* ROLE must say master (a sentinel may still name a demoted one); INFO
- * server gives the run id, the node's epoch. */
+/* The first 16 hex digits after "<field>:" at the start of a line of an
+ * INFO reply, as a number. */
+static bool info_hex64(const redisReply *rep, const char *field, uint64_t *out)
+{
+    if (!rep || (rep->type != REDIS_REPLY_STRING && rep->type != REDIS_REPLY_STATUS) || !rep->str)
+        return false;
+    size_t fl = strlen(field);
+    for (const char *p = rep->str; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, field, fl) != 0 || p[fl] != ':')
+            continue;
+        uint64_t v = 0;
+        for (int i = 0; i < 16; i++) {
+            int h = dbk__hexval((unsigned char)p[fl + 1 + i]);
+            if (h < 0)
+                return false;
+            v = v << 4 | (uint64_t)h;
+        }
+        *out = v;
+        return true;
+    }
+    return false;
+}
+
+/*
+ * ROLE must say master (a sentinel may still name a demoted one). The
+ * node's epoch names its reign as a master: the run id (new at every
+ * start) xor the replication id (new at every promotion; a replica takes
+ * its master's), 16 hex digits. A value is stored behind the epoch of the
+ * reign that wrote it, so after a restart, a failover, a demotion and a
+ * later promotion of the same node, or a slot's move to another node,
+ * every value of an older reign reads as a miss. One round trip: the
+ * three commands go out together.
+ */
 dbk_rc dbk__rds_verify_master(struct dbk__rds *r, redisContext *c, struct dbk__rds_slot *s,
                               int64_t deadline_ns, dbk_error *err)
 {
-    const char *av[2] = {"ROLE", "server"};
-    size_t al[2] = {4, 6};
-    redisReply *rep = dbk__rds_cmd(c, 1, av, al, deadline_ns);
-    if (!rep)
+    const char *role[1] = {"ROLE"}, *srv[2] = {"INFO", "server"}, *repl[2] = {"INFO", "replication"};
+    size_t rl[1] = {4}, sl[2] = {4, 6}, pl[2] = {4, 11};
+    if (redisAppendCommandArgv(c, 1, role, rl) != REDIS_OK ||
+        redisAppendCommandArgv(c, 2, srv, sl) != REDIS_OK)
         return dbk__rds_io_error(r, c, err);
-    bool master = rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
-                  rep->element[0]->type == REDIS_REPLY_STRING && rep->element[0]->len == 6 &&
-                  memcmp(rep->element[0]->str, "master", 6) == 0;
-    freeReplyObject(rep);
-    if (!master)
-        return dbk__err(err, DBK_EUNAVAILABLE,
-                        "redis cache %s: the server the sentinels named is not a master",
-                        r->safe_addr);
-    av[0] = "INFO";
-    al[0] = 4;
-    rep = dbk__rds_cmd(c, 2, av, al, deadline_ns);
-    if (!rep)
+    redisReply *rep[3] = {dbk__rds_cmd(c, 2, repl, pl, deadline_ns), NULL, NULL};
+    for (int i = 1; i < 3 && rep[i - 1]; i++)
+        rep[i] = dbk__rds_finish_call(c, deadline_ns);
+    if (!rep[2]) {
+        for (int i = 0; i < 3; i++)
+            if (rep[i])
+                freeReplyObject(rep[i]);
         return dbk__rds_io_error(r, c, err);
-    const char *id = rep->type == REDIS_REPLY_STRING || rep->type == REDIS_REPLY_STATUS
-                         ? strstr(rep->str, "run_id:")
-                         : NULL;
-    bool ok = false;
-    if (id) {
-        id += 7;
-        ok = true;
-        for (int i = 0; i < 16 && ok; i++)
-            ok = dbk__hexval((unsigned char)id[i]) >= 0;
-        if (ok) {
-            memcpy(s->epoch, id, 16);
-            s->epoch[16] = 0;
-        }
     }
-    freeReplyObject(rep);
+    bool master = rep[0]->type == REDIS_REPLY_ARRAY && rep[0]->elements > 0 &&
+                  rep[0]->element[0]->type == REDIS_REPLY_STRING &&
+                  rep[0]->element[0]->len == 6 && memcmp(rep[0]->element[0]->str, "master", 6) == 0;
+    uint64_t run = 0, replid = 0;
+    bool ok = info_hex64(rep[1], "run_id", &run) && info_hex64(rep[2], "master_replid", &replid);
+    for (int i = 0; i < 3; i++)
+        freeReplyObject(rep[i]);
+    if (!master)
+        return dbk__err(err, DBK_EUNAVAILABLE, "redis cache %s: %s is not a master",
+                        r->safe_addr, r->cluster ? "the node" : "the server the sentinels named");
     if (!ok)
-        return dbk__err(err, DBK_EINTERNAL, "redis cache %s: no run_id in INFO server",
+        return dbk__err(err, DBK_EINTERNAL,
+                        "redis cache %s: no run_id / master_replid in INFO server, replication",
                         r->safe_addr);
+    snprintf(s->epoch, sizeof s->epoch, "%016llx", (unsigned long long)(run ^ replid));
+    s->verified_ns = dbk__now_ns();
+    s->map_gen = atomic_load(&r->map_gen);
     return DBK_OK;
 }
 
@@ -385,6 +411,7 @@ void dbk__rds_refresh_map(struct dbk__rds *r, int64_t deadline_ns)
                 memset(r->owner + rg[k].lo, idx, rg[k].hi - rg[k].lo + 1);
         }
         r->map_stale = false;
+        atomic_fetch_add(&r->map_gen, 1); /* every connection's node epoch is checked again before its next use */
         pthread_mutex_unlock(&r->mu);
         break;
     }

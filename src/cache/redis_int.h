@@ -24,6 +24,7 @@
 #define MAX_NODES 32    /* cluster masters this handle keeps pools for */
 #define MAX_REDIRECTS 5 /* MOVED/ASK/TRYAGAIN followed per call */
 #define MAX_ARGS 12     /* arguments of the longest command the backend sends */
+#define DBK__RDS_RECHECK_MS 500 /* an idle connection's node epoch is read again */
 
 /* An argv entry that the send replaces with the epoch of the node the
  * command goes to (16 hex digits of its run id). Compared by address. */
@@ -38,7 +39,11 @@ struct dbk__rds_slot {
     bool retire;    /* drop the connection before its next use (READONLY seen) */
     int node;       /* index into rds.nodes */
     uint64_t gen;   /* sentinel: the master generation it connected to */
-    char epoch[17]; /* sentinel/cluster: the node's epoch (its run id, 16 hex) */
+    char epoch[17]; /* sentinel/cluster: the node's epoch (its reign, 16 hex:
+                     * dbk__rds_verify_master) */
+    int64_t verified_ns; /* sentinel/cluster: when the epoch was read or the
+                          * connection last used, whichever is later */
+    uint64_t map_gen;    /* cluster: rds.map_gen when the epoch was read */
     /* auto-pipelining, under rds.mu: commands not written yet, and
      * commands written whose replies are not read yet, oldest first */
     struct dbk__rds_req *qhead, *qtail;
@@ -98,7 +103,8 @@ struct dbk__rds {
     bool cluster;
     unsigned char owner[DBK__REDIS_SLOTS];
     bool map_stale;
-    int64_t map_at_ns; /* last refresh attempt */
+    int64_t map_at_ns;         /* last refresh attempt */
+    _Atomic uint64_t map_gen;  /* refreshes done: connections read their epoch again */
     pthread_mutex_t map_mu;
 };
 
@@ -134,6 +140,14 @@ dbk_rc dbk__rds_connect_slot(struct dbk__rds *r, struct dbk__rds_slot *s, int64_
 /* Whether s must be reconnected before its next use (retired, or connected
  * to a master that is no longer the master). mu held. */
 bool dbk__rds_slot_stale_locked(const struct dbk__rds *r, const struct dbk__rds_slot *s);
+/* Sentinel/Cluster: before a connection's next write, with nothing in flight
+ * on it and its user holding it alone. Reads the node's epoch again when the
+ * connection sat unused for DBK__RDS_RECHECK_MS or the cluster's slot map
+ * was loaded since it was last read (a node demoted and promoted again while
+ * this process did not talk to it has a new epoch); marks it used. False
+ * when that check failed: the connection was freed (s->ctx NULL) and is
+ * to be connected again. */
+bool dbk__rds_slot_recheck(struct dbk__rds *r, struct dbk__rds_slot *s, int64_t deadline_ns);
 /* s's connection is dropped before its next use. */
 void dbk__rds_retire(struct dbk__rds *r, struct dbk__rds_slot *s);
 /* One command alone on a connection of `node` taken for it (auto-pipelining

@@ -66,6 +66,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -305,6 +306,11 @@ static void hold(struct dbk__rds *r, struct dbk__rds_slot *s, struct dbk__rds_re
             s->ctx = NULL;
         }
         s->retire = false;
+        if (s->ctx && r->ha) { /* nothing in flight: the holder alone uses the context */
+            pthread_mutex_unlock(&r->mu);
+            dbk__rds_slot_recheck(r, s, *deadline_ns);
+            pthread_mutex_lock(&r->mu);
+        }
         if (!s->ctx) {
             pthread_mutex_unlock(&r->mu);
             *deadline_ns += (int64_t)r->cfg.connect_timeout_ms * 1000000LL;
@@ -438,9 +444,14 @@ dbk_rc dbk__rds_pipe_call(struct dbk__rds *r, int node, int argc, const char **a
     memset(via, 0, sizeof *via);
     if (argc > MAX_ARGS)
         return dbk__err(err, DBK_EINTERNAL, "redis cache: command with %d arguments", argc);
-    struct dbk__rds_req *q = calloc(1, sizeof *q);
+    /* malloc + memset rather than calloc: glibc's calloc bypasses the
+     * per-thread cache, and this runs on every command */
+    struct dbk__rds_req *q = malloc(sizeof *q);
     if (!q)
         return dbk__err(err, DBK_ENOMEM, "out of memory queueing a redis command");
+    memset(q, 0, offsetof(struct dbk__rds_req, msg));
+    q->msg[0] = 0;
+    memset(&q->via, 0, sizeof q->via);
     q->argc = argc;
     q->argv = argv;
     q->lens = lens;

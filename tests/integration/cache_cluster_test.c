@@ -308,6 +308,97 @@ static void cache_cluster_failover(void **state)
     cluster_case(disrupt_failover, "CLUSTER FAILOVER + SIGKILL of a master", "cache_cluster_failover");
 }
 
+/* A node demoted and promoted again: the value the cache stored on it
+ * before is refused afterwards. The replica of the key's master takes over
+ * (CLUSTER FAILOVER), then the old master takes its slots back. The node
+ * keeps its run id, no write reaches the slot in between, and the cache's
+ * handle stays connected to it all along: only the node's new reign (a
+ * promotion gives it a new replication id) shows that the value is from
+ * before. That is what refuses a value whose invalidation the node
+ * acknowledged and then lost to the failover (the same check; which value
+ * is stale cannot be known). Checked through the handle that was
+ * connected all along and through a new one; caching resumes afterwards. */
+static void cache_cluster_old_reign_refused(void **state)
+{
+    (void)state;
+    g_topo = dbkt_redis_cluster_start();
+    dbk_cache_opts o = {0};
+    o.url = dbkt_redistopo_url(g_topo);
+    o.key_prefix = "dbkt_reign:";
+    o.connect_timeout_ms = 300;
+    o.command_timeout_ms = 500;
+    dbk_cache *c, *c2 = NULL;
+    dbk_error err;
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    DBKT_OK(dbk_cache_set(c, "k", 1, "old", 3, 600000, &err), &err);
+    void *v = NULL;
+    size_t n = 0;
+    DBKT_OK(dbk_cache_get(c, "k", 1, &v, &n, &err), &err);
+    assert_int_equal(n, 3);
+    dbk_free(v);
+    v = NULL;
+    unsigned slot = dbk__redis_key_slot("k", 1);
+    char key[64];
+    snprintf(key, sizeof key, "dbkt_reign:{%s}v:k", dbk__redis_slot_tag(slot));
+    int m = dbkt_cluster_owner(g_topo, slot), rep = dbkt_cluster_replica_of(g_topo, m);
+    assert_true(rep >= 0);
+    int64_t end = dbkt_mono_ms() + 10000;
+    redisContext *rc_rep = node_conn(port_of(rep));
+    freeReplyObject(redisCommand(rc_rep, "READONLY")); /* reads on a cluster replica */
+    for (;;) { /* the value reached the replica */
+        redisReply *r = redisCommand(rc_rep, "EXISTS %s", key);
+        bool there = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+        freeReplyObject(r);
+        if (there)
+            break;
+        if (dbkt_mono_ms() > end)
+            fail_msg("the value never reached the replica");
+        sleep_ms(10);
+    }
+    redisFree(rc_rep);
+    dbkt_cluster_failover(g_topo, rep);
+    /* the old master follows the new one and is in sync before it takes over again */
+    end = dbkt_mono_ms() + 20000;
+    while (dbkt_cluster_replica_of(g_topo, rep) != m && dbkt_mono_ms() < end)
+        sleep_ms(50);
+    assert_int_equal(dbkt_cluster_replica_of(g_topo, rep), m);
+    dbkt_cluster_failover(g_topo, m);
+    dbkt_cluster_wait_ok(g_topo, 30000, "after the second failover");
+    redisReply *r = dbkt_redis_cmd(port_of(m), "EXISTS %s", key);
+    bool still = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    freeReplyObject(r);
+    /* read until the cache answers (bounded): the old value is a miss */
+    dbk_rc rc = DBK_EUNAVAILABLE, rc2 = DBK_EUNAVAILABLE;
+    end = dbkt_mono_ms() + 20000;
+    while (dbkt_mono_ms() < end) {
+        rc = dbk_cache_get(c, "k", 1, &v, &n, &err);
+        if (rc == DBK_OK || rc == DBK_ENOT_FOUND)
+            break;
+        sleep_ms(20);
+    }
+    if (rc == DBK_OK)
+        print_message("the connected handle served the old reign's value: %.*s\n", (int)n,
+                      (const char *)v);
+    dbk_free(v);
+    v = NULL;
+    DBKT_OK(dbk_cache_open(&o, &c2, &err), &err);
+    rc2 = dbk_cache_get(c2, "k", 1, &v, &n, &err);
+    dbk_free(v);
+    v = NULL;
+    /* caching resumes under the new reign */
+    DBKT_OK(dbk_cache_set(c2, "k", 1, "new", 3, 600000, &err), &err);
+    dbk_rc rc3 = dbk_cache_get(c, "k", 1, &v, &n, &err);
+    bool is_new = rc3 == DBK_OK && n == 3 && memcmp(v, "new", 3) == 0;
+    dbk_free(v);
+    dbk_cache_close(c2);
+    dbk_cache_close(c);
+    stop_topology();
+    assert_true(still);
+    assert_int_equal(rc, DBK_ENOT_FOUND);
+    assert_int_equal(rc2, DBK_ENOT_FOUND);
+    assert_true(is_new);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -316,6 +407,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(cache_cluster_slot_migration, dbkt_redistopo_teardown),
         cmocka_unit_test_teardown(cache_cluster_reshard, dbkt_redistopo_teardown),
         cmocka_unit_test_teardown(cache_cluster_failover, dbkt_redistopo_teardown),
+        cmocka_unit_test_teardown(cache_cluster_old_reign_refused, dbkt_redistopo_teardown),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
