@@ -81,6 +81,14 @@ typedef struct sql_alias {
     char name[128], table[128];
 } sql_alias;
 
+/* Tokens of sql, read with the engine's lexical rules (dbk_sql_next_token):
+ * comments dropped, strings without their quotes, quoted names unquoted,
+ * $n as T_PARAM (its digits), two-byte operators as one T_OP. Ends at the
+ * first unterminated construct. On OOM the list is cut short. The caller
+ * frees v.t. */
+toks dgx_tokenize_engine(const char *sql, dbk_engine engine);
+
+/* dgx_tokenize_engine() with PostgreSQL's rules. */
 toks dgx_tokenize(const char *sql);
 
 bool dgx_kw(const tok *t, const char *word);

@@ -1,7 +1,13 @@
 /*
- * explain_sql.c - the small SQL tokenizer of `dbkit explain` and the
- * helpers over its tokens (keywords, read-only statements, the highest $n)
- * and column lists.
+ * explain_sql.c - the tokens of `dbkit explain` and the helpers over them
+ * (keywords, read-only statements, the highest $n) and column lists.
+ *
+ * The tokens come from the library's SQL scanner (dbk_sql_next_token,
+ * dbkit/sqlscan.h), the one the migrator and the pool read SQL with, so
+ * comments, E'' strings, dollar quotes and quoted names are read the way
+ * the engine reads them; this file only reshapes its tokens for the
+ * explain code: names unquoted, strings without their quotes, $n as one
+ * parameter token, two-byte operators as one.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -11,7 +17,7 @@
 #include "cli.h"
 #include "explain.h"
 
-/* ---- a small SQL tokenizer ---- */
+/* ---- tokens ---- */
 
 static void toks_push(toks *v, size_t *cap, int kind, const char *s, size_t len)
 {
@@ -37,81 +43,79 @@ static bool is_ident_start(char ch)
            (unsigned char)ch >= 0x80;
 }
 
-static bool is_ident_char(char ch)
+/* A quoted name without its quotes, doubled quotes made single ([name]
+ * has none to undouble), cut at the size of a token's text. */
+static void push_unquoted(toks *v, size_t *cap, const char *s, size_t n)
 {
-    return is_ident_start(ch) || (ch >= '0' && ch <= '9') || ch == '$';
+    char buf[128];
+    size_t o = 0;
+    char q = s[0];
+    for (size_t i = 1; i + 1 < n; i++) {
+        if (q != '[' && s[i] == q && i + 2 < n && s[i + 1] == q)
+            i++;
+        if (o < sizeof buf - 1)
+            buf[o++] = s[i];
+    }
+    toks_push(v, cap, T_QIDENT, buf, o);
 }
 
-/* Tokens of sql. Comments dropped; strings kept as one token (contents not
- * needed); "quoted" identifiers unquoted. On OOM the list is cut short. */
-toks dgx_tokenize(const char *sql)
+/* A string's contents: inside the quotes of '...', or between the tags of
+ * a dollar-quoted body. */
+static void push_string(toks *v, size_t *cap, const char *s, size_t n)
 {
+    size_t open = 1, close = 1;
+    if (s[0] == '$') {
+        const char *e = memchr(s + 1, '$', n - 1);
+        open = close = e ? (size_t)(e - s) + 1 : 1;
+    }
+    toks_push(v, cap, T_STRING, s + open, n >= open + close ? n - open - close : 0);
+}
+
+toks dgx_tokenize_engine(const char *sql, dbk_engine engine)
+{
+    static const char *const two[] = {"<=", ">=", "<>", "!=", "==", "::", "||", NULL};
     toks v = {NULL, 0};
-    size_t cap = 0;
-    const char *p = sql;
-    while (*p) {
-        char ch = *p;
-        if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f') {
-            p++;
-        } else if (ch == '-' && p[1] == '-') {
-            while (*p && *p != '\n')
-                p++;
-        } else if (ch == '/' && p[1] == '*') {
-            const char *e = strstr(p + 2, "*/");
-            p = e ? e + 2 : p + strlen(p);
-        } else if (ch == '\'') {
-            const char *s = ++p;
-            while (*p && !(*p == '\'' && p[1] != '\''))
-                p += (*p == '\'' ? 2 : 1);
-            toks_push(&v, &cap, T_STRING, s, (size_t)(p - s));
-            if (*p)
-                p++;
-        } else if (ch == '"' || ch == '`') {
-            char q = ch;
-            char buf[128];
-            size_t n = 0;
-            p++;
-            while (*p) {
-                if (*p == q && p[1] == q) {
-                    if (n < sizeof buf - 1)
-                        buf[n++] = q;
-                    p += 2;
-                } else if (*p == q) {
-                    p++;
-                    break;
-                } else {
-                    if (n < sizeof buf - 1)
-                        buf[n++] = *p;
-                    p++;
-                }
+    size_t cap = 0, len = strlen(sql), pos = 0;
+    dbk_sql_token t;
+    /* every call consumes at least one byte or ends: at most len + 1 calls */
+    while (dbk_sql_next_token(sql, len, engine, &pos, &t, NULL) == DBK_OK &&
+           t.kind != DBK_SQL_TOKEN_END) {
+        const char *s = sql + t.offset;
+        switch (t.kind) {
+        case DBK_SQL_TOKEN_WORD: toks_push(&v, &cap, T_IDENT, s, t.length); break;
+        case DBK_SQL_TOKEN_QUOTED_NAME: push_unquoted(&v, &cap, s, t.length); break;
+        case DBK_SQL_TOKEN_STRING: push_string(&v, &cap, s, t.length); break;
+        case DBK_SQL_TOKEN_NUMBER: toks_push(&v, &cap, T_NUMBER, s, t.length); break;
+        case DBK_SQL_TOKEN_DOLLAR: {
+            /* $n: the parameter's digits */
+            size_t e = pos;
+            while (e < len && sql[e] >= '0' && sql[e] <= '9')
+                e++;
+            if (e > pos) {
+                toks_push(&v, &cap, T_PARAM, sql + pos, e - pos);
+                pos = e;
+            } else {
+                toks_push(&v, &cap, T_OP, s, 1);
             }
-            toks_push(&v, &cap, T_QIDENT, buf, n);
-        } else if (ch == '$' && p[1] >= '0' && p[1] <= '9') {
-            const char *s = ++p;
-            while (*p >= '0' && *p <= '9')
-                p++;
-            toks_push(&v, &cap, T_PARAM, s, (size_t)(p - s));
-        } else if (ch >= '0' && ch <= '9') {
-            const char *s = p;
-            while ((*p >= '0' && *p <= '9') || *p == '.' || *p == 'e' || *p == 'E')
-                p++;
-            toks_push(&v, &cap, T_NUMBER, s, (size_t)(p - s));
-        } else if (is_ident_start(ch)) {
-            const char *s = p;
-            while (is_ident_char(*p))
-                p++;
-            toks_push(&v, &cap, T_IDENT, s, (size_t)(p - s));
-        } else {
-            static const char *const two[] = {"<=", ">=", "<>", "!=", "==", "::", "||", NULL};
-            size_t len = 1;
-            for (int i = 0; two[i]; i++)
-                if (p[0] == two[i][0] && p[1] == two[i][1])
-                    len = 2;
-            toks_push(&v, &cap, T_OP, p, len);
-            p += len;
+            break;
+        }
+        default: { /* punctuation, ';' */
+            size_t n = 1;
+            for (int i = 0; two[i] && pos < len; i++)
+                if (s[0] == two[i][0] && sql[pos] == two[i][1])
+                    n = 2;
+            toks_push(&v, &cap, T_OP, s, n);
+            pos = t.offset + n;
+            break;
+        }
         }
     }
     return v;
+}
+
+toks dgx_tokenize(const char *sql)
+{
+    return dgx_tokenize_engine(sql, DBK_ENGINE_POSTGRES);
 }
 
 bool dgx_kw(const tok *t, const char *word)

@@ -131,7 +131,7 @@ dbk_rc dgx_sqlite_findings(dbk_db *db, const char *sql, const plan *p,
                               const dg_explain_opts *o, findings *fs, dbk_error *err)
 {
     int64_t min_rows = o->min_rows > 0 ? o->min_rows : 1000;
-    toks v = dgx_tokenize(sql);
+    toks v = dgx_tokenize_engine(sql, DBK_ENGINE_SQLITE);
     sql_alias al[32];
     size_t nal = sql_aliases(&v, al, 32);
     size_t cs[32], ce[32], nc = 0;

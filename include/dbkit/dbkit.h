@@ -9,6 +9,7 @@
 #include "value.h"
 #include "config.h"
 #include "result.h"
+#include "sqlscan.h"
 #include "db.h"
 #include "pool.h"
 #include "replica.h"

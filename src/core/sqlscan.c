@@ -78,8 +78,9 @@ void dbk__sqlscan_init(dbk__sqlscan *s, const char *text, size_t len, int first_
     s->tok = DBK__SQLTOK_END;
 }
 
-static dbk__sqltok fail(dbk__sqlscan *s, int line, const char *what)
+static dbk__sqltok fail(dbk__sqlscan *s, size_t off, int line, const char *what)
 {
+    s->err_off = off;
     s->err_line = line;
     s->err_what = what;
     s->pos = s->len;
@@ -115,6 +116,7 @@ static bool skip_blank(dbk__sqlscan *s)
         }
         if (i + 1 < len && t[i] == '/' && t[i + 1] == '*') {
             int open_line = s->line, nest = 1;
+            size_t open_off = i;
             i += 2;
             while (i < len && nest > 0) {
                 if (t[i] == '\n') {
@@ -132,7 +134,7 @@ static bool skip_blank(dbk__sqlscan *s)
                 }
             }
             if (nest > 0) {
-                fail(s, open_line, "unterminated /* comment");
+                fail(s, open_off, open_line, "unterminated /* comment");
                 return false;
             }
             continue;
@@ -173,7 +175,7 @@ static dbk__sqltok quoted(dbk__sqlscan *s, char q, char close)
         }
         i++;
     }
-    return fail(s, open_line,
+    return fail(s, off, open_line,
                 q == '\'' ? "unterminated quoted string" : "unterminated quoted identifier");
 }
 
@@ -204,7 +206,7 @@ static dbk__sqltok dollar(dbk__sqlscan *s)
                 }
                 i++;
             }
-            return fail(s, open_line, "unterminated dollar-quoted body");
+            return fail(s, off, open_line, "unterminated dollar-quoted body");
         }
     }
     s->pos = i + 1;

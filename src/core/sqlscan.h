@@ -65,10 +65,11 @@ typedef struct dbk__sqlscan {
     dbk__sqltok tok;
     size_t off, n;
     int tok_line;
-    /* On DBK__SQLTOK_ERROR: what is unterminated (static text) and the line
-     * where it opened. */
+    /* On DBK__SQLTOK_ERROR: what is unterminated (static text), the line
+     * and the byte offset where it opened. */
     const char *err_what;
     int err_line;
+    size_t err_off;
 } dbk__sqlscan;
 
 /* Starts scanning text[0, len) (NUL bytes are ordinary bytes), counting
