@@ -204,6 +204,42 @@ static void migrate_lock_timeout_is_local_to_the_migration(void **state)
     free(url);
 }
 
+/* dbk_migrate_up() reads no environment variable: with the two
+ * DB_MIGRATION_* variables set, a migration with zeroed options runs with
+ * the defaults (5 s, 10 min); dbk_migrate_opts_from_env() is what applies
+ * them. */
+static void migrate_lock_timeout_env_read_only_when_asked(void **state)
+{
+    (void)state;
+    static const dbk_migration_file f[] = {
+        {"1_probe.sql",
+         "-- migrate:up\nCREATE TABLE probe AS SELECT current_setting('lock_timeout') AS lt, "
+         "current_setting('statement_timeout') AS st;\n-- migrate:down\nDROP TABLE probe;\n",
+         0}};
+    dbk_migrate_source src = {NULL, f, 1};
+    setenv("DB_MIGRATION_LOCK_TIMEOUT_MS", "2222", 1);
+    setenv("DB_MIGRATION_STATEMENT_TIMEOUT_MS", "33333", 1);
+    for (int from_env = 0; from_env < 2; from_env++) {
+        char *url = dbkt_pg_fresh_db(from_env ? "mlock_env_on" : "mlock_env_off");
+        dbk_conn *c = dbkt_open(url);
+        dbk_error err;
+        dbk_migrate_opts o;
+        memset(&o, 0, sizeof o);
+        if (from_env)
+            DBKT_OK(dbk_migrate_opts_from_env(&o, &err), &err);
+        DBKT_OK(dbk_migrate_up(dbk_conn_db(c), &src, &o, NULL, &err), &err);
+        char lt[32], st[32];
+        dbkt_text(dbk_conn_db(c), "SELECT lt FROM probe", lt, sizeof lt);
+        dbkt_text(dbk_conn_db(c), "SELECT st FROM probe", st, sizeof st);
+        assert_string_equal(lt, from_env ? "2222ms" : "5s");
+        assert_string_equal(st, from_env ? "33333ms" : "10min");
+        dbk_conn_close(c);
+        free(url);
+    }
+    unsetenv("DB_MIGRATION_LOCK_TIMEOUT_MS");
+    unsetenv("DB_MIGRATION_STATEMENT_TIMEOUT_MS");
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -211,6 +247,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(migrate_lock_timeout_row_exclusive_holder),
         cmocka_unit_test(migrate_lock_timeout_retried_until_holder_leaves),
         cmocka_unit_test(migrate_lock_timeout_is_local_to_the_migration),
+        cmocka_unit_test(migrate_lock_timeout_env_read_only_when_asked),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
