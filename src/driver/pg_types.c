@@ -469,13 +469,20 @@ dbk_rc dbk__pg_bind_params(pg_conn *pc, const dbk_value *params, size_t n, struc
             pp->types[i] = OID_BOOL;
             pp->sig[i] = 'b';
             break;
-        case DBK_TYPE_INT64:
-            snprintf(p, 24, "%" PRId64, v->u.i);
+        case DBK_TYPE_INT64: {
+            /* declared int8, so sent in its binary form (8 bytes, network
+             * order): no formatting here, no parsing on the server */
+            uint64_t u = (uint64_t)v->u.i;
+            for (int b = 0; b < 8; b++)
+                p[b] = (char)(u >> (56 - 8 * b));
             pp->values[i] = p;
+            pp->lengths[i] = 8;
+            pp->formats[i] = 1;
             pp->types[i] = OID_INT8;
             pp->sig[i] = 'i';
             off += 24;
             break;
+        }
         case DBK_TYPE_DOUBLE:
             pp->values[i] = fmt_double(v->u.d, p, 32);
             pp->types[i] = OID_FLOAT8;

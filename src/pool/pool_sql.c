@@ -215,10 +215,8 @@ static bool may_change_session(const char *sql, unsigned needed)
 
 enum { LEAD_NONE, LEAD_OTHER, LEAD_SET, LEAD_CREATE, LEAD_DECLARE };
 
-bool dbk__pool_sql_changes_session(const char *sql, dbk_engine engine)
+static bool changes_session(const char *sql, dbk_engine engine)
 {
-    if (!sql)
-        return false;
     pthread_once(&kw_once, kw_init);
     const bool pg = engine != DBK_ENGINE_SQLITE;
     const unsigned verb = pg ? K_PG_VERB : K_SQ_VERB, func = pg ? K_PG_FUNC : K_SQ_FUNC;
@@ -314,10 +312,8 @@ bool dbk__pool_sql_is_read(const char *sql)
            dbk__sqlscan_is(&sc, "explain");
 }
 
-bool dbk__pool_sql_pipelinable(const char *sql)
+static bool pipelinable(const char *sql)
 {
-    if (!sql)
-        return false;
     /* Only plain queries and DML ride: transaction control, COPY, CALL
      * (a procedure may commit), utility statements that refuse to run in
      * a transaction block, and anything that changes the session run on a
@@ -330,5 +326,62 @@ bool dbk__pool_sql_pipelinable(const char *sql)
           dbk__sqlscan_is(&sc, "with") || dbk__sqlscan_is(&sc, "values") ||
           dbk__sqlscan_is(&sc, "table")))
         return false;
-    return !dbk__pool_sql_changes_session(sql, DBK_ENGINE_POSTGRES);
+    return !changes_session(sql, DBK_ENGINE_POSTGRES);
+}
+
+/*
+ * A service runs the same few statements over and over, and a statement
+ * through the pool is classified twice (may it ride a pipeline? does it
+ * change the session?). Each thread remembers the answers for the last
+ * statements it classified, keyed by the whole text (compared byte for
+ * byte, so a caller's buffer reused for another statement is classified
+ * anew): a repeat costs a strlen and a memcmp instead of a scan.
+ * Statements longer than MEMO_TEXT are not remembered.
+ */
+enum { MEMO_WAYS = 8, MEMO_TEXT = 200 };
+enum { M_CHANGES_PG = 1, M_CHANGES_SQ = 2, M_PIPE = 4 }; /* answers known... */
+struct sql_memo {
+    uint32_t len;
+    uint8_t known, yes; /* ... and their values */
+    char text[MEMO_TEXT];
+};
+static _Thread_local struct sql_memo memo[MEMO_WAYS];
+
+static struct sql_memo *memo_find(const char *sql, size_t len)
+{
+    if (len >= MEMO_TEXT)
+        return NULL;
+    struct sql_memo *m = &memo[(len ^ (unsigned char)sql[len / 2]) % MEMO_WAYS];
+    if (m->len != len || memcmp(m->text, sql, len) != 0) {
+        m->len = (uint32_t)len;
+        m->known = m->yes = 0;
+        memcpy(m->text, sql, len);
+    }
+    return m;
+}
+
+static bool memo_answer(const char *sql, unsigned what, dbk_engine engine)
+{
+    struct sql_memo *m = memo_find(sql, strlen(sql));
+    if (m && (m->known & what))
+        return (m->yes & what) != 0;
+    bool yes = what == M_PIPE ? pipelinable(sql) : changes_session(sql, engine);
+    if (m) {
+        m->known |= (uint8_t)what;
+        if (yes)
+            m->yes |= (uint8_t)what;
+    }
+    return yes;
+}
+
+bool dbk__pool_sql_changes_session(const char *sql, dbk_engine engine)
+{
+    if (!sql)
+        return false;
+    return memo_answer(sql, engine == DBK_ENGINE_SQLITE ? M_CHANGES_SQ : M_CHANGES_PG, engine);
+}
+
+bool dbk__pool_sql_pipelinable(const char *sql)
+{
+    return sql && memo_answer(sql, M_PIPE, DBK_ENGINE_POSTGRES);
 }
