@@ -516,7 +516,7 @@ DBK_API dbk_rc dbk_cached_repo_opts_init(dbk_cached_repo_opts *opts, unsigned in
 /* Wraps entity `e` with `cache` (both borrowed: they must outlive the
  * cached repository and any transaction that used it). DBK_EMISUSE,
  * DBK_ENOMEM, errors of dbk_entity_init(). *out is owned by the caller. */
-DBK_API dbk_rc dbk_cached_repo_new(dbk_cache *cache, dbk_entity *e,
+DBK_API dbk_rc dbk_cached_repo_new(dbk_cache *cache, const dbk_entity *e,
                                    const dbk_cached_repo_opts *opts, dbk_cached_repo **out,
                                    dbk_error *err);
 

@@ -54,7 +54,7 @@ enum key_mode {
 
 struct dbk_cached_repo {
     dbk_cache *cache;
-    dbk_entity *e;
+    const dbk_entity *e;
     int64_t ttl_ms;
     uint64_t layout;
     size_t nvis;             /* non-hidden fields */
@@ -78,8 +78,9 @@ static bool field_hidden(const dbk_field *f)
 
 DBK__OPTS_INIT_FN(dbk_cached_repo_opts, DBK_CACHED_REPO_OPTS_VERSION)
 
-dbk_rc dbk_cached_repo_new(dbk_cache *cache, dbk_entity *e, const dbk_cached_repo_opts *opts,
-                           dbk_cached_repo **out, dbk_error *err)
+dbk_rc dbk_cached_repo_new(dbk_cache *cache, const dbk_entity *e,
+                           const dbk_cached_repo_opts *opts, dbk_cached_repo **out,
+                           dbk_error *err)
 {
     if (!cache || !e || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_cached_repo_new: cache, entity and out must not be NULL");
