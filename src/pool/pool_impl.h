@@ -284,9 +284,6 @@ dbk_rc dbk__pool_pipe_run(dbk_pool *p, const char *sql, const dbk_value *params,
  * (pool_lent.c). */
 void dbk__pool_lent_pipeline(dbk_conn *c, dbk__batch_item *items, size_t n);
 
-/* True when sql may ride in a pipeline: not transaction control, not
- * COPY, no session change (pool_sql.c). */
-bool dbk__pool_sql_pipelinable(const char *sql);
 
 void dbk__pool_release(dbk_pool *p, dbk_conn *c, bool force_reset);
 

@@ -31,6 +31,11 @@ void dbk__pool_set_sqlite_gate(dbk_pool *pool, bool on);
  * unterminated comment or quote counts as a change. */
 bool dbk__pool_sql_changes_session(const char *sql, dbk_engine engine);
 
+/* True when sql may ride in a pipeline: not transaction control, not
+ * COPY, no session change (pool_sql.c). Both answers are remembered per
+ * thread for the statements it ran last (by their whole text). */
+bool dbk__pool_sql_pipelinable(const char *sql);
+
 /* True for "BEGIN" / "BEGIN TRANSACTION" (any case, comments, an optional
  * ';'): on SQLite the pool runs it as BEGIN IMMEDIATE. */
 bool dbk__pool_sql_is_plain_begin(const char *sql);

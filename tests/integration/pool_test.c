@@ -1557,6 +1557,26 @@ static void pool_detector_no_false_positives(void **state)
         if (dbk__pool_sql_changes_session(clean_sq[i], DBK_ENGINE_SQLITE))
             fail_msg("flagged on SQLite: %s", clean_sq[i]);
     assert_false(dbk__pool_sql_changes_session(NULL, DBK_ENGINE_POSTGRES));
+    /* the answers are remembered per thread by the statement's text: a
+     * buffer reused for another statement of the same length, an engine
+     * asked after the other, and a text too long to remember are each
+     * classified anew */
+    char buf[32];
+    snprintf(buf, sizeof buf, "%s", "SELECT 1 FROM t ");
+    assert_false(dbk__pool_sql_changes_session(buf, DBK_ENGINE_POSTGRES));
+    assert_true(dbk__pool_sql_pipelinable(buf));
+    snprintf(buf, sizeof buf, "%s", "SET search_path=x");
+    assert_true(dbk__pool_sql_changes_session(buf, DBK_ENGINE_POSTGRES));
+    assert_false(dbk__pool_sql_pipelinable(buf));
+    snprintf(buf, sizeof buf, "%s", "PRAGMA foreign_keys=0");
+    assert_false(dbk__pool_sql_changes_session(buf, DBK_ENGINE_POSTGRES));
+    assert_true(dbk__pool_sql_changes_session(buf, DBK_ENGINE_SQLITE));
+    assert_false(dbk__pool_sql_changes_session(buf, DBK_ENGINE_POSTGRES));
+    char longsql[600];
+    snprintf(longsql, sizeof longsql, "SELECT %0500d", 1);
+    assert_false(dbk__pool_sql_changes_session(longsql, DBK_ENGINE_POSTGRES));
+    memcpy(longsql, "SET search_path = x;", 20);
+    assert_true(dbk__pool_sql_changes_session(longsql, DBK_ENGINE_POSTGRES));
 }
 
 /* ---- failover: read-only server ---- */
