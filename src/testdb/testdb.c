@@ -194,7 +194,8 @@ static dbk_rc hash_migrations(dbk_engine engine, const char *dir, char out[65], 
         closedir(d);
         if (rc)
             goto out;
-        qsort(names, n, sizeof *names, cmp_str);
+        if (n > 1) /* an empty directory leaves names NULL: qsort may not see it */
+            qsort(names, n, sizeof *names, cmp_str);
         for (size_t i = 0; i < n; i++) {
             char path[PATH_LEN];
             snprintf(path, sizeof path, "%s/%s", dir, names[i]);
