@@ -26,8 +26,8 @@ dbk_rc dbk__opts_refuse(unsigned got, unsigned current, const char *type, dbk_er
     return DBK_EMISUSE;
 }
 
-dbk_rc dbk__opts_init(void *opts, size_t size, unsigned version, unsigned current,
-                      const char *type, dbk_error *err)
+dbk_rc dbk__opts_init(void *opts, size_t size, unsigned version, unsigned current, const char *type,
+                      dbk_error *err)
 {
     if (!opts)
         return dbk__err(err, DBK_EMISUSE, "%s_init: opts is NULL", type);

@@ -35,28 +35,28 @@ static void expect_refused(dbk_rc rc, const dbk_error *err, const char *type, un
 }
 
 /* The contract of one dbk_<name>_init(). */
-#define CHECK_INIT(T, M)                                                                     \
-    do {                                                                                     \
-        T o_, z_;                                                                            \
-        dbk_error e_ = {0};                                                                  \
-        unsigned char junk_[sizeof(T)];                                                      \
-        memset(junk_, 0xab, sizeof junk_);                                                   \
-        memcpy(&o_, junk_, sizeof o_);                                                       \
-        DBKT_RC(DBK_EMISUSE, T##_init(NULL, M##_VERSION, &e_));                              \
-        assert_non_null(strstr(e_.message, #T));                                             \
-        DBKT_RC(DBK_EMISUSE, T##_init(&o_, 0, &e_));                                         \
-        assert_memory_equal(&o_, junk_, sizeof o_); /* nothing written on failure */         \
-        expect_refused(T##_init(&o_, M##_VERSION + 1, &e_), &e_, #T, M##_VERSION + 1,         \
-                       M##_VERSION);                                                         \
-        assert_memory_equal(&o_, junk_, sizeof o_);                                          \
-        DBKT_RC(DBK_EMISUSE, T##_init(&o_, 0xffffffffu, NULL)); /* err may be NULL */        \
-        DBKT_OK(T##_init(&o_, M##_VERSION, &e_), &e_);                                       \
-        memset(&z_, 0, sizeof z_);                                                           \
-        z_.version = M##_VERSION;                                                            \
-        assert_memory_equal(&o_, &z_, sizeof o_); /* zeroed, version set */                  \
-        T i_ = M##_INIT;                                                                     \
-        assert_int_equal(i_.version, M##_VERSION);                                           \
-        assert_int_equal(M##_VERSION, 1);                                                    \
+#define CHECK_INIT(T, M)                                                                           \
+    do {                                                                                           \
+        T o_, z_;                                                                                  \
+        dbk_error e_ = {0};                                                                        \
+        unsigned char junk_[sizeof(T)];                                                            \
+        memset(junk_, 0xab, sizeof junk_);                                                         \
+        memcpy(&o_, junk_, sizeof o_);                                                             \
+        DBKT_RC(DBK_EMISUSE, T##_init(NULL, M##_VERSION, &e_));                                    \
+        assert_non_null(strstr(e_.message, #T));                                                   \
+        DBKT_RC(DBK_EMISUSE, T##_init(&o_, 0, &e_));                                               \
+        assert_memory_equal(&o_, junk_, sizeof o_); /* nothing written on failure */               \
+        expect_refused(T##_init(&o_, M##_VERSION + 1, &e_), &e_, #T, M##_VERSION + 1,              \
+                       M##_VERSION);                                                               \
+        assert_memory_equal(&o_, junk_, sizeof o_);                                                \
+        DBKT_RC(DBK_EMISUSE, T##_init(&o_, 0xffffffffu, NULL)); /* err may be NULL */              \
+        DBKT_OK(T##_init(&o_, M##_VERSION, &e_), &e_);                                             \
+        memset(&z_, 0, sizeof z_);                                                                 \
+        z_.version = M##_VERSION;                                                                  \
+        assert_memory_equal(&o_, &z_, sizeof o_); /* zeroed, version set */                        \
+        T i_ = M##_INIT;                                                                           \
+        assert_int_equal(i_.version, M##_VERSION);                                                 \
+        assert_int_equal(M##_VERSION, 1);                                                          \
     } while (0)
 
 /* ---- the _init functions and macros ---- */
@@ -299,8 +299,8 @@ static void opts_cache_open_checks_version(void **state)
     o.url = "memory:";
     o.version = DBK_CACHE_OPTS_VERSION + 1;
     c = (dbk_cache *)&err;
-    expect_refused(dbk_cache_open(&o, &c, &err), &err, "dbk_cache_opts",
-                   DBK_CACHE_OPTS_VERSION + 1, DBK_CACHE_OPTS_VERSION);
+    expect_refused(dbk_cache_open(&o, &c, &err), &err, "dbk_cache_opts", DBK_CACHE_OPTS_VERSION + 1,
+                   DBK_CACHE_OPTS_VERSION);
     assert_null(c);
 }
 
@@ -392,9 +392,8 @@ static void opts_doc_calls_check_version(void **state)
     dbk_cached_doc_opts cdo = DBK_CACHED_DOC_OPTS_INIT;
     cdo.version = DBK_CACHED_DOC_OPTS_VERSION + 1;
     cd = (dbk_cached_doc *)&err;
-    expect_refused(dbk_cached_doc_new(cache, coll, &cdo, &cd, &err), &err,
-                   "dbk_cached_doc_opts", DBK_CACHED_DOC_OPTS_VERSION + 1,
-                   DBK_CACHED_DOC_OPTS_VERSION);
+    expect_refused(dbk_cached_doc_new(cache, coll, &cdo, &cd, &err), &err, "dbk_cached_doc_opts",
+                   DBK_CACHED_DOC_OPTS_VERSION + 1, DBK_CACHED_DOC_OPTS_VERSION);
     assert_null(cd);
     dbk_cache_close(cache);
     dbk_doc_coll_close(coll);
@@ -493,12 +492,10 @@ static void opts_migrate_calls_check_version(void **state)
     int n = -1;
 
     /* refused: nothing applied, nothing run */
-    expect_refused(dbk_migrate_up(db, &mig_src, &bad, &n, &err), &err, "dbk_migrate_opts", nv,
-                   cur);
+    expect_refused(dbk_migrate_up(db, &mig_src, &bad, &n, &err), &err, "dbk_migrate_opts", nv, cur);
     assert_int_equal(n, 0);
     assert_int_equal(tables_named(db, "opts_t"), 0);
-    expect_refused(dbk_seed_run(db, &seed_src, &bad, &n, &err), &err, "dbk_migrate_opts", nv,
-                   cur);
+    expect_refused(dbk_seed_run(db, &seed_src, &bad, &n, &err), &err, "dbk_migrate_opts", nv, cur);
     assert_int_equal(tables_named(db, "opts_seeded"), 0);
 
     for (unsigned v = 0; v <= DBK_MIGRATE_OPTS_VERSION; v++) {
@@ -508,8 +505,8 @@ static void opts_migrate_calls_check_version(void **state)
         DBKT_OK(dbk_migrate_up(db, &mig_src, &o, &n, &err), &err);
         assert_int_equal(n, 1);
         assert_int_equal(tables_named(db, "opts_t"), 1);
-        expect_refused(dbk_migrate_down(db, &mig_src, &bad, &n, &err), &err, "dbk_migrate_opts",
-                       nv, cur);
+        expect_refused(dbk_migrate_down(db, &mig_src, &bad, &n, &err), &err, "dbk_migrate_opts", nv,
+                       cur);
         assert_int_equal(n, 0);
         expect_refused(dbk_migrate_redo(db, &mig_src, &bad, &err), &err, "dbk_migrate_opts", nv,
                        cur);
