@@ -59,15 +59,15 @@ static inline dbk_rc dbk__opts_check(unsigned got, unsigned current, const char 
 
 /* The body of every dbk_<name>_init(): DBK_EMISUSE for NULL opts, version 0
  * or one above `current`; else zeroes `size` bytes and sets the version. */
-dbk_rc dbk__opts_init(void *opts, size_t size, unsigned version, unsigned current,
-                      const char *type, dbk_error *err);
+dbk_rc dbk__opts_init(void *opts, size_t size, unsigned version, unsigned current, const char *type,
+                      dbk_error *err);
 
 /* Defines dbk_<type>_init() for an option struct `type` whose version macro
  * is `current`. */
-#define DBK__OPTS_INIT_FN(type, current)                                                  \
-    dbk_rc type##_init(type *opts, unsigned int version, dbk_error *err)                 \
-    {                                                                                    \
-        return dbk__opts_init(opts, sizeof *opts, version, (current), #type, err);       \
+#define DBK__OPTS_INIT_FN(type, current)                                                           \
+    dbk_rc type##_init(type *opts, unsigned int version, dbk_error *err)                           \
+    {                                                                                              \
+        return dbk__opts_init(opts, sizeof *opts, version, (current), #type, err);                 \
     }
 
 /* The process a handle belongs to (src/core/process.c). Every handle that
