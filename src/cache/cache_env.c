@@ -98,6 +98,8 @@ dbk_rc dbk_cache_opts_from_env(dbk_cache_opts *opts, dbk_cache_env **env, dbk_er
     if (!opts || !env)
         return dbk__err(err, DBK_EMISUSE, "dbk_cache_opts_from_env: %s is NULL",
                         !opts ? "opts" : "env");
+    if (dbk__opts_check(opts->version, DBK_CACHE_OPTS_VERSION, "dbk_cache_opts", err))
+        return DBK_EMISUSE;
     const char *from = "CACHE_URL";
     const char *url = env_nonempty("CACHE_URL");
     if (!url) {

@@ -61,6 +61,8 @@ dbk_rc dbk_migrate_opts_from_env(dbk_migrate_opts *opts, dbk_error *err)
 {
     if (!opts)
         return dbk__err(err, DBK_EMISUSE, "dbk_migrate_opts_from_env: opts is NULL");
+    if (dbk__opts_check(opts->version, DBK_MIGRATE_OPTS_VERSION, "dbk_migrate_opts", err))
+        return DBK_EMISUSE;
     dbk_migrate_opts o = *opts;
     dbk_rc rc = env_timeout("DB_MIGRATION_LOCK_TIMEOUT_MS", &o.statement_lock_timeout_ms, err);
     if (rc == DBK_OK)

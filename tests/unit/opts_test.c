@@ -315,6 +315,44 @@ static const dbk_field item_fields[] = {
 };
 static dbk_entity item_entity = DBK_ENTITY_PLAIN("opts_items", struct item, item_fields);
 
+/* The calls that fill an option struct from the environment read it too. */
+static void opts_from_env_calls_check_version(void **state)
+{
+    (void)state;
+    dbk_error err = {0};
+    dbk_cache_env *env = NULL;
+    for (unsigned v = 0; v <= DBK_CACHE_OPTS_VERSION; v++) {
+        dbk_cache_opts o;
+        memset(&o, 0, sizeof o);
+        o.version = v;
+        o.url = "memory:";
+        DBKT_OK(dbk_cache_opts_from_env(&o, &env, &err), &err);
+        assert_int_equal(o.version, v);
+        dbk_cache_env_free(env);
+    }
+    dbk_cache_opts co = DBK_CACHE_OPTS_INIT;
+    co.version = DBK_CACHE_OPTS_VERSION + 1;
+    co.url = "memory:";
+    env = (dbk_cache_env *)&err;
+    expect_refused(dbk_cache_opts_from_env(&co, &env, &err), &err, "dbk_cache_opts",
+                   DBK_CACHE_OPTS_VERSION + 1, DBK_CACHE_OPTS_VERSION);
+    assert_null(env);
+
+    for (unsigned v = 0; v <= DBK_MIGRATE_OPTS_VERSION; v++) {
+        dbk_migrate_opts o;
+        memset(&o, 0, sizeof o);
+        o.version = v;
+        DBKT_OK(dbk_migrate_opts_from_env(&o, &err), &err);
+        assert_int_equal(o.version, v);
+    }
+    dbk_migrate_opts mo = DBK_MIGRATE_OPTS_INIT;
+    mo.version = DBK_MIGRATE_OPTS_VERSION + 1;
+    mo.statement_timeout_ms = 1234;
+    expect_refused(dbk_migrate_opts_from_env(&mo, &err), &err, "dbk_migrate_opts",
+                   DBK_MIGRATE_OPTS_VERSION + 1, DBK_MIGRATE_OPTS_VERSION);
+    assert_int_equal(mo.statement_timeout_ms, 1234); /* untouched */
+}
+
 static void opts_cached_repo_new_checks_version(void **state)
 {
     (void)state;
@@ -626,6 +664,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(opts_cluster_open_checks_version),
         cmocka_unit_test(opts_tx_run_checks_version),
         cmocka_unit_test(opts_cache_open_checks_version),
+        cmocka_unit_test(opts_from_env_calls_check_version),
         cmocka_unit_test(opts_cached_repo_new_checks_version),
         cmocka_unit_test(opts_doc_calls_check_version),
         cmocka_unit_test(opts_diag_new_checks_version),
