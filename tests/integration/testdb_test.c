@@ -263,7 +263,11 @@ static void prune(dbk_engine engine, const char *test)
     snprintf(dname, sizeof dname, "%s", dbk_testdb_name(dead));
     int dropped = -1;
     DBKT_OK(dbk_testdb_prune(cfg, &dropped, &err), &err);
-    assert_true(dropped >= 1);
+    /* Every first dbk_testdb_new of a process prunes too, so a test
+     * program running beside this one may have dropped the dead owner's
+     * database first: the count may be 0, what is asserted is that it is
+     * gone and the live one is not. */
+    assert_true(dropped >= 0);
     if (engine == DBK_ENGINE_POSTGRES) {
         assert_false(pg_db_exists(dname));
         assert_true(pg_db_exists(dbk_testdb_name(live)));
