@@ -38,6 +38,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "../core/hash.h"
 #include "../core/internal.h"
 #include "../core/rand.h"
 #include "cache_int.h"
@@ -185,13 +186,7 @@ const char *dbk_cache_backend(const dbk_cache *cache)
 
 static uint64_t hash_key(const void *key, size_t len)
 {
-    const unsigned char *s = key;
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= s[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
+    return dbk__fnv64(DBK__FNV64_OFFSET, key, len);
 }
 
 /* Unlinks from the flight table the flight of `key` (prefix false) or every

@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/hash.h"
 #include "../core/internal.h"
 #include "../driver/dialect.h"
 #include "../repo/repo_int.h"
@@ -115,13 +116,10 @@ dbk_rc dbk_cached_repo_new(dbk_cache *cache, const dbk_entity *e,
     for (size_t i = 0; i < r->nvis; i++) {
         const dbk_field *f = &e->fields[r->vis[i]];
         uint64_t parts[3] = {f->offset, f->size, (uint64_t)f->null_offset};
-        for (int k = 0; k < 3; k++) {
-            h ^= parts[k];
-            h *= 1099511628211ULL;
-        }
+        for (int k = 0; k < 3; k++)
+            h = dbk__fnv64_word(h, parts[k]);
     }
-    h ^= e->struct_size;
-    h *= 1099511628211ULL;
+    h = dbk__fnv64_word(h, e->struct_size);
     r->layout = h;
     snprintf(r->list_ns, sizeof r->list_ns, "%s:list", e->table);
     *out = r;

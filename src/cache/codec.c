@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/hash.h"
 #include "../core/internal.h"
 #include "cache_int.h"
 
@@ -32,17 +33,12 @@ _Static_assert(DBK_CACHE_MAX_VALUE < UINT32_MAX, "length fields are 32 bits");
 
 static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n)
 {
-    const unsigned char *s = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= s[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
+    return dbk__fnv64(h, p, n);
 }
 
 uint64_t dbk_cache_layout_hash(const char *entity, const dbk_cache_field *fields, size_t nfields)
 {
-    uint64_t h = 14695981039346656037ULL;
+    uint64_t h = DBK__FNV64_OFFSET;
     unsigned char sep = 0xff;
     h = fnv_bytes(h, "dbk-layout-1", 12);
     if (entity)

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/hash.h"
 #include "../core/internal.h"
 #include "../core/lru.h"
 #include "cache_int.h"
@@ -68,12 +69,7 @@ struct mem {
 
 static uint64_t key_hash(const void *key, size_t len)
 {
-    const unsigned char *s = key;
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= s[i];
-        h *= 1099511628211ULL;
-    }
+    uint64_t h = dbk__fnv64(DBK__FNV64_OFFSET, key, len);
     /* final mix so that both high (shard) and low (bucket) bits spread */
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdULL;

@@ -23,6 +23,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "../core/hash.h"
 #include "../core/internal.h"
 #include "../core/result_int.h"
 #include "driver.h"
@@ -34,18 +35,9 @@ uint64_t dbk__pg_hash_key(const char *sql, size_t len, const char *sig, size_t n
 {
     /* FNV-1a, 64-bit: a few ns per byte, no tables, good enough for SQL
      * texts that differ anywhere. */
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)sql[i];
-        h *= 1099511628211ULL;
-    }
-    h ^= 0xff;
-    h *= 1099511628211ULL;
-    for (size_t i = 0; i < nsig; i++) {
-        h ^= (unsigned char)sig[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
+    uint64_t h = dbk__fnv64(DBK__FNV64_OFFSET, sql, len);
+    h = dbk__fnv64_word(h, 0xff);
+    return dbk__fnv64(h, sig, nsig);
 }
 
 struct pg_stmt *dbk__pg_cache_find(pg_conn *pc, uint64_t h, const char *sql, size_t len,

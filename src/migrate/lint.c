@@ -156,7 +156,7 @@ void dbk__names_free(dbk__names *s)
 
 /* ---- findings ---- */
 
-static void one_line(char *dst, size_t n, const char *src, size_t len)
+void dbk__lint_one_line(char *dst, size_t n, const char *src, size_t len, bool ellipsis)
 {
     size_t o = 0;
     bool space = false;
@@ -172,7 +172,7 @@ static void one_line(char *dst, size_t n, const char *src, size_t len)
         }
         dst[o++] = ch < 0x20 ? '?' : (char)ch;
     }
-    if (o + 4 >= n && len > 0) {
+    if (ellipsis && o + 4 >= n && len > 0) {
         memcpy(dst + o, "...", 3);
         o += 3;
     }
@@ -223,7 +223,7 @@ void dbk__lint_add(dbk__lint_ctx *c, const char *rule_id, const char *table, con
     va_start(ap, fmt);
     vsnprintf(f->message, sizeof f->message, fmt, ap);
     va_end(ap);
-    one_line(f->statement, sizeof f->statement, c->stmt, c->stmt_len);
+    dbk__lint_one_line(f->statement, sizeof f->statement, c->stmt, c->stmt_len, true);
 }
 
 static void add_directive_problem(dbk__lint_ctx *c, const dbk__lint_dir *d)

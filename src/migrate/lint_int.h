@@ -94,6 +94,11 @@ void dbk__lint_sqlite_stmt(dbk__lint_ctx *c);
 /* The tables a PostgreSQL statement names (lower-case, "schema.table" when
  * qualified), at most `max`, each at most 127 bytes. Returns how many;
  * 0 when it does not parse. */
+/* src[0, len) on one line into dst (n bytes): runs of white space become
+ * one space, other control bytes '?'; cut to fit, with "..." when
+ * `ellipsis` and something was cut. */
+void dbk__lint_one_line(char *dst, size_t n, const char *src, size_t len, bool ellipsis);
+
 size_t dbk__lint_relations(const char *sql, char (*names)[128], size_t max);
 
 #endif

@@ -107,25 +107,6 @@ static dbk_rc new_locks(dbk_db *db, dbk__names *seen, dbk_trace_step *st, dbk_er
     return DBK_OK;
 }
 
-static void one_line(char *dst, size_t n, const char *src, size_t len)
-{
-    size_t o = 0;
-    bool space = false;
-    for (size_t i = 0; i < len && o + 4 < n; i++) {
-        unsigned char ch = (unsigned char)src[i];
-        if (ch == '\n' || ch == '\r' || ch == '\t' || ch == ' ') {
-            space = o > 0;
-            continue;
-        }
-        if (space) {
-            dst[o++] = ' ';
-            space = false;
-        }
-        dst[o++] = ch < 0x20 ? '?' : (char)ch;
-    }
-    dst[o] = '\0';
-}
-
 static dbk_rc trace_section(dbk_db *db, const dbk__migfile *f, const dbk__section *sec,
                             dbk_trace *t, size_t *cap, bool *stop, dbk_error *err)
 {
@@ -152,7 +133,8 @@ static dbk_rc trace_section(dbk_db *db, const dbk__migfile *f, const dbk__sectio
         dbk_trace_step *s = &t->steps[t->count++];
         memset(s, 0, sizeof *s);
         s->line = st[i].line;
-        one_line(s->statement, sizeof s->statement, f->text + sec->off + st[i].off, st[i].len);
+        dbk__lint_one_line(s->statement, sizeof s->statement, f->text + sec->off + st[i].off,
+                           st[i].len, false);
         if (!sec->transactional || *stop)
             continue;
         free(buf);

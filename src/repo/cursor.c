@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "dbkit/batch.h"
+#include "../core/hash.h"
 #include "../core/internal.h"
 #include "repo_int.h"
 #include "query_impl.h"
@@ -18,17 +19,12 @@
 
 static uint64_t fnv64(const void *p, size_t n, uint64_t h)
 {
-    const unsigned char *s = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= s[i];
-        h *= UINT64_C(1099511628211);
-    }
-    return h;
+    return dbk__fnv64(h, p, n);
 }
 
 static uint64_t order_sig(const dbk_entity *e, const struct okey *k, int n)
 {
-    uint64_t h = fnv64(e->table, strlen(e->table), UINT64_C(14695981039346656037));
+    uint64_t h = fnv64(e->table, strlen(e->table), DBK__FNV64_OFFSET);
     for (int i = 0; i < n; i++) {
         h = fnv64(k[i].desc ? "-" : "+", 1, h);
         const char *c = e->fields[k[i].field].column;
