@@ -244,8 +244,7 @@ void shop_reviews_list(shop_req *rq, shop_resp *rs, int64_t product_id)
     dbk_doc_find_opts o = {.version = DBK_DOC_FIND_OPTS_VERSION,
                            .filter = filter,
                            .sort = sort,
-                           .limit = limit,
-                           .has_limit = true,
+                           .limit = limit, /* 1..100, checked above */
                            .skip = offset,
                            .with_total = true};
     dbk_doc_page page;

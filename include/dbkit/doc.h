@@ -85,6 +85,8 @@ extern "C" {
 #define DBK_DOC_MAX_SORT 8                   /* sort keys per find */
 #define DBK_DOC_MAX_IN 10000                 /* values of one $in */
 #define DBK_DOC_MAX_LIMIT 1000               /* as DBK_REPO_MAX_LIMIT */
+#define DBK_DOC_DEFAULT_LIMIT 100 /* a find that names no limit: as DBK_REPO_DEFAULT_LIMIT */
+#define DBK_DOC_LIMIT_ALL (-1)    /* a find's limit for every match: as DBK_REPO_LIMIT_ALL */
 #define DBK_DOC_ID_MAX 64                    /* bytes of an "_id" */
 
 /* Field types. */
@@ -358,8 +360,16 @@ typedef struct dbk_doc_find_opts {
     const char *filter;     /* NULL: every document */
     const char *sort;       /* NULL: "_id" ascending */
     const char *projection; /* NULL: whole documents */
-    int64_t limit;          /* with has_limit: 0..DBK_DOC_MAX_LIMIT */
-    bool has_limit;         /* false: every match (no limit) */
+    /* 0: DBK_DOC_DEFAULT_LIMIT documents (the page's has_more tells when
+     * there are more); DBK_DOC_LIMIT_ALL: every match; 1..DBK_DOC_MAX_LIMIT:
+     * that many. Anything else is DBK_EINVALID. */
+    int64_t limit;
+    /* Deprecated (removed in 0.3): when set, `limit` keeps its 0.1 meaning,
+     * 0..DBK_DOC_MAX_LIMIT with 0 an empty page. (In 0.1 a find without it
+     * returned every match; it now gets the default page: use
+     * DBK_DOC_LIMIT_ALL for all.) */
+    bool has_limit DBK_DEPRECATED("leave it false and use limit alone (0 default page, "
+                                  "DBK_DOC_LIMIT_ALL every match)");
     int64_t skip;           /* >= 0 */
     bool with_total;        /* also count every match, ignoring skip/limit */
 } dbk_doc_find_opts;
@@ -382,13 +392,16 @@ typedef struct dbk_doc_page {
     dbk_doc **docs; /* count documents, owned by the page */
     size_t count;
     int64_t total; /* with_total: matches without skip/limit; else -1 */
+    bool has_more; /* a limit cut the result: more documents match after this page */
 } dbk_doc_page;
 
 /* Finds documents. With with_total the page and the count are sent
  * together as one batch (PostgreSQL: one pipeline, one round trip; both
  * statements see the same snapshot inside a transaction, otherwise each
- * its own). A limit outside 0..DBK_DOC_MAX_LIMIT or a negative skip is
- * DBK_EINVALID, as for the relational repositories. On success `page` is
+ * its own). A page of `limit` documents is read as limit + 1 so that
+ * has_more is exact. A limit other than 0, DBK_DOC_LIMIT_ALL and
+ * 1..DBK_DOC_MAX_LIMIT, or a negative skip, is DBK_EINVALID, as for the
+ * relational repositories. On success `page` is
  * filled and owned by the caller: dbk_doc_page_free(). */
 DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, dbk_doc_page *page,
                             dbk_error *err);

@@ -443,6 +443,39 @@ static dbk_rc result_page(const dbk_doc_coll *c, const dbk_result *res, json_t *
 
 DBK__OPTS_INIT_FN(dbk_doc_find_opts, DBK_DOC_FIND_OPTS_VERSION)
 
+/* The page size a find asks for, into o->limit: its `limit` (0: the
+ * default page; DBK_DOC_LIMIT_ALL: every match, -1), or with the
+ * deprecated has_limit the 0.1 meaning (0..max, 0 an empty page). The
+ * backends read o->limit + 1 documents so has_more is exact. */
+static dbk_rc resolve_limit(dbk_doc_find_opts *o, dbk_error *err)
+{
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    bool old = o->has_limit;
+    o->has_limit = false;
+#pragma GCC diagnostic pop
+    if (old) {
+        if (o->limit >= 0 && o->limit <= DBK_DOC_MAX_LIMIT)
+            return DBK_OK;
+        dbk_rc rc = dbk__err(err, DBK_EINVALID, "limit %lld is outside 0..%d (has_limit set)",
+                             (long long)o->limit, DBK_DOC_MAX_LIMIT);
+        dbk__err_hint(err, "has_limit is deprecated: leave it false and use limit alone");
+        return rc;
+    }
+    if (o->limit == 0)
+        o->limit = DBK_DOC_DEFAULT_LIMIT;
+    else if (o->limit == DBK_DOC_LIMIT_ALL)
+        o->limit = -1;
+    else if (o->limit < 1 || o->limit > DBK_DOC_MAX_LIMIT) {
+        dbk_rc rc = dbk__err(err, DBK_EINVALID, "limit %lld is outside 1..%d",
+                             (long long)o->limit, DBK_DOC_MAX_LIMIT);
+        dbk__err_hint(err, "0 reads the default page of %d documents, DBK_DOC_LIMIT_ALL every "
+                           "match", DBK_DOC_DEFAULT_LIMIT);
+        return rc;
+    }
+    return DBK_OK;
+}
+
 DBK__OPTS_INIT_FN(dbk_doc_mongo_opts, DBK_DOC_MONGO_OPTS_VERSION)
 
 DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, dbk_doc_page *page,
@@ -457,8 +490,8 @@ DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, d
     dbk_doc_find_opts o = {0};
     if (opts)
         o = *opts;
-    if (o.has_limit && (o.limit < 0 || o.limit > DBK_DOC_MAX_LIMIT))
-        return dbk__err(err, DBK_EINVALID, "limit must be 0..%d", DBK_DOC_MAX_LIMIT);
+    if (resolve_limit(&o, err) != DBK_OK)
+        return DBK_EINVALID;
     if (o.skip < 0)
         return dbk__err(err, DBK_EINVALID, "skip must not be negative");
     dbk__sb where = {0}, sql = {0}, count = {0};
@@ -480,7 +513,8 @@ DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, d
     if ((rc = dbk__doc_sort_compile(coll, o.sort, &sql, err)) != DBK_OK)
         goto done;
     size_t nfilter = params.n;
-    dbk_value lim = o.has_limit ? dbk_int64(o.limit) : dbk__doc_dialect(coll)->no_limit;
+    /* one more than the page, so that has_more is exact */
+    dbk_value lim = o.limit >= 0 ? dbk_int64(o.limit + 1) : dbk__doc_dialect(coll)->no_limit;
     dbk_value lp[2] = {lim, dbk_int64(o.skip)};
     for (int i = 0; i < 2; i++) {
         if (params.n == params.cap) {
@@ -524,6 +558,11 @@ DBK_API dbk_rc dbk_doc_find(dbk_doc_coll *coll, const dbk_doc_find_opts *opts, d
         goto done;
     rc = result_page(coll, dbk_batch_result(b, 0), proj, page, err);
 done:
+    if (rc == DBK_OK && o.limit >= 0 && page->count > (size_t)o.limit) {
+        while (page->count > (size_t)o.limit)
+            dbk_doc_free(page->docs[--page->count]);
+        page->has_more = true;
+    }
     if (rc) {
         dbk_doc_page_free(page);
         page->total = -1;
@@ -545,7 +584,7 @@ DBK_API dbk_rc dbk_doc_find_one(dbk_doc_coll *coll, const char *filter, dbk_doc 
     if (!coll || !out)
         return dbk__err(err, DBK_EMISUSE, "dbk_doc_find_one: NULL argument");
     *out = NULL;
-    dbk_doc_find_opts o = {.filter = filter, .limit = 1, .has_limit = true};
+    dbk_doc_find_opts o = {.filter = filter, .limit = 1};
     dbk_doc_page page;
     dbk_rc rc = dbk_doc_find(coll, &o, &page, err);
     if (rc)

@@ -92,8 +92,8 @@ dbk_rc dbk__mongo_find(dbk_doc_coll *c, const dbk_doc_find_opts *o, json_t *proj
     }
     if (o->skip > 0)
         BSON_APPEND_INT64(&opts, "skip", o->skip);
-    if (o->has_limit && o->limit > 0)
-        BSON_APPEND_INT64(&opts, "limit", o->limit);
+    if (o->limit >= 0) /* resolved by dbk_doc_find: one more than the page, for has_more */
+        BSON_APPEND_INT64(&opts, "limit", o->limit + 1);
     count_job job = {c, f, -1, {0}};
     pthread_t th;
     bool counting = false;
@@ -102,7 +102,7 @@ dbk_rc dbk__mongo_find(dbk_doc_coll *c, const dbk_doc_find_opts *o, json_t *proj
     if (o->with_total && !counting)
         count_thread(&job); /* no thread: one after the other */
     size_t cap = 0;
-    if (!(o->has_limit && o->limit == 0)) {
+    {
         dbk__mongo_session s;
         dbk__mongo_sess_open(c, &s);
         mongoc_cursor_t *cur = mongoc_collection_find_with_opts(s.coll, f, &opts, NULL);

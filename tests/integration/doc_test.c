@@ -330,27 +330,51 @@ static void paging(const char *url, dbk_engine engine)
     dbk_error err;
     seed25(&e);
     dbk_doc_page page;
-    dbk_doc_find_opts o = {.sort = "{\"age\":-1,\"name\":1}", .has_limit = true, .limit = 10,
-                           .skip = 3, .with_total = true, .filter = "{\"age\":{\"$gte\":1}}"};
+    dbk_doc_find_opts o = {.sort = "{\"age\":-1,\"name\":1}", .limit = 10, .skip = 3,
+                           .with_total = true, .filter = "{\"age\":{\"$gte\":1}}"};
     DBKT_OK(dbk_doc_find(e.coll, &o, &page, &err), &err);
     assert_int_equal(page.total, 20);
     assert_int_equal(page.count, 10);
+    assert_true(page.has_more); /* 17 match after the skip */
     /* age 4: n04 n09 n14 n19 n24; age 3: n03 n08 ... skip 3 */
     const char *want[] = {"n19", "n24", "n03", "n08", "n13", "n18", "n23", "n02", "n07", "n12"};
     for (size_t i = 0; i < 10; i++)
         assert_string_equal(text(page.docs[i], "name"), want[i]);
     dbk_doc_page_free(&page);
 
-    /* default order is _id; no limit returns everything; total off is -1 */
+    /* default order is _id; no limit is the default page, which holds all
+     * 25; total off is -1 */
     dbk_doc_find_opts all = {0};
     DBKT_OK(dbk_doc_find(e.coll, &all, &page, &err), &err);
     assert_int_equal(page.count, 25);
     assert_int_equal(page.total, -1);
+    assert_false(page.has_more);
     assert_string_equal(dbk_doc_id(page.docs[0]), "id00");
     assert_string_equal(dbk_doc_id(page.docs[24]), "id24");
     dbk_doc_page_free(&page);
+    /* a page that ends exactly at the last match has nothing more */
+    dbk_doc_find_opts exact = {.limit = 5, .skip = 20};
+    DBKT_OK(dbk_doc_find(e.coll, &exact, &page, &err), &err);
+    assert_int_equal(page.count, 5);
+    assert_false(page.has_more);
+    dbk_doc_page_free(&page);
+    exact.skip = 19;
+    DBKT_OK(dbk_doc_find(e.coll, &exact, &page, &err), &err);
+    assert_int_equal(page.count, 5);
+    assert_true(page.has_more);
+    dbk_doc_page_free(&page);
+    dbk_doc_find_opts every = {.limit = DBK_DOC_LIMIT_ALL};
+    DBKT_OK(dbk_doc_find(e.coll, &every, &page, &err), &err);
+    assert_int_equal(page.count, 25);
+    assert_false(page.has_more);
+    dbk_doc_page_free(&page);
 
+    /* the deprecated has_limit keeps its 0.1 meaning: limit 0 is an empty page */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
     dbk_doc_find_opts zero = {.has_limit = true, .limit = 0, .with_total = true};
+    dbk_doc_find_opts big = {.has_limit = true, .limit = DBK_DOC_MAX_LIMIT + 1};
+#pragma GCC diagnostic pop
     DBKT_OK(dbk_doc_find(e.coll, &zero, &page, &err), &err);
     assert_int_equal(page.count, 0);
     assert_int_equal(page.total, 25);
@@ -362,8 +386,11 @@ static void paging(const char *url, dbk_engine engine)
     assert_int_equal(page.total, 25);
     dbk_doc_page_free(&page);
 
-    dbk_doc_find_opts big = {.has_limit = true, .limit = DBK_DOC_MAX_LIMIT + 1};
     DBKT_RC(DBK_EINVALID, dbk_doc_find(e.coll, &big, &page, &err));
+    dbk_doc_find_opts toobig = {.limit = DBK_DOC_MAX_LIMIT + 1}, minus2 = {.limit = -2};
+    DBKT_RC(DBK_EINVALID, dbk_doc_find(e.coll, &toobig, &page, &err));
+    DBKT_RC(DBK_EINVALID, dbk_doc_find(e.coll, &minus2, &page, &err));
+    assert_non_null(strstr(err.hint, "DBK_DOC_LIMIT_ALL"));
     dbk_doc_find_opts neg = {.skip = -1};
     DBKT_RC(DBK_EINVALID, dbk_doc_find(e.coll, &neg, &page, &err));
     dbk_doc_find_opts badsort = {.sort = "{\"age\":2}"};
@@ -807,7 +834,7 @@ static void observed(const char *url, dbk_engine engine)
     create_free(&e, "{\"_id\":\"a\",\"name\":\"Ann\",\"email\":\"a@x\"}");
     assert_int_equal(s.events, 1);
     dbk_doc_page page;
-    dbk_doc_find_opts o = {.with_total = true, .has_limit = true, .limit = 5};
+    dbk_doc_find_opts o = {.with_total = true, .limit = 5};
     DBKT_OK(dbk_doc_find(e.coll, &o, &page, &err), &err);
     dbk_doc_page_free(&page);
     assert_int_equal(s.events, 3);          /* page and count ... */
