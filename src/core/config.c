@@ -121,6 +121,8 @@ const struct setting dbk__cfg_settings[S_COUNT_] = {
     [S_POOLER] = {"pooler", "DB_POOLER", K_ENUM, SC_PG, 0, "none", 0, 0, OFF(pooler), pooler_modes},
     [S_AUTO_PIPELINE] = {"auto_pipeline", "DB_AUTO_PIPELINE", K_COUNT, SC_PG, 0, "1", 0, 1,
                          OFF(auto_pipeline), NULL},
+    [S_PIPELINE_CONNS] = {"pipeline_conns", "DB_PIPELINE_CONNS", K_COUNT, SC_PG, 0, "0", 0, 10000,
+                          OFF(pipeline_conns), NULL},
 };
 
 int dbk__cfg_find_setting(const char *key)

@@ -82,6 +82,7 @@ enum {
     S_READ_YOUR_WRITES_WAIT,
     S_POOLER,
     S_AUTO_PIPELINE,
+    S_PIPELINE_CONNS,
     S_COUNT_
 };
 

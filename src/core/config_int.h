@@ -56,6 +56,11 @@ struct dbk_config {
      * that is running (PostgreSQL; see src/pool/pool_pipe.c); 0: each
      * waits for a connection of its own. */
     int auto_pipeline;
+    /* With auto-pipelining: the most connections that plain statements
+     * hold at once (the others stay for transactions and whole-connection
+     * acquires; statements beyond ride pipelines); 0: no bound but the
+     * pool's size. */
+    int pipeline_conns;
     int replica_max_lag_ms;
     int read_your_writes_wait_ms;
 

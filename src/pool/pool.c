@@ -139,6 +139,10 @@ void dbk__pool_busy_remove(dbk_pool *p, struct slot *s)
 {
     list_remove(&p->busy, s);
     s->busy = false;
+    if (s->pipe) {
+        s->pipe = false;
+        p->n_pipe_busy--;
+    }
 }
 
 void dbk__pool_wq_push(dbk_pool *p, struct waiter *w)
@@ -182,12 +186,22 @@ dbk_rc dbk__pool_fork_error(const dbk_pool *p, dbk_error *err)
     return dbk__owner_error(&p->owner, "pool", err);
 }
 
-/* Lends slot s to the head waiter, or puts it on the idle list. */
+/* Lends slot s to the head waiter, or puts it on the idle list. While
+ * plain statements hold pipeline_conns connections, a waiter carrying one
+ * (it rides the next pipeline of those) lets the first waiter that wants a
+ * whole connection go first. */
 void dbk__pool_give_slot(dbk_pool *p, struct slot *s, int64_t now)
 {
     struct waiter *w = p->wq_head;
+    if (p->pipe_cap > 0 && p->n_pipe_busy >= p->pipe_cap)
+        while (w && w->req)
+            w = w->next;
     if (w) {
         dbk__pool_wq_remove(p, w);
+        if (w->req) {
+            s->pipe = true;
+            p->n_pipe_busy++;
+        }
         s->site = w->site;
         s->acquired_ns = now;
         s->leak_reported = false;
@@ -486,6 +500,7 @@ dbk_rc dbk_pool_open(const dbk_config *cfg, const dbk_pool_opts *opts, dbk_pool 
     p->auto_pipeline = cfg->auto_pipeline && cfg->engine == DBK_ENGINE_POSTGRES &&
                        dbk__driver_postgres.pipeline &&
                        !(p->cfg->pooler && p->cfg->pooler[0] == 't');
+    p->pipe_cap = p->auto_pipeline ? cfg->pipeline_conns : 0;
     p->use_gate = false; /* see the top of this file */
     p->gate_timeout_ms = cfg->busy_timeout_ms > 0 ? cfg->busy_timeout_ms : o.acquire_timeout_ms;
 

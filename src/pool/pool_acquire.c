@@ -149,6 +149,10 @@ static dbk_rc acquire(dbk_pool *p, const struct site *site, struct pipe_req *req
         struct slot *s = p->affinity[aff];
         if (!s || !s->on_idle)
             s = p->idle.head;
+        /* plain statements beyond pipeline_conns connections ride theirs */
+        bool capped = req && p->pipe_cap > 0 && p->n_pipe_busy >= p->pipe_cap;
+        if (capped)
+            s = NULL;
         if (s) {
             dbk__pool_idle_remove(p, s);
             int64_t now = coarse_now_ns();
@@ -169,6 +173,10 @@ static dbk_rc acquire(dbk_pool *p, const struct site *site, struct pipe_req *req
             s->leak_reported = false;
             dbk__pool_busy_push(p, s);
             p->affinity[aff] = s;
+            if (req) {
+                s->pipe = true;
+                p->n_pipe_busy++;
+            }
             unsigned epoch = __atomic_load_n(&p->suspect_epoch, __ATOMIC_RELAXED);
             bool validate = s->checked_epoch != epoch ||
                             (p->o.validate_after_ms > 0 &&
@@ -257,7 +265,7 @@ static dbk_rc acquire(dbk_pool *p, const struct site *site, struct pipe_req *req
         w.req = req;
         dbk__pool_wq_push(p, &w);
         p->n_wait_threads++;
-        if (dbk__pool_capacity_used(p) < p->o.max_size)
+        if (!capped && dbk__pool_capacity_used(p) < p->o.max_size)
             dbk__pool_wake_worker(p);
         pthread_mutex_unlock(&p->mu);
         /* Sleep outside the pool lock: whoever decides this waiter's fate

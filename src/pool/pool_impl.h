@@ -84,6 +84,7 @@ struct slot {
     bool broken;     /* connection lost: never reuse */
     bool gate_held;  /* SQLite write gate */
     bool on_idle;    /* on the idle list */
+    bool pipe;       /* lent to a plain statement (counts in n_pipe_busy) */
 };
 
 /* A doubly linked list of slots with its length (the idle and busy lists). */
@@ -204,6 +205,8 @@ struct dbk_pool {
     /* auto-pipelining (pool_pipe.c) */
     bool auto_pipeline;
     uint64_t pipelines, pipelined;
+    int pipe_cap;    /* pipeline_conns: 0 none */
+    int n_pipe_busy; /* connections lent to plain statements (slot.pipe) */
 
     /* SQLite write gate */
     bool use_gate;

@@ -34,13 +34,18 @@ static void sleep_ms(int ms)
         ;
 }
 
-/* A pool on a fresh database, auto_pipeline set as asked. */
-static dbk_pool *open_pool(const char *name, int max, int acquire_ms, bool autopipe, char **url_out)
+/* A pool on a fresh database, auto_pipeline set as asked, pipeline_conns
+ * (0: not set). */
+static dbk_pool *open_pool_pc(const char *name, int max, int acquire_ms, bool autopipe,
+                              int pipeline_conns, char **url_out)
 {
     char *base = dbkt_pg_fresh_db(name);
     char url[1024];
     snprintf(url, sizeof url, "%s%cauto_pipeline=%d", base, strchr(base, '?') ? '&' : '?',
              autopipe ? 1 : 0);
+    if (pipeline_conns)
+        snprintf(url + strlen(url), sizeof url - strlen(url), "&pipeline_conns=%d",
+                 pipeline_conns);
     free(base);
     dbk_error err;
     dbk_config *cfg = NULL;
@@ -52,6 +57,11 @@ static dbk_pool *open_pool(const char *name, int max, int acquire_ms, bool autop
     if (url_out)
         *url_out = strdup(url);
     return pool;
+}
+
+static dbk_pool *open_pool(const char *name, int max, int acquire_ms, bool autopipe, char **url_out)
+{
+    return open_pool_pc(name, max, acquire_ms, autopipe, 0, url_out);
 }
 
 static dbk_pool_stats stats(dbk_pool *pool)
@@ -490,6 +500,83 @@ static void pipeline_mixed_with_transactions(void **state)
     dbk_pool_close(pool, 1000);
 }
 
+/* ---- pipeline_conns: plain statements keep to a few connections ---- */
+
+struct bg_lookers {
+    struct lookers l;
+    dbk_pool *pool;
+    int threads, per_thread;
+    atomic_bool done;
+};
+
+static void *bg_look(void *arg)
+{
+    struct bg_lookers *b = arg;
+    run_lookers(b->pool, b->threads, b->per_thread, &b->l);
+    atomic_store(&b->done, true);
+    return NULL;
+}
+
+/* A pool of 4 with pipeline_conns=1: 16 threads of plain statements never
+ * hold more than one connection at a time (the rest ride its pipelines),
+ * while 2 threads of transactions get connections of their own beside it.
+ * The pool's busy count is sampled all along: at most 1 + 2. Every answer
+ * is checked. */
+static void pipeline_conns_bound_plain_statements(void **state)
+{
+    (void)state;
+    dbk_pool *pool = open_pool_pc("pipe_conns", 4, 30000, true, 1, NULL);
+    struct bg_lookers b;
+    memset(&b, 0, sizeof b);
+    b.pool = pool;
+    b.threads = 16;
+    b.per_thread = 600;
+    struct lookers t;
+    memset(&t, 0, sizeof t);
+    pthread_mutex_init(&t.mu, NULL);
+    t.pool = pool;
+    pthread_t bg, tx[2];
+    assert_int_equal(pthread_create(&bg, NULL, bg_look, &b), 0);
+    int max_busy = 0, samples = 0;
+    /* plain statements alone first: busy stays at 1 */
+    int64_t end = now_ms() + 60000;
+    while (!atomic_load(&b.done) && samples < 50 && now_ms() < end) {
+        dbk_pool_stats st = stats(pool);
+        max_busy = st.in_use > max_busy ? st.in_use : max_busy;
+        samples++;
+        sleep_ms(1);
+    }
+    int max_plain = max_busy, plain_samples = samples;
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&tx[i], NULL, tx_thread, &t), 0);
+    while (!atomic_load(&b.done) && now_ms() < end) {
+        dbk_pool_stats st = stats(pool);
+        max_busy = st.in_use > max_busy ? st.in_use : max_busy;
+        samples++;
+        sleep_ms(1);
+    }
+    pthread_join(bg, NULL);
+    for (int i = 0; i < 2; i++)
+        pthread_join(tx[i], NULL);
+    pthread_mutex_destroy(&t.mu);
+    dbk_pool_stats st = stats(pool);
+    fprintf(stderr, "%d samples: in use at most %d (plain alone, %d samples: %d); %llu "
+            "statements rode in %llu pipelines\n", samples, max_busy, plain_samples, max_plain,
+            (unsigned long long)st.pipelined, (unsigned long long)st.pipelines);
+    if (atomic_load(&b.l.failed))
+        fail_msg("a statement failed: %s", b.l.first_error);
+    if (atomic_load(&t.failed))
+        fail_msg("a transaction failed: %s", t.first_error);
+    assert_int_equal(atomic_load(&b.l.ok), 16 * 600);
+    assert_int_equal(atomic_load(&b.l.wrong), 0);
+    assert_int_equal(atomic_load(&t.ok), 2 * 50);
+    assert_true(plain_samples >= 10 && samples >= plain_samples + 10);
+    assert_true(max_plain <= 1);
+    assert_true(max_busy <= 3);
+    assert_true(st.pipelined > 0);
+    dbk_pool_close(pool, 1000);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(pipeline_callers_get_their_own_answers),
     cmocka_unit_test(pipeline_off_never_rides),
@@ -499,6 +586,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(pipeline_connection_lost_under_riders),
     cmocka_unit_test(pipeline_hostile_statement_hurts_no_one),
     cmocka_unit_test(pipeline_mixed_with_transactions),
+    cmocka_unit_test(pipeline_conns_bound_plain_statements),
 };
 
 DBKT_MAIN(tests)

@@ -1303,7 +1303,7 @@ static void config_dump_lists_every_setting_with_source(void **state)
         "stmt_cache_size", "pool_max", "pool_min_idle", "acquire_timeout", "idle_timeout",
         "max_lifetime", "validate_after", "validate_timeout", "pool_max_waiters",
         "leak_threshold", "replicas", "replica_max_lag", "read_your_writes_wait", "pooler",
-        "auto_pipeline", "keepalives", "sslpassword"};
+        "auto_pipeline", "pipeline_conns", "keepalives", "sslpassword"};
     assert_int_equal(d.n, (int)(sizeof order / sizeof order[0]));
     for (int i = 0; i < d.n; i++) {
         assert_string_equal(d.key[i], order[i]);
