@@ -11,7 +11,7 @@
  * it is the observer and chains to this one.
  *
  * /metrics is Prometheus text: the shop's own counters (shop_*), the pool
- * (dbk_pool_get_stats), the cache (dbk_cache_stats_get), transaction
+ * (dbk_pool_get_stats), the cache (dbk_cache_get_stats), transaction
  * retries, the replicas (dbk_cluster_get_stats: state, lag, reads per
  * target, fallbacks to the primary) and the diagnostics hub's output when
  * present. /health lists the replicas too; a replica that is down does not
@@ -358,7 +358,7 @@ void shop_handle_metrics(shop_req *rq, shop_resp *rs)
 
     if (shop.cache) {
         dbk_cache_stats cs;
-        if (dbk_cache_stats_get(shop.cache, &cs, &err) == DBK_OK) {
+        if (dbk_cache_get_stats(shop.cache, &cs, &err) == DBK_OK) {
             metric(&b, "shop_cache_hits_total", "counter", "Reads served from the cache.",
                    (double)cs.hits);
             metric(&b, "shop_cache_misses_total", "counter", "Reads not in the cache.",

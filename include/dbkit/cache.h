@@ -380,7 +380,11 @@ typedef struct dbk_cache_stats {
 } dbk_cache_stats;
 
 /* Fills *out. DBK_EMISUSE for NULL arguments. */
-DBK_API dbk_rc dbk_cache_stats_get(dbk_cache *cache, dbk_cache_stats *out, dbk_error *err);
+DBK_API dbk_rc dbk_cache_get_stats(dbk_cache *cache, dbk_cache_stats *out, dbk_error *err);
+
+/* Deprecated in 0.2 (removed in 0.3): the old name of dbk_cache_get_stats(). */
+DBK_API DBK_DEPRECATED("use dbk_cache_get_stats")
+dbk_rc dbk_cache_stats_get(dbk_cache *cache, dbk_cache_stats *out, dbk_error *err);
 
 /* ------------------------------------------------------------------------
  * Value encoding: a compact, versioned row format for cached entities.

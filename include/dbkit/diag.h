@@ -44,7 +44,7 @@
  *      Transaction control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT,
  *      RELEASE, SET, START, END, ABORT) are never counted.
  *
- *   3. Counters, read with dbk_diag_stats_get() or as Prometheus text with
+ *   3. Counters, read with dbk_diag_get_stats() or as Prometheus text with
  *      dbk_diag_prometheus().
  *
  * Thread safety: a dbk_diag may observe any number of executors used from
@@ -267,7 +267,11 @@ typedef struct dbk_diag_stats {
 
 /* Fills *out with a snapshot of the counters. Thread-safe. NULL arguments
  * do nothing. */
-DBK_API void dbk_diag_stats_get(dbk_diag *d, dbk_diag_stats *out);
+DBK_API void dbk_diag_get_stats(dbk_diag *d, dbk_diag_stats *out);
+
+/* Deprecated in 0.2 (removed in 0.3): the old name of dbk_diag_get_stats(). */
+DBK_API DBK_DEPRECATED("use dbk_diag_get_stats")
+void dbk_diag_stats_get(dbk_diag *d, dbk_diag_stats *out);
 
 /* How many observed statements failed with `rc` in the snapshot `s`; 0 for
  * DBK_OK, a code this library version does not know, or a NULL `s`. Use it

@@ -349,10 +349,10 @@ dbk_rc dbk_cache_set_leased(dbk_cache *cache, const void *key, size_t keylen,
     return rc;
 }
 
-dbk_rc dbk_cache_stats_get(dbk_cache *cache, dbk_cache_stats *out, dbk_error *err)
+dbk_rc dbk_cache_get_stats(dbk_cache *cache, dbk_cache_stats *out, dbk_error *err)
 {
     if (!cache || !out)
-        return dbk__err(err, DBK_EMISUSE, "dbk_cache_stats_get: cache and out must not be NULL");
+        return dbk__err(err, DBK_EMISUSE, "dbk_cache_get_stats: cache and out must not be NULL");
     memset(out, 0, sizeof *out);
     out->hits = atomic_load(&cache->hits);
     out->misses = atomic_load(&cache->misses);
@@ -622,3 +622,12 @@ dbk_rc dbk__cache_get_or_load_ex(dbk_cache *cache, const void *key, size_t keyle
     pthread_mutex_unlock(&cache->fl_mu);
     return rc;
 }
+
+/* The deprecated name (one release), a wrapper so it stays in the ABI. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+dbk_rc dbk_cache_stats_get(dbk_cache *cache, dbk_cache_stats *out, dbk_error *err)
+{
+    return dbk_cache_get_stats(cache, out, err);
+}
+#pragma GCC diagnostic pop

@@ -305,7 +305,7 @@ uint64_t dbk_diag_stats_errors(const dbk_diag_stats *s, dbk_rc rc)
     return s->errors_by_code[rc];
 }
 
-void dbk_diag_stats_get(dbk_diag *d, dbk_diag_stats *out)
+void dbk_diag_get_stats(dbk_diag *d, dbk_diag_stats *out)
 {
     if (!d || !out)
         return;
@@ -343,7 +343,7 @@ size_t dbk_diag_prometheus(dbk_diag *d, char *buf, size_t len)
             buf[0] = '\0';
         return 0;
     }
-    dbk_diag_stats_get(d, &s);
+    dbk_diag_get_stats(d, &s);
 
     dbk__sb_puts(&w, "# HELP dbkit_queries_total Statements run through observed executors.\n"
                      "# TYPE dbkit_queries_total counter\n");
@@ -377,3 +377,12 @@ size_t dbk_diag_prometheus(dbk_diag *d, char *buf, size_t len)
 
     return w.len;
 }
+
+/* The deprecated name (one release), a wrapper so it stays in the ABI. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+void dbk_diag_stats_get(dbk_diag *d, dbk_diag_stats *out)
+{
+    dbk_diag_get_stats(d, out);
+}
+#pragma GCC diagnostic pop

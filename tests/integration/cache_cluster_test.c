@@ -272,7 +272,7 @@ static void cluster_case(void (*disrupt)(dbkt_redistopo *), const char *what, co
     dbkt_cacheload_result l;
     dbkt_cacheload_stop(load, &l); /* also reads every row once more after the stop */
     dbk_cache_stats st;
-    dbk_cache_stats_get(c, &st, NULL);
+    dbk_cache_get_stats(c, &st, NULL);
     print_message("%s: %d reads, %d writes, %d errors, %d stale; hits %llu before, %llu after; "
                   "%llu misses, %llu cache errors, %llu breaker opens%s%s\n",
                   what, l.reads, l.writes, l.errors, l.stale, (unsigned long long)before,

@@ -412,7 +412,7 @@ static uint64_t loads(dbk_cache *c)
 {
     dbk_cache_stats st;
     dbk_error err;
-    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
     return st.loads;
 }
 

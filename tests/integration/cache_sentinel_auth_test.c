@@ -229,7 +229,7 @@ static void cache_sentinel_auth_failover_followed(void **state)
         sleep_ms(20);
     }
     dbk_cache_stats st;
-    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
     dbk_cache_close(c);
     dbk_set_log(NULL, NULL, DBK_LOG_INFO);
     dbkt_redistopo_stop(t);

@@ -79,7 +79,7 @@ static void failover_case(void (*disrupt)(dbkt_redistopo *), const char *what, c
     dbkt_cacheload_result l;
     dbkt_cacheload_stop(load, &l);
     dbk_cache_stats st;
-    dbk_cache_stats_get(c, &st, NULL);
+    dbk_cache_get_stats(c, &st, NULL);
     print_message("%s: new master named %lld ms after the disruption; cache hits again %lld ms "
                   "after that; %d reads, %d writes, %d errors, %d stale, %llu hits, %llu misses, "
                   "%llu cache errors, %llu breaker opens%s%s\n",

@@ -238,7 +238,7 @@ static void hit_and_miss(dbk_cache *c)
     free(s);
     assert_int_equal(atomic_load(&l.runs), 1);
     dbk_cache_stats st;
-    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
     assert_true(st.hits >= 2);
     assert_true(st.misses >= 2);
     assert_int_equal(st.loads, 1);
@@ -334,7 +334,7 @@ static void cache_lru_entries_and_eviction_order(void **state)
     want_miss(c, "a");
     dbk_cache_stats st;
     dbk_error err;
-    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
     assert_int_equal(st.entries, 3);
     assert_int_equal(st.evictions, 2);
     dbk_cache_close(c);
@@ -358,7 +358,7 @@ static void cache_lru_bytes_bound(void **state)
     want_value(c, "k3", big);
     dbk_cache_stats st;
     dbk_error err;
-    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
     assert_true(st.bytes <= 2500);
     assert_int_equal(st.entries, 2);
     /* a value larger than the whole budget is not cached, and evicts nothing */
@@ -552,7 +552,7 @@ static void stale_race(dbk_cache *c)
     want_miss(c, "user:7");      /* ... but did not store it */
     dbk_cache_stats st;
     dbk_error err;
-    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
     assert_true(st.stale_rejects >= 1);
     s = load_str(c, "user:7", &l, 60000);
     assert_string_equal(s, "new");
@@ -791,7 +791,7 @@ static void wait_flight_waits(dbk_cache *c, uint64_t n)
     dbk_error err;
     int64_t end = now_ms() + 10000;
     do {
-        DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+        DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
         if (st.flight_waits >= n)
             return;
         sleep_ms(2);
@@ -812,7 +812,7 @@ static void detach_case(dbk_cache *c, const char *key, const char *ns)
     gate_init(&g, "old");
     dbk_cache_stats st0;
     dbk_error err;
-    DBKT_OK(dbk_cache_stats_get(c, &st0, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st0, &err), &err);
     struct reader a, j, b;
     reader_start(&a, c, key, &g);
     assert_true(gate_wait(&g, gate_first_read, 10000));
@@ -1030,7 +1030,7 @@ static void cache_redis_sigkill_zero_failed_reads(void **state)
     assert_int_equal(reads, 3000);
     dbk_cache_stats st;
     dbk_error err;
-    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
     assert_true(st.hits >= 400);        /* cached before the kill */
     assert_true(st.breaker_opens >= 1); /* and the breaker opened after it */
     assert_true(st.skipped > 0);
@@ -1055,12 +1055,12 @@ static void cache_redis_restart_resumes(void **state)
         free(load_str(c, "k", &l, 60000)); /* served by the loader */
     dbk_cache_stats st;
     dbk_error err;
-    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
     assert_int_equal(st.breaker, DBK_CACHE_BREAKER_OPEN);
     /* while Redis is down: sets are skipped, deletes are queued */
     DBKT_RC(DBK_EUNAVAILABLE, dbk_cache_set(c, "other", 5, "x", 1, 60000, &err));
     assert_int_not_equal(dbk_cache_delete(c, "k", 1, &err), DBK_OK);
-    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
     assert_int_equal(st.pending_invalidations, 1);
     redis_start(&rs, NULL); /* same port, empty data */
     int64_t end = now_ms() + 5000;
@@ -1068,7 +1068,7 @@ static void cache_redis_restart_resumes(void **state)
     bool resumed = false;
     while (now_ms() < end && !resumed) {
         free(load_str(c, "k", &l, 60000));
-        DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+        DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
         resumed = st.hits > hits0 && st.breaker == DBK_CACHE_BREAKER_CLOSED;
         sleep_ms(20);
     }
@@ -1095,7 +1095,7 @@ static void cache_redis_invalidation_replayed(void **state)
     assert_true(now_ms() - t0 < 1000); /* bounded by the command timeout */
     assert_int_not_equal(rc, DBK_OK);
     dbk_cache_stats st;
-    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
     assert_int_equal(st.pending_invalidations, 1);
     assert_int_equal(st.breaker, DBK_CACHE_BREAKER_OPEN);
     kill(rs.pid, SIGCONT);
@@ -1107,7 +1107,7 @@ static void cache_redis_invalidation_replayed(void **state)
         size_t n = 0;
         rc = dbk_cache_get(c, "user:9", 6, &v, &n, &err);
         assert_int_not_equal(rc, DBK_OK);
-        DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+        DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
         closed = st.breaker == DBK_CACHE_BREAKER_CLOSED;
         sleep_ms(20);
     }
@@ -1356,6 +1356,13 @@ static void cache_repo_deprecated_names_still_work(void **state)
     DBKT_RC(DBK_ENOT_FOUND, dbk_cached_find_by_id(r, db, dbk_int64(created.id), &u, a, &err));
     DBKT_RC(DBK_EMISUSE, dbk_cached_find_by_id(NULL, db, dbk_int64(1), &u, a, &err));
     DBKT_RC(DBK_EMISUSE, dbk_cached_list_version(r, NULL, &err));
+    /* the old name of dbk_cache_get_stats reads the same counters */
+    dbk_cache_stats s_old, s_new;
+    DBKT_OK(dbk_cache_stats_get(c, &s_old, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &s_new, &err), &err);
+    assert_true(s_old.hits > 0);
+    assert_true(s_old.hits == s_new.hits && s_old.misses == s_new.misses);
+    DBKT_RC(DBK_EMISUSE, dbk_cache_stats_get(NULL, &s_old, &err));
 #pragma GCC diagnostic pop
     dbk_arena_free(a);
     dbk_cached_repo_free(r);
@@ -2018,7 +2025,7 @@ static void queue_deletes(dbk_cache *c, int n)
     }
     dbk_cache_stats st;
     dbk_error err;
-    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
     assert_int_equal(st.pending_invalidations, (uint64_t)n);
 }
 
@@ -2427,7 +2434,7 @@ static void cache_redis_pipeline_concurrent_no_stale(void **state)
     pl_run(w, c, 1500, 0, NULL, NULL);
     dbk_cache_stats st;
     dbk_error err;
-    DBKT_OK(dbk_cache_stats_get(c, &st, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(c, &st, &err), &err);
     assert_true(st.hits > 0); /* the cache served, it was not bypassed */
     free(w);
     dbk_cache_close(c);

@@ -273,7 +273,7 @@ static void n1_logged(const char *url, dbk_engine eng)
     ASSERT_LINES(0, "n+1 ", NULL);
 
     dbk_diag_stats s;
-    dbk_diag_stats_get(d, &s);
+    dbk_diag_get_stats(d, &s);
     assert_int_equal(s.n_plus_one, 2);
     dbk_arena_free(a);
     dbk_conn_close(c);
@@ -377,7 +377,7 @@ static void diag_n1_threshold_edge(void **state)
     d = mk_diag_on(&o, db);
     DBKT_OK(scoped_find_loop(d, db, "off", 20, &err), &err);
     dbk_diag_stats s;
-    dbk_diag_stats_get(d, &s);
+    dbk_diag_get_stats(d, &s);
     assert_int_equal(s.n_plus_one, 0);
     dbk_diag_free(d);
     ASSERT_LINES(2, "n+1 ", NULL);
@@ -408,8 +408,11 @@ static void diag_n1_modes_and_deprecated_names(void **state)
         dbk_diag_opts o = {.n1_mode = logs[i]};
         dbk_diag *d = mk_diag_on(&o, db);
         DBKT_OK(scoped_find_loop(d, db, "logged", 6, &err), &err);
-        dbk_diag_stats_get(d, &s);
+        dbk_diag_get_stats(d, &s);
         assert_int_equal(s.n_plus_one, 1);
+        dbk_diag_stats old; /* the old name of dbk_diag_get_stats: the same snapshot */
+        dbk_diag_stats_get(d, &old);
+        assert_true(old.n_plus_one == s.n_plus_one && old.duration_count == s.duration_count);
         dbk_diag_free(d);
     }
     ASSERT_LINES(3, "n+1 ", NULL);
@@ -421,7 +424,7 @@ static void diag_n1_modes_and_deprecated_names(void **state)
 #pragma GCC diagnostic pop
     d = mk_diag_on(&o, db);
     DBKT_OK(scoped_find_loop(d, db, "off", 6, &err), &err);
-    dbk_diag_stats_get(d, &s);
+    dbk_diag_get_stats(d, &s);
     assert_int_equal(s.n_plus_one, 0);
     dbk_diag_free(d);
     ASSERT_LINES(4, "n+1 ", NULL);
@@ -513,7 +516,7 @@ static void diag_n1_reported_once_per_statement_per_scope(void **state)
     ASSERT_LINES(0, "n+1 ", NULL);
 
     dbk_diag_stats s;
-    dbk_diag_stats_get(d, &s);
+    dbk_diag_get_stats(d, &s);
     assert_int_equal(s.n_plus_one, 4);
     dbk_conn_close(c);
     dbk_diag_free(d);
@@ -621,7 +624,7 @@ static void diag_n1_scopes_on_two_threads_do_not_mix(void **state)
     ASSERT_LINES(1, "n+1 ", NULL);
 
     dbk_diag_stats s;
-    dbk_diag_stats_get(d, &s);
+    dbk_diag_get_stats(d, &s);
     assert_int_equal(s.queries, 16);
     pthread_barrier_destroy(&bar);
     dbk_diag_free(d);
@@ -695,7 +698,7 @@ static void pool_threads(const char *url, dbk_engine eng)
     assert_int_equal(b.rc, DBK_OK);
     ASSERT_LINES(1, "n+1 ", NULL);
     dbk_diag_stats s;
-    dbk_diag_stats_get(d, &s);
+    dbk_diag_get_stats(d, &s);
     assert_int_equal(s.errors, 0);
     assert_true(s.queries >= 6 + 8 + 2); /* + BEGIN/COMMIT and driver statements */
     pthread_barrier_destroy(&bar);
@@ -841,7 +844,7 @@ static void slow(const char *url, dbk_engine eng)
         assert_int_equal(cap.level[i], DBK_LOG_WARN);
 
     dbk_diag_stats s;
-    dbk_diag_stats_get(d, &s);
+    dbk_diag_get_stats(d, &s);
     assert_int_equal(s.slow, fast_was_slow ? 2 : 1);
     assert_int_equal(s.queries, 2);
 
@@ -863,7 +866,7 @@ static void slow(const char *url, dbk_engine eng)
     DBKT_OK(dbk_db_query(db, slow_sql, NULL, 0, &r, &err), &err);
     dbk_result_free(r);
     assert_int_equal(cap.n, 0);
-    dbk_diag_stats_get(d, &s);
+    dbk_diag_get_stats(d, &s);
     assert_int_equal(s.slow, 0);
     dbk_conn_close(c);
     dbk_diag_free(d);
@@ -981,7 +984,7 @@ static size_t sample_run(dbk_db *db, double rate, uint64_t seed, int n)
     for (int i = 0; i < n; i++)
         dbkt_int(db, "SELECT 1");
     dbk_diag_stats s;
-    dbk_diag_stats_get(d, &s);
+    dbk_diag_get_stats(d, &s);
     assert_int_equal(s.logged, cap.n);
     dbk_db_set_observer(db, NULL, NULL);
     dbk_diag_free(d);
@@ -1045,7 +1048,7 @@ static void metrics(const char *url, dbk_engine eng)
                                                &v, &err)); /* an ok statement with no row */
 
     dbk_diag_stats s;
-    dbk_diag_stats_get(d, &s);
+    dbk_diag_get_stats(d, &s);
     assert_int_equal(s.queries, 14);
     assert_int_equal(s.errors, 3);
     assert_int_equal(dbk_diag_stats_errors(&s, DBK_EUNIQUE), 2);
@@ -1207,7 +1210,7 @@ static void diag_options_and_misuse(void **state)
     DBKT_RC(DBK_EMISUSE, dbk_diag_scope_end(d, &err));
     DBKT_OK(dbk_diag_scope_end(d2, &err), &err);
     dbk_diag_stats s;
-    dbk_diag_stats_get(d, &s);
+    dbk_diag_get_stats(d, &s);
     assert_int_equal(s.queries, 0);
     assert_int_equal(s.buckets[DBK_DIAG_NBUCKETS - 1], 0);
     dbk_diag_free(d);

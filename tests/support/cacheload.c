@@ -191,6 +191,6 @@ void dbkt_cacheload_stop(dbkt_cacheload *l, dbkt_cacheload_result *out)
 uint64_t dbkt_cache_hits(dbk_cache *c)
 {
     dbk_cache_stats st;
-    dbk_cache_stats_get(c, &st, NULL);
+    dbk_cache_get_stats(c, &st, NULL);
     return st.hits;
 }

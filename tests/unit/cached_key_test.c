@@ -151,7 +151,7 @@ static void cached_key_none_for_unkeyable_lookups(void **state)
     huge[n] = '\0';
     insert(&f, 3, huge, n, "Three");
     dbk_cache_stats before, after;
-    DBKT_OK(dbk_cache_stats_get(f.cache, &before, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(f.cache, &before, &err), &err);
     DBKT_OK(dbk_cached_repo_find_by(f.r, f.db, "name", dbk_textn(huge, n), &it, f.arena, &err),
             &err);
     assert_true(it.id == 3);
@@ -162,7 +162,7 @@ static void cached_key_none_for_unkeyable_lookups(void **state)
     /* an id text that is not a canonical integer */
     DBKT_RC(DBK_ENOT_FOUND,
             dbk_cached_repo_find_by_id(f.r, f.db, dbk_text("3x"), &it, f.arena, &err));
-    DBKT_OK(dbk_cache_stats_get(f.cache, &after, &err), &err);
+    DBKT_OK(dbk_cache_get_stats(f.cache, &after, &err), &err);
     assert_true(after.entries == before.entries);
     assert_true(after.loads == before.loads);
     assert_false(cached(&f, "items:label:three", 17));
