@@ -43,6 +43,7 @@
 #include <execinfo.h>
 #endif
 
+#include "../core/hash.h"
 #include "../core/internal.h"
 #include "../core/sqlscan.h"
 #include "diag_int.h"
@@ -96,22 +97,8 @@ bool dbk__diag_scope_open(void)
 static uint64_t text_hash(const char *s, size_t *len)
 {
     size_t n = strlen(s);
-    uint64_t h = UINT64_C(0xcbf29ce484222325) ^ n;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        h = (h ^ w) * UINT64_C(0x9e3779b97f4a7c15);
-        h ^= h >> 29;
-    }
-    if (i < n) {
-        uint64_t w = 0;
-        memcpy(&w, s + i, n - i);
-        h = (h ^ w) * UINT64_C(0x9e3779b97f4a7c15);
-        h ^= h >> 29;
-    }
     *len = n;
-    return h ^ (h >> 32);
+    return dbk__hash_words(s, n, UINT64_C(0xcbf29ce484222325));
 }
 
 /* Transaction control is never an N+1. The first word is read with the

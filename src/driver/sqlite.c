@@ -43,6 +43,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "../core/hash.h"
 #include "../core/internal.h"
 #include "../core/result_int.h"
 #include "driver.h"
@@ -50,23 +51,10 @@
 
 /* ---- small helpers ---- */
 
-/* Hash of the SQL text: 8 bytes at a time, then a final mix. SQL texts are
- * short; this is a few nanoseconds. */
+/* Hash of the SQL text for the statement cache (core/hash.h). */
 uint64_t dbk__sq_hash(const char *s, size_t len)
 {
-    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)len;
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdULL;
-        h ^= h >> 32;
-    }
-    uint64_t w = 0;
-    memcpy(&w, s + i, len - i);
-    h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 29;
-    return h;
+    return dbk__hash_words(s, len, 0);
 }
 
 /* Skips whitespace, comments and stray semicolons; returns the first byte of

@@ -3,6 +3,7 @@
  * values are pinned: a layout fingerprint made with it travels inside
  * cached rows, so a change would make every cached row unreadable. No
  * server. */
+#include <stdio.h>
 #include <string.h>
 
 #include "core/hash.h"
@@ -34,11 +35,44 @@ static void hash_fnv64_folds_in_pieces(void **state)
     assert_true(dbk__fnv64(DBK__FNV64_OFFSET, "a\0b", 3) != dbk__fnv64(DBK__FNV64_OFFSET, "ab", 2));
 }
 
+static void hash_words_separates_texts(void **state)
+{
+    (void)state;
+    const char *a = "SELECT id, name FROM users WHERE id = $1";
+    size_t n = strlen(a);
+    /* the same bytes, the same hash, wherever they are */
+    char copy[64];
+    memcpy(copy, a, n + 1);
+    assert_true(dbk__hash_words(a, n, 7) == dbk__hash_words(copy, n, 7));
+    /* one byte changed anywhere (a whole word, the tail), a length or a
+     * seed: another hash */
+    for (size_t i = 0; i < n; i++) {
+        copy[i] ^= 1;
+        assert_true(dbk__hash_words(copy, n, 7) != dbk__hash_words(a, n, 7));
+        copy[i] ^= 1;
+    }
+    assert_true(dbk__hash_words(a, n - 1, 7) != dbk__hash_words(a, n, 7));
+    assert_true(dbk__hash_words(a, n, 8) != dbk__hash_words(a, n, 7));
+    /* a NUL inside counts, and the empty text has a hash of its own */
+    assert_true(dbk__hash_words("a\0b", 3, 0) != dbk__hash_words("ab", 2, 0));
+    assert_true(dbk__hash_words("", 0, 0) != dbk__hash_words("\0", 1, 0));
+    /* the low bits (a bucket) spread: 1,000 texts over 64 buckets */
+    int buckets[64] = {0};
+    char t[32];
+    for (int i = 0; i < 1000; i++) {
+        int len = snprintf(t, sizeof t, "SELECT %d", i);
+        buckets[dbk__hash_words(t, (size_t)len, 0) & 63]++;
+    }
+    for (int b = 0; b < 64; b++)
+        assert_true(buckets[b] > 0 && buckets[b] < 50);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(hash_fnv64_reference_values),
         cmocka_unit_test(hash_fnv64_folds_in_pieces),
+        cmocka_unit_test(hash_words_separates_texts),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
