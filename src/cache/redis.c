@@ -116,8 +116,8 @@ static unsigned entry_slot(const struct dbk__rds *r, const void *key, size_t kle
 /* prefix [+ "{tag}"] + tag + ':' + key. In cluster mode "{tag}" names the
  * entry's slot `hs` (entry_slot), so the value, generation and epoch keys
  * share it. Built with copies only: it runs on every call. */
-static size_t mkkey_hs(const struct dbk__rds *r, char tag, unsigned hs, const void *key,
-                       size_t klen, char *buf)
+/* prefix [+ "{tag}" of slot hs in cluster mode] into buf; its length. */
+static size_t put_prefix(const struct dbk__rds *r, unsigned hs, char *buf)
 {
     size_t pl = r->prefix_len;
     memcpy(buf, r->cfg.key_prefix, pl);
@@ -129,6 +129,13 @@ static size_t mkkey_hs(const struct dbk__rds *r, char tag, unsigned hs, const vo
         pl += tl;
         buf[pl++] = '}';
     }
+    return pl;
+}
+
+static size_t mkkey_hs(const struct dbk__rds *r, char tag, unsigned hs, const void *key,
+                       size_t klen, char *buf)
+{
+    size_t pl = put_prefix(r, hs, buf);
     buf[pl] = tag;
     buf[pl + 1] = ':';
     memcpy(buf + pl + 2, key, klen);
@@ -144,16 +151,7 @@ static size_t mkkey(const struct dbk__rds *r, char tag, const void *key, size_t 
  * (the prefix is at most 63, a slot's tag a few). */
 static size_t mkepoch(const struct dbk__rds *r, unsigned hslot, char *buf)
 {
-    size_t pl = r->prefix_len;
-    memcpy(buf, r->cfg.key_prefix, pl);
-    if (r->cluster) {
-        const char *t = dbk__redis_slot_tag(hslot);
-        size_t tl = strlen(t);
-        buf[pl++] = '{';
-        memcpy(buf + pl, t, tl);
-        pl += tl;
-        buf[pl++] = '}';
-    }
+    size_t pl = put_prefix(r, hslot, buf);
     memcpy(buf + pl, "epoch", 6);
     return pl + 5;
 }
@@ -349,55 +347,39 @@ static dbk_rc r_get(void *impl, const void *key, size_t klen, void **val, size_t
     unsigned hs = entry_slot(r, key, klen);
     char vk[KEYBUF];
     size_t vl = mkkey_hs(r, 'v', hs, key, klen, vk);
+    const char *av[2] = {"GET", vk};
+    size_t al[2] = {3, vl};
+    char node[17];
     redisReply *rep;
-    dbk_rc rc;
+    dbk_rc rc = run_ex(r, hs, 2, av, al, &rep, r->ha ? node : NULL, err);
+    if (rc != DBK_OK)
+        return rc;
+    size_t off = 0;
+    if (rep->type != REDIS_REPLY_STRING) {
+        bool nil = rep->type == REDIS_REPLY_NIL || r->ha;
+        freeReplyObject(rep);
+        return nil ? DBK_ENOT_FOUND
+                   : dbk__err(err, DBK_EINTERNAL, "redis cache: unexpected reply to GET");
+    }
     if (r->ha) {
         /* a hit only when the value was stored under the epoch of the
          * answering node's current reign (dbk__rds_verify_master): a plain
          * GET, no script, no second key */
-        const char *av[2] = {"GET", vk};
-        size_t al[2] = {3, vl};
-        char node[17];
-        rc = run_ex(r, hs, 2, av, al, &rep, node, err);
-        if (rc != DBK_OK)
-            return rc;
-        if (rep->type != REDIS_REPLY_STRING || rep->len < 16 || memcmp(rep->str, node, 16) != 0) {
+        if (rep->len < 16 || memcmp(rep->str, node, 16) != 0) {
             freeReplyObject(rep);
             return DBK_ENOT_FOUND;
         }
-        void *copy = malloc(rep->len - 16 ? rep->len - 16 : 1);
-        if (!copy) {
-            freeReplyObject(rep);
-            return dbk__err(err, DBK_ENOMEM, "out of memory copying a cached value");
-        }
-        memcpy(copy, rep->str + 16, rep->len - 16);
-        *val = copy;
-        *vallen = rep->len - 16;
-        freeReplyObject(rep);
-        return DBK_OK;
-    } else {
-        const char *av[2] = {"GET", vk};
-        size_t al[2] = {3, vl};
-        rc = run(r, hs, 2, av, al, &rep, err);
+        off = 16;
     }
-    if (rc != DBK_OK)
-        return rc;
-    if (rep->type == REDIS_REPLY_NIL) {
-        freeReplyObject(rep);
-        return DBK_ENOT_FOUND;
-    }
-    if (rep->type != REDIS_REPLY_STRING) {
-        freeReplyObject(rep);
-        return dbk__err(err, DBK_EINTERNAL, "redis cache: unexpected reply to GET");
-    }
-    void *copy = malloc(rep->len ? rep->len : 1);
+    size_t n = rep->len - off;
+    void *copy = malloc(n ? n : 1);
     if (!copy) {
         freeReplyObject(rep);
         return dbk__err(err, DBK_ENOMEM, "out of memory copying a cached value");
     }
-    memcpy(copy, rep->str, rep->len);
+    memcpy(copy, rep->str + off, n);
     *val = copy;
-    *vallen = rep->len;
+    *vallen = n;
     freeReplyObject(rep);
     return DBK_OK;
 }
