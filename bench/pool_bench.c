@@ -23,7 +23,7 @@
  *            next to pgbench on the same table.
  *
  * usage: pool_bench [micro] [sqlite] [pk] [pipe] [sqpk] [inspect] [--pg-url URL] [--threads N]
- *                   [--seconds S] [--rows N] [--setup]
+ *                   [--seconds S] [--rows N] [--setup] [--held]
  * Without a mode: micro, sqlite and inspect, plus pk when a PostgreSQL URL is given
  * (--pg-url, else DBKIT_TEST_PG_URL). pk expects the users table of
  * pool_pgbench.sh; --setup creates it (--rows rows) first.
@@ -349,11 +349,23 @@ static uint64_t xs(uint64_t *s)
 
 static volatile size_t sink;
 
+/* --held: each pool thread acquires one connection before the clock starts
+ * and runs every lookup on it, which leaves out the pool's per-statement
+ * work (acquire, release, auto-pipelining) and keeps the connection's. */
+static bool held;
+
 static void *pk_pool_thread(void *arg)
 {
     struct pk *p = arg;
     uint64_t rng = 88172645463325252ULL ^ (uint64_t)(uintptr_t)&rng;
     dbk_db *db = dbk_pool_db(p->pool);
+    dbk_conn *lc = NULL;
+    if (held) {
+        dbk_error err;
+        if (dbk_pool_acquire(p->pool, &lc, &err) != DBK_OK)
+            die("acquire", &err);
+        db = dbk_conn_db(lc);
+    }
     while (!atomic_load(&p->go))
         usleep(500); /* no spinning: the server shares these CPUs */
     long n = 0;
@@ -382,6 +394,8 @@ static void *pk_pool_thread(void *arg)
         }
     }
     atomic_fetch_add(&p->ops, n);
+    if (lc)
+        dbk_pool_release(p->pool, lc);
     return NULL;
 }
 
@@ -840,9 +854,11 @@ int main(int argc, char **argv)
             pool_only = true;
         else if (!strcmp(argv[i], "--raw-only"))
             raw_only = true;
+        else if (!strcmp(argv[i], "--held"))
+            held = true;
         else {
             fprintf(stderr, "usage: %s [micro] [sqlite] [pk] [pipe] [sqpk] [inspect] [--pg-url URL] [--threads N] "
-                            "[--seconds S] [--rows N] [--setup] [--pool-only | --raw-only]\n",
+                            "[--seconds S] [--rows N] [--setup] [--pool-only | --raw-only] [--held]\n",
                     argv[0]);
             return 2;
         }

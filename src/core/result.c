@@ -4,8 +4,9 @@
  * Layout: a column header, a row-major array of fixed-size typed cells, and
  * one byte buffer for text and blobs addressed by offset (so growing it
  * never invalidates a cell). Every byte value is followed by a NUL so text
- * getters hand out C strings without copying. A typical point lookup costs
- * three allocations (header, cells, data), done once per result.
+ * getters hand out C strings without copying. The header, the column
+ * names, the first row's cells and the first bytes share one allocation,
+ * so a point lookup costs one malloc and one free.
  *
  * Getters follow the strict conversion rules documented in result.h: a
  * value is returned only when the conversion is exact.
@@ -17,29 +18,54 @@
 #include "internal.h"
 #include "result_int.h"
 
+/* A result's first row and first bytes live in its own allocation:
+ * results of at most INLINE_MAX_COLS columns get one row of cells there and
+ * INLINE_DATA bytes of data. */
+#define INLINE_MAX_COLS 64
+#define INLINE_DATA 192
+
 dbk_result *dbk__result_new(int ncols, const char *const *names, const size_t *lens)
 {
-    dbk_result *r = calloc(1, sizeof *r);
+    size_t ncells = 0, ndata = 0, nnames = 0;
+    if (ncols > 0) {
+        for (int i = 0; i < ncols; i++)
+            nnames += (lens ? lens[i] : strlen(names[i])) + 1;
+        if (ncols <= INLINE_MAX_COLS) {
+            ncells = (size_t)ncols;
+            ndata = INLINE_DATA;
+        }
+    }
+    /* struct, column name pointers, inline cells (all 8-byte aligned
+     * sizes), then the names and the inline data bytes */
+    size_t ptrs = ncols > 0 ? (size_t)ncols * sizeof(char *) : 0;
+    size_t size = sizeof(dbk_result) + ptrs + ncells * sizeof(struct dbk__cell) + nnames + ndata;
+    dbk_result *r = malloc(size);
     if (!r)
         return NULL;
+    memset(r, 0, sizeof *r);
     r->ncols = ncols;
+    char *tail = (char *)(r + 1);
     if (ncols > 0) {
-        size_t total = 0;
-        for (int i = 0; i < ncols; i++)
-            total += (lens ? lens[i] : strlen(names[i])) + 1;
-        r->colnames = malloc((size_t)ncols * sizeof *r->colnames);
-        r->names = malloc(total);
-        if (!r->colnames || !r->names) {
-            dbk_result_free(r);
-            return NULL;
+        r->colnames = (char **)tail;
+        tail += ptrs;
+        if (ncells) {
+            r->cells = (struct dbk__cell *)tail;
+            r->cap_rows = 1;
+            r->cells_inline = true;
+            tail += ncells * sizeof(struct dbk__cell);
         }
-        char *p = r->names;
+        r->names = tail;
         for (int i = 0; i < ncols; i++) {
             size_t n = lens ? lens[i] : strlen(names[i]);
-            memcpy(p, names[i], n);
-            p[n] = '\0';
-            r->colnames[i] = p;
-            p += n + 1;
+            memcpy(tail, names[i], n);
+            tail[n] = '\0';
+            r->colnames[i] = tail;
+            tail += n + 1;
+        }
+        if (ndata) {
+            r->data = tail;
+            r->data_cap = ndata;
+            r->data_inline = true;
         }
     }
     return r;
@@ -49,36 +75,58 @@ void dbk_result_free(dbk_result *r)
 {
     if (!r)
         return;
-    free(r->colnames);
-    free(r->names);
-    free(r->cells);
-    free(r->data);
+    if (!r->cells_inline)
+        free(r->cells);
+    if (!r->data_inline)
+        free(r->data);
     free(r);
+}
+
+/* Grows a buffer of *cap elements of `size` bytes, `used` of them in use,
+ * to at least `want`; a buffer still inside the result is copied out. */
+static void *grow(void *buf, bool *inside, size_t *cap, size_t used, size_t want, size_t first,
+                  size_t size)
+{
+    size_t n = *cap > first ? *cap : first;
+    while (n < want) {
+        if (n > SIZE_MAX / 2 / size)
+            return NULL;
+        n *= 2;
+    }
+    void *nb;
+    if (*inside) {
+        nb = malloc(n * size);
+        if (nb && used)
+            memcpy(nb, buf, used * size);
+    } else {
+        nb = realloc(buf, n * size);
+    }
+    if (!nb)
+        return NULL;
+    *inside = false;
+    *cap = n;
+    return nb;
 }
 
 dbk_rc dbk__result_reserve(dbk_result *r, size_t rows, size_t bytes)
 {
     if (r->ncols > 0 && r->nrows + rows > r->cap_rows) {
-        size_t want = r->nrows + rows;
-        size_t cap = r->cap_rows ? r->cap_rows : 4;
-        while (cap < want)
-            cap *= 2;
-        struct dbk__cell *c = realloc(r->cells, cap * (size_t)r->ncols * sizeof *c);
+        size_t cap_cells = r->cap_rows * (size_t)r->ncols;
+        size_t want = (r->nrows + rows) * (size_t)r->ncols;
+        struct dbk__cell *c = grow(r->cells, &r->cells_inline, &cap_cells,
+                                   r->nrows * (size_t)r->ncols, want, 4 * (size_t)r->ncols,
+                                   sizeof *c);
         if (!c)
             return DBK_ENOMEM;
         r->cells = c;
-        r->cap_rows = cap;
+        r->cap_rows = cap_cells / (size_t)r->ncols;
     }
     if (r->data_len + bytes > r->data_cap) {
-        size_t want = r->data_len + bytes;
-        size_t cap = r->data_cap ? r->data_cap : 256;
-        while (cap < want)
-            cap *= 2;
-        char *d = realloc(r->data, cap);
+        char *d = grow(r->data, &r->data_inline, &r->data_cap, r->data_len, r->data_len + bytes,
+                       256, 1);
         if (!d)
             return DBK_ENOMEM;
         r->data = d;
-        r->data_cap = cap;
     }
     return DBK_OK;
 }

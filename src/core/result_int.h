@@ -29,6 +29,12 @@ struct dbk_result {
     char *data;
     size_t data_len;
     size_t data_cap;
+    /* cells and data start inside the result's own allocation (room for
+     * one row of a narrow result and DBK__RESULT_INLINE_DATA bytes), so a
+     * point lookup is one malloc and one free; they move to their own
+     * allocations when they outgrow it. */
+    bool cells_inline;
+    bool data_inline;
 };
 
 /* A new result with ncols columns (0 allowed for statements without rows).

@@ -113,6 +113,18 @@ static dbk_rc decode_bytea(dbk_result *r, struct dbk__cell *c, const char *v, si
 
 static bool parse_int(const char *v, int64_t *out)
 {
+    /* The server's int2/int4/int8 text: an optional '-' and 1-18 digits is
+     * read here (it cannot overflow); anything longer or odd goes through
+     * strtoll. */
+    const char *q = v + (*v == '-');
+    uint64_t u = 0;
+    int n = 0;
+    while (q[n] >= '0' && q[n] <= '9' && n < 19)
+        u = u * 10 + (uint64_t)(q[n++] - '0');
+    if (n > 0 && n < 19 && q[n] == '\0') {
+        *out = *v == '-' ? -(int64_t)u : (int64_t)u;
+        return true;
+    }
     char *end;
     errno = 0;
     long long x = strtoll(v, &end, 10);
@@ -138,7 +150,7 @@ static bool parse_double(const char *v, double *out)
 static int64_t affected_of(PGresult *res)
 {
     const char *tag = PQcmdStatus(res);
-    if (!tag)
+    if (!tag || !strchr("IUDMC", tag[0] ? tag[0] : 'x')) /* SELECT 1 and the like: no count */
         return 0;
     if (strncmp(tag, "INSERT ", 7) && strncmp(tag, "UPDATE ", 7) && strncmp(tag, "DELETE ", 7) &&
         strncmp(tag, "MERGE ", 6) && strncmp(tag, "COPY ", 5))

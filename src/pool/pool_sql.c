@@ -284,10 +284,8 @@ static bool changes_session(const char *sql, dbk_engine engine)
     }
 }
 
-bool dbk__pool_sql_is_plain_begin(const char *sql)
+static bool plain_begin(const char *sql)
 {
-    if (!sql)
-        return false;
     dbk__sqlscan sc;
     scan_sql(&sc, sql, DBK_ENGINE_SQLITE);
     dbk__sqlscan_next(&sc);
@@ -331,15 +329,15 @@ static bool pipelinable(const char *sql)
 
 /*
  * A service runs the same few statements over and over, and a statement
- * through the pool is classified twice (may it ride a pipeline? does it
- * change the session?). Each thread remembers the answers for the last
+ * through the pool is classified two or three times (may it ride a pipeline?
+ * does it change the session? on SQLite, is it a plain BEGIN?). Each thread remembers the answers for the last
  * statements it classified, keyed by the whole text (compared byte for
  * byte, so a caller's buffer reused for another statement is classified
  * anew): a repeat costs a strlen and a memcmp instead of a scan.
  * Statements longer than MEMO_TEXT are not remembered.
  */
 enum { MEMO_WAYS = 8, MEMO_TEXT = 200 };
-enum { M_CHANGES_PG = 1, M_CHANGES_SQ = 2, M_PIPE = 4 }; /* answers known... */
+enum { M_CHANGES_PG = 1, M_CHANGES_SQ = 2, M_PIPE = 4, M_BEGIN = 8 }; /* answers known... */
 struct sql_memo {
     uint32_t len;
     uint8_t known, yes; /* ... and their values */
@@ -365,7 +363,9 @@ static bool memo_answer(const char *sql, unsigned what, dbk_engine engine)
     struct sql_memo *m = memo_find(sql, strlen(sql));
     if (m && (m->known & what))
         return (m->yes & what) != 0;
-    bool yes = what == M_PIPE ? pipelinable(sql) : changes_session(sql, engine);
+    bool yes = what == M_PIPE    ? pipelinable(sql)
+               : what == M_BEGIN ? plain_begin(sql)
+                                 : changes_session(sql, engine);
     if (m) {
         m->known |= (uint8_t)what;
         if (yes)
@@ -379,6 +379,11 @@ bool dbk__pool_sql_changes_session(const char *sql, dbk_engine engine)
     if (!sql)
         return false;
     return memo_answer(sql, engine == DBK_ENGINE_SQLITE ? M_CHANGES_SQ : M_CHANGES_PG, engine);
+}
+
+bool dbk__pool_sql_is_plain_begin(const char *sql)
+{
+    return sql && memo_answer(sql, M_BEGIN, DBK_ENGINE_SQLITE);
 }
 
 bool dbk__pool_sql_pipelinable(const char *sql)

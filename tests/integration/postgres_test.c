@@ -821,8 +821,11 @@ static void postgres_values_round_trip_byte_for_byte(void **state)
     dbk_result_free(r);
     free(bb);
 
-    /* Integers at the edges. */
-    int64_t ints[] = {INT64_MIN, INT64_MAX, 0, -1, 1, 4294967296LL};
+    /* Integers at the edges, and either side of 18 digits (the driver reads
+     * up to 18 digits itself and longer ones with strtoll). */
+    int64_t ints[] = {INT64_MIN, INT64_MAX, 0, -1, 1, 4294967296LL,
+                      999999999999999999LL, -999999999999999999LL, 1000000000000000000LL,
+                      -1000000000000000000LL, 123456789012345678LL, INT64_MIN + 1};
     for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++) {
         dbk_value p = dbk_int64(ints[k]);
         int64_t got;

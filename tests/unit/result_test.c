@@ -5,6 +5,8 @@
  * conversion and each DBK_ETYPE in the header's table is checked. */
 #include <math.h>
 #include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "core/result_int.h"
 #include "testutil.h"
@@ -251,7 +253,101 @@ static void result_misuse_and_names(void **state)
     dbk_result_free(NULL);
 }
 
+/* A result starts with its first row and first bytes inside its own
+ * allocation and moves them out as it grows: every shape (no columns, one
+ * narrow row, many rows, long values, columns past the inline limit) keeps
+ * every value and name intact across the move. ASan and valgrind run this
+ * test, so a write past the inline room or a free of it fails here. */
+static void result_grows_out_of_inline_room(void **state)
+{
+    (void)state;
+    static const int widths[] = {0, 1, 4, 64, 65, 300};
+    static const size_t rowcounts[] = {0, 1, 2, 5, 1000};
+    static const size_t vlens[] = {0, 7, 191, 192, 193, 5000};
+    for (size_t w = 0; w < DBK_NELEMS(widths); w++) {
+        int ncols = widths[w];
+        char namebuf[300][12];
+        const char *names[300];
+        for (int c = 0; c < ncols; c++) {
+            snprintf(namebuf[c], sizeof namebuf[c], "col%d", c);
+            names[c] = namebuf[c];
+        }
+        for (size_t rc = 0; rc < DBK_NELEMS(rowcounts); rc++) {
+            for (size_t vl = 0; vl < DBK_NELEMS(vlens); vl++) {
+                size_t nrows = ncols ? rowcounts[rc] : 0, len = vlens[vl];
+                if (ncols >= 65 && nrows > 5)
+                    nrows = 5; /* enough to leave the inline room, and fast */
+                dbk_result *r = dbk__result_new(ncols, names, NULL);
+                assert_non_null(r);
+                char *val = malloc(len + 1);
+                assert_non_null(val);
+                for (size_t i = 0; i < nrows; i++) {
+                    struct dbk__cell *row = dbk__result_add_row(r);
+                    assert_non_null(row);
+                    for (int c = 0; c < ncols; c++) {
+                        if (c % 2) {
+                            row[c].type = DBK_TYPE_INT64;
+                            row[c].v.i = (int64_t)(i * 1000 + (size_t)c);
+                        } else {
+                            memset(val, 'a' + (int)((i + (size_t)c) % 26), len);
+                            assert_int_equal(dbk__result_set_bytes(r, &row[c], DBK_TYPE_TEXT,
+                                                                   val, len),
+                                             DBK_OK);
+                            row = r->cells + i * (size_t)ncols; /* cells may have moved */
+                        }
+                    }
+                }
+                assert_int_equal(dbk_result_nrows(r), nrows);
+                assert_int_equal(dbk_result_ncols(r), ncols);
+                for (int c = 0; c < ncols; c++)
+                    assert_string_equal(dbk_result_colname(r, c), names[c]);
+                dbk_error err;
+                for (size_t i = 0; i < nrows; i++) {
+                    for (int c = 0; c < ncols; c++) {
+                        if (c % 2) {
+                            int64_t got = -1;
+                            DBKT_OK(dbk_result_get_int64(r, i, c, &got, &err), &err);
+                            assert_true(got == (int64_t)(i * 1000 + (size_t)c));
+                        } else {
+                            const char *t = NULL;
+                            size_t tl = 0;
+                            DBKT_OK(dbk_result_get_text(r, i, c, &t, &tl, &err), &err);
+                            assert_int_equal(tl, len);
+                            assert_int_equal(t[len], '\0');
+                            char want = (char)('a' + (int)((i + (size_t)c) % 26));
+                            for (size_t k = 0; k < len; k++)
+                                if (t[k] != want)
+                                    fail_msg("row %zu col %d byte %zu: %c", i, c, k, t[k]);
+                        }
+                    }
+                }
+                free(val);
+                dbk_result_free(r);
+            }
+        }
+    }
+    /* one exact reservation, as the PostgreSQL driver makes */
+    const char *one[] = {"v"};
+    dbk_result *r = dbk__result_new(1, one, NULL);
+    assert_non_null(r);
+    assert_int_equal(dbk__result_reserve(r, 3, 600), DBK_OK);
+    for (int i = 0; i < 3; i++) {
+        struct dbk__cell *row = dbk__result_add_row(r);
+        assert_non_null(row);
+        char v[200];
+        memset(v, 'x', sizeof v);
+        assert_int_equal(dbk__result_set_bytes(r, row, DBK_TYPE_BLOB, v, sizeof v), DBK_OK);
+    }
+    const void *b;
+    size_t bl;
+    dbk_error err;
+    DBKT_OK(dbk_result_get_blob(r, 2, 0, &b, &bl, &err), &err);
+    assert_int_equal(bl, 200);
+    dbk_result_free(r);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(result_grows_out_of_inline_room),
     cmocka_unit_test(result_conversion_matrix),
     cmocka_unit_test(result_converted_values),
     cmocka_unit_test(result_timestamp_text_hostile),
