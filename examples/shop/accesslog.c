@@ -69,6 +69,7 @@ typedef struct al_buf {
     uint64_t lines;     /* appended so far, guarded by mu */
     char *spare;        /* being written, guarded by out_mu */
     size_t spare_cap;
+    bool owned;         /* a live thread appends to it, guarded by reg_mu */
     struct al_buf *next;
 } al_buf;
 
@@ -76,9 +77,16 @@ static int out_fd = STDERR_FILENO;
 static int flush_ms = 100;
 static bool opened;
 
-/* Every thread's buffer; added once per thread, freed at close. */
+/* Every buffer, freed at close. A thread takes one on its first line and
+ * gives it back when it exits (buf_key's destructor); a new thread takes a
+ * buffer given back before it allocates one, so with a thread per HTTP
+ * connection there are as many buffers as the most threads that ever
+ * logged at once, not one per connection ever served. Lines still in a
+ * given-back buffer are written by the flusher as usual. */
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static al_buf *bufs;
+static pthread_key_t buf_key;
+static pthread_once_t buf_key_once = PTHREAD_ONCE_INIT;
 /* One flush at a time: the order of swaps is the order of writes. */
 static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
 static _Thread_local al_buf *tl_buf;
@@ -164,11 +172,40 @@ static void flush_all(void)
     pthread_mutex_unlock(&reg_mu);
 }
 
-/* This thread's buffer, created on its first line; NULL when out of memory. */
+/* At a logging thread's exit: its buffer may be taken by another thread
+ * (unless close freed it already). */
+static void give_back(void *p)
+{
+    pthread_mutex_lock(&reg_mu);
+    for (al_buf *b = bufs; b; b = b->next)
+        if (b == p)
+            b->owned = false;
+    pthread_mutex_unlock(&reg_mu);
+}
+
+static void make_buf_key(void)
+{
+    (void)pthread_key_create(&buf_key, give_back);
+}
+
+/* This thread's buffer, taken or created on its first line; NULL when out
+ * of memory. */
 static al_buf *thread_buf(void)
 {
     if (tl_buf)
         return tl_buf;
+    pthread_once(&buf_key_once, make_buf_key);
+    pthread_mutex_lock(&reg_mu);
+    for (al_buf *b = bufs; b; b = b->next) {
+        if (!b->owned) {
+            b->owned = true;
+            pthread_mutex_unlock(&reg_mu);
+            (void)pthread_setspecific(buf_key, b);
+            tl_buf = b;
+            return b;
+        }
+    }
+    pthread_mutex_unlock(&reg_mu);
     al_buf *b = calloc(1, sizeof *b);
     if (!b)
         return NULL;
@@ -181,10 +218,12 @@ static al_buf *thread_buf(void)
         free(b);
         return NULL;
     }
+    b->owned = true;
     pthread_mutex_lock(&reg_mu);
     b->next = bufs;
     bufs = b;
     pthread_mutex_unlock(&reg_mu);
+    (void)pthread_setspecific(buf_key, b);
     tl_buf = b;
     return b;
 }
@@ -265,16 +304,18 @@ void shop_access_log_close(void)
 }
 
 void shop_access_log_stats(uint64_t *lines, uint64_t *writes, uint64_t *dropped,
-                           uint64_t *waits)
+                           uint64_t *waits, uint64_t *buffers)
 {
     *waits = atomic_load(&waits_total);
-    uint64_t n = atomic_load(&unbuffered_lines);
+    uint64_t n = atomic_load(&unbuffered_lines), nb = 0;
     pthread_mutex_lock(&reg_mu);
     for (al_buf *b = bufs; b; b = b->next) {
         pthread_mutex_lock(&b->mu);
         n += b->lines;
         pthread_mutex_unlock(&b->mu);
+        nb++;
     }
+    *buffers = nb;
     pthread_mutex_unlock(&reg_mu);
     *lines = n;
     *writes = atomic_load(&writes_total);

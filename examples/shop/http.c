@@ -560,8 +560,11 @@ int shop_http_start(const char *host, int port, int threads)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
-                     MHD_USE_ERROR_LOG;
+    /* threads > 0: a pool of that many epoll threads, each serving its
+     * share of the connections one request at a time. 0: a thread of its
+     * own for each connection (main.c says why that is the default). */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    flags |= threads > 0 ? MHD_USE_EPOLL : MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
     struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
@@ -575,13 +578,21 @@ int shop_http_start(const char *host, int port, int threads)
         fprintf(stderr, "shop: HOST \"%s\" is not a numeric IPv4 or IPv6 address\n", host);
         return -1;
     }
-    daemon_ =
-        MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
-                         (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads,
-                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_CONNECTION_LIMIT,
-                         (unsigned)4096, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-                         MHD_OPTION_UNESCAPE_CALLBACK, url_unescape, NULL, MHD_OPTION_END);
+    /* A thread per connection gets a bounded stack; an epoll pool its
+     * size. Either serves up to 4096 connections. */
+    struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_SOCK_ADDR, 0, &ss},
+        threads > 0 ? (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL}
+                    : (struct MHD_OptionItem){MHD_OPTION_THREAD_STACK_SIZE, 1024 * 1024, NULL},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, 60, NULL},
+        {MHD_OPTION_CONNECTION_LIMIT, 4096, NULL},
+        {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
+        {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)url_unescape, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    daemon_ = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, NULL,
+                               MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     if (!daemon_) {
         fprintf(stderr, "shop: cannot listen on %s:%d (in use, or not allowed)\n", host, port);
         return -1;

@@ -30,9 +30,11 @@
  *                 2 x cores)
  *   DATABASE_DIRECT_URL  the server itself, for the schema step when
  *                 DATABASE_URL goes through a transaction-mode pooler
- *   HTTP_THREADS  HTTP worker threads (default 8 x cores: a handler blocks on
- *                 its statement, and with more threads than pooled
- *                 connections concurrent requests share pipelines)
+ *   HTTP_THREADS  "per-connection" (default: a thread for each HTTP
+ *                 connection; a handler blocks on its statement, and with
+ *                 more threads than pooled connections concurrent requests
+ *                 share pipelines) or N epoll threads serving all
+ *                 connections, each one request at a time
  *   SHOP_PWHASH   "fast" uses libsodium's minimum Argon2id limits (tests)
  *   ACCESS_LOG    "off" silences the per-request line
  *   ACCESS_LOG_FLUSH_MS  longest wait of a buffered access-log line before
@@ -342,12 +344,16 @@ int main(void)
     if (!host || !*host)
         host = "127.0.0.1";
     int port = shop_env_int("PORT", 8080, 0, 65535);
-    /* Measured on 2 cores, GET /users/{id} uncached at 64 connections:
-     * 4 threads (2 x cores) and 16 gave the same requests/s, but p99 was
-     * 240-357 ms with 4 against 16-23 ms with 16 (each thread serves its
-     * connections one request at a time); at 8 connections 16 threads
-     * cost 10-15 % of the in-process-cache row. docs/benchmarks.md. */
-    int threads = shop_env_int("HTTP_THREADS", (int)(8 * cores), 1, 1024);
+    /* HTTP_THREADS: "per-connection" (the default) or a number of epoll
+     * threads. An epoll thread serves its connections one request at a
+     * time, so a slow request delays every other request of its thread:
+     * measured on 2 cores at 64 connections, 16 epoll threads gave p99
+     * 110-160 ms on the page-of-users route and 34-38 ms on transfers,
+     * a thread per connection 26-34 ms and 13-16 ms. docs/benchmarks.md. */
+    const char *ht = getenv("HTTP_THREADS");
+    int threads = ht && *ht && strcmp(ht, "per-connection") != 0
+                      ? shop_env_int("HTTP_THREADS", (int)(8 * cores), 1, 1024)
+                      : 0;
     int flush_ms = shop_env_int("ACCESS_LOG_FLUSH_MS", 100, 1, 60000);
     if (shop.access_log && shop_access_log_open(STDERR_FILENO, flush_ms) != 0) {
         fprintf(stderr, "shop: cannot start the access log's flusher thread\n");

@@ -248,8 +248,8 @@ void shop_handle_metrics(shop_req *rq, shop_resp *rs)
     metric(&b, "shop_http_requests_total", "counter", "HTTP requests received.",
            (double)ld(&shop.requests));
     if (shop.access_log) {
-        uint64_t lines, writes, dropped, waits;
-        shop_access_log_stats(&lines, &writes, &dropped, &waits);
+        uint64_t lines, writes, dropped, waits, buffers;
+        shop_access_log_stats(&lines, &writes, &dropped, &waits, &buffers);
         metric(&b, "shop_access_log_lines_total", "counter", "Access-log lines logged.",
                (double)lines);
         metric(&b, "shop_access_log_writes_total", "counter",
@@ -259,6 +259,9 @@ void shop_handle_metrics(shop_req *rq, shop_resp *rs)
         metric(&b, "shop_access_log_waits_total", "counter",
                "Requests that waited for stderr: their thread's buffer was at its largest.",
                (double)waits);
+        metric(&b, "shop_access_log_buffers", "gauge",
+               "Per-thread access-log buffers (reused by new threads once theirs exit).",
+               (double)buffers);
     }
     metric_head(&b, "shop_http_responses_total", "counter", "HTTP responses by status class.");
     for (int c = 1; c <= 5; c++)

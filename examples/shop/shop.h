@@ -148,11 +148,11 @@ void shop_access_log(const char *method, const char *path, int status, int64_t d
 /* Stops the flusher and writes every buffered line (main, after the HTTP
  * threads have stopped). */
 void shop_access_log_close(void);
-/* Lines logged, write calls made, lines lost to write errors, and the times
- * a request had to wait for stderr because its buffer was at its largest
- * (/metrics). */
+/* Lines logged, write calls made, lines lost to write errors, the times a
+ * request had to wait for stderr because its buffer was at its largest,
+ * and the per-thread buffers that exist (/metrics). */
 void shop_access_log_stats(uint64_t *lines, uint64_t *writes, uint64_t *dropped,
-                           uint64_t *waits);
+                           uint64_t *waits, uint64_t *buffers);
 
 /* Starts / stops the HTTP daemon (http.c). */
 int shop_http_start(const char *host, int port, int threads);

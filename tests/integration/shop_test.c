@@ -715,6 +715,102 @@ static void shop_concurrent_transfers_postgres(void **state)
     run_postgres("shop_concurrent", concurrent_body);
 }
 
+/* ---- a blocked request holds up no other ---- */
+
+#define BLOCKED_XFERS 4
+
+typedef struct blocked_arg {
+    const shop_proc *s;
+    int64_t from, to;
+    long status;
+} blocked_arg;
+
+static void *blocked_xfer_thread(void *p)
+{
+    blocked_arg *a = p;
+    char body[256];
+    transfer_body(body, sizeof body, a->from, a->to, 1);
+    res r;
+    dbkt_http_call(NULL, a->s->base, "POST", "/transfers", body, -1, NULL, 30000L, &r);
+    a->status = r.status;
+    res_free(&r);
+    return NULL;
+}
+
+/* Transfers that wait on a row lock (held here, outside the shop) keep
+ * their own HTTP connections and pooled connections busy; a read on
+ * another HTTP connection must still be answered while they wait. With the
+ * shop's default (a thread per HTTP connection) it is; with epoll threads
+ * each serving several connections one request at a time (HTTP_THREADS=2
+ * here) it waits behind the blocked transfers of its thread until the lock
+ * goes. The pool has room for the read (POOL_MAX=8 against 4 blocked
+ * transactions). */
+static void shop_blocked_request_holds_up_no_other(void **state)
+{
+    (void)state;
+    char *url = dbkt_pg_fresh_db("shop_blocked");
+    shop_proc s;
+    const char *const env[] = {"POOL_MAX=8", NULL};
+    shop_start(&s, url, "off", env);
+    int64_t uid = create_user(&s, "Holder", "holder@example.com");
+    int64_t a = create_account(&s, uid, 1000), b = create_account(&s, uid, 1000);
+
+    dbk_conn *lock = dbkt_open(url);
+    dbk_db *ldb = dbk_conn_db(lock);
+    char sql[160];
+    dbkt_exec(ldb, "BEGIN");
+    snprintf(sql, sizeof sql, "SELECT balance_cents FROM accounts WHERE id = %lld FOR UPDATE",
+             (long long)a);
+    dbkt_exec(ldb, sql);
+
+    blocked_arg args[BLOCKED_XFERS];
+    pthread_t th[BLOCKED_XFERS];
+    for (int i = 0; i < BLOCKED_XFERS; i++) {
+        args[i] = (blocked_arg){&s, a, b, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, blocked_xfer_thread, &args[i]), 0);
+    }
+    /* wait (at most 20 s) until every transfer waits on the lock */
+    dbk_conn *watch = dbkt_open(url);
+    int64_t waiting = 0, until = mono_ms() + 20000;
+    while (mono_ms() < until) {
+        waiting = dbkt_int(dbk_conn_db(watch),
+                           "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                           "AND datname = current_database()");
+        if (waiting >= BLOCKED_XFERS)
+            break;
+        sleep_ms(20);
+    }
+    assert_int_equal(waiting, BLOCKED_XFERS);
+
+    /* a read on a fresh HTTP connection, answered while the lock is held */
+    char path[64];
+    snprintf(path, sizeof path, "/accounts/%lld", (long long)b);
+    res r;
+    bool answered = dbkt_http_call(NULL, s.base, "GET", path, NULL, -1, NULL, 10000L, &r);
+    long status = r.status;
+    res_free(&r);
+    int64_t still_waiting = dbkt_int(
+        dbk_conn_db(watch), "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                            "'Lock' AND datname = current_database()");
+    dbkt_exec(ldb, "COMMIT");
+    for (int i = 0; i < BLOCKED_XFERS; i++)
+        pthread_join(th[i], NULL);
+    dbk_conn_close(watch);
+    dbk_conn_close(lock);
+    assert_true(answered);
+    assert_int_equal(status, 200);
+    assert_int_equal(still_waiting, BLOCKED_XFERS); /* answered while they were blocked */
+    for (int i = 0; i < BLOCKED_XFERS; i++)
+        assert_int_equal(args[i].status, 200);
+    assert_int_equal(balance(&s, a) + balance(&s, b), 2000);
+    assert_int_equal(balance(&s, a), 1000 - BLOCKED_XFERS);
+    int st = shop_stop(&s, 10000);
+    if (st != 0)
+        dump_log(&s);
+    assert_int_equal(st, 0);
+    free(url);
+}
+
 /* ---- hostile input ---- */
 
 static void hostile_body(shop_proc *s, dbk_engine engine)
@@ -1727,6 +1823,46 @@ static void shop_access_log_complete_after_sigterm(void **state)
 
 /* With a short flush interval, a line is written while the shop runs,
  * without waiting for a full buffer or the shutdown (bounded wait). */
+/* With a thread per HTTP connection, every connection is a new thread: a
+ * thread's access-log buffer goes back to the shop when the thread exits
+ * and the next thread takes it, so 200 connections one after the other
+ * leave a handful of buffers, not 200, and every line is written. */
+static void shop_access_log_buffers_reused(void **state)
+{
+    (void)state;
+    char *url = dbkt_sqlite_url("shop_access_reuse");
+    shop_proc s;
+    const char *env[] = {"ACCESS_LOG_FLUSH_MS=20", NULL};
+    shop_start(&s, url, "memory", env);
+    free(url);
+    enum { CONNS = 200 };
+    for (int i = 0; i < CONNS; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/al-reuse-%d", i);
+        expect(&s, "GET", path, NULL, 404, "not_found"); /* a new connection each */
+    }
+    double buffers = metric(&s, "shop_access_log_buffers");
+    assert_true(buffers >= 1);
+    if (buffers > 16)
+        fail_msg("%.0f access-log buffers after %d connections one after the other", buffers,
+                 CONNS);
+    assert_int_equal(shop_stop(&s, 10000), 0);
+    FILE *f = fopen(s.errlog, "r");
+    assert_non_null(f);
+    static bool seen[CONNS];
+    memset(seen, 0, sizeof seen);
+    char line[2048];
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "path=\"/al-reuse-");
+        if (p)
+            seen[atoi(p + strlen("path=\"/al-reuse-")) % CONNS] = true;
+    }
+    fclose(f);
+    for (int i = 0; i < CONNS; i++)
+        if (!seen[i])
+            fail_msg("no access-log line for /al-reuse-%d", i);
+}
+
 static void shop_access_log_flushed_by_timer(void **state)
 {
     (void)state;
@@ -1947,6 +2083,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(shop_accounts_transfers_postgres, shop_teardown),
         cmocka_unit_test_teardown(shop_concurrent_transfers_sqlite, shop_teardown),
         cmocka_unit_test_teardown(shop_concurrent_transfers_postgres, shop_teardown),
+        cmocka_unit_test_teardown(shop_blocked_request_holds_up_no_other, shop_teardown),
         cmocka_unit_test_teardown(shop_hostile_input_sqlite, shop_teardown),
         cmocka_unit_test_teardown(shop_hostile_input_postgres, shop_teardown),
         cmocka_unit_test_teardown(shop_integer_inputs_sqlite, shop_teardown),
@@ -1959,6 +2096,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(shop_waits_for_the_database_at_start, shop_teardown),
         cmocka_unit_test_teardown(shop_access_log_complete_after_sigterm, shop_teardown),
         cmocka_unit_test_teardown(shop_access_log_flushed_by_timer, shop_teardown),
+        cmocka_unit_test_teardown(shop_access_log_buffers_reused, shop_teardown),
         cmocka_unit_test_teardown(shop_reviews_sqlite, shop_teardown),
         cmocka_unit_test_teardown(shop_reviews_postgres, shop_teardown),
         cmocka_unit_test_teardown(shop_reviews_mongodb, shop_teardown),
