@@ -266,7 +266,7 @@ static void result_grows_out_of_inline_room(void **state)
     static const size_t vlens[] = {0, 7, 191, 192, 193, 5000};
     for (size_t w = 0; w < DBK_NELEMS(widths); w++) {
         int ncols = widths[w];
-        char namebuf[300][12];
+        char namebuf[300][16];
         const char *names[300];
         for (int c = 0; c < ncols; c++) {
             snprintf(namebuf[c], sizeof namebuf[c], "col%d", c);
