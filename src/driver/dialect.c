@@ -180,7 +180,7 @@ static void pg_begin_sql(const dbk__begin_opts *o, char *buf, size_t len)
      * deadline. A transaction left idle by a stalled client is ended by the
      * server a grace period after the client's own deadline, which
      * normally ends it first, cleanly. */
-    if (o->session_stmt_timeout_ms <= 0 || o->session_stmt_timeout_ms > o->timeout_ms)
+    if (dbk__begin_bounds_statements(o))
         n += snprintf(buf + n, len - (size_t)n, "; SET LOCAL statement_timeout = %d",
                       o->timeout_ms);
     if (n > 0 && (size_t)n < len)

@@ -40,6 +40,16 @@ typedef struct dbk__begin_opts {
                                   * idle transaction */
 } dbk__begin_opts;
 
+/* Whether a BEGIN for o bounds each statement on the server by the
+ * transaction's timeout (PostgreSQL's begin_sql sets statement_timeout to
+ * it): not when the session's own statement_timeout is smaller, which is
+ * kept. */
+static inline bool dbk__begin_bounds_statements(const dbk__begin_opts *o)
+{
+    return o->timeout_ms > 0 &&
+           (o->session_stmt_timeout_ms <= 0 || o->session_stmt_timeout_ms > o->timeout_ms);
+}
+
 /* The savepoint statements (savepoint_sql). */
 enum dbk__sp_op {
     DBK__SP_SET = 0,      /* open the savepoint */

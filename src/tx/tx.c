@@ -463,15 +463,13 @@ static dbk_rc resolve_opts(const dbk_tx_opts *o, tx_conf *c, dbk_error *err)
     return DBK_OK;
 }
 
-/* The BEGIN round trip for this engine and these options, in the engine's
- * dialect. `stmt_timeout_ms` is the statement timeout the session was
- * configured with (0: none). */
-static void begin_sql(const tx_conf *c, dbk_engine engine, int stmt_timeout_ms, char *buf,
-                      size_t len)
+/* What the BEGIN round trip asks for (the engine's dialect writes it).
+ * `stmt_timeout_ms` is the statement timeout the session was configured
+ * with (0: none). */
+static dbk__begin_opts begin_opts(const tx_conf *c, int stmt_timeout_ms)
 {
-    dbk__begin_opts o = {c->isolation, c->read_only, c->deferrable, c->timeout_ms,
-                         stmt_timeout_ms, TX_SERVER_GRACE_MS};
-    dbk__dialect_of(engine)->begin_sql(&o, buf, len);
+    return (dbk__begin_opts){c->isolation, c->read_only,     c->deferrable,
+                             c->timeout_ms, stmt_timeout_ms, TX_SERVER_GRACE_MS};
 }
 
 /* ---------------------------------------------------------------------- */
@@ -603,14 +601,12 @@ static dbk_rc attempt(tx_root *r, const tx_conf *cf, dbk_tx_fn fn, void *ctx, db
     *end = END_DONE;
     char sql[512];
     dbk_conn *c = r->conn;
-    int stmt_timeout_ms = dbk__conn_statement_timeout_ms(c);
-    begin_sql(cf, r->engine, stmt_timeout_ms, sql, sizeof sql);
+    dbk__begin_opts bo = begin_opts(cf, dbk__conn_statement_timeout_ms(c));
+    const dbk__dialect *dia = dbk__dialect_of(r->engine);
+    dia->begin_sql(&bo, sql, sizeof sql);
     if (cf->timeout_ms > 0)
         r->deadline_ns = dbk__now_ns() + (int64_t)cf->timeout_ms * 1000000LL;
-    /* as the dialect's begin_sql decides (src/driver/dialect.c) */
-    r->server_deadline = r->engine == DBK_ENGINE_POSTGRES && cf->timeout_ms > 0 &&
-                         (stmt_timeout_ms <= 0 || stmt_timeout_ms > cf->timeout_ms);
-    const dbk__dialect *dia = dbk__dialect_of(r->engine);
+    r->server_deadline = r->engine == DBK_ENGINE_POSTGRES && dbk__begin_bounds_statements(&bo);
     r->direct = dia->read_only_unlocked && cf->read_only;
     dbk_rc rc = ctl(r, sql, err);
     if (rc) {
