@@ -82,12 +82,31 @@ static char nobody_marker, answered_marker, refused_marker;
  * libmicrohttpd then aborts the process.) */
 static atomic_int stopping;
 
-typedef struct body_ctx {
+/* What one request's answer is made of: filled by the routing, on the
+ * thread that ran the handler (an HTTP thread or a worker). */
+typedef struct answer {
+    shop_resp rs;
+    uint64_t queries;
+    bool has_cookie;
+    char cookie[128];
+} answer;
+
+enum { CTX_BODY, CTX_QUEUED, CTX_DONE, CTX_SENT };
+
+/* A request's context: its body while it is read, and, handed to a
+ * worker, everything the worker needs and what it answers. */
+typedef struct req_ctx {
     char *buf;
     size_t len, cap;
     bool too_big;
     int64_t start_ns;
-} body_ctx;
+    atomic_int state;
+    struct req_ctx *next; /* the worker queue */
+    struct MHD_Connection *conn;
+    const char *method, *url; /* libmicrohttpd's, valid until the request completes */
+    json_t *body;             /* owned */
+    answer ans;
+} req_ctx;
 
 static int64_t now_ns(void)
 {
@@ -360,45 +379,201 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, shop_resp *rs,
     return ret;
 }
 
+/* Runs the route on the calling thread and fills *a: the response, the
+ * statements it ran and, after a write with replicas, the position cookie
+ * (both read from this thread's state, so on the thread that ran it). */
+static void route_request(struct MHD_Connection *conn, const char *method, const char *url,
+                          json_t *body, answer *a)
+{
+    dbk_arena *arena = thread_arena();
+    shop_req rq = {method, url, conn, body, arena};
+    shop_thread_queries_reset();
+#ifdef SHOP_HAVE_DIAG
+    if (shop.diag)
+        dbk_diag_scope_begin(shop.diag, url);
+#endif
+    if (!arena)
+        shop_reply_error(&a->rs, 500, "internal", "out of memory");
+    else
+        shop_route(&rq, &a->rs);
+#ifdef SHOP_HAVE_DIAG
+    if (shop.diag) {
+        dbk_error derr;
+        (void)dbk_diag_scope_end(shop.diag, &derr);
+    }
+#endif
+    a->queries = shop_thread_queries();
+    if (a->rs.status < 100 || a->rs.status > 599)
+        a->rs.status = 500;
+    a->has_cookie = shop_pos_cookie(method, a->rs.status, a->cookie, sizeof a->cookie);
+}
+
+/* Sends an answer and logs it (on the connection's HTTP thread). */
+static enum MHD_Result send_answer(struct MHD_Connection *conn, const char *method,
+                                   const char *url, int64_t start_ns, answer *a)
+{
+    if (a->rs.status < 100 || a->rs.status > 599)
+        a->rs.status = 500;
+    int status = a->rs.status;
+    atomic_fetch_add(&shop.responses_by_class[status / 100], 1);
+    enum MHD_Result ret = send_response(conn, &a->rs, a->queries,
+                                        a->has_cookie ? a->cookie : NULL);
+    if (shop.access_log)
+        shop_access_log(method, url, status, now_ns() - start_ns, a->queries);
+    return ret;
+}
+
 static enum MHD_Result finish(struct MHD_Connection *conn, const char *method, const char *url,
                               json_t *body, int64_t start_ns, shop_resp *preset)
 {
-    shop_resp rs = {0};
-    uint64_t queries = 0;
-    if (preset) {
-        rs = *preset;
-    } else {
-        dbk_arena *arena = thread_arena();
-        shop_req rq = {method, url, conn, body, arena};
-        shop_thread_queries_reset();
-#ifdef SHOP_HAVE_DIAG
-        if (shop.diag)
-            dbk_diag_scope_begin(shop.diag, url);
-#endif
-        if (!arena)
-            shop_reply_error(&rs, 500, "internal", "out of memory");
-        else
-            shop_route(&rq, &rs);
-#ifdef SHOP_HAVE_DIAG
-        if (shop.diag) {
-            dbk_error derr;
-            (void)dbk_diag_scope_end(shop.diag, &derr);
+    answer a = {0};
+    if (preset)
+        a.rs = *preset;
+    else
+        route_request(conn, method, url, body, &a);
+    return send_answer(conn, method, url, start_ns, &a);
+}
+
+/* ---- workers (HTTP_WORKERS) ----
+ *
+ * With epoll threads, a request that may wait (a page with its total, a
+ * transaction behind a row lock, any write) would hold up every other
+ * connection of its thread. Such requests go to a pool of worker threads
+ * instead: the HTTP thread suspends the connection (libmicrohttpd stops
+ * reading it), queues the request, and goes on with its other
+ * connections; the worker runs the handler and resumes the connection,
+ * and libmicrohttpd calls on_request again, which sends the answer on the
+ * HTTP thread. Point reads by id (and /health, /metrics) stay on the HTTP
+ * threads: one short statement, or none with the cache, where a hand-off
+ * would cost more than it saves. The queue is FIFO and unbounded (the
+ * connection limit bounds it); workers drain it before they stop. */
+
+static pthread_mutex_t wq_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wq_cv = PTHREAD_COND_INITIALIZER;
+static req_ctx *wq_head, *wq_tail;
+static bool wq_stop;
+static pthread_t *workers;
+static int n_workers;
+static atomic_ullong handed_off;
+
+static void *worker_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        pthread_mutex_lock(&wq_mu);
+        while (!wq_head && !wq_stop)
+            pthread_cond_wait(&wq_cv, &wq_mu);
+        req_ctx *c = wq_head;
+        if (!c) {
+            pthread_mutex_unlock(&wq_mu);
+            return NULL; /* stopping, and nothing queued */
         }
-#endif
-        queries = shop_thread_queries();
+        wq_head = c->next;
+        if (!wq_head)
+            wq_tail = NULL;
+        pthread_mutex_unlock(&wq_mu);
+        route_request(c->conn, c->method, c->url, c->body, &c->ans);
+        struct MHD_Connection *conn = c->conn;
+        /* After the resume the HTTP thread may answer and free c at once. */
+        atomic_store_explicit(&c->state, CTX_DONE, memory_order_release);
+        MHD_resume_connection(conn);
     }
-    if (rs.status < 100 || rs.status > 599)
-        rs.status = 500;
-    int status = rs.status;
-    atomic_fetch_add(&shop.responses_by_class[status / 100], 1);
-    /* With replicas, a write's answer carries the position the client's
-     * next reads must see (replicas.c). */
-    char cookie[128];
-    bool has_cookie = !preset && shop_pos_cookie(method, status, cookie, sizeof cookie);
-    enum MHD_Result ret = send_response(conn, &rs, queries, has_cookie ? cookie : NULL);
-    if (shop.access_log)
-        shop_access_log(method, url, status, now_ns() - start_ns, queries);
-    return ret;
+}
+
+/* A point read by id, or /health, /metrics: answered on the HTTP thread. */
+static bool runs_inline(const char *method, const char *url)
+{
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return false;
+    if (strcmp(url, "/health") == 0 || strcmp(url, "/metrics") == 0)
+        return true;
+    static const char *const colls[] = {"/users/", "/products/", "/posts/", "/accounts/",
+                                        "/orders/"};
+    for (size_t i = 0; i < sizeof colls / sizeof *colls; i++) {
+        size_t n = strlen(colls[i]);
+        if (strncmp(url, colls[i], n) == 0) {
+            const char *d = url + n;
+            if (!*d)
+                return false;
+            for (; *d; d++)
+                if (*d < '0' || *d > '9')
+                    return false;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Queues c for a worker and suspends its connection; false (nothing done)
+ * when there are no workers or they are stopping: the caller answers. */
+static bool hand_off(struct MHD_Connection *conn, req_ctx *c, const char *method, const char *url,
+                     json_t *body)
+{
+    if (n_workers == 0 || runs_inline(method, url))
+        return false;
+    pthread_mutex_lock(&wq_mu);
+    if (wq_stop) {
+        pthread_mutex_unlock(&wq_mu);
+        return false;
+    }
+    c->conn = conn;
+    c->method = method;
+    c->url = url;
+    c->body = body;
+    c->next = NULL;
+    atomic_store_explicit(&c->state, CTX_QUEUED, memory_order_relaxed);
+    /* Suspended before any worker can see it, so the resume never comes
+     * first. */
+    MHD_suspend_connection(conn);
+    if (wq_tail)
+        wq_tail->next = c;
+    else
+        wq_head = c;
+    wq_tail = c;
+    pthread_cond_signal(&wq_cv);
+    pthread_mutex_unlock(&wq_mu);
+    atomic_fetch_add(&handed_off, 1);
+    return true;
+}
+
+uint64_t shop_http_handed_off(void)
+{
+    return atomic_load(&handed_off);
+}
+
+static void workers_stop(void)
+{
+    pthread_mutex_lock(&wq_mu);
+    wq_stop = true;
+    pthread_cond_broadcast(&wq_cv);
+    pthread_mutex_unlock(&wq_mu);
+    for (int i = 0; i < n_workers; i++)
+        pthread_join(workers[i], NULL);
+    free(workers);
+    workers = NULL;
+    n_workers = 0;
+}
+
+static int workers_start(int n)
+{
+    wq_stop = false;
+    if (n <= 0)
+        return 0;
+    workers = calloc((size_t)n, sizeof *workers);
+    if (!workers)
+        return -1;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 1024 * 1024);
+    for (; n_workers < n; n_workers++) {
+        if (pthread_create(&workers[n_workers], &attr, worker_main, NULL) != 0) {
+            pthread_attr_destroy(&attr);
+            workers_stop();
+            return -1;
+        }
+    }
+    pthread_attr_destroy(&attr);
+    return 0;
 }
 
 static bool has_body(const char *method)
@@ -444,7 +619,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                              SHOP_MAX_BODY);
             return finish(conn, method, url, NULL, start, &rs);
         }
-        body_ctx *b = calloc(1, sizeof *b);
+        req_ctx *b = calloc(1, sizeof *b);
         if (!b)
             return MHD_NO;
         b->start_ns = start;
@@ -461,6 +636,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         int64_t start = now_ns();
         if (!target_ok(conn, url, &rs))
             return finish(conn, method, url, NULL, start, &rs);
+        if (n_workers > 0 && !runs_inline(method, url)) {
+            req_ctx *c = calloc(1, sizeof *c);
+            if (c) {
+                c->start_ns = start;
+                if (hand_off(conn, c, method, url, NULL)) {
+                    *con_cls = c;
+                    return MHD_YES;
+                }
+                free(c);
+            }
+        }
         return finish(conn, method, url, NULL, start, NULL);
     }
     if (*con_cls == &answered_marker) {
@@ -477,7 +663,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         shop_reply_error(&rs, 503, "shutting_down", "the service is stopping");
         return finish(conn, method, url, NULL, now_ns(), &rs);
     }
-    body_ctx *b = *con_cls;
+    req_ctx *b = *con_cls;
+    int state = atomic_load_explicit(&b->state, memory_order_acquire);
+    if (state == CTX_DONE) { /* a worker answered: send it from this thread */
+        atomic_store_explicit(&b->state, CTX_SENT, memory_order_relaxed);
+        return send_answer(conn, method, url, b->start_ns, &b->ans);
+    }
+    if (state != CTX_BODY) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
@@ -533,6 +728,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         shop_reply_error(&rs, 400, "invalid_json", "the body must be a JSON object");
         return finish(conn, method, url, NULL, b->start_ns, &rs);
     }
+    if (hand_off(conn, b, method, url, j))
+        return MHD_YES; /* the worker's answer comes in a later call; b owns j */
     enum MHD_Result ret = finish(conn, method, url, j, b->start_ns, NULL);
     json_decref(j);
     return ret;
@@ -548,15 +745,17 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     if (*con_cls != &answered_marker && *con_cls != &nobody_marker &&
         *con_cls != &refused_marker) {
-        body_ctx *b = *con_cls;
+        req_ctx *b = *con_cls;
         free(b->buf);
+        json_decref(b->body);
+        free(b->ans.rs.body);
         free(b);
     }
     *con_cls = NULL;
     atomic_fetch_sub(&shop.in_flight, 1);
 }
 
-int shop_http_start(const char *host, int port, int threads)
+int shop_http_start(const char *host, int port, int threads, int nworkers)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
@@ -565,6 +764,13 @@ int shop_http_start(const char *host, int port, int threads)
      * own for each connection (main.c says why that is the default). */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     flags |= threads > 0 ? MHD_USE_EPOLL : MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
+    if (threads > 0 && nworkers > 0) {
+        flags |= MHD_ALLOW_SUSPEND_RESUME;
+        if (workers_start(nworkers) != 0) {
+            fprintf(stderr, "shop: cannot start %d HTTP worker threads\n", nworkers);
+            return -1;
+        }
+    }
     struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
@@ -576,6 +782,7 @@ int shop_http_start(const char *host, int port, int threads)
         flags |= MHD_USE_IPv6;
     } else {
         fprintf(stderr, "shop: HOST \"%s\" is not a numeric IPv4 or IPv6 address\n", host);
+        workers_stop();
         return -1;
     }
     /* A thread per connection gets a bounded stack; an epoll pool its
@@ -595,6 +802,7 @@ int shop_http_start(const char *host, int port, int threads)
                                MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     if (!daemon_) {
         fprintf(stderr, "shop: cannot listen on %s:%d (in use, or not allowed)\n", host, port);
+        workers_stop();
         return -1;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
@@ -608,6 +816,10 @@ void shop_http_quiesce(void)
 
 void shop_http_stop(void)
 {
+    /* Every queued request is answered and its connection resumed first:
+     * libmicrohttpd refuses to stop with a connection still suspended.
+     * A request that reaches hand_off after this runs on its HTTP thread. */
+    workers_stop();
     if (daemon_)
         MHD_stop_daemon(daemon_);
     daemon_ = NULL;

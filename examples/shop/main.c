@@ -30,11 +30,12 @@
  *                 2 x cores)
  *   DATABASE_DIRECT_URL  the server itself, for the schema step when
  *                 DATABASE_URL goes through a transaction-mode pooler
- *   HTTP_THREADS  "per-connection" (default: a thread for each HTTP
- *                 connection; a handler blocks on its statement, and with
- *                 more threads than pooled connections concurrent requests
- *                 share pipelines) or N epoll threads serving all
- *                 connections, each one request at a time
+ *   HTTP_THREADS  N epoll threads serving all connections (default 8 x
+ *                 cores), each one request at a time, or "per-connection"
+ *                 (a thread for each HTTP connection)
+ *   HTTP_WORKERS  with epoll threads, the worker threads that run every
+ *                 request but the point reads by id (default 32 x cores;
+ *                 0: every request on its epoll thread); http.c says why
  *   SHOP_PWHASH   "fast" uses libsodium's minimum Argon2id limits (tests)
  *   ACCESS_LOG    "off" silences the per-request line
  *   ACCESS_LOG_FLUSH_MS  longest wait of a buffered access-log line before
@@ -344,22 +345,26 @@ int main(void)
     if (!host || !*host)
         host = "127.0.0.1";
     int port = shop_env_int("PORT", 8080, 0, 65535);
-    /* HTTP_THREADS: "per-connection" (the default) or a number of epoll
-     * threads. An epoll thread serves its connections one request at a
-     * time, so a slow request delays every other request of its thread:
-     * measured on 2 cores at 64 connections, 16 epoll threads gave p99
-     * 110-160 ms on the page-of-users route and 34-38 ms on transfers,
-     * a thread per connection 26-34 ms and 13-16 ms. docs/benchmarks.md. */
+    /* HTTP_THREADS: a number of epoll threads (the default) or
+     * "per-connection". An epoll thread serves its connections one request
+     * at a time, so a slow request would delay every other request of its
+     * thread: the requests that may wait (everything but point reads by id)
+     * go to HTTP_WORKERS worker threads. Measured on 2 cores at 64
+     * connections (docs/benchmarks.md): a thread per connection keeps slow
+     * routes from holding up others but wakes a thread per request and
+     * lets 64 runnable threads share 2 CPUs, which put the point reads'
+     * p99 at 18-44 ms; 16 epoll threads alone kept it at 5-9 ms but held
+     * pages of users up to 110-160 ms behind each other. */
     const char *ht = getenv("HTTP_THREADS");
-    int threads = ht && *ht && strcmp(ht, "per-connection") != 0
-                      ? shop_env_int("HTTP_THREADS", (int)(8 * cores), 1, 1024)
-                      : 0;
+    bool per_conn = ht && strcmp(ht, "per-connection") == 0;
+    int threads = per_conn ? 0 : shop_env_int("HTTP_THREADS", (int)(8 * cores), 1, 1024);
+    int nworkers = per_conn ? 0 : shop_env_int("HTTP_WORKERS", (int)(32 * cores), 0, 1024);
     int flush_ms = shop_env_int("ACCESS_LOG_FLUSH_MS", 100, 1, 60000);
     if (shop.access_log && shop_access_log_open(STDERR_FILENO, flush_ms) != 0) {
         fprintf(stderr, "shop: cannot start the access log's flusher thread\n");
         goto out_cache;
     }
-    int bound = shop_http_start(host, port, threads);
+    int bound = shop_http_start(host, port, threads, nworkers);
     if (bound < 0)
         goto out_log;
     print_banner(host, bound);

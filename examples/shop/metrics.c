@@ -269,6 +269,9 @@ void shop_handle_metrics(shop_req *rq, shop_resp *rs)
                   (unsigned long long)ld(&shop.responses_by_class[c]));
     metric(&b, "shop_http_in_flight", "gauge", "Requests being handled.",
            (double)atomic_load(&shop.in_flight));
+    metric(&b, "shop_http_handed_off_total", "counter",
+           "Requests run on a worker thread (HTTP_WORKERS), not on their epoll thread.",
+           (double)shop_http_handed_off());
 
     /* Queries, as seen by the shop's observer. */
     metric(&b, "shop_db_queries_total", "counter", "SQL statements run.",

@@ -154,8 +154,12 @@ void shop_access_log_close(void);
 void shop_access_log_stats(uint64_t *lines, uint64_t *writes, uint64_t *dropped,
                            uint64_t *waits, uint64_t *buffers);
 
-/* Starts / stops the HTTP daemon (http.c). */
-int shop_http_start(const char *host, int port, int threads);
+/* Starts / stops the HTTP daemon (http.c): threads > 0 epoll threads,
+ * and then nworkers > 0 worker threads for the requests that are not
+ * point reads; threads == 0 a thread per connection. Returns the port. */
+int shop_http_start(const char *host, int port, int threads, int nworkers);
+/* Requests handed to a worker so far (/metrics). */
+uint64_t shop_http_handed_off(void);
 void shop_http_quiesce(void);
 void shop_http_stop(void);
 

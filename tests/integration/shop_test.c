@@ -740,20 +740,28 @@ static void *blocked_xfer_thread(void *p)
 /* Transfers that wait on a row lock (held here, outside the shop) keep
  * their own HTTP connections and pooled connections busy; a read on
  * another HTTP connection must still be answered while they wait. With the
- * shop's default (a thread per HTTP connection) it is; with epoll threads
- * each serving several connections one request at a time (HTTP_THREADS=2
- * here) it waits behind the blocked transfers of its thread until the lock
- * goes. The pool has room for the read (POOL_MAX=8 against 4 blocked
- * transactions). */
-static void shop_blocked_request_holds_up_no_other(void **state)
+ * shop's default (epoll threads, and worker threads for every request but
+ * point reads) the transfers wait on workers; with a thread per HTTP
+ * connection each waits on its own thread. With epoll threads and no
+ * workers (HTTP_THREADS=2 HTTP_WORKERS=0) the read waits behind the
+ * blocked transfers of its thread until the lock goes: this test fails
+ * there. The pool has room for the read (POOL_MAX=8 against 4 blocked
+ * transactions).
+ *
+ * stop_while_blocked: then SIGTERM comes while the transfers still wait,
+ * with a shutdown timeout shorter than the wait: the shop must wait for
+ * the requests its workers run (libmicrohttpd aborts the process when it
+ * is stopped with a connection still suspended), then exit 0, every
+ * transfer applied once. */
+static void blocked_run(const char *name, const char *const *env, bool workers,
+                        bool stop_while_blocked)
 {
-    (void)state;
-    char *url = dbkt_pg_fresh_db("shop_blocked");
+    char *url = dbkt_pg_fresh_db(name);
     shop_proc s;
-    const char *const env[] = {"POOL_MAX=8", NULL};
     shop_start(&s, url, "off", env);
     int64_t uid = create_user(&s, "Holder", "holder@example.com");
     int64_t a = create_account(&s, uid, 1000), b = create_account(&s, uid, 1000);
+    double handed0 = metric(&s, "shop_http_handed_off_total");
 
     dbk_conn *lock = dbkt_open(url);
     dbk_db *ldb = dbk_conn_db(lock);
@@ -771,11 +779,11 @@ static void shop_blocked_request_holds_up_no_other(void **state)
     }
     /* wait (at most 20 s) until every transfer waits on the lock */
     dbk_conn *watch = dbkt_open(url);
+    const char *waiting_sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                              "'Lock' AND datname = current_database()";
     int64_t waiting = 0, until = mono_ms() + 20000;
     while (mono_ms() < until) {
-        waiting = dbkt_int(dbk_conn_db(watch),
-                           "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                           "AND datname = current_database()");
+        waiting = dbkt_int(dbk_conn_db(watch), waiting_sql);
         if (waiting >= BLOCKED_XFERS)
             break;
         sleep_ms(20);
@@ -789,26 +797,90 @@ static void shop_blocked_request_holds_up_no_other(void **state)
     bool answered = dbkt_http_call(NULL, s.base, "GET", path, NULL, -1, NULL, 10000L, &r);
     long status = r.status;
     res_free(&r);
-    int64_t still_waiting = dbkt_int(
-        dbk_conn_db(watch), "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
-                            "'Lock' AND datname = current_database()");
+    int64_t still_waiting = dbkt_int(dbk_conn_db(watch), waiting_sql);
+    double handed = metric(&s, "shop_http_handed_off_total") - handed0;
+    int st = -1;
+    bool alive_after_timeout = false;
+    if (stop_while_blocked) {
+        assert_int_equal(kill(s.pid, SIGTERM), 0);
+        sleep_ms(600); /* past SHUTDOWN_TIMEOUT_MS: the shop is stopping its workers */
+        alive_after_timeout = waitpid(s.pid, &st, WNOHANG) == 0;
+    }
     dbkt_exec(ldb, "COMMIT");
     for (int i = 0; i < BLOCKED_XFERS; i++)
         pthread_join(th[i], NULL);
-    dbk_conn_close(watch);
-    dbk_conn_close(lock);
     assert_true(answered);
     assert_int_equal(status, 200);
     assert_int_equal(still_waiting, BLOCKED_XFERS); /* answered while they were blocked */
-    for (int i = 0; i < BLOCKED_XFERS; i++)
-        assert_int_equal(args[i].status, 200);
-    assert_int_equal(balance(&s, a) + balance(&s, b), 2000);
-    assert_int_equal(balance(&s, a), 1000 - BLOCKED_XFERS);
-    int st = shop_stop(&s, 10000);
-    if (st != 0)
-        dump_log(&s);
-    assert_int_equal(st, 0);
+    if (workers)
+        assert_true(handed >= BLOCKED_XFERS); /* the transfers ran on workers */
+    else
+        assert_true(handed == 0);
+    if (stop_while_blocked) {
+        assert_true(alive_after_timeout);
+        pid_t pid = s.pid, w = 0;
+        int64_t t0 = mono_ms();
+        while ((w = waitpid(pid, &st, WNOHANG)) == 0 && mono_ms() - t0 < 10000)
+            sleep_ms(10);
+        if (w != pid) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+        }
+        s.pid = 0;
+        running_pid = 0;
+        if (w != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            dump_log(&s);
+        assert_int_equal(w, pid); /* exited by itself within 10 s */
+        assert_true(WIFEXITED(st));
+        assert_int_equal(WEXITSTATUS(st), 0);
+        /* every transfer ran to its end on its worker, once */
+        snprintf(sql, sizeof sql, "SELECT balance_cents FROM accounts WHERE id = %lld",
+                 (long long)a);
+        assert_int_equal(dbkt_int(ldb, sql), 1000 - BLOCKED_XFERS);
+        snprintf(sql, sizeof sql, "SELECT balance_cents FROM accounts WHERE id = %lld",
+                 (long long)b);
+        assert_int_equal(dbkt_int(ldb, sql), 1000 + BLOCKED_XFERS);
+    } else {
+        for (int i = 0; i < BLOCKED_XFERS; i++)
+            assert_int_equal(args[i].status, 200);
+        assert_int_equal(balance(&s, a) + balance(&s, b), 2000);
+        assert_int_equal(balance(&s, a), 1000 - BLOCKED_XFERS);
+        st = shop_stop(&s, 10000);
+        if (st != 0)
+            dump_log(&s);
+        assert_int_equal(st, 0);
+    }
+    dbk_conn_close(watch);
+    dbk_conn_close(lock);
     free(url);
+}
+
+static void shop_blocked_request_holds_up_no_other(void **state)
+{
+    (void)state;
+    const char *const env[] = {"POOL_MAX=8", NULL};
+    blocked_run("shop_blocked", env, true, false);
+}
+
+static void shop_blocked_request_two_epoll_threads(void **state)
+{
+    (void)state;
+    const char *const env[] = {"POOL_MAX=8", "HTTP_THREADS=2", NULL};
+    blocked_run("shop_blocked_2", env, true, false);
+}
+
+static void shop_blocked_request_per_connection(void **state)
+{
+    (void)state;
+    const char *const env[] = {"POOL_MAX=8", "HTTP_THREADS=per-connection", NULL};
+    blocked_run("shop_blocked_pc", env, false, false);
+}
+
+static void shop_sigterm_waits_for_workers(void **state)
+{
+    (void)state;
+    const char *const env[] = {"POOL_MAX=8", "SHUTDOWN_TIMEOUT_MS=200", NULL};
+    blocked_run("shop_blocked_stop", env, true, true);
 }
 
 /* ---- hostile input ---- */
@@ -2084,6 +2156,9 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(shop_concurrent_transfers_sqlite, shop_teardown),
         cmocka_unit_test_teardown(shop_concurrent_transfers_postgres, shop_teardown),
         cmocka_unit_test_teardown(shop_blocked_request_holds_up_no_other, shop_teardown),
+        cmocka_unit_test_teardown(shop_blocked_request_two_epoll_threads, shop_teardown),
+        cmocka_unit_test_teardown(shop_blocked_request_per_connection, shop_teardown),
+        cmocka_unit_test_teardown(shop_sigterm_waits_for_workers, shop_teardown),
         cmocka_unit_test_teardown(shop_hostile_input_sqlite, shop_teardown),
         cmocka_unit_test_teardown(shop_hostile_input_postgres, shop_teardown),
         cmocka_unit_test_teardown(shop_integer_inputs_sqlite, shop_teardown),
