@@ -1,12 +1,14 @@
 /*
  * http.c - the libmicrohttpd side of the shop: one daemon with an internal
- * epoll thread pool, request bodies, the checks every request target
- * passes, responses, error mapping and the integer parser.
+ * epoll thread pool and worker threads (or a thread per connection),
+ * request bodies, the checks every request target passes, responses, error
+ * mapping and the integer parser.
  *
  * Why shaped so: small keep-alive requests are the common case, so the
- * daemon runs a pool of epoll threads (each owns its connections; a request
- * never changes thread), every thread keeps one dbkit arena that is reset,
- * not freed, between requests, and a GET is answered without allocating a
+ * daemon runs a pool of epoll threads (each owns its connections), and
+ * the requests that may wait run on worker threads (see "workers" below);
+ * every thread keeps one dbkit arena that is reset, not freed, between
+ * requests, and a GET answered on its epoll thread allocates no
  * per-request context (a static marker stands in for it). Bodies
  * (POST, PATCH) are collected into a buffer bounded by SHOP_MAX_BODY; a
  * declared Content-Length above it is refused with 413 before the body is
