@@ -447,8 +447,12 @@ static enum MHD_Result finish(struct MHD_Connection *conn, const char *method, c
  * and libmicrohttpd calls on_request again, which sends the answer on the
  * HTTP thread. Point reads by id (and /health, /metrics) stay on the HTTP
  * threads: one short statement, or none with the cache, where a hand-off
- * would cost more than it saves. The queue is FIFO and unbounded (the
- * connection limit bounds it); workers drain it before they stop. */
+ * would cost more than it saves. So does a slow request whose connection is
+ * the only one its epoll thread serves (nobody to hold up), while at most
+ * half the epoll threads run one: the hand-off's two thread wakes cost a
+ * quarter of the transfers' throughput at 8 connections on 2 CPUs. The
+ * queue is FIFO and unbounded (the connection limit bounds it); workers
+ * drain it before they stop. */
 
 static pthread_mutex_t wq_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wq_cv = PTHREAD_COND_INITIALIZER;
@@ -506,13 +510,58 @@ static bool runs_inline(const char *method, const char *url)
     return false;
 }
 
+/* The connections each epoll thread serves, counted by the connection
+ * notifications (which libmicrohttpd makes on the connection's own thread);
+ * a connection's socket context points at its thread's counter. */
+#define MAX_EPOLL_THREADS 1024
+static atomic_int thread_conns[MAX_EPOLL_THREADS + 1]; /* [0] unused */
+static atomic_int thread_slots;
+static _Thread_local int my_slot; /* 0: none yet, -1: none to have */
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        if (!my_slot) {
+            int n = atomic_fetch_add(&thread_slots, 1) + 1;
+            my_slot = n <= MAX_EPOLL_THREADS ? n : -1;
+        }
+        if (my_slot > 0) {
+            atomic_fetch_add(&thread_conns[my_slot], 1);
+            *socket_context = &thread_conns[my_slot];
+        }
+    } else if (*socket_context) {
+        atomic_fetch_sub((atomic_int *)*socket_context, 1);
+        *socket_context = NULL;
+    }
+}
+
+/* Slow requests running on their epoll thread right now, and the most
+ * allowed (half the epoll threads): the other half always takes new
+ * connections and answers point reads. */
+static atomic_int inline_slow;
+static int inline_slow_max;
+
+/* True when conn is the only connection its epoll thread (this thread)
+ * serves: then running a slow request here holds up no one, and saves the
+ * two thread wakes of a hand-off. */
+static bool alone_on_thread(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci && my_slot > 0 && ci->socket_context == (void *)&thread_conns[my_slot] &&
+           atomic_load(&thread_conns[my_slot]) == 1;
+}
+
+enum { RUN_HERE, RUN_HERE_SLOW, HANDED };
+
 /* Queues c for a worker and suspends its connection; false (nothing done)
- * when there are no workers or they are stopping: the caller answers. */
+ * when the workers are stopping: the caller answers. */
 static bool hand_off(struct MHD_Connection *conn, req_ctx *c, const char *method, const char *url,
                      json_t *body)
 {
-    if (n_workers == 0 || runs_inline(method, url))
-        return false;
     pthread_mutex_lock(&wq_mu);
     if (wq_stop) {
         pthread_mutex_unlock(&wq_mu);
@@ -536,6 +585,43 @@ static bool hand_off(struct MHD_Connection *conn, req_ctx *c, const char *method
     pthread_mutex_unlock(&wq_mu);
     atomic_fetch_add(&handed_off, 1);
     return true;
+}
+
+/* Where a request runs: on this thread (point reads, no workers, or a
+ * slow request alone on its thread within the inline_slow budget:
+ * RUN_HERE_SLOW, which the caller gives back with done_here()) or on a
+ * worker (HANDED; *cp is then the queued context, allocated here for a
+ * request without a body). */
+static int dispatch(struct MHD_Connection *conn, req_ctx **cp, const char *method, const char *url,
+                    json_t *body, int64_t start_ns)
+{
+    if (n_workers == 0 || runs_inline(method, url))
+        return RUN_HERE;
+    if (alone_on_thread(conn)) {
+        if (atomic_fetch_add(&inline_slow, 1) < inline_slow_max)
+            return RUN_HERE_SLOW;
+        atomic_fetch_sub(&inline_slow, 1);
+    }
+    req_ctx *c = *cp;
+    if (!c) {
+        c = calloc(1, sizeof *c);
+        if (!c)
+            return RUN_HERE;
+        c->start_ns = start_ns;
+    }
+    if (!hand_off(conn, c, method, url, body)) {
+        if (!*cp)
+            free(c);
+        return RUN_HERE;
+    }
+    *cp = c;
+    return HANDED;
+}
+
+static void done_here(int where)
+{
+    if (where == RUN_HERE_SLOW)
+        atomic_fetch_sub(&inline_slow, 1);
 }
 
 uint64_t shop_http_handed_off(void)
@@ -638,18 +724,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         int64_t start = now_ns();
         if (!target_ok(conn, url, &rs))
             return finish(conn, method, url, NULL, start, &rs);
-        if (n_workers > 0 && !runs_inline(method, url)) {
-            req_ctx *c = calloc(1, sizeof *c);
-            if (c) {
-                c->start_ns = start;
-                if (hand_off(conn, c, method, url, NULL)) {
-                    *con_cls = c;
-                    return MHD_YES;
-                }
-                free(c);
-            }
+        req_ctx *c = NULL;
+        int where = dispatch(conn, &c, method, url, NULL, start);
+        if (where == HANDED) {
+            *con_cls = c;
+            return MHD_YES;
         }
-        return finish(conn, method, url, NULL, start, NULL);
+        enum MHD_Result ret = finish(conn, method, url, NULL, start, NULL);
+        done_here(where);
+        return ret;
     }
     if (*con_cls == &answered_marker) {
         *upload_data_size = 0; /* a body after an early answer is dropped */
@@ -730,9 +813,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         shop_reply_error(&rs, 400, "invalid_json", "the body must be a JSON object");
         return finish(conn, method, url, NULL, b->start_ns, &rs);
     }
-    if (hand_off(conn, b, method, url, j))
+    int where = dispatch(conn, &b, method, url, j, b->start_ns);
+    if (where == HANDED)
         return MHD_YES; /* the worker's answer comes in a later call; b owns j */
     enum MHD_Result ret = finish(conn, method, url, j, b->start_ns, NULL);
+    done_here(where);
     json_decref(j);
     return ret;
 }
@@ -768,6 +853,7 @@ int shop_http_start(const char *host, int port, int threads, int nworkers)
     flags |= threads > 0 ? MHD_USE_EPOLL : MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
     if (threads > 0 && nworkers > 0) {
         flags |= MHD_ALLOW_SUSPEND_RESUME;
+        inline_slow_max = threads / 2;
         if (workers_start(nworkers) != 0) {
             fprintf(stderr, "shop: cannot start %d HTTP worker threads\n", nworkers);
             return -1;
@@ -794,6 +880,7 @@ int shop_http_start(const char *host, int port, int threads, int nworkers)
         threads > 0 ? (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL}
                     : (struct MHD_OptionItem){MHD_OPTION_THREAD_STACK_SIZE, 1024 * 1024, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL},
+        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, 60, NULL},
         {MHD_OPTION_CONNECTION_LIMIT, 4096, NULL},
         {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
