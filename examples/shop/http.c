@@ -28,6 +28,7 @@
  * the graceful shutdown waits for.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -447,13 +448,13 @@ static enum MHD_Result finish(struct MHD_Connection *conn, const char *method, c
  * and libmicrohttpd calls on_request again, which sends the answer on the
  * HTTP thread. Point reads by id (and /health, /metrics) stay on the HTTP
  * threads: one short statement, or none with the cache, where a hand-off
- * would cost more than it saves. So does a slow request whose connection is
- * the only one its epoll thread serves (nobody to hold up), while at most
- * half the epoll threads run one, which saves the hand-off's two thread
- * wakes (measured on 2 CPUs at 8 connections: transfers at 5.1-5.3k req/s
- * through workers against 6.1-6.4k with a thread per connection). It
- * rarely applies when clients connect in a burst: an epoll thread accepts
- * every pending connection at once, so a burst lands on few threads. The
+ * would cost more than it saves. Every other request pays the hand-off's
+ * two thread wakes (measured on 2 CPUs at 8 connections: transfers at
+ * 5.1-5.3k req/s through workers against 6.1-6.4k with a thread per
+ * connection). Running a slow request on its epoll thread when that thread
+ * serves no other connection was tried and dropped: the acceptor below
+ * goes on dealing new connections to a thread whatever it is doing, and a
+ * connection dealt to a thread busy with a slow request waits for it. The
  * queue is FIFO and unbounded (the connection limit bounds it); workers
  * drain it before they stop. */
 
@@ -513,52 +514,7 @@ static bool runs_inline(const char *method, const char *url)
     return false;
 }
 
-/* The connections each epoll thread serves, counted by the connection
- * notifications (which libmicrohttpd makes on the connection's own thread);
- * a connection's socket context points at its thread's counter. */
-#define MAX_EPOLL_THREADS 1024
-static atomic_int thread_conns[MAX_EPOLL_THREADS + 1]; /* [0] unused */
-static atomic_int thread_slots;
-static _Thread_local int my_slot; /* 0: none yet, -1: none to have */
-
-static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
-                          enum MHD_ConnectionNotificationCode toe)
-{
-    (void)cls;
-    (void)conn;
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        if (!my_slot) {
-            int n = atomic_fetch_add(&thread_slots, 1) + 1;
-            my_slot = n <= MAX_EPOLL_THREADS ? n : -1;
-        }
-        if (my_slot > 0) {
-            atomic_fetch_add(&thread_conns[my_slot], 1);
-            *socket_context = &thread_conns[my_slot];
-        }
-    } else if (*socket_context) {
-        atomic_fetch_sub((atomic_int *)*socket_context, 1);
-        *socket_context = NULL;
-    }
-}
-
-/* Slow requests running on their epoll thread right now, and the most
- * allowed (half the epoll threads): the other half always takes new
- * connections and answers point reads. */
-static atomic_int inline_slow;
-static int inline_slow_max;
-
-/* True when conn is the only connection its epoll thread (this thread)
- * serves: then running a slow request here holds up no one, and saves the
- * two thread wakes of a hand-off. */
-static bool alone_on_thread(struct MHD_Connection *conn)
-{
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    return ci && my_slot > 0 && ci->socket_context == (void *)&thread_conns[my_slot] &&
-           atomic_load(&thread_conns[my_slot]) == 1;
-}
-
-enum { RUN_HERE, RUN_HERE_SLOW, HANDED };
+enum { RUN_HERE, HANDED };
 
 /* Queues c for a worker and suspends its connection; false (nothing done)
  * when the workers are stopping: the caller answers. */
@@ -590,21 +546,14 @@ static bool hand_off(struct MHD_Connection *conn, req_ctx *c, const char *method
     return true;
 }
 
-/* Where a request runs: on this thread (point reads, no workers, or a
- * slow request alone on its thread within the inline_slow budget:
- * RUN_HERE_SLOW, which the caller gives back with done_here()) or on a
- * worker (HANDED; *cp is then the queued context, allocated here for a
+/* Where a request runs: on this thread (point reads, or no workers) or on
+ * a worker (HANDED; *cp is then the queued context, allocated here for a
  * request without a body). */
 static int dispatch(struct MHD_Connection *conn, req_ctx **cp, const char *method, const char *url,
                     json_t *body, int64_t start_ns)
 {
     if (n_workers == 0 || runs_inline(method, url))
         return RUN_HERE;
-    if (alone_on_thread(conn)) {
-        if (atomic_fetch_add(&inline_slow, 1) < inline_slow_max)
-            return RUN_HERE_SLOW;
-        atomic_fetch_sub(&inline_slow, 1);
-    }
     req_ctx *c = *cp;
     if (!c) {
         c = calloc(1, sizeof *c);
@@ -619,12 +568,6 @@ static int dispatch(struct MHD_Connection *conn, req_ctx **cp, const char *metho
     }
     *cp = c;
     return HANDED;
-}
-
-static void done_here(int where)
-{
-    if (where == RUN_HERE_SLOW)
-        atomic_fetch_sub(&inline_slow, 1);
 }
 
 uint64_t shop_http_handed_off(void)
@@ -733,9 +676,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             *con_cls = c;
             return MHD_YES;
         }
-        enum MHD_Result ret = finish(conn, method, url, NULL, start, NULL);
-        done_here(where);
-        return ret;
+        return finish(conn, method, url, NULL, start, NULL);
     }
     if (*con_cls == &answered_marker) {
         *upload_data_size = 0; /* a body after an early answer is dropped */
@@ -820,7 +761,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (where == HANDED)
         return MHD_YES; /* the worker's answer comes in a later call; b owns j */
     enum MHD_Result ret = finish(conn, method, url, j, b->start_ns, NULL);
-    done_here(where);
     json_decref(j);
     return ret;
 }
@@ -845,23 +785,85 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     atomic_fetch_sub(&shop.in_flight, 1);
 }
 
+/* ---- the acceptor (epoll threads) ----
+ *
+ * libmicrohttpd's epoll threads all watch the listening socket, and the one
+ * that wakes accepts every pending connection at once: a burst of
+ * connections (a client opening its keep-alive pool) lands on one or two
+ * threads, which then serve them one request at a time while the others
+ * idle. Measured on 2 CPUs, 8 connections on 4 epoll threads: 8.2k req/s
+ * uncached in one run, 42.9k in the next, depending on that split. So the
+ * shop accepts on a thread of its own and hands each connection to
+ * MHD_add_connection, which spreads them over the epoll threads by socket
+ * number: consecutive connections go to consecutive threads. */
+
+static int listen_fd = -1;
+static pthread_t acceptor;
+static bool acceptor_running;
+static atomic_int acceptor_stop;
+
+static void *acceptor_main(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&acceptor_stop)) {
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof peer;
+        int fd = accept4(listen_fd, (struct sockaddr *)&peer, &len, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) {
+            if (atomic_load(&acceptor_stop))
+                break;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                usleep(10000); /* out of descriptors or memory: try again soon, not at once */
+            continue;      /* EINTR, ECONNABORTED, a connection reset before it was taken */
+        }
+        /* Closes fd itself when it cannot take it. */
+        (void)MHD_add_connection(daemon_, fd, (const struct sockaddr *)&peer, len);
+    }
+    return NULL;
+}
+
+/* A listening socket on ss; -1 (reported) when it cannot be had. */
+static int listen_on(const struct sockaddr_storage *ss, const char *host, int port)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                              : sizeof(struct sockaddr_in);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        (ss->ss_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) ||
+        bind(fd, (const struct sockaddr *)ss, len) != 0 || listen(fd, SOMAXCONN) != 0) {
+        fprintf(stderr, "shop: cannot listen on %s:%d (%s)\n", host, port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void acceptor_stop_join(void)
+{
+    if (acceptor_running) {
+        atomic_store(&acceptor_stop, 1);
+        shutdown(listen_fd, SHUT_RDWR); /* wakes accept4 */
+        pthread_join(acceptor, NULL);
+        acceptor_running = false;
+    }
+    if (listen_fd >= 0)
+        close(listen_fd);
+    listen_fd = -1;
+}
+
 int shop_http_start(const char *host, int port, int threads, int nworkers)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
     /* threads > 0: a pool of that many epoll threads, each serving its
-     * share of the connections one request at a time. 0: a thread of its
-     * own for each connection (main.c says why that is the default). */
+     * share of the connections one request at a time, fed by the acceptor
+     * above. 0: a thread of its own for each connection. */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
-    flags |= threads > 0 ? MHD_USE_EPOLL : MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
-    if (threads > 0 && nworkers > 0) {
-        flags |= MHD_ALLOW_SUSPEND_RESUME;
-        inline_slow_max = threads / 2;
-        if (workers_start(nworkers) != 0) {
-            fprintf(stderr, "shop: cannot start %d HTTP worker threads\n", nworkers);
-            return -1;
-        }
-    }
+    flags |= threads > 0 ? MHD_USE_EPOLL | MHD_USE_NO_LISTEN_SOCKET
+                         : MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
     struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
@@ -873,21 +875,42 @@ int shop_http_start(const char *host, int port, int threads, int nworkers)
         flags |= MHD_USE_IPv6;
     } else {
         fprintf(stderr, "shop: HOST \"%s\" is not a numeric IPv4 or IPv6 address\n", host);
-        workers_stop();
         return -1;
     }
-    /* A thread per connection gets a bounded stack; an epoll pool its
-     * size. Either serves up to 4096 connections. */
+    int bound = port;
+    if (threads > 0) {
+        listen_fd = listen_on(&ss, host, port);
+        if (listen_fd < 0)
+            return -1;
+        struct sockaddr_storage got;
+        socklen_t glen = sizeof got;
+        if (getsockname(listen_fd, (struct sockaddr *)&got, &glen) == 0)
+            bound = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port
+                                                    : ((struct sockaddr_in *)&got)->sin_port);
+    }
+    if (threads > 0 && nworkers > 0) {
+        flags |= MHD_ALLOW_SUSPEND_RESUME;
+        if (workers_start(nworkers) != 0) {
+            fprintf(stderr, "shop: cannot start %d HTTP worker threads\n", nworkers);
+            acceptor_stop_join();
+            return -1;
+        }
+    }
+    /* A thread per connection gets a bounded stack and listens itself; an
+     * epoll pool its size. Either serves up to 4096 connections. */
     struct MHD_OptionItem opts[] = {
-        {MHD_OPTION_SOCK_ADDR, 0, &ss},
         threads > 0 ? (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL}
                     : (struct MHD_OptionItem){MHD_OPTION_THREAD_STACK_SIZE, 1024 * 1024, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL},
-        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, 60, NULL},
         {MHD_OPTION_CONNECTION_LIMIT, 4096, NULL},
-        {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
         {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)url_unescape, NULL},
+        /* The listening address last: not given with an acceptor. Without
+         * MHD_OPTION_LISTENING_ADDRESS_REUSE libmicrohttpd sets SO_REUSEADDR
+         * (a restart binds at once); with it set to 1 it also set
+         * SO_REUSEPORT, and a second shop on the same port started and
+         * shared the connections instead of failing. */
+        {threads > 0 ? MHD_OPTION_END : MHD_OPTION_SOCK_ADDR, 0, &ss},
         {MHD_OPTION_END, 0, NULL},
     };
     daemon_ = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, NULL,
@@ -895,7 +918,20 @@ int shop_http_start(const char *host, int port, int threads, int nworkers)
     if (!daemon_) {
         fprintf(stderr, "shop: cannot listen on %s:%d (in use, or not allowed)\n", host, port);
         workers_stop();
+        acceptor_stop_join();
         return -1;
+    }
+    if (threads > 0) {
+        if (pthread_create(&acceptor, NULL, acceptor_main, NULL) != 0) {
+            fprintf(stderr, "shop: cannot start the HTTP acceptor thread\n");
+            MHD_stop_daemon(daemon_);
+            daemon_ = NULL;
+            workers_stop();
+            acceptor_stop_join();
+            return -1;
+        }
+        acceptor_running = true;
+        return bound;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
     return info ? (int)info->port : port;
@@ -911,6 +947,7 @@ void shop_http_stop(void)
     /* Every queued request is answered and its connection resumed first:
      * libmicrohttpd refuses to stop with a connection still suspended.
      * A request that reaches hand_off after this runs on its HTTP thread. */
+    acceptor_stop_join(); /* no new connections */
     workers_stop();
     if (daemon_)
         MHD_stop_daemon(daemon_);

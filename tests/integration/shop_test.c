@@ -24,7 +24,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -753,7 +756,7 @@ static void *blocked_xfer_thread(void *p)
  * the requests its workers run (libmicrohttpd aborts the process when it
  * is stopped with a connection still suspended), then exit 0, every
  * transfer applied once. min_handed: how many requests at least must have
- * gone to workers (0: none may, -1: not checked). */
+ * gone to workers (0: none may). */
 static void blocked_run(const char *name, const char *const *env, int min_handed,
                         bool one_by_one, bool stop_while_blocked)
 {
@@ -825,7 +828,7 @@ static void blocked_run(const char *name, const char *const *env, int min_handed
     assert_int_equal(still_waiting, BLOCKED_XFERS); /* answered while they were blocked */
     if (min_handed > 0)
         assert_true(handed >= min_handed); /* that many transfers ran on workers */
-    else if (min_handed == 0)
+    else
         assert_true(handed == 0);
     if (stop_while_blocked) {
         assert_true(alive_after_timeout);
@@ -870,22 +873,20 @@ static void shop_blocked_request_holds_up_no_other(void **state)
 {
     (void)state;
     const char *const env[] = {"POOL_MAX=8", NULL};
-    /* 16 epoll threads here: each transfer may run on its own thread (alone
-     * there, within the half of them that may), so none need be handed off */
-    blocked_run("shop_blocked", env, -1, false, false);
+    blocked_run("shop_blocked", env, BLOCKED_XFERS, false, false);
 }
 
 static void shop_blocked_request_two_epoll_threads(void **state)
 {
     (void)state;
-    /* The transfers come one by one: the first is alone on its epoll thread
-     * and runs there; the second is alone on the other one, but one of two
-     * epoll threads already runs a slow request, so it goes to a worker, as
-     * do the rest; the read is answered by the free thread. Without that
-     * limit both threads would block and the third transfer and the read
-     * would never be taken. */
+    /* The transfers come one by one, each connection dealt to one of the two
+     * epoll threads while the transfers before it wait on workers: every one
+     * must reach the database, and the read must be answered. (With a
+     * transfer run on its epoll thread, as the shop once did for a
+     * connection alone on its thread, the next connection dealt to that
+     * thread waited for the lock: this test failed.) */
     const char *const env[] = {"POOL_MAX=8", "HTTP_THREADS=2", NULL};
-    blocked_run("shop_blocked_2", env, BLOCKED_XFERS - 1, true, false);
+    blocked_run("shop_blocked_2", env, BLOCKED_XFERS, true, false);
 }
 
 static void shop_blocked_request_per_connection(void **state)
@@ -1575,6 +1576,89 @@ static void shop_waits_for_the_database_at_start(void **state)
     dbkt_pgserver_stop(pg);
 }
 
+/* ---- the listening socket ---- */
+
+/* The shop listens on an IPv6 address as on an IPv4 one, in both HTTP
+ * threading modes (with epoll threads its own acceptor thread owns the
+ * socket), and a second shop on a port already taken exits 1 saying so
+ * instead of running without a listener. */
+static void listening_run(const char *threads)
+{
+    int probe = socket(AF_INET6, SOCK_STREAM, 0);
+    assert_true(probe >= 0);
+    struct sockaddr_in6 a6;
+    memset(&a6, 0, sizeof a6);
+    a6.sin6_family = AF_INET6;
+    a6.sin6_addr = in6addr_loopback;
+    socklen_t alen = sizeof a6;
+    if (bind(probe, (struct sockaddr *)&a6, sizeof a6) != 0 ||
+        getsockname(probe, (struct sockaddr *)&a6, &alen) != 0)
+        fail_msg("no IPv6 loopback here: %s", strerror(errno));
+    int port = ntohs(a6.sin6_port);
+    close(probe);
+
+    char *url = dbkt_sqlite_url("shop_listen");
+    char dburl[PATH_MAX + 32], portv[32], base[64];
+    snprintf(dburl, sizeof dburl, "DATABASE_URL=%s", url);
+    snprintf(portv, sizeof portv, "PORT=%d", port);
+    snprintf(base, sizeof base, "http://[::1]:%d", port);
+    const char *const set[] = {dburl, portv, "HOST=::1", "CACHE_URL=off", "ACCESS_LOG=off",
+                               threads, "SHOP_PWHASH=fast", NULL};
+    const char *const unset[] = {"REDIS_URL", "DB_POOL_MAX", "HTTP_WORKERS", NULL};
+    const char *const no_args[] = {NULL};
+    const char *bin = dbkt_shop_path();
+    int o1, e1;
+    pid_t first = dbkt_spawn(bin, NULL, no_args, unset, set, &o1, &e1);
+    running_pid = first; /* stopped by the teardown if an assertion fails first */
+    long status = 0;
+    for (int64_t until = mono_ms() + 20000; status != 200 && mono_ms() < until;) {
+        res r;
+        dbkt_http_call(NULL, base, "GET", "/health", NULL, -1, NULL, 2000L, &r);
+        status = r.status;
+        res_free(&r);
+        if (status != 200)
+            sleep_ms(50);
+    }
+    if (status != 200) {
+        kill(first, SIGTERM);
+        dbkt_proc p1 = dbkt_collect(first, o1, e1, 15000, "the first shop");
+        running_pid = 0;
+        fail_msg("the shop (%s) never answered on %s: exit %d: %s", threads, base, p1.code,
+                 p1.err);
+    }
+    /* a second shop on the same address and port */
+    int o2, e2;
+    pid_t second = dbkt_spawn(bin, NULL, no_args, unset, set, &o2, &e2);
+    dbkt_proc p2 = dbkt_collect(second, o2, e2, 30000, "the second shop");
+    res r;
+    dbkt_http_call(NULL, base, "GET", "/users/1", NULL, -1, NULL, 5000L, &r);
+    long user_status = r.status;
+    res_free(&r);
+    kill(first, SIGTERM);
+    dbkt_proc p1 = dbkt_collect(first, o1, e1, 15000, "the first shop");
+    running_pid = 0;
+    if (p1.code != 0 || status != 200)
+        fprintf(stderr, "first shop (%s): %s\n", threads, p1.err);
+    assert_int_equal(status, 200);
+    assert_int_equal(user_status, 200);
+    assert_int_equal(p2.code, 1);
+    if (!strstr(p2.err, "cannot listen on ::1:"))
+        fail_msg("no reason on stderr (%s): %s", threads, p2.err);
+    assert_null(strstr(p2.out, "listening on"));
+    assert_int_equal(p1.code, 0);
+    assert_non_null(strstr(p1.out, "listening on http://[::1]:"));
+    dbkt_proc_free(&p1);
+    dbkt_proc_free(&p2);
+    free(url);
+}
+
+static void shop_listens_on_ipv6_refuses_taken_port(void **state)
+{
+    (void)state;
+    listening_run("HTTP_THREADS=2");
+    listening_run("HTTP_THREADS=per-connection");
+}
+
 /* ---- SIGTERM with a request in flight ---- */
 
 typedef struct slow_upload {
@@ -2180,6 +2264,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(shop_blocked_request_two_epoll_threads, shop_teardown),
         cmocka_unit_test_teardown(shop_blocked_request_per_connection, shop_teardown),
         cmocka_unit_test_teardown(shop_sigterm_waits_for_workers, shop_teardown),
+        cmocka_unit_test_teardown(shop_listens_on_ipv6_refuses_taken_port, shop_teardown),
         cmocka_unit_test_teardown(shop_hostile_input_sqlite, shop_teardown),
         cmocka_unit_test_teardown(shop_hostile_input_postgres, shop_teardown),
         cmocka_unit_test_teardown(shop_integer_inputs_sqlite, shop_teardown),
