@@ -814,7 +814,9 @@ static void *acceptor_main(void *arg)
                 break;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
                 usleep(10000); /* out of descriptors or memory: try again soon, not at once */
-            continue;      /* EINTR, ECONNABORTED, a connection reset before it was taken */
+            else if (errno != EINTR)
+                usleep(1000); /* a connection reset before it was taken, or worse: never spin */
+            continue;
         }
         /* Closes fd itself when it cannot take it. */
         (void)MHD_add_connection(daemon_, fd, (const struct sockaddr *)&peer, len);
@@ -944,9 +946,12 @@ void shop_http_quiesce(void)
 
 void shop_http_stop(void)
 {
-    /* Every queued request is answered and its connection resumed first:
-     * libmicrohttpd refuses to stop with a connection still suspended.
-     * A request that reaches hand_off after this runs on its HTTP thread. */
+    /* Every queued request runs to its end and its connection is resumed
+     * first: libmicrohttpd refuses to stop with a connection still
+     * suspended. (When main's wait for requests in flight ran out, an answer
+     * a worker finishes now may not reach its client: the daemon closes the
+     * connection; the work itself is done once.) A request that reaches
+     * hand_off after this runs on its HTTP thread. */
     acceptor_stop_join(); /* no new connections */
     workers_stop();
     if (daemon_)
