@@ -406,8 +406,6 @@ static void route_request(struct MHD_Connection *conn, const char *method, const
     }
 #endif
     a->queries = shop_thread_queries();
-    if (a->rs.status < 100 || a->rs.status > 599)
-        a->rs.status = 500;
     a->has_cookie = shop_pos_cookie(method, a->rs.status, a->cookie, sizeof a->cookie);
 }
 
@@ -497,12 +495,16 @@ static bool runs_inline(const char *method, const char *url)
         return false;
     if (strcmp(url, "/health") == 0 || strcmp(url, "/metrics") == 0)
         return true;
-    static const char *const colls[] = {"/users/", "/products/", "/posts/", "/accounts/",
-                                        "/orders/"};
+#define COLL(s) {s, sizeof s - 1}
+    static const struct {
+        const char *prefix;
+        size_t len;
+    } colls[] = {COLL("/users/"), COLL("/products/"), COLL("/posts/"), COLL("/accounts/"),
+                 COLL("/orders/")};
+#undef COLL
     for (size_t i = 0; i < sizeof colls / sizeof *colls; i++) {
-        size_t n = strlen(colls[i]);
-        if (strncmp(url, colls[i], n) == 0) {
-            const char *d = url + n;
+        if (strncmp(url, colls[i].prefix, colls[i].len) == 0) {
+            const char *d = url + colls[i].len;
             if (!*d)
                 return false;
             for (; *d; d++)
