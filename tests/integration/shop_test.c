@@ -869,6 +869,59 @@ static void blocked_run(const char *name, const char *const *env, int min_handed
     free(url);
 }
 
+/* A client that gives up while its request waits on a worker: the worker
+ * still runs it to its end (applied once), the connection's context is
+ * freed once whatever order the resume and the disconnect come in (ASan
+ * and valgrind runs of this test check that), and the shop keeps
+ * answering and stops cleanly. */
+static void shop_client_leaves_while_on_worker(void **state)
+{
+    (void)state;
+    char *url = dbkt_pg_fresh_db("shop_leaves");
+    shop_proc s;
+    const char *const env[] = {"POOL_MAX=4", "HTTP_THREADS=1", NULL};
+    shop_start(&s, url, "off", env);
+    int64_t uid = create_user(&s, "Leaver", "leaver@example.com");
+    int64_t a = create_account(&s, uid, 1000), b = create_account(&s, uid, 1000);
+    dbk_conn *lock = dbkt_open(url);
+    dbk_db *ldb = dbk_conn_db(lock);
+    char sql[160];
+    dbkt_exec(ldb, "BEGIN");
+    snprintf(sql, sizeof sql, "SELECT balance_cents FROM accounts WHERE id = %lld FOR UPDATE",
+             (long long)a);
+    dbkt_exec(ldb, sql);
+    /* the client gives up after 500 ms, while the transfer waits on the lock */
+    char body[256];
+    transfer_body(body, sizeof body, a, b, 7);
+    res r;
+    bool answered = dbkt_http_call(NULL, s.base, "POST", "/transfers", body, -1, NULL, 500L, &r);
+    res_free(&r);
+    dbk_conn *watch = dbkt_open(url);
+    int64_t waiting = dbkt_int(dbk_conn_db(watch),
+                               "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                               "'Lock' AND datname = current_database()");
+    dbkt_exec(ldb, "COMMIT");
+    assert_false(answered);
+    assert_int_equal(waiting, 1); /* it was on the worker, waiting, when the client left */
+    /* the worker finishes it; the shop goes on answering */
+    int64_t until = mono_ms() + 10000, bal = 0;
+    snprintf(sql, sizeof sql, "SELECT balance_cents FROM accounts WHERE id = %lld", (long long)a);
+    while (mono_ms() < until && (bal = dbkt_int(dbk_conn_db(watch), sql)) != 993)
+        sleep_ms(20);
+    assert_int_equal(bal, 993); /* applied, once */
+    res h = call(&s, "GET", "/health", NULL, 200);
+    res_free(&h);
+    assert_int_equal(balance(&s, a) + balance(&s, b), 2000);
+    assert_true(metric(&s, "shop_http_handed_off_total") >= 1);
+    int st = shop_stop(&s, 10000);
+    if (st != 0)
+        dump_log(&s);
+    assert_int_equal(st, 0);
+    dbk_conn_close(watch);
+    dbk_conn_close(lock);
+    free(url);
+}
+
 static void shop_blocked_request_holds_up_no_other(void **state)
 {
     (void)state;
@@ -2264,6 +2317,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(shop_blocked_request_two_epoll_threads, shop_teardown),
         cmocka_unit_test_teardown(shop_blocked_request_per_connection, shop_teardown),
         cmocka_unit_test_teardown(shop_sigterm_waits_for_workers, shop_teardown),
+        cmocka_unit_test_teardown(shop_client_leaves_while_on_worker, shop_teardown),
         cmocka_unit_test_teardown(shop_listens_on_ipv6_refuses_taken_port, shop_teardown),
         cmocka_unit_test_teardown(shop_hostile_input_sqlite, shop_teardown),
         cmocka_unit_test_teardown(shop_hostile_input_postgres, shop_teardown),
