@@ -558,9 +558,14 @@ static double pipe_raw_run(const char *url, int conns, int depth, double seconds
 /* pipe: PK lookups from `threads` threads on a pool of 2 connections, with
  * and without auto-pipelining, next to hand-written libpq pipelining of the
  * same lookups on 2 connections (threads / 2 per round trip). */
-static void run_pipe(const char *url, int threads, double seconds, int64_t rows)
+static void run_pipe(const char *url, int threads, double seconds, int64_t rows, bool only_on)
 {
     const int size = 2;
+    if (only_on) { /* for profiling: the auto-pipelining side alone, one run */
+        uint64_t pl = 0;
+        printf("pipe_on_qps %.0f\n", pipe_pool_run(url, threads, size, true, seconds, rows, &pl));
+        return;
+    }
     printf("pipe: primary-key lookups, %d threads on a pool of %d, %.0f s, %lld rows "
            "(best of 3 rounds, each side first once)\n",
            threads, size, seconds, (long long)rows);
@@ -897,7 +902,7 @@ int main(int argc, char **argv)
         }
         if (setup && !pk)
             pk_setup(url, rows);
-        run_pipe(url, threads, seconds, rows);
+        run_pipe(url, threads, seconds, rows, pool_only);
     }
     if (tmpdir[0])
         rmdir(tmpdir);

@@ -6,7 +6,8 @@
  * Everything here runs on the loop thread and never blocks: the database
  * read is submitted with dbk_async_query() and answered in its completion
  * callback, which dbk_async_process() (through the libuv watcher) runs on
- * this same thread. A connection answers one request at a time: it stops
+ * this same thread. The reads of one loop iteration are coalesced into one
+ * statement (below, "coalescing"). A connection answers one request at a time: it stops
  * reading while a request is in the database and resumes after the answer
  * is written, so pipelined requests wait in the buffer in order and a slow
  * database pushes back on the clients (nothing queues without bound). When
@@ -158,11 +159,11 @@ static void reply_error(uvh_conn *c, int status, const char *code, const char *m
 
 /* ---- GET /users/{id} ---- */
 
-static json_t *time_json(const dbk_result *r, int col)
+static json_t *time_json(const dbk_result *r, size_t row, int col)
 {
     int64_t usec;
     char buf[40];
-    if (dbk_result_get_timestamp(r, 0, col, &usec, NULL) != DBK_OK ||
+    if (dbk_result_get_timestamp(r, row, col, &usec, NULL) != DBK_OK ||
         dbk_timestamp_format(usec, buf, sizeof buf) != DBK_OK)
         return json_null();
     if (strlen(buf) > 10 && buf[10] == ' ')
@@ -170,54 +171,192 @@ static json_t *time_json(const dbk_result *r, int col)
     return json_string(buf);
 }
 
-static json_t *text_json(const dbk_result *r, int col)
+static json_t *text_json(const dbk_result *r, size_t row, int col)
 {
     const char *s = NULL;
-    if (dbk_result_is_null(r, 0, col) || dbk_result_get_text(r, 0, col, &s, NULL, NULL) != DBK_OK)
+    if (dbk_result_is_null(r, row, col) || dbk_result_get_text(r, row, col, &s, NULL, NULL) != DBK_OK)
         return json_null();
     return json_string(s);
 }
 
-/* The completion of the user query: runs on the loop thread. */
+/* The answer for row `row` of r (a row of SELECT id, name, email, status,
+ * created_at). */
+static void reply_user(uvh_conn *c, const dbk_result *r, size_t row)
+{
+    int64_t id = 0;
+    dbk_result_get_int64(r, row, 0, &id, NULL);
+    reply_json(c, 200,
+               json_pack("{s:I,s:o,s:o,s:o,s:o}", "id", (json_int_t)id, "name",
+                         text_json(r, row, 1), "email", text_json(r, row, 2), "status",
+                         text_json(r, row, 3), "created_at", time_json(r, row, 4)));
+}
+
+/* The answer to a lookup whose statement failed. */
+static void reply_failed(uvh_conn *c, dbk_rc rc)
+{
+    bool unavailable = rc == DBK_EPOOL_TIMEOUT || rc == DBK_EUNAVAILABLE ||
+                       rc == DBK_ECONN_LOST || rc == DBK_EPOOL_CLOSED || rc == DBK_ETIMEOUT ||
+                       rc == DBK_ECANCELLED || rc == DBK_EBUSY;
+    if (unavailable)
+        reply_error(c, 503, "unavailable", "the database is unavailable, retry later");
+    else
+        reply_error(c, 500, "internal", "internal error");
+}
+
+/* The completion of one user's query (batching off): runs on the loop
+ * thread. */
 static void on_user(void *ctx, dbk_async_done *d)
 {
     uvh_conn *c = ctx;
-    if (d->rc == DBK_OK && dbk_result_nrows(d->result) == 0) {
-        reply_error(c, 404, "not_found", "user not found");
-        return;
-    }
     if (d->rc != DBK_OK) {
-        bool unavailable = d->rc == DBK_EPOOL_TIMEOUT || d->rc == DBK_EUNAVAILABLE ||
-                           d->rc == DBK_ECONN_LOST || d->rc == DBK_EPOOL_CLOSED ||
-                           d->rc == DBK_ETIMEOUT || d->rc == DBK_ECANCELLED;
         fprintf(stderr, "uvhttp: %s: %s\n", dbk_rc_name(d->rc), d->error->message);
-        if (unavailable)
-            reply_error(c, 503, "unavailable", "the database is unavailable, retry later");
-        else
-            reply_error(c, 500, "internal", "internal error");
+        reply_failed(c, d->rc);
+    } else if (dbk_result_nrows(d->result) == 0) {
+        reply_error(c, 404, "not_found", "user not found");
+    } else {
+        reply_user(c, d->result, 0);
+    }
+}
+
+static const char USER_SQL[] = "SELECT id, name, email, status, created_at FROM users ";
+
+static void get_user_alone(uvh_conn *c, int64_t id)
+{
+    dbk_value p = dbk_int64(id);
+    dbk_error err;
+    char sql[128];
+    snprintf(sql, sizeof sql, "%sWHERE id = $1", USER_SQL);
+    dbk_rc rc = dbk_async_query(uvh.async, sql, &p, 1, 0, on_user, c, NULL, &err);
+    uvh.statements += rc == DBK_OK;
+    if (rc != DBK_OK)
+        reply_failed(c, rc);
+}
+
+/* ---- coalescing: one statement for the lookups of one loop iteration ----
+ *
+ * A request for a user does not send its own statement: it joins
+ * uvh.batch, and the check handle (run by libuv once per iteration, after
+ * the callbacks of every ready socket) sends the whole batch as one
+ * statement, id = ANY($1) on PostgreSQL, id IN (SELECT value FROM
+ * json_each($1)) on SQLite. Its one completion answers each request from
+ * its own row (404 when its id has none; the statement's error for all
+ * when it fails). Under load an iteration gathers many requests, so they
+ * share one round trip, one worker hand-off and one wake of the loop; a
+ * lone request waits for nothing (the check phase of its own iteration
+ * sends it). */
+
+#define BATCH_MAX 256 /* lookups per statement; a fuller batch is sent at once */
+
+struct uvh_batch {
+    size_t n;
+    uvh_conn *conn[BATCH_MAX];
+    int64_t id[BATCH_MAX];
+};
+
+struct id_row {
+    int64_t id;
+    size_t row;
+};
+
+static int cmp_id_row(const void *a, const void *b)
+{
+    int64_t x = ((const struct id_row *)a)->id, y = ((const struct id_row *)b)->id;
+    return (x > y) - (x < y);
+}
+
+static void on_batch(void *ctx, dbk_async_done *d)
+{
+    uvh_batch *b = ctx;
+    if (d->rc != DBK_OK) {
+        fprintf(stderr, "uvhttp: %s: %s (%zu lookups)\n", dbk_rc_name(d->rc), d->error->message,
+                b->n);
+        for (size_t i = 0; i < b->n; i++)
+            reply_failed(b->conn[i], d->rc);
+        free(b);
         return;
     }
+    /* Rows by id (each id at most once: it is the primary key), then each
+     * lookup finds its own. */
     const dbk_result *r = d->result;
-    int64_t id = 0;
-    dbk_result_get_int64(r, 0, 0, &id, NULL);
-    reply_json(c, 200,
-               json_pack("{s:I,s:o,s:o,s:o,s:o}", "id", (json_int_t)id, "name", text_json(r, 1),
-                         "email", text_json(r, 2), "status", text_json(r, 3), "created_at",
-                         time_json(r, 4)));
+    size_t nrows = dbk_result_nrows(r);
+    struct id_row rows[BATCH_MAX];
+    size_t m = 0;
+    for (size_t k = 0; k < nrows && m < BATCH_MAX; k++)
+        if (dbk_result_get_int64(r, k, 0, &rows[m].id, NULL) == DBK_OK)
+            rows[m++].row = k;
+    qsort(rows, m, sizeof rows[0], cmp_id_row);
+    for (size_t i = 0; i < b->n; i++) {
+        struct id_row key = {b->id[i], 0};
+        const struct id_row *hit = bsearch(&key, rows, m, sizeof rows[0], cmp_id_row);
+        if (hit)
+            reply_user(b->conn[i], r, hit->row);
+        else
+            reply_error(b->conn[i], 404, "not_found", "user not found");
+    }
+    free(b);
+}
+
+/* Sends the gathered lookups as one statement. */
+static void send_batch(void)
+{
+    uvh_batch *b = uvh.batch;
+    uvh.batch = NULL;
+    if (!b)
+        return;
+    bool pg = dbk_db_engine(dbk_pool_db(uvh.pool)) == DBK_ENGINE_POSTGRES;
+    char ids[BATCH_MAX * 21 + 3]; /* "{" or "[", ids of up to 20 characters and commas, "}" or "]" */
+    size_t n = 0;
+    ids[n++] = pg ? '{' : '[';
+    for (size_t i = 0; i < b->n; i++)
+        n += (size_t)snprintf(ids + n, sizeof ids - n, "%s%lld", i ? "," : "", (long long)b->id[i]);
+    ids[n++] = pg ? '}' : ']';
+    ids[n] = '\0';
+    char sql[160];
+    snprintf(sql, sizeof sql, "%s%s", USER_SQL,
+             pg ? "WHERE id = ANY($1::bigint[])" : "WHERE id IN (SELECT value FROM json_each($1))");
+    dbk_value p = dbk_text(ids);
+    dbk_error err;
+    dbk_rc rc = dbk_async_query(uvh.async, sql, &p, 1, 0, on_batch, b, NULL, &err);
+    if (rc != DBK_OK) {
+        for (size_t i = 0; i < b->n; i++)
+            reply_failed(b->conn[i], rc);
+        free(b);
+        return;
+    }
+    uvh.statements++;
+}
+
+static void on_check(uv_check_t *h)
+{
+    (void)h;
+    send_batch();
+}
+
+int uvh_batching_start(void)
+{
+    int r = uv_check_init(uvh.loop, &uvh.flush);
+    if (r == 0)
+        r = uv_check_start(&uvh.flush, on_check);
+    if (r == 0)
+        uv_unref((uv_handle_t *)&uvh.flush); /* it alone does not keep the loop running */
+    return r;
 }
 
 static void get_user(uvh_conn *c, int64_t id)
 {
-    dbk_value p = dbk_int64(id);
-    dbk_error err;
-    dbk_rc rc = dbk_async_query(uvh.async,
-                                "SELECT id, name, email, status, created_at FROM users "
-                                "WHERE id = $1",
-                                &p, 1, 0, on_user, c, NULL, &err);
-    if (rc == DBK_EBUSY)
-        reply_error(c, 503, "unavailable", "too many requests in flight, retry later");
-    else if (rc != DBK_OK)
-        reply_error(c, 500, "internal", "internal error");
+    uvh.lookups++;
+    if (!uvh.batching) {
+        get_user_alone(c, id);
+        return;
+    }
+    if (!uvh.batch && !(uvh.batch = calloc(1, sizeof *uvh.batch))) {
+        reply_error(c, 500, "internal", "out of memory");
+        return;
+    }
+    uvh.batch->conn[uvh.batch->n] = c;
+    uvh.batch->id[uvh.batch->n++] = id;
+    if (uvh.batch->n == BATCH_MAX)
+        send_batch();
 }
 
 /* ---- parsing and routing ---- */
@@ -415,6 +554,9 @@ void uvh_shutdown_connections(void)
             conn_close(c);
         /* a busy one closes after its answer (on_written sees stopping) */
     }
-    if (uvh.nconns == 0 && !uv_is_closing((uv_handle_t *)&uvh.watcher.poll))
+    if (uvh.nconns == 0 && !uv_is_closing((uv_handle_t *)&uvh.watcher.poll)) {
         dbk_async_uv_stop(&uvh.watcher);
+        if (uvh.batching && !uv_is_closing((uv_handle_t *)&uvh.flush))
+            uv_close((uv_handle_t *)&uvh.flush, NULL);
+    }
 }

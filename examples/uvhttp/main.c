@@ -11,7 +11,9 @@
  *
  * Environment: DATABASE_URL (and the DB_* settings), HOST (127.0.0.1), PORT
  * (8080; 0 picks a free one), MIGRATIONS_DIR (the examples/db migrations by
- * default), ASYNC_WORKERS and ASYNC_MAX_PENDING (dbk_async_opts). Prints
+ * default), ASYNC_WORKERS and ASYNC_MAX_PENDING (dbk_async_opts),
+ * UVHTTP_BATCH (1: the lookups of one loop iteration share one statement,
+ * conn.c; 0: one statement per request). Prints
  * "listening on http://HOST:PORT" when ready; SIGTERM or SIGINT stops it
  * after the answers in flight are written.
  */
@@ -139,6 +141,11 @@ int main(void)
         uv_run(uvh.loop, UV_RUN_DEFAULT);
         goto out;
     }
+    uvh.batching = env_long("UVHTTP_BATCH", 1, 0, 1) == 1;
+    if (uvh.batching && uvh_batching_start() != 0) {
+        fprintf(stderr, "uvhttp: cannot start the batching check handle\n");
+        uvh.batching = false;
+    }
     uv_signal_init(uvh.loop, &uvh.sigterm);
     uv_signal_start(&uvh.sigterm, on_signal, SIGTERM);
     uv_signal_init(uvh.loop, &uvh.sigint);
@@ -147,6 +154,8 @@ int main(void)
      * last connection stopped the watcher. */
     uv_run(uvh.loop, UV_RUN_DEFAULT);
     code = 0;
+    fprintf(stderr, "uvhttp: %llu user lookups in %llu statements\n",
+            (unsigned long long)uvh.lookups, (unsigned long long)uvh.statements);
 out:
     dbk_async_close(uvh.async); /* nothing in flight by now; NULL is fine */
     dbk_pool_close(uvh.pool, 1000);

@@ -15,6 +15,7 @@
 #include <dbkit/dbkit.h>
 
 typedef struct uvh_conn uvh_conn;
+typedef struct uvh_batch uvh_batch;
 
 typedef struct uvh_service {
     uv_loop_t *loop;
@@ -26,12 +27,23 @@ typedef struct uvh_service {
     uvh_conn *conns; /* open connections, for the shutdown */
     size_t nconns;
     bool stopping;
+    /* Coalescing (conn.c): the user lookups of one loop iteration go out
+     * as one statement, sent from the check phase (after the loop has
+     * handled every ready socket). Off with UVHTTP_BATCH=0. */
+    bool batching;
+    uv_check_t flush;
+    uvh_batch *batch; /* the lookups gathered in this iteration, or NULL */
+    uint64_t lookups, statements;
 } uvh_service;
 
 extern uvh_service uvh;
 
 /* The listening socket's connection callback (conn.c). */
 void uvh_on_connection(uv_stream_t *server, int status);
+
+/* Starts the check handle that sends each iteration's lookups (batching
+ * on); 0 or a libuv error. */
+int uvh_batching_start(void);
 
 /* Shutdown: closes idle connections now and busy ones after their answer;
  * when none is left, stops the async watcher so the loop can end. */

@@ -1074,12 +1074,81 @@ static int connect_port(int port)
     return fd;
 }
 
+/* 32 connections each send one GET /users/{id} before any answer is read:
+ * ids of existing users (some asked for by several connections at once)
+ * and of missing ones. Each must get its own user or its own 404: the
+ * lookups the service coalesces into one statement are answered from the
+ * rows of that statement. */
+#define UVH_CONC 32
+static void uvhttp_concurrent(int port, const char *url)
+{
+    dbk_conn *c = dbkt_open(url);
+    dbk_error err;
+    int64_t ids[8];
+    for (int i = 0; i < 8; i++) {
+        char name[32], email[48];
+        snprintf(name, sizeof name, "user %d", i);
+        snprintf(email, sizeof email, "u%d@example.com", i);
+        dbk_value p[2] = {dbk_text(name), dbk_text(email)};
+        DBKT_OK(dbk_db_query_int64(dbk_conn_db(c),
+                                   "INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id",
+                                   p, 2, &ids[i], &err),
+                &err);
+    }
+    dbk_conn_close(c);
+    int fds[UVH_CONC];
+    int64_t want[UVH_CONC]; /* 0: a missing user */
+    for (int i = 0; i < UVH_CONC; i++)
+        fds[i] = connect_port(port);
+    for (int i = 0; i < UVH_CONC; i++) {
+        char path[64];
+        want[i] = i % 4 == 3 ? 0 : ids[i % 8];
+        snprintf(path, sizeof path, "/users/%lld", want[i] ? (long long)want[i] : 900000LL + i);
+        http_send(fds[i], "GET", path, false);
+    }
+    for (int i = 0; i < UVH_CONC; i++) {
+        char body[4096], what[32];
+        snprintf(what, sizeof what, "concurrent %d", i);
+        http_len = 0;
+        int status = http_read(fds[i], what, body, sizeof body);
+        if (!want[i]) {
+            assert_int_equal(status, 404);
+            assert_non_null(strstr(body, "not_found"));
+        } else {
+            char id[64], name[64];
+            snprintf(id, sizeof id, "\"id\":%lld,", (long long)want[i]);
+            snprintf(name, sizeof name, "\"name\":\"user %d\"", i % 8);
+            assert_int_equal(status, 200);
+            if (!strstr(body, id) || !strstr(body, name))
+                fail_msg("connection %d asked for user %lld and got %s", i, (long long)want[i],
+                         body);
+        }
+        close(fds[i]);
+    }
+    http_len = 0;
+}
+
+/* The counts uvhttp prints when it stops ("N user lookups in M
+ * statements"). */
+static void uvhttp_counts(const char *err, unsigned long long *lookups,
+                          unsigned long long *statements)
+{
+    const char *l = err ? strstr(err, "uvhttp: ") : NULL;
+    while (l && sscanf(l, "uvhttp: %llu user lookups in %llu statements", lookups, statements) != 2)
+        l = strstr(l + 1, "uvhttp: ");
+    if (!l)
+        fail_msg("uvhttp printed no counts: %s", err ? err : "");
+}
+
+static bool uvhttp_batch = true; /* UVHTTP_BATCH of the next uvhttp_on */
+
 static void uvhttp_on(const char *url, dbk_engine engine)
 {
     (void)engine;
     char dburl[1200];
     snprintf(dburl, sizeof dburl, "DATABASE_URL=%s", url);
-    const char *const set[] = {dburl, "PORT=0", "HOST=127.0.0.1", NULL};
+    const char *const set[] = {dburl, "PORT=0", "HOST=127.0.0.1",
+                               uvhttp_batch ? "UVHTTP_BATCH=1" : "UVHTTP_BATCH=0", NULL};
     const char *const unset[] = {"REDIS_URL", "CACHE_URL", "DB_POOL_MAX", NULL};
     const char *const no_args[] = {NULL};
     int o = -1, e = -1;
@@ -1157,11 +1226,26 @@ static void uvhttp_on(const char *url, dbk_engine engine)
     assert_int_equal(read(fd, &one, 1), 0);
     close(fd);
     http_len = 0;
+    /* 5 lookups so far (the 400s and 404 of routing make none), each on
+     * its own: one request at a time. */
+    uvhttp_concurrent(port, url);
 
     kill(pid, SIGTERM);
     dbkt_proc pr = dbkt_collect(pid, o, e, 20000, "uvhttp");
     if (pr.code != 0)
         fail_msg("uvhttp exited with %d: %s", pr.code, pr.err);
+    unsigned long long lookups = 0, statements = 0;
+    uvhttp_counts(pr.err, &lookups, &statements);
+    assert_int_equal(lookups, 5 + UVH_CONC);
+    if (uvhttp_batch) {
+        /* The 32 requests were all sent before any answer was read: at
+         * least two of them shared a statement. */
+        if (statements >= lookups)
+            fail_msg("%llu lookups took %llu statements: none were coalesced", lookups,
+                     statements);
+    } else {
+        assert_int_equal(statements, lookups);
+    }
     dbkt_proc_free(&pr);
 }
 #endif
@@ -1170,7 +1254,20 @@ static void async_uvhttp_serves_user(void **state)
 {
     (void)state;
 #ifdef DBKIT_UVHTTP_PATH
+    uvhttp_batch = true;
     dbkt_each_engine("async_uvhttp", uvhttp_on);
+#else
+    dbkt_skip(1, "examples/uvhttp was not built (libuv and jansson are needed: pkg-config libuv)");
+#endif
+}
+
+/* The same with UVHTTP_BATCH=0: every lookup its own statement. */
+static void async_uvhttp_one_statement_per_request(void **state)
+{
+    (void)state;
+#ifdef DBKIT_UVHTTP_PATH
+    uvhttp_batch = false;
+    dbkt_each_engine("async_uvhttp_unbatched", uvhttp_on);
 #else
     dbkt_skip(1, "examples/uvhttp was not built (libuv and jansson are needed: pkg-config libuv)");
 #endif
@@ -1193,6 +1290,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(async_process_max_keeps_fd_readable),
         cmocka_unit_test(async_submits_from_other_threads),
         cmocka_unit_test(async_uvhttp_serves_user),
+        cmocka_unit_test(async_uvhttp_one_statement_per_request),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
