@@ -57,6 +57,7 @@ check_positive() {
 }
 
 SHOP=$BUILD/examples/shop/shop
+UVHTTP=$BUILD/examples/uvhttp/uvhttp
 DBKIT=$BUILD/dbkit
 PSQL=$PGBIN/psql
 command -v "$PSQL" >/dev/null 2>&1 || PSQL=psql
@@ -201,7 +202,16 @@ start_service_once() {
   ACCESS_FILE=""
   local cache_url=$cache
   [ "$cache" = redis ] && cache_url=$REDIS_URL
-  case "$side" in
+  local kind=$side
+  [ "$side/$cache" = dbkit/uvhttp ] && kind=uvhttp
+  case "$kind" in
+    uvhttp)
+      # examples/uvhttp: GET /users/{id} on one libuv loop thread over
+      # dbk_async, the lookups of one loop iteration in one statement.
+      [ -x "$UVHTTP" ] || { echo "$BENCH_NAME: $UVHTTP not built (libuv1-dev)" >&2; return 1; }
+      SVC_CMD="DATABASE_URL=\$DB HOST=127.0.0.1 PORT=\$PORT $UVHTTP"
+      env DATABASE_URL="$URL" HOST=127.0.0.1 PORT="$SVC_PORT" "$UVHTTP" >"$log" 2>&1 &
+      ;;
     dbkit)
       SVC_CMD="DATABASE_URL=\$DB CACHE_URL=${cache_url/$REDIS_URL/\$REDIS} ACCESS_LOG=off HOST=127.0.0.1 PORT=\$PORT $SHOP"
       env DATABASE_URL="$URL" CACHE_URL="$cache_url" ACCESS_LOG=off HOST=127.0.0.1 PORT="$SVC_PORT" \

@@ -1204,6 +1204,8 @@ static void uvhttp_on(const char *url, dbk_engine engine)
     assert_non_null(strstr(body, "invalid_id"));
     assert_int_equal(http_get(fd, "/users/0", false, body, sizeof body), 400);
     assert_int_equal(http_get(fd, "/nowhere", false, body, sizeof body), 404);
+    assert_int_equal(http_get(fd, "/health", false, body, sizeof body), 200);
+    assert_string_equal(body, "{\"status\":\"ok\"}");
     http_send(fd, "DELETE", path, false);
     assert_int_equal(http_read(fd, "DELETE", body, sizeof body), 405);
     /* Pipelined: three requests in one write, answered in order. */
