@@ -238,6 +238,27 @@ DBK_API const char *dbk_cache_backend(const dbk_cache *cache);
 DBK_API dbk_rc dbk_cache_get(dbk_cache *cache, const void *key, size_t keylen, void **val,
                              size_t *vallen, dbk_error *err);
 
+/* The most keys one dbk_cache_get_many() reads, and the most ids one
+ * dbk_cached_repo_find_by_ids() looks up. */
+#define DBK_CACHE_MAX_MANY 1024
+
+/*
+ * dbk_cache_get() of n keys at once (0..DBK_CACHE_MAX_MANY), in one round
+ * trip on Redis (one MGET) with a single server or a Sentinel master; a
+ * Cluster spreads keys over slots, so there it is one GET per key. For each
+ * key i, rcs[i] is what dbk_cache_get() would have returned for it alone:
+ * DBK_OK with vals[i] (owned by the caller, dbk_free()) and vallens[i],
+ * DBK_ENOT_FOUND, or the error of the read that carried it (DBK_EUNAVAILABLE,
+ * DBK_ETIMEOUT, DBK_ENOMEM: treat it as a miss); vals[i] is NULL unless
+ * DBK_OK. Keys may repeat. Returns DBK_OK when every key was read (found or
+ * not), else the first error, described in err. DBK_EMISUSE, with nothing
+ * read and the arrays untouched: NULL arrays, n over the maximum, a NULL
+ * key, a key length 0 or over DBK_CACHE_MAX_KEY.
+ */
+DBK_API dbk_rc dbk_cache_get_many(dbk_cache *cache, size_t n, const void *const *keys,
+                                  const size_t *keylens, void **vals, size_t *vallens,
+                                  dbk_rc *rcs, dbk_error *err);
+
 /*
  * Stores a value for ttl_ms milliseconds (> 0). Unconditional: it may store
  * a value older than a concurrent delete; use dbk_cache_get_or_load() (or
@@ -530,6 +551,26 @@ DBK_API void dbk_cached_repo_free(dbk_cached_repo *r);
 /* dbk_repo_find_by_id() through the cache. Strings go into `arena`. */
 DBK_API dbk_rc dbk_cached_repo_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
                                           dbk_arena *arena, dbk_error *err);
+
+/*
+ * dbk_cached_repo_find_by_id() of n ids at once (0..DBK_CACHE_MAX_MANY),
+ * for a service that gathers the lookups of many requests (an event loop's
+ * iteration, a page's foreign keys): the rows the cache holds come back in
+ * one dbk_cache_get_many() (one round trip on Redis, see there), each id it
+ * does not hold (or holds in a form this layout cannot read, or could not
+ * be read because the cache failed) is then looked up alone by
+ * dbk_cached_repo_find_by_id(), which loads, stores and invalidates with
+ * the guarantees described there. Inside a transaction every id is read
+ * from the database, as there. outs[i] (a struct of the entity's type)
+ * receives row i, its strings in `arena`; rcs[i] is that lookup's outcome:
+ * DBK_OK, DBK_ENOT_FOUND, or its error. Ids may repeat. Returns DBK_OK when
+ * every outcome is DBK_OK or DBK_ENOT_FOUND, else the first other one,
+ * described in err. DBK_EMISUSE, with nothing read: a NULL argument (an
+ * outs[i] included), n over the maximum.
+ */
+DBK_API dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
+                                           const dbk_value *ids, void *const *outs, dbk_rc *rcs,
+                                           dbk_arena *arena, dbk_error *err);
 
 /* dbk_repo_find_by() through the cache (`column` the PK or a DBK_F_UNIQUE
  * field, else DBK_EINVALID_COLUMN). */

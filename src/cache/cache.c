@@ -253,6 +253,51 @@ dbk_rc dbk_cache_get(dbk_cache *cache, const void *key, size_t keylen, void **va
     return rc;
 }
 
+/* Reads n keys through the backend's get_many, or one get each. */
+static dbk_rc get_many_raw(dbk_cache *cache, size_t n, const void *const *keys,
+                           const size_t *klens, void **vals, size_t *vallens, dbk_rc *rcs,
+                           dbk_error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        vals[i] = NULL;
+        vallens[i] = 0;
+    }
+    if (n == 0)
+        return DBK_OK;
+    if (cache->ops->get_many)
+        return cache->ops->get_many(cache->impl, n, keys, klens, vals, vallens, rcs, err);
+    dbk_rc first = DBK_OK;
+    for (size_t i = 0; i < n; i++) {
+        rcs[i] = cache->ops->get(cache->impl, keys[i], klens[i], &vals[i], &vallens[i],
+                                 first == DBK_OK ? err : NULL);
+        if (rcs[i] != DBK_OK && rcs[i] != DBK_ENOT_FOUND && first == DBK_OK)
+            first = rcs[i];
+    }
+    return first;
+}
+
+dbk_rc dbk_cache_get_many(dbk_cache *cache, size_t n, const void *const *keys,
+                          const size_t *keylens, void **vals, size_t *vallens, dbk_rc *rcs,
+                          dbk_error *err)
+{
+    if (!cache || (n && (!keys || !keylens || !vals || !vallens || !rcs)))
+        return dbk__err(err, DBK_EMISUSE, "dbk_cache_get_many: NULL argument");
+    if (n > DBK_CACHE_MAX_MANY)
+        return dbk__err(err, DBK_EMISUSE, "dbk_cache_get_many: %zu keys, at most %d in one call",
+                        n, DBK_CACHE_MAX_MANY);
+    for (size_t i = 0; i < n; i++) {
+        if (!keys[i] || keylens[i] == 0 || keylens[i] > DBK_CACHE_MAX_KEY)
+            return dbk__err(err, DBK_EMISUSE,
+                            "dbk_cache_get_many: key %zu is NULL or its length %zu is outside "
+                            "1..%d",
+                            i, keys[i] ? keylens[i] : (size_t)0, DBK_CACHE_MAX_KEY);
+    }
+    dbk_rc rc = get_many_raw(cache, n, keys, keylens, vals, vallens, rcs, err);
+    for (size_t i = 0; i < n; i++)
+        atomic_fetch_add(rcs[i] == DBK_OK ? &cache->hits : &cache->misses, 1);
+    return rc;
+}
+
 dbk_rc dbk_cache_set(dbk_cache *cache, const void *key, size_t keylen, const void *val,
                      size_t vallen, int64_t ttl_ms, dbk_error *err)
 {
@@ -390,6 +435,43 @@ static dbk_rc open_envelope(unsigned char *env, size_t len, void **val, size_t *
     bool not_found = len == 1 && env[0] == ENV_NOT_FOUND;
     free(env);
     return not_found ? DBK_ENOT_FOUND : DBK_ETYPE;
+}
+
+void dbk__cache_peek_many(dbk_cache *cache, size_t n, const void *const *keys,
+                          const size_t *klens, void **vals, size_t *vallens, int *states)
+{
+    dbk_rc stack_rcs[64];
+    dbk_rc *rcs = n <= 64 ? stack_rcs : malloc(n * sizeof *rcs);
+    if (!rcs) {
+        for (size_t i = 0; i < n; i++) {
+            vals[i] = NULL;
+            states[i] = CACHE_PEEK_MISS;
+        }
+        return;
+    }
+    (void)get_many_raw(cache, n, keys, klens, vals, vallens, rcs, NULL);
+    for (size_t i = 0; i < n; i++) {
+        states[i] = CACHE_PEEK_MISS;
+        if (rcs[i] != DBK_OK) {
+            vals[i] = NULL;
+            continue;
+        }
+        void *v = NULL;
+        size_t vl = 0;
+        dbk_rc rc = open_envelope((unsigned char *)vals[i], vallens[i], &v, &vl); /* frees it unless a value */
+        vals[i] = NULL;
+        if (rc == DBK_OK) {
+            vals[i] = v;
+            vallens[i] = vl;
+            states[i] = CACHE_PEEK_VALUE;
+        } else if (rc == DBK_ENOT_FOUND) {
+            states[i] = CACHE_PEEK_NOT_FOUND;
+        }
+        if (states[i] != CACHE_PEEK_MISS)
+            atomic_fetch_add(&cache->hits, 1);
+    }
+    if (rcs != stack_rcs)
+        free(rcs);
 }
 
 static void flight_unref_locked(struct flight *f)

@@ -28,6 +28,11 @@ struct dbk__cache_ops {
     dbk_rc (*ns_bump)(void *impl, const char *ns, uint64_t *version, dbk_error *err);
     void (*stats)(void *impl, dbk_cache_stats *out);
     void (*close)(void *impl);
+    /* Optional (NULL: the front calls get once per key). Reads n keys as
+     * get would each: rcs[i] DBK_OK with vals[i]/vallens[i], DBK_ENOT_FOUND,
+     * or an error; returns DBK_OK or the first error (described in err). */
+    dbk_rc (*get_many)(void *impl, size_t n, const void *const *keys, const size_t *klens,
+                       void **vals, size_t *vallens, dbk_rc *rcs, dbk_error *err);
 };
 
 /* Resolved options (every default applied). */
@@ -53,6 +58,16 @@ typedef dbk_rc (*dbk__cache_load_ex_fn)(void *ctx, const void *key, size_t keyle
 dbk_rc dbk__cache_get_or_load_ex(dbk_cache *cache, const void *key, size_t keylen,
                                  dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms,
                                  void **val, size_t *vallen, dbk_error *err);
+
+/* The first step of dbk_cache_get_or_load() for n keys at once (one round
+ * trip where the backend can): states[i] is CACHE_PEEK_VALUE with vals[i]
+ * (owned by the caller) and vallens[i], CACHE_PEEK_NOT_FOUND for a cached
+ * "not found", or CACHE_PEEK_MISS (not cached, unreadable, or the read
+ * failed: get_or_load would load it). Hits are counted; misses are left to
+ * the get_or_load the caller runs for them. Arguments already checked. */
+enum { CACHE_PEEK_MISS = 0, CACHE_PEEK_VALUE = 1, CACHE_PEEK_NOT_FOUND = 2 };
+void dbk__cache_peek_many(dbk_cache *cache, size_t n, const void *const *keys,
+                          const size_t *klens, void **vals, size_t *vallens, int *states);
 
 /* How the Redis backend finds its server(s). */
 enum dbk__redis_mode {

@@ -492,6 +492,106 @@ dbk_rc dbk_cached_repo_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, 
     return cached_find(r, db, r->pk, id, out, arena, err);
 }
 
+dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
+                                   const dbk_value *ids, void *const *outs, dbk_rc *rcs,
+                                   dbk_arena *arena, dbk_error *err)
+{
+    if (!r || !db || !arena || (n && (!ids || !outs || !rcs)))
+        return dbk__err(err, DBK_EMISUSE, "dbk_cached_repo_find_by_ids: NULL argument");
+    if (n > DBK_CACHE_MAX_MANY)
+        return dbk__err(err, DBK_EMISUSE,
+                        "dbk_cached_repo_find_by_ids: %zu ids, at most %d in one call", n,
+                        DBK_CACHE_MAX_MANY);
+    for (size_t i = 0; i < n; i++)
+        if (!outs[i])
+            return dbk__err(err, DBK_EMISUSE, "dbk_cached_repo_find_by_ids: outs[%zu] is NULL",
+                            i);
+    if (n == 0)
+        return DBK_OK;
+
+    /* The keys of the ids the cache can hold (the others, and every id in
+     * a transaction, go the single way below). */
+    bool tx = dbk_db_in_transaction(db);
+    size_t *which = malloc(n * sizeof *which); /* the id of the m-th key */
+    const void **keys = malloc(n * sizeof *keys);
+    size_t *klens = malloc(n * sizeof *klens);
+    void **vals = malloc(n * sizeof *vals);
+    size_t *vlens = malloc(n * sizeof *vlens);
+    int *states = malloc(n * sizeof *states);
+    char *kbuf = NULL;
+    size_t m = 0, kused = 0, kcap = 0;
+    dbk_rc rc = DBK_OK;
+    if (!which || !keys || !klens || !vals || !vlens || !states)
+        rc = dbk__err(err, DBK_ENOMEM, "out of memory looking up %zu ids", n);
+    for (size_t i = 0; rc == DBK_OK && !tx && i < n; i++) {
+        rcs[i] = DBK_ENOT_RUN;
+        char key[KEYMAX];
+        size_t klen = 0;
+        dbk_value qv;
+        if (!lookup_key(r, db, r->pk, ids[i], &qv, key, &klen))
+            continue;
+        if (kused + klen > kcap) {
+            size_t cap = kcap ? kcap * 2 : 64 * n;
+            while (cap < kused + klen)
+                cap *= 2;
+            char *nb = realloc(kbuf, cap);
+            if (!nb) {
+                rc = dbk__err(err, DBK_ENOMEM, "out of memory looking up %zu ids", n);
+                break;
+            }
+            kbuf = nb;
+            kcap = cap;
+        }
+        memcpy(kbuf + kused, key, klen);
+        which[m] = i;
+        klens[m] = klen;
+        keys[m++] = (const void *)(uintptr_t)kused; /* an offset until kbuf stops moving */
+        kused += klen;
+    }
+    if (rc == DBK_OK && m > 0) {
+        for (size_t j = 0; j < m; j++)
+            keys[j] = kbuf + (uintptr_t)keys[j];
+        dbk__cache_peek_many(r->cache, m, keys, klens, vals, vlens, states);
+        for (size_t j = 0; j < m; j++) {
+            size_t i = which[j];
+            if (states[j] == CACHE_PEEK_NOT_FOUND) {
+                rcs[i] = DBK_ENOT_FOUND;
+            } else if (states[j] == CACHE_PEEK_VALUE) {
+                if (decode_struct(r, vals[j], vlens[j], outs[i], arena, NULL) == DBK_OK)
+                    rcs[i] = DBK_OK;
+                else /* written for another layout (or corrupt): dropped, read below */
+                    dbk_cache_delete(r->cache, keys[j], klens[j], NULL);
+                free(vals[j]);
+            }
+        }
+    }
+    /* Everything the cache did not answer: one lookup each, as alone. */
+    dbk_rc first = DBK_OK;
+    for (size_t i = 0; rc == DBK_OK && i < n; i++) {
+        if (!tx && rcs[i] != DBK_ENOT_RUN)
+            continue;
+        dbk_error e;
+        rcs[i] = tx ? find_db(db, r, r->pk, ids[i], outs[i], arena, &e)
+                    : cached_find(r, db, r->pk, ids[i], outs[i], arena, &e);
+        if (rcs[i] != DBK_OK && rcs[i] != DBK_ENOT_FOUND && first == DBK_OK) {
+            first = rcs[i];
+            if (err)
+                *err = e;
+        }
+    }
+    if (rc != DBK_OK)
+        for (size_t i = 0; i < n; i++)
+            rcs[i] = rc;
+    free(which);
+    free(keys);
+    free(klens);
+    free(vals);
+    free(vlens);
+    free(states);
+    free(kbuf);
+    return rc != DBK_OK ? rc : first;
+}
+
 dbk_rc dbk_cached_repo_find_by(dbk_cached_repo *r, dbk_db *db, const char *column, dbk_value value,
                                void *out, dbk_arena *arena, dbk_error *err)
 {

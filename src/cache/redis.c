@@ -340,6 +340,34 @@ static dbk_rc run(struct dbk__rds *r, unsigned hslot, int argc, const char **arg
 
 /* ---- operations --------------------------------------------------------- */
 
+/* The value of one GET (or MGET element) reply `e`: DBK_OK with a copy,
+ * DBK_ENOT_FOUND, or DBK_EINTERNAL for a reply of another type. `node`:
+ * the answering node's epoch in HA mode (a value stored under another
+ * reign is a miss), else NULL. */
+static dbk_rc take_value(const redisReply *e, const char *node, void **val, size_t *vallen,
+                         dbk_error *err)
+{
+    if (e->type != REDIS_REPLY_STRING) {
+        if (e->type == REDIS_REPLY_NIL || node)
+            return DBK_ENOT_FOUND;
+        return dbk__err(err, DBK_EINTERNAL, "redis cache: unexpected reply to GET");
+    }
+    size_t off = 0;
+    if (node) {
+        if (e->len < 16 || memcmp(e->str, node, 16) != 0)
+            return DBK_ENOT_FOUND;
+        off = 16;
+    }
+    size_t n = e->len - off;
+    void *copy = malloc(n ? n : 1);
+    if (!copy)
+        return dbk__err(err, DBK_ENOMEM, "out of memory copying a cached value");
+    memcpy(copy, e->str + off, n);
+    *val = copy;
+    *vallen = n;
+    return DBK_OK;
+}
+
 static dbk_rc r_get(void *impl, const void *key, size_t klen, void **val, size_t *vallen,
                     dbk_error *err)
 {
@@ -354,34 +382,62 @@ static dbk_rc r_get(void *impl, const void *key, size_t klen, void **val, size_t
     dbk_rc rc = run_ex(r, hs, 2, av, al, &rep, r->ha ? node : NULL, err);
     if (rc != DBK_OK)
         return rc;
-    size_t off = 0;
-    if (rep->type != REDIS_REPLY_STRING) {
-        bool nil = rep->type == REDIS_REPLY_NIL || r->ha;
-        freeReplyObject(rep);
-        return nil ? DBK_ENOT_FOUND
-                   : dbk__err(err, DBK_EINTERNAL, "redis cache: unexpected reply to GET");
-    }
-    if (r->ha) {
-        /* a hit only when the value was stored under the epoch of the
-         * answering node's current reign (dbk__rds_verify_master): a plain
-         * GET, no script, no second key */
-        if (rep->len < 16 || memcmp(rep->str, node, 16) != 0) {
-            freeReplyObject(rep);
-            return DBK_ENOT_FOUND;
-        }
-        off = 16;
-    }
-    size_t n = rep->len - off;
-    void *copy = malloc(n ? n : 1);
-    if (!copy) {
-        freeReplyObject(rep);
-        return dbk__err(err, DBK_ENOMEM, "out of memory copying a cached value");
-    }
-    memcpy(copy, rep->str + off, n);
-    *val = copy;
-    *vallen = n;
+    rc = take_value(rep, r->ha ? node : NULL, val, vallen, err);
     freeReplyObject(rep);
-    return DBK_OK;
+    return rc;
+}
+
+/* n keys in one MGET on a single server or a Sentinel master. A cluster
+ * spreads entries over slots (MGET takes one): one GET per key there. */
+static dbk_rc r_get_many(void *impl, size_t n, const void *const *keys, const size_t *klens,
+                         void **vals, size_t *vallens, dbk_rc *rcs, dbk_error *err)
+{
+    struct dbk__rds *r = impl;
+    dbk_rc first = DBK_OK;
+    if (r->cluster) {
+        for (size_t i = 0; i < n; i++) {
+            rcs[i] = r_get(r, keys[i], klens[i], &vals[i], &vallens[i],
+                           first == DBK_OK ? err : NULL);
+            if (rcs[i] != DBK_OK && rcs[i] != DBK_ENOT_FOUND && first == DBK_OK)
+                first = rcs[i];
+        }
+        return first;
+    }
+    const char **av = malloc((n + 1) * sizeof *av);
+    size_t *al = malloc((n + 1) * sizeof *al);
+    char *kb = malloc(n * KEYBUF);
+    redisReply *rep = NULL;
+    char node[17];
+    if (!av || !al || !kb) {
+        first = dbk__err(err, DBK_ENOMEM, "out of memory building an MGET of %zu keys", n);
+    } else {
+        av[0] = "MGET";
+        al[0] = 4;
+        for (size_t i = 0; i < n; i++) {
+            av[i + 1] = kb + i * KEYBUF;
+            al[i + 1] = mkkey_hs(r, 'v', 0, keys[i], klens[i], kb + i * KEYBUF);
+        }
+        first = run_ex(r, 0, (int)(n + 1), av, al, &rep, r->ha ? node : NULL, err);
+    }
+    free(av);
+    free(al);
+    free(kb);
+    if (first == DBK_OK && (rep->type != REDIS_REPLY_ARRAY || rep->elements != n))
+        first = dbk__err(err, DBK_EINTERNAL, "redis cache: unexpected reply to MGET");
+    if (first != DBK_OK) {
+        freeReplyObject(rep);
+        for (size_t i = 0; i < n; i++)
+            rcs[i] = first;
+        return first;
+    }
+    for (size_t i = 0; i < n; i++) {
+        rcs[i] = take_value(rep->element[i], r->ha ? node : NULL, &vals[i], &vallens[i],
+                            first == DBK_OK ? err : NULL);
+        if (rcs[i] != DBK_OK && rcs[i] != DBK_ENOT_FOUND && first == DBK_OK)
+            first = rcs[i];
+    }
+    freeReplyObject(rep);
+    return first;
 }
 
 static dbk_rc r_set(void *impl, const void *key, size_t klen, const void *val, size_t vlen,
@@ -790,4 +846,5 @@ dbk_rc dbk__cache_redis_new(const struct dbk__cache_cfg *cfg, const struct dbk__
 
 const struct dbk__cache_ops dbk__cache_redis_ops = {
     "redis", r_get, r_set, r_del, r_lease, r_set_leased, r_ns_get, r_ns_bump, r_stats, r_close,
+    r_get_many,
 };

@@ -497,24 +497,33 @@ dbk_rc dbk__rds_send_alone(struct dbk__rds *r, int node, int argc, const char **
     *reply = NULL;
     *busy = false;
     memset(via, 0, sizeof *via);
+    dbk_rc rc = dbk__rds_check_argv(argc, argv, err);
+    if (rc != DBK_OK)
+        return rc;
     struct dbk__rds_slot *s = NULL;
-    dbk_rc rc = take_slot(r, node, &s, deadline_ns, err);
+    rc = take_slot(r, node, &s, deadline_ns, err);
     if (rc != DBK_OK) {
         *busy = rc == DBK_ETIMEOUT && err && strstr(err->message, "connections busy");
         return rc;
     }
     const char *av[MAX_ARGS];
     size_t al[MAX_ARGS];
-    for (int i = 0; i < argc && i < MAX_ARGS; i++) {
-        av[i] = argv[i] == DBK__RDS_NODE_EPOCH ? s->epoch : argv[i];
-        al[i] = argv[i] == DBK__RDS_NODE_EPOCH ? 16 : lens[i];
+    const char **pav = argv;
+    const size_t *pal = lens;
+    if (argc <= MAX_ARGS) { /* longer ones hold no placeholder (checked) */
+        for (int i = 0; i < argc; i++) {
+            av[i] = argv[i] == DBK__RDS_NODE_EPOCH ? s->epoch : argv[i];
+            al[i] = argv[i] == DBK__RDS_NODE_EPOCH ? 16 : lens[i];
+        }
+        pav = av;
+        pal = al;
     }
     if (asking) {
         const char *aa[1] = {"ASKING"};
         size_t aal[1] = {6};
         redisAppendCommandArgv(s->ctx, 1, aa, aal);
     }
-    redisReply *rep = dbk__rds_cmd(s->ctx, argc, av, al, *deadline_ns);
+    redisReply *rep = dbk__rds_cmd(s->ctx, argc, pav, pal, *deadline_ns);
     if (asking && rep) { /* that was ASKING's answer; the command's is next */
         freeReplyObject(rep);
         rep = dbk__rds_finish_call(s->ctx, *deadline_ns);

@@ -17,13 +17,18 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "../core/internal.h"
 #include "cache_int.h"
 
 #define MAX_PENDING 10000
 #define KEYBUF (64 + 8 + DBK_CACHE_MAX_KEY)
 #define MAX_NODES 32    /* cluster masters this handle keeps pools for */
 #define MAX_REDIRECTS 5 /* MOVED/ASK/TRYAGAIN followed per call */
-#define MAX_ARGS 12     /* arguments of the longest command the backend sends */
+#define MAX_ARGS 12     /* arguments of the longest command with a node-epoch placeholder */
+/* Arguments of the longest command the backend sends (an MGET of
+ * DBK_CACHE_MAX_MANY keys); past MAX_ARGS a command carries no
+ * DBK__RDS_NODE_EPOCH and goes out as given. */
+#define MAX_ARGS_PLAIN (DBK_CACHE_MAX_MANY + 1)
 #define DBK__RDS_RECHECK_MS 500 /* an idle connection's node epoch is read again */
 
 /* An argv entry that the send replaces with the epoch of the node the
@@ -174,6 +179,20 @@ void dbk__rds_refresh_map(struct dbk__rds *r, int64_t deadline_ns);
 dbk_rc dbk__rds_exec_cmd(struct dbk__rds *r, unsigned hslot, int argc, const char **argv,
                          const size_t *lens, int64_t *deadline_ns, redisReply **reply, bool *busy,
                          char *epoch_out, dbk_error *err);
+
+/* Checks argv against MAX_ARGS / MAX_ARGS_PLAIN (no epoch placeholder
+ * past MAX_ARGS); DBK_EINTERNAL when it does not fit. */
+static inline dbk_rc dbk__rds_check_argv(int argc, const char **argv, dbk_error *err)
+{
+    if (argc <= MAX_ARGS)
+        return DBK_OK;
+    bool placeholder = false;
+    for (int i = 0; i < argc && argc <= MAX_ARGS_PLAIN; i++)
+        placeholder |= argv[i] == DBK__RDS_NODE_EPOCH;
+    if (argc > MAX_ARGS_PLAIN || placeholder)
+        return dbk__err(err, DBK_EINTERNAL, "redis cache: command with %d arguments", argc);
+    return DBK_OK;
+}
 
 /* ---- redis_pipe.c ---- */
 /* dbk__rds_send_alone() through the pipelines of `node`'s connections:

@@ -192,9 +192,15 @@ static bool format_queue_locked(struct dbk__rds_slot *s)
         q->next = NULL;
         const char *av[MAX_ARGS];
         size_t al[MAX_ARGS];
-        for (int i = 0; i < q->argc && i < MAX_ARGS; i++) {
-            av[i] = q->argv[i] == DBK__RDS_NODE_EPOCH ? s->epoch : q->argv[i];
-            al[i] = q->argv[i] == DBK__RDS_NODE_EPOCH ? 16 : q->lens[i];
+        const char **pav = q->argv;
+        const size_t *pal = q->lens;
+        if (q->argc <= MAX_ARGS) { /* longer ones hold no placeholder (checked) */
+            for (int i = 0; i < q->argc; i++) {
+                av[i] = q->argv[i] == DBK__RDS_NODE_EPOCH ? s->epoch : q->argv[i];
+                al[i] = q->argv[i] == DBK__RDS_NODE_EPOCH ? 16 : q->lens[i];
+            }
+            pav = av;
+            pal = al;
         }
         bool ok = true;
         if (q->asking) {
@@ -203,7 +209,7 @@ static bool format_queue_locked(struct dbk__rds_slot *s)
             ok = redisAppendCommandArgv(s->ctx, 1, aa, aal) == REDIS_OK;
             q->skip = 1;
         }
-        ok = ok && redisAppendCommandArgv(s->ctx, q->argc, av, al) == REDIS_OK;
+        ok = ok && redisAppendCommandArgv(s->ctx, q->argc, pav, pal) == REDIS_OK;
         q->argv = NULL;
         q->lens = NULL;
         q->via.slot = s;
@@ -442,8 +448,9 @@ dbk_rc dbk__rds_pipe_call(struct dbk__rds *r, int node, int argc, const char **a
     *reply = NULL;
     *busy = false;
     memset(via, 0, sizeof *via);
-    if (argc > MAX_ARGS)
-        return dbk__err(err, DBK_EINTERNAL, "redis cache: command with %d arguments", argc);
+    dbk_rc arc = dbk__rds_check_argv(argc, argv, err);
+    if (arc != DBK_OK)
+        return arc;
     /* malloc + memset rather than calloc: glibc's calloc bypasses the
      * per-thread cache, and this runs on every command */
     struct dbk__rds_req *q = malloc(sizeof *q);

@@ -419,10 +419,29 @@ static void cache_cluster_old_reign_refused(void **state)
     assert_true(is_new);
 }
 
+/* dbk_cache_get_many through the topology: every key its own value (one GET per key, each on its slot's master). */
+static void cache_cluster_get_many(void **state)
+{
+    (void)state;
+    g_topo = dbkt_redis_cluster_start();
+    dbk_cache_opts o = {0};
+    o.url = dbkt_redistopo_url(g_topo);
+    o.key_prefix = "dbkt_cmany:";
+    o.connect_timeout_ms = 300;
+    o.command_timeout_ms = 2000;
+    dbk_cache *c;
+    dbk_error err;
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    dbkt_cache_get_many_check(c);
+    dbk_cache_close(c);
+    stop_topology();
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(cache_cluster_get_many, dbkt_redistopo_teardown),
         cmocka_unit_test_teardown(cache_cluster_key_slots, dbkt_redistopo_teardown),
         cmocka_unit_test_teardown(cache_cluster_slot_migration, dbkt_redistopo_teardown),
         cmocka_unit_test_teardown(cache_cluster_reshard, dbkt_redistopo_teardown),

@@ -210,10 +210,29 @@ static void cache_sentinel_lost_invalidation_refused(void **state)
     assert_int_equal(rc, DBK_ENOT_FOUND);
 }
 
+/* dbk_cache_get_many through the topology: every key its own value (one MGET on the master, each value checked against its reign). */
+static void cache_sentinel_get_many(void **state)
+{
+    (void)state;
+    g_topo = dbkt_redis_sentinel_start();
+    dbk_cache_opts o = {0};
+    o.url = dbkt_redistopo_url(g_topo);
+    o.key_prefix = "dbkt_smany:";
+    o.connect_timeout_ms = 300;
+    o.command_timeout_ms = 2000;
+    dbk_cache *c;
+    dbk_error err;
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    dbkt_cache_get_many_check(c);
+    dbk_cache_close(c);
+    stop_topology();
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(cache_sentinel_get_many, dbkt_redistopo_teardown),
         cmocka_unit_test_teardown(cache_sentinel_master_killed, dbkt_redistopo_teardown),
         cmocka_unit_test_teardown(cache_sentinel_manual_failover, dbkt_redistopo_teardown),
         cmocka_unit_test_teardown(cache_sentinel_lost_invalidation_refused,

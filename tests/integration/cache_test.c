@@ -159,6 +159,24 @@ static void redis_kill(struct own_redis *r)
     }
 }
 
+/* How many times the server on `port` ran `cmd` (INFO commandstats). */
+static long long redis_calls(int port, const char *cmd)
+{
+    struct timeval tv = {2, 0};
+    redisContext *rc = redisConnectWithTimeout("127.0.0.1", port, tv);
+    assert_true(rc && !rc->err);
+    redisReply *rep = redisCommand(rc, "INFO commandstats");
+    assert_true(rep && rep->type == REDIS_REPLY_STRING);
+    char want[64];
+    snprintf(want, sizeof want, "cmdstat_%s:calls=", cmd);
+    const char *at = strstr(rep->str, want);
+    long long n = at ? atoll(at + strlen(want)) : 0;
+    freeReplyObject(rep);
+    redisFree(rc);
+    return n;
+}
+
+
 /* A loader that counts its runs and returns "<prefix><n>". */
 struct loader {
     atomic_int runs;
@@ -1290,6 +1308,269 @@ static void repo_engine(const char *url, dbk_engine engine)
         dbk_cache_close(c);
     }
     dbk_conn_close(conn);
+}
+
+/* ---- reading many keys at once ---- */
+
+/* dbk_cache_get_many on both backends: each key's outcome is its own, and
+ * on Redis every key of the call travels in one MGET (counted on a server
+ * of the test's own). */
+static void get_many_case(dbk_cache *c, int port)
+{
+    dbk_error err;
+    put(c, "gm:a", "va", 60000);
+    put(c, "gm:b", "", 60000);
+    const void *keys[4] = {"gm:a", "gm:nope", "gm:b", "gm:a"};
+    size_t kl[4] = {4, 7, 4, 4};
+    void *vals[4];
+    size_t vl[4];
+    dbk_rc rcs[4];
+    long long mget0 = port ? redis_calls(port, "mget") : 0;
+    long long get0 = port ? redis_calls(port, "get") : 0;
+    DBKT_OK(dbk_cache_get_many(c, 4, keys, kl, vals, vl, rcs, &err), &err);
+    if (port) {
+        assert_int_equal(redis_calls(port, "mget"), mget0 + 1);
+        assert_int_equal(redis_calls(port, "get"), get0);
+    }
+    assert_int_equal(rcs[0], DBK_OK);
+    assert_int_equal(vl[0], 2);
+    assert_memory_equal(vals[0], "va", 2);
+    assert_int_equal(rcs[1], DBK_ENOT_FOUND);
+    assert_null(vals[1]);
+    assert_int_equal(rcs[2], DBK_OK); /* an empty value is a value */
+    assert_non_null(vals[2]);
+    assert_int_equal(vl[2], 0);
+    assert_int_equal(rcs[3], DBK_OK);
+    assert_memory_equal(vals[3], "va", 2);
+    for (int i = 0; i < 4; i++)
+        dbk_free(vals[i]);
+
+    /* nothing to read */
+    DBKT_OK(dbk_cache_get_many(c, 0, NULL, NULL, NULL, NULL, NULL, &err), &err);
+    /* misuse: refused before anything is read, the outputs untouched */
+    rcs[0] = DBK_EBUSY;
+    DBKT_RC(DBK_EMISUSE, dbk_cache_get_many(c, 2, NULL, kl, vals, vl, rcs, &err));
+    DBKT_RC(DBK_EMISUSE,
+            dbk_cache_get_many(c, DBK_CACHE_MAX_MANY + 1, keys, kl, vals, vl, rcs, &err));
+    size_t zero[2] = {4, 0};
+    DBKT_RC(DBK_EMISUSE, dbk_cache_get_many(c, 2, keys, zero, vals, vl, rcs, &err));
+    size_t huge[1] = {DBK_CACHE_MAX_KEY + 1};
+    DBKT_RC(DBK_EMISUSE, dbk_cache_get_many(c, 1, keys, huge, vals, vl, rcs, &err));
+    const void *nullkey[2] = {"gm:a", NULL};
+    DBKT_RC(DBK_EMISUSE, dbk_cache_get_many(c, 2, nullkey, kl, vals, vl, rcs, &err));
+    assert_int_equal(rcs[0], DBK_EBUSY);
+
+    /* the most keys one call takes, every other one present */
+    enum { N = DBK_CACHE_MAX_MANY };
+    static char kb[N][16];
+    static const void *mk[N];
+    static size_t mkl[N], mvl[N];
+    static void *mv[N];
+    static dbk_rc mrc[N];
+    for (int i = 0; i < N; i++) {
+        mkl[i] = (size_t)snprintf(kb[i], sizeof kb[i], "gm:n%d", i);
+        mk[i] = kb[i];
+        if (i % 2 == 0)
+            put(c, kb[i], kb[i], 60000);
+    }
+    mget0 = port ? redis_calls(port, "mget") : 0;
+    DBKT_OK(dbk_cache_get_many(c, N, mk, mkl, mv, mvl, mrc, &err), &err);
+    if (port)
+        assert_int_equal(redis_calls(port, "mget"), mget0 + 1);
+    for (int i = 0; i < N; i++) {
+        if (i % 2) {
+            assert_int_equal(mrc[i], DBK_ENOT_FOUND);
+            continue;
+        }
+        assert_int_equal(mrc[i], DBK_OK);
+        assert_int_equal(mvl[i], mkl[i]);
+        assert_memory_equal(mv[i], kb[i], mkl[i]);
+        dbk_free(mv[i]);
+    }
+}
+
+static void cache_get_many(void **state)
+{
+    (void)state;
+    dbk_cache *m = open_mem(NULL);
+    get_many_case(m, 0);
+    dbk_cache_close(m);
+
+    struct own_redis rs = {0};
+    redis_start(&rs, NULL);
+    /* without auto-pipelining too (the command goes alone on a connection) */
+    char alone[160];
+    snprintf(alone, sizeof alone, "%s?auto_pipeline=0", rs.url);
+    dbk_cache *c = open_cache(alone, NULL);
+    get_many_case(c, rs.port);
+    dbk_cache_close(c);
+    c = open_cache(rs.url, NULL);
+    get_many_case(c, rs.port);
+    /* Redis gone: every key gets the error of the read, the call returns it */
+    redis_kill(&rs);
+    const void *keys[2] = {"gm:a", "gm:b"};
+    size_t kl[2] = {4, 4}, vl[2];
+    void *vals[2];
+    dbk_rc rcs[2];
+    dbk_error err;
+    dbk_rc rc = dbk_cache_get_many(c, 2, keys, kl, vals, vl, rcs, &err);
+    assert_true(rc == DBK_EUNAVAILABLE || rc == DBK_ETIMEOUT);
+    assert_int_equal(rcs[0], rc);
+    assert_int_equal(rcs[1], rc);
+    assert_null(vals[0]);
+    assert_null(vals[1]);
+    dbk_cache_close(c);
+}
+
+/* dbk_cached_repo_find_by_ids: each id gets its own row or its own "not
+ * found"; the cached ones cost no query (on Redis: one MGET for all of
+ * them, no GET), the others one lookup each, which stores them; a write
+ * through the repository is seen by the next batch; in a transaction every
+ * id is read from the database; Redis gone, the rows still come from the
+ * database. */
+struct ids_tx {
+    dbk_cached_repo *r;
+    const dbk_value *ids;
+    size_t n;
+    int queries;
+};
+
+static dbk_rc ids_in_tx(dbk_db *tx, void *ctx, dbk_error *err)
+{
+    struct ids_tx *t = ctx;
+    struct cuser rows[8];
+    void *outs[8];
+    dbk_rc rcs[8];
+    for (size_t i = 0; i < t->n; i++)
+        outs[i] = &rows[i];
+    dbk_arena *a = dbk_arena_new(0);
+    atomic_store(&g_queries, 0);
+    dbk_rc rc = dbk_cached_repo_find_by_ids(t->r, tx, t->n, t->ids, outs, rcs, a, err);
+    t->queries = atomic_load(&g_queries);
+    dbk_arena_free(a);
+    return rc;
+}
+
+static void find_by_ids_engine(const char *url, dbk_engine engine)
+{
+    dbk_conn *conn = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(conn);
+    dbk_db_set_observer(db, count_query, NULL);
+    dbk_error err;
+    DBKT_OK(dbk_db_exec_script(db, engine == DBK_ENGINE_POSTGRES
+                                       ? "DROP TABLE IF EXISTS cusers; CREATE TABLE cusers (id BIGSERIAL PRIMARY KEY, email TEXT UNIQUE NOT NULL, name TEXT NOT NULL)"
+                                       : "DROP TABLE IF EXISTS cusers; CREATE TABLE cusers (id INTEGER PRIMARY KEY, email TEXT UNIQUE NOT NULL, name TEXT NOT NULL)",
+                               &err),
+            &err);
+    struct own_redis rs = {0};
+    for (int b = 0; b < 2; b++) {
+        DBKT_OK(dbk_db_exec(db, "DELETE FROM cusers", NULL, 0, NULL, &err), &err);
+        dbk_cache_opts o = {0};
+        o.negative_ttl_ms = 60000;
+        if (b)
+            redis_start(&rs, NULL);
+        dbk_cache *c = b ? open_cache(rs.url, &o) : open_mem(&o);
+        dbk_cached_repo *r = NULL;
+        DBKT_OK(dbk_cached_repo_new(c, &cuser_entity, NULL, &r, &err), &err);
+        dbk_arena *a = dbk_arena_new(0);
+        int64_t id[5];
+        for (int i = 0; i < 5; i++) {
+            char email[32], name[32];
+            snprintf(email, sizeof email, "u%d@x", i);
+            snprintf(name, sizeof name, "User %d", i);
+            struct cuser in = {0, email, name}, out;
+            DBKT_OK(dbk_cached_repo_create(r, db, &in, &out, a, &err), &err);
+            id[i] = out.id;
+        }
+        struct cuser one;
+        DBKT_OK(dbk_cached_repo_find_by_id(r, db, dbk_int64(id[0]), &one, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by_id(r, db, dbk_int64(id[2]), &one, a, &err), &err);
+
+        /* id 0 twice, 2 cached; 1, 4 and a missing one read (and stored) */
+        dbk_value ids[6] = {dbk_int64(id[0]), dbk_int64(id[1]), dbk_int64(id[4] + 1000),
+                            dbk_int64(id[2]), dbk_int64(id[0]), dbk_int64(id[4])};
+        const int want[6] = {0, 1, -1, 2, 0, 4};
+        struct cuser rows[6];
+        void *outs[6];
+        dbk_rc rcs[6];
+        for (int i = 0; i < 6; i++)
+            outs[i] = &rows[i];
+        atomic_store(&g_queries, 0);
+        DBKT_OK(dbk_cached_repo_find_by_ids(r, db, 6, ids, outs, rcs, a, &err), &err);
+        assert_int_equal(atomic_load(&g_queries), 3);
+        for (int pass = 0; pass < 2; pass++) {
+            for (int i = 0; i < 6; i++) {
+                if (want[i] < 0) {
+                    assert_int_equal(rcs[i], DBK_ENOT_FOUND);
+                    continue;
+                }
+                char name[32];
+                snprintf(name, sizeof name, "User %d", want[i]);
+                assert_int_equal(rcs[i], DBK_OK);
+                assert_int_equal(rows[i].id, id[want[i]]);
+                assert_string_equal(rows[i].name, name);
+            }
+            if (pass)
+                break;
+            /* all cached now, the missing one too: no query; on Redis
+             * one MGET and no GET */
+            memset(rows, 0, sizeof rows);
+            long long mget0 = b ? redis_calls(rs.port, "mget") : 0;
+            long long get0 = b ? redis_calls(rs.port, "get") : 0;
+            atomic_store(&g_queries, 0);
+            DBKT_OK(dbk_cached_repo_find_by_ids(r, db, 6, ids, outs, rcs, a, &err), &err);
+            assert_int_equal(atomic_load(&g_queries), 0);
+            if (b) {
+                assert_int_equal(redis_calls(rs.port, "mget"), mget0 + 1);
+                assert_int_equal(redis_calls(rs.port, "get"), get0);
+            }
+        }
+
+        /* a write through the repository: the next batch sees it */
+        struct cuser in = {0, "u1@x", "Renamed"};
+        const char *fields[] = {"name"};
+        DBKT_OK(dbk_cached_repo_update(r, db, dbk_int64(id[1]), &in, fields, 1, NULL, a, &err),
+                &err);
+        DBKT_OK(dbk_cached_repo_find_by_ids(r, db, 6, ids, outs, rcs, a, &err), &err);
+        assert_string_equal(rows[1].name, "Renamed");
+        assert_string_equal(rows[0].name, "User 0");
+
+        /* in a transaction: the database, every id */
+        struct ids_tx t = {r, ids, 6, 0};
+        DBKT_OK(dbk_tx_run(db, ids_in_tx, &t, NULL, &err), &err);
+        assert_int_equal(t.queries, 6);
+
+        /* misuse: nothing read */
+        outs[3] = NULL;
+        rcs[0] = DBK_EBUSY;
+        DBKT_RC(DBK_EMISUSE, dbk_cached_repo_find_by_ids(r, db, 6, ids, outs, rcs, a, &err));
+        outs[3] = &rows[3];
+        DBKT_RC(DBK_EMISUSE, dbk_cached_repo_find_by_ids(r, db, DBK_CACHE_MAX_MANY + 1, ids, outs,
+                                                         rcs, a, &err));
+        DBKT_RC(DBK_EMISUSE, dbk_cached_repo_find_by_ids(r, db, 6, NULL, outs, rcs, a, &err));
+        assert_int_equal(rcs[0], DBK_EBUSY);
+        DBKT_OK(dbk_cached_repo_find_by_ids(r, db, 0, NULL, NULL, NULL, a, &err), &err);
+
+        if (b) {
+            /* Redis gone: the rows come from the database */
+            redis_kill(&rs);
+            memset(rows, 0, sizeof rows);
+            DBKT_OK(dbk_cached_repo_find_by_ids(r, db, 6, ids, outs, rcs, a, &err), &err);
+            assert_int_equal(rcs[2], DBK_ENOT_FOUND);
+            assert_string_equal(rows[1].name, "Renamed");
+            assert_string_equal(rows[5].name, "User 4");
+        }
+        dbk_arena_free(a);
+        dbk_cached_repo_free(r);
+        dbk_cache_close(c);
+    }
+    dbk_conn_close(conn);
+}
+
+static void cache_repo_find_by_ids(void **state)
+{
+    (void)state;
+    dbkt_each_engine("cache_repo_ids", find_by_ids_engine);
 }
 
 static void cache_repo_reads_and_writes(void **state)
@@ -2810,6 +3091,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cache_codec_size_limits),
     cmocka_unit_test(cache_oversized_value_served_not_stored),
     cmocka_unit_test(cache_repo_reads_and_writes),
+    cmocka_unit_test(cache_get_many),
+    cmocka_unit_test(cache_repo_find_by_ids),
     cmocka_unit_test(cache_repo_deprecated_names_still_work),
     cmocka_unit_test(cache_repo_tx_detaches_flight),
     cmocka_unit_test(cache_repo_no_stale_reads_under_writes),

@@ -194,3 +194,33 @@ uint64_t dbkt_cache_hits(dbk_cache *c)
     dbk_cache_get_stats(c, &st, NULL);
     return st.hits;
 }
+
+void dbkt_cache_get_many_check(dbk_cache *c)
+{
+    enum { N = 41 };
+    char kb[N][24], vb[N][32];
+    const void *keys[N];
+    size_t kl[N], vl[N];
+    void *vals[N];
+    dbk_rc rcs[N];
+    dbk_error err;
+    for (int i = 0; i < N; i++) {
+        kl[i] = (size_t)snprintf(kb[i], sizeof kb[i], "many:%d", i);
+        keys[i] = kb[i];
+        snprintf(vb[i], sizeof vb[i], "value of %d", i);
+        if (i < N - 1) /* the last one is never stored */
+            DBKT_OK(dbk_cache_set(c, kb[i], kl[i], vb[i], strlen(vb[i]), 600000, &err), &err);
+    }
+    DBKT_OK(dbk_cache_get_many(c, N, keys, kl, vals, vl, rcs, &err), &err);
+    for (int i = 0; i < N; i++) {
+        if (i == N - 1) {
+            assert_int_equal(rcs[i], DBK_ENOT_FOUND);
+            assert_null(vals[i]);
+            continue;
+        }
+        assert_int_equal(rcs[i], DBK_OK);
+        assert_int_equal(vl[i], strlen(vb[i]));
+        assert_memory_equal(vals[i], vb[i], vl[i]);
+        dbk_free(vals[i]);
+    }
+}

@@ -37,4 +37,10 @@ void dbkt_cacheload_stop(dbkt_cacheload *l, dbkt_cacheload_result *out);
 /* The cache's hit count. */
 uint64_t dbkt_cache_hits(dbk_cache *c);
 
+/* dbk_cache_get_many through a topology: 40 keys (spread over the slots of
+ * a cluster) stored one by one, then read in one call with one that was
+ * never stored; each must come back with its own value, the missing one
+ * DBK_ENOT_FOUND. Fails the test otherwise. */
+void dbkt_cache_get_many_check(dbk_cache *c);
+
 #endif
