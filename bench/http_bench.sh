@@ -26,8 +26,9 @@
 #      BENCH_THREADS (2) BENCH_ROUNDS (2: the sides alternate, each keeps its best round)
 #      BENCH_PEERS      the peers to run: "express fastify" (default), or one of them
 #      BENCH_ROWS       which rows of the table to run (regex on the row key, default all:
-#                       users_id_off users_id_uvhttp users_id_redis users_id_memory users_list
-#                       transfers (users_id_uvhttp: the dbkit side is examples/uvhttp),
+#                       users_id_off users_id_uvhttp users_id_redis users_id_redis_uvhttp
+#                       users_id_memory users_list transfers (*_uvhttp: the dbkit side is
+#                       examples/uvhttp),
 #                       and the shop alone with its access log on vs off:
 #                       access_log_redis access_log_memory). With only access_log rows
 #                       the peers are neither installed nor run.
@@ -151,6 +152,7 @@ rows() {
 users_id_off|GET /users/{id}, no cache|users_get.lua|$U1 $U2|off|off|4|2
 users_id_uvhttp|GET /users/{id}, no cache, dbkit event loop (examples/uvhttp)|users_get.lua|$U1 $U2|uvhttp|off|4|2
 users_id_redis|GET /users/{id}, Redis cache-aside|users_get.lua|$U1 $U2|redis|redis|4|2
+users_id_redis_uvhttp|GET /users/{id}, Redis cache-aside, dbkit event loop (examples/uvhttp)|users_get.lua|$U1 $U2|uvhttp-redis|redis|4|2
 users_id_memory|GET /users/{id}, dbkit in-process cache vs peers' Redis|users_get.lua|$U1 $U2|memory|redis|8|0
 users_list|GET /users?limit=20&offset=0..$LIST_MAX_OFFSET&order=-created_at, with total|users_list.lua|$LIST_MAX_OFFSET 20|off|off|0|0
 transfers|POST /transfers, random pair of $ACCOUNTS accounts, 1-10 cents|transfer.lua|$A1 $A2|off|off|2|0
@@ -174,7 +176,7 @@ LOADS=()
 # warm-up, the measured run; keeps the side's best round.
 measure_once() {
   local key=$1 side=$2 cache=$3 script=$4 args=$5 round=$6
-  [ "$cache" = redis ] && flush_redis
+  case "$cache" in redis | *-redis) flush_redis ;; esac
   start_service "$side" "$cache"
   CMDS[$key,$side]=$SVC_CMD
   # shellcheck disable=SC2086
@@ -403,7 +405,7 @@ write_table_docs() {
     echo "Each figure is the best of $ROUNDS wrk runs of ${SECS} s, each after a ${WARM} s warm-up on a freshly"
     echo "started service; dbkit and the peers ($(for p in "${PEERS[@]}"; do side_label "$p"; done | paste -sd, - | sed 's/,/, /g')) alternate run by run. Data: $USERS users, $ACCOUNTS accounts."
     echo "dbkit: the shop with its defaults for HTTP threads and pool size (its /metrics: a pool of ${SHOP_POOL_MAX:-?} connections),"
-    echo "except the event-loop row: examples/uvhttp with its defaults (one libuv thread, dbk_async, the lookups of one loop iteration in one statement);"
+    echo "except the event-loop rows: examples/uvhttp with its defaults (one libuv thread, dbk_async; the lookups of one loop iteration in one statement, or in one dbk_cached_repo_find_by_ids through Redis);"
     echo "peers: one Node.js process each, a pool of at most ${PG_POOL_MAX:-20} connections (\`pg.Pool\` max, postgres.js \`max\`)."
     echo "wrk's timeout is 5 s (not its 2 s default), so slow answers count in the latency figures instead of"
     echo "being dropped as timeouts."
@@ -418,7 +420,7 @@ write_table_docs() {
     echo '```sh'
     echo "# services (one at a time; Redis is flushed before each cached variant)"
     local seen="" key side c
-    for key in users_id_off users_id_uvhttp users_id_redis users_id_memory; do
+    for key in users_id_off users_id_uvhttp users_id_redis users_id_redis_uvhttp users_id_memory; do
       for side in dbkit express fastify; do
         c=${CMDS[$key,$side]:-}
         [ -n "$c" ] || continue

@@ -203,14 +203,17 @@ start_service_once() {
   local cache_url=$cache
   [ "$cache" = redis ] && cache_url=$REDIS_URL
   local kind=$side
-  [ "$side/$cache" = dbkit/uvhttp ] && kind=uvhttp
+  case "$side/$cache" in dbkit/uvhttp | dbkit/uvhttp-redis) kind=uvhttp ;; esac
   case "$kind" in
     uvhttp)
       # examples/uvhttp: GET /users/{id} on one libuv loop thread over
-      # dbk_async, the lookups of one loop iteration in one statement.
+      # dbk_async, the lookups of one loop iteration in one statement (or,
+      # cache uvhttp-redis, in one dbk_cached_repo_find_by_ids).
       [ -x "$UVHTTP" ] || { echo "$BENCH_NAME: $UVHTTP not built (libuv1-dev)" >&2; return 1; }
-      SVC_CMD="DATABASE_URL=\$DB HOST=127.0.0.1 PORT=\$PORT $UVHTTP"
-      env DATABASE_URL="$URL" HOST=127.0.0.1 PORT="$SVC_PORT" "$UVHTTP" >"$log" 2>&1 &
+      local ucache=off
+      [ "$cache" = uvhttp-redis ] && ucache=$REDIS_URL
+      SVC_CMD="DATABASE_URL=\$DB CACHE_URL=${ucache/$REDIS_URL/\$REDIS} HOST=127.0.0.1 PORT=\$PORT $UVHTTP"
+      env DATABASE_URL="$URL" CACHE_URL="$ucache" HOST=127.0.0.1 PORT="$SVC_PORT" "$UVHTTP" >"$log" 2>&1 &
       ;;
     dbkit)
       SVC_CMD="DATABASE_URL=\$DB CACHE_URL=${cache_url/$REDIS_URL/\$REDIS} ACCESS_LOG=off HOST=127.0.0.1 PORT=\$PORT $SHOP"

@@ -247,10 +247,31 @@ static void get_user_alone(uvh_conn *c, int64_t id)
 
 #define BATCH_MAX 256 /* lookups per statement; a fuller batch is sent at once */
 
+/* A user as the cached repository reads it. */
+struct uvh_user {
+    int64_t id;
+    const char *name, *email, *status;
+    int64_t created_at;
+};
+
+static const dbk_field user_fields[] = {
+    DBK_FIELD(struct uvh_user, id, "id", DBK_TYPE_INT64, DBK_F_PK | DBK_F_GENERATED),
+    DBK_FIELD(struct uvh_user, name, "name", DBK_TYPE_TEXT, 0),
+    DBK_FIELD(struct uvh_user, email, "email", DBK_TYPE_TEXT, DBK_F_UNIQUE),
+    DBK_FIELD(struct uvh_user, status, "status", DBK_TYPE_TEXT, 0),
+    DBK_FIELD(struct uvh_user, created_at, "created_at", DBK_TYPE_TIMESTAMP, 0),
+};
+const dbk_entity uvh_user_entity = DBK_ENTITY_PLAIN("users", struct uvh_user, user_fields);
+
 struct uvh_batch {
     size_t n;
     uvh_conn *conn[BATCH_MAX];
     int64_t id[BATCH_MAX];
+    /* with a cache: filled on the worker by dbk_cached_repo_find_by_ids */
+    bool ran;
+    dbk_arena *arena;
+    struct uvh_user row[BATCH_MAX];
+    dbk_rc rc[BATCH_MAX];
 };
 
 struct id_row {
@@ -296,13 +317,78 @@ static void on_batch(void *ctx, dbk_async_done *d)
     free(b);
 }
 
-/* Sends the gathered lookups as one statement. */
+/* With a cache: the batch's users through the cached repository, on a
+ * worker (the rows it holds in one round trip, the others loaded). */
+static dbk_rc find_cached(dbk_db *db, void *ctx, dbk_error *err)
+{
+    uvh_batch *b = ctx;
+    dbk_value ids[BATCH_MAX];
+    void *outs[BATCH_MAX];
+    for (size_t i = 0; i < b->n; i++) {
+        ids[i] = dbk_int64(b->id[i]);
+        outs[i] = &b->row[i];
+    }
+    b->arena = dbk_arena_new(0);
+    if (!b->arena) {
+        memset(err, 0, sizeof *err);
+        err->code = DBK_ENOMEM;
+        snprintf(err->message, sizeof err->message, "out of memory");
+        return DBK_ENOMEM;
+    }
+    b->ran = true;
+    return dbk_cached_repo_find_by_ids(uvh.users, db, b->n, ids, outs, b->rc, b->arena, err);
+}
+
+static void on_batch_cached(void *ctx, dbk_async_done *d)
+{
+    uvh_batch *b = ctx;
+    if (d->rc != DBK_OK)
+        fprintf(stderr, "uvhttp: %s: %s (%zu lookups)\n", dbk_rc_name(d->rc), d->error->message,
+                b->n);
+    for (size_t i = 0; i < b->n; i++) {
+        dbk_rc rc = b->ran ? b->rc[i] : d->rc;
+        const struct uvh_user *u = &b->row[i];
+        if (rc == DBK_ENOT_FOUND) {
+            reply_error(b->conn[i], 404, "not_found", "user not found");
+        } else if (rc != DBK_OK) {
+            reply_failed(b->conn[i], rc);
+        } else {
+            char ts[40];
+            json_t *created = json_null();
+            if (dbk_timestamp_format(u->created_at, ts, sizeof ts) == DBK_OK) {
+                if (strlen(ts) > 10 && ts[10] == ' ')
+                    ts[10] = 'T';
+                created = json_string(ts);
+            }
+            reply_json(b->conn[i], 200,
+                       json_pack("{s:I,s:s?,s:s?,s:s?,s:o}", "id", (json_int_t)u->id, "name",
+                                 u->name, "email", u->email, "status", u->status, "created_at",
+                                 created));
+        }
+    }
+    dbk_arena_free(b->arena);
+    free(b);
+}
+
+/* Sends the gathered lookups as one statement (or one cached lookup). */
 static void send_batch(void)
 {
     uvh_batch *b = uvh.batch;
     uvh.batch = NULL;
     if (!b)
         return;
+    if (uvh.users) {
+        dbk_error err;
+        dbk_rc rc = dbk_async_call(uvh.async, find_cached, 0, on_batch_cached, b, NULL, &err);
+        if (rc != DBK_OK) {
+            for (size_t i = 0; i < b->n; i++)
+                reply_failed(b->conn[i], rc);
+            free(b);
+            return;
+        }
+        uvh.statements++;
+        return;
+    }
     bool pg = dbk_db_engine(dbk_pool_db(uvh.pool)) == DBK_ENGINE_POSTGRES;
     char ids[BATCH_MAX * 21 + 3]; /* "{" or "[", ids of up to 20 characters and commas, "}" or "]" */
     size_t n = 0;

@@ -13,7 +13,10 @@
  * (8080; 0 picks a free one), MIGRATIONS_DIR (the examples/db migrations by
  * default), ASYNC_WORKERS and ASYNC_MAX_PENDING (dbk_async_opts),
  * UVHTTP_BATCH (1: the lookups of one loop iteration share one statement,
- * conn.c; 0: one statement per request). Prints
+ * conn.c; 0: one statement per request), CACHE_URL (unset or "off": no
+ * cache; memory, or a redis:// URL: users read through a cached
+ * repository, each iteration's lookups in one cache round trip) and
+ * CACHE_PREFIX (its keys' prefix, "uvhttp:"). Prints
  * "listening on http://HOST:PORT" when ready; SIGTERM or SIGINT stops it
  * after the answers in flight are written.
  */
@@ -81,6 +84,25 @@ static int open_database(dbk_error *err)
         if (err->hint[0])
             fprintf(stderr, "uvhttp: hint: %s\n", err->hint);
         return -1;
+    }
+    const char *cache_url = getenv("CACHE_URL");
+    if (cache_url && *cache_url && strcmp(cache_url, "off") != 0) {
+        /* CACHE_URL: memory, memory: or a redis:// (redis-sentinel://,
+         * redis-cluster://) URL, read with the other CACHE_* settings */
+        dbk_cache_opts co = DBK_CACHE_OPTS_INIT;
+        const char *prefix = getenv("CACHE_PREFIX");
+        co.key_prefix = prefix && *prefix ? prefix : "uvhttp:";
+        dbk_cache_env *cenv = NULL;
+        rc = dbk_cache_opts_from_env(&co, &cenv, err);
+        if (rc == DBK_OK)
+            rc = dbk_cache_open(&co, &uvh.cache, err);
+        dbk_cache_env_free(cenv);
+        if (rc == DBK_OK)
+            rc = dbk_cached_repo_new(uvh.cache, &uvh_user_entity, NULL, &uvh.users, err);
+        if (rc != DBK_OK) {
+            fprintf(stderr, "uvhttp: cache: %s (%s)\n", err->message, dbk_rc_name(rc));
+            return -1;
+        }
     }
     dbk_async_opts ao = {.version = DBK_ASYNC_OPTS_VERSION,
                          .workers = (int)env_long("ASYNC_WORKERS", 0, 0, DBK_ASYNC_MAX_WORKERS),
@@ -156,8 +178,14 @@ int main(void)
     code = 0;
     fprintf(stderr, "uvhttp: %llu user lookups in %llu statements\n",
             (unsigned long long)uvh.lookups, (unsigned long long)uvh.statements);
+    dbk_cache_stats cs;
+    if (uvh.cache && dbk_cache_get_stats(uvh.cache, &cs, NULL) == DBK_OK)
+        fprintf(stderr, "uvhttp: cache %s: %llu hits, %llu misses\n", dbk_cache_backend(uvh.cache),
+                (unsigned long long)cs.hits, (unsigned long long)cs.misses);
 out:
     dbk_async_close(uvh.async); /* nothing in flight by now; NULL is fine */
+    dbk_cached_repo_free(uvh.users);
+    dbk_cache_close(uvh.cache);
     dbk_pool_close(uvh.pool, 1000);
     uv_loop_close(uvh.loop);
     return code;

@@ -21,6 +21,8 @@ typedef struct uvh_service {
     uv_loop_t *loop;
     dbk_pool *pool;
     dbk_async *async;
+    dbk_cache *cache;        /* CACHE_URL set (and not "off"), else NULL */
+    dbk_cached_repo *users;  /* the users through the cache, when there is one */
     dbk_async_uv watcher;
     uv_tcp_t server;
     uv_signal_t sigterm, sigint;
@@ -40,6 +42,9 @@ extern uvh_service uvh;
 
 /* The listening socket's connection callback (conn.c). */
 void uvh_on_connection(uv_stream_t *server, int status);
+
+/* The users table as the cached repository reads it (conn.c). */
+extern const dbk_entity uvh_user_entity;
 
 /* Starts the check handle that sends each iteration's lookups (batching
  * on); 0 or a libuv error. */

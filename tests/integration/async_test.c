@@ -1080,6 +1080,8 @@ static int connect_port(int port)
  * lookups the service coalesces into one statement are answered from the
  * rows of that statement. */
 #define UVH_CONC 32
+static void uvhttp_concurrent_round(int port, const int64_t *ids);
+
 static void uvhttp_concurrent(int port, const char *url)
 {
     dbk_conn *c = dbkt_open(url);
@@ -1096,6 +1098,13 @@ static void uvhttp_concurrent(int port, const char *url)
                 &err);
     }
     dbk_conn_close(c);
+    /* Twice: with a cache, the second round is served from it. */
+    for (int round = 0; round < 2; round++)
+        uvhttp_concurrent_round(port, ids);
+}
+
+static void uvhttp_concurrent_round(int port, const int64_t *ids)
+{
     int fds[UVH_CONC];
     int64_t want[UVH_CONC]; /* 0: a missing user */
     for (int i = 0; i < UVH_CONC; i++)
@@ -1140,15 +1149,21 @@ static void uvhttp_counts(const char *err, unsigned long long *lookups,
         fail_msg("uvhttp printed no counts: %s", err ? err : "");
 }
 
-static bool uvhttp_batch = true; /* UVHTTP_BATCH of the next uvhttp_on */
+static bool uvhttp_batch = true;  /* UVHTTP_BATCH of the next uvhttp_on */
+static bool uvhttp_cached = false; /* CACHE_URL: the test Redis, else off */
 
 static void uvhttp_on(const char *url, dbk_engine engine)
 {
-    (void)engine;
     char dburl[1200];
     snprintf(dburl, sizeof dburl, "DATABASE_URL=%s", url);
+    char cache[1200] = "CACHE_URL=off", prefix[96];
+    if (uvhttp_cached)
+        snprintf(cache, sizeof cache, "CACHE_URL=%s", dbkt_redis_url());
+    /* keys of this run only: ids repeat across engines and runs */
+    snprintf(prefix, sizeof prefix, "CACHE_PREFIX=uvhttp-test-%d-%d:", (int)getpid(), (int)engine);
     const char *const set[] = {dburl, "PORT=0", "HOST=127.0.0.1",
-                               uvhttp_batch ? "UVHTTP_BATCH=1" : "UVHTTP_BATCH=0", NULL};
+                               uvhttp_batch ? "UVHTTP_BATCH=1" : "UVHTTP_BATCH=0", cache,
+                               prefix, NULL};
     const char *const unset[] = {"REDIS_URL", "CACHE_URL", "DB_POOL_MAX", NULL};
     const char *const no_args[] = {NULL};
     int o = -1, e = -1;
@@ -1238,7 +1253,7 @@ static void uvhttp_on(const char *url, dbk_engine engine)
         fail_msg("uvhttp exited with %d: %s", pr.code, pr.err);
     unsigned long long lookups = 0, statements = 0;
     uvhttp_counts(pr.err, &lookups, &statements);
-    assert_int_equal(lookups, 5 + UVH_CONC);
+    assert_int_equal(lookups, 5 + 2 * UVH_CONC);
     if (uvhttp_batch) {
         /* The 32 requests were all sent before any answer was read: at
          * least two of them shared a statement. */
@@ -1247,6 +1262,16 @@ static void uvhttp_on(const char *url, dbk_engine engine)
                      statements);
     } else {
         assert_int_equal(statements, lookups);
+    }
+    if (uvhttp_cached) {
+        /* the second round of 32 came from Redis */
+        const char *l = strstr(pr.err, "uvhttp: cache redis: ");
+        unsigned long long hits = 0, misses = 0;
+        if (!l || sscanf(l, "uvhttp: cache redis: %llu hits, %llu misses", &hits, &misses) != 2)
+            fail_msg("uvhttp printed no cache counts: %s", pr.err);
+        if (hits < UVH_CONC)
+            fail_msg("%llu cache hits (%llu misses): the second round did not come from Redis",
+                     hits, misses);
     }
     dbkt_proc_free(&pr);
 }
@@ -1258,6 +1283,22 @@ static void async_uvhttp_serves_user(void **state)
 #ifdef DBKIT_UVHTTP_PATH
     uvhttp_batch = true;
     dbkt_each_engine("async_uvhttp", uvhttp_on);
+#else
+    dbkt_skip(1, "examples/uvhttp was not built (libuv and jansson are needed: pkg-config libuv)");
+#endif
+}
+
+/* The same through a Redis cache (CACHE_URL): the lookups of an iteration
+ * are one dbk_cached_repo_find_by_ids on a worker; the second round of
+ * concurrent requests is answered from Redis, each with its own user. */
+static void async_uvhttp_redis_cache(void **state)
+{
+    (void)state;
+#ifdef DBKIT_UVHTTP_PATH
+    uvhttp_batch = true;
+    uvhttp_cached = true;
+    dbkt_each_engine("async_uvhttp_cached", uvhttp_on);
+    uvhttp_cached = false;
 #else
     dbkt_skip(1, "examples/uvhttp was not built (libuv and jansson are needed: pkg-config libuv)");
 #endif
@@ -1293,6 +1334,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(async_submits_from_other_threads),
         cmocka_unit_test(async_uvhttp_serves_user),
         cmocka_unit_test(async_uvhttp_one_statement_per_request),
+        cmocka_unit_test(async_uvhttp_redis_cache),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
