@@ -359,7 +359,7 @@ int main(void)
      * cached and uncached rows at 8 and 64 connections. */
     const char *ht = getenv("HTTP_THREADS");
     bool per_conn = ht && strcmp(ht, "per-connection") == 0;
-    int threads = per_conn ? 0 : shop_env_int("HTTP_THREADS", (int)(2 * cores), 1, 1024);
+    int threads = per_conn ? 0 : shop_env_int("HTTP_THREADS", (int)cores, 1, 1024);
     int nworkers = per_conn ? 0 : shop_env_int("HTTP_WORKERS", (int)(32 * cores), 0, 1024);
     int flush_ms = shop_env_int("ACCESS_LOG_FLUSH_MS", 100, 1, 60000);
     if (shop.access_log && shop_access_log_open(STDERR_FILENO, flush_ms) != 0) {

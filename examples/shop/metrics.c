@@ -272,6 +272,12 @@ void shop_handle_metrics(shop_req *rq, shop_resp *rs)
     metric(&b, "shop_http_handed_off_total", "counter",
            "Requests run on a worker thread (HTTP_WORKERS), not on their epoll thread.",
            (double)shop_http_handed_off());
+    metric(&b, "shop_http_coalesced_total", "counter",
+           "GET /users/{id} requests answered by a lookup shared with the others of their "
+           "loop turn (HTTP_COALESCE).",
+           (double)shop_http_coalesced());
+    metric(&b, "shop_http_coalesced_lookups_total", "counter",
+           "The shared lookups that answered them.", (double)shop_http_batches());
 
     /* Queries, as seen by the shop's observer. */
     metric(&b, "shop_db_queries_total", "counter", "SQL statements run.",

@@ -160,6 +160,10 @@ void shop_access_log_stats(uint64_t *lines, uint64_t *writes, uint64_t *dropped,
 int shop_http_start(const char *host, int port, int threads, int nworkers);
 /* Requests handed to a worker so far (/metrics). */
 uint64_t shop_http_handed_off(void);
+/* GET /users/{id} requests answered by a coalesced lookup, and the
+ * lookups (batches) that answered them (/metrics). */
+uint64_t shop_http_coalesced(void);
+uint64_t shop_http_batches(void);
 void shop_http_quiesce(void);
 void shop_http_stop(void);
 

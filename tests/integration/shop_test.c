@@ -2251,6 +2251,139 @@ static void reviews_body(shop_proc *s, dbk_engine engine)
     res_free(&r);
 }
 
+/* ---- coalesced user reads ----
+ *
+ * 32 keep-alive connections each send GET /users/{id} before any answer is
+ * read: ids of users made for the test (several connections asking for the
+ * same one), missing ids, and ids the router refuses (400), twice over.
+ * Each connection must get its own user, its own 404 or its own 400; the
+ * shop's counters must show requests answered by shared lookups (fewer
+ * lookups than requests). Without a cache (one statement per batch), and
+ * through Redis (one MGET per batch), on both engines. */
+
+#define CO_CONNS 32
+
+static int co_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+/* One whole answer from fd (Content-Length framed, 10 s at most): its
+ * status; the body into body. */
+static int co_read(int fd, char *body, size_t bodylen)
+{
+    char buf[8192];
+    size_t len = 0;
+    int64_t until = dbkt_mono_ms() + 10000;
+    for (;;) {
+        buf[len] = '\0';
+        char *end = strstr(buf, "\r\n\r\n");
+        if (end) {
+            const char *cl = strcasestr(buf, "Content-Length: ");
+            assert_non_null(cl);
+            size_t want = (size_t)atol(cl + 16), head = (size_t)(end + 4 - buf);
+            if (len - head >= want) {
+                assert_int_equal(len - head, want); /* one answer per request */
+                snprintf(body, bodylen, "%.*s", (int)want, end + 4);
+                return atoi(buf + 9);
+            }
+        }
+        if (dbkt_mono_ms() > until || len + 1 >= sizeof buf)
+            fail_msg("no whole answer within 10 s: %s", buf);
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 1000) <= 0)
+            continue;
+        ssize_t r = read(fd, buf + len, sizeof buf - 1 - len);
+        if (r <= 0)
+            fail_msg("connection closed: %s", buf);
+        len += (size_t)r;
+    }
+}
+
+static void coalesced_body(shop_proc *s, dbk_engine engine)
+{
+    (void)engine;
+    int64_t ids[8];
+    for (int i = 0; i < 8; i++) {
+        char name[32], email[48];
+        snprintf(name, sizeof name, "Coalesced %d", i);
+        snprintf(email, sizeof email, "co%d@example.com", i);
+        ids[i] = create_user(s, name, email);
+    }
+    double before = metric(s, "shop_http_coalesced_total");
+    double lookups_before = metric(s, "shop_http_coalesced_lookups_total");
+    int fds[CO_CONNS];
+    for (int i = 0; i < CO_CONNS; i++)
+        fds[i] = co_connect(s->port);
+    for (int round = 0; round < 2; round++) {
+        char path[CO_CONNS][64];
+        for (int i = 0; i < CO_CONNS; i++) {
+            if (i % 8 == 7)
+                snprintf(path[i], sizeof path[i], "/users/%lld", (long long)ids[7] + 100000 + i);
+            else if (i % 8 == 6)
+                snprintf(path[i], sizeof path[i], "/users/%s", i % 16 == 6 ? "0" : "007x");
+            else
+                snprintf(path[i], sizeof path[i], "/users/%lld", (long long)ids[i % 6]);
+            char req[256];
+            int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                             path[i]);
+            assert_int_equal(write(fds[i], req, (size_t)n), n);
+        }
+        for (int i = 0; i < CO_CONNS; i++) {
+            char body[4096];
+            int status = co_read(fds[i], body, sizeof body);
+            json_error_t je;
+            json_t *j = json_loads(body, 0, &je);
+            if (!j)
+                fail_msg("%s: not JSON: %s", path[i], body);
+            if (i % 8 == 7) {
+                assert_int_equal(status, 404);
+                assert_string_equal(json_string_value(json_object_get(json_object_get(j, "error"), "code")),
+                                    "not_found");
+            } else if (i % 8 == 6) {
+                assert_int_equal(status, 400);
+            } else {
+                char name[32];
+                snprintf(name, sizeof name, "Coalesced %d", i % 6);
+                if (status != 200 || json_integer_value(json_object_get(j, "id")) != ids[i % 6] ||
+                    !json_is_string(json_object_get(j, "name")) ||
+                    strcmp(json_string_value(json_object_get(j, "name")), name) != 0)
+                    fail_msg("%s: connection %d got %d %s", path[i], i, status, body);
+                assert_null(json_object_get(j, "password_hash"));
+            }
+            json_decref(j);
+        }
+    }
+    for (int i = 0; i < CO_CONNS; i++)
+        close(fds[i]);
+    double coalesced = metric(s, "shop_http_coalesced_total") - before;
+    double lookups = metric(s, "shop_http_coalesced_lookups_total") - lookups_before;
+    /* every lookup of a valid id (24 a round) went through a batch, and
+     * at least two of them shared one */
+    assert_true(coalesced >= 2 * 24);
+    if (!(lookups < coalesced))
+        fail_msg("%.0f requests in %.0f lookups: none shared", coalesced, lookups);
+}
+
+static void shop_coalesced_user_reads(void **state)
+{
+    (void)state;
+    run_shop(dbkt_sqlite_url("shop_coalesce_sq"), "off", DBK_ENGINE_SQLITE, coalesced_body);
+    run_shop(dbkt_sqlite_url("shop_coalesce_sqr"), dbkt_redis_url(), DBK_ENGINE_SQLITE,
+             coalesced_body);
+    run_shop(dbkt_pg_fresh_db("shop_coalesce_pg"), "off", DBK_ENGINE_POSTGRES, coalesced_body);
+    run_shop(dbkt_pg_fresh_db("shop_coalesce_pgr"), dbkt_redis_url(), DBK_ENGINE_POSTGRES,
+             coalesced_body);
+}
+
 static void shop_reviews_sqlite(void **state)
 {
     (void)state;
@@ -2332,6 +2465,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(shop_access_log_complete_after_sigterm, shop_teardown),
         cmocka_unit_test_teardown(shop_access_log_flushed_by_timer, shop_teardown),
         cmocka_unit_test_teardown(shop_access_log_buffers_reused, shop_teardown),
+        cmocka_unit_test_teardown(shop_coalesced_user_reads, shop_teardown),
         cmocka_unit_test_teardown(shop_reviews_sqlite, shop_teardown),
         cmocka_unit_test_teardown(shop_reviews_postgres, shop_teardown),
         cmocka_unit_test_teardown(shop_reviews_mongodb, shop_teardown),
