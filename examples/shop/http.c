@@ -1,12 +1,13 @@
 /*
- * http.c - the libmicrohttpd side of the shop: one daemon with an internal
- * epoll thread pool and worker threads (or a thread per connection),
- * request bodies, the checks every request target passes, responses, error
- * mapping and the integer parser.
+ * http.c - the libmicrohttpd side of the shop: loop threads, each running a
+ * daemon of its own, with worker threads (or one daemon with a thread per
+ * connection), request bodies, the checks every request target passes,
+ * coalesced user reads, responses, error mapping and the integer parser.
  *
- * Why shaped so: small keep-alive requests are the common case, so the
- * daemon runs a pool of epoll threads (each owns its connections), and
- * the requests that may wait run on worker threads (see "workers" below);
+ * Why shaped so: small keep-alive requests are the common case, so each
+ * loop thread owns its connections, its turn ends with one lookup for
+ * every GET /users/{id} it read (see "the loops" below), and the requests
+ * that may wait run on worker threads (see "workers" below);
  * every thread keeps one dbkit arena that is reset, not freed, between
  * requests, and a GET answered on its epoll thread allocates no
  * per-request context (a static marker stands in for it). Bodies
@@ -1203,6 +1204,12 @@ static int loops_start(int threads, unsigned flags)
         {MHD_OPTION_CONNECTION_TIMEOUT, 60, NULL},
         {MHD_OPTION_CONNECTION_LIMIT, 4096, NULL},
         {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)url_unescape, NULL},
+        /* Each connection's buffer for a request's line and headers (and
+         * libmicrohttpd's own bookkeeping), zeroed before each request:
+         * 16 KiB instead of the default 32 cut that memset's share of the
+         * CPU (Redis-cached reads at 64 connections: 75-78k req/s against
+         * 71-72k); requests with more header than fits are refused. */
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, 16384, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
     for (int i = 0; i < threads; i++) {

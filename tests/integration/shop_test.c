@@ -2373,6 +2373,41 @@ static void coalesced_body(shop_proc *s, dbk_engine engine)
         fail_msg("%.0f requests in %.0f lookups: none shared", coalesced, lookups);
 }
 
+/* Request headers: the 16 KiB each connection has for them takes a
+ * 10 KiB header; a 64 KiB one is refused with 431 (not a crash, not a
+ * hang), and the shop goes on answering. */
+static void big_headers_body(shop_proc *s, dbk_engine engine)
+{
+    (void)engine;
+    static char req[70000];
+    char body[4096];
+    for (int k = 0; k < 2; k++) {
+        size_t big = k ? 65536 : 10240;
+        int n = snprintf(req, sizeof req, "GET /users/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ");
+        memset(req + n, 'a', big);
+        n += (int)big;
+        n += snprintf(req + n, sizeof req - (size_t)n, "\r\n\r\n");
+        int fd = co_connect(s->port);
+        size_t off = 0;
+        while (off < (size_t)n) { /* the shop may answer 431 before reading it all */
+            ssize_t w = write(fd, req + off, (size_t)n - off);
+            if (w <= 0)
+                break;
+            off += (size_t)w;
+        }
+        int status = co_read(fd, body, sizeof body);
+        close(fd);
+        assert_int_equal(status, k ? 431 : 200);
+    }
+    expect(s, "GET", "/users/1", NULL, 200, NULL);
+}
+
+static void shop_big_request_headers(void **state)
+{
+    (void)state;
+    run_shop(dbkt_sqlite_url("shop_big_headers"), "off", DBK_ENGINE_SQLITE, big_headers_body);
+}
+
 static void shop_coalesced_user_reads(void **state)
 {
     (void)state;
@@ -2466,6 +2501,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(shop_access_log_flushed_by_timer, shop_teardown),
         cmocka_unit_test_teardown(shop_access_log_buffers_reused, shop_teardown),
         cmocka_unit_test_teardown(shop_coalesced_user_reads, shop_teardown),
+        cmocka_unit_test_teardown(shop_big_request_headers, shop_teardown),
         cmocka_unit_test_teardown(shop_reviews_sqlite, shop_teardown),
         cmocka_unit_test_teardown(shop_reviews_postgres, shop_teardown),
         cmocka_unit_test_teardown(shop_reviews_mongodb, shop_teardown),

@@ -84,7 +84,7 @@ void dbkt_shop_start(dbkt_shop *s, const char *const *env)
         setenv("HOST", "127.0.0.1", 1);
         setenv("PORT", "0", 1);
         setenv("SHOP_PWHASH", "fast", 1);
-        unsetenv("HTTP_THREADS"); /* the defaults: epoll threads and workers */
+        unsetenv("HTTP_THREADS"); /* the defaults: loop threads and workers */
         unsetenv("HTTP_WORKERS");
         for (size_t i = 0; env && env[i]; i++)
             putenv((char *)env[i]);

@@ -43,7 +43,7 @@ const char *dbkt_shop_path(void);
 /* Starts the shop and waits (20 s) until it listens; fails the test (after
  * printing its stderr) when it does not. The child's environment is the
  * test's without REDIS_URL, DB_POOL_MAX, HTTP_THREADS and HTTP_WORKERS (so
- * the default epoll threads and workers), with HOST=127.0.0.1, PORT=0, SHOP_PWHASH=fast
+ * the default loop threads and workers), with HOST=127.0.0.1, PORT=0, SHOP_PWHASH=fast
  * (libsodium's minimum Argon2id limits), then every "NAME=value" of `env`
  * (NULL-terminated, may be
  * NULL; a later entry wins over an earlier one). */
