@@ -421,17 +421,21 @@ static void on_check(uv_check_t *h)
 int uvh_batching_start(void)
 {
     int r = uv_check_init(uvh.loop, &uvh.flush);
-    if (r == 0)
-        r = uv_check_start(&uvh.flush, on_check);
-    if (r == 0)
-        uv_unref((uv_handle_t *)&uvh.flush); /* it alone does not keep the loop running */
-    return r;
+    if (r != 0)
+        return r;
+    r = uv_check_start(&uvh.flush, on_check);
+    if (r != 0) {
+        uv_close((uv_handle_t *)&uvh.flush, NULL);
+        return r;
+    }
+    uv_unref((uv_handle_t *)&uvh.flush); /* it alone does not keep the loop running */
+    return 0;
 }
 
 static void get_user(uvh_conn *c, int64_t id)
 {
     uvh.lookups++;
-    if (!uvh.batching) {
+    if (!uvh.batching && !uvh.users) {
         get_user_alone(c, id);
         return;
     }
@@ -441,7 +445,8 @@ static void get_user(uvh_conn *c, int64_t id)
     }
     uvh.batch->conn[uvh.batch->n] = c;
     uvh.batch->id[uvh.batch->n++] = id;
-    if (uvh.batch->n == BATCH_MAX)
+    /* batching off (with a cache): each lookup is a batch of its own */
+    if (!uvh.batching || uvh.batch->n == BATCH_MAX)
         send_batch();
 }
 

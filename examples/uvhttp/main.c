@@ -13,7 +13,7 @@
  * (8080; 0 picks a free one), MIGRATIONS_DIR (the examples/db migrations by
  * default), ASYNC_WORKERS and ASYNC_MAX_PENDING (dbk_async_opts),
  * UVHTTP_BATCH (1: the lookups of one loop iteration share one statement,
- * conn.c; 0: one statement per request), CACHE_URL (unset or "off": no
+ * conn.c; 0: one lookup per request), CACHE_URL (unset or "off": no
  * cache; memory, or a redis:// URL: users read through a cached
  * repository, each iteration's lookups in one cache round trip) and
  * CACHE_PREFIX (its keys' prefix, "uvhttp:"). Prints
@@ -176,7 +176,9 @@ int main(void)
      * last connection stopped the watcher. */
     uv_run(uvh.loop, UV_RUN_DEFAULT);
     code = 0;
-    fprintf(stderr, "uvhttp: %llu user lookups in %llu statements\n",
+    /* a batch is one statement, or one cached lookup (one cache round trip
+     * and a statement per miss) */
+    fprintf(stderr, "uvhttp: %llu user lookups in %llu batches\n",
             (unsigned long long)uvh.lookups, (unsigned long long)uvh.statements);
     dbk_cache_stats cs;
     if (uvh.cache && dbk_cache_get_stats(uvh.cache, &cs, NULL) == DBK_OK)

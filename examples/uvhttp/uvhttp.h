@@ -35,7 +35,7 @@ typedef struct uvh_service {
     bool batching;
     uv_check_t flush;
     uvh_batch *batch; /* the lookups gathered in this iteration, or NULL */
-    uint64_t lookups, statements;
+    uint64_t lookups, statements; /* statements: batches sent (one statement or cached lookup each) */
 } uvh_service;
 
 extern uvh_service uvh;

@@ -249,7 +249,8 @@ DBK_API dbk_rc dbk_cache_get(dbk_cache *cache, const void *key, size_t keylen, v
  * key i, rcs[i] is what dbk_cache_get() would have returned for it alone:
  * DBK_OK with vals[i] (owned by the caller, dbk_free()) and vallens[i],
  * DBK_ENOT_FOUND, or the error of the read that carried it (DBK_EUNAVAILABLE,
- * DBK_ETIMEOUT, DBK_ENOMEM: treat it as a miss); vals[i] is NULL unless
+ * DBK_ETIMEOUT, DBK_ENOMEM, DBK_EINTERNAL for a reply Redis should not have
+ * sent: treat it as a miss); vals[i] is NULL unless
  * DBK_OK. Keys may repeat. Returns DBK_OK when every key was read (found or
  * not), else the first error, described in err. DBK_EMISUSE, with nothing
  * read and the arrays untouched: NULL arrays, n over the maximum, a NULL

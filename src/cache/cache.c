@@ -437,6 +437,11 @@ static dbk_rc open_envelope(unsigned char *env, size_t len, void **val, size_t *
     return not_found ? DBK_ENOT_FOUND : DBK_ETYPE;
 }
 
+void dbk__cache_count_hits(dbk_cache *cache, uint64_t n)
+{
+    atomic_fetch_add(&cache->hits, n);
+}
+
 void dbk__cache_peek_many(dbk_cache *cache, size_t n, const void *const *keys,
                           const size_t *klens, void **vals, size_t *vallens, int *states)
 {
@@ -467,8 +472,6 @@ void dbk__cache_peek_many(dbk_cache *cache, size_t n, const void *const *keys,
         } else if (rc == DBK_ENOT_FOUND) {
             states[i] = CACHE_PEEK_NOT_FOUND;
         }
-        if (states[i] != CACHE_PEEK_MISS)
-            atomic_fetch_add(&cache->hits, 1);
     }
     if (rcs != stack_rcs)
         free(rcs);
@@ -572,9 +575,27 @@ dbk_rc dbk_cache_get_or_load(dbk_cache *cache, const void *key, size_t keylen,
                                      err);
 }
 
+static dbk_rc get_or_load_impl(dbk_cache *cache, const void *key, size_t keylen,
+                               dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms, void **val,
+                               size_t *vallen, bool peeked, dbk_error *err);
+
 dbk_rc dbk__cache_get_or_load_ex(dbk_cache *cache, const void *key, size_t keylen,
                                  dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms,
                                  void **val, size_t *vallen, dbk_error *err)
+{
+    return get_or_load_impl(cache, key, keylen, load, ctx, ttl_ms, val, vallen, false, err);
+}
+
+dbk_rc dbk__cache_load_peeked(dbk_cache *cache, const void *key, size_t keylen,
+                              dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms, void **val,
+                              size_t *vallen, dbk_error *err)
+{
+    return get_or_load_impl(cache, key, keylen, load, ctx, ttl_ms, val, vallen, true, err);
+}
+
+static dbk_rc get_or_load_impl(dbk_cache *cache, const void *key, size_t keylen,
+                               dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms, void **val,
+                               size_t *vallen, bool peeked, dbk_error *err)
 {
     dbk_rc rc = check_key("dbk_cache_get_or_load", cache, key, keylen, err);
     if (rc != DBK_OK)
@@ -585,10 +606,10 @@ dbk_rc dbk__cache_get_or_load_ex(dbk_cache *cache, const void *key, size_t keyle
     *val = NULL;
     *vallen = 0;
 
-    /* 1. the cache */
+    /* 1. the cache (unless the caller just read it: dbk__cache_peek_many) */
     void *raw = NULL;
     size_t rawlen = 0;
-    rc = cache->ops->get(cache->impl, key, keylen, &raw, &rawlen, NULL);
+    rc = peeked ? DBK_ENOT_FOUND : cache->ops->get(cache->impl, key, keylen, &raw, &rawlen, NULL);
     if (rc == DBK_OK) {
         rc = open_envelope(raw, rawlen, val, vallen);
         if (rc != DBK_ETYPE) {

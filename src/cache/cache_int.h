@@ -63,11 +63,20 @@ dbk_rc dbk__cache_get_or_load_ex(dbk_cache *cache, const void *key, size_t keyle
  * trip where the backend can): states[i] is CACHE_PEEK_VALUE with vals[i]
  * (owned by the caller) and vallens[i], CACHE_PEEK_NOT_FOUND for a cached
  * "not found", or CACHE_PEEK_MISS (not cached, unreadable, or the read
- * failed: get_or_load would load it). Hits are counted; misses are left to
- * the get_or_load the caller runs for them. Arguments already checked. */
+ * failed: get_or_load would load it). Nothing is counted: the caller counts
+ * the hits it could use (dbk__cache_count_hits) and runs
+ * dbk__cache_load_peeked for the rest. Arguments already checked. */
 enum { CACHE_PEEK_MISS = 0, CACHE_PEEK_VALUE = 1, CACHE_PEEK_NOT_FOUND = 2 };
 void dbk__cache_peek_many(dbk_cache *cache, size_t n, const void *const *keys,
                           const size_t *klens, void **vals, size_t *vallens, int *states);
+void dbk__cache_count_hits(dbk_cache *cache, uint64_t n);
+
+/* dbk__cache_get_or_load_ex() for a key dbk__cache_peek_many() just found
+ * missing: straight to the flight, lease, load and store (a miss is
+ * counted), without reading the cache again. */
+dbk_rc dbk__cache_load_peeked(dbk_cache *cache, const void *key, size_t keylen,
+                              dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms, void **val,
+                              size_t *vallen, dbk_error *err);
 
 /* How the Redis backend finds its server(s). */
 enum dbk__redis_mode {

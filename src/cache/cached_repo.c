@@ -71,6 +71,8 @@ struct dbk_cached_repo {
 /* Returned by the loader when a row cannot be encoded for the cache (longer
  * than DBK_CACHE_MAX_VALUE): never stored, never leaves this file. */
 #define RC_UNCACHEABLE ((dbk_rc)1000)
+/* find_by_ids: an id dbk__cache_peek_many found missing (never returned) */
+#define RC_PEEKED_MISS ((dbk_rc)1001)
 
 static bool field_hidden(const dbk_field *f)
 {
@@ -448,8 +450,10 @@ static dbk_rc find_load(void *ctx, const void *key, size_t keylen, void **val, s
     return rc;
 }
 
-static dbk_rc cached_find(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v, void *out,
-                          dbk_arena *arena, dbk_error *err)
+/* peeked: the caller has just read the key and found it missing
+ * (dbk_cached_repo_find_by_ids): load without reading the cache again. */
+static dbk_rc cached_find_ex(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v, void *out,
+                             dbk_arena *arena, bool peeked, dbk_error *err)
 {
     if (dbk_db_in_transaction(db))
         return find_db(db, r, fi, v, out, arena, err);
@@ -460,8 +464,10 @@ static dbk_rc cached_find(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v, v
         return find_db(db, r, fi, v, out, arena, err); /* bypass: as uncached */
     void *buf = NULL;
     size_t len = 0;
-    dbk_rc rc = dbk__cache_get_or_load_ex(r->cache, key, klen, find_load, &fc, r->ttl_ms, &buf,
-                                          &len, err);
+    dbk_rc rc = peeked ? dbk__cache_load_peeked(r->cache, key, klen, find_load, &fc, r->ttl_ms,
+                                                &buf, &len, err)
+                       : dbk__cache_get_or_load_ex(r->cache, key, klen, find_load, &fc, r->ttl_ms,
+                                                   &buf, &len, err);
     if (rc == RC_UNCACHEABLE) {
         /* too large to cache: the leader has its row, a follower reads its own */
         if (fc.filled)
@@ -482,6 +488,12 @@ static dbk_rc cached_find(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v, v
         rc = find_db(db, r, fi, fc.value, out, arena, err);
     }
     return rc;
+}
+
+static dbk_rc cached_find(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v, void *out,
+                          dbk_arena *arena, dbk_error *err)
+{
+    return cached_find_ex(r, db, fi, v, out, arena, false, err);
 }
 
 dbk_rc dbk_cached_repo_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
@@ -518,10 +530,12 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
     void **vals = malloc(n * sizeof *vals);
     size_t *vlens = malloc(n * sizeof *vlens);
     int *states = malloc(n * sizeof *states);
+    size_t *mi = malloc(n * sizeof *mi);  /* the key of id i (when it has one) */
+    bool *peeked = calloc(n, sizeof *peeked); /* id i was a miss of the peek */
     char *kbuf = NULL;
     size_t m = 0, kused = 0, kcap = 0;
     dbk_rc rc = DBK_OK;
-    if (!which || !keys || !klens || !vals || !vlens || !states)
+    if (!which || !keys || !klens || !vals || !vlens || !states || !mi || !peeked)
         rc = dbk__err(err, DBK_ENOMEM, "out of memory looking up %zu ids", n);
     for (size_t i = 0; rc == DBK_OK && !tx && i < n; i++) {
         rcs[i] = DBK_ENOT_RUN;
@@ -543,6 +557,7 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
             kcap = cap;
         }
         memcpy(kbuf + kused, key, klen);
+        mi[i] = m;
         which[m] = i;
         klens[m] = klen;
         keys[m++] = (const void *)(uintptr_t)kused; /* an offset until kbuf stops moving */
@@ -552,27 +567,54 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
         for (size_t j = 0; j < m; j++)
             keys[j] = kbuf + (uintptr_t)keys[j];
         dbk__cache_peek_many(r->cache, m, keys, klens, vals, vlens, states);
+        uint64_t hits = 0;
         for (size_t j = 0; j < m; j++) {
             size_t i = which[j];
             if (states[j] == CACHE_PEEK_NOT_FOUND) {
                 rcs[i] = DBK_ENOT_FOUND;
+                hits++;
             } else if (states[j] == CACHE_PEEK_VALUE) {
-                if (decode_struct(r, vals[j], vlens[j], outs[i], arena, NULL) == DBK_OK)
+                if (decode_struct(r, vals[j], vlens[j], outs[i], arena, NULL) == DBK_OK) {
                     rcs[i] = DBK_OK;
-                else /* written for another layout (or corrupt): dropped, read below */
+                    hits++;
+                } else { /* written for another layout (or corrupt): dropped, read below */
                     dbk_cache_delete(r->cache, keys[j], klens[j], NULL);
+                }
                 free(vals[j]);
+            } else {
+                rcs[i] = RC_PEEKED_MISS; /* loaded below without a second read */
+                peeked[i] = true;
             }
         }
+        dbk__cache_count_hits(r->cache, hits);
     }
     /* Everything the cache did not answer: one lookup each, as alone. */
     dbk_rc first = DBK_OK;
     for (size_t i = 0; rc == DBK_OK && i < n; i++) {
-        if (!tx && rcs[i] != DBK_ENOT_RUN)
+        if (!tx && rcs[i] != DBK_ENOT_RUN && rcs[i] != RC_PEEKED_MISS)
             continue;
+        if (rcs[i] == RC_PEEKED_MISS) {
+            /* the same key missed earlier in this call: its row was just
+             * read (strings in the same arena, so a copy of the struct is
+             * a copy of the row) */
+            size_t j = 0;
+            for (; j < m && which[j] < i; j++)
+                if (klens[j] == klens[mi[i]] && rcs[which[j]] != RC_PEEKED_MISS &&
+                    peeked[which[j]] && memcmp(keys[j], keys[mi[i]], klens[j]) == 0)
+                    break;
+            if (j < m && which[j] < i) {
+                size_t f = which[j];
+                if (rcs[f] == DBK_OK)
+                    memcpy(outs[i], outs[f], r->e->struct_size);
+                rcs[i] = rcs[f] == DBK_OK || rcs[f] == DBK_ENOT_FOUND ? rcs[f] : RC_PEEKED_MISS;
+                if (rcs[i] != RC_PEEKED_MISS)
+                    continue;
+            }
+        }
         dbk_error e;
         rcs[i] = tx ? find_db(db, r, r->pk, ids[i], outs[i], arena, &e)
-                    : cached_find(r, db, r->pk, ids[i], outs[i], arena, &e);
+                    : cached_find_ex(r, db, r->pk, ids[i], outs[i], arena,
+                                     rcs[i] == RC_PEEKED_MISS, &e);
         if (rcs[i] != DBK_OK && rcs[i] != DBK_ENOT_FOUND && first == DBK_OK) {
             first = rcs[i];
             if (err)
@@ -588,6 +630,8 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
     free(vals);
     free(vlens);
     free(states);
+    free(mi);
+    free(peeked);
     free(kbuf);
     return rc != DBK_OK ? rc : first;
 }

@@ -403,9 +403,13 @@ static dbk_rc r_get_many(void *impl, size_t n, const void *const *keys, const si
         }
         return first;
     }
+    /* every stored key: prefix, "v:", the key (no cluster tag here) */
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += r->prefix_len + 2 + klens[i];
     const char **av = malloc((n + 1) * sizeof *av);
     size_t *al = malloc((n + 1) * sizeof *al);
-    char *kb = malloc(n * KEYBUF);
+    char *kb = malloc(total ? total : 1);
     redisReply *rep = NULL;
     char node[17];
     if (!av || !al || !kb) {
@@ -413,9 +417,11 @@ static dbk_rc r_get_many(void *impl, size_t n, const void *const *keys, const si
     } else {
         av[0] = "MGET";
         al[0] = 4;
+        size_t off = 0;
         for (size_t i = 0; i < n; i++) {
-            av[i + 1] = kb + i * KEYBUF;
-            al[i + 1] = mkkey_hs(r, 'v', 0, keys[i], klens[i], kb + i * KEYBUF);
+            av[i + 1] = kb + off;
+            al[i + 1] = mkkey_hs(r, 'v', 0, keys[i], klens[i], kb + off);
+            off += al[i + 1];
         }
         first = run_ex(r, 0, (int)(n + 1), av, al, &rep, r->ha ? node : NULL, err);
     }

@@ -1138,12 +1138,12 @@ static void uvhttp_concurrent_round(int port, const int64_t *ids)
 }
 
 /* The counts uvhttp prints when it stops ("N user lookups in M
- * statements"). */
+ * batches"). */
 static void uvhttp_counts(const char *err, unsigned long long *lookups,
                           unsigned long long *statements)
 {
     const char *l = err ? strstr(err, "uvhttp: ") : NULL;
-    while (l && sscanf(l, "uvhttp: %llu user lookups in %llu statements", lookups, statements) != 2)
+    while (l && sscanf(l, "uvhttp: %llu user lookups in %llu batches", lookups, statements) != 2)
         l = strstr(l + 1, "uvhttp: ");
     if (!l)
         fail_msg("uvhttp printed no counts: %s", err ? err : "");
@@ -1258,18 +1258,20 @@ static void uvhttp_on(const char *url, dbk_engine engine)
         /* The 32 requests were all sent before any answer was read: at
          * least two of them shared a statement. */
         if (statements >= lookups)
-            fail_msg("%llu lookups took %llu statements: none were coalesced", lookups,
+            fail_msg("%llu lookups took %llu batches: none were coalesced", lookups,
                      statements);
     } else {
         assert_int_equal(statements, lookups);
     }
     if (uvhttp_cached) {
-        /* the second round of 32 came from Redis */
+        /* the second round's lookups of existing users (24 of 32: every
+         * fourth id is missing, and "not found" is not cached by default)
+         * came from Redis */
         const char *l = strstr(pr.err, "uvhttp: cache redis: ");
         unsigned long long hits = 0, misses = 0;
         if (!l || sscanf(l, "uvhttp: cache redis: %llu hits, %llu misses", &hits, &misses) != 2)
             fail_msg("uvhttp printed no cache counts: %s", pr.err);
-        if (hits < UVH_CONC)
+        if (hits < UVH_CONC * 3 / 4)
             fail_msg("%llu cache hits (%llu misses): the second round did not come from Redis",
                      hits, misses);
     }

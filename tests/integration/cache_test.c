@@ -1486,20 +1486,22 @@ static void find_by_ids_engine(const char *url, dbk_engine engine)
         DBKT_OK(dbk_cached_repo_find_by_id(r, db, dbk_int64(id[0]), &one, a, &err), &err);
         DBKT_OK(dbk_cached_repo_find_by_id(r, db, dbk_int64(id[2]), &one, a, &err), &err);
 
-        /* id 0 twice, 2 cached; 1, 4 and a missing one read (and stored) */
-        dbk_value ids[6] = {dbk_int64(id[0]), dbk_int64(id[1]), dbk_int64(id[4] + 1000),
-                            dbk_int64(id[2]), dbk_int64(id[0]), dbk_int64(id[4])};
-        const int want[6] = {0, 1, -1, 2, 0, 4};
-        struct cuser rows[6];
-        void *outs[6];
-        dbk_rc rcs[6];
-        for (int i = 0; i < 6; i++)
+        /* id 0 twice, 2 cached; 1 (twice: read once), 4 and a missing one
+         * read (and stored) */
+        dbk_value ids[7] = {dbk_int64(id[0]), dbk_int64(id[1]), dbk_int64(id[4] + 1000),
+                            dbk_int64(id[2]), dbk_int64(id[0]), dbk_int64(id[4]),
+                            dbk_int64(id[1])};
+        const int want[7] = {0, 1, -1, 2, 0, 4, 1};
+        struct cuser rows[7];
+        void *outs[7];
+        dbk_rc rcs[7];
+        for (int i = 0; i < 7; i++)
             outs[i] = &rows[i];
         atomic_store(&g_queries, 0);
-        DBKT_OK(dbk_cached_repo_find_by_ids(r, db, 6, ids, outs, rcs, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by_ids(r, db, 7, ids, outs, rcs, a, &err), &err);
         assert_int_equal(atomic_load(&g_queries), 3);
         for (int pass = 0; pass < 2; pass++) {
-            for (int i = 0; i < 6; i++) {
+            for (int i = 0; i < 7; i++) {
                 if (want[i] < 0) {
                     assert_int_equal(rcs[i], DBK_ENOT_FOUND);
                     continue;
@@ -1518,7 +1520,7 @@ static void find_by_ids_engine(const char *url, dbk_engine engine)
             long long mget0 = b ? redis_calls(rs.port, "mget") : 0;
             long long get0 = b ? redis_calls(rs.port, "get") : 0;
             atomic_store(&g_queries, 0);
-            DBKT_OK(dbk_cached_repo_find_by_ids(r, db, 6, ids, outs, rcs, a, &err), &err);
+            DBKT_OK(dbk_cached_repo_find_by_ids(r, db, 7, ids, outs, rcs, a, &err), &err);
             assert_int_equal(atomic_load(&g_queries), 0);
             if (b) {
                 assert_int_equal(redis_calls(rs.port, "mget"), mget0 + 1);
@@ -1531,8 +1533,9 @@ static void find_by_ids_engine(const char *url, dbk_engine engine)
         const char *fields[] = {"name"};
         DBKT_OK(dbk_cached_repo_update(r, db, dbk_int64(id[1]), &in, fields, 1, NULL, a, &err),
                 &err);
-        DBKT_OK(dbk_cached_repo_find_by_ids(r, db, 6, ids, outs, rcs, a, &err), &err);
+        DBKT_OK(dbk_cached_repo_find_by_ids(r, db, 7, ids, outs, rcs, a, &err), &err);
         assert_string_equal(rows[1].name, "Renamed");
+        assert_string_equal(rows[6].name, "Renamed");
         assert_string_equal(rows[0].name, "User 0");
 
         /* in a transaction: the database, every id */
