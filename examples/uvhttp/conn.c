@@ -370,25 +370,11 @@ static void on_batch_cached(void *ctx, dbk_async_done *d)
     free(b);
 }
 
-/* Sends the gathered lookups as one statement (or one cached lookup). */
-static void send_batch(void)
+/* Submits batch b: one statement, or one cached lookup. */
+static dbk_rc submit_batch(uvh_batch *b, dbk_error *err)
 {
-    uvh_batch *b = uvh.batch;
-    uvh.batch = NULL;
-    if (!b)
-        return;
-    if (uvh.users) {
-        dbk_error err;
-        dbk_rc rc = dbk_async_call(uvh.async, find_cached, 0, on_batch_cached, b, NULL, &err);
-        if (rc != DBK_OK) {
-            for (size_t i = 0; i < b->n; i++)
-                reply_failed(b->conn[i], rc);
-            free(b);
-            return;
-        }
-        uvh.statements++;
-        return;
-    }
+    if (uvh.users)
+        return dbk_async_call(uvh.async, find_cached, 0, on_batch_cached, b, NULL, err);
     bool pg = dbk_db_engine(dbk_pool_db(uvh.pool)) == DBK_ENGINE_POSTGRES;
     char ids[BATCH_MAX * 21 + 3]; /* "{" or "[", ids of up to 20 characters and commas, "}" or "]" */
     size_t n = 0;
@@ -401,8 +387,19 @@ static void send_batch(void)
     snprintf(sql, sizeof sql, "%s%s", USER_SQL,
              pg ? "WHERE id = ANY($1::bigint[])" : "WHERE id IN (SELECT value FROM json_each($1))");
     dbk_value p = dbk_text(ids);
+    return dbk_async_query(uvh.async, sql, &p, 1, 0, on_batch, b, NULL, err);
+}
+
+/* Sends the gathered lookups; when the submit fails every request of the
+ * batch gets its error at once. */
+static void send_batch(void)
+{
+    uvh_batch *b = uvh.batch;
+    uvh.batch = NULL;
+    if (!b)
+        return;
     dbk_error err;
-    dbk_rc rc = dbk_async_query(uvh.async, sql, &p, 1, 0, on_batch, b, NULL, &err);
+    dbk_rc rc = submit_batch(b, &err);
     if (rc != DBK_OK) {
         for (size_t i = 0; i < b->n; i++)
             reply_failed(b->conn[i], rc);

@@ -1061,19 +1061,6 @@ static int http_get(int fd, const char *path, bool close_after, char *body, size
     return http_read(fd, path, body, bodylen);
 }
 
-static int connect_port(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    return fd;
-}
-
 /* 32 connections each send one GET /users/{id} before any answer is read:
  * ids of existing users (some asked for by several connections at once)
  * and of missing ones. Each must get its own user or its own 404: the
@@ -1108,7 +1095,7 @@ static void uvhttp_concurrent_round(int port, const int64_t *ids)
     int fds[UVH_CONC];
     int64_t want[UVH_CONC]; /* 0: a missing user */
     for (int i = 0; i < UVH_CONC; i++)
-        fds[i] = connect_port(port);
+        fds[i] = dbkt_tcp_connect(port);
     for (int i = 0; i < UVH_CONC; i++) {
         char path[64];
         want[i] = i % 4 == 3 ? 0 : ids[i % 8];
@@ -1203,7 +1190,7 @@ static void uvhttp_on(const char *url, dbk_engine engine)
             &err);
     dbk_conn_close(c);
 
-    int fd = connect_port(port);
+    int fd = dbkt_tcp_connect(port);
     char body[4096], path[64];
     snprintf(path, sizeof path, "/users/%lld", (long long)id);
     /* Keep-alive: several requests on one connection. */

@@ -215,16 +215,7 @@ static void cache_sentinel_get_many(void **state)
 {
     (void)state;
     g_topo = dbkt_redis_sentinel_start();
-    dbk_cache_opts o = {0};
-    o.url = dbkt_redistopo_url(g_topo);
-    o.key_prefix = "dbkt_smany:";
-    o.connect_timeout_ms = 300;
-    o.command_timeout_ms = 2000;
-    dbk_cache *c;
-    dbk_error err;
-    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
-    dbkt_cache_get_many_check(c);
-    dbk_cache_close(c);
+    dbkt_cache_get_many_check_url(dbkt_redistopo_url(g_topo), "dbkt_smany:");
     stop_topology();
 }
 

@@ -1221,17 +1221,24 @@ static dbk_rc repo_tx_update(dbk_db *tx, void *ctx, dbk_error *err)
     return rc != DBK_OK ? rc : t->ret;
 }
 
-static void repo_engine(const char *url, dbk_engine engine)
+/* A fresh, empty `cusers` table. */
+static void cusers_table(dbk_db *db, dbk_engine engine)
 {
-    dbk_conn *conn = dbkt_open(url);
-    dbk_db *db = dbk_conn_db(conn);
-    dbk_db_set_observer(db, count_query, NULL);
     dbk_error err;
     DBKT_OK(dbk_db_exec_script(db, engine == DBK_ENGINE_POSTGRES
                                        ? "DROP TABLE IF EXISTS cusers; CREATE TABLE cusers (id BIGSERIAL PRIMARY KEY, email TEXT UNIQUE NOT NULL, name TEXT NOT NULL)"
                                        : "DROP TABLE IF EXISTS cusers; CREATE TABLE cusers (id INTEGER PRIMARY KEY, email TEXT UNIQUE NOT NULL, name TEXT NOT NULL)",
                                &err),
             &err);
+}
+
+static void repo_engine(const char *url, dbk_engine engine)
+{
+    dbk_conn *conn = dbkt_open(url);
+    dbk_db *db = dbk_conn_db(conn);
+    dbk_db_set_observer(db, count_query, NULL);
+    dbk_error err;
+    cusers_table(db, engine);
     for (int b = 0; b < 2; b++) {
         DBKT_OK(dbk_db_exec(db, "DELETE FROM cusers", NULL, 0, NULL, &err), &err);
         dbk_cache_opts o = {0};
@@ -1457,11 +1464,7 @@ static void find_by_ids_engine(const char *url, dbk_engine engine)
     dbk_db *db = dbk_conn_db(conn);
     dbk_db_set_observer(db, count_query, NULL);
     dbk_error err;
-    DBKT_OK(dbk_db_exec_script(db, engine == DBK_ENGINE_POSTGRES
-                                       ? "DROP TABLE IF EXISTS cusers; CREATE TABLE cusers (id BIGSERIAL PRIMARY KEY, email TEXT UNIQUE NOT NULL, name TEXT NOT NULL)"
-                                       : "DROP TABLE IF EXISTS cusers; CREATE TABLE cusers (id INTEGER PRIMARY KEY, email TEXT UNIQUE NOT NULL, name TEXT NOT NULL)",
-                               &err),
-            &err);
+    cusers_table(db, engine);
     struct own_redis rs = {0};
     for (int b = 0; b < 2; b++) {
         DBKT_OK(dbk_db_exec(db, "DELETE FROM cusers", NULL, 0, NULL, &err), &err);

@@ -2263,19 +2263,6 @@ static void reviews_body(shop_proc *s, dbk_engine engine)
 
 #define CO_CONNS 32
 
-static int co_connect(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    return fd;
-}
-
 /* One whole answer from fd (Content-Length framed, 10 s at most): its
  * status; the body into body. */
 static int co_read(int fd, char *body, size_t bodylen)
@@ -2322,7 +2309,7 @@ static void coalesced_body(shop_proc *s, dbk_engine engine)
     double lookups_before = metric(s, "shop_http_coalesced_lookups_total");
     int fds[CO_CONNS];
     for (int i = 0; i < CO_CONNS; i++)
-        fds[i] = co_connect(s->port);
+        fds[i] = dbkt_tcp_connect(s->port);
     for (int round = 0; round < 2; round++) {
         char path[CO_CONNS][64];
         for (int i = 0; i < CO_CONNS; i++) {
@@ -2387,7 +2374,7 @@ static void big_headers_body(shop_proc *s, dbk_engine engine)
         memset(req + n, 'a', big);
         n += (int)big;
         n += snprintf(req + n, sizeof req - (size_t)n, "\r\n\r\n");
-        int fd = co_connect(s->port);
+        int fd = dbkt_tcp_connect(s->port);
         size_t off = 0;
         while (off < (size_t)n) { /* the shop may answer 431 before reading it all */
             ssize_t w = write(fd, req + off, (size_t)n - off);

@@ -224,3 +224,17 @@ void dbkt_cache_get_many_check(dbk_cache *c)
         dbk_free(vals[i]);
     }
 }
+
+void dbkt_cache_get_many_check_url(const char *url, const char *prefix)
+{
+    dbk_cache_opts o = {0};
+    o.url = url;
+    o.key_prefix = prefix;
+    o.connect_timeout_ms = 300;
+    o.command_timeout_ms = 2000;
+    dbk_cache *c;
+    dbk_error err;
+    DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
+    dbkt_cache_get_many_check(c);
+    dbk_cache_close(c);
+}

@@ -43,4 +43,8 @@ uint64_t dbkt_cache_hits(dbk_cache *c);
  * DBK_ENOT_FOUND. Fails the test otherwise. */
 void dbkt_cache_get_many_check(dbk_cache *c);
 
+/* The same on a cache opened on `url` with key prefix `prefix` (closed
+ * after). */
+void dbkt_cache_get_many_check_url(const char *url, const char *prefix);
+
 #endif

@@ -5,14 +5,17 @@
  */
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <ftw.h>
+#include <netinet/in.h>
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <string.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -329,4 +332,17 @@ int dbkt_in_child(int (*fn)(void *ctx), void *ctx)
     if (!WIFEXITED(status))
         fail_msg("the child was killed by signal %d", WTERMSIG(status));
     return WEXITSTATUS(status);
+}
+
+int dbkt_tcp_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
 }

@@ -92,6 +92,9 @@ void dbkt_proc_free(dbkt_proc *p);
 /* Monotonic milliseconds. */
 int64_t dbkt_mono_ms(void);
 
+/* A TCP connection to 127.0.0.1:port (fails the test when it cannot). */
+int dbkt_tcp_connect(int port);
+
 /* Appends n bytes to a growing NUL-terminated buffer (fails the test on
  * ENOMEM). */
 void dbkt_append(char **buf, size_t *len, const char *p, size_t n);
