@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -219,9 +220,16 @@ pid_t dbkt_spawn(const char *exe, const char *cwd, const char *const *args,
     int o[2], e[2];
     assert_int_equal(pipe(o), 0);
     assert_int_equal(pipe(e), 0);
+    pid_t parent = getpid();
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        /* Dies with the test process, even when a failed assertion skipped
+         * the test's own kill: a service left running is never ours to
+         * find later. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
         dup2(o[1], 1);
         dup2(e[1], 2);
         close(o[0]);

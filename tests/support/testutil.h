@@ -102,7 +102,9 @@ void dbkt_append(char **buf, size_t *len, const char *p, size_t n);
 /* Starts exe (looked up in PATH when it has no '/') with args
  * (NULL-terminated, without argv[0]) in cwd (NULL: here), with the
  * variables named in `unset` removed and the "K=V" strings of `set` added
- * (either list may be NULL). *out_fd / *err_fd read its stdout / stderr. */
+ * (either list may be NULL). *out_fd / *err_fd read its stdout / stderr.
+ * The child is killed when the test process ends (PR_SET_PDEATHSIG), so a
+ * failed assertion never leaves it running. */
 pid_t dbkt_spawn(const char *exe, const char *cwd, const char *const *args,
                  const char *const *unset, const char *const *set, int *out_fd, int *err_fd);
 
