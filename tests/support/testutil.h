@@ -104,7 +104,9 @@ void dbkt_append(char **buf, size_t *len, const char *p, size_t n);
  * variables named in `unset` removed and the "K=V" strings of `set` added
  * (either list may be NULL). *out_fd / *err_fd read its stdout / stderr.
  * The child is killed when the test process ends (PR_SET_PDEATHSIG), so a
- * failed assertion never leaves it running. */
+ * failed assertion never leaves it running. That signal comes when the
+ * thread that called this ends: call it from the test's main thread (or a
+ * thread that outlives the child), never from a short-lived helper. */
 pid_t dbkt_spawn(const char *exe, const char *cwd, const char *const *args,
                  const char *const *unset, const char *const *set, int *out_fd, int *err_fd);
 
