@@ -757,6 +757,20 @@ static void *blocked_xfer_thread(void *p)
  * is stopped with a connection still suspended), then exit 0, every
  * transfer applied once. min_handed: how many requests at least must have
  * gone to workers (0: none may). */
+
+/* A connection of the test's own holding account `id`'s row lock in an
+ * open transaction (the caller ends it). */
+static dbk_conn *lock_account(const char *url, int64_t id)
+{
+    dbk_conn *lock = dbkt_open(url);
+    char sql[160];
+    dbkt_exec(dbk_conn_db(lock), "BEGIN");
+    snprintf(sql, sizeof sql, "SELECT balance_cents FROM accounts WHERE id = %lld FOR UPDATE",
+             (long long)id);
+    dbkt_exec(dbk_conn_db(lock), sql);
+    return lock;
+}
+
 static void blocked_run(const char *name, const char *const *env, int min_handed,
                         bool one_by_one, bool stop_while_blocked)
 {
@@ -767,13 +781,9 @@ static void blocked_run(const char *name, const char *const *env, int min_handed
     int64_t a = create_account(&s, uid, 1000), b = create_account(&s, uid, 1000);
     double handed0 = metric(&s, "shop_http_handed_off_total");
 
-    dbk_conn *lock = dbkt_open(url);
+    dbk_conn *lock = lock_account(url, a);
     dbk_db *ldb = dbk_conn_db(lock);
     char sql[160];
-    dbkt_exec(ldb, "BEGIN");
-    snprintf(sql, sizeof sql, "SELECT balance_cents FROM accounts WHERE id = %lld FOR UPDATE",
-             (long long)a);
-    dbkt_exec(ldb, sql);
 
     blocked_arg args[BLOCKED_XFERS];
     pthread_t th[BLOCKED_XFERS];
@@ -883,13 +893,9 @@ static void shop_client_leaves_while_on_worker(void **state)
     shop_start(&s, url, "off", env);
     int64_t uid = create_user(&s, "Leaver", "leaver@example.com");
     int64_t a = create_account(&s, uid, 1000), b = create_account(&s, uid, 1000);
-    dbk_conn *lock = dbkt_open(url);
+    dbk_conn *lock = lock_account(url, a);
     dbk_db *ldb = dbk_conn_db(lock);
     char sql[160];
-    dbkt_exec(ldb, "BEGIN");
-    snprintf(sql, sizeof sql, "SELECT balance_cents FROM accounts WHERE id = %lld FOR UPDATE",
-             (long long)a);
-    dbkt_exec(ldb, sql);
     /* the client gives up after 500 ms, while the transfer waits on the lock */
     char body[256];
     transfer_body(body, sizeof body, a, b, 7);
