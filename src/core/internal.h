@@ -101,6 +101,10 @@ dbk_rc dbk__owner_error(const dbk__owner *o, const char *what, dbk_error *err);
  * DBK__MAX_VALUE, all of them together within DBK__PG_MAX_MESSAGE. *bytes
  * gets their total. For the layers that copy values (batches, the async
  * API), so that no refused value costs memory. (value.c) */
+/* dbk_timestamp_parse() without its shortcut for the common forms: the
+ * reference the shortcut must agree with (tests/fuzz/timestamp_fuzz.c). */
+dbk_rc dbk__timestamp_parse_general(const char *s, size_t len, int64_t *usec);
+
 dbk_rc dbk__params_size(const dbk_value *params, size_t nparams, size_t *bytes, dbk_error *err);
 
 /* Bounded string copy that always terminates; returns strlen(src). */

@@ -81,7 +81,8 @@ static int digits(const char **p, const char *end, int n, int *out)
     return 1;
 }
 
-dbk_rc dbk_timestamp_parse(const char *s, size_t len, int64_t *usec)
+/* The general reader: every form dbk_timestamp_parse() accepts. */
+dbk_rc dbk__timestamp_parse_general(const char *s, size_t len, int64_t *usec)
 {
     if (!s || !usec)
         return DBK_EMISUSE;
@@ -151,6 +152,77 @@ dbk_rc dbk_timestamp_parse(const char *s, size_t len, int64_t *usec)
     int64_t days = days_from_civil(y, (unsigned)mo, (unsigned)d);
     int64_t secs = days * 86400 + h * 3600 + mi * 60 + sec - offset_sec;
     *usec = secs * 1000000 + frac;
+    return DBK_OK;
+}
+
+static inline unsigned dig(char c)
+{
+    return (unsigned)(unsigned char)c - '0';
+}
+
+/* The forms the engines write, read without the general reader's steps:
+ * "YYYY-MM-DD HH:MM:SS" (or 'T'), then at most 6 fraction digits, then
+ * nothing, "Z", "+HH" or "+HH:MM" (PostgreSQL's timestamptz, dbkit's own
+ * text, ISO-8601 from most writers). Anything else, and every value the
+ * shortcut would have to judge (a 7th fraction digit, seconds 60, a zone
+ * with seconds), goes to the general reader, which gives the same answer
+ * for these forms (tests/fuzz/timestamp_fuzz.c checks that it does). */
+dbk_rc dbk_timestamp_parse(const char *s, size_t len, int64_t *usec)
+{
+    if (!s || !usec || len < 19 || s[4] != '-' || s[7] != '-' ||
+        (s[10] != ' ' && s[10] != 'T' && s[10] != 't') || s[13] != ':' || s[16] != ':')
+        return dbk__timestamp_parse_general(s, len, usec);
+    static const unsigned char at[14] = {0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18};
+    unsigned v[14];
+    for (int i = 0; i < 14; i++)
+        if ((v[i] = dig(s[at[i]])) > 9)
+            return dbk__timestamp_parse_general(s, len, usec);
+    int y = (int)(v[0] * 1000 + v[1] * 100 + v[2] * 10 + v[3]);
+    unsigned mo = v[4] * 10 + v[5], d = v[6] * 10 + v[7];
+    unsigned h = v[8] * 10 + v[9], mi = v[10] * 10 + v[11], sec = v[12] * 10 + v[13];
+    static const unsigned char mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 ||
+        sec > 59 || (mo == 2 && d == 29 && !((y % 4 == 0 && y % 100 != 0) || y % 400 == 0)))
+        return dbk__timestamp_parse_general(s, len, usec);
+    size_t i = 19;
+    int64_t frac = 0;
+    if (i < len && s[i] == '.') {
+        unsigned n = 0;
+        for (i++; i < len && dig(s[i]) <= 9; i++, n++) {
+            if (n == 6)
+                return dbk__timestamp_parse_general(s, len, usec);
+            frac = frac * 10 + dig(s[i]);
+        }
+        if (n == 0)
+            return DBK_ETYPE;
+        static const int scale[] = {1, 100000, 10000, 1000, 100, 10, 1};
+        frac *= scale[n];
+    }
+    int64_t offset = 0;
+    if (i < len) {
+        if ((s[i] == 'Z' || s[i] == 'z') && i + 1 == len) {
+            i++;
+        } else if ((s[i] == '+' || s[i] == '-') && i + 3 <= len && dig(s[i + 1]) <= 9 &&
+                   dig(s[i + 2]) <= 9) {
+            unsigned oh = dig(s[i + 1]) * 10 + dig(s[i + 2]), om = 0;
+            size_t j = i + 3;
+            if (j < len) {
+                if (j + 3 != len || s[j] != ':' || dig(s[j + 1]) > 9 || dig(s[j + 2]) > 9)
+                    return dbk__timestamp_parse_general(s, len, usec);
+                om = dig(s[j + 1]) * 10 + dig(s[j + 2]);
+            }
+            if (oh > 15 || om > 59)
+                return DBK_ETYPE;
+            offset = (s[i] == '-' ? -1 : 1) * (int64_t)(oh * 3600 + om * 60);
+            i = len;
+        } else {
+            return dbk__timestamp_parse_general(s, len, usec);
+        }
+    }
+    if (i != len)
+        return dbk__timestamp_parse_general(s, len, usec);
+    int64_t days = days_from_civil(y, mo, d);
+    *usec = (days * 86400 + h * 3600 + mi * 60 + sec - offset) * 1000000 + frac;
     return DBK_OK;
 }
 

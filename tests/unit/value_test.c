@@ -57,6 +57,16 @@ static void value_timestamp_parse(void **state)
         {"2000-02-29 00:00:00.5", 951782400500000LL},
         {"1969-12-31 23:59:59.999999+00", -1},
         {"0001-01-01 00:00:00", -62135596800000000LL},
+        /* the edges of the reader's shortcut for the common forms: each
+         * is read the same on either side of it */
+        {"1970-01-01t00:00:00z", 0},
+        {"1970-01-01 00:00:60", 60000000},           /* a leap second */
+        {"1970-01-01 02:00:00+0200", 0},             /* +HHMM */
+        {"1970-01-01 00:00:30+00:00:30", 0},         /* a zone with seconds */
+        {"1970-01-01 00:00:00.000001-00:01", 60000001},
+        {"1970-01-01 00:00:00.9999999", 999999},     /* a 7th digit is dropped */
+        {"2024-02-29 12:00:00+15:59", 1709208000000000LL - 57540000000LL},
+        {"9999-12-31 23:59:59.999999+00", 253402300799999999LL},
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         int64_t us = 42;
@@ -67,12 +77,24 @@ static void value_timestamp_parse(void **state)
     }
     static const char *bad[] = {"",           "1970",        "1970-13-01",       "1970-02-30",
                                 "2001-02-29", "1970-01-01x", "1970-01-01 25:00", "1970-01-01 00:00:00.",
-                                "abc",        "1970-01-01 00:00:00+",           "1970-01-01 00:00:00 BC"};
+                                "abc",        "1970-01-01 00:00:00+",           "1970-01-01 00:00:00 BC",
+                                "2023-02-29 00:00:00",    "1970-01-01 24:00:00",
+                                "1970-01-01 00:60:00",    "1970-01-01 00:00:61",
+                                "1970-01-01 00:00:00+16", "1970-01-01 00:00:00+00:60",
+                                "1970-01-01 00:00:00Z ",  "1970-01-01 00:00:00.5Zx",
+                                "0000-01-01 00:00:00",    "1970-01-01 00:00:00+1",
+                                "1970-01-01 0a:00:00",    "1970-01-01X00:00:00"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int64_t us;
         if (dbk_timestamp_parse(bad[i], strlen(bad[i]), &us) != DBK_ETYPE)
             fail_msg("accepted bad timestamp '%s'", bad[i]);
     }
+    /* a NUL inside the given length is a character like any other */
+    int64_t us;
+    DBKT_RC(DBK_ETYPE, dbk_timestamp_parse("1970-01-01 00:00:00\0", 20, &us));
+    DBKT_RC(DBK_ETYPE, dbk_timestamp_parse("1970-01-01 00:00:\000", 19, &us));
+    DBKT_RC(DBK_OK, dbk_timestamp_parse("1970-01-01 00:00:01\0junk", 19, &us));
+    assert_int_equal(us, 1000000);
 }
 
 static void value_timestamp_round_trip(void **state)
