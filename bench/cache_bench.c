@@ -30,7 +30,15 @@
  *      after a fixed set-up, for bench/cache_ha_cost.sh, which counts the
  *      client's instructions per hit under callgrind (N hits minus 0 hits).
  *
+ *   6. `cold` mode: 64 ids none of which is cached (their keys deleted
+ *      first), looked up through Redis by one dbk_cached_repo_find_by_ids
+ *      (the misses loaded in one statement) next to the same 64 ids by
+ *      dbk_cached_repo_find_by_id one at a time (one statement, one lease
+ *      and one store each: what find_by_ids did for its misses before), on
+ *      SQLite and on PostgreSQL, in milliseconds per 64 ids.
+ *
  * usage: cache_bench [--seconds S] [--rounds R] [--concurrency]
+ *        cache_bench cold [--rounds R]
  *        cache_bench ha [--seconds S] [--rounds R]
  *        cache_bench ha --hits N [--get] URL
  * (--concurrency: only the rows of 4, after the Redis set-up)
@@ -578,11 +586,112 @@ static int ha_main(int argc, char **argv)
     return 0;
 }
 
+/* ---- 6: cold mode: the misses of many ids at once ------------------------ */
+
+#define COLD_IDS 64
+#define COLD_BATCHES 20
+
+static void cold_forget(dbk_cache *c, int64_t first)
+{
+    for (int64_t id = first; id < first + COLD_IDS; id++) {
+        char key[64];
+        int kl = snprintf(key, sizeof key, "bench_users:id:%lld", (long long)id);
+        dbk_cache_delete(c, key, (size_t)kl, NULL);
+    }
+}
+
+/* Milliseconds per COLD_IDS cold ids, batch or one at a time (best of rounds). */
+static void cold_rows(const char *label, dbk_db *db, dbk_cache *c, dbk_cached_repo *r)
+{
+    dbk_arena *a = dbk_arena_new(0);
+    double best[2] = {1e9, 1e9};
+    for (int round = 0; round < rounds; round++) {
+        for (int side = 0; side < 2; side++) {
+            int s = (round % 2) ? 1 - side : side; /* alternate who goes first */
+            double t = 0;
+            for (int b = 0; b < COLD_BATCHES; b++) {
+                int64_t first = 1 + (int64_t)((b * 7 + round) % (ROWS / COLD_IDS)) * COLD_IDS;
+                cold_forget(c, first);
+                dbk_value ids[COLD_IDS];
+                struct user rows[COLD_IDS];
+                void *outs[COLD_IDS];
+                dbk_rc rcs[COLD_IDS];
+                for (int i = 0; i < COLD_IDS; i++) {
+                    ids[i] = dbk_int64(first + i);
+                    outs[i] = &rows[i];
+                }
+                dbk_error err;
+                double t0 = now_s();
+                if (s == 0) {
+                    if (dbk_cached_repo_find_by_ids(r, db, COLD_IDS, ids, outs, rcs, a, &err) !=
+                        DBK_OK)
+                        die("find_by_ids", &err);
+                } else {
+                    for (int i = 0; i < COLD_IDS; i++)
+                        if (dbk_cached_repo_find_by_id(r, db, ids[i], outs[i], a, &err) != DBK_OK)
+                            die("find_by_id", &err);
+                }
+                t += now_s() - t0;
+                for (int i = 0; i < COLD_IDS; i++)
+                    if (rows[i].id != first + i)
+                        die("cold: wrong row", NULL);
+                dbk_arena_reset(a);
+            }
+            double ms = t * 1000 / COLD_BATCHES;
+            if (ms < best[s])
+                best[s] = ms;
+        }
+    }
+    printf("  %-40s %8.2f ms   one find_by_id each: %8.2f ms   ratio %.2fx\n", label, best[0],
+           best[1], best[1] / best[0]);
+    dbk_arena_free(a);
+}
+
+static int cold_main(void)
+{
+    const char *ru = getenv("DBKIT_TEST_REDIS_URL");
+    if (!ru || !*ru)
+        ru = getenv("REDIS_URL");
+    if (!ru || !*ru) {
+        fprintf(stderr, "cache_bench cold: set DBKIT_TEST_REDIS_URL\n");
+        return 2;
+    }
+    printf("cache_bench cold: %d ids not cached, through Redis, one dbk_cached_repo_find_by_ids "
+           "(best of %d rounds of %d batches)\n",
+           COLD_IDS, rounds, COLD_BATCHES);
+    char sqlite_url[128];
+    snprintf(sqlite_url, sizeof sqlite_url, "sqlite:/tmp/dbkit_cache_bench_%d.db", (int)getpid());
+    const char *urls[2] = {sqlite_url, getenv("DBKIT_TEST_PG_URL")};
+    for (int k = 0; k < 2; k++) {
+        if (!urls[k] || !*urls[k]) {
+            printf("  (PostgreSQL skipped: DBKIT_TEST_PG_URL not set)\n");
+            continue;
+        }
+        dbk_engine eng;
+        dbk_conn *conn = setup_db(urls[k], &eng);
+        dbk_cache *c = open_cache(ru);
+        dbk_cached_repo *r;
+        dbk_error err;
+        if (dbk_cached_repo_new(c, &user_entity, NULL, &r, &err) != DBK_OK)
+            die("cached repo", &err);
+        cold_rows(k ? "PostgreSQL + Redis, 64 cold ids" : "SQLite + Redis, 64 cold ids",
+                  dbk_conn_db(conn), c, r);
+        dbk_cached_repo_free(r);
+        dbk_cache_close(c);
+        dbk_conn_close(conn);
+    }
+    char p[160];
+    snprintf(p, sizeof p, "/tmp/dbkit_cache_bench_%d.db", (int)getpid());
+    unlink(p);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN); /* as any server does: no per-call SIGPIPE guard needed */
     if (argc > 1 && strcmp(argv[1], "ha") == 0)
         return ha_main(argc, argv);
+    bool cold = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
             seconds = strtod(argv[++i], NULL);
@@ -590,7 +699,11 @@ int main(int argc, char **argv)
             rounds = (int)strtol(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--concurrency") == 0)
             conc_only = true;
+        else if (strcmp(argv[i], "cold") == 0)
+            cold = true;
     }
+    if (cold)
+        return cold_main();
     char sqlite_url[128];
     snprintf(sqlite_url, sizeof sqlite_url, "sqlite:/tmp/dbkit_cache_bench_%d.db", (int)getpid());
     dbk_engine eng;

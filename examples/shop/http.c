@@ -646,8 +646,8 @@ static int workers_start(int n)
  * cache (no round trip to save), when replicas are configured without a
  * cache (each read picks its executor from its own
  * read-your-writes cookie), and with HTTP_COALESCE=0. A batch runs outside
- * the diagnostics' per-request N+1 scopes: it is no request, and the cache
- * misses of a batch are loaded one by one by design. */
+ * the diagnostics' per-request N+1 scopes: it is no request (and its cache
+ * misses are one statement: dbk_cached_repo_find_by_ids). */
 
 #define COALESCE_MAX 256 /* lookups in one batch; a full batch runs at once */
 

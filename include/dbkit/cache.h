@@ -557,12 +557,18 @@ DBK_API dbk_rc dbk_cached_repo_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_va
  * dbk_cached_repo_find_by_id() of n ids at once (0..DBK_CACHE_MAX_MANY),
  * for a service that gathers the lookups of many requests (an event loop's
  * iteration, a page's foreign keys): the rows the cache holds come back in
- * one dbk_cache_get_many() (one round trip on Redis, see there), each id it
+ * one dbk_cache_get_many() (one round trip on Redis, see there). The ids it
  * does not hold (or holds in a form this layout cannot read, or could not
- * be read because the cache failed) is then looked up alone by
- * dbk_cached_repo_find_by_id(), which loads, stores and invalidates with
- * the guarantees described there. Inside a transaction every id is read
- * from the database, as there. outs[i] (a struct of the entity's type)
+ * be read because the cache failed) are loaded as
+ * dbk_cached_repo_find_by_id() loads one, with its guarantees (one load per
+ * key in the process, a lease taken before the read, the store refused
+ * after an invalidation, a cached "not found" when negative_ttl_ms is
+ * set), except that with an integer primary key the rows of every id this
+ * call loads come from ONE statement (primary key IN the ids); ids another
+ * thread is loading at that moment are waited for, as there. Other
+ * primary keys are loaded one id at a time. A repeated id is loaded once.
+ * Inside a transaction every id is read from the database, as there.
+ * outs[i] (a struct of the entity's type)
  * receives row i, its strings in `arena`; rcs[i] is that lookup's outcome:
  * DBK_OK, DBK_ENOT_FOUND, or its error. Ids may repeat. Returns DBK_OK when
  * every outcome is DBK_OK or DBK_ENOT_FOUND, else the first other one,

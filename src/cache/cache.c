@@ -549,6 +549,75 @@ static void deadline_in(struct timespec *ts, int ms)
     ts->tv_nsec = ns % 1000000000LL;
 }
 
+/* A new flight for key, led by the caller, in the table (fl_mu held).
+ * NULL when out of memory. */
+static struct flight *flight_start_locked(struct flight **bucket, const void *key, size_t keylen,
+                                          uint64_t h)
+{
+    struct flight *f = calloc(1, sizeof *f);
+    unsigned char *kcopy = f ? malloc(keylen ? keylen : 1) : NULL;
+    if (!f || !kcopy) {
+        free(f);
+        free(kcopy);
+        return NULL;
+    }
+    memcpy(kcopy, key, keylen);
+    f->key = kcopy;
+    f->klen = keylen;
+    f->hash = h;
+    f->refs = 1;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&f->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    f->next = *bucket;
+    *bucket = f;
+    return f;
+}
+
+/* The leader's store of what it loaded, through the lease it took before
+ * the load: the value, or a cached "not found" when negative caching is
+ * on; nothing when the loader said so, when a namespace bump detached the
+ * flight, or when the value is over max_value_bytes. */
+static void store_loaded(dbk_cache *cache, const void *key, size_t keylen,
+                         const dbk_cache_lease *lease, dbk_rc rc, const unsigned char *env,
+                         size_t envlen, bool nostore, bool detached, int64_t ttl_ms)
+{
+    if (detached)
+        atomic_fetch_add(&cache->ns_skips, 1);
+    bool stored;
+    if (rc == DBK_OK && lease->valid && !nostore && !detached &&
+        envlen - 1 <= cache->cfg.max_value_bytes) {
+        cache->ops->set_leased(cache->impl, key, keylen, lease, env, envlen,
+                               jittered(cache, ttl_ms), &stored, NULL);
+    } else if (rc == DBK_ENOT_FOUND && cache->cfg.negative_ttl_ms > 0 && lease->valid &&
+               !nostore && !detached) {
+        unsigned char nf = ENV_NOT_FOUND;
+        cache->ops->set_leased(cache->impl, key, keylen, lease, &nf, 1,
+                               cache->cfg.negative_ttl_ms, &stored, NULL);
+    }
+}
+
+/* Ends the flight f with its result (fl_mu held): out of the table (when a
+ * delete has not already taken it out), done, the followers woken. The
+ * flight owns env from here; the caller still holds its reference. */
+static void flight_publish_locked(struct flight **bucket, struct flight *f, dbk_rc rc,
+                                  const dbk_error *lerr, unsigned char *env, size_t envlen)
+{
+    struct flight **pp = bucket;
+    while (*pp && *pp != f)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = f->next;
+    f->done = true;
+    f->rc = rc;
+    f->err = *lerr;
+    f->env = env;
+    f->envlen = envlen;
+    pthread_cond_broadcast(&f->cv);
+}
+
 /* The public loader seen through the internal interface (never "no store"). */
 struct plain_loader {
     dbk_cache_load_fn fn;
@@ -654,27 +723,10 @@ static dbk_rc get_or_load_impl(dbk_cache *cache, const void *key, size_t keylen,
             rc = open_envelope(env, envlen, val, vallen);
         return rc;
     }
-    f = calloc(1, sizeof *f);
-    unsigned char *kcopy = f ? malloc(keylen) : NULL;
-    if (!f || !kcopy) {
-        pthread_mutex_unlock(&cache->fl_mu);
-        free(f);
-        free(kcopy);
-        return dbk__err(err, DBK_ENOMEM, "out of memory starting a cache load");
-    }
-    memcpy(kcopy, key, keylen);
-    f->key = kcopy;
-    f->klen = keylen;
-    f->hash = h;
-    f->refs = 1;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&f->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    f->next = *bucket;
-    *bucket = f;
+    f = flight_start_locked(bucket, key, keylen, h);
     pthread_mutex_unlock(&cache->fl_mu);
+    if (!f)
+        return dbk__err(err, DBK_ENOMEM, "out of memory starting a cache load");
 
     /* 3. lead: lease BEFORE the load, load, store through the lease */
     dbk_cache_lease lease;
@@ -690,40 +742,158 @@ static dbk_rc get_or_load_impl(dbk_cache *cache, const void *key, size_t keylen,
     pthread_mutex_lock(&cache->fl_mu);
     bool detached = f->ns_detached;
     pthread_mutex_unlock(&cache->fl_mu);
-    if (detached)
-        atomic_fetch_add(&cache->ns_skips, 1);
-    bool stored;
-    if (rc == DBK_OK && lease.valid && !nostore && !detached &&
-        envlen - 1 <= cache->cfg.max_value_bytes) {
-        cache->ops->set_leased(cache->impl, key, keylen, &lease, env, envlen,
-                               jittered(cache, ttl_ms), &stored, NULL);
-    } else if (rc == DBK_ENOT_FOUND && cache->cfg.negative_ttl_ms > 0 && lease.valid &&
-               !nostore && !detached) {
-        unsigned char nf = ENV_NOT_FOUND;
-        cache->ops->set_leased(cache->impl, key, keylen, &lease, &nf, 1,
-                               cache->cfg.negative_ttl_ms, &stored, NULL);
-    }
+    store_loaded(cache, key, keylen, &lease, rc, env, envlen, nostore, detached, ttl_ms);
 
     /* 4. publish (to the followers that joined, detached or not) */
     pthread_mutex_lock(&cache->fl_mu);
-    struct flight **pp = bucket;
-    while (*pp && *pp != f)
-        pp = &(*pp)->next;
-    if (*pp)
-        *pp = f->next;
-    f->done = true;
-    f->rc = rc;
-    f->err = lerr;
-    f->env = env;
-    f->envlen = envlen;
+    flight_publish_locked(bucket, f, rc, &lerr, env, envlen);
     if (rc == DBK_OK)
         rc = copy_result(f, val, vallen, err);
     else if (err)
         *err = lerr;
-    pthread_cond_broadcast(&f->cv);
     flight_unref_locked(f);
     pthread_mutex_unlock(&cache->fl_mu);
     return rc;
+}
+
+/* ---- many keys missing at once -------------------------------------------- */
+
+void dbk__cache_load_peeked_many(dbk_cache *cache, size_t n, const void *const *keys,
+                                 const size_t *klens, dbk__cache_load_many_fn load, void *ctx,
+                                 int64_t ttl_ms, void **vals, size_t *vallens, dbk_rc *rcs,
+                                 bool *led, dbk_error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        vals[i] = NULL;
+        vallens[i] = 0;
+        led[i] = false;
+        rcs[i] = DBK_ENOT_RUN;
+    }
+    if (n == 0)
+        return;
+    atomic_fetch_add(&cache->misses, n);
+    struct flight **fl = calloc(n, sizeof *fl);
+    size_t *which = malloc(n * sizeof *which); /* the keys this caller leads */
+    dbk_cache_lease *leases = malloc(n * sizeof *leases);
+    void **lvals = calloc(n, sizeof *lvals);
+    size_t *lvlens = calloc(n, sizeof *lvlens);
+    dbk_rc *lrcs = malloc(n * sizeof *lrcs);
+    bool *nostore = calloc(n, sizeof *nostore);
+    if (!fl || !which || !leases || !lvals || !lvlens || !lrcs || !nostore) {
+        for (size_t i = 0; i < n; i++)
+            rcs[i] = DBK_ENOMEM;
+        dbk__err(err, DBK_ENOMEM, "out of memory loading %zu keys", n);
+        goto out;
+    }
+
+    /* 1. lead the flight of every key nobody loads yet, join the others */
+    size_t nl = 0;
+    pthread_mutex_lock(&cache->fl_mu);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t h = hash_key(keys[i], klens[i]);
+        struct flight **bucket = &cache->flights[h % FLIGHT_BUCKETS];
+        struct flight *f = *bucket;
+        while (f && !(f->hash == h && f->klen == klens[i] &&
+                      memcmp(f->key, keys[i], klens[i]) == 0))
+            f = f->next;
+        if (f) {
+            f->refs++;
+            atomic_fetch_add(&cache->flight_waits, 1);
+        } else if ((f = flight_start_locked(bucket, keys[i], klens[i], h)) != NULL) {
+            led[i] = true;
+            which[nl++] = i;
+        } else {
+            rcs[i] = DBK_ENOMEM;
+        }
+        fl[i] = f;
+    }
+    pthread_mutex_unlock(&cache->fl_mu);
+
+    /* 2. lead: a lease per key BEFORE the load, one load for all of them,
+     * each stored through its lease and published. All of it before this
+     * caller waits on anyone: a caller that follows one of our keys while
+     * we follow one of its own never waits on us for long. */
+    if (nl > 0) {
+        for (size_t k = 0; k < nl; k++) {
+            size_t i = which[k];
+            memset(&leases[k], 0, sizeof leases[k]);
+            if (cache->ops->lease(cache->impl, keys[i], klens[i], &leases[k], NULL) != DBK_OK)
+                leases[k].valid = false;
+            lrcs[k] = DBK_ENOT_RUN;
+        }
+        dbk_error lerr;
+        dbk_error_clear(&lerr);
+        atomic_fetch_add(&cache->loads, nl);
+        load(ctx, nl, which, lvals, lvlens, lrcs, nostore, &lerr);
+        bool detached[DBK_CACHE_MAX_MANY];
+        pthread_mutex_lock(&cache->fl_mu);
+        for (size_t k = 0; k < nl; k++)
+            detached[k] = fl[which[k]]->ns_detached;
+        pthread_mutex_unlock(&cache->fl_mu);
+        for (size_t k = 0; k < nl; k++) {
+            size_t i = which[k];
+            unsigned char *env = NULL;
+            size_t envlen = 0;
+            dbk_rc rc = lrcs[k];
+            if (rc == DBK_OK) {
+                env = malloc(lvlens[k] + 1);
+                if (env) {
+                    env[0] = ENV_VALUE;
+                    if (lvlens[k])
+                        memcpy(env + 1, lvals[k], lvlens[k]);
+                    envlen = lvlens[k] + 1;
+                } else {
+                    rc = DBK_ENOMEM;
+                }
+            }
+            free(lvals[k]);
+            lvals[k] = NULL;
+            store_loaded(cache, keys[i], klens[i], &leases[k], rc, env, envlen, nostore[k],
+                         detached[k], ttl_ms);
+            dbk_error ke = lerr;
+            if (rc == DBK_ENOMEM && lrcs[k] == DBK_OK)
+                dbk__err(&ke, DBK_ENOMEM, "out of memory storing a loaded value");
+            rcs[i] = rc;
+            pthread_mutex_lock(&cache->fl_mu);
+            flight_publish_locked(&cache->flights[fl[i]->hash % FLIGHT_BUCKETS], fl[i], rc, &ke,
+                                  env, envlen);
+            flight_unref_locked(fl[i]);
+            pthread_mutex_unlock(&cache->fl_mu);
+            fl[i] = NULL;
+            if (rc != DBK_OK && rc != DBK_ENOT_FOUND && err && err->code == DBK_OK)
+                *err = ke;
+        }
+    }
+
+    /* 3. follow: every key another caller leads, within one flight wait */
+    struct timespec dl;
+    deadline_in(&dl, cache->cfg.flight_wait_ms);
+    pthread_mutex_lock(&cache->fl_mu);
+    for (size_t i = 0; i < n; i++) {
+        struct flight *f = fl[i];
+        if (!f)
+            continue;
+        while (!f->done)
+            if (pthread_cond_timedwait(&f->cv, &cache->fl_mu, &dl) == ETIMEDOUT)
+                break;
+        if (f->done) {
+            dbk_error fe;
+            rcs[i] = copy_result(f, &vals[i], &vallens[i], &fe);
+            if (rcs[i] != DBK_OK && rcs[i] != DBK_ENOT_FOUND && err && err->code == DBK_OK)
+                *err = fe;
+        } /* else DBK_ENOT_RUN: the leader is too slow, the caller loads it */
+        flight_unref_locked(f);
+        fl[i] = NULL;
+    }
+    pthread_mutex_unlock(&cache->fl_mu);
+out:
+    free(fl);
+    free(which);
+    free(leases);
+    free(lvals);
+    free(lvlens);
+    free(lrcs);
+    free(nostore);
 }
 
 /* The deprecated name (one release), a wrapper so it stays in the ABI. */

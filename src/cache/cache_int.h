@@ -78,6 +78,37 @@ dbk_rc dbk__cache_load_peeked(dbk_cache *cache, const void *key, size_t keylen,
                               dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms, void **val,
                               size_t *vallen, dbk_error *err);
 
+/*
+ * The loader of many keys (dbk__cache_load_peeked_many): loads the n keys
+ * whose indices (into the caller's key array) are which[0..n), for each k
+ * setting rcs[k] as a dbk__cache_load_ex_fn would for that key alone:
+ * DBK_OK with vals[k] (malloc'd, taken over) and vallens[k], DBK_ENOT_FOUND,
+ * or an error (*err says what failed first); nostore[k] as *nostore.
+ * rcs[k] comes in as DBK_ENOT_RUN.
+ */
+typedef void (*dbk__cache_load_many_fn)(void *ctx, size_t n, const size_t *which, void **vals,
+                                        size_t *vallens, dbk_rc *rcs, bool *nostore,
+                                        dbk_error *err);
+
+/* dbk__cache_load_peeked() for n distinct keys (n <= DBK_CACHE_MAX_MANY)
+ * the caller has just found missing. Each key ends as it would alone:
+ *   - a key no other caller is loading is led here: leased, loaded,
+ *     stored through its lease and published to whoever joined it, except
+ *     that ONE call of `load` loads every key led here (one statement
+ *     instead of one per key). led[i] is then true; rcs[i] is the loader's
+ *     outcome and vals[i] stays NULL (the loader's ctx holds the row);
+ *   - a key another caller is loading is joined: rcs[i] and vals[i]
+ *     (malloc'd) are that load's, or DBK_ENOT_RUN when it did not finish
+ *     within flight_wait_ms (the caller then reads it itself and stores
+ *     nothing, as a follower alone would).
+ * Every key this caller leads is published before it waits on any other
+ * caller's. A miss is counted per key; *err is the first failure's.
+ */
+void dbk__cache_load_peeked_many(dbk_cache *cache, size_t n, const void *const *keys,
+                                 const size_t *klens, dbk__cache_load_many_fn load, void *ctx,
+                                 int64_t ttl_ms, void **vals, size_t *vallens, dbk_rc *rcs,
+                                 bool *led, dbk_error *err);
+
 /* How the Redis backend finds its server(s). */
 enum dbk__redis_mode {
     DBK__REDIS_SINGLE = 0,   /* redis://host:port/db */

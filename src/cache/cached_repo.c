@@ -73,6 +73,9 @@ struct dbk_cached_repo {
 #define RC_UNCACHEABLE ((dbk_rc)1000)
 /* find_by_ids: an id dbk__cache_peek_many found missing (never returned) */
 #define RC_PEEKED_MISS ((dbk_rc)1001)
+/* find_by_ids: an id to read from the database and not store (never
+ * returned): the load it joined was too slow, or its row too large */
+#define RC_READ_DB ((dbk_rc)1002)
 
 static bool field_hidden(const dbk_field *f)
 {
@@ -504,6 +507,191 @@ dbk_rc dbk_cached_repo_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, 
     return cached_find(r, db, r->pk, id, out, arena, err);
 }
 
+/* ---- many ids (dbk_cached_repo_find_by_ids) ---- */
+
+struct id_at {
+    int64_t id;
+    size_t at;
+};
+
+static int cmp_id_at(const void *a, const void *b)
+{
+    int64_t x = ((const struct id_at *)a)->id, y = ((const struct id_at *)b)->id;
+    if (x != y)
+        return (x > y) - (x < y);
+    size_t i = ((const struct id_at *)a)->at, j = ((const struct id_at *)b)->at;
+    return (i > j) - (i < j);
+}
+
+/* The loader of the ids missing from the cache that this caller leads: one
+ * dbk_repo_find_many with the primary key IN them, each row read straight
+ * into its caller's struct and encoded for the cache. */
+struct many_load {
+    dbk_cached_repo *r;
+    dbk_db *db;
+    dbk_arena *arena;
+    const size_t *id_of;   /* [distinct key] -> the first id index with it */
+    const int64_t *keyid;  /* [id index] -> the int64 id */
+    void *const *outs;
+};
+
+static void find_load_many(void *ctx, size_t n, const size_t *which, void **vals,
+                           size_t *vallens, dbk_rc *rcs, bool *nostore, dbk_error *err)
+{
+    (void)nostore; /* an integer key is always canonical */
+    struct many_load *ml = ctx;
+    const dbk_entity *e = ml->r->e;
+    dbk_value *in = malloc(n * sizeof *in);
+    struct id_at *rows = NULL;
+    if (!in) {
+        dbk__err(err, DBK_ENOMEM, "out of memory loading %zu rows", n);
+        for (size_t k = 0; k < n; k++)
+            rcs[k] = DBK_ENOMEM;
+        return;
+    }
+    for (size_t k = 0; k < n; k++)
+        in[k] = dbk_int64(ml->keyid[ml->id_of[which[k]]]);
+    dbk_filter f = DBK_WHERE_IN(e->fields[ml->r->pk].column, in, n);
+    dbk_query q;
+    memset(&q, 0, sizeof q);
+    q.filters = &f;
+    q.nfilters = 1;
+    q.limit = DBK_REPO_LIMIT_ALL;
+    dbk_list list;
+    memset(&list, 0, sizeof list);
+    dbk_rc rc = dbk_repo_find_many(ml->db, e, &q, &list, ml->arena, err);
+    size_t nrows = rc == DBK_OK ? list.count : 0;
+    if (rc == DBK_OK && nrows > 0 && !(rows = malloc(nrows * sizeof *rows)))
+        rc = dbk__err(err, DBK_ENOMEM, "out of memory loading %zu rows", n);
+    if (rc != DBK_OK) {
+        for (size_t k = 0; k < n; k++)
+            rcs[k] = rc;
+        free(in);
+        return;
+    }
+    const char *items = list.items;
+    for (size_t k = 0; k < nrows; k++)
+        rows[k] = (struct id_at){read_field(&e->fields[ml->r->pk], items + k * e->struct_size).u.i,
+                                 k};
+    qsort(rows, nrows, sizeof *rows, cmp_id_at);
+    for (size_t k = 0; k < n; k++) {
+        struct id_at key = {in[k].u.i, 0};
+        size_t lo = 0, hi = nrows; /* the first row with this id */
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (rows[mid].id < key.id)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo == nrows || rows[lo].id != key.id) {
+            rcs[k] = DBK_ENOT_FOUND;
+            continue;
+        }
+        void *out = ml->outs[ml->id_of[which[k]]];
+        memcpy(out, items + rows[lo].at * e->struct_size, e->struct_size);
+        dbk_error eerr;
+        rcs[k] = encode_struct(ml->r, out, &vals[k], &vallens[k], &eerr);
+        if (rcs[k] == DBK_EINVALID) {
+            dbk__log(DBK_LOG_DEBUG, "cached repository %s: row not cached: %s", e->table,
+                     eerr.message);
+            rcs[k] = RC_UNCACHEABLE;
+        } else if (rcs[k] != DBK_OK && err && err->code == DBK_OK) {
+            *err = eerr;
+        }
+    }
+    free(rows);
+    free(in);
+}
+
+/* The ids of a find_by_ids the cache did not answer (rcs[i] ==
+ * RC_PEEKED_MISS; keyid[i] their integer key): each distinct one is led
+ * (one statement for all) or joined through the cache's flights, and every
+ * id gets its outcome. False when out of memory (nothing changed). */
+static bool load_missed(dbk_cached_repo *r, dbk_db *db, size_t n, const int64_t *keyid,
+                        const bool *qint, const void *const *keys, const size_t *klens,
+                        const size_t *mi, void *const *outs, dbk_rc *rcs, dbk_arena *arena,
+                        dbk_error *lerr)
+{
+    size_t nm = 0;
+    for (size_t i = 0; i < n; i++)
+        nm += rcs[i] == RC_PEEKED_MISS && qint[i];
+    if (nm == 0)
+        return true;
+    struct id_at *miss = malloc(nm * sizeof *miss);
+    size_t *id_of = malloc(nm * sizeof *id_of);
+    const void **dkeys = malloc(nm * sizeof *dkeys);
+    size_t *dklens = malloc(nm * sizeof *dklens);
+    void **vals = malloc(nm * sizeof *vals);
+    size_t *vlens = malloc(nm * sizeof *vlens);
+    dbk_rc *drcs = malloc(nm * sizeof *drcs);
+    bool *led = malloc(nm * sizeof *led);
+    size_t *first = malloc(n * sizeof *first); /* [id index] -> its distinct key */
+    bool ok = miss && id_of && dkeys && dklens && vals && vlens && drcs && led && first;
+    size_t nd = 0;
+    if (ok) {
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (rcs[i] == RC_PEEKED_MISS && qint[i])
+                miss[k++] = (struct id_at){keyid[i], i};
+        qsort(miss, nm, sizeof *miss, cmp_id_at); /* equal ids: the first index first */
+        for (k = 0; k < nm; k++) {
+            size_t i = miss[k].at;
+            if (k == 0 || miss[k].id != miss[k - 1].id) {
+                id_of[nd] = i;
+                dkeys[nd] = keys[mi[i]];
+                dklens[nd] = klens[mi[i]];
+                nd++;
+            }
+            first[i] = nd - 1;
+        }
+        struct many_load ml = {r, db, arena, id_of, keyid, outs};
+        dbk__cache_load_peeked_many(r->cache, nd, dkeys, dklens, find_load_many, &ml, r->ttl_ms,
+                                    vals, vlens, drcs, led, lerr);
+        for (size_t d = 0; d < nd; d++) {
+            size_t i = id_of[d];
+            dbk_rc rc = drcs[d];
+            if (led[d]) {
+                /* our own load: outs[i] holds the row (also when it was too
+                 * large to cache) */
+                rcs[i] = rc == RC_UNCACHEABLE ? DBK_OK : rc;
+                continue;
+            }
+            if (rc == DBK_OK) {
+                rc = decode_struct(r, vals[d], vlens[d], outs[i], arena, NULL);
+                if (rc != DBK_OK) { /* written for another layout: read the database */
+                    dbk_cache_delete(r->cache, dkeys[d], dklens[d], NULL);
+                    rc = RC_READ_DB;
+                }
+            }
+            free(vals[d]);
+            /* joined a load that was too slow, or whose row was too large to
+             * cache: read it ourselves, as a follower alone would; an error
+             * of the load we joined stays ours, as alone */
+            rcs[i] = rc == RC_UNCACHEABLE || rc == DBK_ENOT_RUN ? RC_READ_DB : rc;
+        }
+        /* a repeated id: the outcome of its first */
+        for (size_t i = 0; i < n; i++) {
+            if (rcs[i] != RC_PEEKED_MISS || !qint[i])
+                continue;
+            size_t f = id_of[first[i]];
+            if (rcs[f] == DBK_OK)
+                memcpy(outs[i], outs[f], r->e->struct_size);
+            rcs[i] = rcs[f];
+        }
+    }
+    free(miss);
+    free(id_of);
+    free(dkeys);
+    free(dklens);
+    free(vals);
+    free(vlens);
+    free(drcs);
+    free(led);
+    free(first);
+    return ok;
+}
+
 dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
                                    const dbk_value *ids, void *const *outs, dbk_rc *rcs,
                                    dbk_arena *arena, dbk_error *err)
@@ -532,10 +720,13 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
     int *states = malloc(n * sizeof *states);
     size_t *mi = malloc(n * sizeof *mi);  /* the key of id i (when it has one) */
     bool *peeked = calloc(n, sizeof *peeked); /* id i was a miss of the peek */
+    int64_t *keyid = malloc(n * sizeof *keyid); /* id i's key is this integer (qint[i]) */
+    bool *qint = calloc(n, sizeof *qint);
     char *kbuf = NULL;
     size_t m = 0, kused = 0, kcap = 0;
     dbk_rc rc = DBK_OK;
-    if (!which || !keys || !klens || !vals || !vlens || !states || !mi || !peeked)
+    if (!which || !keys || !klens || !vals || !vlens || !states || !mi || !peeked || !keyid ||
+        !qint)
         rc = dbk__err(err, DBK_ENOMEM, "out of memory looking up %zu ids", n);
     for (size_t i = 0; rc == DBK_OK && !tx && i < n; i++) {
         rcs[i] = DBK_ENOT_RUN;
@@ -557,6 +748,8 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
             kcap = cap;
         }
         memcpy(kbuf + kused, key, klen);
+        qint[i] = qv.type == DBK_TYPE_INT64 && r->e->fields[r->pk].type == DBK_TYPE_INT64;
+        keyid[i] = qint[i] ? qv.u.i : 0;
         mi[i] = m;
         which[m] = i;
         klens[m] = klen;
@@ -588,9 +781,35 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
         }
         dbk__cache_count_hits(r->cache, hits);
     }
-    /* Everything the cache did not answer: one lookup each, as alone. */
+    /* The misses of an integer primary key: one statement for all that
+     * this caller leads, through the cache's flights. */
     dbk_rc first = DBK_OK;
+    if (rc == DBK_OK && m > 0) {
+        dbk_error lerr;
+        dbk_error_clear(&lerr);
+        if (load_missed(r, db, n, keyid, qint, keys, klens, mi, outs, rcs, arena, &lerr)) {
+            for (size_t i = 0; i < n && first == DBK_OK; i++) {
+                if (rcs[i] != DBK_OK && rcs[i] != DBK_ENOT_FOUND && rcs[i] != DBK_ENOT_RUN &&
+                    rcs[i] != RC_PEEKED_MISS && rcs[i] != RC_READ_DB) {
+                    first = rcs[i];
+                    if (err)
+                        *err = lerr;
+                }
+            }
+        }
+    }
+    /* Everything else the cache did not answer: one lookup each, as alone. */
     for (size_t i = 0; rc == DBK_OK && i < n; i++) {
+        if (rcs[i] == RC_READ_DB) {
+            dbk_error e;
+            rcs[i] = find_db(db, r, r->pk, ids[i], outs[i], arena, &e);
+            if (rcs[i] != DBK_OK && rcs[i] != DBK_ENOT_FOUND && first == DBK_OK) {
+                first = rcs[i];
+                if (err)
+                    *err = e;
+            }
+            continue;
+        }
         if (!tx && rcs[i] != DBK_ENOT_RUN && rcs[i] != RC_PEEKED_MISS)
             continue;
         if (rcs[i] == RC_PEEKED_MISS) {
@@ -632,6 +851,8 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
     free(states);
     free(mi);
     free(peeked);
+    free(keyid);
+    free(qint);
     free(kbuf);
     return rc != DBK_OK ? rc : first;
 }
