@@ -580,23 +580,41 @@ static struct flight *flight_start_locked(struct flight **bucket, const void *ke
  * the load: the value, or a cached "not found" when negative caching is
  * on; nothing when the loader said so, when a namespace bump detached the
  * flight, or when the value is over max_value_bytes. */
+static const unsigned char env_not_found = ENV_NOT_FOUND;
+
+static bool store_plan(dbk_cache *cache, const dbk_cache_lease *lease, dbk_rc rc,
+                       const unsigned char *env, size_t envlen, bool nostore, bool detached,
+                       int64_t ttl_ms, const void **val, size_t *len, int64_t *ttl)
+{
+    if (detached)
+        atomic_fetch_add(&cache->ns_skips, 1);
+    if (rc == DBK_OK && lease->valid && !nostore && !detached &&
+        envlen - 1 <= cache->cfg.max_value_bytes) {
+        *val = env;
+        *len = envlen;
+        *ttl = jittered(cache, ttl_ms);
+        return true;
+    }
+    if (rc == DBK_ENOT_FOUND && cache->cfg.negative_ttl_ms > 0 && lease->valid && !nostore &&
+        !detached) {
+        *val = &env_not_found;
+        *len = 1;
+        *ttl = cache->cfg.negative_ttl_ms;
+        return true;
+    }
+    return false;
+}
+
 static void store_loaded(dbk_cache *cache, const void *key, size_t keylen,
                          const dbk_cache_lease *lease, dbk_rc rc, const unsigned char *env,
                          size_t envlen, bool nostore, bool detached, int64_t ttl_ms)
 {
-    if (detached)
-        atomic_fetch_add(&cache->ns_skips, 1);
+    const void *val;
+    size_t len;
+    int64_t ttl;
     bool stored;
-    if (rc == DBK_OK && lease->valid && !nostore && !detached &&
-        envlen - 1 <= cache->cfg.max_value_bytes) {
-        cache->ops->set_leased(cache->impl, key, keylen, lease, env, envlen,
-                               jittered(cache, ttl_ms), &stored, NULL);
-    } else if (rc == DBK_ENOT_FOUND && cache->cfg.negative_ttl_ms > 0 && lease->valid &&
-               !nostore && !detached) {
-        unsigned char nf = ENV_NOT_FOUND;
-        cache->ops->set_leased(cache->impl, key, keylen, lease, &nf, 1,
-                               cache->cfg.negative_ttl_ms, &stored, NULL);
-    }
+    if (store_plan(cache, lease, rc, env, envlen, nostore, detached, ttl_ms, &val, &len, &ttl))
+        cache->ops->set_leased(cache->impl, key, keylen, lease, val, len, ttl, &stored, NULL);
 }
 
 /* Ends the flight f with its result (fl_mu held): out of the table (when a
@@ -779,7 +797,22 @@ void dbk__cache_load_peeked_many(dbk_cache *cache, size_t n, const void *const *
     size_t *lvlens = calloc(n, sizeof *lvlens);
     dbk_rc *lrcs = malloc(n * sizeof *lrcs);
     bool *nostore = calloc(n, sizeof *nostore);
-    if (!fl || !which || !leases || !lvals || !lvlens || !lrcs || !nostore) {
+    const void **lkeys = malloc(n * sizeof *lkeys);
+    size_t *lklens = malloc(n * sizeof *lklens);
+    unsigned char **envs = malloc(n * sizeof *envs);
+    size_t *envlens = malloc(n * sizeof *envlens);
+    bool *nomem = calloc(n, sizeof *nomem);
+    /* the stores: key, lease, value, ttl, outcome */
+    const void **skeys = malloc(n * sizeof *skeys);
+    size_t *sklens = malloc(n * sizeof *sklens);
+    const dbk_cache_lease **sleases = malloc(n * sizeof *sleases);
+    const void **svals = malloc(n * sizeof *svals);
+    size_t *svlens = malloc(n * sizeof *svlens);
+    int64_t *sttls = malloc(n * sizeof *sttls);
+    bool *stored = malloc(n * sizeof *stored);
+    if (!fl || !which || !leases || !lvals || !lvlens || !lrcs || !nostore || !lkeys || !lklens ||
+        !envs || !envlens || !nomem || !skeys || !sklens || !sleases || !svals || !svlens ||
+        !sttls || !stored) {
         for (size_t i = 0; i < n; i++)
             rcs[i] = DBK_ENOMEM;
         dbk__err(err, DBK_ENOMEM, "out of memory loading %zu keys", n);
@@ -815,11 +848,19 @@ void dbk__cache_load_peeked_many(dbk_cache *cache, size_t n, const void *const *
      * we follow one of its own never waits on us for long. */
     if (nl > 0) {
         for (size_t k = 0; k < nl; k++) {
-            size_t i = which[k];
-            memset(&leases[k], 0, sizeof leases[k]);
-            if (cache->ops->lease(cache->impl, keys[i], klens[i], &leases[k], NULL) != DBK_OK)
-                leases[k].valid = false;
+            lkeys[k] = keys[which[k]];
+            lklens[k] = klens[which[k]];
             lrcs[k] = DBK_ENOT_RUN;
+        }
+        if (cache->ops->lease_many) {
+            cache->ops->lease_many(cache->impl, nl, lkeys, lklens, leases);
+        } else {
+            for (size_t k = 0; k < nl; k++) {
+                memset(&leases[k], 0, sizeof leases[k]);
+                if (cache->ops->lease(cache->impl, lkeys[k], lklens[k], &leases[k], NULL) !=
+                    DBK_OK)
+                    leases[k].valid = false;
+            }
         }
         dbk_error lerr;
         dbk_error_clear(&lerr);
@@ -830,39 +871,57 @@ void dbk__cache_load_peeked_many(dbk_cache *cache, size_t n, const void *const *
         for (size_t k = 0; k < nl; k++)
             detached[k] = fl[which[k]]->ns_detached;
         pthread_mutex_unlock(&cache->fl_mu);
+        /* the envelopes, and what goes to the store (in one call where
+         * the backend can) */
+        size_t ns = 0;
         for (size_t k = 0; k < nl; k++) {
-            size_t i = which[k];
-            unsigned char *env = NULL;
-            size_t envlen = 0;
-            dbk_rc rc = lrcs[k];
-            if (rc == DBK_OK) {
-                env = malloc(lvlens[k] + 1);
-                if (env) {
-                    env[0] = ENV_VALUE;
+            envs[k] = NULL;
+            envlens[k] = 0;
+            if (lrcs[k] == DBK_OK) {
+                envs[k] = malloc(lvlens[k] + 1);
+                if (envs[k]) {
+                    envs[k][0] = ENV_VALUE;
                     if (lvlens[k])
-                        memcpy(env + 1, lvals[k], lvlens[k]);
-                    envlen = lvlens[k] + 1;
+                        memcpy(envs[k] + 1, lvals[k], lvlens[k]);
+                    envlens[k] = lvlens[k] + 1;
                 } else {
-                    rc = DBK_ENOMEM;
+                    lrcs[k] = DBK_ENOMEM;
+                    nomem[k] = true;
                 }
             }
             free(lvals[k]);
             lvals[k] = NULL;
-            store_loaded(cache, keys[i], klens[i], &leases[k], rc, env, envlen, nostore[k],
-                         detached[k], ttl_ms);
+            if (store_plan(cache, &leases[k], lrcs[k], envs[k], envlens[k], nostore[k],
+                           detached[k], ttl_ms, &svals[ns], &svlens[ns], &sttls[ns])) {
+                skeys[ns] = lkeys[k];
+                sklens[ns] = lklens[k];
+                sleases[ns] = &leases[k];
+                ns++;
+            }
+        }
+        if (ns > 0 && cache->ops->set_leased_many) {
+            cache->ops->set_leased_many(cache->impl, ns, skeys, sklens, sleases, svals, svlens,
+                                        sttls, stored);
+        } else {
+            for (size_t k = 0; k < ns; k++)
+                cache->ops->set_leased(cache->impl, skeys[k], sklens[k], sleases[k], svals[k],
+                                       svlens[k], sttls[k], &stored[k], NULL);
+        }
+        pthread_mutex_lock(&cache->fl_mu);
+        for (size_t k = 0; k < nl; k++) {
+            size_t i = which[k];
             dbk_error ke = lerr;
-            if (rc == DBK_ENOMEM && lrcs[k] == DBK_OK)
+            if (nomem[k])
                 dbk__err(&ke, DBK_ENOMEM, "out of memory storing a loaded value");
-            rcs[i] = rc;
-            pthread_mutex_lock(&cache->fl_mu);
-            flight_publish_locked(&cache->flights[fl[i]->hash % FLIGHT_BUCKETS], fl[i], rc, &ke,
-                                  env, envlen);
+            rcs[i] = lrcs[k];
+            flight_publish_locked(&cache->flights[fl[i]->hash % FLIGHT_BUCKETS], fl[i], lrcs[k],
+                                  &ke, envs[k], envlens[k]);
             flight_unref_locked(fl[i]);
-            pthread_mutex_unlock(&cache->fl_mu);
             fl[i] = NULL;
-            if (rc != DBK_OK && rc != DBK_ENOT_FOUND && err && err->code == DBK_OK)
+            if (lrcs[k] != DBK_OK && lrcs[k] != DBK_ENOT_FOUND && err && err->code == DBK_OK)
                 *err = ke;
         }
+        pthread_mutex_unlock(&cache->fl_mu);
     }
 
     /* 3. follow: every key another caller leads, within one flight wait */
@@ -894,6 +953,18 @@ out:
     free(lvlens);
     free(lrcs);
     free(nostore);
+    free(lkeys);
+    free(lklens);
+    free(envs);
+    free(envlens);
+    free(nomem);
+    free(skeys);
+    free(sklens);
+    free(sleases);
+    free(svals);
+    free(svlens);
+    free(sttls);
+    free(stored);
 }
 
 /* The deprecated name (one release), a wrapper so it stays in the ABI. */

@@ -33,6 +33,15 @@ struct dbk__cache_ops {
      * or an error; returns DBK_OK or the first error (described in err). */
     dbk_rc (*get_many)(void *impl, size_t n, const void *const *keys, const size_t *klens,
                        void **vals, size_t *vallens, dbk_rc *rcs, dbk_error *err);
+    /* Optional (NULL: lease, once per key). n leases as lease would take
+     * each; a key whose lease failed gets out[i].valid false. */
+    void (*lease_many)(void *impl, size_t n, const void *const *keys, const size_t *klens,
+                       dbk_cache_lease *out);
+    /* Optional (NULL: set_leased, once per entry). n stores as set_leased
+     * would do each; stored[i] false when refused or failed. */
+    void (*set_leased_many)(void *impl, size_t n, const void *const *keys, const size_t *klens,
+                            const dbk_cache_lease *const *ls, const void *const *vals,
+                            const size_t *vallens, const int64_t *ttls, bool *stored);
 };
 
 /* Resolved options (every default applied). */

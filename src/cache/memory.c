@@ -445,5 +445,5 @@ dbk_rc dbk__cache_memory_new(const struct dbk__cache_cfg *cfg, void **impl, dbk_
 
 const struct dbk__cache_ops dbk__cache_memory_ops = {
     "memory", mem_get, mem_set, mem_del, mem_lease, mem_set_leased,
-    mem_ns_get, mem_ns_bump, mem_stats, mem_close, NULL,
+    mem_ns_get, mem_ns_bump, mem_stats, mem_close, NULL, NULL, NULL,
 };

@@ -84,6 +84,19 @@ static const char set_leased_lua[] =
     "if g ~= ARGV[1] then return 0 end "
     "redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4]) return 1";
 
+/* set_leased_lua for many entries of one node at once (a single server):
+ * KEYS[1] the epoch key, then each entry's value and generation keys;
+ * ARGV four per entry: generation, epoch, value, ttl. One 1/0/-1 each, as
+ * set_leased_lua answers. */
+static const char set_leased_many_lua[] =
+    "local e = redis.call('GET', KEYS[1]) local out = {} "
+    "for i = 1, (#KEYS - 1) / 2 do local a = 4 * (i - 1) "
+    "if e ~= ARGV[a + 2] then out[i] = -1 else "
+    "local g = redis.call('GET', KEYS[2 * i + 1]) if not g then g = '' end "
+    "if g ~= ARGV[a + 1] then out[i] = 0 else "
+    "redis.call('SET', KEYS[2 * i], ARGV[a + 3], 'PX', ARGV[a + 4]) out[i] = 1 end end end "
+    "return out";
+
 /* Sentinel and cluster modes (see the paragraph atop this file): every
  * write first moves the slot's epoch key to the epoch of the node that runs
  * it (ARGV: DBK__RDS_NODE_EPOCH), and stores values behind the 16 bytes of the epoch
@@ -611,6 +624,159 @@ static dbk_rc r_set_leased(void *impl, const void *key, size_t klen, const dbk_c
     return DBK_OK;
 }
 
+/* n leases in one MGET of every generation key and the epoch key (one
+ * node: a single server or a Sentinel master); a Cluster spreads the keys
+ * over slots, so there it is one lease per key. */
+static void r_lease_many(void *impl, size_t n, const void *const *keys, const size_t *klens,
+                         dbk_cache_lease *out)
+{
+    struct dbk__rds *r = impl;
+    int64_t now = dbk__now_ns();
+    for (size_t i = 0; i < n; i++) {
+        memset(&out[i], 0, sizeof out[i]);
+        out[i].taken_ns = now;
+    }
+    if (r->cluster || n == 1) {
+        for (size_t i = 0; i < n; i++)
+            if (r_lease(impl, keys[i], klens[i], &out[i], NULL) != DBK_OK)
+                out[i].valid = false;
+        return;
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += r->prefix_len + 2 + klens[i];
+    const char **av = malloc((n + 2) * sizeof *av);
+    size_t *al = malloc((n + 2) * sizeof *al);
+    char *kb = malloc(total ? total : 1);
+    char ek[80];
+    redisReply *rep = NULL;
+    bool sent = false;
+    if (av && al && kb) {
+        av[0] = "MGET";
+        al[0] = 4;
+        size_t off = 0;
+        for (size_t i = 0; i < n; i++) {
+            av[i + 1] = kb + off;
+            al[i + 1] = mkkey_hs(r, 'g', 0, keys[i], klens[i], kb + off);
+            off += al[i + 1];
+        }
+        av[n + 1] = ek;
+        al[n + 1] = mkepoch(r, 0, ek);
+        sent = run(r, 0, (int)(n + 2), av, al, &rep, NULL) == DBK_OK;
+    }
+    free(av);
+    free(al);
+    free(kb);
+    if (!sent)
+        return; /* every lease invalid: nothing will be stored */
+    bool ok = rep->type == REDIS_REPLY_ARRAY && rep->elements == n + 1;
+    uint64_t epoch = 0;
+    bool epoch_missing = ok && rep->element[n]->type == REDIS_REPLY_NIL;
+    ok = ok && rep->element[n]->type == REDIS_REPLY_STRING &&
+         parse_hex64(rep->element[n]->str, rep->element[n]->len, &epoch);
+    for (size_t i = 0; ok && i < n; i++) {
+        redisReply *g = rep->element[i];
+        out[i].epoch = epoch;
+        if (g->type == REDIS_REPLY_NIL)
+            out[i].valid = true;
+        else
+            out[i].valid = g->type == REDIS_REPLY_STRING && parse_hex64(g->str, g->len, &out[i].gen);
+    }
+    freeReplyObject(rep);
+    if (epoch_missing) /* as r_lease: data lost since our connects */
+        r_lease(impl, keys[0], klens[0], &out[0], NULL);
+}
+
+/* n stores through their leases in one script run (a single server); in
+ * Sentinel and Cluster modes, where every write carries the node's epoch,
+ * one set_leased per entry. */
+static void r_set_leased_many(void *impl, size_t n, const void *const *keys, const size_t *klens,
+                              const dbk_cache_lease *const *ls, const void *const *vals,
+                              const size_t *vallens, const int64_t *ttls, bool *stored)
+{
+    struct dbk__rds *r = impl;
+    int64_t now = dbk__now_ns();
+    size_t *which = malloc(n * sizeof *which); /* entries whose lease is still good */
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        stored[i] = false;
+        if (r->ha || n == 1 || !which) {
+            r_set_leased(impl, keys[i], klens[i], ls[i], vals[i], vallens[i], ttls[i], &stored[i],
+                         NULL);
+            continue;
+        }
+        if (!ls[i]->valid || now - ls[i]->taken_ns > (int64_t)r->cfg.lease_ms * 1000000LL)
+            atomic_fetch_add(&r->stale_rejects, 1);
+        else
+            which[m++] = i;
+    }
+    if (m == 0) {
+        free(which);
+        return;
+    }
+    int argc = (int)(4 + 2 * m + 4 * m);
+    size_t total = 0;
+    for (size_t k = 0; k < m; k++)
+        total += 2 * (r->prefix_len + 2 + klens[which[k]]) + 3 * 24;
+    const char **av = malloc((size_t)argc * sizeof *av);
+    size_t *al = malloc((size_t)argc * sizeof *al);
+    char *kb = malloc(total);
+    char ek[80], nkeys[24];
+    redisReply *rep = NULL;
+    bool sent = false;
+    if (av && al && kb) {
+        av[0] = "EVAL";
+        al[0] = 4;
+        av[1] = set_leased_many_lua;
+        al[1] = sizeof set_leased_many_lua - 1;
+        av[2] = nkeys;
+        al[2] = (size_t)snprintf(nkeys, sizeof nkeys, "%zu", 1 + 2 * m);
+        av[3] = ek;
+        al[3] = mkepoch(r, 0, ek);
+        size_t off = 0, a = 4 + 2 * m;
+        for (size_t k = 0; k < m; k++) {
+            size_t i = which[k];
+            av[4 + 2 * k] = kb + off;
+            al[4 + 2 * k] = mkkey_hs(r, 'v', 0, keys[i], klens[i], kb + off);
+            off += al[4 + 2 * k];
+            av[5 + 2 * k] = kb + off;
+            al[5 + 2 * k] = mkkey_hs(r, 'g', 0, keys[i], klens[i], kb + off);
+            off += al[5 + 2 * k];
+            char *gs = kb + off;
+            av[a] = gs;
+            al[a++] = ls[i]->gen ? (size_t)snprintf(gs, 24, "%016llx",
+                                                    (unsigned long long)ls[i]->gen)
+                                 : 0;
+            off += 24;
+            char *es = kb + off;
+            av[a] = es;
+            al[a++] = (size_t)snprintf(es, 24, "%016llx", (unsigned long long)ls[i]->epoch);
+            off += 24;
+            av[a] = vals[i] ? vals[i] : "";
+            al[a++] = vallens[i];
+            char *ttl = kb + off;
+            av[a] = ttl;
+            al[a++] = (size_t)snprintf(ttl, 24, "%lld", (long long)ttls[i]);
+            off += 24;
+        }
+        sent = run(r, 0, argc, av, al, &rep, NULL) == DBK_OK;
+    }
+    if (sent) {
+        bool ok = rep->type == REDIS_REPLY_ARRAY && rep->elements == m;
+        for (size_t k = 0; k < m; k++) {
+            stored[which[k]] = ok && rep->element[k]->type == REDIS_REPLY_INTEGER &&
+                               rep->element[k]->integer == 1;
+            if (!stored[which[k]])
+                atomic_fetch_add(&r->stale_rejects, 1);
+        }
+        freeReplyObject(rep);
+    }
+    free(av);
+    free(al);
+    free(kb);
+    free(which);
+}
+
 static dbk_rc r_ns(struct dbk__rds *r, const char *verb, const char *ns, uint64_t *version,
                    dbk_error *err)
 {
@@ -852,5 +1018,5 @@ dbk_rc dbk__cache_redis_new(const struct dbk__cache_cfg *cfg, const struct dbk__
 
 const struct dbk__cache_ops dbk__cache_redis_ops = {
     "redis", r_get, r_set, r_del, r_lease, r_set_leased, r_ns_get, r_ns_bump, r_stats, r_close,
-    r_get_many,
+    r_get_many, r_lease_many, r_set_leased_many,
 };

@@ -25,10 +25,11 @@
 #define MAX_NODES 32    /* cluster masters this handle keeps pools for */
 #define MAX_REDIRECTS 5 /* MOVED/ASK/TRYAGAIN followed per call */
 #define MAX_ARGS 12     /* arguments of the longest command with a node-epoch placeholder */
-/* Arguments of the longest command the backend sends (an MGET of
- * DBK_CACHE_MAX_MANY keys); past MAX_ARGS a command carries no
- * DBK__RDS_NODE_EPOCH and goes out as given. */
-#define MAX_ARGS_PLAIN (DBK_CACHE_MAX_MANY + 1)
+/* Arguments of the longest command the backend sends (the store of
+ * DBK_CACHE_MAX_MANY entries in one script: EVAL, the script, the key
+ * count, the epoch key, two keys and four arguments per entry); past
+ * MAX_ARGS a command carries no DBK__RDS_NODE_EPOCH and goes out as given. */
+#define MAX_ARGS_PLAIN (6 * DBK_CACHE_MAX_MANY + 4)
 #define DBK__RDS_RECHECK_MS 500 /* an idle connection's node epoch is read again */
 
 /* An argv entry that the send replaces with the epoch of the node the

@@ -419,7 +419,10 @@ static void cache_cluster_old_reign_refused(void **state)
     assert_true(is_new);
 }
 
-/* dbk_cache_get_many through the topology: every key its own value (one GET per key, each on its slot's master). */
+/* dbk_cache_get_many through the topology: every key its own value (one
+ * GET per key, each on its slot's master); then dbk_cached_repo_find_by_ids:
+ * the cold ids in one statement, each leased and stored on its own slot,
+ * and a key invalidated during the statement not stored. */
 static void cache_cluster_get_many(void **state)
 {
     (void)state;

@@ -210,7 +210,11 @@ static void cache_sentinel_lost_invalidation_refused(void **state)
     assert_int_equal(rc, DBK_ENOT_FOUND);
 }
 
-/* dbk_cache_get_many through the topology: every key its own value (one MGET on the master, each value checked against its reign). */
+/* dbk_cache_get_many through the topology: every key its own value (one
+ * MGET on the master, each value checked against its reign); then
+ * dbk_cached_repo_find_by_ids: the cold ids in one statement, leased in one
+ * MGET, stored one by one (every write carries the node's epoch), and a
+ * key invalidated during the statement not stored. */
 static void cache_sentinel_get_many(void **state)
 {
     (void)state;

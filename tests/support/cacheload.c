@@ -225,6 +225,108 @@ void dbkt_cache_get_many_check(dbk_cache *c)
     }
 }
 
+/* dbk_cached_repo_find_by_ids through a topology: the cold ids in one
+ * statement and stored (the second call runs none), an invalidated id
+ * loaded again alone, and a key invalidated while the batch statement
+ * runs not stored by the batch. */
+struct ids_obs {
+    atomic_int queries;
+    atomic_int armed;
+    dbk_db *writer;
+    dbk_cache *cache;
+    int64_t id;
+};
+
+static void ids_obs_fn(void *ctx, const dbk_query_event *ev)
+{
+    struct ids_obs *o = ctx;
+    atomic_fetch_add(&o->queries, 1);
+    if (!atomic_exchange(&o->armed, 0) || ev->rc != DBK_OK)
+        return;
+    /* a writer commits and invalidates, as after COMMIT */
+    char sql[96], key[48];
+    snprintf(sql, sizeof sql, "UPDATE vrows SET name = 'raced' WHERE id = %lld", (long long)o->id);
+    dbkt_exec(o->writer, sql);
+    int kl = snprintf(key, sizeof key, "vrows:id:%lld", (long long)o->id);
+    dbk_error err;
+    DBKT_OK(dbk_cache_delete(o->cache, key, (size_t)kl, &err), &err);
+}
+
+/* One call for ids 1..40 and two missing ones; want_queries < 0: at most
+ * one. Returns the statements it ran. */
+static int ids_call(dbk_cached_repo *r, dbk_db *db, struct ids_obs *o, int want_queries,
+                    const char *name7)
+{
+    enum { N = 42 };
+    dbk_value ids[N];
+    struct vrow rows[N];
+    void *outs[N];
+    dbk_rc rcs[N];
+    for (int i = 0; i < N; i++) {
+        ids[i] = dbk_int64(i < 40 ? i + 1 : 1000 + i);
+        outs[i] = &rows[i];
+    }
+    dbk_arena *a = dbk_arena_new(0);
+    dbk_error err;
+    atomic_store(&o->queries, 0);
+    DBKT_OK(dbk_cached_repo_find_by_ids(r, db, N, ids, outs, rcs, a, &err), &err);
+    int q = atomic_load(&o->queries);
+    if (want_queries >= 0)
+        assert_int_equal(q, want_queries);
+    else
+        assert_true(q <= 1);
+    for (int i = 0; i < N; i++) {
+        if (i >= 40) {
+            assert_int_equal(rcs[i], DBK_ENOT_FOUND);
+            continue;
+        }
+        char name[32];
+        snprintf(name, sizeof name, "row %d", i + 1);
+        assert_int_equal(rcs[i], DBK_OK);
+        assert_int_equal(rows[i].id, i + 1);
+        assert_string_equal(rows[i].name, i == 6 ? name7 : name);
+    }
+    dbk_arena_free(a);
+    return q;
+}
+
+void dbkt_cache_find_by_ids_check(dbk_cache *c)
+{
+    char *url = dbkt_sqlite_url("cacheload_ids");
+    dbk_conn *conn = dbkt_open(url), *wconn = dbkt_open(url);
+    free(url);
+    dbk_db *db = dbk_conn_db(conn);
+    dbkt_exec(db, "DROP TABLE IF EXISTS vrows; CREATE TABLE vrows (id INTEGER PRIMARY KEY, "
+                  "version INTEGER NOT NULL DEFAULT 0, name TEXT NOT NULL); "
+                  "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 40) "
+                  "INSERT INTO vrows (id, name) SELECT i, 'row ' || i FROM g");
+    struct ids_obs o = {.writer = dbk_conn_db(wconn), .cache = c, .id = 7};
+    dbk_db_set_observer(db, ids_obs_fn, &o);
+    dbk_cached_repo *r;
+    dbk_error err;
+    DBKT_OK(dbk_cached_repo_new(c, &vrow_entity, NULL, &r, &err), &err);
+    /* a fresh node epoch may refuse the first stores: until a call runs
+     * no statement, at most 3 */
+    ids_call(r, db, &o, 1, "row 7");
+    int q = 1;
+    for (int pass = 0; pass < 3 && q != 0; pass++)
+        q = ids_call(r, db, &o, -1, "row 7");
+    assert_int_equal(q, 0);
+    /* an invalidated id: loaded alone */
+    char key[48];
+    int kl = snprintf(key, sizeof key, "vrows:id:%d", 12);
+    DBKT_OK(dbk_cache_delete(c, key, (size_t)kl, &err), &err);
+    kl = snprintf(key, sizeof key, "vrows:id:%d", 7);
+    DBKT_OK(dbk_cache_delete(c, key, (size_t)kl, &err), &err);
+    atomic_store(&o.armed, 1); /* 7 is changed and invalidated during the statement */
+    ids_call(r, db, &o, 1, "row 7");
+    ids_call(r, db, &o, 1, "raced"); /* 7 was not stored by the batch: read again */
+    ids_call(r, db, &o, 0, "raced");
+    dbk_cached_repo_free(r);
+    dbk_conn_close(wconn);
+    dbk_conn_close(conn);
+}
+
 void dbkt_cache_get_many_check_url(const char *url, const char *prefix)
 {
     dbk_cache_opts o = {0};
@@ -232,9 +334,11 @@ void dbkt_cache_get_many_check_url(const char *url, const char *prefix)
     o.key_prefix = prefix;
     o.connect_timeout_ms = 300;
     o.command_timeout_ms = 2000;
+    o.negative_ttl_ms = 60000; /* dbkt_cache_find_by_ids_check counts on it */
     dbk_cache *c;
     dbk_error err;
     DBKT_OK(dbk_cache_open(&o, &c, &err), &err);
     dbkt_cache_get_many_check(c);
+    dbkt_cache_find_by_ids_check(c);
     dbk_cache_close(c);
 }

@@ -43,8 +43,15 @@ uint64_t dbkt_cache_hits(dbk_cache *c);
  * DBK_ENOT_FOUND. Fails the test otherwise. */
 void dbkt_cache_get_many_check(dbk_cache *c);
 
-/* The same on a cache opened on `url` with key prefix `prefix` (closed
- * after). */
+/* dbk_cached_repo_find_by_ids through a topology (on a SQLite table of
+ * its own; c caches "not found"s: negative_ttl_ms set): 40 cold ids and 2
+ * missing ones in one statement, stored (a
+ * later call runs none), an invalidated id read again, a row changed and
+ * invalidated while the batch statement runs not stored by the batch. */
+void dbkt_cache_find_by_ids_check(dbk_cache *c);
+
+/* dbkt_cache_get_many_check and dbkt_cache_find_by_ids_check on a cache
+ * opened on `url` with key prefix `prefix` (closed after). */
 void dbkt_cache_get_many_check_url(const char *url, const char *prefix);
 
 #endif
