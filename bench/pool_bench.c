@@ -23,7 +23,7 @@
  *            next to pgbench on the same table.
  *
  * usage: pool_bench [micro] [sqlite] [pk] [pipe] [sqpk] [inspect] [--pg-url URL] [--threads N]
- *                   [--seconds S] [--rows N] [--setup] [--held]
+ *                   [--seconds S] [--rows N] [--setup] [--held] [--sqlite-mmap MIB]
  * Without a mode: micro, sqlite and inspect, plus pk when a PostgreSQL URL is given
  * (--pg-url, else DBKIT_TEST_PG_URL). pk expects the users table of
  * pool_pgbench.sh; --setup creates it (--rows rows) first.
@@ -558,12 +558,18 @@ static double pipe_raw_run(const char *url, int conns, int depth, double seconds
 /* pipe: PK lookups from `threads` threads on a pool of 2 connections, with
  * and without auto-pipelining, next to hand-written libpq pipelining of the
  * same lookups on 2 connections (threads / 2 per round trip). */
-static void run_pipe(const char *url, int threads, double seconds, int64_t rows, bool only_on)
+static void run_pipe(const char *url, int threads, double seconds, int64_t rows, bool only_on,
+                     bool only_raw)
 {
     const int size = 2;
     if (only_on) { /* for profiling: the auto-pipelining side alone, one run */
         uint64_t pl = 0;
         printf("pipe_on_qps %.0f\n", pipe_pool_run(url, threads, size, true, seconds, rows, &pl));
+        return;
+    }
+    if (only_raw) { /* for profiling: the hand-written side alone, one run */
+        printf("pipe_raw_qps %.0f\n",
+               pipe_raw_run(url, size, threads / size > 0 ? threads / size : 1, seconds, rows));
         return;
     }
     printf("pipe: primary-key lookups, %d threads on a pool of %d, %.0f s, %lld rows "
@@ -617,6 +623,11 @@ static void pk_setup(const char *url, int64_t rows)
 
 /* ---- sqpk: SQLite primary-key lookups from N threads ---- */
 
+/* --sqlite-mmap MIB: memory-mapped reads on both sides (the URL parameter
+ * mmap_size on the pool, the PRAGMA on the raw connections) */
+static int sq_mmap_mib;
+
+
 static const char *SQ_PK_SQL = "SELECT id, name, email, created_at FROM users WHERE id = $1";
 
 static void *sqpk_raw_thread(void *arg)
@@ -632,6 +643,11 @@ static void *sqpk_raw_thread(void *arg)
         return NULL;
     }
     sqlite3_busy_timeout(db, 5000);
+    if (sq_mmap_mib > 0) {
+        char pragma[64];
+        snprintf(pragma, sizeof pragma, "PRAGMA mmap_size=%lld", (long long)sq_mmap_mib << 20);
+        sqlite3_exec(db, pragma, NULL, NULL, NULL);
+    }
     while (!atomic_load(&p->go))
         usleep(500);
     long n = 0;
@@ -663,7 +679,10 @@ static double sqpk_run(const char *path, bool raw, int threads, double seconds, 
 {
     struct pk p = {.url = path, .rows = rows};
     char url[300];
-    snprintf(url, sizeof url, "sqlite:%s", path);
+    if (sq_mmap_mib > 0)
+        snprintf(url, sizeof url, "sqlite:%s?mmap_size=%d", path, sq_mmap_mib);
+    else
+        snprintf(url, sizeof url, "sqlite:%s", path);
     if (!raw)
         p.pool = open_warm_pool(url, threads);
     return run_threads(&p, raw ? sqpk_raw_thread : pk_pool_thread, threads, seconds,
@@ -691,8 +710,8 @@ static void run_sqpk(int threads, double seconds, int64_t rows)
         die("sqpk setup", &err);
     dbk_pool_close(pool, 1000);
     printf("sqpk: SQLite primary-key lookups, %d threads, %.0f s, %lld rows (best of 4 "
-           "rounds, ABBA order)\n",
-           threads, seconds, (long long)rows);
+           "rounds, ABBA order)%s\n",
+           threads, seconds, (long long)rows, sq_mmap_mib > 0 ? ", mmap_size on both sides" : "");
     double best_raw = 0, best_pool = 0;
     for (int r = 0; r < 4; r++) {
         bool raw_first = r % 2 == 0;
@@ -861,9 +880,12 @@ int main(int argc, char **argv)
             raw_only = true;
         else if (!strcmp(argv[i], "--held"))
             held = true;
+        else if (!strcmp(argv[i], "--sqlite-mmap") && i + 1 < argc)
+            sq_mmap_mib = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [micro] [sqlite] [pk] [pipe] [sqpk] [inspect] [--pg-url URL] [--threads N] "
-                            "[--seconds S] [--rows N] [--setup] [--pool-only | --raw-only] [--held]\n",
+                            "[--seconds S] [--rows N] [--setup] [--pool-only | --raw-only] [--held] "
+                            "[--sqlite-mmap MIB]\n",
                     argv[0]);
             return 2;
         }
@@ -902,7 +924,7 @@ int main(int argc, char **argv)
         }
         if (setup && !pk)
             pk_setup(url, rows);
-        run_pipe(url, threads, seconds, rows, pool_only);
+        run_pipe(url, threads, seconds, rows, pool_only, raw_only);
     }
     if (tmpdir[0])
         rmdir(tmpdir);

@@ -73,6 +73,11 @@ const struct setting dbk__cfg_settings[S_COUNT_] = {
                         OFF(journal_mode), journal_modes},
     [S_SYNCHRONOUS] = {"synchronous", "DB_SQLITE_SYNCHRONOUS", K_ENUM, SC_SQLITE, 0, "normal", 0, 0,
                        OFF(synchronous), sync_modes},
+    /* KiB up to 1 TiB; MiB up to 1 TiB */
+    [S_CACHE_SIZE] = {"cache_size", "DB_SQLITE_CACHE_SIZE_KIB", K_COUNT, SC_SQLITE, 0, "0", 0,
+                      1073741824, OFF(sqlite_cache_kib), NULL},
+    [S_MMAP_SIZE] = {"mmap_size", "DB_SQLITE_MMAP_SIZE_MIB", K_COUNT, SC_SQLITE, 0, "0", 0, 1048576,
+                     OFF(sqlite_mmap_mib), NULL},
     [S_HOST] = {"host", "DB_HOST", K_HOSTS, SC_PG, F_COMPONENT, NULL, 0, 0, OFF(host), NULL},
     [S_PORT] = {"port", "DB_PORT", K_PORTS, SC_PG, F_COMPONENT, "5432", 0, 0, OFF(port), NULL},
     [S_DBNAME] = {"dbname", "DB_NAME", K_TEXT, SC_PG, F_COMPONENT, NULL, 0, 0, OFF(dbname), NULL},

@@ -55,6 +55,8 @@ enum {
     S_BUSY_TIMEOUT,
     S_JOURNAL_MODE,
     S_SYNCHRONOUS,
+    S_CACHE_SIZE,
+    S_MMAP_SIZE,
     S_HOST,
     S_PORT,
     S_DBNAME,

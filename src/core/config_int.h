@@ -43,6 +43,8 @@ struct dbk_config {
     int busy_timeout_ms;
     char *journal_mode;      /* "wal" by default */
     char *synchronous;       /* "normal" by default */
+    int sqlite_cache_kib;    /* page cache per connection in KiB; 0: SQLite's (2000) */
+    int sqlite_mmap_mib;     /* memory-mapped reads in MiB; 0: off (SQLite's default) */
 
     /* Read replicas (see dbkit/replica.h): comma-separated postgres://
      * URLs (secret: they may carry passwords), the lag that takes one out

@@ -138,7 +138,8 @@ static dbk_rc apply_query(struct urlp *u, const char *q, size_t n)
             else
                 dbk__err(u->err, DBK_ECONFIG, "unknown SQLite URL parameter %d", pos);
             dbk__err_hint(u->err, "SQLite URLs accept mode, busy_timeout, journal_mode, "
-                                  "synchronous, connect_timeout, statement_timeout, "
+                                  "synchronous, cache_size, mmap_size, connect_timeout, "
+                                  "statement_timeout, "
                                   "stmt_cache_size, prepared_statements and the pool "
                                   "settings");
             rc = DBK_ECONFIG;

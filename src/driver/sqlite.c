@@ -437,6 +437,19 @@ static dbk_rc sq_open(const struct dbk_config *cfg, void **impl, dbk_error *err)
     rc = sqlite3_exec(c->db, "PRAGMA foreign_keys=ON", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         goto pragma_failed;
+    /* cache_size (KiB, a negative cache_size to SQLite) and mmap_size
+     * (MiB): per connection, and restored by a reset like the rest. */
+    if (cfg->sqlite_cache_kib > 0) {
+        snprintf(sqlbuf, sizeof sqlbuf, "PRAGMA cache_size=-%d", cfg->sqlite_cache_kib);
+        if ((rc = sqlite3_exec(c->db, sqlbuf, NULL, NULL, NULL)) != SQLITE_OK)
+            goto pragma_failed;
+    }
+    if (cfg->sqlite_mmap_mib > 0) {
+        snprintf(sqlbuf, sizeof sqlbuf, "PRAGMA mmap_size=%lld",
+                 (long long)cfg->sqlite_mmap_mib * 1048576LL);
+        if ((rc = sqlite3_exec(c->db, sqlbuf, NULL, NULL, NULL)) != SQLITE_OK)
+            goto pragma_failed;
+    }
     rc = dbk__sq_restore_sql_build(c); /* the settings above are what a reset restores */
     if (rc == SQLITE_NOMEM) {
         sq_close(c);

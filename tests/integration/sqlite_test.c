@@ -199,6 +199,34 @@ static void sqlite_pragmas_in_effect(void **state)
     assert_int_equal(dbkt_int(dbk_conn_db(c), "PRAGMA synchronous"), 2); /* FULL */
     dbk_conn_close(c);
     free(url2);
+
+    /* The page cache and memory-mapped reads: SQLite's own unless set */
+    int64_t cache0 = dbkt_int(db = dbk_conn_db(c = dbkt_open(url)), "PRAGMA cache_size");
+    assert_int_equal(dbkt_int(db, "PRAGMA mmap_size"), 0);
+    dbk_conn_close(c);
+    snprintf(u2, sizeof u2, "%s?cache_size=65536&mmap_size=256", url);
+    c = dbkt_open(u2);
+    assert_int_equal(dbkt_int(dbk_conn_db(c), "PRAGMA cache_size"), -65536);
+    assert_int_equal(dbkt_int(dbk_conn_db(c), "PRAGMA mmap_size"), 268435456);
+    assert_true(cache0 != -65536);
+    dbk_conn_close(c);
+    /* a pooled connection's reset gives them back after a borrower changed them */
+    dbk_config *cfg = NULL;
+    dbk_pool *pool = NULL;
+    dbk_error err;
+    DBKT_OK(dbk_config_from_url(u2, &cfg, &err), &err);
+    dbk_pool_opts po = {.max_size = 1};
+    DBKT_OK(dbk_pool_open(cfg, &po, &pool, &err), &err);
+    dbk_config_free(cfg);
+    DBKT_OK(dbk_pool_acquire(pool, &c, &err), &err);
+    dbkt_exec(dbk_conn_db(c), "PRAGMA cache_size = 10; PRAGMA mmap_size = 0");
+    assert_int_equal(dbkt_int(dbk_conn_db(c), "PRAGMA cache_size"), 10);
+    dbk_pool_release(pool, c);
+    DBKT_OK(dbk_pool_acquire(pool, &c, &err), &err);
+    assert_int_equal(dbkt_int(dbk_conn_db(c), "PRAGMA cache_size"), -65536);
+    assert_int_equal(dbkt_int(dbk_conn_db(c), "PRAGMA mmap_size"), 268435456);
+    dbk_pool_release(pool, c);
+    dbk_pool_close(pool, 1000);
     free(url);
 }
 

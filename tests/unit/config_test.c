@@ -538,7 +538,7 @@ static void config_sqlite_options(void **state)
     (void)state;
     dbk_config *cfg = must("sqlite:a.db?mode=ro&busy_timeout=250&journal_mode=DELETE"
                            "&synchronous=full&pool_max=1&statement_timeout=100"
-                           "&stmt_cache_size=16",
+                           "&stmt_cache_size=16&cache_size=65536&mmap_size=256",
                            NULL);
     assert_true(cfg->sqlite_readonly);
     assert_false(cfg->sqlite_create);
@@ -548,6 +548,13 @@ static void config_sqlite_options(void **state)
     assert_int_equal(cfg->pool.max_size, 1);
     assert_int_equal(cfg->statement_timeout_ms, 100);
     assert_int_equal(cfg->stmt_cache_size, 16);
+    assert_int_equal(cfg->sqlite_cache_kib, 65536);
+    assert_int_equal(cfg->sqlite_mmap_mib, 256);
+    dbk_config_free(cfg);
+    /* by default: SQLite's own (0 here) */
+    cfg = must("sqlite:a.db", NULL);
+    assert_int_equal(cfg->sqlite_cache_kib, 0);
+    assert_int_equal(cfg->sqlite_mmap_mib, 0);
     dbk_config_free(cfg);
 
     cfg = must("sqlite:a.db?mode=rw", NULL);
@@ -668,6 +675,12 @@ static void config_malformed_urls(void **state)
         {"sqlite:x.sqlite?busy_timeout=abc", "busy_timeout"},
         {"sqlite:x.sqlite?journal_mode=fast", "journal_mode"},
         {"sqlite:x.sqlite?synchronous=always", "synchronous"},
+        {"sqlite:x.sqlite?cache_size=-1", "cache_size"},
+        {"sqlite:x.sqlite?cache_size=1073741825", "out of range"},
+        {"sqlite:x.sqlite?cache_size=2MB", "cache_size"},
+        {"sqlite:x.sqlite?mmap_size=1048577", "out of range"},
+        {"sqlite:x.sqlite?mmap_size=", "mmap_size"},
+        {"postgres://h/d?mmap_size=1", "applies only to SQLite"},
         {"sqlite:x%zz.sqlite", "SQLite path"},
         {"sqlite:x%00.sqlite", "NUL"},
         {"sqlite:x.sqlite?path=y", "\"path\" is not accepted"},
@@ -800,9 +813,12 @@ static void config_env_pool_and_timeouts(void **state)
     assert_string_equal(cfg->journal_mode, "truncate");
     dbk_config_free(cfg);
 
-    struct env env2 = {{"DB_PREPARED_STATEMENTS", "DB_SQLITE_MODE", "DB_SQLITE_SYNCHRONOUS"},
-                       {"off", "ro", "OFF"}};
+    struct env env2 = {{"DB_PREPARED_STATEMENTS", "DB_SQLITE_MODE", "DB_SQLITE_SYNCHRONOUS",
+                        "DB_SQLITE_CACHE_SIZE_KIB", "DB_SQLITE_MMAP_SIZE_MIB"},
+                       {"off", "ro", "OFF", "8192", "64"}};
     cfg = must(NULL, &env2);
+    assert_int_equal(cfg->sqlite_cache_kib, 8192);
+    assert_int_equal(cfg->sqlite_mmap_mib, 64);
     assert_int_equal(cfg->stmt_cache_size, 0);
     assert_true(cfg->sqlite_readonly);
     assert_string_equal(cfg->synchronous, "off");
@@ -1328,8 +1344,8 @@ static void config_dump_lists_every_setting_with_source(void **state)
     d = (struct dumped){0};
     dbk_config_dump(cfg, collect, &d);
     static const char *const sorder[] = {
-        "engine", "path", "mode", "busy_timeout", "journal_mode", "synchronous",
-        "connect_timeout", "statement_timeout", "stmt_cache_size", "pool_max", "pool_min_idle",
+        "engine", "path", "mode", "busy_timeout", "journal_mode", "synchronous", "cache_size",
+        "mmap_size", "connect_timeout", "statement_timeout", "stmt_cache_size", "pool_max", "pool_min_idle",
         "acquire_timeout", "idle_timeout", "max_lifetime", "validate_after", "validate_timeout",
         "pool_max_waiters", "leak_threshold"};
     assert_int_equal(d.n, (int)(sizeof sorder / sizeof sorder[0]));
