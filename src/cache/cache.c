@@ -837,6 +837,8 @@ void dbk__cache_load_peeked_many(dbk_cache *cache, size_t n, const void *const *
             which[nl++] = i;
         } else {
             rcs[i] = DBK_ENOMEM;
+            if (err && err->code == DBK_OK)
+                dbk__err(err, DBK_ENOMEM, "out of memory starting a cache load");
         }
         fl[i] = f;
     }
@@ -910,9 +912,15 @@ void dbk__cache_load_peeked_many(dbk_cache *cache, size_t n, const void *const *
         pthread_mutex_lock(&cache->fl_mu);
         for (size_t k = 0; k < nl; k++) {
             size_t i = which[k];
+            /* each flight keeps words of its own outcome: a follower of
+             * this key (a find_by_id alone, say) hears them */
             dbk_error ke = lerr;
             if (nomem[k])
                 dbk__err(&ke, DBK_ENOMEM, "out of memory storing a loaded value");
+            else if (lrcs[k] == DBK_ENOT_FOUND)
+                dbk__err(&ke, DBK_ENOT_FOUND, "not found");
+            else if (lrcs[k] == DBK_OK)
+                dbk_error_clear(&ke);
             rcs[i] = lrcs[k];
             flight_publish_locked(&cache->flights[fl[i]->hash % FLIGHT_BUCKETS], fl[i], lrcs[k],
                                   &ke, envs[k], envlens[k]);

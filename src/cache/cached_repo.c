@@ -573,7 +573,8 @@ static void find_load_many(void *ctx, size_t n, const size_t *which, void **vals
     for (size_t k = 0; k < nrows; k++)
         rows[k] = (struct id_at){read_field(&e->fields[ml->r->pk], items + k * e->struct_size).u.i,
                                  k};
-    qsort(rows, nrows, sizeof *rows, cmp_id_at);
+    if (nrows > 1)
+        qsort(rows, nrows, sizeof *rows, cmp_id_at);
     for (size_t k = 0; k < n; k++) {
         struct id_at key = {in[k].u.i, 0};
         size_t lo = 0, hi = nrows; /* the first row with this id */
@@ -585,6 +586,8 @@ static void find_load_many(void *ctx, size_t n, const size_t *which, void **vals
                 hi = mid;
         }
         if (lo == nrows || rows[lo].id != key.id) {
+            /* as find_by_id leaves it: zeroed */
+            memset(ml->outs[ml->id_of[which[k]]], 0, e->struct_size);
             rcs[k] = DBK_ENOT_FOUND;
             continue;
         }
@@ -728,8 +731,9 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
     if (!which || !keys || !klens || !vals || !vlens || !states || !mi || !peeked || !keyid ||
         !qint)
         rc = dbk__err(err, DBK_ENOMEM, "out of memory looking up %zu ids", n);
-    for (size_t i = 0; rc == DBK_OK && !tx && i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         rcs[i] = DBK_ENOT_RUN;
+    for (size_t i = 0; rc == DBK_OK && !tx && i < n; i++) {
         char key[KEYMAX];
         size_t klen = 0;
         dbk_value qv;

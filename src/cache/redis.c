@@ -687,33 +687,13 @@ static void r_lease_many(void *impl, size_t n, const void *const *keys, const si
         r_lease(impl, keys[0], klens[0], &out[0], NULL);
 }
 
-/* n stores through their leases in one script run (a single server); in
- * Sentinel and Cluster modes, where every write carries the node's epoch,
- * one set_leased per entry. */
-static void r_set_leased_many(void *impl, size_t n, const void *const *keys, const size_t *klens,
-                              const dbk_cache_lease *const *ls, const void *const *vals,
-                              const size_t *vallens, const int64_t *ttls, bool *stored)
+/* One run of set_leased_many_lua for the m entries which[0..m) (their
+ * leases checked still good); stored[] filled, a refusal counted. */
+static void store_chunk(struct dbk__rds *r, size_t m, const size_t *which,
+                        const void *const *keys, const size_t *klens,
+                        const dbk_cache_lease *const *ls, const void *const *vals,
+                        const size_t *vallens, const int64_t *ttls, bool *stored)
 {
-    struct dbk__rds *r = impl;
-    int64_t now = dbk__now_ns();
-    size_t *which = malloc(n * sizeof *which); /* entries whose lease is still good */
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        stored[i] = false;
-        if (r->ha || n == 1 || !which) {
-            r_set_leased(impl, keys[i], klens[i], ls[i], vals[i], vallens[i], ttls[i], &stored[i],
-                         NULL);
-            continue;
-        }
-        if (!ls[i]->valid || now - ls[i]->taken_ns > (int64_t)r->cfg.lease_ms * 1000000LL)
-            atomic_fetch_add(&r->stale_rejects, 1);
-        else
-            which[m++] = i;
-    }
-    if (m == 0) {
-        free(which);
-        return;
-    }
     int argc = (int)(4 + 2 * m + 4 * m);
     size_t total = 0;
     for (size_t k = 0; k < m; k++)
@@ -761,19 +741,57 @@ static void r_set_leased_many(void *impl, size_t n, const void *const *keys, con
         }
         sent = run(r, 0, argc, av, al, &rep, NULL) == DBK_OK;
     }
-    if (sent) {
-        bool ok = rep->type == REDIS_REPLY_ARRAY && rep->elements == m;
-        for (size_t k = 0; k < m; k++) {
-            stored[which[k]] = ok && rep->element[k]->type == REDIS_REPLY_INTEGER &&
-                               rep->element[k]->integer == 1;
-            if (!stored[which[k]])
-                atomic_fetch_add(&r->stale_rejects, 1);
-        }
-        freeReplyObject(rep);
+    bool ok = sent && rep->type == REDIS_REPLY_ARRAY && rep->elements == m;
+    for (size_t k = 0; k < m; k++) {
+        stored[which[k]] = ok && rep->element[k]->type == REDIS_REPLY_INTEGER &&
+                           rep->element[k]->integer == 1;
+        if (!stored[which[k]])
+            atomic_fetch_add(&r->stale_rejects, 1);
     }
+    if (sent)
+        freeReplyObject(rep);
     free(av);
     free(al);
     free(kb);
+}
+
+/* The values one store script carries at most: a bigger batch is split, so
+ * no single command is as slow as a huge SET (the reason values over
+ * max_value_bytes are not cached at all, src/cache/cache.c). */
+#define STORE_CHUNK_BYTES (1024 * 1024)
+
+/* n stores through their leases, one script run per STORE_CHUNK_BYTES of
+ * values (a single server); in Sentinel and Cluster modes, where every
+ * write carries the node's epoch, one set_leased per entry. */
+static void r_set_leased_many(void *impl, size_t n, const void *const *keys, const size_t *klens,
+                              const dbk_cache_lease *const *ls, const void *const *vals,
+                              const size_t *vallens, const int64_t *ttls, bool *stored)
+{
+    struct dbk__rds *r = impl;
+    int64_t now = dbk__now_ns();
+    size_t *which = r->ha || n == 1 ? NULL : malloc(n * sizeof *which);
+    size_t m = 0, bytes = 0;
+    for (size_t i = 0; i < n; i++) {
+        stored[i] = false;
+        if (!which) {
+            r_set_leased(impl, keys[i], klens[i], ls[i], vals[i], vallens[i], ttls[i], &stored[i],
+                         NULL);
+            continue;
+        }
+        if (!ls[i]->valid || now - ls[i]->taken_ns > (int64_t)r->cfg.lease_ms * 1000000LL) {
+            atomic_fetch_add(&r->stale_rejects, 1);
+            continue;
+        }
+        if (m > 0 && bytes + vallens[i] > STORE_CHUNK_BYTES) {
+            store_chunk(r, m, which, keys, klens, ls, vals, vallens, ttls, stored);
+            m = 0;
+            bytes = 0;
+        }
+        which[m++] = i;
+        bytes += vallens[i];
+    }
+    if (m > 0)
+        store_chunk(r, m, which, keys, klens, ls, vals, vallens, ttls, stored);
     free(which);
 }
 
