@@ -635,8 +635,9 @@ static int workers_start(int n)
  * does not run its own lookup; its connection is suspended and its id
  * joins the thread's batch, and after MHD_run_wait() returns the batch runs
  * as one lookup: dbk_cached_repo_find_by_ids() through the cache (the
- * cached users in one round trip, an MGET on Redis), else one statement
- * (dbk_repo_find_many with id IN the batch). Each request is then answered
+ * cached users in one round trip, an MGET on Redis, the others in one
+ * statement), else dbk_repo_find_by_ids() (one statement, id IN the
+ * batch). Each request is then answered
  * from its own row (404 when it has none, the lookup's error when that
  * failed) and resumed; the loop's next turn sends the answers. Under load a
  * turn gathers many requests, which then cost one round trip and one wait
@@ -711,17 +712,6 @@ static int64_t coalescable(const char *method, const char *url)
     return id;
 }
 
-struct id_at {
-    int64_t id;
-    size_t at;
-};
-
-static int cmp_id_at(const void *a, const void *b)
-{
-    int64_t x = ((const struct id_at *)a)->id, y = ((const struct id_at *)b)->id;
-    return (x > y) - (x < y);
-}
-
 /* Answers c from its outcome: the user, or rc with err (404 names "user"). */
 static void answer_user(req_ctx *c, dbk_rc rc, const dbk_error *err, const shop_user *u)
 {
@@ -747,7 +737,11 @@ static void run_batch(struct loop *lp)
         snprintf(oom.message, sizeof oom.message, "out of memory");
         for (size_t i = 0; i < n; i++)
             answer_user(lp->batch[i], DBK_ENOMEM, &oom, NULL);
-    } else if (shop.users) {
+    } else {
+        /* through the cache: the cached users in one round trip, the others
+         * in one statement; without (and without replicas, else not
+         * coalesced, so every read goes to shop.db): one statement, id IN
+         * the batch */
         shop_user rows[COALESCE_MAX];
         void *outs[COALESCE_MAX];
         dbk_value ids[COALESCE_MAX];
@@ -756,46 +750,18 @@ static void run_batch(struct loop *lp)
             outs[i] = &rows[i];
             ids[i] = dbk_int64(lp->ids[i]);
         }
-        dbk_rc rc = dbk_cached_repo_find_by_ids(shop.users, shop.db, n, ids, outs, rcs, arena,
-                                                &err);
+        dbk_rc rc = shop.users ? dbk_cached_repo_find_by_ids(shop.users, shop.db, n, ids, outs,
+                                                             rcs, arena, &err)
+                               : dbk_repo_find_by_ids(shop.db, &shop_user_entity, n, ids, outs,
+                                                      rcs, arena, &err);
         if (rc == DBK_EMISUSE) /* cannot happen (n <= COALESCE_MAX, no NULL); never unanswered */
             for (size_t i = 0; i < n; i++)
                 rcs[i] = rc;
         /* err: the first failure's words, for the log of any failed one */
-        for (size_t i = 0; i < n; i++)
-            answer_user(lp->batch[i], rcs[i], &err, &rows[i]);
-    } else {
-        dbk_value ids[COALESCE_MAX];
-        for (size_t i = 0; i < n; i++)
-            ids[i] = dbk_int64(lp->ids[i]);
-        dbk_filter f = DBK_WHERE_IN("id", ids, n);
-        dbk_query q;
-        memset(&q, 0, sizeof q);
-        q.filters = &f;
-        q.nfilters = 1;
-        q.limit = DBK_REPO_LIMIT_ALL;
-        dbk_list list;
-        memset(&list, 0, sizeof list);
-        /* without replicas (else not coalesced) every read goes to shop.db */
-        dbk_rc rc = dbk_repo_find_many(shop.db, &shop_user_entity, &q, &list, arena, &err);
-        shop_user *items = list.items;
-        struct id_at byid[COALESCE_MAX];
-        size_t m = 0;
-        for (size_t k = 0; rc == DBK_OK && k < list.count && m < COALESCE_MAX; k++)
-            byid[m++] = (struct id_at){items[k].id, k};
-        qsort(byid, m, sizeof byid[0], cmp_id_at);
         dbk_error nf = {.code = DBK_ENOT_FOUND};
         snprintf(nf.message, sizeof nf.message, "not found");
-        for (size_t i = 0; i < n; i++) {
-            if (rc != DBK_OK) {
-                answer_user(lp->batch[i], rc, &err, NULL);
-                continue;
-            }
-            struct id_at key = {lp->ids[i], 0};
-            const struct id_at *hit = bsearch(&key, byid, m, sizeof byid[0], cmp_id_at);
-            answer_user(lp->batch[i], hit ? DBK_OK : DBK_ENOT_FOUND, &nf,
-                        hit ? &items[hit->at] : NULL);
-        }
+        for (size_t i = 0; i < n; i++)
+            answer_user(lp->batch[i], rcs[i], rcs[i] == DBK_ENOT_FOUND ? &nf : &err, &rows[i]);
     }
     uint64_t queries = shop_thread_queries();
     for (size_t i = 0; i < n; i++) {

@@ -225,6 +225,22 @@ DBK_API int dbk_entity_field_index(const dbk_entity *e, const char *column);
 DBK_API dbk_rc dbk_repo_find_by_id(dbk_db *db, const dbk_entity *e, dbk_value id, void *out,
                                    dbk_arena *arena, dbk_error *err);
 
+/*
+ * dbk_repo_find_by_id() of n ids at once (0..DBK_REPO_MAX_IN): with an
+ * integer primary key ONE statement (primary key IN the ids) whatever n,
+ * each row then mapped to every id that asked for it; other primary keys
+ * (and an id given as another type than the key's) one lookup per id.
+ * outs[i] (a struct of the entity's type) receives the row of ids[i], its
+ * strings in `arena`; rcs[i] is DBK_OK, DBK_ENOT_FOUND (outs[i] zeroed, as
+ * for a NULL id), or the error of the statement that carried it. Ids may
+ * repeat. Returns DBK_OK when every outcome is DBK_OK or DBK_ENOT_FOUND,
+ * else the first other one, described in err. DBK_EMISUSE with nothing
+ * read: a NULL argument (an outs[i] included), n over the maximum.
+ */
+DBK_API dbk_rc dbk_repo_find_by_ids(dbk_db *db, const dbk_entity *e, size_t n,
+                                    const dbk_value *ids, void *const *outs, dbk_rc *rcs,
+                                    dbk_arena *arena, dbk_error *err);
+
 /* Finds the row whose `column` equals `value`; `column` must be the PK, a
  * DBK_F_UNIQUE field, or a single-column dbk_unique (else
  * DBK_EINVALID_COLUMN). DBK_ENOT_FOUND when none. */

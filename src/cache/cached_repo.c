@@ -541,60 +541,27 @@ static void find_load_many(void *ctx, size_t n, const size_t *which, void **vals
     (void)nostore; /* an integer key is always canonical */
     struct many_load *ml = ctx;
     const dbk_entity *e = ml->r->e;
-    dbk_value *in = malloc(n * sizeof *in);
-    struct id_at *rows = NULL;
-    if (!in) {
+    dbk_value *in = calloc(n, sizeof *in);
+    void **outs = calloc(n, sizeof *outs);
+    if (!in || !outs) {
         dbk__err(err, DBK_ENOMEM, "out of memory loading %zu rows", n);
         for (size_t k = 0; k < n; k++)
             rcs[k] = DBK_ENOMEM;
-        return;
-    }
-    for (size_t k = 0; k < n; k++)
-        in[k] = dbk_int64(ml->keyid[ml->id_of[which[k]]]);
-    dbk_filter f = DBK_WHERE_IN(e->fields[ml->r->pk].column, in, n);
-    dbk_query q;
-    memset(&q, 0, sizeof q);
-    q.filters = &f;
-    q.nfilters = 1;
-    q.limit = DBK_REPO_LIMIT_ALL;
-    dbk_list list;
-    memset(&list, 0, sizeof list);
-    dbk_rc rc = dbk_repo_find_many(ml->db, e, &q, &list, ml->arena, err);
-    size_t nrows = rc == DBK_OK ? list.count : 0;
-    if (rc == DBK_OK && nrows > 0 && !(rows = malloc(nrows * sizeof *rows)))
-        rc = dbk__err(err, DBK_ENOMEM, "out of memory loading %zu rows", n);
-    if (rc != DBK_OK) {
-        for (size_t k = 0; k < n; k++)
-            rcs[k] = rc;
         free(in);
+        free(outs);
         return;
     }
-    const char *items = list.items;
-    for (size_t k = 0; k < nrows; k++)
-        rows[k] = (struct id_at){read_field(&e->fields[ml->r->pk], items + k * e->struct_size).u.i,
-                                 k};
-    if (nrows > 1)
-        qsort(rows, nrows, sizeof *rows, cmp_id_at);
     for (size_t k = 0; k < n; k++) {
-        struct id_at key = {in[k].u.i, 0};
-        size_t lo = 0, hi = nrows; /* the first row with this id */
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            if (rows[mid].id < key.id)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        if (lo == nrows || rows[lo].id != key.id) {
-            /* as find_by_id leaves it: zeroed */
-            memset(ml->outs[ml->id_of[which[k]]], 0, e->struct_size);
-            rcs[k] = DBK_ENOT_FOUND;
+        size_t i = ml->id_of[which[k]];
+        in[k] = dbk_int64(ml->keyid[i]);
+        outs[k] = ml->outs[i];
+    }
+    (void)dbk_repo_find_by_ids(ml->db, e, n, in, outs, rcs, ml->arena, err);
+    for (size_t k = 0; k < n; k++) {
+        if (rcs[k] != DBK_OK)
             continue;
-        }
-        void *out = ml->outs[ml->id_of[which[k]]];
-        memcpy(out, items + rows[lo].at * e->struct_size, e->struct_size);
         dbk_error eerr;
-        rcs[k] = encode_struct(ml->r, out, &vals[k], &vallens[k], &eerr);
+        rcs[k] = encode_struct(ml->r, outs[k], &vals[k], &vallens[k], &eerr);
         if (rcs[k] == DBK_EINVALID) {
             dbk__log(DBK_LOG_DEBUG, "cached repository %s: row not cached: %s", e->table,
                      eerr.message);
@@ -603,8 +570,8 @@ static void find_load_many(void *ctx, size_t n, const size_t *which, void **vals
             *err = eerr;
         }
     }
-    free(rows);
     free(in);
+    free(outs);
 }
 
 /* The ids of a find_by_ids the cache did not answer (rcs[i] ==

@@ -141,6 +141,118 @@ dbk_rc dbk_repo_find_by_id(dbk_db *db, const dbk_entity *e, dbk_value id, void *
     return find_by_field(db, e, dbk__priv(e)->pk, id, out, arena, err);
 }
 
+struct id_at {
+    int64_t id;
+    size_t at;
+};
+
+static int cmp_id_at(const void *a, const void *b)
+{
+    const struct id_at *x = a, *y = b;
+    if (x->id != y->id)
+        return (x->id > y->id) - (x->id < y->id);
+    return (x->at > y->at) - (x->at < y->at);
+}
+
+dbk_rc dbk_repo_find_by_ids(dbk_db *db, const dbk_entity *e, size_t n, const dbk_value *ids,
+                            void *const *outs, dbk_rc *rcs, dbk_arena *arena, dbk_error *err)
+{
+    dbk_rc rc = dbk__repo_check(db, e, arena, true, "dbk_repo_find_by_ids", err);
+    if (rc)
+        return rc;
+    if (n && (!ids || !outs || !rcs))
+        return dbk__err(err, DBK_EMISUSE, "dbk_repo_find_by_ids: NULL argument");
+    if (n > DBK_REPO_MAX_IN)
+        return dbk__err(err, DBK_EMISUSE, "dbk_repo_find_by_ids: %zu ids, at most %d in one call",
+                        n, DBK_REPO_MAX_IN);
+    for (size_t i = 0; i < n; i++)
+        if (!outs[i])
+            return dbk__err(err, DBK_EMISUSE, "dbk_repo_find_by_ids: outs[%zu] is NULL", i);
+    int pk = dbk__priv(e)->pk;
+    bool intkey = e->fields[pk].type == DBK_TYPE_INT64;
+    /* The integer ids go in one statement; any other (another key type, or
+     * an id given as another type) is looked up alone, as find_by_id. */
+    dbk_value *in = intkey && n ? malloc(n * sizeof *in) : NULL;
+    struct id_at *rows = NULL;
+    size_t m = 0;
+    if (intkey && n && !in)
+        return dbk__err(err, DBK_ENOMEM, "out of memory looking up %zu ids", n);
+    dbk_rc first = DBK_OK;
+    for (size_t i = 0; i < n; i++) {
+        rcs[i] = DBK_ENOT_RUN;
+        if (ids[i].type == DBK_TYPE_NULL) {
+            memset(outs[i], 0, e->struct_size);
+            rcs[i] = DBK_ENOT_FOUND; /* no row has a NULL key */
+        } else if (intkey && ids[i].type == DBK_TYPE_INT64) {
+            in[m++] = ids[i];
+        }
+    }
+    if (m > 0) {
+        dbk_filter f = DBK_WHERE_IN(e->fields[pk].column, in, m);
+        dbk_query q;
+        memset(&q, 0, sizeof q);
+        q.filters = &f;
+        q.nfilters = 1;
+        q.limit = DBK_REPO_LIMIT_ALL;
+        dbk_list list;
+        memset(&list, 0, sizeof list);
+        rc = dbk_repo_find_many(db, e, &q, &list, arena, err);
+        size_t nrows = rc == DBK_OK ? list.count : 0;
+        if (rc == DBK_OK && nrows > 0 && !(rows = malloc(nrows * sizeof *rows)))
+            rc = dbk__err(err, DBK_ENOMEM, "out of memory looking up %zu ids", n);
+        if (rc != DBK_OK) {
+            for (size_t i = 0; i < n; i++)
+                if (rcs[i] == DBK_ENOT_RUN && ids[i].type == DBK_TYPE_INT64)
+                    rcs[i] = rc;
+            first = rc;
+        } else {
+            const char *items = list.items;
+            for (size_t k = 0; k < nrows; k++)
+                rows[k] = (struct id_at){dbk__field_value(e, pk, items + k * e->struct_size).u.i,
+                                         k};
+            if (nrows > 1)
+                qsort(rows, nrows, sizeof *rows, cmp_id_at);
+            for (size_t i = 0; i < n; i++) {
+                if (rcs[i] != DBK_ENOT_RUN || ids[i].type != DBK_TYPE_INT64)
+                    continue;
+                size_t lo = 0, hi = nrows; /* the first row with this id */
+                while (lo < hi) {
+                    size_t mid = lo + (hi - lo) / 2;
+                    if (rows[mid].id < ids[i].u.i)
+                        lo = mid + 1;
+                    else
+                        hi = mid;
+                }
+                if (lo < nrows && rows[lo].id == ids[i].u.i) {
+                    /* strings in the same arena: a copy of the struct is a
+                     * copy of the row */
+                    memcpy(outs[i], items + rows[lo].at * e->struct_size, e->struct_size);
+                    rcs[i] = DBK_OK;
+                } else {
+                    memset(outs[i], 0, e->struct_size);
+                    rcs[i] = DBK_ENOT_FOUND;
+                }
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (rcs[i] != DBK_ENOT_RUN)
+            continue;
+        dbk_error e1;
+        rcs[i] = find_by_field(db, e, pk, ids[i], outs[i], arena, &e1);
+        if (rcs[i] == DBK_ENOT_FOUND)
+            memset(outs[i], 0, e->struct_size);
+        else if (rcs[i] != DBK_OK && first == DBK_OK) {
+            first = rcs[i];
+            if (err)
+                *err = e1;
+        }
+    }
+    free(rows);
+    free(in);
+    return first;
+}
+
 dbk_rc dbk_repo_find_by(dbk_db *db, const dbk_entity *e, const char *column, dbk_value value,
                         void *out, dbk_arena *arena, dbk_error *err)
 {

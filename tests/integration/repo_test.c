@@ -271,6 +271,116 @@ static void repo_crud(void **state)
     release_entities();
 }
 
+static void count_query(void *ctx, const dbk_query_event *ev);
+
+/* dbk_repo_find_by_ids: with an integer key one statement for any number
+ * of ids, each id its own row (repeated ids too), a missing or NULL id
+ * DBK_ENOT_FOUND with its struct zeroed; a text key one lookup per id; a
+ * failed statement gives every id its error; misuse reads nothing. */
+static void find_by_ids(const char *url, dbk_engine eng)
+{
+    dbk_conn *c = setup(url, eng);
+    dbk_db *db = dbk_conn_db(c);
+    dbk_arena *a = dbk_arena_new(0);
+    dbk_error err;
+    int64_t id[300];
+    for (int i = 0; i < 300; i++) {
+        char email[32], name[32];
+        snprintf(email, sizeof email, "u%d@x", i);
+        snprintf(name, sizeof name, "User %d", i);
+        id[i] = mk_user(db, email, name, i, a);
+    }
+    /* 300 distinct ids, one of them 3 times, two missing, a NULL */
+    enum { N = 305 };
+    static dbk_value ids[N];
+    static struct user rows[N];
+    static void *outs[N];
+    static dbk_rc rcs[N];
+    int want[N];
+    for (int i = 0; i < 300; i++) {
+        want[i] = 299 - i;
+        ids[i] = dbk_int64(id[299 - i]);
+    }
+    want[300] = 7, ids[300] = dbk_int64(id[7]);
+    want[301] = 7, ids[301] = dbk_int64(id[7]);
+    want[302] = -1, ids[302] = dbk_int64(id[299] + 1000);
+    want[303] = -1, ids[303] = dbk_int64(-5);
+    want[304] = -1, ids[304] = dbk_null();
+    for (int i = 0; i < N; i++) {
+        outs[i] = &rows[i];
+        memset(&rows[i], 0x5a, sizeof rows[i]);
+    }
+    int queries = 0;
+    dbk_db_set_observer(db, count_query, &queries);
+    DBKT_OK(dbk_repo_find_by_ids(db, &user_entity, N, ids, outs, rcs, a, &err), &err);
+    assert_int_equal(queries, 1);
+    for (int i = 0; i < N; i++) {
+        if (want[i] < 0) {
+            assert_int_equal(rcs[i], DBK_ENOT_FOUND);
+            assert_int_equal(rows[i].id, 0);
+            assert_null(rows[i].name);
+            continue;
+        }
+        char name[32];
+        snprintf(name, sizeof name, "User %d", want[i]);
+        assert_int_equal(rcs[i], DBK_OK);
+        assert_int_equal(rows[i].id, id[want[i]]);
+        assert_string_equal(rows[i].name, name);
+        assert_true(rows[i].score == want[i]);
+        assert_null(rows[i].password_hash); /* hidden, as find_by_id */
+    }
+    /* n = 0: nothing run */
+    queries = 0;
+    DBKT_OK(dbk_repo_find_by_ids(db, &user_entity, 0, NULL, NULL, NULL, a, &err), &err);
+    assert_int_equal(queries, 0);
+
+    /* a text primary key: one lookup per id */
+    struct tag t = {NULL, "one"}, to;
+    DBKT_OK(dbk_repo_create(db, &tag_entity, &t, &to, a, &err), &err);
+    dbk_value tids[2] = {dbk_text(to.id), dbk_text(eng == DBK_ENGINE_POSTGRES
+                                                      ? "00000000-0000-0000-0000-000000000000"
+                                                      : "none")};
+    struct tag trows[2];
+    void *touts[2] = {&trows[0], &trows[1]};
+    queries = 0;
+    DBKT_OK(dbk_repo_find_by_ids(db, &tag_entity, 2, tids, touts, rcs, a, &err), &err);
+    assert_int_equal(queries, 2);
+    assert_int_equal(rcs[0], DBK_OK);
+    assert_string_equal(trows[0].label, "one");
+    assert_int_equal(rcs[1], DBK_ENOT_FOUND);
+
+    /* misuse: nothing read, the outcomes untouched */
+    rcs[0] = DBK_EBUSY;
+    outs[3] = NULL;
+    queries = 0;
+    DBKT_RC(DBK_EMISUSE, dbk_repo_find_by_ids(db, &user_entity, 5, ids, outs, rcs, a, &err));
+    outs[3] = &rows[3];
+    DBKT_RC(DBK_EMISUSE, dbk_repo_find_by_ids(db, &user_entity, DBK_REPO_MAX_IN + 1, ids, outs,
+                                              rcs, a, &err));
+    DBKT_RC(DBK_EMISUSE, dbk_repo_find_by_ids(db, &user_entity, 5, NULL, outs, rcs, a, &err));
+    assert_int_equal(queries, 0);
+    assert_int_equal(rcs[0], DBK_EBUSY);
+
+    /* the statement fails: every id gets its error, and it is returned */
+    dbkt_exec(db, "ALTER TABLE users RENAME TO users_away");
+    dbk_rc rc = dbk_repo_find_by_ids(db, &user_entity, 3, ids, outs, rcs, a, &err);
+    assert_true(rc != DBK_OK && rc != DBK_ENOT_FOUND);
+    assert_int_equal(err.code, rc);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(rcs[i], rc);
+    dbkt_exec(db, "ALTER TABLE users_away RENAME TO users");
+    dbk_db_set_observer(db, NULL, NULL);
+    dbk_arena_free(a);
+    dbk_conn_close(c);
+}
+
+static void repo_find_by_ids_one_statement(void **state)
+{
+    (void)state;
+    dbkt_each_engine("repo_find_by_ids", find_by_ids);
+    release_entities();
+}
+
 static void unique_violation(const char *url, dbk_engine eng)
 {
     dbk_conn *c = setup(url, eng);
@@ -1216,6 +1326,7 @@ static void repo_deprecated_nelems_name_still_works(void **state)
 
 static const struct CMUnitTest tests[] = {
         cmocka_unit_test(repo_crud),
+        cmocka_unit_test(repo_find_by_ids_one_statement),
         cmocka_unit_test(repo_deprecated_nelems_name_still_works),
         cmocka_unit_test(repo_unique_violation_is_eunique),
         cmocka_unit_test(repo_filters_order_and_injection),
