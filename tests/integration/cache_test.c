@@ -1868,8 +1868,39 @@ static void find_by_ids_batch_engine(const char *url, dbk_engine engine)
             }
         }
 
+        /* 4. the most ids one call takes, none cached (none exists): one
+         * statement, and every "not found" stored (on Redis one lease
+         * MGET and one store script of DBK_CACHE_MAX_MANY entries) */
+        {
+            dbk_value *many = calloc(DBK_CACHE_MAX_MANY, sizeof *many);
+            struct cuser *mrows = calloc(DBK_CACHE_MAX_MANY, sizeof *mrows);
+            void **mouts = calloc(DBK_CACHE_MAX_MANY, sizeof *mouts);
+            dbk_rc *mrcs = calloc(DBK_CACHE_MAX_MANY, sizeof *mrcs);
+            assert_true(many && mrows && mouts && mrcs);
+            for (int i = 0; i < DBK_CACHE_MAX_MANY; i++) {
+                many[i] = dbk_int64(id[IDS_ROWS - 1] + 100000 + i);
+                mouts[i] = &mrows[i];
+            }
+            long long eval0 = b ? redis_calls(rs.port, "eval") : 0;
+            for (int pass = 0; pass < 2; pass++) {
+                atomic_store(&g_queries, 0);
+                DBKT_OK(dbk_cached_repo_find_by_ids(r, db, DBK_CACHE_MAX_MANY, many, mouts, mrcs,
+                                                    a, &err),
+                        &err);
+                assert_int_equal(atomic_load(&g_queries), pass ? 0 : 1);
+                assert_int_equal(mrcs[0], DBK_ENOT_FOUND);
+                assert_int_equal(mrcs[DBK_CACHE_MAX_MANY - 1], DBK_ENOT_FOUND);
+            }
+            if (b)
+                assert_int_equal(redis_calls(rs.port, "eval") - eval0, 1);
+            free(many);
+            free(mrows);
+            free(mouts);
+            free(mrcs);
+        }
+
         if (b) {
-            /* 4. large rows: the stores go out in several scripts of at
+            /* 5. large rows: the stores go out in several scripts of at
              * most 1 MiB of values each, and every row is stored */
             static char big[100 * 1024 + 1];
             memset(big, 'x', sizeof big - 1);

@@ -329,6 +329,31 @@ static void find_by_ids(const char *url, dbk_engine eng)
         assert_true(rows[i].score == want[i]);
         assert_null(rows[i].password_hash); /* hidden, as find_by_id */
     }
+    /* the most ids one call takes, in one statement as well */
+    {
+        dbk_value *many = calloc(DBK_REPO_MAX_IN, sizeof *many);
+        struct user *mrows = calloc(DBK_REPO_MAX_IN, sizeof *mrows);
+        void **mouts = calloc(DBK_REPO_MAX_IN, sizeof *mouts);
+        dbk_rc *mrcs = calloc(DBK_REPO_MAX_IN, sizeof *mrcs);
+        assert_true(many && mrows && mouts && mrcs);
+        for (int i = 0; i < DBK_REPO_MAX_IN; i++) {
+            many[i] = dbk_int64(i < 300 ? id[i] : id[299] + i);
+            mouts[i] = &mrows[i];
+        }
+        queries = 0;
+        DBKT_OK(dbk_repo_find_by_ids(db, &user_entity, DBK_REPO_MAX_IN, many, mouts, mrcs, a,
+                                     &err),
+                &err);
+        assert_int_equal(queries, 1);
+        assert_int_equal(mrcs[299], DBK_OK);
+        assert_int_equal(mrows[299].id, id[299]);
+        assert_int_equal(mrcs[300], DBK_ENOT_FOUND);
+        assert_int_equal(mrcs[DBK_REPO_MAX_IN - 1], DBK_ENOT_FOUND);
+        free(many);
+        free(mrows);
+        free(mouts);
+        free(mrcs);
+    }
     /* n = 0: nothing run */
     queries = 0;
     DBKT_OK(dbk_repo_find_by_ids(db, &user_entity, 0, NULL, NULL, NULL, a, &err), &err);
