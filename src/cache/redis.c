@@ -402,6 +402,32 @@ static dbk_rc r_get(void *impl, const void *key, size_t klen, void **val, size_t
 
 /* n keys in one MGET on a single server or a Sentinel master. A cluster
  * spreads entries over slots (MGET takes one): one GET per key there. */
+/* An MGET of the `tag` keys of n entries on one node (no cluster tag), with
+ * room for `extra` more arguments after them (the caller fills
+ * (*av)[n + 1 ...]). The caller frees *av, *al and *kb; false when out of
+ * memory (the three may then be partly allocated: free them all). */
+static bool mget_argv(const struct dbk__rds *r, char tag, size_t n, const void *const *keys,
+                      const size_t *klens, size_t extra, const char ***av, size_t **al, char **kb)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += r->prefix_len + 2 + klens[i];
+    *av = malloc((n + 1 + extra) * sizeof **av);
+    *al = malloc((n + 1 + extra) * sizeof **al);
+    *kb = malloc(total ? total : 1);
+    if (!*av || !*al || !*kb)
+        return false;
+    (*av)[0] = "MGET";
+    (*al)[0] = 4;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        (*av)[i + 1] = *kb + off;
+        (*al)[i + 1] = mkkey_hs(r, tag, 0, keys[i], klens[i], *kb + off);
+        off += (*al)[i + 1];
+    }
+    return true;
+}
+
 static dbk_rc r_get_many(void *impl, size_t n, const void *const *keys, const size_t *klens,
                          void **vals, size_t *vallens, dbk_rc *rcs, dbk_error *err)
 {
@@ -417,27 +443,15 @@ static dbk_rc r_get_many(void *impl, size_t n, const void *const *keys, const si
         return first;
     }
     /* every stored key: prefix, "v:", the key (no cluster tag here) */
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += r->prefix_len + 2 + klens[i];
-    const char **av = malloc((n + 1) * sizeof *av);
-    size_t *al = malloc((n + 1) * sizeof *al);
-    char *kb = malloc(total ? total : 1);
+    const char **av = NULL;
+    size_t *al = NULL;
+    char *kb = NULL;
     redisReply *rep = NULL;
     char node[17];
-    if (!av || !al || !kb) {
+    if (!mget_argv(r, 'v', n, keys, klens, 0, &av, &al, &kb))
         first = dbk__err(err, DBK_ENOMEM, "out of memory building an MGET of %zu keys", n);
-    } else {
-        av[0] = "MGET";
-        al[0] = 4;
-        size_t off = 0;
-        for (size_t i = 0; i < n; i++) {
-            av[i + 1] = kb + off;
-            al[i + 1] = mkkey_hs(r, 'v', 0, keys[i], klens[i], kb + off);
-            off += al[i + 1];
-        }
+    else
         first = run_ex(r, 0, (int)(n + 1), av, al, &rep, r->ha ? node : NULL, err);
-    }
     free(av);
     free(al);
     free(kb);
@@ -642,24 +656,14 @@ static void r_lease_many(void *impl, size_t n, const void *const *keys, const si
                 out[i].valid = false;
         return;
     }
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += r->prefix_len + 2 + klens[i];
-    const char **av = malloc((n + 2) * sizeof *av);
-    size_t *al = malloc((n + 2) * sizeof *al);
-    char *kb = malloc(total ? total : 1);
+    /* the generation keys, then the epoch key */
+    const char **av = NULL;
+    size_t *al = NULL;
+    char *kb = NULL;
     char ek[80];
     redisReply *rep = NULL;
     bool sent = false;
-    if (av && al && kb) {
-        av[0] = "MGET";
-        al[0] = 4;
-        size_t off = 0;
-        for (size_t i = 0; i < n; i++) {
-            av[i + 1] = kb + off;
-            al[i + 1] = mkkey_hs(r, 'g', 0, keys[i], klens[i], kb + off);
-            off += al[i + 1];
-        }
+    if (mget_argv(r, 'g', n, keys, klens, 1, &av, &al, &kb)) {
         av[n + 1] = ek;
         al[n + 1] = mkepoch(r, 0, ek);
         sent = run(r, 0, (int)(n + 2), av, al, &rep, NULL) == DBK_OK;

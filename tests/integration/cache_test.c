@@ -1459,6 +1459,23 @@ static dbk_rc ids_in_tx(dbk_db *tx, void *ctx, dbk_error *err)
     return rc;
 }
 
+/* Round b of a find_by_ids test: an empty cusers table, and a cache on the
+ * memory backend (b 0) or on a Redis server of the test's own (b 1, started
+ * into rs), "not found" cached for a minute, with a cached repository of
+ * cusers on it. */
+static dbk_cache *ids_cache(dbk_db *db, int b, struct own_redis *rs, dbk_cached_repo **r)
+{
+    dbk_error err;
+    DBKT_OK(dbk_db_exec(db, "DELETE FROM cusers", NULL, 0, NULL, &err), &err);
+    dbk_cache_opts o = {0};
+    o.negative_ttl_ms = 60000;
+    if (b)
+        redis_start(rs, NULL);
+    dbk_cache *c = b ? open_cache(rs->url, &o) : open_mem(&o);
+    DBKT_OK(dbk_cached_repo_new(c, &cuser_entity, NULL, r, &err), &err);
+    return c;
+}
+
 static void find_by_ids_engine(const char *url, dbk_engine engine)
 {
     dbk_conn *conn = dbkt_open(url);
@@ -1468,14 +1485,8 @@ static void find_by_ids_engine(const char *url, dbk_engine engine)
     cusers_table(db, engine);
     struct own_redis rs = {0};
     for (int b = 0; b < 2; b++) {
-        DBKT_OK(dbk_db_exec(db, "DELETE FROM cusers", NULL, 0, NULL, &err), &err);
-        dbk_cache_opts o = {0};
-        o.negative_ttl_ms = 60000;
-        if (b)
-            redis_start(&rs, NULL);
-        dbk_cache *c = b ? open_cache(rs.url, &o) : open_mem(&o);
         dbk_cached_repo *r = NULL;
-        DBKT_OK(dbk_cached_repo_new(c, &cuser_entity, NULL, &r, &err), &err);
+        dbk_cache *c = ids_cache(db, b, &rs, &r);
         dbk_arena *a = dbk_arena_new(0);
         int64_t id[5];
         for (int i = 0; i < 5; i++) {
@@ -1716,14 +1727,8 @@ static void find_by_ids_batch_engine(const char *url, dbk_engine engine)
     cusers_table(db, engine);
     struct own_redis rs = {0};
     for (int b = 0; b < 2; b++) {
-        DBKT_OK(dbk_db_exec(db, "DELETE FROM cusers", NULL, 0, NULL, &err), &err);
-        dbk_cache_opts o = {0};
-        o.negative_ttl_ms = 60000;
-        if (b)
-            redis_start(&rs, NULL);
-        dbk_cache *c = b ? open_cache(rs.url, &o) : open_mem(&o);
         dbk_cached_repo *r = NULL;
-        DBKT_OK(dbk_cached_repo_new(c, &cuser_entity, NULL, &r, &err), &err);
+        dbk_cache *c = ids_cache(db, b, &rs, &r);
         dbk_arena *a = dbk_arena_new(0);
         int64_t id[IDS_ROWS];
         for (int i = 0; i < IDS_ROWS; i++) {
