@@ -662,27 +662,9 @@ dbk_rc dbk_cache_get_or_load(dbk_cache *cache, const void *key, size_t keylen,
                                      err);
 }
 
-static dbk_rc get_or_load_impl(dbk_cache *cache, const void *key, size_t keylen,
-                               dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms, void **val,
-                               size_t *vallen, bool peeked, dbk_error *err);
-
 dbk_rc dbk__cache_get_or_load_ex(dbk_cache *cache, const void *key, size_t keylen,
                                  dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms,
                                  void **val, size_t *vallen, dbk_error *err)
-{
-    return get_or_load_impl(cache, key, keylen, load, ctx, ttl_ms, val, vallen, false, err);
-}
-
-dbk_rc dbk__cache_load_peeked(dbk_cache *cache, const void *key, size_t keylen,
-                              dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms, void **val,
-                              size_t *vallen, dbk_error *err)
-{
-    return get_or_load_impl(cache, key, keylen, load, ctx, ttl_ms, val, vallen, true, err);
-}
-
-static dbk_rc get_or_load_impl(dbk_cache *cache, const void *key, size_t keylen,
-                               dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms, void **val,
-                               size_t *vallen, bool peeked, dbk_error *err)
 {
     dbk_rc rc = check_key("dbk_cache_get_or_load", cache, key, keylen, err);
     if (rc != DBK_OK)
@@ -693,10 +675,10 @@ static dbk_rc get_or_load_impl(dbk_cache *cache, const void *key, size_t keylen,
     *val = NULL;
     *vallen = 0;
 
-    /* 1. the cache (unless the caller just read it: dbk__cache_peek_many) */
+    /* 1. the cache */
     void *raw = NULL;
     size_t rawlen = 0;
-    rc = peeked ? DBK_ENOT_FOUND : cache->ops->get(cache->impl, key, keylen, &raw, &rawlen, NULL);
+    rc = cache->ops->get(cache->impl, key, keylen, &raw, &rawlen, NULL);
     if (rc == DBK_OK) {
         rc = open_envelope(raw, rawlen, val, vallen);
         if (rc != DBK_ETYPE) {

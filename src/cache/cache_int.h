@@ -74,18 +74,11 @@ dbk_rc dbk__cache_get_or_load_ex(dbk_cache *cache, const void *key, size_t keyle
  * "not found", or CACHE_PEEK_MISS (not cached, unreadable, or the read
  * failed: get_or_load would load it). Nothing is counted: the caller counts
  * the hits it could use (dbk__cache_count_hits) and runs
- * dbk__cache_load_peeked for the rest. Arguments already checked. */
+ * dbk__cache_load_peeked_many for the rest. Arguments already checked. */
 enum { CACHE_PEEK_MISS = 0, CACHE_PEEK_VALUE = 1, CACHE_PEEK_NOT_FOUND = 2 };
 void dbk__cache_peek_many(dbk_cache *cache, size_t n, const void *const *keys,
                           const size_t *klens, void **vals, size_t *vallens, int *states);
 void dbk__cache_count_hits(dbk_cache *cache, uint64_t n);
-
-/* dbk__cache_get_or_load_ex() for a key dbk__cache_peek_many() just found
- * missing: straight to the flight, lease, load and store (a miss is
- * counted), without reading the cache again. */
-dbk_rc dbk__cache_load_peeked(dbk_cache *cache, const void *key, size_t keylen,
-                              dbk__cache_load_ex_fn load, void *ctx, int64_t ttl_ms, void **val,
-                              size_t *vallen, dbk_error *err);
 
 /*
  * The loader of many keys (dbk__cache_load_peeked_many): loads the n keys
@@ -99,19 +92,20 @@ typedef void (*dbk__cache_load_many_fn)(void *ctx, size_t n, const size_t *which
                                         size_t *vallens, dbk_rc *rcs, bool *nostore,
                                         dbk_error *err);
 
-/* dbk__cache_load_peeked() for n distinct keys (n <= DBK_CACHE_MAX_MANY)
- * the caller has just found missing. Each key ends as it would alone:
+/* dbk__cache_get_or_load_ex() for n distinct keys (n <= DBK_CACHE_MAX_MANY)
+ * dbk__cache_peek_many() has just found missing, without reading the cache
+ * again (a miss is counted per key). Each key ends as it would alone:
  *   - a key no other caller is loading is led here: leased, loaded,
  *     stored through its lease and published to whoever joined it, except
- *     that ONE call of `load` loads every key led here (one statement
- *     instead of one per key). led[i] is then true; rcs[i] is the loader's
+ *     that ONE call of `load` loads every key led here (the cached
+ *     repository's: one statement for an integer primary key). led[i] is then true; rcs[i] is the loader's
  *     outcome and vals[i] stays NULL (the loader's ctx holds the row);
  *   - a key another caller is loading is joined: rcs[i] and vals[i]
  *     (malloc'd) are that load's, or DBK_ENOT_RUN when it did not finish
  *     within flight_wait_ms (the caller then reads it itself and stores
  *     nothing, as a follower alone would).
  * Every key this caller leads is published before it waits on any other
- * caller's. A miss is counted per key; *err is the first failure's.
+ * caller's. *err is the first failure's.
  */
 void dbk__cache_load_peeked_many(dbk_cache *cache, size_t n, const void *const *keys,
                                  const size_t *klens, dbk__cache_load_many_fn load, void *ctx,

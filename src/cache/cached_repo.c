@@ -453,10 +453,8 @@ static dbk_rc find_load(void *ctx, const void *key, size_t keylen, void **val, s
     return rc;
 }
 
-/* peeked: the caller has just read the key and found it missing
- * (dbk_cached_repo_find_by_ids): load without reading the cache again. */
-static dbk_rc cached_find_ex(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v, void *out,
-                             dbk_arena *arena, bool peeked, dbk_error *err)
+static dbk_rc cached_find(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v, void *out,
+                          dbk_arena *arena, dbk_error *err)
 {
     if (dbk_db_in_transaction(db))
         return find_db(db, r, fi, v, out, arena, err);
@@ -467,10 +465,8 @@ static dbk_rc cached_find_ex(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v
         return find_db(db, r, fi, v, out, arena, err); /* bypass: as uncached */
     void *buf = NULL;
     size_t len = 0;
-    dbk_rc rc = peeked ? dbk__cache_load_peeked(r->cache, key, klen, find_load, &fc, r->ttl_ms,
-                                                &buf, &len, err)
-                       : dbk__cache_get_or_load_ex(r->cache, key, klen, find_load, &fc, r->ttl_ms,
-                                                   &buf, &len, err);
+    dbk_rc rc = dbk__cache_get_or_load_ex(r->cache, key, klen, find_load, &fc, r->ttl_ms, &buf,
+                                          &len, err);
     if (rc == RC_UNCACHEABLE) {
         /* too large to cache: the leader has its row, a follower reads its own */
         if (fc.filled)
@@ -493,12 +489,6 @@ static dbk_rc cached_find_ex(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v
     return rc;
 }
 
-static dbk_rc cached_find(dbk_cached_repo *r, dbk_db *db, int fi, dbk_value v, void *out,
-                          dbk_arena *arena, dbk_error *err)
-{
-    return cached_find_ex(r, db, fi, v, out, arena, false, err);
-}
-
 dbk_rc dbk_cached_repo_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, void *out,
                                   dbk_arena *arena, dbk_error *err)
 {
@@ -509,38 +499,37 @@ dbk_rc dbk_cached_repo_find_by_id(dbk_cached_repo *r, dbk_db *db, dbk_value id, 
 
 /* ---- many ids (dbk_cached_repo_find_by_ids) ---- */
 
-struct id_at {
-    int64_t id;
-    size_t at;
-};
-
-static int cmp_id_at(const void *a, const void *b)
-{
-    int64_t x = ((const struct id_at *)a)->id, y = ((const struct id_at *)b)->id;
-    if (x != y)
-        return (x > y) - (x < y);
-    size_t i = ((const struct id_at *)a)->at, j = ((const struct id_at *)b)->at;
-    return (i > j) - (i < j);
-}
-
-/* The loader of the ids missing from the cache that this caller leads: one
- * dbk_repo_find_many with the primary key IN them, each row read straight
- * into its caller's struct and encoded for the cache. */
+/* The loader of the ids missing from the cache that this caller leads,
+ * each row read straight into its caller's struct and encoded for the
+ * cache: an integer primary key in one dbk_repo_find_by_ids (one
+ * statement), any other as find_by_id loads it (find_load, one each). */
 struct many_load {
     dbk_cached_repo *r;
     dbk_db *db;
     dbk_arena *arena;
-    const size_t *id_of;   /* [distinct key] -> the first id index with it */
-    const int64_t *keyid;  /* [id index] -> the int64 id */
+    const size_t *id_of;  /* [distinct key] -> the first id index with it */
+    const dbk_value *qv;  /* [id index] -> the value sent (lookup_key) */
     void *const *outs;
 };
 
 static void find_load_many(void *ctx, size_t n, const size_t *which, void **vals,
                            size_t *vallens, dbk_rc *rcs, bool *nostore, dbk_error *err)
 {
-    (void)nostore; /* an integer key is always canonical */
     struct many_load *ml = ctx;
     const dbk_entity *e = ml->r->e;
+    if (e->fields[ml->r->pk].type != DBK_TYPE_INT64) {
+        for (size_t k = 0; k < n; k++) {
+            size_t i = ml->id_of[which[k]];
+            struct find_ctx fc = {ml->r, ml->db, ml->r->pk, ml->qv[i], ml->outs[i], ml->arena,
+                                  false};
+            dbk_error e1;
+            rcs[k] = find_load(&fc, NULL, 0, &vals[k], &vallens[k], &nostore[k], &e1);
+            if (rcs[k] != DBK_OK && rcs[k] != DBK_ENOT_FOUND && rcs[k] != RC_UNCACHEABLE &&
+                err && err->code == DBK_OK)
+                *err = e1;
+        }
+        return;
+    }
     dbk_value *in = calloc(n, sizeof *in);
     void **outs = calloc(n, sizeof *outs);
     if (!in || !outs) {
@@ -553,7 +542,7 @@ static void find_load_many(void *ctx, size_t n, const size_t *which, void **vals
     }
     for (size_t k = 0; k < n; k++) {
         size_t i = ml->id_of[which[k]];
-        in[k] = dbk_int64(ml->keyid[i]);
+        in[k] = ml->qv[i];
         outs[k] = ml->outs[i];
     }
     (void)dbk_repo_find_by_ids(ml->db, e, n, in, outs, rcs, ml->arena, err);
@@ -574,21 +563,39 @@ static void find_load_many(void *ctx, size_t n, const size_t *which, void **vals
     free(outs);
 }
 
+/* A missed id's key, for finding the ids that repeat one. */
+struct key_at {
+    const void *key;
+    size_t len;
+    size_t at; /* the id index */
+};
+
+static int cmp_key_at(const void *a, const void *b)
+{
+    const struct key_at *x = a, *y = b;
+    if (x->len != y->len)
+        return (x->len > y->len) - (x->len < y->len);
+    int c = memcmp(x->key, y->key, x->len);
+    if (c)
+        return c;
+    return (x->at > y->at) - (x->at < y->at);
+}
+
 /* The ids of a find_by_ids the cache did not answer (rcs[i] ==
- * RC_PEEKED_MISS; keyid[i] their integer key): each distinct one is led
- * (one statement for all) or joined through the cache's flights, and every
- * id gets its outcome. False when out of memory (nothing changed). */
-static bool load_missed(dbk_cached_repo *r, dbk_db *db, size_t n, const int64_t *keyid,
-                        const bool *qint, const void *const *keys, const size_t *klens,
-                        const size_t *mi, void *const *outs, dbk_rc *rcs, dbk_arena *arena,
-                        dbk_error *lerr)
+ * RC_PEEKED_MISS, qv[i] the value sent, keys[mi[i]] the key): each
+ * distinct key is led (one load for all) or joined through the cache's
+ * flights, and every id gets its outcome. False when out of memory
+ * (nothing changed). */
+static bool load_missed(dbk_cached_repo *r, dbk_db *db, size_t n, const dbk_value *qv,
+                        const void *const *keys, const size_t *klens, const size_t *mi,
+                        void *const *outs, dbk_rc *rcs, dbk_arena *arena, dbk_error *lerr)
 {
     size_t nm = 0;
     for (size_t i = 0; i < n; i++)
-        nm += rcs[i] == RC_PEEKED_MISS && qint[i];
+        nm += rcs[i] == RC_PEEKED_MISS;
     if (nm == 0)
         return true;
-    struct id_at *miss = malloc(nm * sizeof *miss);
+    struct key_at *miss = malloc(nm * sizeof *miss);
     size_t *id_of = malloc(nm * sizeof *id_of);
     const void **dkeys = malloc(nm * sizeof *dkeys);
     size_t *dklens = malloc(nm * sizeof *dklens);
@@ -602,20 +609,21 @@ static bool load_missed(dbk_cached_repo *r, dbk_db *db, size_t n, const int64_t 
     if (ok) {
         size_t k = 0;
         for (size_t i = 0; i < n; i++)
-            if (rcs[i] == RC_PEEKED_MISS && qint[i])
-                miss[k++] = (struct id_at){keyid[i], i};
-        qsort(miss, nm, sizeof *miss, cmp_id_at); /* equal ids: the first index first */
+            if (rcs[i] == RC_PEEKED_MISS)
+                miss[k++] = (struct key_at){keys[mi[i]], klens[mi[i]], i};
+        qsort(miss, nm, sizeof *miss, cmp_key_at); /* equal keys: the first index first */
         for (k = 0; k < nm; k++) {
             size_t i = miss[k].at;
-            if (k == 0 || miss[k].id != miss[k - 1].id) {
+            if (k == 0 || miss[k].len != miss[k - 1].len ||
+                memcmp(miss[k].key, miss[k - 1].key, miss[k].len) != 0) {
                 id_of[nd] = i;
-                dkeys[nd] = keys[mi[i]];
-                dklens[nd] = klens[mi[i]];
+                dkeys[nd] = miss[k].key;
+                dklens[nd] = miss[k].len;
                 nd++;
             }
             first[i] = nd - 1;
         }
-        struct many_load ml = {r, db, arena, id_of, keyid, outs};
+        struct many_load ml = {r, db, arena, id_of, qv, outs};
         dbk__cache_load_peeked_many(r->cache, nd, dkeys, dklens, find_load_many, &ml, r->ttl_ms,
                                     vals, vlens, drcs, led, lerr);
         for (size_t d = 0; d < nd; d++) {
@@ -642,7 +650,7 @@ static bool load_missed(dbk_cached_repo *r, dbk_db *db, size_t n, const int64_t 
         }
         /* a repeated id: the outcome of its first */
         for (size_t i = 0; i < n; i++) {
-            if (rcs[i] != RC_PEEKED_MISS || !qint[i])
+            if (rcs[i] != RC_PEEKED_MISS)
                 continue;
             size_t f = id_of[first[i]];
             if (rcs[f] == DBK_OK)
@@ -688,23 +696,19 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
     void **vals = malloc(n * sizeof *vals);
     size_t *vlens = malloc(n * sizeof *vlens);
     int *states = malloc(n * sizeof *states);
-    size_t *mi = malloc(n * sizeof *mi);  /* the key of id i (when it has one) */
-    bool *peeked = calloc(n, sizeof *peeked); /* id i was a miss of the peek */
-    int64_t *keyid = malloc(n * sizeof *keyid); /* id i's key is this integer (qint[i]) */
-    bool *qint = calloc(n, sizeof *qint);
+    size_t *mi = malloc(n * sizeof *mi);      /* the key of id i (when it has one) */
+    dbk_value *qvs = malloc(n * sizeof *qvs); /* the value sent for id i (lookup_key) */
     char *kbuf = NULL;
     size_t m = 0, kused = 0, kcap = 0;
     dbk_rc rc = DBK_OK;
-    if (!which || !keys || !klens || !vals || !vlens || !states || !mi || !peeked || !keyid ||
-        !qint)
+    if (!which || !keys || !klens || !vals || !vlens || !states || !mi || !qvs)
         rc = dbk__err(err, DBK_ENOMEM, "out of memory looking up %zu ids", n);
     for (size_t i = 0; i < n; i++)
         rcs[i] = DBK_ENOT_RUN;
     for (size_t i = 0; rc == DBK_OK && !tx && i < n; i++) {
         char key[KEYMAX];
         size_t klen = 0;
-        dbk_value qv;
-        if (!lookup_key(r, db, r->pk, ids[i], &qv, key, &klen))
+        if (!lookup_key(r, db, r->pk, ids[i], &qvs[i], key, &klen))
             continue;
         if (kused + klen > kcap) {
             size_t cap = kcap ? kcap * 2 : 64 * n;
@@ -719,8 +723,6 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
             kcap = cap;
         }
         memcpy(kbuf + kused, key, klen);
-        qint[i] = qv.type == DBK_TYPE_INT64 && r->e->fields[r->pk].type == DBK_TYPE_INT64;
-        keyid[i] = qint[i] ? qv.u.i : 0;
         mi[i] = m;
         which[m] = i;
         klens[m] = klen;
@@ -747,18 +749,17 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
                 free(vals[j]);
             } else {
                 rcs[i] = RC_PEEKED_MISS; /* loaded below without a second read */
-                peeked[i] = true;
             }
         }
         dbk__cache_count_hits(r->cache, hits);
     }
-    /* The misses of an integer primary key: one statement for all that
-     * this caller leads, through the cache's flights. */
+    /* The misses: one load for all that this caller leads, through the
+     * cache's flights (one statement for an integer primary key). */
     dbk_rc first = DBK_OK;
     if (rc == DBK_OK && m > 0) {
         dbk_error lerr;
         dbk_error_clear(&lerr);
-        if (load_missed(r, db, n, keyid, qint, keys, klens, mi, outs, rcs, arena, &lerr)) {
+        if (load_missed(r, db, n, qvs, keys, klens, mi, outs, rcs, arena, &lerr)) {
             for (size_t i = 0; i < n && first == DBK_OK; i++) {
                 if (rcs[i] != DBK_OK && rcs[i] != DBK_ENOT_FOUND && rcs[i] != DBK_ENOT_RUN &&
                     rcs[i] != RC_PEEKED_MISS && rcs[i] != RC_READ_DB) {
@@ -769,7 +770,8 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
             }
         }
     }
-    /* Everything else the cache did not answer: one lookup each, as alone. */
+    /* Everything else the cache did not answer (and, out of memory, the
+     * misses): one lookup each, as alone. */
     for (size_t i = 0; rc == DBK_OK && i < n; i++) {
         if (rcs[i] == RC_READ_DB) {
             dbk_error e;
@@ -783,28 +785,9 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
         }
         if (!tx && rcs[i] != DBK_ENOT_RUN && rcs[i] != RC_PEEKED_MISS)
             continue;
-        if (rcs[i] == RC_PEEKED_MISS) {
-            /* the same key missed earlier in this call: its row was just
-             * read (strings in the same arena, so a copy of the struct is
-             * a copy of the row) */
-            size_t j = 0;
-            for (; j < m && which[j] < i; j++)
-                if (klens[j] == klens[mi[i]] && rcs[which[j]] != RC_PEEKED_MISS &&
-                    peeked[which[j]] && memcmp(keys[j], keys[mi[i]], klens[j]) == 0)
-                    break;
-            if (j < m && which[j] < i) {
-                size_t f = which[j];
-                if (rcs[f] == DBK_OK)
-                    memcpy(outs[i], outs[f], r->e->struct_size);
-                rcs[i] = rcs[f] == DBK_OK || rcs[f] == DBK_ENOT_FOUND ? rcs[f] : RC_PEEKED_MISS;
-                if (rcs[i] != RC_PEEKED_MISS)
-                    continue;
-            }
-        }
         dbk_error e;
         rcs[i] = tx ? find_db(db, r, r->pk, ids[i], outs[i], arena, &e)
-                    : cached_find_ex(r, db, r->pk, ids[i], outs[i], arena,
-                                     rcs[i] == RC_PEEKED_MISS, &e);
+                    : cached_find(r, db, r->pk, ids[i], outs[i], arena, &e);
         if (rcs[i] != DBK_OK && rcs[i] != DBK_ENOT_FOUND && first == DBK_OK) {
             first = rcs[i];
             if (err)
@@ -821,9 +804,7 @@ dbk_rc dbk_cached_repo_find_by_ids(dbk_cached_repo *r, dbk_db *db, size_t n,
     free(vlens);
     free(states);
     free(mi);
-    free(peeked);
-    free(keyid);
-    free(qint);
+    free(qvs);
     free(kbuf);
     return rc != DBK_OK ? rc : first;
 }
