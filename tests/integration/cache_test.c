@@ -1936,6 +1936,39 @@ static void find_by_ids_batch_engine(const char *url, dbk_engine engine)
             DBKT_OK(dbk_cached_repo_find_by_ids(r, db, 24, bids, bouts, brcs, a, &err), &err);
             assert_int_equal(atomic_load(&g_queries), 0); /* every one stored */
             assert_int_equal(strlen(brows[23].name), sizeof big - 1);
+
+            /* 6. Redis stops answering (SIGSTOP) before a cold batch: the
+             * call ends within a few command timeouts (peek, leases,
+             * stores), every row from the database, nothing stored */
+            dbk_value sids[8];
+            struct cuser srows[8];
+            void *souts[8];
+            dbk_rc srcs[8];
+            for (int i = 0; i < 8; i++) {
+                char email[32], name[32];
+                snprintf(email, sizeof email, "stall%d@x", i);
+                snprintf(name, sizeof name, "Stall %d", i);
+                struct cuser in = {0, email, name}, out;
+                DBKT_OK(dbk_repo_create(db, &cuser_entity, &in, &out, a, &err), &err);
+                sids[i] = dbk_int64(out.id);
+                souts[i] = &srows[i];
+            }
+            assert_int_equal(kill(rs.pid, SIGSTOP), 0);
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            dbk_rc src = dbk_cached_repo_find_by_ids(r, db, 8, sids, souts, srcs, a, &err);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            assert_int_equal(kill(rs.pid, SIGCONT), 0);
+            double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+            if (secs > 10)
+                fail_msg("a stalled Redis held find_by_ids for %.1f s", secs);
+            DBKT_OK(src, &err);
+            for (int i = 0; i < 8; i++) {
+                char name[32];
+                snprintf(name, sizeof name, "Stall %d", i);
+                assert_int_equal(srcs[i], DBK_OK);
+                assert_string_equal(srows[i].name, name);
+            }
         }
 
         dbk_arena_free(a);
